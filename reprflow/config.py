@@ -1,0 +1,201 @@
+"""Load and validate the experiment config (config/schema.yaml) into typed settings.
+
+The config is validated once, at the edge: the JSON schema rejects unknown keys, wrong types,
+unknown families, init schemes and tasks, and lengths <= 0; a few cross-field checks follow
+(unique names, known tokenizers, tiny models saved to local paths). Every failure raises one
+:class:`~reprflow.errors.ConfigError` whose message starts with the offending key, e.g.
+``config.models[2].family: 'mambo' is not one of ['gpt_neo', ...]``.
+
+Library code never sees the raw dict: it receives the dataclasses below.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from reprflow.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SCHEMA_PATH = PROJECT_ROOT / "config" / "schema.yaml"
+TOKENIZER_DIR = PROJECT_ROOT / "data" / "tokenizers"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model of the study. ``name`` is the path slug; ``hf_id`` goes to ``from_pretrained``."""
+
+    name: str
+    family: str
+    hf_id: str
+    tokenizer: str
+    revision: str | None = None
+    max_context: int | None = None
+    tiny: dict | None = None
+
+    def fits(self, length: int) -> bool:
+        """True if prompts of ``length`` tokens fit the model's context window."""
+        return self.max_context is None or length <= self.max_context
+
+
+@dataclass(frozen=True)
+class InitConfig:
+    """A named weight initialisation: ``scheme`` with its ``params``."""
+
+    name: str
+    scheme: str
+    params: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The validated experiment config. ``raw`` keeps the dict with defaults filled in."""
+
+    raw: dict
+    models: tuple[ModelSpec, ...]
+    inits: tuple[InitConfig, ...]
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.raw["tasks"])
+
+    @property
+    def lengths(self) -> list[int]:
+        return list(self.raw["lengths"])
+
+    @property
+    def seed(self) -> int:
+        return int(self.raw["seed"])
+
+    def section(self, name: str) -> dict:
+        """A top-level settings section (prompts, extraction, metrics, probes, figures, theory)."""
+        return dict(self.raw.get(name) or {})
+
+    def model(self, name: str) -> ModelSpec:
+        for spec in self.models:
+            if spec.name == name:
+                return spec
+        raise ConfigError(f"config.models: no model named {name!r} (have {[m.name for m in self.models]})")
+
+    def init(self, name: str) -> InitConfig:
+        for spec in self.inits:
+            if spec.name == name:
+                return spec
+        raise ConfigError(f"config.inits: no init named {name!r} (have {[i.name for i in self.inits]})")
+
+    def digest(self) -> str:
+        """sha256 of the canonical JSON of the validated config (provenance in outputs)."""
+        text = json.dumps(self.raw, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _load_schema() -> dict:
+    with open(SCHEMA_PATH) as fh:
+        return yaml.safe_load(fh)
+
+
+def _key_path(path) -> str:
+    out = "config"
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    """One line naming the key, what was got and what was expected."""
+    where = _key_path(error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        return f"{where}: unknown key {extra[0]!r} (allowed keys: {', '.join(allowed)})"
+    if error.validator == "required":
+        return f"{where}: {error.message}"
+    if error.validator == "type":
+        return f"{where}: expected {error.validator_value}, got {error.instance!r}"
+    if error.validator == "enum":
+        return f"{where}: {error.instance!r} is not one of {error.validator_value}"
+    if error.validator in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+        op = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}
+        return f"{where}: must be {op[error.validator]} {error.validator_value}, got {error.instance!r}"
+    return f"{where}: {error.message}"
+
+
+def _fill_defaults(schema: dict, instance: Any) -> None:
+    """Fill schema defaults into ``instance`` in place (objects and arrays of objects)."""
+    if isinstance(instance, dict):
+        for key, sub in schema.get("properties", {}).items():
+            if key not in instance and "default" in sub:
+                instance[key] = copy.deepcopy(sub["default"])
+            if key in instance:
+                _fill_defaults(sub, instance[key])
+    elif isinstance(instance, list) and isinstance(schema.get("items"), dict):
+        for item in instance:
+            _fill_defaults(schema["items"], item)
+
+
+def _check_cross_fields(cfg: dict) -> None:
+    for key in ("models", "inits"):
+        names = [entry["name"] for entry in cfg[key]]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ConfigError(f"config.{key}: duplicate name {dupes[0]!r}; names must be unique")
+    available = sorted(p.name for p in TOKENIZER_DIR.iterdir() if p.is_dir()) if TOKENIZER_DIR.is_dir() else []
+    for i, model in enumerate(cfg["models"]):
+        if available and model["tokenizer"] not in available:
+            raise ConfigError(
+                f"config.models[{i}].tokenizer: {model['tokenizer']!r} is not in data/tokenizers "
+                f"(available: {', '.join(available)})"
+            )
+        expected = f"data/models/{model['name']}"
+        if model.get("tiny") is not None and model["hf_id"].rstrip("/") != expected:
+            raise ConfigError(
+                f"config.models[{i}].hf_id: {model['hf_id']!r}; a `tiny` model is built locally, "
+                f"so hf_id must be {expected!r}"
+            )
+    figures = cfg.get("figures", {})
+    if "length" in figures and figures["length"] not in cfg["lengths"]:
+        raise ConfigError(f"config.figures.length: {figures['length']} is not one of config.lengths {cfg['lengths']}")
+
+
+def validate_config(raw: dict) -> Config:
+    """Validate a config dict (a deep copy is taken) and return typed settings.
+
+    Raises
+    ------
+    ConfigError
+        On the first problem, with a message that starts with the offending key.
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config: expected a mapping at the top level, got {type(raw).__name__}")
+    cfg = copy.deepcopy(raw)
+    schema = _load_schema()
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    if errors:
+        raise ConfigError(_describe(errors[0]))
+    _fill_defaults(schema, cfg)
+    cfg.setdefault("figures", {}).setdefault("length", cfg["lengths"][0])
+    _check_cross_fields(cfg)
+    models = tuple(ModelSpec(**m) for m in cfg["models"])
+    inits = tuple(InitConfig(**i) for i in cfg["inits"])
+    return Config(raw=cfg, models=models, inits=inits)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read a YAML config file and validate it (see :func:`validate_config`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        with open(path) as fh:
+            raw = yaml.safe_load(fh)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    return validate_config(raw)

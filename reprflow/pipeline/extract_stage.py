@@ -1,0 +1,105 @@
+"""Extraction stage: one (model, init, task, length) cell -> one activation store.
+
+Loads the prompt set and the model (``from_pretrained`` for pretrained weights, config +
+init scheme otherwise), checks the context window, picks the device and compute dtype,
+and hands over to :func:`reprflow.extract.extract_activations`, which writes the store
+resumably and atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from reprflow.devices import resolve_device
+from reprflow.errors import ReprflowError
+from reprflow.extract import extract_activations
+from reprflow.models.init_schemes import InitSpec
+from reprflow.models.registry import load_model, model_max_context
+from reprflow.prompts import load_tokenizer, read_prompt_set
+from reprflow.prompts.files import sha256_file
+from reprflow.store import open_store
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def compute_dtype_for(name: str, device: torch.device) -> torch.dtype:
+    """bfloat16 only on CUDA (CPU bf16 matmuls are slow and inexact); never float16."""
+    if name == "bfloat16" and device.type != "cuda":
+        logger.info("compute_dtype bfloat16 requested on %s; computing in float32", device)
+        return torch.float32
+    return _DTYPES[name]
+
+
+def run_extraction(
+    prompt_path: str | Path,
+    out_path: str | Path,
+    *,
+    model: dict,
+    init: dict,
+    task: str,
+    length: int,
+    seed: int,
+    settings: dict,
+    config_digest: str,
+) -> Path:
+    """Extract one cell's activations into ``out_path`` (a no-op if it is already complete).
+
+    Parameters
+    ----------
+    prompt_path : path
+        The prompt set (data/prompts/{tokenizer}/{task}_n{length}.jsonl).
+    out_path : path
+        The store (results/activations/{model}/{init}/{task}_n{length}.zarr).
+    model, init : dict
+        One ``config.models`` entry and one ``config.inits`` entry (validated).
+    settings : dict
+        The ``config.extraction`` section.
+    """
+    out_path = Path(out_path)
+    if model.get("max_context") is not None and length > model["max_context"]:
+        raise ReprflowError(
+            f"{out_path}: length {length} exceeds {model['name']}'s max_context {model['max_context']}; "
+            "such cells are skipped by the workflow and should not be requested"
+        )
+    device = resolve_device(settings["device"])
+    dtype = compute_dtype_for(settings["compute_dtype"], device)
+    prompts = read_prompt_set(prompt_path)
+    tokenizer = load_tokenizer(model["tokenizer"])
+    spec = InitSpec(scheme=init["scheme"], params=dict(init.get("params") or {}))
+    logger.info("loading %s (%s) with init %s on %s in %s", model["name"], model["hf_id"], init["name"], device, dtype)
+    net = load_model(model["hf_id"], init=spec, seed=seed, revision=model.get("revision"), dtype=dtype, device=device)
+    limit = model_max_context(net)
+    attrs = {
+        "model": model["name"],
+        "model_id": model["hf_id"],
+        "revision": model.get("revision"),
+        "family": model["family"],
+        "init": {"name": init["name"], "scheme": spec.scheme, "params": spec.params, "seed": seed},
+        "dtype": str(dtype).replace("torch.", ""),
+        "task": task,
+        "length": length,
+        "tokenizer": model["tokenizer"],
+        "prompt_file": str(prompt_path),
+        "prompt_sha256": sha256_file(prompt_path),
+        "config_sha256": config_digest,
+    }
+    extract_activations(
+        net,
+        tokenizer,
+        prompts,
+        out_path,
+        batch_size=settings["batch_size"],
+        n_token_prompts=settings["n_token_prompts"],
+        store_dtype=settings["store_dtype"],
+        device=device,
+        compute_dtype=dtype,
+        attrs=attrs,
+        max_context=limit,
+    )
+    open_store(out_path)  # verify what was written reads back as complete
+    return out_path

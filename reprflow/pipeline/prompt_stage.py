@@ -1,0 +1,30 @@
+"""Prompt stage: build one prompt set (task, length, tokenizer) and write it with its manifest."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from reprflow.prompts import build_prompt_set, write_prompt_set
+
+logger = logging.getLogger(__name__)
+
+
+def build_prompt_file(out_path: str | Path, *, task: str, length: int, tokenizer: str, seed: int, settings: dict) -> Path:
+    """Write ``data/prompts/{tokenizer}/{task}_n{length}.jsonl`` and its ``.manifest.json``.
+
+    ``settings`` is the validated ``config.prompts`` section.
+    """
+    records, manifest = build_prompt_set(
+        task,
+        target_tokens=length,
+        tokenizer_name=tokenizer,
+        n_prompts=settings["n_prompts"],
+        seed=seed,
+        oracle_path=settings["mdqa_oracle"],
+        distractor_dir=settings.get("mdqa_distractor_dir"),
+        tolerance=settings["tolerance"],
+    )
+    write_prompt_set(records, manifest, out_path)
+    logger.info("wrote %d %s prompts (~%d tokens) to %s", len(records), task, length, out_path)
+    return Path(out_path)

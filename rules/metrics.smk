@@ -1,0 +1,21 @@
+# Phase 3a: token metrics per store: layerwise and inter-token cosine, CKA, Sm and St, both views.
+
+
+rule token_metrics:
+    input:
+        ACTIVATIONS,
+    output:
+        directory(TOKEN_METRICS),
+    log:
+        "logs/metrics/{model}/{init}/{task}_n{length}.log",
+    benchmark:
+        "logs/benchmarks/metrics/{model}/{init}/{task}_n{length}.tsv"
+    params:
+        settings=CFG.section("metrics"),
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        "../envs/cpu.yaml"
+    script:
+        "../workflow_scripts/token_metrics.py"

@@ -1,0 +1,22 @@
+# Tiny demo models: built from configs and saved with save_pretrained, then loaded like hub models.
+
+
+rule build_tiny_model:
+    output:
+        directory("data/models/{model}"),
+    log:
+        "logs/models/{model}.log",
+    benchmark:
+        "logs/benchmarks/models/{model}.tsv"
+    params:
+        family=lambda w: CFG.model(w.model).family,
+        tiny=lambda w: CFG.model(w.model).tiny,
+    conda:
+        "../envs/cpu.yaml"
+    script:
+        "../workflow_scripts/build_tiny_model.py"
+
+
+rule all_models:
+    input:
+        [m.hf_id for m in CFG.models if m.tiny is not None],

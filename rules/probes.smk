@@ -1,0 +1,29 @@
+# Phase 3b: per-layer linear probes on last-token states (paper protocol), both views.
+
+
+rule probes:
+    input:
+        ACTIVATIONS,
+    output:
+        csv=PROBES,
+        summary=PROBES.replace(".csv", ".json"),
+    log:
+        "logs/probes/{model}/{init}/{task}_n{length}.log",
+    benchmark:
+        "logs/benchmarks/probes/{model}/{init}/{task}_n{length}.tsv"
+    params:
+        settings=CFG.section("probes"),
+        views=CFG.section("metrics")["views"],
+    resources:
+        mem_mb=16000,
+        runtime=60,
+    conda:
+        "../envs/cpu.yaml"
+    script:
+        "../workflow_scripts/probes.py"
+
+
+rule all_metrics:
+    input:
+        cell_paths(TOKEN_METRICS),
+        cell_paths(PROBES),

@@ -1,0 +1,26 @@
+# Phase 1: KVPR and MDQA prompt sets, one per (tokenizer, task, length).
+
+
+rule prompts:
+    input:
+        tokenizer="data/tokenizers/{tokenizer}/tokenizer.json",
+        oracle=CFG.section("prompts")["mdqa_oracle"],
+    output:
+        prompts=PROMPTS,
+        manifest=PROMPTS.replace(".jsonl", ".manifest.json"),
+    log:
+        "logs/prompts/{tokenizer}/{task}_n{length}.log",
+    benchmark:
+        "logs/benchmarks/prompts/{tokenizer}/{task}_n{length}.tsv"
+    params:
+        seed=CFG.seed,
+        settings=CFG.section("prompts"),
+    conda:
+        "../envs/cpu.yaml"
+    script:
+        "../workflow_scripts/prompts.py"
+
+
+rule all_prompts:
+    input:
+        prompt_files(CFG),

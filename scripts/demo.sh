@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# README command 1: set up, then run the offline CPU demo end to end
+# (tiny models -> prompts -> activations -> metrics -> probes -> tables, figures, report).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup_env.sh
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+exec .venv/bin/snakemake --cores all --configfile config/demo.yaml "$@"

@@ -1,0 +1,95 @@
+"""Config validation: every kind of bad input gets one message naming the key."""
+
+import copy
+
+import pytest
+import yaml
+
+from reprflow.config import PROJECT_ROOT, load_config, validate_config
+from reprflow.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def demo() -> dict:
+    with open(PROJECT_ROOT / "config" / "demo.yaml") as fh:
+        return yaml.safe_load(fh)
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "demo.yaml"])
+def test_shipped_configs_are_valid(name):
+    cfg = load_config(PROJECT_ROOT / "config" / name)
+    assert cfg.models and cfg.inits and cfg.tasks == ["kvpr", "mdqa"]
+    assert cfg.section("probes")["lr"] == 0.05 and cfg.section("probes")["epochs"] == 150
+
+
+def test_paper_config_is_the_paper_matrix():
+    cfg = load_config(PROJECT_ROOT / "config" / "config.yaml")
+    assert [m.family for m in cfg.models] == ["gpt_neo", "gpt_neox", "mamba", "mamba2", "mamba2"]
+    assert cfg.lengths == [300, 1024, 2048, 4096]
+    assert {i.scheme for i in cfg.inits} == {"pretrained", "default"}
+    assert cfg.model("gpt-neo-2.7b").max_context == 2048 and not cfg.model("gpt-neo-2.7b").fits(4096)
+    assert cfg.model("mamba-2.8b").fits(4096)
+
+
+def _mutate(base, path, value):
+    cfg = copy.deepcopy(base)
+    node = cfg
+    for key in path[:-1]:
+        node = node[key]
+    if value is KeyError:
+        del node[path[-1]]
+    else:
+        node[path[-1]] = value
+    return cfg
+
+
+@pytest.mark.parametrize(
+    "path, value, expected",
+    [
+        (("prompts", "n_prompt"), 5, "config.prompts: unknown key 'n_prompt'"),
+        (("bogus",), 1, "config: unknown key 'bogus'"),
+        (("lengths",), [300, "1k"], "config.lengths[1]: expected integer, got '1k'"),
+        (("lengths",), [0], "config.lengths[0]: must be >= 1, got 0"),
+        (("lengths",), [-5], "config.lengths[0]: must be >= 1, got -5"),
+        (("models", 0, "family"), "mambo", "config.models[0].family: 'mambo' is not one of"),
+        (("tasks",), ["kvpr", "squad"], "config.tasks[1]: 'squad' is not one of"),
+        (("inits", 1, "scheme"), "orthogonal", "config.inits[1].scheme: 'orthogonal' is not one of"),
+        (("seed",), "zero", "config.seed: expected integer"),
+        (("probes", "lr"), -0.05, "config.probes.lr: must be > 0"),
+        (("models", 0, "tokenizer"), "llama3", "config.models[0].tokenizer: 'llama3' is not in data/tokenizers"),
+        (("models", 1, "name"), "tiny-gpt-neo", "config.models: duplicate name 'tiny-gpt-neo'"),
+        (("models", 0, "hf_id"), "EleutherAI/gpt-neo-125m", "config.models[0].hf_id"),
+        (("prompts",), KeyError, "config: 'prompts' is a required property"),
+        (("figures", "length"), 777, "config.figures.length: 777 is not one of config.lengths"),
+    ],
+)
+def test_invalid_config_names_the_key(demo, path, value, expected):
+    with pytest.raises(ConfigError) as err:
+        validate_config(_mutate(demo, path, value))
+    assert str(err.value).startswith(expected), str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_defaults_are_filled_and_input_untouched(demo):
+    raw = _mutate(demo, ("extraction",), {})
+    cfg = validate_config(raw)
+    assert raw["extraction"] == {}
+    assert cfg.section("extraction") == {
+        "batch_size": 8, "n_token_prompts": 16, "compute_dtype": "bfloat16",
+        "store_dtype": "auto", "device": "auto", "gpus": 1,
+    }
+
+
+def test_digest_changes_with_content(demo):
+    a = validate_config(demo).digest()
+    assert a == validate_config(copy.deepcopy(demo)).digest()
+    assert a != validate_config(_mutate(demo, ("seed",), 1)).digest()
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)

@@ -1,0 +1,20 @@
+"""Rule probes: per-layer linear probes on last-token states (Adam, lr 0.05, 150 epochs)."""
+
+from reprflow.devices import resolve_device
+from reprflow.pipeline.probe_stage import run_probe_stage
+from reprflow.pipeline.runlog import workflow_step
+
+with workflow_step(snakemake.log[0], "probes"):  # noqa: F821 (injected by Snakemake)
+    s = snakemake.params.settings  # noqa: F821
+    run_probe_stage(
+        snakemake.input[0],  # noqa: F821
+        snakemake.output.csv,  # noqa: F821
+        views=tuple(snakemake.params.views),  # noqa: F821
+        epochs=s["epochs"],
+        lr=s["lr"],
+        seeds=tuple(s["seeds"]),
+        val_fraction=s["val_fraction"],
+        standardize=s["standardize"],
+        n_train=s["n_train"],
+        device=resolve_device(s["device"]),
+    )

@@ -1,0 +1,15 @@
+"""Rule token_metrics: cosine, inter-token cosine, CKA, Sm and St for one store, both views."""
+
+from reprflow.devices import resolve_device
+from reprflow.pipeline.runlog import workflow_step
+from reprflow.pipeline.token_metrics import compute_token_metrics
+
+with workflow_step(snakemake.log[0], "token_metrics"):  # noqa: F821 (injected by Snakemake)
+    s = snakemake.params.settings  # noqa: F821
+    compute_token_metrics(
+        snakemake.input[0],  # noqa: F821
+        snakemake.output[0],  # noqa: F821
+        views=tuple(s["views"]),
+        debiased_cka=s["debiased_cka"],
+        device=resolve_device(s["device"]),
+    )
