@@ -1,0 +1,29 @@
+"""The Snakemake entry points: dry run of the paper config, and bad configs."""
+
+import yaml
+
+from reprflow.config import PROJECT_ROOT
+
+
+def test_paper_dry_run_prints_the_whole_dag_offline(workdir, run_snakemake):
+    run = run_snakemake(workdir, "-n", "--cores", "8", "results/table1.csv")
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = run.stdout + run.stderr
+    # 14 prompt sets; 72 cells (2 transformers x 3 lengths + 3 SSMs x 4 lengths) x 2 inits x 2 tasks
+    for rule, count in (("prompts", 14), ("extract_activations", 72), ("token_metrics", 72), ("probes", 72)):
+        assert any(line.split() == [rule, str(count)] for line in out.splitlines()), (rule, out[-2000:])
+    assert "skipping gpt-neo-2.7b at 4096 tokens" in out
+    assert not (workdir / "results").exists() and not (workdir / "data" / "prompts").exists()
+
+
+def test_invalid_config_one_message_nonzero_nothing_written(workdir, run_snakemake):
+    with open(PROJECT_ROOT / "config" / "demo.yaml") as fh:
+        raw = yaml.safe_load(fh)
+    raw["lengths"] = [300, -1]
+    bad = workdir / "bad.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    run = run_snakemake(workdir, "--cores", "1", "--configfile", str(bad))
+    assert run.returncode != 0
+    messages = [line for line in (run.stdout + run.stderr).splitlines() if "invalid config" in line]
+    assert messages == ["reprflow: invalid config: config.lengths[1]: must be >= 1, got -1"], run.stderr[-2000:]
+    assert not (workdir / "results").exists() and not (workdir / "data" / "models").exists()
