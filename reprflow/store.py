@@ -1,0 +1,901 @@
+"""Zarr v3 activation stores: a resumable, atomic writer and checked readers.
+
+One store holds the captured states of one (model, init, task, length), laid out as
+in docs/CONTRACTS.md:
+
+=========  =====================================  ======================================
+array      shape                                  dims
+=========  =====================================  ======================================
+last       [K_all, n_samples, hidden]             n_states, n_samples, hidden
+labels     [n_samples] int64                      n_samples
+n_tokens   [n_samples] int64                      n_samples
+tokens     [K_all, n_prompts, max_len, hidden]    n_states, n_prompts, n_tokens, hidden
+lengths    [n_prompts] int64                      n_prompts
+_done      [n_windows] bool                       n_windows (write markers, all true)
+=========  =====================================  ======================================
+
+Sample ``i`` of a store is record ``sample_start + i`` of the prompt file (file order;
+nothing is permuted). ``token_prompt_ids`` (attr) lists the prompt-file indices whose
+full token states are in ``tokens``, in order.
+
+How a store is written (``StoreWriter``)
+----------------------------------------
+* The samples are cut into *windows* of ``batch_size * window_batches`` consecutive
+  samples; a window is the unit of work, of writing and of resumption. Chunks never
+  straddle windows, so each chunk is written by exactly one window.
+* Everything is written under ``<name>.zarr.partial``. After a window's data is on
+  disk, its marker ``_done[w]`` is set. Zarr's local store writes every file through
+  a temporary name and a rename, so a chunk or a marker is either whole or absent.
+* A rerun opens the partial store, checks that its attrs and the writer fingerprint
+  (shapes, chunking, requested dtype, digest of the token ids) match, skips finished
+  windows and continues; a mismatching or unreadable partial store is deleted with a
+  log line and restarted.
+* ``finalize`` writes ``complete: true`` into the attrs last, then renames
+  ``.partial`` to the final name. A SIGKILL at any point therefore never leaves a
+  final-named store. A rerun when the complete final store exists is a no-op.
+
+Chunking
+--------
+``last`` is chunked ``[1, window, hidden]``: a probe reads one state for all samples,
+and a window writes whole chunks. ``tokens`` is chunked ``[1, 1, min(max_len, 1024),
+hidden]``: a token metric reads all states of one prompt, a window writes whole
+prompts.
+
+Compression is off by default. Float16/float32 activations are mostly mantissa noise:
+Blosc zstd-1 with byte shuffle saved only 6-9% of the bytes on activation-like data
+while writing 1.2-2.4x slower (benchmarks/store_codec.py, results in
+benchmarks/results/store_codec.md). ``compress=True`` turns it on for disk-bound sites.
+
+Precision
+---------
+Zarr has no bfloat16. ``store_dtype`` is ``"float32"``, ``"float16"`` or ``"auto"``.
+Every window is checked *before* conversion: non-finite values always raise
+``StoreError``; a window written as float16 must have max |x| < 65504 or it raises
+``StoreError`` naming the window and the fix (``store_dtype: float32``). ``"auto"``
+decides on the first window written: float16 if ``max|x| * 4 < 65504`` (headroom 4 for
+later, longer or rarer prompts), else float32; the decision and the observed maximum
+are recorded in the attr ``dtype_check``. The attr ``store_dtype`` holds the on-disk
+dtype; the attr ``dtype`` is the *compute* dtype of the forward passes (e.g. bfloat16).
+
+Shards
+------
+A writer can take a sample range ``[sample_start, sample_stop)`` so that one job per
+shard writes ``<name>_shard{i}of{k}.zarr`` (``shard_path``, ``shard_range``).
+``open_sharded`` presents the shards as one logical store without copying: arrays
+are concatenated lazily along n_samples / n_prompts on read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+from reprflow import __version__
+from reprflow.errors import StoreError
+
+logger = logging.getLogger(__name__)
+
+FLOAT16_MAX = 65504.0
+"""Largest finite float16; a value at or above it in magnitude is refused."""
+AUTO_HEADROOM = 4.0
+"""``store_dtype="auto"`` picks float16 only if max |x| of the first window times this is < 65504."""
+TOKEN_CHUNK_POSITIONS = 1024
+"""Chunk length of ``tokens`` along positions."""
+STORE_DTYPES = ("float16", "float32", "auto")
+PARTIAL_SUFFIX = ".partial"
+
+CALLER_ATTRS = (
+    "model",
+    "model_id",
+    "revision",
+    "family",
+    "init",
+    "task",
+    "length",
+    "tokenizer",
+    "prompt_file",
+    "prompt_sha256",
+    "state_names",
+    "views",
+    "dtype",
+)
+"""Group attrs the caller of ``StoreWriter`` must provide (see docs/CONTRACTS.md); ``dtype``
+is the compute dtype of the forward passes."""
+WRITER_ATTRS = (
+    "store_dtype",
+    "dtype_check",
+    "token_prompt_ids",
+    "reprflow_version",
+    "shard",
+    "writer",
+    "timing",
+    "complete",
+)
+"""Group attrs ``StoreWriter`` writes itself (``timing`` through ``finalize``); a caller may not pass them."""
+CONTRACT_ATTRS = (*CALLER_ATTRS, "reprflow_version", "token_prompt_ids", "complete")
+"""Every group attr docs/CONTRACTS.md requires of a complete store (``open_store`` checks them);
+the writer also records ``store_dtype``, ``dtype_check``, ``shard``, ``writer`` and ``timing``."""
+
+DIMS = {
+    "last": ("n_states", "n_samples", "hidden"),
+    "labels": ("n_samples",),
+    "n_tokens": ("n_samples",),
+    "tokens": ("n_states", "n_prompts", "n_tokens", "hidden"),
+    "lengths": ("n_prompts",),
+}
+
+_CHUNKING_FIELDS = ("batch_size", "window_batches", "compress")
+
+# Every chunk of `last` and `tokens` is written whole by one window, so zarr's scan of each
+# chunk for the fill value (to skip writing it) is pure cost: skipping it makes writes 3-4x
+# faster (benchmarks/store_codec.py). Padding chunks of `tokens` are then stored as zeros.
+_WRITE_CONFIG = {"write_empty_chunks": True}
+
+# Temporary files left by zarr's atomic writes when a process is killed mid-write.
+_ZARR_TMP = re.compile(r"\.[0-9a-f]{32}\.partial$")
+
+
+def _json_normal(obj: Any) -> Any:
+    """``obj`` as it reads back from JSON attrs (tuples become lists, ...)."""
+    return json.loads(json.dumps(obj))
+
+
+def _compressors(compress: bool) -> list[BloscCodec] | None:
+    if not compress:
+        return None
+    return [BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")]
+
+
+def partial_path(path: str | os.PathLike) -> Path:
+    """The temporary name a store is written under: ``<path>.partial``."""
+    path = Path(path)
+    return path.with_name(path.name + PARTIAL_SUFFIX)
+
+
+def shard_range(n_samples: int, index: int, count: int) -> tuple[int, int]:
+    """Sample range ``[start, stop)`` of shard ``index`` of ``count`` (near-equal, contiguous).
+
+    Parameters
+    ----------
+    n_samples : int
+        Number of samples (prompts) of the whole prompt set.
+    index : int
+        Shard index, ``0 <= index < count``.
+    count : int
+        Number of shards, ``1 <= count <= n_samples``.
+    """
+    if not 1 <= count <= max(n_samples, 1) or not 0 <= index < count:
+        raise StoreError(
+            f"shard {index} of {count} for {n_samples} samples: need 1 <= count <= n_samples "
+            "and 0 <= index < count"
+        )
+    bounds = np.linspace(0, n_samples, count + 1).round().astype(int)
+    return int(bounds[index]), int(bounds[index + 1])
+
+
+def shard_path(path: str | os.PathLike, index: int, count: int) -> Path:
+    """``a/b/kvpr_n2048.zarr`` -> ``a/b/kvpr_n2048_shard{index}of{count}.zarr``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}_shard{index}of{count}{path.suffix}")
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    """Shapes and chunking of one store (the whole prompt set or one shard).
+
+    Attributes
+    ----------
+    n_states : int
+        K_all = L + 2 captured states.
+    hidden : int
+        Width of the residual stream.
+    n_samples_total : int
+        Samples in the whole prompt set (all shards).
+    sample_start, sample_stop : int
+        This store's samples are prompt-file records ``[sample_start, sample_stop)``.
+    batch_size : int
+        Prompts per forward pass.
+    window_batches : int
+        Batches per window (the unit of writing and resumption).
+    token_prompt_ids : tuple of int
+        Prompt-file indices whose token states this store holds, ascending, all in
+        ``[sample_start, sample_stop)``.
+    max_len : int
+        Length of the ``tokens`` position axis; the same for all shards of a prompt set.
+    store_dtype : {"float16", "float32", "auto"}
+        Requested on-disk dtype of ``last`` and ``tokens``.
+    compress : bool
+        Blosc zstd-1 + byte shuffle if true; no compression (the default) otherwise.
+    """
+
+    n_states: int
+    hidden: int
+    n_samples_total: int
+    sample_start: int
+    sample_stop: int
+    batch_size: int
+    window_batches: int
+    token_prompt_ids: tuple[int, ...]
+    max_len: int
+    store_dtype: str = "auto"
+    compress: bool = False
+
+    def __post_init__(self) -> None:
+        if self.store_dtype not in STORE_DTYPES:
+            raise StoreError(f"store_dtype {self.store_dtype!r}: expected one of {STORE_DTYPES}")
+        if not 0 <= self.sample_start < self.sample_stop <= self.n_samples_total:
+            raise StoreError(
+                f"sample range [{self.sample_start}, {self.sample_stop}) is empty or outside "
+                f"[0, {self.n_samples_total})"
+            )
+        if self.batch_size < 1 or self.window_batches < 1 or self.n_states < 1 or self.hidden < 1:
+            raise StoreError(f"invalid store spec {self}: sizes must be >= 1")
+        ids = list(self.token_prompt_ids)
+        if ids != sorted(set(ids)) or any(
+            not self.sample_start <= i < self.sample_stop for i in ids
+        ):
+            raise StoreError(
+                f"token_prompt_ids {ids} must be ascending, unique and inside "
+                f"[{self.sample_start}, {self.sample_stop})"
+            )
+
+    @property
+    def n_samples(self) -> int:
+        """Samples in this store."""
+        return self.sample_stop - self.sample_start
+
+    @property
+    def window(self) -> int:
+        """Samples per window."""
+        return self.batch_size * self.window_batches
+
+    @property
+    def n_windows(self) -> int:
+        return -(-self.n_samples // self.window)
+
+    def window_range(self, w: int) -> tuple[int, int]:
+        """Prompt-file sample range ``[start, stop)`` of window ``w``."""
+        start = self.sample_start + w * self.window
+        return start, min(start + self.window, self.sample_stop)
+
+    def window_token_ids(self, w: int) -> list[int]:
+        """Token prompts (prompt-file indices) that fall in window ``w``."""
+        start, stop = self.window_range(w)
+        return [i for i in self.token_prompt_ids if start <= i < stop]
+
+
+def check_range(x: np.ndarray, *, dtype: str, what: str, path: Path) -> float:
+    """Refuse non-finite values, and values float16 cannot hold when ``dtype`` is float16.
+
+    Parameters
+    ----------
+    x : ndarray
+        Activations, any shape, float32 (not yet converted).
+    dtype : {"float16", "float32"}
+        The dtype ``x`` is about to be stored as.
+    what : str
+        Names the data in the error (e.g. ``"window 3 (samples 48..64) of 'last'"``).
+    path : Path
+        The store, named in the error.
+
+    Returns
+    -------
+    float
+        max |x| (0.0 for empty ``x``).
+    """
+    if x.size == 0:
+        return 0.0
+    # max/min propagate NaN, so one pass each detects non-finite values too.
+    peak = float(max(x.max(), -x.min()))
+    if not np.isfinite(peak):
+        raise StoreError(
+            f"{path}: {what} holds non-finite values (NaN or inf); the forward pass diverged. "
+            "Check the init scale and compute dtype (float16 compute overflows GPT-Neo/NeoX)."
+        )
+    if dtype == "float16" and peak >= FLOAT16_MAX:
+        raise StoreError(
+            f"{path}: {what} has max |x| = {peak:.6g}, which overflows float16 (limit "
+            f"{FLOAT16_MAX:g}); set `store_dtype: float32` in the config and rerun"
+        )
+    return peak
+
+
+class StoreWriter:
+    """Resumable, atomic writer of one activation store.
+
+    Use: ``writer = StoreWriter(path, spec, ...)``; ``if writer.open(): return`` (already
+    complete); for each ``w in writer.pending_windows()``: ``writer.write_window(w, ...)``;
+    then ``writer.finalize(extra_attrs)``.
+
+    Parameters
+    ----------
+    path : path-like
+        Final store path, e.g. ``results/activations/pythia/pretrained/kvpr_n2048.zarr``.
+    spec : StoreSpec
+        Shapes, chunking and requested dtype.
+    attrs : mapping
+        Group attrs; must hold every key of ``CALLER_ATTRS``. Values must be JSON-able.
+        Extra keys (e.g. ``compute``) are stored and are part of the resume check.
+    labels : ndarray of shape (n_samples,)
+        Gold positions of this store's samples.
+    n_tokens : ndarray of shape (n_samples,)
+        Token counts of this store's samples.
+    lengths : ndarray of shape (n_prompts,)
+        Token counts of the token prompts (``spec.token_prompt_ids``).
+    content_sha256 : str
+        Digest of what is being encoded (token ids of the samples); a partial store
+        written from other content is not resumed.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        spec: StoreSpec,
+        *,
+        attrs: Mapping[str, Any],
+        labels: np.ndarray,
+        n_tokens: np.ndarray,
+        lengths: np.ndarray,
+        content_sha256: str,
+    ) -> None:
+        self.path = Path(path)
+        self.partial = partial_path(self.path)
+        self.spec = spec
+        missing = [k for k in CALLER_ATTRS if k not in attrs]
+        if missing:
+            raise StoreError(f"{self.path}: store attrs missing {missing}; the caller must pass them")
+        reserved = [k for k in WRITER_ATTRS if k in attrs]
+        if reserved:
+            raise StoreError(
+                f"{self.path}: store attrs {reserved} are written by the store itself; do not pass them"
+            )
+        self.attrs = _json_normal(dict(attrs))
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.n_tokens = np.asarray(n_tokens, dtype=np.int64)
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        for name, arr, n in (
+            ("labels", self.labels, spec.n_samples),
+            ("n_tokens", self.n_tokens, spec.n_samples),
+            ("lengths", self.lengths, len(spec.token_prompt_ids)),
+        ):
+            if arr.shape != (n,):
+                raise StoreError(f"{self.path}: {name} has shape {arr.shape}, expected ({n},)")
+        if self.lengths.size and self.lengths.max() > spec.max_len:
+            raise StoreError(
+                f"{self.path}: token prompt length {self.lengths.max()} > max_len {spec.max_len}"
+            )
+        meta = hashlib.sha256()
+        for arr in (self.labels, self.n_tokens, self.lengths):
+            meta.update(arr.tobytes())
+        self.fingerprint = _json_normal(
+            {
+                "spec": asdict(spec),
+                "content_sha256": content_sha256,
+                "meta_sha256": meta.hexdigest(),  # labels, n_tokens, lengths
+                "reprflow_version": __version__,  # never resume across code versions
+                "attrs": self.attrs,
+            }
+        )
+        self.group: zarr.Group | None = None
+
+    # ------------------------------------------------------------------ opening
+    def _matches(self, group: zarr.Group, *, ignore: Sequence[str] = ()) -> str | None:
+        """None if ``group`` was written by an identical writer, else the reason it was not.
+
+        ``ignore`` names spec fields that may differ (chunking, for a complete store).
+        """
+        found = group.attrs.get("writer")
+        if found == self.fingerprint:
+            return None
+        if not isinstance(found, dict):
+            return "no writer fingerprint"
+        diffs = []
+        for part in ("spec", "attrs"):
+            a, b = found.get(part, {}), self.fingerprint[part]
+            diffs += [
+                f"{part}.{k}: {a.get(k)!r} != {b.get(k)!r}"
+                for k in b
+                if a.get(k) != b[k] and not (part == "spec" and k in ignore)
+            ]
+        if found.get("content_sha256") != self.fingerprint["content_sha256"]:
+            diffs.append("content_sha256 (prompt token ids) differs")
+        if found.get("meta_sha256") != self.fingerprint["meta_sha256"]:
+            diffs.append("labels, n_tokens or lengths differ")
+        if found.get("reprflow_version") != __version__:
+            diffs.append(f"written by reprflow {found.get('reprflow_version')}, this is {__version__}")
+        if not diffs and ignore:
+            return None
+        return "; ".join(diffs) or "fingerprint differs"
+
+    def open(self) -> bool:
+        """Open or create the partial store.
+
+        Returns
+        -------
+        bool
+            True if the final store already exists, is complete and was written by an
+            identical writer: nothing to do. False otherwise (then write windows).
+        """
+        if self.path.exists():
+            reason = self._final_reason()
+            if reason is None:
+                logger.info("%s: complete store exists; nothing to do", self.path)
+                return True
+            logger.warning("%s: existing store is not reusable (%s); rewriting it", self.path, reason)
+        if self.partial.exists():
+            try:
+                group = zarr.open_group(self.partial, mode="r+")
+                reason = self._matches(group)
+            except (OSError, ValueError, KeyError, TypeError, zarr.errors.BaseZarrError) as exc:
+                reason = f"unreadable ({type(exc).__name__}: {exc})"
+            if reason is None:
+                done = int(np.count_nonzero(group["_done"][:]))
+                logger.info(
+                    "%s: resuming, %d of %d windows already written", self.partial, done, self.spec.n_windows
+                )
+                self.group = group
+                return False
+            logger.warning("%s: partial store does not match this run (%s); deleting it", self.partial, reason)
+            shutil.rmtree(self.partial)
+        self.group = self._create()
+        return False
+
+    def _final_reason(self) -> str | None:
+        """None if the final store is complete and holds what this writer would write.
+
+        Chunking (batch size, window, compression) may differ: it changes no value.
+        """
+        try:
+            group = open_store(self.path)
+        except StoreError as exc:
+            return str(exc)
+        return self._matches(group, ignore=_CHUNKING_FIELDS)
+
+    def _create(self) -> zarr.Group:
+        spec = self.spec
+        attrs = {
+            **self.attrs,
+            "token_prompt_ids": list(spec.token_prompt_ids),
+            "reprflow_version": __version__,
+            "shard": {
+                "sample_start": spec.sample_start,
+                "sample_stop": spec.sample_stop,
+                "n_samples_total": spec.n_samples_total,
+            },
+            "writer": self.fingerprint,
+            "complete": False,
+        }
+        group = zarr.open_group(self.partial, mode="w", attributes=attrs)
+        for name, data in (("labels", self.labels), ("n_tokens", self.n_tokens), ("lengths", self.lengths)):
+            arr = group.create_array(
+                name,
+                shape=data.shape,
+                dtype="int64",
+                chunks=(max(data.shape[0], 1),),
+                dimension_names=DIMS[name],
+                fill_value=0,
+            )
+            arr[:] = data
+        group.create_array(
+            "_done",
+            shape=(spec.n_windows,),
+            dtype="bool",
+            chunks=(1,),
+            fill_value=False,
+            compressors=None,
+            dimension_names=("n_windows",),
+        )
+        return group
+
+    # ------------------------------------------------------------------ writing
+    def pending_windows(self) -> list[int]:
+        """Indices of windows not yet written, ascending."""
+        done = self._group()["_done"][:]
+        return [int(w) for w in np.flatnonzero(~done)]
+
+    def _group(self) -> zarr.Group:
+        if self.group is None:
+            raise StoreError(f"{self.path}: StoreWriter.open() must be called first")
+        return self.group
+
+    def _decide_dtype(self, peak: float, w: int) -> str:
+        """On-disk dtype; in auto mode decided (and recorded) on the first window written."""
+        group = self._group()
+        if "last" in group:
+            return str(group["last"].dtype)
+        spec = self.spec
+        if spec.store_dtype == "auto":
+            dtype = "float16" if peak * AUTO_HEADROOM < FLOAT16_MAX else "float32"
+        else:
+            dtype = spec.store_dtype
+        group.attrs.update(
+            {
+                "store_dtype": dtype,
+                "dtype_check": {
+                    "mode": spec.store_dtype,
+                    "observed_max_abs": peak,
+                    "decided_on_window": w,
+                    "headroom": AUTO_HEADROOM,
+                    "float16_max": FLOAT16_MAX,
+                },
+            }
+        )
+        logger.info(
+            "%s: storing %s (store_dtype=%s, max |x| = %.4g in window %d)",
+            self.path, dtype, spec.store_dtype, peak, w,
+        )
+        compressors = _compressors(spec.compress)
+        # `tokens` first: "last" present means both exist (a kill in between is redone).
+        group.create_array(
+            "tokens",
+            shape=(spec.n_states, len(spec.token_prompt_ids), spec.max_len, spec.hidden),
+            dtype=dtype,
+            chunks=(1, 1, max(1, min(spec.max_len, TOKEN_CHUNK_POSITIONS)), spec.hidden),
+            compressors=compressors,
+            fill_value=0,
+            dimension_names=DIMS["tokens"],
+            overwrite=True,
+        )
+        group.create_array(
+            "last",
+            shape=(spec.n_states, spec.n_samples, spec.hidden),
+            dtype=dtype,
+            chunks=(1, spec.window, spec.hidden),
+            compressors=compressors,
+            fill_value=0,
+            dimension_names=DIMS["last"],
+            overwrite=True,
+        )
+        return dtype
+
+    def write_window(
+        self, w: int, last: np.ndarray, tokens: Mapping[int, np.ndarray]
+    ) -> None:
+        """Check, convert and write window ``w``, then set its marker.
+
+        Parameters
+        ----------
+        w : int
+            Window index.
+        last : ndarray of shape (n_states, n_window, hidden)
+            Last-token states of the window's samples, in prompt-file order, float32.
+        tokens : mapping of int to ndarray of shape (n_states, n_tokens, hidden)
+            Full token states of the window's token prompts (``spec.window_token_ids(w)``),
+            keyed by prompt-file index, unpadded (``n_tokens`` = that prompt's length).
+        """
+        spec = self.spec
+        start, stop = spec.window_range(w)
+        if last.shape != (spec.n_states, stop - start, spec.hidden):
+            raise StoreError(
+                f"{self.path}: window {w}: last has shape {last.shape}, expected "
+                f"{(spec.n_states, stop - start, spec.hidden)}"
+            )
+        expect_ids = spec.window_token_ids(w)
+        if sorted(tokens) != expect_ids:
+            raise StoreError(f"{self.path}: window {w}: token prompts {sorted(tokens)} != {expect_ids}")
+        position = {pid: j for j, pid in enumerate(spec.token_prompt_ids)}
+        for pid, states in tokens.items():
+            expect = (spec.n_states, int(self.lengths[position[pid]]), spec.hidden)
+            if states.shape != expect:
+                raise StoreError(
+                    f"{self.path}: tokens of prompt {pid} have shape {states.shape}, expected {expect}"
+                )
+        where = f"window {w} (samples {start}..{stop})"
+        group = self._group()
+        dtype = str(group["last"].dtype) if "last" in group else spec.store_dtype
+        check_dtype = "float32" if dtype == "auto" else dtype
+        peak = check_range(last, dtype=check_dtype, what=f"{where} of 'last'", path=self.path)
+        for pid, states in tokens.items():
+            what = f"{where} of 'tokens' (prompt {pid})"
+            peak = max(peak, check_range(states, dtype=check_dtype, what=what, path=self.path))
+        if "last" not in group:
+            dtype = self._decide_dtype(peak, w)
+        # The runtime config is not persisted with the array: reapply it on every open.
+        last_arr = group["last"].with_config(_WRITE_CONFIG)
+        tok_arr = group["tokens"].with_config(_WRITE_CONFIG)
+        last_arr[:, start - spec.sample_start : stop - spec.sample_start, :] = last.astype(dtype)
+        for pid, states in tokens.items():
+            padded = np.zeros((spec.n_states, spec.max_len, spec.hidden), dtype=dtype)
+            padded[:, : states.shape[1]] = states
+            tok_arr[:, position[pid], :, :] = padded
+        group["_done"][w] = True
+
+    def finalize(self, extra_attrs: Mapping[str, Any] | None = None) -> Path:
+        """Set ``complete: true`` (last write) and rename the partial store to its final name.
+
+        Parameters
+        ----------
+        extra_attrs : mapping, optional
+            Attrs to add before completion (e.g. ``timing``).
+
+        Returns
+        -------
+        Path
+            The final store path.
+        """
+        group = self._group()
+        pending = self.pending_windows()
+        if pending:
+            raise StoreError(f"{self.partial}: windows {pending} not written; cannot finalize")
+        for root, _dirs, files in os.walk(self.partial):
+            for name in files:
+                if _ZARR_TMP.search(name):
+                    os.unlink(os.path.join(root, name))  # leftover of a write killed mid-way
+        if extra_attrs:
+            group.attrs.update(_json_normal(dict(extra_attrs)))
+        group.attrs.update({"complete": True})
+        if self.path.exists():
+            shutil.rmtree(self.path)
+        os.replace(self.partial, self.path)
+        self.group = None
+        logger.info("%s: store complete", self.path)
+        return self.path
+
+
+# ---------------------------------------------------------------------- reading
+def open_store(path: str | os.PathLike) -> zarr.Group:
+    """Open a complete activation store read-only, checking the contract.
+
+    Parameters
+    ----------
+    path : path-like
+        Store path (``.../{task}_n{length}.zarr``).
+
+    Returns
+    -------
+    zarr.Group
+        With arrays ``last`` [n_states, n_samples, hidden], ``labels`` [n_samples],
+        ``n_tokens`` [n_samples], ``tokens`` [n_states, n_prompts, n_tokens, hidden],
+        ``lengths`` [n_prompts].
+
+    Raises
+    ------
+    StoreError
+        If the store is missing, not complete, or its attrs/shapes break the contract.
+    """
+    path = Path(path)
+    if not path.exists():
+        hint = " (a killed run left a .partial store; rerun to resume)" if partial_path(path).exists() else ""
+        raise StoreError(f"{path}: store not found{hint}; run the extraction for it")
+    try:
+        group = zarr.open_group(path, mode="r")
+    except (OSError, ValueError, KeyError, TypeError, zarr.errors.BaseZarrError) as exc:
+        raise StoreError(f"{path}: not a readable Zarr group ({exc}); delete it and rerun") from exc
+    attrs = group.attrs
+    if "complete" not in attrs:
+        raise StoreError(f"{path}: attr 'complete' missing (killed run?); delete it or rerun")
+    if attrs["complete"] is not True:
+        raise StoreError(f"{path}: attr 'complete' is {attrs['complete']!r} (killed run?); delete it or rerun")
+    missing = [k for k in CONTRACT_ATTRS if k not in attrs]
+    if missing:
+        raise StoreError(f"{path}: attrs {missing} missing; the store predates the contract, delete it and rerun")
+    for name, dims in DIMS.items():
+        if name not in group:
+            raise StoreError(f"{path}: array '{name}' missing; delete it and rerun")
+        found = tuple(group[name].metadata.dimension_names or ())
+        if found != dims:
+            raise StoreError(f"{path}: array '{name}' has dims {found}, expected {dims}")
+    k = len(attrs["state_names"])
+    n = group["labels"].shape[0]
+    p = len(attrs["token_prompt_ids"])
+    last, tokens = group["last"].shape, group["tokens"].shape
+    problems = []
+    if last[:2] != (k, n):
+        problems.append(f"last {last} vs K={k} states, {n} labels")
+    if group["n_tokens"].shape != (n,):
+        problems.append(f"n_tokens {group['n_tokens'].shape} vs {n} labels")
+    if tokens[:2] != (k, p) or tokens[3] != last[2]:
+        problems.append(f"tokens {tokens} vs K={k}, {p} token prompts, hidden {last[2]}")
+    if group["lengths"].shape != (p,):
+        problems.append(f"lengths {group['lengths'].shape} vs {p} token prompts")
+    if problems:
+        raise StoreError(f"{path}: inconsistent shapes: {'; '.join(problems)}; delete it and rerun")
+    return group
+
+
+class ConcatArray:
+    """Read-only lazy concatenation of array-likes along one axis (no data copied until read).
+
+    Supports ``shape``, ``dtype``, ``ndim``, ``len`` and orthogonal indexing with ints,
+    slices (positive step), 1-D integer arrays and ``...``; reading returns an ndarray.
+
+    Parameters
+    ----------
+    parts : sequence of zarr.Array or ndarray
+        Equal shapes except along ``axis``.
+    axis : int
+        The concatenation axis.
+    """
+
+    def __init__(self, parts: Sequence[Any], *, axis: int) -> None:
+        self.parts = list(parts)
+        self.axis = axis
+        shapes = [tuple(p.shape) for p in self.parts]
+        rest = {s[:axis] + s[axis + 1 :] for s in shapes}
+        if len(rest) != 1:
+            raise StoreError(f"cannot concatenate shapes {shapes} along axis {axis}")
+        sizes = [s[axis] for s in shapes]
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+        shape = list(shapes[0])
+        shape[axis] = int(self.offsets[-1])
+        self.shape = tuple(shape)
+        self.dtype = np.result_type(*[p.dtype for p in self.parts])
+        self.ndim = len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[...]
+        return out if dtype is None else out.astype(dtype)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        if any(k is Ellipsis for k in key):
+            i = next(i for i, k in enumerate(key) if k is Ellipsis)
+            key = key[:i] + (slice(None),) * (self.ndim - len(key) + 1) + key[i + 1 :]
+        key = key + (slice(None),) * (self.ndim - len(key))
+        if len(key) != self.ndim:
+            raise IndexError(f"too many indices for shape {self.shape}")
+        n = self.shape[self.axis]
+        sel = key[self.axis]
+        if isinstance(sel, slice):
+            idx = np.arange(n)[sel]
+        else:
+            idx = np.asarray(sel, dtype=np.int64)
+            if idx.ndim > 1:
+                raise IndexError("only 1-D index arrays are supported")
+            if ((idx < -n) | (idx >= n)).any():
+                raise IndexError(f"index out of range for axis {self.axis} of size {n}")
+            idx = np.where(idx < 0, idx + n, idx)
+        scalar = idx.ndim == 0
+        idx = np.atleast_1d(idx)
+        out_axis = self.axis - sum(isinstance(k, (int, np.integer)) for k in key[: self.axis])
+        owner = np.searchsorted(self.offsets, idx, side="right") - 1
+        pieces, order = [], []
+        for s in np.unique(owner):
+            rows = np.flatnonzero(owner == s)
+            local = key[: self.axis] + (idx[rows] - self.offsets[s],) + key[self.axis + 1 :]
+            part = self.parts[s]
+            data = part.oindex[local] if hasattr(part, "oindex") else _np_oindex(part, local)
+            pieces.append(np.asarray(data).astype(self.dtype, copy=False))
+            order.append(rows)
+        if not pieces:
+            shape = [len(range(*k.indices(d))) if isinstance(k, slice) else len(np.atleast_1d(k))
+                     for k, d in zip(key, self.shape) if not isinstance(k, (int, np.integer))]
+            return np.zeros(shape, dtype=self.dtype)
+        out = np.concatenate(pieces, axis=out_axis)
+        inverse = np.argsort(np.concatenate(order), kind="stable")
+        out = np.take(out, inverse, axis=out_axis)
+        return np.take(out, 0, axis=out_axis) if scalar else out
+
+
+def _np_oindex(arr: np.ndarray, key: tuple) -> np.ndarray:
+    """Orthogonal indexing of an ndarray (each axis indexed independently)."""
+    out = arr
+    axis = 0
+    for k in key:
+        if isinstance(k, (int, np.integer)):
+            out = np.take(out, k, axis=axis)
+        else:
+            out = out[(slice(None),) * axis + (k,)]
+            axis += 1
+    return out
+
+
+class ShardedStore:
+    """Shard stores of one prompt set presented as one logical store (lazy, read-only).
+
+    ``store["last"]`` and ``store["tokens"]`` are ``ConcatArray`` views over the shards
+    (concatenated along n_samples / n_prompts); ``labels``, ``n_tokens`` and ``lengths``
+    are small and concatenated eagerly. ``attrs`` are those of the first shard with
+    ``token_prompt_ids`` merged, ``shard`` covering the whole set, ``store_dtype`` the
+    common on-disk dtype, and ``shards`` listing the shard paths.
+    """
+
+    def __init__(self, groups: Sequence[zarr.Group], paths: Sequence[Path]) -> None:
+        self.groups = list(groups)
+        self.paths = list(paths)
+        first = dict(self.groups[0].attrs)
+        arrays = {
+            "last": ConcatArray([g["last"] for g in self.groups], axis=1),
+            "tokens": ConcatArray([g["tokens"] for g in self.groups], axis=1),
+        }
+        for name in ("labels", "n_tokens", "lengths"):
+            arrays[name] = np.concatenate([g[name][:] for g in self.groups])
+        self.arrays = arrays
+        first.update(
+            {
+                "token_prompt_ids": [i for g in self.groups for i in g.attrs["token_prompt_ids"]],
+                "shard": {
+                    "sample_start": 0,
+                    "sample_stop": _shard_of(self.groups[0])["n_samples_total"],
+                    "n_samples_total": _shard_of(self.groups[0])["n_samples_total"],
+                },
+                "store_dtype": str(arrays["last"].dtype),
+                "shards": [str(p) for p in self.paths],
+            }
+        )
+        first.pop("writer", None)
+        first.pop("timing", None)
+        first.pop("dtype_check", None)
+        self.attrs = first
+
+    def __getitem__(self, name: str) -> Any:
+        return self.arrays[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.arrays
+
+
+def _shard_of(group: zarr.Group) -> dict[str, int]:
+    """The ``shard`` attr; a store without one holds the whole prompt set."""
+    if "shard" in group.attrs:
+        return dict(group.attrs["shard"])
+    n = group["labels"].shape[0]
+    return {"sample_start": 0, "sample_stop": n, "n_samples_total": n}
+
+
+_SHARD_SPECIFIC = {"writer", "timing", "store_dtype", "dtype_check", "token_prompt_ids", "shard"}
+
+
+def open_sharded(paths: Sequence[str | os.PathLike]) -> ShardedStore:
+    """Open the shard stores of one prompt set as one logical store.
+
+    Parameters
+    ----------
+    paths : sequence of path-like
+        Complete shard stores (any order); together they must cover samples
+        ``[0, n_samples_total)`` exactly once. A single unsharded store is accepted.
+
+    Returns
+    -------
+    ShardedStore
+        Lazy view with ``last`` [n_states, n_samples, hidden], ``tokens``
+        [n_states, n_prompts, n_tokens, hidden], ``labels``, ``n_tokens``, ``lengths``.
+
+    Raises
+    ------
+    StoreError
+        If a shard is incomplete, shards disagree on their attrs (model, prompts, ...),
+        or they leave a gap or overlap.
+    """
+    if not paths:
+        raise StoreError("open_sharded: no shard paths given")
+    opened = [(Path(p), open_store(p)) for p in paths]
+    opened.sort(key=lambda pg: _shard_of(pg[1])["sample_start"])
+    ref_path, ref = opened[0]
+    ref_common = {k: v for k, v in ref.attrs.items() if k not in _SHARD_SPECIFIC}
+    expect_start = 0
+    total = _shard_of(ref)["n_samples_total"]
+    for p, g in opened:
+        common = {k: v for k, v in g.attrs.items() if k not in _SHARD_SPECIFIC}
+        if common != ref_common:
+            diff = sorted(k for k in set(common) | set(ref_common) if common.get(k) != ref_common.get(k))
+            raise StoreError(f"{p}: attrs {diff} differ from shard {ref_path}; shards of different runs")
+        sh = _shard_of(g)
+        if sh["n_samples_total"] != total or sh["sample_start"] != expect_start:
+            raise StoreError(
+                f"{p}: covers samples [{sh['sample_start']}, {sh['sample_stop']}) of {sh['n_samples_total']}, "
+                f"expected to start at {expect_start} of {total}; a shard is missing or duplicated"
+            )
+        if g["tokens"].shape[2] != ref["tokens"].shape[2]:
+            raise StoreError(f"{p}: tokens max_len {g['tokens'].shape[2]} != {ref['tokens'].shape[2]} of {ref_path}")
+        expect_start = sh["sample_stop"]
+    if expect_start != total:
+        raise StoreError(
+            f"shards {[str(p) for p, _ in opened]} cover samples [0, {expect_start}) of {total}; a shard is missing"
+        )
+    return ShardedStore([g for _, g in opened], [p for p, _ in opened])

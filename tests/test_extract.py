@@ -1,0 +1,202 @@
+"""Tests for reprflow.extract: stored states equal unbatched reference forwards."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from reprflow.errors import PromptError, ReprflowError
+from reprflow.extract import extract_activations, plan_window_batches
+from reprflow.models.init_schemes import InitSpec
+from reprflow.models.registry import load_model
+from reprflow.models.tiny import build_tiny_model
+from reprflow.prompts.tokenizers import load_tokenizer
+from reprflow.store import open_sharded, open_store, shard_path, shard_range
+
+WORDS = "the key value pair lost in the middle of a long context window".split()
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer("gpt-neox-20b")
+
+
+def make_prompts(tokenizer, n: int, *, seed: int) -> list[dict]:
+    """Records in the prompt-file format, with varied lengths (3..30 words)."""
+    rng = np.random.default_rng(seed)
+    records = []
+    for i in range(n):
+        text = " ".join(rng.choice(WORDS, size=int(rng.integers(3, 30))))
+        records.append(
+            {
+                "id": f"kvpr-{i}",
+                "task": "kvpr",
+                "prompt": text,
+                "label": int(rng.integers(0, 4)),
+                "n_items": 4,
+                "n_tokens": len(tokenizer(text)["input_ids"]),
+                "answer": "x",
+            }
+        )
+    return records
+
+
+def attrs_for(family: str) -> dict:
+    return {
+        "model": f"tiny-{family}",
+        "model_id": f"tiny/{family}",
+        "revision": None,
+        "family": family,
+        "init": {"scheme": "pretrained", "params": {}},
+        "task": "kvpr",
+        "length": 300,
+        "tokenizer": "gpt-neox-20b",
+        "prompt_file": "data/prompts/gpt-neox-20b/kvpr_n300.jsonl",
+        "prompt_sha256": "0" * 64,
+    }
+
+
+@pytest.fixture(scope="module", params=["gpt_neox", "mamba"])
+def tiny(request, tmp_path_factory):
+    family = request.param
+    path = build_tiny_model(
+        family, out_dir=tmp_path_factory.mktemp(family) / "model", seed=0,
+        overrides={"num_hidden_layers": 2},
+    )
+    return family, load_model(str(path), init=InitSpec("pretrained"), seed=None)
+
+
+def reference_states(model, family: str, ids: list[int]) -> np.ndarray:
+    """All K_all = L + 2 states of one unbatched prompt, float64, [n_states, n_tokens, hidden].
+
+    Built from ``output_hidden_states`` plus what it lacks: for gpt_neox the raw output of
+    the last block (a test-local hook), for mamba the token embeddings.
+    """
+    blocks = model.base_model.layers
+    seen = {}
+    handle = blocks[-1].register_forward_hook(lambda m, a, out: seen.__setitem__("last_block", out))
+    try:
+        with torch.no_grad():
+            out = model(torch.tensor([ids]), output_hidden_states=True)
+    finally:
+        handle.remove()
+    hs = [h[0].double() for h in out.hidden_states]  # L + 1 entries of [n_tokens, hidden]
+    last_block = seen["last_block"]
+    last_block = (last_block[0] if isinstance(last_block, tuple) else last_block)[0].double()
+    if family == "gpt_neox":  # [embed, block_1 .. block_{L-1}, final_norm]
+        states = hs[:-1] + [last_block, hs[-1]]
+    else:  # mamba: [block_1 .. block_L, final_norm]
+        with torch.no_grad():
+            embed = model.get_input_embeddings()(torch.tensor(ids)).double()
+        states = [embed] + hs
+    return torch.stack(states).numpy()
+
+
+def test_plan_window_batches_buckets_by_length():
+    lengths = np.array([5, 9, 2, 9, 7])
+    batches = plan_window_batches(lengths, batch_size=2)
+    assert [b.tolist() for b in batches] == [[1, 3], [4, 0], [2]]
+
+
+def test_stored_states_equal_unbatched_reference(tiny, tokenizer, tmp_path):
+    family, model = tiny
+    prompts = make_prompts(tokenizer, 7, seed=1)
+    out = tmp_path / "kvpr_n300.zarr"
+    summary = extract_activations(
+        model, tokenizer, prompts, out, batch_size=3, window_batches=2, n_token_prompts=4,
+        attrs=attrs_for(family), store_dtype="float32", progress=False,
+    )
+    assert summary.n_samples == 7 and summary.windows_written == 2 and not summary.already_complete
+    assert summary.tokens == sum(p["n_tokens"] for p in prompts)
+    g = open_store(out)
+    n_blocks = 2
+    assert g.attrs["state_names"] == ["embed", "block_1", "block_2", "final_norm"]
+    assert g["last"].shape == (n_blocks + 2, 7, 64)
+    np.testing.assert_array_equal(g["labels"][:], [p["label"] for p in prompts])
+    np.testing.assert_array_equal(g["n_tokens"][:], [p["n_tokens"] for p in prompts])
+    assert g.attrs["token_prompt_ids"] == [0, 1, 2, 3]
+    np.testing.assert_array_equal(g["lengths"][:], [p["n_tokens"] for p in prompts[:4]])
+    assert g.attrs["timing"]["tokens"] == summary.tokens
+    last = g["last"][:].astype(np.float64)
+    tokens = g["tokens"][:].astype(np.float64)
+    for i, p in enumerate(prompts):
+        ref = reference_states(model, family, tokenizer(p["prompt"])["input_ids"])
+        np.testing.assert_allclose(last[:, i], ref[:, -1], atol=1e-5, rtol=0, err_msg=f"prompt {i}")
+        if i < 4:
+            n = p["n_tokens"]
+            np.testing.assert_allclose(tokens[:, i, :n], ref, atol=1e-5, rtol=0, err_msg=f"tokens {i}")
+            assert not tokens[:, i, n:].any()
+    # the hf view reproduces output_hidden_states at the last token
+    with torch.no_grad():
+        out_hf = model(torch.tensor([tokenizer(prompts[0]["prompt"])["input_ids"]]), output_hidden_states=True)
+    hf = torch.stack([h[0, -1] for h in out_hf.hidden_states]).double().numpy()
+    np.testing.assert_allclose(last[g.attrs["views"]["hf"], 0], hf, atol=1e-5, rtol=0)
+    # rerun on the complete store is a no-op
+    again = extract_activations(
+        model, tokenizer, prompts, out, batch_size=3, window_batches=2, n_token_prompts=4,
+        attrs=attrs_for(family), store_dtype="float32", progress=False,
+    )
+    assert again.already_complete and again.windows_written == 0
+
+
+def test_sharded_extraction_equals_one_shot(tiny, tokenizer, tmp_path):
+    family, model = tiny
+    if family != "gpt_neox":
+        pytest.skip("sharding is family independent; one family keeps the suite fast")
+    prompts = make_prompts(tokenizer, 7, seed=2)
+    kwargs = dict(batch_size=2, window_batches=1, n_token_prompts=3, attrs=attrs_for(family),
+                  store_dtype="float16", progress=False)
+    one = tmp_path / "kvpr_n300.zarr"
+    extract_activations(model, tokenizer, prompts, one, **kwargs)
+    paths = [shard_path(one, i, 2) for i in range(2)]
+    for i, p in enumerate(paths):
+        extract_activations(model, tokenizer, prompts, p, sample_range=shard_range(7, i, 2), overlap=False, **kwargs)
+    full, view = open_store(one), open_sharded(paths)
+    for name in ("last", "tokens", "labels", "n_tokens", "lengths"):
+        np.testing.assert_array_equal(np.asarray(view[name][...]), full[name][:])
+    assert view.attrs["token_prompt_ids"] == [0, 1, 2]
+
+
+def test_prompt_beyond_context_raises(tiny, tokenizer, tmp_path):
+    family, model = tiny
+    prompts = make_prompts(tokenizer, 3, seed=3)
+    longest = max(prompts, key=lambda p: p["n_tokens"])
+    with pytest.raises(ReprflowError, match=rf"kvpr_n300\.jsonl: prompt '{longest['id']}' has "
+                       rf"{longest['n_tokens']} tokens, beyond the model's context limit of 4"):
+        extract_activations(model, tokenizer, prompts, tmp_path / "x.zarr", batch_size=2,
+                            n_token_prompts=1, attrs=attrs_for(family), max_context=4, progress=False)
+    assert not (tmp_path / "x.zarr").exists()
+
+
+def test_token_count_mismatch_raises(tiny, tokenizer, tmp_path):
+    family, model = tiny
+    prompts = make_prompts(tokenizer, 3, seed=4)
+    prompts[1]["n_tokens"] += 1
+    with pytest.raises(PromptError, match="prompt 'kvpr-1' tokenizes to .* record says"):
+        extract_activations(model, tokenizer, prompts, tmp_path / "x.zarr", batch_size=2,
+                            n_token_prompts=1, attrs=attrs_for(family), progress=False)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("family", ["gpt_neox", "mamba"])
+def test_cuda_extraction_matches_cpu(family, tokenizer, tmp_path):
+    path = build_tiny_model(family, out_dir=tmp_path / "model", seed=0, overrides={"num_hidden_layers": 2})
+    prompts = make_prompts(tokenizer, 10, seed=5)
+    kwargs = dict(batch_size=4, window_batches=1, n_token_prompts=3, attrs=attrs_for(family),
+                  store_dtype="float32", progress=False)
+    stores = {}
+    for name, device, dtype in [("cpu", "cpu", torch.float32), ("cuda32", "cuda", torch.float32),
+                                ("cuda16", "cuda", torch.bfloat16)]:
+        model = load_model(str(path), init=InitSpec("pretrained"), seed=None)
+        extract_activations(model, tokenizer, prompts, tmp_path / f"{name}.zarr", device=device,
+                            compute_dtype=dtype, **kwargs)
+        stores[name] = open_store(tmp_path / f"{name}.zarr")
+    assert stores["cuda16"].attrs["dtype"] == "bfloat16"
+    assert stores["cuda16"].attrs["compute_device"] == "cuda"
+    ref = stores["cpu"]["last"][:].astype(np.float64)
+    scale = np.abs(ref).max()
+    np.testing.assert_allclose(stores["cuda32"]["last"][:], ref, atol=1e-4 * scale, rtol=0)
+    np.testing.assert_allclose(stores["cuda16"]["last"][:], ref, atol=5e-2 * scale, rtol=0)
+    np.testing.assert_allclose(stores["cuda32"]["tokens"][:], stores["cpu"]["tokens"][:], atol=1e-4 * scale, rtol=0)
