@@ -18,6 +18,7 @@ rule extract_activations:
         seed=CFG.seed,
         settings=CFG.section("extraction"),
         config_digest=CFG.digest(),
+        origin=lambda w: f"config.models[{[m.name for m in CFG.models].index(w.model)}].hf_id",
     resources:
         gpu=CFG.section("extraction")["gpus"],
         mem_mb=32000 if CFG.section("extraction")["gpus"] else 4000,

@@ -15,4 +15,5 @@ with workflow_step(snakemake.log[0], "extract_activations"):  # noqa: F821 (inje
         seed=p.seed,
         settings=p.settings,
         config_digest=p.config_digest,
+        origin=p.origin,
     )

@@ -46,6 +46,7 @@ def run_extraction(
     seed: int,
     settings: dict,
     config_digest: str,
+    origin: str = "model",
 ) -> Path:
     """Extract one cell's activations into ``out_path`` (a no-op if it is already complete).
 
@@ -59,6 +60,8 @@ def run_extraction(
         One ``config.models`` entry and one ``config.inits`` entry (validated).
     settings : dict
         The ``config.extraction`` section.
+    origin : str
+        Where the model id came from (e.g. ``config.models[2].hf_id``), for error messages.
     """
     out_path = Path(out_path)
     if model.get("max_context") is not None and length > model["max_context"]:
@@ -72,7 +75,8 @@ def run_extraction(
     tokenizer = load_tokenizer(model["tokenizer"])
     spec = InitSpec(scheme=init["scheme"], params=dict(init.get("params") or {}))
     logger.info("loading %s (%s) with init %s on %s in %s", model["name"], model["hf_id"], init["name"], device, dtype)
-    net = load_model(model["hf_id"], init=spec, seed=seed, revision=model.get("revision"), dtype=dtype, device=device)
+    net = load_model(model["hf_id"], init=spec, seed=seed, revision=model.get("revision"), dtype=dtype, device=device,
+                     origin=origin)
     limit = model_max_context(net)
     attrs = {
         "model": model["name"],
