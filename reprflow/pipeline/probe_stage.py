@@ -1,0 +1,195 @@
+"""Stage probes: one activation store -> per-layer probe accuracies (CSV + JSON summary).
+
+Reads ``last`` [n_states, n_samples, hidden] and ``labels`` [n_samples] of a complete
+store, fits the probes of :func:`reprflow.probes.fit_layer_probes` ONCE on all
+K_all = L + 2 captured states, and reports each layer view (``attrs["views"][view]``,
+an index list into the state axis) by selecting its rows. ``last`` is read a group of
+states at a time (see ``max_batch_bytes`` of ``fit_layer_probes``), never whole.
+
+Files written (each atomically: temporary name beside the target, then rename):
+
+=======================  ====================================================================
+``out_csv``              view, state_index (0..K_view-1), state_name, seed, val_accuracy,
+                         train_accuracy: one row per (view, state, seed)
+``out_csv`` as ``.json`` {view: {state_names, mean, std, last_accuracy, peak_layer, peak_state,
+                         peak_accuracy, gap, n_train, n_val, n_classes}, "protocol": {...},
+                         "provenance": {store, prompt_sha256, reprflow_version, ...}}
+=======================  ====================================================================
+
+``mean``/``std`` are over seeds (std is the population std, ddof = 0); ``peak_layer`` is
+an index within the view.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from reprflow import __version__
+from reprflow.errors import ConfigError, ReprflowError, StoreError
+from reprflow.probes import DEFAULT_MAX_BATCH_BYTES, ProbeResult, fit_layer_probes
+from reprflow.prompts.files import atomic_write_bytes
+from reprflow.store import open_sharded, open_store
+
+logger = logging.getLogger(__name__)
+
+CSV_COLUMNS = ["view", "state_index", "state_name", "seed", "val_accuracy", "train_accuracy"]
+
+
+def _open(store_path: str | os.PathLike | Sequence[str | os.PathLike]) -> Any:
+    if isinstance(store_path, (str, os.PathLike)):
+        return open_store(store_path)
+    return open_sharded(list(store_path))
+
+
+def _view_rows(result: ProbeResult, view: str, indices: list[int], names: list[str]) -> list[dict[str, Any]]:
+    sub = result.select(indices)
+    return [
+        {
+            "view": view,
+            "state_index": j,
+            "state_name": names[k],
+            "seed": seed,
+            "val_accuracy": float(sub.val_accuracy[s, j]),
+            "train_accuracy": float(sub.train_accuracy[s, j]),
+        }
+        for j, k in enumerate(indices)
+        for s, seed in enumerate(result.seeds)
+    ]
+
+
+def _view_summary(result: ProbeResult, indices: list[int], names: list[str]) -> dict[str, Any]:
+    sub = result.select(indices)
+    return {
+        "state_names": [names[k] for k in indices],
+        "states": list(indices),
+        "mean": sub.mean.tolist(),
+        "std": sub.std.tolist(),
+        "last_accuracy": sub.last_accuracy,
+        "peak_layer": sub.peak_layer,
+        "peak_state": names[indices[sub.peak_layer]],
+        "peak_accuracy": sub.peak_accuracy,
+        "gap": sub.gap,
+        "n_train": sub.n_train,
+        "n_val": sub.n_val,
+        "n_classes": sub.n_classes,
+    }
+
+
+def run_probe_stage(
+    store_path: str | os.PathLike | Sequence[str | os.PathLike],
+    out_csv: str | os.PathLike,
+    *,
+    views: Sequence[str] = ("hf", "residual"),
+    epochs: int = 150,
+    lr: float = 0.05,
+    seeds: Sequence[int] = (0, 1, 2, 3, 4),
+    val_fraction: float = 0.2,
+    standardize: bool = True,
+    n_train: int = 20000,
+    device: str | torch.device | None = None,
+    max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+) -> ProbeResult:
+    """Fit per-layer probes on one store's last-token states and write CSV + JSON.
+
+    Parameters
+    ----------
+    store_path : path-like, or sequence of path-likes
+        A complete activation store (``reprflow.store.open_store``), or the shard stores
+        of one prompt set (``reprflow.store.open_sharded``).
+    out_csv : path-like
+        The CSV to write; the summary goes to the same path with suffix ``.json``.
+    views : sequence of str
+        Layer views to report, keys of ``attrs["views"]``.
+    epochs, lr, seeds, val_fraction, standardize, n_train, device, max_batch_bytes
+        Passed to :func:`reprflow.probes.fit_layer_probes`.
+
+    Returns
+    -------
+    ProbeResult
+        Over all K_all states (``val_accuracy`` of shape (n_seeds, n_states)).
+
+    Raises
+    ------
+    StoreError
+        If the store is missing or incomplete, its views/state names are inconsistent,
+        or its ``last``/``labels`` cannot be probed (non-finite values, one class, ...).
+    ConfigError
+        If a requested view is not in the store, or a probe parameter is out of range
+        (``reprflow.probes.InvalidParameterError``).
+    """
+    t0 = time.perf_counter()
+    out_csv = Path(out_csv)
+    out_json = out_csv.with_suffix(".json")
+    store = _open(store_path)
+    attrs = store.attrs
+    names = list(attrs["state_names"])
+    store_views = attrs["views"]
+    last = store["last"]  # [n_states, n_samples, hidden]
+    labels = np.asarray(store["labels"][:])  # [n_samples]
+    if not views or len(set(views)) != len(views):
+        raise ConfigError(f"probes: views must be a non-empty list of distinct names; got {list(views)!r}")
+    for view in views:
+        if view not in store_views:
+            raise ConfigError(
+                f"{store_path}: layer view {view!r} not in the store (it has {sorted(store_views)}); "
+                "fix metrics.views in the config"
+            )
+        bad = [k for k in store_views[view] if not 0 <= int(k) < len(names)]
+        if bad:
+            raise StoreError(f"{store_path}: view {view!r} has state indices {bad} outside 0..{len(names) - 1}")
+    if last.shape[0] != len(names):
+        raise StoreError(f"{store_path}: 'last' has {last.shape[0]} states but state_names has {len(names)}")
+
+    logger.info("probes: %s, last %s (%s), %d views", store_path, tuple(last.shape), last.dtype, len(views))
+    try:
+        result = fit_layer_probes(
+            last, labels, epochs=epochs, lr=lr, seeds=seeds, val_fraction=val_fraction,
+            standardize=standardize, device=device, n_train=n_train, max_batch_bytes=max_batch_bytes,
+        )
+    except ValueError as exc:
+        if isinstance(exc, ReprflowError):  # a bad parameter (InvalidParameterError): the config's fault
+            raise
+        raise StoreError(f"{store_path}: {exc}; the store's last/labels are unusable, delete it and rerun") from exc
+    for what, arr in (("val_accuracy", result.val_accuracy), ("train_accuracy", result.train_accuracy)):
+        if not np.isfinite(arr).all():
+            raise StoreError(f"{store_path}: probe {what} is not finite; refusing to write {out_csv}")
+
+    rows, summary = [], {}
+    for view in views:
+        indices = [int(k) for k in store_views[view]]
+        rows += _view_rows(result, view, indices, names)
+        summary[view] = _view_summary(result, indices, names)
+    summary["protocol"] = {
+        "epochs": epochs, "lr": lr, "seeds": list(result.seeds), "val_fraction": val_fraction,
+        "standardize": standardize, "n_train_max": n_train, "optimizer": "Adam (full batch)",
+        "compute_dtype": "float32", "device": str(device) if device is not None else "auto",
+    }
+    summary["provenance"] = {
+        "store": str(store_path) if isinstance(store_path, (str, os.PathLike)) else [str(p) for p in store_path],
+        "prompt_sha256": attrs["prompt_sha256"],
+        "reprflow_version": __version__,
+        "store_reprflow_version": attrs.get("reprflow_version"),
+        "model": attrs.get("model"),
+        "init": attrs.get("init"),
+        "task": attrs.get("task"),
+        "length": attrs.get("length"),
+        "views": {v: [int(k) for k in store_views[v]] for v in views},
+        "n_samples": int(labels.shape[0]),
+    }
+
+    out_csv.parent.mkdir(parents=True, exist_ok=True)
+    frame = pd.DataFrame(rows, columns=CSV_COLUMNS)
+    atomic_write_bytes((json.dumps(summary, indent=2, allow_nan=False) + "\n").encode(), out_json)
+    atomic_write_bytes(frame.to_csv(index=False).encode(), out_csv)
+    logger.info("probes: wrote %s and %s in %.1f s", out_csv, out_json, time.perf_counter() - t0)
+    return result

@@ -1,0 +1,146 @@
+"""Tests for reprflow.pipeline.probe_stage on a tiny store written directly with zarr v3."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import zarr
+
+from reprflow import __version__
+from reprflow.errors import ConfigError, StoreError
+from reprflow.pipeline.probe_stage import CSV_COLUMNS, run_probe_stage
+from reprflow.probes import fit_layer_probes
+
+L, HIDDEN, N_SAMPLES, N_CLASSES = 4, 12, 240, 4
+STATE_NAMES = ["embed", *[f"block_{i}" for i in range(1, L + 1)], "final_norm"]  # K_all = 6
+VIEWS = {"residual": [0, 1, 2, 3, 4], "hf": [0, 1, 2, 3, 5]}  # GPT-Neo-like hf view
+PLANTED = 2  # block_2: index 2 in both views
+KW = dict(epochs=40, lr=0.05, seeds=(0, 1, 2), val_fraction=0.25, standardize=True, n_train=20000, device="cpu")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _write_store(path: Path, *, complete: bool = True, nan: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """A contract-shaped store (docs/CONTRACTS.md); returns (last, labels)."""
+    rng = np.random.default_rng(0)
+    k_all = len(STATE_NAMES)
+    labels = (rng.integers(0, N_CLASSES, N_SAMPLES) * 5).astype(np.int64)  # gold positions 0, 5, 10, 15
+    last = rng.normal(size=(k_all, N_SAMPLES, HIDDEN))
+    last[PLANTED] += 1.5 * rng.normal(size=(N_CLASSES, HIDDEN))[labels // 5]
+    last = last.astype(np.float16)
+    if nan:
+        last[3, 10, 1] = np.nan
+    group = zarr.create_group(store=str(path), zarr_format=3)
+    arrays = {
+        "last": (last, ("n_states", "n_samples", "hidden")),
+        "labels": (labels, ("n_samples",)),
+        "n_tokens": (np.full(N_SAMPLES, 20, dtype=np.int64), ("n_samples",)),
+        "tokens": (np.zeros((k_all, 2, 20, HIDDEN), np.float16), ("n_states", "n_prompts", "n_tokens", "hidden")),
+        "lengths": (np.array([20, 20], dtype=np.int64), ("n_prompts",)),
+    }
+    for name, (data, dims) in arrays.items():
+        chunks = (1, *data.shape[1:]) if name == "last" else "auto"  # one state per chunk, as the writer
+        group.create_array(name, data=data, chunks=chunks, dimension_names=dims)
+    group.attrs.update(
+        {
+            "model": "tiny", "model_id": "local/tiny", "revision": None, "family": "gpt_neo",
+            "init": {"scheme": "pretrained"}, "dtype": "float16", "task": "kvpr", "length": 300,
+            "tokenizer": "gpt2", "prompt_file": "data/prompts/gpt2/kvpr_n300.jsonl",
+            "prompt_sha256": "ab" * 32, "reprflow_version": __version__,
+            "state_names": STATE_NAMES, "views": VIEWS, "token_prompt_ids": [0, 1],
+            "complete": complete,
+        }
+    )
+    return last, labels
+
+
+@pytest.fixture(scope="module")
+def stage_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("probes")
+    store = tmp / "kvpr_n300.zarr"
+    last, labels = _write_store(store)
+    out = tmp / "metrics" / "probes.csv"
+    result = run_probe_stage(store, out, views=("hf", "residual"), **KW)
+    return store, out, last, labels, result
+
+
+def test_csv_rows_are_one_fit_selected_per_view(stage_run):
+    store, out, last, labels, result = stage_run
+    frame = pd.read_csv(out)
+    assert list(frame.columns) == CSV_COLUMNS
+    assert len(frame) == sum(len(v) for v in VIEWS.values()) * len(KW["seeds"])
+    direct = fit_layer_probes(last, labels, progress=False, **KW)  # same arrays, no store
+    for view, idx in VIEWS.items():
+        sub = frame[frame.view == view]
+        for (j, seed), row in sub.set_index(["state_index", "seed"]).iterrows():
+            k = idx[j]
+            assert row.state_name == STATE_NAMES[k]
+            s = KW["seeds"].index(seed)
+            assert row.val_accuracy == direct.val_accuracy[s, k]
+            assert row.train_accuracy == direct.train_accuracy[s, k]
+    # the shared states (embed..block_3) have identical rows in both views
+    a = frame[frame.view == "hf"].set_index(["state_name", "seed"]).val_accuracy
+    b = frame[frame.view == "residual"].set_index(["state_name", "seed"]).val_accuracy
+    shared = a.index.intersection(b.index)
+    assert len(shared) == 4 * len(KW["seeds"])
+    pd.testing.assert_series_equal(a[shared], b[shared])
+
+
+def test_json_summary_matches_csv(stage_run):
+    store, out, *_ = stage_run
+    summary = json.loads(out.with_suffix(".json").read_text())
+    frame = pd.read_csv(out)
+    for view, idx in VIEWS.items():
+        s = summary[view]
+        curve = frame[frame.view == view].groupby("state_index").val_accuracy
+        mean, std = curve.mean().to_numpy(), curve.std(ddof=0).to_numpy()
+        np.testing.assert_allclose(s["mean"], mean, rtol=1e-12)
+        np.testing.assert_allclose(s["std"], std, rtol=1e-9, atol=1e-12)
+        assert s["peak_layer"] == int(np.argmax(mean)) == PLANTED
+        assert s["peak_state"] == STATE_NAMES[idx[PLANTED]]
+        assert s["last_accuracy"] == pytest.approx(mean[-1])
+        assert s["gap"] == pytest.approx(mean.max() - mean[-1])
+        assert s["state_names"] == [STATE_NAMES[k] for k in idx]
+        assert (s["n_train"], s["n_val"], s["n_classes"]) == (180, 60, N_CLASSES)
+    assert summary["hf"]["peak_accuracy"] > 0.8 and summary["hf"]["gap"] > 0.4
+    prov = summary["provenance"]
+    assert prov["store"] == str(store) and prov["prompt_sha256"] == "ab" * 32
+    assert prov["reprflow_version"] == __version__
+    assert summary["protocol"]["seeds"] == list(KW["seeds"]) and summary["protocol"]["epochs"] == KW["epochs"]
+    # atomic writes leave no temporary files behind
+    assert sorted(p.name for p in out.parent.iterdir()) == ["probes.csv", "probes.json"]
+
+
+def test_incomplete_store_is_refused_and_nothing_written(tmp_path):
+    store = tmp_path / "s.zarr"
+    _write_store(store, complete=False)
+    out = tmp_path / "probes.csv"
+    with pytest.raises(StoreError, match="complete"):
+        run_probe_stage(store, out, **KW)
+    assert not out.exists() and not out.with_suffix(".json").exists()
+
+
+def test_non_finite_store_and_unknown_view_raise(tmp_path):
+    bad = tmp_path / "nan.zarr"
+    _write_store(bad, nan=True)
+    out = tmp_path / "probes.csv"
+    with pytest.raises(StoreError, match=r"nan.zarr.*NaN or inf \(first at state 3\)"):
+        run_probe_stage(bad, out, **{**KW, "epochs": 1})
+    good = tmp_path / "ok.zarr"
+    _write_store(good)
+    with pytest.raises(ConfigError, match="layer view 'mamba'"):
+        run_probe_stage(good, out, views=("mamba",), **{**KW, "epochs": 1})
+    with pytest.raises(ConfigError, match="The 'lr' parameter of fit_layer_probes"):
+        run_probe_stage(good, out, **{**KW, "lr": -1.0})
+    assert not out.exists()

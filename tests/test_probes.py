@@ -1,0 +1,300 @@
+"""Tests for reprflow.probes: batched per-layer linear softmax probes."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+
+from reprflow.errors import ConfigError, ReprflowError
+from reprflow.probes import (
+    InvalidParameterError,
+    LinearProbe,
+    ProbeResult,
+    fit_layer_probes,
+    stratified_split,
+)
+
+PLANTED = 3
+N_CLASSES = 8
+
+
+def planted_dataset(seed: int = 0, *, n_states: int = 6, n_samples: int = 1200, hidden: int = 32):
+    """Signal (class-mean offsets) only in state PLANTED; labels are non-contiguous ids."""
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(0, N_CLASSES, n_samples)
+    x = rng.normal(size=(n_states, n_samples, hidden)).astype(np.float32)
+    x[PLANTED] += (0.6 * rng.normal(size=(N_CLASSES, hidden)))[codes].astype(np.float32)
+    return x, codes * 3 + 5
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Small problems run faster single-threaded, and far faster on a shared 2-core box."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def planted():
+    return planted_dataset()
+
+
+@pytest.fixture(scope="module")
+def full_result(planted) -> ProbeResult:
+    x, y = planted
+    return fit_layer_probes(x, y, device="cpu", progress=False)  # the paper protocol: 150 epochs, 5 seeds
+
+
+# ------------------------------------------------------------------- science checks
+
+
+def test_matches_sklearn_logistic_regression_on_planted_layer(planted, full_result):
+    x, y = planted
+    sk = []
+    for seed in full_result.seeds:
+        tr, va = stratified_split(y, val_fraction=0.2, n_train=20000, seed=seed)
+        h = x[PLANTED].astype(np.float64)
+        mu, sd = h[tr].mean(axis=0), h[tr].std(axis=0)
+        z = (h - mu) / sd
+        sk.append(LogisticRegression(max_iter=2000).fit(z[tr], y[tr]).score(z[va], y[va]))
+    assert abs(full_result.mean[PLANTED] - np.mean(sk)) < 0.02
+    assert full_result.mean[PLANTED] > 0.8
+
+
+def test_peak_is_planted_layer_and_others_near_chance(full_result):
+    assert full_result.peak_layer == PLANTED
+    assert full_result.peak_accuracy == pytest.approx(full_result.mean[PLANTED])
+    others = np.delete(full_result.mean, PLANTED)
+    assert np.all(np.abs(others - 1 / N_CLASSES) < 0.06)
+    assert full_result.last_accuracy == pytest.approx(full_result.mean[-1])
+    assert full_result.gap == pytest.approx(full_result.mean[PLANTED] - full_result.mean[-1])
+    assert full_result.val_accuracy.shape == full_result.train_accuracy.shape == (5, 6)
+    assert full_result.val_accuracy.dtype == np.float64
+    assert (full_result.n_train, full_result.n_val, full_result.n_classes) == (960, 240, N_CLASSES)
+    np.testing.assert_allclose(full_result.std, full_result.val_accuracy.std(axis=0, ddof=0))
+
+
+def test_accuracies_are_counts_over_the_split(full_result):
+    # every accuracy is k / n for an integer k
+    for acc, n in ((full_result.val_accuracy, full_result.n_val), (full_result.train_accuracy, full_result.n_train)):
+        np.testing.assert_allclose(acc * n, np.round(acc * n), atol=1e-9)
+
+
+# ------------------------------------------------------------------------- split
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_split_is_stratified_disjoint_and_sized(seed):
+    rng = np.random.default_rng(123)
+    y = rng.choice([2, 9, 11, 40], size=503, p=[0.5, 0.3, 0.15, 0.05])
+    tr, va = stratified_split(y, val_fraction=0.2, n_train=300, seed=seed)
+    assert va.size == math.ceil(0.2 * 503) and tr.size == 300
+    assert np.intersect1d(tr, va).size == 0 and np.unique(tr).size == tr.size
+    for c in np.unique(y):
+        n_c = np.sum(y == c)
+        assert abs(np.sum(y[va] == c) - va.size * n_c / y.size) <= 1
+        assert abs(np.sum(y[tr] == c) - tr.size * n_c / y.size) <= 1
+
+
+def test_split_depends_only_on_seed():
+    y = np.random.default_rng(5).integers(0, 5, 400)
+    a = stratified_split(y, val_fraction=0.25, n_train=20000, seed=3)
+    b = stratified_split(y.copy(), val_fraction=0.25, n_train=20000, seed=3)
+    c = stratified_split(y, val_fraction=0.25, n_train=20000, seed=4)
+    assert all(np.array_equal(u, v) for u, v in zip(a, b))
+    assert not np.array_equal(np.sort(a[1]), np.sort(c[1]))
+    # shuffled, not sorted by class or index
+    assert not np.all(np.diff(a[1]) > 0) and not np.all(np.diff(y[a[1]]) >= 0)
+
+
+def test_split_allows_singleton_classes():
+    y = np.array([0] * 20 + [1] * 20 + [2])
+    tr, va = stratified_split(y, val_fraction=0.2, n_train=100, seed=0)
+    assert tr.size + va.size == y.size and va.size == 9
+
+
+# --------------------------------------------------------- batched = independent
+
+
+def _reference_probe(x, y, train_idx, *, seed, epochs, lr):
+    """One probe trained alone, float64, plain torch: z-score on train, Linear + Adam."""
+    from reprflow.probes import _init_params  # the documented init (U(+-1/sqrt(d)) from the seed)
+
+    classes, codes = np.unique(y, return_inverse=True)
+    h = torch.from_numpy(x[train_idx].astype(np.float64))
+    t = torch.from_numpy(codes[train_idx])
+    mu, sd = h.mean(0), h.std(0, correction=0)
+    w0, b0 = _init_params((seed,), 1, x.shape[1], classes.size)
+    w = w0[0, 0].double().requires_grad_(True)
+    b = b0[0, 0].double().requires_grad_(True)
+    opt = torch.optim.Adam([w, b], lr=lr)
+    z = (h - mu) / sd
+    for _ in range(epochs):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(z @ w + b, t).backward()
+        opt.step()
+    with torch.no_grad():
+        coef = w / sd[:, None]
+        return coef.numpy(), (b - mu @ coef).numpy()
+
+
+def test_batched_equals_each_problem_trained_alone(planted):
+    x, y = planted[0][:3, :400], planted[1][:400]
+    seeds, epochs = (0, 2), 25
+    res = fit_layer_probes(x, y, epochs=epochs, seeds=seeds, device="cpu", return_weights=True, progress=False)
+    for s_i, seed in enumerate(seeds):
+        tr, va = stratified_split(y, val_fraction=0.2, n_train=20000, seed=seed)
+        for k in range(x.shape[0]):
+            alone = fit_layer_probes(
+                x[k : k + 1], y, epochs=epochs, seeds=(seed,), device="cpu", return_weights=True, progress=False
+            )
+            np.testing.assert_allclose(alone.coef[0, 0], res.coef[s_i, k], rtol=0, atol=1e-5)
+            np.testing.assert_allclose(alone.val_accuracy[0, 0], res.val_accuracy[s_i, k], atol=1.5 / res.n_val)
+            coef, intercept = _reference_probe(x[k], y, tr, seed=seed, epochs=epochs, lr=0.05)
+            np.testing.assert_allclose(res.coef[s_i, k], coef, rtol=0, atol=2e-4 * np.abs(coef).max())
+            np.testing.assert_allclose(res.intercept[s_i, k], intercept, rtol=0, atol=2e-4 * np.abs(coef).max() * 10)
+            ref_val = np.mean(np.argmax(x[k][va] @ coef + intercept, axis=1) == np.unique(y, return_inverse=True)[1][va])
+            assert abs(ref_val - res.val_accuracy[s_i, k]) <= 1.5 / res.n_val
+
+
+def test_layer_groups_do_not_change_results(planted, caplog):
+    x, y = planted[0][:, :300], planted[1][:300]
+    kw = dict(epochs=15, seeds=(0, 1), device="cpu", return_weights=True, progress=False)
+    one = fit_layer_probes(x, y, **kw)
+    with caplog.at_level("INFO", logger="reprflow.probes"):
+        grouped = fit_layer_probes(x, y, max_batch_bytes=700_000, **kw)
+    n_groups = int(re.search(r"(\d+) group\(s\) of", caplog.text).group(1))
+    assert n_groups > 1
+    np.testing.assert_allclose(grouped.coef, one.coef, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(grouped.val_accuracy, one.val_accuracy, atol=1.5 / one.n_val)
+    with pytest.raises(InvalidParameterError, match="max_batch_bytes"):
+        fit_layer_probes(x, y, max_batch_bytes=1000, **kw)
+
+
+def test_deterministic_twice_in_a_row(planted):
+    x, y = planted[0][:, :300], planted[1][:300]
+    kw = dict(epochs=10, seeds=(0, 1), device="cpu", return_weights=True, progress=False)
+    a, b = fit_layer_probes(x, y, **kw), fit_layer_probes(x, y, **kw)
+    assert np.array_equal(a.val_accuracy, b.val_accuracy)
+    assert np.array_equal(a.train_accuracy, b.train_accuracy)
+    assert np.array_equal(a.coef, b.coef) and np.array_equal(a.intercept, b.intercept)
+
+
+# ------------------------------------------------------------------- input kinds
+
+
+def test_accepts_torch_zarr_and_relabelled_input(planted, tmp_path):
+    import zarr
+
+    x, y = planted[0][:, :300], planted[1][:300]
+    kw = dict(epochs=10, seeds=(0,), device="cpu", progress=False, return_weights=True)
+    base = fit_layer_probes(x, y, **kw)
+    z = zarr.create_array(tmp_path / "x.zarr", shape=x.shape, chunks=(1, 300, 32), dtype="float32")
+    z[:] = x
+    for feats, labels in ((torch.from_numpy(x), torch.from_numpy(y)), (z, y), (x, (y - 5) // 3)):
+        other = fit_layer_probes(feats, labels, max_batch_bytes=600_000, **kw)
+        np.testing.assert_allclose(other.coef, base.coef, rtol=0, atol=1e-5)
+        np.testing.assert_array_equal(other.val_accuracy, base.val_accuracy)
+
+
+def test_standardize_makes_probes_invariant_to_feature_affine_maps(planted):
+    x, y = planted[0][PLANTED : PLANTED + 1, :400], planted[1][:400]
+    rng = np.random.default_rng(1)
+    scaled = (x * rng.uniform(0.1, 20, size=32) + rng.normal(0, 50, size=32)).astype(np.float32)
+    scaled[..., 0] = 3.0  # a constant feature must not produce NaN
+    x2 = x.copy()
+    x2[..., 0] = 0.0
+    kw = dict(epochs=20, seeds=(0, 1), device="cpu", progress=False)
+    a, b = fit_layer_probes(x2, y, **kw), fit_layer_probes(scaled, y, **kw)
+    assert np.all(np.isfinite(b.val_accuracy))
+    np.testing.assert_allclose(a.val_accuracy, b.val_accuracy, atol=2.5 / a.n_val)
+
+
+def test_non_finite_features_raise(planted):
+    x = planted[0][:, :100].copy()
+    x[4, 7, 3] = np.nan
+    with pytest.raises(ValueError, match="state 4"):
+        fit_layer_probes(x, planted[1][:100], epochs=1, device="cpu", progress=False)
+
+
+# ------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("lr", -0.05, "The 'lr' parameter of fit_layer_probes must be a float in the range (0, inf). Got -0.05 instead."),
+        ("epochs", 0, "The 'epochs' parameter of fit_layer_probes must be an int in the range [1, inf). Got 0 instead."),
+        ("epochs", 1.5, "The 'epochs' parameter of fit_layer_probes must be an int in the range [1, inf). Got 1.5 instead."),
+        ("val_fraction", 1.0, "The 'val_fraction' parameter of fit_layer_probes must be a float in the range (0, 1). Got 1.0 instead."),
+        ("val_fraction", 0, "The 'val_fraction' parameter of fit_layer_probes must be a float in the range (0, 1). Got 0 instead."),
+        ("n_train", 0, "The 'n_train' parameter of fit_layer_probes must be an int in the range [1, inf). Got 0 instead."),
+        ("seeds", (), "The 'seeds' parameter of fit_layer_probes must be a non-empty sequence"),
+        ("seeds", (1, 1), "The 'seeds' parameter of fit_layer_probes must be a non-empty sequence"),
+        ("standardize", "yes", "The 'standardize' parameter of fit_layer_probes must be an instance of 'bool'."),
+    ],
+)
+def test_bad_parameters_raise_value_error_naming_them(planted, name, value, expected):
+    x, y = planted[0][:, :50], planted[1][:50]
+    with pytest.raises(ValueError) as err:
+        fit_layer_probes(x, y, progress=False, **{"epochs": 1, name: value})
+    assert str(err.value).startswith(expected)
+    assert isinstance(err.value, ConfigError)
+
+
+def test_mismatched_samples_and_shapes_raise(planted):
+    x, y = planted
+    with pytest.raises(ValueError, match="inconsistent numbers of samples.*1200.*1199"):
+        fit_layer_probes(x, y[:-1], epochs=1, progress=False)
+    with pytest.raises(ValueError, match=r"shape \(n_states, n_samples, hidden\)"):
+        fit_layer_probes(x[0], y, epochs=1, progress=False)
+    with pytest.raises(ValueError, match="integer class ids"):
+        fit_layer_probes(x, y.astype(float), epochs=1, progress=False)
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        fit_layer_probes(x, np.zeros_like(y), epochs=1, progress=False)
+    with pytest.raises(InvalidParameterError, match="leaves no training sample"):
+        stratified_split(y[:3], val_fraction=0.9, n_train=10, seed=0)
+
+
+# ------------------------------------------------------------------ LinearProbe
+
+
+def test_linear_probe_wraps_the_same_kernel(planted):
+    x, y = planted
+    res = fit_layer_probes(x[PLANTED : PLANTED + 1], y, epochs=30, seeds=(0,), device="cpu", return_weights=True, progress=False)
+    tr, va = stratified_split(y, val_fraction=0.2, n_train=20000, seed=0)
+    probe = LinearProbe(seed=0, epochs=30).fit(x[PLANTED][tr], y[tr])
+    assert probe.coef_.shape == (32, N_CLASSES) and probe.n_features_in_ == 32
+    np.testing.assert_allclose(probe.coef_, res.coef[0, 0], rtol=0, atol=1e-5)
+    assert abs(probe.score(x[PLANTED][va], y[va]) - res.val_accuracy[0, 0]) <= 1.5 / res.n_val
+    assert set(np.unique(probe.predict(x[PLANTED][va]))) <= set(np.unique(y))
+
+
+def test_linear_probe_validates_in_fit_and_guards_predict(planted):
+    x, y = planted[0][0, :50], planted[1][:50]
+    probe = LinearProbe(lr=-0.05, seed=0)  # __init__ only stores
+    with pytest.raises(ValueError, match=r"The 'lr' parameter of LinearProbe must be a float in the range \(0, inf\)"):
+        probe.fit(x, y)
+    with pytest.raises(ReprflowError, match="not fitted"):
+        LinearProbe(seed=0).predict(x)
+
+
+# ------------------------------------------------------------------------- GPU
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_matches_cpu(planted):
+    x, y = planted
+    kw = dict(epochs=30, seeds=(0, 1), progress=False, return_weights=True)
+    cpu = fit_layer_probes(x, y, device="cpu", **kw)
+    gpu = fit_layer_probes(x, y, device="cuda", **kw)
+    np.testing.assert_allclose(gpu.coef, cpu.coef, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(gpu.val_accuracy, cpu.val_accuracy, atol=2.5 / cpu.n_val)
