@@ -1,0 +1,384 @@
+"""Stage token_metrics: one activation store -> cosine, inter-token cosine, CKA, Sm, St files.
+
+Reads the ``tokens`` array of a complete store one prompt at a time (never the whole
+store), slices each prompt to its ``lengths[i]`` real positions, selects the states of
+each layer view (``attrs["views"][view]``, indices into the n_states axis), computes
+the metrics of :mod:`reprflow.metrics` and averages them over prompts.
+
+Files written to ``out_dir`` (each atomically: temporary name, then rename):
+
+========================================  ==========================================================
+``inter_token_cosine.csv``                view, state_index, state_name, mean, std, n_prompts
+``layerwise_cosine.csv``                  view, pair_index, from_state, to_state, mean, std, n_prompts
+``layerwise_cosine_{view}.npy``           [n_states - 1, n_bins]: cosine per relative-position bin
+``cka_{view}.npy``                        [n_states, n_states]: biased linear CKA
+``cka_debiased_{view}.npy``               [n_states, n_states]: debiased CKA (if ``debiased_cka``)
+``smoothness_stability.json``             {view: {"Sm", "St", "Sm_std", "St_std", "n_prompts"},
+                                          "provenance": {...}}
+========================================  ==========================================================
+
+Notes
+-----
+* Averages are unweighted over prompts (each prompt counts once whatever its length);
+  ``std`` is the population std (ddof = 0) across prompts of the per-prompt values.
+  For layerwise cosine the per-prompt value is the mean over that prompt's tokens.
+* The heatmap puts token t of a prompt of n tokens in bin ``floor(t * n_bins / n)``,
+  averages within bins per prompt, then over the prompts that have a token in the bin.
+* CSV files carry the provenance as constant columns ``store``, ``prompt_sha256``,
+  ``reprflow_version``; the JSON file under the key ``"provenance"``.
+* Memory: one prompt is held in its storage dtype (65 x 4096 x 2560 float16 = 1.4 GB);
+  float64 temporaries are bounded by ``max_tokens_in_memory`` (cosines, Sm, St) and by
+  the CKA block budget (:data:`reprflow.metrics.cka.DEFAULT_BLOCK_BYTES`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from reprflow import __version__
+from reprflow.errors import ConfigError, ReprflowError, StoreError
+from reprflow.metrics import (
+    InterTokenCosineAccumulator,
+    LayerwiseCosineAccumulator,
+    SmoothnessStabilityAccumulator,
+    cka_matrices,
+    cka_matrix,
+)
+from reprflow.store import open_store
+
+logger = logging.getLogger(__name__)
+
+N_BINS = 64
+"""Relative-position bins of the layerwise-cosine heatmap (Fig. 1)."""
+MAX_TOKENS_IN_MEMORY = 1024
+"""Default token positions per float64 chunk for the cosine, Sm and St accumulators."""
+
+
+@dataclass
+class _PromptMetrics:
+    """Per-prompt results of one view (float64)."""
+
+    inter_token: np.ndarray  # [K]
+    layerwise_mean: np.ndarray  # [K-1]
+    layerwise_binned: np.ndarray  # [K-1, n_bins], NaN for an empty bin
+    cka: np.ndarray  # [K, K]
+    cka_debiased: np.ndarray | None  # [K, K]
+    sm: float
+    st: float
+
+
+@dataclass
+class _ViewResults:
+    """Per-prompt results of one view, collected over prompts."""
+
+    prompts: list[_PromptMetrics] = field(default_factory=list)
+
+    def stack(self, get: Callable[[_PromptMetrics], Any]) -> np.ndarray:
+        return np.stack([np.asarray(get(p), dtype=np.float64) for p in self.prompts])
+
+
+def _state_selector(indices: Sequence[int]) -> slice | list[int]:
+    """A slice when ``indices`` are consecutive (a view, no copy), else the index list."""
+    idx = [int(i) for i in indices]
+    if idx == list(range(idx[0], idx[0] + len(idx))):
+        return slice(idx[0], idx[0] + len(idx))
+    return idx
+
+
+def _check_store(
+    group: Any, path: Path, views: Sequence[str], *, min_tokens: int
+) -> tuple[dict[str, list[int]], list[str], np.ndarray]:
+    """Validate what this stage needs; returns view indices, state names and lengths."""
+    attrs = group.attrs
+    state_names = list(attrs["state_names"])
+    stored_views = dict(attrs["views"])
+    tokens = group["tokens"]
+    k_all, n_prompts, max_len, _ = tokens.shape
+    if not views:
+        raise ConfigError(f"{path}: no layer view requested; pass views=('hf', 'residual')")
+    unknown = [v for v in views if v not in stored_views]
+    if unknown:
+        raise StoreError(
+            f"{path}: view(s) {unknown} not in the store attrs 'views' (has {sorted(stored_views)})"
+        )
+    view_indices = {}
+    for v in views:
+        idx = [int(i) for i in stored_views[v]]
+        if len(idx) < 3 or any(not 0 <= i < k_all for i in idx):
+            raise StoreError(
+                f"{path}: view {v!r} lists states {idx}; need >= 3 indices in [0, {k_all})"
+            )
+        view_indices[v] = idx
+    if n_prompts == 0:
+        raise StoreError(f"{path}: 'tokens' holds no prompt; configure n_token_prompts >= 1")
+    lengths = np.asarray(group["lengths"][:], dtype=np.int64)
+    bad = [i for i, n in enumerate(lengths) if not min_tokens <= n <= max_len]
+    if bad:
+        i = bad[0]
+        raise StoreError(
+            f"{path}: lengths[{i}] = {lengths[i]}, expected {min_tokens} <= length <= "
+            f"max_len {max_len} (debiased CKA needs >= 4 tokens, inter-token cosine >= 2)"
+        )
+    return view_indices, state_names, lengths
+
+
+def _stream_metrics(h: torch.Tensor, *, n_bins: int, chunk: int) -> dict[str, Any]:
+    """Cosines, Sm and St of one prompt of one view; ``h`` (n_states, n_tokens, hidden)."""
+    n = h.shape[1]
+    inter = InterTokenCosineAccumulator()
+    layer = LayerwiseCosineAccumulator(n, n_bins=n_bins)
+    flow = SmoothnessStabilityAccumulator()
+    for start in range(0, n, chunk):
+        part = h[:, start : start + chunk].to(torch.float64)  # cast once for all three
+        inter.update(part)
+        layer.update(part)
+        flow.update(part)
+    return {
+        "inter_token": inter.result(),
+        "layerwise_mean": layer.mean(),
+        "layerwise_binned": layer.binned(),
+        "sm": flow.smoothness(),
+        "st": flow.stability(),
+    }
+
+
+def _union_cka(
+    h: torch.Tensor, *, debiased_cka: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """CKA over the union of the views' states, once; a view's matrix is a sub-matrix.
+
+    CKA[k, l] depends only on states k and l, so slicing the union matrix gives exactly
+    the matrix of a view (the hf and residual views share all but one state).
+    """
+    if debiased_cka:
+        both = cka_matrices(h)
+        return both.biased, both.debiased
+    return cka_matrix(h), None
+
+
+def _check_finite(path: Path, what: str, value: Any) -> None:
+    arr = np.asarray(value, dtype=np.float64)
+    if not np.isfinite(arr).all():
+        raise StoreError(
+            f"{path}: {what} is not finite ({int((~np.isfinite(arr)).sum())} bad values); "
+            "the store holds degenerate or corrupt token states"
+        )
+
+
+def _write_atomic(target: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` on a temporary name beside ``target``, then rename it to ``target``."""
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _save_npy(target: Path, array: np.ndarray) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:  # a file handle: np.save would append ".npy" to a name
+            np.save(fh, array)
+
+    _write_atomic(target, write)
+
+
+def compute_token_metrics(
+    store_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    views: Sequence[str] = ("hf", "residual"),
+    debiased_cka: bool = True,
+    device: str | torch.device | None = None,
+    max_tokens_in_memory: int = MAX_TOKENS_IN_MEMORY,
+    n_bins: int = N_BINS,
+) -> dict[str, Path]:
+    """Compute the token-level metrics of one activation store and write them to ``out_dir``.
+
+    Parameters
+    ----------
+    store_path : path-like
+        A complete store (``results/activations/{model}/{init}/{task}_n{length}.zarr``);
+        its ``tokens`` array is [n_states, n_prompts, n_tokens, hidden].
+    out_dir : path-like
+        Output directory (created if missing); file list in the module docstring.
+    views : sequence of str, default ("hf", "residual")
+        Layer views, keys of the store attr ``views``.
+    debiased_cka : bool, default True
+        Also write ``cka_debiased_{view}.npy`` (same pass as the biased matrix).
+    device : str or torch.device, optional
+        Compute device (e.g. "cuda"); default CPU. A prompt is moved there once.
+    max_tokens_in_memory : int, default 1024
+        Token positions converted to float64 at a time for cosines, Sm and St.
+    n_bins : int, default 64
+        Relative-position bins of the heatmap; at most the shortest prompt length
+        (otherwise a bin is empty in every prompt and the stage raises).
+
+    Returns
+    -------
+    dict of str to Path
+        Written file name -> path.
+
+    Raises
+    ------
+    StoreError
+        Store missing, incomplete or inconsistent; unknown view; a prompt shorter than
+        the metrics need; a zero-norm token or non-finite value in a prompt.
+    """
+    path = Path(store_path)
+    out = Path(out_dir)
+    if max_tokens_in_memory < 1 or n_bins < 1:
+        raise ConfigError(
+            f"compute_token_metrics: max_tokens_in_memory and n_bins must be >= 1, got "
+            f"{max_tokens_in_memory} and {n_bins}"
+        )
+    group = open_store(path)
+    view_indices, state_names, lengths = _check_store(
+        group, path, views, min_tokens=4 if debiased_cka else 2
+    )
+    attrs = group.attrs
+    tokens = group["tokens"]
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    results = {v: _ViewResults() for v in views}
+
+    union = sorted({i for v in views for i in view_indices[v]})
+    position = {state: j for j, state in enumerate(union)}
+    t0, n_done = time.perf_counter(), 0
+    for i in tqdm(range(len(lengths)), desc=f"token metrics {path.name}", unit="prompt"):
+        n = int(lengths[i])
+        prompt = torch.from_numpy(np.ascontiguousarray(tokens[:, i, :n, :])).to(dev)
+        try:
+            cka_all, cka_all_debiased = _union_cka(
+                prompt[_state_selector(union)], debiased_cka=debiased_cka
+            )
+        except ValueError as exc:
+            raise StoreError(f"{path}: token prompt {i}, CKA over states {union}: {exc}") from exc
+        for v in views:
+            h = prompt[_state_selector(view_indices[v])]  # [K, n, hidden], storage dtype
+            try:
+                streamed = _stream_metrics(h, n_bins=n_bins, chunk=max_tokens_in_memory)
+            except ValueError as exc:
+                raise StoreError(
+                    f"{path}: token prompt {i}, view {v!r} (states {view_indices[v]}): {exc}"
+                ) from exc
+            sub = np.ix_(*[[position[k] for k in view_indices[v]]] * 2)
+            metrics = _PromptMetrics(
+                **streamed,
+                cka=cka_all[sub],
+                cka_debiased=None if cka_all_debiased is None else cka_all_debiased[sub],
+            )
+            for name in ("inter_token", "layerwise_mean", "cka", "cka_debiased", "sm", "st"):
+                value = getattr(metrics, name)
+                if value is not None:
+                    _check_finite(path, f"{name} of token prompt {i}, view {v!r}", value)
+            results[v].prompts.append(metrics)
+        n_done += n
+    elapsed = time.perf_counter() - t0
+    logger.info(
+        "%s: %d prompts, %d tokens, %d views in %.1f s (%.0f tokens/s)",
+        path, len(lengths), n_done, len(views), elapsed, n_done / max(elapsed, 1e-9),
+    )
+
+    provenance = {
+        "store": str(store_path),
+        "prompt_sha256": attrs["prompt_sha256"],
+        "reprflow_version": __version__,
+        "store_reprflow_version": attrs.get("reprflow_version"),
+        "model": attrs.get("model"),
+        "init": attrs.get("init"),
+        "task": attrs.get("task"),
+        "length": attrs.get("length"),
+        "views": {v: view_indices[v] for v in views},
+        "n_prompts": len(lengths),
+        "n_bins": n_bins,
+    }
+    return _write_outputs(
+        out, results, view_indices, state_names, provenance, path, debiased_cka=debiased_cka
+    )
+
+
+def _write_outputs(
+    out: Path,
+    results: dict[str, _ViewResults],
+    view_indices: dict[str, list[int]],
+    state_names: list[str],
+    provenance: dict[str, Any],
+    path: Path,
+    *,
+    debiased_cka: bool,
+) -> dict[str, Path]:
+    """Aggregate over prompts, check finiteness of everything, then write atomically."""
+    prov_cols = {
+        "store": provenance["store"],
+        "prompt_sha256": provenance["prompt_sha256"],
+        "reprflow_version": provenance["reprflow_version"],
+    }
+    inter_rows, layer_rows, arrays, scalars = [], [], {}, {}
+    for v, res in results.items():
+        names = [state_names[i] for i in view_indices[v]]
+        n_prompts = len(res.prompts)
+        inter = res.stack(lambda p: p.inter_token)  # [P, K]
+        for k, name in enumerate(names):
+            inter_rows.append(
+                {"view": v, "state_index": k, "state_name": name, "mean": inter[:, k].mean(),
+                 "std": inter[:, k].std(), "n_prompts": n_prompts, **prov_cols}
+            )
+        layer = res.stack(lambda p: p.layerwise_mean)  # [P, K-1]
+        for k in range(len(names) - 1):
+            layer_rows.append(
+                {"view": v, "pair_index": k, "from_state": names[k], "to_state": names[k + 1],
+                 "mean": layer[:, k].mean(), "std": layer[:, k].std(), "n_prompts": n_prompts,
+                 **prov_cols}
+            )
+        binned = res.stack(lambda p: p.layerwise_binned)  # [P, K-1, n_bins]
+        empty = np.isnan(binned).all(axis=0)
+        if empty.any():
+            raise ReprflowError(
+                f"{path}: view {v!r}: {int(empty[0].sum())} of {binned.shape[2]} position bins "
+                f"hold no token in any prompt (shortest prompt has fewer tokens than "
+                f"n_bins={binned.shape[2]}); pass a smaller n_bins"
+            )
+        arrays[f"layerwise_cosine_{v}.npy"] = np.nanmean(binned, axis=0)
+        arrays[f"cka_{v}.npy"] = res.stack(lambda p: p.cka).mean(axis=0)
+        if debiased_cka:
+            arrays[f"cka_debiased_{v}.npy"] = res.stack(lambda p: p.cka_debiased).mean(axis=0)
+        sm, st = res.stack(lambda p: p.sm), res.stack(lambda p: p.st)
+        scalars[v] = {"Sm": float(sm.mean()), "St": float(st.mean()), "Sm_std": float(sm.std()),
+                      "St_std": float(st.std()), "n_prompts": n_prompts}
+
+    inter_df, layer_df = pd.DataFrame(inter_rows), pd.DataFrame(layer_rows)
+    for what, value in [
+        ("inter_token_cosine.csv", inter_df[["mean", "std"]].to_numpy()),
+        ("layerwise_cosine.csv", layer_df[["mean", "std"]].to_numpy()),
+        *arrays.items(),
+        *((f"smoothness_stability.json ({v})", list(s.values())) for v, s in scalars.items()),
+    ]:
+        _check_finite(path, f"aggregated {what}", value)
+
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    for name, frame in (("inter_token_cosine.csv", inter_df), ("layerwise_cosine.csv", layer_df)):
+        written[name] = out / name
+        _write_atomic(out / name, lambda tmp, f=frame: f.to_csv(tmp, index=False))
+    for name, array in arrays.items():
+        written[name] = out / name
+        _save_npy(out / name, array)
+    payload = {**scalars, "provenance": provenance}
+    name = "smoothness_stability.json"
+    written[name] = out / name
+    _write_atomic(out / name, lambda tmp: tmp.write_text(json.dumps(payload, indent=2) + "\n"))
+    logger.info("%s: wrote %d metric files to %s", path, len(written), out)
+    return written
