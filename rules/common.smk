@@ -20,6 +20,7 @@ from reprflow.workflow.targets import (
     figure_files,
     final_targets,
     prompt_files,
+    prompt_token_cap,
 )
 
 _handler = logging.StreamHandler()

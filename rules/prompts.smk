@@ -15,6 +15,7 @@ rule prompts:
     params:
         seed=CFG.seed,
         settings=CFG.section("prompts"),
+        max_tokens=lambda w: prompt_token_cap(CFG, w.tokenizer, int(w.length)),
     conda:
         "../envs/cpu.yaml"
     script:

@@ -42,6 +42,7 @@ rule report:
     input:
         tables=TABLES,
         figures=figure_files(CFG),
+        theory=THEORY.values(),
     output:
         REPORT,
     log:

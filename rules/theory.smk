@@ -3,17 +3,18 @@
 
 rule theory:
     output:
-        stability=THEORY[0],
-        depth=THEORY[1],
-        figure=THEORY[2],
-        verdict=THEORY[3],
+        **THEORY,
     log:
         "logs/theory/theory.log",
     benchmark:
         "logs/benchmarks/theory/theory.tsv"
     params:
         settings=CFG.section("theory"),
+    resources:
+        gpu=CFG.section("theory").get("gpus", 0),
+        mem_mb=16000,
+        runtime=60,
     conda:
-        "../envs/cpu.yaml"
+        "../envs/gpu.yaml" if CFG.section("theory").get("gpus", 0) else "../envs/cpu.yaml"
     script:
         "../workflow_scripts/theory.py"

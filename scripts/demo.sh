@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-exec .venv/bin/snakemake --cores all --configfile config/demo.yaml "$@"
+exec .venv/bin/snakemake --cores all --configfile=config/demo.yaml "$@"

@@ -19,7 +19,7 @@ from reprflow import __version__
 from reprflow.config import Config
 from reprflow.pipeline.results import provenance
 from reprflow.pipeline.tables import build_tables
-from reprflow.workflow.targets import FIGURE_NAMES, figure_files
+from reprflow.workflow.targets import FIGURE_NAMES, THEORY, figure_files
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +78,11 @@ def write_report(config: Config, out_path: str | Path, *, root: str | Path = "."
     for path in figure_files(config):
         rel = os.path.relpath(Path(root) / path, out_path.parent)
         lines += [f"### {Path(path).stem}", "", f"![{Path(path).stem}]({rel})", ""]
+    verdict = Path(root) / THEORY["verdict"]
+    if verdict.is_file():
+        figure = os.path.relpath(Path(root) / THEORY["figure"], out_path.parent)
+        body = verdict.read_text().split("\n", 1)[-1]  # drop its own title
+        lines += ["## Theory check (paper §4, Theorems 1-6)", "", f"![theory]({figure})", "", body.strip(), ""]
     lines += ["## Where each number comes from", "", _markdown(prov), ""]
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(out_path.name + ".tmp")

@@ -28,7 +28,14 @@ FIGURE_NAMES = (
     "fig4_cka",
     "fig7_probe_accuracy",
 )
-THEORY = ("results/theory/stability.csv", "results/theory/depth.csv", "results/theory/theory.png", "results/theory/verdict.md")
+THEORY = {
+    "stability": "results/theory/stability.csv",
+    "depth": "results/theory/depth.csv",
+    "approximations": "results/theory/approximations.csv",
+    "crossover": "results/theory/crossover.csv",
+    "figure": "results/theory/theory.png",
+    "verdict": "results/theory/verdict.md",
+}
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,14 @@ def prompt_files(config: Config) -> list[str]:
     return sorted(PROMPTS.format(tokenizer=t, task=k, length=n) for t, k, n in needed)
 
 
+def prompt_token_cap(config: Config, tokenizer: str, length: int) -> int | None:
+    """The hard cap on prompt length for one prompt set: the smallest context window among the
+    models that read it (same tokenizer, length fits), so every prompt fits every such model.
+    None when all of them are unlimited (SSMs)."""
+    windows = [m.max_context for m in config.models if m.tokenizer == tokenizer and m.fits(length) and m.max_context]
+    return min(windows) if windows else None
+
+
 def figure_files(config: Config) -> list[str]:
     """All figures: each averaged over tasks and one variant per task."""
     suffixes = [""] + [f"_{task}" for task in config.tasks]
@@ -72,5 +87,5 @@ def figure_files(config: Config) -> list[str]:
 
 
 def final_targets(config: Config) -> list[str]:
-    """What ``rule all`` builds: tables, figures and the report."""
-    return [*TABLES, *figure_files(config), REPORT]
+    """What ``rule all`` builds: tables, figures, the theory check and the report."""
+    return [*TABLES, *figure_files(config), *THEORY.values(), REPORT]
