@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Set up a bare GPU machine (no internet) from the wheels/sdists carried in .gpu/, then run
+# the GPU kernel tests and benchmarks/extract.py. Usage (repo root, $OUT set):
+#
+#   bash benchmarks/extract_gpu.sh [tests] [scan] [bench] [quick] [-- extra args for extract.py]
+#
+# Default: tests bench. TESTS_K="expr" limits the tests to pytest -k expr. Writes logs and tables to $OUT. Needs .gpu/ (see requirements-gpu.txt):
+#   transformers, zarr, numcodecs, donfig, google-crc32c, regex wheels (cp312) and the
+#   mamba_ssm sdist, installed here without compiling anything.
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-benchmarks/out}
+mkdir -p "$OUT"
+steps=()
+extra=()
+while [ $# -gt 0 ]; do
+  if [ "$1" = "--" ]; then shift; extra=("$@"); break; fi
+  steps+=("$1"); shift
+done
+[ ${#steps[@]} -eq 0 ] && steps=(tests bench)
+
+SITE=/tmp/reprflow-site
+if [ ! -f "$SITE/.done" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .gpu/*.whl || exit 1
+  # mamba_ssm: Triton kernels only, nothing compiled (reprflow.kernels.optional imports them
+  # without the missing selective_scan_cuda extension; no stub module is installed).
+  MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE python3 -m pip install -q --no-index --no-deps \
+    --no-build-isolation --no-cache-dir --target "$SITE" .gpu/mamba_ssm-*.tar.gz || exit 1
+  touch "$SITE/.done"
+fi
+export PYTHONPATH="$SITE:$PWD"
+python3 - <<'EOF' 2>&1 | tee "$OUT/env.txt"
+import torch, triton, transformers, zarr, numpy
+from reprflow.kernels.optional import load_mamba_ssm_triton
+k = load_mamba_ssm_triton()
+print("gpu", torch.cuda.get_device_name(), "| torch", torch.__version__, "| triton", triton.__version__,
+      "| transformers", transformers.__version__, "| zarr", zarr.__version__, "| numpy", numpy.__version__,
+      "| mamba_ssm triton", None if k is None else (k.version, "bare" if k.bare_package else "full"))
+EOF
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv | tee -a "$OUT/env.txt"
+
+for s in "${steps[@]}"; do
+  case "$s" in
+    tests) timeout 240 python3 -m pytest -q -p no:cacheprovider --noconftest tests/kernels -m gpu ${TESTS_K:+-k "$TESTS_K"} 2>&1 | tee "$OUT/tests.log" ;;
+    scan) timeout 120 python3 benchmarks/extract.py --scan-configs --out "$OUT" 2>&1 | tee "$OUT/scan.log" ;;
+    bench) timeout 540 python3 benchmarks/extract.py --out "$OUT" "${extra[@]}" 2>&1 | tee "$OUT/bench.log" ;;
+    quick) timeout 300 python3 benchmarks/extract.py --quick --out "$OUT" "${extra[@]}" 2>&1 | tee "$OUT/quick.log" ;;
+    *) echo "unknown step $s"; exit 2 ;;
+  esac
+done

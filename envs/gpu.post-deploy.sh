@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Snakemake runs this once after creating envs/gpu.yaml (post-deploy script), inside the env.
+# Installs mamba-ssm (and optionally causal-conv1d) from sdist; see the comments in gpu.yaml.
+set -euo pipefail
+if [ "${REPRFLOW_BUILD_CUDA:-0}" = "1" ]; then
+  export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
+  CAUSAL_CONV1D_FORCE_BUILD=TRUE pip install --no-build-isolation --no-deps causal-conv1d==1.7.0
+  MAMBA_FORCE_BUILD=TRUE pip install --no-build-isolation --no-deps mamba-ssm==2.3.2.post1
+else
+  MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE pip install --no-build-isolation --no-deps mamba-ssm==2.3.2.post1
+fi
+python -c "from reprflow.kernels.optional import load_mamba_ssm_triton as f; assert f() is not None, 'mamba_ssm Triton kernels did not import'"

@@ -1,0 +1,220 @@
+"""Full-sequence forwards for HF's ``MambaMixer`` (Mamba-1) and ``Mamba2Mixer`` (Mamba-2).
+
+HF's mixers pick their kernels when transformers imports the model file, and their torch
+fallbacks are slow (Mamba-1 loops in Python over the sequence) or memory-hungry (Mamba-2
+materialises (chunk x chunk) decay matrices per head). :func:`install_mamba_forward` and
+:func:`install_mamba2_forward` replace the ``forward`` of each mixer *instance* with one
+that keeps HF's parameters and the order of HF's operations but keeps everything
+time-major ``(batch, n_tokens, channels)`` and calls fast kernels:
+
+Mamba-1: ``in_proj`` -> causal conv + SiLU (:mod:`reprflow.kernels.causal_conv1d`) ->
+``x_proj`` -> ``dt_proj`` (weight only; its bias enters the scan in float32, as in HF)
+-> selective scan (:mod:`reprflow.kernels.selective_scan`, or ``mamba_ssm``'s compiled
+``selective_scan_fn`` when built) -> ``out_proj``.
+
+Mamba-2: ``in_proj`` -> causal conv + SiLU -> ``mamba_ssm``'s Triton SSD
+``mamba_chunk_scan_combined`` -> gated group RMSNorm (``mamba_ssm``'s Triton
+``rmsnorm_fn``, ``norm_before_gate=False`` as HF's ``MambaRMSNormGated``) -> ``out_proj``.
+
+Calls with a cache (generation) go to HF's original forward, so the patched model still
+generates. Padding masks are applied where HF applies them (before ``in_proj`` and after
+the conv).
+"""
+
+from __future__ import annotations
+
+import logging
+import types
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from reprflow.kernels.causal_conv1d import causal_conv1d_silu
+from reprflow.kernels.optional import MambaSsmKernels
+from reprflow.kernels.selective_scan import selective_scan
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["install_mamba_forward", "install_mamba2_forward", "mamba_mixer_forward", "mamba2_mixer_forward"]
+
+
+def _mask_rows(hidden_states: Tensor, attention_mask: Tensor | None) -> Tensor:
+    # HF's apply_mask_to_padding_states
+    if attention_mask is None:
+        return hidden_states
+    return (hidden_states * attention_mask[:, :, None]).to(hidden_states.dtype)
+
+
+def mamba_mixer_forward(
+    mixer: nn.Module,
+    hidden_states: Tensor,
+    attention_mask: Tensor | None = None,
+    *,
+    scan_impl: str = "auto",
+    conv_impl: str = "auto",
+    compiled_scan: Callable | None = None,
+) -> Tensor:
+    """Full-sequence forward of one HF ``MambaMixer`` through the fast kernels.
+
+    Parameters
+    ----------
+    mixer : MambaMixer
+    hidden_states : Tensor of shape (batch, n_tokens, hidden)
+    attention_mask : Tensor of shape (batch, n_tokens), optional
+    scan_impl, conv_impl : {"auto", "triton", "torch"}
+        Implementations of the scan and the conv (see the kernel modules).
+    compiled_scan : callable, optional
+        ``mamba_ssm``'s compiled ``selective_scan_fn``; takes precedence over
+        ``scan_impl`` when given.
+
+    Returns
+    -------
+    Tensor of shape (batch, n_tokens, hidden)
+        In the dtype of ``hidden_states``.
+    """
+    dtype = hidden_states.dtype
+    d_inner, d_state, rank = mixer.intermediate_size, mixer.ssm_state_size, mixer.time_step_rank
+    hidden_states = _mask_rows(hidden_states, attention_mask)
+    xz = mixer.in_proj(hidden_states)  # [batch, n_tokens, 2 * d_inner]
+    x, z = xz[..., :d_inner], xz[..., d_inner:]
+    conv_w = mixer.conv1d.weight[:, 0, :]  # [d_inner, width]
+    conv_b = mixer.conv1d.bias if mixer.use_conv_bias else None
+    x = causal_conv1d_silu(x, conv_w, conv_b, mask=attention_mask, impl=conv_impl)  # [batch, n_tokens, d_inner]
+    x_dbl = mixer.x_proj(x)  # [batch, n_tokens, rank + 2 * d_state]
+    dt_raw = x_dbl[..., :rank]
+    B = x_dbl[..., rank : rank + d_state]
+    C = x_dbl[..., rank + d_state :]
+    dt = F.linear(dt_raw, mixer.dt_proj.weight)  # [batch, n_tokens, d_inner]; bias added in the scan
+    A = -torch.exp(mixer.A_log.float())  # [d_inner, d_state]
+    dt_bias = mixer.dt_proj.bias.float() if mixer.dt_proj.bias is not None else None
+    if compiled_scan is not None:
+        y = compiled_scan(
+            x.transpose(1, 2), dt.transpose(1, 2), A, B.transpose(1, 2), C.transpose(1, 2),
+            mixer.D.float(), z=z.transpose(1, 2), delta_bias=dt_bias, delta_softplus=True,
+        ).transpose(1, 2)
+    else:
+        y = selective_scan(x, dt, A, B, C, mixer.D.float(), z, delta_bias=dt_bias, delta_softplus=True, impl=scan_impl)
+    return mixer.out_proj(y.to(dtype))
+
+
+def mamba2_mixer_forward(
+    mixer: nn.Module,
+    hidden_states: Tensor,
+    attention_mask: Tensor | None = None,
+    *,
+    kernels: MambaSsmKernels,
+    conv_impl: str = "auto",
+) -> Tensor:
+    """Full-sequence forward of one HF ``Mamba2Mixer`` through ``mamba_ssm``'s Triton SSD.
+
+    Parameters
+    ----------
+    mixer : Mamba2Mixer
+    hidden_states : Tensor of shape (batch, n_tokens, hidden)
+    attention_mask : Tensor of shape (batch, n_tokens), optional
+    kernels : MambaSsmKernels
+        From :func:`reprflow.kernels.optional.load_mamba_ssm_triton`.
+    conv_impl : {"auto", "triton", "torch"}
+
+    Returns
+    -------
+    Tensor of shape (batch, n_tokens, hidden)
+        In the dtype of ``hidden_states``.
+    """
+    batch, n_tokens, _ = hidden_states.shape
+    dtype = hidden_states.dtype
+    d_inner, n_heads, head_dim = mixer.intermediate_size, mixer.num_heads, mixer.head_dim
+    n_groups, d_state = mixer.n_groups, mixer.ssm_state_size
+    hidden_states = _mask_rows(hidden_states, attention_mask)
+    proj = mixer.in_proj(hidden_states)  # [batch, n_tokens, d_inner + conv_dim + n_heads]
+    gate = proj[..., :d_inner]
+    xbc = proj[..., d_inner : d_inner + mixer.conv_dim]
+    dt = proj[..., d_inner + mixer.conv_dim :]  # [batch, n_tokens, n_heads]
+    conv_b = mixer.conv1d.bias if mixer.use_conv_bias else None
+    xbc = causal_conv1d_silu(xbc, mixer.conv1d.weight[:, 0, :], conv_b, mask=attention_mask, impl=conv_impl)
+    x = xbc[..., :d_inner].view(batch, n_tokens, n_heads, head_dim)
+    B = xbc[..., d_inner : d_inner + n_groups * d_state].view(batch, n_tokens, n_groups, d_state)
+    C = xbc[..., d_inner + n_groups * d_state :].view(batch, n_tokens, n_groups, d_state)
+    A = -torch.exp(mixer.A_log.float())  # [n_heads]
+    y = kernels.chunk_scan_combined(
+        x, dt, A, B, C, mixer.chunk_size,
+        D=mixer.D, z=None, dt_bias=mixer.dt_bias, dt_softplus=True, dt_limit=tuple(mixer.time_step_limit),
+    )  # [batch, n_tokens, n_heads, head_dim]
+    y = y.reshape(batch, n_tokens, d_inner)
+    y = kernels.rmsnorm_fn(
+        y, mixer.norm.weight, None, z=gate, eps=mixer.norm.variance_epsilon,
+        group_size=d_inner // n_groups, norm_before_gate=False,
+    )
+    return mixer.out_proj(y.to(dtype))
+
+
+def _patch(mixer: nn.Module, fast: Callable[..., Tensor]) -> None:
+    original = mixer.forward  # bound method of the HF class
+
+    def forward(self, hidden_states, cache_params=None, attention_mask=None, **kwargs):
+        if cache_params is not None or self.training:
+            return original(hidden_states, cache_params=cache_params, attention_mask=attention_mask, **kwargs)
+        return fast(self, hidden_states, attention_mask)
+
+    mixer.forward = types.MethodType(forward, mixer)
+    mixer._reprflow_fastpath = True
+
+
+def _mixers(model: nn.Module, cls: type) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, cls) and not getattr(m, "_reprflow_fastpath", False)]
+
+
+def install_mamba_forward(
+    model: nn.Module, *, scan_impl: str = "auto", conv_impl: str = "auto", compiled_scan: Callable | None = None
+) -> int:
+    """Switch every ``MambaMixer`` of ``model`` to :func:`mamba_mixer_forward`, in place.
+
+    Returns
+    -------
+    int
+        Number of mixers switched.
+    """
+    from transformers.models.mamba.modeling_mamba import MambaMixer
+
+    mixers = _mixers(model, MambaMixer)
+    for m in mixers:
+        if m.activation != "silu":
+            raise ValueError(f"Mamba fast path supports hidden_act='silu' only, got {m.activation!r}")
+
+        def fast(self, h, mask):
+            return mamba_mixer_forward(
+                self, h, mask, scan_impl=scan_impl, conv_impl=conv_impl, compiled_scan=compiled_scan
+            )
+
+        _patch(m, fast)
+    return len(mixers)
+
+
+def install_mamba2_forward(model: nn.Module, *, kernels: MambaSsmKernels, conv_impl: str = "auto") -> int:
+    """Switch every ``Mamba2Mixer`` of ``model`` to :func:`mamba2_mixer_forward`, in place.
+
+    Returns
+    -------
+    int
+        Number of mixers switched.
+    """
+    from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer
+
+    mixers = _mixers(model, Mamba2Mixer)
+    for m in mixers:
+        if m.activation != "silu":
+            raise ValueError(f"Mamba-2 fast path supports hidden_act='silu' only, got {m.activation!r}")
+        expected = m.intermediate_size + m.conv_dim + m.num_heads
+        if m.in_proj.out_features != expected:
+            raise ValueError(
+                f"Mamba-2 fast path: in_proj has {m.in_proj.out_features} outputs, expected "
+                f"d_inner + conv_dim + n_heads = {expected} (an MLP branch is not supported)"
+            )
+
+        def fast(self, h, mask):
+            return mamba2_mixer_forward(self, h, mask, kernels=kernels, conv_impl=conv_impl)
+
+        _patch(m, fast)
+    return len(mixers)

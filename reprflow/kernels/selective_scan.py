@@ -1,0 +1,352 @@
+"""Mamba-1 selective scan over time-major tensors: a Triton kernel and a torch reference.
+
+The scan (Gu & Dao 2023, Alg. 2; the recurrence of HF's ``MambaMixer`` slow path) is,
+per batch row, channel d and state n::
+
+    delta_t = softplus(delta_raw_t + delta_bias)            (optional softplus / bias)
+    h_t     = exp(delta_t * A[d, n]) * h_{t-1} + delta_t * B_t[n] * u_t
+    y_t     = sum_n C_t[n] * h_t[n] + D[d] * u_t
+    y_t     = y_t * silu(z_t)                                (optional gate)
+
+All tensors are *time-major* ``(batch, n_tokens, channels)``, the layout the mixer's
+linear layers produce, so one time step of a block of channels is one contiguous load.
+
+The Triton kernel runs one program per (block of ``BLOCK_D`` channels, batch row). The
+state ``h`` of shape ``(d_state, BLOCK_D)`` stays in registers in float32 for the whole
+sequence; the program walks the time axis sequentially, ``UNROLL`` steps per loop
+iteration: it first issues the loads of all ``UNROLL`` steps (they do not depend on the
+state, so their memory latencies overlap) and then runs the ``UNROLL`` state updates.
+Inputs may be bfloat16, float16 or float32; all arithmetic is float32; the
+output takes the dtype of ``u``. It never loops in Python over the sequence.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["selective_scan", "selective_scan_reference", "selective_scan_triton"]
+
+_LOG2E = math.log2(math.e)
+
+try:  # Triton ships with CUDA builds of torch; CPU CI has none.
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - depends on the install
+    triton = None
+    tl = None
+
+
+def _check_shapes(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D, z, delta_bias) -> None:
+    if u.dim() != 3:
+        raise ValueError(f"selective_scan: u must be (batch, n_tokens, channels), got shape {tuple(u.shape)}")
+    batch, n_tokens, channels = u.shape
+    if delta.shape != u.shape:
+        raise ValueError(f"selective_scan: delta {tuple(delta.shape)} must match u {tuple(u.shape)}")
+    if A.dim() != 2 or A.shape[0] != channels:
+        raise ValueError(f"selective_scan: A must be (channels={channels}, d_state), got {tuple(A.shape)}")
+    d_state = A.shape[1]
+    for name, t in (("B", B), ("C", C)):
+        if t.shape != (batch, n_tokens, d_state):
+            raise ValueError(
+                f"selective_scan: {name} must be (batch, n_tokens, d_state)={(batch, n_tokens, d_state)}, "
+                f"got {tuple(t.shape)}"
+            )
+    if z is not None and z.shape != u.shape:
+        raise ValueError(f"selective_scan: z {tuple(z.shape)} must match u {tuple(u.shape)}")
+    for name, t in (("D", D), ("delta_bias", delta_bias)):
+        if t is not None and t.shape != (channels,):
+            raise ValueError(f"selective_scan: {name} must be (channels={channels},), got {tuple(t.shape)}")
+
+
+def selective_scan_reference(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    *,
+    delta_bias: Tensor | None = None,
+    delta_softplus: bool = False,
+    compute_dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Selective scan in plain torch, vectorised over batch, channels and state.
+
+    Loops in Python over the ``n_tokens`` axis, so it is meant for tests, for CPU runs of
+    tiny models and as the float64 ground truth of the Triton kernel.
+
+    Parameters
+    ----------
+    u : Tensor of shape (batch, n_tokens, channels)
+        Input of the scan (the conv output in a Mamba mixer).
+    delta : Tensor of shape (batch, n_tokens, channels)
+        Time steps before ``delta_bias`` and softplus.
+    A : Tensor of shape (channels, d_state)
+        Continuous-time state matrix (negative entries: ``-exp(A_log)``).
+    B, C : Tensor of shape (batch, n_tokens, d_state)
+        Input-dependent input and output projections.
+    D : Tensor of shape (channels,), optional
+        Skip connection.
+    z : Tensor of shape (batch, n_tokens, channels), optional
+        Gate: the output is multiplied by ``silu(z)``.
+    delta_bias : Tensor of shape (channels,), optional
+        Added to ``delta`` before the softplus.
+    delta_softplus : bool
+        Apply softplus to the biased ``delta``.
+    compute_dtype : torch.dtype
+        dtype of all arithmetic (float64 for a ground truth).
+
+    Returns
+    -------
+    Tensor of shape (batch, n_tokens, channels)
+        In ``compute_dtype``.
+    """
+    _check_shapes(u, delta, A, B, C, D, z, delta_bias)
+    cd = compute_dtype
+    u_, dt = u.to(cd), delta.to(cd)
+    if delta_bias is not None:
+        dt = dt + delta_bias.to(cd)
+    if delta_softplus:
+        dt = F.softplus(dt)
+    A_, B_, C_ = A.to(cd), B.to(cd), C.to(cd)
+    batch, n_tokens, channels = u.shape
+    h = torch.zeros(batch, channels, A.shape[1], dtype=cd, device=u.device)  # [batch, channels, d_state]
+    ys = []
+    for t in range(n_tokens):
+        decay = torch.exp(dt[:, t, :, None] * A_[None])  # [batch, channels, d_state]
+        h = decay * h + (dt[:, t] * u_[:, t])[:, :, None] * B_[:, t, None, :]
+        ys.append(torch.einsum("bcn,bn->bc", h, C_[:, t]))
+    y = torch.stack(ys, dim=1)  # [batch, n_tokens, channels]
+    if D is not None:
+        y = y + u_ * D.to(cd)
+    if z is not None:
+        y = y * F.silu(z.to(cd))
+    return y
+
+
+if triton is not None:
+
+    @triton.jit
+    def _softplus(x):
+        # torch's (and mamba_ssm's) rule: x above the threshold, else log1p(exp(x)).
+        # log1p(y) = log(1 + y) * y / ((1 + y) - 1) (Goldberg 1991) keeps full relative
+        # precision for tiny y = exp(x), without libdevice (also runs in TRITON_INTERPRET).
+        y = tl.exp(tl.minimum(x, 20.0))
+        w = 1.0 + y
+        log1p_y = tl.where(w == 1.0, y, tl.log(w) * (y / (w - 1.0)))
+        return tl.where(x <= 20.0, log1p_y, x)
+
+    @triton.jit
+    def _load_step(u_row, dt_row, b_row, c_row, z_row, t, n_tokens, s_u_t, s_dt_t, s_b_t, s_c_t, s_z_t,
+                   mask_d, offs_n, HAS_Z: tl.constexpr):
+        ok = t < n_tokens
+        u = tl.load(u_row + t * s_u_t, mask=mask_d & ok, other=0.0)
+        dt = tl.load(dt_row + t * s_dt_t, mask=mask_d & ok, other=0.0)
+        b = tl.load(b_row + t * s_b_t, mask=(offs_n >= 0) & ok, other=0.0)
+        c = tl.load(c_row + t * s_c_t, mask=(offs_n >= 0) & ok, other=0.0)
+        if HAS_Z:
+            z = tl.load(z_row + t * s_z_t, mask=mask_d & ok, other=0.0)
+        else:
+            z = u
+        return u, dt, b, c, z
+
+    @triton.jit
+    def _scan_step(h, u, dt, b, c, z, a2, dskip, dt_bias, o_ptrs, t, n_tokens, mask_d,
+                   HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+        u = u.to(tl.float32)
+        dt = dt.to(tl.float32)
+        if HAS_DT_BIAS:
+            dt = dt + dt_bias
+        if SOFTPLUS:
+            dt = _softplus(dt)
+        decay = tl.exp2(dt[None, :] * a2)  # [D_STATE, BLOCK_D]
+        h = h * decay + (dt * u)[None, :] * b.to(tl.float32)[:, None]
+        y = tl.sum(h * c.to(tl.float32)[:, None], axis=0)  # [BLOCK_D]
+        if HAS_D:
+            y = y + dskip * u
+        if HAS_Z:
+            zf = z.to(tl.float32)
+            y = y * (zf * tl.sigmoid(zf))
+        tl.store(o_ptrs, y.to(o_ptrs.dtype.element_ty), mask=mask_d & (t < n_tokens))
+        return h
+
+    @triton.jit
+    def _selective_scan_fwd_kernel(
+        u_ptr, dt_ptr, a_ptr, b_ptr, c_ptr, dskip_ptr, z_ptr, dtb_ptr, out_ptr,
+        n_tokens, channels,
+        s_u_b, s_u_t, s_dt_b, s_dt_t, s_b_b, s_b_t, s_c_b, s_c_t, s_z_b, s_z_t, s_o_b, s_o_t,
+        D_STATE: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        UNROLL: tl.constexpr,
+        HAS_D: tl.constexpr,
+        HAS_Z: tl.constexpr,
+        HAS_DT_BIAS: tl.constexpr,
+        SOFTPLUS: tl.constexpr,
+    ):
+        # One program: BLOCK_D channels of one batch row, the whole sequence. Each loop
+        # iteration first issues the loads of UNROLL time steps (independent of the state,
+        # so their latencies overlap), then runs the UNROLL sequential state updates.
+        pid_d = tl.program_id(0)
+        pid_b = tl.program_id(1).to(tl.int64)
+        offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)  # [BLOCK_D]
+        mask_d = offs_d < channels
+        offs_n = tl.arange(0, D_STATE)  # [D_STATE]
+
+        # A is (channels, d_state) contiguous and pre-scaled by log2(e): exp(x) = exp2(x * log2 e)
+        a2 = tl.load(a_ptr + offs_d[None, :] * D_STATE + offs_n[:, None], mask=mask_d[None, :], other=0.0)
+        if HAS_D:
+            dskip = tl.load(dskip_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        else:
+            dskip = tl.zeros([BLOCK_D], dtype=tl.float32)
+        if HAS_DT_BIAS:
+            dt_bias = tl.load(dtb_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        else:
+            dt_bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+
+        u_row = u_ptr + pid_b * s_u_b + offs_d
+        dt_row = dt_ptr + pid_b * s_dt_b + offs_d
+        b_row = b_ptr + pid_b * s_b_b + offs_n
+        c_row = c_ptr + pid_b * s_c_b + offs_n
+        z_row = z_ptr + pid_b * s_z_b + offs_d
+        o_row = out_ptr + pid_b * s_o_b + offs_d
+
+        h = tl.zeros([D_STATE, BLOCK_D], dtype=tl.float32)
+        for t0 in tl.range(0, n_tokens, UNROLL):
+            u0, dt0, b0, c0, z0 = _load_step(u_row, dt_row, b_row, c_row, z_row, t0, n_tokens, s_u_t, s_dt_t,
+                                             s_b_t, s_c_t, s_z_t, mask_d, offs_n, HAS_Z)
+            if UNROLL >= 2:
+                u1, dt1, b1, c1, z1 = _load_step(u_row, dt_row, b_row, c_row, z_row, t0 + 1, n_tokens, s_u_t,
+                                                 s_dt_t, s_b_t, s_c_t, s_z_t, mask_d, offs_n, HAS_Z)
+            if UNROLL >= 4:
+                u2, dt2, b2, c2, z2 = _load_step(u_row, dt_row, b_row, c_row, z_row, t0 + 2, n_tokens, s_u_t,
+                                                 s_dt_t, s_b_t, s_c_t, s_z_t, mask_d, offs_n, HAS_Z)
+                u3, dt3, b3, c3, z3 = _load_step(u_row, dt_row, b_row, c_row, z_row, t0 + 3, n_tokens, s_u_t,
+                                                 s_dt_t, s_b_t, s_c_t, s_z_t, mask_d, offs_n, HAS_Z)
+            h = _scan_step(h, u0, dt0, b0, c0, z0, a2, dskip, dt_bias, o_row + t0 * s_o_t, t0, n_tokens, mask_d,
+                           HAS_D, HAS_Z, HAS_DT_BIAS, SOFTPLUS)
+            if UNROLL >= 2:
+                h = _scan_step(h, u1, dt1, b1, c1, z1, a2, dskip, dt_bias, o_row + (t0 + 1) * s_o_t, t0 + 1,
+                               n_tokens, mask_d, HAS_D, HAS_Z, HAS_DT_BIAS, SOFTPLUS)
+            if UNROLL >= 4:
+                h = _scan_step(h, u2, dt2, b2, c2, z2, a2, dskip, dt_bias, o_row + (t0 + 2) * s_o_t, t0 + 2,
+                               n_tokens, mask_d, HAS_D, HAS_Z, HAS_DT_BIAS, SOFTPLUS)
+                h = _scan_step(h, u3, dt3, b3, c3, z3, a2, dskip, dt_bias, o_row + (t0 + 3) * s_o_t, t0 + 3,
+                               n_tokens, mask_d, HAS_D, HAS_Z, HAS_DT_BIAS, SOFTPLUS)
+
+
+def _default_config(channels: int, batch: int) -> tuple[int, int, int]:
+    """(BLOCK_D, num_warps, UNROLL) for the launch.
+
+    Each lane owns one channel and keeps its d_state states in registers. Measured on an
+    H100 (benchmarks/results/extract.md, Mamba-2.8B shapes): see the scan table there.
+    """
+    return 32, 1, 4
+
+
+def selective_scan_triton(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    *,
+    delta_bias: Tensor | None = None,
+    delta_softplus: bool = False,
+    block_d: int | None = None,
+    num_warps: int | None = None,
+    unroll: int | None = None,
+) -> Tensor:
+    """Selective scan on a CUDA device through the Triton kernel.
+
+    Same parameters and semantics as :func:`selective_scan_reference` (the last axis of
+    every (batch, n_tokens, ·) tensor must have stride 1; the other strides are free,
+    so views into a fused projection output need no copy). ``block_d``,
+    ``num_warps`` and ``unroll`` (1, 2 or 4 time steps per loop iteration) override the
+    launch configuration (for tuning).
+
+    Returns
+    -------
+    Tensor of shape (batch, n_tokens, channels)
+        In the dtype of ``u``; arithmetic and state are float32.
+    """
+    if triton is None:
+        raise RuntimeError("selective_scan_triton needs Triton; use selective_scan_reference on this machine")
+    _check_shapes(u, delta, A, B, C, D, z, delta_bias)
+    batch, n_tokens, channels = u.shape
+    d_state = A.shape[1]
+    if d_state & (d_state - 1):
+        raise ValueError(f"selective_scan_triton: d_state must be a power of two, got {d_state}")
+    for name, t in (("u", u), ("delta", delta), ("B", B), ("C", C), ("z", z)):
+        if t is not None and t.stride(-1) != 1:
+            raise ValueError(f"selective_scan_triton: {name} needs stride 1 on its last axis, got {t.stride()}")
+    a2 = (A.float() * _LOG2E).contiguous()
+    out = torch.empty_like(u)
+    bd, nw, un = _default_config(channels, batch)
+    bd, nw, un = block_d or bd, num_warps or nw, unroll or un
+    if un not in (1, 2, 4):
+        raise ValueError(f"selective_scan_triton: unroll must be 1, 2 or 4, got {un}")
+    dummy = a2  # any valid pointer for absent optional inputs
+    zz = z if z is not None else u
+    grid = (triton.cdiv(channels, bd), batch)
+    _selective_scan_fwd_kernel[grid](
+        u, delta, a2, B, C,
+        D.float().contiguous() if D is not None else dummy,
+        zz,
+        delta_bias.float().contiguous() if delta_bias is not None else dummy,
+        out,
+        n_tokens, channels,
+        u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), B.stride(0), B.stride(1),
+        C.stride(0), C.stride(1), zz.stride(0), zz.stride(1), out.stride(0), out.stride(1),
+        D_STATE=d_state, BLOCK_D=bd, UNROLL=un,
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=delta_bias is not None,
+        SOFTPLUS=delta_softplus,
+        num_warps=nw,
+    )
+    return out
+
+
+def selective_scan(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    *,
+    delta_bias: Tensor | None = None,
+    delta_softplus: bool = False,
+    impl: str = "auto",
+) -> Tensor:
+    """Selective scan with the implementation chosen by ``impl``.
+
+    Parameters
+    ----------
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus
+        See :func:`selective_scan_reference`.
+    impl : {"auto", "triton", "torch"}
+        ``"auto"`` takes the Triton kernel for CUDA tensors when Triton imports, else
+        the torch reference (float32 arithmetic).
+
+    Returns
+    -------
+    Tensor of shape (batch, n_tokens, channels)
+        In the dtype of ``u``.
+    """
+    if impl not in ("auto", "triton", "torch"):
+        raise ValueError(f"selective_scan: impl must be 'auto', 'triton' or 'torch', got {impl!r}")
+    use_triton = impl == "triton" or (impl == "auto" and u.is_cuda and triton is not None)
+    if use_triton:
+        return selective_scan_triton(u, delta, A, B, C, D, z, delta_bias=delta_bias, delta_softplus=delta_softplus)
+    y = selective_scan_reference(u, delta, A, B, C, D, z, delta_bias=delta_bias, delta_softplus=delta_softplus)
+    return y.to(u.dtype)

@@ -1,0 +1,135 @@
+"""Fast Mamba / Mamba-2 mixer forwards against transformers' own forward."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import Mamba2Config, Mamba2ForCausalLM, MambaConfig, MambaForCausalLM
+
+from reprflow.kernels.mamba_mixers import install_mamba2_forward, install_mamba_forward
+from reprflow.kernels.optional import MambaSsmKernels, load_mamba_ssm_triton
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _tiny_mamba() -> MambaForCausalLM:
+    cfg = MambaConfig(vocab_size=97, hidden_size=16, state_size=4, num_hidden_layers=2, expand=2, conv_kernel=4)
+    torch.manual_seed(0)
+    return MambaForCausalLM(cfg).eval()
+
+
+def _tiny_mamba2() -> Mamba2ForCausalLM:
+    cfg = Mamba2Config(
+        vocab_size=97, hidden_size=32, state_size=8, num_hidden_layers=2, expand=2, head_dim=16,
+        num_heads=4, n_groups=2, chunk_size=8, conv_kernel=4,
+    )
+    torch.manual_seed(0)
+    return Mamba2ForCausalLM(cfg).eval()
+
+
+def _hidden(model, ids, mask):
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False)
+    return torch.stack([h.float() for h in out.hidden_states])
+
+
+def _ssd_sequential(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=False,
+                    dt_limit=(0.0, float("inf"))):
+    """Mamba-2 recurrence in float64, one token at a time (stands in for mamba_ssm on CPU)."""
+    batch, n_tokens, heads, head_dim = x.shape
+    groups = B.shape[2]
+    dt = dt.double() + (dt_bias.double() if dt_bias is not None else 0)
+    dt = F.softplus(dt) if dt_softplus else dt
+    dt = dt.clamp(dt_limit[0], dt_limit[1])
+    Bh = B.double().repeat_interleave(heads // groups, dim=2)
+    Ch = C.double().repeat_interleave(heads // groups, dim=2)
+    h = torch.zeros(batch, heads, head_dim, B.shape[-1], dtype=torch.float64)
+    ys = []
+    for t in range(n_tokens):
+        decay = torch.exp(dt[:, t] * A.double())[:, :, None, None]
+        h = decay * h + (dt[:, t, :, None] * x[:, t].double())[..., None] * Bh[:, t, :, None, :]
+        ys.append(torch.einsum("bhpn,bhn->bhp", h, Ch[:, t]))
+    y = torch.stack(ys, dim=1)
+    if D is not None:
+        y = y + x.double() * D.double()[:, None]
+    return y.to(x.dtype)
+
+
+def _gated_rmsnorm(x, weight, bias, z=None, eps=1e-6, group_size=None, norm_before_gate=True):
+    assert not norm_before_gate and bias is None
+    h = x.double() * F.silu(z.double())
+    hg = h.view(*h.shape[:-1], -1, group_size)
+    hg = hg * torch.rsqrt(hg.pow(2).mean(-1, keepdim=True) + eps)
+    return (weight.double() * hg.view_as(h)).to(x.dtype)
+
+
+def test_mamba_fast_forward_matches_hf_cpu(torch_gen):
+    hf = _tiny_mamba()
+    fast = copy.deepcopy(hf)
+    assert install_mamba_forward(fast, scan_impl="torch", conv_impl="torch") == 2
+    assert install_mamba_forward(fast, scan_impl="torch", conv_impl="torch") == 0
+    ids = torch.randint(0, 97, (2, 23), generator=torch_gen)
+    mask = torch.ones_like(ids)
+    mask[1, 17:] = 0
+    want, got = _hidden(hf, ids, mask), _hidden(fast, ids, mask)
+    real = mask.bool()
+    torch.testing.assert_close(got[:, real], want[:, real], rtol=1e-4, atol=1e-5)
+
+
+def test_mamba2_fast_forward_matches_hf_cpu(torch_gen):
+    hf = _tiny_mamba2()
+    fast = copy.deepcopy(hf)
+    kernels = MambaSsmKernels(chunk_scan_combined=_ssd_sequential, rmsnorm_fn=_gated_rmsnorm,
+                              version="test", bare_package=False)
+    assert install_mamba2_forward(fast, kernels=kernels, conv_impl="torch") == 2
+    ids = torch.randint(0, 97, (2, 21), generator=torch_gen)
+    mask = torch.ones_like(ids)
+    mask[0, 15:] = 0
+    want, got = _hidden(hf, ids, mask), _hidden(fast, ids, mask)
+    real = mask.bool()
+    torch.testing.assert_close(got[:, real], want[:, real], rtol=1e-4, atol=1e-4)
+
+
+def test_cache_calls_fall_back_to_hf(torch_gen):
+    hf = _tiny_mamba()
+    fast = copy.deepcopy(hf)
+    install_mamba_forward(fast, scan_impl="torch", conv_impl="torch")
+    ids = torch.randint(0, 97, (1, 6), generator=torch_gen)
+    with torch.no_grad():
+        a = hf.generate(ids, max_new_tokens=3, do_sample=False)
+        b = fast.generate(ids, max_new_tokens=3, do_sample=False)
+    assert torch.equal(a, b)
+
+
+@requires_cuda
+@pytest.mark.gpu
+def test_mamba_triton_forward_matches_hf_gpu():
+    hf = _tiny_mamba().to("cuda")
+    fast = copy.deepcopy(hf).to(torch.bfloat16)
+    install_mamba_forward(fast, scan_impl="triton", conv_impl="triton")
+    g = torch.Generator(device="cuda").manual_seed(5)
+    ids = torch.randint(0, 97, (3, 200), device="cuda", generator=g)
+    mask = torch.ones_like(ids)
+    mask[2, 150:] = 0
+    want, got = _hidden(hf, ids, mask), _hidden(fast, ids, mask)
+    real = mask.bool()
+    rel = (got[:, real] - want[:, real]).norm() / want[:, real].norm()
+    assert rel < 2e-2, float(rel)
+
+
+@requires_cuda
+@pytest.mark.gpu
+def test_mamba2_mamba_ssm_forward_matches_hf_gpu():
+    kernels = load_mamba_ssm_triton()
+    if kernels is None:
+        pytest.skip("mamba_ssm not installed")
+    hf = _tiny_mamba2().to("cuda")
+    fast = copy.deepcopy(hf).to(torch.bfloat16)
+    install_mamba2_forward(fast, kernels=kernels, conv_impl="triton")
+    g = torch.Generator(device="cuda").manual_seed(6)
+    ids = torch.randint(0, 97, (2, 100), device="cuda", generator=g)
+    mask = torch.ones_like(ids)
+    want, got = _hidden(hf, ids, mask), _hidden(fast, ids, mask)
+    rel = (got - want).norm() / want.norm()
+    assert rel < 2e-2, float(rel)

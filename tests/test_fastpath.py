@@ -1,0 +1,69 @@
+"""prepare_model: the choices it reports and the models it leaves exact."""
+
+import json
+
+import pytest
+import torch
+from transformers import GPTNeoConfig, GPTNeoForCausalLM, GPTNeoXConfig, GPTNeoXForCausalLM, MambaConfig, MambaForCausalLM
+
+from reprflow.errors import ConfigError
+from reprflow.fastpath import prepare_model
+
+
+def _neo():
+    torch.manual_seed(0)
+    cfg = GPTNeoConfig(vocab_size=50, max_position_embeddings=32, hidden_size=16, num_layers=2, num_heads=2,
+                       attention_types=[[["global", "local"], 1]], window_size=4)
+    return GPTNeoForCausalLM(cfg).eval()
+
+
+def _mamba():
+    torch.manual_seed(0)
+    return MambaForCausalLM(MambaConfig(vocab_size=50, hidden_size=16, state_size=4, num_hidden_layers=2)).eval()
+
+
+def test_gpt_neo_report_and_exactness():
+    model = _neo()
+    ids = torch.randint(0, 50, (2, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = model(ids, use_cache=False).logits
+    report = prepare_model(model)
+    assert report["family"] == "gpt_neo" and report["attention"].startswith("sdpa")
+    assert report["compute_dtype"] == "float32" and report["use_cache"] is False
+    assert report["patched_modules"] == 4  # 2 attention modules + 2 gelu_new activations
+    assert "tanh" in report["mlp_activation"]
+    json.dumps(report)  # recorded in store attrs
+    with torch.no_grad():
+        got = model(ids).logits
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert prepare_model(model)["patched_modules"] == 0  # idempotent
+
+
+def test_float16_transformers_are_refused():
+    with pytest.raises(ConfigError, match="float16"):
+        prepare_model(_neo().half())
+
+
+def test_gpt_neox_uses_sdpa():
+    cfg = GPTNeoXConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=32)
+    model = GPTNeoXForCausalLM._from_config(cfg, attn_implementation="eager")
+    assert prepare_model(model)["attention"] == "sdpa"
+
+
+def test_mamba_on_cpu_keeps_transformers_path_unless_asked():
+    assert prepare_model(_mamba())["scan"] == "hf (transformers)"
+    model = _mamba()
+    ids = torch.randint(0, 50, (1, 9), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want = model(ids, use_cache=False).logits
+    report = prepare_model(model, scan="torch")
+    assert report["scan"].startswith("reprflow torch") and report["patched_modules"] == 2
+    with torch.no_grad():
+        got = model(ids).logits
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_unknown_scan_is_a_config_error():
+    with pytest.raises(ConfigError, match="scan"):
+        prepare_model(_mamba(), scan="cuda")

@@ -1,0 +1,82 @@
+"""End to end: the offline demo through the real Snakemake CLI, then checks on what it wrote.
+
+Runs once per session (a few minutes on 2 cores): tiny models -> prompts -> activations ->
+token metrics + probes -> tables, figures, theory check, report.
+"""
+
+import numpy as np
+import pandas as pd
+import pytest
+import zarr
+
+from reprflow.config import PROJECT_ROOT, load_config
+from reprflow.pipeline.tables import VALUE_COLUMNS
+from reprflow.workflow.targets import figure_files
+
+pytestmark = pytest.mark.slow
+
+DEMO = load_config(PROJECT_ROOT / "config" / "demo.yaml")
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory, scratch_project, run_snakemake):
+    root = scratch_project(tmp_path_factory.mktemp("demo") / "project")
+    run = run_snakemake(root, "--cores", "2", "--configfile=config/demo.yaml", timeout=1500)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-5000:]
+    return root
+
+
+def _tables(root):
+    return pd.read_csv(root / "results/table1.csv"), pd.read_csv(root / "results/table2.csv")
+
+
+def test_tables_have_the_paper_layout(demo):
+    table1, table2 = _tables(demo)
+    assert list(table1.columns) == ["model", "init", "view", "length", *VALUE_COLUMNS]
+    assert list(table2.columns) == ["model", "init", "view", "task", "length", *VALUE_COLUMNS]
+    n = len(DEMO.models) * len(DEMO.inits) * 2 * len(DEMO.lengths)  # x 2 views
+    assert len(table1) == n and len(table2) == n * len(DEMO.tasks)
+    assert set(table1.model) == {m.name for m in DEMO.models}
+    assert set(table2.task) == set(DEMO.tasks) and set(table1.view) == {"hf", "residual"}
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_table_values_finite_and_in_range(demo, which):
+    table = _tables(demo)[which]
+    beyond = (table.model == "tiny-gpt-neo") & (table.length == 600)  # context 512
+    assert beyond.sum() > 0 and table.loc[beyond, VALUE_COLUMNS].isna().all(axis=None)
+    values = table.loc[~beyond]
+    assert values[VALUE_COLUMNS].notna().all(axis=None)
+    assert np.isfinite(values[VALUE_COLUMNS].to_numpy(float)).all()
+    for col in ("last_acc", "peak_acc"):
+        assert values[col].between(0, 1).all(), col
+    assert (values.peak_acc >= values.last_acc - 1e-9).all()
+    np.testing.assert_allclose(values.gap, values.peak_acc - values.last_acc, atol=2e-6)
+    assert (values.Sm > 0).all() and (values.St > 0).all()
+    # peak layer indexes the view's states: embed/blocks/final_norm -> at most L+1 for L=4 blocks
+    assert values.peak_layer.between(0, 5).all() and (values.peak_layer % 1 == 0).all()
+
+
+def test_stores_complete_with_both_views(demo):
+    store = zarr.open_group(demo / "results/activations/tiny-mamba/pretrained/kvpr_n300.zarr", mode="r")
+    attrs = dict(store.attrs)
+    assert attrs["complete"] is True and attrs["family"] == "mamba"
+    k_all = store["last"].shape[0]
+    assert attrs["state_names"][0] == "embed" and attrs["state_names"][-1] == "final_norm"
+    assert attrs["views"]["residual"] == list(range(k_all - 1))
+    assert attrs["views"]["hf"] == list(range(1, k_all))  # Mamba: block_1..block_L, final_norm
+    assert not (demo / "results/activations/tiny-gpt-neo/pretrained/kvpr_n600.zarr").exists()
+
+
+def test_figures_and_report(demo):
+    for path in figure_files(DEMO):
+        data = (demo / path).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, path
+    report = (demo / "results/report.md").read_text()
+    assert "## Table 1" in report and "config sha256" in report and "Theorem 5" in report
+    assert report.count("![") == len(figure_files(DEMO)) + 1
+
+
+def test_rerun_has_nothing_to_do(demo, run_snakemake):
+    run = run_snakemake(demo, "-n", "--cores", "2", "--configfile=config/demo.yaml")
+    assert run.returncode == 0 and "Nothing to be done" in run.stdout + run.stderr
