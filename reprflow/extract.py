@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 
 from reprflow.capture import forward_states, state_names
 from reprflow.errors import PromptError, ReprflowError
+from reprflow.fastpath import prepare_model
 from reprflow.models.layouts import get_layout, view_indices
 from reprflow.store import StoreSpec, StoreWriter, open_store
 
@@ -392,6 +393,8 @@ def extract_activations(
     pending = writer.pending_windows()
     model.to(device=device, dtype=compute_dtype)
     model.eval()
+    fastpath = prepare_model(model)  # kernels chosen for this device; recorded in attrs and the log
+    logger.info("fast path for %s: %s", Path(out_path).name, fastpath)
 
     bar = tqdm(
         total=sum(len(ids[i]) for w in pending for i in range(*spec.window_range(w))),
@@ -430,7 +433,10 @@ def extract_activations(
         bar.close()
     seconds = time.perf_counter() - t0
     rate = real / seconds if seconds > 0 else 0.0
-    writer.finalize({"timing": {"tokens": real, "padded_tokens": padded, "seconds": seconds, "tokens_per_s": rate}})
+    writer.finalize({
+        "timing": {"tokens": real, "padded_tokens": padded, "seconds": seconds, "tokens_per_s": rate},
+        "fastpath": fastpath,
+    })
     resumed = spec.n_windows - len(pending)
     logger.info(
         "%s: %d prompts, %d tokens in %.2f s = %.0f tok/s (padding %.1f%%%s)",
