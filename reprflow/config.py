@@ -92,8 +92,24 @@ class Config:
 
     def digest(self) -> str:
         """sha256 of the canonical JSON of the validated config (provenance in outputs)."""
-        text = json.dumps(self.raw, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()
+        return _sha256_json(self.raw)
+
+    def extraction_digest(self, model: str, init: str) -> str:
+        """sha256 of exactly what one cell's extraction reads: seed, prompts and extraction
+        settings, the model entry and the init entry. Used as a rule param, so a change to
+        e.g. the probe settings does not rerun extraction."""
+        return _sha256_json({
+            "seed": self.raw["seed"],
+            "prompts": self.raw["prompts"],
+            "extraction": self.raw["extraction"],
+            "model": next(m for m in self.raw["models"] if m["name"] == model),
+            "init": next(i for i in self.raw["inits"] if i["name"] == init),
+        })
+
+
+def _sha256_json(obj) -> str:
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _load_schema() -> dict:

@@ -17,7 +17,7 @@ rule extract_activations:
         init=lambda w: asdict(CFG.init(w.init)),
         seed=CFG.seed,
         settings=CFG.section("extraction"),
-        config_digest=CFG.digest(),
+        config_digest=lambda w: CFG.extraction_digest(w.model, w.init),
         origin=lambda w: f"config.models[{[m.name for m in CFG.models].index(w.model)}].hf_id",
     resources:
         gpu=CFG.section("extraction")["gpus"],

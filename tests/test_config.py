@@ -93,3 +93,11 @@ def test_missing_file_and_bad_yaml(tmp_path):
     bad.write_text("models: [\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+
+
+def test_extraction_digest_ignores_settings_extraction_does_not_read(demo):
+    base = validate_config(demo).extraction_digest("tiny-mamba", "random")
+    assert base == validate_config(_mutate(demo, ("probes", "epochs"), 3)).extraction_digest("tiny-mamba", "random")
+    assert base != validate_config(_mutate(demo, ("extraction", "batch_size"), 3)).extraction_digest("tiny-mamba", "random")
+    assert base != validate_config(_mutate(demo, ("seed",), 7)).extraction_digest("tiny-mamba", "random")
+    assert base != validate_config(demo).extraction_digest("tiny-mamba", "pretrained")

@@ -1,0 +1,60 @@
+"""profiles/slurm and profiles/local: the settings the issue asks for, and Snakemake accepts them.
+
+Fast checks without a cluster; tests/cluster/test_slurm_workflow.py runs the SLURM profile for real.
+"""
+
+import re
+
+import pytest
+import yaml
+
+from reprflow.config import PROJECT_ROOT
+
+SLURM = yaml.safe_load((PROJECT_ROOT / "profiles" / "slurm" / "config.yaml").read_text())
+LOCAL = yaml.safe_load((PROJECT_ROOT / "profiles" / "local" / "config.yaml").read_text())
+
+
+def test_slurm_profile_uses_the_plugin_with_user_editable_partition_and_account():
+    assert SLURM["executor"] == "slurm"
+    defaults = SLURM["default-resources"]
+    assert {"slurm_partition", "slurm_account", "mem_mb", "runtime"} <= set(defaults)
+    assert defaults["mem_mb"] > 0 and defaults["runtime"] > 0
+    assert "gpu" not in defaults, "CPU rules must request no GPU"
+    for rule, resources in SLURM.get("set-resources", {}).items():
+        assert rule == "extract_activations" or "gpu" not in resources, rule
+
+
+def test_slurm_profile_never_waits_forever_and_keeps_logs():
+    # squeue reports a scancel'ed job as CANCELLED; sacct says "CANCELLED by <uid>", which
+    # snakemake-executor-plugin-slurm 2.8.0 does not count as failed (docs/cluster.md)
+    assert SLURM["slurm-status-command"] == "squeue"
+    assert SLURM["slurm-keep-successful-logs"] is True
+    assert SLURM["slurm-delete-logfiles-older-than"] <= 0
+    assert SLURM["slurm-logdir"] == "logs/slurm"
+    assert SLURM["rerun-incomplete"] is True and SLURM["show-failed-logs"] is True
+
+
+def test_local_profile_runs_on_all_cores_and_limits_gpu_jobs():
+    assert LOCAL["cores"] == "all" and LOCAL["rerun-incomplete"] is True
+    assert LOCAL["resources"]["gpu"] >= 1
+
+
+@pytest.mark.parametrize("profile", ["slurm", "local"])
+def test_snakemake_accepts_the_profile_and_only_extraction_asks_for_a_gpu(
+    profile, workdir, run_snakemake, cell_config
+):
+    config = cell_config(workdir / "cell.yaml", n_prompts=8, gpus=1)
+    run = run_snakemake(workdir, "-n", "--profile", f"profiles/{profile}", f"--configfile={config}")
+    out = run.stdout + run.stderr
+    assert run.returncode == 0, out[-3000:]
+    jobs = re.findall(r"^(?:local)?rule (\w+):\n(?:    .*\n)*?    resources: (.*)$", out, flags=re.M)
+    rules = {rule for rule, _ in jobs}
+    assert {"build_tiny_model", "prompts", "extract_activations", "probes", "tables"} <= rules
+    for rule, resources in jobs:
+        gpu = re.search(r"\bgpu=(\d+)", resources)
+        if rule == "extract_activations":
+            assert gpu and gpu.group(1) == "1", resources
+        else:
+            assert gpu is None or gpu.group(1) == "0", (rule, resources)
+        if profile == "slurm" and not rule.startswith("all"):
+            assert re.search(r"\bmem_mb=\d+", resources) and re.search(r"\bruntime=\d+", resources), (rule, resources)

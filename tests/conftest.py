@@ -1,0 +1,94 @@
+"""Shared helpers: run the real Snakemake workflow in a scratch copy of the project.
+
+Used by tests/workflow (CLI, dry runs) and tests/cluster (SLURM profile, DVC round trip).
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reprflow.config import PROJECT_ROOT
+
+LINKED = (
+    "Snakefile",
+    "rules",
+    "workflow_scripts",
+    "reprflow",
+    "config",
+    "envs",
+    "profiles",
+    "data/tokenizers",
+    "data/lost_in_the_middle",
+)
+"""Checkout paths a scratch project links to (code, configs, profiles, inputs); outputs stay local."""
+
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+"""The snakemake CLI of the running interpreter's environment (the project .venv)."""
+
+
+def make_workdir(dest: Path) -> Path:
+    """A scratch project: code and inputs linked from the checkout, outputs local."""
+    for rel in LINKED:
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(PROJECT_ROOT / rel)
+    return dest
+
+
+def offline_env() -> dict[str, str]:
+    """The environment every workflow run gets: offline hub, the checkout importable."""
+    return dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONPATH=str(PROJECT_ROOT),
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    )
+
+
+def snakemake(workdir: Path, *args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
+    """Run the snakemake CLI in ``workdir`` to completion and capture its output."""
+    return subprocess.run(
+        [SNAKEMAKE, *args], cwd=workdir, env=offline_env(), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def start_snakemake(workdir: Path, *args: str, log: Path) -> subprocess.Popen:
+    """Start the snakemake CLI in ``workdir`` in the background; stdout and stderr go to ``log``."""
+    with open(log, "w") as fh:
+        return subprocess.Popen(
+            [SNAKEMAKE, *args], cwd=workdir, env=offline_env(), stdout=fh, stderr=subprocess.STDOUT, text=True
+        )
+
+
+@pytest.fixture()
+def workdir(tmp_path) -> Path:
+    return make_workdir(tmp_path / "project")
+
+
+@pytest.fixture(scope="session")
+def run_snakemake():
+    """``run_snakemake(workdir, *args)``: the real snakemake CLI, offline."""
+    return snakemake
+
+
+@pytest.fixture(scope="session")
+def scratch_project():
+    """``scratch_project(dest)``: :func:`make_workdir`, for fixtures wider than one test."""
+    return make_workdir
+
+
+@pytest.fixture(scope="session")
+def spawn_snakemake():
+    """``spawn_snakemake(workdir, *args, log=path)``: snakemake in the background (a Popen)."""
+    return start_snakemake
+
+
+@pytest.fixture(scope="session")
+def workflow_env() -> dict[str, str]:
+    """The environment of every workflow run (:func:`offline_env`), for other CLIs (git, dvc)."""
+    return offline_env()
