@@ -12,4 +12,5 @@ with workflow_step(snakemake.log[0], "prompts"):  # noqa: F821 (injected by Snak
         tokenizer=w.tokenizer,
         seed=snakemake.params.seed,  # noqa: F821
         settings=settings,
+        max_tokens=snakemake.params.max_tokens,  # noqa: F821
     )

@@ -10,10 +10,13 @@ from reprflow.prompts import build_prompt_set, write_prompt_set
 logger = logging.getLogger(__name__)
 
 
-def build_prompt_file(out_path: str | Path, *, task: str, length: int, tokenizer: str, seed: int, settings: dict) -> Path:
+def build_prompt_file(out_path: str | Path, *, task: str, length: int, tokenizer: str, seed: int, settings: dict,
+                      max_tokens: int | None = None) -> Path:
     """Write ``data/prompts/{tokenizer}/{task}_n{length}.jsonl`` and its ``.manifest.json``.
 
-    ``settings`` is the validated ``config.prompts`` section.
+    ``settings`` is the validated ``config.prompts`` section. ``max_tokens`` caps every prompt
+    (the smallest context window among the models that read this set; see
+    :func:`reprflow.workflow.targets.prompt_token_cap`).
     """
     records, manifest = build_prompt_set(
         task,
@@ -24,6 +27,7 @@ def build_prompt_file(out_path: str | Path, *, task: str, length: int, tokenizer
         oracle_path=settings["mdqa_oracle"],
         distractor_dir=settings.get("mdqa_distractor_dir"),
         tolerance=settings["tolerance"],
+        max_tokens=max_tokens,
     )
     write_prompt_set(records, manifest, out_path)
     logger.info("wrote %d %s prompts (~%d tokens) to %s", len(records), task, length, out_path)

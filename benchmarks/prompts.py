@@ -1,0 +1,105 @@
+"""Prompt-set generation cost: reprflow.prompts against what a user would write by hand.
+
+Rows (all on this CPU, same inputs):
+
+* ``tokenize``: token counts of N ready KVPR prompts at 2048 tokens -- reprflow's batched
+  fast-tokenizer calls (:func:`reprflow.prompts.sampling.count_tokens`) against the naive
+  ``len(tokenizer(p)["input_ids"])`` per prompt;
+* ``tfidf``: MDQA distractor neighbour lists for the 2655 oracle questions -- one sparse product
+  and a row-wise ``argpartition`` against the naive per-question ``linear_kernel`` + full sort per
+  question (both then apply the same answer filter);
+* ``build``: end-to-end :func:`build_prompt_set` for N prompts at 2048 tokens (calibration
+  included), KVPR and MDQA (no naive twin: reported as seconds and tokens/s).
+
+Run: ``PYTHONPATH=. python benchmarks/prompts.py --n-prompts 1000``
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from reprflow.prompts import build_prompt_set, load_tokenizer
+from reprflow.prompts.distractors import DistractorPools, filter_pool, tfidf_distractor_pools, tie_break_ranks
+from reprflow.prompts.kvpr import KVPRPlan
+from reprflow.prompts.mdqa import load_oracle
+from reprflow.prompts.sampling import count_tokens
+
+ORACLE = Path(__file__).resolve().parents[1] / "data" / "lost_in_the_middle" / "nq-open-oracle.jsonl.gz"
+
+
+def timed(fn, repeats: int = 1):
+    """Median wall time of ``repeats`` calls, and the last result."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)), out
+
+
+def naive_tfidf(examples, pool_size):
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.metrics.pairwise import linear_kernel  # cosine for L2-normalised tf-idf rows
+
+    passages = [e.gold for e in examples]
+    vec = TfidfVectorizer(stop_words="english", sublinear_tf=True, dtype=np.float32)
+    p_mat = vec.fit_transform([f"{p.title}\n{p.text}" for p in passages])
+    pools = []
+    for qi, e in enumerate(examples):
+        row = linear_kernel(vec.transform([e.question]), p_mat)[0]
+        row[qi] = -np.inf
+        order = np.lexsort((tie_break_ranks(qi, len(row)), -row))
+        pools.append(filter_pool(e, order[np.isfinite(row[order])], passages, limit=pool_size))
+    return DistractorPools(passages, pools, "tfidf")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n-prompts", type=int, default=1000)
+    ap.add_argument("--tokenizer", default="gpt2")
+    ap.add_argument("--repeats", type=int, default=3, help="median of this many runs per timed row")
+    args = ap.parse_args()
+    n = args.n_prompts
+    tok = load_tokenizer(args.tokenizer)
+    rows = []
+
+    plan = KVPRPlan(n_items=37, seed_key=(0, 0, 2048))
+    prompts = [plan.draft(i, i % 37, attempt=0, budget=0).prompt for i in range(n)]
+    t_naive, naive = timed(lambda: [len(tok(p)["input_ids"]) for p in prompts], args.repeats)
+    t_ours, ours = timed(lambda: count_tokens(prompts, tok), args.repeats)
+    assert naive == ours.tolist()
+    rows.append(("tokenize", f"{n} KVPR prompts, {ours.sum() / 1e6:.2f}M tokens", t_naive, t_ours))
+
+    examples = load_oracle(ORACLE)
+    t_naive, a = timed(lambda: naive_tfidf(examples, 100), args.repeats)
+    t_ours, b = timed(lambda: tfidf_distractor_pools(examples, pool_size=100), args.repeats)
+    assert all(np.array_equal(x, y) for x, y in zip(a.pools, b.pools))
+    rows.append(("tfidf", f"{len(examples)} questions, top 100", t_naive, t_ours))
+
+    builds = []
+    for task in ("kvpr", "mdqa"):
+        t, (records, manifest) = timed(
+            lambda: build_prompt_set(
+                task, target_tokens=2048, tokenizer_name=args.tokenizer, n_prompts=n, seed=0, oracle_path=ORACLE,
+                progress=False,
+            )
+        )
+        total = sum(r["n_tokens"] for r in records)
+        builds.append((task, t, total, manifest["n_items"]))
+
+    print(f"{'step':<10} {'workload':<36} {'naive s':>9} {'reprflow s':>11} {'speed-up':>9}")
+    for name, what, tn, to in rows:
+        print(f"{name:<10} {what:<36} {tn:>9.2f} {to:>11.2f} {tn / to:>8.1f}x")
+    for task, t, total, n_items in builds:
+        print(
+            f"{'build':<10} {f'{task} n2048 {args.tokenizer}, {n} prompts ({n_items} items)':<36} {'-':>9} {t:>11.2f} "
+            f"{total / t / 1e3:>6.0f}K tok/s"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,259 @@
+"""MDQA: multi-document question answering prompts (Liu et al. 2024; paper App. B).
+
+A prompt lists ``n_items`` Wikipedia passages for one NQ-Open question: the gold passage
+(from ``nq-open-oracle.jsonl.gz``) at position ``label`` and ``n_items - 1`` distractors.
+
+The template reproduces, byte for byte, nelson-liu/lost-in-the-middle
+``src/lost_in_the_middle/prompts/qa.prompt`` as read by ``get_qa_prompt`` in
+``src/lost_in_the_middle/prompting.py`` (template read with ``.rstrip("\\n")``, documents
+formatted ``Document [{i}](Title: {title}) {text}`` with 1-based ``i`` and joined by ``\\n``),
+checked against the literal expected string of their ``tests/test_prompting.py``.
+
+Distractor choice (see :mod:`reprflow.prompts.distractors` for the pools): distractors are taken
+in pool order (most similar first, as Liu et al. take retrieval order), skipping a passage only
+when taking it would leave no way to keep the prompt under the length cap; such a prompt is
+marked ``adjusted``. Questions whose gold passage cannot fit the cap even with the shortest
+distractors of their pool are left out of the question pool for that item count.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from reprflow.errors import PromptError
+from reprflow.prompts.sampling import Draft, count_tokens, prompt_rng
+
+__all__ = [
+    "QA_TEMPLATE",
+    "Passage",
+    "OracleExample",
+    "load_oracle",
+    "format_document",
+    "format_mdqa_prompt",
+    "MDQASampler",
+    "MDQAPlan",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Liu et al.'s qa.prompt after ``.rstrip("\n")``.
+QA_TEMPLATE = (
+    "Write a high-quality answer for the given question using only the provided search results "
+    "(some of which might be irrelevant).\n"
+    "\n"
+    "{search_results}\n"
+    "\n"
+    "Question: {question}\n"
+    "Answer:"
+)
+
+
+@dataclass(frozen=True)
+class Passage:
+    """A Wikipedia passage: ``title`` and ``text``."""
+
+    title: str
+    text: str
+
+
+@dataclass(frozen=True)
+class OracleExample:
+    """One NQ-Open question with its answers and gold passage."""
+
+    question: str
+    answers: tuple[str, ...]
+    gold: Passage
+
+
+def _open_text(path: Path):
+    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
+
+
+def load_oracle(path: str | os.PathLike) -> list[OracleExample]:
+    """Read Liu et al.'s ``nq-open-oracle.jsonl[.gz]``.
+
+    Each line has ``question`` (str), ``answers`` (list of str) and ``ctxs`` (list of
+    {title, text, hasanswer, isgold}); the gold passage is the ctx with ``isgold`` true.
+
+    Returns
+    -------
+    list of OracleExample, in file order
+
+    Raises
+    ------
+    PromptError
+        Missing file, bad JSON, or a record without exactly one gold ctx; names the line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PromptError(f"MDQA oracle file {path}: not found; expected Liu et al.'s nq-open-oracle.jsonl.gz")
+    out = []
+    with _open_text(path) as fh:
+        for lineno, line in enumerate(fh, 1):
+            try:
+                rec = json.loads(line)
+                golds = [c for c in rec["ctxs"] if c.get("isgold") is True]
+                if len(golds) != 1:
+                    raise ValueError(f"expected exactly one ctx with isgold true, got {len(golds)}")
+                answers = tuple(rec["answers"])
+                if not answers or not all(isinstance(a, str) and a for a in answers):
+                    raise ValueError(f"answers must be a non-empty list of non-empty strings, got {answers!r}")
+                q = rec["question"]
+                if not isinstance(q, str) or not q:
+                    raise ValueError(f"question must be a non-empty string, got {q!r}")
+                out.append(OracleExample(q, answers, Passage(str(golds[0]["title"]), str(golds[0]["text"]))))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise PromptError(f"MDQA oracle file {path}, line {lineno}: {type(exc).__name__}: {exc}") from exc
+    if not out:
+        raise PromptError(f"MDQA oracle file {path}: no records")
+    return out
+
+
+def format_document(index: int, passage: Passage) -> str:
+    """``Document [{index}](Title: {title}) {text}`` (``index`` is 1-based, as in Liu et al.)."""
+    return f"Document [{index}](Title: {passage.title}) {passage.text}"
+
+
+def format_mdqa_prompt(question: str, documents: Sequence[Passage]) -> str:
+    """Liu et al.'s QA prompt for ``question`` over ``documents`` (in the given order)."""
+    if not question:
+        raise PromptError("MDQA prompt: the question is empty")
+    if not documents:
+        raise PromptError("MDQA prompt: no documents")
+    search_results = "\n".join(format_document(i + 1, p) for i, p in enumerate(documents))
+    return QA_TEMPLATE.format(question=question, search_results=search_results)
+
+
+class MDQAPlan:
+    """MDQA prompts with a fixed item count over a fixed question order.
+
+    ``draft(index, ...)`` uses question ``order[index]``. The gold passage goes at ``label``; the
+    distractors are the first ``n_items - 1`` pool passages that keep the estimated length within
+    ``budget`` (see the module docstring). The draft is deterministic given its arguments.
+    """
+
+    def __init__(self, sampler: MDQASampler, *, n_items: int, order: np.ndarray, n_excluded: int):
+        self.sampler = sampler
+        self.n_items = n_items
+        self.order = order
+        self.n_excluded = n_excluded
+
+    def draft(self, index: int, label: int, *, attempt: int, budget: int | None) -> Draft:
+        """Prompt ``index``: question ``order[index]``, gold at ``label``, distractors within ``budget``.
+
+        ``budget=None``: the natural prompt (the first ``n_items - 1`` pool passages).
+        """
+        s = self.sampler
+        q = int(self.order[index])
+        pool = s.pools.pools[q]
+        lens = s.pool_lengths[q]
+        k = self.n_items - 1
+        room = None if budget is None else budget - s.base_lengths[q] - s.gold_lengths[q]
+        if room is None or lens[:k].sum() <= room:
+            chosen, adjusted = np.arange(k), False
+        else:
+            chosen, adjusted = _fit_in_order(lens, k, room), True
+        docs = [s.pools.passages[j] for j in pool[chosen]]
+        docs.insert(label, s.examples[q].gold)
+        return Draft(format_mdqa_prompt(s.examples[q].question, docs), s.examples[q].answers, adjusted)
+
+
+def _fit_in_order(lengths: np.ndarray, k: int, room: int) -> np.ndarray:
+    """First ``k`` indices of ``lengths`` in order, skipping any that would make the rest unfittable.
+
+    Index ``j`` is taken when ``used + lengths[j] + (sum of the r smallest lengths after j)``
+    stays within ``room``, with ``r`` the slots left after taking it. If even the ``k``
+    smallest overflow, the ``k`` smallest are returned (the caller's token check then fails).
+
+    Returns
+    -------
+    ndarray of int64, shape (k,), increasing
+    """
+    chosen: list[int] = []
+    used = 0
+    for j in range(len(lengths)):
+        r = k - len(chosen) - 1
+        rest = lengths[j + 1 :]
+        if len(rest) < r:
+            break
+        tail = int(np.partition(rest, r - 1)[:r].sum()) if r > 0 else 0
+        if used + int(lengths[j]) + tail <= room:
+            chosen.append(j)
+            used += int(lengths[j])
+            if len(chosen) == k:
+                return np.asarray(chosen, dtype=np.int64)
+    return np.sort(np.argsort(lengths, kind="stable")[:k])
+
+
+class MDQASampler:
+    """MDQA prompt factory over an oracle file and per-question distractor pools.
+
+    Parameters
+    ----------
+    examples : list of OracleExample, length n_questions
+    pools : DistractorPools
+        Distractor candidates per question, best first; none contains an answer string.
+    tokenizer : transformers.PreTrainedTokenizerFast
+        Used to estimate per-passage lengths for the length-aware distractor choice.
+    seed_key : tuple of int
+
+    Notes
+    -----
+    Length estimate of a prompt: ``base[q] + sum over its documents of (len(document) + 1)``,
+    the 1 being the joining newline, and ``base[q]`` the exact length of the question's
+    one-document prompt minus its document's share. BPE is close to additive across the
+    newline-separated documents (checked: exact for almost all prompts); the exact count is
+    always taken from the tokenizer afterwards, and an overshoot shrinks the next budget.
+    """
+
+    task = "mdqa"
+    min_items = 2
+
+    def __init__(self, examples, pools, tokenizer, *, seed_key: tuple[int, ...]):
+        if len(examples) != len(pools.pools):
+            raise PromptError(f"MDQA: {len(examples)} questions but {len(pools.pools)} distractor pools")
+        self.examples = examples
+        self.pools = pools
+        self.seed_key = seed_key
+        self.gold_lengths = count_tokens([format_document(1, e.gold) for e in examples], tokenizer) + 1
+        one_doc = count_tokens([format_mdqa_prompt(e.question, [e.gold]) for e in examples], tokenizer)
+        self.base_lengths = one_doc - self.gold_lengths
+        passage_lengths = count_tokens([format_document(1, p) for p in pools.passages], tokenizer) + 1
+        self.pool_lengths = [passage_lengths[pool] for pool in pools.pools]
+
+    def max_items(self) -> int | None:
+        """1 + the smallest pool size: every question must have ``n_items - 1`` distractors."""
+        return 1 + self.pools.smallest_pool()
+
+    def plan(self, n_items: int, n_prompts: int, *, stream: int, max_tokens: int | None) -> MDQAPlan:
+        """Assign questions to ``n_prompts`` prompts with ``n_items`` documents each.
+
+        Questions that can fit ``max_tokens`` (all, if None) are drawn without replacement in a
+        seeded random order; past that many prompts a fresh permutation follows, so questions
+        repeat evenly.
+        """
+        k = n_items - 1
+        if n_items > self.max_items():
+            raise PromptError(
+                f"MDQA: n_items={n_items} needs {k} distractors per question but the smallest pool has "
+                f"{self.max_items() - 1}"
+            )
+        if max_tokens is None:
+            fits = np.arange(len(self.examples))
+        else:
+            shortest = np.array([np.partition(lens, k - 1)[:k].sum() for lens in self.pool_lengths], dtype=np.int64)
+            fits = np.flatnonzero(self.base_lengths + self.gold_lengths + shortest <= max_tokens)
+        if not len(fits):
+            raise PromptError(f"MDQA: no question fits max_tokens={max_tokens} with n_items={n_items}")
+        rng = prompt_rng(self.seed_key, stream, n_items)
+        reps = -(-n_prompts // len(fits))
+        order = np.concatenate([rng.permutation(fits) for _ in range(reps)])[:n_prompts]
+        return MDQAPlan(self, n_items=n_items, order=order, n_excluded=len(self.examples) - len(fits))
