@@ -14,10 +14,15 @@ def build_prompt_file(out_path: str | Path, *, task: str, length: int, tokenizer
                       max_tokens: int | None = None) -> Path:
     """Write ``data/prompts/{tokenizer}/{task}_n{length}.jsonl`` and its ``.manifest.json``.
 
-    ``settings`` is the validated ``config.prompts`` section. ``max_tokens`` caps every prompt
+    ``settings`` is the validated ``config.prompts`` section; its ``tolerance_overrides``
+    replace ``tolerance`` for one (task, length). ``max_tokens`` caps every prompt
     (the smallest context window among the models that read this set; see
     :func:`reprflow.workflow.targets.prompt_token_cap`).
     """
+    tolerance = next(
+        (o["tolerance"] for o in settings.get("tolerance_overrides", []) if o["task"] == task and o["length"] == length),
+        settings["tolerance"],
+    )
     records, manifest = build_prompt_set(
         task,
         target_tokens=length,
@@ -26,7 +31,7 @@ def build_prompt_file(out_path: str | Path, *, task: str, length: int, tokenizer
         seed=seed,
         oracle_path=settings["mdqa_oracle"],
         distractor_dir=settings.get("mdqa_distractor_dir"),
-        tolerance=settings["tolerance"],
+        tolerance=tolerance,
         max_tokens=max_tokens,
     )
     write_prompt_set(records, manifest, out_path)
