@@ -18,3 +18,8 @@ rule theory:
         "../envs/gpu.yaml" if CFG.section("theory").get("gpus", 0) else "../envs/cpu.yaml"
     script:
         "../workflow_scripts/theory.py"
+
+
+rule all_theory:
+    input:
+        THEORY.values(),

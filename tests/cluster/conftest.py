@@ -89,6 +89,7 @@ def reduced_config(*, n_prompts: int, slow_model: bool = False, gpus: int = 0, l
     cfg["extraction"]["gpus"] = gpus
     cfg["probes"]["seeds"] = raw["probes"]["seeds"][:1]
     cfg["figures"]["length"] = cfg["lengths"][0]
+    cfg["theory"].update(n_grid=[16], sigma2_grid=[1.0], n_mc=16, depths=[1], depth_n_grid=[16])
     return cfg
 
 

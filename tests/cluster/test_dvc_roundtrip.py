@@ -25,8 +25,8 @@ from reprflow.config import PROJECT_ROOT
 pytestmark = pytest.mark.slow
 
 DVC = str(Path(sys.executable).with_name("dvc"))
-STAGES = ("models", "prompts", "activations", "metrics", "report")
-RESULTS = ("results/table1.csv", "results/table2.csv", "results/report.md", "results/metrics", "results/activations")
+STAGES = ("models", "prompts", "activations", "metrics", "theory", "report")
+RESULTS = ("results/table1.csv", "results/table2.csv", "results/report.md", "results/metrics", "results/activations", "results/theory")
 GIT_ID = ("-c", "user.name=reprflow-test", "-c", "user.email=reprflow-test@example.invalid")
 
 
@@ -134,7 +134,7 @@ def test_config_change_reruns_only_the_stages_that_read_it(roundtrip):
     ran = re.findall(r"Running stage '(\w+)'", roundtrip.repro_after_change)
     skipped = re.findall(r"Stage '(\w+)' didn't change, skipping", roundtrip.repro_after_change)
     assert ran == ["metrics", "report"], roundtrip.repro_after_change
-    assert sorted(skipped) == ["activations", "models", "prompts"], roundtrip.repro_after_change
+    assert sorted(skipped) == ["activations", "models", "prompts", "theory"], roundtrip.repro_after_change
     assert "Data and pipelines are up to date" in roundtrip.status_after_rerun, roundtrip.status_after_rerun
 
 
