@@ -108,8 +108,8 @@ def main() -> None:
     n_params = sum(p.numel() for p in model.parameters()) / 1e9
     print(f"{args.family} ({n_params:.2f}B params), {args.device} {args.dtype}, batch {args.batch} x "
           f"{args.n_tokens} tokens (right-padded), median of {args.repeats}")
-    print(f"| method | s/batch | time ratio | peak GiB | memory ratio |")
-    print(f"|---|---|---|---|---|")
+    print("| method | s/batch | time ratio | peak GiB | memory ratio |")
+    print("|---|---|---|---|---|")
     for name, (t, m) in results.items():
         print(f"| {name} | {t:.4f} | {t / base_t:.2f} | {m:.2f} | {m / base_m:.2f} |")
 

@@ -105,7 +105,7 @@ def main() -> None:
         "tiny-neox": tiny_neox(args.tokens),
     }
     hows = ["reprflow-default", "blosc-zstd1", "blosc-zstd3", "no-codec-scan", "zarr-default", "np.save"]
-    print(f"| data | shape | method | write MB/s | read MB/s | ratio | write time vs reprflow-default |")
+    print("| data | shape | method | write MB/s | read MB/s | ratio | write time vs reprflow-default |")
     print("|---|---|---|---|---|---|---|")
     root = Path(tempfile.mkdtemp())
     try:

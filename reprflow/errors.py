@@ -19,3 +19,17 @@ class StoreError(ReprflowError):
 
 class PromptError(ReprflowError):
     """A prompt source file is missing or malformed, or calibration failed."""
+
+
+class InvalidParameterError(ConfigError, ValueError):
+    """A parameter is out of its documented range (scikit-learn style message).
+
+    Subclasses both :class:`ConfigError` and :class:`ValueError`, so callers may catch either.
+    """
+
+
+class UnknownMetricError(ConfigError, KeyError):
+    """A metric name that is not in :data:`reprflow.metrics.METRICS` (also a KeyError, so Mapping works)."""
+
+    def __str__(self) -> str:  # KeyError would print the repr of the message
+        return str(self.args[0])

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from reprflow.errors import ConfigError, ReprflowError
+from reprflow.errors import InvalidParameterError, ReprflowError
 
 logger = logging.getLogger(__name__)
 
@@ -54,14 +54,6 @@ _LOGIT_BUFFERS = 2
 # Parameter-sized float32 buffers: W, W_eff, grad, fold temporary, Adam's two moments,
 # Adam's temporaries.
 _PARAM_BUFFERS = 8
-
-
-class InvalidParameterError(ConfigError, ValueError):
-    """A parameter is out of its documented range (scikit-learn style message).
-
-    Subclasses both :class:`reprflow.errors.ConfigError` and :class:`ValueError`, so
-    callers may catch either.
-    """
 
 
 # --------------------------------------------------------------------------- params

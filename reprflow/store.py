@@ -899,3 +899,21 @@ def open_sharded(paths: Sequence[str | os.PathLike]) -> ShardedStore:
             f"shards {[str(p) for p, _ in opened]} cover samples [0, {expect_start}) of {total}; a shard is missing"
         )
     return ShardedStore([g for _, g in opened], [p for p, _ in opened])
+
+
+def store_provenance(store_path: str | os.PathLike | Sequence[str | os.PathLike], attrs: Mapping[str, Any]) -> dict:
+    """Where a metric file's numbers come from: the store(s), prompt hash, versions and cell.
+
+    Metric stages put this dict under ``"provenance"`` in their JSON outputs.
+    """
+    paths = str(store_path) if isinstance(store_path, (str, os.PathLike)) else [str(p) for p in store_path]
+    return {
+        "store": paths,
+        "prompt_sha256": attrs["prompt_sha256"],
+        "reprflow_version": __version__,
+        "store_reprflow_version": attrs.get("reprflow_version"),
+        "model": attrs.get("model"),
+        "init": attrs.get("init"),
+        "task": attrs.get("task"),
+        "length": attrs.get("length"),
+    }

@@ -21,7 +21,7 @@ from functools import partial
 
 import numpy as np
 
-from reprflow.errors import ConfigError
+from reprflow.errors import UnknownMetricError
 from reprflow.metrics.cka import (
     CKAMatrices,
     MinibatchCKAAccumulator,
@@ -70,13 +70,6 @@ __all__ = [
 ]
 
 MetricFn = Callable[..., "np.ndarray | float"]
-
-
-class UnknownMetricError(ConfigError, KeyError):
-    """A metric name that is not in :data:`METRICS` (also a KeyError, so Mapping works)."""
-
-    def __str__(self) -> str:  # KeyError would print the repr of the message
-        return str(self.args[0])
 
 
 class _MetricRegistry(Mapping[str, MetricFn]):

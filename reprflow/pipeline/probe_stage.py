@@ -34,11 +34,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from reprflow import __version__
 from reprflow.errors import ConfigError, ReprflowError, StoreError
 from reprflow.probes import DEFAULT_MAX_BATCH_BYTES, ProbeResult, fit_layer_probes
 from reprflow.prompts.files import atomic_write_bytes
-from reprflow.store import open_sharded, open_store
+from reprflow.store import open_sharded, open_store, store_provenance
 
 logger = logging.getLogger(__name__)
 
@@ -175,14 +174,7 @@ def run_probe_stage(
         "compute_dtype": "float32", "device": str(device) if device is not None else "auto",
     }
     summary["provenance"] = {
-        "store": str(store_path) if isinstance(store_path, (str, os.PathLike)) else [str(p) for p in store_path],
-        "prompt_sha256": attrs["prompt_sha256"],
-        "reprflow_version": __version__,
-        "store_reprflow_version": attrs.get("reprflow_version"),
-        "model": attrs.get("model"),
-        "init": attrs.get("init"),
-        "task": attrs.get("task"),
-        "length": attrs.get("length"),
+        **store_provenance(store_path, attrs),
         "views": {v: [int(k) for k in store_views[v]] for v in views},
         "n_samples": int(labels.shape[0]),
     }

@@ -47,7 +47,6 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from reprflow import __version__
 from reprflow.errors import ConfigError, ReprflowError, StoreError
 from reprflow.metrics import (
     InterTokenCosineAccumulator,
@@ -56,7 +55,7 @@ from reprflow.metrics import (
     cka_matrices,
     cka_matrix,
 )
-from reprflow.store import open_store
+from reprflow.store import open_store, store_provenance
 
 logger = logging.getLogger(__name__)
 
@@ -293,14 +292,7 @@ def compute_token_metrics(
     )
 
     provenance = {
-        "store": str(store_path),
-        "prompt_sha256": attrs["prompt_sha256"],
-        "reprflow_version": __version__,
-        "store_reprflow_version": attrs.get("reprflow_version"),
-        "model": attrs.get("model"),
-        "init": attrs.get("init"),
-        "task": attrs.get("task"),
-        "length": attrs.get("length"),
+        **store_provenance(store_path, attrs),
         "views": {v: view_indices[v] for v in views},
         "n_prompts": len(lengths),
         "n_bins": n_bins,
