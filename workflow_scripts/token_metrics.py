@@ -12,4 +12,5 @@ with workflow_step(snakemake.log[0], "token_metrics"):  # noqa: F821 (injected b
         views=tuple(s["views"]),
         debiased_cka=s["debiased_cka"],
         device=resolve_device(s["device"]),
+        max_tokens_in_memory=s["max_tokens_in_memory"],
     )
