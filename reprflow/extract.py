@@ -46,7 +46,7 @@ from reprflow.capture import forward_states, state_names
 from reprflow.errors import PromptError, ReprflowError
 from reprflow.fastpath import prepare_model
 from reprflow.models.layouts import get_layout, view_indices
-from reprflow.store import StoreSpec, StoreWriter, open_store
+from reprflow.store import FLOAT16_MAX, StoreSpec, StoreWriter, open_store
 
 logger = logging.getLogger(__name__)
 
@@ -243,6 +243,22 @@ class _WindowSink:
             self.thread.join()
 
 
+def token_states_to_host(states: torch.Tensor, *, store_dtype: str) -> np.ndarray:
+    """Copy one prompt's token states [n_states, n_tokens, hidden] to host memory.
+
+    bfloat16 states go to float16 on the device when they fit and the store may be float16:
+    bf16 -> fp16 is exact for |x| in [2**-14, 65504) (fp16 has 3 more mantissa bits; smaller
+    values keep an absolute error below 2**-24), it halves the bytes copied, and the store
+    writer then checks them with integer operations (:func:`reprflow.store.abs_peak`). Anything
+    else (float32 states, ``store_dtype: float32``, values beyond float16, non-finite values,
+    which the writer rejects) goes as float32.
+    """
+    if (states.dtype == torch.bfloat16 and store_dtype != "float32"
+            and float(states.abs().amax()) < FLOAT16_MAX):
+        return states.to(torch.float16).cpu().numpy()
+    return states.float().cpu().numpy()
+
+
 def extract_activations(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -420,7 +436,7 @@ def extract_activations(
                 last[:, batch, :] = captured.last.float().cpu().numpy()  # [n_states, batch, hidden]
                 for slot, r in enumerate(token_rows):
                     i = rows[r]  # [n_states, n_tokens, hidden], unpadded
-                    tokens[i] = captured.tokens[:, slot, : len(ids[i])].float().cpu().numpy()
+                    tokens[i] = token_states_to_host(captured.tokens[:, slot, : len(ids[i])], store_dtype=store_dtype)
                 real += int(mask.sum())
                 padded += mask.numel()
                 bar.update(int(mask.sum()))

@@ -276,6 +276,20 @@ class StoreSpec:
         return [i for i in self.token_prompt_ids if start <= i < stop]
 
 
+def abs_peak(x: np.ndarray) -> float:
+    """max |x|, NaN if ``x`` holds a NaN (inf if an inf), without float16 arithmetic.
+
+    numpy emulates float16 arithmetic element by element, so for float16 input the peak is
+    read from the magnitude bits instead: clearing the sign bit leaves an unsigned integer
+    that is monotonic in |x| (inf = 0x7C00, NaN above it), which numpy reduces at integer speed.
+    """
+    if x.dtype == np.float16:
+        bits = (x.view(np.uint16) & np.uint16(0x7FFF)).max()
+        return float(np.array(bits, dtype=np.uint16).view(np.float16))
+    # max/min propagate NaN, so one pass each detects non-finite values too.
+    return float(max(x.max(), -x.min()))
+
+
 def check_range(x: np.ndarray, *, dtype: str, what: str, path: Path) -> float:
     """Refuse non-finite values, and values float16 cannot hold when ``dtype`` is float16.
 
@@ -297,8 +311,7 @@ def check_range(x: np.ndarray, *, dtype: str, what: str, path: Path) -> float:
     """
     if x.size == 0:
         return 0.0
-    # max/min propagate NaN, so one pass each detects non-finite values too.
-    peak = float(max(x.max(), -x.min()))
+    peak = abs_peak(x)
     if not np.isfinite(peak):
         raise StoreError(
             f"{path}: {what} holds non-finite values (NaN or inf); the forward pass diverged. "

@@ -201,3 +201,20 @@ def test_cuda_extraction_matches_cpu(family, tokenizer, tmp_path):
     np.testing.assert_allclose(stores["cuda16"]["last"][:], ref, atol=5e-2 * scale, rtol=0)
     np.testing.assert_allclose(stores["cuda32"]["tokens"][:], stores["cpu"]["tokens"][:], atol=1e-4 * scale, rtol=0)
 
+
+
+def test_bf16_token_states_reach_the_host_exactly():
+    """bf16 -> fp16 on the device is exact for normal-range values; else float32."""
+    from reprflow.extract import token_states_to_host
+
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(3, 17, 8, generator=gen) * 100).to(torch.bfloat16)
+    host = token_states_to_host(x, store_dtype="auto")
+    assert host.dtype == np.float16
+    np.testing.assert_array_equal(host.astype(np.float32), x.float().numpy())
+    assert token_states_to_host(x, store_dtype="float32").dtype == np.float32
+    big = x.clone()
+    big[0, 0, 0] = 70000.0
+    host = token_states_to_host(big, store_dtype="auto")
+    assert host.dtype == np.float32 and host[0, 0, 0] == np.float32(big[0, 0, 0].float())
+    assert token_states_to_host(x.float(), store_dtype="auto").dtype == np.float32

@@ -299,3 +299,16 @@ def test_writer_refuses_attrs_it_owns(tmp_path):
     with pytest.raises(StoreError, match=r"attrs missing \['dtype'\]"):
         StoreWriter(tmp_path / "s.zarr", spec, attrs={k: v for k, v in _attrs().items() if k != "dtype"},
                     labels=labels, n_tokens=n_tokens, lengths=LENGTHS, content_sha256="x")
+
+
+def test_abs_peak_of_float16_matches_float32_and_flags_non_finite():
+    from reprflow.store import abs_peak
+
+    x = np.random.default_rng(0).normal(scale=300.0, size=(3, 50, 7)).astype(np.float16)
+    assert abs_peak(x) == float(np.abs(x.astype(np.float32)).max())
+    x[1, 2, 3] = -60000.0
+    assert abs_peak(x) == 60000.0
+    x[0, 0, 0] = np.inf
+    assert abs_peak(x) == np.inf
+    x[0, 0, 1] = np.nan
+    assert np.isnan(abs_peak(x))
