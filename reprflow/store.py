@@ -920,6 +920,8 @@ def store_provenance(store_path: str | os.PathLike | Sequence[str | os.PathLike]
     Metric stages put this dict under ``"provenance"`` in their JSON outputs.
     """
     paths = str(store_path) if isinstance(store_path, (str, os.PathLike)) else [str(p) for p in store_path]
+    if isinstance(paths, list) and len(paths) == 1:
+        paths = paths[0]
     return {
         "store": paths,
         "prompt_sha256": attrs["prompt_sha256"],
@@ -930,3 +932,15 @@ def store_provenance(store_path: str | os.PathLike | Sequence[str | os.PathLike]
         "task": attrs.get("task"),
         "length": attrs.get("length"),
     }
+
+
+def open_activations(store_path: str | os.PathLike | Sequence[str | os.PathLike]) -> Any:
+    """One complete store (a path) or the shards of one prompt set (a list of paths), read as one.
+
+    Returns a ``zarr.Group`` (:func:`open_store`) or a :class:`ShardedStore` (:func:`open_sharded`);
+    both offer ``attrs`` and the contract's arrays by name.
+    """
+    if isinstance(store_path, (str, os.PathLike)):
+        return open_store(store_path)
+    paths = list(store_path)
+    return open_store(paths[0]) if len(paths) == 1 else open_sharded(paths)

@@ -13,6 +13,7 @@ from reprflow.workflow.targets import (
     PROBES,
     PROMPTS,
     REPORT,
+    SHARD,
     TABLES,
     THEORY,
     TOKEN_METRICS,
@@ -21,6 +22,7 @@ from reprflow.workflow.targets import (
     final_targets,
     prompt_files,
     prompt_token_cap,
+    store_paths,
 )
 
 _handler = logging.StreamHandler()
@@ -42,6 +44,8 @@ wildcard_constraints:
     task="|".join(CFG.tasks),
     tokenizer="|".join(sorted({m.tokenizer for m in CFG.models})),
     length=r"\d+",
+    shard=r"\d+",
+    nshards=r"\d+",
 
 
 def model_dir(wildcards):
@@ -53,6 +57,11 @@ def model_dir(wildcards):
 def prompt_file(wildcards):
     spec = CFG.model(wildcards.model)
     return PROMPTS.format(tokenizer=spec.tokenizer, task=wildcards.task, length=wildcards.length)
+
+
+def cell_stores(wildcards):
+    """The store of a cell, or its shards (read as one by the metric stages)."""
+    return store_paths(CFG, wildcards.model, wildcards.init, wildcards.task, wildcards.length)
 
 
 def cell_paths(pattern):

@@ -3,7 +3,7 @@
 
 rule token_metrics:
     input:
-        ACTIVATIONS,
+        cell_stores,
     output:
         directory(TOKEN_METRICS),
     log:

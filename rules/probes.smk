@@ -3,7 +3,7 @@
 
 rule probes:
     input:
-        ACTIVATIONS,
+        cell_stores,
     output:
         csv=PROBES,
         summary=PROBES.replace(".csv", ".json"),

@@ -76,7 +76,7 @@ def test_defaults_are_filled_and_input_untouched(demo):
     assert raw["extraction"] == {}
     assert cfg.section("extraction") == {
         "batch_size": 8, "n_token_prompts": 16, "compute_dtype": "bfloat16",
-        "store_dtype": "auto", "device": "auto", "gpus": 1,
+        "store_dtype": "auto", "device": "auto", "gpus": 1, "shards": 1,
     }
 
 

@@ -16,4 +16,5 @@ with workflow_step(snakemake.log[0], "extract_activations"):  # noqa: F821 (inje
         settings=p.settings,
         config_digest=p.config_digest,
         origin=p.origin,
+        shard=p.shard,
     )

@@ -7,7 +7,7 @@ from reprflow.pipeline.runlog import workflow_step
 with workflow_step(snakemake.log[0], "probes"):  # noqa: F821 (injected by Snakemake)
     s = snakemake.params.settings  # noqa: F821
     run_probe_stage(
-        snakemake.input[0],  # noqa: F821
+        list(snakemake.input),  # noqa: F821 (one store, or its shards)
         snakemake.output.csv,  # noqa: F821
         views=tuple(snakemake.params.views),  # noqa: F821
         epochs=s["epochs"],

@@ -7,7 +7,7 @@ from reprflow.pipeline.token_metrics import compute_token_metrics
 with workflow_step(snakemake.log[0], "token_metrics"):  # noqa: F821 (injected by Snakemake)
     s = snakemake.params.settings  # noqa: F821
     compute_token_metrics(
-        snakemake.input[0],  # noqa: F821
+        list(snakemake.input),  # noqa: F821 (one store, or its shards)
         snakemake.output[0],  # noqa: F821
         views=tuple(s["views"]),
         debiased_cka=s["debiased_cka"],

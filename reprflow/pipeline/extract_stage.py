@@ -20,7 +20,7 @@ from reprflow.models.init_schemes import InitSpec
 from reprflow.models.registry import load_model, model_max_context
 from reprflow.prompts import load_tokenizer, read_prompt_set
 from reprflow.prompts.files import sha256_file
-from reprflow.store import open_store
+from reprflow.store import open_store, shard_range
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ def run_extraction(
     settings: dict,
     config_digest: str,
     origin: str = "model",
+    shard: tuple[int, int] | None = None,
 ) -> Path:
     """Extract one cell's activations into ``out_path`` (a no-op if it is already complete).
 
@@ -62,6 +63,9 @@ def run_extraction(
         The ``config.extraction`` section.
     origin : str
         Where the model id came from (e.g. ``config.models[2].hf_id``), for error messages.
+    shard : (index, count), optional
+        Write only shard ``index`` of ``count`` (a contiguous sample range,
+        :func:`reprflow.store.shard_range`) to ``out_path``; one job per shard.
     """
     out_path = Path(out_path)
     if model.get("max_context") is not None and length > model["max_context"]:
@@ -104,6 +108,7 @@ def run_extraction(
         compute_dtype=dtype,
         attrs=attrs,
         max_context=limit,
+        sample_range=None if shard is None else shard_range(len(prompts), *shard),
     )
     open_store(out_path)  # verify what was written reads back as complete
     return out_path

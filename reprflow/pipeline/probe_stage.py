@@ -37,17 +37,11 @@ import torch
 from reprflow.errors import ConfigError, ReprflowError, StoreError
 from reprflow.probes import DEFAULT_MAX_BATCH_BYTES, ProbeResult, fit_layer_probes
 from reprflow.prompts.files import atomic_write_bytes
-from reprflow.store import open_sharded, open_store, store_provenance
+from reprflow.store import open_activations, store_provenance
 
 logger = logging.getLogger(__name__)
 
 CSV_COLUMNS = ["view", "state_index", "state_name", "seed", "val_accuracy", "train_accuracy"]
-
-
-def _open(store_path: str | os.PathLike | Sequence[str | os.PathLike]) -> Any:
-    if isinstance(store_path, (str, os.PathLike)):
-        return open_store(store_path)
-    return open_sharded(list(store_path))
 
 
 def _view_rows(result: ProbeResult, view: str, indices: list[int], names: list[str]) -> list[dict[str, Any]]:
@@ -129,7 +123,7 @@ def run_probe_stage(
     t0 = time.perf_counter()
     out_csv = Path(out_csv)
     out_json = out_csv.with_suffix(".json")
-    store = _open(store_path)
+    store = open_activations(store_path)
     attrs = store.attrs
     names = list(attrs["state_names"])
     store_views = attrs["views"]

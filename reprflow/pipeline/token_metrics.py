@@ -55,7 +55,7 @@ from reprflow.metrics import (
     cka_matrices,
     cka_matrix,
 )
-from reprflow.store import open_store, store_provenance
+from reprflow.store import open_activations, store_provenance
 
 logger = logging.getLogger(__name__)
 
@@ -196,7 +196,7 @@ def _save_npy(target: Path, array: np.ndarray) -> None:
 
 
 def compute_token_metrics(
-    store_path: str | os.PathLike,
+    store_path: str | os.PathLike | Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
     *,
     views: Sequence[str] = ("hf", "residual"),
@@ -209,9 +209,10 @@ def compute_token_metrics(
 
     Parameters
     ----------
-    store_path : path-like
-        A complete store (``results/activations/{model}/{init}/{task}_n{length}.zarr``);
-        its ``tokens`` array is [n_states, n_prompts, n_tokens, hidden].
+    store_path : path-like or list of path-like
+        A complete store (``results/activations/{model}/{init}/{task}_n{length}.zarr``), or
+        the shards of one prompt set, read as one (``reprflow.store.open_sharded``); its
+        ``tokens`` array is [n_states, n_prompts, n_tokens, hidden].
     out_dir : path-like
         Output directory (created if missing); file list in the module docstring.
     views : sequence of str, default ("hf", "residual")
@@ -237,14 +238,14 @@ def compute_token_metrics(
         Store missing, incomplete or inconsistent; unknown view; a prompt shorter than
         the metrics need; a zero-norm token or non-finite value in a prompt.
     """
-    path = Path(store_path)
+    path = Path(store_path) if isinstance(store_path, (str, os.PathLike)) else Path(list(store_path)[0])
     out = Path(out_dir)
     if max_tokens_in_memory < 1 or n_bins < 1:
         raise ConfigError(
             f"compute_token_metrics: max_tokens_in_memory and n_bins must be >= 1, got "
             f"{max_tokens_in_memory} and {n_bins}"
         )
-    group = open_store(path)
+    group = open_activations(store_path)
     view_indices, state_names, lengths = _check_store(
         group, path, views, min_tokens=4 if debiased_cka else 2
     )

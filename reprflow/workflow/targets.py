@@ -16,6 +16,7 @@ logger = logging.getLogger(__name__)
 
 PROMPTS = "data/prompts/{tokenizer}/{task}_n{length}.jsonl"
 ACTIVATIONS = "results/activations/{model}/{init}/{task}_n{length}.zarr"
+SHARD = "results/activations/{model}/{init}/{task}_n{length}_shard{shard}of{nshards}.zarr"
 METRICS_DIR = "results/metrics/{model}/{init}/{task}_n{length}"
 TOKEN_METRICS = METRICS_DIR + "/token_metrics"
 PROBES = METRICS_DIR + "/probes.csv"
@@ -64,6 +65,16 @@ def cells(config: Config, *, log: bool = False) -> list[Cell]:
                 for task in config.tasks:
                     out.append(Cell(model.name, init.name, task, length))
     return out
+
+
+def store_paths(config: Config, model: str, init: str, task: str, length: int | str) -> list[str]:
+    """The activation store of one cell, or its shards when ``extraction.shards`` > 1
+    (``reprflow.store.shard_path`` naming)."""
+    keys = dict(model=model, init=init, task=task, length=length)
+    n = config.section("extraction")["shards"]
+    if n == 1:
+        return [ACTIVATIONS.format(**keys)]
+    return [SHARD.format(**keys, shard=i, nshards=n) for i in range(n)]
 
 
 def prompt_files(config: Config) -> list[str]:
