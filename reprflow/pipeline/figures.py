@@ -19,7 +19,6 @@ A model whose context is shorter than ``figures.length`` is shown at its longest
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import matplotlib
@@ -29,6 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from reprflow.atomic import atomic_write  # noqa: E402
 from reprflow.config import Config, ModelSpec  # noqa: E402
 from reprflow.pipeline.results import probe_curves, token_array, token_curves  # noqa: E402
 from reprflow.workflow.targets import Cell  # noqa: E402
@@ -57,11 +57,8 @@ def _mean_array(config: Config, model: str, init: str, length: int, tasks: list[
 
 
 def _save(fig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight"))
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def _grid(n_rows: int, n_cols: int, *, width: float = 3.6, height: float = 2.8):

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from reprflow import __version__
+from reprflow.atomic import atomic_write_bytes
 from reprflow.config import Config
 from reprflow.pipeline.results import provenance
 from reprflow.pipeline.tables import build_tables
@@ -84,8 +85,5 @@ def write_report(config: Config, out_path: str | Path, *, root: str | Path = "."
         body = verdict.read_text().split("\n", 1)[-1]  # drop its own title
         lines += ["## Theory check (paper §4, Theorems 1-6)", "", f"![theory]({figure})", "", body.strip(), ""]
     lines += ["## Where each number comes from", "", _markdown(prov), ""]
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, out_path)
+    atomic_write_bytes("\n".join(lines).encode(), out_path)
     logger.info("wrote %s (%d figures)", out_path, len(FIGURE_NAMES))

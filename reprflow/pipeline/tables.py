@@ -14,12 +14,12 @@ A length beyond a model's context has a row with empty cells, as the paper's "-"
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from reprflow.atomic import atomic_write
 from reprflow.config import Config
 from reprflow.pipeline.results import probe_curves, smoothness_stability
 
@@ -62,14 +62,6 @@ def _table(config: Config, by_task: bool, root: str | Path) -> pd.DataFrame:
     return table[keys + VALUE_COLUMNS]
 
 
-def _write_csv(frame: pd.DataFrame, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    frame.to_csv(tmp, index=False, float_format="%.6g")
-    os.replace(tmp, path)
-
-
 def build_tables(config: Config, root: str | Path = ".") -> tuple[pd.DataFrame, pd.DataFrame]:
     """Table 1 (mean over tasks) and Table 2 (per task) as DataFrames."""
     return _table(config, by_task=False, root=root), _table(config, by_task=True, root=root)
@@ -78,6 +70,6 @@ def build_tables(config: Config, root: str | Path = ".") -> tuple[pd.DataFrame, 
 def write_tables(config: Config, table1_path: str | Path, table2_path: str | Path, *, root: str | Path = ".") -> None:
     """Write results/table1.csv and results/table2.csv (atomically)."""
     table1, table2 = build_tables(config, root)
-    _write_csv(table1, table1_path)
-    _write_csv(table2, table2_path)
+    atomic_write(table1_path, lambda tmp: table1.to_csv(tmp, index=False, float_format="%.6g"))
+    atomic_write(table2_path, lambda tmp: table2.to_csv(tmp, index=False, float_format="%.6g"))
     logger.info("wrote %s (%d rows) and %s (%d rows)", table1_path, len(table1), table2_path, len(table2))

@@ -13,7 +13,6 @@ Writes, into ``out_dir`` (``results/theory/``), each through a temporary name an
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -27,6 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
+from reprflow.atomic import atomic_write  # noqa: E402
 from reprflow.devices import resolve_device  # noqa: E402
 from reprflow.errors import ConfigError  # noqa: E402
 from reprflow.theory.experiment import (  # noqa: E402
@@ -126,11 +126,11 @@ def run_theory(  # noqa: PLR0913 (one keyword per config key)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {k: out / v for k, v in OUTPUT_NAMES.items()}
-    _atomic(paths["stability"], lambda p: stab.to_csv(p, index=False))
-    _atomic(paths["depth"], lambda p: depth.to_csv(p, index=False))
-    _atomic(paths["approximations"], lambda p: approx.to_csv(p, index=False))
-    _atomic(paths["crossover"], lambda p: cross.to_csv(p, index=False))
-    _atomic(paths["figure"], lambda p: _figure(stab, depth, p))
+    atomic_write(paths["stability"], lambda p: stab.to_csv(p, index=False))
+    atomic_write(paths["depth"], lambda p: depth.to_csv(p, index=False))
+    atomic_write(paths["approximations"], lambda p: approx.to_csv(p, index=False))
+    atomic_write(paths["crossover"], lambda p: cross.to_csv(p, index=False))
+    atomic_write(paths["figure"], lambda p: _figure(stab, depth, p))
     header = (
         f"Setup: d_model={d_model}, d_state={d_state}, d_conv={d_conv}, expand={expand}, "
         f"weights {weight_scheme} {grid.sources[0].params}, n_mc={n_mc}, seed={seed}, "
@@ -139,7 +139,7 @@ def run_theory(  # noqa: PLR0913 (one keyword per config key)
         "(docs/theory.md), not the paper's text."
     )
     text = verdict_markdown(stab, depth, approx, cross, header=header)
-    _atomic(paths["verdict"], lambda p: p.write_text(text))
+    atomic_write(paths["verdict"], lambda p: p.write_text(text))
     logger.info("wrote %s", ", ".join(str(p) for p in paths.values()))
     return paths
 
@@ -156,12 +156,6 @@ def _torch_threads(threads: int | None):
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def _figure(stab: pd.DataFrame, depth: pd.DataFrame, path: Path) -> None:

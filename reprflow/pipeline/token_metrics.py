@@ -47,6 +47,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from reprflow.atomic import atomic_write
 from reprflow.errors import ConfigError, ReprflowError, StoreError
 from reprflow.metrics import (
     InterTokenCosineAccumulator,
@@ -176,23 +177,12 @@ def _check_finite(path: Path, what: str, value: Any) -> None:
         )
 
 
-def _write_atomic(target: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary name beside ``target``, then rename it to ``target``."""
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _save_npy(target: Path, array: np.ndarray) -> None:
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as fh:  # a file handle: np.save would append ".npy" to a name
             np.save(fh, array)
 
-    _write_atomic(target, write)
+    atomic_write(target, write)
 
 
 def compute_token_metrics(
@@ -365,13 +355,13 @@ def _write_outputs(
     written: dict[str, Path] = {}
     for name, frame in (("inter_token_cosine.csv", inter_df), ("layerwise_cosine.csv", layer_df)):
         written[name] = out / name
-        _write_atomic(out / name, lambda tmp, f=frame: f.to_csv(tmp, index=False))
+        atomic_write(out / name, lambda tmp, f=frame: f.to_csv(tmp, index=False))
     for name, array in arrays.items():
         written[name] = out / name
         _save_npy(out / name, array)
     payload = {**scalars, "provenance": provenance}
     name = "smoothness_stability.json"
     written[name] = out / name
-    _write_atomic(out / name, lambda tmp: tmp.write_text(json.dumps(payload, indent=2) + "\n"))
+    atomic_write(out / name, lambda tmp: tmp.write_text(json.dumps(payload, indent=2) + "\n"))
     logger.info("%s: wrote %d metric files to %s", path, len(written), out)
     return written
