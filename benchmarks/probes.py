@@ -5,23 +5,29 @@ Paper size: 65 states x 5 seeds x 150 epochs x 20K training samples x 2560 featu
 
 Compared on the same machine, same features, same stratified splits:
 
-* **ours**: ``fit_layer_probes`` -- all states and seeds in one batched program (float32).
+* **ours**: ``fit_layer_probes`` -- all states and seeds in one batched program, one row per
+  ``matmul_precision``: on CUDA ``tf32`` (the default, TF32 tensor cores) and ``float32``
+  (exact IEEE products), timed in the same run; on CPU the two are identical, so one row.
 * **sklearn loop**: for every (state, seed): ``StandardScaler`` on the training split, then
   ``LogisticRegression()`` (defaults: lbfgs, C=1, max_iter 100, float64), score
-  on validation. What one writes with scikit-learn.
+  on validation. What one writes with scikit-learn. Runs on the host CPU with all usable
+  cores as BLAS/OpenMP threads (or ``--threads``); the row states the count.
 * **torch loop**: for every (state, seed): z-score, ``nn.Linear`` + Adam (lr 0.05) for the
   same number of full-batch epochs, float32, on the same device as ours. The paper's
   protocol written naively.
 
 Timing every (state, seed) of a loop is slow, so ``--loop-problems`` of them are timed and the
 total is scaled linearly to K x S (every problem costs the same); the table says so. Ours is
-timed over all K x S problems. On a small shared CPU use a reduced size (``--preset cpu``)
-and read the ratios; ``--preset paper --device cuda`` is the full size on a GPU.
+timed over all K x S problems, after a tiny warm-up fit per precision (CUDA/cuBLAS start-up
+is not timed). The table gives, for every row, the speed-up of the fastest "ours" row over
+it and its speed-up over the sklearn loop. On a small shared CPU use a reduced size
+(``--preset cpu``) and read the ratios; ``--preset paper --device cuda`` is the full size on
+a GPU.
 
 Usage::
 
     python benchmarks/probes.py --preset cpu
-    python benchmarks/probes.py --preset paper --device cuda --max-batch-bytes 34359738368
+    python benchmarks/probes.py --preset paper --device cuda --max-batch-bytes 34359738368 --loop-problems 1
     python benchmarks/probes.py --states 8 --samples 5000 --features 512 --markdown out.md
 """
 
@@ -41,7 +47,7 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
-from threadpoolctl import threadpool_limits
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from reprflow.probes import DEFAULT_MAX_BATCH_BYTES, fit_layer_probes, stratified_split
 
@@ -94,14 +100,35 @@ def torch_problem(x: torch.Tensor, y: torch.Tensor, tr, va, *, epochs: int, lr: 
         return float((lin(xv).argmax(1) == y[va]).float().mean())
 
 
-def machine(device: torch.device) -> str:
+def usable_cores() -> int:
+    """CPUs this process may run on (the affinity mask; os.cpu_count() where there is none)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def cpu_model() -> str:
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as fh:
             cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    out = (f"{cpu}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, "
+    return cpu
+
+
+def native_threads() -> str:
+    """Threads of the native pools numpy/scipy/sklearn use, e.g. 'openblas 16, openmp 16'."""
+    pools = {}
+    for info in threadpool_info():
+        pools.setdefault(info["internal_api"], set()).add(info["num_threads"])
+    return ", ".join(f"{api} {'/'.join(map(str, sorted(n)))}" for api, n in sorted(pools.items())) or "none found"
+
+
+def machine(device: torch.device) -> str:
+    out = (f"{cpu_model()}, {os.cpu_count()} CPUs ({usable_cores()} usable), "
+           f"load average {os.getloadavg()[0]:.1f}, "
            f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
     if device.type == "cuda":
         out += f", GPU {torch.cuda.get_device_name(device)}"
@@ -119,7 +146,12 @@ def main() -> None:
     ap.add_argument("--max-batch-bytes", type=int, default=DEFAULT_MAX_BATCH_BYTES)
     ap.add_argument("--loop-problems", type=int, default=2, help="(state, seed) problems timed per loop")
     ap.add_argument("--sk-max-iter", type=int, default=100, help="LogisticRegression max_iter (sklearn default 100)")
-    ap.add_argument("--threads", type=int, help="CPU threads for torch and BLAS (default: torch's default)")
+    ap.add_argument("--threads", type=int,
+                    help="CPU threads for torch, BLAS and OpenMP (default: torch's default; the sklearn loop "
+                         "gets all usable cores)")
+    ap.add_argument("--precision", choices=["tf32", "float32"], action="append",
+                    help="matmul_precision rows of ours (repeatable; default: tf32 and float32 on CUDA; "
+                         "on CPU both are float32, so one row)")
     ap.add_argument("--skip", choices=["sklearn", "torch"], action="append", default=[])
     ap.add_argument("--repeats", type=int, default=1, help="best of this many runs of each method")
     ap.add_argument("--markdown", help="also write the table and context to this file")
@@ -132,6 +164,15 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)  # benchmark script: global settings are fine here
         threadpool_limits(args.threads)
+    sk_threads = args.threads or usable_cores()
+    precisions = list(dict.fromkeys(args.precision or ["tf32", "float32"]))
+    if device.type != "cuda":  # no TF32 off CUDA: both would be the same float32 run
+        if "tf32" in (args.precision or []):
+            print(f"note: matmul_precision 'tf32' is IEEE float32 on {device.type}; timing one float32 row")
+        precisions = ["float32"]
+    print(f"machine: {machine(device)}")
+    print(f"CPU: {cpu_model()}; {os.cpu_count()} CPUs, {usable_cores()} usable by this process; "
+          f"native thread pools now: {native_threads()}")
 
     t = time.perf_counter()
     feats, labels = make_features(k, n, d, c, device if args.source == "device" or device.type == "cuda" else torch.device("cpu"))
@@ -140,38 +181,60 @@ def main() -> None:
     _sync(device)
     print(f"features [{k}, {n}, {d}] float16 on {args.source}, {c} classes: made in {time.perf_counter() - t:.1f} s")
 
-    rows = []
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        base_mem = torch.cuda.memory_allocated(device)
-    ours = math.inf
-    for _ in range(args.repeats):
+    rows = []  # (method, problems timed, iterations, time, est. all problems, how, is ours)
+    results = {}
+    for precision in precisions:
+        # warm-up (CUDA context, cuBLAS handles and kernels for this precision): not timed
+        n_warm = min(n, 2000)
+        fit_layer_probes(feats[:1, :n_warm], labels[:n_warm], epochs=2, seeds=(0,), device=device,
+                         matmul_precision=precision, progress=False)
         _sync(device)
-        t = time.perf_counter()
-        res = fit_layer_probes(feats, labels, epochs=e, seeds=seeds, device=device,
-                               max_batch_bytes=args.max_batch_bytes, progress=False)
-        _sync(device)
-        ours = min(ours, time.perf_counter() - t)
-    rows.append((f"ours: fit_layer_probes (batched), {device.type} float32", k * s, e, ours, ours, "measured"))
-    print(f"ours: {ours:.2f} s; mean val acc per state {np.round(res.mean, 3).tolist()}")
-    if device.type == "cuda":
-        peak = (torch.cuda.max_memory_allocated(device) - base_mem) / 2**30
-        print(f"ours: peak GPU memory above the input {peak:.2f} GiB (max_batch_bytes {args.max_batch_bytes / 2**30:.2f} GiB)")
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            base_mem = torch.cuda.memory_allocated(device)
+        best = math.inf
+        for _ in range(args.repeats):
+            _sync(device)
+            t = time.perf_counter()
+            res = fit_layer_probes(feats, labels, epochs=e, seeds=seeds, device=device,
+                                   max_batch_bytes=args.max_batch_bytes, matmul_precision=precision,
+                                   progress=False)
+            _sync(device)
+            best = min(best, time.perf_counter() - t)
+        results[precision] = res
+        label = f"ours: fit_layer_probes (batched), {device.type} {res.matmul_precision}"
+        rows.append((label, k * s, e, best, best, "measured", True))
+        print(f"ours ({res.matmul_precision}): {best:.2f} s; mean val acc per state {np.round(res.mean, 3).tolist()}; "
+              f"peak state {res.peak_layer}")
+        if device.type == "cuda":
+            peak = (torch.cuda.max_memory_allocated(device) - base_mem) / 2**30
+            print(f"ours ({res.matmul_precision}): peak GPU memory above the input {peak:.2f} GiB "
+                  f"(max_batch_bytes {args.max_batch_bytes / 2**30:.2f} GiB)")
+    if len(results) > 1:
+        a, b = results["tf32"], results["float32"]
+        print(f"tf32 vs float32: max |mean val acc difference| over states {np.max(np.abs(a.mean - b.mean)):.4f}, "
+              f"max |val acc difference| over (seed, state) {np.max(np.abs(a.val_accuracy - b.val_accuracy)):.4f}, "
+              f"peak state {a.peak_layer} vs {b.peak_layer}")
+    res = results.get("float32", next(iter(results.values())))
 
     problems = [(i % k, seeds[i % s]) for i in range(args.loop_problems)]
     splits = {sd: stratified_split(labels, val_fraction=0.2, n_train=20000, seed=sd) for sd in seeds}
     if "sklearn" not in args.skip:
         host = feats.cpu().numpy() if isinstance(feats, torch.Tensor) else feats
         dt = math.inf
-        for _ in range(args.repeats):
-            t = time.perf_counter()
-            out = [sklearn_problem(host[layer].astype(np.float64), labels, *splits[sd], args.sk_max_iter)
-                   for layer, sd in problems]
-            dt = min(dt, time.perf_counter() - t)
+        with threadpool_limits(sk_threads):  # all usable cores (or --threads) for BLAS and OpenMP
+            used = native_threads()
+            for _ in range(args.repeats):
+                t = time.perf_counter()
+                out = [sklearn_problem(host[layer].astype(np.float64), labels, *splits[sd], args.sk_max_iter)
+                       for layer, sd in problems]
+                dt = min(dt, time.perf_counter() - t)
         accs, iters = zip(*out)
-        rows.append((f"sklearn loop: StandardScaler + LogisticRegression(max_iter={args.sk_max_iter}), CPU float64",
+        print(f"sklearn loop: native thread pools {used} ({usable_cores()} usable cores)")
+        rows.append((f"sklearn loop: StandardScaler + LogisticRegression(max_iter={args.sk_max_iter}), "
+                     f"CPU float64, {sk_threads} threads on {usable_cores()} cores",
                      len(problems), f"{np.mean(iters):.0f} (lbfgs)", dt, dt / len(problems) * k * s,
-                     f"scaled x{k * s / len(problems):g}"))
+                     f"scaled x{k * s / len(problems):g}", False))
         ref = [res.val_accuracy[seeds.index(sd), layer] for layer, sd in problems]
         print(f"sklearn loop: {dt:.2f} s for {len(problems)}; val acc {np.round(accs, 3)} (ours {np.round(ref, 3)}); "
               f"iterations {iters}")
@@ -188,14 +251,19 @@ def main() -> None:
                     for layer, sd in problems]
             _sync(device)
             dt = min(dt, time.perf_counter() - t)
-        rows.append((f"torch loop: z-score + nn.Linear + Adam per problem, {device.type} float32",
-                     len(problems), e, dt, dt / len(problems) * k * s, f"scaled x{k * s / len(problems):g}"))
+        switch = (f" (torch.backends.cuda.matmul.fp32_precision {torch.backends.cuda.matmul.fp32_precision!r})"
+                  if device.type == "cuda" else "")  # the loop runs under the process's default switch
+        rows.append((f"torch loop: z-score + nn.Linear + Adam per problem, {device.type} float32{switch}",
+                     len(problems), e, dt, dt / len(problems) * k * s, f"scaled x{k * s / len(problems):g}", False))
         print(f"torch loop: {dt:.2f} s for {len(problems)}; val acc {np.round(accs, 3)}")
 
+    best_ours = min(row[4] for row in rows if row[6])  # est. time of the fastest "ours" row
+    sk_full = next((row[4] for row in rows if row[0].startswith("sklearn loop")), None)
     head = (f"| method | problems timed | iterations each | time (s) | est. all {k}x{s} problems (s) | how "
-            "| ours faster by |\n|---|---|---|---|---|---|---|")
-    lines = [head] + [f"| {m} | {p} | {it} | {tt:.2f} | {full:.2f} | {how} | {full / ours:.2f}x |"
-                      for m, p, it, tt, full, how in rows]
+            "| fastest ours faster by | speed-up over sklearn loop |\n|---|---|---|---|---|---|---|---|")
+    lines = [head] + [f"| {m} | {p} | {it} | {tt:.2f} | {full:.2f} | {how} | {full / best_ours:.2f}x | "
+                      f"{'n/a' if sk_full is None else f'{sk_full / full:.1f}x'} |"
+                      for m, p, it, tt, full, how, _ in rows]
     size = (f"K={k} states, N={n} samples (n_train={res.n_train}, n_val={res.n_val}), d={d} features, "
             f"C={c} classes, S={s} seeds, {e} epochs; features float16 on {args.source}; best of {args.repeats}")
     table = "\n".join(lines)

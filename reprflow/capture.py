@@ -260,6 +260,7 @@ def forward_states(
     *,
     layout: Layout | None = None,
     token_rows: Sequence[int] | None = None,
+    check_padding: bool = True,
 ) -> CapturedBatch:
     """Run one right-padded batch and return its captured states.
 
@@ -274,6 +275,10 @@ def forward_states(
         Defaults to ``get_layout(model)``.
     token_rows : sequence of int, optional
         Batch rows whose full token states are returned in ``tokens``.
+    check_padding : bool
+        Verify the right padding (:func:`last_token_index`). That reads a flag back from
+        the device, i.e. waits for the GPU; a caller that built the mask itself and
+        checked it on the host passes False so that batches queue without a sync.
 
     Returns
     -------
@@ -302,7 +307,10 @@ def forward_states(
     rows = tuple(int(r) for r in (token_rows or ()))
     if any(not 0 <= r < batch for r in rows):
         raise ReprflowError(f"forward_states: token_rows {list(rows)} out of range for batch size {batch}")
-    last_idx = last_token_index(attention_mask)  # (batch,)
+    if check_padding:
+        last_idx = last_token_index(attention_mask)  # (batch,)
+    else:
+        last_idx = (attention_mask != 0).sum(dim=1) - 1
     lengths = last_idx + 1
     batch_idx = torch.arange(batch, device=input_ids.device)
     if rows:

@@ -20,20 +20,25 @@ of the file (a deterministic subset), unpadded to their own length.
 
 Overlap
 -------
-With ``overlap=True`` a writer thread takes finished windows from a bounded queue (two
-windows deep), so the forward passes do not wait on float16 checks, compression and disk
-writes; an error in the writer thread is re-raised in the caller.
+The main thread only launches work: inputs go up from pinned memory without blocking,
+and captured states come down through :func:`reprflow.transfer.copy_to_host` (pinned
+buffers, a side CUDA stream), so the GPU never waits for the host between batches. With
+``overlap=True`` a writer thread takes finished windows from a bounded queue (two
+windows deep), waits for their copies to land, and does the float16 checks, conversion,
+compression and disk writes while the next windows are computed; an error in the writer
+thread is re-raised in the caller.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
 import queue
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,11 +47,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from reprflow.capture import forward_states, state_names
+from reprflow.capture import forward_states, last_token_index, state_names
 from reprflow.errors import PromptError, ReprflowError
 from reprflow.fastpath import prepare_model
 from reprflow.models.layouts import get_layout, view_indices
 from reprflow.store import FLOAT16_MAX, StoreSpec, StoreWriter, open_store
+from reprflow.transfer import PendingHost, copy_to_host
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +135,13 @@ def _pad_right(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor
     return ids, mask
 
 
+def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host tensor to ``device``; to a GPU from pinned memory, without blocking the host."""
+    if device.type != "cuda":
+        return x.to(device)
+    return x.pin_memory().to(device, non_blocking=True)
+
+
 def _check_prompts(
     prompts: Sequence[Mapping[str, Any]], *, prompt_file: str, max_context: int | None
 ) -> None:
@@ -202,7 +215,8 @@ class _WindowSink:
             if item is None or self.abort.is_set():
                 return
             try:
-                self.writer.write_window(*item)
+                w, materialize = item
+                self.writer.write_window(w, *materialize())
             except BaseException as exc:  # re-raised in the caller's thread by put()/close()
                 self.error = exc
                 return
@@ -211,14 +225,15 @@ class _WindowSink:
         if self.error is not None:
             raise self.error
 
-    def put(self, w: int, last: np.ndarray, tokens: dict[int, np.ndarray]) -> None:
+    def put(self, w: int, materialize: Callable[[], tuple[np.ndarray, dict[int, np.ndarray]]]) -> None:
+        """Queue window ``w``; ``materialize()`` waits for its host copies and returns (last, tokens)."""
         if self.thread is None:
-            self.writer.write_window(w, last, tokens)
+            self.writer.write_window(w, *materialize())
             return
         while True:
             self._raise_if_failed()
             try:
-                self.queue.put((w, last, tokens), timeout=0.1)
+                self.queue.put((w, materialize), timeout=0.1)
                 return
             except queue.Full:
                 continue
@@ -243,20 +258,59 @@ class _WindowSink:
             self.thread.join()
 
 
-def token_states_to_host(states: torch.Tensor, *, store_dtype: str) -> np.ndarray:
-    """Copy one prompt's token states [n_states, n_tokens, hidden] to host memory.
+@dataclass(frozen=True)
+class PendingTokenStates:
+    """One prompt's token states [n_states, n_tokens, hidden] on their way to the host.
 
-    bfloat16 states go to float16 on the device when they fit and the store may be float16:
-    bf16 -> fp16 is exact for |x| in [2**-14, 65504) (fp16 has 3 more mantissa bits; smaller
-    values keep an absolute error below 2**-24), it halves the bytes copied, and the store
-    writer then checks them with integer operations (:func:`reprflow.store.abs_peak`). Anything
-    else (float32 states, ``store_dtype: float32``, values beyond float16, non-finite values,
-    which the writer rejects) goes as float32.
+    The states travel in their compute dtype (exact; bf16 is half the bytes of float32)
+    together with their peak |x| computed on the device, so nothing waits for the GPU
+    until :meth:`result`, which the store writer's thread calls.
     """
-    if (states.dtype == torch.bfloat16 and store_dtype != "float32"
-            and float(states.abs().amax()) < FLOAT16_MAX):
-        return states.to(torch.float16).cpu().numpy()
-    return states.float().cpu().numpy()
+
+    states: PendingHost
+    peak: PendingHost | None  # 0-d float32 max |x| (NaN if any NaN); only for bf16 states
+
+    def result(self, *, store_dtype: str) -> np.ndarray:
+        """The states as a numpy array for the store writer.
+
+        bfloat16 states become float16 when they fit and the store may be float16: bf16 ->
+        fp16 is exact for |x| in [2**-14, 65504) (fp16 has 3 more mantissa bits; smaller
+        values keep an absolute error below 2**-24); the writer then checks them with
+        integer operations (:func:`reprflow.store.abs_peak`). Anything else (float32
+        states, ``store_dtype: float32``, values beyond float16, non-finite values, which
+        the writer rejects) becomes float32.
+        """
+        host = self.states.wait()
+        if self.peak is not None and store_dtype != "float32" and float(self.peak.wait()) < FLOAT16_MAX:
+            return host.to(torch.float16).numpy()
+        return host.float().numpy()
+
+
+def start_token_states_copy(states: torch.Tensor) -> PendingTokenStates:
+    """Start the host copy of one prompt's token states (see :class:`PendingTokenStates`)."""
+    peak = copy_to_host(states.abs().amax().float()) if states.dtype == torch.bfloat16 else None
+    return PendingTokenStates(states=copy_to_host(states), peak=peak)
+
+
+def token_states_to_host(states: torch.Tensor, *, store_dtype: str) -> np.ndarray:
+    """Copy one prompt's token states [n_states, n_tokens, hidden] to host memory, now.
+
+    Same dtype rule as :meth:`PendingTokenStates.result`.
+    """
+    return start_token_states_copy(states).result(store_dtype=store_dtype)
+
+
+def _materialize_window(
+    shape: tuple[int, int, int],
+    last_parts: Sequence[tuple[np.ndarray, PendingHost]],
+    token_parts: Mapping[int, PendingTokenStates],
+    store_dtype: str,
+) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """Wait for a window's copies; return ``last`` [n_states, n_window, hidden] float32 and tokens."""
+    last = np.empty(shape, dtype=np.float32)
+    for positions, pending in last_parts:
+        last[:, positions, :] = pending.wait().numpy()
+    return last, {i: p.result(store_dtype=store_dtype) for i, p in token_parts.items()}
 
 
 def extract_activations(
@@ -422,25 +476,29 @@ def extract_activations(
     try:
         for w in pending:
             w_start, w_stop = spec.window_range(w)
-            tokens: dict[int, np.ndarray] = {}
-            last = np.empty((spec.n_states, w_stop - w_start, hidden), dtype=np.float32)
+            last_parts: list[tuple[np.ndarray, PendingHost]] = []
+            token_parts: dict[int, PendingTokenStates] = {}
             for batch in plan_window_batches(np.array([len(ids[i]) for i in range(w_start, w_stop)]),
                                              batch_size=batch_size):
                 rows = [w_start + int(j) for j in batch]  # prompt-file indices
                 input_ids, mask = _pad_right([ids[i] for i in rows], tokenizer.pad_token_id)
+                last_token_index(mask)  # checked here, on the host: no device sync per batch
                 token_rows = [r for r, i in enumerate(rows) if i in token_ids]
                 captured = forward_states(
-                    model, input_ids.to(device), mask.to(device), layout=layout, token_rows=token_rows or None
+                    model, _to_device(input_ids, device), _to_device(mask, device), layout=layout,
+                    token_rows=token_rows or None, check_padding=False,
                 )
-                # float32 on the device first: host-side bf16 conversion is the slower path
-                last[:, batch, :] = captured.last.float().cpu().numpy()  # [n_states, batch, hidden]
+                # float32 on the device: the host-side bf16 conversion is the slower path
+                last_parts.append((batch, copy_to_host(captured.last.float())))  # [n_states, batch, hidden]
                 for slot, r in enumerate(token_rows):
                     i = rows[r]  # [n_states, n_tokens, hidden], unpadded
-                    tokens[i] = token_states_to_host(captured.tokens[:, slot, : len(ids[i])], store_dtype=store_dtype)
+                    token_parts[i] = start_token_states_copy(captured.tokens[:, slot, : len(ids[i])])
                 real += int(mask.sum())
                 padded += mask.numel()
                 bar.update(int(mask.sum()))
-            sink.put(w, last, tokens)
+            sink.put(w, functools.partial(
+                _materialize_window, (spec.n_states, w_stop - w_start, hidden), last_parts, token_parts, store_dtype
+            ))
         sink.close()
     except BaseException:
         sink.cancel()

@@ -14,17 +14,24 @@ every (seed, layer) problem is one slice of one batched tensor program:
   SUM over (seed, layer) of per-problem mean cross-entropies. Adam is elementwise, so
   one Adam over the stacked parameters is the same algorithm as one Adam per problem.
 
+Nearly all the arithmetic is two float32 ``bmm`` per epoch (logits and weight gradient).
+``matmul_precision`` picks how they run: on CUDA the default (``"auto"``) uses TF32 tensor
+cores (inputs rounded to a 10-bit mantissa, float32 accumulation; accuracies agree with
+float32 within seed noise), ``"float32"`` keeps exact IEEE float32 products. On CPU the
+products are always IEEE float32. Moments are accumulated in float64 in either case.
+
 ``fit_layer_probes`` is the only training code: ``LinearProbe`` (a scikit-learn style
 estimator for one layer) calls the same kernel with one layer and one seed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import numbers
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +54,9 @@ __all__ = [
 
 #: Default bound on the working memory of one group of layers (bytes), see Notes.
 DEFAULT_MAX_BATCH_BYTES = 2 * 1024**3
+
+#: Values of ``matmul_precision`` (fit_layer_probes, LinearProbe).
+MATMUL_PRECISIONS = ("auto", "float32", "tf32")
 
 # (rows x seeds x classes) float32 buffers alive in one step: the in-place logits
 # buffer, plus the logits of the final accuracy pass.
@@ -87,6 +97,15 @@ def _check_bool(owner: str, name: str, value: Any) -> None:
     if not isinstance(value, (bool, np.bool_)):
         raise InvalidParameterError(
             f"The {name!r} parameter of {owner} must be an instance of 'bool'. Got {value!r} instead."
+        )
+
+
+def _check_choice(owner: str, name: str, value: Any, choices: Sequence[str]) -> None:
+    """Raise unless ``value`` is one of the strings ``choices``."""
+    if not (isinstance(value, str) and value in choices):
+        allowed = "{" + ", ".join(repr(c) for c in choices) + "}"
+        raise InvalidParameterError(
+            f"The {name!r} parameter of {owner} must be a str among {allowed}. Got {value!r} instead."
         )
 
 
@@ -141,6 +160,43 @@ def _encode_labels(owner: str, labels: Any, n_samples: int | None) -> tuple[np.n
     if classes.size < 2:
         raise ValueError(f"{owner} needs at least 2 classes in labels. Got {classes.size} ({classes.tolist()}).")
     return codes.astype(np.int64), classes
+
+
+def _products_precision(matmul_precision: str, device: torch.device) -> str:
+    """The precision the float32 products actually run in: ``"tf32"`` or ``"float32"``.
+
+    ``"auto"`` is TF32 on CUDA; TF32 exists only on CUDA, so on any other device
+    every choice is IEEE float32.
+    """
+    if device.type != "cuda":
+        return "float32"
+    return "float32" if matmul_precision == "float32" else "tf32"
+
+
+@contextlib.contextmanager
+def _cuda_matmul_precision(precision: str) -> Iterator[None]:
+    """Set torch's CUDA float32 matmul switch to ``precision`` (tf32/float32) for the block.
+
+    Uses ``torch.backends.cuda.matmul.fp32_precision`` (torch >= 2.9; "tf32" or
+    "ieee"), the switch cuBLAS reads, and only that one: its getter never raises,
+    whereas the legacy ``allow_tf32`` getter raises once the two APIs have been mixed.
+    The previous value (which may be "none", i.e. torch's default) is put back on exit,
+    also on error, so the legacy view (``allow_tf32``, ``get_float32_matmul_precision``)
+    is what it was before too. The switch is process-wide: float32 CUDA matmuls of
+    other threads in the block see it as well.
+    """
+    matmul = torch.backends.cuda.matmul
+    before = matmul.fp32_precision
+    matmul.fp32_precision = "tf32" if precision == "tf32" else "ieee"
+    try:
+        yield
+    finally:
+        matmul.fp32_precision = before
+
+
+def _products_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """``_cuda_matmul_precision`` on CUDA; nothing (no global state touched) elsewhere."""
+    return _cuda_matmul_precision(precision) if device.type == "cuda" else contextlib.nullcontext()
 
 
 # ---------------------------------------------------------------------------- split
@@ -259,6 +315,8 @@ class ProbeResult:
         with ``return_weights=True``.
     intercept : ndarray of shape (n_seeds, n_states, n_classes), float64, or None
         Matching biases: ``logits = features[k] @ coef[s, k] + intercept[s, k]``.
+    matmul_precision : str
+        What the float32 products ran in: ``"tf32"`` (CUDA tensor cores) or ``"float32"``.
     """
 
     val_accuracy: np.ndarray
@@ -270,6 +328,7 @@ class ProbeResult:
     classes: np.ndarray
     coef: np.ndarray | None = field(default=None, repr=False)
     intercept: np.ndarray | None = field(default=None, repr=False)
+    matmul_precision: str = "float32"
 
     @property
     def mean(self) -> np.ndarray:
@@ -313,6 +372,7 @@ class ProbeResult:
             classes=self.classes,
             coef=None if self.coef is None else self.coef[:, idx],
             intercept=None if self.intercept is None else self.intercept[:, idx],
+            matmul_precision=self.matmul_precision,
         )
 
 
@@ -521,6 +581,7 @@ def fit_layer_probes(
     device: str | torch.device | None = None,
     n_train: int = 20000,
     max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+    matmul_precision: str = "auto",
     return_weights: bool = False,
     progress: bool | None = None,
 ) -> ProbeResult:
@@ -550,6 +611,11 @@ def fit_layer_probes(
         At most this many training samples per seed (paper: 20000).
     max_batch_bytes : int >= 1
         Bound on the working memory of one group of states (see Notes).
+    matmul_precision : {"auto", "float32", "tf32"}
+        Precision of the float32 matrix products (see Notes): ``"tf32"`` runs them on
+        TF32 tensor cores on CUDA, ``"float32"`` keeps exact IEEE float32 products;
+        ``"auto"`` (default) is ``"tf32"`` on CUDA and ``"float32"`` elsewhere. On CPU all
+        three give identical results.
     return_weights : bool
         Also return the probe weights (``ProbeResult.coef``/``intercept``).
     progress : bool, optional
@@ -585,11 +651,21 @@ def fit_layer_probes(
     that, every state is shifted by its mean over all samples (float32), only to keep
     the fold well conditioned; the shift cancels exactly.
 
-    *Precision and batching.* Training runs in float32 (accumulated statistics and
-    accuracies in float64). All seeds and all states of a group share one ``bmm`` per
-    epoch; the loss is the sum over (seed, state) of each problem's mean
-    cross-entropy, so gradients do not mix and the batched Adam equals per-problem
-    Adams. Logits are computed for every sample that any seed uses (training or
+    *Precision and batching.* Training runs in float32; the training-split moments are
+    accumulated in float64 and accuracies are exact counts, whatever the precision of the
+    products. The float32 products -- each epoch's logits ``x @ W`` and weight gradient
+    ``x^T dL/dz``, and the logits of the final accuracy pass -- follow
+    ``matmul_precision``. With the default ``"auto"`` they run on CUDA on TF32 tensor
+    cores: inputs rounded to a 10-bit mantissa (relative error up to about 1e-3 per
+    input), products accumulated in float32, at several times the float32 throughput on
+    Ampere and later GPUs. The trained weights then differ from float32 training by more
+    than float32 rounding, but validation accuracies agree with exact float32 within seed
+    noise (the GPU test asks for mean accuracy per state within 0.02 and the same peak
+    state on a planted-signal set). ``"float32"`` gives exact IEEE float32 products on
+    CUDA, e.g. to compare with CPU results. On CPU the products are always IEEE float32.
+    All seeds and all states of a group share one ``bmm`` per epoch; the loss is the sum
+    over (seed, state) of each problem's mean cross-entropy, so gradients do not mix and
+    the batched Adam equals per-problem Adams. Logits are computed for every sample that any seed uses (training or
     validation), so compute grows with the union of the seeds' samples, at most
     ``n_samples``.
 
@@ -601,8 +677,13 @@ def fit_layer_probes(
     GPU to train more states per kernel launch.
 
     *Determinism.* On CPU the same inputs and seeds give identical results. No global
-    torch or numpy state is read or changed. On CUDA, results can differ in the last
-    bits between GPU models or library versions.
+    numpy state or random-number state is read or changed, and on CPU no global torch
+    state either. On CUDA the products of each group run inside a block that sets torch's
+    process-wide CUDA float32 matmul switch (``torch.backends.cuda.matmul.fp32_precision``)
+    to "tf32" or "ieee" as ``matmul_precision`` says and restores its previous value
+    afterwards, also on error; float32 CUDA matmuls that other threads run meanwhile see
+    the switch too. On CUDA, results can differ between GPU models or library versions:
+    in the last bits with float32 products, at the level of TF32 rounding with TF32.
     """
     owner = "fit_layer_probes"
     _check_int(owner, "epochs", epochs, low=1)
@@ -612,8 +693,10 @@ def fit_layer_probes(
     _check_bool(owner, "standardize", standardize)
     _check_int(owner, "n_train", n_train, low=1)
     _check_int(owner, "max_batch_bytes", max_batch_bytes, low=1)
+    _check_choice(owner, "matmul_precision", matmul_precision, MATMUL_PRECISIONS)
     _check_bool(owner, "return_weights", return_weights)
     dev = _resolve_device(owner, device)
+    precision = _products_precision(matmul_precision, dev)
 
     if not hasattr(features, "shape"):
         features = np.asarray(features)
@@ -652,8 +735,9 @@ def fit_layer_probes(
     n_groups = math.ceil(n_states / group)
     logger.info(
         "%s: %d states x %d seeds, %d train / %d val samples, %d features, %d classes, "
-        "%d epochs on %s, %d group(s) of <= %d states",
-        owner, n_states, len(seeds), n_fit, n_val, hidden, n_classes, epochs, dev, n_groups, group,
+        "%d epochs on %s (%s products, matmul_precision=%r), %d group(s) of <= %d states",
+        owner, n_states, len(seeds), n_fit, n_val, hidden, n_classes, epochs, dev, precision, matmul_precision,
+        n_groups, group,
     )
     t_start = time.perf_counter()
     disable = None if progress is None else not progress  # None: only on a terminal
@@ -667,12 +751,13 @@ def fit_layer_probes(
             del slab
             if shift is not None:
                 x -= shift
-            w, b = _fit_softmax_probes(
-                x, y, train_t, seeds=seeds, n_classes=n_classes, epochs=epochs, lr=lr,
-                standardize=standardize, bar=bar,
-            )
-            train_acc[:, k0:k1] = _accuracy(x, y, w, b, train_t)
-            val_acc[:, k0:k1] = _accuracy(x, y, w, b, val_t)
+            with _products_context(precision, dev):
+                w, b = _fit_softmax_probes(
+                    x, y, train_t, seeds=seeds, n_classes=n_classes, epochs=epochs, lr=lr,
+                    standardize=standardize, bar=bar,
+                )
+                train_acc[:, k0:k1] = _accuracy(x, y, w, b, train_t)
+                val_acc[:, k0:k1] = _accuracy(x, y, w, b, val_t)
             if return_weights:  # [K, hidden, S, C] -> [S, K, hidden, C]
                 w64 = w.to(torch.float64)
                 b64 = b.to(torch.float64)
@@ -701,6 +786,7 @@ def fit_layer_probes(
         classes=classes,
         coef=coef,
         intercept=intercept,
+        matmul_precision=precision,
     )
 
 
@@ -722,6 +808,9 @@ class LinearProbe:
         Z-score features with the training mean/std (ddof=0) before the linear map.
     device : str or torch.device, optional
         Compute device for ``fit``; default CUDA when available.
+    matmul_precision : {"auto", "float32", "tf32"}
+        Precision of the float32 training products, as in :func:`fit_layer_probes`
+        (default ``"auto"``: TF32 tensor cores on CUDA, IEEE float32 on CPU).
 
     Attributes
     ----------
@@ -739,13 +828,14 @@ class LinearProbe:
 
     def __init__(
         self, *, lr: float = 0.05, epochs: int = 150, seed: int, standardize: bool = True,
-        device: str | torch.device | None = None,
+        device: str | torch.device | None = None, matmul_precision: str = "auto",
     ) -> None:
         self.lr = lr
         self.epochs = epochs
         self.seed = seed
         self.standardize = standardize
         self.device = device
+        self.matmul_precision = matmul_precision
 
     def fit(self, X: Any, y: Any) -> "LinearProbe":
         """Train on ``X`` of shape (n_samples, hidden) and integer ``y`` of shape (n_samples,)."""
@@ -754,6 +844,7 @@ class LinearProbe:
         _check_int(owner, "epochs", self.epochs, low=1)
         _check_int(owner, "seed", self.seed, low=0)
         _check_bool(owner, "standardize", self.standardize)
+        _check_choice(owner, "matmul_precision", self.matmul_precision, MATMUL_PRECISIONS)
         dev = _resolve_device(owner, self.device)
         X = X if isinstance(X, torch.Tensor) else np.asarray(X)
         if X.ndim != 2:
@@ -766,10 +857,11 @@ class LinearProbe:
         if shift is not None:
             x -= shift
         mask = torch.ones(X.shape[0], 1, dtype=torch.bool, device=dev)
-        w, b = _fit_softmax_probes(
-            x, torch.from_numpy(codes).to(dev), mask, seeds=(int(self.seed),), n_classes=classes.size,
-            epochs=self.epochs, lr=self.lr, standardize=self.standardize, bar=None,
-        )
+        with _products_context(_products_precision(self.matmul_precision, dev), dev):
+            w, b = _fit_softmax_probes(
+                x, torch.from_numpy(codes).to(dev), mask, seeds=(int(self.seed),), n_classes=classes.size,
+                epochs=self.epochs, lr=self.lr, standardize=self.standardize, bar=None,
+            )
         coef = w[0, :, 0].to(torch.float64)  # [hidden, C]
         intercept = b[0, 0].to(torch.float64)
         if shift is not None:

@@ -92,6 +92,16 @@ def test_right_padding_matches_each_prompt_alone(tiny_models, family):
             assert torch.allclose(batched.tokens[:, 0], alone.tokens[:, 0], atol=1e-5, rtol=0)
 
 
+def test_unchecked_padding_gives_the_same_states(tiny_models):
+    """check_padding=False (the extraction loop checks on the host) changes nothing else."""
+    model = tiny_models["mamba2"]
+    input_ids, mask = _padded_batch(LENGTHS, seed=2)
+    checked = forward_states(model, input_ids, mask, token_rows=[0, 2])
+    unchecked = forward_states(model, input_ids, mask, token_rows=[0, 2], check_padding=False)
+    assert torch.equal(checked.last, unchecked.last) and torch.equal(checked.tokens, unchecked.tokens)
+    assert torch.equal(checked.lengths, unchecked.lengths)
+
+
 def test_token_states_are_zero_past_each_length(tiny_models):
     model = tiny_models["llama"]
     input_ids, mask = _padded_batch(LENGTHS)

@@ -204,7 +204,7 @@ def test_cuda_extraction_matches_cpu(family, tokenizer, tmp_path):
 
 
 def test_bf16_token_states_reach_the_host_exactly():
-    """bf16 -> fp16 on the device is exact for normal-range values; else float32."""
+    """bf16 token states become fp16 on the host, exactly, when they fit; else float32 (NaN too)."""
     from reprflow.extract import token_states_to_host
 
     gen = torch.Generator().manual_seed(0)
@@ -218,3 +218,6 @@ def test_bf16_token_states_reach_the_host_exactly():
     host = token_states_to_host(big, store_dtype="auto")
     assert host.dtype == np.float32 and host[0, 0, 0] == np.float32(big[0, 0, 0].float())
     assert token_states_to_host(x.float(), store_dtype="auto").dtype == np.float32
+    nan = x.clone()
+    nan[1, 2, 3] = float("nan")
+    assert token_states_to_host(nan, store_dtype="auto").dtype == np.float32  # the writer rejects it

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -239,6 +240,12 @@ def test_non_finite_features_raise(planted):
         ("seeds", (), "The 'seeds' parameter of fit_layer_probes must be a non-empty sequence"),
         ("seeds", (1, 1), "The 'seeds' parameter of fit_layer_probes must be a non-empty sequence"),
         ("standardize", "yes", "The 'standardize' parameter of fit_layer_probes must be an instance of 'bool'."),
+        ("matmul_precision", "fp16", "The 'matmul_precision' parameter of fit_layer_probes must be a str among "
+                                     "{'auto', 'float32', 'tf32'}. Got 'fp16' instead."),
+        ("matmul_precision", "TF32", "The 'matmul_precision' parameter of fit_layer_probes must be a str among "
+                                     "{'auto', 'float32', 'tf32'}. Got 'TF32' instead."),
+        ("matmul_precision", None, "The 'matmul_precision' parameter of fit_layer_probes must be a str among "
+                                   "{'auto', 'float32', 'tf32'}. Got None instead."),
     ],
 )
 def test_bad_parameters_raise_value_error_naming_them(planted, name, value, expected):
@@ -284,6 +291,76 @@ def test_linear_probe_validates_in_fit_and_guards_predict(planted):
         probe.fit(x, y)
     with pytest.raises(ReprflowError, match="not fitted"):
         LinearProbe(seed=0).predict(x)
+    with pytest.raises(InvalidParameterError, match=r"The 'matmul_precision' parameter of LinearProbe must be a str "
+                                                    r"among \{'auto', 'float32', 'tf32'\}\. Got 'half' instead\."):
+        LinearProbe(seed=0, matmul_precision="half").fit(x, y)
+
+
+# ------------------------------------------------------------- matmul precision
+
+
+@pytest.fixture
+def tf32_switch():
+    """torch's CUDA float32 matmul switch, put back (legacy and new view) after the test."""
+    matmul = torch.backends.cuda.matmul
+    before = matmul.fp32_precision
+    yield matmul
+    matmul.allow_tf32 = before == "tf32"  # the legacy setter resets both views consistently
+    matmul.fp32_precision = before
+
+
+def test_tf32_and_float32_are_identical_on_cpu(planted, tf32_switch, caplog, monkeypatch):
+    import reprflow.probes
+
+    def no_switch(precision):
+        raise AssertionError(f"a CPU run set the CUDA matmul switch to {precision!r}")
+
+    monkeypatch.setattr(reprflow.probes, "_cuda_matmul_precision", no_switch)
+    x, y = planted[0][:, :300], planted[1][:300]
+    kw = dict(epochs=10, seeds=(0, 1), device="cpu", return_weights=True, progress=False)
+    tf32_switch.allow_tf32 = False  # a known, consistent state that CPU runs must not touch
+    with caplog.at_level("INFO", logger="reprflow.probes"):
+        results = {mode: fit_layer_probes(x, y, matmul_precision=mode, **kw) for mode in ("float32", "tf32", "auto")}
+    assert tf32_switch.fp32_precision == "ieee" and tf32_switch.allow_tf32 is False
+    assert "(float32 products, matmul_precision='tf32')" in caplog.text
+    ref = results["float32"]
+    for mode, res in results.items():
+        assert res.matmul_precision == "float32", mode
+        assert np.array_equal(res.coef, ref.coef) and np.array_equal(res.intercept, ref.intercept), mode
+        assert np.array_equal(res.val_accuracy, ref.val_accuracy), mode
+        assert np.array_equal(res.train_accuracy, ref.train_accuracy), mode
+    assert ref.select([0, 2]).matmul_precision == "float32"
+    tr, _ = stratified_split(y, val_fraction=0.2, n_train=20000, seed=0)
+    a = LinearProbe(seed=0, epochs=10, device="cpu", matmul_precision="tf32").fit(x[PLANTED][tr], y[tr])
+    b = LinearProbe(seed=0, epochs=10, device="cpu", matmul_precision="float32").fit(x[PLANTED][tr], y[tr])
+    assert np.array_equal(a.coef_, b.coef_) and np.array_equal(a.intercept_, b.intercept_)
+
+
+@pytest.mark.parametrize("initial", ["legacy-off", "legacy-on", "default"])
+@pytest.mark.parametrize(("precision", "inside"), [("tf32", "tf32"), ("float32", "ieee")])
+def test_cuda_matmul_switch_is_set_and_restored(tf32_switch, initial, precision, inside):
+    from reprflow.probes import _cuda_matmul_precision
+
+    if initial == "default":
+        tf32_switch.allow_tf32 = False
+        tf32_switch.fp32_precision = "none"  # torch's start-up value
+    else:
+        tf32_switch.allow_tf32 = initial == "legacy-on"
+    before = tf32_switch.fp32_precision
+    legacy_before = tf32_switch.allow_tf32
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # neither API may warn
+        with _cuda_matmul_precision(precision):
+            assert tf32_switch.fp32_precision == inside
+        assert tf32_switch.fp32_precision == before
+        with pytest.raises(KeyError, match="boom"):
+            with _cuda_matmul_precision(precision):
+                assert tf32_switch.fp32_precision == inside
+                raise KeyError("boom")
+        assert tf32_switch.fp32_precision == before
+        # the legacy view reads (no mixed-API error) and is what it was
+        assert tf32_switch.allow_tf32 is legacy_before
+        assert torch.get_float32_matmul_precision() == ("high" if legacy_before else "highest")
 
 
 # ------------------------------------------------------------------------- GPU
@@ -295,6 +372,22 @@ def test_cuda_matches_cpu(planted):
     x, y = planted
     kw = dict(epochs=30, seeds=(0, 1), progress=False, return_weights=True)
     cpu = fit_layer_probes(x, y, device="cpu", **kw)
-    gpu = fit_layer_probes(x, y, device="cuda", **kw)
+    gpu = fit_layer_probes(x, y, device="cuda", matmul_precision="float32", **kw)  # exact products, as on CPU
+    assert gpu.matmul_precision == "float32"
     np.testing.assert_allclose(gpu.coef, cpu.coef, rtol=0, atol=1e-4)
     np.testing.assert_allclose(gpu.val_accuracy, cpu.val_accuracy, atol=2.5 / cpu.n_val)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_tf32_accuracies_agree_with_float32(planted, tf32_switch):
+    x, y = planted
+    tf32_switch.allow_tf32 = False
+    kw = dict(device="cuda", progress=False)  # the paper protocol: 150 epochs, 5 seeds
+    tf32 = fit_layer_probes(x, y, **kw)  # auto = tf32 on CUDA
+    fp32 = fit_layer_probes(x, y, matmul_precision="float32", **kw)
+    assert (tf32.matmul_precision, fp32.matmul_precision) == ("tf32", "float32")
+    assert tf32_switch.fp32_precision == "ieee" and tf32_switch.allow_tf32 is False  # restored
+    assert np.max(np.abs(tf32.mean - fp32.mean)) <= 0.02
+    assert tf32.peak_layer == fp32.peak_layer == PLANTED
+    assert tf32.mean[PLANTED] > 0.8

@@ -18,4 +18,5 @@ with workflow_step(snakemake.log[0], "probes"):  # noqa: F821 (injected by Snake
         n_train=s["n_train"],
         device=resolve_device(s["device"]),
         max_batch_bytes=int(s["max_batch_gib"] * 2**30),
+        matmul_precision=s["matmul_precision"],
     )

@@ -91,6 +91,7 @@ def run_probe_stage(
     n_train: int = 20000,
     device: str | torch.device | None = None,
     max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+    matmul_precision: str = "auto",
 ) -> ProbeResult:
     """Fit per-layer probes on one store's last-token states and write CSV + JSON.
 
@@ -103,8 +104,9 @@ def run_probe_stage(
         The CSV to write; the summary goes to the same path with suffix ``.json``.
     views : sequence of str
         Layer views to report, keys of ``attrs["views"]``.
-    epochs, lr, seeds, val_fraction, standardize, n_train, device, max_batch_bytes
-        Passed to :func:`reprflow.probes.fit_layer_probes`.
+    epochs, lr, seeds, val_fraction, standardize, n_train, device, max_batch_bytes, matmul_precision
+        Passed to :func:`reprflow.probes.fit_layer_probes`. The summary's ``protocol``
+        records the precision the products actually ran in (``"tf32"`` or ``"float32"``).
 
     Returns
     -------
@@ -148,6 +150,7 @@ def run_probe_stage(
         result = fit_layer_probes(
             last, labels, epochs=epochs, lr=lr, seeds=seeds, val_fraction=val_fraction,
             standardize=standardize, device=device, n_train=n_train, max_batch_bytes=max_batch_bytes,
+            matmul_precision=matmul_precision,
         )
     except ValueError as exc:
         if isinstance(exc, ReprflowError):  # a bad parameter (InvalidParameterError): the config's fault
@@ -165,7 +168,8 @@ def run_probe_stage(
     summary["protocol"] = {
         "epochs": epochs, "lr": lr, "seeds": list(result.seeds), "val_fraction": val_fraction,
         "standardize": standardize, "n_train_max": n_train, "optimizer": "Adam (full batch)",
-        "compute_dtype": "float32", "device": str(device) if device is not None else "auto",
+        "compute_dtype": "float32", "matmul_precision": result.matmul_precision,
+        "device": str(device) if device is not None else "auto",
     }
     summary["provenance"] = {
         **store_provenance(store_path, attrs),
