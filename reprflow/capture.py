@@ -296,6 +296,11 @@ def forward_states(
     same tensors the full model computes (the test suite checks ``torch.equal``
     against ``output_hidden_states``). Right padding is exact for causal
     models: a real token never attends to (or scans over) later positions.
+    For the same reason ``attention_mask`` only locates each row's last real
+    token and is *not* passed to the model: the states of real tokens do not
+    depend on it, while passing it would cost a mask multiply per Mamba layer,
+    keep SDPA off its fused causal kernel and make transformers read the mask
+    back from the device. States at padded positions are never returned.
     """
     layout = get_layout(model) if layout is None else layout
     if input_ids.dim() != 2 or input_ids.shape != attention_mask.shape:
@@ -328,7 +333,7 @@ def forward_states(
     names = state_names(len(layout.block_list(model)))
     base = layout.base_model(model)
     with torch.inference_mode(), capture_states(model, layout, keep) as kept:
-        base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        base(input_ids=input_ids, use_cache=False)  # no mask: see Notes
     missing = [n for n in names if n not in kept]
     if missing:
         raise ReprflowError(

@@ -49,19 +49,26 @@ def rms_norm_reference(x: Tensor, weight: Tensor, *, eps: float) -> Tensor:
 if triton is not None:
 
     @triton.jit
-    def _rms_norm_kernel(x_ptr, w_ptr, out_ptr, n_cols, eps, s_x, s_o, BLOCK: tl.constexpr):
+    def _rms_norm_kernel(x_ptr, w_ptr, out_ptr, n_cols, eps, s_x, s_o, BLOCK: tl.constexpr,
+                         ROUND_INPUT: tl.constexpr):
+        # ROUND_INPUT: x is first rounded to the output dtype (HF's block calls
+        # norm(x.to(weight.dtype)); the rounding is fused here instead of a separate pass).
         row = tl.program_id(0).to(tl.int64)
         offs = tl.arange(0, BLOCK)
         m = offs < n_cols
-        x = tl.load(x_ptr + row * s_x + offs, mask=m, other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + row * s_x + offs, mask=m, other=0.0)
+        if ROUND_INPUT:
+            x = x.to(out_ptr.dtype.element_ty)
+        in_dtype = x.dtype
+        x = x.to(tl.float32)
         var = tl.sum(x * x, axis=0) / n_cols
-        y = (x * (1.0 / tl.sqrt(var + eps))).to(x_ptr.dtype.element_ty)  # HF rounds to the input dtype here
+        y = (x * (1.0 / tl.sqrt(var + eps))).to(in_dtype)  # HF rounds to the input dtype here
         w = tl.load(w_ptr + offs, mask=m, other=0.0)
         out = w.to(tl.float32) * y.to(tl.float32)
         tl.store(out_ptr + row * s_o + offs, out.to(out_ptr.dtype.element_ty), mask=m)
 
 
-def rms_norm(x: Tensor, weight: Tensor, *, eps: float) -> Tensor:
+def rms_norm(x: Tensor, weight: Tensor, *, eps: float, input_dtype: torch.dtype | None = None) -> Tensor:
     """RMSNorm of the last axis on a CUDA device (Triton), same result as the reference.
 
     Parameters
@@ -69,27 +76,46 @@ def rms_norm(x: Tensor, weight: Tensor, *, eps: float) -> Tensor:
     x : Tensor of shape (..., hidden)
     weight : Tensor of shape (hidden,)
     eps : float
+    input_dtype : torch.dtype, optional
+        Normalise ``x.to(input_dtype)`` (what HF's Mamba blocks pass their norm), with
+        the rounding fused into the kernel; must equal ``weight.dtype``.
 
     Returns
     -------
     Tensor of shape (..., hidden)
-        dtype ``torch.promote_types(weight.dtype, x.dtype)``.
+        dtype ``torch.promote_types(weight.dtype, input dtype)``.
     """
+    round_input = input_dtype is not None and input_dtype != x.dtype
+    if round_input and input_dtype != weight.dtype:
+        raise ValueError(f"rms_norm: input_dtype {input_dtype} must equal weight.dtype {weight.dtype}")
     if triton is None or not x.is_cuda:
-        return rms_norm_reference(x, weight, eps=eps)
+        return rms_norm_reference(x.to(input_dtype) if round_input else x, weight, eps=eps)
     hidden = x.shape[-1]
     if weight.shape != (hidden,):
         raise ValueError(f"rms_norm: weight must be (hidden={hidden},), got {tuple(weight.shape)}")
     x2 = x.reshape(-1, hidden)
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
-    out = torch.empty(x2.shape, dtype=torch.promote_types(weight.dtype, x.dtype), device=x.device)
+    out_dtype = weight.dtype if round_input else torch.promote_types(weight.dtype, x.dtype)
+    out = torch.empty(x2.shape, dtype=out_dtype, device=x.device)
     block = triton.next_power_of_2(hidden)
     _rms_norm_kernel[(x2.shape[0],)](
         x2, weight, out, hidden, float(eps), x2.stride(0), out.stride(0), BLOCK=block,
-        num_warps=min(16, max(1, block // 256)),
+        ROUND_INPUT=round_input, num_warps=min(16, max(1, block // 256)),
     )
     return out.view(x.shape)
+
+
+def _block_forward(self: nn.Module, hidden_states: Tensor, cache_params=None, attention_mask=None, **kwargs):
+    """HF's ``MambaBlock``/``Mamba2Block.forward`` with the input rounding fused into the norm."""
+    if cache_params is not None or self.training:
+        return self._reprflow_original_forward(hidden_states, cache_params=cache_params,
+                                               attention_mask=attention_mask, **kwargs)
+    norm = self.norm
+    normed = rms_norm(hidden_states, norm.weight, eps=norm.variance_epsilon, input_dtype=norm.weight.dtype)
+    residual = hidden_states.to(torch.float32) if self.residual_in_fp32 else hidden_states
+    out = self.mixer(normed, cache_params=None, attention_mask=attention_mask, **kwargs)
+    return residual + out
 
 
 def _forward(self: nn.Module, hidden_states: Tensor) -> Tensor:
@@ -99,7 +125,9 @@ def _forward(self: nn.Module, hidden_states: Tensor) -> Tensor:
 def install_rms_norm(model: nn.Module) -> int:
     """Switch every ``MambaRMSNorm``/``Mamba2RMSNorm`` of ``model`` to :func:`rms_norm`, in place.
 
-    The gated ``MambaRMSNormGated`` of Mamba-2 mixers is not touched.
+    ``MambaBlock``/``Mamba2Block`` forwards also fuse their ``x.to(weight.dtype)`` into
+    the norm (one pass over the float32 residual instead of two). The gated
+    ``MambaRMSNormGated`` of Mamba-2 mixers is not touched.
 
     Returns
     -------
@@ -107,10 +135,18 @@ def install_rms_norm(model: nn.Module) -> int:
         Number of norms switched.
     """
     names = {"MambaRMSNorm", "Mamba2RMSNorm"}
+    blocks = {"MambaBlock", "Mamba2Block"}
     n = 0
     for m in model.modules():
-        if type(m).__name__ in names and not getattr(m, "_reprflow_fastpath", False):
+        if getattr(m, "_reprflow_fastpath", False):
+            continue
+        if type(m).__name__ in names:
             m.forward = types.MethodType(_forward, m)
-            m._reprflow_fastpath = True
-            n += 1
+        elif type(m).__name__ in blocks and type(getattr(m, "norm", None)).__name__ in names:
+            m._reprflow_original_forward = m.forward
+            m.forward = types.MethodType(_block_forward, m)
+        else:
+            continue
+        m._reprflow_fastpath = True
+        n += 1
     return n

@@ -11,13 +11,11 @@ per batch row, channel d and state n::
 All tensors are *time-major* ``(batch, n_tokens, channels)``, the layout the mixer's
 linear layers produce, so one time step of a block of channels is one contiguous load.
 
-The Triton kernel runs one program per (block of ``BLOCK_D`` channels, batch row, time
-chunk). The state ``h`` of shape ``(d_state, BLOCK_D)`` stays in registers in float32;
-the program walks its chunk sequentially, ``UNROLL`` steps per loop iteration: it first
-issues the loads of all ``UNROLL`` steps (they do not depend on the state, so their
-memory latencies overlap) and then runs the ``UNROLL`` state updates. With more than one
-chunk, a first pass finds each chunk's end state from zero and the second pass starts
-every chunk from the exact state entering it (see :func:`selective_scan_triton`).
+The Triton kernel runs one program per (block of ``BLOCK_D`` channels, batch row). The
+state ``h`` of shape ``(d_state, BLOCK_D)`` stays in registers in float32 for the whole
+sequence; the program walks the time axis sequentially, ``UNROLL`` steps per loop
+iteration: it first issues the loads of all ``UNROLL`` steps (they do not depend on the
+state, so their memory latencies overlap) and then runs the ``UNROLL`` state updates.
 Inputs may be bfloat16, float16 or float32; all arithmetic is float32; the
 output takes the dtype of ``u``. It never loops in Python over the sequence.
 """
@@ -147,9 +145,9 @@ if triton is not None:
         return tl.where(x <= 20.0, log1p_y, x)
 
     @triton.jit
-    def _load_step(u_row, dt_row, b_row, c_row, z_row, t, t_end, s_u_t, s_dt_t, s_b_t, s_c_t, s_z_t,
+    def _load_step(u_row, dt_row, b_row, c_row, z_row, t, n_tokens, s_u_t, s_dt_t, s_b_t, s_c_t, s_z_t,
                    mask_d, offs_n, HAS_Z: tl.constexpr):
-        ok = t < t_end
+        ok = t < n_tokens
         u = tl.load(u_row + t * s_u_t, mask=mask_d & ok, other=0.0)
         dt = tl.load(dt_row + t * s_dt_t, mask=mask_d & ok, other=0.0)
         b = tl.load(b_row + t * s_b_t, mask=(offs_n >= 0) & ok, other=0.0)
@@ -161,35 +159,29 @@ if triton is not None:
         return u, dt, b, c, z
 
     @triton.jit
-    def _scan_step(h, dt_sum, u, dt, b, c, z, a2, dskip, dt_bias, o_ptrs, t, t_end, mask_d,
-                   HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-                   WRITE_Y: tl.constexpr):
-        # One time step: returns the new state and the running sum of the (biased, softplus) dt.
-        # A step beyond t_end is a no-op (dt = 0, u = 0 would keep h but softplus(bias) is not 0).
-        ok = t < t_end
+    def _scan_step(h, u, dt, b, c, z, a2, dskip, dt_bias, o_ptrs, t, n_tokens, mask_d,
+                   HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
         u = u.to(tl.float32)
         dt = dt.to(tl.float32)
         if HAS_DT_BIAS:
             dt = dt + dt_bias
         if SOFTPLUS:
             dt = _softplus(dt)
-        dt = tl.where(ok, dt, 0.0)
         decay = tl.exp2(dt[None, :] * a2)  # [D_STATE, BLOCK_D]
         h = h * decay + (dt * u)[None, :] * b.to(tl.float32)[:, None]
-        if WRITE_Y:
-            y = tl.sum(h * c.to(tl.float32)[:, None], axis=0)  # [BLOCK_D]
-            if HAS_D:
-                y = y + dskip * u
-            if HAS_Z:
-                zf = z.to(tl.float32)
-                y = y * (zf * tl.sigmoid(zf))
-            tl.store(o_ptrs, y.to(o_ptrs.dtype.element_ty), mask=mask_d & ok)
-        return h, dt_sum + dt
+        y = tl.sum(h * c.to(tl.float32)[:, None], axis=0)  # [BLOCK_D]
+        if HAS_D:
+            y = y + dskip * u
+        if HAS_Z:
+            zf = z.to(tl.float32)
+            y = y * (zf * tl.sigmoid(zf))
+        tl.store(o_ptrs, y.to(o_ptrs.dtype.element_ty), mask=mask_d & (t < n_tokens))
+        return h
 
     @triton.jit
     def _selective_scan_fwd_kernel(
-        u_ptr, dt_ptr, a_ptr, b_ptr, c_ptr, dskip_ptr, z_ptr, dtb_ptr, out_ptr, hc_ptr, sc_ptr,
-        n_tokens, channels, chunk_len,
+        u_ptr, dt_ptr, a_ptr, b_ptr, c_ptr, dskip_ptr, z_ptr, dtb_ptr, out_ptr,
+        n_tokens, channels,
         s_u_b, s_u_t, s_dt_b, s_dt_t, s_b_b, s_b_t, s_c_b, s_c_t, s_z_b, s_z_t, s_o_b, s_o_t,
         D_STATE: tl.constexpr,
         BLOCK_D: tl.constexpr,
@@ -198,25 +190,12 @@ if triton is not None:
         HAS_Z: tl.constexpr,
         HAS_DT_BIAS: tl.constexpr,
         SOFTPLUS: tl.constexpr,
-        CHUNK_PASS: tl.constexpr,
     ):
-        # One program: BLOCK_D channels of one batch row over one chunk of chunk_len steps
-        # (program_id(2)). Each loop iteration first issues the loads of UNROLL time steps
-        # (independent of the state, so their latencies overlap), then runs the UNROLL
-        # sequential state updates.
-        #
-        # CHUNK_PASS=True (pass 1): scan the chunk from h = 0 and store its end state
-        #   hc[b, chunk, :, d] and its dt sum sc[b, chunk, d]; no output.
-        # CHUNK_PASS=False (pass 2): start from the true state entering the chunk, folded
-        #   from the earlier chunks' pass-1 results (h <- h * exp(A * S_j) + H_j, exact
-        #   since the chunk's decay is exp(A * sum dt)), and write y.
+        # One program: BLOCK_D channels of one batch row, the whole sequence. Each loop
+        # iteration first issues the loads of UNROLL time steps (independent of the state,
+        # so their latencies overlap), then runs the UNROLL sequential state updates.
         pid_d = tl.program_id(0)
         pid_b = tl.program_id(1).to(tl.int64)
-        pid_c = tl.program_id(2)
-        if CHUNK_PASS:
-            n_chunks = tl.num_programs(2) + 1  # pass 1 skips the last chunk
-        else:
-            n_chunks = tl.num_programs(2)
         offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)  # [BLOCK_D]
         mask_d = offs_d < channels
         offs_n = tl.arange(0, D_STATE)  # [D_STATE]
@@ -238,95 +217,38 @@ if triton is not None:
         c_row = c_ptr + pid_b * s_c_b + offs_n
         z_row = z_ptr + pid_b * s_z_b + offs_d
         o_row = out_ptr + pid_b * s_o_b + offs_d
-        # pass-1 results: hc [batch, n_chunks, D_STATE, channels], sc [batch, n_chunks, channels], float32
-        hc_tile = hc_ptr + pid_b * n_chunks * D_STATE * channels + offs_n[:, None] * channels + offs_d[None, :]
-        sc_row = sc_ptr + pid_b * n_chunks * channels + offs_d
-        mask_hd = mask_d[None, :] & (offs_n[:, None] >= 0)
 
         h = tl.zeros([D_STATE, BLOCK_D], dtype=tl.float32)
-        if not CHUNK_PASS:
-            # (loop bounds are kernel arguments, not program ids: TRITON_INTERPRET needs that)
-            for j in tl.range(0, n_chunks - 1):
-                before = j < pid_c
-                s_j = tl.load(sc_row + j * channels, mask=mask_d & before, other=0.0)
-                h_j = tl.load(hc_tile + j * D_STATE * channels, mask=mask_hd & before, other=0.0)
-                h = h * tl.exp2(s_j[None, :] * a2) + h_j  # s_j = 0, h_j = 0: unchanged
-        dt_sum = tl.zeros([BLOCK_D], dtype=tl.float32)
-        t_begin = pid_c * chunk_len
-        t_end = tl.minimum(t_begin + chunk_len, n_tokens)  # steps at or past t_end are no-ops
-        for t_rel in tl.range(0, chunk_len, UNROLL):
-            t0 = t_begin + t_rel
-            u0, dt0, b0, c0, z0 = _load_step(u_row, dt_row, b_row, c_row, z_row, t0, t_end, s_u_t, s_dt_t,
+        for t0 in tl.range(0, n_tokens, UNROLL):
+            u0, dt0, b0, c0, z0 = _load_step(u_row, dt_row, b_row, c_row, z_row, t0, n_tokens, s_u_t, s_dt_t,
                                              s_b_t, s_c_t, s_z_t, mask_d, offs_n, HAS_Z)
             if UNROLL >= 2:
-                u1, dt1, b1, c1, z1 = _load_step(u_row, dt_row, b_row, c_row, z_row, t0 + 1, t_end, s_u_t,
+                u1, dt1, b1, c1, z1 = _load_step(u_row, dt_row, b_row, c_row, z_row, t0 + 1, n_tokens, s_u_t,
                                                  s_dt_t, s_b_t, s_c_t, s_z_t, mask_d, offs_n, HAS_Z)
             if UNROLL >= 4:
-                u2, dt2, b2, c2, z2 = _load_step(u_row, dt_row, b_row, c_row, z_row, t0 + 2, t_end, s_u_t,
+                u2, dt2, b2, c2, z2 = _load_step(u_row, dt_row, b_row, c_row, z_row, t0 + 2, n_tokens, s_u_t,
                                                  s_dt_t, s_b_t, s_c_t, s_z_t, mask_d, offs_n, HAS_Z)
-                u3, dt3, b3, c3, z3 = _load_step(u_row, dt_row, b_row, c_row, z_row, t0 + 3, t_end, s_u_t,
+                u3, dt3, b3, c3, z3 = _load_step(u_row, dt_row, b_row, c_row, z_row, t0 + 3, n_tokens, s_u_t,
                                                  s_dt_t, s_b_t, s_c_t, s_z_t, mask_d, offs_n, HAS_Z)
-            h, dt_sum = _scan_step(h, dt_sum, u0, dt0, b0, c0, z0, a2, dskip, dt_bias, o_row + t0 * s_o_t, t0,
-                                   t_end, mask_d, HAS_D, HAS_Z, HAS_DT_BIAS, SOFTPLUS, not CHUNK_PASS)
+            h = _scan_step(h, u0, dt0, b0, c0, z0, a2, dskip, dt_bias, o_row + t0 * s_o_t, t0, n_tokens, mask_d,
+                           HAS_D, HAS_Z, HAS_DT_BIAS, SOFTPLUS)
             if UNROLL >= 2:
-                h, dt_sum = _scan_step(h, dt_sum, u1, dt1, b1, c1, z1, a2, dskip, dt_bias,
-                                       o_row + (t0 + 1) * s_o_t, t0 + 1, t_end, mask_d,
-                                       HAS_D, HAS_Z, HAS_DT_BIAS, SOFTPLUS, not CHUNK_PASS)
+                h = _scan_step(h, u1, dt1, b1, c1, z1, a2, dskip, dt_bias, o_row + (t0 + 1) * s_o_t, t0 + 1,
+                               n_tokens, mask_d, HAS_D, HAS_Z, HAS_DT_BIAS, SOFTPLUS)
             if UNROLL >= 4:
-                h, dt_sum = _scan_step(h, dt_sum, u2, dt2, b2, c2, z2, a2, dskip, dt_bias,
-                                       o_row + (t0 + 2) * s_o_t, t0 + 2, t_end, mask_d,
-                                       HAS_D, HAS_Z, HAS_DT_BIAS, SOFTPLUS, not CHUNK_PASS)
-                h, dt_sum = _scan_step(h, dt_sum, u3, dt3, b3, c3, z3, a2, dskip, dt_bias,
-                                       o_row + (t0 + 3) * s_o_t, t0 + 3, t_end, mask_d,
-                                       HAS_D, HAS_Z, HAS_DT_BIAS, SOFTPLUS, not CHUNK_PASS)
-        if CHUNK_PASS:
-            tl.store(hc_tile + pid_c * D_STATE * channels, h, mask=mask_hd)
-            tl.store(sc_row + pid_c * channels, dt_sum, mask=mask_d)
+                h = _scan_step(h, u2, dt2, b2, c2, z2, a2, dskip, dt_bias, o_row + (t0 + 2) * s_o_t, t0 + 2,
+                               n_tokens, mask_d, HAS_D, HAS_Z, HAS_DT_BIAS, SOFTPLUS)
+                h = _scan_step(h, u3, dt3, b3, c3, z3, a2, dskip, dt_bias, o_row + (t0 + 3) * s_o_t, t0 + 3,
+                               n_tokens, mask_d, HAS_D, HAS_Z, HAS_DT_BIAS, SOFTPLUS)
 
 
-#: Chunk counts tried by the launch tuner (see :func:`_tuned_chunks`).
-_CHUNK_CANDIDATES = (1, 2, 4, 8)
-#: Shortest chunk worth a pass-1 program.
-_MIN_CHUNK = 128
-_TUNED: dict[tuple, int] = {}
-
-
-def _default_config(channels: int, batch: int, n_tokens: int) -> tuple[int, int, int]:
+def _default_config(channels: int, batch: int) -> tuple[int, int, int]:
     """(BLOCK_D, num_warps, UNROLL) for the launch.
 
     Each lane owns one channel and keeps its d_state states in registers. Measured on an
     H100 (benchmarks/results/extract.md, Mamba-2.8B shapes): see the scan table there.
     """
     return 32, 1, 4
-
-
-def _tuned_chunks(key: tuple, n_tokens: int, launch) -> int:
-    """Fastest chunk count for this launch shape, timed once per process and cached.
-
-    One chunk is a single latency-bound pass; k chunks add a state-only pass over k-1
-    chunks for k times the programs. Which wins depends on the GPU's resident warps and on
-    the batch, so the first call of each shape times every candidate (CUDA events, one
-    warm-up + 3 runs each; ~20 ms) and logs the choice. Candidates with chunks shorter
-    than ``_MIN_CHUNK`` steps are skipped.
-    """
-    if key in _TUNED:
-        return _TUNED[key]
-    candidates = [k for k in _CHUNK_CANDIDATES if k == 1 or n_tokens // k >= _MIN_CHUNK]
-    times = {}
-    for k in candidates:
-        launch(k)  # compile / warm up
-        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(3):
-            launch(k)
-        stop.record()
-        stop.synchronize()
-        times[k] = start.elapsed_time(stop) / 3
-    best = min(times, key=times.get)
-    _TUNED[key] = best
-    logger.info("selective scan %s: %d time chunk(s) (ms per call: %s)", key,
-                best, ", ".join(f"{k}: {t:.3f}" for k, t in times.items()))
-    return best
 
 
 def selective_scan_triton(
@@ -343,7 +265,6 @@ def selective_scan_triton(
     block_d: int | None = None,
     num_warps: int | None = None,
     unroll: int | None = None,
-    n_chunks: int | None = None,
 ) -> Tensor:
     """Selective scan on a CUDA device through the Triton kernel.
 
@@ -351,15 +272,7 @@ def selective_scan_triton(
     every (batch, n_tokens, ·) tensor must have stride 1; the other strides are free,
     so views into a fused projection output need no copy). ``block_d``,
     ``num_warps`` and ``unroll`` (1, 2 or 4 time steps per loop iteration) override the
-    launch configuration (for tuning); ``n_chunks`` fixes the number of time chunks,
-    which by default is timed once per shape and cached (:func:`_tuned_chunks`).
-
-    With ``n_chunks`` = k > 1 the time axis is cut into k chunks scanned in parallel:
-    pass 1 scans chunks 0..k-2 from a zero state and keeps each one's end state
-    ``H_j`` [batch, k, d_state, channels] and dt sum ``S_j`` (float32); pass 2 starts
-    chunk c from ``h = fold(h * exp(A * S_j) + H_j, j < c)``, the exact state entering
-    it (the recurrence is linear in h and a chunk's total decay is exp(A * sum dt)), and
-    writes the outputs. That costs one extra state-only scan for k times the parallelism.
+    launch configuration (for tuning).
 
     Returns
     -------
@@ -378,42 +291,27 @@ def selective_scan_triton(
             raise ValueError(f"selective_scan_triton: {name} needs stride 1 on its last axis, got {t.stride()}")
     a2 = (A.float() * _LOG2E).contiguous()
     out = torch.empty_like(u)
-    bd, nw, un = _default_config(channels, batch, n_tokens)
+    bd, nw, un = _default_config(channels, batch)
     bd, nw, un = block_d or bd, num_warps or nw, unroll or un
     if un not in (1, 2, 4):
         raise ValueError(f"selective_scan_triton: unroll must be 1, 2 or 4, got {un}")
+    dummy = a2  # any valid pointer for absent optional inputs
     zz = z if z is not None else u
-    dskip = D.float().contiguous() if D is not None else a2  # any valid pointer for absent inputs
-    dtb = delta_bias.float().contiguous() if delta_bias is not None else a2
-    meta = dict(
+    grid = (triton.cdiv(channels, bd), batch)
+    _selective_scan_fwd_kernel[grid](
+        u, delta, a2, B, C,
+        D.float().contiguous() if D is not None else dummy,
+        zz,
+        delta_bias.float().contiguous() if delta_bias is not None else dummy,
+        out,
+        n_tokens, channels,
+        u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), B.stride(0), B.stride(1),
+        C.stride(0), C.stride(1), zz.stride(0), zz.stride(1), out.stride(0), out.stride(1),
         D_STATE=d_state, BLOCK_D=bd, UNROLL=un,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=delta_bias is not None,
-        SOFTPLUS=delta_softplus, num_warps=nw,
+        SOFTPLUS=delta_softplus,
+        num_warps=nw,
     )
-    n_dblocks = triton.cdiv(channels, bd)
-
-    def launch(k: int) -> None:
-        k = max(1, min(k, n_tokens))
-        chunk_len = triton.cdiv(n_tokens, k)
-        k = triton.cdiv(n_tokens, chunk_len)  # no empty chunk
-        hc = torch.empty(batch, k, d_state, channels, dtype=torch.float32, device=u.device) if k > 1 else a2
-        sc = torch.empty(batch, k, channels, dtype=torch.float32, device=u.device) if k > 1 else a2
-        args = (
-            u, delta, a2, B, C, dskip, zz, dtb, out, hc, sc, n_tokens, channels, chunk_len,
-            u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), B.stride(0), B.stride(1),
-            C.stride(0), C.stride(1), zz.stride(0), zz.stride(1), out.stride(0), out.stride(1),
-        )
-        if k > 1:
-            _selective_scan_fwd_kernel[(n_dblocks, batch, k - 1)](*args, CHUNK_PASS=True, **meta)
-        _selective_scan_fwd_kernel[(n_dblocks, batch, k)](*args, CHUNK_PASS=False, **meta)
-
-    if n_chunks is None and not u.is_cuda:  # TRITON_INTERPRET on the CPU: nothing to time
-        n_chunks = 1
-    if n_chunks is None:
-        key = (batch, n_tokens, channels, d_state, str(u.dtype), str(delta.dtype), bd, nw, un,
-               torch.cuda.get_device_name(u.device))
-        n_chunks = _tuned_chunks(key, n_tokens, launch)
-    launch(n_chunks)
     return out
 
 
