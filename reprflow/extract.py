@@ -34,6 +34,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import math
 import os
 import queue
 import threading
@@ -48,7 +49,7 @@ import torch
 from tqdm.auto import tqdm
 
 from reprflow.capture import forward_states, last_token_index, state_names
-from reprflow.errors import PromptError, ReprflowError
+from reprflow.errors import PromptError, ReprflowError, StoreError
 from reprflow.fastpath import prepare_model
 from reprflow.models.layouts import get_layout, view_indices
 from reprflow.store import FLOAT16_MAX, StoreSpec, StoreWriter, open_store
@@ -262,55 +263,64 @@ class _WindowSink:
 class PendingTokenStates:
     """One prompt's token states [n_states, n_tokens, hidden] on their way to the host.
 
-    The states travel in their compute dtype (exact; bf16 is half the bytes of float32)
-    together with their peak |x| computed on the device, so nothing waits for the GPU
-    until :meth:`result`, which the store writer's thread calls.
+    For a float16 store the states are converted on the device (bf16 -> fp16 is exact for
+    |x| in [2**-14, 65504); float32 -> fp16 rounds to nearest even, as numpy's cast in the
+    writer would) and travel with their device-side peak |x|, so the overflow check needs
+    no float32 copy; for a float32 store they travel in their compute dtype (exact). Nothing
+    waits for the GPU until :meth:`result`, which the store writer's thread calls.
     """
 
     states: PendingHost
-    peak: PendingHost | None  # 0-d float32 max |x| (NaN if any NaN); only for bf16 states
+    peak: PendingHost | None  # 0-d float32 max |x| of the unconverted states; float16 stores only
+    prompt: int
 
-    def result(self, *, store_dtype: str) -> np.ndarray:
-        """The states as a numpy array for the store writer.
+    def result(self) -> np.ndarray:
+        """The states as a numpy array in the store's dtype (float16) or float32.
 
-        bfloat16 states become float16 when they fit and the store may be float16: bf16 ->
-        fp16 is exact for |x| in [2**-14, 65504) (fp16 has 3 more mantissa bits; smaller
-        values keep an absolute error below 2**-24); the writer then checks them with
-        integer operations (:func:`reprflow.store.abs_peak`). Anything else (float32
-        states, ``store_dtype: float32``, values beyond float16, non-finite values, which
-        the writer rejects) becomes float32.
+        Raises
+        ------
+        StoreError
+            The states overflow float16 (finite max |x| >= 65504) in a float16 store.
+            Non-finite states pass through as NaN/inf, for the writer to reject.
         """
         host = self.states.wait()
-        if self.peak is not None and store_dtype != "float32" and float(self.peak.wait()) < FLOAT16_MAX:
-            return host.to(torch.float16).numpy()
-        return host.float().numpy()
+        if self.peak is None:
+            return host.float().numpy()
+        peak = float(self.peak.wait())
+        if math.isfinite(peak) and peak >= FLOAT16_MAX:
+            raise StoreError(
+                f"token states of prompt {self.prompt} have max |x| = {peak:.6g}, which overflows float16 "
+                f"(limit {FLOAT16_MAX:g}); set `store_dtype: float32` in the config and rerun"
+            )
+        return host.numpy()
 
 
-def start_token_states_copy(states: torch.Tensor) -> PendingTokenStates:
-    """Start the host copy of one prompt's token states (see :class:`PendingTokenStates`)."""
-    peak = copy_to_host(states.abs().amax().float()) if states.dtype == torch.bfloat16 else None
-    return PendingTokenStates(states=copy_to_host(states), peak=peak)
+def start_token_states_copy(states: torch.Tensor, *, disk_dtype: str, prompt: int = -1) -> PendingTokenStates:
+    """Start the host copy of one prompt's token states for a store of ``disk_dtype`` (float16/float32)."""
+    if disk_dtype == "float16":
+        peak = copy_to_host(states.abs().amax().float())
+        return PendingTokenStates(states=copy_to_host(states.to(torch.float16)), peak=peak, prompt=prompt)
+    return PendingTokenStates(states=copy_to_host(states), peak=None, prompt=prompt)
 
 
-def token_states_to_host(states: torch.Tensor, *, store_dtype: str) -> np.ndarray:
+def token_states_to_host(states: torch.Tensor, *, disk_dtype: str) -> np.ndarray:
     """Copy one prompt's token states [n_states, n_tokens, hidden] to host memory, now.
 
-    Same dtype rule as :meth:`PendingTokenStates.result`.
+    Same rule as :class:`PendingTokenStates`.
     """
-    return start_token_states_copy(states).result(store_dtype=store_dtype)
+    return start_token_states_copy(states, disk_dtype=disk_dtype).result()
 
 
 def _materialize_window(
     shape: tuple[int, int, int],
     last_parts: Sequence[tuple[np.ndarray, PendingHost]],
     token_parts: Mapping[int, PendingTokenStates],
-    store_dtype: str,
 ) -> tuple[np.ndarray, dict[int, np.ndarray]]:
     """Wait for a window's copies; return ``last`` [n_states, n_window, hidden] float32 and tokens."""
     last = np.empty(shape, dtype=np.float32)
     for positions, pending in last_parts:
         last[:, positions, :] = pending.wait().numpy()
-    return last, {i: p.result(store_dtype=store_dtype) for i, p in token_parts.items()}
+    return last, {i: p.result() for i, p in token_parts.items()}
 
 
 def extract_activations(
@@ -471,6 +481,7 @@ def extract_activations(
         unit="tok", unit_scale=True, disable=not progress, desc=Path(out_path).name, dynamic_ncols=True,
     )
     real = padded = 0
+    disk_dtype = writer.decided_dtype()  # None until the first batch of a fresh store
     sink = _WindowSink(writer, overlap=overlap)
     t0 = time.perf_counter()
     try:
@@ -488,16 +499,23 @@ def extract_activations(
                     model, _to_device(input_ids, device), _to_device(mask, device), layout=layout,
                     token_rows=token_rows or None, check_padding=False,
                 )
+                if disk_dtype is None:  # fresh store: fix its dtype from the first batch (one device sync)
+                    peak = captured.last.abs().amax()
+                    if captured.tokens is not None:
+                        peak = torch.maximum(peak, captured.tokens.abs().amax())
+                    disk_dtype = writer.decide_dtype(float(peak), w)
                 # float32 on the device: the host-side bf16 conversion is the slower path
                 last_parts.append((batch, copy_to_host(captured.last.float())))  # [n_states, batch, hidden]
                 for slot, r in enumerate(token_rows):
                     i = rows[r]  # [n_states, n_tokens, hidden], unpadded
-                    token_parts[i] = start_token_states_copy(captured.tokens[:, slot, : len(ids[i])])
+                    token_parts[i] = start_token_states_copy(
+                        captured.tokens[:, slot, : len(ids[i])], disk_dtype=disk_dtype, prompt=i
+                    )
                 real += int(mask.sum())
                 padded += mask.numel()
                 bar.update(int(mask.sum()))
             sink.put(w, functools.partial(
-                _materialize_window, (spec.n_states, w_stop - w_start, hidden), last_parts, token_parts, store_dtype
+                _materialize_window, (spec.n_states, w_stop - w_start, hidden), last_parts, token_parts
             ))
         sink.close()
     except BaseException:

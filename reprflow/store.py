@@ -52,7 +52,10 @@ Zarr has no bfloat16. ``store_dtype`` is ``"float32"``, ``"float16"`` or ``"auto
 Every window is checked *before* conversion: non-finite values always raise
 ``StoreError``; a window written as float16 must have max |x| < 65504 or it raises
 ``StoreError`` naming the window and the fix (``store_dtype: float32``). ``"auto"``
-decides on the first window written: float16 if ``max|x| * 4 < 65504`` (headroom 4 for
+decides once, before the first window is written (the extraction loop calls
+``StoreWriter.decide_dtype`` with the peak of its first batch, so that token states can
+be converted to float16 on the GPU; otherwise the peak of the first window written is
+used): float16 if ``max|x| * 4 < 65504`` (headroom 4 for
 later, longer or rarer prompts), else float32; the decision and the observed maximum
 are recorded in the attr ``dtype_check``. The attr ``store_dtype`` holds the on-disk
 dtype; the attr ``dtype`` is the *compute* dtype of the forward passes (e.g. bfloat16).
@@ -523,8 +526,17 @@ class StoreWriter:
             raise StoreError(f"{self.path}: StoreWriter.open() must be called first")
         return self.group
 
-    def _decide_dtype(self, peak: float, w: int) -> str:
-        """On-disk dtype; in auto mode decided (and recorded) on the first window written."""
+    def decided_dtype(self) -> str | None:
+        """The on-disk dtype once :meth:`decide_dtype` has run (or a resumed store has one), else None."""
+        group = self._group()
+        return str(group["last"].dtype) if "last" in group else None
+
+    def decide_dtype(self, peak: float, w: int) -> str:
+        """Fix the on-disk dtype (auto: from ``peak``, the max |x| seen so far), record it, create the arrays.
+
+        Called at most once per store, before the first window is written; later calls
+        return the dtype already fixed. ``w`` is the window the peak comes from.
+        """
         group = self._group()
         if "last" in group:
             return str(group["last"].dtype)
@@ -614,15 +626,15 @@ class StoreWriter:
             what = f"{where} of 'tokens' (prompt {pid})"
             peak = max(peak, check_range(states, dtype=check_dtype, what=what, path=self.path))
         if "last" not in group:
-            dtype = self._decide_dtype(peak, w)
+            dtype = self.decide_dtype(peak, w)
         # The runtime config is not persisted with the array: reapply it on every open.
         last_arr = group["last"].with_config(_WRITE_CONFIG)
         tok_arr = group["tokens"].with_config(_WRITE_CONFIG)
         last_arr[:, start - spec.sample_start : stop - spec.sample_start, :] = last.astype(dtype)
         for pid, states in tokens.items():
-            padded = np.zeros((spec.n_states, spec.max_len, spec.hidden), dtype=dtype)
-            padded[:, : states.shape[1]] = states
-            tok_arr[:, position[pid], :, :] = padded
+            # Positions past the prompt's length keep the fill value 0 (never written, or
+            # written as 0 by an earlier attempt at this same prompt).
+            tok_arr[:, position[pid], : states.shape[1], :] = states.astype(dtype, copy=False)
         group["_done"][w] = True
 
     def finalize(self, extra_attrs: Mapping[str, Any] | None = None) -> Path:

@@ -203,21 +203,24 @@ def test_cuda_extraction_matches_cpu(family, tokenizer, tmp_path):
 
 
 
-def test_bf16_token_states_reach_the_host_exactly():
-    """bf16 token states become fp16 on the host, exactly, when they fit; else float32 (NaN too)."""
+def test_token_states_reach_the_host_in_the_store_dtype():
+    """float16 store: bf16 states exactly, float32 states rounded as numpy would; float32 store: exact."""
+    from reprflow.errors import StoreError
     from reprflow.extract import token_states_to_host
 
     gen = torch.Generator().manual_seed(0)
     x = (torch.randn(3, 17, 8, generator=gen) * 100).to(torch.bfloat16)
-    host = token_states_to_host(x, store_dtype="auto")
+    host = token_states_to_host(x, disk_dtype="float16")
     assert host.dtype == np.float16
     np.testing.assert_array_equal(host.astype(np.float32), x.float().numpy())
-    assert token_states_to_host(x, store_dtype="float32").dtype == np.float32
-    big = x.clone()
+    f32 = torch.randn(3, 17, 8, generator=gen) * 100
+    np.testing.assert_array_equal(token_states_to_host(f32, disk_dtype="float16"), f32.numpy().astype(np.float16))
+    exact = token_states_to_host(x, disk_dtype="float32")
+    assert exact.dtype == np.float32 and np.array_equal(exact, x.float().numpy())
+    big = f32.clone()
     big[0, 0, 0] = 70000.0
-    host = token_states_to_host(big, store_dtype="auto")
-    assert host.dtype == np.float32 and host[0, 0, 0] == np.float32(big[0, 0, 0].float())
-    assert token_states_to_host(x.float(), store_dtype="auto").dtype == np.float32
-    nan = x.clone()
+    with pytest.raises(StoreError, match="prompt -1 have max .x. = 70000, which overflows float16"):
+        token_states_to_host(big, disk_dtype="float16")
+    nan = f32.clone()
     nan[1, 2, 3] = float("nan")
-    assert token_states_to_host(nan, store_dtype="auto").dtype == np.float32  # the writer rejects it
+    assert np.isnan(token_states_to_host(nan, disk_dtype="float16")).any()  # the writer rejects it
