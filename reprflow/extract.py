@@ -22,11 +22,13 @@ Overlap
 -------
 The main thread only launches work: inputs go up from pinned memory without blocking,
 and captured states come down through :func:`reprflow.transfer.copy_to_host` (pinned
-buffers, a side CUDA stream), so the GPU never waits for the host between batches. With
-``overlap=True`` a writer thread takes finished windows from a bounded queue (two
-windows deep), waits for their copies to land, and does the float16 checks, conversion,
-compression and disk writes while the next windows are computed; an error in the writer
-thread is re-raised in the caller.
+buffers, a side CUDA stream), so the GPU never waits for the host between batches. The
+store's dtype is fixed on the first batch (one device sync), so that token states are
+converted on the GPU and checked there. With ``overlap=True`` a writer thread takes work
+from a bounded queue (``_QUEUE_ITEMS`` items: a window's last-token states, or one token
+prompt's states, written at once rather than held until its window ends), waits for the
+copies to land, and does the checks, compression and disk writes while the next batches
+are computed; an error in the writer thread is re-raised in the caller.
 """
 
 from __future__ import annotations
@@ -34,7 +36,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import math
 import os
 import queue
 import threading
@@ -49,17 +50,17 @@ import torch
 from tqdm.auto import tqdm
 
 from reprflow.capture import forward_states, last_token_index, state_names
-from reprflow.errors import PromptError, ReprflowError, StoreError
+from reprflow.errors import PromptError, ReprflowError
 from reprflow.fastpath import prepare_model
 from reprflow.models.layouts import get_layout, view_indices
-from reprflow.store import FLOAT16_MAX, StoreSpec, StoreWriter, open_store
+from reprflow.store import StoreSpec, StoreWriter, open_store
 from reprflow.transfer import PendingHost, copy_to_host
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["ExtractionSummary", "extract_activations", "plan_window_batches"]
 
-_QUEUE_WINDOWS = 2
+_QUEUE_ITEMS = 4  # windows or single token prompts; bounds the host memory in flight
 
 
 @dataclass(frozen=True)
@@ -200,7 +201,7 @@ class _WindowSink:
         self.error: BaseException | None = None
         self.thread: threading.Thread | None = None
         if overlap:
-            self.queue: queue.Queue = queue.Queue(maxsize=_QUEUE_WINDOWS)
+            self.queue: queue.Queue = queue.Queue(maxsize=_QUEUE_ITEMS)
             self.abort = threading.Event()
             self.thread = threading.Thread(target=self._run, name="reprflow-store-writer", daemon=True)
             self.thread.start()
@@ -216,8 +217,7 @@ class _WindowSink:
             if item is None or self.abort.is_set():
                 return
             try:
-                w, materialize = item
-                self.writer.write_window(w, *materialize())
+                self._write(item)
             except BaseException as exc:  # re-raised in the caller's thread by put()/close()
                 self.error = exc
                 return
@@ -226,15 +226,30 @@ class _WindowSink:
         if self.error is not None:
             raise self.error
 
-    def put(self, w: int, materialize: Callable[[], tuple[np.ndarray, dict[int, np.ndarray]]]) -> None:
-        """Queue window ``w``; ``materialize()`` waits for its host copies and returns (last, tokens)."""
+    def _write(self, item: tuple) -> None:
+        kind, key, payload = item
+        if kind == "tokens":  # payload: PendingTokenStates
+            states, peak = payload.result()
+            self.writer.write_tokens(key, states, peak=peak)
+        else:  # payload: callable that waits for the window's last-token copies
+            self.writer.write_window(key, payload())
+
+    def put_tokens(self, pid: int, pending: "PendingTokenStates") -> None:
+        """Queue one token prompt's states (written at once, not held until its window ends)."""
+        self._put(("tokens", pid, pending))
+
+    def put(self, w: int, materialize: Callable[[], np.ndarray]) -> None:
+        """Queue window ``w``; ``materialize()`` waits for its host copies and returns ``last``."""
+        self._put(("window", w, materialize))
+
+    def _put(self, item: tuple) -> None:
         if self.thread is None:
-            self.writer.write_window(w, *materialize())
+            self._write(item)
             return
         while True:
             self._raise_if_failed()
             try:
-                self.queue.put((w, materialize), timeout=0.1)
+                self.queue.put(item, timeout=0.1)
                 return
             except queue.Full:
                 continue
@@ -263,64 +278,47 @@ class _WindowSink:
 class PendingTokenStates:
     """One prompt's token states [n_states, n_tokens, hidden] on their way to the host.
 
-    For a float16 store the states are converted on the device (bf16 -> fp16 is exact for
-    |x| in [2**-14, 65504); float32 -> fp16 rounds to nearest even, as numpy's cast in the
-    writer would) and travel with their device-side peak |x|, so the overflow check needs
-    no float32 copy; for a float32 store they travel in their compute dtype (exact). Nothing
-    waits for the GPU until :meth:`result`, which the store writer's thread calls.
+    They are converted to the store's dtype on the device (for float16, bf16 -> fp16 is
+    exact for |x| in [2**-14, 65504) and float32 -> fp16 rounds to nearest even, as numpy's
+    cast would; for float32 every conversion is exact) and travel with their peak |x|
+    computed on the device before conversion, so the writer needs no host-side scan.
+    Nothing waits for the GPU until :meth:`result`, which the store writer's thread calls.
     """
 
     states: PendingHost
-    peak: PendingHost | None  # 0-d float32 max |x| of the unconverted states; float16 stores only
-    prompt: int
+    peak: PendingHost  # 0-d float32 max |x| of the unconverted states
 
-    def result(self) -> np.ndarray:
-        """The states as a numpy array in the store's dtype (float16) or float32.
+    def result(self) -> tuple[np.ndarray, float]:
+        """The states as a numpy array (float16 for a float16 store, else float32) and their peak |x|.
 
-        Raises
-        ------
-        StoreError
-            The states overflow float16 (finite max |x| >= 65504) in a float16 store.
-            Non-finite states pass through as NaN/inf, for the writer to reject.
+        The peak is the device-side max |x| before conversion (NaN if any NaN), for
+        :meth:`reprflow.store.StoreWriter.write_tokens`, which refuses non-finite values
+        and float16 overflow.
         """
-        host = self.states.wait()
-        if self.peak is None:
-            return host.float().numpy()
-        peak = float(self.peak.wait())
-        if math.isfinite(peak) and peak >= FLOAT16_MAX:
-            raise StoreError(
-                f"token states of prompt {self.prompt} have max |x| = {peak:.6g}, which overflows float16 "
-                f"(limit {FLOAT16_MAX:g}); set `store_dtype: float32` in the config and rerun"
-            )
-        return host.numpy()
+        return self.states.wait().numpy(), float(self.peak.wait())
 
 
-def start_token_states_copy(states: torch.Tensor, *, disk_dtype: str, prompt: int = -1) -> PendingTokenStates:
+def start_token_states_copy(states: torch.Tensor, *, disk_dtype: str) -> PendingTokenStates:
     """Start the host copy of one prompt's token states for a store of ``disk_dtype`` (float16/float32)."""
-    if disk_dtype == "float16":
-        peak = copy_to_host(states.abs().amax().float())
-        return PendingTokenStates(states=copy_to_host(states.to(torch.float16)), peak=peak, prompt=prompt)
-    return PendingTokenStates(states=copy_to_host(states), peak=None, prompt=prompt)
+    peak = copy_to_host(states.abs().amax().float())
+    dtype = torch.float16 if disk_dtype == "float16" else torch.float32
+    return PendingTokenStates(states=copy_to_host(states.to(dtype)), peak=peak)
 
 
-def token_states_to_host(states: torch.Tensor, *, disk_dtype: str) -> np.ndarray:
+def token_states_to_host(states: torch.Tensor, *, disk_dtype: str) -> tuple[np.ndarray, float]:
     """Copy one prompt's token states [n_states, n_tokens, hidden] to host memory, now.
 
-    Same rule as :class:`PendingTokenStates`.
+    Same rule as :class:`PendingTokenStates`; returns (states, peak |x|).
     """
     return start_token_states_copy(states, disk_dtype=disk_dtype).result()
 
 
-def _materialize_window(
-    shape: tuple[int, int, int],
-    last_parts: Sequence[tuple[np.ndarray, PendingHost]],
-    token_parts: Mapping[int, PendingTokenStates],
-) -> tuple[np.ndarray, dict[int, np.ndarray]]:
-    """Wait for a window's copies; return ``last`` [n_states, n_window, hidden] float32 and tokens."""
+def _materialize_last(shape: tuple[int, int, int], parts: Sequence[tuple[np.ndarray, PendingHost]]) -> np.ndarray:
+    """Wait for a window's last-token copies; return ``last`` [n_states, n_window, hidden] float32."""
     last = np.empty(shape, dtype=np.float32)
-    for positions, pending in last_parts:
+    for positions, pending in parts:
         last[:, positions, :] = pending.wait().numpy()
-    return last, {i: p.result() for i, p in token_parts.items()}
+    return last
 
 
 def extract_activations(
@@ -488,7 +486,6 @@ def extract_activations(
         for w in pending:
             w_start, w_stop = spec.window_range(w)
             last_parts: list[tuple[np.ndarray, PendingHost]] = []
-            token_parts: dict[int, PendingTokenStates] = {}
             for batch in plan_window_batches(np.array([len(ids[i]) for i in range(w_start, w_stop)]),
                                              batch_size=batch_size):
                 rows = [w_start + int(j) for j in batch]  # prompt-file indices
@@ -508,15 +505,12 @@ def extract_activations(
                 last_parts.append((batch, copy_to_host(captured.last.float())))  # [n_states, batch, hidden]
                 for slot, r in enumerate(token_rows):
                     i = rows[r]  # [n_states, n_tokens, hidden], unpadded
-                    token_parts[i] = start_token_states_copy(
-                        captured.tokens[:, slot, : len(ids[i])], disk_dtype=disk_dtype, prompt=i
-                    )
+                    sink.put_tokens(i, start_token_states_copy(captured.tokens[:, slot, : len(ids[i])],
+                                                               disk_dtype=disk_dtype))
                 real += int(mask.sum())
                 padded += mask.numel()
                 bar.update(int(mask.sum()))
-            sink.put(w, functools.partial(
-                _materialize_window, (spec.n_states, w_stop - w_start, hidden), last_parts, token_parts
-            ))
+            sink.put(w, functools.partial(_materialize_last, (spec.n_states, w_stop - w_start, hidden), last_parts))
         sink.close()
     except BaseException:
         sink.cancel()

@@ -71,6 +71,7 @@ are concatenated lazily along n_samples / n_prompts on read.
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 import logging
 import os
@@ -273,6 +274,10 @@ class StoreSpec:
         start = self.sample_start + w * self.window
         return start, min(start + self.window, self.sample_stop)
 
+    def window_of(self, i: int) -> int:
+        """Window that holds prompt-file sample ``i``."""
+        return (i - self.sample_start) // self.window
+
     def window_token_ids(self, w: int) -> list[int]:
         """Token prompts (prompt-file indices) that fall in window ``w``."""
         start, stop = self.window_range(w)
@@ -315,7 +320,13 @@ def check_range(x: np.ndarray, *, dtype: str, what: str, path: Path) -> float:
     if x.size == 0:
         return 0.0
     peak = abs_peak(x)
-    if not np.isfinite(peak):
+    check_peak(peak, dtype=dtype, what=what, path=path)
+    return peak
+
+
+def check_peak(peak: float, *, dtype: str, what: str, path: Path) -> None:
+    """:func:`check_range` for a peak computed elsewhere (e.g. on the GPU before conversion)."""
+    if not math.isfinite(peak):
         raise StoreError(
             f"{path}: {what} holds non-finite values (NaN or inf); the forward pass diverged. "
             "Check the init scale and compute dtype (float16 compute overflows GPT-Neo/NeoX)."
@@ -325,7 +336,6 @@ def check_range(x: np.ndarray, *, dtype: str, what: str, path: Path) -> float:
             f"{path}: {what} has max |x| = {peak:.6g}, which overflows float16 (limit "
             f"{FLOAT16_MAX:g}); set `store_dtype: float32` in the config and rerun"
         )
-    return peak
 
 
 class StoreWriter:
@@ -405,6 +415,7 @@ class StoreWriter:
             }
         )
         self.group: zarr.Group | None = None
+        self._tokens_written: set[int] = set()  # token prompts written by this writer object
 
     # ------------------------------------------------------------------ opening
     def _matches(self, group: zarr.Group, *, ignore: Sequence[str] = ()) -> str | None:
@@ -585,8 +596,59 @@ class StoreWriter:
         )
         return dtype
 
+    def _check_dtype(self) -> str:
+        """dtype to check values against: the decided one, or the configured one (auto: float32)."""
+        dtype = self.decided_dtype() or self.spec.store_dtype
+        return "float32" if dtype == "auto" else dtype
+
+    def _token_slot(self, pid: int, states: np.ndarray) -> int:
+        """Position of token prompt ``pid`` in ``tokens``; checks the states' shape."""
+        spec = self.spec
+        if pid not in spec.token_prompt_ids:
+            raise StoreError(f"{self.path}: prompt {pid} is not a token prompt of this store")
+        slot = spec.token_prompt_ids.index(pid)
+        expect = (spec.n_states, int(self.lengths[slot]), spec.hidden)
+        if states.shape != expect:
+            raise StoreError(f"{self.path}: tokens of prompt {pid} have shape {states.shape}, expected {expect}")
+        return slot
+
+    def write_tokens(self, pid: int, states: np.ndarray, *, peak: float | None = None) -> None:
+        """Check, convert and write the full token states of token prompt ``pid``.
+
+        Token states are written as they come, before the marker of their window is set
+        (so at most one prompt's states wait in host memory per call); a window counts
+        as written only once :meth:`write_window` has set its marker, so a kill between
+        the two rewrites them on resume.
+
+        Parameters
+        ----------
+        pid : int
+            Prompt-file index, one of ``spec.token_prompt_ids``.
+        states : ndarray of shape (n_states, n_tokens, hidden)
+            Unpadded (``n_tokens`` = that prompt's length); float32, or already in the
+            store's dtype.
+        peak : float, optional
+            max |x| of the states as computed on the device before any conversion (NaN
+            if any NaN); when given, the host-side scan is skipped and ``peak`` is
+            checked instead.
+        """
+        slot = self._token_slot(pid, states)
+        dtype = self.decided_dtype()
+        what = f"'tokens' (prompt {pid})"
+        if peak is None:
+            peak = check_range(states, dtype=self._check_dtype(), what=what, path=self.path)
+        else:
+            check_peak(peak, dtype=self._check_dtype(), what=what, path=self.path)
+        if dtype is None:
+            dtype = self.decide_dtype(peak, self.spec.window_of(pid))
+        tok_arr = self._group()["tokens"].with_config(_WRITE_CONFIG)
+        # Positions past the prompt's length keep the fill value 0 (never written, or
+        # written as 0 by an earlier attempt at this same prompt).
+        tok_arr[:, slot, : states.shape[1], :] = states.astype(dtype, copy=False)
+        self._tokens_written.add(pid)
+
     def write_window(
-        self, w: int, last: np.ndarray, tokens: Mapping[int, np.ndarray]
+        self, w: int, last: np.ndarray, tokens: Mapping[int, np.ndarray] | None = None
     ) -> None:
         """Check, convert and write window ``w``, then set its marker.
 
@@ -596,11 +658,13 @@ class StoreWriter:
             Window index.
         last : ndarray of shape (n_states, n_window, hidden)
             Last-token states of the window's samples, in prompt-file order, float32.
-        tokens : mapping of int to ndarray of shape (n_states, n_tokens, hidden)
-            Full token states of the window's token prompts (``spec.window_token_ids(w)``),
-            keyed by prompt-file index, unpadded (``n_tokens`` = that prompt's length).
+        tokens : mapping of int to ndarray of shape (n_states, n_tokens, hidden), optional
+            Full token states of the window's token prompts (``spec.window_token_ids(w)``)
+            not already written by :meth:`write_tokens`, keyed by prompt-file index,
+            unpadded (``n_tokens`` = that prompt's length).
         """
         spec = self.spec
+        tokens = dict(tokens or {})
         start, stop = spec.window_range(w)
         if last.shape != (spec.n_states, stop - start, spec.hidden):
             raise StoreError(
@@ -608,33 +672,30 @@ class StoreWriter:
                 f"{(spec.n_states, stop - start, spec.hidden)}"
             )
         expect_ids = spec.window_token_ids(w)
-        if sorted(tokens) != expect_ids:
-            raise StoreError(f"{self.path}: window {w}: token prompts {sorted(tokens)} != {expect_ids}")
-        position = {pid: j for j, pid in enumerate(spec.token_prompt_ids)}
+        stray = sorted(set(tokens) - set(expect_ids))
+        if stray:
+            raise StoreError(f"{self.path}: window {w}: token prompts {stray} do not belong to it ({expect_ids})")
         for pid, states in tokens.items():
-            expect = (spec.n_states, int(self.lengths[position[pid]]), spec.hidden)
-            if states.shape != expect:
-                raise StoreError(
-                    f"{self.path}: tokens of prompt {pid} have shape {states.shape}, expected {expect}"
-                )
+            self._token_slot(pid, states)
         where = f"window {w} (samples {start}..{stop})"
-        group = self._group()
-        dtype = str(group["last"].dtype) if "last" in group else spec.store_dtype
-        check_dtype = "float32" if dtype == "auto" else dtype
-        peak = check_range(last, dtype=check_dtype, what=f"{where} of 'last'", path=self.path)
+        dtype = self._check_dtype()
+        peak = check_range(last, dtype=dtype, what=f"{where} of 'last'", path=self.path)
+        token_peaks = {}
         for pid, states in tokens.items():
             what = f"{where} of 'tokens' (prompt {pid})"
-            peak = max(peak, check_range(states, dtype=check_dtype, what=what, path=self.path))
-        if "last" not in group:
-            dtype = self.decide_dtype(peak, w)
+            token_peaks[pid] = check_range(states, dtype=dtype, what=what, path=self.path)
+        if self.decided_dtype() is None:
+            self.decide_dtype(max([peak, *token_peaks.values()]), w)
+        for pid, states in tokens.items():
+            self.write_tokens(pid, states, peak=token_peaks[pid])
+        missing = sorted(set(expect_ids) - self._tokens_written)
+        if missing:
+            raise StoreError(f"{self.path}: window {w}: token states of prompts {missing} were not written")
+        group = self._group()
+        dtype = self.decided_dtype()
         # The runtime config is not persisted with the array: reapply it on every open.
         last_arr = group["last"].with_config(_WRITE_CONFIG)
-        tok_arr = group["tokens"].with_config(_WRITE_CONFIG)
-        last_arr[:, start - spec.sample_start : stop - spec.sample_start, :] = last.astype(dtype)
-        for pid, states in tokens.items():
-            # Positions past the prompt's length keep the fill value 0 (never written, or
-            # written as 0 by an earlier attempt at this same prompt).
-            tok_arr[:, position[pid], : states.shape[1], :] = states.astype(dtype, copy=False)
+        last_arr[:, start - spec.sample_start : stop - spec.sample_start, :] = last.astype(dtype, copy=False)
         group["_done"][w] = True
 
     def finalize(self, extra_attrs: Mapping[str, Any] | None = None) -> Path:

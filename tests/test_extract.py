@@ -204,23 +204,46 @@ def test_cuda_extraction_matches_cpu(family, tokenizer, tmp_path):
 
 
 def test_token_states_reach_the_host_in_the_store_dtype():
-    """float16 store: bf16 states exactly, float32 states rounded as numpy would; float32 store: exact."""
-    from reprflow.errors import StoreError
+    """float16 store: bf16 states exactly, float32 states rounded as numpy would; float32 store: exact.
+
+    The peak comes from the unconverted states, so overflow and NaN reach the writer's check.
+    """
     from reprflow.extract import token_states_to_host
 
     gen = torch.Generator().manual_seed(0)
     x = (torch.randn(3, 17, 8, generator=gen) * 100).to(torch.bfloat16)
-    host = token_states_to_host(x, disk_dtype="float16")
-    assert host.dtype == np.float16
+    host, peak = token_states_to_host(x, disk_dtype="float16")
+    assert host.dtype == np.float16 and peak == float(x.float().abs().max())
     np.testing.assert_array_equal(host.astype(np.float32), x.float().numpy())
     f32 = torch.randn(3, 17, 8, generator=gen) * 100
-    np.testing.assert_array_equal(token_states_to_host(f32, disk_dtype="float16"), f32.numpy().astype(np.float16))
-    exact = token_states_to_host(x, disk_dtype="float32")
+    np.testing.assert_array_equal(token_states_to_host(f32, disk_dtype="float16")[0], f32.numpy().astype(np.float16))
+    exact, _ = token_states_to_host(x, disk_dtype="float32")
     assert exact.dtype == np.float32 and np.array_equal(exact, x.float().numpy())
     big = f32.clone()
-    big[0, 0, 0] = 70000.0
-    with pytest.raises(StoreError, match="prompt -1 have max .x. = 70000, which overflows float16"):
-        token_states_to_host(big, disk_dtype="float16")
+    big[0, 0, 0] = -70000.0
+    assert token_states_to_host(big, disk_dtype="float16")[1] == 70000.0  # not inf: the writer names the overflow
     nan = f32.clone()
     nan[1, 2, 3] = float("nan")
-    assert np.isnan(token_states_to_host(nan, disk_dtype="float16")).any()  # the writer rejects it
+    assert np.isnan(token_states_to_host(nan, disk_dtype="float16")[1])
+
+
+def test_writer_refuses_a_device_peak_beyond_float16(tmp_path):
+    """write_tokens with a peak computed before conversion: overflow and NaN are named, nothing marked done."""
+    from reprflow.errors import StoreError
+    from reprflow.store import StoreSpec, StoreWriter
+
+    spec = StoreSpec(n_states=2, hidden=4, n_samples_total=4, sample_start=0, sample_stop=4, batch_size=2,
+                     window_batches=1, token_prompt_ids=(0,), max_len=3, store_dtype="float16")
+    attrs = {**attrs_for("gpt_neox"), "state_names": ["embed", "final_norm"], "views": {"hf": [0, 1]},
+             "dtype": "float32"}
+    writer = StoreWriter(tmp_path / "s.zarr", spec, attrs=attrs, labels=np.arange(4), n_tokens=np.full(4, 3),
+                         lengths=np.array([3]), content_sha256="x")
+    writer.open()
+    states = np.zeros((2, 3, 4), dtype=np.float16)
+    with pytest.raises(StoreError, match=r"max \|x\| = 70000, which overflows float16"):
+        writer.write_tokens(0, states, peak=70000.0)
+    with pytest.raises(StoreError, match="non-finite"):
+        writer.write_tokens(0, states, peak=float("nan"))
+    with pytest.raises(StoreError, match=r"token states of prompts \[0\] were not written"):
+        writer.write_window(0, np.zeros((2, 2, 4), dtype=np.float32))
+    assert writer.pending_windows() == [0, 1]
