@@ -15,8 +15,9 @@ length are near-equal in length, so the window (default 8 batches) is enough.
 
 Padding is on the right with an attention mask; :func:`reprflow.capture.forward_states`
 gathers the last *real* token of each row (right padding is exact for causal models,
-ARCHITECTURE.md §4). Full token states are kept for the first ``n_token_prompts`` prompts
-of the file (a deterministic subset), unpadded to their own length.
+ARCHITECTURE.md §4). Full token states are kept for ``n_token_prompts`` evenly spaced
+prompts of the file (:func:`token_prompt_ids`, a deterministic subset), unpadded to their
+own length.
 
 Overlap
 -------
@@ -58,7 +59,7 @@ from reprflow.transfer import PendingHost, copy_to_host
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ExtractionSummary", "extract_activations", "plan_window_batches"]
+__all__ = ["ExtractionSummary", "extract_activations", "plan_window_batches", "token_prompt_ids"]
 
 _QUEUE_ITEMS = 4  # windows or single token prompts; bounds the host memory in flight
 
@@ -104,6 +105,18 @@ class ExtractionSummary:
     tokens_per_s: float
     store_dtype: str | None
     already_complete: bool
+
+
+def token_prompt_ids(n_prompts: int, n_token_prompts: int) -> list[int]:
+    """The prompts whose full token states are stored: ``n_token_prompts`` evenly spaced ones.
+
+    ``floor(j * n_prompts / n_token_prompts)`` for ``j = 0 .. n - 1`` (capped at
+    ``n_prompts``; prompt 0 always included). Spacing them out, rather than taking the
+    first ones, spreads their large writes over the whole run, where the writer thread
+    overlaps them with compute, and gives every shard its share.
+    """
+    n = min(max(int(n_token_prompts), 0), n_prompts)
+    return [j * n_prompts // n for j in range(n)]
 
 
 def plan_window_batches(lengths: np.ndarray, *, batch_size: int) -> list[np.ndarray]:
@@ -359,7 +372,8 @@ def extract_activations(
     batch_size : int
         Prompts per forward pass.
     n_token_prompts : int
-        Full token states are stored for prompts ``0 .. n_token_prompts - 1`` of the file
+        Full token states are stored for ``n_token_prompts`` evenly spaced prompts of the
+        file (:func:`token_prompt_ids`)
         (capped at the number of prompts).
     attrs : mapping
         Group attrs from the caller: ``model``, ``model_id``, ``revision``, ``family``,
@@ -412,8 +426,7 @@ def extract_activations(
     _check_prompts(prompts, prompt_file=prompt_file, max_context=max_context)
     n_total = len(prompts)
     start, stop = sample_range if sample_range is not None else (0, n_total)
-    n_tok_global = min(max(n_token_prompts, 0), n_total)
-    token_ids_global = list(range(n_tok_global))
+    token_ids_global = token_prompt_ids(n_total, n_token_prompts)
     token_ids = tuple(i for i in token_ids_global if start <= i < stop)
 
     needed = sorted(set(range(start, stop)) | set(token_ids_global))

@@ -99,6 +99,17 @@ def test_plan_window_batches_buckets_by_length():
     assert [b.tolist() for b in batches] == [[1, 3], [4, 0], [2]]
 
 
+def test_token_prompts_are_evenly_spaced():
+    from reprflow.extract import token_prompt_ids
+
+    assert token_prompt_ids(12000, 64)[:3] == [0, 187, 375] and len(token_prompt_ids(12000, 64)) == 64
+    assert token_prompt_ids(7, 4) == [0, 1, 3, 5]
+    assert token_prompt_ids(3, 10) == [0, 1, 2]  # capped at the number of prompts
+    assert token_prompt_ids(5, 0) == []
+    ids = token_prompt_ids(1000, 37)
+    assert len(set(ids)) == 37 and max(np.diff(ids)) - min(np.diff(ids)) <= 1
+
+
 def test_stored_states_equal_unbatched_reference(tiny, tokenizer, tmp_path):
     family, model = tiny
     prompts = make_prompts(tokenizer, 7, seed=1)
@@ -115,18 +126,19 @@ def test_stored_states_equal_unbatched_reference(tiny, tokenizer, tmp_path):
     assert g["last"].shape == (n_blocks + 2, 7, 64)
     np.testing.assert_array_equal(g["labels"][:], [p["label"] for p in prompts])
     np.testing.assert_array_equal(g["n_tokens"][:], [p["n_tokens"] for p in prompts])
-    assert g.attrs["token_prompt_ids"] == [0, 1, 2, 3]
-    np.testing.assert_array_equal(g["lengths"][:], [p["n_tokens"] for p in prompts[:4]])
+    token_ids = [0, 1, 3, 5]  # evenly spaced: floor(j * 7 / 4)
+    assert g.attrs["token_prompt_ids"] == token_ids
+    np.testing.assert_array_equal(g["lengths"][:], [prompts[i]["n_tokens"] for i in token_ids])
     assert g.attrs["timing"]["tokens"] == summary.tokens
     last = g["last"][:].astype(np.float64)
     tokens = g["tokens"][:].astype(np.float64)
     for i, p in enumerate(prompts):
         ref = reference_states(model, family, tokenizer(p["prompt"])["input_ids"])
         np.testing.assert_allclose(last[:, i], ref[:, -1], atol=1e-5, rtol=0, err_msg=f"prompt {i}")
-        if i < 4:
-            n = p["n_tokens"]
-            np.testing.assert_allclose(tokens[:, i, :n], ref, atol=1e-5, rtol=0, err_msg=f"tokens {i}")
-            assert not tokens[:, i, n:].any()
+        if i in token_ids:
+            j, n = token_ids.index(i), p["n_tokens"]
+            np.testing.assert_allclose(tokens[:, j, :n], ref, atol=1e-5, rtol=0, err_msg=f"tokens {i}")
+            assert not tokens[:, j, n:].any()
     # the hf view reproduces output_hidden_states at the last token
     with torch.no_grad():
         out_hf = model(torch.tensor([tokenizer(prompts[0]["prompt"])["input_ids"]]), output_hidden_states=True)
@@ -155,7 +167,7 @@ def test_sharded_extraction_equals_one_shot(tiny, tokenizer, tmp_path):
     full, view = open_store(one), open_sharded(paths)
     for name in ("last", "tokens", "labels", "n_tokens", "lengths"):
         np.testing.assert_array_equal(np.asarray(view[name][...]), full[name][:])
-    assert view.attrs["token_prompt_ids"] == [0, 1, 2]
+    assert view.attrs["token_prompt_ids"] == [0, 2, 4]  # evenly spaced, in both shards
 
 
 def test_prompt_beyond_context_raises(tiny, tokenizer, tmp_path):
