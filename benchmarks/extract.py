@@ -370,7 +370,7 @@ def bench_model(name, config, tok_name, args, out_dir: Path) -> Row:
                                 vocab=config.vocab_size)
         row.long_ok = "ok" if lc["ok"] else "OOM"
         row.long_peak_gib = lc["peak_gib"]
-    del model
+    model = None  # noqa: F841 (frees the weights before the next model; run() closes over it)
     _free(dev)
     return row
 
