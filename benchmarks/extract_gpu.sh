@@ -2,7 +2,7 @@
 # Set up a bare GPU machine (no internet) from the wheels/sdists carried in .gpu/, then run
 # the GPU tests, the kernel timings, a profile of the SSM forwards and benchmarks/extract.py. Usage (repo root, $OUT set):
 #
-#   bash benchmarks/extract_gpu.sh [tests] [scan] [profile] [bench] [quick] [-- extra args for extract.py]
+#   bash benchmarks/extract_gpu.sh [tests] [scan] [profile] [bench] [quick] [shards] [-- extra args for extract.py / shards_gpu.py]
 #
 # Default: tests bench. TESTS_K="expr" limits the tests to pytest -k expr. Writes logs and tables to $OUT. Needs .gpu/ (see requirements-gpu.txt):
 #   transformers, zarr, numcodecs, donfig, google-crc32c, regex wheels (cp312) and the
@@ -45,6 +45,7 @@ for s in "${steps[@]}"; do
              tests/kernels tests/test_transfer.py tests/test_extract.py tests/test_capture.py tests/test_probes.py \
              2>&1 | tee "$OUT/tests.log" ;;
     profile) timeout 240 python3 benchmarks/profile_forward.py 2>&1 | tee "$OUT/profile.md" ;;
+    shards) timeout 500 python3 benchmarks/shards_gpu.py --out "$OUT" "${extra[@]}" 2>&1 | tee "$OUT/shards.log" ;;
     scan) timeout 120 python3 benchmarks/extract.py --scan-configs --out "$OUT" 2>&1 | tee "$OUT/scan.log" ;;
     bench) timeout 540 python3 benchmarks/extract.py --out "$OUT" "${extra[@]}" 2>&1 | tee "$OUT/bench.log" ;;
     quick) timeout 300 python3 benchmarks/extract.py --quick --out "$OUT" "${extra[@]}" 2>&1 | tee "$OUT/quick.log" ;;

@@ -1,0 +1,60 @@
+"""reprflow.devices: device names and GPU claims of concurrent jobs."""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from reprflow.devices import claim_gpu, resolve_device
+from reprflow.errors import ConfigError
+
+_HOLDER = textwrap.dedent(
+    """
+    import sys, time
+    from reprflow.devices import claim_gpu
+    print(claim_gpu(int(sys.argv[2]), lock_dir=sys.argv[1], poll_s=0.05), flush=True)
+    time.sleep(float(sys.argv[3]))
+    """
+)
+
+
+def _spawn(lock_dir, n, hold_s):
+    return subprocess.Popen([sys.executable, "-c", _HOLDER, str(lock_dir), str(n), str(hold_s)],
+                            stdout=subprocess.PIPE, text=True)
+
+
+def test_concurrent_jobs_claim_different_gpus_and_a_third_waits(tmp_path):
+    first = _spawn(tmp_path, 2, 30)
+    assert first.stdout.readline().strip() == "0"
+    second = _spawn(tmp_path, 2, 30)
+    assert second.stdout.readline().strip() == "1"
+    third = _spawn(tmp_path, 2, 0)  # both claimed: waits until one is released
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            third.wait(timeout=1.0)
+        first.kill()  # SIGKILL: the OS drops the lock
+        first.wait()
+        assert third.stdout.readline().strip() == "0"
+        assert third.wait(timeout=30) == 0
+    finally:
+        for p in (first, second, third):
+            p.kill()
+            p.wait()
+
+
+def test_a_process_keeps_its_claim(tmp_path):
+    first = claim_gpu(3, lock_dir=tmp_path / "locks")
+    assert claim_gpu(3, lock_dir=tmp_path / "locks") == first
+    assert (tmp_path / "locks" / f"gpu{first}.lock").read_text().strip().isdigit()
+
+
+def test_device_names():
+    assert resolve_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        assert resolve_device("auto") == torch.device("cpu")
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            resolve_device("cuda:1")
+    with pytest.raises(ConfigError, match="is not a device"):
+        resolve_device("gpu0")
