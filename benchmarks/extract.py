@@ -186,14 +186,6 @@ def run_reprflow_engine(model, tokenizer, prompts, out_path: Path, *, batch_size
     return {"tokens": s.tokens, "seconds": s.seconds, "wall": wall, "tok_s": s.tokens / s.seconds}
 
 
-class _NoEvent:
-    def record(self):
-        pass
-
-    def synchronize(self):
-        pass
-
-
 class _Writer:
     """Background Zarr writer fed from pinned host buffers (engine ``local``)."""
 
@@ -220,9 +212,8 @@ class _Writer:
             if item is None:
                 return
             try:
-                event, kind, sl, host = item
-                event.synchronize()
-                arr = host.float().numpy()
+                kind, sl, pending = item
+                arr = pending.wait().float().numpy()
                 if kind == "last":
                     self.last[:, sl, :] = arr
                 else:
@@ -232,12 +223,9 @@ class _Writer:
                 self.err.append(exc)
 
     def put(self, kind, sl, gpu_tensor):
-        cuda = gpu_tensor.is_cuda
-        host = torch.empty(gpu_tensor.shape, dtype=gpu_tensor.dtype, pin_memory=cuda)
-        host.copy_(gpu_tensor, non_blocking=cuda)
-        ev = torch.cuda.Event() if cuda else _NoEvent()
-        ev.record()
-        self.q.put((ev, kind, sl, host))
+        from reprflow.transfer import copy_to_host
+
+        self.q.put((kind, sl, copy_to_host(gpu_tensor)))  # pinned, asynchronous
 
     def close(self):
         self.q.put(None)

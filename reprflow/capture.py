@@ -218,13 +218,16 @@ class CapturedBatch:
         )
 
 
-def last_token_index(attention_mask: Tensor) -> Tensor:
+def last_token_index(attention_mask: Tensor, *, check: bool = True) -> Tensor:
     """Position of the last real token of every right-padded row.
 
     Parameters
     ----------
     attention_mask : Tensor of shape (batch, n_tokens)
         1 for real tokens, 0 for padding; padding must be on the right.
+    check : bool
+        Verify the right padding. On a GPU that reads a flag back from the device, i.e.
+        waits for it; pass False for a mask already checked on the host.
 
     Returns
     -------
@@ -240,6 +243,8 @@ def last_token_index(attention_mask: Tensor) -> Tensor:
         raise ReprflowError(f"attention_mask must be (batch, n_tokens), got shape {tuple(attention_mask.shape)}")
     mask = attention_mask != 0
     lengths = mask.sum(dim=1)
+    if not check:
+        return lengths - 1
     positions = torch.arange(mask.shape[1], device=mask.device)
     right_padded = positions[None, :] < lengths[:, None]  # (batch, n_tokens)
     bad = (right_padded != mask).any(dim=1) | (lengths == 0)
@@ -276,9 +281,8 @@ def forward_states(
     token_rows : sequence of int, optional
         Batch rows whose full token states are returned in ``tokens``.
     check_padding : bool
-        Verify the right padding (:func:`last_token_index`). That reads a flag back from
-        the device, i.e. waits for the GPU; a caller that built the mask itself and
-        checked it on the host passes False so that batches queue without a sync.
+        Verify the right padding (``last_token_index(check=...)``); a caller that checked
+        the mask on the host passes False so that batches queue without a device sync.
 
     Returns
     -------
@@ -312,10 +316,7 @@ def forward_states(
     rows = tuple(int(r) for r in (token_rows or ()))
     if any(not 0 <= r < batch for r in rows):
         raise ReprflowError(f"forward_states: token_rows {list(rows)} out of range for batch size {batch}")
-    if check_padding:
-        last_idx = last_token_index(attention_mask)  # (batch,)
-    else:
-        last_idx = (attention_mask != 0).sum(dim=1) - 1
+    last_idx = last_token_index(attention_mask, check=check_padding)  # (batch,)
     lengths = last_idx + 1
     batch_idx = torch.arange(batch, device=input_ids.device)
     if rows:

@@ -318,14 +318,6 @@ def start_token_states_copy(states: torch.Tensor, *, disk_dtype: str) -> Pending
     return PendingTokenStates(states=copy_to_host(states.to(dtype)), peak=peak)
 
 
-def token_states_to_host(states: torch.Tensor, *, disk_dtype: str) -> tuple[np.ndarray, float]:
-    """Copy one prompt's token states [n_states, n_tokens, hidden] to host memory, now.
-
-    Same rule as :class:`PendingTokenStates`; returns (states, peak |x|).
-    """
-    return start_token_states_copy(states, disk_dtype=disk_dtype).result()
-
-
 def _materialize_last(shape: tuple[int, int, int], parts: Sequence[tuple[np.ndarray, PendingHost]]) -> np.ndarray:
     """Wait for a window's last-token copies; return ``last`` [n_states, n_window, hidden] float32."""
     last = np.empty(shape, dtype=np.float32)

@@ -596,9 +596,9 @@ class StoreWriter:
         )
         return dtype
 
-    def _check_dtype(self) -> str:
-        """dtype to check values against: the decided one, or the configured one (auto: float32)."""
-        dtype = self.decided_dtype() or self.spec.store_dtype
+    def _check_dtype(self, decided: str | None) -> str:
+        """dtype to check values against: the ``decided`` one, or the configured one (auto: float32)."""
+        dtype = decided or self.spec.store_dtype
         return "float32" if dtype == "auto" else dtype
 
     def _token_slot(self, pid: int, states: np.ndarray) -> int:
@@ -636,9 +636,9 @@ class StoreWriter:
         dtype = self.decided_dtype()
         what = f"'tokens' (prompt {pid})"
         if peak is None:
-            peak = check_range(states, dtype=self._check_dtype(), what=what, path=self.path)
+            peak = check_range(states, dtype=self._check_dtype(dtype), what=what, path=self.path)
         else:
-            check_peak(peak, dtype=self._check_dtype(), what=what, path=self.path)
+            check_peak(peak, dtype=self._check_dtype(dtype), what=what, path=self.path)
         if dtype is None:
             dtype = self.decide_dtype(peak, self.spec.window_of(pid))
         tok_arr = self._group()["tokens"].with_config(_WRITE_CONFIG)
@@ -678,21 +678,21 @@ class StoreWriter:
         for pid, states in tokens.items():
             self._token_slot(pid, states)
         where = f"window {w} (samples {start}..{stop})"
-        dtype = self._check_dtype()
-        peak = check_range(last, dtype=dtype, what=f"{where} of 'last'", path=self.path)
+        dtype = self.decided_dtype()
+        check_dtype = self._check_dtype(dtype)
+        peak = check_range(last, dtype=check_dtype, what=f"{where} of 'last'", path=self.path)
         token_peaks = {}
         for pid, states in tokens.items():
             what = f"{where} of 'tokens' (prompt {pid})"
-            token_peaks[pid] = check_range(states, dtype=dtype, what=what, path=self.path)
-        if self.decided_dtype() is None:
-            self.decide_dtype(max([peak, *token_peaks.values()]), w)
+            token_peaks[pid] = check_range(states, dtype=check_dtype, what=what, path=self.path)
+        if dtype is None:
+            dtype = self.decide_dtype(max([peak, *token_peaks.values()]), w)
         for pid, states in tokens.items():
             self.write_tokens(pid, states, peak=token_peaks[pid])
         missing = sorted(set(expect_ids) - self._tokens_written)
         if missing:
             raise StoreError(f"{self.path}: window {w}: token states of prompts {missing} were not written")
         group = self._group()
-        dtype = self.decided_dtype()
         # The runtime config is not persisted with the array: reapply it on every open.
         last_arr = group["last"].with_config(_WRITE_CONFIG)
         last_arr[:, start - spec.sample_start : stop - spec.sample_start, :] = last.astype(dtype, copy=False)

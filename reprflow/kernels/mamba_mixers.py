@@ -37,7 +37,9 @@ from reprflow.kernels.selective_scan import selective_scan
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["install_mamba_forward", "install_mamba2_forward", "mamba_mixer_forward", "mamba2_mixer_forward"]
+__all__ = [
+    "install_mamba_forward", "install_mamba2_forward", "mamba_mixer_forward", "mamba2_mixer_forward", "patch_forward",
+]
 
 
 def _mask_rows(hidden_states: Tensor, attention_mask: Tensor | None) -> Tensor:
@@ -150,7 +152,13 @@ def mamba2_mixer_forward(
     return mixer.out_proj(y.to(dtype))
 
 
-def _patch(mixer: nn.Module, fast: Callable[..., Tensor]) -> None:
+def patch_forward(mixer: nn.Module, fast: Callable[..., Tensor]) -> None:
+    """Route ``mixer.forward`` (an HF Mamba/Mamba-2 mixer or block) to ``fast``, in place.
+
+    ``fast(module, hidden_states, attention_mask)`` serves full-sequence inference; with a
+    cache or in training mode the module's own forward runs. Marks the module
+    ``_reprflow_fastpath`` so that installing twice is a no-op.
+    """
     original = mixer.forward  # bound method of the HF class
 
     def forward(self, hidden_states, cache_params=None, attention_mask=None, **kwargs):
@@ -188,7 +196,7 @@ def install_mamba_forward(
                 self, h, mask, scan_impl=scan_impl, conv_impl=conv_impl, compiled_scan=compiled_scan
             )
 
-        _patch(m, fast)
+        patch_forward(m, fast)
     return len(mixers)
 
 
@@ -216,5 +224,5 @@ def install_mamba2_forward(model: nn.Module, *, kernels: MambaSsmKernels, conv_i
         def fast(self, h, mask):
             return mamba2_mixer_forward(self, h, mask, kernels=kernels, conv_impl=conv_impl)
 
-        _patch(m, fast)
+        patch_forward(m, fast)
     return len(mixers)

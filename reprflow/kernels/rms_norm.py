@@ -106,16 +106,12 @@ def rms_norm(x: Tensor, weight: Tensor, *, eps: float, input_dtype: torch.dtype 
     return out.view(x.shape)
 
 
-def _block_forward(self: nn.Module, hidden_states: Tensor, cache_params=None, attention_mask=None, **kwargs):
-    """HF's ``MambaBlock``/``Mamba2Block.forward`` with the input rounding fused into the norm."""
-    if cache_params is not None or self.training:
-        return self._reprflow_original_forward(hidden_states, cache_params=cache_params,
-                                               attention_mask=attention_mask, **kwargs)
+def _block_forward(self: nn.Module, hidden_states: Tensor, attention_mask: Tensor | None) -> Tensor:
+    """HF's ``MambaBlock``/``Mamba2Block.forward`` (no cache) with the input rounding fused into the norm."""
     norm = self.norm
     normed = rms_norm(hidden_states, norm.weight, eps=norm.variance_epsilon, input_dtype=norm.weight.dtype)
     residual = hidden_states.to(torch.float32) if self.residual_in_fp32 else hidden_states
-    out = self.mixer(normed, cache_params=None, attention_mask=attention_mask, **kwargs)
-    return residual + out
+    return residual + self.mixer(normed, cache_params=None, attention_mask=attention_mask)
 
 
 def _forward(self: nn.Module, hidden_states: Tensor) -> Tensor:
@@ -134,6 +130,8 @@ def install_rms_norm(model: nn.Module) -> int:
     int
         Number of norms switched.
     """
+    from reprflow.kernels.mamba_mixers import patch_forward
+
     names = {"MambaRMSNorm", "Mamba2RMSNorm"}
     blocks = {"MambaBlock", "Mamba2Block"}
     n = 0
@@ -142,11 +140,10 @@ def install_rms_norm(model: nn.Module) -> int:
             continue
         if type(m).__name__ in names:
             m.forward = types.MethodType(_forward, m)
+            m._reprflow_fastpath = True
         elif type(m).__name__ in blocks and type(getattr(m, "norm", None)).__name__ in names:
-            m._reprflow_original_forward = m.forward
-            m.forward = types.MethodType(_block_forward, m)
+            patch_forward(m, _block_forward)  # a cache or training mode keeps HF's forward
         else:
             continue
-        m._reprflow_fastpath = True
         n += 1
     return n
