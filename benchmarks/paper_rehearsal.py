@@ -1,0 +1,169 @@
+"""Summarise a paper-config rehearsal run and project the full paper run from it.
+
+A rehearsal runs ``snakemake results/table1.csv`` on the paper config with a reduced prompt
+count (``benchmarks/paper_rehearsal_gpu.sh`` on one GPU). This script reads what that run left:
+
+- Snakemake's ``benchmark:`` files (``<root>/logs/benchmarks/<phase>/...tsv``): wall seconds per job;
+- each activation store's ``zarr.json`` attrs (``timing``: tokens, seconds of GPU extraction);
+- each store's bytes on disk, split into its ``last`` and ``tokens`` arrays;
+
+and prints markdown tables: per-rule time, per-cell extraction (tok/s, load overhead, disk),
+and a projection of the full paper run (every cell at ``--full-prompts`` prompts and
+``--full-token-prompts`` token prompts) in GPU-hours, wall time on 1/2/4/8 GPUs and disk.
+
+Projection model, per extraction cell: ``overhead + tokens_full / rate`` where ``overhead`` is
+the measured job time minus its extraction seconds (model build/load, tokenisation, store
+open/finalise) and ``rate`` the measured tokens/s of that cell; ``tokens_full`` scales the
+rehearsal's tokens by ``full_prompts / n_prompts``. Token-state cost is included in ``rate`` and
+is taken as fixed per cell (token prompts do not scale with the prompt count). CPU stages
+(metrics, probes) scale as measured with their inputs: metrics with token prompts, probes with
+prompts. Disk: ``last`` bytes scale with prompts, ``tokens`` bytes with token prompts.
+
+Usage::
+
+    python benchmarks/paper_rehearsal.py --root . --n-prompts 200 --n-token-prompts 2 \
+        --full-prompts 25000 --full-token-prompts 64 [--pretrained-arm]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+
+def tree_bytes(path: Path) -> int:
+    """Bytes of all files under ``path`` (apparent size; 0 if missing)."""
+    if not path.exists():
+        return 0
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def read_benchmarks(root: Path) -> list[dict]:
+    """One row per Snakemake benchmark file: phase, cell key, wall seconds, max RSS (MB)."""
+    rows = []
+    base = root / "logs" / "benchmarks"
+    for tsv in sorted(base.rglob("*.tsv")):
+        with tsv.open() as fh:
+            rec = next(csv.DictReader(fh, delimiter="\t"), None)
+        if rec is None:
+            continue
+        rel = tsv.relative_to(base)
+        rows.append({
+            "phase": rel.parts[0],
+            "key": str(rel.with_suffix(""))[len(rel.parts[0]) + 1:],
+            "seconds": float(rec["s"]),
+            "max_rss_mb": float(rec.get("max_rss") or "nan") if rec.get("max_rss") not in (None, "NA", "-") else math.nan,
+        })
+    return rows
+
+
+def read_stores(root: Path) -> dict[str, dict]:
+    """``model/init/task_nL`` -> timing attrs and bytes of each store under results/activations."""
+    out = {}
+    base = root / "results" / "activations"
+    for meta in sorted(base.glob("*/*/*.zarr/zarr.json")):
+        store = meta.parent
+        attrs = json.loads(meta.read_text()).get("attributes", {})
+        key = str(store.relative_to(base).with_suffix(""))
+        out[key] = {
+            "timing": attrs.get("timing") or {},
+            "n_samples": attrs.get("n_samples"),
+            "store_dtype": attrs.get("store_dtype"),
+            "last_bytes": tree_bytes(store / "last"),
+            "tokens_bytes": tree_bytes(store / "tokens"),
+            "bytes": tree_bytes(store),
+        }
+    return out
+
+
+def fmt_s(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 600 else f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.2f} h"
+
+
+def fmt_b(n: float) -> str:
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n / 1e3:.0f} kB"
+
+
+def lpt_makespan(durations: list[float], workers: int) -> float:
+    """Wall time of longest-first list scheduling of independent jobs on ``workers`` GPUs."""
+    loads = [0.0] * workers
+    for d in sorted(durations, reverse=True):
+        loads[loads.index(min(loads))] += d
+    return max(loads) if loads else 0.0
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--root", type=Path, default=Path("."), help="the run's out_dir")
+    ap.add_argument("--n-prompts", type=int, required=True, help="prompts per set in the rehearsal")
+    ap.add_argument("--n-token-prompts", type=int, required=True, help="token prompts per store in the rehearsal")
+    ap.add_argument("--full-prompts", type=int, default=25000)
+    ap.add_argument("--full-token-prompts", type=int, default=64)
+    ap.add_argument("--pretrained-arm", action="store_true",
+                    help="count every scope-all cell twice (pretrained + random; same compute, weights loaded instead of built)")
+    args = ap.parse_args(argv)
+
+    bench = read_benchmarks(args.root)
+    stores = read_stores(args.root)
+    scale_p = args.full_prompts / args.n_prompts
+    scale_t = args.full_token_prompts / max(args.n_token_prompts, 1)
+
+    print("## Per rule (rehearsal)\n")
+    print("| phase | jobs | total | mean | max |\n|---|---|---|---|---|")
+    by_phase = defaultdict(list)
+    for r in bench:
+        by_phase[r["phase"]].append(r["seconds"])
+    for phase, secs in sorted(by_phase.items()):
+        print(f"| {phase} | {len(secs)} | {fmt_s(sum(secs))} | {fmt_s(sum(secs) / len(secs))} | {fmt_s(max(secs))} |")
+
+    print("\n## Extraction per cell (rehearsal)\n")
+    print("| cell | job | GPU extraction | tok/s | overhead | last | tokens | dtype |\n|---|---|---|---|---|---|---|---|")
+    job_s = {r["key"]: r["seconds"] for r in bench if r["phase"] == "activations"}
+    projected, disk_full = [], 0.0
+    for key, st in sorted(stores.items()):
+        t = st["timing"]
+        ext_s, rate = float(t.get("seconds") or 0.0), float(t.get("tokens_per_s") or 0.0)
+        wall = job_s.get(key, math.nan)
+        overhead = max(wall - ext_s, 0.0) if not math.isnan(wall) else math.nan
+        print(f"| {key} | {fmt_s(wall)} | {fmt_s(ext_s)} | {rate / 1e3:.1f}K | {fmt_s(overhead)} | "
+              f"{fmt_b(st['last_bytes'])} | {fmt_b(st['tokens_bytes'])} | {st['store_dtype']} |")
+        if rate > 0 and not math.isnan(overhead):
+            full_tokens = float(t.get("tokens") or 0.0) * scale_p
+            projected.append(overhead + full_tokens / rate)
+            disk_full += st["last_bytes"] * scale_p + st["tokens_bytes"] * scale_t
+    arms = 2 if args.pretrained_arm else 1
+    # Only scope-all cells (those with probes) run in the pretrained arm too.
+    probe_keys = {r["key"] for r in bench if r["phase"] == "probes"}
+    extra = [p for (key, p) in zip(sorted(stores), projected) if key in probe_keys] if arms == 2 else []
+    gpu_jobs = projected + extra
+    cpu = defaultdict(float)
+    for r in bench:
+        if r["phase"] == "metrics":
+            cpu["metrics"] += r["seconds"] * scale_t * (2 if arms == 2 and r["key"] in probe_keys else 1)
+        elif r["phase"] == "probes":
+            cpu["probes"] += r["seconds"] * scale_p * arms
+    if arms == 2:
+        disk_full += sum(stores[k]["last_bytes"] * scale_p + stores[k]["tokens_bytes"] * scale_t
+                         for k in stores if k in probe_keys)
+
+    print(f"\n## Projection: full paper run ({args.full_prompts} prompts, {args.full_token_prompts} token prompts per store, "
+          f"{'pretrained + random' if arms == 2 else 'this arm only'})\n")
+    print(f"- extraction jobs: {len(gpu_jobs)}, {sum(gpu_jobs) / 3600:.2f} GPU-hours (longest job {fmt_s(max(gpu_jobs, default=0))})")
+    print(f"- metrics (token-level, scale with token prompts): {cpu['metrics'] / 3600:.2f} h of job time")
+    print(f"- probes (scale with prompts): {cpu['probes'] / 3600:.2f} h of job time")
+    print(f"- activation stores on disk: {fmt_b(disk_full)}")
+    print("\n| GPUs | extraction wall (longest first) | + metrics and probes spread over the same GPUs |\n|---|---|---|")
+    for g in (1, 2, 4, 8):
+        ext = lpt_makespan(gpu_jobs, g)
+        print(f"| {g} | {fmt_s(ext)} | {fmt_s(ext + (cpu['metrics'] + cpu['probes']) / g)} |")
+
+
+if __name__ == "__main__":
+    main()

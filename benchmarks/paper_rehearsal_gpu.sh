@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# GPU dress rehearsal of the paper run: `snakemake results/table1.csv` on config/config.yaml with
+# the reduced prompt count of config/rehearsal.yaml (random-init arm + the Fig. 3 init sweep,
+# all five paper models, both tasks, all four lengths), on a bare offline GPU machine.
+#
+#   bash benchmarks/paper_rehearsal_gpu.sh [run] [summary]        (repo root; $OUT receives logs)
+#
+# Needs .gpu/ (carried): wheels of snakemake and its closure, zarr, numcodecs, transformers and
+# the mamba_ssm sdist (see benchmarks/extract_gpu.sh for the Triton-only mamba_ssm install).
+# `run` may be repeated after a kill or a time limit: Snakemake resumes (--rerun-incomplete) and
+# extraction resumes from <store>.zarr.partial. `summary` prints benchmarks/paper_rehearsal.py.
+set -uo pipefail
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+OUT=${OUT:-benchmarks/out}
+RUN_LIMIT=${RUN_LIMIT:-540}
+mkdir -p "$OUT"
+SITE=/tmp/reprflow-site
+if [ ! -f "$SITE/.done" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .gpu/*.whl || exit 1
+  MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE python3 -m pip install -q --no-index --no-deps \
+    --no-build-isolation --no-cache-dir --target "$SITE" .gpu/mamba_ssm-*.tar.gz || exit 1
+  touch "$SITE/.done"
+fi
+export PYTHONPATH="$SITE:$PWD" PATH="$SITE/bin:$PATH"
+steps=("$@"); [ ${#steps[@]} -eq 0 ] && steps=(run summary)
+CFG=(--configfile config/config.yaml config/rehearsal.yaml)
+for s in "${steps[@]}"; do
+  case "$s" in
+    run)
+      nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$OUT/env.txt"
+      df -h . | tee -a "$OUT/env.txt"
+      python3 -m snakemake -n --quiet rules "${CFG[@]}" results/table1.csv 2>&1 | tail -40 | tee "$OUT/dryrun.log"
+      # sample the GPU's busy fraction and the disk every 5 s while Snakemake runs
+      ( while true; do echo "$(date +%s) $(nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader,nounits) $(df -B1 --output=used . | tail -1)"; sleep 5; done ) > "$OUT/samples.txt" &
+      sampler=$!
+      start=$(date +%s)
+      timeout "$RUN_LIMIT" python3 -m snakemake --cores "$(nproc)" --rerun-incomplete "${CFG[@]}" results/table1.csv \
+        > "$OUT/snakemake.log" 2>&1
+      rc=$?
+      kill $sampler
+      echo "snakemake rc=$rc wall=$(( $(date +%s) - start )) s" | tee -a "$OUT/env.txt"
+      tail -25 "$OUT/snakemake.log"
+      ;;
+    summary)
+      python3 benchmarks/paper_rehearsal.py --root . \
+        --n-prompts "$(python3 -c 'import yaml; print(yaml.safe_load(open("config/rehearsal.yaml"))["prompts"]["n_prompts"])')" \
+        --n-token-prompts "$(python3 -c 'import yaml; print(yaml.safe_load(open("config/rehearsal.yaml"))["extraction"]["n_token_prompts"])')" \
+        --pretrained-arm 2>&1 | tee "$OUT/rehearsal.md"
+      du -sh results/activations/*/* 2>/dev/null | tee "$OUT/du.txt"
+      tar czf "$OUT/logs.tgz" logs .snakemake/log 2>/dev/null
+      ;;
+    *) echo "unknown step $s"; exit 2 ;;
+  esac
+done
