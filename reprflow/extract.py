@@ -200,6 +200,7 @@ def _tokenize(
 
 
 def _content_sha256(ids: Mapping[int, Sequence[int]]) -> str:
+    """sha256 of the model input: (index, length, token ids) of each prompt, by ascending index."""
     digest = hashlib.sha256()
     for i in sorted(ids):
         digest.update(np.asarray([i, len(ids[i])], dtype=np.int64).tobytes())

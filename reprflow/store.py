@@ -27,12 +27,47 @@ How a store is written (``StoreWriter``)
   disk, its marker ``_done[w]`` is set. Zarr's local store writes every file through
   a temporary name and a rename, so a chunk or a marker is either whole or absent.
 * A rerun opens the partial store, checks that its attrs and the writer fingerprint
-  (shapes, chunking, requested dtype, digest of the token ids) match, skips finished
-  windows and continues; a mismatching or unreadable partial store is deleted with a
-  log line and restarted.
+  (below) match, skips finished windows and continues; a mismatching or unreadable
+  partial store is deleted with a log line and restarted.
 * ``finalize`` writes ``complete: true`` into the attrs last, then renames
   ``.partial`` to the final name. A SIGKILL at any point therefore never leaves a
   final-named store. A rerun when the complete final store exists is a no-op.
+
+What the writer fingerprint covers (attr ``writer``)
+-----------------------------------------------------
+A partial store is resumed, and a complete one reused, only if all of these match:
+``spec`` (shapes, sample range, token prompt ids, chunking, requested dtype);
+``content_sha256``, the sha256 of the model *input*: for every sample and token prompt of
+the store, in prompt-file order, its index, its length and its token ids; ``meta_sha256``
+(labels, n_tokens, lengths); the caller's ``attrs`` (model id and revision, init scheme,
+params and seed, compute dtype and device, the prompt file's sha256, the config digest);
+``reprflow_version``; and ``chunk_checksum``. ``content_sha256`` deliberately covers the
+input only. The *output* is protected per chunk (next section): a store-wide digest of
+the activations would need a full reread (terabytes at paper scale) to verify, and could
+only say that something somewhere changed. The model weights are identified by id and
+revision, not hashed (tens of GB per model): pin ``revision`` for hub models; a local
+model folder whose weights change in place is not detected.
+
+Integrity
+---------
+Every chunk of every array (``last``, ``tokens``, ``labels``, ``n_tokens``, ``lengths``,
+``_done``) ends with its crc32c (zarr v3's ``crc32c`` codec, after any compression), which
+zarr verifies on every read. :func:`open_store` returns a :class:`StoreGroup` whose arrays
+turn a failed read into one :class:`StoreError` naming the store, the array, the chunk
+(index and file) and how to rebuild the store; it also refuses a complete store that lacks
+a chunk file it must hold (such a chunk would read as zeros). crc32c catches any change to
+a chunk's bytes: bit rot, a truncated or partly copied file, a file overwritten with other
+(even plausible) values; a wrong-size chunk is reported by its size. It does not catch a
+chunk file replaced by another *whole* valid chunk file, checksum included (two files
+swapped), or deliberate tampering. Cost: about 1.1-1.2x the CPU time of an uncompressed
+write and 1.2-1.4x of a read (benchmarks/results/store_codec.md); on the GPU path the
+writes run on the host writer thread.
+
+Stores written before checksums are read, with a :class:`~reprflow.errors.StoreWarning`
+(once per store and process) and a log warning; their damaged chunks still raise the
+:class:`StoreError` naming the chunk when zarr cannot decode them (e.g. a wrong size), but
+same-size damage goes unnoticed. The writer never reuses such a store (its fingerprint
+lacks ``chunk_checksum``): rerunning the extraction rewrites it with checksums.
 
 Chunking
 --------
@@ -375,8 +410,9 @@ class StoreWriter:
     lengths : ndarray of shape (n_prompts,)
         Token counts of the token prompts (``spec.token_prompt_ids``).
     content_sha256 : str
-        Digest of what is being encoded (token ids of the samples); a partial store
-        written from other content is not resumed.
+        Digest of the model input (index, length and token ids of every sample and token
+        prompt; see "What the writer fingerprint covers" above); a store written from other
+        content is neither resumed nor reused.
     """
 
     def __init__(
