@@ -873,6 +873,8 @@ class StoreArray:
         self.name = name
 
     def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("__") or attr == "array":  # copy/pickle probe before __init__ ran
+            raise AttributeError(attr)
         return getattr(self.array, attr)
 
     def __len__(self) -> int:
@@ -941,6 +943,8 @@ class StoreGroup:
         self._arrays: dict[str, StoreArray] = {}
 
     def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("__") or attr == "group":
+            raise AttributeError(attr)
         return getattr(self.group, attr)
 
     @property
