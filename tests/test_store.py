@@ -152,7 +152,7 @@ def test_resume_skips_written_windows_and_matches_one_shot(tmp_path):
     # the rerun must not need the data of finished windows: poison them
     poisoned = last.copy()
     poisoned[:, :8] = np.nan
-    _write(two, poisoned, tokens, labels, n_tokens)
+    assert _write(two, poisoned, tokens, labels, n_tokens).resumed_windows == 2
     np.testing.assert_array_equal(open_store(two)["last"][:], last)
     # a rerun on the complete store is a no-op (poisoned data is never written), also with
     # other chunking; other content (labels) rewrites it
@@ -177,7 +177,8 @@ def test_mismatching_partial_is_restarted(tmp_path):
     path = tmp_path / "s.zarr"
     _write(path, last, tokens, labels, n_tokens, stop_after=1)
     other_labels = labels + 1  # different prompt content -> different fingerprint
-    _write(path, last, tokens, other_labels, n_tokens)
+    writer = _write(path, last, tokens, other_labels, n_tokens)
+    assert writer.restart_reason == "labels, n_tokens or lengths differ" and writer.resumed_windows == 0
     np.testing.assert_array_equal(open_store(path)["labels"][:], other_labels)
     np.testing.assert_array_equal(open_store(path)["last"][:], last)
 
@@ -348,6 +349,12 @@ def test_chunk_overwritten_with_plausible_float16_values_is_refused(tmp_path, co
         np.asarray(g["last"])
     with pytest.raises(StoreError, match=r"array 'last', chunk \(1, 0, 0\)"):
         open_sharded([path])["last"][1:3, 2]
+    if not compress:  # the consumer of the issue (a probe accuracy moved 0.167 -> 0.292) now stops
+        from reprflow.pipeline.probe_stage import run_probe_stage
+
+        with pytest.raises(StoreError, match=rf"array 'last', chunk \(1, 0, 0\).*{REBUILD}"):
+            run_probe_stage(path, tmp_path / "probes.csv", views=("hf",), epochs=2, seeds=(0,))
+        assert not (tmp_path / "probes.csv").exists()
 
 
 def test_chunk_rewritten_with_random_values_of_the_right_shape_is_refused(tmp_path):
