@@ -86,7 +86,7 @@ Precision
 Zarr has no bfloat16. ``store_dtype`` is ``"float32"``, ``"float16"`` or ``"auto"``.
 Every window is checked *before* conversion: non-finite values always raise
 ``StoreError``; a window written as float16 must have max |x| < 65504 or it raises
-``StoreError`` naming the window and the fix (``store_dtype: float32``). ``"auto"``
+``StoreError`` naming the window and the fix (``extraction.store_dtype: float32``). ``"auto"``
 decides once, before the first window is written (the extraction loop calls
 ``StoreWriter.decide_dtype`` with the peak of its first batch, so that token states can
 be converted to float16 on the GPU; otherwise the peak of the first window written is
@@ -378,12 +378,13 @@ def check_peak(peak: float, *, dtype: str, what: str, path: Path) -> None:
     if not math.isfinite(peak):
         raise StoreError(
             f"{path}: {what} holds non-finite values (NaN or inf); the forward pass diverged. "
-            "Check the init scale and compute dtype (float16 compute overflows GPT-Neo/NeoX)."
+            "Check the init's scale (config inits[].params) and extraction.compute_dtype (float16 compute "
+            "overflows GPT-Neo/NeoX; use bfloat16 or float32)."
         )
     if dtype == "float16" and peak >= FLOAT16_MAX:
         raise StoreError(
             f"{path}: {what} has max |x| = {peak:.6g}, which overflows float16 (limit "
-            f"{FLOAT16_MAX:g}); set `store_dtype: float32` in the config and rerun"
+            f"{FLOAT16_MAX:g}); set `extraction.store_dtype: float32` in the config and rerun"
         )
 
 

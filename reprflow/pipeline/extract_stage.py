@@ -35,6 +35,8 @@ def compute_dtype_for(name: str, device: torch.device) -> torch.dtype:
     if name == "bfloat16" and device.type != "cuda":
         logger.info("compute_dtype bfloat16 requested on %s; computing in float32", device)
         return torch.float32
+    if name not in _DTYPES:
+        raise ConfigError(f"extraction.compute_dtype is {name!r}; expected one of {sorted(_DTYPES)}")
     return _DTYPES[name]
 
 
