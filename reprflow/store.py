@@ -842,7 +842,7 @@ def _chunk_problem(arr: zarr.Array, coords: tuple[int, ...], file: Path) -> str 
     size, expect = file.stat().st_size, _encoded_chunk_size(arr)
     if expect is not None and size != expect:
         return f"the file has {size} bytes, expected {expect} (truncated, or overwritten with other data)"
-    if _has_checksum(arr) and isinstance(arr.compressors[-1], Crc32cCodec):
+    if arr.compressors and isinstance(arr.compressors[-1], Crc32cCodec):
         data = file.read_bytes()
         stored = bytes(data[-4:])
         computed = np.uint32(google_crc32c.value(data[:-4])).tobytes()
@@ -900,7 +900,7 @@ class StoreArray:
     def _read(self, key: Any, read: Any) -> Any:
         try:
             return read(key)
-        except (IndexError, KeyboardInterrupt):
+        except (IndexError, MemoryError):
             raise
         except Exception as exc:
             try:
