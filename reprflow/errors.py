@@ -17,6 +17,10 @@ class StoreError(ReprflowError):
     """An activation store is missing, incomplete or inconsistent."""
 
 
+class StoreWarning(UserWarning):
+    """A store can be read but not fully trusted (e.g. written without chunk checksums)."""
+
+
 class PromptError(ReprflowError):
     """A prompt source file is missing or malformed, or calibration failed."""
 

@@ -39,6 +39,7 @@ import hashlib
 import logging
 import os
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -174,8 +175,8 @@ def _check_prompts(
         if n > max_context:
             raise ReprflowError(
                 f"{prompt_file}: prompt {prompts[longest].get('id', longest)!r} has {n} tokens, beyond the "
-                f"model's context limit of {max_context}; this length must be skipped for this model "
-                "(the workflow drops lengths beyond the context window)"
+                f"model's context limit of {max_context}; skip this length for this model (the workflow "
+                f"skips it when the model's config entry sets `max_context: {max_context}`)"
             )
 
 
@@ -199,11 +200,32 @@ def _tokenize(
 
 
 def _content_sha256(ids: Mapping[int, Sequence[int]]) -> str:
+    """sha256 of the model input: (index, length, token ids) of each prompt, by ascending index."""
     digest = hashlib.sha256()
     for i in sorted(ids):
         digest.update(np.asarray([i, len(ids[i])], dtype=np.int64).tobytes())
         digest.update(np.asarray(ids[i], dtype=np.int64).tobytes())
     return digest.hexdigest()
+
+
+def _console(message: str) -> None:
+    """Tell the user now: stderr (the console of a Snakemake job) and the log."""
+    logger.info("%s", message)
+    print(f"reprflow: {message}", file=sys.stderr, flush=True)
+
+
+def _announce_resume(writer: StoreWriter, pending: Sequence[int]) -> None:
+    """Say on the console that a partial store is resumed (or was restarted), and how far it is."""
+    spec = writer.spec
+    if writer.restart_reason is not None:
+        _console(f"{writer.partial}: a partial store from another run ({writer.restart_reason}) was deleted; "
+                 "starting over")
+    todo = set(pending)
+    done = [w for w in range(spec.n_windows) if w not in todo]
+    if done:
+        written = sum(b - a for a, b in map(spec.window_range, done))
+        _console(f"resuming {writer.partial}: {written:,} of {spec.n_samples:,} prompts already written "
+                 f"({len(done)} of {spec.n_windows} windows); extracting the remaining {spec.n_samples - written:,}")
 
 
 class _WindowSink:
@@ -474,6 +496,7 @@ def extract_activations(
             already_complete=True,
         )
     pending = writer.pending_windows()
+    _announce_resume(writer, pending)
     model.to(device=device, dtype=compute_dtype)
     model.eval()
     fastpath = prepare_model(model)  # kernels chosen for this device; recorded in attrs and the log

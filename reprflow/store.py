@@ -27,12 +27,47 @@ How a store is written (``StoreWriter``)
   disk, its marker ``_done[w]`` is set. Zarr's local store writes every file through
   a temporary name and a rename, so a chunk or a marker is either whole or absent.
 * A rerun opens the partial store, checks that its attrs and the writer fingerprint
-  (shapes, chunking, requested dtype, digest of the token ids) match, skips finished
-  windows and continues; a mismatching or unreadable partial store is deleted with a
-  log line and restarted.
+  (below) match, skips finished windows and continues; a mismatching or unreadable
+  partial store is deleted with a log line and restarted.
 * ``finalize`` writes ``complete: true`` into the attrs last, then renames
   ``.partial`` to the final name. A SIGKILL at any point therefore never leaves a
   final-named store. A rerun when the complete final store exists is a no-op.
+
+What the writer fingerprint covers (attr ``writer``)
+-----------------------------------------------------
+A partial store is resumed, and a complete one reused, only if all of these match:
+``spec`` (shapes, sample range, token prompt ids, chunking, requested dtype);
+``content_sha256``, the sha256 of the model *input*: for every sample and token prompt of
+the store, in prompt-file order, its index, its length and its token ids; ``meta_sha256``
+(labels, n_tokens, lengths); the caller's ``attrs`` (model id and revision, init scheme,
+params and seed, compute dtype and device, the prompt file's sha256, the config digest);
+``reprflow_version``; and ``chunk_checksum``. ``content_sha256`` deliberately covers the
+input only. The *output* is protected per chunk (next section): a store-wide digest of
+the activations would need a full reread (terabytes at paper scale) to verify, and could
+only say that something somewhere changed. The model weights are identified by id and
+revision, not hashed (tens of GB per model): pin ``revision`` for hub models; a local
+model folder whose weights change in place is not detected.
+
+Integrity
+---------
+Every chunk of every array (``last``, ``tokens``, ``labels``, ``n_tokens``, ``lengths``,
+``_done``) ends with its crc32c (zarr v3's ``crc32c`` codec, after any compression), which
+zarr verifies on every read. :func:`open_store` returns a :class:`StoreGroup` whose arrays
+turn a failed read into one :class:`StoreError` naming the store, the array, the chunk
+(index and file) and how to rebuild the store; it also refuses a complete store that lacks
+a chunk file it must hold (such a chunk would read as zeros). crc32c catches any change to
+a chunk's bytes: bit rot, a truncated or partly copied file, a file overwritten with other
+(even plausible) values; a wrong-size chunk is reported by its size. It does not catch a
+chunk file replaced by another *whole* valid chunk file, checksum included (two files
+swapped), or deliberate tampering. Cost: about 1.1-1.2x the CPU time of an uncompressed
+write and 1.2-1.4x of a read (benchmarks/results/store_codec.md); on the GPU path the
+writes run on the host writer thread.
+
+Stores written before checksums are read, with a :class:`~reprflow.errors.StoreWarning`
+(once per store and process) and a log warning; their damaged chunks still raise the
+:class:`StoreError` naming the chunk when zarr cannot decode them (e.g. a wrong size), but
+same-size damage goes unnoticed. The writer never reuses such a store (its fingerprint
+lacks ``chunk_checksum``): rerunning the extraction rewrites it with checksums.
 
 Chunking
 --------
@@ -51,7 +86,7 @@ Precision
 Zarr has no bfloat16. ``store_dtype`` is ``"float32"``, ``"float16"`` or ``"auto"``.
 Every window is checked *before* conversion: non-finite values always raise
 ``StoreError``; a window written as float16 must have max |x| < 65504 or it raises
-``StoreError`` naming the window and the fix (``store_dtype: float32``). ``"auto"``
+``StoreError`` naming the window and the fix (``extraction.store_dtype: float32``). ``"auto"``
 decides once, before the first window is written (the extraction loop calls
 ``StoreWriter.decide_dtype`` with the peak of its first batch, so that token states can
 be converted to float16 on the GPU; otherwise the peak of the first window written is
@@ -71,23 +106,26 @@ are concatenated lazily along n_samples / n_prompts on read.
 from __future__ import annotations
 
 import hashlib
-import math
+import itertools
 import json
 import logging
+import math
 import os
 import re
 import shutil
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import google_crc32c
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
 
 from reprflow import __version__
-from reprflow.errors import StoreError
+from reprflow.errors import StoreError, StoreWarning
 
 logger = logging.getLogger(__name__)
 
@@ -156,10 +194,21 @@ def _json_normal(obj: Any) -> Any:
     return json.loads(json.dumps(obj))
 
 
-def _compressors(compress: bool) -> list[BloscCodec] | None:
-    if not compress:
-        return None
-    return [BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")]
+CHUNK_CHECKSUM = "crc32c"
+"""Every chunk of every array carries zarr v3's ``crc32c`` codec (4 bytes appended to the chunk,
+verified by zarr on every read); recorded in the writer fingerprint."""
+
+
+def _checksum_codecs() -> list[Crc32cCodec]:
+    """The codec that appends and verifies each chunk's crc32c (the last bytes-to-bytes codec)."""
+    return [Crc32cCodec()]
+
+
+def _compressors(compress: bool) -> list[BloscCodec | Crc32cCodec]:
+    """Bytes-to-bytes codecs of ``last`` and ``tokens``: optional Blosc, then the checksum (last,
+    so that it covers the bytes on disk)."""
+    blosc = [BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")] if compress else []
+    return [*blosc, *_checksum_codecs()]
 
 
 def partial_path(path: str | os.PathLike) -> Path:
@@ -329,12 +378,13 @@ def check_peak(peak: float, *, dtype: str, what: str, path: Path) -> None:
     if not math.isfinite(peak):
         raise StoreError(
             f"{path}: {what} holds non-finite values (NaN or inf); the forward pass diverged. "
-            "Check the init scale and compute dtype (float16 compute overflows GPT-Neo/NeoX)."
+            "Check the init's scale (config inits[].params) and extraction.compute_dtype (float16 compute "
+            "overflows GPT-Neo/NeoX; use bfloat16 or float32)."
         )
     if dtype == "float16" and peak >= FLOAT16_MAX:
         raise StoreError(
             f"{path}: {what} has max |x| = {peak:.6g}, which overflows float16 (limit "
-            f"{FLOAT16_MAX:g}); set `store_dtype: float32` in the config and rerun"
+            f"{FLOAT16_MAX:g}); set `extraction.store_dtype: float32` in the config and rerun"
         )
 
 
@@ -361,8 +411,9 @@ class StoreWriter:
     lengths : ndarray of shape (n_prompts,)
         Token counts of the token prompts (``spec.token_prompt_ids``).
     content_sha256 : str
-        Digest of what is being encoded (token ids of the samples); a partial store
-        written from other content is not resumed.
+        Digest of the model input (index, length and token ids of every sample and token
+        prompt; see "What the writer fingerprint covers" above); a store written from other
+        content is neither resumed nor reused.
     """
 
     def __init__(
@@ -411,14 +462,19 @@ class StoreWriter:
                 "content_sha256": content_sha256,
                 "meta_sha256": meta.hexdigest(),  # labels, n_tokens, lengths
                 "reprflow_version": __version__,  # never resume across code versions
+                "chunk_checksum": CHUNK_CHECKSUM,  # a store without checksums is rewritten, not reused
                 "attrs": self.attrs,
             }
         )
         self.group: zarr.Group | None = None
         self._tokens_written: set[int] = set()  # token prompts written by this writer object
+        self.resumed_windows = 0
+        """Windows a previous run had written, found by :meth:`open` (0 for a fresh store)."""
+        self.restart_reason: str | None = None
+        """Why :meth:`open` deleted a partial store it could not resume (None if it did not)."""
 
     # ------------------------------------------------------------------ opening
-    def _matches(self, group: zarr.Group, *, ignore: Sequence[str] = ()) -> str | None:
+    def _matches(self, group: zarr.Group | StoreGroup, *, ignore: Sequence[str] = ()) -> str | None:
         """None if ``group`` was written by an identical writer, else the reason it was not.
 
         ``ignore`` names spec fields that may differ (chunking, for a complete store).
@@ -442,6 +498,8 @@ class StoreWriter:
             diffs.append("labels, n_tokens or lengths differ")
         if found.get("reprflow_version") != __version__:
             diffs.append(f"written by reprflow {found.get('reprflow_version')}, this is {__version__}")
+        if found.get("chunk_checksum") != CHUNK_CHECKSUM:
+            diffs.append(f"chunks without {CHUNK_CHECKSUM} checksums (written by an older reprflow)")
         if not diffs and ignore:
             return None
         return "; ".join(diffs) or "fingerprint differs"
@@ -465,16 +523,18 @@ class StoreWriter:
             try:
                 group = zarr.open_group(self.partial, mode="r+")
                 reason = self._matches(group)
+                done = int(np.count_nonzero(group["_done"][:])) if reason is None else 0
             except (OSError, ValueError, KeyError, TypeError, zarr.errors.BaseZarrError) as exc:
                 reason = f"unreadable ({type(exc).__name__}: {exc})"
             if reason is None:
-                done = int(np.count_nonzero(group["_done"][:]))
                 logger.info(
                     "%s: resuming, %d of %d windows already written", self.partial, done, self.spec.n_windows
                 )
                 self.group = group
+                self.resumed_windows = done
                 return False
             logger.warning("%s: partial store does not match this run (%s); deleting it", self.partial, reason)
+            self.restart_reason = reason
             shutil.rmtree(self.partial)
         self.group = self._create()
         return False
@@ -513,15 +573,17 @@ class StoreWriter:
                 chunks=(max(data.shape[0], 1),),
                 dimension_names=DIMS[name],
                 fill_value=0,
+                compressors=_checksum_codecs(),
             )
-            arr[:] = data
+            # Written even if all zeros: a complete store has every chunk file (open_store checks).
+            arr.with_config(_WRITE_CONFIG)[:] = data
         group.create_array(
             "_done",
             shape=(spec.n_windows,),
             dtype="bool",
             chunks=(1,),
             fill_value=False,
-            compressors=None,
+            compressors=_checksum_codecs(),
             dimension_names=("n_windows",),
         )
         return group
@@ -731,8 +793,240 @@ class StoreWriter:
 
 
 # ---------------------------------------------------------------------- reading
-def open_store(path: str | os.PathLike) -> zarr.Group:
-    """Open a complete activation store read-only, checking the contract.
+def rebuild_hint(path: str | os.PathLike) -> str:
+    """How to rebuild a damaged store at ``path`` (the tail of every corruption error)."""
+    return (
+        f"rebuild it: delete it (`rm -r {path}`) and rerun the snakemake (or dvc repro) command "
+        f"that needs it, which re-extracts a missing store; or append `--forcerun {path}` to your "
+        "snakemake command"
+    )
+
+
+def _has_checksum(arr: zarr.Array) -> bool:
+    return any(isinstance(c, Crc32cCodec) for c in arr.compressors)
+
+
+def _encoded_chunk_size(arr: zarr.Array) -> int | None:
+    """Bytes of one chunk file when the size is fixed (no compression), else None."""
+    if arr.filters or any(not isinstance(c, Crc32cCodec) for c in arr.compressors):
+        return None
+    return math.prod(arr.chunks) * arr.dtype.itemsize + 4 * len(arr.compressors)
+
+
+def _chunk_ranges(arr: zarr.Array, key: Any) -> list[Sequence[int]]:
+    """Per axis, the chunk indices a selection ``key`` touches (all of them where unsure)."""
+    key = key if isinstance(key, tuple) else (key,)
+    if any(k is Ellipsis for k in key):
+        i = next(i for i, k in enumerate(key) if k is Ellipsis)
+        key = key[:i] + (slice(None),) * (arr.ndim - len(key) + 1) + key[i + 1 :]
+    key = key + (slice(None),) * (arr.ndim - len(key))
+    out: list[Sequence[int]] = []
+    for k, n, c in zip(key, arr.shape, arr.chunks):
+        every = range(-(-n // c))
+        try:
+            if isinstance(k, slice):
+                idx = np.arange(n)[k]
+            else:
+                idx = np.atleast_1d(np.asarray(k, dtype=np.int64))
+                idx = np.where(idx < 0, idx + n, idx)
+            out.append(sorted({int(i) // c for i in idx}) if idx.ndim == 1 else every)
+        except (TypeError, ValueError):
+            out.append(every)
+    return out
+
+
+def _chunk_problem(arr: zarr.Array, coords: tuple[int, ...], file: Path) -> str | None:
+    """What is wrong with one chunk file, or None if it decodes (a missing file reads as fill)."""
+    if not file.is_file():
+        return None
+    size, expect = file.stat().st_size, _encoded_chunk_size(arr)
+    if expect is not None and size != expect:
+        return f"the file has {size} bytes, expected {expect} (truncated, or overwritten with other data)"
+    if arr.compressors and isinstance(arr.compressors[-1], Crc32cCodec):
+        data = file.read_bytes()
+        stored = bytes(data[-4:])
+        computed = np.uint32(google_crc32c.value(data[:-4])).tobytes()
+        if stored != computed:
+            return (
+                f"its crc32c checksum does not match its bytes (stored {stored.hex()}, computed "
+                f"{computed.hex()}): the data on disk is not what the writer wrote"
+            )
+    try:
+        arr.get_block_selection(coords)
+    except Exception as exc:  # any decoding failure of this one chunk is the answer
+        return f"it cannot be decoded ({type(exc).__name__}: {exc})"
+    return None
+
+
+class StoreArray:
+    """One array of a complete store: zarr reads, with errors that name the damaged chunk.
+
+    Reads (``a[...]``, ``a.oindex[...]``, ``np.asarray(a)``) go to the zarr array, which
+    verifies each chunk's crc32c. If a read fails, the chunks it touched are checked one
+    by one and the first damaged one raises :class:`StoreError` naming the store, the
+    array, the chunk (index and file) and how to rebuild the store. Every other attribute
+    (``shape``, ``dtype``, ``chunks``, ``metadata``, ...) is the zarr array's.
+    """
+
+    def __init__(self, array: zarr.Array, *, store: Path, name: str) -> None:
+        self.array = array
+        self.store = Path(store)
+        self.name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("__") or attr == "array":  # copy/pickle probe before __init__ ran
+            raise AttributeError(attr)
+        return getattr(self.array, attr)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[...]
+        return out if dtype is None else out.astype(dtype)
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._read(key, self.array.__getitem__)
+
+    @property
+    def oindex(self) -> "_OIndex":
+        """Orthogonal indexing, as ``zarr.Array.oindex``."""
+        return _OIndex(self)
+
+    def chunk_file(self, coords: Sequence[int]) -> Path:
+        """The file that holds chunk ``coords`` (e.g. ``<store>/last/c/3/1/0``)."""
+        return self.store / self.name / self.array.metadata.encode_chunk_key(tuple(coords))
+
+    def _read(self, key: Any, read: Any) -> Any:
+        try:
+            return read(key)
+        except (IndexError, MemoryError):
+            raise
+        except Exception as exc:
+            try:
+                ranges = _chunk_ranges(self.array, key)
+            except Exception:
+                raise exc from None
+            for coords in itertools.product(*ranges):
+                problem = _chunk_problem(self.array, coords, self.chunk_file(coords))
+                if problem is not None:
+                    raise StoreError(self.damage(coords, problem)) from exc
+            raise
+
+    def damage(self, coords: Sequence[int], problem: str) -> str:
+        """The error message for damaged chunk ``coords``."""
+        file = self.chunk_file(coords)
+        return (
+            f"{self.store}: array '{self.name}', chunk {tuple(int(c) for c in coords)} "
+            f"(file {file.relative_to(self.store)}) is damaged: {problem}. Its values cannot be "
+            f"trusted; {rebuild_hint(self.store)}"
+        )
+
+
+class _OIndex:
+    def __init__(self, owner: StoreArray) -> None:
+        self.owner = owner
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return self.owner._read(key, self.owner.array.oindex.__getitem__)
+
+
+class StoreGroup:
+    """A complete store as :func:`open_store` returns it: the zarr group, arrays as :class:`StoreArray`.
+
+    ``g["last"]`` is a :class:`StoreArray`; ``g.attrs``, ``name in g`` and every other
+    attribute are the zarr group's (``g.group``).
+    """
+
+    def __init__(self, group: zarr.Group, path: Path) -> None:
+        self.group = group
+        self.path = Path(path)
+        self._arrays: dict[str, StoreArray] = {}
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("__") or attr == "group":
+            raise AttributeError(attr)
+        return getattr(self.group, attr)
+
+    @property
+    def attrs(self) -> Any:
+        return self.group.attrs
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.group
+
+    def __getitem__(self, name: str) -> StoreArray:
+        if name not in self._arrays:
+            self._arrays[name] = StoreArray(self.group[name], store=self.path, name=name)
+        return self._arrays[name]
+
+
+_WARNED_UNCHECKED: set[str] = set()
+
+
+def _existing_chunks(path: Path, name: str) -> set[str]:
+    """Chunk keys (``c/0/3/0``) that have a file under ``<path>/<name>``."""
+    root = path / name
+    found = set()
+    for base, _dirs, files in os.walk(root / "c"):
+        rel = Path(base).relative_to(root)
+        found.update(str(rel / f) for f in files if not _ZARR_TMP.search(f))
+    return {k.replace(os.sep, "/") for k in found}
+
+
+def _expected_chunks(group: StoreGroup) -> dict[str, list[tuple[int, ...]]]:
+    """Per array, the chunks a complete store must hold as files.
+
+    Every chunk of ``last``, ``labels``, ``n_tokens`` and ``lengths``; of ``tokens``, those
+    that hold positions below each prompt's length (chunks wholly in the padding are never
+    written and read as zeros).
+    """
+    out = {}
+    for name in ("last", "labels", "n_tokens", "lengths"):
+        arr = group[name]
+        out[name] = list(itertools.product(*(range(-(-n // c)) for n, c in zip(arr.shape, arr.chunks))))
+    tokens = group["tokens"]
+    k, _, _, h = tokens.shape
+    cpos, chid = tokens.chunks[2], tokens.chunks[3]
+    out["tokens"] = [
+        (s, p, c, j)
+        for p, n in enumerate(np.asarray(group["lengths"][:], dtype=np.int64))
+        for s in range(k)
+        for c in range(-(-int(n) // cpos))
+        for j in range(-(-h // chid))
+    ]
+    return out
+
+
+def _check_chunks(group: StoreGroup, path: Path) -> None:
+    """Checksums present (else warn once) and no chunk file missing (else StoreError)."""
+    unchecked = [name for name in DIMS if not _has_checksum(group[name].array)]
+    if unchecked:
+        if str(path) not in _WARNED_UNCHECKED:
+            _WARNED_UNCHECKED.add(str(path))
+            msg = (
+                f"{path}: arrays {unchecked} carry no chunk checksums (written by an older reprflow), "
+                "so a damaged chunk could be read without an error. Reading it anyway; to get checksums, "
+                f"{rebuild_hint(path)}"
+            )
+            logger.warning("%s", msg)
+            warnings.warn(msg, StoreWarning, stacklevel=3)
+        return
+    for name, coords in _expected_chunks(group).items():
+        arr = group[name]
+        have = _existing_chunks(path, name)
+        missing = [c for c in coords if arr.array.metadata.encode_chunk_key(c) not in have]
+        if missing:
+            shown = ", ".join(str(arr.chunk_file(c).relative_to(path)) for c in missing[:3])
+            raise StoreError(
+                f"{path}: array '{name}' lacks {len(missing)} of its {len(coords)} chunk files "
+                f"({shown}{', ...' if len(missing) > 3 else ''}); they would read as zeros. "
+                f"The store is damaged; {rebuild_hint(path)}"
+            )
+
+
+def open_store(path: str | os.PathLike) -> StoreGroup:
+    """Open a complete activation store read-only, checking the contract and its chunk files.
 
     Parameters
     ----------
@@ -741,24 +1035,33 @@ def open_store(path: str | os.PathLike) -> zarr.Group:
 
     Returns
     -------
-    zarr.Group
-        With arrays ``last`` [n_states, n_samples, hidden], ``labels`` [n_samples],
-        ``n_tokens`` [n_samples], ``tokens`` [n_states, n_prompts, n_tokens, hidden],
-        ``lengths`` [n_prompts].
+    StoreGroup
+        With arrays (:class:`StoreArray`) ``last`` [n_states, n_samples, hidden],
+        ``labels`` [n_samples], ``n_tokens`` [n_samples], ``tokens`` [n_states, n_prompts,
+        n_tokens, hidden], ``lengths`` [n_prompts]. Every read verifies the crc32c of each
+        chunk it decodes; a damaged chunk raises :class:`StoreError` naming the store, the
+        array and the chunk.
 
     Raises
     ------
     StoreError
-        If the store is missing, not complete, or its attrs/shapes break the contract.
+        If the store is missing, not complete, its attrs/shapes break the contract, or a
+        chunk file that a complete store must hold is missing.
+
+    Warns
+    -----
+    StoreWarning
+        Once per store and process, if it was written without chunk checksums (an older
+        reprflow): it is read, but damage cannot be detected.
     """
     path = Path(path)
     if not path.exists():
         hint = " (a killed run left a .partial store; rerun to resume)" if partial_path(path).exists() else ""
         raise StoreError(f"{path}: store not found{hint}; run the extraction for it")
     try:
-        group = zarr.open_group(path, mode="r")
+        group = StoreGroup(zarr.open_group(path, mode="r"), path)
     except (OSError, ValueError, KeyError, TypeError, zarr.errors.BaseZarrError) as exc:
-        raise StoreError(f"{path}: not a readable Zarr group ({exc}); delete it and rerun") from exc
+        raise StoreError(f"{path}: not a readable Zarr group ({exc}); {rebuild_hint(path)}") from exc
     attrs = group.attrs
     if "complete" not in attrs:
         raise StoreError(f"{path}: attr 'complete' missing (killed run?); delete it or rerun")
@@ -788,6 +1091,7 @@ def open_store(path: str | os.PathLike) -> zarr.Group:
         problems.append(f"lengths {group['lengths'].shape} vs {p} token prompts")
     if problems:
         raise StoreError(f"{path}: inconsistent shapes: {'; '.join(problems)}; delete it and rerun")
+    _check_chunks(group, path)
     return group
 
 
@@ -891,7 +1195,7 @@ class ShardedStore:
     common on-disk dtype, and ``shards`` listing the shard paths.
     """
 
-    def __init__(self, groups: Sequence[zarr.Group], paths: Sequence[Path]) -> None:
+    def __init__(self, groups: Sequence[StoreGroup], paths: Sequence[Path]) -> None:
         self.groups = list(groups)
         self.paths = list(paths)
         first = dict(self.groups[0].attrs)
@@ -926,7 +1230,7 @@ class ShardedStore:
         return name in self.arrays
 
 
-def _shard_of(group: zarr.Group) -> dict[str, int]:
+def _shard_of(group: StoreGroup) -> dict[str, int]:
     """The ``shard`` attr; a store without one holds the whole prompt set."""
     if "shard" in group.attrs:
         return dict(group.attrs["shard"])
@@ -1010,7 +1314,7 @@ def store_provenance(store_path: str | os.PathLike | Sequence[str | os.PathLike]
 def open_activations(store_path: str | os.PathLike | Sequence[str | os.PathLike]) -> Any:
     """One complete store (a path) or the shards of one prompt set (a list of paths), read as one.
 
-    Returns a ``zarr.Group`` (:func:`open_store`) or a :class:`ShardedStore` (:func:`open_sharded`);
+    Returns a :class:`StoreGroup` (:func:`open_store`) or a :class:`ShardedStore` (:func:`open_sharded`);
     both offer ``attrs`` and the contract's arrays by name.
     """
     if isinstance(store_path, (str, os.PathLike)):

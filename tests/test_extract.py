@@ -262,3 +262,32 @@ def test_writer_refuses_a_device_peak_beyond_float16(tmp_path):
     with pytest.raises(StoreError, match=r"token states of prompts \[0\] were not written"):
         writer.write_window(0, np.zeros((2, 2, 4), dtype=np.float32))
     assert writer.pending_windows() == [0, 1]
+
+
+def test_context_errors_name_the_config_key_and_the_fix(tmp_path):
+    """Issue 10 item 14: a prompt past the context names `config.models[i].max_context` and its value."""
+    from reprflow.errors import ConfigError
+    from reprflow.pipeline.extract_stage import check_context, model_key, run_extraction
+
+    entry = {"name": "gpt-neo-2.7b", "hf_id": "EleutherAI/gpt-neo-2.7B", "max_context": None}
+    key = model_key("config.models[0].hf_id", "max_context", entry["name"])
+    assert key == "config.models[0].max_context"
+    prompts = [{"n_tokens": 300}, {"n_tokens": 4100}]
+    check_context(prompts, limit=None, model=entry, length=4096, key=key, prompt_path="p.jsonl")  # SSM: no limit
+    check_context(prompts, limit=8192, model=entry, length=4096, key=key, prompt_path="p.jsonl")
+    with pytest.raises(ConfigError) as err:
+        check_context(prompts, limit=2048, model=entry, length=4096, key=key, prompt_path="p.jsonl")
+    assert str(err.value) == (
+        "p.jsonl: prompts of up to 4100 tokens exceed gpt-neo-2.7b's context window of 2048 tokens (from "
+        "EleutherAI/gpt-neo-2.7B's config); set `max_context: 2048` in that entry (config.models[0].max_context) "
+        "so the workflow skips longer lengths for this model, or drop 4096 from `lengths`"
+    )
+    with pytest.raises(ConfigError, match=r"config.models\[0\].max_context is 8192, above .* set it to 2048"):
+        check_context(prompts, limit=2048, model={**entry, "max_context": 8192}, length=4096, key=key,
+                      prompt_path="p.jsonl")
+    # a cell beyond max_context named directly: refused before any model is loaded
+    with pytest.raises(ConfigError, match=r"length 4096 exceeds gpt-neo-2.7b's max_context 2048 "
+                                          r"\(config.models\[3\].max_context\).*drop it from the targets"):
+        run_extraction(tmp_path / "p.jsonl", tmp_path / "s.zarr", model={**entry, "max_context": 2048},
+                       init={}, task="kvpr", length=4096, seed=0, settings={}, config_digest="x",
+                       origin="config.models[3].hf_id")

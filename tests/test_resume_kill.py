@@ -11,6 +11,7 @@ uninterrupted run (group attrs equal except ``timing``).
 from __future__ import annotations
 
 import multiprocessing
+import re
 import time
 from pathlib import Path
 
@@ -75,7 +76,7 @@ def _files(store: Path) -> dict[str, bytes]:
     return {str(p.relative_to(store)): p.read_bytes() for p in sorted(store.rglob("*")) if p.is_file()}
 
 
-def test_killed_extraction_resumes_to_an_identical_store(tmp_path):
+def test_killed_extraction_resumes_to_an_identical_store(tmp_path, capfd):
     model_dir = build_tiny_model("gpt_neox", out_dir=tmp_path / "model", seed=0,
                                  overrides={"num_hidden_layers": 2})
     model = load_model(str(model_dir), init=InitSpec("pretrained"), seed=None)
@@ -98,9 +99,16 @@ def test_killed_extraction_resumes_to_an_identical_store(tmp_path):
     seen = _kill_after(_start(setup, out, 0.1), out, seen + 3)
     assert not out.exists() and partial_path(out).exists()
     assert seen < N_WINDOWS, "the second kill came too late to be mid-way"
+    capfd.readouterr()
     final = _start(setup, out, 0.0)
     final.join(timeout=60)
     assert final.exitcode == 0
+    # the resumed run says so on the console (stderr of the job), with how far the store was
+    err = capfd.readouterr().err
+    said = re.search(rf"reprflow: resuming {re.escape(str(partial_path(out)))}: (\d+) of {N_PROMPTS} prompts "
+                     rf"already written \((\d+) of {N_WINDOWS} windows\)", err)
+    assert said, err
+    assert int(said[1]) == 2 * int(said[2]) and seen <= int(said[2]) < N_WINDOWS  # 2 prompts per window
 
     assert out.exists() and not partial_path(out).exists()
     got, want = _files(out), _files(ref)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import numpy as np
@@ -151,7 +152,7 @@ def test_resume_skips_written_windows_and_matches_one_shot(tmp_path):
     # the rerun must not need the data of finished windows: poison them
     poisoned = last.copy()
     poisoned[:, :8] = np.nan
-    _write(two, poisoned, tokens, labels, n_tokens)
+    assert _write(two, poisoned, tokens, labels, n_tokens).resumed_windows == 2
     np.testing.assert_array_equal(open_store(two)["last"][:], last)
     # a rerun on the complete store is a no-op (poisoned data is never written), also with
     # other chunking; other content (labels) rewrites it
@@ -176,7 +177,8 @@ def test_mismatching_partial_is_restarted(tmp_path):
     path = tmp_path / "s.zarr"
     _write(path, last, tokens, labels, n_tokens, stop_after=1)
     other_labels = labels + 1  # different prompt content -> different fingerprint
-    _write(path, last, tokens, other_labels, n_tokens)
+    writer = _write(path, last, tokens, other_labels, n_tokens)
+    assert writer.restart_reason == "labels, n_tokens or lengths differ" and writer.resumed_windows == 0
     np.testing.assert_array_equal(open_store(path)["labels"][:], other_labels)
     np.testing.assert_array_equal(open_store(path)["last"][:], last)
 
@@ -312,3 +314,117 @@ def test_abs_peak_of_float16_matches_float32_and_flags_non_finite():
     assert abs_peak(x) == np.inf
     x[0, 0, 1] = np.nan
     assert np.isnan(abs_peak(x))
+
+
+# ---------------------------------------------------------------------- integrity
+REBUILD = r"rm -r .*--forcerun"
+
+
+def _float16_store(tmp_path: Path, *, compress: bool = False) -> tuple[Path, np.ndarray]:
+    last, tokens, labels, n_tokens = _data()
+    path = tmp_path / "kvpr_n300.zarr"
+    _write(path, last, tokens, labels, n_tokens, store_dtype="float16", compress=compress)
+    return path, last
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_chunk_overwritten_with_plausible_float16_values_is_refused(tmp_path, compress):
+    """Issue 10 item 13: same-size, plausible float16 bytes in a chunk used to read silently."""
+    path, last = _float16_store(tmp_path, compress=compress)
+    victim, donor = path / "last" / "c" / "1" / "0" / "0", path / "last" / "c" / "2" / "0" / "0"
+    assert all(_has_crc32c_trailer(f) for f in (victim, donor))
+    # the payload of another valid chunk (plausible float16 values), behind the victim's own checksum
+    victim.write_bytes(donor.read_bytes()[:-4] + victim.read_bytes()[-4:])
+    g = open_store(path)  # the damage is in the data: found when the chunk is read
+    np.testing.assert_array_equal(g["last"][0], last[0].astype(np.float16))  # other chunks still read
+    with pytest.raises(StoreError) as err:
+        g["last"][1, :, :]
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: array 'last', chunk (1, 0, 0) (file last/c/1/0/0) is damaged")
+    assert "crc32c checksum does not match" in msg and re.search(REBUILD, msg)
+    # through every read path the consumers use: oindex, np.asarray, the sharded view
+    with pytest.raises(StoreError, match=r"array 'last', chunk \(1, 0, 0\)"):
+        g["last"].oindex[[0, 1], :, 0]
+    with pytest.raises(StoreError, match=r"array 'last', chunk \(1, 0, 0\)"):
+        np.asarray(g["last"])
+    with pytest.raises(StoreError, match=r"array 'last', chunk \(1, 0, 0\)"):
+        open_sharded([path])["last"][1:3, 2]
+    if not compress:  # the consumer of the issue (a probe accuracy moved 0.167 -> 0.292) now stops
+        from reprflow.pipeline.probe_stage import run_probe_stage
+
+        with pytest.raises(StoreError, match=rf"array 'last', chunk \(1, 0, 0\).*{REBUILD}"):
+            run_probe_stage(path, tmp_path / "probes.csv", views=("hf",), epochs=2, seeds=(0,))
+        assert not (tmp_path / "probes.csv").exists()
+
+
+def test_chunk_rewritten_with_random_values_of_the_right_shape_is_refused(tmp_path):
+    path, _ = _float16_store(tmp_path)
+    victim = path / "tokens" / "c" / "2" / "1" / "0" / "0"  # state 2, token prompt 1
+    size = victim.stat().st_size
+    fake = np.random.default_rng(5).standard_normal((size - 4) // 2).astype(np.float16).tobytes()
+    victim.write_bytes(fake + b"\0\0\0\0")  # right size, plausible values, no valid checksum
+    g = open_store(path)
+    with pytest.raises(StoreError, match=r"array 'tokens', chunk \(2, 1, 0, 0\) \(file tokens/c/2/1/0/0\)"):
+        g["tokens"][:, 1, :3]
+    np.testing.assert_array_equal(g["tokens"][:, 0, :5].shape, (K, 5, HIDDEN))  # prompt 0 unharmed
+    # ... and the consumer (token metrics) stops with that one error
+    from reprflow.pipeline.token_metrics import compute_token_metrics
+
+    with pytest.raises(StoreError, match=rf"array 'tokens', chunk \(2, 1, 0, 0\).*{REBUILD}"):
+        compute_token_metrics(path, tmp_path / "metrics", views=("hf",), debiased_cka=False)
+    assert not (tmp_path / "metrics").exists() or not any((tmp_path / "metrics").rglob("*.csv"))
+
+
+def test_truncated_chunk_names_store_array_and_chunk(tmp_path):
+    path, _ = _float16_store(tmp_path)
+    victim = path / "labels" / "c" / "0"
+    victim.write_bytes(victim.read_bytes()[:-9])
+    with pytest.raises(StoreError) as err:
+        open_store(path)["labels"][:]
+    assert str(err.value).startswith(
+        f"{path}: array 'labels', chunk (0,) (file labels/c/0) is damaged: the file has {N * 8 + 4 - 9} bytes, "
+        f"expected {N * 8 + 4} (truncated, or overwritten with other data)"
+    )
+
+
+def test_missing_chunk_file_is_refused_at_open(tmp_path):
+    path, _ = _float16_store(tmp_path)
+    (path / "last" / "c" / "3" / "2" / "0").unlink()  # would read as zeros
+    with pytest.raises(StoreError, match=rf"array 'last' lacks 1 of its 12 chunk files \(last/c/3/2/0\).*{REBUILD}"):
+        open_store(path)
+    path, _ = _float16_store(tmp_path / "b")
+    (path / "tokens" / "c" / "0" / "2" / "0" / "0").unlink()  # a real prompt's chunk, not padding
+    with pytest.raises(StoreError, match=r"array 'tokens' lacks 1 of its 12 chunk files"):
+        open_store(path)
+
+
+def test_store_without_checksums_is_read_with_a_warning(tmp_path, monkeypatch):
+    """Stores of older reprflow versions have no crc32c: readable, with a warning; a wrong-size
+    chunk still names the store, array and chunk instead of numpy's `cannot reshape`."""
+    import reprflow.store as store_module
+    from reprflow.errors import StoreWarning
+
+    monkeypatch.setattr(store_module, "_checksum_codecs", lambda: [])  # the writer before checksums
+    monkeypatch.setattr(store_module, "CHUNK_CHECKSUM", None)
+    path, last = _float16_store(tmp_path)
+    monkeypatch.undo()
+    assert not _has_crc32c_trailer(path / "last" / "c" / "0" / "0" / "0")
+    with pytest.warns(StoreWarning, match=r"carry no chunk checksums.*rm -r"):
+        g = open_store(path)
+    np.testing.assert_array_equal(g["last"][:], last.astype(np.float16))
+    victim = path / "last" / "c" / "0" / "1" / "0"
+    victim.write_bytes(victim.read_bytes()[:10])
+    with pytest.raises(StoreError, match=r"array 'last', chunk \(0, 1, 0\) \(file last/c/0/1/0\) is damaged: "
+                                         r"the file has 10 bytes, expected 48"):
+        g["last"][:]
+    # the writer does not reuse such a store: it rewrites it with checksums
+    last2, tokens, labels, n_tokens = _data()
+    _write(path, last2, tokens, labels, n_tokens, store_dtype="float16")
+    assert _has_crc32c_trailer(path / "last" / "c" / "0" / "0" / "0")
+
+
+def _has_crc32c_trailer(chunk: Path) -> bool:
+    import google_crc32c
+
+    data = chunk.read_bytes()
+    return np.uint32(google_crc32c.value(data[:-4])).tobytes() == data[-4:]

@@ -9,12 +9,15 @@ resumably and atomically.
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from reprflow.devices import resolve_device
-from reprflow.errors import ReprflowError
+from reprflow.errors import ConfigError
 from reprflow.extract import extract_activations
 from reprflow.models.init_schemes import InitSpec
 from reprflow.models.registry import load_model, model_max_context
@@ -32,7 +35,42 @@ def compute_dtype_for(name: str, device: torch.device) -> torch.dtype:
     if name == "bfloat16" and device.type != "cuda":
         logger.info("compute_dtype bfloat16 requested on %s; computing in float32", device)
         return torch.float32
+    if name not in _DTYPES:
+        raise ConfigError(f"extraction.compute_dtype is {name!r}; expected one of {sorted(_DTYPES)}")
     return _DTYPES[name]
+
+
+def model_key(origin: str, key: str, name: str) -> str:
+    """Config path of ``key`` in the model's entry: ``config.models[2].hf_id`` -> ``config.models[2].max_context``."""
+    found = re.match(r"(config\.models\[\d+\])\.", origin)
+    return f"{found[1]}.{key}" if found else f"`{key}` of the models entry {name!r}"
+
+
+def check_context(
+    prompts: Sequence[Mapping[str, Any]], *, limit: int | None, model: Mapping[str, Any], length: int, key: str,
+    prompt_path: str | Path,
+) -> None:
+    """Refuse prompts longer than the model's context window, naming the config fix.
+
+    The workflow skips a (model, length) cell only when the model's entry sets
+    ``max_context``; a model without it (or with a value above its real window) would
+    otherwise fail here, after a GPU job was scheduled.
+    """
+    if limit is None or not prompts:
+        return
+    longest = max(int(p.get("n_tokens", 0)) for p in prompts)
+    if longest <= limit:
+        return
+    if model.get("max_context") is None:
+        fix = (f"set `max_context: {limit}` in that entry ({key}) so the workflow skips longer lengths for this "
+               f"model, or drop {length} from `lengths`")
+    else:
+        fix = (f"{key} is {model['max_context']}, above the model's own window: set it to {limit} so the "
+               "workflow skips longer lengths for this model")
+    raise ConfigError(
+        f"{prompt_path}: prompts of up to {longest} tokens exceed {model['name']}'s context window of {limit} "
+        f"tokens (from {model['hf_id']}'s config); {fix}"
+    )
 
 
 def run_extraction(
@@ -68,10 +106,12 @@ def run_extraction(
         :func:`reprflow.store.shard_range`) to ``out_path``; one job per shard.
     """
     out_path = Path(out_path)
+    key = model_key(origin, "max_context", model["name"])
     if model.get("max_context") is not None and length > model["max_context"]:
-        raise ReprflowError(
-            f"{out_path}: length {length} exceeds {model['name']}'s max_context {model['max_context']}; "
-            "such cells are skipped by the workflow and should not be requested"
+        raise ConfigError(
+            f"{out_path}: length {length} exceeds {model['name']}'s max_context {model['max_context']} ({key}); "
+            f"the workflow never schedules such a cell, so it was requested by name: drop it from the targets, "
+            f"or raise {key} if the model handles {length} tokens"
         )
     device = resolve_device(settings["device"])
     dtype = compute_dtype_for(settings["compute_dtype"], device)
@@ -82,6 +122,7 @@ def run_extraction(
     net = load_model(model["hf_id"], init=spec, seed=seed, revision=model.get("revision"), dtype=dtype, device=device,
                      origin=origin)
     limit = model_max_context(net)
+    check_context(prompts, limit=limit, model=model, length=length, key=key, prompt_path=prompt_path)
     attrs = {
         "model": model["name"],
         "model_id": model["hf_id"],
