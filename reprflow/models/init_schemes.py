@@ -175,7 +175,7 @@ def _scheme_generator(seed: int, device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(int(state) & 0x7FFF_FFFF_FFFF_FFFF)
 
 
-def _fill_weight(weight: torch.Tensor, spec: InitSpec, gen: torch.Generator) -> None:
+def _fill_weight(weight: torch.Tensor, spec: InitSpec, gen: torch.Generator | None) -> None:
     if spec.scheme == "gaussian":
         nn.init.normal_(weight, mean=0.0, std=spec.params["std"], generator=gen)
     elif spec.scheme == "xavier":
@@ -206,14 +206,17 @@ def apply_init(model: nn.Module, spec: InitSpec, *, seed: int, keep_init: tuple[
     Returns
     -------
     list of str
-        Names of the parameters that were overwritten, in module order.
+        Names of the parameters that were overwritten, in module order. On the
+        meta device nothing is drawn, but the names still say what the scheme
+        covers.
     """
     if spec.scheme == "pretrained":
         raise ConfigError("apply_init: scheme 'pretrained' has no random init; use load_model")
     if spec.scheme == "default":
         return []
     first = next(model.parameters())
-    gen = _scheme_generator(seed, first.device)
+    # a model built on the meta device has no values to draw (architecture checks only)
+    gen = None if first.device.type == "meta" else _scheme_generator(seed, first.device)
     seen: set[int] = set()
     touched: list[str] = []
     with torch.no_grad():
