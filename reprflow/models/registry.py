@@ -37,7 +37,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 from transformers.utils import is_accelerate_available
 
-from reprflow.errors import ConfigError, ModelNotFoundError
+from reprflow.errors import ConfigError, ModelNotFoundError, ReprflowError
 from reprflow.models.init_schemes import InitSpec, apply_init, build_from_config
 from reprflow.models.invariants import check_family_invariants, check_matches_shipped
 from reprflow.models.layouts import get_layout
@@ -248,6 +248,7 @@ def load_model(
     device: str | torch.device = "cpu",
     origin: str = "model",
     tokenizer_size: int | None = None,
+    family: str | None = None,
 ) -> PreTrainedModel:
     """Load a causal LM, pretrained or randomly initialised, in eval mode.
 
@@ -279,6 +280,9 @@ def load_model(
     tokenizer_size : int, optional
         ``len(tokenizer)``; the vocabulary must cover it (see
         :func:`reprflow.models.invariants.check_family_invariants`).
+    family : str, optional
+        The family the config declares (``config.models[i].family``); the
+        checkpoint's ``model_type`` must equal it.
 
     Returns
     -------
@@ -295,15 +299,24 @@ def load_model(
         The model family has no layout (checked from the config, before any
         weights are read).
     ConfigError
-        A random scheme without a seed; a broken family invariant; a checkpoint
-        whose architecture differs from the shipped config.
+        A random scheme without a seed; a ``model_type`` other than ``family``;
+        a broken family invariant; a checkpoint whose architecture differs from
+        the shipped config.
     """
     if init.is_random and seed is None:
         raise ConfigError(f"model '{model_id_or_path}' ({origin}): init '{init.scheme}' needs a seed")
     config, source = resolve_config(
         model_id_or_path, revision=revision, origin=origin, prefer_shipped=init.is_random, for_weights=not init.is_random
     )
-    layout = get_layout(config)  # fail fast for unsupported families
+    try:
+        layout = get_layout(config)  # fail fast for unsupported families, before any weight is read
+    except ReprflowError as exc:
+        raise ReprflowError(f"model '{model_id_or_path}' ({origin}): {exc}") from None
+    if family is not None and config.model_type != family:
+        raise ConfigError(
+            f"model '{model_id_or_path}' ({origin}): the checkpoint is model_type '{config.model_type}' but the "
+            f"config's family is '{family}'; set family: {config.model_type} or fix hf_id"
+        )
     _check(config, model_id_or_path, origin, tokenizer_size, compare_shipped=source["config_source"] != "shipped")
     device = torch.device(device)
     if init.is_random:

@@ -80,7 +80,7 @@ def run_extraction(
     spec = InitSpec(scheme=init["scheme"], params=dict(init.get("params") or {}))
     logger.info("loading %s (%s) with init %s on %s in %s", model["name"], model["hf_id"], init["name"], device, dtype)
     net = load_model(model["hf_id"], init=spec, seed=seed, revision=model.get("revision"), dtype=dtype, device=device,
-                     origin=origin, tokenizer_size=len(tokenizer))
+                     origin=origin, tokenizer_size=len(tokenizer), family=model["family"])
     limit = model_max_context(net)
     attrs = {
         "model": model["name"],

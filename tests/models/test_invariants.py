@@ -81,3 +81,17 @@ def test_bad_conversion_fails_before_weights_are_read(tmp_path):
     for init in (InitSpec("pretrained"), InitSpec("default")):  # no weights in the folder: only the config is read
         with pytest.raises(ConfigError, match="n_groups is 8, expected 1"):
             load_model(str(tmp_path), init=init, seed=0, origin="config.models[3].hf_id")
+
+
+def test_family_must_match_the_checkpoint_and_unknown_types_name_the_model(tmp_path):
+    from transformers import OPTConfig
+
+    from reprflow.errors import ReprflowError
+
+    Mamba2Config(hidden_size=64, num_heads=8, head_dim=16, n_groups=1, num_hidden_layers=2,
+                 vocab_size=50280).save_pretrained(tmp_path / "m2")
+    with pytest.raises(ConfigError, match="the checkpoint is model_type 'mamba2' but the config's family is 'mamba'"):
+        load_model(str(tmp_path / "m2"), init=InitSpec("default"), seed=0, family="mamba")
+    OPTConfig().save_pretrained(tmp_path / "opt")
+    with pytest.raises(ReprflowError, match=r"^model '.*opt' \(config.models\[5\].hf_id\): model_type 'opt'"):
+        load_model(str(tmp_path / "opt"), init=InitSpec("pretrained"), seed=None, origin="config.models[5].hf_id")
