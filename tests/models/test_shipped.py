@@ -12,7 +12,7 @@ import torch
 from transformers import AutoConfig
 
 from reprflow.config import PROJECT_ROOT, load_config
-from reprflow.errors import ModelNotFoundError
+from reprflow.errors import ConfigError, ModelNotFoundError
 from reprflow.models import InitSpec, apply_init, get_layout, load_model, model_provenance
 from reprflow.models.shipped import SHIPPED_DIR, read_shipped_config, shipped_config_path, shipped_ids
 
@@ -155,3 +155,46 @@ def test_shipped_config_is_what_transformers_reads():
     for hf_id in shipped_ids():
         config = AutoConfig.from_pretrained(shipped_config_path(hf_id))
         assert config.model_type == read_shipped_config(hf_id)["model_type"]
+
+
+def _fake_hub(monkeypatch, changes=None):
+    """Stand in for the network only: the 'hub' serves the shipped config (optionally altered) at a commit."""
+    from reprflow.models import registry
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+
+    def from_hub(loader, model_id, *, revision, origin, config_only=False, **kwargs):
+        config = AutoConfig.from_pretrained(shipped_config_path(model_id))
+        for key, value in (changes or {}).items():
+            setattr(config, key, value)
+        config._commit_hash = commit
+        if loader == AutoConfig.from_pretrained:  # bound classmethods compare equal, never identical
+            return config
+        with torch.device("meta"):
+            from transformers import AutoModelForCausalLM
+
+            return AutoModelForCausalLM.from_config(config, dtype=kwargs.get("dtype"))
+
+    monkeypatch.setattr(registry, "_from_hub", from_hub)
+    return commit
+
+
+def test_pretrained_hub_load_records_commit_and_warns_when_unpinned(monkeypatch, caplog):
+    commit = _fake_hub(monkeypatch)
+    with caplog.at_level("WARNING", logger="reprflow.models.registry"):
+        model = load_model("AntonV/mamba2-130m-hf", init=InitSpec("pretrained"), seed=None, device="meta",
+                           origin="config.models[4].hf_id", dtype=torch.bfloat16)
+    provenance = model_provenance(model)
+    assert provenance == {**provenance, "config_source": "hub", "commit": commit, "weights": "pretrained"}
+    assert f"pin it with `revision: {commit}`" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="reprflow.models.registry"):
+        load_model("AntonV/mamba2-130m-hf", init=InitSpec("pretrained"), seed=None, device="meta", revision=commit)
+    assert "pin it" not in caplog.text
+
+
+def test_pretrained_checkpoint_that_drifted_from_the_shipped_config_is_refused(monkeypatch):
+    _fake_hub(monkeypatch, {"state_size": 64})
+    with pytest.raises(ConfigError, match=r"checkpoint config has state_size = 64 but the shipped config "
+                                        r"reprflow/models/configs/AntonV__mamba2-130m-hf.json has 128"):
+        load_model("AntonV/mamba2-130m-hf", init=InitSpec("pretrained"), seed=None, device="meta")
