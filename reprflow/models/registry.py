@@ -97,7 +97,7 @@ def is_pinned(revision: str | None) -> bool:
 
 
 def _offline_message(model_id: str, origin: str, revision: str | None, *, config_only: bool) -> str:
-    folder = f"models/{model_id.split('/')[-1]}"
+    folder = f"./models/{model_id.split('/')[-1]}"  # ./ so hf_id reads as a path even before it exists
     command = " ".join(
         ["hf download", model_id]
         + (["config.json"] if config_only else [])
