@@ -22,6 +22,8 @@ TOKEN_METRICS = METRICS_DIR + "/token_metrics"
 PROBES = METRICS_DIR + "/probes.csv"
 TABLES = ("results/table1.csv", "results/table2.csv")
 REPORT = "results/report.md"
+FINDINGS = "results/findings.csv"
+HTML_REPORT = "results/report.html"
 FIGURE_NAMES = (
     "fig1_layerwise_cosine",
     "fig2_inter_token_cosine",
@@ -99,4 +101,4 @@ def figure_files(config: Config) -> list[str]:
 
 def final_targets(config: Config) -> list[str]:
     """What ``rule all`` builds: tables, figures, the theory check and the report."""
-    return [*TABLES, *figure_files(config), *THEORY.values(), REPORT]
+    return [*TABLES, *figure_files(config), *THEORY.values(), FINDINGS, REPORT]

@@ -67,6 +67,7 @@ def _write_cell(root, cell, spec, *, longer_is_better=False):
     pd.DataFrame({"view": "hf", "state_index": range(K), "mean": inter, "std": 0.0}).to_csv(token / "inter_token_cosine.csv", index=False)
     pd.DataFrame({"view": "hf", "pair_index": range(K - 1), "mean": spec["layer"], "std": 0.0}).to_csv(token / "layerwise_cosine.csv", index=False)
     np.save(token / "cka_hf.npy", spec["cka"])
+    np.save(token / "layerwise_cosine_hf.npy", np.repeat(np.asarray(spec["layer"])[:, None], 4, axis=1))
     sm = spec["sm"] * (1 + length_step if spec.get("sm_grows") else 1)
     (token / "smoothness_stability.json").write_text(json.dumps(
         {"hf": {"Sm": sm, "St": 2 * sm, "Sm_rel": sm / 10, "St_rel": sm / 5}, "provenance": {"store": "s"}}))
