@@ -4,7 +4,7 @@
 from pathlib import Path
 
 from reprflow.pipeline.results import probe_cells, token_cells
-from reprflow.workflow.targets import FINDINGS
+from reprflow.workflow.targets import FINDINGS, PROVENANCE
 
 
 report: "../report/workflow.rst"
@@ -81,7 +81,8 @@ rule report:
         findings=FINDINGS,
         theory=THEORY.values(),
     output:
-        report(REPORT, caption="../report/report_md.rst", category="Report (text)"),
+        report=report(REPORT, caption="../report/report_md.rst", category="Report (text)"),
+        provenance=report(PROVENANCE, caption="../report/provenance.rst", category="Provenance"),
     log:
         "logs/report/report.log",
     benchmark:

@@ -1,8 +1,10 @@
-"""Rule report: results/report.md with tables, figures and provenance."""
+"""Rule report: results/report.md (verdicts, tables, figures, provenance) and results/provenance.csv."""
 
 from reprflow.config import validate_config
-from reprflow.pipeline.report import write_report
+from reprflow.pipeline.report import write_provenance, write_report
 from reprflow.pipeline.runlog import workflow_step
 
 with workflow_step(snakemake.log[0], "report"):  # noqa: F821 (injected by Snakemake)
-    write_report(validate_config(snakemake.params.config), snakemake.output[0])  # noqa: F821
+    config = validate_config(snakemake.params.config)  # noqa: F821
+    write_report(config, snakemake.output.report)  # noqa: F821
+    write_provenance(config, snakemake.output.provenance)  # noqa: F821

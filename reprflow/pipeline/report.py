@@ -78,11 +78,26 @@ def model_notes(config: Config) -> list[str]:
     return lines
 
 
-def _provenance_section(config: Config, root: Path) -> list[str]:
+def provenance_table(config: Config, root: str | Path = ".") -> tuple[pd.DataFrame, list[str]]:
+    """Per cell: store, every hash its metric files record, versions; plus the hash column names."""
     prov = provenance(config, root)
     hash_cols = [c for c in prov.columns if any(k in c for k in ("sha", "hash", "md5", "digest"))]
     keep = ["model", "init", "task", "length", "store", *hash_cols,
             *[c for c in ("reprflow_version", "store_reprflow_version") if c in prov.columns]]
+    return prov[[c for c in keep if c in prov.columns]], hash_cols
+
+
+def write_provenance(config: Config, out_path: str | Path, *, root: str | Path = ".") -> None:
+    """results/provenance.csv: one row per cell (store, hashes, versions), with the config sha256
+    and the package versions as constant columns; read by the HTML report."""
+    table, _ = provenance_table(config, root)
+    table = table.assign(config_sha256=config.digest(),
+                         packages=f"reprflow {__version__}; " + ", ".join(f"{p} {_version(p)}" for p in PACKAGES))
+    atomic_write_bytes(table.to_csv(index=False).encode(), Path(out_path))
+
+
+def _provenance_section(config: Config, root: Path) -> list[str]:
+    prov, hash_cols = provenance_table(config, root)
     return ["## Where each number comes from", "",
             f"- config sha256: `{config.digest()}`",
             f"- reprflow {__version__}; " + ", ".join(f"{p} {_version(p)}" for p in PACKAGES),
@@ -90,7 +105,7 @@ def _provenance_section(config: Config, root: Path) -> list[str]:
             "- inits: " + ", ".join(f"{i.name} = {i.scheme}{i.params or ''}" for i in config.inits),
             "- hash columns below are those the metric files record per cell "
             f"({', '.join(hash_cols) or 'none'}).",
-            "", markdown_table(prov[[c for c in keep if c in prov.columns]]), ""]
+            "", markdown_table(prov), ""]
 
 
 def _findings_section(root: Path) -> list[str]:

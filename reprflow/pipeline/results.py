@@ -25,7 +25,7 @@ import pandas as pd
 
 from reprflow.config import Config, ModelSpec
 from reprflow.errors import ReprflowError
-from reprflow.workflow.targets import PROBES, TOKEN_METRICS, Cell, cells
+from reprflow.workflow.targets import PROBES, TOKEN_METRICS, Cell
 
 SCALAR_KEYS = ("Sm", "St", "Sm_std", "St_std", "Sm_rel", "St_rel")
 """Keys of smoothness_stability.json read into :func:`smoothness_stability` (absent -> NaN)."""
@@ -50,18 +50,21 @@ def figure_length(config: Config, model: ModelSpec) -> int | None:
     return max(below) if below else min(fitting)
 
 
+def _all_cells(config: Config) -> list[Cell]:
+    """Every (model, init, task, length) whose length fits the model, in config order."""
+    return [Cell(m.name, i.name, t, n) for m in config.models for n in config.lengths if m.fits(n)
+            for i in config.inits for t in config.tasks]
+
+
 def token_cells(config: Config) -> list[Cell]:
     """Cells whose token metrics exist when the workflow ran (see the module docstring)."""
-    out = []
-    for c in cells(config):
-        if init_scope(config, c.init) == "all" or c.length == figure_length(config, config.model(c.model)):
-            out.append(c)
-    return out
+    return [c for c in _all_cells(config)
+            if init_scope(config, c.init) == "all" or c.length == figure_length(config, config.model(c.model))]
 
 
 def probe_cells(config: Config) -> list[Cell]:
     """Cells with probes (and Table 1/2 rows): those of ``scope: all`` inits."""
-    return [c for c in cells(config) if init_scope(config, c.init) == "all"]
+    return [c for c in _all_cells(config) if init_scope(config, c.init) == "all"]
 
 
 def table_inits(config: Config) -> list[str]:

@@ -24,6 +24,7 @@ TABLES = ("results/table1.csv", "results/table2.csv")
 REPORT = "results/report.md"
 FINDINGS = "results/findings.csv"
 HTML_REPORT = "results/report.html"
+PROVENANCE = "results/provenance.csv"
 FIGURE_NAMES = (
     "fig1_layerwise_cosine",
     "fig2_inter_token_cosine",
@@ -100,5 +101,5 @@ def figure_files(config: Config) -> list[str]:
 
 
 def final_targets(config: Config) -> list[str]:
-    """What ``rule all`` builds: tables, figures, the theory check and the report."""
-    return [*TABLES, *figure_files(config), *THEORY.values(), FINDINGS, REPORT]
+    """What ``rule all`` builds: tables, figures, the theory check, the verdicts and the report."""
+    return [*TABLES, *figure_files(config), *THEORY.values(), FINDINGS, REPORT, PROVENANCE]
