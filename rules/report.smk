@@ -4,7 +4,7 @@
 from pathlib import Path
 
 from reprflow.pipeline.results import probe_cells, token_cells
-from reprflow.workflow.targets import FINDINGS, PROVENANCE
+from reprflow.workflow.targets import FINDINGS, HTML_TABLES, PROVENANCE
 
 
 report: "../report/workflow.rst"
@@ -24,8 +24,8 @@ rule tables:
         token=[c.fmt(TOKEN_METRICS) for c in probe_cells(CFG)],
         probes=[c.fmt(PROBES) for c in probe_cells(CFG)],
     output:
-        table1=report(TABLES[0], caption="../report/table1.rst", category="Tables", labels={"table": "Table 1"}),
-        table2=report(TABLES[1], caption="../report/table2.rst", category="Tables", labels={"table": "Table 2"}),
+        table1=report(TABLES[0], caption="../report/table1.rst", category="Tables", labels={"table": "Table 1 (csv)"}),
+        table2=report(TABLES[1], caption="../report/table2.rst", category="Tables", labels={"table": "Table 2 (csv)"}),
     log:
         "logs/report/tables.log",
     benchmark:
@@ -61,7 +61,7 @@ rule findings:
         token=[c.fmt(TOKEN_METRICS) for c in token_cells(CFG)],
         probes=[c.fmt(PROBES) for c in probe_cells(CFG)],
     output:
-        report(FINDINGS, caption="../report/findings.rst", category="Verdicts", labels={"table": "findings"}),
+        report(FINDINGS, caption="../report/findings.rst", category="Verdicts", labels={"table": "findings (csv)"}),
     log:
         "logs/report/findings.log",
     benchmark:
@@ -82,7 +82,16 @@ rule report:
         theory=THEORY.values(),
     output:
         report=report(REPORT, caption="../report/report_md.rst", category="Report (text)"),
-        provenance=report(PROVENANCE, caption="../report/provenance.rst", category="Provenance"),
+        provenance=report(PROVENANCE, caption="../report/provenance.rst", category="Provenance",
+                          labels={"table": "provenance (csv)"}),
+        findings_html=report(HTML_TABLES["findings"], caption="../report/findings.rst", category="Verdicts",
+                             labels={"table": "findings (view)"}),
+        table1_html=report(HTML_TABLES["table1"], caption="../report/table1.rst", category="Tables",
+                           labels={"table": "Table 1 (view)"}),
+        table2_html=report(HTML_TABLES["table2"], caption="../report/table2.rst", category="Tables",
+                           labels={"table": "Table 2 (view)"}),
+        provenance_html=report(HTML_TABLES["provenance"], caption="../report/provenance.rst", category="Provenance",
+                               labels={"table": "provenance (view)"}),
     log:
         "logs/report/report.log",
     benchmark:

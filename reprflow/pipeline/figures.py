@@ -32,6 +32,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -100,6 +101,23 @@ def _legend(fig, axes) -> None:
         fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncol=min(len(handles), 5), fontsize=7)
 
 
+def _cosine_axes(axes) -> None:
+    """One y-range for every cosine panel of a figure: from min(0, data) to 1, so levels compare
+    across panels (a flat line near 0 is not blown up to fill its panel)."""
+    lows = [ax.get_ylim()[0] for ax in axes.flat if ax.get_lines()]
+    for ax in axes.flat:
+        ax.set_ylim(min([0.0, *lows]), 1.02)
+
+
+def _note_missing(ax, config: Config, drawn: list[str], length: int) -> None:
+    """Say in the panel which models were not run there (e.g. a length beyond their context)."""
+    missing = [m for m in config.models if m.name not in drawn]
+    if missing:
+        text = "not run: " + ", ".join(
+            f"{m.name}" + (f" (context {m.max_context})" if not m.fits(length) else "") for m in missing)
+        ax.text(0.02, 0.97, text, transform=ax.transAxes, fontsize=6, va="top", color="dimgrey")
+
+
 def _describe_init(config: Config) -> str:
     init = config.inits[0]
     return f"init {init.name}"
@@ -134,6 +152,7 @@ def fig1_layerwise_cosine(config: Config, task: str | None) -> plt.Figure:
             ax.set_title(f"{model.name} ({view}, n={length})", fontsize=8)
             ax.set_xlabel("relative token position", fontsize=7)
             ax.set_ylabel("layer pair l -> l+1", fontsize=7)
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     if im is not None:
         fig.colorbar(im, ax=axes, shrink=0.6, label=f"cosine of h_t at layers l and l+1 (range {vmin:.3g}..{vmax:.3g})")
     fig.suptitle(f"Fig. 1: layerwise cosine ({_describe_init(config)}; {task or 'mean over tasks'})")
@@ -152,6 +171,7 @@ def fig2_inter_token_cosine(config: Config, task: str | None) -> plt.Figure:
     for r, view in enumerate(views):
         for c, length in enumerate(lengths):
             ax = axes[r, c]
+            drawn = []
             for model in config.models:
                 sel = curves[(curves.model == model.name) & (curves.init == init) & (curves.view == view) & (curves.length == length)]
                 if sel.empty:
@@ -159,9 +179,12 @@ def fig2_inter_token_cosine(config: Config, task: str | None) -> plt.Figure:
                 line = _mean_curve(sel, "state_index", "mean", _tasks(config, task))
                 depth = line["state_index"] / max(line["state_index"].max(), 1)
                 ax.plot(depth, line["mean"], **model_style(config, model.name))
+                drawn.append(model.name)
+            _note_missing(ax, config, drawn, length)
             ax.set_title(f"{view}, n={length}", fontsize=8)
             ax.set_xlabel("relative depth (0 = embeddings)", fontsize=7)
             ax.set_ylabel("inter-token cosine", fontsize=7)
+    _cosine_axes(axes)
     _legend(fig, axes)
     fig.suptitle(f"Fig. 2: inter-token cosine by layer ({_describe_init(config)}; {task or 'mean over tasks'})")
     return fig
@@ -192,6 +215,7 @@ def fig3_pretrained_vs_random(config: Config, task: str | None) -> plt.Figure:
         axes[0, c].set_title(f"{model.name} (n={length})", fontsize=8)
         axes[0, c].set_xlabel("state (0 = embeddings)", fontsize=7)
         axes[1, c].set_xlabel("layer pair l -> l+1", fontsize=7)
+    _cosine_axes(axes)
     _legend(fig, axes)
     arms = ", ".join(drawn) if drawn else "no arm ran"
     fig.suptitle(f"Fig. 3: token similarity by initialisation - arms run: {arms} ({task or 'mean over tasks'})")
@@ -230,6 +254,7 @@ def fig7_probe_accuracy(config: Config, task: str | None) -> plt.Figure:
         for c, length in enumerate(lengths):
             ax = axes[r, c]
             chances: set[float] = set()
+            drawn = []
             for model in config.models:
                 sel = probes[(probes.model == model.name) & (probes.init == init) & (probes.view == view)
                              & (probes.length == length) & probes.task.isin(_tasks(config, task))]
@@ -239,6 +264,7 @@ def fig7_probe_accuracy(config: Config, task: str | None) -> plt.Figure:
                 stats = per_seed.groupby("state_index")["val_accuracy"].agg(["mean", "std"]).reset_index()
                 style = model_style(config, model.name)
                 ax.plot(stats["state_index"], stats["mean"], **style)
+                drawn.append(model.name)
                 ax.fill_between(stats["state_index"], stats["mean"] - stats["std"].fillna(0),
                                 stats["mean"] + stats["std"].fillna(0), alpha=0.15, color=style["color"])
                 n_classes = classes[(classes.model == model.name) & (classes.init == init) & (classes.view == view)
@@ -247,6 +273,7 @@ def fig7_probe_accuracy(config: Config, task: str | None) -> plt.Figure:
                     chances.add(round(float((1.0 / n_classes["n_classes"]).mean()), 6))
             for chance in sorted(chances):
                 ax.axhline(chance, color="grey", linestyle=":", linewidth=1, label="chance 1/C")
+            _note_missing(ax, config, drawn, length)
             ax.set_title(f"{view}, n={length}", fontsize=8)
             ax.set_xlabel("state (0 = embeddings)", fontsize=7)
             ax.set_ylabel("probe accuracy", fontsize=7)

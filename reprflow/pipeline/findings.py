@@ -398,10 +398,11 @@ def f3_4_1(ev: Evidence, arm: str, view: str, t: dict) -> Verdict:
         for r in at.itertuples():
             n_states = _n_states(ev, r.model, arm, view)
             inner = 0 < r.peak_layer < n_states - 1 if n_states else r.gap > 0
+            at_chance = " [peak within gap_min of chance: no task signal]" if r.peak_acc - r.chance < t["gap_min"] else ""
             v.checks.append(_check(inner and r.gap >= t["gap_min"],
                                    f"n={length} {r.model} ({r.arch}) peak at state {r.peak_layer} of {n_states}, "
                                    f"acc {_f(r.peak_acc)} vs last {_f(r.last_acc)} (chance {_f(r.chance)}): gap {_f(r.gap)} "
-                                   f">= {t['gap_min']}"))
+                                   f">= {t['gap_min']}{at_chance}"))
         gaps = at.groupby("arch")["gap"].mean()
         if {"TBM", "SSM"} <= set(gaps.index):
             v.checks.append(_check(gaps["SSM"] < gaps["TBM"],

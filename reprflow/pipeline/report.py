@@ -26,9 +26,10 @@ import pandas as pd
 from reprflow import __version__
 from reprflow.atomic import atomic_write_bytes
 from reprflow.config import Config
+from reprflow.pipeline.findings import FINDINGS as FINDINGS_TEXT
 from reprflow.pipeline.results import provenance
 from reprflow.pipeline.tables import COLUMN_DEFINITIONS, build_tables
-from reprflow.workflow.targets import FINDINGS, FIGURE_NAMES, THEORY, figure_files
+from reprflow.workflow.targets import FINDINGS, FIGURE_NAMES, HTML_TABLES, THEORY, figure_files
 
 logger = logging.getLogger(__name__)
 
@@ -174,3 +175,81 @@ def write_report(config: Config, out_path: str | Path, *, root: str | Path = "."
     lines += _provenance_section(config, root)
     atomic_write_bytes("\n".join(lines).encode(), out_path)
     logger.info("wrote %s (%d figures)", out_path, len(FIGURE_NAMES))
+
+
+_CSS = """<style>
+body{font-family:system-ui,sans-serif;font-size:13px;margin:12px;color:#1e293b}
+table{border-collapse:collapse;margin:8px 0} th,td{border:1px solid #cbd5e1;padding:3px 6px;text-align:right}
+th{background:#f1f5f9;position:sticky;top:0;text-align:left} td.text{text-align:left}
+.supports{background:#dcfce7}.contradicts{background:#fee2e2}.mixed{background:#fef9c3}.notrun{background:#e2e8f0}
+li.fail{color:#b91c1c} li.pass{color:#166534} dt{font-weight:600;font-family:monospace} dd{margin:0 0 4px 16px}
+</style>"""
+
+
+def _html_page(title: str, intro: str, body: str) -> bytes:
+    from html import escape
+
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{escape(title)}</title>{_CSS}</head>"
+            f"<body><h2>{escape(title)}</h2><p>{intro}</p>{body}</body></html>").encode()
+
+
+def _html_table(frame: pd.DataFrame, text_cols=("model", "init", "view", "task", "store")) -> str:
+    from html import escape
+
+    head = "".join(f"<th>{escape(str(c))}</th>" for c in frame.columns)
+    rows = []
+    for row in frame.astype(object).itertuples(index=False):
+        cells = "".join(f"<td class='{'text' if c in text_cols else ''}'>{escape(format_value(v))}</td>"
+                        for c, v in zip(frame.columns, row))
+        rows.append(f"<tr>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _definitions() -> str:
+    from html import escape
+
+    return "<dl>" + "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in COLUMN_DEFINITIONS.items()) + "</dl>"
+
+
+def _findings_html(root: Path) -> str:
+    from html import escape
+
+    table = pd.read_csv(root / FINDINGS, keep_default_na=False)
+    rows = []
+    for r in table.itertuples(index=False):
+        items = "".join(f"<li class='{'pass' if e.startswith('PASS') else 'fail'}'>{escape(e)}</li>"
+                        for e in filter(None, str(r.evidence).split("; ")))
+        if r.not_run:
+            items += f"<li>not run: {escape(str(r.not_run))}</li>"
+        css = r.verdict.replace(" ", "")
+        rows.append(f"<tr><td class='text'><b>{r.finding}</b></td><td class='text'>{escape(r.arm)}</td>"
+                    f"<td class='text'>{escape(r.view)}</td><td class='text {css}'><b>{r.verdict}</b> ({r.passed}/{r.total})</td>"
+                    f"<td class='text'><ul>{items}</ul></td></tr>")
+    return ("<table><thead><tr><th>finding</th><th>arm</th><th>view</th><th>verdict (checks passed)</th>"
+            "<th>evidence: each check, measured number vs threshold</th></tr></thead><tbody>" + "".join(rows)
+            + "</tbody></table>")
+
+
+def write_html_tables(config: Config, paths: dict[str, str | Path], *, root: str | Path = ".") -> None:
+    """The verdicts, Table 1, Table 2 and the provenance as HTML pages (``paths`` keyed as
+    :data:`reprflow.workflow.targets.HTML_TABLES`), cells at 3 significant figures."""
+    root = Path(root)
+    table1, table2 = build_tables(config, root)
+    prov, hash_cols = provenance_table(config, root)
+    claims = "".join(f"<li><b>{k}</b>: {v}</li>" for k, v in FINDINGS_TEXT.items())
+    notes = "<ul>" + "".join(f"<li>{line[2:].replace('**', '')}</li>" for line in model_notes(config)) + "</ul>"
+    pages = {
+        "findings": ("Verdicts on the paper's findings",
+                     "supports = every check passes; contradicts = every check fails; mixed = some pass; not run = the "
+                     "cells it needs were not run. Thresholds: config <code>findings:</code>, reasons in docs/findings.md."
+                     + notes, _findings_html(root) + f"<h3>The findings (paper §3)</h3><ul>{claims}</ul>"),
+        "table1": ("Table 1: mean over tasks", "Empty rows: the length exceeds the model's context (the paper's '-')."
+                   + notes, _html_table(table1) + "<h3>Columns</h3>" + _definitions()),
+        "table2": ("Table 2: per task", "Same columns as Table 1, one row per task." + notes,
+                   _html_table(table2) + "<h3>Columns</h3>" + _definitions()),
+        "provenance": ("Provenance", f"config sha256 <code>{config.digest()}</code>; reprflow {__version__}; "
+                       + ", ".join(f"{p} {_version(p)}" for p in PACKAGES)
+                       + f". Hash columns recorded per cell: {', '.join(hash_cols) or 'none'}.", _html_table(prov)),
+    }
+    for key, (title, intro, body) in pages.items():
+        atomic_write_bytes(_html_page(title, intro, body), Path(paths[key]))

@@ -25,6 +25,12 @@ REPORT = "results/report.md"
 FINDINGS = "results/findings.csv"
 HTML_REPORT = "results/report.html"
 PROVENANCE = "results/provenance.csv"
+HTML_TABLES = {  # the tables as HTML pages, shown inside Snakemake's HTML report
+    "findings": "results/html/findings.html",
+    "table1": "results/html/table1.html",
+    "table2": "results/html/table2.html",
+    "provenance": "results/html/provenance.html",
+}
 FIGURE_NAMES = (
     "fig1_layerwise_cosine",
     "fig2_inter_token_cosine",
@@ -102,4 +108,4 @@ def figure_files(config: Config) -> list[str]:
 
 def final_targets(config: Config) -> list[str]:
     """What ``rule all`` builds: tables, figures, the theory check, the verdicts and the report."""
-    return [*TABLES, *figure_files(config), *THEORY.values(), FINDINGS, REPORT, PROVENANCE]
+    return [*TABLES, *figure_files(config), *THEORY.values(), FINDINGS, REPORT, PROVENANCE, *HTML_TABLES.values()]
