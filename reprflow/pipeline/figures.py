@@ -38,6 +38,7 @@ import pandas as pd  # noqa: E402
 
 from reprflow.atomic import atomic_write  # noqa: E402
 from reprflow.config import Config, ModelSpec  # noqa: E402
+from reprflow.errors import ReprflowError  # noqa: E402
 from reprflow.pipeline.findings import ARCHITECTURE  # noqa: E402
 from reprflow.pipeline.results import figure_length, probe_classes, probe_curves, table_inits, token_array, token_curves  # noqa: E402
 from reprflow.workflow.targets import Cell  # noqa: E402
@@ -212,7 +213,9 @@ def fig3_pretrained_vs_random(config: Config, task: str | None) -> plt.Figure:
                     axes[r, c].set_ylabel(title, fontsize=7)
                     if init.name not in drawn:
                         drawn.append(init.name)
-        axes[0, c].set_title(f"{model.name} (n={length})", fontsize=8)
+        axes[0, c].set_title(f"{model.name} ({ARCHITECTURE.get(model.family, model.family)}, n={length})", fontsize=8)
+        for ax in axes[:, c]:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes[0, c].set_xlabel("state (0 = embeddings)", fontsize=7)
         axes[1, c].set_xlabel("layer pair l -> l+1", fontsize=7)
     _cosine_axes(axes)
@@ -277,6 +280,7 @@ def fig7_probe_accuracy(config: Config, task: str | None) -> plt.Figure:
             ax.set_title(f"{view}, n={length}", fontsize=8)
             ax.set_xlabel("state (0 = embeddings)", fontsize=7)
             ax.set_ylabel("probe accuracy", fontsize=7)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_ylim(0, 1)
     _legend(fig, axes)
     fig.suptitle(f"Fig. 7: probe accuracy by layer (init {init}; {task or 'mean over tasks'})")
@@ -296,7 +300,10 @@ def write_figures(config: Config, paths: list[str]) -> None:
     """Draw every requested figure; a path's name selects the figure and optional task suffix."""
     for path in map(Path, paths):
         stem = path.stem
-        name = next(n for n in FIGURES if stem == n or stem.startswith(n + "_"))
+        name = next((n for n in FIGURES if stem == n or stem.startswith(n + "_")), None)
+        if name is None:
+            raise ReprflowError(f"{path}: not a figure name; the file stem must be one of {list(FIGURES)}, "
+                                "optionally followed by _<task>")
         task = stem[len(name) + 1:] or None
         _save(FIGURES[name](config, task), path)
         logger.info("wrote %s", path)

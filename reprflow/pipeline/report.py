@@ -180,7 +180,7 @@ def write_report(config: Config, out_path: str | Path, *, root: str | Path = "."
 _CSS = """<style>
 body{font-family:system-ui,sans-serif;font-size:13px;margin:12px;color:#1e293b}
 table{border-collapse:collapse;margin:8px 0} th,td{border:1px solid #cbd5e1;padding:3px 6px;text-align:right}
-th{background:#f1f5f9;position:sticky;top:0;text-align:left} td.text{text-align:left}
+th{background:#f1f5f9;position:sticky;top:0;text-align:left} td.text{text-align:left;white-space:nowrap}
 .supports{background:#dcfce7}.contradicts{background:#fee2e2}.mixed{background:#fef9c3}.notrun{background:#e2e8f0}
 li.fail{color:#b91c1c} li.pass{color:#166534} dt{font-weight:600;font-family:monospace} dd{margin:0 0 4px 16px}
 </style>"""
