@@ -92,6 +92,7 @@ rule report:
                            labels={"table": "Table 2 (view)"}),
         provenance_html=report(HTML_TABLES["provenance"], caption="../report/provenance.rst", category="Provenance",
                                labels={"table": "provenance (view)"}),
+        theory_html=report(HTML_TABLES["theory"], caption="../report/theory.rst", category="Theory check"),
     log:
         "logs/report/report.log",
     benchmark:

@@ -230,8 +230,19 @@ def _findings_html(root: Path) -> str:
             + "</tbody></table>")
 
 
+def _markdown_html(text: str) -> str:
+    """Markdown to HTML with markdown-it-py (pinned in requirements.txt); a <pre> block without it."""
+    from html import escape
+
+    try:
+        from markdown_it import MarkdownIt
+    except ImportError:  # pragma: no cover - the pinned environment has it
+        return f"<pre style='white-space:pre-wrap'>{escape(text)}</pre>"
+    return MarkdownIt("commonmark").enable("table").render(text)
+
+
 def write_html_tables(config: Config, paths: dict[str, str | Path], *, root: str | Path = ".") -> None:
-    """The verdicts, Table 1, Table 2 and the provenance as HTML pages (``paths`` keyed as
+    """The verdicts, Table 1, Table 2, the provenance and the theory verdict as HTML pages (``paths`` keyed as
     :data:`reprflow.workflow.targets.HTML_TABLES`), cells at 3 significant figures."""
     root = Path(root)
     table1, table2 = build_tables(config, root)
@@ -251,5 +262,10 @@ def write_html_tables(config: Config, paths: dict[str, str | Path], *, root: str
                        + ", ".join(f"{p} {_version(p)}" for p in PACKAGES)
                        + f". Hash columns recorded per cell: {', '.join(hash_cols) or 'none'}.", _html_table(prov)),
     }
+    verdict = root / THEORY["verdict"]
+    theory = verdict.read_text().split("\n", 1)[-1] if verdict.is_file() else "The theory check was not run."
+    pages["theory"] = ("Theory check: verdict (results/theory/verdict.md)",
+                       "The Monte Carlo check of the paper's §4; setting and scope in docs/theory.md.",
+                       _markdown_html(theory))
     for key, (title, intro, body) in pages.items():
         atomic_write_bytes(_html_page(title, intro, body), Path(paths[key]))

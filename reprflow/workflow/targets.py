@@ -30,6 +30,7 @@ HTML_TABLES = {  # the tables as HTML pages, shown inside Snakemake's HTML repor
     "table1": "results/html/table1.html",
     "table2": "results/html/table2.html",
     "provenance": "results/html/provenance.html",
+    "theory": "results/html/theory.html",
 }
 FIGURE_NAMES = (
     "fig1_layerwise_cosine",
