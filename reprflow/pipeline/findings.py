@@ -143,7 +143,7 @@ def load_evidence(config: Config, root: str | Path = ".") -> Evidence:
     from reprflow.workflow.targets import PROBES
 
     root = Path(root)
-    missing_token = [c for c in token_cells(config) if not _exists(c, TOKEN_METRICS + "/smoothness_stability.json", root)]
+    missing_token = [c for c in token_cells(config) if not _exists(c, TOKEN_METRICS, root)]
     missing_probe = [c for c in probe_cells(config) if not _exists(c, PROBES, root)]
     views = config.section("metrics")["views"]
     curves: dict[str, dict] = {}
@@ -166,8 +166,9 @@ def load_evidence(config: Config, root: str | Path = ".") -> Evidence:
             cell_list = [Cell(model.name, init.name, t, length) for t in config.tasks]
             if length is None or any(c in missing_token for c in cell_list):
                 continue
-            for view in views:
-                cka[(model.name, init.name, view)] = np.mean([token_array(c, f"cka_{view}", root) for c in cell_list], axis=0)
+            for view in views:  # a token-only arm may have no CKA files: then F3.3.1 has no such model
+                if all(_exists(c, f"{TOKEN_METRICS}/cka_{view}.npy", root) for c in cell_list):
+                    cka[(model.name, init.name, view)] = np.mean([token_array(c, f"cka_{view}", root) for c in cell_list], axis=0)
     table1, table2 = build_tables(config, root, missing_ok=True)
     return Evidence(config, curves, cka, table1, table2, missing_token, missing_probe)
 
@@ -328,6 +329,8 @@ def f3_3_1(ev: Evidence, arm: str, view: str, t: dict) -> Verdict:
     models = [m.name for m in ev.config.models if _arch(ev.config, m.name)]
     v.not_run += _token_not_run(ev, models, arm)
     have = {m: _arch(ev.config, m) for m in models if (m, arm, view) in ev.cka}
+    v.not_run += [f"{m}/{arm}: no cka_{view}.npy" for m in models
+                  if m not in have and not any(s.startswith(f"{m}/{arm}/") or s.startswith(f"{m}:") for s in v.not_run)]
     if not _need_both(ev, have, v):
         return v
     shift = {"TBM": [], "SSM": []}
