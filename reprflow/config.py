@@ -181,6 +181,12 @@ def _check_cross_fields(cfg: dict) -> None:
             )
     for i, init in enumerate(cfg["inits"]):  # every init parameter, before any job is queued
         init["params"] = resolve_init_params(init["scheme"], init.get("params"), where=f"config.inits[{i}]")
+    names = {m["name"] for m in cfg["models"]}
+    for j, pair in enumerate(cfg.get("findings", {}).get("f3_4_3", {}).get("size_pairs", [])):
+        for side in ("small", "large"):
+            if pair[side] not in names:
+                raise ConfigError(f"config.findings.f3_4_3.size_pairs[{j}].{side}: {pair[side]!r} is not a model "
+                                  f"name; use one of {sorted(names)}")
     figures = cfg.get("figures", {})
     if "length" in figures and figures["length"] not in cfg["lengths"]:
         raise ConfigError(f"config.figures.length: {figures['length']} is not one of config.lengths {cfg['lengths']}")

@@ -3,7 +3,7 @@
 
 rule theory:
     output:
-        **THEORY,
+        **{k: report(v, caption="../report/theory.rst", category="Theory check") for k, v in THEORY.items()},
     log:
         "logs/theory/theory.log",
     benchmark:
