@@ -9,6 +9,7 @@ if not workflow.overwrite_configfiles:
 
 include: "rules/common.smk"
 include: "rules/models.smk"
+include: "rules/training.smk"
 include: "rules/prompts.smk"
 include: "rules/activations.smk"
 include: "rules/metrics.smk"

@@ -40,6 +40,7 @@ class ModelSpec:
     revision: str | None = None
     max_context: int | None = None
     tiny: dict | None = None
+    train: dict | None = None
 
     def fits(self, length: int) -> bool:
         """True if prompts of ``length`` tokens fit the model's context window."""
@@ -179,6 +180,20 @@ def _check_cross_fields(cfg: dict) -> None:
                 f"config.models[{i}].hf_id: {model['hf_id']!r}; a `tiny` model is built locally, "
                 f"so hf_id must be {expected!r}"
             )
+    for i, model in enumerate(cfg["models"]):  # trained models (reprflow/training), like tiny ones
+        if model.get("train") is None:
+            continue
+        if model.get("tiny") is not None:
+            raise ConfigError(f"config.models[{i}]: has both `tiny` and `train`; keep one (train builds its own model)")
+        if model["hf_id"].rstrip("/") != f"data/models/{model['name']}":
+            raise ConfigError(f"config.models[{i}].hf_id: {model['hf_id']!r}; a `train` model is saved locally, "
+                              f"so hf_id must be 'data/models/{model['name']}'")
+        if model["family"] not in ("gpt_neo", "gpt_neox", "mamba", "mamba2"):
+            raise ConfigError(f"config.models[{i}].family: {model['family']!r} cannot be trained; use gpt_neo, "
+                              "gpt_neox, mamba or mamba2")
+        if model["family"] == "gpt_neo" and model["train"]["depth"] % 2:
+            raise ConfigError(f"config.models[{i}].train.depth: {model['train']['depth']} must be even for gpt_neo "
+                              "(global and local attention alternate)")
     for i, init in enumerate(cfg["inits"]):  # every init parameter, before any job is queued
         init["params"] = resolve_init_params(init["scheme"], init.get("params"), where=f"config.inits[{i}]")
     names = {m["name"] for m in cfg["models"]}

@@ -49,9 +49,9 @@ wildcard_constraints:
 
 
 def model_dir(wildcards):
-    """The tiny model folder a rule must build first, or nothing for hub models."""
+    """The tiny or trained model folder a rule must build first, or nothing for hub models."""
     spec = CFG.model(wildcards.model)
-    return [spec.hf_id] if spec.tiny is not None else []
+    return [spec.hf_id] if spec.tiny is not None or spec.train is not None else []
 
 
 def prompt_file(wildcards):

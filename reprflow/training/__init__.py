@@ -1,0 +1,14 @@
+"""Training the matched model suite: corpus, architecture sizing, the seeded resumable loop.
+
+Modules (one job each):
+
+- :mod:`~reprflow.training.corpus`: documents of a named corpus, the held-out split, tokenization.
+- :mod:`~reprflow.training.sizing`: one family's config at a width and depth, and the sizing of
+  the four paper families to one parameter count.
+- :mod:`~reprflow.training.recipe`: the validated ``train:`` block of a model entry.
+- :mod:`~reprflow.training.baseline`: the unigram cross-entropy baseline (float64).
+- :mod:`~reprflow.training.loop`: the training loop with atomic checkpoints, metrics and
+  ``save_pretrained``.
+
+See docs/training.md.
+"""

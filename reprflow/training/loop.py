@@ -1,0 +1,337 @@
+"""The training loop: seeded, resumable after a kill, logged, saved with ``save_pretrained``.
+
+Conventions
+-----------
+- The token stream is cut into non-overlapping windows of ``context + 1`` tokens; epoch ``e``
+  visits them in the order ``numpy.random.default_rng([data_seed, e]).permutation``. Sample
+  ``i`` (step ``i // batch_size``) is therefore a pure function of ``(data_seed, i)``: the
+  data position is the step counter, and every family with the same corpus, tokenizer,
+  ``context``, ``batch_size`` and ``data_seed`` sees the same token stream in the same order.
+- Loss: mean next-token cross-entropy in nats over the ``context`` predictions of each window,
+  computed in float32 from the logits of the full vocabulary.
+- Learning rate: linear warmup over ``warmup_steps``, then cosine decay to
+  ``lr * min_lr_ratio`` at the last step. AdamW; weight decay on matrices only (not on
+  biases, norms or the SSM's ``A_log``/``D``/``dt_bias``).
+- A checkpoint (model, optimizer, scheduler, RNG, step, metric rows, recipe digest) is
+  written atomically every ``checkpoint_every`` steps; a restarted run resumes from it when
+  its recipe digest matches, and the final weights equal those of an uninterrupted run.
+- On CUDA the forward runs under bf16 autocast with float32 master weights. Models run their
+  own transformers code: Mamba2 and Mamba take mamba_ssm's kernels (which have a backward)
+  when that package is importable; otherwise the sequential torch path (see docs/training.md).
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import transformers
+from tqdm import tqdm
+
+import reprflow
+from reprflow.atomic import atomic_write, atomic_write_bytes
+from reprflow.errors import ConfigError
+from reprflow.models.init_schemes import build_from_config
+from reprflow.prompts.tokenizers import load_tokenizer
+from reprflow.training.baseline import unigram_cross_entropy
+from reprflow.training.corpus import load_documents, split_documents, tokenize_documents
+from reprflow.training.recipe import TrainSpec
+from reprflow.training.sizing import count_params, family_config, match_families, padded_vocab
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["METRIC_COLUMNS", "PROVENANCE_FILE", "Streams", "build_config", "load_streams", "train_model"]
+
+PROVENANCE_FILE = "reprflow_train.json"
+METRIC_COLUMNS = ("step", "tokens", "train_loss", "val_loss", "lr", "tokens_per_s", "elapsed_s")
+
+
+class Streams:
+    """Train and validation token streams of one corpus and tokenizer (int32, 1-D)."""
+
+    def __init__(self, train: np.ndarray, val: np.ndarray, vocab_size: int, tokenizer: str, corpus: str):
+        self.train, self.val, self.vocab_size, self.tokenizer, self.corpus = train, val, vocab_size, tokenizer, corpus
+
+    def unigram(self) -> float:
+        return unigram_cross_entropy(self.train, self.val, self.vocab_size)
+
+
+def load_streams(spec: TrainSpec, tokenizer: str) -> Streams:
+    """Tokenize ``spec.corpus`` with the shipped ``tokenizer`` and split it (see corpus.py)."""
+    tok = load_tokenizer(tokenizer)
+    train_docs, val_docs = split_documents(load_documents(spec.corpus), spec.val_fraction)
+    train = tokenize_documents(train_docs, tok)
+    val = tokenize_documents(val_docs, tok)
+    return Streams(train, val, padded_vocab(len(tok)), tokenizer, spec.corpus)
+
+
+def build_config(family: str, spec: TrainSpec, *, vocab_size: int, positions: int | None = None):
+    """The architecture of a trained model: :func:`~reprflow.training.sizing.family_config` at
+    the recipe's width and depth; an SSM without ``expand`` gets the matched one.
+    ``positions`` (>= ``spec.context``) sizes the Transformers' position table, so a model can
+    read prompts longer than it was trained on."""
+    shape = dict(width=spec.width, depth=spec.depth, vocab_size=vocab_size, context=max(spec.context, positions or 0))
+    if family in ("mamba", "mamba2") and spec.expand is None:
+        return match_families([family], **shape)[family].config
+    config = family_config(family, expand=spec.expand, **shape)
+    if family == "gpt_neo":  # the local window follows the trained context, not the position table
+        config.window_size = max(1, min(256, spec.context // 4))
+    return config
+
+
+def _windows(stream: np.ndarray, context: int) -> np.ndarray:
+    n = len(stream) // (context + 1)
+    if n < 1:
+        raise ConfigError(f"train.context {context}: the token stream ({len(stream)} tokens) is shorter than one window")
+    return stream[: n * (context + 1)].reshape(n, context + 1)
+
+
+@functools.lru_cache(maxsize=2)
+def _epoch_order(n: int, data_seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([data_seed, epoch]).permutation(n)
+
+
+def _batch(windows: np.ndarray, step: int, batch_size: int, data_seed: int) -> np.ndarray:
+    """Rows ``step * batch_size ...`` of the sample sequence (module docstring)."""
+    n = len(windows)
+    rows = []
+    for i in range(step * batch_size, (step + 1) * batch_size):
+        epoch, pos = divmod(i, n)
+        rows.append(windows[_epoch_order(n, data_seed, epoch)[pos]])
+    return np.stack(rows)
+
+
+def _lr_at(step: int, spec: TrainSpec, n_steps: int) -> float:
+    if step < spec.warmup_steps:
+        return spec.lr * (step + 1) / spec.warmup_steps
+    progress = (step - spec.warmup_steps) / max(1, n_steps - spec.warmup_steps)
+    floor = spec.lr * spec.min_lr_ratio
+    return floor + 0.5 * (spec.lr - floor) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _optimizer(model: torch.nn.Module, spec: TrainSpec) -> torch.optim.Optimizer:
+    if spec.optimizer != "adamw":
+        raise ConfigError(f"train.optimizer {spec.optimizer!r}: only 'adamw' is implemented")
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (decay if p.ndim >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": spec.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=spec.lr, betas=spec.betas)
+
+
+def _loss(model, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        logits = model(input_ids=x[:, :-1]).logits
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
+
+
+@torch.no_grad()
+def _val_loss(model, val_windows: np.ndarray, device: torch.device, batch_size: int) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(val_windows), batch_size):
+        x = torch.as_tensor(val_windows[start:start + batch_size], dtype=torch.long, device=device)
+        n = x[:, 1:].numel()
+        total += float(_loss(model, x, device)) * n
+        count += n
+    model.train()
+    return total / count
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device 'cuda': no CUDA device is visible; use device: auto or cpu")
+    return torch.device(name)
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(buf.getvalue(), path)
+
+
+def _save_model_dir(model, out_dir: Path, provenance: dict) -> None:
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        model.save_pretrained(tmp)
+        (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")
+        if out_dir.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+            os.replace(out_dir, trash / out_dir.name)
+            shutil.rmtree(trash)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _write_metrics(path: Path, rows: list[dict]) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=METRIC_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+    atomic_write(path, write)
+
+
+def train_model(
+    family: str,
+    spec: TrainSpec,
+    *,
+    streams: Streams,
+    out_dir: str | os.PathLike,
+    metrics_path: str | os.PathLike,
+    summary_path: str | os.PathLike,
+    checkpoint_path: str | os.PathLike,
+    positions: int | None = None,
+    progress: bool = True,
+    on_step: Callable[[int], None] | None = None,
+) -> dict:
+    """Train one model and save it; resume from ``checkpoint_path`` if a matching one exists.
+
+    Parameters
+    ----------
+    family : str
+        ``gpt_neo``, ``gpt_neox``, ``mamba`` or ``mamba2``.
+    spec : TrainSpec
+        The recipe.
+    streams : Streams
+        Token streams from :func:`load_streams`.
+    out_dir : path
+        The model folder (``save_pretrained`` + ``reprflow_train.json``), written atomically.
+    metrics_path : path
+        CSV with :data:`METRIC_COLUMNS`: one row at step 0 and every ``eval_every`` steps and
+        at the last step; ``train_loss`` is the mean over the steps since the previous row.
+    summary_path : path
+        JSON: parameter counts, final validation loss, unigram baseline, throughput.
+    checkpoint_path : path
+        Resumable state; removed once the model is saved.
+    positions : int, optional
+        Position-table size for Transformers (the model entry's ``max_context``).
+    on_step : callable, optional
+        Called with the step number after each optimizer step (tests use it to simulate a kill).
+
+    Returns
+    -------
+    dict
+        The summary.
+    """
+    device = resolve_device(spec.device)
+    if spec.threads and device.type == "cpu":
+        torch.set_num_threads(spec.threads)
+    config = build_config(family, spec, vocab_size=streams.vocab_size, positions=positions)
+    n_params, n_non_embedding = count_params(config)
+    model = build_from_config(config, seed=spec.seed, dtype=torch.float32, device=device)
+    model.train()
+    optimizer = _optimizer(model, spec)
+    n_steps = spec.steps()
+    train_windows = _windows(streams.train, spec.context)
+    val_windows = _windows(streams.val, spec.context)[: max(1, spec.eval_tokens // spec.context)]
+    unigram = streams.unigram()
+    digest = spec.digest()
+
+    checkpoint_path = Path(checkpoint_path)
+    step, rows, elapsed = 0, [], 0.0
+    if checkpoint_path.is_file():
+        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        if state.get("digest") == digest and state.get("family") == family:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            torch.set_rng_state(state["rng"])
+            step, rows, elapsed = state["step"], state["rows"], state["elapsed"]
+            logger.info("resuming %s from step %d of %d (%s)", family, step, n_steps, checkpoint_path)
+        else:
+            logger.info("ignoring %s: written for another recipe", checkpoint_path)
+    if step == 0 and not rows:
+        rows.append(dict(step=0, tokens=0, train_loss="", val_loss=_val_loss(model, val_windows, device, spec.batch_size),
+                         lr=0.0, tokens_per_s="", elapsed_s=0.0))
+
+    tokens_per_step = spec.batch_size * spec.context
+    window_losses: list[float] = []
+    window_start = time.perf_counter()
+    window_step0 = step
+    bar = tqdm(total=n_steps, initial=step, unit="step", desc=f"train {family}", file=sys.stderr,
+               disable=not progress, mininterval=2.0, dynamic_ncols=False)
+    while step < n_steps:
+        lr = _lr_at(step, spec, n_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        x = torch.as_tensor(_batch(train_windows, step, spec.batch_size, spec.data_seed), dtype=torch.long, device=device)
+        loss = _loss(model, x, device)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if spec.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
+        optimizer.step()
+        step += 1
+        window_losses.append(float(loss.detach()))
+        now = time.perf_counter()
+        rate = (step - window_step0) * tokens_per_step / max(now - window_start, 1e-9)
+        bar.update(1)
+        bar.set_postfix(loss=f"{window_losses[-1]:.3f}", tok_s=f"{rate:.0f}", refresh=False)
+        if step % spec.eval_every == 0 or step == n_steps:
+            elapsed += now - window_start
+            rows.append(dict(step=step, tokens=step * tokens_per_step, train_loss=float(np.mean(window_losses)),
+                             val_loss=_val_loss(model, val_windows, device, spec.batch_size), lr=lr,
+                             tokens_per_s=rate, elapsed_s=elapsed))
+            window_losses, window_start, window_step0 = [], time.perf_counter(), step
+        if step % spec.checkpoint_every == 0 and step < n_steps:
+            _save_checkpoint(checkpoint_path, dict(
+                digest=digest, family=family, step=step, rows=rows, model=model.state_dict(),
+                optimizer=optimizer.state_dict(), rng=torch.get_rng_state(),
+                elapsed=elapsed + (time.perf_counter() - window_start),
+            ))
+        if on_step is not None:
+            on_step(step)
+    bar.close()
+
+    summary = {
+        "family": family,
+        "n_params": n_params,
+        "n_non_embedding": n_non_embedding,
+        "config": {k: v for k, v in config.to_diff_dict().items() if k != "transformers_version"},
+        "recipe": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(spec).items()},
+        "recipe_digest": digest,
+        "steps": n_steps,
+        "tokens": n_steps * tokens_per_step,
+        "corpus": streams.corpus,
+        "tokenizer": streams.tokenizer,
+        "train_stream_tokens": int(len(streams.train)),
+        "val_stream_tokens": int(len(streams.val)),
+        "val_tokens_evaluated": int(val_windows[:, 1:].size),
+        "initial_val_loss": rows[0]["val_loss"],
+        "final_val_loss": rows[-1]["val_loss"],
+        "unigram_val_loss": unigram,
+        "train_seconds": rows[-1]["elapsed_s"],
+        "tokens_per_s": (n_steps * tokens_per_step / rows[-1]["elapsed_s"]) if rows[-1]["elapsed_s"] else None,
+        "device": str(device),
+        "threads": torch.get_num_threads() if device.type == "cpu" else None,
+        "reprflow_version": reprflow.__version__,
+        "transformers_version": transformers.__version__,
+        "torch_version": torch.__version__,
+    }
+    _save_model_dir(model, Path(out_dir), summary)
+    _write_metrics(Path(metrics_path), rows)
+    atomic_write_bytes((json.dumps(summary, indent=2, sort_keys=True) + "\n").encode(), summary_path)
+    checkpoint_path.unlink(missing_ok=True)
+    logger.info("trained %s: %d params, val loss %.3f (unigram %.3f, initial %.3f) in %.1f s",
+                family, n_params, summary["final_val_loss"], unigram, summary["initial_val_loss"], summary["train_seconds"])
+    return summary

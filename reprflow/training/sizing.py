@@ -1,0 +1,195 @@
+"""Matched architectures: one config per family at a shared width and depth, sized to one
+parameter count.
+
+A Transformer block (attention + MLP with a 4x hidden layer) holds about ``12 d^2`` weights;
+a Mamba block with the usual ``expand = 2`` about ``6 d^2``, which is why the released SSMs
+stack twice as many blocks. To compare layer by layer at equal depth, the SSM families here
+take the (integer) expansion factor whose non-embedding parameter count is closest
+to GPT-NeoX's at the same width and depth. All families tie input and output embeddings (GPT-NeoX
+does not by default; Pythia unties them) and use one vocabulary size, the tokenizer's padded
+to a multiple of 64, so the embedding count is identical and the match holds with or without
+it. See docs/training.md.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from transformers import AutoModelForCausalLM, GPTNeoConfig, GPTNeoXConfig, Mamba2Config, MambaConfig, PretrainedConfig
+
+from reprflow.errors import ConfigError
+
+__all__ = [
+    "MATCHED_FAMILIES",
+    "SizedModel",
+    "count_params",
+    "family_config",
+    "match_families",
+    "padded_vocab",
+]
+
+MATCHED_FAMILIES = ("gpt_neo", "gpt_neox", "mamba", "mamba2")
+_EXPANDS = tuple(range(1, 9))  # transformers requires an integer expand
+
+
+def padded_vocab(n_tokens: int, multiple: int = 64) -> int:
+    """The tokenizer size rounded up to ``multiple`` (embedding rows; extra rows are never targets)."""
+    return int(math.ceil(n_tokens / multiple) * multiple)
+
+
+def _head_dim(width: int) -> int:
+    return 64 if width >= 256 else 16
+
+
+def family_config(
+    family: str,
+    *,
+    width: int,
+    depth: int,
+    vocab_size: int,
+    context: int,
+    expand: int | None = None,
+    window: int | None = None,
+    d_state: int | None = None,
+) -> PretrainedConfig:
+    """The matched config of ``family`` (no dropout, tied embeddings).
+
+    Parameters
+    ----------
+    family : str
+        ``gpt_neo``, ``gpt_neox``, ``mamba`` or ``mamba2``.
+    width, depth : int
+        Hidden size ``d`` and number of blocks. GPT-Neo alternates global and local attention
+        (global first), so its depth must be even.
+    vocab_size : int
+        Embedding rows (see :func:`padded_vocab`).
+    context : int
+        Trained context; the Transformers' ``max_position_embeddings``.
+    expand : float, optional
+        SSM inner width ``expand * d``, an integer (ignored by Transformers; default 2).
+    window : int, optional
+        GPT-Neo's local attention window (default ``min(256, context // 4)``).
+    d_state : int, optional
+        SSM state size (default 16 for Mamba, 64 for Mamba2 at width >= 256, else 16).
+    """
+    heads = max(1, width // _head_dim(width))
+    common = dict(vocab_size=vocab_size, tie_word_embeddings=True, bos_token_id=0, eos_token_id=0)
+    if family == "gpt_neo":
+        if depth % 2:
+            raise ConfigError(f"gpt_neo depth {depth}: must be even (alternating global/local attention)")
+        return GPTNeoConfig(
+            hidden_size=width, num_layers=depth, num_heads=heads, intermediate_size=4 * width,
+            attention_types=[[["global", "local"], depth // 2]], window_size=window or max(1, min(256, context // 4)),
+            max_position_embeddings=context, embed_dropout=0.0, attention_dropout=0.0, resid_dropout=0.0, **common,
+        )
+    if family == "gpt_neox":
+        return GPTNeoXConfig(
+            hidden_size=width, num_hidden_layers=depth, num_attention_heads=heads, intermediate_size=4 * width,
+            rotary_pct=0.25, max_position_embeddings=context, hidden_dropout=0.0, attention_dropout=0.0,
+            use_parallel_residual=True, **common,
+        )
+    expand = 2 if expand is None else int(expand)
+    inner = expand * width
+    if family == "mamba":
+        return MambaConfig(
+            hidden_size=width, num_hidden_layers=depth, state_size=d_state or 16, expand=expand, conv_kernel=4,
+            pad_token_id=0, **common,
+        )
+    if family == "mamba2":
+        head_dim = _head_dim(width)
+        if int(inner) % head_dim:
+            raise ConfigError(f"mamba2: inner width {int(inner)} is not a multiple of head_dim {head_dim}")
+        return Mamba2Config(
+            hidden_size=width, num_hidden_layers=depth, state_size=d_state or (64 if width >= 256 else 16),
+            expand=expand, head_dim=head_dim, num_heads=int(inner) // head_dim, n_groups=1, conv_kernel=4,
+            chunk_size=64 if context <= 256 else 256, pad_token_id=0, **common,
+        )
+    raise ConfigError(f"training family {family!r} is not supported; use one of {list(MATCHED_FAMILIES)}")
+
+
+def count_params(config: PretrainedConfig) -> tuple[int, int]:
+    """``(total, non_embedding)`` parameter counts of a config, built on the meta device
+    (no memory). Tied weights count once; non-embedding excludes the token (and GPT-Neo's
+    position) embeddings and an untied output head."""
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    total = sum(p.numel() for p in model.parameters())
+    emb = model.get_input_embeddings().weight.numel()
+    head = model.get_output_embeddings()
+    if head is not None and head.weight is not model.get_input_embeddings().weight:
+        emb += head.weight.numel()
+    wpe = getattr(getattr(model, "transformer", None), "wpe", None)
+    if wpe is not None:
+        emb += wpe.weight.numel()
+    return total, total - emb
+
+
+@dataclass(frozen=True)
+class SizedModel:
+    """One family sized for the suite: its config and parameter counts."""
+
+    family: str
+    config: PretrainedConfig
+    n_params: int
+    n_non_embedding: int
+    expand: int | None
+
+
+def _best_expand(family: str, reference: int, **kw) -> tuple[PretrainedConfig, int]:
+    best = None
+    for expand in _EXPANDS:
+        try:
+            config = family_config(family, expand=expand, **kw)
+        except ConfigError:
+            continue
+        err = abs(count_params(config)[1] - reference)
+        if best is None or err < best[0]:
+            best = (err, config, expand)
+    return best[1], best[2]
+
+
+def match_families(
+    families, *, width: int, depth: int, vocab_size: int, context: int, tolerance: float = 0.10, **kw
+) -> dict[str, SizedModel]:
+    """Configs of ``families`` at one width and depth with matched parameter counts.
+
+    Transformers use a 4x MLP; each SSM takes the ``expand`` whose non-embedding count is
+    closest to GPT-NeoX's. Raises :class:`ConfigError` if any total or non-embedding count is
+    more than ``tolerance`` away from the suite's mean.
+    """
+    shape = dict(width=width, depth=depth, vocab_size=vocab_size, context=context, **kw)
+    reference = count_params(family_config("gpt_neox", **shape))[1]
+    out = {}
+    for family in families:
+        expand = None
+        if family in ("mamba", "mamba2"):
+            config, expand = _best_expand(family, reference, **shape)
+        else:
+            config = family_config(family, **shape)
+        total, non_emb = count_params(config)
+        out[family] = SizedModel(family, config, total, non_emb, expand)
+    for key in ("n_params", "n_non_embedding"):
+        values = [getattr(s, key) for s in out.values()]
+        mean = sum(values) / len(values)
+        for s in out.values():
+            if abs(getattr(s, key) - mean) > tolerance * mean:
+                raise ConfigError(f"matched suite (width {width}, depth {depth}): {s.family} has {key} "
+                                  f"{getattr(s, key)}, more than {tolerance:.0%} from the mean {mean:.0f}; "
+                                  f"change width/depth")
+    return out
+
+
+def width_for_params(target: int, *, depth: int, vocab_size: int, context: int, step: int = 64) -> int:
+    """The width (a multiple of ``step``) whose GPT-NeoX config at ``depth`` has the total
+    parameter count closest to ``target``."""
+    best = None
+    for width in range(step, 8192 + step, step):
+        total = count_params(family_config("gpt_neox", width=width, depth=depth, vocab_size=vocab_size,
+                                           context=context))[0]
+        if best is None or abs(total - target) < abs(best[1] - target):
+            best = (width, total)
+        if total > 2 * target:
+            break
+    return best[0]

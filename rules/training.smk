@@ -1,0 +1,48 @@
+# Training phase: models with a `train:` block are trained from scratch and saved with
+# save_pretrained to their hf_id (data/models/{model}); the pretrained init then loads them
+# through from_pretrained like hub models. Checkpoints (results/training/{model}/checkpoint.pt)
+# are not outputs, so a killed job resumes from them. See docs/training.md.
+from reprflow.training.recipe import TrainSpec
+
+TRAINED = [m.name for m in CFG.models if m.train is not None]
+TRAIN_METRICS = "results/training/{model}/metrics.csv"
+TRAIN_SUMMARY = "results/training/{model}/summary.json"
+TRAIN_CHECKPOINT = "results/training/{model}/checkpoint.pt"
+
+
+def _train_recipe(wildcards):
+    """The science keys of the train block (execution keys do not rerun training)."""
+    block = dict(CFG.model(wildcards.model).train)
+    return {k: v for k, v in sorted(block.items()) if k not in TrainSpec.EXECUTION_KEYS}
+
+
+ruleorder: train_model > build_tiny_model
+
+
+rule train_model:
+    output:
+        model=directory("data/models/{model}"),
+        metrics=TRAIN_METRICS,
+        summary=TRAIN_SUMMARY,
+    log:
+        "logs/training/{model}.log",
+    benchmark:
+        "logs/benchmarks/training/{model}.tsv"
+    wildcard_constraints:
+        model="|".join(TRAINED) or "(?!x)x",
+    params:
+        family=lambda w: CFG.model(w.model).family,
+        tokenizer=lambda w: CFG.model(w.model).tokenizer,
+        positions=lambda w: CFG.model(w.model).max_context,
+        recipe=_train_recipe,
+        checkpoint=lambda w: TRAIN_CHECKPOINT.format(model=w.model),
+    threads: lambda w: CFG.model(w.model).train.get("threads") or 2
+    conda:
+        "../envs/cpu.yaml"
+    script:
+        "../workflow_scripts/train.py"
+
+
+rule all_trained:
+    input:
+        [TRAIN_SUMMARY.format(model=m) for m in TRAINED],

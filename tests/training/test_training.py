@@ -1,0 +1,155 @@
+"""Training: matched sizing, the unigram baseline, learning, resume after a kill, loading.
+
+The learning and resume tests train on real English (the shipped NQ-Open passages) read as
+bytes (vocabulary 256), so they take seconds on the CPU; the loop, checkpoints and saving are
+the ones the workflow runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from reprflow.config import validate_config
+from reprflow.errors import ConfigError
+from reprflow.models.init_schemes import InitSpec
+from reprflow.models.registry import load_model
+from reprflow.training.baseline import unigram_cross_entropy
+from reprflow.training.corpus import load_documents, split_documents
+from reprflow.training.loop import Streams, _loss, _windows, train_model
+from reprflow.training.recipe import TrainSpec
+from reprflow.training.sizing import MATCHED_FAMILIES, count_params, match_families, padded_vocab
+
+
+@pytest.mark.parametrize("width,depth", [(64, 2), (384, 8)])
+def test_matched_families_agree_within_ten_percent(width, depth):
+    suite = match_families(MATCHED_FAMILIES, width=width, depth=depth, vocab_size=50304, context=1024)
+    assert set(suite) == set(MATCHED_FAMILIES)
+    for key in ("n_params", "n_non_embedding"):
+        values = [getattr(s, key) for s in suite.values()]
+        assert max(values) <= 1.10 * min(values), (key, values)
+    for s in suite.values():  # same width and depth in every family
+        assert s.config.hidden_size == width
+        assert s.config.num_hidden_layers == depth if s.family != "gpt_neo" else s.config.num_layers == depth
+        assert s.config.tie_word_embeddings
+
+
+def test_count_params_matches_a_built_model():
+    suite = match_families(["mamba2"], width=64, depth=2, vocab_size=512, context=64)
+    model = AutoModelForCausalLM.from_config(suite["mamba2"].config)
+    assert suite["mamba2"].n_params == sum(p.numel() for p in model.parameters())
+    assert padded_vocab(50277) == 50304 and padded_vocab(50257) == 50304
+
+
+def test_unigram_baseline_matches_direct_count():
+    rng = np.random.default_rng(0)
+    train, val = rng.integers(0, 7, 500), rng.integers(0, 9, 80)
+    counts = Counter(train.tolist())
+    expected = -sum(math.log((counts.get(t, 0) + 1) / (500 + 10)) for t in val.tolist()) / 80
+    assert unigram_cross_entropy(train, val, 10) == pytest.approx(expected, rel=1e-12)
+
+
+def _byte_streams(val_fraction=0.1) -> Streams:
+    train_docs, val_docs = split_documents(load_documents("nq_open"), val_fraction)
+    enc = lambda docs: np.frombuffer("\x00".join(docs).encode(), dtype=np.uint8).astype(np.int32)  # noqa: E731
+    return Streams(enc(train_docs), enc(val_docs), 256, "bytes", "nq_open")
+
+
+@pytest.fixture(scope="module")
+def streams():
+    return _byte_streams()
+
+
+def _spec(**kw):
+    base = dict(corpus="nq_open", width=32, depth=2, context=64, batch_size=8, tokens=64 * 8 * 60, lr=1e-2,
+                warmup_steps=5, eval_every=20, eval_tokens=4096, checkpoint_every=4, device="cpu", threads=1)
+    return TrainSpec.from_dict({**base, **kw})
+
+
+def _run(tmp_path, family, spec, streams, name="m", **kw):
+    return train_model(family, spec, streams=streams, out_dir=tmp_path / name, metrics_path=tmp_path / f"{name}.csv",
+                       summary_path=tmp_path / f"{name}.json", checkpoint_path=tmp_path / f"{name}.ckpt",
+                       progress=False, **kw)
+
+
+@pytest.mark.parametrize("family", ["gpt_neox", "mamba2"])
+def test_training_beats_the_unigram_baseline(tmp_path, streams, family):
+    summary = _run(tmp_path, family, _spec(), streams)
+    assert summary["initial_val_loss"] > summary["unigram_val_loss"]
+    assert summary["final_val_loss"] < summary["unigram_val_loss"] - 0.3, summary
+    rows = list(csv.DictReader(open(tmp_path / "m.csv")))
+    assert [int(r["step"]) for r in rows] == [0, 20, 40, 60]
+    assert float(rows[-1]["val_loss"]) == pytest.approx(summary["final_val_loss"])
+    assert json.loads((tmp_path / "m.json").read_text())["n_params"] == summary["n_params"]
+    assert not (tmp_path / "m.ckpt").exists()  # removed once the model is saved
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_resume_after_kill_gives_the_same_weights(tmp_path, streams):
+    spec = _spec(tokens=64 * 8 * 10, eval_every=5)
+    _run(tmp_path, "gpt_neo", spec, streams, name="whole")
+
+    def kill(step):
+        if step == 7:  # after the checkpoint at step 4, before the one at step 8
+            raise _Killed
+    with pytest.raises(_Killed):
+        _run(tmp_path, "gpt_neo", spec, streams, name="killed", on_step=kill)
+    assert (tmp_path / "killed.ckpt").is_file() and not (tmp_path / "killed").exists()
+    _run(tmp_path, "gpt_neo", spec, streams, name="killed")
+    whole = AutoModelForCausalLM.from_pretrained(tmp_path / "whole").state_dict()
+    resumed = AutoModelForCausalLM.from_pretrained(tmp_path / "killed").state_dict()
+    assert whole.keys() == resumed.keys()
+    for key in whole:
+        assert torch.equal(whole[key], resumed[key]), key
+
+
+def test_checkpoint_of_another_recipe_is_not_resumed(tmp_path, streams):
+    spec = _spec(tokens=64 * 8 * 6)
+    with pytest.raises(_Killed):
+        _run(tmp_path, "gpt_neox", spec, streams, on_step=lambda s: (_ for _ in ()).throw(_Killed) if s == 5 else None)
+    other = _run(tmp_path, "gpt_neox", _spec(tokens=64 * 8 * 6, lr=5e-3), streams)
+    reference = _run(tmp_path, "gpt_neox", _spec(tokens=64 * 8 * 6, lr=5e-3), streams, name="ref")
+    assert other["final_val_loss"] == reference["final_val_loss"]
+
+
+def test_saved_model_loads_through_the_pipeline_path(tmp_path, streams):
+    spec = _spec(tokens=64 * 8 * 4)
+    summary = _run(tmp_path, "mamba", spec, streams)
+    model = load_model(str(tmp_path / "m"), init=InitSpec("pretrained"), seed=None)
+    val = torch.as_tensor(_windows(streams.val, 64)[:64], dtype=torch.long)
+    with torch.no_grad():
+        loss = sum(float(_loss(model, val[i:i + 8], torch.device("cpu"))) for i in range(0, 64, 8)) / 8
+    assert loss == pytest.approx(summary["final_val_loss"], rel=1e-5)
+    fresh = load_model(str(tmp_path / "m"), init=InitSpec("default"), seed=3)  # the random arm: same config
+    assert fresh.config.to_dict() == model.config.to_dict() or fresh.config.hidden_size == model.config.hidden_size
+    assert sum(p.numel() for p in fresh.parameters()) == summary["n_params"] == count_params(model.config)[0]
+
+
+def _config(model):
+    return {"seed": 0, "models": [model], "inits": [{"name": "pretrained", "scheme": "pretrained"}],
+            "tasks": ["kvpr"], "lengths": [64], "prompts": {}, "extraction": {}, "metrics": {}, "probes": {},
+            "figures": {}}
+
+
+def test_train_block_is_validated():
+    entry = {"name": "t", "family": "gpt_neox", "hf_id": "data/models/t", "tokenizer": "gpt-neox-20b",
+             "train": {"corpus": "nq_open", "width": 64, "depth": 2, "tokens": 1000}}
+    cfg = validate_config(_config(entry))
+    assert cfg.models[0].train["batch_size"] == 4  # schema default filled in
+    with pytest.raises(ConfigError, match=r"config.models\[0\]: has both `tiny` and `train`"):
+        validate_config(_config({**entry, "tiny": {"seed": 1}}))
+    with pytest.raises(ConfigError, match=r"config.models\[0\].train.depth: 3 must be even"):
+        validate_config(_config({**entry, "family": "gpt_neo", "tokenizer": "gpt2",
+                                 "train": {**entry["train"], "depth": 3}}))
+    with pytest.raises(ConfigError, match=r"config.models\[0\].train: unknown key 'width_x'"):
+        validate_config(_config({**entry, "train": {**entry["train"], "width_x": 1}}))
