@@ -81,13 +81,14 @@ def load_streams(spec: TrainSpec, tokenizer: str) -> Streams:
 
 def build_config(family: str, spec: TrainSpec, *, vocab_size: int, positions: int | None = None):
     """The architecture of a trained model: :func:`~reprflow.training.sizing.family_config` at
-    the recipe's width and depth; an SSM without ``expand`` gets the matched one.
+    the recipe's width; Transformers get ``depth`` layers, SSMs the matched block count and
+    state size (:func:`~reprflow.training.sizing.match_families`).
     ``positions`` (>= ``spec.context``) sizes the Transformers' position table, so a model can
     read prompts longer than it was trained on."""
     shape = dict(width=spec.width, depth=spec.depth, vocab_size=vocab_size, context=max(spec.context, positions or 0))
-    if family in ("mamba", "mamba2") and spec.expand is None:
+    if family in ("mamba", "mamba2"):
         return match_families([family], **shape)[family].config
-    config = family_config(family, expand=spec.expand, **shape)
+    config = family_config(family, **shape)
     if family == "gpt_neo":  # the local window follows the trained context, not the position table
         config.window_size = max(1, min(256, spec.context // 4))
     return config

@@ -17,8 +17,7 @@ class TrainSpec:
     corpus: str = "nq_open"
     val_fraction: float = 0.1
     width: int = 64
-    depth: int = 2
-    expand: int | None = None  # SSMs only; None = matched to GPT-NeoX's block (sizing.match_families)
+    depth: int = 2  # Transformer layers; SSMs get the block count that matches the parameters
     context: int = 256  # trained sequence length
     tokens: int = 100_000  # token budget (steps = ceil(tokens / (batch_size * context)))
     batch_size: int = 4

@@ -1,14 +1,15 @@
-"""Matched architectures: one config per family at a shared width and depth, sized to one
-parameter count.
+"""Matched architectures: one config per family at a shared width, sized to one parameter count.
 
-A Transformer block (attention + MLP with a 4x hidden layer) holds about ``12 d^2`` weights;
-a Mamba block with the usual ``expand = 2`` about ``6 d^2``, which is why the released SSMs
-stack twice as many blocks. To compare layer by layer at equal depth, the SSM families here
-take the (integer) expansion factor whose non-embedding parameter count is closest
-to GPT-NeoX's at the same width and depth. All families tie input and output embeddings (GPT-NeoX
-does not by default; Pythia unties them) and use one vocabulary size, the tokenizer's padded
-to a multiple of 64, so the embedding count is identical and the match holds with or without
-it. See docs/training.md.
+A Transformer layer (attention + 4x MLP) holds about ``12 d^2`` weights, a Mamba or Mamba2
+block with ``expand = 2`` about ``6 d^2`` plus terms in the state size. The project's family
+invariants (reprflow/models/invariants.py) require ``expand == 2``, as in the paper's
+checkpoints, so parameters are matched the way those checkpoints match them: the SSMs stack
+more blocks (Mamba-2.8B has 64 blocks against GPT-Neo-2.7B's 32 layers). For each SSM the
+helper picks the block count (and, for Mamba2, the state size among 16/32/64/128) whose
+non-embedding count is closest to GPT-NeoX's at the same width and Transformer depth. All
+families tie input and output embeddings (Pythia unties them) and use one vocabulary size,
+the tokenizer's padded to a multiple of 64, so the embedding count is identical and the match
+holds with or without it. See docs/training.md.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ __all__ = [
 ]
 
 MATCHED_FAMILIES = ("gpt_neo", "gpt_neox", "mamba", "mamba2")
-_EXPANDS = tuple(range(1, 9))  # transformers requires an integer expand
+_MAMBA2_STATES = (16, 32, 64, 128)
 
 
 def padded_vocab(n_tokens: int, multiple: int = 64) -> int:
@@ -50,7 +51,6 @@ def family_config(
     depth: int,
     vocab_size: int,
     context: int,
-    expand: int | None = None,
     window: int | None = None,
     d_state: int | None = None,
 ) -> PretrainedConfig:
@@ -67,8 +67,6 @@ def family_config(
         Embedding rows (see :func:`padded_vocab`).
     context : int
         Trained context; the Transformers' ``max_position_embeddings``.
-    expand : float, optional
-        SSM inner width ``expand * d``, an integer (ignored by Transformers; default 2).
     window : int, optional
         GPT-Neo's local attention window (default ``min(256, context // 4)``).
     d_state : int, optional
@@ -90,7 +88,7 @@ def family_config(
             rotary_pct=0.25, max_position_embeddings=context, hidden_dropout=0.0, attention_dropout=0.0,
             use_parallel_residual=True, **common,
         )
-    expand = 2 if expand is None else int(expand)
+    expand = 2  # the family invariant (reprflow/models/invariants.py)
     inner = expand * width
     if family == "mamba":
         return MambaConfig(
@@ -134,20 +132,22 @@ class SizedModel:
     config: PretrainedConfig
     n_params: int
     n_non_embedding: int
-    expand: int | None
+    depth: int
 
 
-def _best_expand(family: str, reference: int, **kw) -> tuple[PretrainedConfig, int]:
+def _best_ssm(family: str, reference: int, *, depth: int, **kw) -> PretrainedConfig:
+    states = _MAMBA2_STATES if family == "mamba2" else (16,)
     best = None
-    for expand in _EXPANDS:
-        try:
-            config = family_config(family, expand=expand, **kw)
-        except ConfigError:
-            continue
-        err = abs(count_params(config)[1] - reference)
-        if best is None or err < best[0]:
-            best = (err, config, expand)
-    return best[1], best[2]
+    for d_state in states:
+        for blocks in range(depth, 4 * depth + 1):
+            config = family_config(family, depth=blocks, d_state=d_state, **kw)
+            err = abs(count_params(config)[1] - reference)
+            if best is not None and err >= best[0] and blocks > depth:
+                if best[2] == d_state:
+                    break  # the count grows with the block count: past the closest one
+            if best is None or err < best[0]:
+                best = (err, config, d_state)
+    return best[1]
 
 
 def match_families(
@@ -155,28 +155,26 @@ def match_families(
 ) -> dict[str, SizedModel]:
     """Configs of ``families`` at one width and depth with matched parameter counts.
 
-    Transformers use a 4x MLP; each SSM takes the ``expand`` whose non-embedding count is
-    closest to GPT-NeoX's. Raises :class:`ConfigError` if any total or non-embedding count is
-    more than ``tolerance`` away from the suite's mean.
+    Transformers use a 4x MLP and ``depth`` layers; each SSM takes the block count (and Mamba2
+    the state size) whose non-embedding count is closest to GPT-NeoX's. Raises :class:`ConfigError` if any family's total or non-embedding
+    count is more than ``tolerance`` (relative) away from GPT-NeoX's at the same width and depth.
     """
     shape = dict(width=width, depth=depth, vocab_size=vocab_size, context=context, **kw)
-    reference = count_params(family_config("gpt_neox", **shape))[1]
+    ref_total, reference = count_params(family_config("gpt_neox", **shape))
     out = {}
     for family in families:
-        expand = None
         if family in ("mamba", "mamba2"):
-            config, expand = _best_expand(family, reference, **shape)
+            config = _best_ssm(family, reference, **shape)
         else:
             config = family_config(family, **shape)
         total, non_emb = count_params(config)
-        out[family] = SizedModel(family, config, total, non_emb, expand)
-    for key in ("n_params", "n_non_embedding"):
-        values = [getattr(s, key) for s in out.values()]
-        mean = sum(values) / len(values)
+        blocks = config.num_layers if family == "gpt_neo" else config.num_hidden_layers
+        out[family] = SizedModel(family, config, total, non_emb, blocks)
+    for key, ref in (("n_params", ref_total), ("n_non_embedding", reference)):
         for s in out.values():
-            if abs(getattr(s, key) - mean) > tolerance * mean:
+            if abs(getattr(s, key) - ref) > tolerance * ref:
                 raise ConfigError(f"matched suite (width {width}, depth {depth}): {s.family} has {key} "
-                                  f"{getattr(s, key)}, more than {tolerance:.0%} from the mean {mean:.0f}; "
+                                  f"{getattr(s, key)}, more than {tolerance:.0%} from GPT-NeoX's {ref}; "
                                   f"change width/depth")
     return out
 

