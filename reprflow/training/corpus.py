@@ -53,7 +53,8 @@ def _gcide(path: Path = GCIDE_FILE) -> list[str]:
     if not path.is_file():
         raise ConfigError(
             f"corpus 'gcide': {path} not found; install the Debian package dict-gcide "
-            "(apt-get install dict-gcide) or use corpus: nq_open"
+            "(apt-get install dict-gcide), or copy data/corpus/tokens/ from a machine that has "
+            "tokenized it, or use corpus: nq_open"
         )
     with gzip.open(path, "rt", encoding="utf-8", errors="replace") as fh:
         text = fh.read()

@@ -70,13 +70,32 @@ class Streams:
         return unigram_cross_entropy(self.train, self.val, self.vocab_size)
 
 
-def load_streams(spec: TrainSpec, tokenizer: str) -> Streams:
-    """Tokenize ``spec.corpus`` with the shipped ``tokenizer`` and split it (see corpus.py)."""
+#: Tokenized corpora, reused by every model that reads the same (corpus, tokenizer, split);
+#: copy this folder to a machine that lacks the corpus's package (e.g. dict-gcide) to train there.
+TOKEN_CACHE = Path(__file__).resolve().parents[2] / "data" / "corpus" / "tokens"
+
+
+def load_streams(spec: TrainSpec, tokenizer: str, *, cache_dir: str | os.PathLike | None = TOKEN_CACHE) -> Streams:
+    """Tokenize ``spec.corpus`` with the shipped ``tokenizer`` and split it (see corpus.py).
+
+    The streams are cached as ``{cache_dir}/{corpus}_{tokenizer}_val{val_fraction}.npz``
+    (written atomically); a cached file is used as is, even where the corpus is not installed.
+    """
     tok = load_tokenizer(tokenizer)
+    vocab = padded_vocab(len(tok))
+    cache = Path(cache_dir) / f"{spec.corpus}_{tokenizer}_val{spec.val_fraction}.npz" if cache_dir else None
+    if cache is not None and cache.is_file():
+        with np.load(cache) as data:
+            return Streams(data["train"], data["val"], vocab, tokenizer, spec.corpus)
     train_docs, val_docs = split_documents(load_documents(spec.corpus), spec.val_fraction)
     train = tokenize_documents(train_docs, tok)
     val = tokenize_documents(val_docs, tok)
-    return Streams(train, val, padded_vocab(len(tok)), tokenizer, spec.corpus)
+    if cache is not None:
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as fh:
+                np.savez_compressed(fh, train=train, val=val)
+        atomic_write(cache, write)
+    return Streams(train, val, vocab, tokenizer, spec.corpus)
 
 
 def build_config(family: str, spec: TrainSpec, *, vocab_size: int, positions: int | None = None):

@@ -16,9 +16,13 @@ def test_values_keep_three_significant_figures_without_noise():
     assert "e-17" not in table and "3.04e-05" in table and "| 0 |" in table
 
 
-def test_tiny_and_untrained_models_are_named():
+def test_tiny_trained_and_untrained_models_are_named():
     with open(PROJECT_ROOT / "config" / "demo.yaml") as fh:
-        notes = "\n".join(model_notes(validate_config(yaml.safe_load(fh))))
+        raw = yaml.safe_load(fh)
+    notes = "\n".join(model_notes(validate_config(raw)))
+    assert "tiny-mamba** (mamba): TRAINED BY THIS WORKFLOW from scratch" in notes
+    raw["models"][2] = {k: v for k, v in raw["models"][2].items() if k != "train"} | {"tiny": {"seed": 3}}
+    notes = "\n".join(model_notes(validate_config(raw)))
     assert "tiny-mamba** (mamba): a TINY RANDOM model" in notes
     assert "Untrained arms (random initialisation, no training): random." in notes
 
@@ -46,9 +50,15 @@ def test_html_pages_and_markdown_report_from_metric_files(tmp_path):
     page = paths["findings"].read_text()
     assert "class='text supports'><b>supports</b>" in page and "F3.4.3" in page and "not run" in page
     table1 = paths["table1"].read_text()
-    assert "<th>Sm_rel</th>" in table1 and "<dt>chance</dt>" in table1 and "TINY RANDOM" in table1
+    assert "<th>Sm_rel</th>" in table1 and "<dt>chance</dt>" in table1 and "TRAINED BY THIS WORKFLOW" in table1
     assert "The theory check was not run." in paths["theory"].read_text()
     assert config.digest() in paths["provenance"].read_text()
+    summary = tmp_path / "results" / "training" / "tiny-pythia" / "summary.json"
+    summary.parent.mkdir(parents=True)
+    summary.write_text('{"n_params": 3319552, "final_val_loss": 6.5, "unigram_val_loss": 7.7, "tokens": 1000}')
     write_report(config, tmp_path / "results" / "report.md", root=tmp_path)
     text = (tmp_path / "results" / "report.md").read_text()
+    assert "## Controlled comparison: models trained by this workflow" in text
+    assert "| tiny-pythia | gpt_neox | 3.32e+06 |" in text and "| 1.2 |" in text  # unigram - val loss
+    assert "### Trained against random" in text and "inter_token_last" in text
     assert "## Verdicts on the paper's findings" in text and "**F3.2.1 / pretrained / hf: supports**" in text
