@@ -57,6 +57,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["METRIC_COLUMNS", "PROVENANCE_FILE", "Streams", "build_config", "load_streams", "train_model"]
 
 PROVENANCE_FILE = "reprflow_train.json"
+H200_BF16_FLOPS = 790e12  # dense bf16 peak used for the MFU in the summary (docs/training.md)
 METRIC_COLUMNS = ("step", "tokens", "train_loss", "val_loss", "lr", "tokens_per_s", "elapsed_s")
 
 
@@ -342,6 +343,9 @@ def train_model(
         "unigram_val_loss": unigram,
         "train_seconds": rows[-1]["elapsed_s"],
         "tokens_per_s": (n_steps * tokens_per_step / rows[-1]["elapsed_s"]) if rows[-1]["elapsed_s"] else None,
+        "train_flops_estimate": 6 * n_params * n_steps * tokens_per_step,  # 6 N D (attention not counted)
+        "mfu_vs_h200_bf16": ((6 * n_params * n_steps * tokens_per_step / rows[-1]["elapsed_s"]) / H200_BF16_FLOPS
+                             if rows[-1]["elapsed_s"] and device.type == "cuda" else None),
         "device": str(device),
         "threads": torch.get_num_threads() if device.type == "cpu" else None,
         "reprflow_version": reprflow.__version__,
