@@ -7,7 +7,7 @@ Corpora (their sources and licences: data/corpus/SOURCE.md):
   0.4M tokens). For the CPU demo. The MDQA prompts quote the same passages, so a model trained
   on them has seen its documents: fine for a demo of the machinery, not for a claim.
 - ``gcide``: the GNU Collaborative International Dictionary of English, from the Debian package
-  ``dict-gcide`` (``/usr/share/dictd/gcide.dict.dz``; about 40 MB of English text, 10-11M
+  ``dict-gcide`` (``/usr/share/dictd/gcide.dict.dz``; about 40 MB of English text, 8.9M
   tokens). For the GPU suite. Each dictionary entry is one document; pronunciation markup and
   source tags like ``[1913 Webster]`` are removed.
 
