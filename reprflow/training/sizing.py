@@ -29,6 +29,7 @@ __all__ = [
     "family_config",
     "match_families",
     "padded_vocab",
+    "width_for_params",
 ]
 
 MATCHED_FAMILIES = ("gpt_neo", "gpt_neox", "mamba", "mamba2")
