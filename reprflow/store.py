@@ -87,10 +87,11 @@ Zarr has no bfloat16. ``store_dtype`` is ``"float32"``, ``"float16"`` or ``"auto
 Every window is checked *before* conversion: non-finite values always raise
 ``StoreError``; a window written as float16 must have max |x| < 65504 or it raises
 ``StoreError`` naming the window and the fix (``extraction.store_dtype: float32``). ``"auto"``
-decides once, before the first window is written (the extraction loop calls
-``StoreWriter.decide_dtype`` with the peak of its first batch, so that token states can
-be converted to float16 on the GPU; otherwise the peak of the first window written is
-used): float16 if ``max|x| * 4 < 65504`` (headroom 4 for
+decides once, before the first window is written (:func:`choose_store_dtype`, the one
+place of the policy; the store sink of the extraction, :class:`reprflow.sinks.ZarrStoreSink`,
+applies it to the peak of its first batch and calls ``StoreWriter.create_arrays``, so that
+token states can be converted to float16 on the GPU; a writer used directly applies it to
+the peak of the first window written): float16 if ``max|x| * 4 < 65504`` (headroom 4 for
 later, longer or rarer prompts), else float32; the decision and the observed maximum
 are recorded in the attr ``dtype_check``. The attr ``store_dtype`` holds the on-disk
 dtype; the attr ``dtype`` is the *compute* dtype of the forward passes (e.g. bfloat16).
@@ -388,6 +389,30 @@ def check_peak(peak: float, *, dtype: str, what: str, path: Path) -> None:
         )
 
 
+def choose_store_dtype(requested: str, peak: float) -> str:
+    """The on-disk dtype of a store: the dtype policy, in one place.
+
+    Parameters
+    ----------
+    requested : {"auto", "float16", "float32"}
+        ``extraction.store_dtype``.
+    peak : float
+        max |x| of the first states to be written (the first batch, or window).
+
+    Returns
+    -------
+    str
+        ``requested`` unless it is ``"auto"``; then float16 if ``peak * AUTO_HEADROOM <
+        FLOAT16_MAX`` (headroom for later, longer or rarer prompts), else float32. Every
+        later write is still checked against the chosen dtype (:func:`check_peak`).
+    """
+    if requested not in STORE_DTYPES:
+        raise StoreError(f"store_dtype {requested!r}: expected one of {STORE_DTYPES}")
+    if requested != "auto":
+        return requested
+    return "float16" if peak * AUTO_HEADROOM < FLOAT16_MAX else "float32"
+
+
 class StoreWriter:
     """Resumable, atomic writer of one activation store.
 
@@ -600,31 +625,31 @@ class StoreWriter:
         return self.group
 
     def decided_dtype(self) -> str | None:
-        """The on-disk dtype once :meth:`decide_dtype` has run (or a resumed store has one), else None."""
+        """The on-disk dtype once :meth:`create_arrays` has run (or a resumed store has one), else None."""
         group = self._group()
         return str(group["last"].dtype) if "last" in group else None
 
-    def decide_dtype(self, peak: float, w: int) -> str:
-        """Fix the on-disk dtype (auto: from ``peak``, the max |x| seen so far), record it, create the arrays.
+    def create_arrays(self, dtype: str, *, observed_max_abs: float, window: int) -> None:
+        """Create ``tokens`` and ``last`` in the on-disk ``dtype`` and record how it was chosen.
 
-        Called at most once per store, before the first window is written; later calls
-        return the dtype already fixed. ``w`` is the window the peak comes from.
+        Called once per store, before the first window is written; the caller chose
+        ``dtype`` with :func:`choose_store_dtype` from ``observed_max_abs``, the max |x|
+        seen in window ``window`` (recorded in the attr ``dtype_check``).
         """
         group = self._group()
         if "last" in group:
-            return str(group["last"].dtype)
+            raise StoreError(f"{self.partial}: the on-disk dtype is already fixed ({group['last'].dtype})")
         spec = self.spec
-        if spec.store_dtype == "auto":
-            dtype = "float16" if peak * AUTO_HEADROOM < FLOAT16_MAX else "float32"
-        else:
-            dtype = spec.store_dtype
+        if dtype not in ("float16", "float32") or spec.store_dtype not in ("auto", dtype):
+            raise StoreError(f"{self.path}: dtype {dtype!r} for a store requested as {spec.store_dtype!r}")
+        peak = observed_max_abs
         group.attrs.update(
             {
                 "store_dtype": dtype,
                 "dtype_check": {
                     "mode": spec.store_dtype,
                     "observed_max_abs": peak,
-                    "decided_on_window": w,
+                    "decided_on_window": window,
                     "headroom": AUTO_HEADROOM,
                     "float16_max": FLOAT16_MAX,
                 },
@@ -632,7 +657,7 @@ class StoreWriter:
         )
         logger.info(
             "%s: storing %s (store_dtype=%s, max |x| = %.4g in window %d)",
-            self.path, dtype, spec.store_dtype, peak, w,
+            self.path, dtype, spec.store_dtype, peak, window,
         )
         compressors = _compressors(spec.compress)
         # `tokens` first: "last" present means both exist (a kill in between is redone).
@@ -656,6 +681,11 @@ class StoreWriter:
             dimension_names=DIMS["last"],
             overwrite=True,
         )
+
+    def _fix_dtype(self, peak: float, w: int) -> str:
+        """Choose (:func:`choose_store_dtype`) and create the on-disk dtype from the first window written."""
+        dtype = choose_store_dtype(self.spec.store_dtype, peak)
+        self.create_arrays(dtype, observed_max_abs=peak, window=w)
         return dtype
 
     def _check_dtype(self, decided: str | None) -> str:
@@ -702,7 +732,7 @@ class StoreWriter:
         else:
             check_peak(peak, dtype=self._check_dtype(dtype), what=what, path=self.path)
         if dtype is None:
-            dtype = self.decide_dtype(peak, self.spec.window_of(pid))
+            dtype = self._fix_dtype(peak, self.spec.window_of(pid))
         tok_arr = self._group()["tokens"].with_config(_WRITE_CONFIG)
         # Positions past the prompt's length keep the fill value 0 (never written, or
         # written as 0 by an earlier attempt at this same prompt).
@@ -748,7 +778,7 @@ class StoreWriter:
             what = f"{where} of 'tokens' (prompt {pid})"
             token_peaks[pid] = check_range(states, dtype=check_dtype, what=what, path=self.path)
         if dtype is None:
-            dtype = self.decide_dtype(max([peak, *token_peaks.values()]), w)
+            dtype = self._fix_dtype(max([peak, *token_peaks.values()]), w)
         for pid, states in tokens.items():
             self.write_tokens(pid, states, peak=token_peaks[pid])
         missing = sorted(set(expect_ids) - self._tokens_written)

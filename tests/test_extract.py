@@ -220,7 +220,7 @@ def test_token_states_reach_the_host_in_the_store_dtype():
 
     The peak comes from the unconverted states, so overflow and NaN reach the writer's check.
     """
-    from reprflow.extract import start_token_states_copy
+    from reprflow.sinks.store import start_token_states_copy
 
     def token_states_to_host(states, *, disk_dtype):
         return start_token_states_copy(states, disk_dtype=disk_dtype).result()
