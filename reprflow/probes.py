@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from reprflow.devices import resolve_device
 from reprflow.errors import InvalidParameterError, ReprflowError
 
 logger = logging.getLogger(__name__)
@@ -130,14 +131,8 @@ def _fmt(x: float) -> str:
 
 
 def _resolve_device(owner: str, device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise InvalidParameterError(
-            f"The 'device' parameter of {owner} must be None, a str or a torch.device. Got {device!r} instead."
-        ) from exc
+    """``device`` through the package's one resolver (None = ``auto``: CUDA when present, else CPU)."""
+    return resolve_device(device, key=f"The 'device' parameter of {owner}", error=InvalidParameterError)
 
 
 def _encode_labels(owner: str, labels: Any, n_samples: int | None) -> tuple[np.ndarray, np.ndarray]:

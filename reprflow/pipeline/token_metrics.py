@@ -48,6 +48,7 @@ import torch
 from tqdm import tqdm
 
 from reprflow.atomic import atomic_write
+from reprflow.devices import resolve_device
 from reprflow.errors import ConfigError, ReprflowError, StoreError
 from reprflow.metrics import (
     InterTokenCosineAccumulator,
@@ -299,7 +300,7 @@ def compute_token_metrics(
     )
     attrs = group.attrs
     tokens = group["tokens"]
-    dev = torch.device(device) if device is not None else torch.device("cpu")
+    dev = resolve_device(device) if device is not None else torch.device("cpu")
     results = {v: ViewResults() for v in views}
 
     t0, n_done = time.perf_counter(), 0
