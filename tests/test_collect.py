@@ -91,3 +91,16 @@ def test_readme_notebook_example_runs(neox_dir, capsys):
     np.testing.assert_allclose(inter_token_cosine(full.states[1]).shape, (len(full.state_names),))
     assert cka_matrix(full.states[1]).shape == (len(full.state_names),) * 2
     assert "[" in capsys.readouterr().out
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_states_match_cpu(neox_dir):
+    """device='cuda' (or 'auto') moves the model there; states equal the CPU ones within float32 noise."""
+    model = AutoModelForCausalLM.from_pretrained(neox_dir)
+    tokenizer = AutoTokenizer.from_pretrained(neox_dir)
+    cpu = collect_states(model, tokenizer, TEXTS, positions="all")
+    gpu = collect_states(model, tokenizer, TEXTS, positions="all", device="auto")
+    assert next(model.parameters()).device.type == "cuda"
+    for a, b in zip(gpu.states, cpu.states):
+        np.testing.assert_allclose(a, b, atol=1e-4 * np.abs(b).max(), rtol=0)

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from reprflow.extract import extract_activations, token_prompt_ids
 from reprflow.models.init_schemes import InitSpec
@@ -85,3 +86,31 @@ def test_streamed_metrics_equal_store_then_compute(family, tmp_path):
         assert summary.tokens == sum(prompts[i]["n_tokens"] for i in again.token_prompts)
         again.write(tmp_path / "again", source=last_only, attrs=attrs)
         _assert_same_metrics(tmp_path / "again", tmp_path / "from_store")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("family", ["gpt_neo", "gpt_neox", "mamba", "mamba2"])
+def test_streamed_on_the_gpu_equal_store_then_compute_on_the_cpu(family, tmp_path):
+    """tokens: stream on CUDA (float32 compute, metrics in the background thread) vs the CPU store path."""
+    path = build_tiny_model(family, out_dir=tmp_path / "model", seed=0)
+    tokenizer = load_tokenizer(TINY_TOKENIZERS[family])
+    prompts = _prompts(tokenizer)
+    attrs = _attrs(family, TINY_TOKENIZERS[family])
+    kwargs = dict(batch_size=2, window_batches=1, attrs=attrs, store_dtype="float32", progress=False)
+    stored = tmp_path / "cpu.zarr"
+    extract_activations(load_model(str(path), init=InitSpec("pretrained"), seed=None), tokenizer, prompts, stored,
+                        n_token_prompts=N_TOKEN_PROMPTS, **kwargs)
+    compute_token_metrics(stored, tmp_path / "from_store", n_bins=N_BINS)
+    sink = TokenMetricsSink(token_prompt_ids(N_PROMPTS, N_TOKEN_PROMPTS), n_bins=N_BINS)
+    gpu_store = tmp_path / "cuda.zarr"
+    extract_activations(load_model(str(path), init=InitSpec("pretrained"), seed=None), tokenizer, prompts,
+                        gpu_store, n_token_prompts=0, device="cuda", sinks=[sink], **kwargs)
+    sink.write(tmp_path / "streamed", source=gpu_store, attrs=attrs)
+    for name in ("cka_hf.npy", "cka_debiased_residual.npy", "layerwise_cosine_hf.npy"):
+        np.testing.assert_allclose(np.load(tmp_path / "streamed" / name), np.load(tmp_path / "from_store" / name),
+                                   atol=1e-4, err_msg=name)
+    sm = json.loads((tmp_path / "streamed" / "smoothness_stability.json").read_text())
+    ref = json.loads((tmp_path / "from_store" / "smoothness_stability.json").read_text())
+    assert sm["hf"]["Sm"] == pytest.approx(ref["hf"]["Sm"], rel=1e-3) and sm["hf"]["St"] == pytest.approx(
+        ref["hf"]["St"], rel=1e-3)
