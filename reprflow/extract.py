@@ -50,6 +50,7 @@ import torch
 from tqdm.auto import tqdm
 
 from reprflow.capture import forward_states, last_token_index, state_names
+from reprflow.devices import resolve_device
 from reprflow.errors import PromptError, ReprflowError
 from reprflow.fastpath import prepare_model
 from reprflow.models.layouts import Layout, get_layout, view_indices
@@ -282,6 +283,53 @@ def capture_batches(
             )
 
 
+def _store_sink(
+    out_path: str | os.PathLike, prompts: Sequence[Mapping[str, Any]], ids: Mapping[int, Sequence[int]],
+    info: RunInfo, attrs: Mapping[str, Any], *, sample_range: tuple[int, int], token_ids_global: Sequence[int],
+    batch_size: int, window_batches: int, store_dtype: str, compress: bool, compute_dtype: torch.dtype,
+    device: torch.device, overlap: bool,
+) -> ZarrStoreSink:
+    """The store sink of one extraction: its spec, attrs, labels, lengths and input digest."""
+    start, stop = sample_range
+    token_ids = tuple(i for i in token_ids_global if start <= i < stop)
+    spec = StoreSpec(
+        n_states=len(info.state_names),
+        hidden=info.hidden,
+        n_samples_total=len(prompts),
+        sample_start=start,
+        sample_stop=stop,
+        batch_size=batch_size,
+        window_batches=window_batches,
+        token_prompt_ids=token_ids,
+        max_len=max((len(ids[i]) for i in token_ids_global), default=0),  # same for every shard
+        store_dtype=store_dtype,
+        compress=compress,
+    )
+    dtype_name = str(compute_dtype).removeprefix("torch.")
+    if attrs.get("dtype", dtype_name) != dtype_name:
+        raise ReprflowError(
+            f"{out_path}: attrs['dtype'] is {attrs['dtype']!r} but compute_dtype is {dtype_name!r}; "
+            "attrs['dtype'] records the compute dtype -- pass the same value or leave it out"
+        )
+    store_attrs = {
+        **attrs,
+        "dtype": dtype_name,
+        "compute_device": device.type,
+        "state_names": list(info.state_names),
+        "views": info.views,
+    }
+    return ZarrStoreSink(
+        out_path,
+        spec,
+        attrs=store_attrs,
+        labels=np.array([int(prompts[i]["label"]) for i in range(start, stop)], dtype=np.int64),
+        n_tokens=np.array([len(ids[i]) for i in range(start, stop)], dtype=np.int64),
+        lengths=np.array([len(ids[i]) for i in token_ids], dtype=np.int64),
+        content_sha256=_content_sha256({i: ids[i] for i in (*range(start, stop), *token_ids)}),
+        overlap=overlap,
+    )
+
+
 def extract_activations(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -376,16 +424,12 @@ def extract_activations(
     ``padded_tokens``, ``seconds`` and ``tokens_per_s`` of the run that completed the
     store (a resumed run counts only its own work).
     """
-    from reprflow.devices import resolve_device
-
     prompt_file = str(attrs.get("prompt_file", "<prompts>"))
     _check_prompts(prompts, prompt_file=prompt_file, max_context=max_context)
     n_total = len(prompts)
     start, stop = sample_range if sample_range is not None else (0, n_total)
     token_ids_global = token_prompt_ids(n_total, n_token_prompts)
-    token_ids = tuple(i for i in token_ids_global if start <= i < stop)
     extra = sorted({i for s in sinks for i in s.token_prompts})  # prompts other sinks need
-
     needed = sorted(set(range(start, stop)) | set(token_ids_global) | set(extra))
     ids = _tokenize(tokenizer, prompts, needed, prompt_file=prompt_file)
     if tokenizer.pad_token_id is None:
@@ -394,50 +438,19 @@ def extract_activations(
     layout = get_layout(model)
     info = run_info(model, n_total, layout)
     device = resolve_device(device)
-    spec = StoreSpec(
-        n_states=len(info.state_names),
-        hidden=info.hidden,
-        n_samples_total=n_total,
-        sample_start=start,
-        sample_stop=stop,
-        batch_size=batch_size,
-        window_batches=window_batches,
-        token_prompt_ids=token_ids,
-        max_len=max((len(ids[i]) for i in token_ids_global), default=0),
-        store_dtype=store_dtype,
-        compress=compress,
+    store = _store_sink(
+        out_path, prompts, ids, info, attrs, sample_range=(start, stop), token_ids_global=token_ids_global,
+        batch_size=batch_size, window_batches=window_batches, store_dtype=store_dtype, compress=compress,
+        compute_dtype=compute_dtype, device=device, overlap=overlap,
     )
-    dtype_name = str(compute_dtype).removeprefix("torch.")
-    if attrs.get("dtype", dtype_name) != dtype_name:
-        raise ReprflowError(
-            f"{out_path}: attrs['dtype'] is {attrs['dtype']!r} but compute_dtype is {dtype_name!r}; "
-            "attrs['dtype'] records the compute dtype -- pass the same value or leave it out"
-        )
-    store_attrs = {
-        **attrs,
-        "dtype": dtype_name,
-        "compute_device": device.type,
-        "state_names": list(info.state_names),
-        "views": info.views,
-    }
-    store = ZarrStoreSink(
-        out_path,
-        spec,
-        attrs=store_attrs,
-        labels=np.array([int(prompts[i]["label"]) for i in range(start, stop)], dtype=np.int64),
-        n_tokens=np.array([len(ids[i]) for i in range(start, stop)], dtype=np.int64),
-        lengths=np.array([len(ids[i]) for i in token_ids], dtype=np.int64),
-        content_sha256=_content_sha256({i: ids[i] for i in (*range(start, stop), *token_ids)}),
-        overlap=overlap,
-    )
-    done_attrs = dict(path=Path(out_path), n_samples=spec.n_samples, n_token_prompts=len(token_ids))
+    spec = store.spec
+    done_attrs = dict(path=Path(out_path), n_samples=spec.n_samples, n_token_prompts=len(spec.token_prompt_ids))
     complete = store.open()
     pending = [] if complete else store.pending_windows
     windows: list[tuple[int | None, Sequence[int]]] = [(w, range(*spec.window_range(w))) for w in pending]
     computed = {i for _, members in windows for i in members}
     rest = [i for i in extra if i not in computed]  # forwarded for the other sinks only
-    windows += [(None, rest[i : i + batch_size * window_batches])
-                for i in range(0, len(rest), batch_size * window_batches)]
+    windows += [(None, rest[i : i + spec.window]) for i in range(0, len(rest), spec.window)]
     if complete and not windows:
         return ExtractionSummary(
             **done_attrs, windows_written=0, windows_resumed=spec.n_windows, tokens=0, padded_tokens=0,
