@@ -389,6 +389,54 @@ def check_peak(peak: float, *, dtype: str, what: str, path: Path) -> None:
         )
 
 
+def writer_fingerprint(spec: StoreSpec, attrs: Mapping[str, Any], *, labels: np.ndarray, n_tokens: np.ndarray,
+                       lengths: np.ndarray, content_sha256: str) -> dict:
+    """The attr ``writer``: what must match for a store to be resumed or reused (see the module docstring)."""
+    meta = hashlib.sha256()
+    for arr in (labels, n_tokens, lengths):
+        meta.update(np.asarray(arr, dtype=np.int64).tobytes())
+    return _json_normal(
+        {
+            "spec": asdict(spec),
+            "content_sha256": content_sha256,
+            "meta_sha256": meta.hexdigest(),  # labels, n_tokens, lengths
+            "reprflow_version": __version__,  # never resume across code versions
+            "chunk_checksum": CHUNK_CHECKSUM,  # a store without checksums is rewritten, not reused
+            "attrs": dict(attrs),
+        }
+    )
+
+
+def fingerprint_mismatch(found: Any, expected: Mapping[str, Any], *, ignore: Sequence[str] = ()) -> str | None:
+    """None if the stored fingerprint ``found`` equals ``expected``, else why not (one line).
+
+    ``ignore`` names spec fields that may differ (chunking, for a complete store).
+    """
+    if found == expected:
+        return None
+    if not isinstance(found, dict):
+        return "no writer fingerprint"
+    diffs = []
+    for part in ("spec", "attrs"):
+        a, b = found.get(part, {}), expected[part]
+        diffs += [
+            f"{part}.{k}: {a.get(k)!r} != {b.get(k)!r}"
+            for k in b
+            if a.get(k) != b[k] and not (part == "spec" and k in ignore)
+        ]
+    if found.get("content_sha256") != expected["content_sha256"]:
+        diffs.append("content_sha256 (prompt token ids) differs")
+    if found.get("meta_sha256") != expected["meta_sha256"]:
+        diffs.append("labels, n_tokens or lengths differ")
+    if found.get("reprflow_version") != __version__:
+        diffs.append(f"written by reprflow {found.get('reprflow_version')}, this is {__version__}")
+    if found.get("chunk_checksum") != CHUNK_CHECKSUM:
+        diffs.append(f"chunks without {CHUNK_CHECKSUM} checksums (written by an older reprflow)")
+    if not diffs and ignore:
+        return None
+    return "; ".join(diffs) or "fingerprint differs"
+
+
 def choose_store_dtype(requested: str, peak: float) -> str:
     """The on-disk dtype of a store: the dtype policy, in one place.
 
@@ -478,19 +526,8 @@ class StoreWriter:
             raise StoreError(
                 f"{self.path}: token prompt length {self.lengths.max()} > max_len {spec.max_len}"
             )
-        meta = hashlib.sha256()
-        for arr in (self.labels, self.n_tokens, self.lengths):
-            meta.update(arr.tobytes())
-        self.fingerprint = _json_normal(
-            {
-                "spec": asdict(spec),
-                "content_sha256": content_sha256,
-                "meta_sha256": meta.hexdigest(),  # labels, n_tokens, lengths
-                "reprflow_version": __version__,  # never resume across code versions
-                "chunk_checksum": CHUNK_CHECKSUM,  # a store without checksums is rewritten, not reused
-                "attrs": self.attrs,
-            }
-        )
+        self.fingerprint = writer_fingerprint(spec, self.attrs, labels=self.labels, n_tokens=self.n_tokens,
+                                              lengths=self.lengths, content_sha256=content_sha256)
         self.group: zarr.Group | None = None
         self._tokens_written: set[int] = set()  # token prompts written by this writer object
         self.resumed_windows = 0
@@ -500,34 +537,8 @@ class StoreWriter:
 
     # ------------------------------------------------------------------ opening
     def _matches(self, group: zarr.Group | StoreGroup, *, ignore: Sequence[str] = ()) -> str | None:
-        """None if ``group`` was written by an identical writer, else the reason it was not.
-
-        ``ignore`` names spec fields that may differ (chunking, for a complete store).
-        """
-        found = group.attrs.get("writer")
-        if found == self.fingerprint:
-            return None
-        if not isinstance(found, dict):
-            return "no writer fingerprint"
-        diffs = []
-        for part in ("spec", "attrs"):
-            a, b = found.get(part, {}), self.fingerprint[part]
-            diffs += [
-                f"{part}.{k}: {a.get(k)!r} != {b.get(k)!r}"
-                for k in b
-                if a.get(k) != b[k] and not (part == "spec" and k in ignore)
-            ]
-        if found.get("content_sha256") != self.fingerprint["content_sha256"]:
-            diffs.append("content_sha256 (prompt token ids) differs")
-        if found.get("meta_sha256") != self.fingerprint["meta_sha256"]:
-            diffs.append("labels, n_tokens or lengths differ")
-        if found.get("reprflow_version") != __version__:
-            diffs.append(f"written by reprflow {found.get('reprflow_version')}, this is {__version__}")
-        if found.get("chunk_checksum") != CHUNK_CHECKSUM:
-            diffs.append(f"chunks without {CHUNK_CHECKSUM} checksums (written by an older reprflow)")
-        if not diffs and ignore:
-            return None
-        return "; ".join(diffs) or "fingerprint differs"
+        """None if ``group`` was written by an identical writer, else the reason (:func:`fingerprint_mismatch`)."""
+        return fingerprint_mismatch(group.attrs.get("writer"), self.fingerprint, ignore=ignore)
 
     def open(self) -> bool:
         """Open or create the partial store.
