@@ -14,6 +14,7 @@ from reprflow.models.init_schemes import InitSpec
 from reprflow.models.registry import load_model
 from reprflow.models.tiny import TINY_TOKENIZERS, build_tiny_model
 from reprflow.pipeline.token_metrics import compute_token_metrics
+from reprflow.pipeline.token_stream import extract_with_streamed_token_metrics
 from reprflow.prompts.tokenizers import load_tokenizer
 from reprflow.sinks import TokenMetricsSink
 from reprflow.store import open_store
@@ -71,9 +72,10 @@ def test_streamed_metrics_equal_store_then_compute(family, tmp_path):
     compute_token_metrics(stored, tmp_path / "from_store", n_bins=N_BINS)
 
     last_only = tmp_path / "last_only.zarr"  # tokens: stream, in the same forward passes
-    sink = TokenMetricsSink(token_prompt_ids(N_PROMPTS, N_TOKEN_PROMPTS), n_bins=N_BINS)
-    extract_activations(model, tokenizer, prompts, last_only, n_token_prompts=0, sinks=[sink], **kwargs)
-    sink.write(tmp_path / "streamed", source=last_only, attrs=attrs)
+    summary, written = extract_with_streamed_token_metrics(
+        model, tokenizer, prompts, last_only, tmp_path / "streamed", n_token_prompts=N_TOKEN_PROMPTS,
+        n_bins=N_BINS, **kwargs)
+    assert summary.n_token_prompts == 0 and set(written) == {p.name for p in (tmp_path / "streamed").iterdir()}
     assert open_store(last_only)["tokens"].shape[1] == 0  # no token states on disk
     np.testing.assert_array_equal(open_store(last_only)["last"][:], open_store(stored)["last"][:])
     _assert_same_metrics(tmp_path / "streamed", tmp_path / "from_store")
