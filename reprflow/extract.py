@@ -430,6 +430,9 @@ def extract_activations(
     start, stop = sample_range if sample_range is not None else (0, n_total)
     token_ids_global = token_prompt_ids(n_total, n_token_prompts)
     extra = sorted({i for s in sinks for i in s.token_prompts})  # prompts other sinks need
+    if extra and not 0 <= extra[0] <= extra[-1] < n_total:
+        raise ReprflowError(f"{prompt_file}: a sink asks for prompts {extra[:3]}...{extra[-1]}, but the file has "
+                            f"{n_total} prompts (indices 0..{n_total - 1})")
     needed = sorted(set(range(start, stop)) | set(token_ids_global) | set(extra))
     ids = _tokenize(tokenizer, prompts, needed, prompt_file=prompt_file)
     if tokenizer.pad_token_id is None:

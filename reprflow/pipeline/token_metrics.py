@@ -3,7 +3,10 @@
 Reads the ``tokens`` array of a complete store one prompt at a time (never the whole
 store), slices each prompt to its ``lengths[i]`` real positions, selects the states of
 each layer view (``attrs["views"][view]``, indices into the n_states axis), computes
-the metrics of :mod:`reprflow.metrics` and averages them over prompts.
+the metrics of :mod:`reprflow.metrics` and averages them over prompts. The per-prompt step
+(:func:`prompt_metrics`) and the writing (:func:`write_token_metrics`) are shared with the
+streamed path (:class:`reprflow.sinks.TokenMetricsSink`, ``tokens: stream``), which gets each
+prompt's states from the forward pass instead of a store.
 
 Files written to ``out_dir`` (each atomically: temporary name, then rename):
 
