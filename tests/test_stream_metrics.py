@@ -116,3 +116,21 @@ def test_streamed_on_the_gpu_equal_store_then_compute_on_the_cpu(family, tmp_pat
     ref = json.loads((tmp_path / "from_store" / "smoothness_stability.json").read_text())
     assert sm["hf"]["Sm"] == pytest.approx(ref["hf"]["Sm"], rel=1e-3) and sm["hf"]["St"] == pytest.approx(
         ref["hf"]["St"], rel=1e-3)
+
+
+def test_an_error_in_the_metrics_thread_stops_the_run_and_leaves_no_store(tmp_path):
+    """A prompt too short for debiased CKA fails in the background thread: one error naming it, no final store."""
+    from reprflow.errors import ReprflowError
+    from reprflow.store import partial_path
+
+    path = build_tiny_model("gpt_neox", out_dir=tmp_path / "model", seed=0, overrides={"num_hidden_layers": 2})
+    tokenizer = load_tokenizer("gpt-neox-20b")
+    model = load_model(str(path), init=InitSpec("pretrained"), seed=None)
+    prompts = _prompts(tokenizer)
+    prompts[2] = {**prompts[2], "prompt": "key value", "n_tokens": len(tokenizer("key value")["input_ids"])}
+    out = tmp_path / "s.zarr"
+    sink = TokenMetricsSink([0, 2], n_bins=2)
+    with pytest.raises(ReprflowError, match=r"streamed token metrics, prompt 2, CKA over states .*needs n_tokens >= 4, got 2"):
+        extract_activations(model, tokenizer, prompts, out, n_token_prompts=0, sinks=[sink], batch_size=2,
+                            window_batches=1, attrs=_attrs("gpt_neox", "gpt-neox-20b"), progress=False)
+    assert not out.exists() and partial_path(out).exists()  # a rerun resumes the store
