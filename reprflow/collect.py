@@ -32,7 +32,10 @@ class CollectedStates:
     ----------
     states : ndarray or list of ndarray, float32
         ``positions="last"``: [n_states, n_texts, hidden], the state at each text's last
-        token. ``positions="all"``: one [n_states, n_tokens_i, hidden] array per text.
+        token -- the ``features`` of :func:`reprflow.probes.fit_layer_probes`; ``states[k]``
+        ([n_texts, hidden]) is the ``X`` of :class:`reprflow.probes.LinearProbe`.
+        ``positions="all"``: one [n_states, n_tokens_i, hidden] array per text -- the ``H``
+        of every metric in :mod:`reprflow.metrics`.
     state_names : list of str
         Name of each state along the first axis (e.g. ``embed``, ``block_1``, ...,
         ``final_norm``; which ones depends on ``view``).
