@@ -461,6 +461,77 @@ def choose_store_dtype(requested: str, peak: float) -> str:
     return "float16" if peak * AUTO_HEADROOM < FLOAT16_MAX else "float32"
 
 
+def create_partial_store(partial: Path, spec: StoreSpec, *, attrs: Mapping[str, Any], fingerprint: Mapping[str, Any],
+                         labels: np.ndarray, n_tokens: np.ndarray, lengths: np.ndarray) -> zarr.Group:
+    """A fresh partial store: group attrs (``complete: false``), ``labels``, ``n_tokens``, ``lengths``, ``_done``.
+
+    ``last`` and ``tokens`` come later, once the on-disk dtype is known (:func:`create_data_arrays`).
+    """
+    group_attrs = {
+        **attrs,
+        "token_prompt_ids": list(spec.token_prompt_ids),
+        "reprflow_version": __version__,
+        "shard": {
+            "sample_start": spec.sample_start,
+            "sample_stop": spec.sample_stop,
+            "n_samples_total": spec.n_samples_total,
+        },
+        "writer": dict(fingerprint),
+        "complete": False,
+    }
+    group = zarr.open_group(partial, mode="w", attributes=group_attrs)
+    for name, data in (("labels", labels), ("n_tokens", n_tokens), ("lengths", lengths)):
+        arr = group.create_array(
+            name,
+            shape=data.shape,
+            dtype="int64",
+            chunks=(max(data.shape[0], 1),),
+            dimension_names=DIMS[name],
+            fill_value=0,
+            compressors=_checksum_codecs(),
+        )
+        # Written even if all zeros: a complete store has every chunk file (open_store checks).
+        arr.with_config(_WRITE_CONFIG)[:] = data
+    group.create_array(
+        "_done",
+        shape=(spec.n_windows,),
+        dtype="bool",
+        chunks=(1,),
+        fill_value=False,
+        compressors=_checksum_codecs(),
+        dimension_names=("n_windows",),
+    )
+    return group
+
+
+def create_data_arrays(group: zarr.Group, spec: StoreSpec, dtype: str) -> None:
+    """Create ``tokens`` and then ``last`` in ``dtype`` (chunking in the module docstring).
+
+    ``tokens`` first: ``last`` present means both exist (a kill in between is redone).
+    """
+    compressors = _compressors(spec.compress)
+    group.create_array(
+        "tokens",
+        shape=(spec.n_states, len(spec.token_prompt_ids), spec.max_len, spec.hidden),
+        dtype=dtype,
+        chunks=(1, 1, max(1, min(spec.max_len, TOKEN_CHUNK_POSITIONS)), spec.hidden),
+        compressors=compressors,
+        fill_value=0,
+        dimension_names=DIMS["tokens"],
+        overwrite=True,
+    )
+    group.create_array(
+        "last",
+        shape=(spec.n_states, spec.n_samples, spec.hidden),
+        dtype=dtype,
+        chunks=(1, spec.window, spec.hidden),
+        compressors=compressors,
+        fill_value=0,
+        dimension_names=DIMS["last"],
+        overwrite=True,
+    )
+
+
 class StoreWriter:
     """Resumable, atomic writer of one activation store.
 
@@ -587,42 +658,8 @@ class StoreWriter:
         return self._matches(group, ignore=_CHUNKING_FIELDS)
 
     def _create(self) -> zarr.Group:
-        spec = self.spec
-        attrs = {
-            **self.attrs,
-            "token_prompt_ids": list(spec.token_prompt_ids),
-            "reprflow_version": __version__,
-            "shard": {
-                "sample_start": spec.sample_start,
-                "sample_stop": spec.sample_stop,
-                "n_samples_total": spec.n_samples_total,
-            },
-            "writer": self.fingerprint,
-            "complete": False,
-        }
-        group = zarr.open_group(self.partial, mode="w", attributes=attrs)
-        for name, data in (("labels", self.labels), ("n_tokens", self.n_tokens), ("lengths", self.lengths)):
-            arr = group.create_array(
-                name,
-                shape=data.shape,
-                dtype="int64",
-                chunks=(max(data.shape[0], 1),),
-                dimension_names=DIMS[name],
-                fill_value=0,
-                compressors=_checksum_codecs(),
-            )
-            # Written even if all zeros: a complete store has every chunk file (open_store checks).
-            arr.with_config(_WRITE_CONFIG)[:] = data
-        group.create_array(
-            "_done",
-            shape=(spec.n_windows,),
-            dtype="bool",
-            chunks=(1,),
-            fill_value=False,
-            compressors=_checksum_codecs(),
-            dimension_names=("n_windows",),
-        )
-        return group
+        return create_partial_store(self.partial, self.spec, attrs=self.attrs, fingerprint=self.fingerprint,
+                                    labels=self.labels, n_tokens=self.n_tokens, lengths=self.lengths)
 
     # ------------------------------------------------------------------ writing
     def pending_windows(self) -> list[int]:
@@ -670,28 +707,7 @@ class StoreWriter:
             "%s: storing %s (store_dtype=%s, max |x| = %.4g in window %d)",
             self.path, dtype, spec.store_dtype, peak, window,
         )
-        compressors = _compressors(spec.compress)
-        # `tokens` first: "last" present means both exist (a kill in between is redone).
-        group.create_array(
-            "tokens",
-            shape=(spec.n_states, len(spec.token_prompt_ids), spec.max_len, spec.hidden),
-            dtype=dtype,
-            chunks=(1, 1, max(1, min(spec.max_len, TOKEN_CHUNK_POSITIONS)), spec.hidden),
-            compressors=compressors,
-            fill_value=0,
-            dimension_names=DIMS["tokens"],
-            overwrite=True,
-        )
-        group.create_array(
-            "last",
-            shape=(spec.n_states, spec.n_samples, spec.hidden),
-            dtype=dtype,
-            chunks=(1, spec.window, spec.hidden),
-            compressors=compressors,
-            fill_value=0,
-            dimension_names=DIMS["last"],
-            overwrite=True,
-        )
+        create_data_arrays(group, spec, dtype)
 
     def _fix_dtype(self, peak: float, w: int) -> str:
         """Choose (:func:`choose_store_dtype`) and create the on-disk dtype from the first window written."""
