@@ -318,7 +318,7 @@ def theorem_table(cells: pd.DataFrame) -> pd.DataFrame:
     formula equals the exact reference (validated against MC in tests/theory) in every cell
     ``holds (exact reference; MC inconclusive)``. Statuses come from
     :func:`reprflow.theory.paper_verdict.assign_statuses`; the numbers are the cell with the
-    largest |rel_err| among the negative cells, else among all cells."""
+    largest |rel_err| among the negative cells, else among the positive ones, else among all."""
     out = []
     cells = cells.assign(group=group_key(cells))
     for (thm, setting, src), g in cells.groupby(["theorem", "group", "weight_source"], sort=False):
@@ -328,7 +328,8 @@ def theorem_table(cells: pd.DataFrame) -> pd.DataFrame:
             verdict = "holds (exact reference; MC inconclusive)"
             regime = "stated = our exact derivation in every cell; MC CIs contain it"
         neg = g[g.status.isin(["disagrees", "fails"])]
-        pick = neg if len(neg) else g
+        pos = g[g.status.isin(["agrees", "holds"])]
+        pick = neg if len(neg) else pos if len(pos) else g
         worst = pick.loc[pick.rel_err.abs().fillna(-1).idxmax()]
         statement, quantity, notes = STATEMENTS[thm]
         out.append({
