@@ -173,7 +173,8 @@ def paper_markdown(
         "(docs/theory.md). Units: sums over the n tokens. A cell *agrees* when the "
         f"family-wise CI of MC / stated − 1 lies within ±{tolerance:g}, *disagrees* when it "
         "lies outside; orderings *hold* when the Transformer's CI lies above Mamba's. The "
-        "deciding cell is the worst negative cell, else the worst positive one.", "",
+        "deciding cell is the worst negative cell, else the worst positive one (for "
+        "orderings: the smallest margin).", "",
         "| theorem | setting | weights | verdict | regime | cells +/−/? | deciding cell |",
         "|---|---|---|---|---|---|---|",
     ]  # fmt: skip
