@@ -190,8 +190,9 @@ def one_block_tables(
                     "ci_low": value, "ci_high": value, "satisfied": ok,
                     "notes": "uniform contractivity ||Ā_t||₂ <= ρ < 1" if key == "rho" else "",
                 })  # fmt: skip
+            terms = pf.mamba_kernel_terms(wm, n)  # shared by wm and wm1 (same δ, A, B_t, C_t)
             e0, e1 = pf.transformer_energy_coefficients(wt, n_tokens=n)
-            m2 = pf.mamba_energy_coefficient(wm1, n_tokens=n)
+            m2 = pf.mamba_energy_coefficient(wm1, n_tokens=n, terms=terms)
             crossover.append({
                 "weight_source": src, "n": n, "e0": e0, "e1": e1, "m2": m2,
                 "sigma2_star": pf.crossover_sigma2(e0, e1, m2), "x_max": const["x_max"],
@@ -206,7 +207,8 @@ def one_block_tables(
                 )  # fmt: skip
                 mom = {k_: v.moments() for k_, v in sums.items()}
                 in_regime = bool(s2 <= const["x_max"])
-                rows += _theorem_rows(src, n, s2, wt, wm, wm1, sums, mom, grid.n_mc, in_regime)
+                rows += _theorem_rows(src, n, s2, wt, wm, wm1, terms, sums, mom, grid.n_mc,
+                                      in_regime)  # fmt: skip
             logger.info("paper check: %s n=%d done", src, n)
     return (
         pd.DataFrame(rows, columns=CELL_COLUMNS),
@@ -215,13 +217,13 @@ def one_block_tables(
     )
 
 
-def _theorem_rows(src, n, s2, wt, wm, wm1, sums, mom, n_mc, in_regime) -> list[dict]:
+def _theorem_rows(src, n, s2, wt, wm, wm1, terms, sums, mom, n_mc, in_regime) -> list[dict]:
     mu1 = pf.theorem1_mean(wt)
-    mu3 = pf.theorem3_mean(wm, n_tokens=n, sigma2=s2)
-    ref3 = float(pf.mamba_token_means(wm, n_tokens=n, sigma2=s2).mean(0).norm())
+    mu3 = pf.theorem3_mean(wm, n_tokens=n, sigma2=s2, terms=terms)
+    ref3 = float(pf.mamba_token_means(wm, n_tokens=n, sigma2=s2, terms=terms).mean(0).norm())
     t2 = pf.theorem2_trace(wt, n_tokens=n, sigma2=s2)
     t2_ref = pf.uniform_attention_trace(wt, n_tokens=n, sigma2=s2)
-    t4 = pf.theorem4_trace(wm1, n_tokens=n, sigma2=s2)
+    t4 = pf.theorem4_trace(wm1, n_tokens=n, sigma2=s2, terms=terms)
     out = []
     for setting, t_key, m_key, m1_key in ((LIN, "t_lin", "m_lin", "m1_lin"),
                                           (EXACT, "t_exact", "m_exact", "m1_exact")):  # fmt: skip
@@ -237,7 +239,7 @@ def _theorem_rows(src, n, s2, wt, wm, wm1, sums, mom, n_mc, in_regime) -> list[d
             for kappa, label in ((pf.KAPPA_ASSUMPTION4, "κ=1/4 (Assumption 4, as Theorem 3)"),
                                  (pf.KAPPA_EQ61, "κ=1/2 (the proof's Eq. 61)")):  # fmt: skip
                 scale = n * (kappa / pf.KAPPA_ASSUMPTION4) ** 2  # F_κ = (κ/¼) F_¼
-                ref = pf.mamba_trace(wm1, n_tokens=n, sigma2=s2, kappa=kappa)
+                ref = pf.mamba_trace(wm1, n_tokens=n, sigma2=s2, kappa=kappa, terms=terms)
                 out.append(_row("T4", f"{setting}, conv K=1, {label}", src, n, s2,
                                 STATEMENTS["T4"][1], mom[m1_key].trace_cov, scale, t4, ref, n_mc))  # fmt: skip
         t, m = mom[t_key].energy, mom[m1_key].energy

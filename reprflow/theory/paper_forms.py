@@ -57,12 +57,17 @@ def uniform_attention_trace(w: PaperTransformerWeights, *, n_tokens: int, sigma2
 # --- Mamba -------------------------------------------------------------------------------------
 
 
-def mamba_kernel_terms(w: PaperMambaWeights, n_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+KernelTerms = tuple[torch.Tensor, torch.Tensor]
+
+
+def mamba_kernel_terms(w: PaperMambaWeights, n_tokens: int) -> KernelTerms:
     """(diag, hist), each of shape (n, m): diag[t, i] = K_i[t, t] = δ_i C_t·B_t and
     hist[t, i] = Σ_{j<t} K_i[t, j]², K_i[t, j] = δ_i Σ_k C_{t,k} λ_ik^{t-j} B_{j,k}.
 
     Recursion over t on P_i(t) = Σ_{j<t} (λ_i λ_iᵀ)^{∘(t-j)} ∘ B_j B_jᵀ (shape (m, N, N)):
     P_i(t+1) = λ_iλ_iᵀ ∘ (P_i(t) + B_t B_tᵀ), hist[t, i] = δ_i² C_tᵀ P_i(t) C_t.
+    They depend on δ, A, B_t, C_t only (not on the conv or W_h, W_z), so the forms below take
+    them precomputed as ``terms`` (the same for a block and its :meth:`single_tap`).
     """
     lam = torch.exp(w.log_lambda.to(torch.float64))
     lam2 = lam[:, :, None] * lam[:, None, :]  # [m, N, N]
@@ -83,40 +88,46 @@ def _row_products(w: PaperMambaWeights) -> tuple[torch.Tensor, torch.Tensor, tor
     return (wh**2).sum(1), (wz**2).sum(1), (wh * wz).sum(1)
 
 
-def theorem3_mean(w: PaperMambaWeights, *, n_tokens: int, sigma2: float) -> torch.Tensor:
+def theorem3_mean(
+    w: PaperMambaWeights, *, n_tokens: int, sigma2: float, terms: KernelTerms | None = None
+) -> torch.Tensor:
     """Theorem 3 (Eq. 13) as stated: σ²/(4n) Σ_t diag(C_t B̄_t W_h'₀ W_zᵀ), shape (m,) — the
     token average of E[F_t] (κ = 1/4)."""
-    diag, _ = mamba_kernel_terms(w, n_tokens)
+    diag, _ = terms or mamba_kernel_terms(w, n_tokens)
     _, _, hz = _row_products(w)
     return sigma2 / (4 * n_tokens) * diag.sum(0) * hz
 
 
 def mamba_token_means(
-    w: PaperMambaWeights, *, n_tokens: int, sigma2: float, kappa: float = KAPPA_ASSUMPTION4
+    w: PaperMambaWeights, *, n_tokens: int, sigma2: float, kappa: float = KAPPA_ASSUMPTION4,
+    terms: KernelTerms | None = None,
 ) -> torch.Tensor:
     """Reference: E[F_t] = κ σ² diag(M_tt W_zᵀ) per token, shape (n, m) (Eq. 65-66 with κ)."""
-    diag, _ = mamba_kernel_terms(w, n_tokens)
+    diag, _ = terms or mamba_kernel_terms(w, n_tokens)
     _, _, hz = _row_products(w)
     return kappa * sigma2 * diag * hz
 
 
-def theorem4_trace(w: PaperMambaWeights, *, n_tokens: int, sigma2: float) -> float:
+def theorem4_trace(
+    w: PaperMambaWeights, *, n_tokens: int, sigma2: float, terms: KernelTerms | None = None
+) -> float:
     """Theorem 4 (Eq. 14) as stated, summed over t as its proof says ("take the trace and sum
     over t"): Σ_t σ⁴/4 {Tr[(W_zW_zᵀ) ∘ S_t] + Tr[(M_tt W_zᵀ) ∘ (W_z M_ttᵀ)]}, S_t = Σ_{j<t}.
     Needs a single-tap conv (M_{t,j} has one W_h')."""
-    diag, hist = mamba_kernel_terms(w, n_tokens)
+    diag, hist = terms or mamba_kernel_terms(w, n_tokens)
     hh, zz, hz = _row_products(w)
     return sigma2**2 / 4 * float((zz * hh * hist + diag**2 * hz**2).sum())
 
 
 def mamba_trace(
-    w: PaperMambaWeights, *, n_tokens: int, sigma2: float, kappa: float = KAPPA_ASSUMPTION4
+    w: PaperMambaWeights, *, n_tokens: int, sigma2: float, kappa: float = KAPPA_ASSUMPTION4,
+    terms: KernelTerms | None = None,
 ) -> float:
     """Reference: Σ_t Tr Σ_{F_t} of the linearised single-tap block, exact by Isserlis:
     κ² σ⁴ Σ_t Σ_i [||w_z,i||² ||w_h',i||² (hist_ti + diag_ti²) + diag_ti² (w_h',i·w_z,i)²].
     Theorem 4 drops the j = m = t term ||w_z,i||² ||w_h',i||² diag_ti² (the
     (M_tt M_ttᵀ) ∘ (W_zW_zᵀ) term of Eq. 69's Isserlis expansion) and writes κ² = 1/4."""
-    diag, hist = mamba_kernel_terms(w, n_tokens)
+    diag, hist = terms or mamba_kernel_terms(w, n_tokens)
     hh, zz, hz = _row_products(w)
     return kappa**2 * sigma2**2 * float((zz * hh * (hist + diag**2) + diag**2 * hz**2).sum())
 
@@ -134,11 +145,15 @@ def transformer_energy_coefficients(
 
 
 def mamba_energy_coefficient(
-    w: PaperMambaWeights, *, n_tokens: int, kappa: float = KAPPA_ASSUMPTION4
+    w: PaperMambaWeights, *, n_tokens: int, kappa: float = KAPPA_ASSUMPTION4,
+    terms: KernelTerms | None = None,
 ) -> float:
     """m₂ with E||F_Mamba||_F² = m₂ σ⁴ for the linearised single-tap block (trace + mean²)."""
-    mu = mamba_token_means(w, n_tokens=n_tokens, sigma2=1.0, kappa=kappa)
-    return mamba_trace(w, n_tokens=n_tokens, sigma2=1.0, kappa=kappa) + float((mu**2).sum())
+    terms = terms or mamba_kernel_terms(w, n_tokens)
+    mu = mamba_token_means(w, n_tokens=n_tokens, sigma2=1.0, kappa=kappa, terms=terms)
+    return mamba_trace(w, n_tokens=n_tokens, sigma2=1.0, kappa=kappa, terms=terms) + float(
+        (mu**2).sum()
+    )
 
 
 def crossover_sigma2(e0: float, e1: float, m2: float) -> float:
