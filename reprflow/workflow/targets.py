@@ -40,6 +40,10 @@ FIGURE_NAMES = (
     "fig7_probe_accuracy",
 )
 THEORY = {
+    "theorems": "results/theory/theorems.csv",
+    "theorem_cells": "results/theory/theorem_cells.csv",
+    "assumptions": "results/theory/assumptions.csv",
+    "paper_crossover": "results/theory/paper_crossover.csv",
     "stability": "results/theory/stability.csv",
     "depth": "results/theory/depth.csv",
     "approximations": "results/theory/approximations.csv",
