@@ -22,6 +22,7 @@ import jsonschema
 import yaml
 
 from reprflow.errors import ConfigError
+from reprflow.models.init_params import resolve_init_params
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = PROJECT_ROOT / "config" / "schema.yaml"
@@ -47,11 +48,14 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class InitConfig:
-    """A named weight initialisation: ``scheme`` with its ``params``."""
+    """A named weight initialisation: ``scheme`` with its ``params`` (validated, defaults filled in
+    by :func:`reprflow.models.init_params.resolve_init_params`). ``scope`` is ``"all"`` (every cell)
+    or ``"fig3"`` (only what Fig. 3 needs: token-level metrics at ``figures.length``)."""
 
     name: str
     scheme: str
     params: dict = field(default_factory=dict)
+    scope: str = "all"
 
 
 @dataclass(frozen=True)
@@ -175,6 +179,14 @@ def _check_cross_fields(cfg: dict) -> None:
                 f"config.models[{i}].hf_id: {model['hf_id']!r}; a `tiny` model is built locally, "
                 f"so hf_id must be {expected!r}"
             )
+    for i, init in enumerate(cfg["inits"]):  # every init parameter, before any job is queued
+        init["params"] = resolve_init_params(init["scheme"], init.get("params"), where=f"config.inits[{i}]")
+    names = {m["name"] for m in cfg["models"]}
+    for j, pair in enumerate(cfg.get("findings", {}).get("f3_4_3", {}).get("size_pairs", [])):
+        for side in ("small", "large"):
+            if pair[side] not in names:
+                raise ConfigError(f"config.findings.f3_4_3.size_pairs[{j}].{side}: {pair[side]!r} is not a model "
+                                  f"name; use one of {sorted(names)}")
     figures = cfg.get("figures", {})
     if "length" in figures and figures["length"] not in cfg["lengths"]:
         raise ConfigError(f"config.figures.length: {figures['length']} is not one of config.lengths {cfg['lengths']}")

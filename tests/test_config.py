@@ -26,7 +26,16 @@ def test_paper_config_is_the_paper_matrix():
     cfg = load_config(PROJECT_ROOT / "config" / "config.yaml")
     assert [m.family for m in cfg.models] == ["gpt_neo", "gpt_neox", "mamba", "mamba2", "mamba2"]
     assert cfg.lengths == [300, 1024, 2048, 4096]
-    assert {i.scheme for i in cfg.inits} == {"pretrained", "default"}
+    # CONTRACTS 3: pretrained and each family's own init everywhere; the Fig. 3 sweep scoped to fig3
+    assert [(i.name, i.scheme, i.params, i.scope) for i in cfg.inits] == [
+        ("pretrained", "pretrained", {}, "all"),
+        ("random", "default", {}, "all"),
+        ("gaussian-0.02", "gaussian", {"std": 0.02}, "fig3"),
+        ("gaussian-0.2", "gaussian", {"std": 0.2}, "fig3"),
+        ("xavier", "xavier", {"gain": 1.0}, "fig3"),
+        ("he", "he", {"nonlinearity": "relu"}, "fig3"),
+    ]
+    assert all(len(m.revision or "") == 40 for m in cfg.models), "every paper checkpoint is pinned to a commit"
     assert cfg.model("gpt-neo-2.7b").max_context == 2048 and not cfg.model("gpt-neo-2.7b").fits(4096)
     assert cfg.model("mamba-2.8b").fits(4096)
 
@@ -101,3 +110,40 @@ def test_extraction_digest_ignores_settings_extraction_does_not_read(demo):
     assert base != validate_config(_mutate(demo, ("extraction", "batch_size"), 3)).extraction_digest("tiny-mamba", "random")
     assert base != validate_config(_mutate(demo, ("seed",), 7)).extraction_digest("tiny-mamba", "random")
     assert base != validate_config(demo).extraction_digest("tiny-mamba", "pretrained")
+
+
+@pytest.mark.parametrize(
+    "init, expected",
+    [
+        ({"name": "g", "scheme": "gaussian", "params": {"std": -1}},
+         "config.inits[1].params.std: must be a finite number > 0"),
+        ({"name": "g", "scheme": "gaussian", "params": {"std": ".inf"}},
+         "config.inits[1].params.std: must be a finite number > 0"),
+        ({"name": "g", "scheme": "gaussian", "params": {"sigma": 0.1}},
+         "config.inits[1].params.sigma: not a parameter of init scheme 'gaussian'; allowed: std"),
+        ({"name": "x", "scheme": "xavier", "params": {"gain": 0}},
+         "config.inits[1].params.gain: must be a finite number > 0"),
+        ({"name": "h", "scheme": "he", "params": {"nonlinearity": "tanh"}},
+         "config.inits[1].params.nonlinearity: must be one of ['relu', 'linear']"),
+        ({"name": "d", "scheme": "default", "params": {"std": 0.1}},
+         "config.inits[1].params.std: not a parameter of init scheme 'default'"),
+        ({"name": "h", "scheme": "he", "scope": "fig4"}, "config.inits[1].scope: 'fig4' is not one of ['all', 'fig3']"),
+    ],
+)
+def test_init_parameters_are_checked_at_validation(demo, init, expected):
+    """Bad init parameters stop the config load (and so the dry run), naming config.inits[i]."""
+    raw = copy.deepcopy(demo)
+    if init.get("params", {}).get("std") == ".inf":
+        init = {**init, "params": {"std": float("inf")}}
+    raw["inits"][1] = init
+    with pytest.raises(ConfigError) as err:
+        validate_config(raw)
+    assert str(err.value).startswith(expected), str(err.value)
+
+
+def test_init_scope_and_params_defaults(demo):
+    raw = copy.deepcopy(demo)
+    raw["inits"].append({"name": "he", "scheme": "he", "scope": "fig3"})
+    cfg = validate_config(raw)
+    assert cfg.init("he").params == {"nonlinearity": "relu"} and cfg.init("he").scope == "fig3"
+    assert cfg.init("pretrained").scope == "all"

@@ -1,8 +1,13 @@
-"""Rule report: results/report.md with tables, figures and provenance."""
+"""Rule report: results/report.md (verdicts, tables, figures, provenance), results/provenance.csv and
+the HTML pages of the tables (results/html/*.html) shown in Snakemake's HTML report."""
 
 from reprflow.config import validate_config
-from reprflow.pipeline.report import write_report
+from reprflow.pipeline.report import write_html_tables, write_provenance, write_report
 from reprflow.pipeline.runlog import workflow_step
+from reprflow.workflow.targets import HTML_TABLES
 
 with workflow_step(snakemake.log[0], "report"):  # noqa: F821 (injected by Snakemake)
-    write_report(validate_config(snakemake.params.config), snakemake.output[0])  # noqa: F821
+    config = validate_config(snakemake.params.config)  # noqa: F821
+    write_report(config, snakemake.output.report)  # noqa: F821
+    write_provenance(config, snakemake.output.provenance)  # noqa: F821
+    write_html_tables(config, {k: snakemake.output[f"{k}_html"] for k in HTML_TABLES})  # noqa: F821

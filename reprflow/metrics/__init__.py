@@ -42,7 +42,14 @@ from reprflow.metrics.cosine import (
     inter_token_cosine,
     layerwise_cosine,
 )
-from reprflow.metrics.smoothness import SmoothnessStabilityAccumulator, smoothness, stability
+from reprflow.metrics.smoothness import (
+    SmoothnessStabilityAccumulator,
+    mean_state_rms,
+    smoothness,
+    smoothness_scale_free,
+    stability,
+    stability_scale_free,
+)
 
 __all__ = [
     "METRICS",
@@ -65,8 +72,11 @@ __all__ = [
     "layerwise_cosine",
     "linear_cka",
     "minibatch_cka",
+    "mean_state_rms",
     "smoothness",
+    "smoothness_scale_free",
     "stability",
+    "stability_scale_free",
 ]
 
 MetricFn = Callable[..., "np.ndarray | float"]

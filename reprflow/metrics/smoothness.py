@@ -16,6 +16,19 @@ layer view (h^0 .. h^{K-1}):
 
 Both are sums over (token, dim) cells, so they stream exactly over token chunks
 (:class:`SmoothnessStabilityAccumulator`).
+
+Scale-free variants (not in the paper)
+--------------------------------------
+Sm and St carry the units of the hidden states: a family whose residual stream is 10^3
+times larger gets 10^3 times larger values whatever its flow looks like. The scale-free
+variants divide by the mean per-coordinate state size
+
+    s = 1/(K n) sum_l sum_t ||h_t^l||_2 / sqrt(d)        (the mean RMS of a state vector)
+
+so ``Sm_rel = Sm / s`` and ``St_rel = St / s`` are dimensionless and unchanged when every
+state is multiplied by the same constant c > 0 (Sm, St and s all scale by c). The paper's
+absolute definitions stay the primary numbers (Table 1); the variants add a comparison
+across families.
 """
 
 from __future__ import annotations
@@ -24,7 +37,14 @@ import torch
 
 from reprflow.metrics._arrays import ArrayLike, as_tensor, check_states
 
-__all__ = ["SmoothnessStabilityAccumulator", "smoothness", "stability"]
+__all__ = [
+    "SmoothnessStabilityAccumulator",
+    "mean_state_rms",
+    "smoothness",
+    "smoothness_scale_free",
+    "stability",
+    "stability_scale_free",
+]
 
 
 def _second_difference_sum(h: torch.Tensor) -> torch.Tensor:
@@ -35,6 +55,38 @@ def _second_difference_sum(h: torch.Tensor) -> torch.Tensor:
 def _population_std_sum(h: torch.Tensor) -> torch.Tensor:
     """Sum over tokens, dims of the population std over states; h float64 (K, n, d)."""
     return torch.std(h, dim=0, correction=0).sum()
+
+
+def _state_rms_sum(h: torch.Tensor) -> torch.Tensor:
+    """Sum over states and tokens of ||h_t^l||_2 / sqrt(d); h float64 (K, n, d)."""
+    return torch.linalg.vector_norm(h, dim=2).sum() / h.shape[2] ** 0.5
+
+
+def mean_state_rms(H: ArrayLike, *, device: str | torch.device | None = None) -> float:
+    """The scale ``s`` of the scale-free variants: mean over states and tokens of ``||h||/sqrt(d)``.
+
+    ``H`` has shape (n_states, n_tokens, hidden); float64 compute, returns a Python float.
+    """
+    h = as_tensor(H, name="H", ndim=3, device=device)
+    check_states(h, name="mean_state_rms", min_states=1)
+    k, n, _ = h.shape
+    return float(_state_rms_sum(h)) / (k * n)
+
+
+def _scale_free(value: float, scale: float, what: str) -> float:
+    if scale <= 0.0:
+        raise ValueError(f"{what}: every state is zero (mean state RMS 0); the scale-free variant is undefined")
+    return value / scale
+
+
+def smoothness_scale_free(H: ArrayLike, *, device: str | torch.device | None = None) -> float:
+    """Scale-free smoothness ``Sm / s`` (module Notes); H (n_states, n_tokens, hidden), n_states >= 3."""
+    return _scale_free(smoothness(H, device=device), mean_state_rms(H, device=device), "smoothness_scale_free")
+
+
+def stability_scale_free(H: ArrayLike, *, device: str | torch.device | None = None) -> float:
+    """Scale-free stability ``St / s`` (module Notes); H (n_states, n_tokens, hidden), n_states >= 2."""
+    return _scale_free(stability(H, device=device), mean_state_rms(H, device=device), "stability_scale_free")
 
 
 def smoothness(H: ArrayLike, *, device: str | torch.device | None = None) -> float:
@@ -104,6 +156,10 @@ class SmoothnessStabilityAccumulator:
         K, fixed by the first chunk.
     n_cells_ : int
         Tokens x hidden seen so far.
+    rms_sum_ : float
+        Running sum over (state, token) of ``||h||_2 / sqrt(d)`` (scale-free variants).
+    n_vectors_ : int
+        States x tokens seen so far.
     """
 
     def __init__(self) -> None:
@@ -111,6 +167,8 @@ class SmoothnessStabilityAccumulator:
         self.st_sum_ = 0.0
         self.n_states_: int | None = None
         self.n_cells_ = 0
+        self.rms_sum_ = 0.0
+        self.n_vectors_ = 0
 
     def update(
         self, chunk: ArrayLike, *, device: str | torch.device | None = None
@@ -128,7 +186,9 @@ class SmoothnessStabilityAccumulator:
         if h.shape[0] >= 3:
             self.sm_sum_ += float(_second_difference_sum(h))
         self.st_sum_ += float(_population_std_sum(h))
+        self.rms_sum_ += float(_state_rms_sum(h))
         self.n_cells_ += h.shape[1] * h.shape[2]
+        self.n_vectors_ += h.shape[0] * h.shape[1]
         return self
 
     def _check_seen(self) -> int:
@@ -147,3 +207,16 @@ class SmoothnessStabilityAccumulator:
         """St over all chunks seen (see :func:`stability`)."""
         self._check_seen()
         return self.st_sum_ / self.n_cells_
+
+    def mean_state_rms(self) -> float:
+        """The scale ``s`` over all chunks seen (see :func:`mean_state_rms`)."""
+        self._check_seen()
+        return self.rms_sum_ / self.n_vectors_
+
+    def smoothness_scale_free(self) -> float:
+        """Sm / s over all chunks seen (see :func:`smoothness_scale_free`)."""
+        return _scale_free(self.smoothness(), self.mean_state_rms(), "smoothness_scale_free")
+
+    def stability_scale_free(self) -> float:
+        """St / s over all chunks seen (see :func:`stability_scale_free`)."""
+        return _scale_free(self.stability(), self.mean_state_rms(), "stability_scale_free")

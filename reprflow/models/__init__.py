@@ -1,23 +1,47 @@
-"""Model loading, init schemes, per-family layouts and tiny demo models."""
+"""Model loading, init schemes, per-family layouts, invariants and tiny demo models.
 
-from reprflow.models.init_schemes import SCHEMES, InitSpec, apply_init, build_from_config
-from reprflow.models.layouts import Layout, get_layout, supported_model_types, view_indices
-from reprflow.models.registry import load_config, load_model, model_max_context
-from reprflow.models.tiny import TINY_TOKENIZERS, build_tiny_model, tiny_config
+Attributes are imported lazily (PEP 562), so torch-free submodules such as
+:mod:`reprflow.models.init_params` and :mod:`reprflow.models.shipped` can be used
+by the config loader and the workflow without importing torch or transformers.
+"""
 
-__all__ = [
-    "SCHEMES",
-    "TINY_TOKENIZERS",
-    "InitSpec",
-    "Layout",
-    "apply_init",
-    "build_from_config",
-    "build_tiny_model",
-    "get_layout",
-    "load_config",
-    "load_model",
-    "model_max_context",
-    "supported_model_types",
-    "tiny_config",
-    "view_indices",
-]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "SCHEMES": "reprflow.models.init_params",
+    "resolve_init_params": "reprflow.models.init_params",
+    "InitSpec": "reprflow.models.init_schemes",
+    "apply_init": "reprflow.models.init_schemes",
+    "build_from_config": "reprflow.models.init_schemes",
+    "Layout": "reprflow.models.layouts",
+    "get_layout": "reprflow.models.layouts",
+    "supported_model_types": "reprflow.models.layouts",
+    "view_indices": "reprflow.models.layouts",
+    "load_config": "reprflow.models.registry",
+    "load_model": "reprflow.models.registry",
+    "model_max_context": "reprflow.models.registry",
+    "model_provenance": "reprflow.models.registry",
+    "resolve_config": "reprflow.models.registry",
+    "check_family_invariants": "reprflow.models.invariants",
+    "check_matches_shipped": "reprflow.models.invariants",
+    "shipped_config_path": "reprflow.models.shipped",
+    "TINY_TOKENIZERS": "reprflow.models.tiny",
+    "build_tiny_model": "reprflow.models.tiny",
+    "tiny_config": "reprflow.models.tiny",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'reprflow.models' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -1,23 +1,32 @@
 """Weight-initialisation schemes for pretrained and randomly initialised models.
 
-An :class:`InitSpec` names a scheme and its parameters; :func:`build_from_config`
-builds a model from a config with the model's own init under a seed, and
-:func:`apply_init` then overwrites weights according to the scheme.
+An :class:`InitSpec` names a scheme and its parameters (validated by
+:func:`reprflow.models.init_params.resolve_init_params`, the same check the config
+loader runs); :func:`build_from_config` builds a model from a config with the
+model's own init under a seed, and :func:`apply_init` then overwrites weights
+according to the scheme.
 
 Schemes
 -------
 ``pretrained``
     Trained weights via ``from_pretrained`` (see :mod:`reprflow.models.registry`).
 ``default``
-    The model's own ``_init_weights`` (what ``from_config`` does), seeded.
+    The model's own ``_init_weights`` (what ``from_config`` does), seeded. This is
+    the paper's "random" arm: each family's own initialisation.
 ``gaussian(std=0.02)``
-    Every weight of an ``nn.Linear``, ``nn.Embedding``, ``nn.Conv1d`` or HF
-    ``Conv1D`` module ~ N(0, std²).
+    Every covered weight ~ N(0, std²).
 ``xavier(gain=1.0)``
-    ``xavier_normal_``: std = gain * sqrt(2 / (fan_in + fan_out)) on the same weights.
-``he(nonlinearity="linear")``
-    ``kaiming_normal_`` with ``mode="fan_in"``: std = gain(nonlinearity) / sqrt(fan_in),
-    gain 1 for ``"linear"``, sqrt(2) for ``"relu"``.
+    Glorot & Bengio (2010), normal form (``xavier_normal_``):
+    std = gain · sqrt(2 / (fan_in + fan_out)).
+``he(nonlinearity="relu")``
+    He et al. (2015), normal form, fan-in mode (``kaiming_normal_``):
+    std = gain / sqrt(fan_in) with gain = sqrt(2) for ``"relu"`` (the default:
+    std = sqrt(2 / fan_in)). ``nonlinearity: linear`` gives gain 1, i.e. LeCun
+    normal (std = 1 / sqrt(fan_in)), which is *not* He's scheme.
+
+Fans are torch's: for a weight of shape ``[out, in, *kernel]``,
+fan_in = in · prod(kernel) and fan_out = out · prod(kernel). For an
+``nn.Embedding`` weight ``[vocab, d]`` this means fan_in = d and fan_out = vocab.
 
 Notes
 -----
@@ -25,18 +34,21 @@ What the random schemes ``gaussian``, ``xavier`` and ``he`` touch (decided here)
 
 * **Weights** of ``nn.Linear``, ``nn.Embedding`` (token and position embeddings,
   the whole matrix including any padding row), ``nn.Conv1d`` (Mamba's depthwise
-  conv, whose torch fans include the kernel width) and the transposed HF
-  ``Conv1D`` of GPT-2 (initialised through its ``[out, in]`` view, so fans are
-  those of the equivalent Linear). Tied weights (LM head = token embedding) are
+  conv ``[channels, 1, kernel]``, so fan_in = kernel width = 4) and the transposed
+  HF ``Conv1D`` of GPT-2 (initialised through its ``[out, in]`` view, so fans are
+  those of the equivalent Linear). Untied LM heads (Pythia's ``embed_out``) are
+  Linear weights like any other; tied weights (LM head = token embedding) are
   initialised once.
 * **Biases** of those modules are set to zero.
 * **Left at the model's own init** (the ``default`` scheme, drawn first from the
   same seed): norm weights and biases (ones and zeros in every supported
-  family), and SSM-specific parameters -- ``A_log``, ``D``, ``dt_bias`` (plain
-  parameters of the mixer, not weights in the usual sense) and the entries of
-  the layout's ``keep_init`` (Mamba-1's ``dt_proj.bias``, which encodes the
-  initial step size dt through an inverse softplus). Zeroing those would change
-  the SSM's dynamics, not its random weights.
+  family, including Mamba2's gated RMSNorm), and SSM-specific parameters --
+  ``A_log``, ``D``, ``dt_bias`` (plain parameters of the mixer, not weights in the
+  usual sense) and the entries of the layout's ``keep_init`` (Mamba-1's
+  ``dt_proj.bias``, which encodes the initial step size dt through an inverse
+  softplus). Re-drawing those would change the SSM's dynamics (decay rates and
+  step sizes), not its random weights. Buffers (attention masks, rotary
+  frequencies) are never touched.
 
 Seeding: the model's own init runs inside ``torch.random.fork_rng`` with the
 seed, so the caller's global RNG is unchanged; the scheme then draws from a
@@ -48,7 +60,6 @@ draws. Results are deterministic per seed and device type.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,20 +71,12 @@ from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
 from reprflow.errors import ConfigError
+from reprflow.models.init_params import SCHEMES, resolve_init_params
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["InitSpec", "SCHEMES", "apply_init", "build_from_config"]
 
-#: scheme name -> default parameters (the accepted keys)
-SCHEMES: dict[str, dict[str, Any]] = {
-    "pretrained": {},
-    "default": {},
-    "gaussian": {"std": 0.02},
-    "xavier": {"gain": 1.0},
-    "he": {"nonlinearity": "linear"},
-}
-_HE_NONLINEARITIES = ("linear", "relu")
 _SCHEME_STREAM = 0x5EED  # second SeedSequence word: separates scheme draws from own-init draws
 _WEIGHT_MODULES = (nn.Linear, nn.Embedding, nn.Conv1d, Conv1D)
 
@@ -86,59 +89,32 @@ class InitSpec:
     ----------
     scheme : {"pretrained", "default", "gaussian", "xavier", "he"}
     params : mapping, optional
-        Scheme parameters: ``std`` (gaussian, > 0), ``gain`` (xavier, > 0),
-        ``nonlinearity`` (he, "linear" or "relu"). Missing keys take the
-        defaults in :data:`SCHEMES`; unknown keys raise.
+        Scheme parameters: ``std`` (gaussian, finite > 0), ``gain`` (xavier,
+        finite > 0), ``nonlinearity`` (he, "relu" or "linear"). Missing keys take
+        the defaults in :data:`SCHEMES`; unknown keys raise.
+    where : str, optional
+        Prefix of error messages (e.g. ``"config.inits[2]"``); not part of the spec.
 
     Raises
     ------
     ConfigError
-        Unknown scheme, unknown parameter, or a value out of range.
+        Unknown scheme, unknown parameter, or a value out of range, naming
+        ``<where>.params.<key>``.
 
     Examples
     --------
     >>> InitSpec("gaussian").params
     {'std': 0.02}
-    >>> InitSpec("he", {"nonlinearity": "relu"}).to_dict()
+    >>> InitSpec("he").to_dict()
     {'scheme': 'he', 'params': {'nonlinearity': 'relu'}}
     """
 
     scheme: str
     params: Mapping[str, Any] = field(default_factory=dict)
+    where: str = field(default="init", compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.scheme not in SCHEMES:
-            raise ConfigError(
-                f"init scheme '{self.scheme}' is unknown; expected one of {', '.join(SCHEMES)}"
-            )
-        defaults = SCHEMES[self.scheme]
-        unknown = sorted(set(self.params) - set(defaults))
-        if unknown:
-            allowed = ", ".join(defaults) or "none"
-            raise ConfigError(
-                f"init scheme '{self.scheme}': unknown parameter(s) {unknown}; allowed: {allowed}"
-            )
-        resolved = {**defaults, **dict(self.params)}
-        for key in ("std", "gain"):
-            if key in resolved:
-                value = resolved[key]
-                if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise ConfigError(
-                        f"init scheme '{self.scheme}': parameter '{key}' must be a number > 0, "
-                        f"got {value!r}"
-                    )
-                if not (math.isfinite(value) and value > 0):
-                    raise ConfigError(
-                        f"init scheme '{self.scheme}': parameter '{key}' must be a finite "
-                        f"number > 0, got {value!r}"
-                    )
-                resolved[key] = float(value)
-        if "nonlinearity" in resolved and resolved["nonlinearity"] not in _HE_NONLINEARITIES:
-            raise ConfigError(
-                f"init scheme 'he': parameter 'nonlinearity' must be one of "
-                f"{list(_HE_NONLINEARITIES)}, got {resolved['nonlinearity']!r}"
-            )
-        object.__setattr__(self, "params", resolved)
+        object.__setattr__(self, "params", resolve_init_params(self.scheme, self.params, where=self.where))
 
     @property
     def is_random(self) -> bool:
@@ -199,7 +175,7 @@ def _scheme_generator(seed: int, device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(int(state) & 0x7FFF_FFFF_FFFF_FFFF)
 
 
-def _fill_weight(weight: torch.Tensor, spec: InitSpec, gen: torch.Generator) -> None:
+def _fill_weight(weight: torch.Tensor, spec: InitSpec, gen: torch.Generator | None) -> None:
     if spec.scheme == "gaussian":
         nn.init.normal_(weight, mean=0.0, std=spec.params["std"], generator=gen)
     elif spec.scheme == "xavier":
@@ -230,14 +206,17 @@ def apply_init(model: nn.Module, spec: InitSpec, *, seed: int, keep_init: tuple[
     Returns
     -------
     list of str
-        Names of the parameters that were overwritten, in module order.
+        Names of the parameters that were overwritten, in module order. On the
+        meta device nothing is drawn, but the names still say what the scheme
+        covers.
     """
     if spec.scheme == "pretrained":
         raise ConfigError("apply_init: scheme 'pretrained' has no random init; use load_model")
     if spec.scheme == "default":
         return []
     first = next(model.parameters())
-    gen = _scheme_generator(seed, first.device)
+    # a model built on the meta device has no values to draw (architecture checks only)
+    gen = None if first.device.type == "meta" else _scheme_generator(seed, first.device)
     seen: set[int] = set()
     touched: list[str] = []
     with torch.no_grad():

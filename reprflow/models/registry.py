@@ -1,38 +1,59 @@
 """Load causal LMs by hub id or local path, pretrained or randomly initialised.
 
-Every model goes through ``from_pretrained(id_or_path)`` (weights or config), so
-tiny demo models saved with ``save_pretrained`` and hub models share one path.
+Pretrained weights always go through ``from_pretrained(id_or_path, revision=...,
+dtype=...)``, so tiny demo models saved with ``save_pretrained`` and hub models
+share one path. A random init needs only the model's ``config.json``:
 
-Resolution order (fast and honest when offline):
+Where the config comes from (:func:`resolve_config`):
 
-1. A local directory: must hold ``config.json``.
-2. A hub id: first tried with ``local_files_only=True`` (the HF cache; no
-   network, so cached models never wait on the hub).
-3. Not cached: if the hub is in offline mode (``HF_HUB_OFFLINE`` /
+1. A local directory: its ``config.json`` (random or pretrained).
+2. Random init of a hub id with a shipped config
+   (``reprflow/models/configs/``, :mod:`reprflow.models.shipped`): the shipped
+   file. No cache, no hub: the random arm of the paper runs offline.
+3. Otherwise a hub id: first tried with ``local_files_only=True`` (the HF cache;
+   no network, so cached models never wait on the hub).
+4. Not cached: if the hub is in offline mode (``HF_HUB_OFFLINE`` /
    ``TRANSFORMERS_OFFLINE``) or cannot be reached within a short probe
    (:data:`HUB_PROBE_TIMEOUT_S`), :class:`ModelNotFoundError` is raised at once
-   instead of waiting through transformers' retries (about 25 s).
-4. Otherwise downloaded; unknown repos, revisions and gated repos get a clear
+   (saying which ``hf download`` command fetches it) instead of waiting through
+   transformers' retries (about 25 s).
+5. Otherwise downloaded; unknown repos, revisions and gated repos get a clear
    :class:`ModelNotFoundError`.
+
+After loading, :func:`load_model` asserts the family invariants and, for a paper
+model loaded from the hub or a cache, that its architecture equals the shipped
+config (:mod:`reprflow.models.invariants`); :func:`model_provenance` tells where
+the config and weights came from, including the resolved hub commit.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 from transformers.utils import is_accelerate_available
 
-from reprflow.errors import ConfigError, ModelNotFoundError
+from reprflow.errors import ConfigError, ModelNotFoundError, ReprflowError
 from reprflow.models.init_schemes import InitSpec, apply_init, build_from_config
+from reprflow.models.invariants import check_family_invariants, check_matches_shipped
 from reprflow.models.layouts import get_layout
+from reprflow.models.shipped import shipped_config_path
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["HUB_PROBE_TIMEOUT_S", "load_config", "load_model", "model_max_context"]
+__all__ = [
+    "HUB_PROBE_TIMEOUT_S",
+    "is_pinned",
+    "load_config",
+    "load_model",
+    "model_max_context",
+    "model_provenance",
+    "resolve_config",
+]
 
 #: seconds the hub reachability probe waits before declaring the hub unreachable
 HUB_PROBE_TIMEOUT_S = 3.0
@@ -70,15 +91,29 @@ def _looks_like_path(model_id_or_path: str) -> bool:
     return model_id_or_path.startswith(("/", ".", "~")) or model_id_or_path.count("/") > 1
 
 
-def _offline_message(model_id: str, origin: str) -> str:
+def is_pinned(revision: str | None) -> bool:
+    """True for a full 40-hex commit hash (a branch or tag can move; a commit cannot)."""
+    return revision is not None and re.fullmatch(r"[0-9a-f]{40}", revision) is not None
+
+
+def _offline_message(model_id: str, origin: str, revision: str | None, *, config_only: bool) -> str:
+    folder = f"./models/{model_id.split('/')[-1]}"  # ./ so hf_id reads as a path even before it exists
+    command = " ".join(
+        ["hf download", model_id]
+        + (["config.json"] if config_only else [])
+        + ([f"--revision {revision}"] if revision else [])
+        + [f"--local-dir {folder}"]
+    )
+    need = "a random init needs only its config.json" if config_only else "its weights must be downloaded once"
     return (
-        f"model '{model_id}' ({origin}): not found locally and the Hugging Face hub is "
-        f"unreachable (offline). Download it on a machine with access (huggingface-cli download "
-        f"{model_id}) and set hf_id to the local path, or set HF_HOME to a cache that holds it."
+        f"model '{model_id}' ({origin}): not in the local Hugging Face cache and the hub is unreachable "
+        f"(offline); {need}. On a machine with access run `{command}`, copy the folder here and set "
+        f"hf_id to its path (keep `revision` as the record of what it holds), or set HF_HOME to a cache "
+        f"that holds it."
     )
 
 
-def _from_hub(loader, model_id: str, *, revision: str | None, origin: str, **kwargs):
+def _from_hub(loader, model_id: str, *, revision: str | None, origin: str, config_only: bool = False, **kwargs):
     """Call ``loader(model_id, ...)``: cache first, then the hub if reachable."""
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 
@@ -87,7 +122,7 @@ def _from_hub(loader, model_id: str, *, revision: str | None, origin: str, **kwa
     except OSError as exc:
         logger.debug("'%s' not (fully) in the local cache: %s", model_id, exc)
     if not _hub_reachable():
-        raise ModelNotFoundError(_offline_message(model_id, origin))
+        raise ModelNotFoundError(_offline_message(model_id, origin, revision, config_only=config_only))
     try:
         return loader(model_id, revision=revision, **kwargs)
     except OSError as exc:
@@ -95,7 +130,7 @@ def _from_hub(loader, model_id: str, *, revision: str | None, origin: str, **kwa
         if isinstance(cause, GatedRepoError):
             raise ModelNotFoundError(
                 f"model '{model_id}' ({origin}): gated on the hub; accept its licence and "
-                f"log in (huggingface-cli login), or point hf_id at a local copy"
+                f"log in (`hf auth login`), or point hf_id at a local copy"
             ) from exc
         if isinstance(cause, RepositoryNotFoundError):
             raise ModelNotFoundError(
@@ -122,8 +157,8 @@ def _local_dir(model_id_or_path: str, origin: str) -> Path | None:
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(
                 f"model '{model_id_or_path}' ({origin}): directory exists but has no config.json; "
-                f"point hf_id at the directory written by save_pretrained (or "
-                f"huggingface-cli download --local-dir)"
+                f"point hf_id at the directory written by save_pretrained or by "
+                f"`hf download <id> --local-dir <dir>`"
             )
         return path
     if _looks_like_path(model_id_or_path):
@@ -134,10 +169,15 @@ def _local_dir(model_id_or_path: str, origin: str) -> Path | None:
     return None
 
 
-def load_config(
-    model_id_or_path: str, *, revision: str | None = None, origin: str = "model"
-) -> PretrainedConfig:
-    """Load a model's config (cheap: no weights), from a local dir, the cache or the hub.
+def resolve_config(
+    model_id_or_path: str,
+    *,
+    revision: str | None = None,
+    origin: str = "model",
+    prefer_shipped: bool = False,
+    for_weights: bool = False,
+) -> tuple[PretrainedConfig, dict]:
+    """Load a model's config (no weights) and say where it came from.
 
     Parameters
     ----------
@@ -145,6 +185,19 @@ def load_config(
     revision : str, optional
     origin : str
         Where the id came from, quoted in errors (e.g. ``"config.models[0].hf_id"``).
+    prefer_shipped : bool
+        Use the shipped config of a hub id if there is one (random init), before
+        the cache or the hub.
+    for_weights : bool
+        The weights will be loaded next: an offline error then says to download
+        the whole checkpoint, not only its config.json.
+
+    Returns
+    -------
+    (PretrainedConfig, dict)
+        The config and its provenance: ``{"config_source": "local" | "shipped" |
+        "hub", "config_path": str | None, "commit": str | None}`` (``commit`` is
+        the resolved hub commit, when loaded from the cache or the hub).
 
     Raises
     ------
@@ -152,8 +205,37 @@ def load_config(
     """
     local = _local_dir(model_id_or_path, origin)
     if local is not None:
-        return AutoConfig.from_pretrained(local)
-    return _from_hub(AutoConfig.from_pretrained, model_id_or_path, revision=revision, origin=origin)
+        config = AutoConfig.from_pretrained(local)
+        return config, {"config_source": "local", "config_path": str(local / "config.json"), "commit": None}
+    shipped = shipped_config_path(model_id_or_path)
+    if prefer_shipped and shipped is not None:
+        config = AutoConfig.from_pretrained(shipped)
+        return config, {"config_source": "shipped", "config_path": str(shipped), "commit": None}
+    config = _from_hub(
+        AutoConfig.from_pretrained, model_id_or_path, revision=revision, origin=origin, config_only=not for_weights
+    )
+    return config, {"config_source": "hub", "config_path": None, "commit": getattr(config, "_commit_hash", None)}
+
+
+def load_config(
+    model_id_or_path: str, *, revision: str | None = None, origin: str = "model", prefer_shipped: bool = False
+) -> PretrainedConfig:
+    """Load a model's config (cheap: no weights); see :func:`resolve_config`.
+
+    Raises
+    ------
+    ModelNotFoundError
+    """
+    return resolve_config(model_id_or_path, revision=revision, origin=origin, prefer_shipped=prefer_shipped)[0]
+
+
+def _check(config: PretrainedConfig, model_id: str, origin: str, tokenizer_size: int | None, *,
+           compare_shipped: bool) -> None:
+    check_family_invariants(config, model=model_id, origin=origin, tokenizer_size=tokenizer_size)
+    shipped = shipped_config_path(model_id)
+    if compare_shipped and shipped is not None:
+        check_matches_shipped(config, AutoConfig.from_pretrained(shipped), model=model_id, origin=origin,
+                              shipped_path=str(shipped.relative_to(shipped.parents[3])))
 
 
 def load_model(
@@ -165,31 +247,48 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     origin: str = "model",
+    tokenizer_size: int | None = None,
+    family: str | None = None,
 ) -> PreTrainedModel:
     """Load a causal LM, pretrained or randomly initialised, in eval mode.
 
     Parameters
     ----------
     model_id_or_path : str
-        Hub id (``"EleutherAI/gpt-neo-2.7B"``) or a local ``save_pretrained`` directory.
+        Hub id (``"EleutherAI/gpt-neo-2.7B"``) or a local ``save_pretrained`` /
+        ``hf download --local-dir`` directory.
     init : InitSpec
         ``pretrained`` loads trained weights with
-        ``AutoModelForCausalLM.from_pretrained``; any other scheme loads only the
-        config and builds the model with ``from_config`` directly on ``device``
-        and in ``dtype`` (see :mod:`reprflow.models.init_schemes`).
+        ``AutoModelForCausalLM.from_pretrained(id, revision=revision, dtype=dtype)``;
+        any other scheme loads only the config (the shipped one for a paper
+        model, so no hub is needed) and builds the model with ``from_config``
+        directly on ``device`` and in ``dtype`` (see
+        :mod:`reprflow.models.init_schemes`).
     seed : int or None
         Required for random schemes; ignored (may be None) for ``pretrained``.
     revision : str, optional
-        Hub branch, tag or commit; ignored for local directories.
+        Hub branch, tag or commit; ignored for local directories and shipped
+        configs. Pin a full commit hash: an unpinned hub load logs a warning
+        with the commit it resolved to.
     dtype : torch.dtype
+        Compute dtype of the parameters.
     device : str or torch.device
+        ``"meta"`` builds the architecture without memory (random schemes only;
+        used to check parameter counts).
     origin : str
         Where the id came from, quoted in errors (e.g. ``"config.models[0].hf_id"``).
+    tokenizer_size : int, optional
+        ``len(tokenizer)``; the vocabulary must cover it (see
+        :func:`reprflow.models.invariants.check_family_invariants`).
+    family : str, optional
+        The family the config declares (``config.models[i].family``); the
+        checkpoint's ``model_type`` must equal it.
 
     Returns
     -------
     PreTrainedModel
-        ``*ForCausalLM`` in eval mode, on ``device``.
+        ``*ForCausalLM`` in eval mode, on ``device``; :func:`model_provenance`
+        reads where it came from.
 
     Raises
     ------
@@ -200,12 +299,25 @@ def load_model(
         The model family has no layout (checked from the config, before any
         weights are read).
     ConfigError
-        A random scheme without a seed.
+        A random scheme without a seed; a ``model_type`` other than ``family``;
+        a broken family invariant; a checkpoint whose architecture differs from
+        the shipped config.
     """
     if init.is_random and seed is None:
         raise ConfigError(f"model '{model_id_or_path}' ({origin}): init '{init.scheme}' needs a seed")
-    config = load_config(model_id_or_path, revision=revision, origin=origin)
-    layout = get_layout(config)  # fail fast for unsupported families
+    config, source = resolve_config(
+        model_id_or_path, revision=revision, origin=origin, prefer_shipped=init.is_random, for_weights=not init.is_random
+    )
+    try:
+        layout = get_layout(config)  # fail fast for unsupported families, before any weight is read
+    except ReprflowError as exc:
+        raise ReprflowError(f"model '{model_id_or_path}' ({origin}): {exc}") from None
+    if family is not None and config.model_type != family:
+        raise ConfigError(
+            f"model '{model_id_or_path}' ({origin}): the checkpoint is model_type '{config.model_type}' but the "
+            f"config's family is '{family}'; set family: {config.model_type} or fix hf_id"
+        )
+    _check(config, model_id_or_path, origin, tokenizer_size, compare_shipped=source["config_source"] != "shipped")
     device = torch.device(device)
     if init.is_random:
         model = build_from_config(config, seed=seed, dtype=dtype, device=device)
@@ -226,9 +338,26 @@ def load_model(
                 **kwargs,
             )
         model = model.to(device)  # no-op when device_map already placed it
+        # the config the weights came with (same file, but assert on what was built)
+        _check(model.config, model_id_or_path, origin, tokenizer_size, compare_shipped=local is None)
+        source = {**source, "commit": getattr(model.config, "_commit_hash", None) or source["commit"]}
+    provenance = {
+        "model_id": model_id_or_path,
+        "revision": revision,
+        "init": init.scheme,
+        "weights": "pretrained" if not init.is_random else "random",
+        **source,
+    }
+    model.reprflow_provenance = provenance
+    if not init.is_random and source["config_source"] == "hub" and not is_pinned(revision):
+        logger.warning(
+            "model '%s' (%s): loaded hub commit %s, but revision is %r; pin it with `revision: %s` "
+            "in the config so reruns load the same weights",
+            model_id_or_path, origin, source["commit"], revision, source["commit"],
+        )
     n_params = sum(p.numel() for p in model.parameters())
     logger.info(
-        "loaded %s (%s, %d blocks, %.1fM params) init=%s seed=%s dtype=%s device=%s",
+        "loaded %s (%s, %d blocks, %.1fM params) init=%s seed=%s dtype=%s device=%s config=%s commit=%s",
         model_id_or_path,
         layout.model_type,
         len(layout.block_list(model)),
@@ -237,8 +366,25 @@ def load_model(
         seed,
         dtype,
         device,
+        source["config_source"],
+        source["commit"],
     )
     return model.eval()
+
+
+def model_provenance(model: PreTrainedModel) -> dict:
+    """Where a model from :func:`load_model` came from (JSON-ready).
+
+    Returns
+    -------
+    dict
+        ``model_id``, ``revision`` (as requested), ``init``, ``weights``
+        (``"pretrained"`` or ``"random"``), ``config_source`` (``"local"``,
+        ``"shipped"`` or ``"hub"``), ``config_path`` and ``commit`` (the resolved
+        hub commit, or None for local folders and shipped configs). Empty for a
+        model not loaded through :func:`load_model`.
+    """
+    return dict(getattr(model, "reprflow_provenance", {}))
 
 
 def model_max_context(model_or_config: PreTrainedModel | PretrainedConfig) -> int | None:

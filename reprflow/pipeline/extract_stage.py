@@ -20,7 +20,7 @@ from reprflow.devices import resolve_device
 from reprflow.errors import ConfigError
 from reprflow.extract import extract_activations
 from reprflow.models.init_schemes import InitSpec
-from reprflow.models.registry import load_model, model_max_context
+from reprflow.models.registry import load_model, model_max_context, model_provenance
 from reprflow.prompts import load_tokenizer, read_prompt_set
 from reprflow.prompts.files import sha256_file
 from reprflow.store import open_store, shard_range
@@ -120,13 +120,14 @@ def run_extraction(
     spec = InitSpec(scheme=init["scheme"], params=dict(init.get("params") or {}))
     logger.info("loading %s (%s) with init %s on %s in %s", model["name"], model["hf_id"], init["name"], device, dtype)
     net = load_model(model["hf_id"], init=spec, seed=seed, revision=model.get("revision"), dtype=dtype, device=device,
-                     origin=origin)
+                     origin=origin, tokenizer_size=len(tokenizer), family=model["family"])
     limit = model_max_context(net)
     check_context(prompts, limit=limit, model=model, length=length, key=key, prompt_path=prompt_path)
     attrs = {
         "model": model["name"],
         "model_id": model["hf_id"],
         "revision": model.get("revision"),
+        "model_source": model_provenance(net),  # config source and resolved hub commit
         "family": model["family"],
         "init": {"name": init["name"], "scheme": spec.scheme, "params": spec.params, "seed": seed},
         "dtype": str(dtype).replace("torch.", ""),

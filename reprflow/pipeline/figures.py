@@ -14,6 +14,13 @@ Each figure exists averaged over tasks (``figN_name.png``) and per task (``figN_
   columns = lengths; one line per model (first init).
 
 A model whose context is shorter than ``figures.length`` is shown at its longest fitting length.
+
+Every model keeps one colour, line style and marker in every panel and figure
+(:func:`model_style`: colour from its config position, style from its architecture), so a model
+skipped in a panel (a length beyond its context) never shifts the others; each figure has one
+legend built from the lines actually drawn. Layouts are constrained (no title/label overlap);
+Fig. 1's colour range is fitted to the data and stated on the colour bar; Fig. 3's title names
+the init arms that ran.
 """
 
 from __future__ import annotations
@@ -25,27 +32,44 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from reprflow.atomic import atomic_write  # noqa: E402
 from reprflow.config import Config, ModelSpec  # noqa: E402
-from reprflow.pipeline.results import probe_curves, token_array, token_curves  # noqa: E402
+from reprflow.errors import ReprflowError  # noqa: E402
+from reprflow.pipeline.findings import ARCHITECTURE  # noqa: E402
+from reprflow.pipeline.results import figure_length, probe_classes, probe_curves, table_inits, token_array, token_curves  # noqa: E402
 from reprflow.workflow.targets import Cell  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
+_PALETTE = plt.get_cmap("tab10").colors
+_ARCH_STYLE = {"TBM": ("-", "o"), "SSM": ("--", "s")}
+
+
+def model_style(config: Config, model: str) -> dict:
+    """The fixed colour, line style and marker of a model in every panel of every figure.
+
+    Colour = the model's position in ``config.models`` (tab10); line style and marker = its
+    architecture (TBM solid/circle, SSM dashed/square, others dotted/triangle). A model absent from
+    a panel therefore never shifts another model's colour."""
+    names = [m.name for m in config.models]
+    arch = ARCHITECTURE.get(config.model(model).family)
+    line, marker = _ARCH_STYLE.get(arch, (":", "^"))
+    return {"color": _PALETTE[names.index(model) % len(_PALETTE)], "linestyle": line, "marker": marker,
+            "markersize": 3, "label": model}
+
+
+def init_style(config: Config, init: str) -> dict:
+    """The fixed colour of an init (its position in ``config.inits``, Dark2 palette)."""
+    names = [i.name for i in config.inits]
+    return {"color": plt.get_cmap("Dark2").colors[names.index(init) % 8]}
+
 
 def _figure_length(config: Config, model: ModelSpec) -> int | None:
-    """``figures.length``, or the longest configured length the model fits (None if none)."""
-    wanted = config.section("figures")["length"]
-    fitting = [n for n in config.lengths if model.fits(n)]
-    if not fitting:
-        return None
-    if wanted in fitting:
-        return wanted
-    below = [n for n in fitting if n <= wanted]
-    return max(below) if below else min(fitting)
+    return figure_length(config, model)
 
 
 def _tasks(config: Config, task: str | None) -> list[str]:
@@ -57,33 +81,82 @@ def _mean_array(config: Config, model: str, init: str, length: int, tasks: list[
 
 
 def _save(fig, path: Path) -> None:
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110))
     plt.close(fig)
 
 
 def _grid(n_rows: int, n_cols: int, *, width: float = 3.6, height: float = 2.8):
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(width * n_cols, height * n_rows), squeeze=False)
+    """Subplots with constrained layout: titles, labels, colour bars and legends never overlap."""
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(width * n_cols, height * n_rows + 0.6), squeeze=False,
+                             layout="constrained")
     return fig, axes
+
+
+def _legend(fig, axes) -> None:
+    """One legend for the figure from the lines actually drawn, deduplicated by label."""
+    handles = {}
+    for ax in axes.flat:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+    if handles:
+        fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncol=min(len(handles), 5), fontsize=7)
+
+
+def _cosine_axes(axes) -> None:
+    """One y-range for every cosine panel of a figure: from min(0, data) to 1, so levels compare
+    across panels (a flat line near 0 is not blown up to fill its panel)."""
+    lows = [ax.get_ylim()[0] for ax in axes.flat if ax.get_lines()]
+    for ax in axes.flat:
+        ax.set_ylim(min([0.0, *lows]), 1.02)
+
+
+def _note_missing(ax, config: Config, drawn: list[str], length: int) -> None:
+    """Say in the panel which models were not run there (e.g. a length beyond their context)."""
+    missing = [m for m in config.models if m.name not in drawn]
+    if missing:
+        text = "not run: " + ", ".join(
+            f"{m.name}" + (f" (context {m.max_context})" if not m.fits(length) else "") for m in missing)
+        ax.text(0.02, 0.97, text, transform=ax.transAxes, fontsize=6, va="top", color="dimgrey")
+
+
+def _describe_init(config: Config) -> str:
+    init = config.inits[0]
+    return f"init {init.name}"
 
 
 def fig1_layerwise_cosine(config: Config, task: str | None) -> plt.Figure:
     views = config.section("metrics")["views"]
     init = config.inits[0].name
-    fig, axes = _grid(len(config.models), len(views))
-    for r, model in enumerate(config.models):
+    heats = {}
+    for model in config.models:
         length = _figure_length(config, model)
+        for view in views:
+            if length is not None:
+                heats[(model.name, view)] = (length, _mean_array(config, model.name, init, length, _tasks(config, task),
+                                                                 f"layerwise_cosine_{view}"))
+    values = np.concatenate([h.ravel() for _, h in heats.values()]) if heats else np.array([0.0, 1.0])
+    vmin, vmax = float(np.nanmin(values)), float(np.nanmax(values))
+    if vmax - vmin < 1e-6:
+        vmin, vmax = vmin - 0.01, vmax + 0.01
+    fig, axes = _grid(len(config.models), len(views))
+    im = None
+    for r, model in enumerate(config.models):
         for c, view in enumerate(views):
             ax = axes[r, c]
-            if length is None:
+            if (model.name, view) not in heats:
                 ax.set_axis_off()
+                ax.set_title(f"{model.name}: fits no length", fontsize=8)
                 continue
-            heat = _mean_array(config, model.name, init, length, _tasks(config, task), f"layerwise_cosine_{view}")
-            im = ax.imshow(heat, aspect="auto", origin="lower", cmap="viridis", vmin=-1, vmax=1, extent=(0, 1, 0, heat.shape[0]))
+            length, heat = heats[(model.name, view)]
+            im = ax.imshow(heat, aspect="auto", origin="lower", cmap="viridis", vmin=vmin, vmax=vmax,
+                           extent=(0, 1, -0.5, heat.shape[0] - 0.5), interpolation="nearest")
             ax.set_title(f"{model.name} ({view}, n={length})", fontsize=8)
             ax.set_xlabel("relative token position", fontsize=7)
             ax.set_ylabel("layer pair l -> l+1", fontsize=7)
-    fig.colorbar(im, ax=axes, shrink=0.6, label="cos(h_t^l, h_t^{l+1})")
-    fig.suptitle(f"Fig. 1: layerwise cosine ({init}; {task or 'mean over tasks'})")
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    if im is not None:
+        fig.colorbar(im, ax=axes, shrink=0.6, label=f"cosine of h_t at layers l and l+1 (range {vmin:.3g}..{vmax:.3g})")
+    fig.suptitle(f"Fig. 1: layerwise cosine ({_describe_init(config)}; {task or 'mean over tasks'})")
     return fig
 
 
@@ -99,32 +172,38 @@ def fig2_inter_token_cosine(config: Config, task: str | None) -> plt.Figure:
     for r, view in enumerate(views):
         for c, length in enumerate(lengths):
             ax = axes[r, c]
+            drawn = []
             for model in config.models:
                 sel = curves[(curves.model == model.name) & (curves.init == init) & (curves.view == view) & (curves.length == length)]
                 if sel.empty:
                     continue
                 line = _mean_curve(sel, "state_index", "mean", _tasks(config, task))
                 depth = line["state_index"] / max(line["state_index"].max(), 1)
-                ax.plot(depth, line["mean"], label=model.name)
+                ax.plot(depth, line["mean"], **model_style(config, model.name))
+                drawn.append(model.name)
+            _note_missing(ax, config, drawn, length)
             ax.set_title(f"{view}, n={length}", fontsize=8)
-            ax.set_xlabel("relative depth", fontsize=7)
+            ax.set_xlabel("relative depth (0 = embeddings)", fontsize=7)
             ax.set_ylabel("inter-token cosine", fontsize=7)
-    axes[0, 0].legend(fontsize=6)
-    fig.suptitle(f"Fig. 2: inter-token cosine by layer ({init}; {task or 'mean over tasks'})")
+    _cosine_axes(axes)
+    _legend(fig, axes)
+    fig.suptitle(f"Fig. 2: inter-token cosine by layer ({_describe_init(config)}; {task or 'mean over tasks'})")
     return fig
 
 
 def fig3_pretrained_vs_random(config: Config, task: str | None) -> plt.Figure:
+    """Every init that ran (each a colour) and view (line style); the title names the arms drawn."""
     inter = token_curves(config, "inter_token_cosine")
     layer = token_curves(config, "layerwise_cosine")
     views = config.section("metrics")["views"]
     fig, axes = _grid(2, len(config.models))
     styles = ["-", "--", ":", "-."]
+    drawn: list[str] = []
     for c, model in enumerate(config.models):
         length = _figure_length(config, model)
-        for k, init in enumerate(config.inits):
+        for init in config.inits:
             for s, view in enumerate(views):
-                style = {"color": f"C{k}", "linestyle": styles[s % len(styles)], "label": f"{init.name} / {view}"}
+                style = {**init_style(config, init.name), "linestyle": styles[s % len(styles)], "label": f"{init.name} / {view}"}
                 for r, (frame, x, title) in enumerate(((inter, "state_index", "inter-token cosine"), (layer, "pair_index", "layerwise cosine"))):
                     sel = frame[(frame.model == model.name) & (frame.init == init.name) & (frame.view == view) & (frame.length == length)]
                     if sel.empty:
@@ -132,19 +211,28 @@ def fig3_pretrained_vs_random(config: Config, task: str | None) -> plt.Figure:
                     line = _mean_curve(sel, x, "mean", _tasks(config, task))
                     axes[r, c].plot(line[x], line["mean"], **style)
                     axes[r, c].set_ylabel(title, fontsize=7)
-        axes[0, c].set_title(f"{model.name} (n={length})", fontsize=8)
-        axes[1, c].set_xlabel("layer", fontsize=7)
-    axes[0, 0].legend(fontsize=6)
-    fig.suptitle(f"Fig. 3: pretrained vs random init ({task or 'mean over tasks'})")
+                    if init.name not in drawn:
+                        drawn.append(init.name)
+        axes[0, c].set_title(f"{model.name} ({ARCHITECTURE.get(model.family, model.family)}, n={length})", fontsize=8)
+        for ax in axes[:, c]:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes[0, c].set_xlabel("state (0 = embeddings)", fontsize=7)
+        axes[1, c].set_xlabel("layer pair l -> l+1", fontsize=7)
+    _cosine_axes(axes)
+    _legend(fig, axes)
+    arms = ", ".join(drawn) if drawn else "no arm ran"
+    fig.suptitle(f"Fig. 3: token similarity by initialisation - arms run: {arms} ({task or 'mean over tasks'})")
     return fig
 
 
 def fig4_cka(config: Config, task: str | None) -> plt.Figure:
     view = config.section("figures")["view"]
-    fig, axes = _grid(len(config.models), len(config.inits), width=3.2, height=3.0)
+    inits = table_inits(config)
+    fig, axes = _grid(len(config.models), len(inits), width=3.2, height=3.0)
+    im = None
     for r, model in enumerate(config.models):
         length = _figure_length(config, model)
-        for c, init in enumerate(config.inits):
+        for c, init in enumerate(map(config.init, inits)):
             ax = axes[r, c]
             if length is None:
                 ax.set_axis_off()
@@ -152,20 +240,24 @@ def fig4_cka(config: Config, task: str | None) -> plt.Figure:
             cka = _mean_array(config, model.name, init.name, length, _tasks(config, task), f"cka_{view}")
             im = ax.imshow(cka, origin="lower", cmap="magma", vmin=0, vmax=1)
             ax.set_title(f"{model.name} / {init.name} (n={length})", fontsize=8)
-            ax.set_xlabel("layer", fontsize=7)
-            ax.set_ylabel("layer", fontsize=7)
-    fig.colorbar(im, ax=axes, shrink=0.6, label="linear CKA")
+            ax.set_xlabel("state", fontsize=7)
+            ax.set_ylabel("state", fontsize=7)
+    if im is not None:
+        fig.colorbar(im, ax=axes, shrink=0.6, label="linear CKA")
     fig.suptitle(f"Fig. 4: CKA between layers ({view} view; {task or 'mean over tasks'})")
     return fig
 
 
 def fig7_probe_accuracy(config: Config, task: str | None) -> plt.Figure:
     probes = probe_curves(config)
-    views, lengths, init = config.section("metrics")["views"], config.lengths, config.inits[0].name
+    classes = probe_classes(config)
+    views, lengths, init = config.section("metrics")["views"], config.lengths, table_inits(config)[0]
     fig, axes = _grid(len(views), len(lengths))
     for r, view in enumerate(views):
         for c, length in enumerate(lengths):
             ax = axes[r, c]
+            chances: set[float] = set()
+            drawn = []
             for model in config.models:
                 sel = probes[(probes.model == model.name) & (probes.init == init) & (probes.view == view)
                              & (probes.length == length) & probes.task.isin(_tasks(config, task))]
@@ -173,15 +265,25 @@ def fig7_probe_accuracy(config: Config, task: str | None) -> plt.Figure:
                     continue
                 per_seed = sel.groupby(["seed", "state_index"], as_index=False)["val_accuracy"].mean()
                 stats = per_seed.groupby("state_index")["val_accuracy"].agg(["mean", "std"]).reset_index()
-                ax.plot(stats["state_index"], stats["mean"], label=model.name)
+                style = model_style(config, model.name)
+                ax.plot(stats["state_index"], stats["mean"], **style)
+                drawn.append(model.name)
                 ax.fill_between(stats["state_index"], stats["mean"] - stats["std"].fillna(0),
-                                stats["mean"] + stats["std"].fillna(0), alpha=0.2)
+                                stats["mean"] + stats["std"].fillna(0), alpha=0.15, color=style["color"])
+                n_classes = classes[(classes.model == model.name) & (classes.init == init) & (classes.view == view)
+                                    & (classes.length == length) & classes.task.isin(_tasks(config, task))]
+                if not n_classes.empty:
+                    chances.add(round(float((1.0 / n_classes["n_classes"]).mean()), 6))
+            for chance in sorted(chances):
+                ax.axhline(chance, color="grey", linestyle=":", linewidth=1, label="chance 1/C")
+            _note_missing(ax, config, drawn, length)
             ax.set_title(f"{view}, n={length}", fontsize=8)
-            ax.set_xlabel("layer", fontsize=7)
+            ax.set_xlabel("state (0 = embeddings)", fontsize=7)
             ax.set_ylabel("probe accuracy", fontsize=7)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_ylim(0, 1)
-    axes[0, 0].legend(fontsize=6)
-    fig.suptitle(f"Fig. 7: probe accuracy by layer ({init}; {task or 'mean over tasks'})")
+    _legend(fig, axes)
+    fig.suptitle(f"Fig. 7: probe accuracy by layer (init {init}; {task or 'mean over tasks'})")
     return fig
 
 
@@ -198,7 +300,10 @@ def write_figures(config: Config, paths: list[str]) -> None:
     """Draw every requested figure; a path's name selects the figure and optional task suffix."""
     for path in map(Path, paths):
         stem = path.stem
-        name = next(n for n in FIGURES if stem == n or stem.startswith(n + "_"))
+        name = next((n for n in FIGURES if stem == n or stem.startswith(n + "_")), None)
+        if name is None:
+            raise ReprflowError(f"{path}: not a figure name; the file stem must be one of {list(FIGURES)}, "
+                                "optionally followed by _<task>")
         task = stem[len(name) + 1:] or None
         _save(FIGURES[name](config, task), path)
         logger.info("wrote %s", path)

@@ -16,8 +16,9 @@ Files written to ``out_dir`` (each atomically: temporary name, then rename):
 ``layerwise_cosine_{view}.npy``           [n_states - 1, n_bins]: cosine per relative-position bin
 ``cka_{view}.npy``                        [n_states, n_states]: biased linear CKA
 ``cka_debiased_{view}.npy``               [n_states, n_states]: debiased CKA (if ``debiased_cka``)
-``smoothness_stability.json``             {view: {"Sm", "St", "Sm_std", "St_std", "n_prompts"},
-                                          "provenance": {...}}
+``smoothness_stability.json``             {view: {"Sm", "St", "Sm_std", "St_std", "Sm_rel",
+                                          "St_rel", "Sm_rel_std", "St_rel_std", "state_rms",
+                                          "n_prompts"}, "provenance": {...}}
 ========================================  ==========================================================
 
 Notes
@@ -25,6 +26,9 @@ Notes
 * Averages are unweighted over prompts (each prompt counts once whatever its length);
   ``std`` is the population std (ddof = 0) across prompts of the per-prompt values.
   For layerwise cosine the per-prompt value is the mean over that prompt's tokens.
+* ``Sm``/``St`` are the paper's absolute Eq. 3/4; ``Sm_rel``/``St_rel`` their scale-free
+  variants (each prompt's value divided by its mean state RMS ``s``, then averaged over
+  prompts; :mod:`reprflow.metrics.smoothness`); ``state_rms`` is the mean of ``s``.
 * The heatmap puts token t of a prompt of n tokens in bin ``floor(t * n_bins / n)``,
   averages within bins per prompt, then over the prompts that have a token in the bin.
 * CSV files carry the provenance as constant columns ``store``, ``prompt_sha256``,
@@ -81,6 +85,9 @@ class PromptMetrics:
     cka_debiased: np.ndarray | None  # [K, K]
     sm: float
     st: float
+    sm_rel: float
+    st_rel: float
+    state_rms: float
 
 
 @dataclass
@@ -155,6 +162,9 @@ def _stream_metrics(h: torch.Tensor, *, n_bins: int, chunk: int) -> dict[str, An
         "layerwise_binned": layer.binned(),
         "sm": flow.smoothness(),
         "st": flow.stability(),
+        "sm_rel": flow.smoothness_scale_free(),
+        "st_rel": flow.stability_scale_free(),
+        "state_rms": flow.mean_state_rms(),
     }
 
 
@@ -239,7 +249,7 @@ def prompt_metrics(
             cka=cka_all[sub],
             cka_debiased=None if cka_all_debiased is None else cka_all_debiased[sub],
         )
-        for name in ("inter_token", "layerwise_mean", "cka", "cka_debiased", "sm", "st"):
+        for name in ("inter_token", "layerwise_mean", "cka", "cka_debiased", "sm", "st", "sm_rel", "st_rel"):
             value = getattr(metrics, name)
             if value is not None:
                 _check_finite(where, f"{name}, view {v!r}", value, error=error)
@@ -387,8 +397,13 @@ def write_token_metrics(
         if debiased_cka:
             arrays[f"cka_debiased_{v}.npy"] = res.stack(lambda p: p.cka_debiased).mean(axis=0)
         sm, st = res.stack(lambda p: p.sm), res.stack(lambda p: p.st)
+        sm_rel, st_rel = res.stack(lambda p: p.sm_rel), res.stack(lambda p: p.st_rel)
         scalars[v] = {"Sm": float(sm.mean()), "St": float(st.mean()), "Sm_std": float(sm.std()),
-                      "St_std": float(st.std()), "n_prompts": n_prompts}
+                      "St_std": float(st.std()), "Sm_rel": float(sm_rel.mean()),
+                      "St_rel": float(st_rel.mean()), "Sm_rel_std": float(sm_rel.std()),
+                      "St_rel_std": float(st_rel.std()),
+                      "state_rms": float(res.stack(lambda p: p.state_rms).mean()),
+                      "n_prompts": n_prompts}
 
     inter_df, layer_df = pd.DataFrame(inter_rows), pd.DataFrame(layer_rows)
     for what, value in [

@@ -22,6 +22,16 @@ TOKEN_METRICS = METRICS_DIR + "/token_metrics"
 PROBES = METRICS_DIR + "/probes.csv"
 TABLES = ("results/table1.csv", "results/table2.csv")
 REPORT = "results/report.md"
+FINDINGS = "results/findings.csv"
+HTML_REPORT = "results/report.html"
+PROVENANCE = "results/provenance.csv"
+HTML_TABLES = {  # the tables as HTML pages, shown inside Snakemake's HTML report
+    "findings": "results/html/findings.html",
+    "table1": "results/html/table1.html",
+    "table2": "results/html/table2.html",
+    "provenance": "results/html/provenance.html",
+    "theory": "results/html/theory.html",
+}
 FIGURE_NAMES = (
     "fig1_layerwise_cosine",
     "fig2_inter_token_cosine",
@@ -30,6 +40,10 @@ FIGURE_NAMES = (
     "fig7_probe_accuracy",
 )
 THEORY = {
+    "theorems": "results/theory/theorems.csv",
+    "theorem_cells": "results/theory/theorem_cells.csv",
+    "assumptions": "results/theory/assumptions.csv",
+    "paper_crossover": "results/theory/paper_crossover.csv",
     "stability": "results/theory/stability.csv",
     "depth": "results/theory/depth.csv",
     "approximations": "results/theory/approximations.csv",
@@ -98,5 +112,5 @@ def figure_files(config: Config) -> list[str]:
 
 
 def final_targets(config: Config) -> list[str]:
-    """What ``rule all`` builds: tables, figures, the theory check and the report."""
-    return [*TABLES, *figure_files(config), *THEORY.values(), REPORT]
+    """What ``rule all`` builds: tables, figures, the theory check, the verdicts and the report."""
+    return [*TABLES, *figure_files(config), *THEORY.values(), FINDINGS, REPORT, PROVENANCE, *HTML_TABLES.values()]

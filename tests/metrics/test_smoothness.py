@@ -76,3 +76,47 @@ def test_too_few_states_raise(states):
         acc.smoothness()
     with pytest.raises(ValueError, match="no chunk"):
         SmoothnessStabilityAccumulator().stability()
+
+
+def _ref_state_rms(h: np.ndarray) -> float:
+    """Independent float64 loop: mean over (state, token) of ||h||_2 / sqrt(d)."""
+    k, n, d = h.shape
+    return sum(np.sqrt(sum(h[l, t, j] ** 2 for j in range(d)) / d) for l in range(k) for t in range(n)) / (k * n)
+
+
+def test_scale_free_variants_match_float64_reference(states):
+    from reprflow.metrics import mean_state_rms, smoothness_scale_free, stability_scale_free
+
+    s = _ref_state_rms(states)
+    assert mean_state_rms(states) == pytest.approx(s, rel=1e-12)
+    assert smoothness_scale_free(states) == pytest.approx(_ref_sm(states) / s, rel=1e-10)
+    assert stability_scale_free(states) == pytest.approx(_ref_st(states) / s, rel=1e-10)
+
+
+@pytest.mark.parametrize("c", [1e-3, 7.0, 1e4])
+def test_scale_free_variants_ignore_a_global_scale(states, c):
+    from reprflow.metrics import smoothness_scale_free, stability_scale_free
+
+    # the absolute metrics scale with c, the variants do not
+    assert smoothness(c * states) == pytest.approx(c * smoothness(states), rel=1e-10)
+    assert smoothness_scale_free(c * states) == pytest.approx(smoothness_scale_free(states), rel=1e-10)
+    assert stability_scale_free(c * states) == pytest.approx(stability_scale_free(states), rel=1e-10)
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 9])
+def test_accumulator_scale_free_equals_whole_prompt(states, chunk):
+    from reprflow.metrics import mean_state_rms, smoothness_scale_free, stability_scale_free
+
+    acc = SmoothnessStabilityAccumulator()
+    for start in range(0, 9, chunk):
+        acc.update(states[:, start : start + chunk])
+    assert acc.mean_state_rms() == pytest.approx(mean_state_rms(states), rel=1e-12)
+    assert acc.smoothness_scale_free() == pytest.approx(smoothness_scale_free(states), rel=1e-12)
+    assert acc.stability_scale_free() == pytest.approx(stability_scale_free(states), rel=1e-12)
+
+
+def test_scale_free_of_all_zero_states_raises():
+    from reprflow.metrics import stability_scale_free
+
+    with pytest.raises(ValueError, match="every state is zero"):
+        stability_scale_free(np.zeros((4, 3, 2)))

@@ -19,19 +19,22 @@ SMALL = {"vocab_size": 128, "bos_token_id": 0, "eos_token_id": 0}
 def test_initspec_fills_defaults_and_serialises():
     assert InitSpec("gaussian").params == {"std": 0.02}
     assert InitSpec("xavier", {"gain": 2}).params == {"gain": 2.0}
-    assert InitSpec("he").to_dict() == {"scheme": "he", "params": {"nonlinearity": "linear"}}
+    assert InitSpec("he").to_dict() == {"scheme": "he", "params": {"nonlinearity": "relu"}}
     assert not InitSpec("pretrained").is_random and InitSpec("default").is_random
 
 
 @pytest.mark.parametrize(
     ("scheme", "params", "match"),
     [
-        ("uniform", {}, "unknown; expected one of"),
-        ("gaussian", {"sigma": 0.1}, r"unknown parameter\(s\) \['sigma'\]; allowed: std"),
-        ("gaussian", {"std": -0.1}, "'std' must be a finite number > 0, got -0.1"),
-        ("gaussian", {"std": float("nan")}, "'std' must be a finite number > 0"),
-        ("xavier", {"gain": "big"}, "'gain' must be a number > 0, got 'big'"),
-        ("he", {"nonlinearity": "tanh"}, r"must be one of \['linear', 'relu'\], got 'tanh'"),
+        ("uniform", {}, r"init\.scheme: 'uniform' is unknown; expected one of"),
+        ("gaussian", {"sigma": 0.1}, r"init\.params\.sigma: not a parameter of init scheme 'gaussian'; allowed: std"),
+        ("gaussian", {"std": -0.1}, r"init\.params\.std: must be a finite number > 0 .*got -0\.1"),
+        ("gaussian", {"std": float("nan")}, r"init\.params\.std: must be a finite number > 0"),
+        ("gaussian", {"std": float("inf")}, r"init\.params\.std: must be a finite number > 0"),
+        ("gaussian", {"std": True}, r"init\.params\.std: must be a finite number > 0"),
+        ("xavier", {"gain": "big"}, r"init\.params\.gain: must be a finite number > 0 .*got 'big'"),
+        ("xavier", {"gain": 0}, r"init\.params\.gain: must be a finite number > 0"),
+        ("he", {"nonlinearity": "tanh"}, r"must be one of \['relu', 'linear'\].*got 'tanh'"),
         ("default", {"std": 1.0}, "allowed: none"),
     ],
 )
@@ -119,7 +122,7 @@ def test_xavier_variance_formula(gain):
     assert w.std() == pytest.approx(gain * math.sqrt(2.0 / (fan_in + fan_out)), rel=0.05)
 
 
-@pytest.mark.parametrize(("nonlinearity", "gain"), [("linear", 1.0), ("relu", math.sqrt(2.0))])
+@pytest.mark.parametrize(("nonlinearity", "gain"), [("relu", math.sqrt(2.0)), ("linear", 1.0)])
 def test_he_variance_formula_uses_fan_in(nonlinearity, gain):
     fan_out, fan_in = 256, 2048
     spec = InitSpec("he", {"nonlinearity": nonlinearity})
@@ -131,10 +134,23 @@ def test_he_variance_formula_uses_fan_in(nonlinearity, gain):
     assert conv.std() == pytest.approx(gain / math.sqrt(fan_in), rel=0.05)
 
 
+def test_he_default_is_he_et_al_not_lecun():
+    """The default `he` is He et al. (2015): std = sqrt(2 / fan_in), on every covered weight type."""
+    fan_in, fan_out, vocab = 1536, 768, 4096
+    spec = InitSpec("he")
+    assert spec.params == {"nonlinearity": "relu"}
+    linear = _fill(nn.Linear(fan_in, fan_out), spec).weight.detach().double().numpy()
+    assert linear.std() == pytest.approx(math.sqrt(2.0 / fan_in), rel=0.03)
+    assert linear.std() / (1 / math.sqrt(fan_in)) == pytest.approx(math.sqrt(2.0), rel=0.03)  # not LeCun
+    # Embedding [vocab, d]: torch's fan_in is d
+    emb = _fill(nn.Embedding(vocab, fan_out), spec).weight.detach().double().numpy()
+    assert emb.std() == pytest.approx(math.sqrt(2.0 / fan_out), rel=0.03)
+
+
 def test_depthwise_conv_fans_include_the_kernel():
     conv = _fill(nn.Conv1d(4096, 4096, kernel_size=4, groups=4096), InitSpec("he"))
     w = conv.weight.detach().double().numpy()  # [4096, 1, 4]: fan_in = 1 * 4
-    assert w.std() == pytest.approx(1 / math.sqrt(4), rel=0.05)
+    assert w.std() == pytest.approx(math.sqrt(2 / 4), rel=0.05)
 
 
 def test_apply_init_rejects_pretrained():

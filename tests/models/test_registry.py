@@ -82,7 +82,9 @@ def test_offline_nonsense_id_fails_fast_with_the_fix(monkeypatch):
     message = str(info.value)
     assert "model 'nonsense-org/not-a-model-x9' (config.models[0].hf_id)" in message
     assert "unreachable (offline)" in message
-    assert "huggingface-cli download nonsense-org/not-a-model-x9" in message
+    assert "`hf download nonsense-org/not-a-model-x9 --local-dir ./models/not-a-model-x9`" in message
+    assert "huggingface-cli" not in message  # the pinned huggingface_hub ships `hf`, not huggingface-cli
+    assert "set hf_id to its path" in message
     assert "HF_HOME" in message
     assert elapsed < 5, f"offline detection took {elapsed:.1f}s"
 

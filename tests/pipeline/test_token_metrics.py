@@ -19,7 +19,9 @@ from reprflow.metrics import (
     inter_token_cosine,
     layerwise_cosine,
     smoothness,
+    smoothness_scale_free,
     stability,
+    stability_scale_free,
 )
 from reprflow.pipeline.token_metrics import compute_token_metrics
 
@@ -107,6 +109,8 @@ def test_outputs_match_metric_functions(store, tmp_path):
             np.testing.assert_allclose(np.load(out / name), ref, rtol=1e-10)
         assert sm_st[view]["Sm"] == pytest.approx(np.mean([smoothness(h) for h in prompts]), rel=1e-10)
         assert sm_st[view]["St"] == pytest.approx(np.mean([stability(h) for h in prompts]), rel=1e-10)
+        assert sm_st[view]["Sm_rel"] == pytest.approx(np.mean([smoothness_scale_free(h) for h in prompts]), rel=1e-10)
+        assert sm_st[view]["St_rel"] == pytest.approx(np.mean([stability_scale_free(h) for h in prompts]), rel=1e-10)
     # the two views differ only in their last state
     assert not np.allclose(np.load(out / "cka_hf.npy"), np.load(out / "cka_residual.npy"))
 

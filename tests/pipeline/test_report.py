@@ -1,0 +1,54 @@
+"""Report formatting: no float noise, small values stay readable, tiny models are named."""
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from reprflow.config import PROJECT_ROOT, validate_config
+from reprflow.pipeline.report import format_value, markdown_table, model_notes
+
+
+def test_values_keep_three_significant_figures_without_noise():
+    assert format_value(3.1234e-05) == "3.12e-05"
+    assert format_value(0.93812) == "0.938"
+    assert format_value(0.0) == "0" and format_value(np.nan) == "" and format_value(7) == "7"
+    table = markdown_table(pd.DataFrame({"gap": [0.0, 0.25], "Sm": [3.04e-05, 1.945]}))
+    assert "e-17" not in table and "3.04e-05" in table and "| 0 |" in table
+
+
+def test_tiny_and_untrained_models_are_named():
+    with open(PROJECT_ROOT / "config" / "demo.yaml") as fh:
+        notes = "\n".join(model_notes(validate_config(yaml.safe_load(fh))))
+    assert "tiny-mamba** (mamba): a TINY RANDOM model" in notes
+    assert "Untrained arms (random initialisation, no training): random." in notes
+
+
+def test_html_pages_and_markdown_report_from_metric_files(tmp_path):
+    """Verdicts, tables, provenance and theory pages from constructed metric files (test_findings.py)."""
+    import importlib.util
+    from pathlib import Path
+
+    from reprflow.pipeline.findings import write_findings
+    from reprflow.pipeline.report import write_html_tables, write_report
+    from reprflow.workflow.targets import FINDINGS, HTML_TABLES
+
+    spec = importlib.util.spec_from_file_location("_findings_world", Path(__file__).with_name("test_findings.py"))
+    world = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(world)
+    with open(PROJECT_ROOT / "config" / "demo.yaml") as fh:
+        raw = yaml.safe_load(fh)
+    raw["models"], raw["metrics"]["views"] = raw["models"][1:], ["hf"]
+    config = validate_config(raw)
+    world._world(tmp_path, config, world.SUPPORTS)
+    write_findings(config, tmp_path / FINDINGS, root=tmp_path)
+    paths = {k: tmp_path / v for k, v in HTML_TABLES.items()}
+    write_html_tables(config, paths, root=tmp_path)
+    page = paths["findings"].read_text()
+    assert "class='text supports'><b>supports</b>" in page and "F3.4.3" in page and "not run" in page
+    table1 = paths["table1"].read_text()
+    assert "<th>Sm_rel</th>" in table1 and "<dt>chance</dt>" in table1 and "TINY RANDOM" in table1
+    assert "The theory check was not run." in paths["theory"].read_text()
+    assert config.digest() in paths["provenance"].read_text()
+    write_report(config, tmp_path / "results" / "report.md", root=tmp_path)
+    text = (tmp_path / "results" / "report.md").read_text()
+    assert "## Verdicts on the paper's findings" in text and "**F3.2.1 / pretrained / hf: supports**" in text
