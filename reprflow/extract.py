@@ -174,8 +174,9 @@ def _check_prompts(
         if n > max_context:
             raise ReprflowError(
                 f"{prompt_file}: prompt {prompts[longest].get('id', longest)!r} has {n} tokens, beyond the "
-                f"model's context limit of {max_context}; this length must be skipped for this model "
-                "(the workflow drops lengths beyond the context window)"
+                f"model's context limit of {max_context} tokens. Set `max_context: {max_context}` on this "
+                "model's entry under `models:` in the config: the workflow then skips the lengths above it "
+                f"for this model and caps the prompt sets it reads at {max_context} tokens"
             )
 
 
