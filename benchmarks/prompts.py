@@ -65,7 +65,7 @@ def naive_tfidf(examples, pool_size):
     return DistractorPools(passages, pools, "tfidf")
 
 
-def paper_sets(config_path: str, n_prompts: int | None) -> None:
+def paper_sets(config_path: str, n_prompts: int | None, lengths: list[int] | None = None) -> None:
     """Build every prompt set of ``config_path`` as the prompts rule does; print one row per set."""
     import gc
     import tempfile
@@ -83,12 +83,14 @@ def paper_sets(config_path: str, n_prompts: int | None) -> None:
     needed = sorted(
         {(m.tokenizer, task, length) for m in config.models for task in config.tasks for length in config.lengths
          if m.fits(length)},
-        key=lambda x: (x[0], x[1], x[2]),
+        key=lambda x: (x[2], x[1], x[0]),  # smallest first: a run cut short still covers every length it reached
     )
+    if lengths:
+        needed = [x for x in needed if x[2] in lengths]
     print(f"config {config_path}: {len(needed)} prompt sets x {settings['n_prompts']} prompts, seed {config.seed}; "
           f"split: val_fraction {probes['val_fraction']}, n_train {probes['n_train']}, seed 0", flush=True)
     head = ("| set | tokenizer | cap | n | items | build s | write s | tokens min / median / max | steered | "
-            "dup. redraws | duplicates | questions used (max uses, replaced) | train / val | leakage |")
+            "dup. redraws | duplicates | questions used (max uses, replaced) | train / val | leakage | K tok/s |")
     print(head)
     print("|" + "---|" * (head.count("|") - 1), flush=True)
     total = 0.0
@@ -123,7 +125,7 @@ def paper_sets(config_path: str, n_prompts: int | None) -> None:
                 f"{manifest['n_items']} | {t_build:.1f} | {t_write:.1f} | "
                 f"{n_tok.min()} / {np.median(n_tok):g} / {n_tok.max()} | {a['adjusted_fraction']:.0%} | "
                 f"{a['duplicate_redraws']} | {duplicates} | {used} | {tr.size} / {va.size} | "
-                f"{leak_groups} groups, {leak_prompts} prompts |",
+                f"{leak_groups} groups, {leak_prompts} prompts | {n_tok.sum() / t_build / 1e3:.0f} |",
                 flush=True,
             )
             path.unlink()
@@ -139,9 +141,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="median of this many runs per timed row")
     ap.add_argument("--paper-sets", action="store_true", help="build every prompt set of --config (see above)")
     ap.add_argument("--config", default="config/config.yaml")
+    ap.add_argument("--lengths", type=int, nargs="*", help="with --paper-sets: only these lengths")
     args = ap.parse_args()
     if args.paper_sets:
-        paper_sets(args.config, args.n_prompts)
+        paper_sets(args.config, args.n_prompts, args.lengths)
         return
     n = args.n_prompts or 1000
     tok = load_tokenizer(args.tokenizer)

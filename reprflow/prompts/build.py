@@ -188,7 +188,7 @@ def build_prompt_set(
             {"source": "liu", "file": dfile.name}
             if dfile
             else {"source": "tfidf", "pool_size": pool_size, "pool": "gold passages of the other questions"}
-        )
+        ) | {"choice": "uniform sample of the pool without replacement, shuffled, per prompt"}
 
     cal = calibrate_item_count(
         sampler, tokenizer, target_tokens=target_tokens, tolerance=tolerance, max_tokens=max_tokens,

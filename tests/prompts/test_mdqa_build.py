@@ -139,7 +139,10 @@ def test_liu_reader_keeps_retrieval_order_and_drops_gold(tmp_path, synthetic_ora
         "mdqa", target_tokens=150, tokenizer_name="gpt2", n_prompts=10, seed=0, oracle_path=synthetic_oracle,
         distractor_dir=tmp_path / "liu", tolerance=0.2, calibration_size=8, progress=False,
     )
-    assert manifest["distractors"] == {"source": "liu", "file": "nq-open-20_total_documents_gold_at_4.jsonl.gz"}
+    assert manifest["distractors"] == {
+        "source": "liu", "file": "nq-open-20_total_documents_gold_at_4.jsonl.gz",
+        "choice": "uniform sample of the pool without replacement, shuffled, per prompt",
+    }
     check_mdqa_records(records, examples)
     in_order = 0
     for r in records:  # a sample of the question's Liu distractors, shuffled around the gold (App. B)
