@@ -198,6 +198,11 @@ def test_repeated_questions_give_distinct_shuffled_prompts(synthetic_oracle):
     # the same question's prompts draw different distractor sets and orders (not a fixed ranking)
     assert all(len(set(v)) > 1 for v in by_group.values())
     assert all(len({frozenset(x) for x in v}) > 1 for v in by_group.values())
+    again, _ = build_prompt_set(  # deterministic for a seed
+        "mdqa", target_tokens=200, tokenizer_name="gpt2", n_prompts=192, seed=1, oracle_path=synthetic_oracle,
+        pool_size=12, tolerance=0.2, calibration_size=16, progress=False,
+    )
+    assert again == records
 
 
 def test_tight_cap_replaces_questions_instead_of_failing(synthetic_oracle):
