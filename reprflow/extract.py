@@ -179,8 +179,9 @@ def _check_prompts(
         if n > max_context:
             raise ReprflowError(
                 f"{prompt_file}: prompt {prompts[longest].get('id', longest)!r} has {n} tokens, beyond the "
-                f"model's context limit of {max_context}; skip this length for this model (the workflow "
-                f"skips it when the model's config entry sets `max_context: {max_context}`)"
+                f"model's context limit of {max_context} tokens. Set `max_context: {max_context}` on this "
+                "model's entry under `models:` in the config: the workflow then skips the lengths above it "
+                f"for this model and caps the prompt sets it reads at {max_context} tokens"
             )
 
 
