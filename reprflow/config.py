@@ -26,7 +26,7 @@ from reprflow.models.init_params import resolve_init_params
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = PROJECT_ROOT / "config" / "schema.yaml"
-TOKENIZER_DIR = PROJECT_ROOT / "data" / "tokenizers"
+TOKENIZER_DIR = Path(__file__).resolve().parent / "data" / "tokenizers"  # package data
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 
 rule prompts:
     input:
-        tokenizer="data/tokenizers/{tokenizer}/tokenizer.json",
+        tokenizer="reprflow/data/tokenizers/{tokenizer}/tokenizer.json",
         oracle=CFG.section("prompts")["mdqa_oracle"],
     output:
         prompts=PROMPTS,
