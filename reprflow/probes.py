@@ -38,6 +38,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.exceptions import NotFittedError
+from sklearn.metrics import accuracy_score
 from tqdm.auto import tqdm
 
 from reprflow.devices import resolve_device
@@ -48,6 +51,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "InvalidParameterError",
     "LinearProbe",
+    "ProbeNotFittedError",
     "ProbeResult",
     "fit_layer_probes",
     "grouped_stratified_split",
@@ -907,11 +911,19 @@ def fit_layer_probes(
     )
 
 
-class LinearProbe:
-    """A linear softmax probe for one layer, scikit-learn style.
+class ProbeNotFittedError(ReprflowError, NotFittedError):
+    """``predict``/``score`` before ``fit``; also scikit-learn's ``NotFittedError``."""
+
+
+class LinearProbe(ClassifierMixin, BaseEstimator):
+    """A linear softmax probe for one layer: a scikit-learn classifier.
 
     Wraps the batched kernel of :func:`fit_layer_probes` with one state and one seed;
-    trains on every sample passed to ``fit`` (no internal split).
+    trains on every sample passed to ``fit`` (no internal split). It follows the
+    scikit-learn estimator conventions: ``__init__`` only stores its parameters (checked in
+    ``fit``), fitted attributes end in ``_``, so ``get_params``/``set_params``,
+    :func:`sklearn.base.clone`, :class:`~sklearn.pipeline.Pipeline`, ``GridSearchCV`` and
+    :func:`~sklearn.model_selection.cross_val_score` work with it.
 
     Parameters
     ----------
@@ -920,11 +932,11 @@ class LinearProbe:
     epochs : int >= 1
         Full-batch Adam steps.
     seed : int >= 0
-        Seeds the initial weights (required: no default hides nondeterminism).
+        Seeds the initial weights (default 0; training is deterministic on CPU for a seed).
     standardize : bool
         Z-score features with the training mean/std (ddof=0) before the linear map.
     device : str or torch.device, optional
-        Compute device for ``fit``; default CUDA when available.
+        Compute device for ``fit``: ``"auto"``/None (default) is CUDA when available, else CPU.
     matmul_precision : {"auto", "float32", "tf32"}
         Precision of the float32 training products, as in :func:`fit_layer_probes`
         (default ``"auto"``: TF32 tensor cores on CUDA, IEEE float32 on CPU).
@@ -935,16 +947,18 @@ class LinearProbe:
         Weights on the raw features (standardisation folded in).
     intercept_ : ndarray of shape (n_classes,), float64
     classes_ : ndarray of shape (n_classes,)
+        The sorted labels seen in ``fit``; ``predict`` returns values from it.
     n_features_in_ : int
 
     Examples
     --------
     >>> probe = LinearProbe(seed=0, epochs=50).fit(x_train, y_train)  # doctest: +SKIP
     >>> probe.score(x_val, y_val)  # doctest: +SKIP
+    >>> cross_val_score(LinearProbe(epochs=50), states[12], labels, cv=5)  # doctest: +SKIP
     """
 
     def __init__(
-        self, *, lr: float = 0.05, epochs: int = 150, seed: int, standardize: bool = True,
+        self, *, lr: float = 0.05, epochs: int = 150, seed: int = 0, standardize: bool = True,
         device: str | torch.device | None = None, matmul_precision: str = "auto",
     ) -> None:
         self.lr = lr
@@ -972,7 +986,7 @@ class LinearProbe:
         x = _load_slab(X[None], dev, owner=owner, first_layer=0)  # [1, n_samples, hidden]
         shift = x.mean(dim=1, keepdim=True) if self.standardize else None
         if shift is not None:
-            x -= shift
+            x = x - shift  # not in place: on CPU, x may share memory with the caller's X
         mask = torch.ones(X.shape[0], 1, dtype=torch.bool, device=dev)
         with _products_context(_products_precision(self.matmul_precision, dev), dev):
             w, b = _fit_softmax_probes(
@@ -992,7 +1006,7 @@ class LinearProbe:
     def decision_function(self, X: Any) -> np.ndarray:
         """Logits of shape (n_samples, n_classes), float64."""
         if not hasattr(self, "coef_"):
-            raise ReprflowError("This LinearProbe instance is not fitted yet: call fit(X, y) first.")
+            raise ProbeNotFittedError("This LinearProbe instance is not fitted yet: call fit(X, y) first.")
         X = np.asarray(X.detach().cpu() if isinstance(X, torch.Tensor) else X, dtype=np.float64)
         if X.ndim != 2 or X.shape[1] != self.n_features_in_:
             raise ValueError(
@@ -1005,7 +1019,7 @@ class LinearProbe:
         logits = self.decision_function(X)
         return self.classes_[np.argmax(logits, axis=1)]
 
-    def score(self, X: Any, y: Any) -> float:
-        """Mean accuracy on (X, y)."""
+    def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
+        """Mean accuracy on (X, y), optionally weighted by ``sample_weight`` of shape (n_samples,)."""
         y = np.asarray(y.detach().cpu() if isinstance(y, torch.Tensor) else y)
-        return float(np.mean(self.predict(X) == y))
+        return float(accuracy_score(y, self.predict(X), sample_weight=sample_weight))

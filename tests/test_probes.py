@@ -353,6 +353,45 @@ def test_linear_probe_validates_in_fit_and_guards_predict(planted):
         LinearProbe(seed=0, matmul_precision="half").fit(x, y)
 
 
+def test_linear_probe_is_a_scikit_learn_classifier(planted):
+    from sklearn.base import clone, is_classifier
+    from sklearn.exceptions import NotFittedError
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.utils.validation import check_is_fitted
+
+    x, y = planted[0][PLANTED, :600], planted[1][:600]
+    probe = LinearProbe(epochs=20, device="cpu")
+    assert is_classifier(probe)
+    assert probe.get_params() == {
+        "lr": 0.05, "epochs": 20, "seed": 0, "standardize": True, "device": "cpu", "matmul_precision": "auto",
+    }
+    assert probe.set_params(seed=3, lr=0.1) is probe and (probe.seed, probe.lr) == (3, 0.1)
+    with pytest.raises(ValueError, match="Invalid parameter 'alpha'"):
+        probe.set_params(alpha=1.0)
+    with pytest.raises(NotFittedError):
+        check_is_fitted(probe)
+    with pytest.raises(NotFittedError, match="not fitted"):  # also a ReprflowError (see above)
+        probe.predict(x)
+
+    before = x.copy()
+    probe.fit(x, y)
+    np.testing.assert_array_equal(x, before)  # fit leaves the caller's array alone
+    check_is_fitted(probe)
+    np.testing.assert_array_equal(probe.classes_, np.unique(y))
+    twin = clone(probe)  # same parameters, not fitted; refitting gives the same probe on CPU
+    assert twin.get_params() == probe.get_params() and not hasattr(twin, "coef_")
+    twin.fit(x, y)
+    assert np.array_equal(twin.coef_, probe.coef_) and np.array_equal(twin.intercept_, probe.intercept_)
+
+    cv = StratifiedKFold(n_splits=3, shuffle=True, random_state=0)
+    scores = cross_val_score(LinearProbe(epochs=20, device="cpu"), x, y, cv=cv)
+    by_hand = [LinearProbe(epochs=20, device="cpu").fit(x[tr], y[tr]).score(x[va], y[va]) for tr, va in cv.split(x, y)]
+    np.testing.assert_array_equal(scores, by_hand)
+    assert scores.shape == (3,) and scores.mean() > 2 / N_CLASSES  # planted signal: well above chance (1/8)
+    noise = cross_val_score(LinearProbe(epochs=20, device="cpu"), planted[0][0, :600], y, cv=cv)
+    assert scores.mean() > noise.mean() + 0.1
+
+
 # ------------------------------------------------------------- matmul precision
 
 
