@@ -23,6 +23,7 @@ import argparse
 import json
 import logging
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -197,6 +198,16 @@ def cmd_probe(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- parser
 
 
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Wraps each one-line paragraph to the terminal; keeps multi-line ones (examples) as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "\n\n".join(
+            para if "\n" in para else textwrap.fill(para, width, initial_indent=indent, subsequent_indent=indent)
+            for para in text.split("\n\n")
+        )
+
+
 def _add_device(p: argparse.ArgumentParser, default: str = "auto") -> None:
     p.add_argument("--device", default=default,
                    help=f"auto (CUDA when present, else CPU), cpu, cuda or cuda:N (default: {default})")
@@ -206,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``reprflow`` argument parser: one subparser per command."""
     from reprflow import __version__
 
-    fmt = argparse.RawDescriptionHelpFormatter
+    fmt = _Formatter
     parser = argparse.ArgumentParser(
         prog="reprflow", formatter_class=fmt, epilog=_EXAMPLES,
         description="Contextual representation flow in Transformers and SSMs (Hoang et al. 2025): capture the "
