@@ -102,3 +102,24 @@ def test_console_script_documents_each_command(installed, tmp_path, command):
     assert script.is_file()
     text = _run(str(script), command, "--help", cwd=tmp_path, env=_env(installed)).stdout
     assert text.startswith(f"usage: reprflow {command}") and "--out" in text
+
+
+def test_declared_dependencies_admit_the_tested_pins():
+    """Every runtime and workflow dependency of pyproject.toml is pinned in requirements.txt, within its range."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]
+    pins = {}
+    for line in (PROJECT_ROOT / "requirements.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, pin = line.partition("==")
+            pins[canonicalize_name(name)] = pin.strip()
+    declared = project["dependencies"] + project["optional-dependencies"]["workflow"]
+    assert len(declared) >= 15
+    for spec in map(Requirement, declared):
+        pin = pins.get(canonicalize_name(spec.name))
+        assert pin is not None, f"{spec.name} is declared in pyproject.toml but not pinned in requirements.txt"
+        assert spec.specifier.contains(pin), f"pyproject.toml {spec} excludes the pinned {spec.name}=={pin}"
