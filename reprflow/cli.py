@@ -30,8 +30,6 @@ from typing import Any
 
 __all__ = ["build_parser", "main"]
 
-logger = logging.getLogger("reprflow.cli")
-
 _EXAMPLES = """\
 examples:
   reprflow extract prompts.jsonl EleutherAI/pythia-160m -o runs/pythia.zarr --token-prompts 16
@@ -128,7 +126,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from reprflow.store import open_store
 
     device = resolve_device(args.device, key="--device")
-    dtype = compute_dtype_for(args.dtype, device)
+    dtype = compute_dtype_for("bfloat16" if args.dtype == "auto" else args.dtype, device)
     tokenizer = _load_tokenizer(args.tokenizer, args.model, args.revision)
     prompt_path = Path(args.prompts)
     records, task, length = _read_prompts(prompt_path, tokenizer)
@@ -149,16 +147,21 @@ def cmd_extract(args: argparse.Namespace) -> int:
         "prompt_file": str(prompt_path.resolve()),
         "prompt_sha256": sha256_file(prompt_path),
     }
-    summary = extract_activations(
-        net, tokenizer, records, args.out, batch_size=args.batch_size, n_token_prompts=args.token_prompts,
-        attrs=attrs, store_dtype=args.store_dtype, device=device, compute_dtype=dtype,
-        max_context=model_max_context(net), progress=not args.quiet,
-    )
+    kwargs = dict(batch_size=args.batch_size, attrs=attrs, store_dtype=args.store_dtype, device=device,
+                  compute_dtype=dtype, max_context=model_max_context(net), progress=not args.quiet)
+    if args.stream_metrics is None:
+        extract_activations(net, tokenizer, records, args.out, n_token_prompts=args.token_prompts, **kwargs)
+    else:  # token states never reach the disk: their metrics are computed during the forward passes
+        from reprflow.pipeline.token_stream import extract_with_streamed_token_metrics
+
+        extract_with_streamed_token_metrics(net, tokenizer, records, args.out, args.stream_metrics,
+                                            n_token_prompts=args.token_prompts, n_bins=args.bins, **kwargs)
     group = open_store(args.out)
     print(f"{args.out}: {len(records)} prompts, {len(group.attrs['state_names'])} states x "
           f"{group['last'].shape[-1]} features ({group.attrs['store_dtype']}), "
           f"token states of {len(group.attrs['token_prompt_ids'])} prompts")
-    logger.debug("%s", summary)
+    if args.stream_metrics is not None:
+        print(f"{args.stream_metrics}: token metrics of {min(args.token_prompts, len(records))} prompts (streamed)")
     return 0
 
 
@@ -249,8 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--token-prompts", type=int, default=64,
                     help="prompts whose full token states are stored, evenly spaced; `metrics` reads them "
                          "(default: 64; 0 stores last-token states only)")
-    ex.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
-                    help="compute dtype; bfloat16 only on CUDA (default: float32)")
+    ex.add_argument("--stream-metrics", default=None, metavar="DIR",
+                    help="compute the token metrics of the --token-prompts prompts during extraction and write "
+                         "them to DIR (the files of `metrics`); the store then keeps no token states")
+    ex.add_argument("--bins", type=int, default=64, help="with --stream-metrics: as for `metrics` (default: 64)")
+    ex.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
+                    help="compute dtype; auto = bfloat16 on CUDA, float32 elsewhere (bfloat16 is only "
+                         "used on CUDA) (default: auto)")
     ex.add_argument("--store-dtype", default="auto", choices=("auto", "float16", "float32"),
                     help="on-disk dtype; auto = float16 where it cannot overflow (default: auto)")
     _add_device(ex)

@@ -53,10 +53,27 @@ def test_extract_metrics_probe(tmp_path, tiny_model, capsys):
     np.testing.assert_allclose(group["last"][:][hf], ref.states, rtol=1e-5, atol=1e-5)
 
     metrics = tmp_path / "metrics"
-    assert main(["-q", "metrics", str(store), "-o", str(metrics), "--bins", "8", "--views", "hf"]) == 0
-    written = capsys.readouterr().out.split()
-    assert written and all(Path(p).is_file() and Path(p).is_relative_to(metrics) for p in written)
-    assert any(p.endswith(".csv") for p in written) and any(p.endswith(".npy") for p in written)
+    assert main(["-q", "metrics", str(store), "-o", str(metrics), "--bins", "8"]) == 0
+    written = [Path(p) for p in capsys.readouterr().out.split()]
+    assert written and all(p.is_file() and p.is_relative_to(metrics) for p in written)
+    assert {p.suffix for p in written} >= {".csv", ".npy", ".json"}
+
+    # the same metrics streamed during extraction (no token states stored) equal store-then-compute
+    streamed = tmp_path / "streamed"
+    assert main(["-q", "extract", str(prompts), str(tiny_model), "-o", str(tmp_path / "lean.zarr"), "--tokenizer",
+                 "gpt-neox-20b", "--token-prompts", "4", "--stream-metrics", str(streamed), "--bins", "8",
+                 "--device", "cpu"]) == 0
+    assert open_store(tmp_path / "lean.zarr").attrs["token_prompt_ids"] == []
+    for path in written:
+        twin = streamed / path.name
+        if path.suffix == ".npy":
+            np.testing.assert_allclose(np.load(twin), np.load(path), rtol=1e-6, atol=1e-9, err_msg=path.name)
+        elif path.suffix == ".csv":
+            a, b = pd.read_csv(path), pd.read_csv(twin)
+            num = [c for c in a.columns if pd.api.types.is_float_dtype(a[c])]
+            assert num, path.name
+            np.testing.assert_allclose(b[num].to_numpy(), a[num].to_numpy(), rtol=1e-6, atol=1e-9, err_msg=path.name)
+    capsys.readouterr()
 
     out = tmp_path / "probes.csv"
     assert main(["-q", "probe", str(store), "-o", str(out), "--epochs", "10", "--seeds", "0", "1",
