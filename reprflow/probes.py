@@ -21,7 +21,7 @@ float32 within seed noise), ``"float32"`` keeps exact IEEE float32 products. On 
 products are always IEEE float32. Moments are accumulated in float64 in either case.
 
 ``fit_layer_probes`` is the only training code: ``LinearProbe`` (a scikit-learn style
-estimator for one layer) calls the same kernel with one layer and one seed.
+classifier for one layer) calls the same kernel with one layer and one seed.
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ import torch.nn.functional as F
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import NotFittedError
 from sklearn.metrics import accuracy_score
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_consistent_length, column_or_1d, validate_data
 from tqdm.auto import tqdm
 
 from reprflow.devices import resolve_device
@@ -969,7 +971,12 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         self.matmul_precision = matmul_precision
 
     def fit(self, X: Any, y: Any) -> "LinearProbe":
-        """Train on ``X`` of shape (n_samples, hidden) and integer ``y`` of shape (n_samples,)."""
+        """Train on ``X`` of shape (n_samples, hidden) and labels ``y`` of shape (n_samples,).
+
+        ``X`` is an array-like (validated the scikit-learn way: finite, dense, 2-D) or a
+        :class:`torch.Tensor`, used where it is (e.g. already on the GPU). ``y`` holds any
+        sortable labels (the gold position in the paper), at least two distinct ones.
+        """
         owner = "LinearProbe"
         _check_real(owner, "lr", self.lr, low=0.0, high=math.inf, closed="neither")
         _check_int(owner, "epochs", self.epochs, low=1)
@@ -977,12 +984,22 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         _check_bool(owner, "standardize", self.standardize)
         _check_choice(owner, "matmul_precision", self.matmul_precision, MATMUL_PRECISIONS)
         dev = _resolve_device(owner, self.device)
-        X = X if isinstance(X, torch.Tensor) else np.asarray(X)
-        if X.ndim != 2:
+        if isinstance(X, torch.Tensor):
+            if X.ndim != 2:
+                raise ValueError(
+                    f"X passed to {owner}.fit must have shape (n_samples, hidden). Got shape {tuple(X.shape)}."
+                )
+            y = column_or_1d(np.asarray(y.detach().cpu() if isinstance(y, torch.Tensor) else y), warn=True)
+            check_consistent_length(X, y)
+            self.n_features_in_ = int(X.shape[1])
+        else:
+            X, y = validate_data(self, X, y, dtype=[np.float32, np.float64])  # sets n_features_in_
+        check_classification_targets(y)
+        classes, codes = np.unique(y, return_inverse=True)
+        if classes.size < 2:
             raise ValueError(
-                f"X passed to {owner}.fit must have shape (n_samples, hidden). Got shape {tuple(X.shape)}."
+                f"{owner} needs at least 2 classes in y; got {classes.size} class ({classes.tolist()})."
             )
-        codes, classes = _encode_labels(owner, y, X.shape[0])
         x = _load_slab(X[None], dev, owner=owner, first_layer=0)  # [1, n_samples, hidden]
         shift = x.mean(dim=1, keepdim=True) if self.standardize else None
         if shift is not None:
@@ -990,8 +1007,8 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         mask = torch.ones(X.shape[0], 1, dtype=torch.bool, device=dev)
         with _products_context(_products_precision(self.matmul_precision, dev), dev):
             w, b = _fit_softmax_probes(
-                x, torch.from_numpy(codes).to(dev), mask, seeds=(int(self.seed),), n_classes=classes.size,
-                epochs=self.epochs, lr=self.lr, standardize=self.standardize, bar=None,
+                x, torch.from_numpy(codes.astype(np.int64)).to(dev), mask, seeds=(int(self.seed),),
+                n_classes=classes.size, epochs=self.epochs, lr=self.lr, standardize=self.standardize, bar=None,
             )
         coef = w[0, :, 0].to(torch.float64)  # [hidden, C]
         intercept = b[0, 0].to(torch.float64)
@@ -1000,23 +1017,33 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         self.coef_ = coef.cpu().numpy()
         self.intercept_ = intercept.cpu().numpy()
         self.classes_ = classes
-        self.n_features_in_ = int(X.shape[1])
         return self
 
-    def decision_function(self, X: Any) -> np.ndarray:
+    def _logits(self, X: Any) -> np.ndarray:
         """Logits of shape (n_samples, n_classes), float64."""
         if not hasattr(self, "coef_"):
             raise ProbeNotFittedError("This LinearProbe instance is not fitted yet: call fit(X, y) first.")
-        X = np.asarray(X.detach().cpu() if isinstance(X, torch.Tensor) else X, dtype=np.float64)
-        if X.ndim != 2 or X.shape[1] != self.n_features_in_:
-            raise ValueError(
-                f"X has shape {X.shape}, but LinearProbe was fitted with {self.n_features_in_} features."
-            )
+        if isinstance(X, torch.Tensor):
+            X = X.detach().cpu().numpy()
+        X = validate_data(self, X, reset=False, dtype=np.float64)  # checks n_features_in_
         return X @ self.coef_ + self.intercept_
 
+    def decision_function(self, X: Any) -> np.ndarray:
+        """Confidence scores, float64: the logits, shape (n_samples, n_classes); with two
+        classes, as scikit-learn expects, shape (n_samples,): logit of ``classes_[1]`` minus
+        logit of ``classes_[0]`` (> 0 predicts ``classes_[1]``)."""
+        logits = self._logits(X)
+        return logits[:, 1] - logits[:, 0] if logits.shape[1] == 2 else logits
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Class probabilities (softmax of the logits), shape (n_samples, n_classes), columns as ``classes_``."""
+        logits = self._logits(X)
+        z = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return z / z.sum(axis=1, keepdims=True)
+
     def predict(self, X: Any) -> np.ndarray:
-        """Predicted labels of shape (n_samples,)."""
-        logits = self.decision_function(X)
+        """Predicted labels of shape (n_samples,): the class of the largest logit."""
+        logits = self._logits(X)  # first: raises ProbeNotFittedError before classes_ is looked up
         return self.classes_[np.argmax(logits, axis=1)]
 
     def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:

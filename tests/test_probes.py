@@ -392,6 +392,35 @@ def test_linear_probe_is_a_scikit_learn_classifier(planted):
     assert scores.mean() > noise.mean() + 0.1
 
 
+def test_linear_probe_passes_scikit_learn_estimator_checks():
+    """All of scikit-learn's common estimator checks (input validation, unfitted errors, clone, pickling,
+    binary decision_function shape, string labels, ...), default parameters, on CPU."""
+    import warnings
+
+    from sklearn.utils.estimator_checks import check_estimator
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the checks feed deliberately odd data (2-D y, ints as floats, ...)
+        check_estimator(LinearProbe(device="cpu"))
+
+
+def test_linear_probe_binary_decision_and_probabilities(planted):
+    x, y = planted[0][PLANTED, :300], planted[1][:300]
+    binary = np.where(y == y[0], "gold", "other")  # any labels, not only ints
+    probe = LinearProbe(epochs=20, device="cpu").fit(x, binary)
+    assert probe.classes_.tolist() == ["gold", "other"]
+    d = probe.decision_function(x)
+    assert d.shape == (300,)
+    np.testing.assert_array_equal(probe.predict(x), probe.classes_[(d > 0).astype(int)])
+    proba = probe.predict_proba(x)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(np.log(proba[:, 1] / proba[:, 0]), d, rtol=1e-9, atol=1e-9)
+    multi = LinearProbe(epochs=20, device="cpu").fit(x, y)
+    assert multi.decision_function(x).shape == (300, np.unique(y).size)
+    with pytest.raises(ValueError, match="is expecting 32 features as input"):
+        multi.predict(x[:, :5])
+
+
 # ------------------------------------------------------------- matmul precision
 
 
