@@ -105,7 +105,17 @@ def _load_tokenizer(name: str | None, model: str, revision: str | None) -> Any:
         return load_tokenizer(name)
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(model, revision=revision)
+    from reprflow.errors import ModelNotFoundError
+
+    fix = ("pass --tokenizer with a shipped name (gpt2, gpt-neox-20b) or the path of a tokenizer.json or of a "
+           "folder holding one")
+    try:
+        tok = AutoTokenizer.from_pretrained(model, revision=revision)
+    except (OSError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelNotFoundError(f"MODEL {model!r}: no tokenizer could be loaded from it ({first}); {fix}") from None
+    if not tok("The quick brown fox")["input_ids"]:  # transformers builds an empty one from a folder without files
+        raise ModelNotFoundError(f"MODEL {model!r}: no tokenizer could be loaded from it (no tokenizer files); {fix}")
     if tok.pad_token_id is None:  # right padding needs a pad id; the extractor masks it out
         tok.pad_token = tok.eos_token
     tok.padding_side = "right"

@@ -98,6 +98,23 @@ def test_text_file_is_one_prompt_a_line_without_labels(tmp_path, tiny_model, cap
     assert "at least 2 classes" in capsys.readouterr().err
 
 
+def test_workflow_prompt_set_keeps_its_task_and_length(tmp_path, tiny_model):
+    from reprflow.prompts.dataset import write_prompt_set
+
+    tok = load_tokenizer("gpt-neox-20b")
+    records = []
+    for i, r in enumerate(_prompts(6)):
+        n = len(tok(r["prompt"])["input_ids"])
+        records.append({"id": f"kvpr-{i}", "task": "kvpr", "prompt": r["prompt"], "label": r["label"], "n_items": 2,
+                        "n_tokens": n, "answer": "v", "group": i})
+    path = write_prompt_set(records, {"task": "kvpr", "target_tokens": 16}, tmp_path / "kvpr_n16.jsonl")
+    store = tmp_path / "k.zarr"
+    assert main(["-q", "extract", str(path), str(tiny_model), "-o", str(store), "--tokenizer", "gpt-neox-20b",
+                 "--token-prompts", "0", "--device", "cpu"]) == 0
+    attrs = open_store(store).attrs
+    assert (attrs["task"], attrs["length"], attrs["tokenizer"]) == ("kvpr", 16, "gpt-neox-20b")
+
+
 def test_bad_input_is_one_line_naming_the_culprit(tmp_path, tiny_model, capsys):
     prompts = tmp_path / "bad.jsonl"
     prompts.write_text(json.dumps({"prompt": "fine", "label": 0}) + "\n" + json.dumps({"prompt": "x", "label": "3"}) + "\n")
@@ -107,6 +124,11 @@ def test_bad_input_is_one_line_naming_the_culprit(tmp_path, tiny_model, capsys):
     err = capsys.readouterr().err.strip()
     assert err == f"reprflow extract: error: {prompts} line 2: 'label' must be an int (e.g. the gold position), got '3'"
     assert not (tmp_path / "s.zarr").exists()
+    nowhere = tmp_path / "no-model"
+    assert main(["-q", "extract", str(prompts), str(nowhere), "-o", str(tmp_path / "s.zarr"), "--device", "cpu"]) == 1
+    assert f"MODEL '{nowhere}': no tokenizer could be loaded from it" in capsys.readouterr().err
+    assert main(["-q", *args[:5], "--device", "cpu"]) == 1  # the tiny model's folder holds no tokenizer files
+    assert f"MODEL '{tiny_model}': no tokenizer could be loaded from it (no tokenizer files)" in capsys.readouterr().err
     assert main(["-q", "probe", str(tmp_path / "missing.zarr"), "-o", str(tmp_path / "p.csv")]) == 1
     assert capsys.readouterr().err.startswith("reprflow probe: error: ")
 
