@@ -144,8 +144,9 @@ def check_hf_view(model: nn.Module, layout: Layout, captured: Any, hidden_states
         other_ok = all(_matches(captured, hidden_states, jj, kk, atol)[0]
                        for jj, kk in enumerate(view_indices(
                            dataclasses.replace(layout, hf_records=other), n_blocks)["hf"]))
+        field = "final_norm" if names[k] == "final_norm" else "blocks"
         hint = (f"the family records '{other}': add \"hf_records\": \"{other}\" to OVERRIDES['{model_type}'] "
-                f"in {LAYOUTS_FILE}" if other_ok else fix)
+                f"in {LAYOUTS_FILE}" if other_ok else f"{fix} ({field}: now '{getattr(layout, field)}')")
         raise HfViewMismatchError(
             f"model_type '{model_type}': hf view entry {j} (captured state '{names[k]}', hf_records="
             f"'{layout.hf_records}') differs from output_hidden_states[{j}] ({where}: max |diff| = {diff:.3g}, "

@@ -44,8 +44,9 @@ Overrides
 ---------
 :data:`OVERRIDES` (keyed by ``config.model_type``) holds only what discovery
 cannot know or gets wrong for a family: the ``hf_records`` of the Mamba
-families, the SSM parameters the random init schemes must keep
-(``keep_init``), or a module path where the rules pick the wrong module. To
+families, or a module path where the rules pick the wrong module (OPT's final
+norm). ``keep_init`` (parameters the random init schemes leave alone) is also
+discovered: ``dt_proj.bias`` wherever a Mamba-1 mixer has one. To
 support a model type the rules cannot handle, add an entry there with the
 fields to replace (e.g. ``{"final_norm": "norm_out"}``), then add the type to
 ``tests/models/test_any_causal_lm.py``.
@@ -174,10 +175,8 @@ class Layout:
 #: tree cannot tell (or tells wrongly) belongs here; see the module docstring.
 OVERRIDES: dict[str, dict[str, Any]] = {
     # HF's loop records each block's *output* and appends the final norm (no embeddings).
-    # dt_proj.bias is Mamba-1's dt initialisation (inverse softplus of dt in [dt_min, dt_max]),
-    # not a weight bias; the random init schemes keep it.
-    "mamba": {"hf_records": "block_outputs", "keep_init": ("dt_proj.bias",)},
-    "falcon_mamba": {"hf_records": "block_outputs", "keep_init": ("dt_proj.bias",)},
+    "mamba": {"hf_records": "block_outputs"},
+    "falcon_mamba": {"hf_records": "block_outputs"},
     "mamba2": {"hf_records": "block_outputs"},
     # OPT registers final_layer_norm before its layers (the rule looks after them); OPT-350m
     # (do_layer_norm_before=False) has no final norm and stops with a clear error.
@@ -262,7 +261,7 @@ def _layout(model: nn.Module, discover_paths) -> Layout:
                                                  if k in override}),
         context_attr=context_attr(config),
         hf_records=_recorded_convention(model),
-        keep_init=(),
+        keep_init=_ssm_keep_init(model),
     )
     fields.update({k: v for k, v in override.items() if k != "block_output"})
     layout = Layout(model_type=model_type, block_output=override.get("block_output"),
@@ -271,6 +270,17 @@ def _layout(model: nn.Module, discover_paths) -> Layout:
         layout = dataclasses.replace(layout, block_output=probe_block_output(model, layout))
     logger.debug("layout of %s: %s", model_type, layout)
     return layout
+
+
+def _ssm_keep_init(model: nn.Module) -> tuple[str, ...]:
+    """``("dt_proj.bias",)`` for models with Mamba-1 mixers (mamba, falcon_mamba, jamba), else ``()``.
+
+    Mamba-1's ``dt_proj.bias`` is the inverse softplus of the initial step size dt in
+    [dt_min, dt_max], not a weight bias; the random init schemes keep it.
+    """
+    has = any(name.endswith("dt_proj") and isinstance(mod, nn.Linear) and mod.bias is not None
+              for name, mod in model.named_modules())
+    return ("dt_proj.bias",) if has else ()
 
 
 def _recorded_convention(model: nn.Module) -> Literal["block_inputs", "block_outputs"]:

@@ -117,7 +117,7 @@ def test_layout_is_discovered(models, model_type):
     assert layout.embedding_module(model) is model.get_input_embeddings()
     assert layout.block_output in ("tuple", "tensor")
     assert layout.hf_records == ("block_outputs" if model_type in BLOCK_OUTPUTS else "block_inputs")
-    assert set(layout.overridden) <= {"hf_records", "keep_init", "final_norm"}
+    assert set(layout.overridden) <= {"hf_records", "final_norm"}
     assert get_layout(model) is layout  # cached: forward_states(layout=None) does not rediscover per batch
 
 
@@ -191,9 +191,10 @@ def test_context_limits(models):
         assert model_max_context(models[ssm]) is None
 
 
-def test_mamba_keeps_dt_bias_at_its_own_init(models):
-    assert get_layout(models["mamba"]).keep_init == ("dt_proj.bias",)
-    assert get_layout(models["falcon_mamba"]).keep_init == ("dt_proj.bias",)
+def test_mamba1_mixers_keep_their_dt_bias_at_its_own_init(models):
+    for model_type in CASES:
+        expected = ("dt_proj.bias",) if model_type in ("mamba", "falcon_mamba", "jamba") else ()
+        assert get_layout(models[model_type]).keep_init == expected, model_type
 
 
 def test_layout_from_a_config_needs_no_weights():
@@ -233,3 +234,13 @@ def test_ambiguous_block_lists_are_reported():
 def test_not_a_causal_lm():
     with pytest.raises(ReprflowError, match=r"model_type 't5' has no causal-LM class"):
         get_layout(AutoConfig.for_model("t5", num_layers=1, d_model=16, num_heads=2, d_kv=8, d_ff=32))
+
+
+def test_wrong_final_norm_is_named(models):
+    model = models["llama"]
+    wrong = dataclasses.replace(get_layout(model), final_norm="layers.1.post_attention_layernorm")
+    input_ids, mask = _batch([6, 4])
+    captured = forward_states(model, input_ids, mask, layout=wrong)
+    with pytest.raises(HfViewMismatchError, match=r"model_type 'llama': hf view entry 2 \(captured state 'final_norm'"
+                                                 r".*equals no captured state.*final_norm: now 'layers.1"):
+        check_hf_view(model, wrong, captured, hf_hidden_states(model, input_ids))
