@@ -275,8 +275,9 @@ def _layout(model: nn.Module, discover_paths) -> Layout:
 def _ssm_keep_init(model: nn.Module) -> tuple[str, ...]:
     """``("dt_proj.bias",)`` for models with Mamba-1 mixers (mamba, falcon_mamba, jamba), else ``()``.
 
-    Mamba-1's ``dt_proj.bias`` is the inverse softplus of the initial step size dt in
-    [dt_min, dt_max], not a weight bias; the random init schemes keep it.
+    Mamba-1's ``dt_proj.bias`` sets the initial step size dt (mamba, falcon_mamba: the
+    inverse softplus of dt drawn in [dt_min, dt_max]); it is not a weight bias, so the
+    random init schemes leave it at the family's own init.
     """
     has = any(name.endswith("dt_proj") and isinstance(mod, nn.Linear) and mod.bias is not None
               for name, mod in model.named_modules())

@@ -244,3 +244,16 @@ def test_wrong_final_norm_is_named(models):
     with pytest.raises(HfViewMismatchError, match=r"model_type 'llama': hf view entry 2 \(captured state 'final_norm'"
                                                  r".*equals no captured state.*final_norm: now 'layers.1"):
         check_hf_view(model, wrong, captured, hf_hidden_states(model, input_ids))
+
+
+@pytest.mark.parametrize("model_type", ["jamba", "falcon_mamba"])
+def test_a_random_scheme_keeps_the_mamba1_step_sizes(tmp_path, model_type):
+    """Random arm: Linear weights redrawn, dt_proj.bias left at the family's own init (same seed)."""
+    path = _save(tmp_path, model_type, CASES[model_type][0], seed=0)
+    own = load_model(path, init=InitSpec("default"), seed=3, family=model_type)
+    model = load_model(path, init=InitSpec("xavier"), seed=3, family=model_type)
+    params, own_params = dict(model.named_parameters()), dict(own.named_parameters())
+    dt_bias = [name for name in params if name.endswith("dt_proj.bias")]
+    assert dt_bias and all(torch.equal(params[n], own_params[n]) for n in dt_bias)
+    assert not torch.equal(params[dt_bias[0].replace("bias", "weight")], own_params[dt_bias[0].replace("bias", "weight")])
+    assert torch.isfinite(forward_states(model, *_batch(LENGTHS)).last).all()
