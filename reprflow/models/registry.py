@@ -296,8 +296,9 @@ def load_model(
         Not found locally and the hub is unreachable; unknown repo or revision;
         local path without ``config.json``.
     ReprflowError
-        The model family has no layout (checked from the config, before any
-        weights are read).
+        The layout cannot be found (the discovery rules run on a meta-device
+        skeleton built from the config, before any weight is read); the
+        message names the override to add.
     ConfigError
         A random scheme without a seed; a ``model_type`` other than ``family``;
         a broken family invariant; a checkpoint whose architecture differs from
