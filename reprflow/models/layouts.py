@@ -60,11 +60,11 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import torch
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
 from reprflow.errors import ReprflowError
+from reprflow.models.discover import discover_paths, probe_block_output, skeleton
 
 logger = logging.getLogger(__name__)
 
@@ -232,24 +232,20 @@ def get_layout(model_or_config: nn.Module | PretrainedConfig) -> Layout:
         a mix of tuples and tensors; the message names the model type and the
         override entry to add to :data:`OVERRIDES`.
     """
-    from reprflow.models.discover import discover_paths, skeleton
-
     if isinstance(model_or_config, PretrainedConfig):
-        return _layout(skeleton(model_or_config), discover_paths)
+        return _layout(skeleton(model_or_config))
     if not isinstance(model_or_config, nn.Module) or not hasattr(model_or_config, "config"):
         raise ReprflowError(
             f"get_layout expects a transformers causal LM or its config, got {type(model_or_config).__name__}"
         )
     cached = _CACHE.get(model_or_config)
     if cached is None:
-        cached = _layout(model_or_config, discover_paths)
+        cached = _layout(model_or_config)
         _CACHE[model_or_config] = cached
     return cached
 
 
-def _layout(model: nn.Module, discover_paths) -> Layout:
-    from reprflow.models.discover import probe_block_output
-
+def _layout(model: nn.Module) -> Layout:
     config = model.config
     model_type = str(getattr(config, "model_type", None) or type(config).__name__)
     override = dict(OVERRIDES.get(model_type, {}))
