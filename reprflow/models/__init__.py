@@ -20,6 +20,7 @@ _EXPORTS = {
     "OVERRIDES": "reprflow.models.layouts",
     "check_hf_view": "reprflow.models.hf_view",
     "hf_hidden_states": "reprflow.models.hf_view",
+    "verify_hf_view": "reprflow.models.hf_view",
     "view_indices": "reprflow.models.layouts",
     "load_config": "reprflow.models.registry",
     "load_model": "reprflow.models.registry",

@@ -4,10 +4,15 @@ Discovery (:mod:`reprflow.models.discover`) finds the modules; which captured
 states make up Hugging Face's ``hidden_states`` is a convention of each family
 (``Layout.hf_records``). :func:`check_hf_view` compares the two on one batch and
 stops with the model type and the first state that differs, so a wrong layout
-never reaches a store. Extraction runs it on its first batch::
+never reaches a store. :func:`verify_hf_view` does both forwards on the first
+rows of a batch (extraction calls it on its first batch)::
 
-    captured = forward_states(model, input_ids, mask, layout=layout, ...)
-    check_hf_view(model, layout, captured, hf_hidden_states(model, input_ids, layout=layout))
+    verify_hf_view(model, input_ids, attention_mask, layout=layout)
+
+which is ::
+
+    captured = forward_states(model, ids, mask, layout=layout, token_rows=range(len(ids)))
+    check_hf_view(model, layout, captured, hf_hidden_states(model, ids, layout=layout))
 
 The reference forward is called exactly like
 :func:`reprflow.capture.forward_states` calls the model (base model, no mask,
@@ -24,10 +29,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from reprflow.capture import forward_states
 from reprflow.errors import ReprflowError
-from reprflow.models.layouts import LAYOUTS_FILE, Layout, view_indices
+from reprflow.models.layouts import LAYOUTS_FILE, Layout, get_layout, view_indices
 
-__all__ = ["HfViewMismatchError", "check_hf_view", "hf_hidden_states"]
+__all__ = ["HfViewMismatchError", "check_hf_view", "hf_hidden_states", "verify_hf_view"]
 
 
 class HfViewMismatchError(ReprflowError):
@@ -153,3 +159,33 @@ def check_hf_view(model: nn.Module, layout: Layout, captured: Any, hidden_states
             f"atol = {atol:g}); output_hidden_states[{j}] equals "
             f"{', '.join(repr(n) for n in equal) if equal else 'no captured state'}; {hint}"
         )
+
+
+def verify_hf_view(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, *, layout: Layout | None = None,
+                   max_rows: int = 2, atol: float = 0.0) -> None:
+    """Capture the first ``max_rows`` rows of a batch and :func:`check_hf_view` them.
+
+    Parameters
+    ----------
+    model : PreTrainedModel
+    input_ids, attention_mask : Tensor of shape (batch, n_tokens)
+        A right-padded batch on the model's device (e.g. extraction's first batch).
+    layout : Layout, optional
+        Defaults to ``get_layout(model)``.
+    max_rows : int
+        Rows checked (every token of each). Few rows keep the L + 1 full
+        ``output_hidden_states`` tensors small: both forwards see the same
+        (max_rows, n_tokens) input, so they are bitwise comparable.
+    atol : float
+        See :func:`check_hf_view`.
+
+    Raises
+    ------
+    HfViewMismatchError
+        See :func:`check_hf_view`.
+    """
+    layout = get_layout(model) if layout is None else layout
+    n = max(1, min(int(max_rows), input_ids.shape[0]))
+    ids, mask = input_ids[:n], attention_mask[:n]
+    captured = forward_states(model, ids, mask, layout=layout, token_rows=range(n))
+    check_hf_view(model, layout, captured, hf_hidden_states(model, ids, layout=layout), atol=atol)

@@ -17,7 +17,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from reprflow.capture import forward_states, state_names
 from reprflow.errors import ReprflowError
 from reprflow.models import InitSpec, get_layout, load_model, model_max_context, view_indices
-from reprflow.models.hf_view import HfViewMismatchError, check_hf_view, hf_hidden_states
+from reprflow.models.hf_view import HfViewMismatchError, check_hf_view, hf_hidden_states, verify_hf_view
 
 VOCAB, HIDDEN, N_BLOCKS = 128, 32, 2
 LENGTHS = [9, 5, 7]  # right-padded batch
@@ -257,3 +257,12 @@ def test_a_random_scheme_keeps_the_mamba1_step_sizes(tmp_path, model_type):
     assert dt_bias and all(torch.equal(params[n], own_params[n]) for n in dt_bias)
     assert not torch.equal(params[dt_bias[0].replace("bias", "weight")], own_params[dt_bias[0].replace("bias", "weight")])
     assert torch.isfinite(forward_states(model, *_batch(LENGTHS)).last).all()
+
+
+def test_verify_hf_view_on_the_first_rows_of_a_batch(models):
+    input_ids, mask = _batch(LENGTHS, seed=2)
+    for model_type in ("gpt_neo", "mamba2", "zamba2"):
+        verify_hf_view(models[model_type], input_ids, mask)  # passes: the discovered layouts are right
+    wrong = dataclasses.replace(get_layout(models["mamba2"]), hf_records="block_inputs")
+    with pytest.raises(HfViewMismatchError, match=r"model_type 'mamba2': hf view entry 0 \(captured state 'embed'"):
+        verify_hf_view(models["mamba2"], input_ids, mask, layout=wrong, max_rows=1)
