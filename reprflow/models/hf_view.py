@@ -73,10 +73,14 @@ def _max_diff(a: Tensor, b: Tensor) -> float:
     return float((a.double() - b.double()).abs().max()) if a.numel() else 0.0
 
 
-def _close(a: Tensor, b: Tensor, atol: float) -> bool:
+def _close(a: Tensor, b: Tensor, atol: float, rtol: float = 0.0) -> bool:
+    """Bitwise equal when ``atol == rtol == 0``; else max|a - b| <= atol + rtol * max|b|."""
     if a.shape != b.shape:
         return False
-    return torch.equal(a, b) if atol == 0 else _max_diff(a, b) <= atol
+    if atol == 0 and rtol == 0:
+        return torch.equal(a, b)
+    scale = float(b.double().abs().max()) if b.numel() else 0.0
+    return _max_diff(a, b) <= atol + rtol * scale
 
 
 def _pairs(captured: Any, hidden: Sequence[Tensor], j: int, k: int):
@@ -93,15 +97,16 @@ def _pairs(captured: Any, hidden: Sequence[Tensor], j: int, k: int):
             yield tokens[k, slot, :n], ref[r, :n].to(dtype), f"all tokens of row {r}"
 
 
-def _matches(captured: Any, hidden: Sequence[Tensor], j: int, k: int, atol: float) -> tuple[bool, float, str]:
+def _matches(captured: Any, hidden: Sequence[Tensor], j: int, k: int, atol: float,
+             rtol: float = 0.0) -> tuple[bool, float, str]:
     for got, want, where in _pairs(captured, hidden, j, k):
-        if not _close(got, want.to(got.device), atol):
+        if not _close(got, want.to(got.device), atol, rtol):
             return False, _max_diff(got, want.to(got.device)) if got.shape == want.shape else float("inf"), where
     return True, 0.0, ""
 
 
 def check_hf_view(model: nn.Module, layout: Layout, captured: Any, hidden_states: Sequence[Tensor], *,
-                  atol: float = 0.0) -> None:
+                  atol: float = 0.0, rtol: float = 0.0) -> None:
     """Raise unless the layout's hf view equals ``output_hidden_states`` on this batch.
 
     Parameters
@@ -119,8 +124,9 @@ def check_hf_view(model: nn.Module, layout: Layout, captured: Any, hidden_states
         ``output_hidden_states`` of the same batch (:func:`hf_hidden_states`).
         They are cast to the captured dtype before comparing (lossless: Mamba's
         float32 residual promotes the captured states, never the reverse).
-    atol : float
-        Largest allowed absolute difference; 0 (default) demands bitwise equality.
+    atol, rtol : float
+        Allowed difference ``atol + rtol * max|reference|``; both 0 (default) demand bitwise
+        equality.
 
     Raises
     ------
@@ -142,12 +148,12 @@ def check_hf_view(model: nn.Module, layout: Layout, captured: Any, hidden_states
             f"is not what HF records -- {fix} (blocks)"
         )
     for j, k in enumerate(hf):
-        ok, diff, where = _matches(captured, hidden_states, j, k, atol)
+        ok, diff, where = _matches(captured, hidden_states, j, k, atol, rtol)
         if ok:
             continue
-        equal = [names[m] for m in range(len(names)) if m != k and _matches(captured, hidden_states, j, m, atol)[0]]
+        equal = [names[m] for m in range(len(names)) if m != k and _matches(captured, hidden_states, j, m, atol, rtol)[0]]
         other = "block_outputs" if layout.hf_records == "block_inputs" else "block_inputs"
-        other_ok = all(_matches(captured, hidden_states, jj, kk, atol)[0]
+        other_ok = all(_matches(captured, hidden_states, jj, kk, atol, rtol)[0]
                        for jj, kk in enumerate(view_indices(
                            dataclasses.replace(layout, hf_records=other), n_blocks)["hf"]))
         field = "final_norm" if names[k] == "final_norm" else "blocks"
@@ -162,7 +168,7 @@ def check_hf_view(model: nn.Module, layout: Layout, captured: Any, hidden_states
 
 
 def verify_hf_view(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, *, layout: Layout | None = None,
-                   max_rows: int = 2, atol: float = 0.0) -> None:
+                   max_rows: int = 2, atol: float = 0.0, rtol: float = 0.0) -> None:
     """Capture the first ``max_rows`` rows of a batch and :func:`check_hf_view` them.
 
     Parameters
@@ -176,8 +182,8 @@ def verify_hf_view(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, 
         Rows checked (every token of each). Few rows keep the L + 1 full
         ``output_hidden_states`` tensors small: both forwards see the same
         (max_rows, n_tokens) input, so they are bitwise comparable.
-    atol : float
-        See :func:`check_hf_view`.
+    atol, rtol : float
+        See :func:`check_hf_view` (``rtol`` is relative to the reference's max |x|).
 
     Raises
     ------
@@ -188,4 +194,4 @@ def verify_hf_view(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, 
     n = max(1, min(int(max_rows), input_ids.shape[0]))
     ids, mask = input_ids[:n], attention_mask[:n]
     captured = forward_states(model, ids, mask, layout=layout, token_rows=range(n))
-    check_hf_view(model, layout, captured, hf_hidden_states(model, ids, layout=layout), atol=atol)
+    check_hf_view(model, layout, captured, hf_hidden_states(model, ids, layout=layout), atol=atol, rtol=rtol)
