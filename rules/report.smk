@@ -4,16 +4,16 @@
 rule tables:
     input:
         token=cell_paths(TOKEN_METRICS),
-        probes=cell_paths(PROBES),
+        probes=cell_paths(PROBES, TABLE_CELLS),
     output:
         table1=TABLES[0],
         table2=TABLES[1],
     log:
-        "logs/report/tables.log",
+        f"{LOGS}/report/tables.log",
     benchmark:
-        "logs/benchmarks/report/tables.tsv"
+        f"{BENCHMARKS}/report/tables.tsv"
     params:
-        config=CFG.raw,
+        science=CFG.science(),  # the job reads the config itself; see Config.science
     conda:
         "../envs/cpu.yaml"
     script:
@@ -23,15 +23,15 @@ rule tables:
 rule figures:
     input:
         token=cell_paths(TOKEN_METRICS),
-        probes=cell_paths(PROBES),
+        probes=cell_paths(PROBES, TABLE_CELLS),
     output:
-        figure_files(CFG),
+        FIGURES,
     log:
-        "logs/report/figures.log",
+        f"{LOGS}/report/figures.log",
     benchmark:
-        "logs/benchmarks/report/figures.tsv"
+        f"{BENCHMARKS}/report/figures.tsv"
     params:
-        config=CFG.raw,
+        science=CFG.science(),  # the job reads the config itself; see Config.science
     conda:
         "../envs/cpu.yaml"
     script:
@@ -41,16 +41,16 @@ rule figures:
 rule report:
     input:
         tables=TABLES,
-        figures=figure_files(CFG),
+        figures=FIGURES,
         theory=THEORY.values(),
     output:
         REPORT,
     log:
-        "logs/report/report.log",
+        f"{LOGS}/report/report.log",
     benchmark:
-        "logs/benchmarks/report/report.tsv"
+        f"{BENCHMARKS}/report/report.tsv"
     params:
-        config=CFG.raw,
+        science=CFG.science(),  # the job reads the config itself; see Config.science
     conda:
         "../envs/cpu.yaml"
     script:

@@ -5,4 +5,5 @@ from reprflow.pipeline.report import write_report
 from reprflow.pipeline.runlog import workflow_step
 
 with workflow_step(snakemake.log[0], "report"):  # noqa: F821 (injected by Snakemake)
-    write_report(validate_config(snakemake.params.config), snakemake.output[0])  # noqa: F821
+    config = validate_config(snakemake.config)  # noqa: F821 (params.science tracks what matters)
+    write_report(config, snakemake.output[0], root=config.out_dir)  # noqa: F821
