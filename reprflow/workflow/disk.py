@@ -231,7 +231,7 @@ def check_disk(config: Config, pending: list[StoreEstimate] | None = None, *, ro
             "`execution: {disk_check: false}`). Per-model table: "
             "python -m reprflow.workflow.disk --configfile <config>"
         )
-    return summary
+    return line
 
 
 def main(argv: list[str] | None = None) -> int:
