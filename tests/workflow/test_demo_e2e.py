@@ -138,3 +138,36 @@ def test_changing_shards_builds_shard_files_and_nothing_upstream(demo, run_snake
               if len(line.split()) == 2 and line.split()[1].isdigit()}
     assert counts["extract_activation_shard"] == 2 * 28 and "extract_activations" not in counts, counts
     assert not {"prompts", "build_tiny_model"} & set(counts) and "Params have changed" not in out
+
+
+def test_gpu_jobs_one_per_simulated_gpu_longest_first(demo, scratch_project, run_snakemake, monkeypatch):
+    """Two simulated GPUs (CUDA_VISIBLE_DEVICES=0,1; the jobs compute on the CPU), four
+    extraction jobs requesting one GPU each, four cores, no --resources: at most two run at
+    once, and the two longest (600 tokens) start first. The prompt sets and tiny models are
+    the demo's, copied, so every extraction job is ready at the same time."""
+    import re
+    import shutil
+
+    root = scratch_project(demo.parent / "gpu-slots")
+    shutil.copytree(demo / OUT / "data", root / OUT / "data", symlinks=True)
+    raw = yaml.safe_load((PROJECT_ROOT / "config" / "demo.yaml").read_text())
+    raw["models"] = [m for m in raw["models"] if m["name"] in ("tiny-pythia", "tiny-mamba")]
+    raw["inits"], raw["tasks"] = raw["inits"][:1], ["kvpr"]
+    raw["execution"]["extraction"].update(gpus=1, device="cpu")
+    (root / "slots.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    run = run_snakemake(root, "--cores", "4", "--configfile=slots.yaml", "all_activations")
+    out = run.stdout + run.stderr
+    assert run.returncode == 0, out[-3000:]
+    assert "reprflow: gpu resource: 2" in out
+    running, most, started = set(), 0, []
+    for block in re.split(r"\n(?=\S)", out):
+        if block.startswith(("rule extract_activations:", "localrule extract_activations:")):
+            job = re.search(r"jobid: (\d+)", block).group(1)
+            started.append(int(re.search(r"length=(\d+)", block).group(1)))
+            running.add(job)
+            most = max(most, len(running))
+        elif (done := re.match(r"Finished jobid: (\d+)", block)) is not None:
+            running.discard(done.group(1))
+    assert sorted(started) == [300, 300, 600, 600] and most == 2, (started, most)
+    assert started[:2] == [600, 600], started
