@@ -9,7 +9,7 @@
 EXECUTION = CFG.execution("extraction")
 EXTRACTION_PARAMS = dict(
     model=lambda w: asdict(CFG.model(w.model)),
-    init=lambda w: asdict(CFG.init(w.init)),
+    init=lambda w: {k: v for k, v in asdict(CFG.init(w.init)).items() if k != "scope"},  # scope: cells only
     seed=CFG.seed,
     settings=CFG.section("extraction"),
     config_digest=lambda w: CFG.extraction_digest(w.model, w.init),

@@ -42,7 +42,7 @@ def test_local_profile_runs_on_all_cores_and_leaves_the_gpu_count_to_the_snakefi
     assert "gpu" not in LOCAL.get("resources", {})  # rules/common.smk provides it from the visible GPUs
 
 
-@pytest.mark.parametrize(("profile", "shards"), [("slurm", 1), ("slurm", 2), ("local", 1), ("local", 2)])
+@pytest.mark.parametrize(("profile", "shards"), [("slurm", 1), ("slurm", 2), ("local", 2)])
 def test_snakemake_accepts_the_profile_and_only_extraction_asks_for_a_gpu(
     profile, shards, workdir, run_snakemake, cell_config
 ):
