@@ -5,9 +5,12 @@ import sys
 
 sys.path.insert(0, workflow.basedir)
 
+from snakemake_interface_executor_plugins.settings import ExecMode
+
 from reprflow.config import validate_config
 from reprflow.errors import ConfigError
-from reprflow.workflow import targets
+from reprflow.workflow import disk, targets
+from reprflow.workflow.scheduling import default_gpu_resource
 from reprflow.workflow.targets import (
     cells,
     extraction_priority,
@@ -22,6 +25,7 @@ _handler = logging.StreamHandler()
 _handler.setFormatter(logging.Formatter("reprflow: %(message)s"))
 logging.getLogger("reprflow.workflow").addHandler(_handler)
 logging.getLogger("reprflow.workflow").setLevel(logging.INFO)
+_LOG = logging.getLogger("reprflow.workflow")
 
 try:
     CFG = validate_config(config)
@@ -83,39 +87,24 @@ def cell_paths(pattern, cells=CELLS):
     return [cell.fmt(pattern) for cell in cells]
 
 
-# One GPU job per GPU by default (reprflow/workflow/scheduling.py): provide the `gpu`
-# resource from the visible GPU count when the user gave none, in the main local process only.
-from snakemake_interface_executor_plugins.settings import ExecMode
-from reprflow.workflow.scheduling import default_gpu_resource
-
+# One GPU job per GPU by default (reprflow/workflow/scheduling.py): in the main process of a
+# local run, provide the `gpu` resource from the visible GPU count when the user gave none.
 if workflow.exec_mode == ExecMode.DEFAULT:
     _gpus = default_gpu_resource(
         {name: None for name in workflow.global_resources},
-        local=workflow.global_resources["_nodes"].value is None,
+        local=workflow.global_resources["_nodes"].value is None,  # cluster executors set _nodes
     )
     if _gpus is not None:
         workflow.global_resources["gpu"] = _gpus
-        logging.getLogger("reprflow.workflow").info(
-            "gpu resource: %d (visible GPUs, at least 1; at most that many GPU jobs at once; "
-            "--resources gpu=N overrides)", _gpus
-        )
-
-
-# Disk preflight (reprflow/workflow/disk.py): worst-case size of the stores to build.
-from reprflow.workflow import disk as _disk
-
-_DISK_LOG = logging.getLogger("reprflow.workflow")
-
-
-def _pending_disk(stores=None):
-    return _disk.pending_estimates(CFG, stores)
-
-
-if workflow.exec_mode == ExecMode.DEFAULT:
-    _DISK_LOG.info("%s", _disk.summary(CFG, _pending_disk()))
+        _LOG.info("gpu resource: %d (visible GPUs, at least 1: at most that many GPU jobs at once; "
+                  "--resources gpu=N overrides)", _gpus)
+    # Disk preflight (reprflow/workflow/disk.py): announced in every run and dry run ...
+    _LOG.info("%s", disk.summary(CFG, disk.pending_estimates(CFG)))
 
 
 onstart:
-    if CFG.raw["execution"]["disk_check"]:
-        _jobs = [j for j in workflow.dag.needrun_jobs() if j.rule.name.startswith("extract_activation")]
-        _disk.check_disk(CFG, _pending_disk({str(f) for j in _jobs for f in j.output}))
+    # ... and enforced before the first job of a real run, for the stores it is about to build
+    if CFG.raw["execution"]["disk_check"] and not workflow.touch:
+        _stores = {str(f) for job in workflow.dag.needrun_jobs() if job.rule.name.startswith("extract_activation")
+                   for f in job.output}
+        disk.check_disk(CFG, disk.pending_estimates(CFG, _stores))
