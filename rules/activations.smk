@@ -29,7 +29,7 @@ rule extract_activations:
     params:
         **EXTRACTION_PARAMS,
         shard=None,
-    # longest jobs (hidden^2 x layers x length) first, so a run does not end on one long tail
+    # longest jobs (model size x length: hidden² x layers x length) first: no long tail at the end
     priority: lambda w: extraction_priority(CFG, w.model, w.length)
     resources:
         gpu=EXECUTION["gpus"],

@@ -118,15 +118,16 @@ def prompt_files(config: Config) -> list[str]:
 
 
 def extraction_priority(config: Config, model: str, length: int | str) -> int:
-    """Snakemake ``priority`` of an extraction job: its work, hidden size x layers x length
-    (from :mod:`reprflow.workflow.disk`'s model dims), so the longest jobs start first and the
-    run does not end on one long tail. 0 when the dims are unknown."""
+    """Snakemake ``priority`` of an extraction job: its work, model size x prompt length, i.e.
+    hidden² x layers x length / 2**20 (model dims from :func:`reprflow.workflow.disk.model_dims`),
+    so the longest jobs start first and the run does not end on one long tail. 0 when the dims
+    are unknown."""
     from reprflow.workflow.disk import model_dims  # lazy: targets stays import-light
 
     dims = model_dims(config.model(model), config)
     if dims is None:
         return 0
-    return dims.hidden * (dims.n_layers + 2) * int(length) // 1024
+    return dims.hidden**2 * dims.n_layers * int(length) >> 20
 
 
 def prompt_token_cap(config: Config, tokenizer: str, length: int) -> int | None:
