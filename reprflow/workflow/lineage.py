@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reprflow.config import PROJECT_ROOT, Config, load_config
-from reprflow.workflow.targets import PROBES, TOKEN_METRICS, table_cells, cells
+from reprflow.workflow import targets
+from reprflow.workflow.targets import PROBES, TOKEN_METRICS, cells, table_cells
 
 __all__ = ["STAGES", "Stage", "module_closure", "render", "stage_code"]
 
@@ -185,13 +186,14 @@ def render(config_path: str, config: Config, root: Path = PROJECT_ROOT) -> str:
             lines += [f"      - {_under(out, o)}" + (":" if stage.persist else "")]
             if stage.persist:
                 lines += ["          persist: true"]
+    # top-level sections: literal paths (DVC interpolates vars in stages only)
     lines += ["", "# dvc metrics show: per-cell probe summaries (last/peak accuracy) and Sm/St.", "metrics:"]
     for cell in table_cells(config):
-        lines.append(f"  - {_under(out, cell.fmt(PROBES).replace('.csv', '.json'))}")
+        lines.append(f"  - {targets.out(config, cell.fmt(PROBES).replace('.csv', '.json'))}")
     for cell in cells(config):
-        lines.append(f"  - {_under(out, cell.fmt(TOKEN_METRICS) + '/smoothness_stability.json')}")
+        lines.append(f"  - {targets.out(config, cell.fmt(TOKEN_METRICS) + '/smoothness_stability.json')}")
     lines += ["", "# dvc plots show: the paper's figures and the theory check.", "plots:",
-              f"  - {_under(out, 'results/figures')}", f"  - {_under(out, 'results/theory/theory.png')}"]
+              f"  - {targets.out(config, 'results/figures')}", f"  - {targets.out(config, 'results/theory/theory.png')}"]
     return "\n".join(lines) + "\n"
 
 
