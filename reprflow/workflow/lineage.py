@@ -4,7 +4,8 @@ A DVC stage runs Snakemake on one phase's target, so its jobs run the phase's
 ``workflow_scripts/*.py``, which import parts of ``reprflow``. :func:`stage_code` follows
 those imports statically (every ``import`` / ``from ... import`` of the package, at any
 depth, package ``__init__`` files included) and adds the workflow wiring every stage
-parses (Snakefile, rules/common.smk, the stage's own rule files, config/schema.yaml).
+parses (Snakefile, rules/common.smk, the stage's own rule files, config/schema.yaml), and
+the data shipped inside the imported packages (e.g. ``reprflow/models/configs/``).
 Modules that only plan a run in the Snakemake parent process and cannot change an output
 (:data:`PLANNING_ONLY`: the disk preflight and the GPU-slot default) are left out, as
 config.execution is left out of the params, so editing them reruns nothing.
@@ -149,7 +150,22 @@ def stage_code(stage: Stage, root: Path = PROJECT_ROOT) -> list[str]:
     planning = {root / p for p in PLANNING_ONLY}
     files = module_closure([*scripts, *(p for p in smk_imports if p not in planning)], root)
     rel = {str(p.relative_to(root)) for p in files} | set(WIRING) | set(stage.rules)
+    rel |= _package_data({p.parent for p in files if p.is_relative_to(root / PACKAGE)}, root)
     return sorted(rel - set(PLANNING_ONLY))
+
+
+def _package_data(packages: set[Path], root: Path) -> set[str]:
+    """Data shipped inside the packages a stage imports (e.g. reprflow/models/configs/*.json,
+    read by the model loader): every non-Python file of those package folders, and the
+    folders inside them that are not packages themselves, as one dep each."""
+    found = set()
+    for package in packages:
+        for entry in package.iterdir():
+            if entry.name == "__pycache__" or entry.suffix in (".py", ".pyc"):
+                continue
+            if entry.is_file() or (entry.is_dir() and not (entry / "__init__.py").exists()):
+                found.add(str(entry.relative_to(root)))
+    return found
 
 
 def _under(out_dir: str, path: str) -> str:

@@ -59,3 +59,16 @@ def test_the_static_walk_follows_relative_and_submodule_imports():
     assert "reprflow/workflow/disk.py" not in code and "rules/activations.smk" not in code
     report = stage_code(next(s for s in STAGES if s.name == "report"))
     assert "reprflow/pipeline/tables.py" in report and "reprflow/metrics/cka.py" not in report
+
+
+def test_data_shipped_in_an_imported_package_is_a_dep(tmp_path):
+    """e.g. the model configs the loader reads (reprflow/models/configs/*.json)."""
+    import shutil
+
+    for folder in ("reprflow", "rules", "workflow_scripts"):
+        shutil.copytree(PROJECT_ROOT / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "reprflow/models/configs").mkdir(exist_ok=True)
+    (tmp_path / "reprflow/models/configs/org__model.json").write_text("{}")
+    by_stage = {s.name: "reprflow/models/configs" in stage_code(s, tmp_path) for s in STAGES}
+    assert by_stage == {"models": True, "prompts": False, "activations": True, "metrics": False,
+                        "theory": False, "report": False}
