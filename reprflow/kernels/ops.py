@@ -7,7 +7,7 @@ mamba_scan     ``triton`` (reprflow, time-major), ``mamba_ssm``       :func:`sel
                (compiled ``selective_scan_fn`` + layout transposes),
                ``torch`` (per-token loop; fallback, never timed)
 causal_conv    ``causal_conv1d`` (compiled ``causal_conv1d_fn``,      :func:`causal_conv1d_silu_reference`
-               channel-last view), ``triton`` (reprflow),
+               channel-last, on a dense copy), ``triton`` (reprflow),
                ``torch`` (``F.conv1d``)
 mamba2_ssd     ``mamba_ssm`` (Triton ``mamba_chunk_scan_combined``),  :func:`reprflow.kernels.ssd.ssd_reference`
                ``torch`` (per-token loop; fallback, never timed)
@@ -83,10 +83,17 @@ def mamba_scan_op(device: torch.device, *, report: dict, forced: str | None = No
 
 # ---------------------------------------------------------------- causal conv + SiLU
 def _compiled_conv_time_major(fn: Callable) -> Callable[..., Tensor]:
-    """``causal_conv1d_fn`` on the channel-last view of a time-major tensor (no copy in)."""
+    """``causal_conv1d_fn`` on the channel-last view of a dense time-major tensor.
+
+    The compiled channel-last kernel writes its output with the input's strides assumed
+    dense (``torch.empty_like``); a strided view (``x`` sliced from the fused in_proj
+    output) is therefore copied to a dense tensor first, and that copy is part of what
+    the chooser measures.
+    """
 
     def conv(x, weight, bias=None, *, mask=None) -> Tensor:
-        y = fn(x.transpose(1, 2), weight, bias, activation="silu").transpose(1, 2)
+        dense = x if x.is_contiguous() else x.contiguous()
+        y = fn(dense.transpose(1, 2), weight, bias, activation="silu").transpose(1, 2)
         if mask is not None:
             y = y * mask[:, :, None].to(y.dtype)
         return y.contiguous()
