@@ -142,3 +142,32 @@ def test_reference_ops_agree_with_their_float64_definitions(torch_gen):
                                     Bs[:, :, 0].double(), Cs[:, :, 0].double(), delta_softplus=True,
                                     compute_dtype=torch.float64)
     torch.testing.assert_close(got[..., 0].double(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_ops_inside_the_mamba_mixer_match_transformers(torch_gen):
+    """The ops as the mixer calls them (views, padding mask, keyword arguments)."""
+    import copy
+
+    from transformers import MambaConfig, MambaForCausalLM
+
+    from reprflow.kernels.mamba_mixers import install_mamba_forward
+
+    torch.manual_seed(0)
+    hf = MambaForCausalLM(MambaConfig(vocab_size=97, hidden_size=16, state_size=4, num_hidden_layers=2)).eval()
+    fast = copy.deepcopy(hf)
+    report = {}
+    conv = causal_conv_op(CPU, report=report)
+    conv.candidates.append(Candidate("shifted", _shifted_sum_conv, "shifted sum", devices=("cpu",)))
+    assert install_mamba_forward(fast, scan_impl=mamba_scan_op(CPU, report=report), conv_impl=conv) == 2
+    ids = torch.randint(0, 97, (2, 23), generator=torch_gen)
+    mask = torch.ones_like(ids)
+    mask[1, 17:] = 0
+    with torch.no_grad():
+        want = hf(ids, attention_mask=mask, output_hidden_states=True, use_cache=False).hidden_states
+        got = fast(ids, attention_mask=mask, output_hidden_states=True, use_cache=False).hidden_states
+    real = mask.bool()
+    for w, g in zip(want, got):
+        torch.testing.assert_close(g[real], w[real], rtol=1e-4, atol=1e-5)
+    (entry,) = report["causal_conv"].values()  # one shape class for both layers
+    assert set(entry["ms"]) == {"torch", "shifted"}
+    assert next(iter(report["mamba_scan"].values()))["kernel"] == "torch"
