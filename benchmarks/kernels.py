@@ -16,7 +16,7 @@ their known hyperparameters, no hub; bf16; random token ids, no padding) four ro
 "Hidden" rows run in a subprocess whose import system refuses ``selective_scan_cuda``,
 ``causal_conv1d`` and ``causal_conv1d_cuda`` (``mamba_ssm`` then loads as a bare package
 with its Triton kernels only), so both sides run in one command. Each row: one warm-up
-batch (kernel choice, Triton compiles), then ``--batches`` timed batches of a forward
+batch (kernel choice, Triton compiles; 256 tokens for the naive rows), then ``--batches`` timed batches of a forward
 that returns every layer's state (transformers: ``output_hidden_states=True``; reprflow:
 :func:`reprflow.capture.forward_states`, last-token states of all layers, as extraction).
 
@@ -109,10 +109,12 @@ def _compiled_found() -> str:
             f"causal_conv1d {'yes' if compiled_causal_conv1d() else 'no'}")
 
 
-def _time_batches(run, ids: torch.Tensor, *, batch: int, n_batches: int, device: str) -> float:
-    """Tokens/s of ``run(ids_batch)`` over ``n_batches`` batches after one warm-up batch."""
+def _time_batches(run, ids: torch.Tensor, *, batch: int, n_batches: int, device: str,
+                  warm_tokens: int | None = None) -> float:
+    """Tokens/s of ``run(ids_batch)`` over ``n_batches`` batches after one warm-up batch
+    (of ``warm_tokens`` tokens; default all, so that kernel choices happen before timing)."""
     with torch.no_grad():
-        run(ids[:batch])
+        run(ids[:batch, :warm_tokens])
         _sync(device)
         t0 = time.perf_counter()
         for i in range(n_batches):
@@ -179,7 +181,7 @@ def bench_family(family: str, args, *, hidden: bool, peak: float) -> list[dict]:
     if hidden:
         attn = _set_attention(model, "eager")
         rate = _time_batches(_hf_forward(model), ids, batch=args.naive_batch_size, n_batches=args.naive_batches,
-                             device=args.device)
+                             device=args.device, warm_tokens=min(args.tokens, 256))
         row("hf naive", "transformers' torch SSM path" if ssm else f"attn {attn}", args.naive_batch_size, rate)
     else:
         attn = _set_attention(model, "sdpa")

@@ -12,7 +12,6 @@ from reprflow.kernels.causal_conv1d import causal_conv1d_silu_reference
 from reprflow.kernels.ops import causal_conv_op, mamba2_ssd_op, mamba_scan_op
 from reprflow.kernels.select import Candidate, KernelOp
 from reprflow.kernels.selective_scan import selective_scan_reference
-from reprflow.kernels.ssd import ssd_reference
 
 CPU = torch.device("cpu")
 
