@@ -129,7 +129,8 @@ def _prepare_mamba(model: nn.Module, report: dict[str, Any], *, device: torch.de
     conv = causal_conv_op(device, report=chosen, forced=forced.get("causal_conv"))
     n = install_mamba_forward(model, scan_impl=scan, conv_impl=conv)
     n += _fuse_rms_norm(model, report, on_gpu=on_gpu)
-    report.update(scan=_offer(scan), conv=_offer(conv), patched_modules=n)
+    report.update(scan=_offer(scan), conv=_offer(conv), why="per op and shape class: see 'kernels'",
+                  patched_modules=n)
 
 
 def _offer(op) -> str:
@@ -176,6 +177,7 @@ def _prepare_mamba2(model: nn.Module, report: dict[str, Any], *, device: torch.d
         gated_norm="mamba_ssm triton rmsnorm_fn (norm_before_gate=False)",
         conv=_offer(conv),
         mamba_ssm_bare_import=kernels.bare_package,
+        why="per op and shape class: see 'kernels'",
         patched_modules=n,
     )
 
