@@ -1,10 +1,11 @@
 """Load and validate the experiment config (config/schema.yaml) into typed settings.
 
 The config is validated once, at the edge: the JSON schema rejects unknown keys, wrong types,
-unknown families, init schemes and tasks, and lengths <= 0; a few cross-field checks follow
+unknown init schemes and tasks, and lengths <= 0 (a family is checked against the checkpoint's
+``model_type`` when the model loads); a few cross-field checks follow
 (unique names, known tokenizers, tiny models saved to local paths). Every failure raises one
 :class:`~reprflow.errors.ConfigError` whose message starts with the offending key, e.g.
-``config.models[2].family: 'mambo' is not one of ['gpt_neo', ...]``.
+``config.inits[1].scheme: 'orthogonal' is not one of ['pretrained', ...]``.
 
 Library code never sees the raw dict: it receives the dataclasses below.
 """

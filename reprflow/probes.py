@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from reprflow.devices import resolve_device
 from reprflow.errors import InvalidParameterError, ReprflowError
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ __all__ = [
     "LinearProbe",
     "ProbeResult",
     "fit_layer_probes",
+    "grouped_stratified_split",
     "stratified_split",
 ]
 
@@ -65,6 +67,9 @@ _LOGIT_BUFFERS = 2
 # Adam's temporaries.
 _PARAM_BUFFERS = 8
 
+
+#: Passes of the grouped split's validation fill; pass p lets a class exceed its share by p.
+_GROUP_SLACK_PASSES = 3
 
 # --------------------------------------------------------------------------- params
 
@@ -130,14 +135,8 @@ def _fmt(x: float) -> str:
 
 
 def _resolve_device(owner: str, device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise InvalidParameterError(
-            f"The 'device' parameter of {owner} must be None, a str or a torch.device. Got {device!r} instead."
-        ) from exc
+    """``device`` through the package's one resolver (None = ``auto``: CUDA when present, else CPU)."""
+    return resolve_device(device, key=f"The 'device' parameter of {owner}", error=InvalidParameterError)
 
 
 def _encode_labels(owner: str, labels: Any, n_samples: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -289,6 +288,101 @@ def stratified_split(
     return train_idx, val_idx
 
 
+def grouped_stratified_split(
+    labels: np.ndarray, groups: np.ndarray | None, *, val_fraction: float, n_train: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Train/validation split that keeps every group on one side, stratified by label.
+
+    Parameters
+    ----------
+    labels : ndarray of shape (n_samples,)
+        Integer class ids.
+    groups : ndarray of shape (n_samples,), or None
+        Group id of each sample (MDQA: the question). Samples of one group all go to
+        validation or none does. None, or all ids distinct, is :func:`stratified_split`.
+    val_fraction : float in (0, 1)
+        Validation gets at most ``n_val = ceil(val_fraction * n_samples)`` samples, in whole groups.
+    n_train : int >= 1
+        Exactly ``min(n_train, samples outside the validation groups)`` training samples,
+        stratified by label among the samples outside the validation groups.
+    seed : int >= 0
+        Seeds ``np.random.default_rng(seed)``, the only source of randomness.
+
+    Returns
+    -------
+    train_idx : ndarray of shape (n_train_used,), int64
+    val_idx : ndarray of shape (n_val_used,), int64
+        Disjoint sample indices, each in shuffled order; no group has members in both.
+
+    Notes
+    -----
+    Validation: the groups are visited in a seeded random order and a group is taken when
+    it keeps every class at or under its share, ``ceil(n_val * n_class / n_samples)``, and
+    the total at or under ``n_val``; visiting stops when the total reaches ``n_val``. Two
+    more passes over the groups left out let each class exceed its share by 1, then 2, to
+    fill up. So each class's validation count is at most three over its proportional share,
+    and the total falls a little short of ``n_val`` (MDQA at paper size, ~9.5 prompts per
+    question: 4 to 60 samples of 5,000, label shares within 1 point). Training takes ``n_train`` samples from the rest,
+    apportioned over classes by their counts there (largest remainder, as in
+    :func:`stratified_split`). Samples of validation groups are never used for training; any
+    left over beyond ``n_train`` are unused.
+    """
+    owner = "grouped_stratified_split"
+    _check_real(owner, "val_fraction", val_fraction, low=0.0, high=1.0, closed="neither")
+    _check_int(owner, "n_train", n_train, low=1)
+    _check_int(owner, "seed", seed, low=0)
+    y = np.asarray(labels)
+    n = y.shape[0]
+    if groups is None:
+        return stratified_split(y, val_fraction=val_fraction, n_train=n_train, seed=seed)
+    g = np.asarray(groups)
+    if g.shape != y.shape:
+        raise ValueError(f"groups passed to {owner} must have shape {y.shape} like labels. Got shape {g.shape}.")
+    group_ids, ginv = np.unique(g, return_inverse=True)
+    if group_ids.size == n:
+        return stratified_split(y, val_fraction=val_fraction, n_train=n_train, seed=seed)
+    n_val = math.ceil(val_fraction * n)
+    if n_val >= n:
+        raise InvalidParameterError(
+            f"The 'val_fraction' parameter of {owner} leaves no training sample: "
+            f"ceil({val_fraction!r} * {n}) = {n_val} of {n} samples would go to validation. "
+            "Lower val_fraction or pass more samples."
+        )
+    _, codes, counts = np.unique(y, return_inverse=True, return_counts=True)
+    per_group = np.zeros((group_ids.size, counts.size), dtype=np.int64)  # [n_groups, n_classes]
+    np.add.at(per_group, (ginv, codes), 1)
+    sizes = per_group.sum(axis=1)
+    caps = -(-counts * n_val // n)  # ceil of each class's share of n_val, exact integers
+    rng = np.random.default_rng(seed)
+    in_val = np.zeros(group_ids.size, dtype=bool)
+    taken = np.zeros(counts.size, dtype=np.int64)
+    total = 0
+    visit = rng.permutation(group_ids.size)
+    for slack in range(_GROUP_SLACK_PASSES):  # slack 0 first; then let classes run a little over
+        for gi in visit:
+            if in_val[gi] or total + sizes[gi] > n_val or np.any(taken + per_group[gi] > caps + slack):
+                continue
+            in_val[gi] = True
+            taken += per_group[gi]
+            total += int(sizes[gi])
+            if total == n_val:
+                break
+        if total == n_val:
+            break
+    val_mask = in_val[ginv]
+    pool = np.flatnonzero(~val_mask)
+    pool_counts = np.bincount(codes[pool], minlength=counts.size)
+    train_counts = _apportion(pool_counts, min(int(n_train), pool.size), rng)
+    order = pool[np.argsort(codes[pool], kind="stable")]
+    starts = np.concatenate([[0], np.cumsum(pool_counts)])
+    train_parts = [
+        rng.permutation(order[starts[c] : starts[c + 1]])[: train_counts[c]] for c in range(counts.size)
+    ]
+    train_idx = rng.permutation(np.concatenate(train_parts)).astype(np.int64)
+    val_idx = rng.permutation(np.flatnonzero(val_mask)).astype(np.int64)
+    return train_idx, val_idx
+
+
 # --------------------------------------------------------------------------- result
 
 
@@ -304,8 +398,12 @@ class ProbeResult:
         Accuracy on each seed's training split.
     seeds : tuple of int
         The seeds, in row order.
-    n_train, n_val : int
-        Training / validation samples per seed (the same for every seed).
+    n_train : int
+        Training samples per seed: ``n_train`` of the call when enough samples lie outside
+        the validation groups (always for the paper's 25,000 prompts), else the smallest.
+    n_val : int
+        Validation samples per seed; with groups (:func:`grouped_stratified_split`) it can
+        differ by a few samples between seeds, and this is the smallest.
     n_classes : int
         Number of distinct labels.
     classes : ndarray of shape (n_classes,)
@@ -317,6 +415,8 @@ class ProbeResult:
         Matching biases: ``logits = features[k] @ coef[s, k] + intercept[s, k]``.
     matmul_precision : str
         What the float32 products ran in: ``"tf32"`` (CUDA tensor cores) or ``"float32"``.
+    n_val_per_seed : tuple of int
+        Validation samples of each seed, in row order.
     """
 
     val_accuracy: np.ndarray
@@ -329,6 +429,7 @@ class ProbeResult:
     coef: np.ndarray | None = field(default=None, repr=False)
     intercept: np.ndarray | None = field(default=None, repr=False)
     matmul_precision: str = "float32"
+    n_val_per_seed: tuple[int, ...] = ()
 
     @property
     def mean(self) -> np.ndarray:
@@ -373,6 +474,7 @@ class ProbeResult:
             coef=None if self.coef is None else self.coef[:, idx],
             intercept=None if self.intercept is None else self.intercept[:, idx],
             matmul_precision=self.matmul_precision,
+            n_val_per_seed=self.n_val_per_seed,
         )
 
 
@@ -457,7 +559,7 @@ def _fit_softmax_probes(
     x : Tensor of shape (K, n_rows, hidden), float32, on the compute device
     y : Tensor of shape (n_rows,), int64, class codes
     train_mask : Tensor of shape (n_rows, S), bool; column s marks seed s's training rows
-        (every column has the same number of True entries).
+        (each seed's loss is the mean over its own rows, whatever their number).
 
     Returns
     -------
@@ -469,7 +571,7 @@ def _fit_softmax_probes(
     -----
     The objective is ``sum_{s,k} mean_{i in train_s} CE(z_{k,i,s}, y_i)`` and the
     gradient is written out (no autograd): with P = softmax(z) and one-hot Y,
-    dL/dz = (P - Y) * mask / n_train, dL/dW_eff = x^T dL/dz, dL/db = sum_i dL/dz. With
+    dL/dz = (P - Y) * mask_s / n_train_s, dL/dW_eff = x^T dL/dz, dL/db = sum_i dL/dz. With
     standardisation the trained parameters (W, b) act on z-scored features,
     W_eff = W / sigma and b_eff = b - mu @ W_eff, so dL/dW = (dL/dW_eff - mu dL/db) / sigma.
     Everything runs in place on one logits buffer. ``torch.optim.Adam`` takes the step.
@@ -477,14 +579,14 @@ def _fit_softmax_probes(
     n_layers, n_rows, hidden = x.shape
     n_seeds = len(seeds)
     device = x.device
-    n_fit = int(train_mask[:, 0].sum())
     w0, b0 = _init_params(seeds, n_layers, hidden, n_classes)
     weight = w0.permute(1, 2, 0, 3).contiguous().to(device).requires_grad_(True)  # [K, hidden, S, C]
     bias = b0.permute(1, 0, 2).contiguous().to(device).requires_grad_(True)  # [K, S, C]
     if standardize:
         mu, sigma = _train_moments(x, train_mask)  # [K, hidden, S]
         mu, sigma = mu.unsqueeze(-1), sigma.unsqueeze(-1)
-    row_weight = (train_mask.to(torch.float32) / n_fit)[None, :, :, None]  # [1, n_rows, S, 1]
+    per_seed = train_mask.to(torch.float32)
+    row_weight = (per_seed / per_seed.sum(dim=0))[None, :, :, None]  # [1, n_rows, S, 1]
     onehot = F.one_hot(y, n_classes).to(torch.float32)[None, :, None, :]  # [1, n_rows, 1, C]
     buf = torch.empty(n_layers, n_rows, n_seeds * n_classes, dtype=torch.float32, device=device)
     x_t = x.transpose(1, 2)
@@ -573,6 +675,7 @@ def fit_layer_probes(
     features: Any,
     labels: Any,
     *,
+    groups: Any = None,
     epochs: int = 150,
     lr: float = 0.05,
     seeds: Sequence[int] = (0, 1, 2, 3, 4),
@@ -595,6 +698,10 @@ def fit_layer_probes(
         states at a time, so a zarr array is never loaded whole.
     labels : array-like of shape (n_samples,)
         Integer class ids (the gold position k); need not be contiguous.
+    groups : array-like of shape (n_samples,), optional
+        Group of each sample (MDQA: the question id). Each group lands wholly in training
+        or wholly in validation (:func:`grouped_stratified_split`); None: every sample is
+        its own group (:func:`stratified_split`).
     epochs : int >= 1
         Full-batch Adam steps.
     lr : float > 0
@@ -602,7 +709,8 @@ def fit_layer_probes(
     seeds : sequence of distinct ints >= 0
         One probe per seed and state. A seed fixes the split and the initial weights.
     val_fraction : float in (0, 1)
-        Share of samples held out for validation (stratified, see ``stratified_split``).
+        Share of samples held out for validation (stratified, see ``stratified_split``; with
+        groups at most this share, see ``grouped_stratified_split``).
     standardize : bool
         Z-score each feature with mean/std of the seed's training split (see Notes).
     device : str or torch.device, optional
@@ -710,14 +818,22 @@ def fit_layer_probes(
     codes, classes = _encode_labels(owner, labels, n_samples)
     n_classes = classes.size
 
-    splits = [stratified_split(codes, val_fraction=val_fraction, n_train=n_train, seed=s) for s in seeds]
+    if groups is not None:
+        groups = np.asarray(groups)
+        if groups.shape != (n_samples,):
+            raise ValueError(f"groups passed to {owner} must have shape ({n_samples},). Got shape {groups.shape}.")
+    splits = [
+        grouped_stratified_split(codes, groups, val_fraction=val_fraction, n_train=n_train, seed=s) for s in seeds
+    ]
     rows = np.unique(np.concatenate([np.concatenate(sp) for sp in splits]))  # sorted union
     train_mask = np.zeros((rows.size, len(seeds)), dtype=bool)
     val_mask = np.zeros_like(train_mask)
     for s, (tr, va) in enumerate(splits):
         train_mask[np.searchsorted(rows, tr), s] = True
         val_mask[np.searchsorted(rows, va), s] = True
-    n_fit, n_val = splits[0][0].size, splits[0][1].size
+    n_fit = min(int(tr.size) for tr, _ in splits)  # the same for every seed unless groups leave fewer
+    n_val_per_seed = tuple(int(va.size) for _, va in splits)
+    n_val = min(n_val_per_seed)
 
     group = _layers_per_group(
         n_samples=n_samples, n_rows=rows.size, hidden=hidden, n_seeds=len(seeds), n_classes=n_classes,
@@ -787,6 +903,7 @@ def fit_layer_probes(
         coef=coef,
         intercept=intercept,
         matmul_precision=precision,
+        n_val_per_seed=n_val_per_seed,
     )
 
 

@@ -60,7 +60,7 @@ def _mutate(base, path, value):
         (("lengths",), [300, "1k"], "config.lengths[1]: expected integer, got '1k'"),
         (("lengths",), [0], "config.lengths[0]: must be >= 1, got 0"),
         (("lengths",), [-5], "config.lengths[0]: must be >= 1, got -5"),
-        (("models", 0, "family"), "mambo", "config.models[0].family: 'mambo' is not one of"),
+        (("models", 0, "family"), "Mamba 2", "config.models[0].family: 'Mamba 2' does not match"),
         (("tasks",), ["kvpr", "squad"], "config.tasks[1]: 'squad' is not one of"),
         (("inits", 1, "scheme"), "orthogonal", "config.inits[1].scheme: 'orthogonal' is not one of"),
         (("seed",), "zero", "config.seed: expected integer"),

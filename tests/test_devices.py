@@ -58,3 +58,22 @@ def test_device_names():
             resolve_device("cuda:1")
     with pytest.raises(ConfigError, match="is not a device"):
         resolve_device("gpu0")
+
+
+def test_one_resolver_accepts_auto_everywhere():
+    """Metrics, probes and the workflow resolve devices alike: 'auto' works, a bad name is one clear error."""
+    import numpy as np
+
+    from reprflow.errors import InvalidParameterError
+    from reprflow.metrics import inter_token_cosine
+    from reprflow.probes import LinearProbe
+
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+    h = np.random.default_rng(0).normal(size=(3, 5, 4))
+    np.testing.assert_allclose(inter_token_cosine(h, device="auto"), inter_token_cosine(h))
+    x, y = np.random.default_rng(1).normal(size=(8, 4)), np.arange(8) % 2
+    assert LinearProbe(seed=0, epochs=2, device="auto").fit(x, y).predict(x).shape == (8,)
+    with pytest.raises(InvalidParameterError, match="metrics device: 'gpu0' is not a device"):
+        inter_token_cosine(h, device="gpu0")
+    with pytest.raises(InvalidParameterError, match=r"'device' parameter of LinearProbe.*'gpu0' is not a device"):
+        LinearProbe(seed=0, device="gpu0").fit(x, y)

@@ -17,6 +17,7 @@ from reprflow.probes import (
     LinearProbe,
     ProbeResult,
     fit_layer_probes,
+    grouped_stratified_split,
     stratified_split,
 )
 
@@ -119,6 +120,62 @@ def test_split_allows_singleton_classes():
     y = np.array([0] * 20 + [1] * 20 + [2])
     tr, va = stratified_split(y, val_fraction=0.2, n_train=100, seed=0)
     assert tr.size + va.size == y.size and va.size == 9
+
+
+def mdqa_like(n: int, n_questions: int, n_classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Labels balanced over classes and groups as the MDQA builder draws them: each question
+    in turn, in fresh permutations, so each is used floor or ceil of n / n_questions times."""
+    rng = np.random.default_rng(seed)
+    groups = np.concatenate([rng.permutation(n_questions) for _ in range(-(-n // n_questions))])[:n]
+    return rng.permutation(np.arange(n) % n_classes), groups
+
+
+@pytest.mark.parametrize(("n_classes", "seed"), [(3, 0), (18, 1), (36, 2)])
+def test_grouped_split_at_paper_size(n_classes, seed):
+    """25,000 prompts over 2,600 questions: exactly 20,000 training samples, no question on both
+    sides, validation within 2% under 5,000 in whole questions, label shares kept within 1 point."""
+    y, g = mdqa_like(25000, 2600, n_classes, seed)
+    tr, va = grouped_stratified_split(y, g, val_fraction=0.2, n_train=20000, seed=seed)
+    assert tr.size == 20000 and 4900 <= va.size <= 5000
+    assert np.intersect1d(g[tr], g[va]).size == 0
+    assert np.unique(tr).size == tr.size and np.unique(va).size == va.size
+    share = np.bincount(y, minlength=n_classes) / y.size
+    for part in (tr, va):
+        assert np.abs(np.bincount(y[part], minlength=n_classes) / part.size - share).max() < 0.01
+    # each class at most one over its share of validation (first pass), or slack passes' few more
+    cap = -(-np.bincount(y) * 5000 // 25000)
+    assert (np.bincount(y[va], minlength=n_classes) <= cap + 2).all()
+
+
+def test_grouped_split_is_seeded_and_falls_back_to_stratified():
+    y, g = mdqa_like(3000, 300, 9)
+    a = grouped_stratified_split(y, g, val_fraction=0.2, n_train=20000, seed=3)
+    b = grouped_stratified_split(y.copy(), g.copy(), val_fraction=0.2, n_train=20000, seed=3)
+    c = grouped_stratified_split(y, g, val_fraction=0.2, n_train=20000, seed=4)
+    assert all(np.array_equal(u, v) for u, v in zip(a, b))
+    assert not np.array_equal(np.sort(a[1]), np.sort(c[1]))
+    assert a[0].size + a[1].size == 3000  # n_train above the rest: every other sample trains
+    # all groups distinct (KVPR), or no groups: the plain stratified split
+    plain = stratified_split(y, val_fraction=0.2, n_train=20000, seed=3)
+    for groups in (None, np.arange(3000) * 7):
+        got = grouped_stratified_split(y, groups, val_fraction=0.2, n_train=20000, seed=3)
+        assert all(np.array_equal(u, v) for u, v in zip(got, plain))
+    with pytest.raises(ValueError, match="groups passed to grouped_stratified_split must have shape"):
+        grouped_stratified_split(y, g[:-1], val_fraction=0.2, n_train=10, seed=0)
+
+
+def test_probes_with_groups_record_split_sizes(planted):
+    x, y = planted[0][:2], planted[1]
+    _, g = mdqa_like(y.size, 120, 1)
+    res = fit_layer_probes(x, y, groups=g, epochs=5, seeds=(0, 1, 2), n_train=900, device="cpu", progress=False)
+    assert res.n_train == 900 and len(res.n_val_per_seed) == 3 and res.n_val == min(res.n_val_per_seed)
+    for s, seed in enumerate((0, 1, 2)):
+        tr, va = grouped_stratified_split(y, g, val_fraction=0.2, n_train=900, seed=seed)
+        assert va.size == res.n_val_per_seed[s] and tr.size == 900
+        acc = res.val_accuracy[s] * va.size
+        np.testing.assert_allclose(acc, np.round(acc), atol=1e-9)  # counts over this seed's own split
+    with pytest.raises(ValueError, match=r"groups passed to fit_layer_probes must have shape \(1200,\)"):
+        fit_layer_probes(x, y, groups=g[:5], epochs=1, device="cpu", progress=False)
 
 
 # --------------------------------------------------------- batched = independent
