@@ -14,8 +14,10 @@ __all__ = ["CollectedStates", "__version__", "collect_states"]
 
 def __getattr__(name: str):
     # Lazy: `import reprflow` (and `from reprflow import __version__`) stays light, without torch.
+    # import_module, not an import statement: the static import walk of reprflow.workflow.lineage
+    # (DVC deps) must not count the notebook API as a dependency of every module importing reprflow.
     if name in ("collect_states", "CollectedStates"):
-        from reprflow import collect
+        import importlib
 
-        return getattr(collect, name)
+        return getattr(importlib.import_module("reprflow.collect"), name)
     raise AttributeError(f"module 'reprflow' has no attribute {name!r}")

@@ -50,6 +50,7 @@ import torch
 from tqdm.auto import tqdm
 
 from reprflow.capture import forward_states, last_token_index, state_names
+from reprflow.models.hf_view import verify_hf_view
 from reprflow.devices import resolve_device
 from reprflow.errors import PromptError, ReprflowError
 from reprflow.fastpath import prepare_model
@@ -236,6 +237,7 @@ def capture_batches(
     token_prompts: frozenset[int] = frozenset(),
     layout: Layout | None = None,
     progress: tqdm | None = None,
+    verify_hf: bool = True,
 ) -> Iterator[CapturedStates]:
     """The generator of captured batches: tokens -> padded batch -> hooked forward -> states on the device.
 
@@ -255,6 +257,12 @@ def capture_batches(
         Prompts whose full token states are captured (``CapturedStates.tokens``).
     progress : tqdm, optional
         Advanced by the real tokens of every batch.
+    verify_hf : bool
+        Before the first batch, check that the captured hf view reproduces
+        ``output_hidden_states`` on its first two rows
+        (:func:`reprflow.models.hf_view.verify_hf_view`): bitwise on the CPU, within
+        ``4e-3 * max|x|`` on CUDA (bf16 kernels may not be bitwise reproducible). A mismatch
+        stops the run with an error naming the model type and the state.
 
     Yields
     ------
@@ -271,6 +279,10 @@ def capture_batches(
             input_ids, mask = _pad_right([ids[i] for i in rows], pad_id)
             last_token_index(mask)  # checked here, on the host: no device sync per batch
             token_rows = [r for r, i in enumerate(rows) if i in token_prompts]
+            if verify_hf:  # once per run, on the first batch
+                verify_hf_view(model, _to_device(input_ids, device), _to_device(mask, device), layout=layout,
+                               rtol=4e-3 if device.type == "cuda" else 0.0)
+                verify_hf = False
             captured = forward_states(
                 model, _to_device(input_ids, device), _to_device(mask, device), layout=layout,
                 token_rows=token_rows or None, check_padding=False,

@@ -7,11 +7,11 @@ rule token_metrics:
     output:
         directory(TOKEN_METRICS),
     log:
-        "logs/metrics/{model}/{init}/{task}_n{length}.log",
+        f"{LOGS}/metrics/{{model}}/{{init}}/{{task}}_n{{length}}.log",
     benchmark:
-        "logs/benchmarks/metrics/{model}/{init}/{task}_n{length}.tsv"
+        f"{BENCHMARKS}/metrics/{{model}}/{{init}}/{{task}}_n{{length}}.tsv"
     params:
-        settings=CFG.section("metrics"),
+        settings=CFG.section("metrics"),  # science keys only; config.execution.metrics is read by the job
     resources:
         mem_mb=8000,
         runtime=60,

@@ -17,17 +17,17 @@ rule theory:
             for key, path in THEORY.items()
         },
     log:
-        "logs/theory/theory.log",
+        f"{LOGS}/theory/theory.log",
     benchmark:
-        "logs/benchmarks/theory/theory.tsv"
+        f"{BENCHMARKS}/theory/theory.tsv"
     params:
         settings=CFG.section("theory"),
     resources:
-        gpu=CFG.section("theory").get("gpus", 0),
+        gpu=CFG.execution("theory")["gpus"],
         mem_mb=16000,
         runtime=60,
     conda:
-        "../envs/gpu.yaml" if CFG.section("theory").get("gpus", 0) else "../envs/cpu.yaml"
+        "../envs/gpu.yaml" if CFG.execution("theory")["gpus"] else "../envs/cpu.yaml"
     script:
         "../workflow_scripts/theory.py"
 

@@ -1,10 +1,14 @@
 """Rule extract_activations: prompts -> model -> one resumable Zarr store."""
 
+from reprflow.config import validate_config
 from reprflow.pipeline.extract_stage import run_extraction
 from reprflow.pipeline.runlog import workflow_step
 
 with workflow_step(snakemake.log[0], "extract_activations"):  # noqa: F821 (injected by Snakemake)
     p, w = snakemake.params, snakemake.wildcards  # noqa: F821
+    # config.execution is not a param (changing it reruns nothing): read it from the config
+    config = validate_config(snakemake.config)  # noqa: F821
+    index = [m.name for m in config.models].index(p.model["name"])
     run_extraction(
         snakemake.input.prompts,  # noqa: F821
         snakemake.output[0],  # noqa: F821
@@ -13,8 +17,8 @@ with workflow_step(snakemake.log[0], "extract_activations"):  # noqa: F821 (inje
         task=w.task,
         length=int(w.length),
         seed=p.seed,
-        settings=p.settings,
+        settings={**p.settings, **config.execution("extraction")},
         config_digest=p.config_digest,
-        origin=p.origin,
+        origin=f"config.models[{index}].hf_id",
         shard=p.shard,
     )

@@ -21,7 +21,7 @@ def _one_cell(shards: int) -> dict:
     cfg["prompts"]["n_prompts"] = 40
     cfg["probes"]["seeds"] = [0]
     cfg["figures"]["length"] = 600
-    cfg["extraction"].update(shards=shards, batch_size=4)
+    cfg["execution"]["extraction"].update(shards=shards, batch_size=4)
     return cfg
 
 
@@ -33,14 +33,15 @@ def test_sharded_extraction_matches_one_store(tmp_path, scratch_project, run_sna
         run = run_snakemake(root, "--cores", "2", "--configfile=cell.yaml", "all_metrics")
         assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
         runs[shards] = root
-    base = "results/activations/tiny-pythia/pretrained/kvpr_n600"
+    cfg_out = yaml.safe_load((PROJECT_ROOT / "config" / "demo.yaml").read_text())["out_dir"]
+    base = f"{cfg_out}/results/activations/tiny-pythia/pretrained/kvpr_n600"
     shard_paths = [runs[3] / f"{base}_shard{i}of3.zarr" for i in range(3)]
     assert all(p.is_dir() for p in shard_paths) and not (runs[3] / f"{base}.zarr").exists()
     one, sharded = open_activations(runs[1] / f"{base}.zarr"), open_activations(shard_paths)
     np.testing.assert_array_equal(np.asarray(sharded["labels"]), np.asarray(one["labels"]))
     # stored as float16 (auto): batches differ between the runs, so allow one float16 ulp
     np.testing.assert_allclose(sharded["last"][...], one["last"][...], rtol=2e-3, atol=1e-5)
-    metrics = "results/metrics/tiny-pythia/pretrained/kvpr_n600"
+    metrics = f"{cfg_out}/results/metrics/tiny-pythia/pretrained/kvpr_n600"
     for name in ("probes.csv", "token_metrics/inter_token_cosine.csv"):
         a, b = pd.read_csv(runs[1] / metrics / name), pd.read_csv(runs[3] / metrics / name)
         cols = [c for c in a.columns if a[c].dtype.kind == "f"]

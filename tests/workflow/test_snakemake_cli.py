@@ -1,5 +1,7 @@
 """The Snakemake entry points: dry run of the paper config, and bad configs."""
 
+import re
+
 import yaml
 
 from reprflow.config import PROJECT_ROOT
@@ -13,6 +15,9 @@ def test_paper_dry_run_prints_the_whole_dag_offline(workdir, run_snakemake):
     for rule, count in (("prompts", 14), ("extract_activations", 72), ("token_metrics", 72), ("probes", 72)):
         assert any(line.split() == [rule, str(count)] for line in out.splitlines()), (rule, out[-2000:])
     assert "skipping gpt-neo-2.7b at 4096 tokens" in out
+    # no --resources: one GPU job per visible GPU (none here: 1), and the disk estimate
+    assert "reprflow: gpu resource: 1 " in out and "reprflow: disk: 72 activation store(s) to build" in out
+    assert re.search(r"^    priority: [1-9]\d*$", out, flags=re.M) or "not counted" in out
     assert not (workdir / "results").exists() and not (workdir / "data" / "prompts").exists()
 
 
