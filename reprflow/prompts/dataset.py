@@ -51,7 +51,7 @@ def check_task(task: str) -> str:
 
 
 def prompt_set_path(root: str | os.PathLike, tokenizer: str, task: str, length: int) -> Path:
-    """``root/{tokenizer}/{task}_n{length}.jsonl`` (the data contract of ARCHITECTURE.md §3)."""
+    """``root/{tokenizer}/{task}_n{length}.jsonl`` (the data contract of docs/design.md §3)."""
     return Path(root) / tokenizer / f"{check_task(task)}_n{int(length)}.jsonl"
 
 

@@ -95,7 +95,7 @@ def load_tokenizer(
 
     Notes
     -----
-    Right padding is exact for causal models (ARCHITECTURE.md §4); the extractor gathers the
+    Right padding is exact for causal models (docs/design.md §4); the extractor gathers the
     last real token from the attention mask.
     """
     path = tokenizer_file(name_or_path, tokenizer_dir=tokenizer_dir)
