@@ -10,8 +10,9 @@ The first call of a shape class chooses, in this order:
    name in capitals, e.g. ``REPRFLOW_KERNEL_MAMBA_SCAN=triton``), or the ``forced``
    argument (``prepare_model(kernels={...})``). ``auto`` or unset: not forced. A name the
    op does not know, or one not available on this device, is a :class:`ConfigError`.
-2. **Checked**: every available candidate runs once on a small slice of the call's own
-   inputs (batch <= 2, tokens <= 64) and is compared with the reference in float64; a
+2. **Checked**: every available candidate runs once on a slice of the call's own
+   inputs (batch <= :data:`CHECK_BATCH`, tokens <= :data:`CHECK_TOKENS`) and is compared
+   with the reference, computed in float64 from the same (already rounded) inputs; a
    relative error ``||got - want|| / ||want||`` above :data:`REL_TOL` (by dtype) or an
    exception removes it (logged at WARNING). A forced candidate that fails is an error.
 3. **Chosen**: with one timed candidate left it is taken without measuring (always the
@@ -51,7 +52,11 @@ __all__ = ["Candidate", "KernelOp", "REL_TOL", "env_var", "forced_name", "clear_
 
 REL_TOL = {torch.float32: 1e-3, torch.float16: 1e-2, torch.bfloat16: 3e-2, torch.float64: 1e-6}
 N_TIMED = 3
-CHECK_BATCH, CHECK_TOKENS = 2, 64
+#: The check's slice: batch rows and leading tokens. 300 tokens is longer than one
+#: 256-token chunk of ``mamba_ssm``'s SSD (the paper's Mamba-2 checkpoints use
+#: ``chunk_size=256``) and not a multiple of a power of two, so the state passed between
+#: chunks and a partial last block are both checked (64 tokens checked neither).
+CHECK_BATCH, CHECK_TOKENS = 2, 300
 _PROCESS_CACHE: dict[tuple, str] = {}
 
 

@@ -170,3 +170,26 @@ def test_ops_inside_the_mamba_mixer_match_transformers(torch_gen):
     (entry,) = report["causal_conv"].values()  # one shape class for both layers
     assert set(entry["ms"]) == {"torch", "shifted"}
     assert next(iter(report["mamba_scan"].values()))["kernel"] == "torch"
+
+
+def test_check_covers_more_than_one_ssd_chunk(torch_gen):
+    """A kernel wrong only after token 256 (e.g. a bug in the state passed between 256-token
+    chunks) is rejected: the check slice is longer than one chunk."""
+    assert select.CHECK_TOKENS > 256
+
+    def wrong_after_chunk(x, weight, bias=None, *, mask=None):
+        y = causal_conv1d_silu_reference(x, weight, bias, mask=mask).clone()
+        y[:, 256:] *= 2
+        return y
+
+    report = {}
+    op = KernelOp("toy_conv", causal_conv1d_silu_reference,
+                  [Candidate("fconv", causal_conv1d_silu_reference, "F.conv1d", devices=("cpu",)),
+                   Candidate("chunked", wrong_after_chunk, "wrong past 256 tokens", devices=("cpu",))],
+                  time_major=("x", "mask"), sizes=lambda a: (a["x"].shape[2],), report=report)
+    x, w, b = _conv_inputs(torch_gen, batch=3, n_tokens=400)
+    torch.testing.assert_close(op(x, w, b), causal_conv1d_silu_reference(x, w, b))
+    (entry,) = report["toy_conv"].values()
+    assert entry["kernel"] == "fconv" and "ms" not in entry  # the only correct one, not measured
+    assert entry["check_rel_err"]["chunked"] > select.REL_TOL[torch.float32]
+    assert entry["check_rel_err"]["fconv"] < 1e-6
