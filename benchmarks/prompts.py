@@ -89,7 +89,8 @@ def paper_sets(config_path: str, n_prompts: int | None, lengths: list[int] | Non
         needed = [x for x in needed if x[2] in lengths]
     print(f"config {config_path}: {len(needed)} prompt sets x {settings['n_prompts']} prompts, seed {config.seed}; "
           f"split: val_fraction {probes['val_fraction']}, n_train {probes['n_train']}, seed 0", flush=True)
-    head = ("| set | tokenizer | cap | n | items | build s | write s | tokens min / median / max | steered | "
+    head = ("| set | tokenizer | context cap (prompt cap) | n | items | build s | write s | "
+            "tokens min / median / max | steered | "
             "dup. redraws | duplicates | questions used (max uses, replaced) | train / val | leakage | K tok/s |")
     print(head)
     print("|" + "---|" * (head.count("|") - 1), flush=True)

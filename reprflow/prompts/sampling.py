@@ -262,10 +262,12 @@ def sample_prompts(
         bar.close()
     if len(pending):
         i = int(pending[0])
+        why = "repeat an accepted prompt"
+        if max_tokens is not None:
+            why = f"exceed max_tokens={max_tokens} or {why}"
         raise PromptError(
-            f"{len(pending)} of {n} prompts (first: index {i}, gold position {int(labels[i])}) still exceed "
-            f"max_tokens={max_tokens} or repeat an accepted prompt with n_items={plan.n_items} after "
-            f"{MAX_ATTEMPTS} draws; lower n_items or raise max_tokens"
+            f"{len(pending)} of {n} prompts (first: index {i}, gold position {int(labels[i])}) still {why} "
+            f"with n_items={plan.n_items} after {MAX_ATTEMPTS} draws; lower n_items or raise max_tokens"
         )
     seconds = time.perf_counter() - t0
     if progress is not None:
@@ -280,4 +282,6 @@ def sample_prompts(
             int(np.sum(attempts > 1)),
             n_dup,
         )
-    return SampledPrompts(drafts, n_tokens, attempts, first, seconds=seconds, n_duplicates=n_dup)  # type: ignore[arg-type]
+    return SampledPrompts(  # type: ignore[arg-type]
+        drafts, n_tokens, attempts, first, seconds=seconds, n_duplicates=n_dup
+    )
