@@ -3,7 +3,8 @@
 
 rule probes:
     input:
-        cell_stores,
+        stores=cell_stores,
+        prompts=prompt_file,  # MDQA question groups for the grouped split (checked against the store)
     output:
         csv=PROBES,
         summary=PROBES.replace(".csv", ".json"),

@@ -9,7 +9,7 @@ with workflow_step(snakemake.log[0], "probes"):  # noqa: F821 (injected by Snake
     s = snakemake.params.settings  # noqa: F821
     run = validate_config(snakemake.config).execution("probes")  # noqa: F821 (not a param)
     run_probe_stage(
-        list(snakemake.input),  # noqa: F821 (one store, or its shards)
+        list(snakemake.input.stores),  # noqa: F821 (one store, or its shards)
         snakemake.output.csv,  # noqa: F821
         views=tuple(snakemake.params.views),  # noqa: F821
         epochs=s["epochs"],
@@ -21,4 +21,5 @@ with workflow_step(snakemake.log[0], "probes"):  # noqa: F821 (injected by Snake
         device=resolve_device(run["device"]),
         max_batch_bytes=int(run["max_batch_gib"] * 2**30),
         matmul_precision=s["matmul_precision"],
+        prompt_path=snakemake.input.prompts,  # noqa: F821
     )
