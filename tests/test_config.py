@@ -83,7 +83,8 @@ def test_defaults_are_filled_and_input_untouched(demo):
     raw = _mutate(demo, ("extraction",), {})
     cfg = validate_config(raw)
     assert raw["extraction"] == {}
-    assert cfg.section("extraction") == {"n_token_prompts": 16, "compute_dtype": "bfloat16", "store_dtype": "auto"}
+    assert cfg.section("extraction") == {"n_token_prompts": 16, "compute_dtype": "bfloat16", "store_dtype": "auto",
+                                         "tokens": "store"}
     raw = _mutate(demo, ("execution",), KeyError)
     cfg = validate_config(raw)
     assert "execution" not in raw
