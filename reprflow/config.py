@@ -131,8 +131,8 @@ class Config:
             "prompts": self.raw["prompts"],
             "extraction": self.raw["extraction"],
             "model": next(m for m in self.raw["models"] if m["name"] == model),
-            # an init's `scope` picks cells, not values: widening it reruns no existing store
-            "init": {k: v for k, v in next(i for i in self.raw["inits"] if i["name"] == init).items() if k != "scope"},
+            # `scope` is kept: a fig3 store holds only the n_token_prompts token prompts
+            "init": next(i for i in self.raw["inits"] if i["name"] == init),
         })
 
 

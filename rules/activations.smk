@@ -5,15 +5,25 @@
 # Params are the science keys only (config.extraction, the model and init entries, the seed):
 # config.execution (batch size, device, GPUs, shards) and the model's position in `models:`
 # are read by the job from the config and never trigger a rerun.
+#
+# extraction.tokens: stream -- the extraction job also writes the cell's token-metric files
+# (TOKEN_METRICS, the files of the token_metrics rule, which then does not exist), so the
+# config.metrics section is one of its params; stores get no token states. Sharded: shard 0's
+# job writes them (rule extract_activation_shard0), the other shards store last tokens only.
 
 EXECUTION = CFG.execution("extraction")
+TOKENS_STREAMED = CFG.section("extraction")["tokens"] == "stream"
+N_SHARDS = EXECUTION["shards"]
 EXTRACTION_PARAMS = dict(
     model=lambda w: asdict(CFG.model(w.model)),
-    init=lambda w: {k: v for k, v in asdict(CFG.init(w.init)).items() if k != "scope"},  # scope: cells only
+    init=lambda w: asdict(CFG.init(w.init)),  # with `scope`: a fig3 store holds the token prompts only
     seed=CFG.seed,
     settings=CFG.section("extraction"),
     config_digest=lambda w: CFG.extraction_digest(w.model, w.init),
+    metrics=CFG.section("metrics") if TOKENS_STREAMED else None,
 )
+# the one job per cell that writes the streamed metrics: unsharded, or shard 0 (below)
+STREAMED_METRICS = {"token_metrics": directory(TOKEN_METRICS)} if TOKENS_STREAMED and N_SHARDS == 1 else {}
 
 
 rule extract_activations:
@@ -21,7 +31,8 @@ rule extract_activations:
         prompts=prompt_file,
         model=model_dir,
     output:
-        directory(ACTIVATIONS),
+        store=directory(ACTIVATIONS),
+        **STREAMED_METRICS,
     log:
         f"{LOGS}/activations/{{model}}/{{init}}/{{task}}_n{{length}}.log",
     benchmark:
@@ -43,7 +54,7 @@ rule extract_activations:
 
 use rule extract_activations as extract_activation_shard with:
     output:
-        directory(SHARD),
+        store=directory(SHARD),
     log:
         f"{LOGS}/activations/{{model}}/{{init}}/{{task}}_n{{length}}_shard{{shard}}of{{nshards}}.log",
     benchmark:
@@ -51,6 +62,23 @@ use rule extract_activations as extract_activation_shard with:
     params:
         **EXTRACTION_PARAMS,
         shard=lambda w: (int(w.shard), int(w.nshards)),
+    wildcard_constraints:
+        shard=r"[1-9]\d*" if TOKENS_STREAMED else r"\d+",  # streamed: shard 0 is the rule below
+
+
+if TOKENS_STREAMED and N_SHARDS > 1:
+
+    use rule extract_activations as extract_activation_shard0 with:
+        output:
+            store=directory(SHARD.replace("{shard}", "0").replace("{nshards}", str(N_SHARDS))),
+            token_metrics=directory(TOKEN_METRICS),
+        log:
+            f"{LOGS}/activations/{{model}}/{{init}}/{{task}}_n{{length}}_shard0of{N_SHARDS}.log",
+        benchmark:
+            f"{BENCHMARKS}/activations/{{model}}/{{init}}/{{task}}_n{{length}}_shard0of{N_SHARDS}.tsv"
+        params:
+            **EXTRACTION_PARAMS,
+            shard=(0, N_SHARDS),
 
 
 rule all_activations:

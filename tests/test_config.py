@@ -83,7 +83,8 @@ def test_defaults_are_filled_and_input_untouched(demo):
     raw = _mutate(demo, ("extraction",), {})
     cfg = validate_config(raw)
     assert raw["extraction"] == {}
-    assert cfg.section("extraction") == {"n_token_prompts": 16, "compute_dtype": "bfloat16", "store_dtype": "auto"}
+    assert cfg.section("extraction") == {"n_token_prompts": 16, "compute_dtype": "bfloat16", "store_dtype": "auto",
+                                         "tokens": "store"}
     raw = _mutate(demo, ("execution",), KeyError)
     cfg = validate_config(raw)
     assert "execution" not in raw
@@ -136,7 +137,10 @@ def test_extraction_digest_ignores_settings_extraction_does_not_read(demo):
     assert validate_config(demo).science() == validate_config(reordered).science()
     scoped = copy.deepcopy(demo)
     scoped["inits"][1]["scope"] = "fig3"
-    assert base == validate_config(scoped).extraction_digest("tiny-mamba", "random")
+    # a fig3 store holds only the token prompts: scope changes stored values, so the digest
+    assert base != validate_config(scoped).extraction_digest("tiny-mamba", "random")
+    assert base != validate_config(_mutate(demo, ("extraction", "tokens"), "stream")).extraction_digest(
+        "tiny-mamba", "random")
     assert base != validate_config(_mutate(demo, ("extraction", "n_token_prompts"), 3)).extraction_digest("tiny-mamba", "random")
     assert base != validate_config(_mutate(demo, ("seed",), 7)).extraction_digest("tiny-mamba", "random")
     assert base != validate_config(demo).extraction_digest("tiny-mamba", "pretrained")

@@ -9,6 +9,10 @@ every block, final norm):
   ``length x (1 + tolerance)`` tokens (capped by the model's context);
 * labels, token counts and Zarr metadata: a few bytes per prompt (``OVERHEAD_BYTES``).
 
+With ``extraction.tokens: stream`` a store holds no token states (``t = 0``; the streamed
+metric files are a few kB). A cell of a ``scope: fig3`` init forwards only its token prompts,
+so its ``n`` is ``n_token_prompts``.
+
 Values are counted at 4 bytes (float32): ``store_dtype: auto`` falls back to float32
 whenever float16 would overflow (a random Mamba reaches |x| ~ 6e5), and chunks are counted
 uncompressed. Shards split a cell's samples, not its bytes, so the total does not depend on
@@ -19,7 +23,8 @@ Model dims come from the model's ``config.json`` without touching the hub: the s
 ``config.json``, else (a tiny demo model not built yet) the tiny defaults plus the
 config's ``tiny.overrides``.
 
-Command line (prints the table and the verdict; exit 1 if the stores do not fit)::
+Command line (prints the table, the total with ``tokens: store`` and ``tokens: stream``, and
+the verdict for the config's own setting; exit 1 if the stores do not fit)::
 
     python -m reprflow.workflow.disk --configfile config/config.yaml
 """
@@ -127,15 +132,23 @@ def _tolerance(config: Config, task: str, length: int) -> float:
     return float(prompts.get("tolerance", 0.05))
 
 
-def estimate_stores(config: Config) -> list[StoreEstimate]:
-    """One worst-case estimate per cell of ``config`` (reprflow.workflow.targets.cells)."""
-    from reprflow.workflow.targets import cells
+def estimate_stores(config: Config, *, tokens: str | None = None) -> list[StoreEstimate]:
+    """One worst-case estimate per cell of ``config`` (reprflow.workflow.targets.cells).
 
-    n_prompts = int(config.section("prompts")["n_prompts"])
-    n_token = min(int(config.section("extraction")["n_token_prompts"]), n_prompts)
+    ``tokens`` (``store`` or ``stream``) overrides ``extraction.tokens``, to compare the two."""
+    from reprflow.workflow.targets import cells, init_scope
+
+    tokens = tokens or config.section("extraction").get("tokens", "store")
+    if tokens not in ("store", "stream"):
+        raise ConfigError(f"extraction.tokens is {tokens!r}; expected 'store' or 'stream'")
+    n_all = int(config.section("prompts")["n_prompts"])
+    n_token_all = min(int(config.section("extraction")["n_token_prompts"]), n_all)
+    fig3 = {i.name for i in config.inits if init_scope(i) == "fig3"}
     dims_of = {m.name: model_dims(m, config) for m in config.models}
     found = []
     for cell in cells(config):
+        n_prompts = n_token_all if cell.init in fig3 else n_all  # a fig3 cell forwards its token prompts only
+        n_token = n_token_all if tokens == "store" else 0
         spec = config.model(cell.model)
         max_tokens = math.ceil(cell.length * (1 + _tolerance(config, cell.task, cell.length)))
         if spec.max_context is not None:
@@ -223,9 +236,11 @@ def check_disk(config: Config, pending: list[StoreEstimate] | None = None, *, ro
     _, free = _free(config, root)
     need = sum(e.bytes for e in pending if e.bytes is not None)
     if need > free:
+        streamed = config.section("extraction").get("tokens", "store") == "stream"
+        hint = "" if streamed else "set extraction.tokens: stream (no token states on disk); "
         raise DiskSpaceError(
             f"{line}. Short by {_gib(need - free)}. Free space or point config.out_dir at a larger "
-            "filesystem; lower prompts.n_prompts or extraction.n_token_prompts; or, if the stores will "
+            f"filesystem; {hint}lower prompts.n_prompts or extraction.n_token_prompts; or, if the stores will "
             "compress well, skip this check with config.execution.disk_check: false (on the command "
             "line: --configfile <config> nocheck.yaml, where nocheck.yaml holds "
             "`execution: {disk_check: false}`). Per-model table: "
@@ -245,6 +260,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     estimates = estimate_stores(config)
     print(format_table(estimates))
+    totals = {t: sum(e.bytes for e in estimate_stores(config, tokens=t) if e.bytes is not None)
+              for t in ("store", "stream")}
+    own = config.section("extraction").get("tokens", "store")
+    print("all stores, worst case: " + "; ".join(
+        f"tokens: {t} {_gib(b)}{' (this config)' if t == own else ''}" for t, b in totals.items()))
     try:
         print(check_disk(config, estimates))
     except DiskSpaceError as exc:

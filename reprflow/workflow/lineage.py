@@ -16,6 +16,11 @@ fails when the file differs from what :func:`render` gives for the config it nam
     python -m reprflow.workflow.lineage --write                          # the demo (default)
     python -m reprflow.workflow.lineage --configfile config/config.yaml --write   # the paper
 
+With ``extraction.tokens: stream`` the extraction jobs write the token-metric files too
+(rules/activations.smk), so the activations stage also tracks ``metrics`` as a param; those
+files stay declared by the metrics stage (``results/metrics``: DVC outputs may not overlap),
+whose Snakemake run then finds them up to date.
+
 The config fixes ``CONFIG`` and ``OUT`` (its ``out_dir``) and the per-cell metric files
 DVC reports (``dvc metrics show``: probe accuracies, Sm and St); ``dvc plots show``
 renders the figures.
@@ -26,14 +31,14 @@ from __future__ import annotations
 import argparse
 import ast
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from reprflow.config import PROJECT_ROOT, Config, load_config
 from reprflow.workflow import targets
 from reprflow.workflow.targets import PROBES, TOKEN_METRICS, cells, table_cells
 
-__all__ = ["STAGES", "Stage", "module_closure", "render", "stage_code"]
+__all__ = ["STAGES", "Stage", "module_closure", "render", "stage_code", "stages"]
 
 PACKAGE = "reprflow"
 WIRING = ("Snakefile", "rules/common.smk", "config/schema.yaml")
@@ -168,6 +173,14 @@ def _package_data(packages: set[Path], root: Path) -> set[str]:
     return found
 
 
+def stages(config: Config) -> tuple[Stage, ...]:
+    """:data:`STAGES` for ``config``: with ``extraction.tokens: stream`` the activations stage
+    computes the token metrics, so ``metrics`` is one of its params."""
+    if config.section("extraction").get("tokens", "store") != "stream":
+        return STAGES
+    return tuple(replace(s, params=(*s.params, "metrics")) if s.name == "activations" else s for s in STAGES)
+
+
 def _under(out_dir: str, path: str) -> str:
     if path.startswith("@"):
         return path[1:]
@@ -193,7 +206,7 @@ def render(config_path: str, config: Config, root: Path = PROJECT_ROOT) -> str:
         "",
         "stages:",
     ]
-    for stage in STAGES:
+    for stage in stages(config):
         lines += [f"  {stage.name}:", f"    cmd: ${{SMK}}${{CONFIG}} {stage.target}", "    deps:"]
         lines += [f"      - {_under(out, d)}" for d in stage.data]
         lines += [f"      - {f}" for f in stage_code(stage, root)]

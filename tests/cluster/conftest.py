@@ -63,7 +63,7 @@ def slurm_cluster(tmp_path_factory):
 
 
 def reduced_config(*, n_prompts: int, slow_model: bool = False, gpus: int = 0, length: int | None = None,
-                   shards: int = 1) -> dict:
+                   shards: int = 1, tokens: str = "store") -> dict:
     """The demo config cut to one cell: tiny-pythia, its first init, task and length.
     Outputs go to the demo's ``out_dir`` (``OUT``).
 
@@ -81,6 +81,8 @@ def reduced_config(*, n_prompts: int, slow_model: bool = False, gpus: int = 0, l
         ``execution.extraction.shards``: extraction jobs per store.
     length : int, optional
         The one prompt length; default the demo's first.
+    tokens : {"store", "stream"}
+        ``extraction.tokens``.
     """
     raw = yaml.safe_load(DEMO_CONFIG.read_text())
     cfg = copy.deepcopy(raw)
@@ -94,6 +96,7 @@ def reduced_config(*, n_prompts: int, slow_model: bool = False, gpus: int = 0, l
     cfg["prompts"]["n_prompts"] = n_prompts
     cfg["execution"]["extraction"]["gpus"] = gpus
     cfg["execution"]["extraction"]["shards"] = shards
+    cfg["extraction"]["tokens"] = tokens
     cfg["probes"]["seeds"] = raw["probes"]["seeds"][:1]
     cfg["figures"]["length"] = cfg["lengths"][0]
     cfg["theory"].update(n_grid=[16], sigma2_grid=[1.0], n_mc=16, depths=[1], depth_n_grid=[16])

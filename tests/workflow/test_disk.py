@@ -28,6 +28,37 @@ def test_estimate_is_the_float32_formula_per_cell():
     assert ("tiny-gpt-neo", "pretrained", "kvpr", 600) not in got  # beyond its 512-token context
 
 
+def test_streamed_stores_hold_no_token_states_and_fig3_cells_only_their_token_prompts():
+    raw = _demo_raw()
+    raw["inits"].append({"name": "he", "scheme": "he", "scope": "fig3"})
+    raw["figures"]["length"] = 300
+    n, t, d, states, tokens = 96, 4, 64, 4 + 2, 330
+    formula = {  # (tokens setting, init) -> bytes of the tiny-pythia kvpr 300 store
+        ("store", "pretrained"): 4 * (n * states * d + t * states * tokens * d) + 16 * n,
+        ("stream", "pretrained"): 4 * n * states * d + 16 * n,
+        ("store", "he"): 4 * (t * states * d + t * states * tokens * d) + 16 * t,
+        ("stream", "he"): 4 * t * states * d + 16 * t,
+    }
+    for setting in ("store", "stream"):
+        cfg = validate_config({**raw, "extraction": {**raw["extraction"], "tokens": setting}})
+        for override in (None, setting):  # the config's own setting, or the same one passed in
+            got = {(e.model, e.init, e.task, e.length): e for e in disk.estimate_stores(cfg, tokens=override)}
+            for init in ("pretrained", "he"):
+                e = got[("tiny-pythia", init, "kvpr", 300)]
+                assert (e.n_prompts, e.n_token_prompts) == (t if init == "he" else n, 0 if setting == "stream" else t)
+                assert e.bytes == formula[(setting, init)] + disk.OVERHEAD_BYTES, (setting, init)
+            assert ("tiny-pythia", "he", "kvpr", 600) not in got  # fig3: the figure length only
+    paper = validate_config(yaml.safe_load((PROJECT_ROOT / "config" / "config.yaml").read_text()))
+    totals = {s: sum(e.bytes for e in disk.estimate_stores(paper, tokens=s)) / 2**40 for s in ("store", "stream")}
+    assert 0.6 < totals["stream"] < 0.8 and 5.5 < totals["store"] < 6.5, totals  # the README's 0.71 and 6.0 TiB
+
+
+def test_the_command_prints_both_settings(capsys):
+    disk.main(["--configfile", str(PROJECT_ROOT / "config" / "config.yaml")])
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("all stores"))
+    assert "tokens: store 5.99 TiB" in line and "tokens: stream 728.89 GiB (this config)" in line, line
+
+
 def test_model_dims_from_shipped_config_or_local_folder(tmp_path, monkeypatch):
     raw = _demo_raw()
     raw["models"].append({"name": "hub-model", "family": "mamba", "hf_id": "org/some-model", "tokenizer": "gpt-neox-20b"})
