@@ -7,11 +7,14 @@ For each model (full size, random init built from its known hyperparameters, no 
   of every layer moved to numpy one prompt at a time; transformers' default kernels.
 * **fast**: bf16, batch ``--batch-size``, :func:`reprflow.fastpath.prepare_model`, the
   last-token states of all K = L + 2 states captured by hooks and written to a Zarr
-  store by ``reprflow.extract.extract_activations`` (engine ``reprflow``), or by a local
-  loop over ``reprflow.capture.forward_states`` with pinned, asynchronous host copies
-  and a writer thread (engine ``local``).
+  store by :func:`reprflow.extract.extract_activations` -- the workflow's own engine and
+  sinks (:mod:`reprflow.sinks`: pinned asynchronous host copies, one background writer),
+  not a second one.
 * **fast + tokens**: the same with full token states of ``--token-prompts`` prompts
   also written (the drop should stay within 10%).
+* **fast + stream**: the same with token metrics of ``--stream-prompts`` prompts computed
+  on the GPU during the pass (:class:`reprflow.sinks.TokenMetricsSink`, ``tokens: stream``),
+  no token states written (the drop should stay within 10%).
 * **T=4096** (SSMs): one batch at ``--long-tokens`` through the fast path; peak memory
   or OOM.
 
@@ -35,11 +38,9 @@ import json
 import logging
 import os
 import platform
-import queue
 import shutil
 import sys
 import tempfile
-import threading
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -164,10 +165,13 @@ def run_naive(model_fp32, ids: torch.Tensor, *, n_prompts: int, device: str) -> 
     return n_prompts * ids.shape[1] / dt
 
 
-# ---------------------------------------------------------------- fast engines
+# ---------------------------------------------------------------- the fast path: reprflow's engine
 def run_reprflow_engine(model, tokenizer, prompts, out_path: Path, *, batch_size: int, n_token_prompts: int,
-                        compress: bool, family: str, name: str, device: str, window_batches: int) -> dict:
-    from reprflow.extract import extract_activations
+                        compress: bool, family: str, name: str, device: str, window_batches: int,
+                        stream_prompts: int = 0) -> dict:
+    """One extraction into a fresh store; with ``stream_prompts``, token metrics of that many prompts streamed."""
+    from reprflow.extract import extract_activations, token_prompt_ids
+    from reprflow.sinks import TokenMetricsSink
 
     attrs = {
         "model": name, "model_id": name, "revision": "random-init", "family": family,
@@ -176,89 +180,18 @@ def run_reprflow_engine(model, tokenizer, prompts, out_path: Path, *, batch_size
     }
     if out_path.exists():
         shutil.rmtree(out_path)
+    sinks = []
+    if stream_prompts:
+        n_bins = min(64, min(int(p["n_tokens"]) for p in prompts))
+        sinks.append(TokenMetricsSink(token_prompt_ids(len(prompts), stream_prompts), n_bins=n_bins))
     t0 = time.perf_counter()
     s = extract_activations(
         model, tokenizer, prompts, out_path, batch_size=batch_size, n_token_prompts=n_token_prompts,
         attrs=attrs, device=device, compute_dtype=torch.bfloat16 if device == "cuda" else torch.float32,
-        progress=False, window_batches=window_batches, compress=compress,
+        progress=False, window_batches=window_batches, compress=compress, sinks=sinks,
     )
     wall = time.perf_counter() - t0
     return {"tokens": s.tokens, "seconds": s.seconds, "wall": wall, "tok_s": s.tokens / s.seconds}
-
-
-class _Writer:
-    """Background Zarr writer fed from pinned host buffers (engine ``local``)."""
-
-    def __init__(self, path: Path, *, n_states: int, n_samples: int, hidden: int, compress: bool):
-        import zarr
-
-        codecs = None
-        if compress:
-            from zarr.codecs import BloscCodec
-
-            codecs = [BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")]
-        self.root = zarr.open_group(str(path), mode="w")
-        self.last = self.root.create_array("last", shape=(n_states, n_samples, hidden), dtype="float32",
-                                           chunks=(1, n_samples, hidden), compressors=codecs)
-        self.compressors = codecs
-        self.q: queue.Queue = queue.Queue(maxsize=4)
-        self.err: list[BaseException] = []
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self):
-        while True:
-            item = self.q.get()
-            if item is None:
-                return
-            try:
-                kind, sl, pending = item
-                arr = pending.wait().float().numpy()
-                if kind == "last":
-                    self.last[:, sl, :] = arr
-                else:
-                    self.root.create_array(f"tokens_{sl}", data=arr.astype(np.float16), chunks=(1,) + arr.shape[1:],
-                                           compressors=self.compressors)
-            except BaseException as exc:  # re-raised in close()
-                self.err.append(exc)
-
-    def put(self, kind, sl, gpu_tensor):
-        from reprflow.transfer import copy_to_host
-
-        self.q.put((kind, sl, copy_to_host(gpu_tensor)))  # pinned, asynchronous
-
-    def close(self):
-        self.q.put(None)
-        self.thread.join()
-        if self.err:
-            raise self.err[0]
-
-
-def run_local_engine(model, ids: torch.Tensor, out_path: Path, *, batch_size: int, n_token_prompts: int,
-                     compress: bool, device: str) -> dict:
-    from reprflow.capture import forward_states
-
-    n = ids.shape[0]
-    mask = torch.ones_like(ids)
-    if out_path.exists():
-        shutil.rmtree(out_path)
-    writer = None
-    t0 = time.perf_counter()
-    for b0 in range(0, n, batch_size):
-        x = ids[b0 : b0 + batch_size].to(device, non_blocking=True)
-        m = mask[b0 : b0 + batch_size].to(device, non_blocking=True)
-        rows = [r for r in range(x.shape[0]) if b0 + r < n_token_prompts]
-        cap = forward_states(model, x, m, token_rows=rows or None)
-        if writer is None:
-            writer = _Writer(out_path, n_states=cap.last.shape[0], n_samples=n, hidden=cap.last.shape[-1],
-                             compress=compress)
-        writer.put("last", slice(b0, b0 + x.shape[0]), cap.last)
-        for slot, r in enumerate(rows):
-            writer.put("tokens", b0 + r, cap.tokens[:, slot])
-    writer.close()
-    _sync(device)
-    dt = time.perf_counter() - t0
-    return {"tokens": int(mask.sum()), "seconds": dt, "wall": dt, "tok_s": int(mask.sum()) / dt}
 
 
 def long_context_check(model, *, batch_size: int, n_tokens: int, vocab: int) -> dict:
@@ -285,10 +218,10 @@ class Row:
     naive_tok_s: float = float("nan")
     fast_tok_s: float = float("nan")
     fast_tokens_tok_s: dict = field(default_factory=dict)  # token prompts -> tok/s
+    fast_stream_tok_s: dict = field(default_factory=dict)  # streamed-metrics prompts -> tok/s
     peak_gib: float = float("nan")
     long_ok: str = "-"
     long_peak_gib: float = float("nan")
-    engine: str = ""
     kernels: dict = field(default_factory=dict)
     error: str = ""
 
@@ -317,25 +250,12 @@ def bench_model(name, config, tok_name, args, out_dir: Path) -> Row:
         logger.info("%s naive: %.0f tok/s", name, row.naive_tok_s)
 
     row.kernels = prepare_model(model)
-    engine = args.engine
-    if engine == "auto":
-        try:
-            import reprflow.extract  # noqa: F401
 
-            engine = "reprflow"
-        except ImportError:
-            engine = "local"
-    row.engine = engine
-
-    def run(n_tok, sub_prompts, sub_ids, tag):
+    def run(n_tok, sub_prompts, sub_ids, tag, stream=0):
         path = out_dir / f"{name}_{tag}.zarr"
-        if engine == "reprflow":
-            r = run_reprflow_engine(model, tokenizer, sub_prompts, path, batch_size=args.batch_size,
-                                    n_token_prompts=n_tok, compress=args.compress, family=family, name=name,
-                                    device=dev, window_batches=args.window_batches)
-        else:
-            r = run_local_engine(model, sub_ids, path, batch_size=args.batch_size, n_token_prompts=n_tok,
-                                 compress=args.compress, device=dev)
+        r = run_reprflow_engine(model, tokenizer, sub_prompts, path, batch_size=args.batch_size,
+                                n_token_prompts=n_tok, compress=args.compress, family=family, name=name,
+                                device=dev, window_batches=args.window_batches, stream_prompts=stream)
         shutil.rmtree(path, ignore_errors=True)
         shutil.rmtree(str(path) + ".partial", ignore_errors=True)
         return r
@@ -353,6 +273,10 @@ def bench_model(name, config, tok_name, args, out_dir: Path) -> Row:
         r2 = run(n_tok, prompts, ids, f"tokens{n_tok}")
         row.fast_tokens_tok_s[n_tok] = r2["tok_s"]
         logger.info("%s fast+tokens (%d of %d prompts): %s", name, n_tok, n_prompts, r2)
+    for n_stream in args.stream_prompts:
+        r3 = run(0, prompts, ids, f"stream{n_stream}", stream=n_stream)
+        row.fast_stream_tok_s[n_stream] = r3["tok_s"]
+        logger.info("%s fast+stream (%d of %d prompts): %s", name, n_stream, n_prompts, r3)
     if family in ("mamba", "mamba2") and args.long_tokens > 0 and dev == "cuda":
         lc = long_context_check(model, batch_size=args.long_batch_size, n_tokens=args.long_tokens,
                                 vocab=config.vocab_size)
@@ -431,18 +355,20 @@ def scan_configs(args) -> str:
 def table(rows: list[Row], args) -> str:
     n_prompts = args.batch_size * args.n_batches
     tok_heads = "".join(f"+ tokens of {n} in {n_prompts} prompts: tok/s (drop) | " for n in args.token_prompts)
+    tok_heads += "".join(f"+ stream {n} of {n_prompts} prompts: tok/s (drop) | " for n in args.stream_prompts)
     head = (
         "| model | params (B) | ceiling tok/s | naive tok/s | fast tok/s | % ceiling | speedup | "
-        f"{tok_heads}peak GiB | SSM T={args.long_tokens} | engine | attention | scan | conv |"
+        f"{tok_heads}peak GiB | SSM T={args.long_tokens} | attention | scan | conv |"
     )
-    n_cols = 13 + len(args.token_prompts)
+    n_cols = 12 + len(args.token_prompts) + len(args.stream_prompts)
     lines = [head, "|" + "---|" * n_cols]
     for r in rows:
         if r.error:
             lines.append(f"| {r.model} | error: {r.error} |" + " |" * (n_cols - 2))
             continue
         toks = "".join(
-            f"{v / 1e3:.1f}K ({(v / r.fast_tok_s - 1) * 100:+.1f}%) | " for v in r.fast_tokens_tok_s.values()
+            f"{v / 1e3:.1f}K ({(v / r.fast_tok_s - 1) * 100:+.1f}%) | "
+            for v in (*r.fast_tokens_tok_s.values(), *r.fast_stream_tok_s.values())
         )
         k = r.kernels
         long = f"{r.long_ok} ({r.long_peak_gib:.1f} GiB)" if r.long_ok != "-" else "-"
@@ -450,7 +376,7 @@ def table(rows: list[Row], args) -> str:
             f"| {r.model} | {r.params_b:.2f} | {r.ceiling_tok_s / 1e3:.0f}K | {r.naive_tok_s / 1e3:.2f}K | "
             f"{r.fast_tok_s / 1e3:.1f}K | {100 * r.fast_tok_s / r.ceiling_tok_s:.0f}% | "
             f"{r.fast_tok_s / r.naive_tok_s:.0f}x | {toks}"
-            f"{r.peak_gib:.1f} | {long} | {r.engine} | {k.get('attention')} | {k.get('scan')} | {k.get('conv')} |"
+            f"{r.peak_gib:.1f} | {long} | {k.get('attention')} | {k.get('scan')} | {k.get('conv')} |"
         )
     return "\n".join(lines)
 
@@ -468,9 +394,11 @@ def main(argv=None) -> int:
                         "(the paper config keeps 64 of 12,000, i.e. 1 in 188)")
     p.add_argument("--long-tokens", type=int, default=4096)
     p.add_argument("--long-batch-size", type=int, default=8)
-    p.add_argument("--engine", choices=["auto", "reprflow", "local"], default="auto")
+    p.add_argument("--stream-prompts", type=lambda v: [int(x) for x in v.split(",") if x], default=[64],
+                   help="comma list: one '+ stream' run per entry, with token metrics of that many prompts "
+                        "computed on the GPU during the pass (no token states written)")
     p.add_argument("--compress", action="store_true")
-    p.add_argument("--window-batches", type=int, default=2, help="batches per store window (engine reprflow)")
+    p.add_argument("--window-batches", type=int, default=2, help="batches per store window")
     p.add_argument("--device", default="cuda", help="cuda; cpu only for a --quick check of the script itself")
     p.add_argument("--peak-tflops", type=float, default=798.0)
     p.add_argument("--scan-configs", action="store_true", help="only time the Mamba scan/conv launch configs")

@@ -31,7 +31,9 @@ import argparse
 import csv
 import json
 import math
+import re
 from collections import defaultdict
+from datetime import datetime
 from pathlib import Path
 
 
@@ -59,6 +61,48 @@ def read_benchmarks(root: Path) -> list[dict]:
             "max_rss_mb": float(rec.get("max_rss") or "nan") if rec.get("max_rss") not in (None, "NA", "-") else math.nan,
         })
     return rows
+
+
+def read_snakemake_log(path: Path) -> list[dict]:
+    """Jobs from a Snakemake console log (start/finish stamps, 1 s resolution): the fallback
+    when a killed run left no benchmark files. Rows: rule, key (``model/init/task_nL`` or the
+    wildcards), start, end (None if it never finished), seconds."""
+    stamp = re.compile(r"^\[(\w{3} \w{3} +\d+ [\d:]+ \d{4})\]$")
+    jobs: dict[str, dict] = {}
+    now = current = None
+    for line in path.read_text().splitlines():
+        if m := stamp.match(line.strip()):
+            now = datetime.strptime(m.group(1), "%a %b %d %H:%M:%S %Y")
+        elif m := re.match(r"^(?:local)?rule (\w+):$", line.strip()):
+            current = {"rule": m.group(1), "start": now, "end": None, "key": ""}
+        elif current is not None and (m := re.match(r"^jobid: (\d+)$", line.strip())):
+            jobs[m.group(1)] = current
+        elif current is not None and line.strip().startswith("wildcards:"):
+            w = dict(kv.split("=", 1) for kv in line.strip()[len("wildcards: "):].split(", "))
+            current["key"] = (f"{w['model']}/{w['init']}/{w['task']}_n{w['length']}" if "model" in w
+                              else "/".join(w.values()))
+        elif m := re.match(r"^Finished jobid: (\d+)", line.strip()):
+            if m.group(1) in jobs:
+                jobs[m.group(1)]["end"] = now
+    rows = []
+    for job in jobs.values():
+        done = job["end"] is not None and job["start"] is not None
+        rows.append({**job, "seconds": (job["end"] - job["start"]).total_seconds() if done else math.nan})
+    return rows
+
+
+def read_samples(path: Path) -> dict[str, float]:
+    """GPU busy fraction and disk growth from ``epoch util% mem_MiB disk_bytes`` lines (5 s apart)."""
+    util, disk = [], []
+    for line in path.read_text().splitlines():
+        parts = line.replace(",", " ").split()
+        if len(parts) >= 4:
+            util.append(float(parts[1]))
+            disk.append(float(parts[3]))
+    busy = [u for u in util[1:]]
+    return {"samples": len(util), "gpu_busy_mean": sum(busy) / max(len(busy), 1) / 100,
+            "gpu_busy_frac_over_50": sum(u > 50 for u in busy) / max(len(busy), 1),
+            "disk_growth_bytes": (max(disk) - disk[0]) if disk else 0.0}
 
 
 def read_stores(root: Path) -> dict[str, dict]:
@@ -99,6 +143,33 @@ def lpt_makespan(durations: list[float], workers: int) -> float:
     return max(loads) if loads else 0.0
 
 
+def summarise_log(log: Path, samples: Path | None) -> None:
+    """Per-rule and per-extraction tables from a console log (jobs still running are counted)."""
+    rows = read_snakemake_log(log)
+    print("## Per rule (from the console log)\n")
+    print("| rule | finished | unfinished | total | mean | max |\n|---|---|---|---|---|---|")
+    for rule in sorted({r["rule"] for r in rows}):
+        done = [r["seconds"] for r in rows if r["rule"] == rule and not math.isnan(r["seconds"])]
+        left = sum(1 for r in rows if r["rule"] == rule and math.isnan(r["seconds"]))
+        if done:
+            print(f"| {rule} | {len(done)} | {left} | {fmt_s(sum(done))} | {fmt_s(sum(done) / len(done))} | {fmt_s(max(done))} |")
+        else:
+            print(f"| {rule} | 0 | {left} | – | – | – |")
+    print("\n## Extraction jobs by model and length (mean wall seconds per finished job)\n")
+    cells = defaultdict(list)
+    for r in rows:
+        if r["rule"].startswith("extract_activation") and not math.isnan(r["seconds"]):
+            model, init, cell = r["key"].split("/")
+            cells[(model, cell.split("_n")[1], "fig3 sweep" if init not in ("random", "pretrained") else init)].append(r["seconds"])
+    print("| model | length | init | jobs | mean | max |\n|---|---|---|---|---|---|")
+    for (model, length, init), secs in sorted(cells.items(), key=lambda kv: (kv[0][0], int(kv[0][1]), kv[0][2])):
+        print(f"| {model} | {length} | {init} | {len(secs)} | {sum(secs) / len(secs):.0f} s | {max(secs):.0f} s |")
+    if samples is not None:
+        s = read_samples(samples)
+        print(f"\nGPU: mean utilisation {100 * s['gpu_busy_mean']:.0f}% over {s['samples']} samples 5 s apart "
+              f"({100 * s['gpu_busy_frac_over_50']:.0f}% of samples above 50%); disk grew by {fmt_b(s['disk_growth_bytes'])}.")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", type=Path, default=Path("."), help="the run's out_dir")
@@ -108,7 +179,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--full-token-prompts", type=int, default=64)
     ap.add_argument("--pretrained-arm", action="store_true",
                     help="count every scope-all cell twice (pretrained + random; same compute, weights loaded instead of built)")
+    ap.add_argument("--snakemake-log", type=Path, help="a killed run's console log: per-job times from its stamps")
+    ap.add_argument("--samples", type=Path, help="the GPU/disk samples written by paper_rehearsal_gpu.sh")
     args = ap.parse_args(argv)
+    if args.snakemake_log is not None:
+        summarise_log(args.snakemake_log, args.samples)
+        return
 
     bench = read_benchmarks(args.root)
     stores = read_stores(args.root)

@@ -3,7 +3,7 @@
 # the reduced prompt count of config/rehearsal.yaml (random-init arm + the Fig. 3 init sweep,
 # all five paper models, both tasks, all four lengths), on a bare offline GPU machine.
 #
-#   bash benchmarks/paper_rehearsal_gpu.sh [run] [summary]        (repo root; $OUT receives logs)
+#   bash benchmarks/paper_rehearsal_gpu.sh [tests] [run] [summary]   (SMK_ARGS: extra snakemake args)        (repo root; $OUT receives logs)
 #
 # Needs .gpu/ (carried): wheels of snakemake and its closure, zarr, numcodecs, transformers and
 # the mamba_ssm sdist (see benchmarks/extract_gpu.sh for the Triton-only mamba_ssm install).
@@ -26,15 +26,23 @@ steps=("$@"); [ ${#steps[@]} -eq 0 ] && steps=(run summary)
 CFG=(--configfile config/config.yaml config/rehearsal.yaml)
 for s in "${steps[@]}"; do
   case "$s" in
+    tests)  # the GPU tests first; if the kernel chooser's fail, force the project's own kernels
+      timeout 200 python3 -m pytest -q -p no:cacheprovider -m gpu tests/kernels tests/test_fastpath.py tests/test_extract.py \
+        tests/test_collect.py tests/test_stream_metrics.py tests/test_capture.py 2>&1 | tee "$OUT/tests.log" | tail -15
+      if grep -q "FAILED tests/kernels/test_select" "$OUT/tests.log"; then
+        echo "kernel chooser test failed: forcing the project's kernels for this run" | tee -a "$OUT/env.txt"
+        export REPRFLOW_KERNEL_MAMBA_SCAN=triton REPRFLOW_KERNEL_CAUSAL_CONV=triton REPRFLOW_KERNEL_MAMBA2_SSD=mamba_ssm
+      fi
+      ;;
     run)
       nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$OUT/env.txt"
       df -h . | tee -a "$OUT/env.txt"
-      python3 -m snakemake -n --quiet rules "${CFG[@]}" results/table1.csv 2>&1 | tail -40 | tee "$OUT/dryrun.log"
+      python3 -m snakemake results/table1.csv -n --quiet rules "${CFG[@]}" 2>&1 | tail -40 | tee "$OUT/dryrun.log"
       # sample the GPU's busy fraction and the disk every 5 s while Snakemake runs
       ( while true; do echo "$(date +%s) $(nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader,nounits) $(df -B1 --output=used . | tail -1)"; sleep 5; done ) > "$OUT/samples.txt" &
       sampler=$!
       start=$(date +%s)
-      timeout "$RUN_LIMIT" python3 -m snakemake --cores "$(nproc)" --rerun-incomplete "${CFG[@]}" results/table1.csv \
+      timeout "$RUN_LIMIT" python3 -m snakemake results/table1.csv --cores "$(nproc)" --rerun-incomplete ${SMK_ARGS:-} "${CFG[@]}" \
         > "$OUT/snakemake.log" 2>&1
       rc=$?
       kill $sampler

@@ -12,6 +12,14 @@ Rows (all on this CPU, same inputs):
   included), KVPR and MDQA (no naive twin: reported as seconds and tokens/s).
 
 Run: ``PYTHONPATH=. python benchmarks/prompts.py --n-prompts 1000``
+
+``--paper-sets`` instead builds every prompt set a config names (default config/config.yaml:
+KVPR and MDQA x its lengths x each tokenizer, skipping lengths beyond all of that tokenizer's
+models' ``max_context``, capped as the prompts rule caps them), exactly as the prompts rule
+does, writes each to a temporary file and prints one markdown row per set: prompts, item
+count, build and write time, token-length stats, byte-identical duplicates, and the probe
+split's cross-split leakage (questions or prompts on both sides, seed 0, ``probes:`` of the
+config). Run: ``PYTHONPATH=. python benchmarks/prompts.py --paper-sets``
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reprflow.prompts import build_prompt_set, load_tokenizer
+from reprflow.prompts import build_prompt_set, load_tokenizer, write_prompt_set
 from reprflow.prompts.distractors import DistractorPools, filter_pool, tfidf_distractor_pools, tie_break_ranks
 from reprflow.prompts.kvpr import KVPRPlan
 from reprflow.prompts.mdqa import load_oracle
@@ -57,13 +65,89 @@ def naive_tfidf(examples, pool_size):
     return DistractorPools(passages, pools, "tfidf")
 
 
+def paper_sets(config_path: str, n_prompts: int | None, lengths: list[int] | None = None) -> None:
+    """Build every prompt set of ``config_path`` as the prompts rule does; print one row per set."""
+    import gc
+    import tempfile
+
+    from reprflow.config import load_config
+    from reprflow.pipeline.prompt_stage import build_prompt_records
+    from reprflow.probes import grouped_stratified_split
+    from reprflow.workflow.targets import prompt_token_cap
+
+    config = load_config(config_path)
+    settings = config.section("prompts")
+    if n_prompts is not None:
+        settings["n_prompts"] = n_prompts
+    probes = config.section("probes")
+    needed = sorted(
+        {(m.tokenizer, task, length) for m in config.models for task in config.tasks for length in config.lengths
+         if m.fits(length)},
+        key=lambda x: (x[2], x[1], x[0]),  # smallest first: a run cut short still covers every length it reached
+    )
+    if lengths:
+        needed = [x for x in needed if x[2] in lengths]
+    print(f"config {config_path}: {len(needed)} prompt sets x {settings['n_prompts']} prompts, seed {config.seed}; "
+          f"split: val_fraction {probes['val_fraction']}, n_train {probes['n_train']}, seed 0", flush=True)
+    head = ("| set | tokenizer | context cap (prompt cap) | n | items | build s | write s | "
+            "tokens min / median / max | steered | "
+            "dup. redraws | duplicates | questions used (max uses, replaced) | train / val | leakage | K tok/s |")
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1), flush=True)
+    total = 0.0
+    with tempfile.TemporaryDirectory() as tmp:
+        for tok, task, length in needed:
+            cap = prompt_token_cap(config, tok, length)
+            t0 = time.perf_counter()
+            records, manifest = build_prompt_records(
+                task=task, length=length, tokenizer=tok, seed=config.seed, settings=settings, max_tokens=cap,
+                progress=False,
+            )
+            t_build = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            path = write_prompt_set(records, manifest, Path(tmp) / tok / f"{task}_n{length}.jsonl")
+            t_write = time.perf_counter() - t0
+            total += t_build + t_write
+            n_tok = np.array([r["n_tokens"] for r in records])
+            labels = np.array([r["label"] for r in records])
+            groups = np.array([r["group"] for r in records])
+            duplicates = len(records) - len({r["prompt"] for r in records})
+            tr, va = grouped_stratified_split(
+                labels, groups, val_fraction=probes["val_fraction"], n_train=probes["n_train"], seed=0
+            )
+            prompts_tr = {records[i]["prompt"] for i in tr}
+            leak_groups = len(set(groups[tr].tolist()) & set(groups[va].tolist()))
+            leak_prompts = sum(records[i]["prompt"] in prompts_tr for i in va)
+            a = manifest["achieved"]
+            q = manifest.get("questions")
+            used = f"{q['n_distinct_used']} ({q['max_uses']}, {q['n_replaced']})" if q else "-"
+            print(
+                f"| {task}_n{length} | {tok} | {cap or 'none'} ({manifest['max_tokens']}) | {len(records)} | "
+                f"{manifest['n_items']} | {t_build:.1f} | {t_write:.1f} | "
+                f"{n_tok.min()} / {np.median(n_tok):g} / {n_tok.max()} | {a['adjusted_fraction']:.0%} | "
+                f"{a['duplicate_redraws']} | {duplicates} | {used} | {tr.size} / {va.size} | "
+                f"{leak_groups} groups, {leak_prompts} prompts | {n_tok.sum() / t_build / 1e3:.0f} |",
+                flush=True,
+            )
+            path.unlink()
+            del records, manifest, prompts_tr
+            gc.collect()
+    print(f"total: {total:.0f} s ({total / 60:.1f} min) for {len(needed)} sets", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--n-prompts", type=int, default=1000)
+    ap.add_argument("--n-prompts", type=int, default=None, help="default 1000; with --paper-sets the config's")
     ap.add_argument("--tokenizer", default="gpt2")
     ap.add_argument("--repeats", type=int, default=3, help="median of this many runs per timed row")
+    ap.add_argument("--paper-sets", action="store_true", help="build every prompt set of --config (see above)")
+    ap.add_argument("--config", default="config/config.yaml")
+    ap.add_argument("--lengths", type=int, nargs="*", help="with --paper-sets: only these lengths")
     args = ap.parse_args()
-    n = args.n_prompts
+    if args.paper_sets:
+        paper_sets(args.config, args.n_prompts, args.lengths)
+        return
+    n = args.n_prompts or 1000
     tok = load_tokenizer(args.tokenizer)
     rows = []
 

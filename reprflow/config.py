@@ -1,10 +1,11 @@
 """Load and validate the experiment config (config/schema.yaml) into typed settings.
 
 The config is validated once, at the edge: the JSON schema rejects unknown keys, wrong types,
-unknown families, init schemes and tasks, and lengths <= 0; a few cross-field checks follow
+unknown init schemes and tasks, and lengths <= 0 (a family is checked against the checkpoint's
+``model_type`` when the model loads); a few cross-field checks follow
 (unique names, known tokenizers, tiny models saved to local paths). Every failure raises one
 :class:`~reprflow.errors.ConfigError` whose message starts with the offending key, e.g.
-``config.models[2].family: 'mambo' is not one of ['gpt_neo', ...]``.
+``config.inits[1].scheme: 'orthogonal' is not one of ['pretrained', ...]``.
 
 Library code never sees the raw dict: it receives the dataclasses below.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,7 @@ from reprflow.models.init_params import resolve_init_params
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = PROJECT_ROOT / "config" / "schema.yaml"
-TOKENIZER_DIR = PROJECT_ROOT / "data" / "tokenizers"
+TOKENIZER_DIR = Path(__file__).resolve().parent / "data" / "tokenizers"  # package data
 
 
 @dataclass(frozen=True)
@@ -79,9 +81,20 @@ class Config:
     def seed(self) -> int:
         return int(self.raw["seed"])
 
+    @property
+    def out_dir(self) -> str:
+        """The output root (``config.out_dir``), normalised: ``.`` for the paper config."""
+        return _norm(self.raw["out_dir"])
+
     def section(self, name: str) -> dict:
-        """A top-level settings section (prompts, extraction, metrics, probes, figures, theory)."""
+        """A top-level science section (prompts, extraction, metrics, probes, figures, theory):
+        the keys that decide stored values, tracked as Snakemake/DVC params."""
         return dict(self.raw.get(name) or {})
+
+    def execution(self, name: str) -> dict:
+        """``config.execution.<name>`` (extraction, metrics, probes, theory): how that phase
+        runs (device, batch size, GPUs, ...). Never a rule param: changing it reruns nothing."""
+        return dict(self.raw["execution"].get(name) or {})
 
     def model(self, name: str) -> ModelSpec:
         for spec in self.models:
@@ -95,21 +108,61 @@ class Config:
                 return spec
         raise ConfigError(f"config.inits: no init named {name!r} (have {[i.name for i in self.inits]})")
 
+    def science(self) -> dict:
+        """The validated config without what cannot change a result: ``execution`` and
+        ``out_dir`` left out, ``models`` and ``inits`` in name order. The report rules track
+        it as their param, so a new batch size or a reordered ``models:`` redraws nothing."""
+        kept = {k: v for k, v in self.raw.items() if k not in ("execution", "out_dir")}
+        for key in ("models", "inits"):
+            kept[key] = sorted(kept[key], key=lambda entry: entry["name"])
+        return kept
+
     def digest(self) -> str:
         """sha256 of the canonical JSON of the validated config (provenance in outputs)."""
         return _sha256_json(self.raw)
 
     def extraction_digest(self, model: str, init: str) -> str:
         """sha256 of exactly what one cell's extraction reads: seed, prompts and extraction
-        settings, the model entry and the init entry. Used as a rule param, so a change to
-        e.g. the probe settings does not rerun extraction."""
+        science settings (``config.extraction``; ``config.execution`` is left out), the model
+        entry and the init entry. Used as a rule param and stored in the store's attrs, so a
+        change to e.g. the probe settings, the batch size or the order of ``models:`` does not
+        rerun extraction."""
         return _sha256_json({
             "seed": self.raw["seed"],
             "prompts": self.raw["prompts"],
             "extraction": self.raw["extraction"],
             "model": next(m for m in self.raw["models"] if m["name"] == model),
+            # `scope` is kept: a fig3 store holds only the n_token_prompts token prompts
             "init": next(i for i in self.raw["inits"] if i["name"] == init),
         })
+
+
+MOVED_TO_EXECUTION = {
+    "extraction": ("batch_size", "device", "gpus", "shards"),
+    "metrics": ("device", "max_tokens_in_memory"),
+    "probes": ("device", "max_batch_gib"),
+    "theory": ("device", "threads", "gpus"),
+}
+"""Keys that moved from a science section to ``config.execution.<section>``."""
+
+
+def _norm(path: str) -> str:
+    return os.path.normpath(path)
+
+
+def _check_moved_keys(cfg: dict) -> None:
+    """Name the new home of an execution key still written in its old science section."""
+    for section, keys in MOVED_TO_EXECUTION.items():
+        node = cfg.get(section)
+        if not isinstance(node, dict):
+            continue
+        for key in keys:
+            if key in node:
+                raise ConfigError(
+                    f"config.{section}.{key}: moved to config.execution.{section}.{key} (execution keys "
+                    "change how a run executes, not what it stores, and are not tracked as params); "
+                    f"write it as `execution: {{{section}: {{{key}: {node[key]!r}}}}}`"
+                )
 
 
 def _sha256_json(obj) -> str:
@@ -174,20 +227,21 @@ def _check_cross_fields(cfg: dict) -> None:
                 f"config.models[{i}].tokenizer: {model['tokenizer']!r} is not in data/tokenizers "
                 f"(available: {', '.join(available)})"
             )
-        expected = f"data/models/{model['name']}"
-        if model.get("tiny") is not None and model["hf_id"].rstrip("/") != expected:
+        expected = _norm(os.path.join(cfg["out_dir"], "data", "models", model["name"]))
+        if model.get("tiny") is not None and _norm(model["hf_id"]) != expected:
             raise ConfigError(
-                f"config.models[{i}].hf_id: {model['hf_id']!r}; a `tiny` model is built locally, "
-                f"so hf_id must be {expected!r}"
+                f"config.models[{i}].hf_id: {model['hf_id']!r}; a `tiny` model is built under "
+                f"config.out_dir ({cfg['out_dir']!r}), so hf_id must be {expected!r}"
             )
     for i, model in enumerate(cfg["models"]):  # trained models (reprflow/training), like tiny ones
         if model.get("train") is None:
             continue
         if model.get("tiny") is not None:
             raise ConfigError(f"config.models[{i}]: has both `tiny` and `train`; keep one (train builds its own model)")
-        if model["hf_id"].rstrip("/") != f"data/models/{model['name']}":
-            raise ConfigError(f"config.models[{i}].hf_id: {model['hf_id']!r}; a `train` model is saved locally, "
-                              f"so hf_id must be 'data/models/{model['name']}'")
+        expected = _norm(os.path.join(cfg["out_dir"], "data", "models", model["name"]))
+        if _norm(model["hf_id"]) != expected:
+            raise ConfigError(f"config.models[{i}].hf_id: {model['hf_id']!r}; a `train` model is saved under "
+                              f"config.out_dir ({cfg['out_dir']!r}), so hf_id must be {expected!r}")
         if model["family"] not in ("gpt_neo", "gpt_neox", "mamba", "mamba2"):
             raise ConfigError(f"config.models[{i}].family: {model['family']!r} cannot be trained; use gpt_neo, "
                               "gpt_neox, mamba or mamba2")
@@ -218,6 +272,7 @@ def validate_config(raw: dict) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(f"config: expected a mapping at the top level, got {type(raw).__name__}")
     cfg = copy.deepcopy(raw)
+    _check_moved_keys(cfg)
     schema = _load_schema()
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))

@@ -70,14 +70,22 @@ def claim_gpu(n_devices: int, *, lock_dir: Path | None = None, poll_s: float = 2
         time.sleep(poll_s)
 
 
-def resolve_device(name: str | None) -> torch.device:
-    """Turn ``auto`` / ``cpu`` / ``cuda`` / ``cuda:N`` into a :class:`torch.device`.
+def resolve_device(
+    name: str | torch.device | None, *, key: str = "device", error: type[ConfigError] = ConfigError
+) -> torch.device:
+    """Turn ``auto`` / ``cpu`` / ``cuda`` / ``cuda:N`` (or a :class:`torch.device`) into a :class:`torch.device`.
 
-    ``auto`` with several visible GPUs claims one (:func:`claim_gpu`) and makes it the
-    current CUDA device (Triton kernels launch on the current device).
+    The one device resolver of the package: the workflow's ``device`` keys, the extraction,
+    :func:`reprflow.collect_states`, the metrics and the probes all accept what it accepts.
+    ``None`` means ``auto``: CUDA when present, else CPU; with several visible GPUs it
+    claims one (:func:`claim_gpu`) and makes it the current CUDA device (Triton kernels
+    launch on the current device).
 
-    Raises ConfigError when CUDA is asked for but not available.
+    Raises ``error`` (default :class:`ConfigError`), naming ``key``, when the name is not a
+    device or CUDA is asked for but not available.
     """
+    if isinstance(name, torch.device):
+        name = str(name)
     if name in (None, "auto"):
         if not torch.cuda.is_available():
             return torch.device("cpu")
@@ -90,10 +98,10 @@ def resolve_device(name: str | None) -> torch.device:
         return torch.device(f"cuda:{index}")
     try:
         device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"device: {name!r} is not a device (use auto, cpu, cuda or cuda:N)") from None
+    except (RuntimeError, TypeError):
+        raise error(f"{key}: {name!r} is not a device (use auto, cpu, cuda or cuda:N)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device: {name!r} requested but CUDA is not available on this machine; use 'auto' or 'cpu'")
+        raise error(f"{key}: {name!r} requested but CUDA is not available on this machine; use 'auto' or 'cpu'")
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)
     return device

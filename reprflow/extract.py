@@ -1,48 +1,46 @@
-"""The extraction loop: prompts -> tokenizer -> model (hooked) -> activation store.
+"""The extraction engine: prompts -> tokenizer -> model (hooked) -> captured batches -> sinks.
 
-One call of :func:`extract_activations` fills one store (one model, init, task and
-length, or one shard of it) through :class:`reprflow.store.StoreWriter`, so it is
-resumable and atomic: a killed run continues where it stopped when rerun.
+Follow one batch through this file:
 
-Batching
---------
-Samples are stored in prompt-file order (nothing is permuted; sample ``i`` is record
-``i``). Length bucketing happens *inside* each window of ``batch_size * window_batches``
-consecutive prompts: the window's prompts are sorted by length (longest first, so an
-out-of-memory error shows up on the first batch) and cut into batches, which reduces
-padding while every window still writes whole, aligned chunks. Prompts of one task and
-length are near-equal in length, so the window (default 8 batches) is enough.
+1. **Prompts and tokens.** :func:`_check_prompts` and :func:`_tokenize` turn prompt
+   records into token ids (checked against each record's ``n_tokens``).
+2. **Plan.** Prompts are cut into *windows* of ``batch_size * window_batches``
+   consecutive prompts (the store's unit of writing and resumption); inside a window
+   :func:`plan_window_batches` sorts them by length (longest first, so an out-of-memory
+   error shows up on the first batch) and cuts batches, which reduces padding while
+   every window still writes whole, aligned chunks. Prompts of one task and length are
+   near-equal in length, so a window (default 8 batches) is enough. Stored sample order
+   stays the prompt-file order.
+3. **Forward and capture.** :func:`capture_batches` pads each batch on the right
+   (:func:`_pad_right`; right padding is exact for causal models), sends it up from
+   pinned memory without blocking (:func:`_to_device`) and runs
+   :func:`reprflow.capture.forward_states`, whose hooks keep the last *real* token of
+   every row and the full states of the chosen token prompts -- on the device. It yields
+   one :class:`reprflow.sinks.CapturedStates` per batch.
+4. **Sinks.** :func:`reprflow.sinks.feed` hands every batch to every sink; each decides
+   what leaves the device: :class:`reprflow.sinks.ZarrStoreSink` (a resumable, atomic
+   store; it owns resume and the on-disk dtype), :class:`reprflow.sinks.MemorySink`
+   (numpy arrays, :func:`reprflow.collect_states`), :class:`reprflow.sinks.TokenMetricsSink`
+   (token metrics on the device, results only).
 
-Padding is on the right with an attention mask; :func:`reprflow.capture.forward_states`
-gathers the last *real* token of each row (right padding is exact for causal models,
-ARCHITECTURE.md §4). Full token states are kept for ``n_token_prompts`` evenly spaced
-prompts of the file (:func:`token_prompt_ids`, a deterministic subset), unpadded to their
-own length.
+:func:`extract_activations` is that loop with a store sink (plus any other sinks).
+Full token states are kept for ``n_token_prompts`` evenly spaced prompts of the file
+(:func:`token_prompt_ids`, a deterministic subset), unpadded to their own length.
 
-Overlap
--------
-The main thread only launches work: inputs go up from pinned memory without blocking,
-and captured states come down through :func:`reprflow.transfer.copy_to_host` (pinned
-buffers, a side CUDA stream), so the GPU never waits for the host between batches. The
-store's dtype is fixed on the first batch (one device sync), so that token states are
-converted on the GPU and checked there. With ``overlap=True`` a writer thread takes work
-from a bounded queue (``_QUEUE_ITEMS`` items: a window's last-token states, or one token
-prompt's states, written at once rather than held until its window ends), waits for the
-copies to land, and does the checks, compression and disk writes while the next batches
-are computed; an error in the writer thread is re-raised in the caller.
+Overlap: the main thread only launches work. Inputs go up without blocking, captured
+states come down through :func:`reprflow.transfer.copy_to_host` (pinned buffers, a side
+CUDA stream), and the sinks' background writer thread
+(:class:`reprflow.sinks.BackgroundWriter`) waits for the copies, checks, compresses and
+writes while the next batches are computed; an error there is re-raised in the caller.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 import os
-import queue
-import sys
-import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,17 +50,24 @@ import torch
 from tqdm.auto import tqdm
 
 from reprflow.capture import forward_states, last_token_index, state_names
+from reprflow.models.hf_view import verify_hf_view
+from reprflow.devices import resolve_device
 from reprflow.errors import PromptError, ReprflowError
 from reprflow.fastpath import prepare_model
-from reprflow.models.layouts import get_layout, view_indices
-from reprflow.store import StoreSpec, StoreWriter, open_store
-from reprflow.transfer import PendingHost, copy_to_host
+from reprflow.models.layouts import Layout, get_layout, view_indices
+from reprflow.sinks import CapturedStates, RunInfo, Sink, ZarrStoreSink, feed
+from reprflow.store import StoreSpec, open_store
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ExtractionSummary", "extract_activations", "plan_window_batches", "token_prompt_ids"]
-
-_QUEUE_ITEMS = 4  # windows or single token prompts; bounds the host memory in flight
+__all__ = [
+    "ExtractionSummary",
+    "capture_batches",
+    "extract_activations",
+    "plan_window_batches",
+    "run_info",
+    "token_prompt_ids",
+]
 
 
 @dataclass(frozen=True)
@@ -92,7 +97,7 @@ class ExtractionSummary:
     store_dtype : str
         On-disk dtype of ``last`` and ``tokens`` (the store attr ``store_dtype``).
     already_complete : bool
-        True when the complete store already existed and nothing was done.
+        True when the complete store already existed and nothing was written.
     """
 
     path: Path
@@ -175,8 +180,9 @@ def _check_prompts(
         if n > max_context:
             raise ReprflowError(
                 f"{prompt_file}: prompt {prompts[longest].get('id', longest)!r} has {n} tokens, beyond the "
-                f"model's context limit of {max_context}; skip this length for this model (the workflow "
-                f"skips it when the model's config entry sets `max_context: {max_context}`)"
+                f"model's context limit of {max_context} tokens. Set `max_context: {max_context}` on this "
+                "model's entry under `models:` in the config: the workflow then skips the lengths above it "
+                f"for this model and caps the prompt sets it reads at {max_context} tokens"
             )
 
 
@@ -208,144 +214,133 @@ def _content_sha256(ids: Mapping[int, Sequence[int]]) -> str:
     return digest.hexdigest()
 
 
-def _console(message: str) -> None:
-    """Tell the user now: stderr (the console of a Snakemake job) and the log."""
-    logger.info("%s", message)
-    print(f"reprflow: {message}", file=sys.stderr, flush=True)
+def run_info(model: torch.nn.Module, n_prompts: int, layout: Layout | None = None) -> RunInfo:
+    """State names, layer views and width of ``model``, for the sinks (:class:`reprflow.sinks.RunInfo`)."""
+    layout = get_layout(model) if layout is None else layout
+    n_blocks = len(layout.block_list(model))
+    return RunInfo(
+        state_names=tuple(state_names(n_blocks)),
+        views=view_indices(layout, n_blocks),
+        hidden=int(model.get_input_embeddings().embedding_dim),
+        n_prompts=n_prompts,
+    )
 
 
-def _announce_resume(writer: StoreWriter, pending: Sequence[int]) -> None:
-    """Say on the console that a partial store is resumed (or was restarted), and how far it is."""
-    spec = writer.spec
-    if writer.restart_reason is not None:
-        _console(f"{writer.partial}: a partial store from another run ({writer.restart_reason}) was deleted; "
-                 "starting over")
-    todo = set(pending)
-    done = [w for w in range(spec.n_windows) if w not in todo]
-    if done:
-        written = sum(b - a for a, b in map(spec.window_range, done))
-        _console(f"resuming {writer.partial}: {written:,} of {spec.n_samples:,} prompts already written "
-                 f"({len(done)} of {spec.n_windows} windows); extracting the remaining {spec.n_samples - written:,}")
+def capture_batches(
+    model: torch.nn.Module,
+    ids: Mapping[int, Sequence[int]],
+    windows: Sequence[tuple[int | None, Sequence[int]]],
+    *,
+    batch_size: int,
+    pad_id: int,
+    device: torch.device,
+    token_prompts: frozenset[int] = frozenset(),
+    layout: Layout | None = None,
+    progress: tqdm | None = None,
+    verify_hf: bool = True,
+) -> Iterator[CapturedStates]:
+    """The generator of captured batches: tokens -> padded batch -> hooked forward -> states on the device.
 
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A causal LM already on ``device``, in eval mode.
+    ids : mapping of int to sequence of int
+        Token ids of every prompt index that appears in ``windows``.
+    windows : sequence of (window or None, prompt indices)
+        Groups of prompts, computed in order; each is length-bucketed into batches of
+        ``batch_size`` (:func:`plan_window_batches`). The window label travels with its
+        batches (None: not a store window).
+    pad_id : int
+        Right-padding token id (its value never matters: padded positions are never read).
+    token_prompts : frozenset of int
+        Prompts whose full token states are captured (``CapturedStates.tokens``).
+    progress : tqdm, optional
+        Advanced by the real tokens of every batch.
+    verify_hf : bool
+        Before the first batch, check that the captured hf view reproduces
+        ``output_hidden_states`` on its first two rows
+        (:func:`reprflow.models.hf_view.verify_hf_view`): bitwise on the CPU, within
+        ``4e-3 * max|x|`` on CUDA (bf16 kernels may not be bitwise reproducible). A mismatch
+        stops the run with an error naming the model type and the state.
 
-class _WindowSink:
-    """Hands finished windows to the store writer, in a background thread if ``overlap``."""
-
-    def __init__(self, writer: StoreWriter, *, overlap: bool) -> None:
-        self.writer = writer
-        self.error: BaseException | None = None
-        self.thread: threading.Thread | None = None
-        if overlap:
-            self.queue: queue.Queue = queue.Queue(maxsize=_QUEUE_ITEMS)
-            self.abort = threading.Event()
-            self.thread = threading.Thread(target=self._run, name="reprflow-store-writer", daemon=True)
-            self.thread.start()
-
-    def _run(self) -> None:
-        while True:
-            try:
-                item = self.queue.get(timeout=0.1)
-            except queue.Empty:
-                if self.abort.is_set():
-                    return
-                continue
-            if item is None or self.abort.is_set():
-                return
-            try:
-                self._write(item)
-            except BaseException as exc:  # re-raised in the caller's thread by put()/close()
-                self.error = exc
-                return
-
-    def _raise_if_failed(self) -> None:
-        if self.error is not None:
-            raise self.error
-
-    def _write(self, item: tuple) -> None:
-        kind, key, payload = item
-        if kind == "tokens":  # payload: PendingTokenStates
-            states, peak = payload.result()
-            self.writer.write_tokens(key, states, peak=peak)
-        else:  # payload: callable that waits for the window's last-token copies
-            self.writer.write_window(key, payload())
-
-    def put_tokens(self, pid: int, pending: "PendingTokenStates") -> None:
-        """Queue one token prompt's states (written at once, not held until its window ends)."""
-        self._put(("tokens", pid, pending))
-
-    def put(self, w: int, materialize: Callable[[], np.ndarray]) -> None:
-        """Queue window ``w``; ``materialize()`` waits for its host copies and returns ``last``."""
-        self._put(("window", w, materialize))
-
-    def _put(self, item: tuple) -> None:
-        if self.thread is None:
-            self._write(item)
-            return
-        while True:
-            self._raise_if_failed()
-            try:
-                self.queue.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    def close(self) -> None:
-        """Wait for every queued window to be written; re-raise a writer error."""
-        if self.thread is None:
-            return
-        while self.thread.is_alive():
-            try:
-                self.queue.put(None, timeout=0.1)
-                break
-            except queue.Full:
-                continue
-        self.thread.join()
-        self._raise_if_failed()
-
-    def cancel(self) -> None:
-        """Stop the writer thread without writing queued windows (their markers stay unset)."""
-        if self.thread is not None:
-            self.abort.set()
-            self.thread.join()
-
-
-@dataclass(frozen=True)
-class PendingTokenStates:
-    """One prompt's token states [n_states, n_tokens, hidden] on their way to the host.
-
-    They are converted to the store's dtype on the device (for float16, bf16 -> fp16 is
-    exact for |x| in [2**-14, 65504) and float32 -> fp16 rounds to nearest even, as numpy's
-    cast would; for float32 every conversion is exact) and travel with their peak |x|
-    computed on the device before conversion, so the writer needs no host-side scan.
-    Nothing waits for the GPU until :meth:`result`, which the store writer's thread calls.
+    Yields
+    ------
+    CapturedStates
+        One per forward pass, states on ``device``; ``closes_window`` on the last batch of
+        each window.
     """
+    layout = get_layout(model) if layout is None else layout
+    for w, members in windows:
+        members = list(members)
+        batches = plan_window_batches(np.array([len(ids[i]) for i in members]), batch_size=batch_size)
+        for b, batch in enumerate(batches):
+            rows = tuple(members[int(j)] for j in batch)
+            input_ids, mask = _pad_right([ids[i] for i in rows], pad_id)
+            last_token_index(mask)  # checked here, on the host: no device sync per batch
+            token_rows = [r for r, i in enumerate(rows) if i in token_prompts]
+            if verify_hf:  # once per run, on the first batch
+                verify_hf_view(model, _to_device(input_ids, device), _to_device(mask, device), layout=layout,
+                               rtol=4e-3 if device.type == "cuda" else 0.0)
+                verify_hf = False
+            captured = forward_states(
+                model, _to_device(input_ids, device), _to_device(mask, device), layout=layout,
+                token_rows=token_rows or None, check_padding=False,
+            )
+            if progress is not None:
+                progress.update(int(mask.sum()))
+            yield CapturedStates(
+                rows=rows, lengths=tuple(len(ids[i]) for i in rows), window=w,
+                closes_window=b == len(batches) - 1, states=captured,
+                token_prompts=tuple(rows[r] for r in token_rows),
+            )
 
-    states: PendingHost
-    peak: PendingHost  # 0-d float32 max |x| of the unconverted states
 
-    def result(self) -> tuple[np.ndarray, float]:
-        """The states as a numpy array (float16 for a float16 store, else float32) and their peak |x|.
-
-        The peak is the device-side max |x| before conversion (NaN if any NaN), for
-        :meth:`reprflow.store.StoreWriter.write_tokens`, which refuses non-finite values
-        and float16 overflow.
-        """
-        return self.states.wait().numpy(), float(self.peak.wait())
-
-
-def start_token_states_copy(states: torch.Tensor, *, disk_dtype: str) -> PendingTokenStates:
-    """Start the host copy of one prompt's token states for a store of ``disk_dtype`` (float16/float32)."""
-    peak = copy_to_host(states.abs().amax().float())
-    dtype = torch.float16 if disk_dtype == "float16" else torch.float32
-    return PendingTokenStates(states=copy_to_host(states.to(dtype)), peak=peak)
-
-
-def _materialize_last(shape: tuple[int, int, int], parts: Sequence[tuple[np.ndarray, PendingHost]]) -> np.ndarray:
-    """Wait for a window's last-token copies; return ``last`` [n_states, n_window, hidden] float32."""
-    last = np.empty(shape, dtype=np.float32)
-    for positions, pending in parts:
-        last[:, positions, :] = pending.wait().numpy()
-    return last
+def _store_sink(
+    out_path: str | os.PathLike, prompts: Sequence[Mapping[str, Any]], ids: Mapping[int, Sequence[int]],
+    info: RunInfo, attrs: Mapping[str, Any], *, sample_range: tuple[int, int], token_ids_global: Sequence[int],
+    batch_size: int, window_batches: int, store_dtype: str, compress: bool, compute_dtype: torch.dtype,
+    device: torch.device, overlap: bool,
+) -> ZarrStoreSink:
+    """The store sink of one extraction: its spec, attrs, labels, lengths and input digest."""
+    start, stop = sample_range
+    token_ids = tuple(i for i in token_ids_global if start <= i < stop)
+    spec = StoreSpec(
+        n_states=len(info.state_names),
+        hidden=info.hidden,
+        n_samples_total=len(prompts),
+        sample_start=start,
+        sample_stop=stop,
+        batch_size=batch_size,
+        window_batches=window_batches,
+        token_prompt_ids=token_ids,
+        max_len=max((len(ids[i]) for i in token_ids_global), default=0),  # same for every shard
+        store_dtype=store_dtype,
+        compress=compress,
+    )
+    dtype_name = str(compute_dtype).removeprefix("torch.")
+    if attrs.get("dtype", dtype_name) != dtype_name:
+        raise ReprflowError(
+            f"{out_path}: attrs['dtype'] is {attrs['dtype']!r} but compute_dtype is {dtype_name!r}; "
+            "attrs['dtype'] records the compute dtype -- pass the same value or leave it out"
+        )
+    store_attrs = {
+        **attrs,
+        "dtype": dtype_name,
+        "compute_device": device.type,
+        "state_names": list(info.state_names),
+        "views": info.views,
+    }
+    return ZarrStoreSink(
+        out_path,
+        spec,
+        attrs=store_attrs,
+        labels=np.array([int(prompts[i]["label"]) for i in range(start, stop)], dtype=np.int64),
+        n_tokens=np.array([len(ids[i]) for i in range(start, stop)], dtype=np.int64),
+        lengths=np.array([len(ids[i]) for i in token_ids], dtype=np.int64),
+        content_sha256=_content_sha256({i: ids[i] for i in (*range(start, stop), *token_ids)}),
+        overlap=overlap,
+    )
 
 
 def extract_activations(
@@ -366,6 +361,7 @@ def extract_activations(
     window_batches: int = 8,
     compress: bool = False,
     overlap: bool = True,
+    sinks: Sequence[Sink] = (),
 ) -> ExtractionSummary:
     """Run ``prompts`` through ``model`` and write the captured states to a store.
 
@@ -387,8 +383,7 @@ def extract_activations(
         Prompts per forward pass.
     n_token_prompts : int
         Full token states are stored for ``n_token_prompts`` evenly spaced prompts of the
-        file (:func:`token_prompt_ids`)
-        (capped at the number of prompts).
+        file (:func:`token_prompt_ids`) (capped at the number of prompts).
     attrs : mapping
         Group attrs from the caller: ``model``, ``model_id``, ``revision``, ``family``,
         ``init``, ``task``, ``length``, ``tokenizer``, ``prompt_file``, ``prompt_sha256``
@@ -398,7 +393,7 @@ def extract_activations(
     store_dtype : {"auto", "float16", "float32"}
         On-disk dtype; see :mod:`reprflow.store` (float16 is overflow-checked).
     device : str or torch.device
-        Where the forward passes run.
+        Where the forward passes run (``"auto"``: :func:`reprflow.devices.resolve_device`).
     compute_dtype : torch.dtype
         dtype of the forward passes (bf16 on GPU, float32 on CPU).
     progress : bool
@@ -414,6 +409,12 @@ def extract_activations(
         only 6-9% on activations, see :mod:`reprflow.store`).
     overlap : bool
         Write windows in a background thread while the next ones are computed.
+    sinks : sequence of Sink
+        More consumers of the same forward passes, e.g. a
+        :class:`reprflow.sinks.TokenMetricsSink` (prompt indices are prompt-file
+        indices). Prompts they need that the store does not compute in this call
+        (windows a previous run wrote, or the whole set if the store is complete) are
+        forwarded for them alone. Closed (not written) here; the caller writes their results.
 
     Returns
     -------
@@ -441,117 +442,73 @@ def extract_activations(
     n_total = len(prompts)
     start, stop = sample_range if sample_range is not None else (0, n_total)
     token_ids_global = token_prompt_ids(n_total, n_token_prompts)
-    token_ids = tuple(i for i in token_ids_global if start <= i < stop)
-
-    needed = sorted(set(range(start, stop)) | set(token_ids_global))
+    extra = sorted({i for s in sinks for i in s.token_prompts})  # prompts other sinks need
+    if extra and not 0 <= extra[0] <= extra[-1] < n_total:
+        raise ReprflowError(f"{prompt_file}: a sink asks for prompts {extra[:3]}...{extra[-1]}, but the file has "
+                            f"{n_total} prompts (indices 0..{n_total - 1})")
+    needed = sorted(set(range(start, stop)) | set(token_ids_global) | set(extra))
     ids = _tokenize(tokenizer, prompts, needed, prompt_file=prompt_file)
     if tokenizer.pad_token_id is None:
         raise ReprflowError("tokenizer has no pad token; load it with reprflow.prompts.load_tokenizer")
 
     layout = get_layout(model)
-    n_blocks = len(layout.block_list(model))
-    names = list(state_names(n_blocks))
-    hidden = int(model.get_input_embeddings().embedding_dim)
-    device = torch.device(device)
-    spec = StoreSpec(
-        n_states=len(names),
-        hidden=hidden,
-        n_samples_total=n_total,
-        sample_start=start,
-        sample_stop=stop,
-        batch_size=batch_size,
-        window_batches=window_batches,
-        token_prompt_ids=token_ids,
-        max_len=max((len(ids[i]) for i in token_ids_global), default=0),
-        store_dtype=store_dtype,
-        compress=compress,
+    info = run_info(model, n_total, layout)
+    device = resolve_device(device)
+    store = _store_sink(
+        out_path, prompts, ids, info, attrs, sample_range=(start, stop), token_ids_global=token_ids_global,
+        batch_size=batch_size, window_batches=window_batches, store_dtype=store_dtype, compress=compress,
+        compute_dtype=compute_dtype, device=device, overlap=overlap,
     )
-    dtype_name = str(compute_dtype).removeprefix("torch.")
-    if attrs.get("dtype", dtype_name) != dtype_name:
-        raise ReprflowError(
-            f"{out_path}: attrs['dtype'] is {attrs['dtype']!r} but compute_dtype is {dtype_name!r}; "
-            "attrs['dtype'] records the compute dtype -- pass the same value or leave it out"
-        )
-    store_attrs = {
-        **attrs,
-        "dtype": dtype_name,
-        "compute_device": device.type,
-        "state_names": names,
-        "views": view_indices(layout, n_blocks),
-    }
-    writer = StoreWriter(
-        out_path,
-        spec,
-        attrs=store_attrs,
-        labels=np.array([int(prompts[i]["label"]) for i in range(start, stop)], dtype=np.int64),
-        n_tokens=np.array([len(ids[i]) for i in range(start, stop)], dtype=np.int64),
-        lengths=np.array([len(ids[i]) for i in token_ids], dtype=np.int64),
-        content_sha256=_content_sha256({i: ids[i] for i in (*range(start, stop), *token_ids)}),
-    )
-    done_attrs = dict(path=Path(out_path), n_samples=spec.n_samples, n_token_prompts=len(token_ids))
-    if writer.open():
+    spec = store.spec
+    done_attrs = dict(path=Path(out_path), n_samples=spec.n_samples, n_token_prompts=len(spec.token_prompt_ids))
+    complete = store.open()
+    pending = [] if complete else store.pending_windows
+    windows: list[tuple[int | None, Sequence[int]]] = [(w, range(*spec.window_range(w))) for w in pending]
+    computed = {i for _, members in windows for i in members}
+    rest = [i for i in extra if i not in computed]  # forwarded for the other sinks only
+    windows += [(None, rest[i : i + spec.window]) for i in range(0, len(rest), spec.window)]
+    if complete and not windows:
         return ExtractionSummary(
             **done_attrs, windows_written=0, windows_resumed=spec.n_windows, tokens=0, padded_tokens=0,
             seconds=0.0, tokens_per_s=0.0, store_dtype=str(open_store(out_path).attrs["store_dtype"]),
             already_complete=True,
         )
-    pending = writer.pending_windows()
-    _announce_resume(writer, pending)
     model.to(device=device, dtype=compute_dtype)
     model.eval()
     fastpath = prepare_model(model)  # kernels chosen for this device; recorded in attrs and the log
     logger.info("fast path for %s: %s", Path(out_path).name, fastpath)
 
-    bar = tqdm(
-        total=sum(len(ids[i]) for w in pending for i in range(*spec.window_range(w))),
-        unit="tok", unit_scale=True, disable=not progress, desc=Path(out_path).name, dynamic_ncols=True,
-    )
-    real = padded = 0
-    disk_dtype = writer.decided_dtype()  # None until the first batch of a fresh store
-    sink = _WindowSink(writer, overlap=overlap)
+    all_sinks = list(sinks) if complete else [store, *sinks]
+    for sink in all_sinks:
+        sink.start(info)
+    real = sum(len(ids[i]) for _, members in windows for i in members)
+    bar = tqdm(total=real, unit="tok", unit_scale=True, disable=not progress, desc=Path(out_path).name,
+               dynamic_ncols=True)
+    padded = [0]
+
+    def count_padding(batches: Iterator[CapturedStates]) -> Iterator[CapturedStates]:
+        for batch in batches:
+            padded[0] += len(batch.rows) * max(batch.lengths)
+            yield batch
+
     t0 = time.perf_counter()
     try:
-        for w in pending:
-            w_start, w_stop = spec.window_range(w)
-            last_parts: list[tuple[np.ndarray, PendingHost]] = []
-            for batch in plan_window_batches(np.array([len(ids[i]) for i in range(w_start, w_stop)]),
-                                             batch_size=batch_size):
-                rows = [w_start + int(j) for j in batch]  # prompt-file indices
-                input_ids, mask = _pad_right([ids[i] for i in rows], tokenizer.pad_token_id)
-                last_token_index(mask)  # checked here, on the host: no device sync per batch
-                token_rows = [r for r, i in enumerate(rows) if i in token_ids]
-                captured = forward_states(
-                    model, _to_device(input_ids, device), _to_device(mask, device), layout=layout,
-                    token_rows=token_rows or None, check_padding=False,
-                )
-                if disk_dtype is None:  # fresh store: fix its dtype from the first batch (one device sync)
-                    peak = captured.last.abs().amax()
-                    if captured.tokens is not None:
-                        peak = torch.maximum(peak, captured.tokens.abs().amax())
-                    disk_dtype = writer.decide_dtype(float(peak), w)
-                # float32 on the device: the host-side bf16 conversion is the slower path
-                last_parts.append((batch, copy_to_host(captured.last.float())))  # [n_states, batch, hidden]
-                for slot, r in enumerate(token_rows):
-                    i = rows[r]  # [n_states, n_tokens, hidden], unpadded
-                    sink.put_tokens(i, start_token_states_copy(captured.tokens[:, slot, : len(ids[i])],
-                                                               disk_dtype=disk_dtype))
-                real += int(mask.sum())
-                padded += mask.numel()
-                bar.update(int(mask.sum()))
-            sink.put(w, functools.partial(_materialize_last, (spec.n_states, w_stop - w_start, hidden), last_parts))
-        sink.close()
-    except BaseException:
-        sink.cancel()
-        raise
+        batches = capture_batches(
+            model, ids, windows, batch_size=batch_size, pad_id=tokenizer.pad_token_id, device=device,
+            token_prompts=frozenset().union(*(s.token_prompts for s in all_sinks)), layout=layout, progress=bar,
+        )
+        feed(count_padding(batches), all_sinks)
     finally:
         bar.close()
     seconds = time.perf_counter() - t0
+    padded = padded[0]
     rate = real / seconds if seconds > 0 else 0.0
-    writer.finalize({
-        "timing": {"tokens": real, "padded_tokens": padded, "seconds": seconds, "tokens_per_s": rate},
-        "fastpath": fastpath,
-    })
     resumed = spec.n_windows - len(pending)
+    if not complete:
+        store.finalize({
+            "timing": {"tokens": real, "padded_tokens": padded, "seconds": seconds, "tokens_per_s": rate},
+            "fastpath": fastpath,
+        })
     logger.info(
         "%s: %d prompts, %d tokens in %.2f s = %.0f tok/s (padding %.1f%%%s)",
         out_path, spec.n_samples, real, seconds, rate, 100.0 * (padded - real) / max(padded, 1),
@@ -560,5 +517,5 @@ def extract_activations(
     return ExtractionSummary(
         **done_attrs, windows_written=len(pending), windows_resumed=resumed, tokens=real,
         padded_tokens=padded, seconds=seconds, tokens_per_s=rate,
-        store_dtype=str(open_store(out_path).attrs["store_dtype"]), already_complete=False,
+        store_dtype=str(open_store(out_path).attrs["store_dtype"]), already_complete=complete,
     )

@@ -12,16 +12,19 @@ gpt_neo       eager attention -> ``scaled_dot_product_attention`` (flash for glo
               layers, band-masked for local ones; no 1/sqrt(d) scaling, as GPT-Neo);
               ``gelu_new`` -> the same tanh GELU as one torch kernel
 gpt_neox      transformers' own ``sdpa`` attention (set if the model was loaded eager)
-mamba         HF mixer -> time-major forward with a Triton causal conv and the Triton
-              selective scan (or ``mamba_ssm``'s compiled ``selective_scan_fn``);
-              RMSNorms -> one Triton pass each (same rounding order)
-mamba2        HF mixer -> time-major forward with ``mamba_ssm``'s Triton SSD scan and
-              gated RMSNorm, when ``mamba_ssm`` is installed; RMSNorms as Mamba
+mamba         HF mixer -> time-major forward whose causal conv and selective scan are
+              :mod:`reprflow.kernels.ops` ops: each picks the fastest correct candidate
+              (reprflow Triton, compiled mamba_ssm / causal_conv1d, torch) at first
+              use per shape class; RMSNorms -> one Triton pass each (same rounding order)
+mamba2        HF mixer -> time-major forward with the conv op, the SSD op (mamba_ssm's
+              Triton SSD scan) and mamba_ssm's gated RMSNorm, when ``mamba_ssm`` is
+              installed; RMSNorms as Mamba
 ============  ==========================================================================
 
 All families also get ``config.use_cache = False`` (extraction never decodes; the cache
 path of the patched mixers falls back to HF's code). Anything else, or a CPU model for
-the Mamba kernels, is left as transformers built it, and the dict says so.
+the Mamba kernels, is left as transformers built it, and the dict says so. How kernels
+are chosen, and how to force one (``REPRFLOW_KERNEL_<OP>``), is in docs/kernels.md.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import torch
 from torch import nn
 
 from reprflow.errors import ConfigError
+from reprflow.kernels.select import env_var, forced_name
 
 logger = logging.getLogger(__name__)
 
@@ -46,12 +50,28 @@ def _model_dtype_device(model: nn.Module) -> tuple[torch.dtype, torch.device]:
     return p.dtype, p.device
 
 
-def _prepare_gpt_neo(model: nn.Module, report: dict[str, Any]) -> None:
+_ATTENTION_WHY = ("preference: SDPA (flash / memory-efficient kernels) over eager, measured by "
+                  "benchmarks/kernels.py (rows 'hf naive' vs 'hf best')")
+
+
+def _attention_choice(forced: dict[str, str]) -> str:
+    want = forced_name("attention", forced.get("attention")) or "sdpa"
+    if want not in ("sdpa", "eager"):
+        raise ConfigError(f"{env_var('attention')} (or execution.kernels.attention) = {want!r}: "
+                          "choose 'sdpa', 'eager' or 'auto'")
+    return want
+
+
+def _prepare_gpt_neo(model: nn.Module, report: dict[str, Any], forced: dict[str, str]) -> None:
     from reprflow.kernels.gpt_neo_attention import install_sdpa_attention
 
     impl = getattr(model.config, "_attn_implementation", None) or "eager"
     n = 0
-    if impl == "eager":
+    want = _attention_choice(forced)
+    report["why"] = "forced" if forced_name("attention", forced.get("attention")) else _ATTENTION_WHY
+    if want == "eager":
+        report["attention"] = impl
+    elif impl == "eager":
         n = install_sdpa_attention(model)
         report["attention"] = "sdpa (reprflow: flash global, masked local)" if n or _already(model) else impl
     else:
@@ -80,41 +100,44 @@ def _already(model: nn.Module) -> bool:
     return any(getattr(m, "_reprflow_fastpath", False) for m in model.modules())
 
 
-def _prepare_gpt_neox(model: nn.Module, report: dict[str, Any]) -> None:
+def _prepare_gpt_neox(model: nn.Module, report: dict[str, Any], forced: dict[str, str]) -> None:
     impl = getattr(model.config, "_attn_implementation", None) or "eager"
-    if impl == "eager" and hasattr(model, "set_attn_implementation"):
+    want = _attention_choice(forced)
+    report["why"] = "forced" if forced_name("attention", forced.get("attention")) else _ATTENTION_WHY
+    if want == "eager" and impl != "eager" and hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation("eager")
+        impl = model.config._attn_implementation
+    if want == "sdpa" and impl == "eager" and hasattr(model, "set_attn_implementation"):
         model.set_attn_implementation("sdpa")
         impl = model.config._attn_implementation
     report["attention"] = impl
 
 
-def _prepare_mamba(model: nn.Module, report: dict[str, Any], *, device: torch.device, scan: str) -> None:
-    from reprflow.kernels import triton_available
+def _prepare_mamba(model: nn.Module, report: dict[str, Any], *, device: torch.device, forced: dict[str, str]) -> None:
     from reprflow.kernels.mamba_mixers import install_mamba_forward
-    from reprflow.kernels.optional import compiled_selective_scan
+    from reprflow.kernels.ops import causal_conv_op, mamba_scan_op
 
     on_gpu = device.type == "cuda"
-    if scan == "hf":
-        report.update(scan="hf (transformers)", conv="hf (transformers)")
+    want = forced_name("mamba_scan", forced.get("mamba_scan"))
+    if want == "hf" or (want is None and not on_gpu and forced_name("causal_conv", forced.get("causal_conv")) is None):
+        # CPU auto: transformers' own torch path is the same arithmetic as reprflow's torch one
+        why = "forced" if want == "hf" else "cpu: transformers' own torch path (same arithmetic)"
+        report.update(scan="hf (transformers)", conv="hf (transformers)", why=why)
         return
-    compiled = compiled_selective_scan() if on_gpu and scan == "auto" else None
-    if compiled is not None:
-        scan_impl, scan_name = "auto", "mamba_ssm selective_scan_cuda (compiled)"
-    elif scan == "torch" or (scan == "auto" and not (on_gpu and triton_available())):
-        if scan == "auto":  # CPU: HF's own path is as good as a torch loop; leave it
-            report.update(scan="hf (transformers)", conv="hf (transformers)")
-            return
-        scan_impl, scan_name = "torch", "reprflow torch reference (python loop over tokens)"
-    else:
-        scan_impl, scan_name = "triton", "reprflow triton selective_scan"
-    conv_impl = "triton" if on_gpu and triton_available() else "torch"
-    n = install_mamba_forward(model, scan_impl=scan_impl, conv_impl=conv_impl, compiled_scan=compiled)
+    chosen = report.setdefault("kernels", {})  # filled at first use, per shape class
+    scan = mamba_scan_op(device, report=chosen, forced=forced.get("mamba_scan"))
+    conv = causal_conv_op(device, report=chosen, forced=forced.get("causal_conv"))
+    n = install_mamba_forward(model, scan_impl=scan, conv_impl=conv)
     n += _fuse_rms_norm(model, report, on_gpu=on_gpu)
-    report.update(
-        scan=scan_name,
-        conv="reprflow triton causal_conv1d" if conv_impl == "triton" else "torch F.conv1d",
-        patched_modules=n,
-    )
+    report.update(scan=_offer(scan), conv=_offer(conv), why="per op and shape class: see 'kernels'",
+                  patched_modules=n)
+
+
+def _offer(op) -> str:
+    """What the report says before the first call: the candidates the op will choose among."""
+    want = forced_name(op.name, op.forced)
+    names = [c.name for c in op.candidates]
+    return f"{want} (forced)" if want else f"chosen at first use among {names} (see 'kernels')"
 
 
 def _fuse_rms_norm(model: nn.Module, report: dict[str, Any], *, on_gpu: bool) -> int:
@@ -128,33 +151,53 @@ def _fuse_rms_norm(model: nn.Module, report: dict[str, Any], *, on_gpu: bool) ->
     return n
 
 
-def _prepare_mamba2(model: nn.Module, report: dict[str, Any], *, device: torch.device, scan: str) -> None:
-    from reprflow.kernels import triton_available
+def _prepare_mamba2(model: nn.Module, report: dict[str, Any], *, device: torch.device, forced: dict[str, str]) -> None:
     from reprflow.kernels.mamba_mixers import install_mamba2_forward
+    from reprflow.kernels.ops import causal_conv_op, mamba2_ssd_op
     from reprflow.kernels.optional import load_mamba_ssm_triton
 
-    kernels = load_mamba_ssm_triton() if device.type == "cuda" and scan in ("auto", "triton") else None
+    want = forced_name("mamba2_ssd", forced.get("mamba2_ssd"))
+    kernels = load_mamba_ssm_triton() if device.type == "cuda" and want != "hf" else None
     if kernels is None:
-        if device.type == "cuda" and scan != "hf":
+        if device.type == "cuda" and want != "hf":
             logger.warning(
                 "Mamba-2 on GPU without mamba_ssm: transformers' torch SSD path is slow and needs "
                 "~20 GB per (batch x 1K tokens); install mamba-ssm as envs/gpu.yaml describes"
             )
-        report.update(scan="hf (transformers)", conv="hf (transformers)")
+        report.update(scan="hf (transformers)", conv="hf (transformers)",
+                      why="forced" if want == "hf" else f"no mamba_ssm Triton kernels on {device.type}")
         return
-    conv_impl = "triton" if triton_available() else "torch"
-    n = install_mamba2_forward(model, kernels=kernels, conv_impl=conv_impl)
+    chosen = report.setdefault("kernels", {})
+    ssd = mamba2_ssd_op(device, kernels, report=chosen, forced=forced.get("mamba2_ssd"))
+    conv = causal_conv_op(device, report=chosen, forced=forced.get("causal_conv"))
+    n = install_mamba2_forward(model, kernels=kernels, conv_impl=conv, ssd=ssd)
     n += _fuse_rms_norm(model, report, on_gpu=True)
     report.update(
-        scan=f"mamba_ssm {kernels.version} triton mamba_chunk_scan_combined",
+        scan=_offer(ssd),
         gated_norm="mamba_ssm triton rmsnorm_fn (norm_before_gate=False)",
-        conv="reprflow triton causal_conv1d" if conv_impl == "triton" else "torch F.conv1d",
+        conv=_offer(conv),
         mamba_ssm_bare_import=kernels.bare_package,
+        why="per op and shape class: see 'kernels'",
         patched_modules=n,
     )
 
 
-def prepare_model(model: nn.Module, *, scan: str = "auto") -> dict[str, Any]:
+def _forced_kernels(kernels: dict[str, str] | None, scan: str) -> dict[str, str]:
+    """Merge ``prepare_model``'s ``kernels`` and legacy ``scan`` arguments; validate op names."""
+    from reprflow.kernels.ops import OP_NAMES
+
+    forced = dict(kernels or {})
+    ops = (*OP_NAMES, "attention")
+    for op in forced:
+        if op not in ops:
+            raise ConfigError(f"execution.kernels.{op}: unknown op; known ops are {list(ops)}")
+    if scan != "auto":
+        forced.setdefault("mamba_scan", scan)
+        forced.setdefault("mamba2_ssd", "hf" if scan == "hf" else "auto")
+    return forced
+
+
+def prepare_model(model: nn.Module, *, scan: str = "auto", kernels: dict[str, str] | None = None) -> dict[str, Any]:
     """Switch ``model`` to its fast forward path in place and report what was chosen.
 
     Parameters
@@ -162,24 +205,33 @@ def prepare_model(model: nn.Module, *, scan: str = "auto") -> dict[str, Any]:
     model : PreTrainedModel
         A transformers causal LM (or base model), already on its device and dtype.
     scan : {"auto", "triton", "torch", "hf"}
-        Mamba/Mamba-2 scan choice. ``"auto"``: the fastest available (compiled
-        ``mamba_ssm`` > reprflow Triton for Mamba-1; ``mamba_ssm`` Triton for Mamba-2) on
-        CUDA, transformers' own path on CPU. ``"torch"`` forces reprflow's torch reference
-        scan for Mamba-1 (tests); ``"hf"`` leaves the mixers untouched.
+        Shorthand for ``kernels={"mamba_scan": scan}``; ``"hf"`` leaves the Mamba and
+        Mamba-2 mixers as transformers built them.
+    kernels : dict, optional
+        ``{op: name | "auto"}`` forcing the kernel of an op (``mamba_scan``,
+        ``causal_conv``, ``mamba2_ssd``, ``attention``; names in docs/kernels.md).
+        Unset ops read ``REPRFLOW_KERNEL_<OP>`` from the environment, else choose
+        themselves (:mod:`reprflow.kernels.select`): on CUDA the fastest candidate that
+        matches the float64 reference, measured at first use per shape class; on CPU
+        the torch path, without measuring (transformers' own path for Mamba/Mamba-2,
+        the same arithmetic, unless a kernel is forced).
 
     Returns
     -------
     dict
         JSON-serialisable: ``family`` (``config.model_type``), ``attention``, ``scan``,
-        ``conv``, ``compute_dtype``, ``device``, ``use_cache`` and, where modules were
-        switched, ``patched_modules``; GPT-Neo adds ``mlp_activation``; Mamba/Mamba-2 on
-        CUDA add ``norm``; Mamba-2 adds ``gated_norm`` and ``mamba_ssm_bare_import``.
+        ``conv``, ``why``, ``compute_dtype``, ``device``, ``use_cache`` and, where modules
+        were switched, ``patched_modules``; GPT-Neo adds ``mlp_activation``; Mamba/Mamba-2
+        on CUDA add ``norm``; Mamba-2 adds ``gated_norm`` and ``mamba_ssm_bare_import``.
+        Patched Mamba/Mamba-2 models add ``kernels``, a dict the ops fill at their first
+        call: ``kernels[op]["<dtype> <shape class>"] = {kernel, origin, reason,
+        check_rel_err, ms}``; the caller records the dict after the run (store attrs).
 
     Raises
     ------
     ConfigError
         A GPT-Neo or GPT-NeoX model in float16 (both overflow in float16; use bfloat16
-        or float32), or an unknown ``scan``.
+        or float32), an unknown ``scan``, op or kernel name.
 
     Notes
     -----
@@ -189,13 +241,14 @@ def prepare_model(model: nn.Module, *, scan: str = "auto") -> dict[str, Any]:
     """
     if scan not in _SCAN_CHOICES:
         raise ConfigError(f"prepare_model: scan must be one of {_SCAN_CHOICES}, got {scan!r}")
+    forced = _forced_kernels(kernels, scan)
     config = model.config
     family = str(getattr(config, "model_type", "unknown"))
     dtype, device = _model_dtype_device(model)
     if family in ("gpt_neo", "gpt_neox") and dtype == torch.float16:
         raise ConfigError(
-            f"model_type '{family}' in float16: its activations overflow float16 on long inputs "
-            f"(ARCHITECTURE.md §4); load it in bfloat16 (GPU) or float32"
+            f"model_type '{family}' in float16: its activations overflow float16 on long inputs; "
+            f"load it in bfloat16 (GPU) or float32"
         )
     report: dict[str, Any] = {
         "family": family,
@@ -208,14 +261,14 @@ def prepare_model(model: nn.Module, *, scan: str = "auto") -> dict[str, Any]:
     config.use_cache = False
     report["use_cache"] = False
     if family == "gpt_neo":
-        _prepare_gpt_neo(model, report)
+        _prepare_gpt_neo(model, report, forced)
     elif family == "gpt_neox":
-        _prepare_gpt_neox(model, report)
+        _prepare_gpt_neox(model, report, forced)
     elif family == "mamba":
         report["attention"] = "none"
-        _prepare_mamba(model, report, device=device, scan=scan)
+        _prepare_mamba(model, report, device=device, forced=forced)
     elif family == "mamba2":
         report["attention"] = "none"
-        _prepare_mamba2(model, report, device=device, scan=scan)
+        _prepare_mamba2(model, report, device=device, forced=forced)
     logger.info("fast path for %s: %s", family, report)
     return report

@@ -21,7 +21,7 @@ float32 within seed noise), ``"float32"`` keeps exact IEEE float32 products. On 
 products are always IEEE float32. Moments are accumulated in float64 in either case.
 
 ``fit_layer_probes`` is the only training code: ``LinearProbe`` (a scikit-learn style
-estimator for one layer) calls the same kernel with one layer and one seed.
+classifier for one layer) calls the same kernel with one layer and one seed.
 """
 
 from __future__ import annotations
@@ -38,8 +38,14 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.exceptions import NotFittedError
+from sklearn.metrics import accuracy_score
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_consistent_length, column_or_1d, validate_data
 from tqdm.auto import tqdm
 
+from reprflow.devices import resolve_device
 from reprflow.errors import InvalidParameterError, ReprflowError
 
 logger = logging.getLogger(__name__)
@@ -47,8 +53,10 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "InvalidParameterError",
     "LinearProbe",
+    "ProbeNotFittedError",
     "ProbeResult",
     "fit_layer_probes",
+    "grouped_stratified_split",
     "stratified_split",
 ]
 
@@ -65,6 +73,9 @@ _LOGIT_BUFFERS = 2
 # Adam's temporaries.
 _PARAM_BUFFERS = 8
 
+
+#: Passes of the grouped split's validation fill; pass p lets a class exceed its share by p.
+_GROUP_SLACK_PASSES = 3
 
 # --------------------------------------------------------------------------- params
 
@@ -130,14 +141,8 @@ def _fmt(x: float) -> str:
 
 
 def _resolve_device(owner: str, device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise InvalidParameterError(
-            f"The 'device' parameter of {owner} must be None, a str or a torch.device. Got {device!r} instead."
-        ) from exc
+    """``device`` through the package's one resolver (None = ``auto``: CUDA when present, else CPU)."""
+    return resolve_device(device, key=f"The 'device' parameter of {owner}", error=InvalidParameterError)
 
 
 def _encode_labels(owner: str, labels: Any, n_samples: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -289,6 +294,101 @@ def stratified_split(
     return train_idx, val_idx
 
 
+def grouped_stratified_split(
+    labels: np.ndarray, groups: np.ndarray | None, *, val_fraction: float, n_train: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Train/validation split that keeps every group on one side, stratified by label.
+
+    Parameters
+    ----------
+    labels : ndarray of shape (n_samples,)
+        Integer class ids.
+    groups : ndarray of shape (n_samples,), or None
+        Group id of each sample (MDQA: the question). Samples of one group all go to
+        validation or none does. None, or all ids distinct, is :func:`stratified_split`.
+    val_fraction : float in (0, 1)
+        Validation gets at most ``n_val = ceil(val_fraction * n_samples)`` samples, in whole groups.
+    n_train : int >= 1
+        Exactly ``min(n_train, samples outside the validation groups)`` training samples,
+        stratified by label among the samples outside the validation groups.
+    seed : int >= 0
+        Seeds ``np.random.default_rng(seed)``, the only source of randomness.
+
+    Returns
+    -------
+    train_idx : ndarray of shape (n_train_used,), int64
+    val_idx : ndarray of shape (n_val_used,), int64
+        Disjoint sample indices, each in shuffled order; no group has members in both.
+
+    Notes
+    -----
+    Validation: the groups are visited in a seeded random order and a group is taken when
+    it keeps every class at or under its share, ``ceil(n_val * n_class / n_samples)``, and
+    the total at or under ``n_val``; visiting stops when the total reaches ``n_val``. Two
+    more passes over the groups left out let each class exceed its share by 1, then 2, to
+    fill up. So each class's validation count is at most three over its proportional share,
+    and the total falls a little short of ``n_val`` (MDQA at paper size, ~9.5 prompts per
+    question: 4 to 60 samples of 5,000, label shares within 1 point). Training takes ``n_train`` samples from the rest,
+    apportioned over classes by their counts there (largest remainder, as in
+    :func:`stratified_split`). Samples of validation groups are never used for training; any
+    left over beyond ``n_train`` are unused.
+    """
+    owner = "grouped_stratified_split"
+    _check_real(owner, "val_fraction", val_fraction, low=0.0, high=1.0, closed="neither")
+    _check_int(owner, "n_train", n_train, low=1)
+    _check_int(owner, "seed", seed, low=0)
+    y = np.asarray(labels)
+    n = y.shape[0]
+    if groups is None:
+        return stratified_split(y, val_fraction=val_fraction, n_train=n_train, seed=seed)
+    g = np.asarray(groups)
+    if g.shape != y.shape:
+        raise ValueError(f"groups passed to {owner} must have shape {y.shape} like labels. Got shape {g.shape}.")
+    group_ids, ginv = np.unique(g, return_inverse=True)
+    if group_ids.size == n:
+        return stratified_split(y, val_fraction=val_fraction, n_train=n_train, seed=seed)
+    n_val = math.ceil(val_fraction * n)
+    if n_val >= n:
+        raise InvalidParameterError(
+            f"The 'val_fraction' parameter of {owner} leaves no training sample: "
+            f"ceil({val_fraction!r} * {n}) = {n_val} of {n} samples would go to validation. "
+            "Lower val_fraction or pass more samples."
+        )
+    _, codes, counts = np.unique(y, return_inverse=True, return_counts=True)
+    per_group = np.zeros((group_ids.size, counts.size), dtype=np.int64)  # [n_groups, n_classes]
+    np.add.at(per_group, (ginv, codes), 1)
+    sizes = per_group.sum(axis=1)
+    caps = -(-counts * n_val // n)  # ceil of each class's share of n_val, exact integers
+    rng = np.random.default_rng(seed)
+    in_val = np.zeros(group_ids.size, dtype=bool)
+    taken = np.zeros(counts.size, dtype=np.int64)
+    total = 0
+    visit = rng.permutation(group_ids.size)
+    for slack in range(_GROUP_SLACK_PASSES):  # slack 0 first; then let classes run a little over
+        for gi in visit:
+            if in_val[gi] or total + sizes[gi] > n_val or np.any(taken + per_group[gi] > caps + slack):
+                continue
+            in_val[gi] = True
+            taken += per_group[gi]
+            total += int(sizes[gi])
+            if total == n_val:
+                break
+        if total == n_val:
+            break
+    val_mask = in_val[ginv]
+    pool = np.flatnonzero(~val_mask)
+    pool_counts = np.bincount(codes[pool], minlength=counts.size)
+    train_counts = _apportion(pool_counts, min(int(n_train), pool.size), rng)
+    order = pool[np.argsort(codes[pool], kind="stable")]
+    starts = np.concatenate([[0], np.cumsum(pool_counts)])
+    train_parts = [
+        rng.permutation(order[starts[c] : starts[c + 1]])[: train_counts[c]] for c in range(counts.size)
+    ]
+    train_idx = rng.permutation(np.concatenate(train_parts)).astype(np.int64)
+    val_idx = rng.permutation(np.flatnonzero(val_mask)).astype(np.int64)
+    return train_idx, val_idx
+
+
 # --------------------------------------------------------------------------- result
 
 
@@ -304,8 +404,12 @@ class ProbeResult:
         Accuracy on each seed's training split.
     seeds : tuple of int
         The seeds, in row order.
-    n_train, n_val : int
-        Training / validation samples per seed (the same for every seed).
+    n_train : int
+        Training samples per seed: ``n_train`` of the call when enough samples lie outside
+        the validation groups (always for the paper's 25,000 prompts), else the smallest.
+    n_val : int
+        Validation samples per seed; with groups (:func:`grouped_stratified_split`) it can
+        differ by a few samples between seeds, and this is the smallest.
     n_classes : int
         Number of distinct labels.
     classes : ndarray of shape (n_classes,)
@@ -317,6 +421,8 @@ class ProbeResult:
         Matching biases: ``logits = features[k] @ coef[s, k] + intercept[s, k]``.
     matmul_precision : str
         What the float32 products ran in: ``"tf32"`` (CUDA tensor cores) or ``"float32"``.
+    n_val_per_seed : tuple of int
+        Validation samples of each seed, in row order.
     """
 
     val_accuracy: np.ndarray
@@ -329,6 +435,7 @@ class ProbeResult:
     coef: np.ndarray | None = field(default=None, repr=False)
     intercept: np.ndarray | None = field(default=None, repr=False)
     matmul_precision: str = "float32"
+    n_val_per_seed: tuple[int, ...] = ()
 
     @property
     def mean(self) -> np.ndarray:
@@ -373,6 +480,7 @@ class ProbeResult:
             coef=None if self.coef is None else self.coef[:, idx],
             intercept=None if self.intercept is None else self.intercept[:, idx],
             matmul_precision=self.matmul_precision,
+            n_val_per_seed=self.n_val_per_seed,
         )
 
 
@@ -457,7 +565,7 @@ def _fit_softmax_probes(
     x : Tensor of shape (K, n_rows, hidden), float32, on the compute device
     y : Tensor of shape (n_rows,), int64, class codes
     train_mask : Tensor of shape (n_rows, S), bool; column s marks seed s's training rows
-        (every column has the same number of True entries).
+        (each seed's loss is the mean over its own rows, whatever their number).
 
     Returns
     -------
@@ -469,7 +577,7 @@ def _fit_softmax_probes(
     -----
     The objective is ``sum_{s,k} mean_{i in train_s} CE(z_{k,i,s}, y_i)`` and the
     gradient is written out (no autograd): with P = softmax(z) and one-hot Y,
-    dL/dz = (P - Y) * mask / n_train, dL/dW_eff = x^T dL/dz, dL/db = sum_i dL/dz. With
+    dL/dz = (P - Y) * mask_s / n_train_s, dL/dW_eff = x^T dL/dz, dL/db = sum_i dL/dz. With
     standardisation the trained parameters (W, b) act on z-scored features,
     W_eff = W / sigma and b_eff = b - mu @ W_eff, so dL/dW = (dL/dW_eff - mu dL/db) / sigma.
     Everything runs in place on one logits buffer. ``torch.optim.Adam`` takes the step.
@@ -477,14 +585,14 @@ def _fit_softmax_probes(
     n_layers, n_rows, hidden = x.shape
     n_seeds = len(seeds)
     device = x.device
-    n_fit = int(train_mask[:, 0].sum())
     w0, b0 = _init_params(seeds, n_layers, hidden, n_classes)
     weight = w0.permute(1, 2, 0, 3).contiguous().to(device).requires_grad_(True)  # [K, hidden, S, C]
     bias = b0.permute(1, 0, 2).contiguous().to(device).requires_grad_(True)  # [K, S, C]
     if standardize:
         mu, sigma = _train_moments(x, train_mask)  # [K, hidden, S]
         mu, sigma = mu.unsqueeze(-1), sigma.unsqueeze(-1)
-    row_weight = (train_mask.to(torch.float32) / n_fit)[None, :, :, None]  # [1, n_rows, S, 1]
+    per_seed = train_mask.to(torch.float32)
+    row_weight = (per_seed / per_seed.sum(dim=0))[None, :, :, None]  # [1, n_rows, S, 1]
     onehot = F.one_hot(y, n_classes).to(torch.float32)[None, :, None, :]  # [1, n_rows, 1, C]
     buf = torch.empty(n_layers, n_rows, n_seeds * n_classes, dtype=torch.float32, device=device)
     x_t = x.transpose(1, 2)
@@ -573,6 +681,7 @@ def fit_layer_probes(
     features: Any,
     labels: Any,
     *,
+    groups: Any = None,
     epochs: int = 150,
     lr: float = 0.05,
     seeds: Sequence[int] = (0, 1, 2, 3, 4),
@@ -595,6 +704,10 @@ def fit_layer_probes(
         states at a time, so a zarr array is never loaded whole.
     labels : array-like of shape (n_samples,)
         Integer class ids (the gold position k); need not be contiguous.
+    groups : array-like of shape (n_samples,), optional
+        Group of each sample (MDQA: the question id). Each group lands wholly in training
+        or wholly in validation (:func:`grouped_stratified_split`); None: every sample is
+        its own group (:func:`stratified_split`).
     epochs : int >= 1
         Full-batch Adam steps.
     lr : float > 0
@@ -602,7 +715,8 @@ def fit_layer_probes(
     seeds : sequence of distinct ints >= 0
         One probe per seed and state. A seed fixes the split and the initial weights.
     val_fraction : float in (0, 1)
-        Share of samples held out for validation (stratified, see ``stratified_split``).
+        Share of samples held out for validation (stratified, see ``stratified_split``; with
+        groups at most this share, see ``grouped_stratified_split``).
     standardize : bool
         Z-score each feature with mean/std of the seed's training split (see Notes).
     device : str or torch.device, optional
@@ -710,14 +824,22 @@ def fit_layer_probes(
     codes, classes = _encode_labels(owner, labels, n_samples)
     n_classes = classes.size
 
-    splits = [stratified_split(codes, val_fraction=val_fraction, n_train=n_train, seed=s) for s in seeds]
+    if groups is not None:
+        groups = np.asarray(groups)
+        if groups.shape != (n_samples,):
+            raise ValueError(f"groups passed to {owner} must have shape ({n_samples},). Got shape {groups.shape}.")
+    splits = [
+        grouped_stratified_split(codes, groups, val_fraction=val_fraction, n_train=n_train, seed=s) for s in seeds
+    ]
     rows = np.unique(np.concatenate([np.concatenate(sp) for sp in splits]))  # sorted union
     train_mask = np.zeros((rows.size, len(seeds)), dtype=bool)
     val_mask = np.zeros_like(train_mask)
     for s, (tr, va) in enumerate(splits):
         train_mask[np.searchsorted(rows, tr), s] = True
         val_mask[np.searchsorted(rows, va), s] = True
-    n_fit, n_val = splits[0][0].size, splits[0][1].size
+    n_fit = min(int(tr.size) for tr, _ in splits)  # the same for every seed unless groups leave fewer
+    n_val_per_seed = tuple(int(va.size) for _, va in splits)
+    n_val = min(n_val_per_seed)
 
     group = _layers_per_group(
         n_samples=n_samples, n_rows=rows.size, hidden=hidden, n_seeds=len(seeds), n_classes=n_classes,
@@ -787,14 +909,23 @@ def fit_layer_probes(
         coef=coef,
         intercept=intercept,
         matmul_precision=precision,
+        n_val_per_seed=n_val_per_seed,
     )
 
 
-class LinearProbe:
-    """A linear softmax probe for one layer, scikit-learn style.
+class ProbeNotFittedError(ReprflowError, NotFittedError):
+    """``predict``/``score`` before ``fit``; also scikit-learn's ``NotFittedError``."""
+
+
+class LinearProbe(ClassifierMixin, BaseEstimator):
+    """A linear softmax probe for one layer: a scikit-learn classifier.
 
     Wraps the batched kernel of :func:`fit_layer_probes` with one state and one seed;
-    trains on every sample passed to ``fit`` (no internal split).
+    trains on every sample passed to ``fit`` (no internal split). It follows the
+    scikit-learn estimator conventions: ``__init__`` only stores its parameters (checked in
+    ``fit``), fitted attributes end in ``_``, so ``get_params``/``set_params``,
+    :func:`sklearn.base.clone`, :class:`~sklearn.pipeline.Pipeline`, ``GridSearchCV`` and
+    :func:`~sklearn.model_selection.cross_val_score` work with it.
 
     Parameters
     ----------
@@ -803,11 +934,11 @@ class LinearProbe:
     epochs : int >= 1
         Full-batch Adam steps.
     seed : int >= 0
-        Seeds the initial weights (required: no default hides nondeterminism).
+        Seeds the initial weights (default 0; training is deterministic on CPU for a seed).
     standardize : bool
         Z-score features with the training mean/std (ddof=0) before the linear map.
     device : str or torch.device, optional
-        Compute device for ``fit``; default CUDA when available.
+        Compute device for ``fit``: ``"auto"``/None (default) is CUDA when available, else CPU.
     matmul_precision : {"auto", "float32", "tf32"}
         Precision of the float32 training products, as in :func:`fit_layer_probes`
         (default ``"auto"``: TF32 tensor cores on CUDA, IEEE float32 on CPU).
@@ -818,16 +949,18 @@ class LinearProbe:
         Weights on the raw features (standardisation folded in).
     intercept_ : ndarray of shape (n_classes,), float64
     classes_ : ndarray of shape (n_classes,)
+        The sorted labels seen in ``fit``; ``predict`` returns values from it.
     n_features_in_ : int
 
     Examples
     --------
     >>> probe = LinearProbe(seed=0, epochs=50).fit(x_train, y_train)  # doctest: +SKIP
     >>> probe.score(x_val, y_val)  # doctest: +SKIP
+    >>> cross_val_score(LinearProbe(epochs=50), states[12], labels, cv=5)  # doctest: +SKIP
     """
 
     def __init__(
-        self, *, lr: float = 0.05, epochs: int = 150, seed: int, standardize: bool = True,
+        self, *, lr: float = 0.05, epochs: int = 150, seed: int = 0, standardize: bool = True,
         device: str | torch.device | None = None, matmul_precision: str = "auto",
     ) -> None:
         self.lr = lr
@@ -838,7 +971,12 @@ class LinearProbe:
         self.matmul_precision = matmul_precision
 
     def fit(self, X: Any, y: Any) -> "LinearProbe":
-        """Train on ``X`` of shape (n_samples, hidden) and integer ``y`` of shape (n_samples,)."""
+        """Train on ``X`` of shape (n_samples, hidden) and labels ``y`` of shape (n_samples,).
+
+        ``X`` is an array-like (validated the scikit-learn way: finite, dense, 2-D) or a
+        :class:`torch.Tensor`, used where it is (e.g. already on the GPU). ``y`` holds any
+        sortable labels (the gold position in the paper), at least two distinct ones.
+        """
         owner = "LinearProbe"
         _check_real(owner, "lr", self.lr, low=0.0, high=math.inf, closed="neither")
         _check_int(owner, "epochs", self.epochs, low=1)
@@ -846,21 +984,31 @@ class LinearProbe:
         _check_bool(owner, "standardize", self.standardize)
         _check_choice(owner, "matmul_precision", self.matmul_precision, MATMUL_PRECISIONS)
         dev = _resolve_device(owner, self.device)
-        X = X if isinstance(X, torch.Tensor) else np.asarray(X)
-        if X.ndim != 2:
+        if isinstance(X, torch.Tensor):
+            if X.ndim != 2:
+                raise ValueError(
+                    f"X passed to {owner}.fit must have shape (n_samples, hidden). Got shape {tuple(X.shape)}."
+                )
+            y = column_or_1d(np.asarray(y.detach().cpu() if isinstance(y, torch.Tensor) else y), warn=True)
+            check_consistent_length(X, y)
+            self.n_features_in_ = int(X.shape[1])
+        else:
+            X, y = validate_data(self, X, y, dtype=[np.float32, np.float64])  # sets n_features_in_
+        check_classification_targets(y)
+        classes, codes = np.unique(y, return_inverse=True)
+        if classes.size < 2:
             raise ValueError(
-                f"X passed to {owner}.fit must have shape (n_samples, hidden). Got shape {tuple(X.shape)}."
+                f"{owner} needs at least 2 classes in y; got {classes.size} class ({classes.tolist()})."
             )
-        codes, classes = _encode_labels(owner, y, X.shape[0])
         x = _load_slab(X[None], dev, owner=owner, first_layer=0)  # [1, n_samples, hidden]
         shift = x.mean(dim=1, keepdim=True) if self.standardize else None
         if shift is not None:
-            x -= shift
+            x = x - shift  # not in place: on CPU, x may share memory with the caller's X
         mask = torch.ones(X.shape[0], 1, dtype=torch.bool, device=dev)
         with _products_context(_products_precision(self.matmul_precision, dev), dev):
             w, b = _fit_softmax_probes(
-                x, torch.from_numpy(codes).to(dev), mask, seeds=(int(self.seed),), n_classes=classes.size,
-                epochs=self.epochs, lr=self.lr, standardize=self.standardize, bar=None,
+                x, torch.from_numpy(codes.astype(np.int64)).to(dev), mask, seeds=(int(self.seed),),
+                n_classes=classes.size, epochs=self.epochs, lr=self.lr, standardize=self.standardize, bar=None,
             )
         coef = w[0, :, 0].to(torch.float64)  # [hidden, C]
         intercept = b[0, 0].to(torch.float64)
@@ -869,26 +1017,36 @@ class LinearProbe:
         self.coef_ = coef.cpu().numpy()
         self.intercept_ = intercept.cpu().numpy()
         self.classes_ = classes
-        self.n_features_in_ = int(X.shape[1])
         return self
 
-    def decision_function(self, X: Any) -> np.ndarray:
+    def _logits(self, X: Any) -> np.ndarray:
         """Logits of shape (n_samples, n_classes), float64."""
         if not hasattr(self, "coef_"):
-            raise ReprflowError("This LinearProbe instance is not fitted yet: call fit(X, y) first.")
-        X = np.asarray(X.detach().cpu() if isinstance(X, torch.Tensor) else X, dtype=np.float64)
-        if X.ndim != 2 or X.shape[1] != self.n_features_in_:
-            raise ValueError(
-                f"X has shape {X.shape}, but LinearProbe was fitted with {self.n_features_in_} features."
-            )
+            raise ProbeNotFittedError("This LinearProbe instance is not fitted yet: call fit(X, y) first.")
+        if isinstance(X, torch.Tensor):
+            X = X.detach().cpu().numpy()
+        X = validate_data(self, X, reset=False, dtype=np.float64)  # checks n_features_in_
         return X @ self.coef_ + self.intercept_
 
+    def decision_function(self, X: Any) -> np.ndarray:
+        """Confidence scores, float64: the logits, shape (n_samples, n_classes); with two
+        classes, as scikit-learn expects, shape (n_samples,): logit of ``classes_[1]`` minus
+        logit of ``classes_[0]`` (> 0 predicts ``classes_[1]``)."""
+        logits = self._logits(X)
+        return logits[:, 1] - logits[:, 0] if logits.shape[1] == 2 else logits
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Class probabilities (softmax of the logits), shape (n_samples, n_classes), columns as ``classes_``."""
+        logits = self._logits(X)
+        z = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return z / z.sum(axis=1, keepdims=True)
+
     def predict(self, X: Any) -> np.ndarray:
-        """Predicted labels of shape (n_samples,)."""
-        logits = self.decision_function(X)
+        """Predicted labels of shape (n_samples,): the class of the largest logit."""
+        logits = self._logits(X)  # first: raises ProbeNotFittedError before classes_ is looked up
         return self.classes_[np.argmax(logits, axis=1)]
 
-    def score(self, X: Any, y: Any) -> float:
-        """Mean accuracy on (X, y)."""
+    def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
+        """Mean accuracy on (X, y), optionally weighted by ``sample_weight`` of shape (n_samples,)."""
         y = np.asarray(y.detach().cpu() if isinstance(y, torch.Tensor) else y)
-        return float(np.mean(self.predict(X) == y))
+        return float(accuracy_score(y, self.predict(X), sample_weight=sample_weight))

@@ -87,10 +87,11 @@ Zarr has no bfloat16. ``store_dtype`` is ``"float32"``, ``"float16"`` or ``"auto
 Every window is checked *before* conversion: non-finite values always raise
 ``StoreError``; a window written as float16 must have max |x| < 65504 or it raises
 ``StoreError`` naming the window and the fix (``extraction.store_dtype: float32``). ``"auto"``
-decides once, before the first window is written (the extraction loop calls
-``StoreWriter.decide_dtype`` with the peak of its first batch, so that token states can
-be converted to float16 on the GPU; otherwise the peak of the first window written is
-used): float16 if ``max|x| * 4 < 65504`` (headroom 4 for
+decides once, before the first window is written (:func:`choose_store_dtype`, the one
+place of the policy; the store sink of the extraction, :class:`reprflow.sinks.ZarrStoreSink`,
+applies it to the peak of its first batch and calls ``StoreWriter.create_arrays``, so that
+token states can be converted to float16 on the GPU; a writer used directly applies it to
+the peak of the first window written): float16 if ``max|x| * 4 < 65504`` (headroom 4 for
 later, longer or rarer prompts), else float32; the decision and the observed maximum
 are recorded in the attr ``dtype_check``. The attr ``store_dtype`` holds the on-disk
 dtype; the attr ``dtype`` is the *compute* dtype of the forward passes (e.g. bfloat16).
@@ -388,6 +389,149 @@ def check_peak(peak: float, *, dtype: str, what: str, path: Path) -> None:
         )
 
 
+def writer_fingerprint(spec: StoreSpec, attrs: Mapping[str, Any], *, labels: np.ndarray, n_tokens: np.ndarray,
+                       lengths: np.ndarray, content_sha256: str) -> dict:
+    """The attr ``writer``: what must match for a store to be resumed or reused (see the module docstring)."""
+    meta = hashlib.sha256()
+    for arr in (labels, n_tokens, lengths):
+        meta.update(np.asarray(arr, dtype=np.int64).tobytes())
+    return _json_normal(
+        {
+            "spec": asdict(spec),
+            "content_sha256": content_sha256,
+            "meta_sha256": meta.hexdigest(),  # labels, n_tokens, lengths
+            "reprflow_version": __version__,  # never resume across code versions
+            "chunk_checksum": CHUNK_CHECKSUM,  # a store without checksums is rewritten, not reused
+            "attrs": dict(attrs),
+        }
+    )
+
+
+def fingerprint_mismatch(found: Any, expected: Mapping[str, Any], *, ignore: Sequence[str] = ()) -> str | None:
+    """None if the stored fingerprint ``found`` equals ``expected``, else why not (one line).
+
+    ``ignore`` names spec fields that may differ (chunking, for a complete store).
+    """
+    if found == expected:
+        return None
+    if not isinstance(found, dict):
+        return "no writer fingerprint"
+    diffs = []
+    for part in ("spec", "attrs"):
+        a, b = found.get(part, {}), expected[part]
+        diffs += [
+            f"{part}.{k}: {a.get(k)!r} != {b.get(k)!r}"
+            for k in b
+            if a.get(k) != b[k] and not (part == "spec" and k in ignore)
+        ]
+    if found.get("content_sha256") != expected["content_sha256"]:
+        diffs.append("content_sha256 (prompt token ids) differs")
+    if found.get("meta_sha256") != expected["meta_sha256"]:
+        diffs.append("labels, n_tokens or lengths differ")
+    if found.get("reprflow_version") != __version__:
+        diffs.append(f"written by reprflow {found.get('reprflow_version')}, this is {__version__}")
+    if found.get("chunk_checksum") != CHUNK_CHECKSUM:
+        diffs.append(f"chunks without {CHUNK_CHECKSUM} checksums (written by an older reprflow)")
+    if not diffs and ignore:
+        return None
+    return "; ".join(diffs) or "fingerprint differs"
+
+
+def choose_store_dtype(requested: str, peak: float) -> str:
+    """The on-disk dtype of a store: the dtype policy, in one place.
+
+    Parameters
+    ----------
+    requested : {"auto", "float16", "float32"}
+        ``extraction.store_dtype``.
+    peak : float
+        max |x| of the first states to be written (the first batch, or window).
+
+    Returns
+    -------
+    str
+        ``requested`` unless it is ``"auto"``; then float16 if ``peak * AUTO_HEADROOM <
+        FLOAT16_MAX`` (headroom for later, longer or rarer prompts), else float32. Every
+        later write is still checked against the chosen dtype (:func:`check_peak`).
+    """
+    if requested not in STORE_DTYPES:
+        raise StoreError(f"store_dtype {requested!r}: expected one of {STORE_DTYPES}")
+    if requested != "auto":
+        return requested
+    return "float16" if peak * AUTO_HEADROOM < FLOAT16_MAX else "float32"
+
+
+def create_partial_store(partial: Path, spec: StoreSpec, *, attrs: Mapping[str, Any], fingerprint: Mapping[str, Any],
+                         labels: np.ndarray, n_tokens: np.ndarray, lengths: np.ndarray) -> zarr.Group:
+    """A fresh partial store: group attrs (``complete: false``), ``labels``, ``n_tokens``, ``lengths``, ``_done``.
+
+    ``last`` and ``tokens`` come later, once the on-disk dtype is known (:func:`create_data_arrays`).
+    """
+    group_attrs = {
+        **attrs,
+        "token_prompt_ids": list(spec.token_prompt_ids),
+        "reprflow_version": __version__,
+        "shard": {
+            "sample_start": spec.sample_start,
+            "sample_stop": spec.sample_stop,
+            "n_samples_total": spec.n_samples_total,
+        },
+        "writer": dict(fingerprint),
+        "complete": False,
+    }
+    group = zarr.open_group(partial, mode="w", attributes=group_attrs)
+    for name, data in (("labels", labels), ("n_tokens", n_tokens), ("lengths", lengths)):
+        arr = group.create_array(
+            name,
+            shape=data.shape,
+            dtype="int64",
+            chunks=(max(data.shape[0], 1),),
+            dimension_names=DIMS[name],
+            fill_value=0,
+            compressors=_checksum_codecs(),
+        )
+        # Written even if all zeros: a complete store has every chunk file (open_store checks).
+        arr.with_config(_WRITE_CONFIG)[:] = data
+    group.create_array(
+        "_done",
+        shape=(spec.n_windows,),
+        dtype="bool",
+        chunks=(1,),
+        fill_value=False,
+        compressors=_checksum_codecs(),
+        dimension_names=("n_windows",),
+    )
+    return group
+
+
+def create_data_arrays(group: zarr.Group, spec: StoreSpec, dtype: str) -> None:
+    """Create ``tokens`` and then ``last`` in ``dtype`` (chunking in the module docstring).
+
+    ``tokens`` first: ``last`` present means both exist (a kill in between is redone).
+    """
+    compressors = _compressors(spec.compress)
+    group.create_array(
+        "tokens",
+        shape=(spec.n_states, len(spec.token_prompt_ids), spec.max_len, spec.hidden),
+        dtype=dtype,
+        chunks=(1, 1, max(1, min(spec.max_len, TOKEN_CHUNK_POSITIONS)), spec.hidden),
+        compressors=compressors,
+        fill_value=0,
+        dimension_names=DIMS["tokens"],
+        overwrite=True,
+    )
+    group.create_array(
+        "last",
+        shape=(spec.n_states, spec.n_samples, spec.hidden),
+        dtype=dtype,
+        chunks=(1, spec.window, spec.hidden),
+        compressors=compressors,
+        fill_value=0,
+        dimension_names=DIMS["last"],
+        overwrite=True,
+    )
+
+
 class StoreWriter:
     """Resumable, atomic writer of one activation store.
 
@@ -453,19 +597,8 @@ class StoreWriter:
             raise StoreError(
                 f"{self.path}: token prompt length {self.lengths.max()} > max_len {spec.max_len}"
             )
-        meta = hashlib.sha256()
-        for arr in (self.labels, self.n_tokens, self.lengths):
-            meta.update(arr.tobytes())
-        self.fingerprint = _json_normal(
-            {
-                "spec": asdict(spec),
-                "content_sha256": content_sha256,
-                "meta_sha256": meta.hexdigest(),  # labels, n_tokens, lengths
-                "reprflow_version": __version__,  # never resume across code versions
-                "chunk_checksum": CHUNK_CHECKSUM,  # a store without checksums is rewritten, not reused
-                "attrs": self.attrs,
-            }
-        )
+        self.fingerprint = writer_fingerprint(spec, self.attrs, labels=self.labels, n_tokens=self.n_tokens,
+                                              lengths=self.lengths, content_sha256=content_sha256)
         self.group: zarr.Group | None = None
         self._tokens_written: set[int] = set()  # token prompts written by this writer object
         self.resumed_windows = 0
@@ -475,34 +608,8 @@ class StoreWriter:
 
     # ------------------------------------------------------------------ opening
     def _matches(self, group: zarr.Group | StoreGroup, *, ignore: Sequence[str] = ()) -> str | None:
-        """None if ``group`` was written by an identical writer, else the reason it was not.
-
-        ``ignore`` names spec fields that may differ (chunking, for a complete store).
-        """
-        found = group.attrs.get("writer")
-        if found == self.fingerprint:
-            return None
-        if not isinstance(found, dict):
-            return "no writer fingerprint"
-        diffs = []
-        for part in ("spec", "attrs"):
-            a, b = found.get(part, {}), self.fingerprint[part]
-            diffs += [
-                f"{part}.{k}: {a.get(k)!r} != {b.get(k)!r}"
-                for k in b
-                if a.get(k) != b[k] and not (part == "spec" and k in ignore)
-            ]
-        if found.get("content_sha256") != self.fingerprint["content_sha256"]:
-            diffs.append("content_sha256 (prompt token ids) differs")
-        if found.get("meta_sha256") != self.fingerprint["meta_sha256"]:
-            diffs.append("labels, n_tokens or lengths differ")
-        if found.get("reprflow_version") != __version__:
-            diffs.append(f"written by reprflow {found.get('reprflow_version')}, this is {__version__}")
-        if found.get("chunk_checksum") != CHUNK_CHECKSUM:
-            diffs.append(f"chunks without {CHUNK_CHECKSUM} checksums (written by an older reprflow)")
-        if not diffs and ignore:
-            return None
-        return "; ".join(diffs) or "fingerprint differs"
+        """None if ``group`` was written by an identical writer, else the reason (:func:`fingerprint_mismatch`)."""
+        return fingerprint_mismatch(group.attrs.get("writer"), self.fingerprint, ignore=ignore)
 
     def open(self) -> bool:
         """Open or create the partial store.
@@ -551,42 +658,8 @@ class StoreWriter:
         return self._matches(group, ignore=_CHUNKING_FIELDS)
 
     def _create(self) -> zarr.Group:
-        spec = self.spec
-        attrs = {
-            **self.attrs,
-            "token_prompt_ids": list(spec.token_prompt_ids),
-            "reprflow_version": __version__,
-            "shard": {
-                "sample_start": spec.sample_start,
-                "sample_stop": spec.sample_stop,
-                "n_samples_total": spec.n_samples_total,
-            },
-            "writer": self.fingerprint,
-            "complete": False,
-        }
-        group = zarr.open_group(self.partial, mode="w", attributes=attrs)
-        for name, data in (("labels", self.labels), ("n_tokens", self.n_tokens), ("lengths", self.lengths)):
-            arr = group.create_array(
-                name,
-                shape=data.shape,
-                dtype="int64",
-                chunks=(max(data.shape[0], 1),),
-                dimension_names=DIMS[name],
-                fill_value=0,
-                compressors=_checksum_codecs(),
-            )
-            # Written even if all zeros: a complete store has every chunk file (open_store checks).
-            arr.with_config(_WRITE_CONFIG)[:] = data
-        group.create_array(
-            "_done",
-            shape=(spec.n_windows,),
-            dtype="bool",
-            chunks=(1,),
-            fill_value=False,
-            compressors=_checksum_codecs(),
-            dimension_names=("n_windows",),
-        )
-        return group
+        return create_partial_store(self.partial, self.spec, attrs=self.attrs, fingerprint=self.fingerprint,
+                                    labels=self.labels, n_tokens=self.n_tokens, lengths=self.lengths)
 
     # ------------------------------------------------------------------ writing
     def pending_windows(self) -> list[int]:
@@ -600,31 +673,31 @@ class StoreWriter:
         return self.group
 
     def decided_dtype(self) -> str | None:
-        """The on-disk dtype once :meth:`decide_dtype` has run (or a resumed store has one), else None."""
+        """The on-disk dtype once :meth:`create_arrays` has run (or a resumed store has one), else None."""
         group = self._group()
         return str(group["last"].dtype) if "last" in group else None
 
-    def decide_dtype(self, peak: float, w: int) -> str:
-        """Fix the on-disk dtype (auto: from ``peak``, the max |x| seen so far), record it, create the arrays.
+    def create_arrays(self, dtype: str, *, observed_max_abs: float, window: int) -> None:
+        """Create ``tokens`` and ``last`` in the on-disk ``dtype`` and record how it was chosen.
 
-        Called at most once per store, before the first window is written; later calls
-        return the dtype already fixed. ``w`` is the window the peak comes from.
+        Called once per store, before the first window is written; the caller chose
+        ``dtype`` with :func:`choose_store_dtype` from ``observed_max_abs``, the max |x|
+        seen in window ``window`` (recorded in the attr ``dtype_check``).
         """
         group = self._group()
         if "last" in group:
-            return str(group["last"].dtype)
+            raise StoreError(f"{self.partial}: the on-disk dtype is already fixed ({group['last'].dtype})")
         spec = self.spec
-        if spec.store_dtype == "auto":
-            dtype = "float16" if peak * AUTO_HEADROOM < FLOAT16_MAX else "float32"
-        else:
-            dtype = spec.store_dtype
+        if dtype not in ("float16", "float32") or spec.store_dtype not in ("auto", dtype):
+            raise StoreError(f"{self.path}: dtype {dtype!r} for a store requested as {spec.store_dtype!r}")
+        peak = observed_max_abs
         group.attrs.update(
             {
                 "store_dtype": dtype,
                 "dtype_check": {
                     "mode": spec.store_dtype,
                     "observed_max_abs": peak,
-                    "decided_on_window": w,
+                    "decided_on_window": window,
                     "headroom": AUTO_HEADROOM,
                     "float16_max": FLOAT16_MAX,
                 },
@@ -632,30 +705,14 @@ class StoreWriter:
         )
         logger.info(
             "%s: storing %s (store_dtype=%s, max |x| = %.4g in window %d)",
-            self.path, dtype, spec.store_dtype, peak, w,
+            self.path, dtype, spec.store_dtype, peak, window,
         )
-        compressors = _compressors(spec.compress)
-        # `tokens` first: "last" present means both exist (a kill in between is redone).
-        group.create_array(
-            "tokens",
-            shape=(spec.n_states, len(spec.token_prompt_ids), spec.max_len, spec.hidden),
-            dtype=dtype,
-            chunks=(1, 1, max(1, min(spec.max_len, TOKEN_CHUNK_POSITIONS)), spec.hidden),
-            compressors=compressors,
-            fill_value=0,
-            dimension_names=DIMS["tokens"],
-            overwrite=True,
-        )
-        group.create_array(
-            "last",
-            shape=(spec.n_states, spec.n_samples, spec.hidden),
-            dtype=dtype,
-            chunks=(1, spec.window, spec.hidden),
-            compressors=compressors,
-            fill_value=0,
-            dimension_names=DIMS["last"],
-            overwrite=True,
-        )
+        create_data_arrays(group, spec, dtype)
+
+    def _fix_dtype(self, peak: float, w: int) -> str:
+        """Choose (:func:`choose_store_dtype`) and create the on-disk dtype from the first window written."""
+        dtype = choose_store_dtype(self.spec.store_dtype, peak)
+        self.create_arrays(dtype, observed_max_abs=peak, window=w)
         return dtype
 
     def _check_dtype(self, decided: str | None) -> str:
@@ -702,7 +759,7 @@ class StoreWriter:
         else:
             check_peak(peak, dtype=self._check_dtype(dtype), what=what, path=self.path)
         if dtype is None:
-            dtype = self.decide_dtype(peak, self.spec.window_of(pid))
+            dtype = self._fix_dtype(peak, self.spec.window_of(pid))
         tok_arr = self._group()["tokens"].with_config(_WRITE_CONFIG)
         # Positions past the prompt's length keep the fill value 0 (never written, or
         # written as 0 by an earlier attempt at this same prompt).
@@ -748,7 +805,7 @@ class StoreWriter:
             what = f"{where} of 'tokens' (prompt {pid})"
             token_peaks[pid] = check_range(states, dtype=check_dtype, what=what, path=self.path)
         if dtype is None:
-            dtype = self.decide_dtype(max([peak, *token_peaks.values()]), w)
+            dtype = self._fix_dtype(max([peak, *token_peaks.values()]), w)
         for pid, states in tokens.items():
             self.write_tokens(pid, states, peak=token_peaks[pid])
         missing = sorted(set(expect_ids) - self._tokens_written)

@@ -5,30 +5,27 @@ import sys
 
 sys.path.insert(0, workflow.basedir)
 
+from snakemake_interface_executor_plugins.settings import ExecMode
+
 from reprflow.config import validate_config
 from reprflow.errors import ConfigError
+from reprflow.workflow import disk, targets
+from reprflow.workflow.scheduling import default_gpu_resource
 from reprflow.workflow.targets import (
-    ACTIVATIONS,
-    METRICS_DIR,
-    PROBES,
-    PROMPTS,
-    REPORT,
-    SHARD,
-    TABLES,
-    THEORY,
-    TOKEN_METRICS,
     cells,
-    figure_files,
+    extraction_priority,
     final_targets,
     prompt_files,
     prompt_token_cap,
     store_paths,
+    table_cells,
 )
 
 _handler = logging.StreamHandler()
 _handler.setFormatter(logging.Formatter("reprflow: %(message)s"))
 logging.getLogger("reprflow.workflow").addHandler(_handler)
 logging.getLogger("reprflow.workflow").setLevel(logging.INFO)
+_LOG = logging.getLogger("reprflow.workflow")
 
 try:
     CFG = validate_config(config)
@@ -36,6 +33,28 @@ except ConfigError as exc:
     sys.exit(f"reprflow: invalid config: {exc}")
 
 CELLS = cells(CFG, log=True)
+TABLE_CELLS = table_cells(CFG)  # cells of `scope: all` inits: probes and table rows
+OUT = CFG.out_dir
+
+
+def out(path):
+    """``path`` under config.out_dir (reprflow.workflow.targets.out)."""
+    return targets.out(CFG, path)
+
+
+# Every product of this config, relative paths from reprflow/workflow/targets.py under OUT.
+MODELS = out(targets.MODELS)
+PROMPTS = out(targets.PROMPTS)
+ACTIVATIONS = out(targets.ACTIVATIONS)
+SHARD = out(targets.SHARD)
+TOKEN_METRICS = out(targets.TOKEN_METRICS)
+PROBES = out(targets.PROBES)
+TABLES = [out(p) for p in targets.TABLES]
+REPORT = out(targets.REPORT)
+THEORY = {k: out(v) for k, v in targets.THEORY.items()}
+FIGURES = [out(p) for p in targets.figure_files(CFG)]
+LOGS = out(targets.LOGS)
+BENCHMARKS = out(targets.BENCHMARKS)
 
 
 wildcard_constraints:
@@ -64,5 +83,28 @@ def cell_stores(wildcards):
     return store_paths(CFG, wildcards.model, wildcards.init, wildcards.task, wildcards.length)
 
 
-def cell_paths(pattern):
-    return [cell.fmt(pattern) for cell in CELLS]
+def cell_paths(pattern, cells=CELLS):
+    return [cell.fmt(pattern) for cell in cells]
+
+
+# One GPU job per GPU by default (reprflow/workflow/scheduling.py): in the main process of a
+# local run, provide the `gpu` resource from the visible GPU count when the user gave none.
+if workflow.exec_mode == ExecMode.DEFAULT:
+    _gpus = default_gpu_resource(
+        {name: None for name in workflow.global_resources},
+        local=workflow.global_resources["_nodes"].value is None,  # cluster executors set _nodes
+    )
+    if _gpus is not None:
+        workflow.global_resources["gpu"] = _gpus
+        _LOG.info("gpu resource: %d (visible GPUs, at least 1: at most that many GPU jobs at once; "
+                  "--resources gpu=N overrides)", _gpus)
+    # Disk preflight (reprflow/workflow/disk.py): announced in every run and dry run ...
+    _LOG.info("%s", disk.summary(CFG, disk.pending_estimates(CFG)))
+
+
+onstart:
+    # ... and enforced before the first job of a real run, for the stores it is about to build
+    if CFG.raw["execution"]["disk_check"] and not workflow.touch:
+        _stores = {str(f) for job in workflow.dag.needrun_jobs() if job.rule.name.startswith("extract_activation")
+                   for f in job.output}
+        disk.check_disk(CFG, disk.pending_estimates(CFG, _stores))

@@ -3,11 +3,11 @@
 
 rule build_tiny_model:
     output:
-        directory("data/models/{model}"),
+        directory(MODELS),
     log:
-        "logs/models/{model}.log",
+        f"{LOGS}/models/{{model}}.log",
     benchmark:
-        "logs/benchmarks/models/{model}.tsv"
+        f"{BENCHMARKS}/models/{{model}}.tsv"
     params:
         family=lambda w: CFG.model(w.model).family,
         tiny=lambda w: CFG.model(w.model).tiny,

@@ -3,14 +3,15 @@
 
 rule probes:
     input:
-        cell_stores,
+        stores=cell_stores,
+        prompts=prompt_file,  # MDQA question groups for the grouped split (checked against the store)
     output:
         csv=PROBES,
         summary=PROBES.replace(".csv", ".json"),
     log:
-        "logs/probes/{model}/{init}/{task}_n{length}.log",
+        f"{LOGS}/probes/{{model}}/{{init}}/{{task}}_n{{length}}.log",
     benchmark:
-        "logs/benchmarks/probes/{model}/{init}/{task}_n{length}.tsv"
+        f"{BENCHMARKS}/probes/{{model}}/{{init}}/{{task}}_n{{length}}.tsv"
     params:
         settings=CFG.section("probes"),
         views=CFG.section("metrics")["views"],
@@ -26,4 +27,4 @@ rule probes:
 rule all_metrics:
     input:
         cell_paths(TOKEN_METRICS),
-        cell_paths(PROBES),
+        cell_paths(PROBES, TABLE_CELLS),  # `scope: fig3` inits get no probes

@@ -3,15 +3,15 @@
 
 rule prompts:
     input:
-        tokenizer="data/tokenizers/{tokenizer}/tokenizer.json",
+        tokenizer="reprflow/data/tokenizers/{tokenizer}/tokenizer.json",  # package data: not under out_dir
         oracle=CFG.section("prompts")["mdqa_oracle"],
     output:
         prompts=PROMPTS,
         manifest=PROMPTS.replace(".jsonl", ".manifest.json"),
     log:
-        "logs/prompts/{tokenizer}/{task}_n{length}.log",
+        f"{LOGS}/prompts/{{tokenizer}}/{{task}}_n{{length}}.log",
     benchmark:
-        "logs/benchmarks/prompts/{tokenizer}/{task}_n{length}.tsv"
+        f"{BENCHMARKS}/prompts/{{tokenizer}}/{{task}}_n{{length}}.tsv"
     params:
         seed=CFG.seed,
         settings=CFG.section("prompts"),

@@ -3,7 +3,6 @@
 # each with its caption from report/*.rst.
 from pathlib import Path
 
-from reprflow.pipeline.results import probe_cells, token_cells
 from reprflow.workflow.targets import FINDINGS, HTML_TABLES, PROVENANCE
 
 
@@ -21,17 +20,17 @@ def _figure_report(path):
 
 rule tables:
     input:
-        token=[c.fmt(TOKEN_METRICS) for c in probe_cells(CFG)],
-        probes=[c.fmt(PROBES) for c in probe_cells(CFG)],
+        token=cell_paths(TOKEN_METRICS),
+        probes=cell_paths(PROBES, TABLE_CELLS),
     output:
         table1=report(TABLES[0], caption="../report/table1.rst", category="Tables", labels={"table": "Table 1 (csv)"}),
         table2=report(TABLES[1], caption="../report/table2.rst", category="Tables", labels={"table": "Table 2 (csv)"}),
     log:
-        "logs/report/tables.log",
+        f"{LOGS}/report/tables.log",
     benchmark:
-        "logs/benchmarks/report/tables.tsv"
+        f"{BENCHMARKS}/report/tables.tsv"
     params:
-        config=CFG.raw,
+        science=CFG.science(),  # the job reads the config itself; see Config.science
     conda:
         "../envs/cpu.yaml"
     script:
@@ -40,16 +39,16 @@ rule tables:
 
 rule figures:
     input:
-        token=[c.fmt(TOKEN_METRICS) for c in token_cells(CFG)],
-        probes=[c.fmt(PROBES) for c in probe_cells(CFG)],
+        token=cell_paths(TOKEN_METRICS),
+        probes=cell_paths(PROBES, TABLE_CELLS),
     output:
-        [_figure_report(p) for p in figure_files(CFG)],
+        [_figure_report(p) for p in FIGURES],
     log:
-        "logs/report/figures.log",
+        f"{LOGS}/report/figures.log",
     benchmark:
-        "logs/benchmarks/report/figures.tsv"
+        f"{BENCHMARKS}/report/figures.tsv"
     params:
-        config=CFG.raw,
+        science=CFG.science(),  # the job reads the config itself; see Config.science
     conda:
         "../envs/cpu.yaml"
     script:
@@ -58,16 +57,16 @@ rule figures:
 
 rule findings:
     input:
-        token=[c.fmt(TOKEN_METRICS) for c in token_cells(CFG)],
-        probes=[c.fmt(PROBES) for c in probe_cells(CFG)],
+        token=cell_paths(TOKEN_METRICS),
+        probes=cell_paths(PROBES, TABLE_CELLS),
     output:
-        report(FINDINGS, caption="../report/findings.rst", category="Verdicts", labels={"table": "findings (csv)"}),
+        report(out(FINDINGS), caption="../report/findings.rst", category="Verdicts", labels={"table": "findings (csv)"}),
     log:
-        "logs/report/findings.log",
+        f"{LOGS}/report/findings.log",
     benchmark:
-        "logs/benchmarks/report/findings.tsv"
+        f"{BENCHMARKS}/report/findings.tsv"
     params:
-        config=CFG.raw,
+        science=CFG.science(),  # the job reads the config itself; see Config.science
     conda:
         "../envs/cpu.yaml"
     script:
@@ -77,28 +76,28 @@ rule findings:
 rule report:
     input:
         tables=TABLES,
-        figures=figure_files(CFG),
-        findings=FINDINGS,
+        figures=FIGURES,
+        findings=out(FINDINGS),
         theory=THEORY.values(),
     output:
         report=report(REPORT, caption="../report/report_md.rst", category="Report (text)"),
-        provenance=report(PROVENANCE, caption="../report/provenance.rst", category="Provenance",
+        provenance=report(out(PROVENANCE), caption="../report/provenance.rst", category="Provenance",
                           labels={"table": "provenance (csv)"}),
-        findings_html=report(HTML_TABLES["findings"], caption="../report/findings.rst", category="Verdicts",
+        findings_html=report(out(HTML_TABLES["findings"]), caption="../report/findings.rst", category="Verdicts",
                              labels={"table": "findings (view)"}),
-        table1_html=report(HTML_TABLES["table1"], caption="../report/table1.rst", category="Tables",
+        table1_html=report(out(HTML_TABLES["table1"]), caption="../report/table1.rst", category="Tables",
                            labels={"table": "Table 1 (view)"}),
-        table2_html=report(HTML_TABLES["table2"], caption="../report/table2.rst", category="Tables",
+        table2_html=report(out(HTML_TABLES["table2"]), caption="../report/table2.rst", category="Tables",
                            labels={"table": "Table 2 (view)"}),
-        provenance_html=report(HTML_TABLES["provenance"], caption="../report/provenance.rst", category="Provenance",
+        provenance_html=report(out(HTML_TABLES["provenance"]), caption="../report/provenance.rst", category="Provenance",
                                labels={"table": "provenance (view)"}),
-        theory_html=report(HTML_TABLES["theory"], caption="../report/theory.rst", category="Theory check"),
+        theory_html=report(out(HTML_TABLES["theory"]), caption="../report/theory.rst", category="Theory check"),
     log:
-        "logs/report/report.log",
+        f"{LOGS}/report/report.log",
     benchmark:
-        "logs/benchmarks/report/report.tsv"
+        f"{BENCHMARKS}/report/report.tsv"
     params:
-        config=CFG.raw,
+        science=CFG.science(),  # the job reads the config itself; see Config.science
     conda:
         "../envs/cpu.yaml"
     script:

@@ -1,13 +1,13 @@
 # Training phase: models with a `train:` block are trained from scratch and saved with
-# save_pretrained to their hf_id (data/models/{model}); the pretrained init then loads them
-# through from_pretrained like hub models. Checkpoints (results/training/{model}/checkpoint.pt)
+# save_pretrained to their hf_id ({out_dir}/data/models/{model}); the pretrained init then loads
+# them through from_pretrained like hub models. Checkpoints ({out_dir}/results/training/{model}/checkpoint.pt)
 # are not outputs, so a killed job resumes from them. See docs/training.md.
 from reprflow.training.recipe import TrainSpec
 
 TRAINED = [m.name for m in CFG.models if m.train is not None]
-TRAIN_METRICS = "results/training/{model}/metrics.csv"
-TRAIN_SUMMARY = "results/training/{model}/summary.json"
-TRAIN_CHECKPOINT = "results/training/{model}/checkpoint.pt"
+TRAIN_METRICS = out("results/training/{model}/metrics.csv")
+TRAIN_SUMMARY = out("results/training/{model}/summary.json")
+TRAIN_CHECKPOINT = out("results/training/{model}/checkpoint.pt")
 
 
 def _train_recipe(wildcards):
@@ -21,13 +21,13 @@ ruleorder: train_model > build_tiny_model
 
 rule train_model:
     output:
-        model=directory("data/models/{model}"),
+        model=directory(MODELS),
         metrics=TRAIN_METRICS,
         summary=TRAIN_SUMMARY,
     log:
-        "logs/training/{model}.log",
+        f"{LOGS}/training/{{model}}.log",
     benchmark:
-        "logs/benchmarks/training/{model}.tsv"
+        f"{BENCHMARKS}/training/{{model}}.tsv"
     wildcard_constraints:
         model="|".join(TRAINED) or "(?!x)x",
     params:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Single-node SLURM (+ optional slurmdbd/MariaDB so sacct works) for CI. Root, no systemd.
 # Usage: slurm-local.sh up|down      env: SLURM_DIR (state, default /tmp/slurm-ci), WITH_DBD=1|0
-# Copied from ../shared/tools/slurm-local.sh. Installs Debian's munge, slurmctld, slurmd,
+# Installs Debian's munge, slurmctld, slurmd,
 # slurm-client (and slurmdbd + mariadb-server for accounting) with apt when missing, and
 # declares one fake GPU (gres gpu:1 on /dev/null) so GPU requests (--gpus=1) schedule.
 # Used by tests/cluster (see docs/cluster.md). `up` is idempotent; `down` stops every daemon.

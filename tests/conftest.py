@@ -20,7 +20,6 @@ LINKED = (
     "config",
     "envs",
     "profiles",
-    "data/tokenizers",
     "data/lost_in_the_middle",
 )
 """Checkout paths a scratch project links to (code, configs, profiles, inputs); outputs stay local."""

@@ -5,7 +5,7 @@ import copy
 import pytest
 import yaml
 
-from reprflow.config import PROJECT_ROOT, load_config, validate_config
+from reprflow.config import MOVED_TO_EXECUTION, PROJECT_ROOT, load_config, validate_config
 from reprflow.errors import ConfigError
 
 
@@ -60,7 +60,7 @@ def _mutate(base, path, value):
         (("lengths",), [300, "1k"], "config.lengths[1]: expected integer, got '1k'"),
         (("lengths",), [0], "config.lengths[0]: must be >= 1, got 0"),
         (("lengths",), [-5], "config.lengths[0]: must be >= 1, got -5"),
-        (("models", 0, "family"), "mambo", "config.models[0].family: 'mambo' is not one of"),
+        (("models", 0, "family"), "Mamba 2", "config.models[0].family: 'Mamba 2' does not match"),
         (("tasks",), ["kvpr", "squad"], "config.tasks[1]: 'squad' is not one of"),
         (("inits", 1, "scheme"), "orthogonal", "config.inits[1].scheme: 'orthogonal' is not one of"),
         (("seed",), "zero", "config.seed: expected integer"),
@@ -83,10 +83,32 @@ def test_defaults_are_filled_and_input_untouched(demo):
     raw = _mutate(demo, ("extraction",), {})
     cfg = validate_config(raw)
     assert raw["extraction"] == {}
-    assert cfg.section("extraction") == {
-        "batch_size": 8, "n_token_prompts": 16, "compute_dtype": "bfloat16",
-        "store_dtype": "auto", "device": "auto", "gpus": 1, "shards": 1,
-    }
+    assert cfg.section("extraction") == {"n_token_prompts": 16, "compute_dtype": "bfloat16", "store_dtype": "auto",
+                                         "tokens": "store"}
+    raw = _mutate(demo, ("execution",), KeyError)
+    cfg = validate_config(raw)
+    assert "execution" not in raw
+    assert cfg.execution("extraction") == {"batch_size": 8, "device": "auto", "gpus": 1, "shards": 1}
+    assert cfg.execution("theory") == {"device": "auto", "threads": None, "gpus": 1}
+    assert cfg.raw["execution"]["disk_check"] is True
+
+
+@pytest.mark.parametrize("section, key", [(s, k) for s, keys in MOVED_TO_EXECUTION.items() for k in keys])
+def test_an_execution_key_in_its_old_section_names_its_new_home(demo, section, key):
+    raw = copy.deepcopy(demo)
+    raw.setdefault(section, {})[key] = 1
+    with pytest.raises(ConfigError) as err:
+        validate_config(raw)
+    assert str(err.value).startswith(f"config.{section}.{key}: moved to config.execution.{section}.{key}")
+
+
+def test_out_dir_places_tiny_models_and_is_normalised(demo):
+    cfg = validate_config(demo)
+    assert cfg.out_dir == "runs/demo" and cfg.model("tiny-mamba").hf_id == "runs/demo/data/models/tiny-mamba"
+    with pytest.raises(ConfigError, match=r"^config.models\[0\].hf_id: .*so hf_id must be 'elsewhere/data/models/tiny-gpt-neo'"):
+        validate_config(_mutate(demo, ("out_dir",), "elsewhere"))
+    assert validate_config(_mutate(demo, ("out_dir",), "./runs/demo/")).out_dir == "runs/demo"
+    assert load_config(PROJECT_ROOT / "config" / "config.yaml").out_dir == "."
 
 
 def test_digest_changes_with_content(demo):
@@ -107,7 +129,19 @@ def test_missing_file_and_bad_yaml(tmp_path):
 def test_extraction_digest_ignores_settings_extraction_does_not_read(demo):
     base = validate_config(demo).extraction_digest("tiny-mamba", "random")
     assert base == validate_config(_mutate(demo, ("probes", "epochs"), 3)).extraction_digest("tiny-mamba", "random")
-    assert base != validate_config(_mutate(demo, ("extraction", "batch_size"), 3)).extraction_digest("tiny-mamba", "random")
+    for key, value in (("batch_size", 3), ("device", "cuda:1"), ("gpus", 4), ("shards", 2)):
+        changed = _mutate(demo, ("execution", "extraction", key), value)
+        assert base == validate_config(changed).extraction_digest("tiny-mamba", "random"), key
+    reordered = _mutate(demo, ("models",), demo["models"][::-1])
+    assert base == validate_config(reordered).extraction_digest("tiny-mamba", "random")
+    assert validate_config(demo).science() == validate_config(reordered).science()
+    scoped = copy.deepcopy(demo)
+    scoped["inits"][1]["scope"] = "fig3"
+    # a fig3 store holds only the token prompts: scope changes stored values, so the digest
+    assert base != validate_config(scoped).extraction_digest("tiny-mamba", "random")
+    assert base != validate_config(_mutate(demo, ("extraction", "tokens"), "stream")).extraction_digest(
+        "tiny-mamba", "random")
+    assert base != validate_config(_mutate(demo, ("extraction", "n_token_prompts"), 3)).extraction_digest("tiny-mamba", "random")
     assert base != validate_config(_mutate(demo, ("seed",), 7)).extraction_digest("tiny-mamba", "random")
     assert base != validate_config(demo).extraction_digest("tiny-mamba", "pretrained")
 

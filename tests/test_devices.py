@@ -9,6 +9,7 @@ import torch
 
 from reprflow.devices import claim_gpu, resolve_device
 from reprflow.errors import ConfigError
+from reprflow.workflow.scheduling import default_gpu_resource, visible_gpu_count
 
 _HOLDER = textwrap.dedent(
     """
@@ -58,3 +59,44 @@ def test_device_names():
             resolve_device("cuda:1")
     with pytest.raises(ConfigError, match="is not a device"):
         resolve_device("gpu0")
+
+
+def test_one_resolver_accepts_auto_everywhere():
+    """Metrics, probes and the workflow resolve devices alike: 'auto' works, a bad name is one clear error."""
+    import numpy as np
+
+    from reprflow.errors import InvalidParameterError
+    from reprflow.metrics import inter_token_cosine
+    from reprflow.probes import LinearProbe
+
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+    h = np.random.default_rng(0).normal(size=(3, 5, 4))
+    np.testing.assert_allclose(inter_token_cosine(h, device="auto"), inter_token_cosine(h))
+    x, y = np.random.default_rng(1).normal(size=(8, 4)), np.arange(8) % 2
+    assert LinearProbe(seed=0, epochs=2, device="auto").fit(x, y).predict(x).shape == (8,)
+    with pytest.raises(InvalidParameterError, match="metrics device: 'gpu0' is not a device"):
+        inter_token_cosine(h, device="gpu0")
+    with pytest.raises(InvalidParameterError, match=r"'device' parameter of LinearProbe.*'gpu0' is not a device"):
+        LinearProbe(seed=0, device="gpu0").fit(x, y)
+
+
+@pytest.mark.parametrize(("visible", "count"), [("0", 1), ("0,1,2,3", 4), ("", 0), ("-1", 0), ("2,-1,3", 1),
+                                                ("GPU-5a1b,GPU-77c2", 2)])
+def test_visible_gpus_come_from_cuda_visible_devices(visible, count):
+    assert visible_gpu_count({"CUDA_VISIBLE_DEVICES": visible}) == count
+
+
+def test_visible_gpus_from_nvidia_smi_listing(tmp_path, monkeypatch):
+    fake = tmp_path / "nvidia-smi"  # prints what `nvidia-smi -L` prints on a 2-GPU node
+    fake.write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H200 (UUID: GPU-a)'\necho 'GPU 1: NVIDIA H200 (UUID: GPU-b)'\n")
+    fake.chmod(0o755)
+    assert visible_gpu_count({}, nvidia_smi=str(fake)) == 2
+    assert visible_gpu_count({}, nvidia_smi=str(tmp_path / "absent")) == 0
+
+
+def test_default_gpu_resource_only_when_the_user_gave_none_and_jobs_run_here():
+    env = {"CUDA_VISIBLE_DEVICES": "0,1"}
+    assert default_gpu_resource({"_cores": 8}, local=True, env=env) == 2
+    assert default_gpu_resource({"_cores": 8, "gpu": 4}, local=True, env=env) is None  # --resources gpu=4 wins
+    assert default_gpu_resource({"_cores": 8}, local=False, env=env) is None  # SLURM gives each job its GPU
+    assert default_gpu_resource({}, local=True, env={"CUDA_VISIBLE_DEVICES": ""}) == 1  # no GPU: one at a time

@@ -175,7 +175,8 @@ def test_prompt_beyond_context_raises(tiny, tokenizer, tmp_path):
     prompts = make_prompts(tokenizer, 3, seed=3)
     longest = max(prompts, key=lambda p: p["n_tokens"])
     with pytest.raises(ReprflowError, match=rf"kvpr_n300\.jsonl: prompt '{longest['id']}' has "
-                       rf"{longest['n_tokens']} tokens, beyond the model's context limit of 4"):
+                       rf"{longest['n_tokens']} tokens, beyond the model's context limit of 4 tokens\. "
+                       r"Set `max_context: 4` on this model's entry under `models:`"):
         extract_activations(model, tokenizer, prompts, tmp_path / "x.zarr", batch_size=2,
                             n_token_prompts=1, attrs=attrs_for(family), max_context=4, progress=False)
     assert not (tmp_path / "x.zarr").exists()
@@ -220,7 +221,7 @@ def test_token_states_reach_the_host_in_the_store_dtype():
 
     The peak comes from the unconverted states, so overflow and NaN reach the writer's check.
     """
-    from reprflow.extract import start_token_states_copy
+    from reprflow.sinks.store import start_token_states_copy
 
     def token_states_to_host(states, *, disk_dtype):
         return start_token_states_copy(states, disk_dtype=disk_dtype).result()

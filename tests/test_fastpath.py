@@ -58,10 +58,43 @@ def test_mamba_on_cpu_keeps_transformers_path_unless_asked():
     with torch.no_grad():
         want = model(ids, use_cache=False).logits
     report = prepare_model(model, scan="torch")
-    assert report["scan"].startswith("reprflow torch") and report["patched_modules"] == 2
+    assert report["scan"] == "torch (forced)" and report["patched_modules"] == 2
     with torch.no_grad():
         got = model(ids).logits
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    # the ops recorded their choice at the first call: forced scan, the CPU's only conv
+    kernels = report["kernels"]
+    assert [e["kernel"] for e in kernels["mamba_scan"].values()] == ["torch"]
+    conv = next(iter(kernels["causal_conv"].values()))
+    assert conv["kernel"] == "torch" and "not measured" in conv["reason"] and "ms" not in conv
+    json.dumps(report)
+
+
+def test_environment_forces_a_kernel_and_names_the_culprit(monkeypatch):
+    model = _mamba()
+    monkeypatch.setenv("REPRFLOW_KERNEL_MAMBA_SCAN", "torch")
+    report = prepare_model(model)
+    assert report["scan"] == "torch (forced)" and report["patched_modules"] == 2
+    monkeypatch.setenv("REPRFLOW_KERNEL_MAMBA_SCAN", "cuda-magic")
+    with pytest.raises(ConfigError, match="REPRFLOW_KERNEL_MAMBA_SCAN.*unknown kernel"):
+        prepare_model(_mamba())
+    monkeypatch.setenv("REPRFLOW_KERNEL_MAMBA_SCAN", "triton")  # a GPU kernel on a CPU model
+    with pytest.raises(ConfigError, match="'triton': not available"):
+        prepare_model(_mamba())
+    with pytest.raises(ConfigError, match="execution.kernels.bogus"):
+        prepare_model(_mamba(), kernels={"bogus": "x"})
+
+
+def test_attention_can_be_forced_to_eager(monkeypatch):
+    cfg = GPTNeoXConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=32)
+    model = GPTNeoXForCausalLM._from_config(cfg, attn_implementation="sdpa")
+    monkeypatch.setenv("REPRFLOW_KERNEL_ATTENTION", "eager")
+    report = prepare_model(model)
+    assert report["attention"] == "eager" and report["why"] == "forced"
+    monkeypatch.setenv("REPRFLOW_KERNEL_ATTENTION", "flash")
+    with pytest.raises(ConfigError, match="REPRFLOW_KERNEL_ATTENTION"):
+        prepare_model(_neo())
 
 
 def test_unknown_scan_is_a_config_error():

@@ -17,6 +17,7 @@ from reprflow.probes import (
     LinearProbe,
     ProbeResult,
     fit_layer_probes,
+    grouped_stratified_split,
     stratified_split,
 )
 
@@ -119,6 +120,62 @@ def test_split_allows_singleton_classes():
     y = np.array([0] * 20 + [1] * 20 + [2])
     tr, va = stratified_split(y, val_fraction=0.2, n_train=100, seed=0)
     assert tr.size + va.size == y.size and va.size == 9
+
+
+def mdqa_like(n: int, n_questions: int, n_classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Labels balanced over classes and groups as the MDQA builder draws them: each question
+    in turn, in fresh permutations, so each is used floor or ceil of n / n_questions times."""
+    rng = np.random.default_rng(seed)
+    groups = np.concatenate([rng.permutation(n_questions) for _ in range(-(-n // n_questions))])[:n]
+    return rng.permutation(np.arange(n) % n_classes), groups
+
+
+@pytest.mark.parametrize(("n_classes", "seed"), [(3, 0), (18, 1), (36, 2)])
+def test_grouped_split_at_paper_size(n_classes, seed):
+    """25,000 prompts over 2,600 questions: exactly 20,000 training samples, no question on both
+    sides, validation within 2% under 5,000 in whole questions, label shares kept within 1 point."""
+    y, g = mdqa_like(25000, 2600, n_classes, seed)
+    tr, va = grouped_stratified_split(y, g, val_fraction=0.2, n_train=20000, seed=seed)
+    assert tr.size == 20000 and 4900 <= va.size <= 5000
+    assert np.intersect1d(g[tr], g[va]).size == 0
+    assert np.unique(tr).size == tr.size and np.unique(va).size == va.size
+    share = np.bincount(y, minlength=n_classes) / y.size
+    for part in (tr, va):
+        assert np.abs(np.bincount(y[part], minlength=n_classes) / part.size - share).max() < 0.01
+    # each class at most one over its share of validation (first pass), or slack passes' few more
+    cap = -(-np.bincount(y) * 5000 // 25000)
+    assert (np.bincount(y[va], minlength=n_classes) <= cap + 2).all()
+
+
+def test_grouped_split_is_seeded_and_falls_back_to_stratified():
+    y, g = mdqa_like(3000, 300, 9)
+    a = grouped_stratified_split(y, g, val_fraction=0.2, n_train=20000, seed=3)
+    b = grouped_stratified_split(y.copy(), g.copy(), val_fraction=0.2, n_train=20000, seed=3)
+    c = grouped_stratified_split(y, g, val_fraction=0.2, n_train=20000, seed=4)
+    assert all(np.array_equal(u, v) for u, v in zip(a, b))
+    assert not np.array_equal(np.sort(a[1]), np.sort(c[1]))
+    assert a[0].size + a[1].size == 3000  # n_train above the rest: every other sample trains
+    # all groups distinct (KVPR), or no groups: the plain stratified split
+    plain = stratified_split(y, val_fraction=0.2, n_train=20000, seed=3)
+    for groups in (None, np.arange(3000) * 7):
+        got = grouped_stratified_split(y, groups, val_fraction=0.2, n_train=20000, seed=3)
+        assert all(np.array_equal(u, v) for u, v in zip(got, plain))
+    with pytest.raises(ValueError, match="groups passed to grouped_stratified_split must have shape"):
+        grouped_stratified_split(y, g[:-1], val_fraction=0.2, n_train=10, seed=0)
+
+
+def test_probes_with_groups_record_split_sizes(planted):
+    x, y = planted[0][:2], planted[1]
+    _, g = mdqa_like(y.size, 120, 1)
+    res = fit_layer_probes(x, y, groups=g, epochs=5, seeds=(0, 1, 2), n_train=900, device="cpu", progress=False)
+    assert res.n_train == 900 and len(res.n_val_per_seed) == 3 and res.n_val == min(res.n_val_per_seed)
+    for s, seed in enumerate((0, 1, 2)):
+        tr, va = grouped_stratified_split(y, g, val_fraction=0.2, n_train=900, seed=seed)
+        assert va.size == res.n_val_per_seed[s] and tr.size == 900
+        acc = res.val_accuracy[s] * va.size
+        np.testing.assert_allclose(acc, np.round(acc), atol=1e-9)  # counts over this seed's own split
+    with pytest.raises(ValueError, match=r"groups passed to fit_layer_probes must have shape \(1200,\)"):
+        fit_layer_probes(x, y, groups=g[:5], epochs=1, device="cpu", progress=False)
 
 
 # --------------------------------------------------------- batched = independent
@@ -294,6 +351,74 @@ def test_linear_probe_validates_in_fit_and_guards_predict(planted):
     with pytest.raises(InvalidParameterError, match=r"The 'matmul_precision' parameter of LinearProbe must be a str "
                                                     r"among \{'auto', 'float32', 'tf32'\}\. Got 'half' instead\."):
         LinearProbe(seed=0, matmul_precision="half").fit(x, y)
+
+
+def test_linear_probe_is_a_scikit_learn_classifier(planted):
+    from sklearn.base import clone, is_classifier
+    from sklearn.exceptions import NotFittedError
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.utils.validation import check_is_fitted
+
+    x, y = planted[0][PLANTED, :600], planted[1][:600]
+    probe = LinearProbe(epochs=20, device="cpu")
+    assert is_classifier(probe)
+    assert probe.get_params() == {
+        "lr": 0.05, "epochs": 20, "seed": 0, "standardize": True, "device": "cpu", "matmul_precision": "auto",
+    }
+    assert probe.set_params(seed=3, lr=0.1) is probe and (probe.seed, probe.lr) == (3, 0.1)
+    with pytest.raises(ValueError, match="Invalid parameter 'alpha'"):
+        probe.set_params(alpha=1.0)
+    with pytest.raises(NotFittedError):
+        check_is_fitted(probe)
+    with pytest.raises(NotFittedError, match="not fitted"):  # also a ReprflowError (see above)
+        probe.predict(x)
+
+    before = x.copy()
+    probe.fit(x, y)
+    np.testing.assert_array_equal(x, before)  # fit leaves the caller's array alone
+    check_is_fitted(probe)
+    np.testing.assert_array_equal(probe.classes_, np.unique(y))
+    twin = clone(probe)  # same parameters, not fitted; refitting gives the same probe on CPU
+    assert twin.get_params() == probe.get_params() and not hasattr(twin, "coef_")
+    twin.fit(x, y)
+    assert np.array_equal(twin.coef_, probe.coef_) and np.array_equal(twin.intercept_, probe.intercept_)
+
+    cv = StratifiedKFold(n_splits=3, shuffle=True, random_state=0)
+    scores = cross_val_score(LinearProbe(epochs=20, device="cpu"), x, y, cv=cv)
+    by_hand = [LinearProbe(epochs=20, device="cpu").fit(x[tr], y[tr]).score(x[va], y[va]) for tr, va in cv.split(x, y)]
+    np.testing.assert_array_equal(scores, by_hand)
+    assert scores.shape == (3,) and scores.mean() > 2 / N_CLASSES  # planted signal: well above chance (1/8)
+    noise = cross_val_score(LinearProbe(epochs=20, device="cpu"), planted[0][0, :600], y, cv=cv)
+    assert scores.mean() > noise.mean() + 0.1
+
+
+def test_linear_probe_passes_scikit_learn_estimator_checks():
+    """All of scikit-learn's common estimator checks (input validation, unfitted errors, clone, pickling,
+    binary decision_function shape, string labels, ...), default parameters, on CPU."""
+    import warnings
+
+    from sklearn.utils.estimator_checks import check_estimator
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the checks feed deliberately odd data (2-D y, ints as floats, ...)
+        check_estimator(LinearProbe(device="cpu"))
+
+
+def test_linear_probe_binary_decision_and_probabilities(planted):
+    x, y = planted[0][PLANTED, :300], planted[1][:300]
+    binary = np.where(y == y[0], "gold", "other")  # any labels, not only ints
+    probe = LinearProbe(epochs=20, device="cpu").fit(x, binary)
+    assert probe.classes_.tolist() == ["gold", "other"]
+    d = probe.decision_function(x)
+    assert d.shape == (300,)
+    np.testing.assert_array_equal(probe.predict(x), probe.classes_[(d > 0).astype(int)])
+    proba = probe.predict_proba(x)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(np.log(proba[:, 1] / proba[:, 0]), d, rtol=1e-9, atol=1e-9)
+    multi = LinearProbe(epochs=20, device="cpu").fit(x, y)
+    assert multi.decision_function(x).shape == (300, np.unique(y).size)
+    with pytest.raises(ValueError, match="is expecting 32 features as input"):
+        multi.predict(x[:, :5])
 
 
 # ------------------------------------------------------------- matmul precision

@@ -1,20 +1,28 @@
-"""Rule extract_activations: prompts -> model -> one resumable Zarr store."""
+"""Rule extract_activations: prompts -> model -> one resumable Zarr store (and, with
+extraction.tokens: stream, the cell's token-metric files from the same forward passes)."""
 
+from reprflow.config import validate_config
 from reprflow.pipeline.extract_stage import run_extraction
 from reprflow.pipeline.runlog import workflow_step
 
 with workflow_step(snakemake.log[0], "extract_activations"):  # noqa: F821 (injected by Snakemake)
     p, w = snakemake.params, snakemake.wildcards  # noqa: F821
+    # config.execution is not a param (changing it reruns nothing): read it from the config
+    config = validate_config(snakemake.config)  # noqa: F821
+    index = [m.name for m in config.models].index(p.model["name"])
+    metrics_dir = getattr(snakemake.output, "token_metrics", None)  # noqa: F821 (streamed cells only)
     run_extraction(
         snakemake.input.prompts,  # noqa: F821
-        snakemake.output[0],  # noqa: F821
+        snakemake.output.store,  # noqa: F821
         model=p.model,
         init=p.init,
         task=w.task,
         length=int(w.length),
         seed=p.seed,
-        settings=p.settings,
+        settings={**p.settings, **config.execution("extraction")},
         config_digest=p.config_digest,
-        origin=p.origin,
+        origin=f"config.models[{index}].hf_id",
         shard=p.shard,
+        metrics_dir=metrics_dir,
+        metrics=None if metrics_dir is None else {**p.metrics, **config.execution("metrics")},
     )

@@ -5,4 +5,5 @@ from reprflow.pipeline.findings import write_findings
 from reprflow.pipeline.runlog import workflow_step
 
 with workflow_step(snakemake.log[0], "findings"):  # noqa: F821 (injected by Snakemake)
-    write_findings(validate_config(snakemake.params.config), snakemake.output[0])  # noqa: F821
+    config = validate_config(snakemake.config)  # noqa: F821 (params.science tracks what matters)
+    write_findings(config, snakemake.output[0], root=config.out_dir)  # noqa: F821

@@ -1,13 +1,15 @@
 """Rule probes: per-layer linear probes on last-token states (Adam, lr 0.05, 150 epochs)."""
 
+from reprflow.config import validate_config
 from reprflow.devices import resolve_device
 from reprflow.pipeline.probe_stage import run_probe_stage
 from reprflow.pipeline.runlog import workflow_step
 
 with workflow_step(snakemake.log[0], "probes"):  # noqa: F821 (injected by Snakemake)
     s = snakemake.params.settings  # noqa: F821
+    run = validate_config(snakemake.config).execution("probes")  # noqa: F821 (not a param)
     run_probe_stage(
-        list(snakemake.input),  # noqa: F821 (one store, or its shards)
+        list(snakemake.input.stores),  # noqa: F821 (one store, or its shards)
         snakemake.output.csv,  # noqa: F821
         views=tuple(snakemake.params.views),  # noqa: F821
         epochs=s["epochs"],
@@ -16,7 +18,8 @@ with workflow_step(snakemake.log[0], "probes"):  # noqa: F821 (injected by Snake
         val_fraction=s["val_fraction"],
         standardize=s["standardize"],
         n_train=s["n_train"],
-        device=resolve_device(s["device"]),
-        max_batch_bytes=int(s["max_batch_gib"] * 2**30),
+        device=resolve_device(run["device"]),
+        max_batch_bytes=int(run["max_batch_gib"] * 2**30),
         matmul_precision=s["matmul_precision"],
+        prompt_path=snakemake.input.prompts,  # noqa: F821
     )

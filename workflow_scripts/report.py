@@ -7,7 +7,7 @@ from reprflow.pipeline.runlog import workflow_step
 from reprflow.workflow.targets import HTML_TABLES
 
 with workflow_step(snakemake.log[0], "report"):  # noqa: F821 (injected by Snakemake)
-    config = validate_config(snakemake.params.config)  # noqa: F821
-    write_report(config, snakemake.output.report)  # noqa: F821
-    write_provenance(config, snakemake.output.provenance)  # noqa: F821
-    write_html_tables(config, {k: snakemake.output[f"{k}_html"] for k in HTML_TABLES})  # noqa: F821
+    config = validate_config(snakemake.config)  # noqa: F821 (params.science tracks what matters)
+    write_report(config, snakemake.output.report, root=config.out_dir)  # noqa: F821
+    write_provenance(config, snakemake.output.provenance, root=config.out_dir)  # noqa: F821
+    write_html_tables(config, {k: snakemake.output[f"{k}_html"] for k in HTML_TABLES}, root=config.out_dir)  # noqa: F821

@@ -5,4 +5,5 @@ from reprflow.pipeline.tables import write_tables
 from reprflow.config import validate_config
 
 with workflow_step(snakemake.log[0], "tables"):  # noqa: F821 (injected by Snakemake)
-    write_tables(validate_config(snakemake.params.config), snakemake.output.table1, snakemake.output.table2)  # noqa: F821
+    config = validate_config(snakemake.config)  # noqa: F821 (params.science tracks what matters)
+    write_tables(config, snakemake.output.table1, snakemake.output.table2, root=config.out_dir)  # noqa: F821

@@ -10,11 +10,17 @@ Each module does one job:
   ``scaled_dot_product_attention``;
 - :mod:`reprflow.kernels.mamba_mixers`: full-sequence forwards of HF's ``MambaMixer`` and
   ``Mamba2Mixer`` that call the kernels above (and ``mamba_ssm``'s Triton SSD kernels);
+- :mod:`reprflow.kernels.ssd`: the Mamba-2 SSD recurrence in torch (reference);
 - :mod:`reprflow.kernels.optional`: import of the optional ``mamba_ssm`` Triton kernels
-  without its compiled extension.
+  without its compiled extension, and of the compiled ``selective_scan_cuda`` and
+  ``causal_conv1d``;
+- :mod:`reprflow.kernels.select`: the chooser: per op and shape class, the fastest
+  candidate that matches the float64 reference (measured at first use), or the one
+  forced by ``REPRFLOW_KERNEL_<OP>``;
+- :mod:`reprflow.kernels.ops`: the Mamba ops (scan, conv, SSD) and their candidates.
 
-:func:`reprflow.fastpath.prepare_model` chooses among them; nothing here is applied on
-import. Triton is optional: on a machine without it (CPU CI) only the torch references
+:func:`reprflow.fastpath.prepare_model` installs them (docs/kernels.md); nothing here is
+applied on import. Triton is optional: on a machine without it (CPU CI) only the torch references
 and the SDPA attention are used.
 """
 

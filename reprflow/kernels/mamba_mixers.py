@@ -9,12 +9,16 @@ time-major ``(batch, n_tokens, channels)`` and calls fast kernels:
 
 Mamba-1: ``in_proj`` -> causal conv + SiLU (:mod:`reprflow.kernels.causal_conv1d`) ->
 ``x_proj`` -> ``dt_proj`` (weight only; its bias enters the scan in float32, as in HF)
--> selective scan (:mod:`reprflow.kernels.selective_scan`, or ``mamba_ssm``'s compiled
-``selective_scan_fn`` when built) -> ``out_proj``.
+-> selective scan -> ``out_proj``.
 
-Mamba-2: ``in_proj`` -> causal conv + SiLU -> ``mamba_ssm``'s Triton SSD
-``mamba_chunk_scan_combined`` -> gated group RMSNorm (``mamba_ssm``'s Triton
+Mamba-2: ``in_proj`` -> causal conv + SiLU -> SSD scan (``mamba_ssm``'s Triton
+``mamba_chunk_scan_combined``) -> gated group RMSNorm (``mamba_ssm``'s Triton
 ``rmsnorm_fn``, ``norm_before_gate=False`` as HF's ``MambaRMSNormGated``) -> ``out_proj``.
+
+The conv, the scan and the SSD are passed in as callables: a fixed implementation (a
+string ``impl``) or a :class:`reprflow.kernels.select.KernelOp` that picks the fastest
+correct candidate per shape class (:mod:`reprflow.kernels.ops`; ``prepare_model`` does
+this).
 
 Calls with a cache (generation) go to HF's original forward, so the patched model still
 generates. Padding masks are applied where HF applies them (before ``in_proj`` and after
@@ -23,6 +27,7 @@ the conv).
 
 from __future__ import annotations
 
+import functools
 import logging
 import types
 from typing import Callable
@@ -54,9 +59,8 @@ def mamba_mixer_forward(
     hidden_states: Tensor,
     attention_mask: Tensor | None = None,
     *,
-    scan_impl: str = "auto",
-    conv_impl: str = "auto",
-    compiled_scan: Callable | None = None,
+    scan_impl: str | Callable[..., Tensor] = "auto",
+    conv_impl: str | Callable[..., Tensor] = "auto",
 ) -> Tensor:
     """Full-sequence forward of one HF ``MambaMixer`` through the fast kernels.
 
@@ -65,11 +69,11 @@ def mamba_mixer_forward(
     mixer : MambaMixer
     hidden_states : Tensor of shape (batch, n_tokens, hidden)
     attention_mask : Tensor of shape (batch, n_tokens), optional
-    scan_impl, conv_impl : {"auto", "triton", "torch"}
-        Implementations of the scan and the conv (see the kernel modules).
-    compiled_scan : callable, optional
-        ``mamba_ssm``'s compiled ``selective_scan_fn``; takes precedence over
-        ``scan_impl`` when given.
+    scan_impl, conv_impl : {"auto", "triton", "torch"} or callable
+        Implementations of the scan and the conv: an ``impl`` of
+        :func:`~reprflow.kernels.selective_scan.selective_scan` /
+        :func:`~reprflow.kernels.causal_conv1d.causal_conv1d_silu`, or a callable with
+        their signature (without ``impl``), e.g. a ``KernelOp``.
 
     Returns
     -------
@@ -83,7 +87,7 @@ def mamba_mixer_forward(
     x, z = xz[..., :d_inner], xz[..., d_inner:]
     conv_w = mixer.conv1d.weight[:, 0, :]  # [d_inner, width]
     conv_b = mixer.conv1d.bias if mixer.use_conv_bias else None
-    x = causal_conv1d_silu(x, conv_w, conv_b, mask=attention_mask, impl=conv_impl)  # [batch, n_tokens, d_inner]
+    x = _conv(conv_impl)(x, conv_w, conv_b, mask=attention_mask)  # [batch, n_tokens, d_inner]
     x_dbl = mixer.x_proj(x)  # [batch, n_tokens, rank + 2 * d_state]
     dt_raw = x_dbl[..., :rank]
     B = x_dbl[..., rank : rank + d_state]
@@ -91,14 +95,13 @@ def mamba_mixer_forward(
     dt = F.linear(dt_raw, mixer.dt_proj.weight)  # [batch, n_tokens, d_inner]; bias added in the scan
     A = -torch.exp(mixer.A_log.float())  # [d_inner, d_state]
     dt_bias = mixer.dt_proj.bias.float() if mixer.dt_proj.bias is not None else None
-    if compiled_scan is not None:
-        y = compiled_scan(
-            x.transpose(1, 2), dt.transpose(1, 2), A, B.transpose(1, 2), C.transpose(1, 2),
-            mixer.D.float(), z=z.transpose(1, 2), delta_bias=dt_bias, delta_softplus=True,
-        ).transpose(1, 2)
-    else:
-        y = selective_scan(x, dt, A, B, C, mixer.D.float(), z, delta_bias=dt_bias, delta_softplus=True, impl=scan_impl)
+    scan = scan_impl if callable(scan_impl) else functools.partial(selective_scan, impl=scan_impl)
+    y = scan(x, dt, A, B, C, mixer.D.float(), z, delta_bias=dt_bias, delta_softplus=True)
     return mixer.out_proj(y.to(dtype))
+
+
+def _conv(conv_impl: str | Callable[..., Tensor]) -> Callable[..., Tensor]:
+    return conv_impl if callable(conv_impl) else functools.partial(causal_conv1d_silu, impl=conv_impl)
 
 
 def mamba2_mixer_forward(
@@ -107,7 +110,8 @@ def mamba2_mixer_forward(
     attention_mask: Tensor | None = None,
     *,
     kernels: MambaSsmKernels,
-    conv_impl: str = "auto",
+    conv_impl: str | Callable[..., Tensor] = "auto",
+    ssd: Callable[..., Tensor] | None = None,
 ) -> Tensor:
     """Full-sequence forward of one HF ``Mamba2Mixer`` through ``mamba_ssm``'s Triton SSD.
 
@@ -118,7 +122,11 @@ def mamba2_mixer_forward(
     attention_mask : Tensor of shape (batch, n_tokens), optional
     kernels : MambaSsmKernels
         From :func:`reprflow.kernels.optional.load_mamba_ssm_triton`.
-    conv_impl : {"auto", "triton", "torch"}
+    conv_impl : {"auto", "triton", "torch"} or callable
+        As for :func:`mamba_mixer_forward`.
+    ssd : callable, optional
+        The SSD scan with the signature of ``mamba_chunk_scan_combined`` (e.g. a
+        ``KernelOp``); default ``kernels.chunk_scan_combined``.
 
     Returns
     -------
@@ -135,12 +143,12 @@ def mamba2_mixer_forward(
     xbc = proj[..., d_inner : d_inner + mixer.conv_dim]
     dt = proj[..., d_inner + mixer.conv_dim :]  # [batch, n_tokens, n_heads]
     conv_b = mixer.conv1d.bias if mixer.use_conv_bias else None
-    xbc = causal_conv1d_silu(xbc, mixer.conv1d.weight[:, 0, :], conv_b, mask=attention_mask, impl=conv_impl)
+    xbc = _conv(conv_impl)(xbc, mixer.conv1d.weight[:, 0, :], conv_b, mask=attention_mask)
     x = xbc[..., :d_inner].view(batch, n_tokens, n_heads, head_dim)
     B = xbc[..., d_inner : d_inner + n_groups * d_state].view(batch, n_tokens, n_groups, d_state)
     C = xbc[..., d_inner + n_groups * d_state :].view(batch, n_tokens, n_groups, d_state)
     A = -torch.exp(mixer.A_log.float())  # [n_heads]
-    y = kernels.chunk_scan_combined(
+    y = (ssd or kernels.chunk_scan_combined)(
         x, dt, A, B, C, mixer.chunk_size,
         D=mixer.D, z=None, dt_bias=mixer.dt_bias, dt_softplus=True, dt_limit=tuple(mixer.time_step_limit),
     )  # [batch, n_tokens, n_heads, head_dim]
@@ -175,7 +183,8 @@ def _mixers(model: nn.Module, cls: type) -> list[nn.Module]:
 
 
 def install_mamba_forward(
-    model: nn.Module, *, scan_impl: str = "auto", conv_impl: str = "auto", compiled_scan: Callable | None = None
+    model: nn.Module, *, scan_impl: str | Callable[..., Tensor] = "auto",
+    conv_impl: str | Callable[..., Tensor] = "auto",
 ) -> int:
     """Switch every ``MambaMixer`` of ``model`` to :func:`mamba_mixer_forward`, in place.
 
@@ -192,15 +201,16 @@ def install_mamba_forward(
             raise ValueError(f"Mamba fast path supports hidden_act='silu' only, got {m.activation!r}")
 
         def fast(self, h, mask):
-            return mamba_mixer_forward(
-                self, h, mask, scan_impl=scan_impl, conv_impl=conv_impl, compiled_scan=compiled_scan
-            )
+            return mamba_mixer_forward(self, h, mask, scan_impl=scan_impl, conv_impl=conv_impl)
 
         patch_forward(m, fast)
     return len(mixers)
 
 
-def install_mamba2_forward(model: nn.Module, *, kernels: MambaSsmKernels, conv_impl: str = "auto") -> int:
+def install_mamba2_forward(
+    model: nn.Module, *, kernels: MambaSsmKernels, conv_impl: str | Callable[..., Tensor] = "auto",
+    ssd: Callable[..., Tensor] | None = None,
+) -> int:
     """Switch every ``Mamba2Mixer`` of ``model`` to :func:`mamba2_mixer_forward`, in place.
 
     Returns
@@ -222,7 +232,7 @@ def install_mamba2_forward(model: nn.Module, *, kernels: MambaSsmKernels, conv_i
             )
 
         def fast(self, h, mask):
-            return mamba2_mixer_forward(self, h, mask, kernels=kernels, conv_impl=conv_impl)
+            return mamba2_mixer_forward(self, h, mask, kernels=kernels, conv_impl=conv_impl, ssd=ssd)
 
         patch_forward(m, fast)
     return len(mixers)

@@ -1,4 +1,5 @@
-"""Optional third-party kernels: ``mamba_ssm``'s Triton SSD and ``selective_scan_cuda``.
+"""Optional third-party kernels: ``mamba_ssm``'s Triton SSD, ``selective_scan_cuda`` and
+``causal_conv1d``'s compiled ``causal_conv1d_fn``.
 
 ``mamba_ssm`` can be installed without compiling (``MAMBA_SKIP_CUDA_BUILD=TRUE
 MAMBA_FORCE_BUILD=TRUE pip install --no-build-isolation --no-deps mamba-ssm``, see
@@ -26,7 +27,7 @@ from typing import Callable
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MambaSsmKernels", "load_mamba_ssm_triton", "compiled_selective_scan"]
+__all__ = ["MambaSsmKernels", "load_mamba_ssm_triton", "compiled_selective_scan", "compiled_causal_conv1d"]
 
 
 @dataclass(frozen=True)
@@ -131,3 +132,15 @@ def compiled_selective_scan() -> Callable | None:
     except ImportError:
         return None
     return mod.selective_scan_fn
+
+
+def compiled_causal_conv1d() -> Callable | None:
+    """``causal_conv1d``'s compiled ``causal_conv1d_fn`` (channel-first signature), or None."""
+    if importlib.util.find_spec("causal_conv1d") is None:
+        return None
+    try:
+        mod = importlib.import_module("causal_conv1d")
+        return mod.causal_conv1d_fn
+    except (ImportError, AttributeError) as exc:
+        logger.info("causal_conv1d unavailable: %s", exc)
+        return None

@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from reprflow.errors import InvalidParameterError
+
 ArrayLike = np.ndarray | torch.Tensor
 """numpy array or torch tensor, any real floating dtype."""
 
@@ -19,10 +21,13 @@ ArrayLike = np.ndarray | torch.Tensor
 def resolve_device(x: ArrayLike, device: str | torch.device | None) -> torch.device:
     """The device a metric computes on: ``device`` if given, else where ``x`` lives.
 
-    numpy input without ``device`` computes on the CPU.
+    ``device`` goes through the package's one resolver (:func:`reprflow.devices.resolve_device`:
+    ``auto``, ``cpu``, ``cuda``, ``cuda:N``); numpy input without ``device`` computes on the CPU.
     """
     if device is not None:
-        return torch.device(device)
+        from reprflow.devices import resolve_device as resolve
+
+        return resolve(device, key="metrics device", error=InvalidParameterError)
     if isinstance(x, torch.Tensor):
         return x.device
     return torch.device("cpu")

@@ -1,4 +1,4 @@
-"""Model loading, init schemes, per-family layouts, invariants and tiny demo models.
+"""Model loading, init schemes, layouts of any causal LM, invariants and tiny demo models.
 
 Attributes are imported lazily (PEP 562), so torch-free submodules such as
 :mod:`reprflow.models.init_params` and :mod:`reprflow.models.shipped` can be used
@@ -17,7 +17,10 @@ _EXPORTS = {
     "build_from_config": "reprflow.models.init_schemes",
     "Layout": "reprflow.models.layouts",
     "get_layout": "reprflow.models.layouts",
-    "supported_model_types": "reprflow.models.layouts",
+    "OVERRIDES": "reprflow.models.layouts",
+    "check_hf_view": "reprflow.models.hf_view",
+    "hf_hidden_states": "reprflow.models.hf_view",
+    "verify_hf_view": "reprflow.models.hf_view",
     "view_indices": "reprflow.models.layouts",
     "load_config": "reprflow.models.registry",
     "load_model": "reprflow.models.registry",

@@ -40,7 +40,7 @@ from transformers.utils import is_accelerate_available
 from reprflow.errors import ConfigError, ModelNotFoundError, ReprflowError
 from reprflow.models.init_schemes import InitSpec, apply_init, build_from_config
 from reprflow.models.invariants import check_family_invariants, check_matches_shipped
-from reprflow.models.layouts import get_layout
+from reprflow.models.layouts import context_attr, get_layout
 from reprflow.models.shipped import shipped_config_path
 
 logger = logging.getLogger(__name__)
@@ -296,8 +296,9 @@ def load_model(
         Not found locally and the hub is unreachable; unknown repo or revision;
         local path without ``config.json``.
     ReprflowError
-        The model family has no layout (checked from the config, before any
-        weights are read).
+        The layout cannot be found (the discovery rules run on a meta-device
+        skeleton built from the config, before any weight is read); the
+        message names the override to add.
     ConfigError
         A random scheme without a seed; a ``model_type`` other than ``family``;
         a broken family invariant; a checkpoint whose architecture differs from
@@ -309,7 +310,7 @@ def load_model(
         model_id_or_path, revision=revision, origin=origin, prefer_shipped=init.is_random, for_weights=not init.is_random
     )
     try:
-        layout = get_layout(config)  # fail fast for unsupported families, before any weight is read
+        layout = get_layout(config)  # fail fast (meta-device skeleton), before any weight is read
     except ReprflowError as exc:
         raise ReprflowError(f"model '{model_id_or_path}' ({origin}): {exc}") from None
     if family is not None and config.model_type != family:
@@ -360,7 +361,7 @@ def load_model(
         "loaded %s (%s, %d blocks, %.1fM params) init=%s seed=%s dtype=%s device=%s config=%s commit=%s",
         model_id_or_path,
         layout.model_type,
-        len(layout.block_list(model)),
+        len(get_layout(model).block_list(model)),  # discovered on the loaded model (cached)
         n_params / 1e6,
         init.scheme,
         seed,
@@ -400,13 +401,13 @@ def model_max_context(model_or_config: PreTrainedModel | PretrainedConfig) -> in
         ``config.<layout.context_attr>`` (e.g. 2048 for GPT-Neo and Pythia).
     """
     config = getattr(model_or_config, "config", model_or_config)
-    layout = get_layout(config)
-    if layout.context_attr is None:
+    attr = context_attr(config)
+    if attr is None:
         return None
-    value = getattr(config, layout.context_attr, None)
+    value = getattr(config.get_text_config(), attr, None)
     if value is None:
         raise ConfigError(
-            f"model_type '{layout.model_type}': config has no '{layout.context_attr}' "
-            f"(the layout's context_attr); fix the entry in reprflow/models/layouts.py"
+            f"model_type '{config.model_type}': config has no '{attr}' "
+            f"(the layout's context_attr); fix OVERRIDES['{config.model_type}'] in reprflow/models/layouts.py"
         )
     return int(value)

@@ -155,7 +155,7 @@ _TINY: dict[str, tuple[type[PretrainedConfig], str, dict[str, Any]]] = {
     ),
 }
 
-#: family -> tokenizer directory name under data/tokenizers (and ../shared/data/tokenizers)
+#: family -> tokenizer directory name under reprflow/data/tokenizers
 TINY_TOKENIZERS: dict[str, str] = {family: spec[1] for family, spec in _TINY.items()}
 
 

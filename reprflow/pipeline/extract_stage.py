@@ -4,6 +4,18 @@ Loads the prompt set and the model (``from_pretrained`` for pretrained weights, 
 init scheme otherwise), checks the context window, picks the device and compute dtype,
 and hands over to :func:`reprflow.extract.extract_activations`, which writes the store
 resumably and atomically.
+
+Two science keys shape what is written:
+
+* ``extraction.tokens``: ``store`` puts the ``n_token_prompts`` prompts' full token states
+  in the store (the token_metrics rule reads them); ``stream`` stores none and, in the job
+  given a ``metrics_dir`` (the unsharded job, or shard 0's), computes the token-metric
+  files during the same forward passes
+  (:func:`reprflow.pipeline.token_stream.extract_with_streamed_token_metrics`).
+* the init's ``scope``: a ``fig3`` cell forwards only the ``n_token_prompts`` evenly spaced
+  token prompts (:func:`reprflow.extract.token_prompt_ids`, the same prompts as a full
+  cell's token prompts), so its store holds ``n_token_prompts`` samples, recorded in the
+  attr ``prompt_indices`` (indices into the prompt file).
 """
 
 from __future__ import annotations
@@ -18,9 +30,10 @@ import torch
 
 from reprflow.devices import resolve_device
 from reprflow.errors import ConfigError
-from reprflow.extract import extract_activations
+from reprflow.extract import extract_activations, token_prompt_ids
 from reprflow.models.init_schemes import InitSpec
 from reprflow.models.registry import load_model, model_max_context, model_provenance
+from reprflow.pipeline.token_stream import extract_with_streamed_token_metrics
 from reprflow.prompts import load_tokenizer, read_prompt_set
 from reprflow.prompts.files import sha256_file
 from reprflow.store import open_store, shard_range
@@ -86,6 +99,8 @@ def run_extraction(
     config_digest: str,
     origin: str = "model",
     shard: tuple[int, int] | None = None,
+    metrics_dir: str | Path | None = None,
+    metrics: Mapping[str, Any] | None = None,
 ) -> Path:
     """Extract one cell's activations into ``out_path`` (a no-op if it is already complete).
 
@@ -98,12 +113,20 @@ def run_extraction(
     model, init : dict
         One ``config.models`` entry and one ``config.inits`` entry (validated).
     settings : dict
-        The ``config.extraction`` section.
+        The ``config.extraction`` section (with ``config.execution.extraction``).
+        ``settings["tokens"]`` is ``store`` (default) or ``stream`` (module docstring).
     origin : str
         Where the model id came from (e.g. ``config.models[2].hf_id``), for error messages.
     shard : (index, count), optional
         Write only shard ``index`` of ``count`` (a contiguous sample range,
         :func:`reprflow.store.shard_range`) to ``out_path``; one job per shard.
+    metrics_dir : path, optional
+        With ``tokens: stream``: where this job writes the cell's token-metric files
+        (``results/metrics/.../token_metrics``). Give it to one job per cell; the other
+        shards of a streamed cell store no token states and compute no metrics.
+    metrics : mapping, optional
+        With ``metrics_dir``: ``views`` and ``debiased_cka`` (``config.metrics``) and
+        ``max_tokens_in_memory`` (``config.execution.metrics``).
     """
     out_path = Path(out_path)
     key = model_key(origin, "max_context", model["name"])
@@ -116,6 +139,18 @@ def run_extraction(
     device = resolve_device(settings["device"])
     dtype = compute_dtype_for(settings["compute_dtype"], device)
     prompts = read_prompt_set(prompt_path)
+    tokens = settings.get("tokens", "store")
+    if tokens not in ("store", "stream"):
+        raise ConfigError(f"extraction.tokens is {tokens!r}; expected 'store' or 'stream'")
+    if metrics_dir is not None and (tokens != "stream" or metrics is None):
+        raise ConfigError(f"{out_path}: token metrics are streamed to {metrics_dir} only with extraction.tokens: "
+                          f"stream (is {tokens!r}) and the metrics settings (views, debiased_cka, max_tokens_in_memory)")
+    n_token = int(settings["n_token_prompts"])
+    prompt_indices = None
+    if init.get("scope", "all") == "fig3":  # Fig. 3 needs only the token prompts' metrics
+        prompt_indices = token_prompt_ids(len(prompts), n_token)
+        prompts = [prompts[i] for i in prompt_indices]
+        logger.info("init %s has scope fig3: forwarding only its %d token prompts", init["name"], len(prompts))
     tokenizer = load_tokenizer(model["tokenizer"])
     spec = InitSpec(scheme=init["scheme"], params=dict(init.get("params") or {}))
     logger.info("loading %s (%s) with init %s on %s in %s", model["name"], model["hf_id"], init["name"], device, dtype)
@@ -137,14 +172,12 @@ def run_extraction(
         "prompt_file": str(prompt_path),
         "prompt_sha256": sha256_file(prompt_path),
         "config_sha256": config_digest,
+        "tokens": tokens,
     }
-    extract_activations(
-        net,
-        tokenizer,
-        prompts,
-        out_path,
+    if prompt_indices is not None:
+        attrs["prompt_indices"] = prompt_indices
+    run = dict(
         batch_size=settings["batch_size"],
-        n_token_prompts=settings["n_token_prompts"],
         store_dtype=settings["store_dtype"],
         device=device,
         compute_dtype=dtype,
@@ -152,5 +185,13 @@ def run_extraction(
         max_context=limit,
         sample_range=None if shard is None else shard_range(len(prompts), *shard),
     )
+    if metrics_dir is not None:
+        extract_with_streamed_token_metrics(
+            net, tokenizer, prompts, out_path, metrics_dir, n_token_prompts=n_token, views=tuple(metrics["views"]),
+            debiased_cka=metrics["debiased_cka"], max_tokens_in_memory=metrics["max_tokens_in_memory"], **run,
+        )
+    else:
+        extract_activations(net, tokenizer, prompts, out_path, n_token_prompts=n_token if tokens == "store" else 0,
+                            **run)
     open_store(out_path)  # verify what was written reads back as complete
     return out_path

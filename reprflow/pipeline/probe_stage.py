@@ -12,12 +12,19 @@ Files written (each atomically: temporary name beside the target, then rename):
 ``out_csv``              view, state_index (0..K_view-1), state_name, seed, val_accuracy,
                          train_accuracy: one row per (view, state, seed)
 ``out_csv`` as ``.json`` {view: {state_names, mean, std, last_accuracy, peak_layer, peak_state,
-                         peak_accuracy, gap, n_train, n_val, n_classes}, "protocol": {...},
+                         peak_accuracy, gap, n_train, n_val, n_val_per_seed, n_classes},
+                         "protocol": {..., split, n_groups},
                          "provenance": {store, prompt_sha256, reprflow_version, ...}}
 =======================  ====================================================================
 
 ``mean``/``std`` are over seeds (std is the population std, ddof = 0); ``peak_layer`` is
 an index within the view.
+
+Split: MDQA samples are grouped by question (the ``group`` field of the prompt file the store
+was extracted from, ``attrs["prompt_file"]``, checked against ``attrs["prompt_sha256"]`` and
+the store's labels), so no question has prompts on both sides
+(:func:`reprflow.probes.grouped_stratified_split`); KVPR samples are each their own group
+(:func:`reprflow.probes.stratified_split`).
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import torch
 
 from reprflow.errors import ConfigError, ReprflowError, StoreError
 from reprflow.probes import DEFAULT_MAX_BATCH_BYTES, ProbeResult, fit_layer_probes
+from reprflow.prompts import read_prompt_groups
 from reprflow.prompts.files import atomic_write_bytes
 from reprflow.store import open_activations, store_provenance
 
@@ -74,8 +82,46 @@ def _view_summary(result: ProbeResult, indices: list[int], names: list[str]) -> 
         "gap": sub.gap,
         "n_train": sub.n_train,
         "n_val": sub.n_val,
+        "n_val_per_seed": list(sub.n_val_per_seed),
         "n_classes": sub.n_classes,
     }
+
+
+def sample_groups(
+    store_path, attrs: dict, labels: np.ndarray, *, prompt_path: str | os.PathLike | None = None
+) -> np.ndarray | None:
+    """Group of each sample for the probe split: MDQA the question ids, KVPR None (each its own).
+
+    MDQA groups come from the ``group`` field of the prompt file (``prompt_path``, default
+    ``attrs["prompt_file"]``), which must be the file the store was extracted from (same
+    sha256 as ``attrs["prompt_sha256"]``, same labels in the same order).
+
+    Returns
+    -------
+    ndarray of shape (n_samples,), int64, or None
+
+    Raises
+    ------
+    StoreError
+        The prompt file is missing or does not match the store.
+    PromptError
+        The prompt file is malformed, or differs from its manifest or from the store's sha256.
+    """
+    if attrs.get("task") != "mdqa":
+        return None
+    path = prompt_path if prompt_path is not None else attrs.get("prompt_file")
+    if not path or not Path(path).is_file():
+        raise StoreError(
+            f"{store_path}: MDQA probes split by question, read from the store's prompt file {path!r}, which is "
+            "missing; rebuild it with the prompts rule (same config and seed) or pass its path as prompt_path"
+        )
+    groups, file_labels = read_prompt_groups(path, sha256=attrs.get("prompt_sha256"))
+    if file_labels.shape != labels.shape or not np.array_equal(file_labels, labels):
+        raise StoreError(
+            f"{store_path}: its {labels.shape[0]} labels differ from the {file_labels.shape[0]} labels of its prompt "
+            f"file {path}; the store was not extracted from this file: delete the store and rerun"
+        )
+    return groups
 
 
 def run_probe_stage(
@@ -92,6 +138,7 @@ def run_probe_stage(
     device: str | torch.device | None = None,
     max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
     matmul_precision: str = "auto",
+    prompt_path: str | os.PathLike | None = None,
 ) -> ProbeResult:
     """Fit per-layer probes on one store's last-token states and write CSV + JSON.
 
@@ -107,6 +154,9 @@ def run_probe_stage(
     epochs, lr, seeds, val_fraction, standardize, n_train, device, max_batch_bytes, matmul_precision
         Passed to :func:`reprflow.probes.fit_layer_probes`. The summary's ``protocol``
         records the precision the products actually ran in (``"tf32"`` or ``"float32"``).
+    prompt_path : path-like, optional
+        MDQA: the prompt file holding each sample's question (``group``); default the
+        store's ``attrs["prompt_file"]`` (see :func:`sample_groups`).
 
     Returns
     -------
@@ -145,10 +195,11 @@ def run_probe_stage(
     if last.shape[0] != len(names):
         raise StoreError(f"{store_path}: 'last' has {last.shape[0]} states but state_names has {len(names)}")
 
+    groups = sample_groups(store_path, attrs, labels, prompt_path=prompt_path)
     logger.info("probes: %s, last %s (%s), %d views", store_path, tuple(last.shape), last.dtype, len(views))
     try:
         result = fit_layer_probes(
-            last, labels, epochs=epochs, lr=lr, seeds=seeds, val_fraction=val_fraction,
+            last, labels, groups=groups, epochs=epochs, lr=lr, seeds=seeds, val_fraction=val_fraction,
             standardize=standardize, device=device, n_train=n_train, max_batch_bytes=max_batch_bytes,
             matmul_precision=matmul_precision,
         )
@@ -170,6 +221,8 @@ def run_probe_stage(
         "standardize": standardize, "n_train_max": n_train, "optimizer": "Adam (full batch)",
         "compute_dtype": "float32", "matmul_precision": result.matmul_precision,
         "device": str(device) if device is not None else "auto",
+        "split": "stratified by label" if groups is None else "grouped by MDQA question, stratified by label",
+        "n_groups": int(labels.shape[0] if groups is None else np.unique(groups).size),
     }
     summary["provenance"] = {
         **store_provenance(store_path, attrs),

@@ -10,9 +10,9 @@ from reprflow.prompts import build_prompt_set, write_prompt_set
 logger = logging.getLogger(__name__)
 
 
-def build_prompt_file(out_path: str | Path, *, task: str, length: int, tokenizer: str, seed: int, settings: dict,
-                      max_tokens: int | None = None) -> Path:
-    """Write ``data/prompts/{tokenizer}/{task}_n{length}.jsonl`` and its ``.manifest.json``.
+def build_prompt_records(*, task: str, length: int, tokenizer: str, seed: int, settings: dict,
+                         max_tokens: int | None = None, progress: bool = True) -> tuple[list[dict], dict]:
+    """The records and manifest of one prompt set, as the prompts rule builds them (nothing written).
 
     ``settings`` is the validated ``config.prompts`` section; its ``tolerance_overrides``
     replace ``tolerance`` for one (task, length). ``max_tokens`` caps every prompt
@@ -23,7 +23,7 @@ def build_prompt_file(out_path: str | Path, *, task: str, length: int, tokenizer
         (o["tolerance"] for o in settings.get("tolerance_overrides", []) if o["task"] == task and o["length"] == length),
         settings["tolerance"],
     )
-    records, manifest = build_prompt_set(
+    return build_prompt_set(
         task,
         target_tokens=length,
         tokenizer_name=tokenizer,
@@ -33,6 +33,18 @@ def build_prompt_file(out_path: str | Path, *, task: str, length: int, tokenizer
         distractor_dir=settings.get("mdqa_distractor_dir"),
         tolerance=tolerance,
         max_tokens=max_tokens,
+        progress=progress,
+    )
+
+
+def build_prompt_file(out_path: str | Path, *, task: str, length: int, tokenizer: str, seed: int, settings: dict,
+                      max_tokens: int | None = None) -> Path:
+    """Write ``data/prompts/{tokenizer}/{task}_n{length}.jsonl`` and its ``.manifest.json``.
+
+    Arguments as :func:`build_prompt_records`.
+    """
+    records, manifest = build_prompt_records(
+        task=task, length=length, tokenizer=tokenizer, seed=seed, settings=settings, max_tokens=max_tokens
     )
     write_prompt_set(records, manifest, out_path)
     logger.info("wrote %d %s prompts (~%d tokens) to %s", len(records), task, length, out_path)

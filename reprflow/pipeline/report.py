@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import platform
 from datetime import datetime, timezone
 from importlib import metadata
@@ -294,6 +295,7 @@ def write_report(config: Config, out_path: str | Path, *, root: str | Path = "."
     if verdict.is_file():
         figure = os.path.relpath(root / THEORY["figure"], out_path.parent)
         body = verdict.read_text().split("\n", 1)[-1]  # drop its own title
+        body = re.sub(r"(?m)^(#+) ", r"#\1 ", body)  # nest its sections one level under ours
         lines += ["## Theory check (paper §4)", "", f"![theory]({figure})", "", body.strip(), ""]
     lines += _training_section(config, root)
     lines += _provenance_section(config, root)

@@ -1,13 +1,22 @@
-"""Theory stage: run the Monte Carlo check of Theorems 1-6 and write its results.
+"""Theory stage: the Monte Carlo check of the paper's Theorems 1-6 and of the project's extensions.
 
-Writes, into ``out_dir`` (``results/theory/``), each through a temporary name and a rename:
+Writes, into ``out_dir`` (``results/theory/``), each through a temporary name and a rename.
+The paper's theorems as stated, in the paper's setting (:mod:`reprflow.theory.paper_check`):
+
+- ``theorems.csv``       one verdict row per theorem, setting and weight source;
+- ``theorem_cells.csv``  every (theorem, setting, weight source, n, σ²[, L]) cell;
+- ``assumptions.csv``    the measured constants of the proofs (ρ, c, b, h, z, x_max, δ, Lemma 1);
+- ``paper_crossover.csv`` σ²*(n) of the paper's blocks next to the proof's x_max.
+
+The project's extensions (causal attention, selective B/C, D skip, depth stacks):
 
 - ``stability.csv``      one-block energies: exact | linearized | closed_form, three quantities;
 - ``depth.csv``          path energy and St_L² of depth-L stacks, with and without pre-LN;
 - ``approximations.csv`` the paper's P-1/n² and P-VV in the Transformer closed form;
 - ``crossover.csv``      the σ² above which the closed forms reverse Theorem 5, per n;
 - ``theory.png``         energy vs n per σ² (and St_L² vs depth);
-- ``verdict.md``         the short verdict (see :mod:`reprflow.theory.verdict`).
+- ``verdict.md``         "Paper Theorems 1–6" then "Project extensions" (the markdown of
+                         :mod:`reprflow.theory.paper_verdict` and :mod:`reprflow.theory.verdict`).
 """
 
 from __future__ import annotations
@@ -36,11 +45,22 @@ from reprflow.theory.experiment import (  # noqa: E402
     stability_table,
     weight_sources,
 )
+from reprflow.theory.paper_check import (  # noqa: E402
+    PaperSettings,
+    depth_tables,
+    one_block_tables,
+    theorem_table,
+)
+from reprflow.theory.paper_verdict import assign_statuses, paper_markdown  # noqa: E402
 from reprflow.theory.verdict import verdict_markdown  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
 OUTPUT_NAMES = {
+    "theorems": "theorems.csv",
+    "theorem_cells": "theorem_cells.csv",
+    "assumptions": "assumptions.csv",
+    "paper_crossover": "paper_crossover.csv",
     "stability": "stability.csv",
     "depth": "depth.csv",
     "approximations": "approximations.csv",
@@ -65,6 +85,8 @@ def run_theory(  # noqa: PLR0913 (one keyword per config key)
     weight_scheme: str,
     weight_params: dict | None = None,
     seed: int,
+    bias_std: float = 0.1,
+    tolerance: float = 0.05,
     depth_n_grid: Sequence[int] | None = None,
     model_scales: Sequence[dict] | None = None,
     device: str | None = None,
@@ -88,6 +110,10 @@ def run_theory(  # noqa: PLR0913 (one keyword per config key)
     weight_params : dict, optional
         The scheme's parameters (defaults as in reprflow.models.init_schemes).
     seed : int
+    bias_std : float
+        Std of the FFN biases b₁, b₂ of the paper's Transformer block (Theorem 1).
+    tolerance : float
+        Relative error within which a stated closed form agrees with the Monte Carlo.
     depth_n_grid : sequence of int, optional
         Sequence lengths of the depth study; default: ``n_grid``.
     model_scales : sequence of dict, optional
@@ -111,12 +137,24 @@ def run_theory(  # noqa: PLR0913 (one keyword per config key)
         depths=tuple(depths), depth_n_grid=tuple(depth_n_grid or n_grid),
         sources=weight_sources(weight_scheme, weight_params or {}, model_scales), seed=seed,
     )  # fmt: skip
+    if not (bias_std >= 0 and 0 < tolerance < 1):
+        raise ConfigError(
+            f"theory.bias_std={bias_std!r}, theory.tolerance={tolerance!r}: expected "
+            "bias_std >= 0 and 0 < tolerance < 1"
+        )
+    paper = PaperSettings(bias_std=float(bias_std), tolerance=float(tolerance))
     dev = resolve_device(device)
     dtype = torch.float64 if dev.type == "cpu" else torch.float32
     budget = max_elements or (CPU_MAX_ELEMENTS if dev.type == "cpu" else GPU_MAX_ELEMENTS)
     logger.info("theory check on %s (%s): %s", dev, dtype, grid)
     start = time.perf_counter()
     with _torch_threads(threads):
+        kw = {"device": str(dev), "dtype": dtype, "max_elements": budget}
+        cells, assumptions, paper_cross = one_block_tables(grid, paper, **kw)
+        depth_cells, depth_assumptions = depth_tables(grid, paper, **kw)
+        cells = assign_statuses(pd.concat([cells, depth_cells], ignore_index=True), tolerance)
+        assumptions = pd.concat([assumptions, depth_assumptions], ignore_index=True)
+        theorems = theorem_table(cells)
         stab, approx = stability_table(grid, device=str(dev), dtype=dtype, max_elements=budget)
         depth = depth_table(grid, device=str(dev), dtype=dtype, max_elements=budget)
         cross = crossover_table(grid)
@@ -126,6 +164,9 @@ def run_theory(  # noqa: PLR0913 (one keyword per config key)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {k: out / v for k, v in OUTPUT_NAMES.items()}
+    for key, table in (("theorems", theorems), ("theorem_cells", cells),
+                       ("assumptions", assumptions), ("paper_crossover", paper_cross)):  # fmt: skip
+        atomic_write(paths[key], lambda p, t=table: t.to_csv(p, index=False))
     atomic_write(paths["stability"], lambda p: stab.to_csv(p, index=False))
     atomic_write(paths["depth"], lambda p: depth.to_csv(p, index=False))
     atomic_write(paths["approximations"], lambda p: approx.to_csv(p, index=False))
@@ -134,11 +175,20 @@ def run_theory(  # noqa: PLR0913 (one keyword per config key)
     header = (
         f"Setup: d_model={d_model}, d_state={d_state}, d_conv={d_conv}, expand={expand}, "
         f"weights {weight_scheme} {grid.sources[0].params}, n_mc={n_mc}, seed={seed}, "
-        f"device {dev} ({str(dtype).removeprefix('torch.')}), {elapsed:.0f}s. "
-        "Energies are per token: (1/n) Σ_t E||F_t||². Closed forms are our derivation "
-        "(docs/theory.md), not the paper's text."
+        f"device {dev} ({str(dtype).removeprefix('torch.')}), bias std {bias_std:g}, "
+        f"tolerance {tolerance:g}, {elapsed:.0f}s."
     )
-    text = verdict_markdown(stab, depth, approx, cross, header=header)
+    extension = verdict_markdown(
+        stab, depth, approx, cross,
+        header="The project's own derivations, not the paper's statements: causal attention, "
+        "selective B/C with the D skip, depth stacks with and without pre-LN (docs/theory.md, "
+        "'Project extensions'). Energies here are per token: (1/n) Σ_t E||F_t||².",
+    )  # fmt: skip
+    text = "\n".join([
+        "# Theory check: verdict", "", header, "",
+        paper_markdown(theorems, assumptions, paper_cross, cross, tolerance=tolerance), "",
+        "## Project extensions (our derivations, not the paper's statements)", "", extension,
+    ])  # fmt: skip
     atomic_write(paths["verdict"], lambda p: p.write_text(text))
     logger.info("wrote %s", ", ".join(str(p) for p in paths.values()))
     return paths

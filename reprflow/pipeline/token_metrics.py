@@ -3,7 +3,10 @@
 Reads the ``tokens`` array of a complete store one prompt at a time (never the whole
 store), slices each prompt to its ``lengths[i]`` real positions, selects the states of
 each layer view (``attrs["views"][view]``, indices into the n_states axis), computes
-the metrics of :mod:`reprflow.metrics` and averages them over prompts.
+the metrics of :mod:`reprflow.metrics` and averages them over prompts. The per-prompt step
+(:func:`prompt_metrics`) and the writing (:func:`write_token_metrics`) are shared with the
+streamed path (:class:`reprflow.sinks.TokenMetricsSink`, ``tokens: stream``), which gets each
+prompt's states from the forward pass instead of a store.
 
 Files written to ``out_dir`` (each atomically: temporary name, then rename):
 
@@ -52,6 +55,7 @@ import torch
 from tqdm import tqdm
 
 from reprflow.atomic import atomic_write
+from reprflow.devices import resolve_device
 from reprflow.errors import ConfigError, ReprflowError, StoreError
 from reprflow.metrics import (
     InterTokenCosineAccumulator,
@@ -71,8 +75,8 @@ MAX_TOKENS_IN_MEMORY = 1024
 
 
 @dataclass
-class _PromptMetrics:
-    """Per-prompt results of one view (float64)."""
+class PromptMetrics:
+    """Per-prompt results of one view (float64), from :func:`prompt_metrics`."""
 
     inter_token: np.ndarray  # [K]
     layerwise_mean: np.ndarray  # [K-1]
@@ -87,12 +91,12 @@ class _PromptMetrics:
 
 
 @dataclass
-class _ViewResults:
+class ViewResults:
     """Per-prompt results of one view, collected over prompts."""
 
-    prompts: list[_PromptMetrics] = field(default_factory=list)
+    prompts: list[PromptMetrics] = field(default_factory=list)
 
-    def stack(self, get: Callable[[_PromptMetrics], Any]) -> np.ndarray:
+    def stack(self, get: Callable[[PromptMetrics], Any]) -> np.ndarray:
         return np.stack([np.asarray(get(p), dtype=np.float64) for p in self.prompts])
 
 
@@ -178,12 +182,12 @@ def _union_cka(
     return cka_matrix(h), None
 
 
-def _check_finite(path: Path, what: str, value: Any) -> None:
+def _check_finite(where: Any, what: str, value: Any, *, error: type[ReprflowError] = StoreError) -> None:
     arr = np.asarray(value, dtype=np.float64)
     if not np.isfinite(arr).all():
-        raise StoreError(
-            f"{path}: {what} is not finite ({int((~np.isfinite(arr)).sum())} bad values); "
-            "the store holds degenerate or corrupt token states"
+        raise error(
+            f"{where}: {what} is not finite ({int((~np.isfinite(arr)).sum())} bad values); "
+            "the token states are degenerate or corrupt"
         )
 
 
@@ -193,6 +197,64 @@ def _save_npy(target: Path, array: np.ndarray) -> None:
             np.save(fh, array)
 
     atomic_write(target, write)
+
+
+def prompt_metrics(
+    prompt: torch.Tensor,
+    view_indices: dict[str, list[int]],
+    *,
+    debiased_cka: bool,
+    n_bins: int = N_BINS,
+    chunk: int = MAX_TOKENS_IN_MEMORY,
+    where: str,
+    error: type[ReprflowError] = StoreError,
+) -> dict[str, PromptMetrics]:
+    """Every token metric of one prompt, per view, computed where ``prompt`` lives.
+
+    Parameters
+    ----------
+    prompt : Tensor of shape (n_states_all, n_tokens, hidden)
+        All captured states of one prompt, its real tokens only, any float dtype, on the
+        compute device (the store path reads it from ``tokens``; the streamed path gets it
+        from the forward pass, :class:`reprflow.sinks.TokenMetricsSink`).
+    view_indices : dict of str to list of int
+        View name -> indices into the state axis (the store attr ``views``).
+    where : str
+        Names the prompt in errors (e.g. ``"<store>: token prompt 3"``).
+    error : ReprflowError subclass
+        Raised for a degenerate prompt (zero-norm token, non-finite value).
+
+    Returns
+    -------
+    dict of str to PromptMetrics
+        Per view: inter-token cosine [K], layerwise cosine mean [K-1] and binned
+        [K-1, n_bins], CKA [K, K] (biased, and debiased if asked), Sm and St; float64.
+    """
+    union = sorted({i for idx in view_indices.values() for i in idx})
+    position = {state: j for j, state in enumerate(union)}
+    try:
+        cka_all, cka_all_debiased = _union_cka(prompt[_state_selector(union)], debiased_cka=debiased_cka)
+    except ValueError as exc:
+        raise error(f"{where}, CKA over states {union}: {exc}") from exc
+    out = {}
+    for v, idx in view_indices.items():
+        h = prompt[_state_selector(idx)]  # [K, n, hidden], storage dtype
+        try:
+            streamed = _stream_metrics(h, n_bins=n_bins, chunk=chunk)
+        except ValueError as exc:
+            raise error(f"{where}, view {v!r} (states {idx}): {exc}") from exc
+        sub = np.ix_(*[[position[k] for k in idx]] * 2)
+        metrics = PromptMetrics(
+            **streamed,
+            cka=cka_all[sub],
+            cka_debiased=None if cka_all_debiased is None else cka_all_debiased[sub],
+        )
+        for name in ("inter_token", "layerwise_mean", "cka", "cka_debiased", "sm", "st", "sm_rel", "st_rel"):
+            value = getattr(metrics, name)
+            if value is not None:
+                _check_finite(where, f"{name}, view {v!r}", value, error=error)
+        out[v] = metrics
+    return out
 
 
 def compute_token_metrics(
@@ -251,40 +313,19 @@ def compute_token_metrics(
     )
     attrs = group.attrs
     tokens = group["tokens"]
-    dev = torch.device(device) if device is not None else torch.device("cpu")
-    results = {v: _ViewResults() for v in views}
+    dev = resolve_device(device) if device is not None else torch.device("cpu")
+    results = {v: ViewResults() for v in views}
 
-    union = sorted({i for v in views for i in view_indices[v]})
-    position = {state: j for j, state in enumerate(union)}
     t0, n_done = time.perf_counter(), 0
     for i in tqdm(range(len(lengths)), desc=f"token metrics {path.name}", unit="prompt"):
         n = int(lengths[i])
         prompt = torch.from_numpy(np.ascontiguousarray(tokens[:, i, :n, :])).to(dev)
-        try:
-            cka_all, cka_all_debiased = _union_cka(
-                prompt[_state_selector(union)], debiased_cka=debiased_cka
-            )
-        except ValueError as exc:
-            raise StoreError(f"{path}: token prompt {i}, CKA over states {union}: {exc}") from exc
+        per_view = prompt_metrics(
+            prompt, view_indices, debiased_cka=debiased_cka, n_bins=n_bins, chunk=max_tokens_in_memory,
+            where=f"{path}: token prompt {i}", error=StoreError,
+        )
         for v in views:
-            h = prompt[_state_selector(view_indices[v])]  # [K, n, hidden], storage dtype
-            try:
-                streamed = _stream_metrics(h, n_bins=n_bins, chunk=max_tokens_in_memory)
-            except ValueError as exc:
-                raise StoreError(
-                    f"{path}: token prompt {i}, view {v!r} (states {view_indices[v]}): {exc}"
-                ) from exc
-            sub = np.ix_(*[[position[k] for k in view_indices[v]]] * 2)
-            metrics = _PromptMetrics(
-                **streamed,
-                cka=cka_all[sub],
-                cka_debiased=None if cka_all_debiased is None else cka_all_debiased[sub],
-            )
-            for name in ("inter_token", "layerwise_mean", "cka", "cka_debiased", "sm", "st", "sm_rel", "st_rel"):
-                value = getattr(metrics, name)
-                if value is not None:
-                    _check_finite(path, f"{name} of token prompt {i}, view {v!r}", value)
-            results[v].prompts.append(metrics)
+            results[v].prompts.append(per_view[v])
         n_done += n
     elapsed = time.perf_counter() - t0
     logger.info(
@@ -298,14 +339,14 @@ def compute_token_metrics(
         "n_prompts": len(lengths),
         "n_bins": n_bins,
     }
-    return _write_outputs(
+    return write_token_metrics(
         out, results, view_indices, state_names, provenance, path, debiased_cka=debiased_cka
     )
 
 
-def _write_outputs(
+def write_token_metrics(
     out: Path,
-    results: dict[str, _ViewResults],
+    results: dict[str, ViewResults],
     view_indices: dict[str, list[int]],
     state_names: list[str],
     provenance: dict[str, Any],
@@ -313,7 +354,14 @@ def _write_outputs(
     *,
     debiased_cka: bool,
 ) -> dict[str, Path]:
-    """Aggregate over prompts, check finiteness of everything, then write atomically."""
+    """Aggregate per-prompt results over prompts, check finiteness, then write atomically.
+
+    Shared by the store path (:func:`compute_token_metrics`) and the streamed path
+    (:meth:`reprflow.sinks.TokenMetricsSink.write`). ``results[view].prompts`` holds one
+    :class:`PromptMetrics` per prompt; ``path`` names the source in errors; ``provenance``
+    must hold ``store``, ``prompt_sha256`` and ``reprflow_version``. Files as in the
+    module docstring.
+    """
     prov_cols = {
         "store": provenance["store"],
         "prompt_sha256": provenance["prompt_sha256"],

@@ -10,6 +10,7 @@ from reprflow.prompts.dataset import (
     manifest_path,
     prompt_set_path,
     read_manifest,
+    read_prompt_groups,
     read_prompt_set,
     write_prompt_set,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "write_prompt_set",
     "read_prompt_set",
     "read_manifest",
+    "read_prompt_groups",
     "prompt_set_path",
     "manifest_path",
     "load_tokenizer",

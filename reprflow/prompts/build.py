@@ -125,7 +125,8 @@ def build_prompt_set(
     Returns
     -------
     records : list of dict, length n_prompts
-        Keys ``id, task, prompt, label, n_items, n_tokens, answer``.
+        Keys ``id, task, prompt, label, n_items, n_tokens, answer, group`` (MDQA: the question's
+        oracle line; KVPR: the prompt's index). No two records have the same prompt.
     manifest : dict
         Seed, inputs and their sha256s, the calibration and the achieved lengths.
 
@@ -142,12 +143,16 @@ def build_prompt_set(
       choice under the cap; its module docstring states the rule).
     - Gold positions: every position equally often (within one), shuffled with the seed.
     - Cap: a prompt over ``max_tokens`` is redrawn with the same index and gold position
-      (KVPR: new UUIDs; MDQA: same question, shorter distractors), so no prompt exceeds it.
+      (KVPR: new UUIDs; MDQA: a new distractor sample steered to shorter passages, or, when
+      its question cannot fit, another question), so no prompt exceeds it.
       The tolerance cap alone, ``floor(target * (1 + tolerance))``, does *not* make a
       2048-token set fit a 2048-context model (it allows 2150): pass ``max_tokens=2048``.
+    - Uniqueness: a prompt byte-identical to an earlier one is redrawn; the result is checked.
     - MDQA questions: drawn without replacement; beyond the number of usable questions
       (2655 in the oracle file, less those whose gold cannot fit the cap) a fresh permutation
-      follows, so each question is used ``ceil`` or ``floor`` of ``n_prompts / n_usable`` times.
+      follows, so each question is used ``ceil`` or ``floor`` of ``n_prompts / n_usable`` times
+      (about 9.5 at 25,000 prompts), each time with its own distractor sample, order and gold
+      position. The records' ``group`` lets the probe split keep a question on one side.
     - Seeds: the random streams depend on ``(seed, task, target_tokens)``, not on the
       tokenizer, so the two tokenizers' sets share their draws wherever their item counts
       agree (e.g. the same UUIDs for KVPR at 2048 with 37 pairs).
@@ -183,7 +188,7 @@ def build_prompt_set(
             {"source": "liu", "file": dfile.name}
             if dfile
             else {"source": "tfidf", "pool_size": pool_size, "pool": "gold passages of the other questions"}
-        )
+        ) | {"choice": "uniform sample of the pool without replacement, shuffled, per prompt"}
 
     cal = calibrate_item_count(
         sampler, tokenizer, target_tokens=target_tokens, tolerance=tolerance, max_tokens=max_tokens,
@@ -211,14 +216,21 @@ def build_prompt_set(
             "n_items": n_items,
             "n_tokens": int(got.n_tokens[i]),
             "answer": d.answer if task == "kvpr" else list(d.answer),
+            "group": i if d.group is None else int(d.group),
         }
         for i, d in enumerate(got.drafts)
     ]
+    if len({r["prompt"] for r in records}) != n_prompts:  # sample_prompts guarantees it; never write otherwise
+        raise PromptError(f"{label}: byte-identical prompts in the set (a bug in the sampler); nothing written")
     if task == "mdqa":
+        groups = np.array([r["group"] for r in records])
+        uses = np.bincount(groups)
         extra["questions"] = {
             "n_available": len(sampler.examples),
             "n_excluded_by_cap": plan.n_excluded,
-            "n_distinct_used": int(len(np.unique(plan.order))),
+            "n_distinct_used": int(np.count_nonzero(uses)),
+            "max_uses": int(uses.max()),
+            "n_replaced": int(np.sum(groups != plan.order)),
         }
     manifest = {
         "task": task,
@@ -242,6 +254,7 @@ def build_prompt_set(
             "resampled_fraction": got.resampled_fraction,
             "adjusted_fraction": got.adjusted_fraction,
             "intervened_fraction": got.intervened_fraction,
+            "duplicate_redraws": got.n_duplicates,
         },
         "label_counts": np.bincount(labels, minlength=n_items).tolist(),
         "sources": sources,

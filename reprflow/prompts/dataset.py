@@ -2,7 +2,9 @@
 
 One JSON record per line, keys in this order: ``id``, ``task``, ``prompt``, ``label`` (gold
 position, 0-based), ``n_items``, ``n_tokens`` (no special tokens), ``answer`` (KVPR: the value
-string; MDQA: list of answer strings). The manifest ``{task}_n{length}.manifest.json`` holds the
+string; MDQA: list of answer strings), ``group`` (what a train/validation split must keep on
+one side: MDQA the question's 0-based line in the oracle file, KVPR the prompt's own index).
+No two records of a file have the same ``prompt``. The manifest ``{task}_n{length}.manifest.json`` holds the
 seed, source and tokenizer sha256s, the calibration, and ``prompts_sha256`` of the jsonl bytes.
 
 Both files are written atomically; the manifest first, the jsonl last, so a jsonl on disk is
@@ -15,6 +17,8 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+
+import numpy as np
 
 from reprflow.errors import PromptError
 from reprflow.prompts.files import atomic_write_bytes, sha256_bytes
@@ -30,12 +34,13 @@ __all__ = [
     "write_prompt_set",
     "read_prompt_set",
     "read_manifest",
+    "read_prompt_groups",
 ]
 
 #: Task names, in the order used for seeding.
 TASKS = ("kvpr", "mdqa")
 #: Keys of a prompt record, in file order.
-RECORD_KEYS = ("id", "task", "prompt", "label", "n_items", "n_tokens", "answer")
+RECORD_KEYS = ("id", "task", "prompt", "label", "n_items", "n_tokens", "answer", "group")
 
 
 def check_task(task: str) -> str:
@@ -46,7 +51,7 @@ def check_task(task: str) -> str:
 
 
 def prompt_set_path(root: str | os.PathLike, tokenizer: str, task: str, length: int) -> Path:
-    """``root/{tokenizer}/{task}_n{length}.jsonl`` (the data contract of ARCHITECTURE.md §3)."""
+    """``root/{tokenizer}/{task}_n{length}.jsonl`` (the data contract of docs/design.md §3)."""
     return Path(root) / tokenizer / f"{check_task(task)}_n{int(length)}.jsonl"
 
 
@@ -75,7 +80,10 @@ def validate_record(rec, *, where: str = "record") -> dict:
     missing = [k for k in RECORD_KEYS if k not in rec]
     extra = [k for k in rec if k not in RECORD_KEYS]
     if missing or extra:
-        raise PromptError(f"{where}: missing keys {missing}, unexpected keys {extra}; expected {list(RECORD_KEYS)}")
+        raise PromptError(
+            f"{where}: missing keys {missing}, unexpected keys {extra}; expected {list(RECORD_KEYS)} "
+            "(a file from an older reprflow: delete it and rebuild it with the prompts rule)"
+        )
     if not isinstance(rec["id"], str) or not rec["id"]:
         raise PromptError(f"{where}: 'id' must be a non-empty string, got {rec['id']!r}")
     if rec["task"] not in TASKS:
@@ -85,6 +93,8 @@ def validate_record(rec, *, where: str = "record") -> dict:
     for key in ("n_items", "n_tokens"):
         if not _is_int(rec[key]) or rec[key] < 1:
             raise PromptError(f"{where}: {key!r} must be a positive int, got {rec[key]!r}")
+    if not _is_int(rec["group"]) or rec["group"] < 0:
+        raise PromptError(f"{where}: 'group' must be an int >= 0, got {rec['group']!r}")
     if not _is_int(rec["label"]) or not 0 <= rec["label"] < rec["n_items"]:
         raise PromptError(f"{where}: 'label' must be an int in [0, n_items={rec['n_items']}), got {rec['label']!r}")
     ans = rec["answer"]
@@ -101,6 +111,20 @@ def encode_records(records: Sequence[dict]) -> bytes:
     return ("\n".join(lines) + "\n").encode("utf-8")
 
 
+def _check_unique(seen: dict, rec: dict, where: str) -> None:
+    """Record ``rec``'s id and prompt in ``seen``; raise on a repeated id or a byte-identical prompt."""
+    ids, prompts = seen.setdefault("id", set()), seen.setdefault("prompt", {})
+    if rec["id"] in ids:
+        raise PromptError(f"{where}: duplicate id {rec['id']!r}")
+    ids.add(rec["id"])
+    other = prompts.setdefault(rec["prompt"], rec["id"])
+    if other != rec["id"]:
+        raise PromptError(
+            f"{where} (id {rec['id']!r}): same prompt text as {other!r}; a prompt set holds no two equal "
+            "prompts (they would land on both sides of the probe split): delete the file and rebuild it"
+        )
+
+
 def write_prompt_set(records: Sequence[dict], manifest: dict, out_path: str | os.PathLike) -> Path:
     """Validate and write ``records`` to ``out_path`` and ``manifest`` to its sidecar, atomically.
 
@@ -110,14 +134,17 @@ def write_prompt_set(records: Sequence[dict], manifest: dict, out_path: str | os
     -------
     pathlib.Path
         ``out_path``.
+
+    Raises
+    ------
+    PromptError
+        A bad record, a repeated id, or two byte-identical prompts; nothing is written.
     """
     out_path = Path(out_path)
-    ids = set()
+    seen: dict = {}
     for i, rec in enumerate(records):
         validate_record(rec, where=f"record {i}")
-        if rec["id"] in ids:
-            raise PromptError(f"record {i}: duplicate id {rec['id']!r}")
-        ids.add(rec["id"])
+        _check_unique(seen, rec, f"record {i}")
     data = encode_records(records)
     full = dict(manifest, prompts_sha256=sha256_bytes(data), n_records=len(records))
     atomic_write_bytes((json.dumps(full, indent=2, ensure_ascii=False) + "\n").encode("utf-8"), manifest_path(out_path))
@@ -155,14 +182,15 @@ def read_prompt_set(path: str | os.PathLike, *, check_manifest: bool = True) -> 
     Raises
     ------
     PromptError
-        A missing file, a bad line or record (named by line number and id), a duplicate id,
-        or a file that does not match its manifest.
+        A missing file, a bad line or record (named by line number and id), a duplicate id or
+        prompt, or a file that does not match its manifest.
     """
     path = Path(path)
     if not path.is_file():
         raise PromptError(f"prompt set {path}: not found; build it with the prompts rule")
     data = path.read_bytes()
-    records, ids = [], set()
+    records: list[dict] = []
+    seen: dict = {}
     for lineno, line in enumerate(data.decode("utf-8").splitlines(), 1):
         where = f"{path} line {lineno}"
         try:
@@ -170,9 +198,7 @@ def read_prompt_set(path: str | os.PathLike, *, check_manifest: bool = True) -> 
         except json.JSONDecodeError as exc:
             raise PromptError(f"{where}: not valid JSON ({exc})") from exc
         validate_record(rec, where=where)
-        if rec["id"] in ids:
-            raise PromptError(f"{where}: duplicate id {rec['id']!r}")
-        ids.add(rec["id"])
+        _check_unique(seen, rec, where)
         records.append(rec)
     if not records:
         raise PromptError(f"prompt set {path}: empty")
@@ -184,3 +210,32 @@ def read_prompt_set(path: str | os.PathLike, *, check_manifest: bool = True) -> 
                 "written?); delete it and rebuild"
             )
     return records
+
+
+def read_prompt_groups(path: str | os.PathLike, *, sha256: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The ``group`` and ``label`` of every record of a prompt set, in file order.
+
+    Parameters
+    ----------
+    path : path
+        A ``{task}_n{length}.jsonl`` file (read and validated whole, against its manifest, see
+        :func:`read_prompt_set`).
+    sha256 : str, optional
+        Expected hex sha256 of the file (e.g. an activation store's ``prompt_sha256``); a
+        mismatch raises instead of returning groups of another prompt set.
+
+    Returns
+    -------
+    groups : ndarray of shape (n_prompts,), int64
+    labels : ndarray of shape (n_prompts,), int64
+    """
+    path = Path(path)
+    if sha256 is not None and path.is_file() and read_manifest(path).get("prompts_sha256") != sha256:
+        raise PromptError(
+            f"prompt set {path}: sha256 differs from the one recorded by the activation store; the store "
+            "was extracted from another version of this file: rebuild the store (or restore the file)"
+        )
+    records = read_prompt_set(path)
+    groups = np.fromiter((r["group"] for r in records), dtype=np.int64, count=len(records))
+    labels = np.fromiter((r["label"] for r in records), dtype=np.int64, count=len(records))
+    return groups, labels

@@ -9,11 +9,20 @@ The template reproduces, byte for byte, nelson-liu/lost-in-the-middle
 formatted ``Document [{i}](Title: {title}) {text}`` with 1-based ``i`` and joined by ``\\n``),
 checked against the literal expected string of their ``tests/test_prompting.py``.
 
-Distractor choice (see :mod:`reprflow.prompts.distractors` for the pools): distractors are taken
-in pool order (most similar first, as Liu et al. take retrieval order), skipping a passage only
-when taking it would leave no way to keep the prompt under the length cap; such a prompt is
+Distractor choice (paper App. B: "sample n - 1 distractors ... randomly shuffle the
+distractors and then insert the gold document at ID k"; see :mod:`reprflow.prompts.distractors`
+for the pools): each prompt draws its own ``n_items - 1`` distractors uniformly without
+replacement from its question's pool, in random order, from its own seeded stream. When that
+sample would break the length cap, the passages are taken in a fresh random order, skipping a
+passage only when taking it would leave no way to stay under the cap, and the chosen ones are
+shuffled again (so shorter passages are not biased towards any position); such a prompt is
 marked ``adjusted``. Questions whose gold passage cannot fit the cap even with the shortest
-distractors of their pool are left out of the question pool for that item count.
+distractors of their pool are left out of the question pool for that item count. If the cap is
+still missed on a redraw (the length estimate is off by a token or two for a question at the
+edge), the prompt switches to a question that fits the shrunken budget; so it does after
+:data:`REPLACE_AFTER` redraws of any kind (at 300 tokens a question may admit only a few short
+distractor pairs, and its repeats would be byte-identical). Each record keeps the question it
+used as its ``group``.
 """
 
 from __future__ import annotations
@@ -132,38 +141,66 @@ def format_mdqa_prompt(question: str, documents: Sequence[Passage]) -> str:
     return QA_TEMPLATE.format(question=question, search_results=search_results)
 
 
+#: Redraws after which a prompt switches to another question (see the module docstring).
+REPLACE_AFTER = 10
+
+
 class MDQAPlan:
     """MDQA prompts with a fixed item count over a fixed question order.
 
-    ``draft(index, ...)`` uses question ``order[index]``. The gold passage goes at ``label``; the
-    distractors are the first ``n_items - 1`` pool passages that keep the estimated length within
-    ``budget`` (see the module docstring). The draft is deterministic given its arguments.
+    ``draft(index, ...)`` uses question ``order[index]`` (or a replacement, see the module
+    docstring). The gold passage goes at ``label``; the distractors are a random sample of the
+    question's pool, in random order, kept within ``budget``. The draft is deterministic given
+    its arguments: its random stream is ``seed_key + (stream, n_items, index, attempt)``.
+
+    Attributes
+    ----------
+    order : ndarray of shape (n_prompts,), int64
+        Planned question (oracle index) of each prompt.
+    min_lengths : ndarray of shape (n_questions,), int64
+        Estimated length of each question's shortest prompt (gold + its ``n_items - 1``
+        shortest pool passages).
+    n_excluded : int
+        Questions left out because even their shortest prompt exceeds the cap.
     """
 
-    def __init__(self, sampler: MDQASampler, *, n_items: int, order: np.ndarray, n_excluded: int):
+    def __init__(
+        self, sampler: MDQASampler, *, n_items: int, order: np.ndarray, n_excluded: int, stream: int,
+        min_lengths: np.ndarray,
+    ):
         self.sampler = sampler
         self.n_items = n_items
         self.order = order
         self.n_excluded = n_excluded
+        self.stream = stream
+        self.min_lengths = min_lengths
 
     def draft(self, index: int, label: int, *, attempt: int, budget: int | None) -> Draft:
-        """Prompt ``index``: question ``order[index]``, gold at ``label``, distractors within ``budget``.
+        """Prompt ``index``: gold at ``label``, ``n_items - 1`` sampled distractors within ``budget``.
 
-        ``budget=None``: the natural prompt (the first ``n_items - 1`` pool passages).
+        ``budget=None``: the natural prompt (a uniform sample of the pool, in random order).
         """
         s = self.sampler
+        rng = prompt_rng(s.seed_key, self.stream, self.n_items, index, attempt)
         q = int(self.order[index])
+        if attempt >= REPLACE_AFTER or (budget is not None and self.min_lengths[q] > budget):
+            # this question cannot fit the (shrunken) budget, or keeps giving prompts already
+            # drawn (a short cap leaves few distractor choices): take one that can fit, if any
+            fits = np.flatnonzero(self.min_lengths <= (np.inf if budget is None else budget))
+            if len(fits):
+                q = int(fits[rng.integers(len(fits))])
         pool = s.pools.pools[q]
         lens = s.pool_lengths[q]
         k = self.n_items - 1
+        perm = rng.permutation(len(pool))
         room = None if budget is None else budget - s.base_lengths[q] - s.gold_lengths[q]
-        if room is None or lens[:k].sum() <= room:
-            chosen, adjusted = np.arange(k), False
+        if room is None or lens[perm[:k]].sum() <= room:
+            chosen, adjusted = perm[:k], False
         else:
-            chosen, adjusted = _fit_in_order(lens, k, room), True
+            chosen, adjusted = rng.permutation(perm[_fit_in_order(lens[perm], k, room)]), True
         docs = [s.pools.passages[j] for j in pool[chosen]]
         docs.insert(label, s.examples[q].gold)
-        return Draft(format_mdqa_prompt(s.examples[q].question, docs), s.examples[q].answers, adjusted)
+        return Draft(format_mdqa_prompt(s.examples[q].question, docs), s.examples[q].answers, adjusted, group=q)
 
 
 def _fit_in_order(lengths: np.ndarray, k: int, room: int) -> np.ndarray:
@@ -238,7 +275,7 @@ class MDQASampler:
 
         Questions that can fit ``max_tokens`` (all, if None) are drawn without replacement in a
         seeded random order; past that many prompts a fresh permutation follows, so questions
-        repeat evenly.
+        repeat evenly (each ``floor`` or ``ceil`` of ``n_prompts / n_usable`` times).
         """
         k = n_items - 1
         if n_items > self.max_items():
@@ -246,14 +283,15 @@ class MDQASampler:
                 f"MDQA: n_items={n_items} needs {k} distractors per question but the smallest pool has "
                 f"{self.max_items() - 1}"
             )
-        if max_tokens is None:
-            fits = np.arange(len(self.examples))
-        else:
-            shortest = np.array([np.partition(lens, k - 1)[:k].sum() for lens in self.pool_lengths], dtype=np.int64)
-            fits = np.flatnonzero(self.base_lengths + self.gold_lengths + shortest <= max_tokens)
+        shortest = np.array([np.partition(lens, k - 1)[:k].sum() for lens in self.pool_lengths], dtype=np.int64)
+        min_lengths = self.base_lengths + self.gold_lengths + shortest
+        fits = np.arange(len(self.examples)) if max_tokens is None else np.flatnonzero(min_lengths <= max_tokens)
         if not len(fits):
             raise PromptError(f"MDQA: no question fits max_tokens={max_tokens} with n_items={n_items}")
         rng = prompt_rng(self.seed_key, stream, n_items)
         reps = -(-n_prompts // len(fits))
         order = np.concatenate([rng.permutation(fits) for _ in range(reps)])[:n_prompts]
-        return MDQAPlan(self, n_items=n_items, order=order, n_excluded=len(self.examples) - len(fits))
+        return MDQAPlan(
+            self, n_items=n_items, order=order, n_excluded=len(self.examples) - len(fits), stream=stream,
+            min_lengths=min_lengths,
+        )

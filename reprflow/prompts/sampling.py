@@ -6,12 +6,16 @@ that starts with the prompt set's ``seed_key = (seed, task, target_tokens)``:
 - ``seed_key + (2,)``: the final gold positions;
 - ``seed_key + (stream, n_items)``: MDQA question order (``stream`` 0: final, 1: calibration);
 - ``seed_key + (1, n_items, 0)``: calibration gold positions;
-- ``seed_key + (stream, n_items, index, attempt)``: KVPR prompt ``index``.
+- ``seed_key + (stream, n_items, index, attempt)``: prompt ``index`` (KVPR: its UUIDs; MDQA:
+  its distractor sample and order, and a replacement question if its own cannot fit).
 
 No two of these keys are equal, and :func:`prompt_rng` makes distinct keys give distinct
-streams. Prompt ``index``
-does not depend on how many prompts are drawn or in which order, and the same seed gives the
-same prompts on any machine.
+streams. The first draw of prompt ``index`` does not depend on how many prompts are drawn; a
+redraw (over the cap, or byte-identical to an earlier accepted prompt) happens in a fixed order,
+so the same seed gives the same prompts on any machine.
+
+A prompt set never holds two byte-identical prompts: :func:`sample_prompts` redraws a prompt
+equal to one already accepted (lower index first within a round, earlier rounds first).
 """
 
 from __future__ import annotations
@@ -56,11 +60,15 @@ class Draft:
         KVPR: the gold value; MDQA: the accepted answer strings.
     adjusted : bool
         True when the item choice was steered by length (MDQA only; see ``mdqa.py``).
+    group : int or None
+        What must stay on one side of a train/validation split: MDQA the question's index in
+        the oracle file; KVPR None (each prompt is its own group; the builder uses its index).
     """
 
     prompt: str
     answer: str | tuple[str, ...]
     adjusted: bool
+    group: int | None = None
 
 
 class PromptPlan(Protocol):
@@ -81,12 +89,14 @@ class SampledPrompts:
     drafts : list of Draft, length n_prompts
     n_tokens : ndarray of shape (n_prompts,), int64
     attempts : ndarray of shape (n_prompts,), int64
-        Draws used per prompt (1 = the first draw fitted the cap).
+        Draws used per prompt (1 = the first draw fitted the cap and was new).
     first_n_tokens : ndarray of shape (n_prompts,), int64
         Lengths of the first draws, before any redraw.
     complete : bool
         False when sampling stopped after the first draws (see ``max_over_cap_fraction``);
         then only ``first_n_tokens`` and ``attempts`` are meaningful.
+    n_duplicates : int
+        Draws rejected for being byte-identical to an accepted prompt.
     """
 
     drafts: list[Draft]
@@ -95,10 +105,11 @@ class SampledPrompts:
     first_n_tokens: np.ndarray
     complete: bool = True
     seconds: float = field(default=0.0)
+    n_duplicates: int = 0
 
     @property
     def resampled_fraction(self) -> float:
-        """Fraction of prompts whose first draw exceeded the cap."""
+        """Fraction of prompts redrawn: first draw over the cap (or, rarely, a repeat)."""
         return float(np.mean(self.attempts > 1)) if len(self.attempts) else 0.0
 
     @property
@@ -170,14 +181,16 @@ def sample_prompts(
     max_over_cap_fraction: float | None = None,
     progress: str | None = None,
 ) -> SampledPrompts:
-    """Draw one prompt per label and redraw any prompt longer than ``max_tokens``.
+    """Draw one prompt per label; redraw any prompt longer than ``max_tokens`` or already drawn.
 
-    With ``max_tokens=None`` every first draw is kept and no task steers by length: these
-    are the *natural* prompts, as Liu et al. would build them.
+    With ``max_tokens=None`` no task steers by length: these are the *natural* prompts, as
+    Liu et al. would build them (first draws, except the rare byte-identical repeat).
 
     A prompt over the cap is redrawn (``attempt + 1``) with the same index and gold position;
     its length budget shrinks by the accumulated overshoot, which lets length-aware tasks
-    (MDQA) choose shorter items. KVPR redraws all its UUIDs.
+    (MDQA) choose shorter items, or another question when its own cannot fit. KVPR redraws
+    all its UUIDs. A prompt byte-identical to one already accepted is redrawn the same way
+    (its budget unchanged), so the result holds no two equal prompts.
 
     Parameters
     ----------
@@ -196,7 +209,8 @@ def sample_prompts(
     Raises
     ------
     PromptError
-        If a prompt still exceeds the cap after :data:`MAX_ATTEMPTS` draws.
+        If a prompt still exceeds the cap, or repeats an accepted prompt, after
+        :data:`MAX_ATTEMPTS` draws.
     """
     t0 = time.perf_counter()
     n = len(labels)
@@ -206,6 +220,8 @@ def sample_prompts(
     first = np.zeros(n, dtype=np.int64)
     slack = np.zeros(n, dtype=np.int64)
     pending = np.arange(n)
+    accepted: set[str] = set()
+    n_dup = 0
     bar = tqdm(total=n, desc=progress, unit="prompt", disable=progress is None, leave=False)
     try:
         for attempt in range(MAX_ATTEMPTS):
@@ -228,33 +244,44 @@ def sample_prompts(
                     first[idx] = counts
                 for i, d, c in zip(idx, batch, counts):
                     attempts[i] = attempt + 1
-                    if max_tokens is None or c <= max_tokens:
-                        drafts[i], n_tokens[i] = d, c
-                        bar.update(1)
-                    else:
+                    if max_tokens is not None and c > max_tokens:
                         slack[i] += c - max_tokens
                         still.append(i)
+                    elif d.prompt in accepted:
+                        n_dup += 1
+                        still.append(i)
+                    else:
+                        accepted.add(d.prompt)
+                        drafts[i], n_tokens[i] = d, c
+                        bar.update(1)
             pending = np.asarray(still, dtype=np.int64)
-            if attempt == 0 and max_over_cap_fraction is not None and len(pending) > max_over_cap_fraction * n:
+            over = 0 if max_tokens is None else int(np.sum(first > max_tokens))
+            if attempt == 0 and max_over_cap_fraction is not None and over > max_over_cap_fraction * n:
                 return SampledPrompts(drafts, n_tokens, attempts, first, complete=False)  # type: ignore[arg-type]
     finally:
         bar.close()
     if len(pending):
         i = int(pending[0])
+        why = "repeat an accepted prompt"
+        if max_tokens is not None:
+            why = f"exceed max_tokens={max_tokens} or {why}"
         raise PromptError(
-            f"{len(pending)} of {n} prompts (first: index {i}, gold position {int(labels[i])}) still exceed "
-            f"max_tokens={max_tokens} with n_items={plan.n_items} after {MAX_ATTEMPTS} draws; "
-            "lower n_items or raise max_tokens"
+            f"{len(pending)} of {n} prompts (first: index {i}, gold position {int(labels[i])}) still {why} "
+            f"with n_items={plan.n_items} after {MAX_ATTEMPTS} draws; lower n_items or raise max_tokens"
         )
     seconds = time.perf_counter() - t0
     if progress is not None:
         logger.info(
-            "%s: %d prompts, %d tokens in %.1f s (%.0f tokens/s), %d redrawn over the cap",
+            "%s: %d prompts, %d tokens in %.1f s (%.0f tokens/s), %d redrawn (over the cap or repeated), "
+            "%d repeats rejected",
             progress,
             n,
             int(n_tokens.sum()),
             seconds,
             n_tokens.sum() / seconds if seconds > 0 else float("nan"),
             int(np.sum(attempts > 1)),
+            n_dup,
         )
-    return SampledPrompts(drafts, n_tokens, attempts, first, seconds=seconds)  # type: ignore[arg-type]
+    return SampledPrompts(  # type: ignore[arg-type]
+        drafts, n_tokens, attempts, first, seconds=seconds, n_duplicates=n_dup
+    )

@@ -1,4 +1,4 @@
-"""Tokenizers shipped with the project (``data/tokenizers/<name>/tokenizer.json``).
+"""Tokenizers shipped with the package (``reprflow/data/tokenizers/<name>/tokenizer.json``, package data).
 
 The prompt builder and the activation extractor load tokenizers through
 :func:`load_tokenizer`, so both count tokens the same way (no special tokens are added:
@@ -28,7 +28,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Folder holding one sub-folder per shipped tokenizer, each with tokenizer.json + SOURCE.md.
-TOKENIZER_DIR = Path(__file__).resolve().parents[2] / "data" / "tokenizers"
+TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "data" / "tokenizers"
 
 _EOS = "<|endoftext|>"
 # Pad token preference: a dedicated padding token where the vocabulary has one
@@ -65,7 +65,7 @@ def tokenizer_file(name_or_path: str | os.PathLike, *, tokenizer_dir: str | os.P
 
 
 def tokenizer_name(name_or_path: str | os.PathLike, *, tokenizer_dir: str | os.PathLike | None = None) -> str:
-    """Short name of a tokenizer: its folder name (``gpt2`` for ``data/tokenizers/gpt2/tokenizer.json``)."""
+    """Short name of a tokenizer: its folder name (``gpt2`` for ``reprflow/data/tokenizers/gpt2/tokenizer.json``)."""
     return tokenizer_file(name_or_path, tokenizer_dir=tokenizer_dir).parent.name
 
 
@@ -95,7 +95,7 @@ def load_tokenizer(
 
     Notes
     -----
-    Right padding is exact for causal models (ARCHITECTURE.md §4); the extractor gathers the
+    Right padding is exact for causal models (docs/design.md §4); the extractor gathers the
     last real token from the attention mask.
     """
     path = tokenizer_file(name_or_path, tokenizer_dir=tokenizer_dir)

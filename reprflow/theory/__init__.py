@@ -1,9 +1,15 @@
 """Monte Carlo check of the paper's stability theorems (§4, Appendix A); see docs/theory.md.
 
-Modules: ``weights`` (seeded block weights), ``transformer`` and ``mamba`` (the one-layer blocks
-of Eq. 5 and Eq. 6, exact and linearised), ``closed_forms`` (our closed forms for Theorems 1-5),
-``montecarlo`` (moments with jackknife CIs), ``depth`` (Theorem 6 stacks), ``experiment``
-(the grid as DataFrames) and ``verdict`` (comparisons and the markdown verdict).
+The paper's Theorems 1-6 as stated, in the paper's setting: ``paper_blocks`` (non-causal
+attention with FFN biases; S6 with input-independent Ā, B̄_t, C_t), ``paper_forms`` (the stated
+formulas, exact references, the proof constants of Theorem 5), ``paper_check`` (the per-cell
+tables) and ``paper_verdict`` (statuses, verdicts, markdown).
+
+The project's extensions (our derivations): ``transformer`` and ``mamba`` (causal attention;
+selective B/C, D skip), ``closed_forms``, ``experiment`` and ``verdict``.
+
+Shared: ``weights`` (weight sources), ``montecarlo`` (moments with jackknife CIs), ``depth``
+(residual stacks: path energy, St_L² both ways, per-layer energies).
 """
 
 from reprflow.theory.closed_forms import (

@@ -9,9 +9,11 @@ Per draw we record, for every requested depth L (a prefix of the deepest stack, 
 share weights and inputs):
 
 - path energy  P_L = Σ_{l<L} (1/n) Σ_t ||F_l(·)_t||²  (the squared lengths of the residual updates);
-- St_L²        the square of St (paper Eq. 4 as defined in ARCHITECTURE.md: the mean over
-               tokens and hidden dims of the population std over the K = L + 1 states
-               h⁰..h^L).
+- St_L²        the square of St (paper Eq. 4: the mean over tokens and hidden dims of the
+               population std over the K = L + 1 states h⁰..h^L), the project's reading;
+- St_L² (var)  the paper's Theorem 6 definition (Appendix A.3): (1/(nd)) (1/(L+1))
+               Σ_l ||h^l - h̄||_F², the mean over tokens and dims of the population *variance*;
+- layer energy (1/n) ||F_l(·)||_F² of each layer l < L (Assumption 8 compares these).
 
 Both are reported as the mean over draws with a normal 95 % CI. Without LayerNorm a stack can
 blow up (Mamba's update grows like σ⁸ in its input scale); if any draw overflows the dtype,
@@ -38,10 +40,15 @@ LN_EPS = 1e-5  # LayerNorm epsilon, as in GPT-NeoX and Mamba configs
 
 @dataclass(frozen=True)
 class DepthMoments:
-    """Path energy and St_L² of one stack at one depth."""
+    """Path energy, St_L² (Eq. 4 squared), St_L² (Theorem 6's variance) and each layer's
+    energy (1/n)||F_l||_F², of one stack at one depth; ``poincare_ratio`` is the largest ratio
+    over draws of St_L² (var) to Lemma 1's bound (<= 1 when the lemma holds)."""
 
     path_energy: Estimate
     st2: Estimate
+    st2_var: Estimate
+    layer_energy: tuple[Estimate, ...]
+    poincare_ratio: float
 
 
 def stack_statistics(
@@ -65,7 +72,8 @@ def stack_statistics(
 
     Returns
     -------
-    dict depth -> (path_energy, st2), each a float64 Tensor of shape (n_samples,)
+    dict depth -> (path_energy, st2, st2_var, layer_energy): float64 Tensors of shape
+    (n_samples,), and (n_samples, depth) for layer_energy
     """
     if not depths or min(depths) < 1 or max(depths) > len(updates):
         raise ConfigError(
@@ -74,11 +82,13 @@ def stack_statistics(
     n = h.shape[1]
     mean, m2 = h.to(torch.float64), torch.zeros_like(h, dtype=torch.float64)
     energy = torch.zeros(h.shape[0], dtype=torch.float64, device=h.device)
+    layers = []
     out = {}
     for layer in range(max(depths)):
         x = fn.layer_norm(h, h.shape[-1:], eps=LN_EPS) if layernorm else h
         f = updates[layer](x)
-        energy = energy + (f.to(torch.float64) ** 2).sum((1, 2)) / n
+        layers.append((f.to(torch.float64) ** 2).sum((1, 2)) / n)
+        energy = energy + layers[-1]
         h = h + f
         k = layer + 2  # states seen so far: h⁰..h^{layer+1}
         delta = h.to(torch.float64) - mean
@@ -86,7 +96,7 @@ def stack_statistics(
         m2 = m2 + delta * (h.to(torch.float64) - mean)  # Welford update
         if layer + 1 in depths:
             st = torch.sqrt(m2 / k).mean((1, 2))
-            out[layer + 1] = (energy.clone(), st**2)
+            out[layer + 1] = (energy.clone(), st**2, (m2 / k).mean((1, 2)), torch.stack(layers, 1))
     return out
 
 
@@ -111,16 +121,27 @@ def monte_carlo_depth(
     if n_mc < 2:
         raise ConfigError(f"theory n_mc: got {n_mc}; expected >= 2 Monte Carlo draws")
     gen = torch.Generator().manual_seed(seed)
-    per_depth: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {d: [] for d in depths}
+    per_depth: dict[int, list[tuple[torch.Tensor, ...]]] = {d: [] for d in depths}
     for start in range(0, n_mc, chunk):
         size = min(chunk, n_mc - start)
         h = gaussian_tokens(size, n_tokens, hidden, sigma2=sigma2, generator=gen)
         stats = stack_statistics(
             h.to(device=device, dtype=dtype), updates, depths=depths, layernorm=layernorm
         )
-        for d, (energy, st2) in stats.items():
-            per_depth[d].append((energy.cpu(), st2.cpu()))
-    return {d: DepthMoments(*(_mean_ci(torch.cat(x), d) for x in zip(*v))) for d, v in per_depth.items()}
+        for d, values in stats.items():
+            per_depth[d].append(tuple(x.cpu() for x in values))
+    out = {}
+    for d, v in per_depth.items():
+        energy, st2, st2_var, layer = (torch.cat(x) for x in zip(*v))
+        # Lemma 1 as stated: St_L² <= E_path / (4 n d sin²(π / (2(L+1)))), E_path = n * energy
+        bound = energy / (4 * hidden * math.sin(math.pi / (2 * (d + 1))) ** 2)
+        ratio = st2_var / bound
+        out[d] = DepthMoments(
+            _mean_ci(energy, d), _mean_ci(st2, d), _mean_ci(st2_var, d),
+            tuple(_mean_ci(layer[:, i], d) for i in range(d)),
+            float(ratio.max()) if torch.isfinite(ratio).all() else math.inf,
+        )  # fmt: skip
+    return out
 
 
 def _mean_ci(x: torch.Tensor, depth: int) -> Estimate:

@@ -56,7 +56,8 @@ STABILITY_COLUMNS = [
 ]  # fmt: skip
 DEPTH_COLUMNS = [
     "block", "layernorm", "depth", "n", "sigma2", "path_energy", "path_energy_ci_low",
-    "path_energy_ci_high", "st2", "ci_low", "ci_high", "seed", "n_mc", "weight_source",
+    "path_energy_ci_high", "st2", "ci_low", "ci_high", "st2_var", "seed", "n_mc",
+    "weight_source",
 ]  # fmt: skip
 APPROX_COLUMNS = [
     "block", "approximation", "n", "sigma2", "closed_form", "approximated", "rel_error",
@@ -300,7 +301,8 @@ def depth_table(
                                 "path_energy_ci_low": dm.path_energy.ci_low,
                                 "path_energy_ci_high": dm.path_energy.ci_high,
                                 "st2": dm.st2.value, "ci_low": dm.st2.ci_low,
-                                "ci_high": dm.st2.ci_high, "seed": grid.seed, "n_mc": grid.n_mc,
+                                "ci_high": dm.st2.ci_high, "st2_var": dm.st2_var.value,
+                                "seed": grid.seed, "n_mc": grid.n_mc,
                                 "weight_source": source.label,
                             })  # fmt: skip
             logger.info("depth study done for %s/%s", source.label, block)

@@ -85,6 +85,114 @@ def _moment_stats(t_sq: torch.Tensor, q_sum: torch.Tensor, b: torch.Tensor, n: i
     return energy, mean_norm2, energy - mean_norm2
 
 
+@dataclass(frozen=True)
+class MomentSums:
+    """Per-group sums of B draws of one update F (n tokens, p output features), float64 CPU.
+
+    Attributes
+    ----------
+    sums : Tensor of shape (G, n, p)      Σ_b F_b over the draws of each group
+    sq : Tensor of shape (G,)             Σ_b (1/n) Σ_t ||F_bt||²
+    sq_token_mean : Tensor of shape (G,)  Σ_b ||(1/n) Σ_t F_bt||²
+    counts : Tensor of shape (G,)         draws per group
+    """
+
+    sums: torch.Tensor
+    sq: torch.Tensor
+    sq_token_mean: torch.Tensor
+    counts: torch.Tensor
+
+    @property
+    def n_tokens(self) -> int:
+        return self.sums.shape[1]
+
+    def moments(self) -> EnergyMoments:
+        """energy, ||E F||² and Tr Σ per token (see the module docstring), with jackknife CIs."""
+        n = self.n_tokens
+
+        def stats(s, q, qm, b):
+            return _moment_stats((s**2).sum(), q, b, n)
+
+        return EnergyMoments(*_jackknife_stats(self, stats))
+
+    def mean_distance2(self, target: torch.Tensor, *, token_mean: bool = False) -> Estimate:
+        """Unbiased estimate of ||E X - c||² with X = F (all tokens, ``target`` of shape (n, p))
+        or X = (1/n) Σ_t F_t (``token_mean``, ``target`` of shape (p,)), and its jackknife CI.
+
+        U-statistic: (||Σ_b (X_b - c)||² - Σ_b ||X_b - c||²) / (B (B - 1)).
+        """
+        c = target.to(torch.float64).cpu()
+        n = self.n_tokens
+
+        def stats(s, q, qm, b):
+            if token_mean:
+                x_sum, x_sq = s.sum(0) / n, qm
+            else:
+                x_sum, x_sq = s, q * n
+            diff = x_sum - b * c
+            sq_dev = x_sq - 2 * (c * x_sum).sum() + b * (c**2).sum()
+            return ((diff**2).sum() - sq_dev) / (b * (b - 1)),
+
+        return _jackknife_stats(self, stats)[0]
+
+    def mean_projection(self, target: torch.Tensor, *, token_mean: bool = False) -> Estimate:
+        """⟨E X, c⟩ / ||c||² - 1 (X and ``target`` as in :meth:`mean_distance2`): the relative
+        error of E X along c. A scalar linear statistic, so far less noisy than the distance."""
+        c = target.to(torch.float64).cpu()
+        n = self.n_tokens
+
+        def stats(s, q, qm, b):
+            x_sum = s.sum(0) / n if token_mean else s
+            return (x_sum * c).sum() / (b * (c**2).sum()) - 1.0,
+
+        return _jackknife_stats(self, stats)[0]
+
+
+def monte_carlo_sums(
+    updates: Mapping[str, Callable[[torch.Tensor], torch.Tensor]],
+    *,
+    n_tokens: int,
+    hidden: int,
+    sigma2: float,
+    n_mc: int,
+    seed: int,
+    chunk: int,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float64,
+    n_groups: int = 16,
+) -> dict[str, MomentSums]:
+    """Group sums of each update F on the same ``n_mc`` Gaussian inputs (arguments as in
+    :func:`monte_carlo_moments`). An update may change the feature width (p != hidden)."""
+    if n_mc < 4:
+        raise ConfigError(f"theory n_mc: got {n_mc}; expected >= 4 Monte Carlo draws")
+    if chunk < 1:
+        raise ConfigError(f"theory chunk: got {chunk}; expected >= 1")
+    groups = min(n_groups, n_mc)
+    gen = torch.Generator().manual_seed(seed)
+    sums: dict[str, torch.Tensor] = {}
+    sq = {k: torch.zeros(groups, dtype=torch.float64) for k in updates}
+    sq_mean = {k: torch.zeros(groups, dtype=torch.float64) for k in updates}
+    counts = torch.zeros(groups, dtype=torch.float64)
+    for start in range(0, n_mc, chunk):
+        size = min(chunk, n_mc - start)
+        gid = torch.arange(start, start + size) * groups // n_mc
+        h = gaussian_tokens(size, n_tokens, hidden, sigma2=sigma2, generator=gen)
+        h = h.to(device=device, dtype=dtype)
+        counts.index_add_(0, gid, torch.ones(size, dtype=torch.float64))
+        for name, update in updates.items():
+            f = update(h).to(torch.float64)
+            if not torch.isfinite(f).all():
+                raise FloatingPointError(
+                    f"theory block {name!r}: non-finite output at n={n_tokens}, σ²={sigma2}"
+                )
+            if name not in sums:
+                sums[name] = torch.zeros(groups, n_tokens, f.shape[2], dtype=torch.float64)
+            sums[name].index_add_(0, gid, f.cpu())
+            sq[name].index_add_(0, gid, ((f**2).sum((1, 2)) / n_tokens).cpu())
+            sq_mean[name].index_add_(0, gid, (f.mean(1) ** 2).sum(1).cpu())
+    return {k: MomentSums(sums[k], sq[k], sq_mean[k], counts) for k in updates}
+
+
 def monte_carlo_moments(
     updates: Mapping[str, Callable[[torch.Tensor], torch.Tensor]],
     *,
@@ -103,7 +211,8 @@ def monte_carlo_moments(
     Parameters
     ----------
     updates : mapping of name -> callable
-        Each maps h of shape (n_samples, n_tokens, hidden) to F(h) of the same shape.
+        Each maps h of shape (n_samples, n_tokens, hidden) to F(h) of shape
+        (n_samples, n_tokens, p).
     n_tokens, hidden : int
     sigma2 : float
         Input variance σ².
@@ -122,43 +231,25 @@ def monte_carlo_moments(
     -------
     dict of name -> EnergyMoments
     """
-    if n_mc < 4:
-        raise ConfigError(f"theory n_mc: got {n_mc}; expected >= 4 Monte Carlo draws")
-    if chunk < 1:
-        raise ConfigError(f"theory chunk: got {chunk}; expected >= 1")
-    groups = min(n_groups, n_mc)
-    gen = torch.Generator().manual_seed(seed)
-    sums = {k: torch.zeros(groups, n_tokens, hidden, dtype=torch.float64) for k in updates}
-    sq = {k: torch.zeros(groups, dtype=torch.float64) for k in updates}
-    counts = torch.zeros(groups, dtype=torch.float64)
-    for start in range(0, n_mc, chunk):
-        size = min(chunk, n_mc - start)
-        gid = torch.arange(start, start + size) * groups // n_mc
-        h = gaussian_tokens(size, n_tokens, hidden, sigma2=sigma2, generator=gen)
-        h = h.to(device=device, dtype=dtype)
-        counts.index_add_(0, gid, torch.ones(size, dtype=torch.float64))
-        for name, update in updates.items():
-            f = update(h).to(torch.float64)
-            if not torch.isfinite(f).all():
-                raise FloatingPointError(
-                    f"theory block {name!r}: non-finite output at n={n_tokens}, σ²={sigma2}"
-                )
-            sums[name].index_add_(0, gid, f.cpu())
-            sq[name].index_add_(0, gid, ((f**2).sum((1, 2)) / n_tokens).cpu())
-    return {k: _jackknife(sums[k], sq[k], counts, n_tokens) for k in updates}
+    sums = monte_carlo_sums(
+        updates, n_tokens=n_tokens, hidden=hidden, sigma2=sigma2, n_mc=n_mc, seed=seed,
+        chunk=chunk, device=device, dtype=dtype, n_groups=n_groups,
+    )  # fmt: skip
+    return {k: v.moments() for k, v in sums.items()}
 
 
-def _jackknife(
-    sums: torch.Tensor, sq: torch.Tensor, counts: torch.Tensor, n: int
-) -> EnergyMoments:
-    total, q_sum, b = sums.sum(0), sq.sum(), counts.sum()
-    full = _moment_stats((total**2).sum(), q_sum, b, n)
-    loo_t_sq = ((total[None] - sums) ** 2).sum((1, 2))
-    loo = _moment_stats(loo_t_sq, q_sum - sq, b - counts, n)
-    g = counts.shape[0]
+def _jackknife_stats(sums: MomentSums, stats: Callable) -> list[Estimate]:
+    """Delete-one-group jackknife of ``stats(sums, sq, sq_token_mean, count)`` (a tuple of
+    scalars), with the Student t quantile on G - 1 degrees of freedom."""
+    parts = (sums.sums, sums.sq, sums.sq_token_mean, sums.counts)
+    totals = [x.sum(0) for x in parts]
+    full = stats(*totals)
+    g = sums.counts.shape[0]
+    loo = [stats(*(t - x[i] for t, x in zip(totals, parts, strict=True))) for i in range(g)]
     quantile = float(scipy.stats.t.ppf(0.975, g - 1))
     out = []
-    for value, leave_out in zip(full, loo, strict=True):
+    for k, value in enumerate(full):
+        leave_out = torch.stack([torch.as_tensor(v[k]) for v in loo])
         var = (g - 1) / g * ((leave_out - leave_out.mean()) ** 2).sum()
         out.append(Estimate.normal(float(value), math.sqrt(float(var)), quantile))
-    return EnergyMoments(*out)
+    return out

@@ -1,19 +1,28 @@
 """Paths of every workflow product and the target lists computed from the config.
 
 One place defines where things live, so rules, DVC stages, tables and tests agree.
+The path constants below are relative to the config's output root ``config.out_dir``
+(``.`` for the paper config, ``runs/demo`` for the demo): :func:`out` prefixes one, and
+:func:`final_targets`, :func:`store_paths`, :func:`prompt_files` return prefixed paths.
+Readers that take a ``root`` (reprflow.pipeline.results) get ``config.out_dir``.
+
 A (model, init, task, length) *cell* whose length exceeds the model's ``max_context`` is
-skipped here, before any job exists, with a log line; tables show it as empty.
+skipped here, before any job exists, with a log line; tables show it as empty. An init
+with ``scope: fig3`` has cells only where Fig. 3 needs them: both tasks at
+``figures.length``, token metrics only (no probes, no table rows; :func:`table_cells`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 from reprflow.config import Config
 
 logger = logging.getLogger(__name__)
 
+MODELS = "data/models/{model}"
 PROMPTS = "data/prompts/{tokenizer}/{task}_n{length}.jsonl"
 ACTIVATIONS = "results/activations/{model}/{init}/{task}_n{length}.zarr"
 SHARD = "results/activations/{model}/{init}/{task}_n{length}_shard{shard}of{nshards}.zarr"
@@ -40,6 +49,10 @@ FIGURE_NAMES = (
     "fig7_probe_accuracy",
 )
 THEORY = {
+    "theorems": "results/theory/theorems.csv",
+    "theorem_cells": "results/theory/theorem_cells.csv",
+    "assumptions": "results/theory/assumptions.csv",
+    "paper_crossover": "results/theory/paper_crossover.csv",
     "stability": "results/theory/stability.csv",
     "depth": "results/theory/depth.csv",
     "approximations": "results/theory/approximations.csv",
@@ -47,6 +60,16 @@ THEORY = {
     "figure": "results/theory/theory.png",
     "verdict": "results/theory/verdict.md",
 }
+
+
+LOGS = "logs"
+BENCHMARKS = "logs/benchmarks"
+
+
+def out(config: Config, path: str) -> str:
+    """``path`` (relative to the output root) under ``config.out_dir``, normalised, so the
+    paper config (``out_dir: .``) keeps plain ``results/table1.csv``. Wildcards survive."""
+    return os.path.normpath(os.path.join(config.out_dir, path))
 
 
 @dataclass(frozen=True)
@@ -62,9 +85,16 @@ class Cell:
         return pattern.format(model=self.model, init=self.init, task=self.task, length=self.length)
 
 
+def init_scope(init) -> str:
+    """An init's ``scope`` (``all`` when the entry predates the key)."""
+    return getattr(init, "scope", "all")
+
+
 def cells(config: Config, *, log: bool = False) -> list[Cell]:
-    """Every (model, init, task, length) cell that fits its model's context window."""
-    out = []
+    """Every (model, init, task, length) cell that fits its model's context window; a
+    ``scope: fig3`` init only at ``figures.length``. Each cell gets a store and token metrics."""
+    found = []
+    fig3_length = config.section("figures")["length"]
     for model in config.models:
         for length in config.lengths:
             if not model.fits(length):
@@ -72,25 +102,46 @@ def cells(config: Config, *, log: bool = False) -> list[Cell]:
                     logger.info("skipping %s at %d tokens: beyond its context (%d)", model.name, length, model.max_context)
                 continue
             for init in config.inits:
+                if init_scope(init) == "fig3" and length != fig3_length:
+                    continue
                 for task in config.tasks:
-                    out.append(Cell(model.name, init.name, task, length))
-    return out
+                    found.append(Cell(model.name, init.name, task, length))
+    return found
+
+
+def table_cells(config: Config) -> list[Cell]:
+    """The cells of ``scope: all`` inits: these get probes and rows in the tables."""
+    scoped = {i.name for i in config.inits if init_scope(i) == "all"}
+    return [c for c in cells(config) if c.init in scoped]
 
 
 def store_paths(config: Config, model: str, init: str, task: str, length: int | str) -> list[str]:
-    """The activation store of one cell, or its shards when ``extraction.shards`` > 1
-    (``reprflow.store.shard_path`` naming)."""
+    """The activation store of one cell under ``out_dir``, or its shards when
+    ``execution.extraction.shards`` > 1 (``reprflow.store.shard_path`` naming)."""
     keys = dict(model=model, init=init, task=task, length=length)
-    n = config.section("extraction")["shards"]
+    n = config.execution("extraction")["shards"]
     if n == 1:
-        return [ACTIVATIONS.format(**keys)]
-    return [SHARD.format(**keys, shard=i, nshards=n) for i in range(n)]
+        return [out(config, ACTIVATIONS.format(**keys))]
+    return [out(config, SHARD.format(**keys, shard=i, nshards=n)) for i in range(n)]
 
 
 def prompt_files(config: Config) -> list[str]:
-    """Prompt sets needed by the cells, one per (tokenizer, task, length)."""
+    """Prompt sets needed by the cells under ``out_dir``, one per (tokenizer, task, length)."""
     needed = {(config.model(c.model).tokenizer, c.task, c.length) for c in cells(config)}
-    return sorted(PROMPTS.format(tokenizer=t, task=k, length=n) for t, k, n in needed)
+    return sorted(out(config, PROMPTS.format(tokenizer=t, task=k, length=n)) for t, k, n in needed)
+
+
+def extraction_priority(config: Config, model: str, length: int | str) -> int:
+    """Snakemake ``priority`` of an extraction job: its work, model size x prompt length, i.e.
+    hidden² x layers x length / 2**20 (model dims from :func:`reprflow.workflow.disk.model_dims`),
+    so the longest jobs start first and the run does not end on one long tail. 0 when the dims
+    are unknown."""
+    from reprflow.workflow.disk import model_dims  # lazy: targets stays import-light
+
+    dims = model_dims(config.model(model), config)
+    if dims is None:
+        return 0
+    return dims.hidden**2 * dims.n_layers * int(length) >> 20
 
 
 def prompt_token_cap(config: Config, tokenizer: str, length: int) -> int | None:
@@ -102,11 +153,12 @@ def prompt_token_cap(config: Config, tokenizer: str, length: int) -> int | None:
 
 
 def figure_files(config: Config) -> list[str]:
-    """All figures: each averaged over tasks and one variant per task."""
+    """All figures (relative to ``out_dir``): each averaged over tasks and one variant per task."""
     suffixes = [""] + [f"_{task}" for task in config.tasks]
     return [f"results/figures/{name}{suffix}.png" for name in FIGURE_NAMES for suffix in suffixes]
 
 
 def final_targets(config: Config) -> list[str]:
-    """What ``rule all`` builds: tables, figures, the theory check, the verdicts and the report."""
-    return [*TABLES, *figure_files(config), *THEORY.values(), FINDINGS, REPORT, PROVENANCE, *HTML_TABLES.values()]
+    """What ``rule all`` builds, under ``out_dir``: tables, figures, the theory check, the verdicts and the report."""
+    return [out(config, p) for p in (*TABLES, *figure_files(config), *THEORY.values(), FINDINGS, REPORT, PROVENANCE,
+                                     *HTML_TABLES.values())]

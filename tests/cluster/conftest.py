@@ -21,6 +21,8 @@ from reprflow.config import PROJECT_ROOT
 
 SLURM_LOCAL = PROJECT_ROOT / "scripts" / "slurm-local.sh"
 DEMO_CONFIG = PROJECT_ROOT / "config" / "demo.yaml"
+OUT = yaml.safe_load(DEMO_CONFIG.read_text())["out_dir"]
+"""Where the reduced configs write (the demo's ``out_dir``), relative to the scratch project."""
 
 
 def slurm_unavailable() -> str | None:
@@ -60,8 +62,10 @@ def slurm_cluster(tmp_path_factory):
                 subprocess.run(["bash", str(SLURM_LOCAL), "down"], stdout=fh, stderr=subprocess.STDOUT, timeout=120)
 
 
-def reduced_config(*, n_prompts: int, slow_model: bool = False, gpus: int = 0, length: int | None = None) -> dict:
+def reduced_config(*, n_prompts: int, slow_model: bool = False, gpus: int = 0, length: int | None = None,
+                   shards: int = 1, tokens: str = "store") -> dict:
     """The demo config cut to one cell: tiny-pythia, its first init, task and length.
+    Outputs go to the demo's ``out_dir`` (``OUT``).
 
     Parameters
     ----------
@@ -71,22 +75,28 @@ def reduced_config(*, n_prompts: int, slow_model: bool = False, gpus: int = 0, l
         Widen and deepen the tiny model (hidden 256, 6 blocks) and use batch size 2, so
         extraction takes several seconds over 4+ windows: long enough to kill it mid-way.
     gpus : int
-        ``extraction.gpus``: GPUs the extraction job requests from the scheduler (the
-        computation stays on the CPU; the local cluster's GPU is a fake gres).
+        ``execution.extraction.gpus``: GPUs the extraction job requests from the scheduler
+        (the computation stays on the CPU; the local cluster's GPU is a fake gres).
+    shards : int
+        ``execution.extraction.shards``: extraction jobs per store.
     length : int, optional
         The one prompt length; default the demo's first.
+    tokens : {"store", "stream"}
+        ``extraction.tokens``.
     """
     raw = yaml.safe_load(DEMO_CONFIG.read_text())
     cfg = copy.deepcopy(raw)
     cfg["models"] = [m for m in raw["models"] if m["family"] == "gpt_neox"][:1]
     if slow_model:
         cfg["models"][0]["tiny"]["overrides"] = {"hidden_size": 256, "num_hidden_layers": 6, "intermediate_size": 1024}
-        cfg["extraction"]["batch_size"] = 2
+        cfg["execution"]["extraction"]["batch_size"] = 2
     cfg["inits"] = raw["inits"][:1]
     cfg["tasks"] = raw["tasks"][:1]
     cfg["lengths"] = [length] if length is not None else raw["lengths"][:1]
     cfg["prompts"]["n_prompts"] = n_prompts
-    cfg["extraction"]["gpus"] = gpus
+    cfg["execution"]["extraction"]["gpus"] = gpus
+    cfg["execution"]["extraction"]["shards"] = shards
+    cfg["extraction"]["tokens"] = tokens
     cfg["probes"]["seeds"] = raw["probes"]["seeds"][:1]
     cfg["figures"]["length"] = cfg["lengths"][0]
     cfg["theory"].update(n_grid=[16], sigma2_grid=[1.0], n_mc=16, depths=[1], depth_n_grid=[16])

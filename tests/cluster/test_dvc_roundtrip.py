@@ -20,13 +20,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from reprflow.config import PROJECT_ROOT
+from reprflow.config import PROJECT_ROOT, validate_config
+from reprflow.workflow.lineage import render
+
+from .conftest import OUT
 
 pytestmark = pytest.mark.slow
 
 DVC = str(Path(sys.executable).with_name("dvc"))
 STAGES = ("models", "prompts", "activations", "metrics", "theory", "report")
-RESULTS = ("results/table1.csv", "results/table2.csv", "results/report.md", "results/metrics", "results/activations", "results/theory")
+RESULTS = tuple(f"{OUT}/results/{name}" for name in ("table1.csv", "table2.csv", "report.md", "metrics", "activations", "theory"))
 GIT_ID = ("-c", "user.name=reprflow-test", "-c", "user.email=reprflow-test@example.invalid")
 
 
@@ -52,6 +55,8 @@ def _scratch_repo(dest: Path, cell: dict, env: dict) -> Path:
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
     (dest / "config" / "demo.yaml").write_text(yaml.safe_dump(cell, sort_keys=False))
+    # dvc.yaml as `python -m reprflow.workflow.lineage --write` gives it for this config
+    (dest / "dvc.yaml").write_text(render("config/demo.yaml", validate_config(cell), root=dest))
     _run(["git", "init", "-q"], dest, env)
     _run(["git", "add", "-A"], dest, env)
     _run(["git", *GIT_ID, "commit", "-q", "-m", "scratch copy of the working tree"], dest, env)
@@ -91,7 +96,7 @@ def roundtrip(tmp_path_factory, cell_config, dvc_env):
     _run([DVC, "pull"], clone, env)
     pull_status = _run([DVC, "status"], clone, env).stdout
     repro_after_pull = _run([DVC, "repro"], clone, env).stdout
-    assert not (clone / "logs").exists(), "dvc repro after a pull ran Snakemake"
+    assert not (clone / OUT / "logs").exists(), "dvc repro after a pull ran Snakemake"
     smk = str(Path(sys.executable).with_name("snakemake"))
     smk_args = ("--cores", "1", "--configfile", "config/demo.yaml")
     # record every pulled output in .snakemake/ (mtimes in DAG order, params, code), so that
@@ -100,7 +105,7 @@ def roundtrip(tmp_path_factory, cell_config, dvc_env):
     dry_run = _run([smk, "-n", *smk_args], clone, env).stdout
     before = {rel: _files(clone / rel) for rel in RESULTS}
     mtimes = {str(p.relative_to(clone)): p.stat().st_mtime_ns
-              for p in (clone / "results" / "activations").rglob("*") if p.is_file()}
+              for p in (clone / OUT / "results" / "activations").rglob("*") if p.is_file()}
 
     # a key only the metrics stage reads (dvc.yaml: metrics params = [metrics, probes])
     cell["probes"]["epochs"] = cell["probes"]["epochs"] // 2
@@ -128,9 +133,7 @@ def test_nothing_is_recomputed_after_a_pull(roundtrip):
 
 
 def test_config_change_reruns_only_the_stages_that_read_it(roundtrip):
-    changed = [line.strip().rstrip(":") for line in roundtrip.status_after_change.splitlines()
-               if re.match(r"^\S+:$", line)]
-    assert changed == ["metrics"], roundtrip.status_after_change
+    assert _changed_stages(roundtrip.status_after_change) == ["metrics"], roundtrip.status_after_change
     ran = re.findall(r"Running stage '(\w+)'", roundtrip.repro_after_change)
     skipped = re.findall(r"Stage '(\w+)' didn't change, skipping", roundtrip.repro_after_change)
     assert ran == ["metrics", "report"], roundtrip.repro_after_change
@@ -140,11 +143,44 @@ def test_config_change_reruns_only_the_stages_that_read_it(roundtrip):
 
 def test_config_change_leaves_upstream_data_untouched(roundtrip):
     clone = roundtrip.clone
-    assert _files(clone / "results" / "activations") == roundtrip.before_change["results/activations"]
+    assert _files(clone / OUT / "results" / "activations") == roundtrip.before_change[f"{OUT}/results/activations"]
     for rel, mtime in roundtrip.activations_mtimes.items():
         assert (clone / rel).stat().st_mtime_ns == mtime, f"{rel} was rewritten"
     # the probes were redone with the new epochs; the token metrics were not touched
-    probes = {k: v for k, v in _files(clone / "results" / "metrics").items() if k.endswith("probes.csv")}
-    assert probes and all(roundtrip.before_change["results/metrics"][k] != v for k, v in probes.items())
-    token = {k: v for k, v in _files(clone / "results" / "metrics").items() if "/token_metrics/" in k}
-    assert token and all(roundtrip.before_change["results/metrics"][k] == v for k, v in token.items())
+    metrics = _files(clone / OUT / "results" / "metrics")
+    before = roundtrip.before_change[f"{OUT}/results/metrics"]
+    probes = {k: v for k, v in metrics.items() if k.endswith("probes.csv")}
+    assert probes and all(before[k] != v for k, v in probes.items())
+    token = {k: v for k, v in metrics.items() if "/token_metrics/" in k}
+    assert token and all(before[k] == v for k, v in token.items())
+
+
+def _changed_stages(status: str) -> list[str]:
+    return [line.strip().rstrip(":") for line in status.splitlines() if re.match(r"^\S+:$", line)]
+
+
+@pytest.mark.parametrize(("module", "expected"), [
+    # the extraction engine can stream the token metrics (extraction.tokens: stream, the paper's
+    # setting), so the activations stage imports the metric code too
+    ("reprflow/metrics/cka.py", ["activations", "metrics"]),
+    ("reprflow/kernels/selective_scan.py", ["activations"]),
+    ("reprflow/pipeline/tables.py", ["report"]),
+])
+def test_a_code_change_flags_exactly_the_stages_that_run_it(roundtrip, dvc_env, module, expected):
+    """In the scratch repo (never the checkout): edit one module, ask `dvc status`, restore."""
+    path = roundtrip.repo / module
+    original = path.read_bytes()
+    try:
+        path.write_bytes(original + b"\n# a change DVC must see\n")
+        status = _run([DVC, "status"], roundtrip.repo, dvc_env).stdout
+    finally:
+        path.write_bytes(original)
+    assert _changed_stages(status) == expected, status
+    assert f"modified:           {module}" in status or module in status, status
+
+
+def test_metrics_and_plots_are_declared(roundtrip, dvc_env):
+    shown = _run([DVC, "metrics", "show", "--json"], roundtrip.repo, dvc_env).stdout
+    assert "last_accuracy" in shown and '"Sm"' in shown, shown[:2000]
+    plots = yaml.safe_load((roundtrip.repo / "dvc.yaml").read_text())["plots"]
+    assert f"{OUT}/results/figures" in plots

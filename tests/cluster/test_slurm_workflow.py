@@ -6,7 +6,10 @@ prompts, extraction requesting one GPU from the scheduler):
 1. ``snakemake --profile profiles/slurm`` starts; once the extraction job has finished
    some but not all of its windows, the test ``scancel``s it, and that run fails;
 2. the same command again resumes the extraction and finishes the tables;
-3. meanwhile a plain local run of the same config runs in another scratch project.
+3. meanwhile a plain local run of the same config runs in another scratch project;
+4. the same config with ``execution.extraction.shards: 2`` then runs through the profile in
+   a third scratch project: its shard jobs must get the GPU and partition of an unsharded
+   extraction.
 
 The tests then check the SLURM accounting (sacct), the resume, the kept logs, and that
 the SLURM outputs equal the local ones.
@@ -27,12 +30,15 @@ import yaml
 import zarr
 
 from reprflow.store import partial_path
-from reprflow.workflow.targets import ACTIVATIONS
+from reprflow.workflow.targets import ACTIVATIONS, SHARD
+
+from .conftest import OUT
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
-TABLES = ("results/table1.csv", "results/table2.csv")
+TABLES = (f"{OUT}/results/table1.csv", f"{OUT}/results/table2.csv")
 RULES = ("build_tiny_model", "prompts", "extract_activations", "token_metrics", "probes", "tables")
+GPU_RULES = ("extract_activations", "extract_activation_shard")
 # CI-only overrides of the profile, each for a reason:
 # * status checks every 2 s instead of 40 s: the tiny jobs take seconds, not hours;
 # * rule memory requests cut to 1 GB: the rules ask up to 32 GB (extraction with a GPU),
@@ -43,6 +49,7 @@ CI_OVERRIDES = (
     "2",
     "--set-resources",
     "extract_activations:mem_mb=1000",
+    "extract_activation_shard:mem_mb=1000",
     "token_metrics:mem_mb=1000",
     "probes:mem_mb=1000",
 )
@@ -60,6 +67,8 @@ class Scenario:
     local_output: str
     local_returncode: int
     submissions: list[tuple[int, str, str]]  # (SLURM job id, rule, SLURM log path), in order
+    sharded: subprocess.CompletedProcess  # step 4: the same cell in 2 shards, in base/slurm-sharded
+    shard_submissions: list[tuple[int, str, str]]
     cancelled_job: int
     windows_done_at_kill: int
     n_windows: int
@@ -115,8 +124,10 @@ def scenario(slurm_cluster, tmp_path_factory, scratch_project, spawn_snakemake, 
     # 320 tokens: a length the item-count calibration hits for the GPT-NeoX tokenizer
     config = cell_config(base / "cell.yaml", n_prompts=64, slow_model=True, gpus=1, length=320)
     cell = yaml.safe_load(config.read_text())
-    store = ACTIVATIONS.format(model=cell["models"][0]["name"], init=cell["inits"][0]["name"],
-                               task=cell["tasks"][0], length=cell["lengths"][0])
+    keys = dict(model=cell["models"][0]["name"], init=cell["inits"][0]["name"], task=cell["tasks"][0],
+                length=cell["lengths"][0])
+    store = f"{OUT}/{ACTIVATIONS.format(**keys)}"
+    sharded_config = cell_config(base / "sharded.yaml", n_prompts=64, slow_model=True, gpus=1, length=320, shards=2)
     local, slurm = scratch_project(base / "local"), scratch_project(base / "slurm")
     cfg_arg = f"--configfile={config}"
     slurm_args = ("--profile", "profiles/slurm", *CI_OVERRIDES, cfg_arg, "--", *TABLES)
@@ -130,6 +141,8 @@ def scenario(slurm_cluster, tmp_path_factory, scratch_project, spawn_snakemake, 
         first.wait(timeout=300)
         rerun = run_snakemake(slurm, *slurm_args, timeout=900)
         local_proc.wait(timeout=900)
+        sharded = run_snakemake(scratch_project(base / "slurm-sharded"), "--profile", "profiles/slurm", *CI_OVERRIDES, f"--configfile={sharded_config}",
+                                "--", *TABLES, timeout=900)
     finally:
         _stop(first)
         _stop(local_proc)
@@ -144,6 +157,8 @@ def scenario(slurm_cluster, tmp_path_factory, scratch_project, spawn_snakemake, 
         local_output=(base / "local.log").read_text(),
         local_returncode=local_proc.returncode,
         submissions=_submissions(killed_output) + _submissions(rerun.stdout + rerun.stderr),
+        sharded=sharded,
+        shard_submissions=_submissions(sharded.stdout + sharded.stderr),
         cancelled_job=cancelled,
         windows_done_at_kill=n_done,
         n_windows=n_windows,
@@ -159,6 +174,18 @@ def _sacct(job_ids) -> dict[int, tuple[str, str]]:
     ).stdout
     rows = [line.split("|") for line in out.splitlines() if line.strip()]
     return {int(r[0]): (r[1].split()[0], r[2]) for r in rows}
+
+
+def _sacct_partitions(job_ids) -> dict[int, str]:
+    out = subprocess.run(["sacct", "-X", "-P", "-n", "-o", "JobID,Partition", "-j", ",".join(map(str, job_ids))],
+                         capture_output=True, text=True, check=True).stdout
+    return {int(r.split("|")[0]): r.split("|")[1] for r in out.splitlines() if r.strip()}
+
+
+def _cell_keys(scenario) -> dict:
+    model, init, cell = Path(scenario.store).parts[-3:]
+    task, length = cell.removesuffix(".zarr").split("_n")
+    return dict(model=model, init=init, task=task, length=length)
 
 
 def test_both_runs_finish(scenario):
@@ -183,14 +210,24 @@ def test_every_rule_ran_as_a_slurm_job_that_sacct_reports_completed(scenario):
     assert accounting[scenario.cancelled_job][0] == "CANCELLED"
 
 
-def test_only_the_extraction_requests_a_gpu(scenario):
-    accounting = _sacct([j for j, _, _ in scenario.submissions])
-    for job, rule, _ in scenario.submissions:
+def test_only_the_extraction_and_its_shards_request_a_gpu(scenario):
+    out = scenario.sharded.stdout + scenario.sharded.stderr
+    assert scenario.sharded.returncode == 0, out[-3000:]
+    jobs = scenario.submissions + scenario.shard_submissions
+    accounting = _sacct([j for j, _, _ in jobs])
+    partitions = _sacct_partitions([j for j, _, _ in jobs])
+    shards = [job for job, rule, _ in scenario.shard_submissions if rule == "extract_activation_shard"]
+    assert len(shards) == 2, scenario.shard_submissions
+    unsharded = {partitions[job] for job, rule, _ in scenario.submissions if rule == "extract_activations"}
+    for job, rule, _ in jobs:
         tres = accounting[job][1]
-        if rule == "extract_activations":
+        if rule in GPU_RULES:
             assert "gres/gpu=1" in tres, (rule, tres)  # gpu=1 resource -> sbatch --gpus=1
+            assert {partitions[job]} == unsharded, (rule, partitions[job], unsharded)
         else:
             assert "gpu" not in tres, (rule, tres)
+    for i in range(2):
+        assert (scenario.slurm.parent / "slurm-sharded" / OUT / SHARD.format(**_cell_keys(scenario), shard=i, nshards=2)).is_dir()
 
 
 def test_killed_extraction_resumes_without_recomputing_finished_windows(scenario):
@@ -201,7 +238,7 @@ def test_killed_extraction_resumes_without_recomputing_finished_windows(scenario
     for rel, (inode, mtime_ns) in scenario.chunks_at_kill.items():
         st = (store / rel).stat()
         assert (st.st_ino, st.st_mtime_ns) == (inode, mtime_ns), rel
-    log = (scenario.slurm / "logs" / "activations").rglob("*.log")
+    log = (scenario.slurm / OUT / "logs" / "activations").rglob("*.log")
     text = "\n".join(p.read_text() for p in log)
     resumed = [int(n) for n, total in re.findall(r"(\d+) of (\d+) windows resumed", text)]
     assert resumed and scenario.windows_done_at_kill <= resumed[-1] < scenario.n_windows, text[-2000:]
@@ -228,7 +265,7 @@ def _files(root: Path) -> dict[str, Path]:
 def test_slurm_outputs_equal_the_local_run_bytewise(scenario):
     """Same code, same seeds, same CPU float32 kernels: every table and metric file is
     byte-identical, and so are the (killed and resumed) activations."""
-    for rel in (*TABLES, "results/metrics"):
+    for rel in (*TABLES, f"{OUT}/results/metrics"):
         local, slurm = scenario.local / rel, scenario.slurm / rel
         if local.is_file():
             assert slurm.read_bytes() == local.read_bytes(), rel

@@ -9,6 +9,7 @@ from transformers import Mamba2Config, Mamba2ForCausalLM, MambaConfig, MambaForC
 
 from reprflow.kernels.mamba_mixers import install_mamba2_forward, install_mamba_forward
 from reprflow.kernels.optional import MambaSsmKernels, load_mamba_ssm_triton
+from reprflow.kernels.ssd import ssd_reference
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -32,28 +33,6 @@ def _hidden(model, ids, mask):
     with torch.no_grad():
         out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False)
     return torch.stack([h.float() for h in out.hidden_states])
-
-
-def _ssd_sequential(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=False,
-                    dt_limit=(0.0, float("inf"))):
-    """Mamba-2 recurrence in float64, one token at a time (stands in for mamba_ssm on CPU)."""
-    batch, n_tokens, heads, head_dim = x.shape
-    groups = B.shape[2]
-    dt = dt.double() + (dt_bias.double() if dt_bias is not None else 0)
-    dt = F.softplus(dt) if dt_softplus else dt
-    dt = dt.clamp(dt_limit[0], dt_limit[1])
-    Bh = B.double().repeat_interleave(heads // groups, dim=2)
-    Ch = C.double().repeat_interleave(heads // groups, dim=2)
-    h = torch.zeros(batch, heads, head_dim, B.shape[-1], dtype=torch.float64)
-    ys = []
-    for t in range(n_tokens):
-        decay = torch.exp(dt[:, t] * A.double())[:, :, None, None]
-        h = decay * h + (dt[:, t, :, None] * x[:, t].double())[..., None] * Bh[:, t, :, None, :]
-        ys.append(torch.einsum("bhpn,bhn->bhp", h, Ch[:, t]))
-    y = torch.stack(ys, dim=1)
-    if D is not None:
-        y = y + x.double() * D.double()[:, None]
-    return y.to(x.dtype)
 
 
 def _gated_rmsnorm(x, weight, bias, z=None, eps=1e-6, group_size=None, norm_before_gate=True):
@@ -80,7 +59,7 @@ def test_mamba_fast_forward_matches_hf_cpu(torch_gen):
 def test_mamba2_fast_forward_matches_hf_cpu(torch_gen):
     hf = _tiny_mamba2()
     fast = copy.deepcopy(hf)
-    kernels = MambaSsmKernels(chunk_scan_combined=_ssd_sequential, rmsnorm_fn=_gated_rmsnorm,
+    kernels = MambaSsmKernels(chunk_scan_combined=ssd_reference, rmsnorm_fn=_gated_rmsnorm,
                               version="test", bare_package=False)
     assert install_mamba2_forward(fast, kernels=kernels, conv_impl="torch") == 2
     ids = torch.randint(0, 97, (2, 21), generator=torch_gen)

@@ -84,7 +84,7 @@ def test_bad_conversion_fails_before_weights_are_read(tmp_path):
 
 
 def test_family_must_match_the_checkpoint_and_unknown_types_name_the_model(tmp_path):
-    from transformers import OPTConfig
+    from transformers import OpenAIGPTConfig
 
     from reprflow.errors import ReprflowError
 
@@ -92,6 +92,6 @@ def test_family_must_match_the_checkpoint_and_unknown_types_name_the_model(tmp_p
                  vocab_size=50280).save_pretrained(tmp_path / "m2")
     with pytest.raises(ConfigError, match="the checkpoint is model_type 'mamba2' but the config's family is 'mamba'"):
         load_model(str(tmp_path / "m2"), init=InitSpec("default"), seed=0, family="mamba")
-    OPTConfig().save_pretrained(tmp_path / "opt")
-    with pytest.raises(ReprflowError, match=r"^model '.*opt' \(config.models\[5\].hf_id\): model_type 'opt'"):
-        load_model(str(tmp_path / "opt"), init=InitSpec("pretrained"), seed=None, origin="config.models[5].hf_id")
+    OpenAIGPTConfig(n_layer=2, n_embd=32, n_head=2).save_pretrained(tmp_path / "gpt1")  # no final norm
+    with pytest.raises(ReprflowError, match=r"^model '.*gpt1' \(config.models\[5\].hf_id\): model_type 'openai-gpt'"):
+        load_model(str(tmp_path / "gpt1"), init=InitSpec("pretrained"), seed=None, origin="config.models[5].hf_id")

@@ -6,7 +6,7 @@ import time
 
 import pytest
 import torch
-from transformers import OPTConfig
+from transformers import OpenAIGPTConfig
 
 from reprflow.errors import ConfigError, ModelNotFoundError, ReprflowError
 from reprflow.models import (
@@ -115,9 +115,9 @@ def test_local_path_errors(tmp_path):
         load_model(str(file), init=PRETRAINED, seed=None)
 
 
-def test_unknown_model_type_fails_before_reading_weights(tmp_path):
-    OPTConfig().save_pretrained(tmp_path)  # config only: a weight read would fail differently
-    with pytest.raises(ReprflowError, match="model_type 'opt'.*supported: .*gpt_neo"):
+def test_unhandled_model_type_fails_before_reading_weights(tmp_path):
+    OpenAIGPTConfig(n_layer=2, n_embd=32, n_head=2).save_pretrained(tmp_path)  # config only: no weights to read
+    with pytest.raises(ReprflowError, match=r"model_type 'openai-gpt': no norm module .*add OVERRIDES\['openai-gpt'\]"):
         load_model(str(tmp_path), init=PRETRAINED, seed=None)
 
 

@@ -12,9 +12,10 @@ import torch
 import zarr
 
 from reprflow import __version__
-from reprflow.errors import ConfigError, StoreError
+from reprflow.errors import ConfigError, PromptError, StoreError
 from reprflow.pipeline.probe_stage import CSV_COLUMNS, run_probe_stage
-from reprflow.probes import fit_layer_probes
+from reprflow.probes import fit_layer_probes, grouped_stratified_split
+from reprflow.prompts import read_manifest, write_prompt_set
 
 L, HIDDEN, N_SAMPLES, N_CLASSES = 4, 12, 240, 4
 STATE_NAMES = ["embed", *[f"block_{i}" for i in range(1, L + 1)], "final_norm"]  # K_all = 6
@@ -31,8 +32,10 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
-def _write_store(path: Path, *, complete: bool = True, nan: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """A contract-shaped store (docs/CONTRACTS.md); returns (last, labels)."""
+def _write_store(
+    path: Path, *, complete: bool = True, nan: bool = False, **attrs
+) -> tuple[np.ndarray, np.ndarray]:
+    """A contract-shaped store (docs/CONTRACTS.md); ``attrs`` override its attributes; returns (last, labels)."""
     rng = np.random.default_rng(0)
     k_all = len(STATE_NAMES)
     labels = (rng.integers(0, N_CLASSES, N_SAMPLES) * 5).astype(np.int64)  # gold positions 0, 5, 10, 15
@@ -60,6 +63,7 @@ def _write_store(path: Path, *, complete: bool = True, nan: bool = False) -> tup
             "prompt_sha256": "ab" * 32, "reprflow_version": __version__,
             "state_names": STATE_NAMES, "views": VIEWS, "token_prompt_ids": [0, 1],
             "complete": complete,
+            **attrs,
         }
     )
     return last, labels
@@ -143,4 +147,65 @@ def test_non_finite_store_and_unknown_view_raise(tmp_path):
         run_probe_stage(good, out, views=("mamba",), **{**KW, "epochs": 1})
     with pytest.raises(ConfigError, match="The 'lr' parameter of fit_layer_probes"):
         run_probe_stage(good, out, **{**KW, "lr": -1.0})
+    assert not out.exists()
+
+
+def _mdqa_prompt_file(path: Path, labels: np.ndarray, n_questions: int) -> np.ndarray:
+    """A prompt file whose records carry ``labels`` and questions (groups) used ~N/n_questions times."""
+    groups = np.arange(labels.size) % n_questions
+    records = [
+        {"id": f"mdqa-n300-{i:06d}", "task": "mdqa", "prompt": f"prompt {i}", "label": int(y), "n_items": 16,
+         "n_tokens": 20, "answer": ["a"], "group": int(g)}
+        for i, (y, g) in enumerate(zip(labels, groups))
+    ]
+    write_prompt_set(records, {"seed": 0}, path)
+    return groups
+
+
+def test_mdqa_split_keeps_each_question_on_one_side(tmp_path):
+    store = tmp_path / "mdqa_n300.zarr"
+    prompts = tmp_path / "mdqa_n300.jsonl"
+    rng = np.random.default_rng(0)
+    labels = (rng.integers(0, N_CLASSES, N_SAMPLES) * 5).astype(np.int64)
+    groups = _mdqa_prompt_file(prompts, labels, 30)  # 8 prompts per question
+    sha = read_manifest(prompts)["prompts_sha256"]
+    last, got_labels = _write_store(store, task="mdqa", prompt_file=str(prompts), prompt_sha256=sha)
+    assert np.array_equal(got_labels, labels)  # the same generator draws the same labels
+    out = tmp_path / "probes.csv"
+    kw = {**KW, "epochs": 5, "val_fraction": 0.2, "n_train": 150}
+    result = run_probe_stage(store, out, **kw)
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["protocol"]["split"] == "grouped by MDQA question, stratified by label"
+    assert summary["protocol"]["n_groups"] == 30
+    direct = fit_layer_probes(last, labels, groups=groups, progress=False, **kw)
+    np.testing.assert_array_equal(result.val_accuracy, direct.val_accuracy)
+    for s, seed in enumerate(kw["seeds"]):
+        tr, va = grouped_stratified_split(labels, groups, val_fraction=0.2, n_train=150, seed=seed)
+        assert np.intersect1d(groups[tr], groups[va]).size == 0 and tr.size == 150
+        assert summary["hf"]["n_val_per_seed"][s] == va.size
+    assert summary["hf"]["n_train"] == 150 and summary["hf"]["n_val"] == min(summary["hf"]["n_val_per_seed"])
+
+
+def test_mdqa_store_needs_its_own_prompt_file(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = (rng.integers(0, N_CLASSES, N_SAMPLES) * 5).astype(np.int64)
+    prompts = tmp_path / "mdqa_n300.jsonl"
+    _mdqa_prompt_file(prompts, labels, 30)
+    sha = read_manifest(prompts)["prompts_sha256"]
+    out = tmp_path / "probes.csv"
+    cases = [
+        (dict(prompt_file=str(tmp_path / "gone.jsonl"), prompt_sha256=sha), StoreError, "gone.jsonl.*missing"),
+        (dict(prompt_file=str(prompts), prompt_sha256="0" * 64), PromptError, "extracted from another version"),
+    ]
+    for i, (attrs, err, match) in enumerate(cases):
+        store = tmp_path / f"s{i}.zarr"
+        _write_store(store, task="mdqa", **attrs)
+        with pytest.raises(err, match=match):
+            run_probe_stage(store, out, **{**KW, "epochs": 1})
+    other = tmp_path / "other.jsonl"
+    _mdqa_prompt_file(other, (labels + 5) % 20, 30)  # same size, other labels
+    store = tmp_path / "s_other.zarr"
+    _write_store(store, task="mdqa", prompt_file=str(other), prompt_sha256=read_manifest(other)["prompts_sha256"])
+    with pytest.raises(StoreError, match="labels differ from the 240 labels of its prompt file"):
+        run_probe_stage(store, out, **{**KW, "epochs": 1})
     assert not out.exists()

@@ -9,17 +9,28 @@ from reprflow.prompts.sampling import Draft, prompt_rng
 
 
 class FakePlan:
-    """Prompt length = per_item * n + uniform integer jitter; steered down to the budget like MDQA."""
+    """Prompt length = per_item * n + uniform integer jitter; steered down to the budget like MDQA.
+
+    Prompts of different indices differ (a prompt set holds no two equal prompts)."""
 
     def __init__(self, n_items, per_item, jitter, seed_key):
         self.n_items, self.per_item, self.jitter, self.seed_key = n_items, per_item, jitter, seed_key
 
     def draft(self, index, label, *, attempt, budget):
         rng = prompt_rng(self.seed_key, index)
-        length = self.per_item * self.n_items + int(rng.integers(-self.jitter, self.jitter + 1))
+        length = max(3, self.per_item * self.n_items + int(rng.integers(-self.jitter, self.jitter + 1)))
         adjusted = budget is not None and length > budget
         length = min(length, budget) if budget is not None else length
-        return Draft("a" + " a" * (length - 1), "x", adjusted)  # gpt2: exactly `length` tokens
+        return Draft(spell(index + 1000 * attempt, length), "x", adjusted)
+
+
+def spell(value, length):
+    """``length`` one-letter gpt2 tokens spelling ``value`` in base 26 (distinct values, distinct texts)."""
+    letters = []
+    for _ in range(length):
+        value, r = divmod(value, 26)
+        letters.append(chr(ord("a") + r))
+    return letters[0] + "".join(" " + c for c in letters[1:])
 
 
 class FakeSampler:
@@ -36,8 +47,9 @@ class FakeSampler:
 
 
 def test_fake_lengths_are_exact(tokenizers):
-    d = FakePlan(3, 10, 0, (0,)).draft(0, 0, attempt=0, budget=None)
-    assert len(tokenizers["gpt2"](d.prompt)["input_ids"]) == 30
+    drafts = [FakePlan(3, 10, 0, (0,)).draft(i, 0, attempt=0, budget=None) for i in (0, 7, 199, 17575)]
+    assert [len(tokenizers["gpt2"](d.prompt)["input_ids"]) for d in drafts] == [30] * 4
+    assert len({d.prompt for d in drafts}) == 4
 
 
 def test_exact_items_hit_the_target(tokenizers):

@@ -66,9 +66,12 @@ def test_mdqa_on_synthetic_oracle(synthetic_oracle):
     check_mdqa_records(records, load_oracle(synthetic_oracle))
     counts = np.bincount([r["label"] for r in records], minlength=manifest["n_items"])
     assert counts.max() - counts.min() <= 1
-    # 30 prompts over 24 questions: every question once, then 6 repeats
+    # 30 prompts over 24 questions: every question once, then 6 repeats; group = the question's line
     questions = [parse_mdqa(r["prompt"])[0] for r in records]
     assert len(set(questions[:24])) == 24 and len(set(questions)) == 24
+    examples = load_oracle(synthetic_oracle)
+    assert all(examples[r["group"]].question == q for r, q in zip(records, questions))
+    assert len({r["prompt"] for r in records}) == 30
     assert manifest["sources"][0]["role"] == "oracle" and len(manifest["sources"][0]["sha256"]) == 64
 
 
@@ -136,12 +139,19 @@ def test_liu_reader_keeps_retrieval_order_and_drops_gold(tmp_path, synthetic_ora
         "mdqa", target_tokens=150, tokenizer_name="gpt2", n_prompts=10, seed=0, oracle_path=synthetic_oracle,
         distractor_dir=tmp_path / "liu", tolerance=0.2, calibration_size=8, progress=False,
     )
-    assert manifest["distractors"] == {"source": "liu", "file": "nq-open-20_total_documents_gold_at_4.jsonl.gz"}
+    assert manifest["distractors"] == {
+        "source": "liu", "file": "nq-open-20_total_documents_gold_at_4.jsonl.gz",
+        "choice": "uniform sample of the pool without replacement, shuffled, per prompt",
+    }
     check_mdqa_records(records, examples)
-    for r in records:  # Liu's distractors in retrieval order around the gold
-        _, docs = parse_mdqa(r["prompt"])
+    in_order = 0
+    for r in records:  # a sample of the question's Liu distractors, shuffled around the gold (App. B)
+        q, docs = parse_mdqa(r["prompt"])
         numbers = [int(d.split(") distractor ")[1].split()[0]) for j, d in enumerate(docs) if j != r["label"]]
-        assert numbers == sorted(numbers)
+        assert all(d.startswith(f"(Title: Retrieved {r['group']}-") for j, d in enumerate(docs) if j != r["label"])
+        assert len(set(numbers)) == len(numbers) and set(numbers) <= set(range(19))
+        in_order += numbers == sorted(numbers)
+    assert in_order < len(records)
 
 
 def test_too_few_liu_distractors_for_the_target(tmp_path, synthetic_oracle, make_synthetic_records):
@@ -169,3 +179,40 @@ def test_bad_oracle_line_is_named(tmp_path, make_synthetic_records):
     path.write_text(json.dumps(good[0]) + "\n" + json.dumps(bad) + "\n")
     with pytest.raises(PromptError, match=r"bad.jsonl, line 2: .*isgold"):
         load_oracle(path)
+
+
+def test_repeated_questions_give_distinct_shuffled_prompts(synthetic_oracle):
+    """Each question serves ~8 prompts here; every prompt is new, with its own distractors and order."""
+    records, manifest = build_prompt_set(
+        "mdqa", target_tokens=200, tokenizer_name="gpt2", n_prompts=192, seed=1, oracle_path=synthetic_oracle,
+        pool_size=12, tolerance=0.2, calibration_size=16, progress=False,
+    )
+    examples = load_oracle(synthetic_oracle)
+    check_mdqa_records(records, examples)
+    assert len({r["prompt"] for r in records}) == len(records) == 192
+    by_group: dict[int, list[tuple[str, ...]]] = {}
+    for r in records:
+        _, docs = parse_mdqa(r["prompt"])
+        by_group.setdefault(r["group"], []).append(tuple(d for j, d in enumerate(docs) if j != r["label"]))
+    assert len(by_group) == 24 and manifest["questions"]["max_uses"] == max(len(v) for v in by_group.values())
+    # the same question's prompts draw different distractor sets and orders (not a fixed ranking)
+    assert all(len(set(v)) > 1 for v in by_group.values())
+    assert all(len({frozenset(x) for x in v}) > 1 for v in by_group.values())
+    again, _ = build_prompt_set(  # deterministic for a seed
+        "mdqa", target_tokens=200, tokenizer_name="gpt2", n_prompts=192, seed=1, oracle_path=synthetic_oracle,
+        pool_size=12, tolerance=0.2, calibration_size=16, progress=False,
+    )
+    assert again == records
+
+
+def test_tight_cap_replaces_questions_instead_of_failing(synthetic_oracle):
+    """A cap that leaves a few questions only one or two short distractor pairs: repeats would be
+    byte-identical, so those prompts switch question (recorded as their group) rather than fail."""
+    records, manifest = build_prompt_set(
+        "mdqa", target_tokens=150, tokenizer_name="gpt2", n_prompts=240, seed=0, oracle_path=synthetic_oracle,
+        pool_size=6, tolerance=0.3, calibration_size=16, max_tokens=150, progress=False,
+    )
+    assert max(r["n_tokens"] for r in records) <= 150
+    assert len({r["prompt"] for r in records}) == 240
+    check_mdqa_records(records, load_oracle(synthetic_oracle))
+    assert manifest["achieved"]["duplicate_redraws"] > 0 and manifest["questions"]["n_replaced"] > 0

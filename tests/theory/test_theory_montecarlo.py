@@ -65,6 +65,8 @@ def test_stack_statistics_match_direct_population_std():
                 st = np.std(np.stack(states), axis=0, ddof=0).mean((1, 2))
                 np.testing.assert_allclose(stats[len(states) - 1][1].numpy(), st**2, rtol=1e-12)
                 np.testing.assert_allclose(stats[len(states) - 1][0].numpy(), energy, rtol=1e-12)
+                var = np.var(np.stack(states), axis=0, ddof=0).mean((1, 2))  # Theorem 6's St_L²
+                np.testing.assert_allclose(stats[len(states) - 1][2].numpy(), var, rtol=1e-12)
     # for L = 1 the std over two states is |F|/2
     one = stack_statistics(h, updates, depths=[1], layernorm=False)[1][1]
     np.testing.assert_allclose(one.numpy(), ((updates[0](h).abs() / 2).mean((1, 2)) ** 2).numpy(), rtol=1e-12)

@@ -6,6 +6,7 @@ import pytest
 from reprflow.errors import ConfigError
 from reprflow.pipeline.theory_stage import run_theory
 from reprflow.theory.experiment import DEPTH_COLUMNS, STABILITY_COLUMNS
+from reprflow.theory.paper_check import ASSUMPTION_COLUMNS, CELL_COLUMNS, THEOREM_COLUMNS
 from reprflow.theory.verdict import theorem5_ordering
 
 TINY = dict(
@@ -35,12 +36,32 @@ def test_stage_writes_all_outputs_with_contract_columns(outputs):
     assert (stab.ci_low <= stab["mean"]).all() and (stab["mean"] <= stab.ci_high).all()
     assert paths["figure"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = paths["verdict"].read_text()
-    assert "Theorem 5" in text and "closed form" in text and "our derivation" in text
+    paper, ext = text.index("## Paper Theorems 1–6"), text.index("## Project extensions")
+    assert paper < ext and "Theorem 5 and n" in text[paper:ext] and "closed form" in text[ext:]
+
+
+def test_stage_writes_a_verdict_per_paper_theorem(outputs):
+    paths, _ = outputs
+    thm = pd.read_csv(paths["theorems"])
+    cells = pd.read_csv(paths["theorem_cells"])
+    assumptions = pd.read_csv(paths["assumptions"])
+    assert list(thm.columns) == THEOREM_COLUMNS and list(cells.columns) == CELL_COLUMNS
+    assert list(assumptions.columns) == ASSUMPTION_COLUMNS
+    assert set(thm.theorem) == {"T1", "T2", "T3", "T4", "T5", "T6-path", "T6-St"}
+    assert set(thm.weight_source) == {"scheme", "model:tiny"}
+    assert thm.verdict.str.match(r"holds|fails|inconclusive").all()
+    assert {"rho", "x_max", "x_max_n", "delta", "max ratio mamba"} <= set(assumptions.quantity)
+    assert assumptions[assumptions.assumption.str.startswith("Lemma 1")].satisfied.all()
+    # Theorem 5 is also evaluated at σ² = x_max (its regime), per n
+    t5 = cells[cells.theorem == "T5"]
+    assert t5.in_regime.any() and len(t5.sigma2.unique()) > len(TINY["sigma2_grid"])
+    crossover = pd.read_csv(paths["paper_crossover"])
+    assert (crossover.sigma2_star > 0).all() and len(crossover) == 2 * 2
 
 
 def test_stage_is_deterministic_from_the_seed(outputs):
     first, second = outputs
-    for key in ("stability", "depth", "approximations"):
+    for key in ("stability", "depth", "approximations", "theorem_cells", "theorems"):
         assert first[key].read_bytes() == second[key].read_bytes()
 
 

@@ -143,7 +143,7 @@ def _config(model):
 
 
 def test_train_block_is_validated():
-    entry = {"name": "t", "family": "gpt_neox", "hf_id": "data/models/t", "tokenizer": "gpt-neox-20b",
+    entry = {"name": "t", "family": "gpt_neox", "hf_id": "runs/demo/data/models/t", "tokenizer": "gpt-neox-20b",
              "train": {"corpus": "nq_open", "width": 64, "depth": 2, "tokens": 1000}}
     cfg = validate_config(_config(entry))
     assert cfg.models[0].train["batch_size"] == 4  # schema default filled in

@@ -7,15 +7,18 @@ token metrics + probes -> tables, figures, theory check, report.
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 import zarr
 
 from reprflow.config import PROJECT_ROOT, load_config
 from reprflow.pipeline.tables import VALUE_COLUMNS
+from reprflow.workflow import disk
 from reprflow.workflow.targets import figure_files
 
 pytestmark = pytest.mark.slow
 
 DEMO = load_config(PROJECT_ROOT / "config" / "demo.yaml")
+OUT = DEMO.out_dir  # runs/demo: every product of the demo lives under it
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +30,7 @@ def demo(tmp_path_factory, scratch_project, run_snakemake):
 
 
 def _tables(root):
-    return pd.read_csv(root / "results/table1.csv"), pd.read_csv(root / "results/table2.csv")
+    return pd.read_csv(root / OUT / "results/table1.csv"), pd.read_csv(root / OUT / "results/table2.csv")
 
 
 def test_tables_have_the_paper_layout(demo):
@@ -58,21 +61,21 @@ def test_table_values_finite_and_in_range(demo, which):
 
 
 def test_stores_complete_with_both_views(demo):
-    store = zarr.open_group(demo / "results/activations/tiny-mamba/pretrained/kvpr_n300.zarr", mode="r")
+    store = zarr.open_group(demo / OUT / "results/activations/tiny-mamba/pretrained/kvpr_n300.zarr", mode="r")
     attrs = dict(store.attrs)
     assert attrs["complete"] is True and attrs["family"] == "mamba"
     k_all = store["last"].shape[0]
     assert attrs["state_names"][0] == "embed" and attrs["state_names"][-1] == "final_norm"
     assert attrs["views"]["residual"] == list(range(k_all - 1))
     assert attrs["views"]["hf"] == list(range(1, k_all))  # Mamba: block_1..block_L, final_norm
-    assert not (demo / "results/activations/tiny-gpt-neo/pretrained/kvpr_n600.zarr").exists()
+    assert not (demo / OUT / "results/activations/tiny-gpt-neo/pretrained/kvpr_n600.zarr").exists()
 
 
 def test_figures_and_report(demo):
     for path in figure_files(DEMO):
-        data = (demo / path).read_bytes()
+        data = (demo / OUT / path).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, path
-    report = (demo / "results/report.md").read_text()
+    report = (demo / OUT / "results/report.md").read_text()
     assert "## Table 1" in report and "config sha256" in report and "Theorem 5" in report
     assert report.count("![") == len(figure_files(DEMO)) + 1
 
@@ -80,3 +83,91 @@ def test_figures_and_report(demo):
 def test_rerun_has_nothing_to_do(demo, run_snakemake):
     run = run_snakemake(demo, "-n", "--cores", "2", "--configfile=config/demo.yaml")
     assert run.returncode == 0 and "Nothing to be done" in run.stdout + run.stderr
+
+
+def test_every_product_lives_under_out_dir(demo):
+    assert not (demo / "results").exists() and not (demo / "logs").exists()
+    assert sorted(p.name for p in (demo / "data").iterdir()) == ["lost_in_the_middle", "tokenizers"]  # inputs
+    assert {p.name for p in (demo / OUT).iterdir()} == {"data", "results", "logs"}
+    assert (demo / OUT / "data/models/tiny-mamba/config.json").is_file()
+    assert (demo / OUT / "logs/benchmarks/activations").is_dir()
+
+
+def test_stores_fit_their_worst_case_estimate(demo):
+    for e in disk.estimate_stores(DEMO):
+        store = demo / OUT / "results/activations" / e.model / e.init / f"{e.task}_n{e.length}.zarr"
+        size = sum(p.stat().st_size for p in store.rglob("*") if p.is_file())
+        assert 0 < size <= e.bytes, (store, size, e.bytes)
+
+
+def _variant(demo, name: str, change) -> str:
+    raw = yaml.safe_load((PROJECT_ROOT / "config" / "demo.yaml").read_text())
+    change(raw)
+    (demo / name).write_text(yaml.safe_dump(raw, sort_keys=False))
+    return f"--configfile={name}"
+
+
+def _execution_keys(raw):
+    raw["execution"]["extraction"].update(batch_size=3, device="auto", gpus=1)
+    raw["execution"]["metrics"]["max_tokens_in_memory"] = 64
+    raw["execution"]["probes"].update(device="auto", max_batch_gib=0.5)
+    raw["execution"]["theory"].update(device="auto", threads=2)
+
+
+def _reordered(raw):
+    raw["models"].reverse()
+    raw["inits"].reverse()
+
+
+@pytest.mark.parametrize("change", [_execution_keys, _reordered], ids=["execution-keys", "models-reordered"])
+def test_execution_keys_and_model_order_rerun_nothing(demo, run_snakemake, change):
+    run = run_snakemake(demo, "-n", "--cores", "2", _variant(demo, f"{change.__name__}.yaml", change))
+    out = run.stdout + run.stderr
+    assert run.returncode == 0 and "Nothing to be done" in out, out[-3000:]
+
+
+def test_changing_shards_builds_shard_files_and_nothing_upstream(demo, run_snakemake):
+    """`shards` is an execution key, but it names a cell's store files: new shard stores are built
+    (and what reads them), never the prompts or models, and no param change is reported."""
+    def shards(raw):
+        raw["execution"]["extraction"]["shards"] = 2
+    run = run_snakemake(demo, "-n", "--cores", "2", _variant(demo, "shards.yaml", shards))
+    out = run.stdout + run.stderr
+    assert run.returncode == 0, out[-3000:]
+    counts = {line.split()[0]: int(line.split()[1]) for line in out.splitlines()
+              if len(line.split()) == 2 and line.split()[1].isdigit()}
+    assert counts["extract_activation_shard"] == 2 * 28 and "extract_activations" not in counts, counts
+    assert not {"prompts", "build_tiny_model"} & set(counts) and "Params have changed" not in out
+
+
+def test_gpu_jobs_one_per_simulated_gpu_longest_first(demo, scratch_project, run_snakemake, monkeypatch):
+    """Two simulated GPUs (CUDA_VISIBLE_DEVICES=0,1; the jobs compute on the CPU), four
+    extraction jobs requesting one GPU each, four cores, no --resources: at most two run at
+    once, and the two longest (600 tokens) start first. The prompt sets and tiny models are
+    the demo's, copied, so every extraction job is ready at the same time."""
+    import re
+    import shutil
+
+    root = scratch_project(demo.parent / "gpu-slots")
+    shutil.copytree(demo / OUT / "data", root / OUT / "data", symlinks=True)
+    raw = yaml.safe_load((PROJECT_ROOT / "config" / "demo.yaml").read_text())
+    raw["models"] = [m for m in raw["models"] if m["name"] in ("tiny-pythia", "tiny-mamba")]
+    raw["inits"], raw["tasks"] = raw["inits"][:1], ["kvpr"]
+    raw["execution"]["extraction"].update(gpus=1, device="cpu")
+    (root / "slots.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    run = run_snakemake(root, "--cores", "4", "--configfile=slots.yaml", "all_activations")
+    out = run.stdout + run.stderr
+    assert run.returncode == 0, out[-3000:]
+    assert "reprflow: gpu resource: 2" in out
+    running, most, started = set(), 0, []
+    for block in re.split(r"\n(?=\S)", out):
+        if block.startswith(("rule extract_activations:", "localrule extract_activations:")):
+            job = re.search(r"jobid: (\d+)", block).group(1)
+            started.append(int(re.search(r"length=(\d+)", block).group(1)))
+            running.add(job)
+            most = max(most, len(running))
+        elif (done := re.match(r"Finished jobid: (\d+)", block)) is not None:
+            running.discard(done.group(1))
+    assert sorted(started) == [300, 300, 600, 600] and most == 2, (started, most)
+    assert started[:2] == [600, 600], started

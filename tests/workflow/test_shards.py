@@ -1,4 +1,5 @@
-"""One extraction job per shard: the shards read as one store and give the same metrics."""
+"""One extraction job per shard: the shards read as one store and give the same metrics, with the
+token metrics stored and computed after (tokens: store) or streamed in shard 0's job (stream)."""
 
 import copy
 
@@ -13,7 +14,7 @@ from reprflow.store import open_activations
 pytestmark = pytest.mark.slow
 
 
-def _one_cell(shards: int) -> dict:
+def _one_cell(shards: int, tokens: str = "store") -> dict:
     raw = yaml.safe_load((PROJECT_ROOT / "config" / "demo.yaml").read_text())
     cfg = copy.deepcopy(raw)
     cfg["models"] = [m for m in raw["models"] if m["family"] == "gpt_neox"]
@@ -21,27 +22,36 @@ def _one_cell(shards: int) -> dict:
     cfg["prompts"]["n_prompts"] = 40
     cfg["probes"]["seeds"] = [0]
     cfg["figures"]["length"] = 600
-    cfg["extraction"].update(shards=shards, batch_size=4)
+    cfg["execution"]["extraction"].update(shards=shards, batch_size=4)
+    cfg["extraction"]["tokens"] = tokens
     return cfg
 
 
 def test_sharded_extraction_matches_one_store(tmp_path, scratch_project, run_snakemake):
     runs = {}
-    for shards in (1, 3):
+    for shards, tokens in ((1, "store"), (3, "store"), ("3s", "stream")):  # 3s: shard 0 streams the metrics
         root = scratch_project(tmp_path / f"shards{shards}")
-        (root / "cell.yaml").write_text(yaml.safe_dump(_one_cell(shards)))
+        (root / "cell.yaml").write_text(yaml.safe_dump(_one_cell(int(str(shards)[0]), tokens)))
         run = run_snakemake(root, "--cores", "2", "--configfile=cell.yaml", "all_metrics")
         assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+        assert ("rule extract_activation_shard0:" in run.stdout + run.stderr) == (tokens == "stream")
         runs[shards] = root
-    base = "results/activations/tiny-pythia/pretrained/kvpr_n600"
+    cfg_out = yaml.safe_load((PROJECT_ROOT / "config" / "demo.yaml").read_text())["out_dir"]
+    base = f"{cfg_out}/results/activations/tiny-pythia/pretrained/kvpr_n600"
     shard_paths = [runs[3] / f"{base}_shard{i}of3.zarr" for i in range(3)]
     assert all(p.is_dir() for p in shard_paths) and not (runs[3] / f"{base}.zarr").exists()
     one, sharded = open_activations(runs[1] / f"{base}.zarr"), open_activations(shard_paths)
     np.testing.assert_array_equal(np.asarray(sharded["labels"]), np.asarray(one["labels"]))
     # stored as float16 (auto): batches differ between the runs, so allow one float16 ulp
     np.testing.assert_allclose(sharded["last"][...], one["last"][...], rtol=2e-3, atol=1e-5)
-    metrics = "results/metrics/tiny-pythia/pretrained/kvpr_n600"
-    for name in ("probes.csv", "token_metrics/inter_token_cosine.csv"):
-        a, b = pd.read_csv(runs[1] / metrics / name), pd.read_csv(runs[3] / metrics / name)
+    metrics = f"{cfg_out}/results/metrics/tiny-pythia/pretrained/kvpr_n600"
+    streamed = open_activations([runs["3s"] / f"{base}_shard{i}of3.zarr" for i in range(3)])
+    assert streamed["tokens"].shape[1] == 0 and sharded["tokens"].shape[1] == one["tokens"].shape[1] > 0
+    np.testing.assert_allclose(streamed["last"][...], one["last"][...], rtol=2e-3, atol=1e-5)
+    for name in ("probes.csv", "token_metrics/inter_token_cosine.csv", "token_metrics/layerwise_cosine.csv"):
+        a = pd.read_csv(runs[1] / metrics / name)
         cols = [c for c in a.columns if a[c].dtype.kind == "f"]
-        np.testing.assert_allclose(b[cols].to_numpy(), a[cols].to_numpy(), rtol=2e-3, atol=1e-3, err_msg=name)
+        for other in (3, "3s"):  # streamed: float32 states against the float16-stored ones
+            b = pd.read_csv(runs[other] / metrics / name)
+            np.testing.assert_allclose(b[cols].to_numpy(), a[cols].to_numpy(), rtol=2e-3, atol=1e-3,
+                                       err_msg=f"{other}: {name}")

@@ -1,14 +1,30 @@
 """Target lists: the matrix from the config, with lengths beyond a model's context skipped."""
 
-from reprflow.config import PROJECT_ROOT, load_config
-from reprflow.workflow.targets import Cell, cells, figure_files, prompt_files
+import yaml
+
+from reprflow.config import PROJECT_ROOT, load_config, validate_config
+from reprflow.workflow.targets import (
+    PROMPTS,
+    Cell,
+    cells,
+    extraction_priority,
+    figure_files,
+    final_targets,
+    out,
+    prompt_files,
+    store_paths,
+    table_cells,
+)
 
 
 def test_paper_matrix_skips_lengths_beyond_context():
     cfg = load_config(PROJECT_ROOT / "config" / "config.yaml")
     got = cells(cfg)
-    # 2 transformers x 3 lengths + 3 SSMs x 4 lengths, each x 2 inits x 2 tasks
-    assert len(got) == (2 * 3 + 3 * 4) * 2 * 2
+    # scope all: 2 transformers x 3 lengths + 3 SSMs x 4 lengths, each x 2 inits (pretrained, random) x 2 tasks;
+    # scope fig3: 4 inits (gaussian x2, xavier, he) x 5 models x 2 tasks at figures.length only
+    assert len(got) == (2 * 3 + 3 * 4) * 2 * 2 + 4 * 5 * 2
+    assert len(table_cells(cfg)) == (2 * 3 + 3 * 4) * 2 * 2
+    assert {c.length for c in got if c.init in {"gaussian-0.02", "gaussian-0.2", "xavier", "he"}} == {2048}
     assert Cell("gpt-neo-2.7b", "pretrained", "kvpr", 4096) not in got
     assert Cell("mamba-2.8b", "random", "mdqa", 4096) in got
 
@@ -27,3 +43,36 @@ def test_figures_have_task_variants():
     figs = figure_files(cfg)
     assert "results/figures/fig4_cka.png" in figs and "results/figures/fig4_cka_mdqa.png" in figs
     assert len(figs) == 5 * 3
+
+
+def _demo_raw() -> dict:
+    return yaml.safe_load((PROJECT_ROOT / "config" / "demo.yaml").read_text())
+
+
+def test_outputs_live_under_out_dir():
+    demo = load_config(PROJECT_ROOT / "config" / "demo.yaml")
+    assert final_targets(demo)[0] == "runs/demo/results/table1.csv"
+    assert all(p.startswith("runs/demo/") for p in (*final_targets(demo), *prompt_files(demo)))
+    assert store_paths(demo, "tiny-mamba", "random", "kvpr", 300) == ["runs/demo/results/activations/tiny-mamba/random/kvpr_n300.zarr"]
+    paper = load_config(PROJECT_ROOT / "config" / "config.yaml")
+    assert final_targets(paper)[0] == "results/table1.csv" and out(paper, PROMPTS) == PROMPTS
+
+
+def test_fig3_scoped_inits_only_at_the_figure_length_without_probes():
+    raw = _demo_raw()
+    raw["inits"].append({"name": "xavier", "scheme": "xavier", "scope": "fig3"})
+    cfg = validate_config(raw)
+    got, table = cells(cfg), table_cells(cfg)
+    fig3 = [c for c in got if c.init == "xavier"]
+    # both tasks at figures.length (300) for each of the 4 models, nothing at 600
+    assert sorted({(c.task, c.length) for c in fig3}) == [("kvpr", 300), ("mdqa", 300)] and len(fig3) == 4 * 2
+    assert all(c.init != "xavier" for c in table) and len(table) == len(got) - len(fig3)
+    assert len(table) == len(cells(load_config(PROJECT_ROOT / "config" / "demo.yaml")))
+
+
+def test_extraction_priority_puts_the_longest_jobs_first():
+    raw = _demo_raw()
+    raw["models"][1]["tiny"]["overrides"] = {"hidden_size": 128, "num_hidden_layers": 6}
+    cfg = validate_config(raw)
+    assert extraction_priority(cfg, "tiny-pythia", 600) > extraction_priority(cfg, "tiny-pythia", 300)
+    assert extraction_priority(cfg, "tiny-pythia", 300) > extraction_priority(cfg, "tiny-mamba", 300) > 0

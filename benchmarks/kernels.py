@@ -1,0 +1,345 @@
+"""Forward throughput of the four paper families, side by side, with and without the
+compiled kernels, and the Mamba-1 scan against its exp and memory bounds.
+
+One command, one table per run. For each family (full-size random-init models built from
+their known hyperparameters, no hub; bf16; random token ids, no padding) four rows:
+
+* **hf naive**: transformers as a user would call it, eager attention, batch
+  ``--naive-batch-size``, the compiled ``mamba_ssm`` / ``causal_conv1d`` hidden (so the
+  SSMs take transformers' torch paths);
+* **hf best**: transformers with SDPA attention (GPT-Neo has none in transformers; it stays
+  eager) and every compiled kernel it finds installed, batch ``--batch-size``;
+* **reprflow (no compiled)**: :func:`reprflow.fastpath.prepare_model` with the compiled
+  packages hidden (reprflow's Triton kernels and ``mamba_ssm``'s Triton SSD remain);
+* **reprflow**: ``prepare_model`` with everything installed; the kernel chooser picks.
+
+"Hidden" rows run in a subprocess whose import system refuses ``selective_scan_cuda``,
+``causal_conv1d`` and ``causal_conv1d_cuda`` (``mamba_ssm`` then loads as a bare package
+with its Triton kernels only), so both sides run in one command. Each row: one warm-up
+batch (kernel choice, Triton compiles; 256 tokens for the naive rows), then ``--batches`` timed batches of a forward
+that returns every layer's state (transformers: ``output_hidden_states=True``; reprflow:
+:func:`reprflow.capture.forward_states`, last-token states of all layers, as extraction).
+
+Tokens/s counts tokens over the timed wall time. % of the roofline uses 2 x parameters
+FLOPs per token (as benchmarks/extract.py) at ``--peak-tflops``, by default the bf16 rate
+of an 8192^3 matmul measured at the start (782 TFLOP/s measured on the H200).
+
+Mamba-1 scan per layer (``B x T x 5120 channels x 16 states``, time-major views of one
+fused projection as in the mixer), for each available scan and conv candidate:
+
+* exp bound: one ``exp`` per token, channel and state at the SFU rate, assumed
+  132 SMs x 16 SFU ops/clock/SM x 1.98 GHz = 4.18 T exp/s (H200 SXM boost clock);
+* memory bound: bytes moved (read u, delta, z, B, C; write y; bf16) / 4.3 TB/s.
+
+Usage (repository root)::
+
+    PYTHONPATH=$PWD python benchmarks/kernels.py                       # H200: ~5 min, T=2048
+    PYTHONPATH=$PWD python benchmarks/kernels.py --quick --device cpu  # toy sizes, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.abc
+import importlib.util
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+SFU_EXP_PER_S = 132 * 16 * 1.98e9  # H200: SMs x SFU ops/clock/SM x boost clock (assumption)
+HBM_BYTES_PER_S = 4.3e12  # H200 HBM3e, measured copy bandwidth
+H200_BF16_TFLOPS = 782.0  # bf16 matmul rate measured on the H200 (2026-12-03)
+HIDDEN_MODULES = ("selective_scan_cuda", "causal_conv1d", "causal_conv1d_cuda")
+FAMILIES = {"gpt_neo": "gpt-neo-2.7b", "gpt_neox": "pythia-2.8b", "mamba": "mamba-2.8b", "mamba2": "mamba2-2.7b"}
+
+
+class _Refuse(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Makes the compiled kernel packages unimportable in this process: they are found
+    (``find_spec`` is not None) but importing them raises ImportError, as a broken build would."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in HIDDEN_MODULES:
+            return importlib.util.spec_from_loader(name, self)
+        return None
+
+    def create_module(self, spec):
+        raise ImportError(f"{spec.name} hidden by benchmarks/kernels.py")
+
+    def exec_module(self, module):  # never reached
+        raise ImportError(module.__name__)
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure_peak_tflops(device: str, quick: bool) -> float:
+    """bf16 (cuda) / float32 (cpu) matmul rate, TFLOP/s, median of 5."""
+    n = 256 if device == "cpu" else (2048 if quick else 8192)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    times = []
+    for _ in range(5):
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(10):
+            a @ b
+        _sync(device)
+        times.append((time.perf_counter() - t0) / 10)
+    return 2 * n**3 / statistics.median(times) / 1e12
+
+
+def _dtype(device: str) -> torch.dtype:
+    return torch.bfloat16 if device == "cuda" else torch.float32  # CPU bf16 matmuls are emulated
+
+
+def _compiled_found() -> str:
+    from reprflow.kernels.optional import compiled_causal_conv1d, compiled_selective_scan
+
+    return (f"compiled kernels: mamba_ssm {'yes' if compiled_selective_scan() else 'no'}, "
+            f"causal_conv1d {'yes' if compiled_causal_conv1d() else 'no'}")
+
+
+def _time_batches(run, ids: torch.Tensor, *, batch: int, n_batches: int, device: str,
+                  warm_tokens: int | None = None) -> float:
+    """Tokens/s of ``run(ids_batch)`` over ``n_batches`` batches after one warm-up batch
+    (of ``warm_tokens`` tokens; default all, so that kernel choices happen before timing)."""
+    with torch.no_grad():
+        run(ids[:batch, :warm_tokens])
+        _sync(device)
+        t0 = time.perf_counter()
+        for i in range(n_batches):
+            run(ids[(i * batch) % ids.shape[0] :][:batch])
+        _sync(device)
+    return n_batches * batch * ids.shape[1] / (time.perf_counter() - t0)
+
+
+def _hf_forward(model):
+    def run(ids):
+        out = model.base_model(input_ids=ids, output_hidden_states=True, use_cache=False)
+        return torch.stack([h[:, -1] for h in out.hidden_states])
+
+    return run
+
+
+def _reprflow_forward(model):
+    from reprflow.capture import forward_states
+
+    def run(ids):
+        return forward_states(model, ids, torch.ones_like(ids), check_padding=False).last
+
+    return run
+
+
+def _set_attention(model, impl: str) -> str:
+    try:
+        model.set_attn_implementation(impl)
+    except Exception:  # GPT-Neo: eager (or flash_attention_2) only
+        pass
+    return getattr(model.config, "_attn_implementation", None) or "eager"
+
+
+def _chosen(report: dict) -> str:
+    """One line naming the kernels a prepare_model report ended up with."""
+    parts = [f"attn {report['attention']}"] if report.get("attention") not in (None, "none") else []
+    for op, classes in report.get("kernels", {}).items():
+        names = sorted({e["kernel"] for e in classes.values()})
+        parts.append(f"{op} {'/'.join(names)}")
+    if not report.get("kernels") and report.get("scan") not in (None, "none"):
+        parts.append(f"scan {report['scan']}")
+    return ", ".join(parts)
+
+
+def bench_family(family: str, args, *, hidden: bool, peak: float) -> list[dict]:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from extract import build_model, full_configs, n_params  # benchmarks/extract.py
+
+    from reprflow.fastpath import prepare_model
+
+    config, _ = full_configs(args.quick)[FAMILIES[family]]
+    model = build_model(config, dtype=_dtype(args.device), seed=0, device=args.device)
+    ceiling = peak * 1e12 / (2 * n_params(model))
+    ids = torch.randint(0, config.vocab_size, (max(args.batch_size, args.naive_batch_size), args.tokens),
+                        device=args.device, generator=torch.Generator(args.device).manual_seed(0))
+    rows = []
+
+    def row(path, kernels, batch, rate):
+        rows.append({"family": family, "path": path, "kernels": kernels, "batch": batch,
+                     "tokens_per_s": rate, "pct_roofline": 100 * rate / ceiling})
+        print(f"  {family:9s} {path:24s} {rate:10.0f} tok/s  {kernels}", flush=True)
+
+    ssm = family in ("mamba", "mamba2")
+    if hidden:
+        attn = _set_attention(model, "eager")
+        rate = _time_batches(_hf_forward(model), ids, batch=args.naive_batch_size, n_batches=args.naive_batches,
+                             device=args.device, warm_tokens=min(args.tokens, 256))
+        row("hf naive", "transformers' torch SSM path" if ssm else f"attn {attn}", args.naive_batch_size, rate)
+    else:
+        attn = _set_attention(model, "sdpa")
+        rate = _time_batches(_hf_forward(model), ids, batch=args.batch_size, n_batches=args.batches,
+                             device=args.device)
+        row("hf best", f"transformers' choice; {_compiled_found()}" if ssm else f"attn {attn}", args.batch_size, rate)
+    report = prepare_model(model)
+    rate = _time_batches(_reprflow_forward(model), ids, batch=args.batch_size, n_batches=args.batches,
+                         device=args.device)
+    row("reprflow (no compiled)" if hidden else "reprflow", _chosen(report), args.batch_size, rate)
+    del model
+    if args.device == "cuda":
+        torch.cuda.empty_cache()
+    return rows
+
+
+def bench_mamba_scan(args) -> list[dict]:
+    """Per-layer time of every available Mamba-1 scan and conv candidate at the paper shape."""
+    from reprflow.kernels.ops import causal_conv_op, mamba_scan_op
+
+    dev = torch.device(args.device)
+    batch, n_tokens = args.batch_size, args.tokens
+    channels, d_state = (1024, 16) if args.quick else (5120, 16)
+    g = torch.Generator(args.device).manual_seed(0)
+    dt = _dtype(args.device)
+
+    def rnd(*shape, scale=1.0):
+        return (scale * torch.randn(*shape, device=dev, generator=g)).to(dt)
+
+    xz = rnd(batch, n_tokens, 2 * channels)  # in_proj output: x and z are views, as in the mixer
+    u, z = xz[..., :channels], xz[..., channels:]
+    dbl = rnd(batch, n_tokens, 160 + 2 * d_state)  # x_proj output: dt_rank + B + C
+    B, C = dbl[..., 160 : 160 + d_state], dbl[..., 160 + d_state :]
+    delta = rnd(batch, n_tokens, channels, scale=0.5)
+    A = -torch.exp(torch.rand(channels, d_state, device=dev, generator=g) * 2.7)
+    D, dt_bias = torch.ones(channels, device=dev), torch.full((channels,), -3.0, device=dev)
+    w, b = rnd(channels, 4), rnd(channels)
+    n = batch * n_tokens * channels
+    exp_ms = 1e3 * n * d_state / SFU_EXP_PER_S
+    elt = torch.finfo(dt).bits // 8
+    mem_ms = 1e3 * (4 * n * elt + 2 * batch * n_tokens * d_state * elt) / HBM_BYTES_PER_S
+    rows = []
+
+    def timed(fn) -> float:
+        with torch.no_grad():
+            fn()
+            ts = []
+            for _ in range(5):
+                _sync(args.device)
+                t0 = time.perf_counter()
+                fn()
+                _sync(args.device)
+                ts.append(1e3 * (time.perf_counter() - t0))
+        return statistics.median(ts)
+
+    scan_op = mamba_scan_op(dev, report={})
+    for c in scan_op.candidates:
+        if not c.timed and args.device == "cuda":
+            continue  # the per-token torch loop: seconds per layer, not a contender
+        ms = timed(lambda: c.fn(u, delta, A, B, C, D, z, delta_bias=dt_bias, delta_softplus=True))
+        rows.append({"op": "mamba_scan", "kernel": c.name, "ms": ms, "exp_bound_ms": exp_ms, "mem_bound_ms": mem_ms})
+    conv_mem_ms = 1e3 * 2 * n * elt / HBM_BYTES_PER_S
+    for c in causal_conv_op(dev, report={}).candidates:
+        ms = timed(lambda: c.fn(u, w, b))
+        rows.append({"op": "causal_conv", "kernel": c.name, "ms": ms, "exp_bound_ms": None, "mem_bound_ms": conv_mem_ms})
+    for r in rows:
+        print(f"  {r['op']:11s} {r['kernel']:14s} {r['ms']:8.3f} ms/layer", flush=True)
+    return rows
+
+
+def worker(args) -> int:
+    hidden = args.worker == "hidden"
+    if hidden:
+        sys.meta_path.insert(0, _Refuse())
+    peak = args.peak_tflops or measure_peak_tflops(args.device, args.quick)
+    gpu = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    out = {"peak_tflops": peak, "device": gpu, "rows": [], "scan": []}
+    for family in args.families:
+        out["rows"] += bench_family(family, args, hidden=hidden, peak=peak)
+    if not hidden and "mamba" in args.families:
+        out["scan"] = bench_mamba_scan(args)
+    Path(args.json).write_text(json.dumps(out))
+    return 0
+
+
+def table(results: dict[str, dict], args) -> str:
+    peak = results["visible"]["peak_tflops"]
+    order = ["hf naive", "hf best", "reprflow (no compiled)", "reprflow"]
+    rows = sorted(results["hidden"]["rows"] + results["visible"]["rows"],
+                  key=lambda r: (args.families.index(r["family"]), order.index(r["path"])))
+    gpu = results["visible"]["device"]
+    lines = [
+        f"Forward throughput, {gpu}, T={args.tokens}, {str(_dtype(args.device))[6:]}, random init"
+        f"{' (quick: toy sizes)' if args.quick else ''}; roofline = {peak:.3g} TFLOP/s / (2 x params) per token",
+        "",
+        "| family | path | batch | tokens/s | % roofline | kernels |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    lines += [f"| {r['family']} | {r['path']} | {r['batch']} | {r['tokens_per_s']:,.0f} | {r['pct_roofline']:.1f} | "
+              f"{r['kernels']} |" for r in rows]
+    scan = results["visible"]["scan"]
+    if scan:
+        lines += [
+            "",
+            f"Mamba-1 per layer, B={args.batch_size}, T={args.tokens}: exp bound = 1 exp per token x channel x state "
+            f"at {SFU_EXP_PER_S / 1e12:.2f} T exp/s (132 SMs x 16 SFU/clk x 1.98 GHz, H200); "
+            f"memory bound = bytes / {HBM_BYTES_PER_S / 1e12:.1f} TB/s",
+            "",
+            "| op | kernel | ms/layer | exp bound ms | x exp bound | memory bound ms | x memory bound |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
+        for r in scan:
+            e = r["exp_bound_ms"]
+            bound = ("", "") if e is None else (f"{e:.3f}", f"{r['ms'] / e:.2f}")
+            lines.append(f"| {r['op']} | {r['kernel']} | {r['ms']:.3f} | {bound[0]} | {bound[1]} | "
+                         f"{r['mem_bound_ms']:.3f} | {r['ms'] / r['mem_bound_ms']:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cuda", "cpu"])
+    p.add_argument("--quick", action="store_true", help="toy model sizes (2 layers, width 512), T=64")
+    p.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
+    p.add_argument("--tokens", type=int, default=None, help="tokens per prompt (default 2048; 64 with --quick)")
+    p.add_argument("--batch-size", type=int, default=None, help="default 16 (2 with --quick)")
+    p.add_argument("--batches", type=int, default=3, help="timed batches per row")
+    p.add_argument("--naive-batch-size", type=int, default=1)
+    p.add_argument("--naive-batches", type=int, default=1)
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help=f"roofline; default: measured at the start (H200: {H200_BF16_TFLOPS:.0f})")
+    p.add_argument("--out", type=Path, default=None, help="also write the table (kernels.md) and raw JSON here")
+    p.add_argument("--worker", choices=["hidden", "visible"], help=argparse.SUPPRESS)
+    p.add_argument("--json", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.tokens = args.tokens or (64 if args.quick else 2048)
+    args.batch_size = args.batch_size or (2 if args.quick else 16)
+    if args.worker:
+        return worker(args)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for mode in ("hidden", "visible"):
+            print(f"== {mode} compiled kernels", flush=True)
+            path = Path(tmp) / f"{mode}.json"
+            cmd = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]), "--worker", mode,
+                   "--json", str(path)]
+            if subprocess.run(cmd).returncode != 0:
+                print(f"worker '{mode}' failed", file=sys.stderr)
+                return 1
+            results[mode] = json.loads(path.read_text())
+    text = table(results, args)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "kernels.md").write_text(text + "\n")
+        (args.out / "kernels.json").write_text(json.dumps(results, indent=1))
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

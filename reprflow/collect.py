@@ -1,0 +1,153 @@
+"""States in memory, from a notebook: :func:`collect_states` runs texts through any loaded model.
+
+The same engine as the workflow's extraction (:func:`reprflow.extract.capture_batches`:
+length-bucketed, right-padded batches, hooks that keep only what is asked for, on the
+device) feeding a :class:`reprflow.sinks.MemorySink` instead of a store. The arrays it
+returns go straight into :mod:`reprflow.metrics` (one [n_states, n_tokens, hidden] prompt
+at a time) and :class:`reprflow.probes.LinearProbe` (``states[k]``: [n_texts, hidden]).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from reprflow.errors import ConfigError, PromptError
+from reprflow.extract import capture_batches, run_info
+from reprflow.models.layouts import get_layout
+from reprflow.sinks import MemorySink, feed
+
+__all__ = ["CollectedStates", "collect_states"]
+
+
+@dataclass(frozen=True)
+class CollectedStates:
+    """What :func:`collect_states` returns.
+
+    Attributes
+    ----------
+    states : ndarray or list of ndarray, float32
+        ``positions="last"``: [n_states, n_texts, hidden], the state at each text's last
+        token -- the ``features`` of :func:`reprflow.probes.fit_layer_probes`; ``states[k]``
+        ([n_texts, hidden]) is the ``X`` of :class:`reprflow.probes.LinearProbe`.
+        ``positions="all"``: one [n_states, n_tokens_i, hidden] array per text -- the ``H``
+        of every metric in :mod:`reprflow.metrics`.
+    state_names : list of str
+        Name of each state along the first axis (e.g. ``embed``, ``block_1``, ...,
+        ``final_norm``; which ones depends on ``view``).
+    view : str
+        ``"hf"`` (the states of ``output_hidden_states``) or ``"residual"`` (the embedding
+        and every block output, before the final norm).
+    positions : str
+        ``"last"`` or ``"all"``.
+    n_tokens : ndarray of shape (n_texts,), int64
+        Tokens of each text.
+    """
+
+    states: np.ndarray | list[np.ndarray]
+    state_names: list[str]
+    view: str
+    positions: str
+    n_tokens: np.ndarray
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def collect_states(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    texts: Sequence[str],
+    *,
+    view: str = "hf",
+    positions: str = "last",
+    batch_size: int = 8,
+    device: str | torch.device | None = None,
+    add_special_tokens: bool = True,
+) -> CollectedStates:
+    """Run ``texts`` through ``model`` and return the captured states as numpy arrays.
+
+    Parameters
+    ----------
+    model : PreTrainedModel
+        Any loaded Hugging Face causal LM whose ``model_type`` reprflow can lay out (see
+        :mod:`reprflow.models.layouts`). Run in eval mode (its mode is restored after);
+        its weights are not changed.
+    tokenizer : PreTrainedTokenizer
+        Its tokenizer. Padding is done here (on the right; a tokenizer without a pad
+        token is fine: padded positions are never read).
+    texts : sequence of str
+        The inputs, one state (or one array of token states) per text, in order.
+    view : {"hf", "residual"}
+        Which layers: ``"hf"`` reproduces ``output_hidden_states`` (L + 1 states),
+        ``"residual"`` is the embedding and every block output (L + 1 states).
+    positions : {"last", "all"}
+        The last token of each text, or every token.
+    batch_size : int
+        Texts per forward pass (texts are grouped by length to reduce padding).
+    device : str or torch.device, optional
+        Where to compute: default where the model is; ``"auto"``, ``"cpu"``, ``"cuda"``,
+        ``"cuda:N"`` move the model there (:func:`reprflow.devices.resolve_device`).
+    add_special_tokens : bool
+        Passed to the tokenizer.
+
+    Returns
+    -------
+    CollectedStates
+        ``.states``, ``.state_names``, ``.view``, ``.positions``, ``.n_tokens``.
+
+    Examples
+    --------
+    >>> out = collect_states(model, tokenizer, ["a b c", "d e"], positions="last")  # doctest: +SKIP
+    >>> out.states.shape  # (n_states, 2, hidden)  # doctest: +SKIP
+    """
+    from reprflow.devices import resolve_device
+
+    if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+        raise PromptError("collect_states: texts must be a list of strings (wrap a single text as [text])")
+    texts = list(texts)
+    if not texts:
+        raise PromptError("collect_states: texts is empty")
+    if positions not in ("last", "all"):
+        raise ConfigError(f"collect_states: positions={positions!r}; expected 'last' or 'all'")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"collect_states: batch_size={batch_size!r}; expected an int >= 1")
+    layout = get_layout(model)
+    info = run_info(model, len(texts), layout)
+    if view not in info.views:
+        raise ConfigError(f"collect_states: view={view!r}; expected one of {sorted(info.views)}")
+    encoded = tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]
+    empty = [i for i, e in enumerate(encoded) if len(e) == 0]
+    if empty:
+        raise PromptError(f"collect_states: text {empty[0]} ({texts[empty[0]]!r}) has no tokens")
+    ids = dict(enumerate(encoded))
+    pad_id = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0)
+
+    if device is None:
+        dev = _model_device(model)
+    else:
+        dev = resolve_device(device)
+        model.to(dev)
+    indices = list(info.views[view])
+    sink = MemorySink(len(texts), states=indices, positions=positions)
+    sink.start(info)
+    was_training = model.training
+    model.eval()
+    try:
+        feed(capture_batches(model, ids, [(None, range(len(texts)))], batch_size=batch_size, pad_id=int(pad_id),
+                             device=dev, token_prompts=sink.token_prompts, layout=layout), [sink])
+    finally:
+        model.train(was_training)
+    return CollectedStates(
+        states=sink.result(),
+        state_names=[info.state_names[i] for i in indices],
+        view=view,
+        positions=positions,
+        n_tokens=np.array([len(e) for e in encoded], dtype=np.int64),
+    )

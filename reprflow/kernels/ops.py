@@ -1,0 +1,135 @@
+"""The kernel ops of the Mamba families and their candidates (see :mod:`reprflow.kernels.select`).
+
+=============  =====================================================  ============================
+op             candidates (``REPRFLOW_KERNEL_<OP>=name``)             reference (float64 check)
+=============  =====================================================  ============================
+mamba_scan     ``triton`` (reprflow, time-major), ``mamba_ssm``       :func:`selective_scan_reference`
+               (compiled ``selective_scan_fn`` + layout transposes),
+               ``torch`` (per-token loop; fallback, never timed)
+causal_conv    ``causal_conv1d`` (compiled ``causal_conv1d_fn``,      :func:`causal_conv1d_silu_reference`
+               channel-last, on a dense copy), ``triton`` (reprflow),
+               ``torch`` (``F.conv1d``)
+mamba2_ssd     ``mamba_ssm`` (Triton ``mamba_chunk_scan_combined``),  :func:`reprflow.kernels.ssd.ssd_reference`
+               ``torch`` (per-token loop; fallback, never timed)
+=============  =====================================================  ============================
+
+GPU-only candidates are offered only on CUDA and when their package imports; on CPU only
+the torch candidates exist, so the choice is made without measuring.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from reprflow.kernels import triton_available
+from reprflow.kernels.causal_conv1d import causal_conv1d_silu, causal_conv1d_silu_reference
+from reprflow.kernels.optional import MambaSsmKernels, compiled_causal_conv1d, compiled_selective_scan
+from reprflow.kernels.select import Candidate, KernelOp
+from reprflow.kernels.selective_scan import selective_scan, selective_scan_reference
+from reprflow.kernels.ssd import ssd_reference
+
+__all__ = ["mamba_scan_op", "causal_conv_op", "mamba2_ssd_op", "OP_NAMES"]
+
+OP_NAMES = ("mamba_scan", "causal_conv", "mamba2_ssd")
+_ANY = ("cpu", "cuda")
+
+
+def _version(dist: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "?"
+
+
+# ---------------------------------------------------------------- Mamba-1 selective scan
+def _scan_reference(u, delta, A, B, C, D=None, z=None, *, delta_bias=None, delta_softplus=False) -> Tensor:
+    return selective_scan_reference(u, delta, A, B, C, D, z, delta_bias=delta_bias, delta_softplus=delta_softplus,
+                                    compute_dtype=torch.float64)
+
+
+def _compiled_scan_time_major(fn: Callable) -> Callable[..., Tensor]:
+    """``mamba_ssm``'s channel-major ``selective_scan_fn`` behind the time-major signature."""
+
+    def scan(u, delta, A, B, C, D=None, z=None, *, delta_bias=None, delta_softplus=False) -> Tensor:
+        y = fn(u.transpose(1, 2), delta.transpose(1, 2), A, B.transpose(1, 2), C.transpose(1, 2), D,
+               z=None if z is None else z.transpose(1, 2), delta_bias=delta_bias, delta_softplus=delta_softplus)
+        return y.transpose(1, 2)  # [batch, n_tokens, channels] view
+
+    return scan
+
+
+def mamba_scan_op(device: torch.device, *, report: dict, forced: str | None = None) -> KernelOp:
+    """The Mamba-1 selective scan op (signature of :func:`selective_scan` without ``impl``)."""
+    cands = []
+    if device.type == "cuda" and triton_available():
+        cands.append(Candidate("triton", functools.partial(selective_scan, impl="triton"),
+                               "reprflow Triton selective scan (time-major, state in registers)"))
+    compiled = compiled_selective_scan() if device.type == "cuda" else None
+    if compiled is not None:
+        cands.append(Candidate("mamba_ssm", _compiled_scan_time_major(compiled),
+                               f"mamba_ssm {_version('mamba_ssm')} selective_scan_cuda (compiled) + transposes"))
+    cands.append(Candidate("torch", functools.partial(selective_scan, impl="torch"),
+                           "reprflow torch reference (Python loop over tokens)", devices=_ANY, timed=False))
+    return KernelOp("mamba_scan", _scan_reference, cands, time_major=("u", "delta", "B", "C", "z"),
+                    sizes=lambda a: (a["u"].shape[2], a["A"].shape[1], a.get("z") is not None),
+                    report=report, forced=forced, known=("triton", "mamba_ssm", "torch", "hf"))
+
+
+# ---------------------------------------------------------------- causal conv + SiLU
+def _compiled_conv_time_major(fn: Callable) -> Callable[..., Tensor]:
+    """``causal_conv1d_fn`` on the channel-last view of a dense time-major tensor.
+
+    The compiled channel-last kernel writes its output with the input's strides assumed
+    dense (``torch.empty_like``); a strided view (``x`` sliced from the fused in_proj
+    output) is therefore copied to a dense tensor first, and that copy is part of what
+    the chooser measures.
+    """
+
+    def conv(x, weight, bias=None, *, mask=None) -> Tensor:
+        dense = x if x.is_contiguous() else x.contiguous()
+        y = fn(dense.transpose(1, 2), weight, bias, activation="silu").transpose(1, 2)
+        if mask is not None:
+            y = y * mask[:, :, None].to(y.dtype)
+        return y.contiguous()
+
+    return conv
+
+
+def causal_conv_op(device: torch.device, *, report: dict, forced: str | None = None) -> KernelOp:
+    """Depthwise causal conv + SiLU (signature of :func:`causal_conv1d_silu_reference`)."""
+    cands = []
+    compiled = compiled_causal_conv1d() if device.type == "cuda" else None
+    if compiled is not None:
+        cands.append(Candidate("causal_conv1d", _compiled_conv_time_major(compiled),
+                               f"causal_conv1d {_version('causal_conv1d')} causal_conv1d_fn (compiled, channel-last)"))
+    if device.type == "cuda" and triton_available():
+        cands.append(Candidate("triton", functools.partial(causal_conv1d_silu, impl="triton"),
+                               "reprflow Triton causal conv + SiLU (time-major)"))
+    cands.append(Candidate("torch", functools.partial(causal_conv1d_silu, impl="torch"),
+                           "torch F.conv1d (+ transposes)", devices=_ANY))
+    return KernelOp("causal_conv", causal_conv1d_silu_reference, cands, time_major=("x", "mask"),
+                    sizes=lambda a: (a["x"].shape[2], a["weight"].shape[1], a.get("mask") is not None,
+                                     a["x"].stride(1)),
+                    report=report, forced=forced, known=("causal_conv1d", "triton", "torch"))
+
+
+# ---------------------------------------------------------------- Mamba-2 SSD
+def mamba2_ssd_op(device: torch.device, kernels: MambaSsmKernels | None, *, report: dict,
+                  forced: str | None = None) -> KernelOp:
+    """The Mamba-2 SSD scan (signature of :func:`ssd_reference`)."""
+    cands = []
+    if kernels is not None:
+        cands.append(Candidate("mamba_ssm", kernels.chunk_scan_combined,
+                               f"mamba_ssm {kernels.version} Triton mamba_chunk_scan_combined",
+                               devices=("cuda",) if device.type == "cuda" else _ANY))
+    cands.append(Candidate("torch", ssd_reference, "reprflow torch recurrence (Python loop over tokens)",
+                           devices=_ANY, timed=False))
+    return KernelOp("mamba2_ssd", ssd_reference, cands, time_major=("x", "dt", "B", "C", "z"),
+                    sizes=lambda a: tuple(a["x"].shape[2:]) + (a["B"].shape[2], a["B"].shape[3]),
+                    report=report, forced=forced, known=("mamba_ssm", "torch", "hf"))

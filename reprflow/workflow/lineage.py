@@ -1,0 +1,249 @@
+"""dvc.yaml, generated: each DVC stage's code deps are the files the stage's jobs import.
+
+A DVC stage runs Snakemake on one phase's target, so its jobs run the phase's
+``workflow_scripts/*.py``, which import parts of ``reprflow``. :func:`stage_code` follows
+those imports statically (every ``import`` / ``from ... import`` of the package, at any
+depth, package ``__init__`` files included) and adds the workflow wiring every stage
+parses (Snakefile, rules/common.smk, the stage's own rule files, config/schema.yaml), and
+the data shipped inside the imported packages (e.g. ``reprflow/models/configs/``).
+Modules that only plan a run in the Snakemake parent process and cannot change an output
+(:data:`PLANNING_ONLY`: the disk preflight and the GPU-slot default) are left out, as
+config.execution is left out of the params, so editing them reruns nothing.
+
+dvc.yaml is written by this module, so its deps never drift from the imports; a test
+fails when the file differs from what :func:`render` gives for the config it names::
+
+    python -m reprflow.workflow.lineage --write                          # the demo (default)
+    python -m reprflow.workflow.lineage --configfile config/config.yaml --write   # the paper
+
+With ``extraction.tokens: stream`` the extraction jobs write the token-metric files too
+(rules/activations.smk), so the activations stage also tracks ``metrics`` as a param; those
+files stay declared by the metrics stage (``results/metrics``: DVC outputs may not overlap),
+whose Snakemake run then finds them up to date.
+
+The config fixes ``CONFIG`` and ``OUT`` (its ``out_dir``) and the per-cell metric files
+DVC reports (``dvc metrics show``: probe accuracies, Sm and St); ``dvc plots show``
+renders the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from reprflow.config import PROJECT_ROOT, Config, load_config
+from reprflow.workflow import targets
+from reprflow.workflow.targets import PROBES, TOKEN_METRICS, cells, table_cells
+
+__all__ = ["STAGES", "Stage", "module_closure", "render", "stage_code", "stages"]
+
+PACKAGE = "reprflow"
+WIRING = ("Snakefile", "rules/common.smk", "config/schema.yaml")
+"""Parsed by every stage's Snakemake run."""
+PLANNING_ONLY = ("reprflow/workflow/disk.py", "reprflow/workflow/scheduling.py")
+"""Imported by the Snakefile to plan a run (disk preflight, GPU slots); never by a job."""
+DVC_YAML = "dvc.yaml"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One DVC stage: the Snakemake target it runs, its rule files and job scripts, the
+    config keys it tracks as params, its data deps and its outputs (relative to out_dir)."""
+
+    name: str
+    target: str
+    rules: tuple[str, ...]
+    scripts: tuple[str, ...]
+    params: tuple[str, ...]
+    data: tuple[str, ...]
+    outs: tuple[str, ...]
+    persist: bool = True
+
+
+STAGES = (
+    Stage("models", "all_models", ("rules/models.smk",), ("build_tiny_model.py",), ("models",),
+          (), ("data/models",)),
+    Stage("prompts", "all_prompts", ("rules/prompts.smk",), ("prompts.py",),
+          ("seed", "models", "tasks", "lengths", "prompts"),
+          ("@data/lost_in_the_middle",), ("data/prompts",)),
+    Stage("activations", "all_activations", ("rules/activations.smk",), ("extract_activations.py",),
+          ("seed", "models", "inits", "extraction"), ("data/models", "data/prompts"), ("results/activations",)),
+    Stage("metrics", "all_metrics", ("rules/metrics.smk", "rules/probes.smk"), ("token_metrics.py", "probes.py"),
+          ("metrics", "probes"), ("results/activations",), ("results/metrics",)),
+    Stage("theory", "all_theory", ("rules/theory.smk",), ("theory.py",), ("theory",), (), ("results/theory",)),
+    Stage("report", "all", ("rules/report.smk",), ("tables.py", "figures.py", "report.py"), ("figures",),
+          ("results/metrics", "results/theory"),
+          ("results/table1.csv", "results/table2.csv", "results/figures", "results/report.md"), persist=False),
+)
+"""The pipeline's stages in order; ``@path`` marks a project input (not under out_dir)."""
+
+
+def _module_file(name: str, root: Path) -> Path | None:
+    base = root / Path(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imports(path: Path, root: Path) -> set[str]:
+    """Dotted names of the package modules ``path`` imports (relative imports resolved)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    rel = path.relative_to(root).with_suffix("")
+    here = list(rel.parts[:-1])  # the package a module (or a package's __init__) lives in
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = here[: len(here) - node.level + 1] if node.level > 1 else here
+                module = ".".join([*base, *(node.module.split(".") if node.module else [])])
+            else:
+                module = node.module or ""
+            found.add(module)
+            found.update(f"{module}.{a.name}" for a in node.names)  # `from pkg import submodule`
+    return {n for n in found if n == PACKAGE or n.startswith(PACKAGE + ".")}
+
+
+def _import_statements(text: str) -> str:
+    """The top-level package imports of a Snakemake rule file, as Python source."""
+    kept, open_paren = [], False
+    for line in text.splitlines():
+        if open_paren or line.startswith((f"from {PACKAGE}", f"import {PACKAGE}")):
+            kept.append(line)
+            open_paren = (open_paren or "(" in line) and ")" not in line
+    return "\n".join(kept)
+
+
+def module_closure(start: list[Path], root: Path = PROJECT_ROOT) -> set[Path]:
+    """Every package file imported, directly or not, by the files in ``start`` (which are
+    included), with the ``__init__.py`` of each package on the way."""
+    seen: set[Path] = set()
+    todo = list(start)
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for name in _imports(path, root):
+            parts = name.split(".")
+            for i in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__, a/b/__init__
+                found = _module_file(".".join(parts[:i]), root)
+                if found is not None and found not in seen:
+                    todo.append(found)
+    return seen
+
+
+def stage_code(stage: Stage, root: Path = PROJECT_ROOT) -> list[str]:
+    """The code files ``stage`` runs, relative to ``root``, sorted (see the module docstring)."""
+    scripts = [root / "workflow_scripts" / s for s in stage.scripts]
+    wiring = [root / "rules" / "common.smk", *(root / r for r in stage.rules)]
+    smk_imports = []
+    for rule_file in wiring:  # rule files import the package too (common.smk: config, targets)
+        for node in ast.walk(ast.parse(_import_statements(rule_file.read_text()))):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            smk_imports += [f for f in (_module_file(n, root) for n in names if n.startswith(PACKAGE)) if f is not None]
+    planning = {root / p for p in PLANNING_ONLY}
+    files = module_closure([*scripts, *(p for p in smk_imports if p not in planning)], root)
+    rel = {str(p.relative_to(root)) for p in files} | set(WIRING) | set(stage.rules)
+    rel |= _package_data({p.parent for p in files if p.is_relative_to(root / PACKAGE)}, root)
+    return sorted(rel - set(PLANNING_ONLY))
+
+
+def _package_data(packages: set[Path], root: Path) -> set[str]:
+    """Data shipped inside the packages a stage imports (e.g. reprflow/models/configs/*.json,
+    read by the model loader): every non-Python file of those package folders, and the
+    folders inside them that are not packages themselves, as one dep each."""
+    found = set()
+    for package in packages:
+        for entry in package.iterdir():
+            if entry.name == "__pycache__" or entry.suffix in (".py", ".pyc"):
+                continue
+            if entry.is_file() or (entry.is_dir() and not (entry / "__init__.py").exists()):
+                found.add(str(entry.relative_to(root)))
+    return found
+
+
+def stages(config: Config) -> tuple[Stage, ...]:
+    """:data:`STAGES` for ``config``: with ``extraction.tokens: stream`` the activations stage
+    computes the token metrics, so ``metrics`` is one of its params."""
+    if config.section("extraction").get("tokens", "store") != "stream":
+        return STAGES
+    return tuple(replace(s, params=(*s.params, "metrics")) if s.name == "activations" else s for s in STAGES)
+
+
+def _under(out_dir: str, path: str) -> str:
+    if path.startswith("@"):
+        return path[1:]
+    return path if out_dir == "." else f"${{OUT}}/{path}"
+
+
+def render(config_path: str, config: Config, root: Path = PROJECT_ROOT) -> str:
+    """The text of dvc.yaml for the config at ``config_path`` (relative to the project)."""
+    out = config.out_dir
+    lines = [
+        "# GENERATED by `python -m reprflow.workflow.lineage --write` (reprflow/workflow/lineage.py):",
+        "# do not edit by hand. Each stage runs Snakemake on one phase's target, so no rule logic is",
+        "# written twice; its deps are the code files that phase's jobs import, its params the config",
+        "# keys that change its outputs (config.execution is never one), and persist: true keeps the",
+        "# outputs in place so Snakemake stays incremental. dvc.lock records the hashes.",
+        "#",
+        "# CONFIG names the one experiment config (the demo by default). For the paper run:",
+        "#   python -m reprflow.workflow.lineage --configfile config/config.yaml --write",
+        "vars:",
+        f"  - CONFIG: {config_path}",
+        f"  - OUT: {out}",
+        "  - SMK: snakemake --cores all --configfile=",
+        "",
+        "stages:",
+    ]
+    for stage in stages(config):
+        lines += [f"  {stage.name}:", f"    cmd: ${{SMK}}${{CONFIG}} {stage.target}", "    deps:"]
+        lines += [f"      - {_under(out, d)}" for d in stage.data]
+        lines += [f"      - {f}" for f in stage_code(stage, root)]
+        lines += ["    params:", "      - ${CONFIG}:", *(f"          - {p}" for p in stage.params), "    outs:"]
+        for o in stage.outs:
+            lines += [f"      - {_under(out, o)}" + (":" if stage.persist else "")]
+            if stage.persist:
+                lines += ["          persist: true"]
+    # top-level sections: literal paths (DVC interpolates vars in stages only)
+    lines += ["", "# dvc metrics show: per-cell probe summaries (last/peak accuracy) and Sm/St.", "metrics:"]
+    for cell in table_cells(config):
+        lines.append(f"  - {targets.out(config, cell.fmt(PROBES).replace('.csv', '.json'))}")
+    for cell in cells(config):
+        lines.append(f"  - {targets.out(config, cell.fmt(TOKEN_METRICS) + '/smoothness_stability.json')}")
+    lines += ["", "# dvc plots show: the paper's figures and the theory check.", "plots:",
+              f"  - {targets.out(config, 'results/figures')}", f"  - {targets.out(config, 'results/theory/theory.png')}"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Write or check dvc.yaml (see reprflow/workflow/lineage.py).")
+    parser.add_argument("--configfile", default="config/demo.yaml", help="the config dvc.yaml runs (relative path)")
+    parser.add_argument("--write", action="store_true", help="write dvc.yaml (default: check it)")
+    args = parser.parse_args(argv)
+    text = render(args.configfile, load_config(PROJECT_ROOT / args.configfile))
+    target = PROJECT_ROOT / DVC_YAML
+    if args.write:
+        target.write_text(text)
+        print(f"wrote {target}")
+        return 0
+    if target.read_text() != text:
+        print(f"{target} is stale: run python -m reprflow.workflow.lineage --configfile {args.configfile} --write",
+              file=sys.stderr)
+        return 1
+    print(f"{target} is up to date")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

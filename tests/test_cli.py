@@ -1,0 +1,142 @@
+"""The ``reprflow`` command: extract -> metrics -> probe over files, on a tiny model, on CPU."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from reprflow.cli import build_parser, main
+from reprflow.collect import collect_states
+from reprflow.models.tiny import build_tiny_model
+from reprflow.prompts import load_tokenizer
+from reprflow.store import open_store
+
+WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return build_tiny_model("gpt_neox", out_dir=tmp_path_factory.mktemp("models") / "neox", seed=0)
+
+
+def _prompts(n: int = 24) -> list[dict]:
+    rng = np.random.default_rng(0)
+    return [
+        {"prompt": " ".join(rng.choice(WORDS, 10 + i % 4)) + (" yes" if i % 2 else " no"), "label": i % 2}
+        for i in range(n)
+    ]
+
+
+def test_extract_metrics_probe(tmp_path, tiny_model, capsys):
+    records = _prompts()
+    prompts = tmp_path / "mine.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in records))
+    store = tmp_path / "acts.zarr"
+    assert main(["-q", "extract", str(prompts), str(tiny_model), "-o", str(store), "--tokenizer", "gpt-neox-20b",
+                 "--token-prompts", "4", "--store-dtype", "float32", "--device", "cpu", "--batch-size", "5"]) == 0
+    assert f"{store}: 24 prompts, 6 states x 64 features (float32), token states of 4 prompts" in capsys.readouterr().out
+
+    group = open_store(store)
+    assert group.attrs["task"] == "mine" and group.attrs["family"] == "gpt_neox"
+    np.testing.assert_array_equal(group["labels"][:], [r["label"] for r in records])
+    # the stored last-token states are the model's: the in-memory API gives the same numbers
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    ref = collect_states(model, load_tokenizer("gpt-neox-20b"), [r["prompt"] for r in records], view="hf", device="cpu")
+    hf = group.attrs["views"]["hf"]
+    np.testing.assert_allclose(group["last"][:][hf], ref.states, rtol=1e-5, atol=1e-5)
+
+    metrics = tmp_path / "metrics"
+    assert main(["-q", "metrics", str(store), "-o", str(metrics), "--bins", "8"]) == 0
+    written = [Path(p) for p in capsys.readouterr().out.split()]
+    assert written and all(p.is_file() and p.is_relative_to(metrics) for p in written)
+    assert {p.suffix for p in written} >= {".csv", ".npy", ".json"}
+
+    # the same metrics streamed during extraction (no token states stored) equal store-then-compute
+    streamed = tmp_path / "streamed"
+    assert main(["-q", "extract", str(prompts), str(tiny_model), "-o", str(tmp_path / "lean.zarr"), "--tokenizer",
+                 "gpt-neox-20b", "--token-prompts", "4", "--stream-metrics", str(streamed), "--bins", "8",
+                 "--device", "cpu"]) == 0
+    assert open_store(tmp_path / "lean.zarr").attrs["token_prompt_ids"] == []
+    for path in written:
+        twin = streamed / path.name
+        if path.suffix == ".npy":
+            np.testing.assert_allclose(np.load(twin), np.load(path), rtol=1e-6, atol=1e-9, err_msg=path.name)
+        elif path.suffix == ".csv":
+            a, b = pd.read_csv(path), pd.read_csv(twin)
+            num = [c for c in a.columns if pd.api.types.is_float_dtype(a[c])]
+            assert num, path.name
+            np.testing.assert_allclose(b[num].to_numpy(), a[num].to_numpy(), rtol=1e-6, atol=1e-9, err_msg=path.name)
+    capsys.readouterr()
+
+    out = tmp_path / "probes.csv"
+    assert main(["-q", "probe", str(store), "-o", str(out), "--epochs", "10", "--seeds", "0", "1",
+                 "--device", "cpu"]) == 0
+    table = pd.read_csv(out)
+    assert set(table["view"]) == {"hf", "residual"} and set(table["seed"]) == {0, 1}
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["hf"]["n_train"] + summary["hf"]["n_val"] == 24
+    assert "hf: peak" in capsys.readouterr().out
+
+
+def test_text_file_is_one_prompt_a_line_without_labels(tmp_path, tiny_model, capsys):
+    prompts = tmp_path / "lines.txt"
+    prompts.write_text("the first prompt\n\nand a second one here\n")
+    store = tmp_path / "t.zarr"
+    assert main(["-q", "extract", str(prompts), str(tiny_model), "-o", str(store), "--tokenizer", "gpt-neox-20b",
+                 "--token-prompts", "0", "--device", "cpu"]) == 0
+    group = open_store(store)
+    np.testing.assert_array_equal(group["labels"][:], [-1, -1])
+    assert group.attrs["token_prompt_ids"] == [] and group.attrs["task"] == "lines"
+    assert main(["-q", "probe", str(store), "-o", str(tmp_path / "p.csv"), "--device", "cpu"]) == 1
+    assert "at least 2 classes" in capsys.readouterr().err
+
+
+def test_workflow_prompt_set_keeps_its_task_and_length(tmp_path, tiny_model):
+    from reprflow.prompts.dataset import write_prompt_set
+
+    tok = load_tokenizer("gpt-neox-20b")
+    records = []
+    for i, r in enumerate(_prompts(6)):
+        n = len(tok(r["prompt"])["input_ids"])
+        records.append({"id": f"kvpr-{i}", "task": "kvpr", "prompt": r["prompt"], "label": r["label"], "n_items": 2,
+                        "n_tokens": n, "answer": "v", "group": i})
+    path = write_prompt_set(records, {"task": "kvpr", "target_tokens": 16}, tmp_path / "kvpr_n16.jsonl")
+    store = tmp_path / "k.zarr"
+    assert main(["-q", "extract", str(path), str(tiny_model), "-o", str(store), "--tokenizer", "gpt-neox-20b",
+                 "--token-prompts", "0", "--device", "cpu"]) == 0
+    attrs = open_store(store).attrs
+    assert (attrs["task"], attrs["length"], attrs["tokenizer"]) == ("kvpr", 16, "gpt-neox-20b")
+
+
+def test_bad_input_is_one_line_naming_the_culprit(tmp_path, tiny_model, capsys):
+    prompts = tmp_path / "bad.jsonl"
+    prompts.write_text(json.dumps({"prompt": "fine", "label": 0}) + "\n" + json.dumps({"prompt": "x", "label": "3"}) + "\n")
+    args = ["extract", str(prompts), str(tiny_model), "-o", str(tmp_path / "s.zarr"), "--tokenizer", "gpt-neox-20b",
+            "--device", "cpu"]
+    assert main(["-q", *args]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"reprflow extract: error: {prompts} line 2: 'label' must be an int (e.g. the gold position), got '3'"
+    assert not (tmp_path / "s.zarr").exists()
+    nowhere = tmp_path / "no-model"
+    assert main(["-q", "extract", str(prompts), str(nowhere), "-o", str(tmp_path / "s.zarr"), "--device", "cpu"]) == 1
+    assert f"MODEL '{nowhere}': no tokenizer could be loaded from it" in capsys.readouterr().err
+    assert main(["-q", *args[:5], "--device", "cpu"]) == 1  # the tiny model's folder holds no tokenizer files
+    assert f"MODEL '{tiny_model}': no tokenizer could be loaded from it (no tokenizer files)" in capsys.readouterr().err
+    assert main(["-q", "probe", str(tmp_path / "missing.zarr"), "-o", str(tmp_path / "p.csv")]) == 1
+    assert capsys.readouterr().err.startswith("reprflow probe: error: ")
+
+
+@pytest.mark.parametrize("command", ["extract", "metrics", "probe"])
+def test_every_command_documents_itself(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args([command, "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"usage: reprflow {command}") and "--out" in text and "--device" in text

@@ -1,0 +1,106 @@
+"""Tests for reprflow.collect_states: states in memory equal Hugging Face's hidden states; README example runs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from reprflow import collect_states
+from reprflow.errors import ConfigError, PromptError
+from reprflow.metrics import cka_matrix, inter_token_cosine
+from reprflow.models.tiny import TINY_TOKENIZERS, build_tiny_model
+from reprflow.prompts.tokenizers import load_tokenizer
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+TEXTS = ["the key value pair", "lost in the middle of a long context window", "a b", "value pair key the key"]
+
+
+_DIRS: dict[str, Path] = {}
+
+
+def _saved(family: str, tmp_path_factory) -> Path:
+    """A tiny random model and its tokenizer saved with save_pretrained (a hub-like folder), built once."""
+    if family not in _DIRS:
+        path = build_tiny_model(family, out_dir=tmp_path_factory.mktemp(family) / "model", seed=0,
+                                overrides={"num_hidden_layers": 2})
+        load_tokenizer(TINY_TOKENIZERS[family]).save_pretrained(path)
+        _DIRS[family] = path
+    return _DIRS[family]
+
+
+@pytest.fixture(scope="module", params=["gpt_neox", "mamba"])
+def tiny_dir(request, tmp_path_factory):
+    return _saved(request.param, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def neox_dir(tmp_path_factory):
+    return _saved("gpt_neox", tmp_path_factory)
+
+
+def test_last_and_all_positions_equal_output_hidden_states(tiny_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
+    model.train()  # collect_states runs in eval mode and restores the mode
+    last = collect_states(model, tokenizer, TEXTS, view="hf", positions="last", batch_size=3)
+    full = collect_states(model, tokenizer, TEXTS, view="hf", positions="all", batch_size=3)
+    assert model.training
+    model.eval()
+    n_states = model.config.num_hidden_layers + 1
+    assert last.view == "hf" and last.positions == "last" and len(last.state_names) == n_states
+    assert last.states.shape == (n_states, len(TEXTS), model.config.hidden_size)
+    assert last.states.dtype == np.float32 and isinstance(full.states, list) and len(full.states) == len(TEXTS)
+    for i, text in enumerate(TEXTS):
+        ids = tokenizer(text, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            ref = torch.stack(model(ids, output_hidden_states=True).hidden_states)[:, 0].numpy()  # [K, n, H]
+        assert full.states[i].shape == ref.shape and last.n_tokens[i] == ref.shape[1]
+        np.testing.assert_allclose(full.states[i], ref, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(last.states[:, i], ref[:, -1], atol=1e-5, rtol=0)
+    residual = collect_states(model, tokenizer, TEXTS, view="residual", batch_size=4)
+    assert residual.state_names[0] == "embed" and residual.state_names[-1] == f"block_{n_states - 1}"
+
+
+def test_bad_input_gets_one_clear_error(neox_dir):
+    model = AutoModelForCausalLM.from_pretrained(neox_dir)
+    tokenizer = AutoTokenizer.from_pretrained(neox_dir)
+    with pytest.raises(PromptError, match=r"wrap a single text as \[text\]"):
+        collect_states(model, tokenizer, "one text")
+    with pytest.raises(ConfigError, match=r"view='logit'; expected one of \['hf', 'residual'\]"):
+        collect_states(model, tokenizer, TEXTS, view="logit")
+    with pytest.raises(ConfigError, match="positions='first'"):
+        collect_states(model, tokenizer, TEXTS, positions="first")
+
+
+def test_readme_notebook_example_runs(neox_dir, capsys):
+    block = re.search(r"## From a notebook.*?```python\n(.*?)```", README.read_text(), re.S)
+    assert block, "README has no '## From a notebook' python example"
+    code = block[1]
+    assert len(code.strip().splitlines()) <= 14
+    assert "EleutherAI/pythia-160m" in code
+    namespace: dict = {}
+    exec(compile(code.replace("EleutherAI/pythia-160m", str(neox_dir)), "README.md", "exec"), namespace)
+    last, full, probe = namespace["last"], namespace["full"], namespace["probe"]
+    assert last.states.shape[1] == 4 and probe.predict(last.states[-1]).shape == (4,)
+    assert full.states[0].shape[0] == len(full.state_names)
+    np.testing.assert_allclose(inter_token_cosine(full.states[1]).shape, (len(full.state_names),))
+    assert cka_matrix(full.states[1]).shape == (len(full.state_names),) * 2
+    assert "[" in capsys.readouterr().out
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_states_match_cpu(neox_dir):
+    """device='cuda' (or 'auto') moves the model there; states equal the CPU ones within float32 noise."""
+    model = AutoModelForCausalLM.from_pretrained(neox_dir)
+    tokenizer = AutoTokenizer.from_pretrained(neox_dir)
+    cpu = collect_states(model, tokenizer, TEXTS, positions="all")
+    gpu = collect_states(model, tokenizer, TEXTS, positions="all", device="auto")
+    assert next(model.parameters()).device.type == "cuda"
+    for a, b in zip(gpu.states, cpu.states):
+        np.testing.assert_allclose(a, b, atol=1e-4 * np.abs(b).max(), rtol=0)

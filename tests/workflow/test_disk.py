@@ -1,0 +1,109 @@
+"""Disk preflight: worst-case store sizes from model dims, and a run that cannot fit stops first."""
+
+import json
+
+import pytest
+import yaml
+
+from reprflow.config import PROJECT_ROOT, validate_config
+from reprflow.workflow import disk
+
+
+def _demo_raw() -> dict:
+    return yaml.safe_load((PROJECT_ROOT / "config" / "demo.yaml").read_text())
+
+
+def test_estimate_is_the_float32_formula_per_cell():
+    raw = _demo_raw()
+    raw["models"][1]["tiny"]["overrides"] = {"hidden_size": 96, "num_hidden_layers": 6}
+    cfg = validate_config(raw)
+    got = {(e.model, e.init, e.task, e.length): e for e in disk.estimate_stores(cfg)}
+    e = got[("tiny-pythia", "pretrained", "kvpr", 300)]
+    n, t, d, states = 96, 4, 96, 6 + 2
+    tokens = 330  # 300 tokens + the 10% tolerance of KVPR at 300 (config prompts.tolerance_overrides)
+    assert (e.dims.hidden, e.dims.n_layers, e.max_tokens) == (96, 6, tokens)
+    assert e.bytes == 4 * (n * states * d + t * states * tokens * d) + 16 * n + disk.OVERHEAD_BYTES
+    mdqa = got[("tiny-pythia", "pretrained", "mdqa", 600)]
+    assert mdqa.max_tokens == 630  # 5% tolerance
+    assert ("tiny-gpt-neo", "pretrained", "kvpr", 600) not in got  # beyond its 512-token context
+
+
+def test_streamed_stores_hold_no_token_states_and_fig3_cells_only_their_token_prompts():
+    raw = _demo_raw()
+    raw["inits"].append({"name": "he", "scheme": "he", "scope": "fig3"})
+    raw["figures"]["length"] = 300
+    n, t, d, states, tokens = 96, 4, 64, 4 + 2, 330
+    formula = {  # (tokens setting, init) -> bytes of the tiny-pythia kvpr 300 store
+        ("store", "pretrained"): 4 * (n * states * d + t * states * tokens * d) + 16 * n,
+        ("stream", "pretrained"): 4 * n * states * d + 16 * n,
+        ("store", "he"): 4 * (t * states * d + t * states * tokens * d) + 16 * t,
+        ("stream", "he"): 4 * t * states * d + 16 * t,
+    }
+    for setting in ("store", "stream"):
+        cfg = validate_config({**raw, "extraction": {**raw["extraction"], "tokens": setting}})
+        for override in (None, setting):  # the config's own setting, or the same one passed in
+            got = {(e.model, e.init, e.task, e.length): e for e in disk.estimate_stores(cfg, tokens=override)}
+            for init in ("pretrained", "he"):
+                e = got[("tiny-pythia", init, "kvpr", 300)]
+                assert (e.n_prompts, e.n_token_prompts) == (t if init == "he" else n, 0 if setting == "stream" else t)
+                assert e.bytes == formula[(setting, init)] + disk.OVERHEAD_BYTES, (setting, init)
+            assert ("tiny-pythia", "he", "kvpr", 600) not in got  # fig3: the figure length only
+    paper = validate_config(yaml.safe_load((PROJECT_ROOT / "config" / "config.yaml").read_text()))
+    totals = {s: sum(e.bytes for e in disk.estimate_stores(paper, tokens=s)) / 2**40 for s in ("store", "stream")}
+    assert 0.6 < totals["stream"] < 0.8 and 5.5 < totals["store"] < 6.5, totals  # the README's 0.71 and 6.0 TiB
+
+
+def test_the_command_prints_both_settings(capsys):
+    disk.main(["--configfile", str(PROJECT_ROOT / "config" / "config.yaml")])
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("all stores"))
+    assert "tokens: store 5.99 TiB" in line and "tokens: stream 728.89 GiB (this config)" in line, line
+
+
+def test_model_dims_from_shipped_config_or_local_folder(tmp_path, monkeypatch):
+    raw = _demo_raw()
+    raw["models"].append({"name": "hub-model", "family": "mamba", "hf_id": "org/some-model", "tokenizer": "gpt-neox-20b"})
+    local = tmp_path / "local-model"
+    local.mkdir()
+    (local / "config.json").write_text(json.dumps({"d_model": 2560, "n_layer": 64}))
+    raw["models"].append({"name": "local-model", "family": "mamba", "hf_id": str(local), "tokenizer": "gpt-neox-20b"})
+    cfg = validate_config(raw)
+    assert disk.model_dims(cfg.model("hub-model")) is None  # never the hub
+    shipped = tmp_path / "configs"
+    shipped.mkdir()
+    (shipped / "org__some-model.json").write_text(json.dumps({"hidden_size": 768, "num_hidden_layers": 24}))
+    monkeypatch.setattr(disk, "SHIPPED_CONFIGS", shipped)
+    assert (lambda d: (d.hidden, d.n_layers))(disk.model_dims(cfg.model("hub-model"))) == (768, 24)
+    assert (lambda d: (d.hidden, d.n_layers))(disk.model_dims(cfg.model("local-model"))) == (2560, 64)
+    table = disk.format_table(disk.estimate_stores(cfg))
+    assert "hub-model" in table and table.splitlines()[-1].startswith("total")
+
+
+def test_tiny_defaults_match_the_built_models():
+    from reprflow.models.tiny import tiny_config
+
+    for family in ("gpt_neo", "gpt_neox", "mamba", "mamba2"):
+        built = tiny_config(family).to_dict()
+        assert (lambda d: (d.hidden, d.n_layers))(disk._dims_from(built, "tiny")) == (disk.TINY_DIMS["hidden"], disk.TINY_DIMS["n_layers"]), family
+
+
+def _huge(raw: dict) -> dict:
+    raw["prompts"]["n_prompts"] = 10**9  # ~ 10 TB of last-token states alone
+    return raw
+
+
+def test_check_names_the_shortfall():
+    cfg = validate_config(_huge(_demo_raw()))
+    with pytest.raises(disk.DiskSpaceError, match=r"need at most .* free under .*Short by .*disk_check: false"):
+        disk.check_disk(cfg)
+    assert disk.check_disk(validate_config(_demo_raw())).startswith("disk: 28 activation store(s)")
+
+
+def test_a_run_that_cannot_fit_stops_before_any_job(workdir, run_snakemake):
+    (workdir / "huge.yaml").write_text(yaml.safe_dump(_huge(_demo_raw())))
+    run = run_snakemake(workdir, "--cores", "1", "--configfile=huge.yaml")
+    out = run.stdout + run.stderr
+    assert run.returncode != 0 and "Short by" in out, out[-3000:]
+    assert not (workdir / "runs").exists() or not any((workdir / "runs").rglob("*.jsonl")), "a job ran"
+    (workdir / "nocheck.yaml").write_text("execution: {disk_check: false}\n")
+    dry = run_snakemake(workdir, "-n", "--cores", "1", "--configfile", "huge.yaml", "nocheck.yaml")
+    assert dry.returncode == 0 and "activation store(s) to build need at most" in dry.stdout + dry.stderr

@@ -1,0 +1,80 @@
+"""dvc.yaml is generated from the imports of each stage's jobs (reprflow/workflow/lineage.py)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from reprflow.config import PROJECT_ROOT, load_config
+from reprflow.workflow.lineage import STAGES, render, stage_code
+
+DVC = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())
+
+
+def test_dvc_yaml_is_what_the_generator_writes_for_its_config():
+    config = DVC["vars"][0]["CONFIG"]
+    assert DVC["vars"][1]["OUT"] == load_config(PROJECT_ROOT / config).out_dir
+    expected = render(config, load_config(PROJECT_ROOT / config))
+    assert (PROJECT_ROOT / "dvc.yaml").read_text() == expected, (
+        "dvc.yaml is stale: python -m reprflow.workflow.lineage --write")
+
+
+def test_no_stage_tracks_an_execution_key():
+    for stage in DVC["stages"].values():
+        (keys,) = [list(p.values())[0] for p in stage["params"]]
+        assert "execution" not in keys and "out_dir" not in keys, keys
+
+
+_IMPORTED = """
+import ast, json, sys
+for script in sys.argv[1:]:
+    tree = ast.parse(open(script).read())
+    exec(compile(ast.Module([n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))], []), script, "exec"))
+print(json.dumps(sorted(m.__file__ for m in list(sys.modules.values())
+                        if m.__name__.split(".")[0] == "reprflow" and getattr(m, "__file__", None))))
+"""
+
+
+@pytest.mark.parametrize("stage", [s for s in STAGES if s.name in ("activations", "metrics")],
+                         ids=lambda s: s.name)
+def test_every_module_a_stage_imports_at_run_time_is_a_dep(stage):
+    """Independent of the static walk: import what the stage's scripts import, in a fresh
+    interpreter, and check every reprflow file that got loaded is among the stage's deps."""
+    scripts = [str(PROJECT_ROOT / "workflow_scripts" / s) for s in stage.scripts]
+    run = subprocess.run([sys.executable, "-c", _IMPORTED, *scripts], capture_output=True, text=True,
+                         cwd=PROJECT_ROOT, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    loaded = {str(Path(f).resolve().relative_to(PROJECT_ROOT)) for f in json.loads(run.stdout)}
+    deps = set(DVC["stages"][stage.name]["deps"])
+    assert loaded and loaded <= deps, sorted(loaded - deps)
+
+
+def test_the_static_walk_follows_relative_and_submodule_imports():
+    code = stage_code(next(s for s in STAGES if s.name == "metrics"))
+    assert {"reprflow/metrics/cka.py", "reprflow/metrics/__init__.py", "reprflow/store.py", "rules/metrics.smk",
+            "rules/probes.smk", "workflow_scripts/probes.py", "config/schema.yaml"} <= set(code)
+    assert "reprflow/workflow/disk.py" not in code and "rules/activations.smk" not in code
+    report = stage_code(next(s for s in STAGES if s.name == "report"))
+    assert "reprflow/pipeline/tables.py" in report and "reprflow/metrics/cka.py" not in report
+
+
+def test_data_shipped_in_an_imported_package_is_a_dep(tmp_path):
+    """e.g. the model configs the loader reads (reprflow/models/configs/*.json)."""
+    import shutil
+
+    for folder in ("reprflow", "rules", "workflow_scripts"):
+        shutil.copytree(PROJECT_ROOT / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "reprflow/models/configs").mkdir(exist_ok=True)
+    (tmp_path / "reprflow/models/configs/org__model.json").write_text("{}")
+    by_stage = {s.name: "reprflow/models/configs" in stage_code(s, tmp_path) for s in STAGES}
+    # every stage parses rules/common.smk, which imports reprflow.config, which validates init
+    # params with reprflow.models.init_params: so the reprflow/models package (and its data) is
+    # in every stage's closure
+    assert by_stage == dict.fromkeys(("models", "prompts", "activations", "metrics", "theory", "report"), True)
+    assert "reprflow/models/init_params.py" in stage_code(STAGES[1], tmp_path)
+    (tmp_path / "reprflow/metrics/notes").mkdir()  # a data folder of a package only some stages import
+    by_stage = {s.name: "reprflow/metrics/notes" in stage_code(s, tmp_path) for s in STAGES}
+    assert by_stage["metrics"] and not by_stage["prompts"], by_stage
