@@ -64,8 +64,9 @@ class Stage:
 
 
 STAGES = (
-    Stage("models", "all_models", ("rules/models.smk",), ("build_tiny_model.py",), ("models",),
-          (), ("data/models",)),
+    Stage("models", "all_models all_trained", ("rules/models.smk", "rules/training.smk"),
+          ("build_tiny_model.py", "train.py"), ("seed", "models"),
+          ("@data/lost_in_the_middle",), ("data/models",)),
     Stage("prompts", "all_prompts", ("rules/prompts.smk",), ("prompts.py",),
           ("seed", "models", "tasks", "lengths", "prompts"),
           ("@data/lost_in_the_middle",), ("data/prompts",)),
@@ -74,9 +75,10 @@ STAGES = (
     Stage("metrics", "all_metrics", ("rules/metrics.smk", "rules/probes.smk"), ("token_metrics.py", "probes.py"),
           ("metrics", "probes"), ("results/activations",), ("results/metrics",)),
     Stage("theory", "all_theory", ("rules/theory.smk",), ("theory.py",), ("theory",), (), ("results/theory",)),
-    Stage("report", "all", ("rules/report.smk",), ("tables.py", "figures.py", "report.py"), ("figures",),
-          ("results/metrics", "results/theory"),
-          ("results/table1.csv", "results/table2.csv", "results/figures", "results/report.md"), persist=False),
+    Stage("report", "all", ("rules/report.smk",), ("tables.py", "figures.py", "findings.py", "report.py"),
+          ("figures", "findings"), ("results/metrics", "results/theory"),
+          ("results/table1.csv", "results/table2.csv", "results/figures", "results/findings.csv",
+           "results/provenance.csv", "results/html", "results/report.md"), persist=False),
 )
 """The pipeline's stages in order; ``@path`` marks a project input (not under out_dir)."""
 
