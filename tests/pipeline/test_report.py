@@ -16,9 +16,21 @@ def test_values_keep_three_significant_figures_without_noise():
     assert "e-17" not in table and "3.04e-05" in table and "| 0 |" in table
 
 
-def test_tiny_trained_and_untrained_models_are_named():
+TRAIN = {"corpus": "nq_open", "width": 64, "depth": 2, "context": 128, "batch_size": 4, "tokens": 24576,
+         "lr": 0.01, "warmup_steps": 5, "seed": 3, "eval_every": 16, "eval_tokens": 4096, "checkpoint_every": 16}
+
+
+def _demo_with_trained_models(indices):
+    """The demo config with the models at ``indices`` trained (``train:``) instead of built (``tiny:``)."""
     with open(PROJECT_ROOT / "config" / "demo.yaml") as fh:
         raw = yaml.safe_load(fh)
+    for i in indices:
+        raw["models"][i] = {k: v for k, v in raw["models"][i].items() if k != "tiny"} | {"train": dict(TRAIN)}
+    return raw
+
+
+def test_tiny_trained_and_untrained_models_are_named():
+    raw = _demo_with_trained_models([2])
     notes = "\n".join(model_notes(validate_config(raw)))
     assert "tiny-mamba** (mamba): TRAINED BY THIS WORKFLOW from scratch" in notes
     raw["models"][2] = {k: v for k, v in raw["models"][2].items() if k != "train"} | {"tiny": {"seed": 3}}
@@ -39,8 +51,7 @@ def test_html_pages_and_markdown_report_from_metric_files(tmp_path):
     spec = importlib.util.spec_from_file_location("_findings_world", Path(__file__).with_name("test_findings.py"))
     world = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(world)
-    with open(PROJECT_ROOT / "config" / "demo.yaml") as fh:
-        raw = yaml.safe_load(fh)
+    raw = _demo_with_trained_models([1, 2, 3])
     raw["models"], raw["metrics"]["views"] = raw["models"][1:], ["hf"]
     config = validate_config(raw)
     world._world(tmp_path, config, world.SUPPORTS)

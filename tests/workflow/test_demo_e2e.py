@@ -87,7 +87,7 @@ def test_rerun_has_nothing_to_do(demo, run_snakemake):
 
 def test_every_product_lives_under_out_dir(demo):
     assert not (demo / "results").exists() and not (demo / "logs").exists()
-    assert sorted(p.name for p in (demo / "data").iterdir()) == ["lost_in_the_middle", "tokenizers"]  # inputs
+    assert sorted(p.name for p in (demo / "data").iterdir()) == ["lost_in_the_middle"]  # inputs (tokenizers ship in the package)
     assert {p.name for p in (demo / OUT).iterdir()} == {"data", "results", "logs"}
     assert (demo / OUT / "data/models/tiny-mamba/config.json").is_file()
     assert (demo / OUT / "logs/benchmarks/activations").is_dir()
