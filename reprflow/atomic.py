@@ -4,11 +4,12 @@ truncated output that looks complete. Every stage that writes a result uses thes
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_write_bytes"]
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_dir"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
@@ -39,3 +40,21 @@ def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> None:
             os.fsync(fh.fileno())
 
     atomic_write(path, write)
+
+
+def atomic_write_dir(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` on a temporary folder beside ``path``, then swap it in for ``path``
+    (an existing ``path`` is moved aside first and deleted after the swap)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        write(tmp)
+        if path.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+            os.replace(path, trash / path.name)
+            shutil.rmtree(trash)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

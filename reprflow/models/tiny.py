@@ -20,8 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -40,6 +38,7 @@ from transformers import (
 )
 
 import reprflow
+from reprflow.atomic import atomic_write_dir
 from reprflow.errors import ConfigError
 from reprflow.models.init_schemes import build_from_config
 from reprflow.models.layouts import get_layout
@@ -221,7 +220,6 @@ def build_tiny_model(
     get_layout(config)  # every tiny family must be capturable
     model = build_from_config(config, seed=seed, dtype=torch.float32, device="cpu")
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     provenance = {
         "family": family,
         "model_type": config.model_type,
@@ -234,17 +232,11 @@ def build_tiny_model(
         "transformers_version": transformers.__version__,
         "torch_version": torch.__version__,
     }
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+
+    def write(tmp: Path) -> None:
         model.save_pretrained(tmp)
         (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")
-        if out_dir.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-            os.replace(out_dir, trash / out_dir.name)
-            shutil.rmtree(trash)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    atomic_write_dir(out_dir, write)
     logger.info("built tiny %s model (%d params, seed %d) at %s", family, provenance["n_params"], seed, out_dir)
     return out_dir

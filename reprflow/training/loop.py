@@ -29,9 +29,7 @@ import json
 import logging
 import math
 import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -43,7 +41,7 @@ import transformers
 from tqdm import tqdm
 
 import reprflow
-from reprflow.atomic import atomic_write, atomic_write_bytes
+from reprflow.atomic import atomic_write, atomic_write_bytes, atomic_write_dir
 from reprflow.errors import ConfigError
 from reprflow.models.init_schemes import build_from_config
 from reprflow.prompts.tokenizers import load_tokenizer
@@ -189,19 +187,11 @@ def _save_checkpoint(path: Path, state: dict) -> None:
 
 
 def _save_model_dir(model, out_dir: Path, provenance: dict) -> None:
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    def write(tmp: Path) -> None:
         model.save_pretrained(tmp)
         (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")
-        if out_dir.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-            os.replace(out_dir, trash / out_dir.name)
-            shutil.rmtree(trash)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    atomic_write_dir(out_dir, write)
 
 
 def _write_metrics(path: Path, rows: list[dict]) -> None:
