@@ -19,16 +19,7 @@ while [ $# -gt 0 ]; do
 done
 [ ${#steps[@]} -eq 0 ] && steps=(tests bench)
 
-SITE=/tmp/reprflow-site
-if [ ! -f "$SITE/.done" ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .gpu/*.whl || exit 1
-  # mamba_ssm: Triton kernels only, nothing compiled (reprflow.kernels.optional imports them
-  # without the missing selective_scan_cuda extension; no stub module is installed).
-  MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE python3 -m pip install -q --no-index --no-deps \
-    --no-build-isolation --no-cache-dir --target "$SITE" .gpu/mamba_ssm-*.tar.gz || exit 1
-  touch "$SITE/.done"
-fi
-export PYTHONPATH="$SITE:$PWD"
+source benchmarks/gpu_site.sh
 python3 - <<'EOF' 2>&1 | tee "$OUT/env.txt"
 import torch, triton, transformers, zarr, numpy
 from reprflow.kernels.optional import load_mamba_ssm_triton

@@ -14,14 +14,7 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PAR
 OUT=${OUT:-benchmarks/out}
 RUN_LIMIT=${RUN_LIMIT:-540}
 mkdir -p "$OUT"
-SITE=/tmp/reprflow-site
-if [ ! -f "$SITE/.done" ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .gpu/*.whl || exit 1
-  MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE python3 -m pip install -q --no-index --no-deps \
-    --no-build-isolation --no-cache-dir --target "$SITE" .gpu/mamba_ssm-*.tar.gz || exit 1
-  touch "$SITE/.done"
-fi
-export PYTHONPATH="$SITE:$PWD" PATH="$SITE/bin:$PATH"
+source benchmarks/gpu_site.sh
 steps=("$@"); [ ${#steps[@]} -eq 0 ] && steps=(run summary)
 CFG=(--configfile config/config.yaml config/rehearsal.yaml)
 for s in "${steps[@]}"; do
