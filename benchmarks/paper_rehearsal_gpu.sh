@@ -34,6 +34,8 @@ for s in "${steps[@]}"; do
       # sample the GPU's busy fraction and the disk every 5 s while Snakemake runs
       ( while true; do echo "$(date +%s) $(nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader,nounits) $(df -B1 --output=used . | tail -1)"; sleep 5; done ) > "$OUT/samples.txt" &
       sampler=$!
+      # one measurement of each kernel choice serves every job (reprflow/kernels/select.py)
+      export REPRFLOW_KERNEL_CACHE=${REPRFLOW_KERNEL_CACHE:-/tmp/reprflow-kernels.json}
       start=$(date +%s)
       timeout "$RUN_LIMIT" python3 -m snakemake results/table1.csv --cores "$(nproc)" --rerun-incomplete ${SMK_ARGS:-} "${CFG[@]}" \
         > "$OUT/snakemake.log" 2>&1
