@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -286,14 +287,43 @@ def validate_config(raw: dict) -> Config:
     return Config(raw=cfg, models=models, inits=inits)
 
 
-def load_config(path: str | Path) -> Config:
-    """Read a YAML config file and validate it (see :func:`validate_config`)."""
-    path = Path(path)
+def _read_yaml(path: Path) -> Any:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
         with open(path) as fh:
-            raw = yaml.safe_load(fh)
+            return yaml.safe_load(fh)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+
+
+def load_config(path: str | Path) -> Config:
+    """Read a YAML config file and validate it (see :func:`validate_config`)."""
+    return validate_config(_read_yaml(Path(path)))
+
+
+def merge_config(base: dict, override: Mapping) -> dict:
+    """``override`` merged into a copy of ``base`` as Snakemake's ``--configfile a b`` does.
+
+    Mappings merge key by key (recursively); any other value, lists included, is replaced whole.
+    """
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge_config(dict(out[key]), value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_configs(paths: Sequence[str | Path]) -> Config:
+    """Read several YAML config files, merge them in order (:func:`merge_config`) and validate."""
+    raw: dict = {}
+    for path in paths:
+        part = _read_yaml(Path(path))
+        if part is None:
+            continue
+        if not isinstance(part, Mapping):
+            raise ConfigError(f"{path}: the top level must be a mapping of config keys")
+        raw = merge_config(raw, part)
     return validate_config(raw)

@@ -26,7 +26,10 @@ config's ``tiny.overrides``.
 Command line (prints the table, the total with ``tokens: store`` and ``tokens: stream``, and
 the verdict for the config's own setting; exit 1 if the stores do not fit)::
 
-    python -m reprflow.workflow.disk --configfile config/config.yaml
+    python -m reprflow.workflow.disk --configfile config/config.yaml [override.yaml ...]
+
+Several files merge as Snakemake's ``--configfile a b`` does (later keys win, mappings merge
+key by key, lists are replaced whole).
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
-from reprflow.config import PROJECT_ROOT, Config, ModelSpec, load_config
+from reprflow.config import PROJECT_ROOT, Config, ModelSpec, load_configs
 from reprflow.errors import ConfigError, ReprflowError
 
 logger = logging.getLogger(__name__)
@@ -251,10 +254,11 @@ def check_disk(config: Config, pending: list[StoreEstimate] | None = None, *, ro
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--configfile", default="config/config.yaml", help="the experiment config (YAML)")
+    parser.add_argument("--configfile", nargs="+", default=["config/config.yaml"],
+                        help="the experiment config (YAML); later files override earlier ones, as in Snakemake")
     args = parser.parse_args(argv)
     try:
-        config = load_config(args.configfile)
+        config = load_configs(args.configfile)
     except ConfigError as exc:
         print(f"reprflow: invalid config: {exc}", file=sys.stderr)
         return 2

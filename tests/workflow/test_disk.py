@@ -59,6 +59,17 @@ def test_the_command_prints_both_settings(capsys):
     assert "tokens: store 5.99 TiB" in line and "tokens: stream 728.89 GiB (this config)" in line, line
 
 
+def test_the_command_merges_config_files_as_snakemake_does(capsys, tmp_path):
+    override = tmp_path / "small.yaml"
+    override.write_text("prompts: {n_prompts: 160}\nextraction: {tokens: store}\n")
+    disk.main(["--configfile", str(PROJECT_ROOT / "config" / "config.yaml"), str(override)])
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("all stores"))
+    # the override's tokens: store wins; 160 last-token prompts per cell instead of 25,000 (stream
+    # total 5.68 GiB, not 728.89); the 64 token prompts of the paper config stay (store 5.28 TiB)
+    store, stream = line.split(": ", 1)[1].split("; ")
+    assert store == "tokens: store 5.28 TiB (this config)" and stream == "tokens: stream 5.68 GiB", line
+
+
 def test_model_dims_from_shipped_config_or_local_folder(tmp_path, monkeypatch):
     raw = _demo_raw()
     raw["models"].append({"name": "hub-model", "family": "mamba", "hf_id": "org/some-model", "tokenizer": "gpt-neox-20b"})
