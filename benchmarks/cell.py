@@ -1,0 +1,261 @@
+"""One paper cell end to end, split by stage: prompt file -> model -> store + streamed
+token metrics -> probes.json, with the GPU's busy fraction during extraction.
+
+The cell is the one the paper run spends most on (issue 15): Mamba-2.8B, MDQA, 2K tokens,
+random init (no hub here; the compute equals the pretrained arm's), the paper config's
+settings (bf16, ``tokens: stream`` with its 64 token prompts, ``batch_size``, probes with 5
+seeds x 150 epochs), ``--n-prompts`` prompts instead of 25,000. It calls the functions the
+Snakemake rules call (:func:`reprflow.pipeline.prompt_stage.build_prompt_file`,
+:func:`reprflow.pipeline.extract_stage.run_extraction`,
+:func:`reprflow.pipeline.probe_stage.run_probe_stage`), so what it times is what a run pays.
+
+Stages timed (wall seconds):
+
+* **prompts**: building the prompt file (CPU; the paper run builds each set once for all models);
+* **model load**: tokenizer + model built on the GPU (random init) + fast-path preparation,
+  measured by a separate :func:`reprflow.models.registry.load_model` call;
+* **tokenisation**: the tokenizer over every prompt (extraction does it once more inside);
+* **extraction**: ``run_extraction`` whole (its own model load included, subtracted in the
+  table), i.e. GPU compute, device-to-host copies, checks, Zarr writes and the streamed token
+  metrics, overlapped by the background writer;
+* **forward only**: the same batches through :func:`reprflow.capture.forward_states` with no
+  sink (the GPU-compute floor of the extraction stage);
+* **probes**: ``run_probe_stage`` on the store (paper protocol).
+
+GPU busy fraction: ``nvidia-smi`` sampled every 100 ms during the extraction stage (the
+fraction of each sample period in which a kernel ran), reported as the mean over the samples
+between the first and last busy sample. Roofline: 2 x parameters FLOPs per token at
+``--peak-tflops`` (bf16 matmul rate of the H200, measured 782 TFLOP/s).
+
+Usage (repository root, GPU machine, ``.gpu/`` carried as benchmarks/extract_gpu.sh does)::
+
+    PYTHONPATH=$PWD python benchmarks/cell.py --n-prompts 2000 --out $OUT     # H200: ~3 min
+    PYTHONPATH=$PWD python benchmarks/cell.py --quick                          # CPU smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from reprflow.capture import forward_states  # noqa: E402
+from reprflow.config import load_configs  # noqa: E402
+from reprflow.devices import resolve_device  # noqa: E402
+from reprflow.extract import _pad_right, _to_device, _tokenize, plan_window_batches  # noqa: E402
+from reprflow.fastpath import prepare_model  # noqa: E402
+from reprflow.models.init_schemes import InitSpec  # noqa: E402
+from reprflow.models.registry import load_model  # noqa: E402
+from reprflow.models.tiny import build_tiny_model  # noqa: E402
+from reprflow.pipeline.extract_stage import compute_dtype_for, run_extraction  # noqa: E402
+from reprflow.pipeline.probe_stage import run_probe_stage  # noqa: E402
+from reprflow.pipeline.prompt_stage import build_prompt_file  # noqa: E402
+from reprflow.prompts.dataset import read_prompt_set  # noqa: E402
+from reprflow.prompts.tokenizers import load_tokenizer  # noqa: E402
+
+H200_BF16_TFLOPS = 782.0
+
+
+class GpuSampler:
+    """``nvidia-smi`` utilisation every ``period_ms`` in a background thread (CUDA only)."""
+
+    def __init__(self, period_ms: int = 100) -> None:
+        self.samples: list[tuple[float, float]] = []
+        self.period_ms = period_ms
+        self._proc: subprocess.Popen | None = None
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> GpuSampler:
+        if torch.cuda.is_available() and shutil.which("nvidia-smi"):
+            self._proc = subprocess.Popen(
+                ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+                 f"-lms={self.period_ms}", f"--id={torch.cuda.current_device()}"],
+                stdout=subprocess.PIPE, text=True)
+            self._thread = threading.Thread(target=self._read, daemon=True)
+            self._thread.start()
+        return self
+
+    def _read(self) -> None:
+        for line in self._proc.stdout:
+            try:
+                self.samples.append((time.perf_counter(), float(line.strip())))
+            except ValueError:
+                continue
+
+    def __exit__(self, *exc) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            self._proc.wait()
+
+    def busy(self) -> tuple[float | None, int]:
+        """Mean utilisation (fraction) between the first and last busy sample, and the sample count."""
+        values = [v for _, v in self.samples]
+        busy_idx = [i for i, v in enumerate(values) if v > 0]
+        if not busy_idx:
+            return None, len(values)
+        window = values[busy_idx[0]: busy_idx[-1] + 1]
+        return sum(window) / (100.0 * len(window)), len(window)
+
+
+def timed(fn, *args, **kwargs):
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return out, time.perf_counter() - t0
+
+
+def forward_only(model, tokenizer, prompts, *, batch_size: int, device: torch.device) -> tuple[float, int]:
+    """Seconds and real tokens of the extraction's batches through ``forward_states`` alone.
+
+    Same tokenisation, length-bucketed batches, right padding and pinned copies as
+    :func:`reprflow.extract.extract_activations`; the first batch warms up and is not timed.
+    """
+    ids = _tokenize(tokenizer, prompts, range(len(prompts)), prompt_file="benchmark")
+    order = plan_window_batches(np.array([len(ids[i]) for i in range(len(prompts))]), batch_size=batch_size)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    n_tokens, t0 = 0, None
+    for i, rows in enumerate(order):
+        x, mask = _pad_right([ids[int(j)] for j in rows], pad)
+        with torch.inference_mode():
+            forward_states(model, _to_device(x, device), _to_device(mask, device), check_padding=False)
+        if i == 0:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+        else:
+            n_tokens += int(mask.sum())
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0, n_tokens
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="mamba-2.8b", help="a model of config/config.yaml")
+    p.add_argument("--task", default="mdqa", choices=["mdqa", "kvpr"])
+    p.add_argument("--length", type=int, default=2048)
+    p.add_argument("--n-prompts", type=int, default=2000)
+    p.add_argument("--quick", action="store_true", help="CPU smoke test: tiny Mamba, 300 tokens, 40 prompts")
+    p.add_argument("--peak-tflops", type=float, default=H200_BF16_TFLOPS)
+    p.add_argument("--workdir", type=Path, default=None, help="where prompt file and store go (default a temp dir)")
+    p.add_argument("--out", type=Path, default=None, help="also write cell.md and cell.json here")
+    args = p.parse_args(argv)
+
+    config = load_configs([ROOT / "config" / ("demo.yaml" if args.quick else "config.yaml")])
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="reprflow-cell-"))
+    work.mkdir(parents=True, exist_ok=True)
+    if args.quick:
+        args.model, args.length, args.n_prompts = "tiny-mamba", 300, 40
+    spec = config.model(args.model)
+    if spec.tiny is not None:  # a demo model: build it into the work dir as its rule would
+        spec = dataclasses.replace(spec, hf_id=str(work / "model"))
+        build_tiny_model(spec.family, out_dir=spec.hf_id, seed=spec.tiny.get("seed", 0),
+                         overrides=spec.tiny.get("overrides") or None)
+    model = asdict(spec)
+    init = {"name": "random", "scheme": "default", "params": {}, "scope": "all"}
+    prompts_cfg = {**config.section("prompts"), "n_prompts": args.n_prompts}
+    # the paper config's setting (the --quick demo config stores token states instead)
+    extraction = {**config.section("extraction"), **config.execution("extraction"), "tokens": "stream"}
+    metrics = {**config.section("metrics"), **config.execution("metrics")}
+    probes_cfg = {**config.section("probes"), "n_train": int(args.n_prompts * 0.8)}
+    device = resolve_device(extraction["device"])
+    dtype = compute_dtype_for(extraction["compute_dtype"], device)
+    prompt_path = work / f"{args.task}_n{args.length}.jsonl"
+    store_path = work / f"{args.task}_n{args.length}.zarr"
+    times: dict[str, float] = {}
+
+    _, times["prompts"] = timed(build_prompt_file, prompt_path, task=args.task, length=args.length,
+                                tokenizer=spec.tokenizer, seed=config.seed, settings=prompts_cfg,
+                                max_tokens=spec.max_context)
+    prompts = read_prompt_set(prompt_path)
+
+    def load():
+        tok = load_tokenizer(spec.tokenizer)
+        net = load_model(spec.hf_id, init=InitSpec(scheme="default", params={}), seed=config.seed, dtype=dtype,
+                         device=device, tokenizer_size=len(tok), family=spec.family)
+        prepare_model(net)
+        return tok, net
+
+    (tokenizer, net), times["model load"] = timed(load)
+    _, times["tokenisation"] = timed(lambda: [tokenizer(x["prompt"], add_special_tokens=False) for x in prompts])
+    times["forward only"], fwd_tokens = forward_only(net, tokenizer, prompts, batch_size=extraction["batch_size"],
+                                                     device=device)
+    n_params = sum(q.numel() for q in net.parameters())
+    del net
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+    with GpuSampler() as sampler:
+        _, times["extraction (with its load)"] = timed(
+            run_extraction, prompt_path, store_path, model=model, init=init, task=args.task, length=args.length,
+            seed=config.seed, settings=extraction, config_digest="benchmark", origin=f"models[{args.model}]",
+            metrics_dir=work / "token_metrics", metrics=metrics)
+    busy, n_samples = sampler.busy()
+    times["extraction"] = times["extraction (with its load)"] - times["model load"]
+    _, times["probes"] = timed(run_probe_stage, store_path, work / "probes.csv", views=metrics["views"],
+                               epochs=probes_cfg["epochs"], lr=probes_cfg["lr"], seeds=probes_cfg["seeds"],
+                               val_fraction=probes_cfg["val_fraction"], standardize=probes_cfg["standardize"],
+                               n_train=probes_cfg["n_train"], device=config.execution("probes").get("device", "auto"),
+                               matmul_precision=probes_cfg["matmul_precision"], prompt_path=prompt_path)
+
+    n_tokens = sum(int(x.get("n_tokens", 0)) for x in prompts) or None
+    ceiling = args.peak_tflops * 1e12 / (2 * n_params)
+    end_to_end = times["model load"] + times["extraction"] + times["probes"]
+    fwd_rate = fwd_tokens / times["forward only"]
+    rows = [
+        ("prompts (CPU, once per set)", times["prompts"], ""),
+        ("model load (tokenizer, build on GPU, fast path)", times["model load"], ""),
+        ("tokenisation (all prompts)", times["tokenisation"], ""),
+        ("forward only (no sink)", times["forward only"], f"{fwd_rate / 1e3:.1f}K tok/s, {fwd_rate / ceiling:.0%} of roofline"),
+        ("extraction: compute + copies + writes + streamed metrics", times["extraction"],
+         f"{n_tokens / times['extraction'] / 1e3:.1f}K tok/s, {n_tokens / times['extraction'] / ceiling:.0%} of roofline"
+         if n_tokens else ""),
+        ("probes (5 seeds x 150 epochs, both views)", times["probes"], ""),
+        ("cell end to end (load + extraction + probes)", end_to_end,
+         f"{n_tokens / end_to_end / 1e3:.1f}K tok/s, {n_tokens / end_to_end / ceiling:.0%} of roofline" if n_tokens else ""),
+    ]
+    gpu = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    lines = [
+        f"{gpu} | torch {torch.__version__} | {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        f"cell: {args.model} random init, {args.task} {args.length} tokens, {len(prompts)} prompts "
+        f"({n_tokens} tokens), batch {extraction['batch_size']}, {dtype}, tokens: {extraction.get('tokens')} "
+        f"({extraction['n_token_prompts']} token prompts); roofline {ceiling / 1e3:.0f}K tok/s",
+        "",
+        "| stage | seconds | rate |",
+        "|---|---|---|",
+        *[f"| {name} | {sec:.1f} | {rate} |" for name, sec, rate in rows],
+        "",
+        f"GPU busy during extraction: {busy:.0%} of {n_samples} samples (100 ms)" if busy is not None
+        else "GPU busy during extraction: not sampled (no CUDA / nvidia-smi)",
+        f"extraction overhead over forward-only: {times['extraction'] / (n_tokens / fwd_rate) - 1:+.0%}"
+        if n_tokens else "",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "cell.md").write_text(text + "\n")
+        (args.out / "cell.json").write_text(json.dumps({"times": times, "busy": busy, "n_tokens": n_tokens,
+                                                        "n_params": n_params, "ceiling_tok_s": ceiling}, indent=1))
+    if args.workdir is None:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
