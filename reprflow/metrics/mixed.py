@@ -181,11 +181,17 @@ def prompt_metrics_mixed(
     if kernel not in GRAM_KERNELS:
         raise ValueError(f"mixed precision: Gram kernel must be one of {GRAM_KERNELS}, got {kernel!r}")
     views = {v: [int(i) for i in idx] for v, idx in views.items()}
-    # the distinct adjacent pairs and triples of all views (hf and residual share all but one)
-    pairs = sorted({(idx[i], idx[i + 1]) for idx in views.values() for i in range(len(idx) - 1)})
-    triples = sorted({tuple(idx[i : i + 3]) for idx in views.values() for i in range(len(idx) - 2)})
-    pa, pb = (torch.tensor(c, device=dev) for c in zip(*pairs))
-    ta, tb, tc = (torch.tensor(c, device=dev) for c in zip(*triples))
+    # adjacent pairs / triples of the views: every consecutive one of the union (slices, no
+    # copy), then the few others (hf and residual differ in one state), gathered
+    cons_pairs = [(i, i + 1) for i in range(ku - 1)]
+    cons_triples = [(i, i + 1, i + 2) for i in range(ku - 2)]
+    view_pairs = {(idx[i], idx[i + 1]) for idx in views.values() for i in range(len(idx) - 1)}
+    view_triples = {tuple(idx[i : i + 3]) for idx in views.values() for i in range(len(idx) - 2)}
+    extra_pairs = sorted(view_pairs - set(cons_pairs))
+    extra_triples = sorted(view_triples - set(cons_triples))
+    pairs, triples = cons_pairs + extra_pairs, cons_triples + extra_triples
+    ref = ku // 2  # St: deviations from one state (std is shift-invariant; removes a common offset)
+    missing = {v: [i for i in range(ku) if i not in set(idx)] for v, idx in views.items()}
 
     with timer("centre_split"):
         mean = h.sum(dim=1, dtype=F64) / n  # [Ku, d]
@@ -213,32 +219,49 @@ def prompt_metrics_mixed(
             zero_norm |= (norms == 0).any()
             rms_sum += norms.sum(dim=1, dtype=F64)
             u = x / norms.unsqueeze(-1)
-            cos = torch.linalg.vecdot(u[pa], u[pb])  # [P, c]
+            cos = torch.linalg.vecdot(u[:-1], u[1:])  # [Ku-1, c]
+            if extra_pairs:
+                ea, eb = zip(*extra_pairs)
+                cos = torch.cat([cos, torch.linalg.vecdot(u[list(ea)], u[list(eb)])])
             pair_sum += cos.sum(dim=1, dtype=F64)
-            positions = torch.arange(start, stop, device=dev)
-            bins = torch.div(positions * n_bins, n, rounding_mode="floor")
+            bins = torch.div(torch.arange(start, stop, device=dev) * n_bins, n, rounding_mode="floor")
             bin_sums.index_add_(1, bins, cos.to(F64))
+            del cos
         with timer("inter_token"):
             sum_unit += u.sum(dim=1, dtype=F64)
-            del u, cos
+            del u
         with timer("sm_st"):
-            # second difference from two first differences: h_b - (h_a + h_c)/2 = ((h_b - h_a) + (h_b - h_c))/2
-            second = (x[tb] - x[ta]) + (x[tb] - x[tc])
-            triple_sum += second.abs().sum(dim=(1, 2), dtype=F64) / 2
+            # |h_b - (h_a + h_c)/2| = |(h_c - h_b) - (h_b - h_a)| / 2, from first differences
+            first = x[1:] - x[:-1]
+            second = first[1:] - first[:-1]  # [Ku-2, c, d]
+            del first
+            l1 = [torch.linalg.vector_norm(second, ord=1, dim=(1, 2), dtype=F64)]
             del second
+            for a, b_, c in extra_triples:
+                l1.append(torch.linalg.vector_norm((x[c] - x[b_]) - (x[b_] - x[a]), ord=1, dtype=F64)[None])
+            triple_sum += torch.cat(l1) / 2
+            # St per view from the union's sums of y = h - h_ref and y^2, less the states a view lacks
+            y = x - x[ref]
+            s1 = y.sum(dim=0, dtype=F64)  # [c, d]
+            s2 = torch.linalg.vector_norm(y, dim=0, dtype=F64).square()
             for v, idx in views.items():
-                xv = x[_selector(idx)]
-                dev_v = xv - x[idx[len(idx) // 2]]  # std is shift-invariant; removes the common offset
-                st_sum[v] += torch.std(dev_v, dim=0, correction=0).sum(dtype=F64)
-                del xv, dev_v
+                k = len(idx)
+                s1v, s2v = s1, s2
+                if missing[v]:
+                    ym = y[missing[v]].to(F64)
+                    s1v, s2v = s1 - ym.sum(dim=0), s2 - ym.square().sum(dim=0)
+                mean_v = s1v / k
+                st_sum[v] += (s2v / k - mean_v * mean_v).clamp(min=0).sqrt().sum()
+            del y, s1, s2
         with timer("centre_split"):
             xc = (x - mean_hi[:, None]) - mean_lo[:, None]
+            del x
             if lo is None:
                 hi[:, start:stop] = xc
             else:
                 hi[:, start:stop] = xc.to(BF16)
                 lo[:, start:stop] = (xc - hi[:, start:stop].to(F32)).to(BF16)
-            del x, xc
+            del xc
 
     products, sq_norms = _gram_products(hi, lo, block_bytes=block_bytes, timer=timer)
     del hi, lo

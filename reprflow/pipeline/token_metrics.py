@@ -307,6 +307,7 @@ def compute_token_metrics(
     device: str | torch.device | None = None,
     max_tokens_in_memory: int = MAX_TOKENS_IN_MEMORY,
     n_bins: int = N_BINS,
+    precision: str = "float64",
 ) -> dict[str, Path]:
     """Compute the token-level metrics of one activation store and write them to ``out_dir``.
 
@@ -329,6 +330,8 @@ def compute_token_metrics(
     n_bins : int, default 64
         Relative-position bins of the heatmap; at most the shortest prompt length
         (otherwise a bin is empty in every prompt and the stage raises).
+    precision : {"float64", "mixed"}, default "float64"
+        ``metrics.precision``, as for :func:`prompt_metrics`.
 
     Returns
     -------
@@ -348,6 +351,7 @@ def compute_token_metrics(
             f"compute_token_metrics: max_tokens_in_memory and n_bins must be >= 1, got "
             f"{max_tokens_in_memory} and {n_bins}"
         )
+    check_precision(precision)
     group = open_activations(store_path)
     view_indices, state_names, lengths = _check_store(
         group, path, views, min_tokens=4 if debiased_cka else 2
@@ -363,7 +367,7 @@ def compute_token_metrics(
         prompt = torch.from_numpy(np.ascontiguousarray(tokens[:, i, :n, :])).to(dev)
         per_view = prompt_metrics(
             prompt, view_indices, debiased_cka=debiased_cka, n_bins=n_bins, chunk=max_tokens_in_memory,
-            where=f"{path}: token prompt {i}", error=StoreError,
+            where=f"{path}: token prompt {i}", error=StoreError, precision=precision,
         )
         for v in views:
             results[v].prompts.append(per_view[v])
@@ -379,6 +383,7 @@ def compute_token_metrics(
         "views": {v: view_indices[v] for v in views},
         "n_prompts": len(lengths),
         "n_bins": n_bins,
+        "precision": precision,
     }
     return write_token_metrics(
         out, results, view_indices, state_names, provenance, path, debiased_cka=debiased_cka
