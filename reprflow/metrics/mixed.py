@@ -68,10 +68,11 @@ def gram_kernel(device: torch.device) -> str:
     if key not in _KERNEL_CACHE:
         kernel = "float32"
         if device.type == "cuda":
-            try:
-                a = torch.ones(1, 2, 8, dtype=BF16, device=device)
-                out = torch.bmm(a, a.mT, out_dtype=F32)
-                if out.dtype == F32 and float(out[0, 0, 0]) == 8.0:
+            try:  # the layout of the real calls: row slices of a (K, n, d) batch, one transposed
+                a = torch.full((2, 6, 8), 1.0 + 2.0**-7, dtype=BF16, device=device)
+                out = _bmm_f32(a[:, 1:3], a[:, 2:])
+                exact = 8 * (1.0 + 2.0**-7) ** 2  # bf16 products are exact; a bf16 result would round this
+                if out.dtype == F32 and out.shape == (2, 2, 4) and abs(float(out[0, 0, 0]) - exact) < 1e-6:
                     kernel = "bf16x3"
             except (RuntimeError, TypeError, NotImplementedError):
                 pass
@@ -181,6 +182,9 @@ def prompt_metrics_mixed(
     if kernel not in GRAM_KERNELS:
         raise ValueError(f"mixed precision: Gram kernel must be one of {GRAM_KERNELS}, got {kernel!r}")
     views = {v: [int(i) for i in idx] for v, idx in views.items()}
+    short = {v: idx for v, idx in views.items() if len(idx) < 3 or not all(0 <= i < ku for i in idx)}
+    if short:
+        raise ValueError(f"mixed precision: view(s) {short} need >= 3 states, each in [0, {ku})")
     # adjacent pairs / triples of the views: every consecutive one of the union (slices, no
     # copy), then the few others (hf and residual differ in one state), gathered
     cons_pairs = [(i, i + 1) for i in range(ku - 1)]
@@ -254,13 +258,12 @@ def prompt_metrics_mixed(
                 st_sum[v] += (s2v / k - mean_v * mean_v).clamp(min=0).sqrt().sum()
             del y, s1, s2
         with timer("centre_split"):
-            xc = (x - mean_hi[:, None]) - mean_lo[:, None]
+            xc = torch.sub(x, mean_hi[:, None])  # x may be a view of the caller's float32 states
             del x
-            if lo is None:
-                hi[:, start:stop] = xc
-            else:
-                hi[:, start:stop] = xc.to(BF16)
-                lo[:, start:stop] = (xc - hi[:, start:stop].to(F32)).to(BF16)
+            xc.sub_(mean_lo[:, None])
+            hi[:, start:stop] = xc
+            if lo is not None:
+                lo[:, start:stop] = xc.sub_(hi[:, start:stop])  # the part bf16 did not keep
             del xc
 
     products, sq_norms = _gram_products(hi, lo, block_bytes=block_bytes, timer=timer)
