@@ -195,10 +195,15 @@ def prompt_metrics_mixed(
     extra_triples = sorted(view_triples - set(cons_triples))
     pairs, triples = cons_pairs + extra_pairs, cons_triples + extra_triples
     ref = ku // 2  # St: deviations from one state (std is shift-invariant; removes a common offset)
-    missing = {v: [i for i in range(ku) if i not in set(idx)] for v, idx in views.items()}
 
     with timer("centre_split"):
-        mean = h.sum(dim=1, dtype=F64) / n  # [Ku, d]
+        # token mean in two float32 passes (no float64 copy of the prompt): a first mean, then
+        # the mean of the residuals about it, whose float32 error is relative to the small residuals
+        mean1 = h.sum(dim=1, dtype=F32) / n  # [Ku, d]
+        resid = torch.zeros(ku, d, dtype=F64, device=dev)
+        for start in range(0, n, chunk):
+            resid += (h[:, start : start + chunk].to(F32) - mean1[:, None]).sum(dim=1).to(F64)
+        mean = mean1.to(F64) + resid / n
         mean_hi = mean.to(F32)
         mean_lo = (mean - mean_hi.to(F64)).to(F32)
         if kernel == "bf16x3":
@@ -214,6 +219,7 @@ def prompt_metrics_mixed(
     st_sum = {v: torch.zeros((), dtype=F64, device=dev) for v in views}
     rms_sum = torch.zeros(ku, dtype=F64, device=dev)
     zero_norm = torch.zeros((), dtype=torch.bool, device=dev)
+    not_finite = torch.zeros((), dtype=torch.bool, device=dev)
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
         with timer("cast"):
@@ -221,6 +227,7 @@ def prompt_metrics_mixed(
         with timer("cosines"):
             norms = torch.linalg.vector_norm(x, dim=-1)  # [Ku, c]
             zero_norm |= (norms == 0).any()
+            not_finite |= ~torch.isfinite(norms).all()  # a NaN or inf anywhere in a token reaches its norm
             rms_sum += norms.sum(dim=1, dtype=F64)
             u = x / norms.unsqueeze(-1)
             cos = torch.linalg.vecdot(u[:-1], u[1:])  # [Ku-1, c]
@@ -232,31 +239,27 @@ def prompt_metrics_mixed(
             bin_sums.index_add_(1, bins, cos.to(F64))
             del cos
         with timer("inter_token"):
-            sum_unit += u.sum(dim=1, dtype=F64)
+            sum_unit += u.sum(dim=1).to(F64)  # float32 within the chunk, float64 across chunks
             del u
         with timer("sm_st"):
             # |h_b - (h_a + h_c)/2| = |(h_c - h_b) - (h_b - h_a)| / 2, from first differences
             first = x[1:] - x[:-1]
             second = first[1:] - first[:-1]  # [Ku-2, c, d]
             del first
-            l1 = [torch.linalg.vector_norm(second, ord=1, dim=(1, 2), dtype=F64)]
+            # |.| summed over hidden dims in float32 (no float64 copy), over tokens in float64
+            l1 = [torch.linalg.vector_norm(second, ord=1, dim=-1).sum(dim=1, dtype=F64)]
             del second
             for a, b_, c in extra_triples:
-                l1.append(torch.linalg.vector_norm((x[c] - x[b_]) - (x[b_] - x[a]), ord=1, dtype=F64)[None])
+                l1.append(torch.linalg.vector_norm((x[c] - x[b_]) - (x[b_] - x[a]), ord=1, dim=-1).sum(dtype=F64)[None])
             triple_sum += torch.cat(l1) / 2
-            # St per view from the union's sums of y = h - h_ref and y^2, less the states a view lacks
+            # St per view: population std over its states (Welford, float32) of the deviations
+            # from one state, which removes a common offset; summed over dims in float32, tokens in float64
             y = x - x[ref]
-            s1 = y.sum(dim=0, dtype=F64)  # [c, d]
-            s2 = torch.linalg.vector_norm(y, dim=0, dtype=F64).square()
             for v, idx in views.items():
-                k = len(idx)
-                s1v, s2v = s1, s2
-                if missing[v]:
-                    ym = y[missing[v]].to(F64)
-                    s1v, s2v = s1 - ym.sum(dim=0), s2 - ym.square().sum(dim=0)
-                mean_v = s1v / k
-                st_sum[v] += (s2v / k - mean_v * mean_v).clamp(min=0).sqrt().sum()
-            del y, s1, s2
+                std = torch.std(y[_selector(idx)], dim=0, correction=0)  # [c, d]
+                st_sum[v] += std.sum(dim=-1).sum(dtype=F64)
+                del std
+            del y
         with timer("centre_split"):
             xc = torch.sub(x, mean_hi[:, None])  # x may be a view of the caller's float32 states
             del x
@@ -278,7 +281,7 @@ def prompt_metrics_mixed(
             sum_unit.flatten(), pair_sum, bin_sums.flatten(), triple_sum,
             torch.stack(list(st_sum.values())), rms_sum, biased.flatten(),
             (debiased if debiased is not None else biased[:0]).flatten(),
-            zero_norm.to(F64).reshape(1), torch.isfinite(h.sum(dtype=F64)).to(F64).reshape(1),
+            zero_norm.to(F64).reshape(1), (~not_finite).to(F64).reshape(1),
         ]).cpu().numpy()
     return _unpack(packed, views, pairs, triples, ku, d, n, n_bins, debiased_cka, h)
 
@@ -299,7 +302,8 @@ def _unpack(packed: np.ndarray, views, pairs, triples, ku, d, n, n_bins, debiase
     parts = np.split(packed, np.cumsum(sizes)[:-1])
     sum_unit, pair_sum, bin_sums, triple_sum, st_sums, rms_sum, biased, debiased, zero_norm, finite = parts
     if not finite[0]:
-        raise ValueError("token states contain NaN or inf; clean the input before computing metrics")
+        raise ValueError("token states contain NaN or inf (or a token norm overflows float32); clean the input "
+                         "before computing metrics")
     if zero_norm[0]:
         norms = torch.linalg.vector_norm(h.to(F32), dim=-1)
         state, token = (int(i) for i in torch.nonzero(norms == 0)[0])
