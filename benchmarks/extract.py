@@ -256,6 +256,7 @@ def bench_model(name, config, tok_name, args, out_dir: Path) -> Row:
     from reprflow.prompts.tokenizers import load_tokenizer
 
     row = Row(model=name)
+    t_start = time.perf_counter()
     tokenizer = load_tokenizer(tok_name)
     n_prompts = args.batch_size * args.n_batches
     prompts = make_prompts(tokenizer, n_prompts=n_prompts, n_tokens=args.tokens, seed=0)
@@ -319,6 +320,7 @@ def bench_model(name, config, tok_name, args, out_dir: Path) -> Row:
                                 vocab=config.vocab_size)
         row.long_ok = "ok" if lc["ok"] else "OOM"
         row.long_peak_gib = lc["peak_gib"]
+    logger.info("%s: benchmarked in %.0f s", name, time.perf_counter() - t_start)
     model = None  # noqa: F841 (frees the weights before the next model; run() closes over it)
     _free(dev)
     return row
@@ -559,7 +561,8 @@ def main(argv=None) -> int:
     p.add_argument("--breakdown", action="store_true", help="per-part ms of the per-prompt metrics on one real prompt")
     p.add_argument("--breakdown-repeats", type=int, default=3)
     p.add_argument("--stream-study", action="store_true",
-                   help="issue 12 preset: --stream-every 1,8,64 --breakdown, batch 16 x 6, no naive/tokens/long runs")
+                   help="issue 12 preset: --stream-every 1,8,64 --breakdown, batch 16 x 5, no naive/tokens/long runs "
+                        "(~50 s per family on an H200, model build included)")
     p.add_argument("--compress", action="store_true")
     p.add_argument("--window-batches", type=int, default=2, help="batches per store window")
     p.add_argument("--device", default="cuda", help="cuda; cpu only for a --quick check of the script itself")
@@ -575,7 +578,7 @@ def main(argv=None) -> int:
         if "--batch-size" not in given:
             args.batch_size = 16
         if "--n-batches" not in given:
-            args.n_batches = 6
+            args.n_batches = 5
     if args.quick:
         args.tokens, args.long_tokens, args.naive_prompts = 256, 512, min(args.naive_prompts, 1)
         if args.stream_study:
