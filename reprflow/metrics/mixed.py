@@ -203,7 +203,7 @@ def prompt_metrics_mixed(
         mean1 = h.sum(dim=1, dtype=F32) / n  # [Ku, d]
         resid = torch.zeros(ku, d, dtype=F64, device=dev)
         for start in range(0, n, chunk):
-            resid += (h[:, start : start + chunk].to(F32) - mean1[:, None]).sum(dim=1).to(F64)
+            resid += torch.sub(h[:, start : start + chunk], mean1[:, None]).sum(dim=1).to(F64)  # promotes to float32
         mean = mean1.to(F64) + resid / n
         mean_hi = mean.to(F32)
         mean_lo = (mean - mean_hi.to(F64)).to(F32)
@@ -253,14 +253,23 @@ def prompt_metrics_mixed(
             for a, b_, c in extra_triples:
                 l1.append(torch.linalg.vector_norm((x[c] - x[b_]) - (x[b_] - x[a]), ord=1, dim=-1).sum(dtype=F64)[None])
             triple_sum += torch.cat(l1) / 2
-            # St per view: population std over its states (Welford, float32) of the deviations
-            # from one state, which removes a common offset; summed over dims in float32, tokens in float64
+            # St per view: the population std over its states of y = h - h_ref (std is shift-invariant;
+            # one state as the shift removes a common offset). One Welford pass over the union's
+            # states (float32), then each view's sums by removing the states it lacks (float64, [c, d])
             y = x - x[ref]
+            var_u, mean_u = torch.var_mean(y, dim=0, correction=0)
+            s1 = ku * mean_u.to(F64)
+            s2 = ku * (var_u.to(F64) + mean_u.to(F64).square())
+            del var_u, mean_u
             for v, idx in views.items():
-                std = torch.std(y[_selector(idx)], dim=0, correction=0)  # [c, d]
-                st_sum[v] += std.sum(dim=-1).sum(dtype=F64)
-                del std
-            del y
+                lacks = [i for i in range(ku) if i not in set(idx)]
+                s1v, s2v = s1, s2
+                if lacks:
+                    ym = y[lacks].to(F64)
+                    s1v, s2v = s1 - ym.sum(dim=0), s2 - ym.square().sum(dim=0)
+                k = len(idx)
+                st_sum[v] += (s2v / k - (s1v / k).square()).clamp(min=0).sqrt().sum()
+            del y, s1, s2
         with timer("centre_split"):
             xc = torch.sub(x, mean_hi[:, None])  # x may be a view of the caller's float32 states
             del x

@@ -2,7 +2,8 @@
 
 The documented tolerances (docs/metrics.md): 1e-4 absolute on CKA (biased, debiased) and on
 every cosine, 1e-5 relative on Sm, St and the state RMS. Checked on random, oversmoothed
-(inter-token cosine > 0.999 from a common offset 1e3 x the token spread) and huge (|x| ~ 6e5,
+(inter-token cosine > 0.999 from an offset 1e3 x the token spread; or one offset shared by every
+state and token, 1e4 x the spread, so layerwise cosines are ~1 too) and huge (|x| ~ 6e5,
 like a random-init Mamba) states, in float32 and bfloat16 storage, with both Gram kernels
 (bf16x3, computed here from float32 copies of the bf16 parts, and float32).
 """
@@ -63,6 +64,7 @@ def _cases():
     offset = torch.randn(K, 1, D, generator=g)
     yield "random", walk
     yield "oversmoothed", 1e3 * (offset + torch.randn(1, 1, D, generator=g)) + walk / K  # inter-token > 0.999
+    yield "common_offset", 1e4 * torch.randn(1, 1, D, generator=g) + walk / K  # layers and tokens nearly equal
     yield "huge", 6e5 * walk / walk.abs().max() + 1e5 * offset
     yield "bfloat16", walk.to(torch.bfloat16)
 
@@ -81,7 +83,7 @@ def _check(got: dict, ref: dict, what: str) -> None:
 @pytest.mark.parametrize("name,h", CASES, ids=[c[0] for c in CASES])
 def test_mixed_precision_within_tolerance_of_float64_formulas(name, h):
     refs = {v: _reference(h.float().numpy(), idx) for v, idx in VIEWS.items()}
-    if name == "oversmoothed":
+    if name in ("oversmoothed", "common_offset"):
         assert refs["hf"]["inter_token"].min() > 0.999
     for kernel in ("bf16x3", "float32"):
         got = prompt_metrics_mixed(h, VIEWS, debiased_cka=True, n_bins=N_BINS, chunk=40, kernel=kernel)
