@@ -1,5 +1,23 @@
 """Extraction throughput of the four paper architectures on one GPU: fast path vs naive.
 
+GPU command lines (repository root; ``$OUT`` is where the tables go)::
+
+    # the streamed-token-metrics study (issue 12): ~4 min on an H200 for the four families
+    bash benchmarks/extract_gpu.sh bench -- --stream-study
+    # or, with the packages already installed:
+    PYTHONPATH=$PWD python benchmarks/extract.py --stream-study --out $OUT
+    # CPU smoke run of the same study (tiny models, ~1 min):
+    PYTHONPATH=$PWD python benchmarks/extract.py --stream-study --quick --device cpu --out /tmp/x
+
+``--stream-study`` measures, per family: throughput without token states; with the token
+metrics streamed (:class:`reprflow.sinks.TokenMetricsSink`) for 1 in ``--stream-every``
+prompts (default every prompt, 1 in 8, 1 in 64) at each ``--precisions`` value
+(``metrics.precision``: float64 = the reference, mixed = :mod:`reprflow.metrics.mixed`),
+each with its drop in %; then, on one real prompt of the model (its captured states),
+the per-part time of the per-prompt metrics (synchronised timers around cast, cosines,
+inter-token, Sm/St, CKA Grams, ...) and the largest difference between mixed and float64.
+It writes ``stream_table.md`` and ``stream_rows.json`` to ``--out``.
+
 For each model (full size, random init built from its known hyperparameters, no hub):
 
 * **naive**: what a user would otherwise write: float32 weights, TF32 off, batch 1,
@@ -168,7 +186,7 @@ def run_naive(model_fp32, ids: torch.Tensor, *, n_prompts: int, device: str) -> 
 # ---------------------------------------------------------------- the fast path: reprflow's engine
 def run_reprflow_engine(model, tokenizer, prompts, out_path: Path, *, batch_size: int, n_token_prompts: int,
                         compress: bool, family: str, name: str, device: str, window_batches: int,
-                        stream_prompts: int = 0) -> dict:
+                        stream_prompts: int = 0, precision: str = "float64") -> dict:
     """One extraction into a fresh store; with ``stream_prompts``, token metrics of that many prompts streamed."""
     from reprflow.extract import extract_activations, token_prompt_ids
     from reprflow.sinks import TokenMetricsSink
@@ -183,7 +201,8 @@ def run_reprflow_engine(model, tokenizer, prompts, out_path: Path, *, batch_size
     sinks = []
     if stream_prompts:
         n_bins = min(64, min(int(p["n_tokens"]) for p in prompts))
-        sinks.append(TokenMetricsSink(token_prompt_ids(len(prompts), stream_prompts), n_bins=n_bins))
+        sinks.append(TokenMetricsSink(token_prompt_ids(len(prompts), stream_prompts), n_bins=n_bins,
+                                      precision=precision))
     t0 = time.perf_counter()
     s = extract_activations(
         model, tokenizer, prompts, out_path, batch_size=batch_size, n_token_prompts=n_token_prompts,
@@ -219,6 +238,12 @@ class Row:
     fast_tok_s: float = float("nan")
     fast_tokens_tok_s: dict = field(default_factory=dict)  # token prompts -> tok/s
     fast_stream_tok_s: dict = field(default_factory=dict)  # streamed-metrics prompts -> tok/s
+    study_tok_s: dict = field(default_factory=dict)  # "precision 1/every" -> tok/s (--stream-study)
+    breakdown: dict = field(default_factory=dict)  # precision -> {part: ms per prompt}
+    accuracy: dict = field(default_factory=dict)  # metric -> max |mixed - float64| (relative for Sm/St)
+    gram_kernel: str = ""
+    n_states: int = 0
+    hidden: int = 0
     peak_gib: float = float("nan")
     long_ok: str = "-"
     long_peak_gib: float = float("nan")
@@ -231,6 +256,7 @@ def bench_model(name, config, tok_name, args, out_dir: Path) -> Row:
     from reprflow.prompts.tokenizers import load_tokenizer
 
     row = Row(model=name)
+    t_start = time.perf_counter()
     tokenizer = load_tokenizer(tok_name)
     n_prompts = args.batch_size * args.n_batches
     prompts = make_prompts(tokenizer, n_prompts=n_prompts, n_tokens=args.tokens, seed=0)
@@ -251,17 +277,21 @@ def bench_model(name, config, tok_name, args, out_dir: Path) -> Row:
 
     row.kernels = prepare_model(model)
 
-    def run(n_tok, sub_prompts, sub_ids, tag, stream=0):
+    def run(n_tok, sub_prompts, sub_ids, tag, stream=0, precision="float64"):
         path = out_dir / f"{name}_{tag}.zarr"
         r = run_reprflow_engine(model, tokenizer, sub_prompts, path, batch_size=args.batch_size,
                                 n_token_prompts=n_tok, compress=args.compress, family=family, name=name,
-                                device=dev, window_batches=args.window_batches, stream_prompts=stream)
+                                device=dev, window_batches=args.window_batches, stream_prompts=stream,
+                                precision=precision)
         shutil.rmtree(path, ignore_errors=True)
         shutil.rmtree(str(path) + ".partial", ignore_errors=True)
         return r
 
-    # warm-up: compiles Triton kernels, fills the allocator
+    # warm-up: compiles Triton kernels, fills the allocator (and warms each metrics precision)
     run(0, prompts[: args.batch_size], ids[: args.batch_size], "warmup")
+    for precision in (args.precisions if args.stream_every else []):
+        run(0, prompts[: args.batch_size], ids[: args.batch_size], f"warmup-{precision}", stream=1,
+            precision=precision)
     _sync(dev)
     if dev == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -277,14 +307,140 @@ def bench_model(name, config, tok_name, args, out_dir: Path) -> Row:
         r3 = run(0, prompts, ids, f"stream{n_stream}", stream=n_stream)
         row.fast_stream_tok_s[n_stream] = r3["tok_s"]
         logger.info("%s fast+stream (%d of %d prompts): %s", name, n_stream, n_prompts, r3)
+    for every in args.stream_every:
+        for precision in args.precisions:
+            n_stream = max(1, n_prompts // every)
+            r4 = run(0, prompts, ids, f"study-{precision}-{every}", stream=n_stream, precision=precision)
+            row.study_tok_s[f"{precision} 1/{every}"] = r4["tok_s"]
+            logger.info("%s stream %s 1/%d (%d of %d prompts): %s", name, precision, every, n_stream, n_prompts, r4)
+    if args.breakdown:
+        breakdown(model, ids[0], row, args)
     if family in ("mamba", "mamba2") and args.long_tokens > 0 and dev == "cuda":
         lc = long_context_check(model, batch_size=args.long_batch_size, n_tokens=args.long_tokens,
                                 vocab=config.vocab_size)
         row.long_ok = "ok" if lc["ok"] else "OOM"
         row.long_peak_gib = lc["peak_gib"]
+    logger.info("%s: benchmarked in %.0f s", name, time.perf_counter() - t_start)
     model = None  # noqa: F841 (frees the weights before the next model; run() closes over it)
     _free(dev)
     return row
+
+
+class SyncTimer:
+    """``timer(part)`` context manager: synchronised wall time per part, summed over calls (seconds)."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, part: str):
+        import contextlib
+
+        @contextlib.contextmanager
+        def timed():
+            _sync(self.device)
+            t0 = time.perf_counter()
+            yield
+            _sync(self.device)
+            self.seconds[part] = self.seconds.get(part, 0.0) + time.perf_counter() - t0
+
+        return timed()
+
+
+def breakdown(model, prompt_ids: torch.Tensor, row: Row, args) -> None:
+    """Per-part time of the per-prompt metrics on one real prompt, and mixed vs float64 on it.
+
+    The prompt's states come from the model (``forward_states``, all K states, T tokens);
+    each precision runs ``--breakdown-repeats`` times after one warm-up: once with
+    synchronising timers around each part (the breakdown; syncs add a little) and once
+    without (``total``: the real per-prompt cost, one sync at the end).
+    """
+    from reprflow.capture import forward_states
+    from reprflow.extract import run_info
+    from reprflow.metrics.mixed import gram_kernel
+    from reprflow.pipeline.token_metrics import prompt_metrics
+
+    dev = args.device
+    ids = prompt_ids[None].to(dev)
+    with torch.inference_mode():
+        states = forward_states(model, ids, torch.ones_like(ids), token_rows=[0]).tokens[:, 0]  # [K, T, d]
+    views = {v: [int(i) for i in idx] for v, idx in run_info(model, 1).views.items()}
+    row.gram_kernel = gram_kernel(states.device)
+    row.n_states, row.hidden = int(states.shape[0]), int(states.shape[2])
+    n_bins = min(64, states.shape[1])
+    results = {}
+    for precision in args.precisions:
+        def once(timer=None):
+            kw = {} if timer is None else {"timer": timer}
+            with torch.inference_mode():
+                return prompt_metrics(states, views, debiased_cka=True, n_bins=n_bins, where="breakdown",
+                                      precision=precision, **kw)
+
+        results[precision] = once()  # warm-up
+        timer = SyncTimer(dev)
+        _sync(dev)
+        t0 = time.perf_counter()
+        for _ in range(args.breakdown_repeats):
+            once()
+        _sync(dev)
+        total = (time.perf_counter() - t0) / args.breakdown_repeats
+        for _ in range(args.breakdown_repeats):
+            once(timer)
+        parts = {k: 1e3 * v / args.breakdown_repeats for k, v in timer.seconds.items()}
+        row.breakdown[precision] = {"total": 1e3 * total, **parts}
+        logger.info("%s breakdown %s: %s", row.model, precision, row.breakdown[precision])
+    if {"float64", "mixed"} <= set(results):
+        ref, got = results["float64"], results["mixed"]
+        acc: dict[str, float] = {}
+        for v in ref:
+            for f in ("inter_token", "layerwise_mean", "layerwise_binned", "cka", "cka_debiased"):
+                diff = float(np.nanmax(np.abs(np.asarray(getattr(ref[v], f)) - np.asarray(getattr(got[v], f)))))
+                acc[f] = max(acc.get(f, 0.0), diff)
+            for f in ("sm", "st", "state_rms"):
+                rel = abs(getattr(ref[v], f) - getattr(got[v], f)) / abs(getattr(ref[v], f))
+                acc[f + " (rel)"] = max(acc.get(f + " (rel)", 0.0), rel)
+        row.accuracy = acc
+    del states
+    _free(dev)
+
+
+def stream_table(rows: list[Row], args) -> str:
+    """The --stream-study tables: throughput with streaming, per-part ms per prompt, mixed vs float64."""
+    n_prompts = args.batch_size * args.n_batches
+    keys = [f"{p} 1/{e}" for e in args.stream_every for p in args.precisions]
+    heads = "".join(f"stream {k} ({max(1, n_prompts // int(k.split('/')[1]))} prompts) | " for k in keys)
+    lines = [f"Throughput, T={args.tokens}, batch {args.batch_size}, {n_prompts} prompts: tok/s (drop vs no token "
+             "states); goal: drop within 10%", "",
+             f"| model | K states | hidden | no token states | {heads}", "|" + "---|" * (4 + len(keys))]
+    for r in rows:
+        if r.error:
+            lines.append(f"| {r.model} | error: {r.error} |" + " |" * (2 + len(keys)))
+            continue
+        cells = "".join(
+            f"{r.study_tok_s[k] / 1e3:.1f}K ({(r.study_tok_s[k] / r.fast_tok_s - 1) * 100:+.1f}%) | "
+            if k in r.study_tok_s else "- | " for k in keys)
+        lines.append(f"| {r.model} | {r.n_states or '-'} | {r.hidden or '-'} | {r.fast_tok_s / 1e3:.1f}K | {cells}")
+    parts = sorted({p for r in rows for b in r.breakdown.values() for p in b if p != "total"})
+    lines += ["", f"Per-prompt metrics on one real prompt (T={args.tokens}), ms; `total` without per-part syncs; "
+              "forward = T / (tok/s without token states)", "",
+              "| model | precision | Gram kernel | forward ms/prompt | total | " + " | ".join(parts) + " |",
+              "|" + "---|" * (5 + len(parts))]
+    for r in rows:
+        for prec, b in r.breakdown.items():
+            fwd = 1e3 * args.tokens / r.fast_tok_s if r.fast_tok_s == r.fast_tok_s else float("nan")
+            kern = r.gram_kernel if prec == "mixed" else "float64"
+            lines.append(f"| {r.model} | {prec} | {kern} | {fwd:.1f} | {b['total']:.1f} | "
+                         + " | ".join(f"{b[p]:.2f}" if p in b else "-" for p in parts) + " |")
+    fields = sorted({f for r in rows for f in r.accuracy})
+    if fields:
+        lines += ["", "mixed vs float64 on that prompt: max |difference| (relative for Sm, St, state RMS); "
+                  "documented tolerance 1e-4 absolute, 1e-5 relative", "",
+                  "| model | " + " | ".join(fields) + " |", "|" + "---|" * (1 + len(fields))]
+        for r in rows:
+            if r.accuracy:
+                lines.append(f"| {r.model} | " + " | ".join(f"{r.accuracy.get(f, float('nan')):.1e}" for f in fields)
+                             + " |")
+    return "\n".join(lines)
 
 
 def _free(device: str) -> None:
@@ -397,6 +553,16 @@ def main(argv=None) -> int:
     p.add_argument("--stream-prompts", type=lambda v: [int(x) for x in v.split(",") if x], default=[64],
                    help="comma list: one '+ stream' run per entry, with token metrics of that many prompts "
                         "computed on the GPU during the pass (no token states written)")
+    p.add_argument("--stream-every", type=lambda v: [int(x) for x in v.split(",") if x], default=[],
+                   help="comma list of N: one run per N and precision with token metrics streamed for 1 in N "
+                        "prompts (--stream-study: 1,8,64)")
+    p.add_argument("--precisions", type=lambda v: [x for x in v.split(",") if x], default=["float64", "mixed"],
+                   help="metrics.precision values of the --stream-every runs and the breakdown")
+    p.add_argument("--breakdown", action="store_true", help="per-part ms of the per-prompt metrics on one real prompt")
+    p.add_argument("--breakdown-repeats", type=int, default=3)
+    p.add_argument("--stream-study", action="store_true",
+                   help="issue 12 preset: --stream-every 1,8,64 --breakdown, batch 16 x 5, no naive/tokens/long runs "
+                        "(~50 s per family on an H200, model build included)")
     p.add_argument("--compress", action="store_true")
     p.add_argument("--window-batches", type=int, default=2, help="batches per store window")
     p.add_argument("--device", default="cuda", help="cuda; cpu only for a --quick check of the script itself")
@@ -404,8 +570,19 @@ def main(argv=None) -> int:
     p.add_argument("--scan-configs", action="store_true", help="only time the Mamba scan/conv launch configs")
     p.add_argument("--out", default=os.environ.get("OUT", "benchmarks/out"))
     args = p.parse_args(argv)
+    if args.stream_study:
+        args.stream_every = args.stream_every or [1, 8, 64]
+        args.breakdown = True
+        args.naive_prompts, args.token_prompts, args.stream_prompts, args.long_tokens = 0, [], [], 0
+        given = " ".join(sys.argv[1:] if argv is None else argv)
+        if "--batch-size" not in given:
+            args.batch_size = 16
+        if "--n-batches" not in given:
+            args.n_batches = 5
     if args.quick:
-        args.tokens, args.long_tokens, args.naive_prompts = 256, 512, 1
+        args.tokens, args.long_tokens, args.naive_prompts = 256, 512, min(args.naive_prompts, 1)
+        if args.stream_study:
+            args.batch_size, args.n_batches = 4, 4
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -431,9 +608,10 @@ def main(argv=None) -> int:
             traceback.print_exc()
             rows.append(Row(model=name, error=f"{type(exc).__name__}: {str(exc)[:150]}"))
             _free(args.device)
-        t = table(rows, args)
-        (out / "extract_table.md").write_text(env + "\n\n" + t + "\n")
-        (out / "extract_rows.json").write_text(json.dumps([asdict(r) for r in rows], indent=1, default=str))
+        t = stream_table(rows, args) if args.stream_study else table(rows, args)
+        stem = "stream" if args.stream_study else "extract"
+        (out / f"{stem}_table.md").write_text(env + "\n\n" + t + "\n")
+        (out / f"{stem}_rows.json").write_text(json.dumps([asdict(r) for r in rows], indent=1, default=str))
     shutil.rmtree(work, ignore_errors=True)
     print(env)
     print(t)

@@ -34,6 +34,7 @@ for s in "${steps[@]}"; do
   case "$s" in
     tests) timeout 300 python3 -m pytest -q -p no:cacheprovider --noconftest -m gpu ${TESTS_K:+-k "$TESTS_K"} \
              tests/kernels tests/test_transfer.py tests/test_extract.py tests/test_capture.py tests/test_probes.py \
+             tests/metrics/test_mixed.py tests/test_stream_metrics.py \
              2>&1 | tee "$OUT/tests.log" ;;
     profile) timeout 240 python3 benchmarks/profile_forward.py 2>&1 | tee "$OUT/profile.md" ;;
     shards) timeout 500 python3 benchmarks/shards_gpu.py --out "$OUT" "${extra[@]}" 2>&1 | tee "$OUT/shards.log" ;;

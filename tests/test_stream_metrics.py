@@ -134,3 +134,30 @@ def test_an_error_in_the_metrics_thread_stops_the_run_and_leaves_no_store(tmp_pa
         extract_activations(model, tokenizer, prompts, out, n_token_prompts=0, sinks=[sink], batch_size=2,
                             window_batches=1, attrs=_attrs("gpt_neox", "gpt-neox-20b"), progress=False)
     assert not out.exists() and partial_path(out).exists()  # a rerun resumes the store
+
+
+def test_streamed_mixed_precision_within_tolerance_of_the_float64_store_path(tmp_path):
+    """metrics.precision: mixed in the sink vs float64 from the store; both record their precision."""
+    path = build_tiny_model("gpt_neox", out_dir=tmp_path / "model", seed=0)
+    tokenizer = load_tokenizer(TINY_TOKENIZERS["gpt_neox"])
+    model = load_model(str(path), init=InitSpec("pretrained"), seed=None)
+    prompts = _prompts(tokenizer)
+    attrs = _attrs("gpt_neox", TINY_TOKENIZERS["gpt_neox"])
+    kwargs = dict(batch_size=2, window_batches=1, attrs=attrs, store_dtype="float32", progress=False)
+    stored = tmp_path / "with_tokens.zarr"
+    extract_activations(model, tokenizer, prompts, stored, n_token_prompts=N_TOKEN_PROMPTS, **kwargs)
+    compute_token_metrics(stored, tmp_path / "from_store", n_bins=N_BINS)
+    extract_with_streamed_token_metrics(model, tokenizer, prompts, tmp_path / "last.zarr", tmp_path / "streamed",
+                                        n_token_prompts=N_TOKEN_PROMPTS, n_bins=N_BINS, precision="mixed", **kwargs)
+    for name in sorted(p.name for p in (tmp_path / "from_store").glob("*.npy")):  # CKA and cosine maps
+        np.testing.assert_allclose(np.load(tmp_path / "streamed" / name), np.load(tmp_path / "from_store" / name),
+                                   rtol=0, atol=1e-4, err_msg=name)
+    for name in ("inter_token_cosine.csv", "layerwise_cosine.csv"):
+        np.testing.assert_allclose(pd.read_csv(tmp_path / "streamed" / name)[["mean", "std"]],
+                                   pd.read_csv(tmp_path / "from_store" / name)[["mean", "std"]], rtol=0, atol=1e-4)
+    sm = json.loads((tmp_path / "streamed" / "smoothness_stability.json").read_text())
+    ref = json.loads((tmp_path / "from_store" / "smoothness_stability.json").read_text())
+    assert sm["provenance"]["precision"] == "mixed" and ref["provenance"]["precision"] == "float64"
+    for view in ("hf", "residual"):
+        for key in ("Sm", "St", "Sm_rel", "St_rel", "state_rms"):
+            assert sm[view][key] == pytest.approx(ref[view][key], rel=1e-5), (view, key)

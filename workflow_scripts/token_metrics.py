@@ -15,4 +15,5 @@ with workflow_step(snakemake.log[0], "token_metrics"):  # noqa: F821 (injected b
         debiased_cka=s["debiased_cka"],
         device=resolve_device(run["device"]),
         max_tokens_in_memory=run["max_tokens_in_memory"],
+        precision=s["precision"],
     )

@@ -125,7 +125,7 @@ def run_extraction(
         (``results/metrics/.../token_metrics``). Give it to one job per cell; the other
         shards of a streamed cell store no token states and compute no metrics.
     metrics : mapping, optional
-        With ``metrics_dir``: ``views`` and ``debiased_cka`` (``config.metrics``) and
+        With ``metrics_dir``: ``views``, ``debiased_cka`` and ``precision`` (``config.metrics``) and
         ``max_tokens_in_memory`` (``config.execution.metrics``).
     """
     out_path = Path(out_path)
@@ -188,7 +188,8 @@ def run_extraction(
     if metrics_dir is not None:
         extract_with_streamed_token_metrics(
             net, tokenizer, prompts, out_path, metrics_dir, n_token_prompts=n_token, views=tuple(metrics["views"]),
-            debiased_cka=metrics["debiased_cka"], max_tokens_in_memory=metrics["max_tokens_in_memory"], **run,
+            debiased_cka=metrics["debiased_cka"], max_tokens_in_memory=metrics["max_tokens_in_memory"],
+            precision=metrics.get("precision", "float64"), **run,
         )
     else:
         extract_activations(net, tokenizer, prompts, out_path, n_token_prompts=n_token if tokens == "store" else 0,

@@ -40,6 +40,7 @@ Notes
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -64,6 +65,7 @@ from reprflow.metrics import (
     cka_matrices,
     cka_matrix,
 )
+from reprflow.metrics.mixed import prompt_metrics_mixed
 from reprflow.store import open_activations, store_provenance
 
 logger = logging.getLogger(__name__)
@@ -72,6 +74,21 @@ N_BINS = 64
 """Relative-position bins of the layerwise-cosine heatmap (Fig. 1)."""
 MAX_TOKENS_IN_MEMORY = 1024
 """Default token positions per float64 chunk for the cosine, Sm and St accumulators."""
+PRECISIONS = ("float64", "mixed")
+"""``metrics.precision``: float64 everywhere (the reference), or :mod:`reprflow.metrics.mixed`
+(float32 elementwise, bf16x3 tensor-core Grams, float64 reductions; docs/metrics.md)."""
+
+
+def _no_timer(_name: str) -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext()
+
+
+def check_precision(precision: str, *, key: str = "metrics.precision") -> str:
+    """``precision`` if it is one of :data:`PRECISIONS`, else a ConfigError naming ``key``."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"{key} is {precision!r}; expected one of {list(PRECISIONS)} (float64 is the reference, "
+                          "mixed the fast streamed path)")
+    return precision
 
 
 @dataclass
@@ -145,17 +162,21 @@ def _check_store(
     return view_indices, state_names, lengths
 
 
-def _stream_metrics(h: torch.Tensor, *, n_bins: int, chunk: int) -> dict[str, Any]:
+def _stream_metrics(h: torch.Tensor, *, n_bins: int, chunk: int, timer=_no_timer) -> dict[str, Any]:
     """Cosines, Sm and St of one prompt of one view; ``h`` (n_states, n_tokens, hidden)."""
     n = h.shape[1]
     inter = InterTokenCosineAccumulator()
     layer = LayerwiseCosineAccumulator(n, n_bins=n_bins)
     flow = SmoothnessStabilityAccumulator()
     for start in range(0, n, chunk):
-        part = h[:, start : start + chunk].to(torch.float64)  # cast once for all three
-        inter.update(part)
-        layer.update(part)
-        flow.update(part)
+        with timer("cast"):
+            part = h[:, start : start + chunk].to(torch.float64)  # cast once for all three
+        with timer("inter_token"):
+            inter.update(part)
+        with timer("cosines"):
+            layer.update(part)
+        with timer("sm_st"):
+            flow.update(part)
     return {
         "inter_token": inter.result(),
         "layerwise_mean": layer.mean(),
@@ -208,6 +229,8 @@ def prompt_metrics(
     chunk: int = MAX_TOKENS_IN_MEMORY,
     where: str,
     error: type[ReprflowError] = StoreError,
+    precision: str = "float64",
+    timer: Callable[[str], contextlib.AbstractContextManager] = _no_timer,
 ) -> dict[str, PromptMetrics]:
     """Every token metric of one prompt, per view, computed where ``prompt`` lives.
 
@@ -223,6 +246,13 @@ def prompt_metrics(
         Names the prompt in errors (e.g. ``"<store>: token prompt 3"``).
     error : ReprflowError subclass
         Raised for a degenerate prompt (zero-norm token, non-finite value).
+    precision : {"float64", "mixed"}, default "float64"
+        float64: every step in float64 (the reference). mixed:
+        :func:`reprflow.metrics.mixed.prompt_metrics_mixed` (one float32 pass over the
+        union of the views' states, bf16x3 tensor-core Grams on CUDA, float64 reductions;
+        within the tolerances of docs/metrics.md).
+    timer : callable, optional
+        ``timer(part)`` -> context manager around each part (the benchmark's breakdown).
 
     Returns
     -------
@@ -232,23 +262,34 @@ def prompt_metrics(
     """
     union = sorted({i for idx in view_indices.values() for i in idx})
     position = {state: j for j, state in enumerate(union)}
-    try:
-        cka_all, cka_all_debiased = _union_cka(prompt[_state_selector(union)], debiased_cka=debiased_cka)
-    except ValueError as exc:
-        raise error(f"{where}, CKA over states {union}: {exc}") from exc
+    check_precision(precision)
+    if precision == "mixed":
+        try:
+            per_view = prompt_metrics_mixed(
+                prompt[_state_selector(union)], {v: [position[k] for k in idx] for v, idx in view_indices.items()},
+                debiased_cka=debiased_cka, n_bins=n_bins, chunk=chunk, timer=timer,
+            )
+        except ValueError as exc:
+            raise error(f"{where}, states {union} (precision mixed): {exc}") from exc
+    else:
+        try:
+            with timer("cka"):
+                cka_all, cka_all_debiased = _union_cka(prompt[_state_selector(union)], debiased_cka=debiased_cka)
+        except ValueError as exc:
+            raise error(f"{where}, CKA over states {union}: {exc}") from exc
+        per_view = {}
+        for v, idx in view_indices.items():
+            h = prompt[_state_selector(idx)]  # [K, n, hidden], storage dtype
+            try:
+                per_view[v] = _stream_metrics(h, n_bins=n_bins, chunk=chunk, timer=timer)
+            except ValueError as exc:
+                raise error(f"{where}, view {v!r} (states {idx}): {exc}") from exc
+            sub = np.ix_(*[[position[k] for k in idx]] * 2)
+            per_view[v]["cka"] = cka_all[sub]
+            per_view[v]["cka_debiased"] = None if cka_all_debiased is None else cka_all_debiased[sub]
     out = {}
     for v, idx in view_indices.items():
-        h = prompt[_state_selector(idx)]  # [K, n, hidden], storage dtype
-        try:
-            streamed = _stream_metrics(h, n_bins=n_bins, chunk=chunk)
-        except ValueError as exc:
-            raise error(f"{where}, view {v!r} (states {idx}): {exc}") from exc
-        sub = np.ix_(*[[position[k] for k in idx]] * 2)
-        metrics = PromptMetrics(
-            **streamed,
-            cka=cka_all[sub],
-            cka_debiased=None if cka_all_debiased is None else cka_all_debiased[sub],
-        )
+        metrics = PromptMetrics(**per_view[v])
         for name in ("inter_token", "layerwise_mean", "cka", "cka_debiased", "sm", "st", "sm_rel", "st_rel"):
             value = getattr(metrics, name)
             if value is not None:
@@ -266,6 +307,7 @@ def compute_token_metrics(
     device: str | torch.device | None = None,
     max_tokens_in_memory: int = MAX_TOKENS_IN_MEMORY,
     n_bins: int = N_BINS,
+    precision: str = "float64",
 ) -> dict[str, Path]:
     """Compute the token-level metrics of one activation store and write them to ``out_dir``.
 
@@ -288,6 +330,8 @@ def compute_token_metrics(
     n_bins : int, default 64
         Relative-position bins of the heatmap; at most the shortest prompt length
         (otherwise a bin is empty in every prompt and the stage raises).
+    precision : {"float64", "mixed"}, default "float64"
+        ``metrics.precision``, as for :func:`prompt_metrics`.
 
     Returns
     -------
@@ -307,6 +351,7 @@ def compute_token_metrics(
             f"compute_token_metrics: max_tokens_in_memory and n_bins must be >= 1, got "
             f"{max_tokens_in_memory} and {n_bins}"
         )
+    check_precision(precision)
     group = open_activations(store_path)
     view_indices, state_names, lengths = _check_store(
         group, path, views, min_tokens=4 if debiased_cka else 2
@@ -322,7 +367,7 @@ def compute_token_metrics(
         prompt = torch.from_numpy(np.ascontiguousarray(tokens[:, i, :n, :])).to(dev)
         per_view = prompt_metrics(
             prompt, view_indices, debiased_cka=debiased_cka, n_bins=n_bins, chunk=max_tokens_in_memory,
-            where=f"{path}: token prompt {i}", error=StoreError,
+            where=f"{path}: token prompt {i}", error=StoreError, precision=precision,
         )
         for v in views:
             results[v].prompts.append(per_view[v])
@@ -338,6 +383,7 @@ def compute_token_metrics(
         "views": {v: view_indices[v] for v in views},
         "n_prompts": len(lengths),
         "n_bins": n_bins,
+        "precision": precision,
     }
     return write_token_metrics(
         out, results, view_indices, state_names, provenance, path, debiased_cka=debiased_cka

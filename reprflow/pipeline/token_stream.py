@@ -39,6 +39,7 @@ def extract_with_streamed_token_metrics(
     debiased_cka: bool = True,
     n_bins: int = N_BINS,
     max_tokens_in_memory: int = MAX_TOKENS_IN_MEMORY,
+    precision: str = "float64",
     **extract_kwargs: Any,
 ) -> tuple[ExtractionSummary, dict[str, Path]]:
     """Extract the last-token store and stream the token metrics in the same pass.
@@ -56,7 +57,7 @@ def extract_with_streamed_token_metrics(
         so give the sink to one shard job only).
     attrs : mapping
         Store attrs (as for :func:`reprflow.extract.extract_activations`).
-    views, debiased_cka, n_bins, max_tokens_in_memory
+    views, debiased_cka, n_bins, max_tokens_in_memory, precision
         As for :func:`reprflow.pipeline.token_metrics.compute_token_metrics`.
     **extract_kwargs
         The other keywords of :func:`reprflow.extract.extract_activations` (``batch_size``,
@@ -68,7 +69,7 @@ def extract_with_streamed_token_metrics(
         The extraction's summary and the metric files written.
     """
     sink = TokenMetricsSink(token_prompt_ids(len(prompts), n_token_prompts), views=views, debiased_cka=debiased_cka,
-                            n_bins=n_bins, max_tokens_in_memory=max_tokens_in_memory)
+                            n_bins=n_bins, max_tokens_in_memory=max_tokens_in_memory, precision=precision)
     summary = extract_activations(model, tokenizer, prompts, store_path, n_token_prompts=0, attrs=attrs,
                                   sinks=[sink], **extract_kwargs)
     return summary, sink.write(metrics_dir, source=store_path, attrs=attrs)

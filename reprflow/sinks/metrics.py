@@ -27,6 +27,7 @@ from reprflow.pipeline.token_metrics import (
     MAX_TOKENS_IN_MEMORY,
     N_BINS,
     PromptMetrics,
+    check_precision,
     ViewResults,
     prompt_metrics,
     write_token_metrics,
@@ -55,17 +56,22 @@ class TokenMetricsSink:
         Token positions cast to float64 at a time (cosines, Sm, St).
     overlap : bool, default True
         Compute in the background writer thread.
+    precision : {"float64", "mixed"}, default "float64"
+        ``metrics.precision``: float64 (the reference) or the mixed-precision one-pass
+        path (:mod:`reprflow.metrics.mixed`; tolerances in docs/metrics.md).
     """
 
     def __init__(self, prompt_ids: Iterable[int], *, views: Sequence[str] = ("hf", "residual"),
                  debiased_cka: bool = True, n_bins: int = N_BINS,
-                 max_tokens_in_memory: int = MAX_TOKENS_IN_MEMORY, overlap: bool = True) -> None:
+                 max_tokens_in_memory: int = MAX_TOKENS_IN_MEMORY, overlap: bool = True,
+                 precision: str = "float64") -> None:
         self.token_prompts = frozenset(int(i) for i in prompt_ids)
         if not self.token_prompts:
             raise ConfigError("streamed token metrics need at least one prompt (n_token_prompts >= 1)")
         if max_tokens_in_memory < 1 or n_bins < 1:
             raise ConfigError(f"TokenMetricsSink: max_tokens_in_memory and n_bins must be >= 1, got "
                               f"{max_tokens_in_memory} and {n_bins}")
+        self.precision = check_precision(precision)
         self.views = tuple(views)
         self.debiased_cka = debiased_cka
         self.n_bins = n_bins
@@ -99,7 +105,7 @@ class TokenMetricsSink:
         with torch.inference_mode():
             self.results[pid] = prompt_metrics(
                 states, self.view_indices, debiased_cka=self.debiased_cka, n_bins=self.n_bins, chunk=self.chunk,
-                where=f"streamed token metrics, prompt {pid}", error=ReprflowError,
+                where=f"streamed token metrics, prompt {pid}", error=ReprflowError, precision=self.precision,
             )
 
     def close(self) -> None:
@@ -140,6 +146,7 @@ class TokenMetricsSink:
             "views": self.view_indices,
             "n_prompts": len(self.results),
             "n_bins": self.n_bins,
+            "precision": self.precision,
         }
         return write_token_metrics(Path(out_dir), self.view_results(), self.view_indices,
                                    list(self.info.state_names), provenance, Path(source),
