@@ -11,18 +11,40 @@ and prints markdown tables: per-rule time, per-cell extraction (tok/s, load over
 and a projection of the full paper run (every cell at ``--full-prompts`` prompts and
 ``--full-token-prompts`` token prompts) in GPU-hours, wall time on 1/2/4/8 GPUs and disk.
 
-Projection model, per extraction cell: ``overhead + tokens_full / rate`` where ``overhead`` is
-the measured job time minus its extraction seconds (model build/load, tokenisation, store
-open/finalise) and ``rate`` the measured tokens/s of that cell; ``tokens_full`` scales the
-rehearsal's tokens by ``full_prompts / n_prompts``. Token-state cost is included in ``rate`` and
-is taken as fixed per cell (token prompts do not scale with the prompt count). CPU stages
-(metrics, probes) scale as measured with their inputs: metrics with token prompts, probes with
-prompts. Disk: ``last`` bytes scale with prompts, ``tokens`` bytes with token prompts.
+Projection model, per extraction cell of the full run::
+
+    overhead + warm-up + tokens_full / rate + token_prompts_full x stream_s
+
+* ``overhead``: the measured job time minus its extraction seconds (imports, model build or
+  load, store open/finalise);
+* ``rate``: the model's steady-state tokens/s from ``--rates`` (``benchmarks/extract.py`` on
+  the same GPU); without it the cell's own rehearsal rate, which includes the warm-up
+  (Triton compiles and autotuning, the kernel chooser's first-use timings, the hf-view check)
+  and so over-estimates a large cell, sometimes tenfold;
+* ``warm-up``: the rehearsal's extraction seconds beyond ``tokens / rate`` and its streamed
+  metrics (0 without ``--rates``: it is inside the rate then);
+* ``tokens_full``: the rehearsal's tokens times ``full_prompts / n_prompts`` for a ``scope:
+  all`` cell, times ``full_token_prompts / n_token_prompts`` for a ``scope: fig3`` cell (it
+  forwards only its token prompts);
+* ``stream_s``: seconds of streamed token metrics per token prompt (``--stream-s``; the H200's
+  float64 metrics take about 0.07 s per 2048-token prompt of a 2.7B model), with ``tokens:
+  stream``.
+
+Probes per cell: the rehearsal's probe job (start-up, reading, a small fit) plus the paper-size
+fit (``--probe-fit-s``; 10.2 s on the H100, BENCHMARKS.md) plus reading the full ``last`` array
+at ``--read-bytes-per-s``. Token-metric jobs (``tokens: store``) scale with token prompts.
+Disk: ``last`` bytes scale with prompts (fig3 cells: with token prompts), ``tokens`` bytes with
+token prompts.
+
+A rehearsal whose stores are gone (a GPU machine given back) is re-projected from its earlier
+summary: ``--cells-md`` names the markdown this script printed (its per-cell table), and
+``--root`` a folder holding the run's ``logs/benchmarks``.
 
 Usage::
 
     python benchmarks/paper_rehearsal.py --root . --n-prompts 200 --n-token-prompts 2 \
-        --full-prompts 25000 --full-token-prompts 64 [--pretrained-arm]
+        --full-prompts 25000 --full-token-prompts 64 [--pretrained-arm] \
+        [--rates gpt-neo-2.7b=92600,mamba-2.8b=67700] [--stream-s 0.07] [--cells-md old_summary.md]
 """
 
 from __future__ import annotations
@@ -115,6 +137,7 @@ def read_stores(root: Path) -> dict[str, dict]:
         key = str(store.relative_to(base).with_suffix(""))
         out[key] = {
             "timing": attrs.get("timing") or {},
+            "fig3": "prompt_indices" in attrs,  # a scope: fig3 cell forwards only its token prompts
             "n_samples": attrs.get("n_samples"),
             "store_dtype": attrs.get("store_dtype"),
             "last_bytes": tree_bytes(store / "last"),
@@ -122,6 +145,44 @@ def read_stores(root: Path) -> dict[str, dict]:
             "bytes": tree_bytes(store),
         }
     return out
+
+
+def _parse_bytes(text: str) -> float:
+    value, unit = text.split()
+    return float(value) * {"kB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12}[unit]
+
+
+def _parse_s(text: str) -> float:
+    value, unit = text.split()
+    return float(value) * {"s": 1, "min": 60, "h": 3600}[unit]
+
+
+def read_cells_md(path: Path) -> tuple[dict[str, dict], dict[str, float]]:
+    """Stores and extraction job seconds from the per-cell table of an earlier summary.
+
+    Returns ``(stores, job_seconds)`` shaped as :func:`read_stores` and the benchmark rows give
+    them (``tokens_bytes`` and the exact token count are rounded as printed).
+    """
+    stores, jobs = {}, {}
+    rows = [line for line in path.read_text().splitlines() if line.startswith("| ") and "/" in line.split("|")[1]]
+    for line in rows:
+        key, job, ext, rate, _overhead, last, tokens, dtype = [c.strip() for c in line.strip("|").split("|")]
+        ext_s, tok_s = _parse_s(ext), float(rate.rstrip("K")) * 1e3
+        init = key.split("/")[1]
+        stores[key] = {"timing": {"seconds": ext_s, "tokens_per_s": tok_s, "tokens": ext_s * tok_s},
+                       "fig3": init not in ("random", "pretrained"), "store_dtype": dtype,
+                       "last_bytes": _parse_bytes(last), "tokens_bytes": _parse_bytes(tokens)}
+        jobs[key] = _parse_s(job)
+    if not stores:
+        raise SystemExit(f"{path}: no per-cell table (| model/init/task_nL | job | ... |) found")
+    return stores, jobs
+
+
+def parse_rates(text: str | None) -> dict[str, float]:
+    """``model=tok_s,model=tok_s`` -> {model: tok_s}."""
+    if not text:
+        return {}
+    return {k.strip(): float(v) for k, v in (item.split("=") for item in text.split(",") if item.strip())}
 
 
 def fmt_s(seconds: float) -> str:
@@ -181,13 +242,25 @@ def main(argv: list[str] | None = None) -> None:
                     help="count every scope-all cell twice (pretrained + random; same compute, weights loaded instead of built)")
     ap.add_argument("--snakemake-log", type=Path, help="a killed run's console log: per-job times from its stamps")
     ap.add_argument("--samples", type=Path, help="the GPU/disk samples written by paper_rehearsal_gpu.sh")
+    ap.add_argument("--rates", help="steady-state tok/s per model, model=tok_s,... (benchmarks/extract.py)")
+    ap.add_argument("--stream-s", type=float, default=0.0,
+                    help="seconds of streamed token metrics per token prompt (tokens: stream)")
+    ap.add_argument("--probe-fit-s", type=float, default=10.2, help="paper-size probe fit per cell (s)")
+    ap.add_argument("--read-bytes-per-s", type=float, default=2e9, help="store read rate of the probe jobs")
+    ap.add_argument("--cells-md", type=Path, help="re-project from an earlier summary's per-cell table")
     args = ap.parse_args(argv)
     if args.snakemake_log is not None:
         summarise_log(args.snakemake_log, args.samples)
         return
 
     bench = read_benchmarks(args.root)
-    stores = read_stores(args.root)
+    if args.cells_md is not None:
+        stores, md_jobs = read_cells_md(args.cells_md)
+        bench = [r for r in bench if r["phase"] != "activations"] + [
+            {"phase": "activations", "key": k, "seconds": v, "max_rss_mb": math.nan} for k, v in md_jobs.items()]
+    else:
+        stores = read_stores(args.root)
+    rates = parse_rates(args.rates)
     scale_p = args.full_prompts / args.n_prompts
     scale_t = args.full_token_prompts / max(args.n_token_prompts, 1)
 
@@ -202,7 +275,8 @@ def main(argv: list[str] | None = None) -> None:
     print("\n## Extraction per cell (rehearsal)\n")
     print("| cell | job | GPU extraction | tok/s | overhead | last | tokens | dtype |\n|---|---|---|---|---|---|---|---|")
     job_s = {r["key"]: r["seconds"] for r in bench if r["phase"] == "activations"}
-    projected, disk_full = [], 0.0
+    projected: dict[str, float] = {}
+    disk_full = 0.0
     for key, st in sorted(stores.items()):
         t = st["timing"]
         ext_s, rate = float(t.get("seconds") or 0.0), float(t.get("tokens_per_s") or 0.0)
@@ -211,23 +285,40 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| {key} | {fmt_s(wall)} | {fmt_s(ext_s)} | {rate / 1e3:.1f}K | {fmt_s(overhead)} | "
               f"{fmt_b(st['last_bytes'])} | {fmt_b(st['tokens_bytes'])} | {st['store_dtype']} |")
         if rate > 0 and not math.isnan(overhead):
-            full_tokens = float(t.get("tokens") or 0.0) * scale_p
-            projected.append(overhead + full_tokens / rate)
-            disk_full += st["last_bytes"] * scale_p + st["tokens_bytes"] * scale_t
+            scale = scale_t if st.get("fig3") else scale_p
+            tokens = float(t.get("tokens") or 0.0)
+            steady = rates.get(key.split("/")[0])
+            if steady:
+                warmup = max(ext_s - tokens / steady - args.n_token_prompts * args.stream_s, 0.0)
+                projected[key] = (overhead + warmup + tokens * scale / steady
+                                  + args.full_token_prompts * args.stream_s)
+            else:
+                projected[key] = overhead + tokens * scale / rate
+            disk_full += st["last_bytes"] * scale + st["tokens_bytes"] * scale_t
+    missing = sorted({k.split("/")[0] for k in projected} - set(rates))
+    if missing:
+        print(f"\nNo --rates for {missing}: their cells scale the rehearsal's own rate, warm-up included "
+              "(an over-estimate for small rehearsal cells).")
     arms = 2 if args.pretrained_arm else 1
     # Only scope-all cells (those with probes) run in the pretrained arm too.
     probe_keys = {r["key"] for r in bench if r["phase"] == "probes"}
-    extra = [p for (key, p) in zip(sorted(stores), projected) if key in probe_keys] if arms == 2 else []
-    gpu_jobs = projected + extra
+    gpu_jobs = list(projected.values()) + ([v for k, v in projected.items() if k in probe_keys] if arms == 2 else [])
     cpu = defaultdict(float)
     for r in bench:
         if r["phase"] == "metrics":
             cpu["metrics"] += r["seconds"] * scale_t * (2 if arms == 2 and r["key"] in probe_keys else 1)
         elif r["phase"] == "probes":
-            cpu["probes"] += r["seconds"] * scale_p * arms
+            last_full = stores.get(r["key"], {}).get("last_bytes", 0.0) * scale_p
+            cpu["probes"] += (r["seconds"] + args.probe_fit_s + last_full / args.read_bytes_per_s) * arms
     if arms == 2:
         disk_full += sum(stores[k]["last_bytes"] * scale_p + stores[k]["tokens_bytes"] * scale_t
                          for k in stores if k in probe_keys)
+    by_model = defaultdict(float)
+    for key, sec in projected.items():
+        by_model[key.split("/")[0]] += sec * (arms if key in probe_keys else 1)
+    print("\n| model | extraction GPU time, full run | steady rate |\n|---|---|---|")
+    for model, sec in sorted(by_model.items(), key=lambda kv: -kv[1]):
+        print(f"| {model} | {fmt_s(sec)} | {f'{rates[model] / 1e3:.1f}K tok/s' if model in rates else 'rehearsal cells'} |")
 
     print(f"\n## Projection: full paper run ({args.full_prompts} prompts, {args.full_token_prompts} token prompts per store, "
           f"{'pretrained + random' if arms == 2 else 'this arm only'})\n")

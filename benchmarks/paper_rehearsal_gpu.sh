@@ -36,8 +36,12 @@ for s in "${steps[@]}"; do
       sampler=$!
       # one measurement of each kernel choice serves every job (reprflow/kernels/select.py)
       export REPRFLOW_KERNEL_CACHE=${REPRFLOW_KERNEL_CACHE:-/tmp/reprflow-kernels.json}
+      # a run killed at a device call's limit leaves Snakemake's lock behind; nothing else runs here
+      python3 -m snakemake results/table1.csv --unlock "${CFG[@]}" > /dev/null 2>&1
       start=$(date +%s)
-      timeout "$RUN_LIMIT" python3 -m snakemake results/table1.csv --cores "$(nproc)" --rerun-incomplete ${SMK_ARGS:-} "${CFG[@]}" \
+      # SIGINT is Snakemake's clean stop (it kills its jobs, keeps .partial stores to resume, frees
+      # the lock); -k: a hard kill 30 s later if it has not returned
+      timeout -s INT -k 30 "$RUN_LIMIT" python3 -m snakemake results/table1.csv --cores "$(nproc)" --rerun-incomplete ${SMK_ARGS:-} "${CFG[@]}" \
         > "$OUT/snakemake.log" 2>&1
       rc=$?
       kill $sampler
