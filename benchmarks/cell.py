@@ -48,16 +48,14 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from reprflow.capture import forward_states  # noqa: E402
 from reprflow.config import load_configs  # noqa: E402
 from reprflow.devices import resolve_device  # noqa: E402
-from reprflow.extract import _pad_right, _to_device, _tokenize, plan_window_batches  # noqa: E402
+from reprflow.extract import _tokenize, capture_batches  # noqa: E402
 from reprflow.fastpath import prepare_model  # noqa: E402
 from reprflow.models.init_schemes import InitSpec  # noqa: E402
 from reprflow.models.registry import load_model  # noqa: E402
@@ -121,25 +119,21 @@ def timed(fn, *args, **kwargs):
 
 
 def forward_only(model, tokenizer, prompts, *, batch_size: int, device: torch.device) -> tuple[float, int]:
-    """Seconds and real tokens of the extraction's batches through ``forward_states`` alone.
-
-    Same tokenisation, length-bucketed batches, right padding and pinned copies as
-    :func:`reprflow.extract.extract_activations`; the first batch warms up and is not timed.
-    """
+    """Seconds and real tokens of the extraction's own batches (:func:`reprflow.extract.capture_batches`:
+    same tokenisation, length buckets, padding and pinned copies) with no sink consuming them.
+    The first batch warms up and is not timed."""
     ids = _tokenize(tokenizer, prompts, range(len(prompts)), prompt_file="benchmark")
-    order = plan_window_batches(np.array([len(ids[i]) for i in range(len(prompts))]), batch_size=batch_size)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    batches = capture_batches(model, ids, [(None, range(len(prompts)))], batch_size=batch_size,
+                              pad_id=tokenizer.pad_token_id, device=device, verify_hf=False)
     n_tokens, t0 = 0, None
-    for i, rows in enumerate(order):
-        x, mask = _pad_right([ids[int(j)] for j in rows], pad)
-        with torch.inference_mode():
-            forward_states(model, _to_device(x, device), _to_device(mask, device), check_padding=False)
-        if i == 0:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-        else:
-            n_tokens += int(mask.sum())
+    with torch.inference_mode():
+        for i, batch in enumerate(batches):
+            if i == 0:
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+            else:
+                n_tokens += sum(batch.lengths)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - t0, n_tokens
