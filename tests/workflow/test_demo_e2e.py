@@ -142,9 +142,10 @@ def test_changing_shards_builds_shard_files_and_nothing_upstream(demo, run_snake
 
 def test_gpu_jobs_one_per_simulated_gpu_longest_first(demo, scratch_project, run_snakemake, monkeypatch):
     """Two simulated GPUs (CUDA_VISIBLE_DEVICES=0,1; the jobs compute on the CPU), four
-    extraction jobs (tiny-pythia, both inits, both lengths) requesting one GPU each, four cores, no --resources: at most two run at
-    once, and the two longest (600 tokens) start first. The prompt sets and tiny models are
-    the demo's, copied, so every extraction job is ready at the same time."""
+    extraction jobs (tiny-pythia, both inits, both lengths) requesting one GPU each, four
+    cores, no --resources: at most two run at once, and the two longest (600 tokens) start
+    first. The prompt sets and tiny models are the demo's, copied, so every extraction job is
+    ready at the same time."""
     import re
     import shutil
 
