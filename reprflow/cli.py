@@ -175,12 +175,17 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def _store_input(args: argparse.Namespace) -> str | list[str]:
+    """The STORE arguments as the stages take them: one path, or the list of a store's shards."""
+    return args.stores if len(args.stores) > 1 else args.stores[0]
+
+
 def cmd_metrics(args: argparse.Namespace) -> int:
     """Store (or its shards) -> token metrics files."""
     from reprflow.pipeline.token_metrics import compute_token_metrics
 
     written = compute_token_metrics(
-        args.stores if len(args.stores) > 1 else args.stores[0], args.out, views=tuple(args.views),
+        _store_input(args), args.out, views=tuple(args.views),
         debiased_cka=not args.no_debiased_cka, device=args.device, n_bins=args.bins,
     )
     for path in sorted(map(str, written.values())):
@@ -194,7 +199,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     run_probe_stage(
-        args.stores if len(args.stores) > 1 else args.stores[0], out, views=tuple(args.views),
+        _store_input(args), out, views=tuple(args.views),
         epochs=args.epochs, lr=args.lr, seeds=tuple(args.seeds), val_fraction=args.val_fraction,
         n_train=args.n_train, device=args.device, matmul_precision=args.matmul_precision,
         prompt_path=args.prompts, standardize=not args.no_standardize,
@@ -219,6 +224,13 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
             para if "\n" in para else textwrap.fill(para, width, initial_indent=indent, subsequent_indent=indent)
             for para in text.split("\n\n")
         )
+
+
+def _add_store_inputs(p: argparse.ArgumentParser, out_help: str) -> None:
+    """STORE..., -o/--out and --views: the inputs and output of the commands that read a store."""
+    p.add_argument("stores", nargs="+", metavar="STORE", help="a complete store, or the shards of one prompt set")
+    p.add_argument("-o", "--out", required=True, help=out_help)
+    p.add_argument("--views", nargs="+", default=["hf", "residual"], help="layer views (default: hf residual)")
 
 
 def _add_device(p: argparse.ArgumentParser, default: str = "auto") -> None:
@@ -280,9 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "layer, the CKA layer x layer matrix (biased and debiased) and the smoothness Sm/St, "
                     "per layer view. Writes CSV, NPY and a JSON summary to OUT.",
     )
-    me.add_argument("stores", nargs="+", metavar="STORE", help="a complete store, or the shards of one prompt set")
-    me.add_argument("-o", "--out", required=True, help="output folder (created if missing)")
-    me.add_argument("--views", nargs="+", default=["hf", "residual"], help="layer views (default: hf residual)")
+    _add_store_inputs(me, "output folder (created if missing)")
     me.add_argument("--no-debiased-cka", action="store_true", help="skip the debiased CKA matrix")
     me.add_argument("--bins", type=int, default=64,
                     help="relative-position bins of the layerwise-cosine heatmap, at most the shortest "
@@ -296,9 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "label (the gold position), Adam, full batch, on a label-stratified split (MDQA: grouped by "
                     "question). Writes one CSV row per (view, state, seed) and a JSON summary beside it.",
     )
-    pr.add_argument("stores", nargs="+", metavar="STORE", help="a complete store, or the shards of one prompt set")
-    pr.add_argument("-o", "--out", required=True, help="CSV to write; the summary goes to the same name .json")
-    pr.add_argument("--views", nargs="+", default=["hf", "residual"], help="layer views (default: hf residual)")
+    _add_store_inputs(pr, "CSV to write; the summary goes to the same name .json")
     pr.add_argument("--epochs", type=int, default=150, help="full-batch Adam steps (default: 150)")
     pr.add_argument("--lr", type=float, default=0.05, help="Adam learning rate (default: 0.05)")
     pr.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="split/init seeds (default: 0-4)")

@@ -227,6 +227,33 @@ def _apportion(weights: np.ndarray, total: int, rng: np.random.Generator) -> np.
     return base
 
 
+def _check_split_args(owner: str, *, val_fraction: float, n_train: int, seed: int) -> None:
+    """The scalar arguments every split takes: val_fraction in (0, 1), n_train >= 1, seed >= 0."""
+    _check_real(owner, "val_fraction", val_fraction, low=0.0, high=1.0, closed="neither")
+    _check_int(owner, "n_train", n_train, low=1)
+    _check_int(owner, "seed", seed, low=0)
+
+
+def _validation_size(owner: str, val_fraction: float, n: int) -> int:
+    """``ceil(val_fraction * n)``, the validation share of ``n`` samples; an error if it leaves none to train."""
+    n_val = math.ceil(val_fraction * n)
+    if n_val >= n:
+        raise InvalidParameterError(
+            f"The 'val_fraction' parameter of {owner} leaves no training sample: "
+            f"ceil({val_fraction!r} * {n}) = {n_val} of {n} samples would go to validation. "
+            "Lower val_fraction or pass more samples."
+        )
+    return n_val
+
+
+def _shuffled_by_class(idx: np.ndarray, codes: np.ndarray, n_classes: int, rng: np.random.Generator) -> list:
+    """The samples ``idx`` of each class code 0..n_classes-1 (``codes`` covers all samples), each
+    list shuffled by ``rng``, class after class in code order: one int64 ndarray per class."""
+    order = idx[np.argsort(codes[idx], kind="stable")]
+    starts = np.concatenate([[0], np.cumsum(np.bincount(codes[idx], minlength=n_classes))])
+    return [rng.permutation(order[starts[c] : starts[c + 1]]) for c in range(n_classes)]
+
+
 def stratified_split(
     labels: np.ndarray, *, val_fraction: float, n_train: int, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -260,18 +287,10 @@ def stratified_split(
     warning, since a probe cannot learn a class that only appears in validation.
     """
     owner = "stratified_split"
-    _check_real(owner, "val_fraction", val_fraction, low=0.0, high=1.0, closed="neither")
-    _check_int(owner, "n_train", n_train, low=1)
-    _check_int(owner, "seed", seed, low=0)
+    _check_split_args(owner, val_fraction=val_fraction, n_train=n_train, seed=seed)
     y = np.asarray(labels)
     n = y.shape[0]
-    n_val = math.ceil(val_fraction * n)
-    if n_val >= n:
-        raise InvalidParameterError(
-            f"The 'val_fraction' parameter of {owner} leaves no training sample: "
-            f"ceil({val_fraction!r} * {n}) = {n_val} of {n} samples would go to validation. "
-            "Lower val_fraction or pass more samples."
-        )
+    n_val = _validation_size(owner, val_fraction, n)
     n_tr = min(int(n_train), n - n_val)
     classes, codes, counts = np.unique(y, return_inverse=True, return_counts=True)
     if (counts < 2).any():
@@ -282,13 +301,9 @@ def stratified_split(
     rng = np.random.default_rng(seed)
     val_counts = _apportion(counts, n_val, rng)
     train_counts = _apportion(counts - val_counts, n_tr, rng)
-    order = np.argsort(codes, kind="stable")
-    starts = np.concatenate([[0], np.cumsum(counts)])
-    train_parts, val_parts = [], []
-    for c in range(classes.size):
-        members = rng.permutation(order[starts[c] : starts[c + 1]])
-        val_parts.append(members[: val_counts[c]])
-        train_parts.append(members[val_counts[c] : val_counts[c] + train_counts[c]])
+    members = _shuffled_by_class(np.arange(n), codes, classes.size, rng)
+    val_parts = [m[:v] for m, v in zip(members, val_counts, strict=True)]
+    train_parts = [m[v : v + t] for m, v, t in zip(members, val_counts, train_counts, strict=True)]
     train_idx = rng.permutation(np.concatenate(train_parts)).astype(np.int64)
     val_idx = rng.permutation(np.concatenate(val_parts)).astype(np.int64)
     return train_idx, val_idx
@@ -334,9 +349,7 @@ def grouped_stratified_split(
     left over beyond ``n_train`` are unused.
     """
     owner = "grouped_stratified_split"
-    _check_real(owner, "val_fraction", val_fraction, low=0.0, high=1.0, closed="neither")
-    _check_int(owner, "n_train", n_train, low=1)
-    _check_int(owner, "seed", seed, low=0)
+    _check_split_args(owner, val_fraction=val_fraction, n_train=n_train, seed=seed)
     y = np.asarray(labels)
     n = y.shape[0]
     if groups is None:
@@ -347,13 +360,7 @@ def grouped_stratified_split(
     group_ids, ginv = np.unique(g, return_inverse=True)
     if group_ids.size == n:
         return stratified_split(y, val_fraction=val_fraction, n_train=n_train, seed=seed)
-    n_val = math.ceil(val_fraction * n)
-    if n_val >= n:
-        raise InvalidParameterError(
-            f"The 'val_fraction' parameter of {owner} leaves no training sample: "
-            f"ceil({val_fraction!r} * {n}) = {n_val} of {n} samples would go to validation. "
-            "Lower val_fraction or pass more samples."
-        )
+    n_val = _validation_size(owner, val_fraction, n)
     _, codes, counts = np.unique(y, return_inverse=True, return_counts=True)
     per_group = np.zeros((group_ids.size, counts.size), dtype=np.int64)  # [n_groups, n_classes]
     np.add.at(per_group, (ginv, codes), 1)
@@ -379,11 +386,8 @@ def grouped_stratified_split(
     pool = np.flatnonzero(~val_mask)
     pool_counts = np.bincount(codes[pool], minlength=counts.size)
     train_counts = _apportion(pool_counts, min(int(n_train), pool.size), rng)
-    order = pool[np.argsort(codes[pool], kind="stable")]
-    starts = np.concatenate([[0], np.cumsum(pool_counts)])
-    train_parts = [
-        rng.permutation(order[starts[c] : starts[c + 1]])[: train_counts[c]] for c in range(counts.size)
-    ]
+    members = _shuffled_by_class(pool, codes, counts.size, rng)
+    train_parts = [m[:t] for m, t in zip(members, train_counts, strict=True)]
     train_idx = rng.permutation(np.concatenate(train_parts)).astype(np.int64)
     val_idx = rng.permutation(np.flatnonzero(val_mask)).astype(np.int64)
     return train_idx, val_idx

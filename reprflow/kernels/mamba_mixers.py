@@ -178,8 +178,13 @@ def patch_forward(mixer: nn.Module, fast: Callable[..., Tensor]) -> None:
     mixer._reprflow_fastpath = True
 
 
-def _mixers(model: nn.Module, cls: type) -> list[nn.Module]:
-    return [m for m in model.modules() if isinstance(m, cls) and not getattr(m, "_reprflow_fastpath", False)]
+def _mixers(model: nn.Module, cls: type, what: str) -> list[nn.Module]:
+    """The ``cls`` mixers of ``model`` not switched yet; an error if one's activation is not SiLU."""
+    mixers = [m for m in model.modules() if isinstance(m, cls) and not getattr(m, "_reprflow_fastpath", False)]
+    for m in mixers:
+        if m.activation != "silu":
+            raise ValueError(f"{what} fast path supports hidden_act='silu' only, got {m.activation!r}")
+    return mixers
 
 
 def install_mamba_forward(
@@ -195,10 +200,8 @@ def install_mamba_forward(
     """
     from transformers.models.mamba.modeling_mamba import MambaMixer
 
-    mixers = _mixers(model, MambaMixer)
+    mixers = _mixers(model, MambaMixer, "Mamba")
     for m in mixers:
-        if m.activation != "silu":
-            raise ValueError(f"Mamba fast path supports hidden_act='silu' only, got {m.activation!r}")
 
         def fast(self, h, mask):
             return mamba_mixer_forward(self, h, mask, scan_impl=scan_impl, conv_impl=conv_impl)
@@ -220,10 +223,8 @@ def install_mamba2_forward(
     """
     from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer
 
-    mixers = _mixers(model, Mamba2Mixer)
+    mixers = _mixers(model, Mamba2Mixer, "Mamba-2")
     for m in mixers:
-        if m.activation != "silu":
-            raise ValueError(f"Mamba-2 fast path supports hidden_act='silu' only, got {m.activation!r}")
         expected = m.intermediate_size + m.conv_dim + m.num_heads
         if m.in_proj.out_features != expected:
             raise ValueError(

@@ -50,6 +50,16 @@ __all__ = ["PROVENANCE_FILE", "TINY_TOKENIZERS", "build_tiny_model", "tiny_confi
 PROVENANCE_FILE = "reprflow_tiny.json"
 
 _NEOX_SPECIAL = {"bos_token_id": 0, "eos_token_id": 0}
+# Llama's tiny shape (grouped-query attention: 2 key/value heads for 4 query heads), which the
+# hybrid Bamba's attention layers share.
+_GQA_ATTENTION = dict(
+    vocab_size=50280,
+    hidden_size=64,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=128,
+)
 _TINY: dict[str, tuple[type[PretrainedConfig], str, dict[str, Any]]] = {
     "gpt_neo": (
         GPTNeoConfig,
@@ -120,12 +130,7 @@ _TINY: dict[str, tuple[type[PretrainedConfig], str, dict[str, Any]]] = {
         LlamaConfig,
         "gpt-neox-20b",
         dict(
-            vocab_size=50280,
-            hidden_size=64,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            intermediate_size=128,
+            **_GQA_ATTENTION,
             max_position_embeddings=2048,
             **_NEOX_SPECIAL,
         ),
@@ -134,12 +139,7 @@ _TINY: dict[str, tuple[type[PretrainedConfig], str, dict[str, Any]]] = {
         BambaConfig,
         "gpt-neox-20b",
         dict(
-            vocab_size=50280,
-            hidden_size=64,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            intermediate_size=128,
+            **_GQA_ATTENTION,
             attn_layer_indices=[1, 3],
             mamba_n_heads=8,
             mamba_d_head=16,

@@ -224,6 +224,17 @@ def _curve_models(ev: Evidence, name: str, init: str, view: str, verdict: Verdic
 # ---------------------------------------------------------------- the findings
 
 
+def _tbm_body_and_drop(v: Verdict, model: str, body: float, last: float, t: dict, body_what: str,
+                       drop_what: str, drop_key: str) -> None:
+    """A TBM curve's two checks: its body (``body``) at least ``t["tbm_body_min"]``, and the fall
+    from the body to the last state (``body - last``) at least ``t[drop_key]``."""
+    v.checks.append(_check(body >= t["tbm_body_min"], f"{model} (TBM) {body_what} {_f(body)} >= {t['tbm_body_min']}"))
+    drop = body - last
+    v.checks.append(_check(drop >= t[drop_key],
+                           f"{model} (TBM) {drop_what} {_f(body)} -> {_f(last)} = {_f(drop)} >= {t[drop_key]}"))
+
+
+
 def f3_2_1(ev: Evidence, arm: str, view: str, t: dict) -> Verdict:
     """Layerwise cosine (Fig. 1): TBM stable body + sharp final drop; SSM low early, rising late."""
     v = Verdict("F3.2.1", arm, view)
@@ -236,11 +247,8 @@ def f3_2_1(ev: Evidence, arm: str, view: str, t: dict) -> Verdict:
         if kind == "TBM":
             body = float(curve[:-1].mean()) if len(curve) > 1 else float(curve[0])
             tbm_body.append(body)
-            v.checks.append(_check(body >= t["tbm_body_min"],
-                                   f"{model} (TBM) mean layerwise cosine before the last layer {_f(body)} >= {t['tbm_body_min']}"))
-            drop = body - float(curve[-1])
-            v.checks.append(_check(drop >= t["tbm_final_drop_min"],
-                                   f"{model} (TBM) final-layer drop {_f(body)} -> {_f(curve[-1])} = {_f(drop)} >= {t['tbm_final_drop_min']}"))
+            _tbm_body_and_drop(v, model, body, float(curve[-1]), t, "mean layerwise cosine before the last layer",
+                               "final-layer drop", "tbm_final_drop_min")
         else:
             early, late = _depth_regions(len(curve), t["late_fraction"])
             e, l = float(curve[early].mean()), float(curve[late].mean())
@@ -267,11 +275,8 @@ def f3_2_2(ev: Evidence, arm: str, view: str, t: dict) -> Verdict:
         body = float(inner.mean())
         bodies[kind].append(body)
         if kind == "TBM":
-            v.checks.append(_check(body >= t["tbm_body_min"],
-                                   f"{model} (TBM) inter-token cosine of the inner layers {_f(body)} >= {t['tbm_body_min']}"))
-            drop = body - float(curve[-1])
-            v.checks.append(_check(drop >= t["tbm_recover_min"],
-                                   f"{model} (TBM) late recovery {_f(body)} -> {_f(curve[-1])} = {_f(drop)} >= {t['tbm_recover_min']}"))
+            _tbm_body_and_drop(v, model, body, float(curve[-1]), t, "inter-token cosine of the inner layers",
+                               "late recovery", "tbm_recover_min")
         else:
             v.checks.append(_check(body <= t["ssm_body_max"],
                                    f"{model} (SSM) inter-token cosine of the inner layers {_f(body)} <= {t['ssm_body_max']}"))

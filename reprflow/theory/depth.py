@@ -26,12 +26,13 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Unpack
 
 import torch
 import torch.nn.functional as fn
 
 from reprflow.errors import ConfigError
-from reprflow.theory.montecarlo import Estimate, gaussian_tokens
+from reprflow.theory.montecarlo import Draws, Estimate, gaussian_chunks
 
 logger = logging.getLogger(__name__)
 
@@ -105,29 +106,21 @@ def monte_carlo_depth(
     *,
     depths: Sequence[int],
     layernorm: bool,
-    n_tokens: int,
-    hidden: int,
-    sigma2: float,
-    n_mc: int,
-    seed: int,
-    chunk: int,
-    device: torch.device | str = "cpu",
-    dtype: torch.dtype = torch.float64,
+    **draws: Unpack[Draws],
 ) -> dict[int, DepthMoments]:
     """Mean and 95 % CI over ``n_mc`` draws of path energy and St_L², for each depth.
 
-    Inputs come from :func:`reprflow.theory.montecarlo.gaussian_tokens` seeded by ``seed``.
+    ``updates``, ``depths`` and ``layernorm`` as in :func:`stack_statistics`; ``draws`` are the
+    inputs (:class:`reprflow.theory.montecarlo.Draws`: n_tokens, hidden, sigma2, n_mc >= 2,
+    seed, chunk, device, dtype), as in :func:`reprflow.theory.montecarlo.gaussian_chunks`.
     """
+    chunks = gaussian_chunks(**draws)
+    n_mc, hidden = draws["n_mc"], draws["hidden"]
     if n_mc < 2:
         raise ConfigError(f"theory n_mc: got {n_mc}; expected >= 2 Monte Carlo draws")
-    gen = torch.Generator().manual_seed(seed)
     per_depth: dict[int, list[tuple[torch.Tensor, ...]]] = {d: [] for d in depths}
-    for start in range(0, n_mc, chunk):
-        size = min(chunk, n_mc - start)
-        h = gaussian_tokens(size, n_tokens, hidden, sigma2=sigma2, generator=gen)
-        stats = stack_statistics(
-            h.to(device=device, dtype=dtype), updates, depths=depths, layernorm=layernorm
-        )
+    for _, h in chunks:
+        stats = stack_statistics(h, updates, depths=depths, layernorm=layernorm)
         for d, values in stats.items():
             per_depth[d].append(tuple(x.cpu() for x in values))
     out = {}

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import NotRequired, TypedDict, Unpack
 
 import scipy.stats
 import torch
@@ -77,6 +78,64 @@ def gaussian_tokens(
         for _ in range(n_samples)
     ]
     return torch.stack(draws) * math.sqrt(sigma2)
+
+
+class Draws(TypedDict):
+    """The Monte Carlo inputs of an estimate, as keyword arguments of :func:`gaussian_chunks`."""
+
+    n_tokens: int
+    hidden: int
+    sigma2: float
+    n_mc: int
+    seed: int
+    chunk: int
+    device: NotRequired[torch.device | str]
+    dtype: NotRequired[torch.dtype]
+
+
+def gaussian_chunks(
+    *,
+    n_tokens: int,
+    hidden: int,
+    sigma2: float,
+    n_mc: int,
+    seed: int,
+    chunk: int,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float64,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """The ``n_mc`` Gaussian inputs of an estimate, ``chunk`` draws at a time.
+
+    Parameters
+    ----------
+    n_tokens, hidden : int
+    sigma2 : float
+        Input variance σ².
+    n_mc : int
+        Number of Monte Carlo draws B.
+    seed : int
+        Seeds the CPU generator of the inputs (:func:`gaussian_tokens`), so draw b is the same
+        whatever ``chunk``, ``device`` and ``dtype``.
+    chunk : int
+        Draws evaluated at once (bounds memory).
+    device, dtype :
+        Where and in which precision the blocks run.
+
+    Yields
+    ------
+    (start, h): the index of the chunk's first draw, and h of shape
+    (min(chunk, n_mc - start), n_tokens, hidden) on ``device`` in ``dtype``
+    """
+    if chunk < 1:
+        raise ConfigError(f"theory chunk: got {chunk}; expected >= 1")
+    gen = torch.Generator().manual_seed(seed)
+
+    def chunks() -> Iterator[tuple[int, torch.Tensor]]:
+        for start in range(0, n_mc, chunk):
+            h = gaussian_tokens(min(chunk, n_mc - start), n_tokens, hidden, sigma2=sigma2, generator=gen)
+            yield start, h.to(device=device, dtype=dtype)
+
+    return chunks()
 
 
 def _moment_stats(t_sq: torch.Tensor, q_sum: torch.Tensor, b: torch.Tensor, n: int):
@@ -151,33 +210,39 @@ class MomentSums:
 def monte_carlo_sums(
     updates: Mapping[str, Callable[[torch.Tensor], torch.Tensor]],
     *,
-    n_tokens: int,
-    hidden: int,
-    sigma2: float,
-    n_mc: int,
-    seed: int,
-    chunk: int,
-    device: torch.device | str = "cpu",
-    dtype: torch.dtype = torch.float64,
     n_groups: int = 16,
+    **draws: Unpack[Draws],
 ) -> dict[str, MomentSums]:
-    """Group sums of each update F on the same ``n_mc`` Gaussian inputs (arguments as in
-    :func:`monte_carlo_moments`). An update may change the feature width (p != hidden)."""
+    """Jackknife group sums of each update F on the same ``n_mc`` Gaussian inputs.
+
+    Parameters
+    ----------
+    updates : mapping of name -> callable
+        Each maps h of shape (n_samples, n_tokens, hidden) to F(h) of shape
+        (n_samples, n_tokens, p); p may differ from hidden.
+    n_groups : int
+        Jackknife groups G = min(n_groups, n_mc); draws are assigned to contiguous groups.
+    **draws :
+        The inputs (:class:`Draws`): n_tokens, hidden, sigma2, n_mc (>= 4), seed, chunk, and
+        the device and dtype the blocks run in, as in :func:`gaussian_chunks`. The sums are
+        accumulated in float64 on the CPU.
+
+    Returns
+    -------
+    dict of name -> MomentSums
+    """
+    chunks = gaussian_chunks(**draws)
+    n_mc, n_tokens, sigma2 = draws["n_mc"], draws["n_tokens"], draws["sigma2"]
     if n_mc < 4:
         raise ConfigError(f"theory n_mc: got {n_mc}; expected >= 4 Monte Carlo draws")
-    if chunk < 1:
-        raise ConfigError(f"theory chunk: got {chunk}; expected >= 1")
     groups = min(n_groups, n_mc)
-    gen = torch.Generator().manual_seed(seed)
     sums: dict[str, torch.Tensor] = {}
     sq = {k: torch.zeros(groups, dtype=torch.float64) for k in updates}
     sq_mean = {k: torch.zeros(groups, dtype=torch.float64) for k in updates}
     counts = torch.zeros(groups, dtype=torch.float64)
-    for start in range(0, n_mc, chunk):
-        size = min(chunk, n_mc - start)
+    for start, h in chunks:
+        size = h.shape[0]
         gid = torch.arange(start, start + size) * groups // n_mc
-        h = gaussian_tokens(size, n_tokens, hidden, sigma2=sigma2, generator=gen)
-        h = h.to(device=device, dtype=dtype)
         counts.index_add_(0, gid, torch.ones(size, dtype=torch.float64))
         for name, update in updates.items():
             f = update(h).to(torch.float64)
@@ -196,46 +261,12 @@ def monte_carlo_sums(
 def monte_carlo_moments(
     updates: Mapping[str, Callable[[torch.Tensor], torch.Tensor]],
     *,
-    n_tokens: int,
-    hidden: int,
-    sigma2: float,
-    n_mc: int,
-    seed: int,
-    chunk: int,
-    device: torch.device | str = "cpu",
-    dtype: torch.dtype = torch.float64,
     n_groups: int = 16,
+    **draws: Unpack[Draws],
 ) -> dict[str, EnergyMoments]:
-    """Estimate the three moments of each update F on the same ``n_mc`` Gaussian inputs.
-
-    Parameters
-    ----------
-    updates : mapping of name -> callable
-        Each maps h of shape (n_samples, n_tokens, hidden) to F(h) of shape
-        (n_samples, n_tokens, p).
-    n_tokens, hidden : int
-    sigma2 : float
-        Input variance σ².
-    n_mc : int
-        Number of Monte Carlo draws B (>= 4; the number of groups is min(n_groups, B)).
-    seed : int
-        Seeds the CPU generator of the inputs.
-    chunk : int
-        Draws evaluated at once (bounds memory).
-    device, dtype :
-        Where and in which precision the blocks run; sums are accumulated in float64.
-    n_groups : int
-        Jackknife groups.
-
-    Returns
-    -------
-    dict of name -> EnergyMoments
-    """
-    sums = monte_carlo_sums(
-        updates, n_tokens=n_tokens, hidden=hidden, sigma2=sigma2, n_mc=n_mc, seed=seed,
-        chunk=chunk, device=device, dtype=dtype, n_groups=n_groups,
-    )  # fmt: skip
-    return {k: v.moments() for k, v in sums.items()}
+    """The three moments of each update F on the same ``n_mc`` Gaussian inputs (arguments as
+    in :func:`monte_carlo_sums`): name -> EnergyMoments, with jackknife CIs."""
+    return {k: v.moments() for k, v in monte_carlo_sums(updates, n_groups=n_groups, **draws).items()}
 
 
 def _jackknife_stats(sums: MomentSums, stats: Callable) -> list[Estimate]:

@@ -8,8 +8,8 @@ prompts, extraction requesting one GPU from the scheduler):
 2. the same command again resumes the extraction and finishes the tables;
 3. meanwhile a plain local run of the same config runs in another scratch project;
 4. the same config with ``execution.extraction.shards: 2`` then runs through the profile in
-   a third scratch project: its shard jobs must get the GPU and partition of an unsharded
-   extraction.
+   a third scratch project, given the tiny model and prompt set of step 2: its shard jobs must
+   get the GPU and partition of an unsharded extraction.
 
 The tests then check the SLURM accounting (sacct), the resume, the kept logs, and that
 the SLURM outputs equal the local ones.
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -141,7 +142,11 @@ def scenario(slurm_cluster, tmp_path_factory, scratch_project, spawn_snakemake, 
         first.wait(timeout=300)
         rerun = run_snakemake(slurm, *slurm_args, timeout=900)
         local_proc.wait(timeout=900)
-        sharded = run_snakemake(scratch_project(base / "slurm-sharded"), "--profile", "profiles/slurm", *CI_OVERRIDES, f"--configfile={sharded_config}",
+        # the tiny model and prompt set of the runs above, copied (mtimes kept): only the shards and
+        # what reads them are submitted
+        sharded_root = scratch_project(base / "slurm-sharded")
+        shutil.copytree(slurm / OUT / "data", sharded_root / OUT / "data", symlinks=True)
+        sharded = run_snakemake(sharded_root, "--profile", "profiles/slurm", *CI_OVERRIDES, f"--configfile={sharded_config}",
                                 "--", *TABLES, timeout=900)
     finally:
         _stop(first)
@@ -218,6 +223,7 @@ def test_only_the_extraction_and_its_shards_request_a_gpu(scenario):
     partitions = _sacct_partitions([j for j, _, _ in jobs])
     shards = [job for job, rule, _ in scenario.shard_submissions if rule == "extract_activation_shard"]
     assert len(shards) == 2, scenario.shard_submissions
+    assert not {"build_tiny_model", "prompts"} & {rule for _, rule, _ in scenario.shard_submissions}  # copied
     unsharded = {partitions[job] for job, rule, _ in scenario.submissions if rule == "extract_activations"}
     for job, rule, _ in jobs:
         tres = accounting[job][1]

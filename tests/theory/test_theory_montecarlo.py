@@ -100,3 +100,18 @@ def test_depth_reports_overflowing_stacks_as_inf():
     )  # fmt: skip
     assert math.isfinite(res[1].path_energy.value)
     assert res[3].path_energy.value == math.inf and res[3].st2.ci_low == math.inf
+
+
+def test_both_estimators_draw_the_same_inputs_and_refuse_an_empty_chunk():
+    """monte_carlo_moments and monte_carlo_depth read one input stream (gaussian_chunks): with
+    F = h, the depth-1 path energy is the per-token energy E||h||² = σ² d, on the same draws."""
+    from reprflow.theory.depth import monte_carlo_depth
+
+    draws = dict(n_tokens=3, hidden=2, sigma2=0.5, n_mc=40, seed=9, chunk=7)
+    moments = monte_carlo_moments({"id": lambda h: h}, **draws)["id"]
+    depth = monte_carlo_depth([lambda h: h], depths=[1], layernorm=False, **draws)[1]
+    assert depth.path_energy.value == pytest.approx(moments.energy.value, rel=1e-12)
+    for estimate in (lambda **kw: monte_carlo_moments({"id": lambda h: h}, **kw),
+                     lambda **kw: monte_carlo_depth([lambda h: h], depths=[1], layernorm=False, **kw)):
+        with pytest.raises(ConfigError, match="chunk"):
+            estimate(**{**draws, "chunk": 0})

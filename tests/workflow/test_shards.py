@@ -2,6 +2,7 @@
 token metrics stored and computed after (tokens: store) or streamed in shard 0's job (stream)."""
 
 import copy
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -28,15 +29,19 @@ def _one_cell(shards: int, tokens: str = "store") -> dict:
 
 
 def test_sharded_extraction_matches_one_store(tmp_path, scratch_project, run_snakemake):
+    cfg_out = yaml.safe_load((PROJECT_ROOT / "config" / "demo.yaml").read_text())["out_dir"]
     runs = {}
     for shards, tokens in ((1, "store"), (3, "store"), ("3s", "stream")):  # 3s: shard 0 streams the metrics
         root = scratch_project(tmp_path / f"shards{shards}")
+        if runs:  # the first run's tiny model and prompt set, copied (mtimes kept): built once, the same inputs
+            shutil.copytree(runs[1] / cfg_out / "data", root / cfg_out / "data", symlinks=True)
         (root / "cell.yaml").write_text(yaml.safe_dump(_one_cell(int(str(shards)[0]), tokens)))
         run = run_snakemake(root, "--cores", "2", "--configfile=cell.yaml", "all_metrics")
-        assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
-        assert ("rule extract_activation_shard0:" in run.stdout + run.stderr) == (tokens == "stream")
+        out = run.stdout + run.stderr
+        assert run.returncode == 0, out[-4000:]
+        assert ("rule extract_activation_shard0:" in out) == (tokens == "stream")
+        assert ("rule build_tiny_model:" in out) == (not runs), out[-4000:]
         runs[shards] = root
-    cfg_out = yaml.safe_load((PROJECT_ROOT / "config" / "demo.yaml").read_text())["out_dir"]
     base = f"{cfg_out}/results/activations/tiny-pythia/pretrained/kvpr_n600"
     shard_paths = [runs[3] / f"{base}_shard{i}of3.zarr" for i in range(3)]
     assert all(p.is_dir() for p in shard_paths) and not (runs[3] / f"{base}.zarr").exists()
