@@ -1,4 +1,4 @@
-"""Load and validate the experiment config (config/schema.yaml) into typed settings.
+"""Load and validate the experiment config (reprflow/data/schema.yaml) into typed settings.
 
 The config is validated once, at the edge: the JSON schema rejects unknown keys, wrong types,
 unknown init schemes and tasks, and lengths <= 0 (a family is checked against the checkpoint's
@@ -27,7 +27,7 @@ from reprflow.errors import ConfigError
 from reprflow.models.init_params import resolve_init_params
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-SCHEMA_PATH = PROJECT_ROOT / "config" / "schema.yaml"
+SCHEMA_PATH = Path(__file__).resolve().parent / "data" / "schema.yaml"  # package data: found in an installed copy too
 TOKENIZER_DIR = Path(__file__).resolve().parent / "data" / "tokenizers"  # package data
 
 

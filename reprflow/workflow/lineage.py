@@ -4,7 +4,7 @@ A DVC stage runs Snakemake on one phase's target, so its jobs run the phase's
 ``workflow_scripts/*.py``, which import parts of ``reprflow``. :func:`stage_code` follows
 those imports statically (every ``import`` / ``from ... import`` of the package, at any
 depth, package ``__init__`` files included) and adds the workflow wiring every stage
-parses (Snakefile, rules/common.smk, the stage's own rule files, config/schema.yaml), and
+parses (Snakefile, rules/common.smk, the stage's own rule files, reprflow/data/schema.yaml), and
 the data shipped inside the imported packages (e.g. ``reprflow/models/configs/``).
 Modules that only plan a run in the Snakemake parent process and cannot change an output
 (:data:`PLANNING_ONLY`: the disk preflight and the GPU-slot default) are left out, as
@@ -41,7 +41,7 @@ from reprflow.workflow.targets import PROBES, TOKEN_METRICS, cells, table_cells
 __all__ = ["STAGES", "Stage", "module_closure", "render", "stage_code", "stages"]
 
 PACKAGE = "reprflow"
-WIRING = ("Snakefile", "rules/common.smk", "config/schema.yaml")
+WIRING = ("Snakefile", "rules/common.smk", "reprflow/data/schema.yaml")
 """Parsed by every stage's Snakemake run."""
 PLANNING_ONLY = ("reprflow/workflow/disk.py", "reprflow/workflow/scheduling.py")
 """Imported by the Snakefile to plan a run (disk preflight, GPU slots); never by a job."""
