@@ -67,7 +67,7 @@ STAGES = (
     Stage("models", "all_models all_trained", ("rules/models.smk", "rules/training.smk"),
           ("build_tiny_model.py", "train.py"), ("seed", "models"),
           ("@data/lost_in_the_middle",), ("data/models",)),
-    Stage("prompts", "all_prompts", ("rules/prompts.smk",), ("prompts.py",),
+    Stage("prompts", "all_prompts", ("rules/prompts.smk",), ("prompts.py", "custom_prompts.py"),
           ("seed", "models", "tasks", "lengths", "prompts"),
           ("@data/lost_in_the_middle",), ("data/prompts",)),
     Stage("activations", "all_activations", ("rules/activations.smk",), ("extract_activations.py",),
@@ -177,10 +177,16 @@ def _package_data(packages: set[Path], root: Path) -> set[str]:
 
 def stages(config: Config) -> tuple[Stage, ...]:
     """:data:`STAGES` for ``config``: with ``extraction.tokens: stream`` the activations stage
-    computes the token metrics, so ``metrics`` is one of its params."""
-    if config.section("extraction").get("tokens", "store") != "stream":
-        return STAGES
-    return tuple(replace(s, params=(*s.params, "metrics")) if s.name == "activations" else s for s in STAGES)
+    computes the token metrics, so ``metrics`` is one of its params; with ``custom_tasks`` the
+    prompts stage tracks that key and reads each task's JSONL file (a project input)."""
+    found = STAGES
+    if config.section("extraction").get("tokens", "store") == "stream":
+        found = tuple(replace(s, params=(*s.params, "metrics")) if s.name == "activations" else s for s in found)
+    if config.custom_tasks:
+        files = tuple(f"@{t['jsonl']}" for t in config.custom_tasks.values())
+        found = tuple(replace(s, params=(*s.params, "custom_tasks"), data=(*s.data, *files)) if s.name == "prompts"
+                      else s for s in found)
+    return found
 
 
 def _under(out_dir: str, path: str) -> str:
