@@ -100,6 +100,12 @@ class Config:
             return self.lengths
         raise ConfigError(f"config.tasks: no task named {task!r} (have {self.tasks})")
 
+    def runs_task(self, model: str, task: str) -> bool:
+        """Whether ``model`` runs ``task``: every model runs the paper tasks; a custom task runs on
+        its ``models`` (all when null). Context windows are checked apart (:meth:`ModelSpec.fits`)."""
+        names = self.custom_tasks[task].get("models") if task in self.custom_tasks else None
+        return names is None or model in names
+
     def paper_only(self) -> Config:
         """This config without its custom tasks: what the paper's Table 1 and findings read."""
         return replace(self, raw={**self.raw, "custom_tasks": {}})
@@ -287,6 +293,10 @@ def _check_cross_fields(cfg: dict) -> None:
         if name in PAPER_TASKS or not re.fullmatch(r"[a-z][a-z0-9_-]*", name):
             raise ConfigError(f"config.custom_tasks.{name}: a custom task needs a lowercase name (a-z, 0-9, _ or -, "
                               f"starting with a letter) other than {' or '.join(PAPER_TASKS)}; rename it")
+        for j, model in enumerate(task.get("models") or []):
+            if model not in names:
+                raise ConfigError(f"config.custom_tasks.{name}.models[{j}]: {model!r} is not a model name; use one of "
+                                  f"{sorted(names)}")
     figures = cfg.get("figures", {})
     if "length" in figures and figures["length"] not in cfg["lengths"]:
         raise ConfigError(f"config.figures.length: {figures['length']} is not one of config.lengths {cfg['lengths']}")

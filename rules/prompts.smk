@@ -39,7 +39,7 @@ if CFG.custom_tasks:
         benchmark:
             f"{BENCHMARKS}/prompts/{{tokenizer}}/{{task}}_n{{length}}.tsv"
         params:
-            spec=lambda w: CFG.custom_tasks[w.task],
+            spec=lambda w: {k: CFG.custom_tasks[w.task][k] for k in ("jsonl", "length")},  # not `models`
             max_tokens=lambda w: prompt_token_cap(CFG, w.tokenizer, int(w.length)),
         wildcard_constraints:
             task="|".join(CFG.custom_tasks),

@@ -152,7 +152,8 @@ def fig1_layerwise_cosine(config: Config, task: str | None) -> plt.Figure:
             ax = axes[r, c]
             if (model.name, view) not in heats:
                 ax.set_axis_off()
-                ax.set_title(f"{model.name}: fits no length", fontsize=8)
+                ax.set_title(f"{model.name}: not run" + ("" if task in config.custom_tasks else " (fits no length)"),
+                             fontsize=8)
                 continue
             length, heat = heats[(model.name, view)]
             im = ax.imshow(heat, aspect="auto", origin="lower", cmap="viridis", vmin=vmin, vmax=vmax,

@@ -40,10 +40,10 @@ def init_scope(config: Config, init: str) -> str:
 def figure_length(config: Config, model: ModelSpec, task: str | None = None) -> int | None:
     """``figures.length``, or the longest configured length the model fits below it
     (the shortest fitting one if none is below; None if the model fits no length).
-    A custom ``task``: its own length, or None if the model does not fit it."""
+    A custom ``task``: its own length, or None if the model does not fit it or does not run it."""
     if task is not None and task in config.custom_tasks:
         (length,) = config.task_lengths(task)
-        return length if model.fits(length) else None
+        return length if model.fits(length) and config.runs_task(model.name, task) else None
     wanted = config.section("figures")["length"]
     fitting = [n for n in config.lengths if model.fits(n)]
     if not fitting:
@@ -56,11 +56,11 @@ def figure_length(config: Config, model: ModelSpec, task: str | None = None) -> 
 
 def _all_cells(config: Config) -> list[Cell]:
     """Every (model, init, task, length) whose length fits the model, in config order: per model
-    the paper tasks at each of ``lengths``, then each custom task at its own length."""
+    the paper tasks at each of ``lengths``, then each custom task it runs at its own length."""
     return [Cell(m.name, i.name, t, n) for m in config.models
             for n, tasks in [*((n, config.paper_tasks) for n in config.lengths),
                              *((config.task_lengths(t)[0], [t]) for t in config.custom_tasks)]
-            if m.fits(n) for i in config.inits for t in tasks]
+            if m.fits(n) for i in config.inits for t in tasks if config.runs_task(m.name, t)]
 
 
 def token_cells(config: Config) -> list[Cell]:

@@ -102,6 +102,7 @@ def table_from_frames(config: Config, probes: pd.DataFrame, sm_st: pd.DataFrame,
         for v in config.section("metrics")["views"]
         for t in (config.tasks if by_task else [None])
         for n in (config.task_lengths(t) if by_task else config.lengths)
+        if t is None or config.runs_task(m.name, t)  # a custom task has rows for its models only
     ]
     table = pd.DataFrame(grid).merge(table, on=keys, how="left")
     for col in ("peak_layer", "n_seeds"):

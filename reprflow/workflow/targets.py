@@ -95,8 +95,8 @@ def cells(config: Config, *, log: bool = False) -> list[Cell]:
     ``scope: fig3`` init only at ``figures.length``. Each cell gets a store and token metrics.
 
     Paper tasks run at every ``lengths`` entry; a custom task at its own ``length`` only (for
-    a ``scope: fig3`` init too: that is its figure length). Per model: the paper cells, then the
-    custom ones."""
+    a ``scope: fig3`` init too: that is its figure length), on its ``models``. Per model: the
+    paper cells, then the custom ones."""
     found = []
     fig3_length = config.section("figures")["length"]
     for model in config.models:
@@ -112,6 +112,8 @@ def cells(config: Config, *, log: bool = False) -> list[Cell]:
                     found.append(Cell(model.name, init.name, task, length))
         for task in config.custom_tasks:
             (length,) = config.task_lengths(task)
+            if not config.runs_task(model.name, task):
+                continue
             if not model.fits(length):
                 if log:
                     logger.info("skipping %s for custom task %s: its length %d is beyond the model's context (%d)",
