@@ -84,7 +84,8 @@ class Config:
 
     @property
     def custom_tasks(self) -> dict[str, dict]:
-        """``config.custom_tasks``: name -> ``{"jsonl": path, "length": int}`` (your own prompts)."""
+        """``config.custom_tasks``: name -> ``{"jsonl": path, "length": int[, "models": [name, ...]]}``
+        (your own prompts; docs/custom_tasks.md)."""
         return dict(self.raw.get("custom_tasks") or {})
 
     @property
