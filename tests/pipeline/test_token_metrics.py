@@ -12,7 +12,7 @@ import torch
 import zarr
 
 from reprflow import __version__
-from reprflow.errors import ReprflowError, StoreError
+from reprflow.errors import StoreError
 from reprflow.metrics import (
     binned_layerwise_cosine,
     cka_matrix,
