@@ -9,6 +9,10 @@ memory, as numpy arrays; see :mod:`reprflow.collect`).
 
 __version__ = "0.1.0"
 
+from reprflow.kernels import fallback_notice as _fallback_notice  # noqa: E402 (logging only, no torch)
+
+_fallback_notice.install()  # transformers' ~one SSM-kernel fallback warning per function -> one line per process
+
 __all__ = ["CollectedStates", "__version__", "collect_states"]
 
 

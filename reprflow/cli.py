@@ -48,28 +48,14 @@ def _user_records(path: Path, tokenizer: Any) -> list[dict]:
     length under ``tokenizer``, counted as the extractor counts it).
     """
     from reprflow.errors import PromptError
+    from reprflow.prompts.custom import read_user_jsonl
 
-    text = path.read_text(encoding="utf-8")
-    jsonl = path.suffix in (".jsonl", ".json")
-    records = []
-    for n, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path} line {n}"
-        if jsonl:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise PromptError(f"{where}: not JSON ({exc.msg}); expected {{\"prompt\": str, \"label\": int}}") from None
-            if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str) or not rec["prompt"]:
-                raise PromptError(f"{where}: expected an object with a non-empty string 'prompt', got {line[:80]!r}")
-            label = rec.get("label", -1)
-            if not isinstance(label, int) or isinstance(label, bool):
-                raise PromptError(f"{where}: 'label' must be an int (e.g. the gold position), got {label!r}")
-            prompt = rec["prompt"]
-        else:
-            prompt, label = line, -1
-        records.append({"id": str(len(records)), "prompt": prompt, "label": int(label)})
+    if path.suffix in (".jsonl", ".json"):
+        records = [{"id": str(i), "prompt": r["prompt"], "label": r["label"]}
+                   for i, r in enumerate(read_user_jsonl(path, require_label=False))]
+    else:
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        records = [{"id": str(i), "prompt": line, "label": -1} for i, line in enumerate(lines)]
     if not records:
         raise PromptError(f"{path}: no prompts (empty file)")
     lengths = [len(ids) for ids in tokenizer([r["prompt"] for r in records])["input_ids"]]

@@ -108,6 +108,7 @@ def collect_states(
     >>> out.states.shape  # (n_states, 2, hidden)  # doctest: +SKIP
     """
     from reprflow.devices import resolve_device
+    from reprflow.kernels.fallback_notice import note_device
 
     if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
         raise PromptError("collect_states: texts must be a list of strings (wrap a single text as [text])")
@@ -134,6 +135,7 @@ def collect_states(
     else:
         dev = resolve_device(device)
         model.to(dev)
+    note_device(dev)
     indices = list(info.views[view])
     sink = MemorySink(len(texts), states=indices, positions=positions)
     sink.start(info)

@@ -1,4 +1,4 @@
-"""Load and validate the experiment config (config/schema.yaml) into typed settings.
+"""Load and validate the experiment config (reprflow/data/schema.yaml) into typed settings.
 
 The config is validated once, at the edge: the JSON schema rejects unknown keys, wrong types,
 unknown init schemes and tasks, and lengths <= 0 (a family is checked against the checkpoint's
@@ -16,8 +16,9 @@ import copy
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,10 @@ from reprflow.errors import ConfigError
 from reprflow.models.init_params import resolve_init_params
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-SCHEMA_PATH = PROJECT_ROOT / "config" / "schema.yaml"
+SCHEMA_PATH = Path(__file__).resolve().parent / "data" / "schema.yaml"  # package data: found in an installed copy too
 TOKENIZER_DIR = Path(__file__).resolve().parent / "data" / "tokenizers"  # package data
+PAPER_TASKS = ("kvpr", "mdqa")
+"""The paper's tasks (``config.tasks``); reprflow.prompts builds their prompt sets."""
 
 
 @dataclass(frozen=True)
@@ -72,11 +75,42 @@ class Config:
 
     @property
     def tasks(self) -> list[str]:
+        """Every task: the paper's (``tasks``), then the custom ones (``custom_tasks``), in config order."""
+        return list(self.raw["tasks"]) + list(self.custom_tasks)
+
+    @property
+    def paper_tasks(self) -> list[str]:
+        """``config.tasks``: kvpr and/or mdqa (Table 1, the mean-over-tasks figures and the verdicts)."""
         return list(self.raw["tasks"])
 
     @property
+    def custom_tasks(self) -> dict[str, dict]:
+        """``config.custom_tasks``: name -> ``{"jsonl": path, "length": int[, "models": [name, ...]]}``
+        (your own prompts; docs/custom_tasks.md)."""
+        return dict(self.raw.get("custom_tasks") or {})
+
+    @property
     def lengths(self) -> list[int]:
+        """``config.lengths``: the lengths of the paper tasks."""
         return list(self.raw["lengths"])
+
+    def task_lengths(self, task: str) -> list[int]:
+        """The lengths ``task`` runs at: ``lengths`` for a paper task, ``[length]`` for a custom one."""
+        if task in self.custom_tasks:
+            return [int(self.custom_tasks[task]["length"])]
+        if task in self.raw["tasks"]:
+            return self.lengths
+        raise ConfigError(f"config.tasks: no task named {task!r} (have {self.tasks})")
+
+    def runs_task(self, model: str, task: str) -> bool:
+        """Whether ``model`` runs ``task``: every model runs the paper tasks; a custom task runs on
+        its ``models`` (all when null). Context windows are checked apart (:meth:`ModelSpec.fits`)."""
+        names = self.custom_tasks[task].get("models") if task in self.custom_tasks else None
+        return names is None or model in names
+
+    def paper_only(self) -> Config:
+        """This config without its custom tasks: what the paper's Table 1 and findings read."""
+        return replace(self, raw={**self.raw, "custom_tasks": {}})
 
     @property
     def seed(self) -> int:
@@ -257,6 +291,14 @@ def _check_cross_fields(cfg: dict) -> None:
             if pair[side] not in names:
                 raise ConfigError(f"config.findings.f3_4_3.size_pairs[{j}].{side}: {pair[side]!r} is not a model "
                                   f"name; use one of {sorted(names)}")
+    for name, task in cfg.get("custom_tasks", {}).items():
+        if name in PAPER_TASKS or not re.fullmatch(r"[a-z][a-z0-9_-]*", name):
+            raise ConfigError(f"config.custom_tasks.{name}: a custom task needs a lowercase name (a-z, 0-9, _ or -, "
+                              f"starting with a letter) other than {' or '.join(PAPER_TASKS)}; rename it")
+        for j, model in enumerate(task.get("models") or []):
+            if model not in names:
+                raise ConfigError(f"config.custom_tasks.{name}.models[{j}]: {model!r} is not a model name; use one of "
+                                  f"{sorted(names)}")
     figures = cfg.get("figures", {})
     if "length" in figures and figures["length"] not in cfg["lengths"]:
         raise ConfigError(f"config.figures.length: {figures['length']} is not one of config.lengths {cfg['lengths']}")

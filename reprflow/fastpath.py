@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from reprflow.errors import ConfigError
+from reprflow.kernels.fallback_notice import note_device
 from reprflow.kernels.select import env_var, forced_name
 
 logger = logging.getLogger(__name__)
@@ -245,6 +246,7 @@ def prepare_model(model: nn.Module, *, scan: str = "auto", kernels: dict[str, st
     config = model.config
     family = str(getattr(config, "model_type", "unknown"))
     dtype, device = _model_dtype_device(model)
+    note_device(device)  # a kernel fallback on CPU is expected, on CUDA it is worth a warning
     if family in ("gpt_neo", "gpt_neox") and dtype == torch.float16:
         raise ConfigError(
             f"model_type '{family}' in float16: its activations overflow float16 on long inputs; "

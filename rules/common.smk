@@ -8,7 +8,7 @@ sys.path.insert(0, workflow.basedir)
 from snakemake_interface_executor_plugins.settings import ExecMode
 
 from reprflow.config import validate_config
-from reprflow.errors import ConfigError
+from reprflow.errors import ReprflowError
 from reprflow.workflow import disk, targets
 from reprflow.workflow.scheduling import default_gpu_resource
 from reprflow.workflow.targets import (
@@ -29,7 +29,11 @@ _LOG = logging.getLogger("reprflow.workflow")
 
 try:
     CFG = validate_config(config)
-except ConfigError as exc:
+    if CFG.custom_tasks:  # your own prompts: every record checked before any job runs
+        from reprflow.prompts.custom import check_custom_tasks
+
+        check_custom_tasks(CFG)
+except ReprflowError as exc:
     sys.exit(f"reprflow: invalid config: {exc}")
 
 CELLS = cells(CFG, log=True)

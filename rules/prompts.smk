@@ -1,4 +1,5 @@
-# Phase 1: KVPR and MDQA prompt sets, one per (tokenizer, task, length).
+# Phase 1: prompt sets, one per (tokenizer, task, length): KVPR and MDQA built from their sources
+# (rule prompts), a custom task's from its JSONL file (rule custom_prompts, config.custom_tasks).
 
 
 rule prompts:
@@ -16,10 +17,36 @@ rule prompts:
         seed=CFG.seed,
         settings=CFG.section("prompts"),
         max_tokens=lambda w: prompt_token_cap(CFG, w.tokenizer, int(w.length)),
+    wildcard_constraints:
+        task="|".join(CFG.paper_tasks),
     conda:
         "../envs/cpu.yaml"
     script:
         "../workflow_scripts/prompts.py"
+
+
+if CFG.custom_tasks:
+
+    rule custom_prompts:
+        input:
+            tokenizer="reprflow/data/tokenizers/{tokenizer}/tokenizer.json",
+            records=lambda w: CFG.custom_tasks[w.task]["jsonl"],  # a project input: not under out_dir
+        output:
+            prompts=PROMPTS,
+            manifest=PROMPTS.replace(".jsonl", ".manifest.json"),
+        log:
+            f"{LOGS}/prompts/{{tokenizer}}/{{task}}_n{{length}}.log",
+        benchmark:
+            f"{BENCHMARKS}/prompts/{{tokenizer}}/{{task}}_n{{length}}.tsv"
+        params:
+            spec=lambda w: {k: CFG.custom_tasks[w.task][k] for k in ("jsonl", "length")},  # not `models`
+            max_tokens=lambda w: prompt_token_cap(CFG, w.tokenizer, int(w.length)),
+        wildcard_constraints:
+            task="|".join(CFG.custom_tasks),
+        conda:
+            "../envs/cpu.yaml"
+        script:
+            "../workflow_scripts/custom_prompts.py"
 
 
 rule all_prompts:

@@ -21,6 +21,7 @@ LINKED = (
     "envs",
     "profiles",
     "data/lost_in_the_middle",
+    "data/custom",
 )
 """Checkout paths a scratch project links to (code, configs, profiles, inputs); outputs stay local."""
 

@@ -122,7 +122,8 @@ def test_bad_input_is_one_line_naming_the_culprit(tmp_path, tiny_model, capsys):
             "--device", "cpu"]
     assert main(["-q", *args]) == 1
     err = capsys.readouterr().err.strip()
-    assert err == f"reprflow extract: error: {prompts} line 2: 'label' must be an int (e.g. the gold position), got '3'"
+    assert err.startswith(f"reprflow extract: error: {prompts} line 2: 'label' must be an int >= 0 (the probe's class), "
+                          "got '3'; write it as a bare integer") and "\n" not in err
     assert not (tmp_path / "s.zarr").exists()
     nowhere = tmp_path / "no-model"
     assert main(["-q", "extract", str(prompts), str(nowhere), "-o", str(tmp_path / "s.zarr"), "--device", "cpu"]) == 1

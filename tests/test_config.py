@@ -1,11 +1,12 @@
 """Config validation: every kind of bad input gets one message naming the key."""
 
 import copy
+from pathlib import Path
 
 import pytest
 import yaml
 
-from reprflow.config import MOVED_TO_EXECUTION, PROJECT_ROOT, load_config, validate_config
+from reprflow.config import MOVED_TO_EXECUTION, PROJECT_ROOT, SCHEMA_PATH, load_config, validate_config
 from reprflow.errors import ConfigError
 
 
@@ -18,8 +19,17 @@ def demo() -> dict:
 @pytest.mark.parametrize("name", ["config.yaml", "demo.yaml"])
 def test_shipped_configs_are_valid(name):
     cfg = load_config(PROJECT_ROOT / "config" / name)
-    assert cfg.models and cfg.inits and cfg.tasks == ["kvpr", "mdqa"]
+    assert cfg.models and cfg.inits and cfg.paper_tasks == ["kvpr", "mdqa"]
     assert cfg.section("probes")["lr"] == 0.05 and cfg.section("probes")["epochs"] == 150
+
+
+def test_the_schema_is_package_data():
+    """load_config reads the schema shipped inside the package, so an installed copy validates too
+    (tests/test_packaging.py checks the wheel)."""
+    import reprflow
+
+    assert SCHEMA_PATH.is_file() and SCHEMA_PATH.parent == Path(reprflow.__file__).resolve().parent / "data"
+    assert not (PROJECT_ROOT / "config" / "schema.yaml").exists()
 
 
 def test_paper_config_is_the_paper_matrix():

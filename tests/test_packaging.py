@@ -58,8 +58,8 @@ def installed(tmp_path_factory) -> Path:
     (wheel,) = (root / "dist").glob("reprflow-*.whl")
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
-    for shipped in ("reprflow/data/tokenizers/gpt2/tokenizer.json", "reprflow/data/tokenizers/gpt2/SOURCE.md",
-                    "reprflow/data/tokenizers/gpt-neox-20b/tokenizer.json",
+    for shipped in ("reprflow/data/schema.yaml", "reprflow/data/tokenizers/gpt2/tokenizer.json",
+                    "reprflow/data/tokenizers/gpt2/SOURCE.md", "reprflow/data/tokenizers/gpt-neox-20b/tokenizer.json",
                     "reprflow/models/configs/EleutherAI__pythia-2.8b.json", "reprflow/models/configs/SOURCE.md"):
         assert shipped in names, f"{shipped} is not in the wheel"
     site = root / "site"
@@ -79,21 +79,23 @@ def test_import_and_package_data_resolve_from_the_installed_copy(installed, tmp_
         "import json, reprflow\n"
         "from reprflow.prompts import available_tokenizers, load_tokenizer\n"
         "from reprflow.prompts.tokenizers import TOKENIZER_DIR\n"
-        "from reprflow.config import TOKENIZER_DIR as CONFIG_TOKENIZER_DIR\n"
+        "from reprflow.config import SCHEMA_PATH, TOKENIZER_DIR as CONFIG_TOKENIZER_DIR, load_config\n"
         "from reprflow.models.shipped import SHIPPED_DIR\n"
         "print(json.dumps({'module': reprflow.__file__, 'tokenizers': str(TOKENIZER_DIR),\n"
-        "    'config_tokenizers': str(CONFIG_TOKENIZER_DIR), 'configs': str(SHIPPED_DIR),\n"
+        "    'config_tokenizers': str(CONFIG_TOKENIZER_DIR), 'configs': str(SHIPPED_DIR), 'schema': str(SCHEMA_PATH),\n"
+        f"    'demo_models': len(load_config({str(PROJECT_ROOT / 'config' / 'demo.yaml')!r}).models),\n"
         "    'names': available_tokenizers(), 'ids': load_tokenizer('gpt2')('The quick brown fox')['input_ids'],\n"
         "    'n_configs': len(list(SHIPPED_DIR.glob('*.json')))}))\n"
     )
     import json
 
     out = json.loads(_run(sys.executable, "-c", code, cwd=tmp_path, env=_env(installed)).stdout)
-    for key in ("module", "tokenizers", "config_tokenizers", "configs"):
+    for key in ("module", "tokenizers", "config_tokenizers", "configs", "schema"):
         assert Path(out[key]).is_relative_to(installed), (key, out[key])
     assert out["names"] == ["gpt-neox-20b", "gpt2"]
     assert out["ids"] == [464, 2068, 7586, 21831]  # as in reprflow/data/tokenizers/gpt2/SOURCE.md
     assert out["n_configs"] >= 5
+    assert out["demo_models"] == 4  # load_config validates against the installed schema
 
 
 @pytest.mark.parametrize("command", ["extract", "metrics", "probe"])

@@ -1,6 +1,7 @@
 """The paper's figures, drawn from the metric files alone.
 
-Each figure exists averaged over tasks (``figN_name.png``) and per task (``figN_name_{task}.png``):
+Each figure exists averaged over the paper's tasks (``figN_name.png``) and per task
+(``figN_name_{task}.png``, custom tasks included, each at its own length):
 
 - Fig. 1 ``fig1_layerwise_cosine``: heatmap of cos(h_t^l, h_t^{l+1}) over layer pairs x relative
   token position; rows = models, columns = views; first init, at ``figures.length``.
@@ -68,12 +69,18 @@ def init_style(config: Config, init: str) -> dict:
     return {"color": plt.get_cmap("Dark2").colors[names.index(init) % 8]}
 
 
-def _figure_length(config: Config, model: ModelSpec) -> int | None:
-    return figure_length(config, model)
+def _figure_length(config: Config, model: ModelSpec, task: str | None) -> int | None:
+    return figure_length(config, model, task)
 
 
 def _tasks(config: Config, task: str | None) -> list[str]:
-    return config.tasks if task is None else [task]
+    """The tasks a figure averages: the paper's (mean-over-tasks figures) or the one named."""
+    return config.paper_tasks if task is None else [task]
+
+
+def _lengths(config: Config, task: str | None) -> list[int]:
+    """The length columns of Fig. 2 and Fig. 7: ``lengths``, or a custom task's own length."""
+    return config.lengths if task is None else config.task_lengths(task)
 
 
 def _mean_array(config: Config, model: str, init: str, length: int, tasks: list[str], name: str) -> np.ndarray:
@@ -129,7 +136,7 @@ def fig1_layerwise_cosine(config: Config, task: str | None) -> plt.Figure:
     init = config.inits[0].name
     heats = {}
     for model in config.models:
-        length = _figure_length(config, model)
+        length = _figure_length(config, model, task)
         for view in views:
             if length is not None:
                 heats[(model.name, view)] = (length, _mean_array(config, model.name, init, length, _tasks(config, task),
@@ -145,7 +152,8 @@ def fig1_layerwise_cosine(config: Config, task: str | None) -> plt.Figure:
             ax = axes[r, c]
             if (model.name, view) not in heats:
                 ax.set_axis_off()
-                ax.set_title(f"{model.name}: fits no length", fontsize=8)
+                ax.set_title(f"{model.name}: not run" + ("" if task in config.custom_tasks else " (fits no length)"),
+                             fontsize=8)
                 continue
             length, heat = heats[(model.name, view)]
             im = ax.imshow(heat, aspect="auto", origin="lower", cmap="viridis", vmin=vmin, vmax=vmax,
@@ -167,7 +175,7 @@ def _mean_curve(frame: pd.DataFrame, x: str, y: str, tasks: list[str]) -> pd.Dat
 
 def fig2_inter_token_cosine(config: Config, task: str | None) -> plt.Figure:
     curves = token_curves(config, "inter_token_cosine")
-    views, lengths, init = config.section("metrics")["views"], config.lengths, config.inits[0].name
+    views, lengths, init = config.section("metrics")["views"], _lengths(config, task), config.inits[0].name
     fig, axes = _grid(len(views), len(lengths))
     for r, view in enumerate(views):
         for c, length in enumerate(lengths):
@@ -200,7 +208,7 @@ def fig3_pretrained_vs_random(config: Config, task: str | None) -> plt.Figure:
     styles = ["-", "--", ":", "-."]
     drawn: list[str] = []
     for c, model in enumerate(config.models):
-        length = _figure_length(config, model)
+        length = _figure_length(config, model, task)
         for init in config.inits:
             for s, view in enumerate(views):
                 style = {**init_style(config, init.name), "linestyle": styles[s % len(styles)], "label": f"{init.name} / {view}"}
@@ -231,7 +239,7 @@ def fig4_cka(config: Config, task: str | None) -> plt.Figure:
     fig, axes = _grid(len(config.models), len(inits), width=3.2, height=3.0)
     im = None
     for r, model in enumerate(config.models):
-        length = _figure_length(config, model)
+        length = _figure_length(config, model, task)
         for c, init in enumerate(map(config.init, inits)):
             ax = axes[r, c]
             if length is None:
@@ -251,7 +259,7 @@ def fig4_cka(config: Config, task: str | None) -> plt.Figure:
 def fig7_probe_accuracy(config: Config, task: str | None) -> plt.Figure:
     probes = probe_curves(config)
     classes = probe_classes(config)
-    views, lengths, init = config.section("metrics")["views"], config.lengths, table_inits(config)[0]
+    views, lengths, init = config.section("metrics")["views"], _lengths(config, task), table_inits(config)[0]
     fig, axes = _grid(len(views), len(lengths))
     for r, view in enumerate(views):
         for c, length in enumerate(lengths):

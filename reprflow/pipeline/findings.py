@@ -139,9 +139,12 @@ def _exists(cell: Cell, pattern: str, root: Path) -> bool:
 
 
 def load_evidence(config: Config, root: str | Path = ".") -> Evidence:
-    """Read the metric files of every cell that was run (missing cells are recorded, not fatal)."""
+    """Read the metric files of every cell that was run (missing cells are recorded, not fatal).
+
+    The findings are about the paper's tasks: custom tasks (``config.custom_tasks``) are left out."""
     from reprflow.workflow.targets import PROBES
 
+    config = config.paper_only()
     root = Path(root)
     missing_token = [c for c in token_cells(config) if not _exists(c, TOKEN_METRICS, root)]
     missing_probe = [c for c in probe_cells(config) if not _exists(c, PROBES, root)]

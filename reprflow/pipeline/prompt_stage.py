@@ -1,4 +1,5 @@
-"""Prompt stage: build one prompt set (task, length, tokenizer) and write it with its manifest."""
+"""Prompt stage: build one prompt set (task, length, tokenizer) and write it with its manifest:
+a paper task's (KVPR, MDQA) from its sources, a custom task's from the user's JSONL file."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import logging
 from pathlib import Path
 
 from reprflow.prompts import build_prompt_set, write_prompt_set
+from reprflow.prompts.custom import build_custom_prompt_set
 
 logger = logging.getLogger(__name__)
 
@@ -48,4 +50,18 @@ def build_prompt_file(out_path: str | Path, *, task: str, length: int, tokenizer
     )
     write_prompt_set(records, manifest, out_path)
     logger.info("wrote %d %s prompts (~%d tokens) to %s", len(records), task, length, out_path)
+    return Path(out_path)
+
+
+def build_custom_prompt_file(out_path: str | Path, *, task: str, spec: dict, tokenizer: str,
+                             max_tokens: int | None = None) -> Path:
+    """Write a custom task's ``data/prompts/{tokenizer}/{task}_n{length}.jsonl`` and its manifest.
+
+    ``spec`` is ``config.custom_tasks.<task>`` (``jsonl``, ``length``); see
+    :func:`reprflow.prompts.custom.build_custom_prompt_set`.
+    """
+    records, manifest = build_custom_prompt_set(task, spec, tokenizer_name=tokenizer, max_tokens=max_tokens)
+    write_prompt_set(records, manifest, out_path)
+    logger.info("wrote %d %s prompts (at most %d tokens, from %s) to %s", len(records), task, manifest["max_tokens"],
+                spec["jsonl"], out_path)
     return Path(out_path)

@@ -185,6 +185,7 @@ def controlled_table(config: Config, root: str | Path = ".") -> pd.DataFrame:
     trained = [m for m in config.models if m.train is not None]
     if not trained:
         return pd.DataFrame()
+    config = config.paper_only()  # the paper's tasks, as the findings
     fig = config.section("figures")
     length, view = fig["length"], fig["view"]
     inter = token_curves(config, "inter_token_cosine", root, missing_ok=True)

@@ -8,7 +8,7 @@ Which cells exist depends on each init's ``scope`` (``all``, the default, or ``f
 
 - :func:`token_cells`: cells with token metrics (Fig. 1-4, Sm/St): every cell of a
   ``scope: all`` init; for a ``scope: fig3`` init only the cells at the model's figure
-  length (``figures.length``, or the longest fitting length below it).
+  length (``figures.length``, or the longest fitting length below it; a custom task's own length).
 - :func:`probe_cells`: cells with probes and table rows: ``scope: all`` inits only.
 
 Readers take ``missing_ok``: False (the default) raises on the first missing file; True
@@ -37,9 +37,13 @@ def init_scope(config: Config, init: str) -> str:
     return entry.get("scope") or "all"
 
 
-def figure_length(config: Config, model: ModelSpec) -> int | None:
+def figure_length(config: Config, model: ModelSpec, task: str | None = None) -> int | None:
     """``figures.length``, or the longest configured length the model fits below it
-    (the shortest fitting one if none is below; None if the model fits no length)."""
+    (the shortest fitting one if none is below; None if the model fits no length).
+    A custom ``task``: its own length, or None if the model does not fit it or does not run it."""
+    if task is not None and task in config.custom_tasks:
+        (length,) = config.task_lengths(task)
+        return length if model.fits(length) and config.runs_task(model.name, task) else None
     wanted = config.section("figures")["length"]
     fitting = [n for n in config.lengths if model.fits(n)]
     if not fitting:
@@ -51,15 +55,18 @@ def figure_length(config: Config, model: ModelSpec) -> int | None:
 
 
 def _all_cells(config: Config) -> list[Cell]:
-    """Every (model, init, task, length) whose length fits the model, in config order."""
-    return [Cell(m.name, i.name, t, n) for m in config.models for n in config.lengths if m.fits(n)
-            for i in config.inits for t in config.tasks]
+    """Every (model, init, task, length) whose length fits the model, in config order: per model
+    the paper tasks at each of ``lengths``, then each custom task it runs at its own length."""
+    return [Cell(m.name, i.name, t, n) for m in config.models
+            for n, tasks in [*((n, config.paper_tasks) for n in config.lengths),
+                             *((config.task_lengths(t)[0], [t]) for t in config.custom_tasks)]
+            if m.fits(n) for i in config.inits for t in tasks if config.runs_task(m.name, t)]
 
 
 def token_cells(config: Config) -> list[Cell]:
     """Cells whose token metrics exist when the workflow ran (see the module docstring)."""
-    return [c for c in _all_cells(config)
-            if init_scope(config, c.init) == "all" or c.length == figure_length(config, config.model(c.model))]
+    return [c for c in _all_cells(config) if init_scope(config, c.init) == "all"
+            or c.length == figure_length(config, config.model(c.model), c.task)]
 
 
 def probe_cells(config: Config) -> list[Cell]:

@@ -1,5 +1,8 @@
 """The paper's Table 1 (mean over tasks) and Table 2 (per task) from the metric files.
 
+Table 1 averages the paper's tasks (``config.tasks``) only; a custom task
+(``config.custom_tasks``) has Table 2 rows, at its one length.
+
 Columns (:data:`COLUMN_DEFINITIONS` says the same in words, for the report):
 model, init, view, [task,] length, chance, last_acc, last_acc_std, peak_layer, peak_acc,
 peak_acc_std, gap, Sm, St, Sm_rel, St_rel, n_seeds.
@@ -40,8 +43,8 @@ COLUMN_DEFINITIONS = {
     "init": "weight initialisation (config.inits[].name); pretrained = the hub checkpoint",
     "view": "layer view: hf = the L+1 hidden_states transformers returns (embeddings, blocks, the last "
             "one after the final norm); residual = the L+1 pre-norm residual stream (embeddings, blocks)",
-    "task": "kvpr (key-value retrieval) or mdqa (multi-document QA)",
-    "length": "target prompt length n in tokens",
+    "task": "kvpr (key-value retrieval), mdqa (multi-document QA) or a custom task (config.custom_tasks)",
+    "length": "target prompt length n in tokens (a custom task: its length, the cap on its prompts)",
     "chance": "chance accuracy 1/C of the probe (C = number of classes; mean of 1/C over tasks in Table 1)",
     "last_acc": "validation accuracy of the linear probe on the view's last state (mean over seeds)",
     "last_acc_std": "std over probe seeds of last_acc",
@@ -77,6 +80,8 @@ def table_from_frames(config: Config, probes: pd.DataFrame, sm_st: pd.DataFrame,
     """Table 1 (``by_task=False``) or Table 2 from the frames of :mod:`reprflow.pipeline.results`;
     every (model, table init, view, [task,] length) of the config gets a row, empty if not run."""
     keys = ["model", "init", "view"] + (["task"] if by_task else []) + ["length"]
+    if not by_task:  # Table 1 is the paper's mean over its tasks: custom tasks have Table 2 rows only
+        probes, sm_st, classes = (f[f["task"].isin(config.paper_tasks)] for f in (probes, sm_st, classes))
     # mean over tasks per (cell, view, seed, layer) for Table 1; Table 2 keeps tasks apart
     per_seed = probes.groupby(keys + ["seed", "state_index"], as_index=False)["val_accuracy"].mean()
     per_seed = per_seed.rename(columns={"val_accuracy": "acc"})
@@ -96,7 +101,8 @@ def table_from_frames(config: Config, probes: pd.DataFrame, sm_st: pd.DataFrame,
         for i in table_inits(config)
         for v in config.section("metrics")["views"]
         for t in (config.tasks if by_task else [None])
-        for n in config.lengths
+        for n in (config.task_lengths(t) if by_task else config.lengths)
+        if t is None or config.runs_task(m.name, t)  # a custom task has rows for its models only
     ]
     table = pd.DataFrame(grid).merge(table, on=keys, how="left")
     for col in ("peak_layer", "n_seeds"):

@@ -31,6 +31,8 @@ Notes
   prompts; :mod:`reprflow.metrics.smoothness`); ``state_rms`` is the mean of ``s``.
 * The heatmap puts token t of a prompt of n tokens in bin ``floor(t * n_bins / n)``,
   averages within bins per prompt, then over the prompts that have a token in the bin.
+  Token prompts shorter than ``n_bins`` (custom tasks) lower it to the shortest prompt's
+  length (:func:`position_bins`); the provenance records the count used.
 * CSV files carry the provenance as constant columns ``store``, ``prompt_sha256``,
   ``reprflow_version``; the JSON file under the key ``"provenance"``.
 * Memory: one prompt is held in its storage dtype (65 x 4096 x 2560 float16 = 1.4 GB);
@@ -72,6 +74,13 @@ logger = logging.getLogger(__name__)
 
 N_BINS = 64
 """Relative-position bins of the layerwise-cosine heatmap (Fig. 1)."""
+
+
+def position_bins(n_bins: int, shortest: int) -> int:
+    """The heatmap's bin count for token prompts whose shortest has ``shortest`` tokens:
+    ``n_bins``, or ``shortest`` when fewer (short custom prompts), so no bin is empty. The
+    paper's prompts (>= 285 tokens) always get ``n_bins``."""
+    return max(1, min(int(n_bins), int(shortest)))
 MAX_TOKENS_IN_MEMORY = 1024
 """Default token positions per float64 chunk for the cosine, Sm and St accumulators."""
 PRECISIONS = ("float64", "mixed")
@@ -358,6 +367,7 @@ def compute_token_metrics(
     )
     attrs = group.attrs
     tokens = group["tokens"]
+    n_bins = position_bins(n_bins, int(lengths.min())) if len(lengths) else n_bins
     dev = resolve_device(device) if device is not None else torch.device("cpu")
     results = {v: ViewResults() for v in views}
 

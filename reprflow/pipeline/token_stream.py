@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from reprflow.extract import ExtractionSummary, extract_activations, token_prompt_ids
-from reprflow.pipeline.token_metrics import MAX_TOKENS_IN_MEMORY, N_BINS
+from reprflow.pipeline.token_metrics import MAX_TOKENS_IN_MEMORY, N_BINS, position_bins
 from reprflow.sinks import TokenMetricsSink
 
 __all__ = ["extract_with_streamed_token_metrics"]
@@ -68,8 +68,11 @@ def extract_with_streamed_token_metrics(
     (ExtractionSummary, dict of str to Path)
         The extraction's summary and the metric files written.
     """
-    sink = TokenMetricsSink(token_prompt_ids(len(prompts), n_token_prompts), views=views, debiased_cka=debiased_cka,
-                            n_bins=n_bins, max_tokens_in_memory=max_tokens_in_memory, precision=precision)
+    ids = token_prompt_ids(len(prompts), n_token_prompts)
+    if ids and all("n_tokens" in prompts[i] for i in ids):  # as the store path: no empty bin for short prompts
+        n_bins = position_bins(n_bins, min(int(prompts[i]["n_tokens"]) for i in ids))
+    sink = TokenMetricsSink(ids, views=views, debiased_cka=debiased_cka, n_bins=n_bins,
+                            max_tokens_in_memory=max_tokens_in_memory, precision=precision)
     summary = extract_activations(model, tokenizer, prompts, store_path, n_token_prompts=0, attrs=attrs,
                                   sinks=[sink], **extract_kwargs)
     return summary, sink.write(metrics_dir, source=store_path, attrs=attrs)

@@ -1,8 +1,9 @@
 """Prompt-set files: ``data/prompts/{tokenizer}/{task}_n{length}.jsonl`` plus a sidecar manifest.
 
 One JSON record per line, keys in this order: ``id``, ``task``, ``prompt``, ``label`` (gold
-position, 0-based), ``n_items``, ``n_tokens`` (no special tokens), ``answer`` (KVPR: the value
-string; MDQA: list of answer strings), ``group`` (what a train/validation split must keep on
+position, 0-based; a custom task: the class), ``n_items`` (a custom task: the number of classes),
+``n_tokens`` (no special tokens), ``answer`` (KVPR: the value string; MDQA: list of answer strings;
+a custom task, :mod:`reprflow.prompts.custom`: null), ``group`` (what a train/validation split must keep on
 one side: MDQA the question's 0-based line in the oracle file, KVPR the prompt's own index).
 No two records of a file have the same ``prompt``. The manifest ``{task}_n{length}.manifest.json`` holds the
 seed, source and tokenizer sha256s, the calibration, and ``prompts_sha256`` of the jsonl bytes.
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from reprflow.config import PAPER_TASKS
 from reprflow.errors import PromptError
 from reprflow.prompts.files import atomic_write_bytes, sha256_bytes
 
@@ -37,8 +39,8 @@ __all__ = [
     "read_prompt_groups",
 ]
 
-#: Task names, in the order used for seeding.
-TASKS = ("kvpr", "mdqa")
+#: The paper's task names, in the order used for seeding (custom tasks: reprflow.prompts.custom).
+TASKS = PAPER_TASKS
 #: Keys of a prompt record, in file order.
 RECORD_KEYS = ("id", "task", "prompt", "label", "n_items", "n_tokens", "answer", "group")
 
@@ -86,8 +88,8 @@ def validate_record(rec, *, where: str = "record") -> dict:
         )
     if not isinstance(rec["id"], str) or not rec["id"]:
         raise PromptError(f"{where}: 'id' must be a non-empty string, got {rec['id']!r}")
-    if rec["task"] not in TASKS:
-        raise PromptError(f"{where}: 'task' must be one of {list(TASKS)}, got {rec['task']!r}")
+    if not isinstance(rec["task"], str) or not rec["task"]:
+        raise PromptError(f"{where}: 'task' must be {' or '.join(TASKS)} or a custom task's name, got {rec['task']!r}")
     if not isinstance(rec["prompt"], str) or not rec["prompt"]:
         raise PromptError(f"{where}: 'prompt' must be a non-empty string")
     for key in ("n_items", "n_tokens"):
@@ -102,6 +104,8 @@ def validate_record(rec, *, where: str = "record") -> dict:
         raise PromptError(f"{where}: KVPR 'answer' must be the gold value string, got {ans!r}")
     if rec["task"] == "mdqa" and not (isinstance(ans, list) and ans and all(isinstance(a, str) and a for a in ans)):
         raise PromptError(f"{where}: MDQA 'answer' must be a non-empty list of strings, got {ans!r}")
+    if rec["task"] not in TASKS and ans is not None:
+        raise PromptError(f"{where}: a custom task's 'answer' is null, got {ans!r}")
     return rec
 
 

@@ -1,4 +1,4 @@
-"""The ``train:`` block of a model entry as a typed recipe (config/schema.yaml documents each key;
+"""The ``train:`` block of a model entry as a typed recipe (reprflow/data/schema.yaml documents each key;
 the schema fills defaults before this sees the dict)."""
 
 from __future__ import annotations

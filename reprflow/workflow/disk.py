@@ -6,7 +6,8 @@ every block, final norm):
 
 * last-token states: ``n x (L+2) x d`` values;
 * full token states: ``t x (L+2) x T x d`` values, ``T`` the longest token prompt, at worst
-  ``length x (1 + tolerance)`` tokens (capped by the model's context);
+  ``length x (1 + tolerance)`` tokens (capped by the model's context; a custom task: ``length``,
+  and ``n`` its number of records);
 * labels, token counts and Zarr metadata: a few bytes per prompt (``OVERHEAD_BYTES``).
 
 With ``extraction.tokens: stream`` a store holds no token states (``t = 0``; the streamed
@@ -135,6 +136,16 @@ def _tolerance(config: Config, task: str, length: int) -> float:
     return float(prompts.get("tolerance", 0.05))
 
 
+def _custom_records(config: Config, task: str) -> int:
+    """A custom task's prompt count: the non-blank lines of its JSONL file (relative to the working
+    directory, the project root), or ``prompts.n_prompts`` while the file is not there."""
+    path = Path(config.custom_tasks[task]["jsonl"])
+    if not path.is_file():
+        return int(config.section("prompts")["n_prompts"])
+    with open(path, encoding="utf-8") as fh:
+        return sum(1 for line in fh if line.strip())
+
+
 def estimate_stores(config: Config, *, tokens: str | None = None) -> list[StoreEstimate]:
     """One worst-case estimate per cell of ``config`` (reprflow.workflow.targets.cells).
 
@@ -150,10 +161,13 @@ def estimate_stores(config: Config, *, tokens: str | None = None) -> list[StoreE
     dims_of = {m.name: model_dims(m, config) for m in config.models}
     found = []
     for cell in cells(config):
-        n_prompts = n_token_all if cell.init in fig3 else n_all  # a fig3 cell forwards its token prompts only
-        n_token = n_token_all if tokens == "store" else 0
+        n_cell = _custom_records(config, cell.task) if cell.task in config.custom_tasks else n_all
+        n_token_cell = min(n_token_all, n_cell)
+        n_prompts = n_token_cell if cell.init in fig3 else n_cell  # a fig3 cell forwards its token prompts only
+        n_token = n_token_cell if tokens == "store" else 0
         spec = config.model(cell.model)
-        max_tokens = math.ceil(cell.length * (1 + _tolerance(config, cell.task, cell.length)))
+        max_tokens = (cell.length if cell.task in config.custom_tasks  # a custom task's length is a hard cap
+                      else math.ceil(cell.length * (1 + _tolerance(config, cell.task, cell.length))))
         if spec.max_context is not None:
             max_tokens = min(max_tokens, spec.max_context)
         dims = dims_of[cell.model]

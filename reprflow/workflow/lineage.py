@@ -4,7 +4,7 @@ A DVC stage runs Snakemake on one phase's target, so its jobs run the phase's
 ``workflow_scripts/*.py``, which import parts of ``reprflow``. :func:`stage_code` follows
 those imports statically (every ``import`` / ``from ... import`` of the package, at any
 depth, package ``__init__`` files included) and adds the workflow wiring every stage
-parses (Snakefile, rules/common.smk, the stage's own rule files, config/schema.yaml), and
+parses (Snakefile, rules/common.smk, the stage's own rule files, reprflow/data/schema.yaml), and
 the data shipped inside the imported packages (e.g. ``reprflow/models/configs/``).
 Modules that only plan a run in the Snakemake parent process and cannot change an output
 (:data:`PLANNING_ONLY`: the disk preflight and the GPU-slot default) are left out, as
@@ -41,7 +41,7 @@ from reprflow.workflow.targets import PROBES, TOKEN_METRICS, cells, table_cells
 __all__ = ["STAGES", "Stage", "module_closure", "render", "stage_code", "stages"]
 
 PACKAGE = "reprflow"
-WIRING = ("Snakefile", "rules/common.smk", "config/schema.yaml")
+WIRING = ("Snakefile", "rules/common.smk", "reprflow/data/schema.yaml")
 """Parsed by every stage's Snakemake run."""
 PLANNING_ONLY = ("reprflow/workflow/disk.py", "reprflow/workflow/scheduling.py")
 """Imported by the Snakefile to plan a run (disk preflight, GPU slots); never by a job."""
@@ -67,7 +67,7 @@ STAGES = (
     Stage("models", "all_models all_trained", ("rules/models.smk", "rules/training.smk"),
           ("build_tiny_model.py", "train.py"), ("seed", "models"),
           ("@data/lost_in_the_middle",), ("data/models",)),
-    Stage("prompts", "all_prompts", ("rules/prompts.smk",), ("prompts.py",),
+    Stage("prompts", "all_prompts", ("rules/prompts.smk",), ("prompts.py", "custom_prompts.py"),
           ("seed", "models", "tasks", "lengths", "prompts"),
           ("@data/lost_in_the_middle",), ("data/prompts",)),
     Stage("activations", "all_activations", ("rules/activations.smk",), ("extract_activations.py",),
@@ -177,10 +177,16 @@ def _package_data(packages: set[Path], root: Path) -> set[str]:
 
 def stages(config: Config) -> tuple[Stage, ...]:
     """:data:`STAGES` for ``config``: with ``extraction.tokens: stream`` the activations stage
-    computes the token metrics, so ``metrics`` is one of its params."""
-    if config.section("extraction").get("tokens", "store") != "stream":
-        return STAGES
-    return tuple(replace(s, params=(*s.params, "metrics")) if s.name == "activations" else s for s in STAGES)
+    computes the token metrics, so ``metrics`` is one of its params; with ``custom_tasks`` the
+    prompts stage tracks that key and reads each task's JSONL file (a project input)."""
+    found = STAGES
+    if config.section("extraction").get("tokens", "store") == "stream":
+        found = tuple(replace(s, params=(*s.params, "metrics")) if s.name == "activations" else s for s in found)
+    if config.custom_tasks:
+        files = tuple(f"@{t['jsonl']}" for t in config.custom_tasks.values())
+        found = tuple(replace(s, params=(*s.params, "custom_tasks"), data=(*s.data, *files)) if s.name == "prompts"
+                      else s for s in found)
+    return found
 
 
 def _under(out_dir: str, path: str) -> str:

@@ -92,7 +92,11 @@ def init_scope(init) -> str:
 
 def cells(config: Config, *, log: bool = False) -> list[Cell]:
     """Every (model, init, task, length) cell that fits its model's context window; a
-    ``scope: fig3`` init only at ``figures.length``. Each cell gets a store and token metrics."""
+    ``scope: fig3`` init only at ``figures.length``. Each cell gets a store and token metrics.
+
+    Paper tasks run at every ``lengths`` entry; a custom task at its own ``length`` only (for
+    a ``scope: fig3`` init too: that is its figure length), on its ``models``. Per model: the
+    paper cells, then the custom ones."""
     found = []
     fig3_length = config.section("figures")["length"]
     for model in config.models:
@@ -104,8 +108,18 @@ def cells(config: Config, *, log: bool = False) -> list[Cell]:
             for init in config.inits:
                 if init_scope(init) == "fig3" and length != fig3_length:
                     continue
-                for task in config.tasks:
+                for task in config.paper_tasks:
                     found.append(Cell(model.name, init.name, task, length))
+        for task in config.custom_tasks:
+            (length,) = config.task_lengths(task)
+            if not config.runs_task(model.name, task):
+                continue
+            if not model.fits(length):
+                if log:
+                    logger.info("skipping %s for custom task %s: its length %d is beyond the model's context (%d)",
+                                model.name, task, length, model.max_context)
+                continue
+            found += [Cell(model.name, init.name, task, length) for init in config.inits]
     return found
 
 
@@ -153,7 +167,8 @@ def prompt_token_cap(config: Config, tokenizer: str, length: int) -> int | None:
 
 
 def figure_files(config: Config) -> list[str]:
-    """All figures (relative to ``out_dir``): each averaged over tasks and one variant per task."""
+    """All figures (relative to ``out_dir``): each averaged over the paper tasks, and one variant
+    per task, custom tasks included."""
     suffixes = [""] + [f"_{task}" for task in config.tasks]
     return [f"results/figures/{name}{suffix}.png" for name in FIGURE_NAMES for suffix in suffixes]
 

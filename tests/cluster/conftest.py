@@ -92,6 +92,7 @@ def reduced_config(*, n_prompts: int, slow_model: bool = False, gpus: int = 0, l
         cfg["execution"]["extraction"]["batch_size"] = 2
     cfg["inits"] = raw["inits"][:1]
     cfg["tasks"] = raw["tasks"][:1]
+    cfg.pop("custom_tasks", None)
     cfg["lengths"] = [length] if length is not None else raw["lengths"][:1]
     cfg["prompts"]["n_prompts"] = n_prompts
     cfg["execution"]["extraction"]["gpus"] = gpus

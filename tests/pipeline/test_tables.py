@@ -1,5 +1,6 @@
 """Tables from metric files: layout, task averaging, peak/gap, empty cells beyond context."""
 
+import copy
 import json
 
 import numpy as np
@@ -19,6 +20,7 @@ def config():
     raw["models"] = raw["models"][:2]  # tiny-gpt-neo (context 512) and tiny-pythia
     raw["inits"] = raw["inits"][:1]
     raw["metrics"]["views"] = ["hf"]
+    raw.pop("custom_tasks")  # test_custom_task_has_table2_rows_only adds one
     return validate_config(raw)
 
 
@@ -76,3 +78,19 @@ def test_missing_metric_file_is_named(tmp_path, config):
 
     with pytest.raises(ReprflowError, match="probes.csv: metric file missing"):
         build_tables(config, root=tmp_path)
+
+
+def test_custom_task_has_table2_rows_only(tmp_path, config):
+    """A custom task at a paper length (300) on one model: its own Table 2 rows, and Table 1 stays
+    the mean over kvpr and mdqa (its Sm 3.0 would pull the kvpr/mdqa mean 2.0 up to 2.33)."""
+    raw = copy.deepcopy(config.raw)
+    raw["custom_tasks"] = {"mine": {"jsonl": "mine.jsonl", "length": 300, "models": ["tiny-pythia"]}}
+    custom = validate_config(raw)
+    for cell in cells(custom):
+        _write_cell(tmp_path, cell)
+    table1, table2 = build_tables(custom, root=tmp_path)
+    mine = table2[table2.task == "mine"]
+    assert len(mine) == 1 and (mine.model.iloc[0], mine.length.iloc[0], mine.Sm.iloc[0]) == ("tiny-pythia", 300, 3.0)
+    assert len(table2) == 2 * 2 * 2 + 1 and len(table1) == 2 * 2
+    row = table1[(table1.model == "tiny-pythia") & (table1.length == 300)].iloc[0]
+    assert row.Sm == pytest.approx(2.0)

@@ -12,7 +12,7 @@ import torch
 import zarr
 
 from reprflow import __version__
-from reprflow.errors import ReprflowError, StoreError
+from reprflow.errors import StoreError
 from reprflow.metrics import (
     binned_layerwise_cosine,
     cka_matrix,
@@ -149,11 +149,18 @@ def test_unknown_view_is_refused(store, tmp_path):
         compute_token_metrics(path, tmp_path / "m", views=("logit_lens",))
 
 
-def test_too_many_bins_for_short_prompts_names_the_fix(store, tmp_path):
+def test_prompts_shorter_than_the_bins_get_one_bin_per_token_of_the_shortest(store, tmp_path):
+    """A custom task's short prompts: 64 bins > 13 tokens would leave bins empty, so the heatmap
+    uses 13 bins, exactly as if n_bins=13 had been asked, and the provenance says so."""
     path, _ = store
-    with pytest.raises(ReprflowError, match="pass a smaller n_bins"):
-        compute_token_metrics(path, tmp_path / "m")  # n_bins = 64 > 13 tokens
-    assert not (tmp_path / "m").exists()  # nothing half-written
+    compute_token_metrics(path, tmp_path / "auto")  # default n_bins = 64 > shortest 13 tokens
+    compute_token_metrics(path, tmp_path / "asked", n_bins=int(LENGTHS.min()))
+    for view in ("hf", "residual"):
+        auto = np.load(tmp_path / "auto" / f"layerwise_cosine_{view}.npy")
+        assert auto.shape[1] == LENGTHS.min() and not np.isnan(auto).any()
+        np.testing.assert_array_equal(auto, np.load(tmp_path / "asked" / f"layerwise_cosine_{view}.npy"))
+    meta = json.loads((tmp_path / "auto" / "smoothness_stability.json").read_text())
+    assert meta["provenance"]["n_bins"] == LENGTHS.min()
 
 
 def test_zero_token_inside_a_prompt_names_prompt_and_token(tmp_path):

@@ -49,7 +49,8 @@ def test_roundtrip_and_manifest_hash(tmp_path):
         (record(1, n_tokens=0), r"line 2 \(id 'kvpr-n300-000001'\): 'n_tokens' must be a positive int"),
         (record(1, answer=["v"]), r"line 2 \(id 'kvpr-n300-000001'\): KVPR 'answer'"),
         (record(1, task="mdqa"), r"line 2 .*MDQA 'answer'"),
-        (record(1, task="qa"), r"line 2 .*'task' must be one of"),
+        (record(1, task="qa"), r"line 2 .*a custom task's 'answer' is null, got 'v'"),  # a custom task's record
+        (record(1, task=""), r"line 2 .*'task' must be kvpr or mdqa or a custom task's name"),
         ({k: v for k, v in record(1).items() if k != "prompt"}, r"line 2 .*missing keys \['prompt'\]"),
         (record(0), r"line 2: duplicate id 'kvpr-n300-000000'"),
         (record(1, prompt="p0"), r"line 2 \(id 'kvpr-n300-000001'\): same prompt text as 'kvpr-n300-000000'"),

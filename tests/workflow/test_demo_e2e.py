@@ -11,9 +11,10 @@ import yaml
 import zarr
 
 from reprflow.config import PROJECT_ROOT, load_config
+from reprflow.extract import token_prompt_ids
 from reprflow.pipeline.tables import VALUE_COLUMNS
 from reprflow.workflow import disk
-from reprflow.workflow.targets import figure_files
+from reprflow.workflow.targets import cells, figure_files
 
 pytestmark = pytest.mark.slow
 
@@ -38,9 +39,47 @@ def test_tables_have_the_paper_layout(demo):
     assert list(table1.columns) == ["model", "init", "view", "length", *VALUE_COLUMNS]
     assert list(table2.columns) == ["model", "init", "view", "task", "length", *VALUE_COLUMNS]
     n = len(DEMO.models) * len(DEMO.inits) * 2 * len(DEMO.lengths)  # x 2 views
-    assert len(table1) == n and len(table2) == n * len(DEMO.tasks)
+    custom = 2 * len(DEMO.inits) * 2  # qword: tiny-pythia and tiny-mamba, at its one length
+    assert len(table1) == n and len(table2) == n * len(DEMO.paper_tasks) + custom
     assert set(table1.model) == {m.name for m in DEMO.models}
-    assert set(table2.task) == set(DEMO.tasks) and set(table1.view) == {"hf", "residual"}
+    assert set(table2.task) == {"kvpr", "mdqa", "qword"} and set(table1.view) == {"hf", "residual"}
+
+
+def test_custom_task_flows_through_every_stage(demo):
+    """qword (data/custom/nq_question_word.jsonl): prompt set, stores, token metrics and probes for
+    its two models; Table 2 rows; its own figures; not in Table 1 or the paper's verdicts."""
+    import json
+
+    records = [json.loads(line) for line in (PROJECT_ROOT / "data/custom/nq_question_word.jsonl").open()]
+    prompts = [json.loads(line) for line in (demo / OUT / "data/prompts/gpt-neox-20b/qword_n32.jsonl").open()]
+    assert [(p["prompt"], p["label"], p["task"]) for p in prompts] == [(r["prompt"], r["label"], "qword") for r in records]
+    assert not (demo / OUT / "data/prompts/gpt2/qword_n32.jsonl").exists()  # tiny-gpt-neo does not run it
+    store = zarr.open_group(demo / OUT / "results/activations/tiny-mamba/random/qword_n32.zarr", mode="r")
+    assert store.attrs["complete"] is True and store.attrs["task"] == "qword"
+    assert store["labels"][:].tolist() == [r["label"] for r in records]
+    metrics = demo / OUT / "results/metrics/tiny-pythia/pretrained/qword_n32"
+    token_ids = token_prompt_ids(len(prompts), DEMO.section("extraction")["n_token_prompts"])
+    shortest = min(prompts[i]["n_tokens"] for i in token_ids)  # under 64: one heatmap bin per token of it
+    sm_st = json.loads((metrics / "token_metrics/smoothness_stability.json").read_text())
+    assert sm_st["provenance"]["n_bins"] == shortest < 64
+    assert np.load(metrics / "token_metrics/layerwise_cosine_hf.npy").shape[1] == shortest
+    summary = json.loads((metrics / "probes.json").read_text())
+    assert summary["hf"]["n_classes"] == 3
+    assert not (demo / OUT / "results/metrics/tiny-gpt-neo/pretrained/qword_n32").exists()
+    table1, table2 = _tables(demo)
+    rows = table2[table2.task == "qword"]
+    assert set(rows.model) == {"tiny-pythia", "tiny-mamba"} and set(rows.length) == {32}
+    assert rows[VALUE_COLUMNS].notna().all(axis=None) and np.allclose(rows.chance, 1 / 3)
+    # Table 1 stays the paper's mean over kvpr and mdqa
+    paper = table2[table2.task.isin(["kvpr", "mdqa"])].groupby(["model", "init", "view", "length"])[["Sm", "St", "chance"]]
+    merged = table1.merge(paper.mean().reset_index(), on=["model", "init", "view", "length"], suffixes=("", "_paper"))
+    assert len(merged) == len(table1) and 32 not in set(table1.length)
+    for col in ("Sm", "St", "chance"):
+        np.testing.assert_allclose(merged[col], merged[f"{col}_paper"], rtol=1e-5)
+    findings = pd.read_csv(demo / OUT / "results/findings.csv")
+    assert "qword" not in findings.to_csv()
+    for name in ("fig1_layerwise_cosine", "fig4_cka", "fig7_probe_accuracy"):
+        assert (demo / OUT / f"results/figures/{name}_qword.png").stat().st_size > 10_000
 
 
 @pytest.mark.parametrize("which", [0, 1])
@@ -87,7 +126,8 @@ def test_rerun_has_nothing_to_do(demo, run_snakemake):
 
 def test_every_product_lives_under_out_dir(demo):
     assert not (demo / "results").exists() and not (demo / "logs").exists()
-    assert sorted(p.name for p in (demo / "data").iterdir()) == ["lost_in_the_middle"]  # inputs (tokenizers ship in the package)
+    # inputs (tokenizers ship in the package)
+    assert sorted(p.name for p in (demo / "data").iterdir()) == ["custom", "lost_in_the_middle"]
     assert {p.name for p in (demo / OUT).iterdir()} == {"data", "results", "logs"}
     assert (demo / OUT / "data/models/tiny-mamba/config.json").is_file()
     assert (demo / OUT / "logs/benchmarks/activations").is_dir()
@@ -136,8 +176,8 @@ def test_changing_shards_builds_shard_files_and_nothing_upstream(demo, run_snake
     assert run.returncode == 0, out[-3000:]
     counts = {line.split()[0]: int(line.split()[1]) for line in out.splitlines()
               if len(line.split()) == 2 and line.split()[1].isdigit()}
-    assert counts["extract_activation_shard"] == 2 * 28 and "extract_activations" not in counts, counts
-    assert not {"prompts", "build_tiny_model"} & set(counts) and "Params have changed" not in out
+    assert counts["extract_activation_shard"] == 2 * len(cells(DEMO)) and "extract_activations" not in counts, counts
+    assert not {"prompts", "custom_prompts", "build_tiny_model"} & set(counts) and "Params have changed" not in out
 
 
 def test_gpu_jobs_one_per_simulated_gpu_longest_first(demo, scratch_project, run_snakemake, monkeypatch):
@@ -154,6 +194,7 @@ def test_gpu_jobs_one_per_simulated_gpu_longest_first(demo, scratch_project, run
     raw = yaml.safe_load((PROJECT_ROOT / "config" / "demo.yaml").read_text())
     raw["models"] = [m for m in raw["models"] if m["name"] == "tiny-pythia"]  # the quickest to extract
     raw["tasks"] = ["kvpr"]  # x 2 inits x 2 lengths: four extraction jobs
+    del raw["custom_tasks"]
     raw["execution"]["extraction"].update(gpus=1, device="cpu")
     (root / "slots.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")

@@ -55,7 +55,7 @@ def test_every_module_a_stage_imports_at_run_time_is_a_dep(stage):
 def test_the_static_walk_follows_relative_and_submodule_imports():
     code = stage_code(next(s for s in STAGES if s.name == "metrics"))
     assert {"reprflow/metrics/cka.py", "reprflow/metrics/__init__.py", "reprflow/store.py", "rules/metrics.smk",
-            "rules/probes.smk", "workflow_scripts/probes.py", "config/schema.yaml"} <= set(code)
+            "rules/probes.smk", "workflow_scripts/probes.py", "reprflow/data/schema.yaml"} <= set(code)
     assert "reprflow/workflow/disk.py" not in code and "rules/activations.smk" not in code
     report = stage_code(next(s for s in STAGES if s.name == "report"))
     assert "reprflow/pipeline/tables.py" in report and "reprflow/metrics/cka.py" not in report

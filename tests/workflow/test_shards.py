@@ -20,6 +20,7 @@ def _one_cell(shards: int, tokens: str = "store") -> dict:
     cfg = copy.deepcopy(raw)
     cfg["models"] = [m for m in raw["models"] if m["family"] == "gpt_neox"]
     cfg["inits"], cfg["tasks"], cfg["lengths"] = raw["inits"][:1], ["kvpr"], [600]
+    cfg.pop("custom_tasks")  # one cell
     cfg["prompts"]["n_prompts"] = 40
     cfg["probes"]["seeds"] = [0]
     cfg["figures"]["length"] = 600

@@ -36,3 +36,17 @@ def test_invalid_config_one_message_nonzero_nothing_written(workdir, run_snakema
     messages = [line for line in (run.stdout + run.stderr).splitlines() if "invalid config" in line]
     assert messages == ["reprflow: invalid config: config.lengths[1]: must be >= 1, got -1"], run.stderr[-2000:]
     assert not (workdir / "results").exists() and not (workdir / "data" / "models").exists()
+
+
+def test_a_bad_custom_record_stops_the_run_before_any_job(workdir, run_snakemake):
+    raw = yaml.safe_load((PROJECT_ROOT / "config" / "demo.yaml").read_text())
+    (workdir / "mine.jsonl").write_text('{"prompt": "a", "label": 0}\n{"prompt": "b", "label": "1"}\n')
+    raw["custom_tasks"]["qword"]["jsonl"] = "mine.jsonl"
+    (workdir / "bad.yaml").write_text(yaml.safe_dump(raw))
+    run = run_snakemake(workdir, "--cores", "1", "--configfile", "bad.yaml")
+    assert run.returncode != 0
+    messages = [line for line in (run.stdout + run.stderr).splitlines() if "invalid config" in line]
+    assert messages == ["reprflow: invalid config: config.custom_tasks.qword.jsonl: mine.jsonl line 2: 'label' must be "
+                        "an int >= 0 (the probe's class), got '1'; write it as a bare integer (no quotes, no decimals), "
+                        'e.g. "label": 1'], run.stderr[-2000:]
+    assert not (workdir / "runs").exists()

@@ -74,6 +74,7 @@ def _cell_config(tokens: str) -> dict:
     cfg["models"] = [m for m in raw["models"] if m["name"] == "tiny-pythia"]
     cfg["inits"] = [raw["inits"][0], {"name": "xavier", "scheme": "xavier", "params": {"gain": 1.0}, "scope": "fig3"}]
     cfg["tasks"], cfg["lengths"] = ["kvpr"], [300]
+    cfg.pop("custom_tasks")
     cfg["prompts"]["n_prompts"] = N_PROMPTS
     cfg["figures"]["length"] = 300
     # float32 stores: the store path then reads the very states the streamed path sees

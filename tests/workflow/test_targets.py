@@ -42,7 +42,20 @@ def test_figures_have_task_variants():
     cfg = load_config(PROJECT_ROOT / "config" / "demo.yaml")
     figs = figure_files(cfg)
     assert "results/figures/fig4_cka.png" in figs and "results/figures/fig4_cka_mdqa.png" in figs
-    assert len(figs) == 5 * 3
+    assert "results/figures/fig4_cka_qword.png" in figs  # the custom task's own variant
+    assert len(figs) == 5 * 4
+
+
+def test_a_custom_task_runs_at_its_own_length_on_its_models():
+    demo = load_config(PROJECT_ROOT / "config" / "demo.yaml")
+    custom = [c for c in cells(demo) if c.task == "qword"]
+    assert custom == [Cell(m, i, "qword", 32) for m in ("tiny-pythia", "tiny-mamba") for i in ("pretrained", "random")]
+    assert "runs/demo/data/prompts/gpt-neox-20b/qword_n32.jsonl" in prompt_files(demo)
+    assert not any("gpt2/qword" in f for f in prompt_files(demo))  # tiny-gpt-neo does not run it
+    raw = _demo_raw()
+    raw["custom_tasks"]["qword"].update(models=None, length=600)  # every model, beyond tiny-gpt-neo's 512
+    assert {c.model for c in cells(validate_config(raw)) if c.task == "qword"} == {"tiny-pythia", "tiny-mamba",
+                                                                                  "tiny-mamba2"}
 
 
 def _demo_raw() -> dict:
@@ -64,8 +77,10 @@ def test_fig3_scoped_inits_only_at_the_figure_length_without_probes():
     cfg = validate_config(raw)
     got, table = cells(cfg), table_cells(cfg)
     fig3 = [c for c in got if c.init == "xavier"]
-    # both tasks at figures.length (300) for each of the 4 models, nothing at 600
-    assert sorted({(c.task, c.length) for c in fig3}) == [("kvpr", 300), ("mdqa", 300)] and len(fig3) == 4 * 2
+    # both paper tasks at figures.length (300) for each of the 4 models, nothing at 600; the custom task
+    # at its own length (its figure length) on its 2 models
+    assert sorted({(c.task, c.length) for c in fig3}) == [("kvpr", 300), ("mdqa", 300), ("qword", 32)]
+    assert len(fig3) == 4 * 2 + 2
     assert all(c.init != "xavier" for c in table) and len(table) == len(got) - len(fig3)
     assert len(table) == len(cells(load_config(PROJECT_ROOT / "config" / "demo.yaml")))
 

@@ -1,0 +1,75 @@
+"""One log line per process for transformers' "falling back to its reference PyTorch implementation".
+
+transformers (``transformers.integrations.hub_kernels``) logs one warning per kernel function
+(``causal_conv1d_fn``, ``selective_scan_fn``, ``mamba_chunk_scan_combined``, ...) in every
+process whose Mamba / Mamba-2 forward runs without ``mamba_ssm`` / ``causal_conv1d``: the demo's
+extraction jobs printed about 32 such lines. Those packages are CUDA-only, so on a CPU the
+fallback is expected and the path is exact (the same numbers, slower).
+
+:func:`install` (run by ``import reprflow``) puts a filter on that transformers logger which
+drops these warnings and logs, once per process, on the ``reprflow.kernels`` logger:
+
+- on CPU, at INFO: the fallback is expected there;
+- on CUDA, a WARNING naming the packages to install (envs/gpu.yaml, docs/kernels.md).
+
+The device is the last one :func:`note_device` was told (the model's device, by
+:func:`reprflow.fastpath.prepare_model` and :func:`reprflow.collect.collect_states`), or CUDA
+when torch sees a GPU. Other transformers messages pass untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+
+__all__ = ["HF_LOGGER", "install", "note_device"]
+
+HF_LOGGER = "transformers.integrations.hub_kernels"
+"""The transformers logger that emits the per-function fallback warnings."""
+
+_PATTERN = re.compile(r"`(?P<func>[^`]+)` is falling back to its reference PyTorch implementation because "
+                      r"`(?P<dist>[^`]+)` is not installed")
+_PACKAGES = ("mamba_ssm", "causal_conv1d")
+logger = logging.getLogger("reprflow.kernels")
+
+_state: dict = {"device": None, "said": False}
+
+
+def note_device(device) -> None:
+    """Record the device kind (``"cpu"``, ``"cuda"``, ...) the next forwards run on."""
+    _state["device"] = str(getattr(device, "type", device)).split(":")[0]
+
+
+def _device_kind() -> str:
+    if _state["device"] is not None:
+        return _state["device"]
+    torch = sys.modules.get("torch")
+    return "cuda" if torch is not None and torch.cuda.is_available() else "cpu"
+
+
+class _FallbackNotice(logging.Filter):
+    """Drops the per-function fallback warnings; the first one becomes one reprflow line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        match = _PATTERN.search(record.getMessage())
+        if match is None:
+            return True
+        if not _state["said"]:
+            _state["said"] = True
+            first = f"`{match['func']}` (needs `{match['dist']}`)"
+            if _device_kind() == "cpu":
+                logger.info("SSM kernels: transformers' reference PyTorch path on CPU, as expected (%s are CUDA-only; "
+                            "same results, slower); first was %s", " / ".join(_PACKAGES), first)
+            else:
+                logger.warning("SSM kernels on %s fall back to transformers' reference PyTorch path (same results, much "
+                               "slower): install %s (envs/gpu.yaml, docs/kernels.md); first was %s", _device_kind(),
+                               " and ".join(_PACKAGES), first)
+        return False
+
+
+def install() -> None:
+    """Filter the transformers fallback warnings of this process (idempotent)."""
+    hf = logging.getLogger(HF_LOGGER)
+    if not any(isinstance(f, _FallbackNotice) for f in hf.filters):
+        hf.addFilter(_FallbackNotice())

@@ -1,0 +1,66 @@
+"""transformers' per-function SSM kernel fallback warnings become one reprflow line per process."""
+
+import logging
+
+import pytest
+import torch
+from transformers import Mamba2Config, Mamba2ForCausalLM, MambaConfig, MambaForCausalLM
+
+import reprflow  # noqa: F401  (installs the filter)
+from reprflow.kernels import fallback_notice
+
+
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+@pytest.fixture
+def fresh(monkeypatch):
+    """A process that has said nothing yet, and a handler on the transformers logger itself."""
+    monkeypatch.setitem(fallback_notice._state, "said", False)
+    monkeypatch.setitem(fallback_notice._state, "device", None)
+    logging.Logger.warning_once.cache_clear()  # transformers says each message once per process (lru_cache)
+    hf = logging.getLogger(fallback_notice.HF_LOGGER)
+    seen = _Collect()
+    hf.addHandler(seen)
+    yield seen
+    hf.removeHandler(seen)
+
+
+def _ours(caplog):
+    return [r for r in caplog.records if r.name == "reprflow.kernels"]
+
+
+def test_cpu_forwards_of_mamba_and_mamba2_log_one_expected_line(fresh, caplog):
+    caplog.set_level(logging.INFO)
+    fallback_notice.note_device(torch.device("cpu"))
+    models = (MambaForCausalLM(MambaConfig(hidden_size=16, num_hidden_layers=2, vocab_size=64, state_size=4)),
+              Mamba2ForCausalLM(Mamba2Config(hidden_size=32, num_hidden_layers=2, vocab_size=64, state_size=8,
+                                             num_heads=4, head_dim=16, n_groups=1, expand=2)))
+    with torch.no_grad():
+        for model in models:
+            for _ in range(2):  # a second batch, as a second prompt set in the same process
+                model.eval()(torch.randint(0, 64, (2, 9)))
+    (line,) = _ours(caplog)
+    assert line.levelno == logging.INFO and "on CPU, as expected" in line.getMessage()
+    assert "mamba_ssm / causal_conv1d are CUDA-only" in line.getMessage()
+    assert not [r for r in fresh.records if "falling back" in r.getMessage()]  # transformers' own lines dropped
+
+
+def test_on_cuda_the_line_is_a_warning_naming_what_to_install(fresh, caplog):
+    caplog.set_level(logging.INFO)
+    fallback_notice.note_device("cuda:1")
+    hf = logging.getLogger(fallback_notice.HF_LOGGER)
+    for func, dist in (("selective_scan_fn", "mamba_ssm"), ("causal_conv1d_fn", "causal_conv1d")):
+        hf.warning(f"`{func}` is falling back to its reference PyTorch implementation because `{dist}` is not "
+                   f"installed. This is correct but much slower; install `{dist}` for the optimized kernel.")
+    hf.warning("an unrelated transformers warning")
+    (line,) = _ours(caplog)
+    assert line.levelno == logging.WARNING
+    assert "install mamba_ssm and causal_conv1d" in line.getMessage() and "`selective_scan_fn`" in line.getMessage()
+    assert [r.getMessage() for r in fresh.records] == ["an unrelated transformers warning"]
