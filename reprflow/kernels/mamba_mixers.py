@@ -21,7 +21,9 @@ correct candidate per shape class (:mod:`reprflow.kernels.ops`; ``prepare_model`
 this).
 
 Calls with a cache (generation) go to HF's original forward, so the patched model still
-generates. Padding masks are applied where HF applies them (before ``in_proj`` and after
+generates. :func:`install_mamba_train_forward` is the training variant for Mamba-1 on the CPU:
+the same forward with the differentiable
+:func:`~reprflow.kernels.selective_scan.selective_scan_autograd`, in training and eval mode. Padding masks are applied where HF applies them (before ``in_proj`` and after
 the conv).
 """
 
@@ -38,12 +40,13 @@ from torch import Tensor, nn
 
 from reprflow.kernels.causal_conv1d import causal_conv1d_silu
 from reprflow.kernels.optional import MambaSsmKernels
-from reprflow.kernels.selective_scan import selective_scan
+from reprflow.kernels.selective_scan import selective_scan, selective_scan_autograd
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "install_mamba_forward", "install_mamba2_forward", "mamba_mixer_forward", "mamba2_mixer_forward", "patch_forward",
+    "install_mamba_forward", "install_mamba2_forward", "install_mamba_train_forward", "mamba_mixer_forward",
+    "mamba2_mixer_forward", "patch_forward",
 ]
 
 
@@ -236,4 +239,39 @@ def install_mamba2_forward(
             return mamba2_mixer_forward(self, h, mask, kernels=kernels, conv_impl=conv_impl, ssd=ssd)
 
         patch_forward(m, fast)
+    return len(mixers)
+
+
+def install_mamba_train_forward(model: nn.Module) -> int:
+    """Route every ``MambaMixer`` of ``model`` to :func:`mamba_mixer_forward` with the
+    differentiable :func:`~reprflow.kernels.selective_scan.selective_scan_autograd` and the
+    torch conv, in training *and* eval mode (calls with a cache still go to HF's forward).
+
+    For training Mamba-1 where ``mamba_ssm``'s compiled kernels are absent (the CPU): HF's
+    torch fallback then indexes its scan inputs one token at a time, whose backward costs
+    ``O(n_tokens^2)``. Same parameters and the same operations as HF's forward, so the
+    trained weights load and run in stock transformers. Marks the mixers
+    ``_reprflow_train_forward``; installing twice is a no-op.
+
+    Returns
+    -------
+    int
+        Number of mixers switched.
+    """
+    from transformers.models.mamba.modeling_mamba import MambaMixer
+
+    mixers = [m for m in model.modules() if isinstance(m, MambaMixer) and not getattr(m, "_reprflow_train_forward", False)]
+    for m in mixers:
+        if m.activation != "silu":
+            raise ValueError(f"Mamba training forward supports hidden_act='silu' only, got {m.activation!r}")
+        original = m.forward
+
+        def forward(self, hidden_states, cache_params=None, attention_mask=None, _original=original, **kwargs):
+            if cache_params is not None:
+                return _original(hidden_states, cache_params=cache_params, attention_mask=attention_mask, **kwargs)
+            return mamba_mixer_forward(self, hidden_states, attention_mask, scan_impl=selective_scan_autograd,
+                                       conv_impl="torch")
+
+        m.forward = types.MethodType(forward, m)
+        m._reprflow_train_forward = True
     return len(mixers)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from transformers import Mamba2Config, Mamba2ForCausalLM, MambaConfig, MambaForCausalLM
 
-from reprflow.kernels.mamba_mixers import install_mamba2_forward, install_mamba_forward
+from reprflow.kernels.mamba_mixers import install_mamba2_forward, install_mamba_forward, install_mamba_train_forward
 from reprflow.kernels.optional import MambaSsmKernels, load_mamba_ssm_triton
 from reprflow.kernels.ssd import ssd_reference
 
@@ -54,6 +54,25 @@ def test_mamba_fast_forward_matches_hf_cpu(torch_gen):
     want, got = _hidden(hf, ids, mask), _hidden(fast, ids, mask)
     real = mask.bool()
     torch.testing.assert_close(got[:, real], want[:, real], rtol=1e-4, atol=1e-5)
+
+
+def test_mamba_train_forward_matches_hf_values_and_gradients(torch_gen):
+    hf = _tiny_mamba().train()
+    fast = copy.deepcopy(hf)
+    assert install_mamba_train_forward(fast) == 2
+    assert install_mamba_train_forward(fast) == 0
+    ids = torch.randint(0, 97, (2, 23), generator=torch_gen)
+    losses = []
+    for model in (hf, fast):
+        loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+        loss.backward()
+        losses.append(loss)
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
+    for (name, a), b in zip(hf.named_parameters(), fast.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=f"grad of {name}")
+    with torch.no_grad():  # a cached call (generation) still takes HF's path
+        out = fast.eval()(input_ids=ids[:, :5], use_cache=True)
+    assert out.cache_params is not None
 
 
 def test_mamba2_fast_forward_matches_hf_cpu(torch_gen):

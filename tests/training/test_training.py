@@ -24,7 +24,8 @@ from reprflow.models.init_schemes import InitSpec
 from reprflow.models.registry import load_model
 from reprflow.training.baseline import unigram_cross_entropy
 from reprflow.training.corpus import load_documents, split_documents
-from reprflow.training.loop import Streams, _loss, _windows, train_model
+from reprflow.models.init_schemes import build_from_config
+from reprflow.training.loop import Streams, _loss, _windows, build_config, train_model
 from reprflow.training.recipe import TrainSpec
 from reprflow.training.sizing import MATCHED_FAMILIES, count_params, match_families, padded_vocab
 
@@ -91,6 +92,26 @@ def test_training_beats_the_unigram_baseline(tmp_path, streams, family):
     assert float(rows[-1]["val_loss"]) == pytest.approx(summary["final_val_loss"])
     assert json.loads((tmp_path / "m.json").read_text())["n_params"] == summary["n_params"]
     assert not (tmp_path / "m.ckpt").exists()  # removed once the model is saved
+
+
+@pytest.mark.parametrize("family", MATCHED_FAMILIES)
+def test_cpu_training_loss_is_the_models_loss(family):
+    """The CPU training step feeds the base model's output to the LM head itself (in bf16):
+    in float32 that must be exactly the model's logits, and the bf16 loss must agree with the
+    float32 loss up to bf16 rounding. Embeddings are scaled up so the logits are far from 0."""
+    cpu = torch.device("cpu")
+    model = build_from_config(build_config(family, TrainSpec(width=64, depth=2, context=16), vocab_size=512),
+                              seed=0, dtype=torch.float32, device=cpu)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.mul_(50.0)
+    x = torch.randint(0, 512, (2, 17), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = model(input_ids=x[:, :-1], use_cache=False).logits
+        hidden = model.base_model(input_ids=x[:, :-1], use_cache=False).last_hidden_state
+        torch.testing.assert_close(model.get_output_embeddings()(hidden), logits, rtol=1e-5, atol=1e-5)
+        full, fast = float(_loss(model, x, cpu)), float(_loss(model, x, cpu, bf16_head=True))
+    assert full > 1.5 * math.log(512)  # far from uniform: the head's scale matters
+    assert fast == pytest.approx(full, rel=2e-2)
 
 
 class _Killed(Exception):
