@@ -163,7 +163,8 @@ def _changed_stages(status: str) -> list[str]:
     # the extraction engine can stream the token metrics (extraction.tokens: stream, the paper's
     # setting), so the activations stage imports the metric code too
     ("reprflow/metrics/cka.py", ["activations", "metrics"]),
-    ("reprflow/kernels/selective_scan.py", ["activations"]),
+    # the Mamba-1 scan also has the training backward (reprflow/training runs in the models stage)
+    ("reprflow/kernels/selective_scan.py", ["models", "activations"]),
     ("reprflow/pipeline/tables.py", ["report"]),
 ])
 def test_a_code_change_flags_exactly_the_stages_that_run_it(roundtrip, dvc_env, module, expected):
