@@ -4,19 +4,32 @@ Entry points: :func:`build_prompt_set` -> :func:`write_prompt_set`; :func:`read_
 :func:`load_tokenizer` (shared with the extractor).
 """
 
-from reprflow.prompts.build import build_prompt_set
-from reprflow.prompts.dataset import (
-    TASKS,
-    manifest_path,
-    prompt_set_path,
-    read_manifest,
-    read_prompt_groups,
-    read_prompt_set,
-    write_prompt_set,
-)
-from reprflow.prompts.kvpr import format_kvpr_prompt
-from reprflow.prompts.mdqa import format_mdqa_prompt
-from reprflow.prompts.tokenizers import available_tokenizers, load_tokenizer, tokenizer_sha256
+import importlib
+
+# name -> submodule; imported on first use (PEP 562), so a job that reads a prompt file does not
+# import the builders' scikit-learn and transformers
+_EXPORTS = {
+    "build_prompt_set": "build",
+    "TASKS": "dataset",
+    "manifest_path": "dataset",
+    "prompt_set_path": "dataset",
+    "read_manifest": "dataset",
+    "read_prompt_groups": "dataset",
+    "read_prompt_set": "dataset",
+    "write_prompt_set": "dataset",
+    "format_kvpr_prompt": "kvpr",
+    "format_mdqa_prompt": "mdqa",
+    "available_tokenizers": "tokenizers",
+    "load_tokenizer": "tokenizers",
+    "tokenizer_sha256": "tokenizers",
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"reprflow.prompts.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'reprflow.prompts' has no attribute {name!r}")
+
 
 __all__ = [
     "TASKS",

@@ -91,8 +91,21 @@ def _module_file(name: str, root: Path) -> Path | None:
     return None
 
 
+def _lazy_exports(module: str, root: Path) -> dict[str, str]:
+    """A package's lazily imported names: its ``__init__``'s ``_EXPORTS = {name: submodule}``
+    literal (read by its PEP 562 ``__getattr__``), e.g. ``reprflow.prompts``."""
+    init = root / Path(*module.split(".")) / "__init__.py"
+    if not init.is_file():
+        return {}
+    for node in ast.parse(init.read_text()).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "_EXPORTS" for t in node.targets):
+            return {k: v for k, v in ast.literal_eval(node.value).items()}
+    return {}
+
+
 def _imports(path: Path, root: Path) -> set[str]:
-    """Dotted names of the package modules ``path`` imports (relative imports resolved)."""
+    """Dotted names of the package modules ``path`` imports (relative imports resolved;
+    ``from pkg import name`` of a lazily exported name counts as its submodule)."""
     tree = ast.parse(path.read_text(), filename=str(path))
     rel = path.relative_to(root).with_suffix("")
     here = list(rel.parts[:-1])  # the package a module (or a package's __init__) lives in
@@ -107,7 +120,9 @@ def _imports(path: Path, root: Path) -> set[str]:
             else:
                 module = node.module or ""
             found.add(module)
-            found.update(f"{module}.{a.name}" for a in node.names)  # `from pkg import submodule`
+            lazy = _lazy_exports(module, root) if module.startswith(PACKAGE) else {}
+            # `from pkg import submodule`, or a name `pkg` imports lazily from one
+            found.update(f"{module}.{lazy.get(a.name, a.name)}" for a in node.names)
     return {n for n in found if n == PACKAGE or n.startswith(PACKAGE + ".")}
 
 
