@@ -65,6 +65,21 @@ def _check_shapes(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D, 
             raise ValueError(f"selective_scan: {name} must be (channels={channels},), got {tuple(t.shape)}")
 
 
+def _time_steps(delta: Tensor, delta_bias: Tensor | None, delta_softplus: bool, cd: torch.dtype) -> Tensor:
+    """``softplus(delta + delta_bias)`` (each part optional) in ``cd``: the scan's time steps."""
+    dt = delta.to(cd)
+    if delta_bias is not None:
+        dt = dt + delta_bias.to(cd)
+    return F.softplus(dt) if delta_softplus else dt
+
+
+def _skip_and_gate(y: Tensor, u: Tensor, D: Tensor | None, z: Tensor | None, cd: torch.dtype) -> Tensor:
+    """The scan output with the skip ``u * D`` added and the gate ``silu(z)`` applied (each optional)."""
+    if D is not None:
+        y = y + u * D.to(cd)
+    return y * F.silu(z.to(cd)) if z is not None else y
+
+
 def selective_scan_reference(
     u: Tensor,
     delta: Tensor,
@@ -111,11 +126,7 @@ def selective_scan_reference(
     """
     _check_shapes(u, delta, A, B, C, D, z, delta_bias)
     cd = compute_dtype
-    u_, dt = u.to(cd), delta.to(cd)
-    if delta_bias is not None:
-        dt = dt + delta_bias.to(cd)
-    if delta_softplus:
-        dt = F.softplus(dt)
+    u_, dt = u.to(cd), _time_steps(delta, delta_bias, delta_softplus, cd)
     A_, B_, C_ = A.to(cd), B.to(cd), C.to(cd)
     batch, n_tokens, channels = u.shape
     h = torch.zeros(batch, channels, A.shape[1], dtype=cd, device=u.device)  # [batch, channels, d_state]
@@ -125,10 +136,7 @@ def selective_scan_reference(
         h = decay * h + (dt[:, t] * u_[:, t])[:, :, None] * B_[:, t, None, :]
         ys.append(torch.einsum("bcn,bn->bc", h, C_[:, t]))
     y = torch.stack(ys, dim=1)  # [batch, n_tokens, channels]
-    if D is not None:
-        y = y + u_ * D.to(cd)
-    if z is not None:
-        y = y * F.silu(z.to(cd))
+    y = _skip_and_gate(y, u_, D, z, cd)
     return y
 
 
@@ -165,11 +173,7 @@ def selective_scan_autograd(
     """
     _check_shapes(u, delta, A, B, C, D, z, delta_bias)
     cd = torch.float64 if u.dtype == torch.float64 else torch.float32
-    u_, dt = u.to(cd), delta.to(cd)
-    if delta_bias is not None:
-        dt = dt + delta_bias.to(cd)
-    if delta_softplus:
-        dt = F.softplus(dt)
+    u_, dt = u.to(cd), _time_steps(delta, delta_bias, delta_softplus, cd)
     batch, n_tokens, channels = u.shape
     d_state = A.shape[1]
     dt_t = dt.transpose(0, 1)  # [n_tokens, batch, channels]
@@ -182,10 +186,7 @@ def selective_scan_autograd(
         h = torch.addcmul(b_t, a_t, h)  # [batch, channels, d_state]
         ys.append(torch.bmm(h, cc))  # [batch, channels, 1]
     y = torch.stack(ys, dim=1)[..., 0]  # [batch, n_tokens, channels]
-    if D is not None:
-        y = y + u_ * D.to(cd)
-    if z is not None:
-        y = y * F.silu(z.to(cd))
+    y = _skip_and_gate(y, u_, D, z, cd)
     return y.to(u.dtype)
 
 
