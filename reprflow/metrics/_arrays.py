@@ -7,6 +7,7 @@ is the single place where that conversion and the shape checks happen.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -121,3 +122,11 @@ def check_states(h: torch.Tensor, *, name: str, min_states: int = 1, min_tokens:
         raise ValueError(f"{name}: needs n_states >= {min_states}, got shape {tuple(h.shape)}")
     if n < min_tokens:
         raise ValueError(f"{name}: needs n_tokens >= {min_tokens}, got shape {tuple(h.shape)}")
+
+
+def state_selector(indices: Sequence[int]) -> slice | list[int]:
+    """A slice when ``indices`` are consecutive (a view, no copy), else the index list."""
+    idx = [int(i) for i in indices]
+    if idx == list(range(idx[0], idx[0] + len(idx))):
+        return slice(idx[0], idx[0] + len(idx))
+    return idx

@@ -123,13 +123,6 @@ def _gram_products(hi: torch.Tensor, lo: torch.Tensor | None, *, block_bytes: in
     return (products + products.T) / 2, sq_norms
 
 
-def _selector(idx: Sequence[int]) -> slice | list[int]:
-    idx = [int(i) for i in idx]
-    if idx == list(range(idx[0], idx[0] + len(idx))):
-        return slice(idx[0], idx[0] + len(idx))
-    return idx
-
-
 def prompt_metrics_mixed(
     h: torch.Tensor,
     views: Mapping[str, Sequence[int]],

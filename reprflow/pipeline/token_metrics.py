@@ -67,6 +67,7 @@ from reprflow.metrics import (
     cka_matrices,
     cka_matrix,
 )
+from reprflow.metrics._arrays import state_selector
 from reprflow.metrics.mixed import prompt_metrics_mixed
 from reprflow.store import open_activations, store_provenance
 
@@ -124,14 +125,6 @@ class ViewResults:
 
     def stack(self, get: Callable[[PromptMetrics], Any]) -> np.ndarray:
         return np.stack([np.asarray(get(p), dtype=np.float64) for p in self.prompts])
-
-
-def _state_selector(indices: Sequence[int]) -> slice | list[int]:
-    """A slice when ``indices`` are consecutive (a view, no copy), else the index list."""
-    idx = [int(i) for i in indices]
-    if idx == list(range(idx[0], idx[0] + len(idx))):
-        return slice(idx[0], idx[0] + len(idx))
-    return idx
 
 
 def _check_store(
@@ -275,7 +268,7 @@ def prompt_metrics(
     if precision == "mixed":
         try:
             per_view = prompt_metrics_mixed(
-                prompt[_state_selector(union)], {v: [position[k] for k in idx] for v, idx in view_indices.items()},
+                prompt[state_selector(union)], {v: [position[k] for k in idx] for v, idx in view_indices.items()},
                 debiased_cka=debiased_cka, n_bins=n_bins, chunk=chunk, timer=timer,
             )
         except ValueError as exc:
@@ -283,12 +276,12 @@ def prompt_metrics(
     else:
         try:
             with timer("cka"):
-                cka_all, cka_all_debiased = _union_cka(prompt[_state_selector(union)], debiased_cka=debiased_cka)
+                cka_all, cka_all_debiased = _union_cka(prompt[state_selector(union)], debiased_cka=debiased_cka)
         except ValueError as exc:
             raise error(f"{where}, CKA over states {union}: {exc}") from exc
         per_view = {}
         for v, idx in view_indices.items():
-            h = prompt[_state_selector(idx)]  # [K, n, hidden], storage dtype
+            h = prompt[state_selector(idx)]  # [K, n, hidden], storage dtype
             try:
                 per_view[v] = _stream_metrics(h, n_bins=n_bins, chunk=chunk, timer=timer)
             except ValueError as exc:
