@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Build mamba-ssm's and causal-conv1d's compiled CUDA extensions for ONE GPU architecture, on a
+# bare offline GPU machine, and install them into $SITE (benchmarks/gpu_site.sh) over the
+# Triton-only mamba_ssm there.
+#
+#   source benchmarks/gpu_site.sh && bash benchmarks/build_compiled_kernels.sh [ARCH]   (ARCH: 90 = H100/H200)
+#
+# Why a script: the setup.py of mamba-ssm 2.3.2.post1 and causal-conv1d 1.7.0 ignore
+# TORCH_CUDA_ARCH_LIST and, with CUDA 13, compile every kernel for eight architectures
+# (sm_75 ... sm_121); on a 16-core H200 machine the two builds did not finish in 430 s. Keeping
+# only the -gencode pair of ARCH, both build in parallel in about 6 minutes (MAX_JOBS=8 each).
+# Needs the two sdists in .gpu/ (carried) and nvcc, ninja and torch on the machine.
+set -euo pipefail
+ARCH=${1:-90}
+SITE=${SITE:-/tmp/reprflow-site}
+BUILD=/tmp/reprflow-build
+rm -rf "$BUILD" && mkdir -p "$BUILD/wheels"
+start=$(date +%s)
+for sdist in .gpu/mamba_ssm-*.tar.gz .gpu/causal_conv1d-*.tar.gz; do
+  tar xzf "$sdist" -C "$BUILD"
+done
+for setup in "$BUILD"/*/setup.py; do
+  # each `cc_flag.append("-gencode")` + `cc_flag.append("arch=compute_N,code=sm_N")` pair with
+  # N != ARCH becomes `pass` (an `if` block may then hold only passes, still valid Python)
+  python3 - "$setup" "$ARCH" <<'EOF'
+import re, sys
+path, arch = sys.argv[1], sys.argv[2]
+src = open(path).read()
+pair = re.compile(r'^(\s*)cc_flag\.append\("-gencode"\)\n\s*cc_flag\.append\("arch=compute_(\d+a?),code=sm_\d+a?"\)\n', re.M)
+kept = []
+def keep_or_drop(m):
+    if m.group(2) == arch:
+        kept.append(m.group(2))
+        return m.group(0)
+    return f"{m.group(1)}pass\n"
+out = pair.sub(keep_or_drop, src)
+if not kept:
+    sys.exit(f"{path}: no -gencode pair for sm_{arch}; setup.py changed, edit this script")
+open(path, "w").write(out)
+print(f"{path}: kept sm_{arch} only")
+EOF
+done
+build() {  # $1: source dir; output in $BUILD/<name>.log
+  local name; name=$(basename "$1")
+  ( cd "$1" && MAX_JOBS=8 MAMBA_FORCE_BUILD=TRUE CAUSAL_CONV1D_FORCE_BUILD=TRUE \
+      python3 -m pip wheel -q --no-deps --no-build-isolation --no-index -w "$BUILD/wheels" . ) \
+    > "$BUILD/$name.log" 2>&1 && echo "built $name in $(( $(date +%s) - start )) s" \
+    || { echo "FAILED $name: tail of $BUILD/$name.log"; tail -30 "$BUILD/$name.log"; return 1; }
+}
+pids=()
+for d in "$BUILD"/*/; do build "$d" & pids+=($!); done
+rc=0; for p in "${pids[@]}"; do wait "$p" || rc=1; done
+[ $rc -eq 0 ] || exit 1
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$BUILD"/wheels/*.whl
+ls -la "$BUILD/wheels"
+PYTHONPATH="$SITE" python3 -c "import selective_scan_cuda, causal_conv1d_cuda, mamba_ssm, causal_conv1d; print('compiled kernels import: mamba_ssm', mamba_ssm.__version__, 'causal_conv1d', causal_conv1d.__version__)"
+echo "compiled kernels built and installed in $(( $(date +%s) - start )) s"
