@@ -2,8 +2,11 @@
 # Set up a bare GPU machine (no internet) from the wheels/sdists carried in .gpu/, then run
 # the GPU tests, the kernel timings, a profile of the SSM forwards and benchmarks/extract.py. Usage (repo root, $OUT set):
 #
-#   bash benchmarks/extract_gpu.sh [tests] [scan] [profile] [bench] [quick] [shards] [-- extra args for extract.py / shards_gpu.py]
+#   bash benchmarks/extract_gpu.sh [compiled] [tests] [scan] [profile] [bench] [quick] [shards] [kernels] [cell] [-- extra args for extract.py / shards_gpu.py]
 #
+# `compiled` builds mamba-ssm's and causal-conv1d's CUDA extensions for sm_90 first (~6 min,
+# benchmarks/build_compiled_kernels.sh; both sdists in .gpu/); `kernels` runs benchmarks/kernels.py
+# (naive HF, HF best, reprflow with and without the compiled packages), `cell` benchmarks/cell.py.
 # Default: tests bench. TESTS_K="expr" limits the tests to pytest -k expr. Writes logs and tables to $OUT. Needs .gpu/ (see requirements-gpu.txt):
 #   transformers, zarr, numcodecs, donfig, google-crc32c, regex wheels (cp312) and the
 #   mamba_ssm sdist, installed here without compiling anything.
@@ -20,6 +23,10 @@ done
 [ ${#steps[@]} -eq 0 ] && steps=(tests bench)
 
 source benchmarks/gpu_site.sh
+if [ "${steps[0]}" = "compiled" ]; then
+  bash benchmarks/build_compiled_kernels.sh 90 2>&1 | tee "$OUT/build.log" || exit 1
+  steps=("${steps[@]:1}")
+fi
 python3 - <<'EOF' 2>&1 | tee "$OUT/env.txt"
 import torch, triton, transformers, zarr, numpy
 from reprflow.kernels.optional import load_mamba_ssm_triton
@@ -41,6 +48,8 @@ for s in "${steps[@]}"; do
     scan) timeout 120 python3 benchmarks/extract.py --scan-configs --out "$OUT" 2>&1 | tee "$OUT/scan.log" ;;
     bench) timeout 540 python3 benchmarks/extract.py --out "$OUT" "${extra[@]}" 2>&1 | tee "$OUT/bench.log" ;;
     quick) timeout 300 python3 benchmarks/extract.py --quick --out "$OUT" "${extra[@]}" 2>&1 | tee "$OUT/quick.log" ;;
+    kernels) timeout 420 python3 benchmarks/kernels.py --out "$OUT" "${extra[@]}" 2>&1 | tee "$OUT/kernels.log" ;;
+    cell) timeout 240 python3 benchmarks/cell.py --out "$OUT" "${extra[@]}" 2>&1 | tee "$OUT/cell.log" ;;
     *) echo "unknown step $s"; exit 2 ;;
   esac
 done
