@@ -19,8 +19,8 @@ timed ones, each synchronised. Model preparation is ``train_model``'s,
   (time-major torch, a loop over the tokens with ``unbind``);
 * ``hf-torch``: transformers' own torch fallback, in a subprocess whose imports refuse the
   compiled packages (as benchmarks/kernels.py). It is slow (its backward is O(context^2)), so
-  it runs first at ``batch / 16`` for one warm-up and one timed step, and at the full batch
-  only if that extrapolates to at most ``--hf-limit-s`` seconds per step.
+  it runs first at ``batch / 16`` (``--quick``: the full batch) for one warm-up and one timed
+  step, and at the full batch only if that extrapolates to at most ``--hf-limit-s`` s per step.
 
 A row that runs out of GPU memory is retried at half the batch (the table gives the batch).
 
@@ -63,7 +63,7 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-FAMILIES = ("gpt_neo", "gpt_neox", "mamba", "mamba2")
+FAMILIES = ("gpt_neo", "gpt_neox", "mamba2", "mamba")  # run order: transformers' fallback for Mamba-1 last
 VOCAB_TOKENS = 50277  # GPT-NeoX-20B tokenizer; the embedding has padded_vocab(50277) = 50304 rows
 QUICK_VOCAB_TOKENS = 1000  # --quick: synthetic ids over a small vocabulary (the test runs in seconds)
 HF_PROBE_DIVISOR = 16
@@ -123,14 +123,12 @@ def _free(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def _run(family: str, path: str | None, spec, windows: np.ndarray, *, batch: int, warmup: int, steps: int,
-         slow_s: float, device: torch.device, n_tokens: int) -> dict:
+def _run(family: str, path: str | None, spec, config, windows: np.ndarray, *, batch: int, warmup: int, steps: int,
+         slow_s: float, device: torch.device) -> dict:
     from reprflow.models.init_schemes import build_from_config
     from reprflow.training.kernels import describe_kernels, prepare_training
-    from reprflow.training.loop import _batch, _lr_at, _optimizer, build_config, train_step
-    from reprflow.training.sizing import padded_vocab
+    from reprflow.training.loop import _batch, _lr_at, _optimizer, train_step
 
-    config = build_config(family, spec, vocab_size=padded_vocab(n_tokens), positions=spec.context)
     model = build_from_config(config, seed=spec.seed, dtype=torch.float32, device=device)
     chosen = prepare_training(model, family, device, path=path)
     kernels = describe_kernels(model, family, chosen)
@@ -159,8 +157,16 @@ def _run(family: str, path: str | None, spec, windows: np.ndarray, *, batch: int
             "losses": losses, "peak_gib": peak, "note": ""}
 
 
-def measure(family: str, path: str | None, spec, windows, args, *, batch: int | None = None, steps: int | None = None,
-            warmup: int | None = None) -> dict:
+def family_config(family: str, spec, args):
+    """The model config ``train_model`` would build for ``family`` under ``spec``."""
+    from reprflow.training.loop import build_config
+    from reprflow.training.sizing import padded_vocab
+
+    return build_config(family, spec, vocab_size=padded_vocab(vocab_tokens(args)), positions=spec.context)
+
+
+def measure(family: str, path: str | None, spec, config, windows, args, *, batch: int | None = None,
+            steps: int | None = None, warmup: int | None = None) -> dict:
     """One row: :func:`_run`, retried at half the batch after running out of GPU memory."""
     device = torch.device(args.device)
     batch = batch or spec.batch_size
@@ -168,9 +174,9 @@ def measure(family: str, path: str | None, spec, windows, args, *, batch: int | 
     while True:
         oom = False
         try:
-            row = _run(family, path, spec, windows, batch=batch, warmup=args.warmup if warmup is None else warmup,
-                       steps=args.steps if steps is None else steps, slow_s=args.slow_s, device=device,
-                       n_tokens=vocab_tokens(args))
+            row = _run(family, path, spec, config, windows, batch=batch,
+                       warmup=args.warmup if warmup is None else warmup, steps=args.steps if steps is None else steps,
+                       slow_s=args.slow_s, device=device)
         except torch.OutOfMemoryError:
             oom = True
         _free(device)
@@ -184,9 +190,10 @@ def measure(family: str, path: str | None, spec, windows, args, *, batch: int | 
         batch //= 2
 
 
-def hf_torch_row(spec, windows, args) -> dict:
-    """transformers' torch fallback for Mamba-1 (run in the hidden worker): a probe at
-    ``batch / 16``, then the full batch if one step extrapolates to <= ``--hf-limit-s``."""
+def hf_torch_row(spec, config, windows, args) -> dict:
+    """transformers' torch fallback for Mamba-1 (run in the hidden worker): one warm-up and one
+    timed step at ``batch / 16``, then the same at the full batch if the timed step
+    extrapolates to <= ``--hf-limit-s``."""
     from transformers.models.mamba import modeling_mamba
 
     from reprflow.training.kernels import hf_resolved_module
@@ -194,13 +201,13 @@ def hf_torch_row(spec, windows, args) -> dict:
     bound = hf_resolved_module(modeling_mamba.mamba_inner_fn)
     if not bound.startswith("transformers"):
         raise RuntimeError(f"hidden worker: transformers bound mamba_inner_fn to {bound}, not its torch fallback")
-    probe = max(1, spec.batch_size // HF_PROBE_DIVISOR)
-    row = measure("mamba", "hf-torch", spec, windows, args, batch=probe, steps=1, warmup=1)
+    probe = spec.batch_size if args.quick else max(1, spec.batch_size // HF_PROBE_DIVISOR)
+    row = measure("mamba", "hf-torch", spec, config, windows, args, batch=probe, steps=1, warmup=1)
     if row["ms_per_step"] is None:
         return row
     estimate = row["ms_per_step"] / 1e3 * spec.batch_size / probe
     if probe < spec.batch_size and estimate <= args.hf_limit_s:
-        row = measure("mamba", "hf-torch", spec, windows, args, steps=1, warmup=1)
+        row = measure("mamba", "hf-torch", spec, config, windows, args, steps=1, warmup=1)
     elif probe < spec.batch_size:
         row["note"] = (f"batch {probe} only: one step at batch {spec.batch_size} extrapolates to {estimate:.0f} s "
                        f"(> {args.hf_limit_s:.0f} s, not run)")
@@ -212,7 +219,7 @@ def worker(args) -> int:
     sys.meta_path.insert(0, _bench_kernels()._Refuse())  # before transformers binds its kernels
     spec = recipe(args)
     windows, _ = token_windows(spec, spec.batch_size * 4, vocab_tokens(args))
-    row = hf_torch_row(spec, windows, args)
+    row = hf_torch_row(spec, family_config("mamba", spec, args), windows, args)
     Path(args.json).write_text(json.dumps(row))
     return 0
 
@@ -299,7 +306,7 @@ def recommendation(rows: list[dict], picked: str, spec) -> list[str]:
         if rate:
             budget.append((fam, spec.tokens / rate / 60))
     if budget:
-        out.append(f"At these rates {spec.tokens / 1e6:.0f}M tokens per model (train_model's paths, validation "
+        out.append(f"At these rates {spec.tokens:,} tokens per model (train_model's paths, validation "
                    f"and checkpoints not counted) take: " + ", ".join(f"{f} {m:.1f} min" for f, m in budget)
                    + f"; {sum(m for _, m in budget):.1f} min in all.")
     return out
@@ -317,7 +324,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="a first step slower than this marks a slow path: 1 warm-up, <= 2 timed steps")
     p.add_argument("--hf-limit-s", type=float, default=20.0,
                    help="run transformers' torch fallback at the full batch only if a step extrapolates to <= this")
-    p.add_argument("--hf-timeout-s", type=float, default=120.0, help="kill the fallback's worker after this")
+    p.add_argument("--hf-timeout-s", type=float, default=90.0, help="kill the fallback's worker after this")
+    p.add_argument("--budget-s", type=float, default=100.0,
+                   help="skip transformers' torch fallback if the other rows took longer than this")
     p.add_argument("--no-hf-torch", action="store_true", help="skip transformers' torch fallback (its subprocess)")
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="roofline; default 782 (H200 bf16, measured) on CUDA, the float32 matmul rate on the CPU")
@@ -334,8 +343,7 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.WARNING)
     from reprflow.training.kernels import mamba1_train_path
-    from reprflow.training.loop import build_config
-    from reprflow.training.sizing import count_params, padded_vocab, train_flops_per_token
+    from reprflow.training.sizing import count_params, train_flops_per_token
 
     t_start = time.perf_counter()
     device = torch.device(args.device)
@@ -357,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{info['device']}: {info['recipe']}; data {data}; train_model's Mamba-1 path here: {picked}", flush=True)
     rows = []
     for family in args.families:
-        config = build_config(family, spec, vocab_size=padded_vocab(vocab_tokens(args)), positions=spec.context)
+        config = family_config(family, spec, args)
         fpt = train_flops_per_token(config, spec.context)
         n_params = count_params(config)[0]
         print(f"== {family}: {n_params / 1e6:.1f}M params, {fpt / 1e6:.0f} MFLOP/token", flush=True)
@@ -370,12 +378,16 @@ def main(argv: list[str] | None = None) -> int:
                 row = {"family": family, "path": path, "kernels": "", "batch": None, "ms_per_step": None,
                        "losses": [], "peak_gib": None, "note": f"not available: {skip}"}
             else:
-                row = measure(family, path, spec, windows, args)
+                row = measure(family, path, spec, config, windows, args)
             rows.append(finish_row(row, spec, fpt, peak))
             print(f"  {row['path']:24s} batch {_fmt(row['batch'], 'd'):>3s}  {_fmt(row.get('ms_per_step'), '8.0f')} ms/step"
                   f"  {_fmt(row.get('tokens_per_s'), '9.0f')} tok/s  {_fmt(row.get('pct_roofline'), '5.1f')}% roofline"
                   f"  {row['note']}  [{row['kernels']}]", flush=True)
-        if family == "mamba" and not args.no_hf_torch:
+        if family == "mamba" and not args.no_hf_torch and time.perf_counter() - t_start > args.budget_s:
+            rows.append(finish_row({"family": family, "path": "hf-torch", "kernels": "", "batch": None,
+                                    "ms_per_step": None, "losses": [], "peak_gib": None,
+                                    "note": f"skipped: past --budget-s {args.budget_s:.0f} s"}, spec, fpt, peak))
+        elif family == "mamba" and not args.no_hf_torch:
             _free(device)
             row = finish_row(_hidden_row(args, argv), spec, fpt, peak)
             rows.append(row)
