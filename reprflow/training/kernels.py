@@ -61,9 +61,11 @@ def hf_resolved_module(fn) -> str:
 
 
 def _hf_mamba_inner_is_compiled() -> bool:
+    """False only when transformers visibly kept its torch ``mamba_inner_fn`` (which returns
+    None and sends training to the torch fallback); callers check the compiled imports first."""
     from transformers.models.mamba import modeling_mamba
 
-    return hf_resolved_module(modeling_mamba.mamba_inner_fn).startswith("mamba_ssm")
+    return not hf_resolved_module(modeling_mamba.mamba_inner_fn).startswith("transformers")
 
 
 def mamba1_train_path(device: torch.device) -> str:
