@@ -102,6 +102,10 @@ def prepare_training(model: nn.Module, family: str, device: torch.device, *, pat
     if path not in MAMBA1_PATHS:
         raise ValueError(f"Mamba-1 training path {path!r}: use one of {list(MAMBA1_PATHS)}")
     if path == "reprflow-autograd":
+        if device.type == "cuda":
+            logger.warning("Mamba-1 trains through selective_scan_autograd on %s: launch-bound and memory-hungry "
+                           "(benchmarks/train_gpu.py); install mamba-ssm and causal-conv1d compiled for this GPU "
+                           "to train through their fused kernels", device)
         install_mamba_train_forward(model)
     elif path == "reprflow-mamba_ssm-scan":
         from reprflow.kernels.ops import compiled_scan_time_major
