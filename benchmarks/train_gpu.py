@@ -251,18 +251,6 @@ def _hidden_row(args, argv: list[str]) -> dict:
         return json.loads(out.read_text())
 
 
-def mamba1_paths(device: torch.device) -> list[tuple[str, str]]:
-    """(path, why it is skipped or "") for every Mamba-1 path but ``hf-torch``."""
-    from reprflow.kernels.optional import compiled_causal_conv1d, compiled_selective_scan
-    from reprflow.training.kernels import _hf_mamba_inner_is_compiled
-
-    scan = device.type == "cuda" and compiled_selective_scan() is not None
-    fused = scan and compiled_causal_conv1d() is not None and _hf_mamba_inner_is_compiled()
-    return [("hf-mamba_ssm", "" if fused else "needs CUDA and compiled selective_scan_cuda + causal_conv1d"),
-            ("reprflow-mamba_ssm-scan", "" if scan else "needs CUDA and compiled selective_scan_cuda"),
-            ("reprflow-autograd", "")]
-
-
 def finish_row(row: dict, spec, flops_per_token: float, peak_tflops: float) -> dict:
     tokens = (row["batch"] or 0) * spec.context
     ms = row.get("ms_per_step")
@@ -354,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     import logging
 
     logging.basicConfig(level=logging.WARNING)
-    from reprflow.training.kernels import mamba1_train_path
+    from reprflow.training.kernels import MAMBA1_PATHS, mamba1_path_availability, mamba1_train_path
     from reprflow.training.sizing import count_params, train_flops_per_token
 
     t_start = time.perf_counter()
@@ -381,8 +369,9 @@ def main(argv: list[str] | None = None) -> int:
         fpt = train_flops_per_token(config, spec.context)
         n_params = count_params(config)[0]
         print(f"== {family}: {n_params / 1e6:.1f}M params, {fpt / 1e6:.0f} MFLOP/token", flush=True)
-        if family == "mamba":
-            todo = mamba1_paths(device)
+        if family == "mamba":  # hf-torch runs in its own process, below
+            available = mamba1_path_availability(device)
+            todo = [(p, available[p]) for p in MAMBA1_PATHS if p != "hf-torch"]
         else:
             todo = [(None, "")]
         for path, skip in todo:

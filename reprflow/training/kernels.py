@@ -19,8 +19,9 @@ so its backward costs ``O(context^2)``). Mamba-1 has four paths (:data:`MAMBA1_P
     :func:`~reprflow.kernels.selective_scan.selective_scan_autograd` (torch; a Python loop over
     the tokens, backward linear in the context): every other case, the CPU included.
 ``hf-torch``
-    transformers' torch fallback as it stands; never chosen, benchmarked only
-    (benchmarks/train_gpu.py).
+    transformers' forward left as it is, which is its torch fallback only where the compiled
+    packages do not import (benchmarks/train_gpu.py runs it in a process that hides them);
+    never chosen.
 
 Mamba2 and the Transformers are left to transformers (Mamba2: ``mamba_ssm``'s Triton
 ``mamba_split_conv1d_scan_combined`` when ``mamba_ssm`` imports, which has a backward);
@@ -39,7 +40,8 @@ from reprflow.kernels.optional import compiled_causal_conv1d, compiled_selective
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MAMBA1_PATHS", "describe_kernels", "hf_resolved_module", "mamba1_train_path", "prepare_training"]
+__all__ = ["MAMBA1_PATHS", "describe_kernels", "hf_resolved_module", "mamba1_path_availability", "mamba1_train_path",
+           "prepare_training"]
 
 MAMBA1_PATHS = ("hf-mamba_ssm", "reprflow-mamba_ssm-scan", "reprflow-autograd", "hf-torch")
 
@@ -68,13 +70,23 @@ def _hf_mamba_inner_is_compiled() -> bool:
     return not hf_resolved_module(modeling_mamba.mamba_inner_fn).startswith("transformers")
 
 
+def mamba1_path_availability(device: torch.device) -> dict[str, str]:
+    """Each of :data:`MAMBA1_PATHS` -> ``""`` if it can run on ``device`` here, else why not."""
+    scan = device.type == "cuda" and compiled_selective_scan() is not None
+    fused = scan and compiled_causal_conv1d() is not None and _hf_mamba_inner_is_compiled()
+    return {
+        "hf-mamba_ssm": "" if fused else "needs CUDA and compiled selective_scan_cuda + causal_conv1d",
+        "reprflow-mamba_ssm-scan": "" if scan else "needs CUDA and compiled selective_scan_cuda",
+        "reprflow-autograd": "",
+        "hf-torch": "",
+    }
+
+
 def mamba1_train_path(device: torch.device) -> str:
-    """The fastest Mamba-1 training path available on ``device`` (module docstring)."""
-    if device.type != "cuda" or compiled_selective_scan() is None:
-        return "reprflow-autograd"
-    if compiled_causal_conv1d() is not None and _hf_mamba_inner_is_compiled():
-        return "hf-mamba_ssm"
-    return "reprflow-mamba_ssm-scan"
+    """The fastest Mamba-1 training path available on ``device``: the first available of
+    ``hf-mamba_ssm``, ``reprflow-mamba_ssm-scan``, ``reprflow-autograd`` (module docstring)."""
+    available = mamba1_path_availability(device)
+    return next(p for p in MAMBA1_PATHS[:3] if not available[p])
 
 
 def prepare_training(model: nn.Module, family: str, device: torch.device, *, path: str | None = None) -> str:
