@@ -21,9 +21,9 @@ correct candidate per shape class (:mod:`reprflow.kernels.ops`; ``prepare_model`
 this).
 
 Calls with a cache (generation) go to HF's original forward, so the patched model still
-generates. :func:`install_mamba_train_forward` is the training variant for Mamba-1 on the CPU:
-the same forward with the differentiable
-:func:`~reprflow.kernels.selective_scan.selective_scan_autograd`, in training and eval mode. Padding masks are applied where HF applies them (before ``in_proj`` and after
+generates. :func:`install_mamba_train_forward` is the training variant for Mamba-1 where
+``mamba_ssm``'s fused compiled kernel is absent: the same forward with a differentiable scan
+(default :func:`~reprflow.kernels.selective_scan.selective_scan_autograd`), in training and eval mode. Padding masks are applied where HF applies them (before ``in_proj`` and after
 the conv).
 """
 
@@ -242,16 +242,32 @@ def install_mamba2_forward(
     return len(mixers)
 
 
-def install_mamba_train_forward(model: nn.Module) -> int:
-    """Route every ``MambaMixer`` of ``model`` to :func:`mamba_mixer_forward` with the
-    differentiable :func:`~reprflow.kernels.selective_scan.selective_scan_autograd` and the
-    torch conv, in training *and* eval mode (calls with a cache still go to HF's forward).
+def install_mamba_train_forward(
+    model: nn.Module, *, scan: Callable[..., Tensor] = selective_scan_autograd,
+    conv_impl: str | Callable[..., Tensor] = "torch",
+) -> int:
+    """Route every ``MambaMixer`` of ``model`` to :func:`mamba_mixer_forward` with a
+    differentiable scan and conv, in training *and* eval mode (calls with a cache still go to
+    HF's forward).
 
-    For training Mamba-1 where ``mamba_ssm``'s compiled kernels are absent (the CPU): HF's
-    torch fallback then indexes its scan inputs one token at a time, whose backward costs
-    ``O(n_tokens^2)``. Same parameters and the same operations as HF's forward, so the
-    trained weights load and run in stock transformers. Marks the mixers
-    ``_reprflow_train_forward``; installing twice is a no-op.
+    For training Mamba-1 where ``mamba_ssm``'s fused compiled ``mamba_inner_fn`` is absent
+    (the CPU; a GPU without ``causal_conv1d``): HF's torch fallback then indexes its scan
+    inputs one token at a time, whose backward costs ``O(n_tokens^2)``. Same parameters and
+    the same operations as HF's forward, so the trained weights load and run in stock
+    transformers. Marks the mixers ``_reprflow_train_forward``; installing twice is a no-op.
+    :func:`reprflow.training.kernels.prepare_training` picks the scan per device.
+
+    Parameters
+    ----------
+    scan : callable
+        A scan with autograd, signature of
+        :func:`~reprflow.kernels.selective_scan.selective_scan` without ``impl``: default
+        :func:`~reprflow.kernels.selective_scan.selective_scan_autograd` (torch, any device);
+        on CUDA also ``mamba_ssm``'s compiled ``selective_scan_fn`` behind the time-major
+        signature (:func:`reprflow.kernels.ops.compiled_scan_time_major`).
+    conv_impl : {"torch"} or callable
+        The causal conv + SiLU; must have a backward (the torch conv does; the project's
+        Triton conv does not).
 
     Returns
     -------
@@ -269,8 +285,7 @@ def install_mamba_train_forward(model: nn.Module) -> int:
         def forward(self, hidden_states, cache_params=None, attention_mask=None, _original=original, **kwargs):
             if cache_params is not None:
                 return _original(hidden_states, cache_params=cache_params, attention_mask=attention_mask, **kwargs)
-            return mamba_mixer_forward(self, hidden_states, attention_mask, scan_impl=selective_scan_autograd,
-                                       conv_impl="torch")
+            return mamba_mixer_forward(self, hidden_states, attention_mask, scan_impl=scan, conv_impl=conv_impl)
 
         m.forward = types.MethodType(forward, m)
         m._reprflow_train_forward = True

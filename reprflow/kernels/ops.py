@@ -32,7 +32,7 @@ from reprflow.kernels.select import Candidate, KernelOp
 from reprflow.kernels.selective_scan import selective_scan, selective_scan_reference
 from reprflow.kernels.ssd import ssd_reference
 
-__all__ = ["mamba_scan_op", "causal_conv_op", "mamba2_ssd_op", "OP_NAMES"]
+__all__ = ["mamba_scan_op", "causal_conv_op", "mamba2_ssd_op", "compiled_scan_time_major", "OP_NAMES"]
 
 OP_NAMES = ("mamba_scan", "causal_conv", "mamba2_ssd")
 _ANY = ("cpu", "cuda")
@@ -53,8 +53,9 @@ def _scan_reference(u, delta, A, B, C, D=None, z=None, *, delta_bias=None, delta
                                     compute_dtype=torch.float64)
 
 
-def _compiled_scan_time_major(fn: Callable) -> Callable[..., Tensor]:
-    """``mamba_ssm``'s channel-major ``selective_scan_fn`` behind the time-major signature."""
+def compiled_scan_time_major(fn: Callable) -> Callable[..., Tensor]:
+    """``mamba_ssm``'s channel-major ``selective_scan_fn`` behind the time-major signature
+    (an autograd Function: training uses it too, :mod:`reprflow.training.kernels`)."""
 
     def scan(u, delta, A, B, C, D=None, z=None, *, delta_bias=None, delta_softplus=False) -> Tensor:
         y = fn(u.transpose(1, 2), delta.transpose(1, 2), A, B.transpose(1, 2), C.transpose(1, 2), D,
@@ -72,7 +73,7 @@ def mamba_scan_op(device: torch.device, *, report: dict, forced: str | None = No
                                "reprflow Triton selective scan (time-major, state in registers)"))
     compiled = compiled_selective_scan() if device.type == "cuda" else None
     if compiled is not None:
-        cands.append(Candidate("mamba_ssm", _compiled_scan_time_major(compiled),
+        cands.append(Candidate("mamba_ssm", compiled_scan_time_major(compiled),
                                f"mamba_ssm {_version('mamba_ssm')} selective_scan_cuda (compiled) + transposes"))
     cands.append(Candidate("torch", functools.partial(selective_scan, impl="torch"),
                            "reprflow torch reference (Python loop over tokens)", devices=_ANY, timed=False))

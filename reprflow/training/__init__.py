@@ -7,8 +7,9 @@ Modules (one job each):
   the four paper families to one parameter count.
 - :mod:`~reprflow.training.recipe`: the validated ``train:`` block of a model entry.
 - :mod:`~reprflow.training.baseline`: the unigram cross-entropy baseline (float64).
-- :mod:`~reprflow.training.loop`: the training loop with atomic checkpoints, metrics and
-  ``save_pretrained``.
+- :mod:`~reprflow.training.kernels`: which kernels a training step runs (the Mamba-1 path per device).
+- :mod:`~reprflow.training.loop`: the training step and loop with atomic checkpoints, metrics
+  and ``save_pretrained``.
 
 See docs/training.md.
 """

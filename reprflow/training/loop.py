@@ -17,10 +17,12 @@ Conventions
   written atomically every ``checkpoint_every`` steps; a restarted run resumes from it when
   its recipe digest matches, and the final weights equal those of an uninterrupted run.
 - On CUDA the forward runs under bf16 autocast with float32 master weights. Models run their
-  own transformers code: Mamba2 and Mamba take mamba_ssm's kernels (which have a backward)
-  when that package is importable; otherwise the torch path (see docs/training.md). On the
-  CPU, Mamba-1's mixers run :func:`~reprflow.kernels.mamba_mixers.install_mamba_train_forward`
-  (same weights and operations, a scan whose backward is linear in the context).
+  own transformers code (Mamba2: mamba_ssm's Triton kernels when that package imports),
+  except Mamba-1, whose path :func:`reprflow.training.kernels.prepare_training` picks:
+  mamba_ssm's compiled kernels through transformers on CUDA when they import, else the
+  project's training forward (same weights and operations, a scan whose backward is linear in
+  the context). The path is logged and recorded in the summary (``train_kernels``).
+- :func:`train_step` is the one optimizer step; the loop and benchmarks/train_gpu.py call it.
 """
 
 from __future__ import annotations
@@ -46,20 +48,20 @@ from tqdm import tqdm
 import reprflow
 from reprflow.atomic import atomic_write, atomic_write_bytes, atomic_write_dir
 from reprflow.errors import ConfigError
-from reprflow.kernels.mamba_mixers import install_mamba_train_forward
 from reprflow.models.init_schemes import build_from_config
 from reprflow.prompts.tokenizers import load_tokenizer
 from reprflow.training.baseline import unigram_cross_entropy
 from reprflow.training.corpus import load_documents, split_documents, tokenize_documents
+from reprflow.training.kernels import describe_kernels, prepare_training
 from reprflow.training.recipe import TrainSpec
-from reprflow.training.sizing import count_params, family_config, match_families, padded_vocab
+from reprflow.training.sizing import count_params, family_config, match_families, padded_vocab, train_flops_per_token
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["METRIC_COLUMNS", "PROVENANCE_FILE", "Streams", "build_config", "load_streams", "train_model"]
+__all__ = ["METRIC_COLUMNS", "PROVENANCE_FILE", "Streams", "build_config", "load_streams", "train_model", "train_step"]
 
 PROVENANCE_FILE = "reprflow_train.json"
-H200_BF16_FLOPS = 790e12  # dense bf16 peak used for the MFU in the summary (docs/training.md)
+H200_BF16_FLOPS = 782e12  # bf16 matmul rate measured on the H200 (benchmarks/kernels.py): the MFU's peak
 METRIC_COLUMNS = ("step", "tokens", "train_loss", "val_loss", "lr", "tokens_per_s", "elapsed_s")
 
 
@@ -177,6 +179,23 @@ def _loss(model, x: torch.Tensor, device: torch.device, *, bf16_head: bool = Fal
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
 
 
+def train_step(model, optimizer: torch.optim.Optimizer, x: torch.Tensor, device: torch.device, *, lr: float,
+               grad_clip: float | None) -> torch.Tensor:
+    """One training step on windows ``x`` (batch, context + 1), token ids on ``device``:
+    set the learning rate, loss (:func:`_loss`, bf16 head on the CPU), backward, gradient
+    clipping (if ``grad_clip``), AdamW step. Returns the loss, detached, not synchronised
+    (``float()`` it to wait for the step)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    loss = _loss(model, x, device, bf16_head=True)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return loss.detach()
+
+
 @torch.no_grad()
 def _val_loss(model, val_windows: np.ndarray, device: torch.device, batch_size: int) -> float:
     model.eval()
@@ -270,8 +289,9 @@ def train_model(
     config = build_config(family, spec, vocab_size=streams.vocab_size, positions=positions)
     n_params, n_non_embedding = count_params(config)
     model = build_from_config(config, seed=spec.seed, dtype=torch.float32, device=device)
-    if family == "mamba" and device.type == "cpu":
-        install_mamba_train_forward(model)  # HF's CPU scan has an O(context^2) backward
+    kernel_path = prepare_training(model, family, device)  # Mamba-1: the fastest scan with a backward
+    kernels = describe_kernels(model, family, kernel_path)
+    logger.info("training %s on %s: %s", family, device, kernels)
     model.train()
     optimizer = _optimizer(model, spec)
     n_steps = spec.steps()
@@ -304,17 +324,10 @@ def train_model(
                disable=not progress, mininterval=2.0, dynamic_ncols=False)
     while step < n_steps:
         lr = _lr_at(step, spec, n_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
         x = torch.as_tensor(_batch(train_windows, step, spec.batch_size, spec.data_seed), dtype=torch.long, device=device)
-        loss = _loss(model, x, device, bf16_head=True)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if spec.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
-        optimizer.step()
+        loss = train_step(model, optimizer, x, device, lr=lr, grad_clip=spec.grad_clip)
         step += 1
-        window_losses.append(float(loss.detach()))
+        window_losses.append(float(loss))
         now = time.perf_counter()
         rate = (step - window_step0) * tokens_per_step / max(now - window_start, 1e-9)
         bar.update(1)
@@ -335,6 +348,7 @@ def train_model(
             on_step(step)
     bar.close()
 
+    flops = train_flops_per_token(config, spec.context) * n_steps * tokens_per_step
     summary = {
         "family": family,
         "n_params": n_params,
@@ -354,9 +368,10 @@ def train_model(
         "unigram_val_loss": unigram,
         "train_seconds": rows[-1]["elapsed_s"],
         "tokens_per_s": (n_steps * tokens_per_step / rows[-1]["elapsed_s"]) if rows[-1]["elapsed_s"] else None,
-        "train_flops_estimate": 6 * n_params * n_steps * tokens_per_step,  # 6 N D (attention not counted)
-        "mfu_vs_h200_bf16": ((6 * n_params * n_steps * tokens_per_step / rows[-1]["elapsed_s"]) / H200_BF16_FLOPS
+        "train_flops_estimate": flops,  # train_flops_per_token x tokens (sizing.py states the formula)
+        "mfu_vs_h200_bf16": (flops / rows[-1]["elapsed_s"] / H200_BF16_FLOPS
                              if rows[-1]["elapsed_s"] and device.type == "cuda" else None),
+        "train_kernels": kernels,
         "device": str(device),
         "threads": torch.get_num_threads() if device.type == "cpu" else None,
         "reprflow_version": reprflow.__version__,

@@ -29,6 +29,7 @@ __all__ = [
     "family_config",
     "match_families",
     "padded_vocab",
+    "train_flops_per_token",
     "width_for_params",
 ]
 
@@ -192,3 +193,23 @@ def width_for_params(target: int, *, depth: int, vocab_size: int, context: int, 
         if total > 2 * target:
             break
     return best[0]
+
+
+def train_flops_per_token(config: PretrainedConfig, context: int) -> int:
+    """Training FLOPs per token of ``config`` at ``context`` (the roofline's numerator).
+
+    ``6 * N_mm + 12 * L_attn * context * width`` (Kaplan et al. 2020; Chowdhery et al. 2022,
+    App. B): ``N_mm`` = the non-embedding parameters plus the output head (``vocab x width``;
+    the tied input embedding is a lookup, no matmul), ``6`` = 2 forward + 4 backward FLOPs per
+    weight and token; the attention term counts the score and value matmuls of every attention
+    layer over the full context (also GPT-Neo's local layers, whose eager implementation
+    computes the full matrix and masks it). Not counted: the SSM scans (elementwise, about
+    ``9 * d_inner * d_state`` per layer and token, under 1% here), norms, softmax.
+    """
+    _, non_embedding = count_params(config)
+    n_mm = non_embedding + config.vocab_size * config.hidden_size
+    attn_layers = getattr(config, "num_layers", None) if config.model_type == "gpt_neo" else None
+    if config.model_type == "gpt_neox":
+        attn_layers = config.num_hidden_layers
+    attention = 12 * attn_layers * context * config.hidden_size if attn_layers else 0
+    return 6 * n_mm + attention

@@ -27,7 +27,8 @@ from reprflow.training.corpus import load_documents, split_documents
 from reprflow.models.init_schemes import build_from_config
 from reprflow.training.loop import Streams, _loss, _windows, build_config, train_model
 from reprflow.training.recipe import TrainSpec
-from reprflow.training.sizing import MATCHED_FAMILIES, count_params, match_families, padded_vocab
+from reprflow.training.kernels import mamba1_train_path, prepare_training
+from reprflow.training.sizing import MATCHED_FAMILIES, count_params, match_families, padded_vocab, train_flops_per_token
 
 
 @pytest.mark.parametrize("width,depth", [(64, 2), (384, 8)])
@@ -49,6 +50,33 @@ def test_count_params_matches_a_built_model():
     model = AutoModelForCausalLM.from_config(suite["mamba2"].config)
     assert suite["mamba2"].n_params == sum(p.numel() for p in model.parameters())
     assert padded_vocab(50277) == 50304 and padded_vocab(50257) == 50304
+
+
+@pytest.mark.parametrize("family", MATCHED_FAMILIES)
+def test_train_flops_per_token_counts_the_matmul_weights(family):
+    """6 x (every nn.Linear weight of a built model, the tied head included) + the attention
+    matmuls (12 L T d for the Transformers), at the matched suite's shape, up to the norms,
+    biases, convs and SSM parameters the formula also counts (under 2% there)."""
+    context, width, depth = 1024, 384, 8
+    config = build_config(family, TrainSpec(width=width, depth=depth, context=context), vocab_size=50304)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    attention = 12 * depth * context * width if family in ("gpt_neo", "gpt_neox") else 0
+    assert train_flops_per_token(config, context) == pytest.approx(6 * linear + attention, rel=0.02)
+
+
+def test_mamba1_trains_through_the_linear_backward_scan_on_the_cpu():
+    cpu = torch.device("cpu")
+    assert mamba1_train_path(cpu) == "reprflow-autograd"
+    model = build_from_config(build_config("mamba", TrainSpec(width=64, depth=2, context=16), vocab_size=512),
+                              seed=0, dtype=torch.float32, device=cpu)
+    assert prepare_training(model, "mamba", cpu) == "reprflow-autograd"
+    mixers = [m for m in model.modules() if hasattr(m, "A_log")]
+    assert mixers and all(getattr(m, "_reprflow_train_forward", False) for m in mixers)
+    assert prepare_training(model, "gpt_neox", cpu) == "transformers"
+    with pytest.raises(ValueError, match="Mamba-1 training path"):
+        prepare_training(model, "mamba", cpu, path="triton")
 
 
 def test_unigram_baseline_matches_direct_count():
