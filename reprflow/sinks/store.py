@@ -24,6 +24,7 @@ import functools
 import logging
 import os
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +107,8 @@ class ZarrStoreSink:
         Write in the background writer thread while the next batches are computed.
     """
 
+    name = "store"
+
     def __init__(self, path: str | os.PathLike, spec: StoreSpec, *, attrs: Mapping[str, Any],
                  labels: np.ndarray, n_tokens: np.ndarray, lengths: np.ndarray, content_sha256: str,
                  overlap: bool = True) -> None:
@@ -119,6 +122,7 @@ class ZarrStoreSink:
         self.dtype: str | None = None
         self._parts: dict[int, list[tuple[np.ndarray, PendingHost]]] = {}
         self._thread: BackgroundWriter | None = None
+        self.seconds = {"copy_wait": 0.0, "write": 0.0, "create": 0.0}
 
     # ------------------------------------------------------------------ resume
     def open(self) -> bool:
@@ -149,14 +153,19 @@ class ZarrStoreSink:
         self._thread = BackgroundWriter(self._write, overlap=self.overlap, name="reprflow-store-writer")
 
     def _fix_dtype(self, batch: CapturedStates) -> str:
-        """Fresh store: choose the on-disk dtype from the first batch's peak (one device sync)."""
+        """Fresh store: choose the on-disk dtype from the first batch's peak (one device sync).
+
+        The arrays are created by the writer thread (first in its queue): creating them may
+        create the partial store, which waits for the input digest, i.e. for every prompt
+        to be tokenised (:class:`reprflow.token_ids.TokenIds`), and the GPU must not wait.
+        """
         peak = batch.states.last.abs().amax()
         slots = [s for s, p in enumerate(batch.token_prompts) if p in self.token_prompts]
         if slots:
             peak = torch.maximum(peak, batch.states.tokens[:, slots].abs().amax())
         peak = float(peak)
         dtype = choose_store_dtype(self.spec.store_dtype, peak)
-        self.writer.create_arrays(dtype, observed_max_abs=peak, window=int(batch.window))
+        self._thread.put(("dtype", int(batch.window), (dtype, peak)))
         return dtype
 
     def consume(self, batch: CapturedStates) -> None:
@@ -180,11 +189,30 @@ class ZarrStoreSink:
 
     def _write(self, item: tuple) -> None:
         kind, key, payload = item
+        t0 = time.perf_counter()
+        if kind == "dtype":  # payload: (dtype, peak) chosen from the first batch of window `key`
+            dtype, peak = payload
+            self.writer.create_arrays(dtype, observed_max_abs=peak, window=key)
+            self.seconds["create"] += time.perf_counter() - t0
+            return
         if kind == "tokens":  # payload: PendingTokenStates
             states, peak = payload.result()
+            t1 = time.perf_counter()
             self.writer.write_tokens(key, states, peak=peak)
         else:  # payload: callable that waits for the window's last-token copies
-            self.writer.write_window(key, payload())
+            last = payload()
+            t1 = time.perf_counter()
+            self.writer.write_window(key, last)
+        self.seconds["copy_wait"] += t1 - t0
+        self.seconds["write"] += time.perf_counter() - t1
+
+    def profile(self) -> dict[str, float]:
+        """Seconds of this run: writer thread waiting for device-to-host copies (``copy_wait``),
+        checking, converting, compressing and writing (``write``), creating the store
+        (``create``: includes waiting for the input digest); the caller blocked on a full
+        queue (``stall``) and waiting for the last writes at the end (``drain``)."""
+        t = self._thread
+        return {**self.seconds, "stall": t.stall_s if t else 0.0, "drain": t.drain_s if t else 0.0}
 
     def close(self) -> None:
         """Wait until every queued window is written; re-raise a writer error."""
