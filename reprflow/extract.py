@@ -284,7 +284,7 @@ def capture_batches(
                 verify_hf = False
             captured = forward_states(
                 model, _to_device(input_ids, device), _to_device(mask, device), layout=layout,
-                token_rows=token_rows or None, check_padding=False,
+                token_rows=token_rows or None, check_padding=False, row_lengths=[len(ids[i]) for i in rows],
             )
             if progress is not None:
                 progress.update(int(mask.sum()))
