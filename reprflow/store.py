@@ -23,7 +23,9 @@ How a store is written (``StoreWriter``)
 * The samples are cut into *windows* of ``batch_size * window_batches`` consecutive
   samples; a window is the unit of work, of writing and of resumption. Chunks never
   straddle windows, so each chunk is written by exactly one window.
-* Everything is written under ``<name>.zarr.partial``. After a window's data is on
+* Everything is written under ``<name>.zarr.partial``, created by :meth:`StoreWriter.open`
+  (or, when the input digest is deferred, at the first write: see ``content_sha256``
+  there; a run killed before it leaves nothing). After a window's data is on
   disk, its marker ``_done[w]`` is set. Zarr's local store writes every file through
   a temporary name and a rename, so a chunk or a marker is either whole or absent.
 * A rerun opens the partial store, checks that its attrs and the writer fingerprint

@@ -5,9 +5,10 @@ It owns everything about persistence that the capture engine must not know:
 * **resume**: :meth:`ZarrStoreSink.open` reuses a complete store, resumes a partial one
   (and says so on the console) and lists the windows still to compute;
 * **dtype**: on the first batch of a fresh store it reads the peak |x| on the device (one
-  sync), applies the policy :func:`reprflow.store.choose_store_dtype` and creates the
-  arrays, so that token states are converted on the device afterwards
-  (:func:`start_token_states_copy`);
+  sync) and applies the policy :func:`reprflow.store.choose_store_dtype`, so that token
+  states are converted on the device afterwards (:func:`start_token_states_copy`); the
+  writer thread creates the arrays (and, for a fresh store whose input digest is deferred,
+  the partial store itself: that waits for the tokenizer, never the GPU);
 * **atomicity and checks**: :class:`reprflow.store.StoreWriter` writes under
   ``.partial``, checks every value and renames on :meth:`ZarrStoreSink.finalize`.
 
@@ -25,7 +26,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,7 +103,8 @@ class ZarrStoreSink:
     spec : StoreSpec
         Shapes, windows, token prompts and requested dtype.
     attrs, labels, n_tokens, lengths, content_sha256
-        As for :class:`reprflow.store.StoreWriter`.
+        As for :class:`reprflow.store.StoreWriter` (``content_sha256`` may be a callable:
+        the digest is then taken by the writer thread when it creates a fresh store).
     overlap : bool
         Write in the background writer thread while the next batches are computed.
     """
@@ -110,8 +112,8 @@ class ZarrStoreSink:
     name = "store"
 
     def __init__(self, path: str | os.PathLike, spec: StoreSpec, *, attrs: Mapping[str, Any],
-                 labels: np.ndarray, n_tokens: np.ndarray, lengths: np.ndarray, content_sha256: str,
-                 overlap: bool = True) -> None:
+                 labels: np.ndarray, n_tokens: np.ndarray, lengths: np.ndarray,
+                 content_sha256: str | Callable[[], str], overlap: bool = True) -> None:
         self.path = Path(path)
         self.spec = spec
         self.writer = StoreWriter(path, spec, attrs=attrs, labels=labels, n_tokens=n_tokens, lengths=lengths,
