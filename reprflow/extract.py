@@ -44,13 +44,12 @@ With ``overlap=False`` nothing runs in the background (same values and files).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +126,7 @@ class ExtractionSummary:
     tokens_per_s: float
     store_dtype: str | None
     already_complete: bool
-    stages: dict = dataclasses.field(default_factory=dict)
+    stages: dict = field(default_factory=dict)
 
 
 def token_prompt_ids(n_prompts: int, n_token_prompts: int) -> list[int]:
