@@ -34,7 +34,8 @@ between the first and last busy sample. Roofline: 2 x parameters FLOPs per token
 
 Usage (repository root, GPU machine, ``.gpu/`` carried as benchmarks/extract_gpu.sh does)::
 
-    PYTHONPATH=$PWD python benchmarks/cell.py --n-prompts 2000 --out $OUT     # H200: ~3 min
+    PYTHONPATH=$PWD python benchmarks/cell.py --n-prompts 800 --out $OUT      # H200: ~1.5 min
+    PYTHONPATH=$PWD python benchmarks/cell.py --n-prompts 800 --n-token-prompts 2 --out $OUT  # paper density
     PYTHONPATH=$PWD python benchmarks/cell.py --quick                          # CPU smoke test
 """
 
@@ -152,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--length", type=int, default=2048)
     p.add_argument("--n-prompts", type=int, default=2000)
     p.add_argument("--quick", action="store_true", help="CPU smoke test: tiny Mamba, 300 tokens, 40 prompts")
+    p.add_argument("--n-token-prompts", type=int, default=None,
+                   help="streamed float64 token prompts (default: the config's 64; the paper streams 64 of 25,000 "
+                        "prompts, so 2 gives its density at 800 prompts)")
     p.add_argument("--peak-tflops", type=float, default=H200_BF16_TFLOPS)
     p.add_argument("--workdir", type=Path, default=None, help="where prompt file and store go (default a temp dir)")
     p.add_argument("--out", type=Path, default=None, help="also write cell.md and cell.json here")
@@ -172,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     prompts_cfg = {**config.section("prompts"), "n_prompts": args.n_prompts}
     # the paper config's setting (the --quick demo config stores token states instead)
     extraction = {**config.section("extraction"), **config.execution("extraction"), "tokens": "stream"}
+    if args.n_token_prompts is not None:
+        extraction["n_token_prompts"] = args.n_token_prompts
     metrics = {**config.section("metrics"), **config.execution("metrics")}
     probes_cfg = {**config.section("probes"), "n_train": int(args.n_prompts * 0.8)}
     device = resolve_device(extraction["device"])
