@@ -14,11 +14,15 @@ Stages timed (wall seconds):
 * **prompts**: building the prompt file (CPU; the paper run builds each set once for all models);
 * **model load**: tokenizer + model built on the GPU (random init) + fast-path preparation,
   measured by a separate :func:`reprflow.models.registry.load_model` call;
-* **tokenisation**: one batched tokenizer call over every prompt, as extraction makes it before
-  its first forward (so it is also inside the extraction time);
+* **tokenisation**: one batched tokenizer call over every prompt (the reference cost; inside
+  extraction the same ids are made window by window in a background thread,
+  :class:`reprflow.token_ids.TokenIds`, so only the first window's share delays the GPU);
 * **extraction**: ``run_extraction`` whole (its own model load included, subtracted in the
   table), i.e. GPU compute, device-to-host copies, checks, Zarr writes and the streamed token
-  metrics, overlapped by the background writer;
+  metrics, overlapped by the background threads; its split comes from the store attr
+  ``timing["stages"]`` (seconds of each thread's work: tokenizer, copy waits, check + write,
+  token metrics, and what the launching thread waited for: token ids, a full writer queue,
+  the final drain);
 * **forward only**: the same batches through :func:`reprflow.capture.forward_states` with no
   sink (the GPU-compute floor of the extraction stage);
 * **probes**: ``run_probe_stage`` on the store (paper protocol).
@@ -30,7 +34,8 @@ between the first and last busy sample. Roofline: 2 x parameters FLOPs per token
 
 Usage (repository root, GPU machine, ``.gpu/`` carried as benchmarks/extract_gpu.sh does)::
 
-    PYTHONPATH=$PWD python benchmarks/cell.py --n-prompts 2000 --out $OUT     # H200: ~3 min
+    PYTHONPATH=$PWD python benchmarks/cell.py --n-prompts 800 --out $OUT      # H200: ~1.5 min
+    PYTHONPATH=$PWD python benchmarks/cell.py --n-prompts 800 --n-token-prompts 2 --out $OUT  # paper density
     PYTHONPATH=$PWD python benchmarks/cell.py --quick                          # CPU smoke test
 """
 
@@ -55,7 +60,7 @@ sys.path.insert(0, str(ROOT))
 
 from reprflow.config import load_configs  # noqa: E402
 from reprflow.devices import resolve_device  # noqa: E402
-from reprflow.extract import _tokenize, capture_batches  # noqa: E402
+from reprflow.extract import capture_batches  # noqa: E402
 from reprflow.fastpath import prepare_model  # noqa: E402
 from reprflow.models.init_schemes import InitSpec  # noqa: E402
 from reprflow.models.registry import load_model  # noqa: E402
@@ -65,6 +70,8 @@ from reprflow.pipeline.probe_stage import run_probe_stage  # noqa: E402
 from reprflow.pipeline.prompt_stage import build_prompt_file  # noqa: E402
 from reprflow.prompts.dataset import read_prompt_set  # noqa: E402
 from reprflow.prompts.tokenizers import load_tokenizer  # noqa: E402
+from reprflow.store import open_store  # noqa: E402
+from reprflow.token_ids import tokenize_prompts  # noqa: E402
 
 H200_BF16_TFLOPS = 782.0
 
@@ -122,7 +129,7 @@ def forward_only(model, tokenizer, prompts, *, batch_size: int, device: torch.de
     """Seconds and real tokens of the extraction's own batches (:func:`reprflow.extract.capture_batches`:
     same tokenisation, length buckets, padding and pinned copies) with no sink consuming them.
     The first batch warms up and is not timed."""
-    ids = _tokenize(tokenizer, prompts, range(len(prompts)), prompt_file="benchmark")
+    ids = tokenize_prompts(tokenizer, prompts, range(len(prompts)), prompt_file="benchmark")
     batches = capture_batches(model, ids, [(None, range(len(prompts)))], batch_size=batch_size,
                               pad_id=tokenizer.pad_token_id, device=device, verify_hf=False)
     n_tokens, t0 = 0, None
@@ -146,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--length", type=int, default=2048)
     p.add_argument("--n-prompts", type=int, default=2000)
     p.add_argument("--quick", action="store_true", help="CPU smoke test: tiny Mamba, 300 tokens, 40 prompts")
+    p.add_argument("--n-token-prompts", type=int, default=None,
+                   help="streamed float64 token prompts (default: the config's 64; the paper streams 64 of 25,000 "
+                        "prompts, so 2 gives its density at 800 prompts)")
     p.add_argument("--peak-tflops", type=float, default=H200_BF16_TFLOPS)
     p.add_argument("--workdir", type=Path, default=None, help="where prompt file and store go (default a temp dir)")
     p.add_argument("--out", type=Path, default=None, help="also write cell.md and cell.json here")
@@ -166,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     prompts_cfg = {**config.section("prompts"), "n_prompts": args.n_prompts}
     # the paper config's setting (the --quick demo config stores token states instead)
     extraction = {**config.section("extraction"), **config.execution("extraction"), "tokens": "stream"}
+    if args.n_token_prompts is not None:
+        extraction["n_token_prompts"] = args.n_token_prompts
     metrics = {**config.section("metrics"), **config.execution("metrics")}
     probes_cfg = {**config.section("probes"), "n_train": int(args.n_prompts * 0.8)}
     device = resolve_device(extraction["device"])
@@ -188,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
 
     (tokenizer, net), times["model load"] = timed(load)
     # one batched call, as extraction makes it (inside the extraction stage's time too)
-    _, times["tokenisation"] = timed(_tokenize, tokenizer, prompts, range(len(prompts)), prompt_file=str(prompt_path))
+    _, times["tokenisation"] = timed(tokenize_prompts, tokenizer, prompts, range(len(prompts)),
+                                     prompt_file=str(prompt_path))
     times["forward only"], fwd_tokens = forward_only(net, tokenizer, prompts, batch_size=extraction["batch_size"],
                                                      device=device)
     n_params = sum(q.numel() for q in net.parameters())
@@ -203,6 +216,14 @@ def main(argv: list[str] | None = None) -> int:
             metrics_dir=work / "token_metrics", metrics=metrics)
     busy, n_samples = sampler.busy()
     times["extraction"] = times["extraction (with its load)"] - times["model load"]
+    timing = dict(open_store(store_path).attrs["timing"])
+    stages = timing.get("stages", {})
+    store_s, metrics_s = stages.get("store", {}), stages.get("token_metrics", {})
+    times["extraction loop"] = timing["seconds"]
+    # what the launching thread waited for (the GPU starves only if its queue of kernels drains)
+    waited = {"token ids": stages.get("tokenise_wait", 0.0),
+              "a full writer queue": store_s.get("stall", 0.0) + metrics_s.get("stall", 0.0),
+              "the writers after the last batch": store_s.get("drain", 0.0) + metrics_s.get("drain", 0.0)}
     _, times["probes"] = timed(run_probe_stage, store_path, work / "probes.csv", views=metrics["views"],
                                epochs=probes_cfg["epochs"], lr=probes_cfg["lr"], seeds=probes_cfg["seeds"],
                                val_fraction=probes_cfg["val_fraction"], standardize=probes_cfg["standardize"],
@@ -216,11 +237,20 @@ def main(argv: list[str] | None = None) -> int:
     rows = [
         ("prompts (CPU, once per set)", times["prompts"], ""),
         ("model load (tokenizer, build on GPU, fast path)", times["model load"], ""),
-        ("tokenisation (all prompts, batched; also inside extraction)", times["tokenisation"], ""),
+        ("tokenisation (all prompts, one batched call; reference)", times["tokenisation"], ""),
         ("forward only (no sink)", times["forward only"], f"{fwd_rate / 1e3:.1f}K tok/s, {fwd_rate / ceiling:.0%} of roofline"),
         ("extraction: compute + copies + writes + streamed metrics", times["extraction"],
          f"{n_tokens / times['extraction'] / 1e3:.1f}K tok/s, {n_tokens / times['extraction'] / ceiling:.0%} of roofline"
          if n_tokens else ""),
+        ("&nbsp; outside the forward loop (fast-path prep, store open + finalize, metric files)",
+         times["extraction"] - times["extraction loop"], ""),
+        *((f"&nbsp; launching thread waited for {what}", sec, "") for what, sec in waited.items()),
+        ("&nbsp; [tokenizer thread] tokenisation", stages.get("tokenise", 0.0), "overlapped"),
+        ("&nbsp; [writer thread] waiting for device-to-host copies", store_s.get("copy_wait", 0.0), "overlapped"),
+        ("&nbsp; [writer thread] checks, conversion, compression, Zarr writes",
+         store_s.get("write", 0.0) + store_s.get("create", 0.0), "overlapped"),
+        ("&nbsp; [metrics thread] streamed token metrics (side CUDA stream)", metrics_s.get("compute", 0.0),
+         "overlapped"),
         ("probes (5 seeds x 150 epochs, both views)", times["probes"], ""),
         ("cell end to end (load + extraction + probes)", end_to_end,
          f"{n_tokens / end_to_end / 1e3:.1f}K tok/s, {n_tokens / end_to_end / ceiling:.0%} of roofline" if n_tokens else ""),
@@ -246,8 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "cell.md").write_text(text + "\n")
-        (args.out / "cell.json").write_text(json.dumps({"times": times, "busy": busy, "n_tokens": n_tokens,
-                                                        "n_params": n_params, "ceiling_tok_s": ceiling}, indent=1))
+        (args.out / "cell.json").write_text(json.dumps({"times": times, "stages": stages, "busy": busy,
+                                                        "n_tokens": n_tokens, "n_params": n_params,
+                                                        "ceiling_tok_s": ceiling}, indent=1))
     if args.workdir is None:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -266,6 +266,7 @@ def forward_states(
     layout: Layout | None = None,
     token_rows: Sequence[int] | None = None,
     check_padding: bool = True,
+    row_lengths: Sequence[int] | None = None,
 ) -> CapturedBatch:
     """Run one right-padded batch and return its captured states.
 
@@ -283,6 +284,10 @@ def forward_states(
     check_padding : bool
         Verify the right padding (``last_token_index(check=...)``); a caller that checked
         the mask on the host passes False so that batches queue without a device sync.
+    row_lengths : sequence of int, optional
+        Real tokens of every row, as the caller that padded the batch knows them on the
+        host (equal to ``attention_mask.sum(1)``). With it, cutting the ``token_rows`` to
+        their longest length reads nothing back from the device (no sync per batch).
 
     Returns
     -------
@@ -320,8 +325,14 @@ def forward_states(
     lengths = last_idx + 1
     batch_idx = torch.arange(batch, device=input_ids.device)
     if rows:
-        rows_t = torch.tensor(rows, device=input_ids.device)
-        max_len = int(lengths[rows_t].max())
+        if row_lengths is not None:  # known on the host: no device read, no blocking copy
+            max_len = max(int(row_lengths[r]) for r in rows)
+            rows_t = torch.tensor(rows)
+            rows_t = (rows_t.pin_memory().to(input_ids.device, non_blocking=True) if input_ids.is_cuda
+                      else rows_t.to(input_ids.device))
+        else:
+            rows_t = torch.tensor(rows, device=input_ids.device)
+            max_len = int(lengths[rows_t].max())
         pad = torch.arange(max_len, device=input_ids.device)[None, :] >= lengths[rows_t][:, None]
 
     def keep(name: str, hidden: Tensor) -> tuple[Tensor, Tensor | None]:

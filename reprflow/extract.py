@@ -2,8 +2,10 @@
 
 Follow one batch through this file:
 
-1. **Prompts and tokens.** :func:`_check_prompts` and :func:`_tokenize` turn prompt
-   records into token ids (checked against each record's ``n_tokens``).
+1. **Prompts and tokens.** :func:`_check_prompts` checks the records;
+   :class:`reprflow.token_ids.TokenIds` turns them into token ids (checked against each
+   record's ``n_tokens``) in a background thread, window by window, in the order they
+   are forwarded, so the first batch starts after one window's tokenisation.
 2. **Plan.** Prompts are cut into *windows* of ``batch_size * window_batches``
    consecutive prompts (the store's unit of writing and resumption); inside a window
    :func:`plan_window_batches` sorts them by length (longest first, so an out-of-memory
@@ -27,11 +29,17 @@ Follow one batch through this file:
 Full token states are kept for ``n_token_prompts`` evenly spaced prompts of the file
 (:func:`token_prompt_ids`, a deterministic subset), unpadded to their own length.
 
-Overlap: the main thread only launches work. Inputs go up without blocking, captured
-states come down through :func:`reprflow.transfer.copy_to_host` (pinned buffers, a side
-CUDA stream), and the sinks' background writer thread
-(:class:`reprflow.sinks.BackgroundWriter`) waits for the copies, checks, compresses and
-writes while the next batches are computed; an error there is re-raised in the caller.
+Overlap: the main thread only launches work. Token ids are made ahead by the tokenizer
+thread; inputs go up without blocking; captured states come down through
+:func:`reprflow.transfer.copy_to_host` (pinned buffers, a side CUDA stream); the sinks'
+background threads (:class:`reprflow.sinks.BackgroundWriter`) wait for the copies, check,
+compress and write, or compute the streamed token metrics on their own CUDA stream
+(:mod:`reprflow.side_stream`), while the next batches are computed; an error there is
+re-raised in the caller. A fresh store is created by the writer thread at its first write,
+once every prompt is tokenised (its fingerprint holds the digest of all token ids), so a
+kill before that leaves nothing and a kill after it a resumable partial store. The attr
+``timing["stages"]`` (and :attr:`ExtractionSummary.stages`) records where the time went.
+With ``overlap=False`` nothing runs in the background (same values and files).
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +65,7 @@ from reprflow.fastpath import prepare_model
 from reprflow.models.layouts import Layout, get_layout, view_indices
 from reprflow.sinks import CapturedStates, RunInfo, Sink, ZarrStoreSink, feed
 from reprflow.store import StoreSpec, open_store
+from reprflow.token_ids import TokenIds
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +107,12 @@ class ExtractionSummary:
         On-disk dtype of ``last`` and ``tokens`` (the store attr ``store_dtype``).
     already_complete : bool
         True when the complete store already existed and nothing was written.
+    stages : dict
+        Where the loop's time went (seconds; the attr ``timing["stages"]``):
+        ``tokenise`` (tokenizer thread busy), ``tokenise_wait`` (the launching thread
+        waiting for token ids), and per sink its ``profile()`` (store: ``copy_wait``,
+        ``write``, ``create``, ``stall``, ``drain``; token metrics: ``compute``, ``stall``,
+        ``drain``); ``stall`` is the launching thread blocked on a full writer queue.
     """
 
     path: Path
@@ -111,6 +126,7 @@ class ExtractionSummary:
     tokens_per_s: float
     store_dtype: str | None
     already_complete: bool
+    stages: dict = field(default_factory=dict)
 
 
 def token_prompt_ids(n_prompts: int, n_token_prompts: int) -> list[int]:
@@ -186,25 +202,6 @@ def _check_prompts(
             )
 
 
-def _tokenize(
-    tokenizer: Any, prompts: Sequence[Mapping[str, Any]], indices: Sequence[int], *, prompt_file: str
-) -> dict[int, list[int]]:
-    """Token ids of the prompts at ``indices``, checked against each record's ``n_tokens``."""
-    indices = list(indices)
-    encoded = tokenizer([prompts[i]["prompt"] for i in indices])["input_ids"]
-    ids = dict(zip(indices, encoded))
-    for i in indices:
-        expected = prompts[i]["n_tokens"]
-        if len(ids[i]) != expected:
-            raise PromptError(
-                f"{prompt_file}: prompt {prompts[i].get('id', i)!r} tokenizes to {len(ids[i])} tokens with "
-                f"tokenizer {getattr(tokenizer, 'name_or_path', '?')!r} but the record says {expected}; "
-                "the prompt file was built with another tokenizer -- rebuild it or pass the "
-                "matching tokenizer"
-            )
-    return ids
-
-
 def _content_sha256(ids: Mapping[int, Sequence[int]]) -> str:
     """sha256 of the model input: (index, length, token ids) of each prompt, by ascending index."""
     digest = hashlib.sha256()
@@ -246,7 +243,8 @@ def capture_batches(
     model : torch.nn.Module
         A causal LM already on ``device``, in eval mode.
     ids : mapping of int to sequence of int
-        Token ids of every prompt index that appears in ``windows``.
+        Token ids of every prompt index that appears in ``windows`` (a dict, or a
+        :class:`reprflow.token_ids.TokenIds` still filling up: a window waits for its ids).
     windows : sequence of (window or None, prompt indices)
         Groups of prompts, computed in order; each is length-bucketed into batches of
         ``batch_size`` (:func:`plan_window_batches`). The window label travels with its
@@ -285,7 +283,7 @@ def capture_batches(
                 verify_hf = False
             captured = forward_states(
                 model, _to_device(input_ids, device), _to_device(mask, device), layout=layout,
-                token_rows=token_rows or None, check_padding=False,
+                token_rows=token_rows or None, check_padding=False, row_lengths=[len(ids[i]) for i in rows],
             )
             if progress is not None:
                 progress.update(int(mask.sum()))
@@ -302,8 +300,14 @@ def _store_sink(
     batch_size: int, window_batches: int, store_dtype: str, compress: bool, compute_dtype: torch.dtype,
     device: torch.device, overlap: bool,
 ) -> ZarrStoreSink:
-    """The store sink of one extraction: its spec, attrs, labels, lengths and input digest."""
+    """The store sink of one extraction: its spec, attrs, labels, lengths and input digest.
+
+    Token counts come from the records' ``n_tokens``: ``ids`` checks each against the
+    tokenizer, and the input digest (a callable: it waits for every id) is taken only when
+    the store is opened or created, so a store is never created from a record that disagrees.
+    """
     start, stop = sample_range
+    n_tok = lambda i: int(prompts[i]["n_tokens"])  # noqa: E731
     token_ids = tuple(i for i in token_ids_global if start <= i < stop)
     spec = StoreSpec(
         n_states=len(info.state_names),
@@ -314,7 +318,7 @@ def _store_sink(
         batch_size=batch_size,
         window_batches=window_batches,
         token_prompt_ids=token_ids,
-        max_len=max((len(ids[i]) for i in token_ids_global), default=0),  # same for every shard
+        max_len=max((n_tok(i) for i in token_ids_global), default=0),  # same for every shard
         store_dtype=store_dtype,
         compress=compress,
     )
@@ -336,9 +340,9 @@ def _store_sink(
         spec,
         attrs=store_attrs,
         labels=np.array([int(prompts[i]["label"]) for i in range(start, stop)], dtype=np.int64),
-        n_tokens=np.array([len(ids[i]) for i in range(start, stop)], dtype=np.int64),
-        lengths=np.array([len(ids[i]) for i in token_ids], dtype=np.int64),
-        content_sha256=_content_sha256({i: ids[i] for i in (*range(start, stop), *token_ids)}),
+        n_tokens=np.array([n_tok(i) for i in range(start, stop)], dtype=np.int64),
+        lengths=np.array([n_tok(i) for i in token_ids], dtype=np.int64),
+        content_sha256=lambda: _content_sha256({i: ids[i] for i in (*range(start, stop), *token_ids)}),
         overlap=overlap,
     )
 
@@ -446,76 +450,81 @@ def extract_activations(
     if extra and not 0 <= extra[0] <= extra[-1] < n_total:
         raise ReprflowError(f"{prompt_file}: a sink asks for prompts {extra[:3]}...{extra[-1]}, but the file has "
                             f"{n_total} prompts (indices 0..{n_total - 1})")
-    needed = sorted(set(range(start, stop)) | set(token_ids_global) | set(extra))
-    ids = _tokenize(tokenizer, prompts, needed, prompt_file=prompt_file)
     if tokenizer.pad_token_id is None:
         raise ReprflowError("tokenizer has no pad token; load it with reprflow.prompts.load_tokenizer")
+    # tokenised in the order a fresh store forwards them: its windows, then what other sinks need
+    others = sorted((set(token_ids_global) | set(extra)).difference(range(start, stop)))
+    with TokenIds(tokenizer, prompts, [*range(start, stop), *others], prompt_file=prompt_file,
+                  chunk=batch_size * window_batches, background=overlap) as ids:
+        layout = get_layout(model)
+        info = run_info(model, n_total, layout)
+        device = resolve_device(device)
+        store = _store_sink(
+            out_path, prompts, ids, info, attrs, sample_range=(start, stop), token_ids_global=token_ids_global,
+            batch_size=batch_size, window_batches=window_batches, store_dtype=store_dtype, compress=compress,
+            compute_dtype=compute_dtype, device=device, overlap=overlap,
+        )
+        spec = store.spec
+        done_attrs = dict(path=Path(out_path), n_samples=spec.n_samples, n_token_prompts=len(spec.token_prompt_ids))
+        complete = store.open()
+        pending = [] if complete else store.pending_windows
+        windows: list[tuple[int | None, Sequence[int]]] = [(w, range(*spec.window_range(w))) for w in pending]
+        computed = {i for _, members in windows for i in members}
+        rest = [i for i in extra if i not in computed]  # forwarded for the other sinks only
+        windows += [(None, rest[i : i + spec.window]) for i in range(0, len(rest), spec.window)]
+        if complete and not windows:
+            return ExtractionSummary(
+                **done_attrs, windows_written=0, windows_resumed=spec.n_windows, tokens=0, padded_tokens=0,
+                seconds=0.0, tokens_per_s=0.0, store_dtype=str(open_store(out_path).attrs["store_dtype"]),
+                already_complete=True,
+            )
+        model.to(device=device, dtype=compute_dtype)
+        model.eval()
+        fastpath = prepare_model(model)  # kernels chosen for this device; recorded in attrs and the log
+        logger.info("fast path for %s: %s", Path(out_path).name, fastpath)
 
-    layout = get_layout(model)
-    info = run_info(model, n_total, layout)
-    device = resolve_device(device)
-    store = _store_sink(
-        out_path, prompts, ids, info, attrs, sample_range=(start, stop), token_ids_global=token_ids_global,
-        batch_size=batch_size, window_batches=window_batches, store_dtype=store_dtype, compress=compress,
-        compute_dtype=compute_dtype, device=device, overlap=overlap,
-    )
-    spec = store.spec
-    done_attrs = dict(path=Path(out_path), n_samples=spec.n_samples, n_token_prompts=len(spec.token_prompt_ids))
-    complete = store.open()
-    pending = [] if complete else store.pending_windows
-    windows: list[tuple[int | None, Sequence[int]]] = [(w, range(*spec.window_range(w))) for w in pending]
-    computed = {i for _, members in windows for i in members}
-    rest = [i for i in extra if i not in computed]  # forwarded for the other sinks only
-    windows += [(None, rest[i : i + spec.window]) for i in range(0, len(rest), spec.window)]
-    if complete and not windows:
+        all_sinks = list(sinks) if complete else [store, *sinks]
+        for sink in all_sinks:
+            sink.start(info)
+        real = sum(int(prompts[i]["n_tokens"]) for _, members in windows for i in members)
+        bar = tqdm(total=real, unit="tok", unit_scale=True, disable=not progress, desc=Path(out_path).name,
+                   dynamic_ncols=True)
+        padded = [0]
+
+        def count_padding(batches: Iterator[CapturedStates]) -> Iterator[CapturedStates]:
+            for batch in batches:
+                padded[0] += len(batch.rows) * max(batch.lengths)
+                yield batch
+
+        t0 = time.perf_counter()
+        try:
+            batches = capture_batches(
+                model, ids, windows, batch_size=batch_size, pad_id=tokenizer.pad_token_id, device=device,
+                token_prompts=frozenset().union(*(s.token_prompts for s in all_sinks)), layout=layout, progress=bar,
+            )
+            feed(count_padding(batches), all_sinks)
+        finally:
+            bar.close()
+        seconds = time.perf_counter() - t0
+        stages = {"tokenise": ids.busy_s, "tokenise_wait": ids.wait_s,
+                  **{s.name: s.profile() for s in all_sinks if hasattr(s, "profile")}}
+        padded = padded[0]
+        rate = real / seconds if seconds > 0 else 0.0
+        resumed = spec.n_windows - len(pending)
+        if not complete:
+            store.finalize({
+                "timing": {"tokens": real, "padded_tokens": padded, "seconds": seconds, "tokens_per_s": rate,
+                           "stages": stages},
+                "fastpath": fastpath,
+            })
+        logger.info(
+            "%s: %d prompts, %d tokens in %.2f s = %.0f tok/s (padding %.1f%%%s)",
+            out_path, spec.n_samples, real, seconds, rate, 100.0 * (padded - real) / max(padded, 1),
+            f", {resumed} of {spec.n_windows} windows resumed" if resumed else "",
+        )
+        logger.info("%s: where the time went (s): %s", Path(out_path).name, stages)
         return ExtractionSummary(
-            **done_attrs, windows_written=0, windows_resumed=spec.n_windows, tokens=0, padded_tokens=0,
-            seconds=0.0, tokens_per_s=0.0, store_dtype=str(open_store(out_path).attrs["store_dtype"]),
-            already_complete=True,
+            **done_attrs, windows_written=len(pending), windows_resumed=resumed, tokens=real,
+            padded_tokens=padded, seconds=seconds, tokens_per_s=rate,
+            store_dtype=str(open_store(out_path).attrs["store_dtype"]), already_complete=complete, stages=stages,
         )
-    model.to(device=device, dtype=compute_dtype)
-    model.eval()
-    fastpath = prepare_model(model)  # kernels chosen for this device; recorded in attrs and the log
-    logger.info("fast path for %s: %s", Path(out_path).name, fastpath)
-
-    all_sinks = list(sinks) if complete else [store, *sinks]
-    for sink in all_sinks:
-        sink.start(info)
-    real = sum(len(ids[i]) for _, members in windows for i in members)
-    bar = tqdm(total=real, unit="tok", unit_scale=True, disable=not progress, desc=Path(out_path).name,
-               dynamic_ncols=True)
-    padded = [0]
-
-    def count_padding(batches: Iterator[CapturedStates]) -> Iterator[CapturedStates]:
-        for batch in batches:
-            padded[0] += len(batch.rows) * max(batch.lengths)
-            yield batch
-
-    t0 = time.perf_counter()
-    try:
-        batches = capture_batches(
-            model, ids, windows, batch_size=batch_size, pad_id=tokenizer.pad_token_id, device=device,
-            token_prompts=frozenset().union(*(s.token_prompts for s in all_sinks)), layout=layout, progress=bar,
-        )
-        feed(count_padding(batches), all_sinks)
-    finally:
-        bar.close()
-    seconds = time.perf_counter() - t0
-    padded = padded[0]
-    rate = real / seconds if seconds > 0 else 0.0
-    resumed = spec.n_windows - len(pending)
-    if not complete:
-        store.finalize({
-            "timing": {"tokens": real, "padded_tokens": padded, "seconds": seconds, "tokens_per_s": rate},
-            "fastpath": fastpath,
-        })
-    logger.info(
-        "%s: %d prompts, %d tokens in %.2f s = %.0f tok/s (padding %.1f%%%s)",
-        out_path, spec.n_samples, real, seconds, rate, 100.0 * (padded - real) / max(padded, 1),
-        f", {resumed} of {spec.n_windows} windows resumed" if resumed else "",
-    )
-    return ExtractionSummary(
-        **done_attrs, windows_written=len(pending), windows_resumed=resumed, tokens=real,
-        padded_tokens=padded, seconds=seconds, tokens_per_s=rate,
-        store_dtype=str(open_store(out_path).attrs["store_dtype"]), already_complete=complete,
-    )

@@ -23,7 +23,9 @@ How a store is written (``StoreWriter``)
 * The samples are cut into *windows* of ``batch_size * window_batches`` consecutive
   samples; a window is the unit of work, of writing and of resumption. Chunks never
   straddle windows, so each chunk is written by exactly one window.
-* Everything is written under ``<name>.zarr.partial``. After a window's data is on
+* Everything is written under ``<name>.zarr.partial``, created by :meth:`StoreWriter.open`
+  (or, when the input digest is deferred, at the first write: see ``content_sha256``
+  there; a run killed before it leaves nothing). After a window's data is on
   disk, its marker ``_done[w]`` is set. Zarr's local store writes every file through
   a temporary name and a rename, so a chunk or a marker is either whole or absent.
 * A rerun opens the partial store, checks that its attrs and the writer fingerprint
@@ -115,7 +117,7 @@ import os
 import re
 import shutil
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -554,10 +556,17 @@ class StoreWriter:
         Token counts of this store's samples.
     lengths : ndarray of shape (n_prompts,)
         Token counts of the token prompts (``spec.token_prompt_ids``).
-    content_sha256 : str
+    content_sha256 : str or callable
         Digest of the model input (index, length and token ids of every sample and token
         prompt; see "What the writer fingerprint covers" above); a store written from other
-        content is neither resumed nor reused.
+        content is neither resumed nor reused. A zero-argument callable returning it defers
+        it (the extraction tokenises its prompts while the GPU computes): it is called
+        when first needed, i.e. by :meth:`open` if a final or partial store exists, else
+        when the partial store is created -- which is then deferred to the first
+        :meth:`create_arrays` or write (:meth:`open` of a fresh store lists every window
+        pending and creates nothing, so a run killed before its first write leaves no
+        partial store, and one killed later leaves a partial store with the full
+        fingerprint, resumed as usual).
     """
 
     def __init__(
@@ -569,7 +578,7 @@ class StoreWriter:
         labels: np.ndarray,
         n_tokens: np.ndarray,
         lengths: np.ndarray,
-        content_sha256: str,
+        content_sha256: str | Callable[[], str],
     ) -> None:
         self.path = Path(path)
         self.partial = partial_path(self.path)
@@ -597,14 +606,25 @@ class StoreWriter:
             raise StoreError(
                 f"{self.path}: token prompt length {self.lengths.max()} > max_len {spec.max_len}"
             )
-        self.fingerprint = writer_fingerprint(spec, self.attrs, labels=self.labels, n_tokens=self.n_tokens,
-                                              lengths=self.lengths, content_sha256=content_sha256)
+        self._content_sha256 = content_sha256
+        self._fingerprint: dict | None = None
+        self._create_deferred = False  # open() found no store and the digest is deferred
         self.group: zarr.Group | None = None
         self._tokens_written: set[int] = set()  # token prompts written by this writer object
         self.resumed_windows = 0
         """Windows a previous run had written, found by :meth:`open` (0 for a fresh store)."""
         self.restart_reason: str | None = None
         """Why :meth:`open` deleted a partial store it could not resume (None if it did not)."""
+
+    @property
+    def fingerprint(self) -> dict:
+        """The attr ``writer`` this writer writes and compares (resolves a deferred digest)."""
+        if self._fingerprint is None:
+            digest = self._content_sha256
+            self._fingerprint = writer_fingerprint(
+                self.spec, self.attrs, labels=self.labels, n_tokens=self.n_tokens, lengths=self.lengths,
+                content_sha256=digest() if callable(digest) else digest)
+        return self._fingerprint
 
     # ------------------------------------------------------------------ opening
     def _matches(self, group: zarr.Group | StoreGroup, *, ignore: Sequence[str] = ()) -> str | None:
@@ -643,6 +663,9 @@ class StoreWriter:
             logger.warning("%s: partial store does not match this run (%s); deleting it", self.partial, reason)
             self.restart_reason = reason
             shutil.rmtree(self.partial)
+        if callable(self._content_sha256) and self._fingerprint is None:  # fresh store, digest not needed yet
+            self._create_deferred = True
+            return False
         self.group = self._create()
         return False
 
@@ -664,16 +687,23 @@ class StoreWriter:
     # ------------------------------------------------------------------ writing
     def pending_windows(self) -> list[int]:
         """Indices of windows not yet written, ascending."""
+        if self.group is None and self._create_deferred:
+            return list(range(self.spec.n_windows))
         done = self._group()["_done"][:]
         return [int(w) for w in np.flatnonzero(~done)]
 
     def _group(self) -> zarr.Group:
+        if self.group is None and self._create_deferred:  # the first write of a fresh store
+            self.group = self._create()
+            self._create_deferred = False
         if self.group is None:
             raise StoreError(f"{self.path}: StoreWriter.open() must be called first")
         return self.group
 
     def decided_dtype(self) -> str | None:
         """The on-disk dtype once :meth:`create_arrays` has run (or a resumed store has one), else None."""
+        if self.group is None and self._create_deferred:
+            return None
         group = self._group()
         return str(group["last"].dtype) if "last" in group else None
 

@@ -100,6 +100,9 @@ def test_unchecked_padding_gives_the_same_states(tiny_models):
     unchecked = forward_states(model, input_ids, mask, token_rows=[0, 2], check_padding=False)
     assert torch.equal(checked.last, unchecked.last) and torch.equal(checked.tokens, unchecked.tokens)
     assert torch.equal(checked.lengths, unchecked.lengths)
+    # lengths known on the host (the extraction loop's): nothing read back, the same states
+    hosted = forward_states(model, input_ids, mask, token_rows=[0, 2], check_padding=False, row_lengths=LENGTHS)
+    assert torch.equal(checked.last, hosted.last) and torch.equal(checked.tokens, hosted.tokens)
 
 
 def test_token_states_are_zero_past_each_length(tiny_models):

@@ -292,3 +292,56 @@ def test_context_errors_name_the_config_key_and_the_fix(tmp_path):
         run_extraction(tmp_path / "p.jsonl", tmp_path / "s.zarr", model={**entry, "max_context": 2048},
                        init={}, task="kvpr", length=4096, seed=0, settings={}, config_digest="x",
                        origin="config.models[3].hf_id")
+
+
+def _store_files(store) -> dict[str, bytes]:
+    """Every file of a store but its root zarr.json (whose attrs hold the run's timing)."""
+    return {str(p.relative_to(store)): p.read_bytes() for p in sorted(store.rglob("*"))
+            if p.is_file() and p != store / "zarr.json"}
+
+
+def test_overlap_changes_no_byte_of_the_store(tiny, tokenizer, tmp_path):
+    """Background tokenizer and writer threads vs none: the same files, the same attrs but timing."""
+    family, model = tiny
+    prompts = make_prompts(tokenizer, 9, seed=7)
+    kwargs = dict(batch_size=2, window_batches=2, n_token_prompts=3, attrs=attrs_for(family), store_dtype="auto",
+                  progress=False)
+    on = extract_activations(model, tokenizer, prompts, tmp_path / "on.zarr", overlap=True, **kwargs)
+    off = extract_activations(model, tokenizer, prompts, tmp_path / "off.zarr", overlap=False, **kwargs)
+    assert _store_files(tmp_path / "on.zarr") == _store_files(tmp_path / "off.zarr")
+    a, b = dict(open_store(tmp_path / "on.zarr").attrs), dict(open_store(tmp_path / "off.zarr").attrs)
+    timing = a.pop("timing")
+    b.pop("timing")
+    assert a == b
+    assert timing["stages"] == on.stages and set(on.stages) == set(off.stages) == {"tokenise", "tokenise_wait", "store"}
+    assert set(on.stages["store"]) == {"copy_wait", "write", "create", "stall", "drain"}
+
+
+def test_a_writer_error_surfaces_once_and_the_store_still_resumes(tiny, tokenizer, tmp_path):
+    """float16 overflow found in the writer thread: that StoreError, raised in the caller; no final
+    store; a rerun (here with sane weights) completes the store, equal to a fresh one."""
+    from reprflow.errors import StoreError
+
+    family, model = tiny
+    if family != "gpt_neox":
+        pytest.skip("the writer thread is family independent")
+    prompts = make_prompts(tokenizer, 8, seed=8)
+    kwargs = dict(batch_size=2, window_batches=1, n_token_prompts=2, attrs=attrs_for(family), store_dtype="float16",
+                  progress=False)
+    out = tmp_path / "s.zarr"
+    emb = model.get_input_embeddings().weight
+    saved = emb.detach().clone()
+    with torch.no_grad():
+        emb.mul_(1e8)  # the embeddings far beyond float16
+    try:
+        with pytest.raises(StoreError, match=r"s\.zarr: 'tokens' \(prompt 0\) has max \|x\| = .*, which overflows "
+                                             r"float16 \(limit 65504\); set `extraction.store_dtype: float32`"):
+            extract_activations(model, tokenizer, prompts, out, **kwargs)
+    finally:
+        with torch.no_grad():
+            emb.copy_(saved)
+    assert not out.exists()
+    again = extract_activations(model, tokenizer, prompts, out, **kwargs)
+    assert again.windows_written + again.windows_resumed == 4 and not again.already_complete
+    extract_activations(model, tokenizer, prompts, tmp_path / "fresh.zarr", **kwargs)
+    assert _store_files(out) == _store_files(tmp_path / "fresh.zarr")

@@ -428,3 +428,26 @@ def _has_crc32c_trailer(chunk: Path) -> bool:
 
     data = chunk.read_bytes()
     return np.uint32(google_crc32c.value(data[:-4])).tobytes() == data[-4:]
+
+
+def test_a_deferred_digest_creates_the_partial_store_at_the_first_write(tmp_path):
+    """content_sha256 as a callable (the extraction's: it waits for the tokenizer thread): open()
+    of a fresh store creates nothing and asks for no digest; the first write creates the partial
+    store with the full fingerprint, which a writer given the digest itself resumes."""
+    last, tokens, labels, n_tokens = _data()
+    spec = StoreSpec(n_states=K, hidden=HIDDEN, n_samples_total=N, sample_start=0, sample_stop=N, batch_size=2,
+                     window_batches=2, token_prompt_ids=TOKEN_IDS, max_len=MAX_LEN, store_dtype="float32")
+    digest = hashlib.sha256(b"x").hexdigest()
+    asked = []
+    kwargs = dict(attrs=_attrs(), labels=labels, n_tokens=n_tokens, lengths=LENGTHS)
+    path = tmp_path / "s.zarr"
+    writer = StoreWriter(path, spec, content_sha256=lambda: asked.append(1) or digest, **kwargs)
+    assert writer.open() is False
+    assert not partial_path(path).exists() and asked == []  # a kill now leaves nothing
+    assert writer.pending_windows() == [0, 1, 2] and writer.decided_dtype() is None
+    writer.write_window(0, last[:, 0:4], {0: tokens[0], 2: tokens[2], 3: tokens[3]})
+    assert partial_path(path).exists() and asked == [1]
+    again = StoreWriter(path, spec, content_sha256=digest, **kwargs)  # the rerun after a kill
+    assert again.open() is False and again.pending_windows() == [1, 2] and again.resumed_windows == 1
+    other = StoreWriter(path, spec, content_sha256=lambda: "0" * 64, **kwargs)  # other token ids: restarted
+    assert other.open() is False and "content_sha256" in other.restart_reason and other.pending_windows() == [0, 1, 2]

@@ -133,7 +133,46 @@ def test_an_error_in_the_metrics_thread_stops_the_run_and_leaves_no_store(tmp_pa
     with pytest.raises(ReprflowError, match=r"streamed token metrics, prompt 2, CKA over states .*needs n_tokens >= 4, got 2"):
         extract_activations(model, tokenizer, prompts, out, n_token_prompts=0, sinks=[sink], batch_size=2,
                             window_batches=1, attrs=_attrs("gpt_neox", "gpt-neox-20b"), progress=False)
-    assert not out.exists() and partial_path(out).exists()  # a rerun resumes the store
+    assert not out.exists()  # no final store; the partial one (if its first write happened) is resumed
+    extract_activations(model, tokenizer, prompts, out, n_token_prompts=0, batch_size=2, window_batches=1,
+                        attrs=_attrs("gpt_neox", "gpt-neox-20b"), progress=False)
+    assert out.exists() and not partial_path(out).exists()
+
+
+_CUDA = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=_CUDA)])
+def test_overlap_changes_no_byte_of_the_metrics_or_the_store(device, tmp_path):
+    """Metrics in the background thread (on CUDA: on their side stream, concurrent with the forward
+    passes), ids from the tokenizer thread, writes in the writer thread -- vs everything inline."""
+    path = build_tiny_model("mamba", out_dir=tmp_path / "model", seed=0)
+    tokenizer = load_tokenizer(TINY_TOKENIZERS["mamba"])
+    prompts = _prompts(tokenizer)
+    kwargs = dict(batch_size=2, window_batches=1, attrs=_attrs("mamba", TINY_TOKENIZERS["mamba"]),
+                  store_dtype="float32", progress=False, device=device, n_token_prompts=N_TOKEN_PROMPTS,
+                  n_bins=N_BINS)
+    for overlap in (True, False):
+        model = load_model(str(path), init=InitSpec("pretrained"), seed=None)
+        summary, _ = extract_with_streamed_token_metrics(model, tokenizer, prompts, tmp_path / f"{overlap}.zarr",
+                                                         tmp_path / f"metrics_{overlap}", overlap=overlap, **kwargs)
+        assert summary.stages["token_metrics"]["compute"] > 0
+    np.testing.assert_array_equal(open_store(tmp_path / "True.zarr")["last"][:],
+                                  open_store(tmp_path / "False.zarr")["last"][:])
+    # bit for bit on the CPU; on CUDA the float64 kernels run on another stream: 1e-12 relative allowed
+    rtol = 0.0 if device == "cpu" else 1e-12
+    for name in sorted(p.name for p in (tmp_path / "metrics_False").iterdir()):
+        on, off = tmp_path / "metrics_True" / name, tmp_path / "metrics_False" / name
+        if name.endswith(".json"):  # the provenance names the store
+            a, b = json.loads(on.read_text()), json.loads(off.read_text())
+            for view in ("hf", "residual"):
+                assert a[view].keys() == b[view].keys()
+                np.testing.assert_allclose(list(a[view].values()), list(b[view].values()), rtol=rtol, atol=0)
+        elif name.endswith(".csv"):
+            cols = ["mean", "std", "n_prompts"]
+            np.testing.assert_allclose(pd.read_csv(on)[cols], pd.read_csv(off)[cols], rtol=rtol, atol=0)
+        else:
+            np.testing.assert_allclose(np.load(on), np.load(off), rtol=rtol, atol=0, err_msg=name)
 
 
 def test_streamed_mixed_precision_within_tolerance_of_the_float64_store_path(tmp_path):

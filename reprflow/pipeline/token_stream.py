@@ -61,7 +61,8 @@ def extract_with_streamed_token_metrics(
         As for :func:`reprflow.pipeline.token_metrics.compute_token_metrics`.
     **extract_kwargs
         The other keywords of :func:`reprflow.extract.extract_activations` (``batch_size``,
-        ``device``, ``compute_dtype``, ``store_dtype``, ``sample_range``, ...).
+        ``device``, ``compute_dtype``, ``store_dtype``, ``sample_range``, ``overlap`` (also
+        the metrics' background thread), ...).
 
     Returns
     -------
@@ -72,7 +73,8 @@ def extract_with_streamed_token_metrics(
     if ids and all("n_tokens" in prompts[i] for i in ids):  # as the store path: no empty bin for short prompts
         n_bins = position_bins(n_bins, min(int(prompts[i]["n_tokens"]) for i in ids))
     sink = TokenMetricsSink(ids, views=views, debiased_cka=debiased_cka, n_bins=n_bins,
-                            max_tokens_in_memory=max_tokens_in_memory, precision=precision)
+                            max_tokens_in_memory=max_tokens_in_memory, precision=precision,
+                            overlap=extract_kwargs.get("overlap", True))
     summary = extract_activations(model, tokenizer, prompts, store_path, n_token_prompts=0, attrs=attrs,
                                   sinks=[sink], **extract_kwargs)
     return summary, sink.write(metrics_dir, source=store_path, attrs=attrs)

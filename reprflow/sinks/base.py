@@ -80,7 +80,9 @@ class Sink(Protocol):
     ``token_prompts`` is the set of prompt indices whose full token states the sink needs
     (the engine captures the union over its sinks). The engine calls :meth:`start` once,
     :meth:`consume` for every batch, then :meth:`close` (wait for background work and
-    re-raise its errors), or :meth:`abort` when anything failed.
+    re-raise its errors), or :meth:`abort` when anything failed. A sink may also have a
+    ``name`` and a ``profile()`` returning seconds per part of its work; the extraction
+    records them under that name in the store attr ``timing["stages"]``.
     """
 
     token_prompts: frozenset[int]

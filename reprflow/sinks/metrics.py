@@ -9,8 +9,11 @@ results, and writes the same files as :func:`reprflow.pipeline.token_metrics.com
 (:meth:`TokenMetricsSink.write`). Full token states never reach the disk.
 
 The metrics run in the background writer thread (``overlap=True``), so the thread that
-launches the forward passes does not wait for their results; the queue bound keeps at
-most a few batches' token states alive on the device.
+launches the forward passes does not wait for their results; on a GPU their kernels go to
+a side stream (:func:`reprflow.side_stream.on_side_stream`) that waits for the forward
+pass that produced the states, so they can overlap the next forward passes instead of
+queueing with them (same kernels, same order: the same values). The queue bound keeps at
+most a few prompts' token states alive on the device.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from reprflow.pipeline.token_metrics import (
     prompt_metrics,
     write_token_metrics,
 )
+from reprflow.side_stream import on_side_stream, ready
 from reprflow.sinks.base import CapturedStates, RunInfo
 from reprflow.sinks.thread import BackgroundWriter
 from reprflow.store import store_provenance
@@ -55,11 +59,13 @@ class TokenMetricsSink:
     max_tokens_in_memory : int, default 1024
         Token positions cast to float64 at a time (cosines, Sm, St).
     overlap : bool, default True
-        Compute in the background writer thread.
+        Compute in the background writer thread (on a GPU: on a side stream).
     precision : {"float64", "mixed"}, default "float64"
         ``metrics.precision``: float64 (the reference) or the mixed-precision one-pass
         path (:mod:`reprflow.metrics.mixed`; tolerances in docs/metrics.md).
     """
+
+    name = "token_metrics"
 
     def __init__(self, prompt_ids: Iterable[int], *, views: Sequence[str] = ("hf", "residual"),
                  debiased_cka: bool = True, n_bins: int = N_BINS,
@@ -95,18 +101,29 @@ class TokenMetricsSink:
         self._thread = BackgroundWriter(self._compute, overlap=self.overlap, name="reprflow-token-metrics")
 
     def consume(self, batch: CapturedStates) -> None:
+        event = None
         for slot, pid in enumerate(batch.token_prompts):
             if pid in self.token_prompts and pid not in self.results:
+                if event is None and self.overlap:  # the forward that produced the states, for the side stream
+                    event = ready(batch.states.tokens.device)
                 # [n_states, n_tokens, hidden] on the device, unpadded; a view, no copy
-                self._thread.put((pid, batch.states.tokens[:, slot, : batch.length_of(pid)]))
+                self._thread.put((pid, batch.states.tokens[:, slot, : batch.length_of(pid)], event))
 
-    def _compute(self, item: tuple[int, torch.Tensor]) -> None:
-        pid, states = item
-        with torch.inference_mode():
+    def _compute(self, item: tuple[int, torch.Tensor, torch.cuda.Event | None]) -> None:
+        pid, states, event = item
+        with torch.inference_mode(), on_side_stream([states], event, name="token-metrics"):
             self.results[pid] = prompt_metrics(
                 states, self.view_indices, debiased_cka=self.debiased_cka, n_bins=self.n_bins, chunk=self.chunk,
                 where=f"streamed token metrics, prompt {pid}", error=ReprflowError, precision=self.precision,
             )
+
+    def profile(self) -> dict[str, float]:
+        """Seconds of this run: computing the metrics (``compute``, in the background thread,
+        results read back included), the caller blocked on a full queue (``stall``) and
+        waiting for the last prompts at the end (``drain``)."""
+        t = self._thread
+        return {"compute": t.busy_s if t else 0.0, "stall": t.stall_s if t else 0.0,
+                "drain": t.drain_s if t else 0.0}
 
     def close(self) -> None:
         if self._thread is not None:

@@ -5,9 +5,10 @@ It owns everything about persistence that the capture engine must not know:
 * **resume**: :meth:`ZarrStoreSink.open` reuses a complete store, resumes a partial one
   (and says so on the console) and lists the windows still to compute;
 * **dtype**: on the first batch of a fresh store it reads the peak |x| on the device (one
-  sync), applies the policy :func:`reprflow.store.choose_store_dtype` and creates the
-  arrays, so that token states are converted on the device afterwards
-  (:func:`start_token_states_copy`);
+  sync) and applies the policy :func:`reprflow.store.choose_store_dtype`, so that token
+  states are converted on the device afterwards (:func:`start_token_states_copy`); the
+  writer thread creates the arrays (and, for a fresh store whose input digest is deferred,
+  the partial store itself: that waits for the tokenizer, never the GPU);
 * **atomicity and checks**: :class:`reprflow.store.StoreWriter` writes under
   ``.partial``, checks every value and renames on :meth:`ZarrStoreSink.finalize`.
 
@@ -24,7 +25,8 @@ import functools
 import logging
 import os
 import sys
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,14 +103,17 @@ class ZarrStoreSink:
     spec : StoreSpec
         Shapes, windows, token prompts and requested dtype.
     attrs, labels, n_tokens, lengths, content_sha256
-        As for :class:`reprflow.store.StoreWriter`.
+        As for :class:`reprflow.store.StoreWriter` (``content_sha256`` may be a callable:
+        the digest is then taken by the writer thread when it creates a fresh store).
     overlap : bool
         Write in the background writer thread while the next batches are computed.
     """
 
+    name = "store"
+
     def __init__(self, path: str | os.PathLike, spec: StoreSpec, *, attrs: Mapping[str, Any],
-                 labels: np.ndarray, n_tokens: np.ndarray, lengths: np.ndarray, content_sha256: str,
-                 overlap: bool = True) -> None:
+                 labels: np.ndarray, n_tokens: np.ndarray, lengths: np.ndarray,
+                 content_sha256: str | Callable[[], str], overlap: bool = True) -> None:
         self.path = Path(path)
         self.spec = spec
         self.writer = StoreWriter(path, spec, attrs=attrs, labels=labels, n_tokens=n_tokens, lengths=lengths,
@@ -119,6 +124,7 @@ class ZarrStoreSink:
         self.dtype: str | None = None
         self._parts: dict[int, list[tuple[np.ndarray, PendingHost]]] = {}
         self._thread: BackgroundWriter | None = None
+        self.seconds = {"copy_wait": 0.0, "write": 0.0, "create": 0.0}
 
     # ------------------------------------------------------------------ resume
     def open(self) -> bool:
@@ -149,14 +155,19 @@ class ZarrStoreSink:
         self._thread = BackgroundWriter(self._write, overlap=self.overlap, name="reprflow-store-writer")
 
     def _fix_dtype(self, batch: CapturedStates) -> str:
-        """Fresh store: choose the on-disk dtype from the first batch's peak (one device sync)."""
+        """Fresh store: choose the on-disk dtype from the first batch's peak (one device sync).
+
+        The arrays are created by the writer thread (first in its queue): creating them may
+        create the partial store, which waits for the input digest, i.e. for every prompt
+        to be tokenised (:class:`reprflow.token_ids.TokenIds`), and the GPU must not wait.
+        """
         peak = batch.states.last.abs().amax()
         slots = [s for s, p in enumerate(batch.token_prompts) if p in self.token_prompts]
         if slots:
             peak = torch.maximum(peak, batch.states.tokens[:, slots].abs().amax())
         peak = float(peak)
         dtype = choose_store_dtype(self.spec.store_dtype, peak)
-        self.writer.create_arrays(dtype, observed_max_abs=peak, window=int(batch.window))
+        self._thread.put(("dtype", int(batch.window), (dtype, peak)))
         return dtype
 
     def consume(self, batch: CapturedStates) -> None:
@@ -180,11 +191,30 @@ class ZarrStoreSink:
 
     def _write(self, item: tuple) -> None:
         kind, key, payload = item
+        t0 = time.perf_counter()
+        if kind == "dtype":  # payload: (dtype, peak) chosen from the first batch of window `key`
+            dtype, peak = payload
+            self.writer.create_arrays(dtype, observed_max_abs=peak, window=key)
+            self.seconds["create"] += time.perf_counter() - t0
+            return
         if kind == "tokens":  # payload: PendingTokenStates
             states, peak = payload.result()
+            t1 = time.perf_counter()
             self.writer.write_tokens(key, states, peak=peak)
         else:  # payload: callable that waits for the window's last-token copies
-            self.writer.write_window(key, payload())
+            last = payload()
+            t1 = time.perf_counter()
+            self.writer.write_window(key, last)
+        self.seconds["copy_wait"] += t1 - t0
+        self.seconds["write"] += time.perf_counter() - t1
+
+    def profile(self) -> dict[str, float]:
+        """Seconds of this run: writer thread waiting for device-to-host copies (``copy_wait``),
+        checking, converting, compressing and writing (``write``), creating the store
+        (``create``: includes waiting for the input digest); the caller blocked on a full
+        queue (``stall``) and waiting for the last writes at the end (``drain``)."""
+        t = self._thread
+        return {**self.seconds, "stall": t.stall_s if t else 0.0, "drain": t.drain_s if t else 0.0}
 
     def close(self) -> None:
         """Wait until every queued window is written; re-raise a writer error."""
