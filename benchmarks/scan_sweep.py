@@ -39,15 +39,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kernels import SFU_EXP_PER_S  # noqa: E402  (benchmarks/kernels.py)
 
 from reprflow.kernels.selective_scan import selective_scan_reference, selective_scan_triton  # noqa: E402
-from reprflow.kernels.selective_scan_lane import default_lane_config, selective_scan_lane  # noqa: E402
+from reprflow.kernels.selective_scan_lane import LaneConfig, default_lane_config, selective_scan_lane  # noqa: E402
 
 CHANNELS, D_STATE, DT_RANK = 5120, 16, 160
 SHAPES = ((16, 2048), (8, 4096))
 #: (block_d, num_warps, unroll) of the time-major kernel; its default first
 TRITON_CONFIGS = ((32, 1, 4), (64, 2, 4), (32, 1, 8))
-#: (block_d, num_warps, unroll, exp2_fma_steps) of the lane kernel
-LANE_CONFIGS = ((32, 1, 4, 0), (32, 1, 2, 0), (32, 1, 8, 0), (64, 2, 4, 0), (128, 4, 4, 0), (64, 1, 4, 0),
-                (32, 1, 8, 1), (32, 1, 4, 1))
+#: (block_d, num_warps, unroll, exp2_fma_steps, channel_exp2_fma) of the lane kernel
+LANE_CONFIGS = ((32, 1, 8, 0, 1), (32, 1, 8, 0, 0), (32, 1, 8, 0, 2), (32, 1, 4, 0, 0), (32, 1, 4, 0, 1),
+                (32, 1, 2, 0, 1), (64, 2, 8, 0, 1), (128, 4, 8, 0, 1), (64, 1, 8, 0, 1), (32, 1, 8, 1, 1))
 
 
 def scan_inputs(batch: int, n_tokens: int, dtype: torch.dtype, device: str, seed: int = 0,
@@ -110,8 +110,7 @@ def variants() -> list[tuple[str, str, object]]:
             partial(selective_scan_triton, block_d=bd, num_warps=nw, unroll=un)) for bd, nw, un in TRITON_CONFIGS]
     default = tuple(default_lane_config(CHANNELS, 16))
     for cfg in LANE_CONFIGS:
-        bd, nw, un, fma = cfg
-        label = f"BLOCK_D={bd} warps={nw} unroll={un} fma_exp_steps={fma}" + (" (default)" if cfg == default else "")
+        label = repr(LaneConfig(*cfg)) + (" (default)" if cfg == default else "")
         out.append(("triton_lane", label, partial(selective_scan_lane, config=cfg)))
     from reprflow.kernels.ops import _compiled_scan_time_major
     from reprflow.kernels.optional import compiled_selective_scan

@@ -207,13 +207,16 @@ if triton is not None:
     # Helpers shared with the lane-per-channel kernel (reprflow.kernels.selective_scan_lane).
 
     @triton.jit
-    def _softplus(x):
+    def _softplus(x, EXP2_FMA: tl.constexpr = False):
         # softplus(x) = max(x, 0) + log1p(e), e = exp(-|x|) in (0, 1], with log1p(e) = e * p(e)
         # and p a degree-8 polynomial fitted to log1p(e) / e on [0, 1] (relative error 2.2e-7
         # in float32). Equal to torch's thresholded softplus within float32 rounding, for
-        # every x; one ex2 on the special-function unit, the rest on the FMA pipe; no
-        # libdevice (so it also runs in TRITON_INTERPRET).
-        e = tl.exp2(tl.abs(x) * -1.4426950408889634)
+        # every x; one ex2 on the special-function unit (on the FMA pipe with EXP2_FMA), the
+        # rest on the FMA pipe; no libdevice (so it also runs in TRITON_INTERPRET).
+        if EXP2_FMA:
+            e = _exp2_fma(tl.abs(x) * -1.4426950408889634)
+        else:
+            e = tl.exp2(tl.abs(x) * -1.4426950408889634)
         p = e * 0.005232651252299547 - 0.029505066573619843
         p = p * e + 0.07822566479444504
         p = p * e - 0.13663221895694733
@@ -225,9 +228,14 @@ if triton is not None:
         return tl.maximum(x, 0.0) + e * p
 
     @triton.jit
-    def _silu(z):
-        # z * sigmoid(z) with one ex2 and one approximate division (2 ulp)
-        return tl.fdiv(z, 1.0 + tl.exp2(z * -1.4426950408889634))
+    def _silu(z, EXP2_FMA: tl.constexpr = False):
+        # z * sigmoid(z) with one ex2 (on the FMA pipe with EXP2_FMA) and one approximate
+        # division (2 ulp)
+        if EXP2_FMA:
+            e = _exp2_fma(z * -1.4426950408889634)
+        else:
+            e = tl.exp2(z * -1.4426950408889634)
+        return tl.fdiv(z, 1.0 + e)
 
     @triton.jit
     def _exp2_fma(x):
@@ -278,15 +286,16 @@ if triton is not None:
     @triton.jit
     def _scan_step(h, u, dt, b, c, z, a2, dskip, dt_bias, o_ptrs, mask,
                    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-                   EXP2_FMA: tl.constexpr):
+                   EXP2_FMA: tl.constexpr, CHANNEL_EXP2_FMA: tl.constexpr = 0):
         # One time step: h [D_STATE, BLOCK_D] float32 -> updated h; y [BLOCK_D] stored at o_ptrs
-        # under mask. EXP2_FMA: the D_STATE decays by polynomial on the FMA pipe, not ex2.
+        # under mask. EXP2_FMA: the D_STATE decays by polynomial on the FMA pipe, not ex2;
+        # CHANNEL_EXP2_FMA: the same for the softplus's exponential (>= 1) and the gate's (2).
         u = u.to(tl.float32)
         dt = dt.to(tl.float32)
         if HAS_DT_BIAS:
             dt = dt + dt_bias
         if SOFTPLUS:
-            dt = _softplus(dt)
+            dt = _softplus(dt, CHANNEL_EXP2_FMA >= 1)
         if EXP2_FMA:
             decay = _exp2_fma(dt[None, :] * a2)  # [D_STATE, BLOCK_D]
         else:
@@ -296,7 +305,7 @@ if triton is not None:
         if HAS_D:
             y = y + dskip * u
         if HAS_Z:
-            y = y * _silu(z.to(tl.float32))
+            y = y * _silu(z.to(tl.float32), CHANNEL_EXP2_FMA >= 2)
         tl.store(o_ptrs, y.to(o_ptrs.dtype.element_ty), mask=mask)
         return h
 

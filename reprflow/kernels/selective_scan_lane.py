@@ -54,11 +54,17 @@ if triton is not None:
     def _selective_scan_lane_kernel(
         u_ptr, dt_ptr, a2t_ptr, bc_ptr, dskip_ptr, z_ptr, dtb_ptr, out_ptr,
         n_tokens, channels,
-        s_u_b, s_u_t, s_dt_b, s_dt_t, s_bc_b, s_z_b, s_z_t, s_o_b, s_o_t,
+        s_u_b, s_dt_b, s_bc_b, s_z_b, s_o_b,
+        S_U_T: tl.constexpr,  # token strides: compile-time, so a step's addresses are immediate offsets
+        S_DT_T: tl.constexpr,
+        S_Z_T: tl.constexpr,
+        S_O_T: tl.constexpr,
+        EVEN_D: tl.constexpr,  # channels % BLOCK_D == 0: no channel masks
         D_STATE: tl.constexpr,
         BLOCK_D: tl.constexpr,
         UNROLL: tl.constexpr,
         EXP2_FMA_STEPS: tl.constexpr,
+        CHANNEL_EXP2_FMA: tl.constexpr,
         HAS_D: tl.constexpr,
         HAS_Z: tl.constexpr,
         HAS_DT_BIAS: tl.constexpr,
@@ -68,7 +74,7 @@ if triton is not None:
         pid_d = tl.program_id(0)
         pid_b = tl.program_id(1).to(tl.int64)
         offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)  # [BLOCK_D]
-        mask_d = offs_d < channels
+        mask_d = (offs_d < channels) | EVEN_D
         offs_n = tl.arange(0, D_STATE)  # [D_STATE]
 
         # a2t is A^T * log2(e), (d_state, channels) contiguous: one coalesced row per state,
@@ -89,50 +95,57 @@ if triton is not None:
         h = tl.zeros([D_STATE, BLOCK_D], dtype=tl.float32)
         n_full = n_tokens - n_tokens % UNROLL
         for t0 in tl.range(0, n_full, UNROLL):
+            # the block's base addresses; step k is at base + k * stride (constants)
+            u_t, dt_t, b_t, c_t = u_row + t0 * S_U_T, dt_row + t0 * S_DT_T, b_row + t0 * 2 * D_STATE, c_row + t0 * 2 * D_STATE
+            z_t, o_t = z_row + t0 * S_Z_T, o_row + t0 * S_O_T
             steps = ()
             for k in tl.static_range(UNROLL):  # loads first: independent of h, latencies overlap
-                steps = steps + (_load_step(u_row, dt_row, b_row, c_row, z_row, t0 + k, True, s_u_t, s_dt_t,
-                                            2 * D_STATE, 2 * D_STATE, s_z_t, mask_d, offs_n, HAS_Z),)
+                steps = steps + (_load_step(u_t, dt_t, b_t, c_t, z_t, k, True, S_U_T, S_DT_T, 2 * D_STATE,
+                                            2 * D_STATE, S_Z_T, mask_d, offs_n, HAS_Z),)
             for k in tl.static_range(UNROLL):
                 u, dt, b, c, z = steps[k]
-                h = _scan_step(h, u, dt, b, c, z, a2, dskip, dt_bias, o_row + (t0 + k) * s_o_t, mask_d,
-                               HAS_D, HAS_Z, HAS_DT_BIAS, SOFTPLUS, k < EXP2_FMA_STEPS)
+                h = _scan_step(h, u, dt, b, c, z, a2, dskip, dt_bias, o_t + k * S_O_T, mask_d,
+                               HAS_D, HAS_Z, HAS_DT_BIAS, SOFTPLUS, k < EXP2_FMA_STEPS, CHANNEL_EXP2_FMA)
         for t in tl.range(n_full, n_tokens):  # the last n_tokens % UNROLL steps
-            u, dt, b, c, z = _load_step(u_row, dt_row, b_row, c_row, z_row, t, True, s_u_t, s_dt_t,
-                                        2 * D_STATE, 2 * D_STATE, s_z_t, mask_d, offs_n, HAS_Z)
-            h = _scan_step(h, u, dt, b, c, z, a2, dskip, dt_bias, o_row + t * s_o_t, mask_d,
-                           HAS_D, HAS_Z, HAS_DT_BIAS, SOFTPLUS, False)
+            u, dt, b, c, z = _load_step(u_row, dt_row, b_row, c_row, z_row, t, True, S_U_T, S_DT_T, 2 * D_STATE,
+                                        2 * D_STATE, S_Z_T, mask_d, offs_n, HAS_Z)
+            h = _scan_step(h, u, dt, b, c, z, a2, dskip, dt_bias, o_row + t * S_O_T, mask_d,
+                           HAS_D, HAS_Z, HAS_DT_BIAS, SOFTPLUS, False, CHANNEL_EXP2_FMA)
 
 
 class LaneConfig(tuple):
-    """Launch configuration ``(block_d, num_warps, unroll, exp2_fma_steps)`` of the lane kernel."""
+    """Launch configuration ``(block_d, num_warps, unroll, exp2_fma_steps, channel_exp2_fma)``
+    of the lane kernel (see :func:`selective_scan_lane`)."""
 
     __slots__ = ()
 
-    def __new__(cls, block_d: int, num_warps: int, unroll: int, exp2_fma_steps: int = 0):
-        return super().__new__(cls, (block_d, num_warps, unroll, exp2_fma_steps))
+    def __new__(cls, block_d: int, num_warps: int, unroll: int, exp2_fma_steps: int = 0,
+                channel_exp2_fma: int = 0):
+        return super().__new__(cls, (block_d, num_warps, unroll, exp2_fma_steps, int(channel_exp2_fma)))
 
     def __repr__(self) -> str:
-        bd, nw, un, fma = self
-        return f"BLOCK_D={bd} warps={nw} unroll={un} fma_exp_steps={fma}"
+        bd, nw, un, fma, ch = self
+        return (f"BLOCK_D={bd} warps={nw} unroll={un} fma_exp_steps={fma} "
+                f"fma_channel_exps={ch}")
 
 
 def default_lane_config(channels: int, batch: int) -> LaneConfig:
-    """The launch configuration used when none is given.
+    """The launch configuration used when none is given: ``(32, 1, 8, 0, 1)``.
 
     32 channels per warp (one per lane), one warp per program: at Mamba-2.8B shapes
     (5120 channels, batch 16) that is 2,560 single-warp programs, about 19 per SM of an
-    H200, all resident (ptxas: 79 registers per thread at unroll 4). Four steps per loop
-    iteration, all exponentials on the special-function unit. By the sm_90 SASS of the
-    loop (Triton 3.6): 142 instructions per warp-step (32 channels x 16 states), 19 of
-    them ``MUFU`` (16 state decays, softplus's ex2, the gate's ex2 and reciprocal), so
-    the special-function unit (8 cycles per warp instruction per SM sub-partition: 152
-    cycles) and instruction issue (142 cycles) are about balanced; moving a step's 16
-    exponentials to the FMA polynomial costs ~11 issue slots each and saves 8 MUFU
-    cycles, so it does not pay here. ``benchmarks/scan_sweep.py`` measures the
-    alternatives.
+    H200, all resident (ptxas: 80 registers per thread). Eight steps per loop iteration.
+    By the sm_90 SASS of the loop (Triton 3.6, Mamba-2.8B strides): per warp-step (32
+    channels x 16 states) 124 instructions with every exponential on the special-function
+    unit, 19 of them ``MUFU`` (16 decays, the softplus's ex2, the gate's ex2 and
+    reciprocal); at 8 cycles per ``MUFU`` per SM sub-partition that is 152 cycles, so the
+    special-function unit bounds the loop and issue has slack. Moving the softplus's
+    exponential to the FMA pipe (``channel_exp2_fma=1``, ~11 instructions) gives 133
+    instructions and 144 ``MUFU`` cycles; moving the gate's as well (2) or a whole step's
+    16 decays makes issue the bound again (147 and ~166). Predicted: ~1.1-1.2x the exp
+    bound. ``benchmarks/scan_sweep.py`` measures the alternatives.
     """
-    return LaneConfig(32, 1, 4, 0)
+    return LaneConfig(32, 1, 8, 0, 1)
 
 
 def selective_scan_lane(
@@ -158,11 +171,12 @@ def selective_scan_lane(
         ``C`` (batch, n_tokens, d_state), ``D`` and ``delta_bias`` (channels,). The last axis
         of every (batch, n_tokens, .) tensor must have stride 1; other strides are free.
         ``d_state`` must be a power of two.
-    config : (block_d, num_warps, unroll, exp2_fma_steps), optional
+    config : (block_d, num_warps, unroll, exp2_fma_steps[, channel_exp2_fma]), optional
         Launch configuration (default :func:`default_lane_config`): channels per program
-        (a multiple of ``32 * num_warps``), warps per program, time steps per loop
-        iteration (1..8) and how many of them take their exponentials on the FMA pipe
-        (0..unroll).
+        (a power of two, a multiple of ``32 * num_warps``), warps per program, time steps
+        per loop iteration (1..8), how many of them take their ``d_state`` exponentials on
+        the FMA pipe (0..unroll), and how many of the two per-channel exponentials take
+        theirs there (0: none, 1: the softplus's, 2: the softplus's and the gate's).
 
     Returns
     -------
@@ -172,13 +186,13 @@ def selective_scan_lane(
     _check_triton_inputs("selective_scan_lane", u, delta, A, B, C, D, z, delta_bias)
     batch, n_tokens, channels = u.shape
     d_state = A.shape[1]
-    bd, nw, un, fma = LaneConfig(*config) if config is not None else default_lane_config(channels, batch)
+    bd, nw, un, fma, ch = LaneConfig(*config) if config is not None else default_lane_config(channels, batch)
     if bd % (32 * nw) or bd & (bd - 1):
         raise ValueError(f"selective_scan_lane: block_d={bd} must be a power of two and a multiple of 32 * "
                          f"num_warps={32 * nw}")
-    if not (1 <= un <= 8 and 0 <= fma <= un):
-        raise ValueError(f"selective_scan_lane: need 1 <= unroll <= 8 and 0 <= exp2_fma_steps <= unroll, "
-                         f"got unroll={un}, exp2_fma_steps={fma}")
+    if not (1 <= un <= 8 and 0 <= fma <= un and 0 <= ch <= 2):
+        raise ValueError(f"selective_scan_lane: need 1 <= unroll <= 8, 0 <= exp2_fma_steps <= unroll and "
+                         f"channel_exp2_fma in 0..2, got {LaneConfig(bd, nw, un, fma, ch)}")
     a2t = (A.float() * _LOG2E).t().contiguous()  # [d_state, channels]
     bc = torch.empty(batch, n_tokens, 2 * d_state, dtype=torch.float32, device=u.device)
     bc[..., :d_state] = B
@@ -194,9 +208,9 @@ def selective_scan_lane(
         delta_bias.float().contiguous() if delta_bias is not None else dummy,
         out,
         n_tokens, channels,
-        u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), bc.stride(0),
-        zz.stride(0), zz.stride(1), out.stride(0), out.stride(1),
-        D_STATE=d_state, BLOCK_D=bd, UNROLL=un, EXP2_FMA_STEPS=fma,
+        u.stride(0), delta.stride(0), bc.stride(0), zz.stride(0), out.stride(0),
+        S_U_T=u.stride(1), S_DT_T=delta.stride(1), S_Z_T=zz.stride(1), S_O_T=out.stride(1),
+        EVEN_D=channels % bd == 0, D_STATE=d_state, BLOCK_D=bd, UNROLL=un, EXP2_FMA_STEPS=fma, CHANNEL_EXP2_FMA=ch,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=delta_bias is not None,
         SOFTPLUS=delta_softplus,
         num_warps=nw,

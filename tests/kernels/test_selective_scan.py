@@ -89,7 +89,7 @@ def test_shape_errors_name_the_tensor(rng):
         selective_scan(u, delta, A, B, C, impl="cuda")
 
 
-LANE_CONFIGS = [None, (32, 1, 2, 0), (32, 1, 8, 1), (64, 2, 4, 0), (128, 4, 4, 4), (64, 1, 4, 0)]
+LANE_CONFIGS = [None, (32, 1, 2, 0, 0), (32, 1, 8, 1, 2), (64, 2, 4, 0, 1), (128, 4, 4, 4, 0), (64, 1, 8, 0, 1)]
 
 
 def _gpu_inputs(shape, dtype, seed):
