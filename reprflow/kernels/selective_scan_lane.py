@@ -96,8 +96,8 @@ if triton is not None:
         n_full = n_tokens - n_tokens % UNROLL
         for t0 in tl.range(0, n_full, UNROLL):
             # the block's base addresses; step k is at base + k * stride (constants)
-            u_t, dt_t, b_t, c_t = u_row + t0 * S_U_T, dt_row + t0 * S_DT_T, b_row + t0 * 2 * D_STATE, c_row + t0 * 2 * D_STATE
-            z_t, o_t = z_row + t0 * S_Z_T, o_row + t0 * S_O_T
+            u_t, dt_t, z_t, o_t = u_row + t0 * S_U_T, dt_row + t0 * S_DT_T, z_row + t0 * S_Z_T, o_row + t0 * S_O_T
+            b_t, c_t = b_row + t0 * 2 * D_STATE, c_row + t0 * 2 * D_STATE
             steps = ()
             for k in tl.static_range(UNROLL):  # loads first: independent of h, latencies overlap
                 steps = steps + (_load_step(u_t, dt_t, b_t, c_t, z_t, k, True, S_U_T, S_DT_T, 2 * D_STATE,
