@@ -44,10 +44,11 @@ from reprflow.kernels.selective_scan_lane import LaneConfig, default_lane_config
 CHANNELS, D_STATE, DT_RANK = 5120, 16, 160
 SHAPES = ((16, 2048), (8, 4096))
 #: (block_d, num_warps, unroll) of the time-major kernel; its default first
-TRITON_CONFIGS = ((32, 1, 4), (64, 2, 4), (32, 1, 8))
-#: (block_d, num_warps, unroll, exp2_fma_steps, channel_exp2_fma) of the lane kernel
-LANE_CONFIGS = ((32, 1, 8, 0, 1), (32, 1, 8, 0, 0), (32, 1, 8, 0, 2), (32, 1, 4, 0, 0), (32, 1, 4, 0, 1),
-                (32, 1, 2, 0, 1), (64, 2, 8, 0, 1), (128, 4, 8, 0, 1), (64, 1, 8, 0, 1), (32, 1, 8, 1, 1))
+TRITON_CONFIGS = ((32, 1, 4), (64, 2, 4))
+#: (block_d, num_warps, unroll, exp2_fma_steps, channel_exp2_fma, prefetch) of the lane kernel; its default first
+LANE_CONFIGS = ((32, 1, 4, 0, 1, True), (32, 1, 4, 0, 0, True), (32, 1, 4, 0, 2, True), (32, 1, 8, 0, 1, True),
+                (32, 1, 4, 0, 1, False), (32, 1, 8, 0, 1, False), (64, 2, 4, 0, 1, True), (128, 4, 4, 0, 1, True),
+                (32, 1, 8, 1, 1, False))
 
 
 def scan_inputs(batch: int, n_tokens: int, dtype: torch.dtype, device: str, seed: int = 0,

@@ -270,17 +270,23 @@ if triton is not None:
         return dskip, dt_bias
 
     @triton.jit
-    def _load_step(u_row, dt_row, b_row, c_row, z_row, t, ok, s_u_t, s_dt_t, s_b_t, s_c_t, s_z_t,
-                   mask_d, offs_n, HAS_Z: tl.constexpr):
-        # The inputs of time step t (ok: whether t < n_tokens, or True where the caller knows it)
+    def _load_channels(u_row, dt_row, z_row, t, ok, s_u_t, s_dt_t, s_z_t, mask_d, HAS_Z: tl.constexpr):
+        # u, delta and z (u again when absent) of time step t for BLOCK_D channels
         u = tl.load(u_row + t * s_u_t, mask=mask_d & ok, other=0.0)
         dt = tl.load(dt_row + t * s_dt_t, mask=mask_d & ok, other=0.0)
-        b = tl.load(b_row + t * s_b_t, mask=(offs_n >= 0) & ok, other=0.0)
-        c = tl.load(c_row + t * s_c_t, mask=(offs_n >= 0) & ok, other=0.0)
         if HAS_Z:
             z = tl.load(z_row + t * s_z_t, mask=mask_d & ok, other=0.0)
         else:
             z = u
+        return u, dt, z
+
+    @triton.jit
+    def _load_step(u_row, dt_row, b_row, c_row, z_row, t, ok, s_u_t, s_dt_t, s_b_t, s_c_t, s_z_t,
+                   mask_d, offs_n, HAS_Z: tl.constexpr):
+        # The inputs of time step t (ok: whether t < n_tokens, or True where the caller knows it)
+        u, dt, z = _load_channels(u_row, dt_row, z_row, t, ok, s_u_t, s_dt_t, s_z_t, mask_d, HAS_Z)
+        b = tl.load(b_row + t * s_b_t, mask=(offs_n >= 0) & ok, other=0.0)
+        c = tl.load(c_row + t * s_c_t, mask=(offs_n >= 0) & ok, other=0.0)
         return u, dt, b, c, z
 
     @triton.jit

@@ -21,11 +21,16 @@ bounds the scan: it is limited by instruction issue and by the special-function 
   converts nothing.
 * **No masks in the time loop:** ``n_tokens - n_tokens % UNROLL`` tokens go through the
   unrolled loop (all loads of ``UNROLL`` steps issued first, then the updates), the rest
-  through a one-step loop.
-* **Part of the exponentials on the FMA pipe:** in each unrolled block, the first
-  ``EXP2_FMA_STEPS`` steps compute their decays with a degree-5 polynomial
-  (:func:`reprflow.kernels.selective_scan._exp2_fma`, relative error 2.4e-7) instead of
-  ``ex2``, trading issue slots for special-function throughput.
+  through a one-step loop. The token strides are compile-time constants, so the steps of
+  a block address memory by immediate offsets from one base.
+* **Optional prefetch:** each iteration loads the next block's ``u``, ``delta`` and ``z``
+  (from HBM, the long latency) while it computes the current one; ``B`` and ``C`` (read
+  by every program of the batch row, so mostly L2 hits) are loaded in the iteration.
+* **Part of the exponentials on the FMA pipe:** the softplus's and the gate's exponentials
+  (``channel_exp2_fma``), or all decays of the first ``exp2_fma_steps`` steps of each
+  block, by a degree-5 polynomial (:func:`reprflow.kernels.selective_scan._exp2_fma`,
+  relative error 2.4e-7) instead of ``ex2``, trading issue slots for special-function
+  throughput.
 
 Per element (token x channel x state) the loop runs one multiply (``dt * A``), one ``ex2``,
 one multiply (``dt * u * B``) and two fused multiply-adds (state, output); per channel
@@ -48,7 +53,7 @@ _LOG2E = math.log2(math.e)
 if triton is not None:
     import triton.language as tl
 
-    from reprflow.kernels.selective_scan import _load_channel_params, _load_step, _scan_step
+    from reprflow.kernels.selective_scan import _load_channel_params, _load_channels, _load_step, _scan_step
 
     @triton.jit
     def _selective_scan_lane_kernel(
@@ -65,6 +70,7 @@ if triton is not None:
         UNROLL: tl.constexpr,
         EXP2_FMA_STEPS: tl.constexpr,
         CHANNEL_EXP2_FMA: tl.constexpr,
+        PREFETCH: tl.constexpr,
         HAS_D: tl.constexpr,
         HAS_Z: tl.constexpr,
         HAS_DT_BIAS: tl.constexpr,
@@ -94,16 +100,33 @@ if triton is not None:
 
         h = tl.zeros([D_STATE, BLOCK_D], dtype=tl.float32)
         n_full = n_tokens - n_tokens % UNROLL
+        if PREFETCH:  # u, delta, z of the first block (none if n_tokens < UNROLL)
+            nxt = ()
+            for k in tl.static_range(UNROLL):
+                nxt = nxt + (_load_channels(u_row, dt_row, z_row, k, k < n_full, S_U_T, S_DT_T, S_Z_T, mask_d,
+                                            HAS_Z),)
         for t0 in tl.range(0, n_full, UNROLL):
             # the block's base addresses; step k is at base + k * stride (constants)
             u_t, dt_t, z_t, o_t = u_row + t0 * S_U_T, dt_row + t0 * S_DT_T, z_row + t0 * S_Z_T, o_row + t0 * S_O_T
             b_t, c_t = b_row + t0 * 2 * D_STATE, c_row + t0 * 2 * D_STATE
-            steps = ()
-            for k in tl.static_range(UNROLL):  # loads first: independent of h, latencies overlap
-                steps = steps + (_load_step(u_t, dt_t, b_t, c_t, z_t, k, True, S_U_T, S_DT_T, 2 * D_STATE,
-                                            2 * D_STATE, S_Z_T, mask_d, offs_n, HAS_Z),)
+            # loads first: independent of h, so their latencies overlap
+            if PREFETCH:  # this block's u, delta, z came with the previous iteration; fetch the next block's
+                cur = nxt
+                t_n = tl.minimum(t0 + UNROLL, n_full - UNROLL)  # the last iteration re-reads its own block
+                nxt = ()
+                for k in tl.static_range(UNROLL):
+                    nxt = nxt + (_load_channels(u_row + t_n * S_U_T, dt_row + t_n * S_DT_T, z_row + t_n * S_Z_T,
+                                                k, True, S_U_T, S_DT_T, S_Z_T, mask_d, HAS_Z),)
+            else:
+                cur = ()
+                for k in tl.static_range(UNROLL):
+                    cur = cur + (_load_channels(u_t, dt_t, z_t, k, True, S_U_T, S_DT_T, S_Z_T, mask_d, HAS_Z),)
+            bc = ()
             for k in tl.static_range(UNROLL):
-                u, dt, b, c, z = steps[k]
+                bc = bc + ((tl.load(b_t + k * 2 * D_STATE), tl.load(c_t + k * 2 * D_STATE)),)
+            for k in tl.static_range(UNROLL):
+                u, dt, z = cur[k]
+                b, c = bc[k]
                 h = _scan_step(h, u, dt, b, c, z, a2, dskip, dt_bias, o_t + k * S_O_T, mask_d,
                                HAS_D, HAS_Z, HAS_DT_BIAS, SOFTPLUS, k < EXP2_FMA_STEPS, CHANNEL_EXP2_FMA)
         for t in tl.range(n_full, n_tokens):  # the last n_tokens % UNROLL steps
@@ -114,38 +137,40 @@ if triton is not None:
 
 
 class LaneConfig(tuple):
-    """Launch configuration ``(block_d, num_warps, unroll, exp2_fma_steps, channel_exp2_fma)``
-    of the lane kernel (see :func:`selective_scan_lane`)."""
+    """Launch configuration ``(block_d, num_warps, unroll, exp2_fma_steps, channel_exp2_fma,
+    prefetch)`` of the lane kernel (see :func:`selective_scan_lane`)."""
 
     __slots__ = ()
 
     def __new__(cls, block_d: int, num_warps: int, unroll: int, exp2_fma_steps: int = 0,
-                channel_exp2_fma: int = 0):
-        return super().__new__(cls, (block_d, num_warps, unroll, exp2_fma_steps, int(channel_exp2_fma)))
+                channel_exp2_fma: int = 0, prefetch: bool = False):
+        return super().__new__(cls, (block_d, num_warps, unroll, exp2_fma_steps, int(channel_exp2_fma),
+                                     bool(prefetch)))
 
     def __repr__(self) -> str:
-        bd, nw, un, fma, ch = self
+        bd, nw, un, fma, ch, pf = self
         return (f"BLOCK_D={bd} warps={nw} unroll={un} fma_exp_steps={fma} "
-                f"fma_channel_exps={ch}")
+                f"fma_channel_exps={ch} prefetch={'yes' if pf else 'no'}")
 
 
 def default_lane_config(channels: int, batch: int) -> LaneConfig:
-    """The launch configuration used when none is given: ``(32, 1, 8, 0, 1)``.
+    """The launch configuration used when none is given: ``(32, 1, 4, 0, 1, True)``.
 
     32 channels per warp (one per lane), one warp per program: at Mamba-2.8B shapes
-    (5120 channels, batch 16) that is 2,560 single-warp programs, about 19 per SM of an
-    H200, all resident (ptxas: 80 registers per thread). Eight steps per loop iteration.
-    By the sm_90 SASS of the loop (Triton 3.6, Mamba-2.8B strides): per warp-step (32
-    channels x 16 states) 124 instructions with every exponential on the special-function
-    unit, 19 of them ``MUFU`` (16 decays, the softplus's ex2, the gate's ex2 and
-    reciprocal); at 8 cycles per ``MUFU`` per SM sub-partition that is 152 cycles, so the
-    special-function unit bounds the loop and issue has slack. Moving the softplus's
-    exponential to the FMA pipe (``channel_exp2_fma=1``, ~11 instructions) gives 133
-    instructions and 144 ``MUFU`` cycles; moving the gate's as well (2) or a whole step's
-    16 decays makes issue the bound again (147 and ~166). Predicted: ~1.1-1.2x the exp
-    bound. ``benchmarks/scan_sweep.py`` measures the alternatives.
+    (5120 channels, batch 16) that is 2,560 single-warp programs, about 19.4 per SM of an
+    H200, all resident (ptxas: 89 registers per thread, so up to 23 warps per SM; unroll 8
+    with prefetch takes 106 and would leave a second wave). By the sm_90 SASS of the loop
+    (Triton 3.6, Mamba-2.8B strides), per warp-step (32 channels x 16 states): 124
+    instructions with every exponential on the special-function unit, 19 of them ``MUFU``
+    (16 decays, the softplus's ex2, the gate's ex2 and reciprocal); at 8 cycles per
+    ``MUFU`` per SM sub-partition that is 152 cycles, so that unit bounds the loop and
+    issue has slack. The softplus's exponential on the FMA pipe (``channel_exp2_fma=1``,
+    ~11 instructions) gives 134 instructions and 144 ``MUFU`` cycles; the gate's as well
+    (2), or a whole step's 16 decays, makes issue the bound again (147, ~166). The prefetch
+    costs ~4 instructions per step. Predicted: ~1.1-1.2x the exp bound if the pipes stay
+    busy. ``benchmarks/scan_sweep.py`` measures the alternatives.
     """
-    return LaneConfig(32, 1, 8, 0, 1)
+    return LaneConfig(32, 1, 4, 0, 1, True)
 
 
 def selective_scan_lane(
@@ -171,12 +196,15 @@ def selective_scan_lane(
         ``C`` (batch, n_tokens, d_state), ``D`` and ``delta_bias`` (channels,). The last axis
         of every (batch, n_tokens, .) tensor must have stride 1; other strides are free.
         ``d_state`` must be a power of two.
-    config : (block_d, num_warps, unroll, exp2_fma_steps[, channel_exp2_fma]), optional
+    config : (block_d, num_warps, unroll[, exp2_fma_steps, channel_exp2_fma, prefetch]), optional
         Launch configuration (default :func:`default_lane_config`): channels per program
         (a power of two, a multiple of ``32 * num_warps``), warps per program, time steps
         per loop iteration (1..8), how many of them take their ``d_state`` exponentials on
         the FMA pipe (0..unroll), and how many of the two per-channel exponentials take
-        theirs there (0: none, 1: the softplus's, 2: the softplus's and the gate's).
+        theirs there (0: none, 1: the softplus's, 2: the softplus's and the gate's), and
+        whether each loop iteration loads the next block's ``u``, ``delta`` and ``z``
+        (prefetch: their memory latency hides behind a whole block of compute, for ~3
+        registers per step of the block).
 
     Returns
     -------
@@ -186,13 +214,13 @@ def selective_scan_lane(
     _check_triton_inputs("selective_scan_lane", u, delta, A, B, C, D, z, delta_bias)
     batch, n_tokens, channels = u.shape
     d_state = A.shape[1]
-    bd, nw, un, fma, ch = LaneConfig(*config) if config is not None else default_lane_config(channels, batch)
+    bd, nw, un, fma, ch, pf = LaneConfig(*config) if config is not None else default_lane_config(channels, batch)
     if bd % (32 * nw) or bd & (bd - 1):
         raise ValueError(f"selective_scan_lane: block_d={bd} must be a power of two and a multiple of 32 * "
                          f"num_warps={32 * nw}")
     if not (1 <= un <= 8 and 0 <= fma <= un and 0 <= ch <= 2):
         raise ValueError(f"selective_scan_lane: need 1 <= unroll <= 8, 0 <= exp2_fma_steps <= unroll and "
-                         f"channel_exp2_fma in 0..2, got {LaneConfig(bd, nw, un, fma, ch)}")
+                         f"channel_exp2_fma in 0..2, got {LaneConfig(bd, nw, un, fma, ch, pf)}")
     a2t = (A.float() * _LOG2E).t().contiguous()  # [d_state, channels]
     bc = torch.empty(batch, n_tokens, 2 * d_state, dtype=torch.float32, device=u.device)
     bc[..., :d_state] = B
@@ -210,7 +238,7 @@ def selective_scan_lane(
         n_tokens, channels,
         u.stride(0), delta.stride(0), bc.stride(0), zz.stride(0), out.stride(0),
         S_U_T=u.stride(1), S_DT_T=delta.stride(1), S_Z_T=zz.stride(1), S_O_T=out.stride(1),
-        EVEN_D=channels % bd == 0, D_STATE=d_state, BLOCK_D=bd, UNROLL=un, EXP2_FMA_STEPS=fma, CHANNEL_EXP2_FMA=ch,
+        EVEN_D=channels % bd == 0, D_STATE=d_state, BLOCK_D=bd, UNROLL=un, EXP2_FMA_STEPS=fma, CHANNEL_EXP2_FMA=ch, PREFETCH=pf,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=delta_bias is not None,
         SOFTPLUS=delta_softplus,
         num_warps=nw,

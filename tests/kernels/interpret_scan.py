@@ -96,10 +96,11 @@ def check_scans() -> None:
     (partial channel blocks), every optional input on and off, softplus on and off."""
     flags = list(itertools.product([True, False], repeat=4))  # has_d, has_z, has_bias, softplus
     cases = [  # (fn, batch, n_tokens, channels, d_state, config kwargs)
-        (selective_scan_lane, 2, 13, 40, 16, {}),  # the default configuration
-        (selective_scan_lane, 1, 11, 33, 8, {"config": (64, 2, 8, 3, 2)}),
-        (selective_scan_lane, 2, 9, 64, 16, {"config": (32, 1, 4, 4, 0)}),  # channels % BLOCK_D == 0
-        (selective_scan_lane, 1, 3, 20, 16, {"config": (32, 1, 4, 4, 1)}),  # T < unroll: only the tail loop
+        (selective_scan_lane, 2, 13, 40, 16, {}),  # the default configuration (prefetch)
+        (selective_scan_lane, 1, 11, 33, 8, {"config": (64, 2, 8, 3, 2, False)}),
+        (selective_scan_lane, 2, 9, 64, 16, {"config": (32, 1, 4, 4, 0, False)}),  # channels % BLOCK_D == 0
+        (selective_scan_lane, 1, 3, 20, 16, {"config": (32, 1, 4, 4, 1, True)}),  # T < unroll: only the tail loop
+        (selective_scan_lane, 1, 16, 20, 16, {"config": (32, 1, 8, 1, 0, True)}),  # T = 2 blocks, no tail
         (selective_scan_triton, 2, 13, 40, 16, {}),
         (selective_scan_triton, 1, 7, 33, 8, {"unroll": 8}),
     ]

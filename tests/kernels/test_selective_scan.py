@@ -89,7 +89,8 @@ def test_shape_errors_name_the_tensor(rng):
         selective_scan(u, delta, A, B, C, impl="cuda")
 
 
-LANE_CONFIGS = [None, (32, 1, 2, 0, 0), (32, 1, 8, 1, 2), (64, 2, 4, 0, 1), (128, 4, 4, 4, 0), (64, 1, 8, 0, 1)]
+LANE_CONFIGS = [None, (32, 1, 2, 0, 0, False), (32, 1, 8, 1, 2, True), (64, 2, 4, 0, 1, False),
+                (128, 4, 4, 4, 0, True), (64, 1, 8, 0, 1, True)]
 
 
 def _gpu_inputs(shape, dtype, seed):
