@@ -464,7 +464,7 @@ def scan_configs(args) -> str:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from scan_sweep import sweep
 
-    scan_table = sweep(argparse.Namespace(device="cuda", quick=False, reps=7))
+    scan_table = sweep(argparse.Namespace(device="cuda", quick=False, reps=7, budget_s=65.0))
     lines = ["| kernel | config | ms (median) | GB/s | ms x layers per batch |", "|---|---|---|---|---|"]
     w = torch.randn(d, 4, device="cuda", generator=g, dtype=torch.bfloat16)
     ms = triton.testing.do_bench(lambda: causal_conv1d_silu_triton(u, w, None), warmup=50, rep=300,
