@@ -454,29 +454,18 @@ def scan_configs(args) -> str:
     import triton.testing
 
     from reprflow.kernels.causal_conv1d import causal_conv1d_silu_triton
-    from reprflow.kernels.selective_scan import selective_scan_triton
 
-    b, t, d, n, r = args.batch_size, args.tokens, 5120, 16, 160
+    b, t, d = args.batch_size, args.tokens, 5120
     g = torch.Generator(device="cuda").manual_seed(0)
     xz = torch.randn(b, t, 2 * d, device="cuda", generator=g, dtype=torch.bfloat16)
-    u, z = xz[..., :d], xz[..., d:]
-    dt = (torch.randn(b, t, d, device="cuda", generator=g) - 4).to(torch.bfloat16)
-    x_dbl = torch.randn(b, t, r + 2 * n, device="cuda", generator=g, dtype=torch.bfloat16)
-    B, C = x_dbl[..., r : r + n], x_dbl[..., r + n :]
-    A = -torch.exp(torch.randn(d, n, device="cuda", generator=g))
-    D = torch.randn(d, device="cuda", generator=g)
-    bias = torch.randn(d, device="cuda", generator=g)
-    bytes_moved = 4 * b * t * d * 2 + 2 * b * t * n * 2  # u, dt, z, y + B, C
+    u = xz[..., :d]
+    # the Mamba-1 scan: every kernel and launch configuration, at B=16 T=2048 and B=8 T=4096
+    # (benchmarks/scan_sweep.py, its own table)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from scan_sweep import sweep
+
+    scan_table = sweep(argparse.Namespace(device="cuda", quick=False, reps=7, budget_s=65.0))
     lines = ["| kernel | config | ms (median) | GB/s | ms x layers per batch |", "|---|---|---|---|---|"]
-    for bd, nw, un in [(32, 1, 4), (32, 1, 2), (32, 1, 1), (64, 2, 4), (128, 4, 4), (64, 1, 4), (16, 1, 4)]:
-        try:
-            fn = lambda: selective_scan_triton(u, dt, A, B, C, D, z, delta_bias=bias, delta_softplus=True,  # noqa: E731
-                                                block_d=bd, num_warps=nw, unroll=un)
-            ms = triton.testing.do_bench(fn, warmup=50, rep=300, return_mode="median")
-            lines.append(f"| mamba scan | BLOCK_D={bd} warps={nw} unroll={un} | {ms:.3f} | "
-                         f"{bytes_moved / ms / 1e6:.0f} | {64 * ms:.1f} (64) |")
-        except Exception as exc:  # a config the compiler rejects
-            lines.append(f"| mamba scan | {bd}/{nw}/{un} failed: {type(exc).__name__}: {str(exc)[:80]} | | | |")
     w = torch.randn(d, 4, device="cuda", generator=g, dtype=torch.bfloat16)
     ms = triton.testing.do_bench(lambda: causal_conv1d_silu_triton(u, w, None), warmup=50, rep=300,
                                  return_mode="median")
@@ -504,7 +493,7 @@ def scan_configs(args) -> str:
     ):
         ms = triton.testing.do_bench(fn, warmup=20, rep=200, return_mode="median")
         lines.append(f"| {label} | B={b} T={t} | {ms:.3f} | | {16 * ms:.1f} (16) |")
-    return "\n".join(lines)
+    return scan_table + "\n\n" + "\n".join(lines)
 
 
 # ---------------------------------------------------------------- report

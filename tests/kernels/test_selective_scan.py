@@ -89,13 +89,13 @@ def test_shape_errors_name_the_tensor(rng):
         selective_scan(u, delta, A, B, C, impl="cuda")
 
 
-@requires_cuda
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("shape", [(2, 67, 80, 16), (1, 300, 33, 16), (3, 5, 64, 8)])
-def test_triton_matches_float64(dtype, shape):
+#: the default first; then multi-warp programs, FMA-pipe exponentials, no prefetch, unroll 2
+LANE_CONFIGS = [None, (32, 1, 2, 0, 0, False), (32, 1, 8, 1, 2, True), (128, 4, 4, 4, 0, True)]
+
+
+def _gpu_inputs(shape, dtype, seed):
     batch, n_tokens, channels, d_state = shape
-    g = torch.Generator(device="cuda").manual_seed(hash(shape) % 2**31)
+    g = torch.Generator(device="cuda").manual_seed(seed)
     dev = "cuda"
     # views into fused projections, as the mixer passes them
     xz = torch.randn(batch, n_tokens, 2 * channels, device=dev, generator=g).to(dtype)
@@ -106,6 +106,15 @@ def test_triton_matches_float64(dtype, shape):
     A = -torch.exp(torch.randn(channels, d_state, device=dev, generator=g))
     D = torch.randn(channels, device=dev, generator=g)
     bias = torch.randn(channels, device=dev, generator=g)
+    return u, delta, A, B, C, D, z, bias
+
+
+@requires_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("shape", [(2, 67, 80, 16), (1, 300, 33, 16), (3, 5, 64, 8)])
+def test_triton_matches_float64(dtype, shape):
+    u, delta, A, B, C, D, z, bias = _gpu_inputs(shape, dtype, hash(shape) % 2**31)
     want = selective_scan_reference(u, delta, A, B, C, D, z, delta_bias=bias, delta_softplus=True,
                                     compute_dtype=torch.float64)
     got = selective_scan(u, delta, A, B, C, D, z, delta_bias=bias, delta_softplus=True, impl="triton")
@@ -113,3 +122,49 @@ def test_triton_matches_float64(dtype, shape):
     assert torch.isfinite(got).all()
     rel = (got.double() - want).norm() / want.norm()
     assert rel < (1e-2 if dtype == torch.bfloat16 else 1e-5), float(rel)
+
+
+@requires_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("config", LANE_CONFIGS)
+@pytest.mark.parametrize("shape", [(2, 67, 80, 16), (1, 300, 33, 16), (3, 5, 64, 8)])
+def test_lane_kernel_matches_float64(shape, config):
+    """The lane-per-channel kernel at several launch configurations (multi-warp programs,
+    partial channel blocks, unrolls that do not divide T, FMA-pipe exponentials): bf16 with
+    every optional input; the default configuration also in float32 and without D, z and
+    delta_bias (each case is one more compile, so the others stay at one)."""
+    from reprflow.kernels.selective_scan_lane import selective_scan_lane
+
+    cases = [(torch.bfloat16, True)] + ([(torch.float32, True), (torch.bfloat16, False), (torch.float32, False)]
+                                        if config is None else [])
+    for dtype, full in cases:
+        u, delta, A, B, C, D, z, bias = _gpu_inputs(shape, dtype, hash(shape) % 2**31)
+        if not full:
+            D = z = bias = None
+        want = selective_scan_reference(u, delta, A, B, C, D, z, delta_bias=bias, delta_softplus=True,
+                                        compute_dtype=torch.float64)
+        got = selective_scan_lane(u, delta, A, B, C, D, z, delta_bias=bias, delta_softplus=True, config=config)
+        assert got.dtype == dtype and got.shape == u.shape and torch.isfinite(got).all()
+        rel = float((got.double() - want).norm() / want.norm())
+        assert rel < (1e-2 if dtype == torch.bfloat16 else 1e-5), (dtype, full, rel)
+
+
+@requires_cuda
+@pytest.mark.gpu
+def test_every_scan_candidate_matches_float64():
+    """Every timed candidate of the mamba_scan op (the chooser's choices) on a mixer-like
+    bf16 and float32 input, 2 x 1000 tokens x 320 channels, against float64."""
+    from reprflow.kernels.ops import mamba_scan_op
+
+    op = mamba_scan_op(torch.device("cuda"), report={})
+    names = [c.name for c in op.candidates if c.timed]
+    assert {"triton", "triton_lane"} <= set(names)
+    for dtype in (torch.bfloat16, torch.float32):
+        u, delta, A, B, C, D, z, bias = _gpu_inputs((2, 1000, 320, 16), dtype, 5)
+        want = selective_scan_reference(u, delta, A, B, C, D, z, delta_bias=bias, delta_softplus=True,
+                                        compute_dtype=torch.float64)
+        for c in op.candidates:
+            if c.timed:
+                got = c.fn(u, delta, A, B, C, D, z, delta_bias=bias, delta_softplus=True)
+                rel = float((got.double() - want).norm() / want.norm())
+                assert rel < (1e-2 if dtype == torch.bfloat16 else 1e-4), (c.name, dtype, rel)

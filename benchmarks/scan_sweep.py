@@ -1,0 +1,193 @@
+"""Sweep of the Mamba-1 scan kernels and launch configurations against the exp bound.
+
+For each variant (the ``triton`` kernel of :mod:`reprflow.kernels.selective_scan` at a few
+launch configurations, the ``triton_lane`` kernel of
+:mod:`reprflow.kernels.selective_scan_lane` at several, and ``mamba_ssm``'s compiled
+``selective_scan_fn`` when it imports) one table row:
+
+* ms per layer at Mamba-2.8B shapes (5120 channels, d_state 16, bf16; ``u`` and ``z`` views
+  of one in_proj output, ``B`` and ``C`` views of one x_proj output, as the mixer passes
+  them), at B=16, T=2048 and at B=8, T=4096 (median of ``--reps`` timed calls after a
+  warm-up that compiles);
+* x exp bound: that time over one ``exp`` per token x channel x state at the H200's
+  special-function rate (:data:`benchmarks.kernels.SFU_EXP_PER_S`; both shapes hold the
+  same number of tokens, so the bound is the same);
+* relative error ``||y - y64|| / ||y64||`` against :func:`selective_scan_reference` in
+  float64 on the same inputs: for the bf16 run (batch row 0, all 2048 tokens; mostly the
+  bf16 rounding of the output, ~2e-3) and for a float32 run (1 x 2048 x 5120), which
+  shows the kernel's own arithmetic (filled in after all timings, while ``--budget-s``
+  lasts; ``-`` where it did not).
+
+Then the kernel the chooser (:func:`reprflow.kernels.ops.mamba_scan_op`) picks at the first
+shape, and its reason. About a minute on an H200, most of it Triton compiles.
+
+Usage (repository root)::
+
+    PYTHONPATH=$PWD python benchmarks/scan_sweep.py [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from kernels import SFU_EXP_PER_S  # noqa: E402  (benchmarks/kernels.py)
+
+from reprflow.kernels.selective_scan import selective_scan_reference, selective_scan_triton  # noqa: E402
+from reprflow.kernels.selective_scan_lane import LaneConfig, default_lane_config, selective_scan_lane  # noqa: E402
+
+CHANNELS, D_STATE, DT_RANK = 5120, 16, 160
+SHAPES = ((16, 2048), (8, 4096))
+#: (block_d, num_warps, unroll) of the time-major kernel; its default first
+TRITON_CONFIGS = ((32, 1, 4), (64, 2, 4))
+#: (block_d, num_warps, unroll, exp2_fma_steps, channel_exp2_fma, prefetch) of the lane kernel; its default first
+LANE_CONFIGS = ((32, 1, 4, 0, 1, True), (32, 1, 4, 0, 0, True), (32, 1, 4, 0, 2, True), (32, 1, 8, 0, 1, True),
+                (32, 1, 4, 0, 1, False), (32, 1, 8, 0, 1, False), (64, 2, 4, 0, 1, True), (128, 4, 4, 0, 1, True),
+                (32, 1, 8, 1, 1, False))
+
+
+def scan_inputs(batch: int, n_tokens: int, dtype: torch.dtype, device: str, seed: int = 0,
+                channels: int = CHANNELS) -> dict:
+    """Mixer-like inputs of the scan: ``u``/``z`` and ``B``/``C`` are views of fused projections."""
+    g = torch.Generator(device).manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return (scale * torch.randn(*shape, device=device, generator=g)).to(dtype)
+
+    xz = rnd(batch, n_tokens, 2 * channels)
+    dbl = rnd(batch, n_tokens, DT_RANK + 2 * D_STATE)
+    return {
+        "u": xz[..., :channels], "delta": rnd(batch, n_tokens, channels, scale=0.5),
+        "A": -torch.exp(torch.rand(channels, D_STATE, device=device, generator=g) * 2.7),
+        "B": dbl[..., DT_RANK : DT_RANK + D_STATE], "C": dbl[..., DT_RANK + D_STATE :],
+        "D": torch.ones(channels, device=device), "z": xz[..., channels:],
+        "delta_bias": torch.full((channels,), -3.0, device=device), "delta_softplus": True,
+    }
+
+
+def _call(fn, x: dict, rows: slice = slice(None)):
+    t = {k: (v[rows] if isinstance(v, torch.Tensor) and v.dim() == 3 else v) for k, v in x.items()}
+    return fn(t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"], delta_bias=t["delta_bias"],
+              delta_softplus=t["delta_softplus"])
+
+
+def _reference(x: dict, rows: slice) -> torch.Tensor:
+    def f64(v):
+        return v.double() if isinstance(v, torch.Tensor) else v
+
+    t = {k: f64(v[rows] if isinstance(v, torch.Tensor) and v.dim() == 3 else v) for k, v in x.items()}
+    return selective_scan_reference(t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"],
+                                    delta_bias=t["delta_bias"], delta_softplus=True, compute_dtype=torch.float64)
+
+
+def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got.double() - want).norm() / want.norm())
+
+
+def _ms(fn, device: str, reps: int) -> float:
+    fn()  # warm-up: compiles
+    times = []
+    for _ in range(reps):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(1e3 * (time.perf_counter() - t0))
+    return statistics.median(times)
+
+
+def variants() -> list[tuple[str, str, object]]:
+    """(kernel, config, fn with the signature of selective_scan_reference) for every row."""
+    from functools import partial
+
+    out = [("triton", f"BLOCK_D={bd} warps={nw} unroll={un}",
+            partial(selective_scan_triton, block_d=bd, num_warps=nw, unroll=un)) for bd, nw, un in TRITON_CONFIGS]
+    default = tuple(default_lane_config(CHANNELS, 16))
+    for cfg in LANE_CONFIGS:
+        label = repr(LaneConfig(*cfg)) + (" (default)" if cfg == default else "")
+        out.append(("triton_lane", label, partial(selective_scan_lane, config=cfg)))
+    from reprflow.kernels.ops import _compiled_scan_time_major
+    from reprflow.kernels.optional import compiled_selective_scan
+
+    compiled = compiled_selective_scan()
+    if compiled is not None:
+        out.append(("mamba_ssm", "selective_scan_fn + transposes", _compiled_scan_time_major(compiled)))
+    return out
+
+
+def sweep(args) -> str:
+    t_start = time.perf_counter()
+    dev = args.device
+    shapes, channels = (((2, 12), (1, 24)), 64) if args.quick else (SHAPES, CHANNELS)
+    inputs = [scan_inputs(b, t, torch.bfloat16, dev, seed=i, channels=channels) for i, (b, t) in enumerate(shapes)]
+    want16 = _reference(inputs[0], slice(0, 1))
+    x32 = scan_inputs(1, shapes[0][1], torch.float32, dev, seed=7, channels=channels)
+    want32 = _reference(x32, slice(None))
+    n_elem = shapes[0][0] * shapes[0][1] * channels * D_STATE
+    exp_ms = 1e3 * n_elem / SFU_EXP_PER_S
+    gpu = torch.cuda.get_device_name() if dev == "cuda" else "cpu"
+    (b1, t1), (b2, t2) = shapes
+    lines = [
+        f"Mamba-1 scan sweep, {gpu}, torch {torch.__version__}, {time.strftime('%Y-%m-%d %H:%M %Z')}; "
+        f"{channels} channels, d_state {D_STATE}, bf16 in/out; exp bound {exp_ms:.3f} ms "
+        f"(1 exp per token x channel x state at {SFU_EXP_PER_S / 1e12:.2f} T exp/s)",
+        "",
+        f"| kernel | config | ms B={b1} T={t1} | x exp bound | ms B={b2} T={t2} | x exp bound | "
+        f"rel err bf16 | rel err fp32 |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    # pass 1: times and the bf16 error of every variant; pass 2, while the time budget
+    # lasts: the float32 error (one more compile per variant)
+    rows = []
+    for kernel, label, fn in variants():
+        try:
+            ms = [_ms(lambda x=x: _call(fn, x), dev, args.reps) for x in inputs]
+            e16 = _rel(_call(fn, inputs[0], slice(0, 1)), want16)
+            rows.append([kernel, label, fn, f"{ms[0]:.3f} | {ms[0] / exp_ms:.2f} | {ms[1]:.3f} | "
+                                            f"{ms[1] / exp_ms:.2f} | {e16:.1e}", "-"])
+        except Exception as exc:  # a configuration the compiler or the GPU rejects
+            rows.append([kernel, label, None, f"failed: {type(exc).__name__}: {str(exc)[:100]} | | | |", ""])
+        print(f"| {rows[-1][0]} | {rows[-1][1]} | {rows[-1][3]} |", flush=True)
+    for row in rows:
+        if row[2] is not None and time.perf_counter() - t_start < args.budget_s:
+            row[4] = f"{_rel(_call(row[2], x32), want32):.1e}"
+    lines += [f"| {kernel} | {label} | {cells} | {e32} |" for kernel, label, _, cells, e32 in rows]
+    from reprflow.kernels.ops import mamba_scan_op
+
+    report: dict = {}
+    op = mamba_scan_op(torch.device(dev), report=report)
+    _call(op, inputs[0])
+    entry = next(iter(report["mamba_scan"].values()))
+    lines += ["", f"Chooser at B={b1} T={t1}: {entry['kernel']} ({entry['reason']}); "
+                  f"check errors {entry['check_rel_err']}", f"Sweep time {time.perf_counter() - t_start:.0f} s."]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cuda", help="cuda (cpu only with TRITON_INTERPRET=1 and --quick)")
+    p.add_argument("--quick", action="store_true", help="toy token counts (interpreter smoke run)")
+    p.add_argument("--reps", type=int, default=7, help="timed calls per cell (median)")
+    p.add_argument("--budget-s", type=float, default=65.0,
+                   help="start no float32 check (one compile each) after this many seconds ('-' in the table)")
+    p.add_argument("--out", type=Path, default=None, help="also write scan_sweep.md here")
+    args = p.parse_args(argv)
+    text = sweep(args)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "scan_sweep.md").write_text(text + "\n")
+    print()
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
