@@ -459,7 +459,7 @@ def scan_configs(args) -> str:
     g = torch.Generator(device="cuda").manual_seed(0)
     xz = torch.randn(b, t, 2 * d, device="cuda", generator=g, dtype=torch.bfloat16)
     u = xz[..., :d]
-    # the Mamba-1 scan: every kernel and launch configuration, at B=16 T=2048 and B=8 T=4096
+    # the Mamba-1 scan: the Triton launch configurations and mamba_ssm, at B=16 T=2048 and B=8 T=4096
     # (benchmarks/scan_sweep.py, its own table)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from scan_sweep import sweep

@@ -1,8 +1,8 @@
-"""Instruction counts of the Mamba-1 scan kernels' time loops, from their sm_90 SASS, on a CPU.
+"""Instruction counts of the Mamba-1 Triton scan's time loop, from its sm_90 SASS, on a CPU.
 
 Triton compiles for a GPU target without a GPU (its bundled ``ptxas`` and ``cuobjdump``
-do the rest), so the cost model of a kernel can be read before a GPU run: for each
-kernel and launch configuration this compiles the bf16 kernel with every optional input
+do the rest), so the cost of a change to the kernel can be read before a GPU run: for
+each launch configuration this compiles the bf16 kernel with every optional input
 on (D, z, delta_bias, softplus) at Mamba-2.8B strides (5120 channels; the integer
 arguments are specialised as multiples of 16, as at those shapes), disassembles it and
 counts, per warp-step (one token of 32 channels x d_state 16 states, i.e. one loop
@@ -10,6 +10,11 @@ iteration / unroll), the instructions of the main time loop and its ``MUFU``
 (special-function) instructions. At 8 cycles per ``MUFU`` warp instruction per SM
 sub-partition and 1 issue per cycle, a loop needs at least max(instructions, 8 x MUFU)
 cycles per warp-step; the exp bound is 8 x 16 = 128.
+
+That is a lower bound, not a prediction: on an H200 (2026-12-03) this kernel's 201
+instructions per warp-step under Triton 3.6 (1.57x the exp bound) ran at 2.68x it, and a
+lane-per-channel kernel with 137 (about 1.1x) ran slower still (docs/kernels.md, "Tried
+and reverted"). Only a GPU measurement (benchmarks/scan_sweep.py) decides.
 
 Usage (repository root; Triton installed, no GPU needed)::
 
@@ -30,11 +35,9 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from reprflow.kernels.selective_scan import _selective_scan_fwd_kernel
-from reprflow.kernels.selective_scan_lane import _selective_scan_lane_kernel
 
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 FLAGS = {"HAS_D": True, "HAS_Z": True, "HAS_DT_BIAS": True, "SOFTPLUS": True}
-STRIDES = {"S_U_T": 10240, "S_DT_T": 5120, "S_Z_T": 10240, "S_O_T": 5120, "EVEN_D": True}
 
 
 def compile_sass(kernel, pointers: dict[str, str], constants: dict, num_warps: int, workdir: Path) -> tuple[str, int]:
@@ -76,14 +79,7 @@ def rows() -> list[tuple[str, str, int, float, float]]:
     f32 = {p: "*fp32" for p in ("dskip_ptr", "dtb_ptr")}
     cases = [("triton", f"BLOCK_D=32 warps=1 unroll={un}", _selective_scan_fwd_kernel,
               {**bf16, "b_ptr": "*bf16", "c_ptr": "*bf16", "a_ptr": "*fp32", **f32},
-              {"D_STATE": 16, "BLOCK_D": 32, "UNROLL": un, **FLAGS}, 1, un) for un in (4,)]
-    for bd, nw, un, fma, ch, pf in ((32, 1, 4, 0, 1, True), (32, 1, 4, 0, 0, True), (32, 1, 4, 0, 2, True),
-                                    (32, 1, 8, 0, 1, False), (32, 1, 8, 1, 1, False)):
-        cases.append(("triton_lane", f"BLOCK_D={bd} warps={nw} unroll={un} fma_exp_steps={fma} "
-                                     f"fma_channel_exps={ch} prefetch={'yes' if pf else 'no'}",
-                      _selective_scan_lane_kernel, {**bf16, "a2t_ptr": "*fp32", "bc_ptr": "*fp32", **f32},
-                      {"D_STATE": 16, "BLOCK_D": bd, "UNROLL": un, "EXP2_FMA_STEPS": fma, "CHANNEL_EXP2_FMA": ch,
-                       "PREFETCH": pf, **STRIDES, **FLAGS}, nw, un * bd // (32 * nw)))
+              {"D_STATE": 16, "BLOCK_D": 32, "UNROLL": un, **FLAGS}, 1, un) for un in (4, 2, 8)]
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, label, kernel, pointers, constants, nw, warp_steps in cases:
@@ -94,7 +90,7 @@ def rows() -> list[tuple[str, str, int, float, float]]:
 
 
 def main() -> int:
-    print(f"Mamba-1 scan time loops, sm_90 SASS (Triton {triton.__version__}), per warp-step "
+    print(f"Mamba-1 scan time loop, sm_90 SASS (Triton {triton.__version__}), per warp-step "
           f"(32 channels x 16 states)\n")
     print("| kernel | config | registers | instructions | MUFU | cycles >= max(instr, 8 x MUFU) | x exp bound (128) |")
     print("|---|---|---:|---:|---:|---:|---:|")

@@ -1,9 +1,8 @@
-"""Sweep of the Mamba-1 scan kernels and launch configurations against the exp bound.
+"""Sweep of the Mamba-1 scan's launch configurations against the exp bound.
 
-For each variant (the ``triton`` kernel of :mod:`reprflow.kernels.selective_scan` at a few
-launch configurations, the ``triton_lane`` kernel of
-:mod:`reprflow.kernels.selective_scan_lane` at several, and ``mamba_ssm``'s compiled
-``selective_scan_fn`` when it imports) one table row:
+For each variant (the ``triton`` kernel of :mod:`reprflow.kernels.selective_scan` at the
+launch configurations in ``TRITON_CONFIGS``, and ``mamba_ssm``'s compiled
+``selective_scan_fn`` behind its layout transposes when it imports) one table row:
 
 * ms per layer at Mamba-2.8B shapes (5120 channels, d_state 16, bf16; ``u`` and ``z`` views
   of one in_proj output, ``B`` and ``C`` views of one x_proj output, as the mixer passes
@@ -19,11 +18,13 @@ launch configurations, the ``triton_lane`` kernel of
   lasts; ``-`` where it did not).
 
 Then the kernel the chooser (:func:`reprflow.kernels.ops.mamba_scan_op`) picks at the first
-shape, and its reason. About a minute on an H200, most of it Triton compiles.
+shape, and its reason. Under a minute on an H200, most of it Triton compiles.
 
 Usage (repository root)::
 
-    PYTHONPATH=$PWD python benchmarks/scan_sweep.py [--out DIR]
+    PYTHONPATH=$PWD python benchmarks/scan_sweep.py [--out DIR] [--budget-s S]
+
+Last run: benchmarks/results/scan_sweep_h200_2026-12-03.md.
 """
 
 from __future__ import annotations
@@ -40,16 +41,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kernels import SFU_EXP_PER_S  # noqa: E402  (benchmarks/kernels.py)
 
 from reprflow.kernels.selective_scan import selective_scan_reference, selective_scan_triton  # noqa: E402
-from reprflow.kernels.selective_scan_lane import LaneConfig, default_lane_config, selective_scan_lane  # noqa: E402
 
 CHANNELS, D_STATE, DT_RANK = 5120, 16, 160
 SHAPES = ((16, 2048), (8, 4096))
-#: (block_d, num_warps, unroll) of the time-major kernel; its default first
-TRITON_CONFIGS = ((32, 1, 4), (64, 2, 4))
-#: (block_d, num_warps, unroll, exp2_fma_steps, channel_exp2_fma, prefetch) of the lane kernel; its default first
-LANE_CONFIGS = ((32, 1, 4, 0, 1, True), (32, 1, 4, 0, 0, True), (32, 1, 4, 0, 2, True), (32, 1, 8, 0, 1, True),
-                (32, 1, 4, 0, 1, False), (32, 1, 8, 0, 1, False), (64, 2, 4, 0, 1, True), (128, 4, 4, 0, 1, True),
-                (32, 1, 8, 1, 1, False))
+#: (block_d, num_warps, unroll) of the Triton kernel; its default first
+TRITON_CONFIGS = ((32, 1, 4), (64, 2, 4), (32, 1, 8), (32, 1, 2))
 
 
 def scan_inputs(batch: int, n_tokens: int, dtype: torch.dtype, device: str, seed: int = 0,
@@ -110,16 +106,12 @@ def variants() -> list[tuple[str, str, object]]:
 
     out = [("triton", f"BLOCK_D={bd} warps={nw} unroll={un}",
             partial(selective_scan_triton, block_d=bd, num_warps=nw, unroll=un)) for bd, nw, un in TRITON_CONFIGS]
-    default = tuple(default_lane_config(CHANNELS, 16))
-    for cfg in LANE_CONFIGS:
-        label = repr(LaneConfig(*cfg)) + (" (default)" if cfg == default else "")
-        out.append(("triton_lane", label, partial(selective_scan_lane, config=cfg)))
-    from reprflow.kernels.ops import _compiled_scan_time_major
+    from reprflow.kernels.ops import compiled_scan_time_major
     from reprflow.kernels.optional import compiled_selective_scan
 
     compiled = compiled_selective_scan()
     if compiled is not None:
-        out.append(("mamba_ssm", "selective_scan_fn + transposes", _compiled_scan_time_major(compiled)))
+        out.append(("mamba_ssm", "selective_scan_fn + transposes", compiled_scan_time_major(compiled)))
     return out
 
 

@@ -4,8 +4,6 @@ Each module does one job:
 
 - :mod:`reprflow.kernels.selective_scan`: Mamba-1 selective scan (Triton kernel on CUDA,
   a pure-torch reference everywhere);
-- :mod:`reprflow.kernels.selective_scan_lane`: the same scan as a second Triton kernel with
-  one GPU lane per channel (the ``triton_lane`` candidate);
 - :mod:`reprflow.kernels.causal_conv1d`: depthwise causal conv + SiLU on time-major
   tensors (Triton on CUDA, ``F.conv1d`` reference);
 - :mod:`reprflow.kernels.gpt_neo_attention`: GPT-Neo global/local attention through

@@ -3,8 +3,7 @@
 =============  =====================================================  ============================
 op             candidates (``REPRFLOW_KERNEL_<OP>=name``)             reference (float64 check)
 =============  =====================================================  ============================
-mamba_scan     ``triton_lane`` (reprflow, one lane per channel),      :func:`selective_scan_reference`
-               ``triton`` (reprflow, time-major), ``mamba_ssm``
+mamba_scan     ``triton`` (reprflow, time-major), ``mamba_ssm``       :func:`selective_scan_reference`
                (compiled ``selective_scan_fn`` + layout transposes),
                ``torch`` (per-token loop; fallback, never timed)
 causal_conv    ``causal_conv1d`` (compiled ``causal_conv1d_fn``,      :func:`causal_conv1d_silu_reference`
@@ -31,7 +30,6 @@ from reprflow.kernels.causal_conv1d import causal_conv1d_silu, causal_conv1d_sil
 from reprflow.kernels.optional import MambaSsmKernels, compiled_causal_conv1d, compiled_selective_scan
 from reprflow.kernels.select import Candidate, KernelOp
 from reprflow.kernels.selective_scan import selective_scan, selective_scan_reference
-from reprflow.kernels.selective_scan_lane import selective_scan_lane
 from reprflow.kernels.ssd import ssd_reference
 
 __all__ = ["mamba_scan_op", "causal_conv_op", "mamba2_ssd_op", "compiled_scan_time_major", "OP_NAMES"]
@@ -71,8 +69,6 @@ def mamba_scan_op(device: torch.device, *, report: dict, forced: str | None = No
     """The Mamba-1 selective scan op (signature of :func:`selective_scan` without ``impl``)."""
     cands = []
     if device.type == "cuda" and triton_available():
-        cands.append(Candidate("triton_lane", selective_scan_lane,
-                               "reprflow Triton selective scan, one lane per channel (time-major)"))
         cands.append(Candidate("triton", functools.partial(selective_scan, impl="triton"),
                                "reprflow Triton selective scan (time-major, state in registers)"))
     compiled = compiled_selective_scan() if device.type == "cuda" else None
@@ -83,7 +79,7 @@ def mamba_scan_op(device: torch.device, *, report: dict, forced: str | None = No
                            "reprflow torch reference (Python loop over tokens)", devices=_ANY, timed=False))
     return KernelOp("mamba_scan", _scan_reference, cands, time_major=("u", "delta", "B", "C", "z"),
                     sizes=lambda a: (a["u"].shape[2], a["A"].shape[1], a.get("z") is not None),
-                    report=report, forced=forced, known=("triton_lane", "triton", "mamba_ssm", "torch", "hf"))
+                    report=report, forced=forced, known=("triton", "mamba_ssm", "torch", "hf"))
 
 
 # ---------------------------------------------------------------- causal conv + SiLU

@@ -65,19 +65,6 @@ def _check_shapes(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D, 
             raise ValueError(f"selective_scan: {name} must be (channels={channels},), got {tuple(t.shape)}")
 
 
-def _check_triton_inputs(fn: str, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D, z, delta_bias) -> None:
-    """The checks every Triton scan makes before its launch (``fn`` names it in the errors)."""
-    if triton is None:
-        raise RuntimeError(f"{fn} needs Triton; use selective_scan_reference on this machine")
-    _check_shapes(u, delta, A, B, C, D, z, delta_bias)
-    d_state = A.shape[1]
-    if d_state & (d_state - 1):
-        raise ValueError(f"{fn}: d_state must be a power of two, got {d_state}")
-    for name, t in (("u", u), ("delta", delta), ("B", B), ("C", C), ("z", z)):
-        if t is not None and t.stride(-1) != 1:
-            raise ValueError(f"{fn}: {name} needs stride 1 on its last axis, got {t.stride()}")
-
-
 def _time_steps(delta: Tensor, delta_bias: Tensor | None, delta_softplus: bool, cd: torch.dtype) -> Tensor:
     """``softplus(delta + delta_bias)`` (each part optional) in ``cd``: the scan's time steps."""
     dt = delta.to(cd)
@@ -204,19 +191,15 @@ def selective_scan_autograd(
 
 
 if triton is not None:
-    # Helpers shared with the lane-per-channel kernel (reprflow.kernels.selective_scan_lane).
 
     @triton.jit
-    def _softplus(x, EXP2_FMA: tl.constexpr = False):
+    def _softplus(x):
         # softplus(x) = max(x, 0) + log1p(e), e = exp(-|x|) in (0, 1], with log1p(e) = e * p(e)
         # and p a degree-8 polynomial fitted to log1p(e) / e on [0, 1] (relative error 2.2e-7
         # in float32). Equal to torch's thresholded softplus within float32 rounding, for
-        # every x; one ex2 on the special-function unit (on the FMA pipe with EXP2_FMA), the
-        # rest on the FMA pipe; no libdevice (so it also runs in TRITON_INTERPRET).
-        if EXP2_FMA:
-            e = _exp2_fma(tl.abs(x) * -1.4426950408889634)
-        else:
-            e = tl.exp2(tl.abs(x) * -1.4426950408889634)
+        # every x; one ex2 on the special-function unit, the rest on the FMA pipe; no
+        # libdevice (so it also runs in TRITON_INTERPRET).
+        e = tl.exp2(tl.abs(x) * -1.4426950408889634)
         p = e * 0.005232651252299547 - 0.029505066573619843
         p = p * e + 0.07822566479444504
         p = p * e - 0.13663221895694733
@@ -228,90 +211,43 @@ if triton is not None:
         return tl.maximum(x, 0.0) + e * p
 
     @triton.jit
-    def _silu(z, EXP2_FMA: tl.constexpr = False):
-        # z * sigmoid(z) with one ex2 (on the FMA pipe with EXP2_FMA) and one approximate
-        # division (2 ulp)
-        if EXP2_FMA:
-            e = _exp2_fma(z * -1.4426950408889634)
-        else:
-            e = tl.exp2(z * -1.4426950408889634)
+    def _silu(z):
+        # z * sigmoid(z) with one ex2 and one approximate division (2 ulp)
+        e = tl.exp2(z * -1.4426950408889634)
         return tl.fdiv(z, 1.0 + e)
-
-    @triton.jit
-    def _exp2_fma(x):
-        # 2**x on the FMA pipe (FlashAttention-4's trick, to take load off the special-function
-        # unit): x = j + f with j = rint(x) (the 1.5 * 2**23 shifter leaves j in the low mantissa
-        # bits), 2**f for f in [-0.5, 0.5] by a degree-5 polynomial (relative error 2.4e-7),
-        # then j added to the exponent bits. x is clamped to [-125, 125] (2**-125 ~ 2e-38
-        # stands in for smaller results).
-        x = tl.minimum(tl.maximum(x, -125.0), 125.0)
-        r = x + 12582912.0
-        f = x - (r - 12582912.0)
-        p = f * 0.0013276466634124517 + 0.009675541892647743
-        p = p * f + 0.05550713464617729
-        p = p * f + 0.24022120237350464
-        p = p * f + 0.6931469440460205
-        p = p * f + 1.0000001192092896
-        bits = p.to(tl.int32, bitcast=True) + (r.to(tl.int32, bitcast=True) << 23)
-        return bits.to(tl.float32, bitcast=True)
-
-    @triton.jit
-    def _load_channel_params(dskip_ptr, dtb_ptr, offs_d, mask_d, BLOCK_D: tl.constexpr, HAS_D: tl.constexpr,
-                             HAS_DT_BIAS: tl.constexpr):
-        # D and delta_bias of BLOCK_D channels in float32 (zeros when absent)
-        if HAS_D:
-            dskip = tl.load(dskip_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-        else:
-            dskip = tl.zeros([BLOCK_D], dtype=tl.float32)
-        if HAS_DT_BIAS:
-            dt_bias = tl.load(dtb_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-        else:
-            dt_bias = tl.zeros([BLOCK_D], dtype=tl.float32)
-        return dskip, dt_bias
-
-    @triton.jit
-    def _load_channels(u_row, dt_row, z_row, t, ok, s_u_t, s_dt_t, s_z_t, mask_d, HAS_Z: tl.constexpr):
-        # u, delta and z (u again when absent) of time step t for BLOCK_D channels
-        u = tl.load(u_row + t * s_u_t, mask=mask_d & ok, other=0.0)
-        dt = tl.load(dt_row + t * s_dt_t, mask=mask_d & ok, other=0.0)
-        if HAS_Z:
-            z = tl.load(z_row + t * s_z_t, mask=mask_d & ok, other=0.0)
-        else:
-            z = u
-        return u, dt, z
 
     @triton.jit
     def _load_step(u_row, dt_row, b_row, c_row, z_row, t, ok, s_u_t, s_dt_t, s_b_t, s_c_t, s_z_t,
                    mask_d, offs_n, HAS_Z: tl.constexpr):
-        # The inputs of time step t (ok: whether t < n_tokens, or True where the caller knows it)
-        u, dt, z = _load_channels(u_row, dt_row, z_row, t, ok, s_u_t, s_dt_t, s_z_t, mask_d, HAS_Z)
+        # The inputs of time step t (ok: whether t < n_tokens); z is u again when absent
+        u = tl.load(u_row + t * s_u_t, mask=mask_d & ok, other=0.0)
+        dt = tl.load(dt_row + t * s_dt_t, mask=mask_d & ok, other=0.0)
         b = tl.load(b_row + t * s_b_t, mask=(offs_n >= 0) & ok, other=0.0)
         c = tl.load(c_row + t * s_c_t, mask=(offs_n >= 0) & ok, other=0.0)
+        if HAS_Z:
+            z = tl.load(z_row + t * s_z_t, mask=mask_d & ok, other=0.0)
+        else:
+            z = u
         return u, dt, b, c, z
 
     @triton.jit
     def _scan_step(h, u, dt, b, c, z, a2, dskip, dt_bias, o_ptrs, mask,
-                   HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-                   EXP2_FMA: tl.constexpr, CHANNEL_EXP2_FMA: tl.constexpr = 0):
+                   HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
         # One time step: h [D_STATE, BLOCK_D] float32 -> updated h; y [BLOCK_D] stored at o_ptrs
-        # under mask. EXP2_FMA: the D_STATE decays by polynomial on the FMA pipe, not ex2;
-        # CHANNEL_EXP2_FMA: the same for the softplus's exponential (>= 1) and the gate's (2).
+        # under mask
         u = u.to(tl.float32)
         dt = dt.to(tl.float32)
         if HAS_DT_BIAS:
             dt = dt + dt_bias
         if SOFTPLUS:
-            dt = _softplus(dt, CHANNEL_EXP2_FMA >= 1)
-        if EXP2_FMA:
-            decay = _exp2_fma(dt[None, :] * a2)  # [D_STATE, BLOCK_D]
-        else:
-            decay = tl.exp2(dt[None, :] * a2)
+            dt = _softplus(dt)
+        decay = tl.exp2(dt[None, :] * a2)  # [D_STATE, BLOCK_D]
         h = h * decay + (dt * u)[None, :] * b.to(tl.float32)[:, None]
         y = tl.sum(h * c.to(tl.float32)[:, None], axis=0)  # [BLOCK_D]
         if HAS_D:
             y = y + dskip * u
         if HAS_Z:
-            y = y * _silu(z.to(tl.float32), CHANNEL_EXP2_FMA >= 2)
+            y = y * _silu(z.to(tl.float32))
         tl.store(o_ptrs, y.to(o_ptrs.dtype.element_ty), mask=mask)
         return h
 
@@ -339,7 +275,14 @@ if triton is not None:
 
         # A is (channels, d_state) contiguous and pre-scaled by log2(e): exp(x) = exp2(x * log2 e)
         a2 = tl.load(a_ptr + offs_d[None, :] * D_STATE + offs_n[:, None], mask=mask_d[None, :], other=0.0)
-        dskip, dt_bias = _load_channel_params(dskip_ptr, dtb_ptr, offs_d, mask_d, BLOCK_D, HAS_D, HAS_DT_BIAS)
+        if HAS_D:
+            dskip = tl.load(dskip_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        else:
+            dskip = tl.zeros([BLOCK_D], dtype=tl.float32)
+        if HAS_DT_BIAS:
+            dt_bias = tl.load(dtb_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        else:
+            dt_bias = tl.zeros([BLOCK_D], dtype=tl.float32)
 
         u_row = u_ptr + pid_b * s_u_b + offs_d
         dt_row = dt_ptr + pid_b * s_dt_b + offs_d
@@ -357,14 +300,15 @@ if triton is not None:
             for k in tl.static_range(UNROLL):
                 u, dt, b, c, z = steps[k]
                 h = _scan_step(h, u, dt, b, c, z, a2, dskip, dt_bias, o_row + (t0 + k) * s_o_t,
-                               mask_d & (t0 + k < n_tokens), HAS_D, HAS_Z, HAS_DT_BIAS, SOFTPLUS, False)
+                               mask_d & (t0 + k < n_tokens), HAS_D, HAS_Z, HAS_DT_BIAS, SOFTPLUS)
 
 
 def _default_config(channels: int, batch: int) -> tuple[int, int, int]:
     """(BLOCK_D, num_warps, UNROLL) for the launch.
 
-    Each lane owns one channel and keeps its d_state states in registers. Measured on an
-    H100 (benchmarks/results/extract.md, Mamba-2.8B shapes): see the scan table there.
+    32 channels per single-warp program. Measured on an H200 at Mamba-2.8B shapes
+    (benchmarks/results/scan_sweep_h200_2026-12-03.md): 1.718 ms per layer at B=16,
+    T=2048 and 2.193 ms at B=8, T=4096, against 1.753 and 2.313 ms for (64, 2, 4).
     """
     return 32, 1, 4
 
@@ -397,9 +341,16 @@ def selective_scan_triton(
     Tensor of shape (batch, n_tokens, channels)
         In the dtype of ``u``; arithmetic and state are float32.
     """
-    _check_triton_inputs("selective_scan_triton", u, delta, A, B, C, D, z, delta_bias)
+    if triton is None:
+        raise RuntimeError("selective_scan_triton needs Triton; use selective_scan_reference on this machine")
+    _check_shapes(u, delta, A, B, C, D, z, delta_bias)
     batch, n_tokens, channels = u.shape
     d_state = A.shape[1]
+    if d_state & (d_state - 1):
+        raise ValueError(f"selective_scan_triton: d_state must be a power of two, got {d_state}")
+    for name, t in (("u", u), ("delta", delta), ("B", B), ("C", C), ("z", z)):
+        if t is not None and t.stride(-1) != 1:
+            raise ValueError(f"selective_scan_triton: {name} needs stride 1 on its last axis, got {t.stride()}")
     a2 = (A.float() * _LOG2E).contiguous()
     out = torch.empty_like(u)
     bd, nw, un = _default_config(channels, batch)

@@ -1,4 +1,4 @@
-"""The Triton scan kernels (both candidates) and their math helpers, run on the CPU in
+"""The Triton scan kernel and its math helpers (softplus, SiLU), run on the CPU in
 Triton's interpreter against float64 (tests/kernels/interpret_scan.py, in a subprocess so
 that ``TRITON_INTERPRET=1`` is set before Triton loads). Skipped where Triton is not
 installed (CPU CI) or where its interpreter cannot run loops under the installed numpy
