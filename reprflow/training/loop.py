@@ -299,12 +299,11 @@ def train_model(
     config = build_config(family, spec, vocab_size=streams.vocab_size, positions=positions)
     n_params, n_non_embedding = count_params(config)
     model = build_from_config(config, seed=spec.seed, dtype=torch.float32, device=device)
-    scale = _query_scale(model, spec)
-    if scale is not None:  # GPT-Neo's unscaled attention (module docstring)
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if name in _query_scaled_groups(model, spec):
-                    p.mul_(scale)
+    queries = _query_scaled_groups(model, spec)  # GPT-Neo's unscaled attention (module docstring)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name in queries:
+                p.mul_(_query_scale(model, spec))
     if family == "mamba" and device.type == "cpu":
         install_mamba_train_forward(model)  # HF's CPU scan has an O(context^2) backward
     model.train()
