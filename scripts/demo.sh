@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # README command 1: set up, then run the offline CPU demo end to end
-# (tiny models -> prompts -> activations -> metrics -> probes -> tables, figures, report),
+# (micro models trained on the CPU -> prompts -> activations -> metrics -> probes -> tables, figures, report),
 # all written under runs/demo/ (config/demo.yaml: out_dir), e.g. runs/demo/results/table1.csv.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -181,7 +181,9 @@ def controlled_table(config: Config, root: str | Path = ".") -> pd.DataFrame:
     ``figures.length`` and ``figures.view``: inter-token cosine (F3.2.3; last state and mean over
     depth), layerwise cosine (F3.2.1; mean over depth) and the probe peak (F3.4.1; relative peak
     depth and gap, Table 1). ``differs`` = the last-state inter-token cosines differ by more than 3
-    combined standard errors over prompts (prompt noise, not seed noise)."""
+    combined standard errors over prompts (prompt noise); ``probe_differs`` = the peak probe
+    accuracies differ by more than 3 combined standard deviations over probe seeds (seed noise;
+    ``peak_acc_std``, population std over ``probes.seeds``)."""
     trained = [m for m in config.models if m.train is not None]
     if not trained:
         return pd.DataFrame()
@@ -206,19 +208,45 @@ def controlled_table(config: Config, root: str | Path = ".") -> pd.DataFrame:
                          "inter_token_last_se": se, "inter_token_mean": mean_d, "layerwise_mean": lw,
                          "peak_rel_depth": peak / (n_states - 1) if n_states > 1 else np.nan,
                          "gap": float(probe["gap"].iloc[0]) if len(probe) else np.nan,
-                         "peak_acc": float(probe["peak_acc"].iloc[0]) if len(probe) else np.nan})
+                         "peak_acc": float(probe["peak_acc"].iloc[0]) if len(probe) else np.nan,
+                         "peak_acc_std": float(probe["peak_acc_std"].iloc[0]) if len(probe) else np.nan})
     frame = pd.DataFrame(rows)
-    differs = []
-    for row in frame.itertuples(index=False):
-        ref = frame[(frame.model == row.model) & (frame.arm == "pretrained")]
-        if row.arm == "pretrained" or ref.empty:
-            differs.append("")
-            continue
-        delta = row.inter_token_last - ref.inter_token_last.iloc[0]
-        noise = 3 * np.hypot(row.inter_token_last_se, ref.inter_token_last_se.iloc[0])
-        differs.append("" if np.isnan(delta) else ("yes" if abs(delta) > noise else "no"))
-    frame["differs"] = differs
+    for column, value, spread in (("differs", "inter_token_last", "inter_token_last_se"),
+                                  ("probe_differs", "peak_acc", "peak_acc_std")):
+        verdicts = []
+        for row in frame.itertuples(index=False):
+            ref = frame[(frame.model == row.model) & (frame.arm == "pretrained")]
+            if row.arm == "pretrained" or ref.empty:
+                verdicts.append("")
+                continue
+            delta = getattr(row, value) - ref[value].iloc[0]
+            noise = 3 * np.hypot(getattr(row, spread), ref[spread].iloc[0])
+            verdicts.append("" if np.isnan(delta) else ("yes" if abs(delta) > noise else "no"))
+        frame[column] = verdicts
     return frame
+
+
+def controlled_verdict(frame: pd.DataFrame) -> str:
+    """One sentence: for how many (model, untrained arm) pairs a metric of the trained arm differs
+    beyond noise, with the numbers of each pair that does."""
+    pairs = frame[frame.arm != "pretrained"]
+    if pairs.empty:
+        return "No untrained arm to compare with."
+    hits = []
+    for row in pairs.itertuples(index=False):
+        ref = frame[(frame.model == row.model) & (frame.arm == "pretrained")].iloc[0]
+        found = []
+        if row.differs == "yes":
+            found.append(f"inter-token cosine {ref.inter_token_last:.3g} trained vs {row.inter_token_last:.3g} "
+                         f"(3 SE {3 * np.hypot(row.inter_token_last_se, ref.inter_token_last_se):.2g})")
+        if row.probe_differs == "yes":
+            found.append(f"peak probe accuracy {ref.peak_acc:.3g} trained vs {row.peak_acc:.3g} "
+                         f"(3 SD over seeds {3 * np.hypot(row.peak_acc_std, ref.peak_acc_std):.2g})")
+        if found:
+            hits.append(f"{row.model} vs {row.arm}: " + "; ".join(found))
+    head = (f"**Trained differs from untrained beyond noise in {len(hits)} of {len(pairs)} (model, arm) pairs**"
+            + (":" if hits else "."))
+    return "\n".join([head, *(f"- {h}" for h in hits)])
 
 
 def _training_section(config: Config, root: Path) -> list[str]:
@@ -238,7 +266,9 @@ def _training_section(config: Config, root: Path) -> list[str]:
               "F3.2.3: inter-token cosine (last state and mean over depth); F3.2.1: layerwise cosine "
               "(mean over depth); F3.4.1: probe peak (relative depth of the peak, gap to the last "
               "state). `differs`: last-state inter-token cosine differs from the trained arm's by more "
-              "than 3 standard errors over prompts.", "", markdown_table(controlled), ""]
+              "than 3 standard errors over prompts; `probe_differs`: peak probe accuracy differs by more "
+              "than 3 standard deviations over probe seeds.", "", markdown_table(controlled), "",
+              controlled_verdict(controlled), ""]
     findings = root / FINDINGS
     if findings.is_file():
         verdicts = pd.read_csv(findings, keep_default_na=False)

@@ -13,6 +13,13 @@ Conventions
 - Learning rate: linear warmup over ``warmup_steps``, then cosine decay to
   ``lr * min_lr_ratio`` at the last step. AdamW; weight decay on matrices only (not on
   biases, norms or the SSM's ``A_log``/``D``/``dt_bias``).
+- GPT-Neo computes attention scores ``q . k`` without transformers' usual ``1/sqrt(head_dim)``.
+  With ``gpt_neo_query_scale`` (default) its ``q_proj`` weights are initialised times
+  ``s = 1/sqrt(head_dim)`` and trained with learning rate ``s * lr`` and weight decay
+  ``weight_decay / s``: under AdamW (whose step does not depend on the gradient's scale) the
+  weights are then ``s`` times those of a model with scaled attention, i.e. the same function,
+  up to Adam's eps and gradient clipping (:func:`_query_scaled_groups`). The saved model is a
+  plain GPT-Neo; nothing changes at inference.
 - A checkpoint (model, optimizer, scheduler, RNG, step, metric rows, recipe digest) is
   written atomically every ``checkpoint_every`` steps; a restarted run resumes from it when
   its recipe digest matches, and the final weights equal those of an uninterrupted run.
@@ -148,13 +155,35 @@ def _lr_at(step: int, spec: TrainSpec, n_steps: int) -> float:
     return floor + 0.5 * (spec.lr - floor) * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def _query_scale(model: torch.nn.Module, spec: TrainSpec) -> float | None:
+    """``1/sqrt(head_dim)`` for a GPT-Neo trained with ``gpt_neo_query_scale``, else None."""
+    config = model.config
+    if config.model_type != "gpt_neo" or not spec.gpt_neo_query_scale:
+        return None
+    return 1.0 / math.sqrt(config.hidden_size // config.num_heads)
+
+
+def _query_scaled_groups(model: torch.nn.Module, spec: TrainSpec) -> set[str]:
+    """Names of the parameters trained in the scaled-attention parameterization (module
+    docstring): GPT-Neo's ``q_proj`` weights, or none."""
+    if _query_scale(model, spec) is None:
+        return set()
+    return {n for n, _ in model.named_parameters() if n.endswith("attn.attention.q_proj.weight")}
+
+
 def _optimizer(model: torch.nn.Module, spec: TrainSpec) -> torch.optim.Optimizer:
+    """AdamW; each group's ``lr_scale`` multiplies the scheduled learning rate."""
     if spec.optimizer != "adamw":
         raise ConfigError(f"train.optimizer {spec.optimizer!r}: only 'adamw' is implemented")
-    decay, no_decay = [], []
+    scaled = _query_scaled_groups(model, spec)
+    decay, no_decay, query = [], [], []
     for name, p in model.named_parameters():
-        (decay if p.ndim >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": spec.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        (query if name in scaled else decay if p.ndim >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": spec.weight_decay, "lr_scale": 1.0},
+              {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0}]
+    if query:
+        s = _query_scale(model, spec)
+        groups.append({"params": query, "weight_decay": spec.weight_decay / s, "lr_scale": s})
     # fused: one kernel over all tensors; on the CPU ~20x faster than the per-op foreach path
     # for the 3.2M-row embedding of the micro models (docs/training.md, Measurements)
     return torch.optim.AdamW(groups, lr=spec.lr, betas=spec.betas, fused=True)
@@ -182,11 +211,11 @@ def _loss(model, x: torch.Tensor, device: torch.device, *, bf16_head: bool = Fal
 def train_step(model, optimizer: torch.optim.Optimizer, x: torch.Tensor, device: torch.device, *, lr: float,
                grad_clip: float | None) -> torch.Tensor:
     """One training step on windows ``x`` (batch, context + 1), token ids on ``device``:
-    set the learning rate, loss (:func:`_loss`, bf16 head on the CPU), backward, gradient
+    set the learning rate (``lr`` times each group's ``lr_scale``), loss (:func:`_loss`, bf16 head on the CPU), backward, gradient
     clipping (if ``grad_clip``), AdamW step. Returns the loss, detached, not synchronised
     (``float()`` it to wait for the step)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     loss = _loss(model, x, device, bf16_head=True)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -289,6 +318,11 @@ def train_model(
     config = build_config(family, spec, vocab_size=streams.vocab_size, positions=positions)
     n_params, n_non_embedding = count_params(config)
     model = build_from_config(config, seed=spec.seed, dtype=torch.float32, device=device)
+    queries = _query_scaled_groups(model, spec)  # GPT-Neo's unscaled attention (module docstring)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name in queries:
+                p.mul_(_query_scale(model, spec))
     kernel_path = prepare_training(model, family, device)  # Mamba-1: the fastest scan with a backward
     kernels = describe_kernels(model, family, kernel_path)
     logger.info("training %s on %s: %s", family, device, kernels)

@@ -28,6 +28,7 @@ class TrainSpec:
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0
+    gpt_neo_query_scale: bool = True  # train GPT-Neo in the parameterization of scaled attention (loop.py)
     seed: int = 0  # model init
     data_seed: int = 0  # batch order: same data_seed + corpus + tokenizer = same token stream
     eval_every: int = 20  # steps between validation-loss rows

@@ -21,8 +21,8 @@ uncompressed. Shards split a cell's samples, not its bytes, so the total does no
 
 Model dims come from the model's ``config.json`` without touching the hub: the shipped
 ``reprflow/models/configs/{hf_id with '/' -> '__'}.json``, else a local model folder's
-``config.json``, else (a tiny demo model not built yet) the tiny defaults plus the
-config's ``tiny.overrides``.
+``config.json``, else (a demo model not built or trained yet) the tiny defaults plus the
+config's ``tiny.overrides``, or a ``train:`` block's width and (matched) block count.
 
 Command line (prints the table, the total with ``tokens: store`` and ``tokens: stream``, and
 the verdict for the config's own setting; exit 1 if the stores do not fit)::
@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -106,6 +107,18 @@ def _dims_from(cfg: dict, source: str) -> Dims | None:
     return Dims(hidden, layers, source)
 
 
+@functools.lru_cache(maxsize=None)
+def _trained_dims(family: str, width: int, depth: int, context: int) -> Dims:
+    """Dims of a model the workflow will train (``train:``), before it exists: the recipe's width;
+    ``depth`` Transformer layers, or the SSM block count that matches them
+    (:func:`reprflow.training.sizing.match_families`; lazy import: it needs torch)."""
+    if family in ("mamba", "mamba2"):
+        from reprflow.training.sizing import match_families
+
+        depth = match_families([family], width=width, depth=depth, vocab_size=256, context=context)[family].depth
+    return Dims(width, depth, "the train block (reprflow/training/sizing.py)")
+
+
 def model_dims(model: ModelSpec, config: Config | None = None) -> Dims | None:
     """Hidden size and block count of ``model`` from a config.json (never the hub), or None."""
     candidates = [SHIPPED_CONFIGS / f"{model.hf_id.replace('/', '__')}.json", Path(model.hf_id) / "config.json"]
@@ -117,6 +130,8 @@ def model_dims(model: ModelSpec, config: Config | None = None) -> Dims | None:
                     return dims
         except (OSError, ValueError):
             continue
+    if model.train is not None:
+        return _trained_dims(model.family, model.train["width"], model.train["depth"], model.train.get("context", 256))
     if model.tiny is not None:
         merged = {"hidden_size": TINY_DIMS["hidden"], "num_hidden_layers": TINY_DIMS["n_layers"]}
         overrides = dict(model.tiny.get("overrides") or {})

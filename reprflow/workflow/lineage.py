@@ -193,8 +193,12 @@ def _package_data(packages: set[Path], root: Path) -> set[str]:
 def stages(config: Config) -> tuple[Stage, ...]:
     """:data:`STAGES` for ``config``: with ``extraction.tokens: stream`` the activations stage
     computes the token metrics, so ``metrics`` is one of its params; with ``custom_tasks`` the
-    prompts stage tracks that key and reads each task's JSONL file (a project input)."""
+    prompts stage tracks that key and reads each task's JSONL file (a project input); with models
+    trained by the workflow (``train:``) the models stage also outputs ``results/training`` (the
+    training curves and summaries; the weights are under ``data/models``)."""
     found = STAGES
+    if any(m.train is not None for m in config.models):
+        found = tuple(replace(s, outs=(*s.outs, "results/training")) if s.name == "models" else s for s in found)
     if config.section("extraction").get("tokens", "store") == "stream":
         found = tuple(replace(s, params=(*s.params, "metrics")) if s.name == "activations" else s for s in found)
     if config.custom_tasks:
@@ -239,13 +243,19 @@ def render(config_path: str, config: Config, root: Path = PROJECT_ROOT) -> str:
             if stage.persist:
                 lines += ["          persist: true"]
     # top-level sections: literal paths (DVC interpolates vars in stages only)
-    lines += ["", "# dvc metrics show: per-cell probe summaries (last/peak accuracy) and Sm/St.", "metrics:"]
+    lines += ["", "# dvc metrics show: per-cell probe summaries (last/peak accuracy), Sm/St and each trained",
+              "# model's training summary (final validation loss, unigram baseline, tokens/s).", "metrics:"]
     for cell in table_cells(config):
         lines.append(f"  - {targets.out(config, cell.fmt(PROBES).replace('.csv', '.json'))}")
     for cell in cells(config):
         lines.append(f"  - {targets.out(config, cell.fmt(TOKEN_METRICS) + '/smoothness_stability.json')}")
-    lines += ["", "# dvc plots show: the paper's figures and the theory check.", "plots:",
+    trained = [m.name for m in config.models if m.train is not None]
+    lines += [f"  - {targets.out(config, f'results/training/{m}/summary.json')}" for m in trained]
+    lines += ["", "# dvc plots show: the paper's figures, the theory check and the training curves.", "plots:",
               f"  - {targets.out(config, 'results/figures')}", f"  - {targets.out(config, 'results/theory/theory.png')}"]
+    for m in trained:  # step, tokens, train_loss, val_loss, ... (docs/training.md)
+        lines += [f"  - {targets.out(config, f'results/training/{m}/metrics.csv')}:", "      x: tokens",
+                  "      y: [train_loss, val_loss]"]
     return "\n".join(lines) + "\n"
 
 

@@ -65,7 +65,8 @@ def slurm_cluster(tmp_path_factory):
 def reduced_config(*, n_prompts: int, slow_model: bool = False, gpus: int = 0, length: int | None = None,
                    shards: int = 1, tokens: str = "store") -> dict:
     """The demo config cut to one cell: tiny-pythia, its first init, task and length.
-    Outputs go to the demo's ``out_dir`` (``OUT``).
+    Outputs go to the demo's ``out_dir`` (``OUT``). The model is built (a tiny random model with
+    its own GPT-NeoX-20B tokenizer), not trained as in the demo: these tests are about scheduling.
 
     Parameters
     ----------
@@ -87,6 +88,9 @@ def reduced_config(*, n_prompts: int, slow_model: bool = False, gpus: int = 0, l
     raw = yaml.safe_load(DEMO_CONFIG.read_text())
     cfg = copy.deepcopy(raw)
     cfg["models"] = [m for m in raw["models"] if m["family"] == "gpt_neox"][:1]
+    model = cfg["models"][0]
+    model.pop("train")
+    model.update(tokenizer="gpt-neox-20b", tiny={"seed": 2})
     if slow_model:
         cfg["models"][0]["tiny"]["overrides"] = {"hidden_size": 256, "num_hidden_layers": 6, "intermediate_size": 1024}
         cfg["execution"]["extraction"]["batch_size"] = 2

@@ -92,12 +92,12 @@ def test_fig3_title_names_the_arms_that_ran(world, tmp_path):
 
 
 def test_a_custom_task_draws_at_its_own_length_with_its_models(world):
-    """qword (demo: tiny-pythia and tiny-mamba, length 32): every figure draws; Fig. 7 has one panel,
-    n=32, with those two models; the mean-over-tasks figures keep the paper's lengths."""
+    """qword (demo: tiny-pythia and tiny-mamba, length 40): every figure draws; Fig. 7 has one panel,
+    n=40, with those two models; the mean-over-tasks figures keep the paper's lengths."""
     for name, draw in figures.FIGURES.items():
         draw(world, "qword")
     fig = figures.fig7_probe_accuracy(world, "qword")
     panels = {ax.get_title(): {l.get_label() for a, l in _lines(fig) if a is ax} for ax in fig.axes if ax.get_title()}
-    assert panels == {"hf, n=32": {"tiny-pythia", "tiny-mamba", "chance 1/C"}}
+    assert panels == {"hf, n=40": {"tiny-pythia", "tiny-mamba", "chance 1/C"}}
     mean = figures.fig7_probe_accuracy(world, None)
     assert {ax.get_title() for ax in mean.axes if ax.get_title()} == {"hf, n=300", "hf, n=600"}

@@ -72,4 +72,5 @@ def test_html_pages_and_markdown_report_from_metric_files(tmp_path):
     assert "## Controlled comparison: models trained by this workflow" in text
     assert "| tiny-pythia | gpt_neox | 3.32e+06 |" in text and "| 1.2 |" in text  # unigram - val loss
     assert "### Trained against random" in text and "inter_token_last" in text
+    assert "probe_differs" in text and "**Trained differs from untrained beyond noise in " in text
     assert "## Verdicts on the paper's findings" in text and "**F3.2.1 / pretrained / hf: supports**" in text

@@ -96,7 +96,7 @@ def demo() -> dict:
 def test_demo_custom_task_tasks_lengths_and_checked_file(demo):
     cfg = validate_config(demo)
     assert cfg.paper_tasks == ["kvpr", "mdqa"] and cfg.tasks == ["kvpr", "mdqa", "qword"]
-    assert cfg.task_lengths("qword") == [32] and cfg.task_lengths("kvpr") == [300, 600]
+    assert cfg.task_lengths("qword") == [40] and cfg.task_lengths("kvpr") == [300, 600]
     assert cfg.runs_task("tiny-mamba", "qword") and not cfg.runs_task("tiny-gpt-neo", "qword")
     assert cfg.paper_only().tasks == ["kvpr", "mdqa"] and cfg.paper_only().models == cfg.models
     check_custom_tasks(cfg, root=PROJECT_ROOT)  # the shipped demo file is valid

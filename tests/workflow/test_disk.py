@@ -15,7 +15,7 @@ def _demo_raw() -> dict:
 
 def test_estimate_is_the_float32_formula_per_cell():
     raw = _demo_raw()
-    raw["models"][1]["tiny"]["overrides"] = {"hidden_size": 96, "num_hidden_layers": 6}
+    raw["models"][1]["train"].update(width=96, depth=6)  # dims from the train block (not trained yet)
     cfg = validate_config(raw)
     got = {(e.model, e.init, e.task, e.length): e for e in disk.estimate_stores(cfg)}
     e = got[("tiny-pythia", "pretrained", "kvpr", 300)]
@@ -32,7 +32,7 @@ def test_streamed_stores_hold_no_token_states_and_fig3_cells_only_their_token_pr
     raw = _demo_raw()
     raw["inits"].append({"name": "he", "scheme": "he", "scope": "fig3"})
     raw["figures"]["length"] = 300
-    n, t, d, states, tokens = 96, 4, 64, 4 + 2, 330
+    n, t, d, states, tokens = 96, 4, 64, 2 + 2, 330  # tiny-pythia: width 64, 2 layers
     formula = {  # (tokens setting, init) -> bytes of the tiny-pythia kvpr 300 store
         ("store", "pretrained"): 4 * (n * states * d + t * states * tokens * d) + 16 * n,
         ("stream", "pretrained"): 4 * n * states * d + 16 * n,

@@ -78,3 +78,29 @@ def test_data_shipped_in_an_imported_package_is_a_dep(tmp_path):
     (tmp_path / "reprflow/metrics/notes").mkdir()  # a data folder of a package only some stages import
     by_stage = {s.name: "reprflow/metrics/notes" in stage_code(s, tmp_path) for s in STAGES}
     assert by_stage["metrics"] and not by_stage["prompts"], by_stage
+
+
+def test_trained_models_are_versioned_with_their_training_outputs():
+    """The models stage outputs the trained weights (data/models) and, when the config trains
+    models, their curves and summaries (results/training); summaries are DVC metrics, curves plots."""
+    import copy
+
+    from reprflow.config import validate_config
+
+    config = load_config(PROJECT_ROOT / "config" / "demo.yaml")
+    trained = [m.name for m in config.models if m.train is not None]
+    assert len(trained) == 4
+    outs = [next(iter(o)) if isinstance(o, dict) else o for o in DVC["stages"]["models"]["outs"]]
+    assert outs == ["${OUT}/data/models", "${OUT}/results/training"]
+    assert {f"runs/demo/results/training/{m}/summary.json" for m in trained} <= set(DVC["metrics"])
+    curves = {next(iter(p)): p[next(iter(p))] for p in DVC["plots"] if isinstance(p, dict)}
+    for m in trained:
+        assert curves[f"runs/demo/results/training/{m}/metrics.csv"] == {"x": "tokens", "y": ["train_loss", "val_loss"]}
+    raw = yaml.safe_load((PROJECT_ROOT / "config" / "demo.yaml").read_text())
+    built = copy.deepcopy(raw)  # tiny models only: no training outputs to version
+    for m in built["models"]:
+        m.pop("train")
+        m.update(tokenizer="gpt2" if m["family"] == "gpt_neo" else "gpt-neox-20b", tiny={"seed": 1})
+    text = yaml.safe_load(render("config/demo.yaml", validate_config(built)))
+    assert [next(iter(o)) for o in text["stages"]["models"]["outs"]] == ["${OUT}/data/models"]
+    assert not any("results/training" in str(p) for p in [*text["metrics"], *text["plots"]])

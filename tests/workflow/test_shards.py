@@ -19,6 +19,7 @@ def _one_cell(shards: int, tokens: str = "store") -> dict:
     raw = yaml.safe_load((PROJECT_ROOT / "config" / "demo.yaml").read_text())
     cfg = copy.deepcopy(raw)
     cfg["models"] = [m for m in raw["models"] if m["family"] == "gpt_neox"]
+    cfg["models"][0]["train"].update(tokens=2048)  # two steps: the cell, not the training, is tested
     cfg["inits"], cfg["tasks"], cfg["lengths"] = raw["inits"][:1], ["kvpr"], [600]
     cfg.pop("custom_tasks")  # one cell
     cfg["prompts"]["n_prompts"] = 40
@@ -34,14 +35,15 @@ def test_sharded_extraction_matches_one_store(tmp_path, scratch_project, run_sna
     runs = {}
     for shards, tokens in ((1, "store"), (3, "store"), ("3s", "stream")):  # 3s: shard 0 streams the metrics
         root = scratch_project(tmp_path / f"shards{shards}")
-        if runs:  # the first run's tiny model and prompt set, copied (mtimes kept): built once, the same inputs
-            shutil.copytree(runs[1] / cfg_out / "data", root / cfg_out / "data", symlinks=True)
+        if runs:  # the first run's model (and its training outputs) and prompt set, copied (mtimes kept):
+            for products in ("data", "results/training"):  # trained once, the same inputs
+                shutil.copytree(runs[1] / cfg_out / products, root / cfg_out / products, symlinks=True)
         (root / "cell.yaml").write_text(yaml.safe_dump(_one_cell(int(str(shards)[0]), tokens)))
         run = run_snakemake(root, "--cores", "2", "--configfile=cell.yaml", "all_metrics")
         out = run.stdout + run.stderr
         assert run.returncode == 0, out[-4000:]
         assert ("rule extract_activation_shard0:" in out) == (tokens == "stream")
-        assert ("rule build_tiny_model:" in out) == (not runs), out[-4000:]
+        assert ("rule train_model:" in out) == (not runs), out[-4000:]
         runs[shards] = root
     base = f"{cfg_out}/results/activations/tiny-pythia/pretrained/kvpr_n600"
     shard_paths = [runs[3] / f"{base}_shard{i}of3.zarr" for i in range(3)]

@@ -72,6 +72,7 @@ def _cell_config(tokens: str) -> dict:
     raw = yaml.safe_load((PROJECT_ROOT / "config" / "demo.yaml").read_text())
     cfg = copy.deepcopy(raw)
     cfg["models"] = [m for m in raw["models"] if m["name"] == "tiny-pythia"]
+    cfg["models"][0]["train"].update(tokens=2048)  # two steps: the streamed metrics, not the training, are tested
     cfg["inits"] = [raw["inits"][0], {"name": "xavier", "scheme": "xavier", "params": {"gain": 1.0}, "scope": "fig3"}]
     cfg["tasks"], cfg["lengths"] = ["kvpr"], [300]
     cfg.pop("custom_tasks")
@@ -90,7 +91,7 @@ def _store_then_compute(root, cfg: dict, init: str, dest):
     config = validate_config({**cfg, "extraction": {**cfg["extraction"], "tokens": "store"}})
     model = {**asdict(config.model("tiny-pythia"))}
     model["hf_id"] = str(root / model["hf_id"])
-    store = run_extraction(root / cfg["out_dir"] / "data/prompts/gpt-neox-20b/kvpr_n300.jsonl",
+    store = run_extraction(root / cfg["out_dir"] / "data/prompts/nq-bpe-2048/kvpr_n300.jsonl",
                            dest / f"{init}.zarr", model=model, init=asdict(config.init(init)), task="kvpr", length=300,
                            seed=config.seed, settings={**config.section("extraction"), **config.execution("extraction")},
                            config_digest=config.extraction_digest("tiny-pythia", init))
@@ -110,7 +111,7 @@ def test_streamed_cell_equals_the_stored_one_and_fig3_forwards_only_token_prompt
     assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
     ran = set(re.findall(r"rule (\w+):", run.stdout + run.stderr))
     assert "extract_activations" in ran and "token_metrics" not in ran, ran
-    prompts = read_prompt_set(out / "data/prompts/gpt-neox-20b/kvpr_n300.jsonl")
+    prompts = read_prompt_set(out / "data/prompts/nq-bpe-2048/kvpr_n300.jsonl")
     assert len(prompts) == N_PROMPTS
     for init in ("pretrained", "xavier"):
         streamed = open_store(out / f"results/activations/tiny-pythia/{init}/kvpr_n300.zarr")

@@ -49,9 +49,9 @@ def test_figures_have_task_variants():
 def test_a_custom_task_runs_at_its_own_length_on_its_models():
     demo = load_config(PROJECT_ROOT / "config" / "demo.yaml")
     custom = [c for c in cells(demo) if c.task == "qword"]
-    assert custom == [Cell(m, i, "qword", 32) for m in ("tiny-pythia", "tiny-mamba") for i in ("pretrained", "random")]
-    assert "runs/demo/data/prompts/gpt-neox-20b/qword_n32.jsonl" in prompt_files(demo)
-    assert not any("gpt2/qword" in f for f in prompt_files(demo))  # tiny-gpt-neo does not run it
+    assert custom == [Cell(m, i, "qword", 40) for m in ("tiny-pythia", "tiny-mamba") for i in ("pretrained", "random")]
+    assert "runs/demo/data/prompts/nq-bpe-2048/qword_n40.jsonl" in prompt_files(demo)
+    assert len([f for f in prompt_files(demo) if "qword" in f]) == 1  # one tokenizer; tiny-gpt-neo does not run it
     raw = _demo_raw()
     raw["custom_tasks"]["qword"].update(models=None, length=600)  # every model, beyond tiny-gpt-neo's 512
     assert {c.model for c in cells(validate_config(raw)) if c.task == "qword"} == {"tiny-pythia", "tiny-mamba",
@@ -79,7 +79,7 @@ def test_fig3_scoped_inits_only_at_the_figure_length_without_probes():
     fig3 = [c for c in got if c.init == "xavier"]
     # both paper tasks at figures.length (300) for each of the 4 models, nothing at 600; the custom task
     # at its own length (its figure length) on its 2 models
-    assert sorted({(c.task, c.length) for c in fig3}) == [("kvpr", 300), ("mdqa", 300), ("qword", 32)]
+    assert sorted({(c.task, c.length) for c in fig3}) == [("kvpr", 300), ("mdqa", 300), ("qword", 40)]
     assert len(fig3) == 4 * 2 + 2
     assert all(c.init != "xavier" for c in table) and len(table) == len(got) - len(fig3)
     assert len(table) == len(cells(load_config(PROJECT_ROOT / "config" / "demo.yaml")))
@@ -87,7 +87,7 @@ def test_fig3_scoped_inits_only_at_the_figure_length_without_probes():
 
 def test_extraction_priority_puts_the_longest_jobs_first():
     raw = _demo_raw()
-    raw["models"][1]["tiny"]["overrides"] = {"hidden_size": 128, "num_hidden_layers": 6}
+    raw["models"][1]["train"].update(width=128, depth=6)
     cfg = validate_config(raw)
     assert extraction_priority(cfg, "tiny-pythia", 600) > extraction_priority(cfg, "tiny-pythia", 300)
     assert extraction_priority(cfg, "tiny-pythia", 300) > extraction_priority(cfg, "tiny-mamba", 300) > 0
