@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import hashlib
 import io
 import json
 import logging
@@ -56,7 +57,7 @@ import reprflow
 from reprflow.atomic import atomic_write, atomic_write_bytes, atomic_write_dir
 from reprflow.errors import ConfigError
 from reprflow.models.init_schemes import build_from_config
-from reprflow.prompts.tokenizers import load_tokenizer
+from reprflow.prompts.tokenizers import load_tokenizer, tokenizer_file
 from reprflow.training.baseline import unigram_cross_entropy
 from reprflow.training.corpus import load_documents, split_documents, tokenize_documents
 from reprflow.training.kernels import describe_kernels, prepare_training
@@ -91,21 +92,39 @@ def load_streams(spec: TrainSpec, tokenizer: str, *, cache_dir: str | os.PathLik
     """Tokenize ``spec.corpus`` with the shipped ``tokenizer`` and split it (see corpus.py).
 
     The streams are cached as ``{cache_dir}/{corpus}_{tokenizer}_val{val_fraction}.npz``
-    (written atomically); a cached file is used as is, even where the corpus is not installed.
+    (written atomically) together with the sha256 of the ``tokenizer.json`` that made them. A
+    cached file is used only if that digest matches the tokenizer loaded now (a tokenizer
+    rebuilt under the same name re-tokenizes the corpus); it is then used as is, even where the
+    corpus is not installed. A cache from another tokenizer on a machine without the corpus is
+    one :class:`ConfigError` naming both.
     """
     tok = load_tokenizer(tokenizer)
     vocab = padded_vocab(len(tok))
+    digest = hashlib.sha256(tokenizer_file(tokenizer).read_bytes()).hexdigest()
     cache = Path(cache_dir) / f"{spec.corpus}_{tokenizer}_val{spec.val_fraction}.npz" if cache_dir else None
+    stale = None
     if cache is not None and cache.is_file():
         with np.load(cache) as data:
-            return Streams(data["train"], data["val"], vocab, tokenizer, spec.corpus)
-    train_docs, val_docs = split_documents(load_documents(spec.corpus), spec.val_fraction)
+            cached = str(data["tokenizer_sha256"]) if "tokenizer_sha256" in data.files else None
+            if cached == digest:
+                return Streams(data["train"], data["val"], vocab, tokenizer, spec.corpus)
+            stale = cached or "no digest (an older cache)"
+        logger.info("%s: made by another tokenizer (%s; %s is %s): tokenizing again", cache, stale, tokenizer,
+                    digest[:12])
+    try:
+        docs = load_documents(spec.corpus)
+    except ConfigError as err:
+        if stale is None:
+            raise
+        raise ConfigError(f"{cache}: its token ids come from another tokenizer ({stale}, not {tokenizer} "
+                          f"{digest[:12]}), and the corpus is not here to tokenize again: {err}") from err
+    train_docs, val_docs = split_documents(docs, spec.val_fraction)
     train = tokenize_documents(train_docs, tok)
     val = tokenize_documents(val_docs, tok)
     if cache is not None:
         def write(tmp: Path) -> None:
             with open(tmp, "wb") as fh:
-                np.savez_compressed(fh, train=train, val=val)
+                np.savez_compressed(fh, train=train, val=val, tokenizer_sha256=np.array(digest))
         atomic_write(cache, write)
     return Streams(train, val, vocab, tokenizer, spec.corpus)
 

@@ -274,3 +274,34 @@ def test_demo_models_are_a_matched_suite():
     for m in demo.models:  # what train_model builds is the matched config (plus GPT-Neo's longer table)
         built = build_config(m.family, spec, vocab_size=vocab, positions=m.max_context)
         assert count_params(built)[1] == suite[m.family].n_non_embedding
+
+
+def test_token_cache_is_tied_to_the_tokenizer_that_made_it(tmp_path, monkeypatch):
+    """A cached stream is reused only by the tokenizer whose tokenizer.json made it: another
+    one (a rebuilt tokenizer under the same name) tokenizes again, and where the corpus is not
+    installed it is one ConfigError instead of silently wrong token ids."""
+    from reprflow.training import loop
+
+    spec = TrainSpec(corpus="nq_open", val_fraction=0.1)
+    fresh = loop.load_streams(spec, "nq-bpe-2048", cache_dir=tmp_path)
+    cache = tmp_path / "nq_open_nq-bpe-2048_val0.1.npz"
+    with np.load(cache) as data:
+        assert "tokenizer_sha256" in data.files
+    # the same tokenizer reuses the cache without reading the corpus
+    monkeypatch.setattr(loop, "load_documents", lambda name: pytest.fail("corpus read despite a valid cache"))
+    again = loop.load_streams(spec, "nq-bpe-2048", cache_dir=tmp_path)
+    assert np.array_equal(again.train, fresh.train) and np.array_equal(again.val, fresh.val)
+    # a cache written by another tokenizer (here: wrong ids, another digest) is not trusted
+    np.savez_compressed(cache, train=fresh.train[:10], val=fresh.val[:10], tokenizer_sha256=np.array("0" * 64))
+    monkeypatch.undo()
+    rebuilt = loop.load_streams(spec, "nq-bpe-2048", cache_dir=tmp_path)
+    assert np.array_equal(rebuilt.train, fresh.train)
+    # ... and without the corpus it is an error naming the cache
+    np.savez_compressed(cache, train=fresh.train[:10], val=fresh.val[:10])  # an older cache: no digest
+
+    def missing(name):
+        raise ConfigError(f"corpus {name!r}: not installed")
+
+    monkeypatch.setattr(loop, "load_documents", missing)
+    with pytest.raises(ConfigError, match="another tokenizer.*not installed"):
+        loop.load_streams(spec, "nq-bpe-2048", cache_dir=tmp_path)
