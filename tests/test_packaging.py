@@ -92,7 +92,7 @@ def test_import_and_package_data_resolve_from_the_installed_copy(installed, tmp_
     out = json.loads(_run(sys.executable, "-c", code, cwd=tmp_path, env=_env(installed)).stdout)
     for key in ("module", "tokenizers", "config_tokenizers", "configs", "schema"):
         assert Path(out[key]).is_relative_to(installed), (key, out[key])
-    assert out["names"] == ["gpt-neox-20b", "gpt2"]
+    assert out["names"] == ["gpt-neox-20b", "gpt2", "nq-bpe-2048"]
     assert out["ids"] == [464, 2068, 7586, 21831]  # as in reprflow/data/tokenizers/gpt2/SOURCE.md
     assert out["n_configs"] >= 5
     assert out["demo_models"] == 4  # load_config validates against the installed schema

@@ -31,7 +31,8 @@ def test_load_by_path_equals_load_by_name(tokenizers):
 
 def test_sha256_matches_source_md():
     assert tokenizer_sha256("gpt2") == "e88dafdf79f2026eaffb161c36a8b914b5fa586a620d108b9fecc117f74dbdd7"
-    assert available_tokenizers() == ["gpt-neox-20b", "gpt2"]
+    assert tokenizer_sha256("nq-bpe-2048") == "4ce40f5d466ed8158825d892c2d09c12ff64823d270923cd1de03fce2f65b2d8"
+    assert available_tokenizers() == ["gpt-neox-20b", "gpt2", "nq-bpe-2048"]
 
 
 def test_unknown_tokenizer_lists_available_ones():
