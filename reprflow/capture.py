@@ -45,6 +45,7 @@ from torch import Tensor, nn
 
 from reprflow.errors import ReprflowError
 from reprflow.models.layouts import Layout, get_layout
+from reprflow.transfer import to_device
 
 logger = logging.getLogger(__name__)
 
@@ -327,9 +328,7 @@ def forward_states(
     if rows:
         if row_lengths is not None:  # known on the host: no device read, no blocking copy
             max_len = max(int(row_lengths[r]) for r in rows)
-            rows_t = torch.tensor(rows)
-            rows_t = (rows_t.pin_memory().to(input_ids.device, non_blocking=True) if input_ids.is_cuda
-                      else rows_t.to(input_ids.device))
+            rows_t = to_device(torch.tensor(rows), input_ids.device)
         else:
             rows_t = torch.tensor(rows, device=input_ids.device)
             max_len = int(lengths[rows_t].max())

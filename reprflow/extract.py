@@ -15,7 +15,7 @@ Follow one batch through this file:
    stays the prompt-file order.
 3. **Forward and capture.** :func:`capture_batches` pads each batch on the right
    (:func:`_pad_right`; right padding is exact for causal models), sends it up from
-   pinned memory without blocking (:func:`_to_device`) and runs
+   pinned memory without blocking (:func:`reprflow.transfer.to_device`) and runs
    :func:`reprflow.capture.forward_states`, whose hooks keep the last *real* token of
    every row and the full states of the chosen token prompts -- on the device. It yields
    one :class:`reprflow.sinks.CapturedStates` per batch.
@@ -66,6 +66,7 @@ from reprflow.models.layouts import Layout, get_layout, view_indices
 from reprflow.sinks import CapturedStates, RunInfo, Sink, ZarrStoreSink, feed
 from reprflow.store import StoreSpec, open_store
 from reprflow.token_ids import TokenIds
+from reprflow.transfer import to_device
 
 logger = logging.getLogger(__name__)
 
@@ -172,13 +173,6 @@ def _pad_right(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor
     return ids, mask
 
 
-def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Host tensor to ``device``; to a GPU from pinned memory, without blocking the host."""
-    if device.type != "cuda":
-        return x.to(device)
-    return x.pin_memory().to(device, non_blocking=True)
-
-
 def _check_prompts(
     prompts: Sequence[Mapping[str, Any]], *, prompt_file: str, max_context: int | None
 ) -> None:
@@ -278,11 +272,11 @@ def capture_batches(
             last_token_index(mask)  # checked here, on the host: no device sync per batch
             token_rows = [r for r, i in enumerate(rows) if i in token_prompts]
             if verify_hf:  # once per run, on the first batch
-                verify_hf_view(model, _to_device(input_ids, device), _to_device(mask, device), layout=layout,
+                verify_hf_view(model, to_device(input_ids, device), to_device(mask, device), layout=layout,
                                rtol=4e-3 if device.type == "cuda" else 0.0)
                 verify_hf = False
             captured = forward_states(
-                model, _to_device(input_ids, device), _to_device(mask, device), layout=layout,
+                model, to_device(input_ids, device), to_device(mask, device), layout=layout,
                 token_rows=token_rows or None, check_padding=False, row_lengths=[len(ids[i]) for i in rows],
             )
             if progress is not None:

@@ -1,6 +1,8 @@
-"""Device-to-host copies that overlap compute: pinned buffers on a side CUDA stream.
+"""Copies between host and device that do not block the host.
 
-``copy_to_host(x)`` starts the copy of a CUDA tensor into page-locked host memory on a
+``to_device(x, device)`` sends a host tensor to a GPU from pinned memory, asynchronously.
+
+Device to host: ``copy_to_host(x)`` starts the copy of a CUDA tensor into page-locked host memory on a
 dedicated copy stream (after the work already queued on the compute stream that
 produces ``x``) and returns at once; :meth:`PendingHost.wait` blocks until the bytes
 have landed. The forward pass of the next batch runs while the copy engine moves the
@@ -18,9 +20,16 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["PendingHost", "copy_to_host"]
+__all__ = ["PendingHost", "copy_to_host", "to_device"]
 
 _COPY_STREAMS: dict[torch.device, torch.cuda.Stream] = {}
+
+
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host tensor to ``device``; to a GPU from pinned memory, without blocking the host."""
+    if device.type != "cuda":
+        return x.to(device)
+    return x.pin_memory().to(device, non_blocking=True)
 
 
 @dataclass(frozen=True)
