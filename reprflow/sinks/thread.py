@@ -89,6 +89,7 @@ class BackgroundWriter:
                 self.busy_s += time.perf_counter() - t0
                 self.stall_s += time.perf_counter() - t0  # inline: the caller waits for all of it
             return
+        self._raise_if_failed()
         try:
             self.queue.put_nowait(item)
             return
