@@ -126,11 +126,10 @@ def _free(device: torch.device) -> None:
 
 def _run(family: str, path: str | None, spec, config, windows: np.ndarray, *, batch: int, warmup: int, steps: int,
          slow_s: float, device: torch.device) -> dict:
-    from reprflow.models.init_schemes import build_from_config
     from reprflow.training.kernels import describe_kernels, prepare_training
-    from reprflow.training.loop import _batch, _lr_at, _optimizer, train_step
+    from reprflow.training.loop import _batch, _lr_at, _optimizer, initial_model, train_step
 
-    model = build_from_config(config, seed=spec.seed, dtype=torch.float32, device=device)
+    model = initial_model(config, spec, device)
     chosen = prepare_training(model, family, device, path=path)
     kernels = describe_kernels(model, family, chosen)
     model.train()

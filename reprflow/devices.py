@@ -16,6 +16,8 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
@@ -25,7 +27,7 @@ from reprflow.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["claim_gpu", "gpu_lock_dir", "resolve_device"]
+__all__ = ["claim_gpu", "gpu_lock_dir", "resolve_device", "torch_threads"]
 
 _CLAIMED: dict[str, tuple[int, IO]] = {}  # lock dir -> (index, open lock file) of this process
 
@@ -105,3 +107,19 @@ def resolve_device(
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)
     return device
+
+
+@contextmanager
+def torch_threads(threads: int | None, *, key: str) -> Iterator[None]:
+    """Set torch's intra-op thread count (process-wide state) for the body, and restore it on
+    exit, so a stage run in-process (a notebook, a test) leaves the next one as it found it.
+    ``None`` leaves it alone; ``key`` names the config key in the error for ``threads < 1``."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        if threads < 1:
+            raise ConfigError(f"{key}: got {threads}; expected an integer >= 1")
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

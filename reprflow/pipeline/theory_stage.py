@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from contextlib import contextmanager
 from pathlib import Path
 
 import matplotlib
@@ -36,7 +35,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from reprflow.atomic import atomic_write  # noqa: E402
-from reprflow.devices import resolve_device  # noqa: E402
+from reprflow.devices import resolve_device, torch_threads  # noqa: E402
 from reprflow.errors import ConfigError  # noqa: E402
 from reprflow.theory.experiment import (  # noqa: E402
     TheoryGrid,
@@ -148,7 +147,7 @@ def run_theory(  # noqa: PLR0913 (one keyword per config key)
     budget = max_elements or (CPU_MAX_ELEMENTS if dev.type == "cpu" else GPU_MAX_ELEMENTS)
     logger.info("theory check on %s (%s): %s", dev, dtype, grid)
     start = time.perf_counter()
-    with _torch_threads(threads):
+    with torch_threads(threads, key="theory.threads"):
         kw = {"device": str(dev), "dtype": dtype, "max_elements": budget}
         cells, assumptions, paper_cross = one_block_tables(grid, paper, **kw)
         depth_cells, depth_assumptions = depth_tables(grid, paper, **kw)
@@ -192,20 +191,6 @@ def run_theory(  # noqa: PLR0913 (one keyword per config key)
     atomic_write(paths["verdict"], lambda p: p.write_text(text))
     logger.info("wrote %s", ", ".join(str(p) for p in paths.values()))
     return paths
-
-
-@contextmanager
-def _torch_threads(threads: int | None):
-    """Set torch's intra-op thread count (process-wide state) and restore it on exit."""
-    before = torch.get_num_threads()
-    if threads is not None:
-        if threads < 1:
-            raise ConfigError(f"theory.threads: got {threads}; expected an integer >= 1")
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _figure(stab: pd.DataFrame, depth: pd.DataFrame, path: Path) -> None:

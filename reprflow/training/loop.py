@@ -55,6 +55,7 @@ from tqdm import tqdm
 
 import reprflow
 from reprflow.atomic import atomic_write, atomic_write_bytes, atomic_write_dir
+from reprflow.devices import torch_threads
 from reprflow.errors import ConfigError
 from reprflow.models.init_schemes import build_from_config
 from reprflow.prompts.tokenizers import load_tokenizer, tokenizer_file
@@ -66,7 +67,7 @@ from reprflow.training.sizing import count_params, family_config, match_families
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["METRIC_COLUMNS", "PROVENANCE_FILE", "Streams", "build_config", "load_streams", "train_model", "train_step"]
+__all__ = ["METRIC_COLUMNS", "PROVENANCE_FILE", "Streams", "build_config", "load_streams", "initial_model", "train_model", "train_step"]
 
 PROVENANCE_FILE = "reprflow_train.json"
 H200_BF16_FLOPS = 782e12  # bf16 matmul rate measured on the H200 (benchmarks/kernels.py): the MFU's peak
@@ -188,6 +189,20 @@ def _query_scaled_groups(model: torch.nn.Module, spec: TrainSpec) -> set[str]:
     if _query_scale(model, spec) is None:
         return set()
     return {n for n, _ in model.named_parameters() if n.endswith("attn.attention.q_proj.weight")}
+
+
+def initial_model(config, spec: TrainSpec, device: torch.device | str, *, dtype: torch.dtype = torch.float32):
+    """The model a run starts from: ``config`` with its family's own init seeded by
+    ``spec.seed`` (:func:`~reprflow.models.init_schemes.build_from_config`), and GPT-Neo's
+    ``q_proj`` weights times ``1/sqrt(head_dim)`` under ``gpt_neo_query_scale`` (module
+    docstring; :func:`_optimizer` gives them the matching learning rate)."""
+    model = build_from_config(config, seed=spec.seed, dtype=dtype, device=device)
+    scale, queries = _query_scale(model, spec), _query_scaled_groups(model, spec)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name in queries:
+                p.mul_(scale)
+    return model
 
 
 def _optimizer(model: torch.nn.Module, spec: TrainSpec) -> torch.optim.Optimizer:
@@ -332,109 +347,104 @@ def train_model(
         The summary.
     """
     device = resolve_device(spec.device)
-    if spec.threads and device.type == "cpu":
-        torch.set_num_threads(spec.threads)
-    config = build_config(family, spec, vocab_size=streams.vocab_size, positions=positions)
-    n_params, n_non_embedding = count_params(config)
-    model = build_from_config(config, seed=spec.seed, dtype=torch.float32, device=device)
-    queries = _query_scaled_groups(model, spec)  # GPT-Neo's unscaled attention (module docstring)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name in queries:
-                p.mul_(_query_scale(model, spec))
-    kernel_path = prepare_training(model, family, device)  # Mamba-1: the fastest scan with a backward
-    kernels = describe_kernels(model, family, kernel_path)
-    logger.info("training %s on %s: %s", family, device, kernels)
-    model.train()
-    optimizer = _optimizer(model, spec)
-    n_steps = spec.steps()
-    train_windows = _windows(streams.train, spec.context)
-    val_windows = _windows(streams.val, spec.context)[: max(1, spec.eval_tokens // spec.context)]
-    unigram = streams.unigram()
-    digest = spec.digest()
+    # the CPU thread count is process-wide: restored afterwards (an in-process caller keeps its own)
+    with torch_threads(spec.threads if device.type == "cpu" else None, key="train.threads"):
+        config = build_config(family, spec, vocab_size=streams.vocab_size, positions=positions)
+        n_params, n_non_embedding = count_params(config)
+        model = initial_model(config, spec, device)
+        kernel_path = prepare_training(model, family, device)  # Mamba-1: the fastest scan with a backward
+        kernels = describe_kernels(model, family, kernel_path)
+        logger.info("training %s on %s: %s", family, device, kernels)
+        model.train()
+        optimizer = _optimizer(model, spec)
+        n_steps = spec.steps()
+        train_windows = _windows(streams.train, spec.context)
+        val_windows = _windows(streams.val, spec.context)[: max(1, spec.eval_tokens // spec.context)]
+        unigram = streams.unigram()
+        digest = spec.digest()
 
-    checkpoint_path = Path(checkpoint_path)
-    step, rows, elapsed = 0, [], 0.0
-    if checkpoint_path.is_file():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
-        if state.get("digest") == digest and state.get("family") == family:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            torch.set_rng_state(state["rng"])
-            step, rows, elapsed = state["step"], state["rows"], state["elapsed"]
-            logger.info("resuming %s from step %d of %d (%s)", family, step, n_steps, checkpoint_path)
-        else:
-            logger.info("ignoring %s: written for another recipe", checkpoint_path)
-    if step == 0 and not rows:
-        rows.append(dict(step=0, tokens=0, train_loss="", val_loss=_val_loss(model, val_windows, device, spec.batch_size),
-                         lr=0.0, tokens_per_s="", elapsed_s=0.0))
+        checkpoint_path = Path(checkpoint_path)
+        step, rows, elapsed = 0, [], 0.0
+        if checkpoint_path.is_file():
+            state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+            if state.get("digest") == digest and state.get("family") == family:
+                model.load_state_dict(state["model"])
+                optimizer.load_state_dict(state["optimizer"])
+                torch.set_rng_state(state["rng"])
+                step, rows, elapsed = state["step"], state["rows"], state["elapsed"]
+                logger.info("resuming %s from step %d of %d (%s)", family, step, n_steps, checkpoint_path)
+            else:
+                logger.info("ignoring %s: written for another recipe", checkpoint_path)
+        if step == 0 and not rows:
+            rows.append(dict(step=0, tokens=0, train_loss="", val_loss=_val_loss(model, val_windows, device, spec.batch_size),
+                             lr=0.0, tokens_per_s="", elapsed_s=0.0))
 
-    tokens_per_step = spec.batch_size * spec.context
-    window_losses: list[float] = []
-    window_start = time.perf_counter()
-    window_step0 = step
-    bar = tqdm(total=n_steps, initial=step, unit="step", desc=f"train {family}", file=sys.stderr,
-               disable=not progress, mininterval=2.0, dynamic_ncols=False)
-    while step < n_steps:
-        lr = _lr_at(step, spec, n_steps)
-        x = torch.as_tensor(_batch(train_windows, step, spec.batch_size, spec.data_seed), dtype=torch.long, device=device)
-        loss = train_step(model, optimizer, x, device, lr=lr, grad_clip=spec.grad_clip)
-        step += 1
-        window_losses.append(float(loss))
-        now = time.perf_counter()
-        rate = (step - window_step0) * tokens_per_step / max(now - window_start, 1e-9)
-        bar.update(1)
-        bar.set_postfix(loss=f"{window_losses[-1]:.3f}", tok_s=f"{rate:.0f}", refresh=False)
-        if step % spec.eval_every == 0 or step == n_steps:
-            elapsed += now - window_start
-            rows.append(dict(step=step, tokens=step * tokens_per_step, train_loss=float(np.mean(window_losses)),
-                             val_loss=_val_loss(model, val_windows, device, spec.batch_size), lr=lr,
-                             tokens_per_s=rate, elapsed_s=elapsed))
-            window_losses, window_start, window_step0 = [], time.perf_counter(), step
-        if step % spec.checkpoint_every == 0 and step < n_steps:
-            _save_checkpoint(checkpoint_path, dict(
-                digest=digest, family=family, step=step, rows=rows, model=model.state_dict(),
-                optimizer=optimizer.state_dict(), rng=torch.get_rng_state(),
-                elapsed=elapsed + (time.perf_counter() - window_start),
-            ))
-        if on_step is not None:
-            on_step(step)
-    bar.close()
+        tokens_per_step = spec.batch_size * spec.context
+        window_losses: list[float] = []
+        window_start = time.perf_counter()
+        window_step0 = step
+        bar = tqdm(total=n_steps, initial=step, unit="step", desc=f"train {family}", file=sys.stderr,
+                   disable=not progress, mininterval=2.0, dynamic_ncols=False)
+        while step < n_steps:
+            lr = _lr_at(step, spec, n_steps)
+            x = torch.as_tensor(_batch(train_windows, step, spec.batch_size, spec.data_seed), dtype=torch.long, device=device)
+            loss = train_step(model, optimizer, x, device, lr=lr, grad_clip=spec.grad_clip)
+            step += 1
+            window_losses.append(float(loss))
+            now = time.perf_counter()
+            rate = (step - window_step0) * tokens_per_step / max(now - window_start, 1e-9)
+            bar.update(1)
+            bar.set_postfix(loss=f"{window_losses[-1]:.3f}", tok_s=f"{rate:.0f}", refresh=False)
+            if step % spec.eval_every == 0 or step == n_steps:
+                elapsed += now - window_start
+                rows.append(dict(step=step, tokens=step * tokens_per_step, train_loss=float(np.mean(window_losses)),
+                                 val_loss=_val_loss(model, val_windows, device, spec.batch_size), lr=lr,
+                                 tokens_per_s=rate, elapsed_s=elapsed))
+                window_losses, window_start, window_step0 = [], time.perf_counter(), step
+            if step % spec.checkpoint_every == 0 and step < n_steps:
+                _save_checkpoint(checkpoint_path, dict(
+                    digest=digest, family=family, step=step, rows=rows, model=model.state_dict(),
+                    optimizer=optimizer.state_dict(), rng=torch.get_rng_state(),
+                    elapsed=elapsed + (time.perf_counter() - window_start),
+                ))
+            if on_step is not None:
+                on_step(step)
+        bar.close()
 
-    flops = train_flops_per_token(config, spec.context) * n_steps * tokens_per_step
-    summary = {
-        "family": family,
-        "n_params": n_params,
-        "n_non_embedding": n_non_embedding,
-        "config": {k: v for k, v in config.to_diff_dict().items() if k != "transformers_version"},
-        "recipe": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(spec).items()},
-        "recipe_digest": digest,
-        "steps": n_steps,
-        "tokens": n_steps * tokens_per_step,
-        "corpus": streams.corpus,
-        "tokenizer": streams.tokenizer,
-        "train_stream_tokens": int(len(streams.train)),
-        "val_stream_tokens": int(len(streams.val)),
-        "val_tokens_evaluated": int(val_windows[:, 1:].size),
-        "initial_val_loss": rows[0]["val_loss"],
-        "final_val_loss": rows[-1]["val_loss"],
-        "unigram_val_loss": unigram,
-        "train_seconds": rows[-1]["elapsed_s"],
-        "tokens_per_s": (n_steps * tokens_per_step / rows[-1]["elapsed_s"]) if rows[-1]["elapsed_s"] else None,
-        "train_flops_estimate": flops,  # train_flops_per_token x tokens (sizing.py states the formula)
-        "mfu_vs_h200_bf16": (flops / rows[-1]["elapsed_s"] / H200_BF16_FLOPS
-                             if rows[-1]["elapsed_s"] and device.type == "cuda" else None),
-        "train_kernels": kernels,
-        "device": str(device),
-        "threads": torch.get_num_threads() if device.type == "cpu" else None,
-        "reprflow_version": reprflow.__version__,
-        "transformers_version": transformers.__version__,
-        "torch_version": torch.__version__,
-    }
-    _save_model_dir(model, Path(out_dir), summary)
-    _write_metrics(Path(metrics_path), rows)
-    atomic_write_bytes((json.dumps(summary, indent=2, sort_keys=True) + "\n").encode(), summary_path)
-    checkpoint_path.unlink(missing_ok=True)
-    logger.info("trained %s: %d params, val loss %.3f (unigram %.3f, initial %.3f) in %.1f s",
-                family, n_params, summary["final_val_loss"], unigram, summary["initial_val_loss"], summary["train_seconds"])
-    return summary
+        flops = train_flops_per_token(config, spec.context) * n_steps * tokens_per_step
+        summary = {
+            "family": family,
+            "n_params": n_params,
+            "n_non_embedding": n_non_embedding,
+            "config": {k: v for k, v in config.to_diff_dict().items() if k != "transformers_version"},
+            "recipe": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(spec).items()},
+            "recipe_digest": digest,
+            "steps": n_steps,
+            "tokens": n_steps * tokens_per_step,
+            "corpus": streams.corpus,
+            "tokenizer": streams.tokenizer,
+            "train_stream_tokens": int(len(streams.train)),
+            "val_stream_tokens": int(len(streams.val)),
+            "val_tokens_evaluated": int(val_windows[:, 1:].size),
+            "initial_val_loss": rows[0]["val_loss"],
+            "final_val_loss": rows[-1]["val_loss"],
+            "unigram_val_loss": unigram,
+            "train_seconds": rows[-1]["elapsed_s"],
+            "tokens_per_s": (n_steps * tokens_per_step / rows[-1]["elapsed_s"]) if rows[-1]["elapsed_s"] else None,
+            "train_flops_estimate": flops,  # train_flops_per_token x tokens (sizing.py states the formula)
+            "mfu_vs_h200_bf16": (flops / rows[-1]["elapsed_s"] / H200_BF16_FLOPS
+                                 if rows[-1]["elapsed_s"] and device.type == "cuda" else None),
+            "train_kernels": kernels,
+            "device": str(device),
+            "threads": torch.get_num_threads() if device.type == "cpu" else None,
+            "reprflow_version": reprflow.__version__,
+            "transformers_version": transformers.__version__,
+            "torch_version": torch.__version__,
+        }
+        _save_model_dir(model, Path(out_dir), summary)
+        _write_metrics(Path(metrics_path), rows)
+        atomic_write_bytes((json.dumps(summary, indent=2, sort_keys=True) + "\n").encode(), summary_path)
+        checkpoint_path.unlink(missing_ok=True)
+        logger.info("trained %s: %d params, val loss %.3f (unigram %.3f, initial %.3f) in %.1f s",
+                    family, n_params, summary["final_val_loss"], unigram, summary["initial_val_loss"], summary["train_seconds"])
+        return summary

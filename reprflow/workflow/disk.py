@@ -131,7 +131,10 @@ def model_dims(model: ModelSpec, config: Config | None = None) -> Dims | None:
         except (OSError, ValueError):
             continue
     if model.train is not None:
-        return _trained_dims(model.family, model.train["width"], model.train["depth"], model.train.get("context", 256))
+        from reprflow.training.recipe import TrainSpec
+
+        spec = TrainSpec.from_dict(model.train)
+        return _trained_dims(model.family, spec.width, spec.depth, spec.context)
     if model.tiny is not None:
         merged = {"hidden_size": TINY_DIMS["hidden"], "num_hidden_layers": TINY_DIMS["n_layers"]}
         overrides = dict(model.tiny.get("overrides") or {})

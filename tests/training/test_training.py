@@ -211,20 +211,18 @@ def test_gpt_neo_query_scaling_trains_like_scaled_attention():
     s = 1/sqrt(head_dim) times smaller and trains with lr * s and weight decay / s: after AdamW
     steps its weights must be s times those of the same model whose q_proj output is multiplied by
     s (scaled attention, trained plainly), and every other weight equal."""
-    from reprflow.training.loop import _optimizer, _query_scale
+    from reprflow.training.loop import _optimizer, _query_scale, initial_model
 
-    spec = TrainSpec(width=64, depth=2, context=16, lr=1e-2, grad_clip=0.0)  # no clipping: exact equivalence
+    spec = TrainSpec(width=64, depth=2, context=16, lr=1e-2, grad_clip=0.0, seed=0)  # no clipping: exact equivalence
     config = build_config("gpt_neo", spec, vocab_size=128)
-    reparam = build_from_config(config, seed=0, dtype=torch.float64, device="cpu")
+    reparam = initial_model(config, spec, "cpu", dtype=torch.float64)  # the training run's own init
     scaled = build_from_config(config, seed=0, dtype=torch.float64, device="cpu")
     s = _query_scale(reparam, spec)
     assert s == pytest.approx(1 / math.sqrt(16))
     queries = [n for n, _ in reparam.named_parameters() if n.endswith("q_proj.weight")]
     assert len(queries) == 2
-    with torch.no_grad():
-        for name, p in reparam.named_parameters():
-            if name in queries:
-                p.mul_(s)
+    for name, p in reparam.named_parameters():  # queries start s times smaller, the rest as built
+        assert torch.equal(p, scaled.get_parameter(name) * (s if name in queries else 1.0))
     for block in scaled.transformer.h:  # scaled attention: scores (s q).k
         block.attn.attention.q_proj.register_forward_hook(lambda mod, inp, out: out * s)
     start = scaled.get_parameter(queries[0]).detach().clone()
