@@ -125,9 +125,13 @@ def _free(device: torch.device) -> None:
 
 
 def _run(family: str, path: str | None, spec, config, windows: np.ndarray, *, batch: int, warmup: int, steps: int,
-         slow_s: float, device: torch.device) -> dict:
+         slow_s: float, device: torch.device, fused_head: bool = True) -> dict:
+    """Build, prepare and step one model: ``warmup`` steps each synchronised (the second one
+    decides whether the path is slow), then ``steps`` back to back as the training loop runs
+    them (batches copied from pinned memory, no sync until the end): ms/step = their mean."""
     from reprflow.training.kernels import describe_kernels, prepare_training
     from reprflow.training.loop import _batch, _lr_at, _optimizer, initial_model, train_step
+    from reprflow.transfer import to_device
 
     model = initial_model(config, spec, device)
     chosen = prepare_training(model, family, device, path=path)
@@ -137,24 +141,32 @@ def _run(family: str, path: str | None, spec, config, windows: np.ndarray, *, ba
     n_steps = spec.steps()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    losses, times, s = [], [], 0
-    while s < warmup + steps:
-        x = torch.as_tensor(_batch(windows, s, batch, spec.data_seed), dtype=torch.long, device=device)
+
+    def step(s: int) -> torch.Tensor:
+        x = to_device(torch.from_numpy(_batch(windows, s, batch, spec.data_seed)).long(), device)
+        return train_step(model, optimizer, x, device, lr=_lr_at(s, spec, n_steps), grad_clip=spec.grad_clip,
+                          fused_head=fused_head)
+
+    losses, first, s = [], [], 0
+    while s < warmup:
         _sync(device)
         t0 = time.perf_counter()
-        loss = train_step(model, optimizer, x, device, lr=_lr_at(s, spec, n_steps), grad_clip=spec.grad_clip)
-        losses.append(float(loss))
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-        if s == 1 and times[1] > slow_s:  # a slow path (the 2nd step, past compiles): <= 3 steps in all
-            warmup, steps = 1, min(steps, 2)
+        losses.append(float(step(s)))
+        first.append(time.perf_counter() - t0)
+        if s == 1 and first[1] > slow_s:  # a slow path (the 2nd step, past compiles): <= 2 timed steps
+            steps = min(steps, 2)
         s += 1
-    timed = times[warmup:]
-    note = f"first step {times[0]:.0f} s (compiles, autotuning)" if times[0] > 5 and times[0] > 3 * min(timed) else ""
+    _sync(device)
+    t0 = time.perf_counter()
+    timed = [step(s + k) for k in range(steps)]
+    _sync(device)
+    ms = 1e3 * (time.perf_counter() - t0) / steps
+    losses += [float(v) for v in timed]
+    note = f"first step {first[0]:.0f} s (compiles, autotuning)" if first and first[0] > 5 and first[0] > 3 * ms / 1e3 else ""
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
     del model, optimizer
-    return {"family": family, "path": chosen, "kernels": kernels, "batch": batch, "timed_steps": len(timed),
-            "ms_per_step": 1e3 * statistics.median(timed), "first_step_ms": 1e3 * times[0],
+    return {"family": family, "path": chosen, "head": "fused" if fused_head else "naive", "kernels": kernels,
+            "batch": batch, "timed_steps": steps, "ms_per_step": ms, "first_step_ms": 1e3 * first[0] if first else None,
             "losses": losses, "peak_gib": peak, "note": note}
 
 
@@ -167,7 +179,7 @@ def family_config(family: str, spec, args):
 
 
 def measure(family: str, path: str | None, spec, config, windows, args, *, batch: int | None = None,
-            steps: int | None = None, warmup: int | None = None) -> dict:
+            steps: int | None = None, warmup: int | None = None, fused_head: bool = True) -> dict:
     """One row: :func:`_run`, retried at half the batch after running out of GPU memory; any
     other error becomes the row's note (with the traceback on stderr), so one broken path does
     not cost the other rows."""
@@ -179,7 +191,7 @@ def measure(family: str, path: str | None, spec, config, windows, args, *, batch
         try:
             row = _run(family, path, spec, config, windows, batch=batch,
                        warmup=args.warmup if warmup is None else warmup, steps=args.steps if steps is None else steps,
-                       slow_s=args.slow_s, device=device)
+                       slow_s=args.slow_s, device=device, fused_head=fused_head)
         except Exception as exc:  # noqa: BLE001 - reported in the table
             if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc):
                 oom = True
@@ -271,23 +283,24 @@ def table(rows: list[dict], info: dict) -> str:
         f"roofline {info['peak_tflops']:.3g} TFLOP/s ({info['peak_what']}), FLOPs/token = 6 N_mm + 12 L_attn T d "
         f"(reprflow.training.sizing.train_flops_per_token); median of the timed steps after warm-up",
         "",
-        "| family | path | batch | ms/step | tokens/s | TFLOP/s | % roofline | peak GiB | loss first -> last | note |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|---|",
+        "| family | path | head | batch | ms/step | tokens/s | TFLOP/s | % roofline | peak GiB | loss first -> last | note |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for r in rows:
         losses = r.get("losses") or []
         loss = f"{losses[0]:.3f} -> {losses[-1]:.3f}" if len(losses) >= 2 else ""
         if r.get("loss_decreased") is False:
             loss += " (NOT decreasing)"
-        lines.append(f"| {r['family']} | {r['path']} | {_fmt(r['batch'], 'd')} | {_fmt(r.get('ms_per_step'), ',.0f')} | "
+        lines.append(f"| {r['family']} | {r['path']} | {r.get('head', 'fused')} | {_fmt(r['batch'], 'd')} | {_fmt(r.get('ms_per_step'), ',.0f')} | "
                      f"{_fmt(r.get('tokens_per_s'), ',.0f')} | {_fmt(r.get('tflops'), '.3g')} | "
                      f"{_fmt(r.get('pct_roofline'), '.1f')} | {_fmt(r.get('peak_gib'), '.1f')} | {loss} | {r['note']} |")
     return "\n".join(lines)
 
 
 def recommendation(rows: list[dict], picked: str, spec) -> list[str]:
-    full = [r for r in rows if r["family"] == "mamba" and r.get("tokens_per_s") and r["batch"] == spec.batch_size]
-    any_ = [r for r in rows if r["family"] == "mamba" and r.get("tokens_per_s")]
+    mamba = [r for r in rows if r["family"] == "mamba" and r.get("head", "fused") == "fused" and r.get("tokens_per_s")]
+    full = [r for r in mamba if r["batch"] == spec.batch_size]
+    any_ = mamba
     best = max(full or any_, key=lambda r: r["tokens_per_s"]) if any_ else None
     out = []
     if best is None:
@@ -300,10 +313,15 @@ def recommendation(rows: list[dict], picked: str, spec) -> list[str]:
                    f"{'' if picked == best['path'] else ' (NOT the fastest measured)'}.")
     budget = []
     for fam in FAMILIES:
-        rate = next((r["tokens_per_s"] for r in rows if r["family"] == fam
-                     and r["path"] in (picked if fam == "mamba" else "transformers") and r.get("tokens_per_s")), None)
+        path = {"mamba": picked, "gpt_neo": "reprflow-sdpa"}.get(fam, "transformers")
+        rate = next((r["tokens_per_s"] for r in rows if r["family"] == fam and r["path"] == path
+                     and r.get("head", "fused") == "fused" and r.get("tokens_per_s")), None)
+        naive = next((r["tokens_per_s"] for r in rows if r["family"] == fam and r.get("head") == "naive"
+                      and r.get("tokens_per_s")), None)
         if rate:
             budget.append((fam, spec.tokens / rate / 60))
+        if rate and naive:
+            out.append(f"{fam}: train_model's step ({path}, fused head) is {rate / naive:.2f}x the naive step.")
     if budget:
         out.append(f"At these rates {spec.tokens:,} tokens per model (train_model's paths, validation "
                    f"and checkpoints not counted) take: " + ", ".join(f"{f} {m:.1f} min" for f, m in budget)
@@ -328,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget-s", type=float, default=90.0,
                    help="skip transformers' torch fallback if the other rows took longer than this")
     p.add_argument("--no-hf-torch", action="store_true", help="skip transformers' torch fallback (its subprocess)")
+    p.add_argument("--no-naive", action="store_true", help="skip the naive rows (full logits, transformers' attention)")
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="roofline; default 782 (H200 bf16, measured) on CUDA, the float32 matmul rate on the CPU")
     p.add_argument("--out", type=Path, default=None, help="also write train_gpu.md and train_gpu.json here")
@@ -369,19 +388,25 @@ def main(argv: list[str] | None = None) -> int:
         fpt = train_flops_per_token(config, spec.context)
         n_params = count_params(config)[0]
         print(f"== {family}: {n_params / 1e6:.1f}M params, {fpt / 1e6:.0f} MFLOP/token", flush=True)
+        # (path, fused head, why not available): first the naive step a user would write
+        # (transformers' forward and attention, full logits, F.cross_entropy), then train_model's
         if family == "mamba":  # hf-torch runs in its own process, below
             available = mamba1_path_availability(device)
-            todo = [(p, available[p]) for p in MAMBA1_PATHS if p != "hf-torch"]
+            todo = [(picked, False, available[picked])] + [(p, True, available[p]) for p in MAMBA1_PATHS if p != "hf-torch"]
+        elif family == "gpt_neo":
+            todo = [("hf-eager", False, ""), ("reprflow-sdpa", True, "")]
         else:
-            todo = [(None, "")]
-        for path, skip in todo:
+            todo = [(None, False, ""), (None, True, "")]
+        if args.no_naive:
+            todo = [t for t in todo if t[1]]
+        for path, fused, skip in todo:
             if skip:
-                row = {"family": family, "path": path, "kernels": "", "batch": None, "ms_per_step": None,
-                       "losses": [], "peak_gib": None, "note": f"not available: {skip}"}
+                row = {"family": family, "path": path, "head": "fused" if fused else "naive", "kernels": "",
+                       "batch": None, "ms_per_step": None, "losses": [], "peak_gib": None, "note": f"not available: {skip}"}
             else:
-                row = measure(family, path, spec, config, windows, args)
+                row = measure(family, path, spec, config, windows, args, fused_head=fused)
             rows.append(finish_row(row, spec, fpt, peak))
-            print(f"  {row['path']:24s} batch {_fmt(row['batch'], 'd'):>3s}  {_fmt(row.get('ms_per_step'), '8.0f')} ms/step"
+            print(f"  {row['path']:24s} {row.get('head', 'fused'):5s} batch {_fmt(row['batch'], 'd'):>3s}  {_fmt(row.get('ms_per_step'), '8.0f')} ms/step"
                   f"  {_fmt(row.get('tokens_per_s'), '9.0f')} tok/s  {_fmt(row.get('pct_roofline'), '5.1f')}% roofline"
                   f"  {row['note']}  [{row['kernels']}]", flush=True)
         if family == "mamba" and not args.no_hf_torch and time.perf_counter() - t_start > args.budget_s:

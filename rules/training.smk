@@ -37,6 +37,9 @@ rule train_model:
         recipe=_train_recipe,
         checkpoint=lambda w: TRAIN_CHECKPOINT.format(model=w.model),
     threads: lambda w: CFG.model(w.model).train.get("threads") or 2
+    resources:
+        # a GPU job like extraction (execution.extraction.gpus), unless the recipe trains on the CPU
+        gpu=lambda w: 0 if CFG.model(w.model).train.get("device") == "cpu" else CFG.execution("extraction")["gpus"],
     conda:
         "../envs/cpu.yaml"
     script:

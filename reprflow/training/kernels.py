@@ -23,7 +23,13 @@ so its backward costs ``O(context^2)``). Mamba-1 has four paths (:data:`MAMBA1_P
     packages do not import (benchmarks/train_gpu.py runs it in a process that hides them);
     never chosen.
 
-Mamba2 and the Transformers are left to transformers (Mamba2: ``mamba_ssm``'s Triton
+GPT-Neo: transformers has only eager attention for it (float32 scores materialised per
+layer) or flash-attn's package; ``prepare_training`` installs the project's SDPA attention
+(:func:`~reprflow.kernels.gpt_neo_attention.install_sdpa_attention`: flash for global layers,
+the band mask for local ones, no ``1/sqrt(d)`` scale, the same function as eager), which has
+a backward on every device (:data:`GPT_NEO_PATHS`; ``hf-eager`` only for benchmarks).
+
+Mamba2 and GPT-NeoX are left to transformers (Mamba2: ``mamba_ssm``'s Triton
 ``mamba_split_conv1d_scan_combined``, which has a backward, only when both ``mamba_ssm`` and
 ``causal_conv1d`` import; else transformers' torch path, 3.6x slower on the H200);
 :func:`describe_kernels` names what transformers resolved, for the log and the summary.
@@ -41,10 +47,11 @@ from reprflow.kernels.optional import compiled_causal_conv1d, compiled_selective
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MAMBA1_PATHS", "describe_kernels", "hf_resolved_module", "mamba1_path_availability", "mamba1_train_path",
+__all__ = ["GPT_NEO_PATHS", "MAMBA1_PATHS", "describe_kernels", "hf_resolved_module", "mamba1_path_availability", "mamba1_train_path",
            "prepare_training"]
 
 MAMBA1_PATHS = ("hf-mamba_ssm", "reprflow-mamba_ssm-scan", "reprflow-autograd", "hf-torch")
+GPT_NEO_PATHS = ("reprflow-sdpa", "hf-eager")
 
 
 def hf_resolved_module(fn) -> str:
@@ -101,14 +108,24 @@ def prepare_training(model: nn.Module, family: str, device: torch.device, *, pat
         ``gpt_neo``, ``gpt_neox``, ``mamba`` or ``mamba2``.
     device : torch.device
     path : str, optional
-        Mamba-1 only: force one of :data:`MAMBA1_PATHS` (benchmarks); default
-        :func:`mamba1_train_path`.
+        Force a path (benchmarks): Mamba-1 one of :data:`MAMBA1_PATHS` (default
+        :func:`mamba1_train_path`), GPT-Neo one of :data:`GPT_NEO_PATHS` (default
+        ``reprflow-sdpa``).
 
     Returns
     -------
     str
-        The Mamba-1 path, or ``"transformers"`` for the other families.
+        The Mamba-1 or GPT-Neo path, or ``"transformers"`` for the other families.
     """
+    if family == "gpt_neo":
+        path = path or GPT_NEO_PATHS[0]
+        if path not in GPT_NEO_PATHS:
+            raise ValueError(f"GPT-Neo training path {path!r}: use one of {list(GPT_NEO_PATHS)}")
+        if path == "reprflow-sdpa":
+            from reprflow.kernels.gpt_neo_attention import install_sdpa_attention
+
+            install_sdpa_attention(model)
+        return path
     if family != "mamba":
         return "transformers"
     path = path or mamba1_train_path(device)
@@ -147,5 +164,7 @@ def describe_kernels(model: nn.Module, family: str, path: str) -> str:
 
         impl = hf_resolved_module(modeling_mamba2.mamba2_split_conv1d_scan_combined)
         return f"Mamba2: transformers' forward, split_conv1d_scan_combined from {impl}"
+    if family == "gpt_neo" and path == "reprflow-sdpa":
+        return "gpt_neo: transformers' forward, attention reprflow sdpa (flash global, band-masked local, scale 1)"
     attn = getattr(getattr(model, "config", None), "_attn_implementation", None) or "eager"
     return f"{family}: transformers' forward, attention {attn}"

@@ -8,8 +8,9 @@ Conventions
   data position is the step counter, and every family with the same corpus, tokenizer,
   ``context``, ``batch_size`` and ``data_seed`` sees the same token stream in the same order.
 - Loss: mean next-token cross-entropy in nats over the ``context`` predictions of each window,
-  over the full vocabulary. Validation loss in float32; the CPU training step computes the
-  output projection and softmax in bfloat16 (:func:`_loss`).
+  over the full vocabulary, computed chunk by chunk without a full logits tensor
+  (:mod:`reprflow.training.head_loss`). Validation loss on the CPU in float32; the CPU training
+  step computes the output projection in bfloat16, its softmax in float32 (:func:`_loss`).
 - Learning rate: linear warmup over ``warmup_steps``, then cosine decay to
   ``lr * min_lr_ratio`` at the last step. AdamW; weight decay on matrices only (not on
   biases, norms or the SSM's ``A_log``/``D``/``dt_bias``).
@@ -55,15 +56,17 @@ from tqdm import tqdm
 
 import reprflow
 from reprflow.atomic import atomic_write, atomic_write_bytes, atomic_write_dir
-from reprflow.devices import torch_threads
+from reprflow.devices import resolve_device, torch_threads
 from reprflow.errors import ConfigError
 from reprflow.models.init_schemes import build_from_config
 from reprflow.prompts.tokenizers import load_tokenizer, tokenizer_file
 from reprflow.training.baseline import unigram_cross_entropy
 from reprflow.training.corpus import load_documents, split_documents, tokenize_documents
+from reprflow.training.head_loss import linear_cross_entropy
 from reprflow.training.kernels import describe_kernels, prepare_training
 from reprflow.training.recipe import TrainSpec
 from reprflow.training.sizing import count_params, family_config, match_families, padded_vocab, train_flops_per_token
+from reprflow.transfer import to_device
 
 logger = logging.getLogger(__name__)
 
@@ -223,34 +226,41 @@ def _optimizer(model: torch.nn.Module, spec: TrainSpec) -> torch.optim.Optimizer
     return torch.optim.AdamW(groups, lr=spec.lr, betas=spec.betas, fused=True)
 
 
-def _loss(model, x: torch.Tensor, device: torch.device, *, bf16_head: bool = False) -> torch.Tensor:
+def _loss(model, x: torch.Tensor, device: torch.device, *, bf16_head: bool = False, fused_head: bool = True) -> torch.Tensor:
     """Mean next-token cross-entropy (nats) of windows ``x`` of shape (batch, context + 1).
 
-    CUDA: the forward under bf16 autocast, the softmax in float32. CPU: float32, except with
-    ``bf16_head`` (the CPU training step): the output projection and its softmax in bfloat16,
-    the body in float32. With a ~50K vocabulary the projection is >90% of a micro model's
-    FLOPs, and bf16 halves its time and memory traffic (docs/training.md). Validation loss
-    is always float32 on the CPU.
+    The body runs under bf16 autocast on CUDA, in float32 on the CPU. The output projection
+    and loss go through :func:`~reprflow.training.head_loss.linear_cross_entropy` (chunked; no
+    full logits tensor), its matmuls in bfloat16 on CUDA and, with ``bf16_head`` (the CPU
+    training step), on the CPU; softmax and loss in float32. With a ~50K vocabulary the
+    projection is most of a small model's FLOPs, and bf16 halves its time and memory traffic
+    (docs/training.md). Validation loss on the CPU is float32 throughout.
+    ``fused_head=False`` is the naive form, ``F.cross_entropy(model(x).logits.float(), y)``
+    (benchmarks/train_gpu.py compares the two).
     """
-    if bf16_head and device.type == "cpu":
+    cuda = device.type == "cuda"
+    targets = x[:, 1:].reshape(-1)
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cuda):
+        if not fused_head:
+            logits = model(input_ids=x[:, :-1], use_cache=False).logits
+            return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets)
         hidden = model.base_model(input_ids=x[:, :-1], use_cache=False).last_hidden_state
-        with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
-            logits = model.get_output_embeddings()(hidden)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
-    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        logits = model(input_ids=x[:, :-1], use_cache=False).logits
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
+    head = model.get_output_embeddings()
+    if getattr(head, "bias", None) is not None:
+        raise ValueError(f"{type(model).__name__}: the output projection has a bias; linear_cross_entropy takes none")
+    dtype = torch.bfloat16 if cuda or bf16_head else torch.float32
+    return linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), head.weight, targets, compute_dtype=dtype)
 
 
 def train_step(model, optimizer: torch.optim.Optimizer, x: torch.Tensor, device: torch.device, *, lr: float,
-               grad_clip: float | None) -> torch.Tensor:
+               grad_clip: float | None, fused_head: bool = True) -> torch.Tensor:
     """One training step on windows ``x`` (batch, context + 1), token ids on ``device``:
     set the learning rate (``lr`` times each group's ``lr_scale``), loss (:func:`_loss`, bf16 head on the CPU), backward, gradient
     clipping (if ``grad_clip``), AdamW step. Returns the loss, detached, not synchronised
     (``float()`` it to wait for the step)."""
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
-    loss = _loss(model, x, device, bf16_head=True)
+    loss = _loss(model, x, device, bf16_head=True, fused_head=fused_head)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if grad_clip:
@@ -270,15 +280,6 @@ def _val_loss(model, val_windows: np.ndarray, device: torch.device, batch_size: 
         count += n
     model.train()
     return total / count
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device 'cuda': no CUDA device is visible; use device: auto or cpu")
-    return torch.device(name)
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
@@ -346,7 +347,7 @@ def train_model(
     dict
         The summary.
     """
-    device = resolve_device(spec.device)
+    device = resolve_device(spec.device, key="train.device")  # auto: a free GPU of several, else the CPU
     # the CPU thread count is process-wide: restored afterwards (an in-process caller keeps its own)
     with torch_threads(spec.threads if device.type == "cpu" else None, key="train.threads"):
         config = build_config(family, spec, vocab_size=streams.vocab_size, positions=positions)
@@ -385,16 +386,23 @@ def train_model(
         window_step0 = step
         bar = tqdm(total=n_steps, initial=step, unit="step", desc=f"train {family}", file=sys.stderr,
                    disable=not progress, mininterval=2.0, dynamic_ncols=False)
+        pending = None  # the last step's loss, read (a device sync) only after the next step is queued
         while step < n_steps:
             lr = _lr_at(step, spec, n_steps)
-            x = torch.as_tensor(_batch(train_windows, step, spec.batch_size, spec.data_seed), dtype=torch.long, device=device)
+            x = to_device(torch.from_numpy(_batch(train_windows, step, spec.batch_size, spec.data_seed)).long(), device)
             loss = train_step(model, optimizer, x, device, lr=lr, grad_clip=spec.grad_clip)
             step += 1
-            window_losses.append(float(loss))
+            if pending is not None:  # waits for the step before this one, which keeps the GPU fed
+                window_losses.append(float(pending))
+            pending = loss
+            if step % spec.eval_every == 0 or step == n_steps or step % spec.checkpoint_every == 0:
+                window_losses.append(float(pending))
+                pending = None
             now = time.perf_counter()
             rate = (step - window_step0) * tokens_per_step / max(now - window_start, 1e-9)
             bar.update(1)
-            bar.set_postfix(loss=f"{window_losses[-1]:.3f}", tok_s=f"{rate:.0f}", refresh=False)
+            if window_losses:
+                bar.set_postfix(loss=f"{window_losses[-1]:.3f}", tok_s=f"{rate:.0f}", refresh=False)
             if step % spec.eval_every == 0 or step == n_steps:
                 elapsed += now - window_start
                 rows.append(dict(step=step, tokens=step * tokens_per_step, train_loss=float(np.mean(window_losses)),

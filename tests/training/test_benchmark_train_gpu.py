@@ -14,12 +14,21 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_quick_cpu_run_prints_the_table(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     cmd = [sys.executable, str(ROOT / "benchmarks" / "train_gpu.py"), "--quick", "--device", "cpu",
-           "--families", "mamba", "--warmup", "1", "--steps", "2", "--out", str(tmp_path)]
+           "--families", "gpt_neo", "mamba", "--warmup", "1", "--steps", "2", "--out", str(tmp_path)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     table = (tmp_path / "train_gpu.md").read_text()
     assert proc.stdout.rstrip().endswith(table.rstrip().splitlines()[-1])  # the table is printed last
-    rows = {r["path"]: r for r in json.loads((tmp_path / "train_gpu.json").read_text())["rows"]}
+    every = json.loads((tmp_path / "train_gpu.json").read_text())["rows"]
+    neo = {r["path"]: r for r in every if r["family"] == "gpt_neo"}
+    assert {p: r["head"] for p, r in neo.items()} == {"hf-eager": "naive", "reprflow-sdpa": "fused"}
+    assert all(r["tokens_per_s"] > 0 for r in neo.values())
+    # the naive step and train_model's see the same weights and batch: same first loss
+    assert abs(neo["hf-eager"]["losses"][0] - neo["reprflow-sdpa"]["losses"][0]) < 0.05
+    assert "gpt_neo: train_model's step (reprflow-sdpa, fused head) is" in table
+    rows = {r["path"]: r for r in every if r["family"] == "mamba" and r["head"] == "fused"}
+    naive = [r for r in every if r["family"] == "mamba" and r["head"] == "naive"]
+    assert [r["path"] for r in naive] == ["reprflow-autograd"] and naive[0]["tokens_per_s"] > 0
     assert set(rows) == {"hf-mamba_ssm", "reprflow-mamba_ssm-scan", "reprflow-autograd", "hf-torch"}
     assert rows["hf-mamba_ssm"]["note"].startswith("not available")  # no CUDA here
     auto = rows["reprflow-autograd"]
@@ -28,4 +37,4 @@ def test_quick_cpu_run_prints_the_table(tmp_path):
     assert rows["hf-torch"]["tokens_per_s"] > 0 and "torch fallback" in rows["hf-torch"]["kernels"]
     # same seed, same first batch: the first losses of the two paths agree (bf16 head)
     assert abs(rows["hf-torch"]["losses"][0] - auto["losses"][0]) < 0.1
-    assert "train_model picks reprflow-autograd" in table and "| mamba | reprflow-autograd | 4 |" in table
+    assert "train_model picks reprflow-autograd" in table and "| mamba | reprflow-autograd | fused | 4 |" in table

@@ -7,6 +7,7 @@ the ones the workflow runs.
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import math
@@ -27,7 +28,7 @@ from reprflow.training.corpus import load_documents, split_documents
 from reprflow.models.init_schemes import build_from_config
 from reprflow.training.loop import Streams, _loss, _windows, build_config, train_model
 from reprflow.training.recipe import TrainSpec
-from reprflow.training.kernels import mamba1_train_path, prepare_training
+from reprflow.training.kernels import describe_kernels, mamba1_train_path, prepare_training
 from reprflow.training.sizing import MATCHED_FAMILIES, count_params, match_families, padded_vocab, train_flops_per_token
 
 
@@ -77,6 +78,38 @@ def test_mamba1_trains_through_the_linear_backward_scan_on_the_cpu():
     assert prepare_training(model, "gpt_neox", cpu) == "transformers"
     with pytest.raises(ValueError, match="Mamba-1 training path"):
         prepare_training(model, "mamba", cpu, path="triton")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU")])])
+def test_gpt_neo_trains_through_sdpa_with_eagers_loss_and_gradients(device):
+    """GPT-Neo's training path swaps transformers' eager attention for the project's SDPA one
+    (local and global layers, no 1/sqrt(d) scale): same loss and gradients as eager, and the
+    naive head (full logits) equals the chunked one (float32 on the CPU; bf16 autocast on CUDA,
+    where the tolerance is bf16's)."""
+    cpu = torch.device(device)
+    spec = TrainSpec(width=64, depth=2, context=40)
+    config = build_config("gpt_neo", spec, vocab_size=512)
+    assert config.window_size < 40 and set(config.attention_layers) == {"global", "local"}
+    eager = build_from_config(config, seed=0, dtype=torch.float32, device=cpu)
+    fast = copy.deepcopy(eager)
+    assert prepare_training(eager, "gpt_neo", cpu, path="hf-eager") == "hf-eager"
+    assert prepare_training(fast, "gpt_neo", cpu) == "reprflow-sdpa"
+    assert "sdpa" in describe_kernels(fast, "gpt_neo", "reprflow-sdpa")
+    x = torch.randint(0, 512, (3, 41), generator=torch.Generator().manual_seed(0)).to(cpu)
+    ref = _loss(eager, x, cpu, fused_head=False)
+    ref.backward()
+    loss = _loss(fast, x, cpu)
+    loss.backward()
+    bf16 = cpu.type == "cuda"
+    assert float(loss) == pytest.approx(float(ref), rel=2e-2 if bf16 else 1e-5)
+    for (name, p_ref), (_, p) in zip(eager.named_parameters(), fast.named_parameters()):
+        if bf16:  # relative error of the whole gradient, bf16 matmuls on both sides
+            assert float((p.grad - p_ref.grad).norm() / p_ref.grad.norm().clamp_min(1e-12)) < 5e-2, name
+        else:
+            torch.testing.assert_close(p.grad, p_ref.grad, rtol=1e-4, atol=1e-6, msg=name)
+    with pytest.raises(ValueError, match="GPT-Neo training path"):
+        prepare_training(fast, "gpt_neo", cpu, path="flash")
 
 
 def test_unigram_baseline_matches_direct_count():
