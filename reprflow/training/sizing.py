@@ -46,6 +46,23 @@ def _head_dim(width: int) -> int:
     return 64 if width >= 256 else 16
 
 
+def _mamba2_head_dim(inner: int, width: int) -> int:
+    """Mamba2's head size: the largest of 64, 48, 32, 16 (at most :func:`_head_dim`) that divides
+    ``inner`` into a multiple of 8 heads, else :func:`_head_dim`.
+
+    Why a multiple of 8: ``in_proj`` emits ``2 * inner + 2 * d_state + heads`` channels per token,
+    and transformers' Mamba2 (eval mode, so every validation pass and every extraction through
+    its forward) hands a slice of that tensor, channel-last, to ``causal_conv1d``'s compiled
+    kernel, which requires its strides to be multiples of 8 (12 heads at width 384 failed on an
+    H200: "causal_conv1d with channel last layout requires strides ... to be multiples of 8").
+    """
+    cap = _head_dim(width)
+    for head_dim in (64, 48, 32, 16):
+        if head_dim <= cap and inner % head_dim == 0 and (inner // head_dim) % 8 == 0:
+            return head_dim
+    return cap
+
+
 def family_config(
     family: str,
     *,
@@ -98,7 +115,7 @@ def family_config(
             pad_token_id=0, **common,
         )
     if family == "mamba2":
-        head_dim = _head_dim(width)
+        head_dim = _mamba2_head_dim(int(inner), width)
         if int(inner) % head_dim:
             raise ConfigError(f"mamba2: inner width {int(inner)} is not a multiple of head_dim {head_dim}")
         return Mamba2Config(

@@ -336,3 +336,25 @@ def test_token_cache_is_tied_to_the_tokenizer_that_made_it(tmp_path, monkeypatch
     monkeypatch.setattr(loop, "load_documents", missing)
     with pytest.raises(ConfigError, match="another tokenizer.*not installed"):
         loop.load_streams(spec, "nq-bpe-2048", cache_dir=tmp_path)
+
+
+@pytest.mark.parametrize("width", [64, 128, 256, 384, 512, 768, 1024])
+def test_mamba2_in_proj_is_a_multiple_of_8(width):
+    """transformers' Mamba2 in eval mode gives causal_conv1d's compiled kernel a channel-last slice
+    of in_proj's output, whose strides must be multiples of 8 (sizing._mamba2_head_dim)."""
+    c = build_config("mamba2", TrainSpec(width=width, depth=2, context=256), vocab_size=512)
+    assert c.num_heads * c.head_dim == c.expand * width
+    assert (2 * c.expand * width + 2 * c.n_groups * c.state_size + c.num_heads) % 8 == 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("family", MATCHED_FAMILIES)
+def test_matched_width_trains_and_validates_on_cuda(tmp_path, streams, family):
+    """The matched suite's width (384) for a few steps on CUDA, validation passes included (eval
+    mode: transformers' inference path with whatever compiled kernels are installed)."""
+    spec = _spec(width=384, depth=2, context=64, batch_size=8, tokens=64 * 8 * 6, eval_every=3, checkpoint_every=3,
+                 device="cuda")
+    summary = _run(tmp_path, family, spec, streams)
+    assert summary["device"].startswith("cuda") and summary["steps"] == 6
+    assert summary["final_val_loss"] < summary["initial_val_loss"]
