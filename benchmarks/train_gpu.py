@@ -6,8 +6,12 @@ One command, one table. For each family (GPT-Neo, GPT-NeoX, Mamba, Mamba2 built 
 8 Transformer layers / 15 SSM blocks, ~33.5M parameters, context 1024, batch 64) it runs
 the training loop's own step, :func:`reprflow.training.loop.train_step` (bf16 autocast on
 CUDA, full-vocabulary cross-entropy, backward, clipping, fused AdamW from ``_optimizer``), on
-the loop's batches (``_windows`` / ``_batch``), ``--warmup`` untimed steps then ``--steps``
-timed ones, each synchronised. Model preparation is ``train_model``'s,
+the loop's batches (``_windows`` / ``_batch``), ``--warmup`` untimed steps (each synchronised)
+then ``--steps`` timed ones back to back, as the loop runs them (ms/step = their mean). Each
+family first runs the naive step a user would write (transformers' forward and attention, full
+logits, ``F.cross_entropy``; ``--no-naive`` skips it), then ``train_model``'s (GPT-Neo through the
+project's SDPA attention, the chunked head of :mod:`reprflow.training.head_loss`). Model
+preparation is ``train_model``'s,
 :func:`reprflow.training.kernels.prepare_training`; for Mamba-1 every path of
 :data:`~reprflow.training.kernels.MAMBA1_PATHS` that this machine has:
 
@@ -281,7 +285,9 @@ def table(rows: list[dict], info: dict) -> str:
     lines = [
         f"Training step throughput, {info['device']}, {info['date']}; recipe {info['recipe']}; data: {info['data']}; "
         f"roofline {info['peak_tflops']:.3g} TFLOP/s ({info['peak_what']}), FLOPs/token = 6 N_mm + 12 L_attn T d "
-        f"(reprflow.training.sizing.train_flops_per_token); median of the timed steps after warm-up",
+        f"(reprflow.training.sizing.train_flops_per_token); ms/step: mean of the timed steps, run back to back "
+        f"after the warm-up as the training loop runs them; head: naive = full logits + F.cross_entropy, "
+        f"fused = reprflow.training.head_loss (chunked)",
         "",
         "| family | path | head | batch | ms/step | tokens/s | TFLOP/s | % roofline | peak GiB | loss first -> last | note |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---|---|",

@@ -7,6 +7,7 @@ Modules (one job each):
   the four paper families to one parameter count.
 - :mod:`~reprflow.training.recipe`: the validated ``train:`` block of a model entry.
 - :mod:`~reprflow.training.baseline`: the unigram cross-entropy baseline (float64).
+- :mod:`~reprflow.training.head_loss`: the output projection + cross-entropy, chunked (no full logits).
 - :mod:`~reprflow.training.kernels`: which kernels a training step runs (the Mamba-1 path per device).
 - :mod:`~reprflow.training.loop`: the training step and loop with atomic checkpoints, metrics
   and ``save_pretrained``.
