@@ -5,7 +5,7 @@ import pandas as pd
 import yaml
 
 from reprflow.config import PROJECT_ROOT, validate_config
-from reprflow.pipeline.report import format_value, markdown_table, model_notes
+from reprflow.pipeline.report import beyond_noise, controlled_verdict, format_value, markdown_table, model_notes, paper_agreement
 
 
 def test_values_keep_three_significant_figures_without_noise():
@@ -74,3 +74,40 @@ def test_html_pages_and_markdown_report_from_metric_files(tmp_path):
     assert "### Trained against random" in text and "inter_token_last" in text
     assert "probe_differs" in text and "**Trained differs from untrained beyond noise in " in text
     assert "## Verdicts on the paper's findings" in text and "**F3.2.1 / pretrained / hf: supports**" in text
+
+
+def _controlled(**random_last):
+    """A controlled_table-shaped frame: four families, trained and random arms."""
+    rows = []
+    means = {"gpt_neo": (0.5, 0.4), "gpt_neox": (0.45, 0.35), "mamba": (0.2, 0.01), "mamba2": (0.25, 0.05)}
+    for family, (trained, random) in means.items():
+        for arm, value in (("pretrained", trained), ("random", random)):
+            last = random_last.get(family, value) if arm == "random" else value
+            rows.append({"model": f"m-{family}", "family": family, "arm": arm, "inter_token_last": last,
+                         "inter_token_last_se": 0.01, "inter_token_mean": value, "peak_acc": 0.5, "peak_acc_std": 0.0,
+                         "differs": "" if arm == "pretrained" else "yes", "probe_differs": "" if arm == "pretrained" else "n/a"})
+    return pd.DataFrame(rows)
+
+
+def test_paper_agreement_gives_each_statement_a_verdict_with_its_numbers():
+    text = "\n".join(paper_agreement(_controlled()))
+    assert "lowest Transformer 0.34 > highest SSM 0.09" in text  # the paper checkpoints' random arm
+    assert "**agrees** (lowest Transformer 0.35 > highest SSM 0.05)" in text
+    assert "Training raises m-mamba's smoothing (SSM, vs random): **agrees**" in text
+    assert "= 0.19 (3 SE 0.042)" in text
+    # an SSM whose trained arm is no smoother than its random one disagrees; an SSM above a Transformer too
+    flipped = "\n".join(paper_agreement(_controlled(mamba2=0.3).assign(
+        inter_token_mean=lambda f: np.where((f.family == "mamba2") & (f.arm == "random"), 0.5, f.inter_token_mean))))
+    assert "Training raises m-mamba2's smoothing (SSM, vs random): **disagrees**" in flipped
+    assert "**disagrees** (lowest Transformer 0.35 <= highest SSM 0.5)" in flipped
+
+
+def test_controlled_verdict_counts_only_differences_beyond_noise():
+    frame = _controlled()
+    assert controlled_verdict(frame).startswith("**Trained differs from untrained beyond noise in 4 of 4")
+    assert "peak probe accuracy" not in controlled_verdict(frame)  # n/a: one probe seed, no noise estimate
+
+
+def test_beyond_noise_needs_a_noise_estimate():
+    assert beyond_noise(0.1, 0.01, 0.02) == "yes" and beyond_noise(0.05, 0.01, 0.02) == "no"
+    assert beyond_noise(0.1, 0.0, 0.0) == "n/a" and beyond_noise(float("nan"), 0.1, 0.1) == ""
