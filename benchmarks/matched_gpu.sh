@@ -48,9 +48,11 @@ driver() {
   while [ ! -f "$RUN/build.rc" ]; do sleep 2; done
   stamp "build rc=$(cat "$RUN/build.rc")"
   python3 -m snakemake all_trained "${OPTS[@]}" --resources gpu=1 > "$RUN/smk_ssm.log" 2>&1
-  stamp "SSMs: snakemake rc=$?"
-  python3 -m snakemake all "${OPTS[@]}" --resources gpu=4 > "$RUN/smk_pipeline.log" 2>&1
   local rc=$?
+  stamp "SSMs: snakemake rc=$rc"
+  if [ $rc -ne 0 ]; then echo "$rc" > "$RUN/done"; return; fi  # no pipeline without all four models
+  python3 -m snakemake all "${OPTS[@]}" --resources gpu=4 > "$RUN/smk_pipeline.log" 2>&1
+  rc=$?
   stamp "pipeline: snakemake rc=$rc"
   echo "$rc" > "$RUN/done"
 }
@@ -84,6 +86,10 @@ case "${1:-}" in
     cat "$RUN/driver.log" 2>/dev/null
     for f in "$RUN"/smk_*.log; do echo "== $f"; grep -E "Finished job|Error|error|steps? \(|of [0-9]+ steps" "$f" | tail -5; done
     grep -h "tok_s" runs/matched/logs/training/*.log 2>/dev/null | tail -c 600
+    # a failed job: its own log's tail now (the machine may be gone before another call can ask)
+    for log in $(grep -ho "log: [^ ]*\.log" "$RUN"/smk_*.log 2>/dev/null | cut -d' ' -f2 | sort -u); do
+      if grep -q "Error\|Traceback" "$log" 2>/dev/null; then echo "== failed: $log"; tail -25 "$log"; fi
+    done
     collect
     ;;
   *) echo "usage: $0 start | wait [seconds]"; exit 2 ;;
