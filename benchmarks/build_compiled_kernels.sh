@@ -10,7 +10,8 @@
 # (sm_75 ... sm_121); on a 16-core H200 machine the two builds did not finish in 430 s. Keeping
 # only the -gencode pair of ARCH, both build in parallel in about 7 minutes (MAX_JOBS=8 each;
 # measured 2026-12-03 on an H200 machine's 16 cores, GPU tests running beside: mamba_ssm 196 s,
-# causal_conv1d 414 s).
+# causal_conv1d 414 s; both together at nice 19 in 373 s). causal-conv1d's forward and backward
+# units are then split for a parallel build (below; not yet timed on a GPU machine).
 # Needs the two sdists in .gpu/ (carried) and nvcc, ninja and torch on the machine.
 set -euo pipefail
 ARCH=${1:-90}
@@ -42,6 +43,38 @@ open(path, "w").write(out)
 print(f"{path}: kept sm_{arch} only")
 EOF
 done
+# causal-conv1d's build time is its two big translation units (forward, backward: 18 explicit
+# template instantiations each, every one a family of kernels). Split each into parts of
+# $SPLIT instantiations (the same template code, disjoint instantiations, so no symbol is defined
+# twice) so that MAX_JOBS compiles them side by side; SPLIT=0 keeps the package's files. If the
+# split build fails, the script builds the package's own files once more before giving up.
+SPLIT=${SPLIT:-3}
+split_units() {  # $1: the causal_conv1d source dir
+  python3 - "$1" "$SPLIT" <<'SPLITEOF'
+import sys
+from pathlib import Path
+root, per = Path(sys.argv[1]), int(sys.argv[2])
+setup = (root / "setup.py").read_text()
+for name in ("causal_conv1d_fwd", "causal_conv1d_bwd"):
+    src = (root / "csrc" / f"{name}.cu").read_text().splitlines(keepends=True)
+    inst = [i for i, line in enumerate(src) if line.startswith("template void ")]
+    if not inst or any(line.strip() for line in src[inst[0]:] if not line.startswith("template void ")):
+        sys.exit(f"{name}.cu: explicit instantiations are not the file's last lines; edit this script")
+    body, lines = "".join(src[:inst[0]]), [src[i] for i in inst]
+    parts = [lines[k:k + per] for k in range(0, len(lines), per)]
+    names = []
+    for k, part in enumerate(parts):
+        (root / "csrc" / f"{name}_part{k}.cu").write_text(body + "".join(part))
+        names.append(f'"csrc/{name}_part{k}.cu"')
+    old = f'"csrc/{name}.cu"'
+    if setup.count(old) != 1:
+        sys.exit(f"setup.py: expected {old} once; edit this script")
+    setup = setup.replace(old, ", ".join(names))
+    print(f"{name}.cu: {len(lines)} instantiations in {len(parts)} units")
+(root / "setup.py").write_text(setup)
+SPLITEOF
+}
+
 build() {  # $1: source dir; output in $BUILD/<name>.log
   local name; name=$(basename "$1")
   ( cd "$1" && MAX_JOBS=8 MAMBA_FORCE_BUILD=TRUE CAUSAL_CONV1D_FORCE_BUILD=TRUE \
@@ -49,9 +82,23 @@ build() {  # $1: source dir; output in $BUILD/<name>.log
     > "$BUILD/$name.log" 2>&1 && echo "built $name in $(( $(date +%s) - start )) s" \
     || { echo "FAILED $name: tail of $BUILD/$name.log"; tail -30 "$BUILD/$name.log"; return 1; }
 }
+conv_dir=$(dirname "$(ls "$BUILD"/causal_conv1d-*/setup.py)")
+if [ "$SPLIT" -gt 0 ]; then
+  cp -r "$conv_dir" "$BUILD/causal_conv1d.orig"
+  split_units "$conv_dir" || exit 1
+fi
 pids=()
-for setup in "$BUILD"/*/setup.py; do build "$(dirname "$setup")" & pids+=($!); done
+for setup in "$BUILD"/*/setup.py; do
+  case "$setup" in */causal_conv1d.orig/*) continue ;; esac
+  build "$(dirname "$setup")" & pids+=($!)
+done
 rc=0; for p in "${pids[@]}"; do wait "$p" || rc=1; done
+if [ $rc -ne 0 ] && [ "$SPLIT" -gt 0 ] && [ -z "$(ls "$BUILD"/wheels/causal_conv1d-*.whl 2>/dev/null)" ]; then
+  echo "the split causal_conv1d build failed: building the package's own files"
+  rm -rf "$conv_dir" && mv "$BUILD/causal_conv1d.orig" "$conv_dir"
+  rc=0; build "$conv_dir" || rc=1
+  [ -n "$(ls "$BUILD"/wheels/mamba_ssm-*.whl 2>/dev/null)" ] || rc=1
+fi
 [ $rc -eq 0 ] || exit 1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$BUILD"/wheels/*.whl
 ls -la "$BUILD/wheels"
