@@ -395,7 +395,8 @@ def train_model(
             if pending is not None:  # waits for the step before this one, which keeps the GPU fed
                 window_losses.append(float(pending))
             pending = loss
-            if step % spec.eval_every == 0 or step == n_steps or step % spec.checkpoint_every == 0:
+            evaluate = step % spec.eval_every == 0 or step == n_steps
+            if evaluate:  # the row's mean needs this step's loss too
                 window_losses.append(float(pending))
                 pending = None
             now = time.perf_counter()
@@ -403,7 +404,7 @@ def train_model(
             bar.update(1)
             if window_losses:
                 bar.set_postfix(loss=f"{window_losses[-1]:.3f}", tok_s=f"{rate:.0f}", refresh=False)
-            if step % spec.eval_every == 0 or step == n_steps:
+            if evaluate:
                 elapsed += now - window_start
                 rows.append(dict(step=step, tokens=step * tokens_per_step, train_loss=float(np.mean(window_losses)),
                                  val_loss=_val_loss(model, val_windows, device, spec.batch_size), lr=lr,
