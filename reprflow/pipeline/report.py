@@ -190,6 +190,12 @@ def beyond_noise(delta: float, spread_a: float, spread_b: float) -> str:
     return "yes" if abs(delta) > noise else "no"
 
 
+def _trained_arm(frame: pd.DataFrame, model: str):
+    """The ``pretrained`` (trained) row of ``model`` in a :func:`controlled_table` frame, or None."""
+    ref = frame[(frame.model == model) & (frame.arm == "pretrained")]
+    return None if ref.empty else next(ref.itertuples(index=False))
+
+
 def controlled_table(config: Config, root: str | Path = ".") -> pd.DataFrame:
     """Trained (``pretrained`` arm) against each other ``scope: all`` init, per trained model, at
     ``figures.length`` and ``figures.view``: inter-token cosine (F3.2.3; last state and mean over
@@ -230,12 +236,12 @@ def controlled_table(config: Config, root: str | Path = ".") -> pd.DataFrame:
                                   ("probe_differs", "peak_acc", "peak_acc_std")):
         verdicts = []
         for row in frame.itertuples(index=False):
-            ref = frame[(frame.model == row.model) & (frame.arm == "pretrained")]
-            if row.arm == "pretrained" or ref.empty:
+            ref = _trained_arm(frame, row.model)
+            if row.arm == "pretrained" or ref is None:
                 verdicts.append("")
                 continue
-            verdicts.append(beyond_noise(getattr(row, value) - ref[value].iloc[0],
-                                         getattr(row, spread), ref[spread].iloc[0]))
+            verdicts.append(beyond_noise(getattr(row, value) - getattr(ref, value), getattr(row, spread),
+                                         getattr(ref, spread)))
         frame[column] = verdicts
     return frame
 
@@ -248,7 +254,7 @@ def controlled_verdict(frame: pd.DataFrame) -> str:
         return "No untrained arm to compare with."
     hits = []
     for row in pairs.itertuples(index=False):
-        ref = frame[(frame.model == row.model) & (frame.arm == "pretrained")].iloc[0]
+        ref = _trained_arm(frame, row.model)
         found = []
         if row.differs == "yes":
             found.append(f"inter-token cosine {ref.inter_token_last:.3g} trained vs {row.inter_token_last:.3g} "
@@ -275,7 +281,7 @@ def paper_agreement(frame: pd.DataFrame) -> list[str]:
        the highest SSM's.
     2. *Training raises SSM smoothing*: for each SSM and untrained arm, agrees if the trained
        arm's last-state inter-token cosine exceeds the untrained one's by more than 3 combined
-       standard errors over prompts.
+       standard errors over prompts (the frame's ``differs`` verdict, and upwards).
     """
     if frame.empty:
         return []
@@ -303,16 +309,15 @@ def paper_agreement(frame: pd.DataFrame) -> list[str]:
                          f"**{'agrees' if agree else 'disagrees'}** (lowest Transformer {tbm.min():.3g} "
                          f"{'>' if agree else '<='} highest SSM {ssm.max():.3g}).")
         for row in sub[sub.family.map(kind) == "SSM"].itertuples(index=False):
-            ref = frame[(frame.model == row.model) & (frame.arm == "pretrained")]
-            if ref.empty:
+            ref = _trained_arm(frame, row.model)
+            if ref is None:
                 continue
-            ref = ref.iloc[0]
             gain = ref.inter_token_last - row.inter_token_last
             noise = 3 * np.hypot(ref.inter_token_last_se, row.inter_token_last_se)
-            if np.isnan(gain) or not noise > 0:
+            if row.differs not in ("yes", "no"):  # the table's own verdict (beyond_noise): none without noise
                 verdict = "not decided (no noise estimate)"
-            else:
-                verdict = f"**{'agrees' if gain > noise else 'disagrees'}**"
+            else:  # beyond noise and upwards
+                verdict = f"**{'agrees' if row.differs == 'yes' and gain > 0 else 'disagrees'}**"
             lines.append(f"- Training raises {row.model}'s smoothing (SSM, vs {arm}): {verdict}: last-state "
                          f"inter-token cosine trained {ref.inter_token_last:.3g} - untrained {row.inter_token_last:.3g} "
                          f"= {gain:.3g} (3 SE {noise:.2g}).")
