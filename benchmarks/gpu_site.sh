@@ -10,3 +10,9 @@ if [ ! -f "$SITE/.done" ]; then
   touch "$SITE/.done"
 fi
 export PYTHONPATH="$SITE:$PWD" PATH="$SITE/bin:$PATH"
+
+# sample_gpu FILE: in the background, every 5 s, "epoch-seconds util%, MiB used disk-bytes-used"
+# (GPU busy fraction, memory and the disk of the working tree) until killed; $! is its pid
+sample_gpu() {
+  ( while true; do echo "$(date +%s) $(nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader,nounits) $(df -B1 --output=used . | tail -1)"; sleep 5; done ) > "$1" &
+}

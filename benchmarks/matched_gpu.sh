@@ -39,7 +39,7 @@ start_build() {  # niced: the training jobs' launch threads come first
 driver() {
   local t0; t0=$(date +%s)
   stamp() { echo "$(( $(date +%s) - t0 )) s: $*" >> "$RUN/driver.log"; }
-  ( while true; do echo "$(date +%s) $(nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader,nounits) $(df -B1 --output=used . | tail -1)"; sleep 5; done ) > "$RUN/samples.txt" &
+  sample_gpu "$RUN/samples.txt"
   [ -f "$RUN/build.started" ] || start_build
   stamp "training the Transformers (the build goes on)"
   python3 -m snakemake "$MODELS/matched-gpt-neo" "$MODELS/matched-gpt-neox" all_prompts "${OPTS[@]}" --resources gpu=1 \

@@ -32,7 +32,7 @@ for s in "${steps[@]}"; do
       df -h . | tee -a "$OUT/env.txt"
       python3 -m snakemake results/table1.csv -n --quiet rules "${CFG[@]}" 2>&1 | tail -40 | tee "$OUT/dryrun.log"
       # sample the GPU's busy fraction and the disk every 5 s while Snakemake runs
-      ( while true; do echo "$(date +%s) $(nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader,nounits) $(df -B1 --output=used . | tail -1)"; sleep 5; done ) > "$OUT/samples.txt" &
+      sample_gpu "$OUT/samples.txt"
       sampler=$!
       # one measurement of each kernel choice serves every job (reprflow/kernels/select.py)
       export REPRFLOW_KERNEL_CACHE=${REPRFLOW_KERNEL_CACHE:-/tmp/reprflow-kernels.json}
