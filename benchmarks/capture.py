@@ -32,21 +32,42 @@ from reprflow.models import build_from_config
 # paper-size configs (the public configs' shapes), random init
 CONFIGS = {
     "gpt_neo": lambda: GPTNeoConfig(
-        vocab_size=50257, hidden_size=2560, num_layers=32, num_heads=20,
-        attention_types=[[["global", "local"], 16]], window_size=256, max_position_embeddings=2048,
+        vocab_size=50257,
+        hidden_size=2560,
+        num_layers=32,
+        num_heads=20,
+        attention_types=[[["global", "local"], 16]],
+        window_size=256,
+        max_position_embeddings=2048,
     ),
     "gpt_neox": lambda: GPTNeoXConfig(
-        vocab_size=50304, hidden_size=2560, num_hidden_layers=32, num_attention_heads=32,
-        intermediate_size=10240, rotary_pct=0.25, max_position_embeddings=2048,
+        vocab_size=50304,
+        hidden_size=2560,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        intermediate_size=10240,
+        rotary_pct=0.25,
+        max_position_embeddings=2048,
     ),
     "mamba": lambda: MambaConfig(vocab_size=50280, hidden_size=2560, num_hidden_layers=64),
     "mamba2": lambda: Mamba2Config(
-        vocab_size=50288, hidden_size=2560, num_hidden_layers=64, num_heads=80, head_dim=64, n_groups=1,
+        vocab_size=50288,
+        hidden_size=2560,
+        num_hidden_layers=64,
+        num_heads=80,
+        head_dim=64,
+        n_groups=1,
         state_size=128,
     ),
 }
-TINY = {"hidden_size": 256, "num_layers": 4, "num_hidden_layers": 4, "num_heads": 4, "num_attention_heads": 4,
-        "intermediate_size": 1024}
+TINY = {
+    "hidden_size": 256,
+    "num_layers": 4,
+    "num_hidden_layers": 4,
+    "num_heads": 4,
+    "num_attention_heads": 4,
+    "intermediate_size": 1024,
+}
 
 
 def _naive(model, input_ids, mask):
@@ -106,8 +127,10 @@ def main() -> None:
     results = {name: _time(fn, repeats=args.repeats, device=device) for name, fn in methods.items()}
     base_t, base_m = results["naive (output_hidden_states)"]
     n_params = sum(p.numel() for p in model.parameters()) / 1e9
-    print(f"{args.family} ({n_params:.2f}B params), {args.device} {args.dtype}, batch {args.batch} x "
-          f"{args.n_tokens} tokens (right-padded), median of {args.repeats}")
+    print(
+        f"{args.family} ({n_params:.2f}B params), {args.device} {args.dtype}, batch {args.batch} x "
+        f"{args.n_tokens} tokens (right-padded), median of {args.repeats}"
+    )
     print("| method | s/batch | time ratio | peak GiB | memory ratio |")
     print("|---|---|---|---|---|")
     for name, (t, m) in results.items():

@@ -88,9 +88,16 @@ class GpuSampler:
     def __enter__(self) -> GpuSampler:
         if torch.cuda.is_available() and shutil.which("nvidia-smi"):
             self._proc = subprocess.Popen(
-                ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
-                 f"-lms={self.period_ms}", f"--id={torch.cuda.current_device()}"],
-                stdout=subprocess.PIPE, text=True)
+                [
+                    "nvidia-smi",
+                    "--query-gpu=utilization.gpu",
+                    "--format=csv,noheader,nounits",
+                    f"-lms={self.period_ms}",
+                    f"--id={torch.cuda.current_device()}",
+                ],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
             self._thread = threading.Thread(target=self._read, daemon=True)
             self._thread.start()
         return self
@@ -113,7 +120,7 @@ class GpuSampler:
         busy_idx = [i for i, v in enumerate(values) if v > 0]
         if not busy_idx:
             return None, len(values)
-        window = values[busy_idx[0]: busy_idx[-1] + 1]
+        window = values[busy_idx[0] : busy_idx[-1] + 1]
         return sum(window) / (100.0 * len(window)), len(window)
 
 
@@ -130,8 +137,15 @@ def forward_only(model, tokenizer, prompts, *, batch_size: int, device: torch.de
     same tokenisation, length buckets, padding and pinned copies) with no sink consuming them.
     The first batch warms up and is not timed."""
     ids = tokenize_prompts(tokenizer, prompts, range(len(prompts)), prompt_file="benchmark")
-    batches = capture_batches(model, ids, [(None, range(len(prompts)))], batch_size=batch_size,
-                              pad_id=tokenizer.pad_token_id, device=device, verify_hf=False)
+    batches = capture_batches(
+        model,
+        ids,
+        [(None, range(len(prompts)))],
+        batch_size=batch_size,
+        pad_id=tokenizer.pad_token_id,
+        device=device,
+        verify_hf=False,
+    )
     n_tokens, t0 = 0, None
     with torch.inference_mode():
         for i, batch in enumerate(batches):
@@ -153,9 +167,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--length", type=int, default=2048)
     p.add_argument("--n-prompts", type=int, default=2000)
     p.add_argument("--quick", action="store_true", help="CPU smoke test: tiny Mamba, 300 tokens, 40 prompts")
-    p.add_argument("--n-token-prompts", type=int, default=None,
-                   help="streamed float64 token prompts (default: the config's 64; the paper streams 64 of 25,000 "
-                        "prompts, so 2 gives its density at 800 prompts)")
+    p.add_argument(
+        "--n-token-prompts",
+        type=int,
+        default=None,
+        help="streamed float64 token prompts (default: the config's 64; the paper streams 64 of 25,000 "
+        "prompts, so 2 gives its density at 800 prompts)",
+    )
     p.add_argument("--peak-tflops", type=float, default=H200_BF16_TFLOPS)
     p.add_argument("--workdir", type=Path, default=None, help="where prompt file and store go (default a temp dir)")
     p.add_argument("--out", type=Path, default=None, help="also write cell.md and cell.json here")
@@ -169,8 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     spec = config.model(args.model)
     if spec.tiny is not None:  # a demo model: build it into the work dir as its rule would
         spec = dataclasses.replace(spec, hf_id=str(work / "model"))
-        build_tiny_model(spec.family, out_dir=spec.hf_id, seed=spec.tiny.get("seed", 0),
-                         overrides=spec.tiny.get("overrides") or None)
+        build_tiny_model(
+            spec.family, out_dir=spec.hf_id, seed=spec.tiny.get("seed", 0), overrides=spec.tiny.get("overrides") or None
+        )
     model = asdict(spec)
     init = {"name": "random", "scheme": "default", "params": {}, "scope": "all"}
     prompts_cfg = {**config.section("prompts"), "n_prompts": args.n_prompts}
@@ -186,24 +205,40 @@ def main(argv: list[str] | None = None) -> int:
     store_path = work / f"{args.task}_n{args.length}.zarr"
     times: dict[str, float] = {}
 
-    _, times["prompts"] = timed(build_prompt_file, prompt_path, task=args.task, length=args.length,
-                                tokenizer=spec.tokenizer, seed=config.seed, settings=prompts_cfg,
-                                max_tokens=spec.max_context)
+    _, times["prompts"] = timed(
+        build_prompt_file,
+        prompt_path,
+        task=args.task,
+        length=args.length,
+        tokenizer=spec.tokenizer,
+        seed=config.seed,
+        settings=prompts_cfg,
+        max_tokens=spec.max_context,
+    )
     prompts = read_prompt_set(prompt_path)
 
     def load():
         tok = load_tokenizer(spec.tokenizer)
-        net = load_model(spec.hf_id, init=InitSpec(scheme="default", params={}), seed=config.seed, dtype=dtype,
-                         device=device, tokenizer_size=len(tok), family=spec.family)
+        net = load_model(
+            spec.hf_id,
+            init=InitSpec(scheme="default", params={}),
+            seed=config.seed,
+            dtype=dtype,
+            device=device,
+            tokenizer_size=len(tok),
+            family=spec.family,
+        )
         prepare_model(net)
         return tok, net
 
     (tokenizer, net), times["model load"] = timed(load)
     # one batched call, as extraction makes it (inside the extraction stage's time too)
-    _, times["tokenisation"] = timed(tokenize_prompts, tokenizer, prompts, range(len(prompts)),
-                                     prompt_file=str(prompt_path))
-    times["forward only"], fwd_tokens = forward_only(net, tokenizer, prompts, batch_size=extraction["batch_size"],
-                                                     device=device)
+    _, times["tokenisation"] = timed(
+        tokenize_prompts, tokenizer, prompts, range(len(prompts)), prompt_file=str(prompt_path)
+    )
+    times["forward only"], fwd_tokens = forward_only(
+        net, tokenizer, prompts, batch_size=extraction["batch_size"], device=device
+    )
     n_params = sum(q.numel() for q in net.parameters())
     del net
     if device.type == "cuda":
@@ -211,9 +246,20 @@ def main(argv: list[str] | None = None) -> int:
 
     with GpuSampler() as sampler:
         _, times["extraction (with its load)"] = timed(
-            run_extraction, prompt_path, store_path, model=model, init=init, task=args.task, length=args.length,
-            seed=config.seed, settings=extraction, config_digest="benchmark", origin=f"models[{args.model}]",
-            metrics_dir=work / "token_metrics", metrics=metrics)
+            run_extraction,
+            prompt_path,
+            store_path,
+            model=model,
+            init=init,
+            task=args.task,
+            length=args.length,
+            seed=config.seed,
+            settings=extraction,
+            config_digest="benchmark",
+            origin=f"models[{args.model}]",
+            metrics_dir=work / "token_metrics",
+            metrics=metrics,
+        )
     busy, n_samples = sampler.busy()
     times["extraction"] = times["extraction (with its load)"] - times["model load"]
     timing = dict(open_store(store_path).attrs["timing"])
@@ -221,14 +267,26 @@ def main(argv: list[str] | None = None) -> int:
     store_s, metrics_s = stages.get("store", {}), stages.get("token_metrics", {})
     times["extraction loop"] = timing["seconds"]
     # what the launching thread waited for (the GPU starves only if its queue of kernels drains)
-    waited = {"token ids": stages.get("tokenise_wait", 0.0),
-              "a full writer queue": store_s.get("stall", 0.0) + metrics_s.get("stall", 0.0),
-              "the writers after the last batch": store_s.get("drain", 0.0) + metrics_s.get("drain", 0.0)}
-    _, times["probes"] = timed(run_probe_stage, store_path, work / "probes.csv", views=metrics["views"],
-                               epochs=probes_cfg["epochs"], lr=probes_cfg["lr"], seeds=probes_cfg["seeds"],
-                               val_fraction=probes_cfg["val_fraction"], standardize=probes_cfg["standardize"],
-                               n_train=probes_cfg["n_train"], device=config.execution("probes").get("device", "auto"),
-                               matmul_precision=probes_cfg["matmul_precision"], prompt_path=prompt_path)
+    waited = {
+        "token ids": stages.get("tokenise_wait", 0.0),
+        "a full writer queue": store_s.get("stall", 0.0) + metrics_s.get("stall", 0.0),
+        "the writers after the last batch": store_s.get("drain", 0.0) + metrics_s.get("drain", 0.0),
+    }
+    _, times["probes"] = timed(
+        run_probe_stage,
+        store_path,
+        work / "probes.csv",
+        views=metrics["views"],
+        epochs=probes_cfg["epochs"],
+        lr=probes_cfg["lr"],
+        seeds=probes_cfg["seeds"],
+        val_fraction=probes_cfg["val_fraction"],
+        standardize=probes_cfg["standardize"],
+        n_train=probes_cfg["n_train"],
+        device=config.execution("probes").get("device", "auto"),
+        matmul_precision=probes_cfg["matmul_precision"],
+        prompt_path=prompt_path,
+    )
 
     n_tokens = sum(int(x.get("n_tokens", 0)) for x in prompts) or None
     ceiling = args.peak_tflops * 1e12 / (2 * n_params)
@@ -238,22 +296,44 @@ def main(argv: list[str] | None = None) -> int:
         ("prompts (CPU, once per set)", times["prompts"], ""),
         ("model load (tokenizer, build on GPU, fast path)", times["model load"], ""),
         ("tokenisation (all prompts, one batched call; reference)", times["tokenisation"], ""),
-        ("forward only (no sink)", times["forward only"], f"{fwd_rate / 1e3:.1f}K tok/s, {fwd_rate / ceiling:.0%} of roofline"),
-        ("extraction: compute + copies + writes + streamed metrics", times["extraction"],
-         f"{n_tokens / times['extraction'] / 1e3:.1f}K tok/s, {n_tokens / times['extraction'] / ceiling:.0%} of roofline"
-         if n_tokens else ""),
-        ("&nbsp; outside the forward loop (fast-path prep, store open + finalize, metric files)",
-         times["extraction"] - times["extraction loop"], ""),
+        (
+            "forward only (no sink)",
+            times["forward only"],
+            f"{fwd_rate / 1e3:.1f}K tok/s, {fwd_rate / ceiling:.0%} of roofline",
+        ),
+        (
+            "extraction: compute + copies + writes + streamed metrics",
+            times["extraction"],
+            f"{n_tokens / times['extraction'] / 1e3:.1f}K tok/s, {n_tokens / times['extraction'] / ceiling:.0%} of roofline"
+            if n_tokens
+            else "",
+        ),
+        (
+            "&nbsp; outside the forward loop (fast-path prep, store open + finalize, metric files)",
+            times["extraction"] - times["extraction loop"],
+            "",
+        ),
         *((f"&nbsp; launching thread waited for {what}", sec, "") for what, sec in waited.items()),
         ("&nbsp; [tokenizer thread] tokenisation", stages.get("tokenise", 0.0), "overlapped"),
         ("&nbsp; [writer thread] waiting for device-to-host copies", store_s.get("copy_wait", 0.0), "overlapped"),
-        ("&nbsp; [writer thread] checks, conversion, compression, Zarr writes",
-         store_s.get("write", 0.0) + store_s.get("create", 0.0), "overlapped"),
-        ("&nbsp; [metrics thread] streamed token metrics (side CUDA stream)", metrics_s.get("compute", 0.0),
-         "overlapped"),
+        (
+            "&nbsp; [writer thread] checks, conversion, compression, Zarr writes",
+            store_s.get("write", 0.0) + store_s.get("create", 0.0),
+            "overlapped",
+        ),
+        (
+            "&nbsp; [metrics thread] streamed token metrics (side CUDA stream)",
+            metrics_s.get("compute", 0.0),
+            "overlapped",
+        ),
         ("probes (5 seeds x 150 epochs, both views)", times["probes"], ""),
-        ("cell end to end (load + extraction + probes)", end_to_end,
-         f"{n_tokens / end_to_end / 1e3:.1f}K tok/s, {n_tokens / end_to_end / ceiling:.0%} of roofline" if n_tokens else ""),
+        (
+            "cell end to end (load + extraction + probes)",
+            end_to_end,
+            f"{n_tokens / end_to_end / 1e3:.1f}K tok/s, {n_tokens / end_to_end / ceiling:.0%} of roofline"
+            if n_tokens
+            else "",
+        ),
     ]
     gpu = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     lines = [
@@ -266,19 +346,31 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---|---|",
         *[f"| {name} | {sec:.1f} | {rate} |" for name, sec, rate in rows],
         "",
-        f"GPU busy during extraction: {busy:.0%} of {n_samples} samples (100 ms)" if busy is not None
+        f"GPU busy during extraction: {busy:.0%} of {n_samples} samples (100 ms)"
+        if busy is not None
         else "GPU busy during extraction: not sampled (no CUDA / nvidia-smi)",
         f"extraction overhead over forward-only: {times['extraction'] / (n_tokens / fwd_rate) - 1:+.0%}"
-        if n_tokens else "",
+        if n_tokens
+        else "",
     ]
     text = "\n".join(lines)
     print(text)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "cell.md").write_text(text + "\n")
-        (args.out / "cell.json").write_text(json.dumps({"times": times, "stages": stages, "busy": busy,
-                                                        "n_tokens": n_tokens, "n_params": n_params,
-                                                        "ceiling_tok_s": ceiling}, indent=1))
+        (args.out / "cell.json").write_text(
+            json.dumps(
+                {
+                    "times": times,
+                    "stages": stages,
+                    "busy": busy,
+                    "n_tokens": n_tokens,
+                    "n_params": n_params,
+                    "ceiling_tok_s": ceiling,
+                },
+                indent=1,
+            )
+        )
     if args.workdir is None:
         shutil.rmtree(work, ignore_errors=True)
     return 0

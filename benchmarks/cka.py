@@ -81,7 +81,13 @@ def make_states(k: int, n: int, d: int, *, seed: int) -> np.ndarray:
 
 
 def run_size(
-    k: int, n: int, d: int, *, device: torch.device, baseline_pairs: int | None, seed: int,
+    k: int,
+    n: int,
+    d: int,
+    *,
+    device: torch.device,
+    baseline_pairs: int | None,
+    seed: int,
     repeats: int,
 ) -> dict:
     h = make_states(k, n, d, seed=seed)
@@ -94,9 +100,11 @@ def run_size(
         return row
     pairs = [(a, b) for a in range(k) for b in range(a, k)]
     rng = np.random.default_rng(seed)
-    timed = pairs if baseline_pairs is None or baseline_pairs >= len(pairs) else [
-        pairs[i] for i in rng.choice(len(pairs), size=baseline_pairs, replace=False)
-    ]
+    timed = (
+        pairs
+        if baseline_pairs is None or baseline_pairs >= len(pairs)
+        else [pairs[i] for i in rng.choice(len(pairs), size=baseline_pairs, replace=False)]
+    )
     naive_pair_cka(states[0].double(), states[1].double())  # warm-up
     _sync(device)
     t0 = time.perf_counter()
@@ -105,8 +113,11 @@ def run_size(
     per_pair = (time.perf_counter() - t0) / len(timed)
     err = max(abs(v - mat[a, b]) for v, (a, b) in zip(values, timed))
     row.update(
-        naive_s=per_pair * len(pairs), naive_timed_pairs=len(timed), n_pairs=len(pairs),
-        speedup=per_pair * len(pairs) / t_ours, max_abs_diff=err,
+        naive_s=per_pair * len(pairs),
+        naive_timed_pairs=len(timed),
+        n_pairs=len(pairs),
+        speedup=per_pair * len(pairs) / t_ours,
+        max_abs_diff=err,
     )
     return row
 
@@ -114,39 +125,50 @@ def run_size(
 def _machine(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores "
-            f"(torch threads {torch.get_num_threads()}), torch {torch.__version__}")
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores "
+        f"(torch threads {torch.get_num_threads()}), torch {torch.__version__}"
+    )
 
 
 def format_table(rows: list[dict]) -> str:
-    head = ("| K | n | d | pairwise loop (s) | timed pairs | cka_matrix (s) | speedup | "
-            "biased+debiased (s) | from host numpy (s) | max abs diff |")
+    head = (
+        "| K | n | d | pairwise loop (s) | timed pairs | cka_matrix (s) | speedup | "
+        "biased+debiased (s) | from host numpy (s) | max abs diff |"
+    )
     lines = [head, "|" + "---|" * 10]
     for r in rows:
         if "naive_s" in r:
-            note = "all" if r["naive_timed_pairs"] == r["n_pairs"] else (
-                f"{r['naive_timed_pairs']} of {r['n_pairs']}, extrapolated")
+            note = (
+                "all"
+                if r["naive_timed_pairs"] == r["n_pairs"]
+                else (f"{r['naive_timed_pairs']} of {r['n_pairs']}, extrapolated")
+            )
             naive, speed, diff = f"{r['naive_s']:.2f}", f"{r['speedup']:.0f}x", f"{r['max_abs_diff']:.1e}"
         else:
             note, naive, speed, diff = "not run", "-", "-", "-"
-        lines.append(f"| {r['K']} | {r['n']} | {r['d']} | {naive} | {note} | {r['ours_s']:.3f} | "
-                     f"{speed} | {r['ours_both_s']:.3f} | {r['ours_host_s']:.3f} | {diff} |")
+        lines.append(
+            f"| {r['K']} | {r['n']} | {r['d']} | {naive} | {note} | {r['ours_s']:.3f} | "
+            f"{speed} | {r['ours_both_s']:.3f} | {r['ours_host_s']:.3f} | {diff} |"
+        )
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    parser.add_argument("--sizes", nargs="+", default=["65,512,256", "25,2048,2560"],
-                        help="K,n,d triples")
-    parser.add_argument("--baseline-pairs", type=int, default=64,
-                        help="pairs of the pairwise loop to time (0: skip; -1: all)")
-    parser.add_argument("--ours-only", nargs="*", default=[],
-                        help="K,n,d triples timed for cka_matrix only (e.g. the paper size)")
+    parser.add_argument("--sizes", nargs="+", default=["65,512,256", "25,2048,2560"], help="K,n,d triples")
+    parser.add_argument(
+        "--baseline-pairs", type=int, default=64, help="pairs of the pairwise loop to time (0: skip; -1: all)"
+    )
+    parser.add_argument(
+        "--ours-only", nargs="*", default=[], help="K,n,d triples timed for cka_matrix only (e.g. the paper size)"
+    )
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (1 gives stable ratios on a shared, loaded CPU)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (1 gives stable ratios on a shared, loaded CPU)"
+    )
     parser.add_argument("--markdown", help="also write the table (with machine/date) here")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -157,8 +179,17 @@ def main() -> None:
     rows = []
     for spec, pairs in [(s, args.baseline_pairs) for s in args.sizes] + [(s, 0) for s in args.ours_only]:
         k, n, d = (int(v) for v in spec.split(","))
-        rows.append(run_size(k, n, d, device=device, seed=args.seed, repeats=args.repeats,
-                             baseline_pairs=None if pairs == -1 else pairs))
+        rows.append(
+            run_size(
+                k,
+                n,
+                d,
+                device=device,
+                seed=args.seed,
+                repeats=args.repeats,
+                baseline_pairs=None if pairs == -1 else pairs,
+            )
+        )
         print(format_table(rows[-1:]).splitlines()[-1], flush=True)
     table = format_table(rows)
     print()
@@ -167,9 +198,10 @@ def main() -> None:
         stamp = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
         command = "python benchmarks/cka.py " + " ".join(
             f"--{k.replace('_', '-')} {' '.join(v) if isinstance(v, list) else v}"
-            for k, v in vars(args).items() if v not in (None, []) and k != "markdown")
-        text = (f"Machine: {_machine(device)}\n\nDate: {stamp}\n\nCommand: `{command}`\n\n"
-                f"{table}\n")
+            for k, v in vars(args).items()
+            if v not in (None, []) and k != "markdown"
+        )
+        text = f"Machine: {_machine(device)}\n\nDate: {stamp}\n\nCommand: `{command}`\n\n{table}\n"
         os.makedirs(os.path.dirname(os.path.abspath(args.markdown)), exist_ok=True)
         with open(args.markdown, "w") as fh:
             fh.write(text)

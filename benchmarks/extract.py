@@ -82,30 +82,54 @@ def full_configs(quick: bool) -> dict[str, tuple[object, str]]:
     return {
         "gpt-neo-2.7b": (
             GPTNeoConfig(
-                vocab_size=50257, max_position_embeddings=2048, hidden_size=h, num_layers=L(32),
-                num_heads=(4 if quick else 20), attention_types=[[["global", "local"], L(32) // 2]],
-                window_size=256, intermediate_size=None,
+                vocab_size=50257,
+                max_position_embeddings=2048,
+                hidden_size=h,
+                num_layers=L(32),
+                num_heads=(4 if quick else 20),
+                attention_types=[[["global", "local"], L(32) // 2]],
+                window_size=256,
+                intermediate_size=None,
             ),
             "gpt2",
         ),
         "pythia-2.8b": (
             GPTNeoXConfig(
-                vocab_size=50304, max_position_embeddings=2048, hidden_size=h, num_hidden_layers=L(32),
-                num_attention_heads=(8 if quick else 32), intermediate_size=4 * h, rotary_pct=0.25,
-                use_parallel_residual=True, tie_word_embeddings=False,
+                vocab_size=50304,
+                max_position_embeddings=2048,
+                hidden_size=h,
+                num_hidden_layers=L(32),
+                num_attention_heads=(8 if quick else 32),
+                intermediate_size=4 * h,
+                rotary_pct=0.25,
+                use_parallel_residual=True,
+                tie_word_embeddings=False,
             ),
             "gpt-neox-20b",
         ),
         "mamba-2.8b": (
             MambaConfig(
-                vocab_size=50280, hidden_size=h, num_hidden_layers=L(64), state_size=16, expand=2, conv_kernel=4,
+                vocab_size=50280,
+                hidden_size=h,
+                num_hidden_layers=L(64),
+                state_size=16,
+                expand=2,
+                conv_kernel=4,
             ),
             "gpt-neox-20b",
         ),
         "mamba2-2.7b": (
             Mamba2Config(
-                vocab_size=50288, hidden_size=h, num_hidden_layers=L(64), state_size=128, head_dim=64,
-                expand=2, n_groups=1, chunk_size=256, num_heads=2 * h // 64, conv_kernel=4,
+                vocab_size=50288,
+                hidden_size=h,
+                num_hidden_layers=L(64),
+                state_size=128,
+                head_dim=64,
+                expand=2,
+                n_groups=1,
+                chunk_size=256,
+                num_heads=2 * h // 64,
+                conv_kernel=4,
             ),
             "gpt-neox-20b",
         ),
@@ -150,8 +174,17 @@ def make_prompts(tokenizer, *, n_prompts: int, n_tokens: int, seed: int) -> list
         n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
         if n != n_tokens:
             raise RuntimeError(f"prompt {i}: {n} tokens, wanted {n_tokens}")
-        recs.append({"id": f"bench-{i}", "task": "kvpr", "prompt": text, "label": i % 10, "n_tokens": n,
-                     "n_items": 10, "answer": ""})
+        recs.append(
+            {
+                "id": f"bench-{i}",
+                "task": "kvpr",
+                "prompt": text,
+                "label": i % 10,
+                "n_tokens": n,
+                "n_items": 10,
+                "answer": "",
+            }
+        )
     return recs
 
 
@@ -184,30 +217,61 @@ def run_naive(model_fp32, ids: torch.Tensor, *, n_prompts: int, device: str) -> 
 
 
 # ---------------------------------------------------------------- the fast path: reprflow's engine
-def run_reprflow_engine(model, tokenizer, prompts, out_path: Path, *, batch_size: int, n_token_prompts: int,
-                        compress: bool, family: str, name: str, device: str, window_batches: int,
-                        stream_prompts: int = 0, precision: str = "float64") -> dict:
+def run_reprflow_engine(
+    model,
+    tokenizer,
+    prompts,
+    out_path: Path,
+    *,
+    batch_size: int,
+    n_token_prompts: int,
+    compress: bool,
+    family: str,
+    name: str,
+    device: str,
+    window_batches: int,
+    stream_prompts: int = 0,
+    precision: str = "float64",
+) -> dict:
     """One extraction into a fresh store; with ``stream_prompts``, token metrics of that many prompts streamed."""
     from reprflow.extract import extract_activations, token_prompt_ids
     from reprflow.sinks import TokenMetricsSink
 
     attrs = {
-        "model": name, "model_id": name, "revision": "random-init", "family": family,
-        "init": {"scheme": "default", "seed": 0}, "task": "kvpr", "length": int(prompts[0]["n_tokens"]),
-        "tokenizer": "bench", "prompt_file": "<benchmark>", "prompt_sha256": "0" * 64,
+        "model": name,
+        "model_id": name,
+        "revision": "random-init",
+        "family": family,
+        "init": {"scheme": "default", "seed": 0},
+        "task": "kvpr",
+        "length": int(prompts[0]["n_tokens"]),
+        "tokenizer": "bench",
+        "prompt_file": "<benchmark>",
+        "prompt_sha256": "0" * 64,
     }
     if out_path.exists():
         shutil.rmtree(out_path)
     sinks = []
     if stream_prompts:
         n_bins = min(64, min(int(p["n_tokens"]) for p in prompts))
-        sinks.append(TokenMetricsSink(token_prompt_ids(len(prompts), stream_prompts), n_bins=n_bins,
-                                      precision=precision))
+        sinks.append(
+            TokenMetricsSink(token_prompt_ids(len(prompts), stream_prompts), n_bins=n_bins, precision=precision)
+        )
     t0 = time.perf_counter()
     s = extract_activations(
-        model, tokenizer, prompts, out_path, batch_size=batch_size, n_token_prompts=n_token_prompts,
-        attrs=attrs, device=device, compute_dtype=torch.bfloat16 if device == "cuda" else torch.float32,
-        progress=False, window_batches=window_batches, compress=compress, sinks=sinks,
+        model,
+        tokenizer,
+        prompts,
+        out_path,
+        batch_size=batch_size,
+        n_token_prompts=n_token_prompts,
+        attrs=attrs,
+        device=device,
+        compute_dtype=torch.bfloat16 if device == "cuda" else torch.float32,
+        progress=False,
+        window_batches=window_batches,
+        compress=compress,
+        sinks=sinks,
     )
     wall = time.perf_counter() - t0
     return {"tokens": s.tokens, "seconds": s.seconds, "wall": wall, "tok_s": s.tokens / s.seconds}
@@ -279,19 +343,29 @@ def bench_model(name, config, tok_name, args, out_dir: Path) -> Row:
 
     def run(n_tok, sub_prompts, sub_ids, tag, stream=0, precision="float64"):
         path = out_dir / f"{name}_{tag}.zarr"
-        r = run_reprflow_engine(model, tokenizer, sub_prompts, path, batch_size=args.batch_size,
-                                n_token_prompts=n_tok, compress=args.compress, family=family, name=name,
-                                device=dev, window_batches=args.window_batches, stream_prompts=stream,
-                                precision=precision)
+        r = run_reprflow_engine(
+            model,
+            tokenizer,
+            sub_prompts,
+            path,
+            batch_size=args.batch_size,
+            n_token_prompts=n_tok,
+            compress=args.compress,
+            family=family,
+            name=name,
+            device=dev,
+            window_batches=args.window_batches,
+            stream_prompts=stream,
+            precision=precision,
+        )
         shutil.rmtree(path, ignore_errors=True)
         shutil.rmtree(str(path) + ".partial", ignore_errors=True)
         return r
 
     # warm-up: compiles Triton kernels, fills the allocator (and warms each metrics precision)
     run(0, prompts[: args.batch_size], ids[: args.batch_size], "warmup")
-    for precision in (args.precisions if args.stream_every else []):
-        run(0, prompts[: args.batch_size], ids[: args.batch_size], f"warmup-{precision}", stream=1,
-            precision=precision)
+    for precision in args.precisions if args.stream_every else []:
+        run(0, prompts[: args.batch_size], ids[: args.batch_size], f"warmup-{precision}", stream=1, precision=precision)
     _sync(dev)
     if dev == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -316,8 +390,9 @@ def bench_model(name, config, tok_name, args, out_dir: Path) -> Row:
     if args.breakdown:
         breakdown(model, ids[0], row, args)
     if family in ("mamba", "mamba2") and args.long_tokens > 0 and dev == "cuda":
-        lc = long_context_check(model, batch_size=args.long_batch_size, n_tokens=args.long_tokens,
-                                vocab=config.vocab_size)
+        lc = long_context_check(
+            model, batch_size=args.long_batch_size, n_tokens=args.long_tokens, vocab=config.vocab_size
+        )
         row.long_ok = "ok" if lc["ok"] else "OOM"
         row.long_peak_gib = lc["peak_gib"]
     logger.info("%s: benchmarked in %.0f s", name, time.perf_counter() - t_start)
@@ -370,11 +445,13 @@ def breakdown(model, prompt_ids: torch.Tensor, row: Row, args) -> None:
     n_bins = min(64, states.shape[1])
     results = {}
     for precision in args.precisions:
+
         def once(timer=None):
             kw = {} if timer is None else {"timer": timer}
             with torch.inference_mode():
-                return prompt_metrics(states, views, debiased_cka=True, n_bins=n_bins, where="breakdown",
-                                      precision=precision, **kw)
+                return prompt_metrics(
+                    states, views, debiased_cka=True, n_bins=n_bins, where="breakdown", precision=precision, **kw
+                )
 
         results[precision] = once()  # warm-up
         timer = SyncTimer(dev)
@@ -400,7 +477,7 @@ def breakdown(model, prompt_ids: torch.Tensor, row: Row, args) -> None:
                 rel = abs(getattr(ref[v], f) - getattr(got[v], f)) / abs(getattr(ref[v], f))
                 acc[f + " (rel)"] = max(acc.get(f + " (rel)", 0.0), rel)
         row.accuracy = acc
-    del states
+    states = None  # release the states before emptying the cache (a closure above reads them: no `del`)
     _free(dev)
 
 
@@ -409,37 +486,57 @@ def stream_table(rows: list[Row], args) -> str:
     n_prompts = args.batch_size * args.n_batches
     keys = [f"{p} 1/{e}" for e in args.stream_every for p in args.precisions]
     heads = "".join(f"stream {k} ({max(1, n_prompts // int(k.split('/')[1]))} prompts) | " for k in keys)
-    lines = [f"Throughput, T={args.tokens}, batch {args.batch_size}, {n_prompts} prompts: tok/s (drop vs no token "
-             "states); goal: drop within 10%", "",
-             f"| model | K states | hidden | no token states | {heads}", "|" + "---|" * (4 + len(keys))]
+    lines = [
+        f"Throughput, T={args.tokens}, batch {args.batch_size}, {n_prompts} prompts: tok/s (drop vs no token "
+        "states); goal: drop within 10%",
+        "",
+        f"| model | K states | hidden | no token states | {heads}",
+        "|" + "---|" * (4 + len(keys)),
+    ]
     for r in rows:
         if r.error:
             lines.append(f"| {r.model} | error: {r.error} |" + " |" * (2 + len(keys)))
             continue
         cells = "".join(
             f"{r.study_tok_s[k] / 1e3:.1f}K ({(r.study_tok_s[k] / r.fast_tok_s - 1) * 100:+.1f}%) | "
-            if k in r.study_tok_s else "- | " for k in keys)
+            if k in r.study_tok_s
+            else "- | "
+            for k in keys
+        )
         lines.append(f"| {r.model} | {r.n_states or '-'} | {r.hidden or '-'} | {r.fast_tok_s / 1e3:.1f}K | {cells}")
     parts = sorted({p for r in rows for b in r.breakdown.values() for p in b if p != "total"})
-    lines += ["", f"Per-prompt metrics on one real prompt (T={args.tokens}), ms; `total` without per-part syncs; "
-              "forward = T / (tok/s without token states)", "",
-              "| model | precision | Gram kernel | forward ms/prompt | total | " + " | ".join(parts) + " |",
-              "|" + "---|" * (5 + len(parts))]
+    lines += [
+        "",
+        f"Per-prompt metrics on one real prompt (T={args.tokens}), ms; `total` without per-part syncs; "
+        "forward = T / (tok/s without token states)",
+        "",
+        "| model | precision | Gram kernel | forward ms/prompt | total | " + " | ".join(parts) + " |",
+        "|" + "---|" * (5 + len(parts)),
+    ]
     for r in rows:
         for prec, b in r.breakdown.items():
             fwd = 1e3 * args.tokens / r.fast_tok_s if r.fast_tok_s == r.fast_tok_s else float("nan")
             kern = r.gram_kernel if prec == "mixed" else "float64"
-            lines.append(f"| {r.model} | {prec} | {kern} | {fwd:.1f} | {b['total']:.1f} | "
-                         + " | ".join(f"{b[p]:.2f}" if p in b else "-" for p in parts) + " |")
+            lines.append(
+                f"| {r.model} | {prec} | {kern} | {fwd:.1f} | {b['total']:.1f} | "
+                + " | ".join(f"{b[p]:.2f}" if p in b else "-" for p in parts)
+                + " |"
+            )
     fields = sorted({f for r in rows for f in r.accuracy})
     if fields:
-        lines += ["", "mixed vs float64 on that prompt: max |difference| (relative for Sm, St, state RMS); "
-                  "documented tolerance 1e-4 absolute, 1e-5 relative", "",
-                  "| model | " + " | ".join(fields) + " |", "|" + "---|" * (1 + len(fields))]
+        lines += [
+            "",
+            "mixed vs float64 on that prompt: max |difference| (relative for Sm, St, state RMS); "
+            "documented tolerance 1e-4 absolute, 1e-5 relative",
+            "",
+            "| model | " + " | ".join(fields) + " |",
+            "|" + "---|" * (1 + len(fields)),
+        ]
         for r in rows:
             if r.accuracy:
-                lines.append(f"| {r.model} | " + " | ".join(f"{r.accuracy.get(f, float('nan')):.1e}" for f in fields)
-                             + " |")
+                lines.append(
+                    f"| {r.model} | " + " | ".join(f"{r.accuracy.get(f, float('nan')):.1e}" for f in fields) + " |"
+                )
     return "\n".join(lines)
 
 
@@ -467,29 +564,42 @@ def scan_configs(args) -> str:
     scan_table = sweep(argparse.Namespace(device="cuda", quick=False, reps=7, budget_s=65.0))
     lines = ["| kernel | config | ms (median) | GB/s | ms x layers per batch |", "|---|---|---|---|---|"]
     w = torch.randn(d, 4, device="cuda", generator=g, dtype=torch.bfloat16)
-    ms = triton.testing.do_bench(lambda: causal_conv1d_silu_triton(u, w, None), warmup=50, rep=300,
-                                 return_mode="median")
-    lines.append(f"| causal conv + silu | BLOCK 32x128 | {ms:.3f} | {2 * b * t * d * 2 / ms / 1e6:.0f} | {64 * ms:.1f} (64) |")
+    ms = triton.testing.do_bench(
+        lambda: causal_conv1d_silu_triton(u, w, None), warmup=50, rep=300, return_mode="median"
+    )
+    lines.append(
+        f"| causal conv + silu | BLOCK 32x128 | {ms:.3f} | {2 * b * t * d * 2 / ms / 1e6:.0f} | {64 * ms:.1f} (64) |"
+    )
     # RMSNorm of the fp32 residual stream: fused vs transformers' eager ops
     from reprflow.kernels.rms_norm import rms_norm, rms_norm_reference
 
     xr = torch.randn(b, t, 2560, device="cuda", generator=g)
     wr = torch.randn(2560, device="cuda", generator=g, dtype=torch.bfloat16)
-    for label, fn in (("rms_norm triton", lambda: rms_norm(xr, wr, eps=1e-5)),
-                      ("rms_norm HF eager", lambda: rms_norm_reference(xr, wr, eps=1e-5))):
+    for label, fn in (
+        ("rms_norm triton", lambda: rms_norm(xr, wr, eps=1e-5)),
+        ("rms_norm HF eager", lambda: rms_norm_reference(xr, wr, eps=1e-5)),
+    ):
         ms = triton.testing.do_bench(fn, warmup=20, rep=200, return_mode="median")
-        lines.append(f"| {label} | fp32 in, fp32 out | {ms:.3f} | {2 * xr.numel() * 4 / ms / 1e6:.0f} | {65 * ms:.1f} (65) |")
+        lines.append(
+            f"| {label} | fp32 in, fp32 out | {ms:.3f} | {2 * xr.numel() * 4 / ms / 1e6:.0f} | {65 * ms:.1f} (65) |"
+        )
     # GPT-Neo attention (one layer, B x 20 heads x T x 128): local banded SDPA, global flash, eager local
     from reprflow.kernels.gpt_neo_attention import local_causal_attention
 
     q, k, v = (torch.randn(b, 20, t, 128, device="cuda", generator=g, dtype=torch.bfloat16) for _ in range(3))
-    band = torch.ones(t, t, device="cuda", dtype=torch.bool).tril() & ~torch.ones(t, t, device="cuda", dtype=torch.bool).tril(-256)
+    band = torch.ones(t, t, device="cuda", dtype=torch.bool).tril() & ~torch.ones(
+        t, t, device="cuda", dtype=torch.bool
+    ).tril(-256)
     for label, fn in (
         ("gpt-neo local, banded SDPA", lambda: local_causal_attention(q, k, v, window=256, scale=1.0)),
-        ("gpt-neo local, dense-mask SDPA", lambda: torch.nn.functional.scaled_dot_product_attention(
-            q, k, v, attn_mask=band, scale=1.0)),
-        ("gpt-neo global, causal SDPA", lambda: torch.nn.functional.scaled_dot_product_attention(
-            q, k, v, is_causal=True, scale=1.0)),
+        (
+            "gpt-neo local, dense-mask SDPA",
+            lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=band, scale=1.0),
+        ),
+        (
+            "gpt-neo global, causal SDPA",
+            lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0),
+        ),
     ):
         ms = triton.testing.do_bench(fn, warmup=20, rep=200, return_mode="median")
         lines.append(f"| {label} | B={b} T={t} | {ms:.3f} | | {16 * ms:.1f} (16) |")
@@ -534,24 +644,43 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--n-batches", type=int, default=8, help="timed batches (prompts = batch_size * n_batches)")
     p.add_argument("--naive-prompts", type=int, default=2)
-    p.add_argument("--token-prompts", type=lambda v: [int(x) for x in v.split(",") if x], default=[1],
-                   help="comma list: one '+ tokens' run per entry, with that many prompts' full token states "
-                        "(the paper config keeps 64 of 12,000, i.e. 1 in 188)")
+    p.add_argument(
+        "--token-prompts",
+        type=lambda v: [int(x) for x in v.split(",") if x],
+        default=[1],
+        help="comma list: one '+ tokens' run per entry, with that many prompts' full token states "
+        "(the paper config keeps 64 of 12,000, i.e. 1 in 188)",
+    )
     p.add_argument("--long-tokens", type=int, default=4096)
     p.add_argument("--long-batch-size", type=int, default=8)
-    p.add_argument("--stream-prompts", type=lambda v: [int(x) for x in v.split(",") if x], default=[64],
-                   help="comma list: one '+ stream' run per entry, with token metrics of that many prompts "
-                        "computed on the GPU during the pass (no token states written)")
-    p.add_argument("--stream-every", type=lambda v: [int(x) for x in v.split(",") if x], default=[],
-                   help="comma list of N: one run per N and precision with token metrics streamed for 1 in N "
-                        "prompts (--stream-study: 1,8,64)")
-    p.add_argument("--precisions", type=lambda v: [x for x in v.split(",") if x], default=["float64", "mixed"],
-                   help="metrics.precision values of the --stream-every runs and the breakdown")
+    p.add_argument(
+        "--stream-prompts",
+        type=lambda v: [int(x) for x in v.split(",") if x],
+        default=[64],
+        help="comma list: one '+ stream' run per entry, with token metrics of that many prompts "
+        "computed on the GPU during the pass (no token states written)",
+    )
+    p.add_argument(
+        "--stream-every",
+        type=lambda v: [int(x) for x in v.split(",") if x],
+        default=[],
+        help="comma list of N: one run per N and precision with token metrics streamed for 1 in N "
+        "prompts (--stream-study: 1,8,64)",
+    )
+    p.add_argument(
+        "--precisions",
+        type=lambda v: [x for x in v.split(",") if x],
+        default=["float64", "mixed"],
+        help="metrics.precision values of the --stream-every runs and the breakdown",
+    )
     p.add_argument("--breakdown", action="store_true", help="per-part ms of the per-prompt metrics on one real prompt")
     p.add_argument("--breakdown-repeats", type=int, default=3)
-    p.add_argument("--stream-study", action="store_true",
-                   help="issue 12 preset: --stream-every 1,8,64 --breakdown, batch 16 x 5, no naive/tokens/long runs "
-                        "(~50 s per family on an H200, model build included)")
+    p.add_argument(
+        "--stream-study",
+        action="store_true",
+        help="issue 12 preset: --stream-every 1,8,64 --breakdown, batch 16 x 5, no naive/tokens/long runs "
+        "(~50 s per family on an H200, model build included)",
+    )
     p.add_argument("--compress", action="store_true")
     p.add_argument("--window-batches", type=int, default=2, help="batches per store window")
     p.add_argument("--device", default="cuda", help="cuda; cpu only for a --quick check of the script itself")
@@ -578,8 +707,10 @@ def main(argv=None) -> int:
     import transformers
 
     gpu = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu"
-    env = (f"{gpu} | torch {torch.__version__} | transformers {transformers.__version__} "
-           f"| python {platform.python_version()} | {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
+    env = (
+        f"{gpu} | torch {torch.__version__} | transformers {transformers.__version__} "
+        f"| python {platform.python_version()} | {time.strftime('%Y-%m-%d %H:%M:%S %Z')}"
+    )
     print(env, flush=True)
     if args.scan_configs:
         t = scan_configs(args)

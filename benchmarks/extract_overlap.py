@@ -36,15 +36,25 @@ def make_prompts(tokenizer, n: int, length: int, seed: int) -> list[dict]:
     prompts = []
     for i in range(n):
         text = tokenizer.decode(rng.integers(1000, 30000, size=length).tolist())
-        prompts.append({"id": f"p{i}", "prompt": text, "label": int(rng.integers(0, 10)),
-                        "n_tokens": len(tokenizer(text)["input_ids"])})
+        prompts.append(
+            {
+                "id": f"p{i}",
+                "prompt": text,
+                "label": int(rng.integers(0, 10)),
+                "n_tokens": len(tokenizer(text)["input_ids"]),
+            }
+        )
     return prompts
 
 
 def naive(model, tokenizer, prompts, out: Path, *, batch_size: int, device) -> int:
     k = model.config.num_hidden_layers + 1
-    arr = zarr.create_array(str(out), shape=(k, len(prompts), model.config.hidden_size), dtype="float16",
-                            chunks=(k, batch_size, model.config.hidden_size))
+    arr = zarr.create_array(
+        str(out),
+        shape=(k, len(prompts), model.config.hidden_size),
+        dtype="float16",
+        chunks=(k, batch_size, model.config.hidden_size),
+    )
     tokens = 0
     for s in range(0, len(prompts), batch_size):
         enc = tokenizer([p["prompt"] for p in prompts[s : s + batch_size]], padding=True, return_tensors="pt")
@@ -72,42 +82,71 @@ def main() -> None:
     args = ap.parse_args()
     dtype = getattr(torch, args.dtype)
     tok = load_tokenizer("gpt-neox-20b")
-    cfg = GPTNeoXConfig(vocab_size=50304, hidden_size=args.hidden, num_hidden_layers=args.layers,
-                        num_attention_heads=args.hidden // 64, intermediate_size=4 * args.hidden,
-                        rotary_pct=0.25, max_position_embeddings=4096)
+    cfg = GPTNeoXConfig(
+        vocab_size=50304,
+        hidden_size=args.hidden,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.hidden // 64,
+        intermediate_size=4 * args.hidden,
+        rotary_pct=0.25,
+        max_position_embeddings=4096,
+    )
     torch.manual_seed(0)
     model = GPTNeoXForCausalLM(cfg).to(device=args.device, dtype=dtype).eval()
     prompts = make_prompts(tok, args.prompts, args.length, seed=0)
-    attrs = {"model": "bench", "model_id": "bench", "revision": None, "family": "gpt_neox",
-             "init": {"scheme": "default"}, "task": "kvpr", "length": args.length,
-             "tokenizer": "gpt-neox-20b", "prompt_file": "bench", "prompt_sha256": "0" * 64}
+    attrs = {
+        "model": "bench",
+        "model_id": "bench",
+        "revision": None,
+        "family": "gpt_neox",
+        "init": {"scheme": "default"},
+        "task": "kvpr",
+        "length": args.length,
+        "tokenizer": "gpt-neox-20b",
+        "prompt_file": "bench",
+        "prompt_sha256": "0" * 64,
+    }
     root = Path(tempfile.mkdtemp())
     rows = []
     try:
         # warm-up (kernels, allocator)
-        naive(model, tok, prompts[: args.batch_size], root / "warm.zarr", batch_size=args.batch_size,
-              device=args.device)
+        naive(
+            model, tok, prompts[: args.batch_size], root / "warm.zarr", batch_size=args.batch_size, device=args.device
+        )
         for name in ("naive", "reprflow-inline", "reprflow-overlap"):
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
             if name == "naive":
-                n_tok = naive(model, tok, prompts, root / f"{name}.zarr", batch_size=args.batch_size,
-                              device=args.device)
+                n_tok = naive(
+                    model, tok, prompts, root / f"{name}.zarr", batch_size=args.batch_size, device=args.device
+                )
             else:
-                s = extract_activations(model, tok, prompts, root / f"{name}.zarr", batch_size=args.batch_size,
-                                        n_token_prompts=args.token_prompts, attrs=attrs, store_dtype="auto",
-                                        device=args.device, compute_dtype=dtype, progress=False,
-                                        overlap=name.endswith("overlap"))
+                s = extract_activations(
+                    model,
+                    tok,
+                    prompts,
+                    root / f"{name}.zarr",
+                    batch_size=args.batch_size,
+                    n_token_prompts=args.token_prompts,
+                    attrs=attrs,
+                    store_dtype="auto",
+                    device=args.device,
+                    compute_dtype=dtype,
+                    progress=False,
+                    overlap=name.endswith("overlap"),
+                )
                 n_tok = s.tokens
             seconds = time.perf_counter() - t0
             rows.append((name, n_tok, seconds))
     finally:
         shutil.rmtree(root)
     base = rows[0][1] / rows[0][2]
-    print(f"model: GPT-NeoX hidden {args.hidden} x {args.layers} layers, {args.dtype} on {args.device}; "
-          f"{args.prompts} prompts x {args.length} tokens, batch {args.batch_size}, "
-          f"{args.token_prompts} token prompts (reprflow rows only)")
+    print(
+        f"model: GPT-NeoX hidden {args.hidden} x {args.layers} layers, {args.dtype} on {args.device}; "
+        f"{args.prompts} prompts x {args.length} tokens, batch {args.batch_size}, "
+        f"{args.token_prompts} token prompts (reprflow rows only)"
+    )
     print("| method | tokens | seconds | tok/s | vs naive |")
     print("|---|---|---|---|---|")
     for name, n_tok, seconds in rows:

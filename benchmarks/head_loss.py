@@ -82,11 +82,15 @@ def main() -> None:
     bytes_ = 2 * 2 * args.tokens * args.vocab  # bf16 logits written once and read once
     rows = [("naive (autocast logits, F.cross_entropy on float32)", lambda a, b, c: naive(a, b, c))]
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    rows += [(f"chunked {c}", lambda a, b, t, c=c: linear_cross_entropy(a, b, t, compute_dtype=dtype, chunk_tokens=c))
-             for c in args.chunks]
+    rows += [
+        (f"chunked {c}", lambda a, b, t, c=c: linear_cross_entropy(a, b, t, compute_dtype=dtype, chunk_tokens=c))
+        for c in args.chunks
+    ]
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-    print(f"{name}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: head of {args.tokens} tokens x "
-          f"{args.width} -> {args.vocab}, forward + backward, median of {args.repeats}\n")
+    print(
+        f"{name}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: head of {args.tokens} tokens x "
+        f"{args.width} -> {args.vocab}, forward + backward, median of {args.repeats}\n"
+    )
     print("| head | ms | % bf16 roofline | % logits memory bound | peak GiB | loss |")
     print("|---|---:|---:|---:|---:|---:|")
     for label, fn in rows:

@@ -105,12 +105,15 @@ def _dtype(device: str) -> torch.dtype:
 def _compiled_found() -> str:
     from reprflow.kernels.optional import compiled_causal_conv1d, compiled_selective_scan
 
-    return (f"compiled kernels: mamba_ssm {'yes' if compiled_selective_scan() else 'no'}, "
-            f"causal_conv1d {'yes' if compiled_causal_conv1d() else 'no'}")
+    return (
+        f"compiled kernels: mamba_ssm {'yes' if compiled_selective_scan() else 'no'}, "
+        f"causal_conv1d {'yes' if compiled_causal_conv1d() else 'no'}"
+    )
 
 
-def _time_batches(run, ids: torch.Tensor, *, batch: int, n_batches: int, device: str,
-                  warm_tokens: int | None = None) -> float:
+def _time_batches(
+    run, ids: torch.Tensor, *, batch: int, n_batches: int, device: str, warm_tokens: int | None = None
+) -> float:
     """Tokens/s of ``run(ids_batch)`` over ``n_batches`` batches after one warm-up batch
     (of ``warm_tokens`` tokens; default all, so that kernel choices happen before timing)."""
     with torch.no_grad():
@@ -168,29 +171,48 @@ def bench_family(family: str, args, *, hidden: bool, peak: float) -> list[dict]:
     config, _ = full_configs(args.quick)[FAMILIES[family]]
     model = build_model(config, dtype=_dtype(args.device), seed=0, device=args.device)
     ceiling = peak * 1e12 / (2 * n_params(model))
-    ids = torch.randint(0, config.vocab_size, (max(args.batch_size, args.naive_batch_size), args.tokens),
-                        device=args.device, generator=torch.Generator(args.device).manual_seed(0))
+    ids = torch.randint(
+        0,
+        config.vocab_size,
+        (max(args.batch_size, args.naive_batch_size), args.tokens),
+        device=args.device,
+        generator=torch.Generator(args.device).manual_seed(0),
+    )
     rows = []
 
     def row(path, kernels, batch, rate):
-        rows.append({"family": family, "path": path, "kernels": kernels, "batch": batch,
-                     "tokens_per_s": rate, "pct_roofline": 100 * rate / ceiling})
+        rows.append(
+            {
+                "family": family,
+                "path": path,
+                "kernels": kernels,
+                "batch": batch,
+                "tokens_per_s": rate,
+                "pct_roofline": 100 * rate / ceiling,
+            }
+        )
         print(f"  {family:9s} {path:24s} {rate:10.0f} tok/s  {kernels}", flush=True)
 
     ssm = family in ("mamba", "mamba2")
     if hidden:
         attn = _set_attention(model, "eager")
-        rate = _time_batches(_hf_forward(model), ids, batch=args.naive_batch_size, n_batches=args.naive_batches,
-                             device=args.device, warm_tokens=min(args.tokens, 256))
+        rate = _time_batches(
+            _hf_forward(model),
+            ids,
+            batch=args.naive_batch_size,
+            n_batches=args.naive_batches,
+            device=args.device,
+            warm_tokens=min(args.tokens, 256),
+        )
         row("hf naive", "transformers' torch SSM path" if ssm else f"attn {attn}", args.naive_batch_size, rate)
     else:
         attn = _set_attention(model, "sdpa")
-        rate = _time_batches(_hf_forward(model), ids, batch=args.batch_size, n_batches=args.batches,
-                             device=args.device)
+        rate = _time_batches(_hf_forward(model), ids, batch=args.batch_size, n_batches=args.batches, device=args.device)
         row("hf best", f"transformers' choice; {_compiled_found()}" if ssm else f"attn {attn}", args.batch_size, rate)
     report = prepare_model(model)
-    rate = _time_batches(_reprflow_forward(model), ids, batch=args.batch_size, n_batches=args.batches,
-                         device=args.device)
+    rate = _time_batches(
+        _reprflow_forward(model), ids, batch=args.batch_size, n_batches=args.batches, device=args.device
+    )
     row("reprflow (no compiled)" if hidden else "reprflow", _chosen(report), args.batch_size, rate)
     del model
     if args.device == "cuda":
@@ -246,7 +268,9 @@ def bench_mamba_scan(args) -> list[dict]:
     conv_mem_ms = 1e3 * 2 * n * elt / HBM_BYTES_PER_S
     for c in causal_conv_op(dev, report={}).candidates:
         ms = timed(lambda: c.fn(u, w, b))
-        rows.append({"op": "causal_conv", "kernel": c.name, "ms": ms, "exp_bound_ms": None, "mem_bound_ms": conv_mem_ms})
+        rows.append(
+            {"op": "causal_conv", "kernel": c.name, "ms": ms, "exp_bound_ms": None, "mem_bound_ms": conv_mem_ms}
+        )
     for r in rows:
         print(f"  {r['op']:11s} {r['kernel']:14s} {r['ms']:8.3f} ms/layer", flush=True)
     return rows
@@ -270,8 +294,10 @@ def worker(args) -> int:
 def table(results: dict[str, dict], args) -> str:
     peak = results["visible"]["peak_tflops"]
     order = ["hf naive", "hf best", "reprflow (no compiled)", "reprflow"]
-    rows = sorted(results["hidden"]["rows"] + results["visible"]["rows"],
-                  key=lambda r: (args.families.index(r["family"]), order.index(r["path"])))
+    rows = sorted(
+        results["hidden"]["rows"] + results["visible"]["rows"],
+        key=lambda r: (args.families.index(r["family"]), order.index(r["path"])),
+    )
     gpu = results["visible"]["device"]
     lines = [
         f"Forward throughput, {gpu}, T={args.tokens}, {str(_dtype(args.device))[6:]}, random init"
@@ -280,8 +306,11 @@ def table(results: dict[str, dict], args) -> str:
         "| family | path | batch | tokens/s | % roofline | kernels |",
         "|---|---|---:|---:|---:|---|",
     ]
-    lines += [f"| {r['family']} | {r['path']} | {r['batch']} | {r['tokens_per_s']:,.0f} | {r['pct_roofline']:.1f} | "
-              f"{r['kernels']} |" for r in rows]
+    lines += [
+        f"| {r['family']} | {r['path']} | {r['batch']} | {r['tokens_per_s']:,.0f} | {r['pct_roofline']:.1f} | "
+        f"{r['kernels']} |"
+        for r in rows
+    ]
     scan = results["visible"]["scan"]
     if scan:
         lines += [
@@ -296,13 +325,17 @@ def table(results: dict[str, dict], args) -> str:
         for r in scan:
             e = r["exp_bound_ms"]
             bound = ("", "") if e is None else (f"{e:.3f}", f"{r['ms'] / e:.2f}")
-            lines.append(f"| {r['op']} | {r['kernel']} | {r['ms']:.3f} | {bound[0]} | {bound[1]} | "
-                         f"{r['mem_bound_ms']:.3f} | {r['ms'] / r['mem_bound_ms']:.2f} |")
+            lines.append(
+                f"| {r['op']} | {r['kernel']} | {r['ms']:.3f} | {bound[0]} | {bound[1]} | "
+                f"{r['mem_bound_ms']:.3f} | {r['ms'] / r['mem_bound_ms']:.2f} |"
+            )
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cuda", "cpu"])
     p.add_argument("--quick", action="store_true", help="toy model sizes (2 layers, width 512), T=64")
     p.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
@@ -311,8 +344,12 @@ def main(argv=None) -> int:
     p.add_argument("--batches", type=int, default=3, help="timed batches per row")
     p.add_argument("--naive-batch-size", type=int, default=1)
     p.add_argument("--naive-batches", type=int, default=1)
-    p.add_argument("--peak-tflops", type=float, default=None,
-                   help=f"roofline; default: measured at the start (H200: {H200_BF16_TFLOPS:.0f})")
+    p.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help=f"roofline; default: measured at the start (H200: {H200_BF16_TFLOPS:.0f})",
+    )
     p.add_argument("--out", type=Path, default=None, help="also write the table (kernels.md) and raw JSON here")
     p.add_argument("--worker", choices=["hidden", "visible"], help=argparse.SUPPRESS)
     p.add_argument("--json", help=argparse.SUPPRESS)
@@ -326,8 +363,15 @@ def main(argv=None) -> int:
         for mode in ("hidden", "visible"):
             print(f"== {mode} compiled kernels", flush=True)
             path = Path(tmp) / f"{mode}.json"
-            cmd = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]), "--worker", mode,
-                   "--json", str(path)]
+            cmd = [
+                sys.executable,
+                __file__,
+                *(argv if argv is not None else sys.argv[1:]),
+                "--worker",
+                mode,
+                "--json",
+                str(path),
+            ]
             if subprocess.run(cmd).returncode != 0:
                 print(f"worker '{mode}' failed", file=sys.stderr)
                 return 1

@@ -48,31 +48,69 @@ def run(args) -> pd.DataFrame:
         for task in TASKS:
             prompts = read_prompt_set(Path(args.prompts) / tok_name / f"{task}_n{args.length}.jsonl")[: args.n_prompts]
             store = Path(args.work) / name / "random" / f"{task}_n{args.length}.zarr"
-            attrs = {"model": name, "model_id": f"config:{name}", "revision": None, "family": config.model_type,
-                     "init": {"name": "random", "scheme": "default", "params": {}, "seed": args.seed},
-                     "task": task, "length": args.length, "tokenizer": tok_name, "prompt_file": "carried",
-                     "prompt_sha256": "n/a"}
+            attrs = {
+                "model": name,
+                "model_id": f"config:{name}",
+                "revision": None,
+                "family": config.model_type,
+                "init": {"name": "random", "scheme": "default", "params": {}, "seed": args.seed},
+                "task": task,
+                "length": args.length,
+                "tokenizer": tok_name,
+                "prompt_file": "carried",
+                "prompt_sha256": "n/a",
+            }
             t0 = time.perf_counter()
-            summary = extract_activations(model, tokenizer, prompts, store, batch_size=args.batch_size,
-                                          n_token_prompts=args.n_token_prompts, attrs=attrs, device="cuda",
-                                          compute_dtype=torch.bfloat16, progress=False)
+            summary = extract_activations(
+                model,
+                tokenizer,
+                prompts,
+                store,
+                batch_size=args.batch_size,
+                n_token_prompts=args.n_token_prompts,
+                attrs=attrs,
+                device="cuda",
+                compute_dtype=torch.bfloat16,
+                progress=False,
+            )
             t1 = time.perf_counter()
             out = Path(args.work) / "metrics" / name / task
             compute_token_metrics(store, out, views=("hf", "residual"), device=torch.device("cuda"))
             t2 = time.perf_counter()
-            print(f"{name} {task}: {len(prompts)} prompts, extract {t1 - t0:.1f}s "
-                  f"({summary.tokens_per_s / 1e3:.1f}K tok/s), metrics {t2 - t1:.1f}s", flush=True)
+            print(
+                f"{name} {task}: {len(prompts)} prompts, extract {t1 - t0:.1f}s "
+                f"({summary.tokens_per_s / 1e3:.1f}K tok/s), metrics {t2 - t1:.1f}s",
+                flush=True,
+            )
             inter = pd.read_csv(out / "inter_token_cosine.csv")
             layer = pd.read_csv(out / "layerwise_cosine.csv")
             for view in ("hf", "residual"):
                 iv = inter[inter.view == view].sort_values("state_index")
                 for r in iv.itertuples():
-                    rows.append({"model": name, "task": task, "view": view, "metric": "inter_token_cosine",
-                                 "index": r.state_index, "state": r.state_name, "value": r.mean})
+                    rows.append(
+                        {
+                            "model": name,
+                            "task": task,
+                            "view": view,
+                            "metric": "inter_token_cosine",
+                            "index": r.state_index,
+                            "state": r.state_name,
+                            "value": r.mean,
+                        }
+                    )
                 lv = layer[layer.view == view].sort_values("pair_index")
                 for r in lv.itertuples():
-                    rows.append({"model": name, "task": task, "view": view, "metric": "layerwise_cosine",
-                                 "index": r.pair_index, "state": f"{r.from_state}->{r.to_state}", "value": r.mean})
+                    rows.append(
+                        {
+                            "model": name,
+                            "task": task,
+                            "view": view,
+                            "metric": "layerwise_cosine",
+                            "index": r.pair_index,
+                            "state": f"{r.from_state}->{r.to_state}",
+                            "value": r.mean,
+                        }
+                    )
         del model
         torch.cuda.empty_cache()
     return pd.DataFrame(rows)
@@ -100,8 +138,10 @@ def summary_table(curves: pd.DataFrame) -> str:
     lines = ["| model | view | metric | first | middle | last | mean over layers |", "|---|---|---|---|---|---|---|"]
     for (name, view, metric), sel in curves.groupby(["model", "view", "metric"]):
         mean = sel.groupby("index")["value"].mean()
-        lines.append(f"| {name} | {view} | {metric} | {mean.iloc[0]:.3f} | {mean.iloc[len(mean) // 2]:.3f} "
-                     f"| {mean.iloc[-1]:.3f} | {mean.mean():.3f} |")
+        lines.append(
+            f"| {name} | {view} | {metric} | {mean.iloc[0]:.3f} | {mean.iloc[len(mean) // 2]:.3f} "
+            f"| {mean.iloc[-1]:.3f} | {mean.mean():.3f} |"
+        )
     return "\n".join(lines)
 
 

@@ -76,12 +76,16 @@ def read_benchmarks(root: Path) -> list[dict]:
         if rec is None:
             continue
         rel = tsv.relative_to(base)
-        rows.append({
-            "phase": rel.parts[0],
-            "key": str(rel.with_suffix(""))[len(rel.parts[0]) + 1:],
-            "seconds": float(rec["s"]),
-            "max_rss_mb": float(rec.get("max_rss") or "nan") if rec.get("max_rss") not in (None, "NA", "-") else math.nan,
-        })
+        rows.append(
+            {
+                "phase": rel.parts[0],
+                "key": str(rel.with_suffix(""))[len(rel.parts[0]) + 1 :],
+                "seconds": float(rec["s"]),
+                "max_rss_mb": float(rec.get("max_rss") or "nan")
+                if rec.get("max_rss") not in (None, "NA", "-")
+                else math.nan,
+            }
+        )
     return rows
 
 
@@ -100,9 +104,10 @@ def read_snakemake_log(path: Path) -> list[dict]:
         elif current is not None and (m := re.match(r"^jobid: (\d+)$", line.strip())):
             jobs[m.group(1)] = current
         elif current is not None and line.strip().startswith("wildcards:"):
-            w = dict(kv.split("=", 1) for kv in line.strip()[len("wildcards: "):].split(", "))
-            current["key"] = (f"{w['model']}/{w['init']}/{w['task']}_n{w['length']}" if "model" in w
-                              else "/".join(w.values()))
+            w = dict(kv.split("=", 1) for kv in line.strip()[len("wildcards: ") :].split(", "))
+            current["key"] = (
+                f"{w['model']}/{w['init']}/{w['task']}_n{w['length']}" if "model" in w else "/".join(w.values())
+            )
         elif m := re.match(r"^Finished jobid: (\d+)", line.strip()):
             if m.group(1) in jobs:
                 jobs[m.group(1)]["end"] = now
@@ -122,9 +127,12 @@ def read_samples(path: Path) -> dict[str, float]:
             util.append(float(parts[1]))
             disk.append(float(parts[3]))
     busy = [u for u in util[1:]]
-    return {"samples": len(util), "gpu_busy_mean": sum(busy) / max(len(busy), 1) / 100,
-            "gpu_busy_frac_over_50": sum(u > 50 for u in busy) / max(len(busy), 1),
-            "disk_growth_bytes": (max(disk) - disk[0]) if disk else 0.0}
+    return {
+        "samples": len(util),
+        "gpu_busy_mean": sum(busy) / max(len(busy), 1) / 100,
+        "gpu_busy_frac_over_50": sum(u > 50 for u in busy) / max(len(busy), 1),
+        "disk_growth_bytes": (max(disk) - disk[0]) if disk else 0.0,
+    }
 
 
 def read_stores(root: Path) -> dict[str, dict]:
@@ -169,9 +177,13 @@ def read_cells_md(path: Path) -> tuple[dict[str, dict], dict[str, float]]:
         key, job, ext, rate, _overhead, last, tokens, dtype = [c.strip() for c in line.strip("|").split("|")]
         ext_s, tok_s = _parse_s(ext), float(rate.rstrip("K")) * 1e3
         init = key.split("/")[1]
-        stores[key] = {"timing": {"seconds": ext_s, "tokens_per_s": tok_s, "tokens": ext_s * tok_s},
-                       "fig3": init not in ("random", "pretrained"), "store_dtype": dtype,
-                       "last_bytes": _parse_bytes(last), "tokens_bytes": _parse_bytes(tokens)}
+        stores[key] = {
+            "timing": {"seconds": ext_s, "tokens_per_s": tok_s, "tokens": ext_s * tok_s},
+            "fig3": init not in ("random", "pretrained"),
+            "store_dtype": dtype,
+            "last_bytes": _parse_bytes(last),
+            "tokens_bytes": _parse_bytes(tokens),
+        }
         jobs[key] = _parse_s(job)
     if not stores:
         raise SystemExit(f"{path}: no per-cell table (| model/init/task_nL | job | ... |) found")
@@ -186,7 +198,13 @@ def parse_rates(text: str | None) -> dict[str, float]:
 
 
 def fmt_s(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 600 else f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.2f} h"
+    return (
+        f"{seconds:.0f} s"
+        if seconds < 600
+        else f"{seconds / 60:.1f} min"
+        if seconds < 7200
+        else f"{seconds / 3600:.2f} h"
+    )
 
 
 def fmt_b(n: float) -> str:
@@ -213,7 +231,9 @@ def summarise_log(log: Path, samples: Path | None) -> None:
         done = [r["seconds"] for r in rows if r["rule"] == rule and not math.isnan(r["seconds"])]
         left = sum(1 for r in rows if r["rule"] == rule and math.isnan(r["seconds"]))
         if done:
-            print(f"| {rule} | {len(done)} | {left} | {fmt_s(sum(done))} | {fmt_s(sum(done) / len(done))} | {fmt_s(max(done))} |")
+            print(
+                f"| {rule} | {len(done)} | {left} | {fmt_s(sum(done))} | {fmt_s(sum(done) / len(done))} | {fmt_s(max(done))} |"
+            )
         else:
             print(f"| {rule} | 0 | {left} | – | – | – |")
     print("\n## Extraction jobs by model and length (mean wall seconds per finished job)\n")
@@ -221,14 +241,18 @@ def summarise_log(log: Path, samples: Path | None) -> None:
     for r in rows:
         if r["rule"].startswith("extract_activation") and not math.isnan(r["seconds"]):
             model, init, cell = r["key"].split("/")
-            cells[(model, cell.split("_n")[1], "fig3 sweep" if init not in ("random", "pretrained") else init)].append(r["seconds"])
+            cells[(model, cell.split("_n")[1], "fig3 sweep" if init not in ("random", "pretrained") else init)].append(
+                r["seconds"]
+            )
     print("| model | length | init | jobs | mean | max |\n|---|---|---|---|---|---|")
     for (model, length, init), secs in sorted(cells.items(), key=lambda kv: (kv[0][0], int(kv[0][1]), kv[0][2])):
         print(f"| {model} | {length} | {init} | {len(secs)} | {sum(secs) / len(secs):.0f} s | {max(secs):.0f} s |")
     if samples is not None:
         s = read_samples(samples)
-        print(f"\nGPU: mean utilisation {100 * s['gpu_busy_mean']:.0f}% over {s['samples']} samples 5 s apart "
-              f"({100 * s['gpu_busy_frac_over_50']:.0f}% of samples above 50%); disk grew by {fmt_b(s['disk_growth_bytes'])}.")
+        print(
+            f"\nGPU: mean utilisation {100 * s['gpu_busy_mean']:.0f}% over {s['samples']} samples 5 s apart "
+            f"({100 * s['gpu_busy_frac_over_50']:.0f}% of samples above 50%); disk grew by {fmt_b(s['disk_growth_bytes'])}."
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -238,13 +262,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n-token-prompts", type=int, required=True, help="token prompts per store in the rehearsal")
     ap.add_argument("--full-prompts", type=int, default=25000)
     ap.add_argument("--full-token-prompts", type=int, default=64)
-    ap.add_argument("--pretrained-arm", action="store_true",
-                    help="count every scope-all cell twice (pretrained + random; same compute, weights loaded instead of built)")
+    ap.add_argument(
+        "--pretrained-arm",
+        action="store_true",
+        help="count every scope-all cell twice (pretrained + random; same compute, weights loaded instead of built)",
+    )
     ap.add_argument("--snakemake-log", type=Path, help="a killed run's console log: per-job times from its stamps")
     ap.add_argument("--samples", type=Path, help="the GPU/disk samples written by paper_rehearsal_gpu.sh")
     ap.add_argument("--rates", help="steady-state tok/s per model, model=tok_s,... (benchmarks/extract.py)")
-    ap.add_argument("--stream-s", type=float, default=0.0,
-                    help="seconds of streamed token metrics per token prompt (tokens: stream)")
+    ap.add_argument(
+        "--stream-s",
+        type=float,
+        default=0.0,
+        help="seconds of streamed token metrics per token prompt (tokens: stream)",
+    )
     ap.add_argument("--probe-fit-s", type=float, default=10.2, help="paper-size probe fit per cell (s)")
     ap.add_argument("--read-bytes-per-s", type=float, default=2e9, help="store read rate of the probe jobs")
     ap.add_argument("--cells-md", type=Path, help="re-project from an earlier summary's per-cell table")
@@ -257,7 +288,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.cells_md is not None:
         stores, md_jobs = read_cells_md(args.cells_md)
         bench = [r for r in bench if r["phase"] != "activations"] + [
-            {"phase": "activations", "key": k, "seconds": v, "max_rss_mb": math.nan} for k, v in md_jobs.items()]
+            {"phase": "activations", "key": k, "seconds": v, "max_rss_mb": math.nan} for k, v in md_jobs.items()
+        ]
     else:
         stores = read_stores(args.root)
     rates = parse_rates(args.rates)
@@ -273,7 +305,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| {phase} | {len(secs)} | {fmt_s(sum(secs))} | {fmt_s(sum(secs) / len(secs))} | {fmt_s(max(secs))} |")
 
     print("\n## Extraction per cell (rehearsal)\n")
-    print("| cell | job | GPU extraction | tok/s | overhead | last | tokens | dtype |\n|---|---|---|---|---|---|---|---|")
+    print(
+        "| cell | job | GPU extraction | tok/s | overhead | last | tokens | dtype |\n|---|---|---|---|---|---|---|---|"
+    )
     job_s = {r["key"]: r["seconds"] for r in bench if r["phase"] == "activations"}
     projected: dict[str, float] = {}
     disk_full = 0.0
@@ -282,23 +316,26 @@ def main(argv: list[str] | None = None) -> None:
         ext_s, rate = float(t.get("seconds") or 0.0), float(t.get("tokens_per_s") or 0.0)
         wall = job_s.get(key, math.nan)
         overhead = max(wall - ext_s, 0.0) if not math.isnan(wall) else math.nan
-        print(f"| {key} | {fmt_s(wall)} | {fmt_s(ext_s)} | {rate / 1e3:.1f}K | {fmt_s(overhead)} | "
-              f"{fmt_b(st['last_bytes'])} | {fmt_b(st['tokens_bytes'])} | {st['store_dtype']} |")
+        print(
+            f"| {key} | {fmt_s(wall)} | {fmt_s(ext_s)} | {rate / 1e3:.1f}K | {fmt_s(overhead)} | "
+            f"{fmt_b(st['last_bytes'])} | {fmt_b(st['tokens_bytes'])} | {st['store_dtype']} |"
+        )
         if rate > 0 and not math.isnan(overhead):
             scale = scale_t if st.get("fig3") else scale_p
             tokens = float(t.get("tokens") or 0.0)
             steady = rates.get(key.split("/")[0])
             if steady:
                 warmup = max(ext_s - tokens / steady - args.n_token_prompts * args.stream_s, 0.0)
-                projected[key] = (overhead + warmup + tokens * scale / steady
-                                  + args.full_token_prompts * args.stream_s)
+                projected[key] = overhead + warmup + tokens * scale / steady + args.full_token_prompts * args.stream_s
             else:
                 projected[key] = overhead + tokens * scale / rate
             disk_full += st["last_bytes"] * scale + st["tokens_bytes"] * scale_t
     missing = sorted({k.split("/")[0] for k in projected} - set(rates))
     if missing:
-        print(f"\nNo --rates for {missing}: their cells scale the rehearsal's own rate, warm-up included "
-              "(an over-estimate for small rehearsal cells).")
+        print(
+            f"\nNo --rates for {missing}: their cells scale the rehearsal's own rate, warm-up included "
+            "(an over-estimate for small rehearsal cells)."
+        )
     arms = 2 if args.pretrained_arm else 1
     # Only scope-all cells (those with probes) run in the pretrained arm too.
     probe_keys = {r["key"] for r in bench if r["phase"] == "probes"}
@@ -311,22 +348,31 @@ def main(argv: list[str] | None = None) -> None:
             last_full = stores.get(r["key"], {}).get("last_bytes", 0.0) * scale_p
             cpu["probes"] += (r["seconds"] + args.probe_fit_s + last_full / args.read_bytes_per_s) * arms
     if arms == 2:
-        disk_full += sum(stores[k]["last_bytes"] * scale_p + stores[k]["tokens_bytes"] * scale_t
-                         for k in stores if k in probe_keys)
+        disk_full += sum(
+            stores[k]["last_bytes"] * scale_p + stores[k]["tokens_bytes"] * scale_t for k in stores if k in probe_keys
+        )
     by_model = defaultdict(float)
     for key, sec in projected.items():
         by_model[key.split("/")[0]] += sec * (arms if key in probe_keys else 1)
     print("\n| model | extraction GPU time, full run | steady rate |\n|---|---|---|")
     for model, sec in sorted(by_model.items(), key=lambda kv: -kv[1]):
-        print(f"| {model} | {fmt_s(sec)} | {f'{rates[model] / 1e3:.1f}K tok/s' if model in rates else 'rehearsal cells'} |")
+        print(
+            f"| {model} | {fmt_s(sec)} | {f'{rates[model] / 1e3:.1f}K tok/s' if model in rates else 'rehearsal cells'} |"
+        )
 
-    print(f"\n## Projection: full paper run ({args.full_prompts} prompts, {args.full_token_prompts} token prompts per store, "
-          f"{'pretrained + random' if arms == 2 else 'this arm only'})\n")
-    print(f"- extraction jobs: {len(gpu_jobs)}, {sum(gpu_jobs) / 3600:.2f} GPU-hours (longest job {fmt_s(max(gpu_jobs, default=0))})")
+    print(
+        f"\n## Projection: full paper run ({args.full_prompts} prompts, {args.full_token_prompts} token prompts per store, "
+        f"{'pretrained + random' if arms == 2 else 'this arm only'})\n"
+    )
+    print(
+        f"- extraction jobs: {len(gpu_jobs)}, {sum(gpu_jobs) / 3600:.2f} GPU-hours (longest job {fmt_s(max(gpu_jobs, default=0))})"
+    )
     print(f"- metrics (token-level, scale with token prompts): {cpu['metrics'] / 3600:.2f} h of job time")
     print(f"- probes (scale with prompts): {cpu['probes'] / 3600:.2f} h of job time")
     print(f"- activation stores on disk: {fmt_b(disk_full)}")
-    print("\n| GPUs | extraction wall (longest first) | + metrics and probes spread over the same GPUs |\n|---|---|---|")
+    print(
+        "\n| GPUs | extraction wall (longest first) | + metrics and probes spread over the same GPUs |\n|---|---|---|"
+    )
     for g in (1, 2, 4, 8):
         ext = lpt_makespan(gpu_jobs, g)
         print(f"| {g} | {fmt_s(ext)} | {fmt_s(ext + (cpu['metrics'] + cpu['probes']) / g)} |")

@@ -127,9 +127,11 @@ def native_threads() -> str:
 
 
 def machine(device: torch.device) -> str:
-    out = (f"{cpu_model()}, {os.cpu_count()} CPUs ({usable_cores()} usable), "
-           f"load average {os.getloadavg()[0]:.1f}, "
-           f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
+    out = (
+        f"{cpu_model()}, {os.cpu_count()} CPUs ({usable_cores()} usable), "
+        f"load average {os.getloadavg()[0]:.1f}, "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    )
     if device.type == "cuda":
         out += f", GPU {torch.cuda.get_device_name(device)}"
     return out
@@ -141,17 +143,28 @@ def main() -> None:
     for name in ("states", "samples", "features", "classes", "seeds", "epochs"):
         ap.add_argument(f"--{name}", type=int, help="override the preset")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--source", choices=["host", "device"], default="host",
-                    help="features in host RAM (numpy, as read from a store) or already on the device")
+    ap.add_argument(
+        "--source",
+        choices=["host", "device"],
+        default="host",
+        help="features in host RAM (numpy, as read from a store) or already on the device",
+    )
     ap.add_argument("--max-batch-bytes", type=int, default=DEFAULT_MAX_BATCH_BYTES)
     ap.add_argument("--loop-problems", type=int, default=2, help="(state, seed) problems timed per loop")
     ap.add_argument("--sk-max-iter", type=int, default=100, help="LogisticRegression max_iter (sklearn default 100)")
-    ap.add_argument("--threads", type=int,
-                    help="CPU threads for torch, BLAS and OpenMP (default: torch's default; the sklearn loop "
-                         "gets all usable cores)")
-    ap.add_argument("--precision", choices=["tf32", "float32"], action="append",
-                    help="matmul_precision rows of ours (repeatable; default: tf32 and float32 on CUDA; "
-                         "on CPU both are float32, so one row)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads for torch, BLAS and OpenMP (default: torch's default; the sklearn loop "
+        "gets all usable cores)",
+    )
+    ap.add_argument(
+        "--precision",
+        choices=["tf32", "float32"],
+        action="append",
+        help="matmul_precision rows of ours (repeatable; default: tf32 and float32 on CUDA; "
+        "on CPU both are float32, so one row)",
+    )
     ap.add_argument("--skip", choices=["sklearn", "torch"], action="append", default=[])
     ap.add_argument("--repeats", type=int, default=1, help="best of this many runs of each method")
     ap.add_argument("--markdown", help="also write the table and context to this file")
@@ -171,11 +184,15 @@ def main() -> None:
             print(f"note: matmul_precision 'tf32' is IEEE float32 on {device.type}; timing one float32 row")
         precisions = ["float32"]
     print(f"machine: {machine(device)}")
-    print(f"CPU: {cpu_model()}; {os.cpu_count()} CPUs, {usable_cores()} usable by this process; "
-          f"native thread pools now: {native_threads()}")
+    print(
+        f"CPU: {cpu_model()}; {os.cpu_count()} CPUs, {usable_cores()} usable by this process; "
+        f"native thread pools now: {native_threads()}"
+    )
 
     t = time.perf_counter()
-    feats, labels = make_features(k, n, d, c, device if args.source == "device" or device.type == "cuda" else torch.device("cpu"))
+    feats, labels = make_features(
+        k, n, d, c, device if args.source == "device" or device.type == "cuda" else torch.device("cpu")
+    )
     if args.source == "host":
         feats = feats.cpu().numpy()
     _sync(device)
@@ -186,8 +203,15 @@ def main() -> None:
     for precision in precisions:
         # warm-up (CUDA context, cuBLAS handles and kernels for this precision): not timed
         n_warm = min(n, 2000)
-        fit_layer_probes(feats[:1, :n_warm], labels[:n_warm], epochs=2, seeds=(0,), device=device,
-                         matmul_precision=precision, progress=False)
+        fit_layer_probes(
+            feats[:1, :n_warm],
+            labels[:n_warm],
+            epochs=2,
+            seeds=(0,),
+            device=device,
+            matmul_precision=precision,
+            progress=False,
+        )
         _sync(device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -196,25 +220,38 @@ def main() -> None:
         for _ in range(args.repeats):
             _sync(device)
             t = time.perf_counter()
-            res = fit_layer_probes(feats, labels, epochs=e, seeds=seeds, device=device,
-                                   max_batch_bytes=args.max_batch_bytes, matmul_precision=precision,
-                                   progress=False)
+            res = fit_layer_probes(
+                feats,
+                labels,
+                epochs=e,
+                seeds=seeds,
+                device=device,
+                max_batch_bytes=args.max_batch_bytes,
+                matmul_precision=precision,
+                progress=False,
+            )
             _sync(device)
             best = min(best, time.perf_counter() - t)
         results[precision] = res
         label = f"ours: fit_layer_probes (batched), {device.type} {res.matmul_precision}"
         rows.append((label, k * s, e, best, best, "measured", True))
-        print(f"ours ({res.matmul_precision}): {best:.2f} s; mean val acc per state {np.round(res.mean, 3).tolist()}; "
-              f"peak state {res.peak_layer}")
+        print(
+            f"ours ({res.matmul_precision}): {best:.2f} s; mean val acc per state {np.round(res.mean, 3).tolist()}; "
+            f"peak state {res.peak_layer}"
+        )
         if device.type == "cuda":
             peak = (torch.cuda.max_memory_allocated(device) - base_mem) / 2**30
-            print(f"ours ({res.matmul_precision}): peak GPU memory above the input {peak:.2f} GiB "
-                  f"(max_batch_bytes {args.max_batch_bytes / 2**30:.2f} GiB)")
+            print(
+                f"ours ({res.matmul_precision}): peak GPU memory above the input {peak:.2f} GiB "
+                f"(max_batch_bytes {args.max_batch_bytes / 2**30:.2f} GiB)"
+            )
     if len(results) > 1:
         a, b = results["tf32"], results["float32"]
-        print(f"tf32 vs float32: max |mean val acc difference| over states {np.max(np.abs(a.mean - b.mean)):.4f}, "
-              f"max |val acc difference| over (seed, state) {np.max(np.abs(a.val_accuracy - b.val_accuracy)):.4f}, "
-              f"peak state {a.peak_layer} vs {b.peak_layer}")
+        print(
+            f"tf32 vs float32: max |mean val acc difference| over states {np.max(np.abs(a.mean - b.mean)):.4f}, "
+            f"max |val acc difference| over (seed, state) {np.max(np.abs(a.val_accuracy - b.val_accuracy)):.4f}, "
+            f"peak state {a.peak_layer} vs {b.peak_layer}"
+        )
     res = results.get("float32", next(iter(results.values())))
 
     problems = [(i % k, seeds[i % s]) for i in range(args.loop_problems)]
@@ -226,18 +263,30 @@ def main() -> None:
             used = native_threads()
             for _ in range(args.repeats):
                 t = time.perf_counter()
-                out = [sklearn_problem(host[layer].astype(np.float64), labels, *splits[sd], args.sk_max_iter)
-                       for layer, sd in problems]
+                out = [
+                    sklearn_problem(host[layer].astype(np.float64), labels, *splits[sd], args.sk_max_iter)
+                    for layer, sd in problems
+                ]
                 dt = min(dt, time.perf_counter() - t)
         accs, iters = zip(*out)
         print(f"sklearn loop: native thread pools {used} ({usable_cores()} usable cores)")
-        rows.append((f"sklearn loop: StandardScaler + LogisticRegression(max_iter={args.sk_max_iter}), "
-                     f"CPU float64, {sk_threads} threads on {usable_cores()} cores",
-                     len(problems), f"{np.mean(iters):.0f} (lbfgs)", dt, dt / len(problems) * k * s,
-                     f"scaled x{k * s / len(problems):g}", False))
+        rows.append(
+            (
+                f"sklearn loop: StandardScaler + LogisticRegression(max_iter={args.sk_max_iter}), "
+                f"CPU float64, {sk_threads} threads on {usable_cores()} cores",
+                len(problems),
+                f"{np.mean(iters):.0f} (lbfgs)",
+                dt,
+                dt / len(problems) * k * s,
+                f"scaled x{k * s / len(problems):g}",
+                False,
+            )
+        )
         ref = [res.val_accuracy[seeds.index(sd), layer] for layer, sd in problems]
-        print(f"sklearn loop: {dt:.2f} s for {len(problems)}; val acc {np.round(accs, 3)} (ours {np.round(ref, 3)}); "
-              f"iterations {iters}")
+        print(
+            f"sklearn loop: {dt:.2f} s for {len(problems)}; val acc {np.round(accs, 3)} (ours {np.round(ref, 3)}); "
+            f"iterations {iters}"
+        )
     if "torch" not in args.skip:
         xt = torch.as_tensor(feats, device=device)
         yt = torch.as_tensor(labels, device=device)
@@ -246,26 +295,53 @@ def main() -> None:
         for _ in range(args.repeats):
             _sync(device)
             t = time.perf_counter()
-            accs = [torch_problem(xt[layer], yt, torch.as_tensor(splits[sd][0], device=device),
-                                  torch.as_tensor(splits[sd][1], device=device), epochs=e, lr=0.05, seed=sd)
-                    for layer, sd in problems]
+            accs = [
+                torch_problem(
+                    xt[layer],
+                    yt,
+                    torch.as_tensor(splits[sd][0], device=device),
+                    torch.as_tensor(splits[sd][1], device=device),
+                    epochs=e,
+                    lr=0.05,
+                    seed=sd,
+                )
+                for layer, sd in problems
+            ]
             _sync(device)
             dt = min(dt, time.perf_counter() - t)
-        switch = (f" (torch.backends.cuda.matmul.fp32_precision {torch.backends.cuda.matmul.fp32_precision!r})"
-                  if device.type == "cuda" else "")  # the loop runs under the process's default switch
-        rows.append((f"torch loop: z-score + nn.Linear + Adam per problem, {device.type} float32{switch}",
-                     len(problems), e, dt, dt / len(problems) * k * s, f"scaled x{k * s / len(problems):g}", False))
+        switch = (
+            f" (torch.backends.cuda.matmul.fp32_precision {torch.backends.cuda.matmul.fp32_precision!r})"
+            if device.type == "cuda"
+            else ""
+        )  # the loop runs under the process's default switch
+        rows.append(
+            (
+                f"torch loop: z-score + nn.Linear + Adam per problem, {device.type} float32{switch}",
+                len(problems),
+                e,
+                dt,
+                dt / len(problems) * k * s,
+                f"scaled x{k * s / len(problems):g}",
+                False,
+            )
+        )
         print(f"torch loop: {dt:.2f} s for {len(problems)}; val acc {np.round(accs, 3)}")
 
     best_ours = min(row[4] for row in rows if row[6])  # est. time of the fastest "ours" row
     sk_full = next((row[4] for row in rows if row[0].startswith("sklearn loop")), None)
-    head = (f"| method | problems timed | iterations each | time (s) | est. all {k}x{s} problems (s) | how "
-            "| fastest ours faster by | speed-up over sklearn loop |\n|---|---|---|---|---|---|---|---|")
-    lines = [head] + [f"| {m} | {p} | {it} | {tt:.2f} | {full:.2f} | {how} | {full / best_ours:.2f}x | "
-                      f"{'n/a' if sk_full is None else f'{sk_full / full:.1f}x'} |"
-                      for m, p, it, tt, full, how, _ in rows]
-    size = (f"K={k} states, N={n} samples (n_train={res.n_train}, n_val={res.n_val}), d={d} features, "
-            f"C={c} classes, S={s} seeds, {e} epochs; features float16 on {args.source}; best of {args.repeats}")
+    head = (
+        f"| method | problems timed | iterations each | time (s) | est. all {k}x{s} problems (s) | how "
+        "| fastest ours faster by | speed-up over sklearn loop |\n|---|---|---|---|---|---|---|---|"
+    )
+    lines = [head] + [
+        f"| {m} | {p} | {it} | {tt:.2f} | {full:.2f} | {how} | {full / best_ours:.2f}x | "
+        f"{'n/a' if sk_full is None else f'{sk_full / full:.1f}x'} |"
+        for m, p, it, tt, full, how, _ in rows
+    ]
+    size = (
+        f"K={k} states, N={n} samples (n_train={res.n_train}, n_val={res.n_val}), d={d} features, "
+        f"C={c} classes, S={s} seeds, {e} epochs; features float16 on {args.source}; best of {args.repeats}"
+    )
     table = "\n".join(lines)
     print()
     print(size)
@@ -273,7 +349,7 @@ def main() -> None:
     if args.markdown:
         date = subprocess.run(["date"], capture_output=True, text=True).stdout.strip()
         cmd = "python benchmarks/probes.py " + " ".join(sys.argv[1:])
-        text = (f"### {size}\n\n- machine: {machine(device)}\n- date: {date}\n- command: `{cmd}`\n\n{table}\n")
+        text = f"### {size}\n\n- machine: {machine(device)}\n- date: {date}\n- command: `{cmd}`\n\n{table}\n"
         with open(args.markdown, "w") as fh:
             fh.write(text)
 

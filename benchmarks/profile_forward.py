@@ -79,8 +79,10 @@ def profile_model(name: str, args) -> str:
         lines.append(f"| {grp} | {ms:.1f} | {100 * ms / total:.0f}% |")
     lines += ["", "| kernel | group | calls per forward | ms per forward |", "|---|---|---|---|"]
     for e in sorted(events, key=lambda e: -e.device_time_total)[: args.top]:
-        lines.append(f"| `{e.key[:90]}` | {group_of(e.key)} | {e.count // args.repeats} | "
-                     f"{e.device_time_total / args.repeats / 1e3:.2f} |")
+        lines.append(
+            f"| `{e.key[:90]}` | {group_of(e.key)} | {e.count // args.repeats} | "
+            f"{e.device_time_total / args.repeats / 1e3:.2f} |"
+        )
     del model
     torch.cuda.empty_cache()
     return "\n".join(lines)

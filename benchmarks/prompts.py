@@ -81,17 +81,27 @@ def paper_sets(config_path: str, n_prompts: int | None, lengths: list[int] | Non
         settings["n_prompts"] = n_prompts
     probes = config.section("probes")
     needed = sorted(
-        {(m.tokenizer, task, length) for m in config.models for task in config.tasks for length in config.lengths
-         if m.fits(length)},
+        {
+            (m.tokenizer, task, length)
+            for m in config.models
+            for task in config.tasks
+            for length in config.lengths
+            if m.fits(length)
+        },
         key=lambda x: (x[2], x[1], x[0]),  # smallest first: a run cut short still covers every length it reached
     )
     if lengths:
         needed = [x for x in needed if x[2] in lengths]
-    print(f"config {config_path}: {len(needed)} prompt sets x {settings['n_prompts']} prompts, seed {config.seed}; "
-          f"split: val_fraction {probes['val_fraction']}, n_train {probes['n_train']}, seed 0", flush=True)
-    head = ("| set | tokenizer | context cap (prompt cap) | n | items | build s | write s | "
-            "tokens min / median / max | steered | "
-            "dup. redraws | duplicates | questions used (max uses, replaced) | train / val | leakage | K tok/s |")
+    print(
+        f"config {config_path}: {len(needed)} prompt sets x {settings['n_prompts']} prompts, seed {config.seed}; "
+        f"split: val_fraction {probes['val_fraction']}, n_train {probes['n_train']}, seed 0",
+        flush=True,
+    )
+    head = (
+        "| set | tokenizer | context cap (prompt cap) | n | items | build s | write s | "
+        "tokens min / median / max | steered | "
+        "dup. redraws | duplicates | questions used (max uses, replaced) | train / val | leakage | K tok/s |"
+    )
     print(head)
     print("|" + "---|" * (head.count("|") - 1), flush=True)
     total = 0.0
@@ -100,7 +110,12 @@ def paper_sets(config_path: str, n_prompts: int | None, lengths: list[int] | Non
             cap = prompt_token_cap(config, tok, length)
             t0 = time.perf_counter()
             records, manifest = build_prompt_records(
-                task=task, length=length, tokenizer=tok, seed=config.seed, settings=settings, max_tokens=cap,
+                task=task,
+                length=length,
+                tokenizer=tok,
+                seed=config.seed,
+                settings=settings,
+                max_tokens=cap,
                 progress=False,
             )
             t_build = time.perf_counter() - t0
@@ -168,7 +183,12 @@ def main() -> None:
     for task in ("kvpr", "mdqa"):
         t, (records, manifest) = timed(
             lambda: build_prompt_set(
-                task, target_tokens=2048, tokenizer_name=args.tokenizer, n_prompts=n, seed=0, oracle_path=ORACLE,
+                task,
+                target_tokens=2048,
+                tokenizer_name=args.tokenizer,
+                n_prompts=n,
+                seed=0,
+                oracle_path=ORACLE,
                 progress=False,
             )
         )

@@ -92,13 +92,18 @@ def main() -> None:
                     fwd_s = time.perf_counter() - t0
                 hs = out.hidden_states
                 row = {
-                    "model": hf_id, "init": name, "tokens": args.tokens,
+                    "model": hf_id,
+                    "init": name,
+                    "tokens": args.tokens,
                     "params": sum(p.numel() for p in model.parameters()),
                     "config_source": model_provenance(model)["config_source"],
-                    "build_s": round(build_s, 2), "forward_s": round(fwd_s, 2),
-                    "probe_weight": wname, "std": float(weight.float().std()),
+                    "build_s": round(build_s, 2),
+                    "forward_s": round(fwd_s, 2),
+                    "probe_weight": wname,
+                    "std": float(weight.float().std()),
                     "expected_std": _expected_std(spec, weight),
-                    "cos_first": round(_mean_cosine(hs[0]), 4), "cos_last": round(_mean_cosine(hs[-1]), 4),
+                    "cos_first": round(_mean_cosine(hs[0]), 4),
+                    "cos_last": round(_mean_cosine(hs[-1]), 4),
                     "finite": bool(all(torch.isfinite(h).all() for h in hs)),
                 }
                 print(json.dumps(row), flush=True)

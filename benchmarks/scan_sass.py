@@ -46,22 +46,27 @@ def compile_sass(kernel, pointers: dict[str, str], constants: dict, num_warps: i
     sig.update(pointers)
     sig.update({name: "constexpr" for name in constants})
     attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(kernel.arg_names) if name not in constants}
-    src = ASTSource(fn=kernel, signature=sig, attrs=attrs,
-                    constexprs={(kernel.arg_names.index(k),): v for k, v in constants.items()})
+    src = ASTSource(
+        fn=kernel,
+        signature=sig,
+        attrs=attrs,
+        constexprs={(kernel.arg_names.index(k),): v for k, v in constants.items()},
+    )
     compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
     cubin = workdir / "k.cubin"
     cubin.write_bytes(compiled.asm["cubin"])
-    sass = subprocess.run([str(BIN / "cuobjdump"), "-sass", str(cubin)], capture_output=True, text=True,
-                          check=True).stdout
-    usage = subprocess.run([str(BIN / "cuobjdump"), "-res-usage", str(cubin)], capture_output=True, text=True,
-                           check=True).stdout
+    sass = subprocess.run(
+        [str(BIN / "cuobjdump"), "-sass", str(cubin)], capture_output=True, text=True, check=True
+    ).stdout
+    usage = subprocess.run(
+        [str(BIN / "cuobjdump"), "-res-usage", str(cubin)], capture_output=True, text=True, check=True
+    ).stdout
     return sass, int(re.search(r"REG:(\d+)", usage).group(1))
 
 
 def main_loop(sass: str) -> collections.Counter:
     """Opcode counts of the largest backward-branch loop (the unrolled time loop)."""
-    ins = [(int(m.group(1), 16), m.group(2).strip())
-           for m in re.finditer(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
+    ins = [(int(m.group(1), 16), m.group(2).strip()) for m in re.finditer(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
     best: list[str] = []
     for addr, text in ins:
         m = re.search(r"\bBRA\b.*?0x([0-9a-f]+)", text)
@@ -77,9 +82,18 @@ def main_loop(sass: str) -> collections.Counter:
 def rows() -> list[tuple[str, str, int, float, float]]:
     bf16 = {p: "*bf16" for p in ("u_ptr", "dt_ptr", "z_ptr", "out_ptr")}
     f32 = {p: "*fp32" for p in ("dskip_ptr", "dtb_ptr")}
-    cases = [("triton", f"BLOCK_D=32 warps=1 unroll={un}", _selective_scan_fwd_kernel,
-              {**bf16, "b_ptr": "*bf16", "c_ptr": "*bf16", "a_ptr": "*fp32", **f32},
-              {"D_STATE": 16, "BLOCK_D": 32, "UNROLL": un, **FLAGS}, 1, un) for un in (4, 2, 8)]
+    cases = [
+        (
+            "triton",
+            f"BLOCK_D=32 warps=1 unroll={un}",
+            _selective_scan_fwd_kernel,
+            {**bf16, "b_ptr": "*bf16", "c_ptr": "*bf16", "a_ptr": "*fp32", **f32},
+            {"D_STATE": 16, "BLOCK_D": 32, "UNROLL": un, **FLAGS},
+            1,
+            un,
+        )
+        for un in (4, 2, 8)
+    ]
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, label, kernel, pointers, constants, nw, warp_steps in cases:
@@ -90,8 +104,9 @@ def rows() -> list[tuple[str, str, int, float, float]]:
 
 
 def main() -> int:
-    print(f"Mamba-1 scan time loop, sm_90 SASS (Triton {triton.__version__}), per warp-step "
-          f"(32 channels x 16 states)\n")
+    print(
+        f"Mamba-1 scan time loop, sm_90 SASS (Triton {triton.__version__}), per warp-step (32 channels x 16 states)\n"
+    )
     print("| kernel | config | registers | instructions | MUFU | cycles >= max(instr, 8 x MUFU) | x exp bound (128) |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for name, label, regs, n, mufu in rows():

@@ -48,8 +48,9 @@ SHAPES = ((16, 2048), (8, 4096))
 TRITON_CONFIGS = ((32, 1, 4), (64, 2, 4), (32, 1, 8), (32, 1, 2))
 
 
-def scan_inputs(batch: int, n_tokens: int, dtype: torch.dtype, device: str, seed: int = 0,
-                channels: int = CHANNELS) -> dict:
+def scan_inputs(
+    batch: int, n_tokens: int, dtype: torch.dtype, device: str, seed: int = 0, channels: int = CHANNELS
+) -> dict:
     """Mixer-like inputs of the scan: ``u``/``z`` and ``B``/``C`` are views of fused projections."""
     g = torch.Generator(device).manual_seed(seed)
 
@@ -59,18 +60,31 @@ def scan_inputs(batch: int, n_tokens: int, dtype: torch.dtype, device: str, seed
     xz = rnd(batch, n_tokens, 2 * channels)
     dbl = rnd(batch, n_tokens, DT_RANK + 2 * D_STATE)
     return {
-        "u": xz[..., :channels], "delta": rnd(batch, n_tokens, channels, scale=0.5),
+        "u": xz[..., :channels],
+        "delta": rnd(batch, n_tokens, channels, scale=0.5),
         "A": -torch.exp(torch.rand(channels, D_STATE, device=device, generator=g) * 2.7),
-        "B": dbl[..., DT_RANK : DT_RANK + D_STATE], "C": dbl[..., DT_RANK + D_STATE :],
-        "D": torch.ones(channels, device=device), "z": xz[..., channels:],
-        "delta_bias": torch.full((channels,), -3.0, device=device), "delta_softplus": True,
+        "B": dbl[..., DT_RANK : DT_RANK + D_STATE],
+        "C": dbl[..., DT_RANK + D_STATE :],
+        "D": torch.ones(channels, device=device),
+        "z": xz[..., channels:],
+        "delta_bias": torch.full((channels,), -3.0, device=device),
+        "delta_softplus": True,
     }
 
 
 def _call(fn, x: dict, rows: slice = slice(None)):
     t = {k: (v[rows] if isinstance(v, torch.Tensor) and v.dim() == 3 else v) for k, v in x.items()}
-    return fn(t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"], delta_bias=t["delta_bias"],
-              delta_softplus=t["delta_softplus"])
+    return fn(
+        t["u"],
+        t["delta"],
+        t["A"],
+        t["B"],
+        t["C"],
+        t["D"],
+        t["z"],
+        delta_bias=t["delta_bias"],
+        delta_softplus=t["delta_softplus"],
+    )
 
 
 def _reference(x: dict, rows: slice) -> torch.Tensor:
@@ -78,8 +92,18 @@ def _reference(x: dict, rows: slice) -> torch.Tensor:
         return v.double() if isinstance(v, torch.Tensor) else v
 
     t = {k: f64(v[rows] if isinstance(v, torch.Tensor) and v.dim() == 3 else v) for k, v in x.items()}
-    return selective_scan_reference(t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"],
-                                    delta_bias=t["delta_bias"], delta_softplus=True, compute_dtype=torch.float64)
+    return selective_scan_reference(
+        t["u"],
+        t["delta"],
+        t["A"],
+        t["B"],
+        t["C"],
+        t["D"],
+        t["z"],
+        delta_bias=t["delta_bias"],
+        delta_softplus=True,
+        compute_dtype=torch.float64,
+    )
 
 
 def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -104,8 +128,14 @@ def variants() -> list[tuple[str, str, object]]:
     """(kernel, config, fn with the signature of selective_scan_reference) for every row."""
     from functools import partial
 
-    out = [("triton", f"BLOCK_D={bd} warps={nw} unroll={un}",
-            partial(selective_scan_triton, block_d=bd, num_warps=nw, unroll=un)) for bd, nw, un in TRITON_CONFIGS]
+    out = [
+        (
+            "triton",
+            f"BLOCK_D={bd} warps={nw} unroll={un}",
+            partial(selective_scan_triton, block_d=bd, num_warps=nw, unroll=un),
+        )
+        for bd, nw, un in TRITON_CONFIGS
+    ]
     from reprflow.kernels.ops import compiled_scan_time_major
     from reprflow.kernels.optional import compiled_selective_scan
 
@@ -143,8 +173,15 @@ def sweep(args) -> str:
         try:
             ms = [_ms(lambda x=x: _call(fn, x), dev, args.reps) for x in inputs]
             e16 = _rel(_call(fn, inputs[0], slice(0, 1)), want16)
-            rows.append([kernel, label, fn, f"{ms[0]:.3f} | {ms[0] / exp_ms:.2f} | {ms[1]:.3f} | "
-                                            f"{ms[1] / exp_ms:.2f} | {e16:.1e}", "-"])
+            rows.append(
+                [
+                    kernel,
+                    label,
+                    fn,
+                    f"{ms[0]:.3f} | {ms[0] / exp_ms:.2f} | {ms[1]:.3f} | {ms[1] / exp_ms:.2f} | {e16:.1e}",
+                    "-",
+                ]
+            )
         except Exception as exc:  # a configuration the compiler or the GPU rejects
             rows.append([kernel, label, None, f"failed: {type(exc).__name__}: {str(exc)[:100]} | | | |", ""])
         print(f"| {rows[-1][0]} | {rows[-1][1]} | {rows[-1][3]} |", flush=True)
@@ -158,8 +195,11 @@ def sweep(args) -> str:
     op = mamba_scan_op(torch.device(dev), report=report)
     _call(op, inputs[0])
     entry = next(iter(report["mamba_scan"].values()))
-    lines += ["", f"Chooser at B={b1} T={t1}: {entry['kernel']} ({entry['reason']}); "
-                  f"check errors {entry['check_rel_err']}", f"Sweep time {time.perf_counter() - t_start:.0f} s."]
+    lines += [
+        "",
+        f"Chooser at B={b1} T={t1}: {entry['kernel']} ({entry['reason']}); check errors {entry['check_rel_err']}",
+        f"Sweep time {time.perf_counter() - t_start:.0f} s.",
+    ]
     return "\n".join(lines)
 
 
@@ -168,8 +208,12 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cuda", help="cuda (cpu only with TRITON_INTERPRET=1 and --quick)")
     p.add_argument("--quick", action="store_true", help="toy token counts (interpreter smoke run)")
     p.add_argument("--reps", type=int, default=7, help="timed calls per cell (median)")
-    p.add_argument("--budget-s", type=float, default=65.0,
-                   help="start no float32 check (one compile each) after this many seconds ('-' in the table)")
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=65.0,
+        help="start no float32 check (one compile each) after this many seconds ('-' in the table)",
+    )
     p.add_argument("--out", type=Path, default=None, help="also write scan_sweep.md here")
     args = p.parse_args(argv)
     text = sweep(args)

@@ -53,27 +53,75 @@ def worker(args) -> None:
     model = build_model(config, dtype=dtype, seed=0, device=str(device))
     checksum = float(sum(p.float().sum() for p in model.parameters()))
     attrs = {
-        "model": args.model, "model_id": args.model, "revision": "random-init", "family": config.model_type,
-        "init": {"scheme": "default", "seed": 0}, "task": "kvpr", "length": args.tokens, "tokenizer": tok_name,
-        "prompt_file": "<benchmark>", "prompt_sha256": "0" * 64,
+        "model": args.model,
+        "model_id": args.model,
+        "revision": "random-init",
+        "family": config.model_type,
+        "init": {"scheme": "default", "seed": 0},
+        "task": "kvpr",
+        "length": args.tokens,
+        "tokenizer": tok_name,
+        "prompt_file": "<benchmark>",
+        "prompt_sha256": "0" * 64,
     }
     rng = None if args.shard < 0 else shard_range(len(prompts), args.shard, args.shards)
     start = time.time()
     s = extract_activations(
-        model, tokenizer, prompts, args.store, batch_size=args.batch_size, n_token_prompts=args.token_prompts,
-        attrs=attrs, device=device, compute_dtype=dtype, progress=False, sample_range=rng,
+        model,
+        tokenizer,
+        prompts,
+        args.store,
+        batch_size=args.batch_size,
+        n_token_prompts=args.token_prompts,
+        attrs=attrs,
+        device=device,
+        compute_dtype=dtype,
+        progress=False,
+        sample_range=rng,
     )
     end = time.time()
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(json.dumps({"shard": args.shard, "device": str(device), "gpu": gpu,
-                      "tokens": s.tokens, "seconds": s.seconds, "tok_s": s.tokens_per_s, "start": end - s.seconds,
-                      "end": end, "started": start, "weights_checksum": checksum}), flush=True)
+    print(
+        json.dumps(
+            {
+                "shard": args.shard,
+                "device": str(device),
+                "gpu": gpu,
+                "tokens": s.tokens,
+                "seconds": s.seconds,
+                "tok_s": s.tokens_per_s,
+                "start": end - s.seconds,
+                "end": end,
+                "started": start,
+                "weights_checksum": checksum,
+            }
+        ),
+        flush=True,
+    )
 
 
 def launch(args, store: Path, shard: int) -> subprocess.Popen:
-    cmd = [sys.executable, __file__, "--worker", "--shard", str(shard), "--store", str(store), "--model", args.model,
-           "--prompts", str(args.prompts), "--tokens", str(args.tokens), "--batch-size", str(args.batch_size),
-           "--token-prompts", str(args.token_prompts), "--shards", str(args.shards)] + (["--quick"] if args.quick else [])
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        "--shard",
+        str(shard),
+        "--store",
+        str(store),
+        "--model",
+        args.model,
+        "--prompts",
+        str(args.prompts),
+        "--tokens",
+        str(args.tokens),
+        "--batch-size",
+        str(args.batch_size),
+        "--token-prompts",
+        str(args.token_prompts),
+        "--shards",
+        str(args.shards),
+    ] + (["--quick"] if args.quick else [])
     env = {**os.environ, "REPRFLOW_GPU_LOCK_DIR": str(args.lock_dir)}
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
 
@@ -131,8 +179,10 @@ def main(argv=None) -> int:
         f"| one store | {one['device']} | {one['tokens']} | {one['seconds']:.2f} | {one['tok_s'] / 1e3:.1f}K |",
     ]
     for s in shards:
-        lines.append(f"| shard {s['shard']} of {args.shards} | {s['device']} | {s['tokens']} | {s['seconds']:.2f} | "
-                     f"{s['tok_s'] / 1e3:.1f}K |")
+        lines.append(
+            f"| shard {s['shard']} of {args.shards} | {s['device']} | {s['tokens']} | {s['seconds']:.2f} | "
+            f"{s['tok_s'] / 1e3:.1f}K |"
+        )
     lines += [
         f"| all shards together (first start to last end) | {args.shards} GPUs | {total} | {span:.2f} | "
         f"**{total / span / 1e3:.1f}K** ({total / span / one['tok_s']:.2f}x one store) |",

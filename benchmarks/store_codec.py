@@ -59,8 +59,9 @@ def tiny_neox(t: int) -> np.ndarray:
 
     tmp = Path(tempfile.mkdtemp())
     try:
-        model = load_model(str(build_tiny_model("gpt_neox", out_dir=tmp / "m", seed=0)),
-                           init=InitSpec("pretrained"), seed=None)
+        model = load_model(
+            str(build_tiny_model("gpt_neox", out_dir=tmp / "m", seed=0)), init=InitSpec("pretrained"), seed=None
+        )
         ids = torch.randint(0, 50000, (1, t), generator=torch.Generator().manual_seed(0))
         cap = forward_states(model, ids, torch.ones_like(ids), token_rows=[0])
         return cap.tokens[:, 0].float().numpy().astype(np.float16)  # [K, t, hidden]
@@ -89,9 +90,14 @@ def write_read(x: np.ndarray, root: Path, how: str) -> tuple[float, float, int, 
         if how == "zarr-default":
             arr = zarr.create_array(str(path), shape=x.shape, dtype=x.dtype, chunks="auto")
         else:
-            arr = zarr.create_array(str(path), shape=x.shape, dtype=x.dtype,
-                                    chunks=(1, min(t, 1024), h), compressors=codecs[how],
-                                    config={"write_empty_chunks": how != "no-codec-scan"})
+            arr = zarr.create_array(
+                str(path),
+                shape=x.shape,
+                dtype=x.dtype,
+                chunks=(1, min(t, 1024), h),
+                compressors=codecs[how],
+                config={"write_empty_chunks": how != "no-codec-scan"},
+            )
         arr[:] = x
         c1, t1 = time.process_time(), time.perf_counter()
         y = zarr.open_array(str(path), mode="r")[:]
@@ -131,8 +137,7 @@ def main() -> None:
         "synthetic": synthetic(args.states, args.tokens, args.hidden),
         "tiny-neox": tiny_neox(args.tokens),
     }
-    hows = ["reprflow-default", "no-checksum", "blosc-zstd1", "blosc-zstd3", "no-codec-scan", "zarr-default",
-            "np.save"]
+    hows = ["reprflow-default", "no-checksum", "blosc-zstd1", "blosc-zstd3", "no-codec-scan", "zarr-default", "np.save"]
     print("| data | shape | method | write CPU | read CPU | write wall | read wall | size ratio |")
     print("|---|---|---|---|---|---|---|---|")
     root = Path(tempfile.mkdtemp())

@@ -77,33 +77,59 @@ def bench_inter_token(k: int, n: int, d: int, device: torch.device) -> dict:
     t_naive, ref = _time(lambda: naive_inter_token(h), device)
     t_ours, ours = _time(lambda: inter_token_cosine(h), device)
     diff = float(np.max(np.abs(ours - ref.cpu().numpy())))
-    return {"K": k, "n": n, "d": d, "naive_s": t_naive, "ours_s": t_ours,
-            "speedup": t_naive / t_ours, "max_abs_diff": diff}
+    return {
+        "K": k,
+        "n": n,
+        "d": d,
+        "naive_s": t_naive,
+        "ours_s": t_ours,
+        "speedup": t_naive / t_ours,
+        "max_abs_diff": diff,
+    }
 
 
 def write_store(path: Path, k_all: int, n_prompts: int, n: int, d: int) -> None:
     """Contract-shaped store: residual view = states 0..K_all-2, hf = 0..K_all-3 + final."""
     group = zarr.create_group(store=str(path), zarr_format=3)
     tokens = group.create_array(
-        "tokens", shape=(k_all, n_prompts, n, d), dtype="float16", chunks=(1, 1, min(n, 1024), d),
-        compressors=None, dimension_names=("n_states", "n_prompts", "n_tokens", "hidden"))
+        "tokens",
+        shape=(k_all, n_prompts, n, d),
+        dtype="float16",
+        chunks=(1, 1, min(n, 1024), d),
+        compressors=None,
+        dimension_names=("n_states", "n_prompts", "n_tokens", "hidden"),
+    )
     for i in range(n_prompts):
         tokens[:, i] = make_states(k_all, n, d, seed=i)
-    small = {"last": (np.zeros((k_all, 1, d), np.float16), ("n_states", "n_samples", "hidden")),
-             "labels": (np.zeros(1, np.int64), ("n_samples",)),
-             "n_tokens": (np.full(1, n, np.int64), ("n_samples",)),
-             "lengths": (np.full(n_prompts, n, np.int64), ("n_prompts",))}
+    small = {
+        "last": (np.zeros((k_all, 1, d), np.float16), ("n_states", "n_samples", "hidden")),
+        "labels": (np.zeros(1, np.int64), ("n_samples",)),
+        "n_tokens": (np.full(1, n, np.int64), ("n_samples",)),
+        "lengths": (np.full(n_prompts, n, np.int64), ("n_prompts",)),
+    }
     for name, (data, dims) in small.items():
         group.create_array(name, data=data, dimension_names=dims)
     names = ["embed", *[f"block_{i}" for i in range(1, k_all - 1)], "final_norm"]
-    group.attrs.update({
-        "model": "synthetic", "model_id": "synthetic", "revision": None, "family": "gpt_neo",
-        "init": {"scheme": "gaussian"}, "dtype": "float16", "task": "kvpr", "length": n,
-        "tokenizer": "none", "prompt_file": "none", "prompt_sha256": "0" * 64,
-        "reprflow_version": __version__, "state_names": names,
-        "views": {"residual": list(range(k_all - 1)),
-                  "hf": [*range(k_all - 2), k_all - 1]},
-        "token_prompt_ids": list(range(n_prompts)), "complete": True})
+    group.attrs.update(
+        {
+            "model": "synthetic",
+            "model_id": "synthetic",
+            "revision": None,
+            "family": "gpt_neo",
+            "init": {"scheme": "gaussian"},
+            "dtype": "float16",
+            "task": "kvpr",
+            "length": n,
+            "tokenizer": "none",
+            "prompt_file": "none",
+            "prompt_sha256": "0" * 64,
+            "reprflow_version": __version__,
+            "state_names": names,
+            "views": {"residual": list(range(k_all - 1)), "hf": [*range(k_all - 2), k_all - 1]},
+            "token_prompt_ids": list(range(n_prompts)),
+            "complete": True,
+        }
+    )
 
 
 def bench_stage(k: int, n: int, d: int, n_prompts: int, device: torch.device) -> dict:
@@ -113,8 +139,15 @@ def bench_stage(k: int, n: int, d: int, n_prompts: int, device: torch.device) ->
         t0 = time.perf_counter()
         compute_token_metrics(store, Path(tmp) / "out", device=device)
         elapsed = time.perf_counter() - t0
-    return {"K": k, "n": n, "d": d, "prompts": n_prompts, "stage_s": elapsed,
-            "s_per_prompt": elapsed / n_prompts, "tokens_per_s": n * n_prompts / elapsed}
+    return {
+        "K": k,
+        "n": n,
+        "d": d,
+        "prompts": n_prompts,
+        "stage_s": elapsed,
+        "s_per_prompt": elapsed / n_prompts,
+        "tokens_per_s": n * n_prompts / elapsed,
+    }
 
 
 def main() -> None:
@@ -130,35 +163,50 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    lines = ["Inter-token cosine (all K states of one prompt):", "",
-             "| K | n | d | pairwise n x n (s) | O(n d) identity (s) | speedup | max abs diff |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "Inter-token cosine (all K states of one prompt):",
+        "",
+        "| K | n | d | pairwise n x n (s) | O(n d) identity (s) | speedup | max abs diff |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for spec in args.sizes:
         r = bench_inter_token(*(int(v) for v in spec.split(",")), device)
-        lines.append(f"| {r['K']} | {r['n']} | {r['d']} | {r['naive_s']:.3f} | {r['ours_s']:.4f} | "
-                     f"{r['speedup']:.0f}x | {r['max_abs_diff']:.1e} |")
+        lines.append(
+            f"| {r['K']} | {r['n']} | {r['d']} | {r['naive_s']:.3f} | {r['ours_s']:.4f} | "
+            f"{r['speedup']:.0f}x | {r['max_abs_diff']:.1e} |"
+        )
         print(lines[-1], flush=True)
     if args.stage_size:
         k, n, d = (int(v) for v in args.stage_size.split(","))
         r = bench_stage(k, n, d, args.prompts, device)
-        lines += ["", "Whole stage (2 views, all metrics incl. biased + debiased CKA; read included):", "",
-                  "| K | n | d | prompts | total (s) | s / prompt | tokens / s |", "|---|---|---|---|---|---|---|",
-                  f"| {k} | {n} | {d} | {r['prompts']} | {r['stage_s']:.2f} | {r['s_per_prompt']:.2f} | "
-                  f"{r['tokens_per_s']:.0f} |"]
+        lines += [
+            "",
+            "Whole stage (2 views, all metrics incl. biased + debiased CKA; read included):",
+            "",
+            "| K | n | d | prompts | total (s) | s / prompt | tokens / s |",
+            "|---|---|---|---|---|---|---|",
+            f"| {k} | {n} | {d} | {r['prompts']} | {r['stage_s']:.2f} | {r['s_per_prompt']:.2f} | "
+            f"{r['tokens_per_s']:.0f} |",
+        ]
     table = "\n".join(lines)
     print()
     print(table)
     if args.markdown:
-        machine = (torch.cuda.get_device_name(device) if device.type == "cuda"
-                   else f"{platform.machine()}, {os.cpu_count()} CPU cores")
+        machine = (
+            torch.cuda.get_device_name(device)
+            if device.type == "cuda"
+            else f"{platform.machine()}, {os.cpu_count()} CPU cores"
+        )
         stamp = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
         os.makedirs(os.path.dirname(os.path.abspath(args.markdown)), exist_ok=True)
         with open(args.markdown, "w") as fh:
-            fh.write(f"Machine: {machine}, torch {torch.__version__}\n\nDate: {stamp}\n\n"
-                     f"Command: `python benchmarks/token_metrics.py --device {args.device} --sizes "
-                     f"{' '.join(args.sizes)} --stage-size '{args.stage_size}' --prompts {args.prompts}"
-                     f"{f' --threads {args.threads}' if args.threads else ''}`\n\n"
-                     f"{table}\n")
+            fh.write(
+                f"Machine: {machine}, torch {torch.__version__}\n\nDate: {stamp}\n\n"
+                f"Command: `python benchmarks/token_metrics.py --device {args.device} --sizes "
+                f"{' '.join(args.sizes)} --stage-size '{args.stage_size}' --prompts {args.prompts}"
+                f"{f' --threads {args.threads}' if args.threads else ''}`\n\n"
+                f"{table}\n"
+            )
 
 
 if __name__ == "__main__":

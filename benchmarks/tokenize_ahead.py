@@ -48,8 +48,14 @@ def main(argv: list[str] | None = None) -> int:
     config = load_configs([ROOT / "config" / "config.yaml"])
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{args.task}_n{args.length}.jsonl"
-        build_prompt_file(path, task=args.task, length=args.length, tokenizer=args.tokenizer, seed=config.seed,
-                          settings={**config.section("prompts"), "n_prompts": args.n_prompts})
+        build_prompt_file(
+            path,
+            task=args.task,
+            length=args.length,
+            tokenizer=args.tokenizer,
+            seed=config.seed,
+            settings={**config.section("prompts"), "n_prompts": args.n_prompts},
+        )
         prompts = read_prompt_set(path)
     tokenizer = load_tokenizer(args.tokenizer)
     n_tokens = sum(int(r["n_tokens"]) for r in prompts)
@@ -73,8 +79,10 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"{len(prompts)} {args.task} prompts, {n_tokens} tokens, tokenizer {args.tokenizer}, window {args.window}")
     print(f"up front (one batched call): {up_front:.2f} s")
-    print(f"ahead: first window ready after {first:.2f} s ({first / up_front:.0%} of up front), "
-          f"all after {every:.2f} s; launching thread's worst gap meanwhile {worst * 1e3:.0f} ms")
+    print(
+        f"ahead: first window ready after {first:.2f} s ({first / up_front:.0%} of up front), "
+        f"all after {every:.2f} s; launching thread's worst gap meanwhile {worst * 1e3:.0f} ms"
+    )
     return 0
 
 

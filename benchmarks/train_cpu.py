@@ -32,8 +32,12 @@ from reprflow.training.sizing import MATCHED_FAMILIES
 
 def _step_time(family: str, variant: str, args) -> tuple[float, float, float]:
     spec = TrainSpec(width=args.width, depth=args.depth, context=args.context, batch_size=args.batch)
-    model = build_from_config(build_config(family, spec, vocab_size=50304, positions=args.context),
-                              seed=0, dtype=torch.float32, device=torch.device("cpu"))
+    model = build_from_config(
+        build_config(family, spec, vocab_size=50304, positions=args.context),
+        seed=0,
+        dtype=torch.float32,
+        device=torch.device("cpu"),
+    )
     after = variant == "after"
     if after and family == "mamba":
         install_mamba_train_forward(model)
@@ -70,13 +74,18 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     tokens = args.batch * args.context
-    print(f"batch {args.batch} x context {args.context} = {tokens} tokens/step, {args.threads} threads, "
-          f"load {os.getloadavg()[0]:.1f}")
+    print(
+        f"batch {args.batch} x context {args.context} = {tokens} tokens/step, {args.threads} threads, "
+        f"load {os.getloadavg()[0]:.1f}"
+    )
     for family in args.families:
         for variant in ("before", "after"):
             med, best, cpu = _step_time(family, variant, args)
-            print(f"{family:9s} {variant:6s} median {med * 1e3:7.0f} ms  min {best * 1e3:7.0f} ms  "
-                  f"cpu {cpu:6.2f} s/step  {tokens / med:7.0f} tok/s  load {os.getloadavg()[0]:.1f}", flush=True)
+            print(
+                f"{family:9s} {variant:6s} median {med * 1e3:7.0f} ms  min {best * 1e3:7.0f} ms  "
+                f"cpu {cpu:6.2f} s/step  {tokens / med:7.0f} tok/s  load {os.getloadavg()[0]:.1f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -54,9 +54,6 @@ import argparse
 import gc
 import importlib.util
 import json
-import math
-import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -128,8 +125,20 @@ def _free(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def _run(family: str, path: str | None, spec, config, windows: np.ndarray, *, batch: int, warmup: int, steps: int,
-         slow_s: float, device: torch.device, fused_head: bool = True) -> dict:
+def _run(
+    family: str,
+    path: str | None,
+    spec,
+    config,
+    windows: np.ndarray,
+    *,
+    batch: int,
+    warmup: int,
+    steps: int,
+    slow_s: float,
+    device: torch.device,
+    fused_head: bool = True,
+) -> dict:
     """Build, prepare and step one model: ``warmup`` steps each synchronised (the second one
     decides whether the path is slow), then ``steps`` back to back as the training loop runs
     them (batches copied from pinned memory, no sync until the end): ms/step = their mean."""
@@ -148,8 +157,9 @@ def _run(family: str, path: str | None, spec, config, windows: np.ndarray, *, ba
 
     def step(s: int) -> torch.Tensor:
         x = to_device(torch.from_numpy(_batch(windows, s, batch, spec.data_seed)).long(), device)
-        return train_step(model, optimizer, x, device, lr=_lr_at(s, spec, n_steps), grad_clip=spec.grad_clip,
-                          fused_head=fused_head)
+        return train_step(
+            model, optimizer, x, device, lr=_lr_at(s, spec, n_steps), grad_clip=spec.grad_clip, fused_head=fused_head
+        )
 
     losses, first, s = [], [], 0
     while s < warmup:
@@ -166,12 +176,25 @@ def _run(family: str, path: str | None, spec, config, windows: np.ndarray, *, ba
     _sync(device)
     ms = 1e3 * (time.perf_counter() - t0) / steps
     losses += [float(v) for v in timed]
-    note = f"first step {first[0]:.0f} s (compiles, autotuning)" if first and first[0] > 5 and first[0] > 3 * ms / 1e3 else ""
+    note = (
+        f"first step {first[0]:.0f} s (compiles, autotuning)"
+        if first and first[0] > 5 and first[0] > 3 * ms / 1e3
+        else ""
+    )
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
-    del model, optimizer
-    return {"family": family, "path": chosen, "head": "fused" if fused_head else "naive", "kernels": kernels,
-            "batch": batch, "timed_steps": steps, "ms_per_step": ms, "first_step_ms": 1e3 * first[0] if first else None,
-            "losses": losses, "peak_gib": peak, "note": note}
+    return {
+        "family": family,
+        "path": chosen,
+        "head": "fused" if fused_head else "naive",
+        "kernels": kernels,
+        "batch": batch,
+        "timed_steps": steps,
+        "ms_per_step": ms,
+        "first_step_ms": 1e3 * first[0] if first else None,
+        "losses": losses,
+        "peak_gib": peak,
+        "note": note,
+    }
 
 
 def family_config(family: str, spec, args):
@@ -182,8 +205,19 @@ def family_config(family: str, spec, args):
     return build_config(family, spec, vocab_size=padded_vocab(vocab_tokens(args)), positions=spec.context)
 
 
-def measure(family: str, path: str | None, spec, config, windows, args, *, batch: int | None = None,
-            steps: int | None = None, warmup: int | None = None, fused_head: bool = True) -> dict:
+def measure(
+    family: str,
+    path: str | None,
+    spec,
+    config,
+    windows,
+    args,
+    *,
+    batch: int | None = None,
+    steps: int | None = None,
+    warmup: int | None = None,
+    fused_head: bool = True,
+) -> dict:
     """One row: :func:`_run`, retried at half the batch after running out of GPU memory; any
     other error becomes the row's note (with the traceback on stderr), so one broken path does
     not cost the other rows."""
@@ -193,9 +227,19 @@ def measure(family: str, path: str | None, spec, config, windows, args, *, batch
     while True:
         oom = failed = None
         try:
-            row = _run(family, path, spec, config, windows, batch=batch,
-                       warmup=args.warmup if warmup is None else warmup, steps=args.steps if steps is None else steps,
-                       slow_s=args.slow_s, device=device, fused_head=fused_head)
+            row = _run(
+                family,
+                path,
+                spec,
+                config,
+                windows,
+                batch=batch,
+                warmup=args.warmup if warmup is None else warmup,
+                steps=args.steps if steps is None else steps,
+                slow_s=args.slow_s,
+                device=device,
+                fused_head=fused_head,
+            )
         except Exception as exc:  # noqa: BLE001 - reported in the table
             if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc):
                 oom = True
@@ -205,15 +249,31 @@ def measure(family: str, path: str | None, spec, config, windows, args, *, batch
             del exc
         _free(device)
         if failed:
-            return {"family": family, "path": path or "transformers", "kernels": "", "batch": batch,
-                    "ms_per_step": None, "losses": [], "peak_gib": None, "note": "; ".join(notes + [failed])}
+            return {
+                "family": family,
+                "path": path or "transformers",
+                "kernels": "",
+                "batch": batch,
+                "ms_per_step": None,
+                "losses": [],
+                "peak_gib": None,
+                "note": "; ".join(notes + [failed]),
+            }
         if not oom:
             row["note"] = "; ".join(notes + ([row["note"]] if row["note"] else []))
             return row
         notes.append(f"out of memory at batch {batch}")
         if batch <= 1:
-            return {"family": family, "path": path or "transformers", "kernels": "", "batch": batch,
-                    "ms_per_step": None, "losses": [], "peak_gib": None, "note": "; ".join(notes)}
+            return {
+                "family": family,
+                "path": path or "transformers",
+                "kernels": "",
+                "batch": batch,
+                "ms_per_step": None,
+                "losses": [],
+                "peak_gib": None,
+                "note": "; ".join(notes),
+            }
         batch //= 2
 
 
@@ -236,8 +296,10 @@ def hf_torch_row(spec, config, windows, args) -> dict:
     if probe < spec.batch_size and estimate <= args.hf_limit_s:
         row = measure("mamba", "hf-torch", spec, config, windows, args, steps=1, warmup=1)
     elif probe < spec.batch_size:
-        row["note"] = (f"batch {probe} only: one step at batch {spec.batch_size} extrapolates to {estimate:.0f} s "
-                       f"(> {args.hf_limit_s:.0f} s, not run)")
+        row["note"] = (
+            f"batch {probe} only: one step at batch {spec.batch_size} extrapolates to {estimate:.0f} s "
+            f"(> {args.hf_limit_s:.0f} s, not run)"
+        )
     return row
 
 
@@ -258,11 +320,27 @@ def _hidden_row(args, argv: list[str]) -> dict:
         try:
             rc = subprocess.run(cmd, timeout=args.hf_timeout_s).returncode
         except subprocess.TimeoutExpired:
-            return {"family": "mamba", "path": "hf-torch", "kernels": "", "batch": None, "ms_per_step": None,
-                    "losses": [], "peak_gib": None, "note": f"worker killed after {args.hf_timeout_s:.0f} s"}
+            return {
+                "family": "mamba",
+                "path": "hf-torch",
+                "kernels": "",
+                "batch": None,
+                "ms_per_step": None,
+                "losses": [],
+                "peak_gib": None,
+                "note": f"worker killed after {args.hf_timeout_s:.0f} s",
+            }
         if rc != 0 or not out.is_file():
-            return {"family": "mamba", "path": "hf-torch", "kernels": "", "batch": None, "ms_per_step": None,
-                    "losses": [], "peak_gib": None, "note": f"FAILED: worker exit {rc} (its traceback above)"}
+            return {
+                "family": "mamba",
+                "path": "hf-torch",
+                "kernels": "",
+                "batch": None,
+                "ms_per_step": None,
+                "losses": [],
+                "peak_gib": None,
+                "note": f"FAILED: worker exit {rc} (its traceback above)",
+            }
         return json.loads(out.read_text())
 
 
@@ -297,9 +375,11 @@ def table(rows: list[dict], info: dict) -> str:
         loss = f"{losses[0]:.3f} -> {losses[-1]:.3f}" if len(losses) >= 2 else ""
         if r.get("loss_decreased") is False:
             loss += " (NOT decreasing)"
-        lines.append(f"| {r['family']} | {r['path']} | {r.get('head', 'fused')} | {_fmt(r['batch'], 'd')} | {_fmt(r.get('ms_per_step'), ',.0f')} | "
-                     f"{_fmt(r.get('tokens_per_s'), ',.0f')} | {_fmt(r.get('tflops'), '.3g')} | "
-                     f"{_fmt(r.get('pct_roofline'), '.1f')} | {_fmt(r.get('peak_gib'), '.1f')} | {loss} | {r['note']} |")
+        lines.append(
+            f"| {r['family']} | {r['path']} | {r.get('head', 'fused')} | {_fmt(r['batch'], 'd')} | {_fmt(r.get('ms_per_step'), ',.0f')} | "
+            f"{_fmt(r.get('tokens_per_s'), ',.0f')} | {_fmt(r.get('tflops'), '.3g')} | "
+            f"{_fmt(r.get('pct_roofline'), '.1f')} | {_fmt(r.get('peak_gib'), '.1f')} | {loss} | {r['note']} |"
+        )
     return "\n".join(lines)
 
 
@@ -312,49 +392,93 @@ def recommendation(rows: list[dict], picked: str, spec) -> list[str]:
     if best is None:
         out.append("Recommendation: no Mamba-1 path ran.")
     else:
-        others = ", ".join(f"{r['path']} {best['tokens_per_s'] / r['tokens_per_s']:.1f}x slower"
-                           for r in any_ if r is not best)
-        out.append(f"Recommendation: train Mamba-1 with {best['path']}, the fastest path measured ({best['tokens_per_s']:,.0f} tokens/s"
-                   f"{'; ' + others if others else ''}); train_model picks {picked} on this machine"
-                   f"{'' if picked == best['path'] else ' (NOT the fastest measured)'}.")
+        others = ", ".join(
+            f"{r['path']} {best['tokens_per_s'] / r['tokens_per_s']:.1f}x slower" for r in any_ if r is not best
+        )
+        out.append(
+            f"Recommendation: train Mamba-1 with {best['path']}, the fastest path measured ({best['tokens_per_s']:,.0f} tokens/s"
+            f"{'; ' + others if others else ''}); train_model picks {picked} on this machine"
+            f"{'' if picked == best['path'] else ' (NOT the fastest measured)'}."
+        )
     budget = []
     for fam in FAMILIES:
         path = {"mamba": picked, "gpt_neo": "reprflow-sdpa"}.get(fam, "transformers")
-        rate = next((r["tokens_per_s"] for r in rows if r["family"] == fam and r["path"] == path
-                     and r.get("head", "fused") == "fused" and r.get("tokens_per_s")), None)
-        naive = next((r["tokens_per_s"] for r in rows if r["family"] == fam and r.get("head") == "naive"
-                      and r.get("tokens_per_s")), None)
+        rate = next(
+            (
+                r["tokens_per_s"]
+                for r in rows
+                if r["family"] == fam
+                and r["path"] == path
+                and r.get("head", "fused") == "fused"
+                and r.get("tokens_per_s")
+            ),
+            None,
+        )
+        naive = next(
+            (
+                r["tokens_per_s"]
+                for r in rows
+                if r["family"] == fam and r.get("head") == "naive" and r.get("tokens_per_s")
+            ),
+            None,
+        )
         if rate:
             budget.append((fam, spec.tokens / rate / 60))
         if rate and naive:
             out.append(f"{fam}: train_model's step ({path}, fused head) is {rate / naive:.2f}x the naive step.")
     if budget:
-        out.append(f"At these rates {spec.tokens:,} tokens per model (train_model's paths, validation "
-                   f"and checkpoints not counted) take: " + ", ".join(f"{f} {m:.1f} min" for f, m in budget)
-                   + f"; {sum(m for _, m in budget):.1f} min in all.")
+        out.append(
+            f"At these rates {spec.tokens:,} tokens per model (train_model's paths, validation "
+            f"and checkpoints not counted) take: "
+            + ", ".join(f"{f} {m:.1f} min" for f, m in budget)
+            + f"; {sum(m for _, m in budget):.1f} min in all."
+        )
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cuda", "cpu"])
     p.add_argument("--quick", action="store_true", help="toy shape (width 64, 2 layers, context 64, batch 4)")
-    p.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES),
-                   help="in this order; default all four, Mamba2 last (its first step autotunes Triton kernels)")
+    p.add_argument(
+        "--families",
+        nargs="+",
+        default=list(FAMILIES),
+        choices=list(FAMILIES),
+        help="in this order; default all four, Mamba2 last (its first step autotunes Triton kernels)",
+    )
     p.add_argument("--batch", type=int, default=None, help="override the recipe's batch size (64)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps (kernel compiles, autotuning)")
     p.add_argument("--steps", type=int, default=None, help="timed steps (default 5; 2 with --quick)")
-    p.add_argument("--slow-s", type=float, default=2.0,
-                   help="a second step slower than this marks a slow path: 1 warm-up, <= 2 timed steps")
-    p.add_argument("--hf-limit-s", type=float, default=20.0,
-                   help="run transformers' torch fallback at the full batch only if a step extrapolates to <= this")
+    p.add_argument(
+        "--slow-s",
+        type=float,
+        default=2.0,
+        help="a second step slower than this marks a slow path: 1 warm-up, <= 2 timed steps",
+    )
+    p.add_argument(
+        "--hf-limit-s",
+        type=float,
+        default=20.0,
+        help="run transformers' torch fallback at the full batch only if a step extrapolates to <= this",
+    )
     p.add_argument("--hf-timeout-s", type=float, default=90.0, help="kill the fallback's worker after this")
-    p.add_argument("--budget-s", type=float, default=90.0,
-                   help="skip transformers' torch fallback if the other rows took longer than this")
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=90.0,
+        help="skip transformers' torch fallback if the other rows took longer than this",
+    )
     p.add_argument("--no-hf-torch", action="store_true", help="skip transformers' torch fallback (its subprocess)")
     p.add_argument("--no-naive", action="store_true", help="skip the naive rows (full logits, transformers' attention)")
-    p.add_argument("--peak-tflops", type=float, default=None,
-                   help="roofline; default 782 (H200 bf16, measured) on CUDA, the float32 matmul rate on the CPU")
+    p.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="roofline; default 782 (H200 bf16, measured) on CUDA, the float32 matmul rate on the CPU",
+    )
     p.add_argument("--out", type=Path, default=None, help="also write train_gpu.md and train_gpu.json here")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--json", help=argparse.SUPPRESS)
@@ -382,11 +506,16 @@ def main(argv: list[str] | None = None) -> int:
         peak, peak_what = bench.measure_peak_tflops("cpu", True), "float32 matmul rate measured now"
     windows, data = token_windows(spec, spec.batch_size * (args.warmup + args.steps + 1), vocab_tokens(args))
     picked = mamba1_train_path(device)
-    info = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "data": data, "peak_tflops": peak,
-            "peak_what": peak_what, "torch": torch.__version__,
-            "recipe": f"width {spec.width}, depth {spec.depth}, context {spec.context}, batch {spec.batch_size}, "
-                      f"lr {spec.lr}" + (" (quick)" if args.quick else "")}
+    info = {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "data": data,
+        "peak_tflops": peak,
+        "peak_what": peak_what,
+        "torch": torch.__version__,
+        "recipe": f"width {spec.width}, depth {spec.depth}, context {spec.context}, batch {spec.batch_size}, "
+        f"lr {spec.lr}" + (" (quick)" if args.quick else ""),
+    }
     print(f"{info['device']}: {info['recipe']}; data {data}; train_model's Mamba-1 path here: {picked}", flush=True)
     rows = []
     for family in args.families:
@@ -398,7 +527,9 @@ def main(argv: list[str] | None = None) -> int:
         # (transformers' forward and attention, full logits, F.cross_entropy), then train_model's
         if family == "mamba":  # hf-torch runs in its own process, below
             available = mamba1_path_availability(device)
-            todo = [(picked, False, available[picked])] + [(p, True, available[p]) for p in MAMBA1_PATHS if p != "hf-torch"]
+            todo = [(picked, False, available[picked])] + [
+                (p, True, available[p]) for p in MAMBA1_PATHS if p != "hf-torch"
+            ]
         elif family == "gpt_neo":
             todo = [("hf-eager", False, ""), ("reprflow-sdpa", True, "")]
         else:
@@ -407,30 +538,61 @@ def main(argv: list[str] | None = None) -> int:
             todo = [t for t in todo if t[1]]
         for path, fused, skip in todo:
             if skip:
-                row = {"family": family, "path": path, "head": "fused" if fused else "naive", "kernels": "",
-                       "batch": None, "ms_per_step": None, "losses": [], "peak_gib": None, "note": f"not available: {skip}"}
+                row = {
+                    "family": family,
+                    "path": path,
+                    "head": "fused" if fused else "naive",
+                    "kernels": "",
+                    "batch": None,
+                    "ms_per_step": None,
+                    "losses": [],
+                    "peak_gib": None,
+                    "note": f"not available: {skip}",
+                }
             else:
                 row = measure(family, path, spec, config, windows, args, fused_head=fused)
             rows.append(finish_row(row, spec, fpt, peak))
-            print(f"  {row['path']:24s} {row.get('head', 'fused'):5s} batch {_fmt(row['batch'], 'd'):>3s}  {_fmt(row.get('ms_per_step'), '8.0f')} ms/step"
-                  f"  {_fmt(row.get('tokens_per_s'), '9.0f')} tok/s  {_fmt(row.get('pct_roofline'), '5.1f')}% roofline"
-                  f"  {row['note']}  [{row['kernels']}]", flush=True)
+            print(
+                f"  {row['path']:24s} {row.get('head', 'fused'):5s} batch {_fmt(row['batch'], 'd'):>3s}  {_fmt(row.get('ms_per_step'), '8.0f')} ms/step"
+                f"  {_fmt(row.get('tokens_per_s'), '9.0f')} tok/s  {_fmt(row.get('pct_roofline'), '5.1f')}% roofline"
+                f"  {row['note']}  [{row['kernels']}]",
+                flush=True,
+            )
         if family == "mamba" and not args.no_hf_torch and time.perf_counter() - t_start > args.budget_s:
-            rows.append(finish_row({"family": family, "path": "hf-torch", "kernels": "", "batch": None,
-                                    "ms_per_step": None, "losses": [], "peak_gib": None,
-                                    "note": f"skipped: past --budget-s {args.budget_s:.0f} s"}, spec, fpt, peak))
+            rows.append(
+                finish_row(
+                    {
+                        "family": family,
+                        "path": "hf-torch",
+                        "kernels": "",
+                        "batch": None,
+                        "ms_per_step": None,
+                        "losses": [],
+                        "peak_gib": None,
+                        "note": f"skipped: past --budget-s {args.budget_s:.0f} s",
+                    },
+                    spec,
+                    fpt,
+                    peak,
+                )
+            )
         elif family == "mamba" and not args.no_hf_torch:
             _free(device)
             row = finish_row(_hidden_row(args, argv), spec, fpt, peak)
             rows.append(row)
-            print(f"  {row['path']:24s} batch {_fmt(row['batch'], 'd'):>3s}  {_fmt(row.get('ms_per_step'), '8.0f')} ms/step"
-                  f"  {row['note']}", flush=True)
+            print(
+                f"  {row['path']:24s} batch {_fmt(row['batch'], 'd'):>3s}  {_fmt(row.get('ms_per_step'), '8.0f')} ms/step"
+                f"  {row['note']}",
+                flush=True,
+            )
     text = "\n".join([table(rows, info), "", *recommendation(rows, picked, spec)])
     bad = [r for r in rows if r.get("loss_decreased") is False or "FAILED" in r["note"]]
     elapsed = time.perf_counter() - t_start
-    text += f"\n\nSanity: no row failed, and the loss fell in each row of >= 3 steps: " \
-            f"{'NO (' + ', '.join(r['family'] + ' ' + r['path'] for r in bad) + ')' if bad else 'yes'}. " \
-            f"Benchmark wall time {elapsed:.0f} s."
+    text += (
+        f"\n\nSanity: no row failed, and the loss fell in each row of >= 3 steps: "
+        f"{'NO (' + ', '.join(r['family'] + ' ' + r['path'] for r in bad) + ')' if bad else 'yes'}. "
+        f"Benchmark wall time {elapsed:.0f} s."
+    )
     print("\n" + text)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)

@@ -51,8 +51,10 @@ def _user_records(path: Path, tokenizer: Any) -> list[dict]:
     from reprflow.prompts.custom import read_user_jsonl
 
     if path.suffix in (".jsonl", ".json"):
-        records = [{"id": str(i), "prompt": r["prompt"], "label": r["label"]}
-                   for i, r in enumerate(read_user_jsonl(path, require_label=False))]
+        records = [
+            {"id": str(i), "prompt": r["prompt"], "label": r["label"]}
+            for i, r in enumerate(read_user_jsonl(path, require_label=False))
+        ]
     else:
         lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         records = [{"id": str(i), "prompt": line, "label": -1} for i, line in enumerate(lines)]
@@ -93,8 +95,10 @@ def _load_tokenizer(name: str | None, model: str, revision: str | None) -> Any:
 
     from reprflow.errors import ModelNotFoundError
 
-    fix = ("pass --tokenizer with a shipped name (gpt2, gpt-neox-20b) or the path of a tokenizer.json or of a "
-           "folder holding one")
+    fix = (
+        "pass --tokenizer with a shipped name (gpt2, gpt-neox-20b) or the path of a tokenizer.json or of a "
+        "folder holding one"
+    )
     try:
         tok = AutoTokenizer.from_pretrained(model, revision=revision)
     except (OSError, ValueError) as exc:
@@ -127,8 +131,16 @@ def cmd_extract(args: argparse.Namespace) -> int:
     prompt_path = Path(args.prompts)
     records, task, length = _read_prompts(prompt_path, tokenizer)
     spec = InitSpec(scheme=args.init, where="--init")
-    net = load_model(args.model, init=spec, seed=args.seed, revision=args.revision, dtype=dtype, device=device,
-                     origin="MODEL", tokenizer_size=len(tokenizer))
+    net = load_model(
+        args.model,
+        init=spec,
+        seed=args.seed,
+        revision=args.revision,
+        dtype=dtype,
+        device=device,
+        origin="MODEL",
+        tokenizer_size=len(tokenizer),
+    )
     attrs = {
         "model": Path(args.model).name if Path(args.model).is_dir() else args.model.replace("/", "__"),
         "model_id": args.model,
@@ -143,19 +155,36 @@ def cmd_extract(args: argparse.Namespace) -> int:
         "prompt_file": str(prompt_path.resolve()),
         "prompt_sha256": sha256_file(prompt_path),
     }
-    kwargs = dict(batch_size=args.batch_size, attrs=attrs, store_dtype=args.store_dtype, device=device,
-                  compute_dtype=dtype, max_context=model_max_context(net), progress=not args.quiet)
+    kwargs = dict(
+        batch_size=args.batch_size,
+        attrs=attrs,
+        store_dtype=args.store_dtype,
+        device=device,
+        compute_dtype=dtype,
+        max_context=model_max_context(net),
+        progress=not args.quiet,
+    )
     if args.stream_metrics is None:
         extract_activations(net, tokenizer, records, args.out, n_token_prompts=args.token_prompts, **kwargs)
     else:  # token states never reach the disk: their metrics are computed during the forward passes
         from reprflow.pipeline.token_stream import extract_with_streamed_token_metrics
 
-        extract_with_streamed_token_metrics(net, tokenizer, records, args.out, args.stream_metrics,
-                                            n_token_prompts=args.token_prompts, n_bins=args.bins, **kwargs)
+        extract_with_streamed_token_metrics(
+            net,
+            tokenizer,
+            records,
+            args.out,
+            args.stream_metrics,
+            n_token_prompts=args.token_prompts,
+            n_bins=args.bins,
+            **kwargs,
+        )
     group = open_store(args.out)
-    print(f"{args.out}: {len(records)} prompts, {len(group.attrs['state_names'])} states x "
-          f"{group['last'].shape[-1]} features ({group.attrs['store_dtype']}), "
-          f"token states of {len(group.attrs['token_prompt_ids'])} prompts")
+    print(
+        f"{args.out}: {len(records)} prompts, {len(group.attrs['state_names'])} states x "
+        f"{group['last'].shape[-1]} features ({group.attrs['store_dtype']}), "
+        f"token states of {len(group.attrs['token_prompt_ids'])} prompts"
+    )
     if args.stream_metrics is not None:
         print(f"{args.stream_metrics}: token metrics of {min(args.token_prompts, len(records))} prompts (streamed)")
     return 0
@@ -171,8 +200,12 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     from reprflow.pipeline.token_metrics import compute_token_metrics
 
     written = compute_token_metrics(
-        _store_input(args), args.out, views=tuple(args.views),
-        debiased_cka=not args.no_debiased_cka, device=args.device, n_bins=args.bins,
+        _store_input(args),
+        args.out,
+        views=tuple(args.views),
+        debiased_cka=not args.no_debiased_cka,
+        device=args.device,
+        n_bins=args.bins,
     )
     for path in sorted(map(str, written.values())):
         print(path)
@@ -185,16 +218,26 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     run_probe_stage(
-        _store_input(args), out, views=tuple(args.views),
-        epochs=args.epochs, lr=args.lr, seeds=tuple(args.seeds), val_fraction=args.val_fraction,
-        n_train=args.n_train, device=args.device, matmul_precision=args.matmul_precision,
-        prompt_path=args.prompts, standardize=not args.no_standardize,
+        _store_input(args),
+        out,
+        views=tuple(args.views),
+        epochs=args.epochs,
+        lr=args.lr,
+        seeds=tuple(args.seeds),
+        val_fraction=args.val_fraction,
+        n_train=args.n_train,
+        device=args.device,
+        matmul_precision=args.matmul_precision,
+        prompt_path=args.prompts,
+        standardize=not args.no_standardize,
     )
     summary = json.loads(out.with_suffix(".json").read_text())
     for view in args.views:
         s = summary[view]
-        print(f"{view}: peak {s['peak_accuracy']:.3f} at {s['peak_state']}, last {s['last_accuracy']:.3f} "
-              f"({s['n_train']} train / {s['n_val']} val)")
+        print(
+            f"{view}: peak {s['peak_accuracy']:.3f} at {s['peak_state']}, last {s['last_accuracy']:.3f} "
+            f"({s['n_train']} train / {s['n_val']} val)"
+        )
     print(f"{out} and {out.with_suffix('.json')}")
     return 0
 
@@ -220,8 +263,11 @@ def _add_store_inputs(p: argparse.ArgumentParser, out_help: str) -> None:
 
 
 def _add_device(p: argparse.ArgumentParser, default: str = "auto") -> None:
-    p.add_argument("--device", default=default,
-                   help=f"auto (CUDA when present, else CPU), cpu, cuda or cuda:N (default: {default})")
+    p.add_argument(
+        "--device",
+        default=default,
+        help=f"auto (CUDA when present, else CPU), cpu, cuda or cuda:N (default: {default})",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -230,67 +276,101 @@ def build_parser() -> argparse.ArgumentParser:
 
     fmt = _Formatter
     parser = argparse.ArgumentParser(
-        prog="reprflow", formatter_class=fmt, epilog=_EXAMPLES,
+        prog="reprflow",
+        formatter_class=fmt,
+        epilog=_EXAMPLES,
         description="Contextual representation flow in Transformers and SSMs (Hoang et al. 2025): capture the "
-                    "states of every layer, then measure token-level metrics and train per-layer probes.",
+        "states of every layer, then measure token-level metrics and train per-layer probes.",
     )
     parser.add_argument("--version", action="version", version=f"reprflow {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors, no progress bars")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     ex = sub.add_parser(
-        "extract", formatter_class=fmt, help="run prompts through a model and store its states (Zarr)",
+        "extract",
+        formatter_class=fmt,
+        help="run prompts through a model and store its states (Zarr)",
         description="Run every prompt through a Hugging Face causal LM and store, per layer, the last-token state "
-                    "of every prompt and the full token states of --token-prompts of them.\n\n"
-                    "PROMPTS is a workflow prompt set (.jsonl with its .manifest.json), a JSONL file of "
-                    '{"prompt": str, "label": int} records (label optional, -1 when absent), or a text file '
-                    "with one prompt per line.",
+        "of every prompt and the full token states of --token-prompts of them.\n\n"
+        "PROMPTS is a workflow prompt set (.jsonl with its .manifest.json), a JSONL file of "
+        '{"prompt": str, "label": int} records (label optional, -1 when absent), or a text file '
+        "with one prompt per line.",
         epilog="The store is written atomically and resumes after an interruption; see reprflow.store.",
     )
     ex.add_argument("prompts", metavar="PROMPTS", help="prompt file (.jsonl or text)")
     ex.add_argument("model", metavar="MODEL", help="hub id or local save_pretrained folder")
     ex.add_argument("-o", "--out", required=True, help="store to write (a .zarr folder)")
-    ex.add_argument("--tokenizer", default=None,
-                    help="shipped tokenizer (gpt2, gpt-neox-20b) or a tokenizer.json path; default: MODEL's own")
+    ex.add_argument(
+        "--tokenizer",
+        default=None,
+        help="shipped tokenizer (gpt2, gpt-neox-20b) or a tokenizer.json path; default: MODEL's own",
+    )
     ex.add_argument("--revision", default=None, help="hub branch, tag or commit of MODEL")
-    ex.add_argument("--init", default="pretrained",
-                    help="pretrained (default) or a random init scheme: default, gaussian, xavier, he")
+    ex.add_argument(
+        "--init",
+        default="pretrained",
+        help="pretrained (default) or a random init scheme: default, gaussian, xavier, he",
+    )
     ex.add_argument("--seed", type=int, default=0, help="seed of a random init (default: 0)")
     ex.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass (default: 8)")
-    ex.add_argument("--token-prompts", type=int, default=64,
-                    help="prompts whose full token states are stored, evenly spaced; `metrics` reads them "
-                         "(default: 64; 0 stores last-token states only)")
-    ex.add_argument("--stream-metrics", default=None, metavar="DIR",
-                    help="compute the token metrics of the --token-prompts prompts during extraction and write "
-                         "them to DIR (the files of `metrics`); the store then keeps no token states")
+    ex.add_argument(
+        "--token-prompts",
+        type=int,
+        default=64,
+        help="prompts whose full token states are stored, evenly spaced; `metrics` reads them "
+        "(default: 64; 0 stores last-token states only)",
+    )
+    ex.add_argument(
+        "--stream-metrics",
+        default=None,
+        metavar="DIR",
+        help="compute the token metrics of the --token-prompts prompts during extraction and write "
+        "them to DIR (the files of `metrics`); the store then keeps no token states",
+    )
     ex.add_argument("--bins", type=int, default=64, help="with --stream-metrics: as for `metrics` (default: 64)")
-    ex.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
-                    help="compute dtype; auto = bfloat16 on CUDA, float32 elsewhere (bfloat16 is only "
-                         "used on CUDA) (default: auto)")
-    ex.add_argument("--store-dtype", default="auto", choices=("auto", "float16", "float32"),
-                    help="on-disk dtype; auto = float16 where it cannot overflow (default: auto)")
+    ex.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "float32", "bfloat16"),
+        help="compute dtype; auto = bfloat16 on CUDA, float32 elsewhere (bfloat16 is only "
+        "used on CUDA) (default: auto)",
+    )
+    ex.add_argument(
+        "--store-dtype",
+        default="auto",
+        choices=("auto", "float16", "float32"),
+        help="on-disk dtype; auto = float16 where it cannot overflow (default: auto)",
+    )
     _add_device(ex)
     ex.set_defaults(func=cmd_extract)
 
     me = sub.add_parser(
-        "metrics", formatter_class=fmt, help="token-level metrics of a store (cosines, CKA, Sm/St)",
+        "metrics",
+        formatter_class=fmt,
+        help="token-level metrics of a store (cosines, CKA, Sm/St)",
         description="From the token states of a store: layerwise cosine per token, inter-token cosine per "
-                    "layer, the CKA layer x layer matrix (biased and debiased) and the smoothness Sm/St, "
-                    "per layer view. Writes CSV, NPY and a JSON summary to OUT.",
+        "layer, the CKA layer x layer matrix (biased and debiased) and the smoothness Sm/St, "
+        "per layer view. Writes CSV, NPY and a JSON summary to OUT.",
     )
     _add_store_inputs(me, "output folder (created if missing)")
     me.add_argument("--no-debiased-cka", action="store_true", help="skip the debiased CKA matrix")
-    me.add_argument("--bins", type=int, default=64,
-                    help="relative-position bins of the layerwise-cosine heatmap, at most the shortest "
-                         "prompt's token count (default: 64)")
+    me.add_argument(
+        "--bins",
+        type=int,
+        default=64,
+        help="relative-position bins of the layerwise-cosine heatmap, at most the shortest "
+        "prompt's token count (default: 64)",
+    )
     _add_device(me, "cpu")
     me.set_defaults(func=cmd_metrics)
 
     pr = sub.add_parser(
-        "probe", formatter_class=fmt, help="per-layer linear probes on a store's last-token states",
+        "probe",
+        formatter_class=fmt,
+        help="per-layer linear probes on a store's last-token states",
         description="Train one linear softmax probe per layer and seed on the last-token states to predict the "
-                    "label (the gold position), Adam, full batch, on a label-stratified split (MDQA: grouped by "
-                    "question). Writes one CSV row per (view, state, seed) and a JSON summary beside it.",
+        "label (the gold position), Adam, full batch, on a label-stratified split (MDQA: grouped by "
+        "question). Writes one CSV row per (view, state, seed) and a JSON summary beside it.",
     )
     _add_store_inputs(pr, "CSV to write; the summary goes to the same name .json")
     pr.add_argument("--epochs", type=int, default=150, help="full-batch Adam steps (default: 150)")
@@ -299,8 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--val-fraction", type=float, default=0.2, help="held-out share (default: 0.2)")
     pr.add_argument("--n-train", type=int, default=20000, help="at most this many training samples (default: 20000)")
     pr.add_argument("--no-standardize", action="store_true", help="train on raw features (default: z-scored)")
-    pr.add_argument("--matmul-precision", default="auto", choices=("auto", "float32", "tf32"),
-                    help="precision of the float32 products; auto = TF32 on CUDA (default: auto)")
+    pr.add_argument(
+        "--matmul-precision",
+        default="auto",
+        choices=("auto", "float32", "tf32"),
+        help="precision of the float32 products; auto = TF32 on CUDA (default: auto)",
+    )
     pr.add_argument("--prompts", default=None, help="MDQA: the prompt file (default: the store's prompt_file)")
     _add_device(pr)
     pr.set_defaults(func=cmd_probe)
@@ -310,8 +394,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``reprflow`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     from reprflow.errors import ReprflowError
 
     try:

@@ -142,8 +142,19 @@ def collect_states(
     was_training = model.training
     model.eval()
     try:
-        feed(capture_batches(model, ids, [(None, range(len(texts)))], batch_size=batch_size, pad_id=int(pad_id),
-                             device=dev, token_prompts=sink.token_prompts, layout=layout), [sink])
+        feed(
+            capture_batches(
+                model,
+                ids,
+                [(None, range(len(texts)))],
+                batch_size=batch_size,
+                pad_id=int(pad_id),
+                device=dev,
+                token_prompts=sink.token_prompts,
+                layout=layout,
+            ),
+            [sink],
+        )
     finally:
         model.train(was_training)
     return CollectedStates(

@@ -162,14 +162,16 @@ class Config:
         entry and the init entry. Used as a rule param and stored in the store's attrs, so a
         change to e.g. the probe settings, the batch size or the order of ``models:`` does not
         rerun extraction."""
-        return _sha256_json({
-            "seed": self.raw["seed"],
-            "prompts": self.raw["prompts"],
-            "extraction": self.raw["extraction"],
-            "model": next(m for m in self.raw["models"] if m["name"] == model),
-            # `scope` is kept: a fig3 store holds only the n_token_prompts token prompts
-            "init": next(i for i in self.raw["inits"] if i["name"] == init),
-        })
+        return _sha256_json(
+            {
+                "seed": self.raw["seed"],
+                "prompts": self.raw["prompts"],
+                "extraction": self.raw["extraction"],
+                "model": next(m for m in self.raw["models"] if m["name"] == model),
+                # `scope` is kept: a fig3 store holds only the n_token_prompts token prompts
+                "init": next(i for i in self.raw["inits"] if i["name"] == init),
+            }
+        )
 
 
 MOVED_TO_EXECUTION = {
@@ -275,30 +277,41 @@ def _check_cross_fields(cfg: dict) -> None:
             raise ConfigError(f"config.models[{i}]: has both `tiny` and `train`; keep one (train builds its own model)")
         expected = _norm(os.path.join(cfg["out_dir"], "data", "models", model["name"]))
         if _norm(model["hf_id"]) != expected:
-            raise ConfigError(f"config.models[{i}].hf_id: {model['hf_id']!r}; a `train` model is saved under "
-                              f"config.out_dir ({cfg['out_dir']!r}), so hf_id must be {expected!r}")
+            raise ConfigError(
+                f"config.models[{i}].hf_id: {model['hf_id']!r}; a `train` model is saved under "
+                f"config.out_dir ({cfg['out_dir']!r}), so hf_id must be {expected!r}"
+            )
         if model["family"] not in ("gpt_neo", "gpt_neox", "mamba", "mamba2"):
-            raise ConfigError(f"config.models[{i}].family: {model['family']!r} cannot be trained; use gpt_neo, "
-                              "gpt_neox, mamba or mamba2")
+            raise ConfigError(
+                f"config.models[{i}].family: {model['family']!r} cannot be trained; use gpt_neo, "
+                "gpt_neox, mamba or mamba2"
+            )
         if model["family"] == "gpt_neo" and model["train"]["depth"] % 2:
-            raise ConfigError(f"config.models[{i}].train.depth: {model['train']['depth']} must be even for gpt_neo "
-                              "(global and local attention alternate)")
+            raise ConfigError(
+                f"config.models[{i}].train.depth: {model['train']['depth']} must be even for gpt_neo "
+                "(global and local attention alternate)"
+            )
     for i, init in enumerate(cfg["inits"]):  # every init parameter, before any job is queued
         init["params"] = resolve_init_params(init["scheme"], init.get("params"), where=f"config.inits[{i}]")
     names = {m["name"] for m in cfg["models"]}
     for j, pair in enumerate(cfg.get("findings", {}).get("f3_4_3", {}).get("size_pairs", [])):
         for side in ("small", "large"):
             if pair[side] not in names:
-                raise ConfigError(f"config.findings.f3_4_3.size_pairs[{j}].{side}: {pair[side]!r} is not a model "
-                                  f"name; use one of {sorted(names)}")
+                raise ConfigError(
+                    f"config.findings.f3_4_3.size_pairs[{j}].{side}: {pair[side]!r} is not a model "
+                    f"name; use one of {sorted(names)}"
+                )
     for name, task in cfg.get("custom_tasks", {}).items():
         if name in PAPER_TASKS or not re.fullmatch(r"[a-z][a-z0-9_-]*", name):
-            raise ConfigError(f"config.custom_tasks.{name}: a custom task needs a lowercase name (a-z, 0-9, _ or -, "
-                              f"starting with a letter) other than {' or '.join(PAPER_TASKS)}; rename it")
+            raise ConfigError(
+                f"config.custom_tasks.{name}: a custom task needs a lowercase name (a-z, 0-9, _ or -, "
+                f"starting with a letter) other than {' or '.join(PAPER_TASKS)}; rename it"
+            )
         for j, model in enumerate(task.get("models") or []):
             if model not in names:
-                raise ConfigError(f"config.custom_tasks.{name}.models[{j}]: {model!r} is not a model name; use one of "
-                                  f"{sorted(names)}")
+                raise ConfigError(
+                    f"config.custom_tasks.{name}.models[{j}]: {model!r} is not a model name; use one of {sorted(names)}"
+                )
     figures = cfg.get("figures", {})
     if "length" in figures and figures["length"] not in cfg["lengths"]:
         raise ConfigError(f"config.figures.length: {figures['length']} is not one of config.lengths {cfg['lengths']}")

@@ -173,17 +173,13 @@ def _pad_right(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor
     return ids, mask
 
 
-def _check_prompts(
-    prompts: Sequence[Mapping[str, Any]], *, prompt_file: str, max_context: int | None
-) -> None:
+def _check_prompts(prompts: Sequence[Mapping[str, Any]], *, prompt_file: str, max_context: int | None) -> None:
     if not prompts:
         raise PromptError(f"{prompt_file}: no prompts to extract")
     for key in ("prompt", "label", "n_tokens"):
         bad = next((i for i, p in enumerate(prompts) if key not in p), None)
         if bad is not None:
-            raise PromptError(
-                f"{prompt_file}: record {bad} (id {prompts[bad].get('id')!r}) has no {key!r} field"
-            )
+            raise PromptError(f"{prompt_file}: record {bad} (id {prompts[bad].get('id')!r}) has no {key!r} field")
     if max_context is not None:
         longest = max(range(len(prompts)), key=lambda i: prompts[i]["n_tokens"])
         n = prompts[longest]["n_tokens"]
@@ -272,27 +268,51 @@ def capture_batches(
             last_token_index(mask)  # checked here, on the host: no device sync per batch
             token_rows = [r for r, i in enumerate(rows) if i in token_prompts]
             if verify_hf:  # once per run, on the first batch
-                verify_hf_view(model, to_device(input_ids, device), to_device(mask, device), layout=layout,
-                               rtol=4e-3 if device.type == "cuda" else 0.0)
+                verify_hf_view(
+                    model,
+                    to_device(input_ids, device),
+                    to_device(mask, device),
+                    layout=layout,
+                    rtol=4e-3 if device.type == "cuda" else 0.0,
+                )
                 verify_hf = False
             captured = forward_states(
-                model, to_device(input_ids, device), to_device(mask, device), layout=layout,
-                token_rows=token_rows or None, check_padding=False, row_lengths=[len(ids[i]) for i in rows],
+                model,
+                to_device(input_ids, device),
+                to_device(mask, device),
+                layout=layout,
+                token_rows=token_rows or None,
+                check_padding=False,
+                row_lengths=[len(ids[i]) for i in rows],
             )
             if progress is not None:
                 progress.update(int(mask.sum()))
             yield CapturedStates(
-                rows=rows, lengths=tuple(len(ids[i]) for i in rows), window=w,
-                closes_window=b == len(batches) - 1, states=captured,
+                rows=rows,
+                lengths=tuple(len(ids[i]) for i in rows),
+                window=w,
+                closes_window=b == len(batches) - 1,
+                states=captured,
                 token_prompts=tuple(rows[r] for r in token_rows),
             )
 
 
 def _store_sink(
-    out_path: str | os.PathLike, prompts: Sequence[Mapping[str, Any]], ids: Mapping[int, Sequence[int]],
-    info: RunInfo, attrs: Mapping[str, Any], *, sample_range: tuple[int, int], token_ids_global: Sequence[int],
-    batch_size: int, window_batches: int, store_dtype: str, compress: bool, compute_dtype: torch.dtype,
-    device: torch.device, overlap: bool,
+    out_path: str | os.PathLike,
+    prompts: Sequence[Mapping[str, Any]],
+    ids: Mapping[int, Sequence[int]],
+    info: RunInfo,
+    attrs: Mapping[str, Any],
+    *,
+    sample_range: tuple[int, int],
+    token_ids_global: Sequence[int],
+    batch_size: int,
+    window_batches: int,
+    store_dtype: str,
+    compress: bool,
+    compute_dtype: torch.dtype,
+    device: torch.device,
+    overlap: bool,
 ) -> ZarrStoreSink:
     """The store sink of one extraction: its spec, attrs, labels, lengths and input digest.
 
@@ -442,21 +462,40 @@ def extract_activations(
     token_ids_global = token_prompt_ids(n_total, n_token_prompts)
     extra = sorted({i for s in sinks for i in s.token_prompts})  # prompts other sinks need
     if extra and not 0 <= extra[0] <= extra[-1] < n_total:
-        raise ReprflowError(f"{prompt_file}: a sink asks for prompts {extra[:3]}...{extra[-1]}, but the file has "
-                            f"{n_total} prompts (indices 0..{n_total - 1})")
+        raise ReprflowError(
+            f"{prompt_file}: a sink asks for prompts {extra[:3]}...{extra[-1]}, but the file has "
+            f"{n_total} prompts (indices 0..{n_total - 1})"
+        )
     if tokenizer.pad_token_id is None:
         raise ReprflowError("tokenizer has no pad token; load it with reprflow.prompts.load_tokenizer")
     # tokenised in the order a fresh store forwards them: its windows, then what other sinks need
     others = sorted((set(token_ids_global) | set(extra)).difference(range(start, stop)))
-    with TokenIds(tokenizer, prompts, [*range(start, stop), *others], prompt_file=prompt_file,
-                  chunk=batch_size * window_batches, background=overlap) as ids:
+    with TokenIds(
+        tokenizer,
+        prompts,
+        [*range(start, stop), *others],
+        prompt_file=prompt_file,
+        chunk=batch_size * window_batches,
+        background=overlap,
+    ) as ids:
         layout = get_layout(model)
         info = run_info(model, n_total, layout)
         device = resolve_device(device)
         store = _store_sink(
-            out_path, prompts, ids, info, attrs, sample_range=(start, stop), token_ids_global=token_ids_global,
-            batch_size=batch_size, window_batches=window_batches, store_dtype=store_dtype, compress=compress,
-            compute_dtype=compute_dtype, device=device, overlap=overlap,
+            out_path,
+            prompts,
+            ids,
+            info,
+            attrs,
+            sample_range=(start, stop),
+            token_ids_global=token_ids_global,
+            batch_size=batch_size,
+            window_batches=window_batches,
+            store_dtype=store_dtype,
+            compress=compress,
+            compute_dtype=compute_dtype,
+            device=device,
+            overlap=overlap,
         )
         spec = store.spec
         done_attrs = dict(path=Path(out_path), n_samples=spec.n_samples, n_token_prompts=len(spec.token_prompt_ids))
@@ -468,8 +507,14 @@ def extract_activations(
         windows += [(None, rest[i : i + spec.window]) for i in range(0, len(rest), spec.window)]
         if complete and not windows:
             return ExtractionSummary(
-                **done_attrs, windows_written=0, windows_resumed=spec.n_windows, tokens=0, padded_tokens=0,
-                seconds=0.0, tokens_per_s=0.0, store_dtype=str(open_store(out_path).attrs["store_dtype"]),
+                **done_attrs,
+                windows_written=0,
+                windows_resumed=spec.n_windows,
+                tokens=0,
+                padded_tokens=0,
+                seconds=0.0,
+                tokens_per_s=0.0,
+                store_dtype=str(open_store(out_path).attrs["store_dtype"]),
                 already_complete=True,
             )
         model.to(device=device, dtype=compute_dtype)
@@ -481,8 +526,9 @@ def extract_activations(
         for sink in all_sinks:
             sink.start(info)
         real = sum(int(prompts[i]["n_tokens"]) for _, members in windows for i in members)
-        bar = tqdm(total=real, unit="tok", unit_scale=True, disable=not progress, desc=Path(out_path).name,
-                   dynamic_ncols=True)
+        bar = tqdm(
+            total=real, unit="tok", unit_scale=True, disable=not progress, desc=Path(out_path).name, dynamic_ncols=True
+        )
         padded = [0]
 
         def count_padding(batches: Iterator[CapturedStates]) -> Iterator[CapturedStates]:
@@ -493,32 +539,61 @@ def extract_activations(
         t0 = time.perf_counter()
         try:
             batches = capture_batches(
-                model, ids, windows, batch_size=batch_size, pad_id=tokenizer.pad_token_id, device=device,
-                token_prompts=frozenset().union(*(s.token_prompts for s in all_sinks)), layout=layout, progress=bar,
+                model,
+                ids,
+                windows,
+                batch_size=batch_size,
+                pad_id=tokenizer.pad_token_id,
+                device=device,
+                token_prompts=frozenset().union(*(s.token_prompts for s in all_sinks)),
+                layout=layout,
+                progress=bar,
             )
             feed(count_padding(batches), all_sinks)
         finally:
             bar.close()
         seconds = time.perf_counter() - t0
-        stages = {"tokenise": ids.busy_s, "tokenise_wait": ids.wait_s,
-                  **{s.name: s.profile() for s in all_sinks if hasattr(s, "profile")}}
+        stages = {
+            "tokenise": ids.busy_s,
+            "tokenise_wait": ids.wait_s,
+            **{s.name: s.profile() for s in all_sinks if hasattr(s, "profile")},
+        }
         padded = padded[0]
         rate = real / seconds if seconds > 0 else 0.0
         resumed = spec.n_windows - len(pending)
         if not complete:
-            store.finalize({
-                "timing": {"tokens": real, "padded_tokens": padded, "seconds": seconds, "tokens_per_s": rate,
-                           "stages": stages},
-                "fastpath": fastpath,
-            })
+            store.finalize(
+                {
+                    "timing": {
+                        "tokens": real,
+                        "padded_tokens": padded,
+                        "seconds": seconds,
+                        "tokens_per_s": rate,
+                        "stages": stages,
+                    },
+                    "fastpath": fastpath,
+                }
+            )
         logger.info(
             "%s: %d prompts, %d tokens in %.2f s = %.0f tok/s (padding %.1f%%%s)",
-            out_path, spec.n_samples, real, seconds, rate, 100.0 * (padded - real) / max(padded, 1),
+            out_path,
+            spec.n_samples,
+            real,
+            seconds,
+            rate,
+            100.0 * (padded - real) / max(padded, 1),
             f", {resumed} of {spec.n_windows} windows resumed" if resumed else "",
         )
         logger.info("%s: where the time went (s): %s", Path(out_path).name, stages)
         return ExtractionSummary(
-            **done_attrs, windows_written=len(pending), windows_resumed=resumed, tokens=real,
-            padded_tokens=padded, seconds=seconds, tokens_per_s=rate,
-            store_dtype=str(open_store(out_path).attrs["store_dtype"]), already_complete=complete, stages=stages,
+            **done_attrs,
+            windows_written=len(pending),
+            windows_resumed=resumed,
+            tokens=real,
+            padded_tokens=padded,
+            seconds=seconds,
+            tokens_per_s=rate,
+            store_dtype=str(open_store(out_path).attrs["store_dtype"]),
+            already_complete=complete,
+            stages=stages,
         )

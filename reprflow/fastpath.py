@@ -51,15 +51,18 @@ def _model_dtype_device(model: nn.Module) -> tuple[torch.dtype, torch.device]:
     return p.dtype, p.device
 
 
-_ATTENTION_WHY = ("preference: SDPA (flash / memory-efficient kernels) over eager, measured by "
-                  "benchmarks/kernels.py (rows 'hf naive' vs 'hf best')")
+_ATTENTION_WHY = (
+    "preference: SDPA (flash / memory-efficient kernels) over eager, measured by "
+    "benchmarks/kernels.py (rows 'hf naive' vs 'hf best')"
+)
 
 
 def _attention_choice(forced: dict[str, str]) -> str:
     want = forced_name("attention", forced.get("attention")) or "sdpa"
     if want not in ("sdpa", "eager"):
-        raise ConfigError(f"{env_var('attention')} (or execution.kernels.attention) = {want!r}: "
-                          "choose 'sdpa', 'eager' or 'auto'")
+        raise ConfigError(
+            f"{env_var('attention')} (or execution.kernels.attention) = {want!r}: choose 'sdpa', 'eager' or 'auto'"
+        )
     return want
 
 
@@ -130,8 +133,7 @@ def _prepare_mamba(model: nn.Module, report: dict[str, Any], *, device: torch.de
     conv = causal_conv_op(device, report=chosen, forced=forced.get("causal_conv"))
     n = install_mamba_forward(model, scan_impl=scan, conv_impl=conv)
     n += _fuse_rms_norm(model, report, on_gpu=on_gpu)
-    report.update(scan=_offer(scan), conv=_offer(conv), why="per op and shape class: see 'kernels'",
-                  patched_modules=n)
+    report.update(scan=_offer(scan), conv=_offer(conv), why="per op and shape class: see 'kernels'", patched_modules=n)
 
 
 def _offer(op) -> str:
@@ -165,8 +167,11 @@ def _prepare_mamba2(model: nn.Module, report: dict[str, Any], *, device: torch.d
                 "Mamba-2 on GPU without mamba_ssm: transformers' torch SSD path is slow and needs "
                 "~20 GB per (batch x 1K tokens); install mamba-ssm as envs/gpu.yaml describes"
             )
-        report.update(scan="hf (transformers)", conv="hf (transformers)",
-                      why="forced" if want == "hf" else f"no mamba_ssm Triton kernels on {device.type}")
+        report.update(
+            scan="hf (transformers)",
+            conv="hf (transformers)",
+            why="forced" if want == "hf" else f"no mamba_ssm Triton kernels on {device.type}",
+        )
         return
     chosen = report.setdefault("kernels", {})
     ssd = mamba2_ssd_op(device, kernels, report=chosen, forced=forced.get("mamba2_ssd"))

@@ -82,8 +82,14 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
     """
 
     def __init__(
-        self, *, lr: float = 0.05, epochs: int = 150, seed: int = 0, standardize: bool = True,
-        device: str | torch.device | None = None, matmul_precision: str = "auto",
+        self,
+        *,
+        lr: float = 0.05,
+        epochs: int = 150,
+        seed: int = 0,
+        standardize: bool = True,
+        device: str | torch.device | None = None,
+        matmul_precision: str = "auto",
     ) -> None:
         self.lr = lr
         self.epochs = epochs
@@ -119,9 +125,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         check_classification_targets(y)
         classes, codes = np.unique(y, return_inverse=True)
         if classes.size < 2:
-            raise ValueError(
-                f"{owner} needs at least 2 classes in y; got {classes.size} class ({classes.tolist()})."
-            )
+            raise ValueError(f"{owner} needs at least 2 classes in y; got {classes.size} class ({classes.tolist()}).")
         x = _load_slab(X[None], dev, owner=owner, first_layer=0)  # [1, n_samples, hidden]
         shift = x.mean(dim=1, keepdim=True) if self.standardize else None
         if shift is not None:
@@ -129,8 +133,15 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         mask = torch.ones(X.shape[0], 1, dtype=torch.bool, device=dev)
         with _products_context(_products_precision(self.matmul_precision, dev), dev):
             w, b = _fit_softmax_probes(
-                x, torch.from_numpy(codes.astype(np.int64)).to(dev), mask, seeds=(int(self.seed),),
-                n_classes=classes.size, epochs=self.epochs, lr=self.lr, standardize=self.standardize, bar=None,
+                x,
+                torch.from_numpy(codes.astype(np.int64)).to(dev),
+                mask,
+                seeds=(int(self.seed),),
+                n_classes=classes.size,
+                epochs=self.epochs,
+                lr=self.lr,
+                standardize=self.standardize,
+                bar=None,
             )
         coef = w[0, :, 0].to(torch.float64)  # [hidden, C]
         intercept = b[0, 0].to(torch.float64)

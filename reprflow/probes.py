@@ -49,8 +49,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "InvalidParameterError",
-    "LinearProbe",
-    "ProbeNotFittedError",
+    "LinearProbe",  # noqa: F822 (module __getattr__, below)
+    "ProbeNotFittedError",  # noqa: F822
     "ProbeResult",
     "fit_layer_probes",
     "grouped_stratified_split",
@@ -118,10 +118,7 @@ def _check_choice(owner: str, name: str, value: Any, choices: Sequence[str]) -> 
 
 
 def _check_seeds(owner: str, seeds: Any) -> tuple[int, ...]:
-    msg = (
-        f"The 'seeds' parameter of {owner} must be a non-empty sequence of distinct ints >= 0. "
-        f"Got {seeds!r} instead."
-    )
+    msg = f"The 'seeds' parameter of {owner} must be a non-empty sequence of distinct ints >= 0. Got {seeds!r} instead."
     if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence | np.ndarray):
         raise InvalidParameterError(msg)
     out = tuple(seeds)
@@ -652,8 +649,16 @@ def _itemsize(features: Any) -> int:
 
 
 def _layers_per_group(
-    *, n_samples: int, n_rows: int, hidden: int, n_seeds: int, n_classes: int, n_fit: int, itemsize: int,
-    max_batch_bytes: int, n_layers: int,
+    *,
+    n_samples: int,
+    n_rows: int,
+    hidden: int,
+    n_seeds: int,
+    n_classes: int,
+    n_fit: int,
+    itemsize: int,
+    max_batch_bytes: int,
+    n_layers: int,
 ) -> int:
     """How many layers fit in ``max_batch_bytes`` (see fit_layer_probes Notes)."""
     fixed = 3 * n_fit * hidden * 8  # float64 scratch of the moments, one (seed, layer) at a time
@@ -843,8 +848,15 @@ def fit_layer_probes(
     n_val = min(n_val_per_seed)
 
     group = _layers_per_group(
-        n_samples=n_samples, n_rows=rows.size, hidden=hidden, n_seeds=len(seeds), n_classes=n_classes,
-        n_fit=n_fit, itemsize=_itemsize(features), max_batch_bytes=max_batch_bytes, n_layers=n_states,
+        n_samples=n_samples,
+        n_rows=rows.size,
+        hidden=hidden,
+        n_seeds=len(seeds),
+        n_classes=n_classes,
+        n_fit=n_fit,
+        itemsize=_itemsize(features),
+        max_batch_bytes=max_batch_bytes,
+        n_layers=n_states,
     )
     rows_t = torch.from_numpy(rows).to(dev)
     y = torch.from_numpy(codes[rows]).to(dev)
@@ -859,8 +871,19 @@ def fit_layer_probes(
     logger.info(
         "%s: %d states x %d seeds, %d train / %d val samples, %d features, %d classes, "
         "%d epochs on %s (%s products, matmul_precision=%r), %d group(s) of <= %d states",
-        owner, n_states, len(seeds), n_fit, n_val, hidden, n_classes, epochs, dev, precision, matmul_precision,
-        n_groups, group,
+        owner,
+        n_states,
+        len(seeds),
+        n_fit,
+        n_val,
+        hidden,
+        n_classes,
+        epochs,
+        dev,
+        precision,
+        matmul_precision,
+        n_groups,
+        group,
     )
     t_start = time.perf_counter()
     disable = None if progress is None else not progress  # None: only on a terminal
@@ -876,8 +899,15 @@ def fit_layer_probes(
                 x -= shift
             with _products_context(precision, dev):
                 w, b = _fit_softmax_probes(
-                    x, y, train_t, seeds=seeds, n_classes=n_classes, epochs=epochs, lr=lr,
-                    standardize=standardize, bar=bar,
+                    x,
+                    y,
+                    train_t,
+                    seeds=seeds,
+                    n_classes=n_classes,
+                    epochs=epochs,
+                    lr=lr,
+                    standardize=standardize,
+                    bar=bar,
                 )
                 train_acc[:, k0:k1] = _accuracy(x, y, w, b, train_t)
                 val_acc[:, k0:k1] = _accuracy(x, y, w, b, val_t)
@@ -892,12 +922,20 @@ def fit_layer_probes(
             dt = time.perf_counter() - t0
             logger.info(
                 "%s: states %d-%d done in %.2f s (%.0f probe-epochs/s)",
-                owner, k0, k1 - 1, dt, (k1 - k0) * len(seeds) * epochs / dt,
+                owner,
+                k0,
+                k1 - 1,
+                dt,
+                (k1 - k0) * len(seeds) * epochs / dt,
             )
     total = time.perf_counter() - t_start
     logger.info(
         "%s: %d probes x %d epochs in %.2f s (%.0f probe-epochs/s)",
-        owner, n_states * len(seeds), epochs, total, n_states * len(seeds) * epochs / total,
+        owner,
+        n_states * len(seeds),
+        epochs,
+        total,
+        n_states * len(seeds) * epochs / total,
     )
     return ProbeResult(
         val_accuracy=val_acc,

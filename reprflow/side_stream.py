@@ -43,8 +43,9 @@ def _stream(device: torch.device, name: str) -> torch.cuda.Stream:
 
 
 @contextmanager
-def on_side_stream(tensors: Iterable[torch.Tensor], event: torch.cuda.Event | None, *,
-                   name: str = "side") -> Iterator[None]:
+def on_side_stream(
+    tensors: Iterable[torch.Tensor], event: torch.cuda.Event | None, *, name: str = "side"
+) -> Iterator[None]:
     """Run the body's CUDA work on the side stream ``name``, after ``event``.
 
     Parameters

@@ -234,8 +234,7 @@ def shard_range(n_samples: int, index: int, count: int) -> tuple[int, int]:
     """
     if not 1 <= count <= max(n_samples, 1) or not 0 <= index < count:
         raise StoreError(
-            f"shard {index} of {count} for {n_samples} samples: need 1 <= count <= n_samples "
-            "and 0 <= index < count"
+            f"shard {index} of {count} for {n_samples} samples: need 1 <= count <= n_samples and 0 <= index < count"
         )
     bounds = np.linspace(0, n_samples, count + 1).round().astype(int)
     return int(bounds[index]), int(bounds[index + 1])
@@ -299,12 +298,9 @@ class StoreSpec:
         if self.batch_size < 1 or self.window_batches < 1 or self.n_states < 1 or self.hidden < 1:
             raise StoreError(f"invalid store spec {self}: sizes must be >= 1")
         ids = list(self.token_prompt_ids)
-        if ids != sorted(set(ids)) or any(
-            not self.sample_start <= i < self.sample_stop for i in ids
-        ):
+        if ids != sorted(set(ids)) or any(not self.sample_start <= i < self.sample_stop for i in ids):
             raise StoreError(
-                f"token_prompt_ids {ids} must be ascending, unique and inside "
-                f"[{self.sample_start}, {self.sample_stop})"
+                f"token_prompt_ids {ids} must be ascending, unique and inside [{self.sample_start}, {self.sample_stop})"
             )
 
     @property
@@ -391,8 +387,15 @@ def check_peak(peak: float, *, dtype: str, what: str, path: Path) -> None:
         )
 
 
-def writer_fingerprint(spec: StoreSpec, attrs: Mapping[str, Any], *, labels: np.ndarray, n_tokens: np.ndarray,
-                       lengths: np.ndarray, content_sha256: str) -> dict:
+def writer_fingerprint(
+    spec: StoreSpec,
+    attrs: Mapping[str, Any],
+    *,
+    labels: np.ndarray,
+    n_tokens: np.ndarray,
+    lengths: np.ndarray,
+    content_sha256: str,
+) -> dict:
     """The attr ``writer``: what must match for a store to be resumed or reused (see the module docstring)."""
     meta = hashlib.sha256()
     for arr in (labels, n_tokens, lengths):
@@ -463,8 +466,16 @@ def choose_store_dtype(requested: str, peak: float) -> str:
     return "float16" if peak * AUTO_HEADROOM < FLOAT16_MAX else "float32"
 
 
-def create_partial_store(partial: Path, spec: StoreSpec, *, attrs: Mapping[str, Any], fingerprint: Mapping[str, Any],
-                         labels: np.ndarray, n_tokens: np.ndarray, lengths: np.ndarray) -> zarr.Group:
+def create_partial_store(
+    partial: Path,
+    spec: StoreSpec,
+    *,
+    attrs: Mapping[str, Any],
+    fingerprint: Mapping[str, Any],
+    labels: np.ndarray,
+    n_tokens: np.ndarray,
+    lengths: np.ndarray,
+) -> zarr.Group:
     """A fresh partial store: group attrs (``complete: false``), ``labels``, ``n_tokens``, ``lengths``, ``_done``.
 
     ``last`` and ``tokens`` come later, once the on-disk dtype is known (:func:`create_data_arrays`).
@@ -588,9 +599,7 @@ class StoreWriter:
             raise StoreError(f"{self.path}: store attrs missing {missing}; the caller must pass them")
         reserved = [k for k in WRITER_ATTRS if k in attrs]
         if reserved:
-            raise StoreError(
-                f"{self.path}: store attrs {reserved} are written by the store itself; do not pass them"
-            )
+            raise StoreError(f"{self.path}: store attrs {reserved} are written by the store itself; do not pass them")
         self.attrs = _json_normal(dict(attrs))
         self.labels = np.asarray(labels, dtype=np.int64)
         self.n_tokens = np.asarray(n_tokens, dtype=np.int64)
@@ -603,9 +612,7 @@ class StoreWriter:
             if arr.shape != (n,):
                 raise StoreError(f"{self.path}: {name} has shape {arr.shape}, expected ({n},)")
         if self.lengths.size and self.lengths.max() > spec.max_len:
-            raise StoreError(
-                f"{self.path}: token prompt length {self.lengths.max()} > max_len {spec.max_len}"
-            )
+            raise StoreError(f"{self.path}: token prompt length {self.lengths.max()} > max_len {spec.max_len}")
         self._content_sha256 = content_sha256
         self._fingerprint: dict | None = None
         self._create_deferred = False  # open() found no store and the digest is deferred
@@ -622,8 +629,13 @@ class StoreWriter:
         if self._fingerprint is None:
             digest = self._content_sha256
             self._fingerprint = writer_fingerprint(
-                self.spec, self.attrs, labels=self.labels, n_tokens=self.n_tokens, lengths=self.lengths,
-                content_sha256=digest() if callable(digest) else digest)
+                self.spec,
+                self.attrs,
+                labels=self.labels,
+                n_tokens=self.n_tokens,
+                lengths=self.lengths,
+                content_sha256=digest() if callable(digest) else digest,
+            )
         return self._fingerprint
 
     # ------------------------------------------------------------------ opening
@@ -654,9 +666,7 @@ class StoreWriter:
             except (OSError, ValueError, KeyError, TypeError, zarr.errors.BaseZarrError) as exc:
                 reason = f"unreadable ({type(exc).__name__}: {exc})"
             if reason is None:
-                logger.info(
-                    "%s: resuming, %d of %d windows already written", self.partial, done, self.spec.n_windows
-                )
+                logger.info("%s: resuming, %d of %d windows already written", self.partial, done, self.spec.n_windows)
                 self.group = group
                 self.resumed_windows = done
                 return False
@@ -681,8 +691,15 @@ class StoreWriter:
         return self._matches(group, ignore=_CHUNKING_FIELDS)
 
     def _create(self) -> zarr.Group:
-        return create_partial_store(self.partial, self.spec, attrs=self.attrs, fingerprint=self.fingerprint,
-                                    labels=self.labels, n_tokens=self.n_tokens, lengths=self.lengths)
+        return create_partial_store(
+            self.partial,
+            self.spec,
+            attrs=self.attrs,
+            fingerprint=self.fingerprint,
+            labels=self.labels,
+            n_tokens=self.n_tokens,
+            lengths=self.lengths,
+        )
 
     # ------------------------------------------------------------------ writing
     def pending_windows(self) -> list[int]:
@@ -735,7 +752,11 @@ class StoreWriter:
         )
         logger.info(
             "%s: storing %s (store_dtype=%s, max |x| = %.4g in window %d)",
-            self.path, dtype, spec.store_dtype, peak, window,
+            self.path,
+            dtype,
+            spec.store_dtype,
+            peak,
+            window,
         )
         create_data_arrays(group, spec, dtype)
 
@@ -796,9 +817,7 @@ class StoreWriter:
         tok_arr[:, slot, : states.shape[1], :] = states.astype(dtype, copy=False)
         self._tokens_written.add(pid)
 
-    def write_window(
-        self, w: int, last: np.ndarray, tokens: Mapping[int, np.ndarray] | None = None
-    ) -> None:
+    def write_window(self, w: int, last: np.ndarray, tokens: Mapping[int, np.ndarray] | None = None) -> None:
         """Check, convert and write window ``w``, then set its marker.
 
         Parameters
@@ -1250,8 +1269,11 @@ class ConcatArray:
             pieces.append(np.asarray(data).astype(self.dtype, copy=False))
             order.append(rows)
         if not pieces:
-            shape = [len(range(*k.indices(d))) if isinstance(k, slice) else len(np.atleast_1d(k))
-                     for k, d in zip(key, self.shape) if not isinstance(k, (int, np.integer))]
+            shape = [
+                len(range(*k.indices(d))) if isinstance(k, slice) else len(np.atleast_1d(k))
+                for k, d in zip(key, self.shape)
+                if not isinstance(k, (int, np.integer))
+            ]
             return np.zeros(shape, dtype=self.dtype)
         out = np.concatenate(pieces, axis=out_axis)
         inverse = np.argsort(np.concatenate(order), kind="stable")

@@ -78,8 +78,16 @@ class TokenIds(Mapping[int, list[int]]):
     its current chunk. Reading an index outside ``order`` raises ``KeyError``.
     """
 
-    def __init__(self, tokenizer: Any, prompts: Sequence[Mapping[str, Any]], order: Sequence[int], *,
-                 prompt_file: str, chunk: int, background: bool = True) -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        prompts: Sequence[Mapping[str, Any]],
+        order: Sequence[int],
+        *,
+        prompt_file: str,
+        chunk: int,
+        background: bool = True,
+    ) -> None:
         self._order = [int(i) for i in order]
         self._position = {i: p for p, i in enumerate(self._order)}
         if len(self._position) != len(self._order):
@@ -108,8 +116,9 @@ class TokenIds(Mapping[int, list[int]]):
                 return
             t0 = time.perf_counter()
             try:
-                part = tokenize_prompts(tokenizer, prompts, self._order[start : start + self._chunk],
-                                        prompt_file=prompt_file)
+                part = tokenize_prompts(
+                    tokenizer, prompts, self._order[start : start + self._chunk], prompt_file=prompt_file
+                )
             except BaseException as exc:  # re-raised in the reader's thread
                 with self._ready:
                     self._error = exc

@@ -100,8 +100,11 @@ if workflow.exec_mode == ExecMode.DEFAULT:
     )
     if _gpus is not None:
         workflow.global_resources["gpu"] = _gpus
-        _LOG.info("gpu resource: %d (visible GPUs, at least 1: at most that many GPU jobs at once; "
-                  "--resources gpu=N overrides)", _gpus)
+        _LOG.info(
+            "gpu resource: %d (visible GPUs, at least 1: at most that many GPU jobs at once; "
+            "--resources gpu=N overrides)",
+            _gpus,
+        )
     # Disk preflight (reprflow/workflow/disk.py): announced in every run and dry run ...
     _LOG.info("%s", disk.summary(CFG, disk.pending_estimates(CFG)))
 
@@ -109,6 +112,10 @@ if workflow.exec_mode == ExecMode.DEFAULT:
 onstart:
     # ... and enforced before the first job of a real run, for the stores it is about to build
     if CFG.raw["execution"]["disk_check"] and not workflow.touch:
-        _stores = {str(f) for job in workflow.dag.needrun_jobs() if job.rule.name.startswith("extract_activation")
-                   for f in job.output}
+        _stores = {
+            str(f)
+            for job in workflow.dag.needrun_jobs()
+            if job.rule.name.startswith("extract_activation")
+            for f in job.output
+        }
         disk.check_disk(CFG, disk.pending_estimates(CFG, _stores))

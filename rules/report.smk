@@ -14,8 +14,13 @@ def _figure_report(path):
     name = Path(path).stem
     number = name.split("_")[0]
     task = next((t for t in CFG.tasks if name.endswith("_" + t)), None)
-    return report(path, caption=f"../report/{number}.rst", category="Figures",
-                  subcategory=task or "mean over tasks", labels={"figure": number, "task": task or "mean"})
+    return report(
+        path,
+        caption=f"../report/{number}.rst",
+        category="Figures",
+        subcategory=task or "mean over tasks",
+        labels={"figure": number, "task": task or "mean"},
+    )
 
 
 rule tables:
@@ -29,10 +34,10 @@ rule tables:
         f"{LOGS}/report/tables.log",
     benchmark:
         f"{BENCHMARKS}/report/tables.tsv"
-    params:
-        science=CFG.science(),  # the job reads the config itself; see Config.science
     conda:
         "../envs/cpu.yaml"
+    params:
+        science=CFG.science(),  # the job reads the config itself; see Config.science
     script:
         "../workflow_scripts/tables.py"
 
@@ -47,10 +52,10 @@ rule figures:
         f"{LOGS}/report/figures.log",
     benchmark:
         f"{BENCHMARKS}/report/figures.tsv"
-    params:
-        science=CFG.science(),  # the job reads the config itself; see Config.science
     conda:
         "../envs/cpu.yaml"
+    params:
+        science=CFG.science(),  # the job reads the config itself; see Config.science
     script:
         "../workflow_scripts/figures.py"
 
@@ -65,10 +70,10 @@ rule findings:
         f"{LOGS}/report/findings.log",
     benchmark:
         f"{BENCHMARKS}/report/findings.tsv"
-    params:
-        science=CFG.science(),  # the job reads the config itself; see Config.science
     conda:
         "../envs/cpu.yaml"
+    params:
+        science=CFG.science(),  # the job reads the config itself; see Config.science
     script:
         "../workflow_scripts/findings.py"
 
@@ -81,24 +86,44 @@ rule report:
         theory=THEORY.values(),
     output:
         report=report(REPORT, caption="../report/report_md.rst", category="Report (text)"),
-        provenance=report(out(PROVENANCE), caption="../report/provenance.rst", category="Provenance",
-                          labels={"table": "provenance (csv)"}),
-        findings_html=report(out(HTML_TABLES["findings"]), caption="../report/findings.rst", category="Verdicts",
-                             labels={"table": "findings (view)"}),
-        table1_html=report(out(HTML_TABLES["table1"]), caption="../report/table1.rst", category="Tables",
-                           labels={"table": "Table 1 (view)"}),
-        table2_html=report(out(HTML_TABLES["table2"]), caption="../report/table2.rst", category="Tables",
-                           labels={"table": "Table 2 (view)"}),
-        provenance_html=report(out(HTML_TABLES["provenance"]), caption="../report/provenance.rst", category="Provenance",
-                               labels={"table": "provenance (view)"}),
+        provenance=report(
+            out(PROVENANCE),
+            caption="../report/provenance.rst",
+            category="Provenance",
+            labels={"table": "provenance (csv)"},
+        ),
+        findings_html=report(
+            out(HTML_TABLES["findings"]),
+            caption="../report/findings.rst",
+            category="Verdicts",
+            labels={"table": "findings (view)"},
+        ),
+        table1_html=report(
+            out(HTML_TABLES["table1"]),
+            caption="../report/table1.rst",
+            category="Tables",
+            labels={"table": "Table 1 (view)"},
+        ),
+        table2_html=report(
+            out(HTML_TABLES["table2"]),
+            caption="../report/table2.rst",
+            category="Tables",
+            labels={"table": "Table 2 (view)"},
+        ),
+        provenance_html=report(
+            out(HTML_TABLES["provenance"]),
+            caption="../report/provenance.rst",
+            category="Provenance",
+            labels={"table": "provenance (view)"},
+        ),
         theory_html=report(out(HTML_TABLES["theory"]), caption="../report/theory.rst", category="Theory check"),
     log:
         f"{LOGS}/report/report.log",
     benchmark:
         f"{BENCHMARKS}/report/report.tsv"
-    params:
-        science=CFG.science(),  # the job reads the config itself; see Config.science
     conda:
         "../envs/cpu.yaml"
+    params:
+        science=CFG.science(),  # the job reads the config itself; see Config.science
     script:
         "../workflow_scripts/report.py"

@@ -11,23 +11,25 @@ _THEORY_REPORTED = {
 rule theory:
     output:
         **{
-            key: report(path, caption=_THEORY_REPORTED[key], category="Theory check")
-            if key in _THEORY_REPORTED
-            else path
+            key: (
+                report(path, caption=_THEORY_REPORTED[key], category="Theory check")
+                if key in _THEORY_REPORTED
+                else path
+            )
             for key, path in THEORY.items()
         },
     log:
         f"{LOGS}/theory/theory.log",
     benchmark:
         f"{BENCHMARKS}/theory/theory.tsv"
-    params:
-        settings=CFG.section("theory"),
+    conda:
+        "../envs/gpu.yaml" if CFG.execution("theory")["gpus"] else "../envs/cpu.yaml"
     resources:
         gpu=CFG.execution("theory")["gpus"],
         mem_mb=16000,
         runtime=60,
-    conda:
-        "../envs/gpu.yaml" if CFG.execution("theory")["gpus"] else "../envs/cpu.yaml"
+    params:
+        settings=CFG.section("theory"),
     script:
         "../workflow_scripts/theory.py"
 

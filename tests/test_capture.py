@@ -75,7 +75,9 @@ def test_hf_view_equals_output_hidden_states_exactly(tiny_models, family):
                 f"{family}: hidden_states[{j}] != captured '{names[k]}' (row {row}), "
                 f"max_diff={float((got - ref[row, :n]).abs().max()):.3g}"
             )
-            assert torch.equal(captured.last[k, row], ref[row, n - 1]), f"{family}: last token of '{names[k]}' row {row}"
+            assert torch.equal(captured.last[k, row], ref[row, n - 1]), (
+                f"{family}: last token of '{names[k]}' row {row}"
+            )
 
 
 @pytest.mark.parametrize("family", FAMILIES)

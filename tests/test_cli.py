@@ -37,9 +37,32 @@ def test_extract_metrics_probe(tmp_path, tiny_model, capsys):
     prompts = tmp_path / "mine.jsonl"
     prompts.write_text("".join(json.dumps(r) + "\n" for r in records))
     store = tmp_path / "acts.zarr"
-    assert main(["-q", "extract", str(prompts), str(tiny_model), "-o", str(store), "--tokenizer", "gpt-neox-20b",
-                 "--token-prompts", "4", "--store-dtype", "float32", "--device", "cpu", "--batch-size", "5"]) == 0
-    assert f"{store}: 24 prompts, 6 states x 64 features (float32), token states of 4 prompts" in capsys.readouterr().out
+    assert (
+        main(
+            [
+                "-q",
+                "extract",
+                str(prompts),
+                str(tiny_model),
+                "-o",
+                str(store),
+                "--tokenizer",
+                "gpt-neox-20b",
+                "--token-prompts",
+                "4",
+                "--store-dtype",
+                "float32",
+                "--device",
+                "cpu",
+                "--batch-size",
+                "5",
+            ]
+        )
+        == 0
+    )
+    assert (
+        f"{store}: 24 prompts, 6 states x 64 features (float32), token states of 4 prompts" in capsys.readouterr().out
+    )
 
     group = open_store(store)
     assert group.attrs["task"] == "mine" and group.attrs["family"] == "gpt_neox"
@@ -60,9 +83,29 @@ def test_extract_metrics_probe(tmp_path, tiny_model, capsys):
 
     # the same metrics streamed during extraction (no token states stored) equal store-then-compute
     streamed = tmp_path / "streamed"
-    assert main(["-q", "extract", str(prompts), str(tiny_model), "-o", str(tmp_path / "lean.zarr"), "--tokenizer",
-                 "gpt-neox-20b", "--token-prompts", "4", "--stream-metrics", str(streamed), "--bins", "8",
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "extract",
+                str(prompts),
+                str(tiny_model),
+                "-o",
+                str(tmp_path / "lean.zarr"),
+                "--tokenizer",
+                "gpt-neox-20b",
+                "--token-prompts",
+                "4",
+                "--stream-metrics",
+                str(streamed),
+                "--bins",
+                "8",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert open_store(tmp_path / "lean.zarr").attrs["token_prompt_ids"] == []
     for path in written:
         twin = streamed / path.name
@@ -76,8 +119,9 @@ def test_extract_metrics_probe(tmp_path, tiny_model, capsys):
     capsys.readouterr()
 
     out = tmp_path / "probes.csv"
-    assert main(["-q", "probe", str(store), "-o", str(out), "--epochs", "10", "--seeds", "0", "1",
-                 "--device", "cpu"]) == 0
+    assert (
+        main(["-q", "probe", str(store), "-o", str(out), "--epochs", "10", "--seeds", "0", "1", "--device", "cpu"]) == 0
+    )
     table = pd.read_csv(out)
     assert set(table["view"]) == {"hf", "residual"} and set(table["seed"]) == {0, 1}
     summary = json.loads(out.with_suffix(".json").read_text())
@@ -89,8 +133,25 @@ def test_text_file_is_one_prompt_a_line_without_labels(tmp_path, tiny_model, cap
     prompts = tmp_path / "lines.txt"
     prompts.write_text("the first prompt\n\nand a second one here\n")
     store = tmp_path / "t.zarr"
-    assert main(["-q", "extract", str(prompts), str(tiny_model), "-o", str(store), "--tokenizer", "gpt-neox-20b",
-                 "--token-prompts", "0", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "extract",
+                str(prompts),
+                str(tiny_model),
+                "-o",
+                str(store),
+                "--tokenizer",
+                "gpt-neox-20b",
+                "--token-prompts",
+                "0",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     group = open_store(store)
     np.testing.assert_array_equal(group["labels"][:], [-1, -1])
     assert group.attrs["token_prompt_ids"] == [] and group.attrs["task"] == "lines"
@@ -105,25 +166,68 @@ def test_workflow_prompt_set_keeps_its_task_and_length(tmp_path, tiny_model):
     records = []
     for i, r in enumerate(_prompts(6)):
         n = len(tok(r["prompt"])["input_ids"])
-        records.append({"id": f"kvpr-{i}", "task": "kvpr", "prompt": r["prompt"], "label": r["label"], "n_items": 2,
-                        "n_tokens": n, "answer": "v", "group": i})
+        records.append(
+            {
+                "id": f"kvpr-{i}",
+                "task": "kvpr",
+                "prompt": r["prompt"],
+                "label": r["label"],
+                "n_items": 2,
+                "n_tokens": n,
+                "answer": "v",
+                "group": i,
+            }
+        )
     path = write_prompt_set(records, {"task": "kvpr", "target_tokens": 16}, tmp_path / "kvpr_n16.jsonl")
     store = tmp_path / "k.zarr"
-    assert main(["-q", "extract", str(path), str(tiny_model), "-o", str(store), "--tokenizer", "gpt-neox-20b",
-                 "--token-prompts", "0", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "extract",
+                str(path),
+                str(tiny_model),
+                "-o",
+                str(store),
+                "--tokenizer",
+                "gpt-neox-20b",
+                "--token-prompts",
+                "0",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     attrs = open_store(store).attrs
     assert (attrs["task"], attrs["length"], attrs["tokenizer"]) == ("kvpr", 16, "gpt-neox-20b")
 
 
 def test_bad_input_is_one_line_naming_the_culprit(tmp_path, tiny_model, capsys):
     prompts = tmp_path / "bad.jsonl"
-    prompts.write_text(json.dumps({"prompt": "fine", "label": 0}) + "\n" + json.dumps({"prompt": "x", "label": "3"}) + "\n")
-    args = ["extract", str(prompts), str(tiny_model), "-o", str(tmp_path / "s.zarr"), "--tokenizer", "gpt-neox-20b",
-            "--device", "cpu"]
+    prompts.write_text(
+        json.dumps({"prompt": "fine", "label": 0}) + "\n" + json.dumps({"prompt": "x", "label": "3"}) + "\n"
+    )
+    args = [
+        "extract",
+        str(prompts),
+        str(tiny_model),
+        "-o",
+        str(tmp_path / "s.zarr"),
+        "--tokenizer",
+        "gpt-neox-20b",
+        "--device",
+        "cpu",
+    ]
     assert main(["-q", *args]) == 1
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"reprflow extract: error: {prompts} line 2: 'label' must be an int >= 0 (the probe's class), "
-                          "got '3'; write it as a bare integer") and "\n" not in err
+    assert (
+        err.startswith(
+            f"reprflow extract: error: {prompts} line 2: 'label' must be an int >= 0 (the probe's class), "
+            "got '3'; write it as a bare integer"
+        )
+        and "\n" not in err
+    )
     assert not (tmp_path / "s.zarr").exists()
     nowhere = tmp_path / "no-model"
     assert main(["-q", "extract", str(prompts), str(nowhere), "-o", str(tmp_path / "s.zarr"), "--device", "cpu"]) == 1

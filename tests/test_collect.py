@@ -26,8 +26,9 @@ _DIRS: dict[str, Path] = {}
 def _saved(family: str, tmp_path_factory) -> Path:
     """A tiny random model and its tokenizer saved with save_pretrained (a hub-like folder), built once."""
     if family not in _DIRS:
-        path = build_tiny_model(family, out_dir=tmp_path_factory.mktemp(family) / "model", seed=0,
-                                overrides={"num_hidden_layers": 2})
+        path = build_tiny_model(
+            family, out_dir=tmp_path_factory.mktemp(family) / "model", seed=0, overrides={"num_hidden_layers": 2}
+        )
         load_tokenizer(TINY_TOKENIZERS[family]).save_pretrained(path)
         _DIRS[family] = path
     return _DIRS[family]

@@ -93,8 +93,12 @@ def test_defaults_are_filled_and_input_untouched(demo):
     raw = _mutate(demo, ("extraction",), {})
     cfg = validate_config(raw)
     assert raw["extraction"] == {}
-    assert cfg.section("extraction") == {"n_token_prompts": 16, "compute_dtype": "bfloat16", "store_dtype": "auto",
-                                         "tokens": "store"}
+    assert cfg.section("extraction") == {
+        "n_token_prompts": 16,
+        "compute_dtype": "bfloat16",
+        "store_dtype": "auto",
+        "tokens": "store",
+    }
     raw = _mutate(demo, ("execution",), KeyError)
     cfg = validate_config(raw)
     assert "execution" not in raw
@@ -115,7 +119,9 @@ def test_an_execution_key_in_its_old_section_names_its_new_home(demo, section, k
 def test_out_dir_places_tiny_models_and_is_normalised(demo):
     cfg = validate_config(demo)
     assert cfg.out_dir == "runs/demo" and cfg.model("tiny-mamba").hf_id == "runs/demo/data/models/tiny-mamba"
-    with pytest.raises(ConfigError, match=r"^config.models\[0\].hf_id: .*so hf_id must be 'elsewhere/data/models/tiny-gpt-neo'"):
+    with pytest.raises(
+        ConfigError, match=r"^config.models\[0\].hf_id: .*so hf_id must be 'elsewhere/data/models/tiny-gpt-neo'"
+    ):
         validate_config(_mutate(demo, ("out_dir",), "elsewhere"))
     assert validate_config(_mutate(demo, ("out_dir",), "./runs/demo/")).out_dir == "runs/demo"
     assert load_config(PROJECT_ROOT / "config" / "config.yaml").out_dir == "."
@@ -150,8 +156,11 @@ def test_extraction_digest_ignores_settings_extraction_does_not_read(demo):
     # a fig3 store holds only the token prompts: scope changes stored values, so the digest
     assert base != validate_config(scoped).extraction_digest("tiny-mamba", "random")
     assert base != validate_config(_mutate(demo, ("extraction", "tokens"), "stream")).extraction_digest(
-        "tiny-mamba", "random")
-    assert base != validate_config(_mutate(demo, ("extraction", "n_token_prompts"), 3)).extraction_digest("tiny-mamba", "random")
+        "tiny-mamba", "random"
+    )
+    assert base != validate_config(_mutate(demo, ("extraction", "n_token_prompts"), 3)).extraction_digest(
+        "tiny-mamba", "random"
+    )
     assert base != validate_config(_mutate(demo, ("seed",), 7)).extraction_digest("tiny-mamba", "random")
     assert base != validate_config(demo).extraction_digest("tiny-mamba", "pretrained")
 
@@ -159,18 +168,30 @@ def test_extraction_digest_ignores_settings_extraction_does_not_read(demo):
 @pytest.mark.parametrize(
     "init, expected",
     [
-        ({"name": "g", "scheme": "gaussian", "params": {"std": -1}},
-         "config.inits[1].params.std: must be a finite number > 0"),
-        ({"name": "g", "scheme": "gaussian", "params": {"std": ".inf"}},
-         "config.inits[1].params.std: must be a finite number > 0"),
-        ({"name": "g", "scheme": "gaussian", "params": {"sigma": 0.1}},
-         "config.inits[1].params.sigma: not a parameter of init scheme 'gaussian'; allowed: std"),
-        ({"name": "x", "scheme": "xavier", "params": {"gain": 0}},
-         "config.inits[1].params.gain: must be a finite number > 0"),
-        ({"name": "h", "scheme": "he", "params": {"nonlinearity": "tanh"}},
-         "config.inits[1].params.nonlinearity: must be one of ['relu', 'linear']"),
-        ({"name": "d", "scheme": "default", "params": {"std": 0.1}},
-         "config.inits[1].params.std: not a parameter of init scheme 'default'"),
+        (
+            {"name": "g", "scheme": "gaussian", "params": {"std": -1}},
+            "config.inits[1].params.std: must be a finite number > 0",
+        ),
+        (
+            {"name": "g", "scheme": "gaussian", "params": {"std": ".inf"}},
+            "config.inits[1].params.std: must be a finite number > 0",
+        ),
+        (
+            {"name": "g", "scheme": "gaussian", "params": {"sigma": 0.1}},
+            "config.inits[1].params.sigma: not a parameter of init scheme 'gaussian'; allowed: std",
+        ),
+        (
+            {"name": "x", "scheme": "xavier", "params": {"gain": 0}},
+            "config.inits[1].params.gain: must be a finite number > 0",
+        ),
+        (
+            {"name": "h", "scheme": "he", "params": {"nonlinearity": "tanh"}},
+            "config.inits[1].params.nonlinearity: must be one of ['relu', 'linear']",
+        ),
+        (
+            {"name": "d", "scheme": "default", "params": {"std": 0.1}},
+            "config.inits[1].params.std: not a parameter of init scheme 'default'",
+        ),
         ({"name": "h", "scheme": "he", "scope": "fig4"}, "config.inits[1].scope: 'fig4' is not one of ['all', 'fig3']"),
     ],
 )

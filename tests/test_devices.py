@@ -22,8 +22,9 @@ _HOLDER = textwrap.dedent(
 
 
 def _spawn(lock_dir, n, hold_s):
-    return subprocess.Popen([sys.executable, "-c", _HOLDER, str(lock_dir), str(n), str(hold_s)],
-                            stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(lock_dir), str(n), str(hold_s)], stdout=subprocess.PIPE, text=True
+    )
 
 
 def test_concurrent_jobs_claim_different_gpus_and_a_third_waits(tmp_path):
@@ -80,8 +81,9 @@ def test_one_resolver_accepts_auto_everywhere():
         LinearProbe(seed=0, device="gpu0").fit(x, y)
 
 
-@pytest.mark.parametrize(("visible", "count"), [("0", 1), ("0,1,2,3", 4), ("", 0), ("-1", 0), ("2,-1,3", 1),
-                                                ("GPU-5a1b,GPU-77c2", 2)])
+@pytest.mark.parametrize(
+    ("visible", "count"), [("0", 1), ("0,1,2,3", 4), ("", 0), ("-1", 0), ("2,-1,3", 1), ("GPU-5a1b,GPU-77c2", 2)]
+)
 def test_visible_gpus_come_from_cuda_visible_devices(visible, count):
     assert visible_gpu_count({"CUDA_VISIBLE_DEVICES": visible}) == count
 

@@ -61,7 +61,9 @@ def attrs_for(family: str) -> dict:
 def tiny(request, tmp_path_factory):
     family = request.param
     path = build_tiny_model(
-        family, out_dir=tmp_path_factory.mktemp(family) / "model", seed=0,
+        family,
+        out_dir=tmp_path_factory.mktemp(family) / "model",
+        seed=0,
         overrides={"num_hidden_layers": 2},
     )
     return family, load_model(str(path), init=InitSpec("pretrained"), seed=None)
@@ -115,8 +117,16 @@ def test_stored_states_equal_unbatched_reference(tiny, tokenizer, tmp_path):
     prompts = make_prompts(tokenizer, 7, seed=1)
     out = tmp_path / "kvpr_n300.zarr"
     summary = extract_activations(
-        model, tokenizer, prompts, out, batch_size=3, window_batches=2, n_token_prompts=4,
-        attrs=attrs_for(family), store_dtype="float32", progress=False,
+        model,
+        tokenizer,
+        prompts,
+        out,
+        batch_size=3,
+        window_batches=2,
+        n_token_prompts=4,
+        attrs=attrs_for(family),
+        store_dtype="float32",
+        progress=False,
     )
     assert summary.n_samples == 7 and summary.windows_written == 2 and not summary.already_complete
     assert summary.tokens == sum(p["n_tokens"] for p in prompts)
@@ -146,8 +156,16 @@ def test_stored_states_equal_unbatched_reference(tiny, tokenizer, tmp_path):
     np.testing.assert_allclose(last[g.attrs["views"]["hf"], 0], hf, atol=1e-5, rtol=0)
     # rerun on the complete store is a no-op
     again = extract_activations(
-        model, tokenizer, prompts, out, batch_size=3, window_batches=2, n_token_prompts=4,
-        attrs=attrs_for(family), store_dtype="float32", progress=False,
+        model,
+        tokenizer,
+        prompts,
+        out,
+        batch_size=3,
+        window_batches=2,
+        n_token_prompts=4,
+        attrs=attrs_for(family),
+        store_dtype="float32",
+        progress=False,
     )
     assert again.already_complete and again.windows_written == 0
 
@@ -157,8 +175,14 @@ def test_sharded_extraction_equals_one_shot(tiny, tokenizer, tmp_path):
     if family != "gpt_neox":
         pytest.skip("sharding is family independent; one family keeps the suite fast")
     prompts = make_prompts(tokenizer, 7, seed=2)
-    kwargs = dict(batch_size=2, window_batches=1, n_token_prompts=3, attrs=attrs_for(family),
-                  store_dtype="float16", progress=False)
+    kwargs = dict(
+        batch_size=2,
+        window_batches=1,
+        n_token_prompts=3,
+        attrs=attrs_for(family),
+        store_dtype="float16",
+        progress=False,
+    )
     one = tmp_path / "kvpr_n300.zarr"
     extract_activations(model, tokenizer, prompts, one, **kwargs)
     paths = [shard_path(one, i, 2) for i in range(2)]
@@ -174,11 +198,23 @@ def test_prompt_beyond_context_raises(tiny, tokenizer, tmp_path):
     family, model = tiny
     prompts = make_prompts(tokenizer, 3, seed=3)
     longest = max(prompts, key=lambda p: p["n_tokens"])
-    with pytest.raises(ReprflowError, match=rf"kvpr_n300\.jsonl: prompt '{longest['id']}' has "
-                       rf"{longest['n_tokens']} tokens, beyond the model's context limit of 4 tokens\. "
-                       r"Set `max_context: 4` on this model's entry under `models:`"):
-        extract_activations(model, tokenizer, prompts, tmp_path / "x.zarr", batch_size=2,
-                            n_token_prompts=1, attrs=attrs_for(family), max_context=4, progress=False)
+    with pytest.raises(
+        ReprflowError,
+        match=rf"kvpr_n300\.jsonl: prompt '{longest['id']}' has "
+        rf"{longest['n_tokens']} tokens, beyond the model's context limit of 4 tokens\. "
+        r"Set `max_context: 4` on this model's entry under `models:`",
+    ):
+        extract_activations(
+            model,
+            tokenizer,
+            prompts,
+            tmp_path / "x.zarr",
+            batch_size=2,
+            n_token_prompts=1,
+            attrs=attrs_for(family),
+            max_context=4,
+            progress=False,
+        )
     assert not (tmp_path / "x.zarr").exists()
 
 
@@ -187,8 +223,16 @@ def test_token_count_mismatch_raises(tiny, tokenizer, tmp_path):
     prompts = make_prompts(tokenizer, 3, seed=4)
     prompts[1]["n_tokens"] += 1
     with pytest.raises(PromptError, match="prompt 'kvpr-1' tokenizes to .* record says"):
-        extract_activations(model, tokenizer, prompts, tmp_path / "x.zarr", batch_size=2,
-                            n_token_prompts=1, attrs=attrs_for(family), progress=False)
+        extract_activations(
+            model,
+            tokenizer,
+            prompts,
+            tmp_path / "x.zarr",
+            batch_size=2,
+            n_token_prompts=1,
+            attrs=attrs_for(family),
+            progress=False,
+        )
 
 
 @pytest.mark.gpu
@@ -197,14 +241,24 @@ def test_token_count_mismatch_raises(tiny, tokenizer, tmp_path):
 def test_cuda_extraction_matches_cpu(family, tokenizer, tmp_path):
     path = build_tiny_model(family, out_dir=tmp_path / "model", seed=0, overrides={"num_hidden_layers": 2})
     prompts = make_prompts(tokenizer, 10, seed=5)
-    kwargs = dict(batch_size=4, window_batches=1, n_token_prompts=3, attrs=attrs_for(family),
-                  store_dtype="float32", progress=False)
+    kwargs = dict(
+        batch_size=4,
+        window_batches=1,
+        n_token_prompts=3,
+        attrs=attrs_for(family),
+        store_dtype="float32",
+        progress=False,
+    )
     stores = {}
-    for name, device, dtype in [("cpu", "cpu", torch.float32), ("cuda32", "cuda", torch.float32),
-                                ("cuda16", "cuda", torch.bfloat16)]:
+    for name, device, dtype in [
+        ("cpu", "cpu", torch.float32),
+        ("cuda32", "cuda", torch.float32),
+        ("cuda16", "cuda", torch.bfloat16),
+    ]:
         model = load_model(str(path), init=InitSpec("pretrained"), seed=None)
-        extract_activations(model, tokenizer, prompts, tmp_path / f"{name}.zarr", device=device,
-                            compute_dtype=dtype, **kwargs)
+        extract_activations(
+            model, tokenizer, prompts, tmp_path / f"{name}.zarr", device=device, compute_dtype=dtype, **kwargs
+        )
         stores[name] = open_store(tmp_path / f"{name}.zarr")
     assert stores["cuda16"].attrs["dtype"] == "bfloat16"
     assert stores["cuda16"].attrs["compute_device"] == "cuda"
@@ -213,7 +267,6 @@ def test_cuda_extraction_matches_cpu(family, tokenizer, tmp_path):
     np.testing.assert_allclose(stores["cuda32"]["last"][:], ref, atol=1e-4 * scale, rtol=0)
     np.testing.assert_allclose(stores["cuda16"]["last"][:], ref, atol=5e-2 * scale, rtol=0)
     np.testing.assert_allclose(stores["cuda32"]["tokens"][:], stores["cpu"]["tokens"][:], atol=1e-4 * scale, rtol=0)
-
 
 
 def test_token_states_reach_the_host_in_the_store_dtype():
@@ -248,12 +301,33 @@ def test_writer_refuses_a_device_peak_beyond_float16(tmp_path):
     from reprflow.errors import StoreError
     from reprflow.store import StoreSpec, StoreWriter
 
-    spec = StoreSpec(n_states=2, hidden=4, n_samples_total=4, sample_start=0, sample_stop=4, batch_size=2,
-                     window_batches=1, token_prompt_ids=(0,), max_len=3, store_dtype="float16")
-    attrs = {**attrs_for("gpt_neox"), "state_names": ["embed", "final_norm"], "views": {"hf": [0, 1]},
-             "dtype": "float32"}
-    writer = StoreWriter(tmp_path / "s.zarr", spec, attrs=attrs, labels=np.arange(4), n_tokens=np.full(4, 3),
-                         lengths=np.array([3]), content_sha256="x")
+    spec = StoreSpec(
+        n_states=2,
+        hidden=4,
+        n_samples_total=4,
+        sample_start=0,
+        sample_stop=4,
+        batch_size=2,
+        window_batches=1,
+        token_prompt_ids=(0,),
+        max_len=3,
+        store_dtype="float16",
+    )
+    attrs = {
+        **attrs_for("gpt_neox"),
+        "state_names": ["embed", "final_norm"],
+        "views": {"hf": [0, 1]},
+        "dtype": "float32",
+    }
+    writer = StoreWriter(
+        tmp_path / "s.zarr",
+        spec,
+        attrs=attrs,
+        labels=np.arange(4),
+        n_tokens=np.full(4, 3),
+        lengths=np.array([3]),
+        content_sha256="x",
+    )
     writer.open()
     states = np.zeros((2, 3, 4), dtype=np.float16)
     with pytest.raises(StoreError, match=r"max \|x\| = 70000, which overflows float16"):
@@ -284,28 +358,45 @@ def test_context_errors_name_the_config_key_and_the_fix(tmp_path):
         "so the workflow skips longer lengths for this model, or drop 4096 from `lengths`"
     )
     with pytest.raises(ConfigError, match=r"config.models\[0\].max_context is 8192, above .* set it to 2048"):
-        check_context(prompts, limit=2048, model={**entry, "max_context": 8192}, length=4096, key=key,
-                      prompt_path="p.jsonl")
+        check_context(
+            prompts, limit=2048, model={**entry, "max_context": 8192}, length=4096, key=key, prompt_path="p.jsonl"
+        )
     # a cell beyond max_context named directly: refused before any model is loaded
-    with pytest.raises(ConfigError, match=r"length 4096 exceeds gpt-neo-2.7b's max_context 2048 "
-                                          r"\(config.models\[3\].max_context\).*drop it from the targets"):
-        run_extraction(tmp_path / "p.jsonl", tmp_path / "s.zarr", model={**entry, "max_context": 2048},
-                       init={}, task="kvpr", length=4096, seed=0, settings={}, config_digest="x",
-                       origin="config.models[3].hf_id")
+    with pytest.raises(
+        ConfigError,
+        match=r"length 4096 exceeds gpt-neo-2.7b's max_context 2048 "
+        r"\(config.models\[3\].max_context\).*drop it from the targets",
+    ):
+        run_extraction(
+            tmp_path / "p.jsonl",
+            tmp_path / "s.zarr",
+            model={**entry, "max_context": 2048},
+            init={},
+            task="kvpr",
+            length=4096,
+            seed=0,
+            settings={},
+            config_digest="x",
+            origin="config.models[3].hf_id",
+        )
 
 
 def _store_files(store) -> dict[str, bytes]:
     """Every file of a store but its root zarr.json (whose attrs hold the run's timing)."""
-    return {str(p.relative_to(store)): p.read_bytes() for p in sorted(store.rglob("*"))
-            if p.is_file() and p != store / "zarr.json"}
+    return {
+        str(p.relative_to(store)): p.read_bytes()
+        for p in sorted(store.rglob("*"))
+        if p.is_file() and p != store / "zarr.json"
+    }
 
 
 def test_overlap_changes_no_byte_of_the_store(tiny, tokenizer, tmp_path):
     """Background tokenizer and writer threads vs none: the same files, the same attrs but timing."""
     family, model = tiny
     prompts = make_prompts(tokenizer, 9, seed=7)
-    kwargs = dict(batch_size=2, window_batches=2, n_token_prompts=3, attrs=attrs_for(family), store_dtype="auto",
-                  progress=False)
+    kwargs = dict(
+        batch_size=2, window_batches=2, n_token_prompts=3, attrs=attrs_for(family), store_dtype="auto", progress=False
+    )
     on = extract_activations(model, tokenizer, prompts, tmp_path / "on.zarr", overlap=True, **kwargs)
     off = extract_activations(model, tokenizer, prompts, tmp_path / "off.zarr", overlap=False, **kwargs)
     assert _store_files(tmp_path / "on.zarr") == _store_files(tmp_path / "off.zarr")
@@ -326,16 +417,25 @@ def test_a_writer_error_surfaces_once_and_the_store_still_resumes(tiny, tokenize
     if family != "gpt_neox":
         pytest.skip("the writer thread is family independent")
     prompts = make_prompts(tokenizer, 8, seed=8)
-    kwargs = dict(batch_size=2, window_batches=1, n_token_prompts=2, attrs=attrs_for(family), store_dtype="float16",
-                  progress=False)
+    kwargs = dict(
+        batch_size=2,
+        window_batches=1,
+        n_token_prompts=2,
+        attrs=attrs_for(family),
+        store_dtype="float16",
+        progress=False,
+    )
     out = tmp_path / "s.zarr"
     emb = model.get_input_embeddings().weight
     saved = emb.detach().clone()
     with torch.no_grad():
         emb.mul_(1e8)  # the embeddings far beyond float16
     try:
-        with pytest.raises(StoreError, match=r"s\.zarr: 'tokens' \(prompt 0\) has max \|x\| = .*, which overflows "
-                                             r"float16 \(limit 65504\); set `extraction.store_dtype: float32`"):
+        with pytest.raises(
+            StoreError,
+            match=r"s\.zarr: 'tokens' \(prompt 0\) has max \|x\| = .*, which overflows "
+            r"float16 \(limit 65504\); set `extraction.store_dtype: float32`",
+        ):
             extract_activations(model, tokenizer, prompts, out, **kwargs)
     finally:
         with torch.no_grad():

@@ -4,7 +4,14 @@ import json
 
 import pytest
 import torch
-from transformers import GPTNeoConfig, GPTNeoForCausalLM, GPTNeoXConfig, GPTNeoXForCausalLM, MambaConfig, MambaForCausalLM
+from transformers import (
+    GPTNeoConfig,
+    GPTNeoForCausalLM,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
+    MambaConfig,
+    MambaForCausalLM,
+)
 
 from reprflow.errors import ConfigError
 from reprflow.fastpath import prepare_model
@@ -12,8 +19,15 @@ from reprflow.fastpath import prepare_model
 
 def _neo():
     torch.manual_seed(0)
-    cfg = GPTNeoConfig(vocab_size=50, max_position_embeddings=32, hidden_size=16, num_layers=2, num_heads=2,
-                       attention_types=[[["global", "local"], 1]], window_size=4)
+    cfg = GPTNeoConfig(
+        vocab_size=50,
+        max_position_embeddings=32,
+        hidden_size=16,
+        num_layers=2,
+        num_heads=2,
+        attention_types=[[["global", "local"], 1]],
+        window_size=4,
+    )
     return GPTNeoForCausalLM(cfg).eval()
 
 
@@ -45,8 +59,14 @@ def test_float16_transformers_are_refused():
 
 
 def test_gpt_neox_uses_sdpa():
-    cfg = GPTNeoXConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=32)
+    cfg = GPTNeoXConfig(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+    )
     model = GPTNeoXForCausalLM._from_config(cfg, attn_implementation="eager")
     assert prepare_model(model)["attention"] == "sdpa"
 
@@ -86,8 +106,14 @@ def test_environment_forces_a_kernel_and_names_the_culprit(monkeypatch):
 
 
 def test_attention_can_be_forced_to_eager(monkeypatch):
-    cfg = GPTNeoXConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=32)
+    cfg = GPTNeoXConfig(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+    )
     model = GPTNeoXForCausalLM._from_config(cfg, attn_implementation="sdpa")
     monkeypatch.setenv("REPRFLOW_KERNEL_ATTENTION", "eager")
     report = prepare_model(model)

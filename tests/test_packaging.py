@@ -50,21 +50,49 @@ def installed(tmp_path_factory) -> Path:
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(PROJECT_ROOT / name, src / name)
     shutil.copytree(PROJECT_ROOT / "reprflow", src / "reprflow", ignore=shutil.ignore_patterns("__pycache__"))
-    build = _run(sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "--no-build-isolation", "--no-index",
-                 "-w", str(root / "dist"), str(src), cwd=root)
+    build = _run(
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "-v",
+        "--no-deps",
+        "--no-build-isolation",
+        "--no-index",
+        "-w",
+        str(root / "dist"),
+        str(src),
+        cwd=root,
+    )
     log = build.stdout + build.stderr
     # no packaging deprecation (e.g. `license = {text = ...}` gives three `BuildBackendWarning: ... deprecated`)
     assert "deprecat" not in log.lower() and "BuildBackendWarning" not in log, log
     (wheel,) = (root / "dist").glob("reprflow-*.whl")
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
-    for shipped in ("reprflow/data/schema.yaml", "reprflow/data/tokenizers/gpt2/tokenizer.json",
-                    "reprflow/data/tokenizers/gpt2/SOURCE.md", "reprflow/data/tokenizers/gpt-neox-20b/tokenizer.json",
-                    "reprflow/models/configs/EleutherAI__pythia-2.8b.json", "reprflow/models/configs/SOURCE.md"):
+    for shipped in (
+        "reprflow/data/schema.yaml",
+        "reprflow/data/tokenizers/gpt2/tokenizer.json",
+        "reprflow/data/tokenizers/gpt2/SOURCE.md",
+        "reprflow/data/tokenizers/gpt-neox-20b/tokenizer.json",
+        "reprflow/models/configs/EleutherAI__pythia-2.8b.json",
+        "reprflow/models/configs/SOURCE.md",
+    ):
         assert shipped in names, f"{shipped} is not in the wheel"
     site = root / "site"
-    _run(sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", str(site), str(wheel),
-         cwd=root)
+    _run(
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--no-deps",
+        "--no-index",
+        "--target",
+        str(site),
+        str(wheel),
+        cwd=root,
+    )
     return site
 
 

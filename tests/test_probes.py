@@ -218,7 +218,9 @@ def test_batched_equals_each_problem_trained_alone(planted):
             coef, intercept = _reference_probe(x[k], y, tr, seed=seed, epochs=epochs, lr=0.05)
             np.testing.assert_allclose(res.coef[s_i, k], coef, rtol=0, atol=2e-4 * np.abs(coef).max())
             np.testing.assert_allclose(res.intercept[s_i, k], intercept, rtol=0, atol=2e-4 * np.abs(coef).max() * 10)
-            ref_val = np.mean(np.argmax(x[k][va] @ coef + intercept, axis=1) == np.unique(y, return_inverse=True)[1][va])
+            ref_val = np.mean(
+                np.argmax(x[k][va] @ coef + intercept, axis=1) == np.unique(y, return_inverse=True)[1][va]
+            )
             assert abs(ref_val - res.val_accuracy[s_i, k]) <= 1.5 / res.n_val
 
 
@@ -288,21 +290,57 @@ def test_non_finite_features_raise(planted):
 @pytest.mark.parametrize(
     ("name", "value", "expected"),
     [
-        ("lr", -0.05, "The 'lr' parameter of fit_layer_probes must be a float in the range (0, inf). Got -0.05 instead."),
-        ("epochs", 0, "The 'epochs' parameter of fit_layer_probes must be an int in the range [1, inf). Got 0 instead."),
-        ("epochs", 1.5, "The 'epochs' parameter of fit_layer_probes must be an int in the range [1, inf). Got 1.5 instead."),
-        ("val_fraction", 1.0, "The 'val_fraction' parameter of fit_layer_probes must be a float in the range (0, 1). Got 1.0 instead."),
-        ("val_fraction", 0, "The 'val_fraction' parameter of fit_layer_probes must be a float in the range (0, 1). Got 0 instead."),
-        ("n_train", 0, "The 'n_train' parameter of fit_layer_probes must be an int in the range [1, inf). Got 0 instead."),
+        (
+            "lr",
+            -0.05,
+            "The 'lr' parameter of fit_layer_probes must be a float in the range (0, inf). Got -0.05 instead.",
+        ),
+        (
+            "epochs",
+            0,
+            "The 'epochs' parameter of fit_layer_probes must be an int in the range [1, inf). Got 0 instead.",
+        ),
+        (
+            "epochs",
+            1.5,
+            "The 'epochs' parameter of fit_layer_probes must be an int in the range [1, inf). Got 1.5 instead.",
+        ),
+        (
+            "val_fraction",
+            1.0,
+            "The 'val_fraction' parameter of fit_layer_probes must be a float in the range (0, 1). Got 1.0 instead.",
+        ),
+        (
+            "val_fraction",
+            0,
+            "The 'val_fraction' parameter of fit_layer_probes must be a float in the range (0, 1). Got 0 instead.",
+        ),
+        (
+            "n_train",
+            0,
+            "The 'n_train' parameter of fit_layer_probes must be an int in the range [1, inf). Got 0 instead.",
+        ),
         ("seeds", (), "The 'seeds' parameter of fit_layer_probes must be a non-empty sequence"),
         ("seeds", (1, 1), "The 'seeds' parameter of fit_layer_probes must be a non-empty sequence"),
         ("standardize", "yes", "The 'standardize' parameter of fit_layer_probes must be an instance of 'bool'."),
-        ("matmul_precision", "fp16", "The 'matmul_precision' parameter of fit_layer_probes must be a str among "
-                                     "{'auto', 'float32', 'tf32'}. Got 'fp16' instead."),
-        ("matmul_precision", "TF32", "The 'matmul_precision' parameter of fit_layer_probes must be a str among "
-                                     "{'auto', 'float32', 'tf32'}. Got 'TF32' instead."),
-        ("matmul_precision", None, "The 'matmul_precision' parameter of fit_layer_probes must be a str among "
-                                   "{'auto', 'float32', 'tf32'}. Got None instead."),
+        (
+            "matmul_precision",
+            "fp16",
+            "The 'matmul_precision' parameter of fit_layer_probes must be a str among "
+            "{'auto', 'float32', 'tf32'}. Got 'fp16' instead.",
+        ),
+        (
+            "matmul_precision",
+            "TF32",
+            "The 'matmul_precision' parameter of fit_layer_probes must be a str among "
+            "{'auto', 'float32', 'tf32'}. Got 'TF32' instead.",
+        ),
+        (
+            "matmul_precision",
+            None,
+            "The 'matmul_precision' parameter of fit_layer_probes must be a str among "
+            "{'auto', 'float32', 'tf32'}. Got None instead.",
+        ),
     ],
 )
 def test_bad_parameters_raise_value_error_naming_them(planted, name, value, expected):
@@ -332,7 +370,9 @@ def test_mismatched_samples_and_shapes_raise(planted):
 
 def test_linear_probe_wraps_the_same_kernel(planted):
     x, y = planted
-    res = fit_layer_probes(x[PLANTED : PLANTED + 1], y, epochs=30, seeds=(0,), device="cpu", return_weights=True, progress=False)
+    res = fit_layer_probes(
+        x[PLANTED : PLANTED + 1], y, epochs=30, seeds=(0,), device="cpu", return_weights=True, progress=False
+    )
     tr, va = stratified_split(y, val_fraction=0.2, n_train=20000, seed=0)
     probe = LinearProbe(seed=0, epochs=30).fit(x[PLANTED][tr], y[tr])
     assert probe.coef_.shape == (32, N_CLASSES) and probe.n_features_in_ == 32
@@ -348,8 +388,11 @@ def test_linear_probe_validates_in_fit_and_guards_predict(planted):
         probe.fit(x, y)
     with pytest.raises(ReprflowError, match="not fitted"):
         LinearProbe(seed=0).predict(x)
-    with pytest.raises(InvalidParameterError, match=r"The 'matmul_precision' parameter of LinearProbe must be a str "
-                                                    r"among \{'auto', 'float32', 'tf32'\}\. Got 'half' instead\."):
+    with pytest.raises(
+        InvalidParameterError,
+        match=r"The 'matmul_precision' parameter of LinearProbe must be a str "
+        r"among \{'auto', 'float32', 'tf32'\}\. Got 'half' instead\.",
+    ):
         LinearProbe(seed=0, matmul_precision="half").fit(x, y)
 
 
@@ -363,7 +406,12 @@ def test_linear_probe_is_a_scikit_learn_classifier(planted):
     probe = LinearProbe(epochs=20, device="cpu")
     assert is_classifier(probe)
     assert probe.get_params() == {
-        "lr": 0.05, "epochs": 20, "seed": 0, "standardize": True, "device": "cpu", "matmul_precision": "auto",
+        "lr": 0.05,
+        "epochs": 20,
+        "seed": 0,
+        "standardize": True,
+        "device": "cpu",
+        "matmul_precision": "auto",
     }
     assert probe.set_params(seed=3, lr=0.1) is probe and (probe.seed, probe.lr) == (3, 0.1)
     with pytest.raises(ValueError, match="Invalid parameter 'alpha'"):

@@ -27,9 +27,18 @@ from reprflow.prompts.tokenizers import load_tokenizer
 from reprflow.store import open_store, partial_path
 
 N_PROMPTS, N_WINDOWS = 16, 8  # batch_size=2, window_batches=1: one window per batch
-ATTRS = {"model": "tiny", "model_id": "tiny/gpt_neox", "revision": None, "family": "gpt_neox",
-         "init": {"scheme": "pretrained", "params": {}}, "task": "kvpr", "length": 300,
-         "tokenizer": "gpt-neox-20b", "prompt_file": "kvpr_n300.jsonl", "prompt_sha256": "0" * 64}
+ATTRS = {
+    "model": "tiny",
+    "model_id": "tiny/gpt_neox",
+    "revision": None,
+    "family": "gpt_neox",
+    "init": {"scheme": "pretrained", "params": {}},
+    "task": "kvpr",
+    "length": 300,
+    "tokenizer": "gpt-neox-20b",
+    "prompt_file": "kvpr_n300.jsonl",
+    "prompt_sha256": "0" * 64,
+}
 
 
 def _worker(model, tokenizer, prompts, out: Path, delay: float) -> None:
@@ -37,8 +46,18 @@ def _worker(model, tokenizer, prompts, out: Path, delay: float) -> None:
     torch.set_num_threads(1)  # same kernels in every child, so outputs are bitwise equal
     if delay:
         model.base_model.register_forward_pre_hook(lambda *a: time.sleep(delay))
-    extract_activations(model, tokenizer, prompts, out, batch_size=2, window_batches=1,
-                        n_token_prompts=3, attrs=ATTRS, store_dtype="auto", progress=False)
+    extract_activations(
+        model,
+        tokenizer,
+        prompts,
+        out,
+        batch_size=2,
+        window_batches=1,
+        n_token_prompts=3,
+        attrs=ATTRS,
+        store_dtype="auto",
+        progress=False,
+    )
 
 
 def _start(setup, out: Path, delay: float):
@@ -77,16 +96,24 @@ def _files(store: Path) -> dict[str, bytes]:
 
 
 def test_killed_extraction_resumes_to_an_identical_store(tmp_path, capfd):
-    model_dir = build_tiny_model("gpt_neox", out_dir=tmp_path / "model", seed=0,
-                                 overrides={"num_hidden_layers": 2})
+    model_dir = build_tiny_model("gpt_neox", out_dir=tmp_path / "model", seed=0, overrides={"num_hidden_layers": 2})
     model = load_model(str(model_dir), init=InitSpec("pretrained"), seed=None)
     tok = load_tokenizer("gpt-neox-20b")
     words = "alpha beta gamma delta key value pair middle".split()
     prompts = []
     for i in range(N_PROMPTS):
         text = " ".join(words[(i + j) % len(words)] for j in range(3 + (7 * i) % 11))
-        prompts.append({"id": f"p{i}", "task": "kvpr", "prompt": text, "label": i % 4, "n_items": 4,
-                        "n_tokens": len(tok(text)["input_ids"]), "answer": "x"})
+        prompts.append(
+            {
+                "id": f"p{i}",
+                "task": "kvpr",
+                "prompt": text,
+                "label": i % 4,
+                "n_items": 4,
+                "n_tokens": len(tok(text)["input_ids"]),
+                "answer": "x",
+            }
+        )
     setup = (model, tok, prompts)
 
     ref, out = tmp_path / "ref.zarr", tmp_path / "killed.zarr"
@@ -105,8 +132,11 @@ def test_killed_extraction_resumes_to_an_identical_store(tmp_path, capfd):
     assert final.exitcode == 0
     # the resumed run says so on the console (stderr of the job), with how far the store was
     err = capfd.readouterr().err
-    said = re.search(rf"reprflow: resuming {re.escape(str(partial_path(out)))}: (\d+) of {N_PROMPTS} prompts "
-                     rf"already written \((\d+) of {N_WINDOWS} windows\)", err)
+    said = re.search(
+        rf"reprflow: resuming {re.escape(str(partial_path(out)))}: (\d+) of {N_PROMPTS} prompts "
+        rf"already written \((\d+) of {N_WINDOWS} windows\)",
+        err,
+    )
     assert said, err
     assert int(said[1]) == 2 * int(said[2]) and seen <= int(said[2]) < N_WINDOWS  # 2 prompts per window
 

@@ -51,24 +51,48 @@ def _data(seed: int = 0, scale: float = 1.0):
     rng = np.random.default_rng(seed)
     last = (rng.standard_normal((K, N, HIDDEN)) * scale).astype(np.float32)
     tokens = {
-        pid: (rng.standard_normal((K, int(n), HIDDEN)) * scale).astype(np.float32)
-        for pid, n in zip(TOKEN_IDS, LENGTHS)
+        pid: (rng.standard_normal((K, int(n), HIDDEN)) * scale).astype(np.float32) for pid, n in zip(TOKEN_IDS, LENGTHS)
     }
     labels = rng.integers(0, 5, size=N)
     n_tokens = rng.integers(3, 9, size=N)
     return last, tokens, labels, n_tokens
 
 
-def _write(path: Path, last, tokens, labels, n_tokens, *, start=0, stop=N, store_dtype="float32",
-           batch_size=2, window_batches=2, stop_after=None, compress=False) -> StoreWriter:
+def _write(
+    path: Path,
+    last,
+    tokens,
+    labels,
+    n_tokens,
+    *,
+    start=0,
+    stop=N,
+    store_dtype="float32",
+    batch_size=2,
+    window_batches=2,
+    stop_after=None,
+    compress=False,
+) -> StoreWriter:
     ids = tuple(i for i in TOKEN_IDS if start <= i < stop)
     spec = StoreSpec(
-        n_states=K, hidden=HIDDEN, n_samples_total=N, sample_start=start, sample_stop=stop,
-        batch_size=batch_size, window_batches=window_batches, token_prompt_ids=ids,
-        max_len=MAX_LEN, store_dtype=store_dtype, compress=compress,
+        n_states=K,
+        hidden=HIDDEN,
+        n_samples_total=N,
+        sample_start=start,
+        sample_stop=stop,
+        batch_size=batch_size,
+        window_batches=window_batches,
+        token_prompt_ids=ids,
+        max_len=MAX_LEN,
+        store_dtype=store_dtype,
+        compress=compress,
     )
     writer = StoreWriter(
-        path, spec, attrs=_attrs(), labels=labels[start:stop], n_tokens=n_tokens[start:stop],
+        path,
+        spec,
+        attrs=_attrs(),
+        labels=labels[start:stop],
+        n_tokens=n_tokens[start:stop],
         lengths=np.array([LENGTHS[TOKEN_IDS.index(i)] for i in ids], dtype=np.int64),
         content_sha256=hashlib.sha256(b"x").hexdigest(),
     )
@@ -100,7 +124,7 @@ def test_store_follows_the_contract(tmp_path):
     np.testing.assert_array_equal(g["lengths"][:], LENGTHS)
     for j, pid in enumerate(TOKEN_IDS):
         np.testing.assert_array_equal(g["tokens"][:, j, : LENGTHS[j]], tokens[pid])
-        assert not g["tokens"][:, j, LENGTHS[j]:].any()  # zero padded past lengths
+        assert not g["tokens"][:, j, LENGTHS[j] :].any()  # zero padded past lengths
     attrs = dict(g.attrs)
     assert attrs["complete"] is True
     assert attrs["token_prompt_ids"] == list(TOKEN_IDS)
@@ -293,14 +317,37 @@ def test_resume_after_a_kill_between_array_creations(tmp_path):
 
 def test_writer_refuses_attrs_it_owns(tmp_path):
     last, tokens, labels, n_tokens = _data()
-    spec = StoreSpec(n_states=K, hidden=HIDDEN, n_samples_total=N, sample_start=0, sample_stop=N,
-                     batch_size=2, window_batches=2, token_prompt_ids=TOKEN_IDS, max_len=MAX_LEN)
+    spec = StoreSpec(
+        n_states=K,
+        hidden=HIDDEN,
+        n_samples_total=N,
+        sample_start=0,
+        sample_stop=N,
+        batch_size=2,
+        window_batches=2,
+        token_prompt_ids=TOKEN_IDS,
+        max_len=MAX_LEN,
+    )
     with pytest.raises(StoreError, match=r"\['complete'\] are written by the store itself"):
-        StoreWriter(tmp_path / "s.zarr", spec, attrs={**_attrs(), "complete": True}, labels=labels,
-                    n_tokens=n_tokens, lengths=LENGTHS, content_sha256="x")
+        StoreWriter(
+            tmp_path / "s.zarr",
+            spec,
+            attrs={**_attrs(), "complete": True},
+            labels=labels,
+            n_tokens=n_tokens,
+            lengths=LENGTHS,
+            content_sha256="x",
+        )
     with pytest.raises(StoreError, match=r"attrs missing \['dtype'\]"):
-        StoreWriter(tmp_path / "s.zarr", spec, attrs={k: v for k, v in _attrs().items() if k != "dtype"},
-                    labels=labels, n_tokens=n_tokens, lengths=LENGTHS, content_sha256="x")
+        StoreWriter(
+            tmp_path / "s.zarr",
+            spec,
+            attrs={k: v for k, v in _attrs().items() if k != "dtype"},
+            labels=labels,
+            n_tokens=n_tokens,
+            lengths=LENGTHS,
+            content_sha256="x",
+        )
 
 
 def test_abs_peak_of_float16_matches_float32_and_flags_non_finite():
@@ -414,8 +461,11 @@ def test_store_without_checksums_is_read_with_a_warning(tmp_path, monkeypatch):
     np.testing.assert_array_equal(g["last"][:], last.astype(np.float16))
     victim = path / "last" / "c" / "0" / "1" / "0"
     victim.write_bytes(victim.read_bytes()[:10])
-    with pytest.raises(StoreError, match=r"array 'last', chunk \(0, 1, 0\) \(file last/c/0/1/0\) is damaged: "
-                                         r"the file has 10 bytes, expected 48"):
+    with pytest.raises(
+        StoreError,
+        match=r"array 'last', chunk \(0, 1, 0\) \(file last/c/0/1/0\) is damaged: "
+        r"the file has 10 bytes, expected 48",
+    ):
         g["last"][:]
     # the writer does not reuse such a store: it rewrites it with checksums
     last2, tokens, labels, n_tokens = _data()
@@ -435,8 +485,18 @@ def test_a_deferred_digest_creates_the_partial_store_at_the_first_write(tmp_path
     of a fresh store creates nothing and asks for no digest; the first write creates the partial
     store with the full fingerprint, which a writer given the digest itself resumes."""
     last, tokens, labels, n_tokens = _data()
-    spec = StoreSpec(n_states=K, hidden=HIDDEN, n_samples_total=N, sample_start=0, sample_stop=N, batch_size=2,
-                     window_batches=2, token_prompt_ids=TOKEN_IDS, max_len=MAX_LEN, store_dtype="float32")
+    spec = StoreSpec(
+        n_states=K,
+        hidden=HIDDEN,
+        n_samples_total=N,
+        sample_start=0,
+        sample_stop=N,
+        batch_size=2,
+        window_batches=2,
+        token_prompt_ids=TOKEN_IDS,
+        max_len=MAX_LEN,
+        store_dtype="float32",
+    )
     digest = hashlib.sha256(b"x").hexdigest()
     asked = []
     kwargs = dict(attrs=_attrs(), labels=labels, n_tokens=n_tokens, lengths=LENGTHS)

@@ -33,9 +33,18 @@ def _prompts(tokenizer) -> list[dict]:
 
 
 def _attrs(family: str, tokenizer_name: str) -> dict:
-    return {"model": f"tiny-{family}", "model_id": f"tiny/{family}", "revision": None, "family": family,
-            "init": {"scheme": "pretrained"}, "task": "kvpr", "length": 300, "tokenizer": tokenizer_name,
-            "prompt_file": "kvpr_n300.jsonl", "prompt_sha256": "0" * 64}
+    return {
+        "model": f"tiny-{family}",
+        "model_id": f"tiny/{family}",
+        "revision": None,
+        "family": family,
+        "init": {"scheme": "pretrained"},
+        "task": "kvpr",
+        "length": 300,
+        "tokenizer": tokenizer_name,
+        "prompt_file": "kvpr_n300.jsonl",
+        "prompt_sha256": "0" * 64,
+    }
 
 
 def _assert_same_metrics(streamed, stored) -> None:
@@ -73,8 +82,15 @@ def test_streamed_metrics_equal_store_then_compute(family, tmp_path):
 
     last_only = tmp_path / "last_only.zarr"  # tokens: stream, in the same forward passes
     summary, written = extract_with_streamed_token_metrics(
-        model, tokenizer, prompts, last_only, tmp_path / "streamed", n_token_prompts=N_TOKEN_PROMPTS,
-        n_bins=N_BINS, **kwargs)
+        model,
+        tokenizer,
+        prompts,
+        last_only,
+        tmp_path / "streamed",
+        n_token_prompts=N_TOKEN_PROMPTS,
+        n_bins=N_BINS,
+        **kwargs,
+    )
     assert summary.n_token_prompts == 0 and set(written) == {p.name for p in (tmp_path / "streamed").iterdir()}
     assert open_store(last_only)["tokens"].shape[1] == 0  # no token states on disk
     np.testing.assert_array_equal(open_store(last_only)["last"][:], open_store(stored)["last"][:])
@@ -82,8 +98,7 @@ def test_streamed_metrics_equal_store_then_compute(family, tmp_path):
 
     if family == "gpt_neox":  # the store is complete: the token prompts are forwarded for the sink alone
         again = TokenMetricsSink(token_prompt_ids(N_PROMPTS, N_TOKEN_PROMPTS), n_bins=N_BINS, overlap=False)
-        summary = extract_activations(model, tokenizer, prompts, last_only, n_token_prompts=0, sinks=[again],
-                                      **kwargs)
+        summary = extract_activations(model, tokenizer, prompts, last_only, n_token_prompts=0, sinks=[again], **kwargs)
         assert summary.already_complete and summary.windows_written == 0
         assert summary.tokens == sum(prompts[i]["n_tokens"] for i in again.token_prompts)
         again.write(tmp_path / "again", source=last_only, attrs=attrs)
@@ -101,21 +116,37 @@ def test_streamed_on_the_gpu_equal_store_then_compute_on_the_cpu(family, tmp_pat
     attrs = _attrs(family, TINY_TOKENIZERS[family])
     kwargs = dict(batch_size=2, window_batches=1, attrs=attrs, store_dtype="float32", progress=False)
     stored = tmp_path / "cpu.zarr"
-    extract_activations(load_model(str(path), init=InitSpec("pretrained"), seed=None), tokenizer, prompts, stored,
-                        n_token_prompts=N_TOKEN_PROMPTS, **kwargs)
+    extract_activations(
+        load_model(str(path), init=InitSpec("pretrained"), seed=None),
+        tokenizer,
+        prompts,
+        stored,
+        n_token_prompts=N_TOKEN_PROMPTS,
+        **kwargs,
+    )
     compute_token_metrics(stored, tmp_path / "from_store", n_bins=N_BINS)
     sink = TokenMetricsSink(token_prompt_ids(N_PROMPTS, N_TOKEN_PROMPTS), n_bins=N_BINS)
     gpu_store = tmp_path / "cuda.zarr"
-    extract_activations(load_model(str(path), init=InitSpec("pretrained"), seed=None), tokenizer, prompts,
-                        gpu_store, n_token_prompts=0, device="cuda", sinks=[sink], **kwargs)
+    extract_activations(
+        load_model(str(path), init=InitSpec("pretrained"), seed=None),
+        tokenizer,
+        prompts,
+        gpu_store,
+        n_token_prompts=0,
+        device="cuda",
+        sinks=[sink],
+        **kwargs,
+    )
     sink.write(tmp_path / "streamed", source=gpu_store, attrs=attrs)
     for name in ("cka_hf.npy", "cka_debiased_residual.npy", "layerwise_cosine_hf.npy"):
-        np.testing.assert_allclose(np.load(tmp_path / "streamed" / name), np.load(tmp_path / "from_store" / name),
-                                   atol=1e-4, err_msg=name)
+        np.testing.assert_allclose(
+            np.load(tmp_path / "streamed" / name), np.load(tmp_path / "from_store" / name), atol=1e-4, err_msg=name
+        )
     sm = json.loads((tmp_path / "streamed" / "smoothness_stability.json").read_text())
     ref = json.loads((tmp_path / "from_store" / "smoothness_stability.json").read_text())
     assert sm["hf"]["Sm"] == pytest.approx(ref["hf"]["Sm"], rel=1e-3) and sm["hf"]["St"] == pytest.approx(
-        ref["hf"]["St"], rel=1e-3)
+        ref["hf"]["St"], rel=1e-3
+    )
 
 
 def test_an_error_in_the_metrics_thread_stops_the_run_and_leaves_no_store(tmp_path):
@@ -130,12 +161,33 @@ def test_an_error_in_the_metrics_thread_stops_the_run_and_leaves_no_store(tmp_pa
     prompts[2] = {**prompts[2], "prompt": "key value", "n_tokens": len(tokenizer("key value")["input_ids"])}
     out = tmp_path / "s.zarr"
     sink = TokenMetricsSink([0, 2], n_bins=2)
-    with pytest.raises(ReprflowError, match=r"streamed token metrics, prompt 2, CKA over states .*needs n_tokens >= 4, got 2"):
-        extract_activations(model, tokenizer, prompts, out, n_token_prompts=0, sinks=[sink], batch_size=2,
-                            window_batches=1, attrs=_attrs("gpt_neox", "gpt-neox-20b"), progress=False)
+    with pytest.raises(
+        ReprflowError, match=r"streamed token metrics, prompt 2, CKA over states .*needs n_tokens >= 4, got 2"
+    ):
+        extract_activations(
+            model,
+            tokenizer,
+            prompts,
+            out,
+            n_token_prompts=0,
+            sinks=[sink],
+            batch_size=2,
+            window_batches=1,
+            attrs=_attrs("gpt_neox", "gpt-neox-20b"),
+            progress=False,
+        )
     assert not out.exists()  # no final store; the partial one (if its first write happened) is resumed
-    extract_activations(model, tokenizer, prompts, out, n_token_prompts=0, batch_size=2, window_batches=1,
-                        attrs=_attrs("gpt_neox", "gpt-neox-20b"), progress=False)
+    extract_activations(
+        model,
+        tokenizer,
+        prompts,
+        out,
+        n_token_prompts=0,
+        batch_size=2,
+        window_batches=1,
+        attrs=_attrs("gpt_neox", "gpt-neox-20b"),
+        progress=False,
+    )
     assert out.exists() and not partial_path(out).exists()
 
 
@@ -149,16 +201,31 @@ def test_overlap_changes_no_byte_of_the_metrics_or_the_store(device, tmp_path):
     path = build_tiny_model("mamba", out_dir=tmp_path / "model", seed=0)
     tokenizer = load_tokenizer(TINY_TOKENIZERS["mamba"])
     prompts = _prompts(tokenizer)
-    kwargs = dict(batch_size=2, window_batches=1, attrs=_attrs("mamba", TINY_TOKENIZERS["mamba"]),
-                  store_dtype="float32", progress=False, device=device, n_token_prompts=N_TOKEN_PROMPTS,
-                  n_bins=N_BINS)
+    kwargs = dict(
+        batch_size=2,
+        window_batches=1,
+        attrs=_attrs("mamba", TINY_TOKENIZERS["mamba"]),
+        store_dtype="float32",
+        progress=False,
+        device=device,
+        n_token_prompts=N_TOKEN_PROMPTS,
+        n_bins=N_BINS,
+    )
     for overlap in (True, False):
         model = load_model(str(path), init=InitSpec("pretrained"), seed=None)
-        summary, _ = extract_with_streamed_token_metrics(model, tokenizer, prompts, tmp_path / f"{overlap}.zarr",
-                                                         tmp_path / f"metrics_{overlap}", overlap=overlap, **kwargs)
+        summary, _ = extract_with_streamed_token_metrics(
+            model,
+            tokenizer,
+            prompts,
+            tmp_path / f"{overlap}.zarr",
+            tmp_path / f"metrics_{overlap}",
+            overlap=overlap,
+            **kwargs,
+        )
         assert summary.stages["token_metrics"]["compute"] > 0
-    np.testing.assert_array_equal(open_store(tmp_path / "True.zarr")["last"][:],
-                                  open_store(tmp_path / "False.zarr")["last"][:])
+    np.testing.assert_array_equal(
+        open_store(tmp_path / "True.zarr")["last"][:], open_store(tmp_path / "False.zarr")["last"][:]
+    )
     # bit for bit on the CPU; on CUDA the float64 kernels run on another stream: 1e-12 relative allowed
     rtol = 0.0 if device == "cpu" else 1e-12
     for name in sorted(p.name for p in (tmp_path / "metrics_False").iterdir()):
@@ -186,14 +253,32 @@ def test_streamed_mixed_precision_within_tolerance_of_the_float64_store_path(tmp
     stored = tmp_path / "with_tokens.zarr"
     extract_activations(model, tokenizer, prompts, stored, n_token_prompts=N_TOKEN_PROMPTS, **kwargs)
     compute_token_metrics(stored, tmp_path / "from_store", n_bins=N_BINS)
-    extract_with_streamed_token_metrics(model, tokenizer, prompts, tmp_path / "last.zarr", tmp_path / "streamed",
-                                        n_token_prompts=N_TOKEN_PROMPTS, n_bins=N_BINS, precision="mixed", **kwargs)
+    extract_with_streamed_token_metrics(
+        model,
+        tokenizer,
+        prompts,
+        tmp_path / "last.zarr",
+        tmp_path / "streamed",
+        n_token_prompts=N_TOKEN_PROMPTS,
+        n_bins=N_BINS,
+        precision="mixed",
+        **kwargs,
+    )
     for name in sorted(p.name for p in (tmp_path / "from_store").glob("*.npy")):  # CKA and cosine maps
-        np.testing.assert_allclose(np.load(tmp_path / "streamed" / name), np.load(tmp_path / "from_store" / name),
-                                   rtol=0, atol=1e-4, err_msg=name)
+        np.testing.assert_allclose(
+            np.load(tmp_path / "streamed" / name),
+            np.load(tmp_path / "from_store" / name),
+            rtol=0,
+            atol=1e-4,
+            err_msg=name,
+        )
     for name in ("inter_token_cosine.csv", "layerwise_cosine.csv"):
-        np.testing.assert_allclose(pd.read_csv(tmp_path / "streamed" / name)[["mean", "std"]],
-                                   pd.read_csv(tmp_path / "from_store" / name)[["mean", "std"]], rtol=0, atol=1e-4)
+        np.testing.assert_allclose(
+            pd.read_csv(tmp_path / "streamed" / name)[["mean", "std"]],
+            pd.read_csv(tmp_path / "from_store" / name)[["mean", "std"]],
+            rtol=0,
+            atol=1e-4,
+        )
     sm = json.loads((tmp_path / "streamed" / "smoothness_stability.json").read_text())
     ref = json.loads((tmp_path / "from_store" / "smoothness_stability.json").read_text())
     assert sm["provenance"]["precision"] == "mixed" and ref["provenance"]["precision"] == "float64"

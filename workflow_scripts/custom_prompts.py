@@ -8,8 +8,10 @@ with workflow_step(snakemake.log[0], "custom_prompts"):  # noqa: F821 (injected 
     if int(w.length) != spec["length"]:
         from reprflow.errors import ConfigError
 
-        raise ConfigError(f"custom task {w.task} runs at its length {spec['length']} only "
-                          f"(config.custom_tasks.{w.task}.length), not at {w.length}")
+        raise ConfigError(
+            f"custom task {w.task} runs at its length {spec['length']} only "
+            f"(config.custom_tasks.{w.task}.length), not at {w.length}"
+        )
     build_custom_prompt_file(
         snakemake.output.prompts,  # noqa: F821
         task=w.task,

@@ -57,9 +57,9 @@ def causal_conv1d_silu_reference(
     """
     _check(x, weight, bias, mask)
     n_tokens, width = x.shape[1], weight.shape[1]
-    y = F.conv1d(
-        x.transpose(1, 2).to(weight.dtype), weight.unsqueeze(1), bias, padding=width - 1, groups=x.shape[2]
-    )[:, :, :n_tokens]
+    y = F.conv1d(x.transpose(1, 2).to(weight.dtype), weight.unsqueeze(1), bias, padding=width - 1, groups=x.shape[2])[
+        :, :, :n_tokens
+    ]
     y = F.silu(y).transpose(1, 2)
     if mask is not None:
         y = y * mask[:, :, None].to(y.dtype)
@@ -70,9 +70,18 @@ if triton is not None:
 
     @triton.jit
     def _causal_conv1d_silu_kernel(
-        x_ptr, w_ptr, bias_ptr, mask_ptr, out_ptr,
-        n_tokens, channels,
-        s_x_b, s_x_t, s_m_b, s_o_b, s_o_t,
+        x_ptr,
+        w_ptr,
+        bias_ptr,
+        mask_ptr,
+        out_ptr,
+        n_tokens,
+        channels,
+        s_x_b,
+        s_x_t,
+        s_m_b,
+        s_o_b,
+        s_o_t,
         WIDTH: tl.constexpr,
         BLOCK_T: tl.constexpr,
         BLOCK_D: tl.constexpr,
@@ -129,11 +138,23 @@ def causal_conv1d_silu_triton(
     block_t, block_d = 32, 128
     grid = (triton.cdiv(n_tokens, block_t), triton.cdiv(channels, block_d), batch)
     _causal_conv1d_silu_kernel[grid](
-        x, w, bias if bias is not None else w, m if m is not None else w, out,
-        n_tokens, channels,
-        x.stride(0), x.stride(1), m.stride(0) if m is not None else 0, out.stride(0), out.stride(1),
-        WIDTH=w.shape[1], BLOCK_T=block_t, BLOCK_D=block_d,
-        HAS_BIAS=bias is not None, HAS_MASK=m is not None,
+        x,
+        w,
+        bias if bias is not None else w,
+        m if m is not None else w,
+        out,
+        n_tokens,
+        channels,
+        x.stride(0),
+        x.stride(1),
+        m.stride(0) if m is not None else 0,
+        out.stride(0),
+        out.stride(1),
+        WIDTH=w.shape[1],
+        BLOCK_T=block_t,
+        BLOCK_D=block_d,
+        HAS_BIAS=bias is not None,
+        HAS_MASK=m is not None,
         num_warps=4,
     )
     return out

@@ -28,8 +28,10 @@ __all__ = ["HF_LOGGER", "install", "note_device"]
 HF_LOGGER = "transformers.integrations.hub_kernels"
 """The transformers logger that emits the per-function fallback warnings."""
 
-_PATTERN = re.compile(r"`(?P<func>[^`]+)` is falling back to its reference PyTorch implementation because "
-                      r"`(?P<dist>[^`]+)` is not installed")
+_PATTERN = re.compile(
+    r"`(?P<func>[^`]+)` is falling back to its reference PyTorch implementation because "
+    r"`(?P<dist>[^`]+)` is not installed"
+)
 _PACKAGES = ("mamba_ssm", "causal_conv1d")
 logger = logging.getLogger("reprflow.kernels")
 
@@ -59,12 +61,20 @@ class _FallbackNotice(logging.Filter):
             _state["said"] = True
             first = f"`{match['func']}` (needs `{match['dist']}`)"
             if _device_kind() == "cpu":
-                logger.info("SSM kernels: transformers' reference PyTorch path on CPU, as expected (%s are CUDA-only; "
-                            "same results, slower); first was %s", " / ".join(_PACKAGES), first)
+                logger.info(
+                    "SSM kernels: transformers' reference PyTorch path on CPU, as expected (%s are CUDA-only; "
+                    "same results, slower); first was %s",
+                    " / ".join(_PACKAGES),
+                    first,
+                )
             else:
-                logger.warning("SSM kernels on %s fall back to transformers' reference PyTorch path (same results, much "
-                               "slower): install %s (envs/gpu.yaml, docs/kernels.md); first was %s", _device_kind(),
-                               " and ".join(_PACKAGES), first)
+                logger.warning(
+                    "SSM kernels on %s fall back to transformers' reference PyTorch path (same results, much "
+                    "slower): install %s (envs/gpu.yaml, docs/kernels.md); first was %s",
+                    _device_kind(),
+                    " and ".join(_PACKAGES),
+                    first,
+                )
         return False
 
 

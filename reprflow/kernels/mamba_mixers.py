@@ -45,8 +45,12 @@ from reprflow.kernels.selective_scan import selective_scan, selective_scan_autog
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "install_mamba_forward", "install_mamba2_forward", "install_mamba_train_forward", "mamba_mixer_forward",
-    "mamba2_mixer_forward", "patch_forward",
+    "install_mamba_forward",
+    "install_mamba2_forward",
+    "install_mamba_train_forward",
+    "mamba_mixer_forward",
+    "mamba2_mixer_forward",
+    "patch_forward",
 ]
 
 
@@ -152,13 +156,27 @@ def mamba2_mixer_forward(
     C = xbc[..., d_inner + n_groups * d_state :].view(batch, n_tokens, n_groups, d_state)
     A = -torch.exp(mixer.A_log.float())  # [n_heads]
     y = (ssd or kernels.chunk_scan_combined)(
-        x, dt, A, B, C, mixer.chunk_size,
-        D=mixer.D, z=None, dt_bias=mixer.dt_bias, dt_softplus=True, dt_limit=tuple(mixer.time_step_limit),
+        x,
+        dt,
+        A,
+        B,
+        C,
+        mixer.chunk_size,
+        D=mixer.D,
+        z=None,
+        dt_bias=mixer.dt_bias,
+        dt_softplus=True,
+        dt_limit=tuple(mixer.time_step_limit),
     )  # [batch, n_tokens, n_heads, head_dim]
     y = y.reshape(batch, n_tokens, d_inner)
     y = kernels.rmsnorm_fn(
-        y, mixer.norm.weight, None, z=gate, eps=mixer.norm.variance_epsilon,
-        group_size=d_inner // n_groups, norm_before_gate=False,
+        y,
+        mixer.norm.weight,
+        None,
+        z=gate,
+        eps=mixer.norm.variance_epsilon,
+        group_size=d_inner // n_groups,
+        norm_before_gate=False,
     )
     return mixer.out_proj(y.to(dtype))
 
@@ -191,7 +209,9 @@ def _mixers(model: nn.Module, cls: type, what: str) -> list[nn.Module]:
 
 
 def install_mamba_forward(
-    model: nn.Module, *, scan_impl: str | Callable[..., Tensor] = "auto",
+    model: nn.Module,
+    *,
+    scan_impl: str | Callable[..., Tensor] = "auto",
     conv_impl: str | Callable[..., Tensor] = "auto",
 ) -> int:
     """Switch every ``MambaMixer`` of ``model`` to :func:`mamba_mixer_forward`, in place.
@@ -214,7 +234,10 @@ def install_mamba_forward(
 
 
 def install_mamba2_forward(
-    model: nn.Module, *, kernels: MambaSsmKernels, conv_impl: str | Callable[..., Tensor] = "auto",
+    model: nn.Module,
+    *,
+    kernels: MambaSsmKernels,
+    conv_impl: str | Callable[..., Tensor] = "auto",
     ssd: Callable[..., Tensor] | None = None,
 ) -> int:
     """Switch every ``Mamba2Mixer`` of ``model`` to :func:`mamba2_mixer_forward`, in place.
@@ -243,7 +266,9 @@ def install_mamba2_forward(
 
 
 def install_mamba_train_forward(
-    model: nn.Module, *, scan: Callable[..., Tensor] = selective_scan_autograd,
+    model: nn.Module,
+    *,
+    scan: Callable[..., Tensor] = selective_scan_autograd,
     conv_impl: str | Callable[..., Tensor] = "torch",
 ) -> int:
     """Route every ``MambaMixer`` of ``model`` to :func:`mamba_mixer_forward` with a
@@ -276,7 +301,9 @@ def install_mamba_train_forward(
     """
     from transformers.models.mamba.modeling_mamba import MambaMixer
 
-    mixers = [m for m in model.modules() if isinstance(m, MambaMixer) and not getattr(m, "_reprflow_train_forward", False)]
+    mixers = [
+        m for m in model.modules() if isinstance(m, MambaMixer) and not getattr(m, "_reprflow_train_forward", False)
+    ]
     for m in mixers:
         if m.activation != "silu":
             raise ValueError(f"Mamba training forward supports hidden_act='silu' only, got {m.activation!r}")

@@ -49,8 +49,9 @@ def _version(dist: str) -> str:
 
 # ---------------------------------------------------------------- Mamba-1 selective scan
 def _scan_reference(u, delta, A, B, C, D=None, z=None, *, delta_bias=None, delta_softplus=False) -> Tensor:
-    return selective_scan_reference(u, delta, A, B, C, D, z, delta_bias=delta_bias, delta_softplus=delta_softplus,
-                                    compute_dtype=torch.float64)
+    return selective_scan_reference(
+        u, delta, A, B, C, D, z, delta_bias=delta_bias, delta_softplus=delta_softplus, compute_dtype=torch.float64
+    )
 
 
 def compiled_scan_time_major(fn: Callable) -> Callable[..., Tensor]:
@@ -58,8 +59,17 @@ def compiled_scan_time_major(fn: Callable) -> Callable[..., Tensor]:
     (an autograd Function: training uses it too, :mod:`reprflow.training.kernels`)."""
 
     def scan(u, delta, A, B, C, D=None, z=None, *, delta_bias=None, delta_softplus=False) -> Tensor:
-        y = fn(u.transpose(1, 2), delta.transpose(1, 2), A, B.transpose(1, 2), C.transpose(1, 2), D,
-               z=None if z is None else z.transpose(1, 2), delta_bias=delta_bias, delta_softplus=delta_softplus)
+        y = fn(
+            u.transpose(1, 2),
+            delta.transpose(1, 2),
+            A,
+            B.transpose(1, 2),
+            C.transpose(1, 2),
+            D,
+            z=None if z is None else z.transpose(1, 2),
+            delta_bias=delta_bias,
+            delta_softplus=delta_softplus,
+        )
         return y.transpose(1, 2)  # [batch, n_tokens, channels] view
 
     return scan
@@ -69,17 +79,41 @@ def mamba_scan_op(device: torch.device, *, report: dict, forced: str | None = No
     """The Mamba-1 selective scan op (signature of :func:`selective_scan` without ``impl``)."""
     cands = []
     if device.type == "cuda" and triton_available():
-        cands.append(Candidate("triton", functools.partial(selective_scan, impl="triton"),
-                               "reprflow Triton selective scan (time-major, state in registers)"))
+        cands.append(
+            Candidate(
+                "triton",
+                functools.partial(selective_scan, impl="triton"),
+                "reprflow Triton selective scan (time-major, state in registers)",
+            )
+        )
     compiled = compiled_selective_scan() if device.type == "cuda" else None
     if compiled is not None:
-        cands.append(Candidate("mamba_ssm", compiled_scan_time_major(compiled),
-                               f"mamba_ssm {_version('mamba_ssm')} selective_scan_cuda (compiled) + transposes"))
-    cands.append(Candidate("torch", functools.partial(selective_scan, impl="torch"),
-                           "reprflow torch reference (Python loop over tokens)", devices=_ANY, timed=False))
-    return KernelOp("mamba_scan", _scan_reference, cands, time_major=("u", "delta", "B", "C", "z"),
-                    sizes=lambda a: (a["u"].shape[2], a["A"].shape[1], a.get("z") is not None),
-                    report=report, forced=forced, known=("triton", "mamba_ssm", "torch", "hf"))
+        cands.append(
+            Candidate(
+                "mamba_ssm",
+                compiled_scan_time_major(compiled),
+                f"mamba_ssm {_version('mamba_ssm')} selective_scan_cuda (compiled) + transposes",
+            )
+        )
+    cands.append(
+        Candidate(
+            "torch",
+            functools.partial(selective_scan, impl="torch"),
+            "reprflow torch reference (Python loop over tokens)",
+            devices=_ANY,
+            timed=False,
+        )
+    )
+    return KernelOp(
+        "mamba_scan",
+        _scan_reference,
+        cands,
+        time_major=("u", "delta", "B", "C", "z"),
+        sizes=lambda a: (a["u"].shape[2], a["A"].shape[1], a.get("z") is not None),
+        report=report,
+        forced=forced,
+        known=("triton", "mamba_ssm", "torch", "hf"),
+    )
 
 
 # ---------------------------------------------------------------- causal conv + SiLU
@@ -107,30 +141,65 @@ def causal_conv_op(device: torch.device, *, report: dict, forced: str | None = N
     cands = []
     compiled = compiled_causal_conv1d() if device.type == "cuda" else None
     if compiled is not None:
-        cands.append(Candidate("causal_conv1d", _compiled_conv_time_major(compiled),
-                               f"causal_conv1d {_version('causal_conv1d')} causal_conv1d_fn (compiled, channel-last)"))
+        cands.append(
+            Candidate(
+                "causal_conv1d",
+                _compiled_conv_time_major(compiled),
+                f"causal_conv1d {_version('causal_conv1d')} causal_conv1d_fn (compiled, channel-last)",
+            )
+        )
     if device.type == "cuda" and triton_available():
-        cands.append(Candidate("triton", functools.partial(causal_conv1d_silu, impl="triton"),
-                               "reprflow Triton causal conv + SiLU (time-major)"))
-    cands.append(Candidate("torch", functools.partial(causal_conv1d_silu, impl="torch"),
-                           "torch F.conv1d (+ transposes)", devices=_ANY))
-    return KernelOp("causal_conv", causal_conv1d_silu_reference, cands, time_major=("x", "mask"),
-                    sizes=lambda a: (a["x"].shape[2], a["weight"].shape[1], a.get("mask") is not None,
-                                     a["x"].stride(1)),
-                    report=report, forced=forced, known=("causal_conv1d", "triton", "torch"))
+        cands.append(
+            Candidate(
+                "triton",
+                functools.partial(causal_conv1d_silu, impl="triton"),
+                "reprflow Triton causal conv + SiLU (time-major)",
+            )
+        )
+    cands.append(
+        Candidate(
+            "torch", functools.partial(causal_conv1d_silu, impl="torch"), "torch F.conv1d (+ transposes)", devices=_ANY
+        )
+    )
+    return KernelOp(
+        "causal_conv",
+        causal_conv1d_silu_reference,
+        cands,
+        time_major=("x", "mask"),
+        sizes=lambda a: (a["x"].shape[2], a["weight"].shape[1], a.get("mask") is not None, a["x"].stride(1)),
+        report=report,
+        forced=forced,
+        known=("causal_conv1d", "triton", "torch"),
+    )
 
 
 # ---------------------------------------------------------------- Mamba-2 SSD
-def mamba2_ssd_op(device: torch.device, kernels: MambaSsmKernels | None, *, report: dict,
-                  forced: str | None = None) -> KernelOp:
+def mamba2_ssd_op(
+    device: torch.device, kernels: MambaSsmKernels | None, *, report: dict, forced: str | None = None
+) -> KernelOp:
     """The Mamba-2 SSD scan (signature of :func:`ssd_reference`)."""
     cands = []
     if kernels is not None:
-        cands.append(Candidate("mamba_ssm", kernels.chunk_scan_combined,
-                               f"mamba_ssm {kernels.version} Triton mamba_chunk_scan_combined",
-                               devices=("cuda",) if device.type == "cuda" else _ANY))
-    cands.append(Candidate("torch", ssd_reference, "reprflow torch recurrence (Python loop over tokens)",
-                           devices=_ANY, timed=False))
-    return KernelOp("mamba2_ssd", ssd_reference, cands, time_major=("x", "dt", "B", "C", "z"),
-                    sizes=lambda a: tuple(a["x"].shape[2:]) + (a["B"].shape[2], a["B"].shape[3]),
-                    report=report, forced=forced, known=("mamba_ssm", "torch", "hf"))
+        cands.append(
+            Candidate(
+                "mamba_ssm",
+                kernels.chunk_scan_combined,
+                f"mamba_ssm {kernels.version} Triton mamba_chunk_scan_combined",
+                devices=("cuda",) if device.type == "cuda" else _ANY,
+            )
+        )
+    cands.append(
+        Candidate(
+            "torch", ssd_reference, "reprflow torch recurrence (Python loop over tokens)", devices=_ANY, timed=False
+        )
+    )
+    return KernelOp(
+        "mamba2_ssd",
+        ssd_reference,
+        cands,
+        time_major=("x", "dt", "B", "C", "z"),
+        sizes=lambda a: tuple(a["x"].shape[2:]) + (a["B"].shape[2], a["B"].shape[3]),
+        report=report,
+        forced=forced,
+        known=("mamba_ssm", "torch", "hf"),
+    )

@@ -49,8 +49,7 @@ def rms_norm_reference(x: Tensor, weight: Tensor, *, eps: float) -> Tensor:
 if triton is not None:
 
     @triton.jit
-    def _rms_norm_kernel(x_ptr, w_ptr, out_ptr, n_cols, eps, s_x, s_o, BLOCK: tl.constexpr,
-                         ROUND_INPUT: tl.constexpr):
+    def _rms_norm_kernel(x_ptr, w_ptr, out_ptr, n_cols, eps, s_x, s_o, BLOCK: tl.constexpr, ROUND_INPUT: tl.constexpr):
         # ROUND_INPUT: x is first rounded to the output dtype (HF's block calls
         # norm(x.to(weight.dtype)); the rounding is fused here instead of a separate pass).
         row = tl.program_id(0).to(tl.int64)
@@ -100,8 +99,16 @@ def rms_norm(x: Tensor, weight: Tensor, *, eps: float, input_dtype: torch.dtype 
     out = torch.empty(x2.shape, dtype=out_dtype, device=x.device)
     block = triton.next_power_of_2(hidden)
     _rms_norm_kernel[(x2.shape[0],)](
-        x2, weight, out, hidden, float(eps), x2.stride(0), out.stride(0), BLOCK=block,
-        ROUND_INPUT=round_input, num_warps=min(16, max(1, block // 256)),
+        x2,
+        weight,
+        out,
+        hidden,
+        float(eps),
+        x2.stride(0),
+        out.stride(0),
+        BLOCK=block,
+        ROUND_INPUT=round_input,
+        num_warps=min(16, max(1, block // 256)),
     )
     return out.view(x.shape)
 

@@ -187,8 +187,13 @@ class KernelOp:
     def __call__(self, *args, **kwargs) -> Tensor:
         bound = self._signature.bind(*args, **kwargs)
         first = bound.arguments[self.time_major[0]]
-        key = (first.device.type, str(first.dtype).removeprefix("torch."), _pow2(first.shape[0]),
-               _pow2(first.shape[1]), *self.sizes(bound.arguments))
+        key = (
+            first.device.type,
+            str(first.dtype).removeprefix("torch."),
+            _pow2(first.shape[0]),
+            _pow2(first.shape[1]),
+            *self.sizes(bound.arguments),
+        )
         cand = self._chosen.get(key)
         if cand is None:
             cand = self._choose(key, bound, args, kwargs)
@@ -260,13 +265,25 @@ class KernelOp:
             chosen, reason = timed[0], f"only fast candidate available on {device.type} (not measured)"
         else:
             chosen, reason, ms = self._measure(key, timed, args, kwargs, device)
-        entry = {"kernel": chosen.name, "origin": chosen.origin, "reason": reason,
-                 "check_rel_err": {k: float(f"{v:.3g}") for k, v in errors.items()}}
+        entry = {
+            "kernel": chosen.name,
+            "origin": chosen.origin,
+            "reason": reason,
+            "check_rel_err": {k: float(f"{v:.3g}") for k, v in errors.items()},
+        }
         if ms:
             entry["ms"] = {k: round(v, 4) for k, v in ms.items()}
         self.report.setdefault(self.name, {})[f"{key[1]} {shape}"] = entry
-        logger.info("kernel %s for %s %s on %s: %s (%s)%s", self.name, key[1], shape, device.type, chosen.name,
-                    reason, f"; ms {entry['ms']}" if ms else "")
+        logger.info(
+            "kernel %s for %s %s on %s: %s (%s)%s",
+            self.name,
+            key[1],
+            shape,
+            device.type,
+            chosen.name,
+            reason,
+            f"; ms {entry['ms']}" if ms else "",
+        )
         return chosen
 
     def _measure(self, key, timed, args, kwargs, device) -> tuple[Candidate, str, dict[str, float]]:

@@ -217,8 +217,23 @@ if triton is not None:
         return tl.fdiv(z, 1.0 + e)
 
     @triton.jit
-    def _load_step(u_row, dt_row, b_row, c_row, z_row, t, ok, s_u_t, s_dt_t, s_b_t, s_c_t, s_z_t,
-                   mask_d, offs_n, HAS_Z: tl.constexpr):
+    def _load_step(
+        u_row,
+        dt_row,
+        b_row,
+        c_row,
+        z_row,
+        t,
+        ok,
+        s_u_t,
+        s_dt_t,
+        s_b_t,
+        s_c_t,
+        s_z_t,
+        mask_d,
+        offs_n,
+        HAS_Z: tl.constexpr,
+    ):
         # The inputs of time step t (ok: whether t < n_tokens); z is u again when absent
         u = tl.load(u_row + t * s_u_t, mask=mask_d & ok, other=0.0)
         dt = tl.load(dt_row + t * s_dt_t, mask=mask_d & ok, other=0.0)
@@ -231,8 +246,23 @@ if triton is not None:
         return u, dt, b, c, z
 
     @triton.jit
-    def _scan_step(h, u, dt, b, c, z, a2, dskip, dt_bias, o_ptrs, mask,
-                   HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    def _scan_step(
+        h,
+        u,
+        dt,
+        b,
+        c,
+        z,
+        a2,
+        dskip,
+        dt_bias,
+        o_ptrs,
+        mask,
+        HAS_D: tl.constexpr,
+        HAS_Z: tl.constexpr,
+        HAS_DT_BIAS: tl.constexpr,
+        SOFTPLUS: tl.constexpr,
+    ):
         # One time step: h [D_STATE, BLOCK_D] float32 -> updated h; y [BLOCK_D] stored at o_ptrs
         # under mask
         u = u.to(tl.float32)
@@ -253,9 +283,29 @@ if triton is not None:
 
     @triton.jit
     def _selective_scan_fwd_kernel(
-        u_ptr, dt_ptr, a_ptr, b_ptr, c_ptr, dskip_ptr, z_ptr, dtb_ptr, out_ptr,
-        n_tokens, channels,
-        s_u_b, s_u_t, s_dt_b, s_dt_t, s_b_b, s_b_t, s_c_b, s_c_t, s_z_b, s_z_t, s_o_b, s_o_t,
+        u_ptr,
+        dt_ptr,
+        a_ptr,
+        b_ptr,
+        c_ptr,
+        dskip_ptr,
+        z_ptr,
+        dtb_ptr,
+        out_ptr,
+        n_tokens,
+        channels,
+        s_u_b,
+        s_u_t,
+        s_dt_b,
+        s_dt_t,
+        s_b_b,
+        s_b_t,
+        s_c_b,
+        s_c_t,
+        s_z_b,
+        s_z_t,
+        s_o_b,
+        s_o_t,
         D_STATE: tl.constexpr,
         BLOCK_D: tl.constexpr,
         UNROLL: tl.constexpr,
@@ -295,12 +345,44 @@ if triton is not None:
         for t0 in tl.range(0, n_tokens, UNROLL):
             steps = ()
             for k in tl.static_range(UNROLL):
-                steps = steps + (_load_step(u_row, dt_row, b_row, c_row, z_row, t0 + k, t0 + k < n_tokens, s_u_t,
-                                            s_dt_t, s_b_t, s_c_t, s_z_t, mask_d, offs_n, HAS_Z),)
+                steps = steps + (
+                    _load_step(
+                        u_row,
+                        dt_row,
+                        b_row,
+                        c_row,
+                        z_row,
+                        t0 + k,
+                        t0 + k < n_tokens,
+                        s_u_t,
+                        s_dt_t,
+                        s_b_t,
+                        s_c_t,
+                        s_z_t,
+                        mask_d,
+                        offs_n,
+                        HAS_Z,
+                    ),
+                )
             for k in tl.static_range(UNROLL):
                 u, dt, b, c, z = steps[k]
-                h = _scan_step(h, u, dt, b, c, z, a2, dskip, dt_bias, o_row + (t0 + k) * s_o_t,
-                               mask_d & (t0 + k < n_tokens), HAS_D, HAS_Z, HAS_DT_BIAS, SOFTPLUS)
+                h = _scan_step(
+                    h,
+                    u,
+                    dt,
+                    b,
+                    c,
+                    z,
+                    a2,
+                    dskip,
+                    dt_bias,
+                    o_row + (t0 + k) * s_o_t,
+                    mask_d & (t0 + k < n_tokens),
+                    HAS_D,
+                    HAS_Z,
+                    HAS_DT_BIAS,
+                    SOFTPLUS,
+                )
 
 
 def _default_config(channels: int, batch: int) -> tuple[int, int, int]:
@@ -361,16 +443,35 @@ def selective_scan_triton(
     zz = z if z is not None else u
     grid = (triton.cdiv(channels, bd), batch)
     _selective_scan_fwd_kernel[grid](
-        u, delta, a2, B, C,
+        u,
+        delta,
+        a2,
+        B,
+        C,
         D.float().contiguous() if D is not None else dummy,
         zz,
         delta_bias.float().contiguous() if delta_bias is not None else dummy,
         out,
-        n_tokens, channels,
-        u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), B.stride(0), B.stride(1),
-        C.stride(0), C.stride(1), zz.stride(0), zz.stride(1), out.stride(0), out.stride(1),
-        D_STATE=d_state, BLOCK_D=bd, UNROLL=un,
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=delta_bias is not None,
+        n_tokens,
+        channels,
+        u.stride(0),
+        u.stride(1),
+        delta.stride(0),
+        delta.stride(1),
+        B.stride(0),
+        B.stride(1),
+        C.stride(0),
+        C.stride(1),
+        zz.stride(0),
+        zz.stride(1),
+        out.stride(0),
+        out.stride(1),
+        D_STATE=d_state,
+        BLOCK_D=bd,
+        UNROLL=un,
+        HAS_D=D is not None,
+        HAS_Z=z is not None,
+        HAS_DT_BIAS=delta_bias is not None,
         SOFTPLUS=delta_softplus,
         num_warps=nw,
     )

@@ -23,8 +23,16 @@ __all__ = ["ssd_reference"]
 
 
 def ssd_reference(
-    x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_size: int, D: Tensor | None = None,
-    z: Tensor | None = None, dt_bias: Tensor | None = None, dt_softplus: bool = False,
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    chunk_size: int,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    dt_bias: Tensor | None = None,
+    dt_softplus: bool = False,
     dt_limit: tuple[float, float] = (0.0, float("inf")),
 ) -> Tensor:
     """Mamba-2 recurrence in the dtype of ``x`` (pass float64 for a ground truth).

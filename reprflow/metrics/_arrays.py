@@ -80,8 +80,7 @@ def as_tensor(
         t = torch.from_numpy(np.ascontiguousarray(arr))
     else:
         raise ValueError(
-            f"{name}: expected a numpy array or torch tensor, got {type(x).__name__}; "
-            "convert it with np.asarray first"
+            f"{name}: expected a numpy array or torch tensor, got {type(x).__name__}; convert it with np.asarray first"
         )
     if t.is_complex() or t.dtype == torch.bool:
         raise ValueError(f"{name}: expected a real numeric array, got dtype {t.dtype}")

@@ -117,16 +117,13 @@ def _check_gram(g: torch.Tensor, *, name: str, unbiased: bool) -> None:
     asym = float((g - g.T).abs().max())
     if asym > _SYMMETRY_RTOL * scale:
         raise ValueError(
-            f"{name}: Gram matrix is not symmetric (max|G - G^T| = {asym:.3g}, "
-            f"max|G| = {scale:.3g}); pass X @ X.T"
+            f"{name}: Gram matrix is not symmetric (max|G - G^T| = {asym:.3g}, max|G| = {scale:.3g}); pass X @ X.T"
         )
     if unbiased and g.shape[0] < 4:
         raise ValueError(f"{name}: the unbiased estimator needs n_tokens >= 4, got {g.shape[0]}")
 
 
-def center_gram(
-    gram: ArrayLike, *, unbiased: bool = False, device: str | torch.device | None = None
-) -> np.ndarray:
+def center_gram(gram: ArrayLike, *, unbiased: bool = False, device: str | torch.device | None = None) -> np.ndarray:
     """Centre a symmetric Gram matrix (biased: H G H; unbiased: U-centring).
 
     Parameters
@@ -216,8 +213,7 @@ def cka_from_grams(
     nx, ny = float((cx * cx).sum()), float((cy * cy).sum())
     if nx <= 0 or ny <= 0:
         raise ValueError(
-            "cka_from_grams: a centred Gram is zero (all tokens share one representation); "
-            "CKA is undefined"
+            "cka_from_grams: a centred Gram is zero (all tokens share one representation); CKA is undefined"
         )
     return float((cx * cy).sum()) / float(np.sqrt(nx * ny))
 
@@ -230,8 +226,7 @@ def _n_tokens(xs: Sequence[torch.Tensor]) -> int:
     bad = [i for i, x in enumerate(xs) if x.shape[0] != n]
     if bad:
         raise ValueError(
-            f"CKA: every matrix needs the same n_tokens; matrix 0 has {n}, matrix {bad[0]} "
-            f"has {xs[bad[0]].shape[0]}"
+            f"CKA: every matrix needs the same n_tokens; matrix 0 has {n}, matrix {bad[0]} has {xs[bad[0]].shape[0]}"
         )
     return n
 
@@ -272,9 +267,7 @@ def _cached_centred(xs: Sequence[torch.Tensor], means: Sequence[torch.Tensor]) -
     return out
 
 
-def _centred_products(
-    xs: Sequence[torch.Tensor], *, form: Form, block_bytes: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _centred_products(xs: Sequence[torch.Tensor], *, form: Form, block_bytes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """<Gk, Gl> for all pairs of centred Grams, and the centred squared token norms.
 
     Parameters
@@ -354,11 +347,7 @@ def _debias(products: torch.Tensor, sq_norms: torch.Tensor) -> torch.Tensor:
     if n < 4:
         raise ValueError(f"debiased CKA: the unbiased HSIC needs n_tokens >= 4, got {n}")
     totals = sq_norms.sum(dim=1)
-    return (
-        products
-        - n / (n - 2) * (sq_norms @ sq_norms.T)
-        + torch.outer(totals, totals) / ((n - 1) * (n - 2))
-    )
+    return products - n / (n - 2) * (sq_norms @ sq_norms.T) + torch.outer(totals, totals) / ((n - 1) * (n - 2))
 
 
 def _normalise(products: torch.Tensor, *, what: str) -> torch.Tensor:
@@ -562,9 +551,7 @@ class MinibatchCKAAccumulator:
         self.hsic_sum_: torch.Tensor | None = None
         self.n_batches_ = 0
 
-    def update(
-        self, batch: ArrayLike, *, device: str | torch.device | None = None
-    ) -> "MinibatchCKAAccumulator":
+    def update(self, batch: ArrayLike, *, device: str | torch.device | None = None) -> "MinibatchCKAAccumulator":
         """Add a minibatch of shape (n_states, n_batch_tokens >= 4, hidden); returns self."""
         xs = _states(batch, device)
         products, sq_norms = _centred_products(xs, form="auto", block_bytes=self.block_bytes)

@@ -84,9 +84,7 @@ def _bin_index(positions: torch.Tensor, n_tokens: int, n_bins: int) -> torch.Ten
     return torch.div(positions * n_bins, n_tokens, rounding_mode="floor")
 
 
-def _binned_sums(
-    values: torch.Tensor, *, start: int, n_tokens: int, n_bins: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _binned_sums(values: torch.Tensor, *, start: int, n_tokens: int, n_bins: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-bin sums of ``values`` (rows, n_chunk) at positions start.. and per-bin counts."""
     positions = torch.arange(start, start + values.shape[1], device=values.device)
     idx = _bin_index(positions, n_tokens, n_bins)
@@ -96,9 +94,7 @@ def _binned_sums(
     return sums, counts
 
 
-def binned_layerwise_cosine(
-    H: ArrayLike, *, n_bins: int = 64, device: str | torch.device | None = None
-) -> np.ndarray:
+def binned_layerwise_cosine(H: ArrayLike, *, n_bins: int = 64, device: str | torch.device | None = None) -> np.ndarray:
     """Layerwise cosine averaged within relative-position bins (Fig. 1 heatmap of one prompt).
 
     Token t of a prompt of n tokens falls in bin ``floor(t * n_bins / n)``, so every
@@ -186,9 +182,7 @@ class InterTokenCosineAccumulator:
         self.sum_unit_: torch.Tensor | None = None
         self.n_tokens_ = 0
 
-    def update(
-        self, chunk: ArrayLike, *, device: str | torch.device | None = None
-    ) -> "InterTokenCosineAccumulator":
+    def update(self, chunk: ArrayLike, *, device: str | torch.device | None = None) -> "InterTokenCosineAccumulator":
         """Add a chunk of shape (n_states, n_chunk, hidden); returns self."""
         h = as_tensor(chunk, name="chunk", ndim=3, device=device)
         u = _unit_vectors(h, name="InterTokenCosineAccumulator", token_offset=self.n_tokens_)
@@ -208,9 +202,7 @@ class InterTokenCosineAccumulator:
     def result(self) -> np.ndarray:
         """Inter-token cosine per state, shape (n_states,), float64."""
         if self.sum_unit_ is None or self.n_tokens_ < 2:
-            raise ValueError(
-                f"InterTokenCosineAccumulator: needs >= 2 tokens, got {self.n_tokens_}"
-            )
+            raise ValueError(f"InterTokenCosineAccumulator: needs >= 2 tokens, got {self.n_tokens_}")
         return to_numpy(_inter_token_from_sum(self.sum_unit_, self.n_tokens_))
 
 
@@ -240,8 +232,7 @@ class LayerwiseCosineAccumulator:
     def __init__(self, n_tokens: int, *, n_bins: int = 64) -> None:
         if n_tokens < 1 or n_bins < 1:
             raise ValueError(
-                f"LayerwiseCosineAccumulator: n_tokens and n_bins must be >= 1, "
-                f"got {n_tokens} and {n_bins}"
+                f"LayerwiseCosineAccumulator: n_tokens and n_bins must be >= 1, got {n_tokens} and {n_bins}"
             )
         self.n_tokens = n_tokens
         self.n_bins = n_bins
@@ -250,9 +241,7 @@ class LayerwiseCosineAccumulator:
         self.bin_counts_: torch.Tensor | None = None
         self.n_seen_ = 0
 
-    def update(
-        self, chunk: ArrayLike, *, device: str | torch.device | None = None
-    ) -> "LayerwiseCosineAccumulator":
+    def update(self, chunk: ArrayLike, *, device: str | torch.device | None = None) -> "LayerwiseCosineAccumulator":
         """Add the next chunk, shape (n_states, n_chunk, hidden), in token order; returns self."""
         h = as_tensor(chunk, name="chunk", ndim=3, device=device)
         check_states(h, name="LayerwiseCosineAccumulator", min_states=2)
@@ -263,9 +252,7 @@ class LayerwiseCosineAccumulator:
             )
         u = _unit_vectors(h, name="LayerwiseCosineAccumulator", token_offset=self.n_seen_)
         cos = _pairwise_layer_cosine(u)
-        sums, counts = _binned_sums(
-            cos, start=self.n_seen_, n_tokens=self.n_tokens, n_bins=self.n_bins
-        )
+        sums, counts = _binned_sums(cos, start=self.n_seen_, n_tokens=self.n_tokens, n_bins=self.n_bins)
         if self.sum_ is None:
             self.sum_, self.bin_sums_, self.bin_counts_ = cos.sum(dim=1), sums, counts
         else:
@@ -297,4 +284,3 @@ class LayerwiseCosineAccumulator:
         """Per-bin mean, shape (n_states - 1, n_bins), float64; NaN for an empty bin."""
         self._check_done()
         return to_numpy(self.bin_sums_ / self.bin_counts_)
-

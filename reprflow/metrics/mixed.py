@@ -92,8 +92,9 @@ def _bmm_f32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.bmm(a.to(F32), b.to(F32).mT)
 
 
-def _gram_products(hi: torch.Tensor, lo: torch.Tensor | None, *, block_bytes: int,
-                   timer: Timer) -> tuple[torch.Tensor, torch.Tensor]:
+def _gram_products(
+    hi: torch.Tensor, lo: torch.Tensor | None, *, block_bytes: int, timer: Timer
+) -> tuple[torch.Tensor, torch.Tensor]:
     """<Gk, Gl> (K, K) and centred squared norms (K, n), float64, from split centred states.
 
     ``hi`` (K, n, d): bf16 high parts with ``lo`` their bf16 low parts (kernel "bf16x3"),
@@ -280,12 +281,24 @@ def prompt_metrics_mixed(
 
     with timer("to_host"):
         # one copy to the host for the whole prompt
-        packed = torch.cat([
-            sum_unit.flatten(), pair_sum, bin_sums.flatten(), triple_sum,
-            torch.stack(list(st_sum.values())), rms_sum, biased.flatten(),
-            (debiased if debiased is not None else biased[:0]).flatten(),
-            zero_norm.to(F64).reshape(1), (~not_finite).to(F64).reshape(1),
-        ]).cpu().numpy()
+        packed = (
+            torch.cat(
+                [
+                    sum_unit.flatten(),
+                    pair_sum,
+                    bin_sums.flatten(),
+                    triple_sum,
+                    torch.stack(list(st_sum.values())),
+                    rms_sum,
+                    biased.flatten(),
+                    (debiased if debiased is not None else biased[:0]).flatten(),
+                    zero_norm.to(F64).reshape(1),
+                    (~not_finite).to(F64).reshape(1),
+                ]
+            )
+            .cpu()
+            .numpy()
+        )
     return _unpack(packed, views, pairs, triples, ku, d, n, n_bins, debiased_cka, h)
 
 
@@ -295,23 +308,38 @@ def _normalise_or_nan(products: torch.Tensor) -> torch.Tensor:
     out = products / torch.sqrt(torch.outer(diag, diag))
     out = (out + out.T) / 2
     out.fill_diagonal_(1.0)
-    return torch.where((products.diagonal() > 0)[:, None] & (products.diagonal() > 0)[None, :], out,
-                       torch.full_like(out, float("nan")))
+    return torch.where(
+        (products.diagonal() > 0)[:, None] & (products.diagonal() > 0)[None, :], out, torch.full_like(out, float("nan"))
+    )
 
 
 def _unpack(packed: np.ndarray, views, pairs, triples, ku, d, n, n_bins, debiased_cka, h) -> dict[str, dict[str, Any]]:
-    sizes = [ku * d, len(pairs), len(pairs) * n_bins, len(triples), len(views), ku, ku * ku,
-             ku * ku if debiased_cka else 0, 1, 1]
+    sizes = [
+        ku * d,
+        len(pairs),
+        len(pairs) * n_bins,
+        len(triples),
+        len(views),
+        ku,
+        ku * ku,
+        ku * ku if debiased_cka else 0,
+        1,
+        1,
+    ]
     parts = np.split(packed, np.cumsum(sizes)[:-1])
     sum_unit, pair_sum, bin_sums, triple_sum, st_sums, rms_sum, biased, debiased, zero_norm, finite = parts
     if not finite[0]:
-        raise ValueError("token states contain NaN or inf (or a token norm overflows float32); clean the input "
-                         "before computing metrics")
+        raise ValueError(
+            "token states contain NaN or inf (or a token norm overflows float32); clean the input "
+            "before computing metrics"
+        )
     if zero_norm[0]:
         norms = torch.linalg.vector_norm(h.to(F32), dim=-1)
         state, token = (int(i) for i in torch.nonzero(norms == 0)[0])
-        raise ValueError(f"token {token} of state {state} has zero norm, so its cosine is undefined; if the "
-                         "array is zero padded, slice each prompt to its length")
+        raise ValueError(
+            f"token {token} of state {state} has zero norm, so its cosine is undefined; if the "
+            "array is zero padded, slice each prompt to its length"
+        )
     sum_unit = sum_unit.reshape(ku, d)
     inter = ((sum_unit * sum_unit).sum(axis=1) - n) / (n * (n - 1))
     counts = np.bincount(np.arange(n) * n_bins // n, minlength=n_bins).astype(np.float64)
@@ -336,8 +364,10 @@ def _unpack(packed: np.ndarray, views, pairs, triples, ku, d, n, n_bins, debiase
         for name, m in (("CKA", cka), ("debiased CKA", cka_d)):
             if m is not None and not np.isfinite(m).all():
                 bad = sorted({int(i) for i in np.nonzero(~np.isfinite(m))[0]})
-                raise ValueError(f"{name}: state(s) {bad} have self-HSIC <= 0 (all tokens share one representation, "
-                                 "or too few tokens for the debiased estimator); CKA is undefined for them")
+                raise ValueError(
+                    f"{name}: state(s) {bad} have self-HSIC <= 0 (all tokens share one representation, "
+                    "or too few tokens for the debiased estimator); CKA is undefined for them"
+                )
         if rms <= 0:
             raise ValueError("every state is zero (mean state RMS 0); the scale-free variants are undefined")
         out[v] = {
@@ -346,6 +376,10 @@ def _unpack(packed: np.ndarray, views, pairs, triples, ku, d, n, n_bins, debiase
             "layerwise_binned": binned_all[p],
             "cka": cka,
             "cka_debiased": cka_d,
-            "sm": sm, "st": st, "sm_rel": sm / rms, "st_rel": st / rms, "state_rms": rms,
+            "sm": sm,
+            "st": st,
+            "sm_rel": sm / rms,
+            "st_rel": st / rms,
+            "state_rms": rms,
         }
     return out

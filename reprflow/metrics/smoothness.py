@@ -170,9 +170,7 @@ class SmoothnessStabilityAccumulator:
         self.rms_sum_ = 0.0
         self.n_vectors_ = 0
 
-    def update(
-        self, chunk: ArrayLike, *, device: str | torch.device | None = None
-    ) -> "SmoothnessStabilityAccumulator":
+    def update(self, chunk: ArrayLike, *, device: str | torch.device | None = None) -> "SmoothnessStabilityAccumulator":
         """Add a chunk of shape (n_states, n_chunk, hidden); returns self."""
         h = as_tensor(chunk, name="chunk", ndim=3, device=device)
         check_states(h, name="SmoothnessStabilityAccumulator", min_states=2)
@@ -180,8 +178,7 @@ class SmoothnessStabilityAccumulator:
             self.n_states_ = h.shape[0]
         elif h.shape[0] != self.n_states_:
             raise ValueError(
-                f"SmoothnessStabilityAccumulator: chunk has n_states={h.shape[0]}, "
-                f"earlier chunks had {self.n_states_}"
+                f"SmoothnessStabilityAccumulator: chunk has n_states={h.shape[0]}, earlier chunks had {self.n_states_}"
             )
         if h.shape[0] >= 3:
             self.sm_sum_ += float(_second_difference_sum(h))

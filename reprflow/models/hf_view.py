@@ -97,16 +97,24 @@ def _pairs(captured: Any, hidden: Sequence[Tensor], j: int, k: int):
             yield tokens[k, slot, :n], ref[r, :n].to(dtype), f"all tokens of row {r}"
 
 
-def _matches(captured: Any, hidden: Sequence[Tensor], j: int, k: int, atol: float,
-             rtol: float = 0.0) -> tuple[bool, float, str]:
+def _matches(
+    captured: Any, hidden: Sequence[Tensor], j: int, k: int, atol: float, rtol: float = 0.0
+) -> tuple[bool, float, str]:
     for got, want, where in _pairs(captured, hidden, j, k):
         if not _close(got, want.to(got.device), atol, rtol):
             return False, _max_diff(got, want.to(got.device)) if got.shape == want.shape else float("inf"), where
     return True, 0.0, ""
 
 
-def check_hf_view(model: nn.Module, layout: Layout, captured: Any, hidden_states: Sequence[Tensor], *,
-                  atol: float = 0.0, rtol: float = 0.0) -> None:
+def check_hf_view(
+    model: nn.Module,
+    layout: Layout,
+    captured: Any,
+    hidden_states: Sequence[Tensor],
+    *,
+    atol: float = 0.0,
+    rtol: float = 0.0,
+) -> None:
     """Raise unless the layout's hf view equals ``output_hidden_states`` on this batch.
 
     Parameters
@@ -151,14 +159,21 @@ def check_hf_view(model: nn.Module, layout: Layout, captured: Any, hidden_states
         ok, diff, where = _matches(captured, hidden_states, j, k, atol, rtol)
         if ok:
             continue
-        equal = [names[m] for m in range(len(names)) if m != k and _matches(captured, hidden_states, j, m, atol, rtol)[0]]
+        equal = [
+            names[m] for m in range(len(names)) if m != k and _matches(captured, hidden_states, j, m, atol, rtol)[0]
+        ]
         other = "block_outputs" if layout.hf_records == "block_inputs" else "block_inputs"
-        other_ok = all(_matches(captured, hidden_states, jj, kk, atol, rtol)[0]
-                       for jj, kk in enumerate(view_indices(
-                           dataclasses.replace(layout, hf_records=other), n_blocks)["hf"]))
+        other_ok = all(
+            _matches(captured, hidden_states, jj, kk, atol, rtol)[0]
+            for jj, kk in enumerate(view_indices(dataclasses.replace(layout, hf_records=other), n_blocks)["hf"])
+        )
         field = "final_norm" if names[k] == "final_norm" else "blocks"
-        hint = (f"the family records '{other}': add \"hf_records\": \"{other}\" to OVERRIDES['{model_type}'] "
-                f"in {LAYOUTS_FILE}" if other_ok else f"{fix} ({field}: now '{getattr(layout, field)}')")
+        hint = (
+            f"the family records '{other}': add \"hf_records\": \"{other}\" to OVERRIDES['{model_type}'] "
+            f"in {LAYOUTS_FILE}"
+            if other_ok
+            else f"{fix} ({field}: now '{getattr(layout, field)}')"
+        )
         raise HfViewMismatchError(
             f"model_type '{model_type}': hf view entry {j} (captured state '{names[k]}', hf_records="
             f"'{layout.hf_records}') differs from output_hidden_states[{j}] ({where}: max |diff| = {diff:.3g}, "
@@ -167,8 +182,16 @@ def check_hf_view(model: nn.Module, layout: Layout, captured: Any, hidden_states
         )
 
 
-def verify_hf_view(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, *, layout: Layout | None = None,
-                   max_rows: int = 2, atol: float = 0.0, rtol: float = 0.0) -> None:
+def verify_hf_view(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    *,
+    layout: Layout | None = None,
+    max_rows: int = 2,
+    atol: float = 0.0,
+    rtol: float = 0.0,
+) -> None:
     """Capture the first ``max_rows`` rows of a batch and :func:`check_hf_view` them.
 
     Parameters

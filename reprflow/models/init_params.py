@@ -80,9 +80,7 @@ def resolve_init_params(scheme: str, params: Mapping[str, Any] | None, *, where:
     unknown = sorted(set(params) - set(defaults))
     if unknown:
         allowed = ", ".join(defaults) or "none (remove params)"
-        raise ConfigError(
-            f"{where}.params.{unknown[0]}: not a parameter of init scheme {scheme!r}; allowed: {allowed}"
-        )
+        raise ConfigError(f"{where}.params.{unknown[0]}: not a parameter of init scheme {scheme!r}; allowed: {allowed}")
     resolved = {**defaults, **params}
     meaning = {"std": "the standard deviation of N(0, std²)", "gain": "the Xavier gain"}
     for key in ("std", "gain"):

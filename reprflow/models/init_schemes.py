@@ -181,9 +181,7 @@ def _fill_weight(weight: torch.Tensor, spec: InitSpec, gen: torch.Generator | No
     elif spec.scheme == "xavier":
         nn.init.xavier_normal_(weight, gain=spec.params["gain"], generator=gen)
     elif spec.scheme == "he":
-        nn.init.kaiming_normal_(
-            weight, mode="fan_in", nonlinearity=spec.params["nonlinearity"], generator=gen
-        )
+        nn.init.kaiming_normal_(weight, mode="fan_in", nonlinearity=spec.params["nonlinearity"], generator=gen)
     else:  # pragma: no cover - apply_init filters schemes first
         raise ConfigError(f"init scheme '{spec.scheme}' has no weight fill")
 

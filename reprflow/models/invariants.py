@@ -67,25 +67,63 @@ _COMMON = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size", "tie_
 ARCHITECTURE_KEYS: dict[str, dict[str, Callable[[Any], Any]]] = {
     "gpt_neo": {
         **{k: _attr(k) for k in _COMMON},
-        **{k: _attr(k) for k in ("num_heads", "intermediate_size", "max_position_embeddings",
-                                  "window_size", "attention_layers", "activation_function")},
+        **{
+            k: _attr(k)
+            for k in (
+                "num_heads",
+                "intermediate_size",
+                "max_position_embeddings",
+                "window_size",
+                "attention_layers",
+                "activation_function",
+            )
+        },
     },
     "gpt_neox": {
         **{k: _attr(k) for k in _COMMON},
-        **{k: _attr(k) for k in ("num_attention_heads", "intermediate_size", "max_position_embeddings",
-                                  "use_parallel_residual", "hidden_act")},
+        **{
+            k: _attr(k)
+            for k in (
+                "num_attention_heads",
+                "intermediate_size",
+                "max_position_embeddings",
+                "use_parallel_residual",
+                "hidden_act",
+            )
+        },
         "rotary_fraction": _rotary_fraction,
         "rope_theta": _rope_theta,
     },
     "mamba": {
         **{k: _attr(k) for k in _COMMON},
-        **{k: _attr(k) for k in ("state_size", "expand", "intermediate_size", "conv_kernel",
-                                  "time_step_rank", "use_bias", "use_conv_bias")},
+        **{
+            k: _attr(k)
+            for k in (
+                "state_size",
+                "expand",
+                "intermediate_size",
+                "conv_kernel",
+                "time_step_rank",
+                "use_bias",
+                "use_conv_bias",
+            )
+        },
     },
     "mamba2": {
         **{k: _attr(k) for k in _COMMON},
-        **{k: _attr(k) for k in ("num_heads", "head_dim", "state_size", "n_groups", "expand",
-                                  "conv_kernel", "use_bias", "use_conv_bias")},
+        **{
+            k: _attr(k)
+            for k in (
+                "num_heads",
+                "head_dim",
+                "state_size",
+                "n_groups",
+                "expand",
+                "conv_kernel",
+                "use_bias",
+                "use_conv_bias",
+            )
+        },
     },
 }
 
@@ -103,8 +141,12 @@ def _fail(model: str, origin: str, what: str, fix: str) -> ConfigError:
 def _divisible(config, model, origin, heads_attr: str) -> None:
     hidden, heads = config.hidden_size, getattr(config, heads_attr)
     if not heads or hidden % heads:
-        raise _fail(model, origin, f"hidden_size {hidden} is not divisible by {heads_attr} {heads}",
-                    "the config.json is corrupt or not this family's")
+        raise _fail(
+            model,
+            origin,
+            f"hidden_size {hidden} is not divisible by {heads_attr} {heads}",
+            "the config.json is corrupt or not this family's",
+        )
 
 
 def _gpt_neo(config, model, origin) -> None:
@@ -112,43 +154,65 @@ def _gpt_neo(config, model, origin) -> None:
     layers = list(config.attention_layers)
     expected = ["global", "local"] * (config.num_layers // 2) + ["global"] * (config.num_layers % 2)
     if layers != expected:
-        raise _fail(model, origin,
-                    f"attention_layers {layers} is not GPT-Neo's alternating global/local pattern "
-                    f"over {config.num_layers} layers", "use an unmodified GPT-Neo checkpoint")
+        raise _fail(
+            model,
+            origin,
+            f"attention_layers {layers} is not GPT-Neo's alternating global/local pattern "
+            f"over {config.num_layers} layers",
+            "use an unmodified GPT-Neo checkpoint",
+        )
     if not isinstance(config.window_size, int) or config.window_size < 1:
-        raise _fail(model, origin, f"window_size {config.window_size!r} is not a positive integer",
-                    "GPT-Neo's local attention needs a window (256 in the paper's GPT-Neo-2.7B)")
+        raise _fail(
+            model,
+            origin,
+            f"window_size {config.window_size!r} is not a positive integer",
+            "GPT-Neo's local attention needs a window (256 in the paper's GPT-Neo-2.7B)",
+        )
 
 
 def _gpt_neox(config, model, origin) -> None:
     _divisible(config, model, origin, "num_attention_heads")
     fraction = _rotary_fraction(config)
     if fraction is None or not 0 < fraction <= 1:
-        raise _fail(model, origin, f"rotary fraction (rotary_pct / partial_rotary_factor) {fraction!r} "
-                    "is not in (0, 1]", "Pythia rotates 25% of each head (rotary_pct 0.25)")
+        raise _fail(
+            model,
+            origin,
+            f"rotary fraction (rotary_pct / partial_rotary_factor) {fraction!r} is not in (0, 1]",
+            "Pythia rotates 25% of each head (rotary_pct 0.25)",
+        )
 
 
 def _mamba(config, model, origin) -> None:
     if config.expand != 2 or config.intermediate_size != config.expand * config.hidden_size:
-        raise _fail(model, origin,
-                    f"expand {config.expand} and intermediate_size {config.intermediate_size} do not give "
-                    f"intermediate_size == 2 * hidden_size ({2 * config.hidden_size})",
-                    "the Mamba checkpoints of the paper use expand 2")
+        raise _fail(
+            model,
+            origin,
+            f"expand {config.expand} and intermediate_size {config.intermediate_size} do not give "
+            f"intermediate_size == 2 * hidden_size ({2 * config.hidden_size})",
+            "the Mamba checkpoints of the paper use expand 2",
+        )
 
 
 def _mamba2(config, model, origin) -> None:
     if config.n_groups != 1:
-        raise _fail(model, origin,
-                    f"n_groups is {config.n_groups}, expected 1 (transformers' Mamba2Config defaults to 8, "
-                    "so a conversion that dropped the key silently builds a different model)",
-                    "set \"n_groups\": 1 in the checkpoint's config.json or use a correct conversion "
-                    "such as AntonV/mamba2-2.7b-hf")
+        raise _fail(
+            model,
+            origin,
+            f"n_groups is {config.n_groups}, expected 1 (transformers' Mamba2Config defaults to 8, "
+            "so a conversion that dropped the key silently builds a different model)",
+            'set "n_groups": 1 in the checkpoint\'s config.json or use a correct conversion '
+            "such as AntonV/mamba2-2.7b-hf",
+        )
     inner = config.num_heads * config.head_dim
     if config.expand != 2 or inner != config.expand * config.hidden_size:
-        raise _fail(model, origin,
-                    f"num_heads * head_dim = {config.num_heads} * {config.head_dim} = {inner} with expand "
-                    f"{config.expand}; expected expand 2 and num_heads * head_dim == 2 * hidden_size "
-                    f"({2 * config.hidden_size})", "the config.json does not describe a Mamba2 checkpoint of the paper")
+        raise _fail(
+            model,
+            origin,
+            f"num_heads * head_dim = {config.num_heads} * {config.head_dim} = {inner} with expand "
+            f"{config.expand}; expected expand 2 and num_heads * head_dim == 2 * hidden_size "
+            f"({2 * config.hidden_size})",
+            "the config.json does not describe a Mamba2 checkpoint of the paper",
+        )
 
 
 _FAMILY_CHECKS: dict[str, Callable[[Any, str, str], None]] = {
@@ -186,11 +250,14 @@ def check_family_invariants(config, *, model: str, origin: str = "model", tokeni
     if tokenizer_size is not None:
         vocab = config.vocab_size
         if not tokenizer_size <= vocab <= tokenizer_size + MAX_VOCAB_PADDING:
-            raise _fail(model, origin,
-                        f"vocab_size {vocab} does not match the tokenizer's {tokenizer_size} tokens (an embedding "
-                        f"must cover every token id, padded by at most {MAX_VOCAB_PADDING} rows)",
-                        "pair the model with its own tokenizer in config.models[i].tokenizer "
-                        "(gpt2 for GPT-Neo, gpt-neox-20b for Pythia/Mamba/Mamba2)")
+            raise _fail(
+                model,
+                origin,
+                f"vocab_size {vocab} does not match the tokenizer's {tokenizer_size} tokens (an embedding "
+                f"must cover every token id, padded by at most {MAX_VOCAB_PADDING} rows)",
+                "pair the model with its own tokenizer in config.models[i].tokenizer "
+                "(gpt2 for GPT-Neo, gpt-neox-20b for Pythia/Mamba/Mamba2)",
+            )
 
 
 def check_matches_shipped(config, shipped, *, model: str, origin: str = "model", shipped_path: str = "") -> None:
@@ -204,8 +271,11 @@ def check_matches_shipped(config, shipped, *, model: str, origin: str = "model",
     got, want = architecture(config), architecture(shipped)
     for key, expected in want.items():
         if got.get(key) != expected:
-            raise _fail(model, origin,
-                        f"checkpoint config has {key} = {got.get(key)!r} but the shipped config {shipped_path} "
-                        f"has {expected!r}, so its random-init arm would be a different architecture",
-                        "pin config.models[i].revision to the checkpoint the shipped config describes "
-                        "(docs/models.md), or correct the shipped file and its SOURCE.md entry")
+            raise _fail(
+                model,
+                origin,
+                f"checkpoint config has {key} = {got.get(key)!r} but the shipped config {shipped_path} "
+                f"has {expected!r}, so its random-init arm would be a different architecture",
+                "pin config.models[i].revision to the checkpoint the shipped config describes "
+                "(docs/models.md), or correct the shipped file and its SOURCE.md entry",
+            )

@@ -253,15 +253,17 @@ def _layout(model: nn.Module) -> Layout:
     if unknown:  # pragma: no cover - guards edits to the table
         raise ReprflowError(f"{LAYOUTS_FILE}: OVERRIDES['{model_type}'] has unknown fields {unknown}")
     fields: dict[str, Any] = dict(
-        discover_paths(model, model_type, fixed={k: override[k] for k in ("blocks", "embedding", "final_norm")
-                                                 if k in override}),
+        discover_paths(
+            model, model_type, fixed={k: override[k] for k in ("blocks", "embedding", "final_norm") if k in override}
+        ),
         context_attr=context_attr(config),
         hf_records=_recorded_convention(model),
         keep_init=_ssm_keep_init(model),
     )
     fields.update({k: v for k, v in override.items() if k != "block_output"})
-    layout = Layout(model_type=model_type, block_output=override.get("block_output"),
-                    overridden=tuple(sorted(override)), **fields)
+    layout = Layout(
+        model_type=model_type, block_output=override.get("block_output"), overridden=tuple(sorted(override)), **fields
+    )
     if layout.block_output is None:
         layout = dataclasses.replace(layout, block_output=probe_block_output(model, layout))
     logger.debug("layout of %s: %s", model_type, layout)
@@ -275,8 +277,10 @@ def _ssm_keep_init(model: nn.Module) -> tuple[str, ...]:
     inverse softplus of dt drawn in [dt_min, dt_max]); it is not a weight bias, so the
     random init schemes leave it at the family's own init.
     """
-    has = any(name.endswith("dt_proj") and isinstance(mod, nn.Linear) and mod.bias is not None
-              for name, mod in model.named_modules())
+    has = any(
+        name.endswith("dt_proj") and isinstance(mod, nn.Linear) and mod.bias is not None
+        for name, mod in model.named_modules()
+    )
     return ("dt_proj.bias",) if has else ()
 
 
@@ -326,4 +330,3 @@ def view_indices(layout: Layout, n_blocks: int) -> dict[str, list[int]]:
             f"got {layout.hf_records!r}; fix OVERRIDES['{layout.model_type}'] in {LAYOUTS_FILE}"
         )
     return {"hf": hf, "residual": list(range(0, n_blocks + 1))}
-

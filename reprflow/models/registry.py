@@ -66,9 +66,7 @@ def _offline_mode() -> bool:
 
     if huggingface_hub.is_offline_mode():
         return True
-    return any(
-        os.environ.get(var, "").upper() in _TRUE for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    )
+    return any(os.environ.get(var, "").upper() in _TRUE for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
 def _hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
@@ -229,13 +227,19 @@ def load_config(
     return resolve_config(model_id_or_path, revision=revision, origin=origin, prefer_shipped=prefer_shipped)[0]
 
 
-def _check(config: PretrainedConfig, model_id: str, origin: str, tokenizer_size: int | None, *,
-           compare_shipped: bool) -> None:
+def _check(
+    config: PretrainedConfig, model_id: str, origin: str, tokenizer_size: int | None, *, compare_shipped: bool
+) -> None:
     check_family_invariants(config, model=model_id, origin=origin, tokenizer_size=tokenizer_size)
     shipped = shipped_config_path(model_id)
     if compare_shipped and shipped is not None:
-        check_matches_shipped(config, AutoConfig.from_pretrained(shipped), model=model_id, origin=origin,
-                              shipped_path=str(shipped.relative_to(shipped.parents[3])))
+        check_matches_shipped(
+            config,
+            AutoConfig.from_pretrained(shipped),
+            model=model_id,
+            origin=origin,
+            shipped_path=str(shipped.relative_to(shipped.parents[3])),
+        )
 
 
 def load_model(
@@ -307,7 +311,11 @@ def load_model(
     if init.is_random and seed is None:
         raise ConfigError(f"model '{model_id_or_path}' ({origin}): init '{init.scheme}' needs a seed")
     config, source = resolve_config(
-        model_id_or_path, revision=revision, origin=origin, prefer_shipped=init.is_random, for_weights=not init.is_random
+        model_id_or_path,
+        revision=revision,
+        origin=origin,
+        prefer_shipped=init.is_random,
+        for_weights=not init.is_random,
     )
     try:
         layout = get_layout(config)  # fail fast (meta-device skeleton), before any weight is read
@@ -354,7 +362,11 @@ def load_model(
         logger.warning(
             "model '%s' (%s): loaded hub commit %s, but revision is %r; pin it with `revision: %s` "
             "in the config so reruns load the same weights",
-            model_id_or_path, origin, source["commit"], revision, source["commit"],
+            model_id_or_path,
+            origin,
+            source["commit"],
+            revision,
+            source["commit"],
         )
     n_params = sum(p.numel() for p in model.parameters())
     logger.info(

@@ -175,9 +175,7 @@ def tiny_config(family: str, *, overrides: Mapping[str, Any] | None = None) -> P
         Unknown family or override key.
     """
     if family not in _TINY:
-        raise ConfigError(
-            f"tiny model family '{family}' is unknown; expected one of {', '.join(sorted(_TINY))}"
-        )
+        raise ConfigError(f"tiny model family '{family}' is unknown; expected one of {', '.join(sorted(_TINY))}")
     config_cls, _, defaults = _TINY[family]
     overrides = dict(overrides or {})
     reference = config_cls(**defaults)

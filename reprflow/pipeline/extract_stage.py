@@ -60,7 +60,12 @@ def model_key(origin: str, key: str, name: str) -> str:
 
 
 def check_context(
-    prompts: Sequence[Mapping[str, Any]], *, limit: int | None, model: Mapping[str, Any], length: int, key: str,
+    prompts: Sequence[Mapping[str, Any]],
+    *,
+    limit: int | None,
+    model: Mapping[str, Any],
+    length: int,
+    key: str,
     prompt_path: str | Path,
 ) -> None:
     """Refuse prompts longer than the model's context window, naming the config fix.
@@ -75,11 +80,15 @@ def check_context(
     if longest <= limit:
         return
     if model.get("max_context") is None:
-        fix = (f"set `max_context: {limit}` in that entry ({key}) so the workflow skips longer lengths for this "
-               f"model, or drop {length} from `lengths`")
+        fix = (
+            f"set `max_context: {limit}` in that entry ({key}) so the workflow skips longer lengths for this "
+            f"model, or drop {length} from `lengths`"
+        )
     else:
-        fix = (f"{key} is {model['max_context']}, above the model's own window: set it to {limit} so the "
-               "workflow skips longer lengths for this model")
+        fix = (
+            f"{key} is {model['max_context']}, above the model's own window: set it to {limit} so the "
+            "workflow skips longer lengths for this model"
+        )
     raise ConfigError(
         f"{prompt_path}: prompts of up to {longest} tokens exceed {model['name']}'s context window of {limit} "
         f"tokens (from {model['hf_id']}'s config); {fix}"
@@ -143,8 +152,10 @@ def run_extraction(
     if tokens not in ("store", "stream"):
         raise ConfigError(f"extraction.tokens is {tokens!r}; expected 'store' or 'stream'")
     if metrics_dir is not None and (tokens != "stream" or metrics is None):
-        raise ConfigError(f"{out_path}: token metrics are streamed to {metrics_dir} only with extraction.tokens: "
-                          f"stream (is {tokens!r}) and the metrics settings (views, debiased_cka, max_tokens_in_memory)")
+        raise ConfigError(
+            f"{out_path}: token metrics are streamed to {metrics_dir} only with extraction.tokens: "
+            f"stream (is {tokens!r}) and the metrics settings (views, debiased_cka, max_tokens_in_memory)"
+        )
     n_token = int(settings["n_token_prompts"])
     prompt_indices = None
     if init.get("scope", "all") == "fig3":  # Fig. 3 needs only the token prompts' metrics
@@ -154,8 +165,17 @@ def run_extraction(
     tokenizer = load_tokenizer(model["tokenizer"])
     spec = InitSpec(scheme=init["scheme"], params=dict(init.get("params") or {}))
     logger.info("loading %s (%s) with init %s on %s in %s", model["name"], model["hf_id"], init["name"], device, dtype)
-    net = load_model(model["hf_id"], init=spec, seed=seed, revision=model.get("revision"), dtype=dtype, device=device,
-                     origin=origin, tokenizer_size=len(tokenizer), family=model["family"])
+    net = load_model(
+        model["hf_id"],
+        init=spec,
+        seed=seed,
+        revision=model.get("revision"),
+        dtype=dtype,
+        device=device,
+        origin=origin,
+        tokenizer_size=len(tokenizer),
+        family=model["family"],
+    )
     limit = model_max_context(net)
     check_context(prompts, limit=limit, model=model, length=length, key=key, prompt_path=prompt_path)
     attrs = {
@@ -187,12 +207,21 @@ def run_extraction(
     )
     if metrics_dir is not None:
         extract_with_streamed_token_metrics(
-            net, tokenizer, prompts, out_path, metrics_dir, n_token_prompts=n_token, views=tuple(metrics["views"]),
-            debiased_cka=metrics["debiased_cka"], max_tokens_in_memory=metrics["max_tokens_in_memory"],
-            precision=metrics.get("precision", "float64"), **run,
+            net,
+            tokenizer,
+            prompts,
+            out_path,
+            metrics_dir,
+            n_token_prompts=n_token,
+            views=tuple(metrics["views"]),
+            debiased_cka=metrics["debiased_cka"],
+            max_tokens_in_memory=metrics["max_tokens_in_memory"],
+            precision=metrics.get("precision", "float64"),
+            **run,
         )
     else:
-        extract_activations(net, tokenizer, prompts, out_path, n_token_prompts=n_token if tokens == "store" else 0,
-                            **run)
+        extract_activations(
+            net, tokenizer, prompts, out_path, n_token_prompts=n_token if tokens == "store" else 0, **run
+        )
     open_store(out_path)  # verify what was written reads back as complete
     return out_path

@@ -59,8 +59,13 @@ def model_style(config: Config, model: str) -> dict:
     names = [m.name for m in config.models]
     arch = ARCHITECTURE.get(config.model(model).family)
     line, marker = _ARCH_STYLE.get(arch, (":", "^"))
-    return {"color": _PALETTE[names.index(model) % len(_PALETTE)], "linestyle": line, "marker": marker,
-            "markersize": 3, "label": model}
+    return {
+        "color": _PALETTE[names.index(model) % len(_PALETTE)],
+        "linestyle": line,
+        "marker": marker,
+        "markersize": 3,
+        "label": model,
+    }
 
 
 def init_style(config: Config, init: str) -> dict:
@@ -94,8 +99,9 @@ def _save(fig, path: Path) -> None:
 
 def _grid(n_rows: int, n_cols: int, *, width: float = 3.6, height: float = 2.8):
     """Subplots with constrained layout: titles, labels, colour bars and legends never overlap."""
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(width * n_cols, height * n_rows + 0.6), squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(
+        n_rows, n_cols, figsize=(width * n_cols, height * n_rows + 0.6), squeeze=False, layout="constrained"
+    )
     return fig, axes
 
 
@@ -122,7 +128,8 @@ def _note_missing(ax, config: Config, drawn: list[str], length: int) -> None:
     missing = [m for m in config.models if m.name not in drawn]
     if missing:
         text = "not run: " + ", ".join(
-            f"{m.name}" + (f" (context {m.max_context})" if not m.fits(length) else "") for m in missing)
+            f"{m.name}" + (f" (context {m.max_context})" if not m.fits(length) else "") for m in missing
+        )
         ax.text(0.02, 0.97, text, transform=ax.transAxes, fontsize=6, va="top", color="dimgrey")
 
 
@@ -139,8 +146,10 @@ def fig1_layerwise_cosine(config: Config, task: str | None) -> plt.Figure:
         length = _figure_length(config, model, task)
         for view in views:
             if length is not None:
-                heats[(model.name, view)] = (length, _mean_array(config, model.name, init, length, _tasks(config, task),
-                                                                 f"layerwise_cosine_{view}"))
+                heats[(model.name, view)] = (
+                    length,
+                    _mean_array(config, model.name, init, length, _tasks(config, task), f"layerwise_cosine_{view}"),
+                )
     values = np.concatenate([h.ravel() for _, h in heats.values()]) if heats else np.array([0.0, 1.0])
     vmin, vmax = float(np.nanmin(values)), float(np.nanmax(values))
     if vmax - vmin < 1e-6:
@@ -152,12 +161,21 @@ def fig1_layerwise_cosine(config: Config, task: str | None) -> plt.Figure:
             ax = axes[r, c]
             if (model.name, view) not in heats:
                 ax.set_axis_off()
-                ax.set_title(f"{model.name}: not run" + ("" if task in config.custom_tasks else " (fits no length)"),
-                             fontsize=8)
+                ax.set_title(
+                    f"{model.name}: not run" + ("" if task in config.custom_tasks else " (fits no length)"), fontsize=8
+                )
                 continue
             length, heat = heats[(model.name, view)]
-            im = ax.imshow(heat, aspect="auto", origin="lower", cmap="viridis", vmin=vmin, vmax=vmax,
-                           extent=(0, 1, -0.5, heat.shape[0] - 0.5), interpolation="nearest")
+            im = ax.imshow(
+                heat,
+                aspect="auto",
+                origin="lower",
+                cmap="viridis",
+                vmin=vmin,
+                vmax=vmax,
+                extent=(0, 1, -0.5, heat.shape[0] - 0.5),
+                interpolation="nearest",
+            )
             ax.set_title(f"{model.name} ({view}, n={length})", fontsize=8)
             ax.set_xlabel("relative token position", fontsize=7)
             ax.set_ylabel("layer pair l -> l+1", fontsize=7)
@@ -182,7 +200,12 @@ def fig2_inter_token_cosine(config: Config, task: str | None) -> plt.Figure:
             ax = axes[r, c]
             drawn = []
             for model in config.models:
-                sel = curves[(curves.model == model.name) & (curves.init == init) & (curves.view == view) & (curves.length == length)]
+                sel = curves[
+                    (curves.model == model.name)
+                    & (curves.init == init)
+                    & (curves.view == view)
+                    & (curves.length == length)
+                ]
                 if sel.empty:
                     continue
                 line = _mean_curve(sel, "state_index", "mean", _tasks(config, task))
@@ -211,9 +234,20 @@ def fig3_pretrained_vs_random(config: Config, task: str | None) -> plt.Figure:
         length = _figure_length(config, model, task)
         for init in config.inits:
             for s, view in enumerate(views):
-                style = {**init_style(config, init.name), "linestyle": styles[s % len(styles)], "label": f"{init.name} / {view}"}
-                for r, (frame, x, title) in enumerate(((inter, "state_index", "inter-token cosine"), (layer, "pair_index", "layerwise cosine"))):
-                    sel = frame[(frame.model == model.name) & (frame.init == init.name) & (frame.view == view) & (frame.length == length)]
+                style = {
+                    **init_style(config, init.name),
+                    "linestyle": styles[s % len(styles)],
+                    "label": f"{init.name} / {view}",
+                }
+                for r, (frame, x, title) in enumerate(
+                    ((inter, "state_index", "inter-token cosine"), (layer, "pair_index", "layerwise cosine"))
+                ):
+                    sel = frame[
+                        (frame.model == model.name)
+                        & (frame.init == init.name)
+                        & (frame.view == view)
+                        & (frame.length == length)
+                    ]
                     if sel.empty:
                         continue
                     line = _mean_curve(sel, x, "mean", _tasks(config, task))
@@ -267,8 +301,13 @@ def fig7_probe_accuracy(config: Config, task: str | None) -> plt.Figure:
             chances: set[float] = set()
             drawn = []
             for model in config.models:
-                sel = probes[(probes.model == model.name) & (probes.init == init) & (probes.view == view)
-                             & (probes.length == length) & probes.task.isin(_tasks(config, task))]
+                sel = probes[
+                    (probes.model == model.name)
+                    & (probes.init == init)
+                    & (probes.view == view)
+                    & (probes.length == length)
+                    & probes.task.isin(_tasks(config, task))
+                ]
                 if sel.empty:
                     continue
                 per_seed = sel.groupby(["seed", "state_index"], as_index=False)["val_accuracy"].mean()
@@ -276,10 +315,20 @@ def fig7_probe_accuracy(config: Config, task: str | None) -> plt.Figure:
                 style = model_style(config, model.name)
                 ax.plot(stats["state_index"], stats["mean"], **style)
                 drawn.append(model.name)
-                ax.fill_between(stats["state_index"], stats["mean"] - stats["std"].fillna(0),
-                                stats["mean"] + stats["std"].fillna(0), alpha=0.15, color=style["color"])
-                n_classes = classes[(classes.model == model.name) & (classes.init == init) & (classes.view == view)
-                                    & (classes.length == length) & classes.task.isin(_tasks(config, task))]
+                ax.fill_between(
+                    stats["state_index"],
+                    stats["mean"] - stats["std"].fillna(0),
+                    stats["mean"] + stats["std"].fillna(0),
+                    alpha=0.15,
+                    color=style["color"],
+                )
+                n_classes = classes[
+                    (classes.model == model.name)
+                    & (classes.init == init)
+                    & (classes.view == view)
+                    & (classes.length == length)
+                    & classes.task.isin(_tasks(config, task))
+                ]
                 if not n_classes.empty:
                     chances.add(round(float((1.0 / n_classes["n_classes"]).mean()), 6))
             for chance in sorted(chances):
@@ -310,8 +359,10 @@ def write_figures(config: Config, paths: list[str]) -> None:
         stem = path.stem
         name = next((n for n in FIGURES if stem == n or stem.startswith(n + "_")), None)
         if name is None:
-            raise ReprflowError(f"{path}: not a figure name; the file stem must be one of {list(FIGURES)}, "
-                                "optionally followed by _<task>")
-        task = stem[len(name) + 1:] or None
+            raise ReprflowError(
+                f"{path}: not a figure name; the file stem must be one of {list(FIGURES)}, "
+                "optionally followed by _<task>"
+            )
+        task = stem[len(name) + 1 :] or None
         _save(FIGURES[name](config, task), path)
         logger.info("wrote %s", path)

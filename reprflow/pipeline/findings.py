@@ -48,21 +48,21 @@ ARCHITECTURE = {"gpt_neo": "TBM", "gpt_neox": "TBM", "gpt2": "TBM", "llama": "TB
 
 FINDINGS = {
     "F3.2.1": "TBMs exhibit stable token evolution until a sharp final-layer shift, contrasting with SSMs' "
-              "varied directions that are converged in later layers.",
+    "varied directions that are converged in later layers.",
     "F3.2.2": "TBMs collapse token distinctions early and recover diversity late, while SSMs maintain the "
-              "uniqueness longer.",
+    "uniqueness longer.",
     "F3.2.3": "Oversmoothing in TBMs is an intrinsic architectural, while in SSMs it is primarily a consequence "
-              "of training or optimization process.",
+    "of training or optimization process.",
     "F3.3.1": "TBMs maintain coherent feature manifolds early while SSMs gradually refine global structure "
-              "towards late-layer stabilization.",
+    "towards late-layer stabilization.",
     "F3.3.2": "Smoothness and stability of representation evolution depend on model-specific factors like scale "
-              "and parameterization rather than architecture type.",
+    "and parameterization rather than architecture type.",
     "F3.4.1": "Task-relevant representations peak in intermediate layers for both architectures, with SSMs "
-              "having a smaller gap to the last layer than TBMs.",
+    "having a smaller gap to the last layer than TBMs.",
     "F3.4.2": "Despite stable representation evolution across varied context lengths, probing accuracy decreases "
-              "as context length increases.",
+    "as context length increases.",
     "F3.4.3": "While larger model size generally improves task performance, final-layer representations tend to "
-              "become more abstract.",
+    "become more abstract.",
 }
 COLUMNS = ["finding", "arm", "view", "verdict", "passed", "total", "evidence", "not_run"]
 VERDICTS = ("supports", "contradicts", "mixed", "not run")
@@ -95,8 +95,12 @@ class Verdict:
 
     def row(self) -> dict:
         return {
-            "finding": self.finding, "arm": self.arm, "view": self.view, "verdict": self.verdict,
-            "passed": sum(c.passed for c in self.checks), "total": len(self.checks),
+            "finding": self.finding,
+            "arm": self.arm,
+            "view": self.view,
+            "verdict": self.verdict,
+            "passed": sum(c.passed for c in self.checks),
+            "total": len(self.checks),
             "evidence": "; ".join(("PASS " if c.passed else "FAIL ") + c.text for c in self.checks),
             "not_run": "; ".join(self.not_run),
         }
@@ -157,8 +161,12 @@ def load_evidence(config: Config, root: str | Path = ".") -> Evidence:
             length = figure_length(config, model)
             for init in config.inits:
                 for view in views:
-                    sel = frame[(frame.model == model.name) & (frame.init == init.name) & (frame.view == view)
-                                & (frame.length == length)]
+                    sel = frame[
+                        (frame.model == model.name)
+                        & (frame.init == init.name)
+                        & (frame.view == view)
+                        & (frame.length == length)
+                    ]
                     if sel.empty or sel["task"].nunique() < len(config.tasks):
                         continue
                     curves[name][(model.name, init.name, view)] = sel.groupby(x)["mean"].mean().sort_index().to_numpy()
@@ -171,7 +179,9 @@ def load_evidence(config: Config, root: str | Path = ".") -> Evidence:
                 continue
             for view in views:  # a token-only arm may have no CKA files: then F3.3.1 has no such model
                 if all(_exists(c, f"{TOKEN_METRICS}/cka_{view}.npy", root) for c in cell_list):
-                    cka[(model.name, init.name, view)] = np.mean([token_array(c, f"cka_{view}", root) for c in cell_list], axis=0)
+                    cka[(model.name, init.name, view)] = np.mean(
+                        [token_array(c, f"cka_{view}", root) for c in cell_list], axis=0
+                    )
     table1, table2 = build_tables(config, root, missing_ok=True)
     return Evidence(config, curves, cka, table1, table2, missing_token, missing_probe)
 
@@ -201,8 +211,11 @@ def _token_not_run(ev: Evidence, models: list[str], init: str) -> list[str]:
         if length is None:
             out.append(f"{name}: fits no configured length")
             continue
-        out += [f"{c.model}/{c.init}/{c.task}_n{c.length}" for c in ev.missing_token
-                if c.model == name and c.init == init and c.length == length]
+        out += [
+            f"{c.model}/{c.init}/{c.task}_n{c.length}"
+            for c in ev.missing_token
+            if c.model == name and c.init == init and c.length == length
+        ]
     return out
 
 
@@ -212,8 +225,10 @@ def _need_both(ev: Evidence, have: dict[str, str], verdict: Verdict) -> bool:
     for kind in ("TBM", "SSM"):
         if kind not in kinds:
             configured = [m.name for m in ev.config.models if ARCHITECTURE.get(m.family) == kind]
-            verdict.not_run.append(f"no {kind} was run" + (f" (configured: {', '.join(configured)})" if configured
-                                                          else " (none configured)"))
+            verdict.not_run.append(
+                f"no {kind} was run"
+                + (f" (configured: {', '.join(configured)})" if configured else " (none configured)")
+            )
     return kinds >= {"TBM", "SSM"}
 
 
@@ -227,15 +242,16 @@ def _curve_models(ev: Evidence, name: str, init: str, view: str, verdict: Verdic
 # ---------------------------------------------------------------- the findings
 
 
-def _tbm_body_and_drop(v: Verdict, model: str, body: float, last: float, t: dict, body_what: str,
-                       drop_what: str, drop_key: str) -> None:
+def _tbm_body_and_drop(
+    v: Verdict, model: str, body: float, last: float, t: dict, body_what: str, drop_what: str, drop_key: str
+) -> None:
     """A TBM curve's two checks: its body (``body``) at least ``t["tbm_body_min"]``, and the fall
     from the body to the last state (``body - last``) at least ``t[drop_key]``."""
     v.checks.append(_check(body >= t["tbm_body_min"], f"{model} (TBM) {body_what} {_f(body)} >= {t['tbm_body_min']}"))
     drop = body - last
-    v.checks.append(_check(drop >= t[drop_key],
-                           f"{model} (TBM) {drop_what} {_f(body)} -> {_f(last)} = {_f(drop)} >= {t[drop_key]}"))
-
+    v.checks.append(
+        _check(drop >= t[drop_key], f"{model} (TBM) {drop_what} {_f(body)} -> {_f(last)} = {_f(drop)} >= {t[drop_key]}")
+    )
 
 
 def f3_2_1(ev: Evidence, arm: str, view: str, t: dict) -> Verdict:
@@ -250,18 +266,38 @@ def f3_2_1(ev: Evidence, arm: str, view: str, t: dict) -> Verdict:
         if kind == "TBM":
             body = float(curve[:-1].mean()) if len(curve) > 1 else float(curve[0])
             tbm_body.append(body)
-            _tbm_body_and_drop(v, model, body, float(curve[-1]), t, "mean layerwise cosine before the last layer",
-                               "final-layer drop", "tbm_final_drop_min")
+            _tbm_body_and_drop(
+                v,
+                model,
+                body,
+                float(curve[-1]),
+                t,
+                "mean layerwise cosine before the last layer",
+                "final-layer drop",
+                "tbm_final_drop_min",
+            )
         else:
             early, late = _depth_regions(len(curve), t["late_fraction"])
             e, l = float(curve[early].mean()), float(curve[late].mean())
             ssm_early.append(e)
-            v.checks.append(_check(e <= t["ssm_early_max"],
-                                   f"{model} (SSM) early-half layerwise cosine {_f(e)} <= {t['ssm_early_max']}"))
-            v.checks.append(_check(l - e >= t["ssm_rise_min"],
-                                   f"{model} (SSM) late - early = {_f(l)} - {_f(e)} = {_f(l - e)} >= {t['ssm_rise_min']}"))
-    v.checks.append(_check(min(tbm_body) > max(ssm_early),
-                           f"contrast: lowest TBM body {_f(min(tbm_body))} > highest SSM early {_f(max(ssm_early))}"))
+            v.checks.append(
+                _check(
+                    e <= t["ssm_early_max"],
+                    f"{model} (SSM) early-half layerwise cosine {_f(e)} <= {t['ssm_early_max']}",
+                )
+            )
+            v.checks.append(
+                _check(
+                    l - e >= t["ssm_rise_min"],
+                    f"{model} (SSM) late - early = {_f(l)} - {_f(e)} = {_f(l - e)} >= {t['ssm_rise_min']}",
+                )
+            )
+    v.checks.append(
+        _check(
+            min(tbm_body) > max(ssm_early),
+            f"contrast: lowest TBM body {_f(min(tbm_body))} > highest SSM early {_f(max(ssm_early))}",
+        )
+    )
     return v
 
 
@@ -278,13 +314,29 @@ def f3_2_2(ev: Evidence, arm: str, view: str, t: dict) -> Verdict:
         body = float(inner.mean())
         bodies[kind].append(body)
         if kind == "TBM":
-            _tbm_body_and_drop(v, model, body, float(curve[-1]), t, "inter-token cosine of the inner layers",
-                               "late recovery", "tbm_recover_min")
+            _tbm_body_and_drop(
+                v,
+                model,
+                body,
+                float(curve[-1]),
+                t,
+                "inter-token cosine of the inner layers",
+                "late recovery",
+                "tbm_recover_min",
+            )
         else:
-            v.checks.append(_check(body <= t["ssm_body_max"],
-                                   f"{model} (SSM) inter-token cosine of the inner layers {_f(body)} <= {t['ssm_body_max']}"))
-    v.checks.append(_check(min(bodies["TBM"]) > max(bodies["SSM"]),
-                           f"contrast: lowest TBM inner {_f(min(bodies['TBM']))} > highest SSM inner {_f(max(bodies['SSM']))}"))
+            v.checks.append(
+                _check(
+                    body <= t["ssm_body_max"],
+                    f"{model} (SSM) inter-token cosine of the inner layers {_f(body)} <= {t['ssm_body_max']}",
+                )
+            )
+    v.checks.append(
+        _check(
+            min(bodies["TBM"]) > max(bodies["SSM"]),
+            f"contrast: lowest TBM inner {_f(min(bodies['TBM']))} > highest SSM inner {_f(max(bodies['SSM']))}",
+        )
+    )
     return v
 
 
@@ -306,20 +358,36 @@ def f3_2_3(ev: Evidence, arm: str, view: str, t: dict) -> Verdict:
         mean = float(curve[1:].mean())  # every layer after the embeddings
         random_means[kind].append(mean)
         if kind == "TBM":
-            v.checks.append(_check(mean >= t["tbm_random_min"],
-                                   f"{model} (TBM) {arm} inter-token cosine (mean over layers, "
-                                   f"range {_f(curve[1:].min())}..{_f(curve[1:].max())}) {_f(mean)} >= {t['tbm_random_min']}"))
+            v.checks.append(
+                _check(
+                    mean >= t["tbm_random_min"],
+                    f"{model} (TBM) {arm} inter-token cosine (mean over layers, "
+                    f"range {_f(curve[1:].min())}..{_f(curve[1:].max())}) {_f(mean)} >= {t['tbm_random_min']}",
+                )
+            )
         else:
-            v.checks.append(_check(mean <= t["ssm_random_max"],
-                                   f"{model} (SSM) {arm} inter-token cosine (mean over layers) {_f(mean)} <= {t['ssm_random_max']}"))
+            v.checks.append(
+                _check(
+                    mean <= t["ssm_random_max"],
+                    f"{model} (SSM) {arm} inter-token cosine (mean over layers) {_f(mean)} <= {t['ssm_random_max']}",
+                )
+            )
             if model in with_ref:
                 trained = float(ev.curves["inter_token_cosine"][(model, ref, view)][1:].mean())
-                v.checks.append(_check(trained - mean >= t["ssm_training_gain_min"],
-                                       f"{model} (SSM) {ref} - {arm} = {_f(trained)} - {_f(mean)} = {_f(trained - mean)} "
-                                       f">= {t['ssm_training_gain_min']}"))
-    v.checks.append(_check(min(random_means["TBM"]) > max(random_means["SSM"]),
-                           f"ordering under {arm}: lowest TBM {_f(min(random_means['TBM']))} > highest SSM "
-                           f"{_f(max(random_means['SSM']))}"))
+                v.checks.append(
+                    _check(
+                        trained - mean >= t["ssm_training_gain_min"],
+                        f"{model} (SSM) {ref} - {arm} = {_f(trained)} - {_f(mean)} = {_f(trained - mean)} "
+                        f">= {t['ssm_training_gain_min']}",
+                    )
+                )
+    v.checks.append(
+        _check(
+            min(random_means["TBM"]) > max(random_means["SSM"]),
+            f"ordering under {arm}: lowest TBM {_f(min(random_means['TBM']))} > highest SSM "
+            f"{_f(max(random_means['SSM']))}",
+        )
+    )
     return v
 
 
@@ -337,8 +405,11 @@ def f3_3_1(ev: Evidence, arm: str, view: str, t: dict) -> Verdict:
     models = [m.name for m in ev.config.models if _arch(ev.config, m.name)]
     v.not_run += _token_not_run(ev, models, arm)
     have = {m: _arch(ev.config, m) for m in models if (m, arm, view) in ev.cka}
-    v.not_run += [f"{m}/{arm}: no cka_{view}.npy" for m in models
-                  if m not in have and not any(s.startswith(f"{m}/{arm}/") or s.startswith(f"{m}:") for s in v.not_run)]
+    v.not_run += [
+        f"{m}/{arm}: no cka_{view}.npy"
+        for m in models
+        if m not in have and not any(s.startswith(f"{m}/{arm}/") or s.startswith(f"{m}:") for s in v.not_run)
+    ]
     if not _need_both(ev, have, v):
         return v
     shift = {"TBM": [], "SSM": []}
@@ -348,15 +419,25 @@ def f3_3_1(ev: Evidence, arm: str, view: str, t: dict) -> Verdict:
         e, l = _block_mean(m, early), _block_mean(m, late)
         shift[kind].append(l - e)
         if kind == "TBM":
-            v.checks.append(_check(e >= t["tbm_early_min"],
-                                   f"{model} (TBM) CKA within the early half {_f(e)} >= {t['tbm_early_min']}"))
+            v.checks.append(
+                _check(
+                    e >= t["tbm_early_min"], f"{model} (TBM) CKA within the early half {_f(e)} >= {t['tbm_early_min']}"
+                )
+            )
         else:
-            v.checks.append(_check(l - e >= t["ssm_late_gain_min"],
-                                   f"{model} (SSM) CKA late block - early block = {_f(l)} - {_f(e)} = {_f(l - e)} "
-                                   f">= {t['ssm_late_gain_min']}"))
-    v.checks.append(_check(max(shift["TBM"]) < min(shift["SSM"]),
-                           f"contrast: late-minus-early CKA, highest TBM {_f(max(shift['TBM']))} < lowest SSM "
-                           f"{_f(min(shift['SSM']))}"))
+            v.checks.append(
+                _check(
+                    l - e >= t["ssm_late_gain_min"],
+                    f"{model} (SSM) CKA late block - early block = {_f(l)} - {_f(e)} = {_f(l - e)} "
+                    f">= {t['ssm_late_gain_min']}",
+                )
+            )
+    v.checks.append(
+        _check(
+            max(shift["TBM"]) < min(shift["SSM"]),
+            f"contrast: late-minus-early CKA, highest TBM {_f(max(shift['TBM']))} < lowest SSM {_f(min(shift['SSM']))}",
+        )
+    )
     return v
 
 
@@ -364,8 +445,12 @@ def _table_not_run(ev: Evidence, arm: str, view: str, table: pd.DataFrame) -> li
     if init_scope(ev.config, arm) != "all":
         return [f"init {arm} has scope {init_scope(ev.config, arm)}: no probes or table rows"]
     out = [f"{c.model}/{c.init}/{c.task}_n{c.length}" for c in ev.missing_probe if c.init == arm]
-    beyond = [f"{m.name} at n={n} (beyond its context {m.max_context})" for m in ev.config.models
-              for n in ev.config.lengths if not m.fits(n)]
+    beyond = [
+        f"{m.name} at n={n} (beyond its context {m.max_context})"
+        for m in ev.config.models
+        for n in ev.config.lengths
+        if not m.fits(n)
+    ]
     return out + beyond
 
 
@@ -386,15 +471,24 @@ def f3_3_2(ev: Evidence, arm: str, view: str, t: dict) -> Verdict:
             by = {k: at[at.arch == k].set_index("model")[metric] for k in ("TBM", "SSM")}
             if len(by["TBM"]) and len(by["SSM"]):
                 separated = by["TBM"].max() < by["SSM"].min() or by["SSM"].max() < by["TBM"].min()
-                v.checks.append(_check(not separated,
-                                       f"n={length} {metric}: TBM {_f(by['TBM'].min())}..{_f(by['TBM'].max())} and SSM "
-                                       f"{_f(by['SSM'].min())}..{_f(by['SSM'].max())} " + ("do not overlap" if separated else "overlap")))
+                v.checks.append(
+                    _check(
+                        not separated,
+                        f"n={length} {metric}: TBM {_f(by['TBM'].min())}..{_f(by['TBM'].max())} and SSM "
+                        f"{_f(by['SSM'].min())}..{_f(by['SSM'].max())} "
+                        + ("do not overlap" if separated else "overlap"),
+                    )
+                )
             for kind, values in by.items():
                 if len(values) >= 2 and values.min() > 0:
                     ratio = float(values.max() / values.min())
-                    v.checks.append(_check(ratio >= t["within_ratio_min"],
-                                           f"n={length} {metric}: {kind} spread {values.idxmax()}/{values.idxmin()} = "
-                                           f"{_f(ratio)} >= {t['within_ratio_min']}"))
+                    v.checks.append(
+                        _check(
+                            ratio >= t["within_ratio_min"],
+                            f"n={length} {metric}: {kind} spread {values.idxmax()}/{values.idxmin()} = "
+                            f"{_f(ratio)} >= {t['within_ratio_min']}",
+                        )
+                    )
     if not v.checks:
         v.not_run.append("needs Sm/St of a TBM and an SSM at one length, or of two models of one architecture")
     return v
@@ -409,15 +503,22 @@ def f3_4_1(ev: Evidence, arm: str, view: str, t: dict) -> Verdict:
         for r in at.itertuples():
             n_states = _n_states(ev, r.model, arm, view)
             inner = 0 < r.peak_layer < n_states - 1 if n_states else r.gap > 0
-            at_chance = " [peak within gap_min of chance: no task signal]" if r.peak_acc - r.chance < t["gap_min"] else ""
-            v.checks.append(_check(inner and r.gap >= t["gap_min"],
-                                   f"n={length} {r.model} ({r.arch}) peak at state {r.peak_layer} of {n_states}, "
-                                   f"acc {_f(r.peak_acc)} vs last {_f(r.last_acc)} (chance {_f(r.chance)}): gap {_f(r.gap)} "
-                                   f">= {t['gap_min']}{at_chance}"))
+            at_chance = (
+                " [peak within gap_min of chance: no task signal]" if r.peak_acc - r.chance < t["gap_min"] else ""
+            )
+            v.checks.append(
+                _check(
+                    inner and r.gap >= t["gap_min"],
+                    f"n={length} {r.model} ({r.arch}) peak at state {r.peak_layer} of {n_states}, "
+                    f"acc {_f(r.peak_acc)} vs last {_f(r.last_acc)} (chance {_f(r.chance)}): gap {_f(r.gap)} "
+                    f">= {t['gap_min']}{at_chance}",
+                )
+            )
         gaps = at.groupby("arch")["gap"].mean()
         if {"TBM", "SSM"} <= set(gaps.index):
-            v.checks.append(_check(gaps["SSM"] < gaps["TBM"],
-                                   f"n={length} mean gap SSM {_f(gaps['SSM'])} < TBM {_f(gaps['TBM'])}"))
+            v.checks.append(
+                _check(gaps["SSM"] < gaps["TBM"], f"n={length} mean gap SSM {_f(gaps['SSM'])} < TBM {_f(gaps['TBM'])}")
+            )
     return v
 
 
@@ -441,14 +542,23 @@ def f3_4_2(ev: Evidence, arm: str, view: str, t: dict) -> Verdict:
         for metric in ("Sm", "St"):
             vals = at[metric].to_numpy()
             rel = float((vals.max() - vals.min()) / abs(vals.mean())) if vals.mean() else np.inf
-            v.checks.append(_check(rel <= t["rel_range_max"],
-                                   f"{model}/{task} {metric} {span}: relative range {_f(rel)} <= {t['rel_range_max']}"))
+            v.checks.append(
+                _check(
+                    rel <= t["rel_range_max"],
+                    f"{model}/{task} {metric} {span}: relative range {_f(rel)} <= {t['rel_range_max']}",
+                )
+            )
         acc = at["last_acc"].to_numpy()
         drop = float(acc[0] - acc[-1])
         rises = np.diff(acc)
-        v.checks.append(_check(drop >= t["acc_drop_min"] and (rises <= t["monotone_tol"]).all(),
-                               f"{model}/{task} last-layer accuracy {span}: " + " -> ".join(_f(a) for a in acc)
-                               + f" (drop {_f(drop)} >= {t['acc_drop_min']}, no rise > {t['monotone_tol']})"))
+        v.checks.append(
+            _check(
+                drop >= t["acc_drop_min"] and (rises <= t["monotone_tol"]).all(),
+                f"{model}/{task} last-layer accuracy {span}: "
+                + " -> ".join(_f(a) for a in acc)
+                + f" (drop {_f(drop)} >= {t['acc_drop_min']}, no rise > {t['monotone_tol']})",
+            )
+        )
     if len(ev.config.lengths) < 2:
         v.not_run.append(f"config.lengths has one length ({ev.config.lengths[0]}); needs two or more")
     return v
@@ -469,16 +579,30 @@ def f3_4_3(ev: Evidence, arm: str, view: str, t: dict) -> Verdict:
         if both.empty:
             v.not_run.append(f"{pair['small']} and {pair['large']} share no length that ran")
         for r in both.itertuples():
-            v.checks.append(_check(r.last_acc_l > r.last_acc_s,
-                                   f"n={r.length} last-layer accuracy {pair['large']} {_f(r.last_acc_l)} > {pair['small']} {_f(r.last_acc_s)}"))
-            v.checks.append(_check(r.gap_l > r.gap_s,
-                                   f"n={r.length} gap to the last layer {pair['large']} {_f(r.gap_l)} > {pair['small']} {_f(r.gap_s)}"))
+            v.checks.append(
+                _check(
+                    r.last_acc_l > r.last_acc_s,
+                    f"n={r.length} last-layer accuracy {pair['large']} {_f(r.last_acc_l)} > {pair['small']} {_f(r.last_acc_s)}",
+                )
+            )
+            v.checks.append(
+                _check(
+                    r.gap_l > r.gap_s,
+                    f"n={r.length} gap to the last layer {pair['large']} {_f(r.gap_l)} > {pair['small']} {_f(r.gap_s)}",
+                )
+            )
     return v
 
 
 RULES: dict[str, Callable[[Evidence, str, str, dict], Verdict]] = {
-    "F3.2.1": f3_2_1, "F3.2.2": f3_2_2, "F3.2.3": f3_2_3, "F3.3.1": f3_3_1,
-    "F3.3.2": f3_3_2, "F3.4.1": f3_4_1, "F3.4.2": f3_4_2, "F3.4.3": f3_4_3,
+    "F3.2.1": f3_2_1,
+    "F3.2.2": f3_2_2,
+    "F3.2.3": f3_2_3,
+    "F3.3.1": f3_3_1,
+    "F3.3.2": f3_3_2,
+    "F3.4.1": f3_4_1,
+    "F3.4.2": f3_4_2,
+    "F3.4.3": f3_4_3,
 }
 
 
@@ -498,7 +622,9 @@ def evaluate(config: Config, root: str | Path = ".") -> list[Verdict]:
     for finding, rule in RULES.items():
         arms = [i.name for i in config.inits if finding != "F3.2.3" or i.scheme != "pretrained"]
         if not arms:
-            out += [Verdict(finding, "-", view, not_run=["no init other than pretrained in config.inits"]) for view in views]
+            out += [
+                Verdict(finding, "-", view, not_run=["no init other than pretrained in config.inits"]) for view in views
+            ]
             continue
         for arm in arms:
             for view in views:

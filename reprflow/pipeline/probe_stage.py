@@ -199,8 +199,17 @@ def run_probe_stage(
     logger.info("probes: %s, last %s (%s), %d views", store_path, tuple(last.shape), last.dtype, len(views))
     try:
         result = fit_layer_probes(
-            last, labels, groups=groups, epochs=epochs, lr=lr, seeds=seeds, val_fraction=val_fraction,
-            standardize=standardize, device=device, n_train=n_train, max_batch_bytes=max_batch_bytes,
+            last,
+            labels,
+            groups=groups,
+            epochs=epochs,
+            lr=lr,
+            seeds=seeds,
+            val_fraction=val_fraction,
+            standardize=standardize,
+            device=device,
+            n_train=n_train,
+            max_batch_bytes=max_batch_bytes,
             matmul_precision=matmul_precision,
         )
     except ValueError as exc:
@@ -217,9 +226,15 @@ def run_probe_stage(
         rows += _view_rows(result, view, indices, names)
         summary[view] = _view_summary(result, indices, names)
     summary["protocol"] = {
-        "epochs": epochs, "lr": lr, "seeds": list(result.seeds), "val_fraction": val_fraction,
-        "standardize": standardize, "n_train_max": n_train, "optimizer": "Adam (full batch)",
-        "compute_dtype": "float32", "matmul_precision": result.matmul_precision,
+        "epochs": epochs,
+        "lr": lr,
+        "seeds": list(result.seeds),
+        "val_fraction": val_fraction,
+        "standardize": standardize,
+        "n_train_max": n_train,
+        "optimizer": "Adam (full batch)",
+        "compute_dtype": "float32",
+        "matmul_precision": result.matmul_precision,
         "device": str(device) if device is not None else "auto",
         "split": "stratified by label" if groups is None else "grouped by MDQA question, stratified by label",
         "n_groups": int(labels.shape[0] if groups is None else np.unique(groups).size),

@@ -12,8 +12,16 @@ from reprflow.prompts.custom import build_custom_prompt_set
 logger = logging.getLogger(__name__)
 
 
-def build_prompt_records(*, task: str, length: int, tokenizer: str, seed: int, settings: dict,
-                         max_tokens: int | None = None, progress: bool = True) -> tuple[list[dict], dict]:
+def build_prompt_records(
+    *,
+    task: str,
+    length: int,
+    tokenizer: str,
+    seed: int,
+    settings: dict,
+    max_tokens: int | None = None,
+    progress: bool = True,
+) -> tuple[list[dict], dict]:
     """The records and manifest of one prompt set, as the prompts rule builds them (nothing written).
 
     ``settings`` is the validated ``config.prompts`` section; its ``tolerance_overrides``
@@ -22,7 +30,11 @@ def build_prompt_records(*, task: str, length: int, tokenizer: str, seed: int, s
     :func:`reprflow.workflow.targets.prompt_token_cap`).
     """
     tolerance = next(
-        (o["tolerance"] for o in settings.get("tolerance_overrides", []) if o["task"] == task and o["length"] == length),
+        (
+            o["tolerance"]
+            for o in settings.get("tolerance_overrides", [])
+            if o["task"] == task and o["length"] == length
+        ),
         settings["tolerance"],
     )
     return build_prompt_set(
@@ -39,8 +51,16 @@ def build_prompt_records(*, task: str, length: int, tokenizer: str, seed: int, s
     )
 
 
-def build_prompt_file(out_path: str | Path, *, task: str, length: int, tokenizer: str, seed: int, settings: dict,
-                      max_tokens: int | None = None) -> Path:
+def build_prompt_file(
+    out_path: str | Path,
+    *,
+    task: str,
+    length: int,
+    tokenizer: str,
+    seed: int,
+    settings: dict,
+    max_tokens: int | None = None,
+) -> Path:
     """Write ``data/prompts/{tokenizer}/{task}_n{length}.jsonl`` and its ``.manifest.json``.
 
     Arguments as :func:`build_prompt_records`.
@@ -53,8 +73,9 @@ def build_prompt_file(out_path: str | Path, *, task: str, length: int, tokenizer
     return Path(out_path)
 
 
-def build_custom_prompt_file(out_path: str | Path, *, task: str, spec: dict, tokenizer: str,
-                             max_tokens: int | None = None) -> Path:
+def build_custom_prompt_file(
+    out_path: str | Path, *, task: str, spec: dict, tokenizer: str, max_tokens: int | None = None
+) -> Path:
     """Write a custom task's ``data/prompts/{tokenizer}/{task}_n{length}.jsonl`` and its manifest.
 
     ``spec`` is ``config.custom_tasks.<task>`` (``jsonl``, ``length``); see
@@ -62,6 +83,12 @@ def build_custom_prompt_file(out_path: str | Path, *, task: str, spec: dict, tok
     """
     records, manifest = build_custom_prompt_set(task, spec, tokenizer_name=tokenizer, max_tokens=max_tokens)
     write_prompt_set(records, manifest, out_path)
-    logger.info("wrote %d %s prompts (at most %d tokens, from %s) to %s", len(records), task, manifest["max_tokens"],
-                spec["jsonl"], out_path)
+    logger.info(
+        "wrote %d %s prompts (at most %d tokens, from %s) to %s",
+        len(records),
+        task,
+        manifest["max_tokens"],
+        spec["jsonl"],
+        out_path,
+    )
     return Path(out_path)

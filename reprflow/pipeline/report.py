@@ -35,7 +35,7 @@ from reprflow.pipeline.findings import ARCHITECTURE
 from reprflow.pipeline.findings import FINDINGS as FINDINGS_TEXT
 from reprflow.pipeline.results import provenance, token_curves
 from reprflow.pipeline.tables import COLUMN_DEFINITIONS, build_tables
-from reprflow.workflow.targets import FINDINGS, FIGURE_NAMES, HTML_TABLES, THEORY, figure_files
+from reprflow.workflow.targets import FINDINGS, FIGURE_NAMES, THEORY, figure_files
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +63,10 @@ def markdown_table(frame: pd.DataFrame) -> str:
     """A GitHub-flavoured Markdown table with :func:`format_value` cells."""
     header = "| " + " | ".join(map(str, frame.columns)) + " |"
     rule = "|" + "---|" * len(frame.columns)
-    body = ["| " + " | ".join(format_value(v).replace("|", "/") for v in row) + " |"
-            for row in frame.astype(object).itertuples(index=False)]
+    body = [
+        "| " + " | ".join(format_value(v).replace("|", "/") for v in row) + " |"
+        for row in frame.astype(object).itertuples(index=False)
+    ]
     return "\n".join([header, rule, *body])
 
 
@@ -74,17 +76,24 @@ def model_notes(config: Config) -> list[str]:
     untrained = [i.name for i in config.inits if i.scheme != "pretrained"]
     for m in config.models:
         if m.tiny is not None:
-            lines.append(f"- **{m.name}** ({m.family}): a TINY RANDOM model built by the workflow "
-                         f"(`{m.hf_id}`); even its `pretrained` arm is untrained. Its numbers test the pipeline, "
-                         "not the paper.")
+            lines.append(
+                f"- **{m.name}** ({m.family}): a TINY RANDOM model built by the workflow "
+                f"(`{m.hf_id}`); even its `pretrained` arm is untrained. Its numbers test the pipeline, "
+                "not the paper."
+            )
         elif m.train is not None:
             t = m.train
-            lines.append(f"- **{m.name}** ({m.family}): TRAINED BY THIS WORKFLOW from scratch (`{m.hf_id}`; width "
-                         f"{t['width']}, {t['tokens']} tokens of `{t['corpus']}`, context {t['context']}, seed "
-                         f"{t['seed']}); its `pretrained` arm is that model. See the controlled-comparison section.")
+            lines.append(
+                f"- **{m.name}** ({m.family}): TRAINED BY THIS WORKFLOW from scratch (`{m.hf_id}`; width "
+                f"{t['width']}, {t['tokens']} tokens of `{t['corpus']}`, context {t['context']}, seed "
+                f"{t['seed']}); its `pretrained` arm is that model. See the controlled-comparison section."
+            )
         else:
-            lines.append(f"- **{m.name}** ({m.family}): `{m.hf_id}`" + (f"@{m.revision}" if m.revision else "")
-                         + (f", context {m.max_context} tokens" if m.max_context else ""))
+            lines.append(
+                f"- **{m.name}** ({m.family}): `{m.hf_id}`"
+                + (f"@{m.revision}" if m.revision else "")
+                + (f", context {m.max_context} tokens" if m.max_context else "")
+            )
     if untrained:
         lines.append(f"- Untrained arms (random initialisation, no training): {', '.join(untrained)}.")
     return lines
@@ -94,8 +103,15 @@ def provenance_table(config: Config, root: str | Path = ".") -> tuple[pd.DataFra
     """Per cell: store, every hash its metric files record, versions; plus the hash column names."""
     prov = provenance(config, root)
     hash_cols = [c for c in prov.columns if any(k in c for k in ("sha", "hash", "md5", "digest"))]
-    keep = ["model", "init", "task", "length", "store", *hash_cols,
-            *[c for c in ("reprflow_version", "store_reprflow_version") if c in prov.columns]]
+    keep = [
+        "model",
+        "init",
+        "task",
+        "length",
+        "store",
+        *hash_cols,
+        *[c for c in ("reprflow_version", "store_reprflow_version") if c in prov.columns],
+    ]
     return prov[[c for c in keep if c in prov.columns]], hash_cols
 
 
@@ -103,21 +119,27 @@ def write_provenance(config: Config, out_path: str | Path, *, root: str | Path =
     """results/provenance.csv: one row per cell (store, hashes, versions), with the config sha256
     and the package versions as constant columns; read by the HTML report."""
     table, _ = provenance_table(config, root)
-    table = table.assign(config_sha256=config.digest(),
-                         packages=f"reprflow {__version__}; " + ", ".join(f"{p} {_version(p)}" for p in PACKAGES))
+    table = table.assign(
+        config_sha256=config.digest(),
+        packages=f"reprflow {__version__}; " + ", ".join(f"{p} {_version(p)}" for p in PACKAGES),
+    )
     atomic_write_bytes(table.to_csv(index=False).encode(), Path(out_path))
 
 
 def _provenance_section(config: Config, root: Path) -> list[str]:
     prov, hash_cols = provenance_table(config, root)
-    return ["## Where each number comes from", "",
-            f"- config sha256: `{config.digest()}`",
-            f"- reprflow {__version__}; " + ", ".join(f"{p} {_version(p)}" for p in PACKAGES),
-            f"- Python {platform.python_version()} on {platform.system()} {platform.machine()}",
-            "- inits: " + ", ".join(f"{i.name} = {i.scheme}{i.params or ''}" for i in config.inits),
-            "- hash columns below are those the metric files record per cell "
-            f"({', '.join(hash_cols) or 'none'}).",
-            "", markdown_table(prov), ""]
+    return [
+        "## Where each number comes from",
+        "",
+        f"- config sha256: `{config.digest()}`",
+        f"- reprflow {__version__}; " + ", ".join(f"{p} {_version(p)}" for p in PACKAGES),
+        f"- Python {platform.python_version()} on {platform.system()} {platform.machine()}",
+        "- inits: " + ", ".join(f"{i.name} = {i.scheme}{i.params or ''}" for i in config.inits),
+        f"- hash columns below are those the metric files record per cell ({', '.join(hash_cols) or 'none'}).",
+        "",
+        markdown_table(prov),
+        "",
+    ]
 
 
 def _findings_section(root: Path) -> list[str]:
@@ -126,13 +148,20 @@ def _findings_section(root: Path) -> list[str]:
         return ["## Verdicts on the paper's findings", "", "Not computed (results/findings.csv missing).", ""]
     table = pd.read_csv(path, keep_default_na=False)
     counts = table["verdict"].value_counts()
-    lines = ["## Verdicts on the paper's findings", "",
-             "One row per finding, arm (init) and view: *supports* = every check passes, *contradicts* = every "
-             "check fails, *mixed* = some pass, *not run* = the cells it needs were not run. Criteria and "
-             "thresholds: docs/findings.md and the config's `findings:`.", "",
-             "Counts: " + ", ".join(f"{k} {int(counts.get(k, 0))}" for k in ("supports", "contradicts", "mixed", "not run")),
-             "", markdown_table(table[["finding", "arm", "view", "verdict", "passed", "total"]]), "",
-             "### Evidence", ""]
+    lines = [
+        "## Verdicts on the paper's findings",
+        "",
+        "One row per finding, arm (init) and view: *supports* = every check passes, *contradicts* = every "
+        "check fails, *mixed* = some pass, *not run* = the cells it needs were not run. Criteria and "
+        "thresholds: docs/findings.md and the config's `findings:`.",
+        "",
+        "Counts: " + ", ".join(f"{k} {int(counts.get(k, 0))}" for k in ("supports", "contradicts", "mixed", "not run")),
+        "",
+        markdown_table(table[["finding", "arm", "view", "verdict", "passed", "total"]]),
+        "",
+        "### Evidence",
+        "",
+    ]
     for row in table.itertuples(index=False):
         lines.append(f"- **{row.finding} / {row.arm} / {row.view}: {row.verdict}**")
         for item in filter(None, str(row.evidence).split("; ")):
@@ -145,8 +174,17 @@ def _findings_section(root: Path) -> list[str]:
 TRAIN_SUMMARY = "results/training/{model}/summary.json"
 #: the paper's random-init arm at full size, inter-token cosine mean (measured earlier, issue 13)
 PAPER_RANDOM_INTER_TOKEN = {"gpt_neo": 0.34, "gpt_neox": 0.57, "mamba": 0.004, "mamba2": 0.09}
-_TRAIN_COLUMNS = ("n_params", "n_non_embedding", "tokens", "initial_val_loss", "final_val_loss",
-                  "unigram_val_loss", "train_seconds", "tokens_per_s", "device")
+_TRAIN_COLUMNS = (
+    "n_params",
+    "n_non_embedding",
+    "tokens",
+    "initial_val_loss",
+    "final_val_loss",
+    "unigram_val_loss",
+    "train_seconds",
+    "tokens_per_s",
+    "device",
+)
 
 
 def training_table(config: Config, root: str | Path = ".") -> pd.DataFrame:
@@ -163,8 +201,9 @@ def training_table(config: Config, root: str | Path = ".") -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _curve_summary(curves: pd.DataFrame, model: str, init: str, length: int, view: str,
-                   n_prompts: int = 1) -> tuple[float, float, float]:
+def _curve_summary(
+    curves: pd.DataFrame, model: str, init: str, length: int, view: str, n_prompts: int = 1
+) -> tuple[float, float, float]:
     """(mean over depth, last state, standard error of the last state over prompts) of a curve
     averaged over tasks; NaN when the cell was not run. ``n_prompts`` per task counts when the
     curve file does not record it."""
@@ -221,27 +260,48 @@ def controlled_table(config: Config, root: str | Path = ".") -> pd.DataFrame:
             n = int(config.section("extraction").get("n_token_prompts", 1))
             mean_d, last, se = _curve_summary(inter, m.name, arm, length, view, n) if not inter.empty else (np.nan,) * 3
             lw = _curve_summary(layer, m.name, arm, length, view)[0] if not layer.empty else np.nan
-            probe = table1[(table1.model == m.name) & (table1.init == arm) & (table1.length == length)
-                           & (table1.view == view)] if not table1.empty else table1
+            probe = (
+                table1[
+                    (table1.model == m.name) & (table1.init == arm) & (table1.length == length) & (table1.view == view)
+                ]
+                if not table1.empty
+                else table1
+            )
             peak = float(probe["peak_layer"].iloc[0]) if len(probe) else np.nan
-            n_states = len(inter[(inter.model == m.name) & (inter.view == view)]["state_index"].unique()) if not inter.empty else 0
-            rows.append({"model": m.name, "family": m.family, "arm": arm, "inter_token_last": last,
-                         "inter_token_last_se": se, "inter_token_mean": mean_d, "layerwise_mean": lw,
-                         "peak_rel_depth": peak / (n_states - 1) if n_states > 1 else np.nan,
-                         "gap": float(probe["gap"].iloc[0]) if len(probe) else np.nan,
-                         "peak_acc": float(probe["peak_acc"].iloc[0]) if len(probe) else np.nan,
-                         "peak_acc_std": float(probe["peak_acc_std"].iloc[0]) if len(probe) else np.nan})
+            n_states = (
+                len(inter[(inter.model == m.name) & (inter.view == view)]["state_index"].unique())
+                if not inter.empty
+                else 0
+            )
+            rows.append(
+                {
+                    "model": m.name,
+                    "family": m.family,
+                    "arm": arm,
+                    "inter_token_last": last,
+                    "inter_token_last_se": se,
+                    "inter_token_mean": mean_d,
+                    "layerwise_mean": lw,
+                    "peak_rel_depth": peak / (n_states - 1) if n_states > 1 else np.nan,
+                    "gap": float(probe["gap"].iloc[0]) if len(probe) else np.nan,
+                    "peak_acc": float(probe["peak_acc"].iloc[0]) if len(probe) else np.nan,
+                    "peak_acc_std": float(probe["peak_acc_std"].iloc[0]) if len(probe) else np.nan,
+                }
+            )
     frame = pd.DataFrame(rows)
-    for column, value, spread in (("differs", "inter_token_last", "inter_token_last_se"),
-                                  ("probe_differs", "peak_acc", "peak_acc_std")):
+    for column, value, spread in (
+        ("differs", "inter_token_last", "inter_token_last_se"),
+        ("probe_differs", "peak_acc", "peak_acc_std"),
+    ):
         verdicts = []
         for row in frame.itertuples(index=False):
             ref = _trained_arm(frame, row.model)
             if row.arm == "pretrained" or ref is None:
                 verdicts.append("")
                 continue
-            verdicts.append(beyond_noise(getattr(row, value) - getattr(ref, value), getattr(row, spread),
-                                         getattr(ref, spread)))
+            verdicts.append(
+                beyond_noise(getattr(row, value) - getattr(ref, value), getattr(row, spread), getattr(ref, spread))
+            )
         frame[column] = verdicts
     return frame
 
@@ -257,15 +317,20 @@ def controlled_verdict(frame: pd.DataFrame) -> str:
         ref = _trained_arm(frame, row.model)
         found = []
         if row.differs == "yes":
-            found.append(f"inter-token cosine {ref.inter_token_last:.3g} trained vs {row.inter_token_last:.3g} "
-                         f"(3 SE {3 * np.hypot(row.inter_token_last_se, ref.inter_token_last_se):.2g})")
+            found.append(
+                f"inter-token cosine {ref.inter_token_last:.3g} trained vs {row.inter_token_last:.3g} "
+                f"(3 SE {3 * np.hypot(row.inter_token_last_se, ref.inter_token_last_se):.2g})"
+            )
         if row.probe_differs == "yes":
-            found.append(f"peak probe accuracy {ref.peak_acc:.3g} trained vs {row.peak_acc:.3g} "
-                         f"(3 SD over seeds {3 * np.hypot(row.peak_acc_std, ref.peak_acc_std):.2g})")
+            found.append(
+                f"peak probe accuracy {ref.peak_acc:.3g} trained vs {row.peak_acc:.3g} "
+                f"(3 SD over seeds {3 * np.hypot(row.peak_acc_std, ref.peak_acc_std):.2g})"
+            )
         if found:
             hits.append(f"{row.model} vs {row.arm}: " + "; ".join(found))
-    head = (f"**Trained differs from untrained beyond noise in {len(hits)} of {len(pairs)} (model, arm) pairs**"
-            + (":" if hits else "."))
+    head = f"**Trained differs from untrained beyond noise in {len(hits)} of {len(pairs)} (model, arm) pairs**" + (
+        ":" if hits else "."
+    )
     return "\n".join([head, *(f"- {h}" for h in hits)])
 
 
@@ -286,13 +351,18 @@ def paper_agreement(frame: pd.DataFrame) -> list[str]:
     if frame.empty:
         return []
     kind = {fam: ARCHITECTURE.get(fam, "?") for fam in frame.family.unique()}
-    lines = ["### Agreement with the paper's checkpoints (F3.2.3)", "",
-             "| model | family | arm | inter-token cosine, mean over depth | paper checkpoint, random init (full size) |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "### Agreement with the paper's checkpoints (F3.2.3)",
+        "",
+        "| model | family | arm | inter-token cosine, mean over depth | paper checkpoint, random init (full size) |",
+        "|---|---|---|---|---|",
+    ]
     for row in frame.itertuples(index=False):
         paper = PAPER_RANDOM_INTER_TOKEN.get(row.family)
-        lines.append(f"| {row.model} | {row.family} | {row.arm} | {row.inter_token_mean:.3g} | "
-                     f"{'' if row.arm == 'pretrained' or paper is None else paper} |")
+        lines.append(
+            f"| {row.model} | {row.family} | {row.arm} | {row.inter_token_mean:.3g} | "
+            f"{'' if row.arm == 'pretrained' or paper is None else paper} |"
+        )
     lines.append("")
     paper_tbm = [v for f, v in PAPER_RANDOM_INTER_TOKEN.items() if ARCHITECTURE.get(f) == "TBM"]
     paper_ssm = [v for f, v in PAPER_RANDOM_INTER_TOKEN.items() if ARCHITECTURE.get(f) == "SSM"]
@@ -304,10 +374,12 @@ def paper_agreement(frame: pd.DataFrame) -> list[str]:
             lines.append(f"- Random init ({arm}): not decided (the suite needs a Transformer and an SSM).")
         else:
             agree = tbm.min() > ssm.max()
-            lines.append(f"- Random init ({arm}): every Transformer above every SSM, as the paper's checkpoints "
-                         f"(lowest Transformer {min(paper_tbm):.3g} > highest SSM {max(paper_ssm):.3g}): "
-                         f"**{'agrees' if agree else 'disagrees'}** (lowest Transformer {tbm.min():.3g} "
-                         f"{'>' if agree else '<='} highest SSM {ssm.max():.3g}).")
+            lines.append(
+                f"- Random init ({arm}): every Transformer above every SSM, as the paper's checkpoints "
+                f"(lowest Transformer {min(paper_tbm):.3g} > highest SSM {max(paper_ssm):.3g}): "
+                f"**{'agrees' if agree else 'disagrees'}** (lowest Transformer {tbm.min():.3g} "
+                f"{'>' if agree else '<='} highest SSM {ssm.max():.3g})."
+            )
         for row in sub[sub.family.map(kind) == "SSM"].itertuples(index=False):
             ref = _trained_arm(frame, row.model)
             if ref is None:
@@ -318,9 +390,11 @@ def paper_agreement(frame: pd.DataFrame) -> list[str]:
                 verdict = "not decided (no noise estimate)"
             else:  # beyond noise and upwards
                 verdict = f"**{'agrees' if row.differs == 'yes' and gain > 0 else 'disagrees'}**"
-            lines.append(f"- Training raises {row.model}'s smoothing (SSM, vs {arm}): {verdict}: last-state "
-                         f"inter-token cosine trained {ref.inter_token_last:.3g} - untrained {row.inter_token_last:.3g} "
-                         f"= {gain:.3g} (3 SE {noise:.2g}).")
+            lines.append(
+                f"- Training raises {row.model}'s smoothing (SSM, vs {arm}): {verdict}: last-state "
+                f"inter-token cosine trained {ref.inter_token_last:.3g} - untrained {row.inter_token_last:.3g} "
+                f"= {gain:.3g} (3 SE {noise:.2g})."
+            )
     lines.append("")
     return lines
 
@@ -329,32 +403,51 @@ def _training_section(config: Config, root: Path) -> list[str]:
     table = training_table(config, root)
     if table.empty:
         return []
-    lines = ["## Controlled comparison: models trained by this workflow", "",
-             "These models were trained here from scratch with one recipe (docs/training.md): the same "
-             "text, token stream, token budget and optimiser, only the architecture differs. Their "
-             "`pretrained` arm is the trained model; the other arms re-initialise the same config. "
-             "Validation loss is in nats per token; `unigram_val_loss` is the loss of the training-split "
-             "token frequencies (a model not below it has learned frequencies only).", "",
-             markdown_table(table), ""]
+    lines = [
+        "## Controlled comparison: models trained by this workflow",
+        "",
+        "These models were trained here from scratch with one recipe (docs/training.md): the same "
+        "text, token stream, token budget and optimiser, only the architecture differs. Their "
+        "`pretrained` arm is the trained model; the other arms re-initialise the same config. "
+        "Validation loss is in nats per token; `unigram_val_loss` is the loss of the training-split "
+        "token frequencies (a model not below it has learned frequencies only).",
+        "",
+        markdown_table(table),
+        "",
+    ]
     controlled = controlled_table(config, root)
     fig = config.section("figures")
-    lines += [f"### Trained against random (length {fig['length']}, view {fig['view']})", "",
-              "F3.2.3: inter-token cosine (last state and mean over depth); F3.2.1: layerwise cosine "
-              "(mean over depth); F3.4.1: probe peak (relative depth of the peak, gap to the last "
-              "state). `differs`: last-state inter-token cosine differs from the trained arm's by more "
-              "than 3 standard errors over prompts; `probe_differs`: peak probe accuracy differs by more "
-              "than 3 standard deviations over probe seeds.", "", markdown_table(controlled), "",
-              controlled_verdict(controlled), ""]
+    lines += [
+        f"### Trained against random (length {fig['length']}, view {fig['view']})",
+        "",
+        "F3.2.3: inter-token cosine (last state and mean over depth); F3.2.1: layerwise cosine "
+        "(mean over depth); F3.4.1: probe peak (relative depth of the peak, gap to the last "
+        "state). `differs`: last-state inter-token cosine differs from the trained arm's by more "
+        "than 3 standard errors over prompts; `probe_differs`: peak probe accuracy differs by more "
+        "than 3 standard deviations over probe seeds.",
+        "",
+        markdown_table(controlled),
+        "",
+        controlled_verdict(controlled),
+        "",
+    ]
     findings = root / FINDINGS
     if findings.is_file():
         verdicts = pd.read_csv(findings, keep_default_na=False)
         verdicts = verdicts[verdicts.finding.isin(["F3.2.3", "F3.2.1", "F3.4.1"]) & (verdicts.view == fig["view"])]
-        lines += ["Verdicts on this suite (every model in the config counts; here the pretrained arm is trained "
-                  "under the controlled recipe):", "",
-                  markdown_table(verdicts[["finding", "arm", "verdict", "passed", "total"]]), ""]
+        lines += [
+            "Verdicts on this suite (every model in the config counts; here the pretrained arm is trained "
+            "under the controlled recipe):",
+            "",
+            markdown_table(verdicts[["finding", "arm", "verdict", "passed", "total"]]),
+            "",
+        ]
     lines += paper_agreement(controlled)
-    lines += ["The micro demo suite is far from the paper's scale and its text overlaps the MDQA prompts; the "
-              "GPU suite (config/matched.yaml) is the controlled answer.", ""]
+    lines += [
+        "The micro demo suite is far from the paper's scale and its text overlaps the MDQA prompts; the "
+        "GPU suite (config/matched.yaml) is the controlled answer.",
+        "",
+    ]
     return lines
 
 
@@ -418,8 +511,10 @@ li.fail{color:#b91c1c} li.pass{color:#166534} dt{font-weight:600;font-family:mon
 def _html_page(title: str, intro: str, body: str) -> bytes:
     from html import escape
 
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{escape(title)}</title>{_CSS}</head>"
-            f"<body><h2>{escape(title)}</h2><p>{intro}</p>{body}</body></html>").encode()
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{escape(title)}</title>{_CSS}</head>"
+        f"<body><h2>{escape(title)}</h2><p>{intro}</p>{body}</body></html>"
+    ).encode()
 
 
 def _html_table(frame: pd.DataFrame, text_cols=("model", "init", "view", "task", "store")) -> str:
@@ -428,8 +523,10 @@ def _html_table(frame: pd.DataFrame, text_cols=("model", "init", "view", "task",
     head = "".join(f"<th>{escape(str(c))}</th>" for c in frame.columns)
     rows = []
     for row in frame.astype(object).itertuples(index=False):
-        cells = "".join(f"<td class='{'text' if c in text_cols else ''}'>{escape(format_value(v))}</td>"
-                        for c, v in zip(frame.columns, row))
+        cells = "".join(
+            f"<td class='{'text' if c in text_cols else ''}'>{escape(format_value(v))}</td>"
+            for c, v in zip(frame.columns, row)
+        )
         rows.append(f"<tr>{cells}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
@@ -437,7 +534,9 @@ def _html_table(frame: pd.DataFrame, text_cols=("model", "init", "view", "task",
 def _definitions() -> str:
     from html import escape
 
-    return "<dl>" + "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in COLUMN_DEFINITIONS.items()) + "</dl>"
+    return (
+        "<dl>" + "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in COLUMN_DEFINITIONS.items()) + "</dl>"
+    )
 
 
 def _findings_html(root: Path) -> str:
@@ -446,17 +545,24 @@ def _findings_html(root: Path) -> str:
     table = pd.read_csv(root / FINDINGS, keep_default_na=False)
     rows = []
     for r in table.itertuples(index=False):
-        items = "".join(f"<li class='{'pass' if e.startswith('PASS') else 'fail'}'>{escape(e)}</li>"
-                        for e in filter(None, str(r.evidence).split("; ")))
+        items = "".join(
+            f"<li class='{'pass' if e.startswith('PASS') else 'fail'}'>{escape(e)}</li>"
+            for e in filter(None, str(r.evidence).split("; "))
+        )
         if r.not_run:
             items += f"<li>not run: {escape(str(r.not_run))}</li>"
         css = r.verdict.replace(" ", "")
-        rows.append(f"<tr><td class='text'><b>{r.finding}</b></td><td class='text'>{escape(r.arm)}</td>"
-                    f"<td class='text'>{escape(r.view)}</td><td class='text {css}'><b>{r.verdict}</b> ({r.passed}/{r.total})</td>"
-                    f"<td class='text'><ul>{items}</ul></td></tr>")
-    return ("<table><thead><tr><th>finding</th><th>arm</th><th>view</th><th>verdict (checks passed)</th>"
-            "<th>evidence: each check, measured number vs threshold</th></tr></thead><tbody>" + "".join(rows)
-            + "</tbody></table>")
+        rows.append(
+            f"<tr><td class='text'><b>{r.finding}</b></td><td class='text'>{escape(r.arm)}</td>"
+            f"<td class='text'>{escape(r.view)}</td><td class='text {css}'><b>{r.verdict}</b> ({r.passed}/{r.total})</td>"
+            f"<td class='text'><ul>{items}</ul></td></tr>"
+        )
+    return (
+        "<table><thead><tr><th>finding</th><th>arm</th><th>view</th><th>verdict (checks passed)</th>"
+        "<th>evidence: each check, measured number vs threshold</th></tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table>"
+    )
 
 
 def _markdown_html(text: str) -> str:
@@ -479,22 +585,37 @@ def write_html_tables(config: Config, paths: dict[str, str | Path], *, root: str
     claims = "".join(f"<li><b>{k}</b>: {v}</li>" for k, v in FINDINGS_TEXT.items())
     notes = "<ul>" + "".join(f"<li>{line[2:].replace('**', '')}</li>" for line in model_notes(config)) + "</ul>"
     pages = {
-        "findings": ("Verdicts on the paper's findings",
-                     "supports = every check passes; contradicts = every check fails; mixed = some pass; not run = the "
-                     "cells it needs were not run. Thresholds: config <code>findings:</code>, reasons in docs/findings.md."
-                     + notes, _findings_html(root) + f"<h3>The findings (paper §3)</h3><ul>{claims}</ul>"),
-        "table1": ("Table 1: mean over tasks", "Empty rows: the length exceeds the model's context (the paper's '-')."
-                   + notes, _html_table(table1) + "<h3>Columns</h3>" + _definitions()),
-        "table2": ("Table 2: per task", "Same columns as Table 1, one row per task." + notes,
-                   _html_table(table2) + "<h3>Columns</h3>" + _definitions()),
-        "provenance": ("Provenance", f"config sha256 <code>{config.digest()}</code>; reprflow {__version__}; "
-                       + ", ".join(f"{p} {_version(p)}" for p in PACKAGES)
-                       + f". Hash columns recorded per cell: {', '.join(hash_cols) or 'none'}.", _html_table(prov)),
+        "findings": (
+            "Verdicts on the paper's findings",
+            "supports = every check passes; contradicts = every check fails; mixed = some pass; not run = the "
+            "cells it needs were not run. Thresholds: config <code>findings:</code>, reasons in docs/findings.md."
+            + notes,
+            _findings_html(root) + f"<h3>The findings (paper §3)</h3><ul>{claims}</ul>",
+        ),
+        "table1": (
+            "Table 1: mean over tasks",
+            "Empty rows: the length exceeds the model's context (the paper's '-')." + notes,
+            _html_table(table1) + "<h3>Columns</h3>" + _definitions(),
+        ),
+        "table2": (
+            "Table 2: per task",
+            "Same columns as Table 1, one row per task." + notes,
+            _html_table(table2) + "<h3>Columns</h3>" + _definitions(),
+        ),
+        "provenance": (
+            "Provenance",
+            f"config sha256 <code>{config.digest()}</code>; reprflow {__version__}; "
+            + ", ".join(f"{p} {_version(p)}" for p in PACKAGES)
+            + f". Hash columns recorded per cell: {', '.join(hash_cols) or 'none'}.",
+            _html_table(prov),
+        ),
     }
     verdict = root / THEORY["verdict"]
     theory = verdict.read_text().split("\n", 1)[-1] if verdict.is_file() else "The theory check was not run."
-    pages["theory"] = ("Theory check: verdict (results/theory/verdict.md)",
-                       "The Monte Carlo check of the paper's §4; setting and scope in docs/theory.md.",
-                       _markdown_html(theory))
+    pages["theory"] = (
+        "Theory check: verdict (results/theory/verdict.md)",
+        "The Monte Carlo check of the paper's §4; setting and scope in docs/theory.md.",
+        _markdown_html(theory),
+    )
     for key, (title, intro, body) in pages.items():
         atomic_write_bytes(_html_page(title, intro, body), Path(paths[key]))

@@ -57,16 +57,27 @@ def figure_length(config: Config, model: ModelSpec, task: str | None = None) -> 
 def _all_cells(config: Config) -> list[Cell]:
     """Every (model, init, task, length) whose length fits the model, in config order: per model
     the paper tasks at each of ``lengths``, then each custom task it runs at its own length."""
-    return [Cell(m.name, i.name, t, n) for m in config.models
-            for n, tasks in [*((n, config.paper_tasks) for n in config.lengths),
-                             *((config.task_lengths(t)[0], [t]) for t in config.custom_tasks)]
-            if m.fits(n) for i in config.inits for t in tasks if config.runs_task(m.name, t)]
+    return [
+        Cell(m.name, i.name, t, n)
+        for m in config.models
+        for n, tasks in [
+            *((n, config.paper_tasks) for n in config.lengths),
+            *((config.task_lengths(t)[0], [t]) for t in config.custom_tasks),
+        ]
+        if m.fits(n)
+        for i in config.inits
+        for t in tasks
+        if config.runs_task(m.name, t)
+    ]
 
 
 def token_cells(config: Config) -> list[Cell]:
     """Cells whose token metrics exist when the workflow ran (see the module docstring)."""
-    return [c for c in _all_cells(config) if init_scope(config, c.init) == "all"
-            or c.length == figure_length(config, config.model(c.model), c.task)]
+    return [
+        c
+        for c in _all_cells(config)
+        if init_scope(config, c.init) == "all" or c.length == figure_length(config, config.model(c.model), c.task)
+    ]
 
 
 def probe_cells(config: Config) -> list[Cell]:
@@ -115,8 +126,9 @@ def _cell_files(cell_list: list[Cell], pattern: str, missing_ok: bool) -> list[t
 def probe_curves(config: Config, root: str | Path = ".", *, missing_ok: bool = False) -> pd.DataFrame:
     """Per-layer probe accuracy: one row per (cell, view, state_index, seed)."""
     root = Path(root)
-    frames = [_with_cell(pd.read_csv(path), c)
-              for c, path in _cell_files(probe_cells(config), str(root / PROBES), missing_ok)]
+    frames = [
+        _with_cell(pd.read_csv(path), c) for c, path in _cell_files(probe_cells(config), str(root / PROBES), missing_ok)
+    ]
     return _concat(frames, ["view", "state_index", "state_name", "seed", "val_accuracy", "train_accuracy"])
 
 
@@ -128,9 +140,18 @@ def probe_classes(config: Config, root: str | Path = ".", *, missing_ok: bool = 
         data = _read_json(path.with_suffix(".json"))
         for view, values in data.items():
             if isinstance(values, dict) and "n_classes" in values:
-                rows.append({"model": c.model, "init": c.init, "task": c.task, "length": c.length, "view": view,
-                             "n_classes": int(values["n_classes"]), "n_train": values.get("n_train"),
-                             "n_val": values.get("n_val")})
+                rows.append(
+                    {
+                        "model": c.model,
+                        "init": c.init,
+                        "task": c.task,
+                        "length": c.length,
+                        "view": view,
+                        "n_classes": int(values["n_classes"]),
+                        "n_train": values.get("n_train"),
+                        "n_val": values.get("n_val"),
+                    }
+                )
     return pd.DataFrame(rows, columns=["model", "init", "task", "length", "view", "n_classes", "n_train", "n_val"])
 
 
@@ -151,8 +172,16 @@ def smoothness_stability(config: Config, root: str | Path = ".", *, missing_ok: 
         for view, values in _read_json(path).items():
             if view == "provenance":
                 continue
-            rows.append({"model": c.model, "init": c.init, "task": c.task, "length": c.length, "view": view,
-                         **{k: float(values.get(k, np.nan)) for k in SCALAR_KEYS}})
+            rows.append(
+                {
+                    "model": c.model,
+                    "init": c.init,
+                    "task": c.task,
+                    "length": c.length,
+                    "view": view,
+                    **{k: float(values.get(k, np.nan)) for k in SCALAR_KEYS},
+                }
+            )
     return pd.DataFrame(rows, columns=["model", "init", "task", "length", "view", *SCALAR_KEYS])
 
 
@@ -172,8 +201,11 @@ def provenance(config: Config, root: str | Path = ".") -> pd.DataFrame:
     rows = []
     probe_set = set(probe_cells(config))
     for c in token_cells(config) + [c for c in probe_cells(config) if c not in set(token_cells(config))]:
-        path = Path(root) / (c.fmt(PROBES).replace(".csv", ".json") if c in probe_set
-                             else c.fmt(TOKEN_METRICS) + "/smoothness_stability.json")
+        path = Path(root) / (
+            c.fmt(PROBES).replace(".csv", ".json")
+            if c in probe_set
+            else c.fmt(TOKEN_METRICS) + "/smoothness_stability.json"
+        )
         prov = _read_json(path).get("provenance", {})
         prov = {k: v for k, v in prov.items() if not isinstance(v, (dict, list))}
         rows.append({"model": c.model, "init": c.init, "task": c.task, "length": c.length, **prov})

@@ -36,13 +36,25 @@ from reprflow.pipeline.results import probe_classes, probe_curves, smoothness_st
 
 logger = logging.getLogger(__name__)
 
-VALUE_COLUMNS = ["chance", "last_acc", "last_acc_std", "peak_layer", "peak_acc", "peak_acc_std", "gap",
-                 "Sm", "St", "Sm_rel", "St_rel", "n_seeds"]
+VALUE_COLUMNS = [
+    "chance",
+    "last_acc",
+    "last_acc_std",
+    "peak_layer",
+    "peak_acc",
+    "peak_acc_std",
+    "gap",
+    "Sm",
+    "St",
+    "Sm_rel",
+    "St_rel",
+    "n_seeds",
+]
 COLUMN_DEFINITIONS = {
     "model": "model name (config.models[].name)",
     "init": "weight initialisation (config.inits[].name); pretrained = the hub checkpoint",
     "view": "layer view: hf = the L+1 hidden_states transformers returns (embeddings, blocks, the last "
-            "one after the final norm); residual = the L+1 pre-norm residual stream (embeddings, blocks)",
+    "one after the final norm); residual = the L+1 pre-norm residual stream (embeddings, blocks)",
     "task": "kvpr (key-value retrieval), mdqa (multi-document QA) or a custom task (config.custom_tasks)",
     "length": "target prompt length n in tokens (a custom task: its length, the cap on its prompts)",
     "chance": "chance accuracy 1/C of the probe (C = number of classes; mean of 1/C over tasks in Table 1)",
@@ -67,16 +79,22 @@ def _summarise(per_seed: pd.DataFrame) -> pd.Series:
     mean = wide.mean(axis=1).round(_NOISE_DECIMALS).to_numpy()
     std = wide.std(axis=1, ddof=0).round(_NOISE_DECIMALS).to_numpy()
     peak, last = int(np.argmax(mean)), len(mean) - 1
-    return pd.Series({
-        "last_acc": mean[last], "last_acc_std": std[last], "peak_layer": int(wide.index[peak]),
-        "peak_acc": mean[peak], "peak_acc_std": std[peak],
-        "gap": 0.0 if peak == last else round(mean[peak] - mean[last], _NOISE_DECIMALS),
-        "n_seeds": wide.shape[1],
-    })
+    return pd.Series(
+        {
+            "last_acc": mean[last],
+            "last_acc_std": std[last],
+            "peak_layer": int(wide.index[peak]),
+            "peak_acc": mean[peak],
+            "peak_acc_std": std[peak],
+            "gap": 0.0 if peak == last else round(mean[peak] - mean[last], _NOISE_DECIMALS),
+            "n_seeds": wide.shape[1],
+        }
+    )
 
 
-def table_from_frames(config: Config, probes: pd.DataFrame, sm_st: pd.DataFrame, classes: pd.DataFrame,
-                      *, by_task: bool) -> pd.DataFrame:
+def table_from_frames(
+    config: Config, probes: pd.DataFrame, sm_st: pd.DataFrame, classes: pd.DataFrame, *, by_task: bool
+) -> pd.DataFrame:
     """Table 1 (``by_task=False``) or Table 2 from the frames of :mod:`reprflow.pipeline.results`;
     every (model, table init, view, [task,] length) of the config gets a row, empty if not run."""
     keys = ["model", "init", "view"] + (["task"] if by_task else []) + ["length"]
@@ -86,12 +104,15 @@ def table_from_frames(config: Config, probes: pd.DataFrame, sm_st: pd.DataFrame,
     per_seed = probes.groupby(keys + ["seed", "state_index"], as_index=False)["val_accuracy"].mean()
     per_seed = per_seed.rename(columns={"val_accuracy": "acc"})
     if per_seed.empty:
-        summary = pd.DataFrame(columns=keys + ["last_acc", "last_acc_std", "peak_layer", "peak_acc",
-                                               "peak_acc_std", "gap", "n_seeds"])
+        summary = pd.DataFrame(
+            columns=keys + ["last_acc", "last_acc_std", "peak_layer", "peak_acc", "peak_acc_std", "gap", "n_seeds"]
+        )
     else:
         summary = per_seed.groupby(keys).apply(_summarise, include_groups=False).reset_index()
     scalars = sm_st.groupby(keys, as_index=False)[["Sm", "St", "Sm_rel", "St_rel"]].mean()
-    chance = classes.assign(chance=1.0 / classes["n_classes"].astype(float)).groupby(keys, as_index=False)["chance"].mean()
+    chance = (
+        classes.assign(chance=1.0 / classes["n_classes"].astype(float)).groupby(keys, as_index=False)["chance"].mean()
+    )
     table = summary.merge(scalars, on=keys, how="outer").merge(chance, on=keys, how="left")
 
     # full grid in config order, so skipped (model, length) cells appear as empty rows
@@ -113,13 +134,17 @@ def table_from_frames(config: Config, probes: pd.DataFrame, sm_st: pd.DataFrame,
     return table[keys + VALUE_COLUMNS]
 
 
-def build_tables(config: Config, root: str | Path = ".", *, missing_ok: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+def build_tables(
+    config: Config, root: str | Path = ".", *, missing_ok: bool = False
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Table 1 (mean over tasks) and Table 2 (per task) as DataFrames."""
     probes = probe_curves(config, root, missing_ok=missing_ok)
     sm_st = smoothness_stability(config, root, missing_ok=missing_ok)
     classes = probe_classes(config, root, missing_ok=missing_ok)
-    return (table_from_frames(config, probes, sm_st, classes, by_task=False),
-            table_from_frames(config, probes, sm_st, classes, by_task=True))
+    return (
+        table_from_frames(config, probes, sm_st, classes, by_task=False),
+        table_from_frames(config, probes, sm_st, classes, by_task=True),
+    )
 
 
 def write_tables(config: Config, table1_path: str | Path, table2_path: str | Path, *, root: str | Path = ".") -> None:

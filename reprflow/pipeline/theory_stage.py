@@ -198,9 +198,7 @@ def _figure(stab: pd.DataFrame, depth: pd.DataFrame, path: Path) -> None:
     e = stab[(stab.quantity == "energy") & (stab.weight_source == "scheme")]
     sigmas = sorted(e.sigma2.unique())
     rows = 1 if depth.empty else 2
-    fig, axes = plt.subplots(
-        rows, len(sigmas), figsize=(4 * len(sigmas), 3.4 * rows), squeeze=False
-    )
+    fig, axes = plt.subplots(rows, len(sigmas), figsize=(4 * len(sigmas), 3.4 * rows), squeeze=False)
     colors = {"transformer": "tab:blue", "mamba": "tab:orange"}
     styles = {"exact": ("-", "o"), "linearized": ("--", "s"), "closed_form": (":", "x")}
     for ax, s2 in zip(axes[0], sigmas, strict=True):

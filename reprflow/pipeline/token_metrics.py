@@ -82,6 +82,8 @@ def position_bins(n_bins: int, shortest: int) -> int:
     ``n_bins``, or ``shortest`` when fewer (short custom prompts), so no bin is empty. The
     paper's prompts (>= 285 tokens) always get ``n_bins``."""
     return max(1, min(int(n_bins), int(shortest)))
+
+
 MAX_TOKENS_IN_MEMORY = 1024
 """Default token positions per float64 chunk for the cosine, Sm and St accumulators."""
 PRECISIONS = ("float64", "mixed")
@@ -96,8 +98,10 @@ def _no_timer(_name: str) -> contextlib.AbstractContextManager:
 def check_precision(precision: str, *, key: str = "metrics.precision") -> str:
     """``precision`` if it is one of :data:`PRECISIONS`, else a ConfigError naming ``key``."""
     if precision not in PRECISIONS:
-        raise ConfigError(f"{key} is {precision!r}; expected one of {list(PRECISIONS)} (float64 is the reference, "
-                          "mixed the fast streamed path)")
+        raise ConfigError(
+            f"{key} is {precision!r}; expected one of {list(PRECISIONS)} (float64 is the reference, "
+            "mixed the fast streamed path)"
+        )
     return precision
 
 
@@ -140,16 +144,12 @@ def _check_store(
         raise ConfigError(f"{path}: no layer view requested; pass views=('hf', 'residual')")
     unknown = [v for v in views if v not in stored_views]
     if unknown:
-        raise StoreError(
-            f"{path}: view(s) {unknown} not in the store attrs 'views' (has {sorted(stored_views)})"
-        )
+        raise StoreError(f"{path}: view(s) {unknown} not in the store attrs 'views' (has {sorted(stored_views)})")
     view_indices = {}
     for v in views:
         idx = [int(i) for i in stored_views[v]]
         if len(idx) < 3 or any(not 0 <= i < k_all for i in idx):
-            raise StoreError(
-                f"{path}: view {v!r} lists states {idx}; need >= 3 indices in [0, {k_all})"
-            )
+            raise StoreError(f"{path}: view {v!r} lists states {idx}; need >= 3 indices in [0, {k_all})")
         view_indices[v] = idx
     if n_prompts == 0:
         raise StoreError(f"{path}: 'tokens' holds no prompt; configure n_token_prompts >= 1")
@@ -191,9 +191,7 @@ def _stream_metrics(h: torch.Tensor, *, n_bins: int, chunk: int, timer=_no_timer
     }
 
 
-def _union_cka(
-    h: torch.Tensor, *, debiased_cka: bool
-) -> tuple[np.ndarray, np.ndarray | None]:
+def _union_cka(h: torch.Tensor, *, debiased_cka: bool) -> tuple[np.ndarray, np.ndarray | None]:
     """CKA over the union of the views' states, once; a view's matrix is a sub-matrix.
 
     CKA[k, l] depends only on states k and l, so slicing the union matrix gives exactly
@@ -268,8 +266,12 @@ def prompt_metrics(
     if precision == "mixed":
         try:
             per_view = prompt_metrics_mixed(
-                prompt[state_selector(union)], {v: [position[k] for k in idx] for v, idx in view_indices.items()},
-                debiased_cka=debiased_cka, n_bins=n_bins, chunk=chunk, timer=timer,
+                prompt[state_selector(union)],
+                {v: [position[k] for k in idx] for v, idx in view_indices.items()},
+                debiased_cka=debiased_cka,
+                n_bins=n_bins,
+                chunk=chunk,
+                timer=timer,
             )
         except ValueError as exc:
             raise error(f"{where}, states {union} (precision mixed): {exc}") from exc
@@ -355,9 +357,7 @@ def compute_token_metrics(
         )
     check_precision(precision)
     group = open_activations(store_path)
-    view_indices, state_names, lengths = _check_store(
-        group, path, views, min_tokens=4 if debiased_cka else 2
-    )
+    view_indices, state_names, lengths = _check_store(group, path, views, min_tokens=4 if debiased_cka else 2)
     attrs = group.attrs
     tokens = group["tokens"]
     n_bins = position_bins(n_bins, int(lengths.min())) if len(lengths) else n_bins
@@ -369,8 +369,14 @@ def compute_token_metrics(
         n = int(lengths[i])
         prompt = torch.from_numpy(np.ascontiguousarray(tokens[:, i, :n, :])).to(dev)
         per_view = prompt_metrics(
-            prompt, view_indices, debiased_cka=debiased_cka, n_bins=n_bins, chunk=max_tokens_in_memory,
-            where=f"{path}: token prompt {i}", error=StoreError, precision=precision,
+            prompt,
+            view_indices,
+            debiased_cka=debiased_cka,
+            n_bins=n_bins,
+            chunk=max_tokens_in_memory,
+            where=f"{path}: token prompt {i}",
+            error=StoreError,
+            precision=precision,
         )
         for v in views:
             results[v].prompts.append(per_view[v])
@@ -378,7 +384,12 @@ def compute_token_metrics(
     elapsed = time.perf_counter() - t0
     logger.info(
         "%s: %d prompts, %d tokens, %d views in %.1f s (%.0f tokens/s)",
-        path, len(lengths), n_done, len(views), elapsed, n_done / max(elapsed, 1e-9),
+        path,
+        len(lengths),
+        n_done,
+        len(views),
+        elapsed,
+        n_done / max(elapsed, 1e-9),
     )
 
     provenance = {
@@ -388,9 +399,7 @@ def compute_token_metrics(
         "n_bins": n_bins,
         "precision": precision,
     }
-    return write_token_metrics(
-        out, results, view_indices, state_names, provenance, path, debiased_cka=debiased_cka
-    )
+    return write_token_metrics(out, results, view_indices, state_names, provenance, path, debiased_cka=debiased_cka)
 
 
 def write_token_metrics(
@@ -423,15 +432,29 @@ def write_token_metrics(
         inter = res.stack(lambda p: p.inter_token)  # [P, K]
         for k, name in enumerate(names):
             inter_rows.append(
-                {"view": v, "state_index": k, "state_name": name, "mean": inter[:, k].mean(),
-                 "std": inter[:, k].std(), "n_prompts": n_prompts, **prov_cols}
+                {
+                    "view": v,
+                    "state_index": k,
+                    "state_name": name,
+                    "mean": inter[:, k].mean(),
+                    "std": inter[:, k].std(),
+                    "n_prompts": n_prompts,
+                    **prov_cols,
+                }
             )
         layer = res.stack(lambda p: p.layerwise_mean)  # [P, K-1]
         for k in range(len(names) - 1):
             layer_rows.append(
-                {"view": v, "pair_index": k, "from_state": names[k], "to_state": names[k + 1],
-                 "mean": layer[:, k].mean(), "std": layer[:, k].std(), "n_prompts": n_prompts,
-                 **prov_cols}
+                {
+                    "view": v,
+                    "pair_index": k,
+                    "from_state": names[k],
+                    "to_state": names[k + 1],
+                    "mean": layer[:, k].mean(),
+                    "std": layer[:, k].std(),
+                    "n_prompts": n_prompts,
+                    **prov_cols,
+                }
             )
         binned = res.stack(lambda p: p.layerwise_binned)  # [P, K-1, n_bins]
         empty = np.isnan(binned).all(axis=0)
@@ -447,12 +470,18 @@ def write_token_metrics(
             arrays[f"cka_debiased_{v}.npy"] = res.stack(lambda p: p.cka_debiased).mean(axis=0)
         sm, st = res.stack(lambda p: p.sm), res.stack(lambda p: p.st)
         sm_rel, st_rel = res.stack(lambda p: p.sm_rel), res.stack(lambda p: p.st_rel)
-        scalars[v] = {"Sm": float(sm.mean()), "St": float(st.mean()), "Sm_std": float(sm.std()),
-                      "St_std": float(st.std()), "Sm_rel": float(sm_rel.mean()),
-                      "St_rel": float(st_rel.mean()), "Sm_rel_std": float(sm_rel.std()),
-                      "St_rel_std": float(st_rel.std()),
-                      "state_rms": float(res.stack(lambda p: p.state_rms).mean()),
-                      "n_prompts": n_prompts}
+        scalars[v] = {
+            "Sm": float(sm.mean()),
+            "St": float(st.mean()),
+            "Sm_std": float(sm.std()),
+            "St_std": float(st.std()),
+            "Sm_rel": float(sm_rel.mean()),
+            "St_rel": float(st_rel.mean()),
+            "Sm_rel_std": float(sm_rel.std()),
+            "St_rel_std": float(st_rel.std()),
+            "state_rms": float(res.stack(lambda p: p.state_rms).mean()),
+            "n_prompts": n_prompts,
+        }
 
     inter_df, layer_df = pd.DataFrame(inter_rows), pd.DataFrame(layer_rows)
     for what, value in [

@@ -72,9 +72,16 @@ def extract_with_streamed_token_metrics(
     ids = token_prompt_ids(len(prompts), n_token_prompts)
     if ids and all("n_tokens" in prompts[i] for i in ids):  # as the store path: no empty bin for short prompts
         n_bins = position_bins(n_bins, min(int(prompts[i]["n_tokens"]) for i in ids))
-    sink = TokenMetricsSink(ids, views=views, debiased_cka=debiased_cka, n_bins=n_bins,
-                            max_tokens_in_memory=max_tokens_in_memory, precision=precision,
-                            overlap=extract_kwargs.get("overlap", True))
-    summary = extract_activations(model, tokenizer, prompts, store_path, n_token_prompts=0, attrs=attrs,
-                                  sinks=[sink], **extract_kwargs)
+    sink = TokenMetricsSink(
+        ids,
+        views=views,
+        debiased_cka=debiased_cka,
+        n_bins=n_bins,
+        max_tokens_in_memory=max_tokens_in_memory,
+        precision=precision,
+        overlap=extract_kwargs.get("overlap", True),
+    )
+    summary = extract_activations(
+        model, tokenizer, prompts, store_path, n_token_prompts=0, attrs=attrs, sinks=[sink], **extract_kwargs
+    )
     return summary, sink.write(metrics_dir, source=store_path, attrs=attrs)

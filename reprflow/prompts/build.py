@@ -191,8 +191,13 @@ def build_prompt_set(
         ) | {"choice": "uniform sample of the pool without replacement, shuffled, per prompt"}
 
     cal = calibrate_item_count(
-        sampler, tokenizer, target_tokens=target_tokens, tolerance=tolerance, max_tokens=max_tokens,
-        sample_size=calibration_size or DEFAULT_CALIBRATION_SIZE[task], label=label,
+        sampler,
+        tokenizer,
+        target_tokens=target_tokens,
+        tolerance=tolerance,
+        max_tokens=max_tokens,
+        sample_size=calibration_size or DEFAULT_CALIBRATION_SIZE[task],
+        label=label,
     )
     n_items = cal.n_items
     labels = balanced_labels(n_prompts, n_items, prompt_rng(seed_key, LABEL_STREAM))
@@ -259,8 +264,7 @@ def build_prompt_set(
         "label_counts": np.bincount(labels, minlength=n_items).tolist(),
         "sources": sources,
         **extra,
-        "template": "Liu et al. 2024 lost-in-the-middle "
-        + ("kv_retrieval.prompt" if task == "kvpr" else "qa.prompt"),
+        "template": "Liu et al. 2024 lost-in-the-middle " + ("kv_retrieval.prompt" if task == "kvpr" else "qa.prompt"),
         "reprflow_version": __version__,
     }
     return records, manifest

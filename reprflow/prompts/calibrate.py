@@ -261,8 +261,7 @@ def calibrate_item_count(
             f"under max_tokens={max_tokens}; {near}. {why}"
         )
     logger.info(
-        "%s: n_items=%d, calibration median %.1f (%+.2f%%), %.0f%% of prompts redrawn or steered; "
-        "natural medians %s",
+        "%s: n_items=%d, calibration median %.1f (%+.2f%%), %.0f%% of prompts redrawn or steered; natural medians %s",
         label,
         best.n_items,
         best.median,

@@ -87,17 +87,22 @@ def read_user_jsonl(path: str | os.PathLike, *, require_label: bool = True) -> l
             raise PromptError(f"{where}: 'prompt' is empty; give it text or delete the line")
         if "label" not in rec:
             if require_label:
-                raise PromptError(f"{where}: no 'label' key; add the prompt's class as an int >= 0, e.g. "
-                                  f'"label": 0 ({RECORD_HELP})')
+                raise PromptError(
+                    f"{where}: no 'label' key; add the prompt's class as an int >= 0, e.g. \"label\": 0 ({RECORD_HELP})"
+                )
             label = -1
         else:
             label = rec["label"]
             if not _is_int(label) or label < 0:
-                raise PromptError(f"{where}: 'label' must be an int >= 0 (the probe's class), got {label!r}; write "
-                                  "it as a bare integer (no quotes, no decimals), e.g. \"label\": 1")
+                raise PromptError(
+                    f"{where}: 'label' must be an int >= 0 (the probe's class), got {label!r}; write "
+                    'it as a bare integer (no quotes, no decimals), e.g. "label": 1'
+                )
         if prompt in seen:
-            raise PromptError(f"{where}: same prompt as line {seen[prompt]}; a prompt set holds no two equal prompts "
-                              "(they would land on both sides of the probe split): delete one of them")
+            raise PromptError(
+                f"{where}: same prompt as line {seen[prompt]}; a prompt set holds no two equal prompts "
+                "(they would land on both sides of the probe split): delete one of them"
+            )
         seen[prompt] = n
         records.append({"prompt": prompt, "label": int(label), "line": n})
     if not records:
@@ -119,8 +124,10 @@ def read_custom_task(name: str, spec: Mapping, *, root: str | os.PathLike = ".")
         raise PromptError(f"{key}: {exc}") from None
     labels = sorted({r["label"] for r in records})
     if len(labels) < 2:
-        raise PromptError(f"{key}: {path}: all {len(records)} records have label {labels[0]}; a probe needs two "
-                          "classes or more: label the prompts by what the probe should tell apart")
+        raise PromptError(
+            f"{key}: {path}: all {len(records)} records have label {labels[0]}; a probe needs two "
+            "classes or more: label the prompts by what the probe should tell apart"
+        )
     return records
 
 
@@ -136,8 +143,9 @@ def check_custom_tasks(config, *, root: str | os.PathLike = ".") -> None:
         read_custom_task(name, spec, root=root)
 
 
-def build_custom_prompt_set(name: str, spec: Mapping, *, tokenizer_name: str, max_tokens: int | None = None,
-                            root: str | os.PathLike = ".") -> tuple[list[dict], dict]:
+def build_custom_prompt_set(
+    name: str, spec: Mapping, *, tokenizer_name: str, max_tokens: int | None = None, root: str | os.PathLike = "."
+) -> tuple[list[dict], dict]:
     """The records and manifest of a custom task's prompt set under one tokenizer (nothing written).
 
     Parameters
@@ -174,8 +182,11 @@ def build_custom_prompt_set(name: str, spec: Mapping, *, tokenizer_name: str, ma
     too_long = np.flatnonzero(n_tokens > cap)
     if too_long.size:
         i = int(too_long[0])
-        why = (f"config.custom_tasks.{name}.length = {length}" if cap == length
-               else f"the context window {cap} of a model reading it")
+        why = (
+            f"config.custom_tasks.{name}.length = {length}"
+            if cap == length
+            else f"the context window {cap} of a model reading it"
+        )
         raise PromptError(
             f"config.custom_tasks.{name}.jsonl: {path} line {records[i]['line']}: the prompt has {n_tokens[i]} tokens "
             f"under tokenizer {tokenizer_name}, above {why} ({too_long.size} prompt(s) too long, the longest "
@@ -183,8 +194,16 @@ def build_custom_prompt_set(name: str, spec: Mapping, *, tokenizer_name: str, ma
         )
     n_classes = max(r["label"] for r in records) + 1
     out = [
-        {"id": f"{name}-{i:06d}", "task": name, "prompt": r["prompt"], "label": r["label"], "n_items": n_classes,
-         "n_tokens": int(n_tokens[i]), "answer": None, "group": i}
+        {
+            "id": f"{name}-{i:06d}",
+            "task": name,
+            "prompt": r["prompt"],
+            "label": r["label"],
+            "n_items": n_classes,
+            "n_tokens": int(n_tokens[i]),
+            "answer": None,
+            "group": i,
+        }
         for i, r in enumerate(records)
     ]
     manifest = {
@@ -196,8 +215,12 @@ def build_custom_prompt_set(name: str, spec: Mapping, *, tokenizer_name: str, ma
         "n_prompts": len(out),
         "max_tokens": cap,
         "n_items": n_classes,
-        "achieved": {"median": float(np.median(n_tokens)), "min": int(n_tokens.min()), "max": int(n_tokens.max()),
-                     "mean": float(n_tokens.mean())},
+        "achieved": {
+            "median": float(np.median(n_tokens)),
+            "min": int(n_tokens.min()),
+            "max": int(n_tokens.max()),
+            "mean": float(n_tokens.mean()),
+        },
         "label_counts": np.bincount([r["label"] for r in out], minlength=n_classes).tolist(),
         "sources": {"jsonl": {"path": str(spec["jsonl"]), "sha256": sha256_file(path)}},
         "reprflow_version": __version__,

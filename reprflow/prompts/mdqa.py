@@ -165,7 +165,13 @@ class MDQAPlan:
     """
 
     def __init__(
-        self, sampler: MDQASampler, *, n_items: int, order: np.ndarray, n_excluded: int, stream: int,
+        self,
+        sampler: MDQASampler,
+        *,
+        n_items: int,
+        order: np.ndarray,
+        n_excluded: int,
+        stream: int,
         min_lengths: np.ndarray,
     ):
         self.sampler = sampler
@@ -292,6 +298,10 @@ class MDQASampler:
         reps = -(-n_prompts // len(fits))
         order = np.concatenate([rng.permutation(fits) for _ in range(reps)])[:n_prompts]
         return MDQAPlan(
-            self, n_items=n_items, order=order, n_excluded=len(self.examples) - len(fits), stream=stream,
+            self,
+            n_items=n_items,
+            order=order,
+            n_excluded=len(self.examples) - len(fits),
+            stream=stream,
             min_lengths=min_lengths,
         )

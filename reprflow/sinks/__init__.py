@@ -21,5 +21,13 @@ from reprflow.sinks.metrics import TokenMetricsSink
 from reprflow.sinks.store import ZarrStoreSink
 from reprflow.sinks.thread import BackgroundWriter
 
-__all__ = ["BackgroundWriter", "CapturedStates", "MemorySink", "RunInfo", "Sink", "TokenMetricsSink",
-           "ZarrStoreSink", "feed"]
+__all__ = [
+    "BackgroundWriter",
+    "CapturedStates",
+    "MemorySink",
+    "RunInfo",
+    "Sink",
+    "TokenMetricsSink",
+    "ZarrStoreSink",
+    "feed",
+]

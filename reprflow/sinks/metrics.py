@@ -67,16 +67,25 @@ class TokenMetricsSink:
 
     name = "token_metrics"
 
-    def __init__(self, prompt_ids: Iterable[int], *, views: Sequence[str] = ("hf", "residual"),
-                 debiased_cka: bool = True, n_bins: int = N_BINS,
-                 max_tokens_in_memory: int = MAX_TOKENS_IN_MEMORY, overlap: bool = True,
-                 precision: str = "float64") -> None:
+    def __init__(
+        self,
+        prompt_ids: Iterable[int],
+        *,
+        views: Sequence[str] = ("hf", "residual"),
+        debiased_cka: bool = True,
+        n_bins: int = N_BINS,
+        max_tokens_in_memory: int = MAX_TOKENS_IN_MEMORY,
+        overlap: bool = True,
+        precision: str = "float64",
+    ) -> None:
         self.token_prompts = frozenset(int(i) for i in prompt_ids)
         if not self.token_prompts:
             raise ConfigError("streamed token metrics need at least one prompt (n_token_prompts >= 1)")
         if max_tokens_in_memory < 1 or n_bins < 1:
-            raise ConfigError(f"TokenMetricsSink: max_tokens_in_memory and n_bins must be >= 1, got "
-                              f"{max_tokens_in_memory} and {n_bins}")
+            raise ConfigError(
+                f"TokenMetricsSink: max_tokens_in_memory and n_bins must be >= 1, got "
+                f"{max_tokens_in_memory} and {n_bins}"
+            )
         self.precision = check_precision(precision)
         self.views = tuple(views)
         self.debiased_cka = debiased_cka
@@ -91,8 +100,10 @@ class TokenMetricsSink:
     def start(self, info: RunInfo) -> None:
         unknown = [v for v in self.views if v not in info.views]
         if unknown or not self.views:
-            raise ConfigError(f"token metrics: view(s) {unknown or list(self.views)} unknown; the model has views "
-                              f"{sorted(info.views)}")
+            raise ConfigError(
+                f"token metrics: view(s) {unknown or list(self.views)} unknown; the model has views "
+                f"{sorted(info.views)}"
+            )
         outside = sorted(i for i in self.token_prompts if not 0 <= i < info.n_prompts)
         if outside:
             raise ConfigError(f"token metrics: prompt ids {outside[:5]} outside the {info.n_prompts} prompts")
@@ -113,8 +124,14 @@ class TokenMetricsSink:
         pid, states, event = item
         with torch.inference_mode(), on_side_stream([states], event, name="token-metrics"):
             self.results[pid] = prompt_metrics(
-                states, self.view_indices, debiased_cka=self.debiased_cka, n_bins=self.n_bins, chunk=self.chunk,
-                where=f"streamed token metrics, prompt {pid}", error=ReprflowError, precision=self.precision,
+                states,
+                self.view_indices,
+                debiased_cka=self.debiased_cka,
+                n_bins=self.n_bins,
+                chunk=self.chunk,
+                where=f"streamed token metrics, prompt {pid}",
+                error=ReprflowError,
+                precision=self.precision,
             )
 
     def profile(self) -> dict[str, float]:
@@ -122,8 +139,7 @@ class TokenMetricsSink:
         results read back included), the caller blocked on a full queue (``stall``) and
         waiting for the last prompts at the end (``drain``)."""
         t = self._thread
-        return {"compute": t.busy_s if t else 0.0, "stall": t.stall_s if t else 0.0,
-                "drain": t.drain_s if t else 0.0}
+        return {"compute": t.busy_s if t else 0.0, "stall": t.stall_s if t else 0.0, "drain": t.drain_s if t else 0.0}
 
     def close(self) -> None:
         if self._thread is not None:
@@ -141,8 +157,9 @@ class TokenMetricsSink:
         order = sorted(self.results)
         return {v: ViewResults(prompts=[self.results[p][v] for p in order]) for v in self.views}
 
-    def write(self, out_dir: str | os.PathLike, *, source: str | os.PathLike,
-              attrs: Mapping[str, Any]) -> dict[str, Path]:
+    def write(
+        self, out_dir: str | os.PathLike, *, source: str | os.PathLike, attrs: Mapping[str, Any]
+    ) -> dict[str, Path]:
         """Write the aggregated metrics, the same files as the store-then-compute path.
 
         Parameters
@@ -165,6 +182,12 @@ class TokenMetricsSink:
             "n_bins": self.n_bins,
             "precision": self.precision,
         }
-        return write_token_metrics(Path(out_dir), self.view_results(), self.view_indices,
-                                   list(self.info.state_names), provenance, Path(source),
-                                   debiased_cka=self.debiased_cka)
+        return write_token_metrics(
+            Path(out_dir),
+            self.view_results(),
+            self.view_indices,
+            list(self.info.state_names),
+            provenance,
+            Path(source),
+            debiased_cka=self.debiased_cka,
+        )

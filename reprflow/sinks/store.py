@@ -111,13 +111,23 @@ class ZarrStoreSink:
 
     name = "store"
 
-    def __init__(self, path: str | os.PathLike, spec: StoreSpec, *, attrs: Mapping[str, Any],
-                 labels: np.ndarray, n_tokens: np.ndarray, lengths: np.ndarray,
-                 content_sha256: str | Callable[[], str], overlap: bool = True) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        spec: StoreSpec,
+        *,
+        attrs: Mapping[str, Any],
+        labels: np.ndarray,
+        n_tokens: np.ndarray,
+        lengths: np.ndarray,
+        content_sha256: str | Callable[[], str],
+        overlap: bool = True,
+    ) -> None:
         self.path = Path(path)
         self.spec = spec
-        self.writer = StoreWriter(path, spec, attrs=attrs, labels=labels, n_tokens=n_tokens, lengths=lengths,
-                                  content_sha256=content_sha256)
+        self.writer = StoreWriter(
+            path, spec, attrs=attrs, labels=labels, n_tokens=n_tokens, lengths=lengths, content_sha256=content_sha256
+        )
         self.token_prompts = frozenset(spec.token_prompt_ids)
         self.overlap = overlap
         self.pending_windows: list[int] = []
@@ -140,15 +150,19 @@ class ZarrStoreSink:
         """Say on the console that a partial store is resumed (or was restarted), and how far it is."""
         spec, writer = self.spec, self.writer
         if writer.restart_reason is not None:
-            console(f"{writer.partial}: a partial store from another run ({writer.restart_reason}) was deleted; "
-                    "starting over")
+            console(
+                f"{writer.partial}: a partial store from another run ({writer.restart_reason}) was deleted; "
+                "starting over"
+            )
         todo = set(self.pending_windows)
         done = [w for w in range(spec.n_windows) if w not in todo]
         if done:
             written = sum(b - a for a, b in map(spec.window_range, done))
-            console(f"resuming {writer.partial}: {written:,} of {spec.n_samples:,} prompts already written "
-                    f"({len(done)} of {spec.n_windows} windows); extracting the remaining "
-                    f"{spec.n_samples - written:,}")
+            console(
+                f"resuming {writer.partial}: {written:,} of {spec.n_samples:,} prompts already written "
+                f"({len(done)} of {spec.n_windows} windows); extracting the remaining "
+                f"{spec.n_samples - written:,}"
+            )
 
     # ------------------------------------------------------------------ sink protocol
     def start(self, info: RunInfo) -> None:

@@ -42,8 +42,9 @@ class BackgroundWriter:
         Queue bound; :meth:`put` blocks while the queue is full.
     """
 
-    def __init__(self, handle: Callable[[Any], None], *, overlap: bool, name: str,
-                 max_items: int = QUEUE_ITEMS) -> None:
+    def __init__(
+        self, handle: Callable[[Any], None], *, overlap: bool, name: str, max_items: int = QUEUE_ITEMS
+    ) -> None:
         self.handle = handle
         self.busy_s = 0.0
         self.stall_s = 0.0

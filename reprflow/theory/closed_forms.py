@@ -59,8 +59,7 @@ def _attention_factor(n_tokens: int, attention: str) -> float:
     if attention == "paper_1_over_n2":
         return 1.0 / n_tokens
     raise ConfigError(
-        f"closed-form attention approximation {attention!r}: unknown; "
-        "expected 'causal_uniform' or 'paper_1_over_n2'"
+        f"closed-form attention approximation {attention!r}: unknown; expected 'causal_uniform' or 'paper_1_over_n2'"
     )
 
 
@@ -110,9 +109,7 @@ def closed_form_transformer_energy(
     elif value_gram == "paper_identity":
         attn_term = float(((eye + m) ** 2).sum())
     else:
-        raise ConfigError(
-            f"closed-form value_gram {value_gram!r}: unknown; expected 'exact' or 'paper_identity'"
-        )
+        raise ConfigError(f"closed-form value_gram {value_gram!r}: unknown; expected 'exact' or 'paper_identity'")
     return sigma2 * (float((m**2).sum()) + c * attn_term)
 
 
@@ -175,9 +172,7 @@ def ssm_output_second_moment(
 
     Since S ∝ σ², Ȳ = σ² Y₁ + σ⁴ Y₂ + σ⁶ Y₃ (see :func:`ssm_output_moment_terms`).
     """
-    y1, y2, y3 = ssm_output_moment_terms(
-        w, n_tokens=n_tokens, max_block_elements=max_block_elements
-    )
+    y1, y2, y3 = ssm_output_moment_terms(w, n_tokens=n_tokens, max_block_elements=max_block_elements)
     return sigma2 * y1 + sigma2**2 * y2 + sigma2**3 * y3
 
 
@@ -269,9 +264,7 @@ def mamba_energy_coefficients(w: MambaWeights, *, n_tokens: int) -> tuple[float,
     return a, b, c
 
 
-def theorem5_crossover_sigma2(
-    wt: TransformerWeights, wm: MambaWeights, *, n_tokens: int
-) -> float:
+def theorem5_crossover_sigma2(wt: TransformerWeights, wm: MambaWeights, *, n_tokens: int) -> float:
     """Smallest σ² at which the closed forms reverse Theorem 5 (E_Mamba >= E_Trans), else inf.
 
     E_Trans = t σ² (linear in σ²) and E_Mamba = a σ⁴ + b σ⁶ + c σ⁸, so the reversal is the

@@ -77,9 +77,7 @@ def stack_statistics(
     (n_samples,), and (n_samples, depth) for layer_energy
     """
     if not depths or min(depths) < 1 or max(depths) > len(updates):
-        raise ConfigError(
-            f"theory depths {list(depths)}: expected values in 1..{len(updates)} (blocks built)"
-        )
+        raise ConfigError(f"theory depths {list(depths)}: expected values in 1..{len(updates)} (blocks built)")
     n = h.shape[1]
     mean, m2 = h.to(torch.float64), torch.zeros_like(h, dtype=torch.float64)
     energy = torch.zeros(h.shape[0], dtype=torch.float64, device=h.device)

@@ -165,9 +165,17 @@ def draws_per_chunk(block: str, grid: TheoryGrid, n: int, max_elements: int) -> 
 def _rows(block, estimator, n, sigma2, moments: EnergyMoments, seed, n_mc, source) -> list[dict]:
     return [
         {
-            "block": block, "estimator": estimator, "quantity": q, "n": n, "sigma2": sigma2,
-            "mean": est.value, "ci_low": est.ci_low, "ci_high": est.ci_high,
-            "seed": seed, "n_mc": n_mc, "weight_source": source.label,
+            "block": block,
+            "estimator": estimator,
+            "quantity": q,
+            "n": n,
+            "sigma2": sigma2,
+            "mean": est.value,
+            "ci_low": est.ci_low,
+            "ci_high": est.ci_high,
+            "seed": seed,
+            "n_mc": n_mc,
+            "weight_source": source.label,
         }  # fmt: skip
         for q, est in zip(QUANTITIES, (moments.energy, moments.mean_norm2, moments.trace_cov))
     ]
@@ -309,9 +317,7 @@ def depth_table(
     return pd.DataFrame(rows, columns=DEPTH_COLUMNS)
 
 
-def weight_sources(
-    scheme: str, params: dict, model_scales: Sequence[dict] | None = None
-) -> tuple[WeightSource, ...]:
+def weight_sources(scheme: str, params: dict, model_scales: Sequence[dict] | None = None) -> tuple[WeightSource, ...]:
     """The configured scheme (label ``"scheme"``) plus one ``model:<name>`` source per model.
 
     Each model entry is ``{"name": str, "std": float | {matrix name: float}}``.
@@ -324,9 +330,7 @@ def weight_sources(
     sources = [WeightSource(scheme, dict(params), "scheme")]
     for entry in model_scales or ():
         if set(entry) != {"name", "std"}:
-            raise ConfigError(
-                f"theory.model_scales entry {entry!r}: expected exactly the keys 'name' and 'std'"
-            )
+            raise ConfigError(f"theory.model_scales entry {entry!r}: expected exactly the keys 'name' and 'std'")
         std = entry["std"]
         sources.append(
             WeightSource("model", std if isinstance(std, dict) else {"std": std},

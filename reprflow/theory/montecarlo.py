@@ -73,10 +73,7 @@ def gaussian_tokens(
     -------
     Tensor of shape (n_samples, n_tokens, hidden)
     """
-    draws = [
-        torch.randn(n_tokens, hidden, generator=generator, dtype=torch.float64)
-        for _ in range(n_samples)
-    ]
+    draws = [torch.randn(n_tokens, hidden, generator=generator, dtype=torch.float64) for _ in range(n_samples)]
     return torch.stack(draws) * math.sqrt(sigma2)
 
 
@@ -190,7 +187,7 @@ class MomentSums:
                 x_sum, x_sq = s, q * n
             diff = x_sum - b * c
             sq_dev = x_sq - 2 * (c * x_sum).sum() + b * (c**2).sum()
-            return ((diff**2).sum() - sq_dev) / (b * (b - 1)),
+            return (((diff**2).sum() - sq_dev) / (b * (b - 1)),)
 
         return _jackknife_stats(self, stats)[0]
 
@@ -202,7 +199,7 @@ class MomentSums:
 
         def stats(s, q, qm, b):
             x_sum = s.sum(0) / n if token_mean else s
-            return (x_sum * c).sum() / (b * (c**2).sum()) - 1.0,
+            return ((x_sum * c).sum() / (b * (c**2).sum()) - 1.0,)
 
         return _jackknife_stats(self, stats)[0]
 
@@ -247,9 +244,7 @@ def monte_carlo_sums(
         for name, update in updates.items():
             f = update(h).to(torch.float64)
             if not torch.isfinite(f).all():
-                raise FloatingPointError(
-                    f"theory block {name!r}: non-finite output at n={n_tokens}, σ²={sigma2}"
-                )
+                raise FloatingPointError(f"theory block {name!r}: non-finite output at n={n_tokens}, σ²={sigma2}")
             if name not in sums:
                 sums[name] = torch.zeros(groups, n_tokens, f.shape[2], dtype=torch.float64)
             sums[name].index_add_(0, gid, f.cpu())

@@ -140,9 +140,7 @@ def sample_paper_mamba(
     m = expand * hidden
     w_in = _normal((2 * m, hidden), source.std("in_proj", hidden, 2 * m), g)
     conv = _normal((m, d_conv), source.std("conv", d_conv, m * d_conv), g)
-    log_dt = math.log(DT_MIN) + torch.rand(m, generator=g, dtype=torch.float64) * (
-        math.log(DT_MAX) - math.log(DT_MIN)
-    )
+    log_dt = math.log(DT_MIN) + torch.rand(m, generator=g, dtype=torch.float64) * (math.log(DT_MAX) - math.log(DT_MIN))
     a = -torch.arange(1, d_state + 1, dtype=torch.float64).repeat(m, 1)
     return PaperMambaWeights(
         w_h=w_in[:m],
@@ -166,9 +164,7 @@ def paper_attention(h: torch.Tensor, w: PaperTransformerWeights) -> torch.Tensor
     return weights @ v
 
 
-def paper_transformer_update(
-    h: torch.Tensor, w: PaperTransformerWeights, *, linearized: bool
-) -> torch.Tensor:
+def paper_transformer_update(h: torch.Tensor, w: PaperTransformerWeights, *, linearized: bool) -> torch.Tensor:
     """F(h) = Attn + W_2 GELU(W_1 (h + Attn) + b_1) + b_2; GELU(x) -> x/2 if ``linearized``.
 
     h : (n_samples, n_tokens, d) -> (n_samples, n_tokens, d)

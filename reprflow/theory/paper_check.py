@@ -60,29 +60,49 @@ CROSSOVER_COLUMNS = ["weight_source", "n", "e0", "e1", "m2", "sigma2_star", "x_m
 
 LIN, EXACT = "linearised (Assumption 4)", "exact GELU/SiLU"
 STATEMENTS = {
-    "T1": ("μ_F,Trans ≈ ½W₂b₁ + b₂", "projection of E[F_t] on ½W₂b₁+b₂ (per token)",
-           "The linearised block's mean is exactly ½W₂b₁+b₂ (Attn and h are odd); exact GELU "
-           "adds E[GELU] - ½E[x] = O(pre-activation variance), which grows with σ²."),
-    "T2": ("Tr Σ_F,Trans = σ²Tr(T₁T₁ᵀ) + nσ²Tr(T₂T₂ᵀ) + 2σ²Tr(T₁W_VT₂ᵀ)", "Σ_t Tr Cov(F_t)",
-           "Exact (column 'reference') only for uniform attention a_tj = 1/n and W_VW_Vᵀ = I; "
-           "softmax attention sharpens as σ² grows, and W_VW_Vᵀ ≠ I unless weights are "
-           "scaled like 1/√d (xavier)."),
-    "T3": ("μ_F,Mamba = σ²/(4n) Σ_t diag(C_t B̄_t W_h'₀ W_zᵀ)", "projection of (1/n)Σ_t E[F_t]",
-           "Exact for the linearised block with input-independent B̄_t, C_t (reference = stated); "
-           "the MC of this small mean is noisy (its CI is wide at moderate n_mc)."),
-    "T4": ("Tr Σ_F,Mamba = σ⁴/4 {Tr[(W_zW_zᵀ)∘S_t] + Tr[(M_tt W_zᵀ)∘(W_z M_ttᵀ)]}", "Σ_t Tr Cov(F_t)",
-           "Summed over t as the proof says. The statement drops the Isserlis term "
-           "Tr[(M_tt M_ttᵀ)∘(W_zW_zᵀ)] of j = m = t, and its σ⁴/4 = κ²σ⁴ needs κ = 1/2 (Eq. 61) "
-           "while Assumption 4 on both SiLUs (and Theorem 3) gives κ = 1/4; the reference "
-           "column is the exact Isserlis trace."),
-    "T5": ("E[St²_Trans] > E[St²_Mamba] ∀ n ≥ 1 (for σ² <= x_max)", "E||F||_F², Trans vs Mamba",
-           "Ordering per cell from the MC CIs; in_regime = σ² <= x_max from the measured "
-           "constants of the proof (assumptions.csv)."),
-    "T6-path": ("E[E_path]_Trans >= E[E_path]_Mamba", "Σ_l ||Δ^(l)||_F² (pre-LN stacks)",
-                "Stacks of exact paper blocks with pre-LN (Assumption 5), Mamba with its output "
-                "projection g; depth = L."),
-    "T6-St": ("E[St_L²]_Trans >= E[St_L²]_Mamba", "St_L² = (1/(nd(L+1))) Σ_l ||h^l - h̄||_F²",
-              "The paper's St_L² (mean of the variance over layers), pre-LN stacks."),
+    "T1": (
+        "μ_F,Trans ≈ ½W₂b₁ + b₂",
+        "projection of E[F_t] on ½W₂b₁+b₂ (per token)",
+        "The linearised block's mean is exactly ½W₂b₁+b₂ (Attn and h are odd); exact GELU "
+        "adds E[GELU] - ½E[x] = O(pre-activation variance), which grows with σ².",
+    ),
+    "T2": (
+        "Tr Σ_F,Trans = σ²Tr(T₁T₁ᵀ) + nσ²Tr(T₂T₂ᵀ) + 2σ²Tr(T₁W_VT₂ᵀ)",
+        "Σ_t Tr Cov(F_t)",
+        "Exact (column 'reference') only for uniform attention a_tj = 1/n and W_VW_Vᵀ = I; "
+        "softmax attention sharpens as σ² grows, and W_VW_Vᵀ ≠ I unless weights are "
+        "scaled like 1/√d (xavier).",
+    ),
+    "T3": (
+        "μ_F,Mamba = σ²/(4n) Σ_t diag(C_t B̄_t W_h'₀ W_zᵀ)",
+        "projection of (1/n)Σ_t E[F_t]",
+        "Exact for the linearised block with input-independent B̄_t, C_t (reference = stated); "
+        "the MC of this small mean is noisy (its CI is wide at moderate n_mc).",
+    ),
+    "T4": (
+        "Tr Σ_F,Mamba = σ⁴/4 {Tr[(W_zW_zᵀ)∘S_t] + Tr[(M_tt W_zᵀ)∘(W_z M_ttᵀ)]}",
+        "Σ_t Tr Cov(F_t)",
+        "Summed over t as the proof says. The statement drops the Isserlis term "
+        "Tr[(M_tt M_ttᵀ)∘(W_zW_zᵀ)] of j = m = t, and its σ⁴/4 = κ²σ⁴ needs κ = 1/2 (Eq. 61) "
+        "while Assumption 4 on both SiLUs (and Theorem 3) gives κ = 1/4; the reference "
+        "column is the exact Isserlis trace.",
+    ),
+    "T5": (
+        "E[St²_Trans] > E[St²_Mamba] ∀ n ≥ 1 (for σ² <= x_max)",
+        "E||F||_F², Trans vs Mamba",
+        "Ordering per cell from the MC CIs; in_regime = σ² <= x_max from the measured "
+        "constants of the proof (assumptions.csv).",
+    ),
+    "T6-path": (
+        "E[E_path]_Trans >= E[E_path]_Mamba",
+        "Σ_l ||Δ^(l)||_F² (pre-LN stacks)",
+        "Stacks of exact paper blocks with pre-LN (Assumption 5), Mamba with its output projection g; depth = L.",
+    ),
+    "T6-St": (
+        "E[St_L²]_Trans >= E[St_L²]_Mamba",
+        "St_L² = (1/(nd(L+1))) Σ_l ||h^l - h̄||_F²",
+        "The paper's St_L² (mean of the variance over layers), pre-LN stacks.",
+    ),
 }
 
 
@@ -279,9 +299,17 @@ def depth_tables(
                 seed = derive_seed(grid.seed, _PAPER, 3, n, k)
                 res = {
                     block: monte_carlo_depth(
-                        stack, depths=grid.depths, layernorm=True, n_tokens=n,
-                        hidden=grid.d_model, sigma2=s2, n_mc=grid.n_mc, seed=seed,
-                        chunk=_chunk(grid, n, max_elements), device=device, dtype=dtype,
+                        stack,
+                        depths=grid.depths,
+                        layernorm=True,
+                        n_tokens=n,
+                        hidden=grid.d_model,
+                        sigma2=s2,
+                        n_mc=grid.n_mc,
+                        seed=seed,
+                        chunk=_chunk(grid, n, max_elements),
+                        device=device,
+                        dtype=dtype,
                     )  # fmt: skip
                     for block, stack in stacks.items()
                 }
@@ -292,8 +320,10 @@ def depth_tables(
                                            grid.n_mc, depth=depth))  # fmt: skip
                     rows.append(_order_row("T6-St", "exact, pre-LN", src, n, s2, t.st2_var,
                                            m.st2_var, grid.n_mc, depth=depth))  # fmt: skip
-                    ratios = [(a.value / b.value, a.ci_low / b.ci_high, a.ci_high / b.ci_low)
-                              for a, b in zip(t.layer_energy, m.layer_energy, strict=True)]
+                    ratios = [
+                        (a.value / b.value, a.ci_low / b.ci_high, a.ci_high / b.ci_low)
+                        for a, b in zip(t.layer_energy, m.layer_energy, strict=True)
+                    ]
                     worst = min(ratios)
                     assumptions.append({
                         "assumption": "Assumption 8 (one-layer gap δ)", "weight_source": src,

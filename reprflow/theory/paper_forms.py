@@ -40,9 +40,7 @@ def theorem2_trace(w: PaperTransformerWeights, *, n_tokens: int, sigma2: float) 
     """Theorem 2 (Eq. 12) as stated: σ² Tr(T₁T₁ᵀ) + n σ² Tr(T₂T₂ᵀ) + 2σ² Tr(T₁ W_V T₂ᵀ),
     T₁ = I + ½W₂W₁, T₂ = ½W₂W₁ (cross term kept, as the theorem states it)."""
     t1, t2 = _t1_t2(w)
-    return sigma2 * float(
-        (t1**2).sum() + n_tokens * (t2**2).sum() + 2 * torch.trace(t1 @ w.w_v @ t2.T)
-    )
+    return sigma2 * float((t1**2).sum() + n_tokens * (t2**2).sum() + 2 * torch.trace(t1 @ w.w_v @ t2.T))
 
 
 def uniform_attention_trace(w: PaperTransformerWeights, *, n_tokens: int, sigma2: float) -> float:
@@ -99,7 +97,11 @@ def theorem3_mean(
 
 
 def mamba_token_means(
-    w: PaperMambaWeights, *, n_tokens: int, sigma2: float, kappa: float = KAPPA_ASSUMPTION4,
+    w: PaperMambaWeights,
+    *,
+    n_tokens: int,
+    sigma2: float,
+    kappa: float = KAPPA_ASSUMPTION4,
     terms: KernelTerms | None = None,
 ) -> torch.Tensor:
     """Reference: E[F_t] = κ σ² diag(M_tt W_zᵀ) per token, shape (n, m) (Eq. 65-66 with κ)."""
@@ -108,9 +110,7 @@ def mamba_token_means(
     return kappa * sigma2 * diag * hz
 
 
-def theorem4_trace(
-    w: PaperMambaWeights, *, n_tokens: int, sigma2: float, terms: KernelTerms | None = None
-) -> float:
+def theorem4_trace(w: PaperMambaWeights, *, n_tokens: int, sigma2: float, terms: KernelTerms | None = None) -> float:
     """Theorem 4 (Eq. 14) as stated, summed over t as its proof says ("take the trace and sum
     over t"): Σ_t σ⁴/4 {Tr[(W_zW_zᵀ) ∘ S_t] + Tr[(M_tt W_zᵀ) ∘ (W_z M_ttᵀ)]}, S_t = Σ_{j<t}.
     Needs a single-tap conv (M_{t,j} has one W_h')."""
@@ -120,7 +120,11 @@ def theorem4_trace(
 
 
 def mamba_trace(
-    w: PaperMambaWeights, *, n_tokens: int, sigma2: float, kappa: float = KAPPA_ASSUMPTION4,
+    w: PaperMambaWeights,
+    *,
+    n_tokens: int,
+    sigma2: float,
+    kappa: float = KAPPA_ASSUMPTION4,
     terms: KernelTerms | None = None,
 ) -> float:
     """Reference: Σ_t Tr Σ_{F_t} of the linearised single-tap block, exact by Isserlis:
@@ -135,9 +139,7 @@ def mamba_trace(
 # --- Theorem 5 ---------------------------------------------------------------------------------
 
 
-def transformer_energy_coefficients(
-    w: PaperTransformerWeights, *, n_tokens: int
-) -> tuple[float, float]:
+def transformer_energy_coefficients(w: PaperTransformerWeights, *, n_tokens: int) -> tuple[float, float]:
     """(e₀, e₁) with E||F_Trans||_F² = e₀ + e₁ σ² for the linearised block under exactly
     uniform attention: e₀ = n ||½W₂b₁ + b₂||², e₁ = :func:`uniform_attention_trace` at σ² = 1."""
     mu = theorem1_mean(w)
@@ -145,15 +147,16 @@ def transformer_energy_coefficients(
 
 
 def mamba_energy_coefficient(
-    w: PaperMambaWeights, *, n_tokens: int, kappa: float = KAPPA_ASSUMPTION4,
+    w: PaperMambaWeights,
+    *,
+    n_tokens: int,
+    kappa: float = KAPPA_ASSUMPTION4,
     terms: KernelTerms | None = None,
 ) -> float:
     """m₂ with E||F_Mamba||_F² = m₂ σ⁴ for the linearised single-tap block (trace + mean²)."""
     terms = terms or mamba_kernel_terms(w, n_tokens)
     mu = mamba_token_means(w, n_tokens=n_tokens, sigma2=1.0, kappa=kappa, terms=terms)
-    return mamba_trace(w, n_tokens=n_tokens, sigma2=1.0, kappa=kappa, terms=terms) + float(
-        (mu**2).sum()
-    )
+    return mamba_trace(w, n_tokens=n_tokens, sigma2=1.0, kappa=kappa, terms=terms) + float((mu**2).sum())
 
 
 def crossover_sigma2(e0: float, e1: float, m2: float) -> float:
@@ -163,9 +166,7 @@ def crossover_sigma2(e0: float, e1: float, m2: float) -> float:
     return (e1 + math.sqrt(e1**2 + 4 * m2 * e0)) / (2 * m2)
 
 
-def proof_constants(
-    wt: PaperTransformerWeights, wm: PaperMambaWeights, *, n_tokens: int
-) -> dict[str, float]:
+def proof_constants(wt: PaperTransformerWeights, wm: PaperMambaWeights, *, n_tokens: int) -> dict[str, float]:
     """The constants of the proof of Theorem 5 for these (fixed) weights, and x_max.
 
     Transformer (per token, with the cross term dropped as the proof does): α_T = ||½W₂b₁+b₂||²,
@@ -197,13 +198,9 @@ def proof_constants(
     alpha_m_t = (cb**2 * row2).sum(1)  # [n]
     alpha_m1 = float(alpha_m_t[0])
     s = beta_t + 4 * gamma_t
-    x_max = (s + math.sqrt(s**2 + 4 * (4 * beta_m + alpha_m1) * alpha_t)) / (
-        2 * beta_m + alpha_m1 / 2
-    )
+    x_max = (s + math.sqrt(s**2 + 4 * (4 * beta_m + alpha_m1) * alpha_t)) / (2 * beta_m + alpha_m1 / 2)
     n = n_tokens
-    x_max_n = crossover_sigma2(
-        alpha_t, beta_t / 4 + gamma_t / n, beta_m / 4 + float(alpha_m_t.sum()) / (16 * n)
-    )
+    x_max_n = crossover_sigma2(alpha_t, beta_t / 4 + gamma_t / n, beta_m / 4 + float(alpha_m_t.sum()) / (16 * n))
     return {
         "alpha_T": alpha_t, "beta_T": beta_t, "gamma_T": gamma_t, "rho": rho, "c": c, "b": b,
         "h": h, "z": z, "beta_M": beta_m, "alpha_M": float(alpha_m_t.sum()),

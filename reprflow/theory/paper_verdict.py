@@ -154,8 +154,11 @@ def _deciding(r) -> str:
         return (f"n={int(r.n)}, σ²={r.sigma2:.3g}: Trans {_fmt(r.mc_mean)} "
                 f"[{_fmt(r.ci_low)}, {_fmt(r.ci_high)}] vs Mamba {_fmt(r.other_mean)} "
                 f"[{_fmt(r.other_ci_low)}, {_fmt(r.other_ci_high)}]")  # fmt: skip
-    ref = "" if math.isnan(r.reference) else (
-        f"; exact reference {_fmt(r.reference)} (stated/reference − 1 = {r.stated_vs_reference:+.1%})")
+    ref = (
+        ""
+        if math.isnan(r.reference)
+        else (f"; exact reference {_fmt(r.reference)} (stated/reference − 1 = {r.stated_vs_reference:+.1%})")
+    )
     return (f"n={int(r.n)}, σ²={r.sigma2:.3g}: MC {_fmt(r.mc_mean)} [{_fmt(r.ci_low)}, "
             f"{_fmt(r.ci_high)}] vs stated {_fmt(r.closed_form)}; rel. err {r.rel_err:+.1%} "
             f"[{r.rel_err_ci_low:+.1%}, {r.rel_err_ci_high:+.1%}]{ref}")  # fmt: skip

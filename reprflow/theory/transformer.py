@@ -44,9 +44,7 @@ def causal_attention(h: torch.Tensor, w: TransformerWeights) -> torch.Tensor:
     return weights @ v
 
 
-def transformer_update(
-    h: torch.Tensor, w: TransformerWeights, *, linearized: bool
-) -> torch.Tensor:
+def transformer_update(h: torch.Tensor, w: TransformerWeights, *, linearized: bool) -> torch.Tensor:
     """Residual update F(h) = A + FFN(h + A) of one Transformer block (Eq. 5).
 
     Parameters

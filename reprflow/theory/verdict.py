@@ -28,9 +28,7 @@ def closed_form_vs_linearized(stab: pd.DataFrame) -> pd.DataFrame:
     """Per cell: closed form, linearised MC mean and CI, ``match`` and ``rel_error`` = c/b - 1."""
     c, b = _energy(stab, "closed_form"), _energy(stab, "linearized")
     out = b.rename(columns=lambda x: f"linearized_{x}").join(c["mean"].rename("closed_form"))
-    out["match"] = (out.closed_form >= out.linearized_ci_low) & (
-        out.closed_form <= out.linearized_ci_high
-    )
+    out["match"] = (out.closed_form >= out.linearized_ci_low) & (out.closed_form <= out.linearized_ci_high)
     out["rel_error"] = out.closed_form / out.linearized_mean - 1.0
     return out.reset_index()
 
@@ -40,9 +38,7 @@ def linearized_vs_exact(stab: pd.DataFrame) -> pd.DataFrame:
     a, b = _energy(stab, "exact"), _energy(stab, "linearized")
     out = a.add_prefix("exact_").join(b.add_prefix("linearized_"))
     out["rel_diff"] = out.linearized_mean / out.exact_mean - 1.0
-    out["departs"] = (out.linearized_ci_low > out.exact_ci_high) | (
-        out.linearized_ci_high < out.exact_ci_low
-    )
+    out["departs"] = (out.linearized_ci_low > out.exact_ci_high) | (out.linearized_ci_high < out.exact_ci_low)
     return out.reset_index()
 
 
@@ -55,9 +51,11 @@ def _order(t_low, t_high, m_low, m_high) -> pd.Series:
 
 def theorem5_ordering(stab: pd.DataFrame) -> pd.DataFrame:
     """Per (weight_source, estimator, n, σ²): Transformer vs Mamba energy and the status."""
-    e = stab[stab.quantity == "energy"].set_index(
-        ["weight_source", "estimator", "n", "sigma2", "block"]
-    )[["mean", "ci_low", "ci_high"]].unstack("block")
+    e = (
+        stab[stab.quantity == "energy"]
+        .set_index(["weight_source", "estimator", "n", "sigma2", "block"])[["mean", "ci_low", "ci_high"]]
+        .unstack("block")
+    )
     out = pd.DataFrame({
         "transformer": e[("mean", "transformer")], "mamba": e[("mean", "mamba")],
         "status": _order(e[("ci_low", "transformer")], e[("ci_high", "transformer")],
@@ -147,9 +145,7 @@ def verdict_markdown(
     if not approx.empty:
         lines += ["", "### The paper's approximations in the extended Transformer closed form", ""]
         for (src, name), g in approx.groupby(["weight_source", "approximation"]):
-            inside = (g.approximated >= g.linearized_ci_low) & (
-                g.approximated <= g.linearized_ci_high
-            )
+            inside = (g.approximated >= g.linearized_ci_low) & (g.approximated <= g.linearized_ci_high)
             lines.append(
                 f"- {name}, {src}: changes the closed form by {g.rel_error.min():+.1%} to "
                 f"{g.rel_error.max():+.1%}; inside the linearised CI in "

@@ -67,9 +67,7 @@ class WeightSource:
 
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
-            raise ConfigError(
-                f"theory weight scheme {self.scheme!r}: unknown; expected one of {SCHEMES}"
-            )
+            raise ConfigError(f"theory weight scheme {self.scheme!r}: unknown; expected one of {SCHEMES}")
         defaults = SCHEME_DEFAULTS.get(self.scheme)
         if defaults is not None:
             unknown = set(self.params) - set(defaults)
@@ -165,15 +163,11 @@ def _fields(w: TransformerWeights | MambaWeights) -> list[torch.Tensor]:
     return [getattr(w, f) for f in w.__dataclass_fields__]
 
 
-def _normal(
-    shape: tuple[int, ...], std: float, generator: torch.Generator
-) -> torch.Tensor:
+def _normal(shape: tuple[int, ...], std: float, generator: torch.Generator) -> torch.Tensor:
     return torch.randn(shape, generator=generator, dtype=torch.float64) * std
 
 
-def sample_transformer_weights(
-    hidden: int, *, source: WeightSource, seed: int
-) -> TransformerWeights:
+def sample_transformer_weights(hidden: int, *, source: WeightSource, seed: int) -> TransformerWeights:
     """Draw a Transformer block's matrices (float64, CPU) from ``source`` with ``seed``."""
     g = torch.Generator().manual_seed(seed)
     d, f = hidden, FFN_MULT * hidden
@@ -204,9 +198,7 @@ def sample_mamba_weights(
     conv = _normal((m, d_conv), source.std("conv", d_conv, m * d_conv), g)
     x_proj = _normal((r + 2 * n_state, m), source.std("x_proj", m, r + 2 * n_state), g)
     w_dt = _normal((m, r), source.std("dt_proj", r, m), g)
-    log_dt = math.log(DT_MIN) + torch.rand(m, generator=g, dtype=torch.float64) * (
-        math.log(DT_MAX) - math.log(DT_MIN)
-    )
+    log_dt = math.log(DT_MIN) + torch.rand(m, generator=g, dtype=torch.float64) * (math.log(DT_MAX) - math.log(DT_MIN))
     dt = torch.exp(log_dt)
     b_dt = dt + torch.log(-torch.expm1(-dt))  # inverse softplus
     a_log = torch.log(torch.arange(1, n_state + 1, dtype=torch.float64)).repeat(m, 1)

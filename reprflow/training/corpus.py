@@ -45,7 +45,9 @@ def _nq_open() -> list[str]:
     return docs
 
 
-_GCIDE_TAG = re.compile(r"^\s*\[(?:[0-9]{4} Webster|WordNet [0-9.]+|PJC|Century Dict\.|Webster [0-9]+|[A-Z][A-Za-z .0-9]*)\]\s*$")
+_GCIDE_TAG = re.compile(
+    r"^\s*\[(?:[0-9]{4} Webster|WordNet [0-9.]+|PJC|Century Dict\.|Webster [0-9]+|[A-Z][A-Za-z .0-9]*)\]\s*$"
+)
 _GCIDE_PRON = re.compile(r"\\[^\\\n]*\\")
 
 
@@ -111,7 +113,11 @@ def tokenize_documents(docs: list[str], tokenizer) -> np.ndarray:
 
 def _eos_id(tokenizer) -> int:
     for token in ("<|endoftext|>",):
-        tid = tokenizer.token_to_id(token) if hasattr(tokenizer, "token_to_id") else tokenizer.convert_tokens_to_ids(token)
+        tid = (
+            tokenizer.token_to_id(token)
+            if hasattr(tokenizer, "token_to_id")
+            else tokenizer.convert_tokens_to_ids(token)
+        )
         if tid is not None:
             return int(tid)
     raise ConfigError("tokenizer has no <|endoftext|> token to separate documents")

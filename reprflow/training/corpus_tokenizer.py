@@ -43,8 +43,13 @@ def build_corpus_tokenizer(corpus: str, vocab_size: int, val_fraction: float) ->
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.post_processor = processors.ByteLevel(trim_offsets=True)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=list(SPECIAL_TOKENS),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(train_docs, trainer=trainer)
     return tok
 
@@ -64,8 +69,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vocab-size", type=int, default=DEMO_TOKENIZER["vocab_size"])
     parser.add_argument("--val-fraction", type=float, default=DEMO_TOKENIZER["val_fraction"])
     args = parser.parse_args(argv)
-    path = write_corpus_tokenizer(TOKENIZER_DIR / args.name, corpus=args.corpus, vocab_size=args.vocab_size,
-                                  val_fraction=args.val_fraction)
+    path = write_corpus_tokenizer(
+        TOKENIZER_DIR / args.name, corpus=args.corpus, vocab_size=args.vocab_size, val_fraction=args.val_fraction
+    )
     print(path)
 
 

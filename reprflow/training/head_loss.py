@@ -30,8 +30,9 @@ __all__ = ["DEFAULT_CHUNK_TOKENS", "linear_cross_entropy"]
 DEFAULT_CHUNK_TOKENS = 16384
 
 
-def _chunked(hidden: Tensor, weight: Tensor, targets: Tensor, compute_dtype: torch.dtype, chunk: int,
-             want_grad: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
+def _chunked(
+    hidden: Tensor, weight: Tensor, targets: Tensor, compute_dtype: torch.dtype, chunk: int, want_grad: bool
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """(summed loss, d(summed loss)/d(hidden) in ``compute_dtype``, d/d(weight) in float32)."""
     w = weight.detach().to(compute_dtype)
     h = hidden.detach().to(compute_dtype)
@@ -39,7 +40,7 @@ def _chunked(hidden: Tensor, weight: Tensor, targets: Tensor, compute_dtype: tor
     grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_grad else None
     total = torch.zeros((), dtype=torch.float32, device=hidden.device)
     for start in range(0, hidden.shape[0], chunk):
-        hc, tc = h[start:start + chunk], targets[start:start + chunk]
+        hc, tc = h[start : start + chunk], targets[start : start + chunk]
         # (c, vocab) log-probabilities in float32, from the compute-dtype logits in one fused pass
         logp = torch.log_softmax(hc @ w.T, dim=-1, dtype=torch.float32)
         total -= logp.gather(1, tc[:, None]).sum()
@@ -47,7 +48,7 @@ def _chunked(hidden: Tensor, weight: Tensor, targets: Tensor, compute_dtype: tor
             probs = logp.exp_()  # softmax, in place
             probs.scatter_add_(1, tc[:, None], torch.full((len(tc), 1), -1.0, device=probs.device))
             g = probs.to(compute_dtype)  # d(summed loss)/d(logits) of this chunk
-            grad_h[start:start + chunk] = g @ w
+            grad_h[start : start + chunk] = g @ w
             grad_w += (g.T @ hc).float()
     return total, grad_h, grad_w
 
@@ -71,8 +72,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return gh, gw, None, None, None
 
 
-def linear_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor, *,
-                         compute_dtype: torch.dtype = torch.float32, chunk_tokens: int = DEFAULT_CHUNK_TOKENS) -> Tensor:
+def linear_cross_entropy(
+    hidden: Tensor,
+    weight: Tensor,
+    targets: Tensor,
+    *,
+    compute_dtype: torch.dtype = torch.float32,
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+) -> Tensor:
     """Mean cross-entropy (nats) of ``softmax(hidden @ weight.T)`` against ``targets``.
 
     Parameters
@@ -95,7 +102,9 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor, *,
         A float32 scalar; differentiable with respect to ``hidden`` and ``weight``.
     """
     if hidden.dim() != 2 or targets.shape != hidden.shape[:1]:
-        raise ValueError(f"hidden {tuple(hidden.shape)} must be (n_tokens, width) and targets {tuple(targets.shape)} (n_tokens,)")
+        raise ValueError(
+            f"hidden {tuple(hidden.shape)} must be (n_tokens, width) and targets {tuple(targets.shape)} (n_tokens,)"
+        )
     if chunk_tokens < 1:
         raise ValueError(f"chunk_tokens {chunk_tokens} must be >= 1")
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):

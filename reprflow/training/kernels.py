@@ -47,8 +47,15 @@ from reprflow.kernels.optional import compiled_causal_conv1d, compiled_selective
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GPT_NEO_PATHS", "MAMBA1_PATHS", "describe_kernels", "hf_resolved_module", "mamba1_path_availability", "mamba1_train_path",
-           "prepare_training"]
+__all__ = [
+    "GPT_NEO_PATHS",
+    "MAMBA1_PATHS",
+    "describe_kernels",
+    "hf_resolved_module",
+    "mamba1_path_availability",
+    "mamba1_train_path",
+    "prepare_training",
+]
 
 MAMBA1_PATHS = ("hf-mamba_ssm", "reprflow-mamba_ssm-scan", "reprflow-autograd", "hf-torch")
 GPT_NEO_PATHS = ("reprflow-sdpa", "hf-eager")
@@ -133,9 +140,12 @@ def prepare_training(model: nn.Module, family: str, device: torch.device, *, pat
         raise ValueError(f"Mamba-1 training path {path!r}: use one of {list(MAMBA1_PATHS)}")
     if path == "reprflow-autograd":
         if device.type == "cuda":
-            logger.warning("Mamba-1 trains through selective_scan_autograd on %s: launch-bound and memory-hungry "
-                           "(benchmarks/train_gpu.py); install mamba-ssm and causal-conv1d compiled for this GPU "
-                           "to train through their fused kernels", device)
+            logger.warning(
+                "Mamba-1 trains through selective_scan_autograd on %s: launch-bound and memory-hungry "
+                "(benchmarks/train_gpu.py); install mamba-ssm and causal-conv1d compiled for this GPU "
+                "to train through their fused kernels",
+                device,
+            )
         install_mamba_train_forward(model)
     elif path == "reprflow-mamba_ssm-scan":
         from reprflow.kernels.ops import compiled_scan_time_major
@@ -145,8 +155,10 @@ def prepare_training(model: nn.Module, family: str, device: torch.device, *, pat
             raise RuntimeError("Mamba-1 path 'reprflow-mamba_ssm-scan' needs mamba_ssm's compiled selective_scan_cuda")
         install_mamba_train_forward(model, scan=compiled_scan_time_major(fn))
     elif path == "hf-mamba_ssm" and not _hf_mamba_inner_is_compiled():
-        raise RuntimeError("Mamba-1 path 'hf-mamba_ssm': transformers did not bind mamba_ssm's compiled "
-                           "mamba_inner_fn (is selective_scan_cuda / causal_conv1d importable?)")
+        raise RuntimeError(
+            "Mamba-1 path 'hf-mamba_ssm': transformers did not bind mamba_ssm's compiled "
+            "mamba_inner_fn (is selective_scan_cuda / causal_conv1d importable?)"
+        )
     return path
 
 

@@ -70,7 +70,16 @@ from reprflow.transfer import to_device
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["METRIC_COLUMNS", "PROVENANCE_FILE", "Streams", "build_config", "load_streams", "initial_model", "train_model", "train_step"]
+__all__ = [
+    "METRIC_COLUMNS",
+    "PROVENANCE_FILE",
+    "Streams",
+    "build_config",
+    "load_streams",
+    "initial_model",
+    "train_model",
+    "train_step",
+]
 
 PROVENANCE_FILE = "reprflow_train.json"
 H200_BF16_FLOPS = 782e12  # bf16 matmul rate measured on the H200 (benchmarks/kernels.py): the MFU's peak
@@ -113,22 +122,27 @@ def load_streams(spec: TrainSpec, tokenizer: str, *, cache_dir: str | os.PathLik
             if cached == digest:
                 return Streams(data["train"], data["val"], vocab, tokenizer, spec.corpus)
             stale = cached or "no digest (an older cache)"
-        logger.info("%s: made by another tokenizer (%s; %s is %s): tokenizing again", cache, stale, tokenizer,
-                    digest[:12])
+        logger.info(
+            "%s: made by another tokenizer (%s; %s is %s): tokenizing again", cache, stale, tokenizer, digest[:12]
+        )
     try:
         docs = load_documents(spec.corpus)
     except ConfigError as err:
         if stale is None:
             raise
-        raise ConfigError(f"{cache}: its token ids come from another tokenizer ({stale}, not {tokenizer} "
-                          f"{digest[:12]}), and the corpus is not here to tokenize again: {err}") from err
+        raise ConfigError(
+            f"{cache}: its token ids come from another tokenizer ({stale}, not {tokenizer} "
+            f"{digest[:12]}), and the corpus is not here to tokenize again: {err}"
+        ) from err
     train_docs, val_docs = split_documents(docs, spec.val_fraction)
     train = tokenize_documents(train_docs, tok)
     val = tokenize_documents(val_docs, tok)
     if cache is not None:
+
         def write(tmp: Path) -> None:
             with open(tmp, "wb") as fh:
                 np.savez_compressed(fh, train=train, val=val, tokenizer_sha256=np.array(digest))
+
         atomic_write(cache, write)
     return Streams(train, val, vocab, tokenizer, spec.corpus)
 
@@ -151,7 +165,9 @@ def build_config(family: str, spec: TrainSpec, *, vocab_size: int, positions: in
 def _windows(stream: np.ndarray, context: int) -> np.ndarray:
     n = len(stream) // (context + 1)
     if n < 1:
-        raise ConfigError(f"train.context {context}: the token stream ({len(stream)} tokens) is shorter than one window")
+        raise ConfigError(
+            f"train.context {context}: the token stream ({len(stream)} tokens) is shorter than one window"
+        )
     return stream[: n * (context + 1)].reshape(n, context + 1)
 
 
@@ -216,8 +232,10 @@ def _optimizer(model: torch.nn.Module, spec: TrainSpec) -> torch.optim.Optimizer
     decay, no_decay, query = [], [], []
     for name, p in model.named_parameters():
         (query if name in scaled else decay if p.ndim >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": spec.weight_decay, "lr_scale": 1.0},
-              {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0}]
+    groups = [
+        {"params": decay, "weight_decay": spec.weight_decay, "lr_scale": 1.0},
+        {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0},
+    ]
     if query:
         s = _query_scale(model, spec)
         groups.append({"params": query, "weight_decay": spec.weight_decay / s, "lr_scale": s})
@@ -226,7 +244,9 @@ def _optimizer(model: torch.nn.Module, spec: TrainSpec) -> torch.optim.Optimizer
     return torch.optim.AdamW(groups, lr=spec.lr, betas=spec.betas, fused=True)
 
 
-def _loss(model, x: torch.Tensor, device: torch.device, *, bf16_head: bool = False, fused_head: bool = True) -> torch.Tensor:
+def _loss(
+    model, x: torch.Tensor, device: torch.device, *, bf16_head: bool = False, fused_head: bool = True
+) -> torch.Tensor:
     """Mean next-token cross-entropy (nats) of windows ``x`` of shape (batch, context + 1).
 
     The body runs under bf16 autocast on CUDA, in float32 on the CPU. The output projection
@@ -252,8 +272,16 @@ def _loss(model, x: torch.Tensor, device: torch.device, *, bf16_head: bool = Fal
     return linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), head.weight, targets, compute_dtype=dtype)
 
 
-def train_step(model, optimizer: torch.optim.Optimizer, x: torch.Tensor, device: torch.device, *, lr: float,
-               grad_clip: float | None, fused_head: bool = True) -> torch.Tensor:
+def train_step(
+    model,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    device: torch.device,
+    *,
+    lr: float,
+    grad_clip: float | None,
+    fused_head: bool = True,
+) -> torch.Tensor:
     """One training step on windows ``x`` (batch, context + 1), token ids on ``device``:
     set the learning rate (``lr`` times each group's ``lr_scale``), loss (:func:`_loss`, bf16 head on the CPU), backward, gradient
     clipping (if ``grad_clip``), AdamW step. Returns the loss, detached, not synchronised
@@ -274,7 +302,7 @@ def _val_loss(model, val_windows: np.ndarray, device: torch.device, batch_size: 
     model.eval()
     total, count = 0.0, 0
     for start in range(0, len(val_windows), batch_size):
-        x = torch.as_tensor(val_windows[start:start + batch_size], dtype=torch.long, device=device)
+        x = torch.as_tensor(val_windows[start : start + batch_size], dtype=torch.long, device=device)
         n = x[:, 1:].numel()
         total += float(_loss(model, x, device)) * n
         count += n
@@ -302,6 +330,7 @@ def _write_metrics(path: Path, rows: list[dict]) -> None:
             writer = csv.DictWriter(fh, fieldnames=METRIC_COLUMNS)
             writer.writeheader()
             writer.writerows(rows)
+
     atomic_write(path, write)
 
 
@@ -377,15 +406,32 @@ def train_model(
             else:
                 logger.info("ignoring %s: written for another recipe", checkpoint_path)
         if step == 0 and not rows:
-            rows.append(dict(step=0, tokens=0, train_loss="", val_loss=_val_loss(model, val_windows, device, spec.batch_size),
-                             lr=0.0, tokens_per_s="", elapsed_s=0.0))
+            rows.append(
+                dict(
+                    step=0,
+                    tokens=0,
+                    train_loss="",
+                    val_loss=_val_loss(model, val_windows, device, spec.batch_size),
+                    lr=0.0,
+                    tokens_per_s="",
+                    elapsed_s=0.0,
+                )
+            )
 
         tokens_per_step = spec.batch_size * spec.context
         window_losses: list[float] = []
         window_start = time.perf_counter()
         window_step0 = step
-        bar = tqdm(total=n_steps, initial=step, unit="step", desc=f"train {family}", file=sys.stderr,
-                   disable=not progress, mininterval=2.0, dynamic_ncols=False)
+        bar = tqdm(
+            total=n_steps,
+            initial=step,
+            unit="step",
+            desc=f"train {family}",
+            file=sys.stderr,
+            disable=not progress,
+            mininterval=2.0,
+            dynamic_ncols=False,
+        )
         pending = None  # the last step's loss, read (a device sync) only after the next step is queued
         while step < n_steps:
             lr = _lr_at(step, spec, n_steps)
@@ -406,16 +452,32 @@ def train_model(
                 bar.set_postfix(loss=f"{window_losses[-1]:.3f}", tok_s=f"{rate:.0f}", refresh=False)
             if evaluate:
                 elapsed += now - window_start
-                rows.append(dict(step=step, tokens=step * tokens_per_step, train_loss=float(np.mean(window_losses)),
-                                 val_loss=_val_loss(model, val_windows, device, spec.batch_size), lr=lr,
-                                 tokens_per_s=rate, elapsed_s=elapsed))
+                rows.append(
+                    dict(
+                        step=step,
+                        tokens=step * tokens_per_step,
+                        train_loss=float(np.mean(window_losses)),
+                        val_loss=_val_loss(model, val_windows, device, spec.batch_size),
+                        lr=lr,
+                        tokens_per_s=rate,
+                        elapsed_s=elapsed,
+                    )
+                )
                 window_losses, window_start, window_step0 = [], time.perf_counter(), step
             if step % spec.checkpoint_every == 0 and step < n_steps:
-                _save_checkpoint(checkpoint_path, dict(
-                    digest=digest, family=family, step=step, rows=rows, model=model.state_dict(),
-                    optimizer=optimizer.state_dict(), rng=torch.get_rng_state(),
-                    elapsed=elapsed + (time.perf_counter() - window_start),
-                ))
+                _save_checkpoint(
+                    checkpoint_path,
+                    dict(
+                        digest=digest,
+                        family=family,
+                        step=step,
+                        rows=rows,
+                        model=model.state_dict(),
+                        optimizer=optimizer.state_dict(),
+                        rng=torch.get_rng_state(),
+                        elapsed=elapsed + (time.perf_counter() - window_start),
+                    ),
+                )
             if on_step is not None:
                 on_step(step)
         bar.close()
@@ -441,8 +503,11 @@ def train_model(
             "train_seconds": rows[-1]["elapsed_s"],
             "tokens_per_s": (n_steps * tokens_per_step / rows[-1]["elapsed_s"]) if rows[-1]["elapsed_s"] else None,
             "train_flops_estimate": flops,  # train_flops_per_token x tokens (sizing.py states the formula)
-            "mfu_vs_h200_bf16": (flops / rows[-1]["elapsed_s"] / H200_BF16_FLOPS
-                                 if rows[-1]["elapsed_s"] and device.type == "cuda" else None),
+            "mfu_vs_h200_bf16": (
+                flops / rows[-1]["elapsed_s"] / H200_BF16_FLOPS
+                if rows[-1]["elapsed_s"] and device.type == "cuda"
+                else None
+            ),
             "train_kernels": kernels,
             "device": str(device),
             "threads": torch.get_num_threads() if device.type == "cpu" else None,
@@ -454,6 +519,13 @@ def train_model(
         _write_metrics(Path(metrics_path), rows)
         atomic_write_bytes((json.dumps(summary, indent=2, sort_keys=True) + "\n").encode(), summary_path)
         checkpoint_path.unlink(missing_ok=True)
-        logger.info("trained %s: %d params, val loss %.3f (unigram %.3f, initial %.3f) in %.1f s",
-                    family, n_params, summary["final_val_loss"], unigram, summary["initial_val_loss"], summary["train_seconds"])
+        logger.info(
+            "trained %s: %d params, val loss %.3f (unigram %.3f, initial %.3f) in %.1f s",
+            family,
+            n_params,
+            summary["final_val_loss"],
+            unigram,
+            summary["initial_val_loss"],
+            summary["train_seconds"],
+        )
         return summary

@@ -97,31 +97,59 @@ def family_config(
         if depth % 2:
             raise ConfigError(f"gpt_neo depth {depth}: must be even (alternating global/local attention)")
         return GPTNeoConfig(
-            hidden_size=width, num_layers=depth, num_heads=heads, intermediate_size=4 * width,
-            attention_types=[[["global", "local"], depth // 2]], window_size=window or max(1, min(256, context // 4)),
-            max_position_embeddings=context, embed_dropout=0.0, attention_dropout=0.0, resid_dropout=0.0, **common,
+            hidden_size=width,
+            num_layers=depth,
+            num_heads=heads,
+            intermediate_size=4 * width,
+            attention_types=[[["global", "local"], depth // 2]],
+            window_size=window or max(1, min(256, context // 4)),
+            max_position_embeddings=context,
+            embed_dropout=0.0,
+            attention_dropout=0.0,
+            resid_dropout=0.0,
+            **common,
         )
     if family == "gpt_neox":
         return GPTNeoXConfig(
-            hidden_size=width, num_hidden_layers=depth, num_attention_heads=heads, intermediate_size=4 * width,
-            rotary_pct=0.25, max_position_embeddings=context, hidden_dropout=0.0, attention_dropout=0.0,
-            use_parallel_residual=True, **common,
+            hidden_size=width,
+            num_hidden_layers=depth,
+            num_attention_heads=heads,
+            intermediate_size=4 * width,
+            rotary_pct=0.25,
+            max_position_embeddings=context,
+            hidden_dropout=0.0,
+            attention_dropout=0.0,
+            use_parallel_residual=True,
+            **common,
         )
     expand = 2  # the family invariant (reprflow/models/invariants.py)
     inner = expand * width
     if family == "mamba":
         return MambaConfig(
-            hidden_size=width, num_hidden_layers=depth, state_size=d_state or 16, expand=expand, conv_kernel=4,
-            pad_token_id=0, **common,
+            hidden_size=width,
+            num_hidden_layers=depth,
+            state_size=d_state or 16,
+            expand=expand,
+            conv_kernel=4,
+            pad_token_id=0,
+            **common,
         )
     if family == "mamba2":
         head_dim = _mamba2_head_dim(int(inner), width)
         if int(inner) % head_dim:
             raise ConfigError(f"mamba2: inner width {int(inner)} is not a multiple of head_dim {head_dim}")
         return Mamba2Config(
-            hidden_size=width, num_hidden_layers=depth, state_size=d_state or (64 if width >= 256 else 16),
-            expand=expand, head_dim=head_dim, num_heads=int(inner) // head_dim, n_groups=1, conv_kernel=4,
-            chunk_size=64 if context <= 256 else 256, pad_token_id=0, **common,
+            hidden_size=width,
+            num_hidden_layers=depth,
+            state_size=d_state or (64 if width >= 256 else 16),
+            expand=expand,
+            head_dim=head_dim,
+            num_heads=int(inner) // head_dim,
+            n_groups=1,
+            conv_kernel=4,
+            chunk_size=64 if context <= 256 else 256,
+            pad_token_id=0,
+            **common,
         )
     raise ConfigError(f"training family {family!r} is not supported; use one of {list(MATCHED_FAMILIES)}")
 
@@ -192,9 +220,11 @@ def match_families(
     for key, ref in (("n_params", ref_total), ("n_non_embedding", reference)):
         for s in out.values():
             if abs(getattr(s, key) - ref) > tolerance * ref:
-                raise ConfigError(f"matched suite (width {width}, depth {depth}): {s.family} has {key} "
-                                  f"{getattr(s, key)}, more than {tolerance:.0%} from GPT-NeoX's {ref}; "
-                                  f"change width/depth")
+                raise ConfigError(
+                    f"matched suite (width {width}, depth {depth}): {s.family} has {key} "
+                    f"{getattr(s, key)}, more than {tolerance:.0%} from GPT-NeoX's {ref}; "
+                    f"change width/depth"
+                )
     return out
 
 
@@ -203,8 +233,9 @@ def width_for_params(target: int, *, depth: int, vocab_size: int, context: int, 
     parameter count closest to ``target``."""
     best = None
     for width in range(step, 8192 + step, step):
-        total = count_params(family_config("gpt_neox", width=width, depth=depth, vocab_size=vocab_size,
-                                           context=context))[0]
+        total = count_params(
+            family_config("gpt_neox", width=width, depth=depth, vocab_size=vocab_size, context=context)
+        )[0]
         if best is None or abs(total - target) < abs(best[1] - target):
             best = (width, total)
         if total > 2 * target:

@@ -53,8 +53,17 @@ from reprflow.errors import ConfigError, ReprflowError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Dims", "DiskSpaceError", "StoreEstimate", "check_disk", "estimate_stores", "format_table", "model_dims",
-           "pending_estimates", "summary"]
+__all__ = [
+    "Dims",
+    "DiskSpaceError",
+    "StoreEstimate",
+    "check_disk",
+    "estimate_stores",
+    "format_table",
+    "model_dims",
+    "pending_estimates",
+    "summary",
+]
 
 SHIPPED_CONFIGS = PROJECT_ROOT / "reprflow" / "models" / "configs"
 BYTES_PER_VALUE = 4  # float32, the worst case of store_dtype auto / float16 / float32
@@ -184,8 +193,11 @@ def estimate_stores(config: Config, *, tokens: str | None = None) -> list[StoreE
         n_prompts = n_token_cell if cell.init in fig3 else n_cell  # a fig3 cell forwards its token prompts only
         n_token = n_token_cell if tokens == "store" else 0
         spec = config.model(cell.model)
-        max_tokens = (cell.length if cell.task in config.custom_tasks  # a custom task's length is a hard cap
-                      else math.ceil(cell.length * (1 + _tolerance(config, cell.task, cell.length))))
+        max_tokens = (
+            cell.length
+            if cell.task in config.custom_tasks  # a custom task's length is a hard cap
+            else math.ceil(cell.length * (1 + _tolerance(config, cell.task, cell.length)))
+        )
         if spec.max_context is not None:
             max_tokens = min(max_tokens, spec.max_context)
         dims = dims_of[cell.model]
@@ -194,8 +206,9 @@ def estimate_stores(config: Config, *, tokens: str | None = None) -> list[StoreE
             states = dims.n_layers + 2
             values = n_prompts * states * dims.hidden + n_token * states * max_tokens * dims.hidden
             size = values * BYTES_PER_VALUE + n_prompts * OVERHEAD_PER_PROMPT + OVERHEAD_BYTES
-        found.append(StoreEstimate(cell.model, cell.init, cell.task, cell.length, dims, n_prompts, n_token,
-                                   max_tokens, size))
+        found.append(
+            StoreEstimate(cell.model, cell.init, cell.task, cell.length, dims, n_prompts, n_token, max_tokens, size)
+        )
     return found
 
 
@@ -254,9 +267,13 @@ def summary(config: Config, pending: list[StoreEstimate], *, root: str | Path | 
     where, free = _free(config, root)
     need = sum(e.bytes for e in pending if e.bytes is not None)
     unknown = sorted({e.model for e in pending if e.bytes is None})
-    note = f"; not counted (no config.json found, see reprflow/workflow/disk.py): {', '.join(unknown)}" if unknown else ""
-    return (f"disk: {len(pending)} activation store(s) to build need at most {_gib(need)} (float32, "
-            f"uncompressed); {_gib(free)} free under {where}{note}")
+    note = (
+        f"; not counted (no config.json found, see reprflow/workflow/disk.py): {', '.join(unknown)}" if unknown else ""
+    )
+    return (
+        f"disk: {len(pending)} activation store(s) to build need at most {_gib(need)} (float32, "
+        f"uncompressed); {_gib(free)} free under {where}{note}"
+    )
 
 
 def check_disk(config: Config, pending: list[StoreEstimate] | None = None, *, root: str | Path | None = None) -> str:
@@ -286,8 +303,12 @@ def check_disk(config: Config, pending: list[StoreEstimate] | None = None, *, ro
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--configfile", nargs="+", default=["config/config.yaml"],
-                        help="the experiment config (YAML); later files override earlier ones, as in Snakemake")
+    parser.add_argument(
+        "--configfile",
+        nargs="+",
+        default=["config/config.yaml"],
+        help="the experiment config (YAML); later files override earlier ones, as in Snakemake",
+    )
     args = parser.parse_args(argv)
     try:
         config = load_configs(args.configfile)
@@ -296,11 +317,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     estimates = estimate_stores(config)
     print(format_table(estimates))
-    totals = {t: sum(e.bytes for e in estimate_stores(config, tokens=t) if e.bytes is not None)
-              for t in ("store", "stream")}
+    totals = {
+        t: sum(e.bytes for e in estimate_stores(config, tokens=t) if e.bytes is not None) for t in ("store", "stream")
+    }
     own = config.section("extraction").get("tokens", "store")
-    print("all stores, worst case: " + "; ".join(
-        f"tokens: {t} {_gib(b)}{' (this config)' if t == own else ''}" for t, b in totals.items()))
+    print(
+        "all stores, worst case: "
+        + "; ".join(f"tokens: {t} {_gib(b)}{' (this config)' if t == own else ''}" for t, b in totals.items())
+    )
     try:
         print(check_disk(config, estimates))
     except DiskSpaceError as exc:

@@ -64,21 +64,61 @@ class Stage:
 
 
 STAGES = (
-    Stage("models", "all_models all_trained", ("rules/models.smk", "rules/training.smk"),
-          ("build_tiny_model.py", "train.py"), ("seed", "models"),
-          ("@data/lost_in_the_middle",), ("data/models",)),
-    Stage("prompts", "all_prompts", ("rules/prompts.smk",), ("prompts.py", "custom_prompts.py"),
-          ("seed", "models", "tasks", "lengths", "prompts"),
-          ("@data/lost_in_the_middle",), ("data/prompts",)),
-    Stage("activations", "all_activations", ("rules/activations.smk",), ("extract_activations.py",),
-          ("seed", "models", "inits", "extraction"), ("data/models", "data/prompts"), ("results/activations",)),
-    Stage("metrics", "all_metrics", ("rules/metrics.smk", "rules/probes.smk"), ("token_metrics.py", "probes.py"),
-          ("metrics", "probes"), ("results/activations",), ("results/metrics",)),
+    Stage(
+        "models",
+        "all_models all_trained",
+        ("rules/models.smk", "rules/training.smk"),
+        ("build_tiny_model.py", "train.py"),
+        ("seed", "models"),
+        ("@data/lost_in_the_middle",),
+        ("data/models",),
+    ),
+    Stage(
+        "prompts",
+        "all_prompts",
+        ("rules/prompts.smk",),
+        ("prompts.py", "custom_prompts.py"),
+        ("seed", "models", "tasks", "lengths", "prompts"),
+        ("@data/lost_in_the_middle",),
+        ("data/prompts",),
+    ),
+    Stage(
+        "activations",
+        "all_activations",
+        ("rules/activations.smk",),
+        ("extract_activations.py",),
+        ("seed", "models", "inits", "extraction"),
+        ("data/models", "data/prompts"),
+        ("results/activations",),
+    ),
+    Stage(
+        "metrics",
+        "all_metrics",
+        ("rules/metrics.smk", "rules/probes.smk"),
+        ("token_metrics.py", "probes.py"),
+        ("metrics", "probes"),
+        ("results/activations",),
+        ("results/metrics",),
+    ),
     Stage("theory", "all_theory", ("rules/theory.smk",), ("theory.py",), ("theory",), (), ("results/theory",)),
-    Stage("report", "all", ("rules/report.smk",), ("tables.py", "figures.py", "findings.py", "report.py"),
-          ("figures", "findings"), ("results/metrics", "results/theory"),
-          ("results/table1.csv", "results/table2.csv", "results/figures", "results/findings.csv",
-           "results/provenance.csv", "results/html", "results/report.md"), persist=False),
+    Stage(
+        "report",
+        "all",
+        ("rules/report.smk",),
+        ("tables.py", "figures.py", "findings.py", "report.py"),
+        ("figures", "findings"),
+        ("results/metrics", "results/theory"),
+        (
+            "results/table1.csv",
+            "results/table2.csv",
+            "results/figures",
+            "results/findings.csv",
+            "results/provenance.csv",
+            "results/html",
+            "results/report.md",
+        ),
+        persist=False,
+    ),
 )
 """The pipeline's stages in order; ``@path`` marks a project input (not under out_dir)."""
 
@@ -203,8 +243,10 @@ def stages(config: Config) -> tuple[Stage, ...]:
         found = tuple(replace(s, params=(*s.params, "metrics")) if s.name == "activations" else s for s in found)
     if config.custom_tasks:
         files = tuple(f"@{t['jsonl']}" for t in config.custom_tasks.values())
-        found = tuple(replace(s, params=(*s.params, "custom_tasks"), data=(*s.data, *files)) if s.name == "prompts"
-                      else s for s in found)
+        found = tuple(
+            replace(s, params=(*s.params, "custom_tasks"), data=(*s.data, *files)) if s.name == "prompts" else s
+            for s in found
+        )
     return found
 
 
@@ -243,19 +285,31 @@ def render(config_path: str, config: Config, root: Path = PROJECT_ROOT) -> str:
             if stage.persist:
                 lines += ["          persist: true"]
     # top-level sections: literal paths (DVC interpolates vars in stages only)
-    lines += ["", "# dvc metrics show: per-cell probe summaries (last/peak accuracy), Sm/St and each trained",
-              "# model's training summary (final validation loss, unigram baseline, tokens/s).", "metrics:"]
+    lines += [
+        "",
+        "# dvc metrics show: per-cell probe summaries (last/peak accuracy), Sm/St and each trained",
+        "# model's training summary (final validation loss, unigram baseline, tokens/s).",
+        "metrics:",
+    ]
     for cell in table_cells(config):
         lines.append(f"  - {targets.out(config, cell.fmt(PROBES).replace('.csv', '.json'))}")
     for cell in cells(config):
         lines.append(f"  - {targets.out(config, cell.fmt(TOKEN_METRICS) + '/smoothness_stability.json')}")
     trained = [m.name for m in config.models if m.train is not None]
     lines += [f"  - {targets.out(config, f'results/training/{m}/summary.json')}" for m in trained]
-    lines += ["", "# dvc plots show: the paper's figures, the theory check and the training curves.", "plots:",
-              f"  - {targets.out(config, 'results/figures')}", f"  - {targets.out(config, 'results/theory/theory.png')}"]
+    lines += [
+        "",
+        "# dvc plots show: the paper's figures, the theory check and the training curves.",
+        "plots:",
+        f"  - {targets.out(config, 'results/figures')}",
+        f"  - {targets.out(config, 'results/theory/theory.png')}",
+    ]
     for m in trained:  # step, tokens, train_loss, val_loss, ... (docs/training.md)
-        lines += [f"  - {targets.out(config, f'results/training/{m}/metrics.csv')}:", "      x: tokens",
-                  "      y: [train_loss, val_loss]"]
+        lines += [
+            f"  - {targets.out(config, f'results/training/{m}/metrics.csv')}:",
+            "      x: tokens",
+            "      y: [train_loss, val_loss]",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -271,8 +325,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {target}")
         return 0
     if target.read_text() != text:
-        print(f"{target} is stale: run python -m reprflow.workflow.lineage --configfile {args.configfile} --write",
-              file=sys.stderr)
+        print(
+            f"{target} is stale: run python -m reprflow.workflow.lineage --configfile {args.configfile} --write",
+            file=sys.stderr,
+        )
         return 1
     print(f"{target} is up to date")
     return 0

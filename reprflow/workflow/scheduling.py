@@ -45,8 +45,13 @@ def visible_gpu_count(env: Mapping[str, str] | None = None, *, nvidia_smi: str |
     return sum(1 for line in listed.stdout.splitlines() if line.startswith("GPU "))
 
 
-def default_gpu_resource(provided: Mapping[str, object], *, local: bool, env: Mapping[str, str] | None = None,
-                         nvidia_smi: str | None = "nvidia-smi") -> int | None:
+def default_gpu_resource(
+    provided: Mapping[str, object],
+    *,
+    local: bool,
+    env: Mapping[str, str] | None = None,
+    nvidia_smi: str | None = "nvidia-smi",
+) -> int | None:
     """The ``gpu`` resource to provide when the user provided none, or None to leave it be.
 
     Parameters

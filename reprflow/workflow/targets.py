@@ -103,7 +103,9 @@ def cells(config: Config, *, log: bool = False) -> list[Cell]:
         for length in config.lengths:
             if not model.fits(length):
                 if log:
-                    logger.info("skipping %s at %d tokens: beyond its context (%d)", model.name, length, model.max_context)
+                    logger.info(
+                        "skipping %s at %d tokens: beyond its context (%d)", model.name, length, model.max_context
+                    )
                 continue
             for init in config.inits:
                 if init_scope(init) == "fig3" and length != fig3_length:
@@ -116,8 +118,13 @@ def cells(config: Config, *, log: bool = False) -> list[Cell]:
                 continue
             if not model.fits(length):
                 if log:
-                    logger.info("skipping %s for custom task %s: its length %d is beyond the model's context (%d)",
-                                model.name, task, length, model.max_context)
+                    logger.info(
+                        "skipping %s for custom task %s: its length %d is beyond the model's context (%d)",
+                        model.name,
+                        task,
+                        length,
+                        model.max_context,
+                    )
                 continue
             found += [Cell(model.name, init.name, task, length) for init in config.inits]
     return found
@@ -175,5 +182,7 @@ def figure_files(config: Config) -> list[str]:
 
 def final_targets(config: Config) -> list[str]:
     """What ``rule all`` builds, under ``out_dir``: tables, figures, the theory check, the verdicts and the report."""
-    return [out(config, p) for p in (*TABLES, *figure_files(config), *THEORY.values(), FINDINGS, REPORT, PROVENANCE,
-                                     *HTML_TABLES.values())]
+    return [
+        out(config, p)
+        for p in (*TABLES, *figure_files(config), *THEORY.values(), FINDINGS, REPORT, PROVENANCE, *HTML_TABLES.values())
+    ]

@@ -62,8 +62,15 @@ def slurm_cluster(tmp_path_factory):
                 subprocess.run(["bash", str(SLURM_LOCAL), "down"], stdout=fh, stderr=subprocess.STDOUT, timeout=120)
 
 
-def reduced_config(*, n_prompts: int, slow_model: bool = False, gpus: int = 0, length: int | None = None,
-                   shards: int = 1, tokens: str = "store") -> dict:
+def reduced_config(
+    *,
+    n_prompts: int,
+    slow_model: bool = False,
+    gpus: int = 0,
+    length: int | None = None,
+    shards: int = 1,
+    tokens: str = "store",
+) -> dict:
     """The demo config cut to one cell: tiny-pythia, its first init, task and length.
     Outputs go to the demo's ``out_dir`` (``OUT``). The model is built (a tiny random model with
     its own GPT-NeoX-20B tokenizer), not trained as in the demo: these tests are about scheduling.

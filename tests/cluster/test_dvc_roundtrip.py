@@ -29,13 +29,17 @@ pytestmark = pytest.mark.slow
 
 DVC = str(Path(sys.executable).with_name("dvc"))
 STAGES = ("models", "prompts", "activations", "metrics", "theory", "report")
-RESULTS = tuple(f"{OUT}/results/{name}" for name in ("table1.csv", "table2.csv", "report.md", "metrics", "activations", "theory"))
+RESULTS = tuple(
+    f"{OUT}/results/{name}" for name in ("table1.csv", "table2.csv", "report.md", "metrics", "activations", "theory")
+)
 GIT_ID = ("-c", "user.name=reprflow-test", "-c", "user.email=reprflow-test@example.invalid")
 
 
 def _run(argv, cwd: Path, env: dict, timeout: int = 900) -> subprocess.CompletedProcess:
     run = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert run.returncode == 0, f"{' '.join(map(str, argv))} failed in {cwd}:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+    assert run.returncode == 0, (
+        f"{' '.join(map(str, argv))} failed in {cwd}:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+    )
     return run
 
 
@@ -47,8 +51,13 @@ def _files(root: Path) -> dict[str, bytes]:
 
 def _scratch_repo(dest: Path, cell: dict, env: dict) -> Path:
     """A git repo holding the checkout's working tree, with config/demo.yaml = ``cell``."""
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=PROJECT_ROOT,
-                            capture_output=True, check=True).stdout.decode().split("\0")
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=PROJECT_ROOT, capture_output=True, check=True
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for rel in filter(None, listed):
         src = PROJECT_ROOT / rel
         if src.is_file():
@@ -104,8 +113,11 @@ def roundtrip(tmp_path_factory, cell_config, dvc_env):
     _run([smk, "--touch", "--forceall", *smk_args], clone, env)
     dry_run = _run([smk, "-n", *smk_args], clone, env).stdout
     before = {rel: _files(clone / rel) for rel in RESULTS}
-    mtimes = {str(p.relative_to(clone)): p.stat().st_mtime_ns
-              for p in (clone / OUT / "results" / "activations").rglob("*") if p.is_file()}
+    mtimes = {
+        str(p.relative_to(clone)): p.stat().st_mtime_ns
+        for p in (clone / OUT / "results" / "activations").rglob("*")
+        if p.is_file()
+    }
 
     # a key only the metrics stage reads (dvc.yaml: metrics params = [metrics, probes])
     cell["probes"]["epochs"] = cell["probes"]["epochs"] // 2
@@ -113,8 +125,18 @@ def roundtrip(tmp_path_factory, cell_config, dvc_env):
     status_after_change = _run([DVC, "status"], clone, env).stdout
     repro_after_change = _run([DVC, "repro"], clone, env).stdout
     status_after_rerun = _run([DVC, "status"], clone, env).stdout
-    return RoundTrip(repo, clone, pull_status, repro_after_pull, dry_run, status_after_change,
-                     repro_after_change, status_after_rerun, before, mtimes)
+    return RoundTrip(
+        repo,
+        clone,
+        pull_status,
+        repro_after_pull,
+        dry_run,
+        status_after_change,
+        repro_after_change,
+        status_after_rerun,
+        before,
+        mtimes,
+    )
 
 
 def test_fresh_clone_pull_has_the_pushed_results_bytewise(roundtrip):
@@ -159,14 +181,17 @@ def _changed_stages(status: str) -> list[str]:
     return [line.strip().rstrip(":") for line in status.splitlines() if re.match(r"^\S+:$", line)]
 
 
-@pytest.mark.parametrize(("module", "expected"), [
-    # the extraction engine can stream the token metrics (extraction.tokens: stream, the paper's
-    # setting), so the activations stage imports the metric code too
-    ("reprflow/metrics/cka.py", ["activations", "metrics"]),
-    # the Mamba-1 scan also has the training backward (reprflow/training runs in the models stage)
-    ("reprflow/kernels/selective_scan.py", ["models", "activations"]),
-    ("reprflow/pipeline/tables.py", ["report"]),
-])
+@pytest.mark.parametrize(
+    ("module", "expected"),
+    [
+        # the extraction engine can stream the token metrics (extraction.tokens: stream, the paper's
+        # setting), so the activations stage imports the metric code too
+        ("reprflow/metrics/cka.py", ["activations", "metrics"]),
+        # the Mamba-1 scan also has the training backward (reprflow/training runs in the models stage)
+        ("reprflow/kernels/selective_scan.py", ["models", "activations"]),
+        ("reprflow/pipeline/tables.py", ["report"]),
+    ],
+)
 def test_a_code_change_flags_exactly_the_stages_that_run_it(roundtrip, dvc_env, module, expected):
     """In the scratch repo (never the checkout): edit one module, ask `dvc status`, restore."""
     path = roundtrip.repo / module

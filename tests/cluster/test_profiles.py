@@ -43,8 +43,10 @@ def test_local_profile_runs_on_all_cores_and_leaves_the_gpu_count_to_the_snakefi
     assert "gpu" not in LOCAL.get("resources", {})  # rules/common.smk provides it from the visible GPUs
 
 
-@pytest.mark.parametrize(("profile", "shards", "tokens"),
-                         [("slurm", 1, "store"), ("slurm", 2, "store"), ("slurm", 2, "stream"), ("local", 2, "store")])
+@pytest.mark.parametrize(
+    ("profile", "shards", "tokens"),
+    [("slurm", 1, "store"), ("slurm", 2, "store"), ("slurm", 2, "stream"), ("local", 2, "store")],
+)
 def test_snakemake_accepts_the_profile_and_only_extraction_asks_for_a_gpu(
     profile, shards, tokens, workdir, run_snakemake, cell_config
 ):

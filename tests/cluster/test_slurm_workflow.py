@@ -89,15 +89,19 @@ def _kill_extraction_mid_way(proc, output_log: Path, partial: Path, *, timeout: 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            pytest.fail(f"snakemake exited ({proc.returncode}) before the extraction could be killed:\n"
-                        + output_log.read_text()[-3000:])
+            pytest.fail(
+                f"snakemake exited ({proc.returncode}) before the extraction could be killed:\n"
+                + output_log.read_text()[-3000:]
+            )
         jobs = [j for j, rule, _ in _submissions(output_log.read_text()) if rule == "extract_activations"]
         done = sorted(int(p.name) for p in partial.glob("_done/c/*"))
         if jobs and done:
             n_windows = json.loads((partial / "_done" / "zarr.json").read_text())["shape"][0]
             if len(done) >= n_windows:
-                pytest.fail(f"extraction finished all {n_windows} windows before it could be killed; "
-                            "make the test model slower (reduced_config(slow_model=True))")
+                pytest.fail(
+                    f"extraction finished all {n_windows} windows before it could be killed; "
+                    "make the test model slower (reduced_config(slow_model=True))"
+                )
             chunks = {
                 str(p.relative_to(partial)): (p.stat().st_ino, p.stat().st_mtime_ns)
                 for w in done
@@ -125,8 +129,9 @@ def scenario(slurm_cluster, tmp_path_factory, scratch_project, spawn_snakemake, 
     # 320 tokens: a length the item-count calibration hits for the GPT-NeoX tokenizer
     config = cell_config(base / "cell.yaml", n_prompts=64, slow_model=True, gpus=1, length=320)
     cell = yaml.safe_load(config.read_text())
-    keys = dict(model=cell["models"][0]["name"], init=cell["inits"][0]["name"], task=cell["tasks"][0],
-                length=cell["lengths"][0])
+    keys = dict(
+        model=cell["models"][0]["name"], init=cell["inits"][0]["name"], task=cell["tasks"][0], length=cell["lengths"][0]
+    )
     store = f"{OUT}/{ACTIVATIONS.format(**keys)}"
     sharded_config = cell_config(base / "sharded.yaml", n_prompts=64, slow_model=True, gpus=1, length=320, shards=2)
     local, slurm = scratch_project(base / "local"), scratch_project(base / "slurm")
@@ -146,8 +151,16 @@ def scenario(slurm_cluster, tmp_path_factory, scratch_project, spawn_snakemake, 
         # what reads them are submitted
         sharded_root = scratch_project(base / "slurm-sharded")
         shutil.copytree(slurm / OUT / "data", sharded_root / OUT / "data", symlinks=True)
-        sharded = run_snakemake(sharded_root, "--profile", "profiles/slurm", *CI_OVERRIDES, f"--configfile={sharded_config}",
-                                "--", *TABLES, timeout=900)
+        sharded = run_snakemake(
+            sharded_root,
+            "--profile",
+            "profiles/slurm",
+            *CI_OVERRIDES,
+            f"--configfile={sharded_config}",
+            "--",
+            *TABLES,
+            timeout=900,
+        )
     finally:
         _stop(first)
         _stop(local_proc)
@@ -175,15 +188,21 @@ def _sacct(job_ids) -> dict[int, tuple[str, str]]:
     """SLURM accounting of the given jobs: id -> (State, AllocTRES)."""
     out = subprocess.run(
         ["sacct", "-X", "-P", "-n", "-o", "JobID,State,AllocTRES", "-j", ",".join(map(str, job_ids))],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     rows = [line.split("|") for line in out.splitlines() if line.strip()]
     return {int(r[0]): (r[1].split()[0], r[2]) for r in rows}
 
 
 def _sacct_partitions(job_ids) -> dict[int, str]:
-    out = subprocess.run(["sacct", "-X", "-P", "-n", "-o", "JobID,Partition", "-j", ",".join(map(str, job_ids))],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["sacct", "-X", "-P", "-n", "-o", "JobID,Partition", "-j", ",".join(map(str, job_ids))],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return {int(r.split("|")[0]): r.split("|")[1] for r in out.splitlines() if r.strip()}
 
 
@@ -233,7 +252,9 @@ def test_only_the_extraction_and_its_shards_request_a_gpu(scenario):
         else:
             assert "gpu" not in tres, (rule, tres)
     for i in range(2):
-        assert (scenario.slurm.parent / "slurm-sharded" / OUT / SHARD.format(**_cell_keys(scenario), shard=i, nshards=2)).is_dir()
+        assert (
+            scenario.slurm.parent / "slurm-sharded" / OUT / SHARD.format(**_cell_keys(scenario), shard=i, nshards=2)
+        ).is_dir()
 
 
 def test_killed_extraction_resumes_without_recomputing_finished_windows(scenario):
@@ -264,8 +285,9 @@ def test_failed_job_log_is_kept_and_the_error_names_it(scenario):
 
 
 def _files(root: Path) -> dict[str, Path]:
-    return {str(p.relative_to(root)): p for p in sorted(root.rglob("*")) if p.is_file()
-            and p.name != ".snakemake_timestamp"}
+    return {
+        str(p.relative_to(root)): p for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".snakemake_timestamp"
+    }
 
 
 def test_slurm_outputs_equal_the_local_run_bytewise(scenario):

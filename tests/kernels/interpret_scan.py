@@ -41,6 +41,7 @@ def check_helpers() -> None:
     _helpers[(triton.cdiv(x.numel(), 1024),)](x, *outs, x.numel(), BLOCK=1024)
     sp, silu = (o.double() for o in outs)
     xd = x.double()
+
     def rel(got, want):  # relative error where float32 holds the value as a normal number, else absolute
         normal = want.abs() >= 2.0**-126
         assert bool(((got[~normal] - want[~normal]).abs() < 2.0**-125).all())
@@ -73,8 +74,18 @@ def _case(fn, batch, n_tokens, channels, d_state, has_d, has_z, has_bias, softpl
     z = z if has_z else None
     got = fn(u, delta, A, B, C, D, z, delta_bias=bias, delta_softplus=softplus, **kw)
     f64 = lambda t: None if t is None else t.double()  # noqa: E731
-    want = selective_scan_reference(u.double(), delta.double(), A.double(), B.double(), C.double(), f64(D), f64(z),
-                                    delta_bias=f64(bias), delta_softplus=softplus, compute_dtype=torch.float64)
+    want = selective_scan_reference(
+        u.double(),
+        delta.double(),
+        A.double(),
+        B.double(),
+        C.double(),
+        f64(D),
+        f64(z),
+        delta_bias=f64(bias),
+        delta_softplus=softplus,
+        compute_dtype=torch.float64,
+    )
     assert got.shape == u.shape and got.dtype == u.dtype
     return float((got.double() - want).norm() / want.norm())
 

@@ -39,9 +39,21 @@ def _ours(caplog):
 def test_cpu_forwards_of_mamba_and_mamba2_log_one_expected_line(fresh, caplog):
     caplog.set_level(logging.INFO)
     fallback_notice.note_device(torch.device("cpu"))
-    models = (MambaForCausalLM(MambaConfig(hidden_size=16, num_hidden_layers=2, vocab_size=64, state_size=4)),
-              Mamba2ForCausalLM(Mamba2Config(hidden_size=32, num_hidden_layers=2, vocab_size=64, state_size=8,
-                                             num_heads=4, head_dim=16, n_groups=1, expand=2)))
+    models = (
+        MambaForCausalLM(MambaConfig(hidden_size=16, num_hidden_layers=2, vocab_size=64, state_size=4)),
+        Mamba2ForCausalLM(
+            Mamba2Config(
+                hidden_size=32,
+                num_hidden_layers=2,
+                vocab_size=64,
+                state_size=8,
+                num_heads=4,
+                head_dim=16,
+                n_groups=1,
+                expand=2,
+            )
+        ),
+    )
     with torch.no_grad():
         for model in models:
             for _ in range(2):  # a second batch, as a second prompt set in the same process
@@ -57,8 +69,10 @@ def test_on_cuda_the_line_is_a_warning_naming_what_to_install(fresh, caplog):
     fallback_notice.note_device("cuda:1")
     hf = logging.getLogger(fallback_notice.HF_LOGGER)
     for func, dist in (("selective_scan_fn", "mamba_ssm"), ("causal_conv1d_fn", "causal_conv1d")):
-        hf.warning(f"`{func}` is falling back to its reference PyTorch implementation because `{dist}` is not "
-                   f"installed. This is correct but much slower; install `{dist}` for the optimized kernel.")
+        hf.warning(
+            f"`{func}` is falling back to its reference PyTorch implementation because `{dist}` is not "
+            f"installed. This is correct but much slower; install `{dist}` for the optimized kernel."
+        )
     hf.warning("an unrelated transformers warning")
     (line,) = _ours(caplog)
     assert line.levelno == logging.WARNING

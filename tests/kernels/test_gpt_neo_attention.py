@@ -36,8 +36,14 @@ def test_is_right_padded():
 
 def _tiny_neo(window: int = 4) -> GPTNeoForCausalLM:
     cfg = GPTNeoConfig(
-        vocab_size=97, max_position_embeddings=64, hidden_size=32, num_layers=4, num_heads=4,
-        attention_types=[[["global", "local"], 2]], window_size=window, intermediate_size=64,
+        vocab_size=97,
+        max_position_embeddings=64,
+        hidden_size=32,
+        num_layers=4,
+        num_heads=4,
+        attention_types=[[["global", "local"], 2]],
+        window_size=window,
+        intermediate_size=64,
     )
     torch.manual_seed(0)
     return GPTNeoForCausalLM(cfg).eval()

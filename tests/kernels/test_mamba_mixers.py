@@ -22,8 +22,16 @@ def _tiny_mamba() -> MambaForCausalLM:
 
 def _tiny_mamba2() -> Mamba2ForCausalLM:
     cfg = Mamba2Config(
-        vocab_size=97, hidden_size=32, state_size=8, num_hidden_layers=2, expand=2, head_dim=16,
-        num_heads=4, n_groups=2, chunk_size=8, conv_kernel=4,
+        vocab_size=97,
+        hidden_size=32,
+        state_size=8,
+        num_hidden_layers=2,
+        expand=2,
+        head_dim=16,
+        num_heads=4,
+        n_groups=2,
+        chunk_size=8,
+        conv_kernel=4,
     )
     torch.manual_seed(0)
     return Mamba2ForCausalLM(cfg).eval()
@@ -78,8 +86,9 @@ def test_mamba_train_forward_matches_hf_values_and_gradients(torch_gen):
 def test_mamba2_fast_forward_matches_hf_cpu(torch_gen):
     hf = _tiny_mamba2()
     fast = copy.deepcopy(hf)
-    kernels = MambaSsmKernels(chunk_scan_combined=ssd_reference, rmsnorm_fn=_gated_rmsnorm,
-                              version="test", bare_package=False)
+    kernels = MambaSsmKernels(
+        chunk_scan_combined=ssd_reference, rmsnorm_fn=_gated_rmsnorm, version="test", bare_package=False
+    )
     assert install_mamba2_forward(fast, kernels=kernels, conv_impl="torch") == 2
     ids = torch.randint(0, 97, (2, 21), generator=torch_gen)
     mask = torch.ones_like(ids)

@@ -40,8 +40,19 @@ def test_patched_blocks_give_the_same_states(cls_name, torch_gen):
     if cls_name == "mamba":
         model = MambaForCausalLM(MambaConfig(vocab_size=50, hidden_size=16, state_size=4, num_hidden_layers=2))
     else:
-        model = Mamba2ForCausalLM(Mamba2Config(vocab_size=50, hidden_size=16, state_size=8, num_hidden_layers=2,
-                                               head_dim=8, num_heads=4, n_groups=1, chunk_size=8, expand=2))
+        model = Mamba2ForCausalLM(
+            Mamba2Config(
+                vocab_size=50,
+                hidden_size=16,
+                state_size=8,
+                num_hidden_layers=2,
+                head_dim=8,
+                num_heads=4,
+                n_groups=1,
+                chunk_size=8,
+                expand=2,
+            )
+        )
     model = model.to(torch.bfloat16).eval()
     ids = torch.randint(0, 50, (2, 11), generator=torch_gen)
     mask = torch.ones_like(ids)

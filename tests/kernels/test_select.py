@@ -45,17 +45,33 @@ def _toy_op(report, calls, forced=None):
         def run(*a, **k):
             calls[name] = calls.get(name, 0) + 1
             return fn(*a, **k)
+
         return run
 
     cands = [
         Candidate("fconv", counted("fconv", causal_conv1d_silu_reference), "F.conv1d", devices=("cpu",)),
         Candidate("shifted", counted("shifted", _shifted_sum_conv), "shifted sum", devices=("cpu",)),
-        Candidate("no_silu", counted("no_silu", lambda x, weight, bias=None, *, mask=None:
-                                     _shifted_sum_conv(x, weight, bias, mask=mask).logit().nan_to_num()),
-                  "wrong on purpose", devices=("cpu",)),
+        Candidate(
+            "no_silu",
+            counted(
+                "no_silu",
+                lambda x, weight, bias=None, *, mask=None: (
+                    _shifted_sum_conv(x, weight, bias, mask=mask).logit().nan_to_num()
+                ),
+            ),
+            "wrong on purpose",
+            devices=("cpu",),
+        ),
     ]
-    return KernelOp("toy_conv", causal_conv1d_silu_reference, cands, time_major=("x", "mask"),
-                    sizes=lambda a: (a["x"].shape[2],), report=report, forced=forced)
+    return KernelOp(
+        "toy_conv",
+        causal_conv1d_silu_reference,
+        cands,
+        time_major=("x", "mask"),
+        sizes=lambda a: (a["x"].shape[2],),
+        report=report,
+        forced=forced,
+    )
 
 
 def test_cpu_ops_pick_torch_without_measuring(torch_gen):
@@ -96,7 +112,11 @@ def test_disk_cache_skips_timing(torch_gen, tmp_path, monkeypatch):
     _toy_op(first, {})(x, w, b)
     stored = json.loads(cache.read_text())
     (key,) = stored
-    assert key.startswith("toy_conv") and "torch " in key and stored[key] == first["toy_conv"][next(iter(first["toy_conv"]))]["kernel"]
+    assert (
+        key.startswith("toy_conv")
+        and "torch " in key
+        and stored[key] == first["toy_conv"][next(iter(first["toy_conv"]))]["kernel"]
+    )
     select.clear_cache()
     again = {}
     _toy_op(again, {})(x, w, b)
@@ -128,8 +148,17 @@ def test_reference_ops_agree_with_their_float64_definitions(torch_gen):
     D = torch.randn(5, generator=g)
     report = {}
     y = mamba_scan_op(CPU, report=report)(u, dt, A, Bm, Cm, D, z, delta_softplus=True)
-    want = selective_scan_reference(u.double(), dt.double(), A.double(), Bm.double(), Cm.double(), D.double(),
-                                    z.double(), delta_softplus=True, compute_dtype=torch.float64)
+    want = selective_scan_reference(
+        u.double(),
+        dt.double(),
+        A.double(),
+        Bm.double(),
+        Cm.double(),
+        D.double(),
+        z.double(),
+        delta_softplus=True,
+        compute_dtype=torch.float64,
+    )
     torch.testing.assert_close(y.double(), want, rtol=1e-5, atol=1e-6)
     # SSD with one group and head_dim 1 is the Mamba-1 scan with A constant over the state
     x = torch.randn(2, 9, 3, 1, generator=g)
@@ -137,9 +166,15 @@ def test_reference_ops_agree_with_their_float64_definitions(torch_gen):
     a = -torch.rand(3, generator=g) - 0.1
     Bs, Cs = torch.randn(2, 9, 1, 4, generator=g), torch.randn(2, 9, 1, 4, generator=g)
     got = mamba2_ssd_op(CPU, None, report=report)(x, d, a, Bs, Cs, 8, dt_softplus=True)
-    want = selective_scan_reference(x[..., 0].double(), d.double(), a.double()[:, None].expand(3, 4),
-                                    Bs[:, :, 0].double(), Cs[:, :, 0].double(), delta_softplus=True,
-                                    compute_dtype=torch.float64)
+    want = selective_scan_reference(
+        x[..., 0].double(),
+        d.double(),
+        a.double()[:, None].expand(3, 4),
+        Bs[:, :, 0].double(),
+        Cs[:, :, 0].double(),
+        delta_softplus=True,
+        compute_dtype=torch.float64,
+    )
     torch.testing.assert_close(got[..., 0].double(), want, rtol=1e-5, atol=1e-6)
 
 
@@ -183,10 +218,17 @@ def test_check_covers_more_than_one_ssd_chunk(torch_gen):
         return y
 
     report = {}
-    op = KernelOp("toy_conv", causal_conv1d_silu_reference,
-                  [Candidate("fconv", causal_conv1d_silu_reference, "F.conv1d", devices=("cpu",)),
-                   Candidate("chunked", wrong_after_chunk, "wrong past 256 tokens", devices=("cpu",))],
-                  time_major=("x", "mask"), sizes=lambda a: (a["x"].shape[2],), report=report)
+    op = KernelOp(
+        "toy_conv",
+        causal_conv1d_silu_reference,
+        [
+            Candidate("fconv", causal_conv1d_silu_reference, "F.conv1d", devices=("cpu",)),
+            Candidate("chunked", wrong_after_chunk, "wrong past 256 tokens", devices=("cpu",)),
+        ],
+        time_major=("x", "mask"),
+        sizes=lambda a: (a["x"].shape[2],),
+        report=report,
+    )
     x, w, b = _conv_inputs(torch_gen, batch=3, n_tokens=400)
     torch.testing.assert_close(op(x, w, b), causal_conv1d_silu_reference(x, w, b))
     (entry,) = report["toy_conv"].values()

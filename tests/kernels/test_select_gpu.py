@@ -48,8 +48,17 @@ def _model(family: str):
     if family == "mamba":
         cfg = MambaConfig(vocab_size=1000, hidden_size=1024, state_size=16, num_hidden_layers=4, expand=2)
         return MambaForCausalLM(cfg)
-    cfg = Mamba2Config(vocab_size=1000, hidden_size=1024, state_size=128, num_hidden_layers=4, expand=2,
-                       head_dim=64, num_heads=32, n_groups=1, chunk_size=256)
+    cfg = Mamba2Config(
+        vocab_size=1000,
+        hidden_size=1024,
+        state_size=128,
+        num_hidden_layers=4,
+        expand=2,
+        head_dim=64,
+        num_heads=32,
+        n_groups=1,
+        chunk_size=256,
+    )
     return Mamba2ForCausalLM(cfg)
 
 
@@ -65,8 +74,10 @@ def _rel(got, want) -> float:
 
 def _chosen(report: dict) -> dict:
     """``{op: {shape class: kernel}}`` and the check errors, for assertion messages."""
-    return {op: {shape: (e["kernel"], e["check_rel_err"]) for shape, e in classes.items()}
-            for op, classes in report.get("kernels", {}).items()}
+    return {
+        op: {shape: (e["kernel"], e["check_rel_err"]) for shape, e in classes.items()}
+        for op, classes in report.get("kernels", {}).items()
+    }
 
 
 def _ms(model, ids, n=5) -> list[float]:
@@ -123,9 +134,11 @@ def assert_accurate(acc: dict, dtype: torch.dtype, what: str) -> None:
         bound = select.REL_TOL[torch.float32]
     else:
         bound = max(BF16_FLOOR, BF16_SLACK * rel["hf"])
-    summary = (f"{what} {str(dtype).removeprefix('torch.')}: relative distance from float32 transformers: "
-               f"auto {rel['auto']:.4f}, own {rel['own']:.4f}, transformers' own path {rel['hf']:.4f}; "
-               f"bound {bound:.4f}; chosen auto {acc['chosen']['auto']}, own {acc['chosen']['own']}")
+    summary = (
+        f"{what} {str(dtype).removeprefix('torch.')}: relative distance from float32 transformers: "
+        f"auto {rel['auto']:.4f}, own {rel['own']:.4f}, transformers' own path {rel['hf']:.4f}; "
+        f"bound {bound:.4f}; chosen auto {acc['chosen']['auto']}, own {acc['chosen']['own']}"
+    )
     print(summary)
     for label in ("auto", "own"):
         assert rel[label] <= bound, f"{label} fails: " + summary

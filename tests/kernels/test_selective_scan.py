@@ -75,8 +75,10 @@ def test_autograd_scan_matches_float64_loop_and_its_gradients(rng):
 
     ref = [a.detach().clone().requires_grad_() for a in t64]
     weights = torch.from_numpy(rng.normal(size=want.shape))
-    (selective_scan_reference(*ref[:7], delta_bias=ref[7], delta_softplus=True, compute_dtype=torch.float64)
-     * weights).sum().backward()
+    (
+        selective_scan_reference(*ref[:7], delta_bias=ref[7], delta_softplus=True, compute_dtype=torch.float64)
+        * weights
+    ).sum().backward()
     t32 = [a.detach().float().requires_grad_() for a in t64]
     got32 = selective_scan_autograd(*t32[:7], delta_bias=t32[7], delta_softplus=True)
     assert got32.dtype == torch.float32
@@ -116,8 +118,9 @@ def _gpu_inputs(shape, dtype, seed):
 @pytest.mark.parametrize("shape", [(2, 67, 80, 16), (1, 300, 33, 16), (3, 5, 64, 8)])
 def test_triton_matches_float64(dtype, shape):
     u, delta, A, B, C, D, z, bias = _gpu_inputs(shape, dtype, hash(shape) % 2**31)
-    want = selective_scan_reference(u, delta, A, B, C, D, z, delta_bias=bias, delta_softplus=True,
-                                    compute_dtype=torch.float64)
+    want = selective_scan_reference(
+        u, delta, A, B, C, D, z, delta_bias=bias, delta_softplus=True, compute_dtype=torch.float64
+    )
     got = selective_scan(u, delta, A, B, C, D, z, delta_bias=bias, delta_softplus=True, impl="triton")
     assert got.dtype == dtype and got.shape == u.shape
     assert torch.isfinite(got).all()
@@ -133,10 +136,23 @@ def test_triton_launch_configs_match_float64(config):
     two-warp program with 8 steps per iteration (300 tokens: not a multiple of 8)."""
     block_d, num_warps, unroll = config
     u, delta, A, B, C, D, z, bias = _gpu_inputs((1, 300, 33, 16), torch.bfloat16, 3)
-    want = selective_scan_reference(u, delta, A, B, C, D, z, delta_bias=bias, delta_softplus=True,
-                                    compute_dtype=torch.float64)
-    got = selective_scan_triton(u, delta, A, B, C, D, z, delta_bias=bias, delta_softplus=True, block_d=block_d,
-                                num_warps=num_warps, unroll=unroll)
+    want = selective_scan_reference(
+        u, delta, A, B, C, D, z, delta_bias=bias, delta_softplus=True, compute_dtype=torch.float64
+    )
+    got = selective_scan_triton(
+        u,
+        delta,
+        A,
+        B,
+        C,
+        D,
+        z,
+        delta_bias=bias,
+        delta_softplus=True,
+        block_d=block_d,
+        num_warps=num_warps,
+        unroll=unroll,
+    )
     rel = float((got.double() - want).norm() / want.norm())
     assert got.dtype == torch.bfloat16 and rel < 1e-2, (config, rel)
 
@@ -153,8 +169,9 @@ def test_every_scan_candidate_matches_float64():
     assert "triton" in names
     for dtype in (torch.bfloat16, torch.float32):
         u, delta, A, B, C, D, z, bias = _gpu_inputs((2, 1000, 320, 16), dtype, 5)
-        want = selective_scan_reference(u, delta, A, B, C, D, z, delta_bias=bias, delta_softplus=True,
-                                        compute_dtype=torch.float64)
+        want = selective_scan_reference(
+            u, delta, A, B, C, D, z, delta_bias=bias, delta_softplus=True, compute_dtype=torch.float64
+        )
         for c in op.candidates:
             if c.timed:
                 got = c.fn(u, delta, A, B, C, D, z, delta_bias=bias, delta_softplus=True)

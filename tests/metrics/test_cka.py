@@ -168,9 +168,7 @@ def test_not_invariant_to_general_linear_maps(xy):
 def test_cka_matrix_equals_pairwise_reference(states, debiased, form, block_bytes):
     got = cka_matrix(states, debiased=debiased, form=form, block_bytes=block_bytes)
     k = states.shape[0]
-    ref = np.array(
-        [[_ref_cka(states[a], states[b], debiased=debiased) for b in range(k)] for a in range(k)]
-    )
+    ref = np.array([[_ref_cka(states[a], states[b], debiased=debiased) for b in range(k)] for a in range(k)])
     assert got.shape == (k, k) and got.dtype == np.float64
     np.testing.assert_array_equal(got, got.T)
     np.testing.assert_array_equal(np.diag(got), np.ones(k))
@@ -182,9 +180,7 @@ def test_cka_matrix_equals_linear_cka_pairs_and_cka_matrices(states):
     h16 = states.astype(np.float16)
     for debiased, mat in ((False, both.biased), (True, both.debiased)):
         np.testing.assert_allclose(mat, cka_matrix(h16, debiased=debiased), rtol=1e-13)
-        assert mat[1, 4] == pytest.approx(
-            linear_cka(h16[1], h16[4], debiased=debiased), rel=1e-12
-        )
+        assert mat[1, 4] == pytest.approx(linear_cka(h16[1], h16[4], debiased=debiased), rel=1e-12)
     assert np.all((both.biased >= 0) & (both.biased <= 1 + 1e-12))
 
 
@@ -213,9 +209,7 @@ def test_mismatched_token_counts_raise(xy):
 
 
 def test_minibatch_cka_single_batch_is_full_debiased(states):
-    np.testing.assert_allclose(
-        minibatch_cka([states]), cka_matrix(states, debiased=True), rtol=1e-12
-    )
+    np.testing.assert_allclose(minibatch_cka([states]), cka_matrix(states, debiased=True), rtol=1e-12)
 
 
 def test_minibatch_cka_converges_to_full_debiased_cka():

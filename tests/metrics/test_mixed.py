@@ -54,8 +54,16 @@ def _reference(h: np.ndarray, idx: list[int]) -> dict:
     sm = np.abs(x[1:-1] - (x[:-2] + x[2:]) / 2).sum() / ((k - 2) * n * d)
     st = x.std(axis=0).sum() / (n * d)
     rms = (np.linalg.norm(x, axis=-1) / np.sqrt(d)).mean()
-    return {"inter_token": inter, "layerwise_mean": cos.mean(1), "layerwise_binned": binned, "cka": cka,
-            "cka_debiased": cka_d, "sm": sm, "st": st, "state_rms": rms}
+    return {
+        "inter_token": inter,
+        "layerwise_mean": cos.mean(1),
+        "layerwise_binned": binned,
+        "cka": cka,
+        "cka_debiased": cka_d,
+        "sm": sm,
+        "st": st,
+        "state_rms": rms,
+    }
 
 
 def _cases():

@@ -21,51 +21,143 @@ from reprflow.models.hf_view import HfViewMismatchError, check_hf_view, hf_hidde
 
 VOCAB, HIDDEN, N_BLOCKS = 128, 32, 2
 LENGTHS = [9, 5, 7]  # right-padded batch
-_ATTN = dict(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=N_BLOCKS, num_attention_heads=4,
-             num_key_value_heads=2, intermediate_size=64, max_position_embeddings=256)
+_ATTN = dict(
+    vocab_size=VOCAB,
+    hidden_size=HIDDEN,
+    num_hidden_layers=N_BLOCKS,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=256,
+)
 _SSM = dict(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=N_BLOCKS, state_size=8, expand=2, conv_kernel=4)
-_MAMBA2_MIXER = dict(mamba_n_heads=4, mamba_d_head=16, mamba_expand=2, mamba_d_state=8, mamba_n_groups=1,
-                     mamba_chunk_size=16)
+_MAMBA2_MIXER = dict(
+    mamba_n_heads=4, mamba_d_head=16, mamba_expand=2, mamba_d_state=8, mamba_n_groups=1, mamba_chunk_size=16
+)
 
 #: model_type -> (config kwargs, expected (blocks path from the causal LM, final norm path))
 CASES = {
     # the paper's four families
-    "gpt_neo": (dict(vocab_size=VOCAB, hidden_size=HIDDEN, num_layers=N_BLOCKS, num_heads=4,
-                     attention_types=[[["global", "local"], 1]], window_size=4, bos_token_id=0, eos_token_id=0),
-                ("transformer.h", "transformer.ln_f")),
+    "gpt_neo": (
+        dict(
+            vocab_size=VOCAB,
+            hidden_size=HIDDEN,
+            num_layers=N_BLOCKS,
+            num_heads=4,
+            attention_types=[[["global", "local"], 1]],
+            window_size=4,
+            bos_token_id=0,
+            eos_token_id=0,
+        ),
+        ("transformer.h", "transformer.ln_f"),
+    ),
     "gpt_neox": (dict(_ATTN, rotary_pct=0.25), ("gpt_neox.layers", "gpt_neox.final_layer_norm")),
     "mamba": (_SSM, ("backbone.layers", "backbone.norm_f")),
-    "mamba2": (dict(_SSM, num_heads=4, head_dim=16, n_groups=1, chunk_size=16),
-               ("backbone.layers", "backbone.norm_f")),
+    "mamba2": (dict(_SSM, num_heads=4, head_dim=16, n_groups=1, chunk_size=16), ("backbone.layers", "backbone.norm_f")),
     # plain decoders and an SSM
-    "gpt2": (dict(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=N_BLOCKS, n_head=4, n_positions=256,
-                  bos_token_id=0, eos_token_id=0), ("transformer.h", "transformer.ln_f")),
+    "gpt2": (
+        dict(
+            vocab_size=VOCAB, n_embd=HIDDEN, n_layer=N_BLOCKS, n_head=4, n_positions=256, bos_token_id=0, eos_token_id=0
+        ),
+        ("transformer.h", "transformer.ln_f"),
+    ),
     "llama": (_ATTN, ("model.layers", "model.norm")),
     "qwen2": (_ATTN, ("model.layers", "model.norm")),
     "falcon_mamba": (_SSM, ("backbone.layers", "backbone.norm_f")),
     # recurrent / SSM / conv hybrids
-    "recurrent_gemma": (dict(_ATTN, num_key_value_heads=1, lru_width=HIDDEN, attention_window_size=4,
-                             block_types=["recurrent", "attention"]), ("model.layers", "model.final_norm")),
+    "recurrent_gemma": (
+        dict(
+            _ATTN,
+            num_key_value_heads=1,
+            lru_width=HIDDEN,
+            attention_window_size=4,
+            block_types=["recurrent", "attention"],
+        ),
+        ("model.layers", "model.final_norm"),
+    ),
     "bamba": (dict(_ATTN, attn_layer_indices=[1], **_MAMBA2_MIXER), ("model.layers", "model.final_layernorm")),
-    "jamba": (dict(_ATTN, attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2, expert_layer_offset=1,
-                   num_experts=2, num_experts_per_tok=1, mamba_d_state=8, mamba_d_conv=4, mamba_expand=2),
-              ("model.layers", "model.final_layernorm")),
-    "zamba2": (dict(_ATTN, mamba_d_state=8, mamba_ngroups=1, mamba_headdim=16, n_mamba_heads=4,
-                    layers_block_type=["mamba", "hybrid"], num_mem_blocks=1, chunk_size=16, attention_head_dim=8),
-               ("model.layers", "model.final_layernorm")),
-    "falcon_h1": (dict(_ATTN, head_dim=8, mamba_d_ssm=64, mamba_n_heads=4, mamba_d_head=16, mamba_d_state=8,
-                       mamba_n_groups=1, mamba_chunk_size=16, mamba_expand=2),
-                  ("model.layers", "model.final_layernorm")),
-    "granitemoehybrid": (dict(_ATTN, layer_types=["mamba", "attention"], num_local_experts=2, num_experts_per_tok=1,
-                              shared_intermediate_size=64, **_MAMBA2_MIXER), ("model.layers", "model.norm")),
-    "nemotron_h": (dict(_ATTN, hybrid_override_pattern="M*", mamba_num_heads=4, mamba_head_dim=16,
-                        ssm_state_size=8, n_groups=1, chunk_size=16, head_dim=8), ("model.layers", "model.norm_f")),
+    "jamba": (
+        dict(
+            _ATTN,
+            attn_layer_period=2,
+            attn_layer_offset=1,
+            expert_layer_period=2,
+            expert_layer_offset=1,
+            num_experts=2,
+            num_experts_per_tok=1,
+            mamba_d_state=8,
+            mamba_d_conv=4,
+            mamba_expand=2,
+        ),
+        ("model.layers", "model.final_layernorm"),
+    ),
+    "zamba2": (
+        dict(
+            _ATTN,
+            mamba_d_state=8,
+            mamba_ngroups=1,
+            mamba_headdim=16,
+            n_mamba_heads=4,
+            layers_block_type=["mamba", "hybrid"],
+            num_mem_blocks=1,
+            chunk_size=16,
+            attention_head_dim=8,
+        ),
+        ("model.layers", "model.final_layernorm"),
+    ),
+    "falcon_h1": (
+        dict(
+            _ATTN,
+            head_dim=8,
+            mamba_d_ssm=64,
+            mamba_n_heads=4,
+            mamba_d_head=16,
+            mamba_d_state=8,
+            mamba_n_groups=1,
+            mamba_chunk_size=16,
+            mamba_expand=2,
+        ),
+        ("model.layers", "model.final_layernorm"),
+    ),
+    "granitemoehybrid": (
+        dict(
+            _ATTN,
+            layer_types=["mamba", "attention"],
+            num_local_experts=2,
+            num_experts_per_tok=1,
+            shared_intermediate_size=64,
+            **_MAMBA2_MIXER,
+        ),
+        ("model.layers", "model.norm"),
+    ),
+    "nemotron_h": (
+        dict(
+            _ATTN,
+            hybrid_override_pattern="M*",
+            mamba_num_heads=4,
+            mamba_head_dim=16,
+            ssm_state_size=8,
+            n_groups=1,
+            chunk_size=16,
+            head_dim=8,
+        ),
+        ("model.layers", "model.norm_f"),
+    ),
     # LFM2 names its final norm "embedding_norm": found by position, not by name
     "lfm2": (dict(_ATTN, layer_types=["conv", "full_attention"]), ("model.layers", "model.embedding_norm")),
     # OPT registers its final norm before the layers: an OVERRIDES entry
-    "opt": (dict(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=N_BLOCKS, num_attention_heads=4,
-                 ffn_dim=64, word_embed_proj_dim=HIDDEN, max_position_embeddings=256),
-            ("model.decoder.layers", "model.decoder.final_layer_norm")),
+    "opt": (
+        dict(
+            vocab_size=VOCAB,
+            hidden_size=HIDDEN,
+            num_hidden_layers=N_BLOCKS,
+            num_attention_heads=4,
+            ffn_dim=64,
+            word_embed_proj_dim=HIDDEN,
+            max_position_embeddings=256,
+        ),
+        ("model.decoder.layers", "model.decoder.final_layer_norm"),
+    ),
 }
 #: families whose output_hidden_states starts at block_1 (no embeddings) and keeps block_L
 BLOCK_OUTPUTS = {"mamba", "mamba2", "falcon_mamba"}
@@ -102,8 +194,24 @@ def _batch(lengths, *, seed=0):
 
 
 def test_at_least_fourteen_model_types_including_the_hybrids():
-    required = {"jamba", "bamba", "zamba2", "falcon_h1", "granitemoehybrid", "nemotron_h", "lfm2", "llama", "qwen2",
-                "gpt2", "falcon_mamba", "recurrent_gemma", "gpt_neo", "gpt_neox", "mamba", "mamba2"}
+    required = {
+        "jamba",
+        "bamba",
+        "zamba2",
+        "falcon_h1",
+        "granitemoehybrid",
+        "nemotron_h",
+        "lfm2",
+        "llama",
+        "qwen2",
+        "gpt2",
+        "falcon_mamba",
+        "recurrent_gemma",
+        "gpt_neo",
+        "gpt_neox",
+        "mamba",
+        "mamba2",
+    }
     assert required <= set(CASES) and len(CASES) >= 14
 
 
@@ -139,8 +247,13 @@ def test_captured_states_and_hf_view(models, model_type):
         full = model(input_ids, attention_mask=mask, output_hidden_states=True, use_cache=False).hidden_states
     for j, k in enumerate(view_indices(layout, N_BLOCKS)["hf"]):
         for row, n in enumerate(LENGTHS):
-            torch.testing.assert_close(captured.tokens[k, row, :n], full[j][row, :n], rtol=1e-5, atol=1e-5,
-                                       msg=lambda m, j=j, row=row: f"{model_type} hidden_states[{j}] row {row}: {m}")
+            torch.testing.assert_close(
+                captured.tokens[k, row, :n],
+                full[j][row, :n],
+                rtol=1e-5,
+                atol=1e-5,
+                msg=lambda m, j=j, row=row: f"{model_type} hidden_states[{j}] row {row}: {m}",
+            )
 
     # residual view = embed (input of block 1), block_1 .. block_L; check its ends independently:
     # block_L is what the final norm normalises, and embed is what HF records first (or, for
@@ -205,10 +318,15 @@ def test_layout_from_a_config_needs_no_weights():
 
 # ---- model types the rules cannot handle: one clear error each, saying what to add ----
 
+
 def test_no_final_norm_says_which_override_to_add(tmp_path):
     # GPT-1 is post-norm: nothing normalises the last block's output
-    path = _save(tmp_path, "openai-gpt", dict(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=N_BLOCKS, n_head=4,
-                                              n_positions=64), seed=0)
+    path = _save(
+        tmp_path,
+        "openai-gpt",
+        dict(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=N_BLOCKS, n_head=4, n_positions=64),
+        seed=0,
+    )
     with pytest.raises(ReprflowError) as info:
         load_model(path, init=InitSpec("pretrained"), seed=None)
     message = str(info.value)
@@ -226,8 +344,11 @@ def test_an_override_path_missing_in_a_variant_is_reported():
 def test_ambiguous_block_lists_are_reported():
     # XLM keeps attention, norms and FFNs in parallel lists of length n_layers
     config = AutoConfig.for_model("xlm", vocab_size=VOCAB, emb_dim=HIDDEN, n_layers=N_BLOCKS, n_heads=4)
-    with pytest.raises(ReprflowError, match=r"several nn.ModuleLists of length num_hidden_layers=2 .*"
-                                            r"add OVERRIDES\['xlm'\] = \{'blocks': 'attentions'\}"):
+    with pytest.raises(
+        ReprflowError,
+        match=r"several nn.ModuleLists of length num_hidden_layers=2 .*"
+        r"add OVERRIDES\['xlm'\] = \{'blocks': 'attentions'\}",
+    ):
         get_layout(config)
 
 
@@ -241,8 +362,11 @@ def test_wrong_final_norm_is_named(models):
     wrong = dataclasses.replace(get_layout(model), final_norm="layers.1.post_attention_layernorm")
     input_ids, mask = _batch([6, 4])
     captured = forward_states(model, input_ids, mask, layout=wrong)
-    with pytest.raises(HfViewMismatchError, match=r"model_type 'llama': hf view entry 2 \(captured state 'final_norm'"
-                                                 r".*equals no captured state.*final_norm: now 'layers.1"):
+    with pytest.raises(
+        HfViewMismatchError,
+        match=r"model_type 'llama': hf view entry 2 \(captured state 'final_norm'"
+        r".*equals no captured state.*final_norm: now 'layers.1",
+    ):
         check_hf_view(model, wrong, captured, hf_hidden_states(model, input_ids))
 
 
@@ -255,7 +379,9 @@ def test_a_random_scheme_keeps_the_mamba1_step_sizes(tmp_path, model_type):
     params, own_params = dict(model.named_parameters()), dict(own.named_parameters())
     dt_bias = [name for name in params if name.endswith("dt_proj.bias")]
     assert dt_bias and all(torch.equal(params[n], own_params[n]) for n in dt_bias)
-    assert not torch.equal(params[dt_bias[0].replace("bias", "weight")], own_params[dt_bias[0].replace("bias", "weight")])
+    assert not torch.equal(
+        params[dt_bias[0].replace("bias", "weight")], own_params[dt_bias[0].replace("bias", "weight")]
+    )
     assert torch.isfinite(forward_states(model, *_batch(LENGTHS)).last).all()
 
 

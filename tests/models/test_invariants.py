@@ -37,8 +37,16 @@ def _shipped(hf_id, **changes):
 @pytest.mark.parametrize(
     ("hf_id", "changes", "match"),
     [
-        ("AntonV/mamba2-2.7b-hf", {"n_groups": 8}, r"n_groups is 8, expected 1 \(transformers' Mamba2Config defaults to 8"),
-        ("AntonV/mamba2-2.7b-hf", {"num_heads": 40}, r"num_heads \* head_dim = 40 \* 64 = 2560 .* == 2 \* hidden_size \(5120\)"),
+        (
+            "AntonV/mamba2-2.7b-hf",
+            {"n_groups": 8},
+            r"n_groups is 8, expected 1 \(transformers' Mamba2Config defaults to 8",
+        ),
+        (
+            "AntonV/mamba2-2.7b-hf",
+            {"num_heads": 40},
+            r"num_heads \* head_dim = 40 \* 64 = 2560 .* == 2 \* hidden_size \(5120\)",
+        ),
         ("AntonV/mamba2-130m-hf", {"expand": 4}, "expected expand 2"),
         ("EleutherAI/gpt-neo-2.7B", {"attention_layers": ["global"] * 32}, "not GPT-Neo's alternating global/local"),
         ("state-spaces/mamba-2.8b-hf", {"intermediate_size": 4096}, r"intermediate_size == 2 \* hidden_size \(5120\)"),
@@ -70,14 +78,18 @@ def test_vocabulary_must_cover_the_tokenizer():
 )
 def test_checkpoint_differing_from_shipped_config_is_refused(hf_id, changes, key):
     shipped = _shipped(hf_id)
-    with pytest.raises(ConfigError, match=rf"checkpoint config has {key} = .* but the shipped config .*{hf_id.split('/')[1]}") as info:
+    with pytest.raises(
+        ConfigError, match=rf"checkpoint config has {key} = .* but the shipped config .*{hf_id.split('/')[1]}"
+    ) as info:
         check_matches_shipped(_shipped(hf_id, **changes), shipped, model=hf_id, shipped_path="x/" + hf_id.split("/")[1])
     assert "random-init arm would be a different architecture" in str(info.value)
 
 
 def test_bad_conversion_fails_before_weights_are_read(tmp_path):
     """A Mamba2 config.json that relies on transformers' default n_groups (8) stops the load at once."""
-    Mamba2Config(hidden_size=64, num_heads=8, head_dim=16, num_hidden_layers=2, vocab_size=50280).save_pretrained(tmp_path)
+    Mamba2Config(hidden_size=64, num_heads=8, head_dim=16, num_hidden_layers=2, vocab_size=50280).save_pretrained(
+        tmp_path
+    )
     for init in (InitSpec("pretrained"), InitSpec("default")):  # no weights in the folder: only the config is read
         with pytest.raises(ConfigError, match="n_groups is 8, expected 1"):
             load_model(str(tmp_path), init=init, seed=0, origin="config.models[3].hf_id")
@@ -88,8 +100,9 @@ def test_family_must_match_the_checkpoint_and_unknown_types_name_the_model(tmp_p
 
     from reprflow.errors import ReprflowError
 
-    Mamba2Config(hidden_size=64, num_heads=8, head_dim=16, n_groups=1, num_hidden_layers=2,
-                 vocab_size=50280).save_pretrained(tmp_path / "m2")
+    Mamba2Config(
+        hidden_size=64, num_heads=8, head_dim=16, n_groups=1, num_hidden_layers=2, vocab_size=50280
+    ).save_pretrained(tmp_path / "m2")
     with pytest.raises(ConfigError, match="the checkpoint is model_type 'mamba2' but the config's family is 'mamba'"):
         load_model(str(tmp_path / "m2"), init=InitSpec("default"), seed=0, family="mamba")
     OpenAIGPTConfig(n_layer=2, n_embd=32, n_head=2).save_pretrained(tmp_path / "gpt1")  # no final norm

@@ -53,7 +53,12 @@ def test_layout_is_keyed_by_model_type_not_name():
 
 def test_paths_are_relative_to_the_causal_lm():
     layout = get_layout(tiny_config("gpt_neo"))
-    assert (layout.base_prefix, layout.blocks, layout.final_norm, layout.embedding) == ("transformer", "h", "ln_f", "wte")
+    assert (layout.base_prefix, layout.blocks, layout.final_norm, layout.embedding) == (
+        "transformer",
+        "h",
+        "ln_f",
+        "wte",
+    )
     assert layout.blocks_path == "transformer.h"
     assert layout.final_norm_path == "transformer.ln_f"
     assert get_layout(tiny_config("mamba")).blocks_path == "backbone.layers"

@@ -75,8 +75,10 @@ def test_every_paper_model_has_a_shipped_config_and_a_source():
 
 def test_config_loading_is_torch_free():
     """The config loader (and so every Snakemake parse) validates inits without importing torch."""
-    code = ("import sys; from reprflow.config import load_config; load_config('config/config.yaml'); "
-            "import reprflow.models.shipped; print('torch' in sys.modules, 'transformers' in sys.modules)")
+    code = (
+        "import sys; from reprflow.config import load_config; load_config('config/config.yaml'); "
+        "import reprflow.models.shipped; print('torch' in sys.modules, 'transformers' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
 
@@ -123,7 +125,13 @@ def test_reduced_paper_architecture_runs_on_cpu_from_a_local_config(no_hub, tmp_
     shrink = {
         "gpt_neo": {"num_layers": 2, "hidden_size": 64, "num_heads": 4, "attention_types": [[["global", "local"], 1]]},
         "gpt_neox": {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 256},
-        "mamba": {"num_hidden_layers": 2, "n_layer": 2, "hidden_size": 64, "intermediate_size": 128, "time_step_rank": 4},
+        "mamba": {
+            "num_hidden_layers": 2,
+            "n_layer": 2,
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "time_step_rank": 4,
+        },
         "mamba2": {"num_hidden_layers": 2, "hidden_size": 64, "num_heads": 2, "chunk_size": 16},
     }
     for hf_id in sorted(PUBLISHED):
@@ -134,8 +142,12 @@ def test_reduced_paper_architecture_runs_on_cpu_from_a_local_config(no_hub, tmp_
         folder = tmp_path / hf_id.replace("/", "__")
         folder.mkdir()
         (folder / "config.json").write_text(json.dumps(config))
-        model = load_model(str(folder), init=InitSpec("gaussian", {"std": 0.2}), seed=1, tokenizer_size=50277
-                           if config["model_type"] != "gpt_neo" else 50257)
+        model = load_model(
+            str(folder),
+            init=InitSpec("gaussian", {"std": 0.2}),
+            seed=1,
+            tokenizer_size=50277 if config["model_type"] != "gpt_neo" else 50257,
+        )
         with torch.no_grad():
             out = model(torch.arange(1, 9)[None], output_hidden_states=True)
         assert all(torch.isfinite(h).all() for h in out.hidden_states), hf_id
@@ -144,8 +156,13 @@ def test_reduced_paper_architecture_runs_on_cpu_from_a_local_config(no_hub, tmp_
 
 def test_random_init_without_shipped_config_offline_says_how_to_get_config_json(no_hub):
     with pytest.raises(ModelNotFoundError) as info:
-        load_model("nonsense-org/not-a-model-x9", init=InitSpec("default"), seed=0, revision="abc123",
-                   origin="config.models[4].hf_id")
+        load_model(
+            "nonsense-org/not-a-model-x9",
+            init=InitSpec("default"),
+            seed=0,
+            revision="abc123",
+            origin="config.models[4].hf_id",
+        )
     message = str(info.value)
     assert "(config.models[4].hf_id)" in message and "needs only its config.json" in message
     assert "`hf download nonsense-org/not-a-model-x9 config.json --revision abc123 --local-dir" in message
@@ -182,8 +199,14 @@ def _fake_hub(monkeypatch, changes=None):
 def test_pretrained_hub_load_records_commit_and_warns_when_unpinned(monkeypatch, caplog):
     commit = _fake_hub(monkeypatch)
     with caplog.at_level("WARNING", logger="reprflow.models.registry"):
-        model = load_model("AntonV/mamba2-130m-hf", init=InitSpec("pretrained"), seed=None, device="meta",
-                           origin="config.models[4].hf_id", dtype=torch.bfloat16)
+        model = load_model(
+            "AntonV/mamba2-130m-hf",
+            init=InitSpec("pretrained"),
+            seed=None,
+            device="meta",
+            origin="config.models[4].hf_id",
+            dtype=torch.bfloat16,
+        )
     provenance = model_provenance(model)
     assert provenance == {**provenance, "config_source": "hub", "commit": commit, "weights": "pretrained"}
     assert f"pin it with `revision: {commit}`" in caplog.text
@@ -195,6 +218,9 @@ def test_pretrained_hub_load_records_commit_and_warns_when_unpinned(monkeypatch,
 
 def test_pretrained_checkpoint_that_drifted_from_the_shipped_config_is_refused(monkeypatch):
     _fake_hub(monkeypatch, {"state_size": 64})
-    with pytest.raises(ConfigError, match=r"checkpoint config has state_size = 64 but the shipped config "
-                                        r"reprflow/models/configs/AntonV__mamba2-130m-hf.json has 128"):
+    with pytest.raises(
+        ConfigError,
+        match=r"checkpoint config has state_size = 64 but the shipped config "
+        r"reprflow/models/configs/AntonV__mamba2-130m-hf.json has 128",
+    ):
         load_model("AntonV/mamba2-130m-hf", init=InitSpec("pretrained"), seed=None, device="meta")

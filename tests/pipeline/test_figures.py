@@ -64,7 +64,11 @@ def test_each_model_keeps_its_colour_and_style_everywhere(world):
                 seen.setdefault(line.get_label(), set()).add(got)
             # the legend names exactly the models drawn, each once
             legend = [t.get_text() for t in fig.legends[0].get_texts()]
-            assert sorted(l for l in legend if not l.startswith("chance")) == ["tiny-gpt-neo", "tiny-mamba", "tiny-pythia"]
+            assert sorted(l for l in legend if not l.startswith("chance")) == [
+                "tiny-gpt-neo",
+                "tiny-mamba",
+                "tiny-pythia",
+            ]
     assert all(len(styles) == 1 for styles in seen.values()), seen
     assert len({s.pop()[0] for s in seen.values()}) == 3  # three distinct colours
     # TBMs solid, SSMs dashed

@@ -40,21 +40,65 @@ def _cka(early: float, late: float, base: float = 0.5) -> np.ndarray:
 
 
 SUPPORTS = {  # per model, per arm: curves; per model: probe peak/last and Sm
-    "tiny-pythia": dict(layer=[0.95] * 7 + [0.6], inter=[0.2] + [0.9] * 7 + [0.3],
-                        inter_random=[0.2] + [0.9] * 7 + [0.3], cka=_cka(0.95, 0.6),
-                        peak=0.9, last=0.6, sm=1.0),
-    "tiny-mamba": dict(layer=list(np.linspace(0.3, 0.8, 8)), inter=[0.1] + [0.2] * 7 + [0.6],
-                       inter_random=[0.05] * 9, cka=_cka(0.4, 0.9), peak=0.9, last=0.85, sm=0.2),
-    "tiny-mamba2": dict(layer=list(np.linspace(0.2, 0.9, 8)), inter=[0.1] + [0.3] * 7 + [0.5],
-                        inter_random=[0.05] * 9, cka=_cka(0.3, 0.95), peak=0.99, last=0.87, sm=3.0),
+    "tiny-pythia": dict(
+        layer=[0.95] * 7 + [0.6],
+        inter=[0.2] + [0.9] * 7 + [0.3],
+        inter_random=[0.2] + [0.9] * 7 + [0.3],
+        cka=_cka(0.95, 0.6),
+        peak=0.9,
+        last=0.6,
+        sm=1.0,
+    ),
+    "tiny-mamba": dict(
+        layer=list(np.linspace(0.3, 0.8, 8)),
+        inter=[0.1] + [0.2] * 7 + [0.6],
+        inter_random=[0.05] * 9,
+        cka=_cka(0.4, 0.9),
+        peak=0.9,
+        last=0.85,
+        sm=0.2,
+    ),
+    "tiny-mamba2": dict(
+        layer=list(np.linspace(0.2, 0.9, 8)),
+        inter=[0.1] + [0.3] * 7 + [0.5],
+        inter_random=[0.05] * 9,
+        cka=_cka(0.3, 0.95),
+        peak=0.99,
+        last=0.87,
+        sm=3.0,
+    ),
 }
 CONTRADICTS = {
-    "tiny-pythia": dict(layer=[0.3] * 7 + [0.35], inter=[0.1] * 9, inter_random=[0.1] * 9, cka=_cka(0.3, 0.9),
-                        peak=0.9, last=0.9, sm=5.0, sm_grows=True),
-    "tiny-mamba": dict(layer=[0.95] * 8, inter=[0.9] * 9, inter_random=[0.9] * 9, cka=_cka(0.9, 0.4),
-                       peak=0.9, last=0.9, sm=0.2, sm_grows=True),
-    "tiny-mamba2": dict(layer=[0.95] * 8, inter=[0.9] * 9, inter_random=[0.9] * 9, cka=_cka(0.9, 0.4),
-                        peak=0.8, last=0.8, sm=0.3, sm_grows=True),
+    "tiny-pythia": dict(
+        layer=[0.3] * 7 + [0.35],
+        inter=[0.1] * 9,
+        inter_random=[0.1] * 9,
+        cka=_cka(0.3, 0.9),
+        peak=0.9,
+        last=0.9,
+        sm=5.0,
+        sm_grows=True,
+    ),
+    "tiny-mamba": dict(
+        layer=[0.95] * 8,
+        inter=[0.9] * 9,
+        inter_random=[0.9] * 9,
+        cka=_cka(0.9, 0.4),
+        peak=0.9,
+        last=0.9,
+        sm=0.2,
+        sm_grows=True,
+    ),
+    "tiny-mamba2": dict(
+        layer=[0.95] * 8,
+        inter=[0.9] * 9,
+        inter_random=[0.9] * 9,
+        cka=_cka(0.9, 0.4),
+        peak=0.8,
+        last=0.8,
+        sm=0.3,
+        sm_grows=True,
+    ),
 }
 
 
@@ -64,24 +108,40 @@ def _write_cell(root, cell, spec, *, longer_is_better=False):
     token = root / cell.fmt(TOKEN_METRICS)
     token.mkdir(parents=True, exist_ok=True)
     inter = spec["inter"] if pretrained else spec["inter_random"]
-    pd.DataFrame({"view": "hf", "state_index": range(K), "mean": inter, "std": 0.0}).to_csv(token / "inter_token_cosine.csv", index=False)
-    pd.DataFrame({"view": "hf", "pair_index": range(K - 1), "mean": spec["layer"], "std": 0.0}).to_csv(token / "layerwise_cosine.csv", index=False)
+    pd.DataFrame({"view": "hf", "state_index": range(K), "mean": inter, "std": 0.0}).to_csv(
+        token / "inter_token_cosine.csv", index=False
+    )
+    pd.DataFrame({"view": "hf", "pair_index": range(K - 1), "mean": spec["layer"], "std": 0.0}).to_csv(
+        token / "layerwise_cosine.csv", index=False
+    )
     np.save(token / "cka_hf.npy", spec["cka"])
     np.save(token / "layerwise_cosine_hf.npy", np.repeat(np.asarray(spec["layer"])[:, None], 4, axis=1))
     sm = spec["sm"] * (1 + length_step if spec.get("sm_grows") else 1)
-    (token / "smoothness_stability.json").write_text(json.dumps(
-        {"hf": {"Sm": sm, "St": 2 * sm, "Sm_rel": sm / 10, "St_rel": sm / 5}, "provenance": {"store": "s"}}))
+    (token / "smoothness_stability.json").write_text(
+        json.dumps({"hf": {"Sm": sm, "St": 2 * sm, "Sm_rel": sm / 10, "St_rel": sm / 5}, "provenance": {"store": "s"}})
+    )
     # probes: peak at state 4 (or at the last state when peak == last); accuracy falls 0.1 per length step
     shift = (0.05 if spec.get("sm_grows") else -0.1) * length_step
     acc = np.linspace(0.3, spec["last"], K)
     if spec["peak"] > spec["last"]:
         acc[4] = spec["peak"]
-    rows = [{"view": "hf", "state_index": i, "state_name": f"s{i}", "seed": seed, "val_accuracy": a + shift,
-             "train_accuracy": 1.0} for seed in (0, 1) for i, a in enumerate(acc)]
+    rows = [
+        {
+            "view": "hf",
+            "state_index": i,
+            "state_name": f"s{i}",
+            "seed": seed,
+            "val_accuracy": a + shift,
+            "train_accuracy": 1.0,
+        }
+        for seed in (0, 1)
+        for i, a in enumerate(acc)
+    ]
     probes = root / cell.fmt(PROBES)
     pd.DataFrame(rows).to_csv(probes, index=False)
-    probes.with_suffix(".json").write_text(json.dumps({"hf": {"n_classes": 4, "n_train": 10, "n_val": 4},
-                                                       "provenance": {"store": "s"}}))
+    probes.with_suffix(".json").write_text(
+        json.dumps({"hf": {"n_classes": 4, "n_train": 10, "n_val": 4}, "provenance": {"store": "s"}})
+    )
 
 
 def _world(root, config, specs, *, skip=()):

@@ -32,9 +32,7 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
-def _write_store(
-    path: Path, *, complete: bool = True, nan: bool = False, **attrs
-) -> tuple[np.ndarray, np.ndarray]:
+def _write_store(path: Path, *, complete: bool = True, nan: bool = False, **attrs) -> tuple[np.ndarray, np.ndarray]:
     """A contract-shaped store (docs/CONTRACTS.md); ``attrs`` override its attributes; returns (last, labels)."""
     rng = np.random.default_rng(0)
     k_all = len(STATE_NAMES)
@@ -57,11 +55,21 @@ def _write_store(
         group.create_array(name, data=data, chunks=chunks, dimension_names=dims)
     group.attrs.update(
         {
-            "model": "tiny", "model_id": "local/tiny", "revision": None, "family": "gpt_neo",
-            "init": {"scheme": "pretrained"}, "dtype": "float16", "task": "kvpr", "length": 300,
-            "tokenizer": "gpt2", "prompt_file": "data/prompts/gpt2/kvpr_n300.jsonl",
-            "prompt_sha256": "ab" * 32, "reprflow_version": __version__,
-            "state_names": STATE_NAMES, "views": VIEWS, "token_prompt_ids": [0, 1],
+            "model": "tiny",
+            "model_id": "local/tiny",
+            "revision": None,
+            "family": "gpt_neo",
+            "init": {"scheme": "pretrained"},
+            "dtype": "float16",
+            "task": "kvpr",
+            "length": 300,
+            "tokenizer": "gpt2",
+            "prompt_file": "data/prompts/gpt2/kvpr_n300.jsonl",
+            "prompt_sha256": "ab" * 32,
+            "reprflow_version": __version__,
+            "state_names": STATE_NAMES,
+            "views": VIEWS,
+            "token_prompt_ids": [0, 1],
             "complete": complete,
             **attrs,
         }
@@ -154,8 +162,16 @@ def _mdqa_prompt_file(path: Path, labels: np.ndarray, n_questions: int) -> np.nd
     """A prompt file whose records carry ``labels`` and questions (groups) used ~N/n_questions times."""
     groups = np.arange(labels.size) % n_questions
     records = [
-        {"id": f"mdqa-n300-{i:06d}", "task": "mdqa", "prompt": f"prompt {i}", "label": int(y), "n_items": 16,
-         "n_tokens": 20, "answer": ["a"], "group": int(g)}
+        {
+            "id": f"mdqa-n300-{i:06d}",
+            "task": "mdqa",
+            "prompt": f"prompt {i}",
+            "label": int(y),
+            "n_items": 16,
+            "n_tokens": 20,
+            "answer": ["a"],
+            "group": int(g),
+        }
         for i, (y, g) in enumerate(zip(labels, groups))
     ]
     write_prompt_set(records, {"seed": 0}, path)

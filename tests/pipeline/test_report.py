@@ -5,7 +5,14 @@ import pandas as pd
 import yaml
 
 from reprflow.config import PROJECT_ROOT, validate_config
-from reprflow.pipeline.report import beyond_noise, controlled_verdict, format_value, markdown_table, model_notes, paper_agreement
+from reprflow.pipeline.report import (
+    beyond_noise,
+    controlled_verdict,
+    format_value,
+    markdown_table,
+    model_notes,
+    paper_agreement,
+)
 
 
 def test_values_keep_three_significant_figures_without_noise():
@@ -16,8 +23,20 @@ def test_values_keep_three_significant_figures_without_noise():
     assert "e-17" not in table and "3.04e-05" in table and "| 0 |" in table
 
 
-TRAIN = {"corpus": "nq_open", "width": 64, "depth": 2, "context": 128, "batch_size": 4, "tokens": 24576,
-         "lr": 0.01, "warmup_steps": 5, "seed": 3, "eval_every": 16, "eval_tokens": 4096, "checkpoint_every": 16}
+TRAIN = {
+    "corpus": "nq_open",
+    "width": 64,
+    "depth": 2,
+    "context": 128,
+    "batch_size": 4,
+    "tokens": 24576,
+    "lr": 0.01,
+    "warmup_steps": 5,
+    "seed": 3,
+    "eval_every": 16,
+    "eval_tokens": 4096,
+    "checkpoint_every": 16,
+}
 
 
 def _demo_with_trained_models(indices):
@@ -83,9 +102,20 @@ def _controlled(**random_last):
     for family, (trained, random) in means.items():
         for arm, value in (("pretrained", trained), ("random", random)):
             last = random_last.get(family, value) if arm == "random" else value
-            rows.append({"model": f"m-{family}", "family": family, "arm": arm, "inter_token_last": last,
-                         "inter_token_last_se": 0.01, "inter_token_mean": value, "peak_acc": 0.5, "peak_acc_std": 0.0,
-                         "differs": "" if arm == "pretrained" else "yes", "probe_differs": "" if arm == "pretrained" else "n/a"})
+            rows.append(
+                {
+                    "model": f"m-{family}",
+                    "family": family,
+                    "arm": arm,
+                    "inter_token_last": last,
+                    "inter_token_last_se": 0.01,
+                    "inter_token_mean": value,
+                    "peak_acc": 0.5,
+                    "peak_acc_std": 0.0,
+                    "differs": "" if arm == "pretrained" else "yes",
+                    "probe_differs": "" if arm == "pretrained" else "n/a",
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -96,8 +126,15 @@ def test_paper_agreement_gives_each_statement_a_verdict_with_its_numbers():
     assert "Training raises m-mamba's smoothing (SSM, vs random): **agrees**" in text
     assert "= 0.19 (3 SE 0.042)" in text
     # an SSM whose trained arm is no smoother than its random one disagrees; an SSM above a Transformer too
-    flipped = "\n".join(paper_agreement(_controlled(mamba2=0.3).assign(
-        inter_token_mean=lambda f: np.where((f.family == "mamba2") & (f.arm == "random"), 0.5, f.inter_token_mean))))
+    flipped = "\n".join(
+        paper_agreement(
+            _controlled(mamba2=0.3).assign(
+                inter_token_mean=lambda f: np.where(
+                    (f.family == "mamba2") & (f.arm == "random"), 0.5, f.inter_token_mean
+                )
+            )
+        )
+    )
     assert "Training raises m-mamba2's smoothing (SSM, vs random): **disagrees**" in flipped
     assert "**disagrees** (lowest Transformer 0.35 <= highest SSM 0.5)" in flipped
 

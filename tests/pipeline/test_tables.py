@@ -36,8 +36,16 @@ def _write_cell(root, cell):
     rows = []
     for seed, noise in ((0, -0.01), (1, 0.01)):
         for i, a in enumerate(_curve(cell)):
-            rows.append({"view": "hf", "state_index": i, "state_name": f"s{i}", "seed": seed,
-                         "val_accuracy": a + noise, "train_accuracy": 1.0})
+            rows.append(
+                {
+                    "view": "hf",
+                    "state_index": i,
+                    "state_name": f"s{i}",
+                    "seed": seed,
+                    "val_accuracy": a + noise,
+                    "train_accuracy": 1.0,
+                }
+            )
     probes = root / cell.fmt(PROBES)
     probes.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_csv(probes, index=False)

@@ -44,8 +44,7 @@ def _write_store(path: Path, *, tokens: np.ndarray | None = None, complete: bool
             tokens[:, i, n:] = 0.0  # zero padding past the real length, as the writer does
     group = zarr.create_group(store=str(path), zarr_format=3)
     arrays = {
-        "last": (rng.normal(size=(k_all, N_SAMPLES, HIDDEN)).astype(np.float16),
-                 ("n_states", "n_samples", "hidden")),
+        "last": (rng.normal(size=(k_all, N_SAMPLES, HIDDEN)).astype(np.float16), ("n_states", "n_samples", "hidden")),
         "labels": (np.arange(N_SAMPLES, dtype=np.int64) % 3, ("n_samples",)),
         "n_tokens": (np.full(N_SAMPLES, 20, dtype=np.int64), ("n_samples",)),
         "tokens": (tokens, ("n_states", "n_prompts", "n_tokens", "hidden")),
@@ -55,11 +54,21 @@ def _write_store(path: Path, *, tokens: np.ndarray | None = None, complete: bool
         group.create_array(name, data=data, dimension_names=dims)
     group.attrs.update(
         {
-            "model": "tiny", "model_id": "local/tiny", "revision": None, "family": "gpt_neo",
-            "init": {"scheme": "pretrained"}, "dtype": "float16", "task": "kvpr", "length": 300,
-            "tokenizer": "gpt2", "prompt_file": "data/prompts/gpt2/kvpr_n300.jsonl",
-            "prompt_sha256": "ab" * 32, "reprflow_version": __version__,
-            "state_names": STATE_NAMES, "views": VIEWS, "token_prompt_ids": [0, 2, 4],
+            "model": "tiny",
+            "model_id": "local/tiny",
+            "revision": None,
+            "family": "gpt_neo",
+            "init": {"scheme": "pretrained"},
+            "dtype": "float16",
+            "task": "kvpr",
+            "length": 300,
+            "tokenizer": "gpt2",
+            "prompt_file": "data/prompts/gpt2/kvpr_n300.jsonl",
+            "prompt_sha256": "ab" * 32,
+            "reprflow_version": __version__,
+            "state_names": STATE_NAMES,
+            "views": VIEWS,
+            "token_prompt_ids": [0, 2, 4],
             "complete": complete,
         }
     )
@@ -180,9 +189,7 @@ def test_gpu_matches_cpu(store, tmp_path):
     compute_token_metrics(path, tmp_path / "cpu", n_bins=N_BINS)
     compute_token_metrics(path, tmp_path / "gpu", n_bins=N_BINS, device="cuda")
     for name in ("cka_hf.npy", "cka_debiased_residual.npy", "layerwise_cosine_hf.npy"):
-        np.testing.assert_allclose(
-            np.load(tmp_path / "gpu" / name), np.load(tmp_path / "cpu" / name), rtol=1e-9
-        )
+        np.testing.assert_allclose(np.load(tmp_path / "gpu" / name), np.load(tmp_path / "cpu" / name), rtol=1e-9)
     a = json.loads((tmp_path / "cpu" / "smoothness_stability.json").read_text())
     b = json.loads((tmp_path / "gpu" / "smoothness_stability.json").read_text())
     assert a["hf"]["Sm"] == pytest.approx(b["hf"]["Sm"], rel=1e-9)

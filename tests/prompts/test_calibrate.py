@@ -90,7 +90,12 @@ def test_coarse_items_raise_with_the_bracketing_medians(tokenizers):
     expected = r"fake: .*n_items=2: natural median 80 \(-20.0%\).*n_items=3: natural median 120"
     with pytest.raises(PromptError, match=expected):
         calibrate_item_count(
-            Rigid(40, 0), tokenizers["gpt2"], target_tokens=100, tolerance=0.05, max_tokens=105, sample_size=8,
+            Rigid(40, 0),
+            tokenizers["gpt2"],
+            target_tokens=100,
+            tolerance=0.05,
+            max_tokens=105,
+            sample_size=8,
             label="fake",
         )
 
@@ -98,7 +103,11 @@ def test_coarse_items_raise_with_the_bracketing_medians(tokenizers):
 @pytest.mark.parametrize("target", [37, 250, 1000])
 def test_search_brackets_any_target(tokenizers, target):
     cal = calibrate_item_count(
-        FakeSampler(7, 0), tokenizers["gpt2"], target_tokens=target, tolerance=0.2, max_tokens=2 * target,
+        FakeSampler(7, 0),
+        tokenizers["gpt2"],
+        target_tokens=target,
+        tolerance=0.2,
+        max_tokens=2 * target,
         sample_size=4,
     )
     assert cal.n_items == max(2, int(np.round(target / 7)))

@@ -11,9 +11,11 @@ from reprflow.errors import ConfigError, PromptError
 from reprflow.prompts import read_prompt_set, write_prompt_set
 from reprflow.prompts.custom import build_custom_prompt_set, check_custom_tasks, read_user_jsonl
 
-GOOD = [{"prompt": "Question: who wrote it?\nAnswer:", "label": 0},
-        {"prompt": "Question: when was it written?\nAnswer:", "label": 1, "source": "ignored"},
-        {"prompt": "Question: where is it kept?\nAnswer:", "label": 2}]
+GOOD = [
+    {"prompt": "Question: who wrote it?\nAnswer:", "label": 0},
+    {"prompt": "Question: when was it written?\nAnswer:", "label": 1, "source": "ignored"},
+    {"prompt": "Question: where is it kept?\nAnswer:", "label": 2},
+]
 
 
 def _write(tmp_path, lines, name="mine.jsonl"):
@@ -29,25 +31,32 @@ def test_records_become_a_prompt_set_the_workflow_reads(tmp_path, tokenizers):
     expected_tokens = [len(tokenizers["gpt2"](r["prompt"], add_special_tokens=False)["input_ids"]) for r in GOOD]
     assert [r["n_tokens"] for r in records] == expected_tokens
     assert [(r["id"], r["task"], r["prompt"], r["label"], r["n_items"], r["answer"], r["group"]) for r in records] == [
-        (f"qa-{i:06d}", "qa", g["prompt"], g["label"], 3, None, i) for i, g in enumerate(GOOD)]
+        (f"qa-{i:06d}", "qa", g["prompt"], g["label"], 3, None, i) for i, g in enumerate(GOOD)
+    ]
     assert manifest["target_tokens"] == 64 and manifest["label_counts"] == [1, 1, 1] and manifest["n_prompts"] == 3
     out = write_prompt_set(records, manifest, tmp_path / "gpt2" / "qa_n64.jsonl")
     assert read_prompt_set(out) == records  # validated against its manifest, as extraction reads it
 
 
-@pytest.mark.parametrize("line, message", [
-    ('{"prompt": "x", "label": 0', "line 2: not JSON ("),
-    ('["x", 0]', "line 2: expected a JSON object, got list"),
-    ('{"text": "x", "label": 0}', "line 2: no 'prompt' key (keys: ['label', 'text'])"),
-    ('{"prompt": 5, "label": 0}', "line 2: 'prompt' must be a string, got int"),
-    ('{"prompt": "  ", "label": 0}', "line 2: 'prompt' is empty; give it text or delete the line"),
-    ('{"prompt": "x"}', "line 2: no 'label' key; add the prompt's class as an int >= 0"),
-    ('{"prompt": "x", "label": "1"}', "line 2: 'label' must be an int >= 0 (the probe's class), got '1'; write it as a bare"),
-    ('{"prompt": "x", "label": 1.0}', "got 1.0; write it as a bare integer"),
-    ('{"prompt": "x", "label": true}', "got True; write it as a bare integer"),
-    ('{"prompt": "x", "label": -1}', "got -1; write it as a bare integer"),
-    (json.dumps(GOOD[0]), "line 2: same prompt as line 1; a prompt set holds no two equal prompts"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ('{"prompt": "x", "label": 0', "line 2: not JSON ("),
+        ('["x", 0]', "line 2: expected a JSON object, got list"),
+        ('{"text": "x", "label": 0}', "line 2: no 'prompt' key (keys: ['label', 'text'])"),
+        ('{"prompt": 5, "label": 0}', "line 2: 'prompt' must be a string, got int"),
+        ('{"prompt": "  ", "label": 0}', "line 2: 'prompt' is empty; give it text or delete the line"),
+        ('{"prompt": "x"}', "line 2: no 'label' key; add the prompt's class as an int >= 0"),
+        (
+            '{"prompt": "x", "label": "1"}',
+            "line 2: 'label' must be an int >= 0 (the probe's class), got '1'; write it as a bare",
+        ),
+        ('{"prompt": "x", "label": 1.0}', "got 1.0; write it as a bare integer"),
+        ('{"prompt": "x", "label": true}', "got True; write it as a bare integer"),
+        ('{"prompt": "x", "label": -1}', "got -1; write it as a bare integer"),
+        (json.dumps(GOOD[0]), "line 2: same prompt as line 1; a prompt set holds no two equal prompts"),
+    ],
+)
 def test_each_bad_record_is_named_by_file_line_and_fix(tmp_path, line, message):
     path = _write(tmp_path, [GOOD[0], line, GOOD[1]])
     with pytest.raises(PromptError) as err:
@@ -74,15 +83,19 @@ def test_a_prompt_above_the_length_cap_names_its_line_and_the_key(tmp_path, toke
     n = len(tokenizers["gpt-neox-20b"](long["prompt"], add_special_tokens=False)["input_ids"])
     with pytest.raises(PromptError) as err:
         build_custom_prompt_set("qa", {"jsonl": path.name, "length": 16}, tokenizer_name="gpt-neox-20b", root=tmp_path)
-    assert (f"{path} line 2: the prompt has {n} tokens under tokenizer gpt-neox-20b, above "
-            "config.custom_tasks.qa.length = 16") in str(err.value)
+    assert (
+        f"{path} line 2: the prompt has {n} tokens under tokenizer gpt-neox-20b, above "
+        "config.custom_tasks.qa.length = 16"
+    ) in str(err.value)
     assert "raise config.custom_tasks.qa.length" in str(err.value)
 
 
 def test_the_cli_reads_the_same_records_with_labels_optional(tmp_path):
     path = _write(tmp_path, [{"prompt": "a"}, {"prompt": "b", "label": 2}])
     assert [(r["prompt"], r["label"], r["line"]) for r in read_user_jsonl(path, require_label=False)] == [
-        ("a", -1, 1), ("b", 2, 2)]
+        ("a", -1, 1),
+        ("b", 2, 2),
+    ]
 
 
 # ----------------------------------------------------------------------------- the config form
@@ -102,15 +115,23 @@ def test_demo_custom_task_tasks_lengths_and_checked_file(demo):
     check_custom_tasks(cfg, root=PROJECT_ROOT)  # the shipped demo file is valid
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda t: t.update(kvpr=t.pop("qword")), "config.custom_tasks.kvpr: a custom task needs a lowercase name"),
-    (lambda t: t.update({"My Task": t.pop("qword")}), "config.custom_tasks.My Task: a custom task needs a lowercase"),
-    (lambda t: t["qword"].pop("length"), "config.custom_tasks.qword: 'length' is a required property"),
-    (lambda t: t["qword"].update(length=0), "config.custom_tasks.qword.length: must be >= 1, got 0"),
-    (lambda t: t["qword"].update(lenght=3), "config.custom_tasks.qword: unknown key 'lenght'"),
-    (lambda t: t["qword"].update(models=["tiny-gpt2"]),
-     "config.custom_tasks.qword.models[0]: 'tiny-gpt2' is not a model name; use one of"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda t: t.update(kvpr=t.pop("qword")), "config.custom_tasks.kvpr: a custom task needs a lowercase name"),
+        (
+            lambda t: t.update({"My Task": t.pop("qword")}),
+            "config.custom_tasks.My Task: a custom task needs a lowercase",
+        ),
+        (lambda t: t["qword"].pop("length"), "config.custom_tasks.qword: 'length' is a required property"),
+        (lambda t: t["qword"].update(length=0), "config.custom_tasks.qword.length: must be >= 1, got 0"),
+        (lambda t: t["qword"].update(lenght=3), "config.custom_tasks.qword: unknown key 'lenght'"),
+        (
+            lambda t: t["qword"].update(models=["tiny-gpt2"]),
+            "config.custom_tasks.qword.models[0]: 'tiny-gpt2' is not a model name; use one of",
+        ),
+    ],
+)
 def test_bad_custom_task_entries_name_the_key(demo, change, message):
     raw = copy.deepcopy(demo)
     change(raw["custom_tasks"])

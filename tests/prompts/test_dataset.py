@@ -16,8 +16,16 @@ from reprflow.prompts import (
 
 
 def record(i=0, **kw):
-    rec = {"id": f"kvpr-n300-{i:06d}", "task": "kvpr", "prompt": f"p{i}", "label": 1, "n_items": 4, "n_tokens": 9,
-           "answer": "v", "group": i}
+    rec = {
+        "id": f"kvpr-n300-{i:06d}",
+        "task": "kvpr",
+        "prompt": f"p{i}",
+        "label": 1,
+        "n_items": 4,
+        "n_tokens": 9,
+        "answer": "v",
+        "group": i,
+    }
     return rec | kw
 
 

@@ -15,7 +15,7 @@ def parse_kvpr(prompt: str) -> tuple[list[tuple[str, str]], str]:
     head, rest = prompt.split("JSON data:\n", 1)
     body, tail = rest.split("\n\nKey: ", 1)
     assert head == "Extract the value corresponding to the specified key in the JSON object below.\n\n"
-    assert tail.endswith('\nCorresponding value:')
+    assert tail.endswith("\nCorresponding value:")
     return json.loads(body, object_pairs_hook=list), json.loads(tail.split("\n", 1)[0])
 
 

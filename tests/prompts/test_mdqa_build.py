@@ -60,8 +60,16 @@ def check_mdqa_records(records, examples):
 
 def test_mdqa_on_synthetic_oracle(synthetic_oracle):
     records, manifest = build_prompt_set(
-        "mdqa", target_tokens=200, tokenizer_name="gpt2", n_prompts=30, seed=3, oracle_path=synthetic_oracle,
-        pool_size=8, tolerance=0.2, calibration_size=16, progress=False,
+        "mdqa",
+        target_tokens=200,
+        tokenizer_name="gpt2",
+        n_prompts=30,
+        seed=3,
+        oracle_path=synthetic_oracle,
+        pool_size=8,
+        tolerance=0.2,
+        calibration_size=16,
+        progress=False,
     )
     check_mdqa_records(records, load_oracle(synthetic_oracle))
     counts = np.bincount([r["label"] for r in records], minlength=manifest["n_items"])
@@ -77,8 +85,14 @@ def test_mdqa_on_synthetic_oracle(synthetic_oracle):
 
 def test_mdqa_1024_neox_median_within_5_percent(oracle_path):
     records, manifest = build_prompt_set(
-        "mdqa", target_tokens=1024, tokenizer_name="gpt-neox-20b", n_prompts=48, seed=0, oracle_path=oracle_path,
-        calibration_size=64, progress=False,
+        "mdqa",
+        target_tokens=1024,
+        tokenizer_name="gpt-neox-20b",
+        n_prompts=48,
+        seed=0,
+        oracle_path=oracle_path,
+        calibration_size=64,
+        progress=False,
     )
     n_tokens = np.array([r["n_tokens"] for r in records])
     assert abs(np.median(n_tokens) - 1024) <= 0.05 * 1024
@@ -117,8 +131,15 @@ def write_liu_file(path, recs, n_docs):
         for i, r in enumerate(recs):
             gold = dict(r["ctxs"][0], isgold=True, hasanswer=True)
             ctxs = [
-                {"title": f"Retrieved {i}-{j}", "text": f"distractor {j} for question {i}", "hasanswer": False,
-                 "isgold": False, "id": str(j), "score": "0.5", "original_retrieval_index": j}
+                {
+                    "title": f"Retrieved {i}-{j}",
+                    "text": f"distractor {j} for question {i}",
+                    "hasanswer": False,
+                    "isgold": False,
+                    "id": str(j),
+                    "score": "0.5",
+                    "original_retrieval_index": j,
+                }
                 for j in range(n_docs - 1)
             ]
             ctxs.insert(1, gold)
@@ -136,11 +157,20 @@ def test_liu_reader_keeps_retrieval_order_and_drops_gold(tmp_path, synthetic_ora
     assert pools.source == "liu" and pools.smallest_pool() == 19
     assert [pools.passages[j].text for j in pools.pools[3][:3]] == [f"distractor {j} for question 3" for j in range(3)]
     records, manifest = build_prompt_set(
-        "mdqa", target_tokens=150, tokenizer_name="gpt2", n_prompts=10, seed=0, oracle_path=synthetic_oracle,
-        distractor_dir=tmp_path / "liu", tolerance=0.2, calibration_size=8, progress=False,
+        "mdqa",
+        target_tokens=150,
+        tokenizer_name="gpt2",
+        n_prompts=10,
+        seed=0,
+        oracle_path=synthetic_oracle,
+        distractor_dir=tmp_path / "liu",
+        tolerance=0.2,
+        calibration_size=8,
+        progress=False,
     )
     assert manifest["distractors"] == {
-        "source": "liu", "file": "nq-open-20_total_documents_gold_at_4.jsonl.gz",
+        "source": "liu",
+        "file": "nq-open-20_total_documents_gold_at_4.jsonl.gz",
         "choice": "uniform sample of the pool without replacement, shuffled, per prompt",
     }
     check_mdqa_records(records, examples)
@@ -158,8 +188,15 @@ def test_too_few_liu_distractors_for_the_target(tmp_path, synthetic_oracle, make
     write_liu_file(tmp_path / "nq-open-10_total_documents_gold_at_0.jsonl.gz", make_synthetic_records(), 10)
     with pytest.raises(PromptError, match=r"mdqa n2000 gpt2: .*at most 10 items"):
         build_prompt_set(
-            "mdqa", target_tokens=2000, tokenizer_name="gpt2", n_prompts=4, seed=0, oracle_path=synthetic_oracle,
-            distractor_dir=tmp_path, calibration_size=4, progress=False,
+            "mdqa",
+            target_tokens=2000,
+            tokenizer_name="gpt2",
+            n_prompts=4,
+            seed=0,
+            oracle_path=synthetic_oracle,
+            distractor_dir=tmp_path,
+            calibration_size=4,
+            progress=False,
         )
 
 
@@ -184,8 +221,16 @@ def test_bad_oracle_line_is_named(tmp_path, make_synthetic_records):
 def test_repeated_questions_give_distinct_shuffled_prompts(synthetic_oracle):
     """Each question serves ~8 prompts here; every prompt is new, with its own distractors and order."""
     records, manifest = build_prompt_set(
-        "mdqa", target_tokens=200, tokenizer_name="gpt2", n_prompts=192, seed=1, oracle_path=synthetic_oracle,
-        pool_size=12, tolerance=0.2, calibration_size=16, progress=False,
+        "mdqa",
+        target_tokens=200,
+        tokenizer_name="gpt2",
+        n_prompts=192,
+        seed=1,
+        oracle_path=synthetic_oracle,
+        pool_size=12,
+        tolerance=0.2,
+        calibration_size=16,
+        progress=False,
     )
     examples = load_oracle(synthetic_oracle)
     check_mdqa_records(records, examples)
@@ -199,8 +244,16 @@ def test_repeated_questions_give_distinct_shuffled_prompts(synthetic_oracle):
     assert all(len(set(v)) > 1 for v in by_group.values())
     assert all(len({frozenset(x) for x in v}) > 1 for v in by_group.values())
     again, _ = build_prompt_set(  # deterministic for a seed
-        "mdqa", target_tokens=200, tokenizer_name="gpt2", n_prompts=192, seed=1, oracle_path=synthetic_oracle,
-        pool_size=12, tolerance=0.2, calibration_size=16, progress=False,
+        "mdqa",
+        target_tokens=200,
+        tokenizer_name="gpt2",
+        n_prompts=192,
+        seed=1,
+        oracle_path=synthetic_oracle,
+        pool_size=12,
+        tolerance=0.2,
+        calibration_size=16,
+        progress=False,
     )
     assert again == records
 
@@ -209,8 +262,17 @@ def test_tight_cap_replaces_questions_instead_of_failing(synthetic_oracle):
     """A cap that leaves a few questions only one or two short distractor pairs: repeats would be
     byte-identical, so those prompts switch question (recorded as their group) rather than fail."""
     records, manifest = build_prompt_set(
-        "mdqa", target_tokens=150, tokenizer_name="gpt2", n_prompts=240, seed=0, oracle_path=synthetic_oracle,
-        pool_size=6, tolerance=0.3, calibration_size=16, max_tokens=150, progress=False,
+        "mdqa",
+        target_tokens=150,
+        tokenizer_name="gpt2",
+        n_prompts=240,
+        seed=0,
+        oracle_path=synthetic_oracle,
+        pool_size=6,
+        tolerance=0.3,
+        calibration_size=16,
+        max_tokens=150,
+        progress=False,
     )
     assert max(r["n_tokens"] for r in records) <= 150
     assert len({r["prompt"] for r in records}) == 240

@@ -197,9 +197,7 @@ def test_conv_boundary_and_lag_correlation_error_shrinks_with_n():
     neighbouring u_t are correlated. Both are O(1/n) or bounded; the error at n = 4 exceeds
     the error at n = 64."""
     w = exact_approximation_mamba_weights(bc_scale=1.0)
-    w = dataclasses.replace(
-        w, conv=sample_mamba_weights(4, d_state=3, d_conv=4, expand=2, source=XAVIER, seed=1).conv
-    )
+    w = dataclasses.replace(w, conv=sample_mamba_weights(4, d_state=3, d_conv=4, expand=2, source=XAVIER, seed=1).conv)
     errors = []
     for n in (4, 64):
         mc = monte_carlo_moments(

@@ -50,8 +50,7 @@ def _kernel(w, n) -> np.ndarray:
         for t in range(n):
             for j in range(t + 1):
                 k[i, t, j] = w.delta[i].item() * sum(
-                    w.c_t[t, q].item() * lam[i, q] ** (t - j) * w.b_t[j, q].item()
-                    for q in range(big_n)
+                    w.c_t[t, q].item() * lam[i, q] ** (t - j) * w.b_t[j, q].item() for q in range(big_n)
                 )
     return k
 
@@ -105,7 +104,7 @@ def _quadratic_forms(w, n, kappa):
     for t in range(n):
         for i in range(wh.shape[0]):
             for j in range(t + 1):
-                q[t, i, t * d:(t + 1) * d, j * d:(j + 1) * d] = kappa * kern[i, t, j] * np.outer(wz[i], wh[i])
+                q[t, i, t * d : (t + 1) * d, j * d : (j + 1) * d] = kappa * kern[i, t, j] * np.outer(wz[i], wh[i])
     return (q + q.transpose(0, 1, 3, 2)) / 2
 
 
@@ -116,7 +115,9 @@ def test_mamba_references_match_explicit_quadratic_forms(kappa):
     q = _quadratic_forms(w, n, kappa)
     mean = s2 * np.trace(q, axis1=2, axis2=3)  # (n, m)
     var = 2 * s2**2 * np.einsum("tiab,tiba->ti", q, q)
-    np.testing.assert_allclose(pf.mamba_token_means(w, n_tokens=n, sigma2=s2, kappa=kappa).numpy(), mean, rtol=1e-10, atol=1e-15)
+    np.testing.assert_allclose(
+        pf.mamba_token_means(w, n_tokens=n, sigma2=s2, kappa=kappa).numpy(), mean, rtol=1e-10, atol=1e-15
+    )
     assert pf.mamba_trace(w, n_tokens=n, sigma2=s2, kappa=kappa) == pytest.approx(var.sum(), rel=1e-10)
     if kappa == pf.KAPPA_ASSUMPTION4:  # Theorem 3 is exact here (token average of E[F_t])
         np.testing.assert_allclose(pf.theorem3_mean(w, n_tokens=n, sigma2=s2).numpy(), mean.mean(0), rtol=1e-10)
@@ -125,7 +126,8 @@ def test_mamba_references_match_explicit_quadratic_forms(kappa):
     hh, zz, _ = ((w.w_h_prime**2).sum(1), (w.w_z**2).sum(1), None)
     dropped = s2**2 / 4 * float((zz * hh * diag**2).sum())
     assert pf.theorem4_trace(w, n_tokens=n, sigma2=s2) == pytest.approx(
-        pf.mamba_trace(w, n_tokens=n, sigma2=s2, kappa=0.5) - dropped, rel=1e-10)
+        pf.mamba_trace(w, n_tokens=n, sigma2=s2, kappa=0.5) - dropped, rel=1e-10
+    )
 
 
 def test_transformer_forms_match_the_explicit_linear_map():

@@ -103,9 +103,7 @@ def test_proposition2_attention_is_odd():
     h = torch.randn(4, 33, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 3
     assert torch.allclose(causal_attention(-h, w), -causal_attention(h, w), rtol=0, atol=1e-12)
     # the whole exact block is not odd (GELU is not), so the check is not vacuous
-    assert not torch.allclose(
-        transformer_update(-h, w, linearized=False), -transformer_update(h, w, linearized=False)
-    )
+    assert not torch.allclose(transformer_update(-h, w, linearized=False), -transformer_update(h, w, linearized=False))
 
 
 def test_proposition3_attention_has_zero_mean():

@@ -111,7 +111,9 @@ def test_both_estimators_draw_the_same_inputs_and_refuse_an_empty_chunk():
     moments = monte_carlo_moments({"id": lambda h: h}, **draws)["id"]
     depth = monte_carlo_depth([lambda h: h], depths=[1], layernorm=False, **draws)[1]
     assert depth.path_energy.value == pytest.approx(moments.energy.value, rel=1e-12)
-    for estimate in (lambda **kw: monte_carlo_moments({"id": lambda h: h}, **kw),
-                     lambda **kw: monte_carlo_depth([lambda h: h], depths=[1], layernorm=False, **kw)):
+    for estimate in (
+        lambda **kw: monte_carlo_moments({"id": lambda h: h}, **kw),
+        lambda **kw: monte_carlo_depth([lambda h: h], depths=[1], layernorm=False, **kw),
+    ):
         with pytest.raises(ConfigError, match="chunk"):
             estimate(**{**draws, "chunk": 0})

@@ -13,8 +13,22 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_quick_cpu_run_prints_the_table(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "train_gpu.py"), "--quick", "--device", "cpu",
-           "--families", "gpt_neo", "mamba", "--warmup", "1", "--steps", "2", "--out", str(tmp_path)]
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "train_gpu.py"),
+        "--quick",
+        "--device",
+        "cpu",
+        "--families",
+        "gpt_neo",
+        "mamba",
+        "--warmup",
+        "1",
+        "--steps",
+        "2",
+        "--out",
+        str(tmp_path),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     table = (tmp_path / "train_gpu.md").read_text()

@@ -30,8 +30,12 @@ def test_float32_matches_float64_reference(chunk):
     torch.testing.assert_close(weight.grad.double(), 3.0 * ref_gw, rtol=1e-5, atol=1e-7)
 
 
-DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs a CUDA GPU")])]
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+    ),
+]
 
 
 @pytest.mark.parametrize("device", DEVICES)

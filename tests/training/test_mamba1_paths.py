@@ -13,9 +13,12 @@ from reprflow.training.kernels import MAMBA1_PATHS, mamba1_path_availability, ma
 from reprflow.training.loop import _loss, build_config
 from reprflow.training.recipe import TrainSpec
 
-DEVICES = [pytest.param("cpu"),
-           pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
-                                                                            reason="needs a CUDA GPU")])]
+DEVICES = [
+    pytest.param("cpu"),
+    pytest.param(
+        "cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+    ),
+]
 
 
 def _loss_and_grads(model, x, device):

@@ -70,8 +70,12 @@ def test_train_flops_per_token_counts_the_matmul_weights(family):
 def test_mamba1_trains_through_the_linear_backward_scan_on_the_cpu():
     cpu = torch.device("cpu")
     assert mamba1_train_path(cpu) == "reprflow-autograd"
-    model = build_from_config(build_config("mamba", TrainSpec(width=64, depth=2, context=16), vocab_size=512),
-                              seed=0, dtype=torch.float32, device=cpu)
+    model = build_from_config(
+        build_config("mamba", TrainSpec(width=64, depth=2, context=16), vocab_size=512),
+        seed=0,
+        dtype=torch.float32,
+        device=cpu,
+    )
     assert prepare_training(model, "mamba", cpu) == "reprflow-autograd"
     mixers = [m for m in model.modules() if hasattr(m, "A_log")]
     assert mixers and all(getattr(m, "_reprflow_train_forward", False) for m in mixers)
@@ -80,8 +84,16 @@ def test_mamba1_trains_through_the_linear_backward_scan_on_the_cpu():
         prepare_training(model, "mamba", cpu, path="triton")
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs a CUDA GPU")])])
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")],
+        ),
+    ],
+)
 def test_gpt_neo_trains_through_sdpa_with_eagers_loss_and_gradients(device):
     """GPT-Neo's training path swaps transformers' eager attention for the project's SDPA one
     (local and global layers, no 1/sqrt(d) scale): same loss and gradients as eager, and the
@@ -132,22 +144,45 @@ def streams():
 
 
 def _spec(**kw):
-    base = dict(corpus="nq_open", width=64, depth=2, context=64, batch_size=8, tokens=64 * 8 * 60, lr=1e-2,
-                warmup_steps=5, eval_every=20, eval_tokens=4096, checkpoint_every=4, device="cpu", threads=1)
+    base = dict(
+        corpus="nq_open",
+        width=64,
+        depth=2,
+        context=64,
+        batch_size=8,
+        tokens=64 * 8 * 60,
+        lr=1e-2,
+        warmup_steps=5,
+        eval_every=20,
+        eval_tokens=4096,
+        checkpoint_every=4,
+        device="cpu",
+        threads=1,
+    )
     return TrainSpec.from_dict({**base, **kw})
 
 
 def _run(tmp_path, family, spec, streams, name="m", **kw):
-    return train_model(family, spec, streams=streams, out_dir=tmp_path / name, metrics_path=tmp_path / f"{name}.csv",
-                       summary_path=tmp_path / f"{name}.json", checkpoint_path=tmp_path / f"{name}.ckpt",
-                       progress=False, **kw)
+    return train_model(
+        family,
+        spec,
+        streams=streams,
+        out_dir=tmp_path / name,
+        metrics_path=tmp_path / f"{name}.csv",
+        summary_path=tmp_path / f"{name}.json",
+        checkpoint_path=tmp_path / f"{name}.ckpt",
+        progress=False,
+        **kw,
+    )
 
 
 @pytest.mark.parametrize("family", ["gpt_neox", "mamba2"])
 def test_training_beats_the_unigram_baseline(tmp_path, streams, family):
     summary = _run(tmp_path, family, _spec(), streams)
     assert summary["initial_val_loss"] > summary["unigram_val_loss"]
-    assert summary["final_val_loss"] < summary["unigram_val_loss"] - 0.2, {k: summary[k] for k in ("final_val_loss", "unigram_val_loss")}
+    assert summary["final_val_loss"] < summary["unigram_val_loss"] - 0.2, {
+        k: summary[k] for k in ("final_val_loss", "unigram_val_loss")
+    }
     rows = list(csv.DictReader(open(tmp_path / "m.csv")))
     assert [int(r["step"]) for r in rows] == [0, 20, 40, 60]
     assert float(rows[-1]["val_loss"]) == pytest.approx(summary["final_val_loss"])
@@ -161,8 +196,12 @@ def test_cpu_training_loss_is_the_models_loss(family):
     in float32 that must be exactly the model's logits, and the bf16 loss must agree with the
     float32 loss up to bf16 rounding. Embeddings are scaled up so the logits are far from 0."""
     cpu = torch.device("cpu")
-    model = build_from_config(build_config(family, TrainSpec(width=64, depth=2, context=16), vocab_size=512),
-                              seed=0, dtype=torch.float32, device=cpu)
+    model = build_from_config(
+        build_config(family, TrainSpec(width=64, depth=2, context=16), vocab_size=512),
+        seed=0,
+        dtype=torch.float32,
+        device=cpu,
+    )
     with torch.no_grad():
         model.get_input_embeddings().weight.mul_(50.0)
     x = torch.randint(0, 512, (2, 17), generator=torch.Generator().manual_seed(0))
@@ -186,6 +225,7 @@ def test_resume_after_kill_gives_the_same_weights(tmp_path, streams):
     def kill(step):
         if step == 7:  # after the checkpoint at step 4, before the one at step 8
             raise _Killed
+
     with pytest.raises(_Killed):
         _run(tmp_path, "gpt_neo", spec, streams, name="killed", on_step=kill)
     assert (tmp_path / "killed.ckpt").is_file() and not (tmp_path / "killed").exists()
@@ -212,7 +252,7 @@ def test_saved_model_loads_through_the_pipeline_path(tmp_path, streams):
     model = load_model(str(tmp_path / "m"), init=InitSpec("pretrained"), seed=None)
     val = torch.as_tensor(_windows(streams.val, 64)[:64], dtype=torch.long)
     with torch.no_grad():
-        loss = sum(float(_loss(model, val[i:i + 8], torch.device("cpu"))) for i in range(0, 64, 8)) / 8
+        loss = sum(float(_loss(model, val[i : i + 8], torch.device("cpu"))) for i in range(0, 64, 8)) / 8
     assert loss == pytest.approx(summary["final_val_loss"], rel=1e-5)
     fresh = load_model(str(tmp_path / "m"), init=InitSpec("default"), seed=3)  # the random arm: same config
     assert fresh.config.to_dict() == model.config.to_dict() or fresh.config.hidden_size == model.config.hidden_size
@@ -226,15 +266,21 @@ def _config(model):
 
 
 def test_train_block_is_validated():
-    entry = {"name": "t", "family": "gpt_neox", "hf_id": "runs/demo/data/models/t", "tokenizer": "gpt-neox-20b",
-             "train": {"corpus": "nq_open", "width": 64, "depth": 2, "tokens": 1000}}
+    entry = {
+        "name": "t",
+        "family": "gpt_neox",
+        "hf_id": "runs/demo/data/models/t",
+        "tokenizer": "gpt-neox-20b",
+        "train": {"corpus": "nq_open", "width": 64, "depth": 2, "tokens": 1000},
+    }
     cfg = validate_config(_config(entry))
     assert cfg.models[0].train["batch_size"] == 4  # schema default filled in
     with pytest.raises(ConfigError, match=r"config.models\[0\]: has both `tiny` and `train`"):
         validate_config(_config({**entry, "tiny": {"seed": 1}}))
     with pytest.raises(ConfigError, match=r"config.models\[0\].train.depth: 3 must be even"):
-        validate_config(_config({**entry, "family": "gpt_neo", "tokenizer": "gpt2",
-                                 "train": {**entry["train"], "depth": 3}}))
+        validate_config(
+            _config({**entry, "family": "gpt_neo", "tokenizer": "gpt2", "train": {**entry["train"], "depth": 3}})
+        )
     with pytest.raises(ConfigError, match=r"config.models\[0\].train: unknown key 'width_x'"):
         validate_config(_config({**entry, "train": {**entry["train"], "width_x": 1}}))
 
@@ -353,8 +399,9 @@ def test_mamba2_in_proj_is_a_multiple_of_8(width):
 def test_matched_width_trains_and_validates_on_cuda(tmp_path, streams, family):
     """The matched suite's width (384) for a few steps on CUDA, validation passes included (eval
     mode: transformers' inference path with whatever compiled kernels are installed)."""
-    spec = _spec(width=384, depth=2, context=64, batch_size=8, tokens=64 * 8 * 6, eval_every=3, checkpoint_every=3,
-                 device="cuda")
+    spec = _spec(
+        width=384, depth=2, context=64, batch_size=8, tokens=64 * 8 * 6, eval_every=3, checkpoint_every=3, device="cuda"
+    )
     summary = _run(tmp_path, family, spec, streams)
     assert summary["device"].startswith("cuda") and summary["steps"] == 6
     assert summary["final_val_loss"] < summary["initial_val_loss"]

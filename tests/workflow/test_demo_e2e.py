@@ -52,7 +52,9 @@ def test_custom_task_flows_through_every_stage(demo):
 
     records = [json.loads(line) for line in (PROJECT_ROOT / "data/custom/nq_question_word.jsonl").open()]
     prompts = [json.loads(line) for line in (demo / OUT / "data/prompts/nq-bpe-2048/qword_n40.jsonl").open()]
-    assert [(p["prompt"], p["label"], p["task"]) for p in prompts] == [(r["prompt"], r["label"], "qword") for r in records]
+    assert [(p["prompt"], p["label"], p["task"]) for p in prompts] == [
+        (r["prompt"], r["label"], "qword") for r in records
+    ]
     store = zarr.open_group(demo / OUT / "results/activations/tiny-mamba/random/qword_n40.zarr", mode="r")
     assert store.attrs["complete"] is True and store.attrs["task"] == "qword"
     assert store["labels"][:].tolist() == [r["label"] for r in records]
@@ -70,7 +72,9 @@ def test_custom_task_flows_through_every_stage(demo):
     assert set(rows.model) == {"tiny-pythia", "tiny-mamba"} and set(rows.length) == {40}
     assert rows[VALUE_COLUMNS].notna().all(axis=None) and np.allclose(rows.chance, 1 / 3)
     # Table 1 stays the paper's mean over kvpr and mdqa
-    paper = table2[table2.task.isin(["kvpr", "mdqa"])].groupby(["model", "init", "view", "length"])[["Sm", "St", "chance"]]
+    paper = table2[table2.task.isin(["kvpr", "mdqa"])].groupby(["model", "init", "view", "length"])[
+        ["Sm", "St", "chance"]
+    ]
     merged = table1.merge(paper.mean().reset_index(), on=["model", "init", "view", "length"], suffixes=("", "_paper"))
     assert len(merged) == len(table1) and 40 not in set(table1.length)
     for col in ("Sm", "St", "chance"):
@@ -168,13 +172,18 @@ def test_execution_keys_and_model_order_rerun_nothing(demo, run_snakemake, chang
 def test_changing_shards_builds_shard_files_and_nothing_upstream(demo, run_snakemake):
     """`shards` is an execution key, but it names a cell's store files: new shard stores are built
     (and what reads them), never the prompts or models, and no param change is reported."""
+
     def shards(raw):
         raw["execution"]["extraction"]["shards"] = 2
+
     run = run_snakemake(demo, "-n", "--cores", "2", _variant(demo, "shards.yaml", shards))
     out = run.stdout + run.stderr
     assert run.returncode == 0, out[-3000:]
-    counts = {line.split()[0]: int(line.split()[1]) for line in out.splitlines()
-              if len(line.split()) == 2 and line.split()[1].isdigit()}
+    counts = {
+        line.split()[0]: int(line.split()[1])
+        for line in out.splitlines()
+        if len(line.split()) == 2 and line.split()[1].isdigit()
+    }
     assert counts["extract_activation_shard"] == 2 * len(cells(DEMO)) and "extract_activations" not in counts, counts
     assert not {"prompts", "custom_prompts", "build_tiny_model"} & set(counts) and "Params have changed" not in out
 

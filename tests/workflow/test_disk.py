@@ -72,7 +72,9 @@ def test_the_command_merges_config_files_as_snakemake_does(capsys, tmp_path):
 
 def test_model_dims_from_shipped_config_or_local_folder(tmp_path, monkeypatch):
     raw = _demo_raw()
-    raw["models"].append({"name": "hub-model", "family": "mamba", "hf_id": "org/some-model", "tokenizer": "gpt-neox-20b"})
+    raw["models"].append(
+        {"name": "hub-model", "family": "mamba", "hf_id": "org/some-model", "tokenizer": "gpt-neox-20b"}
+    )
     local = tmp_path / "local-model"
     local.mkdir()
     (local / "config.json").write_text(json.dumps({"d_model": 2560, "n_layer": 64}))
@@ -94,7 +96,10 @@ def test_tiny_defaults_match_the_built_models():
 
     for family in ("gpt_neo", "gpt_neox", "mamba", "mamba2"):
         built = tiny_config(family).to_dict()
-        assert (lambda d: (d.hidden, d.n_layers))(disk._dims_from(built, "tiny")) == (disk.TINY_DIMS["hidden"], disk.TINY_DIMS["n_layers"]), family
+        assert (lambda d: (d.hidden, d.n_layers))(disk._dims_from(built, "tiny")) == (
+            disk.TINY_DIMS["hidden"],
+            disk.TINY_DIMS["n_layers"],
+        ), family
 
 
 def _huge(raw: dict) -> dict:
@@ -106,7 +111,9 @@ def test_check_names_the_shortfall():
     cfg = validate_config(_huge(_demo_raw()))
     with pytest.raises(disk.DiskSpaceError, match=r"need at most .* free under .*Short by .*disk_check: false"):
         disk.check_disk(cfg)
-    assert disk.check_disk(validate_config(_demo_raw())).startswith("disk: 32 activation store(s)")  # 28 paper-task cells + 4 of the custom task
+    assert disk.check_disk(validate_config(_demo_raw())).startswith(
+        "disk: 32 activation store(s)"
+    )  # 28 paper-task cells + 4 of the custom task
 
 
 def test_a_run_that_cannot_fit_stops_before_any_job(workdir, run_snakemake):

@@ -19,7 +19,8 @@ def test_dvc_yaml_is_what_the_generator_writes_for_its_config():
     assert DVC["vars"][1]["OUT"] == load_config(PROJECT_ROOT / config).out_dir
     expected = render(config, load_config(PROJECT_ROOT / config))
     assert (PROJECT_ROOT / "dvc.yaml").read_text() == expected, (
-        "dvc.yaml is stale: python -m reprflow.workflow.lineage --write")
+        "dvc.yaml is stale: python -m reprflow.workflow.lineage --write"
+    )
 
 
 def test_no_stage_tracks_an_execution_key():
@@ -38,14 +39,14 @@ print(json.dumps(sorted(m.__file__ for m in list(sys.modules.values())
 """
 
 
-@pytest.mark.parametrize("stage", [s for s in STAGES if s.name in ("activations", "metrics")],
-                         ids=lambda s: s.name)
+@pytest.mark.parametrize("stage", [s for s in STAGES if s.name in ("activations", "metrics")], ids=lambda s: s.name)
 def test_every_module_a_stage_imports_at_run_time_is_a_dep(stage):
     """Independent of the static walk: import what the stage's scripts import, in a fresh
     interpreter, and check every reprflow file that got loaded is among the stage's deps."""
     scripts = [str(PROJECT_ROOT / "workflow_scripts" / s) for s in stage.scripts]
-    run = subprocess.run([sys.executable, "-c", _IMPORTED, *scripts], capture_output=True, text=True,
-                         cwd=PROJECT_ROOT, timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-c", _IMPORTED, *scripts], capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=300
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     loaded = {str(Path(f).resolve().relative_to(PROJECT_ROOT)) for f in json.loads(run.stdout)}
     deps = set(DVC["stages"][stage.name]["deps"])
@@ -54,8 +55,15 @@ def test_every_module_a_stage_imports_at_run_time_is_a_dep(stage):
 
 def test_the_static_walk_follows_relative_and_submodule_imports():
     code = stage_code(next(s for s in STAGES if s.name == "metrics"))
-    assert {"reprflow/metrics/cka.py", "reprflow/metrics/__init__.py", "reprflow/store.py", "rules/metrics.smk",
-            "rules/probes.smk", "workflow_scripts/probes.py", "reprflow/data/schema.yaml"} <= set(code)
+    assert {
+        "reprflow/metrics/cka.py",
+        "reprflow/metrics/__init__.py",
+        "reprflow/store.py",
+        "rules/metrics.smk",
+        "rules/probes.smk",
+        "workflow_scripts/probes.py",
+        "reprflow/data/schema.yaml",
+    } <= set(code)
     assert "reprflow/workflow/disk.py" not in code and "rules/activations.smk" not in code
     report = stage_code(next(s for s in STAGES if s.name == "report"))
     assert "reprflow/pipeline/tables.py" in report and "reprflow/metrics/cka.py" not in report

@@ -61,5 +61,6 @@ def test_sharded_extraction_matches_one_store(tmp_path, scratch_project, run_sna
         cols = [c for c in a.columns if a[c].dtype.kind == "f"]
         for other in (3, "3s"):  # streamed: float32 states against the float16-stored ones
             b = pd.read_csv(runs[other] / metrics / name)
-            np.testing.assert_allclose(b[cols].to_numpy(), a[cols].to_numpy(), rtol=2e-3, atol=1e-3,
-                                       err_msg=f"{other}: {name}")
+            np.testing.assert_allclose(
+                b[cols].to_numpy(), a[cols].to_numpy(), rtol=2e-3, atol=1e-3, err_msg=f"{other}: {name}"
+            )

@@ -46,7 +46,9 @@ def test_a_bad_custom_record_stops_the_run_before_any_job(workdir, run_snakemake
     run = run_snakemake(workdir, "--cores", "1", "--configfile", "bad.yaml")
     assert run.returncode != 0
     messages = [line for line in (run.stdout + run.stderr).splitlines() if "invalid config" in line]
-    assert messages == ["reprflow: invalid config: config.custom_tasks.qword.jsonl: mine.jsonl line 2: 'label' must be "
-                        "an int >= 0 (the probe's class), got '1'; write it as a bare integer (no quotes, no decimals), "
-                        'e.g. "label": 1'], run.stderr[-2000:]
+    assert messages == [
+        "reprflow: invalid config: config.custom_tasks.qword.jsonl: mine.jsonl line 2: 'label' must be "
+        "an int >= 0 (the probe's class), got '1'; write it as a bare integer (no quotes, no decimals), "
+        'e.g. "label": 1'
+    ], run.stderr[-2000:]
     assert not (workdir / "runs").exists()

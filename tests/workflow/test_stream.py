@@ -91,22 +91,32 @@ def _store_then_compute(root, cfg: dict, init: str, dest):
     config = validate_config({**cfg, "extraction": {**cfg["extraction"], "tokens": "store"}})
     model = {**asdict(config.model("tiny-pythia"))}
     model["hf_id"] = str(root / model["hf_id"])
-    store = run_extraction(root / cfg["out_dir"] / "data/prompts/nq-bpe-2048/kvpr_n300.jsonl",
-                           dest / f"{init}.zarr", model=model, init=asdict(config.init(init)), task="kvpr", length=300,
-                           seed=config.seed, settings={**config.section("extraction"), **config.execution("extraction")},
-                           config_digest=config.extraction_digest("tiny-pythia", init))
+    store = run_extraction(
+        root / cfg["out_dir"] / "data/prompts/nq-bpe-2048/kvpr_n300.jsonl",
+        dest / f"{init}.zarr",
+        model=model,
+        init=asdict(config.init(init)),
+        task="kvpr",
+        length=300,
+        seed=config.seed,
+        settings={**config.section("extraction"), **config.execution("extraction")},
+        config_digest=config.extraction_digest("tiny-pythia", init),
+    )
     compute_token_metrics([store], dest / init, views=("hf", "residual"), debiased_cka=True, device="cpu")
     return open_store(store), dest / init
 
 
 @pytest.mark.slow
 def test_streamed_cell_equals_the_stored_one_and_fig3_forwards_only_token_prompts(
-        tmp_path, scratch_project, run_snakemake):
+    tmp_path, scratch_project, run_snakemake
+):
     root = scratch_project(tmp_path / "project")
     cfg = _cell_config("stream")
     (root / "cell.yaml").write_text(yaml.safe_dump(cfg))
     out = root / cfg["out_dir"]
-    targets = [f"{cfg['out_dir']}/results/metrics/tiny-pythia/{i}/kvpr_n300/token_metrics" for i in ("pretrained", "xavier")]
+    targets = [
+        f"{cfg['out_dir']}/results/metrics/tiny-pythia/{i}/kvpr_n300/token_metrics" for i in ("pretrained", "xavier")
+    ]
     run = run_snakemake(root, *targets, "--cores", "2", "--configfile=cell.yaml")
     assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
     ran = set(re.findall(r"rule (\w+):", run.stdout + run.stderr))
@@ -138,12 +148,14 @@ def test_streamed_cell_equals_the_stored_one_and_fig3_forwards_only_token_prompt
                 x, y = pd.read_csv(a), pd.read_csv(b)
                 cols = [c for c in x.columns if x[c].dtype.kind == "f"]
                 assert cols and list(x["n_prompts"]) == list(y["n_prompts"]) == [N_TOKEN] * len(x)
-                np.testing.assert_allclose(y[cols].to_numpy(), x[cols].to_numpy(), rtol=1e-5, atol=1e-6,
-                                           err_msg=f"{init}/{name}")
+                np.testing.assert_allclose(
+                    y[cols].to_numpy(), x[cols].to_numpy(), rtol=1e-5, atol=1e-6, err_msg=f"{init}/{name}"
+                )
             else:
                 x, y = json.loads(a.read_text()), json.loads(b.read_text())
                 assert y["provenance"]["tokens"] == "stream"
                 for view in ("hf", "residual"):
                     for key, value in x[view].items():
-                        np.testing.assert_allclose(y[view][key], value, rtol=1e-5, atol=1e-6,
-                                                   err_msg=f"{init}/{name}/{view}/{key}")
+                        np.testing.assert_allclose(
+                            y[view][key], value, rtol=1e-5, atol=1e-6, err_msg=f"{init}/{name}/{view}/{key}"
+                        )

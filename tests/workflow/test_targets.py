@@ -54,8 +54,11 @@ def test_a_custom_task_runs_at_its_own_length_on_its_models():
     assert len([f for f in prompt_files(demo) if "qword" in f]) == 1  # one tokenizer; tiny-gpt-neo does not run it
     raw = _demo_raw()
     raw["custom_tasks"]["qword"].update(models=None, length=600)  # every model, beyond tiny-gpt-neo's 512
-    assert {c.model for c in cells(validate_config(raw)) if c.task == "qword"} == {"tiny-pythia", "tiny-mamba",
-                                                                                  "tiny-mamba2"}
+    assert {c.model for c in cells(validate_config(raw)) if c.task == "qword"} == {
+        "tiny-pythia",
+        "tiny-mamba",
+        "tiny-mamba2",
+    }
 
 
 def _demo_raw() -> dict:
@@ -66,7 +69,9 @@ def test_outputs_live_under_out_dir():
     demo = load_config(PROJECT_ROOT / "config" / "demo.yaml")
     assert final_targets(demo)[0] == "runs/demo/results/table1.csv"
     assert all(p.startswith("runs/demo/") for p in (*final_targets(demo), *prompt_files(demo)))
-    assert store_paths(demo, "tiny-mamba", "random", "kvpr", 300) == ["runs/demo/results/activations/tiny-mamba/random/kvpr_n300.zarr"]
+    assert store_paths(demo, "tiny-mamba", "random", "kvpr", 300) == [
+        "runs/demo/results/activations/tiny-mamba/random/kvpr_n300.zarr"
+    ]
     paper = load_config(PROJECT_ROOT / "config" / "config.yaml")
     assert final_targets(paper)[0] == "results/table1.csv" and out(paper, PROMPTS) == PROMPTS
 
