@@ -24,6 +24,9 @@ EXTRACTION_PARAMS = dict(
 )
 # the one job per cell that writes the streamed metrics: unsharded, or shard 0 (below)
 STREAMED_METRICS = {"token_metrics": directory(TOKEN_METRICS)} if TOKENS_STREAMED and N_SHARDS == 1 else {}
+# the store first, then the streamed metrics: one mapping, whose order snakefmt cannot change (it
+# moves a `**mapping` entry ahead of named ones, which would reorder the job's outputs)
+EXTRACTION_OUTPUTS = {"store": directory(ACTIVATIONS), **STREAMED_METRICS}
 
 
 rule extract_activations:
@@ -31,23 +34,22 @@ rule extract_activations:
         prompts=prompt_file,
         model=model_dir,
     output:
-        **STREAMED_METRICS,
-        store=directory(ACTIVATIONS),
+        **EXTRACTION_OUTPUTS,
     log:
         f"{LOGS}/activations/{{model}}/{{init}}/{{task}}_n{{length}}.log",
     benchmark:
         f"{BENCHMARKS}/activations/{{model}}/{{init}}/{{task}}_n{{length}}.tsv"
+    params:
+        **EXTRACTION_PARAMS,
+        shard=None,
     # longest jobs (model size x length: hidden² x layers x length) first: no long tail at the end
     priority: lambda w: extraction_priority(CFG, w.model, w.length)
-    conda:
-        "../envs/gpu.yaml" if EXECUTION["gpus"] else "../envs/cpu.yaml"
     resources:
         gpu=EXECUTION["gpus"],
         mem_mb=32000 if EXECUTION["gpus"] else 4000,
         runtime=240 if EXECUTION["gpus"] else 30,
-    params:
-        **EXTRACTION_PARAMS,
-        shard=None,
+    conda:
+        "../envs/gpu.yaml" if EXECUTION["gpus"] else "../envs/cpu.yaml"
     script:
         "../workflow_scripts/extract_activations.py"
 
@@ -59,11 +61,11 @@ use rule extract_activations as extract_activation_shard with:
         f"{LOGS}/activations/{{model}}/{{init}}/{{task}}_n{{length}}_shard{{shard}}of{{nshards}}.log",
     benchmark:
         f"{BENCHMARKS}/activations/{{model}}/{{init}}/{{task}}_n{{length}}_shard{{shard}}of{{nshards}}.tsv"
-    wildcard_constraints:
-        shard=r"[1-9]\d*" if TOKENS_STREAMED else r"\d+",  # streamed: shard 0 is the rule below
     params:
         **EXTRACTION_PARAMS,
         shard=lambda w: (int(w.shard), int(w.nshards)),
+    wildcard_constraints:
+        shard=r"[1-9]\d*" if TOKENS_STREAMED else r"\d+",  # streamed: shard 0 is the rule below
 
 
 if TOKENS_STREAMED and N_SHARDS > 1:

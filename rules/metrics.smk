@@ -13,12 +13,12 @@ if not TOKENS_STREAMED:
             f"{LOGS}/metrics/{{model}}/{{init}}/{{task}}_n{{length}}.log",
         benchmark:
             f"{BENCHMARKS}/metrics/{{model}}/{{init}}/{{task}}_n{{length}}.tsv"
-        conda:
-            "../envs/cpu.yaml"
+        params:
+            settings=CFG.section("metrics"),  # science keys only; config.execution.metrics is read by the job
         resources:
             mem_mb=8000,
             runtime=60,
-        params:
-            settings=CFG.section("metrics"),  # science keys only; config.execution.metrics is read by the job
+        conda:
+            "../envs/cpu.yaml"
         script:
             "../workflow_scripts/token_metrics.py"

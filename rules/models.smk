@@ -8,11 +8,11 @@ rule build_tiny_model:
         f"{LOGS}/models/{{model}}.log",
     benchmark:
         f"{BENCHMARKS}/models/{{model}}.tsv"
-    conda:
-        "../envs/cpu.yaml"
     params:
         family=lambda w: CFG.model(w.model).family,
         tiny=lambda w: CFG.model(w.model).tiny,
+    conda:
+        "../envs/cpu.yaml"
     script:
         "../workflow_scripts/build_tiny_model.py"
 

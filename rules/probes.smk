@@ -12,14 +12,14 @@ rule probes:
         f"{LOGS}/probes/{{model}}/{{init}}/{{task}}_n{{length}}.log",
     benchmark:
         f"{BENCHMARKS}/probes/{{model}}/{{init}}/{{task}}_n{{length}}.tsv"
-    conda:
-        "../envs/cpu.yaml"
-    resources:
-        mem_mb=16000,
-        runtime=60,
     params:
         settings=CFG.section("probes"),
         views=CFG.section("metrics")["views"],
+    resources:
+        mem_mb=16000,
+        runtime=60,
+    conda:
+        "../envs/cpu.yaml"
     script:
         "../workflow_scripts/probes.py"
 

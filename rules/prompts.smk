@@ -13,14 +13,14 @@ rule prompts:
         f"{LOGS}/prompts/{{tokenizer}}/{{task}}_n{{length}}.log",
     benchmark:
         f"{BENCHMARKS}/prompts/{{tokenizer}}/{{task}}_n{{length}}.tsv"
-    wildcard_constraints:
-        task="|".join(CFG.paper_tasks),
-    conda:
-        "../envs/cpu.yaml"
     params:
         seed=CFG.seed,
         settings=CFG.section("prompts"),
         max_tokens=lambda w: prompt_token_cap(CFG, w.tokenizer, int(w.length)),
+    wildcard_constraints:
+        task="|".join(CFG.paper_tasks),
+    conda:
+        "../envs/cpu.yaml"
     script:
         "../workflow_scripts/prompts.py"
 
@@ -38,13 +38,13 @@ if CFG.custom_tasks:
             f"{LOGS}/prompts/{{tokenizer}}/{{task}}_n{{length}}.log",
         benchmark:
             f"{BENCHMARKS}/prompts/{{tokenizer}}/{{task}}_n{{length}}.tsv"
+        params:
+            spec=lambda w: {k: CFG.custom_tasks[w.task][k] for k in ("jsonl", "length")},  # not `models`
+            max_tokens=lambda w: prompt_token_cap(CFG, w.tokenizer, int(w.length)),
         wildcard_constraints:
             task="|".join(CFG.custom_tasks),
         conda:
             "../envs/cpu.yaml"
-        params:
-            spec=lambda w: {k: CFG.custom_tasks[w.task][k] for k in ("jsonl", "length")},  # not `models`
-            max_tokens=lambda w: prompt_token_cap(CFG, w.tokenizer, int(w.length)),
         script:
             "../workflow_scripts/custom_prompts.py"
 

@@ -34,10 +34,10 @@ rule tables:
         f"{LOGS}/report/tables.log",
     benchmark:
         f"{BENCHMARKS}/report/tables.tsv"
-    conda:
-        "../envs/cpu.yaml"
     params:
         science=CFG.science(),  # the job reads the config itself; see Config.science
+    conda:
+        "../envs/cpu.yaml"
     script:
         "../workflow_scripts/tables.py"
 
@@ -52,10 +52,10 @@ rule figures:
         f"{LOGS}/report/figures.log",
     benchmark:
         f"{BENCHMARKS}/report/figures.tsv"
-    conda:
-        "../envs/cpu.yaml"
     params:
         science=CFG.science(),  # the job reads the config itself; see Config.science
+    conda:
+        "../envs/cpu.yaml"
     script:
         "../workflow_scripts/figures.py"
 
@@ -70,10 +70,10 @@ rule findings:
         f"{LOGS}/report/findings.log",
     benchmark:
         f"{BENCHMARKS}/report/findings.tsv"
-    conda:
-        "../envs/cpu.yaml"
     params:
         science=CFG.science(),  # the job reads the config itself; see Config.science
+    conda:
+        "../envs/cpu.yaml"
     script:
         "../workflow_scripts/findings.py"
 
@@ -121,9 +121,9 @@ rule report:
         f"{LOGS}/report/report.log",
     benchmark:
         f"{BENCHMARKS}/report/report.tsv"
-    conda:
-        "../envs/cpu.yaml"
     params:
         science=CFG.science(),  # the job reads the config itself; see Config.science
+    conda:
+        "../envs/cpu.yaml"
     script:
         "../workflow_scripts/report.py"

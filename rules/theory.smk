@@ -22,14 +22,14 @@ rule theory:
         f"{LOGS}/theory/theory.log",
     benchmark:
         f"{BENCHMARKS}/theory/theory.tsv"
-    conda:
-        "../envs/gpu.yaml" if CFG.execution("theory")["gpus"] else "../envs/cpu.yaml"
+    params:
+        settings=CFG.section("theory"),
     resources:
         gpu=CFG.execution("theory")["gpus"],
         mem_mb=16000,
         runtime=60,
-    params:
-        settings=CFG.section("theory"),
+    conda:
+        "../envs/gpu.yaml" if CFG.execution("theory")["gpus"] else "../envs/cpu.yaml"
     script:
         "../workflow_scripts/theory.py"
 

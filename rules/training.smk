@@ -30,18 +30,18 @@ rule train_model:
         f"{BENCHMARKS}/training/{{model}}.tsv"
     wildcard_constraints:
         model="|".join(TRAINED) or "(?!x)x",
-    conda:
-        "../envs/cpu.yaml"
-    threads: lambda w: CFG.model(w.model).train.get("threads") or 2
-    resources:
-        # a GPU job like extraction (execution.extraction.gpus), unless the recipe trains on the CPU
-        gpu=lambda w: 0 if CFG.model(w.model).train.get("device") == "cpu" else CFG.execution("extraction")["gpus"],
     params:
         family=lambda w: CFG.model(w.model).family,
         tokenizer=lambda w: CFG.model(w.model).tokenizer,
         positions=lambda w: CFG.model(w.model).max_context,
         recipe=_train_recipe,
         checkpoint=lambda w: TRAIN_CHECKPOINT.format(model=w.model),
+    threads: lambda w: CFG.model(w.model).train.get("threads") or 2
+    resources:
+        # a GPU job like extraction (execution.extraction.gpus), unless the recipe trains on the CPU
+        gpu=lambda w: 0 if CFG.model(w.model).train.get("device") == "cpu" else CFG.execution("extraction")["gpus"],
+    conda:
+        "../envs/cpu.yaml"
     script:
         "../workflow_scripts/train.py"
 
