@@ -205,6 +205,23 @@ def family_config(family: str, spec, args):
     return build_config(family, spec, vocab_size=padded_vocab(vocab_tokens(args)), positions=spec.context)
 
 
+def unmeasured_row(
+    family: str, path: str | None, note: str, *, batch: int | None = None, fused_head: bool = True
+) -> dict:
+    """A table row without a measurement (not available, failed, out of memory, skipped): ``note`` says why."""
+    return {
+        "family": family,
+        "path": path or "transformers",
+        "head": "fused" if fused_head else "naive",
+        "kernels": "",
+        "batch": batch,
+        "ms_per_step": None,
+        "losses": [],
+        "peak_gib": None,
+        "note": note,
+    }
+
+
 def measure(
     family: str,
     path: str | None,
@@ -249,31 +266,13 @@ def measure(
             del exc
         _free(device)
         if failed:
-            return {
-                "family": family,
-                "path": path or "transformers",
-                "kernels": "",
-                "batch": batch,
-                "ms_per_step": None,
-                "losses": [],
-                "peak_gib": None,
-                "note": "; ".join(notes + [failed]),
-            }
+            return unmeasured_row(family, path, "; ".join(notes + [failed]), batch=batch, fused_head=fused_head)
         if not oom:
             row["note"] = "; ".join(notes + ([row["note"]] if row["note"] else []))
             return row
         notes.append(f"out of memory at batch {batch}")
         if batch <= 1:
-            return {
-                "family": family,
-                "path": path or "transformers",
-                "kernels": "",
-                "batch": batch,
-                "ms_per_step": None,
-                "losses": [],
-                "peak_gib": None,
-                "note": "; ".join(notes),
-            }
+            return unmeasured_row(family, path, "; ".join(notes), batch=batch, fused_head=fused_head)
         batch //= 2
 
 
@@ -320,27 +319,9 @@ def _hidden_row(args, argv: list[str]) -> dict:
         try:
             rc = subprocess.run(cmd, timeout=args.hf_timeout_s).returncode
         except subprocess.TimeoutExpired:
-            return {
-                "family": "mamba",
-                "path": "hf-torch",
-                "kernels": "",
-                "batch": None,
-                "ms_per_step": None,
-                "losses": [],
-                "peak_gib": None,
-                "note": f"worker killed after {args.hf_timeout_s:.0f} s",
-            }
+            return unmeasured_row("mamba", "hf-torch", f"worker killed after {args.hf_timeout_s:.0f} s")
         if rc != 0 or not out.is_file():
-            return {
-                "family": "mamba",
-                "path": "hf-torch",
-                "kernels": "",
-                "batch": None,
-                "ms_per_step": None,
-                "losses": [],
-                "peak_gib": None,
-                "note": f"FAILED: worker exit {rc} (its traceback above)",
-            }
+            return unmeasured_row("mamba", "hf-torch", f"FAILED: worker exit {rc} (its traceback above)")
         return json.loads(out.read_text())
 
 
@@ -538,17 +519,7 @@ def main(argv: list[str] | None = None) -> int:
             todo = [t for t in todo if t[1]]
         for path, fused, skip in todo:
             if skip:
-                row = {
-                    "family": family,
-                    "path": path,
-                    "head": "fused" if fused else "naive",
-                    "kernels": "",
-                    "batch": None,
-                    "ms_per_step": None,
-                    "losses": [],
-                    "peak_gib": None,
-                    "note": f"not available: {skip}",
-                }
+                row = unmeasured_row(family, path, f"not available: {skip}", fused_head=fused)
             else:
                 row = measure(family, path, spec, config, windows, args, fused_head=fused)
             rows.append(finish_row(row, spec, fpt, peak))
@@ -561,16 +532,7 @@ def main(argv: list[str] | None = None) -> int:
         if family == "mamba" and not args.no_hf_torch and time.perf_counter() - t_start > args.budget_s:
             rows.append(
                 finish_row(
-                    {
-                        "family": family,
-                        "path": "hf-torch",
-                        "kernels": "",
-                        "batch": None,
-                        "ms_per_step": None,
-                        "losses": [],
-                        "peak_gib": None,
-                        "note": f"skipped: past --budget-s {args.budget_s:.0f} s",
-                    },
+                    unmeasured_row(family, "hf-torch", f"skipped: past --budget-s {args.budget_s:.0f} s"),
                     spec,
                     fpt,
                     peak,
