@@ -65,6 +65,19 @@ def start_snakemake(workdir: Path, *args: str, log: Path) -> subprocess.Popen:
         )
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items) -> None:
+    """The SLURM tests (marker ``slurm``) first, everything else in its collected order.
+
+    Every start of the snakemake CLI imports snakemake-executor-plugin-slurm, which asks
+    ``scontrol show config`` at import: where a SLURM config exists but no controller answers
+    (a machine whose local cluster a previous session took down again), that waits ~9 s, per
+    snakemake start. The local cluster, once up (tests/cluster/conftest.py, session scope), stays
+    up until the session ends, so the dozens of snakemake runs after the SLURM tests start at
+    once. A stable sort: a module's tests stay together, and in order."""
+    items.sort(key=lambda item: item.get_closest_marker("slurm") is None)
+
+
 @pytest.fixture()
 def workdir(tmp_path) -> Path:
     return make_workdir(tmp_path / "project")

@@ -7,9 +7,10 @@ prompts, extraction requesting one GPU from the scheduler):
    some but not all of its windows, the test ``scancel``s it, and that run fails;
 2. the same command again resumes the extraction and finishes the tables;
 3. meanwhile a plain local run of the same config runs in another scratch project;
-4. the same config with ``execution.extraction.shards: 2`` then runs through the profile in
-   a third scratch project, given the tiny model and prompt set of step 2: its shard jobs must
-   get the GPU and partition of an unsharded extraction.
+4. the same config with ``execution.extraction.shards: 2`` runs through the profile in a
+   third scratch project, given the tiny model and prompt set of step 1 (started once step 1's
+   extraction is killed, alongside step 2): its shard jobs must get the GPU and partition of an
+   unsharded extraction.
 
 The tests then check the SLURM accounting (sacct), the resume, the kept logs, and that
 the SLURM outputs equal the local ones.
@@ -68,7 +69,7 @@ class Scenario:
     local_output: str
     local_returncode: int
     submissions: list[tuple[int, str, str]]  # (SLURM job id, rule, SLURM log path), in order
-    sharded: subprocess.CompletedProcess  # step 4: the same cell in 2 shards, in base/slurm-sharded
+    sharded: subprocess.CompletedProcess  # step 4: the same cell in 2 shards, in base/slurm-sharded (output in stdout)
     shard_submissions: list[tuple[int, str, str]]
     cancelled_job: int
     windows_done_at_kill: int
@@ -140,30 +141,30 @@ def scenario(slurm_cluster, tmp_path_factory, scratch_project, spawn_snakemake, 
 
     local_proc = spawn_snakemake(local, "--cores", "1", cfg_arg, "--", *TABLES, log=base / "local.log")
     first = spawn_snakemake(slurm, *slurm_args, log=base / "slurm-killed.log")
+    sharded_proc = None
     try:
         cancelled, n_done, n_windows, chunks = _kill_extraction_mid_way(
             first, base / "slurm-killed.log", partial_path(slurm / store)
         )
+        # step 4 overlaps steps 1 and 2 (most of a tiny SLURM job's time is the wait for its next
+        # status check): the extraction was running, so the tiny model and prompt set exist and
+        # are final. They are copied (mtimes kept), so only the shards and what reads them are submitted
+        sharded_root = scratch_project(base / "slurm-sharded")
+        shutil.copytree(slurm / OUT / "data", sharded_root / OUT / "data", symlinks=True)
+        sharded_args = ("--profile", "profiles/slurm", *CI_OVERRIDES, f"--configfile={sharded_config}", "--", *TABLES)
+        sharded_proc = spawn_snakemake(sharded_root, *sharded_args, log=base / "slurm-sharded.log")
         first.wait(timeout=300)
         rerun = run_snakemake(slurm, *slurm_args, timeout=900)
         local_proc.wait(timeout=900)
-        # the tiny model and prompt set of the runs above, copied (mtimes kept): only the shards and
-        # what reads them are submitted
-        sharded_root = scratch_project(base / "slurm-sharded")
-        shutil.copytree(slurm / OUT / "data", sharded_root / OUT / "data", symlinks=True)
-        sharded = run_snakemake(
-            sharded_root,
-            "--profile",
-            "profiles/slurm",
-            *CI_OVERRIDES,
-            f"--configfile={sharded_config}",
-            "--",
-            *TABLES,
-            timeout=900,
-        )
+        sharded_proc.wait(timeout=900)
     finally:
         _stop(first)
         _stop(local_proc)
+        if sharded_proc is not None:
+            _stop(sharded_proc)
+    sharded = subprocess.CompletedProcess(
+        sharded_proc.args, sharded_proc.returncode, (base / "slurm-sharded.log").read_text(), ""
+    )
     killed_output = (base / "slurm-killed.log").read_text()
     return Scenario(
         local=local,
