@@ -217,11 +217,16 @@ def _curve_summary(
     return float(by_state["mean"].mean()), float(last["mean"]), float(last["std"] / np.sqrt(max(last["n"], 1)))
 
 
+def noise_band(spread_a: float, spread_b: float) -> float:
+    """Three combined spreads, ``3 * hypot(a, b)``: the band a difference of two means (standard
+    errors) or of two probe peaks (seed standard deviations) must exceed to count as real."""
+    return 3 * np.hypot(spread_a, spread_b)
+
+
 def beyond_noise(delta: float, spread_a: float, spread_b: float) -> str:
-    """``yes`` if ``|delta|`` exceeds 3 combined spreads (``3 * hypot(a, b)``), else ``no``;
-    ``n/a`` when the combined spread is zero (one prompt or one probe seed: no noise estimate),
-    ``""`` when ``delta`` is missing."""
-    noise = 3 * np.hypot(spread_a, spread_b)
+    """``yes`` if ``|delta|`` exceeds :func:`noise_band`, else ``no``; ``n/a`` when the band is
+    zero (one prompt or one probe seed: no noise estimate), ``""`` when ``delta`` is missing."""
+    noise = noise_band(spread_a, spread_b)
     if np.isnan(delta):
         return ""
     if not noise > 0:
@@ -319,12 +324,12 @@ def controlled_verdict(frame: pd.DataFrame) -> str:
         if row.differs == "yes":
             found.append(
                 f"inter-token cosine {ref.inter_token_last:.3g} trained vs {row.inter_token_last:.3g} "
-                f"(3 SE {3 * np.hypot(row.inter_token_last_se, ref.inter_token_last_se):.2g})"
+                f"(3 SE {noise_band(row.inter_token_last_se, ref.inter_token_last_se):.2g})"
             )
         if row.probe_differs == "yes":
             found.append(
                 f"peak probe accuracy {ref.peak_acc:.3g} trained vs {row.peak_acc:.3g} "
-                f"(3 SD over seeds {3 * np.hypot(row.peak_acc_std, ref.peak_acc_std):.2g})"
+                f"(3 SD over seeds {noise_band(row.peak_acc_std, ref.peak_acc_std):.2g})"
             )
         if found:
             hits.append(f"{row.model} vs {row.arm}: " + "; ".join(found))
@@ -385,7 +390,7 @@ def paper_agreement(frame: pd.DataFrame) -> list[str]:
             if ref is None:
                 continue
             gain = ref.inter_token_last - row.inter_token_last
-            noise = 3 * np.hypot(ref.inter_token_last_se, row.inter_token_last_se)
+            noise = noise_band(ref.inter_token_last_se, row.inter_token_last_se)
             if row.differs not in ("yes", "no"):  # the table's own verdict (beyond_noise): none without noise
                 verdict = "not decided (no noise estimate)"
             else:  # beyond noise and upwards
