@@ -65,6 +65,17 @@ def start_snakemake(workdir: Path, *args: str, log: Path) -> subprocess.Popen:
         )
 
 
+def terminate_snakemake(proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Stop a background snakemake that is still running: SIGTERM (it cancels its jobs), then
+    SIGKILL if it has not exited within ``timeout`` seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(items) -> None:
     """The SLURM tests (marker ``slurm``) first, everything else in its collected order.
@@ -99,6 +110,12 @@ def scratch_project():
 def spawn_snakemake():
     """``spawn_snakemake(workdir, *args, log=path)``: snakemake in the background (a Popen)."""
     return start_snakemake
+
+
+@pytest.fixture(scope="session")
+def stop_snakemake():
+    """``stop_snakemake(proc)``: :func:`terminate_snakemake`, for a run started by ``spawn_snakemake``."""
+    return terminate_snakemake
 
 
 @pytest.fixture(scope="session")

@@ -114,18 +114,10 @@ def _kill_extraction_mid_way(proc, output_log: Path, partial: Path, *, timeout: 
     pytest.fail("timed out waiting for the extraction job to write its first window")
 
 
-def _stop(proc) -> None:
-    """Stop a background snakemake that is still running (SIGTERM: it cancels its jobs)."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
 @pytest.fixture(scope="module")
-def scenario(slurm_cluster, tmp_path_factory, scratch_project, spawn_snakemake, run_snakemake, cell_config):
+def scenario(
+    slurm_cluster, tmp_path_factory, scratch_project, spawn_snakemake, stop_snakemake, run_snakemake, cell_config
+):
     base = tmp_path_factory.mktemp("slurm-run")
     # 320 tokens: a length the item-count calibration hits for the GPT-NeoX tokenizer
     config = cell_config(base / "cell.yaml", n_prompts=64, slow_model=True, gpus=1, length=320)
@@ -158,10 +150,10 @@ def scenario(slurm_cluster, tmp_path_factory, scratch_project, spawn_snakemake, 
         local_proc.wait(timeout=900)
         sharded_proc.wait(timeout=900)
     finally:
-        _stop(first)
-        _stop(local_proc)
+        stop_snakemake(first)
+        stop_snakemake(local_proc)
         if sharded_proc is not None:
-            _stop(sharded_proc)
+            stop_snakemake(sharded_proc)
     sharded = subprocess.CompletedProcess(
         sharded_proc.args, sharded_proc.returncode, (base / "slurm-sharded.log").read_text(), ""
     )

@@ -30,7 +30,9 @@ def _one_cell(shards: int, tokens: str = "store") -> dict:
     return cfg
 
 
-def test_sharded_extraction_matches_one_store(tmp_path, scratch_project, run_snakemake, spawn_snakemake):
+def test_sharded_extraction_matches_one_store(
+    tmp_path, scratch_project, run_snakemake, spawn_snakemake, stop_snakemake
+):
     cfg_out = yaml.safe_load((PROJECT_ROOT / "config" / "demo.yaml").read_text())["out_dir"]
     runs, started = {}, {}
     # the unsharded run first; then the two sharded ones side by side (their jobs are mostly
@@ -55,8 +57,7 @@ def test_sharded_extraction_matches_one_store(tmp_path, scratch_project, run_sna
             proc.wait(timeout=1200)
     finally:
         for proc in started.values():
-            if proc.poll() is None:
-                proc.kill()
+            stop_snakemake(proc)
     for shards, proc in started.items():
         out = (tmp_path / f"shards{shards}.log").read_text()
         assert proc.returncode == 0, out[-4000:]
