@@ -4,6 +4,9 @@ Runs once per session (a few minutes on 2 cores): micro models trained on the CP
 activations -> token metrics + probes -> tables, figures, theory check, report.
 """
 
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -249,6 +252,16 @@ def test_models_are_trained_well_below_the_unigram_baseline(demo):
         assert [int(r["step"]) for r in rows] == list(range(0, 385, 64))
         assert (demo / OUT / f"data/models/{m.name}/reprflow_train.json").is_file()
         assert not (demo / OUT / f"results/training/{m.name}/checkpoint.pt").exists()
+    # benchmarks/training_table.py renders these outputs: a row per model, a curve column per model
+    table = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "benchmarks/training_table.py"), str(demo / OUT)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for m in DEMO.models:
+        assert f"| {m.name} | " in table
+    assert "| 384 | 0.4M | " in table  # the last logged step, its token count, then one loss per model
     report = (demo / OUT / "results/report.md").read_text()
     assert "## Controlled comparison: models trained by this workflow" in report
     assert "**Trained differs from untrained beyond noise in " in report
