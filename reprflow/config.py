@@ -175,7 +175,7 @@ class Config:
 
 
 MOVED_TO_EXECUTION = {
-    "extraction": ("batch_size", "device", "gpus", "shards"),
+    "extraction": ("batch_size", "batch_tokens", "device", "gpus", "shards"),
     "metrics": ("device", "max_tokens_in_memory"),
     "probes": ("device", "max_batch_gib"),
     "theory": ("device", "threads", "gpus"),

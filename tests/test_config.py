@@ -102,7 +102,13 @@ def test_defaults_are_filled_and_input_untouched(demo):
     raw = _mutate(demo, ("execution",), KeyError)
     cfg = validate_config(raw)
     assert "execution" not in raw
-    assert cfg.execution("extraction") == {"batch_size": 8, "device": "auto", "gpus": 1, "shards": 1}
+    assert cfg.execution("extraction") == {
+        "batch_size": 8,
+        "batch_tokens": None,
+        "device": "auto",
+        "gpus": 1,
+        "shards": 1,
+    }
     assert cfg.execution("theory") == {"device": "auto", "threads": None, "gpus": 1}
     assert cfg.raw["execution"]["disk_check"] is True
 
@@ -145,7 +151,7 @@ def test_missing_file_and_bad_yaml(tmp_path):
 def test_extraction_digest_ignores_settings_extraction_does_not_read(demo):
     base = validate_config(demo).extraction_digest("tiny-mamba", "random")
     assert base == validate_config(_mutate(demo, ("probes", "epochs"), 3)).extraction_digest("tiny-mamba", "random")
-    for key, value in (("batch_size", 3), ("device", "cuda:1"), ("gpus", 4), ("shards", 2)):
+    for key, value in (("batch_size", 3), ("batch_tokens", 4096), ("device", "cuda:1"), ("gpus", 4), ("shards", 2)):
         changed = _mutate(demo, ("execution", "extraction", key), value)
         assert base == validate_config(changed).extraction_digest("tiny-mamba", "random"), key
     reordered = _mutate(demo, ("models",), demo["models"][::-1])

@@ -381,6 +381,18 @@ def test_context_errors_name_the_config_key_and_the_fix(tmp_path):
         )
 
 
+def test_batch_tokens_sets_each_cells_batch_size():
+    """execution.extraction.batch_tokens: about the same tokens per forward at every length; without
+    it, batch_size; never fewer than one prompt."""
+    from reprflow.pipeline.extract_stage import batch_size_for
+
+    by_tokens = {"batch_size": 8, "batch_tokens": 32768}
+    assert [batch_size_for(by_tokens, n) for n in (300, 1024, 2048, 4096)] == [109, 32, 16, 8]
+    assert batch_size_for({"batch_size": 8, "batch_tokens": 1000}, 4096) == 1
+    assert [batch_size_for({"batch_size": 8, "batch_tokens": None}, n) for n in (300, 4096)] == [8, 8]
+    assert batch_size_for({"batch_size": 3}, 300) == 3
+
+
 def _store_files(store) -> dict[str, bytes]:
     """Every file of a store but its root zarr.json (whose attrs hold the run's timing)."""
     return {

@@ -53,6 +53,15 @@ def compute_dtype_for(name: str, device: torch.device) -> torch.dtype:
     return _DTYPES[name]
 
 
+def batch_size_for(settings: Mapping[str, Any], length: int) -> int:
+    """Prompts per forward pass for a cell of ``length`` tokens: ``max(1, batch_tokens // length)``
+    when ``execution.extraction.batch_tokens`` is set (every length then forwards about the same
+    number of tokens at once), else ``batch_size``. An execution setting: stored values do not
+    depend on it."""
+    batch_tokens = settings.get("batch_tokens")
+    return max(1, int(batch_tokens) // length) if batch_tokens else int(settings["batch_size"])
+
+
 def model_key(origin: str, key: str, name: str) -> str:
     """Config path of ``key`` in the model's entry: ``config.models[2].hf_id`` -> ``config.models[2].max_context``."""
     found = re.match(r"(config\.models\[\d+\])\.", origin)
@@ -196,8 +205,10 @@ def run_extraction(
     }
     if prompt_indices is not None:
         attrs["prompt_indices"] = prompt_indices
+    batch_size = batch_size_for(settings, length)
+    logger.info("%d prompts per forward pass", batch_size)
     run = dict(
-        batch_size=settings["batch_size"],
+        batch_size=batch_size,
         store_dtype=settings["store_dtype"],
         device=device,
         compute_dtype=dtype,

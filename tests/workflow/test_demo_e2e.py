@@ -163,7 +163,7 @@ def _variant(demo, name: str, change) -> str:
 
 
 def _execution_keys(raw):
-    raw["execution"]["extraction"].update(batch_size=3, device="auto", gpus=1)
+    raw["execution"]["extraction"].update(batch_size=3, batch_tokens=100, device="auto", gpus=1)
     raw["execution"]["metrics"]["max_tokens_in_memory"] = 64
     raw["execution"]["probes"].update(device="auto", max_batch_gib=0.5)
     raw["execution"]["theory"].update(device="auto", threads=2)

@@ -99,7 +99,9 @@ def _store_then_compute(root, cfg: dict, init: str, dest):
         task="kvpr",
         length=300,
         seed=config.seed,
-        settings={**config.section("extraction"), **config.execution("extraction")},
+        # 2 prompts per forward (600 // 300) where the streamed run forwarded 4: batch_tokens, an
+        # execution key, leaves the stored values as they are
+        settings={**config.section("extraction"), **config.execution("extraction"), "batch_tokens": 600},
         config_digest=config.extraction_digest("tiny-pythia", init),
     )
     compute_token_metrics([store], dest / init, views=("hf", "residual"), debiased_cka=True, device="cpu")
