@@ -3,8 +3,8 @@ token metrics -> probes.json, with the GPU's busy fraction during extraction.
 
 The cell is the one the paper run spends most on (issue 15): Mamba-2.8B, MDQA, 2K tokens,
 random init (no hub here; the compute equals the pretrained arm's), the paper config's
-settings (bf16, ``tokens: stream`` with its 64 token prompts, ``batch_size``, probes with 5
-seeds x 150 epochs), ``--n-prompts`` prompts instead of 25,000. It calls the functions the
+settings (bf16, ``tokens: stream`` with its 64 token prompts, ``batch_tokens // length`` or
+``batch_size`` prompts per forward, probes with 5 seeds x 150 epochs), ``--n-prompts`` prompts instead of 25,000. It calls the functions the
 Snakemake rules call (:func:`reprflow.pipeline.prompt_stage.build_prompt_file`,
 :func:`reprflow.pipeline.extract_stage.run_extraction`,
 :func:`reprflow.pipeline.probe_stage.run_probe_stage`), so what it times is what a run pays.
@@ -65,7 +65,7 @@ from reprflow.fastpath import prepare_model  # noqa: E402
 from reprflow.models.init_schemes import InitSpec  # noqa: E402
 from reprflow.models.registry import load_model  # noqa: E402
 from reprflow.models.tiny import build_tiny_model  # noqa: E402
-from reprflow.pipeline.extract_stage import compute_dtype_for, run_extraction  # noqa: E402
+from reprflow.pipeline.extract_stage import batch_size_for, compute_dtype_for, run_extraction  # noqa: E402
 from reprflow.pipeline.probe_stage import run_probe_stage  # noqa: E402
 from reprflow.pipeline.prompt_stage import build_prompt_file  # noqa: E402
 from reprflow.prompts.dataset import read_prompt_set  # noqa: E402
@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         tokenize_prompts, tokenizer, prompts, range(len(prompts)), prompt_file=str(prompt_path)
     )
     times["forward only"], fwd_tokens = forward_only(
-        net, tokenizer, prompts, batch_size=extraction["batch_size"], device=device
+        net, tokenizer, prompts, batch_size=batch_size_for(extraction, args.length), device=device
     )
     n_params = sum(q.numel() for q in net.parameters())
     del net
@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"{gpu} | torch {torch.__version__} | {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         f"cell: {args.model} random init, {args.task} {args.length} tokens, {len(prompts)} prompts "
-        f"({n_tokens} tokens), batch {extraction['batch_size']}, {dtype}, tokens: {extraction.get('tokens')} "
+        f"({n_tokens} tokens), batch {batch_size_for(extraction, args.length)}, {dtype}, tokens: {extraction.get('tokens')} "
         f"({extraction['n_token_prompts']} token prompts); roofline {ceiling / 1e3:.0f}K tok/s",
         "",
         "| stage | seconds | rate |",
