@@ -54,6 +54,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -72,6 +73,8 @@ from reprflow.prompts.dataset import read_prompt_set  # noqa: E402
 from reprflow.prompts.tokenizers import load_tokenizer  # noqa: E402
 from reprflow.store import open_store  # noqa: E402
 from reprflow.token_ids import tokenize_prompts  # noqa: E402
+from reprflow.training.loop import build_config  # noqa: E402
+from reprflow.training.recipe import TrainSpec  # noqa: E402
 
 H200_BF16_TFLOPS = 782.0
 
@@ -190,6 +193,17 @@ def main(argv: list[str] | None = None) -> int:
         build_tiny_model(
             spec.family, out_dir=spec.hf_id, seed=spec.tiny.get("seed", 0), overrides=spec.tiny.get("overrides") or None
         )
+    elif spec.train is not None and not Path(spec.hf_id).exists():  # a model the workflow trains (the demo's)
+        # the cell runs random init, so its untrained architecture is all it needs
+        spec = dataclasses.replace(spec, hf_id=str(work / "model"))
+        positions = spec.max_context or args.length
+        arch = build_config(
+            spec.family,
+            TrainSpec.from_dict(spec.train),
+            vocab_size=len(load_tokenizer(spec.tokenizer)),
+            positions=positions,
+        )
+        AutoModelForCausalLM.from_config(arch).save_pretrained(spec.hf_id)
     model = asdict(spec)
     init = {"name": "random", "scheme": "default", "params": {}, "scope": "all"}
     prompts_cfg = {**config.section("prompts"), "n_prompts": args.n_prompts}
