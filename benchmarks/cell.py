@@ -4,8 +4,9 @@ token metrics -> probes.json, with the GPU's busy fraction during extraction.
 The cell is the one the paper run spends most on (issue 15): Mamba-2.8B, MDQA, 2K tokens,
 random init (no hub here; the compute equals the pretrained arm's), the paper config's
 settings (bf16, ``tokens: stream`` with its 64 token prompts, ``batch_tokens // length`` or
-``batch_size`` prompts per forward, probes with 5 seeds x 150 epochs), ``--n-prompts`` prompts instead of 25,000. It calls the functions the
-Snakemake rules call (:func:`reprflow.pipeline.prompt_stage.build_prompt_file`,
+``batch_size`` prompts per forward, probes with 5 seeds x 150 epochs), ``--n-prompts`` prompts
+instead of 25,000. It calls the functions the Snakemake rules call
+(:func:`reprflow.pipeline.prompt_stage.build_prompt_file`,
 :func:`reprflow.pipeline.extract_stage.run_extraction`,
 :func:`reprflow.pipeline.probe_stage.run_probe_stage`), so what it times is what a run pays.
 
@@ -196,12 +197,11 @@ def main(argv: list[str] | None = None) -> int:
     elif spec.train is not None and not Path(spec.hf_id).exists():  # a model the workflow trains (the demo's)
         # the cell runs random init, so its untrained architecture is all it needs
         spec = dataclasses.replace(spec, hf_id=str(work / "model"))
-        positions = spec.max_context or args.length
         arch = build_config(
             spec.family,
             TrainSpec.from_dict(spec.train),
             vocab_size=len(load_tokenizer(spec.tokenizer)),
-            positions=positions,
+            positions=spec.max_context or args.length,
         )
         AutoModelForCausalLM.from_config(arch).save_pretrained(spec.hf_id)
     model = asdict(spec)
@@ -211,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     extraction = {**config.section("extraction"), **config.execution("extraction"), "tokens": "stream"}
     if args.n_token_prompts is not None:
         extraction["n_token_prompts"] = args.n_token_prompts
+    batch_size = batch_size_for(extraction, args.length)  # prompts per forward, as run_extraction takes it
     metrics = {**config.section("metrics"), **config.execution("metrics")}
     probes_cfg = {**config.section("probes"), "n_train": int(args.n_prompts * 0.8)}
     device = resolve_device(extraction["device"])
@@ -250,9 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     _, times["tokenisation"] = timed(
         tokenize_prompts, tokenizer, prompts, range(len(prompts)), prompt_file=str(prompt_path)
     )
-    times["forward only"], fwd_tokens = forward_only(
-        net, tokenizer, prompts, batch_size=batch_size_for(extraction, args.length), device=device
-    )
+    times["forward only"], fwd_tokens = forward_only(net, tokenizer, prompts, batch_size=batch_size, device=device)
     n_params = sum(q.numel() for q in net.parameters())
     del net
     if device.type == "cuda":
@@ -353,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"{gpu} | torch {torch.__version__} | {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         f"cell: {args.model} random init, {args.task} {args.length} tokens, {len(prompts)} prompts "
-        f"({n_tokens} tokens), batch {batch_size_for(extraction, args.length)}, {dtype}, tokens: {extraction.get('tokens')} "
+        f"({n_tokens} tokens), batch {batch_size}, {dtype}, tokens: {extraction.get('tokens')} "
         f"({extraction['n_token_prompts']} token prompts); roofline {ceiling / 1e3:.0f}K tok/s",
         "",
         "| stage | seconds | rate |",
