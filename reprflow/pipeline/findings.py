@@ -70,10 +70,12 @@ VERDICTS = ("supports", "contradicts", "mixed", "not run")
 
 @dataclass(frozen=True)
 class Check:
-    """One comparison: ``text`` names the subject, the measured number and the threshold."""
+    """One comparison: ``text`` names the subject, the measured number and the threshold;
+    ``model``: the one model it is about (None for a contrast between models)."""
 
     passed: bool
     text: str
+    model: str | None = None
 
 
 @dataclass
@@ -106,8 +108,8 @@ class Verdict:
         }
 
 
-def _check(passed: bool, text: str) -> Check:
-    return Check(bool(passed), text)
+def _check(passed: bool, text: str, model: str | None = None) -> Check:
+    return Check(bool(passed), text, model)
 
 
 def _f(x: float) -> str:
@@ -247,10 +249,16 @@ def _tbm_body_and_drop(
 ) -> None:
     """A TBM curve's two checks: its body (``body``) at least ``t["tbm_body_min"]``, and the fall
     from the body to the last state (``body - last``) at least ``t[drop_key]``."""
-    v.checks.append(_check(body >= t["tbm_body_min"], f"{model} (TBM) {body_what} {_f(body)} >= {t['tbm_body_min']}"))
+    v.checks.append(
+        _check(body >= t["tbm_body_min"], f"{model} (TBM) {body_what} {_f(body)} >= {t['tbm_body_min']}", model)
+    )
     drop = body - last
     v.checks.append(
-        _check(drop >= t[drop_key], f"{model} (TBM) {drop_what} {_f(body)} -> {_f(last)} = {_f(drop)} >= {t[drop_key]}")
+        _check(
+            drop >= t[drop_key],
+            f"{model} (TBM) {drop_what} {_f(body)} -> {_f(last)} = {_f(drop)} >= {t[drop_key]}",
+            model,
+        )
     )
 
 
@@ -284,12 +292,14 @@ def f3_2_1(ev: Evidence, arm: str, view: str, t: dict) -> Verdict:
                 _check(
                     e <= t["ssm_early_max"],
                     f"{model} (SSM) early-half layerwise cosine {_f(e)} <= {t['ssm_early_max']}",
+                    model,
                 )
             )
             v.checks.append(
                 _check(
                     l - e >= t["ssm_rise_min"],
                     f"{model} (SSM) late - early = {_f(l)} - {_f(e)} = {_f(l - e)} >= {t['ssm_rise_min']}",
+                    model,
                 )
             )
     v.checks.append(
@@ -329,6 +339,7 @@ def f3_2_2(ev: Evidence, arm: str, view: str, t: dict) -> Verdict:
                 _check(
                     body <= t["ssm_body_max"],
                     f"{model} (SSM) inter-token cosine of the inner layers {_f(body)} <= {t['ssm_body_max']}",
+                    model,
                 )
             )
     v.checks.append(
@@ -363,6 +374,7 @@ def f3_2_3(ev: Evidence, arm: str, view: str, t: dict) -> Verdict:
                     mean >= t["tbm_random_min"],
                     f"{model} (TBM) {arm} inter-token cosine (mean over layers, "
                     f"range {_f(curve[1:].min())}..{_f(curve[1:].max())}) {_f(mean)} >= {t['tbm_random_min']}",
+                    model,
                 )
             )
         else:
@@ -370,6 +382,7 @@ def f3_2_3(ev: Evidence, arm: str, view: str, t: dict) -> Verdict:
                 _check(
                     mean <= t["ssm_random_max"],
                     f"{model} (SSM) {arm} inter-token cosine (mean over layers) {_f(mean)} <= {t['ssm_random_max']}",
+                    model,
                 )
             )
             if model in with_ref:
@@ -379,6 +392,7 @@ def f3_2_3(ev: Evidence, arm: str, view: str, t: dict) -> Verdict:
                         trained - mean >= t["ssm_training_gain_min"],
                         f"{model} (SSM) {ref} - {arm} = {_f(trained)} - {_f(mean)} = {_f(trained - mean)} "
                         f">= {t['ssm_training_gain_min']}",
+                        model,
                     )
                 )
     v.checks.append(
@@ -421,7 +435,9 @@ def f3_3_1(ev: Evidence, arm: str, view: str, t: dict) -> Verdict:
         if kind == "TBM":
             v.checks.append(
                 _check(
-                    e >= t["tbm_early_min"], f"{model} (TBM) CKA within the early half {_f(e)} >= {t['tbm_early_min']}"
+                    e >= t["tbm_early_min"],
+                    f"{model} (TBM) CKA within the early half {_f(e)} >= {t['tbm_early_min']}",
+                    model,
                 )
             )
         else:
@@ -430,6 +446,7 @@ def f3_3_1(ev: Evidence, arm: str, view: str, t: dict) -> Verdict:
                     l - e >= t["ssm_late_gain_min"],
                     f"{model} (SSM) CKA late block - early block = {_f(l)} - {_f(e)} = {_f(l - e)} "
                     f">= {t['ssm_late_gain_min']}",
+                    model,
                 )
             )
     v.checks.append(
@@ -512,6 +529,7 @@ def f3_4_1(ev: Evidence, arm: str, view: str, t: dict) -> Verdict:
                     f"n={length} {r.model} ({r.arch}) peak at state {r.peak_layer} of {n_states}, "
                     f"acc {_f(r.peak_acc)} vs last {_f(r.last_acc)} (chance {_f(r.chance)}): gap {_f(r.gap)} "
                     f">= {t['gap_min']}{at_chance}",
+                    r.model,
                 )
             )
         gaps = at.groupby("arch")["gap"].mean()
@@ -546,6 +564,7 @@ def f3_4_2(ev: Evidence, arm: str, view: str, t: dict) -> Verdict:
                 _check(
                     rel <= t["rel_range_max"],
                     f"{model}/{task} {metric} {span}: relative range {_f(rel)} <= {t['rel_range_max']}",
+                    model,
                 )
             )
         acc = at["last_acc"].to_numpy()
@@ -557,6 +576,7 @@ def f3_4_2(ev: Evidence, arm: str, view: str, t: dict) -> Verdict:
                 f"{model}/{task} last-layer accuracy {span}: "
                 + " -> ".join(_f(a) for a in acc)
                 + f" (drop {_f(drop)} >= {t['acc_drop_min']}, no rise > {t['monotone_tol']})",
+                model,
             )
         )
     if len(ev.config.lengths) < 2:

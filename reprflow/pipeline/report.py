@@ -31,7 +31,7 @@ import pandas as pd
 from reprflow import __version__
 from reprflow.atomic import atomic_write_bytes
 from reprflow.config import Config
-from reprflow.pipeline.findings import ARCHITECTURE
+from reprflow.pipeline.findings import ARCHITECTURE, Verdict, evaluate
 from reprflow.pipeline.findings import FINDINGS as FINDINGS_TEXT
 from reprflow.pipeline.results import provenance, token_curves
 from reprflow.pipeline.tables import COLUMN_DEFINITIONS, build_tables
@@ -404,6 +404,48 @@ def paper_agreement(frame: pd.DataFrame) -> list[str]:
     return lines
 
 
+CONTROLLED_FINDINGS = ("F3.2.3", "F3.2.1", "F3.4.1")
+
+
+def family_answers(verdicts: list[Verdict], config: Config) -> list[str]:
+    """Report lines: the controlled answer per family, trained against untrained.
+
+    For each model, finding of :data:`CONTROLLED_FINDINGS` and arm, the checks of that finding
+    that concern the model alone (``Check.model``; contrasts between models stay in the suite's
+    verdict), with their verdict (supports / contradicts / mixed) and the numbers that decide it.
+    F3.2.3 compares an untrained arm with the trained one, so it has rows for untrained arms only.
+    """
+    rows = []
+    for model in config.models:
+        for finding in CONTROLLED_FINDINGS:
+            for v in verdicts:
+                if v.finding != finding:
+                    continue
+                own = Verdict(v.finding, v.arm, v.view, [c for c in v.checks if c.model == model.name])
+                if not own.checks:
+                    continue
+                evidence = "; ".join(("PASS " if c.passed else "FAIL ") + c.text for c in own.checks)
+                rows.append(
+                    f"| {model.family} | {model.name} | {finding} | {v.arm} | **{own.verdict}** | "
+                    f"{sum(c.passed for c in own.checks)}/{len(own.checks)} | {evidence} |"
+                )
+    if not rows:
+        return []
+    return [
+        "### Controlled answer per family",
+        "",
+        "Each finding's checks that concern one model (thresholds as in the findings section), for the "
+        "trained arm (`pretrained`) and the untrained one. F3.2.3 is a comparison of the untrained arm "
+        "with the trained one: TBM smoothing present without training, SSM smoothing low without it "
+        "and raised by training.",
+        "",
+        "| family | model | finding | arm | verdict | passed | checks |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
+
+
 def _training_section(config: Config, root: Path) -> list[str]:
     table = training_table(config, root)
     if table.empty:
@@ -447,6 +489,8 @@ def _training_section(config: Config, root: Path) -> list[str]:
             markdown_table(verdicts[["finding", "arm", "verdict", "passed", "total"]]),
             "",
         ]
+    chosen = [v for v in evaluate(config, root) if v.finding in CONTROLLED_FINDINGS and v.view == fig["view"]]
+    lines += family_answers(chosen, config)
     lines += paper_agreement(controlled)
     lines += [
         "The micro demo suite is far from the paper's scale and its text overlaps the MDQA prompts; the "

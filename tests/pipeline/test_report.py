@@ -5,9 +5,11 @@ import pandas as pd
 import yaml
 
 from reprflow.config import PROJECT_ROOT, validate_config
+from reprflow.pipeline.findings import Check, Verdict
 from reprflow.pipeline.report import (
     beyond_noise,
     controlled_verdict,
+    family_answers,
     format_value,
     markdown_table,
     model_notes,
@@ -148,3 +150,27 @@ def test_controlled_verdict_counts_only_differences_beyond_noise():
 def test_beyond_noise_needs_a_noise_estimate():
     assert beyond_noise(0.1, 0.01, 0.02) == "yes" and beyond_noise(0.05, 0.01, 0.02) == "no"
     assert beyond_noise(0.1, 0.0, 0.0) == "n/a" and beyond_noise(float("nan"), 0.1, 0.1) == ""
+
+
+def test_family_answers_give_each_model_its_own_checks_and_verdict_per_arm():
+    config = validate_config(_demo_with_trained_models([0, 2]))
+    neo, mamba = config.models[0].name, config.models[2].name
+    contrast = Check(True, "contrast: lowest TBM body 0.9 > highest SSM early 0.3")
+    verdicts = [
+        Verdict("F3.2.1", "pretrained", "hf", [Check(True, f"{neo} body 0.9 >= 0.8", neo), contrast]),
+        Verdict(
+            "F3.2.3",
+            "random",
+            "hf",
+            [Check(False, f"{mamba} random 0.3 <= 0.2", mamba), Check(True, f"{mamba} gain 0.4 >= 0.1", mamba)],
+        ),
+        Verdict("F3.3.1", "pretrained", "hf", [Check(True, f"{neo} CKA", neo)]),  # not a controlled finding
+    ]
+    lines = family_answers(verdicts, config)
+    rows = [line for line in lines if line.startswith("| ") and "---" not in line][1:]
+    assert rows == [
+        f"| gpt_neo | {neo} | F3.2.1 | pretrained | **supports** | 1/1 | PASS {neo} body 0.9 >= 0.8 |",
+        f"| mamba | {mamba} | F3.2.3 | random | **mixed** | 1/2 | FAIL {mamba} random 0.3 <= 0.2; "
+        f"PASS {mamba} gain 0.4 >= 0.1 |",
+    ]
+    assert family_answers([], config) == []

@@ -264,4 +264,5 @@ def test_models_are_trained_well_below_the_unigram_baseline(demo):
     assert "| 384 | 0.4M | " in table  # the last logged step, its token count, then one loss per model
     report = (demo / OUT / "results/report.md").read_text()
     assert "## Controlled comparison: models trained by this workflow" in report
+    assert "### Controlled answer per family" in report and "| F3.2.3 | random | **" in report
     assert "**Trained differs from untrained beyond noise in " in report
