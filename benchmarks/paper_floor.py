@@ -1,0 +1,135 @@
+"""The paper run's extraction cost from its config alone: tokens, the bf16 roofline floor, and wall
+time on 1, 2, 4 and 8 GPUs.
+
+For every extraction cell of the config (``reprflow.workflow.targets.cells``: model x init x task x
+length within the model's context; a ``scope: fig3`` init only at ``figures.length``) the tokens it
+forwards are ``prompts x length``: ``prompts.n_prompts`` for a ``scope: all`` init,
+``extraction.n_token_prompts`` for a ``scope: fig3`` one (it forwards only its token prompts). A
+cell's GPU time is then
+
+- at the **roofline floor**: ``tokens x 2 x params / peak`` (params of the model's config, shipped
+  with the package for the paper models, counted on the meta device; the LM head is never computed,
+  so the floor is generous to the GPU);
+- at **measured rates** (``--rates model=tokens_per_s,...``, e.g. from ``benchmarks/kernels.py``):
+  ``tokens / rate``.
+
+Wall time on N GPUs: longest-first list scheduling of the cells (as Snakemake's extraction
+priority does), each cell split into ``execution.extraction.shards`` shards (``--shards`` to
+override). ``--arms paper`` counts only what the paper computes: the pretrained arm at full size
+and every other init at its token prompts (the paper's Fig. 3 sweep; its Tables 1-2 are pretrained
+only); ``--arms config`` (default) counts what the config runs. Model loading, probes and metrics
+are not counted (``benchmarks/paper_rehearsal.py`` projects them from a rehearsal).
+
+Usage (repository root)::
+
+    python benchmarks/paper_floor.py [--configfile config/config.yaml] [--arms paper] \\
+        [--rates gpt-neo-2.7b=102500,pythia-2.8b=91100,mamba-2.8b=78000,mamba2-2.7b=78000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from paper_rehearsal import fmt_s, lpt_makespan, parse_rates  # benchmarks/paper_rehearsal.py
+from reprflow.config import PROJECT_ROOT, load_configs
+from reprflow.models.shipped import shipped_config_path
+from reprflow.workflow.targets import cells, init_scope
+
+H200_BF16_TFLOPS = 780.0  # the peak benchmarks/kernels.py measured on the H200 (dense bf16 matmul)
+
+
+def model_params(hf_id: str) -> int:
+    """Parameters of ``hf_id``'s config (the shipped copy for a paper model, else a local folder),
+    built on the meta device; tied weights count once."""
+    source = shipped_config_path(hf_id) or Path(hf_id)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source))
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def cell_jobs(config, *, arms: str) -> list[dict]:
+    """One dict per extraction cell: model, init, task, length, prompts, tokens."""
+    n_prompts = config.section("prompts")["n_prompts"]
+    n_token = config.section("extraction")["n_token_prompts"]
+    pretrained = {i.name for i in config.inits if i.scheme == "pretrained"}
+    fig3_length = config.section("figures")["length"]
+    scope = {i.name: init_scope(i) for i in config.inits}
+    jobs = []
+    for cell in cells(config):
+        if cell.task not in config.paper_tasks:
+            continue
+        full = scope[cell.init] == "all" and (arms == "config" or cell.init in pretrained)
+        if not full and cell.length != fig3_length:  # the paper's other inits: Fig. 3's length only
+            continue
+        prompts = n_prompts if full else n_token
+        jobs.append({**vars(cell), "prompts": prompts, "tokens": prompts * cell.length})
+    return jobs
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--configfile", type=Path, default=PROJECT_ROOT / "config" / "config.yaml")
+    ap.add_argument("--arms", choices=["config", "paper"], default="config")
+    ap.add_argument("--rates", help="measured tokens/s per model, model=tok_s,...")
+    ap.add_argument("--peak-tflops", type=float, default=H200_BF16_TFLOPS)
+    ap.add_argument("--shards", type=int, default=None, help="shards per cell (default: the config's)")
+    args = ap.parse_args(argv)
+
+    config = load_configs([args.configfile])
+    rates = parse_rates(args.rates)
+    shards = args.shards or int(config.execution("extraction").get("shards") or 1)
+    jobs = cell_jobs(config, arms=args.arms)
+    params = {m.name: model_params(m.hf_id) for m in config.models}
+    for job in jobs:
+        job["floor_s"] = job["tokens"] * 2 * params[job["model"]] / (args.peak_tflops * 1e12)
+        rate = rates.get(job["model"])
+        job["rate_s"] = job["tokens"] / rate if rate else None
+
+    print(
+        f"Extraction cost of {args.configfile.name} ({'what the config runs' if args.arms == 'config' else 'the paper: pretrained at full size, other inits at their token prompts'}): "
+        f"{config.section('prompts')['n_prompts']} prompts per set, roofline {args.peak_tflops:.0f} TFLOP/s / "
+        f"(2 x params) per token, {shards} shard(s) per cell\n"
+    )
+    print("| model | params | cells | tokens | GPU time at the roofline | tokens/s used | GPU time at that rate |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    by_model = defaultdict(list)
+    for job in jobs:
+        by_model[job["model"]].append(job)
+    for model, js in sorted(by_model.items(), key=lambda kv: -sum(j["floor_s"] for j in kv[1])):
+        rate_s = [j["rate_s"] for j in js]
+        measured = fmt_s(sum(rate_s)) if all(r is not None for r in rate_s) else "-"
+        print(
+            f"| {model} | {params[model] / 1e9:.2f}B | {len(js)} | {sum(j['tokens'] for j in js) / 1e6:,.1f}M | "
+            f"{fmt_s(sum(j['floor_s'] for j in js))} | "
+            f"{f'{rates[model] / 1e3:.1f}K' if model in rates else '-'} | {measured} |"
+        )
+    floor = [j["floor_s"] / shards for j in jobs for _ in range(shards)]
+    total_floor = sum(floor)
+    print(
+        f"| **total** | | {len(jobs)} | {sum(j['tokens'] for j in jobs) / 1e6:,.1f}M | {fmt_s(total_floor)} | | ",
+        end="",
+    )
+    have_rates = all(j["rate_s"] is not None for j in jobs)
+    measured = [j["rate_s"] / shards for j in jobs for _ in range(shards)] if have_rates else []
+    print(f"{fmt_s(sum(measured)) if have_rates else '-'} |")
+    longest = max(jobs, key=lambda j: j["floor_s"])
+    print(
+        f"\nLongest cell: {longest['model']}/{longest['init']}/{longest['task']}_n{longest['length']}, "
+        f"{fmt_s(longest['floor_s'])} at the roofline"
+        + (f", {fmt_s(longest['rate_s'])} at its rate" if longest["rate_s"] else "")
+        + (f" ({shards} shards: / {shards})" if shards > 1 else "")
+    )
+    print("\n| GPUs | extraction wall at the roofline (longest first) | at the measured rates |\n|---:|---:|---:|")
+    for g in (1, 2, 4, 8):
+        print(f"| {g} | {fmt_s(lpt_makespan(floor, g))} | {fmt_s(lpt_makespan(measured, g)) if have_rates else '-'} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
