@@ -11,8 +11,13 @@ if [ ! -f "$SITE/.done" ]; then
 fi
 export PYTHONPATH="$SITE:$PWD" PATH="$SITE/bin:$PATH"
 
-# sample_gpu FILE: in the background, every 5 s, "epoch-seconds util%, MiB used disk-bytes-used"
-# (GPU busy fraction, memory and the disk of the working tree) until killed; $! is its pid
+# sample_gpu FILE: in the background, every 5 s, one line per GPU "epoch-seconds index, util%,
+# MiB used disk-bytes-used" (each GPU's busy fraction and memory, the disk of the working tree)
+# until killed; $! is its pid (benchmarks/paper_rehearsal.py read_samples reads it)
 sample_gpu() {
-  ( while true; do echo "$(date +%s) $(nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader,nounits) $(df -B1 --output=used . | tail -1)"; sleep 5; done ) > "$1" &
+  ( while true; do
+      t=$(date +%s); d=$(df -B1 --output=used . | tail -1)
+      nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv,noheader,nounits | sed "s/^/$t /; s/\$/ $d/"
+      sleep 5
+    done ) > "$1" &
 }

@@ -91,18 +91,22 @@ def read_benchmarks(root: Path) -> list[dict]:
 
 def read_snakemake_log(path: Path) -> list[dict]:
     """Jobs from a Snakemake console log (start/finish stamps, 1 s resolution): the fallback
-    when a killed run left no benchmark files. Rows: rule, key (``model/init/task_nL`` or the
-    wildcards), start, end (None if it never finished), seconds."""
-    stamp = re.compile(r"^\[(\w{3} \w{3} +\d+ [\d:]+ \d{4})\]$")
+    when a killed run left no benchmark files, and the start times a node timeline needs. Rows:
+    rule, key (``model/init/task_nL`` or the wildcards), log (the job's first log file), start,
+    end (None if it never finished), seconds."""
+    # a stamp ends its line; a progress bar's carriage-return output may precede it on that line
+    stamp = re.compile(r"\[(\w{3} \w{3} +\d+ [\d:]+ \d{4})\]\s*$")
     jobs: dict[str, dict] = {}
     now = current = None
     for line in path.read_text().splitlines():
-        if m := stamp.match(line.strip()):
+        if m := stamp.search(line):
             now = datetime.strptime(m.group(1), "%a %b %d %H:%M:%S %Y")
         elif m := re.match(r"^(?:local)?rule (\w+):$", line.strip()):
-            current = {"rule": m.group(1), "start": now, "end": None, "key": ""}
+            current = {"rule": m.group(1), "start": now, "end": None, "key": "", "log": None}
         elif current is not None and (m := re.match(r"^jobid: (\d+)$", line.strip())):
             jobs[m.group(1)] = current
+        elif current is not None and line.strip().startswith("log:"):
+            current["log"] = line.strip()[len("log: ") :].split(", ")[0]
         elif current is not None and line.strip().startswith("wildcards:"):
             w = dict(kv.split("=", 1) for kv in line.strip()[len("wildcards: ") :].split(", "))
             current["key"] = (
@@ -118,20 +122,28 @@ def read_snakemake_log(path: Path) -> list[dict]:
     return rows
 
 
-def read_samples(path: Path) -> dict[str, float]:
-    """GPU busy fraction and disk growth from ``epoch util% mem_MiB disk_bytes`` lines (5 s apart)."""
-    util, disk = [], []
+def read_samples(path: Path) -> dict:
+    """GPU busy fraction and disk growth from ``benchmarks/gpu_site.sh``'s samples, 5 s apart:
+    ``epoch gpu_index, util%, mem_MiB disk_bytes`` (one line per GPU per sample) or the older
+    single-GPU ``epoch util%, mem_MiB disk_bytes``. ``per_gpu_busy``: mean utilisation per GPU
+    index (0..1); the other fields pool every GPU."""
+    util: dict[int, list[float]] = defaultdict(list)
+    disk = []
     for line in path.read_text().splitlines():
         parts = line.replace(",", " ").split()
-        if len(parts) >= 4:
-            util.append(float(parts[1]))
-            disk.append(float(parts[3]))
-    busy = [u for u in util[1:]]
+        if len(parts) == 4:
+            parts = [parts[0], "0", *parts[1:]]
+        if len(parts) >= 5:
+            util[int(parts[1])].append(float(parts[2]))
+            disk.append(float(parts[4]))
+    busy = [u for values in util.values() for u in values[1:]]
     return {
-        "samples": len(util),
+        "samples": max((len(v) for v in util.values()), default=0),
         "gpu_busy_mean": sum(busy) / max(len(busy), 1) / 100,
         "gpu_busy_frac_over_50": sum(u > 50 for u in busy) / max(len(busy), 1),
+        "per_gpu_busy": {i: sum(v[1:]) / max(len(v) - 1, 1) / 100 for i, v in sorted(util.items())},
         "disk_growth_bytes": (max(disk) - disk[0]) if disk else 0.0,
+        "disk_peak_bytes": max(disk) if disk else 0.0,
     }
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU dress rehearsal of the paper run: `snakemake results/table1.csv` on config/config.yaml with
 # the reduced prompt count of config/rehearsal.yaml (random-init arm + the Fig. 3 init sweep,
-# all five paper models, both tasks, all four lengths), on a bare offline GPU machine.
+# all five paper models, both tasks, all four lengths), on a bare offline GPU machine with one or
+# more GPUs (one extraction job per GPU unless SMK_ARGS passes --resources gpu=N).
 #
 #   bash benchmarks/paper_rehearsal_gpu.sh [tests] [run] [summary]   (SMK_ARGS: extra snakemake args)        (repo root; $OUT receives logs)
 #
@@ -16,7 +17,12 @@ RUN_LIMIT=${RUN_LIMIT:-540}
 mkdir -p "$OUT"
 source benchmarks/gpu_site.sh
 steps=("$@"); [ ${#steps[@]} -eq 0 ] && steps=(run summary)
-CFG=(--configfile config/config.yaml config/rehearsal.yaml)
+# OVERLAYS: the config files merged over the paper config, in order (config/node_rehearsal.yaml
+# after config/rehearsal.yaml: the 8-GPU rehearsal of issue 16, a tenth of the paper's prompts)
+read -r -a OVER <<< "${OVERLAYS:-config/rehearsal.yaml}"
+CFG=(--configfile config/config.yaml "${OVER[@]}")
+# a setting of the merged config (the last overlay that sets it wins, as in Snakemake)
+setting() { python3 -c "import sys; from reprflow.config import load_configs; c = load_configs(sys.argv[2:]); s, k = sys.argv[1].split('.'); print(c.section(s)[k])" "$1" config/config.yaml "${OVER[@]}"; }
 for s in "${steps[@]}"; do
   case "$s" in
     tests)  # the GPU tests first; if the kernel chooser's fail, force the project's own kernels
@@ -50,9 +56,11 @@ for s in "${steps[@]}"; do
       ;;
     summary)
       python3 benchmarks/paper_rehearsal.py --root . \
-        --n-prompts "$(python3 -c 'import yaml; print(yaml.safe_load(open("config/rehearsal.yaml"))["prompts"]["n_prompts"])')" \
-        --n-token-prompts "$(python3 -c 'import yaml; print(yaml.safe_load(open("config/rehearsal.yaml"))["extraction"]["n_token_prompts"])')" \
+        --n-prompts "$(setting prompts.n_prompts)" --n-token-prompts "$(setting extraction.n_token_prompts)" \
         --pretrained-arm 2>&1 | tee "$OUT/rehearsal.md"
+      # the node's timeline: which GPU each job ran on, idle gaps, the node's busy fraction
+      python3 benchmarks/node_summary.py --log "$OUT/snakemake.log" --gpus "$(nvidia-smi -L | wc -l)" \
+        --samples "$OUT/samples.txt" 2>&1 | tee "$OUT/node.md"
       du -sh results/activations/*/* 2>/dev/null | tee "$OUT/du.txt"
       tar czf "$OUT/logs.tgz" logs .snakemake/log 2>/dev/null
       ;;

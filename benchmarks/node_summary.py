@@ -1,0 +1,143 @@
+"""A multi-GPU run on one node, as a timeline: is the node busy, and where does each GPU wait?
+
+Reads what a run on a machine with N GPUs leaves (``benchmarks/paper_rehearsal_gpu.sh`` writes
+all of it):
+
+- Snakemake's console log: each job's rule, start and end (1 s stamps) and log file;
+- each GPU job's own log: the line ``claimed GPU i of N`` (``reprflow.devices``) says which GPU it
+  ran on;
+- optionally the samples of ``sample_gpu`` (``benchmarks/gpu_site.sh``): each GPU's utilisation
+  every 5 s, and the disk.
+
+Prints per GPU its jobs, its busy time (a GPU job from its start to its end, model load
+included) and its idle gaps, split by cause: **start** (before its first GPU job: prompt building
+and scheduling), **between** (no GPU job was started on it: none ready, or its claim went to
+another job) and **tail** (after its last job, while other GPUs still worked: the long tail);
+then the node's busy fraction, the sum of GPU-job time over N x the run's wall time, against the
+goal of 85% (issue 16). GPU jobs are the rules that request the ``gpu`` resource: extraction
+(and its shards) and theory.
+
+Usage (the run's root)::
+
+    python benchmarks/node_summary.py --log <snakemake console log> --gpus 8 [--samples samples.txt] [--root .]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+from paper_rehearsal import fmt_b, fmt_s, read_samples, read_snakemake_log  # benchmarks/paper_rehearsal.py
+
+GPU_RULES = ("extract_activation", "theory")  # rule-name prefixes of the jobs that request `gpu`
+CLAIM = re.compile(r"claimed GPU (\d+) of (\d+)")
+NODE_BUSY_GOAL = 0.85
+
+
+def gpu_of(job: dict, root: Path) -> int | None:
+    """The GPU index a job's log says it claimed, or None (one visible GPU claims nothing)."""
+    if not job.get("log"):
+        return None
+    path = root / job["log"]
+    if not path.is_file():
+        return None
+    m = CLAIM.search(path.read_text(errors="replace"))
+    return int(m.group(1)) if m else None
+
+
+def timeline(jobs: list[dict], n_gpus: int, root: Path) -> dict:
+    """Per-GPU job time, busy seconds (some GPU job running) and idle gaps, and the node's busy
+    fraction (sum of GPU-job time over ``n_gpus`` x wall; above 1 only when jobs share GPUs).
+
+    ``jobs``: :func:`read_snakemake_log` rows. Jobs that never finished count up to the last
+    stamp. GPU jobs with no claim line (a single GPU) go to GPU 0.
+    """
+    stamped = [j for j in jobs if j["start"] is not None]
+    t0 = min(j["start"] for j in stamped)
+    t_end = max((j["end"] or j["start"]) for j in stamped)
+    wall = (t_end - t0).total_seconds()
+    per_gpu: dict[int, list[tuple[float, float, str]]] = {i: [] for i in range(n_gpus)}
+    for j in stamped:
+        if not j["rule"].startswith(GPU_RULES):
+            continue
+        index = gpu_of(j, root)
+        start = (j["start"] - t0).total_seconds()
+        end = ((j["end"] or t_end) - t0).total_seconds()
+        per_gpu.setdefault(0 if index is None else index, []).append((start, end, j["key"]))
+    gpus = {}
+    for index, runs in sorted(per_gpu.items()):
+        runs.sort()
+        covered = []  # the union of the job intervals: [start, end, key of the job that ends it]
+        for start, end, key in runs:
+            if covered and start <= covered[-1][1]:
+                if end > covered[-1][1]:
+                    covered[-1][1:] = [end, key]
+            else:
+                covered.append([start, end, key])
+        gaps = {
+            "start": covered[0][0] if covered else wall,
+            "between": 0.0,
+            "tail": wall - covered[-1][1] if covered else 0.0,
+        }
+        longest = (0.0, "")
+        for (_, prev_end, prev_key), (start, _, _) in zip(covered, covered[1:]):
+            gaps["between"] += start - prev_end
+            if start - prev_end > longest[0]:
+                key = next(k for s, _, k in runs if s == start)
+                longest = (start - prev_end, f"after {prev_key}, before {key}")
+        gpus[index] = {
+            "jobs": len(runs),
+            "job_time": sum(e - s for s, e, _ in runs),
+            "busy": sum(e - s for s, e, _ in covered),
+            "gaps": gaps,
+            "longest_between": longest,
+        }
+    total = sum(g["job_time"] for g in gpus.values())
+    return {"wall": wall, "gpus": gpus, "busy_sum": total, "node_busy": total / (n_gpus * wall) if wall else 0.0}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--log", type=Path, required=True, help="Snakemake's console log of the run")
+    ap.add_argument("--gpus", type=int, required=True, help="GPUs of the node")
+    ap.add_argument("--samples", type=Path, help="sample_gpu's file (benchmarks/gpu_site.sh)")
+    ap.add_argument("--root", type=Path, default=Path("."), help="the run's root (job log paths are relative to it)")
+    args = ap.parse_args(argv)
+
+    t = timeline(read_snakemake_log(args.log), args.gpus, args.root)
+    samples = read_samples(args.samples) if args.samples else None
+    print(f"Run wall time {fmt_s(t['wall'])} on {args.gpus} GPUs\n")
+    print(
+        "| GPU | GPU jobs | job time | busy (a job running) | busy % of wall | idle: start | idle: between jobs "
+        "| idle: tail | nvidia-smi utilisation |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for index, g in t["gpus"].items():
+        util = samples["per_gpu_busy"].get(index) if samples else None
+        print(
+            f"| {index} | {g['jobs']} | {fmt_s(g['job_time'])} | {fmt_s(g['busy'])} | {100 * g['busy'] / t['wall']:.0f}% | "
+            f"{fmt_s(g['gaps']['start'])} | {fmt_s(g['gaps']['between'])} | {fmt_s(g['gaps']['tail'])} | "
+            f"{'-' if util is None else f'{100 * util:.0f}%'} |"
+        )
+    worst = max(t["gpus"].items(), key=lambda kv: kv[1]["longest_between"][0])
+    if worst[1]["longest_between"][0] > 0:
+        print(
+            f"\nLongest gap between two jobs: GPU {worst[0]}, {fmt_s(worst[1]['longest_between'][0])} ({worst[1]['longest_between'][1]})"
+        )
+    verdict = "met" if t["node_busy"] >= NODE_BUSY_GOAL else "NOT met"
+    print(
+        f"\nNode busy: sum of GPU-job time {fmt_s(t['busy_sum'])} / ({args.gpus} x {fmt_s(t['wall'])}) = "
+        f"**{100 * t['node_busy']:.1f}%** (goal >= {100 * NODE_BUSY_GOAL:.0f}%: {verdict})"
+    )
+    if samples:
+        print(
+            f"GPU utilisation (nvidia-smi, every GPU): mean {100 * samples['gpu_busy_mean']:.0f}%; "
+            f"disk peak {fmt_b(samples['disk_peak_bytes'])}, grew by {fmt_b(samples['disk_growth_bytes'])}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""benchmarks/node_summary.py on a two-GPU run written by hand: which GPU each job claimed (its own
+log), each GPU's busy time and idle gaps, the node's busy fraction and its verdict; and the sampler
+format of benchmarks/gpu_site.sh (one line per GPU per sample), read per GPU."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+CONSOLE = """\
+[Fri Dec  4 10:00:00 2026]
+localrule prompts:
+    log: logs/prompts/t/kvpr_n300.log
+    jobid: 1
+    wildcards: tokenizer=t, task=kvpr, length=300
+[Fri Dec  4 10:00:10 2026]
+Finished jobid: 1 (Rule: prompts)
+[Fri Dec  4 10:00:10 2026]
+localrule extract_activations:
+    log: logs/activations/m/random/kvpr_n300.log
+    jobid: 2
+    wildcards: model=m, init=random, task=kvpr, length=300
+[Fri Dec  4 10:00:10 2026]
+localrule extract_activations:
+    log: logs/activations/m/random/kvpr_n600.log
+    jobid: 3
+    wildcards: model=m, init=random, task=kvpr, length=600
+kvpr n600: 100%|##########| 40/40 [00:59<00:00, 1.5prompt/s]   [Fri Dec  4 10:01:10 2026]
+Finished jobid: 3 (Rule: extract_activations)
+[Fri Dec  4 10:01:20 2026]
+localrule extract_activations:
+    log: logs/activations/m/pretrained/kvpr_n600.log
+    jobid: 4
+    wildcards: model=m, init=pretrained, task=kvpr, length=600
+[Fri Dec  4 10:01:40 2026]
+Finished jobid: 2 (Rule: extract_activations)
+[Fri Dec  4 10:02:10 2026]
+Finished jobid: 4 (Rule: extract_activations)
+"""
+CLAIMS = {"m/random/kvpr_n300": 0, "m/random/kvpr_n600": 1, "m/pretrained/kvpr_n600": 1}
+
+
+def test_two_gpu_timeline_gaps_and_node_busy_fraction(tmp_path):
+    (tmp_path / "snakemake.log").write_text(CONSOLE)
+    for key, gpu in CLAIMS.items():
+        log = tmp_path / "logs" / "activations" / f"{key}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(f"INFO reprflow.devices: claimed GPU {gpu} of 2 (/tmp/locks)\nINFO done\n")
+    # two samples per GPU, 5 s apart: GPU 0 at 0 then 80%, GPU 1 at 0 then 40%; disk 100 -> 300 bytes
+    (tmp_path / "samples.txt").write_text(
+        "100 0, 0, 10 100\n100 1, 0, 10 100\n105 0, 80, 900 300\n105 1, 40, 900 300\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "node_summary.py"), "--log", "snakemake.log", "--gpus", "2"]
+    proc = subprocess.run(
+        [*cmd, "--samples", "samples.txt", "--root", "."], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    # wall 130 s. GPU 0: one job 10-100 s (start gap 10, tail 30). GPU 1: 10-70 and 80-130 s (gap 10).
+    assert "Run wall time 130 s on 2 GPUs" in out
+    assert "| 0 | 1 | 90 s | 90 s | 69% | 10 s | 0 s | 30 s | 80% |" in out
+    assert "| 1 | 2 | 110 s | 110 s | 85% | 10 s | 10 s | 0 s | 40% |" in out
+    assert "GPU 1, 10 s (after m/random/kvpr_n600, before m/pretrained/kvpr_n600)" in out
+    # (90 + 60 + 50) / (2 x 130) = 76.9%
+    assert "= **76.9%** (goal >= 85%: NOT met)" in out
+    assert "GPU utilisation (nvidia-smi, every GPU): mean 60%" in out  # the first sample of each GPU is dropped
