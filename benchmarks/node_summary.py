@@ -9,7 +9,7 @@ all of it):
 - optionally the samples of ``sample_gpu`` (``benchmarks/gpu_site.sh``): each GPU's utilisation
   every 5 s, and the disk.
 
-Prints per GPU its jobs, its busy time (a GPU job from its start to its end, model load
+Prints per GPU its jobs, its busy time (a GPU job from its claim to its end, model load
 included) and its idle gaps, split by cause: **start** (before its first GPU job: prompt building
 and scheduling), **between** (no GPU job was started on it: none ready, or its claim went to
 another job) and **tail** (after its last job, while other GPUs still worked: the long tail);
@@ -27,45 +27,52 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from datetime import datetime
 from pathlib import Path
 
 from paper_rehearsal import fmt_b, fmt_s, read_samples, read_snakemake_log  # benchmarks/paper_rehearsal.py
 
 GPU_RULES = ("extract_activation", "theory")  # rule-name prefixes of the jobs that request `gpu`
-CLAIM = re.compile(r"claimed GPU (\d+) of (\d+)")
+# reprflow.devices' log line, with the job log's asctime (reprflow/pipeline/runlog.py)
+CLAIM = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\S* .*claimed GPU (\d+) of \d+", re.M)
 NODE_BUSY_GOAL = 0.85
 
 
-def gpu_of(job: dict, root: Path) -> int | None:
-    """The GPU index a job's log says it claimed, or None (one visible GPU claims nothing)."""
+def gpu_claim(job: dict, root: Path) -> tuple[int, datetime] | None:
+    """(GPU index, time of the claim) from a job's log, or None (one visible GPU claims nothing)."""
     if not job.get("log"):
         return None
     path = root / job["log"]
     if not path.is_file():
         return None
     m = CLAIM.search(path.read_text(errors="replace"))
-    return int(m.group(1)) if m else None
+    return (int(m.group(2)), datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")) if m else None
 
 
 def timeline(jobs: list[dict], n_gpus: int, root: Path) -> dict:
-    """Per-GPU job time, busy seconds (some GPU job running) and idle gaps, and the node's busy
+    """Per-GPU job time, busy seconds (some GPU job holding it) and idle gaps, and the node's busy
     fraction (sum of GPU-job time over ``n_gpus`` x wall; above 1 only when jobs share GPUs).
 
-    ``jobs``: :func:`read_snakemake_log` rows. Jobs that never finished count up to the last
-    stamp. GPU jobs with no claim line (a single GPU) go to GPU 0.
+    ``jobs``: :func:`read_snakemake_log` rows. A job holds its GPU from its claim (its log's
+    timestamp; Snakemake's start when it has none: one visible GPU, then GPU 0) to its end; the
+    seconds before the claim (imports, waiting for a lock) are ``startup``, idle for the GPU. Jobs
+    that never finished count up to the last stamp.
     """
     stamped = [j for j in jobs if j["start"] is not None]
     t0 = min(j["start"] for j in stamped)
     t_end = max((j["end"] or j["start"]) for j in stamped)
     wall = (t_end - t0).total_seconds()
     per_gpu: dict[int, list[tuple[float, float, str]]] = {i: [] for i in range(n_gpus)}
+    startup = 0.0  # Snakemake's start of a GPU job -> its claim: imports, model build, waiting for a lock
     for j in stamped:
         if not j["rule"].startswith(GPU_RULES):
             continue
-        index = gpu_of(j, root)
-        start = (j["start"] - t0).total_seconds()
+        claim = gpu_claim(j, root)
+        held_from = j["start"] if claim is None else max(claim[1], j["start"])
+        startup += (held_from - j["start"]).total_seconds()
+        start = (held_from - t0).total_seconds()
         end = ((j["end"] or t_end) - t0).total_seconds()
-        per_gpu.setdefault(0 if index is None else index, []).append((start, end, j["key"]))
+        per_gpu.setdefault(0 if claim is None else claim[0], []).append((start, end, j["key"]))
     gpus = {}
     for index, runs in sorted(per_gpu.items()):
         runs.sort()
@@ -95,7 +102,13 @@ def timeline(jobs: list[dict], n_gpus: int, root: Path) -> dict:
             "longest_between": longest,
         }
     total = sum(g["job_time"] for g in gpus.values())
-    return {"wall": wall, "gpus": gpus, "busy_sum": total, "node_busy": total / (n_gpus * wall) if wall else 0.0}
+    return {
+        "wall": wall,
+        "gpus": gpus,
+        "busy_sum": total,
+        "startup": startup,
+        "node_busy": total / (n_gpus * wall) if wall else 0.0,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"\nLongest gap between two jobs: GPU {worst[0]}, {fmt_s(worst[1]['longest_between'][0])} ({worst[1]['longest_between'][1]})"
         )
+    print(
+        f"GPU jobs' start-up before their claim (imports, waiting for a lock; the GPU idle): {fmt_s(t['startup'])} in all"
+    )
     verdict = "met" if t["node_busy"] >= NODE_BUSY_GOAL else "NOT met"
     print(
         f"\nNode busy: sum of GPU-job time {fmt_s(t['busy_sum'])} / ({args.gpus} x {fmt_s(t['wall'])}) = "
