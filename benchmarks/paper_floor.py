@@ -36,12 +36,11 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from kernels import H200_BF16_TFLOPS  # benchmarks/kernels.py: the bf16 matmul rate measured on the H200
 from paper_rehearsal import fmt_s, lpt_makespan, parse_rates  # benchmarks/paper_rehearsal.py
 from reprflow.config import PROJECT_ROOT, load_configs
 from reprflow.models.shipped import shipped_config_path
 from reprflow.workflow.targets import cells, init_scope
-
-H200_BF16_TFLOPS = 780.0  # the peak benchmarks/kernels.py measured on the H200 (dense bf16 matmul)
 
 
 def model_params(hf_id: str) -> int:
