@@ -59,6 +59,8 @@ def timeline(jobs: list[dict], n_gpus: int, root: Path) -> dict:
     that never finished count up to the last stamp.
     """
     stamped = [j for j in jobs if j["start"] is not None]
+    if not stamped:
+        raise SystemExit("node_summary: no job with a start stamp in the console log (is it Snakemake's log?)")
     t0 = min(j["start"] for j in stamped)
     t_end = max((j["end"] or j["start"]) for j in stamped)
     wall = (t_end - t0).total_seconds()

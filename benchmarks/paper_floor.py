@@ -40,16 +40,31 @@ from kernels import H200_BF16_TFLOPS  # benchmarks/kernels.py: the bf16 matmul r
 from paper_rehearsal import fmt_s, lpt_makespan, parse_rates  # benchmarks/paper_rehearsal.py
 from reprflow.config import PROJECT_ROOT, load_configs
 from reprflow.models.shipped import shipped_config_path
+from reprflow.prompts.tokenizers import load_tokenizer
+from reprflow.training.loop import build_config
+from reprflow.training.recipe import TrainSpec
 from reprflow.workflow.targets import cells, init_scope
 
 
-def model_params(hf_id: str) -> int:
-    """Parameters of ``hf_id``'s config (the shipped copy for a paper model, else a local folder),
-    built on the meta device; tied weights count once."""
-    source = shipped_config_path(hf_id) or Path(hf_id)
+def model_params(model) -> int:
+    """Parameters of a config's model entry, built on the meta device (tied weights count once):
+    a paper model's shipped config, a local folder's config.json, or for a ``train:`` entry not
+    trained yet the architecture its recipe builds (``reprflow.training.loop.build_config``)."""
+    source = shipped_config_path(model.hf_id) or Path(model.hf_id)
+    if (Path(source) / "config.json").is_file() or Path(source).is_file():
+        arch = AutoConfig.from_pretrained(source)
+    elif model.train is not None:
+        spec = TrainSpec.from_dict(model.train)
+        vocab = len(load_tokenizer(model.tokenizer))
+        arch = build_config(model.family, spec, vocab_size=vocab, positions=model.max_context)
+    else:
+        raise SystemExit(
+            f"paper_floor: no config for {model.name} ({model.hf_id!r}): not a paper model shipped with reprflow, "
+            "not a local folder with a config.json, not a train: entry (save the model or its config first)"
+        )
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source))
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+        net = AutoModelForCausalLM.from_config(arch)
+    return sum(p.numel() for p in {id(p): p for p in net.parameters()}.values())
 
 
 def cell_jobs(config, *, arms: str) -> list[dict]:
@@ -84,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     rates = parse_rates(args.rates)
     shards = args.shards or int(config.execution("extraction").get("shards") or 1)
     jobs = cell_jobs(config, arms=args.arms)
-    params = {m.name: model_params(m.hf_id) for m in config.models}
+    params = {m.name: model_params(m) for m in config.models}
     for job in jobs:
         job["floor_s"] = job["tokens"] * 2 * params[job["model"]] / (args.peak_tflops * 1e12)
         rate = rates.get(job["model"])
@@ -104,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         rate_s = [j["rate_s"] for j in js]
         measured = fmt_s(sum(rate_s)) if all(r is not None for r in rate_s) else "-"
         print(
-            f"| {model} | {params[model] / 1e9:.2f}B | {len(js)} | {sum(j['tokens'] for j in js) / 1e6:,.1f}M | "
+            f"| {model} | {f'{params[model] / 1e9:.2f}B' if params[model] >= 1e9 else f'{params[model] / 1e6:.1f}M'} | {len(js)} | {sum(j['tokens'] for j in js) / 1e6:,.1f}M | "
             f"{fmt_s(sum(j['floor_s'] for j in js))} | "
             f"{f'{rates[model] / 1e3:.1f}K' if model in rates else '-'} | {measured} |"
         )
