@@ -33,13 +33,12 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-import torch
-from transformers import AutoConfig, AutoModelForCausalLM
-
+from extract import n_params  # benchmarks/extract.py
 from kernels import H200_BF16_TFLOPS  # benchmarks/kernels.py: the bf16 matmul rate measured on the H200
 from paper_rehearsal import fmt_s, lpt_makespan, parse_rates  # benchmarks/paper_rehearsal.py
 from reprflow.config import PROJECT_ROOT, load_configs
-from reprflow.models.shipped import shipped_config_path
+from reprflow.models.discover import skeleton
+from reprflow.models.registry import load_config
 from reprflow.prompts.tokenizers import load_tokenizer
 from reprflow.training.loop import build_config
 from reprflow.training.recipe import TrainSpec
@@ -47,24 +46,18 @@ from reprflow.workflow.targets import cells, init_scope
 
 
 def model_params(model) -> int:
-    """Parameters of a config's model entry, built on the meta device (tied weights count once):
-    a paper model's shipped config, a local folder's config.json, or for a ``train:`` entry not
-    trained yet the architecture its recipe builds (``reprflow.training.loop.build_config``)."""
-    source = shipped_config_path(model.hf_id) or Path(model.hf_id)
-    if (Path(source) / "config.json").is_file() or Path(source).is_file():
-        arch = AutoConfig.from_pretrained(source)
-    elif model.train is not None:
-        spec = TrainSpec.from_dict(model.train)
+    """Parameters of a config's model entry (tied weights count once), built on the meta device
+    (``reprflow.models.discover.skeleton``) from its config: ``reprflow.models.registry.load_config``
+    (a paper model's shipped copy or a local folder; never the hub here), or for a ``train:`` entry
+    not trained yet the architecture its recipe builds (``reprflow.training.loop.build_config``)."""
+    if model.train is not None and not Path(model.hf_id).exists():
         vocab = len(load_tokenizer(model.tokenizer))
-        arch = build_config(model.family, spec, vocab_size=vocab, positions=model.max_context)
-    else:
-        raise SystemExit(
-            f"paper_floor: no config for {model.name} ({model.hf_id!r}): not a paper model shipped with reprflow, "
-            "not a local folder with a config.json, not a train: entry (save the model or its config first)"
+        arch = build_config(
+            model.family, TrainSpec.from_dict(model.train), vocab_size=vocab, positions=model.max_context
         )
-    with torch.device("meta"):
-        net = AutoModelForCausalLM.from_config(arch)
-    return sum(p.numel() for p in {id(p): p for p in net.parameters()}.values())
+    else:
+        arch = load_config(model.hf_id, revision=model.revision, origin=f"models[{model.name}]", prefer_shipped=True)
+    return n_params(skeleton(arch))
 
 
 def cell_jobs(config, *, arms: str) -> list[dict]:
@@ -124,14 +117,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{f'{rates[model] / 1e3:.1f}K' if model in rates else '-'} | {measured} |"
         )
     floor = [j["floor_s"] / shards for j in jobs for _ in range(shards)]
-    total_floor = sum(floor)
-    print(
-        f"| **total** | | {len(jobs)} | {sum(j['tokens'] for j in jobs) / 1e6:,.1f}M | {fmt_s(total_floor)} | | ",
-        end="",
-    )
     have_rates = all(j["rate_s"] is not None for j in jobs)
     measured = [j["rate_s"] / shards for j in jobs for _ in range(shards)] if have_rates else []
-    print(f"{fmt_s(sum(measured)) if have_rates else '-'} |")
+    print(
+        f"| **total** | | {len(jobs)} | {sum(j['tokens'] for j in jobs) / 1e6:,.1f}M | {fmt_s(sum(floor))} | | "
+        f"{fmt_s(sum(measured)) if have_rates else '-'} |"
+    )
     longest = max(jobs, key=lambda j: j["floor_s"])
     print(
         f"\nLongest cell: {longest['model']}/{longest['init']}/{longest['task']}_n{longest['length']}, "
