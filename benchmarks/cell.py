@@ -74,7 +74,7 @@ from reprflow.prompts.dataset import read_prompt_set  # noqa: E402
 from reprflow.prompts.tokenizers import load_tokenizer  # noqa: E402
 from reprflow.store import open_store  # noqa: E402
 from reprflow.token_ids import tokenize_prompts  # noqa: E402
-from reprflow.training.loop import build_config  # noqa: E402
+from reprflow.training.loop import untrained_config  # noqa: E402
 from reprflow.training.recipe import TrainSpec  # noqa: E402
 
 from kernels import H200_BF16_TFLOPS  # noqa: E402  (benchmarks/kernels.py: the bf16 matmul rate measured on the H200)
@@ -203,11 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     elif spec.train is not None and not Path(spec.hf_id).exists():  # a model the workflow trains (the demo's)
         # the cell runs random init, so its untrained architecture is all it needs
         spec = dataclasses.replace(spec, hf_id=str(work / "model"))
-        arch = build_config(
-            spec.family,
-            TrainSpec.from_dict(spec.train),
-            vocab_size=len(load_tokenizer(spec.tokenizer)),
-            positions=spec.max_context or args.length,
+        arch = untrained_config(
+            spec.family, TrainSpec.from_dict(spec.train), spec.tokenizer, positions=spec.max_context or args.length
         )
         AutoModelForCausalLM.from_config(arch).save_pretrained(spec.hf_id)
     model = asdict(spec)

@@ -33,31 +33,28 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from extract import n_params  # benchmarks/extract.py
 from kernels import H200_BF16_TFLOPS  # benchmarks/kernels.py: the bf16 matmul rate measured on the H200
 from paper_rehearsal import fmt_s, lpt_makespan, parse_rates  # benchmarks/paper_rehearsal.py
 from reprflow.config import PROJECT_ROOT, load_configs
-from reprflow.models.discover import skeleton
 from reprflow.models.registry import load_config
-from reprflow.prompts.tokenizers import load_tokenizer
-from reprflow.training.loop import build_config
+from reprflow.training.loop import untrained_config
+from reprflow.training.sizing import count_params
 from reprflow.training.recipe import TrainSpec
 from reprflow.workflow.targets import cells, init_scope
 
 
 def model_params(model) -> int:
-    """Parameters of a config's model entry (tied weights count once), built on the meta device
-    (``reprflow.models.discover.skeleton``) from its config: ``reprflow.models.registry.load_config``
+    """Parameters of a config's model entry (``reprflow.training.sizing.count_params``: meta device,
+    tied weights once) from its config: ``reprflow.models.registry.load_config``
     (a paper model's shipped copy or a local folder; never the hub here), or for a ``train:`` entry
-    not trained yet the architecture its recipe builds (``reprflow.training.loop.build_config``)."""
+    not trained yet the architecture its recipe builds (``reprflow.training.loop.untrained_config``)."""
     if model.train is not None and not Path(model.hf_id).exists():
-        vocab = len(load_tokenizer(model.tokenizer))
-        arch = build_config(
-            model.family, TrainSpec.from_dict(model.train), vocab_size=vocab, positions=model.max_context
+        arch = untrained_config(
+            model.family, TrainSpec.from_dict(model.train), model.tokenizer, positions=model.max_context
         )
     else:
         arch = load_config(model.hf_id, revision=model.revision, origin=f"models[{model.name}]", prefer_shipped=True)
-    return n_params(skeleton(arch))
+    return count_params(arch)[0]
 
 
 def cell_jobs(config, *, arms: str) -> list[dict]:

@@ -162,6 +162,14 @@ def build_config(family: str, spec: TrainSpec, *, vocab_size: int, positions: in
     return config
 
 
+def untrained_config(family: str, spec: TrainSpec, tokenizer: str, *, positions: int | None = None):
+    """The architecture ``train_model`` builds for a recipe, without its corpus: :func:`build_config`
+    at the tokenizer's padded vocabulary (as :func:`load_streams` pads it). For a ``train:`` entry
+    not trained yet: its random-init arm, its size."""
+    vocab = padded_vocab(len(load_tokenizer(tokenizer)))
+    return build_config(family, spec, vocab_size=vocab, positions=positions)
+
+
 def _windows(stream: np.ndarray, context: int) -> np.ndarray:
     n = len(stream) // (context + 1)
     if n < 1:

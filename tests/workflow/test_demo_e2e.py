@@ -243,11 +243,18 @@ def test_models_are_trained_well_below_the_unigram_baseline(demo):
     import csv
     import json
 
+    from reprflow.training.loop import untrained_config
+    from reprflow.training.recipe import TrainSpec
+    from reprflow.training.sizing import count_params
+
     for m in DEMO.models:
         summary = json.loads((demo / OUT / f"results/training/{m.name}/summary.json").read_text())
         assert summary["tokenizer"] == "nq-bpe-2048" and summary["tokens"] == m.train["tokens"]
         assert summary["initial_val_loss"] > summary["unigram_val_loss"]
         assert summary["final_val_loss"] < summary["unigram_val_loss"] - 0.5, (m.name, summary["final_val_loss"])
+        # the architecture a train: entry gets before training (benchmarks size it this way) is the trained one
+        untrained = untrained_config(m.family, TrainSpec.from_dict(m.train), m.tokenizer, positions=m.max_context)
+        assert count_params(untrained)[0] == summary["n_params"], m.name
         rows = list(csv.DictReader((demo / OUT / f"results/training/{m.name}/metrics.csv").open()))
         assert [int(r["step"]) for r in rows] == list(range(0, 385, 64))
         assert (demo / OUT / f"data/models/{m.name}/reprflow_train.json").is_file()
