@@ -481,7 +481,7 @@ def _training_section(config: Config, root: Path) -> list[str]:
     findings = root / FINDINGS
     if findings.is_file():
         verdicts = pd.read_csv(findings, keep_default_na=False)
-        verdicts = verdicts[verdicts.finding.isin(["F3.2.3", "F3.2.1", "F3.4.1"]) & (verdicts.view == fig["view"])]
+        verdicts = verdicts[verdicts.finding.isin(CONTROLLED_FINDINGS) & (verdicts.view == fig["view"])]
         lines += [
             "Verdicts on this suite (every model in the config counts; here the pretrained arm is trained "
             "under the controlled recipe):",
