@@ -1,8 +1,10 @@
 """Sweep of the Mamba-1 scan's launch configurations against the exp bound.
 
 For each variant (the ``triton`` kernel of :mod:`reprflow.kernels.selective_scan` at the
-launch configurations in ``TRITON_CONFIGS``, and ``mamba_ssm``'s compiled
-``selective_scan_fn`` behind its layout transposes when it imports) one table row:
+launch configurations in ``TRITON_CONFIGS``, the ``gluon`` kernel of
+:mod:`reprflow.kernels.selective_scan_gluon` at ``GLUON_CONFIGS`` when Gluon imports, and
+``mamba_ssm``'s compiled ``selective_scan_fn`` behind its layout transposes when it imports)
+one table row:
 
 * ms per layer at Mamba-2.8B shapes (5120 channels, d_state 16, bf16; ``u`` and ``z`` views
   of one in_proj output, ``B`` and ``C`` views of one x_proj output, as the mixer passes
@@ -10,7 +12,8 @@ launch configurations in ``TRITON_CONFIGS``, and ``mamba_ssm``'s compiled
   warm-up that compiles);
 * x exp bound: that time over one ``exp`` per token x channel x state at the H200's
   special-function rate (:data:`benchmarks.kernels.SFU_EXP_PER_S`; both shapes hold the
-  same number of tokens, so the bound is the same);
+  same number of tokens, so the bound is the same); the header also gives the ``ex2`` rate
+  measured on this GPU (``benchmarks/sfu_rate.py``) and the bound at that rate;
 * relative error ``||y - y64|| / ||y64||`` against :func:`selective_scan_reference` in
   float64 on the same inputs: for the bf16 run (batch row 0, all 2048 tokens; mostly the
   bf16 rounding of the output, ~2e-3) and for a float32 run (1 x 2048 x 5120), which
@@ -41,11 +44,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kernels import SFU_EXP_PER_S  # noqa: E402  (benchmarks/kernels.py)
 
 from reprflow.kernels.selective_scan import selective_scan_reference, selective_scan_triton  # noqa: E402
+from reprflow.kernels.selective_scan_gluon import GluonScanConfig, gluon_available, selective_scan_gluon  # noqa: E402
 
 CHANNELS, D_STATE, DT_RANK = 5120, 16, 160
 SHAPES = ((16, 2048), (8, 4096))
 #: (block_d, num_warps, unroll) of the Triton kernel; its default first
 TRITON_CONFIGS = ((32, 1, 4), (64, 2, 4), (32, 1, 8), (32, 1, 2))
+#: (lanes per channel, num_warps, unroll, prefetch) of the Gluon kernel; its default first
+GLUON_CONFIGS = (
+    (2, 1, 4, True),
+    (2, 1, 2, True),
+    (2, 1, 4, False),
+    (2, 1, 8, False),
+    (2, 2, 4, True),
+    (2, 4, 2, True),
+    (1, 1, 2, False),
+    (1, 1, 4, False),
+    (1, 2, 2, True),
+    (4, 1, 4, True),
+    (4, 1, 2, False),
+    (8, 1, 2, True),
+)
 
 
 def scan_inputs(
@@ -136,6 +155,10 @@ def variants() -> list[tuple[str, str, object]]:
         )
         for bd, nw, un in TRITON_CONFIGS
     ]
+    if gluon_available():
+        out += [
+            ("gluon", repr(GluonScanConfig(*cfg)), partial(selective_scan_gluon, config=cfg)) for cfg in GLUON_CONFIGS
+        ]
     from reprflow.kernels.ops import compiled_scan_time_major
     from reprflow.kernels.optional import compiled_selective_scan
 
@@ -155,12 +178,23 @@ def sweep(args) -> str:
     want32 = _reference(x32, slice(None))
     n_elem = shapes[0][0] * shapes[0][1] * channels * D_STATE
     exp_ms = 1e3 * n_elem / SFU_EXP_PER_S
+    measured_rate = None
+    if dev == "cuda":
+        from sfu_rate import measure_exp_rate  # benchmarks/sfu_rate.py
+
+        measured_rate = measure_exp_rate()
     gpu = torch.cuda.get_device_name() if dev == "cuda" else "cpu"
     (b1, t1), (b2, t2) = shapes
     lines = [
         f"Mamba-1 scan sweep, {gpu}, torch {torch.__version__}, {time.strftime('%Y-%m-%d %H:%M %Z')}; "
         f"{channels} channels, d_state {D_STATE}, bf16 in/out; exp bound {exp_ms:.3f} ms "
-        f"(1 exp per token x channel x state at {SFU_EXP_PER_S / 1e12:.2f} T exp/s)",
+        f"(1 exp per token x channel x state at {SFU_EXP_PER_S / 1e12:.2f} T exp/s)"
+        + (
+            f"; measured ex2 rate {measured_rate / 1e12:.2f} T/s (benchmarks/sfu_rate.py): "
+            f"exp bound {1e3 * n_elem / measured_rate:.3f} ms"
+            if measured_rate
+            else ""
+        ),
         "",
         f"| kernel | config | ms B={b1} T={t1} | x exp bound | ms B={b2} T={t2} | x exp bound | "
         f"rel err bf16 | rel err fp32 |",

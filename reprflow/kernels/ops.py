@@ -3,7 +3,8 @@
 =============  =====================================================  ============================
 op             candidates (``REPRFLOW_KERNEL_<OP>=name``)             reference (float64 check)
 =============  =====================================================  ============================
-mamba_scan     ``triton`` (reprflow, time-major), ``mamba_ssm``       :func:`selective_scan_reference`
+mamba_scan     ``triton`` (reprflow, time-major), ``gluon``           :func:`selective_scan_reference`
+               (reprflow, time-major, explicit layout), ``mamba_ssm``
                (compiled ``selective_scan_fn`` + layout transposes),
                ``torch`` (per-token loop; fallback, never timed)
 causal_conv    ``causal_conv1d`` (compiled ``causal_conv1d_fn``,      :func:`causal_conv1d_silu_reference`
@@ -30,6 +31,7 @@ from reprflow.kernels.causal_conv1d import causal_conv1d_silu, causal_conv1d_sil
 from reprflow.kernels.optional import MambaSsmKernels, compiled_causal_conv1d, compiled_selective_scan
 from reprflow.kernels.select import Candidate, KernelOp
 from reprflow.kernels.selective_scan import selective_scan, selective_scan_reference
+from reprflow.kernels.selective_scan_gluon import gluon_available, selective_scan_gluon
 from reprflow.kernels.ssd import ssd_reference
 
 __all__ = ["mamba_scan_op", "causal_conv_op", "mamba2_ssd_op", "compiled_scan_time_major", "OP_NAMES"]
@@ -86,6 +88,14 @@ def mamba_scan_op(device: torch.device, *, report: dict, forced: str | None = No
                 "reprflow Triton selective scan (time-major, state in registers)",
             )
         )
+    if device.type == "cuda" and gluon_available():
+        cands.append(
+            Candidate(
+                "gluon",
+                selective_scan_gluon,
+                "reprflow Gluon selective scan (time-major, hand-placed register layout)",
+            )
+        )
     compiled = compiled_selective_scan() if device.type == "cuda" else None
     if compiled is not None:
         cands.append(
@@ -112,7 +122,7 @@ def mamba_scan_op(device: torch.device, *, report: dict, forced: str | None = No
         sizes=lambda a: (a["u"].shape[2], a["A"].shape[1], a.get("z") is not None),
         report=report,
         forced=forced,
-        known=("triton", "mamba_ssm", "torch", "hf"),
+        known=("triton", "gluon", "mamba_ssm", "torch", "hf"),
     )
 
 

@@ -177,3 +177,33 @@ def test_every_scan_candidate_matches_float64():
                 got = c.fn(u, delta, A, B, C, D, z, delta_bias=bias, delta_softplus=True)
                 rel = float((got.double() - want).norm() / want.norm())
                 assert rel < (1e-2 if dtype == torch.bfloat16 else 1e-4), (c.name, dtype, rel)
+
+
+@requires_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("config", [None, (1, 1, 2, False), (2, 2, 4, True), (4, 1, 3, True), (16, 1, 1, False)])
+@pytest.mark.parametrize("shape", [(2, 67, 80, 16), (1, 300, 33, 16), (3, 5, 64, 8), (1, 2, 40, 16)])
+def test_gluon_matches_float64(dtype, config, shape):
+    """The Gluon scan at its default and other layouts: token counts that leave a tail after
+    the unrolled loop (and fewer tokens than one block), channels not a multiple of a program's
+    block, d_state 8 and 16."""
+    from reprflow.kernels.selective_scan_gluon import gluon_available, selective_scan_gluon
+
+    if not gluon_available():
+        pytest.skip("Triton's Gluon does not import here")
+    if config is not None and config[0] > shape[3]:
+        pytest.skip("more lanes per channel than states")
+    u, delta, A, B, C, D, z, bias = _gpu_inputs(shape, dtype, hash(shape) % 2**31)
+    want = selective_scan_reference(
+        u, delta, A, B, C, D, z, delta_bias=bias, delta_softplus=True, compute_dtype=torch.float64
+    )
+    got = selective_scan_gluon(u, delta, A, B, C, D, z, delta_bias=bias, delta_softplus=True, config=config)
+    assert got.dtype == dtype and got.shape == u.shape
+    rel = float((got.double() - want).norm() / want.norm())
+    assert rel < (1e-2 if dtype == torch.bfloat16 else 1e-5), (config, rel)
+    # without the optional terms: the plain recurrence
+    want = selective_scan_reference(u, delta, A, B, C, compute_dtype=torch.float64)
+    got = selective_scan_gluon(u, delta, A, B, C, config=config)
+    rel = float((got.double() - want).norm() / want.norm())
+    assert rel < (1e-2 if dtype == torch.bfloat16 else 1e-5), (config, "plain", rel)
