@@ -52,18 +52,20 @@ SHAPES = ((16, 2048), (8, 4096))
 TRITON_CONFIGS = ((32, 1, 4), (64, 2, 4), (32, 1, 8), (32, 1, 2))
 #: (lanes per channel, num_warps, unroll, prefetch) of the Gluon kernel; its default first
 GLUON_CONFIGS = (
-    (2, 1, 4, True),
-    (2, 1, 2, True),
-    (2, 1, 4, False),
-    (2, 1, 8, False),
-    (2, 2, 4, True),
     (2, 4, 2, True),
-    (1, 1, 2, False),
-    (1, 1, 4, False),
+    (2, 4, 1, True),
+    (2, 4, 4, True),
+    (2, 4, 2, False),
+    (2, 8, 2, True),
+    (2, 2, 2, True),
+    (2, 1, 4, True),
+    (1, 4, 1, True),
+    (1, 4, 2, True),
+    (1, 8, 1, True),
     (1, 2, 2, True),
-    (4, 1, 4, True),
-    (4, 1, 2, False),
-    (8, 1, 2, True),
+    (4, 4, 2, True),
+    (4, 4, 1, True),
+    (4, 8, 2, True),
 )
 
 

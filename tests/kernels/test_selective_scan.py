@@ -182,7 +182,7 @@ def test_every_scan_candidate_matches_float64():
 @requires_cuda
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("config", [None, (1, 1, 2, False), (2, 2, 4, True), (4, 1, 3, True), (16, 1, 1, False)])
+@pytest.mark.parametrize("config", [None, (1, 1, 2, False), (4, 2, 3, True)])
 @pytest.mark.parametrize("shape", [(2, 67, 80, 16), (1, 300, 33, 16), (3, 5, 64, 8), (1, 2, 40, 16)])
 def test_gluon_matches_float64(dtype, config, shape):
     """The Gluon scan at its default and other layouts: token counts that leave a tail after
@@ -202,7 +202,9 @@ def test_gluon_matches_float64(dtype, config, shape):
     assert got.dtype == dtype and got.shape == u.shape
     rel = float((got.double() - want).norm() / want.norm())
     assert rel < (1e-2 if dtype == torch.bfloat16 else 1e-5), (config, rel)
-    # without the optional terms: the plain recurrence
+    # without the optional terms: the plain recurrence (positive time steps, as softplus gives:
+    # a negative one makes exp(delta * A) grow, and hundreds of such steps overflow)
+    delta = torch.nn.functional.softplus(delta.float()).to(dtype)
     want = selective_scan_reference(u, delta, A, B, C, compute_dtype=torch.float64)
     got = selective_scan_gluon(u, delta, A, B, C, config=config)
     rel = float((got.double() - want).norm() / want.norm())
