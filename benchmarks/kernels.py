@@ -27,8 +27,10 @@ of an 8192^3 matmul measured at the start (782 TFLOP/s measured on the H200).
 Mamba-1 scan per layer (``B x T x 5120 channels x 16 states``, time-major views of one
 fused projection as in the mixer), for each available scan and conv candidate:
 
-* exp bound: one ``exp`` per token, channel and state at the SFU rate, assumed
-  132 SMs x 16 SFU ops/clock/SM x 1.98 GHz = 4.18 T exp/s (H200 SXM boost clock);
+* exp bound: one ``exp`` per token, channel and state at the ``ex2`` rate measured on this
+  GPU at the start (``benchmarks/sfu_rate.py``; 3.74-3.78 T/s on the H200, whose clock
+  under load is ~1.7 GHz), beside the data sheet's 132 SMs x 16 SFU ops/clock/SM x
+  1.98 GHz = 4.18 T exp/s; on CPU (toy runs) only the latter;
 * memory bound: bytes moved (read u, delta, z, B, C; write y; bf16) / 4.3 TB/s.
 
 Usage (repository root)::
@@ -242,7 +244,7 @@ def bench_mamba_scan(args) -> list[dict]:
     D, dt_bias = torch.ones(channels, device=dev), torch.full((channels,), -3.0, device=dev)
     w, b = rnd(channels, 4), rnd(channels)
     n = batch * n_tokens * channels
-    exp_ms = 1e3 * n * d_state / SFU_EXP_PER_S
+    exp_ms = 1e3 * n * d_state / args.exp_rate
     elt = torch.finfo(dt).bits // 8
     mem_ms = 1e3 * (4 * n * elt + 2 * batch * n_tokens * d_state * elt) / HBM_BYTES_PER_S
     rows = []
@@ -282,7 +284,12 @@ def worker(args) -> int:
         sys.meta_path.insert(0, _Refuse())
     peak = args.peak_tflops or measure_peak_tflops(args.device, args.quick)
     gpu = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
-    out = {"peak_tflops": peak, "device": gpu, "rows": [], "scan": []}
+    args.exp_rate = SFU_EXP_PER_S
+    if args.device == "cuda" and not hidden and "mamba" in args.families:
+        from sfu_rate import measure_exp_rate  # benchmarks/sfu_rate.py
+
+        args.exp_rate = measure_exp_rate()
+    out = {"peak_tflops": peak, "device": gpu, "rows": [], "scan": [], "exp_rate": args.exp_rate}
     for family in args.families:
         out["rows"] += bench_family(family, args, hidden=hidden, peak=peak)
     if not hidden and "mamba" in args.families:
@@ -316,7 +323,13 @@ def table(results: dict[str, dict], args) -> str:
         lines += [
             "",
             f"Mamba-1 per layer, B={args.batch_size}, T={args.tokens}: exp bound = 1 exp per token x channel x state "
-            f"at {SFU_EXP_PER_S / 1e12:.2f} T exp/s (132 SMs x 16 SFU/clk x 1.98 GHz, H200); "
+            f"at {results['visible']['exp_rate'] / 1e12:.2f} T exp/s "
+            + (
+                "(measured here, benchmarks/sfu_rate.py; "
+                if results["visible"]["exp_rate"] != SFU_EXP_PER_S
+                else "(data sheet: "
+            )
+            + f"132 SMs x 16 SFU/clk x 1.98 GHz would be {SFU_EXP_PER_S / 1e12:.2f}); "
             f"memory bound = bytes / {HBM_BYTES_PER_S / 1e12:.1f} TB/s",
             "",
             "| op | kernel | ms/layer | exp bound ms | x exp bound | memory bound ms | x memory bound |",
