@@ -27,7 +27,7 @@ Usage (repository root)::
 
     PYTHONPATH=$PWD python benchmarks/scan_sweep.py [--out DIR] [--budget-s S]
 
-Last run: benchmarks/results/scan_sweep_h200_2026-12-03.md.
+Last runs: benchmarks/results/scan_sweep_h200_2026-12-04.md (with the Gluon candidate).
 """
 
 from __future__ import annotations
