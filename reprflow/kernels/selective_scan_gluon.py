@@ -35,7 +35,7 @@ import math
 import torch
 from torch import Tensor
 
-from reprflow.kernels.selective_scan import _check_shapes
+from reprflow.kernels.selective_scan import _check_shapes, _silu, _softplus
 
 __all__ = ["GluonScanConfig", "default_gluon_config", "gluon_available", "selective_scan_gluon"]
 
@@ -57,25 +57,6 @@ def gluon_available() -> bool:
 if gluon is not None:
 
     @gluon.jit
-    def _softplus(x):
-        # As reprflow.kernels.selective_scan._softplus: max(x, 0) + log1p(exp(-|x|)), one ex2
-        e = gl.exp2(gl.abs(x) * -1.4426950408889634)
-        p = e * 0.005232651252299547 - 0.029505066573619843
-        p = p * e + 0.07822566479444504
-        p = p * e - 0.13663221895694733
-        p = p * e + 0.19105994701385498
-        p = p * e - 0.2484297901391983
-        p = p * e + 0.3331909775733948
-        p = p * e - 0.4999949336051941
-        p = p * e + 0.9999999403953552
-        return gl.maximum(x, 0.0) + e * p
-
-    @gluon.jit
-    def _silu(z):
-        e = gl.exp2(z * -1.4426950408889634)
-        return gl.fdiv(z, 1.0 + e)
-
-    @gluon.jit
     def _load_step(u_t, dt_t, b_t, c_t, z_t, mask_d, HAS_Z: gl.constexpr, EVEN_D: gl.constexpr):
         # The inputs of one time step from its row pointers; z is u again when absent
         if EVEN_D:
@@ -87,6 +68,45 @@ if gluon is not None:
             dt = gl.load(dt_t, mask=mask_d, other=0.0)
             z = gl.load(z_t, mask=mask_d, other=0.0) if HAS_Z else u
         return u, dt, gl.load(b_t), gl.load(c_t), z
+
+    @gluon.jit
+    def _load_block(
+        u_row,
+        dt_row,
+        b_row,
+        c_row,
+        z_row,
+        t0,
+        t_last,
+        mask_d,
+        S_U_T: gl.constexpr,
+        S_DT_T: gl.constexpr,
+        S_B_T: gl.constexpr,
+        S_C_T: gl.constexpr,
+        S_Z_T: gl.constexpr,
+        UNROLL: gl.constexpr,
+        HAS_Z: gl.constexpr,
+        EVEN_D: gl.constexpr,
+        CAP: gl.constexpr,
+    ):
+        # The inputs of steps t0 .. t0 + UNROLL - 1; with CAP each step index is capped at
+        # t_last (the first block, which may be longer than the sequence, reads in range)
+        block = ()
+        for k in gl.static_range(UNROLL):
+            t = gl.minimum(t0 + k, t_last) if CAP else t0 + k
+            block = block + (
+                _load_step(
+                    u_row + t * S_U_T,
+                    dt_row + t * S_DT_T,
+                    b_row + t * S_B_T,
+                    c_row + t * S_C_T,
+                    z_row + t * S_Z_T,
+                    mask_d,
+                    HAS_Z,
+                    EVEN_D,
+                ),
+            )
+        return block
 
     @gluon.jit
     def _scan_step(
@@ -187,55 +207,17 @@ if gluon is not None:
 
         h = gl.zeros([D_STATE, BLOCK_D], gl.float32, layout=LAYOUT)
         n_full = n_tokens - n_tokens % UNROLL
-        if PREFETCH:  # the first block (addresses kept in range, unused, when n_tokens < UNROLL)
-            nxt = ()
-            for k in gl.static_range(UNROLL):
-                t = gl.minimum(n_tokens - 1, k)
-                nxt = nxt + (
-                    _load_step(
-                        u_row + t * S_U_T,
-                        dt_row + t * S_DT_T,
-                        b_row + t * S_B_T,
-                        c_row + t * S_C_T,
-                        z_row + t * S_Z_T,
-                        mask_d,
-                        HAS_Z,
-                        EVEN_D,
-                    ),
-                )
+        rows = (u_row, dt_row, b_row, c_row, z_row)
+        strides = (S_U_T, S_DT_T, S_B_T, S_C_T, S_Z_T)
+        if PREFETCH:  # the first block (unused when n_tokens < UNROLL)
+            nxt = _load_block(*rows, 0, n_tokens - 1, mask_d, *strides, UNROLL, HAS_Z, EVEN_D, True)
         for t0 in range(0, n_full, UNROLL):
             if PREFETCH:  # this block came with the previous iteration; fetch the next one
                 cur = nxt
                 t_n = gl.minimum(t0 + UNROLL, n_full - UNROLL)  # the last iteration re-reads its own block
-                nxt = ()
-                for k in gl.static_range(UNROLL):
-                    nxt = nxt + (
-                        _load_step(
-                            u_row + (t_n + k) * S_U_T,
-                            dt_row + (t_n + k) * S_DT_T,
-                            b_row + (t_n + k) * S_B_T,
-                            c_row + (t_n + k) * S_C_T,
-                            z_row + (t_n + k) * S_Z_T,
-                            mask_d,
-                            HAS_Z,
-                            EVEN_D,
-                        ),
-                    )
+                nxt = _load_block(*rows, t_n, 0, mask_d, *strides, UNROLL, HAS_Z, EVEN_D, False)
             else:  # all loads of the block first: independent of h, their latencies overlap
-                cur = ()
-                for k in gl.static_range(UNROLL):
-                    cur = cur + (
-                        _load_step(
-                            u_row + (t0 + k) * S_U_T,
-                            dt_row + (t0 + k) * S_DT_T,
-                            b_row + (t0 + k) * S_B_T,
-                            c_row + (t0 + k) * S_C_T,
-                            z_row + (t0 + k) * S_Z_T,
-                            mask_d,
-                            HAS_Z,
-                            EVEN_D,
-                        ),
-                    )
+                cur = _load_block(*rows, t0, 0, mask_d, *strides, UNROLL, HAS_Z, EVEN_D, False)
             for k in gl.static_range(UNROLL):
                 h = _scan_step(
                     h,
