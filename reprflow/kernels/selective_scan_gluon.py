@@ -35,7 +35,7 @@ import math
 import torch
 from torch import Tensor
 
-from reprflow.kernels.selective_scan import _check_shapes, _silu, _softplus
+from reprflow.kernels.selective_scan import _check_shapes
 
 __all__ = ["GluonScanConfig", "default_gluon_config", "gluon_available", "selective_scan_gluon"]
 
@@ -55,6 +55,7 @@ def gluon_available() -> bool:
 
 
 if gluon is not None:
+    from reprflow.kernels.selective_scan import _silu, _softplus  # Triton helpers; Gluon calls them
 
     @gluon.jit
     def _load_step(u_t, dt_t, b_t, c_t, z_t, mask_d, HAS_Z: gl.constexpr, EVEN_D: gl.constexpr):
