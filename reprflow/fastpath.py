@@ -11,7 +11,8 @@ family        what changes
 gpt_neo       eager attention -> ``scaled_dot_product_attention`` (flash for global
               layers, band-masked for local ones; no 1/sqrt(d) scaling, as GPT-Neo);
               ``gelu_new`` -> the same tanh GELU as one torch kernel
-gpt_neox      transformers' own ``sdpa`` attention (set if the model was loaded eager)
+gpt_neox      transformers' own ``sdpa`` attention (set if the model was loaded eager); on CUDA
+              the partial rotary embedding of q and k in one Triton pass (same values)
 mamba         HF mixer -> time-major forward whose causal conv and selective scan are
               :mod:`reprflow.kernels.ops` ops: each picks the fastest correct candidate
               (reprflow Triton, compiled mamba_ssm / causal_conv1d, torch) at first
@@ -81,14 +82,17 @@ def _prepare_gpt_neo(model: nn.Module, report: dict[str, Any], forced: dict[str,
     else:
         report["attention"] = impl
     n_act = _fuse_gelu_new(model)
-    if n_act or _already(model):
+    if any(getattr(m, "_reprflow_fused_mlp", False) for m in model.modules()):
+        report["mlp_activation"] = "c_fc + gelu_new in one cuBLASLt GEMM (bias + tanh GELU epilogue)"
+    elif n_act or _already(model):
         report["mlp_activation"] = "torch gelu(approximate='tanh') (= gelu_new, one kernel)"
     report["patched_modules"] = n + n_act
 
 
 def _fuse_gelu_new(model: nn.Module) -> int:
     """Swap HF's ``NewGELUActivation`` (about eight elementwise kernels) for the same
-    tanh-approximated GELU in one kernel: ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``."""
+    tanh-approximated GELU in one kernel: ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``;
+    on CUDA, also run each MLP's ``c_fc`` and that GELU as one GEMM."""
     n = 0
     for module in model.modules():
         for name, child in module.named_children():
@@ -97,6 +101,10 @@ def _fuse_gelu_new(model: nn.Module) -> int:
                 act._reprflow_fastpath = True
                 setattr(module, name, act)
                 n += 1
+    if next(model.parameters()).is_cuda:  # and c_fc + GELU as one GEMM (reprflow/kernels/gelu_mlp.py)
+        from reprflow.kernels.gelu_mlp import install_fused_gelu_mlp
+
+        n += install_fused_gelu_mlp(model)
     return n
 
 
@@ -115,6 +123,13 @@ def _prepare_gpt_neox(model: nn.Module, report: dict[str, Any], forced: dict[str
         model.set_attn_implementation("sdpa")
         impl = model.config._attn_implementation
     report["attention"] = impl
+    if next(model.parameters()).is_cuda:
+        from reprflow.kernels import triton_available
+        from reprflow.kernels.gpt_neox_attention import install_rotary_attention
+
+        if triton_available():
+            report["patched_modules"] = install_rotary_attention(model)
+            report["rotary"] = "reprflow triton rotary_qk (one pass; equal to transformers')"
 
 
 def _prepare_mamba(model: nn.Module, report: dict[str, Any], *, device: torch.device, forced: dict[str, str]) -> None:

@@ -114,10 +114,15 @@ def rms_norm(x: Tensor, weight: Tensor, *, eps: float, input_dtype: torch.dtype 
 
 
 def _block_forward(self: nn.Module, hidden_states: Tensor, attention_mask: Tensor | None) -> Tensor:
-    """HF's ``MambaBlock``/``Mamba2Block.forward`` (no cache) with the input rounding fused into the norm."""
+    """HF's ``MambaBlock``/``Mamba2Block.forward`` (no cache) with the input rounding fused into
+    the norm, and, where the mixer is reprflow's, the residual add fused into its ``out_proj``
+    (:func:`reprflow.kernels.mamba_mixers.out_proj_add`)."""
     norm = self.norm
     normed = rms_norm(hidden_states, norm.weight, eps=norm.variance_epsilon, input_dtype=norm.weight.dtype)
     residual = hidden_states.to(torch.float32) if self.residual_in_fp32 else hidden_states
+    fast = getattr(self.mixer, "_reprflow_fast", None)
+    if fast is not None:
+        return fast(normed, attention_mask, residual=residual)
     return residual + self.mixer(normed, cache_params=None, attention_mask=attention_mask)
 
 

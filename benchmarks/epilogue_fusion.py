@@ -1,0 +1,123 @@
+"""Is it worth fusing an elementwise op into the GEMM before it? Time and accuracy, side by side.
+
+For the paper models' shapes at (batch x tokens) rows, bf16, one H200:
+
+* ``gelu_fc``: GPT-Neo's ``c_fc`` + ``gelu_new`` (tanh GELU) as two kernels (what runs
+  today: ``F.linear`` then ``F.gelu(approximate="tanh")``) against one cuBLASLt GEMM with
+  the bias + GELU epilogue (``torch._addmm_activation(..., use_gelu=True)``, tanh GELU).
+* ``residual_out``: Mamba's ``out_proj`` (no bias) + the float32 residual as two kernels
+  (``res + F.linear(y, W)``: the GEMM's output rounded to bf16, then a float32 add) against
+  one GEMM whose epilogue adds the float32 residual (``torch.addmm(res, y, W.T,
+  out_dtype=torch.float32)``; the product is not rounded to bf16 first).
+
+Each row: median ms of ``--repeats`` calls (CUDA events), GB/s-free % of the bf16 matmul
+rate measured at the start, and the relative error ``||got - want|| / ||want||`` against
+the same computation in float64 from the same bf16 inputs.
+
+Usage (GPU)::
+
+    PYTHONPATH=$PWD python benchmarks/epilogue_fusion.py [--rows 32768]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+def _time_ms(fn, repeats: int) -> float:
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+def _rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got.double() - want).norm() / want.norm())
+
+
+def matmul_rate(repeats: int) -> float:
+    """bf16 TFLOP/s of an 8192^3 GEMM (the roofline's rate)."""
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    ms = _time_ms(lambda: a @ b, repeats)
+    return 2 * 8192**3 / (ms * 1e-3) / 1e12
+
+
+def gelu_rows(rows: int, d: int, repeats: int, rate: float) -> list[tuple]:
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(rows, d, device="cuda", dtype=torch.bfloat16, generator=g)
+    w = (torch.randn(4 * d, d, device="cuda", generator=g) / d**0.5).to(torch.bfloat16)
+    b = (0.1 * torch.randn(4 * d, device="cuda", generator=g)).to(torch.bfloat16)
+    want = F.gelu(torch.addmm(b.double(), x.double(), w.double().T), approximate="tanh")
+    flops = 2 * rows * d * 4 * d
+    out = []
+    for name, fn in (
+        ("linear, then gelu(tanh) (today)", lambda: F.gelu(F.linear(x, w, b), approximate="tanh")),
+        ("_addmm_activation(use_gelu) (cuBLASLt GELU_BIAS)", lambda: torch._addmm_activation(b, x, w.T, use_gelu=True)),
+        ("linear alone (no GELU: the floor)", lambda: F.linear(x, w, b)),
+    ):
+        ms = _time_ms(fn, repeats)
+        err = _rel_err(fn(), want) if "floor" not in name else float("nan")
+        out.append(("gelu_fc", f"{rows}x{d}->{4 * d}", name, ms, flops / (ms * 1e-3) / 1e12 / rate, err))
+    return out
+
+
+def residual_rows(rows: int, d_inner: int, d: int, repeats: int, rate: float) -> list[tuple]:
+    g = torch.Generator(device="cuda").manual_seed(1)
+    y = torch.randn(rows, d_inner, device="cuda", dtype=torch.bfloat16, generator=g)
+    w = (torch.randn(d, d_inner, device="cuda", generator=g) / d_inner**0.5).to(torch.bfloat16)
+    res = torch.randn(rows, d, device="cuda", generator=g)
+    want = res.double() + y.double() @ w.double().T
+    flops = 2 * rows * d_inner * d
+    out = []
+    cands = [
+        ("res + linear (today: product rounded to bf16)", lambda: res + F.linear(y, w)),
+        ("linear alone (the floor)", lambda: F.linear(y, w)),
+    ]
+    try:
+        torch.addmm(res[:8], y[:8], w.T, out_dtype=torch.float32)
+        cands.insert(
+            1, ("addmm(res, y, W.T, out_dtype=float32)", lambda: torch.addmm(res, y, w.T, out_dtype=torch.float32))
+        )
+    except (RuntimeError, TypeError) as exc:
+        print(f"addmm out_dtype=float32 with a float32 C is not available: {exc}".splitlines()[0])
+    for name, fn in cands:
+        ms = _time_ms(fn, repeats)
+        err = _rel_err(fn(), want) if "floor" not in name else float("nan")
+        out.append(("residual_out", f"{rows}x{d_inner}->{d}", name, ms, flops / (ms * 1e-3) / 1e12 / rate, err))
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", type=int, default=32768, help="batch x tokens (default 16 x 2048)")
+    p.add_argument("--repeats", type=int, default=20)
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("epilogue_fusion: needs a CUDA GPU", file=sys.stderr)
+        return 2
+    rate = matmul_rate(args.repeats)
+    print(f"{torch.cuda.get_device_name()} | torch {torch.__version__} | {time.strftime('%Y-%m-%d %H:%M %Z')}")
+    print(f"bf16 matmul rate (8192^3): {rate:.0f} TFLOP/s\n")
+    rows = gelu_rows(args.rows, 2560, args.repeats, rate) + residual_rows(args.rows, 5120, 2560, args.repeats, rate)
+    print("| fusion | shape | variant | ms | % of matmul rate | rel. err vs float64 |")
+    print("|---|---|---|---:|---:|---:|")
+    for fusion, shape, name, ms, frac, err in rows:
+        print(f"| {fusion} | {shape} | {name} | {ms:.3f} | {100 * frac:.1f} | {err:.2e} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""The fused steps of the fast paths: GPT-NeoX's rotary embedding, GPT-Neo's c_fc + GELU,
+the Mamba blocks' out_proj + residual. Each against transformers' own code or float64."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import GPTNeoConfig, GPTNeoForCausalLM, GPTNeoXConfig, GPTNeoXForCausalLM
+
+from reprflow.kernels.gelu_mlp import install_fused_gelu_mlp, is_tanh_gelu, linear_gelu_tanh
+from reprflow.kernels.mamba_mixers import out_proj_add
+from reprflow.kernels.rotary import rotary_qk, rotary_qk_reference
+
+ROOT = Path(__file__).resolve().parents[2]
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _rotary_inputs(batch, n_tokens, heads, head_dim, rot, dtype, device, cos_batch=1):
+    g = torch.Generator().manual_seed(batch + n_tokens + heads)
+    qkv = torch.randn(batch, n_tokens, heads * 3 * head_dim, generator=g).to(dtype)
+    inv = 1.0 / (10000 ** (torch.arange(0, rot, 2).float() / rot))
+    freqs = torch.arange(n_tokens).float()[None, :, None] * inv
+    emb = torch.cat([freqs, freqs], -1).expand(cos_batch, -1, -1).contiguous()
+    return qkv.to(device), emb.cos().to(dtype).to(device), emb.sin().to(dtype).to(device)
+
+
+def test_rotary_reference_is_transformers_rotation():
+    """Against the rotation written out in float64: q_rot cos + rotate_half(q_rot) sin, rest passed."""
+    qkv, cos, sin = _rotary_inputs(2, 6, 3, 8, 4, torch.float64, "cpu")
+    q, k = rotary_qk_reference(qkv, cos, sin, num_heads=3, head_dim=8)
+    x = qkv.view(2, 6, 3, 24)[..., :8].transpose(1, 2)  # (batch, heads, n_tokens, head_dim)
+    x1, x2 = x[..., :2], x[..., 2:4]
+    c, s = cos[:, None, :, :2], sin[:, None, :, :2]
+    want = torch.cat([x1 * c - x2 * s, x2 * c + x1 * s, x[..., 4:]], -1)
+    torch.testing.assert_close(q, want)
+    assert k.shape == q.shape and k.is_contiguous() and q.is_contiguous()
+
+
+def test_rotary_off_cuda_runs_transformers_code():
+    qkv, cos, sin = _rotary_inputs(2, 5, 4, 16, 4, torch.bfloat16, "cpu")
+    got = rotary_qk(qkv, cos, sin, num_heads=4, head_dim=16)
+    want = rotary_qk_reference(qkv, cos, sin, num_heads=4, head_dim=16)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs Triton (its CPU interpreter)")
+def test_rotary_kernel_in_the_triton_interpreter():
+    path = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env = {**os.environ, "PYTHONPATH": path, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "kernels" / "interpret_rotary.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert proc.stdout.strip().endswith("ok")
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize(
+    "shape",
+    [(2, 300, 32, 80, 20, 1), (3, 17, 4, 64, 64, 3), (1, 2048, 32, 80, 20, 1), (2, 9, 5, 128, 32, 2)],
+)
+def test_rotary_kernel_equals_transformers_on_gpu(dtype, shape):
+    *dims, cos_batch = shape
+    qkv, cos, sin = _rotary_inputs(*dims, dtype, "cuda", cos_batch=cos_batch)
+    heads, head_dim = dims[2], dims[3]
+    got = rotary_qk(qkv, cos, sin, num_heads=heads, head_dim=head_dim)
+    want = rotary_qk_reference(qkv, cos, sin, num_heads=heads, head_dim=head_dim)
+    for a, b in zip(got, want):
+        assert a.is_contiguous() and a.shape == b.shape
+        assert torch.equal(a, b), f"max diff {(a.float() - b.float()).abs().max().item()}"
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_gpt_neox_states_equal_transformers_on_gpu():
+    """prepare_model's GPT-NeoX (fused rotary) gives transformers' states, bit for bit (bf16)."""
+    from reprflow.capture import forward_states
+    from reprflow.fastpath import prepare_model
+
+    cfg = GPTNeoXConfig(
+        vocab_size=97,
+        hidden_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=256,
+        max_position_embeddings=512,
+        rotary_pct=0.25,
+    )
+    torch.manual_seed(0)
+    model = GPTNeoXForCausalLM._from_config(cfg, attn_implementation="sdpa").to("cuda", torch.bfloat16).eval()
+    ids = torch.randint(0, 97, (3, 300), device="cuda")
+    mask = torch.ones_like(ids)
+    before = forward_states(model, ids, mask, token_rows=[0, 2])
+    report = prepare_model(model)
+    assert "rotary" in report and report["patched_modules"] == 3
+    after = forward_states(model, ids, mask, token_rows=[0, 2])
+    assert torch.equal(before.last, after.last) and torch.equal(before.tokens, after.tokens)
+
+
+def test_is_tanh_gelu():
+    assert is_tanh_gelu(torch.nn.GELU(approximate="tanh"))
+    assert not is_tanh_gelu(torch.nn.GELU())
+    assert not is_tanh_gelu(torch.nn.ReLU())
+
+
+def test_linear_gelu_tanh_matches_two_steps_on_cpu(torch_gen):
+    x = torch.randn(3, 5, 8, generator=torch_gen)
+    w, b = torch.randn(12, 8, generator=torch_gen), torch.randn(12, generator=torch_gen)
+    want = F.gelu(x.double() @ w.double().T + b.double(), approximate="tanh")
+    torch.testing.assert_close(linear_gelu_tanh(x, w, b).double(), want, rtol=1e-5, atol=1e-6)
+
+
+def _neo(device, dtype):
+    cfg = GPTNeoConfig(
+        vocab_size=97,
+        max_position_embeddings=256,
+        hidden_size=64,
+        num_layers=2,
+        num_heads=4,
+        attention_types=[[["global", "local"], 1]],
+        window_size=16,
+    )
+    torch.manual_seed(0)
+    return GPTNeoForCausalLM(cfg).to(device, dtype).eval()
+
+
+def test_fused_mlp_keeps_cpu_and_training_on_transformers_forward():
+    model = _neo("cpu", torch.float32)
+    assert install_fused_gelu_mlp(model) == 2 and install_fused_gelu_mlp(model) == 0
+    ids = torch.randint(0, 97, (2, 20), generator=torch.Generator().manual_seed(3))
+    model.train()
+    out = model(ids).logits  # autograd: transformers' forward
+    out.sum().backward()
+    assert model.transformer.h[0].mlp.c_fc.weight.grad is not None
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_fused_gelu_mlp_on_gpu_is_closer_to_float64_than_two_kernels():
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(4096, 256, device="cuda", generator=g).bfloat16()
+    w = (torch.randn(1024, 256, device="cuda", generator=g) / 16).bfloat16()
+    b = (0.1 * torch.randn(1024, device="cuda", generator=g)).bfloat16()
+    want = F.gelu(x.double() @ w.double().T + b.double(), approximate="tanh")
+
+    def err(t):
+        return float((t.double() - want).norm() / want.norm())
+
+    fused = err(linear_gelu_tanh(x, w, b))
+    two = err(F.gelu(F.linear(x, w, b), approximate="tanh"))
+    assert fused <= 1.05 * two and fused < 1e-2, (fused, two)
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_fused_gelu_is_the_tanh_gelu_on_gpu():
+    """In float32 the tanh and erf GELUs differ by ~1e-4: the fused GEMM must be the tanh one."""
+    g = torch.Generator(device="cuda").manual_seed(1)
+    x, w, b = (torch.randn(*s, device="cuda", generator=g) for s in ((1024, 64), (256, 64), (256,)))
+    h = x.double() @ w.double().T + b.double()
+    got = linear_gelu_tanh(x, w, b).double()
+    assert float((got - F.gelu(h, approximate="tanh")).abs().max()) < 1e-4
+    assert float((got - F.gelu(h)).abs().max()) > 1e-4
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_gpt_neo_with_fused_mlp_matches_transformers_on_gpu():
+    from reprflow.capture import forward_states
+    from reprflow.fastpath import prepare_model
+
+    model = _neo("cuda", torch.bfloat16)
+    ids = torch.randint(0, 97, (2, 200), device="cuda")
+    mask = torch.ones_like(ids)
+    before = forward_states(model, ids, mask)
+    report = prepare_model(model)
+    assert "cuBLASLt" in report["mlp_activation"]
+    after = forward_states(model, ids, mask)
+    rel = float((after.last.float() - before.last.float()).norm() / before.last.float().norm())
+    assert rel < 2e-2, rel
+
+
+def test_out_proj_add_off_cuda_is_transformers_order(torch_gen):
+    proj = torch.nn.Linear(8, 4, bias=False).to(torch.bfloat16)
+    y = torch.randn(2, 3, 8, generator=torch_gen).bfloat16()
+    res = torch.randn(2, 3, 4, generator=torch_gen)
+    assert torch.equal(out_proj_add(proj, y, res), res + proj(y))
+    assert torch.equal(out_proj_add(proj, y, None), proj(y))
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("bias", [False, True])
+def test_out_proj_add_on_gpu_against_float64(bias):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    proj = torch.nn.Linear(512, 256, bias=bias, device="cuda", dtype=torch.bfloat16)
+    y = torch.randn(3, 700, 512, device="cuda", generator=g).bfloat16()
+    res = torch.randn(3, 700, 256, device="cuda", generator=g)
+    got = out_proj_add(proj, y, res)
+    want = res.double() + F.linear(y.double(), proj.weight.double(), None if proj.bias is None else proj.bias.double())
+    assert got.dtype == torch.float32 and got.shape == res.shape
+    rel = float((got.double() - want).norm() / want.norm())
+    assert rel < (1e-5 if not bias else 5e-3), rel  # fused: float32 throughout; with a bias: transformers' order
