@@ -10,16 +10,18 @@ family        what changes
 ============  ==========================================================================
 gpt_neo       eager attention -> ``scaled_dot_product_attention`` (flash for global
               layers, band-masked for local ones; no 1/sqrt(d) scaling, as GPT-Neo);
-              ``gelu_new`` -> the same tanh GELU as one torch kernel
+              ``gelu_new`` -> the same tanh GELU as one torch kernel; on CUDA each MLP's
+              ``c_fc`` + GELU as one cuBLASLt GEMM (:mod:`reprflow.kernels.gelu_mlp`)
 gpt_neox      transformers' own ``sdpa`` attention (set if the model was loaded eager); on CUDA
               the partial rotary embedding of q and k in one Triton pass (same values)
 mamba         HF mixer -> time-major forward whose causal conv and selective scan are
               :mod:`reprflow.kernels.ops` ops: each picks the fastest correct candidate
               (reprflow Triton, compiled mamba_ssm / causal_conv1d, torch) at first
-              use per shape class; RMSNorms -> one Triton pass each (same rounding order)
+              use per shape class; RMSNorms -> one Triton pass each (same rounding order);
+              ``out_proj`` + the float32 residual add as one GEMM (on CUDA)
 mamba2        HF mixer -> time-major forward with the conv op, the SSD op (mamba_ssm's
               Triton SSD scan) and mamba_ssm's gated RMSNorm, when ``mamba_ssm`` is
-              installed; RMSNorms as Mamba
+              installed; RMSNorms and ``out_proj`` + residual as Mamba
 ============  ==========================================================================
 
 All families also get ``config.use_cache = False`` (extraction never decodes; the cache

@@ -212,3 +212,31 @@ def test_out_proj_add_on_gpu_against_float64(bias):
     assert got.dtype == torch.float32 and got.shape == res.shape
     rel = float((got.double() - want).norm() / want.norm())
     assert rel < (1e-5 if not bias else 5e-3), rel  # fused: float32 throughout; with a bias: transformers' order
+
+
+def test_gpt_neox_fused_forward_is_transformers_forward_on_cpu():
+    """The patched forward's own code (rotary through the reference off CUDA) against transformers'."""
+    from reprflow.kernels import gpt_neox_attention
+
+    cfg = GPTNeoXConfig(
+        vocab_size=97,
+        hidden_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=64,
+        rotary_pct=0.25,
+    )
+    torch.manual_seed(0)
+    model = GPTNeoXForCausalLM._from_config(cfg, attn_implementation="sdpa").eval()
+    captured = {}
+    attn = model.gpt_neox.layers[0].attention
+    attn.register_forward_hook(lambda m, args, kwargs, out: captured.update(args=args, kwargs=kwargs, out=out), with_kwargs=True)
+    with torch.no_grad():
+        model(torch.randint(0, 97, (2, 9), generator=torch.Generator().manual_seed(2)))
+        kwargs = dict(captured["kwargs"])
+        hidden = captured["args"][0] if captured["args"] else kwargs.pop("hidden_states")
+        mask = kwargs.pop("attention_mask", None)
+        kwargs.pop("layer_past", None)
+        got, _ = gpt_neox_attention._forward(attn, hidden, mask, **kwargs)
+    assert torch.equal(got, captured["out"][0])
