@@ -13,7 +13,8 @@ gpt_neo       eager attention -> ``scaled_dot_product_attention`` (flash for glo
               ``gelu_new`` -> the same tanh GELU as one torch kernel; on CUDA each MLP's
               ``c_fc`` + GELU as one cuBLASLt GEMM (:mod:`reprflow.kernels.gelu_mlp`)
 gpt_neox      transformers' own ``sdpa`` attention (set if the model was loaded eager); on CUDA
-              the partial rotary embedding of q and k in one Triton pass (same values)
+              the partial rotary embedding of q and k, and the parallel residual's two
+              adds, each in one Triton pass (same values; :mod:`reprflow.kernels.gpt_neox`)
 mamba         HF mixer -> time-major forward whose causal conv and selective scan are
               :mod:`reprflow.kernels.ops` ops: each picks the fastest correct candidate
               (reprflow Triton, compiled mamba_ssm / causal_conv1d, torch) at first
@@ -127,11 +128,12 @@ def _prepare_gpt_neox(model: nn.Module, report: dict[str, Any], forced: dict[str
     report["attention"] = impl
     if next(model.parameters()).is_cuda:
         from reprflow.kernels import triton_available
-        from reprflow.kernels.gpt_neox_attention import install_rotary_attention
+        from reprflow.kernels.gpt_neox import install_gpt_neox_forward
 
         if triton_available():
-            report["patched_modules"] = install_rotary_attention(model)
+            report["patched_modules"] = install_gpt_neox_forward(model)
             report["rotary"] = "reprflow triton rotary_qk (one pass; equal to transformers')"
+            report["residual"] = "reprflow triton add3 (mlp + attn + residual in one pass; equal)"
 
 
 def _prepare_mamba(model: nn.Module, report: dict[str, Any], *, device: torch.device, forced: dict[str, str]) -> None:

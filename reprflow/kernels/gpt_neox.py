@@ -1,21 +1,67 @@
-"""GPT-NeoX (Pythia) attention with the rotary embedding in one Triton pass.
+"""GPT-NeoX (Pythia) layers with fewer passes over memory, and the same values.
 
-Replaces the ``forward`` of each ``GPTNeoXAttention`` instance with transformers' own
-code in which ``apply_rotary_pos_emb`` (and the ``cat`` copies around it) is
-:func:`reprflow.kernels.rotary.rotary_qk`: the same values (``torch.equal``), fed to the
-same attention function (SDPA, or whatever ``config._attn_implementation`` names) in the
-same layout. Calls with a cache, in training mode or off CUDA run transformers' forward.
+* **Attention**: the ``forward`` of each ``GPTNeoXAttention`` instance is transformers' own
+  code in which ``apply_rotary_pos_emb`` (and the ``cat`` copies around it) is
+  :func:`reprflow.kernels.rotary.rotary_qk`: the same values (``torch.equal``), fed to the
+  same attention function (SDPA, or whatever ``config._attn_implementation`` names) in the
+  same layout.
+* **Parallel residual**: ``mlp_output + attn_output + hidden_states`` (two kernels, the first
+  sum rounded to the model dtype) in one Triton pass with the same two roundings
+  (:func:`add3`).
+
+Calls with a cache, in training mode or off CUDA run transformers' forward.
 """
 
 from __future__ import annotations
 
 import types
 
+import torch
 from torch import Tensor, nn
 
 from reprflow.kernels.rotary import rotary_qk
 
-__all__ = ["install_rotary_attention"]
+__all__ = ["install_gpt_neox_forward", "add3"]
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - depends on the install
+    triton = None
+    tl = None
+
+if triton is not None:
+
+    @triton.jit
+    def _add3_kernel(a_ptr, b_ptr, c_ptr, out_ptr, n, BLOCK: tl.constexpr):
+        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        m = offs < n
+        a = tl.load(a_ptr + offs, mask=m, other=0.0)
+        b = tl.load(b_ptr + offs, mask=m, other=0.0)
+        c = tl.load(c_ptr + offs, mask=m, other=0.0)
+        ab = (a.to(tl.float32) + b.to(tl.float32)).to(a.dtype)  # torch rounds the first sum
+        tl.store(out_ptr + offs, (ab.to(tl.float32) + c.to(tl.float32)).to(a.dtype), mask=m)
+
+
+def add3(a: Tensor, b: Tensor, c: Tensor) -> Tensor:
+    """``a + b + c`` as torch evaluates it (``(a + b)`` rounded, then ``+ c``), in one pass.
+
+    Parameters
+    ----------
+    a, b, c : Tensors of one shape and dtype
+
+    Returns
+    -------
+    Tensor of that shape and dtype (torch's own ops off CUDA or for mixed inputs)
+    """
+    same = a.shape == b.shape == c.shape and a.dtype == b.dtype == c.dtype
+    if triton is None or not a.is_cuda or not same or not all(t.is_contiguous() for t in (a, b, c)):
+        return a + b + c
+    out = torch.empty_like(a)
+    n = a.numel()
+    block = 4096
+    _add3_kernel[(triton.cdiv(n, block),)](a, b, c, out, n, BLOCK=block, num_warps=8)
+    return out
 
 
 def _forward(self: nn.Module, hidden_states: Tensor, attention_mask: Tensor | None, **kwargs):
@@ -40,17 +86,44 @@ def _forward(self: nn.Module, hidden_states: Tensor, attention_mask: Tensor | No
     return self.dense(attn_output), attn_weights
 
 
-def install_rotary_attention(model: nn.Module) -> int:
-    """Switch every ``GPTNeoXAttention`` of ``model`` to the fused-rotary forward, in place.
+def _layer_forward(self: nn.Module, hidden_states: Tensor, **kwargs) -> Tensor:
+    """transformers' ``GPTNeoXLayer.forward`` (parallel residual, eval) with :func:`add3`."""
+    attn_output, _ = self.attention(self.input_layernorm(hidden_states), **kwargs)
+    attn_output = self.post_attention_dropout(attn_output)
+    mlp_output = self.post_mlp_dropout(self.mlp(self.post_attention_layernorm(hidden_states)))
+    return add3(mlp_output, attn_output, hidden_states)
+
+
+def _patch_layer(layer: nn.Module) -> None:
+    original = layer.forward
+
+    def forward(self, hidden_states, *args, **kwargs):
+        if args or self.training or not self.use_parallel_residual or not hidden_states.is_cuda:
+            return original(hidden_states, *args, **kwargs)
+        return _layer_forward(self, hidden_states, **kwargs)
+
+    layer.forward = types.MethodType(forward, layer)
+
+
+def install_gpt_neox_forward(model: nn.Module) -> int:
+    """Switch every ``GPTNeoXAttention`` of ``model`` to the fused-rotary forward and every
+    parallel-residual ``GPTNeoXLayer`` to :func:`add3`, in place.
 
     Returns
     -------
     int
-        Number of attention modules switched (already switched ones are not counted).
+        Number of modules switched (already switched ones are not counted).
     """
     n = 0
     for module in model.modules():
-        if type(module).__name__ != "GPTNeoXAttention" or getattr(module, "_reprflow_fastpath", False):
+        if getattr(module, "_reprflow_fastpath", False):
+            continue
+        if type(module).__name__ == "GPTNeoXLayer":
+            _patch_layer(module)
+            module._reprflow_fastpath = True
+            n += 1
+            continue
+        if type(module).__name__ != "GPTNeoXAttention":
             continue
         original = module.forward
 

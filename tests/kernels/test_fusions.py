@@ -103,7 +103,7 @@ def test_gpt_neox_states_equal_transformers_on_gpu():
     mask = torch.ones_like(ids)
     before = forward_states(model, ids, mask, token_rows=[0, 2])
     report = prepare_model(model)
-    assert "rotary" in report and report["patched_modules"] == 3
+    assert "rotary" in report and report["patched_modules"] == 6  # 3 attention modules + 3 layers
     after = forward_states(model, ids, mask, token_rows=[0, 2])
     assert torch.equal(before.last, after.last) and torch.equal(before.tokens, after.tokens)
 
@@ -216,7 +216,7 @@ def test_out_proj_add_on_gpu_against_float64(bias):
 
 def test_gpt_neox_fused_forward_is_transformers_forward_on_cpu():
     """The patched forward's own code (rotary through the reference off CUDA) against transformers'."""
-    from reprflow.kernels import gpt_neox_attention
+    from reprflow.kernels import gpt_neox
 
     cfg = GPTNeoXConfig(
         vocab_size=97,
@@ -231,12 +231,32 @@ def test_gpt_neox_fused_forward_is_transformers_forward_on_cpu():
     model = GPTNeoXForCausalLM._from_config(cfg, attn_implementation="sdpa").eval()
     captured = {}
     attn = model.gpt_neox.layers[0].attention
-    attn.register_forward_hook(lambda m, args, kwargs, out: captured.update(args=args, kwargs=kwargs, out=out), with_kwargs=True)
+    attn.register_forward_hook(
+        lambda m, args, kwargs, out: captured.update(args=args, kwargs=kwargs, out=out), with_kwargs=True
+    )
     with torch.no_grad():
         model(torch.randint(0, 97, (2, 9), generator=torch.Generator().manual_seed(2)))
         kwargs = dict(captured["kwargs"])
         hidden = captured["args"][0] if captured["args"] else kwargs.pop("hidden_states")
         mask = kwargs.pop("attention_mask", None)
         kwargs.pop("layer_past", None)
-        got, _ = gpt_neox_attention._forward(attn, hidden, mask, **kwargs)
+        got, _ = gpt_neox._forward(attn, hidden, mask, **kwargs)
     assert torch.equal(got, captured["out"][0])
+
+
+def test_add3_off_cuda_is_torch_order(torch_gen):
+    from reprflow.kernels.gpt_neox import add3
+
+    a, b, c = (torch.randn(4, 7, generator=torch_gen).bfloat16() for _ in range(3))
+    assert torch.equal(add3(a, b, c), a + b + c)
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_add3_equals_torch_on_gpu(dtype):
+    from reprflow.kernels.gpt_neox import add3
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    a, b, c = (torch.randn(3, 1001, 257, device="cuda", generator=g).to(dtype) for _ in range(3))
+    assert torch.equal(add3(a, b, c), a + b + c)
