@@ -34,6 +34,7 @@ are chosen, and how to force one (``REPRFLOW_KERNEL_<OP>``), is in docs/kernels.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import torch
@@ -84,7 +85,7 @@ def _prepare_gpt_neo(model: nn.Module, report: dict[str, Any], forced: dict[str,
         report["attention"] = "sdpa (reprflow: flash global, masked local)" if n or _already(model) else impl
     else:
         report["attention"] = impl
-    n_act = _fuse_gelu_new(model)
+    n_act = _fuse_gelu_new(model, fuse_gemm=report["fusions"] == "on")
     if any(getattr(m, "_reprflow_fused_mlp", False) for m in model.modules()):
         report["mlp_activation"] = "c_fc + gelu_new in one cuBLASLt GEMM (bias + tanh GELU epilogue)"
     elif n_act or _already(model):
@@ -92,7 +93,7 @@ def _prepare_gpt_neo(model: nn.Module, report: dict[str, Any], forced: dict[str,
     report["patched_modules"] = n + n_act
 
 
-def _fuse_gelu_new(model: nn.Module) -> int:
+def _fuse_gelu_new(model: nn.Module, *, fuse_gemm: bool = True) -> int:
     """Swap HF's ``NewGELUActivation`` (about eight elementwise kernels) for the same
     tanh-approximated GELU in one kernel: ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``;
     on CUDA, also run each MLP's ``c_fc`` and that GELU as one GEMM."""
@@ -104,7 +105,7 @@ def _fuse_gelu_new(model: nn.Module) -> int:
                 act._reprflow_fastpath = True
                 setattr(module, name, act)
                 n += 1
-    if next(model.parameters()).is_cuda:  # and c_fc + GELU as one GEMM (reprflow/kernels/gelu_mlp.py)
+    if fuse_gemm and next(model.parameters()).is_cuda:  # c_fc + GELU as one GEMM (kernels/gelu_mlp.py)
         from reprflow.kernels.gelu_mlp import install_fused_gelu_mlp
 
         n += install_fused_gelu_mlp(model)
@@ -126,7 +127,7 @@ def _prepare_gpt_neox(model: nn.Module, report: dict[str, Any], forced: dict[str
         model.set_attn_implementation("sdpa")
         impl = model.config._attn_implementation
     report["attention"] = impl
-    if next(model.parameters()).is_cuda:
+    if report["fusions"] == "on" and next(model.parameters()).is_cuda:
         from reprflow.kernels import triton_available
         from reprflow.kernels.gpt_neox import install_gpt_neox_forward
 
@@ -168,8 +169,11 @@ def _fuse_rms_norm(model: nn.Module, report: dict[str, Any], *, on_gpu: bool) ->
 
     if not (on_gpu and triton_available()):
         return 0
-    n = install_rms_norm(model)
+    fuse = report["fusions"] == "on"
+    n = install_rms_norm(model, fuse_residual=fuse)
     report["norm"] = "reprflow triton rms_norm (HF rounding order)"
+    if fuse:
+        report["residual"] = "out_proj + float32 residual in one GEMM (addmm, out_dtype=float32)"
     return n
 
 
@@ -207,6 +211,18 @@ def _prepare_mamba2(model: nn.Module, report: dict[str, Any], *, device: torch.d
     )
 
 
+def _fusions_wanted(fuse: bool | None) -> bool:
+    """``fuse`` if given, else ``REPRFLOW_FUSE`` (on unless 0/off/false/no)."""
+    if fuse is not None:
+        return bool(fuse)
+    value = os.environ.get("REPRFLOW_FUSE", "1").strip().lower()
+    if value in ("1", "on", "true", "yes", ""):
+        return True
+    if value in ("0", "off", "false", "no"):
+        return False
+    raise ConfigError(f"REPRFLOW_FUSE={value!r}: use 1/on or 0/off")
+
+
 def _forced_kernels(kernels: dict[str, str] | None, scan: str) -> dict[str, str]:
     """Merge ``prepare_model``'s ``kernels`` and legacy ``scan`` arguments; validate op names."""
     from reprflow.kernels.ops import OP_NAMES
@@ -222,7 +238,9 @@ def _forced_kernels(kernels: dict[str, str] | None, scan: str) -> dict[str, str]
     return forced
 
 
-def prepare_model(model: nn.Module, *, scan: str = "auto", kernels: dict[str, str] | None = None) -> dict[str, Any]:
+def prepare_model(
+    model: nn.Module, *, scan: str = "auto", kernels: dict[str, str] | None = None, fuse: bool | None = None
+) -> dict[str, Any]:
     """Switch ``model`` to its fast forward path in place and report what was chosen.
 
     Parameters
@@ -240,6 +258,13 @@ def prepare_model(model: nn.Module, *, scan: str = "auto", kernels: dict[str, st
         matches the float64 reference, measured at first use per shape class; on CPU
         the torch path, without measuring (transformers' own path for Mamba/Mamba-2,
         the same arithmetic, unless a kernel is forced).
+    fuse : bool, optional
+        Fuse elementwise steps into their neighbours on CUDA (default; ``REPRFLOW_FUSE=0``
+        in the environment turns it off): GPT-NeoX's rotary embedding and parallel
+        residual (same values), GPT-Neo's ``c_fc`` + GELU and the Mamba blocks' ``out_proj``
+        + float32 residual (one GEMM each, rounded once instead of twice, so closer to
+        float64 than transformers' order; docs/kernels.md). ``False`` keeps transformers'
+        rounding order everywhere.
 
     Returns
     -------
@@ -286,6 +311,7 @@ def prepare_model(model: nn.Module, *, scan: str = "auto", kernels: dict[str, st
     }
     config.use_cache = False
     report["use_cache"] = False
+    report["fusions"] = "on" if _fusions_wanted(fuse) else "off"
     if family == "gpt_neo":
         _prepare_gpt_neo(model, report, forced)
     elif family == "gpt_neox":

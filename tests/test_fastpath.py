@@ -126,3 +126,13 @@ def test_attention_can_be_forced_to_eager(monkeypatch):
 def test_unknown_scan_is_a_config_error():
     with pytest.raises(ConfigError, match="scan"):
         prepare_model(_mamba(), scan="cuda")
+
+
+def test_fusions_switch_reads_the_environment(monkeypatch):
+    assert prepare_model(_neo())["fusions"] == "on"
+    monkeypatch.setenv("REPRFLOW_FUSE", "0")
+    assert prepare_model(_neo())["fusions"] == "off"
+    assert prepare_model(_neo(), fuse=True)["fusions"] == "on"
+    monkeypatch.setenv("REPRFLOW_FUSE", "maybe")
+    with pytest.raises(ConfigError, match="REPRFLOW_FUSE"):
+        prepare_model(_neo())

@@ -121,7 +121,7 @@ def _block_forward(self: nn.Module, hidden_states: Tensor, attention_mask: Tenso
     normed = rms_norm(hidden_states, norm.weight, eps=norm.variance_epsilon, input_dtype=norm.weight.dtype)
     residual = hidden_states.to(torch.float32) if self.residual_in_fp32 else hidden_states
     fast = getattr(self.mixer, "_reprflow_fast", None)
-    if fast is not None:
+    if fast is not None and getattr(self, "_reprflow_fuse_residual", False):
         return fast(normed, attention_mask, residual=residual)
     return residual + self.mixer(normed, cache_params=None, attention_mask=attention_mask)
 
@@ -130,12 +130,13 @@ def _forward(self: nn.Module, hidden_states: Tensor) -> Tensor:
     return rms_norm(hidden_states, self.weight, eps=self.variance_epsilon)
 
 
-def install_rms_norm(model: nn.Module) -> int:
+def install_rms_norm(model: nn.Module, *, fuse_residual: bool = True) -> int:
     """Switch every ``MambaRMSNorm``/``Mamba2RMSNorm`` of ``model`` to :func:`rms_norm`, in place.
 
     ``MambaBlock``/``Mamba2Block`` forwards also fuse their ``x.to(weight.dtype)`` into
-    the norm (one pass over the float32 residual instead of two). The gated
-    ``MambaRMSNormGated`` of Mamba-2 mixers is not touched.
+    the norm (one pass over the float32 residual instead of two) and, with
+    ``fuse_residual`` and a reprflow mixer, the residual add into the mixer's ``out_proj``
+    GEMM. The gated ``MambaRMSNormGated`` of Mamba-2 mixers is not touched.
 
     Returns
     -------
@@ -155,6 +156,7 @@ def install_rms_norm(model: nn.Module) -> int:
             m._reprflow_fastpath = True
         elif type(m).__name__ in blocks and type(getattr(m, "norm", None)).__name__ in names:
             patch_forward(m, _block_forward)  # a cache or training mode keeps HF's forward
+            m._reprflow_fuse_residual = fuse_residual
         else:
             continue
         n += 1
