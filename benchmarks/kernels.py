@@ -11,7 +11,9 @@ their known hyperparameters, no hub; bf16; random token ids, no padding) four ro
   eager) and every compiled kernel it finds installed, batch ``--batch-size``;
 * **reprflow (no compiled)**: :func:`reprflow.fastpath.prepare_model` with the compiled
   packages hidden (reprflow's Triton kernels and ``mamba_ssm``'s Triton SSD remain);
-* **reprflow**: ``prepare_model`` with everything installed; the kernel chooser picks.
+* **reprflow**: ``prepare_model`` with everything installed; the kernel chooser picks;
+* **reprflow, fusions off**: the same with ``prepare_model(fuse=False)`` (transformers'
+  rounding order; what the fusions of docs/kernels.md are worth, in the same run).
 
 "Hidden" rows run in a subprocess whose import system refuses ``selective_scan_cuda``,
 ``causal_conv1d`` and ``causal_conv1d_cuda`` (``mamba_ssm`` then loads as a bare package
@@ -219,6 +221,16 @@ def bench_family(family: str, args, *, hidden: bool, peak: float) -> list[dict]:
     del model
     if args.device == "cuda":
         torch.cuda.empty_cache()
+    if not hidden:  # the same, without the fusions (transformers' rounding order): what they are worth
+        model = build_model(config, dtype=_dtype(args.device), seed=0, device=args.device)
+        report = prepare_model(model, fuse=False)
+        rate = _time_batches(
+            _reprflow_forward(model), ids, batch=args.batch_size, n_batches=args.batches, device=args.device
+        )
+        row("reprflow, fusions off", _chosen(report), args.batch_size, rate)
+        del model
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
     return rows
 
 
@@ -300,7 +312,7 @@ def worker(args) -> int:
 
 def table(results: dict[str, dict], args) -> str:
     peak = results["visible"]["peak_tflops"]
-    order = ["hf naive", "hf best", "reprflow (no compiled)", "reprflow"]
+    order = ["hf naive", "hf best", "reprflow (no compiled)", "reprflow, fusions off", "reprflow"]
     rows = sorted(
         results["hidden"]["rows"] + results["visible"]["rows"],
         key=lambda r: (args.families.index(r["family"]), order.index(r["path"])),
