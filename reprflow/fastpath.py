@@ -72,17 +72,31 @@ def _attention_choice(forced: dict[str, str]) -> str:
 
 
 def _prepare_gpt_neo(model: nn.Module, report: dict[str, Any], forced: dict[str, str]) -> None:
+    from reprflow.kernels import triton_available
     from reprflow.kernels.gpt_neo_attention import install_sdpa_attention
 
     impl = getattr(model.config, "_attn_implementation", None) or "eager"
     n = 0
     want = _attention_choice(forced)
     report["why"] = "forced" if forced_name("attention", forced.get("attention")) else _ATTENTION_WHY
+    # local layers: reprflow's Triton sliding-window kernel (CUDA) or SDPA with HF's dense band mask
+    local = forced_name("local_attention", forced.get("local_attention"))
+    triton_ok = next(model.parameters()).is_cuda and triton_available()
+    if local not in (None, "triton", "sdpa") or (local == "triton" and not triton_ok):
+        raise ConfigError(
+            f"{env_var('local_attention')} (or execution.kernels.local_attention) = {local!r}: choose 'triton' "
+            "(needs a CUDA model and Triton), 'sdpa' or 'auto'"
+        )
+    local = local or ("triton" if triton_ok else "sdpa")
     if want == "eager":
         report["attention"] = impl
     elif impl == "eager":
-        n = install_sdpa_attention(model)
+        n = install_sdpa_attention(model, local_kernel=local)
         report["attention"] = "sdpa (reprflow: flash global, masked local)" if n or _already(model) else impl
+        if n or _already(model):
+            report["local_attention"] = (
+                "triton sliding window (reprflow)" if local == "triton" else "sdpa (dense band mask)"
+            )
     else:
         report["attention"] = impl
     n_act = _fuse_gelu_new(model, fuse_gemm=report["fusions"] == "on")
@@ -228,7 +242,7 @@ def _forced_kernels(kernels: dict[str, str] | None, scan: str) -> dict[str, str]
     from reprflow.kernels.ops import OP_NAMES
 
     forced = dict(kernels or {})
-    ops = (*OP_NAMES, "attention")
+    ops = (*OP_NAMES, "attention", "local_attention")
     for op in forced:
         if op not in ops:
             raise ConfigError(f"execution.kernels.{op}: unknown op; known ops are {list(ops)}")
@@ -252,7 +266,8 @@ def prepare_model(
         Mamba-2 mixers as transformers built them.
     kernels : dict, optional
         ``{op: name | "auto"}`` forcing the kernel of an op (``mamba_scan``,
-        ``causal_conv``, ``mamba2_ssd``, ``attention``; names in docs/kernels.md).
+        ``causal_conv``, ``mamba2_ssd``, ``attention``, ``local_attention``; names in
+        docs/kernels.md).
         Unset ops read ``REPRFLOW_KERNEL_<OP>`` from the environment, else choose
         themselves (:mod:`reprflow.kernels.select`): on CUDA the fastest candidate that
         matches the float64 reference, measured at first use per shape class; on CPU

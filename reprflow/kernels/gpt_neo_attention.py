@@ -9,13 +9,18 @@ the same numerics:
   ``softmax_scale=1.0``), so SDPA is called with ``scale=1.0``;
 - **global** layers: plain causal attention (``is_causal=True``, a flash kernel on GPU);
 - **local** layers: causal attention restricted to the last ``window_size`` keys
-  (the query itself included), HF's ``bias ^ tril(bias, -window_size)`` mask, passed to
-  SDPA as a boolean mask (HF's own ``bias`` buffer, so nothing is allocated). Beyond the
-  buffer's ``max_position_embeddings`` (never, for GPT-Neo) :func:`local_causal_attention`
-  computes it block-wise: blocks of ``window_size`` queries each attend to their own
-  block and the one before under a fixed band mask, so the cost is linear in
-  ``n_tokens``. On an H100 at T=2048 the dense-mask call took 1.04 ms per layer against
-  1.36 ms for the block-wise one (benchmarks/results/extract.md).
+  (the query itself included; HF's ``bias ^ tril(bias, -window_size)`` mask). On CUDA,
+  without gradients, through reprflow's Triton sliding-window flash kernel
+  (:func:`reprflow.kernels.local_attention.sliding_window_attention`), which visits only
+  the key blocks inside the window and writes its output in the memory layout that
+  ``_merge_heads`` wants. Otherwise (CPU, no Triton, training, or
+  ``install_sdpa_attention(model, local_kernel="sdpa")``) SDPA with HF's own ``bias``
+  buffer as a boolean mask (nothing allocated, but all ``n_tokens**2`` scores computed).
+  Beyond the buffer's ``max_position_embeddings`` (never, for GPT-Neo)
+  :func:`local_causal_attention` computes it block-wise: blocks of ``window_size`` queries
+  each attend to their own block and the one before under a fixed band mask, so the cost
+  is linear in ``n_tokens``. On an H100 at T=2048 the dense-mask call took 1.04 ms per
+  layer against 1.36 ms for the block-wise one (benchmarks/results/extract.md).
 
 Padding. A right-padded batch needs no padding mask: a real token never attends to a
 later position, so its output is exact without it (only the outputs at padded positions,
@@ -33,9 +38,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from reprflow.kernels.local_attention import sliding_window_attention, sliding_window_supported
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["install_sdpa_attention", "local_causal_attention", "is_right_padded"]
+
+LOCAL_KERNELS = ("triton", "sdpa")
 
 
 def is_right_padded(attention_mask: Tensor | None) -> bool:
@@ -129,7 +138,15 @@ def _sdpa_forward(
         dropout = self.attn_dropout.p if self.training else 0.0
         ignore_mask = attention_mask is None or self._reprflow_padding.ignore_padding_mask
         if ignore_mask:
-            if self.attention_type == "local" and n_k <= self.bias.shape[-1]:
+            if (
+                self.attention_type == "local"
+                and self._reprflow_local_kernel == "triton"
+                and dropout == 0.0
+                and not (torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad))
+                and sliding_window_supported(query, key, value)  # CUDA, Triton, dtype, head_dim
+            ):  # n_q == n_k here (a cache took the eager branch)
+                attn_output = sliding_window_attention(query, key, value, window=self._reprflow_window, scale=1.0)
+            elif self.attention_type == "local" and n_k <= self.bias.shape[-1]:
                 # HF's own band mask buffer: one memory-efficient SDPA call (measured faster than
                 # the block-banded form up to GPT-Neo's 2048 positions)
                 attn_output = F.scaled_dot_product_attention(
@@ -156,12 +173,17 @@ def _sdpa_forward(
     return attn_output, attn_weights
 
 
-def install_sdpa_attention(model: nn.Module) -> int:
+def install_sdpa_attention(model: nn.Module, *, local_kernel: str = "triton") -> int:
     """Replace the forward of every eager ``GPTNeoSelfAttention`` of ``model`` in place.
 
     Parameters
     ----------
     model : GPTNeoForCausalLM or GPTNeoModel
+    local_kernel : {"triton", "sdpa"}
+        Local layers: ``"triton"`` runs the sliding-window kernel where it applies (CUDA,
+        Triton installed, no gradient needed, no dropout) and the dense-mask SDPA call
+        elsewhere; ``"sdpa"`` always the dense-mask SDPA call. Set on every switched
+        module, also those switched by an earlier call.
 
     Returns
     -------
@@ -177,15 +199,20 @@ def install_sdpa_attention(model: nn.Module) -> int:
     """
     from transformers.models.gpt_neo.modeling_gpt_neo import GPTNeoModel, GPTNeoSelfAttention
 
+    if local_kernel not in LOCAL_KERNELS:
+        raise ValueError(f"install_sdpa_attention: local_kernel must be one of {LOCAL_KERNELS}, got {local_kernel!r}")
     state = _PaddingState()
     n = 0
     for module in model.modules():
-        if type(module) is GPTNeoSelfAttention and not getattr(module, "_reprflow_fastpath", False):
+        if type(module) is not GPTNeoSelfAttention:
+            continue
+        if not getattr(module, "_reprflow_fastpath", False):
             module._reprflow_padding = state
             module._reprflow_window = int(module.config.window_size)
             module.forward = types.MethodType(_sdpa_forward, module)
             module._reprflow_fastpath = True
             n += 1
+        module._reprflow_local_kernel = local_kernel
     if n:
         for module in model.modules():
             if isinstance(module, GPTNeoModel):
