@@ -174,5 +174,6 @@ def rotary_qk(qkv: Tensor, cos: Tensor, sin: Tensor, *, num_heads: int, head_dim
         BLOCK_H=block_h,
         BLOCK_D=block_d,
         num_warps=max(1, min(8, block_h * block_d // 512)),
+        enable_fp_fusion=False,  # no mul + add -> FMA contraction: torch rounds each product
     )
     return q, k
