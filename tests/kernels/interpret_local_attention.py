@@ -1,6 +1,6 @@
 """Run the sliding-window attention kernel in Triton's CPU interpreter against float64 (a script).
 
-Started by ``test_local_attention_interpret.py`` in a subprocess with ``TRITON_INTERPRET=1``
+Started by ``test_interpreted.py`` in a subprocess with ``TRITON_INTERPRET=1``
 set before Triton is imported. Small shapes only (the interpreter is slow): n_tokens not a
 multiple of the blocks, windows shorter and longer than a block, padded head dims (80),
 strided (batch, n_tokens, heads, head_dim) inputs, and block configurations where the far
@@ -18,17 +18,12 @@ import numpy as np
 import torch
 import triton
 import triton.language as tl
+from interpret_common import CANNOT_CHECK, interpreter_unusable
 
 from reprflow.kernels.local_attention import sliding_window_attention, sliding_window_attention_reference
 
 # relative Frobenius error bounds against float64 of the same rounded inputs
 TOL = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 2e-2}
-
-
-@triton.jit
-def _probe(x_ptr, n):
-    for i in tl.range(0, n):
-        tl.store(x_ptr + i, i)
 
 
 @triton.jit
@@ -76,14 +71,10 @@ def _case(batch, heads, n_tokens, head_dim, window, dtype, config, scale, seed) 
 
 
 def main() -> int:
-    x = torch.zeros(3, dtype=torch.int32)
-    try:
-        _probe[(1,)](x, 3)
-    except Exception as exc:  # noqa: BLE001 - the known interpreter incompatibility
-        if "0-dimensional" in str(exc) or "length-1" in str(exc):
-            print(f"interpreter unusable: triton {triton.__version__}, numpy {np.__version__}: {exc}")
-            return 77
-        raise
+    reason = interpreter_unusable()
+    if reason:
+        print(reason)
+        return CANNOT_CHECK
     if _fix_bf16_dot():
         print("interpreter: bfloat16 tl.dot operands widened to float32 (its own dot multiplies their bits)")
     small = {"BLOCK_M": 32, "BLOCK_N": 16, "num_warps": 4, "num_stages": 1}

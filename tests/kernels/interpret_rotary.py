@@ -1,6 +1,6 @@
 """Run the fused rotary kernel in Triton's CPU interpreter against transformers (a script).
 
-Started by ``test_fused_epilogues.py`` in a subprocess with ``TRITON_INTERPRET=1``. float32:
+Started by ``test_interpreted.py`` in a subprocess with ``TRITON_INTERPRET=1``. float32:
 equal to transformers' ``apply_rotary_pos_emb``; bfloat16: within a few bf16 steps, because
 the interpreter truncates float32 -> bfloat16 where the GPU rounds to nearest even (the GPU
 test asserts equality). Exit status 0 and "ok" on success.

@@ -1,6 +1,6 @@
 """Run the Triton scan kernel in Triton's CPU interpreter against float64 (a script, not a test module).
 
-Started by ``test_selective_scan_interpret.py`` in a subprocess with ``TRITON_INTERPRET=1``
+Started by ``test_interpreted.py`` in a subprocess with ``TRITON_INTERPRET=1``
 set before Triton is imported (the interpreter is chosen when ``@triton.jit`` runs). Exit
 status 0: all checks passed; 77: this Triton's interpreter cannot run a loop with a
 run-time bound under this numpy (Triton 3.6 with numpy >= 2.4: ``int()`` of a 1-element
@@ -11,18 +11,12 @@ import itertools
 import math
 import sys
 
-import numpy as np
 import torch
 import triton
 import triton.language as tl
+from interpret_common import CANNOT_CHECK, interpreter_unusable
 
 from reprflow.kernels.selective_scan import _silu, _softplus, selective_scan_reference, selective_scan_triton
-
-
-@triton.jit
-def _probe(x_ptr, n):
-    for i in tl.range(0, n):
-        tl.store(x_ptr + i, i)
 
 
 @triton.jit
@@ -108,14 +102,10 @@ def check_scans() -> None:
 
 
 def main() -> int:
-    x = torch.zeros(3, dtype=torch.int32)
-    try:
-        _probe[(1,)](x, 3)
-    except Exception as exc:  # noqa: BLE001 - the known interpreter incompatibility
-        if "0-dimensional" in str(exc) or "length-1" in str(exc):
-            print(f"interpreter unusable: triton {triton.__version__}, numpy {np.__version__}: {exc}")
-            return 77
-        raise
+    reason = interpreter_unusable()
+    if reason:
+        print(reason)
+        return CANNOT_CHECK
     check_helpers()
     check_scans()
     print("ok")
