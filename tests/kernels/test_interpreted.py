@@ -27,9 +27,7 @@ ROOT = HERE.parents[1]
 def test_kernel_in_the_triton_interpreter(script):
     path = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
     env = {**os.environ, "PYTHONPATH": path, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run(
-        [sys.executable, str(HERE / script)], env=env, capture_output=True, text=True, timeout=300
-    )
+    proc = subprocess.run([sys.executable, str(HERE / script)], env=env, capture_output=True, text=True, timeout=300)
     if proc.returncode == 77:
         pytest.skip(proc.stdout.strip())
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
