@@ -26,6 +26,12 @@ from torch import Tensor
 
 __all__ = ["rotary_qk", "rotary_qk_reference"]
 
+#: No mul + add -> FMA contraction: torch rounds each product before the sum. With it, Triton
+#: emits ``fma.rn.f32`` (float32) and ``fma.rn.bf16`` (bf16: the product is narrowed and fused),
+#: one rounding step away from transformers in some elements (H200, 2026-12-04); without it
+#: ``mul.rn`` + ``add.rn`` (tests/kernels/test_fusions.py reads the PTX).
+_ROTARY_LAUNCH = {"enable_fp_fusion": False}
+
 try:
     import triton
     import triton.language as tl
@@ -174,6 +180,6 @@ def rotary_qk(qkv: Tensor, cos: Tensor, sin: Tensor, *, num_heads: int, head_dim
         BLOCK_H=block_h,
         BLOCK_D=block_d,
         num_warps=max(1, min(8, block_h * block_d // 512)),
-        enable_fp_fusion=False,  # no mul + add -> FMA contraction: torch rounds each product
+        **_ROTARY_LAUNCH,
     )
     return q, k

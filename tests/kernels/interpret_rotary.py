@@ -11,7 +11,7 @@ import sys
 import torch
 import triton
 
-from reprflow.kernels.rotary import _rotary_qk_kernel, rotary_qk_reference
+from reprflow.kernels.rotary import _ROTARY_LAUNCH, _rotary_qk_kernel, rotary_qk_reference
 
 
 def _case(batch, n_tokens, heads, head_dim, rot, dtype, cos_batch) -> None:
@@ -28,7 +28,7 @@ def _case(batch, n_tokens, heads, head_dim, rot, dtype, cos_batch) -> None:
         0 if cos_batch == 1 else cos.stride(0), cos.stride(1),
         HEADS=heads, HEAD_DIM=head_dim, ROT=rot,
         BLOCK_H=triton.next_power_of_2(heads), BLOCK_D=triton.next_power_of_2(head_dim),
-        enable_fp_fusion=False,
+        **_ROTARY_LAUNCH,
     )  # fmt: skip
     want_q, want_k = rotary_qk_reference(qkv, cos, sin, num_heads=heads, head_dim=head_dim)
     for got, want, name in ((q, want_q, "q"), (k, want_k, "k")):

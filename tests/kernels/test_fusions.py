@@ -1,6 +1,8 @@
 """The fused steps of the fast paths: GPT-NeoX's rotary embedding, GPT-Neo's c_fc + GELU,
 the Mamba blocks' out_proj + residual. Each against transformers' own code or float64."""
 
+import importlib.util
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -233,3 +235,24 @@ def test_add3_equals_torch_on_gpu(dtype):
     g = torch.Generator(device="cuda").manual_seed(0)
     a, b, c = (torch.randn(3, 1001, 257, device="cuda", generator=g).to(dtype) for _ in range(3))
     assert torch.equal(add3(a, b, c), a + b + c)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs Triton (compiles for sm_90 on the CPU)")
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_rotary_kernel_compiles_without_fma(dtype):
+    """torch rounds each product before the sum; an FMA would not (the H200 run of 2026-12-04 found
+    `fma.rn.f32` and `fma.rn.bf16` one rounding step away from transformers). Read from the PTX."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from reprflow.kernels.rotary import _ROTARY_LAUNCH, _rotary_qk_kernel as kernel
+
+    sig = {n: "i32" for n in kernel.arg_names}
+    sig.update({n: f"*{dtype}" for n in ("qkv_ptr", "cos_ptr", "sin_ptr", "q_ptr", "k_ptr")})
+    consts = {"HEADS": 32, "HEAD_DIM": 80, "ROT": 20, "BLOCK_H": 32, "BLOCK_D": 128}
+    sig.update({n: "constexpr" for n in consts})
+    src = ASTSource(fn=kernel, signature=sig, constexprs={(kernel.arg_names.index(n),): v for n, v in consts.items()})
+    ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 8, **_ROTARY_LAUNCH}).asm["ptx"]
+    assert "fma." not in ptx
+    assert "mul.rn." in ptx
