@@ -285,9 +285,11 @@ def prepare_model(
     -------
     dict
         JSON-serialisable: ``family`` (``config.model_type``), ``attention``, ``scan``,
-        ``conv``, ``why``, ``compute_dtype``, ``device``, ``use_cache`` and, where modules
-        were switched, ``patched_modules``; GPT-Neo adds ``mlp_activation``; Mamba/Mamba-2
-        on CUDA add ``norm``; Mamba-2 adds ``gated_norm`` and ``mamba_ssm_bare_import``.
+        ``conv``, ``why``, ``compute_dtype``, ``device``, ``use_cache``, ``fusions``
+        (``"on"``/``"off"``) and, where modules were switched, ``patched_modules``; GPT-Neo
+        adds ``mlp_activation`` and ``local_attention``; GPT-NeoX on CUDA ``rotary`` and
+        ``residual``; Mamba/Mamba-2 on CUDA add ``norm`` (and ``residual`` with fusions on);
+        Mamba-2 adds ``gated_norm`` and ``mamba_ssm_bare_import``.
         Patched Mamba/Mamba-2 models add ``kernels``, a dict the ops fill at their first
         call: ``kernels[op]["<dtype> <shape class>"] = {kernel, origin, reason,
         check_rel_err, ms}``; the caller records the dict after the run (store attrs).
