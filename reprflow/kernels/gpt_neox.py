@@ -8,6 +8,14 @@
 * **Parallel residual**: ``mlp_output + attn_output + hidden_states`` (two kernels, the first
   sum rounded to the model dtype) in one Triton pass with the same two roundings
   (:func:`add3`).
+* **The two LayerNorms of the parallel residual** (``input_layernorm(h)``,
+  ``post_attention_layernorm(h)``: the same ``h``) in one pass
+  (:func:`reprflow.kernels.layer_norm.layer_norm_pair`; up to one rounding step of the model
+  dtype from torch's, so only with ``norm_pair=True``, which ``prepare_model`` sets when
+  fusions are on).
+* **The MLP's exact GELU** in place on the first GEMM's output
+  (:func:`reprflow.kernels.gelu_mlp.gelu_erf_`: ``F.gelu``'s values, one read and one write
+  instead of a new tensor).
 
 Calls with a cache, in training mode or off CUDA run transformers' forward.
 """
@@ -19,6 +27,8 @@ import types
 import torch
 from torch import Tensor, nn
 
+from reprflow.kernels.gelu_mlp import gelu_erf_, is_erf_gelu
+from reprflow.kernels.layer_norm import layer_norm_pair
 from reprflow.kernels.rotary import rotary_qk
 
 __all__ = ["install_gpt_neox_forward", "add3"]
@@ -86,16 +96,33 @@ def _forward(self: nn.Module, hidden_states: Tensor, attention_mask: Tensor | No
     return self.dense(attn_output), attn_weights
 
 
+def _norms(self: nn.Module, hidden_states: Tensor) -> tuple[Tensor, Tensor]:
+    """``(input_layernorm(h), post_attention_layernorm(h))``, in one pass when the layer allows."""
+    ln1, ln2 = self.input_layernorm, self.post_attention_layernorm
+    if self._reprflow_norm_pair and ln1.eps == ln2.eps and ln1.weight is not None and ln2.weight is not None:
+        return layer_norm_pair(hidden_states, ln1.weight, ln1.bias, ln2.weight, ln2.bias, eps=ln1.eps)
+    return ln1(hidden_states), ln2(hidden_states)
+
+
+def _mlp(mlp: nn.Module, x: Tensor) -> Tensor:
+    """transformers' ``GPTNeoXMLP.forward``, its exact GELU in place (:func:`gelu_erf_`)."""
+    if torch.is_grad_enabled() or not is_erf_gelu(mlp.act):
+        return mlp(x)
+    return mlp.dense_4h_to_h(gelu_erf_(mlp.dense_h_to_4h(x)))
+
+
 def _layer_forward(self: nn.Module, hidden_states: Tensor, **kwargs) -> Tensor:
     """transformers' ``GPTNeoXLayer.forward`` (parallel residual, eval) with :func:`add3`."""
-    attn_output, _ = self.attention(self.input_layernorm(hidden_states), **kwargs)
+    attn_in, mlp_in = _norms(self, hidden_states)
+    attn_output, _ = self.attention(attn_in, **kwargs)
     attn_output = self.post_attention_dropout(attn_output)
-    mlp_output = self.post_mlp_dropout(self.mlp(self.post_attention_layernorm(hidden_states)))
+    mlp_output = self.post_mlp_dropout(_mlp(self.mlp, mlp_in))
     return add3(mlp_output, attn_output, hidden_states)
 
 
-def _patch_layer(layer: nn.Module) -> None:
+def _patch_layer(layer: nn.Module, *, norm_pair: bool) -> None:
     original = layer.forward
+    layer._reprflow_norm_pair = norm_pair
 
     def forward(self, hidden_states, *args, **kwargs):
         if args or self.training or not self.use_parallel_residual or not hidden_states.is_cuda:
@@ -105,9 +132,15 @@ def _patch_layer(layer: nn.Module) -> None:
     layer.forward = types.MethodType(forward, layer)
 
 
-def install_gpt_neox_forward(model: nn.Module) -> int:
+def install_gpt_neox_forward(model: nn.Module, *, norm_pair: bool = True) -> int:
     """Switch every ``GPTNeoXAttention`` of ``model`` to the fused-rotary forward and every
-    parallel-residual ``GPTNeoXLayer`` to :func:`add3`, in place.
+    parallel-residual ``GPTNeoXLayer`` to :func:`add3` and the in-place GELU, in place.
+
+    Parameters
+    ----------
+    model : nn.Module
+    norm_pair : bool
+        Also compute each layer's two LayerNorms in one pass (module docstring).
 
     Returns
     -------
@@ -119,7 +152,7 @@ def install_gpt_neox_forward(model: nn.Module) -> int:
         if getattr(module, "_reprflow_fastpath", False):
             continue
         if type(module).__name__ == "GPTNeoXLayer":
-            _patch_layer(module)
+            _patch_layer(module, norm_pair=norm_pair)
             module._reprflow_fastpath = True
             n += 1
             continue

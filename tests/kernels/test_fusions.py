@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from transformers import GPTNeoConfig, GPTNeoForCausalLM, GPTNeoXConfig, GPTNeoXForCausalLM
 
-from reprflow.kernels.gelu_mlp import install_fused_gelu_mlp, is_tanh_gelu, linear_gelu_tanh
+from reprflow.kernels.gelu_mlp import gelu_erf_, install_fused_gelu_mlp, is_erf_gelu, is_tanh_gelu, linear_gelu_tanh
+from reprflow.kernels.layer_norm import layer_norm_pair, layer_norm_pair_reference
 from reprflow.kernels.mamba_mixers import out_proj_add
 from reprflow.kernels.rotary import rotary_qk, rotary_qk_reference
 
@@ -79,18 +80,83 @@ def test_rotary_kernel_equals_transformers_on_gpu(dtype, shape):
 @pytest.mark.gpu
 @requires_cuda
 def test_gpt_neox_states_equal_transformers_on_gpu():
-    """prepare_model's GPT-NeoX (fused rotary) gives transformers' states, bit for bit (bf16)."""
+    """The equal-valued GPT-NeoX steps (rotary, in-place GELU, add3) give transformers' states,
+    bit for bit (bf16); with the LayerNorm pair too (prepare_model's default), within a few
+    bf16 roundings."""
     from reprflow.capture import forward_states
     from reprflow.fastpath import prepare_model
+    from reprflow.kernels.gpt_neox import install_gpt_neox_forward
 
     model = _neox(hidden_size=128, layers=3).to("cuda", torch.bfloat16)
     ids = torch.randint(0, 97, (3, 300), device="cuda")
     mask = torch.ones_like(ids)
     before = forward_states(model, ids, mask, token_rows=[0, 2])
+    assert install_gpt_neox_forward(model, norm_pair=False) == 6  # 3 attention modules + 3 layers
+    exact = forward_states(model, ids, mask, token_rows=[0, 2])
+    assert torch.equal(before.last, exact.last) and torch.equal(before.tokens, exact.tokens)
+
+    model = _neox(hidden_size=128, layers=3).to("cuda", torch.bfloat16)
     report = prepare_model(model)
-    assert "rotary" in report and report["patched_modules"] == 6  # 3 attention modules + 3 layers
+    assert "rotary" in report and "norms" in report and report["patched_modules"] == 6
     after = forward_states(model, ids, mask, token_rows=[0, 2])
-    assert torch.equal(before.last, after.last) and torch.equal(before.tokens, after.tokens)
+    for a, b in ((after.last, before.last), (after.tokens, before.tokens)):
+        assert float((a.double() - b.double()).norm() / b.double().norm()) < 1e-2
+
+
+def test_layer_norm_pair_off_cuda_is_torch(torch_gen):
+    x = torch.randn(3, 7, 16, generator=torch_gen).bfloat16()
+    w1, b1, w2, b2 = (torch.randn(16, generator=torch_gen).bfloat16() for _ in range(4))
+    got = layer_norm_pair(x, w1, b1, w2, b2, eps=1e-5)
+    want = layer_norm_pair_reference(x, w1, b1, w2, b2, eps=1e-5)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+    assert torch.equal(want[0], F.layer_norm(x, (16,), w1, b1, 1e-5))
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("bias", [True, False])
+def test_layer_norm_pair_on_gpu_is_torch_up_to_one_rounding(bias):
+    """Pythia-2.8B's width: at most one bf16 rounding step from F.layer_norm, in few elements,
+    and as close to float64 as torch's."""
+    g = torch.Generator(device="cuda").manual_seed(1)
+    x = (torch.randn(4096, 2560, device="cuda", generator=g) * 3 + 0.5).bfloat16()
+    w1, b1, w2, b2 = ((1 + 0.2 * torch.randn(2560, device="cuda", generator=g)).bfloat16() for _ in range(4))
+    if not bias:
+        b1 = b2 = None
+    got = layer_norm_pair(x, w1, b1, w2, b2, eps=1e-5)
+    want = layer_norm_pair_reference(x, w1, b1, w2, b2, eps=1e-5)
+    xd = x.double()
+    xn = (xd - xd.mean(-1, keepdim=True)) / torch.sqrt(xd.var(-1, unbiased=False, keepdim=True) + 1e-5)
+    for a, b, w, bb in zip(got, want, (w1, w2), (b1, b2)):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        assert float((a == b).float().mean()) > 0.999
+        step = torch.finfo(torch.bfloat16).eps * b.float().abs()  # one rounding step (2^-7 relative)
+        assert bool(((a.float() - b.float()).abs() <= step + 1e-30).all())
+        ref = xn * w.double() + (bb.double() if bb is not None else 0)
+        err = lambda t: float((t.double() - ref).norm() / ref.norm())  # noqa: E731
+        assert err(a) <= 1.01 * err(b)
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_gelu_erf_in_place_equals_torch_on_gpu(dtype):
+    g = torch.Generator(device="cuda").manual_seed(2)
+    y = (torch.randn(4099, 1031, device="cuda", generator=g) * 3).to(dtype)
+    want = F.gelu(y)
+    got = gelu_erf_(y)
+    assert got.data_ptr() == y.data_ptr()
+    assert torch.equal(got, want), f"max diff {(got.float() - want.float()).abs().max().item()}"
+
+
+def test_gelu_erf_off_cuda_and_is_erf_gelu():
+    from transformers.activations import ACT2FN
+
+    x = torch.randn(5, 7)
+    want = F.gelu(x)
+    assert torch.equal(gelu_erf_(x), want)
+    assert is_erf_gelu(ACT2FN["gelu"]) and is_erf_gelu(torch.nn.GELU())
+    assert not is_erf_gelu(ACT2FN["gelu_new"]) and not is_erf_gelu(torch.nn.GELU(approximate="tanh"))
 
 
 def test_is_tanh_gelu():
