@@ -1,12 +1,10 @@
-"""Pythia's memory-bound passes outside the matmuls: its two LayerNorms and its exact GELU.
+"""Pythia's two LayerNorms of the parallel residual: torch's two kernels against one pass.
 
-At Pythia-2.8B's shapes (rows = batch x tokens, hidden 2560, MLP 10240), bf16, one GPU:
+At Pythia-2.8B's shapes (rows = batch x tokens, hidden 2560), bf16, one GPU:
 
 * ``layer_norm``: the parallel residual's two LayerNorms of the same ``h`` as torch runs them
   (two ``F.layer_norm`` kernels) against :func:`reprflow.kernels.layer_norm.layer_norm_pair`
   (one read, two writes).
-* ``gelu``: ``F.gelu`` (a new tensor) against :func:`reprflow.kernels.gelu_mlp.gelu_erf_`
-  (in place), with and without FMA contraction.
 
 Each row: median ms of ``--repeats`` calls (CUDA events), the bytes it must move over the
 memory bandwidth measured at the start (a device-to-device copy), the share of elements equal
@@ -25,7 +23,6 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from reprflow.kernels import gelu_mlp
 from reprflow.kernels.layer_norm import layer_norm_pair
 
 
@@ -59,13 +56,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rows", type=int, default=32768, help="batch x tokens (default 16 x 2048)")
     p.add_argument("--hidden", type=int, default=2560)
-    p.add_argument("--mlp", type=int, default=10240)
     p.add_argument("--repeats", type=int, default=20)
     args = p.parse_args()
     bw = copy_bandwidth(args.repeats)
     print(f"{torch.cuda.get_device_name()} | torch {torch.__version__} | copy bandwidth {bw / 1e12:.2f} TB/s")
     g = torch.Generator(device="cuda").manual_seed(0)
-    n, h, f = args.rows, args.hidden, args.mlp
+    n, h = args.rows, args.hidden
     x = (torch.randn(n, h, device="cuda", generator=g) * 2 + 0.3).bfloat16()
     ws = [(1 + 0.1 * torch.randn(h, device="cuda", generator=g)).bfloat16() for _ in range(2)]
     bs = [(0.1 * torch.randn(h, device="cuda", generator=g)).bfloat16() for _ in range(2)]
@@ -94,39 +90,7 @@ def main() -> None:
         rows.append(("layer_norm x2", name, ms, nbytes / bw * 1e3, equal, err, ulp))
     del want_t
 
-    y0 = (torch.randn(n, f, device="cuda", generator=g) * 1.5).bfloat16()
-    want = F.gelu(y0)
-    want64 = F.gelu(y0[:2048].double())
-    buf = torch.empty_like(y0)
-    variants = [("torch F.gelu (new tensor)", lambda: F.gelu(y0), None)]
-    for fusion in (False, True):
-        variants.append((f"reprflow gelu_erf_ (in place, fp fusion {'on' if fusion else 'off'})", None, fusion))
-    for name, fn, fusion in variants:
-        if fn is None:
-            gelu_mlp._GELU_LAUNCH = {"enable_fp_fusion": fusion}
-
-            def fn():
-                buf.copy_(y0)  # timed apart below
-                return gelu_mlp.gelu_erf_(buf)
-
-            got = fn().clone()
-            ms = _time_ms(fn, args.repeats) - _time_ms(lambda: buf.copy_(y0), args.repeats)
-        else:
-            got = fn()
-            ms = _time_ms(fn, args.repeats)
-        rows.append(
-            (
-                "gelu (erf)",
-                name,
-                ms,
-                2 * n * f * 2 / bw * 1e3,
-                float((got == want).float().mean()),
-                _rel(got[:2048], want64),
-                float((got.float() - want.float()).abs().max()),
-            )
-        )
-    gelu_mlp._GELU_LAUNCH = {}
-    print(f"\nrows {n}, hidden {h}, mlp {f}, bf16; bound = bytes moved / copy bandwidth\n")
+    print(f"\nrows {n}, hidden {h}, bf16; bound = bytes moved / copy bandwidth\n")
     print(
         "| pass | implementation | ms | memory bound ms | x bound | equal to torch | rel err vs float64 | max diff vs torch |"
     )

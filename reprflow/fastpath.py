@@ -150,7 +150,6 @@ def _prepare_gpt_neox(model: nn.Module, report: dict[str, Any], forced: dict[str
             report["rotary"] = "reprflow triton rotary_qk (one pass; equal to transformers')"
             report["residual"] = "reprflow triton add3 (mlp + attn + residual in one pass; equal)"
             report["norms"] = "reprflow triton layer_norm_pair (both LayerNorms of h in one pass)"
-            report["mlp_activation"] = "reprflow triton gelu_erf_ (exact GELU in place; equal)"
 
 
 def _prepare_mamba(model: nn.Module, report: dict[str, Any], *, device: torch.device, forced: dict[str, str]) -> None:

@@ -8,10 +8,8 @@ applies the same tanh GELU in the GEMM's epilogue (cuBLASLt ``GELU_BIAS``), befo
 product is rounded to bf16 (measured: 2.32 ms against 2.55 ms for the two kernels, relative
 error against float64 1.7e-3 against 2.6e-3, ``benchmarks/epilogue_fusion.py``).
 
-Only tanh-approximated GELUs are fused: Pythia's exact (erf) GELU has no cuBLASLt epilogue.
-It runs as :func:`gelu_erf_`: one Triton pass that overwrites the GEMM's output in place with
-torch's arithmetic (``x * 0.5 * (1 + erf(x / sqrt(2)))`` in float32, libdevice ``erf``), so its
-values equal ``F.gelu``'s. Training (autograd) and CPU modules keep transformers' forward.
+Only tanh-approximated GELUs are fused: Pythia's exact (erf) GELU has no cuBLASLt epilogue
+and keeps its own kernel. Training (autograd) and CPU modules keep transformers' forward.
 """
 
 from __future__ import annotations
@@ -19,17 +17,9 @@ from __future__ import annotations
 import types
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["linear_gelu_tanh", "install_fused_gelu_mlp", "is_tanh_gelu", "is_erf_gelu", "gelu_erf_"]
-
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - depends on the install
-    triton = None
-    tl = None
+__all__ = ["linear_gelu_tanh", "install_fused_gelu_mlp", "is_tanh_gelu"]
 
 
 def is_tanh_gelu(act: nn.Module) -> bool:
@@ -38,50 +28,6 @@ def is_tanh_gelu(act: nn.Module) -> bool:
     if name in ("NewGELUActivation", "PytorchGELUTanh", "GELUTanh"):
         return True
     return isinstance(act, nn.GELU) and act.approximate == "tanh"
-
-
-def is_erf_gelu(act: nn.Module) -> bool:
-    """Whether ``act`` computes the exact (erf) GELU (HF's ``gelu`` or ``nn.GELU()``)."""
-    if type(act).__name__ == "GELUActivation":  # transformers' "gelu": torch's gelu or its python erf twin
-        return True
-    return isinstance(act, nn.GELU) and act.approximate == "none"
-
-
-#: Launch options of the GELU kernel (``benchmarks/pythia_passes.py`` times it with FMA
-#: contraction on and off and checks equality with ``F.gelu``).
-_GELU_LAUNCH: dict = {}
-
-if triton is not None:
-
-    @triton.jit
-    def _gelu_erf_kernel(x_ptr, n, BLOCK: tl.constexpr):
-        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-        m = offs < n
-        x = tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float32)
-        y = x * 0.5 * (1.0 + tl.math.erf(x * 0.7071067811865476))  # torch's order (GeluCUDAKernelImpl)
-        tl.store(x_ptr + offs, y.to(x_ptr.dtype.element_ty), mask=m)
-
-
-def gelu_erf_(x: Tensor) -> Tensor:
-    """Exact GELU of ``x`` in place, with ``F.gelu``'s values.
-
-    Parameters
-    ----------
-    x : Tensor, any shape, float dtype
-        Overwritten (a contiguous CUDA tensor: one Triton pass; otherwise ``F.gelu``'s result
-        is copied in).
-
-    Returns
-    -------
-    Tensor
-        ``x``.
-    """
-    if triton is None or not x.is_cuda or not x.is_contiguous():
-        return x.copy_(F.gelu(x))
-    n = x.numel()
-    block = 2048
-    _gelu_erf_kernel[(triton.cdiv(n, block),)](x, n, BLOCK=block, num_warps=8, **_GELU_LAUNCH)
-    return x
 
 
 def linear_gelu_tanh(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:

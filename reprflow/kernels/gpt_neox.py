@@ -13,9 +13,6 @@
   (:func:`reprflow.kernels.layer_norm.layer_norm_pair`; up to one rounding step of the model
   dtype from torch's, so only with ``norm_pair=True``, which ``prepare_model`` sets when
   fusions are on).
-* **The MLP's exact GELU** in place on the first GEMM's output
-  (:func:`reprflow.kernels.gelu_mlp.gelu_erf_`: ``F.gelu``'s values, one read and one write
-  instead of a new tensor).
 
 Calls with a cache, in training mode or off CUDA run transformers' forward.
 """
@@ -27,7 +24,6 @@ import types
 import torch
 from torch import Tensor, nn
 
-from reprflow.kernels.gelu_mlp import gelu_erf_, is_erf_gelu
 from reprflow.kernels.layer_norm import layer_norm_pair
 from reprflow.kernels.rotary import rotary_qk
 
@@ -104,19 +100,12 @@ def _norms(self: nn.Module, hidden_states: Tensor) -> tuple[Tensor, Tensor]:
     return ln1(hidden_states), ln2(hidden_states)
 
 
-def _mlp(mlp: nn.Module, x: Tensor) -> Tensor:
-    """transformers' ``GPTNeoXMLP.forward``, its exact GELU in place (:func:`gelu_erf_`)."""
-    if torch.is_grad_enabled() or not is_erf_gelu(mlp.act):
-        return mlp(x)
-    return mlp.dense_4h_to_h(gelu_erf_(mlp.dense_h_to_4h(x)))
-
-
 def _layer_forward(self: nn.Module, hidden_states: Tensor, **kwargs) -> Tensor:
     """transformers' ``GPTNeoXLayer.forward`` (parallel residual, eval) with :func:`add3`."""
     attn_in, mlp_in = _norms(self, hidden_states)
     attn_output, _ = self.attention(attn_in, **kwargs)
     attn_output = self.post_attention_dropout(attn_output)
-    mlp_output = self.post_mlp_dropout(_mlp(self.mlp, mlp_in))
+    mlp_output = self.post_mlp_dropout(self.mlp(mlp_in))
     return add3(mlp_output, attn_output, hidden_states)
 
 
@@ -134,7 +123,7 @@ def _patch_layer(layer: nn.Module, *, norm_pair: bool) -> None:
 
 def install_gpt_neox_forward(model: nn.Module, *, norm_pair: bool = True) -> int:
     """Switch every ``GPTNeoXAttention`` of ``model`` to the fused-rotary forward and every
-    parallel-residual ``GPTNeoXLayer`` to :func:`add3` and the in-place GELU, in place.
+    parallel-residual ``GPTNeoXLayer`` to :func:`add3`, in place.
 
     Parameters
     ----------

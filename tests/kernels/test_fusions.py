@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from transformers import GPTNeoConfig, GPTNeoForCausalLM, GPTNeoXConfig, GPTNeoXForCausalLM
 
-from reprflow.kernels.gelu_mlp import gelu_erf_, install_fused_gelu_mlp, is_erf_gelu, is_tanh_gelu, linear_gelu_tanh
+from reprflow.kernels.gelu_mlp import install_fused_gelu_mlp, is_tanh_gelu, linear_gelu_tanh
 from reprflow.kernels.layer_norm import layer_norm_pair, layer_norm_pair_reference
 from reprflow.kernels.mamba_mixers import out_proj_add
 from reprflow.kernels.rotary import rotary_qk, rotary_qk_reference
@@ -73,14 +73,14 @@ def test_rotary_kernel_equals_transformers_on_gpu(dtype, shape):
     got = rotary_qk(qkv, cos, sin, num_heads=heads, head_dim=head_dim)
     want = rotary_qk_reference(qkv, cos, sin, num_heads=heads, head_dim=head_dim)
     for a, b in zip(got, want):
-        assert a.is_contiguous() and a.shape == b.shape
+        assert a.transpose(1, 2).is_contiguous() and a.shape == b.shape  # token-major, as flash attention reads
         assert torch.equal(a, b), f"max diff {(a.float() - b.float()).abs().max().item()}"
 
 
 @pytest.mark.gpu
 @requires_cuda
 def test_gpt_neox_states_equal_transformers_on_gpu():
-    """The equal-valued GPT-NeoX steps (rotary, in-place GELU, add3) give transformers' states,
+    """The equal-valued GPT-NeoX steps (rotary, add3) give transformers' states,
     bit for bit (bf16); with the LayerNorm pair too (prepare_model's default), within a few
     bf16 roundings."""
     from reprflow.capture import forward_states
@@ -130,33 +130,11 @@ def test_layer_norm_pair_on_gpu_is_torch_up_to_one_rounding(bias):
     for a, b, w, bb in zip(got, want, (w1, w2), (b1, b2)):
         assert a.shape == b.shape and a.dtype == b.dtype
         assert float((a == b).float().mean()) > 0.999
-        step = torch.finfo(torch.bfloat16).eps * b.float().abs()  # one rounding step (2^-7 relative)
-        assert bool(((a.float() - b.float()).abs() <= step + 1e-30).all())
+        # one bf16 rounding step of the value, or of the terms where w * x_hat + b cancels
+        torch.testing.assert_close(a.float(), b.float(), rtol=2.0**-7, atol=2.0**-9)
         ref = xn * w.double() + (bb.double() if bb is not None else 0)
         err = lambda t: float((t.double() - ref).norm() / ref.norm())  # noqa: E731
         assert err(a) <= 1.01 * err(b)
-
-
-@pytest.mark.gpu
-@requires_cuda
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_gelu_erf_in_place_equals_torch_on_gpu(dtype):
-    g = torch.Generator(device="cuda").manual_seed(2)
-    y = (torch.randn(4099, 1031, device="cuda", generator=g) * 3).to(dtype)
-    want = F.gelu(y)
-    got = gelu_erf_(y)
-    assert got.data_ptr() == y.data_ptr()
-    assert torch.equal(got, want), f"max diff {(got.float() - want.float()).abs().max().item()}"
-
-
-def test_gelu_erf_off_cuda_and_is_erf_gelu():
-    from transformers.activations import ACT2FN
-
-    x = torch.randn(5, 7)
-    want = F.gelu(x)
-    assert torch.equal(gelu_erf_(x), want)
-    assert is_erf_gelu(ACT2FN["gelu"]) and is_erf_gelu(torch.nn.GELU())
-    assert not is_erf_gelu(ACT2FN["gelu_new"]) and not is_erf_gelu(torch.nn.GELU(approximate="tanh"))
 
 
 def test_is_tanh_gelu():
