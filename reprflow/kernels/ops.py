@@ -11,8 +11,6 @@ causal_conv    ``causal_conv1d`` (compiled ``causal_conv1d_fn``,      :func:`cau
                channel-last, on a dense copy), ``triton`` (reprflow),
                ``torch`` (``F.conv1d``)
 mamba2_ssd     ``mamba_ssm`` (Triton ``mamba_chunk_scan_combined``),  :func:`reprflow.kernels.ssd.ssd_reference`
-               ``reprflow`` (``mamba_ssm``'s first four stages +
-               reprflow's ``chunk_scan``, :mod:`.ssd_scan`),
                ``torch`` (per-token loop; fallback, never timed)
 =============  =====================================================  ============================
 
@@ -200,16 +198,6 @@ def mamba2_ssd_op(
                 devices=("cuda",) if device.type == "cuda" else _ANY,
             )
         )
-    if kernels is not None and device.type == "cuda" and triton_available():
-        from reprflow.kernels.ssd_scan import ssd_combined
-
-        cands.append(
-            Candidate(
-                "reprflow",
-                ssd_combined,
-                f"reprflow Triton chunk_scan after mamba_ssm {kernels.version}'s Triton SSD stages",
-            )
-        )
     cands.append(
         Candidate(
             "torch", ssd_reference, "reprflow torch recurrence (Python loop over tokens)", devices=_ANY, timed=False
@@ -223,5 +211,5 @@ def mamba2_ssd_op(
         sizes=lambda a: tuple(a["x"].shape[2:]) + (a["B"].shape[2], a["B"].shape[3]),
         report=report,
         forced=forced,
-        known=("mamba_ssm", "reprflow", "torch", "hf"),
+        known=("mamba_ssm", "torch", "hf"),
     )

@@ -22,7 +22,6 @@ ROOT = HERE.parents[1]
         "interpret_scan.py",  # the selective scan and its softplus/SiLU helpers
         "interpret_local_attention.py",  # GPT-Neo's sliding-window attention
         "interpret_rotary.py",  # GPT-NeoX's rotary embedding of q and k
-        "interpret_ssd.py",  # Mamba-2's SSD output kernel (chunk_scan)
     ],
 )
 def test_kernel_in_the_triton_interpreter(script):
