@@ -2,7 +2,7 @@
 
 * **Attention**: the ``forward`` of each ``GPTNeoXAttention`` instance is transformers' own
   code in which ``apply_rotary_pos_emb`` (and the ``cat`` copies around it) is
-  :func:`reprflow.kernels.rotary.rotary_qk`: the same values (``torch.equal``), fed to the
+  :func:`reprflow.kernels.rotary.rotary_qk_` (in place in ``qkv``): the same values (``torch.equal``), fed to the
   same attention function (SDPA, or whatever ``config._attn_implementation`` names) in the
   same layout.
 * **Parallel residual**: ``mlp_output + attn_output + hidden_states`` (two kernels, the first
@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from reprflow.kernels.layer_norm import layer_norm_pair
-from reprflow.kernels.rotary import rotary_qk
+from reprflow.kernels.rotary import rotary_qk_
 
 __all__ = ["install_gpt_neox_forward", "add3"]
 
@@ -82,7 +82,7 @@ def _forward(self: nn.Module, hidden_states: Tensor, attention_mask: Tensor | No
     qkv = self.query_key_value(hidden_states)  # (batch, n_tokens, heads * 3 * head_dim)
     num_heads = qkv.shape[-1] // (3 * head_dim)
     cos, sin = position_embeddings
-    query, key = rotary_qk(qkv, cos, sin, num_heads=num_heads, head_dim=head_dim)
+    query, key = rotary_qk_(qkv, cos, sin, num_heads=num_heads, head_dim=head_dim)
     value = qkv.view(batch, n_tokens, num_heads, 3 * head_dim).transpose(1, 2)[..., 2 * head_dim :]
     attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
     attn_output, attn_weights = attention(

@@ -9,10 +9,11 @@ queries and keys (``rot = head_dim * partial_rotary_factor``; 20 of 80 for Pythi
 
 ``rotate_half(x) = cat([-x[..., rot/2:], x[..., :rot/2]])``. That is about a dozen kernels
 per layer (four ``cat`` copies, the products, the sum), 16% of Pythia-2.8B's forward on an
-H200 (``benchmarks/profile_forward.py``). :func:`rotary_qk` reads ``q`` and ``k`` once and
-writes both rotated, contiguous, with torch's roundings: each product and the sum are
-formed in float32 and rounded to the input dtype, as torch's elementwise kernels do, so
-the result equals transformers' (``torch.equal``, tested on the GPU).
+H200 (``benchmarks/profile_forward.py``). :func:`rotary_qk_` rotates the ``rot`` dims of
+``q`` and ``k`` in place inside ``qkv`` (reading and writing only those) and returns
+transformers' strided views, with torch's roundings: each product and the sum are formed in
+float32 and rounded to the input dtype, as torch's elementwise kernels do, so the result
+equals transformers' (``torch.equal``, tested on the GPU).
 
 Conventions: ``cos``/``sin`` are transformers' ``position_embeddings`` of shape
 ``(1 or batch, n_tokens, rot)`` in the model dtype (``cat([freqs, freqs])``, so the two
@@ -21,10 +22,9 @@ halves are equal); ``rot`` is even and ``<= head_dim``.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
-__all__ = ["rotary_qk", "rotary_qk_reference"]
+__all__ = ["rotary_qk_", "rotary_qk_reference"]
 
 #: No mul + add -> FMA contraction: torch rounds each product before the sum. With it, Triton
 #: emits ``fma.rn.f32`` (float32) and ``fma.rn.bf16`` (bf16: the product is narrowed and fused),
@@ -71,22 +71,29 @@ def rotary_qk_reference(
 if triton is not None:
 
     @triton.jit
-    def _rotate(x_ptr, row_offs, cols, rot_m, partner, sign, c, s, pass_m):
-        x = tl.load(x_ptr + row_offs + cols, mask=pass_m | rot_m, other=0.0)
-        xp = tl.load(x_ptr + row_offs + partner, mask=rot_m, other=0.0)
-        out_ty = x.dtype
-        a = (x.to(tl.float32) * c).to(out_ty)  # q_rot * cos, rounded as torch does
-        b = ((sign * xp.to(tl.float32)) * s).to(out_ty)  # rotate_half(q_rot) * sin
-        rotated = (a.to(tl.float32) + b.to(tl.float32)).to(out_ty)
-        return tl.where(rot_m, rotated, x)
+    def _rotate_(ptr, j, inside, c1, s1, c2, s2, HALF: tl.constexpr):
+        """Rotate, in place, the ``rot`` first dims of one (heads x head_dim) tile of q or k.
+
+        ``x1 = x[:half]``, ``x2 = x[half:rot]``: out1 = x1 c - x2 s, out2 = x2 c + x1 s, each
+        product and the sum rounded to the input dtype as torch rounds them. Both halves are
+        (heads x half) tiles of one layout, so each thread stores only what it loaded itself.
+        """
+        x1 = tl.load(ptr + j, mask=inside, other=0.0)
+        x2 = tl.load(ptr + j + HALF, mask=inside, other=0.0)
+        ty = x1.dtype
+        f1, f2 = x1.to(tl.float32), x2.to(tl.float32)
+        a1 = (f1 * c1).to(ty)  # q_rot * cos, rounded as torch does
+        b1 = (-f2 * s1).to(ty)  # rotate_half(q_rot) * sin: -x2 in the first half
+        a2 = (f2 * c2).to(ty)
+        b2 = (f1 * s2).to(ty)
+        tl.store(ptr + j, (a1.to(tl.float32) + b1.to(tl.float32)).to(ty), mask=inside)
+        tl.store(ptr + j + HALF, (a2.to(tl.float32) + b2.to(tl.float32)).to(ty), mask=inside)
 
     @triton.jit
     def _rotary_qk_kernel(
         qkv_ptr,
         cos_ptr,
         sin_ptr,
-        q_ptr,
-        k_ptr,
         n_tokens,
         s_qkv_b,
         s_qkv_t,
@@ -96,39 +103,36 @@ if triton is not None:
         HEAD_DIM: tl.constexpr,
         ROT: tl.constexpr,
         BLOCK_H: tl.constexpr,
-        BLOCK_D: tl.constexpr,
+        BLOCK_HALF: tl.constexpr,
     ):
-        # one program per token: all heads' q and k, (BLOCK_H, BLOCK_D) tiles
+        # one program per token: the rotary dims of all heads' q and k, in place
         pid = tl.program_id(0).to(tl.int64)
         b = pid // n_tokens
         t = pid % n_tokens
+        HALF: tl.constexpr = ROT // 2
         h = tl.arange(0, BLOCK_H)[:, None]
-        d = tl.arange(0, BLOCK_D)[None, :]
-        inside = (h < HEADS) & (d < HEAD_DIM)
-        rot_m = inside & (d < ROT)
-        pass_m = inside & (d >= ROT)
-        half: tl.constexpr = ROT // 2
-        partner = tl.where(d < half, d + half, d - half)
-        sign = tl.where(d < half, -1.0, 1.0)
-        dc = tl.where(d < ROT, d, 0)
-        c = tl.load(cos_ptr + b * s_cs_b + t * s_cs_t + dc, mask=d < ROT, other=0.0).to(tl.float32)
-        s = tl.load(sin_ptr + b * s_cs_b + t * s_cs_t + dc, mask=d < ROT, other=0.0).to(tl.float32)
-        src = qkv_ptr + b * s_qkv_b + t * s_qkv_t
-        head_offs = h * (3 * HEAD_DIM)
-        q = _rotate(src, head_offs, d, rot_m, partner, sign, c, s, pass_m)
-        k = _rotate(src + HEAD_DIM, head_offs, d, rot_m, partner, sign, c, s, pass_m)
-        dst = ((b * n_tokens + t) * HEADS + h) * HEAD_DIM + d  # memory (batch, n_tokens, heads, head_dim)
-        tl.store(q_ptr + dst, q, mask=inside)
-        tl.store(k_ptr + dst, k, mask=inside)
+        j = tl.arange(0, BLOCK_HALF)[None, :]
+        inside = (h < HEADS) & (j < HALF)
+        cs = b * s_cs_b + t * s_cs_t
+        c1 = tl.load(cos_ptr + cs + j, mask=j < HALF, other=0.0).to(tl.float32)
+        s1 = tl.load(sin_ptr + cs + j, mask=j < HALF, other=0.0).to(tl.float32)
+        c2 = tl.load(cos_ptr + cs + HALF + j, mask=j < HALF, other=0.0).to(tl.float32)
+        s2 = tl.load(sin_ptr + cs + HALF + j, mask=j < HALF, other=0.0).to(tl.float32)
+        row = qkv_ptr + b * s_qkv_b + t * s_qkv_t + h * (3 * HEAD_DIM)
+        _rotate_(row, j, inside, c1, s1, c2, s2, HALF)  # q
+        _rotate_(row + HEAD_DIM, j, inside, c1, s1, c2, s2, HALF)  # k
 
 
-def rotary_qk(qkv: Tensor, cos: Tensor, sin: Tensor, *, num_heads: int, head_dim: int) -> tuple[Tensor, Tensor]:
-    """Rotated q and k of a GPT-NeoX ``qkv`` projection, equal to :func:`rotary_qk_reference`.
+def rotary_qk_(qkv: Tensor, cos: Tensor, sin: Tensor, *, num_heads: int, head_dim: int) -> tuple[Tensor, Tensor]:
+    """Rotated q and k of a GPT-NeoX ``qkv`` projection, equal to :func:`rotary_qk_reference`,
+    rotated in place inside ``qkv``.
 
     Parameters
     ----------
     qkv : Tensor of shape (batch, n_tokens, num_heads * 3 * head_dim)
-        The ``query_key_value`` output; its last dim must be contiguous.
+        The ``query_key_value`` output; its last dim must be contiguous. On the fast path the
+        first ``rot`` dims of each head's q and k are overwritten with their rotation (v and
+        the other dims are untouched); use only the returned views of it afterwards.
     cos, sin : Tensor of shape (1 or batch, n_tokens, rot)
         transformers' rotary ``position_embeddings`` (same dtype as ``qkv``).
     num_heads, head_dim : int
@@ -136,15 +140,15 @@ def rotary_qk(qkv: Tensor, cos: Tensor, sin: Tensor, *, num_heads: int, head_dim
     Returns
     -------
     (q, k) : Tensors of shape (batch, num_heads, n_tokens, head_dim), dtype of ``qkv``
-        Stored token-major: ``q.transpose(1, 2)`` is contiguous, (batch, n_tokens, heads,
-        head_dim), the layout flash attention works in. SDPA's cuDNN kernel then writes its
-        output in that layout too, so transformers' ``transpose(1, 2).contiguous()`` after
-        attention copies nothing (it was 2.6% of Pythia-2.8B's forward, H200, 2026-12-04).
+        On the fast path, transformers' own strided views of ``qkv`` (as ``v`` is): reading
+        and writing only the rotated quarter of q and k instead of copying both whole
+        (Pythia-2.8B: 20 of 80 dims). SDPA's cuDNN kernel then writes its output token-major,
+        so transformers' ``transpose(1, 2).contiguous()`` after attention copies nothing.
 
     Notes
     -----
     CUDA with Triton only; elsewhere (or for unusual strides) transformers' own code runs
-    (contiguous q and k, same values).
+    (new contiguous q and k, same values; ``qkv`` unchanged).
     """
     batch, n_tokens, width = qkv.shape
     rot = cos.shape[-1]
@@ -165,15 +169,11 @@ def rotary_qk(qkv: Tensor, cos: Tensor, sin: Tensor, *, num_heads: int, head_dim
     )
     if not usable:
         return rotary_qk_reference(qkv, cos, sin, num_heads=num_heads, head_dim=head_dim)
-    q = torch.empty(batch, n_tokens, num_heads, head_dim, dtype=qkv.dtype, device=qkv.device)
-    k = torch.empty_like(q)
-    block_h, block_d = triton.next_power_of_2(num_heads), triton.next_power_of_2(head_dim)
+    block_h, block_half = triton.next_power_of_2(num_heads), triton.next_power_of_2(rot // 2)
     _rotary_qk_kernel[(batch * n_tokens,)](
         qkv,
         cos,
         sin,
-        q,
-        k,
         n_tokens,
         qkv.stride(0),
         qkv.stride(1),
@@ -183,8 +183,9 @@ def rotary_qk(qkv: Tensor, cos: Tensor, sin: Tensor, *, num_heads: int, head_dim
         HEAD_DIM=head_dim,
         ROT=rot,
         BLOCK_H=block_h,
-        BLOCK_D=block_d,
-        num_warps=max(1, min(8, block_h * block_d // 512)),
+        BLOCK_HALF=block_half,
+        num_warps=max(1, min(4, block_h * block_half // 256)),
         **_ROTARY_LAUNCH,
     )
-    return q.transpose(1, 2), k.transpose(1, 2)
+    q, k, _ = _split_qkv(qkv, num_heads, head_dim)
+    return q, k

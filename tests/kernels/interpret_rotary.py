@@ -21,17 +21,28 @@ def _case(batch, n_tokens, heads, head_dim, rot, dtype, cos_batch) -> None:
     freqs = torch.arange(n_tokens).float()[None, :, None] * inv
     emb = torch.cat([freqs, freqs], -1).expand(cos_batch, -1, -1).contiguous()
     cos, sin = emb.cos().to(dtype), emb.sin().to(dtype)
-    q = torch.empty(batch, n_tokens, heads, head_dim, dtype=dtype)  # token-major, as rotary_qk
-    k = torch.empty_like(q)
-    _rotary_qk_kernel[(batch * n_tokens,)](
-        qkv, cos, sin, q, k, n_tokens, qkv.stride(0), qkv.stride(1),
-        0 if cos_batch == 1 else cos.stride(0), cos.stride(1),
-        HEADS=heads, HEAD_DIM=head_dim, ROT=rot,
-        BLOCK_H=triton.next_power_of_2(heads), BLOCK_D=triton.next_power_of_2(head_dim),
-        **_ROTARY_LAUNCH,
-    )  # fmt: skip
     want_q, want_k = rotary_qk_reference(qkv, cos, sin, num_heads=heads, head_dim=head_dim)
-    for got, want, name in ((q.transpose(1, 2), want_q, "q"), (k.transpose(1, 2), want_k, "k")):
+    _rotary_qk_kernel[(batch * n_tokens,)](
+        qkv,
+        cos,
+        sin,
+        n_tokens,
+        qkv.stride(0),
+        qkv.stride(1),
+        0 if cos_batch == 1 else cos.stride(0),
+        cos.stride(1),
+        HEADS=heads,
+        HEAD_DIM=head_dim,
+        ROT=rot,
+        BLOCK_H=triton.next_power_of_2(heads),
+        BLOCK_HALF=triton.next_power_of_2(rot // 2),
+        **_ROTARY_LAUNCH,
+    )  # fmt: skip  (rotates q and k in place in qkv)
+    q, k = (
+        qkv.view(batch, n_tokens, heads, 3 * head_dim)[..., i * head_dim : (i + 1) * head_dim].transpose(1, 2)
+        for i in (0, 1)
+    )
+    for got, want, name in ((q, want_q, "q"), (k, want_k, "k")):
         if dtype == torch.float32:
             ok = torch.equal(got, want)
         else:  # three truncations instead of three roundings: a few bf16 steps of |x| <~ 4

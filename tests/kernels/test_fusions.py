@@ -11,7 +11,7 @@ from transformers import GPTNeoConfig, GPTNeoForCausalLM, GPTNeoXConfig, GPTNeoX
 from reprflow.kernels.gelu_mlp import install_fused_gelu_mlp, is_tanh_gelu, linear_gelu_tanh
 from reprflow.kernels.layer_norm import layer_norm_pair, layer_norm_pair_reference
 from reprflow.kernels.mamba_mixers import out_proj_add
-from reprflow.kernels.rotary import rotary_qk, rotary_qk_reference
+from reprflow.kernels.rotary import rotary_qk_, rotary_qk_reference
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -54,8 +54,8 @@ def test_rotary_reference_is_transformers_rotation():
 
 def test_rotary_off_cuda_runs_transformers_code():
     qkv, cos, sin = _rotary_inputs(2, 5, 4, 16, 4, torch.bfloat16, "cpu")
-    got = rotary_qk(qkv, cos, sin, num_heads=4, head_dim=16)
     want = rotary_qk_reference(qkv, cos, sin, num_heads=4, head_dim=16)
+    got = rotary_qk_(qkv, cos, sin, num_heads=4, head_dim=16)
     assert all(torch.equal(a, b) for a, b in zip(got, want))
 
 
@@ -70,11 +70,14 @@ def test_rotary_kernel_equals_transformers_on_gpu(dtype, shape):
     *dims, cos_batch = shape
     qkv, cos, sin = _rotary_inputs(*dims, dtype, "cuda", cos_batch=cos_batch)
     heads, head_dim = dims[2], dims[3]
-    got = rotary_qk(qkv, cos, sin, num_heads=heads, head_dim=head_dim)
     want = rotary_qk_reference(qkv, cos, sin, num_heads=heads, head_dim=head_dim)
-    for a, b in zip(got, want):
-        assert a.transpose(1, 2).is_contiguous() and a.shape == b.shape  # token-major, as flash attention reads
+    v_before = qkv.view(*dims[:2], heads, 3 * head_dim)[..., 2 * head_dim :].clone()
+    got = rotary_qk_(qkv, cos, sin, num_heads=heads, head_dim=head_dim)  # in place in qkv
+    per_head = qkv.view(*dims[:2], heads, 3 * head_dim)
+    for a, b, part in zip(got, want, (0, 1)):
+        assert a.shape == b.shape and a.data_ptr() == per_head[..., part * head_dim :].data_ptr()  # views of qkv
         assert torch.equal(a, b), f"max diff {(a.float() - b.float()).abs().max().item()}"
+    assert torch.equal(per_head[..., 2 * head_dim :], v_before)  # v untouched
 
 
 @pytest.mark.gpu
@@ -293,8 +296,8 @@ def test_rotary_kernel_compiles_without_fma(dtype):
     from reprflow.kernels.rotary import _ROTARY_LAUNCH, _rotary_qk_kernel as kernel
 
     sig = {n: "i32" for n in kernel.arg_names}
-    sig.update({n: f"*{dtype}" for n in ("qkv_ptr", "cos_ptr", "sin_ptr", "q_ptr", "k_ptr")})
-    consts = {"HEADS": 32, "HEAD_DIM": 80, "ROT": 20, "BLOCK_H": 32, "BLOCK_D": 128}
+    sig.update({n: f"*{dtype}" for n in ("qkv_ptr", "cos_ptr", "sin_ptr")})
+    consts = {"HEADS": 32, "HEAD_DIM": 80, "ROT": 20, "BLOCK_H": 32, "BLOCK_HALF": 16}
     sig.update({n: "constexpr" for n in consts})
     src = ASTSource(fn=kernel, signature=sig, constexprs={(kernel.arg_names.index(n),): v for n, v in consts.items()})
     ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 8, **_ROTARY_LAUNCH}).asm["ptx"]
