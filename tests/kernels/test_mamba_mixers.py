@@ -27,8 +27,8 @@ def _tiny_mamba2() -> Mamba2ForCausalLM:
         state_size=8,
         num_hidden_layers=2,
         expand=2,
-        head_dim=16,
-        num_heads=4,
+        head_dim=8,  # 8 heads: in_proj's width 2 * 64 + 2 * 2 * 8 + 8 = 168 is a multiple of 8, which the
+        num_heads=8,  # compiled causal_conv1d that transformers' own path uses (when installed) requires
         n_groups=2,
         chunk_size=8,
         conv_kernel=4,
