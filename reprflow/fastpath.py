@@ -13,8 +13,9 @@ gpt_neo       eager attention -> ``scaled_dot_product_attention`` (flash for glo
               ``gelu_new`` -> the same tanh GELU as one torch kernel; on CUDA each MLP's
               ``c_fc`` + GELU as one cuBLASLt GEMM (:mod:`reprflow.kernels.gelu_mlp`)
 gpt_neox      transformers' own ``sdpa`` attention (set if the model was loaded eager); on CUDA
-              the partial rotary embedding of q and k, and the parallel residual's two
-              adds, each in one Triton pass (same values; :mod:`reprflow.kernels.gpt_neox`)
+              the partial rotary embedding of q and k (in place in ``qkv``), and the
+              parallel residual's two adds, each in one Triton pass (same values), and its
+              two LayerNorms of one input in one pass (:mod:`reprflow.kernels.gpt_neox`)
 mamba         HF mixer -> time-major forward whose causal conv and selective scan are
               :mod:`reprflow.kernels.ops` ops: each picks the fastest correct candidate
               (reprflow Triton, compiled mamba_ssm / causal_conv1d, torch) at first
