@@ -72,11 +72,11 @@ if triton is not None:
 
     @triton.jit
     def _rotate_(ptr, j, inside, c1, s1, c2, s2, HALF: tl.constexpr):
-        """Rotate, in place, the ``rot`` first dims of one (heads x head_dim) tile of q or k.
+        """Rotate, in place, the ``rot`` first dims of a (rows x half) tile of q or k heads.
 
         ``x1 = x[:half]``, ``x2 = x[half:rot]``: out1 = x1 c - x2 s, out2 = x2 c + x1 s, each
         product and the sum rounded to the input dtype as torch rounds them. Both halves are
-        (heads x half) tiles of one layout, so each thread stores only what it loaded itself.
+        tiles of one shape and layout, so each thread stores only what it loaded itself.
         """
         x1 = tl.load(ptr + j, mask=inside, other=0.0)
         x2 = tl.load(ptr + j + HALF, mask=inside, other=0.0)
@@ -94,6 +94,7 @@ if triton is not None:
         qkv_ptr,
         cos_ptr,
         sin_ptr,
+        n_rows,
         n_tokens,
         s_qkv_b,
         s_qkv_t,
@@ -102,22 +103,24 @@ if triton is not None:
         HEADS: tl.constexpr,
         HEAD_DIM: tl.constexpr,
         ROT: tl.constexpr,
-        BLOCK_H: tl.constexpr,
+        BLOCK_R: tl.constexpr,
         BLOCK_HALF: tl.constexpr,
     ):
-        # one program per token: the rotary dims of all heads' q and k, in place
-        pid = tl.program_id(0).to(tl.int64)
-        b = pid // n_tokens
-        t = pid % n_tokens
+        # rows = (batch, token, head) triples, BLOCK_R per program; the rotary dims of each
+        # row's q and k, in place
+        r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
         HALF: tl.constexpr = ROT // 2
-        h = tl.arange(0, BLOCK_H)[:, None]
         j = tl.arange(0, BLOCK_HALF)[None, :]
-        inside = (h < HEADS) & (j < HALF)
-        cs = b * s_cs_b + t * s_cs_t
-        c1 = tl.load(cos_ptr + cs + j, mask=j < HALF, other=0.0).to(tl.float32)
-        s1 = tl.load(sin_ptr + cs + j, mask=j < HALF, other=0.0).to(tl.float32)
-        c2 = tl.load(cos_ptr + cs + HALF + j, mask=j < HALF, other=0.0).to(tl.float32)
-        s2 = tl.load(sin_ptr + cs + HALF + j, mask=j < HALF, other=0.0).to(tl.float32)
+        bt = r // HEADS
+        h = r % HEADS
+        b = bt // n_tokens
+        t = bt % n_tokens
+        inside = (r < n_rows) & (j < HALF)
+        cs = b * s_cs_b + t * s_cs_t + j
+        c1 = tl.load(cos_ptr + cs, mask=inside, other=0.0).to(tl.float32)
+        s1 = tl.load(sin_ptr + cs, mask=inside, other=0.0).to(tl.float32)
+        c2 = tl.load(cos_ptr + cs + HALF, mask=inside, other=0.0).to(tl.float32)
+        s2 = tl.load(sin_ptr + cs + HALF, mask=inside, other=0.0).to(tl.float32)
         row = qkv_ptr + b * s_qkv_b + t * s_qkv_t + h * (3 * HEAD_DIM)
         _rotate_(row, j, inside, c1, s1, c2, s2, HALF)  # q
         _rotate_(row + HEAD_DIM, j, inside, c1, s1, c2, s2, HALF)  # k
@@ -169,11 +172,14 @@ def rotary_qk_(qkv: Tensor, cos: Tensor, sin: Tensor, *, num_heads: int, head_di
     )
     if not usable:
         return rotary_qk_reference(qkv, cos, sin, num_heads=num_heads, head_dim=head_dim)
-    block_h, block_half = triton.next_power_of_2(num_heads), triton.next_power_of_2(rot // 2)
-    _rotary_qk_kernel[(batch * n_tokens,)](
+    block_half = triton.next_power_of_2(rot // 2)
+    block_r = max(16, 4096 // block_half)  # (batch, token, head) rows per program: 256 for Pythia's 10
+    n_rows = batch * n_tokens * num_heads
+    _rotary_qk_kernel[(triton.cdiv(n_rows, block_r),)](
         qkv,
         cos,
         sin,
+        n_rows,
         n_tokens,
         qkv.stride(0),
         qkv.stride(1),
@@ -182,9 +188,9 @@ def rotary_qk_(qkv: Tensor, cos: Tensor, sin: Tensor, *, num_heads: int, head_di
         HEADS=num_heads,
         HEAD_DIM=head_dim,
         ROT=rot,
-        BLOCK_H=block_h,
+        BLOCK_R=block_r,
         BLOCK_HALF=block_half,
-        num_warps=max(1, min(4, block_h * block_half // 256)),
+        num_warps=4,
         **_ROTARY_LAUNCH,
     )
     q, k, _ = _split_qkv(qkv, num_heads, head_dim)

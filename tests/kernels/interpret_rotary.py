@@ -22,10 +22,12 @@ def _case(batch, n_tokens, heads, head_dim, rot, dtype, cos_batch) -> None:
     emb = torch.cat([freqs, freqs], -1).expand(cos_batch, -1, -1).contiguous()
     cos, sin = emb.cos().to(dtype), emb.sin().to(dtype)
     want_q, want_k = rotary_qk_reference(qkv, cos, sin, num_heads=heads, head_dim=head_dim)
-    _rotary_qk_kernel[(batch * n_tokens,)](
+    n_rows = batch * n_tokens * heads
+    _rotary_qk_kernel[(triton.cdiv(n_rows, 64),)](
         qkv,
         cos,
         sin,
+        n_rows,
         n_tokens,
         qkv.stride(0),
         qkv.stride(1),
@@ -34,7 +36,7 @@ def _case(batch, n_tokens, heads, head_dim, rot, dtype, cos_batch) -> None:
         HEADS=heads,
         HEAD_DIM=head_dim,
         ROT=rot,
-        BLOCK_H=triton.next_power_of_2(heads),
+        BLOCK_R=64,
         BLOCK_HALF=triton.next_power_of_2(rot // 2),
         **_ROTARY_LAUNCH,
     )  # fmt: skip  (rotates q and k in place in qkv)

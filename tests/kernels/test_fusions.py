@@ -297,7 +297,7 @@ def test_rotary_kernel_compiles_without_fma(dtype):
 
     sig = {n: "i32" for n in kernel.arg_names}
     sig.update({n: f"*{dtype}" for n in ("qkv_ptr", "cos_ptr", "sin_ptr")})
-    consts = {"HEADS": 32, "HEAD_DIM": 80, "ROT": 20, "BLOCK_H": 32, "BLOCK_HALF": 16}
+    consts = {"HEADS": 32, "HEAD_DIM": 80, "ROT": 20, "BLOCK_R": 256, "BLOCK_HALF": 16}
     sig.update({n: "constexpr" for n in consts})
     src = ASTSource(fn=kernel, signature=sig, constexprs={(kernel.arg_names.index(n),): v for n, v in consts.items()})
     ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 8, **_ROTARY_LAUNCH}).asm["ptx"]
