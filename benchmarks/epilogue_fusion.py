@@ -28,19 +28,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-
-def _time_ms(fn, repeats: int) -> float:
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from cuda_events import median_ms  # noqa: E402
 
 
 def _rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -51,7 +40,7 @@ def matmul_rate(repeats: int) -> float:
     """bf16 TFLOP/s of an 8192^3 GEMM (the roofline's rate)."""
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    ms = _time_ms(lambda: a @ b, repeats)
+    ms = median_ms(lambda: a @ b, repeats)
     return 2 * 8192**3 / (ms * 1e-3) / 1e12
 
 
@@ -68,7 +57,7 @@ def gelu_rows(rows: int, d: int, repeats: int, rate: float) -> list[tuple]:
         ("_addmm_activation(use_gelu) (cuBLASLt GELU_BIAS)", lambda: torch._addmm_activation(b, x, w.T, use_gelu=True)),
         ("linear alone (no GELU: the floor)", lambda: F.linear(x, w, b)),
     ):
-        ms = _time_ms(fn, repeats)
+        ms = median_ms(fn, repeats)
         err = _rel_err(fn(), want) if "floor" not in name else float("nan")
         out.append(("gelu_fc", f"{rows}x{d}->{4 * d}", name, ms, flops / (ms * 1e-3) / 1e12 / rate, err))
     return out
@@ -94,7 +83,7 @@ def residual_rows(rows: int, d_inner: int, d: int, repeats: int, rate: float) ->
     except (RuntimeError, TypeError) as exc:
         print(f"addmm out_dtype=float32 with a float32 C is not available: {exc}".splitlines()[0])
     for name, fn in cands:
-        ms = _time_ms(fn, repeats)
+        ms = median_ms(fn, repeats)
         err = _rel_err(fn(), want) if "floor" not in name else float("nan")
         out.append(("residual_out", f"{rows}x{d_inner}->{d}", name, ms, flops / (ms * 1e-3) / 1e12 / rate, err))
     return out

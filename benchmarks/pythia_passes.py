@@ -19,32 +19,22 @@ Usage (GPU)::
 from __future__ import annotations
 
 import argparse
+import sys
 
 import torch
 import torch.nn.functional as F
 
 from reprflow.kernels.layer_norm import layer_norm_pair
 
-
-def _time_ms(fn, repeats: int) -> float:
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from cuda_events import median_ms  # noqa: E402
 
 
 def copy_bandwidth(repeats: int) -> float:
     """Bytes/s of a 2 GiB device-to-device copy (read + write)."""
     a = torch.empty(1 << 30, dtype=torch.int16, device="cuda")
     b = torch.empty_like(a)
-    ms = _time_ms(lambda: b.copy_(a), repeats)
+    ms = median_ms(lambda: b.copy_(a), repeats)
     return 2 * a.numel() * 2 / (ms / 1e3)
 
 
@@ -83,7 +73,7 @@ def main() -> None:
         ("reprflow layer_norm_pair", fused_pair, 3 * n * h * 2),
     ):
         got = fn()
-        ms = _time_ms(fn, args.repeats)
+        ms = median_ms(fn, args.repeats)
         equal = sum(float((a == b).float().mean()) for a, b in zip(got, want_t)) / 2
         ulp = max(float((a.float() - b.float()).abs().max()) for a, b in zip(got, want_t))
         err = max(_rel(a[:2048], w) for a, w in zip(got, want64))

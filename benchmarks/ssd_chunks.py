@@ -18,27 +18,17 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 
 import torch
 
 from reprflow.kernels.optional import load_mamba_ssm_triton
 from reprflow.kernels.ssd import ssd_reference
 
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from cuda_events import median_ms  # noqa: E402
+
 HEADS, HEAD_DIM, GROUPS, STATES = 80, 64, 1, 128
-
-
-def _time_ms(fn, repeats: int) -> float:
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
 
 
 def inputs(batch: int, n_tokens: int, seed: int = 0) -> dict:
@@ -114,7 +104,7 @@ def main() -> None:
             def run(a=a, chunk=chunk):
                 return kernels.chunk_scan_combined(chunk_size=chunk, **a)
 
-            ms = _time_ms(run, args.repeats)
+            ms = median_ms(run, args.repeats)
             got = kernels.chunk_scan_combined(chunk_size=chunk, **small).double()
             err = float((got - want).norm() / want.norm())
             parts = kernel_times(run)

@@ -172,8 +172,20 @@ def rotary_qk_(qkv: Tensor, cos: Tensor, sin: Tensor, *, num_heads: int, head_di
     )
     if not usable:
         return rotary_qk_reference(qkv, cos, sin, num_heads=num_heads, head_dim=head_dim)
+    _launch(qkv, cos, sin, num_heads=num_heads, head_dim=head_dim)
+    q, k, _ = _split_qkv(qkv, num_heads, head_dim)
+    return q, k
+
+
+def _launch(
+    qkv: Tensor, cos: Tensor, sin: Tensor, *, num_heads: int, head_dim: int, block_r: int | None = None
+) -> None:
+    """Run :func:`_rotary_qk_kernel` over every (batch, token, head) row of ``qkv``, in place
+    (``block_r`` rows per program; default 4096 elements' worth, 256 rows for Pythia's 10)."""
+    batch, n_tokens, _ = qkv.shape
+    rot = cos.shape[-1]
     block_half = triton.next_power_of_2(rot // 2)
-    block_r = max(16, 4096 // block_half)  # (batch, token, head) rows per program: 256 for Pythia's 10
+    block_r = block_r or max(16, 4096 // block_half)
     n_rows = batch * n_tokens * num_heads
     _rotary_qk_kernel[(triton.cdiv(n_rows, block_r),)](
         qkv,
@@ -193,5 +205,3 @@ def rotary_qk_(qkv: Tensor, cos: Tensor, sin: Tensor, *, num_heads: int, head_di
         num_warps=4,
         **_ROTARY_LAUNCH,
     )
-    q, k, _ = _split_qkv(qkv, num_heads, head_dim)
-    return q, k

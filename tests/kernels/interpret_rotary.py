@@ -9,9 +9,8 @@ test asserts equality). Exit status 0 and "ok" on success.
 import sys
 
 import torch
-import triton
 
-from reprflow.kernels.rotary import _ROTARY_LAUNCH, _rotary_qk_kernel, rotary_qk_reference
+from reprflow.kernels.rotary import _launch, rotary_qk_reference
 
 
 def _case(batch, n_tokens, heads, head_dim, rot, dtype, cos_batch) -> None:
@@ -22,24 +21,7 @@ def _case(batch, n_tokens, heads, head_dim, rot, dtype, cos_batch) -> None:
     emb = torch.cat([freqs, freqs], -1).expand(cos_batch, -1, -1).contiguous()
     cos, sin = emb.cos().to(dtype), emb.sin().to(dtype)
     want_q, want_k = rotary_qk_reference(qkv, cos, sin, num_heads=heads, head_dim=head_dim)
-    n_rows = batch * n_tokens * heads
-    _rotary_qk_kernel[(triton.cdiv(n_rows, 64),)](
-        qkv,
-        cos,
-        sin,
-        n_rows,
-        n_tokens,
-        qkv.stride(0),
-        qkv.stride(1),
-        0 if cos_batch == 1 else cos.stride(0),
-        cos.stride(1),
-        HEADS=heads,
-        HEAD_DIM=head_dim,
-        ROT=rot,
-        BLOCK_R=64,
-        BLOCK_HALF=triton.next_power_of_2(rot // 2),
-        **_ROTARY_LAUNCH,
-    )  # fmt: skip  (rotates q and k in place in qkv)
+    _launch(qkv, cos, sin, num_heads=heads, head_dim=head_dim, block_r=64)  # rotates q and k in place in qkv
     q, k = (
         qkv.view(batch, n_tokens, heads, 3 * head_dim)[..., i * head_dim : (i + 1) * head_dim].transpose(1, 2)
         for i in (0, 1)
