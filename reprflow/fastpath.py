@@ -148,7 +148,7 @@ def _prepare_gpt_neox(model: nn.Module, report: dict[str, Any], forced: dict[str
 
         if triton_available():
             report["patched_modules"] = install_gpt_neox_forward(model)
-            report["rotary"] = "reprflow triton rotary_qk (one pass; equal to transformers')"
+            report["rotary"] = "reprflow triton rotary_qk_ (in place in qkv, one pass; equal to transformers')"
             report["residual"] = "reprflow triton add3 (mlp + attn + residual in one pass; equal)"
             report["norms"] = "reprflow triton layer_norm_pair (both LayerNorms of h in one pass)"
 

@@ -13,7 +13,8 @@ torch's Welford), ``y = w * (rstd * (x - mean)) + b`` with ``rstd = rsqrt(var + 
 rounded once to the output dtype. The statistics can differ from torch's Welford in the
 last float32 bit, so an output element can differ from ``F.layer_norm``'s by one rounding
 step of the output dtype (measured on Pythia-2.8B shapes: ``benchmarks/pythia_passes.py``;
-``tests/kernels/test_layer_norm.py`` bounds it). ``REPRFLOW_FUSE=0`` keeps torch's kernel.
+bounded by ``test_layer_norm_pair_on_gpu_is_torch_up_to_one_rounding`` in
+``tests/kernels/test_fusions.py``). ``REPRFLOW_FUSE=0`` keeps torch's kernel.
 """
 
 from __future__ import annotations
