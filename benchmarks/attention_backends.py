@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from epilogue_fusion import _time_ms  # noqa: E402
+from microbench import median_ms, rel_err  # noqa: E402
 
 BACKENDS = {
     "cudnn": SDPBackend.CUDNN_ATTENTION,
@@ -48,17 +48,13 @@ def causal_rows(name, batch, heads, n_tokens, head_dim, scale, repeats):
     for backend, which in BACKENDS.items():
         try:
             with sdpa_kernel([which]):
-                ms = _time_ms(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale), repeats)
+                ms = median_ms(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale), repeats)
             rows.append((name, f"causal, {backend}", ms, flops / ms / 1e9, float("nan")))
         except RuntimeError as exc:
             rows.append(
                 (name, f"causal, {backend}: not available ({str(exc).splitlines()[0][:60]})", float("nan"), 0, 0)
             )
     return rows
-
-
-def _rel_err(got, want):
-    return float((got.double() - want).norm() / want.norm())
 
 
 def local_rows(batch, heads, n_tokens, head_dim, window, repeats):
@@ -71,16 +67,16 @@ def local_rows(batch, heads, n_tokens, head_dim, window, repeats):
     rows = []
     mask = band[None, None]
     dense = lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)  # noqa: E731
-    ms = _time_ms(dense, repeats)
-    rows.append(("gpt-neo local", "dense band mask, SDPA (before)", ms, useful / ms / 1e9, _rel_err(dense()[:1], want)))
+    ms = median_ms(dense, repeats)
+    rows.append(("gpt-neo local", "dense band mask, SDPA (before)", ms, useful / ms / 1e9, rel_err(dense()[:1], want)))
     try:
         from reprflow.kernels.local_attention import sliding_window_attention
     except ImportError as exc:  # pragma: no cover - older checkouts
         print(f"no Triton sliding-window kernel: {exc}")
         return rows
     tri = lambda: sliding_window_attention(q, k, v, window=window, scale=1.0)  # noqa: E731
-    ms = _time_ms(tri, repeats)
-    rows.append(("gpt-neo local", "Triton sliding window (reprflow)", ms, useful / ms / 1e9, _rel_err(tri()[:1], want)))
+    ms = median_ms(tri, repeats)
+    rows.append(("gpt-neo local", "Triton sliding window (reprflow)", ms, useful / ms / 1e9, rel_err(tri()[:1], want)))
     return rows
 
 

@@ -29,19 +29,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from cuda_events import median_ms  # noqa: E402
-
-
-def _rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
-    return float((got.double() - want).norm() / want.norm())
-
-
-def matmul_rate(repeats: int) -> float:
-    """bf16 TFLOP/s of an 8192^3 GEMM (the roofline's rate)."""
-    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    ms = median_ms(lambda: a @ b, repeats)
-    return 2 * 8192**3 / (ms * 1e-3) / 1e12
+from kernels import measure_peak_tflops  # noqa: E402
+from microbench import median_ms, rel_err  # noqa: E402
 
 
 def gelu_rows(rows: int, d: int, repeats: int, rate: float) -> list[tuple]:
@@ -58,7 +47,7 @@ def gelu_rows(rows: int, d: int, repeats: int, rate: float) -> list[tuple]:
         ("linear alone (no GELU: the floor)", lambda: F.linear(x, w, b)),
     ):
         ms = median_ms(fn, repeats)
-        err = _rel_err(fn(), want) if "floor" not in name else float("nan")
+        err = rel_err(fn(), want) if "floor" not in name else float("nan")
         out.append(("gelu_fc", f"{rows}x{d}->{4 * d}", name, ms, flops / (ms * 1e-3) / 1e12 / rate, err))
     return out
 
@@ -84,7 +73,7 @@ def residual_rows(rows: int, d_inner: int, d: int, repeats: int, rate: float) ->
         print(f"addmm out_dtype=float32 with a float32 C is not available: {exc}".splitlines()[0])
     for name, fn in cands:
         ms = median_ms(fn, repeats)
-        err = _rel_err(fn(), want) if "floor" not in name else float("nan")
+        err = rel_err(fn(), want) if "floor" not in name else float("nan")
         out.append(("residual_out", f"{rows}x{d_inner}->{d}", name, ms, flops / (ms * 1e-3) / 1e12 / rate, err))
     return out
 
@@ -97,7 +86,7 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("epilogue_fusion: needs a CUDA GPU", file=sys.stderr)
         return 2
-    rate = matmul_rate(args.repeats)
+    rate = measure_peak_tflops("cuda", quick=False)
     print(f"{torch.cuda.get_device_name()} | torch {torch.__version__} | {time.strftime('%Y-%m-%d %H:%M %Z')}")
     print(f"bf16 matmul rate (8192^3): {rate:.0f} TFLOP/s\n")
     rows = gelu_rows(args.rows, 2560, args.repeats, rate) + residual_rows(args.rows, 5120, 2560, args.repeats, rate)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from reprflow.kernels.layer_norm import layer_norm_pair
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from cuda_events import median_ms  # noqa: E402
+from microbench import median_ms, rel_err  # noqa: E402
 
 
 def copy_bandwidth(repeats: int) -> float:
@@ -36,10 +36,6 @@ def copy_bandwidth(repeats: int) -> float:
     b = torch.empty_like(a)
     ms = median_ms(lambda: b.copy_(a), repeats)
     return 2 * a.numel() * 2 / (ms / 1e3)
-
-
-def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
-    return float((got.double() - want).norm() / want.norm())
 
 
 def main() -> None:
@@ -76,7 +72,7 @@ def main() -> None:
         ms = median_ms(fn, args.repeats)
         equal = sum(float((a == b).float().mean()) for a, b in zip(got, want_t)) / 2
         ulp = max(float((a.float() - b.float()).abs().max()) for a, b in zip(got, want_t))
-        err = max(_rel(a[:2048], w) for a, w in zip(got, want64))
+        err = max(rel_err(a[:2048], w) for a, w in zip(got, want64))
         rows.append(("layer_norm x2", name, ms, nbytes / bw * 1e3, equal, err, ulp))
     del want_t
 

@@ -42,6 +42,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kernels import SFU_EXP_PER_S  # noqa: E402  (benchmarks/kernels.py)
+from microbench import rel_err  # noqa: E402
 
 from reprflow.kernels.selective_scan import selective_scan_reference, selective_scan_triton  # noqa: E402
 from reprflow.kernels.selective_scan_gluon import GluonScanConfig, gluon_available, selective_scan_gluon  # noqa: E402
@@ -127,10 +128,6 @@ def _reference(x: dict, rows: slice) -> torch.Tensor:
     )
 
 
-def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
-    return float((got.double() - want).norm() / want.norm())
-
-
 def _ms(fn, device: str, reps: int) -> float:
     fn()  # warm-up: compiles
     times = []
@@ -208,7 +205,7 @@ def sweep(args) -> str:
     for kernel, label, fn in variants():
         try:
             ms = [_ms(lambda x=x: _call(fn, x), dev, args.reps) for x in inputs]
-            e16 = _rel(_call(fn, inputs[0], slice(0, 1)), want16)
+            e16 = rel_err(_call(fn, inputs[0], slice(0, 1)), want16)
             rows.append(
                 [
                     kernel,
@@ -223,7 +220,7 @@ def sweep(args) -> str:
         print(f"| {rows[-1][0]} | {rows[-1][1]} | {rows[-1][3]} |", flush=True)
     for row in rows:
         if row[2] is not None and time.perf_counter() - t_start < args.budget_s:
-            row[4] = f"{_rel(_call(row[2], x32), want32):.1e}"
+            row[4] = f"{rel_err(_call(row[2], x32), want32):.1e}"
     lines += [f"| {kernel} | {label} | {cells} | {e32} |" for kernel, label, _, cells, e32 in rows]
     from reprflow.kernels.ops import mamba_scan_op
 

@@ -26,7 +26,7 @@ from reprflow.kernels.optional import load_mamba_ssm_triton
 from reprflow.kernels.ssd import ssd_reference
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from cuda_events import median_ms  # noqa: E402
+from microbench import median_ms, rel_err  # noqa: E402
 
 HEADS, HEAD_DIM, GROUPS, STATES = 80, 64, 1, 128
 
@@ -105,8 +105,7 @@ def main() -> None:
                 return kernels.chunk_scan_combined(chunk_size=chunk, **a)
 
             ms = median_ms(run, args.repeats)
-            got = kernels.chunk_scan_combined(chunk_size=chunk, **small).double()
-            err = float((got - want).norm() / want.norm())
+            err = rel_err(kernels.chunk_scan_combined(chunk_size=chunk, **small), want)
             parts = kernel_times(run)
             rows.append((shape, chunk, ms, err, parts, best_configs()))
             print(f"{shape} chunk {chunk}: {ms:.3f} ms, rel err {err:.2e}", flush=True)

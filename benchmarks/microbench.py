@@ -1,4 +1,6 @@
-"""Median GPU time of a callable, by CUDA events (shared by the kernel micro-benchmarks)."""
+"""Shared by the kernel micro-benchmarks (``epilogue_fusion.py``, ``attention_backends.py``,
+``pythia_passes.py``, ``ssd_chunks.py``): CUDA-event timing and the relative error against a
+float64 reference."""
 
 from __future__ import annotations
 
@@ -24,3 +26,8 @@ def median_ms(fn: Callable[[], object], repeats: int) -> float:
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end))
     return sorted(times)[len(times) // 2]
+
+
+def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    """``||got - want|| / ||want||``, computed in float64 (``want`` is the float64 reference)."""
+    return float((got.double() - want.double()).norm() / want.double().norm())
