@@ -278,10 +278,11 @@ def prepare_model(
     fuse : bool, optional
         Fuse elementwise steps into their neighbours on CUDA (default; ``REPRFLOW_FUSE=0``
         in the environment turns it off): GPT-NeoX's rotary embedding and parallel
-        residual (same values), GPT-Neo's ``c_fc`` + GELU and the Mamba blocks' ``out_proj``
-        + float32 residual (one GEMM each, rounded once instead of twice, so closer to
-        float64 than transformers' order; docs/kernels.md). ``False`` keeps transformers'
-        rounding order everywhere.
+        residual (same values) and its two LayerNorms of one input in one pass (statistics
+        not Welford's: within one rounding of the model dtype), GPT-Neo's ``c_fc`` + GELU
+        and the Mamba blocks' ``out_proj`` + float32 residual (one GEMM each, rounded once
+        instead of twice, so closer to float64 than transformers' order; docs/kernels.md).
+        ``False`` keeps transformers' rounding order everywhere.
 
     Returns
     -------
@@ -289,8 +290,8 @@ def prepare_model(
         JSON-serialisable: ``family`` (``config.model_type``), ``attention``, ``scan``,
         ``conv``, ``why``, ``compute_dtype``, ``device``, ``use_cache``, ``fusions``
         (``"on"``/``"off"``) and, where modules were switched, ``patched_modules``; GPT-Neo
-        adds ``mlp_activation`` and ``local_attention``; GPT-NeoX on CUDA ``rotary`` and
-        ``residual``; Mamba/Mamba-2 on CUDA add ``norm`` (and ``residual`` with fusions on);
+        adds ``mlp_activation`` and ``local_attention``; GPT-NeoX on CUDA ``rotary``,
+        ``residual`` and ``norms``; Mamba/Mamba-2 on CUDA add ``norm`` (and ``residual`` with fusions on);
         Mamba-2 adds ``gated_norm`` and ``mamba_ssm_bare_import``.
         Patched Mamba/Mamba-2 models add ``kernels``, a dict the ops fill at their first
         call: ``kernels[op]["<dtype> <shape class>"] = {kernel, origin, reason,
