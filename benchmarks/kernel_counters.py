@@ -14,6 +14,9 @@ compiles and ``mamba_ssm``'s autotuning happen outside the profiled range):
 * ``ssd``: ``mamba_ssm``'s ``mamba_chunk_scan_combined`` at Mamba2-2.7B shapes, B=16, T=2048
   (all five of its kernels).
 
+``hotspots SOURCE.csv``: per kernel, the share of warp samples per stall reason and opcode and
+the instructions that hold the most samples (``ncu --page source --csv --print-source sass``).
+
 ``summarize RAW.csv``: one markdown table per kernel from ``ncu --page raw --csv``: duration,
 issue-slot use, achieved warps per scheduler, eligible warps per cycle, the busiest pipes, and
 the warp-stall reasons as cycles per issued instruction (largest first).
@@ -32,6 +35,7 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -58,10 +62,10 @@ STALLS = (
     "tex_throttle",
 )
 #: pipes whose utilisation is shown (``sm__inst_executed_pipe_<p>`` as % of peak)
-PIPES = ("fma", "alu", "xu", "lsu", "fp16", "tensor", "uniform", "adu", "cbu")
+PIPES = ("fma", "alu", "xu", "lsu", "fp16", "uniform", "adu", "cbu")
 
 
-def _workloads() -> dict:
+def _workloads(gluon_config: tuple | None = None) -> dict:
     import torch
 
     from scan_sweep import _call, scan_inputs
@@ -74,7 +78,7 @@ def _workloads() -> dict:
         x = scan_inputs(batch, tokens, torch.bfloat16, "cuda")
         out[f"scan-triton{tag}"] = lambda x=x: _call(selective_scan_triton, x)
         if gluon_available():
-            out[f"scan-gluon{tag}"] = lambda x=x: _call(selective_scan_gluon, x)
+            out[f"scan-gluon{tag}"] = lambda x=x: _call(partial(selective_scan_gluon, config=gluon_config), x)
     from ssd_chunks import inputs as ssd_inputs
 
     from reprflow.kernels.optional import load_mamba_ssm_triton
@@ -86,11 +90,11 @@ def _workloads() -> dict:
     return out
 
 
-def run(names: list[str]) -> None:
+def run(names: list[str], gluon_config: tuple | None = None) -> None:
     """Warm each workload up, then run it once inside the profiler's range."""
     import torch
 
-    work = _workloads()
+    work = _workloads(gluon_config)
     for name in names or list(work):
         if name not in work:
             raise SystemExit(f"unknown or unavailable workload {name!r}; available: {', '.join(work)}")
@@ -112,8 +116,11 @@ def _num(v: str) -> float | None:
         return None
 
 
-def summarize(raw_csv: Path) -> str:
-    """Markdown tables from ``ncu --page raw --csv`` (row 0 names, row 1 units, then one row per kernel)."""
+def summarize(raw_csv: Path, min_ms: float = 0.01) -> str:
+    """Markdown tables from ``ncu --page raw --csv`` (row 0 names, row 1 units, then one row per kernel).
+
+    Kernels shorter than ``min_ms`` (the launcher's small casts and copies) are left out.
+    """
     with open(raw_csv, newline="") as f:
         rows = list(csv.reader(f))
     rows = [r for r in rows if r and not r[0].startswith("==")]
@@ -130,16 +137,20 @@ def summarize(raw_csv: Path) -> str:
         block = r[col["Block Size"]] if "Block Size" in col else ""
         dur = get(r, "gpu__time_duration.sum")
         unit = units[col["gpu__time_duration.sum"]] if "gpu__time_duration.sum" in col else ""
+        ms = (dur or 0.0) * {"ns": 1e-6, "us": 1e-3, "usecond": 1e-3, "ms": 1.0, "msecond": 1.0}.get(unit, 1.0)
+        if ms < min_ms:
+            continue
         lines.append(f"### `{name}` grid {grid} block {block}: {dur} {unit}\n")
         facts = [
             ("registers per thread", "launch__registers_per_thread"),
-            ("issue slots busy %", "sm__inst_issued.avg.pct_of_peak_sustained_active"),
+            ("issue slots busy %", "smsp__issue_active.avg.pct_of_peak_sustained_active"),
             ("warps active per scheduler", "smsp__warps_active.avg.per_cycle_active"),
             ("warps eligible per scheduler per cycle", "smsp__warps_eligible.avg.per_cycle_active"),
             ("achieved occupancy %", "sm__warps_active.avg.pct_of_peak_sustained_active"),
             ("DRAM throughput %", "gpu__dram_throughput.avg.pct_of_peak_sustained_elapsed"),
             ("L1/TEX throughput %", "l1tex__throughput.avg.pct_of_peak_sustained_active"),
-            ("instructions per warp (executed)", "smsp__inst_executed.sum"),
+            ("warp instructions executed", "smsp__inst_executed.sum"),
+            ("tensor pipe active %", "sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_active"),
         ]
         lines.append("| fact | value |\n|---|---:|")
         for label, metric in facts:
@@ -162,18 +173,77 @@ def summarize(raw_csv: Path) -> str:
     return "\n".join(lines)
 
 
+def hotspots(source_csv: Path, top: int = 8, min_samples: int = 10000) -> str:
+    """Where each kernel's warps wait, per SASS instruction, from ``ncu --page source --csv --print-source sass``.
+
+    For every kernel with at least ``min_samples`` warp-state samples: the share of samples per
+    stall reason and per opcode, then the ``top`` instructions by samples with their three
+    largest stall reasons (e.g. a register copy at a loop's back edge that waits for a load).
+    """
+    import collections
+    import re
+
+    kernels: list[dict] = []
+    with open(source_csv, newline="") as f:
+        for r in csv.reader(f):
+            if not r:
+                continue
+            if r[0] == "Kernel Name":
+                kernels.append({"name": r[1], "rows": []})
+            elif r[0] == "Address":
+                kernels[-1]["head"] = {k: i for i, k in enumerate(r)}
+            elif kernels and "head" in kernels[-1]:
+                kernels[-1]["rows"].append(r)
+    lines = []
+    for k in kernels:
+        ix = k["head"]
+        stall_cols = [c for c in ix if c.startswith("stall_") and "Not Issued" not in c]
+        by_stall, by_op, inst = collections.Counter(), collections.Counter(), []
+        for r in k["rows"]:
+            n = int(_num(r[ix["Warp Stall Sampling (All Samples)"]]) or 0)
+            src = r[ix["Source"]].strip()
+            op = re.sub(r"^@!?U?P\w+\s+", "", src).split(" ")[0].split(".")[0] if src else "?"
+            stalls = {c[6:]: int(_num(r[ix[c]]) or 0) for c in stall_cols}
+            by_stall.update(stalls)
+            by_op[op] += n
+            inst.append((n, src, stalls))
+        total = sum(by_op.values())
+        if total < min_samples:
+            continue
+        lines.append(f"### `{k['name'][:60]}`: {total:,} warp samples\n")
+        lines.append("stalls: " + ", ".join(f"{s} {v / total:.0%}" for s, v in by_stall.most_common(6)))
+        lines.append("opcodes: " + ", ".join(f"{o} {v / total:.0%}" for o, v in by_op.most_common(8)) + "\n")
+        lines.append("| samples | share | instruction | largest stalls |\n|---:|---:|---|---|")
+        for n, src, stalls in sorted(inst, key=lambda x: -x[0])[:top]:
+            big = ", ".join(f"{s} {v}" for s, v in sorted(stalls.items(), key=lambda x: -x[1])[:3])
+            lines.append(f"| {n:,} | {n / total:.1%} | `{src[:50]}` | {big} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run the workloads (under ncu --profile-from-start off)")
     r.add_argument("names", nargs="*", help="workloads (default: all available)")
+    r.add_argument(
+        "--gluon-config",
+        type=lambda v: tuple(int(x) for x in v.split(",")),
+        help="lanes,warps,unroll,prefetch of the gluon scan (default: its default)",
+    )
     s = sub.add_parser("summarize", help="markdown tables from ncu's raw CSV page")
     s.add_argument("raw_csv", type=Path)
+    s.add_argument("--min-ms", type=float, default=0.01, help="leave out kernels shorter than this")
+    h = sub.add_parser("hotspots", help="per-instruction stalls from ncu's source CSV page")
+    h.add_argument("source_csv", type=Path)
+    h.add_argument("--top", type=int, default=8)
     args = p.parse_args()
     if args.cmd == "run":
-        run(args.names)
+        run(args.names, args.gluon_config)
+    elif args.cmd == "summarize":
+        print(summarize(args.raw_csv, args.min_ms))
     else:
-        print(summarize(args.raw_csv))
+        print(hotspots(args.source_csv, args.top))
     return 0
 
 

@@ -16,4 +16,5 @@ NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -
 "$NCU" -i "$REP.ncu-rep" --page details --print-details all > "$OUT/details.txt"
 "$NCU" -i "$REP.ncu-rep" --page source --csv --print-source sass > "$OUT/source.csv" 2>&1 || true
 python3 benchmarks/kernel_counters.py summarize "$OUT/raw.csv" > "$OUT/counters.md"
+python3 benchmarks/kernel_counters.py hotspots "$OUT/source.csv" >> "$OUT/counters.md"
 cat "$OUT/counters.md"
