@@ -1,16 +1,25 @@
 """Mamba-2's SSD at 16 x 2048 tokens when its autotuning happened at the first, tiny call.
 
-``mamba_ssm``'s SSD kernels autotune once per process on keys without batch or length
-(reprflow/kernels/autotune_by_size.py). Each scenario runs in a fresh process, at Mamba2-2.7B's
-shapes (``benchmarks/ssd_chunks.py``'s inputs, bf16, chunk 256):
+``mamba_ssm``'s SSD kernels (the five behind ``mamba_chunk_scan_combined``) are
+``triton.autotune``\ d on the chunk size, head dim and state size only (``key=['chunk_size',
+'hdim', 'dstate', ...]`` in ``mamba_ssm/ops/triton/ssd_*.py``), not on batch or length: each
+tunes at its first call in the process and keeps that configuration for every size. Under
+reprflow the first call is small (the 4-token warm-up forward, or the kernel chooser's check on
+at most 2 x 300 tokens), so the 16 x 2048 forwards run with configurations tuned on a problem
+thousands of times smaller, where every configuration costs about one launch.
 
-* ``tiny first``: ``mamba_ssm``'s function as is, first called at 1 x 4 tokens (reprflow's
-  warm-up forward), then timed at 16 x 2048: what reprflow ran before;
+Each scenario runs in a fresh process, at Mamba2-2.7B's shapes (``benchmarks/ssd_chunks.py``'s
+inputs, bf16, chunk 256), the scenarios taking turns (so that a drift of the GPU's clock over the
+run does not fall on one scenario):
+
+* ``tiny first``: ``mamba_ssm``'s function as is, first called at 1 x 4 tokens, then timed at
+  16 x 2048: what reprflow runs;
 * ``large first``: as is, first called at 16 x 2048;
-* ``by size, tiny first``: reprflow's :class:`AutotuneBySize` wrapper, first called at 1 x 4.
+* ``by size, tiny first``: the candidate fix, :class:`AutotuneBySize` (below), first called at
+  1 x 4: the autotuners' caches kept per size class, so the large call tunes at its own size.
 
-Per row: median ms per layer (CUDA events, 20 calls) and the configuration each of the two
-largest kernels ended with.
+Per row: median ms per layer (CUDA events, 20 calls), the SM clock read through NVML after the
+timing, and the configuration each of the two largest kernels ended with.
 
 Usage (GPU)::
 
@@ -24,8 +33,77 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
+from typing import Callable
 
 SCENARIOS = ("tiny first", "large first", "by size, tiny first")
+
+
+def autotuners_in(*modules: ModuleType) -> list:
+    """Every ``triton.autotune``\\ d kernel defined at the top level of ``modules``."""
+    from triton.runtime.autotuner import Autotuner
+
+    return [obj for m in modules for obj in vars(m).values() if isinstance(obj, Autotuner)]
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(int(n) - 1, 0).bit_length()
+
+
+class AutotuneBySize:
+    """``fn`` with the caches of ``autotuners`` kept per size class of its first tensor argument.
+
+    Parameters
+    ----------
+    fn : callable
+        The function that launches the autotuned kernels (e.g. ``mamba_chunk_scan_combined``);
+        its first argument (or keyword ``tensor_arg``) is a ``(batch, n_tokens, ...)`` tensor.
+    autotuners : list of triton.runtime.autotuner.Autotuner
+        The kernels ``fn`` launches whose autotune key leaves batch and tokens out.
+    tensor_arg : str
+        Keyword name of that first argument.
+
+    Notes
+    -----
+    Before each call every autotuner's ``cache`` (autotune key -> chosen ``triton.Config``) is
+    replaced by the one saved for the call's size class (empty for a new class, so the call
+    tunes); after it, the caches are saved for the class. The swap is a few dict operations per
+    call. Not thread-safe: one process drives one GPU from one thread, as reprflow does.
+    """
+
+    def __init__(self, fn: Callable, autotuners: list, tensor_arg: str = "x"):
+        self.fn = fn
+        self.autotuners = list(autotuners)
+        self.tensor_arg = tensor_arg
+        self.saved: dict[tuple, list[dict]] = {}
+        self.__wrapped__ = fn
+        self.__doc__ = fn.__doc__
+
+    def size_class(self, args: tuple, kwargs: dict) -> tuple:
+        """(device, batch, tokens) of the call, batch and tokens rounded up to powers of two."""
+        x = args[0] if args else kwargs[self.tensor_arg]  # a (batch, n_tokens, ...) tensor
+        return (str(x.device), _pow2(x.shape[0]), _pow2(x.shape[1]))
+
+    def __call__(self, *args, **kwargs):
+        key = self.size_class(args, kwargs)
+        saved = self.saved.get(key)
+        for i, tuner in enumerate(self.autotuners):
+            tuner.cache.clear()
+            if saved is not None:
+                tuner.cache.update(saved[i])
+        out = self.fn(*args, **kwargs)
+        self.saved[key] = [dict(t.cache) for t in self.autotuners]
+        return out
+
+
+def _sm_clock_mhz() -> int | None:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return pynvml.nvmlDeviceGetClockInfo(pynvml.nvmlDeviceGetHandleByIndex(0), pynvml.NVML_CLOCK_SM)
+    except Exception:  # NVML absent: the column stays empty
+        return None
 
 
 def _worker(scenario: str) -> dict:
@@ -34,10 +112,14 @@ def _worker(scenario: str) -> dict:
     from microbench import median_ms
     from ssd_chunks import inputs
 
+    import importlib
+
     from reprflow.kernels.optional import load_mamba_ssm_triton
 
-    wrapped = load_mamba_ssm_triton().chunk_scan_combined
-    fn = wrapped if scenario.startswith("by size") else wrapped.fn
+    raw = load_mamba_ssm_triton().chunk_scan_combined
+    names = ("ssd_chunk_scan", "ssd_chunk_state", "ssd_state_passing", "ssd_bmm", "ssd_combined")
+    wrapped = AutotuneBySize(raw, autotuners_in(*(importlib.import_module(f"mamba_ssm.ops.triton.{n}") for n in names)))
+    fn = wrapped if scenario.startswith("by size") else raw
     big = inputs(16, 2048)
     if "tiny first" in scenario:
         fn(chunk_size=256, **inputs(1, 4))
@@ -48,7 +130,7 @@ def _worker(scenario: str) -> dict:
         if t.base_fn.__name__ in ("_chunk_scan_fwd_kernel", "_chunk_state_fwd_kernel")
         and getattr(t, "best_config", None) is not None
     }
-    return {"scenario": scenario, "ms": ms, "configs": configs}
+    return {"scenario": scenario, "ms": ms, "sm_mhz": _sm_clock_mhz(), "configs": configs}
 
 
 def main() -> int:
@@ -60,18 +142,20 @@ def main() -> int:
         print(json.dumps(_worker(args.worker)))
         return 0
     rows = []
-    for scenario in SCENARIOS:
-        for _ in range(args.repeats):
+    for _ in range(args.repeats):
+        for scenario in SCENARIOS:
             out = subprocess.run(
                 [sys.executable, __file__, "--worker", scenario], capture_output=True, text=True, check=True
             ).stdout
             rows.append(json.loads(out.strip().splitlines()[-1]))
             print(f"{scenario}: {rows[-1]['ms']:.3f} ms", flush=True)
-    print("\n| scenario (fresh process each) | ms per layer, 16 x 2048 | configurations chosen |")
-    print("|---|---:|---|")
+    print(
+        "\n| scenario (fresh process each, in run order) | ms per layer, 16 x 2048 | SM MHz | configurations chosen |"
+    )
+    print("|---|---:|---:|---|")
     for r in rows:
         cfg = "; ".join(f"`{k}` {v}" for k, v in sorted(r["configs"].items()))
-        print(f"| {r['scenario']} | {r['ms']:.3f} | {cfg} |")
+        print(f"| {r['scenario']} | {r['ms']:.3f} | {r['sm_mhz'] or ''} | {cfg} |")
     return 0
 
 

@@ -37,8 +37,7 @@ class MambaSsmKernels:
     Attributes
     ----------
     chunk_scan_combined : callable
-        ``mamba_ssm.ops.triton.ssd_combined.mamba_chunk_scan_combined``, its kernels' autotuning
-        kept per size class (:class:`reprflow.kernels.autotune_by_size.AutotuneBySize`).
+        ``mamba_ssm.ops.triton.ssd_combined.mamba_chunk_scan_combined``.
     rmsnorm_fn : callable
         ``mamba_ssm.ops.triton.layernorm_gated.rmsnorm_fn`` (gated group RMSNorm).
     version : str
@@ -79,19 +78,6 @@ def _import_package_bare(name: str) -> bool:
     return True
 
 
-def _ssd_autotuned_by_size(fn: Callable) -> Callable:
-    """``mamba_chunk_scan_combined`` with its kernels' autotuning kept per size class.
-
-    Their autotune keys leave batch and length out, so the first call in a process (reprflow's
-    is tiny) would fix their launch configurations for all sizes (:mod:`reprflow.kernels.autotune_by_size`).
-    """
-    from reprflow.kernels.autotune_by_size import AutotuneBySize, autotuners_in
-
-    names = ("ssd_chunk_scan", "ssd_chunk_state", "ssd_state_passing", "ssd_bmm", "ssd_combined")
-    modules = [importlib.import_module(f"mamba_ssm.ops.triton.{n}") for n in names]
-    return AutotuneBySize(fn, autotuners_in(*modules))
-
-
 def load_mamba_ssm_triton() -> MambaSsmKernels | None:
     """Import ``mamba_ssm``'s Triton SSD kernels, or return None when unavailable.
 
@@ -117,7 +103,7 @@ def load_mamba_ssm_triton() -> MambaSsmKernels | None:
             ssd = importlib.import_module("mamba_ssm.ops.triton.ssd_combined")
             norm = importlib.import_module("mamba_ssm.ops.triton.layernorm_gated")
             kernels = MambaSsmKernels(
-                chunk_scan_combined=_ssd_autotuned_by_size(ssd.mamba_chunk_scan_combined),
+                chunk_scan_combined=ssd.mamba_chunk_scan_combined,
                 rmsnorm_fn=norm.rmsnorm_fn,
                 version=_distribution_version("mamba_ssm"),
                 bare_package=bare,
