@@ -33,21 +33,11 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Callable
 
+from reprflow.kernels.select import _pow2  # the kernel chooser's size classes
+
 SCENARIOS = ("tiny first", "large first", "by size, tiny first")
-
-
-def autotuners_in(*modules: ModuleType) -> list:
-    """Every ``triton.autotune``\\ d kernel defined at the top level of ``modules``."""
-    from triton.runtime.autotuner import Autotuner
-
-    return [obj for m in modules for obj in vars(m).values() if isinstance(obj, Autotuner)]
-
-
-def _pow2(n: int) -> int:
-    return 1 << max(int(n) - 1, 0).bit_length()
 
 
 class AutotuneBySize:
@@ -107,29 +97,19 @@ def _sm_clock_mhz() -> int | None:
 
 
 def _worker(scenario: str) -> dict:
-
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from microbench import median_ms
-    from ssd_chunks import inputs
-
-    import importlib
+    from ssd_chunks import best_configs, inputs, ssd_autotuners
 
     from reprflow.kernels.optional import load_mamba_ssm_triton
 
     raw = load_mamba_ssm_triton().chunk_scan_combined
-    names = ("ssd_chunk_scan", "ssd_chunk_state", "ssd_state_passing", "ssd_bmm", "ssd_combined")
-    wrapped = AutotuneBySize(raw, autotuners_in(*(importlib.import_module(f"mamba_ssm.ops.triton.{n}") for n in names)))
-    fn = wrapped if scenario.startswith("by size") else raw
+    fn = AutotuneBySize(raw, ssd_autotuners()) if scenario.startswith("by size") else raw
     big = inputs(16, 2048)
     if "tiny first" in scenario:
         fn(chunk_size=256, **inputs(1, 4))
     ms = median_ms(lambda: fn(chunk_size=256, **big), 20)
-    configs = {
-        t.base_fn.__name__: str(t.best_config)
-        for t in wrapped.autotuners
-        if t.base_fn.__name__ in ("_chunk_scan_fwd_kernel", "_chunk_state_fwd_kernel")
-        and getattr(t, "best_config", None) is not None
-    }
+    configs = {k: v for k, v in best_configs().items() if k in ("_chunk_scan_fwd_kernel", "_chunk_state_fwd_kernel")}
     return {"scenario": scenario, "ms": ms, "sm_mhz": _sm_clock_mhz(), "configs": configs}
 
 

@@ -29,6 +29,8 @@ sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from microbench import median_ms, rel_err  # noqa: E402
 
 HEADS, HEAD_DIM, GROUPS, STATES = 80, 64, 1, 128
+#: the modules of ``mamba_ssm.ops.triton`` behind ``mamba_chunk_scan_combined``
+SSD_MODULES = ("ssd_chunk_scan", "ssd_chunk_state", "ssd_state_passing", "ssd_bmm", "ssd_combined")
 
 
 def inputs(batch: int, n_tokens: int, seed: int = 0) -> dict:
@@ -69,18 +71,23 @@ def kernel_times(fn, repeats: int = 3) -> list[tuple[str, float]]:
     return [(e.key, e.device_time_total / 1e3 / repeats) for e in events[:8]]
 
 
-def best_configs() -> dict[str, str]:
+def ssd_autotuners() -> list:
+    """Every ``triton.autotune``\\ d kernel of ``mamba_ssm``'s SSD modules (forward and backward)."""
     import importlib
 
-    out = {}
-    for mod_name in ("ssd_chunk_scan", "ssd_chunk_state", "ssd_state_passing", "ssd_bmm"):
-        mod = importlib.import_module(f"mamba_ssm.ops.triton.{mod_name}")
-        for name in dir(mod):
-            obj = getattr(mod, name)
-            cfg = getattr(obj, "best_config", None)
-            if name.endswith("_fwd_kernel") and cfg is not None:
-                out[name] = str(cfg)
-    return out
+    from triton.runtime.autotuner import Autotuner
+
+    modules = [importlib.import_module(f"mamba_ssm.ops.triton.{n}") for n in SSD_MODULES]
+    return [obj for m in modules for obj in vars(m).values() if isinstance(obj, Autotuner)]
+
+
+def best_configs() -> dict[str, str]:
+    """The configuration each forward SSD kernel's autotuner last chose, by kernel name."""
+    return {
+        t.base_fn.__name__: str(t.best_config)
+        for t in ssd_autotuners()
+        if t.base_fn.__name__.endswith("_fwd_kernel") and getattr(t, "best_config", None) is not None
+    }
 
 
 def main() -> None:
