@@ -1,4 +1,4 @@
-"""Mamba-2's SSD at 16 x 2048 tokens when its autotuning happened at the first, tiny call.
+r"""Mamba-2's SSD at 16 x 2048 tokens when its autotuning happened at the first, tiny call.
 
 ``mamba_ssm``'s SSD kernels (the five behind ``mamba_chunk_scan_combined``) are
 ``triton.autotune``\ d on the chunk size, head dim and state size only (``key=['chunk_size',
@@ -13,10 +13,11 @@ inputs, bf16, chunk 256), the scenarios taking turns (so that a drift of the GPU
 run does not fall on one scenario):
 
 * ``tiny first``: ``mamba_ssm``'s function as is, first called at 1 x 4 tokens, then timed at
-  16 x 2048: what reprflow runs;
+  16 x 2048: what reprflow ran before the fix;
 * ``large first``: as is, first called at 16 x 2048;
-* ``by size, tiny first``: the candidate fix, :class:`AutotuneBySize` (below), first called at
-  1 x 4: the autotuners' caches kept per size class, so the large call tunes at its own size.
+* ``by size, tiny first``: reprflow's loader's function
+  (:class:`reprflow.kernels.autotune_by_size.AutotuneBySize` around ``mamba_ssm``'s), first called
+  at 1 x 4: the autotuners' caches kept per size class, so the large call tunes at its own size.
 
 Per row: median ms per layer (CUDA events, 20 calls), the SM clock read through NVML after the
 timing, and the configuration each of the two largest kernels ended with.
@@ -33,57 +34,8 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable
-
-from reprflow.kernels.select import _pow2  # the kernel chooser's size classes
 
 SCENARIOS = ("tiny first", "large first", "by size, tiny first")
-
-
-class AutotuneBySize:
-    """``fn`` with the caches of ``autotuners`` kept per size class of its first tensor argument.
-
-    Parameters
-    ----------
-    fn : callable
-        The function that launches the autotuned kernels (e.g. ``mamba_chunk_scan_combined``);
-        its first argument (or keyword ``tensor_arg``) is a ``(batch, n_tokens, ...)`` tensor.
-    autotuners : list of triton.runtime.autotuner.Autotuner
-        The kernels ``fn`` launches whose autotune key leaves batch and tokens out.
-    tensor_arg : str
-        Keyword name of that first argument.
-
-    Notes
-    -----
-    Before each call every autotuner's ``cache`` (autotune key -> chosen ``triton.Config``) is
-    replaced by the one saved for the call's size class (empty for a new class, so the call
-    tunes); after it, the caches are saved for the class. The swap is a few dict operations per
-    call. Not thread-safe: one process drives one GPU from one thread, as reprflow does.
-    """
-
-    def __init__(self, fn: Callable, autotuners: list, tensor_arg: str = "x"):
-        self.fn = fn
-        self.autotuners = list(autotuners)
-        self.tensor_arg = tensor_arg
-        self.saved: dict[tuple, list[dict]] = {}
-        self.__wrapped__ = fn
-        self.__doc__ = fn.__doc__
-
-    def size_class(self, args: tuple, kwargs: dict) -> tuple:
-        """(device, batch, tokens) of the call, batch and tokens rounded up to powers of two."""
-        x = args[0] if args else kwargs[self.tensor_arg]  # a (batch, n_tokens, ...) tensor
-        return (str(x.device), _pow2(x.shape[0]), _pow2(x.shape[1]))
-
-    def __call__(self, *args, **kwargs):
-        key = self.size_class(args, kwargs)
-        saved = self.saved.get(key)
-        for i, tuner in enumerate(self.autotuners):
-            tuner.cache.clear()
-            if saved is not None:
-                tuner.cache.update(saved[i])
-        out = self.fn(*args, **kwargs)
-        self.saved[key] = [dict(t.cache) for t in self.autotuners]
-        return out
 
 
 def _sm_clock_mhz() -> int | None:
@@ -99,12 +51,12 @@ def _sm_clock_mhz() -> int | None:
 def _worker(scenario: str) -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from microbench import median_ms
-    from ssd_chunks import best_configs, inputs, ssd_autotuners
+    from ssd_chunks import best_configs, inputs
 
     from reprflow.kernels.optional import load_mamba_ssm_triton
 
-    raw = load_mamba_ssm_triton().chunk_scan_combined
-    fn = AutotuneBySize(raw, ssd_autotuners()) if scenario.startswith("by size") else raw
+    by_size = load_mamba_ssm_triton().chunk_scan_combined  # reprflow's: an AutotuneBySize
+    fn = by_size if scenario.startswith("by size") else by_size.fn  # .fn: mamba_ssm's own
     big = inputs(16, 2048)
     if "tiny first" in scenario:
         fn(chunk_size=256, **inputs(1, 4))

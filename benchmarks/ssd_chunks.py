@@ -22,6 +22,7 @@ import sys
 
 import torch
 
+from reprflow.kernels.autotune_by_size import ssd_autotuners
 from reprflow.kernels.optional import load_mamba_ssm_triton
 from reprflow.kernels.ssd import ssd_reference
 
@@ -29,8 +30,6 @@ sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from microbench import median_ms, rel_err  # noqa: E402
 
 HEADS, HEAD_DIM, GROUPS, STATES = 80, 64, 1, 128
-#: the modules of ``mamba_ssm.ops.triton`` behind ``mamba_chunk_scan_combined``
-SSD_MODULES = ("ssd_chunk_scan", "ssd_chunk_state", "ssd_state_passing", "ssd_bmm", "ssd_combined")
 
 
 def inputs(batch: int, n_tokens: int, seed: int = 0) -> dict:
@@ -69,16 +68,6 @@ def kernel_times(fn, repeats: int = 3) -> list[tuple[str, float]]:
     events = [e for e in prof.key_averages() if e.device_time_total > 0]
     events.sort(key=lambda e: -e.device_time_total)
     return [(e.key, e.device_time_total / 1e3 / repeats) for e in events[:8]]
-
-
-def ssd_autotuners() -> list:
-    """Every ``triton.autotune``\\ d kernel of ``mamba_ssm``'s SSD modules (forward and backward)."""
-    import importlib
-
-    from triton.runtime.autotuner import Autotuner
-
-    modules = [importlib.import_module(f"mamba_ssm.ops.triton.{n}") for n in SSD_MODULES]
-    return [obj for m in modules for obj in vars(m).values() if isinstance(obj, Autotuner)]
 
 
 def best_configs() -> dict[str, str]:

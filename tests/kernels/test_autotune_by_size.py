@@ -1,0 +1,99 @@
+"""mamba_ssm's SSD kernels tune per size class, not once at the first (tiny) call.
+
+The wrapper's bookkeeping is tested on the CPU with autotuners that "tune" by recording the size
+they first saw (what a ``triton.autotune`` cache holds: autotune key -> configuration); the real
+``mamba_ssm`` kernels on the GPU (Triton's autotuner benchmarks on the device)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from reprflow.kernels.autotune_by_size import AutotuneBySize
+from reprflow.kernels.optional import load_mamba_ssm_triton
+from reprflow.kernels.ssd import ssd_reference
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+class _Tuner:
+    """The part of ``triton.runtime.autotuner.Autotuner`` the wrapper touches: ``cache``, filled on a miss."""
+
+    def __init__(self):
+        self.cache: dict = {}
+        self.tunings = 0
+
+    def launch(self, x: torch.Tensor) -> str:
+        key = ("chunk 256",)  # like mamba_ssm's keys: no batch, no length
+        if key not in self.cache:
+            self.tunings += 1
+            self.cache[key] = f"tuned at {tuple(x.shape[:2])}"
+        return self.cache[key]
+
+
+def test_by_size_tunes_each_size_class_at_its_own_size_and_restores_it():
+    tuners = [_Tuner(), _Tuner()]
+    ssd = AutotuneBySize(lambda x, chunk_size: [t.launch(x) for t in tuners], tuners)
+    assert ssd(torch.empty(1, 4), 256) == ["tuned at (1, 4)"] * 2
+    assert ssd(torch.empty(16, 2048), 256) == ["tuned at (16, 2048)"] * 2  # not the tiny call's
+    assert ssd(torch.empty(13, 1500), chunk_size=256) == ["tuned at (16, 2048)"] * 2  # same class
+    assert ssd(x=torch.empty(1, 3), chunk_size=256) == ["tuned at (1, 4)"] * 2  # restored, not re-tuned
+    assert [t.tunings for t in tuners] == [2, 2]
+    assert set(ssd.saved) == {("cpu", 1, 4), ("cpu", 16, 2048)}
+    assert ssd.size_class((torch.empty(17, 2049),), {}) == ("cpu", 32, 4096)
+
+
+def _ssd_args(batch: int, n_tokens: int, heads: int = 8, head_dim: int = 64, d_state: int = 128) -> dict:
+    g = torch.Generator(device="cuda").manual_seed(batch * 10_000 + n_tokens)
+    x = torch.randn(batch, n_tokens, heads, head_dim, device="cuda", generator=g).bfloat16()
+    dt = torch.randn(batch, n_tokens, heads, device="cuda", generator=g).bfloat16()
+    B = torch.randn(batch, n_tokens, 1, d_state, device="cuda", generator=g).bfloat16()
+    C = torch.randn(batch, n_tokens, 1, d_state, device="cuda", generator=g).bfloat16()
+    A = -torch.linspace(1.0, 16.0, heads, device="cuda")
+    return dict(
+        x=x,
+        dt=dt,
+        A=A,
+        B=B,
+        C=C,
+        D=torch.ones(heads, device="cuda"),
+        dt_bias=torch.full((heads,), -2.0, device="cuda"),
+        dt_softplus=True,
+    )
+
+
+@requires_cuda
+@pytest.mark.gpu
+def test_ssd_tunes_once_per_size_class_and_keeps_each_choice():
+    kernels = load_mamba_ssm_triton()
+    if kernels is None:
+        pytest.skip("mamba_ssm's Triton kernels are not importable here")
+    ssd = kernels.chunk_scan_combined
+    assert isinstance(ssd, AutotuneBySize)
+    tuners = ssd.autotuners
+    assert len(tuners) >= 5, [t.base_fn.__name__ for t in tuners]  # the five SSD forward kernels at least
+
+    def timings():  # a new object each time an autotuner benchmarks its configurations
+        return [id(getattr(t, "configs_timings", None)) for t in tuners]
+
+    def run(batch, n_tokens):
+        a = _ssd_args(batch, n_tokens)
+        return a, ssd(a["x"], a["dt"], a["A"], a["B"], a["C"], 256, D=a["D"], dt_bias=a["dt_bias"], dt_softplus=True)
+
+    run(1, 4)  # the tiny first call that used to fix the configurations for every size
+    after_tiny = timings()
+    tiny_class = ssd.size_class((torch.empty(1, 4, device="cuda"),), {})
+    a, big = run(4, 1024)
+    after_big = timings()
+    tuned_again = [i for i, (p, q) in enumerate(zip(after_tiny, after_big)) if p != q]
+    assert tuned_again, "the large call reused the tiny call's autotuning"
+    assert {tiny_class, ssd.size_class((a["x"],), {})} <= set(ssd.saved)
+    run(4, 1000)  # same size class (4 x 1024): no new tuning
+    assert timings() == after_big
+    run(1, 4)  # back to the tiny class: its own choices restored, no new tuning
+    assert timings() == after_big
+    # the result is still the SSD's: first sequence, first 300 tokens, against float64
+    small = {k: (v[:1, :300] if k in ("x", "dt", "B", "C") else v) for k, v in a.items()}
+    want = ssd_reference(**{k: (v.double() if torch.is_tensor(v) else v) for k, v in small.items()}, chunk_size=0)
+    got = big[:1, :300].double()
+    assert float((got - want).norm() / want.norm()) < 3e-2
