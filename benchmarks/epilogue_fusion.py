@@ -10,6 +10,13 @@ For the paper models' shapes at (batch x tokens) rows, bf16, one H200:
   one GEMM whose epilogue adds the float32 residual (``torch.addmm(res, y, W.T,
   out_dtype=torch.float32)``; the product is not rounded to bf16 first).
 
+* ``gelu_erf_fc``: Pythia's ``dense_h_to_4h`` + exact (erf) GELU as two kernels (``F.linear`` then
+  ``F.gelu``: cuBLASLt has no erf-GELU epilogue) against reprflow's Triton GEMM with that
+  epilogue (``benchmarks/gemm_epilogue_triton.py``; tried and not adopted: docs/kernels.md), one
+  row per launch configuration.
+* ``residual_out`` also gets the Triton GEMM's ``add_f32`` epilogue, which writes a new float32
+  tensor (``torch.addmm`` first copies the float32 residual into its output).
+
 Each row: median ms of ``--repeats`` calls (CUDA events), GB/s-free % of the bf16 matmul
 rate measured at the start, and the relative error ``||got - want|| / ||want||`` against
 the same computation in float64 from the same bf16 inputs.
@@ -52,6 +59,63 @@ def gelu_rows(rows: int, d: int, repeats: int, rate: float) -> list[tuple]:
     return out
 
 
+#: launch configurations of the Triton GEMM tried per epilogue
+#: (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_stages, num_warps, subtile)
+TRITON_CONFIGS = {
+    "gelu_erf": [
+        (128, 256, 64, 8, 3, 8, True),
+        (128, 256, 64, 8, 4, 8, True),
+        (128, 128, 64, 8, 4, 8, True),
+        (128, 128, 64, 8, 5, 8, True),
+        (256, 128, 64, 8, 3, 8, True),
+    ],
+    "add_f32": [
+        (128, 128, 64, 8, 3, 8, True),
+        (128, 128, 64, 8, 4, 8, True),
+        (128, 128, 64, 8, 5, 8, True),
+        (128, 256, 64, 8, 2, 8, True),
+        (128, 128, 64, 4, 4, 8, False),
+    ],
+}
+
+
+def _triton_rows(fusion, shape, epilogue, flops, repeats, rate, want, **kw) -> list[tuple]:
+    from gemm_epilogue_triton import gemm_epilogue, gemm_epilogue_available
+
+    if not gemm_epilogue_available("cuda"):
+        return []
+    out = []
+    for cfg in TRITON_CONFIGS[epilogue]:
+        fn = lambda: gemm_epilogue(epilogue=epilogue, config=cfg, **kw)  # noqa: E731
+        try:
+            ms = median_ms(fn, repeats)
+        except Exception as exc:  # e.g. out of shared memory on a smaller GPU
+            print(f"triton {epilogue} {cfg}: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
+            continue
+        name = f"reprflow triton gemm_epilogue {epilogue} {cfg}"
+        out.append((fusion, shape, name, ms, flops / (ms * 1e-3) / 1e12 / rate, rel_err(fn(), want)))
+    return out
+
+
+def gelu_erf_rows(rows: int, d: int, repeats: int, rate: float) -> list[tuple]:
+    g = torch.Generator(device="cuda").manual_seed(2)
+    x = torch.randn(rows, d, device="cuda", dtype=torch.bfloat16, generator=g)
+    w = (torch.randn(4 * d, d, device="cuda", generator=g) / d**0.5).to(torch.bfloat16)
+    b = (0.1 * torch.randn(4 * d, device="cuda", generator=g)).to(torch.bfloat16)
+    want = F.gelu(torch.addmm(b.double(), x.double(), w.double().T))
+    flops = 2 * rows * d * 4 * d
+    shape = f"{rows}x{d}->{4 * d}"
+    out = []
+    for name, fn in (
+        ("linear, then gelu (erf; today)", lambda: F.gelu(F.linear(x, w, b))),
+        ("linear alone (no GELU: the floor)", lambda: F.linear(x, w, b)),
+    ):
+        ms = median_ms(fn, repeats)
+        err = rel_err(fn(), want) if "floor" not in name else float("nan")
+        out.append(("gelu_erf_fc", shape, name, ms, flops / (ms * 1e-3) / 1e12 / rate, err))
+    return out + _triton_rows("gelu_erf_fc", shape, "gelu_erf", flops, repeats, rate, want, x=x, weight=w, bias=b)
+
+
 def residual_rows(rows: int, d_inner: int, d: int, repeats: int, rate: float) -> list[tuple]:
     g = torch.Generator(device="cuda").manual_seed(1)
     y = torch.randn(rows, d_inner, device="cuda", dtype=torch.bfloat16, generator=g)
@@ -75,7 +139,8 @@ def residual_rows(rows: int, d_inner: int, d: int, repeats: int, rate: float) ->
         ms = median_ms(fn, repeats)
         err = rel_err(fn(), want) if "floor" not in name else float("nan")
         out.append(("residual_out", f"{rows}x{d_inner}->{d}", name, ms, flops / (ms * 1e-3) / 1e12 / rate, err))
-    return out
+    shape = f"{rows}x{d_inner}->{d}"
+    return out + _triton_rows("residual_out", shape, "add_f32", flops, repeats, rate, want, x=y, weight=w, residual=res)
 
 
 def main(argv=None) -> int:
@@ -89,7 +154,11 @@ def main(argv=None) -> int:
     rate = measure_peak_tflops("cuda", quick=False)
     print(f"{torch.cuda.get_device_name()} | torch {torch.__version__} | {time.strftime('%Y-%m-%d %H:%M %Z')}")
     print(f"bf16 matmul rate (8192^3): {rate:.0f} TFLOP/s\n")
-    rows = gelu_rows(args.rows, 2560, args.repeats, rate) + residual_rows(args.rows, 5120, 2560, args.repeats, rate)
+    rows = (
+        gelu_rows(args.rows, 2560, args.repeats, rate)
+        + gelu_erf_rows(args.rows, 2560, args.repeats, rate)
+        + residual_rows(args.rows, 5120, 2560, args.repeats, rate)
+    )
     print("| fusion | shape | variant | ms | % of matmul rate | rel. err vs float64 |")
     print("|---|---|---|---:|---:|---:|")
     for fusion, shape, name, ms, frac, err in rows:

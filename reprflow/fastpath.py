@@ -219,7 +219,7 @@ def _prepare_mamba2(model: nn.Module, report: dict[str, Any], *, device: torch.d
     n += _fuse_rms_norm(model, report, on_gpu=True)
     report.update(
         scan=_offer(ssd),
-        gated_norm="mamba_ssm triton rmsnorm_fn (norm_before_gate=False)",
+        gated_norm="reprflow triton gated_rms_norm (HF rounding order)",
         conv=_offer(conv),
         mamba_ssm_bare_import=kernels.bare_package,
         why="per op and shape class: see 'kernels'",

@@ -12,8 +12,8 @@ Mamba-1: ``in_proj`` -> causal conv + SiLU (:mod:`reprflow.kernels.causal_conv1d
 -> selective scan -> ``out_proj``.
 
 Mamba-2: ``in_proj`` -> causal conv + SiLU -> SSD scan (``mamba_ssm``'s Triton
-``mamba_chunk_scan_combined``) -> gated group RMSNorm (``mamba_ssm``'s Triton
-``rmsnorm_fn``, ``norm_before_gate=False`` as HF's ``MambaRMSNormGated``) -> ``out_proj``.
+``mamba_chunk_scan_combined``) -> gated group RMSNorm (HF's ``MambaRMSNormGated`` in one
+Triton pass, :mod:`reprflow.kernels.gated_rms_norm`) -> ``out_proj``.
 
 The conv, the scan and the SSD are passed in as callables: a fixed implementation (a
 string ``impl``) or a :class:`reprflow.kernels.select.KernelOp` that picks the fastest
@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from reprflow.kernels.causal_conv1d import causal_conv1d_silu
+from reprflow.kernels.gated_rms_norm import gated_rms_norm
 from reprflow.kernels.optional import MambaSsmKernels
 from reprflow.kernels.selective_scan import selective_scan, selective_scan_autograd
 
@@ -217,15 +218,7 @@ def mamba2_mixer_forward(
         dt_limit=tuple(mixer.time_step_limit),
     )  # [batch, n_tokens, n_heads, head_dim]
     y = y.reshape(batch, n_tokens, d_inner)
-    y = kernels.rmsnorm_fn(
-        y,
-        mixer.norm.weight,
-        None,
-        z=gate,
-        eps=mixer.norm.variance_epsilon,
-        group_size=d_inner // n_groups,
-        norm_before_gate=False,
-    )
+    y = gated_rms_norm(y, gate, mixer.norm.weight, eps=mixer.norm.variance_epsilon, group_size=d_inner // n_groups)
     return out_proj_add(mixer.out_proj, y.to(dtype), residual)
 
 

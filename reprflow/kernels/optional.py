@@ -39,8 +39,6 @@ class MambaSsmKernels:
     chunk_scan_combined : callable
         ``mamba_ssm.ops.triton.ssd_combined.mamba_chunk_scan_combined``, its kernels' autotuning
         kept per size class (:class:`reprflow.kernels.autotune_by_size.AutotuneBySize`).
-    rmsnorm_fn : callable
-        ``mamba_ssm.ops.triton.layernorm_gated.rmsnorm_fn`` (gated group RMSNorm).
     version : str
         ``mamba_ssm`` distribution version.
     bare_package : bool
@@ -48,7 +46,6 @@ class MambaSsmKernels:
     """
 
     chunk_scan_combined: Callable
-    rmsnorm_fn: Callable
     version: str
     bare_package: bool
 
@@ -102,12 +99,10 @@ def load_mamba_ssm_triton() -> MambaSsmKernels | None:
             bare = not hasattr(sys.modules["mamba_ssm"], "__version__")
         try:
             ssd = importlib.import_module("mamba_ssm.ops.triton.ssd_combined")
-            norm = importlib.import_module("mamba_ssm.ops.triton.layernorm_gated")
             from reprflow.kernels.autotune_by_size import AutotuneBySize, ssd_autotuners
 
             kernels = MambaSsmKernels(
                 chunk_scan_combined=AutotuneBySize(ssd.mamba_chunk_scan_combined, ssd_autotuners()),
-                rmsnorm_fn=norm.rmsnorm_fn,
                 version=_distribution_version("mamba_ssm"),
                 bare_package=bare,
             )

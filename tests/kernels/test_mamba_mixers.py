@@ -4,7 +4,6 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 from transformers import Mamba2Config, Mamba2ForCausalLM, MambaConfig, MambaForCausalLM
 
 from reprflow.kernels.mamba_mixers import install_mamba2_forward, install_mamba_forward, install_mamba_train_forward
@@ -43,14 +42,6 @@ def _hidden(model, ids, mask):
     return torch.stack([h.float() for h in out.hidden_states])
 
 
-def _gated_rmsnorm(x, weight, bias, z=None, eps=1e-6, group_size=None, norm_before_gate=True):
-    assert not norm_before_gate and bias is None
-    h = x.double() * F.silu(z.double())
-    hg = h.view(*h.shape[:-1], -1, group_size)
-    hg = hg * torch.rsqrt(hg.pow(2).mean(-1, keepdim=True) + eps)
-    return (weight.double() * hg.view_as(h)).to(x.dtype)
-
-
 def test_mamba_fast_forward_matches_hf_cpu(torch_gen):
     hf = _tiny_mamba()
     fast = copy.deepcopy(hf)
@@ -86,9 +77,7 @@ def test_mamba_train_forward_matches_hf_values_and_gradients(torch_gen):
 def test_mamba2_fast_forward_matches_hf_cpu(torch_gen):
     hf = _tiny_mamba2()
     fast = copy.deepcopy(hf)
-    kernels = MambaSsmKernels(
-        chunk_scan_combined=ssd_reference, rmsnorm_fn=_gated_rmsnorm, version="test", bare_package=False
-    )
+    kernels = MambaSsmKernels(chunk_scan_combined=ssd_reference, version="test", bare_package=False)
     assert install_mamba2_forward(fast, kernels=kernels, conv_impl="torch") == 2
     ids = torch.randint(0, 97, (2, 21), generator=torch_gen)
     mask = torch.ones_like(ids)
