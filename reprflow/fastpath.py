@@ -22,8 +22,9 @@ mamba         HF mixer -> time-major forward whose causal conv and selective sca
               use per shape class; RMSNorms -> one Triton pass each (same rounding order);
               ``out_proj`` + the float32 residual add as one GEMM (on CUDA)
 mamba2        HF mixer -> time-major forward with the conv op, the SSD op (mamba_ssm's
-              Triton SSD scan) and mamba_ssm's gated RMSNorm, when ``mamba_ssm`` is
-              installed; RMSNorms and ``out_proj`` + residual as Mamba
+              Triton SSD scan, tuned per size class) and reprflow's one-pass gated
+              RMSNorm (transformers' rounding order), when ``mamba_ssm`` is installed;
+              RMSNorms and ``out_proj`` + residual as Mamba
 ============  ==========================================================================
 
 All families also get ``config.use_cache = False`` (extraction never decodes; the cache
