@@ -15,7 +15,10 @@ tiny call").
 :class:`AutotuneBySize` wraps such a function and keeps the autotuners' caches per size class
 (device, batch and tokens each rounded up to a power of two, as the kernel chooser's shape
 classes): the first call of a class tunes at that size, later calls of the class reuse its
-configurations, and a small call no longer decides for a large one.
+configurations, and a small call no longer decides for a large one. Calls below
+:data:`SMALL_TOKENS` (batch x tokens, each rounded up) share one class: they take microseconds
+whatever the configuration, and tuning each of them (the warm-up, the kernel chooser's checks)
+would cost seconds per process for nothing.
 """
 
 from __future__ import annotations
@@ -27,7 +30,10 @@ from torch import Tensor
 
 from reprflow.kernels.select import _pow2  # the kernel chooser's size classes
 
-__all__ = ["AutotuneBySize", "SSD_MODULES", "ssd_autotuners"]
+__all__ = ["AutotuneBySize", "SMALL_TOKENS", "SSD_MODULES", "ssd_autotuners"]
+
+#: calls with fewer (batch x tokens, each rounded up to a power of two) share the class "small"
+SMALL_TOKENS = 16384
 
 #: the modules of ``mamba_ssm.ops.triton`` behind ``mamba_chunk_scan_combined``
 SSD_MODULES = ("ssd_chunk_scan", "ssd_chunk_state", "ssd_state_passing", "ssd_bmm", "ssd_combined")
@@ -73,9 +79,13 @@ class AutotuneBySize:
         self.__doc__ = fn.__doc__
 
     def size_class(self, args: tuple, kwargs: dict) -> tuple:
-        """(device, batch, tokens) of the call, batch and tokens rounded up to powers of two."""
+        """(device, batch, tokens) of the call, batch and tokens rounded up to powers of two;
+        (device, "small") below :data:`SMALL_TOKENS`."""
         x: Tensor = args[0] if args else kwargs[self.tensor_arg]
-        return (str(x.device), _pow2(x.shape[0]), _pow2(x.shape[1]))
+        batch, tokens = _pow2(x.shape[0]), _pow2(x.shape[1])
+        if batch * tokens < SMALL_TOKENS:
+            return (str(x.device), "small")
+        return (str(x.device), batch, tokens)
 
     def __call__(self, *args, **kwargs):
         key = self.size_class(args, kwargs)

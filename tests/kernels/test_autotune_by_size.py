@@ -38,9 +38,15 @@ def test_by_size_tunes_each_size_class_at_its_own_size_and_restores_it():
     assert ssd(torch.empty(16, 2048), 256) == ["tuned at (16, 2048)"] * 2  # not the tiny call's
     assert ssd(torch.empty(13, 1500), chunk_size=256) == ["tuned at (16, 2048)"] * 2  # same class
     assert ssd(x=torch.empty(1, 3), chunk_size=256) == ["tuned at (1, 4)"] * 2  # restored, not re-tuned
+    assert ssd(torch.empty(2, 300), 256) == ["tuned at (1, 4)"] * 2  # small calls share one class
     assert [t.tunings for t in tuners] == [2, 2]
-    assert set(ssd.saved) == {("cpu", 1, 4), ("cpu", 16, 2048)}
+    assert set(ssd.saved) == {("cpu", "small"), ("cpu", 16, 2048)}
     assert ssd.size_class((torch.empty(17, 2049),), {}) == ("cpu", 32, 4096)
+    assert ssd.size_class((torch.empty(4, 4096),), {}) == ("cpu", 4, 4096)  # 16384 tokens: not small
+    assert ssd.size_class((torch.empty(4, 4095),), {}) == ("cpu", 4, 4096)
+    assert ssd.size_class((torch.empty(5, 2048),), {}) == ("cpu", 8, 2048)
+    assert ssd.size_class((torch.empty(3, 2048),), {}) == ("cpu", "small")  # 4 x 2048 = 8192
+    assert ssd.size_class((torch.empty(2, 2048),), {}) == ("cpu", "small")
 
 
 def _ssd_args(batch: int, n_tokens: int, heads: int = 8, head_dim: int = 64, d_state: int = 128) -> dict:
@@ -80,17 +86,20 @@ def test_ssd_tunes_once_per_size_class_and_keeps_each_choice():
         a = _ssd_args(batch, n_tokens)
         return a, ssd(a["x"], a["dt"], a["A"], a["B"], a["C"], 256, D=a["D"], dt_bias=a["dt_bias"], dt_softplus=True)
 
+    big_class = ssd.size_class((torch.empty(8, 2048, device="cuda"),), {})
+    ssd.saved.pop(big_class, None)  # an earlier test in this process may have used that size
     run(1, 4)  # the tiny first call that used to fix the configurations for every size
     after_tiny = timings()
     tiny_class = ssd.size_class((torch.empty(1, 4, device="cuda"),), {})
-    a, big = run(4, 1024)
+    a, big = run(8, 2048)
     after_big = timings()
     tuned_again = [i for i, (p, q) in enumerate(zip(after_tiny, after_big)) if p != q]
     assert tuned_again, "the large call reused the tiny call's autotuning"
-    assert {tiny_class, ssd.size_class((a["x"],), {})} <= set(ssd.saved)
-    run(4, 1000)  # same size class (4 x 1024): no new tuning
+    assert {tiny_class, big_class} <= set(ssd.saved)
+    run(8, 2000)  # same size class (8 x 2048): no new tuning
     assert timings() == after_big
     run(1, 4)  # back to the tiny class: its own choices restored, no new tuning
+    run(2, 300)  # the chooser's check size: small, the same class
     assert timings() == after_big
     # the result is still the SSD's: first sequence, first 300 tokens, against float64
     small = {k: (v[:1, :300] if k in ("x", "dt", "B", "C") else v) for k, v in a.items()}
