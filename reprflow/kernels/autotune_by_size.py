@@ -9,8 +9,8 @@ Under reprflow that first call is small: the 4-token warm-up forward or the kern
 check on at most 2 x 300 tokens. The 16 x 2048-token forwards then ran with configurations
 tuned on a problem thousands of times smaller, where every configuration costs about one
 launch, so which one won varied from process to process: 1.92-3.10 ms per Mamba2-2.7B layer
-against 1.62-1.64 ms tuned per size (docs/kernels.md, "mamba_ssm's SSD autotunes at the first,
-tiny call").
+against 1.62-1.64 ms tuned per size (docs/kernels.md, "mamba_ssm's SSD tunes per size
+class").
 
 :class:`AutotuneBySize` wraps such a function and keeps the autotuners' caches per size class
 (device, batch and tokens each rounded up to a power of two, as the kernel chooser's shape
