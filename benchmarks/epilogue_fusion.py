@@ -40,22 +40,14 @@ from kernels import measure_peak_tflops  # noqa: E402
 from microbench import median_ms, rel_err  # noqa: E402
 
 
-def gelu_rows(rows: int, d: int, repeats: int, rate: float) -> list[tuple]:
-    g = torch.Generator(device="cuda").manual_seed(0)
-    x = torch.randn(rows, d, device="cuda", dtype=torch.bfloat16, generator=g)
-    w = (torch.randn(4 * d, d, device="cuda", generator=g) / d**0.5).to(torch.bfloat16)
-    b = (0.1 * torch.randn(4 * d, device="cuda", generator=g)).to(torch.bfloat16)
-    want = F.gelu(torch.addmm(b.double(), x.double(), w.double().T), approximate="tanh")
-    flops = 2 * rows * d * 4 * d
+def _measure(fusion, shape, cands, flops, repeats, rate, want) -> list[tuple]:
+    """One row per ``(name, fn)`` candidate: median ms, % of ``rate``, error against ``want``
+    (none for the floor, a different computation)."""
     out = []
-    for name, fn in (
-        ("linear, then gelu(tanh) (today)", lambda: F.gelu(F.linear(x, w, b), approximate="tanh")),
-        ("_addmm_activation(use_gelu) (cuBLASLt GELU_BIAS)", lambda: torch._addmm_activation(b, x, w.T, use_gelu=True)),
-        ("linear alone (no GELU: the floor)", lambda: F.linear(x, w, b)),
-    ):
+    for name, fn in cands:
         ms = median_ms(fn, repeats)
         err = rel_err(fn(), want) if "floor" not in name else float("nan")
-        out.append(("gelu_fc", f"{rows}x{d}->{4 * d}", name, ms, flops / (ms * 1e-3) / 1e12 / rate, err))
+        out.append((fusion, shape, name, ms, flops / (ms * 1e-3) / 1e12 / rate, err))
     return out
 
 
@@ -79,41 +71,48 @@ TRITON_CONFIGS = {
 }
 
 
-def _triton_rows(fusion, shape, epilogue, flops, repeats, rate, want, **kw) -> list[tuple]:
+def _triton_cands(epilogue: str, **kw) -> list[tuple]:
+    """The Triton GEMM (``gemm_epilogue_triton.py``) per launch configuration that runs here."""
     from gemm_epilogue_triton import gemm_epilogue, gemm_epilogue_available
 
     if not gemm_epilogue_available("cuda"):
         return []
-    out = []
+    cands = []
     for cfg in TRITON_CONFIGS[epilogue]:
-        fn = lambda: gemm_epilogue(epilogue=epilogue, config=cfg, **kw)  # noqa: E731
+        fn = lambda cfg=cfg: gemm_epilogue(epilogue=epilogue, config=cfg, **kw)  # noqa: E731
         try:
-            ms = median_ms(fn, repeats)
-        except Exception as exc:  # e.g. out of shared memory on a smaller GPU
+            fn()  # compiles; fails e.g. out of shared memory on a smaller GPU
+        except Exception as exc:
             print(f"triton {epilogue} {cfg}: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
             continue
-        name = f"reprflow triton gemm_epilogue {epilogue} {cfg}"
-        out.append((fusion, shape, name, ms, flops / (ms * 1e-3) / 1e12 / rate, rel_err(fn(), want)))
-    return out
+        cands.append((f"reprflow triton gemm_epilogue {epilogue} {cfg}", fn))
+    return cands
 
 
-def gelu_erf_rows(rows: int, d: int, repeats: int, rate: float) -> list[tuple]:
-    g = torch.Generator(device="cuda").manual_seed(2)
+def gelu_rows(rows: int, d: int, repeats: int, rate: float, approximate: str) -> list[tuple]:
+    """An MLP's first GEMM + GELU: ``approximate="tanh"`` is GPT-Neo's (cuBLASLt has it as an
+    epilogue), ``"none"`` Pythia's exact erf GELU (reprflow's Triton GEMM has it)."""
+    g = torch.Generator(device="cuda").manual_seed(0 if approximate == "tanh" else 2)
     x = torch.randn(rows, d, device="cuda", dtype=torch.bfloat16, generator=g)
     w = (torch.randn(4 * d, d, device="cuda", generator=g) / d**0.5).to(torch.bfloat16)
     b = (0.1 * torch.randn(4 * d, device="cuda", generator=g)).to(torch.bfloat16)
-    want = F.gelu(torch.addmm(b.double(), x.double(), w.double().T))
-    flops = 2 * rows * d * 4 * d
-    shape = f"{rows}x{d}->{4 * d}"
-    out = []
-    for name, fn in (
-        ("linear, then gelu (erf; today)", lambda: F.gelu(F.linear(x, w, b))),
-        ("linear alone (no GELU: the floor)", lambda: F.linear(x, w, b)),
-    ):
-        ms = median_ms(fn, repeats)
-        err = rel_err(fn(), want) if "floor" not in name else float("nan")
-        out.append(("gelu_erf_fc", shape, name, ms, flops / (ms * 1e-3) / 1e12 / rate, err))
-    return out + _triton_rows("gelu_erf_fc", shape, "gelu_erf", flops, repeats, rate, want, x=x, weight=w, bias=b)
+    want = F.gelu(torch.addmm(b.double(), x.double(), w.double().T), approximate=approximate)
+    floor = ("linear alone (no GELU: the floor)", lambda: F.linear(x, w, b))
+    if approximate == "tanh":
+        fusion = "gelu_fc"
+        cands = [
+            ("linear, then gelu(tanh) (today)", lambda: F.gelu(F.linear(x, w, b), approximate="tanh")),
+            (
+                "_addmm_activation(use_gelu) (cuBLASLt GELU_BIAS)",
+                lambda: torch._addmm_activation(b, x, w.T, use_gelu=True),
+            ),
+            floor,
+        ]
+    else:
+        fusion = "gelu_erf_fc"
+        cands = [("linear, then gelu (erf; today)", lambda: F.gelu(F.linear(x, w, b))), floor]
+        cands += _triton_cands("gelu_erf", x=x, weight=w, bias=b)
+    return _measure(fusion, f"{rows}x{d}->{4 * d}", cands, 2 * rows * d * 4 * d, repeats, rate, want)
 
 
 def residual_rows(rows: int, d_inner: int, d: int, repeats: int, rate: float) -> list[tuple]:
@@ -122,8 +121,6 @@ def residual_rows(rows: int, d_inner: int, d: int, repeats: int, rate: float) ->
     w = (torch.randn(d, d_inner, device="cuda", generator=g) / d_inner**0.5).to(torch.bfloat16)
     res = torch.randn(rows, d, device="cuda", generator=g)
     want = res.double() + y.double() @ w.double().T
-    flops = 2 * rows * d_inner * d
-    out = []
     cands = [
         ("res + linear (today: product rounded to bf16)", lambda: res + F.linear(y, w)),
         ("linear alone (the floor)", lambda: F.linear(y, w)),
@@ -135,12 +132,9 @@ def residual_rows(rows: int, d_inner: int, d: int, repeats: int, rate: float) ->
         )
     except (RuntimeError, TypeError) as exc:
         print(f"addmm out_dtype=float32 with a float32 C is not available: {exc}".splitlines()[0])
-    for name, fn in cands:
-        ms = median_ms(fn, repeats)
-        err = rel_err(fn(), want) if "floor" not in name else float("nan")
-        out.append(("residual_out", f"{rows}x{d_inner}->{d}", name, ms, flops / (ms * 1e-3) / 1e12 / rate, err))
+    cands += _triton_cands("add_f32", x=y, weight=w, residual=res)
     shape = f"{rows}x{d_inner}->{d}"
-    return out + _triton_rows("residual_out", shape, "add_f32", flops, repeats, rate, want, x=y, weight=w, residual=res)
+    return _measure("residual_out", shape, cands, 2 * rows * d_inner * d, repeats, rate, want)
 
 
 def main(argv=None) -> int:
@@ -155,8 +149,8 @@ def main(argv=None) -> int:
     print(f"{torch.cuda.get_device_name()} | torch {torch.__version__} | {time.strftime('%Y-%m-%d %H:%M %Z')}")
     print(f"bf16 matmul rate (8192^3): {rate:.0f} TFLOP/s\n")
     rows = (
-        gelu_rows(args.rows, 2560, args.repeats, rate)
-        + gelu_erf_rows(args.rows, 2560, args.repeats, rate)
+        gelu_rows(args.rows, 2560, args.repeats, rate, "tanh")
+        + gelu_rows(args.rows, 2560, args.repeats, rate, "none")
         + residual_rows(args.rows, 5120, 2560, args.repeats, rate)
     )
     print("| fusion | shape | variant | ms | % of matmul rate | rel. err vs float64 |")

@@ -37,7 +37,7 @@ try:
 except ImportError:  # CPU installs
     triton = None
 
-__all__ = ["EPILOGUES", "gemm_epilogue", "gemm_epilogue_reference", "gemm_epilogue_available"]
+__all__ = ["EPILOGUES", "gemm_epilogue", "gemm_epilogue_available"]
 
 EPILOGUES = ("gelu_erf", "add_f32")
 
@@ -49,18 +49,6 @@ def gemm_epilogue_available(device: torch.device | str) -> bool:
     """Whether the Triton GEMM can run on ``device`` (CUDA, compute capability >= 9, Triton)."""
     device = torch.device(device)
     return triton is not None and device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
-
-
-def gemm_epilogue_reference(
-    x: Tensor, weight: Tensor, epilogue: str, bias: Tensor | None = None, residual: Tensor | None = None
-) -> Tensor:
-    """The same computation in float64 (the reference of the tests and the benchmark)."""
-    acc = x.double() @ weight.double().T
-    if epilogue == "gelu_erf":
-        return torch.nn.functional.gelu(acc + bias.double())
-    if epilogue == "add_f32":
-        return residual.double() + acc
-    raise ValueError(f"gemm_epilogue: unknown epilogue {epilogue!r}; expected one of {EPILOGUES}")
 
 
 if triton is not None:
