@@ -44,6 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from reprflow.errors import ReprflowError
+from reprflow.kernels.mamba_mixers import residual_in_place
 from reprflow.models.layouts import Layout, get_layout
 from reprflow.transfer import to_device
 
@@ -343,7 +344,9 @@ def forward_states(
 
     names = state_names(len(layout.block_list(model)))
     base = layout.base_model(model)
-    with torch.inference_mode(), capture_states(model, layout, keep) as kept:
+    # keep() copies what it keeps, so a block may add into its input in place (no copy of the
+    # float32 residual per Mamba block; reprflow.kernels.mamba_mixers.residual_in_place)
+    with torch.inference_mode(), capture_states(model, layout, keep) as kept, residual_in_place():
         base(input_ids=input_ids, use_cache=False)  # no mask: see Notes
     missing = [n for n in names if n not in kept]
     if missing:
