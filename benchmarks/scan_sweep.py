@@ -51,8 +51,19 @@ CHANNELS, D_STATE, DT_RANK = 5120, 16, 160
 SHAPES = ((16, 2048), (8, 4096))
 #: (block_d, num_warps, unroll) of the Triton kernel; its default first
 TRITON_CONFIGS = ((32, 1, 4), (64, 2, 4), (32, 1, 8), (32, 1, 2))
-#: (lanes per channel, num_warps, unroll, prefetch) of the Gluon kernel; its default first
+#: (lanes per channel, num_warps, unroll, prefetch[, stages]) of the Gluon kernel; its default first
 GLUON_CONFIGS = (
+    (1, 1, 8, True, 2),
+    (1, 2, 8, True, 2),
+    (1, 4, 8, True, 2),
+    (1, 1, 16, True, 2),
+    (1, 4, 16, True, 2),
+    (1, 1, 4, True, 2),
+    (1, 4, 4, True, 2),
+    (1, 1, 8, True, 3),
+    (1, 4, 8, True, 3),
+    (1, 4, 4, True, 3),
+    (2, 1, 8, True, 2),
     (2, 4, 2, True),
     (2, 4, 1, True),
     (2, 4, 4, True),
@@ -203,6 +214,8 @@ def sweep(args) -> str:
     # lasts: the float32 error (one more compile per variant)
     rows = []
     for kernel, label, fn in variants():
+        if args.match and not any(m in f"{kernel} {label}" for m in args.match):
+            continue
         try:
             ms = [_ms(lambda x=x: _call(fn, x), dev, args.reps) for x in inputs]
             e16 = rel_err(_call(fn, inputs[0], slice(0, 1)), want16)
@@ -246,6 +259,9 @@ def main(argv=None) -> int:
         type=float,
         default=65.0,
         help="start no float32 check (one compile each) after this many seconds ('-' in the table)",
+    )
+    p.add_argument(
+        "--match", nargs="*", default=None, help="only rows whose 'kernel config' contains one of these texts"
     )
     p.add_argument("--out", type=Path, default=None, help="also write scan_sweep.md here")
     args = p.parse_args(argv)

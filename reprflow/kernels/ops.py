@@ -93,7 +93,7 @@ def mamba_scan_op(device: torch.device, *, report: dict, forced: str | None = No
             Candidate(
                 "gluon",
                 selective_scan_gluon,
-                "reprflow Gluon selective scan (time-major, hand-placed register layout)",
+                "reprflow Gluon selective scan (time-major, lane per channel, inputs staged in shared memory by cp.async)",
             )
         )
     compiled = compiled_selective_scan() if device.type == "cuda" else None

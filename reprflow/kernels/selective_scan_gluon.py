@@ -45,8 +45,9 @@ try:  # CUDA builds of torch ship Triton; Gluon is in Triton >= 3.5
     import triton
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.ampere import async_copy
 except Exception:  # pragma: no cover - depends on the install
-    triton = gluon = gl = None
+    triton = gluon = gl = async_copy = None
 
 
 def gluon_available() -> bool:
@@ -146,6 +147,116 @@ if gluon is not None:
         return h
 
     @gluon.jit
+    def _scan_blocks_shared(
+        h,
+        u_base,
+        dt_base,
+        bc_base,
+        z_base,
+        o_row,
+        pid_d,
+        n_blocks,
+        a2,
+        dskip,
+        dt_bias,
+        mask_d,
+        S_U_T: gl.constexpr,
+        S_DT_T: gl.constexpr,
+        S_BC_T: gl.constexpr,
+        S_Z_T: gl.constexpr,
+        S_O_T: gl.constexpr,
+        LAYOUT: gl.constexpr,
+        COPY_D: gl.constexpr,
+        COPY_BC: gl.constexpr,
+        D_STATE: gl.constexpr,
+        BLOCK_D: gl.constexpr,
+        UNROLL: gl.constexpr,
+        STAGES: gl.constexpr,
+        EVEN_D: gl.constexpr,
+        HAS_D: gl.constexpr,
+        HAS_Z: gl.constexpr,
+        HAS_DT_BIAS: gl.constexpr,
+        SOFTPLUS: gl.constexpr,
+    ):
+        # The n_blocks whole blocks of the scan, their inputs copied global -> shared by cp.async
+        # STAGES - 1 blocks ahead of the block computed (no registers hold them in flight); each
+        # step then reads its row of each buffer straight into the state's slice layouts.
+        # ``bc_base`` points at the packed float32 [B | C] rows (2 * D_STATE per token).
+        smem_l: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
+        u_s = gl.allocate_shared_memory(u_base.dtype.element_ty, [STAGES, UNROLL, BLOCK_D], smem_l)
+        dt_s = gl.allocate_shared_memory(dt_base.dtype.element_ty, [STAGES, UNROLL, BLOCK_D], smem_l)
+        bc_s = gl.allocate_shared_memory(bc_base.dtype.element_ty, [STAGES, UNROLL, 2 * D_STATE], smem_l)
+        z_s = gl.allocate_shared_memory(z_base.dtype.element_ty, [STAGES if HAS_Z else 1, UNROLL, BLOCK_D], smem_l)
+        bufs = (u_s, dt_s, bc_s, z_s)
+
+        # whole blocks only (the caller's condition: BLOCK_D divides channels), so no masks: a masked
+        # cp.async needs the mask uniform over each 4-byte vector, which a channel edge breaks
+        ct2 = gl.expand_dims(gl.arange(0, UNROLL, layout=gl.SliceLayout(1, COPY_D)), 1)
+        cd2 = gl.expand_dims(pid_d * BLOCK_D + gl.arange(0, BLOCK_D, layout=gl.SliceLayout(0, COPY_D)), 0)
+        u_cp = u_base + ct2 * S_U_T + cd2
+        dt_cp = dt_base + ct2 * S_DT_T + cd2
+        z_cp = z_base + ct2 * S_Z_T + cd2
+        bt = gl.arange(0, UNROLL, layout=gl.SliceLayout(1, COPY_BC))
+        bn = gl.arange(0, 2 * D_STATE, layout=gl.SliceLayout(0, COPY_BC))
+        bc_cp = bc_base + gl.expand_dims(bt, 1) * S_BC_T + gl.expand_dims(bn, 0)
+        srcs = (u_cp, dt_cp, bc_cp, z_cp)
+        strides = (S_U_T, S_DT_T, S_BC_T, S_Z_T)
+
+        for p in gl.static_range(STAGES - 1):  # the prologue: blocks 0 .. STAGES - 2
+            if p < n_blocks:
+                _issue_block(bufs, srcs, strides, p, STAGES, UNROLL, HAS_Z)
+            async_copy.commit_group()  # one group per block, empty past the end: counts stay exact
+
+        # the same buffers seen as [STAGES * UNROLL] rows, one row per step (unswizzled: same bytes)
+        rows_l: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
+        u_r = u_s._reinterpret(u_s.dtype, [STAGES * UNROLL, BLOCK_D], rows_l)
+        dt_r = dt_s._reinterpret(dt_s.dtype, [STAGES * UNROLL, BLOCK_D], rows_l)
+        bc_r = bc_s._reinterpret(bc_s.dtype, [STAGES * UNROLL, 2 * D_STATE], rows_l)
+        if HAS_Z:
+            z_r = z_s._reinterpret(z_s.dtype, [STAGES * UNROLL, BLOCK_D], rows_l)
+        chan_l: gl.constexpr = gl.SliceLayout(0, LAYOUT)
+        state_l: gl.constexpr = gl.SliceLayout(1, LAYOUT)
+        for i in range(n_blocks):
+            async_copy.wait_group(STAGES - 2)  # this thread's copies of block i have landed
+            gl.thread_barrier()  # everyone's have; and block i - 1's stage is read by all warps
+            j = i + STAGES - 1
+            if j < n_blocks:  # into the stage block i - 1 used
+                _issue_block(bufs, srcs, strides, j, STAGES, UNROLL, HAS_Z)
+            async_copy.commit_group()
+            r0 = (i % STAGES) * UNROLL
+            for k in gl.static_range(UNROLL):
+                u = u_r.index(r0 + k).load(chan_l)
+                dt = dt_r.index(r0 + k).load(chan_l)
+                bc_row = bc_r.index(r0 + k)
+                b = bc_row.slice(0, D_STATE).load(state_l)
+                c = bc_row.slice(D_STATE, D_STATE).load(state_l)
+                z = z_r.index(r0 + k).load(chan_l) if HAS_Z else u
+                h = _scan_step(
+                    h,
+                    (u, dt, b, c, z),
+                    a2,
+                    dskip,
+                    dt_bias,
+                    o_row + (i * UNROLL + k) * S_O_T,
+                    mask_d,
+                    HAS_D,
+                    HAS_Z,
+                    HAS_DT_BIAS,
+                    SOFTPLUS,
+                    EVEN_D,
+                )
+        async_copy.wait_group(0)  # nothing left in flight when the buffers go
+        return h
+
+    @gluon.jit
+    def _issue_block(bufs, srcs, strides, block, STAGES: gl.constexpr, UNROLL: gl.constexpr, HAS_Z: gl.constexpr):
+        # cp.async of block ``block`` (UNROLL steps) of u, delta, [B | C] and z into their stage's
+        # buffers; ``srcs`` point at block 0, ``strides`` are their token strides
+        for n in gl.static_range(4 if HAS_Z else 3):
+            dst = bufs[n].index(block % STAGES)
+            async_copy.async_copy_global_to_shared(dst, srcs[n] + block * (UNROLL * strides[n]))
+
+    @gluon.jit
     def _selective_scan_gluon_kernel(
         u_ptr,
         dt_ptr,
@@ -180,6 +291,9 @@ if gluon is not None:
         HAS_Z: gl.constexpr,
         HAS_DT_BIAS: gl.constexpr,
         SOFTPLUS: gl.constexpr,
+        STAGES: gl.constexpr = 0,  # > 0: blocks come through shared memory, STAGES - 1 ahead
+        COPY_D: gl.constexpr = None,  # layout of a [UNROLL, BLOCK_D] block's cp.async
+        COPY_BC: gl.constexpr = None,  # layout of a [UNROLL, 2 * D_STATE] block's cp.async
     ):
         pid_d = gl.program_id(0)
         pid_b = gl.program_id(1).to(gl.int64)
@@ -210,30 +324,63 @@ if gluon is not None:
         n_full = n_tokens - n_tokens % UNROLL
         rows = (u_row, dt_row, b_row, c_row, z_row)
         strides = (S_U_T, S_DT_T, S_B_T, S_C_T, S_Z_T)
-        if PREFETCH:  # the first block (unused when n_tokens < UNROLL)
-            nxt = _load_block(*rows, 0, n_tokens - 1, mask_d, *strides, UNROLL, HAS_Z, EVEN_D, True)
-        for t0 in range(0, n_full, UNROLL):
-            if PREFETCH:  # this block came with the previous iteration; fetch the next one
-                cur = nxt
-                t_n = gl.minimum(t0 + UNROLL, n_full - UNROLL)  # the last iteration re-reads its own block
-                nxt = _load_block(*rows, t_n, 0, mask_d, *strides, UNROLL, HAS_Z, EVEN_D, False)
-            else:  # all loads of the block first: independent of h, their latencies overlap
-                cur = _load_block(*rows, t0, 0, mask_d, *strides, UNROLL, HAS_Z, EVEN_D, False)
-            for k in gl.static_range(UNROLL):
-                h = _scan_step(
-                    h,
-                    cur[k],
-                    a2,
-                    dskip,
-                    dt_bias,
-                    o_row + (t0 + k) * S_O_T,
-                    mask_d,
-                    HAS_D,
-                    HAS_Z,
-                    HAS_DT_BIAS,
-                    SOFTPLUS,
-                    EVEN_D,
-                )
+        if STAGES > 0:
+            h = _scan_blocks_shared(
+                h,
+                u_ptr + pid_b * s_u_b,
+                dt_ptr + pid_b * s_dt_b,
+                b_ptr + pid_b * s_b_b,
+                z_ptr + pid_b * s_z_b,
+                o_row,
+                pid_d,
+                n_full // UNROLL,
+                a2,
+                dskip,
+                dt_bias,
+                mask_d,
+                S_U_T,
+                S_DT_T,
+                S_B_T,
+                S_Z_T,
+                S_O_T,
+                LAYOUT,
+                COPY_D,
+                COPY_BC,
+                D_STATE,
+                BLOCK_D,
+                UNROLL,
+                STAGES,
+                EVEN_D,
+                HAS_D,
+                HAS_Z,
+                HAS_DT_BIAS,
+                SOFTPLUS,
+            )
+        else:
+            if PREFETCH:  # the first block (unused when n_tokens < UNROLL)
+                nxt = _load_block(*rows, 0, n_tokens - 1, mask_d, *strides, UNROLL, HAS_Z, EVEN_D, True)
+            for t0 in range(0, n_full, UNROLL):
+                if PREFETCH:  # this block came with the previous iteration; fetch the next one
+                    cur = nxt
+                    t_n = gl.minimum(t0 + UNROLL, n_full - UNROLL)  # the last iteration re-reads its own block
+                    nxt = _load_block(*rows, t_n, 0, mask_d, *strides, UNROLL, HAS_Z, EVEN_D, False)
+                else:  # all loads of the block first: independent of h, their latencies overlap
+                    cur = _load_block(*rows, t0, 0, mask_d, *strides, UNROLL, HAS_Z, EVEN_D, False)
+                for k in gl.static_range(UNROLL):
+                    h = _scan_step(
+                        h,
+                        cur[k],
+                        a2,
+                        dskip,
+                        dt_bias,
+                        o_row + (t0 + k) * S_O_T,
+                        mask_d,
+                        HAS_D,
+                        HAS_Z,
+                        HAS_DT_BIAS,
+                        SOFTPLUS,
+                        EVEN_D,
+                    )
         for t in range(n_full, n_tokens):  # the last n_tokens % UNROLL steps
             step = _load_step(
                 u_row + t * S_U_T,
@@ -251,33 +398,59 @@ if gluon is not None:
 
 
 class GluonScanConfig(tuple):
-    """Launch configuration ``(lanes_per_channel, num_warps, unroll, prefetch)`` of the Gluon scan.
+    """Launch configuration ``(lanes_per_channel, num_warps, unroll, prefetch, stages)`` of the Gluon scan.
 
     ``lanes_per_channel`` (1, 2, 4 ... d_state) lanes share one channel, each holding
     ``d_state / lanes_per_channel`` of its states; a program covers
-    ``32 // lanes_per_channel * num_warps`` channels.
+    ``32 // lanes_per_channel * num_warps`` channels. ``stages`` 0: each block of ``unroll``
+    steps is loaded into registers (with ``prefetch``, one block ahead); ``stages`` >= 2: blocks
+    are copied into shared memory by ``cp.async``, ``stages - 1`` blocks ahead, and ``prefetch``
+    is ignored.
     """
 
     __slots__ = ()
 
-    def __new__(cls, lanes_per_channel: int, num_warps: int, unroll: int, prefetch: bool = True):
-        return super().__new__(cls, (int(lanes_per_channel), int(num_warps), int(unroll), bool(prefetch)))
+    def __new__(cls, lanes_per_channel: int, num_warps: int, unroll: int, prefetch: bool = True, stages: int = 0):
+        return super().__new__(cls, (int(lanes_per_channel), int(num_warps), int(unroll), bool(prefetch), int(stages)))
 
     def __repr__(self) -> str:
-        lanes, nw, un, pf = self
-        return f"lanes/channel={lanes} warps={nw} unroll={un} prefetch={'yes' if pf else 'no'}"
+        lanes, nw, un, pf, st = self
+        ahead = f"shared x{st}" if st else ("prefetch" if pf else "no prefetch")
+        return f"lanes/channel={lanes} warps={nw} unroll={un} {ahead}"
+
+
+def _copy_layout(rows: int, cols: int, elem_bytes: int, num_warps: int):
+    """A ``BlockedLayout`` covering a ``[rows, cols]`` block exactly once, rows-major, for ``cp.async``.
+
+    Each thread copies ``vec`` contiguous elements (4, 8 or 16 bytes: what ``cp.async`` moves).
+    None when there is none: the block is too small for the program's threads at 4 bytes each
+    (then the scan takes its inputs through registers).
+    """
+    threads = 32 * num_warps
+    vec = min(16 // elem_bytes, cols, rows * cols // threads)
+    if vec < 1 or vec * elem_bytes < 4:
+        return None
+    tc = min(32, cols // vec)
+    tr = 32 // tc
+    wr = max(1, min(num_warps, rows // tr))
+    wc = num_warps // wr
+    if tr * wr > rows or tc * wc * vec > cols:
+        return None
+    return gl.BlockedLayout([1, vec], [tr, tc], [wr, wc], [1, 0])
 
 
 def default_gluon_config(channels: int, batch: int) -> GluonScanConfig:
-    """The configuration used when none is given: ``(2, 4, 2, True)``.
+    """The configuration used when none is given: ``(1, 1, 8, True, 2)``.
 
-    Two lanes per channel (8 states each), four warps per program (64 channels), two steps
-    per loop iteration, prefetch. The fastest of the twelve configurations measured on an
-    H200 at Mamba-2.8B shapes (``benchmarks/scan_sweep.py``, 2026-12-04 07:20 UTC;
-    benchmarks/results/scan_sweep_h200_2026-12-04.md): 1.811 ms per layer at B=16, T=2048
-    (the ``triton`` scan: 1.65-1.69 ms) and 1.829 ms at B=8, T=4096 (``triton``: 2.09 ms).
+    One lane per channel (its 16 states in registers), one warp per program (32 channels),
+    eight steps per block, blocks copied into shared memory by ``cp.async`` one block ahead.
+    The fastest of the ten shared-memory configurations first measured on an H200 at Mamba-2.8B
+    shapes (``benchmarks/scan_sweep.py``, 2026-12-04 20:32 UTC,
+    benchmarks/results/scan_sweep_h200_2026-12-04_shared.md): 1.236 ms per layer at B=16,
+    T=2048 and 1.455 ms at B=8, T=4096, against 1.932 / 1.907 ms for the register-prefetch
+    configuration before it, ``(2, 4, 2, True)``, and 1.709 / 2.175 ms for the ``triton`` scan.
     """
-    return GluonScanConfig(2, 4, 2, True)
+    return GluonScanConfig(1, 1, 8, True, 2)
 
 
 def selective_scan_gluon(
@@ -303,7 +476,7 @@ def selective_scan_gluon(
         ``C`` (batch, n_tokens, d_state), ``D`` and ``delta_bias`` (channels,). The last axis
         of every (batch, n_tokens, ·) tensor must have stride 1; the other strides are free.
         ``d_state`` must be a power of two.
-    config : GluonScanConfig or (lanes_per_channel, num_warps, unroll[, prefetch]), optional
+    config : GluonScanConfig or (lanes_per_channel, num_warps, unroll[, prefetch[, stages]]), optional
         Default :func:`default_gluon_config`.
 
     Returns
@@ -316,14 +489,16 @@ def selective_scan_gluon(
     _check_shapes(u, delta, A, B, C, D, z, delta_bias)
     batch, n_tokens, channels = u.shape
     d_state = A.shape[1]
-    lanes, nw, un, pf = GluonScanConfig(*config) if config is not None else default_gluon_config(channels, batch)
+    lanes, nw, un, pf, st = GluonScanConfig(*config) if config is not None else default_gluon_config(channels, batch)
     if d_state & (d_state - 1) or lanes & (lanes - 1) or not 1 <= lanes <= min(d_state, 32):
         raise ValueError(
             f"selective_scan_gluon: d_state ({d_state}) and lanes_per_channel ({lanes}) must be powers of "
             "two with lanes_per_channel <= min(d_state, 32)"
         )
-    if not 1 <= un <= 8:
-        raise ValueError(f"selective_scan_gluon: unroll must be in 1..8, got {un}")
+    if not 1 <= un <= 16:
+        raise ValueError(f"selective_scan_gluon: unroll must be in 1..16, got {un}")
+    if st == 1 or not 0 <= st <= 8:
+        raise ValueError(f"selective_scan_gluon: stages must be 0 (registers) or 2..8 (shared memory), got {st}")
     for name, t in (("u", u), ("delta", delta), ("B", B), ("C", C), ("z", z)):
         if t is not None and t.stride(-1) != 1:
             raise ValueError(f"selective_scan_gluon: {name} needs stride 1 on its last axis, got {t.stride()}")
@@ -337,6 +512,17 @@ def selective_scan_gluon(
     B, C = bc[..., :d_state], bc[..., d_state:]
     out = torch.empty_like(u)
     zz = z if z is not None else u
+    # Through shared memory when a program's channels are whole (no masks), one cp.async layout serves
+    # u, delta and z (one element width) and a block is large enough for the program's threads;
+    # otherwise through registers (same values)
+    copy_layouts = {}
+    if st and channels % block_d == 0 and len({t.element_size() for t in (u, delta, zz)}) == 1:
+        copy_layouts = {
+            "COPY_D": _copy_layout(un, block_d, u.element_size(), nw),
+            "COPY_BC": _copy_layout(un, 2 * d_state, 4, nw),
+        }
+    if None in copy_layouts.values() or not copy_layouts:
+        st, copy_layouts = 0, {}
     grid = (triton.cdiv(channels, block_d), batch)
     _selective_scan_gluon_kernel[grid](
         u,
@@ -372,6 +558,8 @@ def selective_scan_gluon(
         HAS_Z=z is not None,
         HAS_DT_BIAS=delta_bias is not None,
         SOFTPLUS=delta_softplus,
+        STAGES=st,
+        **copy_layouts,
         num_warps=nw,
     )
     return out

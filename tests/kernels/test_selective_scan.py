@@ -182,12 +182,15 @@ def test_every_scan_candidate_matches_float64():
 @requires_cuda
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("config", [None, (1, 1, 2, False), (4, 2, 3, True)])
+@pytest.mark.parametrize(
+    "config", [None, (1, 1, 2, False), (4, 2, 3, True), (1, 1, 4, True, 3), (2, 4, 4, True, 3), (1, 2, 2, True, 6)]
+)
 @pytest.mark.parametrize("shape", [(2, 67, 80, 16), (1, 300, 33, 16), (3, 5, 64, 8), (1, 2, 40, 16)])
 def test_gluon_matches_float64(dtype, config, shape):
-    """The Gluon scan at its default and other layouts: token counts that leave a tail after
-    the unrolled loop (and fewer tokens than one block), channels not a multiple of a program's
-    block, d_state 8 and 16."""
+    """The Gluon scan at its default and other layouts, with its inputs through registers or
+    through shared memory (a fifth entry, stages): token counts that leave a tail after the
+    unrolled loop (and fewer tokens than one block, or than the pipeline's stages), channels
+    not a multiple of a program's block, d_state 8 and 16."""
     from reprflow.kernels.selective_scan_gluon import gluon_available, selective_scan_gluon
 
     if not gluon_available():
