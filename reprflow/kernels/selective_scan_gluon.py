@@ -17,8 +17,12 @@ reduction (``benchmarks/scan_sass.py``). Gluon (Triton's explicit-layout dialect
   slice (``SliceLayout(0, ·)``), ``B`` and ``C`` in its state slice (``SliceLayout(1, ·)``):
   no conversion at all, and ``y = sum_n C[n] h[n]`` is an in-lane chain plus
   ``log2(TPW_N)`` shuffles;
-* with ``PREFETCH`` each loop iteration loads the next block of ``UNROLL`` steps while it
-  computes the current one (their memory latency hides behind a block of compute);
+* with ``STAGES`` >= 2 (the default, 2) the inputs of each block of ``UNROLL`` steps are
+  copied global -> shared by ``cp.async`` ``STAGES - 1`` blocks ahead of the block computed:
+  nothing in flight holds registers, and each step reads its rows from shared memory
+  straight into the slice layouts above (the loads' latency was what bounded the register
+  versions, ``docs/kernels.md``); with ``STAGES`` 0 and ``PREFETCH`` each loop iteration
+  loads the next block into registers while it computes the current one;
 * no masks in the time loop: ``n_tokens - n_tokens % UNROLL`` tokens go through the
   unrolled loop, the rest through a one-step loop; no channel masks when ``BLOCK_D``
   divides ``channels``.
