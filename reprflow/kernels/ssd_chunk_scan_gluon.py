@@ -18,8 +18,9 @@ shared memory at every step, in tiles too small to reuse what they load.
 * each 64 x 64 tile of ``C B^T`` (float32, shared by the heads of a group and L2-resident,
   since the heads of one block are launched side by side) is loaded, scaled by
   ``exp(min(dA_m - dA_k, 0)) dt_k``, masked above the diagonal, rounded to bf16 once and
-  stored as the MMA's A operand in its own buffer; the ``wgmma`` runs asynchronously while
-  the next tile is scaled (one MMA in flight);
+  stored as the MMA's A operand (two buffers in turn, laid over ``C``'s once the state part
+  is done when ``d_state`` >= 128: 64 KB of shared memory per program at Mamba2-2.7B's sizes, three programs per SM);
+  the ``wgmma`` runs asynchronously while the next tile is scaled (one MMA in flight);
 * the epilogue adds ``D x_m`` from the ``x`` tile already in shared memory.
 
 The arithmetic is ``mamba_ssm``'s (float32 scaling, one rounding of the scaled tile to the
@@ -124,7 +125,6 @@ if gluon is not None:
         cb_base = cb_ptr + b * s_cb_b + c * s_cb_c + g * s_cb_g
 
         x_s = gl.allocate_shared_memory(x_ptr.dtype.element_ty, [N_K, BLK, HDIM], SH_X)
-        a_s = gl.allocate_shared_memory(x_ptr.dtype.element_ty, [N_K, BLK, BLK], SH_A)
         c_s = gl.allocate_shared_memory(C_ptr.dtype.element_ty, [BLK, DSTATE], SH_C)
         s_s = gl.allocate_shared_memory(st_ptr.dtype.element_ty, [HDIM, DSTATE], SH_S)
 
@@ -156,7 +156,13 @@ if gluon is not None:
         dA_rows = gl.load(dA_base + m0 + gl.arange(0, BLK, layout=gl.SliceLayout(1, MMA)))
         acc = acc * gl.expand_dims(gl.exp(dA_rows), 1)
 
-        # the chunk part: sum over key tiles of (C B^T scaled, masked) @ x
+        # the chunk part: sum over key tiles of (C B^T scaled, masked) @ x. The scaled tiles take
+        # turns in two buffers laid over C's, free once the state part's (synchronous) MMA is done:
+        # tile kb overwrites tile kb - 2's, whose MMA the wait below left complete
+        if DSTATE >= 2 * BLK:
+            a_s = c_s._reinterpret(x_ptr.dtype.element_ty, [2, BLK, BLK], SH_A)
+        else:  # C's buffer is smaller than two tiles
+            a_s = gl.allocate_shared_memory(x_ptr.dtype.element_ty, [2, BLK, BLK], SH_A)
         offs_m = m0 + gl.arange(0, BLK, layout=gl.SliceLayout(1, TILE))
         dA_m = gl.load(dA_base + offs_m)
         cb_rows = cb_base + gl.expand_dims(offs_m, 1) * s_cb_m
@@ -171,10 +177,11 @@ if gluon is not None:
             w = w * gl.exp(gl.minimum(gl.expand_dims(dA_m, 1) - gl.expand_dims(dA_k, 0), 0.0))
             w = w * gl.expand_dims(dt_k, 0)
             w = gl.where(gl.expand_dims(offs_m, 1) >= gl.expand_dims(offs_k, 0), w, 0.0)
-            a_s.index(kb).store(w.to(x_ptr.dtype.element_ty))
+            a_kb = a_s.index(kb % 2)
+            a_kb.store(w.to(x_ptr.dtype.element_ty))
             fence_async_shared()
             gl.thread_barrier()
-            acc = warpgroup_mma(a_s.index(kb), x_s.index(kb), acc, is_async=True)
+            acc = warpgroup_mma(a_kb, x_s.index(kb), acc, is_async=True)
             acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
 
