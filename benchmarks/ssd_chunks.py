@@ -9,9 +9,17 @@ of its kernels (torch profiler), the autotuned configs, and the relative error a
 float64 recurrence (``reprflow.kernels.ssd.ssd_reference``) on the first 512 tokens of one
 sequence.
 
+With ``--output-kernel``, instead, at the model's chunk (256): the output kernel alone,
+``mamba_ssm``'s ``_chunk_scan_fwd`` against reprflow's Gluon ``chunk_scan_gluon``
+(:mod:`reprflow.kernels.ssd_chunk_scan_gluon`) on the same inputs (ms, CUDA events; their
+relative difference; tensor-core and memory bounds), then the whole forward
+(``mamba_chunk_scan_combined`` against reprflow's ``ssd_combined``) and both against the
+float64 recurrence.
+
 Usage (GPU)::
 
     PYTHONPATH=$PWD python benchmarks/ssd_chunks.py [--shapes 16x2048 8x4096] [--chunks 64 128 256]
+    PYTHONPATH=$PWD python benchmarks/ssd_chunks.py --output-kernel [--shapes 16x2048 8x4096]
 """
 
 from __future__ import annotations
@@ -79,16 +87,65 @@ def best_configs() -> dict[str, str]:
     }
 
 
+def output_kernel(a: dict, kernels, chunk: int, repeats: int, peak_tflops: float, hbm_bytes_per_s: float) -> None:
+    """Print mamba_ssm's _chunk_scan_fwd against chunk_scan_gluon on the same inputs, then the whole SSD."""
+    from mamba_ssm.ops.triton.ssd_bmm import _bmm_chunk_fwd
+    from mamba_ssm.ops.triton.ssd_chunk_scan import _chunk_scan_fwd
+    from mamba_ssm.ops.triton.ssd_chunk_state import _chunk_cumsum_fwd, _chunk_state_fwd
+    from mamba_ssm.ops.triton.ssd_state_passing import _state_passing_fwd
+
+    from reprflow.kernels.ssd_chunk_scan_gluon import chunk_scan_gluon, ssd_combined
+
+    x, B, C = a["x"], a["B"].contiguous(), a["C"].contiguous()
+    batch, n_tokens, heads, head_dim = x.shape
+    dA, dt = _chunk_cumsum_fwd(a["dt"], a["A"], chunk, dt_bias=a["dt_bias"], dt_softplus=True)
+    st = _chunk_state_fwd(B, x, dt, dA, states_in_fp32=True)
+    n_chunks = st.shape[1]
+    st, _ = _state_passing_fwd(st.view(batch, n_chunks, heads, -1), dA[:, :, :, -1], out_dtype=C.dtype)
+    st = st.view(batch, n_chunks, heads, head_dim, STATES)
+    cb = _bmm_chunk_fwd(C, B, chunk, output_dtype=torch.float32)
+    theirs = _chunk_scan_fwd(cb, x, dt, dA, C, st, D=a["D"])[0]
+    ours = chunk_scan_gluon(cb, x, dt, dA, C, st, a["D"])
+    diff = float((ours.float() - theirs.float()).norm() / theirs.float().norm())
+    ms_t = median_ms(lambda: _chunk_scan_fwd(cb, x, dt, dA, C, st, D=a["D"]), repeats)
+    ms_o = median_ms(lambda: chunk_scan_gluon(cb, x, dt, dA, C, st, a["D"]), repeats)
+    # lower triangle of each chunk x head_dim, plus C S^T; bytes: cb once per group, x, C, states, out
+    flops = 2 * batch * n_chunks * heads * head_dim * (chunk * (chunk + 1) / 2 + chunk * STATES)
+    nbytes = cb.numel() * 4 + 2 * x.numel() * 2 + C.numel() * 2 + st.numel() * 2
+    print(f"\n{batch}x{n_tokens}, chunk {chunk}: the output kernel alone (tensor-core bound "
+          f"{1e3 * flops / (peak_tflops * 1e12):.3f} ms, memory bound {1e3 * nbytes / hbm_bytes_per_s:.3f} ms)\n")  # fmt: skip
+    print("| kernel | ms | rel diff from mamba_ssm's |")
+    print("|---|---:|---:|")
+    print(f"| mamba_ssm `_chunk_scan_fwd` | {ms_t:.3f} | 0 |")
+    print(f"| reprflow `chunk_scan_gluon` | {ms_o:.3f} | {diff:.1e} |")
+    small = _sub(a, 512)
+    want = ssd_reference(**{k: (v.double() if torch.is_tensor(v) else v) for k, v in small.items()}, chunk_size=0)
+    err_o = rel_err(ssd_combined(chunk_size=chunk, **small), want)
+    err_t = rel_err(kernels.chunk_scan_combined(chunk_size=chunk, **small), want)
+    ms_wo = median_ms(lambda: ssd_combined(chunk_size=chunk, **a), repeats)
+    ms_wt = median_ms(lambda: kernels.chunk_scan_combined(chunk_size=chunk, **a), repeats)
+    print(f"\nwhole SSD forward: mamba_ssm {ms_wt:.3f} ms (rel err vs float64 {err_t:.2e}), "
+          f"reprflow ssd_combined {ms_wo:.3f} ms ({err_o:.2e})", flush=True)  # fmt: skip
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--shapes", nargs="+", default=["16x2048", "8x4096"])
     p.add_argument("--chunks", nargs="+", type=int, default=[64, 128, 256])
     p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--output-kernel", action="store_true", help="mamba_ssm's output kernel against reprflow's")
     args = p.parse_args()
     kernels = load_mamba_ssm_triton()
     if kernels is None:
         raise SystemExit("mamba_ssm's Triton kernels are not importable here")
     print(f"{torch.cuda.get_device_name()} | torch {torch.__version__} | mamba_ssm {kernels.version}")
+    if args.output_kernel:
+        from kernels import HBM_BYTES_PER_S, H200_BF16_TFLOPS  # benchmarks/kernels.py
+
+        for shape in args.shapes:
+            batch, n_tokens = (int(v) for v in shape.split("x"))
+            output_kernel(inputs(batch, n_tokens), kernels, 256, args.repeats, H200_BF16_TFLOPS, HBM_BYTES_PER_S)
+        return
     rows = []
     for shape in args.shapes:
         batch, n_tokens = (int(v) for v in shape.split("x"))

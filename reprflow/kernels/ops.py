@@ -32,6 +32,7 @@ from reprflow.kernels.optional import MambaSsmKernels, compiled_causal_conv1d, c
 from reprflow.kernels.select import Candidate, KernelOp
 from reprflow.kernels.selective_scan import selective_scan, selective_scan_reference
 from reprflow.kernels.selective_scan_gluon import gluon_available, selective_scan_gluon
+from reprflow.kernels.ssd_chunk_scan_gluon import ssd_gluon_available
 from reprflow.kernels.ssd import ssd_reference
 
 __all__ = ["mamba_scan_op", "causal_conv_op", "mamba2_ssd_op", "compiled_scan_time_major", "OP_NAMES"]
@@ -198,6 +199,17 @@ def mamba2_ssd_op(
                 devices=("cuda",) if device.type == "cuda" else _ANY,
             )
         )
+    if kernels is not None and device.type == "cuda" and ssd_gluon_available(device):
+        from reprflow.kernels.autotune_by_size import AutotuneBySize, ssd_autotuners
+        from reprflow.kernels.ssd_chunk_scan_gluon import ssd_combined
+
+        cands.append(
+            Candidate(
+                "gluon",
+                AutotuneBySize(ssd_combined, ssd_autotuners()),
+                f"mamba_ssm {kernels.version} SSD stages + reprflow's Gluon wgmma output kernel (sm_90)",
+            )
+        )
     cands.append(
         Candidate(
             "torch", ssd_reference, "reprflow torch recurrence (Python loop over tokens)", devices=_ANY, timed=False
@@ -211,5 +223,5 @@ def mamba2_ssd_op(
         sizes=lambda a: tuple(a["x"].shape[2:]) + (a["B"].shape[2], a["B"].shape[3]),
         report=report,
         forced=forced,
-        known=("mamba_ssm", "torch", "hf"),
+        known=("mamba_ssm", "gluon", "torch", "hf"),
     )

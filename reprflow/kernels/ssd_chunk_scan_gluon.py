@@ -1,0 +1,341 @@
+"""Mamba-2's SSD output kernel in Gluon, on Hopper's warpgroup MMA (``wgmma``).
+
+``mamba_ssm``'s ``mamba_chunk_scan_combined`` runs five Triton kernels per layer; the last,
+``_chunk_scan_fwd`` (each token's output from the state entering its chunk and from the
+chunk's earlier tokens), took 74 of Mamba2-2.7B's 412 ms forward at B=16, T=2048 on an H200,
+several times its tensor-core and memory time. Its hardware counters (docs/kernels.md,
+"Hardware counters") show 2-warp programs on Ampere's ``mma.sync`` waiting on shared memory:
+the ``C B^T`` tile, scaled by the decays in registers, is converted to an MMA operand through
+shared memory at every step, in tiles too small to reuse what they load.
+
+:func:`chunk_scan_gluon` computes the same output with one warpgroup (4 warps) per
+``(batch, chunk, head, 64-row block)``:
+
+* ``cp.async`` copies the block's ``C`` rows and the head's incoming state (one group) and
+  every ``x`` tile up to the diagonal (a second group) into shared memory at the start; the
+  state part ``exp(dA_m) C_m S^T`` runs on ``wgmma`` as soon as the first group lands, while
+  the ``x`` tiles are still in flight;
+* each 64 x 64 tile of ``C B^T`` (float32, shared by the heads of a group and L2-resident,
+  since the heads of one block are launched side by side) is loaded, scaled by
+  ``exp(min(dA_m - dA_k, 0)) dt_k``, masked above the diagonal, rounded to bf16 once and
+  stored as the MMA's A operand (two buffers in turn, laid over ``C``'s once the state part
+  is done when ``d_state`` >= 128: 64 KB of shared memory per program at Mamba2-2.7B's sizes, three programs per SM);
+  the ``wgmma`` runs asynchronously while the next tile is scaled (one MMA in flight);
+* the epilogue adds ``D x_m`` from the ``x`` tile already in shared memory.
+
+The arithmetic is ``mamba_ssm``'s (float32 scaling, one rounding of the scaled tile to the
+input dtype, float32 accumulation). Conventions (``mamba_ssm``'s): ``x`` (batch, n_tokens,
+heads, head_dim); ``dt`` and ``dA_cumsum`` (batch, heads, n_chunks, chunk) float32; ``cb``
+(batch, n_chunks, groups, chunk, chunk) float32; ``C`` (batch, n_tokens, groups, d_state);
+``states`` (batch, n_chunks, heads, head_dim, d_state) in the dtype of ``x``. bf16 or fp16
+only, chunk a multiple of 64, head_dim and d_state powers of two in 16..256; no ``z``, no
+``seq_idx``, no initial state, inference only: :func:`ssd_combined` sends every other call
+to ``mamba_ssm``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = ["chunk_scan_gluon", "chunk_scan_gluon_supported", "ssd_combined", "ssd_gluon_available"]
+
+try:  # Hopper's Gluon: Triton >= 3.5
+    import triton
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.ampere import async_copy
+    from triton.experimental.gluon.language.nvidia.hopper import (
+        fence_async_shared,
+        warpgroup_mma,
+        warpgroup_mma_wait,
+    )
+except Exception:  # pragma: no cover - depends on the install
+    triton = gluon = gl = None
+
+BM = 64  # rows of a program = the key block (the diagonal tile is one x tile)
+
+if gluon is not None:
+    from reprflow.kernels.selective_scan_gluon import _copy_layout
+
+    @gluon.jit
+    def _ssd_chunk_scan_kernel(
+        cb_ptr,
+        x_ptr,
+        out_ptr,
+        dt_ptr,
+        dA_ptr,
+        C_ptr,
+        st_ptr,
+        D_ptr,
+        n_tokens,
+        n_chunks,
+        heads_per_group,
+        s_cb_b,
+        s_cb_c,
+        s_cb_g,
+        s_cb_m,
+        s_x_b,
+        s_x_t,
+        s_x_h,
+        s_o_b,
+        s_o_t,
+        s_o_h,
+        s_dt_b,
+        s_dt_h,
+        s_dt_c,
+        s_C_b,
+        s_C_t,
+        s_C_g,
+        s_st_b,
+        s_st_c,
+        s_st_h,
+        s_D_h,
+        CHUNK: gl.constexpr,
+        HDIM: gl.constexpr,
+        DSTATE: gl.constexpr,
+        HAS_D: gl.constexpr,
+        D_HAS_HDIM: gl.constexpr,
+        MMA: gl.constexpr,  # wgmma accumulator layout of [BM, HDIM]
+        TILE: gl.constexpr,  # registers of a [BM, BM] float32 C B^T tile
+        CP_X: gl.constexpr,  # cp.async of a [BM, HDIM] x tile
+        CP_C: gl.constexpr,  # cp.async of [BM, DSTATE] C rows
+        CP_S: gl.constexpr,  # cp.async of the [HDIM, DSTATE] state
+        SH_X: gl.constexpr,  # shared layouts (NVMMA swizzles) of the same
+        SH_A: gl.constexpr,
+        SH_C: gl.constexpr,
+        SH_S: gl.constexpr,
+    ):
+        BLK: gl.constexpr = 64
+        N_K: gl.constexpr = CHUNK // BLK
+        h = gl.program_id(0)
+        pid_m = gl.program_id(1)
+        bc = gl.program_id(2)
+        b = (bc // n_chunks).to(gl.int64)
+        c = bc % n_chunks
+        g = h // heads_per_group
+        limit = gl.minimum(n_tokens - c * CHUNK, CHUNK)
+        m0 = pid_m * BLK
+        t0 = (c * CHUNK).to(gl.int64)
+        x_base = x_ptr + b * s_x_b + t0 * s_x_t + h * s_x_h
+        dt_base = dt_ptr + b * s_dt_b + h * s_dt_h + c * s_dt_c
+        dA_base = dA_ptr + b * s_dt_b + h * s_dt_h + c * s_dt_c
+        cb_base = cb_ptr + b * s_cb_b + c * s_cb_c + g * s_cb_g
+
+        x_s = gl.allocate_shared_memory(x_ptr.dtype.element_ty, [N_K, BLK, HDIM], SH_X)
+        c_s = gl.allocate_shared_memory(C_ptr.dtype.element_ty, [BLK, DSTATE], SH_C)
+        s_s = gl.allocate_shared_memory(st_ptr.dtype.element_ty, [HDIM, DSTATE], SH_S)
+
+        # group 1: this block's C rows and the head's incoming state
+        rc = m0 + gl.arange(0, BLK, layout=gl.SliceLayout(1, CP_C))
+        nc = gl.arange(0, DSTATE, layout=gl.SliceLayout(0, CP_C))
+        c_src = C_ptr + b * s_C_b + g * s_C_g + gl.expand_dims(t0 + rc, 1) * s_C_t + gl.expand_dims(nc, 0)
+        async_copy.async_copy_global_to_shared(c_s, c_src, mask=gl.expand_dims(rc < limit, 1))
+        ps = gl.arange(0, HDIM, layout=gl.SliceLayout(1, CP_S))
+        ns = gl.arange(0, DSTATE, layout=gl.SliceLayout(0, CP_S))
+        s_src = st_ptr + b * s_st_b + c * s_st_c + h * s_st_h + gl.expand_dims(ps, 1) * DSTATE + gl.expand_dims(ns, 0)
+        async_copy.async_copy_global_to_shared(s_s, s_src)
+        async_copy.commit_group()
+        # group 2: the x tiles of keys 0 .. m0 + BLK - 1 (rows past the sequence read as zeros)
+        rx = gl.arange(0, BLK, layout=gl.SliceLayout(1, CP_X))
+        px = gl.arange(0, HDIM, layout=gl.SliceLayout(0, CP_X))
+        for kb in range(0, pid_m + 1):
+            r = kb * BLK + rx
+            x_src = x_base + gl.expand_dims(r, 1) * s_x_t + gl.expand_dims(px, 0)
+            async_copy.async_copy_global_to_shared(x_s.index(kb), x_src, mask=gl.expand_dims(r < limit, 1))
+        async_copy.commit_group()
+
+        # the state part: exp(dA_m) * (C_m @ S^T), on wgmma once group 1 has landed
+        async_copy.wait_group(1)
+        fence_async_shared()
+        gl.thread_barrier()
+        acc = gl.zeros([BLK, HDIM], gl.float32, layout=MMA)
+        acc = warpgroup_mma(c_s, s_s.permute((1, 0)), acc)
+        dA_rows = gl.load(dA_base + m0 + gl.arange(0, BLK, layout=gl.SliceLayout(1, MMA)))
+        acc = acc * gl.expand_dims(gl.exp(dA_rows), 1)
+
+        # the chunk part: sum over key tiles of (C B^T scaled, masked) @ x. The scaled tiles take
+        # turns in two buffers laid over C's, free once the state part's (synchronous) MMA is done:
+        # tile kb overwrites tile kb - 2's, whose MMA the wait below left complete
+        if DSTATE >= 2 * BLK:
+            a_s = c_s._reinterpret(x_ptr.dtype.element_ty, [2, BLK, BLK], SH_A)
+        else:  # C's buffer is smaller than two tiles
+            a_s = gl.allocate_shared_memory(x_ptr.dtype.element_ty, [2, BLK, BLK], SH_A)
+        offs_m = m0 + gl.arange(0, BLK, layout=gl.SliceLayout(1, TILE))
+        dA_m = gl.load(dA_base + offs_m)
+        cb_rows = cb_base + gl.expand_dims(offs_m, 1) * s_cb_m
+        async_copy.wait_group(0)
+        fence_async_shared()
+        gl.thread_barrier()
+        for kb in range(0, pid_m + 1):
+            offs_k = kb * BLK + gl.arange(0, BLK, layout=gl.SliceLayout(0, TILE))
+            w = gl.load(cb_rows + gl.expand_dims(offs_k, 0))
+            dA_k = gl.load(dA_base + offs_k)
+            dt_k = gl.load(dt_base + offs_k)
+            w = w * gl.exp(gl.minimum(gl.expand_dims(dA_m, 1) - gl.expand_dims(dA_k, 0), 0.0))
+            w = w * gl.expand_dims(dt_k, 0)
+            w = gl.where(gl.expand_dims(offs_m, 1) >= gl.expand_dims(offs_k, 0), w, 0.0)
+            a_kb = a_s.index(kb % 2)
+            a_kb.store(w.to(x_ptr.dtype.element_ty))
+            fence_async_shared()
+            gl.thread_barrier()
+            acc = warpgroup_mma(a_kb, x_s.index(kb), acc, is_async=True)
+            acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
+        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+
+        rows = m0 + gl.arange(0, BLK, layout=gl.SliceLayout(1, MMA))
+        cols = gl.arange(0, HDIM, layout=gl.SliceLayout(0, MMA))
+        if HAS_D:  # + D x_m, x_m from the diagonal tile already in shared memory
+            x_m = x_s.index(pid_m).load(MMA).to(gl.float32)
+            if D_HAS_HDIM:
+                d = gl.load(D_ptr + h * s_D_h + cols).to(gl.float32)
+                acc = acc + x_m * gl.expand_dims(d, 0)
+            else:
+                acc = acc + x_m * gl.load(D_ptr + h * s_D_h).to(gl.float32)
+        o = out_ptr + b * s_o_b + h * s_o_h + gl.expand_dims(t0 + rows, 1) * s_o_t + gl.expand_dims(cols, 0)
+        gl.store(o, acc.to(out_ptr.dtype.element_ty), mask=gl.expand_dims(rows < limit, 1))
+
+
+def ssd_gluon_available(device: torch.device) -> bool:
+    """Whether the Gluon output kernel can run on ``device``: Gluon imports and it is an sm_90 GPU."""
+    return gluon is not None and device.type == "cuda" and torch.cuda.get_device_capability(device)[0] == 9
+
+
+def chunk_scan_gluon_supported(x: Tensor, chunk: int, d_state: int) -> bool:
+    """Whether :func:`chunk_scan_gluon` takes these shapes (else use ``mamba_ssm``'s kernel)."""
+    head_dim = x.shape[-1]
+
+    def pow2(n: int) -> bool:
+        return 16 <= n <= 256 and n & (n - 1) == 0
+
+    return (
+        ssd_gluon_available(x.device)
+        and x.dtype in (torch.bfloat16, torch.float16)
+        and chunk % BM == 0
+        and pow2(head_dim)
+        and pow2(d_state)
+    )
+
+
+def chunk_scan_gluon(
+    cb: Tensor, x: Tensor, dt: Tensor, dA_cumsum: Tensor, C: Tensor, states: Tensor, D: Tensor | None = None
+) -> Tensor:
+    """Each token's SSD output from its chunk's incoming state and the chunk's earlier tokens.
+
+    Parameters
+    ----------
+    cb : Tensor of shape (batch, n_chunks, groups, chunk, chunk), float32
+        ``C_m . B_k`` within each chunk; last axis contiguous.
+    x : Tensor of shape (batch, n_tokens, heads, head_dim), bf16 or fp16
+        Last axis contiguous.
+    dt, dA_cumsum : Tensor of shape (batch, heads, n_chunks, chunk), float32, same strides
+    C : Tensor of shape (batch, n_tokens, groups, d_state), dtype of ``x``, last axis contiguous
+    states : Tensor of shape (batch, n_chunks, heads, head_dim, d_state), dtype of ``x``
+        The state entering each chunk; its last two axes contiguous.
+    D : Tensor of shape (heads,) or (heads, head_dim), optional
+
+    Returns
+    -------
+    Tensor of shape (batch, n_tokens, heads, head_dim), dtype of ``x``
+        ``exp(dA_m) C_m S_c^T + sum_{k <= m} (C_m . B_k) exp(dA_m - dA_k) dt_k x_k + D x_m``.
+    """
+    batch, n_tokens, heads, head_dim = x.shape
+    _, _, n_chunks, chunk = dt.shape
+    groups, d_state = C.shape[2], C.shape[3]
+    if not chunk_scan_gluon_supported(x, chunk, d_state):
+        raise ValueError(
+            f"chunk_scan_gluon: needs an sm_90 GPU, bf16/fp16 x, chunk a multiple of {BM} and head_dim, "
+            f"d_state powers of two in 16..256; got {x.dtype}, chunk {chunk}, head_dim {head_dim}, d_state {d_state}"
+        )
+    if dt.stride() != dA_cumsum.stride() or dt.stride(-1) != 1:
+        raise ValueError("chunk_scan_gluon: dt and dA_cumsum need the same strides, unit stride on the chunk axis")
+    for name, t in (("cb", cb), ("x", x), ("C", C)):
+        if t.stride(-1) != 1:
+            raise ValueError(f"chunk_scan_gluon: {name} needs stride 1 on its last axis, got {t.stride()}")
+    if states.stride(-1) != 1 or states.stride(-2) != d_state:
+        states = states.contiguous()
+    states = states.to(x.dtype)
+    C = C.to(x.dtype)
+    out = torch.empty(batch, n_tokens, heads, head_dim, dtype=x.dtype, device=x.device)
+    el = gl.bfloat16 if x.dtype == torch.bfloat16 else gl.float16
+    mma = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, head_dim, 16])
+    if D is not None:
+        D = D.float().contiguous()
+    grid = (heads, chunk // BM, batch * n_chunks)
+    _ssd_chunk_scan_kernel[grid](
+        cb, x, out, dt, dA_cumsum, C, states, D if D is not None else dt,
+        n_tokens, n_chunks, heads // groups,
+        cb.stride(0), cb.stride(1), cb.stride(2), cb.stride(3),
+        x.stride(0), x.stride(1), x.stride(2),
+        out.stride(0), out.stride(1), out.stride(2),
+        dt.stride(0), dt.stride(1), dt.stride(2),
+        C.stride(0), C.stride(1), C.stride(2),
+        states.stride(0), states.stride(1), states.stride(2),
+        D.stride(0) if D is not None else 0,
+        CHUNK=chunk, HDIM=head_dim, DSTATE=d_state,
+        HAS_D=D is not None, D_HAS_HDIM=D is not None and D.dim() == 2,
+        MMA=mma,
+        TILE=_copy_layout(BM, BM, 4, 4),
+        CP_X=_copy_layout(BM, head_dim, 2, 4),
+        CP_C=_copy_layout(BM, d_state, 2, 4),
+        CP_S=_copy_layout(head_dim, d_state, 2, 4),
+        SH_X=gl.NVMMASharedLayout.get_default_for([BM, head_dim], el),
+        SH_A=gl.NVMMASharedLayout.get_default_for([BM, BM], el),
+        SH_C=gl.NVMMASharedLayout.get_default_for([BM, d_state], el),
+        SH_S=gl.NVMMASharedLayout.get_default_for([head_dim, d_state], el),
+        num_warps=4,
+    )  # fmt: skip
+    return out
+
+
+def ssd_combined(
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    chunk_size: int,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    dt_bias: Tensor | None = None,
+    dt_softplus: bool = False,
+    dt_limit: tuple[float, float] = (0.0, float("inf")),
+) -> Tensor:
+    """``mamba_chunk_scan_combined``'s forward (signature of :func:`reprflow.kernels.ssd.ssd_reference`)
+    with :func:`chunk_scan_gluon` as its output kernel; ``mamba_ssm``'s own whole for what that
+    kernel does not take (``z``, autograd, dtypes, shapes, devices).
+
+    Returns
+    -------
+    Tensor of shape (batch, n_tokens, heads, head_dim), dtype of ``x``
+    """
+    from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+
+    if (
+        z is not None
+        or (torch.is_grad_enabled() and x.requires_grad)
+        or not chunk_scan_gluon_supported(x, chunk_size, B.shape[-1])
+    ):
+        return mamba_chunk_scan_combined(
+            x, dt, A, B, C, chunk_size, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=dt_limit
+        )
+    from mamba_ssm.ops.triton.ssd_bmm import _bmm_chunk_fwd
+    from mamba_ssm.ops.triton.ssd_chunk_state import _chunk_cumsum_fwd, _chunk_state_fwd
+    from mamba_ssm.ops.triton.ssd_state_passing import _state_passing_fwd
+
+    batch, n_tokens, heads, head_dim = x.shape
+    d_state = B.shape[-1]
+    B = B if B.stride(-1) == 1 else B.contiguous()
+    C = C if C.stride(-1) == 1 else C.contiguous()
+    x = x if x.stride(-1) == 1 else x.contiguous()
+    dA_cumsum, dt_c = _chunk_cumsum_fwd(dt, A, chunk_size, dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=dt_limit)
+    states = _chunk_state_fwd(B, x, dt_c, dA_cumsum, states_in_fp32=True)
+    n_chunks = math.ceil(n_tokens / chunk_size)
+    states, _ = _state_passing_fwd(
+        states.view(batch, n_chunks, heads, head_dim * d_state), dA_cumsum[:, :, :, -1], out_dtype=C.dtype
+    )
+    states = states.view(batch, n_chunks, heads, head_dim, d_state)
+    cb = _bmm_chunk_fwd(C, B, chunk_size, output_dtype=torch.float32)
+    return chunk_scan_gluon(cb, x, dt_c, dA_cumsum, C, states, D)

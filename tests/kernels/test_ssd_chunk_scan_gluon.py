@@ -1,0 +1,133 @@
+"""reprflow's Gluon SSD output kernel (``reprflow.kernels.ssd_chunk_scan_gluon``) on an sm_90 GPU:
+the whole SSD forward against the float64 recurrence (as close as ``mamba_ssm``'s own), the
+output kernel against ``mamba_ssm``'s on the same inputs, and the fallbacks (float32, ``z``)."""
+
+import pytest
+import torch
+
+from reprflow.kernels.optional import load_mamba_ssm_triton
+from reprflow.kernels.ssd import ssd_reference
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(
+        not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9, reason="needs an sm_90 GPU"
+    ),
+]
+
+
+def _inputs(batch, n_tokens, heads, groups, head_dim, d_state, dtype, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    width = heads * head_dim + 2 * groups * d_state
+    xbc = torch.randn(batch, n_tokens, width, device="cuda", generator=g).to(dtype)  # the mixer's strided views
+    x = xbc[..., : heads * head_dim].view(batch, n_tokens, heads, head_dim)
+    B = xbc[..., heads * head_dim : heads * head_dim + groups * d_state].view(batch, n_tokens, groups, d_state)
+    C = xbc[..., heads * head_dim + groups * d_state :].view(batch, n_tokens, groups, d_state)
+    A = -torch.linspace(0.5, 16.0, heads, device="cuda")
+    A[-1] = -300.0  # a head whose decay over a chunk leaves float32's range
+    return dict(
+        x=x,
+        dt=torch.randn(batch, n_tokens, heads, device="cuda", generator=g).to(dtype),
+        A=A,
+        B=B,
+        C=C,
+        D=torch.randn(heads, device="cuda", generator=g),
+        dt_bias=torch.randn(heads, device="cuda", generator=g) - 2,
+        dt_softplus=True,
+        dt_limit=(0.0, float("inf")),
+    )
+
+
+def _rel(got, want):
+    return float((got.double() - want).norm() / want.norm())
+
+
+def _kernels():
+    kernels = load_mamba_ssm_triton()
+    if kernels is None:
+        pytest.skip("mamba_ssm's Triton kernels are not installed")
+    from reprflow.kernels.ssd_chunk_scan_gluon import gluon
+
+    if gluon is None:
+        pytest.skip("Triton's Gluon does not import here")
+    return kernels
+
+
+# (batch, n_tokens, heads, groups, head_dim, d_state, chunk): a partial last chunk; two groups,
+# head_dim 32, chunk 128; d_state 16, chunk 64; Mamba2-2.7B's head sizes over two chunks
+SHAPES = [
+    (2, 600, 8, 1, 64, 128, 256),
+    (1, 300, 6, 2, 32, 64, 128),
+    (3, 200, 4, 1, 64, 16, 64),
+    (1, 512, 4, 1, 64, 128, 256),
+]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_ssd_combined_is_as_close_to_float64_as_mamba_ssm(shape):
+    from reprflow.kernels.ssd_chunk_scan_gluon import ssd_combined
+
+    kernels = _kernels()
+    *dims, chunk = shape
+    a = _inputs(*dims, torch.bfloat16)
+    want = ssd_reference(**{k: v.double() if torch.is_tensor(v) else v for k, v in a.items()}, chunk_size=chunk)
+    got = ssd_combined(chunk_size=chunk, **a)
+    theirs = kernels.chunk_scan_combined(chunk_size=chunk, **a)
+    assert got.shape == theirs.shape and got.dtype == theirs.dtype and torch.isfinite(got).all()
+    assert _rel(got, want) <= 1.1 * _rel(theirs, want) + 1e-6, (_rel(got, want), _rel(theirs, want))
+
+
+@pytest.mark.parametrize("shape", SHAPES[:2])
+@pytest.mark.parametrize("d_per_channel", [False, True])
+def test_output_kernel_matches_mamba_ssm_on_the_same_inputs(shape, d_per_channel):
+    """Same float32 scaling and one rounding of the scaled tile: the outputs agree to bf16 rounding."""
+    from mamba_ssm.ops.triton.ssd_bmm import _bmm_chunk_fwd
+    from mamba_ssm.ops.triton.ssd_chunk_scan import _chunk_scan_fwd
+    from mamba_ssm.ops.triton.ssd_chunk_state import _chunk_cumsum_fwd, _chunk_state_fwd
+    from mamba_ssm.ops.triton.ssd_state_passing import _state_passing_fwd
+
+    from reprflow.kernels.ssd_chunk_scan_gluon import chunk_scan_gluon
+
+    _kernels()
+    batch, n_tokens, heads, groups, head_dim, d_state, chunk = shape
+    a = _inputs(batch, n_tokens, heads, groups, head_dim, d_state, torch.bfloat16, seed=1)
+    D = torch.randn(heads, head_dim, device="cuda") if d_per_channel else a["D"]
+    x, B, C = a["x"], a["B"].contiguous(), a["C"].contiguous()
+    dA, dt = _chunk_cumsum_fwd(a["dt"], a["A"], chunk, dt_bias=a["dt_bias"], dt_softplus=True)
+    st = _chunk_state_fwd(B, x, dt, dA, states_in_fp32=True)
+    n_chunks = st.shape[1]
+    st, _ = _state_passing_fwd(st.view(batch, n_chunks, heads, -1), dA[:, :, :, -1], out_dtype=C.dtype)
+    st = st.view(batch, n_chunks, heads, head_dim, d_state)
+    cb = _bmm_chunk_fwd(C, B, chunk, output_dtype=torch.float32)
+    theirs = _chunk_scan_fwd(cb, x, dt, dA, C, st, D=D)[0].float()
+    ours = chunk_scan_gluon(cb, x, dt, dA, C, st, D).float()
+    assert ours.shape == theirs.shape
+    assert float((ours - theirs).norm() / theirs.norm()) < 1e-2
+
+
+def test_fallbacks_are_mamba_ssm_exactly():
+    """float32 inputs and a gate z are not the kernel's: ssd_combined returns mamba_ssm's result."""
+    from reprflow.kernels.ssd_chunk_scan_gluon import ssd_combined
+
+    kernels = _kernels()
+    a = _inputs(1, 300, 4, 1, 64, 32, torch.float32)
+    assert torch.equal(ssd_combined(chunk_size=64, **a), kernels.chunk_scan_combined(chunk_size=64, **a))
+    b = _inputs(1, 300, 4, 1, 64, 32, torch.bfloat16)
+    z = torch.randn_like(b["x"])
+    assert torch.equal(ssd_combined(chunk_size=64, z=z, **b), kernels.chunk_scan_combined(chunk_size=64, z=z, **b))
+
+
+def test_unsupported_shapes_are_named():
+    from reprflow.kernels.ssd_chunk_scan_gluon import chunk_scan_gluon
+
+    _kernels()
+    x = torch.zeros(1, 100, 2, 48, device="cuda", dtype=torch.bfloat16)  # head_dim 48: not a power of two
+    with pytest.raises(ValueError, match="head_dim 48"):
+        chunk_scan_gluon(
+            torch.zeros(1, 1, 1, 64, 64, device="cuda"),
+            x,
+            torch.zeros(1, 2, 1, 64, device="cuda"),
+            torch.zeros(1, 2, 1, 64, device="cuda"),
+            torch.zeros(1, 100, 1, 16, device="cuda", dtype=torch.bfloat16),
+            torch.zeros(1, 1, 2, 48, 16, device="cuda", dtype=torch.bfloat16),
+        )
