@@ -67,6 +67,17 @@ def causal_conv1d_silu_reference(
 
 
 if triton is not None:
+    from reprflow.kernels.selective_scan import _silu  # z * sigmoid(z): one ex2, one approximate division
+
+    @triton.jit
+    def _load_row(x_base, t, s_x_t, n_tokens, mask_d, EVEN_D: tl.constexpr):
+        # row t of x as float32 [BLOCK_D]; zeros outside 0 <= t < n_tokens (the causal padding)
+        ok = (t >= 0) & (t < n_tokens)
+        if EVEN_D:
+            row = tl.load(x_base + t * s_x_t, mask=ok, other=0.0)
+        else:
+            row = tl.load(x_base + t * s_x_t, mask=mask_d & ok, other=0.0)
+        return row.to(tl.float32)
 
     @triton.jit
     def _causal_conv1d_silu_kernel(
@@ -85,32 +96,49 @@ if triton is not None:
         WIDTH: tl.constexpr,
         BLOCK_T: tl.constexpr,
         BLOCK_D: tl.constexpr,
+        EVEN_D: tl.constexpr,
         HAS_BIAS: tl.constexpr,
         HAS_MASK: tl.constexpr,
     ):
+        # One program: BLOCK_D channels x BLOCK_T consecutive tokens, streamed row by row (the
+        # loop is unrolled) with the last WIDTH - 1 rows kept in registers, so each input row is
+        # loaded and converted once (plus WIDTH - 1 rows before the block)
         pid_t = tl.program_id(0)
         pid_d = tl.program_id(1)
         pid_b = tl.program_id(2).to(tl.int64)
-        offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
         offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
         mask_d = offs_d < channels
-        x_base = x_ptr + pid_b * s_x_b
-        acc = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)
+        x_base = x_ptr + pid_b * s_x_b + offs_d
+        o_base = out_ptr + pid_b * s_o_b + offs_d
+        t0 = pid_t * BLOCK_T
+        w = ()
         for k in tl.static_range(WIDTH):
-            src = offs_t - (WIDTH - 1) + k
-            ok = (src >= 0) & (src < n_tokens)
-            xk = tl.load(x_base + src[:, None] * s_x_t + offs_d[None, :], mask=ok[:, None] & mask_d[None, :], other=0.0)
-            wk = tl.load(w_ptr + offs_d * WIDTH + k, mask=mask_d, other=0.0)
-            acc += xk.to(tl.float32) * wk.to(tl.float32)[None, :]
+            w = w + (tl.load(w_ptr + offs_d * WIDTH + k, mask=mask_d, other=0.0).to(tl.float32),)
         if HAS_BIAS:
-            acc += tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)[None, :]
-        acc = acc * tl.sigmoid(acc)
-        in_t = offs_t < n_tokens
-        if HAS_MASK:
-            m = tl.load(mask_ptr + pid_b * s_m_b + offs_t, mask=in_t, other=0).to(tl.float32)
-            acc = acc * m[:, None]
-        o = out_ptr + pid_b * s_o_b + offs_t[:, None] * s_o_t + offs_d[None, :]
-        tl.store(o, acc.to(out_ptr.dtype.element_ty), mask=in_t[:, None] & mask_d[None, :])
+            bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        else:
+            bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+        win = ()  # rows t - WIDTH + 1 .. t - 1, oldest first
+        for k in tl.static_range(WIDTH - 1):
+            win = win + (_load_row(x_base, t0 - (WIDTH - 1) + k, s_x_t, n_tokens, mask_d, EVEN_D),)
+        for j in tl.static_range(BLOCK_T):
+            t = t0 + j
+            xt = _load_row(x_base, t, s_x_t, n_tokens, mask_d, EVEN_D)
+            acc = bias + w[WIDTH - 1] * xt
+            for k in tl.static_range(WIDTH - 1):
+                acc += w[k] * win[k]
+            y = _silu(acc)
+            if HAS_MASK:
+                y = y * tl.load(mask_ptr + pid_b * s_m_b + t, mask=t < n_tokens, other=0).to(tl.float32)
+            keep = t < n_tokens
+            if EVEN_D:
+                tl.store(o_base + t * s_o_t, y.to(out_ptr.dtype.element_ty), mask=keep)
+            else:
+                tl.store(o_base + t * s_o_t, y.to(out_ptr.dtype.element_ty), mask=mask_d & keep)
+            nxt = ()
+            for k in tl.static_range(1, WIDTH - 1):
+                nxt = nxt + (win[k],)
+            win = nxt + (xt,)
 
 
 def causal_conv1d_silu_triton(
@@ -119,7 +147,8 @@ def causal_conv1d_silu_triton(
     """Causal depthwise conv + SiLU on a CUDA device through a Triton kernel.
 
     Same parameters as :func:`causal_conv1d_silu_reference`; ``x`` may be a strided view
-    (stride 1 on the channel axis). Accumulates in float32.
+    (stride 1 on the channel axis). Accumulates in float32; SiLU as ``z / (1 + exp(-z))`` with
+    one ``ex2`` and an approximate division (relative error below 1e-6, as the scan's).
 
     Returns
     -------
@@ -135,7 +164,7 @@ def causal_conv1d_silu_triton(
     w = weight.contiguous()
     out = torch.empty(batch, n_tokens, channels, dtype=x.dtype, device=x.device)
     m = mask.contiguous() if mask is not None else None
-    block_t, block_d = 32, 128
+    block_t, block_d = 64, 1024  # 8 channels per thread (16-byte loads) at 4 warps
     grid = (triton.cdiv(n_tokens, block_t), triton.cdiv(channels, block_d), batch)
     _causal_conv1d_silu_kernel[grid](
         x,
@@ -153,6 +182,7 @@ def causal_conv1d_silu_triton(
         WIDTH=w.shape[1],
         BLOCK_T=block_t,
         BLOCK_D=block_d,
+        EVEN_D=channels % block_d == 0,
         HAS_BIAS=bias is not None,
         HAS_MASK=m is not None,
         num_warps=4,

@@ -20,6 +20,7 @@ ROOT = HERE.parents[1]
     "script",
     [
         "interpret_scan.py",  # the selective scan and its softplus/SiLU helpers
+        "interpret_conv.py",  # the causal conv + SiLU
         "interpret_local_attention.py",  # GPT-Neo's sliding-window attention
         "interpret_rotary.py",  # GPT-NeoX's rotary embedding of q and k
     ],
