@@ -105,10 +105,15 @@ def output_kernel(a: dict, kernels, chunk: int, repeats: int, peak_tflops: float
     st = st.view(batch, n_chunks, heads, head_dim, STATES)
     cb = _bmm_chunk_fwd(C, B, chunk, output_dtype=torch.float32)
     theirs = _chunk_scan_fwd(cb, x, dt, dA, C, st, D=a["D"])[0]
-    ours = chunk_scan_gluon(cb, x, dt, dA, C, st, a["D"])
-    diff = float((ours.float() - theirs.float()).norm() / theirs.float().norm())
     ms_t = median_ms(lambda: _chunk_scan_fwd(cb, x, dt, dA, C, st, D=a["D"]), repeats)
-    ms_o = median_ms(lambda: chunk_scan_gluon(cb, x, dt, dA, C, st, a["D"]), repeats)
+    ours = {}  # prefetch_cb -> (ms, rel diff from mamba_ssm's)
+    for pf in (True, False):
+        got = chunk_scan_gluon(cb, x, dt, dA, C, st, a["D"], prefetch_cb=pf)
+        diff = float((got.float() - theirs.float()).norm() / theirs.float().norm())
+        ours[pf] = (
+            median_ms(lambda pf=pf: chunk_scan_gluon(cb, x, dt, dA, C, st, a["D"], prefetch_cb=pf), repeats),
+            diff,
+        )
     # lower triangle of each chunk x head_dim, plus C S^T; bytes: cb once per group, x, C, states, out
     flops = 2 * batch * n_chunks * heads * head_dim * (chunk * (chunk + 1) / 2 + chunk * STATES)
     nbytes = cb.numel() * 4 + 2 * x.numel() * 2 + C.numel() * 2 + st.numel() * 2
@@ -117,7 +122,8 @@ def output_kernel(a: dict, kernels, chunk: int, repeats: int, peak_tflops: float
     print("| kernel | ms | rel diff from mamba_ssm's |")
     print("|---|---:|---:|")
     print(f"| mamba_ssm `_chunk_scan_fwd` | {ms_t:.3f} | 0 |")
-    print(f"| reprflow `chunk_scan_gluon` | {ms_o:.3f} | {diff:.1e} |")
+    for pf, (ms_o, diff) in ours.items():
+        print(f"| reprflow `chunk_scan_gluon`, prefetch_cb={pf} | {ms_o:.3f} | {diff:.1e} |")
     small = _sub(a, 512)
     want = ssd_reference(**{k: (v.double() if torch.is_tensor(v) else v) for k, v in small.items()}, chunk_size=0)
     err_o = rel_err(ssd_combined(chunk_size=chunk, **small), want)

@@ -107,6 +107,7 @@ if gluon is not None:
         SH_A: gl.constexpr,
         SH_C: gl.constexpr,
         SH_S: gl.constexpr,
+        PREFETCH_CB: gl.constexpr = True,  # load each C B^T tile one step ahead (registers)
     ):
         BLK: gl.constexpr = 64
         N_K: gl.constexpr = CHUNK // BLK
@@ -146,6 +147,13 @@ if gluon is not None:
             x_src = x_base + gl.expand_dims(r, 1) * s_x_t + gl.expand_dims(px, 0)
             async_copy.async_copy_global_to_shared(x_s.index(kb), x_src, mask=gl.expand_dims(r < limit, 1))
         async_copy.commit_group()
+        # this block's rows of C B^T; with PREFETCH_CB the first key tile is loaded now, and each
+        # later one while the tile before it is scaled and multiplied
+        offs_m = m0 + gl.arange(0, BLK, layout=gl.SliceLayout(1, TILE))
+        k_ar = gl.arange(0, BLK, layout=gl.SliceLayout(0, TILE))
+        cb_rows = cb_base + gl.expand_dims(offs_m, 1) * s_cb_m
+        if PREFETCH_CB:
+            w_nxt = gl.load(cb_rows + gl.expand_dims(k_ar, 0))
 
         # the state part: exp(dA_m) * (C_m @ S^T), on wgmma once group 1 has landed
         async_copy.wait_group(1)
@@ -163,15 +171,18 @@ if gluon is not None:
             a_s = c_s._reinterpret(x_ptr.dtype.element_ty, [2, BLK, BLK], SH_A)
         else:  # C's buffer is smaller than two tiles
             a_s = gl.allocate_shared_memory(x_ptr.dtype.element_ty, [2, BLK, BLK], SH_A)
-        offs_m = m0 + gl.arange(0, BLK, layout=gl.SliceLayout(1, TILE))
         dA_m = gl.load(dA_base + offs_m)
-        cb_rows = cb_base + gl.expand_dims(offs_m, 1) * s_cb_m
         async_copy.wait_group(0)
         fence_async_shared()
         gl.thread_barrier()
         for kb in range(0, pid_m + 1):
-            offs_k = kb * BLK + gl.arange(0, BLK, layout=gl.SliceLayout(0, TILE))
-            w = gl.load(cb_rows + gl.expand_dims(offs_k, 0))
+            offs_k = kb * BLK + k_ar
+            if PREFETCH_CB:
+                w = w_nxt
+                k_next = gl.minimum(kb + 1, pid_m) * BLK + k_ar  # the last iteration re-reads its own tile
+                w_nxt = gl.load(cb_rows + gl.expand_dims(k_next, 0))
+            else:
+                w = gl.load(cb_rows + gl.expand_dims(offs_k, 0))
             dA_k = gl.load(dA_base + offs_k)
             dt_k = gl.load(dt_base + offs_k)
             w = w * gl.exp(gl.minimum(gl.expand_dims(dA_m, 1) - gl.expand_dims(dA_k, 0), 0.0))
@@ -220,7 +231,15 @@ def chunk_scan_gluon_supported(x: Tensor, chunk: int, d_state: int) -> bool:
 
 
 def chunk_scan_gluon(
-    cb: Tensor, x: Tensor, dt: Tensor, dA_cumsum: Tensor, C: Tensor, states: Tensor, D: Tensor | None = None
+    cb: Tensor,
+    x: Tensor,
+    dt: Tensor,
+    dA_cumsum: Tensor,
+    C: Tensor,
+    states: Tensor,
+    D: Tensor | None = None,
+    *,
+    prefetch_cb: bool = True,
 ) -> Tensor:
     """Each token's SSD output from its chunk's incoming state and the chunk's earlier tokens.
 
@@ -235,6 +254,8 @@ def chunk_scan_gluon(
     states : Tensor of shape (batch, n_chunks, heads, head_dim, d_state), dtype of ``x``
         The state entering each chunk; its last two axes contiguous.
     D : Tensor of shape (heads,) or (heads, head_dim), optional
+    prefetch_cb : bool
+        Load each ``C B^T`` tile one key step ahead, into registers (default), or where it is used.
 
     Returns
     -------
@@ -285,6 +306,7 @@ def chunk_scan_gluon(
         SH_A=gl.NVMMASharedLayout.get_default_for([BM, BM], el),
         SH_C=gl.NVMMASharedLayout.get_default_for([BM, d_state], el),
         SH_S=gl.NVMMASharedLayout.get_default_for([head_dim, d_state], el),
+        PREFETCH_CB=prefetch_cb,
         num_warps=4,
     )  # fmt: skip
     return out

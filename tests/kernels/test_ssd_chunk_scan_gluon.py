@@ -79,7 +79,8 @@ def test_ssd_combined_is_as_close_to_float64_as_mamba_ssm(shape):
 
 @pytest.mark.parametrize("shape", SHAPES[:2])
 @pytest.mark.parametrize("d_per_channel", [False, True])
-def test_output_kernel_matches_mamba_ssm_on_the_same_inputs(shape, d_per_channel):
+@pytest.mark.parametrize("prefetch_cb", [True, False])
+def test_output_kernel_matches_mamba_ssm_on_the_same_inputs(shape, d_per_channel, prefetch_cb):
     """Same float32 scaling and one rounding of the scaled tile: the outputs agree to bf16 rounding."""
     from mamba_ssm.ops.triton.ssd_bmm import _bmm_chunk_fwd
     from mamba_ssm.ops.triton.ssd_chunk_scan import _chunk_scan_fwd
@@ -100,7 +101,7 @@ def test_output_kernel_matches_mamba_ssm_on_the_same_inputs(shape, d_per_channel
     st = st.view(batch, n_chunks, heads, head_dim, d_state)
     cb = _bmm_chunk_fwd(C, B, chunk, output_dtype=torch.float32)
     theirs = _chunk_scan_fwd(cb, x, dt, dA, C, st, D=D)[0].float()
-    ours = chunk_scan_gluon(cb, x, dt, dA, C, st, D).float()
+    ours = chunk_scan_gluon(cb, x, dt, dA, C, st, D, prefetch_cb=prefetch_cb).float()
     assert ours.shape == theirs.shape
     assert float((ours - theirs).norm() / theirs.norm()) < 1e-2
 
