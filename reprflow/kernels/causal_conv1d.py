@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["causal_conv1d_silu", "causal_conv1d_silu_reference", "causal_conv1d_silu_triton"]
+__all__ = ["CONV_BLOCKS", "causal_conv1d_silu", "causal_conv1d_silu_reference", "causal_conv1d_silu_triton"]
 
 try:
     import triton
@@ -141,14 +141,26 @@ if triton is not None:
             win = nxt + (xt,)
 
 
+#: (tokens, channels, warps) per program of :func:`causal_conv1d_silu_triton`: 8 channels per thread
+#: (16-byte loads of bf16) at 4 warps
+CONV_BLOCKS = (64, 1024, 4)
+
+
 def causal_conv1d_silu_triton(
-    x: Tensor, weight: Tensor, bias: Tensor | None = None, *, mask: Tensor | None = None
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    *,
+    mask: Tensor | None = None,
+    blocks: tuple[int, int, int] = CONV_BLOCKS,
 ) -> Tensor:
     """Causal depthwise conv + SiLU on a CUDA device through a Triton kernel.
 
     Same parameters as :func:`causal_conv1d_silu_reference`; ``x`` may be a strided view
     (stride 1 on the channel axis). Accumulates in float32; SiLU as ``z / (1 + exp(-z))`` with
     one ``ex2`` and an approximate division (relative error below 1e-6, as the scan's).
+    ``blocks``: (tokens, channels, warps) per program (powers of two; default
+    :data:`CONV_BLOCKS`).
 
     Returns
     -------
@@ -164,7 +176,7 @@ def causal_conv1d_silu_triton(
     w = weight.contiguous()
     out = torch.empty(batch, n_tokens, channels, dtype=x.dtype, device=x.device)
     m = mask.contiguous() if mask is not None else None
-    block_t, block_d = 64, 1024  # 8 channels per thread (16-byte loads) at 4 warps
+    block_t, block_d, num_warps = blocks
     grid = (triton.cdiv(n_tokens, block_t), triton.cdiv(channels, block_d), batch)
     _causal_conv1d_silu_kernel[grid](
         x,
@@ -185,7 +197,7 @@ def causal_conv1d_silu_triton(
         EVEN_D=channels % block_d == 0,
         HAS_BIAS=bias is not None,
         HAS_MASK=m is not None,
-        num_warps=4,
+        num_warps=num_warps,
     )
     return out
 
