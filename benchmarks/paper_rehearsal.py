@@ -277,7 +277,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--pretrained-arm",
         action="store_true",
-        help="count every scope-all cell twice (pretrained + random; same compute, weights loaded instead of built)",
+        help="count every scope-all cell twice (pretrained + random at every length, for a config that runs both; "
+        "same compute, weights loaded instead of built). The paper config runs random at scope fig3: leave it off",
     )
     ap.add_argument("--snakemake-log", type=Path, help="a killed run's console log: per-job times from its stamps")
     ap.add_argument("--samples", type=Path, help="the GPU/disk samples written by paper_rehearsal_gpu.sh")
@@ -374,7 +375,7 @@ def main(argv: list[str] | None = None) -> None:
 
     print(
         f"\n## Projection: full paper run ({args.full_prompts} prompts, {args.full_token_prompts} token prompts per store, "
-        f"{'pretrained + random' if arms == 2 else 'this arm only'})\n"
+        f"{'pretrained + random at every length' if arms == 2 else 'each rehearsal cell once'})\n"
     )
     print(
         f"- extraction jobs: {len(gpu_jobs)}, {sum(gpu_jobs) / 3600:.2f} GPU-hours (longest job {fmt_s(max(gpu_jobs, default=0))})"

@@ -25,9 +25,11 @@ shape, and its reason. Under a minute on an H200, most of it Triton compiles.
 
 Usage (repository root)::
 
-    PYTHONPATH=$PWD python benchmarks/scan_sweep.py [--out DIR] [--budget-s S]
+    PYTHONPATH=$PWD python benchmarks/scan_sweep.py [--out DIR] [--budget-s S] [--match TEXT ...]
 
-Last runs: benchmarks/results/scan_sweep_h200_2026-12-04.md (with the Gluon candidate).
+Last runs: benchmarks/results/scan_sweep_h200_2026-12-04_shared.md and ``..._shared2.md`` (the
+Gluon scan with its inputs staged in shared memory; ``--match shared "unroll=2 prefetch"
+"BLOCK_D=32 warps=1 unroll=4"``); the register configurations in scan_sweep_h200_2026-12-04.md.
 """
 
 from __future__ import annotations

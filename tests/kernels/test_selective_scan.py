@@ -212,3 +212,17 @@ def test_gluon_matches_float64(dtype, config, shape):
     got = selective_scan_gluon(u, delta, A, B, C, config=config)
     rel = float((got.double() - want).norm() / want.norm())
     assert rel < (1e-2 if dtype == torch.bfloat16 else 1e-5), (config, "plain", rel)
+
+
+def test_gluon_configs_name_how_inputs_arrive():
+    """The Gluon scan's configuration tuple (pure Python, so checked on the CPU): four-entry
+    configurations keep the register path (stages 0), the default stages its inputs in shared
+    memory, and the repr says which."""
+    from reprflow.kernels.selective_scan_gluon import GluonScanConfig, default_gluon_config
+
+    old = GluonScanConfig(2, 4, 2)
+    assert tuple(old) == (2, 4, 2, True, 0) and repr(old).endswith("unroll=2 prefetch")
+    assert repr(GluonScanConfig(2, 4, 2, False)).endswith("no prefetch")
+    new = default_gluon_config(5120, 16)
+    assert tuple(new) == (1, 1, 8, True, 2)
+    assert repr(new) == "lanes/channel=1 warps=1 unroll=8 shared x2"

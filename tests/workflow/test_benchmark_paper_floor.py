@@ -43,8 +43,18 @@ def _minutes(text: str) -> float:
     return float(value) * {"s": 1 / 60, "min": 1, "h": 60}[unit]
 
 
-def test_config_arms_count_every_cell_at_its_prompts_and_the_floor_follows_the_params():
-    out = _run("--rates", RATES)
+def _random_everywhere(tmp_path: Path) -> Path:
+    """The paper config with its `random` init at scope all (every length, probes, table rows)."""
+    text = (ROOT / "config" / "config.yaml").read_text()
+    old = "  - name: random\n    scheme: default\n    scope: fig3\n"
+    assert old in text
+    path = tmp_path / "random_everywhere.yaml"
+    path.write_text(text.replace(old, "  - name: random\n    scheme: default\n"))
+    return path
+
+
+def test_config_arms_count_every_cell_at_its_prompts_and_the_floor_follows_the_params(tmp_path):
+    out = _run("--configfile", str(_random_everywhere(tmp_path)), "--rates", RATES)
     # two full arms x 2 tasks x 25,000 prompts x (300 + 1024 + 2048 + 4096) tokens, plus four
     # Fig. 3 inits x 2 tasks x 64 token prompts x 2048 tokens
     ssm_tokens = 2 * 2 * 25_000 * 7468 + 4 * 2 * 64 * 2048
@@ -61,9 +71,12 @@ def test_config_arms_count_every_cell_at_its_prompts_and_the_floor_follows_the_p
     assert total / 8 <= _minutes(walls["8"]) < total / 8 * 1.1  # longest first packs 112 cells closely
 
 
-def test_paper_arms_run_only_the_pretrained_arm_at_full_size():
-    out = _run("--arms", "paper")
+def test_paper_arms_run_only_the_pretrained_arm_at_full_size(tmp_path):
+    out = _run("--configfile", str(_random_everywhere(tmp_path)), "--arms", "paper")
     # pretrained at every length that fits (6 cells per Transformer, 8 per SSM), every other init
     # (random and the four Fig. 3 ones) at 2K on both tasks
     assert _row(out, "**total**")[2] == str(2 * 6 + 3 * 8 + 5 * 5 * 2)
     assert _row(out, "mamba-2.8b")[3] == f"{(2 * 25_000 * 7468 + 5 * 2 * 64 * 2048) / 1e6:,.1f}M"
+    # the paper config as shipped runs exactly the paper's workload
+    table = [line for line in out.splitlines() if line.startswith("| ")]
+    assert [line for line in _run().splitlines() if line.startswith("| ")] == table

@@ -50,13 +50,15 @@ def test_streamed_stores_hold_no_token_states_and_fig3_cells_only_their_token_pr
             assert ("tiny-pythia", "he", "kvpr", 600) not in got  # fig3: the figure length only
     paper = validate_config(yaml.safe_load((PROJECT_ROOT / "config" / "config.yaml").read_text()))
     totals = {s: sum(e.bytes for e in disk.estimate_stores(paper, tokens=s)) / 2**40 for s in ("store", "stream")}
-    assert 0.6 < totals["stream"] < 0.8 and 5.5 < totals["store"] < 6.5, totals  # the README's 0.71 and 6.0 TiB
+    assert 0.3 < totals["stream"] < 0.4 and 4.2 < totals["store"] < 4.9, totals  # the README's 0.36 and 4.6 TiB
 
 
 def test_the_command_prints_both_settings(capsys):
     disk.main(["--configfile", str(PROJECT_ROOT / "config" / "config.yaml")])
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("all stores"))
-    assert "tokens: store 5.99 TiB" in line and "tokens: stream 728.89 GiB (this config)" in line, line
+    # the pretrained arm at full size (P), the five Fig. 3 inits at their token prompts (5 s); with the
+    # random init at every length too (before 2026-12-04) it was 2 P + 4 s = 728.89 GiB, so s = 0.255
+    assert "tokens: store 4.57 TiB" in line and "tokens: stream 365.21 GiB (this config)" in line, line
 
 
 def test_the_command_merges_config_files_as_snakemake_does(capsys, tmp_path):
@@ -65,9 +67,10 @@ def test_the_command_merges_config_files_as_snakemake_does(capsys, tmp_path):
     disk.main(["--configfile", str(PROJECT_ROOT / "config" / "config.yaml"), str(override)])
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("all stores"))
     # the override's tokens: store wins; 160 last-token prompts per cell instead of 25,000 (stream
-    # total 5.68 GiB, not 728.89); the 64 token prompts of the paper config stay (store 5.28 TiB)
+    # total 3.60 GiB, not 365.21: P x 160 / 25,000 + 5 s); the 64 token prompts of the paper config
+    # stay (store 4.21 TiB)
     store, stream = line.split(": ", 1)[1].split("; ")
-    assert store == "tokens: store 5.28 TiB (this config)" and stream == "tokens: stream 5.68 GiB", line
+    assert store == "tokens: store 4.21 TiB (this config)" and stream == "tokens: stream 3.60 GiB", line
 
 
 def test_model_dims_from_shipped_config_or_local_folder(tmp_path, monkeypatch):

@@ -20,13 +20,14 @@ from reprflow.workflow.targets import (
 def test_paper_matrix_skips_lengths_beyond_context():
     cfg = load_config(PROJECT_ROOT / "config" / "config.yaml")
     got = cells(cfg)
-    # scope all: 2 transformers x 3 lengths + 3 SSMs x 4 lengths, each x 2 inits (pretrained, random) x 2 tasks;
-    # scope fig3: 4 inits (gaussian x2, xavier, he) x 5 models x 2 tasks at figures.length only
-    assert len(got) == (2 * 3 + 3 * 4) * 2 * 2 + 4 * 5 * 2
-    assert len(table_cells(cfg)) == (2 * 3 + 3 * 4) * 2 * 2
-    assert {c.length for c in got if c.init in {"gaussian-0.02", "gaussian-0.2", "xavier", "he"}} == {2048}
+    # scope all: 2 transformers x 3 lengths + 3 SSMs x 4 lengths, pretrained only, x 2 tasks;
+    # scope fig3: 5 inits (random, gaussian x2, xavier, he) x 5 models x 2 tasks at figures.length only
+    assert len(got) == (2 * 3 + 3 * 4) * 2 + 5 * 5 * 2
+    assert len(table_cells(cfg)) == (2 * 3 + 3 * 4) * 2
+    assert {c.length for c in got if c.init != "pretrained"} == {2048}
     assert Cell("gpt-neo-2.7b", "pretrained", "kvpr", 4096) not in got
-    assert Cell("mamba-2.8b", "random", "mdqa", 4096) in got
+    assert Cell("mamba-2.8b", "pretrained", "mdqa", 4096) in got
+    assert Cell("mamba-2.8b", "random", "mdqa", 4096) not in got and Cell("mamba-2.8b", "random", "mdqa", 2048) in got
 
 
 def test_prompt_files_one_per_tokenizer_task_length():
