@@ -9,12 +9,14 @@ of its kernels (torch profiler), the autotuned configs, and the relative error a
 float64 recurrence (``reprflow.kernels.ssd.ssd_reference``) on the first 512 tokens of one
 sequence.
 
-With ``--output-kernel``, instead, at the model's chunk (256): the output kernel alone,
+With ``--output-kernel``, instead, at the model's chunk (256): the chunk states and their
+passing, ``mamba_ssm``'s two kernels against reprflow's fused ``chunk_states_passed``
+(:mod:`reprflow.kernels.ssd_states`) at six launch configurations; the output kernel alone,
 ``mamba_ssm``'s ``_chunk_scan_fwd`` against reprflow's Gluon ``chunk_scan_gluon``
 (:mod:`reprflow.kernels.ssd_chunk_scan_gluon`) on the same inputs (ms, CUDA events; their
 relative difference; tensor-core and memory bounds), then the whole forward
-(``mamba_chunk_scan_combined`` against reprflow's ``ssd_combined``) and both against the
-float64 recurrence.
+(``mamba_chunk_scan_combined`` against reprflow's ``ssd_combined``, with and without the fused
+states) and each against the float64 recurrence.
 
 Usage (GPU)::
 
@@ -128,10 +130,56 @@ def output_kernel(a: dict, kernels, chunk: int, repeats: int, peak_tflops: float
     want = ssd_reference(**{k: (v.double() if torch.is_tensor(v) else v) for k, v in small.items()}, chunk_size=0)
     err_o = rel_err(ssd_combined(chunk_size=chunk, **small), want)
     err_t = rel_err(kernels.chunk_scan_combined(chunk_size=chunk, **small), want)
+    err_u = rel_err(ssd_combined(chunk_size=chunk, fused_states=False, **small), want)
     ms_wo = median_ms(lambda: ssd_combined(chunk_size=chunk, **a), repeats)
+    ms_wu = median_ms(lambda: ssd_combined(chunk_size=chunk, fused_states=False, **a), repeats)
     ms_wt = median_ms(lambda: kernels.chunk_scan_combined(chunk_size=chunk, **a), repeats)
     print(f"\nwhole SSD forward: mamba_ssm {ms_wt:.3f} ms (rel err vs float64 {err_t:.2e}), "
-          f"reprflow ssd_combined {ms_wo:.3f} ms ({err_o:.2e})", flush=True)  # fmt: skip
+          f"reprflow ssd_combined {ms_wo:.3f} ms ({err_o:.2e}), "
+          f"without the fused states {ms_wu:.3f} ms ({err_u:.2e})", flush=True)  # fmt: skip
+
+
+def states_kernels(a: dict, chunk: int, repeats: int, hbm_bytes_per_s: float) -> None:
+    """Print mamba_ssm's chunk-state + state-passing kernels against reprflow's fused one."""
+    from mamba_ssm.ops.triton.ssd_chunk_state import _chunk_cumsum_fwd, _chunk_state_fwd
+    from mamba_ssm.ops.triton.ssd_state_passing import _state_passing_fwd
+
+    from reprflow.kernels.ssd_states import chunk_states_passed
+
+    x, B = a["x"], a["B"]
+    batch, n_tokens, heads, head_dim = x.shape
+    dA, dt = _chunk_cumsum_fwd(a["dt"], a["A"], chunk, dt_bias=a["dt_bias"], dt_softplus=True)
+    Bc = B.contiguous()
+
+    def theirs():
+        st = _chunk_state_fwd(Bc, x, dt, dA, states_in_fp32=True)
+        out, _ = _state_passing_fwd(st.view(batch, st.shape[1], heads, -1), dA[:, :, :, -1], out_dtype=x.dtype)
+        return out.view(batch, st.shape[1], heads, head_dim, STATES)
+
+    ref = theirs().float()
+    ms_state = median_ms(lambda: _chunk_state_fwd(Bc, x, dt, dA, states_in_fp32=True), repeats)
+    ms_both = median_ms(theirs, repeats)
+    # read x and (per head, from L2 after the first) B once, write the bf16 entering states
+    nbytes = 2 * x.numel() + 2 * Bc.numel() + 2 * ref.numel()
+    print(f"\n{batch}x{n_tokens}, chunk {chunk}: chunk states and their passing (memory bound "
+          f"{1e3 * nbytes / hbm_bytes_per_s:.3f} ms)\n")  # fmt: skip
+    print("| kernel | ms | rel diff from mamba_ssm's |")
+    print("|---|---:|---:|")
+    print(
+        f"| mamba_ssm `_chunk_state_fwd` + `_state_passing_fwd` | {ms_both:.3f} ({ms_state:.3f} + {ms_both - ms_state:.3f}) | 0 |"
+    )
+    for block_k, warps, stages in ((32, 8, 2), (32, 8, 3), (64, 8, 2), (32, 4, 2), (64, 4, 3), (16, 8, 3)):
+        cfg = dict(block_k=block_k, num_warps=warps, num_stages=stages)
+        try:
+            got = chunk_states_passed(x, B, dt, dA, **cfg).float()
+            ms = median_ms(lambda cfg=cfg: chunk_states_passed(x, B, dt, dA, **cfg), repeats)
+        except Exception as exc:  # noqa: BLE001 - a configuration that does not compile here
+            print(f"| reprflow `chunk_states_passed` {cfg} | failed: {type(exc).__name__} | |")
+            continue
+        diff = float((got - ref).norm() / ref.norm())
+        print(
+            f"| reprflow `chunk_states_passed` block_k={block_k} warps={warps} stages={stages} | {ms:.3f} | {diff:.1e} |"
+        )
 
 
 def main() -> None:
@@ -150,7 +198,9 @@ def main() -> None:
 
         for shape in args.shapes:
             batch, n_tokens = (int(v) for v in shape.split("x"))
-            output_kernel(inputs(batch, n_tokens), kernels, 256, args.repeats, H200_BF16_TFLOPS, HBM_BYTES_PER_S)
+            a = inputs(batch, n_tokens)
+            states_kernels(a, 256, args.repeats, HBM_BYTES_PER_S)
+            output_kernel(a, kernels, 256, args.repeats, H200_BF16_TFLOPS, HBM_BYTES_PER_S)
         return
     rows = []
     for shape in args.shapes:

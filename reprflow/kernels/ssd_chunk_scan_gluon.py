@@ -324,10 +324,14 @@ def ssd_combined(
     dt_bias: Tensor | None = None,
     dt_softplus: bool = False,
     dt_limit: tuple[float, float] = (0.0, float("inf")),
+    *,
+    fused_states: bool = True,
 ) -> Tensor:
     """``mamba_chunk_scan_combined``'s forward (signature of :func:`reprflow.kernels.ssd.ssd_reference`)
-    with :func:`chunk_scan_gluon` as its output kernel; ``mamba_ssm``'s own whole for what that
-    kernel does not take (``z``, autograd, dtypes, shapes, devices).
+    with :func:`chunk_scan_gluon` as its output kernel and, with ``fused_states``,
+    :func:`reprflow.kernels.ssd_states.chunk_states_passed` for the chunk states and their passing
+    (one kernel instead of ``mamba_ssm``'s two, no float32 states in memory); ``mamba_ssm``'s own
+    whole for what the output kernel does not take (``z``, autograd, dtypes, shapes, devices).
 
     Returns
     -------
@@ -347,17 +351,22 @@ def ssd_combined(
     from mamba_ssm.ops.triton.ssd_chunk_state import _chunk_cumsum_fwd, _chunk_state_fwd
     from mamba_ssm.ops.triton.ssd_state_passing import _state_passing_fwd
 
+    from reprflow.kernels.ssd_states import chunk_states_passed
+
     batch, n_tokens, heads, head_dim = x.shape
     d_state = B.shape[-1]
     B = B if B.stride(-1) == 1 else B.contiguous()
     C = C if C.stride(-1) == 1 else C.contiguous()
     x = x if x.stride(-1) == 1 else x.contiguous()
     dA_cumsum, dt_c = _chunk_cumsum_fwd(dt, A, chunk_size, dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=dt_limit)
-    states = _chunk_state_fwd(B, x, dt_c, dA_cumsum, states_in_fp32=True)
-    n_chunks = math.ceil(n_tokens / chunk_size)
-    states, _ = _state_passing_fwd(
-        states.view(batch, n_chunks, heads, head_dim * d_state), dA_cumsum[:, :, :, -1], out_dtype=C.dtype
-    )
-    states = states.view(batch, n_chunks, heads, head_dim, d_state)
+    if fused_states:
+        states = chunk_states_passed(x, B, dt_c, dA_cumsum, out_dtype=C.dtype)
+    else:
+        states = _chunk_state_fwd(B, x, dt_c, dA_cumsum, states_in_fp32=True)
+        n_chunks = math.ceil(n_tokens / chunk_size)
+        states, _ = _state_passing_fwd(
+            states.view(batch, n_chunks, heads, head_dim * d_state), dA_cumsum[:, :, :, -1], out_dtype=C.dtype
+        )
+        states = states.view(batch, n_chunks, heads, head_dim, d_state)
     cb = _bmm_chunk_fwd(C, B, chunk_size, output_dtype=torch.float32)
     return chunk_scan_gluon(cb, x, dt_c, dA_cumsum, C, states, D)

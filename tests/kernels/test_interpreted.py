@@ -23,6 +23,7 @@ ROOT = HERE.parents[1]
         "interpret_conv.py",  # the causal conv + SiLU
         "interpret_local_attention.py",  # GPT-Neo's sliding-window attention
         "interpret_rotary.py",  # GPT-NeoX's rotary embedding of q and k
+        "interpret_ssd_states.py",  # Mamba-2's SSD chunk states passed between chunks
     ],
 )
 def test_kernel_in_the_triton_interpreter(script):
