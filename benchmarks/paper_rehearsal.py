@@ -234,6 +234,30 @@ def lpt_makespan(durations: list[float], workers: int) -> float:
     return max(loads) if loads else 0.0
 
 
+STARTUP_STEPS = ("process", "prompts", "tokenizer", "model")
+
+
+def startup_rows(stores: dict[str, dict], job_s: dict[str, float]) -> list[str]:
+    """Markdown rows: per model, the mean seconds per extraction job before its loop, by step (the
+    store attr ``timing.startup``: the job's process start to the stage, reading the prompts, the
+    tokenizer, building or loading the model), and the rest of the job outside the loop (the
+    job's overhead minus those steps: fast-path preparation, store open and finalize, metric
+    files, Snakemake's own bookkeeping). Empty when no store has ``timing.startup``."""
+    by_model: dict[str, list[list[float]]] = defaultdict(list)
+    for key, st in stores.items():
+        startup = st["timing"].get("startup")
+        if not startup or key not in job_s:
+            continue
+        steps = [float(startup.get(k) or 0.0) for k in STARTUP_STEPS]
+        rest = job_s[key] - float(st["timing"].get("seconds") or 0.0) - sum(steps)
+        by_model[key.split("/")[0]].append([*steps, max(rest, 0.0)])
+    rows = []
+    for model, jobs in sorted(by_model.items()):
+        means = [sum(col) / len(jobs) for col in zip(*jobs)]
+        rows.append(f"| {model} | {len(jobs)} | " + " | ".join(f"{m:.1f}" for m in means) + " |")
+    return rows
+
+
 def summarise_log(log: Path, samples: Path | None) -> None:
     """Per-rule and per-extraction tables from a console log (jobs still running are counted)."""
     rows = read_snakemake_log(log)
@@ -343,6 +367,12 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 projected[key] = overhead + tokens * scale / rate
             disk_full += st["last_bytes"] * scale + st["tokens_bytes"] * scale_t
+    rows = startup_rows(stores, job_s)
+    if rows:
+        print("\n## Start-up of the extraction jobs, mean seconds per job (store attr timing.startup)\n")
+        print("| model | jobs | process to stage | prompts | tokenizer | model load | rest outside the loop |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        print("\n".join(rows))
     missing = sorted({k.split("/")[0] for k in projected} - set(rates))
     if missing:
         print(

@@ -380,6 +380,7 @@ def extract_activations(
     compress: bool = False,
     overlap: bool = True,
     sinks: Sequence[Sink] = (),
+    startup: Mapping[str, float] | None = None,
 ) -> ExtractionSummary:
     """Run ``prompts`` through ``model`` and write the captured states to a store.
 
@@ -433,6 +434,10 @@ def extract_activations(
         indices). Prompts they need that the store does not compute in this call
         (windows a previous run wrote, or the whole set if the store is complete) are
         forwarded for them alone. Closed (not written) here; the caller writes their results.
+    startup : mapping of str to float, optional
+        Seconds the caller spent before this call, by step (e.g. the workflow's ``process``,
+        ``prompts``, ``tokenizer``, ``model``): stored as ``timing["startup"]``, like the rest
+        of ``timing`` outside the writer fingerprint.
 
     Returns
     -------
@@ -570,6 +575,7 @@ def extract_activations(
                         "seconds": seconds,
                         "tokens_per_s": rate,
                         "stages": stages,
+                        **({"startup": dict(startup)} if startup else {}),
                     },
                     "fastpath": fastpath,
                 }

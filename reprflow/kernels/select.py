@@ -22,8 +22,9 @@ The first call of a shape class chooses, in this order:
    taken only when nothing else passes.
 
 The choice is cached per process (all models and layers share it) and, when
-``REPRFLOW_KERNEL_CACHE`` names a JSON file, on disk, keyed by op, shape class, GPU name
-and the versions of torch, triton, mamba_ssm and causal_conv1d; a cached choice is still
+``REPRFLOW_KERNEL_CACHE`` names a JSON file, on disk (``reprflow/kernels/kernel_cache.py``),
+keyed by op, shape class, the candidates timed, GPU name, the versions of torch, triton,
+mamba_ssm and causal_conv1d and a digest of reprflow's kernel sources; a cached choice is still
 checked for correctness but not re-timed. Each choice is logged at INFO with its reason
 and recorded in the ``report`` dict passed to the op (``report[op][shape] = {kernel,
 reason, ms}``), which ``prepare_model`` returns and ``extract`` stores in the store attrs.
@@ -32,19 +33,18 @@ reason, ms}``), which ``prepare_model`` returns and ``extract`` stores in the st
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import os
 import statistics
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
 from reprflow.errors import ConfigError
+from reprflow.kernels import kernel_cache
 
 logger = logging.getLogger(__name__)
 
@@ -106,18 +106,6 @@ def clear_cache() -> None:
 
 def _pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
-
-
-def _versions() -> str:
-    from importlib import metadata
-
-    parts = [f"torch {torch.__version__}"]
-    for dist in ("triton", "mamba_ssm", "causal_conv1d"):
-        try:
-            parts.append(f"{dist} {metadata.version(dist.replace('_', '-'))}")
-        except metadata.PackageNotFoundError:
-            parts.append(f"{dist} -")
-    return ", ".join(parts)
 
 
 def _sync(device: torch.device) -> None:
@@ -287,35 +275,19 @@ class KernelOp:
         return chosen
 
     def _measure(self, key, timed, args, kwargs, device) -> tuple[Candidate, str, dict[str, float]]:
-        gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-        disk_key = f"{self.name} | {key} | {gpu} | {_versions()}"
-        cache_path = os.environ.get("REPRFLOW_KERNEL_CACHE")
         by_name = {c.name: c for c in timed}
+        # the candidates are part of the key: a new or newly installed one is measured
+        disk_key = f"{self.name} | {key} | among {','.join(sorted(by_name))} | {kernel_cache.identity(device)}"
+        path = kernel_cache.cache_path()
         cached = _PROCESS_CACHE.get(disk_key)
-        if cached is None and cache_path and Path(cache_path).is_file():
-            cached = _read_cache(Path(cache_path)).get(disk_key)
-        if cached in by_name:
+        if cached is None and path is not None:
+            cached = kernel_cache.read_entries(path).get(disk_key)
+        if isinstance(cached, str) and cached in by_name:
             return by_name[cached], "measured earlier (cache) for this GPU, versions and shape class", {}
         ms = {c.name: self._time(c, args, kwargs, device) for c in timed}
         best = min(timed, key=lambda c: ms[c.name])
         _PROCESS_CACHE[disk_key] = best.name
-        if cache_path:
-            _write_cache(Path(cache_path), disk_key, best.name)
+        if path is not None:
+            kernel_cache.write_entry(path, disk_key, best.name)
         others = ", ".join(f"{n} {v:.3f} ms" for n, v in sorted(ms.items(), key=lambda kv: kv[1]))
         return best, f"fastest when measured on the first call ({others})", ms
-
-
-def _read_cache(path: Path) -> dict[str, str]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        logger.warning("kernel cache %s unreadable; measuring again", path)
-        return {}
-
-
-def _write_cache(path: Path, key: str, name: str) -> None:
-    from reprflow.atomic import atomic_write_bytes
-
-    data = _read_cache(path) if path.is_file() else {}
-    data[key] = name
-    atomic_write_bytes(json.dumps(data, indent=1, sort_keys=True).encode(), path)

@@ -21,7 +21,9 @@ Two science keys shape what is written:
 from __future__ import annotations
 
 import logging
+import os
 import re
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -154,9 +156,12 @@ def run_extraction(
             f"the workflow never schedules such a cell, so it was requested by name: drop it from the targets, "
             f"or raise {key} if the model handles {length} tokens"
         )
+    startup = {"process": _seconds_since_process_start()}  # interpreter, imports, the job's set-up
+    clock = time.perf_counter()
     device = resolve_device(settings["device"])
     dtype = compute_dtype_for(settings["compute_dtype"], device)
     prompts = read_prompt_set(prompt_path)
+    startup["prompts"], clock = time.perf_counter() - clock, time.perf_counter()
     tokens = settings.get("tokens", "store")
     if tokens not in ("store", "stream"):
         raise ConfigError(f"extraction.tokens is {tokens!r}; expected 'store' or 'stream'")
@@ -172,6 +177,7 @@ def run_extraction(
         prompts = [prompts[i] for i in prompt_indices]
         logger.info("init %s has scope fig3: forwarding only its %d token prompts", init["name"], len(prompts))
     tokenizer = load_tokenizer(model["tokenizer"])
+    startup["tokenizer"], clock = time.perf_counter() - clock, time.perf_counter()
     spec = InitSpec(scheme=init["scheme"], params=dict(init.get("params") or {}))
     logger.info("loading %s (%s) with init %s on %s in %s", model["name"], model["hf_id"], init["name"], device, dtype)
     net = load_model(
@@ -185,6 +191,7 @@ def run_extraction(
         tokenizer_size=len(tokenizer),
         family=model["family"],
     )
+    startup["model"] = time.perf_counter() - clock  # build or load, init, move to the device
     limit = model_max_context(net)
     check_context(prompts, limit=limit, model=model, length=length, key=key, prompt_path=prompt_path)
     attrs = {
@@ -215,6 +222,7 @@ def run_extraction(
         attrs=attrs,
         max_context=limit,
         sample_range=None if shard is None else shard_range(len(prompts), *shard),
+        startup={k: v for k, v in startup.items() if v is not None},
     )
     if metrics_dir is not None:
         extract_with_streamed_token_metrics(
@@ -236,3 +244,14 @@ def run_extraction(
         )
     open_store(out_path)  # verify what was written reads back as complete
     return out_path
+
+
+def _seconds_since_process_start() -> float | None:
+    """Seconds since this process started (Linux ``/proc``; None elsewhere): in a workflow job,
+    the interpreter, the imports and Snakemake's set-up before the stage runs."""
+    try:
+        stat = Path("/proc/self/stat").read_text()
+        started = int(stat.rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
+        return float(Path("/proc/uptime").read_text().split()[0]) - started
+    except (OSError, ValueError, IndexError):
+        return None

@@ -117,6 +117,9 @@ def test_disk_cache_skips_timing(torch_gen, tmp_path, monkeypatch):
         and "torch " in key
         and stored[key] == first["toy_conv"][next(iter(first["toy_conv"]))]["kernel"]
     )
+    # what was timed and the kernels' code are part of the key: a new candidate or kernel is measured
+    (timed,) = (e["ms"] for e in first["toy_conv"].values())
+    assert f"| among {','.join(sorted(timed))} |" in key and "| reprflow kernels " in key
     select.clear_cache()
     again = {}
     _toy_op(again, {})(x, w, b)

@@ -11,16 +11,16 @@ def test_paper_dry_run_prints_the_whole_dag_offline(workdir, run_snakemake):
     run = run_snakemake(workdir, "-n", "--cores", "8", "results/table1.csv")
     assert run.returncode == 0, run.stderr[-3000:]
     out = run.stdout + run.stderr
-    # 14 prompt sets; 72 table cells (2 transformers x 3 lengths + 3 SSMs x 4 lengths) x 2 inits x 2 tasks,
-    # probed; + 40 Fig. 3 cells (5 models x 4 fig3 inits x 2 tasks at 2K): the tables rule takes every
-    # cell's token metrics, which the extraction jobs write (extraction.tokens: stream)
-    for rule, count in (("prompts", 14), ("extract_activations", 112), ("probes", 72)):
+    # 14 prompt sets; 36 table cells (2 transformers x 3 lengths + 3 SSMs x 4 lengths) x 2 tasks, pretrained,
+    # probed; + 50 Fig. 3 cells (5 models x 5 fig3 inits, random included, x 2 tasks at 2K): the tables
+    # rule takes every cell's token metrics, which the extraction jobs write (extraction.tokens: stream)
+    for rule, count in (("prompts", 14), ("extract_activations", 36 + 50), ("probes", 36)):
         assert any(line.split() == [rule, str(count)] for line in out.splitlines()), (rule, out[-2000:])
     # extraction.tokens: stream -- the extraction jobs write the token metrics (tests/workflow/test_stream.py)
     assert not any(line.split()[:1] == ["token_metrics"] for line in out.splitlines()), out[-2000:]
     assert "skipping gpt-neo-2.7b at 4096 tokens" in out
     # no --resources: one GPU job per visible GPU (none here: 1), and the disk estimate
-    assert "reprflow: gpu resource: 1 " in out and "reprflow: disk: 112 activation store(s) to build" in out
+    assert "reprflow: gpu resource: 1 " in out and "reprflow: disk: 86 activation store(s) to build" in out
     assert re.search(r"^    priority: [1-9]\d*$", out, flags=re.M) or "not counted" in out
     assert not (workdir / "results").exists() and not (workdir / "data" / "prompts").exists()
 

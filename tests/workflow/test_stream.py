@@ -127,6 +127,11 @@ def test_streamed_cell_equals_the_stored_one_and_fig3_forwards_only_token_prompt
     assert len(prompts) == N_PROMPTS
     for init in ("pretrained", "xavier"):
         streamed = open_store(out / f"results/activations/tiny-pythia/{init}/kvpr_n300.zarr")
+        # the job's start-up before the extraction, by step (the rehearsal summaries split a job's
+        # overhead with it): the process (interpreter, imports, Snakemake) took the longest here
+        startup = streamed.attrs["timing"]["startup"]
+        assert set(startup) == {"process", "prompts", "tokenizer", "model"}, startup
+        assert all(v >= 0 for v in startup.values()) and startup["process"] > 0.5, startup
         stored, reference = _store_then_compute(root, cfg, init, tmp_path / "store")
         n = N_TOKEN if init == "xavier" else N_PROMPTS  # fig3: only the token prompts are forwarded
         for group, tokens in ((stored, "store"), (streamed, "stream")):

@@ -1,0 +1,58 @@
+"""benchmarks/paper_rehearsal.py on a run written by hand: two extraction jobs of one model (their
+Snakemake benchmark files and their stores' ``timing`` attrs, ``startup`` included), summarised
+and projected; the start-up table splits each job's time outside its loop by step."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _job(root: Path, key: str, wall_s: float, timing: dict) -> None:
+    bench = root / "logs" / "benchmarks" / "activations" / f"{key}.tsv"
+    bench.parent.mkdir(parents=True, exist_ok=True)
+    bench.write_text(f"s\th:m:s\tmax_rss\n{wall_s}\t0:00:{wall_s:02.0f}\t1000\n")
+    store = root / "results" / "activations" / f"{key}.zarr"
+    (store / "last").mkdir(parents=True)
+    (store / "last" / "c0").write_bytes(b"x" * 1000)
+    attrs = {"timing": timing, "n_samples": 10, "store_dtype": "float16"}
+    (store / "zarr.json").write_text(json.dumps({"attributes": attrs}))
+
+
+def test_startup_splits_the_job_outside_its_loop(tmp_path):
+    # job 1: 20 s, of which 5 s in the loop; before it 8 + 0.5 + 0.5 + 3 s; the rest 3 s
+    _job(
+        tmp_path,
+        "m/random/kvpr_n300",
+        20,
+        {"seconds": 5.0, "tokens_per_s": 1000.0, "tokens": 5000,
+         "startup": {"process": 8.0, "prompts": 0.5, "tokenizer": 0.5, "model": 3.0}},
+    )  # fmt: skip
+    # job 2: 30 s, 10 s in the loop; before it 10 + 1 + 1 + 5 s; the rest 3 s
+    _job(
+        tmp_path,
+        "m/random/kvpr_n600",
+        30,
+        {"seconds": 10.0, "tokens_per_s": 1000.0, "tokens": 10000,
+         "startup": {"process": 10.0, "prompts": 1.0, "tokenizer": 1.0, "model": 5.0}},
+    )  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "paper_rehearsal.py"), "--root", str(tmp_path)]
+        + ["--n-prompts", "10", "--n-token-prompts", "2", "--full-prompts", "100", "--full-token-prompts", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    head = lines.index("| model | jobs | process to stage | prompts | tokenizer | model load | rest outside the loop |")
+    # the means of the two jobs, step by step
+    assert lines[head + 2] == "| m | 2 | 9.0 | 0.8 | 0.8 | 4.0 | 3.0 |"
+    # the overheads (wall - loop) in the per-cell table: 15 s and 20 s
+    assert any(line.startswith("| m/random/kvpr_n300 | 20 s | 5 s | 1.0K | 15 s |") for line in lines), proc.stdout
+    assert any(line.startswith("| m/random/kvpr_n600 | 30 s | 10 s | 1.0K | 20 s |") for line in lines), proc.stdout
