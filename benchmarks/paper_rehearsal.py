@@ -177,6 +177,20 @@ def _parse_s(text: str) -> float:
     return float(value) * {"s": 1, "min": 60, "h": 3600}[unit]
 
 
+def fig3_cells(keys) -> set[str]:
+    """The ``model/init/task_nL`` keys of ``scope: fig3`` inits, told from the keys alone: an init
+    whose cells of a model all have one length while that model has cells at several lengths (a
+    fig3 init runs only at ``figures.length``; for summaries and logs, which do not record scope)."""
+    lengths: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for key in keys:
+        model, init, cell = key.split("/")
+        lengths[(model, init)].add(cell.split("_n")[1])
+    by_model: dict[str, set[str]] = defaultdict(set)
+    for (model, _init), ls in lengths.items():
+        by_model[model] |= ls
+    return {k for k in keys if len(lengths[tuple(k.split("/")[:2])]) == 1 and len(by_model[k.split("/")[0]]) > 1}
+
+
 def read_cells_md(path: Path) -> tuple[dict[str, dict], dict[str, float]]:
     """Stores and extraction job seconds from the per-cell table of an earlier summary.
 
@@ -185,13 +199,13 @@ def read_cells_md(path: Path) -> tuple[dict[str, dict], dict[str, float]]:
     """
     stores, jobs = {}, {}
     rows = [line for line in path.read_text().splitlines() if line.startswith("| ") and "/" in line.split("|")[1]]
+    fig3 = fig3_cells([line.strip("|").split("|")[0].strip() for line in rows])
     for line in rows:
         key, job, ext, rate, _overhead, last, tokens, dtype = [c.strip() for c in line.strip("|").split("|")]
         ext_s, tok_s = _parse_s(ext), float(rate.rstrip("K")) * 1e3
-        init = key.split("/")[1]
         stores[key] = {
             "timing": {"seconds": ext_s, "tokens_per_s": tok_s, "tokens": ext_s * tok_s},
-            "fig3": init not in ("random", "pretrained"),
+            "fig3": key in fig3,
             "store_dtype": dtype,
             "last_bytes": _parse_bytes(last),
             "tokens_bytes": _parse_bytes(tokens),
@@ -274,12 +288,11 @@ def summarise_log(log: Path, samples: Path | None) -> None:
             print(f"| {rule} | 0 | {left} | – | – | – |")
     print("\n## Extraction jobs by model and length (mean wall seconds per finished job)\n")
     cells = defaultdict(list)
-    for r in rows:
-        if r["rule"].startswith("extract_activation") and not math.isnan(r["seconds"]):
-            model, init, cell = r["key"].split("/")
-            cells[(model, cell.split("_n")[1], "fig3 sweep" if init not in ("random", "pretrained") else init)].append(
-                r["seconds"]
-            )
+    extractions = [r for r in rows if r["rule"].startswith("extract_activation") and not math.isnan(r["seconds"])]
+    fig3 = fig3_cells({r["key"] for r in extractions})
+    for r in extractions:
+        model, init, cell = r["key"].split("/")
+        cells[(model, cell.split("_n")[1], "fig3 sweep" if r["key"] in fig3 else init)].append(r["seconds"])
     print("| model | length | init | jobs | mean | max |\n|---|---|---|---|---|---|")
     for (model, length, init), secs in sorted(cells.items(), key=lambda kv: (kv[0][0], int(kv[0][1]), kv[0][2])):
         print(f"| {model} | {length} | {init} | {len(secs)} | {sum(secs) / len(secs):.0f} s | {max(secs):.0f} s |")

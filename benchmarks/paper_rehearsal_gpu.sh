@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU dress rehearsal of the paper run: `snakemake results/table1.csv` on config/config.yaml with
-# the reduced prompt count of config/rehearsal.yaml (random-init arm + the Fig. 3 init sweep,
-# all five paper models, both tasks, all four lengths), on a bare offline GPU machine with one or
+# the reduced prompt count of config/rehearsal.yaml (a random-weight stand-in for the pretrained
+# arm + the Fig. 3 init sweep, all five paper models, both tasks, all four lengths: the paper's
+# jobs, compute-identical), on a bare offline GPU machine with one or
 # more GPUs (one extraction job per GPU unless SMK_ARGS passes --resources gpu=N).
 #
 #   bash benchmarks/paper_rehearsal_gpu.sh [tests] [run] [summary]   (SMK_ARGS: extra snakemake args)        (repo root; $OUT receives logs)
@@ -55,7 +56,7 @@ for s in "${steps[@]}"; do
       tail -25 "$OUT/snakemake.log"
       ;;
     summary)
-      # the rehearsal's random cells at every length stand in for the paper's pretrained arm, so the
+      # the rehearsal's cells are the paper's (pretrained-standin for the pretrained arm), so the
       # paper's workload is these cells once (SUMMARY_ARGS=--pretrained-arm: a config that also runs
       # random at every length)
       python3 benchmarks/paper_rehearsal.py --root . \

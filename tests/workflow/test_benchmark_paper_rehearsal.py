@@ -56,3 +56,15 @@ def test_startup_splits_the_job_outside_its_loop(tmp_path):
     # the overheads (wall - loop) in the per-cell table: 15 s and 20 s
     assert any(line.startswith("| m/random/kvpr_n300 | 20 s | 5 s | 1.0K | 15 s |") for line in lines), proc.stdout
     assert any(line.startswith("| m/random/kvpr_n600 | 30 s | 10 s | 1.0K | 20 s |") for line in lines), proc.stdout
+
+
+def test_fig3_cells_are_told_from_the_keys():
+    """Summaries and console logs do not record an init's scope: a fig3 init is the one whose cells
+    of a model sit at one length while the model has several (the rehearsal's `random` now)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from paper_rehearsal import fig3_cells
+
+    keys = [f"m/pretrained-standin/{t}_n{n}" for t in ("kvpr", "mdqa") for n in (300, 2048)]
+    keys += [f"m/{i}/{t}_n2048" for i in ("random", "he") for t in ("kvpr", "mdqa")]
+    keys += ["one-length/random/kvpr_n2048"]  # a model run at one length only: nothing to tell apart
+    assert fig3_cells(keys) == {f"m/{i}/{t}_n2048" for i in ("random", "he") for t in ("kvpr", "mdqa")}
