@@ -4,7 +4,8 @@
 slice of ``in_proj``'s output (10576 wide), as in the mixer. Rows: transformers'
 ``MambaRMSNormGated`` (torch, about ten passes), ``mamba_ssm``'s Triton ``rmsnorm_fn``
 (``norm_before_gate=False``; what reprflow ran before), reprflow's
-:func:`~reprflow.kernels.gated_rms_norm.gated_rms_norm`. Per row: median ms (CUDA events), x
+:func:`~reprflow.kernels.gated_rms_norm.gated_rms_norm` (the whole row in one block, then in
+blocks of 512, 1024 and 2048 channels: ``chunk=``). Per row: median ms (CUDA events), x
 the memory bound (bytes read and written / 4.3 TB/s), relative error against the same
 arithmetic in float64, and the fraction of elements not equal to transformers' output.
 
@@ -61,6 +62,13 @@ def main(argv=None) -> int:
             )
         )
     rows.append(("reprflow gated_rms_norm", lambda: gated_rms_norm(y, z, w, eps=EPS, group_size=CHANNELS)))
+    for chunk in (512, 1024, 2048):  # the row in blocks, read twice (the second time from the cache)
+        rows.append(
+            (
+                f"reprflow gated_rms_norm, chunk={chunk}",
+                lambda chunk=chunk: gated_rms_norm(y, z, w, eps=EPS, group_size=CHANNELS, chunk=chunk),
+            )
+        )
     bound_ms = 3 * y.numel() * 2 / HBM_BYTES_PER_S * 1e3  # y and z read, out written, bf16
     print(
         f"{torch.cuda.get_device_name()} | torch {torch.__version__} | {args.batch} x {args.tokens} x {CHANNELS} bf16"

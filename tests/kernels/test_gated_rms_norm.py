@@ -37,6 +37,9 @@ def test_bad_shapes_name_the_culprits():
     x, z, w = _inputs(3, 96, torch.float32)
     with pytest.raises(ValueError, match="group_size 50"):
         gated_rms_norm(x, z, w, eps=1e-5, group_size=50)
+    if torch.cuda.is_available():
+        with pytest.raises(ValueError, match="chunk 300"):
+            gated_rms_norm(x.cuda(), z.cuda(), w.cuda(), eps=1e-5, group_size=96, chunk=300)
     with pytest.raises(ValueError, match=r"weight \(95,\)"):
         gated_rms_norm(x, z, w[:95], eps=1e-5, group_size=96)
 
@@ -45,10 +48,11 @@ def test_bad_shapes_name_the_culprits():
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(("channels", "group_size"), [(5120, 5120), (1536, 768), (96, 96)])
-def test_triton_equals_transformers_on_gpu(dtype, channels, group_size):
+@pytest.mark.parametrize("chunk", [None, 256, 1024])
+def test_triton_equals_transformers_on_gpu(dtype, channels, group_size, chunk):
     x, z, w = _inputs(301, channels, dtype, device="cuda", seed=channels)
     want = gated_rms_norm_reference(x, z, w, eps=1e-5, group_size=group_size)
-    got = gated_rms_norm(x, z, w, eps=1e-5, group_size=group_size)
+    got = gated_rms_norm(x, z, w, eps=1e-5, group_size=group_size, chunk=chunk)
     assert got.dtype == want.dtype and got.shape == want.shape
     if dtype == torch.float32:
         torch.testing.assert_close(got, want, rtol=2e-6, atol=2e-6)

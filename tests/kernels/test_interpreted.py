@@ -24,6 +24,7 @@ ROOT = HERE.parents[1]
         "interpret_local_attention.py",  # GPT-Neo's sliding-window attention
         "interpret_rotary.py",  # GPT-NeoX's rotary embedding of q and k
         "interpret_ssd_states.py",  # Mamba-2's SSD chunk states passed between chunks
+        "interpret_gated_norm.py",  # Mamba-2's gated RMSNorm, whole-row and chunked
     ],
 )
 def test_kernel_in_the_triton_interpreter(script):
