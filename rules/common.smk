@@ -1,6 +1,5 @@
 # Validation, wildcard constraints and target lists. Logic lives in reprflow/ (tested there).
 import logging
-import os
 from dataclasses import asdict
 import sys
 
@@ -60,10 +59,6 @@ THEORY = {k: out(v) for k, v in targets.THEORY.items()}
 FIGURES = [out(p) for p in targets.figure_files(CFG)]
 LOGS = out(targets.LOGS)
 BENCHMARKS = out(targets.BENCHMARKS)
-
-# The kernel chooser's and mamba_ssm's autotuning measurements, shared by every job of the run
-# (reprflow/kernels/kernel_cache.py): each shape class is measured once, not once per job.
-os.environ.setdefault("REPRFLOW_KERNEL_CACHE", os.path.abspath(f"{LOGS}/kernel_cache.json"))
 
 
 wildcard_constraints:

@@ -1,14 +1,20 @@
 """Rule extract_activations: prompts -> model -> one resumable Zarr store (and, with
 extraction.tokens: stream, the cell's token-metric files from the same forward passes)."""
 
+import os
+
 from reprflow.config import validate_config
 from reprflow.pipeline.extract_stage import run_extraction
 from reprflow.pipeline.runlog import workflow_step
+from reprflow.workflow.targets import LOGS, out
 
 with workflow_step(snakemake.log[0], "extract_activations"):  # noqa: F821 (injected by Snakemake)
     p, w = snakemake.params, snakemake.wildcards  # noqa: F821
     # config.execution is not a param (changing it reruns nothing): read it from the config
     config = validate_config(snakemake.config)  # noqa: F821
+    # kernel choices and mamba_ssm's autotuning, measured once per run, not once per job
+    # (reprflow/kernels/kernel_cache.py); an explicit REPRFLOW_KERNEL_CACHE wins
+    os.environ.setdefault("REPRFLOW_KERNEL_CACHE", os.path.abspath(out(config, f"{LOGS}/kernel_cache.json")))
     index = [m.name for m in config.models].index(p.model["name"])
     metrics_dir = getattr(snakemake.output, "token_metrics", None)  # noqa: F821 (streamed cells only)
     run_extraction(

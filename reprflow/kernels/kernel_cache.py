@@ -11,9 +11,10 @@ entry:
 
 Every key ends with :func:`identity`: the GPU's name, the versions of torch, triton, mamba_ssm and
 causal_conv1d, and a digest of reprflow's kernel sources, so that another GPU model, another
-package version or a changed kernel is measured again. The workflow sets the variable for its
-jobs to ``<out_dir>/logs/kernel_cache.json`` unless it is set (``rules/common.smk``), so each
-shape class is measured once per run, not once per job.
+package version or a changed kernel is measured again. The workflow's extraction jobs set the
+variable to ``<out_dir>/logs/kernel_cache.json`` unless it is set
+(``workflow_scripts/extract_activations.py``), so each shape class is measured once per run, not
+once per job.
 
 Writes are atomic (a reader never sees half a file). Two processes writing at once may drop one
 entry, which is then measured again by the next job: harmless. A file that cannot be read or

@@ -157,6 +157,8 @@ def run_extraction(
             f"or raise {key} if the model handles {length} tokens"
         )
     startup = {"process": _seconds_since_process_start()}  # interpreter, imports, the job's set-up
+    if os.environ.get("REPRFLOW_KERNEL_CACHE"):
+        logger.info("kernel choices and autotuning cached in %s", os.environ["REPRFLOW_KERNEL_CACHE"])
     clock = time.perf_counter()
     device = resolve_device(settings["device"])
     dtype = compute_dtype_for(settings["compute_dtype"], device)

@@ -132,6 +132,9 @@ def test_streamed_cell_equals_the_stored_one_and_fig3_forwards_only_token_prompt
         startup = streamed.attrs["timing"]["startup"]
         assert set(startup) == {"process", "prompts", "tokenizer", "model"}, startup
         assert all(v >= 0 for v in startup.values()) and startup["process"] > 0.5, startup
+        # the job shares its kernel measurements with the run's other jobs (reprflow/kernels/kernel_cache.py)
+        job_log = (out / f"logs/activations/tiny-pythia/{init}/kvpr_n300.log").read_text()
+        assert f"cached in {(out / 'logs' / 'kernel_cache.json').resolve()}" in job_log, job_log[-2000:]
         stored, reference = _store_then_compute(root, cfg, init, tmp_path / "store")
         n = N_TOKEN if init == "xavier" else N_PROMPTS  # fig3: only the token prompts are forwarded
         for group, tokens in ((stored, "store"), (streamed, "stream")):
