@@ -11,7 +11,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _job(root: Path, key: str, wall_s: float, timing: dict) -> None:
+def _job(root: Path, key: str, wall_s: float, loop_s: float, startup: tuple[float, float, float, float]) -> None:
+    """One extraction job: its benchmark file (``wall_s``) and its store, whose loop took ``loop_s``
+    at 1,000 tokens/s after ``startup`` seconds of (process, prompts, tokenizer, model)."""
+    timing = {"seconds": loop_s, "tokens_per_s": 1000.0, "tokens": 1000 * loop_s}
+    timing["startup"] = dict(zip(("process", "prompts", "tokenizer", "model"), startup))
     bench = root / "logs" / "benchmarks" / "activations" / f"{key}.tsv"
     bench.parent.mkdir(parents=True, exist_ok=True)
     bench.write_text(f"s\th:m:s\tmax_rss\n{wall_s}\t0:00:{wall_s:02.0f}\t1000\n")
@@ -23,22 +27,10 @@ def _job(root: Path, key: str, wall_s: float, timing: dict) -> None:
 
 
 def test_startup_splits_the_job_outside_its_loop(tmp_path):
-    # job 1: 20 s, of which 5 s in the loop; before it 8 + 0.5 + 0.5 + 3 s; the rest 3 s
-    _job(
-        tmp_path,
-        "m/random/kvpr_n300",
-        20,
-        {"seconds": 5.0, "tokens_per_s": 1000.0, "tokens": 5000,
-         "startup": {"process": 8.0, "prompts": 0.5, "tokenizer": 0.5, "model": 3.0}},
-    )  # fmt: skip
-    # job 2: 30 s, 10 s in the loop; before it 10 + 1 + 1 + 5 s; the rest 3 s
-    _job(
-        tmp_path,
-        "m/random/kvpr_n600",
-        30,
-        {"seconds": 10.0, "tokens_per_s": 1000.0, "tokens": 10000,
-         "startup": {"process": 10.0, "prompts": 1.0, "tokenizer": 1.0, "model": 5.0}},
-    )  # fmt: skip
+    # 20 s, of which 5 s in the loop, 8 + 0.5 + 0.5 + 3 s before it, the rest 3 s; then 30 s, 10 s
+    # in the loop, 10 + 1 + 1 + 5 s before it, the rest 3 s
+    _job(tmp_path, "m/random/kvpr_n300", 20, 5.0, (8.0, 0.5, 0.5, 3.0))
+    _job(tmp_path, "m/random/kvpr_n600", 30, 10.0, (10.0, 1.0, 1.0, 5.0))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "paper_rehearsal.py"), "--root", str(tmp_path)]
