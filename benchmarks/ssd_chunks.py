@@ -96,7 +96,8 @@ def output_kernel(a: dict, kernels, chunk: int, repeats: int, peak_tflops: float
     from mamba_ssm.ops.triton.ssd_chunk_state import _chunk_cumsum_fwd, _chunk_state_fwd
     from mamba_ssm.ops.triton.ssd_state_passing import _state_passing_fwd
 
-    from reprflow.kernels.ssd_chunk_scan_gluon import chunk_scan_gluon, ssd_combined
+    from reprflow.kernels.ssd_chunk_scan_gluon import chunk_scan_gluon
+    from reprflow.kernels.ssd_pipeline import ssd_combined
 
     x, B, C = a["x"], a["B"].contiguous(), a["C"].contiguous()
     batch, n_tokens, heads, head_dim = x.shape
@@ -131,12 +132,15 @@ def output_kernel(a: dict, kernels, chunk: int, repeats: int, peak_tflops: float
     err_o = rel_err(ssd_combined(chunk_size=chunk, **small), want)
     err_t = rel_err(kernels.chunk_scan_combined(chunk_size=chunk, **small), want)
     err_u = rel_err(ssd_combined(chunk_size=chunk, fused_states=False, **small), want)
+    err_s = rel_err(ssd_combined(chunk_size=chunk, output="mamba_ssm", **small), want)
     ms_wo = median_ms(lambda: ssd_combined(chunk_size=chunk, **a), repeats)
     ms_wu = median_ms(lambda: ssd_combined(chunk_size=chunk, fused_states=False, **a), repeats)
+    ms_ws = median_ms(lambda: ssd_combined(chunk_size=chunk, output="mamba_ssm", **a), repeats)
     ms_wt = median_ms(lambda: kernels.chunk_scan_combined(chunk_size=chunk, **a), repeats)
-    print(f"\nwhole SSD forward: mamba_ssm {ms_wt:.3f} ms (rel err vs float64 {err_t:.2e}), "
-          f"reprflow ssd_combined {ms_wo:.3f} ms ({err_o:.2e}), "
-          f"without the fused states {ms_wu:.3f} ms ({err_u:.2e})", flush=True)  # fmt: skip
+    print(f"\nwhole SSD forward (the chooser's candidates): mamba_ssm {ms_wt:.3f} ms (rel err vs float64 "
+          f"{err_t:.2e}); gluon (fused states + Gluon output) {ms_wo:.3f} ms ({err_o:.2e}); "
+          f"fused_states (+ mamba_ssm's output) {ms_ws:.3f} ms ({err_s:.2e}); "
+          f"Gluon output without the fused states {ms_wu:.3f} ms ({err_u:.2e})", flush=True)  # fmt: skip
 
 
 def states_kernels(a: dict, chunk: int, repeats: int, hbm_bytes_per_s: float) -> None:

@@ -31,6 +31,7 @@ them instead of tuning: each class is tuned once per run, GPU model and package 
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import importlib
 import logging
@@ -94,7 +95,7 @@ class AutotuneBySize:
         # what the tuning chose from: every autotuner's configurations, in order
         configs = "\n".join(str(c) for t in self.autotuners for c in [*t.configs, "|"])
         self._configs_digest = hashlib.sha256(configs.encode()).hexdigest()[:12]
-        self._name = f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', repr(fn))}"
+        self._name = _callable_name(fn)
 
     def size_class(self, args: tuple, kwargs: dict) -> tuple:
         """(device, batch, tokens) of the call, batch and tokens rounded up to powers of two;
@@ -157,6 +158,15 @@ class AutotuneBySize:
             logger.warning("autotune cache entry for %s malformed (%s); tuning again", self._name, exc)
             return None
         return caches
+
+
+def _callable_name(fn: Callable) -> str:
+    """A name for ``fn`` that is the same in every process (a ``functools.partial`` with its
+    keywords; never an object's address), for the disk cache's keys."""
+    if isinstance(fn, functools.partial):
+        keywords = ", ".join(f"{k}={v!r}" for k, v in sorted(fn.keywords.items()))
+        return f"{_callable_name(fn.func)}({keywords})"
+    return f"{getattr(fn, '__module__', None) or ''}.{getattr(fn, '__qualname__', None) or type(fn).__qualname__}"
 
 
 def _literal(text: str):

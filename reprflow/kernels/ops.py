@@ -11,6 +11,9 @@ causal_conv    ``causal_conv1d`` (compiled ``causal_conv1d_fn``,      :func:`cau
                channel-last, on a dense copy), ``triton`` (reprflow),
                ``torch`` (``F.conv1d``)
 mamba2_ssd     ``mamba_ssm`` (Triton ``mamba_chunk_scan_combined``),  :func:`reprflow.kernels.ssd.ssd_reference`
+               ``fused_states`` (its stages with reprflow's fused
+               chunk states), ``gluon`` (and reprflow's Gluon output
+               kernel, sm_90; :mod:`reprflow.kernels.ssd_pipeline`),
                ``torch`` (per-token loop; fallback, never timed)
 =============  =====================================================  ============================
 
@@ -199,15 +202,24 @@ def mamba2_ssd_op(
                 devices=("cuda",) if device.type == "cuda" else _ANY,
             )
         )
-    if kernels is not None and device.type == "cuda" and ssd_gluon_available(device):
+    if kernels is not None and device.type == "cuda" and triton_available():
         from reprflow.kernels.autotune_by_size import AutotuneBySize, ssd_autotuners
-        from reprflow.kernels.ssd_chunk_scan_gluon import ssd_combined
+        from reprflow.kernels.ssd_pipeline import ssd_combined
 
+        if ssd_gluon_available(device):
+            cands.append(
+                Candidate(
+                    "gluon",
+                    AutotuneBySize(functools.partial(ssd_combined, output="gluon"), ssd_autotuners()),
+                    f"mamba_ssm {kernels.version} SSD stages, reprflow's fused chunk states and Gluon wgmma "
+                    "output kernel (sm_90)",
+                )
+            )
         cands.append(
             Candidate(
-                "gluon",
-                AutotuneBySize(ssd_combined, ssd_autotuners()),
-                f"mamba_ssm {kernels.version} SSD stages + reprflow's Gluon wgmma output kernel (sm_90)",
+                "fused_states",
+                AutotuneBySize(functools.partial(ssd_combined, output="mamba_ssm"), ssd_autotuners()),
+                f"mamba_ssm {kernels.version} SSD stages with reprflow's fused chunk states (one Triton kernel)",
             )
         )
     cands.append(
@@ -223,5 +235,5 @@ def mamba2_ssd_op(
         sizes=lambda a: tuple(a["x"].shape[2:]) + (a["B"].shape[2], a["B"].shape[3]),
         report=report,
         forced=forced,
-        known=("mamba_ssm", "gluon", "torch", "hf"),
+        known=("mamba_ssm", "gluon", "fused_states", "torch", "hf"),
     )

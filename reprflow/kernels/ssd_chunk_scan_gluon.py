@@ -29,18 +29,17 @@ heads, head_dim); ``dt`` and ``dA_cumsum`` (batch, heads, n_chunks, chunk) float
 (batch, n_chunks, groups, chunk, chunk) float32; ``C`` (batch, n_tokens, groups, d_state);
 ``states`` (batch, n_chunks, heads, head_dim, d_state) in the dtype of ``x``. bf16 or fp16
 only, chunk a multiple of 64, head_dim and d_state powers of two in 16..256; no ``z``, no
-``seq_idx``, no initial state, inference only: :func:`ssd_combined` sends every other call
-to ``mamba_ssm``.
+``seq_idx``, no initial state, inference only: :func:`reprflow.kernels.ssd_pipeline.ssd_combined`
+sends every other call to ``mamba_ssm``.
 """
 
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import Tensor
 
-__all__ = ["chunk_scan_gluon", "chunk_scan_gluon_supported", "ssd_combined", "ssd_gluon_available"]
+__all__ = ["chunk_scan_gluon", "chunk_scan_gluon_supported", "ssd_gluon_available"]
 
 try:  # Hopper's Gluon: Triton >= 3.5
     import triton
@@ -310,63 +309,3 @@ def chunk_scan_gluon(
         num_warps=4,
     )  # fmt: skip
     return out
-
-
-def ssd_combined(
-    x: Tensor,
-    dt: Tensor,
-    A: Tensor,
-    B: Tensor,
-    C: Tensor,
-    chunk_size: int,
-    D: Tensor | None = None,
-    z: Tensor | None = None,
-    dt_bias: Tensor | None = None,
-    dt_softplus: bool = False,
-    dt_limit: tuple[float, float] = (0.0, float("inf")),
-    *,
-    fused_states: bool = True,
-) -> Tensor:
-    """``mamba_chunk_scan_combined``'s forward (signature of :func:`reprflow.kernels.ssd.ssd_reference`)
-    with :func:`chunk_scan_gluon` as its output kernel and, with ``fused_states``,
-    :func:`reprflow.kernels.ssd_states.chunk_states_passed` for the chunk states and their passing
-    (one kernel instead of ``mamba_ssm``'s two, no float32 states in memory); ``mamba_ssm``'s own
-    whole for what the output kernel does not take (``z``, autograd, dtypes, shapes, devices).
-
-    Returns
-    -------
-    Tensor of shape (batch, n_tokens, heads, head_dim), dtype of ``x``
-    """
-    from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
-
-    if (
-        z is not None
-        or (torch.is_grad_enabled() and x.requires_grad)
-        or not chunk_scan_gluon_supported(x, chunk_size, B.shape[-1])
-    ):
-        return mamba_chunk_scan_combined(
-            x, dt, A, B, C, chunk_size, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=dt_limit
-        )
-    from mamba_ssm.ops.triton.ssd_bmm import _bmm_chunk_fwd
-    from mamba_ssm.ops.triton.ssd_chunk_state import _chunk_cumsum_fwd, _chunk_state_fwd
-    from mamba_ssm.ops.triton.ssd_state_passing import _state_passing_fwd
-
-    from reprflow.kernels.ssd_states import chunk_states_passed
-
-    batch, n_tokens, heads, head_dim = x.shape
-    d_state = B.shape[-1]
-    B = B if B.stride(-1) == 1 else B.contiguous()
-    C = C if C.stride(-1) == 1 else C.contiguous()
-    x = x if x.stride(-1) == 1 else x.contiguous()
-    dA_cumsum, dt_c = _chunk_cumsum_fwd(dt, A, chunk_size, dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=dt_limit)
-    if fused_states:
-        states = chunk_states_passed(x, B, dt_c, dA_cumsum, out_dtype=C.dtype)
-    else:
-        states = _chunk_state_fwd(B, x, dt_c, dA_cumsum, states_in_fp32=True)
-        n_chunks = math.ceil(n_tokens / chunk_size)
-        states, _ = _state_passing_fwd(
-            states.view(batch, n_chunks, heads, head_dim * d_state), dA_cumsum[:, :, :, -1], out_dtype=C.dtype
-        )
-        states = states.view(batch, n_chunks, heads, head_dim, d_state)
-    cb = _bmm_chunk_fwd(C, B, chunk_size, output_dtype=torch.float32)
-    return chunk_scan_gluon(cb, x, dt_c, dA_cumsum, C, states, D)

@@ -197,3 +197,16 @@ def test_ssd_choices_survive_the_process_through_the_kernel_cache(tmp_path, monk
     assert [id(getattr(t, "configs_timings", None)) for t in tuners] == benchmarked  # nothing benchmarked
     assert [dict(t.cache) for t in tuners] == chosen
     assert torch.equal(first, again)
+
+
+def test_cache_keys_name_partials_by_function_and_keywords():
+    """Two candidates wrapping one function with different keywords (the SSD's `gluon` and
+    `fused_states`) get different, process-independent keys: no object address in them."""
+    import functools
+
+    from reprflow.kernels.autotune_by_size import _callable_name
+
+    name = _callable_name(functools.partial(_launch_all, output="gluon"))
+    assert name == f"{__name__}._launch_all(output='gluon')"
+    assert _callable_name(functools.partial(_launch_all, output="mamba_ssm")) != name
+    assert " at 0x" not in _callable_name(AutotuneBySize) and "0x" not in name

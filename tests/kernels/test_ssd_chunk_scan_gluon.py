@@ -65,7 +65,7 @@ SHAPES = [
 
 @pytest.mark.parametrize("shape", SHAPES)
 def test_ssd_combined_is_as_close_to_float64_as_mamba_ssm(shape):
-    from reprflow.kernels.ssd_chunk_scan_gluon import ssd_combined
+    from reprflow.kernels.ssd_pipeline import ssd_combined
 
     kernels = _kernels()
     *dims, chunk = shape
@@ -108,7 +108,7 @@ def test_output_kernel_matches_mamba_ssm_on_the_same_inputs(shape, d_per_channel
 
 def test_fallbacks_are_mamba_ssm_exactly():
     """float32 inputs and a gate z are not the kernel's: ssd_combined returns mamba_ssm's result."""
-    from reprflow.kernels.ssd_chunk_scan_gluon import ssd_combined
+    from reprflow.kernels.ssd_pipeline import ssd_combined
 
     kernels = _kernels()
     a = _inputs(1, 300, 4, 1, 64, 32, torch.float32)

@@ -1,0 +1,105 @@
+"""Mamba-2's SSD forward assembled from ``mamba_ssm``'s stages and reprflow's kernels.
+
+``mamba_ssm``'s ``mamba_chunk_scan_combined`` runs five Triton kernels per layer: the within-chunk
+cumulative decay (``_chunk_cumsum_fwd``), each chunk's state (``_chunk_state_fwd``), the states
+passed between chunks (``_state_passing_fwd``), ``C B^T`` within each chunk (``_bmm_chunk_fwd``)
+and the output (``_chunk_scan_fwd``). :func:`ssd_combined` runs the same forward with two of them
+replaceable:
+
+* ``fused_states``: the chunk states and their passing in one kernel
+  (:func:`reprflow.kernels.ssd_states.chunk_states_passed`: no float32 states in memory);
+* ``output="gluon"``: the output on Hopper's warpgroup MMA
+  (:func:`reprflow.kernels.ssd_chunk_scan_gluon.chunk_scan_gluon`, sm_90 only), or
+  ``output="mamba_ssm"``: ``mamba_ssm``'s own output kernel.
+
+The kernel chooser offers the combinations as candidates of ``mamba2_ssd``
+(``reprflow/kernels/ops.py``), so each is kept only where it is measured faster and passes the
+float64 check. What the replacements do not take (autograd, dtypes other than bf16/fp16, a gate
+``z`` for the Gluon output, shapes outside their limits) runs ``mamba_ssm``'s whole forward.
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch import Tensor
+
+__all__ = ["ssd_combined"]
+
+
+def ssd_combined(
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    chunk_size: int,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    dt_bias: Tensor | None = None,
+    dt_softplus: bool = False,
+    dt_limit: tuple[float, float] = (0.0, float("inf")),
+    *,
+    output: str = "gluon",
+    fused_states: bool = True,
+) -> Tensor:
+    """``mamba_chunk_scan_combined``'s forward (signature of :func:`reprflow.kernels.ssd.ssd_reference`)
+    with reprflow's kernels where asked.
+
+    Parameters
+    ----------
+    x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, dt_limit
+        As for ``mamba_chunk_scan_combined``: ``x`` (batch, n_tokens, heads, head_dim), ``dt``
+        (batch, n_tokens, heads), ``A`` (heads,), ``B`` and ``C`` (batch, n_tokens, groups, d_state).
+    output : {"gluon", "mamba_ssm"}
+        The output kernel: reprflow's Gluon one (sm_90) or ``mamba_ssm``'s.
+    fused_states : bool
+        Chunk states and their passing in reprflow's one kernel (else ``mamba_ssm``'s two).
+
+    Returns
+    -------
+    Tensor of shape (batch, n_tokens, heads, head_dim), dtype of ``x``
+    """
+    import torch
+    from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+
+    from reprflow.kernels.ssd_chunk_scan_gluon import chunk_scan_gluon, chunk_scan_gluon_supported
+
+    if output not in ("gluon", "mamba_ssm"):
+        raise ValueError(f"ssd_combined: output {output!r}; expected 'gluon' or 'mamba_ssm'")
+    d_state = B.shape[-1]
+    ours = (
+        x.dtype in (torch.bfloat16, torch.float16)
+        and not (torch.is_grad_enabled() and x.requires_grad)
+        and (not fused_states or (d_state & (d_state - 1) == 0 and 16 <= d_state <= 256 and x.shape[-1] >= 16))
+        and (output == "mamba_ssm" or (z is None and chunk_scan_gluon_supported(x, chunk_size, d_state)))
+    )
+    if not ours:
+        return mamba_chunk_scan_combined(
+            x, dt, A, B, C, chunk_size, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=dt_limit
+        )
+    from mamba_ssm.ops.triton.ssd_bmm import _bmm_chunk_fwd
+    from mamba_ssm.ops.triton.ssd_chunk_scan import _chunk_scan_fwd
+    from mamba_ssm.ops.triton.ssd_chunk_state import _chunk_cumsum_fwd, _chunk_state_fwd
+    from mamba_ssm.ops.triton.ssd_state_passing import _state_passing_fwd
+
+    from reprflow.kernels.ssd_states import chunk_states_passed
+
+    batch, n_tokens, heads, head_dim = x.shape
+    B = B if B.stride(-1) == 1 else B.contiguous()
+    C = C if C.stride(-1) == 1 else C.contiguous()
+    x = x if x.stride(-1) == 1 else x.contiguous()
+    dA_cumsum, dt_c = _chunk_cumsum_fwd(dt, A, chunk_size, dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=dt_limit)
+    if fused_states:
+        states = chunk_states_passed(x, B, dt_c, dA_cumsum, out_dtype=C.dtype)
+    else:
+        states = _chunk_state_fwd(B, x, dt_c, dA_cumsum, states_in_fp32=True)
+        n_chunks = math.ceil(n_tokens / chunk_size)
+        states, _ = _state_passing_fwd(
+            states.view(batch, n_chunks, heads, head_dim * d_state), dA_cumsum[:, :, :, -1], out_dtype=C.dtype
+        )
+        states = states.view(batch, n_chunks, heads, head_dim, d_state)
+    cb = _bmm_chunk_fwd(C, B, chunk_size, output_dtype=torch.float32)
+    if output == "gluon":
+        return chunk_scan_gluon(cb, x, dt_c, dA_cumsum, C, states, D)
+    return _chunk_scan_fwd(cb, x, dt_c, dA_cumsum, C, states, D=D, z=z)[0]
