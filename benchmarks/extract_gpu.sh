@@ -10,7 +10,8 @@
 # `ssd` Mamba-2's SSD output kernels side by side (benchmarks/ssd_chunks.py --output-kernel), `conv`
 # the causal conv's program shapes against cuDNN (benchmarks/conv_sweep.py), `gated` Mamba-2's gated
 # RMSNorm, whole row against blocks (benchmarks/gated_norm.py).
-# Default: tests bench. TESTS_K="expr" limits the tests to pytest -k expr. Writes logs and tables to $OUT. Needs .gpu/ (see requirements-gpu.txt):
+# Default: tests bench. TESTS_K="expr" limits the tests to pytest -k expr; TESTS_TIMEOUT (s, default
+# 300) bounds them (cold Triton compiles of every kernel take most of it on a fresh machine). Writes logs and tables to $OUT. Needs .gpu/ (see requirements-gpu.txt):
 #   transformers, zarr, numcodecs, donfig, google-crc32c, regex wheels (cp312) and the
 #   mamba_ssm sdist, installed here without compiling anything.
 set -uo pipefail
@@ -42,7 +43,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv |
 
 for s in "${steps[@]}"; do
   case "$s" in
-    tests) timeout 300 python3 -m pytest -q -p no:cacheprovider --noconftest -m gpu ${TESTS_K:+-k "$TESTS_K"} \
+    tests) timeout "${TESTS_TIMEOUT:-300}" python3 -m pytest -q -p no:cacheprovider --noconftest -m gpu ${TESTS_K:+-k "$TESTS_K"} \
              tests/kernels tests/test_transfer.py tests/test_extract.py tests/test_capture.py tests/test_probes.py \
              tests/metrics/test_mixed.py tests/test_stream_metrics.py \
              2>&1 | tee "$OUT/tests.log" ;;
