@@ -35,7 +35,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ENV", "cache_path", "identity", "read_entries", "write_entry"]
+__all__ = ["ENV", "cache_path", "identity", "kernels_digest", "read_entries", "versions", "write_entry"]
 
 #: the environment variable naming the cache file
 ENV = "REPRFLOW_KERNEL_CACHE"
