@@ -4,6 +4,7 @@ extraction.tokens: stream, the cell's token-metric files from the same forward p
 import os
 
 from reprflow.config import validate_config
+from reprflow.kernels import kernel_cache
 from reprflow.pipeline.extract_stage import run_extraction
 from reprflow.pipeline.runlog import workflow_step
 from reprflow.workflow.targets import LOGS, out
@@ -14,7 +15,7 @@ with workflow_step(snakemake.log[0], "extract_activations"):  # noqa: F821 (inje
     config = validate_config(snakemake.config)  # noqa: F821
     # kernel choices and mamba_ssm's autotuning, measured once per run, not once per job
     # (reprflow/kernels/kernel_cache.py); an explicit REPRFLOW_KERNEL_CACHE wins
-    os.environ.setdefault("REPRFLOW_KERNEL_CACHE", os.path.abspath(out(config, f"{LOGS}/kernel_cache.json")))
+    os.environ.setdefault(kernel_cache.ENV, os.path.abspath(out(config, f"{LOGS}/kernel_cache.json")))
     index = [m.name for m in config.models].index(p.model["name"])
     metrics_dir = getattr(snakemake.output, "token_metrics", None)  # noqa: F821 (streamed cells only)
     run_extraction(

@@ -33,6 +33,7 @@ import torch
 from reprflow.devices import resolve_device
 from reprflow.errors import ConfigError
 from reprflow.extract import extract_activations, token_prompt_ids
+from reprflow.kernels import kernel_cache
 from reprflow.models.init_schemes import InitSpec
 from reprflow.models.registry import load_model, model_max_context, model_provenance
 from reprflow.pipeline.token_stream import extract_with_streamed_token_metrics
@@ -157,8 +158,8 @@ def run_extraction(
             f"or raise {key} if the model handles {length} tokens"
         )
     startup = {"process": _seconds_since_process_start()}  # interpreter, imports, the job's set-up
-    if os.environ.get("REPRFLOW_KERNEL_CACHE"):
-        logger.info("kernel choices and autotuning cached in %s", os.environ["REPRFLOW_KERNEL_CACHE"])
+    if (cache := kernel_cache.cache_path()) is not None:
+        logger.info("kernel choices and autotuning cached in %s", cache)
     clock = time.perf_counter()
     device = resolve_device(settings["device"])
     dtype = compute_dtype_for(settings["compute_dtype"], device)
