@@ -16,7 +16,10 @@ Projection model, per extraction cell of the full run::
     overhead + warm-up + tokens_full / rate + token_prompts_full x stream_s
 
 * ``overhead``: the measured job time minus its extraction seconds (imports, model build or
-  load, store open/finalise);
+  load, store open/finalise), less the time it waited for a GPU (``timing.startup.gpu_wait``);
+  with ``--start-ahead`` (``execution.jobs_per_gpu`` >= 2: the next job of a GPU starts up
+  while the current one computes) also less its start-up before the claim (process, prompts,
+  tokenizer), which then costs the GPU nothing;
 * ``rate``: the model's steady-state tokens/s from ``--rates`` (``benchmarks/extract.py`` on
   the same GPU); without it the cell's own rehearsal rate, which includes the warm-up
   (Triton compiles and autotuning, the kernel chooser's first-use timings, the hf-view check)
@@ -248,13 +251,14 @@ def lpt_makespan(durations: list[float], workers: int) -> float:
     return max(loads) if loads else 0.0
 
 
-STARTUP_STEPS = ("process", "prompts", "tokenizer", "model")
+STARTUP_STEPS = ("process", "prompts", "tokenizer", "gpu_wait", "model")
+BEFORE_CLAIM = ("process", "prompts", "tokenizer")  # overlapped with the GPU's previous job when jobs_per_gpu >= 2
 
 
 def startup_rows(stores: dict[str, dict], job_s: dict[str, float]) -> list[str]:
     """Markdown rows: per model, the mean seconds per extraction job before its loop, by step (the
     store attr ``timing.startup``: the job's process start to the stage, reading the prompts, the
-    tokenizer, building or loading the model), and the rest of the job outside the loop (the
+    tokenizer, waiting for a GPU, building or loading the model), and the rest of the job outside the loop (the
     job's overhead minus those steps: fast-path preparation, store open and finalize, metric
     files, Snakemake's own bookkeeping). Empty when no store has ``timing.startup``."""
     by_model: dict[str, list[list[float]]] = defaultdict(list)
@@ -317,6 +321,12 @@ def main(argv: list[str] | None = None) -> None:
         help="count every scope-all cell twice (pretrained + random at every length, for a config that runs both; "
         "same compute, weights loaded instead of built). The paper config runs random at scope fig3: leave it off",
     )
+    ap.add_argument(
+        "--start-ahead",
+        action="store_true",
+        help="project with execution.jobs_per_gpu >= 2: each job's start-up before its GPU claim (process, "
+        "prompts, tokenizer; timing.startup) overlaps the GPU's previous job",
+    )
     ap.add_argument("--snakemake-log", type=Path, help="a killed run's console log: per-job times from its stamps")
     ap.add_argument("--samples", type=Path, help="the GPU/disk samples written by paper_rehearsal_gpu.sh")
     ap.add_argument("--rates", help="steady-state tok/s per model, model=tok_s,... (benchmarks/extract.py)")
@@ -366,25 +376,35 @@ def main(argv: list[str] | None = None) -> None:
         ext_s, rate = float(t.get("seconds") or 0.0), float(t.get("tokens_per_s") or 0.0)
         wall = job_s.get(key, math.nan)
         overhead = max(wall - ext_s, 0.0) if not math.isnan(wall) else math.nan
+        steps = t.get("startup") or {}
+        gpu_free = float(steps.get("gpu_wait") or 0.0)  # waiting is not work
+        if args.start_ahead:
+            gpu_free += sum(float(steps.get(k) or 0.0) for k in BEFORE_CLAIM)
+        gpu_overhead = max(overhead - gpu_free, 0.0) if not math.isnan(overhead) else math.nan
         print(
             f"| {key} | {fmt_s(wall)} | {fmt_s(ext_s)} | {rate / 1e3:.1f}K | {fmt_s(overhead)} | "
             f"{fmt_b(st['last_bytes'])} | {fmt_b(st['tokens_bytes'])} | {st['store_dtype']} |"
         )
-        if rate > 0 and not math.isnan(overhead):
+        if rate > 0 and not math.isnan(gpu_overhead):
             scale = scale_t if st.get("fig3") else scale_p
             tokens = float(t.get("tokens") or 0.0)
             steady = rates.get(key.split("/")[0])
             if steady:
                 warmup = max(ext_s - tokens / steady - args.n_token_prompts * args.stream_s, 0.0)
-                projected[key] = overhead + warmup + tokens * scale / steady + args.full_token_prompts * args.stream_s
+                projected[key] = (
+                    gpu_overhead + warmup + tokens * scale / steady + args.full_token_prompts * args.stream_s
+                )
             else:
-                projected[key] = overhead + tokens * scale / rate
+                projected[key] = gpu_overhead + tokens * scale / rate
             disk_full += st["last_bytes"] * scale + st["tokens_bytes"] * scale_t
     rows = startup_rows(stores, job_s)
     if rows:
         print("\n## Start-up of the extraction jobs, mean seconds per job (store attr timing.startup)\n")
-        print("| model | jobs | process to stage | prompts | tokenizer | model load | rest outside the loop |")
-        print("|---|---:|---:|---:|---:|---:|---:|")
+        print(
+            "| model | jobs | process to stage | prompts | tokenizer | waiting for a GPU | model load "
+            "| rest outside the loop |"
+        )
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
         print("\n".join(rows))
     missing = sorted({k.split("/")[0] for k in projected} - set(rates))
     if missing:
