@@ -251,6 +251,30 @@ def lpt_makespan(durations: list[float], workers: int) -> float:
     return max(loads) if loads else 0.0
 
 
+def project_cell(key: str, st: dict, wall: float, args: argparse.Namespace, rates: dict[str, float]) -> float | None:
+    """GPU seconds of one extraction job of the full run (the module docstring's model), from its
+    rehearsal job's ``wall`` seconds and its store ``st``; None when it cannot be projected (no
+    job time, no rate). ``args``: the command line (prompt counts, ``stream_s``, ``start_ahead``)."""
+    t = st["timing"]
+    ext_s, rate = float(t.get("seconds") or 0.0), float(t.get("tokens_per_s") or 0.0)
+    if rate <= 0 or math.isnan(wall):
+        return None
+    steps = t.get("startup") or {}
+    not_gpu = float(steps.get("gpu_wait") or 0.0)  # waiting is not work
+    if args.start_ahead:
+        not_gpu += sum(float(steps.get(k) or 0.0) for k in BEFORE_CLAIM)
+    overhead = max(wall - ext_s - not_gpu, 0.0)
+    scale = (
+        args.full_token_prompts / max(args.n_token_prompts, 1) if st.get("fig3") else args.full_prompts / args.n_prompts
+    )
+    tokens = float(t.get("tokens") or 0.0)
+    steady = rates.get(key.split("/")[0])
+    if not steady:
+        return overhead + tokens * scale / rate
+    warmup = max(ext_s - tokens / steady - args.n_token_prompts * args.stream_s, 0.0)
+    return overhead + warmup + tokens * scale / steady + args.full_token_prompts * args.stream_s
+
+
 STARTUP_STEPS = ("process", "prompts", "tokenizer", "gpu_wait", "model")
 BEFORE_CLAIM = ("process", "prompts", "tokenizer")  # overlapped with the GPU's previous job when jobs_per_gpu >= 2
 
@@ -373,30 +397,17 @@ def main(argv: list[str] | None = None) -> None:
     disk_full = 0.0
     for key, st in sorted(stores.items()):
         t = st["timing"]
-        ext_s, rate = float(t.get("seconds") or 0.0), float(t.get("tokens_per_s") or 0.0)
         wall = job_s.get(key, math.nan)
-        overhead = max(wall - ext_s, 0.0) if not math.isnan(wall) else math.nan
-        steps = t.get("startup") or {}
-        gpu_free = float(steps.get("gpu_wait") or 0.0)  # waiting is not work
-        if args.start_ahead:
-            gpu_free += sum(float(steps.get(k) or 0.0) for k in BEFORE_CLAIM)
-        gpu_overhead = max(overhead - gpu_free, 0.0) if not math.isnan(overhead) else math.nan
+        overhead = max(wall - float(t.get("seconds") or 0.0), 0.0) if not math.isnan(wall) else math.nan
         print(
-            f"| {key} | {fmt_s(wall)} | {fmt_s(ext_s)} | {rate / 1e3:.1f}K | {fmt_s(overhead)} | "
+            f"| {key} | {fmt_s(wall)} | {fmt_s(float(t.get('seconds') or 0.0))} | "
+            f"{float(t.get('tokens_per_s') or 0.0) / 1e3:.1f}K | {fmt_s(overhead)} | "
             f"{fmt_b(st['last_bytes'])} | {fmt_b(st['tokens_bytes'])} | {st['store_dtype']} |"
         )
-        if rate > 0 and not math.isnan(gpu_overhead):
-            scale = scale_t if st.get("fig3") else scale_p
-            tokens = float(t.get("tokens") or 0.0)
-            steady = rates.get(key.split("/")[0])
-            if steady:
-                warmup = max(ext_s - tokens / steady - args.n_token_prompts * args.stream_s, 0.0)
-                projected[key] = (
-                    gpu_overhead + warmup + tokens * scale / steady + args.full_token_prompts * args.stream_s
-                )
-            else:
-                projected[key] = gpu_overhead + tokens * scale / rate
-            disk_full += st["last_bytes"] * scale + st["tokens_bytes"] * scale_t
+        gpu_s = project_cell(key, st, wall, args, rates)
+        if gpu_s is not None:
+            projected[key] = gpu_s
+            disk_full += st["last_bytes"] * (scale_t if st.get("fig3") else scale_p) + st["tokens_bytes"] * scale_t
     rows = startup_rows(stores, job_s)
     if rows:
         print("\n## Start-up of the extraction jobs, mean seconds per job (store attr timing.startup)\n")

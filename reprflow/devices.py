@@ -45,10 +45,12 @@ __all__ = [
     "SHARED_ENV",
     "claim_gpu",
     "gpu_lock_dir",
+    "leave_gpu_queue",
     "queue_for_gpu",
     "release_gpu",
     "resolve_device",
     "torch_threads",
+    "waiting_for_gpu",
     "will_claim_gpu",
 ]
 
@@ -87,11 +89,26 @@ def queue_for_gpu(priority: float = 0.0, *, lock_dir: Path | None = None) -> Non
     _TICKETS[str(lock_dir)] = (float(priority), since, path, handle)
 
 
-def _leave_queue(key: str) -> None:
-    ticket = _TICKETS.pop(key, None)
+def leave_gpu_queue(*, lock_dir: Path | None = None) -> None:
+    """Give up this process's place among those waiting for a GPU (:func:`queue_for_gpu`), e.g.
+    when its start-up failed and it lives on (a notebook); no-op without one."""
+    ticket = _TICKETS.pop(str(Path(lock_dir) if lock_dir is not None else gpu_lock_dir()), None)
     if ticket is not None:
         ticket[2].unlink(missing_ok=True)  # unlink, then unlock: never seen unlocked while listed
         ticket[3].close()
+
+
+@contextmanager
+def waiting_for_gpu(priority: float = 0.0, *, enabled: bool = True, lock_dir: Path | None = None) -> Iterator[None]:
+    """Hold a place among the processes waiting for a GPU (:func:`queue_for_gpu`) through the body:
+    the start-up a job does before it claims one (:func:`claim_gpu` in the body gives it up on its
+    claim). If the body fails first, the place is given up too. ``enabled=False``: a no-op."""
+    if enabled:
+        queue_for_gpu(priority, lock_dir=lock_dir)
+    try:
+        yield
+    finally:
+        leave_gpu_queue(lock_dir=lock_dir)
 
 
 def _waiting_ahead(lock_dir: Path, priority: float, since: float) -> int:
@@ -178,7 +195,7 @@ def claim_gpu(n_devices: int, *, lock_dir: Path | None = None, poll_s: float = 0
                 waited = True
             time.sleep(poll_s)
     finally:
-        _leave_queue(key)
+        leave_gpu_queue(lock_dir=lock_dir)
 
 
 def release_gpu(*, lock_dir: Path | None = None) -> None:

@@ -126,6 +126,26 @@ def test_a_dead_jobs_ticket_holds_nobody_back(tmp_path):
     assert not list(tmp_path.glob("wait-*"))
 
 
+def test_a_start_up_holds_its_place_until_it_claims_or_fails(tmp_path):
+    """waiting_for_gpu: a ticket through the start-up; the claim inside gives it up, and so does a
+    failure before the claim (a notebook lives on: its ticket must not hold other jobs back)."""
+    from reprflow.devices import release_gpu, waiting_for_gpu
+
+    tickets = lambda: list(tmp_path.glob("wait-*"))  # noqa: E731
+    with pytest.raises(RuntimeError, match="no such prompt set"):
+        with waiting_for_gpu(7, lock_dir=tmp_path):
+            assert len(tickets()) == 1 and tickets()[0].read_text().split()[0] == "7.0"
+            raise RuntimeError("no such prompt set")
+    assert not tickets()
+    with waiting_for_gpu(7, lock_dir=tmp_path):
+        assert claim_gpu(2, lock_dir=tmp_path) == 0 and not tickets()
+    with waiting_for_gpu(7, lock_dir=tmp_path, enabled=False):
+        assert not tickets()
+    release_gpu(lock_dir=tmp_path)
+    assert claim_gpu(2, lock_dir=tmp_path) == 0  # given back: free again (to this process, too)
+    release_gpu(lock_dir=tmp_path)
+
+
 def test_a_process_keeps_its_claim(tmp_path):
     first = claim_gpu(3, lock_dir=tmp_path / "locks")
     assert claim_gpu(3, lock_dir=tmp_path / "locks") == first

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from reprflow.devices import queue_for_gpu, release_gpu, resolve_device, will_claim_gpu
+from reprflow.devices import release_gpu, resolve_device, waiting_for_gpu, will_claim_gpu
 from reprflow.errors import ConfigError
 from reprflow.extract import extract_activations, token_prompt_ids
 from reprflow.kernels import kernel_cache
@@ -173,47 +173,50 @@ def run_extraction(
     if (cache := kernel_cache.cache_path()) is not None:
         logger.info("kernel choices and autotuning cached in %s", cache)
     claims = will_claim_gpu(settings["device"])
-    if claims:  # a place among the jobs waiting for a GPU before the start-up, which then overlaps
-        queue_for_gpu(gpu_priority)
     clock = time.perf_counter()
-    prompts = read_prompt_set(prompt_path)
-    startup["prompts"], clock = time.perf_counter() - clock, time.perf_counter()
-    tokens = settings.get("tokens", "store")
-    if tokens not in ("store", "stream"):
-        raise ConfigError(f"extraction.tokens is {tokens!r}; expected 'store' or 'stream'")
-    if metrics_dir is not None and (tokens != "stream" or metrics is None):
-        raise ConfigError(
-            f"{out_path}: token metrics are streamed to {metrics_dir} only with extraction.tokens: "
-            f"stream (is {tokens!r}) and the metrics settings (views, debiased_cka, max_tokens_in_memory)"
+    # a place among the jobs waiting for a GPU from before the start-up, which then overlaps
+    # the GPU's current job (given up if the start-up fails)
+    with waiting_for_gpu(gpu_priority, enabled=claims):
+        prompts = read_prompt_set(prompt_path)
+        startup["prompts"], clock = time.perf_counter() - clock, time.perf_counter()
+        tokens = settings.get("tokens", "store")
+        if tokens not in ("store", "stream"):
+            raise ConfigError(f"extraction.tokens is {tokens!r}; expected 'store' or 'stream'")
+        if metrics_dir is not None and (tokens != "stream" or metrics is None):
+            raise ConfigError(
+                f"{out_path}: token metrics are streamed to {metrics_dir} only with extraction.tokens: "
+                f"stream (is {tokens!r}) and the metrics settings (views, debiased_cka, max_tokens_in_memory)"
+            )
+        n_token = int(settings["n_token_prompts"])
+        prompt_indices = None
+        if init.get("scope", "all") == "fig3":  # Fig. 3 needs only the token prompts' metrics
+            prompt_indices = token_prompt_ids(len(prompts), n_token)
+            prompts = [prompts[i] for i in prompt_indices]
+            logger.info("init %s has scope fig3: forwarding only its %d token prompts", init["name"], len(prompts))
+        tokenizer = load_tokenizer(model["tokenizer"])
+        startup["tokenizer"], clock = time.perf_counter() - clock, time.perf_counter()
+        spec = InitSpec(scheme=init["scheme"], params=dict(init.get("params") or {}))
+        load = dict(
+            init=spec,
+            seed=seed,
+            revision=model.get("revision"),
+            origin=origin,
+            tokenizer_size=len(tokenizer),
+            family=model["family"],
         )
-    n_token = int(settings["n_token_prompts"])
-    prompt_indices = None
-    if init.get("scope", "all") == "fig3":  # Fig. 3 needs only the token prompts' metrics
-        prompt_indices = token_prompt_ids(len(prompts), n_token)
-        prompts = [prompts[i] for i in prompt_indices]
-        logger.info("init %s has scope fig3: forwarding only its %d token prompts", init["name"], len(prompts))
-    tokenizer = load_tokenizer(model["tokenizer"])
-    startup["tokenizer"], clock = time.perf_counter() - clock, time.perf_counter()
-    spec = InitSpec(scheme=init["scheme"], params=dict(init.get("params") or {}))
-    load = dict(
-        init=spec,
-        seed=seed,
-        revision=model.get("revision"),
-        origin=origin,
-        tokenizer_size=len(tokenizer),
-        family=model["family"],
-    )
-    net, startup["model"] = None, 0.0
-    if claims and not spec.is_random:  # read the checkpoint while another job has the GPU
-        dtype = compute_dtype_for(settings["compute_dtype"], torch.device("cuda"))
-        logger.info("reading %s (%s) into host memory in %s", model["name"], model["hf_id"], dtype)
-        net = load_model(model["hf_id"], dtype=dtype, device="cpu", **load)
-        startup["model"], clock = time.perf_counter() - clock, time.perf_counter()
-    device = resolve_device(settings["device"], priority=gpu_priority)
+        net, startup["model"] = None, 0.0
+        if claims and not spec.is_random:  # read the checkpoint while another job has the GPU
+            dtype = compute_dtype_for(settings["compute_dtype"], torch.device("cuda"))
+            logger.info("reading %s (%s) into host memory in %s", model["name"], model["hf_id"], dtype)
+            net = load_model(model["hf_id"], dtype=dtype, device="cpu", **load)
+            startup["model"], clock = time.perf_counter() - clock, time.perf_counter()
+        device = resolve_device(settings["device"], priority=gpu_priority)
     startup["gpu_wait"], clock = time.perf_counter() - clock, time.perf_counter()
     dtype = compute_dtype_for(settings["compute_dtype"], device)
     if net is None:
-        logger.info("loading %s (%s) with init %s on %s in %s", model["name"], model["hf_id"], init["name"], device, dtype)
+        logger.info(
+            "loading %s (%s) with init %s on %s in %s", model["name"], model["hf_id"], init["name"], device, dtype
+        )
         net = load_model(model["hf_id"], dtype=dtype, device=device, **load)
     else:
         net = net.to(device)

@@ -181,7 +181,9 @@ def cell_prompts(config: Config, task: str, init: str) -> tuple[int, int]:
     with ``scope: fig3`` forwards its token prompts only."""
     from reprflow.workflow.targets import init_scope
 
-    n_cell = _custom_records(config, task) if task in config.custom_tasks else int(config.section("prompts")["n_prompts"])
+    n_cell = (
+        _custom_records(config, task) if task in config.custom_tasks else int(config.section("prompts")["n_prompts"])
+    )
     n_token = min(int(config.section("extraction")["n_token_prompts"]), n_cell)
     return (n_token if init_scope(config.init(init)) == "fig3" else n_cell), n_token
 

@@ -120,5 +120,3 @@ def test_extraction_priority_puts_the_longest_jobs_first():
     # a custom task counts the prompts of its own file
     custom = sum(1 for line in open(PROJECT_ROOT / cfg.custom_tasks["qword"]["jsonl"]) if line.strip())
     assert extraction_priority(cfg, "tiny-pythia", "random", "qword", 40) == custom * 40 * per_token >> 20
-
-
