@@ -161,7 +161,7 @@ def claim_gpu(n_devices: int, *, lock_dir: Path | None = None, poll_s: float = 0
         while True:
             ahead = _waiting_ahead(lock_dir, priority, since)
             held: list[tuple[int, IO]] = []
-            for i in range(n_devices):  # take the free GPUs, to count them
+            for i in range(n_devices if ahead < n_devices else 0):  # take the free GPUs, to count them
                 handle = _try_lock(lock_dir / f"gpu{i}.lock")
                 if handle is not None:
                     held.append((i, handle))
@@ -177,7 +177,7 @@ def claim_gpu(n_devices: int, *, lock_dir: Path | None = None, poll_s: float = 0
                 handle.flush()
                 _CLAIMED[key] = (index, handle)
                 logger.info(
-                    "claimed GPU %d of %d (%s; waited %.1f s, priority %g)",
+                    "claimed GPU %d of %d (%s; %.1f s after it queued, priority %g)",
                     index,
                     n_devices,
                     lock_dir,

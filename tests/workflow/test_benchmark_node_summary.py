@@ -53,7 +53,7 @@ def test_two_gpu_timeline_gaps_and_node_busy_fraction(tmp_path):
     for key, (gpu, claimed, released) in CLAIMS.items():
         log = tmp_path / "logs" / "activations" / f"{key}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        text = f"2026-12-04 {claimed},101 INFO reprflow.devices: claimed GPU {gpu} of 2 (/tmp/locks; waited 0.2 s)\n"
+        text = f"2026-12-04 {claimed},101 INFO reprflow.devices: claimed GPU {gpu} of 2 (/tmp/locks; 0.2 s after it queued, priority 5)\n"
         if released:
             text += f"2026-12-04 {released},007 INFO reprflow.devices: released GPU {gpu}\n"
         log.write_text(text)
