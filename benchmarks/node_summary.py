@@ -5,12 +5,14 @@ all of it):
 
 - Snakemake's console log: each job's rule, start and end (1 s stamps) and log file;
 - each GPU job's own log: the line ``claimed GPU i of N`` (``reprflow.devices``) says which GPU it
-  ran on;
+  ran on and from when, ``released GPU i`` until when (an extraction job gives its GPU back
+  before it checks its store and exits; with ``execution.jobs_per_gpu: 2`` the next job, started
+  up meanwhile, takes it at once);
 - optionally the samples of ``sample_gpu`` (``benchmarks/gpu_site.sh``): each GPU's utilisation
   every 5 s, and the disk.
 
-Prints per GPU its jobs, its busy time (a GPU job from its claim to its end, model load
-included) and its idle gaps, split by cause: **start** (before its first GPU job: prompt building
+Prints per GPU its jobs, its busy time (a GPU job from its claim to its release or end, model
+load included) and its idle gaps, split by cause: **start** (before its first GPU job: prompt building
 and scheduling), **between** (no GPU job was started on it: none ready, or its claim went to
 another job) and **tail** (after its last job, while other GPUs still worked: the long tail);
 then the node's busy fraction, the sum of GPU-job time over N x the run's wall time, against the
@@ -35,18 +37,25 @@ from paper_rehearsal import fmt_b, fmt_s, read_samples, read_snakemake_log  # be
 GPU_RULES = ("extract_activation", "theory")  # rule-name prefixes of the jobs that request `gpu`
 # reprflow.devices' log line, with the job log's asctime (reprflow/pipeline/runlog.py)
 CLAIM = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\S* .*claimed GPU (\d+) of \d+", re.M)
+RELEASE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\S* .*released GPU \d+", re.M)
 NODE_BUSY_GOAL = 0.85
 
 
-def gpu_claim(job: dict, root: Path) -> tuple[int, datetime] | None:
-    """(GPU index, time of the claim) from a job's log, or None (one visible GPU claims nothing)."""
+def gpu_claim(job: dict, root: Path) -> tuple[int, datetime, datetime | None] | None:
+    """(GPU index, time of the claim, time of the release or None) from a job's log, or None (no
+    claim: one visible GPU without ``jobs_per_gpu`` sharing claims nothing)."""
     if not job.get("log"):
         return None
     path = root / job["log"]
     if not path.is_file():
         return None
-    m = CLAIM.search(path.read_text(errors="replace"))
-    return (int(m.group(2)), datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")) if m else None
+    text = path.read_text(errors="replace")
+    m = CLAIM.search(text)
+    if m is None:
+        return None
+    released = RELEASE.search(text, m.end())
+    stamp = lambda s: datetime.strptime(s, "%Y-%m-%d %H:%M:%S")  # noqa: E731
+    return int(m.group(2)), stamp(m.group(1)), None if released is None else stamp(released.group(1))
 
 
 def timeline(jobs: list[dict], n_gpus: int, root: Path) -> dict:
@@ -54,8 +63,9 @@ def timeline(jobs: list[dict], n_gpus: int, root: Path) -> dict:
     fraction (sum of GPU-job time over ``n_gpus`` x wall; above 1 only when jobs share GPUs).
 
     ``jobs``: :func:`read_snakemake_log` rows. A job holds its GPU from its claim (its log's
-    timestamp; Snakemake's start when it has none: one visible GPU, then GPU 0) to its end; the
-    seconds before the claim (imports, waiting for a lock) are ``startup``, idle for the GPU. Jobs
+    timestamp; Snakemake's start when it has none: one visible GPU, then GPU 0) to its release
+    (else its end); the seconds before the claim (imports, prompts, waiting for the GPU) are
+    ``startup``: GPU time only where no other job computed meanwhile, which the gaps show. Jobs
     that never finished count up to the last stamp.
     """
     stamped = [j for j in jobs if j["start"] is not None]
@@ -65,7 +75,7 @@ def timeline(jobs: list[dict], n_gpus: int, root: Path) -> dict:
     t_end = max((j["end"] or j["start"]) for j in stamped)
     wall = (t_end - t0).total_seconds()
     per_gpu: dict[int, list[tuple[float, float, str]]] = {i: [] for i in range(n_gpus)}
-    startup = 0.0  # Snakemake's start of a GPU job -> its claim: imports, model build, waiting for a lock
+    startup = 0.0  # Snakemake's start of a GPU job -> its claim: imports, prompts, waiting for the GPU
     for j in stamped:
         if not j["rule"].startswith(GPU_RULES):
             continue
@@ -73,7 +83,8 @@ def timeline(jobs: list[dict], n_gpus: int, root: Path) -> dict:
         held_from = j["start"] if claim is None else max(claim[1], j["start"])
         startup += (held_from - j["start"]).total_seconds()
         start = (held_from - t0).total_seconds()
-        end = ((j["end"] or t_end) - t0).total_seconds()
+        until = j["end"] or t_end if claim is None or claim[2] is None else min(claim[2], j["end"] or t_end)
+        end = max((until - t0).total_seconds(), start)
         per_gpu.setdefault(0 if claim is None else claim[0], []).append((start, end, j["key"]))
     gpus = {}
     for index, runs in sorted(per_gpu.items()):
@@ -142,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
             f"\nLongest gap between two jobs: GPU {worst[0]}, {fmt_s(worst[1]['longest_between'][0])} ({worst[1]['longest_between'][1]})"
         )
     print(
-        f"GPU jobs' start-up before their claim (imports, waiting for a lock; the GPU idle): {fmt_s(t['startup'])} in all"
+        f"GPU jobs' time before their claim (imports, prompts, waiting for the GPU; idle GPU time only "
+        f"where the gaps above show it): {fmt_s(t['startup'])} in all"
     )
     verdict = "met" if t["node_busy"] >= NODE_BUSY_GOAL else "NOT met"
     print(

@@ -16,7 +16,10 @@ Projection model, per extraction cell of the full run::
     overhead + warm-up + tokens_full / rate + token_prompts_full x stream_s
 
 * ``overhead``: the measured job time minus its extraction seconds (imports, model build or
-  load, store open/finalise);
+  load, store open/finalise), less the time it waited for a GPU (``timing.startup.gpu_wait``);
+  with ``--start-ahead`` (``execution.jobs_per_gpu`` >= 2: the next job of a GPU starts up
+  while the current one computes) also less its start-up before the claim (process, prompts,
+  tokenizer), which then costs the GPU nothing;
 * ``rate``: the model's steady-state tokens/s from ``--rates`` (``benchmarks/extract.py`` on
   the same GPU); without it the cell's own rehearsal rate, which includes the warm-up
   (Triton compiles and autotuning, the kernel chooser's first-use timings, the hf-view check)
@@ -248,13 +251,38 @@ def lpt_makespan(durations: list[float], workers: int) -> float:
     return max(loads) if loads else 0.0
 
 
-STARTUP_STEPS = ("process", "prompts", "tokenizer", "model")
+def project_cell(key: str, st: dict, wall: float, args: argparse.Namespace, rates: dict[str, float]) -> float | None:
+    """GPU seconds of one extraction job of the full run (the module docstring's model), from its
+    rehearsal job's ``wall`` seconds and its store ``st``; None when it cannot be projected (no
+    job time, no rate). ``args``: the command line (prompt counts, ``stream_s``, ``start_ahead``)."""
+    t = st["timing"]
+    ext_s, rate = float(t.get("seconds") or 0.0), float(t.get("tokens_per_s") or 0.0)
+    if rate <= 0 or math.isnan(wall):
+        return None
+    steps = t.get("startup") or {}
+    not_gpu = float(steps.get("gpu_wait") or 0.0)  # waiting is not work
+    if args.start_ahead:
+        not_gpu += sum(float(steps.get(k) or 0.0) for k in BEFORE_CLAIM)
+    overhead = max(wall - ext_s - not_gpu, 0.0)
+    scale = (
+        args.full_token_prompts / max(args.n_token_prompts, 1) if st.get("fig3") else args.full_prompts / args.n_prompts
+    )
+    tokens = float(t.get("tokens") or 0.0)
+    steady = rates.get(key.split("/")[0])
+    if not steady:
+        return overhead + tokens * scale / rate
+    warmup = max(ext_s - tokens / steady - args.n_token_prompts * args.stream_s, 0.0)
+    return overhead + warmup + tokens * scale / steady + args.full_token_prompts * args.stream_s
+
+
+STARTUP_STEPS = ("process", "prompts", "tokenizer", "gpu_wait", "model")
+BEFORE_CLAIM = ("process", "prompts", "tokenizer")  # overlapped with the GPU's previous job when jobs_per_gpu >= 2
 
 
 def startup_rows(stores: dict[str, dict], job_s: dict[str, float]) -> list[str]:
     """Markdown rows: per model, the mean seconds per extraction job before its loop, by step (the
     store attr ``timing.startup``: the job's process start to the stage, reading the prompts, the
-    tokenizer, building or loading the model), and the rest of the job outside the loop (the
+    tokenizer, waiting for a GPU, building or loading the model), and the rest of the job outside the loop (the
     job's overhead minus those steps: fast-path preparation, store open and finalize, metric
     files, Snakemake's own bookkeeping). Empty when no store has ``timing.startup``."""
     by_model: dict[str, list[list[float]]] = defaultdict(list)
@@ -317,6 +345,12 @@ def main(argv: list[str] | None = None) -> None:
         help="count every scope-all cell twice (pretrained + random at every length, for a config that runs both; "
         "same compute, weights loaded instead of built). The paper config runs random at scope fig3: leave it off",
     )
+    ap.add_argument(
+        "--start-ahead",
+        action="store_true",
+        help="project with execution.jobs_per_gpu >= 2: each job's start-up before its GPU claim (process, "
+        "prompts, tokenizer; timing.startup) overlaps the GPU's previous job",
+    )
     ap.add_argument("--snakemake-log", type=Path, help="a killed run's console log: per-job times from its stamps")
     ap.add_argument("--samples", type=Path, help="the GPU/disk samples written by paper_rehearsal_gpu.sh")
     ap.add_argument("--rates", help="steady-state tok/s per model, model=tok_s,... (benchmarks/extract.py)")
@@ -363,28 +397,25 @@ def main(argv: list[str] | None = None) -> None:
     disk_full = 0.0
     for key, st in sorted(stores.items()):
         t = st["timing"]
-        ext_s, rate = float(t.get("seconds") or 0.0), float(t.get("tokens_per_s") or 0.0)
         wall = job_s.get(key, math.nan)
-        overhead = max(wall - ext_s, 0.0) if not math.isnan(wall) else math.nan
+        overhead = max(wall - float(t.get("seconds") or 0.0), 0.0) if not math.isnan(wall) else math.nan
         print(
-            f"| {key} | {fmt_s(wall)} | {fmt_s(ext_s)} | {rate / 1e3:.1f}K | {fmt_s(overhead)} | "
+            f"| {key} | {fmt_s(wall)} | {fmt_s(float(t.get('seconds') or 0.0))} | "
+            f"{float(t.get('tokens_per_s') or 0.0) / 1e3:.1f}K | {fmt_s(overhead)} | "
             f"{fmt_b(st['last_bytes'])} | {fmt_b(st['tokens_bytes'])} | {st['store_dtype']} |"
         )
-        if rate > 0 and not math.isnan(overhead):
-            scale = scale_t if st.get("fig3") else scale_p
-            tokens = float(t.get("tokens") or 0.0)
-            steady = rates.get(key.split("/")[0])
-            if steady:
-                warmup = max(ext_s - tokens / steady - args.n_token_prompts * args.stream_s, 0.0)
-                projected[key] = overhead + warmup + tokens * scale / steady + args.full_token_prompts * args.stream_s
-            else:
-                projected[key] = overhead + tokens * scale / rate
-            disk_full += st["last_bytes"] * scale + st["tokens_bytes"] * scale_t
+        gpu_s = project_cell(key, st, wall, args, rates)
+        if gpu_s is not None:
+            projected[key] = gpu_s
+            disk_full += st["last_bytes"] * (scale_t if st.get("fig3") else scale_p) + st["tokens_bytes"] * scale_t
     rows = startup_rows(stores, job_s)
     if rows:
         print("\n## Start-up of the extraction jobs, mean seconds per job (store attr timing.startup)\n")
-        print("| model | jobs | process to stage | prompts | tokenizer | model load | rest outside the loop |")
-        print("|---|---:|---:|---:|---:|---:|---:|")
+        print(
+            "| model | jobs | process to stage | prompts | tokenizer | waiting for a GPU | model load "
+            "| rest outside the loop |"
+        )
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
         print("\n".join(rows))
     missing = sorted({k.split("/")[0] for k in projected} - set(rates))
     if missing:

@@ -42,8 +42,8 @@ rule extract_activations:
     params:
         **EXTRACTION_PARAMS,
         shard=None,
-    # longest jobs (model size x length: hidden² x layers x length) first: no long tail at the end
-    priority: lambda w: extraction_priority(CFG, w.model, w.length)
+    # longest jobs (tokens forwarded x model size) first: no long tail at the end
+    priority: lambda w: extraction_priority(CFG, w.model, w.init, w.task, w.length, N_SHARDS)
     resources:
         gpu=EXECUTION["gpus"],
         mem_mb=32000 if EXECUTION["gpus"] else 4000,

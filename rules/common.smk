@@ -1,5 +1,6 @@
 # Validation, wildcard constraints and target lists. Logic lives in reprflow/ (tested there).
 import logging
+import os
 from dataclasses import asdict
 import sys
 
@@ -10,7 +11,7 @@ from snakemake_interface_executor_plugins.settings import ExecMode
 from reprflow.config import validate_config
 from reprflow.errors import ReprflowError
 from reprflow.workflow import disk, targets
-from reprflow.workflow.scheduling import default_gpu_resource
+from reprflow.workflow.scheduling import SHARED_ENV, default_gpu_resource
 from reprflow.workflow.targets import (
     cells,
     extraction_priority,
@@ -91,19 +92,26 @@ def cell_paths(pattern, cells=CELLS):
     return [cell.fmt(pattern) for cell in cells]
 
 
-# One GPU job per GPU by default (reprflow/workflow/scheduling.py): in the main process of a
-# local run, provide the `gpu` resource from the visible GPU count when the user gave none.
+# execution.jobs_per_gpu GPU jobs per GPU (reprflow/workflow/scheduling.py): in the main process
+# of a local run, provide the `gpu` resource from the visible GPU count when the user gave none.
 if workflow.exec_mode == ExecMode.DEFAULT:
+    _local = workflow.global_resources["_nodes"].value is None  # cluster executors set _nodes
+    # start-up ahead of the GPU needs each job to claim its GPU, i.e. device: auto
+    _per_gpu = CFG.raw["execution"]["jobs_per_gpu"] if CFG.execution("extraction")["device"] == "auto" else 1
     _gpus = default_gpu_resource(
         {name: None for name in workflow.global_resources},
-        local=workflow.global_resources["_nodes"].value is None,  # cluster executors set _nodes
+        local=_local,
+        jobs_per_gpu=_per_gpu,
     )
+    if _local:  # jobs may outnumber GPUs: each claims its own (reprflow/devices.py)
+        os.environ[SHARED_ENV] = "1"
     if _gpus is not None:
         workflow.global_resources["gpu"] = _gpus
         _LOG.info(
-            "gpu resource: %d (visible GPUs, at least 1: at most that many GPU jobs at once; "
-            "--resources gpu=N overrides)",
+            "gpu resource: %d (%d GPU job(s) per visible GPU, one computing at a time, or 1 "
+            "without a GPU: at most that many GPU jobs at once; --resources gpu=N overrides)",
             _gpus,
+            _per_gpu,
         )
     # Disk preflight (reprflow/workflow/disk.py): announced in every run and dry run ...
     _LOG.info("%s", disk.summary(CFG, disk.pending_estimates(CFG)))

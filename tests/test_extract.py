@@ -457,3 +457,48 @@ def test_a_writer_error_surfaces_once_and_the_store_still_resumes(tiny, tokenize
     assert again.windows_written + again.windows_resumed == 4 and not again.already_complete
     extract_activations(model, tokenizer, prompts, tmp_path / "fresh.zarr", **kwargs)
     assert _store_files(out) == _store_files(tmp_path / "fresh.zarr")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_job_sharing_the_gpus_claims_one_late_and_gives_it_back(tokenizer, tmp_path, monkeypatch):
+    """execution.jobs_per_gpu >= 2 (REPRFLOW_SHARED_GPUS=1): a pretrained job with device auto reads
+    its checkpoint into host memory, then claims a GPU even where one is visible, stores the very
+    bytes an unshared job stores, records its wait, and releases the GPU before it returns."""
+    import fcntl
+
+    import yaml
+
+    from reprflow import devices
+    from reprflow.config import PROJECT_ROOT, validate_config
+    from reprflow.pipeline.extract_stage import run_extraction
+    from reprflow.prompts.dataset import write_prompt_set
+
+    config = validate_config(yaml.safe_load((PROJECT_ROOT / "config" / "demo.yaml").read_text()))
+    settings = {**config.section("extraction"), **config.execution("extraction")}
+    settings.update(device="auto", tokens="store", store_dtype="float32", n_token_prompts=3, batch_size=4)
+    path = build_tiny_model("gpt_neox", out_dir=tmp_path / "model", seed=0, overrides={"num_hidden_layers": 2})
+    model = {"name": "tiny", "hf_id": str(path), "family": "gpt_neox", "tokenizer": "gpt-neox-20b", "max_context": None}
+    prompt_file = write_prompt_set(make_prompts(tokenizer, 10, seed=5), {"task": "kvpr"}, tmp_path / "kvpr_n300.jsonl")
+    monkeypatch.setenv("REPRFLOW_GPU_LOCK_DIR", str(tmp_path / "locks"))
+    stores = {}
+    for shared in ("0", "1"):
+        monkeypatch.setenv(devices.SHARED_ENV, shared)
+        stores[shared] = run_extraction(
+            prompt_file,
+            tmp_path / f"shared{shared}.zarr",
+            model=model,
+            init={"name": "pretrained", "scheme": "pretrained"},
+            task="kvpr",
+            length=300,
+            seed=0,
+            settings=settings,
+            config_digest="x",
+            gpu_priority=5,
+        )
+    assert _store_files(stores["0"]) == _store_files(stores["1"])
+    startup = open_store(stores["1"]).attrs["timing"]["startup"]
+    assert startup["gpu_wait"] >= 0 and startup["model"] > 0
+    assert not devices._CLAIMED and not list((tmp_path / "locks").glob("wait-*"))
+    with open(tmp_path / "locks" / "gpu0.lock", "a+") as lock:  # free: the job gave it back
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

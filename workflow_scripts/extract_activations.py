@@ -7,7 +7,7 @@ from reprflow.config import validate_config
 from reprflow.kernels import kernel_cache
 from reprflow.pipeline.extract_stage import run_extraction
 from reprflow.pipeline.runlog import workflow_step
-from reprflow.workflow.targets import LOGS, out
+from reprflow.workflow.targets import LOGS, extraction_priority, out
 
 with workflow_step(snakemake.log[0], "extract_activations"):  # noqa: F821 (injected by Snakemake)
     p, w = snakemake.params, snakemake.wildcards  # noqa: F821
@@ -18,6 +18,7 @@ with workflow_step(snakemake.log[0], "extract_activations"):  # noqa: F821 (inje
     os.environ.setdefault(kernel_cache.ENV, os.path.abspath(out(config, f"{LOGS}/kernel_cache.json")))
     index = [m.name for m in config.models].index(p.model["name"])
     metrics_dir = getattr(snakemake.output, "token_metrics", None)  # noqa: F821 (streamed cells only)
+    shards = config.execution("extraction")["shards"]
     run_extraction(
         snakemake.input.prompts,  # noqa: F821
         snakemake.output.store,  # noqa: F821
@@ -32,4 +33,6 @@ with workflow_step(snakemake.log[0], "extract_activations"):  # noqa: F821 (inje
         shard=p.shard,
         metrics_dir=metrics_dir,
         metrics=None if metrics_dir is None else {**p.metrics, **config.execution("metrics")},
+        # the rule's priority: waiting jobs take a free GPU longest first (reprflow/devices.py)
+        gpu_priority=extraction_priority(config, w.model, w.init, w.task, w.length, shards),
     )

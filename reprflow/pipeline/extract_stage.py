@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from reprflow.devices import resolve_device
+from reprflow.devices import release_gpu, resolve_device, waiting_for_gpu, will_claim_gpu
 from reprflow.errors import ConfigError
 from reprflow.extract import extract_activations, token_prompt_ids
 from reprflow.kernels import kernel_cache
@@ -122,6 +122,7 @@ def run_extraction(
     shard: tuple[int, int] | None = None,
     metrics_dir: str | Path | None = None,
     metrics: Mapping[str, Any] | None = None,
+    gpu_priority: float = 0.0,
 ) -> Path:
     """Extract one cell's activations into ``out_path`` (a no-op if it is already complete).
 
@@ -148,6 +149,17 @@ def run_extraction(
     metrics : mapping, optional
         With ``metrics_dir``: ``views``, ``debiased_cka`` and ``precision`` (``config.metrics``) and
         ``max_tokens_in_memory`` (``config.execution.metrics``).
+    gpu_priority : float
+        This job's place among the jobs waiting for a GPU, higher first (the workflow gives its
+        Snakemake priority, :func:`reprflow.workflow.targets.extraction_priority`).
+
+    Notes
+    -----
+    When it claims a GPU (``device: auto`` with several GPUs, or GPU jobs outnumbering them:
+    :mod:`reprflow.devices`), the job queues for one first, then reads its prompts, loads the
+    tokenizer and reads a pretrained checkpoint into host memory, and only then waits for its GPU:
+    that start-up overlaps the GPU's current job. It releases the GPU as soon as its forward
+    passes and writes are done. ``timing.startup.gpu_wait`` records the wait.
     """
     out_path = Path(out_path)
     key = model_key(origin, "max_context", model["name"])
@@ -160,41 +172,55 @@ def run_extraction(
     startup = {"process": _seconds_since_process_start()}  # interpreter, imports, the job's set-up
     if (cache := kernel_cache.cache_path()) is not None:
         logger.info("kernel choices and autotuning cached in %s", cache)
+    claims = will_claim_gpu(settings["device"])
     clock = time.perf_counter()
-    device = resolve_device(settings["device"])
-    dtype = compute_dtype_for(settings["compute_dtype"], device)
-    prompts = read_prompt_set(prompt_path)
-    startup["prompts"], clock = time.perf_counter() - clock, time.perf_counter()
-    tokens = settings.get("tokens", "store")
-    if tokens not in ("store", "stream"):
-        raise ConfigError(f"extraction.tokens is {tokens!r}; expected 'store' or 'stream'")
-    if metrics_dir is not None and (tokens != "stream" or metrics is None):
-        raise ConfigError(
-            f"{out_path}: token metrics are streamed to {metrics_dir} only with extraction.tokens: "
-            f"stream (is {tokens!r}) and the metrics settings (views, debiased_cka, max_tokens_in_memory)"
+    # a place among the jobs waiting for a GPU from before the start-up, which then overlaps
+    # the GPU's current job (given up if the start-up fails)
+    with waiting_for_gpu(gpu_priority, enabled=claims):
+        prompts = read_prompt_set(prompt_path)
+        startup["prompts"], clock = time.perf_counter() - clock, time.perf_counter()
+        tokens = settings.get("tokens", "store")
+        if tokens not in ("store", "stream"):
+            raise ConfigError(f"extraction.tokens is {tokens!r}; expected 'store' or 'stream'")
+        if metrics_dir is not None and (tokens != "stream" or metrics is None):
+            raise ConfigError(
+                f"{out_path}: token metrics are streamed to {metrics_dir} only with extraction.tokens: "
+                f"stream (is {tokens!r}) and the metrics settings (views, debiased_cka, max_tokens_in_memory)"
+            )
+        n_token = int(settings["n_token_prompts"])
+        prompt_indices = None
+        if init.get("scope", "all") == "fig3":  # Fig. 3 needs only the token prompts' metrics
+            prompt_indices = token_prompt_ids(len(prompts), n_token)
+            prompts = [prompts[i] for i in prompt_indices]
+            logger.info("init %s has scope fig3: forwarding only its %d token prompts", init["name"], len(prompts))
+        tokenizer = load_tokenizer(model["tokenizer"])
+        startup["tokenizer"], clock = time.perf_counter() - clock, time.perf_counter()
+        spec = InitSpec(scheme=init["scheme"], params=dict(init.get("params") or {}))
+        load = dict(
+            init=spec,
+            seed=seed,
+            revision=model.get("revision"),
+            origin=origin,
+            tokenizer_size=len(tokenizer),
+            family=model["family"],
         )
-    n_token = int(settings["n_token_prompts"])
-    prompt_indices = None
-    if init.get("scope", "all") == "fig3":  # Fig. 3 needs only the token prompts' metrics
-        prompt_indices = token_prompt_ids(len(prompts), n_token)
-        prompts = [prompts[i] for i in prompt_indices]
-        logger.info("init %s has scope fig3: forwarding only its %d token prompts", init["name"], len(prompts))
-    tokenizer = load_tokenizer(model["tokenizer"])
-    startup["tokenizer"], clock = time.perf_counter() - clock, time.perf_counter()
-    spec = InitSpec(scheme=init["scheme"], params=dict(init.get("params") or {}))
-    logger.info("loading %s (%s) with init %s on %s in %s", model["name"], model["hf_id"], init["name"], device, dtype)
-    net = load_model(
-        model["hf_id"],
-        init=spec,
-        seed=seed,
-        revision=model.get("revision"),
-        dtype=dtype,
-        device=device,
-        origin=origin,
-        tokenizer_size=len(tokenizer),
-        family=model["family"],
-    )
-    startup["model"] = time.perf_counter() - clock  # build or load, init, move to the device
+        net, startup["model"] = None, 0.0
+        if claims and not spec.is_random:  # read the checkpoint while another job has the GPU
+            dtype = compute_dtype_for(settings["compute_dtype"], torch.device("cuda"))
+            logger.info("reading %s (%s) into host memory in %s", model["name"], model["hf_id"], dtype)
+            net = load_model(model["hf_id"], dtype=dtype, device="cpu", **load)
+            startup["model"], clock = time.perf_counter() - clock, time.perf_counter()
+        device = resolve_device(settings["device"], priority=gpu_priority)
+    startup["gpu_wait"], clock = time.perf_counter() - clock, time.perf_counter()
+    dtype = compute_dtype_for(settings["compute_dtype"], device)
+    if net is None:
+        logger.info(
+            "loading %s (%s) with init %s on %s in %s", model["name"], model["hf_id"], init["name"], device, dtype
+        )
+        net = load_model(model["hf_id"], dtype=dtype, device=device, **load)
+    else:
+        net = net.to(device)
+    startup["model"] += time.perf_counter() - clock  # build or load, init, move to the device
     limit = model_max_context(net)
     check_context(prompts, limit=limit, model=model, length=length, key=key, prompt_path=prompt_path)
     attrs = {
@@ -245,6 +271,8 @@ def run_extraction(
         extract_activations(
             net, tokenizer, prompts, out_path, n_token_prompts=n_token if tokens == "store" else 0, **run
         )
+    del net
+    release_gpu()  # the next job may start on it while this one checks its store and exits
     open_store(out_path)  # verify what was written reads back as complete
     return out_path
 

@@ -173,24 +173,34 @@ def _custom_records(config: Config, task: str) -> int:
         return sum(1 for line in fh if line.strip())
 
 
+def cell_prompts(config: Config, task: str, init: str) -> tuple[int, int]:
+    """``(prompts forwarded, token prompts)`` of one cell of ``task`` and ``init`` (an init name).
+
+    A cell forwards every prompt of its set (``prompts.n_prompts``; a custom task's file), and
+    its token prompts are the first ``extraction.n_token_prompts`` of them; a cell of an init
+    with ``scope: fig3`` forwards its token prompts only."""
+    from reprflow.workflow.targets import init_scope
+
+    n_cell = (
+        _custom_records(config, task) if task in config.custom_tasks else int(config.section("prompts")["n_prompts"])
+    )
+    n_token = min(int(config.section("extraction")["n_token_prompts"]), n_cell)
+    return (n_token if init_scope(config.init(init)) == "fig3" else n_cell), n_token
+
+
 def estimate_stores(config: Config, *, tokens: str | None = None) -> list[StoreEstimate]:
     """One worst-case estimate per cell of ``config`` (reprflow.workflow.targets.cells).
 
     ``tokens`` (``store`` or ``stream``) overrides ``extraction.tokens``, to compare the two."""
-    from reprflow.workflow.targets import cells, init_scope
+    from reprflow.workflow.targets import cells
 
     tokens = tokens or config.section("extraction").get("tokens", "store")
     if tokens not in ("store", "stream"):
         raise ConfigError(f"extraction.tokens is {tokens!r}; expected 'store' or 'stream'")
-    n_all = int(config.section("prompts")["n_prompts"])
-    n_token_all = min(int(config.section("extraction")["n_token_prompts"]), n_all)
-    fig3 = {i.name for i in config.inits if init_scope(i) == "fig3"}
     dims_of = {m.name: model_dims(m, config) for m in config.models}
     found = []
     for cell in cells(config):
-        n_cell = _custom_records(config, cell.task) if cell.task in config.custom_tasks else n_all
-        n_token_cell = min(n_token_all, n_cell)
-        n_prompts = n_token_cell if cell.init in fig3 else n_cell  # a fig3 cell forwards its token prompts only
+        n_prompts, n_token_cell = cell_prompts(config, cell.task, cell.init)
         n_token = n_token_cell if tokens == "store" else 0
         spec = config.model(cell.model)
         max_tokens = (

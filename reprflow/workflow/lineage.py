@@ -6,9 +6,10 @@ those imports statically (every ``import`` / ``from ... import`` of the package,
 depth, package ``__init__`` files included) and adds the workflow wiring every stage
 parses (Snakefile, rules/common.smk, the stage's own rule files, reprflow/data/schema.yaml), and
 the data shipped inside the imported packages (e.g. ``reprflow/models/configs/``).
-Modules that only plan a run in the Snakemake parent process and cannot change an output
-(:data:`PLANNING_ONLY`: the disk preflight and the GPU-slot default) are left out, as
-config.execution is left out of the params, so editing them reruns nothing.
+Modules that plan a run (in the Snakemake parent process; an extraction job reads its GPU
+priority from them too) and cannot change an output (:data:`PLANNING_ONLY`: the disk preflight
+and job priorities, the GPU-slot default) are left out, as config.execution is left out of the
+params, so editing them reruns nothing.
 
 dvc.yaml is written by this module, so its deps never drift from the imports; a test
 fails when the file differs from what :func:`render` gives for the config it names::
@@ -44,7 +45,7 @@ PACKAGE = "reprflow"
 WIRING = ("Snakefile", "rules/common.smk", "reprflow/data/schema.yaml")
 """Parsed by every stage's Snakemake run."""
 PLANNING_ONLY = ("reprflow/workflow/disk.py", "reprflow/workflow/scheduling.py")
-"""Imported by the Snakefile to plan a run (disk preflight, GPU slots); never by a job."""
+"""Plan a run (disk preflight, priorities, GPU slots); no stored value depends on them."""
 DVC_YAML = "dvc.yaml"
 
 

@@ -9,6 +9,12 @@ outnumber GPUs (on a machine without a GPU they run one at a time on the CPU). E
 then claims its own GPU (:func:`reprflow.devices.claim_gpu`). ``--resources gpu=N`` on
 the command line (or in a profile) always wins; cluster executors (SLURM) are left alone,
 as each submitted job gets its own GPU from the scheduler.
+
+``execution.jobs_per_gpu`` (default 2) starts that many GPU jobs per visible GPU: while one
+computes, the next does its start-up (imports, prompts, tokenizer, a checkpoint read into host
+memory) and waits for the GPU, which it takes the moment it is released, longest job first
+(:mod:`reprflow.devices`). On a local run the Snakefile sets :data:`SHARED_ENV`, so every job
+claims its GPU even where only one is visible, and two jobs never compute on one GPU at once.
 """
 
 from __future__ import annotations
@@ -18,7 +24,13 @@ import shutil
 import subprocess
 from collections.abc import Mapping
 
-__all__ = ["default_gpu_resource", "visible_gpu_count"]
+__all__ = ["SHARED_ENV", "default_gpu_resource", "visible_gpu_count"]
+
+SHARED_ENV = "REPRFLOW_SHARED_GPUS"
+"""Set to ``1`` by the Snakefile on a local run: GPU jobs may outnumber the GPUs, so a job claims
+its GPU (:func:`reprflow.devices.claim_gpu`) even when only one is visible. Equal to
+:data:`reprflow.devices.SHARED_ENV`, which the jobs read (tested; not imported from there, which
+would bring torch into the Snakefile)."""
 
 
 def visible_gpu_count(env: Mapping[str, str] | None = None, *, nvidia_smi: str | None = "nvidia-smi") -> int:
@@ -51,8 +63,11 @@ def default_gpu_resource(
     local: bool,
     env: Mapping[str, str] | None = None,
     nvidia_smi: str | None = "nvidia-smi",
+    jobs_per_gpu: int = 1,
 ) -> int | None:
-    """The ``gpu`` resource to provide when the user provided none, or None to leave it be.
+    """The ``gpu`` resource to provide when the user provided none, or None to leave it be:
+    ``jobs_per_gpu`` x the visible GPUs, or 1 where none is visible (GPU jobs then run one at a
+    time on the CPU).
 
     Parameters
     ----------
@@ -60,7 +75,10 @@ def default_gpu_resource(
         The resources given on the command line or in a profile (``--resources``).
     local : bool
         True when jobs run on this machine (not submitted to a cluster).
+    jobs_per_gpu : int
+        ``execution.jobs_per_gpu``.
     """
     if "gpu" in provided or not local:
         return None
-    return max(1, visible_gpu_count(env, nvidia_smi=nvidia_smi))
+    visible = visible_gpu_count(env, nvidia_smi=nvidia_smi)
+    return visible * jobs_per_gpu if visible else 1

@@ -152,17 +152,20 @@ def prompt_files(config: Config) -> list[str]:
     return sorted(out(config, PROMPTS.format(tokenizer=t, task=k, length=n)) for t, k, n in needed)
 
 
-def extraction_priority(config: Config, model: str, length: int | str) -> int:
-    """Snakemake ``priority`` of an extraction job: its work, model size x prompt length, i.e.
-    hidden² x layers x length / 2**20 (model dims from :func:`reprflow.workflow.disk.model_dims`),
-    so the longest jobs start first and the run does not end on one long tail. 0 when the dims
-    are unknown."""
-    from reprflow.workflow.disk import model_dims  # lazy: targets stays import-light
+def extraction_priority(config: Config, model: str, init: str, task: str, length: int | str, shards: int = 1) -> int:
+    """Snakemake ``priority`` of an extraction job: its work, tokens forwarded x model size, i.e.
+    prompts x length x hidden² x layers / 2**20, so the longest jobs start first and the run does
+    not end on one long tail. Prompts: the cell's (:func:`reprflow.workflow.disk.cell_prompts`:
+    the whole set, or only the token prompts for an init of ``scope: fig3``), divided among its
+    ``shards``; model dims from :func:`reprflow.workflow.disk.model_dims`. The jobs take a free
+    GPU in the same order (:func:`reprflow.devices.claim_gpu`). 0 when the dims are unknown."""
+    from reprflow.workflow.disk import cell_prompts, model_dims  # lazy: targets stays import-light
 
     dims = model_dims(config.model(model), config)
     if dims is None:
         return 0
-    return dims.hidden**2 * dims.n_layers * int(length) >> 20
+    n_prompts = -(-cell_prompts(config, task, init)[0] // shards)  # the largest shard
+    return n_prompts * int(length) * dims.hidden**2 * dims.n_layers >> 20
 
 
 def prompt_token_cap(config: Config, tokenizer: str, length: int) -> int | None:

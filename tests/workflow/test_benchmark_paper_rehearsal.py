@@ -11,11 +11,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _job(root: Path, key: str, wall_s: float, loop_s: float, startup: tuple[float, float, float, float]) -> None:
+def _job(root: Path, key: str, wall_s: float, loop_s: float, startup: tuple[float, ...]) -> None:
     """One extraction job: its benchmark file (``wall_s``) and its store, whose loop took ``loop_s``
-    at 1,000 tokens/s after ``startup`` seconds of (process, prompts, tokenizer, model)."""
+    at 1,000 tokens/s after ``startup`` seconds of (process, prompts, tokenizer, gpu_wait, model)."""
     timing = {"seconds": loop_s, "tokens_per_s": 1000.0, "tokens": 1000 * loop_s}
-    timing["startup"] = dict(zip(("process", "prompts", "tokenizer", "model"), startup))
+    timing["startup"] = dict(zip(("process", "prompts", "tokenizer", "gpu_wait", "model"), startup))
     bench = root / "logs" / "benchmarks" / "activations" / f"{key}.tsv"
     bench.parent.mkdir(parents=True, exist_ok=True)
     bench.write_text(f"s\th:m:s\tmax_rss\n{wall_s}\t0:00:{wall_s:02.0f}\t1000\n")
@@ -26,28 +26,41 @@ def _job(root: Path, key: str, wall_s: float, loop_s: float, startup: tuple[floa
     (store / "zarr.json").write_text(json.dumps({"attributes": attrs}))
 
 
-def test_startup_splits_the_job_outside_its_loop(tmp_path):
-    # 20 s, of which 5 s in the loop, 8 + 0.5 + 0.5 + 3 s before it, the rest 3 s; then 30 s, 10 s
-    # in the loop, 10 + 1 + 1 + 5 s before it, the rest 3 s
-    _job(tmp_path, "m/random/kvpr_n300", 20, 5.0, (8.0, 0.5, 0.5, 3.0))
-    _job(tmp_path, "m/random/kvpr_n600", 30, 10.0, (10.0, 1.0, 1.0, 5.0))
+def _project(root: Path, *extra: str) -> list[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "paper_rehearsal.py"), "--root", str(tmp_path)]
-        + ["--n-prompts", "10", "--n-token-prompts", "2", "--full-prompts", "100", "--full-token-prompts", "2"],
+        [sys.executable, str(ROOT / "benchmarks" / "paper_rehearsal.py"), "--root", str(root)]
+        + ["--n-prompts", "10", "--n-token-prompts", "2", "--full-prompts", "100", "--full-token-prompts", "2"]
+        + list(extra),
         env=env,
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = proc.stdout.splitlines()
-    head = lines.index("| model | jobs | process to stage | prompts | tokenizer | model load | rest outside the loop |")
+    return proc.stdout.splitlines()
+
+
+def test_startup_splits_the_job_outside_its_loop(tmp_path):
+    # 20 s, of which 5 s in the loop, 8 + 0.5 + 0.5 s before its claim, 0 s waiting, 3 s model, the
+    # rest 3 s; then 30 s, 10 s in the loop, 10 + 1 + 1 s, 2 s waiting for the GPU, 5 s model, 1 s
+    _job(tmp_path, "m/random/kvpr_n300", 20, 5.0, (8.0, 0.5, 0.5, 0.0, 3.0))
+    _job(tmp_path, "m/random/kvpr_n600", 30, 10.0, (10.0, 1.0, 1.0, 2.0, 5.0))
+    lines = _project(tmp_path)
+    head = lines.index(
+        "| model | jobs | process to stage | prompts | tokenizer | waiting for a GPU | model load | rest outside the loop |"
+    )
     # the means of the two jobs, step by step
-    assert lines[head + 2] == "| m | 2 | 9.0 | 0.8 | 0.8 | 4.0 | 3.0 |"
+    assert lines[head + 2] == "| m | 2 | 9.0 | 0.8 | 0.8 | 1.0 | 4.0 | 2.0 |"
     # the overheads (wall - loop) in the per-cell table: 15 s and 20 s
-    assert any(line.startswith("| m/random/kvpr_n300 | 20 s | 5 s | 1.0K | 15 s |") for line in lines), proc.stdout
-    assert any(line.startswith("| m/random/kvpr_n600 | 30 s | 10 s | 1.0K | 20 s |") for line in lines), proc.stdout
+    assert any(line.startswith("| m/random/kvpr_n300 | 20 s | 5 s | 1.0K | 15 s |") for line in lines), lines
+    assert any(line.startswith("| m/random/kvpr_n600 | 30 s | 10 s | 1.0K | 20 s |") for line in lines), lines
+    # projected GPU time (no --rates: the job's own rate, x10 prompts): overhead less the GPU wait
+    # + 10 x the loop: (15 + 50) + (18 + 100) = 183 s
+    assert "- extraction jobs: 2, 0.05 GPU-hours (longest job 118 s)" in lines
+    # --start-ahead: the start-up before the claim (9 s and 12 s) overlaps the GPU's previous job
+    lines = _project(tmp_path, "--start-ahead")
+    assert "- extraction jobs: 2, 0.04 GPU-hours (longest job 106 s)" in lines
 
 
 def test_fig3_cells_are_told_from_the_keys():

@@ -7,7 +7,9 @@ import yaml
 from reprflow.config import PROJECT_ROOT
 
 
-def test_paper_dry_run_prints_the_whole_dag_offline(workdir, run_snakemake):
+def test_paper_dry_run_prints_the_whole_dag_offline(workdir, run_snakemake, monkeypatch):
+    """The paper config's DAG on a simulated 8-GPU node (CUDA_VISIBLE_DEVICES; no GPU here)."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", ",".join(map(str, range(8))))
     run = run_snakemake(workdir, "-n", "--cores", "8", "results/table1.csv")
     assert run.returncode == 0, run.stderr[-3000:]
     out = run.stdout + run.stderr
@@ -19,9 +21,22 @@ def test_paper_dry_run_prints_the_whole_dag_offline(workdir, run_snakemake):
     # extraction.tokens: stream -- the extraction jobs write the token metrics (tests/workflow/test_stream.py)
     assert not any(line.split()[:1] == ["token_metrics"] for line in out.splitlines()), out[-2000:]
     assert "skipping gpt-neo-2.7b at 4096 tokens" in out
-    # no --resources: one GPU job per visible GPU (none here: 1), and the disk estimate
-    assert "reprflow: gpu resource: 1 " in out and "reprflow: disk: 86 activation store(s) to build" in out
-    assert re.search(r"^    priority: [1-9]\d*$", out, flags=re.M) or "not counted" in out
+    # no --resources: execution.jobs_per_gpu (2) GPU jobs per visible GPU, and the disk estimate
+    assert "reprflow: gpu resource: 16 (2 GPU job(s) per visible GPU" in out
+    assert "reprflow: disk: 86 activation store(s) to build" in out
+    # longest first: tokens forwarded x model size; a Fig. 3 cell forwards its 64 token prompts only
+    priority = {}
+    for block in re.split(r"\n(?=\S)", out):
+        if block.startswith("rule extract_activations:"):
+            cell = re.search(r"wildcards: model=(\S+), init=(\S+), task=(\S+), length=(\d+)", block).groups()
+            priority[cell] = int(re.search(r"^    priority: (\d+)$", block, flags=re.M).group(1))
+    assert len(priority) == 86
+    first = max(priority, key=priority.get)
+    assert first[0] in ("mamba-2.8b", "mamba2-2.7b") and first[3] == "4096", first
+    for model in {c[0] for c in priority}:
+        full = [v for c, v in priority.items() if c[0] == model and c[1] == "pretrained"]
+        fig3 = [v for c, v in priority.items() if c[0] == model and c[1] != "pretrained"]
+        assert len(fig3) == 10 and max(fig3) < min(full), model
     assert not (workdir / "results").exists() and not (workdir / "data" / "prompts").exists()
 
 

@@ -130,7 +130,7 @@ def test_streamed_cell_equals_the_stored_one_and_fig3_forwards_only_token_prompt
         # the job's start-up before the extraction, by step (the rehearsal summaries split a job's
         # overhead with it): the process (interpreter, imports, Snakemake) took the longest here
         startup = streamed.attrs["timing"]["startup"]
-        assert set(startup) == {"process", "prompts", "tokenizer", "model"}, startup
+        assert set(startup) == {"process", "prompts", "tokenizer", "gpu_wait", "model"}, startup
         assert all(v >= 0 for v in startup.values()) and startup["process"] > 0.5, startup
         # the job shares its kernel measurements with the run's other jobs (reprflow/kernels/kernel_cache.py)
         job_log = (out / f"logs/activations/tiny-pythia/{init}/kvpr_n300.log").read_text()

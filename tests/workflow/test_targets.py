@@ -3,6 +3,7 @@
 import yaml
 
 from reprflow.config import PROJECT_ROOT, load_config, validate_config
+from reprflow.workflow.disk import model_dims
 from reprflow.workflow.targets import (
     PROMPTS,
     Cell,
@@ -92,8 +93,30 @@ def test_fig3_scoped_inits_only_at_the_figure_length_without_probes():
 
 
 def test_extraction_priority_puts_the_longest_jobs_first():
+    """Priority = tokens forwarded x hidden² x layers / 2**20: longer prompts, bigger models and
+    full cells before Fig. 3 cells (their token prompts only), shards of a cell by their share."""
     raw = _demo_raw()
     raw["models"][1]["train"].update(width=128, depth=6)
+    raw["inits"].append({"name": "xavier", "scheme": "xavier", "scope": "fig3"})
     cfg = validate_config(raw)
-    assert extraction_priority(cfg, "tiny-pythia", 600) > extraction_priority(cfg, "tiny-pythia", 300)
-    assert extraction_priority(cfg, "tiny-pythia", 300) > extraction_priority(cfg, "tiny-mamba", 300) > 0
+    dims = model_dims(cfg.model("tiny-pythia"), cfg)
+    n, n_token = cfg.section("prompts")["n_prompts"], cfg.section("extraction")["n_token_prompts"]
+    assert (n, n_token) == (96, 4)
+    per_token = dims.hidden**2 * dims.n_layers
+    assert extraction_priority(cfg, "tiny-pythia", "random", "kvpr", 600) == 96 * 600 * per_token >> 20
+    assert extraction_priority(cfg, "tiny-pythia", "random", "kvpr", 600) > extraction_priority(
+        cfg, "tiny-pythia", "random", "kvpr", 300
+    )
+    assert extraction_priority(cfg, "tiny-pythia", "random", "kvpr", 300) > extraction_priority(
+        cfg, "tiny-mamba", "random", "kvpr", 300
+    )
+    # a Fig. 3 cell forwards 4 prompts, not 96: it goes after every full cell of the model
+    assert extraction_priority(cfg, "tiny-pythia", "xavier", "kvpr", 600) == 4 * 600 * per_token >> 20
+    assert extraction_priority(cfg, "tiny-pythia", "xavier", "kvpr", 600) < extraction_priority(
+        cfg, "tiny-pythia", "pretrained", "mdqa", 300
+    )
+    # 3 shards of 96 prompts: 32 each
+    assert extraction_priority(cfg, "tiny-pythia", "random", "kvpr", 600, 3) == 32 * 600 * per_token >> 20
+    # a custom task counts the prompts of its own file
+    custom = sum(1 for line in open(PROJECT_ROOT / cfg.custom_tasks["qword"]["jsonl"]) if line.strip())
+    assert extraction_priority(cfg, "tiny-pythia", "random", "qword", 40) == custom * 40 * per_token >> 20
