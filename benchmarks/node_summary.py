@@ -16,8 +16,8 @@ load included) and its idle gaps, split by cause: **start** (before its first GP
 and scheduling), **between** (no GPU job was started on it: none ready, or its claim went to
 another job) and **tail** (after its last job, while other GPUs still worked: the long tail);
 then the node's busy fraction, the sum of GPU-job time over N x the run's wall time, against the
-goal of 85% (issue 16). GPU jobs are the rules that request the ``gpu`` resource: extraction
-(and its shards) and theory.
+goal of 85% (issue 16). GPU jobs are the rules that request the ``gpu`` resource (extraction and
+its shards, theory) and any job whose log says it claimed a GPU (probes with ``device: auto``).
 
 Usage (the run's root)::
 
@@ -77,9 +77,9 @@ def timeline(jobs: list[dict], n_gpus: int, root: Path) -> dict:
     per_gpu: dict[int, list[tuple[float, float, str]]] = {i: [] for i in range(n_gpus)}
     startup = 0.0  # Snakemake's start of a GPU job -> its claim: imports, prompts, waiting for the GPU
     for j in stamped:
-        if not j["rule"].startswith(GPU_RULES):
-            continue
         claim = gpu_claim(j, root)
+        if claim is None and not j["rule"].startswith(GPU_RULES):  # probes claim a GPU without the resource
+            continue
         held_from = j["start"] if claim is None else max(claim[1], j["start"])
         startup += (held_from - j["start"]).total_seconds()
         start = (held_from - t0).total_seconds()

@@ -25,6 +25,8 @@ read -r -a OVER <<< "${OVERLAYS:-config/rehearsal.yaml}"
 CFG=(--configfile config/config.yaml "${OVER[@]}")
 # a setting of the merged config (the last overlay that sets it wins, as in Snakemake)
 setting() { python3 -c "import sys; from reprflow.config import load_configs; c = load_configs(sys.argv[2:]); s, k = sys.argv[1].split('.'); print(c.section(s)[k])" "$1" config/config.yaml "${OVER[@]}"; }
+# the run's out_dir (an overlay may set its own, e.g. benchmarks/one_job_per_gpu.yaml)
+ROOT=$(python3 -c "import sys; from reprflow.config import load_configs; print(load_configs(sys.argv[1:]).raw['out_dir'])" config/config.yaml "${OVER[@]}")
 for s in "${steps[@]}"; do
   case "$s" in
     tests)  # the GPU tests first; if the kernel chooser's fail, force the project's own kernels
@@ -62,14 +64,14 @@ for s in "${steps[@]}"; do
       # random at every length); --start-ahead when GPU jobs ran two per GPU (their start-up before
       # the claim then overlapped the GPU's previous job)
       ahead=$([ "$(setting execution.jobs_per_gpu)" -ge 2 ] && echo --start-ahead)
-      python3 benchmarks/paper_rehearsal.py --root . \
+      python3 benchmarks/paper_rehearsal.py --root "$ROOT" \
         --n-prompts "$(setting prompts.n_prompts)" --n-token-prompts "$(setting extraction.n_token_prompts)" \
         $ahead ${SUMMARY_ARGS:-} 2>&1 | tee "$OUT/rehearsal.md"
       # the node's timeline: which GPU each job ran on, idle gaps, the node's busy fraction
       python3 benchmarks/node_summary.py --log "$OUT/snakemake.log" --gpus "$(nvidia-smi -L | wc -l)" \
         --samples "$OUT/samples.txt" 2>&1 | tee "$OUT/node.md"
-      du -sh results/activations/*/* 2>/dev/null | tee "$OUT/du.txt"
-      tar czf "$OUT/logs.tgz" logs .snakemake/log 2>/dev/null
+      du -sh "$ROOT"/results/activations/*/* 2>/dev/null | tee "$OUT/du.txt"
+      tar czf "$OUT/logs.tgz" "$ROOT/logs" .snakemake/log 2>/dev/null
       ;;
     *) echo "unknown step $s"; exit 2 ;;
   esac

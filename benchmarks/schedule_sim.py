@@ -160,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
         f"(longest {fmt_s(max(jobs.values()))}); start-up before the claim: {args.imports_s:g} s +-25% of "
         f"imports + {min(reads):.1f}-{max(reads):.1f} s reading the prompt set ({sum(reads) / 60:.1f} min in all)\n"
     )
-    print("| GPUs | job order | jobs per GPU | claims | wall, median of orders (range) | lower bound |")
+    print(
+        "| GPUs | job order | jobs per GPU | claims | wall, median of orders (range) | bound with the start-up on the GPU |"
+    )
     print("|---:|---|---:|---|---|---|")
     for gpus in args.gpus:
         bound = max(total / gpus, max(jobs.values()))
