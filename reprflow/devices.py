@@ -19,8 +19,8 @@ priorities: in the order they began to wait): each waiting process keeps a ticke
 ticket is unlocked, hence ignored), and claims a free GPU only while fewer live tickets are
 ahead of it than GPUs are free. The extraction jobs' priority is their Snakemake ``priority``
 (:func:`reprflow.workflow.targets.extraction_priority`: the longest first), taken as a ticket
-before their start-up (:func:`queue_for_gpu`), so a long job still reading its prompts is not
-overtaken by a short one that was ready first.
+after their imports, before they read their prompts (:func:`waiting_for_gpu`), so a long job
+still reading its prompts is not overtaken by a short one that was ready first.
 """
 
 from __future__ import annotations
