@@ -83,7 +83,8 @@ def timeline(jobs: list[dict], n_gpus: int, root: Path) -> dict:
         held_from = j["start"] if claim is None else max(claim[1], j["start"])
         startup += (held_from - j["start"]).total_seconds()
         start = (held_from - t0).total_seconds()
-        until = j["end"] or t_end if claim is None or claim[2] is None else min(claim[2], j["end"] or t_end)
+        job_end = j["end"] or t_end
+        until = job_end if claim is None or claim[2] is None else min(claim[2], job_end)
         end = max((until - t0).total_seconds(), start)
         per_gpu.setdefault(0 if claim is None else claim[0], []).append((start, end, j["key"]))
     gpus = {}

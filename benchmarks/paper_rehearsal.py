@@ -251,6 +251,12 @@ def lpt_makespan(durations: list[float], workers: int) -> float:
     return max(loads) if loads else 0.0
 
 
+def prompt_scales(args: argparse.Namespace) -> tuple[float, float]:
+    """Full run over rehearsal: for a cell's prompts, and for its token prompts (all that a
+    ``scope: fig3`` cell forwards, and all that token states and token metrics depend on)."""
+    return args.full_prompts / args.n_prompts, args.full_token_prompts / max(args.n_token_prompts, 1)
+
+
 def project_cell(key: str, st: dict, wall: float, args: argparse.Namespace, rates: dict[str, float]) -> float | None:
     """GPU seconds of one extraction job of the full run (the module docstring's model), from its
     rehearsal job's ``wall`` seconds and its store ``st``; None when it cannot be projected (no
@@ -264,9 +270,8 @@ def project_cell(key: str, st: dict, wall: float, args: argparse.Namespace, rate
     if args.start_ahead:
         not_gpu += sum(float(steps.get(k) or 0.0) for k in BEFORE_CLAIM)
     overhead = max(wall - ext_s - not_gpu, 0.0)
-    scale = (
-        args.full_token_prompts / max(args.n_token_prompts, 1) if st.get("fig3") else args.full_prompts / args.n_prompts
-    )
+    scale_p, scale_t = prompt_scales(args)
+    scale = scale_t if st.get("fig3") else scale_p
     tokens = float(t.get("tokens") or 0.0)
     steady = rates.get(key.split("/")[0])
     if not steady:
@@ -377,8 +382,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         stores = read_stores(args.root)
     rates = parse_rates(args.rates)
-    scale_p = args.full_prompts / args.n_prompts
-    scale_t = args.full_token_prompts / max(args.n_token_prompts, 1)
+    scale_p, scale_t = prompt_scales(args)
 
     print("## Per rule (rehearsal)\n")
     print("| phase | jobs | total | mean | max |\n|---|---|---|---|---|")
