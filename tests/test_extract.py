@@ -37,6 +37,7 @@ def make_prompts(tokenizer, n: int, *, seed: int) -> list[dict]:
                 "n_items": 4,
                 "n_tokens": len(tokenizer(text)["input_ids"]),
                 "answer": "x",
+                "group": i,
             }
         )
     return records

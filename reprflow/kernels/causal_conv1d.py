@@ -141,9 +141,11 @@ if triton is not None:
             win = nxt + (xt,)
 
 
-#: (tokens, channels, warps) per program of :func:`causal_conv1d_silu_triton`: 8 channels per thread
-#: (16-byte loads of bf16) at 4 warps
-CONV_BLOCKS = (64, 1024, 4)
+#: (tokens, channels, warps) per program of :func:`causal_conv1d_silu_triton`: 4 channels per thread
+#: (8-byte loads of bf16) at 4 warps, 32 tokens. The fastest of seven shapes at both SSMs' sizes on an
+#: H200 (2026-12-05, ``benchmarks/conv_sweep.py``, B=16, T=2048): Mamba-2.8B 0.264 ms per layer,
+#: Mamba2-2.7B's strided input 0.365, against 0.283 and 0.386 for (64, 1024, 4) before
+CONV_BLOCKS = (32, 512, 4)
 
 
 def causal_conv1d_silu_triton(

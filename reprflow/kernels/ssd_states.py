@@ -115,9 +115,9 @@ def chunk_states_passed(
     dA_cumsum: Tensor,
     *,
     out_dtype: torch.dtype | None = None,
-    block_k: int = 32,
-    num_warps: int = 8,
-    num_stages: int = 2,
+    block_k: int = 64,
+    num_warps: int = 4,
+    num_stages: int = 3,
 ) -> Tensor:
     """The state entering each chunk: what ``_chunk_state_fwd`` then ``_state_passing_fwd`` return.
 
@@ -131,8 +131,11 @@ def chunk_states_passed(
     out_dtype : torch.dtype, optional
         dtype of the result (default: that of ``x``; the output kernel reads it so).
     block_k, num_warps, num_stages : int
-        Tokens per step of the inner loop and the launch configuration (8 warps: 127 registers
-        per thread in sm_90 SASS compiled on a CPU, warpgroup MMA, no spills; 4 warps: 241).
+        Tokens per step of the inner loop and the launch configuration. The default (64, 4, 3) was
+        the fastest of six on an H200 (2026-12-05, ``benchmarks/ssd_chunks.py --output-kernel``):
+        0.361 ms per Mamba2-2.7B layer at 16 x 2048 tokens, 0.364 at 8 x 4096, against 0.493 and
+        0.577 for (32, 8, 2) and ``mamba_ssm``'s two kernels' 0.519 and 0.512 (4 warps: 241
+        registers per thread in sm_90 SASS, no spills; 8 warps: 127).
 
     Returns
     -------

@@ -36,8 +36,9 @@ def main() -> int:
     if why:
         print(why)
         return CANNOT_CHECK
-    # tokens: a partial last block, fewer than one block, several blocks; channels: uneven, one
-    # whole block (1024), a whole block plus a partial one; widths 4 (Mamba's), 2 and 3
+    # tokens (32 per block): a partial last block, fewer than one block, several blocks; channels
+    # (512 per block): fewer than a block, two whole blocks, two plus a partial one; widths 4
+    # (Mamba's), 2 and 3
     check(2, 77, 200, 4, torch.float32, mask=True)
     check(1, 5, 40, 4, torch.float32, bias=False)
     check(1, 130, 1024, 4, torch.float32)
