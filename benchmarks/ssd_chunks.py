@@ -27,12 +27,13 @@ Usage (GPU)::
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import sys
 
 import torch
 
-from reprflow.kernels.autotune_by_size import ssd_autotuners
+from reprflow.kernels.autotune_by_size import AutotuneBySize, ssd_autotuners
 from reprflow.kernels.optional import load_mamba_ssm_triton
 from reprflow.kernels.ssd import ssd_reference
 
@@ -127,15 +128,24 @@ def output_kernel(a: dict, kernels, chunk: int, repeats: int, peak_tflops: float
     print(f"| mamba_ssm `_chunk_scan_fwd` | {ms_t:.3f} | 0 |")
     for pf, (ms_o, diff) in ours.items():
         print(f"| reprflow `chunk_scan_gluon`, prefetch_cb={pf} | {ms_o:.3f} | {diff:.1e} |")
+
+    # each candidate as the chooser runs it (reprflow/kernels/ops.py): mamba_ssm's stages tuned per
+    # size class. Raw calls would run with whatever configurations the last wrapped call left in
+    # the shared autotuners (here the 512-token check's), which made the 2026-12-05 run's
+    # fused_states and unfused rows slower than their kernels
+    def tuned(**kw):
+        return AutotuneBySize(functools.partial(ssd_combined, **kw), ssd_autotuners())
+
+    gluon, unfused, fused = tuned(), tuned(fused_states=False), tuned(output="mamba_ssm")
     small = _sub(a, 512)
     want = ssd_reference(**{k: (v.double() if torch.is_tensor(v) else v) for k, v in small.items()}, chunk_size=0)
-    err_o = rel_err(ssd_combined(chunk_size=chunk, **small), want)
+    err_o = rel_err(gluon(chunk_size=chunk, **small), want)
     err_t = rel_err(kernels.chunk_scan_combined(chunk_size=chunk, **small), want)
-    err_u = rel_err(ssd_combined(chunk_size=chunk, fused_states=False, **small), want)
-    err_s = rel_err(ssd_combined(chunk_size=chunk, output="mamba_ssm", **small), want)
-    ms_wo = median_ms(lambda: ssd_combined(chunk_size=chunk, **a), repeats)
-    ms_wu = median_ms(lambda: ssd_combined(chunk_size=chunk, fused_states=False, **a), repeats)
-    ms_ws = median_ms(lambda: ssd_combined(chunk_size=chunk, output="mamba_ssm", **a), repeats)
+    err_u = rel_err(unfused(chunk_size=chunk, **small), want)
+    err_s = rel_err(fused(chunk_size=chunk, **small), want)
+    ms_wo = median_ms(lambda: gluon(chunk_size=chunk, **a), repeats)
+    ms_wu = median_ms(lambda: unfused(chunk_size=chunk, **a), repeats)
+    ms_ws = median_ms(lambda: fused(chunk_size=chunk, **a), repeats)
     ms_wt = median_ms(lambda: kernels.chunk_scan_combined(chunk_size=chunk, **a), repeats)
     print(f"\nwhole SSD forward (the chooser's candidates): mamba_ssm {ms_wt:.3f} ms (rel err vs float64 "
           f"{err_t:.2e}); gluon (fused states + Gluon output) {ms_wo:.3f} ms ({err_o:.2e}); "
