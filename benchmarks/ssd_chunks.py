@@ -13,7 +13,8 @@ With ``--output-kernel``, instead, at the model's chunk (256): the chunk states 
 passing, ``mamba_ssm``'s two kernels against reprflow's fused ``chunk_states_passed``
 (:mod:`reprflow.kernels.ssd_states`) at six launch configurations; the output kernel alone,
 ``mamba_ssm``'s ``_chunk_scan_fwd`` against reprflow's Gluon ``chunk_scan_gluon``
-(:mod:`reprflow.kernels.ssd_chunk_scan_gluon`) on the same inputs (ms, CUDA events; their
+(:mod:`reprflow.kernels.ssd_chunk_scan_gluon`; with and without ``prefetch_cb`` and ``row_loop``)
+on the same inputs (ms, CUDA events; their
 relative difference; tensor-core and memory bounds), then the whole forward
 (``mamba_chunk_scan_combined`` against reprflow's ``ssd_combined``, with and without the fused
 states) and each against the float64 recurrence.
@@ -110,12 +111,13 @@ def output_kernel(a: dict, kernels, chunk: int, repeats: int, peak_tflops: float
     cb = _bmm_chunk_fwd(C, B, chunk, output_dtype=torch.float32)
     theirs = _chunk_scan_fwd(cb, x, dt, dA, C, st, D=a["D"])[0]
     ms_t = median_ms(lambda: _chunk_scan_fwd(cb, x, dt, dA, C, st, D=a["D"]), repeats)
-    ours = {}  # prefetch_cb -> (ms, rel diff from mamba_ssm's)
-    for pf in (True, False):
-        got = chunk_scan_gluon(cb, x, dt, dA, C, st, a["D"], prefetch_cb=pf)
+    ours = {}  # (prefetch_cb, row_loop) -> (ms, rel diff from mamba_ssm's)
+    for kw in ({"prefetch_cb": True}, {"prefetch_cb": False}, {"prefetch_cb": True, "row_loop": True},
+               {"prefetch_cb": False, "row_loop": True}):  # fmt: skip
+        got = chunk_scan_gluon(cb, x, dt, dA, C, st, a["D"], **kw)
         diff = float((got.float() - theirs.float()).norm() / theirs.float().norm())
-        ours[pf] = (
-            median_ms(lambda pf=pf: chunk_scan_gluon(cb, x, dt, dA, C, st, a["D"], prefetch_cb=pf), repeats),
+        ours[", ".join(f"{k}={v}" for k, v in kw.items())] = (
+            median_ms(lambda kw=kw: chunk_scan_gluon(cb, x, dt, dA, C, st, a["D"], **kw), repeats),
             diff,
         )
     # lower triangle of each chunk x head_dim, plus C S^T; bytes: cb once per group, x, C, states, out
@@ -126,8 +128,8 @@ def output_kernel(a: dict, kernels, chunk: int, repeats: int, peak_tflops: float
     print("| kernel | ms | rel diff from mamba_ssm's |")
     print("|---|---:|---:|")
     print(f"| mamba_ssm `_chunk_scan_fwd` | {ms_t:.3f} | 0 |")
-    for pf, (ms_o, diff) in ours.items():
-        print(f"| reprflow `chunk_scan_gluon`, prefetch_cb={pf} | {ms_o:.3f} | {diff:.1e} |")
+    for variant, (ms_o, diff) in ours.items():
+        print(f"| reprflow `chunk_scan_gluon`, {variant} | {ms_o:.3f} | {diff:.1e} |")
 
     # each candidate as the chooser runs it (reprflow/kernels/ops.py): mamba_ssm's stages tuned per
     # size class. Raw calls would run with whatever configurations the last wrapped call left in

@@ -23,6 +23,11 @@ shared memory at every step, in tiles too small to reuse what they load.
   the ``wgmma`` runs asynchronously while the next tile is scaled (one MMA in flight);
 * the epilogue adds ``D x_m`` from the ``x`` tile already in shared memory.
 
+With ``row_loop=True`` one program per ``(batch, chunk, head)`` walks the chunk's row blocks in
+turn instead: the state and the ``x`` tiles are copied once, not once per row block, and each
+next block's ``C`` rows are copied while the block before it is written (same arithmetic, same
+order: equal outputs).
+
 The arithmetic is ``mamba_ssm``'s (float32 scaling, one rounding of the scaled tile to the
 input dtype, float32 accumulation). Conventions (``mamba_ssm``'s): ``x`` (batch, n_tokens,
 heads, head_dim); ``dt`` and ``dA_cumsum`` (batch, heads, n_chunks, chunk) float32; ``cb``
@@ -107,105 +112,127 @@ if gluon is not None:
         SH_C: gl.constexpr,
         SH_S: gl.constexpr,
         PREFETCH_CB: gl.constexpr = True,  # load each C B^T tile one step ahead (registers)
+        ROW_LOOP: gl.constexpr = False,  # one program per (batch, chunk, head), all its row blocks
     ):
         BLK: gl.constexpr = 64
         N_K: gl.constexpr = CHUNK // BLK
         h = gl.program_id(0)
-        pid_m = gl.program_id(1)
         bc = gl.program_id(2)
         b = (bc // n_chunks).to(gl.int64)
         c = bc % n_chunks
         g = h // heads_per_group
         limit = gl.minimum(n_tokens - c * CHUNK, CHUNK)
-        m0 = pid_m * BLK
+        if ROW_LOOP:  # every row block of the chunk, one after the other
+            m_lo = 0
+            m_hi = N_K
+        else:  # one row block per program
+            m_lo = gl.program_id(1)
+            m_hi = m_lo + 1
         t0 = (c * CHUNK).to(gl.int64)
         x_base = x_ptr + b * s_x_b + t0 * s_x_t + h * s_x_h
         dt_base = dt_ptr + b * s_dt_b + h * s_dt_h + c * s_dt_c
         dA_base = dA_ptr + b * s_dt_b + h * s_dt_h + c * s_dt_c
         cb_base = cb_ptr + b * s_cb_b + c * s_cb_c + g * s_cb_g
+        C_base = C_ptr + b * s_C_b + g * s_C_g + t0 * s_C_t
 
         x_s = gl.allocate_shared_memory(x_ptr.dtype.element_ty, [N_K, BLK, HDIM], SH_X)
         c_s = gl.allocate_shared_memory(C_ptr.dtype.element_ty, [BLK, DSTATE], SH_C)
         s_s = gl.allocate_shared_memory(st_ptr.dtype.element_ty, [HDIM, DSTATE], SH_S)
+        # the scaled C B^T tiles take turns in two buffers laid over C's, free once the state
+        # part's (synchronous) MMA is done: tile kb overwrites tile kb - 2's, whose MMA the wait in
+        # the key loop left complete
+        if DSTATE >= 2 * BLK:
+            a_s = c_s._reinterpret(x_ptr.dtype.element_ty, [2, BLK, BLK], SH_A)
+        else:  # C's buffer is smaller than two tiles
+            a_s = gl.allocate_shared_memory(x_ptr.dtype.element_ty, [2, BLK, BLK], SH_A)
 
-        # group 1: this block's C rows and the head's incoming state
-        rc = m0 + gl.arange(0, BLK, layout=gl.SliceLayout(1, CP_C))
+        # group 1: the first block's C rows and the head's incoming state
+        rc = gl.arange(0, BLK, layout=gl.SliceLayout(1, CP_C))
         nc = gl.arange(0, DSTATE, layout=gl.SliceLayout(0, CP_C))
-        c_src = C_ptr + b * s_C_b + g * s_C_g + gl.expand_dims(t0 + rc, 1) * s_C_t + gl.expand_dims(nc, 0)
-        async_copy.async_copy_global_to_shared(c_s, c_src, mask=gl.expand_dims(rc < limit, 1))
+        c_src = C_base + gl.expand_dims(m_lo * BLK + rc, 1) * s_C_t + gl.expand_dims(nc, 0)
+        async_copy.async_copy_global_to_shared(c_s, c_src, mask=gl.expand_dims(m_lo * BLK + rc < limit, 1))
         ps = gl.arange(0, HDIM, layout=gl.SliceLayout(1, CP_S))
         ns = gl.arange(0, DSTATE, layout=gl.SliceLayout(0, CP_S))
         s_src = st_ptr + b * s_st_b + c * s_st_c + h * s_st_h + gl.expand_dims(ps, 1) * DSTATE + gl.expand_dims(ns, 0)
         async_copy.async_copy_global_to_shared(s_s, s_src)
         async_copy.commit_group()
-        # group 2: the x tiles of keys 0 .. m0 + BLK - 1 (rows past the sequence read as zeros)
+        # group 2: the x tiles of keys 0 .. m_hi * BLK - 1 (rows past the sequence read as zeros),
+        # each loaded once for every row block of the program
         rx = gl.arange(0, BLK, layout=gl.SliceLayout(1, CP_X))
         px = gl.arange(0, HDIM, layout=gl.SliceLayout(0, CP_X))
-        for kb in range(0, pid_m + 1):
+        for kb in range(0, m_hi):
             r = kb * BLK + rx
             x_src = x_base + gl.expand_dims(r, 1) * s_x_t + gl.expand_dims(px, 0)
             async_copy.async_copy_global_to_shared(x_s.index(kb), x_src, mask=gl.expand_dims(r < limit, 1))
         async_copy.commit_group()
-        # this block's rows of C B^T; with PREFETCH_CB the first key tile is loaded now, and each
-        # later one while the tile before it is scaled and multiplied
-        offs_m = m0 + gl.arange(0, BLK, layout=gl.SliceLayout(1, TILE))
+
         k_ar = gl.arange(0, BLK, layout=gl.SliceLayout(0, TILE))
-        cb_rows = cb_base + gl.expand_dims(offs_m, 1) * s_cb_m
-        if PREFETCH_CB:
-            w_nxt = gl.load(cb_rows + gl.expand_dims(k_ar, 0))
-
-        # the state part: exp(dA_m) * (C_m @ S^T), on wgmma once group 1 has landed
-        async_copy.wait_group(1)
-        fence_async_shared()
-        gl.thread_barrier()
-        acc = gl.zeros([BLK, HDIM], gl.float32, layout=MMA)
-        acc = warpgroup_mma(c_s, s_s.permute((1, 0)), acc)
-        dA_rows = gl.load(dA_base + m0 + gl.arange(0, BLK, layout=gl.SliceLayout(1, MMA)))
-        acc = acc * gl.expand_dims(gl.exp(dA_rows), 1)
-
-        # the chunk part: sum over key tiles of (C B^T scaled, masked) @ x. The scaled tiles take
-        # turns in two buffers laid over C's, free once the state part's (synchronous) MMA is done:
-        # tile kb overwrites tile kb - 2's, whose MMA the wait below left complete
-        if DSTATE >= 2 * BLK:
-            a_s = c_s._reinterpret(x_ptr.dtype.element_ty, [2, BLK, BLK], SH_A)
-        else:  # C's buffer is smaller than two tiles
-            a_s = gl.allocate_shared_memory(x_ptr.dtype.element_ty, [2, BLK, BLK], SH_A)
-        dA_m = gl.load(dA_base + offs_m)
-        async_copy.wait_group(0)
-        fence_async_shared()
-        gl.thread_barrier()
-        for kb in range(0, pid_m + 1):
-            offs_k = kb * BLK + k_ar
+        rows_ar = gl.arange(0, BLK, layout=gl.SliceLayout(1, MMA))
+        cols = gl.arange(0, HDIM, layout=gl.SliceLayout(0, MMA))
+        for pid_m in range(m_lo, m_hi):
+            m0 = pid_m * BLK
+            # this block's rows of C B^T; with PREFETCH_CB the first key tile is loaded now, and
+            # each later one while the tile before it is scaled and multiplied
+            offs_m = m0 + gl.arange(0, BLK, layout=gl.SliceLayout(1, TILE))
+            cb_rows = cb_base + gl.expand_dims(offs_m, 1) * s_cb_m
             if PREFETCH_CB:
-                w = w_nxt
-                k_next = gl.minimum(kb + 1, pid_m) * BLK + k_ar  # the last iteration re-reads its own tile
-                w_nxt = gl.load(cb_rows + gl.expand_dims(k_next, 0))
+                w_nxt = gl.load(cb_rows + gl.expand_dims(k_ar, 0))
+
+            # the state part: exp(dA_m) * (C_m @ S^T), on wgmma once this block's C rows (and, for
+            # the first block, the state) have landed; the first block's x tiles may still be in flight
+            if pid_m == m_lo:
+                async_copy.wait_group(1)
             else:
-                w = gl.load(cb_rows + gl.expand_dims(offs_k, 0))
-            dA_k = gl.load(dA_base + offs_k)
-            dt_k = gl.load(dt_base + offs_k)
-            w = w * gl.exp(gl.minimum(gl.expand_dims(dA_m, 1) - gl.expand_dims(dA_k, 0), 0.0))
-            w = w * gl.expand_dims(dt_k, 0)
-            w = gl.where(gl.expand_dims(offs_m, 1) >= gl.expand_dims(offs_k, 0), w, 0.0)
-            a_kb = a_s.index(kb % 2)
-            a_kb.store(w.to(x_ptr.dtype.element_ty))
+                async_copy.wait_group(0)
             fence_async_shared()
             gl.thread_barrier()
-            acc = warpgroup_mma(a_kb, x_s.index(kb), acc, is_async=True)
-            acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
-        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+            acc = gl.zeros([BLK, HDIM], gl.float32, layout=MMA)
+            acc = warpgroup_mma(c_s, s_s.permute((1, 0)), acc)
+            dA_rows = gl.load(dA_base + m0 + rows_ar)
+            acc = acc * gl.expand_dims(gl.exp(dA_rows), 1)
 
-        rows = m0 + gl.arange(0, BLK, layout=gl.SliceLayout(1, MMA))
-        cols = gl.arange(0, HDIM, layout=gl.SliceLayout(0, MMA))
-        if HAS_D:  # + D x_m, x_m from the diagonal tile already in shared memory
-            x_m = x_s.index(pid_m).load(MMA).to(gl.float32)
-            if D_HAS_HDIM:
-                d = gl.load(D_ptr + h * s_D_h + cols).to(gl.float32)
-                acc = acc + x_m * gl.expand_dims(d, 0)
-            else:
-                acc = acc + x_m * gl.load(D_ptr + h * s_D_h).to(gl.float32)
-        o = out_ptr + b * s_o_b + h * s_o_h + gl.expand_dims(t0 + rows, 1) * s_o_t + gl.expand_dims(cols, 0)
-        gl.store(o, acc.to(out_ptr.dtype.element_ty), mask=gl.expand_dims(rows < limit, 1))
+            # the chunk part: sum over key tiles of (C B^T scaled, masked) @ x
+            dA_m = gl.load(dA_base + offs_m)
+            async_copy.wait_group(0)
+            fence_async_shared()
+            gl.thread_barrier()
+            for kb in range(0, pid_m + 1):
+                offs_k = kb * BLK + k_ar
+                if PREFETCH_CB:
+                    w = w_nxt
+                    k_next = gl.minimum(kb + 1, pid_m) * BLK + k_ar  # the last iteration re-reads its own tile
+                    w_nxt = gl.load(cb_rows + gl.expand_dims(k_next, 0))
+                else:
+                    w = gl.load(cb_rows + gl.expand_dims(offs_k, 0))
+                dA_k = gl.load(dA_base + offs_k)
+                dt_k = gl.load(dt_base + offs_k)
+                w = w * gl.exp(gl.minimum(gl.expand_dims(dA_m, 1) - gl.expand_dims(dA_k, 0), 0.0))
+                w = w * gl.expand_dims(dt_k, 0)
+                w = gl.where(gl.expand_dims(offs_m, 1) >= gl.expand_dims(offs_k, 0), w, 0.0)
+                a_kb = a_s.index(kb % 2)
+                a_kb.store(w.to(x_ptr.dtype.element_ty))
+                fence_async_shared()
+                gl.thread_barrier()
+                acc = warpgroup_mma(a_kb, x_s.index(kb), acc, is_async=True)
+                acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
+            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+
+            if pid_m + 1 < m_hi:  # the next block's C rows, into C's buffer (its MMAs are done)
+                gl.thread_barrier()
+                c_src = C_base + gl.expand_dims(m0 + BLK + rc, 1) * s_C_t + gl.expand_dims(nc, 0)
+                async_copy.async_copy_global_to_shared(c_s, c_src, mask=gl.expand_dims(m0 + BLK + rc < limit, 1))
+                async_copy.commit_group()
+
+            rows = m0 + rows_ar
+            if HAS_D:  # + D x_m, x_m from the diagonal tile already in shared memory
+                x_m = x_s.index(pid_m).load(MMA).to(gl.float32)
+                if D_HAS_HDIM:
+                    d = gl.load(D_ptr + h * s_D_h + cols).to(gl.float32)
+                    acc = acc + x_m * gl.expand_dims(d, 0)
+                else:
+                    acc = acc + x_m * gl.load(D_ptr + h * s_D_h).to(gl.float32)
+            o = out_ptr + b * s_o_b + h * s_o_h + gl.expand_dims(t0 + rows, 1) * s_o_t + gl.expand_dims(cols, 0)
+            gl.store(o, acc.to(out_ptr.dtype.element_ty), mask=gl.expand_dims(rows < limit, 1))
 
 
 def ssd_gluon_available(device: torch.device) -> bool:
@@ -239,6 +266,7 @@ def chunk_scan_gluon(
     D: Tensor | None = None,
     *,
     prefetch_cb: bool = True,
+    row_loop: bool = False,
 ) -> Tensor:
     """Each token's SSD output from its chunk's incoming state and the chunk's earlier tokens.
 
@@ -255,6 +283,12 @@ def chunk_scan_gluon(
     D : Tensor of shape (heads,) or (heads, head_dim), optional
     prefetch_cb : bool
         Load each ``C B^T`` tile one key step ahead, into registers (default), or where it is used.
+    row_loop : bool
+        One program per (batch, chunk, head) walks the chunk's row blocks in turn, loading the
+        head's state and each ``x`` tile once (at Mamba2-2.7B's sizes a quarter of the state's and
+        40% of ``x``'s reads from L2 of one program per row block, about a quarter of the kernel's
+        L2 traffic), with each next block's ``C`` rows copied while the block before it is
+        written; otherwise (default) one program per row block.
 
     Returns
     -------
@@ -283,7 +317,7 @@ def chunk_scan_gluon(
     mma = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, head_dim, 16])
     if D is not None:
         D = D.float().contiguous()
-    grid = (heads, chunk // BM, batch * n_chunks)
+    grid = (heads, 1 if row_loop else chunk // BM, batch * n_chunks)
     _ssd_chunk_scan_kernel[grid](
         cb, x, out, dt, dA_cumsum, C, states, D if D is not None else dt,
         n_tokens, n_chunks, heads // groups,
@@ -306,6 +340,7 @@ def chunk_scan_gluon(
         SH_C=gl.NVMMASharedLayout.get_default_for([BM, d_state], el),
         SH_S=gl.NVMMASharedLayout.get_default_for([head_dim, d_state], el),
         PREFETCH_CB=prefetch_cb,
+        ROW_LOOP=row_loop,
         num_warps=4,
     )  # fmt: skip
     return out

@@ -77,22 +77,15 @@ def test_ssd_combined_is_as_close_to_float64_as_mamba_ssm(shape):
     assert _rel(got, want) <= 1.1 * _rel(theirs, want) + 1e-6, (_rel(got, want), _rel(theirs, want))
 
 
-@pytest.mark.parametrize("shape", SHAPES[:2])
-@pytest.mark.parametrize("d_per_channel", [False, True])
-@pytest.mark.parametrize("prefetch_cb", [True, False])
-def test_output_kernel_matches_mamba_ssm_on_the_same_inputs(shape, d_per_channel, prefetch_cb):
-    """Same float32 scaling and one rounding of the scaled tile: the outputs agree to bf16 rounding."""
+def _output_inputs(shape, *, seed=1):
+    """mamba_ssm's first four SSD stages on random inputs: (cb, x, dt, dA, C, states, D), the output
+    kernel's arguments."""
     from mamba_ssm.ops.triton.ssd_bmm import _bmm_chunk_fwd
-    from mamba_ssm.ops.triton.ssd_chunk_scan import _chunk_scan_fwd
     from mamba_ssm.ops.triton.ssd_chunk_state import _chunk_cumsum_fwd, _chunk_state_fwd
     from mamba_ssm.ops.triton.ssd_state_passing import _state_passing_fwd
 
-    from reprflow.kernels.ssd_chunk_scan_gluon import chunk_scan_gluon
-
-    _kernels()
     batch, n_tokens, heads, groups, head_dim, d_state, chunk = shape
-    a = _inputs(batch, n_tokens, heads, groups, head_dim, d_state, torch.bfloat16, seed=1)
-    D = torch.randn(heads, head_dim, device="cuda") if d_per_channel else a["D"]
+    a = _inputs(batch, n_tokens, heads, groups, head_dim, d_state, torch.bfloat16, seed=seed)
     x, B, C = a["x"], a["B"].contiguous(), a["C"].contiguous()
     dA, dt = _chunk_cumsum_fwd(a["dt"], a["A"], chunk, dt_bias=a["dt_bias"], dt_softplus=True)
     st = _chunk_state_fwd(B, x, dt, dA, states_in_fp32=True)
@@ -100,10 +93,43 @@ def test_output_kernel_matches_mamba_ssm_on_the_same_inputs(shape, d_per_channel
     st, _ = _state_passing_fwd(st.view(batch, n_chunks, heads, -1), dA[:, :, :, -1], out_dtype=C.dtype)
     st = st.view(batch, n_chunks, heads, head_dim, d_state)
     cb = _bmm_chunk_fwd(C, B, chunk, output_dtype=torch.float32)
+    return cb, x, dt, dA, C, st, a["D"]
+
+
+@pytest.mark.parametrize("shape", SHAPES[:2])
+@pytest.mark.parametrize("d_per_channel", [False, True])
+@pytest.mark.parametrize("prefetch_cb", [True, False])
+def test_output_kernel_matches_mamba_ssm_on_the_same_inputs(shape, d_per_channel, prefetch_cb):
+    """Same float32 scaling and one rounding of the scaled tile: the outputs agree to bf16 rounding."""
+    from mamba_ssm.ops.triton.ssd_chunk_scan import _chunk_scan_fwd
+
+    from reprflow.kernels.ssd_chunk_scan_gluon import chunk_scan_gluon
+
+    _kernels()
+    cb, x, dt, dA, C, st, D = _output_inputs(shape)
+    if d_per_channel:
+        D = torch.randn(*x.shape[2:], device="cuda")
     theirs = _chunk_scan_fwd(cb, x, dt, dA, C, st, D=D)[0].float()
     ours = chunk_scan_gluon(cb, x, dt, dA, C, st, D, prefetch_cb=prefetch_cb).float()
     assert ours.shape == theirs.shape
     assert float((ours - theirs).norm() / theirs.norm()) < 1e-2
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("prefetch_cb", [True, False])
+def test_row_loop_gives_the_values_of_one_program_per_row_block(shape, prefetch_cb):
+    """row_loop=True (one program per chunk and head walking its row blocks, the state and x tiles
+    loaded once, each next block's C rows copied during the previous block's writes) runs the same
+    arithmetic in the same order: equal outputs, bit for bit, partial chunks and one-block chunks
+    (chunk 64) included."""
+    from reprflow.kernels.ssd_chunk_scan_gluon import chunk_scan_gluon
+
+    _kernels()
+    args = _output_inputs(shape, seed=2)
+    per_block = chunk_scan_gluon(*args, prefetch_cb=prefetch_cb)
+    walked = chunk_scan_gluon(*args, prefetch_cb=prefetch_cb, row_loop=True)
+    assert torch.isfinite(walked).all()
+    assert torch.equal(walked, per_block)
 
 
 def test_fallbacks_are_mamba_ssm_exactly():
