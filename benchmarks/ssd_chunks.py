@@ -13,7 +13,7 @@ With ``--output-kernel``, instead, at the model's chunk (256): the chunk states 
 passing, ``mamba_ssm``'s two kernels against reprflow's fused ``chunk_states_passed``
 (:mod:`reprflow.kernels.ssd_states`) at six launch configurations; the output kernel alone,
 ``mamba_ssm``'s ``_chunk_scan_fwd`` against reprflow's Gluon ``chunk_scan_gluon``
-(:mod:`reprflow.kernels.ssd_chunk_scan_gluon`; with and without ``prefetch_cb`` and ``row_loop``)
+(:mod:`reprflow.kernels.ssd_chunk_scan_gluon`; with and without ``prefetch_cb``, ``row_loop`` and ``head_pair``)
 on the same inputs (ms, CUDA events; their
 relative difference; tensor-core and memory bounds), then the whole forward
 (``mamba_chunk_scan_combined`` against reprflow's ``ssd_combined``, with and without the fused
@@ -112,8 +112,15 @@ def output_kernel(a: dict, kernels, chunk: int, repeats: int, peak_tflops: float
     theirs = _chunk_scan_fwd(cb, x, dt, dA, C, st, D=a["D"])[0]
     ms_t = median_ms(lambda: _chunk_scan_fwd(cb, x, dt, dA, C, st, D=a["D"]), repeats)
     ours = {}  # (prefetch_cb, row_loop) -> (ms, rel diff from mamba_ssm's)
-    for kw in ({"prefetch_cb": True}, {"prefetch_cb": False}, {"prefetch_cb": True, "row_loop": True},
-               {"prefetch_cb": False, "row_loop": True}):  # fmt: skip
+    for kw in (
+        {"prefetch_cb": True},
+        {"prefetch_cb": False},
+        {"prefetch_cb": True, "row_loop": True},
+        {"prefetch_cb": False, "row_loop": True},
+        {"prefetch_cb": True, "head_pair": True},
+        {"prefetch_cb": False, "head_pair": True},
+        {"prefetch_cb": False, "row_loop": True, "head_pair": True},
+    ):
         got = chunk_scan_gluon(cb, x, dt, dA, C, st, a["D"], **kw)
         diff = float((got.float() - theirs.float()).norm() / theirs.float().norm())
         ours[", ".join(f"{k}={v}" for k, v in kw.items())] = (

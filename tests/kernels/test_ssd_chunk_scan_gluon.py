@@ -117,19 +117,26 @@ def test_output_kernel_matches_mamba_ssm_on_the_same_inputs(shape, d_per_channel
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("prefetch_cb", [True, False])
-def test_row_loop_gives_the_values_of_one_program_per_row_block(shape, prefetch_cb):
-    """row_loop=True (one program per chunk and head walking its row blocks, the state and x tiles
-    loaded once, each next block's C rows copied during the previous block's writes) runs the same
+@pytest.mark.parametrize("row_loop, head_pair", [(True, False), (False, True), (True, True)])
+def test_program_shapes_give_the_values_of_one_program_per_row_block(shape, prefetch_cb, row_loop, head_pair):
+    """row_loop (one program walking a chunk's row blocks, the state and x tiles loaded once, each
+    next block's C rows copied during the previous block's writes) and head_pair (two heads of a
+    group per program, each raw C B^T tile and the C rows loaded once for both) run the same
     arithmetic in the same order: equal outputs, bit for bit, partial chunks and one-block chunks
-    (chunk 64) included."""
+    (chunk 64) included. An odd number of heads per group is refused, naming head_pair."""
     from reprflow.kernels.ssd_chunk_scan_gluon import chunk_scan_gluon
 
     _kernels()
+    batch, n_tokens, heads, groups, head_dim, d_state, chunk = shape
     args = _output_inputs(shape, seed=2)
     per_block = chunk_scan_gluon(*args, prefetch_cb=prefetch_cb)
-    walked = chunk_scan_gluon(*args, prefetch_cb=prefetch_cb, row_loop=True)
-    assert torch.isfinite(walked).all()
-    assert torch.equal(walked, per_block)
+    if head_pair and (heads // groups) % 2:
+        with pytest.raises(ValueError, match="head_pair"):
+            chunk_scan_gluon(*args, prefetch_cb=prefetch_cb, row_loop=row_loop, head_pair=head_pair)
+        return
+    other = chunk_scan_gluon(*args, prefetch_cb=prefetch_cb, row_loop=row_loop, head_pair=head_pair)
+    assert torch.isfinite(other).all()
+    assert torch.equal(other, per_block)
 
 
 def test_fallbacks_are_mamba_ssm_exactly():
