@@ -82,24 +82,18 @@ def test_ssd_combined_is_as_close_to_float64_as_mamba_ssm(shape):
 @pytest.mark.parametrize("prefetch_cb", [True, False])
 def test_output_kernel_matches_mamba_ssm_on_the_same_inputs(shape, d_per_channel, prefetch_cb):
     """Same float32 scaling and one rounding of the scaled tile: the outputs agree to bf16 rounding."""
-    from mamba_ssm.ops.triton.ssd_bmm import _bmm_chunk_fwd
     from mamba_ssm.ops.triton.ssd_chunk_scan import _chunk_scan_fwd
-    from mamba_ssm.ops.triton.ssd_chunk_state import _chunk_cumsum_fwd, _chunk_state_fwd
-    from mamba_ssm.ops.triton.ssd_state_passing import _state_passing_fwd
 
     from reprflow.kernels.ssd_chunk_scan_gluon import chunk_scan_gluon
+    from reprflow.kernels.ssd_pipeline import ssd_stages
 
     _kernels()
     batch, n_tokens, heads, groups, head_dim, d_state, chunk = shape
     a = _inputs(batch, n_tokens, heads, groups, head_dim, d_state, torch.bfloat16, seed=1)
     D = torch.randn(heads, head_dim, device="cuda") if d_per_channel else a["D"]
-    x, B, C = a["x"], a["B"].contiguous(), a["C"].contiguous()
-    dA, dt = _chunk_cumsum_fwd(a["dt"], a["A"], chunk, dt_bias=a["dt_bias"], dt_softplus=True)
-    st = _chunk_state_fwd(B, x, dt, dA, states_in_fp32=True)
-    n_chunks = st.shape[1]
-    st, _ = _state_passing_fwd(st.view(batch, n_chunks, heads, -1), dA[:, :, :, -1], out_dtype=C.dtype)
-    st = st.view(batch, n_chunks, heads, head_dim, d_state)
-    cb = _bmm_chunk_fwd(C, B, chunk, output_dtype=torch.float32)
+    x, C, cb, dt, dA, st = ssd_stages(
+        a["x"], a["dt"], a["A"], a["B"], a["C"], chunk, dt_bias=a["dt_bias"], dt_softplus=True, fused_states=False
+    )
     theirs = _chunk_scan_fwd(cb, x, dt, dA, C, st, D=D)[0].float()
     ours = chunk_scan_gluon(cb, x, dt, dA, C, st, D, prefetch_cb=prefetch_cb).float()
     assert ours.shape == theirs.shape
