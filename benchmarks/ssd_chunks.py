@@ -93,25 +93,19 @@ def best_configs() -> dict[str, str]:
 
 def output_kernel(a: dict, kernels, chunk: int, repeats: int, peak_tflops: float, hbm_bytes_per_s: float) -> None:
     """Print mamba_ssm's _chunk_scan_fwd against chunk_scan_gluon on the same inputs, then the whole SSD."""
-    from mamba_ssm.ops.triton.ssd_bmm import _bmm_chunk_fwd
     from mamba_ssm.ops.triton.ssd_chunk_scan import _chunk_scan_fwd
-    from mamba_ssm.ops.triton.ssd_chunk_state import _chunk_cumsum_fwd, _chunk_state_fwd
-    from mamba_ssm.ops.triton.ssd_state_passing import _state_passing_fwd
 
     from reprflow.kernels.ssd_chunk_scan_gluon import chunk_scan_gluon
-    from reprflow.kernels.ssd_pipeline import ssd_combined
+    from reprflow.kernels.ssd_pipeline import ssd_combined, ssd_stages
 
-    x, B, C = a["x"], a["B"].contiguous(), a["C"].contiguous()
+    x, C, cb, dt, dA, st = ssd_stages(
+        a["x"], a["dt"], a["A"], a["B"], a["C"], chunk, dt_bias=a["dt_bias"], dt_softplus=True, fused_states=False
+    )
     batch, n_tokens, heads, head_dim = x.shape
-    dA, dt = _chunk_cumsum_fwd(a["dt"], a["A"], chunk, dt_bias=a["dt_bias"], dt_softplus=True)
-    st = _chunk_state_fwd(B, x, dt, dA, states_in_fp32=True)
     n_chunks = st.shape[1]
-    st, _ = _state_passing_fwd(st.view(batch, n_chunks, heads, -1), dA[:, :, :, -1], out_dtype=C.dtype)
-    st = st.view(batch, n_chunks, heads, head_dim, STATES)
-    cb = _bmm_chunk_fwd(C, B, chunk, output_dtype=torch.float32)
     theirs = _chunk_scan_fwd(cb, x, dt, dA, C, st, D=a["D"])[0]
     ms_t = median_ms(lambda: _chunk_scan_fwd(cb, x, dt, dA, C, st, D=a["D"]), repeats)
-    ours = {}  # (prefetch_cb, row_loop) -> (ms, rel diff from mamba_ssm's)
+    ours = {}  # variant -> (ms, rel diff from mamba_ssm's)
     for kw in (
         {"prefetch_cb": True},
         {"prefetch_cb": False},

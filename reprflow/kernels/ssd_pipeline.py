@@ -21,10 +21,72 @@ float64 check. What the replacements do not take (autograd, dtypes other than bf
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 from torch import Tensor
 
-__all__ = ["ssd_combined"]
+__all__ = ["SsdStages", "ssd_combined", "ssd_stages"]
+
+
+class SsdStages(NamedTuple):
+    """What the SSD's output kernel reads (``mamba_ssm``'s conventions).
+
+    ``x`` (batch, n_tokens, heads, head_dim) and ``C`` (batch, n_tokens, groups, d_state) with unit
+    stride on their last axis; ``cb`` (batch, n_chunks, groups, chunk, chunk) float32, ``C_m . B_k``
+    within each chunk; ``dt`` (after bias and softplus) and ``dA_cumsum`` (batch, heads, n_chunks,
+    chunk) float32; ``states`` (batch, n_chunks, heads, head_dim, d_state) in ``C``'s dtype, the
+    state entering each chunk.
+    """
+
+    x: Tensor
+    C: Tensor
+    cb: Tensor
+    dt: Tensor
+    dA_cumsum: Tensor
+    states: Tensor
+
+
+def ssd_stages(
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    chunk_size: int,
+    dt_bias: Tensor | None = None,
+    dt_softplus: bool = False,
+    dt_limit: tuple[float, float] = (0.0, float("inf")),
+    *,
+    fused_states: bool = True,
+) -> SsdStages:
+    """The SSD's stages before its output kernel: ``mamba_ssm``'s chunk cumsum and ``C B^T``, and
+    the chunk states passed between chunks by reprflow's one kernel (``fused_states``; a power-of-two
+    ``d_state`` in 16..256, ``head_dim`` >= 16) or by ``mamba_ssm``'s two. Arguments as for
+    :func:`ssd_combined`; inference only (no autograd)."""
+    import torch
+    from mamba_ssm.ops.triton.ssd_bmm import _bmm_chunk_fwd
+    from mamba_ssm.ops.triton.ssd_chunk_state import _chunk_cumsum_fwd, _chunk_state_fwd
+    from mamba_ssm.ops.triton.ssd_state_passing import _state_passing_fwd
+
+    from reprflow.kernels.ssd_states import chunk_states_passed
+
+    batch, n_tokens, heads, head_dim = x.shape
+    d_state = B.shape[-1]
+    B = B if B.stride(-1) == 1 else B.contiguous()
+    C = C if C.stride(-1) == 1 else C.contiguous()
+    x = x if x.stride(-1) == 1 else x.contiguous()
+    dA_cumsum, dt_c = _chunk_cumsum_fwd(dt, A, chunk_size, dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=dt_limit)
+    if fused_states:
+        states = chunk_states_passed(x, B, dt_c, dA_cumsum, out_dtype=C.dtype)
+    else:
+        states = _chunk_state_fwd(B, x, dt_c, dA_cumsum, states_in_fp32=True)
+        n_chunks = math.ceil(n_tokens / chunk_size)
+        states, _ = _state_passing_fwd(
+            states.view(batch, n_chunks, heads, head_dim * d_state), dA_cumsum[:, :, :, -1], out_dtype=C.dtype
+        )
+        states = states.view(batch, n_chunks, heads, head_dim, d_state)
+    cb = _bmm_chunk_fwd(C, B, chunk_size, output_dtype=torch.float32)
+    return SsdStages(x, C, cb, dt_c, dA_cumsum, states)
 
 
 def ssd_combined(
@@ -78,28 +140,20 @@ def ssd_combined(
         return mamba_chunk_scan_combined(
             x, dt, A, B, C, chunk_size, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=dt_limit
         )
-    from mamba_ssm.ops.triton.ssd_bmm import _bmm_chunk_fwd
     from mamba_ssm.ops.triton.ssd_chunk_scan import _chunk_scan_fwd
-    from mamba_ssm.ops.triton.ssd_chunk_state import _chunk_cumsum_fwd, _chunk_state_fwd
-    from mamba_ssm.ops.triton.ssd_state_passing import _state_passing_fwd
 
-    from reprflow.kernels.ssd_states import chunk_states_passed
-
-    batch, n_tokens, heads, head_dim = x.shape
-    B = B if B.stride(-1) == 1 else B.contiguous()
-    C = C if C.stride(-1) == 1 else C.contiguous()
-    x = x if x.stride(-1) == 1 else x.contiguous()
-    dA_cumsum, dt_c = _chunk_cumsum_fwd(dt, A, chunk_size, dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=dt_limit)
-    if fused_states:
-        states = chunk_states_passed(x, B, dt_c, dA_cumsum, out_dtype=C.dtype)
-    else:
-        states = _chunk_state_fwd(B, x, dt_c, dA_cumsum, states_in_fp32=True)
-        n_chunks = math.ceil(n_tokens / chunk_size)
-        states, _ = _state_passing_fwd(
-            states.view(batch, n_chunks, heads, head_dim * d_state), dA_cumsum[:, :, :, -1], out_dtype=C.dtype
-        )
-        states = states.view(batch, n_chunks, heads, head_dim, d_state)
-    cb = _bmm_chunk_fwd(C, B, chunk_size, output_dtype=torch.float32)
+    st = ssd_stages(
+        x,
+        dt,
+        A,
+        B,
+        C,
+        chunk_size,
+        dt_bias=dt_bias,
+        dt_softplus=dt_softplus,
+        dt_limit=dt_limit,
+        fused_states=fused_states,
+    )
     if output == "gluon":
-        return chunk_scan_gluon(cb, x, dt_c, dA_cumsum, C, states, D)
-    return _chunk_scan_fwd(cb, x, dt_c, dA_cumsum, C, states, D=D, z=z)[0]
+        return chunk_scan_gluon(st.cb, st.x, st.dt, st.dA_cumsum, st.C, st.states, D)
+    return _chunk_scan_fwd(st.cb, st.x, st.dt, st.dA_cumsum, st.C, st.states, D=D, z=z)[0]

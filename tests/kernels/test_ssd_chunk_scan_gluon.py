@@ -78,21 +78,14 @@ def test_ssd_combined_is_as_close_to_float64_as_mamba_ssm(shape):
 
 
 def _output_inputs(shape, *, seed=1):
-    """mamba_ssm's first four SSD stages on random inputs: (cb, x, dt, dA, C, states, D), the output
-    kernel's arguments."""
-    from mamba_ssm.ops.triton.ssd_bmm import _bmm_chunk_fwd
-    from mamba_ssm.ops.triton.ssd_chunk_state import _chunk_cumsum_fwd, _chunk_state_fwd
-    from mamba_ssm.ops.triton.ssd_state_passing import _state_passing_fwd
+    """The output kernel's arguments (cb, x, dt, dA, C, states, D) from mamba_ssm's stages on random inputs."""
+    from reprflow.kernels.ssd_pipeline import ssd_stages
 
-    batch, n_tokens, heads, groups, head_dim, d_state, chunk = shape
-    a = _inputs(batch, n_tokens, heads, groups, head_dim, d_state, torch.bfloat16, seed=seed)
-    x, B, C = a["x"], a["B"].contiguous(), a["C"].contiguous()
-    dA, dt = _chunk_cumsum_fwd(a["dt"], a["A"], chunk, dt_bias=a["dt_bias"], dt_softplus=True)
-    st = _chunk_state_fwd(B, x, dt, dA, states_in_fp32=True)
-    n_chunks = st.shape[1]
-    st, _ = _state_passing_fwd(st.view(batch, n_chunks, heads, -1), dA[:, :, :, -1], out_dtype=C.dtype)
-    st = st.view(batch, n_chunks, heads, head_dim, d_state)
-    cb = _bmm_chunk_fwd(C, B, chunk, output_dtype=torch.float32)
+    *dims, chunk = shape
+    a = _inputs(*dims, torch.bfloat16, seed=seed)
+    x, C, cb, dt, dA, st = ssd_stages(
+        a["x"], a["dt"], a["A"], a["B"], a["C"], chunk, dt_bias=a["dt_bias"], dt_softplus=True, fused_states=False
+    )
     return cb, x, dt, dA, C, st, a["D"]
 
 
