@@ -78,9 +78,11 @@ class AutotuneBySize:
     -----
     Before each call every autotuner's ``cache`` (autotune key -> chosen ``triton.Config``) is
     replaced by the one saved for the call's size class (read from the disk cache, or empty for
-    a new class, so the call tunes); after it, the caches are saved for the class, and a class
-    this process tuned is written to the disk cache. The swap is a few dict operations per call
-    (5.6 us, measured on a CPU). Tuning a new class benchmarks each kernel's configurations once
+    a new class, so the call tunes); after it, the caches are saved for the class, a class this
+    process tuned is written to the disk cache, and the caches are put back as they were: a call
+    to the same kernels outside the wrapper (``mamba_ssm`` called directly, or another wrapper's
+    function) runs with its own configurations, never with the last wrapped call's. The swap is a
+    few dict operations per call (5.6 us one way, measured on a CPU). Tuning a new class benchmarks each kernel's configurations once
     (seconds, once per class and run). Not thread-safe: one process drives one GPU from one
     thread, as reprflow does.
     """
@@ -114,12 +116,18 @@ class AutotuneBySize:
             x: Tensor = args[0] if args else kwargs[self.tensor_arg]
             disk_key = f"autotune {self._name} | {key[1:]} | configs {self._configs_digest} | {kernel_cache.identity(x.device)}"
             saved = self._restore(kernel_cache.read_entries(path).get(disk_key))
+        outside = [dict(t.cache) for t in self.autotuners]
         for i, tuner in enumerate(self.autotuners):
             tuner.cache.clear()
             if saved is not None:
                 tuner.cache.update(saved[i])
-        out = self.fn(*args, **kwargs)
-        self.saved[key] = [dict(t.cache) for t in self.autotuners]
+        try:
+            out = self.fn(*args, **kwargs)
+            self.saved[key] = [dict(t.cache) for t in self.autotuners]
+        finally:  # callers outside the wrapper keep their own configurations
+            for tuner, cache in zip(self.autotuners, outside):
+                tuner.cache.clear()
+                tuner.cache.update(cache)
         tuned = saved is None or any(set(now) != set(was) for now, was in zip(self.saved[key], saved))
         if disk_key is not None and tuned:  # tuned here: keep it for the next process
             kernel_cache.write_entry(path, disk_key, self._entry(self.saved[key]))

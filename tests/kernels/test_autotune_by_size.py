@@ -62,6 +62,28 @@ def test_by_size_tunes_each_size_class_at_its_own_size_and_restores_it(monkeypat
     assert ssd.size_class((torch.empty(2, 2048),), {}) == ("cpu", "small")
 
 
+def test_calls_outside_the_wrapper_keep_their_own_configurations(monkeypatch):
+    """A direct call to the same kernels, before and after wrapped calls of other sizes, runs with
+    the configuration it tuned itself; an exception inside the wrapper puts them back too."""
+    monkeypatch.delenv("REPRFLOW_KERNEL_CACHE", raising=False)
+    tuners = [_Tuner(), _Tuner()]
+    raw = _launch_all(tuners)
+    ssd = AutotuneBySize(raw, tuners)
+    small, big = _tuned_at(1 * 4), _tuned_at(16 * 2048)
+    assert raw(torch.empty(1, 4)) == [small] * 2  # tuned outside, on a small call
+    assert ssd(torch.empty(16, 2048)) == [big] * 2
+    assert raw(torch.empty(16, 2048)) == [small] * 2  # its own, not the wrapped call's
+    assert [t.cache for t in tuners] == [{(256, 64, "torch.bfloat16"): small}] * 2
+
+    def fails(x, chunk_size=256):
+        [t.launch(x, chunk_size) for t in tuners]
+        raise RuntimeError("kernel failed")
+
+    with pytest.raises(RuntimeError, match="kernel failed"):
+        AutotuneBySize(fails, tuners)(torch.empty(16, 4096))
+    assert raw(torch.empty(1, 4)) == [small] * 2
+
+
 def _launch_all(tuners):
     def ssd(x, chunk_size=256):
         return [t.launch(x, chunk_size) for t in tuners]
@@ -87,7 +109,8 @@ def test_a_size_class_tuned_in_one_process_is_restored_in_the_next(tmp_path, mon
     ssd = AutotuneBySize(_launch_all(again), again)
     assert ssd(torch.empty(9, 1100)) == [big] * 2  # the same class (16 x 2048): restored
     assert [t.tunings for t in again] == [0, 0]
-    assert all(t.cache[(256, 64, "torch.bfloat16")] is t.configs[t.configs.index(big)] for t in again)
+    restored = ssd.saved[("cpu", 16, 2048)]  # the autotuners' own caches are put back after the call
+    assert all(c[(256, 64, "torch.bfloat16")] is t.configs[t.configs.index(big)] for c, t in zip(restored, again))
     assert ssd(torch.empty(9, 1100), chunk_size=128) == [big] * 2  # a key the file lacks is tuned...
     assert [t.tunings for t in again] == [1, 1]
     assert ssd(torch.empty(1, 8)) == [_tuned_at(8)] * 2  # ...as is a class the file lacks
@@ -190,12 +213,13 @@ def test_ssd_choices_survive_the_process_through_the_kernel_cache(tmp_path, monk
     fn, tuners = kernels.chunk_scan_combined.fn, kernels.chunk_scan_combined.autotuners
     a = _ssd_args(4, 4096)
     call = dict(D=a["D"], dt_bias=a["dt_bias"], dt_softplus=True)
-    first = AutotuneBySize(fn, tuners)(a["x"], a["dt"], a["A"], a["B"], a["C"], 256, **call)
-    chosen = [dict(t.cache) for t in tuners]
+    one, two = AutotuneBySize(fn, tuners), AutotuneBySize(fn, tuners)
+    first = one(a["x"], a["dt"], a["A"], a["B"], a["C"], 256, **call)
+    (size_class,) = one.saved
     benchmarked = [id(getattr(t, "configs_timings", None)) for t in tuners]
-    again = AutotuneBySize(fn, tuners)(a["x"], a["dt"], a["A"], a["B"], a["C"], 256, **call)
+    again = two(a["x"], a["dt"], a["A"], a["B"], a["C"], 256, **call)
     assert [id(getattr(t, "configs_timings", None)) for t in tuners] == benchmarked  # nothing benchmarked
-    assert [dict(t.cache) for t in tuners] == chosen
+    assert two.saved[size_class] == one.saved[size_class] and any(one.saved[size_class])
     assert torch.equal(first, again)
 
 
