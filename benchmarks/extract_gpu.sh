@@ -43,7 +43,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv |
 
 for s in "${steps[@]}"; do
   case "$s" in
-    tests) timeout "${TESTS_TIMEOUT:-300}" python3 -m pytest -q -p no:cacheprovider --noconftest -m gpu ${TESTS_K:+-k "$TESTS_K"} \
+    tests) timeout "${TESTS_TIMEOUT:-300}" python3 -m pytest -q -p no:cacheprovider --noconftest -m gpu --durations=20 ${TESTS_K:+-k "$TESTS_K"} \
              tests/kernels tests/test_transfer.py tests/test_extract.py tests/test_capture.py tests/test_probes.py \
              tests/metrics/test_mixed.py tests/test_stream_metrics.py \
              2>&1 | tee "$OUT/tests.log" ;;
