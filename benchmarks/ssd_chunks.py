@@ -28,13 +28,12 @@ Usage (GPU)::
 from __future__ import annotations
 
 import argparse
-import functools
 import math
 import sys
 
 import torch
 
-from reprflow.kernels.autotune_by_size import AutotuneBySize, ssd_autotuners
+from reprflow.kernels.autotune_by_size import ssd_autotuners
 from reprflow.kernels.optional import load_mamba_ssm_triton
 from reprflow.kernels.ssd import ssd_reference
 
@@ -96,7 +95,7 @@ def output_kernel(a: dict, kernels, chunk: int, repeats: int, peak_tflops: float
     from mamba_ssm.ops.triton.ssd_chunk_scan import _chunk_scan_fwd
 
     from reprflow.kernels.ssd_chunk_scan_gluon import chunk_scan_gluon
-    from reprflow.kernels.ssd_pipeline import ssd_combined, ssd_stages
+    from reprflow.kernels.ssd_pipeline import ssd_stages, tuned_ssd_combined
 
     x, C, cb, dt, dA, st = ssd_stages(
         a["x"], a["dt"], a["A"], a["B"], a["C"], chunk, dt_bias=a["dt_bias"], dt_softplus=True, fused_states=False
@@ -132,14 +131,11 @@ def output_kernel(a: dict, kernels, chunk: int, repeats: int, peak_tflops: float
     for variant, (ms_o, diff) in ours.items():
         print(f"| reprflow `chunk_scan_gluon`, {variant} | {ms_o:.3f} | {diff:.1e} |")
 
-    # each candidate as the chooser runs it (reprflow/kernels/ops.py): mamba_ssm's stages tuned per
-    # size class. Raw calls would run with whatever configurations the last wrapped call left in
-    # the shared autotuners (here the 512-token check's), which made the 2026-12-05 run's
-    # fused_states and unfused rows slower than their kernels
-    def tuned(**kw):
-        return AutotuneBySize(functools.partial(ssd_combined, **kw), ssd_autotuners())
-
-    gluon, unfused, fused = tuned(), tuned(fused_states=False), tuned(output="mamba_ssm")
+    # each candidate as the chooser runs it: mamba_ssm's stages tuned per size class. Unwrapped,
+    # they would keep the configurations of whichever call tuned them first (on 2026-12-05, a
+    # 512-token check's, which made the fused_states and unfused rows slower than their kernels)
+    gluon = tuned_ssd_combined()
+    unfused, fused = tuned_ssd_combined(fused_states=False), tuned_ssd_combined(output="mamba_ssm")
     small = _sub(a, 512)
     want = ssd_reference(**{k: (v.double() if torch.is_tensor(v) else v) for k, v in small.items()}, chunk_size=0)
     err_o = rel_err(gluon(chunk_size=chunk, **small), want)

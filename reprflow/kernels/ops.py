@@ -203,14 +203,13 @@ def mamba2_ssd_op(
             )
         )
     if kernels is not None and device.type == "cuda" and triton_available():
-        from reprflow.kernels.autotune_by_size import AutotuneBySize, ssd_autotuners
-        from reprflow.kernels.ssd_pipeline import ssd_combined
+        from reprflow.kernels.ssd_pipeline import tuned_ssd_combined
 
         if ssd_gluon_available(device):
             cands.append(
                 Candidate(
                     "gluon",
-                    AutotuneBySize(functools.partial(ssd_combined, output="gluon"), ssd_autotuners()),
+                    tuned_ssd_combined(output="gluon"),
                     f"mamba_ssm {kernels.version} SSD stages, reprflow's fused chunk states and Gluon wgmma "
                     "output kernel (sm_90)",
                 )
@@ -218,7 +217,7 @@ def mamba2_ssd_op(
         cands.append(
             Candidate(
                 "fused_states",
-                AutotuneBySize(functools.partial(ssd_combined, output="mamba_ssm"), ssd_autotuners()),
+                tuned_ssd_combined(output="mamba_ssm"),
                 f"mamba_ssm {kernels.version} SSD stages with reprflow's fused chunk states (one Triton kernel)",
             )
         )

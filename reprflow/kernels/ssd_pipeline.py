@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 from torch import Tensor
 
-__all__ = ["SsdStages", "ssd_combined", "ssd_stages"]
+__all__ = ["SsdStages", "ssd_combined", "ssd_stages", "tuned_ssd_combined"]
 
 
 class SsdStages(NamedTuple):
@@ -60,8 +60,8 @@ def ssd_stages(
     fused_states: bool = True,
 ) -> SsdStages:
     """The SSD's stages before its output kernel: ``mamba_ssm``'s chunk cumsum and ``C B^T``, and
-    the chunk states passed between chunks by reprflow's one kernel (``fused_states``; a power-of-two
-    ``d_state`` in 16..256, ``head_dim`` >= 16) or by ``mamba_ssm``'s two. Arguments as for
+    the chunk states passed between chunks by reprflow's one kernel (``fused_states``; the sizes of
+    :func:`~reprflow.kernels.ssd_states.chunk_states_supported`) or by ``mamba_ssm``'s two. Arguments as for
     :func:`ssd_combined`; inference only (no autograd)."""
     import torch
     from mamba_ssm.ops.triton.ssd_bmm import _bmm_chunk_fwd
@@ -126,6 +126,7 @@ def ssd_combined(
     from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
 
     from reprflow.kernels.ssd_chunk_scan_gluon import chunk_scan_gluon, chunk_scan_gluon_supported
+    from reprflow.kernels.ssd_states import chunk_states_supported
 
     if output not in ("gluon", "mamba_ssm"):
         raise ValueError(f"ssd_combined: output {output!r}; expected 'gluon' or 'mamba_ssm'")
@@ -133,7 +134,7 @@ def ssd_combined(
     ours = (
         x.dtype in (torch.bfloat16, torch.float16)
         and not (torch.is_grad_enabled() and x.requires_grad)
-        and (not fused_states or (d_state & (d_state - 1) == 0 and 16 <= d_state <= 256 and x.shape[-1] >= 16))
+        and (not fused_states or chunk_states_supported(x.shape[-1], d_state))
         and (output == "mamba_ssm" or (z is None and chunk_scan_gluon_supported(x, chunk_size, d_state)))
     )
     if not ours:
@@ -157,3 +158,15 @@ def ssd_combined(
     if output == "gluon":
         return chunk_scan_gluon(st.cb, st.x, st.dt, st.dA_cumsum, st.C, st.states, D)
     return _chunk_scan_fwd(st.cb, st.x, st.dt, st.dA_cumsum, st.C, st.states, D=D, z=z)[0]
+
+
+def tuned_ssd_combined(**options):
+    """:func:`ssd_combined` with ``options`` (``output=``, ``fused_states=``), its ``mamba_ssm``
+    stages autotuned per size class (:class:`~reprflow.kernels.autotune_by_size.AutotuneBySize`):
+    how the kernel chooser runs each candidate (``reprflow/kernels/ops.py``), and how a benchmark
+    should time it."""
+    import functools
+
+    from reprflow.kernels.autotune_by_size import AutotuneBySize, ssd_autotuners
+
+    return AutotuneBySize(functools.partial(ssd_combined, **options), ssd_autotuners())

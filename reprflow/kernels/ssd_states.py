@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["chunk_states_passed", "chunk_states_reference"]
+__all__ = ["chunk_states_passed", "chunk_states_reference", "chunk_states_supported"]
 
 try:
     import triton
@@ -108,6 +108,12 @@ if triton is not None:
                 tl.store(o_base + (c + 1) * s_o_c, state.to(out_ptr.dtype.element_ty), mask=p_ok)
 
 
+def chunk_states_supported(head_dim: int, d_state: int) -> bool:
+    """Whether :func:`chunk_states_passed` takes these sizes: ``d_state`` a power of two in 16..256,
+    ``head_dim`` >= 16."""
+    return d_state & (d_state - 1) == 0 and 16 <= d_state <= 256 and head_dim >= 16
+
+
 def chunk_states_passed(
     x: Tensor,
     B: Tensor,
@@ -153,7 +159,7 @@ def chunk_states_passed(
         )
     if dt.stride() != dA_cumsum.stride() or dt.stride(-1) != 1:
         raise ValueError("chunk_states_passed: dt and dA_cumsum need the same strides, unit stride on the chunk axis")
-    if d_state & (d_state - 1) or not 16 <= d_state <= 256 or head_dim < 16 or heads % groups:
+    if not chunk_states_supported(head_dim, d_state) or heads % groups:
         raise ValueError(
             f"chunk_states_passed: d_state {d_state} (a power of two in 16..256), head_dim {head_dim} (>= 16)"
         )
