@@ -14,6 +14,8 @@ mamba2_ssd     ``mamba_ssm`` (Triton ``mamba_chunk_scan_combined``),  :func:`rep
                ``fused_states`` (its stages with reprflow's fused
                chunk states), ``gluon`` (and reprflow's Gluon output
                kernel, sm_90; :mod:`reprflow.kernels.ssd_pipeline`),
+               ``gluon_rows``, ``gluon_pair``, ``gluon_rows_pair``
+               (its other program shapes, ``GLUON_SSD_SHAPES``),
                ``torch`` (per-token loop; fallback, never timed)
 =============  =====================================================  ============================
 
@@ -188,6 +190,20 @@ def causal_conv_op(device: torch.device, *, report: dict, forced: str | None = N
 
 
 # ---------------------------------------------------------------- Mamba-2 SSD
+#: The Gluon output kernel's program shapes offered as candidates (arguments of ``chunk_scan_gluon``).
+GLUON_SSD_SHAPES: dict[str, dict[str, bool]] = {
+    "gluon": {},
+    "gluon_rows": {"row_loop": True},
+    "gluon_pair": {"head_pair": True},
+    "gluon_rows_pair": {"row_loop": True, "head_pair": True},
+}
+
+
+def _describe_gluon_shape(row_loop: bool = False, head_pair: bool = False) -> str:
+    per = "one program per (batch, chunk, head" + (" pair" if head_pair else "")
+    return per + (")" if row_loop else ", row block)")
+
+
 def mamba2_ssd_op(
     device: torch.device, kernels: MambaSsmKernels | None, *, report: dict, forced: str | None = None
 ) -> KernelOp:
@@ -206,14 +222,15 @@ def mamba2_ssd_op(
         from reprflow.kernels.ssd_pipeline import tuned_ssd_combined
 
         if ssd_gluon_available(device):
-            cands.append(
-                Candidate(
-                    "gluon",
-                    tuned_ssd_combined(output="gluon"),
-                    f"mamba_ssm {kernels.version} SSD stages, reprflow's fused chunk states and Gluon wgmma "
-                    "output kernel (sm_90)",
+            for name, shape in GLUON_SSD_SHAPES.items():
+                cands.append(
+                    Candidate(
+                        name,
+                        tuned_ssd_combined(output="gluon", **shape),
+                        f"mamba_ssm {kernels.version} SSD stages, reprflow's fused chunk states and Gluon wgmma "
+                        f"output kernel (sm_90; {_describe_gluon_shape(**shape)})",
+                    )
                 )
-            )
         cands.append(
             Candidate(
                 "fused_states",
@@ -234,5 +251,5 @@ def mamba2_ssd_op(
         sizes=lambda a: tuple(a["x"].shape[2:]) + (a["B"].shape[2], a["B"].shape[3]),
         report=report,
         forced=forced,
-        known=("mamba_ssm", "gluon", "fused_states", "torch", "hf"),
+        known=("mamba_ssm", *GLUON_SSD_SHAPES, "fused_states", "torch", "hf"),
     )

@@ -6,6 +6,7 @@ Triton's interpreter (``interpret_ssd_states.py``, float32)."""
 import pytest
 import torch
 
+from reprflow.kernels.ops import GLUON_SSD_SHAPES
 from reprflow.kernels.optional import load_mamba_ssm_triton
 from reprflow.kernels.ssd import ssd_reference
 
@@ -68,10 +69,13 @@ def test_states_match_mamba_ssm_and_float64(shape, config):
     assert low.dtype == torch.bfloat16 and rel(low) <= rel(ours) + 4e-3  # one more rounding, to bf16
 
 
-@pytest.mark.parametrize(("output", "fused_states"), [("mamba_ssm", True), ("gluon", True), ("gluon", False)])
-def test_whole_ssd_with_and_without_the_fused_states(output, fused_states):
-    """The chooser's `fused_states` candidate (mamba_ssm's output kernel) and `gluon` (sm_90), each as
-    close to float64 as mamba_ssm's whole forward."""
+@pytest.mark.parametrize(
+    ("output", "fused_states", "shape"),
+    [("mamba_ssm", True, {}), ("gluon", False, {})] + [("gluon", True, s) for s in GLUON_SSD_SHAPES.values()],
+)
+def test_whole_ssd_with_and_without_the_fused_states(output, fused_states, shape):
+    """The chooser's `fused_states` candidate (mamba_ssm's output kernel) and the `gluon` ones (sm_90,
+    each program shape), each as close to float64 as mamba_ssm's whole forward."""
     from reprflow.kernels.ssd_chunk_scan_gluon import ssd_gluon_available
     from reprflow.kernels.ssd_pipeline import ssd_combined
 
@@ -93,7 +97,7 @@ def test_whole_ssd_with_and_without_the_fused_states(output, fused_states):
         dt_softplus=True,
     )
     want = ssd_reference(**{k: v.double() if torch.is_tensor(v) else v for k, v in a.items()}, chunk_size=chunk)
-    got = ssd_combined(chunk_size=chunk, output=output, fused_states=fused_states, **a)
+    got = ssd_combined(chunk_size=chunk, output=output, fused_states=fused_states, **shape, **a)
     theirs = kernels.chunk_scan_combined(chunk_size=chunk, **a)
     rel = lambda y: float((y.double() - want).norm() / want.norm())  # noqa: E731
     assert torch.isfinite(got).all() and rel(got) <= 1.1 * rel(theirs) + 1e-6, (rel(got), rel(theirs))
