@@ -14,8 +14,8 @@ mamba2_ssd     ``mamba_ssm`` (Triton ``mamba_chunk_scan_combined``),  :func:`rep
                ``fused_states`` (its stages with reprflow's fused
                chunk states), ``gluon`` (and reprflow's Gluon output
                kernel, sm_90; :mod:`reprflow.kernels.ssd_pipeline`),
-               ``gluon_rows``, ``gluon_pair``, ``gluon_rows_pair``
-               (its other program shapes, ``GLUON_SSD_SHAPES``),
+               ``gluon_rows`` (its program per chunk and head,
+               ``GLUON_SSD_SHAPES``),
                ``torch`` (per-token loop; fallback, never timed)
 =============  =====================================================  ============================
 
@@ -190,18 +190,13 @@ def causal_conv_op(device: torch.device, *, report: dict, forced: str | None = N
 
 
 # ---------------------------------------------------------------- Mamba-2 SSD
-#: The Gluon output kernel's program shapes offered as candidates (arguments of ``chunk_scan_gluon``).
+#: The Gluon output kernel's program shapes offered as candidates (arguments of ``chunk_scan_gluon``):
+#: the fastest of each kind in ``benchmarks/ssd_chunks.py --output-kernel`` (H200, 2026-12-05: with
+#: ``row_loop`` the C B^T tile loaded where it is used; ``head_pair`` slower at every shape, not offered)
 GLUON_SSD_SHAPES: dict[str, dict[str, bool]] = {
     "gluon": {},
-    "gluon_rows": {"row_loop": True},
-    "gluon_pair": {"head_pair": True},
-    "gluon_rows_pair": {"row_loop": True, "head_pair": True},
+    "gluon_rows": {"row_loop": True, "prefetch_cb": False},
 }
-
-
-def _describe_gluon_shape(row_loop: bool = False, head_pair: bool = False) -> str:
-    per = "one program per (batch, chunk, head" + (" pair" if head_pair else "")
-    return per + (")" if row_loop else ", row block)")
 
 
 def mamba2_ssd_op(
@@ -228,7 +223,7 @@ def mamba2_ssd_op(
                         name,
                         tuned_ssd_combined(output="gluon", **shape),
                         f"mamba_ssm {kernels.version} SSD stages, reprflow's fused chunk states and Gluon wgmma "
-                        f"output kernel (sm_90; {_describe_gluon_shape(**shape)})",
+                        f"output kernel (sm_90; one program per (batch, chunk, head{')' if shape.get('row_loop') else ', row block)'})",
                     )
                 )
         cands.append(

@@ -106,6 +106,7 @@ def ssd_combined(
     fused_states: bool = True,
     row_loop: bool = False,
     head_pair: bool = False,
+    prefetch_cb: bool = True,
 ) -> Tensor:
     """``mamba_chunk_scan_combined``'s forward (signature of :func:`reprflow.kernels.ssd.ssd_reference`)
     with reprflow's kernels where asked.
@@ -119,7 +120,7 @@ def ssd_combined(
         The output kernel: reprflow's Gluon one (sm_90) or ``mamba_ssm``'s.
     fused_states : bool
         Chunk states and their passing in reprflow's one kernel (else ``mamba_ssm``'s two).
-    row_loop, head_pair : bool
+    row_loop, head_pair, prefetch_cb : bool
         The Gluon output kernel's program shape (:func:`~reprflow.kernels.ssd_chunk_scan_gluon.chunk_scan_gluon`);
         only with ``output="gluon"``.
 
@@ -135,8 +136,10 @@ def ssd_combined(
 
     if output not in ("gluon", "mamba_ssm"):
         raise ValueError(f"ssd_combined: output {output!r}; expected 'gluon' or 'mamba_ssm'")
-    if output != "gluon" and (row_loop or head_pair):
-        raise ValueError("ssd_combined: row_loop and head_pair shape the Gluon output kernel; output is 'mamba_ssm'")
+    if output != "gluon" and (row_loop or head_pair or not prefetch_cb):
+        raise ValueError(
+            "ssd_combined: row_loop, head_pair and prefetch_cb shape the Gluon output kernel; output is 'mamba_ssm'"
+        )
     d_state = B.shape[-1]
     ours = (
         x.dtype in (torch.bfloat16, torch.float16)
@@ -164,13 +167,23 @@ def ssd_combined(
     )
     if output == "gluon":
         return chunk_scan_gluon(
-            st.cb, st.x, st.dt, st.dA_cumsum, st.C, st.states, D, row_loop=row_loop, head_pair=head_pair
+            st.cb,
+            st.x,
+            st.dt,
+            st.dA_cumsum,
+            st.C,
+            st.states,
+            D,
+            row_loop=row_loop,
+            head_pair=head_pair,
+            prefetch_cb=prefetch_cb,
         )
     return _chunk_scan_fwd(st.cb, st.x, st.dt, st.dA_cumsum, st.C, st.states, D=D, z=z)[0]
 
 
 def tuned_ssd_combined(**options):
-    """:func:`ssd_combined` with ``options`` (``output=``, ``fused_states=``, ``row_loop=``, ``head_pair=``), its ``mamba_ssm``
+    """:func:`ssd_combined` with ``options`` (``output=``, ``fused_states=``, and the output kernel's
+    ``row_loop=``, ``head_pair=``, ``prefetch_cb=``), its ``mamba_ssm``
     stages autotuned per size class (:class:`~reprflow.kernels.autotune_by_size.AutotuneBySize`):
     how the kernel chooser runs each candidate (``reprflow/kernels/ops.py``), and how a benchmark
     should time it."""
