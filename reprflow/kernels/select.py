@@ -284,8 +284,15 @@ class KernelOp:
             cached = kernel_cache.read_entries(path).get(disk_key)
         if isinstance(cached, str) and cached in by_name:
             return by_name[cached], "measured earlier (cache) for this GPU, versions and shape class", {}
-        ms = {c.name: self._time(c, args, kwargs, device) for c in timed}
-        best = min(timed, key=lambda c: ms[c.name])
+        ms: dict[str, float] = {}
+        for c in timed:
+            try:
+                ms[c.name] = self._time(c, args, kwargs, device)
+            except Exception as exc:  # passed the small check, cannot run this size: not a choice
+                logger.warning("kernel %s/%s rejected at %s: %s: %s", self.name, c.name, key, type(exc).__name__, exc)
+        if not ms:
+            raise RuntimeError(f"kernel op {self.name}: every candidate that passed its check failed at {key}")
+        best = min((c for c in timed if c.name in ms), key=lambda c: ms[c.name])
         _PROCESS_CACHE[disk_key] = best.name
         if path is not None:
             kernel_cache.write_entry(path, disk_key, best.name)

@@ -104,6 +104,28 @@ def test_wrong_candidate_is_rejected_and_fastest_correct_one_wins(torch_gen, cap
     assert len(report["toy_conv"]) == 2
 
 
+def test_a_candidate_that_fails_at_full_size_is_dropped(torch_gen, caplog):
+    """Passing the check on a small slice is not enough: one that raises when timed at the real
+    size (out of shared memory, an unsupported shape) is dropped and the others still compete."""
+    report, calls = {}, {}
+    op = _toy_op(report, calls)
+
+    def small_only(x, weight, bias=None, *, mask=None):
+        if x.shape[1] > select.CHECK_TOKENS:
+            raise RuntimeError("too many tokens for this kernel")
+        return causal_conv1d_silu_reference(x, weight, bias, mask=mask)
+
+    op.candidates.append(Candidate("small_only", small_only, "fails past the check's size", devices=("cpu",)))
+    x, w, b = _conv_inputs(torch_gen, n_tokens=select.CHECK_TOKENS + 40)
+    with caplog.at_level("WARNING", logger="reprflow.kernels.select"):
+        y = op(x, w, b)
+    torch.testing.assert_close(y, causal_conv1d_silu_reference(x, w, b), rtol=1e-5, atol=1e-6)
+    (entry,) = report["toy_conv"].values()
+    assert entry["check_rel_err"]["small_only"] < select.REL_TOL[torch.float32]  # it passed the check
+    assert set(entry["ms"]) == {"fconv", "shifted"} and entry["kernel"] in ("fconv", "shifted")
+    assert "small_only rejected" in caplog.text and "too many tokens" in caplog.text
+
+
 def test_disk_cache_skips_timing(torch_gen, tmp_path, monkeypatch):
     cache = tmp_path / "kernels.json"
     monkeypatch.setenv("REPRFLOW_KERNEL_CACHE", str(cache))
