@@ -218,12 +218,13 @@ def mamba2_ssd_op(
 
         if ssd_gluon_available(device):
             for name, shape in GLUON_SSD_SHAPES.items():
+                program = "(batch, chunk, head)" if shape.get("row_loop") else "(batch, chunk, head, row block)"
                 cands.append(
                     Candidate(
                         name,
                         tuned_ssd_combined(output="gluon", **shape),
                         f"mamba_ssm {kernels.version} SSD stages, reprflow's fused chunk states and Gluon wgmma "
-                        f"output kernel (sm_90; one program per (batch, chunk, head{')' if shape.get('row_loop') else ', row block)'})",
+                        f"output kernel (sm_90; one program per {program})",
                     )
                 )
         cands.append(
