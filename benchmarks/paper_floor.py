@@ -23,7 +23,9 @@ are not counted (``benchmarks/paper_rehearsal.py`` projects them from a rehearsa
 Usage (repository root)::
 
     python benchmarks/paper_floor.py [--configfile config/config.yaml] [--arms paper] \\
-        [--rates gpt-neo-2.7b=102500,pythia-2.8b=91100,mamba-2.8b=78000,mamba2-2.7b=78000]
+        [--rates gpt-neo-2.7b=112600,pythia-2.8b=103300,mamba-2.8b=88200,mamba2-2.7b=87600,mamba2-130m=500000]
+
+The measured columns need a rate for every model of the config (BENCHMARKS.md has today's).
 """
 
 from __future__ import annotations
@@ -115,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     floor = [j["floor_s"] / shards for j in jobs for _ in range(shards)]
     have_rates = all(j["rate_s"] is not None for j in jobs)
+    if rates and not have_rates:
+        missing = sorted({j["model"] for j in jobs if j["rate_s"] is None})
+        print(f"paper_floor: no --rates for {', '.join(missing)}: the measured columns stay '-'", file=sys.stderr)
     measured = [j["rate_s"] / shards for j in jobs for _ in range(shards)] if have_rates else []
     print(
         f"| **total** | | {len(jobs)} | {sum(j['tokens'] for j in jobs) / 1e6:,.1f}M | {fmt_s(sum(floor))} | | "
