@@ -68,7 +68,7 @@ def _attention_choice(forced: dict[str, str]) -> str:
     want = forced_name("attention", forced.get("attention")) or "sdpa"
     if want not in ("sdpa", "eager"):
         raise ConfigError(
-            f"{env_var('attention')} (or execution.kernels.attention) = {want!r}: choose 'sdpa', 'eager' or 'auto'"
+            f"{env_var('attention')} (or prepare_model(kernels={{'attention': ...}})) = {want!r}: choose 'sdpa', 'eager' or 'auto'"
         )
     return want
 
@@ -86,7 +86,7 @@ def _prepare_gpt_neo(model: nn.Module, report: dict[str, Any], forced: dict[str,
     triton_ok = next(model.parameters()).is_cuda and triton_available()
     if local not in (None, "triton", "sdpa") or (local == "triton" and not triton_ok):
         raise ConfigError(
-            f"{env_var('local_attention')} (or execution.kernels.local_attention) = {local!r}: choose 'triton' "
+            f"{env_var('local_attention')} (or prepare_model(kernels={{'local_attention': ...}})) = {local!r}: choose 'triton' "
             "(needs a CUDA model and Triton), 'sdpa' or 'auto'"
         )
     local = local or ("triton" if triton_ok else "sdpa")
@@ -248,7 +248,7 @@ def _forced_kernels(kernels: dict[str, str] | None, scan: str) -> dict[str, str]
     ops = (*OP_NAMES, "attention", "local_attention")
     for op in forced:
         if op not in ops:
-            raise ConfigError(f"execution.kernels.{op}: unknown op; known ops are {list(ops)}")
+            raise ConfigError(f"prepare_model(kernels={{{op!r}: ...}}): unknown op; known ops are {list(ops)}")
     if scan != "auto":
         forced.setdefault("mamba_scan", scan)
         forced.setdefault("mamba2_ssd", "hf" if scan == "hf" else "auto")

@@ -163,12 +163,12 @@ class KernelOp:
         known = sorted(set(self.known) | set(here))
         if want is not None and want not in known:
             raise ConfigError(
-                f"{env_var(self.name)} (or execution.kernels.{self.name}) = {want!r}: unknown kernel; "
+                f"{env_var(self.name)} (or prepare_model(kernels={{'{self.name}': ...}})) = {want!r}: unknown kernel; "
                 f"choose one of {known} or 'auto'"
             )
         if want is not None and want not in here:
             raise ConfigError(
-                f"{env_var(self.name)} (or execution.kernels.{self.name}) = {want!r}: not available on this "
+                f"{env_var(self.name)} (or prepare_model(kernels={{'{self.name}': ...}})) = {want!r}: not available on this "
                 f"device or install (available: {here}); install it (docs/kernels.md) or set 'auto'"
             )
 
@@ -244,7 +244,7 @@ class KernelOp:
         timed = [c for c in passed if c.timed]
         ms: dict[str, float] = {}
         if want is not None:
-            chosen, reason = passed[0], f"forced by {env_var(self.name)} or execution.kernels"
+            chosen, reason = passed[0], f"forced by {env_var(self.name)} or prepare_model(kernels=...)"
         elif not timed:
             if not passed:
                 raise RuntimeError(f"kernel op {self.name}: no candidate passes its check on {device.type} {dtype}")
