@@ -261,7 +261,7 @@ def _check_cross_fields(cfg: dict) -> None:
     for i, model in enumerate(cfg["models"]):
         if available and model["tokenizer"] not in available:
             raise ConfigError(
-                f"config.models[{i}].tokenizer: {model['tokenizer']!r} is not in data/tokenizers "
+                f"config.models[{i}].tokenizer: {model['tokenizer']!r} is not in reprflow/data/tokenizers "
                 f"(available: {', '.join(available)})"
             )
         expected = _norm(os.path.join(cfg["out_dir"], "data", "models", model["name"]))

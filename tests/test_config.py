@@ -75,7 +75,11 @@ def _mutate(base, path, value):
         (("inits", 1, "scheme"), "orthogonal", "config.inits[1].scheme: 'orthogonal' is not one of"),
         (("seed",), "zero", "config.seed: expected integer"),
         (("probes", "lr"), -0.05, "config.probes.lr: must be > 0"),
-        (("models", 0, "tokenizer"), "llama3", "config.models[0].tokenizer: 'llama3' is not in data/tokenizers"),
+        (
+            ("models", 0, "tokenizer"),
+            "llama3",
+            "config.models[0].tokenizer: 'llama3' is not in reprflow/data/tokenizers",
+        ),
         (("models", 1, "name"), "tiny-gpt-neo", "config.models: duplicate name 'tiny-gpt-neo'"),
         (("models", 0, "hf_id"), "EleutherAI/gpt-neo-125m", "config.models[0].hf_id"),
         (("prompts",), KeyError, "config: 'prompts' is a required property"),
