@@ -103,11 +103,15 @@ def _offline_message(model_id: str, origin: str, revision: str | None, *, config
         + [f"--local-dir {folder}"]
     )
     need = "a random init needs only its config.json" if config_only else "its weights must be downloaded once"
+    use = (  # a config entry (config.models[i].hf_id), or a caller's argument (the CLI's MODEL)
+        "set hf_id to its path (keep `revision` as the record of what it holds)"
+        if origin.startswith("config.")
+        else f"pass its path as {origin} instead of the id"
+    )
     return (
         f"model '{model_id}' ({origin}): not in the local Hugging Face cache and the hub is unreachable "
-        f"(offline); {need}. On a machine with access run `{command}`, copy the folder here and set "
-        f"hf_id to its path (keep `revision` as the record of what it holds), or set HF_HOME to a cache "
-        f"that holds it."
+        f"(offline); {need}. On a machine with access run `{command}`, copy the folder here and {use}, "
+        f"or set HF_HOME to a cache that holds it."
     )
 
 

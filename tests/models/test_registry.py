@@ -87,6 +87,10 @@ def test_offline_nonsense_id_fails_fast_with_the_fix(monkeypatch):
     assert "set hf_id to its path" in message
     assert "HF_HOME" in message
     assert elapsed < 5, f"offline detection took {elapsed:.1f}s"
+    with pytest.raises(ModelNotFoundError) as info:  # the CLI's argument: no config key to set
+        load_model("nonsense-org/not-a-model-x9", init=PRETRAINED, seed=None, origin="MODEL")
+    assert "copy the folder here and pass its path as MODEL instead of the id" in str(info.value)
+    assert "hf_id" not in str(info.value)
 
 
 def test_unreachable_hub_without_offline_flag_fails_fast(monkeypatch):
