@@ -2,11 +2,12 @@
 # Set up a bare GPU machine (no internet) from the wheels/sdists carried in .gpu/, then run
 # the GPU tests, the kernel timings, a profile of the SSM forwards and benchmarks/extract.py. Usage (repo root, $OUT set):
 #
-#   bash benchmarks/extract_gpu.sh [compiled] [tests] [scan] [profile] [bench] [quick] [shards] [kernels] [cell] [ssd] [conv] [gated] [-- extra args for extract.py / shards_gpu.py]
+#   bash benchmarks/extract_gpu.sh [compiled] [tests] [scan] [profile] [bench] [quick] [shards] [kernels] [batch] [cell] [ssd] [conv] [gated] [-- extra args for extract.py / shards_gpu.py]
 #
 # `compiled` builds mamba-ssm's and causal-conv1d's CUDA extensions for sm_90 first (~6 min,
 # benchmarks/build_compiled_kernels.sh; both sdists in .gpu/); `kernels` runs benchmarks/kernels.py
-# (naive HF, HF best, reprflow with and without the compiled packages), `cell` benchmarks/cell.py,
+# (naive HF, HF best, reprflow with and without the compiled packages), `batch` the SSMs' forward at
+# several tokens per pass (benchmarks/batch_tokens.py), `cell` benchmarks/cell.py,
 # `ssd` Mamba-2's SSD output kernels side by side (benchmarks/ssd_chunks.py --output-kernel), `conv`
 # the causal conv's program shapes against cuDNN (benchmarks/conv_sweep.py), `gated` Mamba-2's gated
 # RMSNorm, whole row against blocks (benchmarks/gated_norm.py).
@@ -53,6 +54,7 @@ for s in "${steps[@]}"; do
     bench) timeout 540 python3 benchmarks/extract.py --out "$OUT" "${extra[@]}" 2>&1 | tee "$OUT/bench.log" ;;
     quick) timeout 300 python3 benchmarks/extract.py --quick --out "$OUT" "${extra[@]}" 2>&1 | tee "$OUT/quick.log" ;;
     kernels) timeout 420 python3 benchmarks/kernels.py --out "$OUT" "${extra[@]}" 2>&1 | tee "$OUT/kernels.log" ;;
+    batch) timeout 300 python3 benchmarks/batch_tokens.py --out "$OUT" "${extra[@]}" 2>&1 | tee "$OUT/batch.log" ;;
     cell) timeout 240 python3 benchmarks/cell.py --out "$OUT" "${extra[@]}" 2>&1 | tee "$OUT/cell.log" ;;
     ssd) timeout 240 python3 benchmarks/ssd_chunks.py --output-kernel --shapes 16x2048 8x4096 2>&1 | tee "$OUT/ssd.md" ;;
     conv) timeout 180 python3 benchmarks/conv_sweep.py 2>&1 | tee "$OUT/conv.md" ;;

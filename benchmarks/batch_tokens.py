@@ -1,0 +1,170 @@
+"""Tokens per forward pass: reprflow's forward rate at several (tokens, batch) shapes, side by side.
+
+The paper config forwards ``execution.extraction.batch_tokens`` tokens per pass (32768: 8 prompts
+at 4K, 16 at 2K, 32 at 1K). That is an execution key: changing it changes no stored value and
+reruns nothing, so it should be whatever runs fastest. Mamba-1's scan is parallel over batch x
+channels only (one warp per 32 channels of one sequence), so 8 prompts at 4K give it half the
+warps of 16 at 2K. For each family this builds one full-size random-init model (as
+``benchmarks/kernels.py``: bf16, ``prepare_model``, a forward returning every layer's last-token
+state, as extraction), then times every shape in the same process, in the given order and then in
+reverse (two passes; the range is printed): tokens/s and % of the bf16 roofline (2 x parameters
+FLOPs per token at the matmul rate measured at the start). With ``mamba`` among the families it
+also times Mamba-1's scan and conv candidates per layer at each shape against the scan's exp bound
+(``kernels.py``'s ``bench_mamba_scan``).
+
+Usage (repository root)::
+
+    PYTHONPATH=$PWD python benchmarks/batch_tokens.py [--families mamba mamba2] \\
+        [--shapes 4096x8 4096x16 2048x16 2048x32] [--batches 2] [--out DIR]      # H200: ~3 min
+    PYTHONPATH=$PWD python benchmarks/batch_tokens.py --quick --device cpu      # toy sizes, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import kernels  # noqa: E402  benchmarks/kernels.py: the model rows and the scan rows are its
+
+
+def parse_shape(text: str) -> tuple[int, int]:
+    """``"4096x8"`` -> (tokens per prompt, prompts per pass)."""
+    try:
+        tokens, batch = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"shape {text!r}: write TOKENSxBATCH, e.g. 4096x8") from None
+    if tokens < 1 or batch < 1:
+        raise argparse.ArgumentTypeError(f"shape {text!r}: tokens and batch must be positive")
+    return tokens, batch
+
+
+def time_shapes(family: str, args, peak: float) -> list[dict]:
+    """One model of ``family``, every shape timed twice (given order, then reversed).
+
+    Returns one dict per shape: tokens, batch, tokens_per_s (list of the two passes),
+    pct_roofline (same), kernels (the chooser's picks, as kernels.py names them).
+    """
+    from extract import build_model, full_configs, n_params  # benchmarks/extract.py
+
+    from reprflow.fastpath import prepare_model
+
+    config, _ = full_configs(args.quick)[kernels.FAMILIES[family]]
+    model = build_model(config, dtype=kernels._dtype(args.device), seed=0, device=args.device)
+    ceiling = peak * 1e12 / (2 * n_params(model))
+    report = prepare_model(model)
+    run = kernels._reprflow_forward(model)
+    gen = torch.Generator(args.device).manual_seed(0)
+    ids = {
+        shape: torch.randint(0, config.vocab_size, (shape[1], shape[0]), device=args.device, generator=gen)
+        for shape in args.shapes
+    }
+    rates: dict[tuple[int, int], list[float]] = {shape: [] for shape in args.shapes}
+    for order in (args.shapes, args.shapes[::-1]):
+        for shape in order:
+            rate = kernels._time_batches(run, ids[shape], batch=shape[1], n_batches=args.batches, device=args.device)
+            rates[shape].append(rate)
+            print(f"  {family:7s} {shape[0]:5d} x {shape[1]:<4d} {rate:10.0f} tok/s", flush=True)
+    del model, run
+    if args.device == "cuda":
+        torch.cuda.empty_cache()
+    return [
+        {
+            "family": family,
+            "tokens": shape[0],
+            "batch": shape[1],
+            "tokens_per_s": rates[shape],
+            "pct_roofline": [100 * r / ceiling for r in rates[shape]],
+            "kernels": kernels._chosen(report),
+        }
+        for shape in args.shapes
+    ]
+
+
+def scan_rows(args) -> list[dict]:
+    """Mamba-1's scan and conv candidates per layer at every shape (kernels.py's rows, tagged)."""
+    rows = []
+    for tokens, batch in args.shapes:
+        at = copy.copy(args)
+        at.tokens, at.batch_size = tokens, batch
+        rows += [{**r, "tokens": tokens, "batch": batch} for r in kernels.bench_mamba_scan(at)]
+    return rows
+
+
+def _span(values: list[float], fmt: str) -> str:
+    lo, hi = min(values), max(values)
+    return format(lo, fmt) if format(lo, fmt) == format(hi, fmt) else f"{format(lo, fmt)}-{format(hi, fmt)}"
+
+
+def table(rows: list[dict], scan: list[dict], *, device: str, peak: float, exp_rate: float) -> str:
+    lines = [
+        f"reprflow forward by tokens per pass, {device}, random init; roofline = {peak:.3g} TFLOP/s "
+        "(measured here) / (2 x params) per token; two passes per shape (given order, then reversed)",
+        "",
+        "| family | tokens per prompt | prompts per pass | tokens per pass | tokens/s | % roofline | kernels |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    lines += [
+        f"| {r['family']} | {r['tokens']} | {r['batch']} | {r['tokens'] * r['batch']:,} | "
+        f"{_span(r['tokens_per_s'], ',.0f')} | {_span(r['pct_roofline'], '.1f')} | {r['kernels']} |"
+        for r in rows
+    ]
+    if scan:
+        lines += [
+            "",
+            f"Mamba-1 per layer at each shape; exp bound = 1 exp per token x channel x state at "
+            f"{exp_rate / 1e12:.2f} T exp/s",
+            "",
+            "| tokens x prompts | op | kernel | ms/layer | exp bound ms | x exp bound |",
+            "|---|---|---|---:|---:|---:|",
+        ]
+        for r in scan:
+            e = r["exp_bound_ms"]
+            bound = ("", "") if e is None else (f"{e:.3f}", f"{r['ms'] / e:.2f}")
+            lines.append(
+                f"| {r['tokens']} x {r['batch']} | {r['op']} | {r['kernel']} | {r['ms']:.3f} | {bound[0]} | {bound[1]} |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cuda", "cpu"])
+    p.add_argument("--quick", action="store_true", help="toy model sizes (2 layers, width 512)")
+    p.add_argument("--families", nargs="+", default=["mamba", "mamba2"], choices=list(kernels.FAMILIES))
+    p.add_argument(
+        "--shapes",
+        nargs="+",
+        type=parse_shape,
+        default=None,
+        help="TOKENSxBATCH each (default 4096x8 4096x16 2048x16 2048x32; with --quick 64x2 32x4)",
+    )
+    p.add_argument("--batches", type=int, default=2, help="timed batches per shape and pass")
+    p.add_argument("--out", type=Path, default=None, help="also write the table here (batch_tokens.md)")
+    args = p.parse_args(argv)
+    args.shapes = args.shapes or ([(64, 2), (32, 4)] if args.quick else [(4096, 8), (4096, 16), (2048, 16), (2048, 32)])
+    peak = kernels.measure_peak_tflops(args.device, args.quick)
+    args.exp_rate = kernels.SFU_EXP_PER_S
+    if args.device == "cuda" and "mamba" in args.families:
+        from sfu_rate import measure_exp_rate  # benchmarks/sfu_rate.py
+
+        args.exp_rate = measure_exp_rate()
+    device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    rows = [r for family in args.families for r in time_shapes(family, args, peak)]
+    scan = scan_rows(args) if "mamba" in args.families else []
+    text = table(rows, scan, device=device, peak=peak, exp_rate=args.exp_rate)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "batch_tokens.md").write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
