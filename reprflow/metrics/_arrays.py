@@ -99,14 +99,12 @@ def as_tensor(
 def _all_finite(t: torch.Tensor) -> bool:
     """True iff every element of ``t`` is finite.
 
-    Fast path: a float64 sum is finite whenever all elements are (NaN and inf propagate),
-    and one reduction is ~20x cheaper than materialising ``isfinite(t)`` on the CPU. Only
-    if the sum is not finite (a non-finite element, or float64 values so large that the
-    sum overflows) is the exact element-wise check run.
+    ``aminmax`` propagates NaN and shows +-inf, is one reduction in the input's own dtype and
+    allocates nothing. (A float64 sum, used before, first copies a float32 tensor to float64
+    on the CPU: 2x the input, 5.5 GB for one (66, 4096, 2560) float32 prompt, and 20x slower.)
     """
-    if bool(torch.isfinite(t.sum(dtype=torch.float64))):
-        return True
-    return bool(torch.isfinite(t).all())
+    low, high = torch.aminmax(t)
+    return bool(torch.isfinite(low) & torch.isfinite(high))
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:

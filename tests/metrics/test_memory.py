@@ -1,0 +1,60 @@
+"""Peak memory of the metrics against their input, measured in a fresh process.
+
+Each check runs the calls in a subprocess (``ru_maxrss`` is a process-wide high-water
+mark) on a float32 prompt and compares the peak resident memory above the baseline
+(input made, libraries warm) with the input's size. Blocks of 128 KiB and more are
+mapped and unmapped one by one (glibc ``MALLOC_MMAP_THRESHOLD_``), as the large blocks of
+a paper-size prompt are, so heap fragmentation does not blur the measure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+_PROBE = textwrap.dedent(
+    """
+    import json, resource, sys
+    import numpy as np
+    import torch
+    import reprflow.metrics as M
+
+    torch.set_num_threads(1)
+    shape, calls = json.loads(sys.argv[1])
+    H = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+    for call in calls:  # warm: lazy imports and allocator pools, on a tiny prompt
+        eval(call, {"M": M, "H": H[:, :8, :16].copy()})
+    def rss():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    base = rss()
+    peaks = {}
+    for call in calls:
+        eval(call, {"M": M, "H": H})
+        peaks[call] = rss() - base
+    print(json.dumps({"input": H.nbytes, "peaks": peaks}))
+    """
+)
+
+
+def _extra_memory(shape: tuple[int, int, int], calls: list[str]) -> tuple[int, dict[str, int]]:
+    """Input bytes and, after each call in order, the process's peak RSS above the baseline."""
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE, json.dumps([shape, calls])],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    return result["input"], result["peaks"]
+
+
+def test_cka_matrix_input_check_makes_no_float64_copy_of_the_prompt():
+    # The finiteness check summed the float32 prompt with dtype=float64, which on the CPU
+    # first copies it to float64 (2x the input; 5.5 GB at (66, 4096, 2560)).
+    size, peaks = _extra_memory((66, 128, 1024), ["M.cka_matrix(H)"])
+    assert peaks["M.cka_matrix(H)"] < 0.8 * size, (size, peaks)
