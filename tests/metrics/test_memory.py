@@ -79,3 +79,11 @@ def test_one_shot_metrics_work_in_token_chunks():
     # 2x to 6x the float32 input (up to 16 GB at (66, 4096, 2560)). Now a few chunks.
     size, peaks = _extra_memory((66, 256, 1024), _ONE_SHOT)
     assert max(peaks.values()) < 0.5 * size, (size, peaks)
+
+
+def test_cka_matrix_stays_within_its_block_budget():
+    # The diagonal square of each Gram row block was copied out of the block (reshape of a
+    # strided view), up to a second block_bytes; it is now a contiguous part of the block.
+    budget = 8 * 66 * 256 * 200  # 200 of 256 rows per block: a 21 MB square
+    size, peaks = _extra_memory((66, 256, 512), [f"M.cka_matrix(H, block_bytes={budget})"])
+    assert max(peaks.values()) < 1.3 * budget, (size, budget, peaks)
