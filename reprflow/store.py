@@ -1260,25 +1260,25 @@ class ConcatArray:
         idx = np.atleast_1d(idx)
         out_axis = self.axis - sum(isinstance(k, (int, np.integer)) for k in key[: self.axis])
         owner = np.searchsorted(self.offsets, idx, side="right") - 1
-        pieces, order = [], []
-        for s in np.unique(owner):
+        shape = [
+            idx.size if axis == self.axis else _selected_length(k, d)
+            for axis, (k, d) in enumerate(zip(key, self.shape))
+            if axis == self.axis or not isinstance(k, (int, np.integer))
+        ]
+        out = np.zeros(shape, dtype=self.dtype)
+        for s in np.unique(owner):  # each part's rows straight into their places in ``out``
             rows = np.flatnonzero(owner == s)
             local = key[: self.axis] + (idx[rows] - self.offsets[s],) + key[self.axis + 1 :]
-            part = self.parts[s]
-            data = part.oindex[local] if hasattr(part, "oindex") else _np_oindex(part, local)
-            pieces.append(np.asarray(data).astype(self.dtype, copy=False))
-            order.append(rows)
-        if not pieces:
-            shape = [
-                len(range(*k.indices(d))) if isinstance(k, slice) else len(np.atleast_1d(k))
-                for k, d in zip(key, self.shape)
-                if not isinstance(k, (int, np.integer))
-            ]
-            return np.zeros(shape, dtype=self.dtype)
-        out = np.concatenate(pieces, axis=out_axis)
-        inverse = np.argsort(np.concatenate(order), kind="stable")
-        out = np.take(out, inverse, axis=out_axis)
+            part = self.parts[s]  # (no name keeps a piece alive while the next one is read)
+            out[(slice(None),) * out_axis + (rows,)] = (
+                part.oindex[local] if hasattr(part, "oindex") else _np_oindex(part, local)
+            )
         return np.take(out, 0, axis=out_axis) if scalar else out
+
+
+def _selected_length(key: Any, size: int) -> int:
+    """Length that ``key`` (a slice or a 1-D index array) selects from an axis of ``size``."""
+    return len(range(*key.indices(size))) if isinstance(key, slice) else len(np.atleast_1d(key))
 
 
 def _np_oindex(arr: np.ndarray, key: tuple) -> np.ndarray:

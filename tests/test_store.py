@@ -303,6 +303,27 @@ def test_concat_array_matches_numpy_concatenate():
         np.testing.assert_array_equal(view[key], ref[key])
 
 
+def test_concat_array_read_holds_one_copy_of_the_result():
+    # A read concatenated the parts' pieces and then reordered them with np.take: three
+    # copies of the result alive at once (a probe slab of 25,000 samples x 2560 x a group of
+    # states, tripled). Each part's rows now go straight into the one output array, so the
+    # peak is the result and one part's piece.
+    import tracemalloc
+
+    parts = [np.ones((4, n, 2560), np.float32) for n in (300, 400, 300)]
+    view = ConcatArray(parts, axis=1)
+    tracemalloc.start()
+    try:
+        out = view[0:4]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert out.shape == (4, 1000, 2560)
+    assert peak < 1.5 * out.nbytes, (peak, out.nbytes)
+    shuffled = np.array([999, 0, 500, 300, 299])
+    np.testing.assert_array_equal(view[1, shuffled], np.concatenate(parts, axis=1)[1, shuffled])
+
+
 def test_resume_after_a_kill_between_array_creations(tmp_path):
     last, tokens, labels, n_tokens = _data()
     path = tmp_path / "s.zarr"

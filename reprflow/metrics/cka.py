@@ -298,26 +298,29 @@ def _centred_products(xs: Sequence[torch.Tensor], *, form: Form, block_bytes: in
     products = torch.zeros(k_states, k_states, dtype=f64, device=dev)
     sq_norms = torch.empty(k_states, n, dtype=f64, device=dev)
     if _choose_form(xs, form) == "example":
-        # Gram symmetry: for row block [r0, r1) take only columns r0..n-1. The diagonal
-        # square [r0, r1) x [r0, r1) counts once and the part right of it twice (it
-        # stands for its transpose below the diagonal): 2 <F, F> - <Fd, Fd>.
+        # Gram symmetry: for row block [r0, r1) take only columns r0..n-1, held as two
+        # contiguous parts: the diagonal square D = [r0, r1) x [r0, r1), which counts once,
+        # and the part R right of it, which counts twice (it stands for its transpose below
+        # the diagonal): <D, D> + 2 <R, R>. Together they fill at most block_bytes.
         rows = int(max(1, min(n, block_bytes // (8 * k_states * n))))
         cached = _cached_centred(xs, means) if rows < n else None
         storage = torch.empty(k_states * rows * n, dtype=f64, device=dev)
         for r0 in range(0, n, rows):
             r1 = min(n, r0 + rows)
-            m, width = r1 - r0, n - r0
-            block = storage[: k_states * m * width].view(k_states, m, width)
-            if cached is not None:  # all states at once: Gram rows r0:r1, columns r0:n
-                torch.bmm(cached[:, r0:r1], cached[:, r0:].transpose(1, 2), out=block)
+            m, rest = r1 - r0, n - r1
+            diag = storage[: k_states * m * m].view(k_states, m, m)
+            right = storage[k_states * m * m : k_states * m * (m + rest)].view(k_states, m, rest)
+            if cached is not None:  # all states at once
+                torch.bmm(cached[:, r0:r1], cached[:, r0:r1].transpose(1, 2), out=diag)
+                torch.bmm(cached[:, r0:r1], cached[:, r1:].transpose(1, 2), out=right)
             else:
                 for i in range(k_states):
                     xc = centred(i, r0)  # rows r0.. of the centred state
-                    torch.matmul(xc[:m], xc.T, out=block[i])
-            sq_norms[:, r0:r1] = torch.diagonal(block[:, :, :m], dim1=1, dim2=2)
-            flat = block.reshape(k_states, -1)
-            square = block[:, :, :m].reshape(k_states, -1)
-            products += 2 * (flat @ flat.T) - square @ square.T
+                    torch.matmul(xc[:m], xc[:m].T, out=diag[i])
+                    torch.matmul(xc[:m], xc[m:].T, out=right[i])
+            sq_norms[:, r0:r1] = torch.diagonal(diag, dim1=1, dim2=2)
+            flat_d, flat_r = diag.reshape(k_states, -1), right.reshape(k_states, -1)
+            products += flat_d @ flat_d.T + 2 * (flat_r @ flat_r.T)
     else:
         xcs = [centred(i) for i in range(k_states)]
         for i, xc in enumerate(xcs):
@@ -470,7 +473,8 @@ def cka_matrices(
         See module Notes.
     block_bytes : int, default 512 MiB
         Budget for float64 Gram row blocks (n_states x rows x n_tokens x 8 bytes). Peak
-        memory is about H (storage dtype) + one float64 state + this budget.
+        memory is about H (storage dtype) + one float64 state + this budget (measured:
+        (66, 1024, 2560) float32 adds 0.65 GiB).
 
     Returns
     -------

@@ -2,7 +2,9 @@
 
 All functions take the token states of ONE prompt, ``H`` of shape
 (n_states, n_tokens, hidden), as a numpy array or torch tensor, compute in float64
-(torch, on the CPU or the given device) and return numpy float64.
+(torch, on the CPU or the given device) and return numpy float64. They cast and process
+the prompt one token chunk at a time (:func:`reprflow.metrics._arrays.token_chunks`), so
+their float64 temporaries stay a few times ``CHUNK_BYTES`` whatever n_tokens.
 
 The accumulators at the end compute the same quantities from chunks of tokens, so a
 consumer never needs more than one chunk of a prompt in float64 at a time.
@@ -20,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from reprflow.metrics._arrays import ArrayLike, as_tensor, check_states, to_numpy
+from reprflow.metrics._arrays import ArrayLike, as_tensor, check_states, to_numpy, token_chunks
 
 __all__ = [
     "InterTokenCosineAccumulator",
@@ -74,9 +76,14 @@ def layerwise_cosine(H: ArrayLike, *, device: str | torch.device | None = None) 
     ValueError
         Fewer than 2 states, a zero-norm token, or non-finite input.
     """
-    h = as_tensor(H, name="H", ndim=3, device=device)
+    h = as_tensor(H, name="H", ndim=3, device=device, cast=False)
     check_states(h, name="layerwise_cosine", min_states=2)
-    return to_numpy(_pairwise_layer_cosine(_unit_vectors(h, name="layerwise_cosine")))
+    k, n, _ = h.shape
+    out = torch.empty(k - 1, n, dtype=torch.float64, device=h.device)
+    for start, chunk in token_chunks(h):
+        u = _unit_vectors(chunk, name="layerwise_cosine", token_offset=start)
+        out[:, start : start + chunk.shape[1]] = _pairwise_layer_cosine(u)
+    return to_numpy(out)
 
 
 def _bin_index(positions: torch.Tensor, n_tokens: int, n_bins: int) -> torch.Tensor:
@@ -117,10 +124,13 @@ def binned_layerwise_cosine(H: ArrayLike, *, n_bins: int = 64, device: str | tor
     """
     if n_bins < 1:
         raise ValueError(f"binned_layerwise_cosine: n_bins must be >= 1, got {n_bins}")
-    h = as_tensor(H, name="H", ndim=3, device=device)
+    h = as_tensor(H, name="H", ndim=3, device=device, cast=False)
     check_states(h, name="binned_layerwise_cosine", min_states=2)
-    cos = _pairwise_layer_cosine(_unit_vectors(h, name="binned_layerwise_cosine"))
-    sums, counts = _binned_sums(cos, start=0, n_tokens=h.shape[1], n_bins=n_bins)
+    sums = counts = 0
+    for start, chunk in token_chunks(h):
+        cos = _pairwise_layer_cosine(_unit_vectors(chunk, name="binned_layerwise_cosine", token_offset=start))
+        part, n_part = _binned_sums(cos, start=start, n_tokens=h.shape[1], n_bins=n_bins)
+        sums, counts = sums + part, counts + n_part
     return to_numpy(sums / counts)  # 0/0 -> NaN for an empty bin, as documented
 
 
@@ -145,10 +155,13 @@ def inter_token_cosine(H: ArrayLike, *, device: str | torch.device | None = None
     ``u_i = h_i / |h_i|``, ``|sum_i u_i|^2 = n + 2 sum_{i<j} u_i . u_j``, so the value is
     ``(|sum_i u_i|^2 - n) / (n (n - 1))``.
     """
-    h = as_tensor(H, name="H", ndim=3, device=device)
+    h = as_tensor(H, name="H", ndim=3, device=device, cast=False)
     check_states(h, name="inter_token_cosine", min_tokens=2)
-    u = _unit_vectors(h, name="inter_token_cosine")
-    return to_numpy(_inter_token_from_sum(u.sum(dim=1), h.shape[1]))
+    sum_unit = sum(
+        _unit_vectors(chunk, name="inter_token_cosine", token_offset=start).sum(dim=1)
+        for start, chunk in token_chunks(h)
+    )
+    return to_numpy(_inter_token_from_sum(sum_unit, h.shape[1]))
 
 
 def _inter_token_from_sum(sum_unit: torch.Tensor, n_tokens: int) -> torch.Tensor:

@@ -1,7 +1,9 @@
 """Layer-level flow statistics of one prompt: smoothness Sm (Eq. 3) and stability St (Eq. 4).
 
 Both take the token states of one prompt, ``H`` of shape (n_states, n_tokens, hidden),
-numpy or torch, compute in float64 and return a Python float.
+numpy or torch, compute in float64 and return a Python float. They cast and process the
+prompt one token chunk at a time (:func:`reprflow.metrics._arrays.token_chunks`), so their
+float64 temporaries stay a few times ``CHUNK_BYTES`` whatever n_tokens.
 
 Notes
 -----
@@ -33,9 +35,11 @@ across families.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
-from reprflow.metrics._arrays import ArrayLike, as_tensor, check_states
+from reprflow.metrics._arrays import ArrayLike, as_tensor, check_states, token_chunks
 
 __all__ = [
     "SmoothnessStabilityAccumulator",
@@ -62,15 +66,20 @@ def _state_rms_sum(h: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(h, dim=2).sum() / h.shape[2] ** 0.5
 
 
+def _chunked_sum(h: torch.Tensor, cell_sum: Callable[[torch.Tensor], torch.Tensor]) -> float:
+    """Sum of ``cell_sum(chunk)`` over the float64 token chunks of ``h`` (n_states, n_tokens, hidden)."""
+    return sum(float(cell_sum(chunk)) for _, chunk in token_chunks(h))
+
+
 def mean_state_rms(H: ArrayLike, *, device: str | torch.device | None = None) -> float:
     """The scale ``s`` of the scale-free variants: mean over states and tokens of ``||h||/sqrt(d)``.
 
     ``H`` has shape (n_states, n_tokens, hidden); float64 compute, returns a Python float.
     """
-    h = as_tensor(H, name="H", ndim=3, device=device)
+    h = as_tensor(H, name="H", ndim=3, device=device, cast=False)
     check_states(h, name="mean_state_rms", min_states=1)
     k, n, _ = h.shape
-    return float(_state_rms_sum(h)) / (k * n)
+    return _chunked_sum(h, _state_rms_sum) / (k * n)
 
 
 def _scale_free(value: float, scale: float, what: str) -> float:
@@ -113,10 +122,10 @@ def smoothness(H: ArrayLike, *, device: str | torch.device | None = None) -> flo
     -----
     Averages K - 2 second differences; see the module Notes for the paper's off-by-one.
     """
-    h = as_tensor(H, name="H", ndim=3, device=device)
+    h = as_tensor(H, name="H", ndim=3, device=device, cast=False)
     check_states(h, name="smoothness (Sm needs a second difference)", min_states=3)
     k, n, d = h.shape
-    return float(_second_difference_sum(h)) / ((k - 2) * n * d)
+    return _chunked_sum(h, _second_difference_sum) / ((k - 2) * n * d)
 
 
 def stability(H: ArrayLike, *, device: str | torch.device | None = None) -> float:
@@ -139,10 +148,10 @@ def stability(H: ArrayLike, *, device: str | torch.device | None = None) -> floa
     ValueError
         n_states < 2 or non-finite input.
     """
-    h = as_tensor(H, name="H", ndim=3, device=device)
+    h = as_tensor(H, name="H", ndim=3, device=device, cast=False)
     check_states(h, name="stability (St needs >= 2 states)", min_states=2)
     _, n, d = h.shape
-    return float(_population_std_sum(h)) / (n * d)
+    return _chunked_sum(h, _population_std_sum) / (n * d)
 
 
 class SmoothnessStabilityAccumulator:
