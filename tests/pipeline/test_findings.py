@@ -225,3 +225,32 @@ def test_unknown_size_pair_model_is_one_clear_error(config):
     raw["findings"] = {"f3_4_3": {"size_pairs": [{"small": "tiny-mamba", "large": "mamba-9b"}]}}
     with pytest.raises(ConfigError, match=r"config.findings.f3_4_3.size_pairs\[0\].large: 'mamba-9b'"):
         validate_config(raw)
+
+
+def test_hf_view_without_embeddings_keeps_its_first_layer(tmp_path, config):
+    """Mamba's hf view is block_1 .. block_L, final_norm: state 0 is a layer, not the embeddings.
+
+    Before the fix every curve lost its state 0 as 'the embeddings', here block_1 of tiny-mamba."""
+    _world(tmp_path, config, SUPPORTS)
+    names = [f"block_{i}" for i in range(1, K)] + ["final_norm"]
+    inter = np.array([0.45] + [0.2] * 7 + [0.6])  # block_1 stands out
+    inter_random = np.array([0.2] + [0.05] * 8)
+    for cell in cells(config):
+        if cell.model == "tiny-mamba":
+            values = inter if cell.init == "pretrained" else inter_random
+            path = tmp_path / cell.fmt(TOKEN_METRICS) / "inter_token_cosine.csv"
+            frame = pd.DataFrame({"view": "hf", "state_index": range(K), "state_name": names, "mean": values})
+            frame.assign(std=0.0).to_csv(path, index=False)
+    table = _verdicts(tmp_path, config)
+    inner = float(np.mean(inter[:-1]))  # every state but the last: 0.281, not 0.2
+    assert f"tiny-mamba (SSM) inter-token cosine of the inner layers {inner:.3g} <= 0.5" in (
+        table.loc[("F3.2.2", "pretrained")].evidence
+    )
+    random_mean, trained = float(np.mean(inter_random)), float(np.mean(inter))
+    evidence = table.loc[("F3.2.3", "random")].evidence
+    assert f"tiny-mamba (SSM) random inter-token cosine (mean over layers) {random_mean:.3g} <= 0.25" in evidence
+    assert f"pretrained - random = {trained:.3g} - {random_mean:.3g}" in evidence
+    # the other models' files name no states: their state 0 is still read as the embeddings
+    assert "tiny-mamba2 (SSM) inter-token cosine of the inner layers 0.3 <= 0.5" in (
+        table.loc[("F3.2.2", "pretrained")].evidence
+    )
