@@ -1,6 +1,6 @@
 """Per-layer linear softmax probes, trained for all layers and seeds at once.
 
-The paper (Hoang et al. 2025, Sec. 5.3, Table 1/2, Fig. 7) trains one linear softmax
+The paper (Hoang et al. 2025, §3.1 and §3.4, Table 1/2, Fig. 7) trains one linear softmax
 probe per layer on the last-token state h_T^l to predict the gold position k, with
 Adam (lr 0.05), 150 full-batch epochs, 20K training samples, a held-out validation
 split and 5 seeds. Done naively that is n_states x 5 separate training loops. Here

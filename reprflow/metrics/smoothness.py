@@ -14,7 +14,9 @@ layer view (h^0 .. h^{K-1}):
 - Sm averages the K - 2 second differences ``|h^{l+1} - (h^l + h^{l+2}) / 2|``,
   l = 0 .. K - 3, then averages over tokens and hidden dims. K < 3 raises ValueError.
 - St is the POPULATION standard deviation (ddof = 0, divide by K) of h^l over the K
-  states, averaged over tokens and hidden dims. K < 2 raises ValueError.
+  states, averaged over tokens and hidden dims. K < 2 raises ValueError. Eq. 4 as printed
+  runs over l = 1 .. L (it leaves out h^0, which Eq. 3 includes); here St uses the same K
+  states as Sm, so h^0 counts where the view has it (residual; hf of the TBMs).
 
 Both are sums over (token, dim) cells, so they stream exactly over token chunks
 (:class:`SmoothnessStabilityAccumulator`).

@@ -128,7 +128,9 @@ class Evidence:
     (layerwise_cosine, K-1 values) curve at the model's figure length, mean over tasks;
     ``cka[(model, init, view)]``: (K, K) matrix, mean over tasks; ``table1``/``table2`` as in
     :mod:`reprflow.pipeline.tables` (rows of cells not run are empty); ``missing_token`` and
-    ``missing_probe``: cells whose files are absent.
+    ``missing_probe``: cells whose files are absent. ``first_layer[(model, init, view)]``: index
+    of the view's first state after the embeddings (1 when state 0 is ``embed``; 0 for a view
+    without the embeddings, e.g. the hf view of Mamba and Mamba2, which starts at ``block_1``).
     """
 
     config: Config
@@ -138,6 +140,11 @@ class Evidence:
     table2: pd.DataFrame
     missing_token: list[Cell]
     missing_probe: list[Cell]
+    first_layer: dict[tuple[str, str, str], int] = field(default_factory=dict)
+
+    def layers(self, key: tuple[str, str, str]) -> int:
+        """Index of the first non-embedding state of the (model, init, view) curves and CKA."""
+        return self.first_layer.get(key, 1)
 
 
 def _exists(cell: Cell, pattern: str, root: Path) -> bool:
@@ -156,6 +163,7 @@ def load_evidence(config: Config, root: str | Path = ".") -> Evidence:
     missing_probe = [c for c in probe_cells(config) if not _exists(c, PROBES, root)]
     views = config.section("metrics")["views"]
     curves: dict[str, dict] = {}
+    first_layer: dict[tuple[str, str, str], int] = {}
     for name, x in (("inter_token_cosine", "state_index"), ("layerwise_cosine", "pair_index")):
         frame = token_curves(config, name, root, missing_ok=True)
         curves[name] = {}
@@ -171,7 +179,10 @@ def load_evidence(config: Config, root: str | Path = ".") -> Evidence:
                     ]
                     if sel.empty or sel["task"].nunique() < len(config.tasks):
                         continue
-                    curves[name][(model.name, init.name, view)] = sel.groupby(x)["mean"].mean().sort_index().to_numpy()
+                    key = (model.name, init.name, view)
+                    curves[name][key] = sel.groupby(x)["mean"].mean().sort_index().to_numpy()
+                    if name == "inter_token_cosine":
+                        first_layer[key] = _first_layer(sel)
     cka = {}
     for model in config.models:
         length = figure_length(config, model)
@@ -185,7 +196,17 @@ def load_evidence(config: Config, root: str | Path = ".") -> Evidence:
                         [token_array(c, f"cka_{view}", root) for c in cell_list], axis=0
                     )
     table1, table2 = build_tables(config, root, missing_ok=True)
-    return Evidence(config, curves, cka, table1, table2, missing_token, missing_probe)
+    return Evidence(config, curves, cka, table1, table2, missing_token, missing_probe, first_layer)
+
+
+def _first_layer(sel: pd.DataFrame) -> int:
+    """1 if state 0 of the view is the embeddings (``state_name`` ``embed``), else 0.
+
+    ``sel``: rows of one (model, init, view) of ``inter_token_cosine.csv``. The hf view of the
+    Mamba families is ``block_1 .. block_L, final_norm`` (docs/CONTRACTS.md): no embeddings to
+    leave out. Files that name no states are read as starting at the embeddings."""
+    first = sel.loc[sel["state_index"] == sel["state_index"].min()].get("state_name", pd.Series(dtype=object))
+    return int(first.isna().all() or (first == "embed").any())
 
 
 # ---------------------------------------------------------------- helpers shared by the findings
@@ -320,7 +341,8 @@ def f3_2_2(ev: Evidence, arm: str, view: str, t: dict) -> Verdict:
     bodies = {"TBM": [], "SSM": []}
     for model, kind in have.items():
         curve = ev.curves["inter_token_cosine"][(model, arm, view)]
-        inner = curve[1:-1] if len(curve) > 2 else curve[:-1]  # states after the embeddings, before the last
+        start = ev.layers((model, arm, view))
+        inner = curve[start:-1] if len(curve) > start + 1 else curve[:-1]  # after the embeddings, before the last
         body = float(inner.mean())
         bodies[kind].append(body)
         if kind == "TBM":
@@ -365,15 +387,15 @@ def f3_2_3(ev: Evidence, arm: str, view: str, t: dict) -> Verdict:
         return v
     random_means = {"TBM": [], "SSM": []}
     for model, kind in have.items():
-        curve = ev.curves["inter_token_cosine"][(model, arm, view)]
-        mean = float(curve[1:].mean())  # every layer after the embeddings
+        curve = ev.curves["inter_token_cosine"][(model, arm, view)][ev.layers((model, arm, view)) :]
+        mean = float(curve.mean())  # every layer after the embeddings
         random_means[kind].append(mean)
         if kind == "TBM":
             v.checks.append(
                 _check(
                     mean >= t["tbm_random_min"],
                     f"{model} (TBM) {arm} inter-token cosine (mean over layers, "
-                    f"range {_f(curve[1:].min())}..{_f(curve[1:].max())}) {_f(mean)} >= {t['tbm_random_min']}",
+                    f"range {_f(curve.min())}..{_f(curve.max())}) {_f(mean)} >= {t['tbm_random_min']}",
                     model,
                 )
             )
@@ -386,7 +408,9 @@ def f3_2_3(ev: Evidence, arm: str, view: str, t: dict) -> Verdict:
                 )
             )
             if model in with_ref:
-                trained = float(ev.curves["inter_token_cosine"][(model, ref, view)][1:].mean())
+                trained = float(
+                    ev.curves["inter_token_cosine"][(model, ref, view)][ev.layers((model, ref, view)) :].mean()
+                )
                 v.checks.append(
                     _check(
                         trained - mean >= t["ssm_training_gain_min"],
@@ -428,7 +452,8 @@ def f3_3_1(ev: Evidence, arm: str, view: str, t: dict) -> Verdict:
         return v
     shift = {"TBM": [], "SSM": []}
     for model, kind in have.items():
-        m = ev.cka[(model, arm, view)][1:, 1:]  # layers after the embeddings
+        start = ev.layers((model, arm, view))
+        m = ev.cka[(model, arm, view)][start:, start:]  # layers after the embeddings
         early, late = _depth_regions(len(m), t["late_fraction"])
         e, l = _block_mean(m, early), _block_mean(m, late)
         shift[kind].append(l - e)
@@ -519,7 +544,8 @@ def f3_4_1(ev: Evidence, arm: str, view: str, t: dict) -> Verdict:
     for length, at in rows.groupby("length"):
         for r in at.itertuples():
             n_states = _n_states(ev, r.model, arm, view)
-            inner = 0 < r.peak_layer < n_states - 1 if n_states else r.gap > 0
+            first = ev.layers((r.model, arm, view))
+            inner = first <= r.peak_layer < n_states - 1 if n_states else r.gap > 0
             at_chance = (
                 " [peak within gap_min of chance: no task signal]" if r.peak_acc - r.chance < t["gap_min"] else ""
             )

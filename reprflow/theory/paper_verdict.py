@@ -16,8 +16,11 @@ report the per-cell 95 % CIs.
 Theorem verdict per (theorem, setting, weight source): ``holds`` (every decided cell positive, at
 least one decided), ``fails`` (no positive cell, some negative), ``holds in a stated regime``
 (both; the regime is described from the grid), ``inconclusive`` (nothing decided). For
-Theorem 5 the regime is the theorem's own (σ² <= x_max): it ``holds`` if every in-regime cell
-holds, ``fails`` if any in-regime cell fails.
+Theorem 5 the regime is its proof's (σ² <= x_max); the statement itself has no σ² condition
+(E[St²_Trans] > E[St²_Mamba] for all n under Assumptions 1-4 and contractivity). It ``fails`` if
+any in-regime cell fails; if every in-regime cell holds it ``holds`` when no cell outside fails
+either, else it ``holds in a stated regime`` (σ² <= x_max), since the statement is then false
+outside it.
 """
 
 from __future__ import annotations
@@ -133,7 +136,9 @@ def theorem_verdict(cells: pd.DataFrame) -> tuple[str, str]:
         if (inside.status == "fails").any():
             return "fails", f"σ² <= x_max, fails at {_cells(inside[inside.status == 'fails'])}" + tail
         if len(inside) and (inside.status == "holds").all():
-            return "holds", "σ² <= x_max (the theorem's regime)" + tail
+            if (outside.status == "fails").any():
+                return "holds in a stated regime", "σ² <= x_max (the proof's; the statement has none)" + tail
+            return "holds", "σ² <= x_max (the proof's regime) and outside it" + tail
         return "inconclusive", "σ² <= x_max" + tail
     pos, neg = cells.status.isin(POSITIVE), cells.status.isin(NEGATIVE)
     if not (pos | neg).any():

@@ -214,10 +214,12 @@ def test_theorem_verdicts_both_ways_and_regimes():
     assert verdict == "holds in a stated regime" and regime.startswith("σ² <= 1")
     long = _cells({c: "agrees" if c[0] >= 64 else "disagrees" for c in grid})
     assert describe_regime(long).startswith("n >= 64")
-    # Theorem 5: only the in-regime cells decide
+    # Theorem 5: an in-regime failure fails it; its statement has no σ² condition, so a failure
+    # outside the proof's regime σ² <= x_max limits it to that regime (before: "holds")
     regime = lambda n, s2: s2 <= 1.0  # noqa: E731
     ok = _cells({c: "holds" if c[1] <= 1 else "fails" for c in grid}, regime)
-    assert theorem_verdict(ok)[0] == "holds" and "fails 2" in theorem_verdict(ok)[1]
+    assert theorem_verdict(ok)[0] == "holds in a stated regime" and "fails 2" in theorem_verdict(ok)[1]
+    assert theorem_verdict(_cells(dict.fromkeys(grid, "holds"), regime))[0] == "holds"
     bad = _cells({c: "fails" if c == (64, 0.25) else "holds" for c in grid}, regime)
     assert theorem_verdict(bad)[0] == "fails"
 
