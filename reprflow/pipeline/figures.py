@@ -138,6 +138,19 @@ def _describe_init(config: Config) -> str:
     return f"init {init.name}"
 
 
+def _state_zero(views: list[str], models: list[ModelSpec]) -> str:
+    """What state 0 is on a state axis drawn for these views and models.
+
+    The residual view and transformers' hidden_states of the TBMs start at the embeddings;
+    transformers' hidden_states of Mamba and Mamba2 (the hf view) start at block 1
+    (docs/CONTRACTS.md)."""
+    no_embed = "hf" in views and any(ARCHITECTURE.get(m.family) == "SSM" for m in models)
+    embed = any(v != "hf" for v in views) or any(ARCHITECTURE.get(m.family) != "SSM" for m in models)
+    if no_embed and embed:
+        return "0 = embeddings; block 1 in Mamba/Mamba2's hf view"
+    return "0 = block 1" if no_embed else "0 = embeddings"
+
+
 def fig1_layerwise_cosine(config: Config, task: str | None) -> plt.Figure:
     views = config.section("metrics")["views"]
     init = config.inits[0].name
@@ -214,7 +227,7 @@ def fig2_inter_token_cosine(config: Config, task: str | None) -> plt.Figure:
                 drawn.append(model.name)
             _note_missing(ax, config, drawn, length)
             ax.set_title(f"{view}, n={length}", fontsize=8)
-            ax.set_xlabel("relative depth (0 = embeddings)", fontsize=7)
+            ax.set_xlabel(f"relative depth ({_state_zero([view], config.models)})", fontsize=7)
             ax.set_ylabel("inter-token cosine", fontsize=7)
     _cosine_axes(axes)
     _legend(fig, axes)
@@ -258,7 +271,7 @@ def fig3_pretrained_vs_random(config: Config, task: str | None) -> plt.Figure:
         axes[0, c].set_title(f"{model.name} ({ARCHITECTURE.get(model.family, model.family)}, n={length})", fontsize=8)
         for ax in axes[:, c]:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axes[0, c].set_xlabel("state (0 = embeddings)", fontsize=7)
+        axes[0, c].set_xlabel(f"state ({_state_zero(views, [model])})", fontsize=7)
         axes[1, c].set_xlabel("layer pair l -> l+1", fontsize=7)
     _cosine_axes(axes)
     _legend(fig, axes)
@@ -335,7 +348,7 @@ def fig7_probe_accuracy(config: Config, task: str | None) -> plt.Figure:
                 ax.axhline(chance, color="grey", linestyle=":", linewidth=1, label="chance 1/C")
             _note_missing(ax, config, drawn, length)
             ax.set_title(f"{view}, n={length}", fontsize=8)
-            ax.set_xlabel("state (0 = embeddings)", fontsize=7)
+            ax.set_xlabel(f"state ({_state_zero([view], config.models)})", fontsize=7)
             ax.set_ylabel("probe accuracy", fontsize=7)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_ylim(0, 1)
