@@ -49,6 +49,7 @@ def _user_records(path: Path, tokenizer: Any) -> list[dict]:
     """
     from reprflow.errors import PromptError
     from reprflow.prompts.custom import read_user_jsonl
+    from reprflow.prompts.files import read_user_text
 
     if path.suffix in (".jsonl", ".json"):
         records = [
@@ -56,7 +57,7 @@ def _user_records(path: Path, tokenizer: Any) -> list[dict]:
             for i, r in enumerate(read_user_jsonl(path, require_label=False))
         ]
     else:
-        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        lines = [line for line in read_user_text(path).splitlines() if line.strip()]
         records = [{"id": str(i), "prompt": line, "label": -1} for i, line in enumerate(lines)]
     if not records:
         raise PromptError(f"{path}: no prompts (empty file)")
@@ -73,7 +74,8 @@ def _read_prompts(path: Path, tokenizer: Any) -> tuple[list[dict], str, int]:
 
     if not path.is_file():
         raise PromptError(f"{path}: no such prompt file")
-    first = next((line for line in path.open(encoding="utf-8") if line.strip()), "")
+    # only to tell the forms apart: the reader of the form reports a byte that is not UTF-8
+    first = next((line for line in path.open(encoding="utf-8-sig", errors="replace") if line.strip()), "")
     try:
         head = json.loads(first) if path.suffix == ".jsonl" else None
     except json.JSONDecodeError:

@@ -238,6 +238,21 @@ def test_bad_input_is_one_line_naming_the_culprit(tmp_path, tiny_model, capsys):
     assert capsys.readouterr().err.startswith("reprflow probe: error: ")
 
 
+@pytest.mark.parametrize("suffix", [".jsonl", ".txt"])
+def test_a_prompt_file_not_in_utf8_is_one_line_naming_it(tmp_path, suffix, capsys):
+    prompts = tmp_path / f"latin1{suffix}"
+    prompts.write_bytes("caf\u00e9 au lait\n".encode("latin-1"))
+    out = tmp_path / "s.zarr"
+    args = ["-q", "extract", str(prompts), str(tmp_path / "model"), "-o", str(out), "--tokenizer", "gpt2"]
+    assert main([*args, "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert (
+        err
+        == f"reprflow extract: error: {prompts} line 1: not UTF-8 text (byte 0xe9 at offset 3); save the file as UTF-8\n"
+    )
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("command", ["extract", "metrics", "probe"])
 def test_every_command_documents_itself(command, capsys):
     with pytest.raises(SystemExit) as exc:
