@@ -253,6 +253,39 @@ def test_a_prompt_file_not_in_utf8_is_one_line_naming_it(tmp_path, suffix, capsy
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    "command, option, value",
+    [
+        ("extract", "--batch-size", "0"),
+        ("extract", "--token-prompts", "-1"),
+        ("extract", "--bins", "0"),
+        ("metrics", "--bins", "0"),
+        ("probe", "--epochs", "0"),
+        ("probe", "--seeds", "-1"),
+        ("probe", "--n-train", "two"),
+    ],
+)
+def test_an_option_out_of_range_is_refused_by_name(command, option, value, capsys):
+    inputs = ["p.jsonl", "model"] if command == "extract" else ["s.zarr"]
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args([command, *inputs, "-o", "out", option, value])
+    assert exc.value.code == 2
+    assert f"argument {option}: expected an int >= " in capsys.readouterr().err
+
+
+def test_an_output_path_the_file_system_refuses_is_one_line(tmp_path, monkeypatch, capsys):
+    blocker = tmp_path / "results"
+    blocker.write_text("a file where a folder is needed")
+
+    def write_beside_it(store, out_csv, **_):  # the stage's first write: the CSV's folder
+        out_csv.parent.mkdir(parents=True, exist_ok=True)
+
+    monkeypatch.setattr("reprflow.pipeline.probe_stage.run_probe_stage", write_beside_it)
+    assert main(["-q", "probe", str(tmp_path / "s.zarr"), "-o", str(blocker / "p.csv")]) == 1
+    err = capsys.readouterr().err
+    assert err == f"reprflow probe: error: [Errno 17] File exists: '{blocker}'\n"
+
+
 @pytest.mark.parametrize("command", ["extract", "metrics", "probe"])
 def test_every_command_documents_itself(command, capsys):
     with pytest.raises(SystemExit) as exc:
