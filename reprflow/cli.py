@@ -10,7 +10,7 @@ Three thin subcommands over the library (``reprflow <command> --help`` documents
 (``data/prompts/{tokenizer}/{task}_n{length}.jsonl``, checked against its manifest), a JSONL
 file of ``{"prompt": str, "label": int}`` records (``label`` optional), or a text file with one
 prompt per line. Prompts without a label get label -1 (the store holds them; ``probe`` needs
-at least two classes). The store is the one the workflow writes (:mod:`reprflow.store`), so
+a label on every prompt and at least two classes). The store is the one the workflow writes (:mod:`reprflow.store`), so
 ``metrics`` and ``probe`` read either. Errors of the input (a bad record, a missing store, an
 output path the file system refuses) end the command with one line naming the culprit and exit
 status 1; an option out of its range (``--batch-size 0``) is refused by argparse, exit status 2.

@@ -156,7 +156,7 @@ def test_text_file_is_one_prompt_a_line_without_labels(tmp_path, tiny_model, cap
     np.testing.assert_array_equal(group["labels"][:], [-1, -1])
     assert group.attrs["token_prompt_ids"] == [] and group.attrs["task"] == "lines"
     assert main(["-q", "probe", str(store), "-o", str(tmp_path / "p.csv"), "--device", "cpu"]) == 1
-    assert "at least 2 classes" in capsys.readouterr().err
+    assert f"{store}: 2 of 2 prompts have no label (stored as -1" in capsys.readouterr().err
 
 
 def test_workflow_prompt_set_keeps_its_task_and_length(tmp_path, tiny_model):
