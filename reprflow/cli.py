@@ -10,9 +10,10 @@ Three thin subcommands over the library (``reprflow <command> --help`` documents
 (``data/prompts/{tokenizer}/{task}_n{length}.jsonl``, checked against its manifest), a JSONL
 file of ``{"prompt": str, "label": int}`` records (``label`` optional), or a text file with one
 prompt per line. Prompts without a label get label -1 (the store holds them; ``probe`` needs
-at least two classes). The store is the one the workflow writes (:mod:`reprflow.store`), so
-``metrics`` and ``probe`` read either. Errors of the input (a bad record, a missing store) end
-the command with one line naming the culprit and exit status 1.
+a label on every prompt and at least two classes). The store is the one the workflow writes (:mod:`reprflow.store`), so
+``metrics`` and ``probe`` read either. Errors of the input (a bad record, a missing store, an
+output path the file system refuses) end the command with one line naming the culprit and exit
+status 1; an option out of its range (``--batch-size 0``) is refused by argparse, exit status 2.
 
 Every heavy import happens inside the command that needs it: ``--help`` stays instant.
 """
@@ -49,6 +50,7 @@ def _user_records(path: Path, tokenizer: Any) -> list[dict]:
     """
     from reprflow.errors import PromptError
     from reprflow.prompts.custom import read_user_jsonl
+    from reprflow.prompts.files import read_user_text
 
     if path.suffix in (".jsonl", ".json"):
         records = [
@@ -56,7 +58,7 @@ def _user_records(path: Path, tokenizer: Any) -> list[dict]:
             for i, r in enumerate(read_user_jsonl(path, require_label=False))
         ]
     else:
-        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        lines = [line for line in read_user_text(path).splitlines() if line.strip()]
         records = [{"id": str(i), "prompt": line, "label": -1} for i, line in enumerate(lines)]
     if not records:
         raise PromptError(f"{path}: no prompts (empty file)")
@@ -73,7 +75,8 @@ def _read_prompts(path: Path, tokenizer: Any) -> tuple[list[dict], str, int]:
 
     if not path.is_file():
         raise PromptError(f"{path}: no such prompt file")
-    first = next((line for line in path.open(encoding="utf-8") if line.strip()), "")
+    # only to tell the forms apart: the reader of the form reports a byte that is not UTF-8
+    first = next((line for line in path.open(encoding="utf-8-sig", errors="replace") if line.strip()), "")
     try:
         head = json.loads(first) if path.suffix == ".jsonl" else None
     except json.JSONDecodeError:
@@ -255,6 +258,21 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
         )
 
 
+def _int_at_least(low: int) -> Any:
+    """An argparse ``type``: an int >= ``low``; argparse names the option in its error (exit 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an int >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an int >= {low}, got {value}")
+        return value
+
+    return parse
+
+
 def _add_store_inputs(p: argparse.ArgumentParser, out_help: str) -> None:
     """STORE..., -o/--out and --views: the inputs and output of the commands that read a store."""
     p.add_argument("stores", nargs="+", metavar="STORE", help="a complete store, or the shards of one prompt set")
@@ -311,11 +329,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="pretrained",
         help="pretrained (default) or a random init scheme: default, gaussian, xavier, he",
     )
-    ex.add_argument("--seed", type=int, default=0, help="seed of a random init (default: 0)")
-    ex.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass (default: 8)")
+    ex.add_argument("--seed", type=_int_at_least(0), default=0, help="seed of a random init (default: 0)")
+    ex.add_argument("--batch-size", type=_int_at_least(1), default=8, help="prompts per forward pass (default: 8)")
     ex.add_argument(
         "--token-prompts",
-        type=int,
+        type=_int_at_least(0),
         default=64,
         help="prompts whose full token states are stored, evenly spaced; `metrics` reads them "
         "(default: 64; 0 stores last-token states only)",
@@ -327,7 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="compute the token metrics of the --token-prompts prompts during extraction and write "
         "them to DIR (the files of `metrics`); the store then keeps no token states",
     )
-    ex.add_argument("--bins", type=int, default=64, help="with --stream-metrics: as for `metrics` (default: 64)")
+    ex.add_argument(
+        "--bins", type=_int_at_least(1), default=64, help="with --stream-metrics: as for `metrics` (default: 64)"
+    )
     ex.add_argument(
         "--dtype",
         default="auto",
@@ -356,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     me.add_argument("--no-debiased-cka", action="store_true", help="skip the debiased CKA matrix")
     me.add_argument(
         "--bins",
-        type=int,
+        type=_int_at_least(1),
         default=64,
         help="relative-position bins of the layerwise-cosine heatmap, at most the shortest "
         "prompt's token count (default: 64)",
@@ -373,11 +393,15 @@ def build_parser() -> argparse.ArgumentParser:
         "question). Writes one CSV row per (view, state, seed) and a JSON summary beside it.",
     )
     _add_store_inputs(pr, "CSV to write; the summary goes to the same name .json")
-    pr.add_argument("--epochs", type=int, default=150, help="full-batch Adam steps (default: 150)")
+    pr.add_argument("--epochs", type=_int_at_least(1), default=150, help="full-batch Adam steps (default: 150)")
     pr.add_argument("--lr", type=float, default=0.05, help="Adam learning rate (default: 0.05)")
-    pr.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="split/init seeds (default: 0-4)")
+    pr.add_argument(
+        "--seeds", type=_int_at_least(0), nargs="+", default=[0, 1, 2, 3, 4], help="split/init seeds (default: 0-4)"
+    )
     pr.add_argument("--val-fraction", type=float, default=0.2, help="held-out share (default: 0.2)")
-    pr.add_argument("--n-train", type=int, default=20000, help="at most this many training samples (default: 20000)")
+    pr.add_argument(
+        "--n-train", type=_int_at_least(1), default=20000, help="at most this many training samples (default: 20000)"
+    )
     pr.add_argument("--no-standardize", action="store_true", help="train on raw features (default: z-scored)")
     pr.add_argument(
         "--matmul-precision",
@@ -403,7 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except ReprflowError as exc:
+    except (ReprflowError, OSError) as exc:  # OSError: the file system refused a path (it names it)
         print(f"reprflow {args.command}: error: {exc}", file=sys.stderr)
         return 1
 

@@ -19,6 +19,7 @@ import torch
 from reprflow.errors import ConfigError, PromptError
 from reprflow.extract import capture_batches, run_info
 from reprflow.models.layouts import get_layout
+from reprflow.models.registry import model_max_context
 from reprflow.sinks import MemorySink, feed
 
 __all__ = ["CollectedStates", "collect_states"]
@@ -58,6 +59,18 @@ class CollectedStates:
 def _model_device(model: torch.nn.Module) -> torch.device:
     param = next(model.parameters(), None)
     return param.device if param is not None else torch.device("cpu")
+
+
+def _check_context(model: torch.nn.Module, encoded: Sequence[Sequence[int]]) -> None:
+    """Raise :class:`PromptError` naming the first text longer than the model's context window
+    (a position table would otherwise fail deep in the forward with an IndexError)."""
+    limit = model_max_context(model)
+    long = [i for i, e in enumerate(encoded) if limit is not None and len(e) > limit]
+    if long:
+        raise PromptError(
+            f"collect_states: text {long[0]} has {len(encoded[long[0]])} tokens, above the context window of "
+            f"{limit} of this {model.config.model_type} model ({len(long)} text(s) too long); shorten them"
+        )
 
 
 def collect_states(
@@ -127,6 +140,7 @@ def collect_states(
     empty = [i for i, e in enumerate(encoded) if len(e) == 0]
     if empty:
         raise PromptError(f"collect_states: text {empty[0]} ({texts[empty[0]]!r}) has no tokens")
+    _check_context(model, encoded)
     ids = dict(enumerate(encoded))
     pad_id = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0)
 

@@ -466,6 +466,24 @@ def choose_store_dtype(requested: str, peak: float) -> str:
     return "float16" if peak * AUTO_HEADROOM < FLOAT16_MAX else "float32"
 
 
+def refuse_foreign_target(path: Path) -> None:
+    """Raise :class:`StoreError` if ``path`` holds something other than a Zarr store.
+
+    :meth:`StoreWriter.finalize` replaces whatever is at the store's path, so a file or a
+    folder of other data given as the output (``-o results``) is refused before any work.
+    An empty folder or a folder with a ``zarr.json`` (a store, even a damaged one) is fine.
+    """
+    if not (path.exists() or path.is_symlink()) or (path / "zarr.json").is_file():
+        return
+    if path.is_dir() and not any(path.iterdir()):
+        return
+    what = "a folder that is not a Zarr store" if path.is_dir() else "a file, not a Zarr store"
+    raise StoreError(
+        f"{path}: exists and is {what}; writing the store there would delete it. Give a new "
+        "path for the store (e.g. ending in .zarr) or move that one away"
+    )
+
+
 def create_partial_store(
     partial: Path,
     spec: StoreSpec,
@@ -652,6 +670,7 @@ class StoreWriter:
             True if the final store already exists, is complete and was written by an
             identical writer: nothing to do. False otherwise (then write windows).
         """
+        refuse_foreign_target(self.path)
         if self.path.exists():
             reason = self._final_reason()
             if reason is None:

@@ -156,7 +156,7 @@ def test_text_file_is_one_prompt_a_line_without_labels(tmp_path, tiny_model, cap
     np.testing.assert_array_equal(group["labels"][:], [-1, -1])
     assert group.attrs["token_prompt_ids"] == [] and group.attrs["task"] == "lines"
     assert main(["-q", "probe", str(store), "-o", str(tmp_path / "p.csv"), "--device", "cpu"]) == 1
-    assert "at least 2 classes" in capsys.readouterr().err
+    assert f"{store}: 2 of 2 prompts have no label (stored as -1" in capsys.readouterr().err
 
 
 def test_workflow_prompt_set_keeps_its_task_and_length(tmp_path, tiny_model):
@@ -236,6 +236,54 @@ def test_bad_input_is_one_line_naming_the_culprit(tmp_path, tiny_model, capsys):
     assert f"MODEL '{tiny_model}': no tokenizer could be loaded from it (no tokenizer files)" in capsys.readouterr().err
     assert main(["-q", "probe", str(tmp_path / "missing.zarr"), "-o", str(tmp_path / "p.csv")]) == 1
     assert capsys.readouterr().err.startswith("reprflow probe: error: ")
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".txt"])
+def test_a_prompt_file_not_in_utf8_is_one_line_naming_it(tmp_path, suffix, capsys):
+    prompts = tmp_path / f"latin1{suffix}"
+    prompts.write_bytes("caf\u00e9 au lait\n".encode("latin-1"))
+    out = tmp_path / "s.zarr"
+    args = ["-q", "extract", str(prompts), str(tmp_path / "model"), "-o", str(out), "--tokenizer", "gpt2"]
+    assert main([*args, "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert (
+        err
+        == f"reprflow extract: error: {prompts} line 1: not UTF-8 text (byte 0xe9 at offset 3); save the file as UTF-8\n"
+    )
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "command, option, value",
+    [
+        ("extract", "--batch-size", "0"),
+        ("extract", "--token-prompts", "-1"),
+        ("extract", "--bins", "0"),
+        ("metrics", "--bins", "0"),
+        ("probe", "--epochs", "0"),
+        ("probe", "--seeds", "-1"),
+        ("probe", "--n-train", "two"),
+    ],
+)
+def test_an_option_out_of_range_is_refused_by_name(command, option, value, capsys):
+    inputs = ["p.jsonl", "model"] if command == "extract" else ["s.zarr"]
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args([command, *inputs, "-o", "out", option, value])
+    assert exc.value.code == 2
+    assert f"argument {option}: expected an int >= " in capsys.readouterr().err
+
+
+def test_an_output_path_the_file_system_refuses_is_one_line(tmp_path, monkeypatch, capsys):
+    blocker = tmp_path / "results"
+    blocker.write_text("a file where a folder is needed")
+
+    def write_beside_it(store, out_csv, **_):  # the stage's first write: the CSV's folder
+        out_csv.parent.mkdir(parents=True, exist_ok=True)
+
+    monkeypatch.setattr("reprflow.pipeline.probe_stage.run_probe_stage", write_beside_it)
+    assert main(["-q", "probe", str(tmp_path / "s.zarr"), "-o", str(blocker / "p.csv")]) == 1
+    err = capsys.readouterr().err
+    assert err == f"reprflow probe: error: [Errno 17] File exists: '{blocker}'\n"
 
 
 @pytest.mark.parametrize("command", ["extract", "metrics", "probe"])

@@ -76,6 +76,11 @@ def test_bad_input_gets_one_clear_error(neox_dir):
         collect_states(model, tokenizer, TEXTS, view="logit")
     with pytest.raises(ConfigError, match="positions='first'"):
         collect_states(model, tokenizer, TEXTS, positions="first")
+    model.config.max_position_embeddings = 4  # GPT-Neo's position table would raise an IndexError
+    with pytest.raises(
+        PromptError, match=r"text 1 has \d+ tokens, above the context window of 4 of this gpt_neox model"
+    ):
+        collect_states(model, tokenizer, TEXTS)
 
 
 def test_readme_notebook_example_runs(neox_dir, capsys):

@@ -84,6 +84,8 @@ def _mutate(base, path, value):
         (("models", 0, "hf_id"), "EleutherAI/gpt-neo-125m", "config.models[0].hf_id"),
         (("prompts",), KeyError, "config: 'prompts' is a required property"),
         (("figures", "length"), 777, "config.figures.length: 777 is not one of config.lengths"),
+        (("execution", "extraction", "device"), "gpu", "config.execution.extraction.device: 'gpu' does not match"),
+        (("execution", "theory", "device"), "cuda1", "config.execution.theory.device: 'cuda1' does not match"),
     ],
 )
 def test_invalid_config_names_the_key(demo, path, value, expected):

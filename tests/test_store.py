@@ -532,3 +532,21 @@ def test_a_deferred_digest_creates_the_partial_store_at_the_first_write(tmp_path
     assert again.open() is False and again.pending_windows() == [1, 2] and again.resumed_windows == 1
     other = StoreWriter(path, spec, content_sha256=lambda: "0" * 64, **kwargs)  # other token ids: restarted
     assert other.open() is False and "content_sha256" in other.restart_reason and other.pending_windows() == [0, 1, 2]
+
+
+@pytest.mark.parametrize("kind", ["folder", "file"])
+def test_output_path_holding_other_data_is_refused_and_kept(tmp_path, kind):
+    path = tmp_path / "results"
+    if kind == "folder":
+        path.mkdir()
+        (path / "thesis.tex").write_text("precious")
+    else:
+        path.write_text("precious")
+    with pytest.raises(StoreError, match=r"results: exists and is a (folder|file).*would delete it"):
+        _write(path, *_data())
+    kept = path / "thesis.tex" if kind == "folder" else path
+    assert kept.read_text() == "precious" and not partial_path(path).exists()
+    path = tmp_path / "empty"
+    path.mkdir()  # an empty folder (e.g. made by a scheduler) is no one's data
+    _write(path, *_data())
+    assert open_store(path).attrs["complete"]

@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from reprflow.errors import ConfigError, ReprflowError, StoreError
+from reprflow.errors import ConfigError, PromptError, ReprflowError, StoreError
 from reprflow.probes import DEFAULT_MAX_BATCH_BYTES, ProbeResult, fit_layer_probes
 from reprflow.prompts import read_prompt_groups
 from reprflow.prompts.files import atomic_write_bytes
@@ -85,6 +85,33 @@ def _view_summary(result: ProbeResult, indices: list[int], names: list[str]) -> 
         "n_val_per_seed": list(sub.n_val_per_seed),
         "n_classes": sub.n_classes,
     }
+
+
+def check_labels(store_path, attrs: dict, labels: np.ndarray) -> None:
+    """Refuse labels no probe can learn from: prompts stored without a label, or a single class.
+
+    ``reprflow extract`` stores label -1 for a prompt without one; a probe would learn -1 as
+    one more class. Both faults are the prompt file's, so the message names it.
+
+    Raises
+    ------
+    PromptError
+        Some prompts have label -1 (the count and the first sample index), or one class only.
+    """
+    source = attrs.get("prompt_file", "its prompt file")
+    fix = f'give every record of {source} an int "label" >= 0 and rerun the extraction'
+    unlabelled = np.flatnonzero(labels < 0)
+    if unlabelled.size:
+        raise PromptError(
+            f"{store_path}: {unlabelled.size} of {labels.size} prompts have no label (stored as -1; the first "
+            f"is prompt {int(unlabelled[0])} of the store); a probe needs the class of every prompt: {fix}"
+        )
+    classes = np.unique(labels)
+    if classes.size < 2:
+        raise PromptError(
+            f"{store_path}: all {labels.size} prompts have label {int(classes[0])}; a probe needs two classes or "
+            f"more: {fix}, labelling the prompts by what the probe should tell apart"
+        )
 
 
 def sample_groups(
@@ -167,7 +194,9 @@ def run_probe_stage(
     ------
     StoreError
         If the store is missing or incomplete, its views/state names are inconsistent,
-        or its ``last``/``labels`` cannot be probed (non-finite values, one class, ...).
+        or its ``last`` cannot be probed (non-finite values, ...).
+    PromptError
+        Its labels cannot be probed: prompts without a label, or one class (:func:`check_labels`).
     ConfigError
         If a requested view is not in the store, or a probe parameter is out of range
         (``reprflow.probes.InvalidParameterError``).
@@ -195,6 +224,7 @@ def run_probe_stage(
     if last.shape[0] != len(names):
         raise StoreError(f"{store_path}: 'last' has {last.shape[0]} states but state_names has {len(names)}")
 
+    check_labels(store_path, attrs, labels)
     groups = sample_groups(store_path, attrs, labels, prompt_path=prompt_path)
     logger.info("probes: %s, last %s (%s), %d views", store_path, tuple(last.shape), last.dtype, len(views))
     try:

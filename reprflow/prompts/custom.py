@@ -5,9 +5,9 @@ docs/custom_tasks.md); the ``custom_prompts`` rule turns it into a prompt set of
 (``data/prompts/{tokenizer}/{name}_n{length}.jsonl`` and its manifest, the format of
 :mod:`reprflow.prompts.dataset`), which the later stages read as they read KVPR and MDQA.
 
-The user file: one JSON object per line, blank lines skipped. ``prompt``: a non-empty string
-(not only whitespace); ``label``: an int >= 0 (the probe's class); other keys are ignored. The
-file holds at least two distinct labels (a probe needs two classes) and no two equal prompts
+The user file: UTF-8 text (a leading byte-order mark is fine), one JSON object per line, blank
+lines skipped. ``prompt``: a non-empty string (not only whitespace); ``label``: an int >= 0 (the
+probe's class); other keys are ignored. The file holds at least two distinct labels (a probe needs two classes) and no two equal prompts
 (they would land on both sides of the probe split). Every bad record is reported as
 ``FILE line N: what is wrong; the fix``.
 
@@ -28,7 +28,7 @@ import numpy as np
 
 from reprflow import __version__
 from reprflow.errors import PromptError
-from reprflow.prompts.files import sha256_file
+from reprflow.prompts.files import read_user_text, sha256_file
 from reprflow.prompts.tokenizers import load_tokenizer, tokenizer_file
 
 __all__ = ["RECORD_HELP", "read_user_jsonl", "read_custom_task", "check_custom_tasks", "build_custom_prompt_set"]
@@ -59,7 +59,7 @@ def read_user_jsonl(path: str | os.PathLike, *, require_label: bool = True) -> l
     Raises
     ------
     PromptError
-        ``FILE line N: ...`` for the first bad line (not JSON, not an object, a missing, empty or
+        ``FILE line N: ...`` for the first bad line (not UTF-8, not JSON, not an object, a missing, empty or
         non-string prompt, a missing, non-int or negative label, a prompt equal to an earlier
         one), or ``FILE: ...`` for a missing or empty file.
     """
@@ -68,7 +68,7 @@ def read_user_jsonl(path: str | os.PathLike, *, require_label: bool = True) -> l
         raise PromptError(f"{path}: no such prompt file; {RECORD_HELP}")
     records: list[dict] = []
     seen: dict[str, int] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for n, line in enumerate(read_user_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{path} line {n}"

@@ -158,6 +158,27 @@ def test_non_finite_store_and_unknown_view_raise(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        (
+            np.r_[np.zeros(N_SAMPLES - 3), [-1, 1, -1]],
+            r"2 of 240 prompts have no label \(stored as -1; the first is prompt 237",
+        ),
+        (np.full(N_SAMPLES, 5), r"all 240 prompts have label 5; a probe needs two classes or more"),
+    ],
+)
+def test_unlabelled_prompts_or_one_class_name_the_prompt_file(tmp_path, labels, message):
+    store = tmp_path / "s.zarr"
+    _write_store(store, prompt_file="mine.jsonl")
+    zarr.open_group(str(store), mode="r+")["labels"][:] = labels.astype(np.int64)
+    out = tmp_path / "probes.csv"
+    with pytest.raises(PromptError, match=message) as err:
+        run_probe_stage(store, out, **{**KW, "epochs": 1})
+    assert 'give every record of mine.jsonl an int "label" >= 0 and rerun the extraction' in str(err.value)
+    assert not out.exists()
+
+
 def _mdqa_prompt_file(path: Path, labels: np.ndarray, n_questions: int) -> np.ndarray:
     """A prompt file whose records carry ``labels`` and questions (groups) used ~N/n_questions times."""
     groups = np.arange(labels.size) % n_questions

@@ -98,6 +98,16 @@ def test_the_cli_reads_the_same_records_with_labels_optional(tmp_path):
     ]
 
 
+def test_a_file_not_in_utf8_names_its_line_and_a_bom_is_read(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(b'{"prompt": "tea", "label": 0}\n{"prompt": "caf\xe9", "label": 1}\n')
+    with pytest.raises(PromptError) as err:
+        read_user_jsonl(path)
+    assert str(err.value) == f"{path} line 2: not UTF-8 text (byte 0xe9 at offset 45); save the file as UTF-8"
+    path.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(r) + "\n" for r in GOOD).encode())  # saved by Excel
+    assert [r["prompt"] for r in read_user_jsonl(path)] == [r["prompt"] for r in GOOD]
+
+
 # ----------------------------------------------------------------------------- the config form
 
 
