@@ -126,8 +126,9 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from reprflow.models.registry import model_max_context, model_provenance
     from reprflow.pipeline.extract_stage import compute_dtype_for
     from reprflow.prompts.files import sha256_file
-    from reprflow.store import open_store
+    from reprflow.store import open_store, refuse_foreign_target
 
+    refuse_foreign_target(Path(args.out))  # before the model load, not after it
     device = resolve_device(args.device, key="--device")
     dtype = compute_dtype_for("bfloat16" if args.dtype == "auto" else args.dtype, device)
     tokenizer = _load_tokenizer(args.tokenizer, args.model, args.revision)

@@ -293,3 +293,16 @@ def test_every_command_documents_itself(command, capsys):
     assert exc.value.code == 0
     text = capsys.readouterr().out
     assert text.startswith(f"usage: reprflow {command}") and "--out" in text and "--device" in text
+
+
+def test_extract_refuses_a_foreign_output_before_loading_anything(tmp_path, capsys):
+    """-o naming a folder of other data is refused first: no model or tokenizer is looked for."""
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "fine", "label": 0}) + "\n")
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "thesis.tex").write_text("precious")
+    assert main(["-q", "extract", str(prompts), str(tmp_path / "no-model"), "-o", str(results)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"reprflow extract: error: {results}: exists and is a folder that is not a Zarr store")
+    assert "no-model" not in err and (results / "thesis.tex").read_text() == "precious"
