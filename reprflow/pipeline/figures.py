@@ -138,17 +138,26 @@ def _describe_init(config: Config) -> str:
     return f"init {init.name}"
 
 
-def _state_zero(views: list[str], models: list[ModelSpec]) -> str:
-    """What state 0 is on a state axis drawn for these views and models.
+def _first_state(sel: pd.DataFrame) -> set[str]:
+    """``state_name`` of state 0 in rows of a per-state frame (``state_index``); empty if unnamed."""
+    if "state_name" not in sel or "state_index" not in sel:
+        return set()
+    return set(sel.loc[sel["state_index"] == sel["state_index"].min(), "state_name"].dropna().astype(str))
 
-    The residual view and transformers' hidden_states of the TBMs start at the embeddings;
-    transformers' hidden_states of Mamba and Mamba2 (the hf view) start at block 1
-    (docs/CONTRACTS.md)."""
-    no_embed = "hf" in views and any(ARCHITECTURE.get(m.family) == "SSM" for m in models)
-    embed = any(v != "hf" for v in views) or any(ARCHITECTURE.get(m.family) != "SSM" for m in models)
-    if no_embed and embed:
-        return "0 = embeddings; block 1 in Mamba/Mamba2's hf view"
-    return "0 = block 1" if no_embed else "0 = embeddings"
+
+def _state_axis(what: str, first: set[str]) -> str:
+    """x label of a state axis: ``what`` and what state 0 is in the curves drawn.
+
+    ``first``: the names of state 0 of every curve on the axis (:func:`_first_state`). The
+    residual view and most models' hidden_states start at ``embed``; transformers'
+    hidden_states of Mamba, Falcon-Mamba and Mamba2 (their hf view) at ``block_1``."""
+    if first == {"embed"}:
+        return f"{what} (0 = embeddings)"
+    if first == {"block_1"}:
+        return f"{what} (0 = block 1)"
+    if first == {"embed", "block_1"}:
+        return f"{what} (0 = embeddings; block 1 where the view has none)"
+    return what
 
 
 def fig1_layerwise_cosine(config: Config, task: str | None) -> plt.Figure:
@@ -211,7 +220,7 @@ def fig2_inter_token_cosine(config: Config, task: str | None) -> plt.Figure:
     for r, view in enumerate(views):
         for c, length in enumerate(lengths):
             ax = axes[r, c]
-            drawn = []
+            drawn, first = [], set()
             for model in config.models:
                 sel = curves[
                     (curves.model == model.name)
@@ -225,9 +234,10 @@ def fig2_inter_token_cosine(config: Config, task: str | None) -> plt.Figure:
                 depth = line["state_index"] / max(line["state_index"].max(), 1)
                 ax.plot(depth, line["mean"], **model_style(config, model.name))
                 drawn.append(model.name)
+                first |= _first_state(sel)
             _note_missing(ax, config, drawn, length)
             ax.set_title(f"{view}, n={length}", fontsize=8)
-            ax.set_xlabel(f"relative depth ({_state_zero([view], config.models)})", fontsize=7)
+            ax.set_xlabel(_state_axis("relative depth", first), fontsize=7)
             ax.set_ylabel("inter-token cosine", fontsize=7)
     _cosine_axes(axes)
     _legend(fig, axes)
@@ -245,6 +255,7 @@ def fig3_pretrained_vs_random(config: Config, task: str | None) -> plt.Figure:
     drawn: list[str] = []
     for c, model in enumerate(config.models):
         length = _figure_length(config, model, task)
+        first: set[str] = set()
         for init in config.inits:
             for s, view in enumerate(views):
                 style = {
@@ -266,12 +277,13 @@ def fig3_pretrained_vs_random(config: Config, task: str | None) -> plt.Figure:
                     line = _mean_curve(sel, x, "mean", _tasks(config, task))
                     axes[r, c].plot(line[x], line["mean"], **style)
                     axes[r, c].set_ylabel(title, fontsize=7)
+                    first |= _first_state(sel)
                     if init.name not in drawn:
                         drawn.append(init.name)
         axes[0, c].set_title(f"{model.name} ({ARCHITECTURE.get(model.family, model.family)}, n={length})", fontsize=8)
         for ax in axes[:, c]:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axes[0, c].set_xlabel(f"state ({_state_zero(views, [model])})", fontsize=7)
+        axes[0, c].set_xlabel(_state_axis("state", first), fontsize=7)
         axes[1, c].set_xlabel("layer pair l -> l+1", fontsize=7)
     _cosine_axes(axes)
     _legend(fig, axes)
@@ -312,7 +324,7 @@ def fig7_probe_accuracy(config: Config, task: str | None) -> plt.Figure:
         for c, length in enumerate(lengths):
             ax = axes[r, c]
             chances: set[float] = set()
-            drawn = []
+            drawn, first = [], set()
             for model in config.models:
                 sel = probes[
                     (probes.model == model.name)
@@ -328,6 +340,7 @@ def fig7_probe_accuracy(config: Config, task: str | None) -> plt.Figure:
                 style = model_style(config, model.name)
                 ax.plot(stats["state_index"], stats["mean"], **style)
                 drawn.append(model.name)
+                first |= _first_state(sel)
                 ax.fill_between(
                     stats["state_index"],
                     stats["mean"] - stats["std"].fillna(0),
@@ -348,7 +361,7 @@ def fig7_probe_accuracy(config: Config, task: str | None) -> plt.Figure:
                 ax.axhline(chance, color="grey", linestyle=":", linewidth=1, label="chance 1/C")
             _note_missing(ax, config, drawn, length)
             ax.set_title(f"{view}, n={length}", fontsize=8)
-            ax.set_xlabel(f"state ({_state_zero([view], config.models)})", fontsize=7)
+            ax.set_xlabel(_state_axis("state", first), fontsize=7)
             ax.set_ylabel("probe accuracy", fontsize=7)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_ylim(0, 1)
