@@ -17,7 +17,7 @@ TOKENS_STREAMED = CFG.section("extraction")["tokens"] == "stream"
 N_SHARDS = EXECUTION["shards"]
 EXTRACTION_PARAMS = dict(
     code=code_digest("extract_activations.py"),  # the modules the job imports (reprflow/workflow/lineage.py)
-    model=lambda w: asdict(CFG.model(w.model)),
+    model=lambda w: CFG.science_model(w.model),  # train's device, threads: not params
     init=lambda w: asdict(CFG.init(w.init)),  # with `scope`: a fig3 store holds the token prompts only
     seed=CFG.seed,
     settings=CFG.section("extraction"),

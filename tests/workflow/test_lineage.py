@@ -179,3 +179,23 @@ def test_a_lazily_exported_name_counts_as_its_dotted_submodule(tmp_path):
     (root / "workflow_scripts/uses_registry.py").write_text("from reprflow.models import load_model\n")
     files = module_closure([root / "workflow_scripts/uses_registry.py"], root)
     assert root / "reprflow/models/registry.py" in files
+
+
+@pytest.mark.parametrize("key, value", [("threads", 1), ("device", "cpu"), ("checkpoint_every", 7)])
+def test_a_train_execution_key_is_in_no_param(key, value):
+    """models[].train.{device,threads,checkpoint_every} change how training runs, not the weights:
+    they stay out of the extraction params, the extraction digest and the report rules' science."""
+    import copy
+
+    from reprflow.config import validate_config
+
+    raw = yaml.safe_load((PROJECT_ROOT / "config" / "demo.yaml").read_text())
+    changed = copy.deepcopy(raw)
+    changed["models"][0]["train"][key] = value
+    a, b = validate_config(raw), validate_config(changed)
+    name = raw["models"][0]["name"]
+    assert a.science_model(name) == b.science_model(name) and key not in a.science_model(name)["train"]
+    assert a.extraction_digest(name, "pretrained") == b.extraction_digest(name, "pretrained")
+    assert a.science() == b.science()
+    changed["models"][0]["train"]["lr"] = 0.02  # a science key still reruns
+    assert validate_config(changed).extraction_digest(name, "pretrained") != a.extraction_digest(name, "pretrained")
