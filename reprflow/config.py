@@ -18,7 +18,7 @@ import json
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -150,7 +150,13 @@ class Config:
         kept = {k: v for k, v in self.raw.items() if k not in ("execution", "out_dir")}
         for key in ("models", "inits"):
             kept[key] = sorted(kept[key], key=lambda entry: entry["name"])
+        kept["models"] = [_science_model(m) for m in kept["models"]]
         return kept
+
+    def science_model(self, name: str) -> dict:
+        """Model ``name``'s fields as a rule param: its train block without the execution keys
+        (:data:`TRAIN_EXECUTION_KEYS`), so a new thread count retrains and re-extracts nothing."""
+        return _science_model(asdict(self.model(name)))
 
     def digest(self) -> str:
         """sha256 of the canonical JSON of the validated config (provenance in outputs)."""
@@ -159,7 +165,7 @@ class Config:
     def extraction_digest(self, model: str, init: str) -> str:
         """sha256 of exactly what one cell's extraction reads: seed, prompts and extraction
         science settings (``config.extraction``; ``config.execution`` is left out), the model
-        entry and the init entry. Used as a rule param and stored in the store's attrs, so a
+        entry (less its train block's execution keys) and the init entry. Used as a rule param and stored in the store's attrs, so a
         change to e.g. the probe settings, the batch size or the order of ``models:`` does not
         rerun extraction."""
         return _sha256_json(
@@ -167,11 +173,24 @@ class Config:
                 "seed": self.raw["seed"],
                 "prompts": self.raw["prompts"],
                 "extraction": self.raw["extraction"],
-                "model": next(m for m in self.raw["models"] if m["name"] == model),
+                "model": _science_model(next(m for m in self.raw["models"] if m["name"] == model)),
                 # `scope` is kept: a fig3 store holds only the n_token_prompts token prompts
                 "init": next(i for i in self.raw["inits"] if i["name"] == init),
             }
         )
+
+
+TRAIN_EXECUTION_KEYS = ("device", "threads", "checkpoint_every")
+"""Keys of ``models[].train`` that change how training runs, never the weights it saves
+(reprflow.training.recipe.TrainSpec.EXECUTION_KEYS): no rule's param."""
+
+
+def _science_model(entry: dict) -> dict:
+    """A ``models[]`` entry as far as it decides stored values: without its train block's
+    :data:`TRAIN_EXECUTION_KEYS`."""
+    if not entry.get("train"):
+        return entry
+    return {**entry, "train": {k: v for k, v in entry["train"].items() if k not in TRAIN_EXECUTION_KEYS}}
 
 
 MOVED_TO_EXECUTION = {

@@ -2,7 +2,8 @@
 # or into `execution.extraction.shards` shard stores per cell, one job (and GPU) each.
 # A killed job leaves <store>.zarr.partial behind; the rerun resumes it.
 #
-# Params are the science keys only (config.extraction, the model and init entries, the seed):
+# Params are the science keys only (config.extraction, the model and init entries, the seed) and
+# the digest of the code the job runs:
 # config.execution (batch size, device, GPUs, shards) and the model's position in `models:`
 # are read by the job from the config and never trigger a rerun.
 #
@@ -15,7 +16,8 @@ EXECUTION = CFG.execution("extraction")
 TOKENS_STREAMED = CFG.section("extraction")["tokens"] == "stream"
 N_SHARDS = EXECUTION["shards"]
 EXTRACTION_PARAMS = dict(
-    model=lambda w: asdict(CFG.model(w.model)),
+    code=code_digest("extract_activations.py"),  # the modules the job imports (reprflow/workflow/lineage.py)
+    model=lambda w: CFG.science_model(w.model),  # train's device, threads: not params
     init=lambda w: asdict(CFG.init(w.init)),  # with `scope`: a fig3 store holds the token prompts only
     seed=CFG.seed,
     settings=CFG.section("extraction"),

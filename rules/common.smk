@@ -11,6 +11,7 @@ from snakemake_interface_executor_plugins.settings import ExecMode
 from reprflow.config import validate_config
 from reprflow.errors import ReprflowError
 from reprflow.workflow import disk, targets
+from reprflow.workflow.lineage import code_digest  # every script rule's `code` param
 from reprflow.workflow.scheduling import SHARED_ENV, default_gpu_resource
 from reprflow.workflow.targets import (
     cells,

@@ -14,6 +14,7 @@ if not TOKENS_STREAMED:
         benchmark:
             f"{BENCHMARKS}/metrics/{{model}}/{{init}}/{{task}}_n{{length}}.tsv"
         params:
+            code=code_digest("token_metrics.py"),
             settings=CFG.section("metrics"),  # science keys only; config.execution.metrics is read by the job
         resources:
             mem_mb=8000,

@@ -9,6 +9,7 @@ rule build_tiny_model:
     benchmark:
         f"{BENCHMARKS}/models/{{model}}.tsv"
     params:
+        code=code_digest("build_tiny_model.py"),
         family=lambda w: CFG.model(w.model).family,
         tiny=lambda w: CFG.model(w.model).tiny,
     conda:

@@ -13,6 +13,7 @@ rule probes:
     benchmark:
         f"{BENCHMARKS}/probes/{{model}}/{{init}}/{{task}}_n{{length}}.tsv"
     params:
+        code=code_digest("probes.py"),
         settings=CFG.section("probes"),
         views=CFG.section("metrics")["views"],
     resources:

@@ -14,6 +14,7 @@ rule prompts:
     benchmark:
         f"{BENCHMARKS}/prompts/{{tokenizer}}/{{task}}_n{{length}}.tsv"
     params:
+        code=code_digest("prompts.py"),
         seed=CFG.seed,
         settings=CFG.section("prompts"),
         max_tokens=lambda w: prompt_token_cap(CFG, w.tokenizer, int(w.length)),
@@ -39,6 +40,7 @@ if CFG.custom_tasks:
         benchmark:
             f"{BENCHMARKS}/prompts/{{tokenizer}}/{{task}}_n{{length}}.tsv"
         params:
+            code=code_digest("custom_prompts.py"),
             spec=lambda w: {k: CFG.custom_tasks[w.task][k] for k in ("jsonl", "length")},  # not `models`
             max_tokens=lambda w: prompt_token_cap(CFG, w.tokenizer, int(w.length)),
         wildcard_constraints:

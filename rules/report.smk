@@ -35,6 +35,7 @@ rule tables:
     benchmark:
         f"{BENCHMARKS}/report/tables.tsv"
     params:
+        code=code_digest("tables.py"),
         science=CFG.science(),  # the job reads the config itself; see Config.science
     conda:
         "../envs/cpu.yaml"
@@ -53,6 +54,7 @@ rule figures:
     benchmark:
         f"{BENCHMARKS}/report/figures.tsv"
     params:
+        code=code_digest("figures.py"),
         science=CFG.science(),  # the job reads the config itself; see Config.science
     conda:
         "../envs/cpu.yaml"
@@ -71,6 +73,7 @@ rule findings:
     benchmark:
         f"{BENCHMARKS}/report/findings.tsv"
     params:
+        code=code_digest("findings.py"),
         science=CFG.science(),  # the job reads the config itself; see Config.science
     conda:
         "../envs/cpu.yaml"
@@ -122,6 +125,7 @@ rule report:
     benchmark:
         f"{BENCHMARKS}/report/report.tsv"
     params:
+        code=code_digest("report.py"),
         science=CFG.science(),  # the job reads the config itself; see Config.science
     conda:
         "../envs/cpu.yaml"

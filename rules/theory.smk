@@ -23,6 +23,7 @@ rule theory:
     benchmark:
         f"{BENCHMARKS}/theory/theory.tsv"
     params:
+        code=code_digest("theory.py"),
         settings=CFG.section("theory"),
     resources:
         gpu=CFG.execution("theory")["gpus"],

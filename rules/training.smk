@@ -2,6 +2,7 @@
 # save_pretrained to their hf_id ({out_dir}/data/models/{model}); the pretrained init then loads
 # them through from_pretrained like hub models. Checkpoints ({out_dir}/results/training/{model}/checkpoint.pt)
 # are not outputs, so a killed job resumes from them. See docs/training.md.
+from reprflow.training.corpus import NQ_OPEN
 from reprflow.training.recipe import TrainSpec
 
 TRAINED = [m.name for m in CFG.models if m.train is not None]
@@ -16,10 +17,20 @@ def _train_recipe(wildcards):
     return {k: v for k, v in sorted(block.items()) if k not in TrainSpec.EXECUTION_KEYS}
 
 
+def _train_corpus(wildcards):
+    """The shipped corpus file a model trains on (nq_open), or none (gcide: a system package)."""
+    corpus = CFG.model(wildcards.model).train["corpus"]
+    return [NQ_OPEN] if corpus == "nq_open" else []
+
+
 ruleorder: train_model > build_tiny_model
 
 
 rule train_model:
+    input:
+        # read by the job, so an edit retrains: the tokenizer (package data) and the corpus
+        tokenizer=lambda w: f"reprflow/data/tokenizers/{CFG.model(w.model).tokenizer}/tokenizer.json",
+        corpus=_train_corpus,
     output:
         model=directory(MODELS),
         metrics=TRAIN_METRICS,
@@ -31,6 +42,7 @@ rule train_model:
     wildcard_constraints:
         model="|".join(TRAINED) or "(?!x)x",
     params:
+        code=code_digest("train.py"),
         family=lambda w: CFG.model(w.model).family,
         tokenizer=lambda w: CFG.model(w.model).tokenizer,
         positions=lambda w: CFG.model(w.model).max_context,

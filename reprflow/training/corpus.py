@@ -32,7 +32,9 @@ from reprflow.errors import ConfigError
 __all__ = ["CORPORA", "load_documents", "split_documents", "tokenize_documents"]
 
 _ROOT = Path(__file__).resolve().parents[2]
-NQ_OPEN_FILE = _ROOT / "data" / "lost_in_the_middle" / "nq-open-oracle.jsonl.gz"
+NQ_OPEN = "data/lost_in_the_middle/nq-open-oracle.jsonl.gz"
+"""The nq_open corpus, relative to the project (rules/training.smk: an input of the training job)."""
+NQ_OPEN_FILE = _ROOT / NQ_OPEN
 GCIDE_FILE = Path("/usr/share/dictd/gcide.dict.dz")
 
 

@@ -7,6 +7,8 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, fields
 
+from reprflow.config import TRAIN_EXECUTION_KEYS
+
 __all__ = ["TrainSpec"]
 
 
@@ -37,7 +39,7 @@ class TrainSpec:
     device: str = "auto"  # auto | cpu | cuda (execution only: not part of the digest)
     threads: int | None = None  # CPU threads (execution only)
 
-    EXECUTION_KEYS = ("device", "threads", "checkpoint_every")
+    EXECUTION_KEYS = TRAIN_EXECUTION_KEYS
 
     @classmethod
     def from_dict(cls, block: dict) -> "TrainSpec":

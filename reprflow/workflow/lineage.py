@@ -31,21 +31,27 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
+import hashlib
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from reprflow.config import PROJECT_ROOT, Config, load_config
+from reprflow.config import PROJECT_ROOT, TOKENIZER_DIR, Config, load_config
 from reprflow.workflow import targets
 from reprflow.workflow.targets import PROBES, TOKEN_METRICS, cells, table_cells
 
-__all__ = ["STAGES", "Stage", "module_closure", "render", "stage_code", "stages"]
+__all__ = ["STAGES", "Stage", "code_digest", "module_closure", "render", "script_code", "stage_code", "stages"]
 
 PACKAGE = "reprflow"
 WIRING = ("Snakefile", "rules/common.smk", "reprflow/data/schema.yaml")
 """Parsed by every stage's Snakemake run."""
-PLANNING_ONLY = ("reprflow/workflow/disk.py", "reprflow/workflow/scheduling.py")
-"""Plan a run (disk preflight, priorities, GPU slots); no stored value depends on them."""
+PLANNING_ONLY = ("reprflow/workflow/disk.py", "reprflow/workflow/lineage.py", "reprflow/workflow/scheduling.py")
+"""Plan a run (disk preflight, code digests, priorities, GPU slots); no stored value depends on them."""
+DECLARED_DATA = ("reprflow/data",)
+"""Package data the import walk leaves out, as each stage declares it: the schema (:data:`WIRING`;
+its defaults reach Snakemake in the validated params) and the tokenizers (an input of the rules
+that read one, a dep of the DVC stages whose models use it: :func:`stages`)."""
 DVC_YAML = "dvc.yaml"
 
 
@@ -144,9 +150,21 @@ def _lazy_exports(module: str, root: Path) -> dict[str, str]:
     return {}
 
 
+def _submodule(package: str, name: str) -> str:
+    """The dotted name of ``name`` in ``package``: ``name`` itself when it is already dotted
+    from the top package (``reprflow.models``' ``_EXPORTS`` values)."""
+    return name if name.startswith(PACKAGE + ".") else f"{package}.{name}"
+
+
 def _imports(path: Path, root: Path) -> set[str]:
     """Dotted names of the package modules ``path`` imports (relative imports resolved;
     ``from pkg import name`` of a lazily exported name counts as its submodule)."""
+    return _parsed_imports(path, root, path.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=None)
+def _parsed_imports(path: Path, root: Path, mtime_ns: int) -> frozenset[str]:
+    """:func:`_imports`, parsed once per file version (every script rule's digest walks them)."""
     tree = ast.parse(path.read_text(), filename=str(path))
     rel = path.relative_to(root).with_suffix("")
     here = list(rel.parts[:-1])  # the package a module (or a package's __init__) lives in
@@ -162,9 +180,10 @@ def _imports(path: Path, root: Path) -> set[str]:
                 module = node.module or ""
             found.add(module)
             lazy = _lazy_exports(module, root) if module.startswith(PACKAGE) else {}
-            # `from pkg import submodule`, or a name `pkg` imports lazily from one
-            found.update(f"{module}.{lazy.get(a.name, a.name)}" for a in node.names)
-    return {n for n in found if n == PACKAGE or n.startswith(PACKAGE + ".")}
+            # `from pkg import submodule`, or a name `pkg` imports lazily from one (its
+            # _EXPORTS value: a submodule's name, or its dotted path as in reprflow.models)
+            found.update(_submodule(module, lazy.get(a.name, a.name)) for a in node.names)
+    return frozenset(n for n in found if n == PACKAGE or n.startswith(PACKAGE + "."))
 
 
 def _import_statements(text: str) -> str:
@@ -211,10 +230,37 @@ def stage_code(stage: Stage, root: Path = PROJECT_ROOT) -> list[str]:
                 continue
             smk_imports += [f for f in (_module_file(n, root) for n in names if n.startswith(PACKAGE)) if f is not None]
     planning = {root / p for p in PLANNING_ONLY}
-    files = module_closure([*scripts, *(p for p in smk_imports if p not in planning)], root)
-    rel = {str(p.relative_to(root)) for p in files} | set(WIRING) | set(stage.rules)
-    rel |= _package_data({p.parent for p in files if p.is_relative_to(root / PACKAGE)}, root)
-    return sorted(rel - set(PLANNING_ONLY))
+    rel = _code_files([*scripts, *(p for p in smk_imports if p not in planning)], root)
+    return sorted((rel | set(WIRING) | set(stage.rules)) - set(PLANNING_ONLY))
+
+
+def _code_files(start: list[Path], root: Path) -> set[str]:
+    """``start``, the package modules they import at any depth and the data shipped in those
+    packages (:func:`_package_data`), relative to ``root``."""
+    files = module_closure(start, root)
+    rel = {str(p.relative_to(root)) for p in files}
+    return rel | _package_data({p.parent for p in files if p.is_relative_to(root / PACKAGE)}, root)
+
+
+def script_code(script: str, root: Path = PROJECT_ROOT) -> list[str]:
+    """The code a job running ``workflow_scripts/<script>`` executes, relative to ``root``,
+    sorted: the script, every package module it imports (at any depth) and their packages' data."""
+    return sorted(_code_files([root / "workflow_scripts" / script], root))
+
+
+def code_digest(script: str, root: Path = PROJECT_ROOT) -> str:
+    """sha256 over the names and bytes of :func:`script_code`: a param of every rule that runs
+    ``script``. Snakemake itself sees only a script's own mtime, not the modules it imports, so
+    without it an edit to e.g. reprflow/metrics/cka.py would rerun nothing (and ``dvc repro``
+    would record the new code beside the old outputs)."""
+    digest = hashlib.sha256()
+    for rel in script_code(script, root):
+        path = root / rel
+        for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
+            if file.is_file() and "__pycache__" not in file.parts:
+                digest.update(f"{file.relative_to(root).as_posix()}\0".encode())
+                digest.update(hashlib.sha256(file.read_bytes()).digest())
+    return digest.hexdigest()
 
 
 def _package_data(packages: set[Path], root: Path) -> set[str]:
@@ -228,7 +274,7 @@ def _package_data(packages: set[Path], root: Path) -> set[str]:
                 continue
             if entry.is_file() or (entry.is_dir() and not (entry / "__init__.py").exists()):
                 found.add(str(entry.relative_to(root)))
-    return found
+    return found - set(DECLARED_DATA)
 
 
 def stages(config: Config) -> tuple[Stage, ...]:
@@ -236,19 +282,34 @@ def stages(config: Config) -> tuple[Stage, ...]:
     computes the token metrics, so ``metrics`` is one of its params; with ``custom_tasks`` the
     prompts stage tracks that key and reads each task's JSONL file (a project input); with models
     trained by the workflow (``train:``) the models stage also outputs ``results/training`` (the
-    training curves and summaries; the weights are under ``data/models``)."""
+    training curves and summaries; the weights are under ``data/models``) and reads their
+    tokenizers; the prompts stage reads the tokenizer of every model."""
     found = STAGES
-    if any(m.train is not None for m in config.models):
-        found = tuple(replace(s, outs=(*s.outs, "results/training")) if s.name == "models" else s for s in found)
+    trained = [m for m in config.models if m.train is not None]
+    if trained:
+        found = _extend(found, "models", outs=("results/training",), data=_tokenizers(trained))
+    found = _extend(found, "prompts", data=_tokenizers(config.models))
     if config.section("extraction").get("tokens", "store") == "stream":
-        found = tuple(replace(s, params=(*s.params, "metrics")) if s.name == "activations" else s for s in found)
+        found = _extend(found, "activations", params=("metrics",))
     if config.custom_tasks:
         files = tuple(f"@{t['jsonl']}" for t in config.custom_tasks.values())
-        found = tuple(
-            replace(s, params=(*s.params, "custom_tasks"), data=(*s.data, *files)) if s.name == "prompts" else s
-            for s in found
-        )
+        found = _extend(found, "prompts", params=("custom_tasks",), data=files)
     return found
+
+
+def _tokenizers(models) -> tuple[str, ...]:
+    """The tokenizer folders ``models`` read (package data, so ``@``: not under out_dir)."""
+    return tuple(
+        f"@{TOKENIZER_DIR.relative_to(PROJECT_ROOT).as_posix()}/{t}" for t in sorted({m.tokenizer for m in models})
+    )
+
+
+def _extend(found: tuple[Stage, ...], name: str, params=(), data=(), outs=()) -> tuple[Stage, ...]:
+    """``found`` with stage ``name`` given more params, data deps and outputs."""
+    return tuple(
+        replace(s, params=(*s.params, *params), data=(*s.data, *data), outs=(*s.outs, *outs)) if s.name == name else s
+        for s in found
+    )
 
 
 def _under(out_dir: str, path: str) -> str:

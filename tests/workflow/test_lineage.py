@@ -112,3 +112,90 @@ def test_trained_models_are_versioned_with_their_training_outputs():
     text = yaml.safe_load(render("config/demo.yaml", validate_config(built)))
     assert [next(iter(o)) for o in text["stages"]["models"]["outs"]] == ["${OUT}/data/models"]
     assert not any("results/training" in str(p) for p in [*text["metrics"], *text["plots"]])
+
+
+def _copy_code(dest):
+    import shutil
+
+    for folder in ("reprflow", "rules", "workflow_scripts"):
+        shutil.copytree(PROJECT_ROOT / folder, dest / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
+def test_a_rules_code_digest_changes_with_a_module_its_script_imports_and_nothing_else(tmp_path):
+    """Snakemake sees a script's own mtime only: the `code` param (code_digest) is what reruns a
+    job when a module it imports two levels down changes, and only the jobs that import it."""
+    from reprflow.workflow.lineage import code_digest
+
+    root = _copy_code(tmp_path)
+    scripts = ("token_metrics.py", "theory.py", "prompts.py")
+    before = {s: code_digest(s, root) for s in scripts}
+    (root / "reprflow/metrics/cka.py").write_text((root / "reprflow/metrics/cka.py").read_text() + "# edit\n")
+    after = {s: code_digest(s, root) for s in scripts}
+    assert [s for s in scripts if before[s] != after[s]] == ["token_metrics.py"]
+    # a tokenizer is an input of the rules that read it, not code of every job
+    tokenizer = next((root / "reprflow/data/tokenizers").glob("*/tokenizer.json"))
+    tokenizer.write_text(tokenizer.read_text() + " ")
+    assert {s: code_digest(s, root) for s in scripts} == after
+
+
+def _rule_blocks():
+    """(rule file, rule block text) of every rule and `use rule` in rules/."""
+    import re
+
+    for path in sorted((PROJECT_ROOT / "rules").glob("*.smk")):
+        for block in re.split(r"(?m)^(?=\s*(?:rule|use rule) )", path.read_text())[1:]:
+            yield path.name, block
+
+
+def test_every_script_rule_tracks_the_code_its_script_imports():
+    import re
+
+    activations = (PROJECT_ROOT / "rules/activations.smk").read_text()
+    assert 'code=code_digest("extract_activations.py")' in activations.split("rule extract_activations")[0]
+    for name, block in _rule_blocks():
+        script = re.search(r'"\.\./workflow_scripts/(\w+\.py)"', block)
+        if script is None or "**EXTRACTION_PARAMS" in block or block.lstrip().startswith("use rule"):
+            continue
+        assert f'code=code_digest("{script[1]}")' in block, (name, block.splitlines()[0])
+
+
+def test_training_reads_its_tokenizer_and_corpus_as_inputs():
+    """A tokenizer or corpus edit retrains (Snakemake: inputs; DVC: deps of the models stage),
+    and a tokenizer is a dep of the stages that read it only, not of e.g. theory."""
+    block = next(b for _, b in _rule_blocks() if b.startswith("rule train_model:"))
+    assert "tokenizer=" in block.split("output:")[0] and "corpus=_train_corpus" in block.split("output:")[0]
+    deps = {name: stage["deps"] for name, stage in DVC["stages"].items()}
+    tokenizers = {name for name, d in deps.items() if any(x.startswith("reprflow/data/tokenizers/") for x in d)}
+    assert tokenizers == {"models", "prompts"} and not any("reprflow/data" in d for d in deps.values())
+
+
+def test_a_lazily_exported_name_counts_as_its_dotted_submodule(tmp_path):
+    """reprflow.models' _EXPORTS give dotted paths: `from reprflow.models import load_model` imports
+    reprflow/models/registry.py."""
+    from reprflow.workflow.lineage import module_closure
+
+    root = _copy_code(tmp_path)
+    (root / "workflow_scripts/uses_registry.py").write_text("from reprflow.models import load_model\n")
+    files = module_closure([root / "workflow_scripts/uses_registry.py"], root)
+    assert root / "reprflow/models/registry.py" in files
+
+
+@pytest.mark.parametrize("key, value", [("threads", 1), ("device", "cpu"), ("checkpoint_every", 7)])
+def test_a_train_execution_key_is_in_no_param(key, value):
+    """models[].train.{device,threads,checkpoint_every} change how training runs, not the weights:
+    they stay out of the extraction params, the extraction digest and the report rules' science."""
+    import copy
+
+    from reprflow.config import validate_config
+
+    raw = yaml.safe_load((PROJECT_ROOT / "config" / "demo.yaml").read_text())
+    changed = copy.deepcopy(raw)
+    changed["models"][0]["train"][key] = value
+    a, b = validate_config(raw), validate_config(changed)
+    name = raw["models"][0]["name"]
+    assert a.science_model(name) == b.science_model(name) and key not in a.science_model(name)["train"]
+    assert a.extraction_digest(name, "pretrained") == b.extraction_digest(name, "pretrained")
+    assert a.science() == b.science()
+    changed["models"][0]["train"]["lr"] = 0.02  # a science key still reruns
+    assert validate_config(changed).extraction_digest(name, "pretrained") != a.extraction_digest(name, "pretrained")
