@@ -249,18 +249,42 @@ def script_code(script: str, root: Path = PROJECT_ROOT) -> list[str]:
 
 
 def code_digest(script: str, root: Path = PROJECT_ROOT) -> str:
-    """sha256 over the names and bytes of :func:`script_code`: a param of every rule that runs
+    """sha256 over the names and code of :func:`script_code`: a param of every rule that runs
     ``script``. Snakemake itself sees only a script's own mtime, not the modules it imports, so
     without it an edit to e.g. reprflow/metrics/cka.py would rerun nothing (and ``dvc repro``
-    would record the new code beside the old outputs)."""
+    would record the new code beside the old outputs). A Python file counts by its syntax tree
+    without docstrings (:func:`python_code`): comments, docstrings and formatting compute
+    nothing, so editing them reruns no job; every other file counts by its bytes."""
     digest = hashlib.sha256()
     for rel in script_code(script, root):
         path = root / rel
         for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
             if file.is_file() and "__pycache__" not in file.parts:
+                data = file.read_bytes()
                 digest.update(f"{file.relative_to(root).as_posix()}\0".encode())
-                digest.update(hashlib.sha256(file.read_bytes()).digest())
+                digest.update(hashlib.sha256(python_code(data) if file.suffix == ".py" else data).digest())
     return digest.hexdigest()
+
+
+def python_code(source: bytes) -> bytes:
+    """What a Python file computes, as bytes: its syntax tree (``ast.dump``, no line numbers)
+    with every module, class and function docstring removed. Equal for two files that differ
+    only in comments, docstrings or formatting; the file's bytes if it does not parse."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return source
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (
+            isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree).encode()
 
 
 def _package_data(packages: set[Path], root: Path) -> set[str]:
