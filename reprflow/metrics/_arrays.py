@@ -82,7 +82,7 @@ def as_tensor(
     elif isinstance(x, np.ndarray):
         if x.dtype.kind not in "fiub":
             raise ValueError(f"{name}: expected a real numeric array, got dtype {x.dtype}")
-        t = _from_numpy(np.ascontiguousarray(x))
+        t = from_numpy(np.ascontiguousarray(x))
     else:
         raise ValueError(
             f"{name}: expected a numpy array or torch tensor, got {type(x).__name__}; convert it with np.asarray first"
@@ -96,12 +96,12 @@ def as_tensor(
     t = t.to(target)
     if cast:
         t = t.to(torch.float64)
-    if t.is_floating_point() and not _all_finite(t):
+    if t.is_floating_point() and not all_finite(t):
         raise ValueError(f"{name}: contains NaN or inf; clean the input before computing metrics")
     return t
 
 
-def _from_numpy(x: np.ndarray) -> torch.Tensor:
+def from_numpy(x: np.ndarray) -> torch.Tensor:
     """``x`` as a tensor sharing its memory, read-only ``x`` (``np.load(mmap_mode="r")``) included.
 
     torch warns that a tensor over a non-writable array must not be written; the metrics
@@ -113,7 +113,7 @@ def _from_numpy(x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(x)
 
 
-def _all_finite(t: torch.Tensor) -> bool:
+def all_finite(t: torch.Tensor) -> bool:
     """True iff every element of ``t`` is finite.
 
     ``aminmax`` propagates NaN and shows +-inf, is one reduction in the input's own dtype and
