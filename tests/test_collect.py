@@ -13,6 +13,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+import reprflow.collect as collect
 from reprflow import collect_states
 from reprflow.errors import ConfigError, PromptError
 from reprflow.metrics import cka_matrix, inter_token_cosine
@@ -145,3 +146,20 @@ def test_last_states_are_gathered_into_the_result_as_batches_arrive():
     )
     extra, size = (int(v) for v in out.stdout.split())
     assert extra < 1.2 * size, (extra, size)
+
+
+def test_result_larger_than_host_memory_is_refused_before_any_forward(neox_dir, monkeypatch):
+    # positions="all" held every token state of every text in float32 (2.8 GB per 4K-token
+    # text on a 64-layer, 2560-wide model) with no check: a long list of texts ran for hours
+    # and then died out of memory. The size is now checked against MemAvailable up front.
+    model = AutoModelForCausalLM.from_pretrained(neox_dir)
+    tokenizer = AutoTokenizer.from_pretrained(neox_dir)
+    n_tokens = sum(len(ids) for ids in tokenizer(TEXTS)["input_ids"])
+    need = (model.config.num_hidden_layers + 1) * n_tokens * model.config.hidden_size * 4
+    monkeypatch.setattr(collect, "_available_host_bytes", lambda: need - 1)
+    monkeypatch.setattr(model, "forward", None)  # any forward pass would fail differently
+    with pytest.raises(ConfigError, match=r"collect_states: the states asked for take .* positions='last'"):
+        collect_states(model, tokenizer, TEXTS, positions="all")
+    monkeypatch.undo()
+    monkeypatch.setattr(collect, "_available_host_bytes", lambda: need)
+    assert len(collect_states(model, tokenizer, TEXTS, positions="all").states) == len(TEXTS)
