@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from reprflow.errors import ConfigError, PromptError
 from reprflow.extract import capture_batches, run_info
@@ -101,6 +102,7 @@ def collect_states(
     batch_size: int = 8,
     device: str | torch.device | None = None,
     add_special_tokens: bool = True,
+    progress: bool | None = None,
 ) -> CollectedStates:
     """Run ``texts`` through ``model`` and return the captured states as numpy arrays.
 
@@ -127,6 +129,8 @@ def collect_states(
         ``"cuda:N"`` move the model there (:func:`reprflow.devices.resolve_device`).
     add_special_tokens : bool
         Passed to the tokenizer.
+    progress : bool, optional
+        Show a tqdm bar over the texts' tokens; default shows it only on a terminal.
 
     Returns
     -------
@@ -183,6 +187,8 @@ def collect_states(
     sink.start(info)
     was_training = model.training
     model.eval()
+    disable = None if progress is None else not progress  # None: only on a terminal
+    bar = tqdm(total=int(n_tokens.sum()), desc="collect_states", unit="tok", unit_scale=True, disable=disable)
     try:
         feed(
             capture_batches(
@@ -194,10 +200,12 @@ def collect_states(
                 device=dev,
                 token_prompts=sink.token_prompts,
                 layout=layout,
+                progress=bar,
             ),
             [sink],
         )
     finally:
+        bar.close()
         model.train(was_training)
     return CollectedStates(
         states=sink.result(),

@@ -163,3 +163,12 @@ def test_result_larger_than_host_memory_is_refused_before_any_forward(neox_dir, 
     monkeypatch.undo()
     monkeypatch.setattr(collect, "_available_host_bytes", lambda: need)
     assert len(collect_states(model, tokenizer, TEXTS, positions="all").states) == len(TEXTS)
+
+
+def test_progress_bar_counts_every_token(neox_dir, capsys):
+    # collect_states ran 25,000 texts with no progress bar at all; it now shows one (tokens).
+    model = AutoModelForCausalLM.from_pretrained(neox_dir)
+    tokenizer = AutoTokenizer.from_pretrained(neox_dir)
+    out = collect_states(model, tokenizer, TEXTS, progress=True)
+    total = int(out.n_tokens.sum())
+    assert re.search(rf"collect_states: 100%.* {total}(\.0)?/{total}(\.0)? ", capsys.readouterr().err)
