@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from reprflow.errors import ConfigError, PromptError
 from reprflow.extract import capture_batches, run_info
@@ -56,6 +57,37 @@ class CollectedStates:
     n_tokens: np.ndarray
 
 
+def _result_bytes(n_states: int, n_tokens: np.ndarray, hidden: int, positions: str) -> int:
+    """Bytes of the float32 states :func:`collect_states` returns: n_states x (texts, or all
+    their tokens with ``"all"``) x hidden x 4. ``n_tokens`` : (n_texts,) int64."""
+    rows = int(n_tokens.sum()) if positions == "all" else n_tokens.size
+    return n_states * rows * hidden * 4
+
+
+def _available_host_bytes() -> int | None:
+    """``MemAvailable`` of /proc/meminfo in bytes; None where there is no such file."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _check_fits(nbytes: int, *, positions: str) -> None:
+    """Raise ConfigError before any forward pass if the result cannot fit in host memory."""
+    available = _available_host_bytes()
+    if available is not None and nbytes > available:
+        hint = "collect fewer texts or positions='last'" if positions == "all" else "collect fewer texts"
+        raise ConfigError(
+            f"collect_states: the states asked for take {nbytes / 2**30:.1f} GiB in float32 "
+            f"(held in host memory all at once), but only {available / 2**30:.1f} GiB is available; "
+            f"{hint}, or extract to a store ('reprflow extract') and read it prompt by prompt"
+        )
+
+
 def _model_device(model: torch.nn.Module) -> torch.device:
     param = next(model.parameters(), None)
     return param.device if param is not None else torch.device("cpu")
@@ -83,6 +115,7 @@ def collect_states(
     batch_size: int = 8,
     device: str | torch.device | None = None,
     add_special_tokens: bool = True,
+    progress: bool | None = None,
 ) -> CollectedStates:
     """Run ``texts`` through ``model`` and return the captured states as numpy arrays.
 
@@ -109,11 +142,22 @@ def collect_states(
         ``"cuda:N"`` move the model there (:func:`reprflow.devices.resolve_device`).
     add_special_tokens : bool
         Passed to the tokenizer.
+    progress : bool, optional
+        Show a tqdm bar over the texts' tokens; default shows it only on a terminal.
 
     Returns
     -------
     CollectedStates
         ``.states``, ``.state_names``, ``.view``, ``.positions``, ``.n_tokens``.
+
+    Raises
+    ------
+    ConfigError
+        Before any forward pass, if the result (held in host memory at once, float32:
+        n_states x n_texts x hidden x 4 bytes for ``"last"``, n_states x total tokens x
+        hidden x 4 for ``"all"``) is larger than the available host memory. For scale:
+        ``"all"`` on a 64-layer, 2560-wide model is 2.8 GB per 4K-token text; ``"last"``
+        over 25,000 texts is 17 GB. For more, extract to a store (``reprflow extract``).
 
     Examples
     --------
@@ -141,6 +185,9 @@ def collect_states(
     if empty:
         raise PromptError(f"collect_states: text {empty[0]} ({texts[empty[0]]!r}) has no tokens")
     _check_context(model, encoded)
+    n_tokens = np.array([len(e) for e in encoded], dtype=np.int64)
+    indices = list(info.views[view])
+    _check_fits(_result_bytes(len(indices), n_tokens, info.hidden, positions), positions=positions)
     ids = dict(enumerate(encoded))
     pad_id = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0)
 
@@ -150,11 +197,12 @@ def collect_states(
         dev = resolve_device(device)
         model.to(dev)
     note_device(dev)
-    indices = list(info.views[view])
     sink = MemorySink(len(texts), states=indices, positions=positions)
     sink.start(info)
     was_training = model.training
     model.eval()
+    disable = None if progress is None else not progress  # None: only on a terminal
+    bar = tqdm(total=int(n_tokens.sum()), desc="collect_states", unit="tok", unit_scale=True, disable=disable)
     try:
         feed(
             capture_batches(
@@ -166,15 +214,17 @@ def collect_states(
                 device=dev,
                 token_prompts=sink.token_prompts,
                 layout=layout,
+                progress=bar,
             ),
             [sink],
         )
     finally:
+        bar.close()
         model.train(was_training)
     return CollectedStates(
         states=sink.result(),
         state_names=[info.state_names[i] for i in indices],
         view=view,
         positions=positions,
-        n_tokens=np.array([len(e) for e in encoded], dtype=np.int64),
+        n_tokens=n_tokens,
     )

@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 
 from reprflow.devices import resolve_device
 from reprflow.errors import InvalidParameterError
+from reprflow.metrics._arrays import all_finite, from_numpy
 
 logger = logging.getLogger(__name__)
 
@@ -633,11 +634,18 @@ def _accuracy(
 
 
 def _load_slab(slab: Any, device: torch.device, *, owner: str, first_layer: int) -> torch.Tensor:
-    """Layers of the feature array as a float32 tensor on ``device``; reject non-finite values."""
-    x = slab if isinstance(slab, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(np.asarray(slab)))
+    """Layers of the feature array as a float32 tensor on ``device``; reject non-finite values.
+
+    slab : array-like of shape (g, n_samples, hidden), any real dtype (numpy, read-only
+    memmaps included, torch, zarr). Returns a float32 tensor of that shape; it may share
+    memory with ``slab`` (never written). The finiteness check allocates nothing (no
+    1-byte-per-element mask), so the working set is the slab as read plus its float32
+    copy, as ``_layers_per_group`` counts; only the error path scans state by state.
+    """
+    x = slab if isinstance(slab, torch.Tensor) else from_numpy(np.ascontiguousarray(np.asarray(slab)))
     x = x.to(device=device, dtype=torch.float32)
-    if not bool(torch.isfinite(x).all()):
-        bad = first_layer + int((~torch.isfinite(x)).flatten(1).any(dim=1).nonzero()[0])
+    if not all_finite(x):
+        bad = first_layer + next(k for k in range(x.shape[0]) if not all_finite(x[k]))
         raise ValueError(f"features passed to {owner} contain NaN or inf (first at state {bad}).")
     return x
 

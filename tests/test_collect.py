@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +13,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+import reprflow.collect as collect
 from reprflow import collect_states
 from reprflow.errors import ConfigError, PromptError
 from reprflow.metrics import cka_matrix, inter_token_cosine
@@ -110,3 +114,66 @@ def test_cuda_states_match_cpu(neox_dir):
     assert next(model.parameters()).device.type == "cuda"
     for a, b in zip(gpu.states, cpu.states):
         np.testing.assert_allclose(a, b, atol=1e-4 * np.abs(b).max(), rtol=0)
+
+
+_LAST_PEAK = """
+import resource, torch
+from reprflow.capture import CapturedBatch
+from reprflow.sinks import CapturedStates, MemorySink, RunInfo, feed
+torch.set_num_threads(1)
+K, N, D, B = 66, 512, 512, 8  # result: 66 x 512 x 512 float32 = 66 MiB, batches of 8 prompts
+
+def batches():
+    for start in range(0, N, B):
+        last = torch.randn(K, B, D)
+        states = CapturedBatch(last, None, torch.full((B,), 4), (), ())
+        yield CapturedStates(tuple(range(start, start + B)), (4,) * B, None, False, states, ())
+
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+sink = MemorySink(N, states=range(K), positions="last")
+sink.start(RunInfo((), {}, D, N))
+feed(batches(), [sink])
+out = sink.result()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024, out.nbytes)
+"""
+
+
+def test_last_states_are_gathered_into_the_result_as_batches_arrive():
+    # MemorySink kept every batch's host copy until result() and then built the result beside
+    # them: 2x the result at the end (34 GB at 25,000 prompts x 66 states x 2560; on a GPU half
+    # of it pinned). Now each copy goes into the preallocated result when the next batch comes.
+    out = subprocess.run(
+        [sys.executable, "-c", _LAST_PEAK],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"},
+    )
+    extra, size = (int(v) for v in out.stdout.split())
+    assert extra < 1.2 * size, (extra, size)
+
+
+def test_result_larger_than_host_memory_is_refused_before_any_forward(neox_dir, monkeypatch):
+    # positions="all" held every token state of every text in float32 (2.8 GB per 4K-token
+    # text on a 64-layer, 2560-wide model) with no check: a long list of texts ran for hours
+    # and then died out of memory. The size is now checked against MemAvailable up front.
+    model = AutoModelForCausalLM.from_pretrained(neox_dir)
+    tokenizer = AutoTokenizer.from_pretrained(neox_dir)
+    n_tokens = sum(len(ids) for ids in tokenizer(TEXTS)["input_ids"])
+    need = (model.config.num_hidden_layers + 1) * n_tokens * model.config.hidden_size * 4
+    monkeypatch.setattr(collect, "_available_host_bytes", lambda: need - 1)
+    monkeypatch.setattr(model, "forward", None)  # any forward pass would fail differently
+    with pytest.raises(ConfigError, match=r"collect_states: the states asked for take .* positions='last'"):
+        collect_states(model, tokenizer, TEXTS, positions="all")
+    monkeypatch.undo()
+    monkeypatch.setattr(collect, "_available_host_bytes", lambda: need)
+    assert len(collect_states(model, tokenizer, TEXTS, positions="all").states) == len(TEXTS)
+
+
+def test_progress_bar_counts_every_token(neox_dir, capsys):
+    # collect_states ran 25,000 texts with no progress bar at all; it now shows one (tokens).
+    model = AutoModelForCausalLM.from_pretrained(neox_dir)
+    tokenizer = AutoTokenizer.from_pretrained(neox_dir)
+    out = collect_states(model, tokenizer, TEXTS, progress=True)
+    total = int(out.n_tokens.sum())
+    assert re.search(rf"collect_states: 100%.* {total}(\.0)?/{total}(\.0)? ", capsys.readouterr().err)

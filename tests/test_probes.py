@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import re
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -282,6 +284,26 @@ def test_non_finite_features_raise(planted):
     x[4, 7, 3] = np.nan
     with pytest.raises(ValueError, match="state 4"):
         fit_layer_probes(x, planted[1][:100], epochs=1, device="cpu", progress=False)
+
+
+_SLAB_PEAK = """
+import resource, torch
+from reprflow.probes import _load_slab
+torch.set_num_threads(1)
+x = torch.randn(4, 4096, 1024)  # 64 MiB float32: loading it is a no-op, checking it allocates
+_load_slab(x[:, :8], torch.device("cpu"), owner="t", first_layer=0)  # warm
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+_load_slab(x, torch.device("cpu"), owner="t", first_layer=0)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024, x.nbytes)
+"""
+
+
+def test_slab_finiteness_check_allocates_no_mask():
+    # isfinite(x).all() made a bool mask of 1 byte per element (25% of a float32 slab; 0.16 GiB
+    # per state at 25,000 x 2560) that max_batch_bytes did not count; aminmax allocates nothing.
+    out = subprocess.run([sys.executable, "-c", _SLAB_PEAK], capture_output=True, text=True, check=True)
+    extra, size = (int(v) for v in out.stdout.split())
+    assert extra < 0.1 * size, (extra, size)
 
 
 # ------------------------------------------------------------------- bad input

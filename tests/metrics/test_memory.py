@@ -16,6 +16,12 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
+
+import numpy as np
+
+import reprflow.metrics as M
+from reprflow.metrics._arrays import as_tensor
 
 _PROBE = textwrap.dedent(
     """
@@ -87,3 +93,16 @@ def test_cka_matrix_stays_within_its_block_budget():
     budget = 8 * 66 * 256 * 200  # 200 of 256 rows per block: a 21 MB square
     size, peaks = _extra_memory((66, 256, 512), [f"M.cka_matrix(H, block_bytes={budget})"])
     assert max(peaks.values()) < 1.3 * budget, (size, budget, peaks)
+
+
+def test_read_only_input_is_shared_not_copied(tmp_path):
+    # as_tensor copied a non-writable array whole (np.load(mmap_mode="r") of a (66, 4096,
+    # 2560) float32 prompt: 2.8 GB) because torch.from_numpy warns on it; now it shares it.
+    np.save(tmp_path / "h.npy", np.random.default_rng(0).standard_normal((3, 16, 8), dtype=np.float32))
+    h = np.load(tmp_path / "h.npy", mmap_mode="r")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        t = as_tensor(h, name="H", ndim=3, cast=False)
+        cos = M.layerwise_cosine(h)
+    assert t.data_ptr() == h.ctypes.data
+    np.testing.assert_array_equal(cos, M.layerwise_cosine(np.array(h)))
