@@ -16,6 +16,7 @@ rule probes:
         code=code_digest("probes.py"),
         settings=CFG.section("probes"),
         views=CFG.section("metrics")["views"],
+    threads: CFG.execution("probes")["threads"]  # booked cores = torch's threads in the job
     resources:
         mem_mb=16000,
         runtime=60,

@@ -1,11 +1,14 @@
 """Rule probes: per-layer linear probes on last-token states (Adam, lr 0.05, 150 epochs)."""
 
 from reprflow.config import validate_config
-from reprflow.devices import resolve_device
+from reprflow.devices import resolve_device, torch_threads
 from reprflow.pipeline.probe_stage import run_probe_stage
 from reprflow.pipeline.runlog import workflow_step
 
-with workflow_step(snakemake.log[0], "probes"):  # noqa: F821 (injected by Snakemake)
+with (
+    workflow_step(snakemake.log[0], "probes"),  # noqa: F821 (injected by Snakemake)
+    torch_threads(snakemake.threads, key="execution.probes.threads"),  # noqa: F821 (the cores Snakemake booked)
+):
     s = snakemake.params.settings  # noqa: F821
     run = validate_config(snakemake.config).execution("probes")  # noqa: F821 (not a param)
     run_probe_stage(

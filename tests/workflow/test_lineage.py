@@ -204,3 +204,14 @@ def test_a_train_execution_key_is_in_no_param(key, value):
     assert a.science() == b.science()
     changed["models"][0]["train"]["lr"] = 0.02  # a science key still reruns
     assert validate_config(changed).extraction_digest(name, "pretrained") != a.extraction_digest(name, "pretrained")
+
+
+def test_probe_jobs_book_the_threads_torch_uses():
+    """A CPU probe job books execution.probes.threads cores and runs torch on that many, so
+    jobs side by side do not oversubscribe; the key is an execution key, never a param."""
+    rule = (PROJECT_ROOT / "rules" / "probes.smk").read_text()
+    assert 'threads: CFG.execution("probes")["threads"]' in rule
+    script = (PROJECT_ROOT / "workflow_scripts" / "probes.py").read_text()
+    assert 'torch_threads(snakemake.threads, key="execution.probes.threads")' in script
+    params = rule.split("params:")[1].split("threads:")[0]
+    assert "execution" not in params
