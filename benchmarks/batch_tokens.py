@@ -117,17 +117,10 @@ def table(rows: list[dict], scan: list[dict], *, device: str, peak: float, exp_r
         lines += [
             "",
             f"Mamba-1 per layer at each shape; exp bound = 1 exp per token x channel x state at "
-            f"{exp_rate / 1e12:.2f} T exp/s",
+            f"{exp_rate / 1e12:.2f} T exp/s; memory bound = bytes / {kernels.HBM_BYTES_PER_S / 1e12:.1f} TB/s",
             "",
-            "| tokens x prompts | op | kernel | ms/layer | exp bound ms | x exp bound |",
-            "|---|---|---|---:|---:|---:|",
+            *kernels.scan_table(scan, shapes=True),
         ]
-        for r in scan:
-            e = r["exp_bound_ms"]
-            bound = ("", "") if e is None else (f"{e:.3f}", f"{r['ms'] / e:.2f}")
-            lines.append(
-                f"| {r['tokens']} x {r['batch']} | {r['op']} | {r['kernel']} | {r['ms']:.3f} | {bound[0]} | {bound[1]} |"
-            )
     return "\n".join(lines)
 
 

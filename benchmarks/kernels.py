@@ -352,17 +352,28 @@ def table(results: dict[str, dict], args) -> str:
             + f"132 SMs x 16 SFU/clk x 1.98 GHz would be {SFU_EXP_PER_S / 1e12:.2f}); "
             f"memory bound = bytes / {HBM_BYTES_PER_S / 1e12:.1f} TB/s",
             "",
-            "| op | kernel | ms/layer | exp bound ms | x exp bound | memory bound ms | x memory bound |",
-            "|---|---|---:|---:|---:|---:|---:|",
+            *scan_table(scan),
         ]
-        for r in scan:
-            e = r["exp_bound_ms"]
-            bound = ("", "") if e is None else (f"{e:.3f}", f"{r['ms'] / e:.2f}")
-            lines.append(
-                f"| {r['op']} | {r['kernel']} | {r['ms']:.3f} | {bound[0]} | {bound[1]} | "
-                f"{r['mem_bound_ms']:.3f} | {r['ms'] / r['mem_bound_ms']:.2f} |"
-            )
     return "\n".join(lines)
+
+
+def scan_table(scan: list[dict], *, shapes: bool = False) -> list[str]:
+    """Markdown lines of :func:`bench_mamba_scan`'s rows against their bounds; with ``shapes``, a
+    first column "tokens x prompts" from each row's ``tokens`` and ``batch`` keys."""
+    lead = ("| tokens x prompts ", "|---") if shapes else ("", "")
+    lines = [
+        f"{lead[0]}| op | kernel | ms/layer | exp bound ms | x exp bound | memory bound ms | x memory bound |",
+        f"{lead[1]}|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in scan:
+        e = r["exp_bound_ms"]
+        bound = ("", "") if e is None else (f"{e:.3f}", f"{r['ms'] / e:.2f}")
+        shape = f"| {r['tokens']} x {r['batch']} " if shapes else ""
+        lines.append(
+            f"{shape}| {r['op']} | {r['kernel']} | {r['ms']:.3f} | {bound[0]} | {bound[1]} | "
+            f"{r['mem_bound_ms']:.3f} | {r['ms'] / r['mem_bound_ms']:.2f} |"
+        )
+    return lines
 
 
 def main(argv=None) -> int:
