@@ -27,6 +27,7 @@ import yaml
 
 from reprflow.errors import ConfigError
 from reprflow.models.init_params import resolve_init_params
+from reprflow.models.tiny_families import TINY_TOKENIZERS
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = Path(__file__).resolve().parent / "data" / "schema.yaml"  # package data: found in an installed copy too
@@ -270,6 +271,25 @@ def _fill_defaults(schema: dict, instance: Any) -> None:
             _fill_defaults(schema["items"], item)
 
 
+def _check_tiny(i: int, model: dict) -> None:
+    """A ``tiny`` entry builds only the families of :data:`TINY_TOKENIZERS`, each sized for its own
+    tokenizer: refuse anything else now, not in the build or extraction job."""
+    family, tokenizer = model["family"], model["tokenizer"]
+    if family not in TINY_TOKENIZERS:
+        raise ConfigError(
+            f"config.models[{i}].family: {family!r} has no tiny model (`tiny` builds "
+            f"{', '.join(sorted(TINY_TOKENIZERS))}); for another family save a small model with "
+            "save_pretrained, set hf_id to its folder and drop `tiny` (docs/models.md, 'Your own model')"
+        )
+    own = TINY_TOKENIZERS[family]
+    if tokenizer != own and "vocab_size" not in ((model["tiny"] or {}).get("overrides") or {}):
+        raise ConfigError(
+            f"config.models[{i}].tokenizer: {tokenizer!r}, but a tiny {family} model has the vocabulary of "
+            f"{own!r}; set `tokenizer: {own}`, or `tiny: {{overrides: {{vocab_size: N}}}}` with N the size "
+            f"of {tokenizer!r}"
+        )
+
+
 def _check_cross_fields(cfg: dict) -> None:
     for key in ("models", "inits"):
         names = [entry["name"] for entry in cfg[key]]
@@ -289,6 +309,8 @@ def _check_cross_fields(cfg: dict) -> None:
                 f"config.models[{i}].hf_id: {model['hf_id']!r}; a `tiny` model is built under "
                 f"config.out_dir ({cfg['out_dir']!r}), so hf_id must be {expected!r}"
             )
+        if model.get("tiny") is not None:
+            _check_tiny(i, model)
     for i, model in enumerate(cfg["models"]):  # trained models (reprflow/training), like tiny ones
         if model.get("train") is None:
             continue

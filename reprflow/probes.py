@@ -842,8 +842,9 @@ def fit_layer_probes(
         groups = np.asarray(groups)
         if groups.shape != (n_samples,):
             raise ValueError(f"groups passed to {owner} must have shape ({n_samples},). Got shape {groups.shape}.")
-    splits = [
-        grouped_stratified_split(codes, groups, val_fraction=val_fraction, n_train=n_train, seed=s) for s in seeds
+    splits = [  # the labels themselves (not their codes): the same split, and a warning names the user's label
+        grouped_stratified_split(classes[codes], groups, val_fraction=val_fraction, n_train=n_train, seed=s)
+        for s in seeds
     ]
     rows = np.unique(np.concatenate([np.concatenate(sp) for sp in splits]))  # sorted union
     train_mask = np.zeros((rows.size, len(seeds)), dtype=bool)

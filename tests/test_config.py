@@ -224,3 +224,31 @@ def test_init_scope_and_params_defaults(demo):
     cfg = validate_config(raw)
     assert cfg.init("he").params == {"nonlinearity": "relu"} and cfg.init("he").scope == "fig3"
     assert cfg.init("pretrained").scope == "all"
+
+
+def _tiny_entry(demo: dict, **changes) -> dict:
+    """The demo with its first model replaced by a ``tiny:`` entry (``changes`` applied)."""
+    raw = copy.deepcopy(demo)
+    entry = {"name": "t", "family": "llama", "hf_id": "runs/demo/data/models/t", "tokenizer": "gpt-neox-20b"}
+    raw["models"] = [{**entry, "tiny": {"seed": 0}, **changes}]
+    raw.pop("custom_tasks")
+    return raw
+
+
+def test_a_tiny_entry_is_checked_before_any_job(demo):
+    """A family tiny.py cannot build, or a tokenizer the tiny vocabulary does not fit, stops at
+    config time. Before the fix both passed `snakemake -n`: the first failed in build_tiny_model,
+    the second in extraction (vocab_size 50280 against the 2048 tokens of nq-bpe-2048)."""
+    assert validate_config(_tiny_entry(demo)).models[0].tiny == {"seed": 0, "overrides": {}}
+    with pytest.raises(ConfigError, match=r"^config.models\[0\].family: 'qwen2' has no tiny model .*save_pretrained"):
+        validate_config(_tiny_entry(demo, family="qwen2"))
+    with pytest.raises(ConfigError, match=r"^config.models\[0\].tokenizer: 'nq-bpe-2048', .*`tokenizer: gpt-neox-20b`"):
+        validate_config(_tiny_entry(demo, tokenizer="nq-bpe-2048"))
+    sized = _tiny_entry(demo, tokenizer="nq-bpe-2048", tiny={"overrides": {"vocab_size": 2048}})
+    assert validate_config(sized).models[0].tokenizer == "nq-bpe-2048"
+
+
+def test_tiny_families_match_the_tiny_configs():
+    from reprflow.models import tiny
+
+    assert set(tiny._TINY) == set(tiny.TINY_TOKENIZERS)

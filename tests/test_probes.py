@@ -124,6 +124,16 @@ def test_split_allows_singleton_classes():
     assert tr.size + va.size == y.size and va.size == 9
 
 
+def test_a_singleton_class_is_named_by_its_label(caplog):
+    """A custom task labelled 3 and 1000, with one prompt of 1000: the warning names label 1000.
+    Before the fix it named the class code ("classes [1]"), a label the file does not have."""
+    rng = np.random.default_rng(0)
+    labels = np.array([3] * 6 + [1000])
+    with caplog.at_level("WARNING", logger="reprflow.probes"):
+        fit_layer_probes(rng.normal(size=(2, 7, 4)), labels, epochs=2, seeds=[0], val_fraction=0.25)
+    assert "classes [1000] have fewer than 2 members" in caplog.text
+
+
 def mdqa_like(n: int, n_questions: int, n_classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Labels balanced over classes and groups as the MDQA builder draws them: each question
     in turn, in fresh permutations, so each is used floor or ceil of n / n_questions times."""

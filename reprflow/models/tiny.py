@@ -42,6 +42,7 @@ from reprflow.atomic import atomic_write_dir
 from reprflow.errors import ConfigError
 from reprflow.models.init_schemes import build_from_config
 from reprflow.models.layouts import get_layout
+from reprflow.models.tiny_families import TINY_TOKENIZERS
 
 logger = logging.getLogger(__name__)
 
@@ -60,10 +61,9 @@ _GQA_ATTENTION = dict(
     num_key_value_heads=2,
     intermediate_size=128,
 )
-_TINY: dict[str, tuple[type[PretrainedConfig], str, dict[str, Any]]] = {
+_TINY: dict[str, tuple[type[PretrainedConfig], dict[str, Any]]] = {  # tokenizers: TINY_TOKENIZERS
     "gpt_neo": (
         GPTNeoConfig,
-        "gpt2",
         dict(
             vocab_size=50257,
             hidden_size=64,
@@ -77,7 +77,6 @@ _TINY: dict[str, tuple[type[PretrainedConfig], str, dict[str, Any]]] = {
     ),
     "gpt_neox": (
         GPTNeoXConfig,
-        "gpt-neox-20b",
         dict(
             vocab_size=50304,
             hidden_size=64,
@@ -91,7 +90,6 @@ _TINY: dict[str, tuple[type[PretrainedConfig], str, dict[str, Any]]] = {
     ),
     "mamba": (
         MambaConfig,
-        "gpt-neox-20b",
         dict(
             vocab_size=50280,
             hidden_size=64,
@@ -105,7 +103,6 @@ _TINY: dict[str, tuple[type[PretrainedConfig], str, dict[str, Any]]] = {
     ),
     "mamba2": (
         Mamba2Config,
-        "gpt-neox-20b",
         dict(
             vocab_size=50280,
             hidden_size=64,
@@ -123,12 +120,10 @@ _TINY: dict[str, tuple[type[PretrainedConfig], str, dict[str, Any]]] = {
     ),
     "gpt2": (
         GPT2Config,
-        "gpt2",
         dict(vocab_size=50257, n_embd=64, n_layer=4, n_head=4, n_positions=2048),
     ),
     "llama": (
         LlamaConfig,
-        "gpt-neox-20b",
         dict(
             **_GQA_ATTENTION,
             max_position_embeddings=2048,
@@ -137,7 +132,6 @@ _TINY: dict[str, tuple[type[PretrainedConfig], str, dict[str, Any]]] = {
     ),
     "bamba": (
         BambaConfig,
-        "gpt-neox-20b",
         dict(
             **_GQA_ATTENTION,
             attn_layer_indices=[1, 3],
@@ -153,9 +147,6 @@ _TINY: dict[str, tuple[type[PretrainedConfig], str, dict[str, Any]]] = {
         ),
     ),
 }
-
-#: family -> tokenizer directory name under reprflow/data/tokenizers
-TINY_TOKENIZERS: dict[str, str] = {family: spec[1] for family, spec in _TINY.items()}
 
 
 def tiny_config(family: str, *, overrides: Mapping[str, Any] | None = None) -> PretrainedConfig:
@@ -176,7 +167,7 @@ def tiny_config(family: str, *, overrides: Mapping[str, Any] | None = None) -> P
     """
     if family not in _TINY:
         raise ConfigError(f"tiny model family '{family}' is unknown; expected one of {', '.join(sorted(_TINY))}")
-    config_cls, _, defaults = _TINY[family]
+    config_cls, defaults = _TINY[family]
     overrides = dict(overrides or {})
     reference = config_cls(**defaults)
     unknown = sorted(k for k in overrides if not hasattr(reference, k))

@@ -93,8 +93,22 @@ def _mean_array(config: Config, model: str, init: str, length: int, tasks: list[
 
 
 def _save(fig, path: Path) -> None:
+    fit_width(fig)
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110))
     plt.close(fig)
+
+
+def fit_width(fig, *, margin: float = 1.05) -> None:
+    """Widen ``fig`` until its title and its figure legend fit inside it.
+
+    A figure is ``width`` inches per column (:func:`_grid`), so a one-column figure (every
+    custom task's, or a config with one length) is narrower than its title and a legend of a
+    few models; constrained layout does not shrink text, and both were cut at the edges."""
+    renderer = fig.canvas.get_renderer()
+    texts = [t for t in (fig._suptitle, *fig.legends) if t is not None]
+    needed = max((t.get_window_extent(renderer).width for t in texts), default=0.0) * margin
+    if needed > fig.bbox.width:
+        fig.set_figwidth(fig.get_figwidth() * needed / fig.bbox.width)
 
 
 def _grid(n_rows: int, n_cols: int, *, width: float = 3.6, height: float = 2.8):

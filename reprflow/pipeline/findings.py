@@ -43,8 +43,20 @@ from reprflow.workflow.targets import TOKEN_METRICS, Cell
 
 logger = logging.getLogger(__name__)
 
-ARCHITECTURE = {"gpt_neo": "TBM", "gpt_neox": "TBM", "gpt2": "TBM", "llama": "TBM", "mamba": "SSM", "mamba2": "SSM"}
-"""Model family -> architecture type. Hybrids (bamba) belong to neither and are left out."""
+ARCHITECTURE = {
+    **dict.fromkeys(
+        (
+            *("gpt_neo", "gpt_neox", "gpt2", "gptj", "gpt_bigcode", "opt", "falcon", "llama", "mistral", "mixtral"),
+            *("qwen2", "qwen3", "gemma", "gemma2", "phi", "phi3", "olmo", "olmo2", "stablelm", "starcoder2"),
+        ),
+        "TBM",
+    ),
+    **dict.fromkeys(("mamba", "mamba2", "falcon_mamba"), "SSM"),
+}
+"""Model family (``config.model_type``) -> architecture type: decoders of attention blocks only
+(TBM) and Mamba-style SSMs. Any other family (hybrids such as bamba or jamba, or a type not
+listed) belongs to neither: it is left out of the comparisons, and every verdict that compares
+architectures names it in ``not_run`` (:func:`unclassified_models`)."""
 
 FINDINGS = {
     "F3.2.1": "TBMs exhibit stable token evolution until a sharp final-layer shift, contrasting with SSMs' "
@@ -214,6 +226,16 @@ def _first_layer(sel: pd.DataFrame) -> int:
 
 def _arch(config: Config, model: str) -> str | None:
     return ARCHITECTURE.get(config.model(model).family)
+
+
+def unclassified_models(config: Config) -> list[str]:
+    """A ``not_run`` line for each configured model whose family is neither TBM nor SSM."""
+    return [
+        f"{m.name} (family {m.family}) is neither a TBM nor an SSM in ARCHITECTURE "
+        "(reprflow/pipeline/findings.py): left out"
+        for m in config.models
+        if m.family not in ARCHITECTURE
+    ]
 
 
 def _depth_regions(n: int, late_fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -651,6 +673,9 @@ RULES: dict[str, Callable[[Evidence, str, str, dict], Verdict]] = {
     "F3.4.3": f3_4_3,
 }
 
+BY_ARCHITECTURE = frozenset(RULES) - {"F3.4.3"}
+"""Findings whose checks read only models of a known architecture (F3.4.3 reads its size pairs)."""
+
 
 def _thresholds(config: Config, finding: str) -> dict:
     section = config.section("findings")
@@ -674,7 +699,10 @@ def evaluate(config: Config, root: str | Path = ".") -> list[Verdict]:
             continue
         for arm in arms:
             for view in views:
-                out.append(rule(ev, arm, view, _thresholds(config, finding)))
+                verdict = rule(ev, arm, view, _thresholds(config, finding))
+                if finding in BY_ARCHITECTURE:
+                    verdict.not_run += unclassified_models(config)
+                out.append(verdict)
     return out
 
 

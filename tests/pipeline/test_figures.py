@@ -4,6 +4,7 @@ Fig. 1's colour range fits the data; Fig. 3's title names the arms that ran."""
 from __future__ import annotations
 
 import matplotlib.colors as mcolors
+import matplotlib.pyplot as plt
 import pytest
 import yaml
 
@@ -126,3 +127,26 @@ def test_state_axes_say_what_state_0_is(world, tmp_path):
     assert by_model["tiny-mamba"] == "state (0 = block 1)" and by_model["tiny-pythia"] == "state (0 = embeddings)"
     fig7 = figures.fig7_probe_accuracy(world, None)  # the world's probes name their states s0, s1, ...: no claim
     assert {ax.get_xlabel() for ax in fig7.axes if ax.get_xlabel()} == {"state"}
+
+
+def _outside(fig) -> list[str]:
+    """Title and legend texts of ``fig`` that reach beyond its left or right edge."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    texts = [fig._suptitle, *(t for legend in fig.legends for t in legend.get_texts())]
+    return [
+        t.get_text()
+        for t in texts
+        if t.get_window_extent(renderer).x0 < 0 or t.get_window_extent(renderer).x1 > fig.bbox.width
+    ]
+
+
+def test_one_column_figures_fit_their_title_and_legend(world):
+    """A custom task's figures have one column (one length): 3.6 inches, narrower than the title
+    ("Fig. 7: probe accuracy by layer (init pretrained; qword)") and the legend; before the fix
+    both were cut at the edges of the saved image."""
+    for name, draw in figures.FIGURES.items():
+        fig = draw(world, "qword")
+        figures.fit_width(fig)
+        assert _outside(fig) == [], name
+        plt.close(fig)

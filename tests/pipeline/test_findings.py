@@ -256,6 +256,33 @@ def test_hf_view_without_embeddings_keeps_its_first_layer(tmp_path, config):
     )
 
 
+def _other_families(config, families: dict[str, str]):
+    """``config`` with the named models' families replaced (and their training recipes dropped)."""
+    raw = dict(config.raw)
+    raw["models"] = [
+        {k: v for k, v in m.items() if k != "train"} | {"family": families[m["name"]]} if m["name"] in families else m
+        for m in raw["models"]
+    ]
+    return validate_config(raw)
+
+
+def test_families_outside_the_paper_are_classified_or_named(tmp_path, config):
+    """qwen2 is a TBM, falcon_mamba an SSM; a hybrid (jamba) is left out and every comparative verdict
+    says so. Before the fix qwen2 and falcon_mamba were dropped silently and, with no other SSM, the
+    verdicts said 'no SSM was run (none configured)'."""
+    config = _other_families(config, {"tiny-pythia": "qwen2", "tiny-mamba": "falcon_mamba", "tiny-mamba2": "jamba"})
+    _world(tmp_path, config, SUPPORTS)
+    table = _verdicts(tmp_path, config)
+    row = table.loc[("F3.2.1", "pretrained")]
+    assert row.verdict == "supports" and "tiny-pythia (TBM)" in row.evidence and "tiny-mamba (SSM)" in row.evidence
+    left_out = "tiny-mamba2 (family jamba) is neither a TBM nor an SSM"
+    for finding in ("F3.2.1", "F3.2.2", "F3.3.1", "F3.3.2", "F3.4.1", "F3.4.2"):
+        assert left_out in table.loc[(finding, "pretrained")].not_run, finding
+        assert "tiny-mamba2" not in table.loc[(finding, "pretrained")].evidence, finding
+    assert left_out in table.loc[("F3.2.3", "random")].not_run
+    assert left_out not in table.loc[("F3.4.3", "pretrained")].not_run  # size pairs, not architectures
+
+
 # The paper's Tables 1 and 2 (Hoang et al. 2025): per model, per length 300/1K/2K/4K,
 # (last-layer accuracy %, peak - last gap %, Sm, St); None = the paper's "-".
 PAPER_T1 = {

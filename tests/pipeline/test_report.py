@@ -54,7 +54,10 @@ def test_tiny_trained_and_untrained_models_are_named():
     raw = _demo_with_trained_models([2])
     notes = "\n".join(model_notes(validate_config(raw)))
     assert "tiny-mamba** (mamba): TRAINED BY THIS WORKFLOW from scratch" in notes
-    raw["models"][2] = {k: v for k, v in raw["models"][2].items() if k != "train"} | {"tiny": {"seed": 3}}
+    raw["models"][2] = {k: v for k, v in raw["models"][2].items() if k != "train"} | {
+        "tiny": {"seed": 3},
+        "tokenizer": "gpt-neox-20b",
+    }
     notes = "\n".join(model_notes(validate_config(raw)))
     assert "tiny-mamba** (mamba): a TINY RANDOM model" in notes
     assert "Untrained arms (random initialisation, no training): random." in notes
