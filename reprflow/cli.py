@@ -292,6 +292,7 @@ def _add_device(p: argparse.ArgumentParser, default: str = "auto") -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The ``reprflow`` argument parser: one subparser per command."""
     from reprflow import __version__
+    from reprflow.config import shipped_tokenizers  # torch-free
 
     fmt = _Formatter
     parser = argparse.ArgumentParser(
@@ -322,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument(
         "--tokenizer",
         default=None,
-        help="shipped tokenizer (gpt2, gpt-neox-20b) or a tokenizer.json path; default: MODEL's own",
+        help=f"shipped tokenizer ({', '.join(shipped_tokenizers())}) or a tokenizer.json path; default: MODEL's own",
     )
     ex.add_argument("--revision", default=None, help="hub branch, tag or commit of MODEL")
     ex.add_argument(

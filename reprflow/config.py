@@ -290,13 +290,18 @@ def _check_tiny(i: int, model: dict) -> None:
         )
 
 
+def shipped_tokenizers(root: Path = TOKENIZER_DIR) -> list[str]:
+    """Names of the tokenizers shipped under ``root`` (folders holding a tokenizer.json), sorted."""
+    return sorted(p.name for p in root.iterdir() if (p / "tokenizer.json").is_file()) if root.is_dir() else []
+
+
 def _check_cross_fields(cfg: dict) -> None:
     for key in ("models", "inits"):
         names = [entry["name"] for entry in cfg[key]]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ConfigError(f"config.{key}: duplicate name {dupes[0]!r}; names must be unique")
-    available = sorted(p.name for p in TOKENIZER_DIR.iterdir() if p.is_dir()) if TOKENIZER_DIR.is_dir() else []
+    available = shipped_tokenizers()
     for i, model in enumerate(cfg["models"]):
         if available and model["tokenizer"] not in available:
             raise ConfigError(

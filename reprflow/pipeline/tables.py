@@ -54,14 +54,14 @@ COLUMN_DEFINITIONS = {
     "model": "model name (config.models[].name)",
     "init": "weight initialisation (config.inits[].name); pretrained = the hub checkpoint",
     "view": "layer view: hf = the L+1 hidden_states transformers returns (TBMs: embeddings, blocks 1..L-1, "
-    "final norm; Mamba/Mamba2: blocks 1..L, final norm); residual = the L+1 pre-norm residual stream "
+    "final norm; Mamba/Falcon-Mamba/Mamba2: blocks 1..L, final norm); residual = the L+1 pre-norm residual stream "
     "(embeddings, blocks)",
     "task": "kvpr (key-value retrieval), mdqa (multi-document QA) or a custom task (config.custom_tasks)",
     "length": "target prompt length n in tokens (a custom task: its length, the cap on its prompts)",
     "chance": "chance accuracy 1/C of the probe (C = number of classes; mean of 1/C over tasks in Table 1)",
     "last_acc": "validation accuracy of the linear probe on the view's last state (mean over seeds)",
     "last_acc_std": "std over probe seeds of last_acc",
-    "peak_layer": "state index in the view (0 = embeddings; block 1 in the hf view of Mamba/Mamba2) where the "
+    "peak_layer": "state index in the view (0 = embeddings; block 1 in the hf view of Mamba/Falcon-Mamba/Mamba2) where the "
     "mean accuracy peaks",
     "peak_acc": "validation accuracy at peak_layer (mean over seeds)",
     "peak_acc_std": "std over probe seeds of peak_acc",

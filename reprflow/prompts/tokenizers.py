@@ -13,6 +13,7 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerFast
 
+from reprflow.config import TOKENIZER_DIR, shipped_tokenizers
 from reprflow.errors import PromptError
 from reprflow.prompts.files import sha256_file
 
@@ -27,8 +28,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Folder holding one sub-folder per shipped tokenizer, each with tokenizer.json + SOURCE.md.
-TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "data" / "tokenizers"
 
 _EOS = "<|endoftext|>"
 # Pad token preference: a dedicated padding token where the vocabulary has one
@@ -38,10 +37,7 @@ _PAD_PREFERENCE = ("<|padding|>", _EOS)
 
 def available_tokenizers(tokenizer_dir: str | os.PathLike | None = None) -> list[str]:
     """Names of the tokenizers under ``tokenizer_dir`` (default :data:`TOKENIZER_DIR`), sorted."""
-    root = Path(tokenizer_dir) if tokenizer_dir is not None else TOKENIZER_DIR
-    if not root.is_dir():
-        return []
-    return sorted(p.name for p in root.iterdir() if (p / "tokenizer.json").is_file())
+    return shipped_tokenizers(Path(tokenizer_dir) if tokenizer_dir is not None else TOKENIZER_DIR)
 
 
 def tokenizer_file(name_or_path: str | os.PathLike, *, tokenizer_dir: str | os.PathLike | None = None) -> Path:
