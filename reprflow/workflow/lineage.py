@@ -260,10 +260,18 @@ def code_digest(script: str, root: Path = PROJECT_ROOT) -> str:
         path = root / rel
         for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
             if file.is_file() and "__pycache__" not in file.parts:
-                data = file.read_bytes()
+                stat = file.stat()
                 digest.update(f"{file.relative_to(root).as_posix()}\0".encode())
-                digest.update(hashlib.sha256(python_code(data) if file.suffix == ".py" else data).digest())
+                digest.update(_file_code_digest(file, stat.st_mtime_ns, stat.st_size))
     return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=None)
+def _file_code_digest(file: Path, mtime_ns: int, size: int) -> bytes:
+    """sha256 of one file's code (:func:`python_code` for .py, else its bytes); cached per
+    version of the file, since the rules' scripts share most of their modules."""
+    data = file.read_bytes()
+    return hashlib.sha256(python_code(data) if file.suffix == ".py" else data).digest()
 
 
 def python_code(source: bytes) -> bytes:
