@@ -88,6 +88,7 @@ def run_theory(  # noqa: PLR0913 (one keyword per config key)
     tolerance: float = 0.05,
     depth_n_grid: Sequence[int] | None = None,
     model_scales: Sequence[dict] | None = None,
+    precision: str = "float64",
     device: str | None = None,
     max_elements: int | None = None,
     threads: int | None = None,
@@ -118,8 +119,12 @@ def run_theory(  # noqa: PLR0913 (one keyword per config key)
     model_scales : sequence of dict, optional
         ``{"name": str, "std": float | {matrix: float}}`` per model whose weight scales are
         also studied (``weight_source = "model:<name>"``).
+    precision : {"float64", "float32"}
+        Arithmetic of every Monte Carlo draw and block, on whatever device (so the device
+        never changes the numbers written). float32 is faster on a GPU, but overflows to
+        +inf where the deep stacks without LayerNorm blow up at large σ².
     device : str, optional
-        ``auto`` / ``cpu`` / ``cuda[:N]``; CPU runs in float64, CUDA in float32.
+        ``auto`` / ``cpu`` / ``cuda[:N]``.
     max_elements : int, optional
         Tensor elements per chunk of draws (default 2**24 on CPU, 2**30 on CUDA: ~4 GiB peak at n = 4096, d_model = 64).
     threads : int, optional
@@ -142,8 +147,11 @@ def run_theory(  # noqa: PLR0913 (one keyword per config key)
             "bias_std >= 0 and 0 < tolerance < 1"
         )
     paper = PaperSettings(bias_std=float(bias_std), tolerance=float(tolerance))
+    dtypes = {"float64": torch.float64, "float32": torch.float32}
+    if precision not in dtypes:
+        raise ConfigError(f"theory.precision={precision!r}: expected one of {sorted(dtypes)}")
     dev = resolve_device(device)
-    dtype = torch.float64 if dev.type == "cpu" else torch.float32
+    dtype = dtypes[precision]
     budget = max_elements or (CPU_MAX_ELEMENTS if dev.type == "cpu" else GPU_MAX_ELEMENTS)
     logger.info("theory check on %s (%s): %s", dev, dtype, grid)
     start = time.perf_counter()

@@ -82,3 +82,18 @@ def test_stage_rejects_bad_grids(tmp_path):
         run_theory(tmp_path, **{**TINY, "n_mc": 2})
     with pytest.raises(ConfigError, match="weight_scheme"):
         run_theory(tmp_path, **{**TINY, "weight_scheme": "orthogonal"})
+    with pytest.raises(ConfigError, match=r"theory.precision='bfloat16'"):
+        run_theory(tmp_path, **{**TINY, "precision": "bfloat16"})
+
+
+def test_precision_not_the_device_sets_the_arithmetic(outputs, tmp_path):
+    """float64 by default on every device; float32 when asked, on the CPU too (the stored numbers
+    depend on the science key, never on where the job ran)."""
+    paths, _ = outputs
+    assert "device cpu (float64)" in paths["verdict"].read_text()
+    single = run_theory(tmp_path, **{**TINY, "precision": "float32", "depths": []})
+    assert "device cpu (float32)" in single["verdict"].read_text()
+    keys = ["block", "estimator", "quantity", "n", "sigma2", "weight_source"]
+    ref = pd.read_csv(paths["stability"]).set_index(keys)["mean"]
+    got = pd.read_csv(single["stability"]).set_index(keys)["mean"]
+    assert got.index.equals(ref.index) and ((got - ref).abs() <= 1e-4 * ref.abs() + 1e-9).all()
