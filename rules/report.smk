@@ -3,7 +3,7 @@
 # each with its caption from report/*.rst.
 from pathlib import Path
 
-from reprflow.workflow.targets import FINDINGS, HTML_TABLES, PROVENANCE
+from reprflow.workflow.targets import FINDINGS, HTML_TABLES, PAPER_COMPARISON, PROVENANCE
 
 
 report: "../report/workflow.rst"
@@ -81,11 +81,35 @@ rule findings:
         "../workflow_scripts/findings.py"
 
 
+rule paper_comparison:
+    input:
+        tables=TABLES,
+    output:
+        report(
+            out(PAPER_COMPARISON),
+            caption="../report/paper_comparison.rst",
+            category="Verdicts",
+            labels={"table": "paper comparison (csv)"},
+        ),
+    log:
+        f"{LOGS}/report/paper_comparison.log",
+    benchmark:
+        f"{BENCHMARKS}/report/paper_comparison.tsv"
+    params:
+        code=code_digest("paper_comparison.py"),
+        science=CFG.science(),  # the job reads the config itself; see Config.science
+    conda:
+        "../envs/cpu.yaml"
+    script:
+        "../workflow_scripts/paper_comparison.py"
+
+
 rule report:
     input:
         tables=TABLES,
         figures=FIGURES,
         findings=out(FINDINGS),
+        paper_comparison=out(PAPER_COMPARISON),
         theory=THEORY.values(),
     output:
         report=report(REPORT, caption="../report/report_md.rst", category="Report (text)"),
@@ -100,6 +124,12 @@ rule report:
             caption="../report/findings.rst",
             category="Verdicts",
             labels={"table": "findings (view)"},
+        ),
+        paper_comparison_html=report(
+            out(HTML_TABLES["paper_comparison"]),
+            caption="../report/paper_comparison.rst",
+            category="Verdicts",
+            labels={"table": "paper comparison (view)"},
         ),
         table1_html=report(
             out(HTML_TABLES["table1"]),

@@ -4,7 +4,8 @@ The text twin of Snakemake's HTML report (``snakemake --report results/report.ht
 captions live in report/*.rst). Built from the metric files alone. Sections:
 
 1. what the models are (tiny or untrained models are named as such);
-2. verdicts on the paper's findings (results/findings.csv);
+2. verdicts on the paper's findings (results/findings.csv), then the comparison of Tables 1-2
+   with the paper's printed numbers, cell by cell (results/paper_comparison.csv);
 3. Table 1 and Table 2 with their column definitions, values at 3 significant figures;
 4. the figures; 5. the theory check (if run); 6. for models the workflow trained itself
    (``train:`` entries, docs/training.md), the training summary and the controlled answer to
@@ -33,9 +34,10 @@ from reprflow.atomic import atomic_write_bytes
 from reprflow.config import Config
 from reprflow.pipeline.findings import ARCHITECTURE, Verdict, evaluate
 from reprflow.pipeline.findings import FINDINGS as FINDINGS_TEXT
+from reprflow.pipeline.paper_comparison import VIEW, summary
 from reprflow.pipeline.results import provenance, token_curves
 from reprflow.pipeline.tables import COLUMN_DEFINITIONS, build_tables
-from reprflow.workflow.targets import FINDINGS, FIGURE_NAMES, THEORY, figure_files
+from reprflow.workflow.targets import FINDINGS, FIGURE_NAMES, PAPER_COMPARISON, THEORY, figure_files
 
 logger = logging.getLogger(__name__)
 
@@ -169,6 +171,52 @@ def _findings_section(root: Path) -> list[str]:
         if row.not_run:
             lines.append(f"  - not run: {row.not_run}")
     return lines + [""]
+
+
+PAPER_COMPARISON_TITLE = "## Tables 1 and 2 against the paper's printed numbers"
+_CELL_COLUMNS = ["table", "model", "init", "task", "length", "quantity", "paper", "ours", "diff", "tolerance", "status"]
+
+
+def read_paper_comparison(root: str | Path) -> pd.DataFrame | None:
+    """results/paper_comparison.csv under ``root`` (empty strings for empty text cells), or None."""
+    path = Path(root) / PAPER_COMPARISON
+    if not path.is_file():
+        return None
+    frame = pd.read_csv(
+        path, keep_default_na=False, na_values={c: [""] for c in ("paper", "ours", "diff", "tolerance")}
+    )
+    for col in ("table", "length"):
+        frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("Int64")
+    return frame
+
+
+def _paper_comparison_section(config: Config, root: Path) -> list[str]:
+    """The verdict per table, the overall count and every paper cell that has a model of ours
+    (compared or not run, with why); arms that are not comparable are named in the summary."""
+    frame = read_paper_comparison(root)
+    if frame is None:
+        return [PAPER_COMPARISON_TITLE, "", "Not computed (results/paper_comparison.csv missing).", ""]
+    cells = frame[frame["table"].notna() & frame["model"].ne("")]
+    lines = [
+        PAPER_COMPARISON_TITLE,
+        "",
+        "Each number of the paper's Table 1 (`task` mean) and Table 2 against ours: last-layer probe accuracy "
+        "and the gap to the peak layer in % (`last_acc`, `gap`), Sm and St in absolute units; `diff` = ours - "
+        f"paper. Only the pretrained arm of the paper's checkpoints in the `{VIEW}` view is comparable; a cell "
+        "agrees when |diff| <= `tolerance` (config `paper_comparison:`; docs/findings.md). Verdicts: *supports* = "
+        "every compared cell agrees, *contradicts* = none does, *mixed* = some do.",
+        "",
+        *summary(frame, config),
+        "",
+    ]
+    if len(cells):
+        shown = cells[_CELL_COLUMNS].astype(object)
+        for col, fmt in (("paper", "{:g}"), ("ours", "{:.4g}"), ("diff", "{:+.3g}"), ("tolerance", "{:.3g}")):
+            shown[col] = [fmt.format(v) if pd.notna(v) else "" for v in cells[col]]  # the paper's digits as printed
+        lines += [markdown_table(shown), ""]
+        not_run = cells[cells["status"] == "not run"]["note"].value_counts()
+        lines += [f"- not run ({n} cells): {note}" for note, n in not_run.items()] + ([""] if len(not_run) else [])
+    return lines
 
 
 TRAIN_SUMMARY = "results/training/{model}/summary.json"
@@ -515,6 +563,7 @@ def write_report(config: Config, out_path: str | Path, *, root: str | Path = "."
         *model_notes(config),
         "",
         *_findings_section(root),
+        *_paper_comparison_section(config, root),
         "## Column definitions (Tables 1 and 2)",
         "",
         *[f"- `{k}`: {v}" for k, v in COLUMN_DEFINITIONS.items()],
@@ -659,6 +708,16 @@ def write_html_tables(config: Config, paths: dict[str, str | Path], *, root: str
             _html_table(prov),
         ),
     }
+    comparison = read_paper_comparison(root)
+    pages["paper_comparison"] = (
+        "Tables 1 and 2 against the paper's printed numbers",
+        "Each number of the paper's Tables 1-2 (arXiv 2510.06640) against ours: accuracies in %, Sm and St absolute; "
+        "diff = ours - paper; agrees when |diff| &lt;= tolerance (config <code>paper_comparison:</code>, "
+        "docs/findings.md). Only the pretrained arm of the paper's checkpoints in the hf view is comparable.",
+        "Not computed (results/paper_comparison.csv missing)."
+        if comparison is None
+        else _markdown_html("\n".join(summary(comparison, config))) + _html_table(comparison),
+    )
     verdict = root / THEORY["verdict"]
     theory = verdict.read_text().split("\n", 1)[-1] if verdict.is_file() else "The theory check was not run."
     pages["theory"] = (

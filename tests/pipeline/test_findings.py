@@ -283,49 +283,19 @@ def test_families_outside_the_paper_are_classified_or_named(tmp_path, config):
     assert left_out not in table.loc[("F3.4.3", "pretrained")].not_run  # size pairs, not architectures
 
 
-# The paper's Tables 1 and 2 (Hoang et al. 2025): per model, per length 300/1K/2K/4K,
-# (last-layer accuracy %, peak - last gap %, Sm, St); None = the paper's "-".
-PAPER_T1 = {
-    "gpt-neo-2.7b": [(88.7, 10.9, 0.938, 3.635), (70.7, 18.7, 0.980, 3.833), (53.1, 25.3, 0.979, 3.821), None],
-    "pythia-2.8b": [(95.9, 3.8, 0.265, 1.059), (72.3, 14.0, 0.277, 1.122), (60.9, 15.4, 0.280, 1.147), None],
-    "mamba2-130m": [(72.5, 17.1, 3.572, 5.395), (42.3, 13.8, 3.704, 5.665), (28.6, 8.0, 3.752, 5.735),
-                    (20.6, 7.6, 3.846, 5.890)],
-    "mamba-2.8b": [(93.0, 6.4, 0.173, 0.315), (62.5, 11.7, 0.189, 0.354), (41.7, 14.0, 0.193, 0.363),
-                   (36.7, 12.2, 0.190, 0.354)],
-    "mamba2-2.7b": [(86.0, 13.5, 1.945, 3.238), (57.2, 17.6, 1.939, 3.288), (38.2, 20.6, 1.932, 3.275),
-                    (29.7, 13.3, 1.897, 3.193)],
-}  # fmt: skip
-PAPER_T2 = {
-    ("gpt-neo-2.7b", "mdqa"): [(97.5, 2.3, 0.844, 3.256), (56.0, 23.4, 0.858, 3.321), (43.5, 26.0, 0.878, 3.386), None],
-    ("pythia-2.8b", "mdqa"): [(97.5, 2.1, 0.245, 1.003), (57.4, 18.7, 0.250, 1.033), (47.4, 18.6, 0.254, 1.053), None],
-    ("mamba2-130m", "mdqa"): [(89.1, 5.9, 3.276, 4.864), (29.4, 6.7, 3.273, 4.881), (20.4, 3.0, 3.313, 4.932),
-                              (10.4, 6.7, 3.410, 5.082)],
-    ("mamba-2.8b", "mdqa"): [(97.5, 1.7, 0.167, 0.282), (44.1, 10.5, 0.174, 0.293), (27.7, 6.1, 0.175, 0.295),
-                             (14.6, 9.3, 0.175, 0.293)],
-    ("mamba2-2.7b", "mdqa"): [(97.7, 1.8, 1.964, 3.156), (41.5, 13.9, 1.987, 3.155), (24.2, 10.3, 2.013, 3.174),
-                              (12.7, 12.3, 1.974, 3.065)],
-    ("gpt-neo-2.7b", "kvpr"): [(79.9, 19.6, 0.996, 3.970), (85.5, 14.1, 1.057, 4.284), (62.7, 26.4, 1.061, 4.287), None],
-    ("pythia-2.8b", "kvpr"): [(94.4, 5.6, 0.278, 1.113), (95.2, 4.8, 0.292, 1.177), (90.5, 9.4, 0.300, 1.227), None],
-    ("mamba2-130m", "kvpr"): [(55.9, 29.1, 3.692, 5.704), (55.2, 22.7, 3.938, 6.216), (36.9, 14.3, 3.950, 6.234),
-                              (30.7, 6.7, 4.058, 6.431)],
-    ("mamba-2.8b", "kvpr"): [(88.5, 11.4, 0.172, 0.337), (78.9, 18.5, 0.204, 0.413), (55.0, 26.5, 0.209, 0.425),
-                             (58.7, 23.8, 0.203, 0.412)],
-    ("mamba2-2.7b", "kvpr"): [(74.3, 25.5, 1.836, 3.249), (72.8, 26.2, 1.853, 3.379), (52.2, 36.4, 1.834, 3.355),
-                              (46.6, 24.0, 1.811, 3.328)],
-}  # fmt: skip
+def _paper_table(config, table: int) -> pd.DataFrame:
+    """The paper's Table 1 or 2 (package data, reprflow/paper/tables.csv) as rows of our tables:
+    accuracies as fractions, models named as in ``config`` (matched by hf_id)."""
+    from reprflow.paper import paper_tables
 
-
-def _paper_table(rows: dict, task: bool) -> pd.DataFrame:
-    out = []
-    for key, values in rows.items():
-        model, extra = (key[0], {"task": key[1]}) if task else (key, {})
-        for length, v in zip((300, 1024, 2048, 4096), values, strict=True):
-            if v is not None:
-                acc, gap, sm, st = v
-                out.append({"model": model, "init": "pretrained", "view": "hf", "length": length, **extra,
-                            "last_acc": acc / 100, "gap": gap / 100, "peak_acc": (acc + gap) / 100,
-                            "peak_layer": 10, "chance": 0.05, "Sm": sm, "St": st})  # fmt: skip
-    return pd.DataFrame(out)
+    paper = paper_tables()
+    paper = paper[paper.table == table]
+    names = {m.hf_id: m.name for m in config.models}
+    out = pd.DataFrame({"model": paper.hf_id.map(names), "init": "pretrained", "view": "hf", "length": paper.length,
+                        "last_acc": paper.last_acc / 100, "gap": paper.gap / 100,
+                        "peak_acc": (paper.last_acc + paper.gap) / 100, "peak_layer": 10, "chance": 0.05,
+                        "Sm": paper.Sm, "St": paper.St})  # fmt: skip
+    return out.assign(task=paper.task.to_numpy()) if table == 2 else out
 
 
 def test_table_findings_on_the_papers_own_numbers():
@@ -336,8 +306,7 @@ def test_table_findings_on_the_papers_own_numbers():
     from reprflow.pipeline.findings import Evidence, f3_3_2, f3_4_1, f3_4_2, f3_4_3, _thresholds
 
     paper = load_config(PROJECT_ROOT / "config" / "config.yaml")
-    ev = Evidence(paper, {"inter_token_cosine": {}}, {}, _paper_table(PAPER_T1, False),
-                  _paper_table(PAPER_T2, True), [], [])  # fmt: skip
+    ev = Evidence(paper, {"inter_token_cosine": {}}, {}, _paper_table(paper, 1), _paper_table(paper, 2), [], [])
     verdicts = {f.__name__: f(ev, "pretrained", "hf", _thresholds(paper, f.__name__.upper().replace("_", ".")))
                 for f in (f3_3_2, f3_4_1, f3_4_2, f3_4_3)}  # fmt: skip
     failed = {k: [c.text for c in v.checks if not c.passed] for k, v in verdicts.items()}
