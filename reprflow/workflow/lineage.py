@@ -37,6 +37,8 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import yaml
+
 from reprflow.config import PROJECT_ROOT, TOKENIZER_DIR, Config, load_config
 from reprflow.workflow import targets
 from reprflow.workflow.targets import PROBES, TOKEN_METRICS, cells, table_cells
@@ -351,6 +353,14 @@ def _under(out_dir: str, path: str) -> str:
     return path if out_dir == "." else f"${{OUT}}/{path}"
 
 
+def _written_keys(config_file: Path) -> set[str]:
+    """Top-level keys the config file itself writes. DVC reads params from the file, so a
+    section left to the schema's defaults (absent from the file) cannot be one; its values
+    are then tracked through the schema, a dep of every stage (:data:`WIRING`)."""
+    raw = yaml.safe_load(config_file.read_text()) if config_file.is_file() else None
+    return set(raw) if isinstance(raw, dict) else set()
+
+
 def render(config_path: str, config: Config, root: Path = PROJECT_ROOT) -> str:
     """The text of dvc.yaml for the config at ``config_path`` (relative to the project)."""
     out = config.out_dir
@@ -370,11 +380,15 @@ def render(config_path: str, config: Config, root: Path = PROJECT_ROOT) -> str:
         "",
         "stages:",
     ]
+    written = _written_keys(root / config_path)
     for stage in stages(config):
         lines += [f"  {stage.name}:", f"    cmd: ${{SMK}}${{CONFIG}} {stage.target}", "    deps:"]
         lines += [f"      - {_under(out, d)}" for d in stage.data]
         lines += [f"      - {f}" for f in stage_code(stage, root)]
-        lines += ["    params:", "      - ${CONFIG}:", *(f"          - {p}" for p in stage.params), "    outs:"]
+        params = [p for p in stage.params if p in written]
+        if params:
+            lines += ["    params:", "      - ${CONFIG}:", *(f"          - {p}" for p in params)]
+        lines += ["    outs:"]
         for o in stage.outs:
             lines += [f"      - {_under(out, o)}" + (":" if stage.persist else "")]
             if stage.persist:

@@ -215,3 +215,16 @@ def test_probe_jobs_book_the_threads_torch_uses():
     assert 'torch_threads(snakemake.threads, key="execution.probes.threads")' in script
     params = rule.split("params:")[1].split("threads:")[0]
     assert "execution" not in params
+
+
+def test_a_section_the_config_file_leaves_to_the_schema_is_no_dvc_param():
+    """DVC reads params from the config file itself: a section the file does not write (its
+    values the schema's defaults, tracked through the schema dep) must not be listed, or
+    `dvc repro` stops with "Parameters ... are missing". config/matched.yaml writes no findings."""
+    from reprflow.config import load_config
+    from reprflow.workflow.lineage import render
+
+    text = render("config/matched.yaml", load_config(PROJECT_ROOT / "config" / "matched.yaml"))
+    report = text.split("\n  report:\n")[1].split("\nmetrics:\n")[0]  # the last stage
+    assert "          - figures" in report and "          - findings" not in report
+    assert "reprflow/data/schema.yaml" in report
