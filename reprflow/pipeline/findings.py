@@ -80,6 +80,14 @@ COLUMNS = ["finding", "arm", "view", "verdict", "passed", "total", "evidence", "
 VERDICTS = ("supports", "contradicts", "mixed", "not run")
 
 
+def verdict_word(passed: int, total: int) -> str:
+    """The verdict of ``passed`` checks out of ``total``: supports (all), contradicts (none),
+    mixed, or not run (no check). Shared by the findings and the paper-table comparison."""
+    if total == 0:
+        return "not run"
+    return "supports" if passed == total else "contradicts" if passed == 0 else "mixed"
+
+
 @dataclass(frozen=True)
 class Check:
     """One comparison: ``text`` names the subject, the measured number and the threshold;
@@ -102,10 +110,7 @@ class Verdict:
 
     @property
     def verdict(self) -> str:
-        if not self.checks:
-            return "not run"
-        passed = sum(c.passed for c in self.checks)
-        return "supports" if passed == len(self.checks) else "contradicts" if passed == 0 else "mixed"
+        return verdict_word(sum(c.passed for c in self.checks), len(self.checks))
 
     def row(self) -> dict:
         return {

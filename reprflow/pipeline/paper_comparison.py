@@ -34,6 +34,8 @@ import pandas as pd
 from reprflow.atomic import atomic_write
 from reprflow.config import Config
 from reprflow.paper import ARXIV, paper_tables
+from reprflow.pipeline.findings import VERDICTS as FINDING_VERDICTS
+from reprflow.pipeline.findings import verdict_word
 from reprflow.pipeline.results import init_scope, table_inits
 
 logger = logging.getLogger(__name__)
@@ -67,7 +69,7 @@ COLUMNS = [
 unit: points for accuracies, ``sm_st_rel * |paper|`` for Sm and St) in the paper's units."""
 _DECIMALS = 9
 STATUSES = ("agrees", "disagrees", "not run", "not comparable")
-VERDICTS = ("supports", "contradicts", "mixed", "not run", "not comparable")
+VERDICTS = (*FINDING_VERDICTS, "not comparable")
 
 
 def paper_checkpoints(config: Config, paper: pd.DataFrame) -> dict[str, str]:
@@ -196,10 +198,7 @@ def verdicts(frame: pd.DataFrame) -> pd.DataFrame:
         sub = frame[frame["table"] == table]
         agree = int((sub["status"] == "agrees").sum())
         compared = int(sub["status"].isin(("agrees", "disagrees")).sum())
-        if compared == 0:
-            verdict = "not run" if any_arm else "not comparable"
-        else:
-            verdict = "supports" if agree == compared else "contradicts" if agree == 0 else "mixed"
+        verdict = verdict_word(agree, compared) if compared or any_arm else "not comparable"
         rows.append(
             {
                 "table": table,
