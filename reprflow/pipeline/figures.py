@@ -41,7 +41,15 @@ from reprflow.atomic import atomic_write  # noqa: E402
 from reprflow.config import Config, ModelSpec  # noqa: E402
 from reprflow.errors import ReprflowError  # noqa: E402
 from reprflow.pipeline.findings import ARCHITECTURE  # noqa: E402
-from reprflow.pipeline.results import figure_length, probe_classes, probe_curves, table_inits, token_array, token_curves  # noqa: E402
+from reprflow.pipeline.results import (  # noqa: E402
+    figure_length,
+    first_state_names,
+    probe_classes,
+    probe_curves,
+    table_inits,
+    token_array,
+    token_curves,
+)
 from reprflow.workflow.targets import Cell  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -152,17 +160,10 @@ def _describe_init(config: Config) -> str:
     return f"init {init.name}"
 
 
-def _first_state(sel: pd.DataFrame) -> set[str]:
-    """``state_name`` of state 0 in rows of a per-state frame (``state_index``); empty if unnamed."""
-    if "state_name" not in sel or "state_index" not in sel:
-        return set()
-    return set(sel.loc[sel["state_index"] == sel["state_index"].min(), "state_name"].dropna().astype(str))
-
-
 def _state_axis(what: str, first: set[str]) -> str:
     """x label of a state axis: ``what`` and what state 0 is in the curves drawn.
 
-    ``first``: the names of state 0 of every curve on the axis (:func:`_first_state`). The
+    ``first``: the names of state 0 of every curve on the axis (:func:`reprflow.pipeline.results.first_state_names`). The
     residual view and most models' hidden_states start at ``embed``; transformers'
     hidden_states of Mamba, Falcon-Mamba and Mamba2 (their hf view) at ``block_1``."""
     if first == {"embed"}:
@@ -248,7 +249,7 @@ def fig2_inter_token_cosine(config: Config, task: str | None) -> plt.Figure:
                 depth = line["state_index"] / max(line["state_index"].max(), 1)
                 ax.plot(depth, line["mean"], **model_style(config, model.name))
                 drawn.append(model.name)
-                first |= _first_state(sel)
+                first |= first_state_names(sel)
             _note_missing(ax, config, drawn, length)
             ax.set_title(f"{view}, n={length}", fontsize=8)
             ax.set_xlabel(_state_axis("relative depth", first), fontsize=7)
@@ -291,7 +292,7 @@ def fig3_pretrained_vs_random(config: Config, task: str | None) -> plt.Figure:
                     line = _mean_curve(sel, x, "mean", _tasks(config, task))
                     axes[r, c].plot(line[x], line["mean"], **style)
                     axes[r, c].set_ylabel(title, fontsize=7)
-                    first |= _first_state(sel)
+                    first |= first_state_names(sel)
                     if init.name not in drawn:
                         drawn.append(init.name)
         axes[0, c].set_title(f"{model.name} ({ARCHITECTURE.get(model.family, model.family)}, n={length})", fontsize=8)
@@ -354,7 +355,7 @@ def fig7_probe_accuracy(config: Config, task: str | None) -> plt.Figure:
                 style = model_style(config, model.name)
                 ax.plot(stats["state_index"], stats["mean"], **style)
                 drawn.append(model.name)
-                first |= _first_state(sel)
+                first |= first_state_names(sel)
                 ax.fill_between(
                     stats["state_index"],
                     stats["mean"] - stats["std"].fillna(0),

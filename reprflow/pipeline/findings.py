@@ -32,6 +32,7 @@ from reprflow.atomic import atomic_write
 from reprflow.config import Config
 from reprflow.pipeline.results import (
     figure_length,
+    first_state_names,
     init_scope,
     probe_cells,
     token_array,
@@ -222,8 +223,8 @@ def _first_layer(sel: pd.DataFrame) -> int:
     ``sel``: rows of one (model, init, view) of ``inter_token_cosine.csv``. The hf view of the
     Mamba families is ``block_1 .. block_L, final_norm`` (docs/CONTRACTS.md): no embeddings to
     leave out. Files that name no states are read as starting at the embeddings."""
-    first = sel.loc[sel["state_index"] == sel["state_index"].min()].get("state_name", pd.Series(dtype=object))
-    return int(first.isna().all() or (first == "embed").any())
+    names = first_state_names(sel)
+    return int(not names or "embed" in names)
 
 
 # ---------------------------------------------------------------- helpers shared by the findings

@@ -162,6 +162,15 @@ def token_curves(config: Config, name: str, root: str | Path = ".", *, missing_o
     return _concat(frames, ["view", "mean", "std"])
 
 
+def first_state_names(sel: pd.DataFrame) -> set[str]:
+    """``state_name`` of state 0 in rows of a per-state frame (column ``state_index``: the curves of
+    token_curves, probe_curves), e.g. {"embed"} or {"block_1"} (the hf view of the Mamba
+    families); empty where the rows name no states."""
+    if "state_name" not in sel or "state_index" not in sel:
+        return set()
+    return set(sel.loc[sel["state_index"] == sel["state_index"].min(), "state_name"].dropna().astype(str))
+
+
 def smoothness_stability(config: Config, root: str | Path = ".", *, missing_ok: bool = False) -> pd.DataFrame:
     """Sm and St (absolute, paper Eq. 3/4) and their scale-free variants: one row per (cell, view).
 
