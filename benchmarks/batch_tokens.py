@@ -54,10 +54,10 @@ def time_shapes(family: str, args, peak: float) -> list[dict]:
     from reprflow.fastpath import prepare_model
 
     config, _ = full_configs(args.quick)[kernels.FAMILIES[family]]
-    model = build_model(config, dtype=kernels._dtype(args.device), seed=0, device=args.device)
+    model = build_model(config, dtype=kernels.compute_dtype_on(args.device), seed=0, device=args.device)
     ceiling = peak * 1e12 / (2 * n_params(model))
     report = prepare_model(model)
-    run = kernels._reprflow_forward(model)
+    run = kernels.reprflow_forward(model)
     gen = torch.Generator(args.device).manual_seed(0)
     ids = {
         shape: torch.randint(0, config.vocab_size, (shape[1], shape[0]), device=args.device, generator=gen)
@@ -66,7 +66,7 @@ def time_shapes(family: str, args, peak: float) -> list[dict]:
     rates: dict[tuple[int, int], list[float]] = {shape: [] for shape in args.shapes}
     for order in (args.shapes, args.shapes[::-1]):
         for shape in order:
-            rate = kernels._time_batches(run, ids[shape], batch=shape[1], n_batches=args.batches, device=args.device)
+            rate = kernels.time_batches(run, ids[shape], batch=shape[1], n_batches=args.batches, device=args.device)
             rates[shape].append(rate)
             print(f"  {family:7s} {shape[0]:5d} x {shape[1]:<4d} {rate:10.0f} tok/s", flush=True)
     del model, run
@@ -79,7 +79,7 @@ def time_shapes(family: str, args, peak: float) -> list[dict]:
             "batch": shape[1],
             "tokens_per_s": rates[shape],
             "pct_roofline": [100 * r / ceiling for r in rates[shape]],
-            "kernels": kernels._chosen(report),
+            "kernels": kernels.chosen_kernels(report),
         }
         for shape in args.shapes
     ]

@@ -102,7 +102,8 @@ def measure_peak_tflops(device: str, quick: bool) -> float:
     return 2 * n**3 / statistics.median(times) / 1e12
 
 
-def _dtype(device: str) -> torch.dtype:
+def compute_dtype_on(device: str) -> torch.dtype:
+    """The benchmarks' compute dtype: bfloat16 on CUDA, float32 on the CPU."""
     return torch.bfloat16 if device == "cuda" else torch.float32  # CPU bf16 matmuls are emulated
 
 
@@ -115,7 +116,7 @@ def _compiled_found() -> str:
     )
 
 
-def _time_batches(
+def time_batches(
     run, ids: torch.Tensor, *, batch: int, n_batches: int, device: str, warm_tokens: int | None = None
 ) -> float:
     """Tokens/s of ``run(ids_batch)`` over ``n_batches`` batches after one warm-up batch
@@ -130,7 +131,9 @@ def _time_batches(
     return n_batches * batch * ids.shape[1] / (time.perf_counter() - t0)
 
 
-def _hf_forward(model):
+def hf_forward(model):
+    """transformers' forward: ``run(ids [B, T]) -> [n_states, B, d]``, every hidden state's last token."""
+
     def run(ids):
         out = model.base_model(input_ids=ids, output_hidden_states=True, use_cache=False)
         return torch.stack([h[:, -1] for h in out.hidden_states])
@@ -138,7 +141,8 @@ def _hf_forward(model):
     return run
 
 
-def _reprflow_forward(model):
+def reprflow_forward(model):
+    """reprflow's forward as extraction calls it: ``run(ids [B, T]) -> [n_states, B, d]`` (last tokens)."""
     from reprflow.capture import forward_states
 
     def run(ids):
@@ -155,7 +159,7 @@ def _set_attention(model, impl: str) -> str:
     return getattr(model.config, "_attn_implementation", None) or "eager"
 
 
-def _chosen(report: dict) -> str:
+def chosen_kernels(report: dict) -> str:
     """One line naming the kernels a prepare_model report ended up with."""
     parts = [f"attn {report['attention']}"] if report.get("attention") not in (None, "none") else []
     for op, classes in report.get("kernels", {}).items():
@@ -173,7 +177,7 @@ def bench_family(family: str, args, *, hidden: bool, peak: float) -> list[dict]:
     from reprflow.fastpath import prepare_model
 
     config, _ = full_configs(args.quick)[FAMILIES[family]]
-    model = build_model(config, dtype=_dtype(args.device), seed=0, device=args.device)
+    model = build_model(config, dtype=compute_dtype_on(args.device), seed=0, device=args.device)
     ceiling = peak * 1e12 / (2 * n_params(model))
     ids = torch.randint(
         0,
@@ -200,8 +204,8 @@ def bench_family(family: str, args, *, hidden: bool, peak: float) -> list[dict]:
     ssm = family in ("mamba", "mamba2")
     if hidden:
         attn = _set_attention(model, "eager")
-        rate = _time_batches(
-            _hf_forward(model),
+        rate = time_batches(
+            hf_forward(model),
             ids,
             batch=args.naive_batch_size,
             n_batches=args.naive_batches,
@@ -211,23 +215,21 @@ def bench_family(family: str, args, *, hidden: bool, peak: float) -> list[dict]:
         row("hf naive", "transformers' torch SSM path" if ssm else f"attn {attn}", args.naive_batch_size, rate)
     else:
         attn = _set_attention(model, "sdpa")
-        rate = _time_batches(_hf_forward(model), ids, batch=args.batch_size, n_batches=args.batches, device=args.device)
+        rate = time_batches(hf_forward(model), ids, batch=args.batch_size, n_batches=args.batches, device=args.device)
         row("hf best", f"transformers' choice; {_compiled_found()}" if ssm else f"attn {attn}", args.batch_size, rate)
     report = prepare_model(model)
-    rate = _time_batches(
-        _reprflow_forward(model), ids, batch=args.batch_size, n_batches=args.batches, device=args.device
-    )
-    row("reprflow (no compiled)" if hidden else "reprflow", _chosen(report), args.batch_size, rate)
+    rate = time_batches(reprflow_forward(model), ids, batch=args.batch_size, n_batches=args.batches, device=args.device)
+    row("reprflow (no compiled)" if hidden else "reprflow", chosen_kernels(report), args.batch_size, rate)
     del model
     if args.device == "cuda":
         torch.cuda.empty_cache()
     if not hidden:  # the same, without the fusions (transformers' rounding order): what they are worth
-        model = build_model(config, dtype=_dtype(args.device), seed=0, device=args.device)
+        model = build_model(config, dtype=compute_dtype_on(args.device), seed=0, device=args.device)
         report = prepare_model(model, fuse=False)
-        rate = _time_batches(
-            _reprflow_forward(model), ids, batch=args.batch_size, n_batches=args.batches, device=args.device
+        rate = time_batches(
+            reprflow_forward(model), ids, batch=args.batch_size, n_batches=args.batches, device=args.device
         )
-        row("reprflow, fusions off", _chosen(report), args.batch_size, rate)
+        row("reprflow, fusions off", chosen_kernels(report), args.batch_size, rate)
         del model
         if args.device == "cuda":
             torch.cuda.empty_cache()
@@ -242,7 +244,7 @@ def bench_mamba_scan(args) -> list[dict]:
     batch, n_tokens = args.batch_size, args.tokens
     channels, d_state = (1024, 16) if args.quick else (5120, 16)
     g = torch.Generator(args.device).manual_seed(0)
-    dt = _dtype(args.device)
+    dt = compute_dtype_on(args.device)
 
     def rnd(*shape, scale=1.0):
         return (scale * torch.randn(*shape, device=dev, generator=g)).to(dt)
@@ -326,7 +328,7 @@ def table(results: dict[str, dict], args) -> str:
     )
     gpu = results["visible"]["device"]
     lines = [
-        f"Forward throughput, {gpu}, T={args.tokens}, {str(_dtype(args.device))[6:]}, random init"
+        f"Forward throughput, {gpu}, T={args.tokens}, {str(compute_dtype_on(args.device))[6:]}, random init"
         f"{' (quick: toy sizes)' if args.quick else ''}; roofline = {peak:.3g} TFLOP/s / (2 x params) per token "
         f"(the higher of the two workers' measured matmul rates, {peaks['hidden']:.0f} and {peaks['visible']:.0f})",
         "",
