@@ -11,6 +11,7 @@ from snakemake_interface_executor_plugins.settings import ExecMode
 from reprflow.config import validate_config
 from reprflow.errors import ReprflowError
 from reprflow.workflow import disk, targets
+from reprflow.workflow.model_json import check_context_windows
 from reprflow.workflow.lineage import code_digest  # every script rule's `code` param
 from reprflow.workflow.scheduling import SHARED_ENV, default_gpu_resource
 from reprflow.workflow.targets import (
@@ -35,6 +36,7 @@ try:
         from reprflow.prompts.custom import check_custom_tasks
 
         check_custom_tasks(CFG)
+    check_context_windows(CFG)  # each model's window, where its config.json is known offline
 except ReprflowError as exc:
     sys.exit(f"reprflow: invalid config: {exc}")
 

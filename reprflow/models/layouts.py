@@ -65,6 +65,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 
 from reprflow.errors import ReprflowError
 from reprflow.models.discover import discover_paths, probe_block_output, skeleton
+from reprflow.models.shipped import CONTEXT_ATTRS
 
 logger = logging.getLogger(__name__)
 
@@ -184,7 +185,6 @@ OVERRIDES: dict[str, dict[str, Any]] = {
 }
 
 _FIELDS = {f.name for f in dataclasses.fields(Layout)} - {"model_type", "overridden"}
-_CONTEXT_ATTRS = ("max_position_embeddings", "n_positions", "n_ctx")
 
 #: model -> its layout (discovery and the probe forward run once per model object)
 _CACHE: weakref.WeakKeyDictionary[nn.Module, Layout] = weakref.WeakKeyDictionary()
@@ -201,7 +201,7 @@ def context_attr(config: PretrainedConfig) -> str | None:
     override = OVERRIDES.get(getattr(config, "model_type", None), {})
     if "context_attr" in override:
         return override["context_attr"]
-    for attr in _CONTEXT_ATTRS:
+    for attr in CONTEXT_ATTRS:
         if isinstance(getattr(text, attr, None), int):
             return attr
     return None

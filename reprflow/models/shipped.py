@@ -13,7 +13,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-__all__ = ["SHIPPED_DIR", "read_shipped_config", "shipped_config_path", "shipped_ids"]
+__all__ = ["CONTEXT_ATTRS", "SHIPPED_DIR", "read_shipped_config", "shipped_config_path", "shipped_ids"]
+
+#: config keys holding a trained context limit, first match wins (read by
+#: :func:`reprflow.models.layouts.context_attr` and the planning-time window check)
+CONTEXT_ATTRS = ("max_position_embeddings", "n_positions", "n_ctx")
 
 #: folder of the shipped config.json files
 SHIPPED_DIR = Path(__file__).resolve().parent / "configs"

@@ -19,7 +19,8 @@ whenever float16 would overflow (a random Mamba reaches |x| ~ 6e5), and chunks a
 uncompressed. Shards split a cell's samples, not its bytes, so the total does not depend on
 ``execution.extraction.shards``.
 
-Model dims come from the model's ``config.json`` without touching the hub: the shipped
+Model dims come from the model's ``config.json`` without touching the hub
+(:func:`reprflow.workflow.model_json.read_model_json`): the shipped
 ``reprflow/models/configs/{hf_id with '/' -> '__'}.json``, else a local model folder's
 ``config.json``, else (a demo model not built or trained yet) the tiny defaults plus the
 config's ``tiny.overrides``, or a ``train:`` block's width and (matched) block count.
@@ -38,7 +39,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
 import logging
 import math
 import os
@@ -48,8 +48,9 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
-from reprflow.config import PROJECT_ROOT, Config, ModelSpec, load_configs
+from reprflow.config import Config, ModelSpec, load_configs
 from reprflow.errors import ConfigError, ReprflowError
+from reprflow.workflow.model_json import read_model_json
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +66,6 @@ __all__ = [
     "summary",
 ]
 
-SHIPPED_CONFIGS = PROJECT_ROOT / "reprflow" / "models" / "configs"
 BYTES_PER_VALUE = 4  # float32, the worst case of store_dtype auto / float16 / float32
 OVERHEAD_BYTES = 64 * 1024  # Zarr metadata, attrs, labels, n_tokens, lengths of a small store
 OVERHEAD_PER_PROMPT = 16  # labels + n_tokens (int64 each)
@@ -130,15 +130,10 @@ def _trained_dims(family: str, width: int, depth: int, context: int) -> Dims:
 
 def model_dims(model: ModelSpec, config: Config | None = None) -> Dims | None:
     """Hidden size and block count of ``model`` from a config.json (never the hub), or None."""
-    candidates = [SHIPPED_CONFIGS / f"{model.hf_id.replace('/', '__')}.json", Path(model.hf_id) / "config.json"]
-    for path in candidates:
-        try:
-            if path.is_file():
-                dims = _dims_from(json.loads(path.read_text()), str(path))
-                if dims is not None:
-                    return dims
-        except (OSError, ValueError):
-            continue
+    found = read_model_json(model.hf_id)
+    dims = None if found is None else _dims_from(*found)
+    if dims is not None:
+        return dims
     if model.train is not None:
         from reprflow.training.recipe import TrainSpec
 

@@ -7,9 +7,9 @@ depth, package ``__init__`` files included) and adds the workflow wiring every s
 parses (Snakefile, rules/common.smk, the stage's own rule files, reprflow/data/schema.yaml), and
 the data shipped inside the imported packages (e.g. ``reprflow/models/configs/``).
 Modules that plan a run (in the Snakemake parent process; an extraction job reads its GPU
-priority from them too) and cannot change an output (:data:`PLANNING_ONLY`: the disk preflight
-and job priorities, the GPU-slot default) are left out, as config.execution is left out of the
-params, so editing them reruns nothing.
+priority from them too) and cannot change an output (:data:`PLANNING_ONLY`: the disk preflight,
+the context-window check and job priorities, the GPU-slot default) are left out, as
+config.execution is left out of the params, so editing them reruns nothing.
 
 dvc.yaml is written by this module, so its deps never drift from the imports; a test
 fails when the file differs from what :func:`render` gives for the config it names::
@@ -48,8 +48,14 @@ __all__ = ["STAGES", "Stage", "code_digest", "module_closure", "render", "script
 PACKAGE = "reprflow"
 WIRING = ("Snakefile", "rules/common.smk", "reprflow/data/schema.yaml")
 """Parsed by every stage's Snakemake run."""
-PLANNING_ONLY = ("reprflow/workflow/disk.py", "reprflow/workflow/lineage.py", "reprflow/workflow/scheduling.py")
-"""Plan a run (disk preflight, code digests, priorities, GPU slots); no stored value depends on them."""
+PLANNING_ONLY = (
+    "reprflow/workflow/disk.py",
+    "reprflow/workflow/lineage.py",
+    "reprflow/workflow/model_json.py",
+    "reprflow/workflow/scheduling.py",
+)
+"""Plan a run (disk preflight, context-window check, code digests, priorities, GPU slots); no
+stored value depends on them."""
 DECLARED_DATA = ("reprflow/data",)
 """Package data the import walk leaves out, as each stage declares it: the schema (:data:`WIRING`;
 its defaults reach Snakemake in the validated params) and the tokenizers (an input of the rules
@@ -199,14 +205,15 @@ def _import_statements(text: str) -> str:
     return "\n".join(kept)
 
 
-def module_closure(start: list[Path], root: Path = PROJECT_ROOT) -> set[Path]:
+def module_closure(start: list[Path], root: Path = PROJECT_ROOT, *, skip: frozenset[Path] = frozenset()) -> set[Path]:
     """Every package file imported, directly or not, by the files in ``start`` (which are
-    included), with the ``__init__.py`` of each package on the way."""
+    included), with the ``__init__.py`` of each package on the way; files in ``skip`` are
+    neither included nor followed."""
     seen: set[Path] = set()
     todo = list(start)
     while todo:
         path = todo.pop()
-        if path in seen:
+        if path in seen or path in skip:
             continue
         seen.add(path)
         for name in _imports(path, root):
@@ -232,15 +239,15 @@ def stage_code(stage: Stage, root: Path = PROJECT_ROOT) -> list[str]:
             else:
                 continue
             smk_imports += [f for f in (_module_file(n, root) for n in names if n.startswith(PACKAGE)) if f is not None]
-    planning = {root / p for p in PLANNING_ONLY}
-    rel = _code_files([*scripts, *(p for p in smk_imports if p not in planning)], root)
-    return sorted((rel | set(WIRING) | set(stage.rules)) - set(PLANNING_ONLY))
+    rel = _code_files([*scripts, *smk_imports], root)
+    return sorted(rel | set(WIRING) | set(stage.rules))
 
 
 def _code_files(start: list[Path], root: Path) -> set[str]:
     """``start``, the package modules they import at any depth and the data shipped in those
-    packages (:func:`_package_data`), relative to ``root``."""
-    files = module_closure(start, root)
+    packages (:func:`_package_data`), relative to ``root``; the :data:`PLANNING_ONLY` modules and
+    what only they import are left out."""
+    files = module_closure(start, root, skip=frozenset(root / p for p in PLANNING_ONLY))
     rel = {str(p.relative_to(root)) for p in files}
     return rel | _package_data({p.parent for p in files if p.is_relative_to(root / PACKAGE)}, root)
 

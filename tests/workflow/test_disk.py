@@ -87,7 +87,7 @@ def test_model_dims_from_shipped_config_or_local_folder(tmp_path, monkeypatch):
     shipped = tmp_path / "configs"
     shipped.mkdir()
     (shipped / "org__some-model.json").write_text(json.dumps({"hidden_size": 768, "num_hidden_layers": 24}))
-    monkeypatch.setattr(disk, "SHIPPED_CONFIGS", shipped)
+    monkeypatch.setattr("reprflow.models.shipped.SHIPPED_DIR", shipped)
     assert (lambda d: (d.hidden, d.n_layers))(disk.model_dims(cfg.model("hub-model"))) == (768, 24)
     assert (lambda d: (d.hidden, d.n_layers))(disk.model_dims(cfg.model("local-model"))) == (2560, 64)
     table = disk.format_table(disk.estimate_stores(cfg))

@@ -144,6 +144,27 @@ def test_a_rules_code_digest_changes_with_a_module_its_script_imports_and_nothin
     assert {s: code_digest(s, root) for s in scripts} == after
 
 
+def test_editing_a_planning_module_reruns_no_job(tmp_path):
+    """The disk preflight, the context-window check and the GPU-slot default plan a run and store
+    nothing: an edit to them, or to what only they import (the training recipe, for the disk
+    estimate of models still to train), changes no rule's `code` param and no DVC stage but the
+    one that trains."""
+    from reprflow.workflow.lineage import PLANNING_ONLY, code_digest, script_code
+
+    root = _copy_code(tmp_path)
+    scripts = ("extract_activations.py", "tables.py", "figures.py")
+    for script in scripts:
+        code = set(script_code(script, root))
+        assert not code & set(PLANNING_ONLY), script
+        assert "reprflow/training/recipe.py" not in code, script
+    before = {s: code_digest(s, root) for s in scripts}
+    for rel in PLANNING_ONLY:
+        path = root / rel
+        path.write_text(path.read_text() + "_EDIT = 1\n")
+    assert {s: code_digest(s, root) for s in scripts} == before
+    assert "reprflow/training/recipe.py" in script_code("train.py", root)
+
+
 def _rule_blocks():
     """(rule file, rule block text) of every rule and `use rule` in rules/."""
     import re

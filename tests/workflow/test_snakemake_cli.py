@@ -67,3 +67,20 @@ def test_a_bad_custom_record_stops_the_run_before_any_job(workdir, run_snakemake
         'e.g. "label": 1'
     ], run.stderr[-2000:]
     assert not (workdir / "runs").exists()
+
+
+def test_a_local_model_read_past_its_window_stops_the_dry_run(workdir, run_snakemake):
+    """Known from its config.json, before any job: not after a GPU job was scheduled."""
+    raw = yaml.safe_load((PROJECT_ROOT / "config" / "demo.yaml").read_text())
+    (workdir / "mine").mkdir()
+    (workdir / "mine" / "config.json").write_text('{"model_type": "gpt_neox", "max_position_embeddings": 512}')
+    raw["models"].append({"name": "mine", "family": "gpt_neox", "hf_id": "mine", "tokenizer": "gpt-neox-20b"})
+    (workdir / "bad.yaml").write_text(yaml.safe_dump(raw))
+    run = run_snakemake(workdir, "-n", "--cores", "1", "--configfile", "bad.yaml")
+    assert run.returncode != 0
+    messages = [line for line in (run.stdout + run.stderr).splitlines() if "invalid config" in line]
+    assert messages == [
+        f"reprflow: invalid config: config.models[{len(raw['models']) - 1}] (mine): lengths [600] exceed its "
+        "context window of 512 tokens (read from mine/config.json); set `max_context: 512` in that entry so the "
+        "workflow skips longer lengths for this model, or drop those lengths"
+    ], run.stderr[-2000:]
