@@ -127,6 +127,10 @@ class Config:
         the keys that decide stored values, tracked as Snakemake/DVC params."""
         return dict(self.raw.get(name) or {})
 
+    def prompt_tolerance(self, task: str, length: int) -> float:
+        """The length tolerance of the (task, length) prompt set (:func:`prompt_tolerance`)."""
+        return prompt_tolerance(self.section("prompts"), task, length)
+
     def execution(self, name: str) -> dict:
         """``config.execution.<name>`` (extraction, metrics, probes, theory): how that phase
         runs (device, batch size, GPUs, ...). Never a rule param: changing it reruns nothing."""
@@ -184,6 +188,15 @@ class Config:
 TRAIN_EXECUTION_KEYS = ("device", "threads", "checkpoint_every")
 """Keys of ``models[].train`` that change how training runs, never the weights it saves
 (reprflow.training.recipe.TrainSpec.EXECUTION_KEYS): no rule's param."""
+
+
+def prompt_tolerance(prompts: Mapping[str, Any], task: str, length: int) -> float:
+    """Allowed relative error of a prompt set's median length: the ``config.prompts`` section's
+    ``tolerance_overrides`` entry for (task, length), else its ``tolerance`` (default 0.05)."""
+    for entry in prompts.get("tolerance_overrides") or []:
+        if entry["task"] == task and entry["length"] == length:
+            return float(entry["tolerance"])
+    return float(prompts.get("tolerance", 0.05))
 
 
 def _science_model(entry: dict) -> dict:

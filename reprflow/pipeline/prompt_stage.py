@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from reprflow.config import prompt_tolerance
 from reprflow.prompts import build_prompt_set, write_prompt_set
 from reprflow.prompts.custom import build_custom_prompt_set
 
@@ -29,14 +30,7 @@ def build_prompt_records(
     (the smallest context window among the models that read this set; see
     :func:`reprflow.workflow.targets.prompt_token_cap`).
     """
-    tolerance = next(
-        (
-            o["tolerance"]
-            for o in settings.get("tolerance_overrides", [])
-            if o["task"] == task and o["length"] == length
-        ),
-        settings["tolerance"],
-    )
+    tolerance = prompt_tolerance(settings, task, length)
     return build_prompt_set(
         task,
         target_tokens=length,

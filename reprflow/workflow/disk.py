@@ -150,14 +150,6 @@ def model_dims(model: ModelSpec, config: Config | None = None) -> Dims | None:
     return None
 
 
-def _tolerance(config: Config, task: str, length: int) -> float:
-    prompts = config.section("prompts")
-    for entry in prompts.get("tolerance_overrides") or []:
-        if entry["task"] == task and entry["length"] == length:
-            return float(entry["tolerance"])
-    return float(prompts.get("tolerance", 0.05))
-
-
 def _custom_records(config: Config, task: str) -> int:
     """A custom task's prompt count: the non-blank lines of its JSONL file (relative to the working
     directory, the project root), or ``prompts.n_prompts`` while the file is not there."""
@@ -201,7 +193,7 @@ def estimate_stores(config: Config, *, tokens: str | None = None) -> list[StoreE
         max_tokens = (
             cell.length
             if cell.task in config.custom_tasks  # a custom task's length is a hard cap
-            else math.ceil(cell.length * (1 + _tolerance(config, cell.task, cell.length)))
+            else math.ceil(cell.length * (1 + config.prompt_tolerance(cell.task, cell.length)))
         )
         if spec.max_context is not None:
             max_tokens = min(max_tokens, spec.max_context)

@@ -19,7 +19,7 @@ from pathlib import Path
 from reprflow.config import Config, ModelSpec
 from reprflow.errors import ConfigError
 from reprflow.models.shipped import CONTEXT_ATTRS, shipped_config_path
-from reprflow.workflow.targets import cells
+from reprflow.workflow.targets import cells, prompt_max_tokens
 
 __all__ = ["check_context_windows", "context_window", "read_model_json"]
 
@@ -59,14 +59,15 @@ def check_context_windows(config: Config) -> None:
     """Refuse, before any job runs, a model that would read prompts longer than its own window.
 
     For every model whose config.json is known here (see the module docstring) and that is not
-    built by the workflow (``tiny``, ``train``): if a length it is scheduled at (its cells,
-    :func:`reprflow.workflow.targets.cells`: paper lengths its ``max_context`` lets through and
-    its custom tasks' lengths) exceeds the window, raise one :class:`ConfigError` naming the
-    entry, the window, where it was read and the fix (``max_context``).
+    built by the workflow (``tiny``, ``train``): if a prompt set it reads (its cells,
+    :func:`reprflow.workflow.targets.cells`) can hold prompts longer than the window
+    (:func:`reprflow.workflow.targets.prompt_max_tokens`: the length plus its tolerance, capped
+    by the ``max_context`` of the models sharing the tokenizer), raise one :class:`ConfigError`
+    naming the entry, the window, where it was read and the fix (``max_context``).
     """
-    scheduled: dict[str, set[int]] = {}
+    scheduled: dict[str, set[tuple[str, int]]] = {}
     for cell in cells(config):
-        scheduled.setdefault(cell.model, set()).add(cell.length)
+        scheduled.setdefault(cell.model, set()).add((cell.task, cell.length))
     for i, model in enumerate(config.models):
         if model.tiny is not None or model.train is not None:
             continue
@@ -74,19 +75,23 @@ def check_context_windows(config: Config) -> None:
         window = None if found is None else context_window(found[0])
         if window is None:
             continue
-        too_long = sorted(length for length in scheduled.get(model.name, ()) if length > window)
+        too_long: dict[int, int] = {}  # length -> the most tokens a prompt read at it can have
+        for task, length in scheduled.get(model.name, ()):
+            most = prompt_max_tokens(config, model.tokenizer, task, length)
+            if most > window:
+                too_long[length] = max(most, too_long.get(length, 0))
         if too_long:
             raise ConfigError(_message(i, model, window, found[1], too_long))
 
 
-def _message(i: int, model: ModelSpec, window: int, source: str, too_long: list[int]) -> str:
-    key = f"config.models[{i}].max_context"
+def _message(i: int, model: ModelSpec, window: int, source: str, too_long: dict[int, int]) -> str:
     fix = (
-        f"set `max_context: {window}` in that entry so the workflow skips longer lengths for this model"
+        f"set `max_context: {window}` in that entry (its prompts are then cut to fit and longer lengths skipped)"
         if model.max_context is None
-        else f"{key} is {model.max_context}, above the model's own window: set it to {window}"
+        else f"config.models[{i}].max_context is {model.max_context}, above the model's own window: set it to {window}"
     )
+    sets = ", ".join(f"{n} tokens at length {length}" for length, n in sorted(too_long.items()))
     return (
-        f"config.models[{i}] ({model.name}): lengths {too_long} exceed its context window of {window} tokens "
-        f"(read from {source}); {fix}, or drop those lengths"
+        f"config.models[{i}] ({model.name}): its prompts may have up to {sets}, beyond its context window of "
+        f"{window} tokens (read from {source}); {fix}"
     )

@@ -15,6 +15,7 @@ with ``scope: fig3`` has cells only where Fig. 3 needs them: both tasks at
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass
 
@@ -176,6 +177,17 @@ def prompt_token_cap(config: Config, tokenizer: str, length: int) -> int | None:
     None when all of them are unlimited (SSMs)."""
     windows = [m.max_context for m in config.models if m.tokenizer == tokenizer and m.fits(length) and m.max_context]
     return min(windows) if windows else None
+
+
+def prompt_max_tokens(config: Config, tokenizer: str, task: str, length: int) -> int:
+    """The most tokens a prompt of the (tokenizer, task, length) set can have: a custom task's
+    ``length`` (a hard cap); for a paper task ``floor(length * (1 + tolerance))``, capped by
+    :func:`prompt_token_cap` (reprflow.prompts.build_prompt_set's rule)."""
+    if task in config.custom_tasks:
+        return length
+    most = math.floor(length * (1 + config.prompt_tolerance(task, length)))
+    cap = prompt_token_cap(config, tokenizer, length)
+    return most if cap is None else min(most, cap)
 
 
 def figure_files(config: Config) -> list[str]:

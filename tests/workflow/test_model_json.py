@@ -43,9 +43,10 @@ def test_a_local_model_read_past_its_window_is_refused_before_any_job(tmp_path):
     with pytest.raises(ConfigError) as err:
         check_context_windows(validate_config(raw))
     (message,) = str(err.value).splitlines()
-    assert message.startswith(
-        f"config.models[{len(raw['models']) - 1}] (mine): lengths [600] exceed its context window of 512 tokens "
-        f"(read from {hf_id}/config.json); set `max_context: 512` in that entry"
+    assert message == (
+        f"config.models[{len(raw['models']) - 1}] (mine): its prompts may have up to 630 tokens at length 600, "
+        f"beyond its context window of 512 tokens (read from {hf_id}/config.json); set `max_context: 512` in that "
+        "entry (its prompts are then cut to fit and longer lengths skipped)"
     ), message
     raw["models"][-1]["max_context"] = 1024  # set, but above the model's own window
     with pytest.raises(ConfigError, match=r"max_context is 1024, above the model's own window: set it to 512"):
@@ -54,12 +55,25 @@ def test_a_local_model_read_past_its_window_is_refused_before_any_job(tmp_path):
     check_context_windows(validate_config(raw))
 
 
+def test_a_length_equal_to_the_window_needs_max_context_to_cut_its_prompts(tmp_path):
+    """Prompts at a length run up to length x (1 + tolerance) unless a model's max_context caps the set."""
+    hf_id = _local(tmp_path, {"model_type": "gpt_neox", "max_position_embeddings": 600})
+    raw = _demo_with({"name": "mine", "family": "gpt_neox", "hf_id": hf_id})
+    with pytest.raises(ConfigError, match=r"up to 630 tokens at length 600, beyond its context window of 600"):
+        check_context_windows(validate_config(raw))
+    raw["models"][-1]["max_context"] = 600  # the set is capped at 600: every prompt fits
+    check_context_windows(validate_config(raw))
+
+
 def test_a_custom_task_length_counts_and_unknown_windows_pass(tmp_path):
     hf_id = _local(tmp_path, {"model_type": "gpt_neox", "max_position_embeddings": 256})
     raw = _demo_with({"name": "mine", "family": "gpt_neox", "hf_id": hf_id}, lengths=[200])
     raw["figures"]["length"] = 200
     raw["custom_tasks"]["qword"].update(length=300, models=None)  # every model, beyond mine's window
-    with pytest.raises(ConfigError, match=r"\(mine\): lengths \[300\] exceed its context window of 256"):
+    with pytest.raises(
+        ConfigError,
+        match=r"\(mine\): its prompts may have up to 300 tokens at length 300, beyond its context window of 256",
+    ):
         check_context_windows(validate_config(raw))
     ssm = _local(tmp_path, {"model_type": "mamba"}, name="my-ssm")
     raw = _demo_with({"name": "ssm", "family": "mamba", "hf_id": ssm}, lengths=[100_000])
@@ -75,6 +89,7 @@ def test_the_paper_config_passes_and_a_shipped_window_is_enforced():
     neo = next(i for i, m in enumerate(raw["models"]) if m["hf_id"] == "EleutherAI/gpt-neo-2.7B")
     del raw["models"][neo]["max_context"]
     with pytest.raises(
-        ConfigError, match=r"lengths \[4096\] exceed its context window of 2048 tokens \(read from .*configs"
+        ConfigError,
+        match=r"up to 2150 tokens at length 2048, 4300 tokens at length 4096, beyond its context window of 2048 tokens \(read from .*configs",
     ):
         check_context_windows(validate_config(raw))

@@ -80,7 +80,7 @@ def test_a_local_model_read_past_its_window_stops_the_dry_run(workdir, run_snake
     assert run.returncode != 0
     messages = [line for line in (run.stdout + run.stderr).splitlines() if "invalid config" in line]
     assert messages == [
-        f"reprflow: invalid config: config.models[{len(raw['models']) - 1}] (mine): lengths [600] exceed its "
-        "context window of 512 tokens (read from mine/config.json); set `max_context: 512` in that entry so the "
-        "workflow skips longer lengths for this model, or drop those lengths"
+        f"reprflow: invalid config: config.models[{len(raw['models']) - 1}] (mine): its prompts may have up to "
+        "630 tokens at length 600, beyond its context window of 512 tokens (read from mine/config.json); set "
+        "`max_context: 512` in that entry (its prompts are then cut to fit and longer lengths skipped)"
     ], run.stderr[-2000:]
