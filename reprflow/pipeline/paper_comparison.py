@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from reprflow.atomic import atomic_write
-from reprflow.config import Config
+from reprflow.config import PAPER_TASKS, Config
 from reprflow.paper import ARXIV, paper_tables
 from reprflow.pipeline.findings import VERDICTS as FINDING_VERDICTS
 from reprflow.pipeline.findings import verdict_word
@@ -41,7 +41,6 @@ from reprflow.pipeline.results import init_scope, table_inits
 logger = logging.getLogger(__name__)
 
 VIEW = "hf"
-PAPER_TASKS = ("kvpr", "mdqa")
 QUANTITIES = {
     "last_acc": ("acc_abs", 100.0),
     "gap": ("gap_abs", 100.0),
@@ -263,16 +262,11 @@ def summary(frame: pd.DataFrame, config: Config) -> list[str]:
     return lines
 
 
-def compare_files(config: Config, table1_path: str | Path, table2_path: str | Path) -> pd.DataFrame:
-    """:func:`compare` on results/table1.csv and table2.csv."""
-    return compare(config, pd.read_csv(table1_path), pd.read_csv(table2_path))
-
-
 def write_paper_comparison(
     config: Config, table1_path: str | Path, table2_path: str | Path, out_path: str | Path
 ) -> pd.DataFrame:
     """Write results/paper_comparison.csv (atomically; 6 significant digits) and return it."""
-    frame = compare_files(config, table1_path, table2_path)
+    frame = compare(config, pd.read_csv(table1_path), pd.read_csv(table2_path))
     atomic_write(out_path, lambda tmp: frame.to_csv(tmp, index=False, float_format="%.6g"))
     for line in summary(frame, config):
         logger.info("%s", line.strip().removeprefix("- ").replace("**", ""))
