@@ -179,7 +179,7 @@ def estimate_stores(config: Config, *, tokens: str | None = None) -> list[StoreE
     """One worst-case estimate per cell of ``config`` (reprflow.workflow.targets.cells).
 
     ``tokens`` (``store`` or ``stream``) overrides ``extraction.tokens``, to compare the two."""
-    from reprflow.workflow.targets import cells
+    from reprflow.workflow.targets import cells, prompt_max_tokens
 
     tokens = tokens or config.section("extraction").get("tokens", "store")
     if tokens not in ("store", "stream"):
@@ -189,14 +189,9 @@ def estimate_stores(config: Config, *, tokens: str | None = None) -> list[StoreE
     for cell in cells(config):
         n_prompts, n_token_cell = cell_prompts(config, cell.task, cell.init)
         n_token = n_token_cell if tokens == "store" else 0
-        spec = config.model(cell.model)
-        max_tokens = (
-            cell.length
-            if cell.task in config.custom_tasks  # a custom task's length is a hard cap
-            else math.ceil(cell.length * (1 + config.prompt_tolerance(cell.task, cell.length)))
-        )
-        if spec.max_context is not None:
-            max_tokens = min(max_tokens, spec.max_context)
+        # the builder's own bound on the set's longest prompt (tolerance, capped by the windows
+        # of the models sharing its tokenizer)
+        max_tokens = prompt_max_tokens(config, config.model(cell.model).tokenizer, cell.task, cell.length)
         dims = dims_of[cell.model]
         size = None
         if dims is not None:
