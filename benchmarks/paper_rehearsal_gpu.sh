@@ -6,7 +6,11 @@
 # more GPUs (execution.jobs_per_gpu: two GPU jobs per GPU, one computing while the next starts up,
 # unless SMK_ARGS passes --resources gpu=N).
 #
-#   bash benchmarks/paper_rehearsal_gpu.sh [tests] [run] [summary]   (SMK_ARGS: extra snakemake args)        (repo root; $OUT receives logs)
+#   bash benchmarks/paper_rehearsal_gpu.sh [tests] [run] [summary] [alone]   (SMK_ARGS: extra snakemake args)        (repo root; $OUT receives logs)
+#
+# `alone` (issue 16's baseline of the sharing slowdown; with benchmarks/alone_sample.yaml as the last
+# overlay): builds the SAMPLE cells' prompt sets, then extracts the cells one job at a time on one
+# GPU, and saves their times ($OUT/alone.json, benchmarks/sharing_slowdown.py --save).
 #
 # Needs .gpu/ (carried): wheels of snakemake and its closure, zarr, numcodecs, transformers and
 # the mamba_ssm sdist (see benchmarks/extract_gpu.sh for the Triton-only mamba_ssm install).
@@ -72,6 +76,21 @@ for s in "${steps[@]}"; do
         --samples "$OUT/samples.txt" 2>&1 | tee "$OUT/node.md"
       du -sh "$ROOT"/results/activations/*/* 2>/dev/null | tee "$OUT/du.txt"
       tar czf "$OUT/logs.tgz" "$ROOT/logs" .snakemake/log 2>/dev/null
+      ;;
+    alone)
+      SAMPLE=${SAMPLE:-"gpt-neo-2.7b/pretrained-standin/mdqa_n2048 pythia-2.8b/pretrained-standin/mdqa_n2048 mamba-2.8b/pretrained-standin/mdqa_n2048 mamba2-2.7b/pretrained-standin/mdqa_n2048 mamba2-130m/pretrained-standin/mdqa_n2048"}
+      [ "$(setting execution.jobs_per_gpu)" = 1 ] || { echo "alone: put benchmarks/alone_sample.yaml last in OVERLAYS"; exit 2; }
+      targets=(); for key in $SAMPLE; do targets+=("$ROOT/results/activations/$key.zarr"); done
+      export REPRFLOW_KERNEL_CACHE=${REPRFLOW_KERNEL_CACHE:-/tmp/reprflow-kernels.json}
+      python3 -m snakemake "${targets[@]}" --unlock "${CFG[@]}" > /dev/null 2>&1
+      # the prompt sets first (CPU jobs side by side), then the extractions one at a time: nothing else runs
+      python3 -m snakemake "${targets[@]}" --until prompts --cores "$(nproc)" "${CFG[@]}" > "$OUT/alone_prompts.log" 2>&1 \
+        || { tail -20 "$OUT/alone_prompts.log"; exit 1; }
+      start=$(date +%s)
+      timeout -s INT -k 30 "$RUN_LIMIT" python3 -m snakemake "${targets[@]}" --cores "$(nproc)" --resources gpu=1 --rerun-incomplete \
+        "${CFG[@]}" > "$OUT/alone.log" 2>&1
+      echo "alone: snakemake rc=$? wall=$(( $(date +%s) - start )) s" | tee -a "$OUT/env.txt"
+      python3 benchmarks/sharing_slowdown.py --alone "$ROOT" --save "$OUT/alone.json" 2>&1 | tee -a "$OUT/env.txt"
       ;;
     *) echo "unknown step $s"; exit 2 ;;
   esac
