@@ -93,7 +93,9 @@ def table(rows: list[dict], worst: float | None) -> str:
     ]
     for r in rows:
         (la, ln, ls), (ja, jn, js) = r["loop"], r["job"]
-        lines.append(f"| {r['key']} | {r['tokens']:,} | {la:.1f} | {ln:.1f} | {ls:+.1%} | {ja:.1f} | {jn:.1f} | {js:+.1%} |")
+        lines.append(
+            f"| {r['key']} | {r['tokens']:,} | {la:.1f} | {ln:.1f} | {ls:+.1%} | {ja:.1f} | {jn:.1f} | {js:+.1%} |"
+        )
     if worst is None:
         lines.append("\n**Verdict: not measured** (no cell with its job time in both runs).")
     else:
