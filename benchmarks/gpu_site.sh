@@ -1,5 +1,6 @@
 # Sourced by the GPU scripts (extract_gpu.sh, paper_rehearsal_gpu.sh): install the wheels and the
-# mamba_ssm sdist carried in .gpu/ into $SITE once per machine, then put $SITE first on the paths.
+# mamba_ssm sdist carried in .gpu/ (benchmarks/gpu_wheels.sh fills it) into $SITE once per machine,
+# then put $SITE first on the paths.
 # mamba_ssm: Triton kernels only, nothing compiled (reprflow.kernels.optional imports them
 # without the missing selective_scan_cuda extension; no stub module is installed).
 SITE=/tmp/reprflow-site
