@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     extraction = {**config.section("extraction"), **config.execution("extraction"), "tokens": "stream"}
     if args.n_token_prompts is not None:
         extraction["n_token_prompts"] = args.n_token_prompts
-    batch_size = batch_size_for(extraction, args.length)  # prompts per forward, as run_extraction takes it
+    batch_size = batch_size_for(extraction, args.length, spec.family)  # prompts per forward, as run_extraction takes it
     metrics = {**config.section("metrics"), **config.execution("metrics")}
     if args.metrics_precision is not None:
         metrics["precision"] = args.metrics_precision

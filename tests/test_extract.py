@@ -392,6 +392,25 @@ def test_batch_tokens_sets_each_cells_batch_size():
     assert batch_size_for({"batch_size": 8, "batch_tokens": 1000}, 4096) == 1
     assert [batch_size_for({"batch_size": 8, "batch_tokens": None}, n) for n in (300, 4096)] == [8, 8]
     assert batch_size_for({"batch_size": 3}, 300) == 3
+    # per family: the SSMs at 64K tokens (measured faster on an H200), the rest at the default
+    by_family = {"batch_size": 8, "batch_tokens": {"default": 32768, "mamba": 65536, "mamba2": 65536}}
+    assert [batch_size_for(by_family, 4096, f) for f in ("mamba", "mamba2", "gpt_neox")] == [16, 16, 8]
+    assert batch_size_for({"batch_size": 5, "batch_tokens": {"mamba": 65536}}, 2048, "gpt_neo") == 5
+
+
+def test_batch_tokens_by_family_is_validated():
+    from pathlib import Path
+
+    import yaml
+
+    from reprflow.config import validate_config
+    from reprflow.errors import ConfigError
+
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "config.yaml").read_text())
+    for bad in ({"mamba": 0}, {"mamba": "64K"}, {}):
+        raw["execution"]["extraction"]["batch_tokens"] = bad
+        with pytest.raises(ConfigError, match="batch_tokens"):
+            validate_config(raw)
 
 
 def _store_files(store) -> dict[str, bytes]:

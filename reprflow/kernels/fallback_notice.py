@@ -10,7 +10,11 @@ fallback is expected and the path is exact (the same numbers, slower).
 drops these warnings and logs, once per process, on the ``reprflow.kernels`` logger:
 
 - on CPU, at INFO: the fallback is expected there;
-- on CUDA, a WARNING naming the packages to install (envs/gpu.yaml, docs/kernels.md).
+- on CUDA, where :func:`reprflow.fastpath.prepare_model` replaced transformers' mixers by
+  reprflow's own kernels (:func:`note_ssm_kernels`), at INFO: transformers' reference path is
+  not what runs (transformers warns when it builds the model, before the fast path is set up;
+  the line then waits for the fast path's verdict);
+- on CUDA otherwise, a WARNING naming the packages to install (envs/gpu.yaml, docs/kernels.md).
 
 The device is the last one :func:`note_device` was told (the model's device, by
 :func:`reprflow.fastpath.prepare_model` and :func:`reprflow.collect.collect_states`), or CUDA
@@ -23,7 +27,7 @@ import logging
 import re
 import sys
 
-__all__ = ["HF_LOGGER", "install", "note_device"]
+__all__ = ["HF_LOGGER", "install", "note_device", "note_ssm_kernels"]
 
 HF_LOGGER = "transformers.integrations.hub_kernels"
 """The transformers logger that emits the per-function fallback warnings."""
@@ -35,12 +39,48 @@ _PATTERN = re.compile(
 _PACKAGES = ("mamba_ssm", "causal_conv1d")
 logger = logging.getLogger("reprflow.kernels")
 
-_state: dict = {"device": None, "said": False}
+_state: dict = {"device": None, "said": False, "replaced": None, "pending": None}
 
 
 def note_device(device) -> None:
     """Record the device kind (``"cpu"``, ``"cuda"``, ...) the next forwards run on."""
     _state["device"] = str(getattr(device, "type", device)).split(":")[0]
+
+
+def note_ssm_kernels(replaced: bool) -> None:
+    """Record whether the SSM mixers of the model about to run are reprflow's kernels
+    (``replaced``) or transformers' own; a fallback notice that was waiting for this is said now."""
+    _state["replaced"] = bool(replaced)
+    if _state["pending"] is not None:
+        first, _state["pending"] = _state["pending"], None
+        _say(first)
+
+
+def _say(first: str) -> None:
+    """The one line of this process about transformers' fallback (``first``: the first function named)."""
+    if _device_kind() == "cpu":
+        logger.info(
+            "SSM kernels: transformers' reference PyTorch path on CPU, as expected (%s are CUDA-only; "
+            "same results, slower); first was %s",
+            " / ".join(_PACKAGES),
+            first,
+        )
+    elif _state["replaced"]:
+        logger.info(
+            "SSM kernels on %s: transformers reports its reference PyTorch path (%s not installed; first was "
+            "%s), but reprflow's own kernels replace it (the fast path report names them)",
+            _device_kind(),
+            " / ".join(_PACKAGES),
+            first,
+        )
+    else:
+        logger.warning(
+            "SSM kernels on %s fall back to transformers' reference PyTorch path (same results, much "
+            "slower): install %s (envs/gpu.yaml, docs/kernels.md); first was %s",
+            _device_kind(),
+            " and ".join(_PACKAGES),
+            first,
+        )
 
 
 def _device_kind() -> str:
@@ -60,21 +100,10 @@ class _FallbackNotice(logging.Filter):
         if not _state["said"]:
             _state["said"] = True
             first = f"`{match['func']}` (needs `{match['dist']}`)"
-            if _device_kind() == "cpu":
-                logger.info(
-                    "SSM kernels: transformers' reference PyTorch path on CPU, as expected (%s are CUDA-only; "
-                    "same results, slower); first was %s",
-                    " / ".join(_PACKAGES),
-                    first,
-                )
+            if _device_kind() != "cpu" and _state["replaced"] is None:
+                _state["pending"] = first  # built before the fast path: its verdict decides the line
             else:
-                logger.warning(
-                    "SSM kernels on %s fall back to transformers' reference PyTorch path (same results, much "
-                    "slower): install %s (envs/gpu.yaml, docs/kernels.md); first was %s",
-                    _device_kind(),
-                    " and ".join(_PACKAGES),
-                    first,
-                )
+                _say(first)
         return False
 
 

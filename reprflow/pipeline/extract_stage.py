@@ -56,12 +56,16 @@ def compute_dtype_for(name: str, device: torch.device) -> torch.dtype:
     return _DTYPES[name]
 
 
-def batch_size_for(settings: Mapping[str, Any], length: int) -> int:
-    """Prompts per forward pass for a cell of ``length`` tokens: ``max(1, batch_tokens // length)``
-    when ``execution.extraction.batch_tokens`` is set (every length then forwards about the same
-    number of tokens at once), else ``batch_size``. An execution setting: stored values do not
-    depend on it."""
+def batch_size_for(settings: Mapping[str, Any], length: int, family: str | None = None) -> int:
+    """Prompts per forward pass for a cell of ``length`` tokens of a model of ``family``:
+    ``max(1, batch_tokens // length)`` when ``execution.extraction.batch_tokens`` is set (every
+    length then forwards about the same number of tokens at once), else ``batch_size``.
+    ``batch_tokens`` may be a mapping from family (``model_type``) to tokens, with ``default``
+    for the others (a family it does not name, without ``default``, uses ``batch_size``). An
+    execution setting: stored values do not depend on it."""
     batch_tokens = settings.get("batch_tokens")
+    if isinstance(batch_tokens, Mapping):
+        batch_tokens = batch_tokens.get(family, batch_tokens.get("default"))
     return max(1, int(batch_tokens) // length) if batch_tokens else int(settings["batch_size"])
 
 
@@ -241,7 +245,7 @@ def run_extraction(
     }
     if prompt_indices is not None:
         attrs["prompt_indices"] = prompt_indices
-    batch_size = batch_size_for(settings, length)
+    batch_size = batch_size_for(settings, length, model["family"])
     logger.info("%d prompts per forward pass", batch_size)
     run = dict(
         batch_size=batch_size,

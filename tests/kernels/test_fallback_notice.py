@@ -24,6 +24,8 @@ def fresh(monkeypatch):
     """A process that has said nothing yet, and a handler on the transformers logger itself."""
     monkeypatch.setitem(fallback_notice._state, "said", False)
     monkeypatch.setitem(fallback_notice._state, "device", None)
+    monkeypatch.setitem(fallback_notice._state, "replaced", None)
+    monkeypatch.setitem(fallback_notice._state, "pending", None)
     logging.Logger.warning_once.cache_clear()  # transformers says each message once per process (lru_cache)
     hf = logging.getLogger(fallback_notice.HF_LOGGER)
     seen = _Collect()
@@ -64,9 +66,7 @@ def test_cpu_forwards_of_mamba_and_mamba2_log_one_expected_line(fresh, caplog):
     assert not [r for r in fresh.records if "falling back" in r.getMessage()]  # transformers' own lines dropped
 
 
-def test_on_cuda_the_line_is_a_warning_naming_what_to_install(fresh, caplog):
-    caplog.set_level(logging.INFO)
-    fallback_notice.note_device("cuda:1")
+def _transformers_warns_at_model_build():
     hf = logging.getLogger(fallback_notice.HF_LOGGER)
     for func, dist in (("selective_scan_fn", "mamba_ssm"), ("causal_conv1d_fn", "causal_conv1d")):
         hf.warning(
@@ -74,7 +74,36 @@ def test_on_cuda_the_line_is_a_warning_naming_what_to_install(fresh, caplog):
             f"installed. This is correct but much slower; install `{dist}` for the optimized kernel."
         )
     hf.warning("an unrelated transformers warning")
+
+
+def test_on_cuda_with_transformers_mixers_the_line_is_a_warning_naming_what_to_install(fresh, caplog):
+    caplog.set_level(logging.INFO)
+    fallback_notice.note_device("cuda:1")
+    _transformers_warns_at_model_build()
+    assert _ours(caplog) == []  # built before the fast path: the line waits for its verdict
+    fallback_notice.note_ssm_kernels(replaced=False)  # e.g. kernels={"mamba_scan": "hf"}
     (line,) = _ours(caplog)
     assert line.levelno == logging.WARNING
     assert "install mamba_ssm and causal_conv1d" in line.getMessage() and "`selective_scan_fn`" in line.getMessage()
     assert [r.getMessage() for r in fresh.records] == ["an unrelated transformers warning"]
+
+
+def test_on_cuda_with_reprflow_kernels_the_line_says_they_replace_the_fallback(fresh, caplog):
+    caplog.set_level(logging.INFO)
+    fallback_notice.note_device("cuda:0")
+    _transformers_warns_at_model_build()
+    fallback_notice.note_ssm_kernels(replaced=True)  # prepare_model routed the mixers to reprflow's kernels
+    (line,) = _ours(caplog)
+    assert line.levelno == logging.INFO
+    assert "reprflow's own kernels replace it" in line.getMessage() and "`selective_scan_fn`" in line.getMessage()
+    assert [r.getMessage() for r in fresh.records] == ["an unrelated transformers warning"]
+
+
+def test_prepare_model_tells_the_notice_whether_its_mixers_stay_transformers(fresh):
+    from reprflow.fastpath import prepare_model
+
+    model = MambaForCausalLM(MambaConfig(hidden_size=16, num_hidden_layers=2, vocab_size=64, state_size=4))
+    prepare_model(model, scan="hf")
+    assert fallback_notice._state["replaced"] is False
+    prepare_model(model, scan="torch")
+    assert fallback_notice._state["replaced"] is True
