@@ -51,6 +51,7 @@ def job_times(root: Path) -> dict[str, dict]:
             "loop_s": float(timing["seconds"]),
             "job_s": walls.get(key, math.nan) - wait,
             "gpu_wait_s": wait,
+            "peak_gpu_bytes": timing.get("peak_gpu_bytes"),
             "startup": startup,
         }
     return out
@@ -119,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         args.save.write_text(json.dumps({"source": str(args.alone), "jobs": alone}, indent=1) + "\n")
         print(f"saved {len(alone)} jobs to {args.save}")
         for key, t in sorted(alone.items()):
-            print(f"  {key}: {t['tokens']:,} tokens, loop {t['loop_s']:.1f} s, job {t['job_s']:.1f} s")
+            peak = t.get("peak_gpu_bytes")
+            memory = "" if peak is None else f", peak {peak / 2**30:.1f} GiB on the GPU"
+            print(f"  {key}: {t['tokens']:,} tokens, loop {t['loop_s']:.1f} s, job {t['job_s']:.1f} s{memory}")
     if args.node:
         print(table(*compare(alone, load(args.node))))
     return 0

@@ -38,7 +38,8 @@ compress and write, or compute the streamed token metrics on their own CUDA stre
 re-raised in the caller. A fresh store is created by the writer thread at its first write,
 once every prompt is tokenised (its fingerprint holds the digest of all token ids), so a
 kill before that leaves nothing and a kill after it a resumable partial store. The attr
-``timing["stages"]`` (and :attr:`ExtractionSummary.stages`) records where the time went.
+``timing["stages"]`` (and :attr:`ExtractionSummary.stages`) records where the time went, and
+on a GPU ``timing["peak_gpu_bytes"]`` the loop's peak of allocated device memory.
 With ``overlap=False`` nothing runs in the background (same values and files).
 """
 
@@ -541,6 +542,8 @@ def extract_activations(
                 padded[0] += len(batch.rows) * max(batch.lengths)
                 yield batch
 
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)  # the loop's peak, recorded in timing
         t0 = time.perf_counter()
         try:
             batches = capture_batches(
@@ -575,6 +578,11 @@ def extract_activations(
                         "seconds": seconds,
                         "tokens_per_s": rate,
                         "stages": stages,
+                        **(
+                            {"peak_gpu_bytes": int(torch.cuda.max_memory_allocated(device))}
+                            if device.type == "cuda"
+                            else {}
+                        ),
                         **({"startup": dict(startup)} if startup else {}),
                     },
                     "fastpath": fastpath,

@@ -517,8 +517,9 @@ def test_a_job_sharing_the_gpus_claims_one_late_and_gives_it_back(tokenizer, tmp
             gpu_priority=5,
         )
     assert _store_files(stores["0"]) == _store_files(stores["1"])
-    startup = open_store(stores["1"]).attrs["timing"]["startup"]
-    assert startup["gpu_wait"] >= 0 and startup["model"] > 0
+    timing = open_store(stores["1"]).attrs["timing"]
+    assert timing["startup"]["gpu_wait"] >= 0 and timing["startup"]["model"] > 0
+    assert timing["peak_gpu_bytes"] > 0  # the loop's peak of allocated device memory
     assert not devices._CLAIMED and not list((tmp_path / "locks").glob("wait-*"))
     with open(tmp_path / "locks" / "gpu0.lock", "a+") as lock:  # free: the job gave it back
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
