@@ -74,6 +74,9 @@ for s in "${steps[@]}"; do
       # the node's timeline: which GPU each job ran on, idle gaps, the node's busy fraction
       python3 benchmarks/node_summary.py --log "$OUT/snakemake.log" --gpus "$(nvidia-smi -L | wc -l)" \
         --samples "$OUT/samples.txt" 2>&1 | tee "$OUT/node.md"
+      # issue 16: the same cells timed alone on one H200 (the `alone` step's saved times), against this run
+      ALONE=${ALONE:-benchmarks/results/alone_h200_2026-12-05.json benchmarks/results/alone_64k_h200_2026-12-05.json}
+      python3 benchmarks/sharing_slowdown.py --alone $ALONE --node "$ROOT" 2>&1 | tee "$OUT/sharing.md"
       du -sh "$ROOT"/results/activations/*/* 2>/dev/null | tee "$OUT/du.txt"
       tar czf "$OUT/logs.tgz" "$ROOT/logs" .snakemake/log 2>/dev/null
       ;;

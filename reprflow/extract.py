@@ -575,6 +575,7 @@ def extract_activations(
                     "timing": {
                         "tokens": real,
                         "padded_tokens": padded,
+                        "batch_size": batch_size,  # prompts per forward pass (an execution setting)
                         "seconds": seconds,
                         "tokens_per_s": rate,
                         "stages": stages,
