@@ -26,11 +26,11 @@ get() {  # get DIR PIN...: binary wheels for the target Python, no dependencies 
       || python3 -m pip wheel -q --no-deps -w "$dir" "$pin"  # a pure-Python sdist (e.g. connection_pool)
   done
 }
-pins() { grep -v '^#\|^ \|^$' requirements.txt | sed 's/ .*//'; }
+pins() { grep -h -v '^#\|^ \|^$' requirements.txt requirements-gpu.txt | sed 's/ .*//'; }
 core='^(transformers|tokenizers|huggingface_hub|safetensors|zarr|numcodecs|donfig|google-crc32c|regex|einops)=='
 skip='^(torch|numpy|dvc|dvc-.*|black|ruff|snakefmt|shfmt-py|celery|kombu|amqp|billiard|vine|click-.*|asyncssh|scmrepo|pygit2|dulwich|gto|sqltrie|iterative-telemetry|hydra-core|omegaconf|antlr4-python3-runtime|typer|shtab|dictdiffer|diskcache|flufl.lock|funcy|grandalf|pydot|voluptuous|zc.lockfile|shortuuid|atpublic|pygtrie|aiohttp|aiohappyeyeballs|aiosignal|frozenlist|multidict|yarl|propcache|aiohttp-retry|cryptography|cffi|pycparser|hf-xet|sympy|networkx|mpmath|Jinja2|MarkupSafe|filelock|fsspec|typing_extensions|matplotlib|pillow|fonttools|kiwisolver|contourpy|cycler|pyparsing|pulp|PuLP)=='
 scientific='^(scipy|pandas|scikit-learn)=='
-get "$DEST" $(pins | grep -E "$core") "einops==0.8.2"
+get "$DEST" $(pins | grep -E "$core")
 get "$DEST" $(pins | grep -v -E "$core" | grep -v -E "$skip" | grep -v -E "$scientific")
 [ "${WITH_SCIENTIFIC:-0}" = 1 ] && get "$DEST" $(pins | grep -E "$scientific")
 # pulp without the CBC builds of other platforms (Snakemake's ILP scheduler; --scheduler greedy needs none)

@@ -151,7 +151,9 @@ def read_samples(path: Path) -> dict:
 
 
 def read_stores(root: Path) -> dict[str, dict]:
-    """``model/init/task_nL`` -> timing attrs and bytes of each store under results/activations."""
+    """``model/init/task_nL`` -> timing attrs, the fast path's kernel choices (``kernels``:
+    op -> shape class -> entry, :mod:`reprflow.kernels.select`) and bytes of each store under
+    results/activations."""
     out = {}
     base = root / "results" / "activations"
     for meta in sorted(base.glob("*/*/*.zarr/zarr.json")):
@@ -160,6 +162,7 @@ def read_stores(root: Path) -> dict[str, dict]:
         key = str(store.relative_to(base).with_suffix(""))
         out[key] = {
             "timing": attrs.get("timing") or {},
+            "kernels": (attrs.get("fastpath") or {}).get("kernels") or {},
             "fig3": "prompt_indices" in attrs,  # a scope: fig3 cell forwards only its token prompts
             "n_samples": attrs.get("n_samples"),
             "store_dtype": attrs.get("store_dtype"),

@@ -51,9 +51,7 @@ def job_times(root: Path) -> dict[str, dict]:
         timing = store["timing"]
         if "seconds" not in timing:
             continue
-        attrs = json.loads((root / "results" / "activations" / f"{key}.zarr" / "zarr.json").read_text())["attributes"]
-        kernels = (attrs.get("fastpath") or {}).get("kernels") or {}
-        choices = [c for by_shape in kernels.values() for c in by_shape.values()]
+        choices = [c for by_shape in store["kernels"].values() for c in by_shape.values()]
         startup = {k: float(v) for k, v in (timing.get("startup") or {}).items()}
         wait = startup.get("gpu_wait", 0.0)
         out[key] = {
@@ -62,7 +60,7 @@ def job_times(root: Path) -> dict[str, dict]:
             "job_s": walls.get(key, math.nan) - wait,
             "gpu_wait_s": wait,
             "batch_size": timing.get("batch_size"),
-            "first_use": sum(str(c.get("reason", "")).startswith("fastest when measured") for c in choices),
+            "first_use": sum("ms" in c for c in choices),  # timed here (a cached choice has no times)
             "peak_gpu_bytes": timing.get("peak_gpu_bytes"),
             "startup": startup,
         }
@@ -80,7 +78,8 @@ def load(path: Path) -> dict[str, dict]:
 
 def compare(alone: dict[str, dict], node: dict[str, dict]) -> tuple[list[dict], list[str], float | None]:
     """Cells in both runs: one row each (times and slowdowns, node / alone - 1, of the loop and the
-    job; ``first_use`` True where the two measured a different number of kernel choices), the cells
+    job; ``first_use`` True where the two measured a different number of kernel choices; ``counted``
+    where the row enters the verdict: no first-use difference and both job times known), the cells
     left out because their batches differ, and the worst job slowdown over the rows without a
     first-use difference (None when there is none)."""
     rows, skipped = [], []
@@ -100,7 +99,8 @@ def compare(alone: dict[str, dict], node: dict[str, dict]) -> tuple[list[dict], 
                 "first_use": a.get("first_use", 0) != n.get("first_use", 0),
             }
         )
-    counted = [r["job"][2] for r in rows if not math.isnan(r["job"][2]) and not r["first_use"]]
+        rows[-1]["counted"] = not rows[-1]["first_use"] and not math.isnan(rows[-1]["job"][2])
+    counted = [r["job"][2] for r in rows if r["counted"]]
     return rows, skipped, (max(counted) if counted else None)
 
 
@@ -122,7 +122,7 @@ def table(rows: list[dict], skipped: list[str], worst: float | None) -> str:
         lines.append("\n\\* kernel choices measured in one run, read from a cache in the other: not in the verdict.")
     if skipped:
         lines.append("\nLeft out, their batches differ: " + "; ".join(skipped) + ".")
-    counted = sum(not r["first_use"] and not math.isnan(r["job"][2]) for r in rows)
+    counted = sum(r["counted"] for r in rows)
     if worst is None:
         lines.append("\n**Verdict: not measured** (no comparable cell with its job time in both runs).")
     else:

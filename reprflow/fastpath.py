@@ -51,6 +51,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["prepare_model"]
 
 _SCAN_CHOICES = ("auto", "triton", "torch", "hf")
+HF_MIXERS = "hf (transformers)"  # the report's scan and conv where transformers' own mixers stay
 
 
 def _model_dtype_device(model: nn.Module) -> tuple[torch.dtype, torch.device]:
@@ -163,7 +164,7 @@ def _prepare_mamba(model: nn.Module, report: dict[str, Any], *, device: torch.de
     if want == "hf" or (want is None and not on_gpu and forced_name("causal_conv", forced.get("causal_conv")) is None):
         # CPU auto: transformers' own torch path is the same arithmetic as reprflow's torch one
         why = "forced" if want == "hf" else "cpu: transformers' own torch path (same arithmetic)"
-        report.update(scan="hf (transformers)", conv="hf (transformers)", why=why)
+        report.update(scan=HF_MIXERS, conv=HF_MIXERS, why=why)
         return
     chosen = report.setdefault("kernels", {})  # filled at first use, per shape class
     scan = mamba_scan_op(device, report=chosen, forced=forced.get("mamba_scan"))
@@ -208,8 +209,8 @@ def _prepare_mamba2(model: nn.Module, report: dict[str, Any], *, device: torch.d
                 "~20 GB per (batch x 1K tokens); install mamba-ssm as envs/gpu.yaml describes"
             )
         report.update(
-            scan="hf (transformers)",
-            conv="hf (transformers)",
+            scan=HF_MIXERS,
+            conv=HF_MIXERS,
             why="forced" if want == "hf" else f"no mamba_ssm Triton kernels on {device.type}",
         )
         return
@@ -344,6 +345,6 @@ def prepare_model(
         report["attention"] = "none"
         _prepare_mamba2(model, report, device=device, forced=forced)
     if family in ("mamba", "mamba2"):  # transformers' fallback warning is true only if its mixers stay
-        note_ssm_kernels(report.get("scan") != "hf (transformers)")
+        note_ssm_kernels(report.get("scan") != HF_MIXERS)
     logger.info("fast path for %s: %s", family, report)
     return report

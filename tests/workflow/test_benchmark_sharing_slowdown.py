@@ -25,7 +25,11 @@ def _cell(
     if batch is not None:
         timing["batch_size"] = batch
     shapes = {
-        f"16x{i}": {"kernel": "gluon", "reason": "fastest when measured on the first call (...)"}
+        f"16x{i}": {
+            "kernel": "gluon",
+            "reason": "fastest when measured on the first call (gluon 0.628 ms, triton 0.846 ms)",
+            "ms": {"gluon": 0.628, "triton": 0.846},  # reprflow.kernels.select: times only where measured
+        }
         for i in range(measured)
     }
     shapes["2x2048"] = {"kernel": "triton", "reason": "measured earlier (cache) for this GPU, versions and shape class"}
