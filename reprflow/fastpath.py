@@ -345,6 +345,8 @@ def prepare_model(
         report["attention"] = "none"
         _prepare_mamba2(model, report, device=device, forced=forced)
     if family in ("mamba", "mamba2"):  # transformers' fallback warning is true only if its mixers stay
-        note_ssm_kernels(report.get("scan") != HF_MIXERS)
+        from reprflow.kernels.mamba_mixers import ssm_forward_patched
+
+        note_ssm_kernels(ssm_forward_patched(model))
     logger.info("fast path for %s: %s", family, report)
     return report

@@ -270,6 +270,12 @@ def patch_forward(mixer: nn.Module, fast: Callable[..., Tensor]) -> None:
     mixer._reprflow_fastpath = True
 
 
+def ssm_forward_patched(model: nn.Module) -> bool:
+    """Whether :func:`patch_forward` routed any of ``model``'s Mamba/Mamba-2 mixers or blocks to
+    reprflow's kernels (else transformers' own forward runs them)."""
+    return any(hasattr(m, "_reprflow_fast") for m in model.modules())
+
+
 def _mixers(model: nn.Module, cls: type, what: str) -> list[nn.Module]:
     """The ``cls`` mixers of ``model`` not switched yet; an error if one's activation is not SiLU."""
     mixers = [m for m in model.modules() if isinstance(m, cls) and not getattr(m, "_reprflow_fastpath", False)]

@@ -107,3 +107,12 @@ def test_prepare_model_tells_the_notice_whether_its_mixers_stay_transformers(fre
     assert fallback_notice._state["replaced"] is False
     prepare_model(model, scan="torch")
     assert fallback_notice._state["replaced"] is True
+
+
+def test_collect_states_on_transformers_mixers_tells_the_notice_they_stay(fresh):
+    from reprflow.collect import collect_states
+    from reprflow.prompts.tokenizers import load_tokenizer
+
+    model = MambaForCausalLM(MambaConfig(hidden_size=16, num_hidden_layers=2, vocab_size=50304, state_size=4))
+    collect_states(model, load_tokenizer("gpt-neox-20b"), ["a b c d"], view="hf", positions="last", device="cpu")
+    assert fallback_notice._state["replaced"] is False  # not prepared: transformers' forward runs
