@@ -56,7 +56,7 @@ for s in "${steps[@]}"; do
     kernels) timeout 420 python3 benchmarks/kernels.py --out "$OUT" "${extra[@]}" 2>&1 | tee "$OUT/kernels.log" ;;
     batch) timeout 300 python3 benchmarks/batch_tokens.py --out "$OUT" "${extra[@]}" 2>&1 | tee "$OUT/batch.log" ;;
     cell) timeout 240 python3 benchmarks/cell.py --out "$OUT" "${extra[@]}" 2>&1 | tee "$OUT/cell.log" ;;
-    ssd) timeout 240 python3 benchmarks/ssd_chunks.py --output-kernel --shapes 16x2048 8x4096 2>&1 | tee "$OUT/ssd.md" ;;
+    ssd) timeout 240 python3 benchmarks/ssd_chunks.py --output-kernel --shapes ${SSD_SHAPES:-32x2048 16x4096} 2>&1 | tee "$OUT/ssd.md" ;;
     conv) timeout 180 python3 benchmarks/conv_sweep.py 2>&1 | tee "$OUT/conv.md" ;;
     gated) timeout 120 python3 benchmarks/gated_norm.py 2>&1 | tee "$OUT/gated.md" ;;
     *) echo "unknown step $s"; exit 2 ;;

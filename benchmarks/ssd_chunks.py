@@ -13,7 +13,8 @@ With ``--output-kernel``, instead, at the model's chunk (256): the chunk states 
 passing, ``mamba_ssm``'s two kernels against reprflow's fused ``chunk_states_passed``
 (:mod:`reprflow.kernels.ssd_states`) at six launch configurations; the output kernel alone,
 ``mamba_ssm``'s ``_chunk_scan_fwd`` against reprflow's Gluon ``chunk_scan_gluon``
-(:mod:`reprflow.kernels.ssd_chunk_scan_gluon`; with and without ``prefetch_cb``, ``row_loop`` and ``head_pair``)
+(:mod:`reprflow.kernels.ssd_chunk_scan_gluon`; with and without ``prefetch_cb``, ``row_loop`` and ``head_pair``,
+and reading ``C B^T`` in float32 or rounded to bf16)
 on the same inputs (ms, CUDA events; their
 relative difference; tensor-core and memory bounds), then the whole forward
 (``mamba_chunk_scan_combined`` against reprflow's ``ssd_combined``, with and without the fused
@@ -21,8 +22,8 @@ states) and each against the float64 recurrence.
 
 Usage (GPU)::
 
-    PYTHONPATH=$PWD python benchmarks/ssd_chunks.py [--shapes 16x2048 8x4096] [--chunks 64 128 256]
-    PYTHONPATH=$PWD python benchmarks/ssd_chunks.py --output-kernel [--shapes 16x2048 8x4096]
+    PYTHONPATH=$PWD python benchmarks/ssd_chunks.py [--shapes 32x2048 16x4096] [--chunks 64 128 256]
+    PYTHONPATH=$PWD python benchmarks/ssd_chunks.py --output-kernel [--shapes 32x2048 16x4096]
 """
 
 from __future__ import annotations
@@ -104,6 +105,7 @@ def output_kernel(a: dict, kernels, chunk: int, repeats: int, peak_tflops: float
     n_chunks = st.shape[1]
     theirs = _chunk_scan_fwd(cb, x, dt, dA, C, st, D=a["D"])[0]
     ms_t = median_ms(lambda: _chunk_scan_fwd(cb, x, dt, dA, C, st, D=a["D"]), repeats)
+    cb16 = cb.to(x.dtype)  # what ssd_combined(..., rounded_cb=True) hands the kernel
     ours = {}  # variant -> (ms, rel diff from mamba_ssm's)
     for kw in (
         {"prefetch_cb": True},
@@ -113,16 +115,22 @@ def output_kernel(a: dict, kernels, chunk: int, repeats: int, peak_tflops: float
         {"prefetch_cb": True, "head_pair": True},
         {"prefetch_cb": False, "head_pair": True},
         {"prefetch_cb": False, "row_loop": True, "head_pair": True},
+        {"rounded_cb": True, "prefetch_cb": False, "row_loop": True},
+        {"rounded_cb": True, "prefetch_cb": True, "row_loop": True},
+        {"rounded_cb": True, "prefetch_cb": False, "row_loop": True, "head_pair": True},
     ):
-        got = chunk_scan_gluon(cb, x, dt, dA, C, st, a["D"], **kw)
+        kw = dict(kw)
+        tiles = cb16 if kw.pop("rounded_cb", False) else cb
+        label = ("C B^T in bf16, " if tiles is cb16 else "") + ", ".join(f"{k}={v}" for k, v in kw.items())
+        got = chunk_scan_gluon(tiles, x, dt, dA, C, st, a["D"], **kw)
         diff = float((got.float() - theirs.float()).norm() / theirs.float().norm())
-        ours[", ".join(f"{k}={v}" for k, v in kw.items())] = (
-            median_ms(lambda kw=kw: chunk_scan_gluon(cb, x, dt, dA, C, st, a["D"], **kw), repeats),
+        ours[label] = (
+            median_ms(lambda kw=kw, tiles=tiles: chunk_scan_gluon(tiles, x, dt, dA, C, st, a["D"], **kw), repeats),
             diff,
         )
     # lower triangle of each chunk x head_dim, plus C S^T; bytes: cb once per group, x, C, states, out
     flops = 2 * batch * n_chunks * heads * head_dim * (chunk * (chunk + 1) / 2 + chunk * STATES)
-    nbytes = cb.numel() * 4 + 2 * x.numel() * 2 + C.numel() * 2 + st.numel() * 2
+    nbytes = cb.numel() * 4 + 2 * x.numel() * 2 + C.numel() * 2 + st.numel() * 2  # float32 C B^T
     print(f"\n{batch}x{n_tokens}, chunk {chunk}: the output kernel alone (tensor-core bound "
           f"{1e3 * flops / (peak_tflops * 1e12):.3f} ms, memory bound {1e3 * nbytes / hbm_bytes_per_s:.3f} ms)\n")  # fmt: skip
     print("| kernel | ms | rel diff from mamba_ssm's |")
@@ -135,6 +143,8 @@ def output_kernel(a: dict, kernels, chunk: int, repeats: int, peak_tflops: float
     # they would keep the configurations of whichever call tuned them first (on 2026-12-05, a
     # 512-token check's, which made the fused_states and unfused rows slower than their kernels)
     gluon = tuned_ssd_combined()
+    rows = tuned_ssd_combined(row_loop=True, prefetch_cb=False)
+    rows16 = tuned_ssd_combined(row_loop=True, prefetch_cb=False, rounded_cb=True)
     unfused, fused = tuned_ssd_combined(fused_states=False), tuned_ssd_combined(output="mamba_ssm")
     small = _sub(a, 512)
     want = ssd_reference(**{k: (v.double() if torch.is_tensor(v) else v) for k, v in small.items()}, chunk_size=0)
@@ -142,12 +152,16 @@ def output_kernel(a: dict, kernels, chunk: int, repeats: int, peak_tflops: float
     err_t = rel_err(kernels.chunk_scan_combined(chunk_size=chunk, **small), want)
     err_u = rel_err(unfused(chunk_size=chunk, **small), want)
     err_s = rel_err(fused(chunk_size=chunk, **small), want)
+    err_r, err_r16 = rel_err(rows(chunk_size=chunk, **small), want), rel_err(rows16(chunk_size=chunk, **small), want)
+    ms_wr = median_ms(lambda: rows(chunk_size=chunk, **a), repeats)
+    ms_wr16 = median_ms(lambda: rows16(chunk_size=chunk, **a), repeats)
     ms_wo = median_ms(lambda: gluon(chunk_size=chunk, **a), repeats)
     ms_wu = median_ms(lambda: unfused(chunk_size=chunk, **a), repeats)
     ms_ws = median_ms(lambda: fused(chunk_size=chunk, **a), repeats)
     ms_wt = median_ms(lambda: kernels.chunk_scan_combined(chunk_size=chunk, **a), repeats)
     print(f"\nwhole SSD forward (the chooser's candidates): mamba_ssm {ms_wt:.3f} ms (rel err vs float64 "
           f"{err_t:.2e}); gluon (fused states + Gluon output) {ms_wo:.3f} ms ({err_o:.2e}); "
+          f"gluon_rows {ms_wr:.3f} ms ({err_r:.2e}); gluon_rows_cb16 {ms_wr16:.3f} ms ({err_r16:.2e}); "
           f"fused_states (+ mamba_ssm's output) {ms_ws:.3f} ms ({err_s:.2e}); "
           f"Gluon output without the fused states {ms_wu:.3f} ms ({err_u:.2e})", flush=True)  # fmt: skip
 
@@ -197,7 +211,7 @@ def states_kernels(a: dict, chunk: int, repeats: int, hbm_bytes_per_s: float) ->
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--shapes", nargs="+", default=["16x2048", "8x4096"])
+    p.add_argument("--shapes", nargs="+", default=["32x2048", "16x4096"])  # the paper config's 64K tokens
     p.add_argument("--chunks", nargs="+", type=int, default=[64, 128, 256])
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--output-kernel", action="store_true", help="mamba_ssm's output kernel against reprflow's")

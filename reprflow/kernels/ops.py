@@ -14,7 +14,8 @@ mamba2_ssd     ``mamba_ssm`` (Triton ``mamba_chunk_scan_combined``),  :func:`rep
                ``fused_states`` (its stages with reprflow's fused
                chunk states), ``gluon`` (and reprflow's Gluon output
                kernel, sm_90; :mod:`reprflow.kernels.ssd_pipeline`),
-               ``gluon_rows`` (its program per chunk and head,
+               ``gluon_rows`` (its program per chunk and head),
+               ``gluon_rows_cb16`` (the same, C B^T in 16 bits;
                ``GLUON_SSD_SHAPES``),
                ``torch`` (per-token loop; fallback, never timed)
 =============  =====================================================  ============================
@@ -193,9 +194,11 @@ def causal_conv_op(device: torch.device, *, report: dict, forced: str | None = N
 #: The Gluon output kernel's program shapes offered as candidates (arguments of ``chunk_scan_gluon``):
 #: the fastest of each kind in ``benchmarks/ssd_chunks.py --output-kernel`` (H200, 2026-12-05: with
 #: ``row_loop`` the C B^T tile loaded where it is used; ``head_pair`` slower at every shape, not offered)
+#: ``gluon_rows_cb16`` is ``gluon_rows`` reading ``C B^T`` rounded to the input dtype (half its L2 reads)
 GLUON_SSD_SHAPES: dict[str, dict[str, bool]] = {
     "gluon": {},
     "gluon_rows": {"row_loop": True, "prefetch_cb": False},
+    "gluon_rows_cb16": {"row_loop": True, "prefetch_cb": False, "rounded_cb": True},
 }
 
 
@@ -219,12 +222,13 @@ def mamba2_ssd_op(
         if ssd_gluon_available(device):
             for name, shape in GLUON_SSD_SHAPES.items():
                 program = "(batch, chunk, head)" if shape.get("row_loop") else "(batch, chunk, head, row block)"
+                cb = ", C B^T in the input dtype" if shape.get("rounded_cb") else ""
                 cands.append(
                     Candidate(
                         name,
                         tuned_ssd_combined(output="gluon", **shape),
                         f"mamba_ssm {kernels.version} SSD stages, reprflow's fused chunk states and Gluon wgmma "
-                        f"output kernel (sm_90; one program per {program})",
+                        f"output kernel (sm_90; one program per {program}{cb})",
                     )
                 )
         cands.append(

@@ -15,7 +15,7 @@ shared memory at every step, in tiles too small to reuse what they load.
   every ``x`` tile up to the diagonal (a second group) into shared memory at the start; the
   state part ``exp(dA_m) C_m S^T`` runs on ``wgmma`` as soon as the first group lands, while
   the ``x`` tiles are still in flight;
-* each 64 x 64 tile of ``C B^T`` (float32, shared by the heads of a group and L2-resident,
+* each 64 x 64 tile of ``C B^T`` (float32, or rounded to the input dtype; shared by the heads of a group and L2-resident,
   since the heads of one block are launched side by side) is loaded, scaled by
   ``exp(min(dA_m - dA_k, 0)) dt_k``, masked above the diagonal, rounded to bf16 once and
   stored as the MMA's A operand (two buffers in turn, laid over ``C``'s once the state part
@@ -74,12 +74,12 @@ if gluon is not None:
 
     @gluon.jit
     def _tile_mma(w, dA_m, dA_base, dt_base, offs_m, offs_k, a_buf, x_tile, acc):
-        """One key tile of one head: the raw float32 C B^T tile ``w`` scaled by
-        ``exp(min(dA_m - dA_k, 0)) dt_k``, masked above the diagonal, rounded once into ``a_buf``,
-        and ``acc += a_buf @ x_tile`` issued asynchronously (the caller waits)."""
+        """One key tile of one head: the raw C B^T tile ``w`` (float32, or rounded to the input
+        dtype) scaled in float32 by ``exp(min(dA_m - dA_k, 0)) dt_k``, masked above the diagonal,
+        rounded once into ``a_buf``, and ``acc += a_buf @ x_tile`` issued asynchronously (the caller waits)."""
         dA_k = gl.load(dA_base + offs_k)
         dt_k = gl.load(dt_base + offs_k)
-        w = w * gl.exp(gl.minimum(gl.expand_dims(dA_m, 1) - gl.expand_dims(dA_k, 0), 0.0))
+        w = w.to(gl.float32) * gl.exp(gl.minimum(gl.expand_dims(dA_m, 1) - gl.expand_dims(dA_k, 0), 0.0))
         w = w * gl.expand_dims(dt_k, 0)
         w = gl.where(gl.expand_dims(offs_m, 1) >= gl.expand_dims(offs_k, 0), w, 0.0)
         a_buf.store(w.to(a_buf.dtype))
@@ -142,7 +142,7 @@ if gluon is not None:
         HAS_D: gl.constexpr,
         D_HAS_HDIM: gl.constexpr,
         MMA: gl.constexpr,  # wgmma accumulator layout of [BM, HDIM]
-        TILE: gl.constexpr,  # registers of a [BM, BM] float32 C B^T tile
+        TILE: gl.constexpr,  # registers of a [BM, BM] C B^T tile (float32 or the input dtype)
         CP_X: gl.constexpr,  # cp.async of a [BM, HDIM] x tile
         CP_C: gl.constexpr,  # cp.async of [BM, DSTATE] C rows
         CP_S: gl.constexpr,  # cp.async of the [HDIM, DSTATE] state
@@ -326,8 +326,10 @@ def chunk_scan_gluon(
 
     Parameters
     ----------
-    cb : Tensor of shape (batch, n_chunks, groups, chunk, chunk), float32
-        ``C_m . B_k`` within each chunk; last axis contiguous.
+    cb : Tensor of shape (batch, n_chunks, groups, chunk, chunk), float32 or the dtype of ``x``
+        ``C_m . B_k`` within each chunk; last axis contiguous. In ``x``'s dtype (``ssd_combined(...,
+        rounded_cb=True)``) each program reads half the bytes of the tiles its group's heads all
+        read again from L2, at the cost of one more rounding (each ``C_m . B_k`` before it is scaled).
     x : Tensor of shape (batch, n_tokens, heads, head_dim), bf16 or fp16
         Last axis contiguous.
     dt, dA_cumsum : Tensor of shape (batch, heads, n_chunks, chunk), float32, same strides
@@ -363,6 +365,8 @@ def chunk_scan_gluon(
         )
     if dt.stride() != dA_cumsum.stride() or dt.stride(-1) != 1:
         raise ValueError("chunk_scan_gluon: dt and dA_cumsum need the same strides, unit stride on the chunk axis")
+    if cb.dtype not in (torch.float32, x.dtype):
+        raise ValueError(f"chunk_scan_gluon: cb must be float32 or x's dtype {x.dtype}, got {cb.dtype}")
     for name, t in (("cb", cb), ("x", x), ("C", C)):
         if t.stride(-1) != 1:
             raise ValueError(f"chunk_scan_gluon: {name} needs stride 1 on its last axis, got {t.stride()}")
@@ -391,7 +395,7 @@ def chunk_scan_gluon(
         CHUNK=chunk, HDIM=head_dim, DSTATE=d_state,
         HAS_D=D is not None, D_HAS_HDIM=D is not None and D.dim() == 2,
         MMA=mma,
-        TILE=_copy_layout(BM, BM, 4, 4),
+        TILE=_copy_layout(BM, BM, cb.element_size(), 4),
         CP_X=_copy_layout(BM, head_dim, 2, 4),
         CP_C=_copy_layout(BM, d_state, 2, 4),
         CP_S=_copy_layout(head_dim, d_state, 2, 4),

@@ -32,8 +32,8 @@ class SsdStages(NamedTuple):
     """What the SSD's output kernel reads (``mamba_ssm``'s conventions).
 
     ``x`` (batch, n_tokens, heads, head_dim) and ``C`` (batch, n_tokens, groups, d_state) with unit
-    stride on their last axis; ``cb`` (batch, n_chunks, groups, chunk, chunk) float32, ``C_m . B_k``
-    within each chunk; ``dt`` (after bias and softplus) and ``dA_cumsum`` (batch, heads, n_chunks,
+    stride on their last axis; ``cb`` (batch, n_chunks, groups, chunk, chunk) float32 (or ``x``'s
+    dtype, ``rounded_cb``), ``C_m . B_k`` within each chunk; ``dt`` (after bias and softplus) and ``dA_cumsum`` (batch, heads, n_chunks,
     chunk) float32; ``states`` (batch, n_chunks, heads, head_dim, d_state) in ``C``'s dtype, the
     state entering each chunk.
     """
@@ -58,11 +58,12 @@ def ssd_stages(
     dt_limit: tuple[float, float] = (0.0, float("inf")),
     *,
     fused_states: bool = True,
+    rounded_cb: bool = False,
 ) -> SsdStages:
-    """The SSD's stages before its output kernel: ``mamba_ssm``'s chunk cumsum and ``C B^T``, and
-    the chunk states passed between chunks by reprflow's one kernel (``fused_states``; the sizes of
-    :func:`~reprflow.kernels.ssd_states.chunk_states_supported`) or by ``mamba_ssm``'s two. Arguments as for
-    :func:`ssd_combined`; inference only (no autograd)."""
+    """The SSD's stages before its output kernel: ``mamba_ssm``'s chunk cumsum and ``C B^T`` (float32,
+    or with ``rounded_cb`` in ``x``'s dtype), and the chunk states passed between chunks by reprflow's
+    one kernel (``fused_states``; the sizes of :func:`~reprflow.kernels.ssd_states.chunk_states_supported`)
+    or by ``mamba_ssm``'s two. Arguments as for :func:`ssd_combined`; inference only (no autograd)."""
     import torch
     from mamba_ssm.ops.triton.ssd_bmm import _bmm_chunk_fwd
     from mamba_ssm.ops.triton.ssd_chunk_state import _chunk_cumsum_fwd, _chunk_state_fwd
@@ -85,7 +86,7 @@ def ssd_stages(
             states.view(batch, n_chunks, heads, head_dim * d_state), dA_cumsum[:, :, :, -1], out_dtype=C.dtype
         )
         states = states.view(batch, n_chunks, heads, head_dim, d_state)
-    cb = _bmm_chunk_fwd(C, B, chunk_size, output_dtype=torch.float32)
+    cb = _bmm_chunk_fwd(C, B, chunk_size, output_dtype=x.dtype if rounded_cb else torch.float32)
     return SsdStages(x, C, cb, dt_c, dA_cumsum, states)
 
 
@@ -107,6 +108,7 @@ def ssd_combined(
     row_loop: bool = False,
     head_pair: bool = False,
     prefetch_cb: bool = True,
+    rounded_cb: bool = False,
 ) -> Tensor:
     """``mamba_chunk_scan_combined``'s forward (signature of :func:`reprflow.kernels.ssd.ssd_reference`)
     with reprflow's kernels where asked.
@@ -123,6 +125,9 @@ def ssd_combined(
     row_loop, head_pair, prefetch_cb : bool
         The Gluon output kernel's program shape (:func:`~reprflow.kernels.ssd_chunk_scan_gluon.chunk_scan_gluon`);
         only with ``output="gluon"``.
+    rounded_cb : bool
+        ``C B^T`` stored in ``x``'s dtype instead of float32 (half of what the Gluon output kernel's
+        programs read again from L2; one more rounding than ``mamba_ssm``'s); only with ``output="gluon"``.
 
     Returns
     -------
@@ -136,9 +141,10 @@ def ssd_combined(
 
     if output not in ("gluon", "mamba_ssm"):
         raise ValueError(f"ssd_combined: output {output!r}; expected 'gluon' or 'mamba_ssm'")
-    if output != "gluon" and (row_loop or head_pair or not prefetch_cb):
+    if output != "gluon" and (row_loop or head_pair or not prefetch_cb or rounded_cb):
         raise ValueError(
-            "ssd_combined: row_loop, head_pair and prefetch_cb shape the Gluon output kernel; output is 'mamba_ssm'"
+            "ssd_combined: row_loop, head_pair, prefetch_cb and rounded_cb shape the Gluon output kernel; "
+            "output is 'mamba_ssm'"
         )
     d_state = B.shape[-1]
     ours = (
@@ -164,6 +170,7 @@ def ssd_combined(
         dt_softplus=dt_softplus,
         dt_limit=dt_limit,
         fused_states=fused_states,
+        rounded_cb=rounded_cb,
     )
     if output == "gluon":
         return chunk_scan_gluon(
@@ -183,7 +190,7 @@ def ssd_combined(
 
 def tuned_ssd_combined(**options):
     """:func:`ssd_combined` with ``options`` (``output=``, ``fused_states=``, and the output kernel's
-    ``row_loop=``, ``head_pair=``, ``prefetch_cb=``), its ``mamba_ssm``
+    ``row_loop=``, ``head_pair=``, ``prefetch_cb=``, ``rounded_cb=``), its ``mamba_ssm``
     stages autotuned per size class (:class:`~reprflow.kernels.autotune_by_size.AutotuneBySize`):
     how the kernel chooser runs each candidate (``reprflow/kernels/ops.py``), and how a benchmark
     should time it."""

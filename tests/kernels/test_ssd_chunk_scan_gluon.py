@@ -92,8 +92,11 @@ def _output_inputs(shape, *, seed=1):
 @pytest.mark.parametrize("shape", SHAPES[:2])
 @pytest.mark.parametrize("d_per_channel", [False, True])
 @pytest.mark.parametrize("prefetch_cb", [True, False])
-def test_output_kernel_matches_mamba_ssm_on_the_same_inputs(shape, d_per_channel, prefetch_cb):
-    """Same float32 scaling and one rounding of the scaled tile: the outputs agree to bf16 rounding."""
+@pytest.mark.parametrize("rounded_cb", [False, True])
+def test_output_kernel_matches_mamba_ssm_on_the_same_inputs(shape, d_per_channel, prefetch_cb, rounded_cb):
+    """Same float32 scaling and one rounding of the scaled tile: the outputs agree to bf16 rounding
+    (with C B^T handed over in bf16, as the chooser's ``gluon_rows_cb16`` runs it, one program per
+    chunk and head: one more rounding of each tile entry before it is scaled)."""
     from mamba_ssm.ops.triton.ssd_chunk_scan import _chunk_scan_fwd
 
     from reprflow.kernels.ssd_chunk_scan_gluon import chunk_scan_gluon
@@ -103,9 +106,31 @@ def test_output_kernel_matches_mamba_ssm_on_the_same_inputs(shape, d_per_channel
     if d_per_channel:
         D = torch.randn(*x.shape[2:], device="cuda")
     theirs = _chunk_scan_fwd(cb, x, dt, dA, C, st, D=D)[0].float()
-    ours = chunk_scan_gluon(cb, x, dt, dA, C, st, D, prefetch_cb=prefetch_cb).float()
+    tiles = cb.to(x.dtype) if rounded_cb else cb
+    ours = chunk_scan_gluon(tiles, x, dt, dA, C, st, D, prefetch_cb=prefetch_cb, row_loop=rounded_cb).float()
     assert ours.shape == theirs.shape
     assert float((ours - theirs).norm() / theirs.norm()) < 1e-2
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_rounded_cb_costs_little_accuracy(shape):
+    """``rounded_cb`` (the chooser's ``gluon_rows_cb16``): C B^T in bf16 adds one rounding per tile
+    entry, so the whole SSD stays within 1.5x of mamba_ssm's distance from float64; and a C B^T in
+    another 16-bit dtype than x's is refused, naming cb."""
+    from reprflow.kernels.ssd_chunk_scan_gluon import chunk_scan_gluon
+    from reprflow.kernels.ssd_pipeline import ssd_combined
+
+    kernels = _kernels()
+    *dims, chunk = shape
+    a = _inputs(*dims, torch.bfloat16)
+    want = ssd_reference(**{k: v.double() if torch.is_tensor(v) else v for k, v in a.items()}, chunk_size=chunk)
+    got = ssd_combined(chunk_size=chunk, row_loop=True, prefetch_cb=False, rounded_cb=True, **a)
+    theirs = kernels.chunk_scan_combined(chunk_size=chunk, **a)
+    assert torch.isfinite(got).all()
+    assert _rel(got, want) <= 1.5 * _rel(theirs, want) + 1e-6, (_rel(got, want), _rel(theirs, want))
+    cb, *rest = _output_inputs(shape)
+    with pytest.raises(ValueError, match="cb must be float32"):
+        chunk_scan_gluon(cb.half(), *rest)
 
 
 @pytest.mark.parametrize("shape", SHAPES)

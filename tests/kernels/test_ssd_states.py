@@ -100,4 +100,5 @@ def test_whole_ssd_with_and_without_the_fused_states(output, fused_states, shape
     got = ssd_combined(chunk_size=chunk, output=output, fused_states=fused_states, **shape, **a)
     theirs = kernels.chunk_scan_combined(chunk_size=chunk, **a)
     rel = lambda y: float((y.double() - want).norm() / want.norm())  # noqa: E731
-    assert torch.isfinite(got).all() and rel(got) <= 1.1 * rel(theirs) + 1e-6, (rel(got), rel(theirs))
+    slack = 1.5 if shape.get("rounded_cb") else 1.1  # C B^T rounded to bf16: one more rounding
+    assert torch.isfinite(got).all() and rel(got) <= slack * rel(theirs) + 1e-6, (rel(got), rel(theirs))
