@@ -96,6 +96,7 @@ def output_kernel(a: dict, kernels, chunk: int, repeats: int, peak_tflops: float
     from mamba_ssm.ops.triton.ssd_chunk_scan import _chunk_scan_fwd
 
     from reprflow.kernels.ssd_chunk_scan_gluon import chunk_scan_gluon
+    from reprflow.kernels.ops import GLUON_SSD_SHAPES
     from reprflow.kernels.ssd_pipeline import ssd_stages, tuned_ssd_combined
 
     x, C, cb, dt, dA, st = ssd_stages(
@@ -143,8 +144,8 @@ def output_kernel(a: dict, kernels, chunk: int, repeats: int, peak_tflops: float
     # they would keep the configurations of whichever call tuned them first (on 2026-12-05, a
     # 512-token check's, which made the fused_states and unfused rows slower than their kernels)
     gluon = tuned_ssd_combined()
-    rows = tuned_ssd_combined(row_loop=True, prefetch_cb=False)
-    rows16 = tuned_ssd_combined(row_loop=True, prefetch_cb=False, rounded_cb=True)
+    rows = tuned_ssd_combined(**GLUON_SSD_SHAPES["gluon_rows"])
+    rows16 = tuned_ssd_combined(**GLUON_SSD_SHAPES["gluon_rows_cb16"])
     unfused, fused = tuned_ssd_combined(fused_states=False), tuned_ssd_combined(output="mamba_ssm")
     small = _sub(a, 512)
     want = ssd_reference(**{k: (v.double() if torch.is_tensor(v) else v) for k, v in small.items()}, chunk_size=0)
