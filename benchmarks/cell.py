@@ -31,7 +31,8 @@ Stages timed (wall seconds):
 GPU busy fraction: ``nvidia-smi`` sampled every 100 ms during the extraction stage (the
 fraction of each sample period in which a kernel ran), reported as the mean over the samples
 between the first and last busy sample. Roofline: 2 x parameters FLOPs per token at
-``--peak-tflops`` (bf16 matmul rate of the H200, measured 782 TFLOP/s).
+``--peak-tflops``, by default measured on this GPU at the start (``kernels.measure_peak_tflops``;
+the constant 782 TFLOP/s, an H200's, off a GPU).
 
 Usage (repository root, GPU machine, ``.gpu/`` carried as benchmarks/extract_gpu.sh does)::
 
@@ -77,7 +78,7 @@ from reprflow.token_ids import tokenize_prompts  # noqa: E402
 from reprflow.training.loop import untrained_config  # noqa: E402
 from reprflow.training.recipe import TrainSpec  # noqa: E402
 
-from kernels import H200_BF16_TFLOPS  # noqa: E402  (benchmarks/kernels.py: the bf16 matmul rate measured on the H200)
+from kernels import H200_BF16_TFLOPS, measure_peak_tflops  # noqa: E402  (benchmarks/kernels.py)
 
 
 class GpuSampler:
@@ -184,10 +185,13 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="metrics.precision of the streamed token metrics (default: the config's)",
     )
-    p.add_argument("--peak-tflops", type=float, default=H200_BF16_TFLOPS)
+    p.add_argument("--peak-tflops", type=float, default=None, help="default: measured on this GPU")
     p.add_argument("--workdir", type=Path, default=None, help="where prompt file and store go (default a temp dir)")
     p.add_argument("--out", type=Path, default=None, help="also write cell.md and cell.json here")
     args = p.parse_args(argv)
+    peak_tflops = args.peak_tflops
+    if peak_tflops is None:
+        peak_tflops = measure_peak_tflops("cuda", False) if torch.cuda.is_available() else H200_BF16_TFLOPS
 
     config = load_configs([ROOT / "config" / ("demo.yaml" if args.quick else "config.yaml")])
     work = Path(args.workdir or tempfile.mkdtemp(prefix="reprflow-cell-"))
@@ -308,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     n_tokens = sum(int(x.get("n_tokens", 0)) for x in prompts) or None
-    ceiling = args.peak_tflops * 1e12 / (2 * n_params)
+    ceiling = peak_tflops * 1e12 / (2 * n_params)
     end_to_end = times["extraction (with its load)"] + times["probes"]
     fwd_rate = fwd_tokens / times["forward only"]
     rows = [

@@ -157,11 +157,17 @@ def test_chosen_kernels_are_correct_and_never_slower_than_the_projects(family, m
     base = _model(family).to("cuda").eval()
     ids = torch.randint(0, 1000, (8, 2048), device="cuda", generator=torch.Generator("cuda").manual_seed(0))
     if family in FLOAT32_FAMILIES:  # the kernels themselves, at all 512 positions, in true float32
-        # fp32_precision, not the legacy allow_tf32: once another test has set the new switch, the
-        # legacy getter fails and monkeypatch's undo deleted the attribute (H100, 2026-12-05)
-        monkeypatch.setattr(torch.backends.cuda.matmul, "fp32_precision", "ieee")
+        # cuBLAS's switch set and put back by hand: monkeypatch's undo of torch's matmul switches
+        # (allow_tf32, fp32_precision) raised AttributeError at teardown on an H100, 2026-12-05
+        matmul = torch.backends.cuda.matmul
+        before = matmul.fp32_precision
+        matmul.fp32_precision = "ieee"
         monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-        assert_accurate(accuracy_against_float32(base, family, ids[:, :512], torch.float32), torch.float32, family)
+        try:
+            acc32 = accuracy_against_float32(base, family, ids[:, :512], torch.float32)
+        finally:
+            matmul.fp32_precision = before
+        assert_accurate(acc32, torch.float32, family)
     # bfloat16: as close to float32 as transformers' own bfloat16 path
     acc = accuracy_against_float32(base, family, ids[:, :512], torch.bfloat16)
     assert_accurate(acc, torch.bfloat16, family)
