@@ -19,6 +19,11 @@ drops these warnings and logs, once per process, on the ``reprflow.kernels`` log
 The device is the last one :func:`note_device` was told (the model's device, by
 :func:`reprflow.fastpath.prepare_model` and :func:`reprflow.collect.collect_states`), or CUDA
 when torch sees a GPU. Other transformers messages pass untouched.
+
+A line waiting for the fast path's verdict is also decided by the first forward of a transformers
+Mamba / Mamba-2 mixer (a global forward pre-hook, held only while the line waits): a process that
+imports reprflow and then runs transformers' model itself, without ``prepare_model`` or
+``collect_states``, gets the line from what that forward runs on and whether its mixer is reprflow's.
 """
 
 from __future__ import annotations
@@ -39,7 +44,10 @@ _PATTERN = re.compile(
 _PACKAGES = ("mamba_ssm", "causal_conv1d")
 logger = logging.getLogger("reprflow.kernels")
 
-_state: dict = {"device": None, "said": False, "replaced": None, "pending": None}
+_state: dict = {"device": None, "said": False, "replaced": None, "pending": None, "hook": None}
+
+#: transformers' SSM mixer classes, whose first forward decides a waiting line
+_MIXER_CLASSES = ("MambaMixer", "Mamba2Mixer")
 
 
 def note_device(device) -> None:
@@ -51,9 +59,30 @@ def note_ssm_kernels(replaced: bool) -> None:
     """Record whether the SSM mixers of the model about to run are reprflow's kernels
     (``replaced``) or transformers' own; a fallback notice that was waiting for this is said now."""
     _state["replaced"] = bool(replaced)
+    if _state["hook"] is not None:
+        _state["hook"].remove()
+        _state["hook"] = None
     if _state["pending"] is not None:
         first, _state["pending"] = _state["pending"], None
         _say(first)
+
+
+def _first_mixer_forward(module, args) -> None:
+    """Global forward pre-hook while a line waits: the first transformers SSM mixer to run decides it
+    (its input's device; reprflow's kernels if :func:`~reprflow.kernels.mamba_mixers.patch_forward`
+    marked it)."""
+    if type(module).__name__ not in _MIXER_CLASSES:
+        return
+    device = getattr(args[0], "device", None) if args else None
+    if device is not None:
+        note_device(device)
+    note_ssm_kernels(getattr(module, "_reprflow_fastpath", False))
+
+
+def _wait_for_a_forward() -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None and _state["hook"] is None:
+        _state["hook"] = torch.nn.modules.module.register_module_forward_pre_hook(_first_mixer_forward)
 
 
 def _say(first: str) -> None:
@@ -101,7 +130,8 @@ class _FallbackNotice(logging.Filter):
             _state["said"] = True
             first = f"`{match['func']}` (needs `{match['dist']}`)"
             if _device_kind() != "cpu" and _state["replaced"] is None:
-                _state["pending"] = first  # built before the fast path: its verdict decides the line
+                _state["pending"] = first  # built before the fast path: its verdict decides the line,
+                _wait_for_a_forward()  # or the first mixer forward, if nothing gives one
             else:
                 _say(first)
         return False

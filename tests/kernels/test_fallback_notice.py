@@ -26,12 +26,15 @@ def fresh(monkeypatch):
     monkeypatch.setitem(fallback_notice._state, "device", None)
     monkeypatch.setitem(fallback_notice._state, "replaced", None)
     monkeypatch.setitem(fallback_notice._state, "pending", None)
+    monkeypatch.setitem(fallback_notice._state, "hook", None)
     logging.Logger.warning_once.cache_clear()  # transformers says each message once per process (lru_cache)
     hf = logging.getLogger(fallback_notice.HF_LOGGER)
     seen = _Collect()
     hf.addHandler(seen)
     yield seen
     hf.removeHandler(seen)
+    if fallback_notice._state["hook"] is not None:  # a test that left a line waiting
+        fallback_notice._state["hook"].remove()
 
 
 def _ours(caplog):
@@ -116,3 +119,37 @@ def test_collect_states_on_transformers_mixers_tells_the_notice_they_stay(fresh)
     model = MambaForCausalLM(MambaConfig(hidden_size=16, num_hidden_layers=2, vocab_size=50304, state_size=4))
     collect_states(model, load_tokenizer("gpt-neox-20b"), ["a b c d"], view="hf", positions="last", device="cpu")
     assert fallback_notice._state["replaced"] is False  # not prepared: transformers' forward runs
+
+
+def test_a_plain_transformers_forward_decides_a_waiting_line(fresh, caplog):
+    """No prepare_model, no collect_states: the model's first mixer forward decides the line (here on
+    the CPU, where the line is the expected INFO); the global hook is gone once it has."""
+    caplog.set_level(logging.INFO)
+    fallback_notice.note_device("cuda")  # e.g. torch sees a GPU; nothing else told the notice
+    _transformers_warns_at_model_build()
+    assert _ours(caplog) == [] and fallback_notice._state["hook"] is not None
+    model = MambaForCausalLM(MambaConfig(hidden_size=16, num_hidden_layers=2, vocab_size=64, state_size=4)).eval()
+    with torch.no_grad():
+        model(torch.randint(0, 64, (1, 5)))
+    (line,) = _ours(caplog)
+    assert line.levelno == logging.INFO and "on CPU, as expected" in line.getMessage()
+    assert fallback_notice._state["hook"] is None and fallback_notice._state["replaced"] is False
+
+
+def test_a_waiting_line_after_an_unpatched_cuda_mixer_is_a_warning(fresh, caplog):
+    """The hook's decision as a CUDA forward of transformers' own mixer would make it: a WARNING."""
+    caplog.set_level(logging.INFO)
+    fallback_notice.note_device("cuda")
+    _transformers_warns_at_model_build()
+    mixer = (
+        MambaForCausalLM(MambaConfig(hidden_size=16, num_hidden_layers=1, vocab_size=64, state_size=4))
+        .backbone.layers[0]
+        .mixer
+    )
+
+    class _OnCuda:  # the input's device is all the hook reads
+        device = torch.device("cuda", 0)
+
+    fallback_notice._first_mixer_forward(mixer, (_OnCuda(),))
+    (line,) = _ours(caplog)
+    assert line.levelno == logging.WARNING and "on cuda fall back" in line.getMessage()
