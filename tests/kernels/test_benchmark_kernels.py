@@ -55,3 +55,36 @@ def test_batch_tokens_refuses_a_malformed_shape():
     cmd = [sys.executable, str(ROOT / "benchmarks" / "batch_tokens.py"), "--shapes", "4096by8"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "shape '4096by8': write TOKENSxBATCH" in proc.stderr
+
+
+def test_gemm_shapes_quick_run_times_every_projection_and_sums_them(monkeypatch):
+    """benchmarks/gemm_shapes.py: a row per projection of each paper model at the paper config's
+    tokens per pass, and per model the summed time and the rate it implies (flops / time)."""
+    import yaml
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from gemm_shapes import MODELS
+
+    batch_tokens = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["execution"]["extraction"][
+        "batch_tokens"
+    ]
+    family = {"mamba-2.8b": "mamba", "mamba2-2.7b": "mamba2", "pythia-2.8b": "gpt_neox", "gpt-neo-2.7b": "gpt_neo"}
+    for model, (tokens, _) in MODELS.items():
+        assert tokens == batch_tokens.get(family[model], batch_tokens["default"]), model
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "gemm_shapes.py"), "--quick", "--repeats", "1"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line.split("|")[1:-1] for line in proc.stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    per_proj = [r for r in rows if len(r) == 6 and r[0].strip() != "model"]
+    totals = {r[0].strip(): r for r in rows if len(r) == 4 and r[0].strip() != "model"}
+    assert [(r[0].strip(), r[2].strip()) for r in per_proj] == [
+        (m, p) for m, (_, ps) in MODELS.items() for p, _, _ in ps
+    ]
+    for model, (tokens, projections) in MODELS.items():
+        ms = sum(float(r[3]) for r in per_proj if r[0].strip() == model)
+        assert abs(float(totals[model][1]) - ms) <= 1e-3 * len(projections)  # printed to 3 decimals
+        flops = sum(2 * (tokens // 16) * (i // 16) * (o // 16) for _, i, o in projections)
+        assert abs(float(totals[model][2]) - flops / (float(totals[model][1]) * 1e-3) / 1e12) <= 0.02 * float(
+            totals[model][2]
+        )

@@ -1,0 +1,113 @@
+"""The paper models' own matmuls against the roofline's square one: the ceiling of "% of roofline".
+
+Every "% of the bf16 roofline" in BENCHMARKS.md divides 2 x parameters FLOPs per token by the rate of
+an 8192^3 bf16 matmul measured on the GPU (``kernels.measure_peak_tflops``). A forward's own
+projections have other shapes (65,536 x 2,560 x 10,240 for a Mamba in_proj at 64K tokens per pass,
+5,120 -> 192 for Mamba-1's x_proj, ...), and cuBLAS runs them at their own rates. This times each
+projection of each paper model (bf16 ``F.linear``, the tokens per pass of the paper config:
+``execution.extraction.batch_tokens``) and prints, per model, the time of all its matmuls per layer
+and what that time alone is as a percentage of the roofline: the most a forward could reach on this
+GPU if everything else (scan, SSD, conv, norms, attention) took no time.
+
+Usage (repository root)::
+
+    PYTHONPATH=$PWD python benchmarks/gemm_shapes.py            # GPU: ~20 s
+    PYTHONPATH=$PWD python benchmarks/gemm_shapes.py --quick    # CPU, toy sizes, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from kernels import measure_peak_tflops  # noqa: E402  benchmarks/kernels.py
+from microbench import median_ms  # noqa: E402
+
+#: per model: tokens per pass (the paper config) and its projections per layer, (in, out) features
+MODELS: dict[str, tuple[int, list[tuple[str, int, int]]]] = {
+    "mamba-2.8b": (
+        65536,
+        [("in_proj", 2560, 10240), ("x_proj", 5120, 192), ("dt_proj", 160, 5120), ("out_proj", 5120, 2560)],
+    ),
+    "mamba2-2.7b": (65536, [("in_proj", 2560, 10576), ("out_proj", 5120, 2560)]),
+    "pythia-2.8b": (
+        32768,
+        [
+            ("query_key_value", 2560, 7680),
+            ("dense", 2560, 2560),
+            ("dense_h_to_4h", 2560, 10240),
+            ("dense_4h_to_h", 10240, 2560),
+        ],
+    ),
+    "gpt-neo-2.7b": (
+        32768,
+        [("q_proj", 2560, 2560), ("k_proj", 2560, 2560), ("v_proj", 2560, 2560), ("out_proj", 2560, 2560)]
+        + [("c_fc", 2560, 10240), ("c_proj", 10240, 2560)],
+    ),
+}
+
+
+def _median_ms(fn, repeats: int, device: str) -> float:
+    """CUDA events on a GPU (``microbench.median_ms``), the wall clock on the CPU."""
+    if device == "cuda":
+        return median_ms(fn, repeats)
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def time_model(tokens: int, projections: list[tuple[str, int, int]], *, device: str, dtype, scale: int, repeats: int):
+    """Per projection: (name, ms, TFLOP/s); ``scale`` divides every size (the --quick toy run)."""
+    rows = []
+    for name, d_in, d_out in projections:
+        n, k, m = tokens // scale, max(1, d_in // scale), max(1, d_out // scale)
+        x = torch.randn(n, k, device=device, dtype=dtype)
+        w = torch.randn(m, k, device=device, dtype=dtype)
+        ms = _median_ms(lambda x=x, w=w: F.linear(x, w), repeats, device)
+        rows.append((name, ms, 2 * n * k * m / (ms * 1e-3) / 1e12))
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="CPU, float32, every size divided by 16")
+    p.add_argument("--repeats", type=int, default=20)
+    args = p.parse_args(argv)
+    device = "cpu" if args.quick or not torch.cuda.is_available() else "cuda"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    scale = 16 if args.quick else 1
+    peak = measure_peak_tflops(device, args.quick)
+    name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    print(f"{name} | torch {torch.__version__} | square matmul (the roofline): {peak:.3g} TFLOP/s\n")
+    print("| model | tokens per pass | projection | ms per layer | TFLOP/s | of the square rate |")
+    print("|---|---:|---|---:|---:|---:|")
+    totals = []
+    for model, (tokens, projections) in MODELS.items():
+        rows = time_model(tokens, projections, device=device, dtype=dtype, scale=scale, repeats=args.repeats)
+        for proj, ms, tflops in rows:
+            print(f"| {model} | {tokens // scale:,} | {proj} | {ms:.3f} | {tflops:.3g} | {tflops / peak:.0%} |")
+        flops = sum(2 * (tokens // scale) * max(1, i // scale) * max(1, o // scale) for _, i, o in projections)
+        ms = sum(r[1] for r in rows)
+        totals.append((model, ms, flops / (ms * 1e-3) / 1e12))
+    print(
+        "\n| model | matmuls per layer, ms | their rate, TFLOP/s | a forward of only these matmuls, % of the roofline |"
+    )
+    print("|---|---:|---:|---:|")
+    for model, ms, tflops in totals:
+        print(f"| {model} | {ms:.3f} | {tflops:.3g} | {tflops / peak:.0%} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
