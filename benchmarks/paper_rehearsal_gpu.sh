@@ -31,6 +31,12 @@ CFG=(--configfile config/config.yaml "${OVER[@]}")
 setting() { python3 -c "import sys; from reprflow.config import load_configs; c = load_configs(sys.argv[2:]); s, k = sys.argv[1].split('.'); print(c.section(s)[k])" "$1" config/config.yaml "${OVER[@]}"; }
 # the run's out_dir (an overlay may set its own, e.g. benchmarks/one_job_per_gpu.yaml)
 ROOT=$(python3 -c "import sys; from reprflow.config import load_configs; print(load_configs(sys.argv[1:]).raw['out_dir'])" config/config.yaml "${OVER[@]}")
+# before Snakemake builds TARGETS: one kernel-choice cache for every job (reprflow/kernels/select.py),
+# and the lock a run killed at a device call's limit leaves behind removed (nothing else runs here)
+ready_to_run() {
+  export REPRFLOW_KERNEL_CACHE=${REPRFLOW_KERNEL_CACHE:-/tmp/reprflow-kernels.json}
+  python3 -m snakemake "$@" --unlock "${CFG[@]}" > /dev/null 2>&1
+}
 for s in "${steps[@]}"; do
   case "$s" in
     tests)  # the GPU tests first; if the kernel chooser's fail, force the project's own kernels
@@ -48,10 +54,7 @@ for s in "${steps[@]}"; do
       # sample the GPU's busy fraction and the disk every 5 s while Snakemake runs
       sample_gpu "$OUT/samples.txt"
       sampler=$!
-      # one measurement of each kernel choice serves every job (reprflow/kernels/select.py)
-      export REPRFLOW_KERNEL_CACHE=${REPRFLOW_KERNEL_CACHE:-/tmp/reprflow-kernels.json}
-      # a run killed at a device call's limit leaves Snakemake's lock behind; nothing else runs here
-      python3 -m snakemake results/table1.csv --unlock "${CFG[@]}" > /dev/null 2>&1
+      ready_to_run results/table1.csv
       start=$(date +%s)
       # SIGINT is Snakemake's clean stop (it kills its jobs, keeps .partial stores to resume, frees
       # the lock); -k: a hard kill 30 s later if it has not returned
@@ -84,8 +87,7 @@ for s in "${steps[@]}"; do
       SAMPLE=${SAMPLE:-"gpt-neo-2.7b/pretrained-standin/mdqa_n2048 pythia-2.8b/pretrained-standin/mdqa_n2048 mamba-2.8b/pretrained-standin/mdqa_n2048 mamba2-2.7b/pretrained-standin/mdqa_n2048 mamba2-130m/pretrained-standin/mdqa_n2048"}
       [ "$(setting execution.jobs_per_gpu)" = 1 ] || { echo "alone: put benchmarks/alone_sample.yaml last in OVERLAYS"; exit 2; }
       targets=(); for key in $SAMPLE; do targets+=("$ROOT/results/activations/$key.zarr"); done
-      export REPRFLOW_KERNEL_CACHE=${REPRFLOW_KERNEL_CACHE:-/tmp/reprflow-kernels.json}
-      python3 -m snakemake "${targets[@]}" --unlock "${CFG[@]}" > /dev/null 2>&1
+      ready_to_run "${targets[@]}"
       # the prompt sets first (CPU jobs side by side), then the extractions one at a time: nothing else runs
       python3 -m snakemake "${targets[@]}" --until prompts --cores "$(nproc)" "${CFG[@]}" > "$OUT/alone_prompts.log" 2>&1 \
         || { tail -20 "$OUT/alone_prompts.log"; exit 1; }
