@@ -1,13 +1,16 @@
-"""The paper models' own matmuls against the roofline's square one: the ceiling of "% of roofline".
+"""The paper models' own matmuls against the roofline's: the ceiling of "% of roofline".
 
-Every "% of the bf16 roofline" in BENCHMARKS.md divides 2 x parameters FLOPs per token by the rate of
-an 8192^3 bf16 matmul measured on the GPU (``kernels.measure_peak_tflops``). A forward's own
-projections have other shapes (65,536 x 2,560 x 10,240 for a Mamba in_proj at 64K tokens per pass,
-5,120 -> 192 for Mamba-1's x_proj, ...), and cuBLAS runs them at their own rates. This times each
-projection of each paper model (bf16 ``F.linear``, the tokens per pass of the paper config:
-``execution.extraction.batch_tokens``) and prints, per model, the time of all its matmuls per layer
-and what that time alone is as a percentage of the roofline: the most a forward could reach on this
-GPU if everything else (scan, SSD, conv, norms, attention) took no time.
+Every "% of the bf16 roofline" in BENCHMARKS.md divides 2 x parameters FLOPs per token by a bf16
+matmul rate measured on the GPU (``kernels.measure_peak_tflops``). Until 2026-12-05 that was the rate
+of one square 8192^3 product; on an H100 the SSMs' own out_proj shape then ran 10% faster than it, so
+the roofline is now the best of ``kernels.ROOFLINE_SHAPES`` (the square and those projections). A
+forward's projections have other shapes (65,536 x 2,560 x 10,240 for a Mamba in_proj at 64K tokens
+per pass, 5,120 -> 192 for Mamba-1's x_proj, ...), and cuBLAS runs them at their own rates. This
+prints the square rate and the roofline, then times each projection of each paper model (bf16
+``F.linear``, the tokens per pass of the paper config: ``execution.extraction.batch_tokens``) and
+prints, per model, the time of all its matmuls per layer and what that time alone is as a percentage
+of the roofline: the most a forward could reach on this GPU if everything else (scan, SSD, conv,
+norms, attention) took no time.
 
 Usage (repository root)::
 
@@ -27,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kernels import measure_peak_tflops  # noqa: E402  benchmarks/kernels.py
+from kernels import gemm_tflops, measure_peak_tflops  # noqa: E402  benchmarks/kernels.py
 from microbench import median_ms  # noqa: E402
 
 #: per model: tokens per pass (the paper config) and its projections per layer, (in, out) features
@@ -88,9 +91,14 @@ def main(argv=None) -> int:
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     scale = 16 if args.quick else 1
     peak = measure_peak_tflops(device, args.quick)
+    side = 8192 // scale
+    square = gemm_tflops(device, side, side, side)
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
-    print(f"{name} | torch {torch.__version__} | square matmul (the roofline): {peak:.3g} TFLOP/s\n")
-    print("| model | tokens per pass | projection | ms per layer | TFLOP/s | of the square rate |")
+    print(
+        f"{name} | torch {torch.__version__} | square {side}^3 matmul: {square:.3g} TFLOP/s | "
+        f"roofline ({'best of kernels.ROOFLINE_SHAPES' if device == 'cuda' else 'one 256^3 product'}): {peak:.3g} TFLOP/s\n"
+    )
+    print("| model | tokens per pass | projection | ms per layer | TFLOP/s | of the roofline |")
     print("|---|---:|---|---:|---:|---:|")
     totals = []
     for model, (tokens, projections) in MODELS.items():

@@ -23,8 +23,9 @@ that returns every layer's state (transformers: ``output_hidden_states=True``; r
 :func:`reprflow.capture.forward_states`, last-token states of all layers, as extraction).
 
 Tokens/s counts tokens over the timed wall time. % of the roofline uses 2 x parameters
-FLOPs per token (as benchmarks/extract.py) at ``--peak-tflops``, by default the bf16 rate
-of an 8192^3 matmul measured at the start (782 TFLOP/s measured on the H200).
+FLOPs per token (as benchmarks/extract.py) at ``--peak-tflops``, by default the best bf16 matmul
+rate over :data:`ROOFLINE_SHAPES` measured at the start (the square 8192^3 and the SSMs' two large
+projections; 782 TFLOP/s for the square on the H200).
 
 Mamba-1 scan per layer (``B x T x 5120 channels x 16 states``, time-major views of one
 fused projection as in the mixer), for each available scan and conv candidate:
@@ -84,18 +85,23 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def measure_peak_tflops(device: str, quick: bool, *, warmup_s: float = 1.0) -> float:
-    """bf16 (cuda) / float32 (cpu) matmul rate, TFLOP/s: the best of 5 trials of 20 square GEMMs,
-    after ``warmup_s`` of the same GEMMs on a GPU.
+#: GEMM shapes (M, K, N) whose best bf16 rate is the roofline: the square 8192^3 of every run
+#: before 2026-12-05, and the paper SSMs' out_proj and in_proj at 64K tokens per pass, which ran
+#: 10% and 5% faster than the square one on an H100 (762 and 728 against 695 TFLOP/s,
+#: benchmarks/gemm_shapes.py), so the square alone understated that GPU's limit
+ROOFLINE_SHAPES = ((8192, 8192, 8192), (65536, 5120, 2560), (65536, 2560, 10240))
 
-    The roofline every percentage is taken against, so it is the rate the hardware sustains: a
-    GPU idling at a low clock needs a moment of work to reach it (the median of five short trials
-    straight from idle measured 735 and 770 TFLOP/s on the same H200 minutes apart, 2026-12-05),
-    and the best trial, not the median, is the peak."""
-    n = 256 if device == "cpu" else (2048 if quick else 8192)
+
+def gemm_tflops(device: str, m: int, k: int, n: int, *, warmup_s: float = 1.0) -> float:
+    """Rate of ``(m x k) @ (k x n)`` in TFLOP/s, bf16 on a GPU (float32 on a CPU): the best of 5
+    trials of 20 products, after ``warmup_s`` of the same products on a GPU.
+
+    A GPU idling at a low clock needs a moment of work to reach its rate (the median of five short
+    trials straight from idle measured 735 and 770 TFLOP/s on the same H200 minutes apart,
+    2026-12-05), and the best trial, not the median, is what the hardware sustains."""
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
+    a = torch.randn(m, k, device=device, dtype=dtype)
+    b = torch.randn(k, n, device=device, dtype=dtype)
     a @ b
     _sync(device)
     start = time.perf_counter()
@@ -111,7 +117,16 @@ def measure_peak_tflops(device: str, quick: bool, *, warmup_s: float = 1.0) -> f
             a @ b
         _sync(device)
         times.append((time.perf_counter() - t0) / 20)
-    return 2 * n**3 / min(times) / 1e12
+    return 2 * m * k * n / min(times) / 1e12
+
+
+def measure_peak_tflops(device: str, quick: bool, *, warmup_s: float = 1.0) -> float:
+    """The roofline's matmul rate, TFLOP/s: the best :func:`gemm_tflops` over :data:`ROOFLINE_SHAPES`
+    on a GPU (each divided by 4 with ``quick``), of one 256^3 float32 product on a CPU."""
+    if device == "cpu":
+        return gemm_tflops("cpu", 256, 256, 256)
+    div = 4 if quick else 1
+    return max(gemm_tflops(device, m // div, k // div, n // div, warmup_s=warmup_s) for m, k, n in ROOFLINE_SHAPES)
 
 
 def compute_dtype_on(device: str) -> torch.dtype:
