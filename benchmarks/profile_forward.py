@@ -6,9 +6,13 @@ forwards of ``reprflow.capture.forward_states`` at (batch, T), and prints a tabl
 kernels that take the most CUDA time, grouped into matmul / scan / attention / norm /
 elementwise so that the distance to the matmul roofline is visible.
 
+The batch is the paper config's by default (``execution.extraction.batch_tokens`` // T for the
+model's family: 32 prompts at T=2048 for the SSMs), and the roofline's matmul rate is measured at
+the start (``kernels.measure_peak_tflops``) unless ``--peak-tflops`` gives it.
+
 Usage (GPU machine, repo root on PYTHONPATH)::
 
-    python benchmarks/profile_forward.py --models mamba-2.8b,mamba2-2.7b --batch-size 8
+    python benchmarks/profile_forward.py --models mamba-2.8b,mamba2-2.7b [--batch-size 32] [--tokens 2048]
 """
 
 from __future__ import annotations
@@ -21,6 +25,12 @@ import torch
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from extract import build_model, full_configs  # noqa: E402
+from kernels import measure_peak_tflops  # noqa: E402
+
+from reprflow.config import load_configs  # noqa: E402
+from reprflow.pipeline.extract_stage import batch_size_for  # noqa: E402
+
+ROOT = __file__.rsplit("/", 2)[0]
 
 GROUPS = (
     ("matmul", ("gemm", "sm90_xmma", "cutlass", "nvjet", "matmul", "cublas")),
@@ -44,10 +54,13 @@ def profile_model(name: str, args) -> str:
     from reprflow.fastpath import prepare_model
 
     config, _ = full_configs(False)[name]
+    batch = args.batch_size or batch_size_for(
+        load_configs([f"{ROOT}/config/config.yaml"]).execution("extraction"), args.tokens, config.model_type
+    )
     model = build_model(config, dtype=torch.bfloat16, seed=0, device="cuda")
     kernels = prepare_model(model)
     g = torch.Generator(device="cuda").manual_seed(0)
-    ids = torch.randint(0, config.vocab_size, (args.batch_size, args.tokens), device="cuda", generator=g)
+    ids = torch.randint(0, config.vocab_size, (batch, args.tokens), device="cuda", generator=g)
     mask = torch.ones_like(ids)
     forward_states(model, ids, mask)  # warm-up: Triton compilation, autotuning
     torch.cuda.synchronize()
@@ -62,11 +75,11 @@ def profile_model(name: str, args) -> str:
     groups: dict[str, float] = {}
     for e in events:
         groups[group_of(e.key)] = groups.get(group_of(e.key), 0.0) + e.device_time_total / args.repeats / 1e3
-    tokens = args.batch_size * args.tokens
+    tokens = batch * args.tokens
     params = sum(p.numel() for p in model.parameters())
     roof_ms = 2 * params * tokens / (args.peak_tflops * 1e12) * 1e3
     lines = [
-        f"### {name}: batch {args.batch_size} x T {args.tokens}, kernels {kernels}",
+        f"### {name}: batch {batch} x T {args.tokens}, kernels {kernels}",
         "",
         f"wall {wall * 1e3:.1f} ms per forward ({tokens / wall / 1e3:.1f}K tok/s, profiler on); "
         f"CUDA kernel time {total:.1f} ms; matmul roofline {roof_ms:.1f} ms (2 x {params / 1e9:.2f}B params "
@@ -91,12 +104,13 @@ def profile_model(name: str, args) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="mamba-2.8b,mamba2-2.7b")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=None, help="default: the paper config's for the family")
     p.add_argument("--tokens", type=int, default=2048)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--top", type=int, default=15)
-    p.add_argument("--peak-tflops", type=float, default=798.0)
+    p.add_argument("--peak-tflops", type=float, default=None, help="default: measured at the start")
     args = p.parse_args(argv)
+    args.peak_tflops = args.peak_tflops or measure_peak_tflops("cuda", False)
     print(f"{torch.cuda.get_device_name()} | torch {torch.__version__} | {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
     for name in args.models.split(","):
         print(profile_model(name, args), flush=True)
