@@ -195,8 +195,8 @@ def causal_conv_op(device: torch.device, *, report: dict, forced: str | None = N
 #: the fastest of each kind in ``benchmarks/ssd_chunks.py --output-kernel`` (H200, 2026-12-05: with
 #: ``row_loop`` the C B^T tile loaded where it is used; ``head_pair`` slower at every shape, not offered)
 #: ``gluon_rows_cb16``: the program per (batch, chunk, head) reading ``C B^T`` rounded to the input
-#: dtype (half its L2 reads), each tile one step ahead (H100, 2026-12-05: fastest output kernel, 2%
-#: under the best float32 one; without the prefetch 7% slower than with it)
+#: dtype (half its L2 reads), each tile one step ahead (H100, 2026-12-05: the fastest output kernel,
+#: 2-4% under the best float32 one; without the one-step-ahead load 22-25% slower)
 GLUON_SSD_SHAPES: dict[str, dict[str, bool]] = {
     "gluon": {},
     "gluon_rows": {"row_loop": True, "prefetch_cb": False},
