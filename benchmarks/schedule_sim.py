@@ -28,6 +28,15 @@ the extraction job's imports 6.5 s; ``read_prompt_set`` on 2,500 MDQA prompts of
 MB) 0.58 s, 74 MB/s, 4.17 bytes per token (25,000 prompts at 4K: 5.8 s). Until a run records them
 (``timing.startup``, printed by ``paper_rehearsal.py``) these stand in for the node's.
 
+The probes: each cell with probes (not a Fig. 3 cell) has a probe job that Snakemake starts when
+the cell's extraction ends, outside its GPU slots (the ``probes`` rule books CPU threads, not the
+``gpu`` resource). On a node with several GPUs its ``device: auto`` still claims a GPU
+(``reprflow.devices``) after its imports, with the lowest priority (its ticket's 0), and holds it for
+the rest of the job: so a probe runs when no extraction waits, in gaps and in the tail. A probe job
+takes ``--probe-s`` (default 26 s: the rehearsal's 0.26 h of probes over its 36 probe jobs, at paper
+size, BENCHMARKS.md), ``--imports-s`` of it before its claim; the last column is each simulated run
+with them (two jobs per GPU only: with one, a probe's claim in an extraction's start-up is not modelled).
+
 Usage (repository root; no GPU)::
 
     python benchmarks/schedule_sim.py --cells-md benchmarks/results/paper_rehearsal.md \\
@@ -62,26 +71,44 @@ def simulate(
     before_claim: dict[str, float],
     claims: str = "priority",
     seed: int = 0,
+    ends: dict[str, float] | None = None,
+    followers: dict[str, tuple[float, float]] | None = None,
 ) -> float:
-    """Wall seconds of ``jobs`` (key -> GPU-slot seconds, start-up included) on ``gpus`` GPUs.
+    """Wall seconds of ``jobs`` (key -> GPU-slot seconds, start-up included) on ``gpus`` GPUs;
+    ``ends``, when given, receives each job's end (seconds from the start).
 
     Snakemake keeps ``per_gpu`` x ``gpus`` jobs started, highest ``priority`` first (ties in a
     random order drawn from ``seed``). With ``per_gpu`` 1 a job's slot is its GPU from its start;
     with more, a started job is ready to claim ``before_claim[key]`` seconds later, computes for
     its time less that, and ``claims`` is ``priority`` (a job claims only while fewer started jobs
     of higher priority wait than GPUs are free) or ``ready`` (first ready, first served).
+
+    ``followers`` (``per_gpu`` >= 2 only): key -> (seconds, seconds before its claim) of a job
+    that starts when job ``key`` ends, outside Snakemake's GPU slots (the probes: no ``gpu``
+    resource), and then claims a GPU like the others at the lowest priority (its ticket's 0, behind
+    every extraction's; among themselves, first come first served). Its end counts in the wall; it
+    is recorded in ``ends`` as ``key + "#follower"``.
     """
     keys = list(jobs)
     random.Random(seed).shuffle(keys)
     pending = sorted(keys, key=lambda k: -priority[k])  # stable: ties keep the shuffled order
     rank = {k: i for i, k in enumerate(pending)}
+    ends = {} if ends is None else ends
+    followers = followers or {}
     if per_gpu == 1:
+        if followers:
+            raise ValueError(
+                "simulate: followers need per_gpu >= 2 (their claims are not modelled with one job per GPU)"
+            )
         free_at = [0.0] * gpus
         for k in pending:
             i = min(range(gpus), key=free_at.__getitem__)
             free_at[i] += jobs[k]
+            ends[k] = free_at[i]
         return max(free_at)
-    t, free, running, waiting = 0.0, gpus, [], []  # running: [end]; waiting: [(ready_at, key)]
+    t, free, running, waiting = 0.0, gpus, [], []  # running: [(end, key)]; waiting: [(ready_at, key)]
+    rank = {k: (0, i) for k, i in rank.items()}  # a follower's: (1, when it queues), behind every job
+    follow: dict[str, float] = {}  # a started follower's seconds on its GPU
     started = min(len(pending), per_gpu * gpus)
     waiting = [(before_claim[k], k) for k in pending[:started]]
     pending = pending[started:]
@@ -92,16 +119,24 @@ def simulate(
         claimed = [w for w in entitled if w[0] <= t] if claims == "priority" else [w for w in order if w[0] <= t][:free]
         for ready_at, k in claimed:
             waiting.remove((ready_at, k))
-            running.append(t + jobs[k] - before_claim[k])
+            running.append((t + (follow[k] if k in follow else jobs[k] - before_claim[k]), k))
             free -= 1
-        events = running + [w[0] for w in waiting if w[0] > t]
+        events = [r[0] for r in running] + [w[0] for w in waiting if w[0] > t]
         if not events:
             break
         t = min(events)
-        for done in [e for e in running if e <= t]:
+        for done in [r for r in running if r[0] <= t]:
             running.remove(done)
             free += 1
-            end = max(end, done)
+            ends[done[1]] = done[0]
+            end = max(end, done[0])
+            if done[1] in follow:  # a follower held no Snakemake slot: nothing else starts
+                continue
+            if done[1] in followers:
+                seconds, before = followers[done[1]]
+                f = done[1] + "#follower"
+                follow[f], rank[f] = seconds - before, (1, t + before)
+                waiting.append((t + before, f))
             if pending:  # Snakemake starts the next job in the freed slot
                 k = pending.pop(0)
                 waiting.append((t + before_claim[k], k))
@@ -123,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--read-mb-per-s", type=float, default=74.0, help="read_prompt_set's rate (MB/s)")
     ap.add_argument("--prompt-bytes-per-token", type=float, default=4.17)
     ap.add_argument("--trials", type=int, default=200, help="random orders of equal priorities")
+    ap.add_argument("--probe-s", type=float, default=26.0, help="a probe job at paper size (s); 0: none")
     args = ap.parse_args(argv)
     args.start_ahead = False  # project_cell: the full job, start-up included
 
@@ -155,22 +191,26 @@ def main(argv: list[str] | None = None) -> int:
     }
     total = sum(jobs.values())
     reads = [read_s(k) for k in jobs]
+    probed = [k for k in jobs if not stores[k].get("fig3")]  # Fig. 3 cells get no probes
     print(
         f"{len(jobs)} extraction jobs, {total / 3600:.2f} GPU-hours with their start-up "
         f"(longest {fmt_s(max(jobs.values()))}); start-up before the claim: {args.imports_s:g} s +-25% of "
-        f"imports + {min(reads):.1f}-{max(reads):.1f} s reading the prompt set ({sum(reads) / 60:.1f} min in all)\n"
+        f"imports + {min(reads):.1f}-{max(reads):.1f} s reading the prompt set ({sum(reads) / 60:.1f} min in all); "
+        f"{len(probed)} probe jobs of {args.probe_s:g} s, each started when its cell's extraction ends, "
+        "claiming a GPU at the lowest priority\n"
     )
     print(
-        "| GPUs | job order | jobs per GPU | claims | wall, median of orders (range) | bound with the start-up on the GPU |"
+        "| GPUs | job order | jobs per GPU | claims | wall, median of orders (range) | bound with the start-up on the GPU "
+        "| with the probes, median (range) |"
     )
-    print("|---:|---|---:|---|---|---|")
+    print("|---:|---|---:|---|---|---|---|")
     for gpus in args.gpus:
         bound = max(total / gpus, max(jobs.values()))
         runs = [(name, 1, "-") for name in priorities] + [
             (name, 2, claims) for name in list(priorities)[1:2] for claims in ("priority", "ready")
         ]
         for name, per_gpu, claims in runs:
-            walls = []
+            walls, with_probes = [], []
             for seed in range(args.trials):
                 jitter = random.Random(-1 - seed)
                 before = {k: args.imports_s * jitter.uniform(0.75, 1.25) + read_s(k) for k in sorted(jobs)}
@@ -185,9 +225,29 @@ def main(argv: list[str] | None = None) -> int:
                         seed=seed,
                     )
                 )
+                if per_gpu > 1 and args.probe_s:
+                    probes = {k: (args.probe_s, args.imports_s * jitter.uniform(0.75, 1.25)) for k in probed}
+                    with_probes.append(
+                        simulate(
+                            jobs,
+                            priorities[name],
+                            gpus,
+                            per_gpu=per_gpu,
+                            before_claim=before,
+                            claims="priority" if claims == "-" else claims,
+                            seed=seed,
+                            followers=probes,
+                        )
+                    )
+            probes_col = (
+                f"{fmt_s(statistics.median(with_probes))} ({fmt_s(min(with_probes))}-{fmt_s(max(with_probes))})"
+                if with_probes
+                else "-"
+            )
             print(
                 f"| {gpus} | {name} | {per_gpu} | {claims} | {fmt_s(statistics.median(walls))} "
-                f"({fmt_s(min(walls))}-{fmt_s(max(walls))}) | {fmt_s(bound)} |"
+                f"({fmt_s(min(walls))}-{fmt_s(max(walls))}) | {fmt_s(bound)} "
+                f"| {probes_col} |"
             )
     return 0
 
