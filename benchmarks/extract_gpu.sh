@@ -2,7 +2,7 @@
 # Set up a bare GPU machine (no internet) from the wheels/sdists carried in .gpu/, then run
 # the GPU tests, the kernel timings, a profile of the SSM forwards and benchmarks/extract.py. Usage (repo root, $OUT set):
 #
-#   bash benchmarks/extract_gpu.sh [compiled] [tests] [scan] [profile] [bench] [quick] [shards] [kernels] [batch] [cell] [ssd] [conv] [gated] [-- extra args for extract.py / shards_gpu.py]
+#   bash benchmarks/extract_gpu.sh [compiled] [tests] [scan] [profile] [bench] [quick] [shards] [kernels] [batch] [cell] [ssd] [conv] [gated] [gemm] [-- extra args for extract.py / shards_gpu.py]
 #
 # `compiled` builds mamba-ssm's and causal-conv1d's CUDA extensions for sm_90 first (~6 min,
 # benchmarks/build_compiled_kernels.sh; both sdists in .gpu/); `kernels` runs benchmarks/kernels.py
@@ -10,7 +10,8 @@
 # several tokens per pass (benchmarks/batch_tokens.py), `cell` benchmarks/cell.py,
 # `ssd` Mamba-2's SSD output kernels side by side (benchmarks/ssd_chunks.py --output-kernel), `conv`
 # the causal conv's program shapes against cuDNN (benchmarks/conv_sweep.py), `gated` Mamba-2's gated
-# RMSNorm, whole row against blocks (benchmarks/gated_norm.py).
+# RMSNorm, whole row against blocks (benchmarks/gated_norm.py), `gemm` the paper models' projections
+# against the roofline's matmul rate (benchmarks/gemm_shapes.py).
 # Default: tests bench. TESTS_K="expr" limits the tests to pytest -k expr; TESTS_TIMEOUT (s, default
 # 300) bounds them (cold Triton compiles of every kernel take most of it on a fresh machine). Writes logs and tables to $OUT. Needs .gpu/ (see requirements-gpu.txt):
 #   transformers, zarr, numcodecs, donfig, google-crc32c, regex wheels (cp312) and the
@@ -59,6 +60,7 @@ for s in "${steps[@]}"; do
     ssd) timeout 240 python3 benchmarks/ssd_chunks.py --output-kernel --shapes ${SSD_SHAPES:-32x2048 16x4096} 2>&1 | tee "$OUT/ssd.md" ;;
     conv) timeout 180 python3 benchmarks/conv_sweep.py 2>&1 | tee "$OUT/conv.md" ;;
     gated) timeout 120 python3 benchmarks/gated_norm.py 2>&1 | tee "$OUT/gated.md" ;;
+    gemm) timeout 120 python3 benchmarks/gemm_shapes.py 2>&1 | tee "$OUT/gemm_shapes.md" ;;
     *) echo "unknown step $s"; exit 2 ;;
   esac
 done
