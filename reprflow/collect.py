@@ -165,7 +165,7 @@ def collect_states(
     >>> out.states.shape  # (n_states, 2, hidden)  # doctest: +SKIP
     """
     from reprflow.devices import resolve_device
-    from reprflow.kernels.fallback_notice import note_device, note_ssm_kernels
+    from reprflow.kernels.fallback_notice import note_device, note_model
 
     if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
         raise PromptError("collect_states: texts must be a list of strings (wrap a single text as [text])")
@@ -197,10 +197,7 @@ def collect_states(
         dev = resolve_device(device)
         model.to(dev)
     note_device(dev)
-    if getattr(model.config, "model_type", None) in ("mamba", "mamba2"):  # whose mixers run: says the notice
-        from reprflow.kernels.mamba_mixers import ssm_forward_patched
-
-        note_ssm_kernels(ssm_forward_patched(model))
+    note_model(model)  # whose SSM mixers run: says the fallback notice
     sink = MemorySink(len(texts), states=indices, positions=positions)
     sink.start(info)
     was_training = model.training

@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from reprflow.errors import ConfigError
-from reprflow.kernels.fallback_notice import note_device, note_ssm_kernels
+from reprflow.kernels.fallback_notice import note_device, note_model
 from reprflow.kernels.select import env_var, forced_name
 
 logger = logging.getLogger(__name__)
@@ -344,9 +344,6 @@ def prepare_model(
     elif family == "mamba2":
         report["attention"] = "none"
         _prepare_mamba2(model, report, device=device, forced=forced)
-    if family in ("mamba", "mamba2"):  # transformers' fallback warning is true only if its mixers stay
-        from reprflow.kernels.mamba_mixers import ssm_forward_patched
-
-        note_ssm_kernels(ssm_forward_patched(model))
+    note_model(model)  # transformers' fallback warning is true only if its SSM mixers stay
     logger.info("fast path for %s: %s", family, report)
     return report

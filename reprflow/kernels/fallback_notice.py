@@ -32,7 +32,7 @@ import logging
 import re
 import sys
 
-__all__ = ["HF_LOGGER", "install", "note_device", "note_ssm_kernels"]
+__all__ = ["HF_LOGGER", "install", "note_device", "note_model", "note_ssm_kernels"]
 
 HF_LOGGER = "transformers.integrations.hub_kernels"
 """The transformers logger that emits the per-function fallback warnings."""
@@ -67,16 +67,34 @@ def note_ssm_kernels(replaced: bool) -> None:
         _say(first)
 
 
+def note_model(model) -> None:
+    """Tell the notice whether ``model``'s SSM mixers are reprflow's kernels (a Mamba / Mamba-2
+    model; any other family says nothing): :func:`reprflow.fastpath.prepare_model` and
+    :func:`reprflow.collect.collect_states` call it before their forwards."""
+    if getattr(getattr(model, "config", None), "model_type", None) in ("mamba", "mamba2"):
+        note_ssm_kernels(_ssm_forward_patched(model))
+
+
 def _first_mixer_forward(module, args) -> None:
     """Global forward pre-hook while a line waits: the first transformers SSM mixer to run decides it
     (its input's device; reprflow's kernels if :func:`~reprflow.kernels.mamba_mixers.patch_forward`
-    marked it)."""
+    routed it)."""
     if type(module).__name__ not in _MIXER_CLASSES:
         return
     device = getattr(args[0], "device", None) if args else None
     if device is not None:
         note_device(device)
-    note_ssm_kernels(getattr(module, "_reprflow_fastpath", False))
+    note_ssm_kernels(_ssm_forward_patched(module))
+
+
+def _ssm_forward_patched(module) -> bool:
+    """:func:`reprflow.kernels.mamba_mixers.ssm_forward_patched` (the one place that knows the mark).
+    Imported by name at the call: this module is imported by every ``import reprflow`` and only
+    logs, so the static import walk of ``reprflow.workflow.lineage`` must not make the kernels a
+    DVC dependency of every stage; torch is loaded by then (a model exists)."""
+    import importlib
+
+    return importlib.import_module("reprflow.kernels.mamba_mixers").ssm_forward_patched(module)
 
 
 def _wait_for_a_forward() -> None:
