@@ -21,9 +21,7 @@ Usage (repository root)::
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -57,29 +55,19 @@ MODELS: dict[str, tuple[int, list[tuple[str, int, int]]]] = {
 }
 
 
-def _median_ms(fn, repeats: int, device: str) -> float:
-    """CUDA events on a GPU (``microbench.median_ms``), the wall clock on the CPU."""
-    if device == "cuda":
-        return median_ms(fn, repeats)
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
-
-
 def time_model(tokens: int, projections: list[tuple[str, int, int]], *, device: str, dtype, scale: int, repeats: int):
-    """Per projection: (name, ms, TFLOP/s); ``scale`` divides every size (the --quick toy run)."""
+    """Per projection: (name, ms, FLOPs); ``scale`` divides every size (the --quick toy run)."""
     rows = []
     for name, d_in, d_out in projections:
         n, k, m = tokens // scale, max(1, d_in // scale), max(1, d_out // scale)
         x = torch.randn(n, k, device=device, dtype=dtype)
         w = torch.randn(m, k, device=device, dtype=dtype)
-        ms = _median_ms(lambda x=x, w=w: F.linear(x, w), repeats, device)
-        rows.append((name, ms, 2 * n * k * m / (ms * 1e-3) / 1e12))
+        rows.append((name, median_ms(lambda x=x, w=w: F.linear(x, w), repeats, device), 2 * n * k * m))
     return rows
+
+
+def tflops(flops: float, ms: float) -> float:
+    return flops / (ms * 1e-3) / 1e12
 
 
 def main(argv=None) -> int:
@@ -103,17 +91,17 @@ def main(argv=None) -> int:
     totals = []
     for model, (tokens, projections) in MODELS.items():
         rows = time_model(tokens, projections, device=device, dtype=dtype, scale=scale, repeats=args.repeats)
-        for proj, ms, tflops in rows:
-            print(f"| {model} | {tokens // scale:,} | {proj} | {ms:.3f} | {tflops:.3g} | {tflops / peak:.0%} |")
-        flops = sum(2 * (tokens // scale) * max(1, i // scale) * max(1, o // scale) for _, i, o in projections)
+        for proj, ms, flops in rows:
+            rate = tflops(flops, ms)
+            print(f"| {model} | {tokens // scale:,} | {proj} | {ms:.3f} | {rate:.3g} | {rate / peak:.0%} |")
         ms = sum(r[1] for r in rows)
-        totals.append((model, ms, flops / (ms * 1e-3) / 1e12))
+        totals.append((model, ms, tflops(sum(r[2] for r in rows), ms)))
     print(
         "\n| model | matmuls per layer, ms | their rate, TFLOP/s | a forward of only these matmuls, % of the roofline |"
     )
     print("|---|---:|---:|---:|")
-    for model, ms, tflops in totals:
-        print(f"| {model} | {ms:.3f} | {tflops:.3g} | {tflops / peak:.0%} |")
+    for model, ms, rate in totals:
+        print(f"| {model} | {ms:.3f} | {rate:.3g} | {rate / peak:.0%} |")
     return 0
 
 

@@ -6,16 +6,26 @@ from __future__ import annotations
 
 from typing import Callable
 
+import time
+
 import torch
 
 
-def median_ms(fn: Callable[[], object], repeats: int) -> float:
-    """Median milliseconds of ``repeats`` calls of ``fn`` on the current CUDA stream.
+def median_ms(fn: Callable[[], object], repeats: int, device: str = "cuda") -> float:
+    """Median milliseconds of ``repeats`` calls of ``fn`` on the current CUDA stream (on the
+    wall clock with ``device="cpu"``, for the toy runs that test a benchmark without a GPU).
 
     One untimed warm-up call first (it also compiles Triton kernels and runs autotuners);
     each timed call is bracketed by its own pair of CUDA events and synchronised.
     """
     fn()
+    if device == "cpu":
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(1e3 * (time.perf_counter() - t0))
+        return sorted(times)[len(times) // 2]
     torch.cuda.synchronize()
     times = []
     for _ in range(repeats):
