@@ -143,28 +143,20 @@ def output_kernel(a: dict, kernels, chunk: int, repeats: int, peak_tflops: float
     # each candidate as the chooser runs it: mamba_ssm's stages tuned per size class. Unwrapped,
     # they would keep the configurations of whichever call tuned them first (on 2026-12-05, a
     # 512-token check's, which made the fused_states and unfused rows slower than their kernels)
-    gluon = tuned_ssd_combined()
-    rows = tuned_ssd_combined(**GLUON_SSD_SHAPES["gluon_rows"])
-    rows16 = tuned_ssd_combined(**GLUON_SSD_SHAPES["gluon_rows_cb16"])
-    unfused, fused = tuned_ssd_combined(fused_states=False), tuned_ssd_combined(output="mamba_ssm")
+    candidates = {  # name -> the forward, with the chooser's names for its candidates
+        "mamba_ssm": kernels.chunk_scan_combined,
+        **{name: tuned_ssd_combined(**shape) for name, shape in GLUON_SSD_SHAPES.items()},
+        "fused_states (+ mamba_ssm's output)": tuned_ssd_combined(output="mamba_ssm"),
+        "Gluon output without the fused states": tuned_ssd_combined(fused_states=False),
+    }
     small = _sub(a, 512)
     want = ssd_reference(**{k: (v.double() if torch.is_tensor(v) else v) for k, v in small.items()}, chunk_size=0)
-    err_o = rel_err(gluon(chunk_size=chunk, **small), want)
-    err_t = rel_err(kernels.chunk_scan_combined(chunk_size=chunk, **small), want)
-    err_u = rel_err(unfused(chunk_size=chunk, **small), want)
-    err_s = rel_err(fused(chunk_size=chunk, **small), want)
-    err_r, err_r16 = rel_err(rows(chunk_size=chunk, **small), want), rel_err(rows16(chunk_size=chunk, **small), want)
-    ms_wr = median_ms(lambda: rows(chunk_size=chunk, **a), repeats)
-    ms_wr16 = median_ms(lambda: rows16(chunk_size=chunk, **a), repeats)
-    ms_wo = median_ms(lambda: gluon(chunk_size=chunk, **a), repeats)
-    ms_wu = median_ms(lambda: unfused(chunk_size=chunk, **a), repeats)
-    ms_ws = median_ms(lambda: fused(chunk_size=chunk, **a), repeats)
-    ms_wt = median_ms(lambda: kernels.chunk_scan_combined(chunk_size=chunk, **a), repeats)
-    print(f"\nwhole SSD forward (the chooser's candidates): mamba_ssm {ms_wt:.3f} ms (rel err vs float64 "
-          f"{err_t:.2e}); gluon (fused states + Gluon output) {ms_wo:.3f} ms ({err_o:.2e}); "
-          f"gluon_rows {ms_wr:.3f} ms ({err_r:.2e}); gluon_rows_cb16 {ms_wr16:.3f} ms ({err_r16:.2e}); "
-          f"fused_states (+ mamba_ssm's output) {ms_ws:.3f} ms ({err_s:.2e}); "
-          f"Gluon output without the fused states {ms_wu:.3f} ms ({err_u:.2e})", flush=True)  # fmt: skip
+    parts = []
+    for name, forward in candidates.items():
+        err = rel_err(forward(chunk_size=chunk, **small), want)
+        ms = median_ms(lambda forward=forward: forward(chunk_size=chunk, **a), repeats)
+        parts.append(f"{name} {ms:.3f} ms ({err:.2e})")
+    print("\nwhole SSD forward (ms; rel err vs float64): " + "; ".join(parts), flush=True)
 
 
 def states_kernels(a: dict, chunk: int, repeats: int, hbm_bytes_per_s: float) -> None:
