@@ -47,6 +47,7 @@ Usage (repository root; no GPU)::
 from __future__ import annotations
 
 import argparse
+import functools
 import random
 import statistics
 import sys
@@ -143,6 +144,11 @@ def simulate(
     return end
 
 
+def spread(walls: list[float]) -> str:
+    """``median (min-max)`` of simulated walls over job orders."""
+    return f"{fmt_s(statistics.median(walls))} ({fmt_s(min(walls))}-{fmt_s(max(walls))})"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cells-md", type=Path, required=True, help="a paper_rehearsal.py summary (its per-cell table)")
@@ -214,40 +220,23 @@ def main(argv: list[str] | None = None) -> int:
             for seed in range(args.trials):
                 jitter = random.Random(-1 - seed)
                 before = {k: args.imports_s * jitter.uniform(0.75, 1.25) + read_s(k) for k in sorted(jobs)}
-                walls.append(
-                    simulate(
-                        jobs,
-                        priorities[name],
-                        gpus,
-                        per_gpu=per_gpu,
-                        before_claim=before,
-                        claims="priority" if claims == "-" else claims,
-                        seed=seed,
-                    )
+                run = functools.partial(
+                    simulate,
+                    jobs,
+                    priorities[name],
+                    gpus,
+                    per_gpu=per_gpu,
+                    before_claim=before,
+                    claims="priority" if claims == "-" else claims,
+                    seed=seed,
                 )
+                walls.append(run())
                 if per_gpu > 1 and args.probe_s:
                     probes = {k: (args.probe_s, args.imports_s * jitter.uniform(0.75, 1.25)) for k in probed}
-                    with_probes.append(
-                        simulate(
-                            jobs,
-                            priorities[name],
-                            gpus,
-                            per_gpu=per_gpu,
-                            before_claim=before,
-                            claims="priority" if claims == "-" else claims,
-                            seed=seed,
-                            followers=probes,
-                        )
-                    )
-            probes_col = (
-                f"{fmt_s(statistics.median(with_probes))} ({fmt_s(min(with_probes))}-{fmt_s(max(with_probes))})"
-                if with_probes
-                else "-"
-            )
+                    with_probes.append(run(followers=probes))
             print(
-                f"| {gpus} | {name} | {per_gpu} | {claims} | {fmt_s(statistics.median(walls))} "
-                f"({fmt_s(min(walls))}-{fmt_s(max(walls))}) | {fmt_s(bound)} "
-                f"| {probes_col} |"
+                f"| {gpus} | {name} | {per_gpu} | {claims} | {spread(walls)} | {fmt_s(bound)} "
+                f"| {spread(with_probes) if with_probes else '-'} |"
             )
     return 0
 
