@@ -16,6 +16,7 @@ Usage (repository root)::
 
     PYTHONPATH=$PWD python benchmarks/batch_tokens.py [--families mamba mamba2] \\
         [--shapes 4096x8 4096x16 2048x16 2048x32] [--batches 2] [--out DIR]      # H200: ~3 min
+    PYTHONPATH=$PWD python benchmarks/batch_tokens.py --models mamba2-130m --shapes 2048x32 2048x128
     PYTHONPATH=$PWD python benchmarks/batch_tokens.py --quick --device cpu      # toy sizes, seconds
 """
 
@@ -43,17 +44,17 @@ def parse_shape(text: str) -> tuple[int, int]:
     return tokens, batch
 
 
-def time_shapes(family: str, args, peak: float) -> list[dict]:
-    """One model of ``family``, every shape timed twice (given order, then reversed).
+def time_shapes(name: str, args, peak: float) -> list[dict]:
+    """One model (a name of ``extract.full_configs``), every shape timed twice (given order, then reversed).
 
-    Returns one dict per shape: tokens, batch, tokens_per_s (list of the two passes),
+    Returns one dict per shape: model, tokens, batch, tokens_per_s (list of the two passes),
     pct_roofline (same), kernels (the chooser's picks, as kernels.py names them).
     """
     from extract import build_model, full_configs, n_params  # benchmarks/extract.py
 
     from reprflow.fastpath import prepare_model
 
-    config, _ = full_configs(args.quick)[kernels.FAMILIES[family]]
+    config, _ = full_configs(args.quick)[name]
     model = build_model(config, dtype=kernels.compute_dtype_on(args.device), seed=0, device=args.device)
     ceiling = peak * 1e12 / (2 * n_params(model))
     report = prepare_model(model)
@@ -68,13 +69,13 @@ def time_shapes(family: str, args, peak: float) -> list[dict]:
         for shape in order:
             rate = kernels.time_batches(run, ids[shape], batch=shape[1], n_batches=args.batches, device=args.device)
             rates[shape].append(rate)
-            print(f"  {family:7s} {shape[0]:5d} x {shape[1]:<4d} {rate:10.0f} tok/s", flush=True)
+            print(f"  {name:12s} {shape[0]:5d} x {shape[1]:<4d} {rate:10.0f} tok/s", flush=True)
     del model, run
     if args.device == "cuda":
         torch.cuda.empty_cache()
     return [
         {
-            "family": family,
+            "model": name,
             "tokens": shape[0],
             "batch": shape[1],
             "tokens_per_s": rates[shape],
@@ -105,11 +106,11 @@ def table(rows: list[dict], scan: list[dict], *, device: str, peak: float, exp_r
         f"reprflow forward by tokens per pass, {device}, random init; roofline = {peak:.3g} TFLOP/s "
         "(measured here) / (2 x params) per token; two passes per shape (given order, then reversed)",
         "",
-        "| family | tokens per prompt | prompts per pass | tokens per pass | tokens/s | % roofline | kernels |",
+        "| model | tokens per prompt | prompts per pass | tokens per pass | tokens/s | % roofline | kernels |",
         "|---|---:|---:|---:|---:|---:|---|",
     ]
     lines += [
-        f"| {r['family']} | {r['tokens']} | {r['batch']} | {r['tokens'] * r['batch']:,} | "
+        f"| {r['model']} | {r['tokens']} | {r['batch']} | {r['tokens'] * r['batch']:,} | "
         f"{_span(r['tokens_per_s'], ',.0f')} | {_span(r['pct_roofline'], '.1f')} | {r['kernels']} |"
         for r in rows
     ]
@@ -130,7 +131,16 @@ def main(argv=None) -> int:
     )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cuda", "cpu"])
     p.add_argument("--quick", action="store_true", help="toy model sizes (2 layers, width 512)")
-    p.add_argument("--families", nargs="+", default=["mamba", "mamba2"], choices=list(kernels.FAMILIES))
+    p.add_argument(
+        "--families",
+        nargs="*",
+        default=None,
+        choices=list(kernels.FAMILIES),
+        help="default mamba mamba2 (none with --models)",
+    )
+    p.add_argument(
+        "--models", nargs="+", default=[], help="more models by name (benchmarks/extract.py), e.g. mamba2-130m"
+    )
     p.add_argument(
         "--shapes",
         nargs="+",
@@ -141,6 +151,8 @@ def main(argv=None) -> int:
     p.add_argument("--batches", type=int, default=2, help="timed batches per shape and pass")
     p.add_argument("--out", type=Path, default=None, help="also write the table here (batch_tokens.md)")
     args = p.parse_args(argv)
+    if args.families is None:
+        args.families = [] if args.models else ["mamba", "mamba2"]
     args.shapes = args.shapes or ([(64, 2), (32, 4)] if args.quick else [(4096, 8), (4096, 16), (2048, 16), (2048, 32)])
     peak = kernels.measure_peak_tflops(args.device, args.quick)
     args.exp_rate = kernels.SFU_EXP_PER_S
@@ -149,7 +161,10 @@ def main(argv=None) -> int:
 
         args.exp_rate = measure_exp_rate()
     device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
-    rows = [r for family in args.families for r in time_shapes(family, args, peak)]
+    names = [kernels.FAMILIES[f] for f in args.families] + [
+        m for m in args.models if m not in kernels.FAMILIES.values()
+    ]
+    rows = [r for name in names for r in time_shapes(name, args, peak)]
     scan = scan_rows(args) if "mamba" in args.families else []
     text = table(rows, scan, device=device, peak=peak, exp_rate=args.exp_rate)
     if args.out:

@@ -133,6 +133,22 @@ def full_configs(quick: bool) -> dict[str, tuple[object, str]]:
             ),
             "gpt-neox-20b",
         ),
+        "mamba2-130m": (  # reprflow/models/configs/AntonV__mamba2-130m-hf.json
+            Mamba2Config(
+                vocab_size=50288,
+                hidden_size=(512 if quick else 768),
+                num_hidden_layers=L(24),
+                state_size=128,
+                head_dim=64,
+                expand=2,
+                n_groups=1,
+                chunk_size=256,
+                num_heads=2 * (512 if quick else 768) // 64,
+                conv_kernel=4,
+                tie_word_embeddings=True,
+            ),
+            "gpt-neox-20b",
+        ),
     }
 
 

@@ -34,6 +34,7 @@ import math
 import numbers
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from reprflow.devices import resolve_device
+from reprflow.devices import resolve_device, will_claim_gpu
 from reprflow.errors import InvalidParameterError
 from reprflow.metrics._arrays import all_finite, from_numpy
 
@@ -633,17 +634,24 @@ def _accuracy(
     return acc.T.cpu().numpy()
 
 
+def _read_slab(slab: Any) -> torch.Tensor:
+    """Layers of the feature array as read, in their own dtype and place: a numpy, memmap or
+    zarr slice becomes a (host) tensor, a tensor stays as it is. The store read happens here
+    (zarr decodes its chunks), so :func:`fit_layer_probes` runs it one group ahead."""
+    return slab if isinstance(slab, torch.Tensor) else from_numpy(np.ascontiguousarray(np.asarray(slab)))
+
+
 def _load_slab(slab: Any, device: torch.device, *, owner: str, first_layer: int) -> torch.Tensor:
     """Layers of the feature array as a float32 tensor on ``device``; reject non-finite values.
 
     slab : array-like of shape (g, n_samples, hidden), any real dtype (numpy, read-only
-    memmaps included, torch, zarr). Returns a float32 tensor of that shape; it may share
-    memory with ``slab`` (never written). The finiteness check allocates nothing (no
-    1-byte-per-element mask), so the working set is the slab as read plus its float32
-    copy, as ``_layers_per_group`` counts; only the error path scans state by state.
+    memmaps included, torch, zarr), or what :func:`_read_slab` made of one. Returns a float32
+    tensor of that shape; it may share memory with ``slab`` (never written). The finiteness
+    check allocates nothing (no 1-byte-per-element mask), so the working set is the slab as
+    read plus its float32 copy, as ``_layers_per_group`` counts; only the error path scans
+    state by state.
     """
-    x = slab if isinstance(slab, torch.Tensor) else from_numpy(np.ascontiguousarray(np.asarray(slab)))
-    x = x.to(device=device, dtype=torch.float32)
+    x = _read_slab(slab).to(device=device, dtype=torch.float32)
     if not all_finite(x):
         bad = first_layer + next(k for k in range(x.shape[0]) if not all_finite(x[k]))
         raise ValueError(f"features passed to {owner} contain NaN or inf (first at state {bad}).")
@@ -671,7 +679,7 @@ def _layers_per_group(
     """How many layers fit in ``max_batch_bytes`` (see fit_layer_probes Notes)."""
     fixed = 3 * n_fit * hidden * 8  # float64 scratch of the moments, one (seed, layer) at a time
     per_layer = (
-        n_samples * hidden * (itemsize + 4)  # slab as read + float32 copy on the device
+        n_samples * hidden * (2 * itemsize + 4)  # slab as read, the next one read ahead, float32 copy
         + n_rows * hidden * 4  # rows used by some seed, centred
         + _LOGIT_BUFFERS * n_rows * n_seeds * n_classes * 4
         + _PARAM_BUFFERS * n_seeds * (hidden + 1) * n_classes * 4
@@ -797,12 +805,17 @@ def fit_layer_probes(
     validation), so compute grows with the union of the seeds' samples, at most
     ``n_samples``.
 
-    *Memory.* States are processed in groups of ``g`` consecutive states, where ``g``
-    is the largest count whose estimated working set (the slab as read plus a float32
-    copy, the used rows, logits and parameter buffers) fits ``max_batch_bytes``; on a
-    CPU that is host memory, on a GPU most of it is device memory. Peak memory is thus
-    set by ``max_batch_bytes``, not by the size of the store. Increase it on a large
-    GPU to train more states per kernel launch.
+    *Memory and reads.* States are processed in groups of ``g`` consecutive states, where
+    ``g`` is the largest count whose estimated working set (the slab as read, the next
+    group's slab read ahead, a float32 copy, the used rows, logits and parameter buffers)
+    fits ``max_batch_bytes``; on a CPU that is host memory, on a GPU most of it is device
+    memory. Peak memory is thus set by ``max_batch_bytes``, not by the size of the store.
+    Increase it on a large GPU to train more states per kernel launch. One background
+    thread reads (for a zarr store: decodes) the next group while the current one trains,
+    and the first group is read before a GPU is claimed (``device="auto"`` with several
+    GPUs, :mod:`reprflow.devices`), so the GPU is held for the training and the reads the
+    training does not hide; the log's last line says how long the training waited for
+    reads.
 
     *Determinism.* On CPU the same inputs and seeds give identical results. No global
     numpy state or random-number state is read or changed, and on CPU no global torch
@@ -823,8 +836,8 @@ def fit_layer_probes(
     _check_int(owner, "max_batch_bytes", max_batch_bytes, low=1)
     _check_choice(owner, "matmul_precision", matmul_precision, MATMUL_PRECISIONS)
     _check_bool(owner, "return_weights", return_weights)
-    dev = _resolve_device(owner, device)
-    precision = _products_precision(matmul_precision, dev)
+    # "auto" with several GPUs claims one (reprflow.devices): only once the first group is read
+    dev = None if will_claim_gpu(device) else _resolve_device(owner, device)
 
     if not hasattr(features, "shape"):
         features = np.asarray(features)
@@ -867,6 +880,11 @@ def fit_layer_probes(
         max_batch_bytes=max_batch_bytes,
         n_layers=n_states,
     )
+    bounds = [(k0, min(k0 + group, n_states)) for k0 in range(0, n_states, group)]
+    first = _read_slab(features[: bounds[0][1]])  # before a GPU claim, which then waits on no read
+    if dev is None:
+        dev = _resolve_device(owner, device)
+    precision = _products_precision(matmul_precision, dev)
     rows_t = torch.from_numpy(rows).to(dev)
     y = torch.from_numpy(codes[rows]).to(dev)
     train_t = torch.from_numpy(train_mask).to(dev)
@@ -876,7 +894,7 @@ def fit_layer_probes(
     train_acc = np.empty((len(seeds), n_states))
     coef = np.empty((len(seeds), n_states, hidden, n_classes), np.float32) if return_weights else None
     intercept = np.empty((len(seeds), n_states, n_classes)) if return_weights else None
-    n_groups = math.ceil(n_states / group)
+    n_groups = len(bounds)
     logger.info(
         "%s: %d states x %d seeds, %d train / %d val samples, %d features, %d classes, "
         "%d epochs on %s (%s products, matmul_precision=%r), %d group(s) of <= %d states",
@@ -895,12 +913,22 @@ def fit_layer_probes(
         group,
     )
     t_start = time.perf_counter()
+    waited = 0.0  # seconds the fits waited for a read
     disable = None if progress is None else not progress  # None: only on a terminal
-    with tqdm(total=n_groups * epochs, desc="probes", unit="epoch", disable=disable) as bar:
-        for k0 in range(0, n_states, group):
-            k1 = min(k0 + group, n_states)
+    with (
+        ThreadPoolExecutor(1, thread_name_prefix="probe-read") as reader,
+        tqdm(total=n_groups * epochs, desc="probes", unit="epoch", disable=disable) as bar,
+    ):
+        ahead: Future | None = None
+        for i, (k0, k1) in enumerate(bounds):
             t0 = time.perf_counter()
-            slab = _load_slab(features[k0:k1], dev, owner=owner, first_layer=k0)  # [g, n_samples, hidden]
+            host = first if ahead is None else ahead.result()  # [g, n_samples, hidden] as read
+            waited += time.perf_counter() - t0
+            first = None
+            if i + 1 < n_groups:  # the next group is read while this one trains
+                ahead = reader.submit(lambda a=bounds[i + 1][0], b=bounds[i + 1][1]: _read_slab(features[a:b]))
+            slab = _load_slab(host, dev, owner=owner, first_layer=k0)  # [g, n_samples, hidden] float32
+            del host
             shift = slab.mean(dim=1, keepdim=True) if standardize else None
             x = slab.index_select(1, rows_t)
             del slab
@@ -939,12 +967,13 @@ def fit_layer_probes(
             )
     total = time.perf_counter() - t_start
     logger.info(
-        "%s: %d probes x %d epochs in %.2f s (%.0f probe-epochs/s)",
+        "%s: %d probes x %d epochs in %.2f s (%.0f probe-epochs/s; %.2f s of it waiting for reads)",
         owner,
         n_states * len(seeds),
         epochs,
         total,
         n_states * len(seeds) * epochs / total,
+        waited,
     )
     return ProbeResult(
         val_accuracy=val_acc,

@@ -289,6 +289,60 @@ def test_standardize_makes_probes_invariant_to_feature_affine_maps(planted):
     np.testing.assert_allclose(a.val_accuracy, b.val_accuracy, atol=2.5 / a.n_val)
 
 
+class _RecordedReads:
+    """A (n_states, n_samples, hidden) array that logs each slice read (and can fail one), as a
+    zarr store's ``last`` is read: slicing it is the read."""
+
+    def __init__(self, x: np.ndarray, events: list, fail_at: int | None = None):
+        self.x, self.events, self.fail_at = x, events, fail_at
+        self.shape, self.dtype = x.shape, x.dtype
+
+    def __getitem__(self, key):
+        start = key.start or 0
+        self.events.append(("read", start, key.stop))
+        if start == self.fail_at:
+            raise OSError(f"chunk of state {start} unreadable")
+        return self.x[key]
+
+
+def test_groups_are_read_one_ahead_and_the_first_before_a_gpu_claim(planted, monkeypatch, caplog):
+    """The next group is read while one trains (a background thread), in order, each once; with
+    ``device="auto"`` on several GPUs the first group is read before the claim. Results are those
+    of in-memory features."""
+    import reprflow.probes as probes
+
+    x, y = planted[0][:, :300], planted[1][:300]
+    kw = dict(epochs=5, seeds=(0, 1), progress=False, return_weights=True, max_batch_bytes=700_000)
+    events: list = []
+
+    def resolve(owner, device):
+        events.append(("claim", device))
+        return torch.device("cpu")
+
+    monkeypatch.setattr(probes, "will_claim_gpu", lambda device: device == "auto")
+    monkeypatch.setattr(probes, "_resolve_device", resolve)
+    with caplog.at_level("INFO", logger="reprflow.probes"):
+        got = fit_layer_probes(_RecordedReads(x, events), y, device="auto", **kw)
+    reads = [e[1:] for e in events if e[0] == "read"]
+    assert len(reads) > 2 and reads[0][0] == 0 and reads[-1][1] == x.shape[0]
+    assert all(a[1] == b[0] for a, b in zip(reads, reads[1:]))  # contiguous, in order, none twice
+    assert events.index(("claim", "auto")) == 1  # after the first read, before the second
+    assert "waiting for reads" in caplog.text
+    monkeypatch.undo()
+    want = fit_layer_probes(x, y, device="cpu", **kw)
+    np.testing.assert_array_equal(got.coef, want.coef)
+    np.testing.assert_array_equal(got.val_accuracy, want.val_accuracy)
+
+
+def test_a_failed_read_ahead_raises_its_own_error(planted):
+    x, y = planted[0][:, :300], planted[1][:300]
+    events: list = []
+    with pytest.raises(OSError, match="chunk of state 2 unreadable"):
+        fit_layer_probes(
+            _RecordedReads(x, events, fail_at=2), y, epochs=2, device="cpu", progress=False, max_batch_bytes=700_000
+        )
+
+
 def test_non_finite_features_raise(planted):
     x = planted[0][:, :100].copy()
     x[4, 7, 3] = np.nan

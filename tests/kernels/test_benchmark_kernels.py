@@ -37,18 +37,21 @@ def test_quick_cpu_run_prints_the_table(tmp_path):
 
 
 def test_batch_tokens_quick_cpu_run_times_every_shape_in_one_table(tmp_path):
-    """benchmarks/batch_tokens.py: one row per (family, shape), both passes, Mamba-1's scan per shape."""
+    """benchmarks/batch_tokens.py: one row per (model, shape), both passes, Mamba-1's scan per shape;
+    a model named by --models (Mamba2-130M) timed beside the family's."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     cmd = [sys.executable, str(ROOT / "benchmarks" / "batch_tokens.py"), "--quick", "--device", "cpu"]
-    cmd += ["--families", "mamba", "--shapes", "16x2", "8x4", "--batches", "1", "--out", str(tmp_path)]
+    cmd += ["--families", "mamba", "--models", "mamba2-130m", "--shapes", "16x2", "8x4", "--batches", "1"]
+    cmd += ["--out", str(tmp_path)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = (tmp_path / "batch_tokens.md").read_text()
     assert proc.stdout.rstrip().endswith(table.rstrip().splitlines()[-1])
     for tokens, batch in ((16, 2), (8, 4)):
-        assert f"| mamba | {tokens} | {batch} | 32 |" in table
+        assert f"| mamba-2.8b | {tokens} | {batch} | 32 |" in table
+        assert f"| mamba2-130m | {tokens} | {batch} | 32 |" in table
         assert f"| {tokens} x {batch} | mamba_scan | torch |" in table
-    assert proc.stdout.count("  mamba   ") == 4  # two shapes, two passes
+    assert proc.stdout.count("  mamba-2.8b ") == proc.stdout.count("  mamba2-130m ") == 4  # two shapes, two passes
 
 
 def test_batch_tokens_refuses_a_malformed_shape():
