@@ -33,15 +33,17 @@ the cell's extraction ends, outside its GPU slots (the ``probes`` rule books CPU
 ``gpu`` resource). On a node with several GPUs its ``device: auto`` still claims a GPU
 (``reprflow.devices``) after its imports, with the lowest priority (its ticket's 0), and holds it for
 the rest of the job: so a probe runs when no extraction waits, in gaps and in the tail. A probe job
-takes ``--probe-s`` (default 26 s: the rehearsal's 0.26 h of probes over its 36 probe jobs, at paper
-size, BENCHMARKS.md), ``--imports-s`` of it before its claim; the last column is each simulated run
+takes ``--probe-s`` (default 17 s: ``--imports-s`` before its claim, then the 10.4 s it held an
+H200 at paper size with the paper config's ``max_batch_gib: 16``, the first group read before the
+claim and the next ones while one trains; ``benchmarks/probe_hold.py``, 2026-12-05; before the
+read-ahead, 32.1 s at the default 2 GiB), ``--imports-s`` of it before its claim; the last column is each simulated run
 with them (two jobs per GPU only: with one, a probe's claim in an extraction's start-up is not modelled).
 
 Usage (repository root; no GPU)::
 
     python benchmarks/schedule_sim.py --cells-md benchmarks/results/paper_rehearsal.md \\
         --n-prompts 160 --n-token-prompts 8 --stream-s 0.07 \\
-        --rates gpt-neo-2.7b=112600,pythia-2.8b=103300,mamba-2.8b=86600,mamba2-2.7b=78500,mamba2-130m=500000
+        --rates gpt-neo-2.7b=116500,pythia-2.8b=108500,mamba-2.8b=90500,mamba2-2.7b=89800,mamba2-130m=1400000
 """
 
 from __future__ import annotations
@@ -164,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--read-mb-per-s", type=float, default=74.0, help="read_prompt_set's rate (MB/s)")
     ap.add_argument("--prompt-bytes-per-token", type=float, default=4.17)
     ap.add_argument("--trials", type=int, default=200, help="random orders of equal priorities")
-    ap.add_argument("--probe-s", type=float, default=26.0, help="a probe job at paper size (s); 0: none")
+    ap.add_argument("--probe-s", type=float, default=17.0, help="a probe job at paper size (s); 0: none")
     args = ap.parse_args(argv)
     args.start_ahead = False  # project_cell: the full job, start-up included
 

@@ -29,6 +29,7 @@ workflow job that only fits probes does not pay for it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import numbers
@@ -423,6 +424,8 @@ class ProbeResult:
         What the float32 products ran in: ``"tf32"`` (CUDA tensor cores) or ``"float32"``.
     n_val_per_seed : tuple of int
         Validation samples of each seed, in row order.
+    device : str
+        Where the probes trained (``"cuda:3"``, ``"cpu"``): the device ``"auto"`` resolved to.
     """
 
     val_accuracy: np.ndarray
@@ -436,6 +439,7 @@ class ProbeResult:
     intercept: np.ndarray | None = field(default=None, repr=False)
     matmul_precision: str = "float32"
     n_val_per_seed: tuple[int, ...] = ()
+    device: str = "cpu"
 
     @property
     def mean(self) -> np.ndarray:
@@ -469,18 +473,12 @@ class ProbeResult:
     def select(self, states: Sequence[int]) -> "ProbeResult":
         """The same result restricted to ``states`` (e.g. one layer view's index list)."""
         idx = np.asarray(states, dtype=np.int64)
-        return ProbeResult(
+        return dataclasses.replace(
+            self,
             val_accuracy=self.val_accuracy[:, idx],
             train_accuracy=self.train_accuracy[:, idx],
-            seeds=self.seeds,
-            n_train=self.n_train,
-            n_val=self.n_val,
-            n_classes=self.n_classes,
-            classes=self.classes,
             coef=None if self.coef is None else self.coef[:, idx],
             intercept=None if self.intercept is None else self.intercept[:, idx],
-            matmul_precision=self.matmul_precision,
-            n_val_per_seed=self.n_val_per_seed,
         )
 
 
@@ -987,6 +985,7 @@ def fit_layer_probes(
         intercept=intercept,
         matmul_precision=precision,
         n_val_per_seed=n_val_per_seed,
+        device=str(dev),
     )
 
 

@@ -18,7 +18,7 @@ rule probes:
         views=CFG.section("metrics")["views"],
     threads: CFG.execution("probes")["threads"]  # booked cores = torch's threads in the job
     resources:
-        mem_mb=16000,
+        mem_mb=max(16000, 1024 * (4 + int(CFG.execution("probes")["max_batch_gib"]))),  # + what runs beside the group
         runtime=60,
     conda:
         "../envs/cpu.yaml"

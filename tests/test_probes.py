@@ -650,3 +650,23 @@ def test_cuda_tf32_accuracies_agree_with_float32(planted, tf32_switch):
     assert np.max(np.abs(tf32.mean - fp32.mean)) <= 0.02
     assert tf32.peak_layer == fp32.peak_layer == PLANTED
     assert tf32.mean[PLANTED] > 0.8
+
+
+def test_probe_hold_benchmark_runs_at_toy_size_and_compares_in_one_table(tmp_path):
+    """benchmarks/probe_hold.py: one row per group budget, the store read from disk, the sequential
+    sum (read + fit from memory) beside the read-ahead fit, with the group size the fit used."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, str(root / "benchmarks" / "probe_hold.py"), "--states", "4", "--samples", "600"]
+    cmd += ["--hidden", "64", "--epochs", "3", "--device", "cpu", "--max-batch-gib", "0.004", "0.1"]
+    cmd += ["--work", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line.split("|")[1:-1] for line in proc.stdout.splitlines()[-2:]]
+    assert [r[0].strip() for r in rows] == ["0.004", "0.1"]
+    assert [int(r[1]) for r in rows] == [1, 4]  # one state per group, then all four
+    for r in rows:
+        read, mem, both = (float(v) for v in r[2:5])
+        assert abs(read + mem - both) <= 0.11  # printed to 0.1 s
+    assert list(tmp_path.iterdir()) == []  # the store is removed

@@ -265,7 +265,7 @@ def run_probe_stage(
         "optimizer": "Adam (full batch)",
         "compute_dtype": "float32",
         "matmul_precision": result.matmul_precision,
-        "device": str(device) if device is not None else "auto",
+        "device": result.device,
         "split": "stratified by label" if groups is None else "grouped by MDQA question, stratified by label",
         "n_groups": int(labels.shape[0] if groups is None else np.unique(groups).size),
     }

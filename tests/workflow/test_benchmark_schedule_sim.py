@@ -49,7 +49,7 @@ def test_the_paper_rehearsal_scheduled_on_eight_gpus():
             rows[key] = float(cells[4].split(" ")[0])
             probes[key] = None if cells[6] == "-" else float(cells[6].split(" ")[0])
     assert out.startswith("76 extraction jobs")
-    assert "36 probe jobs of 26 s" in out.splitlines()[0]
+    assert "36 probe jobs of 17 s" in out.splitlines()[0]
     # the probes' claims (two jobs per GPU only) cost the run at most their GPU time spread over the 8
     for key, with_probes in probes.items():
         if key[1] == "1":
