@@ -622,6 +622,26 @@ def test_cuda_matmul_switch_is_set_and_restored(tf32_switch, initial, precision,
         assert torch.get_float32_matmul_precision() == ("high" if legacy_before else "highest")
 
 
+def test_probe_hold_benchmark_runs_at_toy_size_and_compares_in_one_table(tmp_path):
+    """benchmarks/probe_hold.py: one row per group budget, the store read from disk, the sequential
+    sum (read + fit from memory) beside the read-ahead fit, with the group size the fit used."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, str(root / "benchmarks" / "probe_hold.py"), "--states", "4", "--samples", "600"]
+    cmd += ["--hidden", "64", "--epochs", "3", "--device", "cpu", "--max-batch-gib", "0.004", "0.1"]
+    cmd += ["--work", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line.split("|")[1:-1] for line in proc.stdout.splitlines()[-2:]]
+    assert [r[0].strip() for r in rows] == ["0.004", "0.1"]
+    assert [int(r[1]) for r in rows] == [1, 4]  # one state per group, then all four
+    for r in rows:
+        read, mem, both = (float(v) for v in r[2:5])
+        assert abs(read + mem - both) <= 0.11  # printed to 0.1 s
+    assert list(tmp_path.iterdir()) == []  # the store is removed
+
+
 # ------------------------------------------------------------------------- GPU
 
 
@@ -652,21 +672,24 @@ def test_cuda_tf32_accuracies_agree_with_float32(planted, tf32_switch):
     assert tf32.mean[PLANTED] > 0.8
 
 
-def test_probe_hold_benchmark_runs_at_toy_size_and_compares_in_one_table(tmp_path):
-    """benchmarks/probe_hold.py: one row per group budget, the store read from disk, the sequential
-    sum (read + fit from memory) beside the read-ahead fit, with the group size the fit used."""
-    from pathlib import Path
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_auto_on_a_shared_gpu_claims_it_after_the_first_read(planted, monkeypatch, tmp_path):
+    """``device="auto"`` where GPUs are claimed (REPRFLOW_SHARED_GPUS=1 makes one GPU claimable):
+    the first group is read, then the GPU claimed (a lock in the lock dir), and the result names it."""
+    import reprflow.devices as devices
 
-    root = Path(__file__).resolve().parents[1]
-    cmd = [sys.executable, str(root / "benchmarks" / "probe_hold.py"), "--states", "4", "--samples", "600"]
-    cmd += ["--hidden", "64", "--epochs", "3", "--device", "cpu", "--max-batch-gib", "0.004", "0.1"]
-    cmd += ["--work", str(tmp_path)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=root)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [line.split("|")[1:-1] for line in proc.stdout.splitlines()[-2:]]
-    assert [r[0].strip() for r in rows] == ["0.004", "0.1"]
-    assert [int(r[1]) for r in rows] == [1, 4]  # one state per group, then all four
-    for r in rows:
-        read, mem, both = (float(v) for v in r[2:5])
-        assert abs(read + mem - both) <= 0.11  # printed to 0.1 s
-    assert list(tmp_path.iterdir()) == []  # the store is removed
+    monkeypatch.setenv(devices.SHARED_ENV, "1")
+    monkeypatch.setenv("REPRFLOW_GPU_LOCK_DIR", str(tmp_path))
+    events: list = []
+    claim = devices.claim_gpu
+    monkeypatch.setattr(devices, "claim_gpu", lambda *a, **k: events.append(("claim",)) or claim(*a, **k))
+    x, y = planted[0][:, :300], planted[1][:300]
+    try:
+        res = fit_layer_probes(
+            _RecordedReads(x, events), y, device="auto", epochs=5, max_batch_bytes=700_000, progress=False
+        )
+        assert events[0][0] == "read" and events[1] == ("claim",) and len(events) > 3
+        assert res.device.startswith("cuda:") and res.matmul_precision == "tf32"
+    finally:
+        devices.release_gpu()
