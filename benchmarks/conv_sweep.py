@@ -34,7 +34,18 @@ from reprflow.kernels.causal_conv1d import (  # noqa: E402
 #: (name, channels, row width of the in_proj output)
 SHAPES = (("mamba-2.8b", 5120, 10240), ("mamba2-2.7b", 5376, 10576))
 #: (tokens, channels, warps) per program; the default first
-BLOCKS = (CONV_BLOCKS, (64, 1024, 4), (32, 1024, 4), (128, 1024, 4), (64, 512, 2), (64, 2048, 8), (16, 1024, 4))
+BLOCKS = (
+    CONV_BLOCKS,
+    (64, 1024, 4),
+    (32, 1024, 4),
+    (128, 1024, 4),
+    (64, 512, 2),
+    (64, 2048, 8),
+    (16, 1024, 4),
+    (32, 256, 2),  # 256 channels divide Mamba2-2.7B's 5,376 (21 blocks, no masked block)
+    (64, 256, 2),
+    (32, 256, 1),
+)
 
 
 def main(argv=None) -> int:

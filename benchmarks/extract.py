@@ -79,6 +79,22 @@ def full_configs(quick: bool) -> dict[str, tuple[object, str]]:
 
     L = (lambda n: 2) if quick else (lambda n: n)
     h = 512 if quick else 2560
+
+    def mamba2(hidden: int, layers: int, **extra) -> Mamba2Config:
+        return Mamba2Config(
+            vocab_size=50288,
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            state_size=128,
+            head_dim=64,
+            expand=2,
+            n_groups=1,
+            chunk_size=256,
+            num_heads=2 * hidden // 64,
+            conv_kernel=4,
+            **extra,
+        )
+
     return {
         "gpt-neo-2.7b": (
             GPTNeoConfig(
@@ -118,37 +134,9 @@ def full_configs(quick: bool) -> dict[str, tuple[object, str]]:
             ),
             "gpt-neox-20b",
         ),
-        "mamba2-2.7b": (
-            Mamba2Config(
-                vocab_size=50288,
-                hidden_size=h,
-                num_hidden_layers=L(64),
-                state_size=128,
-                head_dim=64,
-                expand=2,
-                n_groups=1,
-                chunk_size=256,
-                num_heads=2 * h // 64,
-                conv_kernel=4,
-            ),
-            "gpt-neox-20b",
-        ),
-        "mamba2-130m": (  # reprflow/models/configs/AntonV__mamba2-130m-hf.json
-            Mamba2Config(
-                vocab_size=50288,
-                hidden_size=(512 if quick else 768),
-                num_hidden_layers=L(24),
-                state_size=128,
-                head_dim=64,
-                expand=2,
-                n_groups=1,
-                chunk_size=256,
-                num_heads=2 * (512 if quick else 768) // 64,
-                conv_kernel=4,
-                tie_word_embeddings=True,
-            ),
-            "gpt-neox-20b",
-        ),
+        "mamba2-2.7b": (mamba2(h, L(64)), "gpt-neox-20b"),
+        # reprflow/models/configs/AntonV__mamba2-130m-hf.json
+        "mamba2-130m": (mamba2(512 if quick else 768, L(24), tie_word_embeddings=True), "gpt-neox-20b"),
     }
 
 
