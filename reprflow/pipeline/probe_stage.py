@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from reprflow.devices import release_gpu
 from reprflow.errors import ConfigError, PromptError, ReprflowError, StoreError
 from reprflow.probes import DEFAULT_MAX_BATCH_BYTES, ProbeResult, fit_layer_probes
 from reprflow.prompts import read_prompt_groups
@@ -246,6 +247,7 @@ def run_probe_stage(
         if isinstance(exc, ReprflowError):  # a bad parameter (InvalidParameterError): the config's fault
             raise
         raise StoreError(f"{store_path}: {exc}; the store's last/labels are unusable, delete it and rerun") from exc
+    release_gpu()  # a GPU claimed for the fit (device auto, several GPUs): the next job may start on it now
     for what, arr in (("val_accuracy", result.val_accuracy), ("train_accuracy", result.train_accuracy)):
         if not np.isfinite(arr).all():
             raise StoreError(f"{store_path}: probe {what} is not finite; refusing to write {out_csv}")
