@@ -153,6 +153,11 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.families is None:
         args.families = [] if args.models else ["mamba", "mamba2"]
+    from extract import full_configs  # benchmarks/extract.py
+
+    unknown = [m for m in args.models if m not in full_configs(args.quick)]
+    if unknown:
+        p.error(f"--models: unknown {unknown}; known: {sorted(full_configs(args.quick))}")
     args.shapes = args.shapes or ([(64, 2), (32, 4)] if args.quick else [(4096, 8), (4096, 16), (2048, 16), (2048, 32)])
     peak = kernels.measure_peak_tflops(args.device, args.quick)
     args.exp_rate = kernels.SFU_EXP_PER_S
@@ -161,9 +166,8 @@ def main(argv=None) -> int:
 
         args.exp_rate = measure_exp_rate()
     device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
-    names = [kernels.FAMILIES[f] for f in args.families] + [
-        m for m in args.models if m not in kernels.FAMILIES.values()
-    ]
+    names = [kernels.FAMILIES[f] for f in args.families]
+    names += [m for m in args.models if m not in names]
     rows = [r for name in names for r in time_shapes(name, args, peak)]
     scan = scan_rows(args) if "mamba" in args.families else []
     text = table(rows, scan, device=device, peak=peak, exp_rate=args.exp_rate)

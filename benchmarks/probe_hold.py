@@ -25,6 +25,7 @@ Usage (repository root)::
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import sys
@@ -72,7 +73,9 @@ def drop_page_cache(path: Path) -> None:
 
 
 def group_size(args, max_batch_bytes: int) -> int:
-    n_fit = int(args.samples * 0.8)
+    """States per group as ``fit_layer_probes`` sizes them at its defaults (5 seeds, val_fraction
+    0.2, n_train 20000), so the timed reads use the fit's groups."""
+    n_fit = min(20000, args.samples - math.ceil(0.2 * args.samples))
     return _layers_per_group(
         n_samples=args.samples,
         n_rows=args.samples,

@@ -33,10 +33,10 @@ the cell's extraction ends, outside its GPU slots (the ``probes`` rule books CPU
 ``gpu`` resource). On a node with several GPUs its ``device: auto`` still claims a GPU
 (``reprflow.devices``) after its imports, with the lowest priority (its ticket's 0), and holds it for
 the rest of the job: so a probe runs when no extraction waits, in gaps and in the tail. A probe job
-takes ``--probe-s`` (default 17 s: ``--imports-s`` before its claim, then the 10.4 s it held an
-H200 at paper size with the paper config's ``max_batch_gib: 16``, the first group read before the
-claim and the next ones while one trains; ``benchmarks/probe_hold.py``, 2026-12-05; before the
-read-ahead, 32.1 s at the default 2 GiB), ``--imports-s`` of it before its claim; the last column is each simulated run
+takes ``--probe-s`` (default 17 s: ``--imports-s`` of it before its claim, then the 10.4 s it held
+an H200 at paper size with the paper config's ``max_batch_gib: 16``, the first group read before
+the claim and the next ones while one trains; ``benchmarks/probe_hold.py``, 2026-12-05; before the
+read-ahead, 32.1 s at the default 2 GiB); the last column is each simulated run
 with them (two jobs per GPU only: with one, a probe's claim in an extraction's start-up is not modelled).
 
 Usage (repository root; no GPU)::

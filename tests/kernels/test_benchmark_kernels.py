@@ -60,6 +60,12 @@ def test_batch_tokens_refuses_a_malformed_shape():
     assert proc.returncode == 2 and "shape '4096by8': write TOKENSxBATCH" in proc.stderr
 
 
+def test_batch_tokens_refuses_an_unknown_model_naming_it():
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "batch_tokens.py"), "--quick", "--models", "mamba3-1b"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--models: unknown ['mamba3-1b']" in proc.stderr
+
+
 def test_gemm_shapes_quick_run_times_every_projection_and_sums_them(monkeypatch):
     """benchmarks/gemm_shapes.py: a row per projection of each paper model at the paper config's
     tokens per pass, and per model the summed time and the rate it implies (flops / time)."""
