@@ -27,15 +27,18 @@ from microbench import median_ms, rel_err  # noqa: E402
 
 from reprflow.kernels.causal_conv1d import (  # noqa: E402
     CONV_BLOCKS,
+    CONV_BLOCKS_NARROW,
+    CONV_BLOCKS_TILE,
     causal_conv1d_silu_reference,
     causal_conv1d_silu_triton,
 )
 
 #: (name, channels, row width of the in_proj output)
 SHAPES = (("mamba-2.8b", 5120, 10240), ("mamba2-2.7b", 5376, 10576))
-#: (tokens, channels, warps) per program; the default first
+#: (tokens, channels, warps) per program; the two the chooser offers first
 BLOCKS = (
     CONV_BLOCKS,
+    CONV_BLOCKS_NARROW,
     (64, 1024, 4),
     (32, 1024, 4),
     (128, 1024, 4),
@@ -43,9 +46,12 @@ BLOCKS = (
     (64, 2048, 8),
     (16, 1024, 4),
     (32, 256, 2),  # 256 channels divide Mamba2-2.7B's 5,376 (21 blocks, no masked block)
-    (64, 256, 2),
     (32, 256, 1),
+    (128, 256, 2),
+    (64, 512, 4),
 )
+#: program shapes of the tiled kernel (``tiled=True``); the chooser's first
+TILE_BLOCKS = (CONV_BLOCKS_TILE, (16, 256, 4), (32, 128, 2), (32, 512, 4), (64, 256, 8), (16, 512, 4), (64, 128, 4))
 
 
 def main(argv=None) -> int:
@@ -67,6 +73,10 @@ def main(argv=None) -> int:
         want = causal_conv1d_silu_reference(x[:1, :256].double(), w.double(), b.double())
         rows = [("torch (cuDNN F.conv1d)", "-", lambda: causal_conv1d_silu_reference(x, w, b))]
         rows += [("triton", str(blk), lambda blk=blk: causal_conv1d_silu_triton(x, w, b, blocks=blk)) for blk in BLOCKS]
+        rows += [
+            ("triton tiled", str(blk), lambda blk=blk: causal_conv1d_silu_triton(x, w, b, blocks=blk, tiled=True))
+            for blk in TILE_BLOCKS
+        ]
         for kernel, blk, fn in rows:
             try:
                 ms = median_ms(fn, args.repeats)

@@ -5,7 +5,8 @@ slice of ``in_proj``'s output (10576 wide), as in the mixer. Rows: transformers'
 ``MambaRMSNormGated`` (torch, about ten passes), ``mamba_ssm``'s Triton ``rmsnorm_fn``
 (``norm_before_gate=False``; what reprflow ran before), reprflow's
 :func:`~reprflow.kernels.gated_rms_norm.gated_rms_norm` (the whole row in one block, then in
-blocks of 512, 1024 and 2048 channels: ``chunk=``). Per row: median ms (CUDA events), x
+blocks of 512, 1024 and 2048 channels: ``chunk=``; then held in registers, 1 to 4 rows per
+program: ``rows=``). Per row: median ms (CUDA events), x
 the memory bound (bytes read and written / 4.3 TB/s), relative error against the same
 arithmetic in float64, and the fraction of elements not equal to transformers' output.
 
@@ -67,6 +68,15 @@ def main(argv=None) -> int:
             (
                 f"reprflow gated_rms_norm, chunk={chunk}",
                 lambda chunk=chunk: gated_rms_norm(y, z, w, eps=EPS, group_size=CHANNELS, chunk=chunk),
+            )
+        )
+    for chunk, n_rows in ((1024, 1), (1024, 2), (512, 2), (512, 4), (1024, 4)):  # held in registers, read once
+        rows.append(
+            (
+                f"reprflow gated_rms_norm, chunk={chunk}, rows={n_rows}",
+                lambda chunk=chunk, n_rows=n_rows: gated_rms_norm(
+                    y, z, w, eps=EPS, group_size=CHANNELS, chunk=chunk, rows=n_rows
+                ),
             )
         )
     bound_ms = 3 * y.numel() * 2 / HBM_BYTES_PER_S * 1e3  # y and z read, out written, bf16

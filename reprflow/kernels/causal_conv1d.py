@@ -16,7 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["CONV_BLOCKS", "causal_conv1d_silu", "causal_conv1d_silu_reference", "causal_conv1d_silu_triton"]
+__all__ = [
+    "CONV_BLOCKS",
+    "CONV_BLOCKS_NARROW",
+    "CONV_BLOCKS_TILE",
+    "causal_conv1d_silu",
+    "causal_conv1d_silu_reference",
+    "causal_conv1d_silu_triton",
+]
 
 try:
     import triton
@@ -140,12 +147,79 @@ if triton is not None:
                 nxt = nxt + (win[k],)
             win = nxt + (xt,)
 
+    @triton.jit
+    def _causal_conv1d_silu_tile_kernel(
+        x_ptr,
+        w_ptr,
+        bias_ptr,
+        mask_ptr,
+        out_ptr,
+        n_tokens,
+        channels,
+        s_x_b,
+        s_x_t,
+        s_m_b,
+        s_o_b,
+        s_o_t,
+        WIDTH: tl.constexpr,
+        BLOCK_T: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        EVEN_D: tl.constexpr,
+        HAS_BIAS: tl.constexpr,
+        HAS_MASK: tl.constexpr,
+    ):
+        # One program: a (BLOCK_T, BLOCK_D) tile of the output from WIDTH shifted (BLOCK_T, BLOCK_D)
+        # loads of x, all issued before any is used (the rows they share come from L1/L2, so HBM
+        # reads each row about once). Same products in the same order as _causal_conv1d_silu_kernel.
+        pid_t = tl.program_id(0)
+        pid_d = tl.program_id(1)
+        pid_b = tl.program_id(2).to(tl.int64)
+        offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+        offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+        mask_d = offs_d < channels
+        x_base = x_ptr + pid_b * s_x_b + offs_d[None, :]
+        rows = ()
+        for k in tl.static_range(WIDTH):
+            t_in = offs_t - (WIDTH - 1) + k
+            ok = (t_in >= 0) & (t_in < n_tokens)
+            if EVEN_D:
+                m = ok[:, None]
+            else:
+                m = ok[:, None] & mask_d[None, :]
+            rows = rows + (tl.load(x_base + t_in[:, None] * s_x_t, mask=m, other=0.0).to(tl.float32),)
+        if HAS_BIAS:
+            acc = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)[None, :]
+        else:
+            acc = tl.zeros([1, BLOCK_D], dtype=tl.float32)
+        w_last = tl.load(w_ptr + offs_d * WIDTH + (WIDTH - 1), mask=mask_d, other=0.0).to(tl.float32)
+        acc = acc + w_last[None, :] * rows[WIDTH - 1]
+        for k in tl.static_range(WIDTH - 1):
+            w_k = tl.load(w_ptr + offs_d * WIDTH + k, mask=mask_d, other=0.0).to(tl.float32)
+            acc += w_k[None, :] * rows[k]
+        y = _silu(acc)
+        keep = offs_t < n_tokens
+        if HAS_MASK:
+            y = y * tl.load(mask_ptr + pid_b * s_m_b + offs_t, mask=keep, other=0).to(tl.float32)[:, None]
+        o_ptrs = out_ptr + pid_b * s_o_b + offs_t[:, None] * s_o_t + offs_d[None, :]
+        if EVEN_D:
+            tl.store(o_ptrs, y.to(out_ptr.dtype.element_ty), mask=keep[:, None])
+        else:
+            tl.store(o_ptrs, y.to(out_ptr.dtype.element_ty), mask=keep[:, None] & mask_d[None, :])
+
 
 #: (tokens, channels, warps) per program of :func:`causal_conv1d_silu_triton`: 4 channels per thread
 #: (8-byte loads of bf16) at 4 warps, 32 tokens. The fastest of seven shapes at both SSMs' sizes on an
 #: H200 (2026-12-05, ``benchmarks/conv_sweep.py``, B=16, T=2048): Mamba-2.8B 0.264 ms per layer,
 #: Mamba2-2.7B's strided input 0.365, against 0.283 and 0.386 for (64, 1024, 4) before
 CONV_BLOCKS = (32, 512, 4)
+#: A second program shape offered to the chooser (``triton_narrow`` in :mod:`reprflow.kernels.ops`):
+#: 256 channels (2 per thread) at 2 warps, 64 tokens. On an H100 at B=32, T=2048 (2026-12-05,
+#: ``benchmarks/conv_sweep.py --batch 32``) Mamba-2.8B's conv took 0.580 ms per layer with it against
+#: 0.633 with :data:`CONV_BLOCKS` (not measured on an H200 then). The chooser times both at first use.
+CONV_BLOCKS_NARROW = (64, 256, 2)
+#: (tokens, channels, warps) per program of the tiled kernel (``tiled=True``; ``triton_tile`` in
+#: :mod:`reprflow.kernels.ops`)
+CONV_BLOCKS_TILE = (32, 256, 4)
 
 
 def causal_conv1d_silu_triton(
@@ -154,15 +228,18 @@ def causal_conv1d_silu_triton(
     bias: Tensor | None = None,
     *,
     mask: Tensor | None = None,
-    blocks: tuple[int, int, int] = CONV_BLOCKS,
+    blocks: tuple[int, int, int] | None = None,
+    tiled: bool = False,
 ) -> Tensor:
     """Causal depthwise conv + SiLU on a CUDA device through a Triton kernel.
 
     Same parameters as :func:`causal_conv1d_silu_reference`; ``x`` may be a strided view
     (stride 1 on the channel axis). Accumulates in float32; SiLU as ``z / (1 + exp(-z))`` with
     one ``ex2`` and an approximate division (relative error below 1e-6, as the scan's).
-    ``blocks``: (tokens, channels, warps) per program (powers of two; default
-    :data:`CONV_BLOCKS`).
+    ``tiled``: False streams each program's tokens row by row, keeping the last ``width - 1``
+    rows in registers; True computes a (tokens, channels) tile from ``width`` shifted tile
+    loads (same products, same order). ``blocks``: (tokens, channels, warps) per program
+    (powers of two; default :data:`CONV_BLOCKS`, or :data:`CONV_BLOCKS_TILE` when tiled).
 
     Returns
     -------
@@ -178,9 +255,10 @@ def causal_conv1d_silu_triton(
     w = weight.contiguous()
     out = torch.empty(batch, n_tokens, channels, dtype=x.dtype, device=x.device)
     m = mask.contiguous() if mask is not None else None
-    block_t, block_d, num_warps = blocks
+    block_t, block_d, num_warps = blocks or (CONV_BLOCKS_TILE if tiled else CONV_BLOCKS)
     grid = (triton.cdiv(n_tokens, block_t), triton.cdiv(channels, block_d), batch)
-    _causal_conv1d_silu_kernel[grid](
+    kernel = _causal_conv1d_silu_tile_kernel if tiled else _causal_conv1d_silu_kernel
+    kernel[grid](
         x,
         w,
         bias if bias is not None else w,

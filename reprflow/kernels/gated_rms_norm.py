@@ -101,6 +101,49 @@ if triton is not None:
             out = (w.to(tl.float32) * y.to(tl.float32)).to(out_ptr.dtype.element_ty)
             tl.store(out_ptr + row * s_o + g0 + cols, out, mask=m)
 
+    @triton.jit
+    def _gated_rms_norm_held_kernel(
+        x_ptr,
+        z_ptr,
+        w_ptr,
+        out_ptr,
+        n_rows,
+        group_size,
+        eps,
+        s_x,
+        s_z,
+        s_o,
+        BLOCK: tl.constexpr,
+        CHUNKS: tl.constexpr,
+        ROWS: tl.constexpr,
+    ):
+        """``ROWS`` rows of one group per program, each in ``CHUNKS`` blocks of ``BLOCK`` channels
+        held in registers between the sum of squares and the output: ``x`` and ``z`` read once,
+        the weight once per ``ROWS`` rows. The chunked kernel's arithmetic, in its order."""
+        rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+        row_ok = rows < n_rows
+        g0 = tl.program_id(1) * group_size
+        offs = tl.arange(0, BLOCK)
+        in_dtype = x_ptr.dtype.element_ty
+        ss = tl.zeros((ROWS, BLOCK), dtype=tl.float32)
+        held = ()
+        for i in tl.static_range(CHUNKS):
+            cols = g0 + i * BLOCK + offs
+            m = row_ok[:, None] & (i * BLOCK + offs < group_size)[None, :]
+            x = tl.load(x_ptr + rows[:, None] * s_x + cols[None, :], mask=m, other=0.0).to(tl.float32)
+            z = tl.load(z_ptr + rows[:, None] * s_z + cols[None, :], mask=m, other=0.0).to(tl.float32)
+            h = x * (z / (1.0 + tl.exp(-z)))
+            ss += h * h
+            held = held + (h,)
+        rstd = 1.0 / tl.sqrt(tl.sum(ss, axis=1) / group_size + eps)  # (ROWS,)
+        for i in tl.static_range(CHUNKS):
+            cols = g0 + i * BLOCK + offs
+            col_ok = i * BLOCK + offs < group_size
+            y = (held[i] * rstd[:, None]).to(in_dtype)  # transformers rounds here
+            w = tl.load(w_ptr + cols, mask=col_ok, other=0.0)
+            out = (w.to(tl.float32)[None, :] * y.to(tl.float32)).to(out_ptr.dtype.element_ty)
+            tl.store(out_ptr + rows[:, None] * s_o + cols[None, :], out, mask=row_ok[:, None] & col_ok[None, :])
+
 
 #: channels per block for rows wider than this (Mamba's mixers pass it): Mamba2-2.7B's 5,120-channel
 #: rows took 0.331 ms in blocks of 1,024 against 0.344 whole (padded to 8,192) and 0.345 / 0.466 in
@@ -109,7 +152,14 @@ GATED_NORM_CHUNK = 1024
 
 
 def gated_rms_norm(
-    x: Tensor, z: Tensor, weight: Tensor, *, eps: float, group_size: int, chunk: int | None = None
+    x: Tensor,
+    z: Tensor,
+    weight: Tensor,
+    *,
+    eps: float,
+    group_size: int,
+    chunk: int | None = None,
+    rows: int | None = None,
 ) -> Tensor:
     """:func:`gated_rms_norm_reference` in one Triton pass on CUDA (the reference elsewhere).
 
@@ -119,6 +169,8 @@ def gated_rms_norm(
     row in blocks of that many channels, twice (the sum of squares, then the output, the second
     read served by the cache), instead of holding the whole row padded to a power of two (Mamba2-2.7B's
     5120 channels in an 8192-wide block); the same values up to the order of the sum of squares.
+    ``rows`` (a power of two; needs ``chunk``): each program takes that many rows and holds their
+    blocks in registers between the two walks, so ``x`` and ``z`` are read once.
     """
     channels = x.shape[-1]
     if z.shape != x.shape or weight.shape != (channels,) or channels % group_size:
@@ -134,9 +186,18 @@ def gated_rms_norm(
     if z2.stride(-1) != 1:
         z2 = z2.contiguous()
     out = torch.empty(x2.shape, dtype=torch.promote_types(weight.dtype, x.dtype), device=x.device)
+    if chunk is not None and (chunk < 256 or chunk & (chunk - 1)):
+        raise ValueError(f"gated_rms_norm: chunk {chunk} is not a power of two >= 256")
+    if rows is not None and (chunk is None or rows < 1 or rows & (rows - 1)):
+        raise ValueError(f"gated_rms_norm: rows {rows} needs a chunk and must be a power of two")
+    if rows is not None:
+        n_rows = x2.shape[0]
+        _gated_rms_norm_held_kernel[(triton.cdiv(n_rows, rows), channels // group_size)](
+            x2, z2, weight, out, n_rows, group_size, float(eps), x2.stride(0), z2.stride(0), out.stride(0),
+            BLOCK=chunk, CHUNKS=triton.cdiv(group_size, chunk), ROWS=rows, num_warps=max(1, rows * chunk // 256),
+        )  # fmt: skip
+        return out.view(x.shape)
     if chunk is not None:
-        if chunk < 256 or chunk & (chunk - 1):
-            raise ValueError(f"gated_rms_norm: chunk {chunk} is not a power of two >= 256")
         _gated_rms_norm_chunked_kernel[(x2.shape[0], channels // group_size)](
             x2, z2, weight, out, group_size, float(eps), x2.stride(0), z2.stride(0), out.stride(0),
             BLOCK=chunk, CHUNKS=triton.cdiv(group_size, chunk), num_warps=max(1, chunk // 256),

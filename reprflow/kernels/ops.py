@@ -9,6 +9,8 @@ mamba_scan     ``triton`` (reprflow, time-major), ``gluon``           :func:`sel
                ``torch`` (per-token loop; fallback, never timed)
 causal_conv    ``causal_conv1d`` (compiled ``causal_conv1d_fn``,      :func:`causal_conv1d_silu_reference`
                channel-last, on a dense copy), ``triton`` (reprflow),
+               ``triton_narrow`` (the same kernel, 256-channel
+               programs), ``triton_tile`` (reprflow, tiled),
                ``torch`` (``F.conv1d``)
 mamba2_ssd     ``mamba_ssm`` (Triton ``mamba_chunk_scan_combined``),  :func:`reprflow.kernels.ssd.ssd_reference`
                ``fused_states`` (its stages with reprflow's fused
@@ -33,7 +35,13 @@ import torch
 from torch import Tensor
 
 from reprflow.kernels import triton_available
-from reprflow.kernels.causal_conv1d import causal_conv1d_silu, causal_conv1d_silu_reference
+from reprflow.kernels.causal_conv1d import (
+    CONV_BLOCKS_NARROW,
+    CONV_BLOCKS_TILE,
+    causal_conv1d_silu,
+    causal_conv1d_silu_reference,
+    causal_conv1d_silu_triton,
+)
 from reprflow.kernels.optional import MambaSsmKernels, compiled_causal_conv1d, compiled_selective_scan
 from reprflow.kernels.select import Candidate, KernelOp
 from reprflow.kernels.selective_scan import selective_scan, selective_scan_reference
@@ -173,6 +181,20 @@ def causal_conv_op(device: torch.device, *, report: dict, forced: str | None = N
                 "reprflow Triton causal conv + SiLU (time-major)",
             )
         )
+        cands.append(
+            Candidate(
+                "triton_narrow",
+                functools.partial(causal_conv1d_silu_triton, blocks=CONV_BLOCKS_NARROW),
+                f"reprflow Triton causal conv + SiLU (time-major), {CONV_BLOCKS_NARROW} (tokens, channels, warps) programs",
+            )
+        )
+        cands.append(
+            Candidate(
+                "triton_tile",
+                functools.partial(causal_conv1d_silu_triton, tiled=True),
+                f"reprflow Triton causal conv + SiLU (time-major), tiled: {CONV_BLOCKS_TILE} (tokens, channels, warps)",
+            )
+        )
     cands.append(
         Candidate(
             "torch", functools.partial(causal_conv1d_silu, impl="torch"), "torch F.conv1d (+ transposes)", devices=_ANY
@@ -186,7 +208,7 @@ def causal_conv_op(device: torch.device, *, report: dict, forced: str | None = N
         sizes=lambda a: (a["x"].shape[2], a["weight"].shape[1], a.get("mask") is not None, a["x"].stride(1)),
         report=report,
         forced=forced,
-        known=("causal_conv1d", "triton", "torch"),
+        known=("causal_conv1d", "triton", "triton_narrow", "triton_tile", "torch"),
     )
 
 

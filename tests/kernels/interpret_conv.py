@@ -10,7 +10,7 @@ from interpret_common import CANNOT_CHECK, interpreter_unusable
 from reprflow.kernels.causal_conv1d import causal_conv1d_silu_reference, causal_conv1d_silu_triton
 
 
-def check(batch, n_tokens, channels, width, dtype, *, bias=True, mask=False, seed=0) -> None:
+def check(batch, n_tokens, channels, width, dtype, *, bias=True, mask=False, seed=0, tiled=False) -> None:
     """One call on a strided view (the in_proj output's first half), against the float64 reference."""
     g = torch.Generator().manual_seed(seed)
     xz = torch.randn(batch, n_tokens, 2 * channels + 8, generator=g).to(dtype)
@@ -22,11 +22,11 @@ def check(batch, n_tokens, channels, width, dtype, *, bias=True, mask=False, see
         m = torch.ones(batch, n_tokens, dtype=torch.long)
         m[0, n_tokens // 2 :] = 0
     want = causal_conv1d_silu_reference(x.double(), w.double(), None if b is None else b.double(), mask=m)
-    got = causal_conv1d_silu_triton(x, w, b, mask=m)
+    got = causal_conv1d_silu_triton(x, w, b, mask=m, tiled=tiled)
     assert got.dtype == dtype and got.shape == x.shape and got.is_contiguous()
     rel = float((got.double() - want).norm() / want.norm())
     bound = 1e-2 if dtype == torch.bfloat16 else 1e-6
-    assert rel < bound, (batch, n_tokens, channels, width, dtype, rel)
+    assert rel < bound, (batch, n_tokens, channels, width, dtype, tiled, rel)
     if mask:
         assert torch.all(got[0, n_tokens // 2 :] == 0)
 
@@ -45,6 +45,13 @@ def main() -> int:
     check(1, 70, 1100, 3, torch.float32, mask=True)
     check(2, 66, 48, 2, torch.float32)
     check(2, 100, 64, 4, torch.bfloat16)
+    # the tiled kernel (32 tokens x 256 channels per program): the same cases
+    check(2, 77, 200, 4, torch.float32, mask=True, tiled=True)
+    check(1, 5, 40, 4, torch.float32, bias=False, tiled=True)
+    check(1, 130, 1024, 4, torch.float32, tiled=True)
+    check(1, 70, 1100, 3, torch.float32, mask=True, tiled=True)
+    check(2, 66, 48, 2, torch.float32, tiled=True)
+    check(2, 100, 64, 4, torch.bfloat16, tiled=True)
     print("ok")
     return 0
 

@@ -1,4 +1,4 @@
-"""Run Mamba-2's gated RMSNorm kernels (the whole-row one and the chunked one) in Triton's CPU
+"""Run Mamba-2's gated RMSNorm kernels (the whole-row one, the chunked one and the held one) in Triton's CPU
 interpreter against transformers' arithmetic (a script, not a test module; see
 ``interpret_scan.py`` for how ``test_interpreted.py`` runs it and what the exit statuses mean)."""
 
@@ -9,6 +9,7 @@ from interpret_common import CANNOT_CHECK, interpreter_unusable
 
 from reprflow.kernels.gated_rms_norm import (
     _gated_rms_norm_chunked_kernel,
+    _gated_rms_norm_held_kernel,
     _gated_rms_norm_kernel,
     gated_rms_norm_reference,
 )
@@ -30,7 +31,14 @@ def check(rows, channels, group_size, chunk, seed=0) -> None:
         x, z, w, chunked, group_size, 1e-5, x.stride(0), z.stride(0), chunked.stride(0),
         BLOCK=chunk, CHUNKS=-(-group_size // chunk),
     )  # fmt: skip
-    for name, got in (("row", row), ("chunked", chunked)):
+    held = {}
+    for n_held in (1, 2):  # rows per program: 2 leaves the last program half empty when rows is odd
+        held[n_held] = torch.empty_like(x)
+        _gated_rms_norm_held_kernel[(-(-rows // n_held), channels // group_size)](
+            x, z, w, held[n_held], rows, group_size, 1e-5, x.stride(0), z.stride(0), x.stride(0),
+            BLOCK=chunk, CHUNKS=-(-group_size // chunk), ROWS=n_held,
+        )  # fmt: skip
+    for name, got in (("row", row), ("chunked", chunked), ("held 1", held[1]), ("held 2", held[2])):
         rel = float((got.double() - want.double()).norm() / want.double().norm())
         assert rel < 1e-6, (name, rows, channels, group_size, chunk, rel)
 

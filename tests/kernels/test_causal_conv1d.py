@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from reprflow.kernels.causal_conv1d import causal_conv1d_silu, causal_conv1d_silu_reference
+from reprflow.kernels.causal_conv1d import (
+    CONV_BLOCKS,
+    CONV_BLOCKS_NARROW,
+    CONV_BLOCKS_TILE,
+    causal_conv1d_silu,
+    causal_conv1d_silu_reference,
+    causal_conv1d_silu_triton,
+)
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -43,16 +50,24 @@ def test_reference_accepts_strided_view(rng):
 @requires_cuda
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_triton_matches_reference(dtype):
+@pytest.mark.parametrize(
+    "blocks, tiled",
+    [(CONV_BLOCKS, False), (CONV_BLOCKS_NARROW, False), (CONV_BLOCKS_TILE, True), ((64, 128, 4), True)],
+    ids=["default", "narrow", "tiled", "tiled-64x128"],
+)
+def test_triton_matches_reference(dtype, blocks, tiled):
     g = torch.Generator(device="cuda").manual_seed(7)
-    xz = torch.randn(3, 77, 2 * 200, device="cuda", generator=g).to(dtype)
-    x = xz[..., :200]
-    w = torch.randn(200, 4, device="cuda", generator=g).to(dtype)
-    b = torch.randn(200, device="cuda", generator=g).to(dtype)
+    xz = torch.randn(3, 77, 2 * 600, device="cuda", generator=g).to(dtype)
+    x = xz[..., :600]  # a partial last block for both program widths
+    w = torch.randn(600, 4, device="cuda", generator=g).to(dtype)
+    b = torch.randn(600, device="cuda", generator=g).to(dtype)
     mask = torch.ones(3, 77, dtype=torch.long, device="cuda")
     mask[1, 60:] = 0
     want = causal_conv1d_silu_reference(x.double(), w.double(), b.double(), mask=mask)
-    got = causal_conv1d_silu(x, w, b, mask=mask, impl="triton")
+    if blocks == CONV_BLOCKS and not tiled:  # the dispatcher's Triton path
+        got = causal_conv1d_silu(x, w, b, mask=mask, impl="triton")
+    else:
+        got = causal_conv1d_silu_triton(x, w, b, mask=mask, blocks=blocks, tiled=tiled)
     assert got.dtype == dtype and got.is_contiguous()
     rel = (got.double() - want).norm() / want.norm()
     assert rel < (1e-2 if dtype == torch.bfloat16 else 1e-6), float(rel)

@@ -48,11 +48,11 @@ def test_bad_shapes_name_the_culprits():
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(("channels", "group_size"), [(5120, 5120), (1536, 768), (96, 96)])
-@pytest.mark.parametrize("chunk", [None, 256, 1024])
-def test_triton_equals_transformers_on_gpu(dtype, channels, group_size, chunk):
-    x, z, w = _inputs(301, channels, dtype, device="cuda", seed=channels)
+@pytest.mark.parametrize(("chunk", "rows"), [(None, None), (256, None), (1024, None), (256, 2), (1024, 1), (512, 4)])
+def test_triton_equals_transformers_on_gpu(dtype, channels, group_size, chunk, rows):
+    x, z, w = _inputs(301, channels, dtype, device="cuda", seed=channels)  # 301 rows: a partial last program
     want = gated_rms_norm_reference(x, z, w, eps=1e-5, group_size=group_size)
-    got = gated_rms_norm(x, z, w, eps=1e-5, group_size=group_size, chunk=chunk)
+    got = gated_rms_norm(x, z, w, eps=1e-5, group_size=group_size, chunk=chunk, rows=rows)
     assert got.dtype == want.dtype and got.shape == want.shape
     if dtype == torch.float32:
         torch.testing.assert_close(got, want, rtol=2e-6, atol=2e-6)
