@@ -27,7 +27,6 @@ from microbench import median_ms, rel_err  # noqa: E402
 
 from reprflow.kernels.causal_conv1d import (  # noqa: E402
     CONV_BLOCKS,
-    CONV_BLOCKS_NARROW,
     CONV_BLOCKS_TILE,
     causal_conv1d_silu_reference,
     causal_conv1d_silu_triton,
@@ -35,10 +34,10 @@ from reprflow.kernels.causal_conv1d import (  # noqa: E402
 
 #: (name, channels, row width of the in_proj output)
 SHAPES = (("mamba-2.8b", 5120, 10240), ("mamba2-2.7b", 5376, 10576))
-#: (tokens, channels, warps) per program; the two the chooser offers first
+#: (tokens, channels, warps) per program; the default first
 BLOCKS = (
     CONV_BLOCKS,
-    CONV_BLOCKS_NARROW,
+    (64, 256, 2),
     (64, 1024, 4),
     (32, 1024, 4),
     (128, 1024, 4),
@@ -51,7 +50,7 @@ BLOCKS = (
     (64, 512, 4),
 )
 #: program shapes of the tiled kernel (``tiled=True``); the chooser's first
-TILE_BLOCKS = (CONV_BLOCKS_TILE, (16, 256, 4), (32, 128, 2), (32, 512, 4), (64, 256, 8), (16, 512, 4), (64, 128, 4))
+TILE_BLOCKS = (CONV_BLOCKS_TILE, (16, 256, 4), (32, 128, 2), (32, 256, 4), (32, 512, 4), (64, 256, 8), (16, 512, 4))
 
 
 def main(argv=None) -> int:

@@ -18,7 +18,6 @@ from torch import Tensor
 
 __all__ = [
     "CONV_BLOCKS",
-    "CONV_BLOCKS_NARROW",
     "CONV_BLOCKS_TILE",
     "causal_conv1d_silu",
     "causal_conv1d_silu_reference",
@@ -212,14 +211,12 @@ if triton is not None:
 #: H200 (2026-12-05, ``benchmarks/conv_sweep.py``, B=16, T=2048): Mamba-2.8B 0.264 ms per layer,
 #: Mamba2-2.7B's strided input 0.365, against 0.283 and 0.386 for (64, 1024, 4) before
 CONV_BLOCKS = (32, 512, 4)
-#: A second program shape offered to the chooser (``triton_narrow`` in :mod:`reprflow.kernels.ops`):
-#: 256 channels (2 per thread) at 2 warps, 64 tokens. On an H100 at B=32, T=2048 (2026-12-05,
-#: ``benchmarks/conv_sweep.py --batch 32``) Mamba-2.8B's conv took 0.580 ms per layer with it against
-#: 0.633 with :data:`CONV_BLOCKS` (not measured on an H200 then). The chooser times both at first use.
-CONV_BLOCKS_NARROW = (64, 256, 2)
 #: (tokens, channels, warps) per program of the tiled kernel (``tiled=True``; ``triton_tile`` in
-#: :mod:`reprflow.kernels.ops`)
-CONV_BLOCKS_TILE = (32, 256, 4)
+#: :mod:`reprflow.kernels.ops`, timed against the streaming kernel at first use). On an H200 at
+#: B=32, T=2048 (2026-12-05, ``benchmarks/conv_sweep.py --batch 32``): Mamba-2.8B 0.465 ms per
+#: layer against 0.483 streaming with :data:`CONV_BLOCKS`, Mamba2-2.7B's strided input 0.515
+#: against 0.564; the best of seven tile shapes for the two together
+CONV_BLOCKS_TILE = (64, 128, 4)
 
 
 def causal_conv1d_silu_triton(

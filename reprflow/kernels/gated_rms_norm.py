@@ -7,10 +7,11 @@ transformers computes, per group of ``group_size`` channels, for input dtype ``i
 in about ten elementwise passes. ``mamba_ssm``'s Triton ``rmsnorm_fn`` (``norm_before_gate=False``)
 does it in one, but in another rounding order (``weight`` applied before the one rounding): a
 quarter of its bf16 outputs differ from transformers'. :func:`gated_rms_norm` keeps
-transformers' order, one row of one group per program: one read of ``x`` and ``z``, one write.
-Measured on an H200 for Mamba2-2.7B at 16 x 2048 tokens (``benchmarks/gated_norm.py``): 0.354 ms
-per layer against ``mamba_ssm``'s 0.372 ms (1.5x the time its bytes need), equal to transformers'
-output in all but 1e-5 of the elements.
+transformers' order: one read of ``x`` and ``z``, one write. Measured on an H200 for Mamba2-2.7B
+at 32 x 2048 tokens (``benchmarks/gated_norm.py --batch 32``): two rows per program, each held in
+registers in blocks of 1,024 channels, 0.567 ms per layer against ``mamba_ssm``'s 0.698 ms (1.21x
+and 1.49x the time their bytes need), equal to transformers' output in all but 1e-5 of the
+elements.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["GATED_NORM_CHUNK", "gated_rms_norm", "gated_rms_norm_reference"]
+__all__ = ["GATED_NORM_CHUNK", "GATED_NORM_HELD_MAX", "GATED_NORM_ROWS", "gated_rms_norm", "gated_rms_norm_reference"]
 
 try:
     import triton
@@ -149,6 +150,14 @@ if triton is not None:
 #: rows took 0.331 ms in blocks of 1,024 against 0.344 whole (padded to 8,192) and 0.345 / 0.466 in
 #: blocks of 2,048 / 512 on an H200 (2026-12-05, ``benchmarks/gated_norm.py``, 16 x 2048 tokens)
 GATED_NORM_CHUNK = 1024
+#: rows per program when a wide row is held in registers (``rows=``): Mamba2-2.7B at 32 x 2048 tokens
+#: on an H200 (2026-12-05, ``benchmarks/gated_norm.py --batch 32``) took 0.567 ms per layer with
+#: ``chunk=1024, rows=2`` against 0.628 read twice (``chunk=1024``), 0.588 whole, 0.617 / 0.606 with
+#: 1 / 4 rows (1.21x the time its bytes need at 4.3 TB/s)
+GATED_NORM_ROWS = 2
+#: the widest group held in registers (8 blocks of 1,024: 64 float32 registers a thread at
+#: ``GATED_NORM_ROWS``); wider groups are read twice
+GATED_NORM_HELD_MAX = 8192
 
 
 def gated_rms_norm(

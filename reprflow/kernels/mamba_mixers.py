@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from reprflow.kernels.causal_conv1d import causal_conv1d_silu
-from reprflow.kernels.gated_rms_norm import GATED_NORM_CHUNK, gated_rms_norm
+from reprflow.kernels.gated_rms_norm import GATED_NORM_CHUNK, GATED_NORM_HELD_MAX, GATED_NORM_ROWS, gated_rms_norm
 from reprflow.kernels.optional import MambaSsmKernels
 from reprflow.kernels.selective_scan import selective_scan, selective_scan_autograd
 
@@ -247,7 +247,10 @@ def mamba2_mixer_forward(
     y = y.reshape(batch, n_tokens, d_inner)
     group_size = d_inner // n_groups
     chunk = GATED_NORM_CHUNK if group_size > GATED_NORM_CHUNK else None  # a wide row walked in blocks
-    y = gated_rms_norm(y, gate, mixer.norm.weight, eps=mixer.norm.variance_epsilon, group_size=group_size, chunk=chunk)
+    rows = GATED_NORM_ROWS if chunk and group_size <= GATED_NORM_HELD_MAX else None  # ... held in registers
+    y = gated_rms_norm(
+        y, gate, mixer.norm.weight, eps=mixer.norm.variance_epsilon, group_size=group_size, chunk=chunk, rows=rows
+    )
     return out_proj_add(mixer.out_proj, y.to(dtype), residual)
 
 

@@ -9,9 +9,8 @@ mamba_scan     ``triton`` (reprflow, time-major), ``gluon``           :func:`sel
                ``torch`` (per-token loop; fallback, never timed)
 causal_conv    ``causal_conv1d`` (compiled ``causal_conv1d_fn``,      :func:`causal_conv1d_silu_reference`
                channel-last, on a dense copy), ``triton`` (reprflow),
-               ``triton_narrow`` (the same kernel, 256-channel
-               programs), ``triton_tile`` (reprflow, tiled),
-               ``torch`` (``F.conv1d``)
+               ``triton_tile`` (reprflow, tiled), ``torch``
+               (``F.conv1d``)
 mamba2_ssd     ``mamba_ssm`` (Triton ``mamba_chunk_scan_combined``),  :func:`reprflow.kernels.ssd.ssd_reference`
                ``fused_states`` (its stages with reprflow's fused
                chunk states), ``gluon`` (and reprflow's Gluon output
@@ -36,7 +35,6 @@ from torch import Tensor
 
 from reprflow.kernels import triton_available
 from reprflow.kernels.causal_conv1d import (
-    CONV_BLOCKS_NARROW,
     CONV_BLOCKS_TILE,
     causal_conv1d_silu,
     causal_conv1d_silu_reference,
@@ -183,13 +181,6 @@ def causal_conv_op(device: torch.device, *, report: dict, forced: str | None = N
         )
         cands.append(
             Candidate(
-                "triton_narrow",
-                functools.partial(causal_conv1d_silu_triton, blocks=CONV_BLOCKS_NARROW),
-                f"reprflow Triton causal conv + SiLU (time-major), {CONV_BLOCKS_NARROW} (tokens, channels, warps) programs",
-            )
-        )
-        cands.append(
-            Candidate(
                 "triton_tile",
                 functools.partial(causal_conv1d_silu_triton, tiled=True),
                 f"reprflow Triton causal conv + SiLU (time-major), tiled: {CONV_BLOCKS_TILE} (tokens, channels, warps)",
@@ -208,7 +199,7 @@ def causal_conv_op(device: torch.device, *, report: dict, forced: str | None = N
         sizes=lambda a: (a["x"].shape[2], a["weight"].shape[1], a.get("mask") is not None, a["x"].stride(1)),
         report=report,
         forced=forced,
-        known=("causal_conv1d", "triton", "triton_narrow", "triton_tile", "torch"),
+        known=("causal_conv1d", "triton", "triton_tile", "torch"),
     )
 
 

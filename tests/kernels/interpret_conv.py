@@ -45,7 +45,7 @@ def main() -> int:
     check(1, 70, 1100, 3, torch.float32, mask=True)
     check(2, 66, 48, 2, torch.float32)
     check(2, 100, 64, 4, torch.bfloat16)
-    # the tiled kernel (32 tokens x 256 channels per program): the same cases
+    # the tiled kernel (64 tokens x 128 channels per program): the same cases
     check(2, 77, 200, 4, torch.float32, mask=True, tiled=True)
     check(1, 5, 40, 4, torch.float32, bias=False, tiled=True)
     check(1, 130, 1024, 4, torch.float32, tiled=True)
