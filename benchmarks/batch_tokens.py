@@ -101,7 +101,7 @@ def _span(values: list[float], fmt: str) -> str:
     return format(lo, fmt) if format(lo, fmt) == format(hi, fmt) else f"{format(lo, fmt)}-{format(hi, fmt)}"
 
 
-def table(rows: list[dict], scan: list[dict], *, device: str, peak: float, exp_rate: float) -> str:
+def table(rows: list[dict], scan: list[dict], *, device: str, peak: float, exp_rate: float, copy_rate: float) -> str:
     lines = [
         f"reprflow forward by tokens per pass, {device}, random init; roofline = {peak:.3g} TFLOP/s "
         "(measured here) / (2 x params) per token; two passes per shape (given order, then reversed)",
@@ -118,7 +118,7 @@ def table(rows: list[dict], scan: list[dict], *, device: str, peak: float, exp_r
         lines += [
             "",
             f"Mamba-1 per layer at each shape; exp bound = 1 exp per token x channel x state at "
-            f"{exp_rate / 1e12:.2f} T exp/s; memory bound = bytes / {kernels.HBM_BYTES_PER_S / 1e12:.1f} TB/s",
+            f"{exp_rate / 1e12:.2f} T exp/s; memory bound = bytes / {copy_rate / 1e12:.2f} TB/s (a copy's rate here)",
             "",
             *kernels.scan_table(scan, shapes=True),
         ]
@@ -170,7 +170,8 @@ def main(argv=None) -> int:
     names += [m for m in args.models if m not in names]
     rows = [r for name in names for r in time_shapes(name, args, peak)]
     scan = scan_rows(args) if "mamba" in args.families else []
-    text = table(rows, scan, device=device, peak=peak, exp_rate=args.exp_rate)
+    copy_rate = kernels.copy_bytes_per_s(args.device)
+    text = table(rows, scan, device=device, peak=peak, exp_rate=args.exp_rate, copy_rate=copy_rate)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "batch_tokens.md").write_text(text + "\n")

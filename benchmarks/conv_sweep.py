@@ -6,7 +6,7 @@ output as the mixers pass it (Mamba-2.8B: 5,120 channels of a 10,240-wide row; M
 CUDA-event-timed calls) for ``F.conv1d`` with transposes (cuDNN; what transformers runs) and for
 :func:`reprflow.kernels.causal_conv1d.causal_conv1d_silu_triton` at each ``(tokens, channels,
 warps)`` per program, the ratio to the memory bound (read the input once, write the output once,
-at 4.3 TB/s) and the relative error against the float64 reference on the first 256 tokens.
+at the rate a device-to-device copy reaches on this GPU) and the relative error against the float64 reference on the first 256 tokens.
 
 Usage (GPU, repository root)::
 
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kernels import HBM_BYTES_PER_S  # noqa: E402  (benchmarks/kernels.py)
+from kernels import copy_bytes_per_s  # noqa: E402  (benchmarks/kernels.py)
 from microbench import median_ms, rel_err  # noqa: E402
 
 from reprflow.kernels.causal_conv1d import (  # noqa: E402
@@ -59,7 +59,10 @@ def main(argv=None) -> int:
     p.add_argument("--tokens", type=int, default=2048)
     p.add_argument("--repeats", type=int, default=20)
     args = p.parse_args(argv)
-    print(f"{torch.cuda.get_device_name()} | torch {torch.__version__} | batch {args.batch} x {args.tokens}, bf16\n")
+    print(
+        f"{torch.cuda.get_device_name()} | torch {torch.__version__} | batch {args.batch} x {args.tokens}, bf16 | "
+        f"memory bound at {copy_bytes_per_s('cuda') / 1e12:.2f} TB/s (a device-to-device copy's rate, measured here)\n"
+    )
     print("| model | kernel | (tokens, channels, warps) | ms per layer | x memory bound | rel err vs float64 |")
     print("|---|---|---|---:|---:|---:|")
     g = torch.Generator(device="cuda").manual_seed(0)
@@ -68,7 +71,7 @@ def main(argv=None) -> int:
         x = row[..., :channels]
         w = torch.randn(channels, 4, device="cuda", generator=g).bfloat16()
         b = torch.randn(channels, device="cuda", generator=g).bfloat16()
-        mem_ms = 1e3 * 2 * x.numel() * x.element_size() / HBM_BYTES_PER_S
+        mem_ms = 1e3 * 2 * x.numel() * x.element_size() / copy_bytes_per_s("cuda")
         want = causal_conv1d_silu_reference(x[:1, :256].double(), w.double(), b.double())
         rows = [("torch (cuDNN F.conv1d)", "-", lambda: causal_conv1d_silu_reference(x, w, b))]
         rows += [("triton", str(blk), lambda blk=blk: causal_conv1d_silu_triton(x, w, b, blocks=blk)) for blk in BLOCKS]

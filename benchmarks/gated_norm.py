@@ -7,7 +7,7 @@ slice of ``in_proj``'s output (10576 wide), as in the mixer. Rows: transformers'
 :func:`~reprflow.kernels.gated_rms_norm.gated_rms_norm` (the whole row in one block, then in
 blocks of 512, 1024 and 2048 channels: ``chunk=``; then held in registers, 1 to 4 rows per
 program: ``rows=``). Per row: median ms (CUDA events), x
-the memory bound (bytes read and written / 4.3 TB/s), relative error against the same
+the memory bound (bytes read and written / the rate a copy reaches on this GPU), relative error against the same
 arithmetic in float64, and the fraction of elements not equal to transformers' output.
 
 Usage (GPU)::
@@ -27,7 +27,7 @@ from reprflow.kernels.gated_rms_norm import gated_rms_norm, gated_rms_norm_refer
 from reprflow.kernels.optional import load_mamba_ssm_triton
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from kernels import HBM_BYTES_PER_S  # noqa: E402  (benchmarks/kernels.py: the H200's measured copy bandwidth)
+from kernels import copy_bytes_per_s  # noqa: E402  (benchmarks/kernels.py: this GPU's copy bandwidth)
 from microbench import median_ms, rel_err  # noqa: E402
 
 CHANNELS, PROJ, EPS = 5120, 10576, 1e-5
@@ -79,11 +79,12 @@ def main(argv=None) -> int:
                 ),
             )
         )
-    bound_ms = 3 * y.numel() * 2 / HBM_BYTES_PER_S * 1e3  # y and z read, out written, bf16
+    rate = copy_bytes_per_s("cuda")
+    bound_ms = 3 * y.numel() * 2 / rate * 1e3  # y and z read, out written, bf16
     print(
         f"{torch.cuda.get_device_name()} | torch {torch.__version__} | {args.batch} x {args.tokens} x {CHANNELS} bf16"
     )
-    print(f"memory bound {bound_ms:.3f} ms ({HBM_BYTES_PER_S / 1e12:.1f} TB/s)\n")
+    print(f"memory bound {bound_ms:.3f} ms ({rate / 1e12:.2f} TB/s, a device-to-device copy's rate here)\n")
     print("| implementation | ms | x memory bound | rel. err vs float64 | elements != transformers |")
     print("|---|---:|---:|---:|---:|")
     for name, fn in rows:

@@ -214,13 +214,14 @@ def main() -> None:
         raise SystemExit("mamba_ssm's Triton kernels are not importable here")
     print(f"{torch.cuda.get_device_name()} | torch {torch.__version__} | mamba_ssm {kernels.version}")
     if args.output_kernel:
-        from kernels import HBM_BYTES_PER_S, H200_BF16_TFLOPS  # benchmarks/kernels.py
+        from kernels import H200_BF16_TFLOPS, copy_bytes_per_s  # benchmarks/kernels.py
 
+        rate = copy_bytes_per_s("cuda")
         for shape in args.shapes:
             batch, n_tokens = (int(v) for v in shape.split("x"))
             a = inputs(batch, n_tokens)
-            states_kernels(a, 256, args.repeats, HBM_BYTES_PER_S)
-            output_kernel(a, kernels, 256, args.repeats, H200_BF16_TFLOPS, HBM_BYTES_PER_S)
+            states_kernels(a, 256, args.repeats, rate)
+            output_kernel(a, kernels, 256, args.repeats, H200_BF16_TFLOPS, rate)
         return
     rows = []
     for shape in args.shapes:
