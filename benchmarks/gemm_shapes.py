@@ -102,24 +102,7 @@ def main(argv=None) -> int:
     print("|---|---:|---:|---:|")
     for model, ms, rate in totals:
         print(f"| {model} | {ms:.3f} | {rate:.3g} | {rate / peak:.0%} |")
-    print_x_proj_candidates(device=device, dtype=dtype, scale=scale, repeats=args.repeats, peak=peak)
     return 0
-
-
-def print_x_proj_candidates(*, device: str, dtype, scale: int, repeats: int, peak: float) -> None:
-    """Mamba-2.8B's x_proj (5,120 -> 192 at 64K tokens) as the ``mamba_x_proj`` op's candidates run it:
-    ``F.linear`` and ``linear_padded`` (the weight's rows padded to a multiple of 128)."""
-    from reprflow.kernels.ops import _linear_padded
-
-    n, k, m = 65536 // scale, 5120 // scale, 192 // scale
-    x = torch.randn(n, k, device=device, dtype=dtype)
-    w = torch.randn(m, k, device=device, dtype=dtype)
-    print("\n| Mamba-2.8B x_proj, `mamba_x_proj` candidate | ms per layer | TFLOP/s (192 outputs) | of the roofline |")
-    print("|---|---:|---:|---:|")
-    for name, fn in (("linear", lambda: F.linear(x, w)), ("linear_padded", lambda: _linear_padded(x, w))):
-        ms = median_ms(fn, repeats, device)
-        rate = tflops(2 * n * k * m, ms)
-        print(f"| {name} | {ms:.3f} | {rate:.3g} | {rate / peak:.0%} |")
 
 
 if __name__ == "__main__":

@@ -157,7 +157,7 @@ def _prepare_gpt_neox(model: nn.Module, report: dict[str, Any], forced: dict[str
 
 def _prepare_mamba(model: nn.Module, report: dict[str, Any], *, device: torch.device, forced: dict[str, str]) -> None:
     from reprflow.kernels.mamba_mixers import install_mamba_forward
-    from reprflow.kernels.ops import causal_conv_op, mamba_scan_op, mamba_x_proj_op
+    from reprflow.kernels.ops import causal_conv_op, mamba_scan_op
 
     on_gpu = device.type == "cuda"
     want = forced_name("mamba_scan", forced.get("mamba_scan"))
@@ -169,16 +169,9 @@ def _prepare_mamba(model: nn.Module, report: dict[str, Any], *, device: torch.de
     chosen = report.setdefault("kernels", {})  # filled at first use, per shape class
     scan = mamba_scan_op(device, report=chosen, forced=forced.get("mamba_scan"))
     conv = causal_conv_op(device, report=chosen, forced=forced.get("causal_conv"))
-    x_proj = mamba_x_proj_op(device, report=chosen, forced=forced.get("mamba_x_proj"))
-    n = install_mamba_forward(model, scan_impl=scan, conv_impl=conv, x_proj=x_proj)
+    n = install_mamba_forward(model, scan_impl=scan, conv_impl=conv)
     n += _fuse_rms_norm(model, report, on_gpu=on_gpu)
-    report.update(
-        scan=_offer(scan),
-        conv=_offer(conv),
-        x_proj=_offer(x_proj),
-        why="per op and shape class: see 'kernels'",
-        patched_modules=n,
-    )
+    report.update(scan=_offer(scan), conv=_offer(conv), why="per op and shape class: see 'kernels'", patched_modules=n)
 
 
 def _offer(op) -> str:

@@ -96,7 +96,6 @@ def mamba_mixer_forward(
     *,
     scan_impl: str | Callable[..., Tensor] = "auto",
     conv_impl: str | Callable[..., Tensor] = "auto",
-    x_proj: Callable[[Tensor, Tensor], Tensor] | None = None,
     residual: Tensor | None = None,
 ) -> Tensor:
     """Full-sequence forward of one HF ``MambaMixer`` through the fast kernels.
@@ -111,8 +110,6 @@ def mamba_mixer_forward(
         :func:`~reprflow.kernels.selective_scan.selective_scan` /
         :func:`~reprflow.kernels.causal_conv1d.causal_conv1d_silu`, or a callable with
         their signature (without ``impl``), e.g. a ``KernelOp``.
-    x_proj : callable ``(x, weight) -> Tensor``, optional
-        Computes ``x_proj`` (no bias), e.g. the ``mamba_x_proj`` ``KernelOp``; default the module.
     residual : Tensor of shape (batch, n_tokens, hidden), float32, optional
         The block's residual stream: when given, the block output ``residual +
         out_proj(y)`` is returned, from one GEMM (:func:`out_proj_add`).
@@ -130,8 +127,7 @@ def mamba_mixer_forward(
     conv_w = mixer.conv1d.weight[:, 0, :]  # [d_inner, width]
     conv_b = mixer.conv1d.bias if mixer.use_conv_bias else None
     x = _conv(conv_impl)(x, conv_w, conv_b, mask=attention_mask)  # [batch, n_tokens, d_inner]
-    use_op = x_proj is not None and mixer.x_proj.bias is None
-    x_dbl = x_proj(x, mixer.x_proj.weight) if use_op else mixer.x_proj(x)  # [batch, n_tokens, rank + 2 * d_state]
+    x_dbl = mixer.x_proj(x)  # [batch, n_tokens, rank + 2 * d_state]
     dt_raw = x_dbl[..., :rank]
     B = x_dbl[..., rank : rank + d_state]
     C = x_dbl[..., rank + d_state :]
@@ -297,7 +293,6 @@ def install_mamba_forward(
     *,
     scan_impl: str | Callable[..., Tensor] = "auto",
     conv_impl: str | Callable[..., Tensor] = "auto",
-    x_proj: Callable[[Tensor, Tensor], Tensor] | None = None,
 ) -> int:
     """Switch every ``MambaMixer`` of ``model`` to :func:`mamba_mixer_forward`, in place.
 
@@ -312,9 +307,7 @@ def install_mamba_forward(
     for m in mixers:
 
         def fast(self, h, mask, residual=None):
-            return mamba_mixer_forward(
-                self, h, mask, scan_impl=scan_impl, conv_impl=conv_impl, x_proj=x_proj, residual=residual
-            )
+            return mamba_mixer_forward(self, h, mask, scan_impl=scan_impl, conv_impl=conv_impl, residual=residual)
 
         patch_forward(m, fast)
     return len(mixers)

@@ -11,11 +11,6 @@ causal_conv    ``causal_conv1d`` (compiled ``causal_conv1d_fn``,      :func:`cau
                channel-last, on a dense copy), ``triton`` (reprflow),
                ``triton_tile`` (reprflow, tiled), ``torch``
                (``F.conv1d``)
-mamba_x_proj   ``linear`` (``F.linear``), ``linear_padded`` (the      ``F.linear`` in float64
-               weight's rows padded with zeros to a multiple of 128,
-               the output sliced back: cuBLAS then tiles the skinny
-               N = dt_rank + 2 d_state = 192 of the paper's Mamba-1
-               with whole tiles)
 mamba2_ssd     ``mamba_ssm`` (Triton ``mamba_chunk_scan_combined``),  :func:`reprflow.kernels.ssd.ssd_reference`
                ``fused_states`` (its stages with reprflow's fused
                chunk states), ``gluon`` (and reprflow's Gluon output
@@ -36,7 +31,6 @@ import functools
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from reprflow.kernels import triton_available
@@ -53,16 +47,9 @@ from reprflow.kernels.selective_scan_gluon import gluon_available, selective_sca
 from reprflow.kernels.ssd_chunk_scan_gluon import ssd_gluon_available
 from reprflow.kernels.ssd import ssd_reference
 
-__all__ = [
-    "mamba_scan_op",
-    "causal_conv_op",
-    "mamba_x_proj_op",
-    "mamba2_ssd_op",
-    "compiled_scan_time_major",
-    "OP_NAMES",
-]
+__all__ = ["mamba_scan_op", "causal_conv_op", "mamba2_ssd_op", "compiled_scan_time_major", "OP_NAMES"]
 
-OP_NAMES = ("mamba_scan", "causal_conv", "mamba_x_proj", "mamba2_ssd")
+OP_NAMES = ("mamba_scan", "causal_conv", "mamba2_ssd")
 _ANY = ("cpu", "cuda")
 
 
@@ -213,54 +200,6 @@ def causal_conv_op(device: torch.device, *, report: dict, forced: str | None = N
         report=report,
         forced=forced,
         known=("causal_conv1d", "triton", "triton_tile", "torch"),
-    )
-
-
-# ---------------------------------------------------------------- Mamba-1 x_proj
-#: ``linear_padded`` rounds the weight's rows up to a multiple of this
-X_PROJ_ROW_MULTIPLE = 128
-
-
-def _linear_reference(x: Tensor, weight: Tensor) -> Tensor:
-    return F.linear(x, weight)
-
-
-def _linear_padded(x: Tensor, weight: Tensor) -> Tensor:
-    """``F.linear(x, weight)`` with ``weight``'s rows padded with zeros to a multiple of
-    :data:`X_PROJ_ROW_MULTIPLE`; returns the first ``weight.shape[0]`` columns (a strided view). The
-    pad is rebuilt per call (~2.6 MB for the paper's Mamba-1: microseconds), so a weight changed in
-    place is always the one used."""
-    n = weight.shape[0]
-    pad = -n % X_PROJ_ROW_MULTIPLE
-    if pad == 0:
-        return F.linear(x, weight)
-    return F.linear(x, F.pad(weight, (0, 0, 0, pad)))[..., :n]
-
-
-def mamba_x_proj_op(device: torch.device, *, report: dict, forced: str | None = None) -> KernelOp:
-    """Mamba-1's ``x_proj`` (``dt_rank + 2 d_state`` outputs; signature ``(x, weight)``, no bias).
-
-    Its N = 192 outputs (the paper's Mamba-2.8B) fill one and a half of cuBLAS's 128-wide tiles:
-    on an H100 it ran at ~410 TFLOP/s against 710 for in_proj (2026-12-05). ``linear_padded``
-    computes 256 outputs and drops 64; the chooser measures which is faster here."""
-    cands = [Candidate("linear", _linear_reference, "torch F.linear (cuBLAS)", devices=_ANY)]
-    if device.type == "cuda":
-        cands.append(
-            Candidate(
-                "linear_padded",
-                _linear_padded,
-                f"torch F.linear, weight rows padded with zeros to a multiple of {X_PROJ_ROW_MULTIPLE}",
-            )
-        )
-    return KernelOp(
-        "mamba_x_proj",
-        _linear_reference,
-        cands,
-        time_major=("x",),
-        sizes=lambda a: (a["weight"].shape[1], a["weight"].shape[0]),
-        report=report,
-        forced=forced,
-        known=("linear", "linear_padded"),
     )
 
 

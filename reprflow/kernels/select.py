@@ -124,7 +124,7 @@ class KernelOp:
     Parameters
     ----------
     name : str
-        Op name (``mamba_scan``, ``causal_conv``, ``mamba_x_proj``, ``mamba2_ssd``).
+        Op name (``mamba_scan``, ``causal_conv``, ``mamba2_ssd``).
     reference : callable
         Ground truth, called with float64 copies of the sliced inputs in the check.
     candidates : list of Candidate

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from reprflow.errors import ConfigError
 from reprflow.kernels import select
 from reprflow.kernels.causal_conv1d import causal_conv1d_silu_reference
-from reprflow.kernels.ops import _linear_padded, causal_conv_op, mamba2_ssd_op, mamba_scan_op, mamba_x_proj_op
+from reprflow.kernels.ops import causal_conv_op, mamba2_ssd_op, mamba_scan_op
 from reprflow.kernels.select import Candidate, KernelOp
 from reprflow.kernels.selective_scan import selective_scan_reference
 
@@ -83,18 +83,6 @@ def test_cpu_ops_pick_torch_without_measuring(torch_gen):
     assert entry["kernel"] == "torch" and "not measured" in entry["reason"] and "ms" not in entry
     assert [c.name for c in mamba_scan_op(CPU, report=report).candidates] == ["torch"]
     assert [c.name for c in mamba2_ssd_op(CPU, None, report=report).candidates] == ["torch"]
-    assert [c.name for c in mamba_x_proj_op(CPU, report=report).candidates] == ["linear"]
-
-
-@pytest.mark.parametrize("n_out", [192, 128, 5])
-def test_padded_x_proj_equals_the_linear(torch_gen, n_out):
-    """``linear_padded`` (offered on CUDA) computes the same outputs as ``F.linear``: checked here in
-    float64, for a row count that needs padding (192 -> 256), one that does not, and a tiny one."""
-    x = torch.randn(2, 7, 40, generator=torch_gen, dtype=torch.float64)
-    w = torch.randn(n_out, 40, generator=torch_gen, dtype=torch.float64)
-    got = _linear_padded(x, w)
-    assert got.shape == (2, 7, n_out)
-    torch.testing.assert_close(got, torch.nn.functional.linear(x, w), rtol=1e-12, atol=1e-12)
 
 
 def test_wrong_candidate_is_rejected_and_fastest_correct_one_wins(torch_gen, caplog):
@@ -229,9 +217,7 @@ def test_ops_inside_the_mamba_mixer_match_transformers(torch_gen):
     report = {}
     conv = causal_conv_op(CPU, report=report)
     conv.candidates.append(Candidate("shifted", _shifted_sum_conv, "shifted sum", devices=("cpu",)))
-    x_proj = mamba_x_proj_op(CPU, report=report)
-    x_proj.candidates.append(Candidate("linear_padded", _linear_padded, "padded", devices=("cpu",)))
-    assert install_mamba_forward(fast, scan_impl=mamba_scan_op(CPU, report=report), conv_impl=conv, x_proj=x_proj) == 2
+    assert install_mamba_forward(fast, scan_impl=mamba_scan_op(CPU, report=report), conv_impl=conv) == 2
     ids = torch.randint(0, 97, (2, 23), generator=torch_gen)
     mask = torch.ones_like(ids)
     mask[1, 17:] = 0
@@ -244,8 +230,6 @@ def test_ops_inside_the_mamba_mixer_match_transformers(torch_gen):
     (entry,) = report["causal_conv"].values()  # one shape class for both layers
     assert set(entry["ms"]) == {"torch", "shifted"}
     assert next(iter(report["mamba_scan"].values()))["kernel"] == "torch"
-    (entry,) = report["mamba_x_proj"].values()  # both candidates checked against float64 and timed
-    assert set(entry["ms"]) == {"linear", "linear_padded"} and max(entry["check_rel_err"].values()) < 1e-5
 
 
 def test_check_covers_more_than_one_ssd_chunk(torch_gen):
