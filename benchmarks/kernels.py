@@ -95,61 +95,55 @@ def _sync(device: str) -> None:
 ROOFLINE_SHAPES = ((8192, 8192, 8192), (65536, 5120, 2560), (65536, 2560, 10240))
 
 
-def gemm_tflops(device: str, m: int, k: int, n: int, *, warmup_s: float = 1.0) -> float:
-    """Rate of ``x (m x k)`` times ``W^T`` with ``W (n x k)`` (``F.linear``, nn.Linear's layout,
-    the one every model projection runs) in TFLOP/s, bf16 on a GPU (float32 on a CPU): the best of
-    5 trials of 20 products, after ``warmup_s`` of the same products on a GPU.
-
-    A GPU idling at a low clock needs a moment of work to reach its rate (the median of five short
-    trials straight from idle measured 735 and 770 TFLOP/s on the same H200 minutes apart,
-    2026-12-05), and the best trial, not the median, is what the hardware sustains. The layout
-    matters: cuBLAS picks other kernels for ``x @ B`` with ``B (k x n)``, and on an H200
-    (2026-12-05) Mamba's out_proj shape ran at 750 TFLOP/s as ``F.linear`` against at most 711 as
-    ``x @ B``."""
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    x = torch.randn(m, k, device=device, dtype=dtype)
-    w = torch.randn(n, k, device=device, dtype=dtype)
-    F.linear(x, w)
+def _best_seconds(fn, device: str, *, calls: int, warmup_s: float) -> float:
+    """Seconds per call of ``fn``: the best of 5 trials of ``calls`` calls, after one call and (on a GPU)
+    ``warmup_s`` of calls. A GPU idling at a low clock needs a moment of work to reach its rate, and
+    the best trial, not the median, is what the hardware sustains."""
+    fn()
     _sync(device)
     start = time.perf_counter()
     while device == "cuda" and time.perf_counter() - start < warmup_s:
-        for _ in range(20):
-            F.linear(x, w)
+        for _ in range(calls):
+            fn()
         _sync(device)
     times = []
     for _ in range(5):
         _sync(device)
         t0 = time.perf_counter()
-        for _ in range(20):
-            F.linear(x, w)
+        for _ in range(calls):
+            fn()
         _sync(device)
-        times.append((time.perf_counter() - t0) / 20)
-    return 2 * m * k * n / min(times) / 1e12
+        times.append((time.perf_counter() - t0) / calls)
+    return min(times)
+
+
+def gemm_tflops(device: str, m: int, k: int, n: int, *, warmup_s: float = 1.0) -> float:
+    """Rate of ``x (m x k)`` times ``W^T`` with ``W (n x k)`` (``F.linear``, nn.Linear's layout,
+    the one every model projection runs) in TFLOP/s, bf16 on a GPU (float32 on a CPU): the best of
+    5 trials of 20 products, after ``warmup_s`` of the same products on a GPU (:func:`_best_seconds`).
+
+    From idle, the median of five short trials measured 735 and 770 TFLOP/s on the same H200
+    minutes apart (2026-12-05). The layout matters: cuBLAS picks other kernels for ``x @ B`` with
+    ``B (k x n)``, and on an H200 (2026-12-05) Mamba's out_proj shape ran at 750 TFLOP/s as
+    ``F.linear`` against at most 711 as ``x @ B``."""
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    x = torch.randn(m, k, device=device, dtype=dtype)
+    w = torch.randn(n, k, device=device, dtype=dtype)
+    return 2 * m * k * n / _best_seconds(lambda: F.linear(x, w), device, calls=20, warmup_s=warmup_s) / 1e12
 
 
 @functools.cache
 def copy_bytes_per_s(device: str) -> float:
     """This GPU's memory bandwidth as a device-to-device copy reaches it, bytes (read + written) per
-    second: the best of 5 trials of 10 copies of 1 GiB after 0.5 s of the same. The "memory bound"
-    of the kernel tables divides by it (the H200 reached 4.3e12, :data:`HBM_BYTES_PER_S`; an H100
-    80GB HBM3 has 3.35e12 on its data sheet). Measured once per process; on a CPU the H200's
-    constant (the toy runs only check that the tables print)."""
+    second: the best of 5 trials of 10 copies of 1 GiB after 0.5 s of the same (:func:`_best_seconds`).
+    The "memory bound" of the kernel tables divides by it (the H200 reached 4.3e12,
+    :data:`HBM_BYTES_PER_S`; an H100 80GB HBM3 has 3.35e12 on its data sheet). Measured once per
+    process; on a CPU the H200's constant (the toy runs only check that the tables print)."""
     if device != "cuda":
         return HBM_BYTES_PER_S
     src = torch.empty(1 << 30, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
-    start = time.perf_counter()
-    while time.perf_counter() - start < 0.5:
-        dst.copy_(src)
-        _sync(device)
-    times = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        for _ in range(10):
-            dst.copy_(src)
-        _sync(device)
-        times.append((time.perf_counter() - t0) / 10)
-    return 2 * src.numel() / min(times)
+    return 2 * src.numel() / _best_seconds(lambda: dst.copy_(src), device, calls=10, warmup_s=0.5)
 
 
 def measure_peak_tflops(device: str, quick: bool, *, warmup_s: float = 1.0) -> float:
@@ -412,7 +406,7 @@ def table(results: dict[str, dict], args) -> str:
                 else "(data sheet: "
             )
             + f"132 SMs x 16 SFU/clk x 1.98 GHz would be {SFU_EXP_PER_S / 1e12:.2f}); "
-            f"memory bound = bytes / {results['visible'].get('copy_rate', HBM_BYTES_PER_S) / 1e12:.2f} TB/s "
+            f"memory bound = bytes / {results['visible']['copy_rate'] / 1e12:.2f} TB/s "
             "(a device-to-device copy's rate, measured here)",
             "",
             *scan_table(scan),
