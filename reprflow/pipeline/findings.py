@@ -35,6 +35,7 @@ from reprflow.pipeline.results import (
     first_state_names,
     init_scope,
     probe_cells,
+    probe_curves,
     token_array,
     token_cells,
     token_curves,
@@ -149,6 +150,8 @@ class Evidence:
     ``missing_probe``: cells whose files are absent. ``first_layer[(model, init, view)]``: index
     of the view's first state after the embeddings (1 when state 0 is ``embed``; 0 for a view
     without the embeddings, e.g. the hf view of Mamba and Mamba2, which starts at ``block_1``).
+    ``probe_states[(model, init, view, length)]``: (number of states, first non-embedding state)
+    of that cell's probe curves, where Table 1's peak layer is counted.
     """
 
     config: Config
@@ -159,6 +162,7 @@ class Evidence:
     missing_token: list[Cell]
     missing_probe: list[Cell]
     first_layer: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    probe_states: dict[tuple[str, str, str, int], tuple[int, int]] = field(default_factory=dict)
 
     def layers(self, key: tuple[str, str, str]) -> int:
         """Index of the first non-embedding state of the (model, init, view) curves and CKA."""
@@ -214,13 +218,17 @@ def load_evidence(config: Config, root: str | Path = ".") -> Evidence:
                         [token_array(c, f"cka_{view}", root) for c in cell_list], axis=0
                     )
     table1, table2 = build_tables(config, root, missing_ok=True)
-    return Evidence(config, curves, cka, table1, table2, missing_token, missing_probe, first_layer)
+    probe_states = {
+        key: (int(sel["state_index"].max()) + 1, _first_layer(sel))
+        for key, sel in probe_curves(config, root, missing_ok=True).groupby(["model", "init", "view", "length"])
+    }
+    return Evidence(config, curves, cka, table1, table2, missing_token, missing_probe, first_layer, probe_states)
 
 
 def _first_layer(sel: pd.DataFrame) -> int:
     """1 if state 0 of the view is the embeddings (``state_name`` ``embed``), else 0.
 
-    ``sel``: rows of one (model, init, view) of ``inter_token_cosine.csv``. The hf view of the
+    ``sel``: rows of one (model, init, view) of ``inter_token_cosine.csv`` (or of the probe curves). The hf view of the
     Mamba families is ``block_1 .. block_L, final_norm`` (docs/CONTRACTS.md): no embeddings to
     leave out. Files that name no states are read as starting at the embeddings."""
     names = first_state_names(sel)
@@ -242,6 +250,14 @@ def unclassified_models(config: Config) -> list[str]:
         for m in config.models
         if m.family not in ARCHITECTURE
     ]
+
+
+def _contrast(above: list[float], below: list[float], text: str) -> Check:
+    """A contrast check: every value of ``above`` exceeds every value of ``below``. ``text`` is
+    formatted with ``lo`` (the lowest of ``above``) and ``hi`` (the highest of ``below``); a NaN on
+    either side makes both NaN (whatever the model order) and fails the check."""
+    lo, hi = float(np.min(above)), float(np.max(below))  # numpy propagates NaN; Python's min does not
+    return _check(lo > hi, text.format(lo=_f(lo), hi=_f(hi)))
 
 
 def _depth_regions(n: int, late_fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -333,6 +349,16 @@ def f3_2_1(ev: Evidence, arm: str, view: str, t: dict) -> Verdict:
                 "final-layer drop",
                 "tbm_final_drop_min",
             )
+            if len(curve) > 1:  # sharp: the last step leaves the body by more than the body varies
+                spread, drop = float(np.ptp(curve[:-1])), body - float(curve[-1])
+                v.checks.append(
+                    _check(
+                        drop > spread,
+                        f"{model} (TBM) sharp final shift: drop {_f(drop)} > spread of the earlier pairs "
+                        f"{_f(float(curve[:-1].min()))}..{_f(float(curve[:-1].max()))} = {_f(spread)}",
+                        model,
+                    )
+                )
         else:
             early, late = _depth_regions(len(curve), t["late_fraction"])
             e, l = float(curve[early].mean()), float(curve[late].mean())
@@ -351,12 +377,7 @@ def f3_2_1(ev: Evidence, arm: str, view: str, t: dict) -> Verdict:
                     model,
                 )
             )
-    v.checks.append(
-        _check(
-            min(tbm_body) > max(ssm_early),
-            f"contrast: lowest TBM body {_f(min(tbm_body))} > highest SSM early {_f(max(ssm_early))}",
-        )
-    )
+    v.checks.append(_contrast(tbm_body, ssm_early, "contrast: lowest TBM body {lo} > highest SSM early {hi}"))
     return v
 
 
@@ -374,6 +395,16 @@ def f3_2_2(ev: Evidence, arm: str, view: str, t: dict) -> Verdict:
         body = float(inner.mean())
         bodies[kind].append(body)
         if kind == "TBM":
+            early, _ = _depth_regions(len(curve), t["late_fraction"])
+            early = early[(early >= start) & (early < len(curve) - 1)]
+            e = float(curve[early].mean()) if len(early) else body
+            v.checks.append(  # "collapse token distinctions early": high already in the early half
+                _check(
+                    e >= t["tbm_body_min"],
+                    f"{model} (TBM) inter-token cosine of the early half {_f(e)} >= {t['tbm_body_min']}",
+                    model,
+                )
+            )
             _tbm_body_and_drop(
                 v,
                 model,
@@ -392,12 +423,7 @@ def f3_2_2(ev: Evidence, arm: str, view: str, t: dict) -> Verdict:
                     model,
                 )
             )
-    v.checks.append(
-        _check(
-            min(bodies["TBM"]) > max(bodies["SSM"]),
-            f"contrast: lowest TBM inner {_f(min(bodies['TBM']))} > highest SSM inner {_f(max(bodies['SSM']))}",
-        )
-    )
+    v.checks.append(_contrast(bodies["TBM"], bodies["SSM"], "contrast: lowest TBM inner {lo} > highest SSM inner {hi}"))
     return v
 
 
@@ -448,10 +474,8 @@ def f3_2_3(ev: Evidence, arm: str, view: str, t: dict) -> Verdict:
                     )
                 )
     v.checks.append(
-        _check(
-            min(random_means["TBM"]) > max(random_means["SSM"]),
-            f"ordering under {arm}: lowest TBM {_f(min(random_means['TBM']))} > highest SSM "
-            f"{_f(max(random_means['SSM']))}",
+        _contrast(
+            random_means["TBM"], random_means["SSM"], f"ordering under {arm}: lowest TBM {{lo}} > highest SSM {{hi}}"
         )
     )
     return v
@@ -503,10 +527,7 @@ def f3_3_1(ev: Evidence, arm: str, view: str, t: dict) -> Verdict:
                 )
             )
     v.checks.append(
-        _check(
-            max(shift["TBM"]) < min(shift["SSM"]),
-            f"contrast: late-minus-early CKA, highest TBM {_f(max(shift['TBM']))} < lowest SSM {_f(min(shift['SSM']))}",
-        )
+        _contrast(shift["SSM"], shift["TBM"], "contrast: late-minus-early CKA, highest TBM {hi} < lowest SSM {lo}")
     )
     return v
 
@@ -571,9 +592,12 @@ def f3_4_1(ev: Evidence, arm: str, view: str, t: dict) -> Verdict:
     rows = _rows(ev, ev.table1, arm, view, "last_acc")
     for length, at in rows.groupby("length"):
         for r in at.itertuples():
-            n_states = _n_states(ev, r.model, arm, view)
-            first = ev.layers((r.model, arm, view))
-            inner = first <= r.peak_layer < n_states - 1 if n_states else r.gap > 0
+            states = ev.probe_states.get((r.model, arm, view, length))
+            if states is None:
+                v.not_run.append(f"n={length} {r.model}: no probe curve names its states")
+                continue
+            n_states, first = states
+            inner = first <= r.peak_layer < n_states - 1
             at_chance = (
                 " [peak within gap_min of chance: no task signal]" if r.peak_acc - r.chance < t["gap_min"] else ""
             )
@@ -594,11 +618,6 @@ def f3_4_1(ev: Evidence, arm: str, view: str, t: dict) -> Verdict:
     return v
 
 
-def _n_states(ev: Evidence, model: str, arm: str, view: str) -> int | None:
-    curve = ev.curves["inter_token_cosine"].get((model, arm, view))
-    return None if curve is None else len(curve)
-
-
 def f3_4_2(ev: Evidence, arm: str, view: str, t: dict) -> Verdict:
     """Context length (Table 2, per model and task): Sm and St stable over lengths, last-layer
     accuracy falls from the shortest to the longest length and never rises by more than a tolerance."""
@@ -613,6 +632,11 @@ def f3_4_2(ev: Evidence, arm: str, view: str, t: dict) -> Verdict:
         span = f"n={at.length.iloc[0]}..{at.length.iloc[-1]}"
         for metric in ("Sm", "St"):
             vals = at[metric].to_numpy()
+            if np.isnan(vals).any():  # a cell without its Sm/St file: not judged, not failed
+                v.not_run.append(
+                    f"{model}/{task} {metric}: no value at n={', '.join(map(str, at.length[np.isnan(vals)]))}"
+                )
+                continue
             rel = float((vals.max() - vals.min()) / abs(vals.mean())) if vals.mean() else np.inf
             v.checks.append(
                 _check(

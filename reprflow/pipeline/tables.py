@@ -14,7 +14,8 @@ peak_acc_std, gap, Sm, St, Sm_rel, St_rel, n_seeds.
 - ``chance`` = 1 / C, C the number of classes of the cell (Table 1: mean of 1/C over tasks).
 - Table 1 first averages each seed's per-layer accuracy curve over tasks, then takes mean,
   peak and last, so its peak layer is the peak of the task-averaged curve; Sm and St are
-  averaged over tasks.
+  averaged over tasks. A cell lacking one of the paper's tasks has an empty Table 1 row (its
+  Table 2 rows are kept): the mean is over every task or none.
 - Accuracies are rounded to 12 decimals, so that a difference of equal accuracies is 0, not
   float noise like 5.55e-17.
 
@@ -94,6 +95,16 @@ def _summarise(per_seed: pd.DataFrame) -> pd.Series:
     )
 
 
+def _every_paper_task(config: Config, frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """The rows of ``frame`` for the paper's tasks, of the cells (``keys``) that have every one of
+    them: a Table 1 value is the mean over all the paper's tasks, never over those that happened
+    to run (a cell missing one task has an empty row, as one not run)."""
+    frame = frame[frame["task"].isin(config.paper_tasks)]
+    if frame.empty:
+        return frame
+    return frame[frame.groupby(keys)["task"].transform("nunique") == len(config.paper_tasks)]
+
+
 def table_from_frames(
     config: Config, probes: pd.DataFrame, sm_st: pd.DataFrame, classes: pd.DataFrame, *, by_task: bool
 ) -> pd.DataFrame:
@@ -101,7 +112,7 @@ def table_from_frames(
     every (model, table init, view, [task,] length) of the config gets a row, empty if not run."""
     keys = ["model", "init", "view"] + (["task"] if by_task else []) + ["length"]
     if not by_task:  # Table 1 is the paper's mean over its tasks: custom tasks have Table 2 rows only
-        probes, sm_st, classes = (f[f["task"].isin(config.paper_tasks)] for f in (probes, sm_st, classes))
+        probes, sm_st, classes = (_every_paper_task(config, f, keys) for f in (probes, sm_st, classes))
     # mean over tasks per (cell, view, seed, layer) for Table 1; Table 2 keeps tasks apart
     per_seed = probes.groupby(keys + ["seed", "state_index"], as_index=False)["val_accuracy"].mean()
     per_seed = per_seed.rename(columns={"val_accuracy": "acc"})

@@ -17,7 +17,8 @@ share weights and inputs):
 
 Both are reported as the mean over draws with a normal 95 % CI. Without LayerNorm a stack can
 blow up (Mamba's update grows like σ⁸ in its input scale); if any draw overflows the dtype,
-the depth reports +inf for mean and bounds, and a warning is logged.
+the depth reports +inf for mean and bounds (a NaN draw: NaN, which decides no ordering), and a
+warning is logged.
 """
 
 from __future__ import annotations
@@ -136,7 +137,11 @@ def monte_carlo_depth(
 
 
 def _mean_ci(x: torch.Tensor, depth: int) -> Estimate:
-    """Mean and normal 95 % CI; a stack that overflowed (non-finite draws) reports +inf."""
+    """Mean and normal 95 % CI; a stack that overflowed (infinite draws) reports +inf, one with a
+    NaN draw (an undefined value, not a large one) NaN, which no ordering decides."""
+    if torch.isnan(x).any():
+        logger.warning("depth %d: %d of %d draws are NaN; reported as NaN", depth, int(torch.isnan(x).sum()), x.numel())
+        return Estimate(math.nan, math.nan, math.nan)
     if not torch.isfinite(x).all():
         logger.warning(
             "depth %d: %d of %d draws overflowed the dtype; reported as +inf",

@@ -2,9 +2,13 @@
 
 Cell status:
 
-- closed-form rows (Theorems 1-4): the relative error r = MC / closed form - 1 has a 95 % CI
+- closed-form rows (Theorems 2 and 4): the relative error r = MC / closed form - 1 has a 95 % CI
   [lo, hi]; ``agrees`` if [lo, hi] ⊆ [-tol, tol], ``disagrees`` if [lo, hi] ∩ [-tol, tol] = ∅,
   else ``inconclusive``;
+- vector means (Theorems 1 and 3, :data:`MEAN_THEOREMS`): r = ||E X - c|| / ||c||, the whole
+  vector's relative error (not only its component along c), stored as the signed square root of
+  the unbiased estimate of ||E X - c||² / ||c||² and of its CI bounds (a bound below 0 is the
+  estimate's noise); ``agrees`` if hi <= tol, ``disagrees`` if lo > tol, else ``inconclusive``;
 - ordering rows (Theorems 5-6): ``holds`` if the Transformer's CI lies above Mamba's, ``fails``
   if below, else ``inconclusive``.
 
@@ -32,6 +36,8 @@ import scipy.stats
 
 POSITIVE, NEGATIVE = {"agrees", "holds"}, {"disagrees", "fails"}
 MAX_LISTED = 8
+MEAN_THEOREMS = frozenset({"T1", "T3"})
+"""Theorems that state a mean vector: their rows' rel_err is a relative distance (module docstring)."""
 
 
 def closeness_status(lo: float, hi: float, tol: float) -> str:
@@ -43,6 +49,27 @@ def closeness_status(lo: float, hi: float, tol: float) -> str:
     if hi < -tol or lo > tol:
         return "disagrees"
     return "inconclusive"
+
+
+def distance_status(lo: float, hi: float, tol: float) -> str:
+    """``agrees`` / ``disagrees`` / ``inconclusive`` for a CI [lo, hi] of a relative distance
+    ||E X - c|| / ||c|| (lo may be below 0: the unbiased estimate's noise)."""
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return "inconclusive"
+    if hi <= tol:
+        return "agrees"
+    if lo > tol:
+        return "disagrees"
+    return "inconclusive"
+
+
+def signed_sqrt(x: float) -> float:
+    """sign(x) sqrt(|x|): a relative distance from the unbiased estimate of its square."""
+    return math.copysign(math.sqrt(abs(x)), x)
+
+
+def _signed_square(x: float) -> float:
+    return math.copysign(x * x, x)
 
 
 def order_status(t_lo: float, t_hi: float, m_lo: float, m_hi: float) -> str:
@@ -74,8 +101,9 @@ def group_key(cells: pd.DataFrame) -> pd.Series:
 def assign_statuses(cells: pd.DataFrame, tol: float) -> pd.DataFrame:
     """Fill ``status`` of every cell with family-wise (Bonferroni) intervals per group.
 
-    Closed-form rows have a finite ``closed_form`` (rel_err CI → :func:`closeness_status`);
-    ordering rows have ``other_*`` columns (→ :func:`order_status`).
+    Closed-form rows have a finite ``closed_form`` (rel_err CI → :func:`closeness_status`;
+    Theorems 1 and 3 → :func:`distance_status`, widened on the scale of the squared distance, where
+    the estimate's CI is a normal one); ordering rows have ``other_*`` columns (→ :func:`order_status`).
     """
     cells = cells.copy()
     keys = [cells.theorem, group_key(cells), cells.weight_source]
@@ -83,7 +111,11 @@ def assign_statuses(cells: pd.DataFrame, tol: float) -> pd.DataFrame:
     status = []
     for row, k in zip(cells.itertuples(), sizes, strict=True):
         f = bonferroni_factor(int(k))
-        if math.isnan(row.other_mean):
+        if row.theorem in MEAN_THEOREMS:
+            squares = (_signed_square(x) for x in (row.rel_err, row.rel_err_ci_low, row.rel_err_ci_high))
+            lo, hi = (signed_sqrt(x) for x in _widen(*squares, f))
+            status.append(distance_status(lo, hi, tol))
+        elif math.isnan(row.other_mean):
             lo, hi = _widen(row.rel_err, row.rel_err_ci_low, row.rel_err_ci_high, f)
             status.append(closeness_status(lo, hi, tol))
         else:
@@ -143,10 +175,11 @@ def theorem_verdict(cells: pd.DataFrame) -> tuple[str, str]:
     pos, neg = cells.status.isin(POSITIVE), cells.status.isin(NEGATIVE)
     if not (pos | neg).any():
         return "inconclusive", "no cell decided at this n_mc"
+    decided = f"every decided cell ({int((pos | neg).sum())} of {len(cells)})"
     if not neg.any():
-        return "holds", "every decided cell"
+        return "holds", decided
     if not pos.any():
-        return "fails", "every decided cell"
+        return "fails", decided
     return "holds in a stated regime", describe_regime(cells)
 
 
@@ -164,6 +197,10 @@ def _deciding(r) -> str:
         if math.isnan(r.reference)
         else (f"; exact reference {_fmt(r.reference)} (stated/reference − 1 = {r.stated_vs_reference:+.1%})")
     )
+    if r.theorem in MEAN_THEOREMS:
+        return (f"n={int(r.n)}, σ²={r.sigma2:.3g}: MC mean along the stated one {_fmt(r.mc_mean)} "
+                f"[{_fmt(r.ci_low)}, {_fmt(r.ci_high)}] vs stated ‖c‖ {_fmt(r.closed_form)}; "
+                f"‖E X − c‖/‖c‖ {r.rel_err:.1%} [{r.rel_err_ci_low:.1%}, {r.rel_err_ci_high:.1%}]{ref}")  # fmt: skip
     return (f"n={int(r.n)}, σ²={r.sigma2:.3g}: MC {_fmt(r.mc_mean)} [{_fmt(r.ci_low)}, "
             f"{_fmt(r.ci_high)}] vs stated {_fmt(r.closed_form)}; rel. err {r.rel_err:+.1%} "
             f"[{r.rel_err_ci_low:+.1%}, {r.rel_err_ci_high:+.1%}]{ref}")  # fmt: skip
@@ -180,7 +217,8 @@ def paper_markdown(
         "the S6 recursion with input-independent Ā, B̄_t, C_t, no D skip, no output projection "
         "(docs/theory.md). Units: sums over the n tokens. A cell *agrees* when the "
         f"family-wise CI of MC / stated − 1 lies within ±{tolerance:g}, *disagrees* when it "
-        "lies outside; orderings *hold* when the Transformer's CI lies above Mamba's. The "
+        "lies outside (the means of T1 and T3: the CI of the whole vector's relative error "
+        f"‖E X − c‖/‖c‖, below {tolerance:g} or above it); orderings *hold* when the Transformer's CI lies above Mamba's. The "
         "deciding cell is the worst negative cell, else the worst positive one (for "
         "orderings: the smallest margin).", "",
         "| theorem | setting | weights | verdict | regime | cells +/−/? | deciding cell |",

@@ -306,12 +306,15 @@ def test_table_findings_on_the_papers_own_numbers():
     from reprflow.pipeline.findings import Evidence, f3_3_2, f3_4_1, f3_4_2, f3_4_3, _thresholds
 
     paper = load_config(PROJECT_ROOT / "config" / "config.yaml")
-    ev = Evidence(paper, {"inter_token_cosine": {}}, {}, _paper_table(paper, 1), _paper_table(paper, 2), [], [])
+    table1 = _paper_table(paper, 1)
+    states = {(r.model, "pretrained", "hf", r.length): (65, 1) for r in table1.itertuples()}  # peak_layer 10: inner
+    ev = Evidence(paper, {"inter_token_cosine": {}}, {}, table1, _paper_table(paper, 2), [], [], probe_states=states)
     verdicts = {f.__name__: f(ev, "pretrained", "hf", _thresholds(paper, f.__name__.upper().replace("_", ".")))
                 for f in (f3_3_2, f3_4_1, f3_4_2, f3_4_3)}  # fmt: skip
     failed = {k: [c.text for c in v.checks if not c.passed] for k, v in verdicts.items()}
     assert verdicts["f3_3_2"].verdict == "supports" and len(verdicts["f3_3_2"].checks) == 3 * 6 + 2
     assert failed["f3_4_1"] == ["n=300 mean gap SSM 0.123 < TBM 0.0735"]
+    assert len(verdicts["f3_4_1"].checks) == 18 + 3  # each model at each length; each length with a TBM and an SSM
     assert sorted(failed["f3_4_2"]) == [
         "gpt-neo-2.7b/kvpr last-layer accuracy n=300..2048: 0.799 -> 0.855 -> 0.627 (drop 0.172 >= 0.02, no rise > 0.01)",
         "mamba-2.8b/kvpr St n=300..4096: relative range 0.222 <= 0.2",
@@ -320,3 +323,88 @@ def test_table_findings_on_the_papers_own_numbers():
     ]
     assert len(verdicts["f3_4_2"].checks) == 30
     assert failed["f3_4_3"] == ["n=300 gap to the last layer mamba2-2.7b 0.135 > mamba2-130m 0.171"]
+
+
+def _edit(root, config, model: str, name: str, edit) -> None:
+    """Rewrite ``name`` (a CSV under the cell's token metrics or its probes file) of every cell of ``model``."""
+    for cell in cells(config):
+        if cell.model == model:
+            path = root / (cell.fmt(PROBES) if name == "probes" else f"{cell.fmt(TOKEN_METRICS)}/{name}")
+            edit(path, cell)
+
+
+def test_drift_is_no_sharp_final_shift_and_late_homogenising_no_early_collapse(tmp_path, config):
+    """F3.2.1 asks for a *stable* body and a *sharp* last step; F3.2.2 for a collapse *early*. A TBM
+    whose layerwise cosine falls steadily 1.0 -> 0.7 (then 0.6), and whose inter-token cosine is low
+    in the early half and high only later, passed both before the checks of those words."""
+    _world(tmp_path, config, SUPPORTS)
+    layer = list(np.linspace(1.0, 0.7, K - 2)) + [0.6]
+    inter = [0.2] + [0.2] * 4 + [0.95] * 3 + [0.3]  # states 1..4 (the early half) at 0.2
+    _edit(tmp_path, config, "tiny-pythia", "layerwise_cosine.csv",
+          lambda p, c: pd.read_csv(p).assign(mean=layer).to_csv(p, index=False))  # fmt: skip
+    _edit(tmp_path, config, "tiny-pythia", "inter_token_cosine.csv",
+          lambda p, c: pd.read_csv(p).assign(mean=inter).to_csv(p, index=False))  # fmt: skip
+    table = _verdicts(tmp_path, config)
+    f321, f322 = table.loc[("F3.2.1", "pretrained")], table.loc[("F3.2.2", "pretrained")]
+    assert f321.verdict == "mixed" and "FAIL tiny-pythia (TBM) sharp final shift: drop 0.25 > spread" in f321.evidence
+    assert "PASS tiny-pythia (TBM) mean layerwise cosine before the last layer 0.85 >= 0.8" in f321.evidence
+    assert f322.verdict == "mixed" and "FAIL tiny-pythia (TBM) inter-token cosine of the early half 0.2 >= 0.5" in (
+        f322.evidence
+    )
+    # the supported world passes both new checks
+    _world(tmp_path, config, SUPPORTS)
+    table = _verdicts(tmp_path, config)
+    assert "PASS tiny-pythia (TBM) sharp final shift: drop 0.35 > spread of the earlier pairs 0.95..0.95 = 0" in (
+        table.loc[("F3.2.1", "pretrained")].evidence
+    )
+
+
+def test_table1_needs_every_task_and_missing_values_are_not_failures(tmp_path, config):
+    """A cell whose MDQA probes are missing has no Table 1 row (not KVPR alone, read as the mean);
+    a missing Sm/St is named under not_run, not counted as a failed check."""
+    from reprflow.pipeline.tables import build_tables
+
+    _world(tmp_path, config, SUPPORTS)
+    (tmp_path / cells(config)[0].fmt(PROBES)).unlink()  # probes of the first cell: tiny-pythia, kvpr
+    first = cells(config)[0]
+    table1, table2 = build_tables(config, tmp_path, missing_ok=True)
+    row1 = table1[(table1.model == first.model) & (table1.init == first.init) & (table1.length == first.length)]
+    assert row1.last_acc.isna().all()
+    assert table2[(table2.model == first.model) & (table2.init == first.init) & (table2.length == first.length)
+                  & (table2.task != first.task)].last_acc.notna().all()  # fmt: skip
+    f341 = _verdicts(tmp_path, config).loc[("F3.4.1", "pretrained")]
+    assert f"{first.model}/{first.init}/{first.task}_n{first.length}" in f341.not_run
+    assert f"n={first.length} {first.model}" not in f341.evidence
+
+    _world(tmp_path, config, SUPPORTS)
+    _edit(tmp_path, config, "tiny-mamba", "smoothness_stability.json",
+          lambda p, c: p.write_text(json.dumps({"hf": {"St": 0.4}, "provenance": {}})) if c.length == 600 else None)  # fmt: skip
+    f342 = _verdicts(tmp_path, config).loc[("F3.4.2", "pretrained")]
+    assert "tiny-mamba/kvpr Sm: no value at n=600" in f342.not_run and "FAIL tiny-mamba/kvpr Sm" not in f342.evidence
+    assert f342.verdict == "supports"
+
+
+def test_probe_peak_is_placed_by_its_own_curve(tmp_path, config):
+    """Without the inter-token curves, a probe peak at the embeddings (state 0) is not 'intermediate':
+    the probe curve names its states (before, only gap > 0 was asked then)."""
+    _world(tmp_path, config, SUPPORTS)
+
+    def embed_peak(path, cell):
+        frame = pd.read_csv(path)
+        frame.loc[frame.state_index == 0, "state_name"] = "embed"
+        frame.loc[frame.state_index == 0, "val_accuracy"] = 0.99
+        frame.to_csv(path, index=False)
+
+    _edit(tmp_path, config, "tiny-pythia", "probes", embed_peak)
+    _edit(tmp_path, config, "tiny-pythia", "inter_token_cosine.csv", lambda p, c: p.unlink())
+    row = _verdicts(tmp_path, config).loc[("F3.4.1", "pretrained")]
+    assert "FAIL n=300 tiny-pythia (TBM) peak at state 0 of 9" in row.evidence
+
+
+def test_a_nan_curve_fails_its_contrast_in_any_model_order():
+    from reprflow.pipeline.findings import _contrast
+
+    for above in ([0.9, float("nan")], [float("nan"), 0.9]):
+        check = _contrast(above, [0.3, 0.2], "lowest {lo} > highest {hi}")
+        assert not check.passed and check.text == "lowest nan > highest 0.3"
+    assert _contrast([0.9, 0.8], [0.3], "{lo} > {hi}").passed

@@ -18,10 +18,12 @@ from reprflow.theory.paper_blocks import (
     sample_paper_mamba,
     sample_paper_transformer,
 )
+from reprflow.theory.paper_check import CELL_COLUMNS
 from reprflow.theory.paper_verdict import (
     assign_statuses,
     closeness_status,
     describe_regime,
+    distance_status,
     order_status,
     theorem_verdict,
 )
@@ -239,3 +241,47 @@ def test_family_wise_statuses_need_more_than_one_noisy_cell():
              "rel_err_ci_high": math.nan, "n": 1, "mc_mean": 2.0, "ci_low": 1.9, "ci_high": 2.1,
              "other_mean": 1.0, "other_ci_low": 0.9, "other_ci_high": 1.1}  # fmt: skip
     assert assign_statuses(pd.DataFrame([order]), 0.05).status.tolist() == ["holds"]
+
+
+def test_mean_cells_are_decided_on_the_whole_vector():
+    """Theorems 1 and 3 state vectors: a mean off the stated one only orthogonally to it has no
+    error along it (the projection agrees) but disagrees as a vector; the true mean agrees."""
+    from reprflow.theory.paper_check import LIN, _mean_row
+
+    wt, n, s2 = _tw(d=3), 3, 0.7
+    sums = monte_carlo_sums(
+        {"t": lambda h: paper_transformer_update(h, wt, linearized=True)},
+        n_tokens=n, hidden=3, sigma2=s2, n_mc=4000, seed=2, chunk=4000,
+    )["t"]  # fmt: skip
+    mu1 = pf.theorem1_mean(wt)
+    v = torch.randn(3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    v -= (v @ mu1) / (mu1 @ mu1) * mu1
+    off = mu1 + 0.5 * mu1.norm() * v / v.norm()  # ||off - mu1|| = ||mu1|| / 2, orthogonal to mu1
+    rows = [_mean_row("T1", LIN, "xavier", n, s2, sums, c, False, math.nan, 4000) for c in (mu1, off)]
+    cells = assign_statuses(pd.DataFrame(rows, columns=CELL_COLUMNS), 0.05)
+    true, wrong = cells.itertuples()
+    assert abs(true.rel_err) < 0.05 and true.rel_err_ci_high < 0.05 and true.status == "agrees"
+    assert wrong.rel_err == pytest.approx(float(0.5 * mu1.norm() / off.norm()), abs=0.02)
+    assert wrong.status == "disagrees"
+    # along the stated vector `off`, the MC mean mu1 is short by ||mu1||² / ||off||² - 1 = -20 %:
+    # the same component the projection alone would have judged
+    assert wrong.mc_mean / wrong.closed_form - 1 == pytest.approx(float(mu1 @ off / (off @ off)) - 1, abs=0.01)
+    assert distance_status(-0.01, 0.04, 0.05) == "agrees" and distance_status(0.06, 0.2, 0.05) == "disagrees"
+    assert (
+        distance_status(0.01, 0.2, 0.05) == "inconclusive" and distance_status(math.nan, 0.01, 0.05) == "inconclusive"
+    )
+
+
+def test_verdict_regime_counts_the_decided_cells():
+    grid = [(n, s2) for n in (16, 64) for s2 in (0.25, 1.0, 4.0)]
+    one = _cells({c: "agrees" if c == (16, 0.25) else "inconclusive" for c in grid})
+    assert theorem_verdict(one) == ("holds", "every decided cell (1 of 6)")
+
+
+def test_depth_nan_draws_decide_no_ordering():
+    from reprflow.theory.depth import _mean_ci
+
+    nan = _mean_ci(torch.tensor([1.0, math.nan, 2.0], dtype=torch.float64), depth=2)
+    assert all(math.isnan(x) for x in (nan.value, nan.ci_low, nan.ci_high))
+    assert order_status(nan.ci_low, nan.ci_high, 0.0, 1.0) == "inconclusive"
+    assert _mean_ci(torch.tensor([1.0, math.inf], dtype=torch.float64), depth=2).value == math.inf
