@@ -218,7 +218,8 @@ def paper_markdown(
         "(docs/theory.md). Units: sums over the n tokens. A cell *agrees* when the "
         f"family-wise CI of MC / stated − 1 lies within ±{tolerance:g}, *disagrees* when it "
         "lies outside (the means of T1 and T3: the CI of the whole vector's relative error "
-        f"‖E X − c‖/‖c‖, below {tolerance:g} or above it); orderings *hold* when the Transformer's CI lies above Mamba's. The "
+        f"‖E X − c‖/‖c‖, below {tolerance:g} or above it; shown as the signed square root of an "
+        "unbiased estimate of its square, so a value below 0 is noise around 0); orderings *hold* when the Transformer's CI lies above Mamba's. The "
         "deciding cell is the worst negative cell, else the worst positive one (for "
         "orderings: the smallest margin).", "",
         "| theorem | setting | weights | verdict | regime | cells +/−/? | deciding cell |",
