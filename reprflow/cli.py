@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -115,6 +116,17 @@ def _load_tokenizer(name: str | None, model: str, revision: str | None) -> Any:
     return tok
 
 
+def _check_writable_dir(path: Path, option: str) -> None:
+    """Create ``path`` if missing and check that a file can be written in it, before any long work."""
+    from reprflow.errors import ConfigError
+
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{option} {str(path)!r} is a file, not a folder")
+    path.mkdir(parents=True, exist_ok=True)  # an OSError names the path
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option} {str(path)!r}: no permission to write in this folder")
+
+
 # --------------------------------------------------------------------------- commands
 
 
@@ -129,6 +141,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from reprflow.store import open_store, refuse_foreign_target
 
     refuse_foreign_target(Path(args.out))  # before the model load, not after it
+    if args.stream_metrics is not None:
+        _check_writable_dir(Path(args.stream_metrics), "--stream-metrics")
     device = resolve_device(args.device, key="--device")
     dtype = compute_dtype_for("bfloat16" if args.dtype == "auto" else args.dtype, device)
     tokenizer = _load_tokenizer(args.tokenizer, args.model, args.revision)
@@ -181,6 +195,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
             args.stream_metrics,
             n_token_prompts=args.token_prompts,
             n_bins=args.bins,
+            debiased_cka=not args.no_debiased_cka,
             **kwargs,
         )
     group = open_store(args.out)
@@ -259,19 +274,24 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
         )
 
 
-def _int_at_least(low: int) -> Any:
-    """An argparse ``type``: an int >= ``low``; argparse names the option in its error (exit 2)."""
+def _int_at_least(low: int, below: int | None = None) -> Any:
+    """An argparse ``type``: an int >= ``low`` (and < ``below`` if given); argparse names the option in
+    its error (exit 2)."""
+    wanted = f"an int >= {low}" if below is None else f"an int in [{low}, {below})"
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an int >= {low}, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"expected an int >= {low}, got {value}")
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
+        if value < low or (below is not None and value >= below):
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {value}")
         return value
 
     return parse
+
+
+_SEED = _int_at_least(0, below=2**32)  # what numpy's and torch's generators take whole
 
 
 def _add_store_inputs(p: argparse.ArgumentParser, out_help: str) -> None:
@@ -331,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="pretrained",
         help="pretrained (default) or a random init scheme: default, gaussian, xavier, he",
     )
-    ex.add_argument("--seed", type=_int_at_least(0), default=0, help="seed of a random init (default: 0)")
+    ex.add_argument("--seed", type=_SEED, default=0, help="seed of a random init, < 2^32 (default: 0)")
     ex.add_argument("--batch-size", type=_int_at_least(1), default=8, help="prompts per forward pass (default: 8)")
     ex.add_argument(
         "--token-prompts",
@@ -349,6 +369,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ex.add_argument(
         "--bins", type=_int_at_least(1), default=64, help="with --stream-metrics: as for `metrics` (default: 64)"
+    )
+    ex.add_argument(
+        "--no-debiased-cka",
+        action="store_true",
+        help="with --stream-metrics: as for `metrics` (debiased CKA needs >= 4 tokens per token prompt)",
     )
     ex.add_argument(
         "--dtype",
@@ -398,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--epochs", type=_int_at_least(1), default=150, help="full-batch Adam steps (default: 150)")
     pr.add_argument("--lr", type=float, default=0.05, help="Adam learning rate (default: 0.05)")
     pr.add_argument(
-        "--seeds", type=_int_at_least(0), nargs="+", default=[0, 1, 2, 3, 4], help="split/init seeds (default: 0-4)"
+        "--seeds", type=_SEED, nargs="+", default=[0, 1, 2, 3, 4], help="split/init seeds, < 2^32 (default: 0-4)"
     )
     pr.add_argument("--val-fraction", type=float, default=0.2, help="held-out share (default: 0.2)")
     pr.add_argument(

@@ -120,15 +120,22 @@ def _check_choice(owner: str, name: str, value: Any, choices: Sequence[str]) -> 
         )
 
 
+SEED_LIMIT = 2**32
+"""Seeds are ints in [0, SEED_LIMIT): what numpy's and torch's generators take whole."""
+
+
 def _check_seeds(owner: str, seeds: Any) -> tuple[int, ...]:
-    msg = f"The 'seeds' parameter of {owner} must be a non-empty sequence of distinct ints >= 0. Got {seeds!r} instead."
+    msg = (
+        f"The 'seeds' parameter of {owner} must be a non-empty sequence of distinct ints in [0, 2**32). "
+        f"Got {seeds!r} instead."
+    )
     if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence | np.ndarray):
         raise InvalidParameterError(msg)
     out = tuple(seeds)
     if not out or len(set(out)) != len(out):
         raise InvalidParameterError(msg)
     for s in out:
-        if not isinstance(s, numbers.Integral) or isinstance(s, (bool, np.bool_)) or s < 0:
+        if not isinstance(s, numbers.Integral) or isinstance(s, (bool, np.bool_)) or not 0 <= s < SEED_LIMIT:
             raise InvalidParameterError(msg)
     return tuple(int(s) for s in out)
 

@@ -262,6 +262,8 @@ def test_a_prompt_file_not_in_utf8_is_one_line_naming_it(tmp_path, suffix, capsy
         ("metrics", "--bins", "0"),
         ("probe", "--epochs", "0"),
         ("probe", "--seeds", "-1"),
+        ("probe", "--seeds", str(2**64)),  # before: an overflow blamed on the store, "delete it"
+        ("extract", "--seed", str(2**32)),  # before: an 18-line traceback
         ("probe", "--n-train", "two"),
     ],
 )
@@ -270,7 +272,7 @@ def test_an_option_out_of_range_is_refused_by_name(command, option, value, capsy
     with pytest.raises(SystemExit) as exc:
         build_parser().parse_args([command, *inputs, "-o", "out", option, value])
     assert exc.value.code == 2
-    assert f"argument {option}: expected an int >= " in capsys.readouterr().err
+    assert f"argument {option}: expected an int " in capsys.readouterr().err
 
 
 def test_an_output_path_the_file_system_refuses_is_one_line(tmp_path, monkeypatch, capsys):
@@ -306,3 +308,44 @@ def test_extract_refuses_a_foreign_output_before_loading_anything(tmp_path, caps
     err = capsys.readouterr().err
     assert err.startswith(f"reprflow extract: error: {results}: exists and is a folder that is not a Zarr store")
     assert "no-model" not in err and (results / "thesis.tex").read_text() == "precious"
+
+
+@pytest.mark.parametrize("out", ["summary.json", "", "."])
+def test_probe_output_must_be_a_csv_path(tmp_path, monkeypatch, capsys, out):
+    """Refused before the store is read: before, `-o X.json` wrote the CSV over X.json and crashed."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["-q", "probe", "missing.zarr", "-o", out]) == 1
+    err = capsys.readouterr().err
+    assert "must be a CSV file path" in err and "missing.zarr" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_stream_metrics_problems_are_found_before_the_forward_passes(tmp_path, tiny_model, capsys):
+    """An unusable --stream-metrics folder, and token prompts too short for the metrics, stop the
+    command before any forward pass: no store, no partial store (before: both after the extraction)."""
+    prompts = tmp_path / "short.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": w, "label": i % 2}) + "\n" for i, w in enumerate(WORDS)))
+    blocker = tmp_path / "metrics"
+    blocker.write_text("a file where the metrics folder goes")
+    store = tmp_path / "s.zarr"
+    common = [str(prompts), str(tiny_model), "-o", str(store), "--tokenizer", "gpt-neox-20b", "--device", "cpu"]
+    assert main(["-q", "extract", *common, "--stream-metrics", str(blocker)]) == 1
+    err = capsys.readouterr().err
+    assert f"--stream-metrics '{blocker}' is a file, not a folder" in err
+    assert main(["-q", "extract", *common, "--stream-metrics", str(tmp_path / "m"), "--token-prompts", "4"]) == 1
+    err = capsys.readouterr().err
+    assert "token prompt 0 has 1 tokens" in err and "debiased CKA >= 4" in err and "--no-debiased-cka" in err
+    assert not store.exists() and not Path(f"{store}.partial").exists()
+
+
+def test_config_seeds_are_bounded_and_distinct():
+    import yaml
+
+    from reprflow.config import PROJECT_ROOT, validate_config
+    from reprflow.errors import ConfigError
+
+    raw = yaml.safe_load((PROJECT_ROOT / "config" / "demo.yaml").read_text())
+    with pytest.raises(ConfigError, match=r"probes\.seeds"):
+        validate_config({**raw, "probes": {**raw.get("probes", {}), "seeds": [0, 0]}})
+    with pytest.raises(ConfigError, match=r"seed"):
+        validate_config({**raw, "seed": 2**64})

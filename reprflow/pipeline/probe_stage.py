@@ -204,6 +204,11 @@ def run_probe_stage(
     """
     t0 = time.perf_counter()
     out_csv = Path(out_csv)
+    if not out_csv.name or out_csv.suffix == ".json" or out_csv.is_dir():
+        raise ConfigError(
+            f"probes: the output {str(out_csv)!r} must be a CSV file path (e.g. probes.csv); its summary goes "
+            "beside it under the same name with .json"
+        )
     out_json = out_csv.with_suffix(".json")
     store = open_activations(store_path)
     attrs = store.attrs
@@ -217,7 +222,7 @@ def run_probe_stage(
         if view not in store_views:
             raise ConfigError(
                 f"{store_path}: layer view {view!r} not in the store (it has {sorted(store_views)}); "
-                "fix metrics.views in the config"
+                "fix metrics.views in the config (or --views of `reprflow probe`)"
             )
         bad = [k for k in store_views[view] if not 0 <= int(k) < len(names)]
         if bad:
@@ -279,7 +284,7 @@ def run_probe_stage(
 
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame(rows, columns=CSV_COLUMNS)
+    atomic_write_bytes(frame.to_csv(index=False).encode(), out_csv)  # the summary last: it says the CSV is whole
     atomic_write_bytes((json.dumps(summary, indent=2, allow_nan=False) + "\n").encode(), out_json)
-    atomic_write_bytes(frame.to_csv(index=False).encode(), out_csv)
     logger.info("probes: wrote %s and %s in %.1f s", out_csv, out_json, time.perf_counter() - t0)
     return result

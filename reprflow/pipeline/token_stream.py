@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from reprflow.errors import ConfigError
 from reprflow.extract import ExtractionSummary, extract_activations, token_prompt_ids
 from reprflow.pipeline.token_metrics import MAX_TOKENS_IN_MEMORY, N_BINS, position_bins
 from reprflow.sinks import TokenMetricsSink
@@ -70,6 +71,15 @@ def extract_with_streamed_token_metrics(
         The extraction's summary and the metric files written.
     """
     ids = token_prompt_ids(len(prompts), n_token_prompts)
+    min_tokens = 4 if debiased_cka else 2  # checked before any forward pass, not after the extraction
+    short = [(i, int(prompts[i]["n_tokens"])) for i in ids if int(prompts[i].get("n_tokens", min_tokens)) < min_tokens]
+    if short:
+        i, n = short[0]
+        raise ConfigError(
+            f"token prompt {i} has {n} tokens ({len(short)} of {len(ids)} token prompts are that short): the streamed "
+            f"metrics need >= {min_tokens} (inter-token cosine >= 2, debiased CKA >= 4); lengthen those prompts"
+            + ("" if not debiased_cka else ", or turn debiased CKA off (--no-debiased-cka)")
+        )
     if ids and all("n_tokens" in prompts[i] for i in ids):  # as the store path: no empty bin for short prompts
         n_bins = position_bins(n_bins, min(int(prompts[i]["n_tokens"]) for i in ids))
     sink = TokenMetricsSink(
