@@ -103,8 +103,13 @@ def _load_tokenizer(name: str | None, model: str, revision: str | None) -> Any:
         "pass --tokenizer with a shipped name (gpt2, gpt-neox-20b) or the path of a tokenizer.json or of a "
         "folder holding one"
     )
+    from reprflow.models.registry import _from_hub
+
     try:
-        tok = AutoTokenizer.from_pretrained(model, revision=revision)
+        if Path(model).expanduser().is_dir():
+            tok = AutoTokenizer.from_pretrained(model, revision=revision)
+        else:  # a hub id: the local cache, then the hub only if it answers (offline: one clear error at once)
+            tok = _from_hub(AutoTokenizer.from_pretrained, model, revision=revision, origin="MODEL")
     except (OSError, ValueError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ModelNotFoundError(f"MODEL {model!r}: no tokenizer could be loaded from it ({first}); {fix}") from None

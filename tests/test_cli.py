@@ -349,3 +349,20 @@ def test_config_seeds_are_bounded_and_distinct():
         validate_config({**raw, "probes": {**raw.get("probes", {}), "seeds": [0, 0]}})
     with pytest.raises(ConfigError, match=r"seed"):
         validate_config({**raw, "seed": 2**64})
+
+
+def test_a_hub_id_offline_without_tokenizer_is_one_error_at_once(tmp_path, monkeypatch, capsys):
+    """MODEL a hub id, no --tokenizer, no hub: before, transformers retried for ~50 s and logged ~44
+    warnings; now the tokenizer goes through the model loader's cache-then-hub path."""
+    import time
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "alpha beta", "label": 0}) + "\n")
+    t0 = time.perf_counter()
+    assert main(["-q", "extract", str(prompts), "EleutherAI/pythia-160m", "-o", str(tmp_path / "o.zarr")]) == 1
+    assert time.perf_counter() - t0 < 10
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not in the local Hugging Face cache and the hub is unreachable" in err[0]
+    assert "hf download EleutherAI/pythia-160m" in err[0] and "pass its path as MODEL" in err[0]
