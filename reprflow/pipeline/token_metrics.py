@@ -152,7 +152,11 @@ def _check_store(
             raise StoreError(f"{path}: view {v!r} lists states {idx}; need >= 3 indices in [0, {k_all})")
         view_indices[v] = idx
     if n_prompts == 0:
-        raise StoreError(f"{path}: 'tokens' holds no prompt; configure n_token_prompts >= 1")
+        raise StoreError(
+            f"{path}: 'tokens' holds no prompt: it was extracted with no token prompts, or with the token "
+            "metrics streamed (computed during the extraction, written then; the store keeps no token states). "
+            "To compute them from a store, extract with n_token_prompts >= 1 (`reprflow extract --token-prompts`)"
+        )
     lengths = np.asarray(group["lengths"][:], dtype=np.int64)
     bad = [i for i, n in enumerate(lengths) if not min_tokens <= n <= max_len]
     if bad:
