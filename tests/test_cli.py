@@ -117,6 +117,9 @@ def test_extract_metrics_probe(tmp_path, tiny_model, capsys):
             assert num, path.name
             np.testing.assert_allclose(b[num].to_numpy(), a[num].to_numpy(), rtol=1e-6, atol=1e-9, err_msg=path.name)
     capsys.readouterr()
+    # the lean store has no token states: `metrics` on it says why and what to do
+    assert main(["-q", "metrics", str(tmp_path / "lean.zarr"), "-o", str(tmp_path / "m2")]) == 1
+    assert "token metrics streamed" in capsys.readouterr().err
 
     out = tmp_path / "probes.csv"
     assert (
