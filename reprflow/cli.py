@@ -103,10 +103,10 @@ def _load_tokenizer(name: str | None, model: str, revision: str | None) -> Any:
         "pass --tokenizer with a shipped name (gpt2, gpt-neox-20b) or the path of a tokenizer.json or of a "
         "folder holding one"
     )
-    from reprflow.models.registry import _from_hub
+    from reprflow.models.registry import _from_hub, _looks_like_path
 
     try:
-        if Path(model).expanduser().is_dir():
+        if Path(model).expanduser().exists() or _looks_like_path(model):
             tok = AutoTokenizer.from_pretrained(model, revision=revision)
         else:  # a hub id: the local cache, then the hub only if it answers (offline: one clear error at once)
             tok = _from_hub(AutoTokenizer.from_pretrained, model, revision=revision, origin="MODEL")
@@ -149,7 +149,12 @@ def cmd_extract(args: argparse.Namespace) -> int:
     if args.stream_metrics is not None:
         _check_writable_dir(Path(args.stream_metrics), "--stream-metrics")
     device = resolve_device(args.device, key="--device")
-    dtype = compute_dtype_for("bfloat16" if args.dtype == "auto" else args.dtype, device)
+    auto = "bfloat16" if device.type == "cuda" else "float32"  # --dtype auto: no "bfloat16 on cpu" notice
+    dtype = compute_dtype_for(auto if args.dtype == "auto" else args.dtype, device)
+    if args.quiet:  # -q: transformers' own "Loading weights" bar too
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     tokenizer = _load_tokenizer(args.tokenizer, args.model, args.revision)
     prompt_path = Path(args.prompts)
     records, task, length = _read_prompts(prompt_path, tokenizer)
