@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from reprflow.errors import ConfigError, PromptError
+from reprflow.errors import ConfigError, InvalidParameterError, PromptError
 from reprflow.extract import capture_batches, run_info
 from reprflow.models.layouts import get_layout
 from reprflow.models.registry import model_max_context
@@ -105,6 +105,33 @@ def _check_context(model: torch.nn.Module, encoded: Sequence[Sequence[int]]) -> 
         )
 
 
+def _check_vocabulary(model: torch.nn.Module, encoded: Sequence[Sequence[int]], pad_id: int) -> None:
+    """Raise :class:`InvalidParameterError` if a token id (or the pad id) is outside the model's
+    input embedding table (the forward would otherwise fail with an IndexError deep in torch)."""
+    get = getattr(model, "get_input_embeddings", None)
+    table = get() if callable(get) else None
+    size = getattr(table, "num_embeddings", None)
+    if size is None:
+        return  # no embedding table to check against
+    bad = [(i, max(e), min(e)) for i, e in enumerate(encoded) if max(e) >= size or min(e) < 0]
+    if bad:
+        where, largest, smallest = bad[0]
+        token = largest if largest >= size else smallest
+        model_type = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
+        raise InvalidParameterError(
+            f"collect_states: text {where} has token id {token}, but the model's input embedding table has "
+            f"{size} rows (ids 0..{size - 1}; {len(bad)} text(s) out of range): the tokenizer's vocabulary "
+            f"(largest id {max(max(e) for e in encoded)} in these texts) does not fit this {model_type} model; "
+            f"pass the tokenizer the model was trained with"
+        )
+    if not 0 <= pad_id < size:
+        raise InvalidParameterError(
+            f"collect_states: the tokenizer's pad id {pad_id} (pad_token_id, else eos_token_id) is outside the "
+            f"model's input embedding table of {size} rows; set tokenizer.pad_token to a token of the model's "
+            f"vocabulary"
+        )
+
+
 def collect_states(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -152,6 +179,14 @@ def collect_states(
 
     Raises
     ------
+    InvalidParameterError
+        (a :class:`ConfigError` and a ``ValueError``) Before any forward pass, if
+        ``tokenizer`` is not callable, or a token id (or the pad id) is outside the
+        model's input embedding table (``model.get_input_embeddings().num_embeddings``):
+        the tokenizer does not belong to the model.
+    PromptError
+        Texts that are not a list of strings, are empty, give no tokens, or are longer
+        than the model's context window.
     ConfigError
         Before any forward pass, if the result (held in host memory at once, float32:
         n_states x n_texts x hidden x 4 bytes for ``"last"``, n_states x total tokens x
@@ -180,16 +215,24 @@ def collect_states(
     info = run_info(model, len(texts), layout)
     if view not in info.views:
         raise ConfigError(f"collect_states: view={view!r}; expected one of {sorted(info.views)}")
+    if not callable(tokenizer):
+        raise InvalidParameterError(
+            f"collect_states: tokenizer is {type(tokenizer).__name__ if tokenizer is not None else 'None'}, "
+            f"not a callable tokenizer; pass the model's tokenizer (e.g. AutoTokenizer.from_pretrained(<model>) "
+            f"or reprflow.prompts.load_tokenizer('gpt-neox-20b'))"
+        )
     encoded = tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]
     empty = [i for i, e in enumerate(encoded) if len(e) == 0]
     if empty:
         raise PromptError(f"collect_states: text {empty[0]} ({texts[empty[0]]!r}) has no tokens")
+    specials = (getattr(tokenizer, "pad_token_id", None), getattr(tokenizer, "eos_token_id", None))
+    pad_id = next((t for t in specials if t is not None), 0)
+    _check_vocabulary(model, encoded, int(pad_id))
     _check_context(model, encoded)
     n_tokens = np.array([len(e) for e in encoded], dtype=np.int64)
     indices = list(info.views[view])
     _check_fits(_result_bytes(len(indices), n_tokens, info.hidden, positions), positions=positions)
     ids = dict(enumerate(encoded))
-    pad_id = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0)
 
     if device is None:
         dev = _model_device(model)

@@ -369,3 +369,29 @@ def test_a_hub_id_offline_without_tokenizer_is_one_error_at_once(tmp_path, monke
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not in the local Hugging Face cache and the hub is unreachable" in err[0]
     assert "hf download EleutherAI/pythia-160m" in err[0] and "pass its path as MODEL" in err[0]
+
+
+def test_a_model_folder_extract_cannot_trust_is_one_line_and_no_store(tmp_path, tiny_model, capsys):
+    import shutil
+
+    prompts = tmp_path / "good.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in _prompts(4)))
+    wrong = tmp_path / "wrongw"  # mamba weights under a gpt_neox config.json
+    build_tiny_model("mamba", out_dir=wrong, seed=0)
+    shutil.copy(tiny_model / "config.json", wrong / "config.json")
+    truncated = shutil.copytree(tiny_model, tmp_path / "truncated")
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    cases = [
+        (wrong, [], f"model '{wrong}' (MODEL): the weights in {wrong} do not match its config.json"),
+        (truncated, [], f"{weights} is damaged or truncated (Error while deserializing header: "),
+        (tiny_model, ["--revision", "main"], f"--revision/revision applies to hub ids; '{tiny_model}' is a local"),
+    ]
+    for model, extra, expected in cases:
+        out = tmp_path / f"{model.name}.zarr"
+        args = ["-q", "extract", str(prompts), str(model), "-o", str(out), "--tokenizer", "gpt-neox-20b"]
+        assert main([*args, "--device", "cpu", *extra]) == 1
+        err = capsys.readouterr().err
+        last = err.strip().splitlines()[-1]  # above it at most transformers' progress bar
+        assert last.startswith("reprflow extract: error: ") and expected in last, err
+        assert "Traceback" not in err and "LOAD REPORT" not in err and not out.exists()

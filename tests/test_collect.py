@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import reprflow.collect as collect
 from reprflow import collect_states
-from reprflow.errors import ConfigError, PromptError
+from reprflow.errors import ConfigError, InvalidParameterError, PromptError
 from reprflow.metrics import cka_matrix, inter_token_cosine
 from reprflow.models.tiny import TINY_TOKENIZERS, build_tiny_model
 from reprflow.prompts.tokenizers import load_tokenizer
@@ -177,3 +177,48 @@ def test_progress_bar_counts_every_token(neox_dir, capsys):
     out = collect_states(model, tokenizer, TEXTS, progress=True)
     total = int(out.n_tokens.sum())
     assert re.search(rf"collect_states: 100%.* {total}(\.0)?/{total}(\.0)? ", capsys.readouterr().err)
+
+
+def test_a_tokenizer_that_does_not_fit_the_model_is_refused(tmp_path):
+    path = build_tiny_model(
+        "gpt_neox",
+        out_dir=tmp_path / "small-vocab",
+        seed=0,
+        overrides={"num_hidden_layers": 2, "vocab_size": 128, "bos_token_id": 0, "eos_token_id": 0},
+    )
+    model = AutoModelForCausalLM.from_pretrained(path)
+    tokenizer = load_tokenizer("gpt-neox-20b")  # ids up to 50276, the model embeds 128
+    largest = max(max(e) for e in tokenizer(TEXTS)["input_ids"])
+    with pytest.raises(InvalidParameterError) as info:
+        collect_states(model, tokenizer, TEXTS)
+    message = str(info.value)
+    assert isinstance(info.value, ValueError)
+    assert re.fullmatch(
+        r"collect_states: text 0 has token id \d+, but the model's input embedding table has 128 rows "
+        rf"\(ids 0\.\.127; 4 text\(s\) out of range\): the tokenizer's vocabulary \(largest id {largest} in these "
+        r"texts\) does not fit this gpt_neox model; pass the tokenizer the model was trained with",
+        message,
+    ), message
+
+
+def test_a_pad_id_outside_the_vocabulary_is_refused(neox_dir):
+    model = AutoModelForCausalLM.from_pretrained(neox_dir)
+    real = AutoTokenizer.from_pretrained(neox_dir)
+
+    class BadPad:  # a tokenizer whose pad id is no token of the model (the real one refuses to hold such an id)
+        pad_token_id = model.get_input_embeddings().num_embeddings + 3
+        eos_token_id = real.eos_token_id
+
+        def __call__(self, texts, **kwargs):
+            return real(texts, **kwargs)
+
+    with pytest.raises(InvalidParameterError, match=r"the tokenizer's pad id 50307 .* table of 50304 rows"):
+        collect_states(model, BadPad(), TEXTS)
+
+
+@pytest.mark.parametrize("tokenizer", [None, "gpt-neox-20b"])
+def test_a_tokenizer_that_is_not_callable_is_refused(neox_dir, tokenizer):
+    model = AutoModelForCausalLM.from_pretrained(neox_dir)
+    name = "None" if tokenizer is None else "str"
+    with pytest.raises(ValueError, match=rf"collect_states: tokenizer is {name}, not a callable tokenizer; pass"):
+        collect_states(model, tokenizer, TEXTS)

@@ -6,7 +6,8 @@ share one path. A random init needs only the model's ``config.json``:
 
 Where the config comes from (:func:`resolve_config`):
 
-1. A local directory: its ``config.json`` (random or pretrained).
+1. A local directory: its ``config.json`` (random or pretrained). A revision is
+   refused unless the folder's ``hf download`` record holds exactly that commit.
 2. Random init of a hub id with a shipped config
    (``reprflow/models/configs/``, :mod:`reprflow.models.shipped`): the shipped
    file. No cache, no hub: the random arm of the paper runs offline.
@@ -20,6 +21,10 @@ Where the config comes from (:func:`resolve_config`):
 5. Otherwise downloaded; unknown repos, revisions and gated repos get a clear
    :class:`ModelNotFoundError`.
 
+Pretrained weights must match ``config.json``: missing weights (beyond tied ones)
+or weights of another shape stop the load instead of being initialised at random,
+and a damaged safetensors file is named (:func:`_load_weights`).
+
 After loading, :func:`load_model` asserts the family invariants and, for a paper
 model loaded from the hub or a cache, that its architecture equals the shipped
 config (:mod:`reprflow.models.invariants`); :func:`model_provenance` tells where
@@ -28,6 +33,7 @@ the config and weights came from, including the resolved hub commit.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -104,7 +110,8 @@ def _offline_message(model_id: str, origin: str, revision: str | None, *, config
     )
     need = "a random init needs only its config.json" if config_only else "its weights must be downloaded once"
     use = (  # a config entry (config.models[i].hf_id), or a caller's argument (the CLI's MODEL)
-        "set hf_id to its path (keep `revision` as the record of what it holds)"
+        "set hf_id to its path (keep `revision` only with the folder's .cache/huggingface record, which the "
+        "loader checks it against)"
         if origin.startswith("config.")
         else f"pass its path as {origin} instead of the id"
     )
@@ -171,6 +178,155 @@ def _local_dir(model_id_or_path: str, origin: str) -> Path | None:
     return None
 
 
+def _download_record(local: Path) -> set[str]:
+    """Commits that ``hf download --local-dir`` recorded for the files still in ``local``.
+
+    huggingface_hub writes ``<local>/.cache/huggingface/download/<file>.metadata`` (first line:
+    the commit hash) for every file it downloads into a folder; empty for a folder written by
+    ``save_pretrained`` or copied without that hidden folder.
+    """
+    root = local / ".cache" / "huggingface" / "download"
+    commits: set[str] = set()
+    if not root.is_dir():
+        return commits
+    for meta in root.rglob("*.metadata"):
+        if not (local / meta.relative_to(root).with_suffix("")).is_file():
+            continue  # a record of a file no longer in the folder
+        try:
+            with meta.open() as f:
+                commit = f.readline().strip()
+        except OSError:
+            continue
+        if commit:
+            commits.add(commit)
+    return commits
+
+
+def _check_local_revision(local: Path, revision: str | None, model_id: str, origin: str) -> None:
+    """Refuse a revision for a local folder unless the folder's download record holds exactly that commit.
+
+    A local folder is loaded as it is: a revision cannot select anything in it, and recording one
+    that was never checked would make the store's provenance claim weights it may not hold.
+    """
+    if revision is None:
+        return
+    recorded = _download_record(local)
+    if recorded == {revision}:
+        logger.info(
+            "model '%s' (%s): revision %s matches the folder's `hf download` record", model_id, origin, revision
+        )
+        return
+    if len(recorded) == 1:
+        why = (
+            f"its `hf download` record (.cache/huggingface/download) says it holds commit {next(iter(recorded))}, "
+            f"not '{revision}'; set revision to that full commit hash, or drop it"
+        )
+    elif recorded:
+        why = f"its `hf download` record mixes commits {sorted(recorded)}; re-download it at one revision"
+    else:
+        why = (
+            "it has no `hf download` record to check the revision against, so the revision would be ignored "
+            "yet recorded in the store's provenance; drop it (`revision: null`, no --revision), or download "
+            "the folder with `hf download <id> --revision <commit> --local-dir <folder>` and keep its .cache folder"
+        )
+    raise ConfigError(
+        f"model '{model_id}' ({origin}): --revision/revision applies to hub ids; '{model_id}' is a local folder: {why}"
+    )
+
+
+def _damaged_file(folder: Path | None) -> Path | None:
+    """The first ``*.safetensors`` file in ``folder`` whose header safetensors cannot read, if any."""
+    if folder is None or not folder.is_dir():
+        return None
+    from safetensors import safe_open
+
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(path, framework="pt"):
+                pass
+        except Exception:  # noqa: BLE001 - any read failure marks the file
+            return path
+    return None
+
+
+def _snapshot_dir(model_id: str, revision: str | None) -> Path | None:
+    """The HF cache snapshot folder that holds ``model_id`` (at ``revision``), if cached."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(model_id, "config.json", revision=revision)
+    return Path(found).parent if isinstance(found, str) else None
+
+
+class _DropLoadReport(logging.Filter):
+    """Drop transformers' multi-line LOAD REPORT table; :func:`_load_weights` reports in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in str(record.msg)
+
+
+def _first(keys, n: int = 5) -> str:
+    keys = sorted(keys)
+    return ", ".join(keys[:n]) + (", ..." if len(keys) > n else "")
+
+
+def _load_weights(name, *, model_id: str, origin: str, folder: Path | None, revision: str | None, **kwargs):
+    """``AutoModelForCausalLM.from_pretrained(name, ...)`` that refuses weights not matching ``config.json``.
+
+    Missing weights (after transformers ties shared ones, e.g. an ``lm_head`` tied to the
+    embeddings) and weights of another shape raise :class:`ModelNotFoundError`: transformers
+    would silently initialise them at random, and the store would still say ``pretrained``.
+    Checkpoint weights the model does not use (``unexpected``, e.g. the ``attn.bias`` buffers of
+    old GPT-Neo checkpoints) only log a warning. A damaged or truncated safetensors file raises
+    one :class:`ModelNotFoundError` naming it.
+    """
+    from safetensors import SafetensorError
+    from transformers.modeling_utils import logger as hf_logger
+
+    report_filter = _DropLoadReport()
+    hf_logger.addFilter(report_filter)
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(
+            name, revision=revision, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
+        )
+    except SafetensorError as exc:
+        where = folder if folder is not None else _snapshot_dir(model_id, revision)
+        damaged = _damaged_file(where)
+        path = damaged if damaged is not None else (where / "model.safetensors" if where else "model.safetensors")
+        raise ModelNotFoundError(
+            f"model '{model_id}' ({origin}): {path} is damaged or truncated ({exc}); re-download or re-save it"
+        ) from None
+    finally:
+        hf_logger.removeFilter(report_filter)
+    where = str(folder) if folder is not None else model_id
+    missing = set(info.get("missing_keys") or ())
+    if missing:
+        raise ModelNotFoundError(
+            f"model '{model_id}' ({origin}): the weights in {where} do not match its config.json "
+            f"(model_type '{model.config.model_type}'): {len(missing)} weight(s) of the model are missing from "
+            f"the checkpoint ({_first(missing)}) and would be random; point hf_id at the folder the weights "
+            f"were saved with, or fix config.json"
+        )
+    mismatched = list(info.get("mismatched_keys") or ())
+    if mismatched:
+        shown = "; ".join(f"{k}: checkpoint {tuple(a)} vs config {tuple(b)}" for k, a, b in sorted(mismatched)[:5])
+        raise ModelNotFoundError(
+            f"model '{model_id}' ({origin}): the weights in {where} do not match its config.json: "
+            f"{len(mismatched)} weight(s) have another shape ({shown}{'; ...' if len(mismatched) > 5 else ''}); "
+            f"fix config.json (e.g. vocab_size, hidden_size) or point hf_id at the matching folder"
+        )
+    unexpected = set(info.get("unexpected_keys") or ())
+    if unexpected:
+        logger.warning(
+            "model '%s' (%s): %d checkpoint weight(s) are not used by %s and were skipped (%s)",
+            model_id,
+            origin,
+            len(unexpected),
+            type(model).__name__,
+            _first(unexpected),
+        )
+    return model
+
+
 def resolve_config(
     model_id_or_path: str,
     *,
@@ -204,9 +360,12 @@ def resolve_config(
     Raises
     ------
     ModelNotFoundError
+    ConfigError
+        A revision for a local directory that its ``hf download`` record does not confirm.
     """
     local = _local_dir(model_id_or_path, origin)
     if local is not None:
+        _check_local_revision(local, revision, model_id_or_path, origin)
         config = AutoConfig.from_pretrained(local)
         return config, {"config_source": "local", "config_path": str(local / "config.json"), "commit": None}
     shipped = shipped_config_path(model_id_or_path)
@@ -275,8 +434,10 @@ def load_model(
     seed : int or None
         Required for random schemes; ignored (may be None) for ``pretrained``.
     revision : str, optional
-        Hub branch, tag or commit; ignored for local directories and shipped
-        configs. Pin a full commit hash: an unpinned hub load logs a warning
+        Hub branch, tag or commit; ignored for shipped configs. A local
+        directory refuses one unless it is the exact commit the folder's
+        ``hf download --local-dir`` record (``.cache/huggingface/download``)
+        holds. Pin a full commit hash: an unpinned hub load logs a warning
         with the commit it resolved to.
     dtype : torch.dtype
         Compute dtype of the parameters.
@@ -302,13 +463,16 @@ def load_model(
     ------
     ModelNotFoundError
         Not found locally and the hub is unreachable; unknown repo or revision;
-        local path without ``config.json``.
+        local path without ``config.json``; pretrained weights that do not
+        match ``config.json`` (missing or of another shape; unused checkpoint
+        weights only log a warning); a damaged or truncated safetensors file.
     ReprflowError
         The layout cannot be found (the discovery rules run on a meta-device
         skeleton built from the config, before any weight is read); the
         message names the override to add.
     ConfigError
-        A random scheme without a seed; a ``model_type`` other than ``family``;
+        A random scheme without a seed; a revision for a local directory that its
+        download record does not confirm; a ``model_type`` other than ``family``;
         a broken family invariant; a checkpoint whose architecture differs from
         the shipped config.
     """
@@ -340,11 +504,12 @@ def load_model(
         kwargs: dict = {"dtype": dtype}
         if device.type != "cpu" and is_accelerate_available():
             kwargs["device_map"] = device  # load straight onto the device
+        checked = {"model_id": model_id_or_path, "origin": origin, "folder": local}
         if local is not None:
-            model = AutoModelForCausalLM.from_pretrained(local, **kwargs)
+            model = _load_weights(local, revision=None, **checked, **kwargs)
         else:
             model = _from_hub(
-                AutoModelForCausalLM.from_pretrained,
+                functools.partial(_load_weights, **checked),
                 model_id_or_path,
                 revision=revision,
                 origin=origin,

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import re
+import shutil
 import time
 
 import pytest
@@ -17,6 +21,7 @@ from reprflow.models import (
     model_max_context,
     tiny_config,
 )
+from reprflow.models.registry import model_provenance
 
 FAMILIES = ["gpt_neo", "gpt_neox", "mamba", "mamba2", "gpt2", "llama", "bamba"]
 SMALL = {"vocab_size": 128, "bos_token_id": 0, "eos_token_id": 0}
@@ -142,3 +147,107 @@ def test_model_max_context(family, overrides, expected):
 
 def test_model_max_context_from_a_model(saved):
     assert model_max_context(load_model(str(saved["gpt_neo"]), init=PRETRAINED, seed=None)) == 2048
+
+
+# ---------------------------------------------------------------- weights that do not match config.json
+
+
+def _copy(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_saved_models_reload_with_no_weight_report(saved, family, caplog):
+    # tied lm_heads (gpt_neo, mamba, gpt2) are not saved, and must not count as missing
+    with caplog.at_level(logging.WARNING):
+        model = load_model(str(saved[family]), init=PRETRAINED, seed=None)
+    assert model_provenance(model)["weights"] == "pretrained"
+    assert "not used by" not in caplog.text and "LOAD REPORT" not in caplog.text
+
+
+def test_weights_of_another_model_are_refused(saved, tmp_path):
+    wrong = _copy(saved["mamba"], tmp_path / "wrongw")
+    shutil.copy(saved["gpt_neox"] / "config.json", wrong / "config.json")
+    with pytest.raises(ModelNotFoundError) as info:
+        load_model(str(wrong), init=PRETRAINED, seed=None, origin="MODEL")
+    message = str(info.value)
+    assert message.startswith(
+        f"model '{wrong}' (MODEL): the weights in {wrong} do not match its config.json (model_type 'gpt_neox'): "
+    )
+    assert re.search(
+        r"\d+ weight\(s\) of the model are missing from the checkpoint \(gpt_neox\.embed_in\.weight, ", message
+    )
+    assert ", ...) and would be random" in message and "\n" not in message
+
+
+def test_weights_of_another_shape_are_refused(saved, tmp_path):
+    wrong = _copy(saved["gpt_neox"], tmp_path / "shape")
+    config = json.loads((wrong / "config.json").read_text())
+    config["vocab_size"] = 256
+    (wrong / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelNotFoundError) as info:
+        load_model(str(wrong), init=PRETRAINED, seed=None)
+    message = str(info.value)
+    assert f"the weights in {wrong} do not match its config.json: 2 weight(s) have another shape" in message
+    assert "gpt_neox.embed_in.weight: checkpoint (128, 64) vs config (256, 64)" in message
+
+
+def test_unused_checkpoint_weights_only_warn(saved, tmp_path, caplog):
+    from safetensors.torch import load_file, save_file
+
+    extra = _copy(saved["gpt_neo"], tmp_path / "extra")
+    weights = load_file(extra / "model.safetensors")
+    weights["transformer.h.0.attn.attention.bias"] = torch.ones(1, 1, 8, 8, dtype=torch.bool)  # an old buffer
+    save_file(weights, extra / "model.safetensors", metadata={"format": "pt"})
+    with caplog.at_level(logging.WARNING):
+        model = load_model(str(extra), init=PRETRAINED, seed=None)
+    reference = build_from_config(tiny_config("gpt_neo", overrides=SMALL), seed=11)
+    assert _state_equal(model, reference)
+    assert (
+        f"model '{extra}' (model): 1 checkpoint weight(s) are not used by GPTNeoForCausalLM and were skipped "
+        "(transformer.h.0.attn.attention.bias)" in caplog.text
+    )
+
+
+def test_truncated_safetensors_is_one_error_naming_the_file(saved, tmp_path):
+    broken = _copy(saved["gpt_neox"], tmp_path / "trunc")
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ModelNotFoundError) as info:
+        load_model(str(broken), init=PRETRAINED, seed=None, origin="MODEL")
+    assert str(info.value) == (
+        f"model '{broken}' (MODEL): {weights} is damaged or truncated (Error while deserializing header: "
+        "incomplete metadata, file not fully covered); re-download or re-save it"
+    )
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+# ---------------------------------------------------------------- revision of a local folder
+
+
+@pytest.mark.parametrize("init", [PRETRAINED, InitSpec("default")])
+def test_a_revision_for_a_local_folder_is_refused(saved, init):
+    path = str(saved["gpt_neox"])
+    with pytest.raises(ConfigError) as info:
+        load_model(path, init=init, seed=0, revision="main", origin="config.models[0].hf_id")
+    assert str(info.value).startswith(
+        f"model '{path}' (config.models[0].hf_id): --revision/revision applies to hub ids; '{path}' is a local "
+        "folder: it has no `hf download` record to check the revision against, so the revision would be ignored "
+        "yet recorded in the store's provenance; drop it (`revision: null`, no --revision)"
+    )
+
+
+def test_a_revision_is_accepted_only_when_the_folders_download_record_holds_it(saved, tmp_path):
+    from huggingface_hub._local_folder import write_download_metadata
+
+    folder = _copy(saved["gpt_neox"], tmp_path / "downloaded")
+    commit = "d37e168787d7419ff28a946dc7105b1252f752a7"
+    for name in ("config.json", "model.safetensors"):  # what `hf download --local-dir` leaves behind
+        write_download_metadata(folder, name, commit, "etag")
+    model = load_model(str(folder), init=PRETRAINED, seed=None, revision=commit)
+    assert model_provenance(model)["revision"] == commit
+    with pytest.raises(ConfigError, match=f"its `hf download` record .* says it holds commit {commit}, not 'main'"):
+        load_model(str(folder), init=PRETRAINED, seed=None, revision="main")
+    with pytest.raises(ConfigError, match=f"holds commit {commit}, not '{'0' * 40}'"):
+        load_model(str(folder), init=PRETRAINED, seed=None, revision="0" * 40)
