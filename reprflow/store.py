@@ -30,7 +30,25 @@ How a store is written (``StoreWriter``)
   a temporary name and a rename, so a chunk or a marker is either whole or absent.
 * A rerun opens the partial store, checks that its attrs and the writer fingerprint
   (below) match, skips finished windows and continues; a mismatching or unreadable
-  partial store is deleted with a log line and restarted.
+  partial store is deleted with a log line and restarted. Chunking (batch size,
+  ``window_batches``, compression) need not match, as for a complete store: a rerun with
+  another batch size (e.g. a smaller one after running out of memory) resumes the partial
+  store and keeps its chunk layout (logged at INFO). Its windows then differ from the
+  stored ones: a window of the rerun counts as written if every sample of it lies in a
+  stored window marked done, and a stored window's marker is set once the rerun has
+  written all of its samples (a window of the rerun that straddles a finished stored
+  window recomputes those samples too). Each sample's values are those of the run that
+  wrote it last; runs with different batch sizes agree to floating-point rounding, not
+  necessarily bit for bit (other batch shapes, other kernels).
+* One writer at a time: :meth:`StoreWriter.open` takes an exclusive, non-blocking
+  ``flock`` on ``<name>.zarr.lock`` (next to the store; it holds the writer's PID) and
+  keeps it until :meth:`StoreWriter.finalize` or :meth:`StoreWriter.close`, which delete
+  the file. A second process opening a writer on the same store gets a
+  :class:`StoreError` naming the PID that holds it; the kernel drops the lock when its
+  process dies, so a killed job's rerun resumes at once (a killed job leaves the lock file
+  behind; it is reused). Shards are separate stores with their own locks. A second writer
+  of the *same* process takes the lock over (a rerun after an error); the first may then
+  no longer write. Where the file system has no ``flock`` the writer warns and runs unlocked.
 * ``finalize`` writes ``complete: true`` into the attrs last, then renames
   ``.partial`` to the final name. A SIGKILL at any point therefore never leaves a
   final-named store. A rerun when the complete final store exists is a no-op.
@@ -38,7 +56,8 @@ How a store is written (``StoreWriter``)
 What the writer fingerprint covers (attr ``writer``)
 -----------------------------------------------------
 A partial store is resumed, and a complete one reused, only if all of these match:
-``spec`` (shapes, sample range, token prompt ids, chunking, requested dtype);
+``spec`` (shapes, sample range, token prompt ids, requested dtype; not the chunking:
+``batch_size``, ``window_batches`` and ``compress`` may differ, the stored layout is kept);
 ``content_sha256``, the sha256 of the model *input*: for every sample and token prompt of
 the store, in prompt-file order, its index, its length and its token ids; ``meta_sha256``
 (labels, n_tokens, lengths); the caller's ``attrs`` (model id and revision, init scheme,
@@ -108,6 +127,7 @@ are concatenated lazily along n_samples / n_prompts on read.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import itertools
 import json
@@ -116,9 +136,11 @@ import math
 import os
 import re
 import shutil
+import threading
 import warnings
+import weakref
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +162,7 @@ TOKEN_CHUNK_POSITIONS = 1024
 """Chunk length of ``tokens`` along positions."""
 STORE_DTYPES = ("float16", "float32", "auto")
 PARTIAL_SUFFIX = ".partial"
+LOCK_SUFFIX = ".lock"
 
 CALLER_ATTRS = (
     "model",
@@ -218,6 +241,117 @@ def partial_path(path: str | os.PathLike) -> Path:
     """The temporary name a store is written under: ``<path>.partial``."""
     path = Path(path)
     return path.with_name(path.name + PARTIAL_SUFFIX)
+
+
+def lock_path(path: str | os.PathLike) -> Path:
+    """The lock file of a store's writer, next to the store: ``<path>.lock`` (``kvpr_n300.zarr.lock``)."""
+    path = Path(path)
+    return path.with_name(path.name + LOCK_SUFFIX)
+
+
+def _is_file_at(fd: int, file: Path) -> bool:
+    """True if the open file ``fd`` is (still) the file named ``file`` (not deleted or replaced)."""
+    try:
+        st, at = os.fstat(fd), os.stat(file)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (at.st_dev, at.st_ino)
+
+
+class _WriterLock:
+    """An exclusive ``flock`` on a store's lock file, which holds the writer's PID.
+
+    The lock belongs to the open file, so the kernel drops it when the process dies (a
+    killed job's rerun is not blocked); :meth:`release` deletes the file, then unlocks.
+    """
+
+    def __init__(self, file: Path, fd: int) -> None:
+        self.file = file
+        self.fd: int | None = fd
+
+    def release(self) -> None:
+        fd, self.fd = self.fd, None
+        if fd is None:
+            return
+        try:
+            if _is_file_at(fd, self.file):  # deleted while still held: a waiter that opened it retries
+                self.file.unlink()
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+    def __del__(self) -> None:  # a writer dropped without close(): unlock (the file stays)
+        if self.fd is not None:
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+
+
+_HELD: dict[str, tuple[int, weakref.ref]] = {}
+"""Lock file -> (PID, writer) of the locks this process holds, for a takeover within the process."""
+_HELD_GUARD = threading.Lock()
+
+
+def _holder_pid(fd: int) -> str:
+    try:
+        text = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+    except OSError:
+        text = ""
+    return text if text.isdigit() else "unknown"
+
+
+def _lock_store(writer: StoreWriter) -> _WriterLock | None:
+    """Lock ``writer``'s store for it (see "How a store is written"); None where locks are unsupported.
+
+    Raises :class:`StoreError` if another process holds the lock. A lock held by another
+    writer of this process is taken over: that writer was abandoned (e.g. after an error) or
+    is a mistake, and it may no longer write.
+    """
+    file = lock_path(writer.path)
+    key = os.path.abspath(file)
+    with _HELD_GUARD:
+        pid, ref = _HELD.get(key, (None, None))
+        old = ref() if ref is not None and pid == os.getpid() else None
+        if old is not None and old is not writer and old._lock is not None:
+            lock, old._lock, old._superseded = old._lock, None, True
+            _HELD[key] = (os.getpid(), weakref.ref(writer))
+            logger.info("%s: taking the store over from an earlier writer of this process", writer.path)
+            return lock
+        for _ in range(100):  # retried only if the holder deleted the file between our open and our lock
+            try:
+                file.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(file, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                logger.warning(
+                    "%s: cannot create the lock file %s (%s); writing without a lock", writer.path, file, exc
+                )
+                return None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _holder_pid(fd)
+                os.close(fd)
+                raise StoreError(
+                    f"{writer.path} is being written by another process (PID {holder}); wait for it or stop it"
+                ) from None
+            except OSError as exc:  # e.g. a network file system without flock (ENOLCK, ENOSYS)
+                os.close(fd)
+                logger.warning(
+                    "%s: cannot lock %s (%s); writing without a lock, so a second writer would go unnoticed",
+                    writer.path,
+                    file,
+                    exc,
+                )
+                return None
+            if _is_file_at(fd, file):
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                _HELD[key] = (os.getpid(), weakref.ref(writer))
+                return _WriterLock(file, fd)
+            os.close(fd)
+        raise StoreError(f"{writer.path}: could not lock {file} (it keeps being replaced); retry")
 
 
 def shard_range(n_samples: int, index: int, count: int) -> tuple[int, int]:
@@ -568,7 +702,12 @@ class StoreWriter:
 
     Use: ``writer = StoreWriter(path, spec, ...)``; ``if writer.open(): return`` (already
     complete); for each ``w in writer.pending_windows()``: ``writer.write_window(w, ...)``;
-    then ``writer.finalize(extra_attrs)``.
+    then ``writer.finalize(extra_attrs)``. :meth:`open` locks the store against other
+    processes until :meth:`finalize` (or :meth:`close`, to give up without finishing).
+
+    Windows (``pending_windows``, ``write_window``) are always those of ``spec``. A resumed
+    partial store written with other chunking (another batch size) keeps its own chunk
+    layout and markers; the writer maps this run's windows onto them (module docstring).
 
     Parameters
     ----------
@@ -640,6 +779,13 @@ class StoreWriter:
         """Windows a previous run had written, found by :meth:`open` (0 for a fresh store)."""
         self.restart_reason: str | None = None
         """Why :meth:`open` deleted a partial store it could not resume (None if it did not)."""
+        self.layout = spec
+        """The spec the store on disk is laid out by (chunks of ``last``, ``_done`` markers,
+        codecs): ``spec``, or a resumed partial store's own chunking."""
+        self._written: np.ndarray | None = None  # layout != spec windows: samples on disk (relative)
+        self._stored_done: np.ndarray | None = None  # layout != spec windows: markers of `layout`
+        self._lock: _WriterLock | None = None
+        self._superseded = False  # another writer of this process took the store (and its lock) over
 
     @property
     def fingerprint(self) -> dict:
@@ -669,8 +815,41 @@ class StoreWriter:
         bool
             True if the final store already exists, is complete and was written by an
             identical writer: nothing to do. False otherwise (then write windows).
+
+        Raises
+        ------
+        StoreError
+            If another process is writing this store (it holds ``<path>.lock``).
         """
         refuse_foreign_target(self.path)
+        if self._lock is None:
+            self._lock = _lock_store(self)
+        self._superseded = False
+        try:
+            complete = self._open()
+        except BaseException:
+            self.close()
+            raise
+        if complete:
+            self.close()
+        return complete
+
+    def close(self) -> None:
+        """Unlock the store (and delete its lock file) without finishing it; a partial store stays resumable.
+
+        :meth:`finalize` does this itself. Idempotent.
+        """
+        lock, self._lock = self._lock, None
+        if lock is None:
+            return
+        key = os.path.abspath(lock.file)
+        with _HELD_GUARD:
+            if key in _HELD and _HELD[key][1]() is self:
+                del _HELD[key]
+        lock.release()
+
+    def _open(self) -> bool:
+        self.layout, self._written, self._stored_done = self.spec, None, None
         if self.path.exists():
             reason = self._final_reason()
             if reason is None:
@@ -680,14 +859,21 @@ class StoreWriter:
         if self.partial.exists():
             try:
                 group = zarr.open_group(self.partial, mode="r+")
-                reason = self._matches(group)
-                done = int(np.count_nonzero(group["_done"][:])) if reason is None else 0
+                reason = self._matches(group, ignore=_CHUNKING_FIELDS)  # chunking: the stored one is kept
+                if reason is None:
+                    layout, done = self._stored_layout(group)
             except (OSError, ValueError, KeyError, TypeError, zarr.errors.BaseZarrError) as exc:
                 reason = f"unreadable ({type(exc).__name__}: {exc})"
             if reason is None:
-                logger.info("%s: resuming, %d of %d windows already written", self.partial, done, self.spec.n_windows)
+                logger.info(
+                    "%s: resuming, %d of %d windows already written",
+                    self.partial,
+                    int(np.count_nonzero(done)),
+                    layout.n_windows,
+                )
+                self._keep_layout(layout, done)
                 self.group = group
-                self.resumed_windows = done
+                self.resumed_windows = int(np.count_nonzero(done))
                 return False
             logger.warning("%s: partial store does not match this run (%s); deleting it", self.partial, reason)
             self.restart_reason = reason
@@ -697,6 +883,38 @@ class StoreWriter:
             return False
         self.group = self._create()
         return False
+
+    def _stored_layout(self, group: zarr.Group) -> tuple[StoreSpec, np.ndarray]:
+        """The spec a matching partial store was laid out by (its own chunking) and its ``_done`` markers."""
+        stored = group.attrs["writer"]["spec"]
+        layout = replace(self.spec, **{k: stored[k] for k in _CHUNKING_FIELDS})
+        done = np.asarray(group["_done"][:], dtype=bool)
+        if done.shape != (layout.n_windows,):
+            raise ValueError(f"_done has shape {done.shape}, its spec has {layout.n_windows} windows")
+        if "last" in group and group["last"].chunks[1] != layout.window:
+            raise ValueError(f"'last' has chunks {group['last'].chunks}, its spec windows of {layout.window}")
+        return layout, done
+
+    def _keep_layout(self, layout: StoreSpec, done: np.ndarray) -> None:
+        """Resume a partial store laid out by ``layout`` (its chunking may differ from ``spec``'s)."""
+        self.layout = layout
+        if layout == self.spec:
+            return
+        spec = self.spec
+        old = ", ".join(f"{k}={getattr(layout, k)}" for k in _CHUNKING_FIELDS)
+        new = ", ".join(f"{k}={getattr(spec, k)}" for k in _CHUNKING_FIELDS)
+        logger.info(
+            "%s: the partial store was written with %s (windows of %d samples), this run has %s (windows of "
+            "%d): resuming it, keeping the stored chunk layout",
+            self.partial,
+            old,
+            layout.window,
+            new,
+            spec.window,
+        )
+        if layout.window != spec.window:
+            self._stored_done = done.copy()
+            self._written = np.repeat(done, layout.window)[: spec.n_samples].copy()
 
     def _final_reason(self) -> str | None:
         """None if the final store is complete and holds what this writer would write.
@@ -722,13 +940,40 @@ class StoreWriter:
 
     # ------------------------------------------------------------------ writing
     def pending_windows(self) -> list[int]:
-        """Indices of windows not yet written, ascending."""
+        """Indices of windows (of ``spec``) not yet written, ascending.
+
+        If the stored layout has other windows, a window is written when every sample of it
+        lies in a stored window marked done.
+        """
+        spec = self.spec
         if self.group is None and self._create_deferred:
-            return list(range(self.spec.n_windows))
-        done = self._group()["_done"][:]
-        return [int(w) for w in np.flatnonzero(~done)]
+            return list(range(spec.n_windows))
+        done = np.asarray(self._group()["_done"][:], dtype=bool)
+        if self.layout.window == spec.window:
+            return [int(w) for w in np.flatnonzero(~done)]
+        on_disk = np.repeat(done, self.layout.window)[: spec.n_samples]
+        return [w for w in range(spec.n_windows) if not on_disk[w * spec.window : (w + 1) * spec.window].all()]
+
+    def _mark_written(self, w: int) -> None:
+        """Set the marker(s) of window ``w`` of ``spec``, whose data is on disk."""
+        done = self._group()["_done"]
+        if self._written is None:  # the stored windows are this run's
+            done[w] = True
+            return
+        spec, size = self.spec, self.layout.window
+        start, stop = (i - spec.sample_start for i in spec.window_range(w))
+        self._written[start:stop] = True
+        for v in range(start // size, (stop - 1) // size + 1):  # stored windows now whole on disk
+            if not self._stored_done[v] and self._written[v * size : (v + 1) * size].all():
+                done[v] = True
+                self._stored_done[v] = True
 
     def _group(self) -> zarr.Group:
+        if self._superseded:
+            raise StoreError(
+                f"{self.path}: another StoreWriter of this process has opened this store since; "
+                "this one may no longer write it"
+            )
         if self.group is None and self._create_deferred:  # the first write of a fresh store
             self.group = self._create()
             self._create_deferred = False
@@ -777,7 +1022,7 @@ class StoreWriter:
             peak,
             window,
         )
-        create_data_arrays(group, spec, dtype)
+        create_data_arrays(group, self.layout, dtype)
 
     def _fix_dtype(self, peak: float, w: int) -> str:
         """Choose (:func:`choose_store_dtype`) and create the on-disk dtype from the first window written."""
@@ -883,7 +1128,7 @@ class StoreWriter:
         # The runtime config is not persisted with the array: reapply it on every open.
         last_arr = group["last"].with_config(_WRITE_CONFIG)
         last_arr[:, start - spec.sample_start : stop - spec.sample_start, :] = last.astype(dtype, copy=False)
-        group["_done"][w] = True
+        self._mark_written(w)
 
     def finalize(self, extra_attrs: Mapping[str, Any] | None = None) -> Path:
         """Set ``complete: true`` (last write) and rename the partial store to its final name.
@@ -913,13 +1158,32 @@ class StoreWriter:
             shutil.rmtree(self.path)
         os.replace(self.partial, self.path)
         self.group = None
+        self.close()
         logger.info("%s: store complete", self.path)
         return self.path
 
 
 # ---------------------------------------------------------------------- reading
+def looks_like_store(path: str | os.PathLike) -> bool:
+    """True if ``path`` is, by its looks, a store (a directory with ``zarr.json``, or a name ending in ``.zarr``).
+
+    Only such a path gets the advice to delete and rebuild it (:func:`rebuild_hint`); a prompt
+    file, a model folder or an empty folder given as a store gets :func:`not_a_store` instead.
+    """
+    path = Path(path)
+    return path.name.endswith(".zarr") or (path / "zarr.json").is_file()
+
+
+def not_a_store(path: str | os.PathLike) -> str:
+    """The error message for a path given as a store that is none."""
+    return f"{path} is not a reprflow store (a directory written by `reprflow extract` or the workflow)"
+
+
 def rebuild_hint(path: str | os.PathLike) -> str:
-    """How to rebuild a damaged store at ``path`` (the tail of every corruption error)."""
+    """How to rebuild a damaged store at ``path`` (the tail of every corruption error).
+
+    For a store only (:func:`looks_like_store`): callers check that first.
+    """
     return (
         f"rebuild it: delete it (`rm -r {path}`) and rerun the snakemake (or dvc repro) command "
         f"that needs it, which re-extracts a missing store; or append `--forcerun {path}` to your "
@@ -1183,11 +1447,15 @@ def open_store(path: str | os.PathLike) -> StoreGroup:
     if not path.exists():
         hint = " (a killed run left a .partial store; rerun to resume)" if partial_path(path).exists() else ""
         raise StoreError(f"{path}: store not found{hint}; run the extraction for it")
+    if not looks_like_store(path):  # a prompt file, a model folder, an empty folder: never "delete it"
+        raise StoreError(not_a_store(path))
     try:
         group = StoreGroup(zarr.open_group(path, mode="r"), path)
     except (OSError, ValueError, KeyError, TypeError, zarr.errors.BaseZarrError) as exc:
         raise StoreError(f"{path}: not a readable Zarr group ({exc}); {rebuild_hint(path)}") from exc
     attrs = group.attrs
+    if not path.name.endswith(".zarr") and not {"complete", "writer", "reprflow_version"} & set(attrs):
+        raise StoreError(not_a_store(path))  # a Zarr group, but not one reprflow wrote
     if "complete" not in attrs:
         raise StoreError(f"{path}: attr 'complete' missing (killed run?); delete it or rerun")
     if attrs["complete"] is not True:

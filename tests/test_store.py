@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import logging
+import multiprocessing
+import os
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +20,7 @@ from reprflow.store import (
     ConcatArray,
     StoreSpec,
     StoreWriter,
+    lock_path,
     open_sharded,
     open_store,
     partial_path,
@@ -550,3 +555,150 @@ def test_output_path_holding_other_data_is_refused_and_kept(tmp_path, kind):
     path.mkdir()  # an empty folder (e.g. made by a scheduler) is no one's data
     _write(path, *_data())
     assert open_store(path).attrs["complete"]
+
+
+# ---------------------------------------------------------------------- one writer at a time
+def _hold_store(path: Path, ready, stop_after: int) -> None:
+    """Child process body: open a writer on ``path``, write ``stop_after`` windows, then wait (to be killed)."""
+    writer = _write(path, *_data(), stop_after=stop_after)  # holds the lock while it lives
+    ready.set()
+    time.sleep(600)
+    writer.close()
+
+
+def _start_holder(path: Path, stop_after: int = 1):
+    ctx = multiprocessing.get_context("fork")
+    ready = ctx.Event()
+    proc = ctx.Process(target=_hold_store, args=(path, ready, stop_after), daemon=True)
+    proc.start()
+    assert ready.wait(60), "the child writer did not start"
+    return proc
+
+
+def _kill(proc) -> None:
+    proc.kill()  # SIGKILL: no cleanup runs in the child
+    proc.join(30)
+
+
+def test_a_store_being_written_by_another_process_is_refused_until_it_dies(tmp_path):
+    """Audit: two writers on one store; the second died in a KeyError traceback and left a stray
+    .partial. Now it gets one StoreError naming the holder's PID, touches nothing, and the
+    store resumes once the holder is killed (the kernel drops its flock)."""
+    last, tokens, labels, n_tokens = _data()
+    path = tmp_path / "cc.zarr"
+    holder = _start_holder(path)
+    try:
+        lock = lock_path(path)
+        assert lock == tmp_path / "cc.zarr.lock" and lock.read_text().strip() == str(holder.pid)
+        before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+        with pytest.raises(StoreError) as err:
+            _write(path, last, tokens, labels, n_tokens)
+        assert str(err.value) == (
+            f"{path} is being written by another process (PID {holder.pid}); wait for it or stop it"
+        )
+        assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing touched
+        # another shard of the same prompt set is another store: it is not blocked
+        shard = shard_path(path, 1, 2)
+        _write(shard, last, tokens, labels, n_tokens, start=6, stop=N)
+        assert open_store(shard)["last"].shape == (K, N - 6, HIDDEN) and not lock_path(shard).exists()
+    finally:
+        _kill(holder)
+    assert lock_path(path).exists() and partial_path(path).exists()  # a killed writer leaves both ...
+    writer = _write(path, last, tokens, labels, n_tokens)  # ... and its rerun resumes at once
+    assert writer.resumed_windows == 1 and writer.restart_reason is None
+    np.testing.assert_array_equal(open_store(path)["last"][:], last)
+    assert not lock_path(path).exists() and not partial_path(path).exists()
+
+
+def test_the_lock_is_held_from_open_to_finalize_or_close(tmp_path):
+    last, tokens, labels, n_tokens = _data()
+    path = tmp_path / "s.zarr"
+    writer = _write(path, last, tokens, labels, n_tokens, stop_after=1)
+    assert lock_path(path).read_text().strip() == str(os.getpid())  # held while the writer lives
+    writer.close()  # given up without finishing: unlocked, the file gone, the partial store kept
+    assert not lock_path(path).exists() and partial_path(path).exists()
+    writer.close()  # idempotent
+    _write(path, last, tokens, labels, n_tokens)
+    assert not lock_path(path).exists()
+    done = _write(path, last, tokens, labels, n_tokens)  # complete store: open() is True, nothing held
+    assert done.group is None and not lock_path(path).exists()
+
+
+def test_a_second_writer_of_the_same_process_takes_the_store_over(tmp_path):
+    """In one process a new writer (a rerun after an error) takes the lock over; the old one may no
+    longer write."""
+    last, tokens, labels, n_tokens = _data()
+    path = tmp_path / "s.zarr"
+    first = _write(path, last, tokens, labels, n_tokens, stop_after=1)
+    second = _write(path, last, tokens, labels, n_tokens, stop_after=1)
+    assert second.resumed_windows == 1 and lock_path(path).exists()
+    with pytest.raises(StoreError, match=r"s\.zarr: another StoreWriter of this process has opened this store"):
+        first.write_window(2, last[:, 8:11], {})
+    first.close()  # the old writer no longer holds the lock: closing it releases nothing
+    assert lock_path(path).exists()
+    _write(path, last, tokens, labels, n_tokens)
+    np.testing.assert_array_equal(open_store(path)["last"][:], last)
+    assert not lock_path(path).exists()
+
+
+# ---------------------------------------------------------------------- resume with other chunking
+def test_a_partial_store_resumes_with_another_batch_size_and_keeps_its_layout(tmp_path, caplog):
+    """Audit: changing the batch size discarded a killed partial store. Chunking is an execution
+    setting: the partial store is resumed with its own windows (chunks of `last`, markers), the
+    rerun's windows mapped onto them; a stored window is marked done only once all its samples
+    are written, so a kill in between is safe."""
+    last, tokens, labels, n_tokens = _data()
+    path = tmp_path / "s.zarr"
+    _write(path, last, tokens, labels, n_tokens, batch_size=2, window_batches=2, stop_after=1)  # windows of 4
+    # rerun with windows of 6, killed after one: samples 0..6 written; stored window 1 (4..8) not whole
+    caplog.set_level(logging.INFO, logger="reprflow.store")
+    rerun = _write(path, last, tokens, labels, n_tokens, batch_size=3, window_batches=2, stop_after=1)
+    assert rerun.restart_reason is None and rerun.resumed_windows == 1
+    assert rerun.pending_windows() == [0, 1]  # by the markers on disk: samples 4, 5 are in an unfinished window
+    assert zarr.open_group(partial_path(path))["_done"][:].tolist() == [True, False, False]
+    assert "keeping the stored chunk layout" in caplog.text and "batch_size=2" in caplog.text
+    assert "deleting it" not in caplog.text
+    rerun.close()
+    # a third run with windows of 1 sample must not need the samples of finished windows: poison them
+    poisoned = last.copy()
+    poisoned[:, :4] = np.nan
+    final = _write(path, poisoned, tokens, labels, n_tokens, batch_size=1, window_batches=1)
+    assert final.restart_reason is None and final.resumed_windows == 1
+    g = open_store(path)
+    np.testing.assert_array_equal(g["last"][:], last)
+    for j, pid in enumerate(TOKEN_IDS):
+        np.testing.assert_array_equal(g["tokens"][:, j, : LENGTHS[j]], tokens[pid])
+    assert g["last"].chunks == (1, 4, HIDDEN)  # the layout of the run that created the store
+    assert g.attrs["writer"]["spec"]["batch_size"] == 2 and zarr.open_group(path)["_done"][:].all()
+    # the complete store is reused with any chunking, as before
+    assert _write(path, poisoned * np.nan, tokens, labels, n_tokens, batch_size=5).group is None
+
+
+# ---------------------------------------------------------------------- not a store
+def test_a_path_that_is_no_store_is_not_advised_to_be_deleted(tmp_path):
+    """Audit: `reprflow probe good.jsonl` was told to `rm -r good.jsonl`. Only a (damaged) store,
+    a directory with zarr.json or a name ending in .zarr, gets the rebuild advice."""
+    prompts = tmp_path / "good.jsonl"
+    prompts.write_text('{"prompt": "a b c", "label": 0}\n')
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    group = tmp_path / "other"
+    zarr.open_group(group, mode="w", attributes={"made_by": "someone else"})
+    for path in (prompts, model, empty, group):
+        with pytest.raises(StoreError) as err:
+            open_store(path)
+        assert str(err.value) == (
+            f"{path} is not a reprflow store (a directory written by `reprflow extract` or the workflow)"
+        )
+    damaged = tmp_path / "kvpr_n300.zarr"
+    damaged.mkdir()
+    (damaged / "zarr.json").write_text("{not json")
+    with pytest.raises(StoreError, match=rf"kvpr_n300\.zarr: not a readable Zarr group .*{REBUILD}"):
+        open_store(damaged)
+    empty_store = tmp_path / "x.zarr"
+    empty_store.mkdir()
+    with pytest.raises(StoreError, match=rf"x\.zarr: not a readable Zarr group .*{REBUILD}"):
+        open_store(empty_store)

@@ -236,9 +236,11 @@ class ZarrStoreSink:
             self._thread.close()
 
     def abort(self) -> None:
-        """Stop the writer thread; windows not written keep their markers unset (a rerun resumes)."""
+        """Stop the writer thread (joined), then unlock the store; windows not written keep their
+        markers unset (a rerun resumes, in this process or another)."""
         if self._thread is not None:
             self._thread.cancel()
+        self.writer.close()
 
     def finalize(self, extra_attrs: Mapping[str, Any] | None = None) -> Path:
         """Mark the store complete and give it its final name (:meth:`StoreWriter.finalize`)."""
