@@ -129,16 +129,18 @@ def _trained_dims(family: str, width: int, depth: int, context: int) -> Dims:
 
 
 def model_dims(model: ModelSpec, config: Config | None = None) -> Dims | None:
-    """Hidden size and block count of ``model`` from a config.json (never the hub), or None."""
-    found = read_model_json(model.hf_id)
-    dims = None if found is None else _dims_from(*found)
-    if dims is not None:
-        return dims
+    """Hidden size and block count of ``model``, or None: a ``train:`` entry's from its recipe (the
+    model the run will have: a model saved from another recipe is trained again), else from a
+    config.json (never the hub), else a ``tiny:`` entry's from its spec."""
     if model.train is not None:
         from reprflow.training.recipe import TrainSpec
 
         spec = TrainSpec.from_dict(model.train)
         return _trained_dims(model.family, spec.width, spec.depth, spec.context)
+    found = read_model_json(model.hf_id)
+    dims = None if found is None else _dims_from(*found)
+    if dims is not None:
+        return dims
     if model.tiny is not None:
         merged = {"hidden_size": TINY_DIMS["hidden"], "num_hidden_layers": TINY_DIMS["n_layers"]}
         overrides = dict(model.tiny.get("overrides") or {})
