@@ -482,10 +482,9 @@ def f3_2_3(ev: Evidence, arm: str, view: str, t: dict) -> Verdict:
 
 
 def _block_mean(m: np.ndarray, idx: np.ndarray) -> float:
-    """Mean off-diagonal CKA within the states ``idx`` (the one entry if a single state)."""
+    """Mean off-diagonal CKA within the states ``idx`` (two or more: a single state has only its
+    diagonal, CKA 1 by definition, which measures nothing)."""
     sub = m[np.ix_(idx, idx)]
-    if len(idx) < 2:
-        return float(sub[0, 0])
     return float(sub[~np.eye(len(idx), dtype=bool)].mean())
 
 
@@ -507,6 +506,12 @@ def f3_3_1(ev: Evidence, arm: str, view: str, t: dict) -> Verdict:
         start = ev.layers((model, arm, view))
         m = ev.cka[(model, arm, view)][start:, start:]  # layers after the embeddings
         early, late = _depth_regions(len(m), t["late_fraction"])
+        if min(len(early), len(late)) < 2:
+            v.not_run.append(
+                f"{model}/{arm}: {len(m)} layers after the embeddings leave {len(early)} in the early half and "
+                f"{len(late)} in the late region; a block of one layer has only CKA's diagonal (1)"
+            )
+            continue
         e, l = _block_mean(m, early), _block_mean(m, late)
         shift[kind].append(l - e)
         if kind == "TBM":
@@ -526,9 +531,10 @@ def f3_3_1(ev: Evidence, arm: str, view: str, t: dict) -> Verdict:
                     model,
                 )
             )
-    v.checks.append(
-        _contrast(shift["SSM"], shift["TBM"], "contrast: late-minus-early CKA, highest TBM {hi} < lowest SSM {lo}")
-    )
+    if shift["TBM"] and shift["SSM"]:
+        v.checks.append(
+            _contrast(shift["SSM"], shift["TBM"], "contrast: late-minus-early CKA, highest TBM {hi} < lowest SSM {lo}")
+        )
     return v
 
 
@@ -591,6 +597,13 @@ def f3_4_1(ev: Evidence, arm: str, view: str, t: dict) -> Verdict:
     v.not_run += _table_not_run(ev, arm, view, ev.table1)
     rows = _rows(ev, ev.table1, arm, view, "last_acc")
     for length, at in rows.groupby("length"):
+        signal = at.peak_acc - at.chance >= t["gap_min"]
+        for r in at[~signal].itertuples():  # a peak at chance places nothing: neither pass nor fail
+            v.not_run.append(
+                f"n={length} {r.model}: peak accuracy {_f(r.peak_acc)} within gap_min {t['gap_min']} of chance "
+                f"{_f(r.chance)}, no task signal to place a peak"
+            )
+        at = at[signal]
         for r in at.itertuples():
             states = ev.probe_states.get((r.model, arm, view, length))
             if states is None:
@@ -598,15 +611,12 @@ def f3_4_1(ev: Evidence, arm: str, view: str, t: dict) -> Verdict:
                 continue
             n_states, first = states
             inner = first <= r.peak_layer < n_states - 1
-            at_chance = (
-                " [peak within gap_min of chance: no task signal]" if r.peak_acc - r.chance < t["gap_min"] else ""
-            )
             v.checks.append(
                 _check(
                     inner and r.gap >= t["gap_min"],
                     f"n={length} {r.model} ({r.arch}) peak at state {r.peak_layer} of {n_states}, "
                     f"acc {_f(r.peak_acc)} vs last {_f(r.last_acc)} (chance {_f(r.chance)}): gap {_f(r.gap)} "
-                    f">= {t['gap_min']}{at_chance}",
+                    f">= {t['gap_min']}",
                     r.model,
                 )
             )
@@ -645,15 +655,22 @@ def f3_4_2(ev: Evidence, arm: str, view: str, t: dict) -> Verdict:
                     model,
                 )
             )
-        acc = at["last_acc"].to_numpy()
-        drop = float(acc[0] - acc[-1])
+        acc, chance = at["last_acc"].to_numpy(), at["chance"].to_numpy()
+        if (acc - chance < t["acc_drop_min"]).all():  # at chance at every length: nothing to fall
+            v.not_run.append(
+                f"{model}/{task} {span}: last-layer accuracy within acc_drop_min of chance at every length "
+                f"({', '.join(f'{_f(a)} vs {_f(c)}' for a, c in zip(acc, chance, strict=True))}), no task signal"
+            )
+            continue
+        drop, chance_drop = float(acc[0] - acc[-1]), float(chance[0] - chance[-1])
         rises = np.diff(acc)
         v.checks.append(
             _check(
-                drop >= t["acc_drop_min"] and (rises <= t["monotone_tol"]).all(),
+                drop >= t["acc_drop_min"] and drop > chance_drop and (rises <= t["monotone_tol"]).all(),
                 f"{model}/{task} last-layer accuracy {span}: "
                 + " -> ".join(_f(a) for a in acc)
-                + f" (drop {_f(drop)} >= {t['acc_drop_min']}, no rise > {t['monotone_tol']})",
+                + f" (chance {_f(chance[0])} -> {_f(chance[-1])}; drop {_f(drop)} >= {t['acc_drop_min']} and > "
+                f"chance's {_f(chance_drop)}, no rise > {t['monotone_tol']})",
                 model,
             )
         )

@@ -316,10 +316,11 @@ def test_table_findings_on_the_papers_own_numbers():
     assert failed["f3_4_1"] == ["n=300 mean gap SSM 0.123 < TBM 0.0735"]
     assert len(verdicts["f3_4_1"].checks) == 18 + 3  # each model at each length; each length with a TBM and an SSM
     assert sorted(failed["f3_4_2"]) == [
-        "gpt-neo-2.7b/kvpr last-layer accuracy n=300..2048: 0.799 -> 0.855 -> 0.627 (drop 0.172 >= 0.02, no rise > 0.01)",
+        "gpt-neo-2.7b/kvpr last-layer accuracy n=300..2048: 0.799 -> 0.855 -> 0.627 (chance 0.05 -> 0.05; "
+        "drop 0.172 >= 0.02 and > chance's 0, no rise > 0.01)",
         "mamba-2.8b/kvpr St n=300..4096: relative range 0.222 <= 0.2",
-        "mamba-2.8b/kvpr last-layer accuracy n=300..4096: 0.885 -> 0.789 -> 0.55 -> 0.587 (drop 0.298 >= 0.02, "
-        "no rise > 0.01)",
+        "mamba-2.8b/kvpr last-layer accuracy n=300..4096: 0.885 -> 0.789 -> 0.55 -> 0.587 (chance 0.05 -> 0.05; "
+        "drop 0.298 >= 0.02 and > chance's 0, no rise > 0.01)",
     ]
     assert len(verdicts["f3_4_2"].checks) == 30
     assert failed["f3_4_3"] == ["n=300 gap to the last layer mamba2-2.7b 0.135 > mamba2-130m 0.171"]
@@ -408,3 +409,39 @@ def test_a_nan_curve_fails_its_contrast_in_any_model_order():
         check = _contrast(above, [0.3, 0.2], "lowest {lo} > highest {hi}")
         assert not check.passed and check.text == "lowest nan > highest 0.3"
     assert _contrast([0.9, 0.8], [0.3], "{lo} > {hi}").passed
+
+
+def test_at_chance_decides_nothing_and_a_falling_chance_is_no_accuracy_drop(tmp_path, config):
+    """F3.4.1 and F3.4.2 read accuracy against chance: a probe at chance places no peak (named under
+    not_run, not a PASS), and an accuracy that falls only as far as chance falls is no drop. A depth
+    region of one layer has no CKA block (F3.3.1: not run, not CKA's diagonal 1)."""
+    from reprflow.config import load_config
+    from reprflow.pipeline.findings import Evidence, _thresholds, f3_4_1, f3_4_2
+
+    paper = load_config(PROJECT_ROOT / "config" / "config.yaml")
+    table1 = _paper_table(paper, 1)
+    table2 = _paper_table(paper, 2)
+    mamba = table1.model == "mamba-2.8b"
+    table1.loc[mamba, ["peak_acc", "last_acc"]] = 0.06  # within gap_min (0.02) of chance 0.05
+    states = {(r.model, "pretrained", "hf", r.length): (65, 1) for r in table1.itertuples()}
+    kvpr = (table2.model == "pythia-2.8b") & (table2.task == "kvpr")
+    lengths = sorted(table2.loc[kvpr, "length"])
+    table2.loc[kvpr, "chance"] = table2.loc[kvpr, "length"].map(dict(zip(lengths, [0.5, 0.3, 0.1], strict=True)))
+    table2.loc[kvpr, "last_acc"] = table2.loc[kvpr, "chance"] + 0.2  # 0.7 -> 0.5 -> 0.3: only chance falls
+    ev = Evidence(paper, {"inter_token_cosine": {}}, {}, table1, table2, [], [], probe_states=states)
+    f341 = f3_4_1(ev, "pretrained", "hf", _thresholds(paper, "F3.4.1"))
+    assert not any("mamba-2.8b" in c.text for c in f341.checks)
+    assert "n=2048 mamba-2.8b: peak accuracy 0.06 within gap_min 0.02 of chance 0.05, no task signal" in " ".join(
+        f341.not_run
+    )
+    f342 = f3_4_2(ev, "pretrained", "hf", _thresholds(paper, "F3.4.2"))
+    (check,) = [c for c in f342.checks if c.text.startswith("pythia-2.8b/kvpr last-layer")]
+    assert not check.passed and "(chance 0.5 -> 0.1; drop 0.4 >= 0.02 and > chance's 0.4" in check.text
+
+    _world(tmp_path, config, SUPPORTS)
+    small = np.eye(3)  # two layers after the embeddings: one in each depth region
+    for cell in cells(config):
+        np.save(tmp_path / cell.fmt(TOKEN_METRICS) / "cka_hf.npy", small)
+    table = _verdicts(tmp_path, config)
+    row = table.loc[("F3.3.1", "pretrained")]
+    assert row.verdict == "not run" and "a block of one layer has only CKA's diagonal" in row.not_run
