@@ -97,11 +97,12 @@ def _load_tokenizer(name: str | None, model: str, revision: str | None) -> Any:
         return load_tokenizer(name)
     from transformers import AutoTokenizer
 
+    from reprflow.config import shipped_tokenizers
     from reprflow.errors import ModelNotFoundError
 
     fix = (
-        "pass --tokenizer with a shipped name (gpt2, gpt-neox-20b) or the path of a tokenizer.json or of a "
-        "folder holding one"
+        f"pass --tokenizer with a shipped name ({', '.join(shipped_tokenizers())}) or the path of a tokenizer.json "
+        "or of a folder holding one"
     )
     from reprflow.models.registry import _from_hub, _looks_like_path
 
@@ -235,6 +236,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
         debiased_cka=not args.no_debiased_cka,
         device=args.device,
         n_bins=args.bins,
+        progress=not args.quiet,
     )
     for path in sorted(map(str, written.values())):
         print(path)
@@ -302,6 +304,22 @@ def _int_at_least(low: int, below: int | None = None) -> Any:
 
 
 _SEED = _int_at_least(0, below=2**32)  # what numpy's and torch's generators take whole
+
+
+def _float_between(low: float, high: float | None = None) -> Any:
+    """An argparse ``type``: a float > ``low`` (and < ``high`` if given); argparse names the option (exit 2)."""
+    wanted = f"a number > {low:g}" if high is None else f"a number in ({low:g}, {high:g})"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
+        if not (value > low and (high is None or value < high)):
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text}")
+        return value
+
+    return parse
 
 
 def _add_store_inputs(p: argparse.ArgumentParser, out_help: str) -> None:
@@ -431,11 +449,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_store_inputs(pr, "CSV to write; the summary goes to the same name .json")
     pr.add_argument("--epochs", type=_int_at_least(1), default=150, help="full-batch Adam steps (default: 150)")
-    pr.add_argument("--lr", type=float, default=0.05, help="Adam learning rate (default: 0.05)")
+    pr.add_argument("--lr", type=_float_between(0), default=0.05, help="Adam learning rate (default: 0.05)")
     pr.add_argument(
         "--seeds", type=_SEED, nargs="+", default=[0, 1, 2, 3, 4], help="split/init seeds, < 2^32 (default: 0-4)"
     )
-    pr.add_argument("--val-fraction", type=float, default=0.2, help="held-out share (default: 0.2)")
+    pr.add_argument(
+        "--val-fraction", type=_float_between(0, 1), default=0.2, help="held-out share, in (0, 1) (default: 0.2)"
+    )
     pr.add_argument(
         "--n-train", type=_int_at_least(1), default=20000, help="at most this many training samples (default: 20000)"
     )

@@ -316,6 +316,7 @@ def compute_token_metrics(
     max_tokens_in_memory: int = MAX_TOKENS_IN_MEMORY,
     n_bins: int = N_BINS,
     precision: str = "float64",
+    progress: bool = True,
 ) -> dict[str, Path]:
     """Compute the token-level metrics of one activation store and write them to ``out_dir``.
 
@@ -340,6 +341,8 @@ def compute_token_metrics(
         (otherwise a bin is empty in every prompt and the stage raises).
     precision : {"float64", "mixed"}, default "float64"
         ``metrics.precision``, as for :func:`prompt_metrics`.
+    progress : bool, default True
+        A progress bar over the prompts (stderr).
 
     Returns
     -------
@@ -369,7 +372,7 @@ def compute_token_metrics(
     results = {v: ViewResults() for v in views}
 
     t0, n_done = time.perf_counter(), 0
-    for i in tqdm(range(len(lengths)), desc=f"token metrics {path.name}", unit="prompt"):
+    for i in tqdm(range(len(lengths)), desc=f"token metrics {path.name}", unit="prompt", disable=not progress):
         n = int(lengths[i])
         prompt = torch.from_numpy(np.ascontiguousarray(tokens[:, i, :n, :])).to(dev)
         per_view = prompt_metrics(
