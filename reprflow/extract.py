@@ -187,9 +187,10 @@ def _check_prompts(prompts: Sequence[Mapping[str, Any]], *, prompt_file: str, ma
         if n > max_context:
             raise ReprflowError(
                 f"{prompt_file}: prompt {prompts[longest].get('id', longest)!r} has {n} tokens, beyond the "
-                f"model's context limit of {max_context} tokens. Set `max_context: {max_context}` on this "
-                "model's entry under `models:` in the config: the workflow then skips the lengths above it "
-                f"for this model and caps the prompt sets it reads at {max_context} tokens"
+                f"model's context limit of {max_context} tokens. In the workflow, set `max_context: "
+                f"{max_context}` on this model's entry under `models:` in the config: it then skips the lengths "
+                f"above it for this model and caps the prompt sets it reads at {max_context} tokens; from "
+                f"`reprflow extract` or a notebook, pass prompts of at most {max_context} tokens"
             )
 
 

@@ -203,7 +203,7 @@ def test_prompt_beyond_context_raises(tiny, tokenizer, tmp_path):
         ReprflowError,
         match=rf"kvpr_n300\.jsonl: prompt '{longest['id']}' has "
         rf"{longest['n_tokens']} tokens, beyond the model's context limit of 4 tokens\. "
-        r"Set `max_context: 4` on this model's entry under `models:`",
+        r"In the workflow, set `max_context: 4` on this model.s entry under `models:`",
     ):
         extract_activations(
             model,

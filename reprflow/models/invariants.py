@@ -255,8 +255,8 @@ def check_family_invariants(config, *, model: str, origin: str = "model", tokeni
                 origin,
                 f"vocab_size {vocab} does not match the tokenizer's {tokenizer_size} tokens (an embedding "
                 f"must cover every token id, padded by at most {MAX_VOCAB_PADDING} rows)",
-                "pair the model with its own tokenizer in config.models[i].tokenizer "
-                "(gpt2 for GPT-Neo, gpt-neox-20b for Pythia/Mamba/Mamba2)",
+                "pair the model with its own tokenizer (config.models[i].tokenizer in the workflow, --tokenizer "
+                "of `reprflow extract`): gpt2 for GPT-Neo, gpt-neox-20b for Pythia/Mamba/Mamba2",
             )
 
 
