@@ -252,7 +252,8 @@ def fig2_inter_token_cosine(config: Config, task: str | None) -> plt.Figure:
                 first |= first_state_names(sel)
             _note_missing(ax, config, drawn, length)
             ax.set_title(f"{view}, n={length}", fontsize=8)
-            ax.set_xlabel(_state_axis("relative depth", first), fontsize=7)
+            # wrap: the label of a panel mixing views with and without embeddings is wider than the panel
+            ax.set_xlabel(_state_axis("relative depth", first), fontsize=7, wrap=True)
             ax.set_ylabel("inter-token cosine", fontsize=7)
     _cosine_axes(axes)
     _legend(fig, axes)

@@ -33,6 +33,7 @@ from reprflow import __version__
 from reprflow.atomic import atomic_write_bytes
 from reprflow.config import Config
 from reprflow.pipeline.findings import ARCHITECTURE, Verdict, evaluate
+from reprflow.pipeline.findings import _first_layer as first_layer
 from reprflow.pipeline.findings import FINDINGS as FINDINGS_TEXT
 from reprflow.pipeline.paper_comparison import VIEW, summary
 from reprflow.pipeline.results import provenance, token_curves
@@ -220,8 +221,25 @@ def _paper_comparison_section(config: Config, root: Path) -> list[str]:
 
 
 TRAIN_SUMMARY = "results/training/{model}/summary.json"
-#: the paper's random-init arm at full size, inter-token cosine mean (measured earlier, issue 13)
-PAPER_RANDOM_INTER_TOKEN = {"gpt_neo": 0.34, "gpt_neox": 0.57, "mamba": 0.004, "mamba2": 0.09}
+#: full-size random-init models measured by this project, NOT the paper: inter-token cosine, mean
+#: over the states after the embeddings (the findings' definition), T = 2048, KVPR and MDQA.
+#: gpt_neo (GPT-Neo-2.7B) and mamba2 (Mamba2-2.7B, hf view: no embedding state) are recomputed from
+#: benchmarks/results/paper_check_curves.csv (benchmarks/paper_check_random_init.py, H100,
+#: 2026-11-22; BENCHMARKS.md, "Extraction (issue 3)", quotes 0.34 and 0.086 with GPT-Neo's
+#: embeddings included). gpt_neox and mamba (0.57, 0.004) entered this file on 2026-12-03 (commit
+#: fca85ee, "measured earlier, issue 13") with no measurement recorded in BENCHMARKS.md or
+#: benchmarks/results: :data:`PROJECT_RANDOM_UNRECORDED`.
+PROJECT_RANDOM_INTER_TOKEN = {"gpt_neo": 0.35, "gpt_neox": 0.57, "mamba": 0.004, "mamba2": 0.086}
+PROJECT_RANDOM_UNRECORDED = frozenset({"gpt_neox", "mamba"})
+PROJECT_RANDOM_SOURCE = (
+    "GPT-Neo-2.7B and Mamba2-2.7B with random weights, measured by this project at T = 2048 "
+    '(benchmarks/results/paper_check_curves.csv, 2026-11-22; BENCHMARKS.md "Extraction (issue 3)" quotes '
+    "0.34 for GPT-Neo with its embedding state included); values marked * (Pythia-2.8B, Mamba-2.8B) have "
+    "no measurement recorded in BENCHMARKS.md or benchmarks/results"
+)
+#: the paper's own Fig. 3 reading of its random-init arm (docs/findings.md, F3.2.3): only GPT-Neo
+#: and Mamba2 are shown there.
+PAPER_FIG3_RANDOM = {"gpt_neo": "0.75-1 (75-100 %)", "mamba2": "0-0.25 (0-25 %)"}
 _TRAIN_COLUMNS = (
     "n_params",
     "n_non_embedding",
@@ -251,18 +269,33 @@ def training_table(config: Config, root: str | Path = ".") -> pd.DataFrame:
 
 def _curve_summary(
     curves: pd.DataFrame, model: str, init: str, length: int, view: str, n_prompts: int = 1
-) -> tuple[float, float, float]:
-    """(mean over depth, last state, standard error of the last state over prompts) of a curve
-    averaged over tasks; NaN when the cell was not run. ``n_prompts`` per task counts when the
-    curve file does not record it."""
+) -> tuple[float, float, float, float]:
+    """(mean over depth, last state, standard error of the last state over prompts, standard error
+    of the mean over depth) of a curve averaged over tasks; NaN when the cell was not run.
+    ``n_prompts`` per task counts when the curve file does not record it.
+
+    For per-state curves (``state_index``: inter-token cosine) the depth is every state after the
+    embeddings, as in the findings (F3.2.3, :func:`reprflow.pipeline.findings._first_layer`: state 0
+    is left out where it is ``embed``; the hf view of Mamba and Mamba2 starts at ``block_1`` and
+    keeps it). The standard error of the depth mean is the mean of the per-state standard errors:
+    an upper bound on it, since the states of one prompt are not independent. Per-pair curves
+    (``pair_index``: layerwise cosine) keep every pair."""
     sel = curves[(curves.model == model) & (curves.init == init) & (curves.length == length) & (curves.view == view)]
     if sel.empty:
-        return (np.nan, np.nan, np.nan)
+        return (np.nan, np.nan, np.nan, np.nan)
     sel = sel.assign(n_prompts=sel["n_prompts"] if "n_prompts" in sel else n_prompts)
     index = "state_index" if "state_index" in sel else "pair_index"  # layerwise cosine: consecutive pairs
     by_state = sel.groupby(index).agg(mean=("mean", "mean"), std=("std", "mean"), n=("n_prompts", "sum"))
+    se = by_state["std"] / np.sqrt(by_state["n"].clip(lower=1))
     last = by_state.iloc[-1]
-    return float(by_state["mean"].mean()), float(last["mean"]), float(last["std"] / np.sqrt(max(last["n"], 1)))
+    start = first_layer(sel) if index == "state_index" and len(by_state) > 1 else 0
+    depth = by_state.iloc[start:]
+    return (
+        float(depth["mean"].mean()),
+        float(last["mean"]),
+        float(se.iloc[-1]),
+        float(se.iloc[start:].mean()),
+    )
 
 
 def noise_band(spread_a: float, spread_b: float) -> float:
@@ -291,8 +324,9 @@ def _trained_arm(frame: pd.DataFrame, model: str):
 def controlled_table(config: Config, root: str | Path = ".") -> pd.DataFrame:
     """Trained (``pretrained`` arm) against each other ``scope: all`` init, per trained model, at
     ``figures.length`` and ``figures.view``: inter-token cosine (F3.2.3; last state and mean over
-    depth), layerwise cosine (F3.2.1; mean over depth) and the probe peak (F3.4.1; relative peak
-    depth and gap, Table 1). ``differs`` = the last-state inter-token cosines differ by more than 3
+    depth, the depth being every state after the embeddings as in the findings, with the mean's
+    standard error ``inter_token_mean_se``: :func:`_curve_summary`), layerwise cosine (F3.2.1;
+    mean over depth) and the probe peak (F3.4.1; relative peak depth and gap, Table 1). ``differs`` = the last-state inter-token cosines differ by more than 3
     combined standard errors over prompts (prompt noise); ``probe_differs`` = the peak probe
     accuracies differ by more than 3 combined standard deviations over probe seeds (seed noise;
     ``peak_acc_std``, population std over ``probes.seeds``); ``n/a`` where that noise is zero
@@ -311,7 +345,9 @@ def controlled_table(config: Config, root: str | Path = ".") -> pd.DataFrame:
     for m in trained:
         for arm in arms:
             n = int(config.section("extraction").get("n_token_prompts", 1))
-            mean_d, last, se = _curve_summary(inter, m.name, arm, length, view, n) if not inter.empty else (np.nan,) * 3
+            mean_d, last, se, mean_se = (
+                _curve_summary(inter, m.name, arm, length, view, n) if not inter.empty else (np.nan,) * 4
+            )
             lw = _curve_summary(layer, m.name, arm, length, view)[0] if not layer.empty else np.nan
             probe = (
                 table1[
@@ -334,6 +370,7 @@ def controlled_table(config: Config, root: str | Path = ".") -> pd.DataFrame:
                     "inter_token_last": last,
                     "inter_token_last_se": se,
                     "inter_token_mean": mean_d,
+                    "inter_token_mean_se": mean_se,
                     "layerwise_mean": lw,
                     "peak_rel_depth": peak / (n_states - 1) if n_states > 1 else np.nan,
                     "gap": float(probe["gap"].iloc[0]) if len(probe) else np.nan,
@@ -387,16 +424,32 @@ def controlled_verdict(frame: pd.DataFrame) -> str:
     return "\n".join([head, *(f"- {h}" for h in hits)])
 
 
+def _ordering_verdict(delta: float, spread_a: float, spread_b: float) -> str:
+    """Verdict on "every Transformer above every SSM" from ``delta`` = lowest Transformer minus
+    highest SSM: agrees / disagrees only beyond :func:`noise_band` (:func:`beyond_noise`), else
+    within noise; not decided without a noise estimate."""
+    beyond = beyond_noise(delta, spread_a, spread_b)
+    if beyond == "yes":
+        return f"**{'agrees' if delta > 0 else 'disagrees'}**"
+    if beyond == "no":
+        return "**within noise** (inconclusive)"
+    return "not decided (no noise estimate)"
+
+
 def paper_agreement(frame: pd.DataFrame) -> list[str]:
     """Report lines: does the controlled suite agree with the paper's checkpoints on F3.2.3?
 
-    ``frame`` is :func:`controlled_table`'s. Two statements, each with a verdict and its numbers:
+    ``frame`` is :func:`controlled_table`'s. ``inter_token_mean`` is the findings' F3.2.3 value
+    (mean over the states after the embeddings), ``inter_token_mean_se`` its standard error. The
+    table shows, next to the suite, this project's own full-size random-init measurements
+    (:data:`PROJECT_RANDOM_INTER_TOKEN`, not the paper's numbers) and the paper's own Fig. 3
+    reading (:data:`PAPER_FIG3_RANDOM`). Two statements, each with a verdict and its numbers:
 
-    1. *Random init*: at full size the random-init arm of the paper's checkpoints
-       (:data:`PAPER_RANDOM_INTER_TOKEN`, inter-token cosine mean over depth) puts every
-       Transformer above every SSM (lowest Transformer 0.34 > highest SSM 0.09). Agrees if, for
-       each untrained arm of the suite, the lowest Transformer's ``inter_token_mean`` exceeds
-       the highest SSM's.
+    1. *Random init*: the paper's Fig. 3 (random GPT-Neo 75-100 %, random Mamba2 0-25 %) and this
+       project's full-size random models put every Transformer above every SSM. For each untrained
+       arm of the suite, lowest Transformer minus highest SSM (``inter_token_mean``): agrees if it
+       is positive beyond 3 combined standard errors of the two (:func:`noise_band`), disagrees if
+       negative beyond them, else within noise (inconclusive); not decided without an SE.
     2. *Training raises SSM smoothing*: for each SSM and untrained arm, agrees if the trained
        arm's last-state inter-token cosine exceeds the untrained one's by more than 3 combined
        standard errors over prompts (the frame's ``differs`` verdict, and upwards).
@@ -404,34 +457,55 @@ def paper_agreement(frame: pd.DataFrame) -> list[str]:
     if frame.empty:
         return []
     kind = {fam: ARCHITECTURE.get(fam, "?") for fam in frame.family.unique()}
+    if "inter_token_mean_se" not in frame:
+        frame = frame.assign(inter_token_mean_se=np.nan)
     lines = [
         "### Agreement with the paper's checkpoints (F3.2.3)",
         "",
-        "| model | family | arm | inter-token cosine, mean over depth | paper checkpoint, random init (full size) |",
-        "|---|---|---|---|---|",
+        "| model | family | arm | inter-token cosine, mean over depth | 3 SE | "
+        "full-size random init, measured by this project (BENCHMARKS.md, 2026-11-22) | "
+        "paper's own reading, Fig. 3 random init |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in frame.itertuples(index=False):
-        paper = PAPER_RANDOM_INTER_TOKEN.get(row.family)
+        ours = PROJECT_RANDOM_INTER_TOKEN.get(row.family)
+        paper = PAPER_FIG3_RANDOM.get(row.family, "not shown")
+        project = "" if ours is None else f"{ours:g}" + ("*" if row.family in PROJECT_RANDOM_UNRECORDED else "")
+        noise = 3 * row.inter_token_mean_se
         lines.append(
             f"| {row.model} | {row.family} | {row.arm} | {row.inter_token_mean:.3g} | "
-            f"{'' if row.arm == 'pretrained' or paper is None else paper} |"
+            f"{'' if np.isnan(noise) else f'{noise:.2g}'} | "
+            f"{'' if row.arm == 'pretrained' else project} | {'' if row.arm == 'pretrained' else paper} |"
         )
-    lines.append("")
-    paper_tbm = [v for f, v in PAPER_RANDOM_INTER_TOKEN.items() if ARCHITECTURE.get(f) == "TBM"]
-    paper_ssm = [v for f, v in PAPER_RANDOM_INTER_TOKEN.items() if ARCHITECTURE.get(f) == "SSM"]
+    lines += [
+        "",
+        "Mean over depth = every state after the embeddings (state 0 is left out where it is `embed`; the "
+        "hf view of Mamba and Mamba2 has none), as the findings' F3.2.3; its SE is the mean of the "
+        "per-state standard errors over prompts (an upper bound). The full-size column is not the "
+        f"paper's: {PROJECT_RANDOM_SOURCE}. The paper prints no numbers for its random arm; its Fig. 3 "
+        "reading covers GPT-Neo and Mamba2 only.",
+        "",
+    ]
+    proj_tbm = [v for f, v in PROJECT_RANDOM_INTER_TOKEN.items() if ARCHITECTURE.get(f) == "TBM"]
+    proj_ssm = [v for f, v in PROJECT_RANDOM_INTER_TOKEN.items() if ARCHITECTURE.get(f) == "SSM"]
     for arm in [a for a in frame.arm.unique() if a != "pretrained"]:
         sub = frame[frame.arm == arm]
-        tbm = sub[sub.family.map(kind) == "TBM"].inter_token_mean.dropna()
-        ssm = sub[sub.family.map(kind) == "SSM"].inter_token_mean.dropna()
+        tbm = sub[(sub.family.map(kind) == "TBM") & sub.inter_token_mean.notna()]
+        ssm = sub[(sub.family.map(kind) == "SSM") & sub.inter_token_mean.notna()]
         if tbm.empty or ssm.empty:
             lines.append(f"- Random init ({arm}): not decided (the suite needs a Transformer and an SSM).")
         else:
-            agree = tbm.min() > ssm.max()
+            low = tbm.loc[tbm.inter_token_mean.idxmin()]
+            high = ssm.loc[ssm.inter_token_mean.idxmax()]
+            delta = low.inter_token_mean - high.inter_token_mean
+            noise = noise_band(low.inter_token_mean_se, high.inter_token_mean_se)
             lines.append(
-                f"- Random init ({arm}): every Transformer above every SSM, as the paper's checkpoints "
-                f"(lowest Transformer {min(paper_tbm):.3g} > highest SSM {max(paper_ssm):.3g}): "
-                f"**{'agrees' if agree else 'disagrees'}** (lowest Transformer {tbm.min():.3g} "
-                f"{'>' if agree else '<='} highest SSM {ssm.max():.3g})."
+                f"- Random init ({arm}): every Transformer above every SSM, as the paper's Fig. 3 reading "
+                f"(random GPT-Neo {PAPER_FIG3_RANDOM['gpt_neo']}, random Mamba2 {PAPER_FIG3_RANDOM['mamba2']}) and "
+                f"this project's full-size random models (lowest Transformer {min(proj_tbm):g} > highest SSM "
+                f"{max(proj_ssm):g}): {_ordering_verdict(delta, low.inter_token_mean_se, high.inter_token_mean_se)}: "
+                f"lowest Transformer {low.model} {low.inter_token_mean:.3g} - highest SSM {high.model} "
+                f"{high.inter_token_mean:.3g} = {delta:.3g} (3 SE {'n/a' if np.isnan(noise) else f'{noise:.2g}'})."
             )
         for row in sub[sub.family.map(kind) == "SSM"].itertuples(index=False):
             ref = _trained_arm(frame, row.model)
@@ -515,7 +589,8 @@ def _training_section(config: Config, root: Path) -> list[str]:
     lines += [
         f"### Trained against random (length {fig['length']}, view {fig['view']})",
         "",
-        "F3.2.3: inter-token cosine (last state and mean over depth); F3.2.1: layerwise cosine "
+        "F3.2.3: inter-token cosine (last state and mean over the states after the embeddings, as in the "
+        "findings, with its standard error); F3.2.1: layerwise cosine "
         "(mean over depth); F3.4.1: probe peak (relative depth of the peak, gap to the last "
         "state). `differs`: last-state inter-token cosine differs from the trained arm's by more "
         "than 3 standard errors over prompts; `probe_differs`: peak probe accuracy differs by more "

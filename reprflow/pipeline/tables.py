@@ -53,7 +53,8 @@ VALUE_COLUMNS = [
 ]
 COLUMN_DEFINITIONS = {
     "model": "model name (config.models[].name)",
-    "init": "weight initialisation (config.inits[].name); pretrained = the hub checkpoint",
+    "init": "weight initialisation (config.inits[].name); pretrained = the model's own weights: the hub "
+    "checkpoint, or the workflow-trained model of a `train:` entry",
     "view": "layer view: hf = the L+1 hidden_states transformers returns (TBMs: embeddings, blocks 1..L-1, "
     "final norm; Mamba/Falcon-Mamba/Mamba2: blocks 1..L, final norm); residual = the L+1 pre-norm residual stream "
     "(embeddings, blocks)",

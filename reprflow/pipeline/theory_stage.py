@@ -193,7 +193,7 @@ def run_theory(  # noqa: PLR0913 (one keyword per config key)
     )  # fmt: skip
     text = "\n".join([
         "# Theory check: verdict", "", header, "",
-        paper_markdown(theorems, assumptions, paper_cross, cross, tolerance=tolerance), "",
+        paper_markdown(theorems, assumptions, paper_cross, cross, tolerance=tolerance, scheme=weight_scheme), "",
         "## Project extensions (our derivations, not the paper's statements)", "", extension,
     ])  # fmt: skip
     atomic_write(paths["verdict"], lambda p: p.write_text(text))

@@ -206,11 +206,24 @@ def _deciding(r) -> str:
             f"[{r.rel_err_ci_low:+.1%}, {r.rel_err_ci_high:+.1%}]{ref}")  # fmt: skip
 
 
+def weights_label(source: str, scheme: str | None = None) -> str:
+    """How verdict.md names a weight source: the CSVs' ``weight_source`` value ``"scheme"``
+    (:class:`reprflow.theory.weights.WeightSource` ``label``, which the CSVs keep) becomes the
+    scheme's own name, e.g. ``xavier``; ``model:<name>`` stays as it is. Without ``scheme`` the
+    label says where the name is: ``configured scheme (see Setup)``."""
+    if source != "scheme":
+        return str(source)
+    return scheme if scheme else "configured scheme (see Setup)"
+
+
 def paper_markdown(
     theorems: pd.DataFrame, assumptions: pd.DataFrame, crossover: pd.DataFrame,
-    extension_crossover: pd.DataFrame, *, tolerance: float,
+    extension_crossover: pd.DataFrame, *, tolerance: float, scheme: str | None = None,
 ) -> str:  # fmt: skip
-    """The "Paper Theorems 1-6" part of verdict.md (``##`` section with ``###`` subsections)."""
+    """The "Paper Theorems 1-6" part of verdict.md (``##`` section with ``###`` subsections).
+
+    ``scheme``: the configured weight scheme (``theory.weight_scheme``, e.g. ``xavier``), printed
+    for the CSVs' ``weight_source`` ``"scheme"`` (:func:`weights_label`)."""
     lines = [
         "## Paper Theorems 1–6 (as stated, in the paper's setting)", "",
         "Blocks of §4 / Appendix A: non-causal single-head attention with FFN biases; Mamba as "
@@ -227,7 +240,7 @@ def paper_markdown(
     ]  # fmt: skip
     for r in theorems.itertuples():
         lines.append(
-            f"| {r.theorem}: {r.statement} | {r.setting} | {r.weight_source} | **{r.verdict}** | "
+            f"| {r.theorem}: {r.statement} | {r.setting} | {weights_label(r.weight_source, scheme)} | **{r.verdict}** | "
             f"{r.regime} | {r.positive}/{r.negative}/{r.inconclusive} | {_deciding(r)} |"
         )
     lines += ["", "Why, per theorem:", ""]
@@ -238,11 +251,11 @@ def paper_markdown(
         const = assumptions[assumptions.assumption.str.startswith("Theorem 5")]
         for (src, n), g in const.groupby(["weight_source", "n"]):
             vals = ", ".join(f"{q}={v:.4g}" for q, v in zip(g.quantity, g.value, strict=True))
-            lines.append(f"- Theorem 5's constants, {src}, n={int(n)}: {vals}.")
+            lines.append(f"- Theorem 5's constants, {weights_label(src, scheme)}, n={int(n)}: {vals}.")
         delta = assumptions[assumptions.quantity == "delta"]
         for src, g in delta.groupby("weight_source"):
             lines.append(
-                f"- Assumption 8, {src}: δ from {g.value.min():.4g} to {g.value.max():.4g} over "
+                f"- Assumption 8, {weights_label(src, scheme)}: δ from {g.value.min():.4g} to {g.value.max():.4g} over "
                 f"{len(g)} (n, σ², L) cells; δ > 0 in {int(g.satisfied.sum())}/{len(g)}."
             )
         lemma = assumptions[assumptions.assumption.str.startswith("Lemma 1")]
@@ -263,13 +276,13 @@ def paper_markdown(
     )
     for src, g in crossover.groupby("weight_source"):
         lines.append(
-            f"- {src}: σ²*(n) = " + ", ".join(f"{r.sigma2_star:.4g} (n={int(r.n)})" for r in g.itertuples())
+            f"- {weights_label(src, scheme)}: σ²*(n) = " + ", ".join(f"{r.sigma2_star:.4g} (n={int(r.n)})" for r in g.itertuples())
             + "; the proof's x_max = " + ", ".join(f"{r.x_max:.3g}" for r in g.itertuples())
             + "; consistent x_max(n) = " + ", ".join(f"{r.x_max_n:.3g}" for r in g.itertuples()) + "."
         )  # fmt: skip
     for src, g in extension_crossover.groupby("weight_source"):
         lines.append(
-            f"- project extension blocks, {src}: σ²*(n) = "
+            f"- project extension blocks, {weights_label(src, scheme)}: σ²*(n) = "
             + ", ".join(f"{r.sigma2_star:.4g} (n={int(r.n)})" for r in g.itertuples()) + "."
         )  # fmt: skip
     lines.append("")
@@ -281,7 +294,7 @@ def paper_markdown(
             first, last = g.sigma2_star.iloc[0], g.sigma2_star.iloc[-1]
             monotone = bool((g.sigma2_star.diff().dropna() < 0).all())
             lines.append(
-                f"- {name}, {src}: σ²*(n={int(g.n.iloc[-1])}) / σ²*(n={int(g.n.iloc[0])}) = "
+                f"- {name}, {weights_label(src, scheme)}: σ²*(n={int(g.n.iloc[-1])}) / σ²*(n={int(g.n.iloc[0])}) = "
                 f"{last / first:.3g}; strictly decreasing over the grid: {monotone}."
             )
     lines.append("")

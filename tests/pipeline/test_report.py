@@ -100,7 +100,7 @@ def test_html_pages_and_markdown_report_from_metric_files(tmp_path):
     assert "## Verdicts on the paper's findings" in text and "**F3.2.1 / pretrained / hf: supports**" in text
 
 
-def _controlled(**random_last):
+def _controlled(mean_se=0.001, **random_last):
     """A controlled_table-shaped frame: four families, trained and random arms."""
     rows = []
     means = {"gpt_neo": (0.5, 0.4), "gpt_neox": (0.45, 0.35), "mamba": (0.2, 0.01), "mamba2": (0.25, 0.05)}
@@ -115,6 +115,7 @@ def _controlled(**random_last):
                     "inter_token_last": last,
                     "inter_token_last_se": 0.01,
                     "inter_token_mean": value,
+                    "inter_token_mean_se": mean_se,
                     "peak_acc": 0.5,
                     "peak_acc_std": 0.0,
                     "differs": "" if arm == "pretrained" else "yes",
@@ -124,24 +125,87 @@ def _controlled(**random_last):
     return pd.DataFrame(rows)
 
 
+def _random_means(frame, **means):
+    """``frame`` with the random arm's ``inter_token_mean`` of some families replaced."""
+    frame = frame.copy()
+    for family, value in means.items():
+        frame.loc[(frame.family == family) & (frame.arm == "random"), "inter_token_mean"] = value
+    return frame
+
+
 def test_paper_agreement_gives_each_statement_a_verdict_with_its_numbers():
     text = "\n".join(paper_agreement(_controlled()))
-    assert "lowest Transformer 0.34 > highest SSM 0.09" in text  # the paper checkpoints' random arm
-    assert "**agrees** (lowest Transformer 0.35 > highest SSM 0.05)" in text
+    assert "**agrees**: lowest Transformer m-gpt_neox 0.35 - highest SSM m-mamba2 0.05 = 0.3 (3 SE 0.0042)" in text
     assert "Training raises m-mamba's smoothing (SSM, vs random): **agrees**" in text
     assert "= 0.19 (3 SE 0.042)" in text
     # an SSM whose trained arm is no smoother than its random one disagrees; an SSM above a Transformer too
-    flipped = "\n".join(
-        paper_agreement(
-            _controlled(mamba2=0.3).assign(
-                inter_token_mean=lambda f: np.where(
-                    (f.family == "mamba2") & (f.arm == "random"), 0.5, f.inter_token_mean
-                )
-            )
-        )
-    )
+    flipped = "\n".join(paper_agreement(_random_means(_controlled(mamba2=0.3), mamba2=0.5)))
     assert "Training raises m-mamba2's smoothing (SSM, vs random): **disagrees**" in flipped
-    assert "**disagrees** (lowest Transformer 0.35 <= highest SSM 0.5)" in flipped
+    assert "**disagrees**: lowest Transformer m-gpt_neox 0.35 - highest SSM m-mamba2 0.5 = -0.15" in flipped
+
+
+def test_paper_agreement_ordering_is_decided_only_beyond_noise():
+    """The demo's case: lowest Transformer 0.0256 vs highest SSM 0.0235 with SEs of ~0.005: a gap
+    of 0.002 inside 3 combined SE (0.021) is within noise, not agreement; the same gap with tiny SEs
+    agrees; without an SE nothing is decided."""
+    frame = _random_means(_controlled(mean_se=0.005), gpt_neo=0.0256, gpt_neox=0.0435, mamba=0.0235, mamba2=0.0128)
+    text = "\n".join(paper_agreement(frame))
+    assert (
+        "**within noise** (inconclusive): lowest Transformer m-gpt_neo 0.0256 - highest SSM m-mamba 0.0235 "
+        "= 0.0021 (3 SE 0.021)" in text
+    )
+    assert "**agrees**: lowest Transformer" not in text
+    tight = "\n".join(paper_agreement(frame.assign(inter_token_mean_se=0.0001)))
+    assert "**agrees**: lowest Transformer m-gpt_neo 0.0256 - highest SSM m-mamba 0.0235" in tight
+    none = "\n".join(paper_agreement(frame.drop(columns="inter_token_mean_se")))
+    assert "not decided (no noise estimate): lowest Transformer m-gpt_neo 0.0256" in none and "(3 SE n/a)" in none
+
+
+def test_paper_agreement_labels_the_reference_numbers_as_the_projects_not_the_papers():
+    lines = paper_agreement(_controlled())
+    header = lines[2]
+    assert "paper checkpoint" not in header
+    assert "full-size random init, measured by this project (BENCHMARKS.md, 2026-11-22)" in header
+    assert "paper's own reading, Fig. 3 random init" in header
+    text = "\n".join(lines)
+    # the project's numbers next to the paper's reading; trained rows carry neither
+    assert "| m-gpt_neo | gpt_neo | random | 0.4 | 0.003 | 0.35 | 0.75-1 (75-100 %) |" in text
+    assert "| m-mamba2 | mamba2 | random | 0.05 | 0.003 | 0.086 | 0-0.25 (0-25 %) |" in text
+    assert "| m-mamba | mamba | random | 0.01 | 0.003 | 0.004* | not shown |" in text
+    assert "| m-gpt_neo | gpt_neo | pretrained | 0.5 | 0.003 |  |  |" in text
+    assert "The full-size column is not the paper's" in text and "benchmarks/results/paper_check_curves.csv" in text
+    assert "random GPT-Neo 0.75-1 (75-100 %), random Mamba2 0-0.25 (0-25 %)" in text
+
+
+def test_curve_summary_leaves_out_the_embeddings_as_the_findings_do():
+    """Mean over depth = every state after ``embed`` (F3.2.3's definition); a view starting at
+    ``block_1`` (hf view of Mamba/Mamba2) keeps state 0. SE of the depth mean = mean per-state SE."""
+    from reprflow.pipeline.report import _curve_summary
+
+    def curve(names, means):
+        return pd.DataFrame(
+            {
+                "model": "m",
+                "init": "random",
+                "length": 300,
+                "view": "hf",
+                "task": "kvpr",
+                "state_index": range(len(names)),
+                "state_name": names,
+                "mean": means,
+                "std": [0.4, 0.2, 0.2, 0.4],
+                "n_prompts": 4,
+            }
+        )
+
+    with_embed = _curve_summary(
+        curve(["embed", "block_1", "block_2", "final_norm"], [0.9, 0.1, 0.2, 0.3]), "m", "random", 300, "hf"
+    )
+    assert np.allclose(with_embed, (0.2, 0.3, 0.2, (0.1 + 0.1 + 0.2) / 3))
+    no_embed = _curve_summary(
+        curve(["block_1", "block_2", "block_3", "final_norm"], [0.9, 0.1, 0.2, 0.3]), "m", "random", 300, "hf"
+    )
+    assert np.allclose(no_embed, (0.375, 0.3, 0.2, (0.2 + 0.1 + 0.1 + 0.2) / 4))
 
 
 def test_controlled_verdict_counts_only_differences_beyond_noise():
