@@ -425,9 +425,9 @@ def controlled_verdict(frame: pd.DataFrame) -> str:
 
 
 def _ordering_verdict(delta: float, spread_a: float, spread_b: float) -> str:
-    """Verdict on "every Transformer above every SSM" from ``delta`` = lowest Transformer minus
-    highest SSM: agrees / disagrees only beyond :func:`noise_band` (:func:`beyond_noise`), else
-    within noise; not decided without a noise estimate."""
+    """Verdict on "a above b" from ``delta`` = a - b (lowest Transformer minus highest SSM; trained
+    minus untrained): agrees / disagrees only beyond :func:`noise_band` (:func:`beyond_noise`),
+    else within noise; not decided without a noise estimate."""
     beyond = beyond_noise(delta, spread_a, spread_b)
     if beyond == "yes":
         return f"**{'agrees' if delta > 0 else 'disagrees'}**"
@@ -452,7 +452,7 @@ def paper_agreement(frame: pd.DataFrame) -> list[str]:
        negative beyond them, else within noise (inconclusive); not decided without an SE.
     2. *Training raises SSM smoothing*: for each SSM and untrained arm, agrees if the trained
        arm's last-state inter-token cosine exceeds the untrained one's by more than 3 combined
-       standard errors over prompts (the frame's ``differs`` verdict, and upwards).
+       standard errors over prompts, disagrees if it is lower by more than that, else within noise.
     """
     if frame.empty:
         return []
@@ -513,10 +513,9 @@ def paper_agreement(frame: pd.DataFrame) -> list[str]:
                 continue
             gain = ref.inter_token_last - row.inter_token_last
             noise = noise_band(ref.inter_token_last_se, row.inter_token_last_se)
-            if row.differs not in ("yes", "no"):  # the table's own verdict (beyond_noise): none without noise
-                verdict = "not decided (no noise estimate)"
-            else:  # beyond noise and upwards
-                verdict = f"**{'agrees' if row.differs == 'yes' and gain > 0 else 'disagrees'}**"
+            # the table's own verdict (beyond_noise), read as the ordering verdicts above: agrees upwards
+            # beyond noise, disagrees downwards beyond it, within noise otherwise
+            verdict = _ordering_verdict(gain, ref.inter_token_last_se, row.inter_token_last_se)
             lines.append(
                 f"- Training raises {row.model}'s smoothing (SSM, vs {arm}): {verdict}: last-state "
                 f"inter-token cosine trained {ref.inter_token_last:.3g} - untrained {row.inter_token_last:.3g} "

@@ -241,3 +241,12 @@ def test_family_answers_give_each_model_its_own_checks_and_verdict_per_arm():
         f"PASS {mamba} gain 0.4 >= 0.1 |",
     ]
     assert family_answers([], config) == []
+
+
+def test_training_gain_within_noise_is_no_disagreement():
+    """A trained-minus-untrained change inside 3 SE reads "within noise", not "disagrees"."""
+    from reprflow.pipeline.report import _ordering_verdict
+
+    assert _ordering_verdict(-0.001, 0.01, 0.01) == "**within noise** (inconclusive)"
+    assert _ordering_verdict(-0.5, 0.01, 0.01) == "**disagrees**"
+    assert _ordering_verdict(0.5, 0.01, 0.01) == "**agrees**"
