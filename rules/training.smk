@@ -17,6 +17,14 @@ def _train_recipe(wildcards):
     return {k: v for k, v in sorted(block.items()) if k not in TrainSpec.EXECUTION_KEYS}
 
 
+def _train_gpus(wildcards):
+    """GPUs of a training job: as an extraction job (execution.extraction.gpus), or 0 for a recipe
+    that trains on the CPU (``device: cpu``)."""
+    if CFG.model(wildcards.model).train.get("device") == "cpu":
+        return 0
+    return CFG.execution("extraction")["gpus"]
+
+
 def _train_corpus(wildcards):
     """The shipped corpus file a model trains on (nq_open), or none (gcide: a system package)."""
     corpus = CFG.model(wildcards.model).train["corpus"]
@@ -50,10 +58,10 @@ rule train_model:
         checkpoint=lambda w: TRAIN_CHECKPOINT.format(model=w.model),
     threads: lambda w: CFG.model(w.model).train.get("threads") or 2
     resources:
-        # a GPU job like extraction (execution.extraction.gpus), unless the recipe trains on the CPU
-        gpu=lambda w: 0 if CFG.model(w.model).train.get("device") == "cpu" else CFG.execution("extraction")["gpus"],
+        gpu=_train_gpus,
     conda:
-        "../envs/cpu.yaml"
+        # --sdm conda: a GPU job gets the CUDA environment (torch with CUDA, mamba-ssm's kernels)
+        lambda w: "../envs/gpu.yaml" if _train_gpus(w) else "../envs/cpu.yaml"
     script:
         "../workflow_scripts/train.py"
 

@@ -6,7 +6,9 @@ touches files, Zarr or config; ``reprflow.pipeline`` does load -> compute -> wri
 
 Modules: :mod:`~reprflow.metrics.cosine` (layerwise and inter-token cosine, Eq. 2),
 :mod:`~reprflow.metrics.cka` (linear CKA, biased and debiased, minibatch CKA) and
-:mod:`~reprflow.metrics.smoothness` (Sm, Eq. 3, and St, Eq. 4).
+:mod:`~reprflow.metrics.smoothness` (Sm, Eq. 3, and St, Eq. 4); :mod:`~reprflow.metrics.mixed` computes
+them all in one float32 pass (``metrics.precision: mixed``). A map from each metric to its function,
+file and figure: docs/metrics.md.
 
 ``METRICS`` maps a config name to a function ``f(H) -> ndarray | float``::
 

@@ -35,7 +35,7 @@ parent. Two facts are not in the module tree:
 
   :func:`reprflow.models.hf_view.check_hf_view` checks the convention against
   ``output_hidden_states`` on a real batch and names the first state that
-  differs. Checked on transformers 5.23.0 (torch 2.13, CPU, fp32) for 16
+  differs. Checked on transformers 5.23.0 (torch 2.13, CPU, fp32) for 17
   model types in ``tests/models/test_any_causal_lm.py``.
 
 The ``residual`` view is ``[embed, block_1 .. block_L]`` (K = L + 1) for every family.
