@@ -325,8 +325,14 @@ def stages(config: Config) -> tuple[Stage, ...]:
     prompts stage tracks that key and reads each task's JSONL file (a project input); with models
     trained by the workflow (``train:``) the models stage also outputs ``results/training`` (the
     training curves and summaries; the weights are under ``data/models``) and reads their
-    tokenizers; the prompts stage reads the tokenizer of every model."""
+    tokenizers; the prompts stage reads the tokenizer of every model. Without a model the workflow
+    builds (``tiny:`` or ``train:``; the paper config) there is no models stage, and the
+    activations stage reads no ``data/models`` (``dvc repro`` failed on that missing output)."""
     found = STAGES
+    if not any(m.tiny is not None or m.train is not None for m in config.models):
+        found = tuple(
+            replace(s, data=tuple(d for d in s.data if d != "data/models")) for s in found if s.name != "models"
+        )
     trained = [m for m in config.models if m.train is not None]
     if trained:
         found = _extend(found, "models", outs=("results/training",), data=_tokenizers(trained))

@@ -114,6 +114,14 @@ def test_trained_models_are_versioned_with_their_training_outputs():
     assert not any("results/training" in str(p) for p in [*text["metrics"], *text["plots"]])
 
 
+def test_a_config_that_builds_no_model_has_no_models_stage():
+    """The paper config loads every model (hub ids, shipped configs): `dvc repro` failed at a models
+    stage whose output data/models nothing creates. No such stage, and no such dep of activations."""
+    text = yaml.safe_load(render("config/config.yaml", load_config(PROJECT_ROOT / "config" / "config.yaml")))
+    assert "models" not in text["stages"] and list(text["stages"])[0] == "prompts"
+    assert not any(str(d).endswith("data/models") for d in text["stages"]["activations"]["deps"])
+
+
 def _copy_code(dest):
     import shutil
 
