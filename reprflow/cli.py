@@ -26,7 +26,7 @@ import logging
 import os
 import sys
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -286,40 +286,35 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
         )
 
 
-def _int_at_least(low: int, below: int | None = None) -> Any:
-    """An argparse ``type``: an int >= ``low`` (and < ``below`` if given); argparse names the option in
-    its error (exit 2)."""
-    wanted = f"an int >= {low}" if below is None else f"an int in [{low}, {below})"
+def _checked(convert: Callable[[str], Any], ok: Callable[[Any], bool], wanted: str) -> Any:
+    """An argparse ``type``: ``convert(text)``, refused unless ``ok(value)``; argparse names the
+    option in its error, ``expected <wanted>`` (exit 2)."""
 
-    def parse(text: str) -> int:
+    def parse(text: str) -> Any:
         try:
-            value = int(text)
+            value = convert(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
-        if value < low or (below is not None and value >= below):
-            raise argparse.ArgumentTypeError(f"expected {wanted}, got {value}")
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text}")
         return value
 
     return parse
+
+
+def _int_at_least(low: int, below: int | None = None) -> Any:
+    """An int >= ``low`` (and < ``below`` if given), as an argparse ``type``."""
+    wanted = f"an int >= {low}" if below is None else f"an int in [{low}, {below})"
+    return _checked(int, lambda v: v >= low and (below is None or v < below), wanted)
 
 
 _SEED = _int_at_least(0, below=2**32)  # what numpy's and torch's generators take whole
 
 
 def _float_between(low: float, high: float | None = None) -> Any:
-    """An argparse ``type``: a float > ``low`` (and < ``high`` if given); argparse names the option (exit 2)."""
+    """A float > ``low`` (and < ``high`` if given; NaN never), as an argparse ``type``."""
     wanted = f"a number > {low:g}" if high is None else f"a number in ({low:g}, {high:g})"
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
-        if not (value > low and (high is None or value < high)):
-            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text}")
-        return value
-
-    return parse
+    return _checked(float, lambda v: v > low and (high is None or v < high), wanted)
 
 
 def _add_store_inputs(p: argparse.ArgumentParser, out_help: str) -> None:
