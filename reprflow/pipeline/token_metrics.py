@@ -77,6 +77,12 @@ N_BINS = 64
 """Relative-position bins of the layerwise-cosine heatmap (Fig. 1)."""
 
 
+def min_prompt_tokens(debiased_cka: bool) -> int:
+    """Tokens a token prompt needs for its metrics: 2 for the inter-token cosine, 4 with the
+    debiased CKA (its U-centred Gram)."""
+    return 4 if debiased_cka else 2
+
+
 def position_bins(n_bins: int, shortest: int) -> int:
     """The heatmap's bin count for token prompts whose shortest has ``shortest`` tokens:
     ``n_bins``, or ``shortest`` when fewer (short custom prompts), so no bin is empty. The
@@ -364,7 +370,7 @@ def compute_token_metrics(
         )
     check_precision(precision)
     group = open_activations(store_path)
-    view_indices, state_names, lengths = _check_store(group, path, views, min_tokens=4 if debiased_cka else 2)
+    view_indices, state_names, lengths = _check_store(group, path, views, min_tokens=min_prompt_tokens(debiased_cka))
     attrs = group.attrs
     tokens = group["tokens"]
     n_bins = position_bins(n_bins, int(lengths.min())) if len(lengths) else n_bins

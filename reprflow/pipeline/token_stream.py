@@ -21,7 +21,7 @@ import torch
 
 from reprflow.errors import ConfigError
 from reprflow.extract import ExtractionSummary, extract_activations, token_prompt_ids
-from reprflow.pipeline.token_metrics import MAX_TOKENS_IN_MEMORY, N_BINS, position_bins
+from reprflow.pipeline.token_metrics import MAX_TOKENS_IN_MEMORY, N_BINS, min_prompt_tokens, position_bins
 from reprflow.sinks import TokenMetricsSink
 
 __all__ = ["extract_with_streamed_token_metrics"]
@@ -71,7 +71,7 @@ def extract_with_streamed_token_metrics(
         The extraction's summary and the metric files written.
     """
     ids = token_prompt_ids(len(prompts), n_token_prompts)
-    min_tokens = 4 if debiased_cka else 2  # checked before any forward pass, not after the extraction
+    min_tokens = min_prompt_tokens(debiased_cka)  # checked before any forward pass, not after the extraction
     short = [(i, int(prompts[i]["n_tokens"])) for i in ids if int(prompts[i].get("n_tokens", min_tokens)) < min_tokens]
     if short:
         i, n = short[0]
