@@ -167,16 +167,21 @@ class Config:
         """sha256 of the canonical JSON of the validated config (provenance in outputs)."""
         return _sha256_json(self.raw)
 
-    def extraction_digest(self, model: str, init: str) -> str:
-        """sha256 of exactly what one cell's extraction reads: seed, prompts and extraction
-        science settings (``config.extraction``; ``config.execution`` is left out), the model
-        entry (less its train block's execution keys) and the init entry. Used as a rule param and stored in the store's attrs, so a
-        change to e.g. the probe settings, the batch size or the order of ``models:`` does not
-        rerun extraction."""
+    def extraction_digest(self, model: str, init: str, task: str, length: int) -> str:
+        """sha256 of exactly what one cell's extraction reads: seed, its prompt set's settings
+        (:func:`prompt_set_settings`; a custom task's spec), the extraction science settings
+        (``config.extraction``; ``config.execution`` is left out), the model entry (less its
+        train block's execution keys) and the init entry. Used as a rule param and stored in the
+        store's attrs, so a change to e.g. the probe settings, the batch size, the order of
+        ``models:`` or another prompt set's tolerance does not rerun this extraction."""
+        if task in self.custom_tasks:
+            prompts = {k: self.custom_tasks[task][k] for k in ("jsonl", "length")}
+        else:
+            prompts = prompt_set_settings(self.raw["prompts"], task, length)
         return _sha256_json(
             {
                 "seed": self.raw["seed"],
-                "prompts": self.raw["prompts"],
+                "prompts": {"task": task, "length": length, **prompts},
                 "extraction": self.raw["extraction"],
                 "model": _science_model(next(m for m in self.raw["models"] if m["name"] == model)),
                 # `scope` is kept: a fig3 store holds only the n_token_prompts token prompts
@@ -188,6 +193,24 @@ class Config:
 TRAIN_EXECUTION_KEYS = ("device", "threads", "checkpoint_every")
 """Keys of ``models[].train`` that change how training runs, never the weights it saves
 (reprflow.training.recipe.TrainSpec.EXECUTION_KEYS): no rule's param."""
+
+
+def prompt_set_settings(prompts: Mapping[str, Any], task: str, length: int) -> dict[str, Any]:
+    """The ``config.prompts`` settings one paper prompt set (task, length) is built from.
+
+    ``n_prompts``, its tolerance (:func:`prompt_tolerance`, an override resolved) and, for MDQA,
+    the oracle file and the distractor folder. The prompts rule's param and part of each
+    extraction's digest: a change that matters to one set (its tolerance override, MDQA's
+    oracle) rebuilds that set and reruns its extractions only. Idempotent (the result, passed
+    again, gives itself)."""
+    settings: dict[str, Any] = {
+        "n_prompts": prompts["n_prompts"],
+        "tolerance": prompt_tolerance(prompts, task, length),
+    }
+    if task == "mdqa":
+        settings["mdqa_oracle"] = prompts.get("mdqa_oracle")
+        settings["mdqa_distractor_dir"] = prompts.get("mdqa_distractor_dir")
+    return settings
 
 
 def prompt_tolerance(prompts: Mapping[str, Any], task: str, length: int) -> float:

@@ -21,7 +21,7 @@ EXTRACTION_PARAMS = dict(
     init=lambda w: asdict(CFG.init(w.init)),  # with `scope`: a fig3 store holds the token prompts only
     seed=CFG.seed,
     settings=CFG.section("extraction"),
-    config_digest=lambda w: CFG.extraction_digest(w.model, w.init),
+    config_digest=lambda w: CFG.extraction_digest(w.model, w.init, w.task, int(w.length)),
     metrics=CFG.section("metrics") if TOKENS_STREAMED else None,
 )
 # the one job per cell that writes the streamed metrics: unsharded, or shard 0 (below)

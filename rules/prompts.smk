@@ -5,7 +5,7 @@
 rule prompts:
     input:
         tokenizer="reprflow/data/tokenizers/{tokenizer}/tokenizer.json",  # package data: not under out_dir
-        oracle=CFG.section("prompts")["mdqa_oracle"],
+        oracle=lambda w: CFG.section("prompts")["mdqa_oracle"] if w.task == "mdqa" else [],  # MDQA's source
     output:
         prompts=PROMPTS,
         manifest=PROMPTS.replace(".jsonl", ".manifest.json"),
@@ -16,7 +16,7 @@ rule prompts:
     params:
         code=code_digest("prompts.py"),
         seed=CFG.seed,
-        settings=CFG.section("prompts"),
+        settings=lambda w: prompt_set_settings(CFG.section("prompts"), w.task, int(w.length)),  # this set's only
         max_tokens=lambda w: prompt_token_cap(CFG, w.tokenizer, int(w.length)),
     resources:
         # peak RSS measured on the CPU (2026-12-05, 25,000 prompts): MDQA at 4096 tokens 4.4 GB,

@@ -155,26 +155,63 @@ def test_missing_file_and_bad_yaml(tmp_path):
 
 
 def test_extraction_digest_ignores_settings_extraction_does_not_read(demo):
-    base = validate_config(demo).extraction_digest("tiny-mamba", "random")
-    assert base == validate_config(_mutate(demo, ("probes", "epochs"), 3)).extraction_digest("tiny-mamba", "random")
+    base = validate_config(demo).extraction_digest("tiny-mamba", "random", "kvpr", 300)
+    assert base == validate_config(_mutate(demo, ("probes", "epochs"), 3)).extraction_digest(
+        "tiny-mamba", "random", "kvpr", 300
+    )
     for key, value in (("batch_size", 3), ("batch_tokens", 4096), ("device", "cuda:1"), ("gpus", 4), ("shards", 2)):
         changed = _mutate(demo, ("execution", "extraction", key), value)
-        assert base == validate_config(changed).extraction_digest("tiny-mamba", "random"), key
+        assert base == validate_config(changed).extraction_digest("tiny-mamba", "random", "kvpr", 300), key
     reordered = _mutate(demo, ("models",), demo["models"][::-1])
-    assert base == validate_config(reordered).extraction_digest("tiny-mamba", "random")
+    assert base == validate_config(reordered).extraction_digest("tiny-mamba", "random", "kvpr", 300)
     assert validate_config(demo).science() == validate_config(reordered).science()
     scoped = copy.deepcopy(demo)
     scoped["inits"][1]["scope"] = "fig3"
     # a fig3 store holds only the token prompts: scope changes stored values, so the digest
-    assert base != validate_config(scoped).extraction_digest("tiny-mamba", "random")
+    assert base != validate_config(scoped).extraction_digest("tiny-mamba", "random", "kvpr", 300)
     assert base != validate_config(_mutate(demo, ("extraction", "tokens"), "stream")).extraction_digest(
-        "tiny-mamba", "random"
+        "tiny-mamba", "random", "kvpr", 300
     )
     assert base != validate_config(_mutate(demo, ("extraction", "n_token_prompts"), 3)).extraction_digest(
-        "tiny-mamba", "random"
+        "tiny-mamba", "random", "kvpr", 300
     )
-    assert base != validate_config(_mutate(demo, ("seed",), 7)).extraction_digest("tiny-mamba", "random")
-    assert base != validate_config(demo).extraction_digest("tiny-mamba", "pretrained")
+    assert base != validate_config(_mutate(demo, ("seed",), 7)).extraction_digest("tiny-mamba", "random", "kvpr", 300)
+    assert base != validate_config(demo).extraction_digest("tiny-mamba", "pretrained", "kvpr", 300)
+
+
+def test_prompt_settings_are_per_prompt_set(demo):
+    """A setting that matters to one prompt set (its tolerance override, MDQA's oracle) changes that
+    set's prompts-rule settings and its extractions' digests only: the other sets and their
+    extractions are not rerun. n_prompts and the seed still reach every set."""
+    from reprflow.config import prompt_set_settings
+
+    cfg = validate_config(demo)
+    sets = [(t, n) for t in ("kvpr", "mdqa") for n in (300, 600)]
+
+    def state(raw):
+        c = validate_config(raw)
+        return {
+            s: (prompt_set_settings(c.section("prompts"), *s), c.extraction_digest("tiny-mamba", "random", *s))
+            for s in sets
+        }
+
+    base = state(demo)
+    assert base[("kvpr", 300)][0] == {"n_prompts": cfg.section("prompts")["n_prompts"], "tolerance": 0.1}
+    assert base[("kvpr", 600)][0]["tolerance"] == 0.05 and "mdqa_oracle" not in base[("kvpr", 600)][0]
+    assert len({d for _, d in base.values()}) == len(sets)  # each cell its own digest
+    for s in sets:  # the set's own settings, passed again, are themselves (the rule's param is rebuilt from them)
+        assert prompt_set_settings(base[s][0], *s) == base[s][0]
+
+    def changed_sets(path, value):
+        after = state(_mutate(demo, path, value))
+        return {s for s in sets if after[s][0] != base[s][0]}, {s for s in sets if after[s][1] != base[s][1]}
+
+    override = [{"task": "kvpr", "length": 300, "tolerance": 0.2}]
+    assert changed_sets(("prompts", "tolerance_overrides"), override) == ({("kvpr", 300)},) * 2
+    mdqa = {("mdqa", 300), ("mdqa", 600)}
+    assert changed_sets(("prompts", "mdqa_oracle"), "elsewhere.jsonl.gz") == (mdqa, mdqa)
+    assert changed_sets(("prompts", "tolerance"), 0.07) == ({s for s in sets if s != ("kvpr", 300)},) * 2
+    assert changed_sets(("prompts", "n_prompts"), 9) == (set(sets), set(sets))
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from reprflow.config import prompt_tolerance
+from reprflow.config import prompt_set_settings
 from reprflow.prompts import build_prompt_set, write_prompt_set
 from reprflow.prompts.custom import build_custom_prompt_set
 
@@ -25,21 +25,22 @@ def build_prompt_records(
 ) -> tuple[list[dict], dict]:
     """The records and manifest of one prompt set, as the prompts rule builds them (nothing written).
 
-    ``settings`` is the validated ``config.prompts`` section; its ``tolerance_overrides``
-    replace ``tolerance`` for one (task, length). ``max_tokens`` caps every prompt
+    ``settings`` is the validated ``config.prompts`` section or this set's part of it
+    (:func:`reprflow.config.prompt_set_settings`, the prompts rule's param); a
+    ``tolerance_overrides`` entry replaces ``tolerance`` for its (task, length). ``max_tokens`` caps every prompt
     (the smallest context window among the models that read this set; see
     :func:`reprflow.workflow.targets.prompt_token_cap`).
     """
-    tolerance = prompt_tolerance(settings, task, length)
+    settings = prompt_set_settings(settings, task, length)
     return build_prompt_set(
         task,
         target_tokens=length,
         tokenizer_name=tokenizer,
         n_prompts=settings["n_prompts"],
         seed=seed,
-        oracle_path=settings["mdqa_oracle"],
+        oracle_path=settings.get("mdqa_oracle"),
         distractor_dir=settings.get("mdqa_distractor_dir"),
-        tolerance=tolerance,
+        tolerance=settings["tolerance"],
         max_tokens=max_tokens,
         progress=progress,
     )

@@ -229,10 +229,12 @@ def test_a_train_execution_key_is_in_no_param(key, value):
     a, b = validate_config(raw), validate_config(changed)
     name = raw["models"][0]["name"]
     assert a.science_model(name) == b.science_model(name) and key not in a.science_model(name)["train"]
-    assert a.extraction_digest(name, "pretrained") == b.extraction_digest(name, "pretrained")
+    assert a.extraction_digest(name, "pretrained", "kvpr", 300) == b.extraction_digest(name, "pretrained", "kvpr", 300)
     assert a.science() == b.science()
     changed["models"][0]["train"]["lr"] = 0.02  # a science key still reruns
-    assert validate_config(changed).extraction_digest(name, "pretrained") != a.extraction_digest(name, "pretrained")
+    assert validate_config(changed).extraction_digest(name, "pretrained", "kvpr", 300) != a.extraction_digest(
+        name, "pretrained", "kvpr", 300
+    )
 
 
 def test_probe_jobs_book_the_threads_torch_uses():

@@ -102,7 +102,7 @@ def _store_then_compute(root, cfg: dict, init: str, dest):
         # 2 prompts per forward (600 // 300) where the streamed run forwarded 4: batch_tokens, an
         # execution key, leaves the stored values as they are
         settings={**config.section("extraction"), **config.execution("extraction"), "batch_tokens": 600},
-        config_digest=config.extraction_digest("tiny-pythia", init),
+        config_digest=config.extraction_digest("tiny-pythia", init, "kvpr", 300),
     )
     compute_token_metrics([store], dest / init, views=("hf", "residual"), debiased_cka=True, device="cpu")
     return open_store(store), dest / init
