@@ -16,7 +16,8 @@ EXECUTION = CFG.execution("extraction")
 TOKENS_STREAMED = CFG.section("extraction")["tokens"] == "stream"
 N_SHARDS = EXECUTION["shards"]
 EXTRACTION_PARAMS = dict(
-    code=code_digest("extract_activations.py"),  # the modules the job imports (reprflow/workflow/lineage.py)
+    # the modules the job imports (reprflow/workflow/lineage.py); storing token states, not the streamed metrics' code
+    code=code_digest("extract_activations.py", skip=() if TOKENS_STREAMED else STREAMED_METRICS_CODE),
     model=lambda w: CFG.science_model(w.model),  # train's device, threads: not params
     init=lambda w: asdict(CFG.init(w.init)),  # with `scope`: a fig3 store holds the token prompts only
     seed=CFG.seed,

@@ -10,118 +10,57 @@ Modules: :mod:`~reprflow.metrics.cosine` (layerwise and inter-token cosine, Eq. 
 them all in one float32 pass (``metrics.precision: mixed``). A map from each metric to its function,
 file and figure: docs/metrics.md.
 
-``METRICS`` maps a config name to a function ``f(H) -> ndarray | float``::
+Names are imported on first use (PEP 562): a job that needs one helper (the probes need
+``reprflow.metrics._arrays``) neither imports nor, in its code digest
+(reprflow/workflow/lineage.py), depends on every metric.
+
+``METRICS`` (:mod:`~reprflow.metrics.registry`) maps a config name to a function ``f(H) -> ndarray | float``::
 
     METRICS["inter_token_cosine"](H)   # shape (n_states,)
     METRICS["nope"]                    # UnknownMetricError listing the known names
 """
 
-from __future__ import annotations
+import importlib
 
-from collections.abc import Callable, Iterator, Mapping
-from functools import partial
-
-import numpy as np
-
-from reprflow.errors import UnknownMetricError
-from reprflow.metrics.cka import (
-    CKAMatrices,
-    MinibatchCKAAccumulator,
-    center_gram,
-    cka_from_grams,
-    cka_matrices,
-    cka_matrix,
-    feature_space_linear_cka,
-    gram_linear,
-    hsic,
-    linear_cka,
-    minibatch_cka,
-)
-from reprflow.metrics.cosine import (
-    InterTokenCosineAccumulator,
-    LayerwiseCosineAccumulator,
-    binned_layerwise_cosine,
-    inter_token_cosine,
-    layerwise_cosine,
-)
-from reprflow.metrics.smoothness import (
-    SmoothnessStabilityAccumulator,
-    mean_state_rms,
-    smoothness,
-    smoothness_scale_free,
-    stability,
-    stability_scale_free,
-)
-
-__all__ = [
-    "METRICS",
-    "CKAMatrices",
-    "InterTokenCosineAccumulator",
-    "LayerwiseCosineAccumulator",
-    "MinibatchCKAAccumulator",
-    "SmoothnessStabilityAccumulator",
-    "UnknownMetricError",
-    "binned_layerwise_cosine",
-    "center_gram",
-    "cka_from_grams",
-    "cka_matrices",
-    "cka_matrix",
-    "feature_space_linear_cka",
-    "get_metric",
-    "gram_linear",
-    "hsic",
-    "inter_token_cosine",
-    "layerwise_cosine",
-    "linear_cka",
-    "minibatch_cka",
-    "mean_state_rms",
-    "smoothness",
-    "smoothness_scale_free",
-    "stability",
-    "stability_scale_free",
-]
-
-MetricFn = Callable[..., "np.ndarray | float"]
+# name -> submodule (or a dotted module outside the package), imported on first use
+_EXPORTS = {
+    "CKAMatrices": "cka",
+    "MinibatchCKAAccumulator": "cka",
+    "center_gram": "cka",
+    "cka_from_grams": "cka",
+    "cka_matrices": "cka",
+    "cka_matrix": "cka",
+    "feature_space_linear_cka": "cka",
+    "gram_linear": "cka",
+    "hsic": "cka",
+    "linear_cka": "cka",
+    "minibatch_cka": "cka",
+    "InterTokenCosineAccumulator": "cosine",
+    "LayerwiseCosineAccumulator": "cosine",
+    "binned_layerwise_cosine": "cosine",
+    "inter_token_cosine": "cosine",
+    "layerwise_cosine": "cosine",
+    "SmoothnessStabilityAccumulator": "smoothness",
+    "mean_state_rms": "smoothness",
+    "smoothness": "smoothness",
+    "smoothness_scale_free": "smoothness",
+    "stability": "smoothness",
+    "stability_scale_free": "smoothness",
+    "METRICS": "registry",
+    "get_metric": "registry",
+    "UnknownMetricError": "reprflow.errors",
+}
 
 
-class _MetricRegistry(Mapping[str, MetricFn]):
-    """Read-only name -> metric mapping whose missing-key error lists the known names."""
-
-    def __init__(self, metrics: dict[str, MetricFn]) -> None:
-        self._metrics = dict(metrics)
-
-    def __getitem__(self, name: str) -> MetricFn:
-        try:
-            return self._metrics[name]
-        except KeyError:
-            raise UnknownMetricError(
-                f"unknown metric {name!r}; known metrics: {', '.join(sorted(self._metrics))}"
-            ) from None
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._metrics)
-
-    def __len__(self) -> int:
-        return len(self._metrics)
-
-    def __repr__(self) -> str:
-        return f"METRICS({sorted(self._metrics)})"
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        module = _EXPORTS[name]
+        return getattr(importlib.import_module(module if "." in module else f"reprflow.metrics.{module}"), name)
+    raise AttributeError(f"module 'reprflow.metrics' has no attribute {name!r}")
 
 
-METRICS: Mapping[str, MetricFn] = _MetricRegistry(
-    {
-        "layerwise_cosine": layerwise_cosine,  # (K-1, n)
-        "inter_token_cosine": inter_token_cosine,  # (K,)
-        "cka_matrix": cka_matrix,  # (K, K)
-        "debiased_cka_matrix": partial(cka_matrix, debiased=True),  # (K, K)
-        "smoothness": smoothness,  # float (Sm, Eq. 3)
-        "stability": stability,  # float (St, Eq. 4)
-    }
-)
-"""Per-prompt metrics by config name; each is ``f(H, *, device=None)`` with H of shape
-(n_states, n_tokens, hidden)."""
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
 
 
-def get_metric(name: str) -> MetricFn:
-    """The metric registered as ``name``; raises :class:`UnknownMetricError` (a ConfigError)."""
-    return METRICS[name]
+__all__ = sorted(_EXPORTS)

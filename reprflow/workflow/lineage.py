@@ -56,6 +56,12 @@ PLANNING_ONLY = (
 )
 """Plan a run (disk preflight, context-window check, code digests, priorities, GPU slots); no
 stored value depends on them."""
+STREAMED_METRICS_CODE = ("reprflow/pipeline/token_stream.py", "reprflow/sinks/metrics.py")
+"""The modules only a streamed extraction (``extraction.tokens: stream``) runs: the token metrics
+computed during the forward passes. An extraction that stores its token states imports them but
+never calls them, so with ``tokens: store`` they (and the metric code only they import) are left
+out of its code: an edit of e.g. reprflow/metrics/cosine.py reruns the token-metric jobs, not
+every GPU extraction."""
 DECLARED_DATA = ("reprflow/data",)
 """Package data the import walk leaves out, as each stage declares it: the schema (:data:`WIRING`;
 its defaults reach Snakemake in the validated params) and the tokenizers (an input of the rules
@@ -76,6 +82,7 @@ class Stage:
     data: tuple[str, ...]
     outs: tuple[str, ...]
     persist: bool = True
+    skip: tuple[str, ...] = ()  # code files its jobs import but never run here (STREAMED_METRICS_CODE)
 
 
 STAGES = (
@@ -239,26 +246,27 @@ def stage_code(stage: Stage, root: Path = PROJECT_ROOT) -> list[str]:
             else:
                 continue
             smk_imports += [f for f in (_module_file(n, root) for n in names if n.startswith(PACKAGE)) if f is not None]
-    rel = _code_files([*scripts, *smk_imports], root)
+    rel = _code_files([*scripts, *smk_imports], root, stage.skip)
     return sorted(rel | set(WIRING) | set(stage.rules))
 
 
-def _code_files(start: list[Path], root: Path) -> set[str]:
+def _code_files(start: list[Path], root: Path, skip: tuple[str, ...] = ()) -> set[str]:
     """``start``, the package modules they import at any depth and the data shipped in those
-    packages (:func:`_package_data`), relative to ``root``; the :data:`PLANNING_ONLY` modules and
-    what only they import are left out."""
-    files = module_closure(start, root, skip=frozenset(root / p for p in PLANNING_ONLY))
+    packages (:func:`_package_data`), relative to ``root``; the :data:`PLANNING_ONLY` modules, the
+    files in ``skip`` and what only they import are left out."""
+    files = module_closure(start, root, skip=frozenset(root / p for p in (*PLANNING_ONLY, *skip)))
     rel = {str(p.relative_to(root)) for p in files}
     return rel | _package_data({p.parent for p in files if p.is_relative_to(root / PACKAGE)}, root)
 
 
-def script_code(script: str, root: Path = PROJECT_ROOT) -> list[str]:
+def script_code(script: str, root: Path = PROJECT_ROOT, *, skip: tuple[str, ...] = ()) -> list[str]:
     """The code a job running ``workflow_scripts/<script>`` executes, relative to ``root``,
-    sorted: the script, every package module it imports (at any depth) and their packages' data."""
-    return sorted(_code_files([root / "workflow_scripts" / script], root))
+    sorted: the script, every package module it imports (at any depth) and their packages' data;
+    ``skip``: files (relative to ``root``) it imports but does not run, e.g. :data:`STREAMED_METRICS_CODE`."""
+    return sorted(_code_files([root / "workflow_scripts" / script], root, skip))
 
 
-def code_digest(script: str, root: Path = PROJECT_ROOT) -> str:
+def code_digest(script: str, root: Path = PROJECT_ROOT, *, skip: tuple[str, ...] = ()) -> str:
     """sha256 over the names and code of :func:`script_code`: a param of every rule that runs
     ``script``. Snakemake itself sees only a script's own mtime, not the modules it imports, so
     without it an edit to e.g. reprflow/metrics/cka.py would rerun nothing (and ``dvc repro``
@@ -266,7 +274,7 @@ def code_digest(script: str, root: Path = PROJECT_ROOT) -> str:
     without docstrings (:func:`python_code`): comments, docstrings and formatting compute
     nothing, so editing them reruns no job; every other file counts by its bytes."""
     digest = hashlib.sha256()
-    for rel in script_code(script, root):
+    for rel in script_code(script, root, skip=skip):
         path = root / rel
         for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
             if file.is_file() and "__pycache__" not in file.parts:
@@ -327,7 +335,8 @@ def stages(config: Config) -> tuple[Stage, ...]:
     training curves and summaries; the weights are under ``data/models``) and reads their
     tokenizers; the prompts stage reads the tokenizer of every model. Without a model the workflow
     builds (``tiny:`` or ``train:``; the paper config) there is no models stage, and the
-    activations stage reads no ``data/models`` (``dvc repro`` failed on that missing output)."""
+    activations stage reads no ``data/models`` (``dvc repro`` failed on that missing output).
+    With ``tokens: store`` the activations stage's code leaves out :data:`STREAMED_METRICS_CODE`."""
     found = STAGES
     if not any(m.tiny is not None or m.train is not None for m in config.models):
         found = tuple(
@@ -339,6 +348,8 @@ def stages(config: Config) -> tuple[Stage, ...]:
     found = _extend(found, "prompts", data=_tokenizers(config.models))
     if config.section("extraction").get("tokens", "store") == "stream":
         found = _extend(found, "activations", params=("metrics",))
+    else:
+        found = tuple(replace(s, skip=STREAMED_METRICS_CODE) if s.name == "activations" else s for s in found)
     if config.custom_tasks:
         files = tuple(f"@{t['jsonl']}" for t in config.custom_tasks.values())
         found = _extend(found, "prompts", params=("custom_tasks",), data=files)
