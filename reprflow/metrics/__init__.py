@@ -6,7 +6,7 @@ touches files, Zarr or config; ``reprflow.pipeline`` does load -> compute -> wri
 
 Modules: :mod:`~reprflow.metrics.cosine` (layerwise and inter-token cosine, Eq. 2),
 :mod:`~reprflow.metrics.cka` (linear CKA, biased and debiased, minibatch CKA) and
-:mod:`~reprflow.metrics.smoothness` (Sm, Eq. 3, and St, Eq. 4); :mod:`~reprflow.metrics.mixed` computes
+:mod:`~reprflow.metrics.smoothness_stability` (Sm, Eq. 3, and St, Eq. 4); :mod:`~reprflow.metrics.mixed` computes
 them all in one float32 pass (``metrics.precision: mixed``). A map from each metric to its function,
 file and figure: docs/metrics.md.
 
@@ -20,7 +20,7 @@ Names are imported on first use (PEP 562): a job that needs one helper (the prob
     METRICS["nope"]                    # UnknownMetricError listing the known names
 """
 
-import importlib
+from reprflow.lazy import lazy_exports
 
 # name -> submodule (or a dotted module outside the package), imported on first use
 _EXPORTS = {
@@ -40,27 +40,18 @@ _EXPORTS = {
     "binned_layerwise_cosine": "cosine",
     "inter_token_cosine": "cosine",
     "layerwise_cosine": "cosine",
-    "SmoothnessStabilityAccumulator": "smoothness",
-    "mean_state_rms": "smoothness",
-    "smoothness": "smoothness",
-    "smoothness_scale_free": "smoothness",
-    "stability": "smoothness",
-    "stability_scale_free": "smoothness",
+    "SmoothnessStabilityAccumulator": "smoothness_stability",
+    "mean_state_rms": "smoothness_stability",
+    "smoothness": "smoothness_stability",
+    "smoothness_scale_free": "smoothness_stability",
+    "stability": "smoothness_stability",
+    "stability_scale_free": "smoothness_stability",
     "METRICS": "registry",
     "get_metric": "registry",
     "UnknownMetricError": "reprflow.errors",
 }
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        module = _EXPORTS[name]
-        return getattr(importlib.import_module(module if "." in module else f"reprflow.metrics.{module}"), name)
-    raise AttributeError(f"module 'reprflow.metrics' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
-
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 __all__ = sorted(_EXPORTS)

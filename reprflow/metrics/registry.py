@@ -10,7 +10,7 @@ import numpy as np
 from reprflow.errors import UnknownMetricError
 from reprflow.metrics.cka import cka_matrix
 from reprflow.metrics.cosine import inter_token_cosine, layerwise_cosine
-from reprflow.metrics.smoothness import smoothness, stability
+from reprflow.metrics.smoothness_stability import smoothness, stability
 
 __all__ = ["METRICS", "MetricFn", "get_metric"]
 

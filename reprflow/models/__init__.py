@@ -7,7 +7,7 @@ by the config loader and the workflow without importing torch or transformers.
 
 from __future__ import annotations
 
-import importlib
+from reprflow.lazy import lazy_exports
 
 _EXPORTS = {
     "SCHEMES": "reprflow.models.init_params",
@@ -38,13 +38,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'reprflow.models' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -28,7 +28,7 @@ Notes
   For layerwise cosine the per-prompt value is the mean over that prompt's tokens.
 * ``Sm``/``St`` are the paper's absolute Eq. 3/4; ``Sm_rel``/``St_rel`` their scale-free
   variants (each prompt's value divided by its mean state RMS ``s``, then averaged over
-  prompts; :mod:`reprflow.metrics.smoothness`); ``state_rms`` is the mean of ``s``.
+  prompts; :mod:`reprflow.metrics.smoothness_stability`); ``state_rms`` is the mean of ``s``.
 * The heatmap puts token t of a prompt of n tokens in bin ``floor(t * n_bins / n)``,
   averages within bins per prompt, then over the prompts that have a token in the bin.
   Token prompts shorter than ``n_bins`` (custom tasks) lower it to the shortest prompt's

@@ -1,4 +1,4 @@
-"""Tests for reprflow.metrics.smoothness (Sm, Eq. 3; St, Eq. 4) against explicit loops / np.std."""
+"""Tests for reprflow.metrics.smoothness_stability (Sm, Eq. 3; St, Eq. 4) against explicit loops / np.std."""
 
 from __future__ import annotations
 
