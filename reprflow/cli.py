@@ -440,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="per-layer linear probes on a store's last-token states",
         description="Train one linear softmax probe per layer and seed on the last-token states to predict the "
         "label (the gold position), Adam, full batch, on a label-stratified split (MDQA: grouped by "
-        "question). Writes one CSV row per (view, state, seed) and a JSON summary beside it.",
+        "question and gold passage). Writes one CSV row per (view, state, seed) and a JSON summary beside it.",
     )
     _add_store_inputs(pr, "CSV to write; the summary goes to the same name .json")
     pr.add_argument("--epochs", type=_int_at_least(1), default=150, help="full-batch Adam steps (default: 150)")

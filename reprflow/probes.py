@@ -323,7 +323,8 @@ def grouped_stratified_split(
     labels : ndarray of shape (n_samples,)
         Integer class ids.
     groups : ndarray of shape (n_samples,), or None
-        Group id of each sample (MDQA: the question). Samples of one group all go to
+        Group id of each sample (MDQA: the question's component of the question <-> gold-passage
+        graph, :func:`reprflow.prompts.mdqa.gold_passage_groups`). Samples of one group all go to
         validation or none does. None, or all ids distinct, is :func:`stratified_split`.
     val_fraction : float in (0, 1)
         Validation gets at most ``n_val = ceil(val_fraction * n_samples)`` samples, in whole groups.
@@ -732,7 +733,7 @@ def fit_layer_probes(
     labels : array-like of shape (n_samples,)
         Integer class ids (the gold position k); need not be contiguous.
     groups : array-like of shape (n_samples,), optional
-        Group of each sample (MDQA: the question id). Each group lands wholly in training
+        Group of each sample (MDQA: question and gold passage). Each group lands wholly in training
         or wholly in validation (:func:`grouped_stratified_split`); None: every sample is
         its own group (:func:`stratified_split`).
     epochs : int >= 1

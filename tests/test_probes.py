@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 import subprocess
 import sys
 import warnings
@@ -14,6 +15,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from reprflow.errors import ConfigError, ReprflowError
+from reprflow.prompts.mdqa import OracleExample, Passage, gold_passage_groups, load_oracle, passage_key
 from reprflow.probes import (
     InvalidParameterError,
     LinearProbe,
@@ -174,6 +176,59 @@ def test_grouped_split_is_seeded_and_falls_back_to_stratified():
         assert all(np.array_equal(u, v) for u, v in zip(got, plain))
     with pytest.raises(ValueError, match="groups passed to grouped_stratified_split must have shape"):
         grouped_stratified_split(y, g[:-1], val_fraction=0.2, n_train=10, seed=0)
+
+
+def _question(question: str, title: str, text: str) -> OracleExample:
+    return OracleExample(question, ("answer",), Passage(title, text))
+
+
+#: Hand-made oracle: q2 has q0's gold passage (other spacing), q4 q1's (verbatim), q6 asks q3's
+#: question with another gold; q5 and q7 only share a title, which joins nothing.
+SHARED_GOLD = [
+    _question("who directed it", "Rio Bravo", "A 1959 film , by Howard Hawks."),
+    _question("what sank", "Titanic", "A ship."),
+    _question("when was it released", "Rio Bravo", "A 1959 film, by\xa0Howard\nHawks."),
+    _question("who wrote it", "Pooh", "A bear."),
+    _question("what was its tonnage", "Titanic", "A ship."),
+    _question("what does he eat", "Pooh", "A honey bear."),
+    _question("who wrote it", "Moon", "A rock."),
+    _question("who starred in it", "Rio Bravo", "A 1960 film."),
+]
+
+
+def test_questions_sharing_a_gold_passage_stay_on_one_side_of_the_split():
+    """The split groups are the components of the question <-> gold-passage graph: q0 and q2 (one
+    gold passage) never sit on both sides; grouping by question alone does let them."""
+    fillers = [_question(f"filler {i}", f"Filler {i}", f"Passage {i}.") for i in range(32)]
+    groups = gold_passage_groups(SHARED_GOLD + fillers)
+    assert groups[:8].tolist() == [0, 1, 0, 3, 1, 5, 3, 7]
+    assert groups[8:].tolist() == list(range(8, 40))
+    y, q = mdqa_like(400, 40, 3)  # 10 prompts per question
+    gold = np.array([passage_key(e.gold) for e in SHARED_GOLD + fillers])[q]
+    split_by_question = 0
+    for seed in range(10):
+        tr, va = grouped_stratified_split(y, groups[q], val_fraction=0.2, n_train=300, seed=seed)
+        assert tr.size == 300 and np.intersect1d(gold[tr], gold[va]).size == 0
+        assert len({bool(np.isin(i, va).any()) for i in (np.flatnonzero(q == 0), np.flatnonzero(q == 2))}) == 1
+        tr, va = grouped_stratified_split(y, q, val_fraction=0.2, n_train=300, seed=seed)
+        split_by_question += np.intersect1d(gold[tr], gold[va]).size > 0
+    assert split_by_question > 0
+
+
+def test_no_gold_passage_of_the_oracle_file_is_on_both_sides_at_paper_size():
+    """Liu et al.'s oracle file: 60 passages are gold for 128 questions (up to spacing), the
+    largest component has 4 questions; 25,000 prompts still split into exactly 20,000 training
+    samples and ~5,000 validation samples, with no gold passage on both sides."""
+    examples = load_oracle(Path(__file__).resolve().parents[1] / "data/lost_in_the_middle/nq-open-oracle.jsonl.gz")
+    groups = gold_passage_groups(examples)
+    _, sizes = np.unique(groups, return_counts=True)
+    assert (len(examples), sizes.size, sizes.max(), sizes[sizes > 1].sum()) == (2655, 2587, 4, 128)
+    gold = np.unique([passage_key(e.gold) for e in examples], return_inverse=True)[1]
+    y, q = mdqa_like(25000, len(examples), 8)
+    for seed in (0, 1):
+        tr, va = grouped_stratified_split(y, groups[q], val_fraction=0.2, n_train=20000, seed=seed)
+        assert tr.size == 20000 and 4900 <= va.size <= 5000
+        assert np.intersect1d(gold[q[tr]], gold[q[va]]).size == 0
 
 
 def test_probes_with_groups_record_split_sizes(planted):

@@ -20,9 +20,11 @@ Files written (each atomically: temporary name beside the target, then rename):
 ``mean``/``std`` are over seeds (std is the population std, ddof = 0); ``peak_layer`` is
 an index within the view.
 
-Split: MDQA samples are grouped by question (the ``group`` field of the prompt file the store
-was extracted from, ``attrs["prompt_file"]``, checked against ``attrs["prompt_sha256"]`` and
-the store's labels), so no question has prompts on both sides
+Split: MDQA samples are grouped by question and gold passage (the ``group`` field of the prompt
+file the store was extracted from, ``attrs["prompt_file"]``, checked against
+``attrs["prompt_sha256"]`` and the store's labels; see
+:func:`reprflow.prompts.mdqa.gold_passage_groups`), so no question and no gold passage has
+prompts on both sides
 (:func:`reprflow.probes.grouped_stratified_split`); KVPR samples are each their own group
 (:func:`reprflow.probes.stratified_split`).
 """
@@ -118,7 +120,7 @@ def check_labels(store_path, attrs: dict, labels: np.ndarray) -> None:
 def sample_groups(
     store_path, attrs: dict, labels: np.ndarray, *, prompt_path: str | os.PathLike | None = None
 ) -> np.ndarray | None:
-    """Group of each sample for the probe split: MDQA the question ids, KVPR None (each its own).
+    """Group of each sample for the probe split: MDQA the question/gold-passage groups, KVPR None (each its own).
 
     MDQA groups come from the ``group`` field of the prompt file (``prompt_path``, default
     ``attrs["prompt_file"]``), which must be the file the store was extracted from (same
@@ -183,7 +185,7 @@ def run_probe_stage(
         Passed to :func:`reprflow.probes.fit_layer_probes`. The summary's ``protocol``
         records the precision the products actually ran in (``"tf32"`` or ``"float32"``).
     prompt_path : path-like, optional
-        MDQA: the prompt file holding each sample's question (``group``); default the
+        MDQA: the prompt file holding each sample's split group (``group``); default the
         store's ``attrs["prompt_file"]`` (see :func:`sample_groups`).
 
     Returns
@@ -273,7 +275,9 @@ def run_probe_stage(
         "compute_dtype": "float32",
         "matmul_precision": result.matmul_precision,
         "device": result.device,
-        "split": "stratified by label" if groups is None else "grouped by MDQA question, stratified by label",
+        "split": "stratified by label"
+        if groups is None
+        else "grouped by MDQA question and gold passage, stratified by label",
         "n_groups": int(labels.shape[0] if groups is None else np.unique(groups).size),
     }
     summary["provenance"] = {

@@ -125,8 +125,10 @@ def build_prompt_set(
     Returns
     -------
     records : list of dict, length n_prompts
-        Keys ``id, task, prompt, label, n_items, n_tokens, answer, group`` (MDQA: the question's
-        oracle line; KVPR: the prompt's index). No two records have the same prompt.
+        Keys ``id, task, prompt, label, n_items, n_tokens, answer, group`` (MDQA: the split group
+        of the question, :func:`reprflow.prompts.mdqa.gold_passage_groups`, i.e. the question's
+        oracle line unless its gold passage is another question's too; KVPR: the prompt's index).
+        No two records have the same prompt.
     manifest : dict
         Seed, inputs and their sha256s, the calibration and the achieved lengths.
 
@@ -152,7 +154,8 @@ def build_prompt_set(
       (2655 in the oracle file, less those whose gold cannot fit the cap) a fresh permutation
       follows, so each question is used ``ceil`` or ``floor`` of ``n_prompts / n_usable`` times
       (about 9.5 at 25,000 prompts), each time with its own distractor sample, order and gold
-      position. The records' ``group`` lets the probe split keep a question on one side.
+      position. The records' ``group`` lets the probe split keep a question, and every question
+      with the same gold passage, on one side.
     - Seeds: the random streams depend on ``(seed, task, target_tokens)``, not on the
       tokenizer, so the two tokenizers' sets share their draws wherever their item counts
       agree (e.g. the same UUIDs for KVPR at 2048 with 37 pairs).
@@ -228,14 +231,15 @@ def build_prompt_set(
     if len({r["prompt"] for r in records}) != n_prompts:  # sample_prompts guarantees it; never write otherwise
         raise PromptError(f"{label}: byte-identical prompts in the set (a bug in the sampler); nothing written")
     if task == "mdqa":
-        groups = np.array([r["group"] for r in records])
-        uses = np.bincount(groups)
+        questions = np.array([d.question for d in got.drafts])
+        uses = np.bincount(questions)
         extra["questions"] = {
             "n_available": len(sampler.examples),
             "n_excluded_by_cap": plan.n_excluded,
             "n_distinct_used": int(np.count_nonzero(uses)),
             "max_uses": int(uses.max()),
-            "n_replaced": int(np.sum(groups != plan.order)),
+            "n_replaced": int(np.sum(questions != plan.order)),
+            "n_split_groups": len({r["group"] for r in records}),
         }
     manifest = {
         "task": task,

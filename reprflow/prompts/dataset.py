@@ -4,7 +4,9 @@ One JSON record per line, keys in this order: ``id``, ``task``, ``prompt``, ``la
 position, 0-based; a custom task: the class), ``n_items`` (a custom task: the number of classes),
 ``n_tokens`` (no special tokens), ``answer`` (KVPR: the value string; MDQA: list of answer strings;
 a custom task, :mod:`reprflow.prompts.custom`: null), ``group`` (what a train/validation split must keep on
-one side: MDQA the question's 0-based line in the oracle file, KVPR the prompt's own index).
+one side: MDQA the question's split group, :func:`reprflow.prompts.mdqa.gold_passage_groups`, i.e. its
+0-based line in the oracle file unless it shares its gold passage with other questions, then the
+smallest line among them; KVPR the prompt's own index).
 No two records of a file have the same ``prompt``. The manifest ``{task}_n{length}.manifest.json`` holds the
 seed, source and tokenizer sha256s, the calibration, and ``prompts_sha256`` of the jsonl bytes.
 

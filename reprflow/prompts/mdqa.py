@@ -21,8 +21,13 @@ distractors of their pool are left out of the question pool for that item count.
 still missed on a redraw (the length estimate is off by a token or two for a question at the
 edge), the prompt switches to a question that fits the shrunken budget; so it does after
 :data:`REPLACE_AFTER` redraws of any kind (at 300 tokens a question may admit only a few short
-distractor pairs, and its repeats would be byte-identical). Each record keeps the question it
-used as its ``group``.
+distractor pairs, and its repeats would be byte-identical).
+
+Split groups (:func:`gold_passage_groups`): a record's ``group`` is the connected component of the
+question it used in the question <-> gold-passage graph, so that the probe split keeps on one side
+not only the ~9.5 prompts of a question but also every question with the same gold passage (Liu
+et al.'s oracle file has 60 passages that are gold for 128 questions, up to whitespace and
+punctuation). A question whose gold passage is its own keeps its oracle index as its group.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import gzip
 import json
 import logging
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +51,8 @@ __all__ = [
     "Passage",
     "OracleExample",
     "load_oracle",
+    "passage_key",
+    "gold_passage_groups",
     "format_document",
     "format_mdqa_prompt",
     "MDQASampler",
@@ -124,6 +132,56 @@ def load_oracle(path: str | os.PathLike) -> list[OracleExample]:
     if not out:
         raise PromptError(f"MDQA oracle file {path}: no records")
     return out
+
+
+_NON_WORD = re.compile(r"\W+")
+
+
+def passage_key(passage: Passage) -> str:
+    """Identity of a passage for the split groups: its title and text, casefolded, as word sequences.
+
+    Every run of non-word characters (spaces, newlines, no-break spaces, punctuation) becomes one
+    space, so copies of a passage that differ only there, as some gold passages of the oracle
+    file do (``"word ,"`` against ``"word,"``, ``\\xa0`` against a space), get the same key.
+    """
+    title, text = (_NON_WORD.sub(" ", s.casefold()).strip() for s in (passage.title, passage.text))
+    return f"{title}\n{text}"
+
+
+def gold_passage_groups(examples: Sequence[OracleExample]) -> np.ndarray:
+    """Split group of each oracle question: its component of the question <-> gold-passage graph.
+
+    Two questions are joined when they have the same gold passage (same :func:`passage_key`) or the
+    same question text, transitively (union-find over the oracle indices). Prompts of one group
+    must all sit on one side of a train/validation split; otherwise a validation prompt can share
+    its gold passage, the document the probe has to locate, with training prompts.
+
+    Parameters
+    ----------
+    examples : sequence of OracleExample, length n_questions
+        In oracle-file order (index ``q`` = the question's 0-based line).
+
+    Returns
+    -------
+    ndarray of shape (n_questions,), int64
+        ``groups[q]`` is the smallest oracle index in ``q``'s component, so a question that shares
+        nothing keeps ``groups[q] == q``, and ``groups[groups[q]] == groups[q]``.
+    """
+    parent = np.arange(len(examples), dtype=np.int64)
+
+    def root(q: int) -> int:
+        while parent[q] != q:
+            parent[q] = parent[parent[q]]  # path halving
+            q = int(parent[q])
+        return q
+
+    first: dict[tuple[str, str], int] = {}  # (kind, key) -> the first question holding it
+    for q, e in enumerate(examples):
+        for node in (("gold", passage_key(e.gold)), ("question", e.question)):
+            other = first.setdefault(node, q)
+            a, b = root(q), root(other)
+            parent[max(a, b)] = min(a, b)
+    return np.array([root(q) for q in range(len(examples))], dtype=np.int64)
 
 
 def format_document(index: int, passage: Passage) -> str:
@@ -206,7 +264,8 @@ class MDQAPlan:
             chosen, adjusted = rng.permutation(perm[_fit_in_order(lens[perm], k, room)]), True
         docs = [s.pools.passages[j] for j in pool[chosen]]
         docs.insert(label, s.examples[q].gold)
-        return Draft(format_mdqa_prompt(s.examples[q].question, docs), s.examples[q].answers, adjusted, group=q)
+        prompt = format_mdqa_prompt(s.examples[q].question, docs)
+        return Draft(prompt, s.examples[q].answers, adjusted, group=int(s.groups[q]), question=q)
 
 
 def _fit_in_order(lengths: np.ndarray, k: int, room: int) -> np.ndarray:
@@ -248,6 +307,11 @@ class MDQASampler:
         Used to estimate per-passage lengths for the length-aware distractor choice.
     seed_key : tuple of int
 
+    Attributes
+    ----------
+    groups : ndarray of shape (n_questions,), int64
+        Split group of each question (:func:`gold_passage_groups`), the drafts' ``group``.
+
     Notes
     -----
     Length estimate of a prompt: ``base[q] + sum over its documents of (len(document) + 1)``,
@@ -266,6 +330,7 @@ class MDQASampler:
         self.examples = examples
         self.pools = pools
         self.seed_key = seed_key
+        self.groups = gold_passage_groups(examples)
         self.gold_lengths = count_tokens([format_document(1, e.gold) for e in examples], tokenizer) + 1
         one_doc = count_tokens([format_mdqa_prompt(e.question, [e.gold]) for e in examples], tokenizer)
         self.base_lengths = one_doc - self.gold_lengths

@@ -61,14 +61,19 @@ class Draft:
     adjusted : bool
         True when the item choice was steered by length (MDQA only; see ``mdqa.py``).
     group : int or None
-        What must stay on one side of a train/validation split: MDQA the question's index in
-        the oracle file; KVPR None (each prompt is its own group; the builder uses its index).
+        What must stay on one side of a train/validation split: MDQA the question's split group
+        (:func:`reprflow.prompts.mdqa.gold_passage_groups`: the smallest oracle index among the
+        questions linked to it by a shared gold passage); KVPR None (each prompt is its own
+        group; the builder uses its index).
+    question : int or None
+        MDQA: the oracle index of the question used; KVPR None.
     """
 
     prompt: str
     answer: str | tuple[str, ...]
     adjusted: bool
     group: int | None = None
+    question: int | None = None
 
 
 class PromptPlan(Protocol):

@@ -212,7 +212,7 @@ def test_mdqa_split_keeps_each_question_on_one_side(tmp_path):
     kw = {**KW, "epochs": 5, "val_fraction": 0.2, "n_train": 150}
     result = run_probe_stage(store, out, **kw)
     summary = json.loads(out.with_suffix(".json").read_text())
-    assert summary["protocol"]["split"] == "grouped by MDQA question, stratified by label"
+    assert summary["protocol"]["split"] == "grouped by MDQA question and gold passage, stratified by label"
     assert summary["protocol"]["n_groups"] == 30
     direct = fit_layer_probes(last, labels, groups=groups, progress=False, **kw)
     np.testing.assert_array_equal(result.val_accuracy, direct.val_accuracy)

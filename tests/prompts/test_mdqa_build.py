@@ -83,6 +83,35 @@ def test_mdqa_on_synthetic_oracle(synthetic_oracle):
     assert manifest["sources"][0]["role"] == "oracle" and len(manifest["sources"][0]["sha256"]) == 64
 
 
+def test_questions_sharing_a_gold_passage_share_a_group(tmp_path, make_synthetic_records):
+    """Question 5 has question 0's gold passage: its prompts get group 0 (the probe split keeps
+    both questions on one side); the manifest still counts questions, and the split groups."""
+    recs = make_synthetic_records(24)
+    recs[5]["ctxs"] = recs[0]["ctxs"]
+    path = tmp_path / "oracle.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    records, manifest = build_prompt_set(
+        "mdqa",
+        target_tokens=200,
+        tokenizer_name="gpt2",
+        n_prompts=30,
+        seed=3,
+        oracle_path=path,
+        pool_size=8,
+        tolerance=0.2,
+        calibration_size=16,
+        progress=False,
+    )
+    examples = load_oracle(path)
+    check_mdqa_records(records, examples)
+    line = {e.question: i for i, e in enumerate(examples)}
+    used = [line[parse_mdqa(r["prompt"])[0]] for r in records]
+    assert {0, 5} <= set(used)
+    assert [r["group"] for r in records] == [0 if q == 5 else q for q in used]
+    assert manifest["questions"]["n_distinct_used"] == 24 and manifest["questions"]["n_split_groups"] == 23
+    assert manifest["questions"]["n_replaced"] == 0
+
+
 def test_mdqa_1024_neox_median_within_5_percent(oracle_path):
     records, manifest = build_prompt_set(
         "mdqa",
