@@ -4,7 +4,7 @@ Entry points: :func:`build_prompt_set` -> :func:`write_prompt_set`; :func:`read_
 :func:`load_tokenizer` (shared with the extractor).
 """
 
-import importlib
+from reprflow.lazy import lazy_exports
 
 # name -> submodule; imported on first use (PEP 562), so a job that reads a prompt file does not
 # import the builders' scikit-learn and transformers
@@ -25,11 +25,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"reprflow.prompts.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'reprflow.prompts' has no attribute {name!r}")
-
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 __all__ = [
     "TASKS",
