@@ -259,6 +259,17 @@ def run_probe_stage(
         if not np.isfinite(arr).all():
             raise StoreError(f"{store_path}: probe {what} is not finite; refusing to write {out_csv}")
 
+    if result.n_train < n_train:  # a small store (the demo) or a large val_fraction: say so, not silently
+        logger.warning(
+            "%s: the probes train on %d samples per seed, fewer than probes.n_train = %d: the store holds %d "
+            "samples and validation takes %s per seed (val_fraction %.2f); the paper trains on 20,000 of 25,000",
+            store_path,
+            result.n_train,
+            n_train,
+            labels.shape[0],
+            "/".join(str(int(v)) for v in sorted(set(result.n_val_per_seed))),
+            val_fraction,
+        )
     rows, summary = [], {}
     for view in views:
         indices = [int(k) for k in store_views[view]]

@@ -223,6 +223,22 @@ def test_mdqa_split_keeps_each_question_on_one_side(tmp_path):
     assert summary["hf"]["n_train"] == 150 and summary["hf"]["n_val"] == min(summary["hf"]["n_val_per_seed"])
 
 
+def test_fewer_training_samples_than_n_train_is_said(tmp_path, caplog):
+    """A store too small for probes.n_train (20,000 here, 180 available) still fits, with a warning
+    that names both numbers; with n_train reachable there is none."""
+    store = tmp_path / "kvpr_n300.zarr"
+    _write_store(store)
+    kw = {**KW, "epochs": 2}
+    with caplog.at_level("WARNING", logger="reprflow.pipeline.probe_stage"):
+        run_probe_stage(store, tmp_path / "a.csv", **kw)
+    said = [r.getMessage() for r in caplog.records if "fewer than probes.n_train" in r.getMessage()]
+    assert len(said) == 1 and "on 180 samples" in said[0] and "= 20000" in said[0] and "takes 60" in said[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="reprflow.pipeline.probe_stage"):
+        run_probe_stage(store, tmp_path / "b.csv", **{**kw, "n_train": 180})
+    assert not [r for r in caplog.records if "fewer than probes.n_train" in r.getMessage()]
+
+
 def test_mdqa_store_needs_its_own_prompt_file(tmp_path):
     rng = np.random.default_rng(0)
     labels = (rng.integers(0, N_CLASSES, N_SAMPLES) * 5).astype(np.int64)
