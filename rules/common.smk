@@ -12,7 +12,11 @@ from reprflow.config import prompt_set_settings, validate_config
 from reprflow.errors import ReprflowError
 from reprflow.workflow import disk, targets
 from reprflow.workflow.model_json import check_context_windows
-from reprflow.workflow.lineage import STREAMED_METRICS_CODE, code_digest  # every script rule's `code` param
+from reprflow.workflow.lineage import (
+    STREAMED_METRICS_CODE,
+    code_digest,
+    other_tasks_code,
+)  # every script rule's `code` param
 from reprflow.workflow.scheduling import SHARED_ENV, default_gpu_resource
 from reprflow.workflow.targets import (
     cells,

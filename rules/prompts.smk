@@ -14,7 +14,7 @@ rule prompts:
     benchmark:
         f"{BENCHMARKS}/prompts/{{tokenizer}}/{{task}}_n{{length}}.tsv"
     params:
-        code=code_digest("prompts.py"),
+        code=lambda w: code_digest("prompts.py", skip=other_tasks_code(w.task)),  # this task's builder only
         seed=CFG.seed,
         settings=lambda w: prompt_set_settings(CFG.section("prompts"), w.task, int(w.length)),  # this set's only
         max_tokens=lambda w: prompt_token_cap(CFG, w.tokenizer, int(w.length)),

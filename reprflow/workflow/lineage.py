@@ -56,6 +56,20 @@ PLANNING_ONLY = (
 )
 """Plan a run (disk preflight, context-window check, code digests, priorities, GPU slots); no
 stored value depends on them."""
+TASK_CODE = {
+    "kvpr": ("reprflow/prompts/kvpr.py",),
+    "mdqa": ("reprflow/prompts/mdqa.py", "reprflow/prompts/distractors.py"),
+}
+"""The modules only one paper task's prompt builder runs. reprflow.prompts.build imports both
+tasks' builders, so without this an edit of mdqa.py would rebuild every KVPR prompt set and rerun
+its extractions: the prompts rule's code leaves out the other tasks' modules (:func:`other_tasks_code`)."""
+
+
+def other_tasks_code(task: str) -> tuple[str, ...]:
+    """:data:`TASK_CODE` of every paper task but ``task``: what a ``task`` prompt job imports, never runs."""
+    return tuple(f for t, files in TASK_CODE.items() if t != task for f in files)
+
+
 STREAMED_METRICS_CODE = ("reprflow/pipeline/token_stream.py", "reprflow/sinks/metrics.py")
 """The modules only a streamed extraction (``extraction.tokens: stream``) runs: the token metrics
 computed during the forward passes. An extraction that stores its token states imports them but

@@ -187,6 +187,26 @@ def test_a_metric_edit_reruns_the_jobs_that_compute_metrics_only(tmp_path):
     assert digests()["extract (store)"] != after["extract (store)"]
 
 
+def test_a_task_builder_edit_rebuilds_that_tasks_prompt_sets_only(tmp_path):
+    """reprflow.prompts.build imports both tasks' builders: an edit of the MDQA builder changes the
+    MDQA prompt jobs' code (and so reruns their extractions), not KVPR's; a shared module both."""
+    from reprflow.workflow.lineage import code_digest, other_tasks_code
+
+    root = _copy_code(tmp_path)
+
+    def digests():
+        return {t: code_digest("prompts.py", root, skip=other_tasks_code(t)) for t in ("kvpr", "mdqa")}
+
+    before = digests()
+    assert before["kvpr"] != before["mdqa"]
+    for module, changed in (("mdqa.py", {"mdqa"}), ("kvpr.py", {"kvpr"}), ("sampling.py", {"kvpr", "mdqa"})):
+        path = root / "reprflow/prompts" / module
+        path.write_text(path.read_text() + "_EDIT = 1\n")
+        after = digests()
+        assert {t for t in after if after[t] != before[t]} == changed, module
+        before = after
+
+
 def test_editing_a_planning_module_reruns_no_job(tmp_path):
     """The disk preflight, the context-window check and the GPU-slot default plan a run and store
     nothing: an edit to them, or to what only they import (the training recipe, for the disk
@@ -226,7 +246,7 @@ def test_every_script_rule_tracks_the_code_its_script_imports():
         script = re.search(r'"\.\./workflow_scripts/(\w+\.py)"', block)
         if script is None or "**EXTRACTION_PARAMS" in block or block.lstrip().startswith("use rule"):
             continue
-        assert f'code=code_digest("{script[1]}")' in block, (name, block.splitlines()[0])
+        assert f'code_digest("{script[1]}"' in block and "code=" in block, (name, block.splitlines()[0])
 
 
 def test_training_reads_its_tokenizer_and_corpus_as_inputs():
