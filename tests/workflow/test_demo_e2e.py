@@ -181,6 +181,33 @@ def test_execution_keys_and_model_order_rerun_nothing(demo, run_snakemake, chang
     assert run.returncode == 0 and "Nothing to be done" in out, out[-3000:]
 
 
+def _job_counts(out: str) -> dict[str, int]:
+    """Jobs per rule from the job-stats table Snakemake prints."""
+    return {
+        line.split()[0]: int(line.split()[1])
+        for line in out.splitlines()
+        if len(line.split()) == 2 and line.split()[1].isdigit()
+    }
+
+
+def test_one_prompt_sets_setting_rebuilds_that_set_only(demo, run_snakemake):
+    """A tolerance override for KVPR at 300 tokens rebuilds the kvpr_n300 prompt sets (one per
+    tokenizer) and reruns their cells' extractions, never another set's (the prompts rule's params
+    and each extraction's digest hold their own set's settings only)."""
+
+    def override(raw):
+        raw["prompts"]["tolerance_overrides"] = [{"task": "kvpr", "length": 300, "tolerance": 0.12}]
+
+    run = run_snakemake(demo, "-n", "--cores", "2", _variant(demo, "override.yaml", override))
+    out = run.stdout + run.stderr
+    assert run.returncode == 0, out[-3000:]
+    counts = _job_counts(out)
+    kvpr300 = [c for c in cells(DEMO) if (c.task, c.length) == ("kvpr", 300)]
+    tokenizers = {m.tokenizer for m in DEMO.models if m.name in {c.model for c in kvpr300}}
+    assert counts["prompts"] == len(tokenizers) and counts["extract_activations"] == len(kvpr300), counts
+    assert "custom_prompts" not in counts and counts["probes"] == len(kvpr300), counts
+
+
 def test_changing_shards_builds_shard_files_and_nothing_upstream(demo, run_snakemake):
     """`shards` is an execution key, but it names a cell's store files: new shard stores are built
     (and what reads them), never the prompts or models, and no param change is reported."""
@@ -191,11 +218,7 @@ def test_changing_shards_builds_shard_files_and_nothing_upstream(demo, run_snake
     run = run_snakemake(demo, "-n", "--cores", "2", _variant(demo, "shards.yaml", shards))
     out = run.stdout + run.stderr
     assert run.returncode == 0, out[-3000:]
-    counts = {
-        line.split()[0]: int(line.split()[1])
-        for line in out.splitlines()
-        if len(line.split()) == 2 and line.split()[1].isdigit()
-    }
+    counts = _job_counts(out)
     assert counts["extract_activation_shard"] == 2 * len(cells(DEMO)) and "extract_activations" not in counts, counts
     assert not {"prompts", "custom_prompts", "build_tiny_model"} & set(counts) and "Params have changed" not in out
 
