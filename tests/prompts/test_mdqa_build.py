@@ -58,19 +58,24 @@ def check_mdqa_records(records, examples):
         assert len(set(docs)) == len(docs)
 
 
-def test_mdqa_on_synthetic_oracle(synthetic_oracle):
-    records, manifest = build_prompt_set(
+def _small_mdqa(oracle, *, n_prompts=30, seed=3, pool_size=8):
+    """An MDQA set of ~200 gpt2 tokens from a synthetic oracle (the small build several tests share)."""
+    return build_prompt_set(
         "mdqa",
         target_tokens=200,
         tokenizer_name="gpt2",
-        n_prompts=30,
-        seed=3,
-        oracle_path=synthetic_oracle,
-        pool_size=8,
+        n_prompts=n_prompts,
+        seed=seed,
+        oracle_path=oracle,
+        pool_size=pool_size,
         tolerance=0.2,
         calibration_size=16,
         progress=False,
     )
+
+
+def test_mdqa_on_synthetic_oracle(synthetic_oracle):
+    records, manifest = _small_mdqa(synthetic_oracle)
     check_mdqa_records(records, load_oracle(synthetic_oracle))
     counts = np.bincount([r["label"] for r in records], minlength=manifest["n_items"])
     assert counts.max() - counts.min() <= 1
@@ -90,18 +95,7 @@ def test_questions_sharing_a_gold_passage_share_a_group(tmp_path, make_synthetic
     recs[5]["ctxs"] = recs[0]["ctxs"]
     path = tmp_path / "oracle.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in recs))
-    records, manifest = build_prompt_set(
-        "mdqa",
-        target_tokens=200,
-        tokenizer_name="gpt2",
-        n_prompts=30,
-        seed=3,
-        oracle_path=path,
-        pool_size=8,
-        tolerance=0.2,
-        calibration_size=16,
-        progress=False,
-    )
+    records, manifest = _small_mdqa(path)
     examples = load_oracle(path)
     check_mdqa_records(records, examples)
     line = {e.question: i for i, e in enumerate(examples)}
@@ -249,18 +243,7 @@ def test_bad_oracle_line_is_named(tmp_path, make_synthetic_records):
 
 def test_repeated_questions_give_distinct_shuffled_prompts(synthetic_oracle):
     """Each question serves ~8 prompts here; every prompt is new, with its own distractors and order."""
-    records, manifest = build_prompt_set(
-        "mdqa",
-        target_tokens=200,
-        tokenizer_name="gpt2",
-        n_prompts=192,
-        seed=1,
-        oracle_path=synthetic_oracle,
-        pool_size=12,
-        tolerance=0.2,
-        calibration_size=16,
-        progress=False,
-    )
+    records, manifest = _small_mdqa(synthetic_oracle, n_prompts=192, seed=1, pool_size=12)
     examples = load_oracle(synthetic_oracle)
     check_mdqa_records(records, examples)
     assert len({r["prompt"] for r in records}) == len(records) == 192
@@ -272,18 +255,7 @@ def test_repeated_questions_give_distinct_shuffled_prompts(synthetic_oracle):
     # the same question's prompts draw different distractor sets and orders (not a fixed ranking)
     assert all(len(set(v)) > 1 for v in by_group.values())
     assert all(len({frozenset(x) for x in v}) > 1 for v in by_group.values())
-    again, _ = build_prompt_set(  # deterministic for a seed
-        "mdqa",
-        target_tokens=200,
-        tokenizer_name="gpt2",
-        n_prompts=192,
-        seed=1,
-        oracle_path=synthetic_oracle,
-        pool_size=12,
-        tolerance=0.2,
-        calibration_size=16,
-        progress=False,
-    )
+    again, _ = _small_mdqa(synthetic_oracle, n_prompts=192, seed=1, pool_size=12)  # deterministic for a seed
     assert again == records
 
 
