@@ -56,12 +56,6 @@ TRITON_CONFIGS = ((32, 1, 4), (64, 2, 4), (32, 1, 8), (32, 1, 2))
 #: (lanes per channel, num_warps, unroll, prefetch[, stages]) of the Gluon kernel; its default first
 GLUON_CONFIGS = (
     (1, 1, 8, True, 2),
-    (1, 1, 8, True, 2, 8),  # a sixth entry: every n-th step's exps on the FMA pipes
-    (1, 1, 8, True, 2, 4),
-    (1, 1, 8, True, 2, 3),
-    (1, 1, 8, True, 2, 2),
-    (1, 1, 16, True, 2, 4),
-    (1, 1, 16, True, 2, 3),
     (1, 2, 8, True, 2),
     (1, 4, 8, True, 2),
     (1, 1, 16, True, 2),

@@ -4,9 +4,7 @@
 op             candidates (``REPRFLOW_KERNEL_<OP>=name``)             reference (float64 check)
 =============  =====================================================  ============================
 mamba_scan     ``triton`` (reprflow, time-major), ``gluon``           :func:`selective_scan_reference`
-               (reprflow, time-major, explicit layout),
-               ``gluon_fma_exp`` (the same, a quarter of the exps
-               by polynomial on the FMA pipes), ``mamba_ssm``
+               (reprflow, time-major, explicit layout), ``mamba_ssm``
                (compiled ``selective_scan_fn`` + layout transposes),
                ``torch`` (per-token loop; fallback, never timed)
 causal_conv    ``causal_conv1d`` (compiled ``causal_conv1d_fn``,      :func:`causal_conv1d_silu_reference`
@@ -45,7 +43,7 @@ from reprflow.kernels.causal_conv1d import (
 from reprflow.kernels.optional import MambaSsmKernels, compiled_causal_conv1d, compiled_selective_scan
 from reprflow.kernels.select import Candidate, KernelOp
 from reprflow.kernels.selective_scan import selective_scan, selective_scan_reference
-from reprflow.kernels.selective_scan_gluon import fma_exp_gluon_config, gluon_available, selective_scan_gluon
+from reprflow.kernels.selective_scan_gluon import gluon_available, selective_scan_gluon
 from reprflow.kernels.ssd_chunk_scan_gluon import ssd_gluon_available
 from reprflow.kernels.ssd import ssd_reference
 
@@ -92,13 +90,6 @@ def compiled_scan_time_major(fn: Callable) -> Callable[..., Tensor]:
     return scan
 
 
-def _gluon_fma_exp_scan(u, delta, A, B, C, D=None, z=None, *, delta_bias=None, delta_softplus=False) -> Tensor:
-    config = fma_exp_gluon_config(u.shape[2], u.shape[0])
-    return selective_scan_gluon(
-        u, delta, A, B, C, D, z, delta_bias=delta_bias, delta_softplus=delta_softplus, config=config
-    )
-
-
 def mamba_scan_op(device: torch.device, *, report: dict, forced: str | None = None) -> KernelOp:
     """The Mamba-1 selective scan op (signature of :func:`selective_scan` without ``impl``)."""
     cands = []
@@ -116,13 +107,6 @@ def mamba_scan_op(device: torch.device, *, report: dict, forced: str | None = No
                 "gluon",
                 selective_scan_gluon,
                 "reprflow Gluon selective scan (time-major, lane per channel, inputs staged in shared memory by cp.async)",
-            )
-        )
-        cands.append(
-            Candidate(
-                "gluon_fma_exp",
-                _gluon_fma_exp_scan,
-                "reprflow Gluon selective scan, every 4th step's exps on the FMA pipes (polynomial) instead of ex2",
             )
         )
     compiled = compiled_selective_scan() if device.type == "cuda" else None
@@ -151,7 +135,7 @@ def mamba_scan_op(device: torch.device, *, report: dict, forced: str | None = No
         sizes=lambda a: (a["u"].shape[2], a["A"].shape[1], a.get("z") is not None),
         report=report,
         forced=forced,
-        known=("triton", "gluon", "gluon_fma_exp", "mamba_ssm", "torch", "hf"),
+        known=("triton", "gluon", "mamba_ssm", "torch", "hf"),
     )
 
 

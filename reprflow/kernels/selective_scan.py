@@ -211,27 +211,6 @@ if triton is not None:
         return tl.maximum(x, 0.0) + e * p
 
     @triton.jit
-    def _exp2_fma(x):
-        # 2^x on the FMA and integer pipes, none of it on the special-function unit (whose
-        # ex2 rate bounds the scan: one per token, channel and state). x = n + f with
-        # n = round(x) (adding 1.5 * 2^23 leaves n in the low mantissa bits) and f in
-        # [-0.5, 0.5]; 2^f by a degree-5 polynomial fitted to relative error on that interval;
-        # n << 23 added to its exponent bits. Relative error <= 2.4e-7 in float32 (ex2.approx:
-        # ~2 ulp); x is clamped to [-125, 125] first (2^-125 ~ 2e-38: a decay that small is 0
-        # for the recurrence; x > 125 does not occur for decays, which are <= 1).
-        x = tl.minimum(tl.maximum(x, -125.0), 125.0)
-        j = x + 12582912.0
-        f = x - (j - 12582912.0)
-        p = f * 0.001327647129073739 + 0.009675540961325169
-        p = p * f + 0.05550713092088699
-        p = p * f + 0.24022120237350464
-        p = p * f + 0.6931469440460205
-        p = p * f + 1.0000001192092896
-        # j's bits are 0x4B400000 + n, and 0x4B400000 << 23 wraps to 0 in 32 bits
-        n = j.to(tl.int32, bitcast=True) << 23
-        return (p.to(tl.int32, bitcast=True) + n).to(tl.float32, bitcast=True)
-
-    @triton.jit
     def _silu(z):
         # z * sigmoid(z) with one ex2 and one approximate division (2 ulp)
         e = tl.exp2(z * -1.4426950408889634)

@@ -41,7 +41,7 @@ from torch import Tensor
 
 from reprflow.kernels.selective_scan import _check_shapes
 
-__all__ = ["GluonScanConfig", "default_gluon_config", "fma_exp_gluon_config", "gluon_available", "selective_scan_gluon"]
+__all__ = ["GluonScanConfig", "default_gluon_config", "gluon_available", "selective_scan_gluon"]
 
 _LOG2E = math.log2(math.e)
 
@@ -60,7 +60,7 @@ def gluon_available() -> bool:
 
 
 if gluon is not None:
-    from reprflow.kernels.selective_scan import _exp2_fma, _silu, _softplus  # Triton helpers; Gluon calls them
+    from reprflow.kernels.selective_scan import _silu, _softplus  # Triton helpers; Gluon calls them
 
     @gluon.jit
     def _load_step(u_t, dt_t, b_t, c_t, z_t, mask_d, HAS_Z: gl.constexpr, EVEN_D: gl.constexpr):
@@ -128,12 +128,8 @@ if gluon is not None:
         HAS_DT_BIAS: gl.constexpr,
         SOFTPLUS: gl.constexpr,
         EVEN_D: gl.constexpr,
-        K: gl.constexpr = 0,
-        FMA_EXP_EVERY: gl.constexpr = 0,
     ):
-        # h [D_STATE, BLOCK_D] float32 -> updated h; y [BLOCK_D] stored at o_t. Step K of its block
-        # takes its D_STATE x BLOCK_D decays from the FMA pipes (_exp2_fma) when FMA_EXP_EVERY > 0
-        # and K % FMA_EXP_EVERY == FMA_EXP_EVERY - 1, else from the special-function unit's ex2
+        # h [D_STATE, BLOCK_D] float32 -> updated h; y [BLOCK_D] stored at o_t
         u, dt, b, c, z = step
         u = u.to(gl.float32)
         dt = dt.to(gl.float32)
@@ -141,14 +137,7 @@ if gluon is not None:
             dt = dt + dt_bias
         if SOFTPLUS:
             dt = _softplus(dt)
-        x = gl.expand_dims(dt, 0) * a2
-        if FMA_EXP_EVERY > 0:
-            if K % FMA_EXP_EVERY == FMA_EXP_EVERY - 1:
-                decay = _exp2_fma(x)
-            else:
-                decay = gl.exp2(x)
-        else:
-            decay = gl.exp2(x)
+        decay = gl.exp2(gl.expand_dims(dt, 0) * a2)
         h = h * decay + gl.expand_dims(dt * u, 0) * gl.expand_dims(b.to(gl.float32), 1)
         y = gl.sum(h * gl.expand_dims(c.to(gl.float32), 1), axis=0)
         if HAS_D:
@@ -192,7 +181,6 @@ if gluon is not None:
         HAS_Z: gl.constexpr,
         HAS_DT_BIAS: gl.constexpr,
         SOFTPLUS: gl.constexpr,
-        FMA_EXP_EVERY: gl.constexpr,
     ):
         # The n_blocks whole blocks of the scan, their inputs copied global -> shared by cp.async
         # STAGES - 1 blocks ahead of the block computed (no registers hold them in flight); each
@@ -260,8 +248,6 @@ if gluon is not None:
                     HAS_DT_BIAS,
                     SOFTPLUS,
                     EVEN_D,
-                    k,
-                    FMA_EXP_EVERY,
                 )
         async_copy.wait_group(0)  # nothing left in flight when the buffers go
         return h
@@ -312,7 +298,6 @@ if gluon is not None:
         STAGES: gl.constexpr = 0,  # > 0: blocks come through shared memory, STAGES - 1 ahead
         COPY_D: gl.constexpr = None,  # layout of a [UNROLL, BLOCK_D] block's cp.async
         COPY_BC: gl.constexpr = None,  # layout of a [UNROLL, 2 * D_STATE] block's cp.async
-        FMA_EXP_EVERY: gl.constexpr = 0,  # > 0: every FMA_EXP_EVERY-th step of a block exps on the FMA pipes
     ):
         pid_d = gl.program_id(0)
         pid_b = gl.program_id(1).to(gl.int64)
@@ -374,7 +359,6 @@ if gluon is not None:
                 HAS_Z,
                 HAS_DT_BIAS,
                 SOFTPLUS,
-                FMA_EXP_EVERY,
             )
         else:
             if PREFETCH:  # the first block (unused when n_tokens < UNROLL)
@@ -400,8 +384,6 @@ if gluon is not None:
                         HAS_DT_BIAS,
                         SOFTPLUS,
                         EVEN_D,
-                        k,
-                        FMA_EXP_EVERY,
                     )
         for t in range(n_full, n_tokens):  # the last n_tokens % UNROLL steps
             step = _load_step(
@@ -420,41 +402,25 @@ if gluon is not None:
 
 
 class GluonScanConfig(tuple):
-    """Configuration ``(lanes_per_channel, num_warps, unroll, prefetch, stages, fma_exp_every)`` of the Gluon scan.
+    """Launch configuration ``(lanes_per_channel, num_warps, unroll, prefetch, stages)`` of the Gluon scan.
 
     ``lanes_per_channel`` (1, 2, 4 ... d_state) lanes share one channel, each holding
     ``d_state / lanes_per_channel`` of its states; a program covers
     ``32 // lanes_per_channel * num_warps`` channels. ``stages`` 0: each block of ``unroll``
     steps is loaded into registers (with ``prefetch``, one block ahead); ``stages`` >= 2: blocks
     are copied into shared memory by ``cp.async``, ``stages - 1`` blocks ahead, and ``prefetch``
-    is ignored. ``fma_exp_every`` > 0 (at most ``unroll``): every ``fma_exp_every``-th step of a
-    block computes its ``d_state x channels`` decays ``exp(delta A)`` with a polynomial on the FMA
-    pipes instead of the special-function unit's ``ex2`` (whose rate is the scan's bound: one
-    per token, channel and state; the FMA pipes have 8x its throughput and idle cycles), e.g. 4
-    with ``unroll`` 8 moves a quarter of the exps; 0 (the default): every exp on ``ex2``.
+    is ignored.
     """
 
     __slots__ = ()
 
-    def __new__(
-        cls,
-        lanes_per_channel: int,
-        num_warps: int,
-        unroll: int,
-        prefetch: bool = True,
-        stages: int = 0,
-        fma_exp_every: int = 0,
-    ):
-        return super().__new__(
-            cls,
-            (int(lanes_per_channel), int(num_warps), int(unroll), bool(prefetch), int(stages), int(fma_exp_every)),
-        )
+    def __new__(cls, lanes_per_channel: int, num_warps: int, unroll: int, prefetch: bool = True, stages: int = 0):
+        return super().__new__(cls, (int(lanes_per_channel), int(num_warps), int(unroll), bool(prefetch), int(stages)))
 
     def __repr__(self) -> str:
-        lanes, nw, un, pf, st, fe = self
+        lanes, nw, un, pf, st = self
         ahead = f"shared x{st}" if st else ("prefetch" if pf else "no prefetch")
-        fma = f" exp on FMA every {fe}" if fe else ""
-        return f"lanes/channel={lanes} warps={nw} unroll={un} {ahead}{fma}"
+        return f"lanes/channel={lanes} warps={nw} unroll={un} {ahead}"
 
 
 def _copy_layout(rows: int, cols: int, elem_bytes: int, num_warps: int):
@@ -491,18 +457,6 @@ def default_gluon_config(channels: int, batch: int) -> GluonScanConfig:
     return GluonScanConfig(1, 1, 8, True, 2)
 
 
-def fma_exp_gluon_config(channels: int, batch: int) -> GluonScanConfig:
-    """:func:`default_gluon_config` with every 4th step's decays on the FMA pipes (a quarter of the exps).
-
-    The ``gluon_fma_exp`` candidate of :func:`reprflow.kernels.ops.mamba_scan_op`. Why a quarter:
-    per step a lane issues ~20 special-function ops (16 decays, softplus, SiLU; 8 issue cycles
-    each per warp on Hopper's 4 SFUs per sub-partition) against ~70 FMA-pipe ops (1 cycle each);
-    a decay by the polynomial costs ~11 FMA/ALU ops, so moving about 4 of the 16 decays
-    balances the two pipes (160 -> ~128 SFU cycles against ~115 on the FMA pipe).
-    """
-    return GluonScanConfig(*default_gluon_config(channels, batch)[:5], 4)
-
-
 def selective_scan_gluon(
     u: Tensor,
     delta: Tensor,
@@ -526,7 +480,7 @@ def selective_scan_gluon(
         ``C`` (batch, n_tokens, d_state), ``D`` and ``delta_bias`` (channels,). The last axis
         of every (batch, n_tokens, ·) tensor must have stride 1; the other strides are free.
         ``d_state`` must be a power of two.
-    config : GluonScanConfig or (lanes_per_channel, num_warps, unroll[, prefetch[, stages[, fma_exp_every]]]), optional
+    config : GluonScanConfig or (lanes_per_channel, num_warps, unroll[, prefetch[, stages]]), optional
         Default :func:`default_gluon_config`.
 
     Returns
@@ -539,9 +493,7 @@ def selective_scan_gluon(
     _check_shapes(u, delta, A, B, C, D, z, delta_bias)
     batch, n_tokens, channels = u.shape
     d_state = A.shape[1]
-    lanes, nw, un, pf, st, fe = (
-        GluonScanConfig(*config) if config is not None else default_gluon_config(channels, batch)
-    )
+    lanes, nw, un, pf, st = GluonScanConfig(*config) if config is not None else default_gluon_config(channels, batch)
     if d_state & (d_state - 1) or lanes & (lanes - 1) or not 1 <= lanes <= min(d_state, 32):
         raise ValueError(
             f"selective_scan_gluon: d_state ({d_state}) and lanes_per_channel ({lanes}) must be powers of "
@@ -551,8 +503,6 @@ def selective_scan_gluon(
         raise ValueError(f"selective_scan_gluon: unroll must be in 1..16, got {un}")
     if st == 1 or not 0 <= st <= 8:
         raise ValueError(f"selective_scan_gluon: stages must be 0 (registers) or 2..8 (shared memory), got {st}")
-    if not 0 <= fe <= un:
-        raise ValueError(f"selective_scan_gluon: fma_exp_every must be in 0..unroll ({un}), got {fe}")
     for name, t in (("u", u), ("delta", delta), ("B", B), ("C", C), ("z", z)):
         if t is not None and t.stride(-1) != 1:
             raise ValueError(f"selective_scan_gluon: {name} needs stride 1 on its last axis, got {t.stride()}")
@@ -613,7 +563,6 @@ def selective_scan_gluon(
         HAS_DT_BIAS=delta_bias is not None,
         SOFTPLUS=delta_softplus,
         STAGES=st,
-        FMA_EXP_EVERY=fe,
         **copy_layouts,
         num_warps=nw,
     )
