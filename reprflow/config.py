@@ -127,6 +127,14 @@ class Config:
         the keys that decide stored values, tracked as Snakemake/DVC params."""
         return dict(self.raw.get(name) or {})
 
+    def prompt_settings(self, task: str, length: int) -> dict[str, Any]:
+        """What one prompt set is built from: a custom task's ``jsonl`` and ``length`` (not its
+        ``models``), else :func:`prompt_set_settings`. The prompts rules' param and part of
+        :meth:`extraction_digest`."""
+        if task in self.custom_tasks:
+            return {k: self.custom_tasks[task][k] for k in ("jsonl", "length")}
+        return prompt_set_settings(self.section("prompts"), task, length)
+
     def prompt_tolerance(self, task: str, length: int) -> float:
         """The length tolerance of the (task, length) prompt set (:func:`prompt_tolerance`)."""
         return prompt_tolerance(self.section("prompts"), task, length)
@@ -174,10 +182,7 @@ class Config:
         train block's execution keys) and the init entry. Used as a rule param and stored in the
         store's attrs, so a change to e.g. the probe settings, the batch size, the order of
         ``models:`` or another prompt set's tolerance does not rerun this extraction."""
-        if task in self.custom_tasks:
-            prompts = {k: self.custom_tasks[task][k] for k in ("jsonl", "length")}
-        else:
-            prompts = prompt_set_settings(self.raw["prompts"], task, length)
+        prompts = self.prompt_settings(task, length)
         return _sha256_json(
             {
                 "seed": self.raw["seed"],

@@ -8,7 +8,7 @@ sys.path.insert(0, workflow.basedir)
 
 from snakemake_interface_executor_plugins.settings import ExecMode
 
-from reprflow.config import prompt_set_settings, validate_config
+from reprflow.config import validate_config
 from reprflow.errors import ReprflowError
 from reprflow.workflow import disk, targets
 from reprflow.workflow.model_json import check_context_windows

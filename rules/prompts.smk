@@ -16,7 +16,7 @@ rule prompts:
     params:
         code=lambda w: code_digest("prompts.py", skip=other_tasks_code(w.task)),  # this task's builder only
         seed=CFG.seed,
-        settings=lambda w: prompt_set_settings(CFG.section("prompts"), w.task, int(w.length)),  # this set's only
+        settings=lambda w: CFG.prompt_settings(w.task, int(w.length)),  # this set's only
         max_tokens=lambda w: prompt_token_cap(CFG, w.tokenizer, int(w.length)),
     resources:
         # peak RSS measured on the CPU (2026-12-05, 25,000 prompts): MDQA at 4096 tokens 4.4 GB,
@@ -45,7 +45,7 @@ if CFG.custom_tasks:
             f"{BENCHMARKS}/prompts/{{tokenizer}}/{{task}}_n{{length}}.tsv"
         params:
             code=code_digest("custom_prompts.py"),
-            spec=lambda w: {k: CFG.custom_tasks[w.task][k] for k in ("jsonl", "length")},  # not `models`
+            spec=lambda w: CFG.prompt_settings(w.task, int(w.length)),  # jsonl, length; not `models`
             max_tokens=lambda w: prompt_token_cap(CFG, w.tokenizer, int(w.length)),
         wildcard_constraints:
             task="|".join(CFG.custom_tasks),
