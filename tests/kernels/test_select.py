@@ -1,6 +1,7 @@
 """The kernel chooser: correctness gate, measurement, caches and forcing (CPU)."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -260,3 +261,43 @@ def test_check_covers_more_than_one_ssd_chunk(torch_gen):
     assert entry["kernel"] == "fconv" and "ms" not in entry  # the only correct one, not measured
     assert entry["check_rel_err"]["chunked"] > select.REL_TOL[torch.float32]
     assert entry["check_rel_err"]["fconv"] < 1e-6
+
+
+
+@pytest.mark.parametrize("slow_ms", [[9.9] * 5 + [10.3] * 20, [30.0] * 25])
+def test_close_candidates_are_timed_again(torch_gen, monkeypatch, slow_ms):
+    """Two candidates within CLOSE_MARGIN get CLOSE_ROUNDS more rounds of N_TIMED calls each and
+    the median of all decides: "slow" (10.3 ms, but 9.9 in its first calls: noise) loses to "fast"
+    (10.0 ms), where its first N_TIMED calls alone would have chosen it. A clear winner is settled by
+    the first N_TIMED calls. The candidates advance a clock the chooser reads (wall time on a shared
+    CPU is too noisy to script)."""
+    report, calls, clock = {}, {"fast": 0, "slow": 0}, [0.0]
+    cost_ms = {"fast": [10.0] * 25, "slow": slow_ms}
+
+    def costs(name):
+        def run(x, weight, bias=None, *, mask=None):
+            clock[0] += cost_ms[name][calls[name]] / 1e3  # call 0 is the check, 1 the warm-up
+            calls[name] += 1
+            return causal_conv1d_silu_reference(x, weight, bias, mask=mask)
+
+        return run
+
+    monkeypatch.setattr(select, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    cands = [Candidate(n, costs(n), n, devices=("cpu",)) for n in ("fast", "slow")]
+    op = KernelOp(
+        "toy_conv",
+        causal_conv1d_silu_reference,
+        cands,
+        time_major=("x", "mask"),
+        sizes=lambda a: (a["x"].shape[2],),
+        report=report,
+    )
+    x, w, b = _conv_inputs(torch_gen)
+    op(x, w, b)
+    (entry,) = report["toy_conv"].values()
+    close = slow_ms[0] < 11
+    timed = select.N_TIMED * (1 + select.CLOSE_ROUNDS) if close else select.N_TIMED
+    assert entry["kernel"] == "fast"
+    assert calls == {"fast": 2 + timed + 1, "slow": 2 + timed}  # check, warm-up, timed; + the call itself
+    assert entry["ms"] == pytest.approx({"fast": 10.0, "slow": 10.3 if close else 30.0})
+    assert ("median of 12 calls" in entry["reason"]) == close
