@@ -263,7 +263,6 @@ def test_check_covers_more_than_one_ssd_chunk(torch_gen):
     assert entry["check_rel_err"]["fconv"] < 1e-6
 
 
-
 @pytest.mark.parametrize("slow_ms", [[9.9] * 5 + [10.3] * 20, [30.0] * 25])
 def test_close_candidates_are_timed_again(torch_gen, monkeypatch, slow_ms):
     """Two candidates within CLOSE_MARGIN get CLOSE_ROUNDS more rounds of N_TIMED calls each and
