@@ -6,7 +6,6 @@ Used by tests/workflow (CLI, dry runs) and tests/cluster (SLURM profile, DVC rou
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -88,63 +87,6 @@ def pytest_collection_modifyitems(items) -> None:
     up until the session ends, so the dozens of snakemake runs after the SLURM tests start at
     once. A stable sort: a module's tests stay together, and in order."""
     items.sort(key=lambda item: item.get_closest_marker("slurm") is None)
-
-
-class BackgroundRun:
-    """A snakemake run started when collection ends and awaited by the fixture that needs it.
-
-    The offline demo (tests/workflow/test_demo_e2e.py) is the suite's longest fixture (~6 min on
-    CI's 2 cores) and keeps about 1.6 of them busy: started in the background it runs while the
-    rest of the suite takes the remaining core, instead of after it."""
-
-    def __init__(self, workdir: Path, args: tuple[str, ...], timeout: float) -> None:
-        self.workdir, self.args, self.timeout = workdir, args, timeout
-        self.log = workdir.parent / "snakemake.log"
-        self.proc = start_snakemake(workdir, *args, log=self.log)
-        self.t0 = time.monotonic()
-
-    def wait(self) -> subprocess.CompletedProcess:
-        """Block until the run ends (killed past ``timeout`` s from its start); its combined output in stdout."""
-        try:
-            self.proc.wait(timeout=max(1.0, self.timeout - (time.monotonic() - self.t0)))
-        except subprocess.TimeoutExpired:
-            terminate_snakemake(self.proc, timeout=30)
-            raise
-        return subprocess.CompletedProcess(self.proc.args, self.proc.returncode, self.log.read_text(), "")
-
-
-BACKGROUND: dict[str, BackgroundRun] = {}
-"""Runs started by :func:`pytest_collection_finish`, by name (``"demo"``)."""
-
-DEMO_ARGS = ("--cores", "3", "--configfile=config/demo.yaml", "--set-threads", "train_model=1")
-"""The demo fixture's snakemake arguments. Training one thread per model, several models at once:
-the micro models' training keeps one core busy however many threads it gets (~1.2 of 2), so
-single-thread jobs side by side train the four in ~140 s instead of ~195 s on 2 cores.
-train.threads is an execution key (TrainSpec): it reruns nothing and stores nothing but the
-summary's thread count. Three job slots on CI's 2 cores: the ~100 cell jobs are mostly
-interpreter start-up and file I/O (70-85 % of a core each), so a third job fills the gaps; every
-job still gets one thread (Snakemake sets OMP_NUM_THREADS), so the products are the same."""
-
-
-def pytest_collection_finish(session) -> None:
-    """Start the demo run in the background when any of its tests is selected (not on --collect-only)."""
-    if session.config.option.collectonly:
-        return
-    if any(item.nodeid.startswith("tests/workflow/test_demo_e2e.py::") for item in session.items):
-        root = make_workdir(session.config._tmp_path_factory.mktemp("demo") / "project")
-        BACKGROUND["demo"] = BackgroundRun(root, DEMO_ARGS, timeout=1500)
-
-
-def pytest_sessionfinish(session) -> None:
-    """A background run still going when the session ends (a failure with -x, an interrupt) is stopped."""
-    for run in BACKGROUND.values():
-        terminate_snakemake(run.proc, timeout=30)
-
-
-@pytest.fixture(scope="session")
-def background_runs() -> dict[str, BackgroundRun]:
-    """The runs :func:`pytest_collection_finish` started, by name."""
-    return BACKGROUND
 
 
 @pytest.fixture()
