@@ -21,6 +21,7 @@ import torch
 from transformers import AutoModelForCausalLM, GPTNeoConfig, GPTNeoXConfig, Mamba2Config, MambaConfig, PretrainedConfig
 
 from reprflow.errors import ConfigError
+from reprflow.training.block_counts import CONV_KERNEL, EXPAND, best_ssm_shape, head_dim, mamba2_head_dim
 
 __all__ = [
     "MATCHED_FAMILIES",
@@ -34,33 +35,11 @@ __all__ = [
 ]
 
 MATCHED_FAMILIES = ("gpt_neo", "gpt_neox", "mamba", "mamba2")
-_MAMBA2_STATES = (16, 32, 64, 128)
 
 
 def padded_vocab(n_tokens: int, multiple: int = 64) -> int:
     """The tokenizer size rounded up to ``multiple`` (embedding rows; extra rows are never targets)."""
     return int(math.ceil(n_tokens / multiple) * multiple)
-
-
-def _head_dim(width: int) -> int:
-    return 64 if width >= 256 else 16
-
-
-def _mamba2_head_dim(inner: int, width: int) -> int:
-    """Mamba2's head size: the largest of 64, 48, 32, 16 (at most :func:`_head_dim`) that divides
-    ``inner`` into a multiple of 8 heads, else :func:`_head_dim`.
-
-    Why a multiple of 8: ``in_proj`` emits ``2 * inner + 2 * d_state + heads`` channels per token,
-    and transformers' Mamba2 (eval mode, so every validation pass and every extraction through
-    its forward) hands a slice of that tensor, channel-last, to ``causal_conv1d``'s compiled
-    kernel, which requires its strides to be multiples of 8 (12 heads at width 384 failed on an
-    H200: "causal_conv1d with channel last layout requires strides ... to be multiples of 8").
-    """
-    cap = _head_dim(width)
-    for head_dim in (64, 48, 32, 16):
-        if head_dim <= cap and inner % head_dim == 0 and (inner // head_dim) % 8 == 0:
-            return head_dim
-    return cap
 
 
 def family_config(
@@ -91,7 +70,7 @@ def family_config(
     d_state : int, optional
         SSM state size (default 16 for Mamba, 64 for Mamba2 at width >= 256, else 16).
     """
-    heads = max(1, width // _head_dim(width))
+    heads = max(1, width // head_dim(width))
     common = dict(vocab_size=vocab_size, tie_word_embeddings=True, bos_token_id=0, eos_token_id=0)
     if family == "gpt_neo":
         if depth % 2:
@@ -122,7 +101,7 @@ def family_config(
             use_parallel_residual=True,
             **common,
         )
-    expand = 2  # the family invariant (reprflow/models/invariants.py)
+    expand = EXPAND  # the family invariant (reprflow/models/invariants.py)
     inner = expand * width
     if family == "mamba":
         return MambaConfig(
@@ -130,23 +109,23 @@ def family_config(
             num_hidden_layers=depth,
             state_size=d_state or 16,
             expand=expand,
-            conv_kernel=4,
+            conv_kernel=CONV_KERNEL,
             pad_token_id=0,
             **common,
         )
     if family == "mamba2":
-        head_dim = _mamba2_head_dim(int(inner), width)
-        if int(inner) % head_dim:
-            raise ConfigError(f"mamba2: inner width {int(inner)} is not a multiple of head_dim {head_dim}")
+        size = mamba2_head_dim(int(inner), width)
+        if int(inner) % size:
+            raise ConfigError(f"mamba2: inner width {int(inner)} is not a multiple of head_dim {size}")
         return Mamba2Config(
             hidden_size=width,
             num_hidden_layers=depth,
             state_size=d_state or (64 if width >= 256 else 16),
             expand=expand,
-            head_dim=head_dim,
-            num_heads=int(inner) // head_dim,
+            head_dim=size,
+            num_heads=int(inner) // size,
             n_groups=1,
-            conv_kernel=4,
+            conv_kernel=CONV_KERNEL,
             chunk_size=64 if context <= 256 else 256,
             pad_token_id=0,
             **common,
@@ -182,19 +161,11 @@ class SizedModel:
     depth: int
 
 
-def _best_ssm(family: str, reference: int, *, depth: int, **kw) -> PretrainedConfig:
-    states = _MAMBA2_STATES if family == "mamba2" else (16,)
-    best = None
-    for d_state in states:
-        for blocks in range(depth, 4 * depth + 1):
-            config = family_config(family, depth=blocks, d_state=d_state, **kw)
-            err = abs(count_params(config)[1] - reference)
-            if best is not None and err >= best[0] and blocks > depth:
-                if best[2] == d_state:
-                    break  # the count grows with the block count: past the closest one
-            if best is None or err < best[0]:
-                best = (err, config, d_state)
-    return best[1]
+def _best_ssm(family: str, *, depth: int, **kw) -> PretrainedConfig:
+    """The config of :func:`~reprflow.training.block_counts.best_ssm_shape` (counted by formula,
+    checked against these configs' models in tests/training/test_block_counts.py)."""
+    blocks, d_state = best_ssm_shape(family, width=kw["width"], depth=depth)
+    return family_config(family, depth=blocks, d_state=d_state, **kw)
 
 
 def match_families(
@@ -211,7 +182,7 @@ def match_families(
     out = {}
     for family in families:
         if family in ("mamba", "mamba2"):
-            config = _best_ssm(family, reference, **shape)
+            config = _best_ssm(family, **shape)
         else:
             config = family_config(family, **shape)
         total, non_emb = count_params(config)

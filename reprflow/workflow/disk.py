@@ -50,6 +50,7 @@ from pathlib import Path
 
 from reprflow.config import Config, ModelSpec, load_configs
 from reprflow.errors import ConfigError, ReprflowError
+from reprflow.training.block_counts import best_ssm_shape
 from reprflow.workflow.model_json import read_model_json
 
 logger = logging.getLogger(__name__)
@@ -117,14 +118,13 @@ def _dims_from(cfg: dict, source: str) -> Dims | None:
 
 
 @functools.lru_cache(maxsize=None)
-def _trained_dims(family: str, width: int, depth: int, context: int) -> Dims:
+def _trained_dims(family: str, width: int, depth: int) -> Dims:
     """Dims of a model the workflow will train (``train:``), before it exists: the recipe's width;
     ``depth`` Transformer layers, or the SSM block count that matches them
-    (:func:`reprflow.training.sizing.match_families`; lazy import: it needs torch)."""
+    (:func:`reprflow.training.sizing.match_families`'s choice, counted by formula without torch:
+    :func:`reprflow.training.block_counts.best_ssm_shape`)."""
     if family in ("mamba", "mamba2"):
-        from reprflow.training.sizing import match_families
-
-        depth = match_families([family], width=width, depth=depth, vocab_size=256, context=context)[family].depth
+        depth = best_ssm_shape(family, width=width, depth=depth)[0]
     return Dims(width, depth, "the train block (reprflow/training/sizing.py)")
 
 
@@ -136,7 +136,7 @@ def model_dims(model: ModelSpec, config: Config | None = None) -> Dims | None:
         from reprflow.training.recipe import TrainSpec
 
         spec = TrainSpec.from_dict(model.train)
-        return _trained_dims(model.family, spec.width, spec.depth, spec.context)
+        return _trained_dims(model.family, spec.width, spec.depth)
     found = read_model_json(model.hf_id)
     dims = None if found is None else _dims_from(*found)
     if dims is not None:

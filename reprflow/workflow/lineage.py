@@ -189,13 +189,23 @@ def _submodule(package: str, name: str) -> str:
 def _imports(path: Path, root: Path) -> set[str]:
     """Dotted names of the package modules ``path`` imports (relative imports resolved;
     ``from pkg import name`` of a lazily exported name counts as its submodule)."""
-    return _parsed_imports(path, root, path.stat().st_mtime_ns)
+    stat = path.stat()
+    imports, _ = _python_file(path, root, stat.st_mtime_ns, stat.st_size)
+    if imports is None:
+        ast.parse(path.read_text(), filename=str(path))  # raises the file's SyntaxError
+    return imports
 
 
 @functools.lru_cache(maxsize=None)
-def _parsed_imports(path: Path, root: Path, mtime_ns: int) -> frozenset[str]:
-    """:func:`_imports`, parsed once per file version (every script rule's digest walks them)."""
-    tree = ast.parse(path.read_text(), filename=str(path))
+def _python_file(path: Path, root: Path, mtime_ns: int, size: int) -> tuple[frozenset[str] | None, bytes]:
+    """``(package imports, sha256 of its code)`` of one Python file version, from one parse (every
+    script rule's closure and digest walk the same modules): the imports as :func:`_imports`
+    (None if the file does not parse), the digest of :func:`python_code`."""
+    source = path.read_bytes()
+    try:
+        tree = ast.parse(source, filename=str(path))
+    except (SyntaxError, ValueError):
+        return None, hashlib.sha256(source).digest()
     rel = path.relative_to(root).with_suffix("")
     here = list(rel.parts[:-1])  # the package a module (or a package's __init__) lives in
     found: set[str] = set()
@@ -213,7 +223,8 @@ def _parsed_imports(path: Path, root: Path, mtime_ns: int) -> frozenset[str]:
             # `from pkg import submodule`, or a name `pkg` imports lazily from one (its
             # _EXPORTS value: a submodule's name, or its dotted path as in reprflow.models)
             found.update(_submodule(module, lazy.get(a.name, a.name)) for a in node.names)
-    return frozenset(n for n in found if n == PACKAGE or n.startswith(PACKAGE + "."))
+    imports = frozenset(n for n in found if n == PACKAGE or n.startswith(PACKAGE + "."))
+    return imports, hashlib.sha256(_code_of_tree(tree)).digest()  # after the walk: it edits the tree
 
 
 def _import_statements(text: str) -> str:
@@ -292,18 +303,18 @@ def code_digest(script: str, root: Path = PROJECT_ROOT, *, skip: tuple[str, ...]
         path = root / rel
         for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
             if file.is_file() and "__pycache__" not in file.parts:
-                stat = file.stat()
                 digest.update(f"{file.relative_to(root).as_posix()}\0".encode())
-                digest.update(_file_code_digest(file, stat.st_mtime_ns, stat.st_size))
+                digest.update(_file_code_digest(file, root))
     return digest.hexdigest()
 
 
-@functools.lru_cache(maxsize=None)
-def _file_code_digest(file: Path, mtime_ns: int, size: int) -> bytes:
-    """sha256 of one file's code (:func:`python_code` for .py, else its bytes); cached per
-    version of the file, since the rules' scripts share most of their modules."""
-    data = file.read_bytes()
-    return hashlib.sha256(python_code(data) if file.suffix == ".py" else data).digest()
+def _file_code_digest(file: Path, root: Path) -> bytes:
+    """sha256 of one file's code: :func:`python_code` for .py (:func:`_python_file`, cached per
+    version of the file, since the rules' scripts share most of their modules), else its bytes."""
+    stat = file.stat()
+    if file.suffix == ".py":
+        return _python_file(file, root, stat.st_mtime_ns, stat.st_size)[1]
+    return hashlib.sha256(file.read_bytes()).digest()
 
 
 def python_code(source: bytes) -> bytes:
@@ -314,6 +325,11 @@ def python_code(source: bytes) -> bytes:
         tree = ast.parse(source)
     except (SyntaxError, ValueError):
         return source
+    return _code_of_tree(tree)
+
+
+def _code_of_tree(tree: ast.Module) -> bytes:
+    """:func:`python_code` of a parsed file; removes the docstrings from ``tree`` itself."""
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
         if (

@@ -387,7 +387,7 @@ def test_token_cache_is_tied_to_the_tokenizer_that_made_it(tmp_path, monkeypatch
 @pytest.mark.parametrize("width", [64, 128, 256, 384, 512, 768, 1024])
 def test_mamba2_in_proj_is_a_multiple_of_8(width):
     """transformers' Mamba2 in eval mode gives causal_conv1d's compiled kernel a channel-last slice
-    of in_proj's output, whose strides must be multiples of 8 (sizing._mamba2_head_dim)."""
+    of in_proj's output, whose strides must be multiples of 8 (block_counts.mamba2_head_dim)."""
     c = build_config("mamba2", TrainSpec(width=width, depth=2, context=256), vocab_size=512)
     assert c.num_heads * c.head_dim == c.expand * width
     assert (2 * c.expand * width + 2 * c.n_groups * c.state_size + c.num_heads) % 8 == 0
