@@ -10,12 +10,14 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-
-from transformers import PreTrainedTokenizerFast
+from typing import TYPE_CHECKING
 
 from reprflow.config import TOKENIZER_DIR, shipped_tokenizers
 from reprflow.errors import PromptError
 from reprflow.prompts.files import sha256_file
+
+if TYPE_CHECKING:  # transformers is imported when a tokenizer is loaded, not by the workflow's planning
+    from transformers import PreTrainedTokenizerFast
 
 __all__ = [
     "TOKENIZER_DIR",
@@ -95,6 +97,8 @@ def load_tokenizer(
     last real token from the attention mask.
     """
     path = tokenizer_file(name_or_path, tokenizer_dir=tokenizer_dir)
+    from transformers import PreTrainedTokenizerFast
+
     tok = PreTrainedTokenizerFast(tokenizer_file=str(path))
     vocab = tok.get_vocab()
     if _EOS not in vocab:
