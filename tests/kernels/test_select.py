@@ -64,6 +64,11 @@ def _toy_op(report, calls, forced=None):
             devices=("cpu",),
         ),
     ]
+    return _conv_op(cands, report, forced)
+
+
+def _conv_op(cands, report, forced=None):
+    """A ``toy_conv`` op over ``cands`` (causal conv + SiLU candidates), one shape class per channel count."""
     return KernelOp(
         "toy_conv",
         causal_conv1d_silu_reference,
@@ -283,14 +288,7 @@ def test_close_candidates_are_timed_again(torch_gen, monkeypatch, slow_ms):
 
     monkeypatch.setattr(select, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
     cands = [Candidate(n, costs(n), n, devices=("cpu",)) for n in ("fast", "slow")]
-    op = KernelOp(
-        "toy_conv",
-        causal_conv1d_silu_reference,
-        cands,
-        time_major=("x", "mask"),
-        sizes=lambda a: (a["x"].shape[2],),
-        report=report,
-    )
+    op = _conv_op(cands, report)
     x, w, b = _conv_inputs(torch_gen)
     op(x, w, b)
     (entry,) = report["toy_conv"].values()
