@@ -309,11 +309,18 @@ def code_digest(script: str, root: Path = PROJECT_ROOT, *, skip: tuple[str, ...]
 
 
 def _file_code_digest(file: Path, root: Path) -> bytes:
-    """sha256 of one file's code: :func:`python_code` for .py (:func:`_python_file`, cached per
-    version of the file, since the rules' scripts share most of their modules), else its bytes."""
+    """sha256 of one file's code: :func:`python_code` for .py (:func:`_python_file`), else its
+    bytes; both cached per version of the file, since the rules' scripts share most of their
+    modules and package data."""
     stat = file.stat()
     if file.suffix == ".py":
         return _python_file(file, root, stat.st_mtime_ns, stat.st_size)[1]
+    return _bytes_digest(file, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=None)
+def _bytes_digest(file: Path, mtime_ns: int, size: int) -> bytes:
+    """sha256 of one file version's bytes (the packages' data: tokenizers, prompt templates)."""
     return hashlib.sha256(file.read_bytes()).digest()
 
 
