@@ -10,19 +10,25 @@ state, as extraction), then times every shape in the same process, in the given 
 reverse (two passes; the range is printed): tokens/s and % of the bf16 roofline (2 x parameters
 FLOPs per token at the matmul rate measured at the start). With ``mamba`` among the families it
 also times Mamba-1's scan and conv candidates per layer at each shape against the scan's exp bound
-(``kernels.py``'s ``bench_mamba_scan``).
+(``kernels.py``'s ``bench_mamba_scan``). With ``--gluon-configs`` every shape is also timed with
+each given launch configuration of the Gluon Mamba-1 scan in place of its default (one row per
+shape and configuration, the same two passes), so a configuration found by
+``benchmarks/scan_sweep.py`` is judged by the whole forward, side by side with the default.
 
 Usage (repository root)::
 
     PYTHONPATH=$PWD python benchmarks/batch_tokens.py [--families mamba mamba2] \\
         [--shapes 4096x8 4096x16 2048x16 2048x32] [--batches 2] [--out DIR]      # H200: ~3 min
     PYTHONPATH=$PWD python benchmarks/batch_tokens.py --models mamba2-130m --shapes 2048x32 2048x128
+    PYTHONPATH=$PWD python benchmarks/batch_tokens.py --families mamba --shapes 2048x32 \
+        --gluon-configs default 1,4,4,1,3        # lanes/channel, warps, unroll, prefetch, stages
     PYTHONPATH=$PWD python benchmarks/batch_tokens.py --quick --device cpu      # toy sizes, seconds
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import sys
 from pathlib import Path
@@ -44,11 +50,40 @@ def parse_shape(text: str) -> tuple[int, int]:
     return tokens, batch
 
 
+def parse_gluon_config(text: str):
+    """``"default"`` -> None; ``"1,4,4,1,3"`` -> that ``GluonScanConfig``."""
+    if text == "default":
+        return None
+    from reprflow.kernels.selective_scan_gluon import GluonScanConfig
+
+    try:
+        return GluonScanConfig(*(int(v) for v in text.split(",")))
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(
+            f"Gluon scan config {text!r}: write default or LANES,WARPS,UNROLL[,PREFETCH[,STAGES]], e.g. 1,1,8,1,2"
+        ) from None
+
+
+@contextlib.contextmanager
+def gluon_scan_config(config):
+    """Within the block the Gluon Mamba-1 scan launches with ``config`` (None: its default)."""
+    from reprflow.kernels import selective_scan_gluon as module
+
+    default = module.default_gluon_config
+    if config is not None:
+        module.default_gluon_config = lambda channels, batch: config
+    try:
+        yield
+    finally:
+        module.default_gluon_config = default
+
+
 def time_shapes(name: str, args, peak: float) -> list[dict]:
     """One model (a name of ``extract.full_configs``), every shape timed twice (given order, then reversed).
 
-    Returns one dict per shape: model, tokens, batch, tokens_per_s (list of the two passes),
-    pct_roofline (same), kernels (the chooser's picks, as kernels.py names them).
+    Returns one dict per shape and Gluon scan configuration: model, tokens, batch, scan_config
+    ("default" or the configuration), tokens_per_s (list of the two passes), pct_roofline (same),
+    kernels (the chooser's picks, as kernels.py names them).
     """
     from extract import build_model, full_configs, n_params  # benchmarks/extract.py
 
@@ -64,12 +99,18 @@ def time_shapes(name: str, args, peak: float) -> list[dict]:
         shape: torch.randint(0, config.vocab_size, (shape[1], shape[0]), device=args.device, generator=gen)
         for shape in args.shapes
     }
-    rates: dict[tuple[int, int], list[float]] = {shape: [] for shape in args.shapes}
+    configs = args.gluon_configs if report.get("family") == "mamba" else [None]
+    rates: dict[tuple, list[float]] = {(shape, cfg): [] for shape in args.shapes for cfg in configs}
     for order in (args.shapes, args.shapes[::-1]):
         for shape in order:
-            rate = kernels.time_batches(run, ids[shape], batch=shape[1], n_batches=args.batches, device=args.device)
-            rates[shape].append(rate)
-            print(f"  {name:12s} {shape[0]:5d} x {shape[1]:<4d} {rate:10.0f} tok/s", flush=True)
+            for cfg in configs:
+                with gluon_scan_config(cfg):
+                    rate = kernels.time_batches(
+                        run, ids[shape], batch=shape[1], n_batches=args.batches, device=args.device
+                    )
+                rates[shape, cfg].append(rate)
+                label = "" if len(configs) == 1 else f"  scan {cfg or 'default'}"
+                print(f"  {name:12s} {shape[0]:5d} x {shape[1]:<4d} {rate:10.0f} tok/s{label}", flush=True)
     del model, run
     if args.device == "cuda":
         torch.cuda.empty_cache()
@@ -78,11 +119,13 @@ def time_shapes(name: str, args, peak: float) -> list[dict]:
             "model": name,
             "tokens": shape[0],
             "batch": shape[1],
-            "tokens_per_s": rates[shape],
-            "pct_roofline": [100 * r / ceiling for r in rates[shape]],
+            "scan_config": repr(cfg) if cfg is not None else "default",
+            "tokens_per_s": rates[shape, cfg],
+            "pct_roofline": [100 * r / ceiling for r in rates[shape, cfg]],
             "kernels": kernels.chosen_kernels(report),
         }
         for shape in args.shapes
+        for cfg in configs
     ]
 
 
@@ -102,16 +145,20 @@ def _span(values: list[float], fmt: str) -> str:
 
 
 def table(rows: list[dict], scan: list[dict], *, device: str, peak: float, exp_rate: float, copy_rate: float) -> str:
+    by_config = len({r["scan_config"] for r in rows}) > 1
     lines = [
         f"reprflow forward by tokens per pass, {device}, random init; roofline = {peak:.3g} TFLOP/s "
         "(measured here) / (2 x params) per token; two passes per shape (given order, then reversed)",
         "",
-        "| model | tokens per prompt | prompts per pass | tokens per pass | tokens/s | % roofline | kernels |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "| model | tokens per prompt | prompts per pass | tokens per pass | "
+        + ("Gluon scan config | " if by_config else "")
+        + "tokens/s | % roofline | kernels |",
+        "|---|---:|---:|---:|" + ("---|" if by_config else "") + "---:|---:|---|",
     ]
     lines += [
         f"| {r['model']} | {r['tokens']} | {r['batch']} | {r['tokens'] * r['batch']:,} | "
-        f"{_span(r['tokens_per_s'], ',.0f')} | {_span(r['pct_roofline'], '.1f')} | {r['kernels']} |"
+        + (f"{r['scan_config']} | " if by_config else "")
+        + f"{_span(r['tokens_per_s'], ',.0f')} | {_span(r['pct_roofline'], '.1f')} | {r['kernels']} |"
         for r in rows
     ]
     if scan:
@@ -147,6 +194,15 @@ def main(argv=None) -> int:
         type=parse_shape,
         default=None,
         help="TOKENSxBATCH each (default 4096x8 4096x16 2048x16 2048x32; with --quick 64x2 32x4)",
+    )
+    p.add_argument(
+        "--gluon-configs",
+        nargs="+",
+        type=parse_gluon_config,
+        default=[None],
+        metavar="CONFIG",
+        help="Mamba-1 only: time each shape with each of these Gluon scan configurations "
+        "(default, or LANES,WARPS,UNROLL[,PREFETCH[,STAGES]]; default: default only)",
     )
     p.add_argument("--batches", type=int, default=2, help="timed batches per shape and pass")
     p.add_argument("--out", type=Path, default=None, help="also write the table here (batch_tokens.md)")

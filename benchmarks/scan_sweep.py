@@ -8,12 +8,12 @@ one table row:
 
 * ms per layer at Mamba-2.8B shapes (5120 channels, d_state 16, bf16; ``u`` and ``z`` views
   of one in_proj output, ``B`` and ``C`` views of one x_proj output, as the mixer passes
-  them), at B=16, T=2048 and at B=8, T=4096 (median of ``--reps`` timed calls after a
-  warm-up that compiles);
-* x exp bound: that time over one ``exp`` per token x channel x state at the H200's
-  special-function rate (:data:`benchmarks.kernels.SFU_EXP_PER_S`; both shapes hold the
-  same number of tokens, so the bound is the same); the header also gives the ``ex2`` rate
-  measured on this GPU (``benchmarks/sfu_rate.py``) and the bound at that rate;
+  them), at two shapes (``--shapes``; default B=16, T=2048 and B=8, T=4096, 32K tokens each;
+  the paper config's passes are 64K tokens: ``--shapes 2048x32 4096x16``), the median of
+  ``--reps`` timed calls after a warm-up that compiles;
+* x exp bound: that time over one ``exp`` per token x channel x state of its shape at the
+  ``ex2`` rate measured on this GPU (``benchmarks/sfu_rate.py``; on a CPU the H200's
+  :data:`benchmarks.kernels.SFU_EXP_PER_S`);
 * relative error ``||y - y64|| / ||y64||`` against :func:`selective_scan_reference` in
   float64 on the same inputs: for the bf16 run (batch row 0, all 2048 tokens; mostly the
   bf16 rounding of the output, ~2e-3) and for a float32 run (1 x 2048 x 5120), which
@@ -25,7 +25,11 @@ shape, and its reason. Under a minute on an H200, most of it Triton compiles.
 
 Usage (repository root)::
 
-    PYTHONPATH=$PWD python benchmarks/scan_sweep.py [--out DIR] [--budget-s S] [--match TEXT ...]
+    PYTHONPATH=$PWD python benchmarks/scan_sweep.py [--shapes 2048x32 4096x16] [--out DIR] [--budget-s S] [--match TEXT ...]
+
+With ``--out`` it also writes ``scan_sweep.json``: one record per row (kernel, config as given
+to the kernel, ms per shape), for a script that takes the fastest configuration further
+(``benchmarks/batch_tokens.py --gluon-configs``).
 
 Last runs: benchmarks/results/scan_sweep_h200_2026-12-04_shared.md and ``..._shared2.md`` (the
 Gluon scan with its inputs staged in shared memory; ``--match shared "unroll=2 prefetch"
@@ -35,6 +39,7 @@ Gluon scan with its inputs staged in shared memory; ``--match shared "unroll=2 p
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -43,6 +48,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from batch_tokens import parse_shape  # noqa: E402
 from kernels import SFU_EXP_PER_S  # noqa: E402  (benchmarks/kernels.py)
 from microbench import rel_err  # noqa: E402
 
@@ -65,6 +71,12 @@ GLUON_CONFIGS = (
     (1, 1, 8, True, 3),
     (1, 4, 8, True, 3),
     (1, 4, 4, True, 3),
+    (1, 2, 8, True, 3),
+    (1, 2, 4, True, 3),
+    (1, 1, 16, True, 3),
+    (1, 2, 16, True, 2),
+    (1, 1, 4, True, 4),
+    (1, 2, 4, True, 4),
     (2, 1, 8, True, 2),
     (2, 4, 2, True),
     (2, 4, 1, True),
@@ -155,8 +167,9 @@ def _ms(fn, device: str, reps: int) -> float:
     return statistics.median(times)
 
 
-def variants() -> list[tuple[str, str, object]]:
-    """(kernel, config, fn with the signature of selective_scan_reference) for every row."""
+def variants() -> list[tuple[str, str, object, list | None]]:
+    """(kernel, config label, fn with the signature of selective_scan_reference, config as the
+    kernel takes it or None) for every row."""
     from functools import partial
 
     out = [
@@ -164,49 +177,51 @@ def variants() -> list[tuple[str, str, object]]:
             "triton",
             f"BLOCK_D={bd} warps={nw} unroll={un}",
             partial(selective_scan_triton, block_d=bd, num_warps=nw, unroll=un),
+            [bd, nw, un],
         )
         for bd, nw, un in TRITON_CONFIGS
     ]
     if gluon_available():
         out += [
-            ("gluon", repr(GluonScanConfig(*cfg)), partial(selective_scan_gluon, config=cfg)) for cfg in GLUON_CONFIGS
+            (
+                "gluon",
+                repr(GluonScanConfig(*cfg)),
+                partial(selective_scan_gluon, config=cfg),
+                list(GluonScanConfig(*cfg)),
+            )
+            for cfg in GLUON_CONFIGS
         ]
     from reprflow.kernels.ops import compiled_scan_time_major
     from reprflow.kernels.optional import compiled_selective_scan
 
     compiled = compiled_selective_scan()
     if compiled is not None:
-        out.append(("mamba_ssm", "selective_scan_fn + transposes", compiled_scan_time_major(compiled)))
+        out.append(("mamba_ssm", "selective_scan_fn + transposes", compiled_scan_time_major(compiled), None))
     return out
 
 
-def sweep(args) -> str:
+def sweep(args) -> tuple[str, list[dict]]:
+    """The table (markdown) and one record per row: kernel, label, config, ms (per shape)."""
     t_start = time.perf_counter()
     dev = args.device
-    shapes, channels = (((2, 12), (1, 24)), 64) if args.quick else (SHAPES, CHANNELS)
+    shapes, channels = (((2, 12), (1, 24)), 64) if args.quick else (args.shapes, CHANNELS)
     inputs = [scan_inputs(b, t, torch.bfloat16, dev, seed=i, channels=channels) for i, (b, t) in enumerate(shapes)]
     want16 = _reference(inputs[0], slice(0, 1))
     x32 = scan_inputs(1, shapes[0][1], torch.float32, dev, seed=7, channels=channels)
     want32 = _reference(x32, slice(None))
-    n_elem = shapes[0][0] * shapes[0][1] * channels * D_STATE
-    exp_ms = 1e3 * n_elem / SFU_EXP_PER_S
-    measured_rate = None
+    exp_rate = SFU_EXP_PER_S
     if dev == "cuda":
         from sfu_rate import measure_exp_rate  # benchmarks/sfu_rate.py
 
-        measured_rate = measure_exp_rate()
+        exp_rate = measure_exp_rate()
+    exp_ms = [1e3 * b * t * channels * D_STATE / exp_rate for b, t in shapes]
     gpu = torch.cuda.get_device_name() if dev == "cuda" else "cpu"
     (b1, t1), (b2, t2) = shapes
     lines = [
         f"Mamba-1 scan sweep, {gpu}, torch {torch.__version__}, {time.strftime('%Y-%m-%d %H:%M %Z')}; "
-        f"{channels} channels, d_state {D_STATE}, bf16 in/out; exp bound {exp_ms:.3f} ms "
-        f"(1 exp per token x channel x state at {SFU_EXP_PER_S / 1e12:.2f} T exp/s)"
-        + (
-            f"; measured ex2 rate {measured_rate / 1e12:.2f} T/s (benchmarks/sfu_rate.py): "
-            f"exp bound {1e3 * n_elem / measured_rate:.3f} ms"
-            if measured_rate
-            else ""
-        ),
+        f"{channels} channels, d_state {D_STATE}, bf16 in/out; exp bound {exp_ms[0]:.3f} ms at B={b1} T={t1}, "
+        f"{exp_ms[1]:.3f} ms at B={b2} T={t2} (1 exp per token x channel x state at "
+        f"{exp_rate / 1e12:.2f} T exp/s, {'measured here by benchmarks/sfu_rate.py' if dev == 'cuda' else 'an H200 (no GPU here)'})",
         "",
         f"| kernel | config | ms B={b1} T={t1} | x exp bound | ms B={b2} T={t2} | x exp bound | "
         f"rel err bf16 | rel err fp32 |",
@@ -214,8 +229,8 @@ def sweep(args) -> str:
     ]
     # pass 1: times and the bf16 error of every variant; pass 2, while the time budget
     # lasts: the float32 error (one more compile per variant)
-    rows = []
-    for kernel, label, fn in variants():
+    rows, records = [], []
+    for kernel, label, fn, config in variants():
         if args.match and not any(m in f"{kernel} {label}" for m in args.match):
             continue
         try:
@@ -226,10 +241,11 @@ def sweep(args) -> str:
                     kernel,
                     label,
                     fn,
-                    f"{ms[0]:.3f} | {ms[0] / exp_ms:.2f} | {ms[1]:.3f} | {ms[1] / exp_ms:.2f} | {e16:.1e}",
+                    f"{ms[0]:.3f} | {ms[0] / exp_ms[0]:.2f} | {ms[1]:.3f} | {ms[1] / exp_ms[1]:.2f} | {e16:.1e}",
                     "-",
                 ]
             )
+            records.append({"kernel": kernel, "label": label, "config": config, "ms": ms, "shapes": shapes})
         except Exception as exc:  # a configuration the compiler or the GPU rejects
             rows.append([kernel, label, None, f"failed: {type(exc).__name__}: {str(exc)[:100]} | | | |", ""])
         print(f"| {rows[-1][0]} | {rows[-1][1]} | {rows[-1][3]} |", flush=True)
@@ -248,7 +264,13 @@ def sweep(args) -> str:
         f"Chooser at B={b1} T={t1}: {entry['kernel']} ({entry['reason']}); check errors {entry['check_rel_err']}",
         f"Sweep time {time.perf_counter() - t_start:.0f} s.",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines), records
+
+
+def _batch_by_tokens(text: str) -> tuple[int, int]:
+    """``"2048x32"`` (tokens x prompts, as ``batch_tokens.py`` writes shapes) -> (32, 2048)."""
+    tokens, batch = parse_shape(text)
+    return batch, tokens
 
 
 def main(argv=None) -> int:
@@ -265,12 +287,21 @@ def main(argv=None) -> int:
     p.add_argument(
         "--match", nargs="*", default=None, help="only rows whose 'kernel config' contains one of these texts"
     )
-    p.add_argument("--out", type=Path, default=None, help="also write scan_sweep.md here")
+    p.add_argument(
+        "--shapes",
+        nargs=2,
+        type=_batch_by_tokens,
+        default=list(SHAPES),
+        metavar="TOKENSxBATCH",
+        help="the two shapes timed (default 2048x16 4096x8)",
+    )
+    p.add_argument("--out", type=Path, default=None, help="also write scan_sweep.md and scan_sweep.json here")
     args = p.parse_args(argv)
-    text = sweep(args)
+    text, records = sweep(args)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "scan_sweep.md").write_text(text + "\n")
+        (args.out / "scan_sweep.json").write_text(json.dumps(records, indent=1) + "\n")
     print()
     print(text)
     return 0

@@ -60,6 +60,56 @@ def test_batch_tokens_refuses_a_malformed_shape():
     assert proc.returncode == 2 and "shape '4096by8': write TOKENSxBATCH" in proc.stderr
 
 
+def test_batch_tokens_gluon_configs_parse_and_patch_the_scan_default_only_within_the_block(monkeypatch):
+    """--gluon-configs: "default" or LANES,WARPS,UNROLL[,PREFETCH[,STAGES]]; the patch is undone after."""
+    import argparse
+
+    import pytest
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from batch_tokens import gluon_scan_config, parse_gluon_config
+
+    from reprflow.kernels import selective_scan_gluon as module
+
+    assert parse_gluon_config("default") is None
+    cfg = parse_gluon_config("1,4,4,1,3")
+    assert tuple(cfg) == (1, 4, 4, True, 3) and repr(cfg) == "lanes/channel=1 warps=4 unroll=4 shared x3"
+    with pytest.raises(argparse.ArgumentTypeError, match="write default or LANES,WARPS,UNROLL"):
+        parse_gluon_config("1;4")
+    before = module.default_gluon_config(5120, 32)
+    with gluon_scan_config(cfg):
+        assert module.default_gluon_config(5120, 32) == cfg
+    assert module.default_gluon_config(5120, 32) == before
+    with gluon_scan_config(None):
+        assert module.default_gluon_config(5120, 32) == before
+
+
+def test_scan_sweep_quick_run_writes_one_record_per_row_for_the_shapes_given(tmp_path, monkeypatch):
+    """benchmarks/scan_sweep.py --out: the table and scan_sweep.json (kernel, label, config, ms per shape)."""
+    import importlib.util
+    import json
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import scan_sweep as sweep
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TRITON_INTERPRET": "1"}
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "scan_sweep.py"), "--device", "cpu", "--quick"]
+    cmd += ["--out", str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = (tmp_path / "scan_sweep.md").read_text()
+    assert "| kernel | config | ms B=2 T=12 | x exp bound | ms B=1 T=24 |" in table
+    records = json.loads((tmp_path / "scan_sweep.json").read_text())
+    if importlib.util.find_spec("triton") is None:  # every row failed: none is recorded as a time
+        assert records == [] and table.count("failed: RuntimeError") == len(sweep.TRITON_CONFIGS)
+    else:  # the interpreter runs the Triton kernel
+        assert [r["config"] for r in records if r["kernel"] == "triton"] == [list(c) for c in sweep.TRITON_CONFIGS]
+    for r in records:
+        assert set(r) == {"kernel", "label", "config", "ms", "shapes"} and len(r["ms"]) == 2 and min(r["ms"]) > 0
+    bad = subprocess.run(cmd[:2] + ["--shapes", "2048x32", "4096by16"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "shape '4096by16': write TOKENSxBATCH" in bad.stderr
+
+
 def test_batch_tokens_refuses_an_unknown_model_naming_it():
     cmd = [sys.executable, str(ROOT / "benchmarks" / "batch_tokens.py"), "--quick", "--models", "mamba3-1b"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
