@@ -147,60 +147,6 @@ if triton is not None:
             win = nxt + (xt,)
 
     @triton.jit
-    def _conv_x_rows(x_row0, offs_t, offs_d, mask_d, n_tokens, s_x_t, shift, EVEN_D: tl.constexpr):
-        # x at tokens offs_t - shift (zeros outside the sequence) x channels offs_d, in float32
-        t_in = offs_t - shift
-        ok = (t_in >= 0) & (t_in < n_tokens)
-        if EVEN_D:
-            m = ok[:, None]
-        else:
-            m = ok[:, None] & mask_d[None, :]
-        return tl.load(x_row0 + t_in[:, None] * s_x_t + offs_d[None, :], mask=m, other=0.0).to(tl.float32)
-
-    @triton.jit
-    def _conv_silu_tile(
-        x_row0,
-        w_ptr,
-        bias_ptr,
-        offs_t,
-        offs_d,
-        mask_d,
-        n_tokens,
-        s_x_t,
-        WIDTH: tl.constexpr,
-        EVEN_D: tl.constexpr,
-        HAS_BIAS: tl.constexpr,
-        LOADS_FIRST: tl.constexpr = True,
-    ):
-        # silu(conv) of the (tokens offs_t, channels offs_d) tile in float32 from WIDTH shifted tile
-        # loads of x (``x_row0``: token 0, channel 0 of one batch row; the rows they share come from
-        # L1/L2, so HBM reads each row about once). Same products in the same order as
-        # _causal_conv1d_silu_kernel: bias + w[-1] x_t, then + w[k] x_(t-WIDTH+1+k) for k = 0, 1, ...
-        # LOADS_FIRST: all WIDTH loads are issued before any is used (WIDTH tiles live at once);
-        # otherwise each is used as it comes (fewer registers, for a caller that needs them).
-        w_last = tl.load(w_ptr + offs_d * WIDTH + (WIDTH - 1), mask=mask_d, other=0.0).to(tl.float32)
-        if LOADS_FIRST:
-            rows = ()
-            for k in tl.static_range(WIDTH):
-                rows = rows + (_conv_x_rows(x_row0, offs_t, offs_d, mask_d, n_tokens, s_x_t, WIDTH - 1 - k, EVEN_D),)
-            x_t = rows[WIDTH - 1]
-        else:
-            x_t = _conv_x_rows(x_row0, offs_t, offs_d, mask_d, n_tokens, s_x_t, 0, EVEN_D)
-        if HAS_BIAS:
-            bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-            acc = bias[None, :] + w_last[None, :] * x_t
-        else:
-            acc = w_last[None, :] * x_t
-        for k in tl.static_range(WIDTH - 1):
-            w_k = tl.load(w_ptr + offs_d * WIDTH + k, mask=mask_d, other=0.0).to(tl.float32)
-            if LOADS_FIRST:
-                x_k = rows[k]
-            else:
-                x_k = _conv_x_rows(x_row0, offs_t, offs_d, mask_d, n_tokens, s_x_t, WIDTH - 1 - k, EVEN_D)
-            acc += w_k[None, :] * x_k
-        return _silu(acc)
-
-    @triton.jit
     def _causal_conv1d_silu_tile_kernel(
         x_ptr,
         w_ptr,
@@ -221,16 +167,35 @@ if triton is not None:
         HAS_BIAS: tl.constexpr,
         HAS_MASK: tl.constexpr,
     ):
-        # One program: a (BLOCK_T, BLOCK_D) tile of the output (_conv_silu_tile)
+        # One program: a (BLOCK_T, BLOCK_D) tile of the output from WIDTH shifted (BLOCK_T, BLOCK_D)
+        # loads of x, all issued before any is used (the rows they share come from L1/L2, so HBM
+        # reads each row about once). Same products in the same order as _causal_conv1d_silu_kernel.
         pid_t = tl.program_id(0)
         pid_d = tl.program_id(1)
         pid_b = tl.program_id(2).to(tl.int64)
         offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
         offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
         mask_d = offs_d < channels
-        y = _conv_silu_tile(
-            x_ptr + pid_b * s_x_b, w_ptr, bias_ptr, offs_t, offs_d, mask_d, n_tokens, s_x_t, WIDTH, EVEN_D, HAS_BIAS
-        )
+        x_base = x_ptr + pid_b * s_x_b + offs_d[None, :]
+        rows = ()
+        for k in tl.static_range(WIDTH):
+            t_in = offs_t - (WIDTH - 1) + k
+            ok = (t_in >= 0) & (t_in < n_tokens)
+            if EVEN_D:
+                m = ok[:, None]
+            else:
+                m = ok[:, None] & mask_d[None, :]
+            rows = rows + (tl.load(x_base + t_in[:, None] * s_x_t, mask=m, other=0.0).to(tl.float32),)
+        if HAS_BIAS:
+            acc = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)[None, :]
+        else:
+            acc = tl.zeros([1, BLOCK_D], dtype=tl.float32)
+        w_last = tl.load(w_ptr + offs_d * WIDTH + (WIDTH - 1), mask=mask_d, other=0.0).to(tl.float32)
+        acc = acc + w_last[None, :] * rows[WIDTH - 1]
+        for k in tl.static_range(WIDTH - 1):
+            w_k = tl.load(w_ptr + offs_d * WIDTH + k, mask=mask_d, other=0.0).to(tl.float32)
+            acc += w_k[None, :] * rows[k]
+        y = _silu(acc)
         keep = offs_t < n_tokens
         if HAS_MASK:
             y = y * tl.load(mask_ptr + pid_b * s_m_b + offs_t, mask=keep, other=0).to(tl.float32)[:, None]
