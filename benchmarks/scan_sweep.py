@@ -31,7 +31,9 @@ With ``--out`` it also writes ``scan_sweep.json``: one record per row (kernel, c
 to the kernel, ms per shape), for a script that takes the fastest configuration further
 (``benchmarks/batch_tokens.py --gluon-configs``).
 
-Last runs: benchmarks/results/scan_sweep_h200_2026-12-04_shared.md and ``..._shared2.md`` (the
+Last runs: benchmarks/results/scan_sweep_h100_2026-12-06_64k.md (``--shapes 2048x32 4096x16
+--match shared``: the paper config's 64K tokens per pass); at 32K tokens
+benchmarks/results/scan_sweep_h200_2026-12-04_shared.md and ``..._shared2.md`` (the
 Gluon scan with its inputs staged in shared memory; ``--match shared "unroll=2 prefetch"
 "BLOCK_D=32 warps=1 unroll=4"``); the register configurations in scan_sweep_h200_2026-12-04.md.
 """
