@@ -29,8 +29,12 @@ Stages timed (wall seconds):
 * **probes**: ``run_probe_stage`` on the store (paper protocol).
 
 GPU busy fraction: ``nvidia-smi`` sampled every 100 ms during the extraction stage (the
-fraction of each sample period in which a kernel ran), reported as the mean over the samples
-between the first and last busy sample. Roofline: 2 x parameters FLOPs per token at
+fraction of each sample period in which a kernel ran), reported twice: the mean over the samples
+between the first and last busy sample (the stage: its model build on the GPU and fast-path
+preparation included), and the mean over the extraction loop, the phase in which a slow writer
+would stall the GPU: the ``seconds`` the store records for its loop, ending when extraction logs
+its summary line (just after the store's finalize, so the window is shifted late by the
+finalize's time: a lower bound). The JSON keeps every sample, seconds from the stage's start. Roofline: 2 x parameters FLOPs per token at
 ``--peak-tflops``, by default measured on this GPU at the start (``kernels.measure_peak_tflops``;
 the constant 782 TFLOP/s, an H200's, off a GPU).
 
@@ -38,14 +42,18 @@ Usage (repository root, GPU machine, ``.gpu/`` carried as benchmarks/extract_gpu
 
     PYTHONPATH=$PWD python benchmarks/cell.py --n-prompts 800 --out $OUT      # H200: ~1.5 min
     PYTHONPATH=$PWD python benchmarks/cell.py --n-prompts 800 --n-token-prompts 2 --out $OUT  # paper density
+    PYTHONPATH=$PWD python benchmarks/cell.py --n-prompts 400 --trace --out $OUT  # + a torch.profiler trace
     PYTHONPATH=$PWD python benchmarks/cell.py --quick                          # CPU smoke test
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import gzip
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -79,6 +87,31 @@ from reprflow.training.loop import untrained_config  # noqa: E402
 from reprflow.training.recipe import TrainSpec  # noqa: E402
 
 from kernels import H200_BF16_TFLOPS, measure_peak_tflops  # noqa: E402  (benchmarks/kernels.py)
+
+
+class LoopEnd(logging.Handler):
+    """``time.perf_counter()`` when ``reprflow.extract`` logs a store's summary line (its loop has ended)."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.INFO)
+        self.at: float | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.at is None and " tok/s (padding " in record.getMessage():
+            self.at = time.perf_counter()
+
+    @contextlib.contextmanager
+    def attached(self):
+        log = logging.getLogger("reprflow.extract")
+        level = log.level
+        log.addHandler(self)
+        if log.getEffectiveLevel() > logging.INFO:
+            log.setLevel(logging.INFO)
+        try:
+            yield self
+        finally:
+            log.removeHandler(self)
+            log.setLevel(level)
 
 
 class GpuSampler:
@@ -119,14 +152,31 @@ class GpuSampler:
             self._proc.terminate()
             self._proc.wait()
 
-    def busy(self) -> tuple[float | None, int]:
-        """Mean utilisation (fraction) between the first and last busy sample, and the sample count."""
-        values = [v for _, v in self.samples]
-        busy_idx = [i for i, v in enumerate(values) if v > 0]
-        if not busy_idx:
-            return None, len(values)
-        window = values[busy_idx[0] : busy_idx[-1] + 1]
+    def busy(self, between: tuple[float, float] | None = None) -> tuple[float | None, int]:
+        """Mean utilisation (fraction) and the sample count: over the samples taken ``between`` two
+        ``time.perf_counter()`` values, or (None) between the first and last busy sample."""
+        if between is not None:
+            window = [v for t, v in self.samples if between[0] <= t <= between[1]]
+        else:
+            values = [v for _, v in self.samples]
+            busy_idx = [i for i, v in enumerate(values) if v > 0]
+            window = values[busy_idx[0] : busy_idx[-1] + 1] if busy_idx else []
+        if not window:
+            return None, len(window)
         return sum(window) / (100.0 * len(window)), len(window)
+
+
+@contextlib.contextmanager
+def stage_trace(enabled: bool):
+    """A torch.profiler session (CPU and CUDA activity) around the block when ``enabled``, else None."""
+    if not enabled:
+        yield None
+        return
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities) as prof:
+        yield prof
 
 
 def timed(fn, *args, **kwargs):
@@ -186,6 +236,12 @@ def main(argv: list[str] | None = None) -> int:
         help="metrics.precision of the streamed token metrics (default: the config's)",
     )
     p.add_argument("--peak-tflops", type=float, default=None, help="default: measured on this GPU")
+    p.add_argument(
+        "--trace",
+        action="store_true",
+        help="profile the extraction stage (torch.profiler, CPU and CUDA) into OUT/cell_trace.json.gz "
+        "(a diagnostic run: the profiler slows the stage, so use fewer prompts)",
+    )
     p.add_argument("--workdir", type=Path, default=None, help="where prompt file and store go (default a temp dir)")
     p.add_argument("--out", type=Path, default=None, help="also write cell.md and cell.json here")
     args = p.parse_args(argv)
@@ -266,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda":
         torch.cuda.empty_cache()
 
-    with GpuSampler() as sampler:
+    t_stage = time.perf_counter()
+    with GpuSampler() as sampler, LoopEnd().attached() as loop_end, stage_trace(args.trace) as trace:
         _, times["extraction (with its load)"] = timed(
             run_extraction,
             prompt_path,
@@ -282,6 +339,12 @@ def main(argv: list[str] | None = None) -> int:
             metrics_dir=work / "token_metrics",
             metrics=metrics,
         )
+    if trace is not None and args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        trace.export_chrome_trace(str(args.out / "cell_trace.json"))
+        with open(args.out / "cell_trace.json", "rb") as f, gzip.open(args.out / "cell_trace.json.gz", "wb") as g:
+            shutil.copyfileobj(f, g)
+        (args.out / "cell_trace.json").unlink()
     busy, n_samples = sampler.busy()
     # the extraction loads the model again (warm caches: faster than the first load above), so
     # its own load is not the first load's time; the store records the loop's time itself
@@ -289,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     stages = timing.get("stages", {})
     store_s, metrics_s = stages.get("store", {}), stages.get("token_metrics", {})
     times["extraction loop"] = timing["seconds"]
+    loop_window = (loop_end.at - timing["seconds"], loop_end.at) if loop_end.at is not None else None
+    busy_loop, n_loop = sampler.busy(loop_window) if loop_window else (None, 0)
     # what the launching thread waited for (the GPU starves only if its queue of kernels drains)
     waited = {
         "token ids": stages.get("tokenise_wait", 0.0),
@@ -370,7 +435,12 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---|---|",
         *[f"| {name} | {sec:.1f} | {rate} |" for name, sec, rate in rows],
         "",
-        f"GPU busy during extraction: {busy:.0%} of {n_samples} samples (100 ms)"
+        f"GPU busy during extraction: {busy:.1%} of {n_samples} samples (100 ms); during its loop "
+        + (
+            f"{busy_loop:.1%} of {n_loop} (a lower bound: the window ends after the store's finalize)"
+            if busy_loop is not None
+            else "not measured"
+        )
         if busy is not None
         else "GPU busy during extraction: not sampled (no CUDA / nvidia-smi)",
         f"extraction overhead over forward-only: {times['extraction loop'] / (n_tokens / fwd_rate) - 1:+.0%}"
@@ -388,6 +458,9 @@ def main(argv: list[str] | None = None) -> int:
                     "times": times,
                     "stages": stages,
                     "busy": busy,
+                    "busy_loop": busy_loop,
+                    "loop_window_s": [t - t_stage for t in loop_window] if loop_window else None,
+                    "samples": [[round(t - t_stage, 3), v] for t, v in sampler.samples],
                     "n_tokens": n_tokens,
                     "n_params": n_params,
                     "ceiling_tok_s": ceiling,

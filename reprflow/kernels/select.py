@@ -12,9 +12,11 @@ The first call of a shape class chooses, in this order:
    op does not know, or one not available on this device, is a :class:`ConfigError`.
 2. **Checked**: every available candidate runs once on a slice of the call's own
    inputs (batch <= :data:`CHECK_BATCH`, tokens <= :data:`CHECK_TOKENS`) and is compared
-   with the reference, computed in float64 from the same (already rounded) inputs; a
+   with the reference, computed once in float64 from the same (already rounded) inputs; a
    relative error ``||got - want|| / ||want||`` above :data:`REL_TOL` (by dtype) or an
    exception removes it (logged at WARNING). A forced candidate that fails is an error.
+   The fallbacks (``timed=False``) are checked only when no timed candidate passes: they
+   are never chosen otherwise, and their per-token loops cost seconds of an idle GPU.
 3. **Chosen**: with one timed candidate left it is taken without measuring (always the
    case on CPU, where only the torch paths exist); with several, each runs on the call's
    own inputs (one warm-up, then :data:`N_TIMED` timed calls, median) and the fastest
@@ -197,17 +199,29 @@ class KernelOp:
         return cand.fn(*args, **kwargs)
 
     # ------------------------------------------------------------------ choosing
-    def _check(self, cand: Candidate, bound: inspect.BoundArguments) -> float:
-        """Relative float64 error of ``cand`` on a small slice of the call's inputs."""
+    def _check(self, cand: Candidate, small: dict, want: Callable[[], Tensor]) -> float:
+        """Relative float64 error of ``cand`` on ``small`` (a slice of the call's inputs) against
+        ``want()``, the reference on the same slice (computed at its first use, then kept)."""
+        got = cand.fn(**small).to(torch.float64)
+        ref = want()
+        if got.shape != ref.shape:
+            raise ValueError(f"shape {tuple(got.shape)} != reference {tuple(ref.shape)}")
+        return float((got - ref).norm() / ref.norm().clamp_min(1e-30))
+
+    def _check_slice(self, bound: inspect.BoundArguments) -> tuple[dict, Callable[[], Tensor]]:
+        """The check's slice of the call's inputs and a function giving the float64 reference on it once."""
         small = dict(bound.arguments)
         for k in self.time_major:
             if isinstance(small.get(k), Tensor):
                 small[k] = small[k][:CHECK_BATCH, :CHECK_TOKENS]
-        got = cand.fn(**small).to(torch.float64)
-        want = self.reference(**{k: _to64(v) for k, v in small.items()}).to(torch.float64)
-        if got.shape != want.shape:
-            raise ValueError(f"shape {tuple(got.shape)} != reference {tuple(want.shape)}")
-        return float((got - want).norm() / want.norm().clamp_min(1e-30))
+        kept: list[Tensor] = []
+
+        def want() -> Tensor:
+            if not kept:
+                kept.append(self.reference(**{k: _to64(v) for k, v in small.items()}).to(torch.float64))
+            return kept[0]
+
+        return small, want
 
     def _time(self, cand: Candidate, args, kwargs, device: torch.device, warm_up: bool = True) -> list[float]:
         """Milliseconds of :data:`N_TIMED` calls (after one warm-up call that compiles Triton kernels)."""
@@ -236,11 +250,16 @@ class KernelOp:
         tol = REL_TOL.get(dtype, 3e-2)
         passed: list[Candidate] = []
         errors: dict[str, float] = {}
-        for c in here:
+        small, reference = self._check_slice(bound)
+        # timed candidates first; the fallbacks only if none of those passes (forced: that one alone)
+        order = [c for c in here if c.timed] + [c for c in here if not c.timed]
+        for c in order:
             if want is not None and c.name != want:
                 continue
+            if want is None and not c.timed and any(p.timed for p in passed):
+                continue
             try:
-                errors[c.name] = err = self._check(c, bound)
+                errors[c.name] = err = self._check(c, small, reference)
                 ok = err <= tol
                 why = f"relative error {err:.2e} > {tol:.0e}"
             except Exception as exc:  # a kernel that cannot run this input is not a choice

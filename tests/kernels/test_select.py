@@ -298,3 +298,55 @@ def test_close_candidates_are_timed_again(torch_gen, monkeypatch, slow_ms):
     assert calls == {"fast": 2 + timed + 1, "slow": 2 + timed}  # check, warm-up, timed; + the call itself
     assert entry["ms"] == pytest.approx({"fast": 10.0, "slow": 10.3 if close else 30.0})
     assert ("median of 12 calls" in entry["reason"]) == close
+
+
+def test_the_reference_runs_once_per_choice_and_fallbacks_are_checked_only_when_needed(torch_gen):
+    """The float64 reference is computed once for all candidates of a choice, and a fallback
+    (``timed=False``, e.g. the per-token torch loops) is neither run nor checked while a timed
+    candidate passes: on a GPU its loop and the reference's cost seconds with the GPU idle."""
+    x, w, b = _conv_inputs(torch_gen)
+    ref_calls, calls = [], {}
+
+    def reference(x, weight, bias=None, *, mask=None):
+        ref_calls.append(x.shape)
+        return causal_conv1d_silu_reference(x, weight, bias, mask=mask)
+
+    def counted(name, fn):
+        def run(*a, **k):
+            calls[name] = calls.get(name, 0) + 1
+            return fn(*a, **k)
+
+        return run
+
+    def op_with(timed_fn):
+        return KernelOp(
+            "toy_conv",
+            reference,
+            [
+                Candidate("loop", counted("loop", _shifted_sum_conv), "fallback", devices=("cpu",), timed=False),
+                Candidate("fconv", counted("fconv", timed_fn), "F.conv1d", devices=("cpu",)),
+                Candidate("shifted", counted("shifted", _shifted_sum_conv), "shifted sum", devices=("cpu",)),
+            ],
+            time_major=("x", "mask"),
+            sizes=lambda a: (a["x"].shape[2],),
+            report=report,
+        )
+
+    report = {}
+    op_with(causal_conv1d_silu_reference)(x, w, b)
+    (entry,) = report["toy_conv"].values()
+    assert len(ref_calls) == 1 and ref_calls[0][1] == min(x.shape[1], select.CHECK_TOKENS)
+    assert "loop" not in calls and set(entry["check_rel_err"]) == {"fconv", "shifted"}
+    assert entry["kernel"] in ("fconv", "shifted")
+
+    # every timed candidate wrong: the fallback is checked (against the same reference) and taken
+    select.clear_cache()
+    report, ref_calls[:], calls = {}, [], {}
+    wrong = lambda x, weight, bias=None, *, mask=None: -causal_conv1d_silu_reference(x, weight, bias, mask=mask)  # noqa: E731
+    op = op_with(wrong)
+    op.candidates[2] = Candidate("shifted", wrong, "wrong too", devices=("cpu",))
+    y = op(x, w, b)
+    (entry,) = report["toy_conv"].values()
+    assert entry["kernel"] == "loop" and "only correct candidate" in entry["reason"]
+    assert len(ref_calls) == 1 and set(entry["check_rel_err"]) == {"fconv", "shifted", "loop"}
+    torch.testing.assert_close(y, causal_conv1d_silu_reference(x, w, b), rtol=1e-5, atol=1e-6)
