@@ -16,7 +16,7 @@ The first call of a shape class chooses, in this order:
    relative error ``||got - want|| / ||want||`` above :data:`REL_TOL` (by dtype) or an
    exception removes it (logged at WARNING). A forced candidate that fails is an error.
    The fallbacks (``timed=False``) are checked only when no timed candidate passes: they
-   are never chosen otherwise, and their per-token loops cost seconds of an idle GPU.
+   are never chosen otherwise, and their per-token loops keep the GPU waiting.
 3. **Chosen**: with one timed candidate left it is taken without measuring (always the
    case on CPU, where only the torch paths exist); with several, each runs on the call's
    own inputs (one warm-up, then :data:`N_TIMED` timed calls, median) and the fastest
