@@ -51,7 +51,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import gzip
 import json
 import logging
 import shutil
@@ -245,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", type=Path, default=None, help="where prompt file and store go (default a temp dir)")
     p.add_argument("--out", type=Path, default=None, help="also write cell.md and cell.json here")
     args = p.parse_args(argv)
+    if args.trace and args.out is None:
+        p.error("--trace writes OUT/cell_trace.json.gz: give --out")
     peak_tflops = args.peak_tflops
     if peak_tflops is None:
         peak_tflops = measure_peak_tflops("cuda", False) if torch.cuda.is_available() else H200_BF16_TFLOPS
@@ -339,12 +340,9 @@ def main(argv: list[str] | None = None) -> int:
             metrics_dir=work / "token_metrics",
             metrics=metrics,
         )
-    if trace is not None and args.out:
+    if trace is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-        trace.export_chrome_trace(str(args.out / "cell_trace.json"))
-        with open(args.out / "cell_trace.json", "rb") as f, gzip.open(args.out / "cell_trace.json.gz", "wb") as g:
-            shutil.copyfileobj(f, g)
-        (args.out / "cell_trace.json").unlink()
+        trace.export_chrome_trace(str(args.out / "cell_trace.json.gz"))  # torch gzips a .gz path
     busy, n_samples = sampler.busy()
     # the extraction loads the model again (warm caches: faster than the first load above), so
     # its own load is not the first load's time; the store records the loop's time itself

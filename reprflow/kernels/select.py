@@ -38,6 +38,7 @@ reason, ms}``), which ``prepare_model`` returns and ``extract`` stores in the st
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import os
@@ -214,13 +215,8 @@ class KernelOp:
         for k in self.time_major:
             if isinstance(small.get(k), Tensor):
                 small[k] = small[k][:CHECK_BATCH, :CHECK_TOKENS]
-        kept: list[Tensor] = []
-
-        def want() -> Tensor:
-            if not kept:
-                kept.append(self.reference(**{k: _to64(v) for k, v in small.items()}).to(torch.float64))
-            return kept[0]
-
+        # computed at the first check that needs it and kept (an exception is not kept: each check raises it)
+        want = functools.cache(lambda: self.reference(**{k: _to64(v) for k, v in small.items()}).to(torch.float64))
         return small, want
 
     def _time(self, cand: Candidate, args, kwargs, device: torch.device, warm_up: bool = True) -> list[float]:
