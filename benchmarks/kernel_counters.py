@@ -11,6 +11,8 @@ compiles and ``mamba_ssm``'s autotuning happen outside the profiled range):
 * ``scan-triton``: ``reprflow``'s ``triton`` scan, Mamba-2.8B shapes, bf16, B=16, T=2048;
 * ``scan-gluon``: the ``gluon`` scan, same inputs (when Gluon imports);
 * ``scan-gluon-4k`` / ``scan-triton-4k``: both at B=8, T=4096;
+* with ``--shapes TOKENSxBATCH ...`` the scans at those shapes instead, named by them, e.g.
+  ``scan-gluon-2048x32`` (the paper config's 64K tokens per pass);
 * ``ssd``: ``mamba_ssm``'s ``mamba_chunk_scan_combined`` at Mamba2-2.7B shapes, B=16, T=2048
   (all five of its kernels).
 
@@ -39,6 +41,7 @@ from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from batch_tokens import parse_shape  # noqa: E402
 
 #: the warp-stall reasons ncu reports (``smsp__average_warps_issue_stalled_<r>_per_issue_active``)
 STALLS = (
@@ -65,7 +68,17 @@ STALLS = (
 PIPES = ("fma", "alu", "xu", "lsu", "fp16", "uniform", "adu", "cbu")
 
 
-def _workloads(gluon_config: tuple | None = None) -> dict:
+#: the scans' default shapes (batch, tokens) and their workload name suffixes
+SCAN_SHAPES = {"": (16, 2048), "-4k": (8, 4096)}
+
+
+def scan_shapes(shapes: list[tuple[int, int]] | None = None) -> dict[str, tuple[int, int]]:
+    """Workload name suffix -> (batch, tokens) of the scans: :data:`SCAN_SHAPES`, or for ``shapes``
+    given as (tokens, batch) pairs (``--shapes``) one suffix ``-TOKENSxBATCH`` each."""
+    return {f"-{t}x{b}": (b, t) for t, b in shapes} if shapes else dict(SCAN_SHAPES)
+
+
+def _workloads(gluon_config: tuple | None = None, shapes: list[tuple[int, int]] | None = None) -> dict:
     import torch
 
     from scan_sweep import _call, scan_inputs
@@ -74,7 +87,7 @@ def _workloads(gluon_config: tuple | None = None) -> dict:
     from reprflow.kernels.selective_scan_gluon import gluon_available, selective_scan_gluon
 
     out = {}
-    for tag, (batch, tokens) in (("", (16, 2048)), ("-4k", (8, 4096))):
+    for tag, (batch, tokens) in scan_shapes(shapes).items():
         x = scan_inputs(batch, tokens, torch.bfloat16, "cuda")
         out[f"scan-triton{tag}"] = lambda x=x: _call(selective_scan_triton, x)
         if gluon_available():
@@ -90,11 +103,11 @@ def _workloads(gluon_config: tuple | None = None) -> dict:
     return out
 
 
-def run(names: list[str], gluon_config: tuple | None = None) -> None:
+def run(names: list[str], gluon_config: tuple | None = None, shapes: list[tuple[int, int]] | None = None) -> None:
     """Warm each workload up, then run it once inside the profiler's range."""
     import torch
 
-    work = _workloads(gluon_config)
+    work = _workloads(gluon_config, shapes)
     for name in names or list(work):
         if name not in work:
             raise SystemExit(f"unknown or unavailable workload {name!r}; available: {', '.join(work)}")
@@ -231,6 +244,12 @@ def main() -> int:
         type=lambda v: tuple(int(x) for x in v.split(",")),
         help="lanes,warps,unroll,prefetch of the gluon scan (default: its default)",
     )
+    r.add_argument(
+        "--shapes",
+        nargs="+",
+        type=parse_shape,
+        help="TOKENSxBATCH of the scans (default 2048x16 and 4096x8), e.g. 2048x32 4096x16",
+    )
     s = sub.add_parser("summarize", help="markdown tables from ncu's raw CSV page")
     s.add_argument("raw_csv", type=Path)
     s.add_argument("--min-ms", type=float, default=0.01, help="leave out kernels shorter than this")
@@ -239,7 +258,7 @@ def main() -> int:
     h.add_argument("--top", type=int, default=8)
     args = p.parse_args()
     if args.cmd == "run":
-        run(args.names, args.gluon_config)
+        run(args.names, args.gluon_config, args.shapes)
     elif args.cmd == "summarize":
         print(summarize(args.raw_csv, args.min_ms))
     else:

@@ -60,3 +60,9 @@ def test_hotspots_ranks_instructions_by_samples_with_their_stalls():
         assert line.startswith(f"| {n:,} | {n / total:.1%} | `{src[:50]}`")
     assert "long_sb" in table[0]  # the first use of a block's loads waits on them
     assert kernel_counters.hotspots(DATA / "ncu_source.csv", min_samples=10**9) == ""
+
+
+def test_scan_workloads_are_named_by_their_shape_when_shapes_are_given():
+    # the defaults keep their names; --shapes 2048x32 4096x16 (TOKENSxBATCH) name the paper config's passes
+    assert kernel_counters.scan_shapes() == {"": (16, 2048), "-4k": (8, 4096)}
+    assert kernel_counters.scan_shapes([(2048, 32), (4096, 16)]) == {"-2048x32": (32, 2048), "-4096x16": (16, 4096)}

@@ -1,0 +1,148 @@
+"""CUDA graphs against eager launches for reprflow's forward, side by side in one process.
+
+Issue 15 lists "capture the layer sequence in CUDA graphs" among the levers to measure. A graph
+saves the CPU's launch work (a few microseconds per kernel, ~8-12 kernels per layer) and the gaps
+between kernels when the CPU cannot stay ahead of the GPU. This measures what that is worth at the
+paper's shapes: for each family it builds one full-size random-init model (as
+``benchmarks/kernels.py``: bf16, ``prepare_model``, the forward extraction runs, returning every
+layer's last-token state), runs one eager batch per shape (the kernel chooser measures and picks
+there, outside any capture), captures a graph of the same forward on static inputs, then times
+eager calls and graph replays in alternating rounds: tokens/s of each (median and range over the
+rounds) and the graph's gain. A forward that cannot be captured gets its error in the row.
+
+Usage (repository root, a CUDA GPU)::
+
+    PYTHONPATH=$PWD python benchmarks/cuda_graphs.py [--families mamba mamba2] \\
+        [--shapes 2048x32 4096x16] [--rounds 3] [--calls 2] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import kernels  # noqa: E402  benchmarks/kernels.py
+from batch_tokens import parse_shape  # noqa: E402
+
+
+def _rate(fn, tokens: int, calls: int) -> float:
+    """Tokens/s of ``calls`` back-to-back calls of ``fn`` (each forwarding ``tokens`` tokens)."""
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    torch.cuda.synchronize()
+    return calls * tokens / (time.perf_counter() - t0)
+
+
+def capture(run, ids: torch.Tensor) -> torch.cuda.CUDAGraph:
+    """A graph of ``run(ids)`` (its output and inputs stay where the capture put them)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side), torch.no_grad():
+        run(ids)  # allocations of the first call on a side stream, as torch's docs ask
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.no_grad(), torch.cuda.graph(graph):
+        run(ids)
+    return graph
+
+
+def time_family(name: str, args) -> list[dict]:
+    """One row per shape: eager and graph tokens/s (one value per round) or the capture's error."""
+    from extract import build_model, full_configs  # benchmarks/extract.py
+
+    from reprflow.fastpath import prepare_model
+
+    config, _ = full_configs(False)[name]
+    model = build_model(config, dtype=torch.bfloat16, seed=0, device="cuda")
+    prepare_model(model)
+    run = kernels.reprflow_forward(model)
+    gen = torch.Generator("cuda").manual_seed(0)
+    rows = []
+    for tokens, batch in args.shapes:
+        ids = torch.randint(0, config.vocab_size, (batch, tokens), device="cuda", generator=gen)
+        n = tokens * batch
+        with torch.no_grad():
+            run(ids)  # the kernel chooser's first call at this shape, outside the capture
+        row = {"model": name, "tokens": tokens, "batch": batch, "eager": [], "graph": [], "error": ""}
+        try:
+            graph = capture(run, ids)
+        except Exception as exc:  # noqa: BLE001 - the row reports why this forward does not capture
+            row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+            graph = None
+        for r in range(args.rounds):
+            order = ("eager", "graph") if r % 2 == 0 else ("graph", "eager")
+            for kind in order:
+                if kind == "eager":
+                    with torch.no_grad():
+                        row["eager"].append(_rate(lambda: run(ids), n, args.calls))
+                elif graph is not None:
+                    row["graph"].append(_rate(graph.replay, n, args.calls))
+        print(
+            f"  {name} {tokens} x {batch}: eager {[round(v) for v in row['eager']]} "
+            f"graph {[round(v) for v in row['graph']]} {row['error']}",
+            flush=True,
+        )
+        rows.append(row)
+        del graph
+        torch.cuda.empty_cache()
+    return rows  # the model goes with this frame; main empties the cache before the next family
+
+
+def _cell(values: list[float]) -> str:
+    if not values:
+        return "-"
+    return f"{statistics.median(values):,.0f} ({min(values):,.0f}-{max(values):,.0f})"
+
+
+def table(rows: list[dict], gpu: str) -> str:
+    lines = [
+        f"reprflow forward, eager launches against one CUDA graph replay, {gpu}, torch {torch.__version__}, "
+        f"{time.strftime('%Y-%m-%d %H:%M %Z')}; random init, bf16; tokens/s, median (range) over the rounds",
+        "",
+        "| model | tokens x prompts | eager tokens/s | graph tokens/s | graph gain |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        gain = (
+            f"{100 * (statistics.median(r['graph']) / statistics.median(r['eager']) - 1):+.2f}%"
+            if r["graph"]
+            else f"capture failed: {r['error']}"
+        )
+        lines.append(
+            f"| {r['model']} | {r['tokens']} x {r['batch']} | {_cell(r['eager'])} | {_cell(r['graph'])} | {gain} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--families", nargs="+", default=["mamba", "mamba2"], choices=list(kernels.FAMILIES))
+    p.add_argument("--shapes", nargs="+", type=parse_shape, default=[(2048, 32), (4096, 16)])
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds of eager calls and graph replays")
+    p.add_argument("--calls", type=int, default=2, help="timed calls per round")
+    p.add_argument("--out", type=Path, default=None, help="also write the table here (cuda_graphs.md)")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        p.error("CUDA graphs need a CUDA GPU; none is visible here")
+    rows = []
+    for family in args.families:
+        rows += time_family(kernels.FAMILIES[family], args)
+        torch.cuda.empty_cache()
+    text = table(rows, torch.cuda.get_device_name())
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "cuda_graphs.md").write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
