@@ -64,6 +64,16 @@ def parse_gluon_config(text: str):
         ) from None
 
 
+def add_gpu_family_args(p: argparse.ArgumentParser, *, out_name: str, calls_help: str) -> None:
+    """The options of a per-family GPU comparison (``cuda_graphs.py``, ``streams.py``): --families,
+    --shapes (TOKENSxBATCH), --rounds, --calls and --out."""
+    p.add_argument("--families", nargs="+", default=["mamba", "mamba2"], choices=list(kernels.FAMILIES))
+    p.add_argument("--shapes", nargs="+", type=parse_shape, default=[(2048, 32), (4096, 16)])
+    p.add_argument("--rounds", type=int, default=3, help="rounds, alternating the order of what is compared")
+    p.add_argument("--calls", type=int, default=2, help=calls_help)
+    p.add_argument("--out", type=Path, default=None, help=f"also write the table here ({out_name})")
+
+
 @contextlib.contextmanager
 def gluon_scan_config(config):
     """Within the block the Gluon Mamba-1 scan launches with ``config`` (None: its default)."""
@@ -94,11 +104,7 @@ def time_shapes(name: str, args, peak: float) -> list[dict]:
     ceiling = peak * 1e12 / (2 * n_params(model))
     report = prepare_model(model)
     run = kernels.reprflow_forward(model)
-    gen = torch.Generator(args.device).manual_seed(0)
-    ids = {
-        shape: torch.randint(0, config.vocab_size, (shape[1], shape[0]), device=args.device, generator=gen)
-        for shape in args.shapes
-    }
+    ids = kernels.random_ids(config.vocab_size, args.shapes, args.device)
     configs = args.gluon_configs if report.get("family") == "mamba" else [None]
     rates: dict[tuple, list[float]] = {(shape, cfg): [] for shape in args.shapes for cfg in configs}
     for order in (args.shapes, args.shapes[::-1]):

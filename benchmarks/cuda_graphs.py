@@ -28,17 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import kernels  # noqa: E402  benchmarks/kernels.py
-from batch_tokens import parse_shape  # noqa: E402
-
-
-def _rate(fn, tokens: int, calls: int) -> float:
-    """Tokens/s of ``calls`` back-to-back calls of ``fn`` (each forwarding ``tokens`` tokens)."""
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    torch.cuda.synchronize()
-    return calls * tokens / (time.perf_counter() - t0)
+from batch_tokens import add_gpu_family_args  # noqa: E402
 
 
 def capture(run, ids: torch.Tensor) -> torch.cuda.CUDAGraph:
@@ -56,18 +46,9 @@ def capture(run, ids: torch.Tensor) -> torch.cuda.CUDAGraph:
 
 def time_family(name: str, args) -> list[dict]:
     """One row per shape: eager and graph tokens/s (one value per round) or the capture's error."""
-    from extract import build_model, full_configs  # benchmarks/extract.py
-
-    from reprflow.fastpath import prepare_model
-
-    config, _ = full_configs(False)[name]
-    model = build_model(config, dtype=torch.bfloat16, seed=0, device="cuda")
-    prepare_model(model)
-    run = kernels.reprflow_forward(model)
-    gen = torch.Generator("cuda").manual_seed(0)
+    config, run = kernels.full_size_forward(name)
     rows = []
-    for tokens, batch in args.shapes:
-        ids = torch.randint(0, config.vocab_size, (batch, tokens), device="cuda", generator=gen)
+    for (tokens, batch), ids in kernels.random_ids(config.vocab_size, args.shapes, "cuda").items():
         n = tokens * batch
         with torch.no_grad():
             run(ids)  # the kernel chooser's first call at this shape, outside the capture
@@ -82,9 +63,9 @@ def time_family(name: str, args) -> list[dict]:
             for kind in order:
                 if kind == "eager":
                     with torch.no_grad():
-                        row["eager"].append(_rate(lambda: run(ids), n, args.calls))
+                        row["eager"].append(kernels.cuda_tokens_per_s(lambda: run(ids), n, args.calls))
                 elif graph is not None:
-                    row["graph"].append(_rate(graph.replay, n, args.calls))
+                    row["graph"].append(kernels.cuda_tokens_per_s(graph.replay, n, args.calls))
         print(
             f"  {name} {tokens} x {batch}: eager {[round(v) for v in row['eager']]} "
             f"graph {[round(v) for v in row['graph']]} {row['error']}",
@@ -124,24 +105,11 @@ def table(rows: list[dict], gpu: str) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--families", nargs="+", default=["mamba", "mamba2"], choices=list(kernels.FAMILIES))
-    p.add_argument("--shapes", nargs="+", type=parse_shape, default=[(2048, 32), (4096, 16)])
-    p.add_argument("--rounds", type=int, default=3, help="alternating rounds of eager calls and graph replays")
-    p.add_argument("--calls", type=int, default=2, help="timed calls per round")
-    p.add_argument("--out", type=Path, default=None, help="also write the table here (cuda_graphs.md)")
+    add_gpu_family_args(p, out_name="cuda_graphs.md", calls_help="timed calls per round")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         p.error("CUDA graphs need a CUDA GPU; none is visible here")
-    rows = []
-    for family in args.families:
-        rows += time_family(kernels.FAMILIES[family], args)
-        torch.cuda.empty_cache()
-    text = table(rows, torch.cuda.get_device_name())
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "cuda_graphs.md").write_text(text + "\n")
-    print(text)
-    return 0
+    return kernels.family_table_main(args, time_family, table, "cuda_graphs.md")
 
 
 if __name__ == "__main__":

@@ -194,6 +194,54 @@ def hf_forward(model):
     return run
 
 
+def cuda_tokens_per_s(fn, tokens: int, calls: int) -> float:
+    """Tokens/s of ``calls`` back-to-back calls of ``fn`` on the GPU, each forwarding ``tokens`` tokens."""
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    torch.cuda.synchronize()
+    return calls * tokens / (time.perf_counter() - t0)
+
+
+def full_size_forward(name: str):
+    """(config, run) for a model of ``extract.full_configs``: full size, random init, bf16 on the GPU,
+    ``prepare_model`` applied, ``run`` as :func:`reprflow_forward`."""
+    from extract import build_model, full_configs  # benchmarks/extract.py
+
+    from reprflow.fastpath import prepare_model
+
+    config, _ = full_configs(False)[name]
+    model = build_model(config, dtype=torch.bfloat16, seed=0, device="cuda")
+    prepare_model(model)
+    return config, reprflow_forward(model)
+
+
+def random_ids(vocab_size: int, shapes, device: str) -> dict[tuple[int, int], torch.Tensor]:
+    """Token ids [batch, tokens] per (tokens, batch) shape, uniform over the vocabulary, seed 0."""
+    gen = torch.Generator(device).manual_seed(0)
+    return {
+        (tokens, batch): torch.randint(0, vocab_size, (batch, tokens), device=device, generator=gen)
+        for tokens, batch in shapes
+    }
+
+
+def family_table_main(args, time_family, table, out_name: str) -> int:
+    """The tail of a per-family GPU benchmark: ``time_family(model name, args)`` rows for every family
+    in ``args.families`` (the GPU's cache emptied between them), ``table(rows, gpu name)`` printed
+    and, with ``args.out``, written to ``args.out / out_name``."""
+    rows = []
+    for family in args.families:
+        rows += time_family(FAMILIES[family], args)
+        torch.cuda.empty_cache()
+    text = table(rows, torch.cuda.get_device_name())
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / out_name).write_text(text + "\n")
+    print(text)
+    return 0
+
+
 def reprflow_forward(model):
     """reprflow's forward as extraction calls it: ``run(ids [B, T]) -> [n_states, B, d]`` (last tokens)."""
     from reprflow.capture import forward_states

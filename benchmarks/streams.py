@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import kernels  # noqa: E402  benchmarks/kernels.py
-from batch_tokens import parse_shape  # noqa: E402
+from batch_tokens import add_gpu_family_args  # noqa: E402
 
 
 def micro_batches(ids: torch.Tensor, k: int) -> list[torch.Tensor]:
@@ -58,29 +58,11 @@ def on_streams(run, parts: list[torch.Tensor], streams: list[torch.cuda.Stream])
     return outs
 
 
-def _rate(fn, tokens: int, calls: int) -> float:
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    torch.cuda.synchronize()
-    return calls * tokens / (time.perf_counter() - t0)
-
-
 def time_family(name: str, args) -> list[dict]:
     """One row per shape and variant: tokens/s, one value per round."""
-    from extract import build_model, full_configs  # benchmarks/extract.py
-
-    from reprflow.fastpath import prepare_model
-
-    config, _ = full_configs(False)[name]
-    model = build_model(config, dtype=torch.bfloat16, seed=0, device="cuda")
-    prepare_model(model)
-    run = kernels.reprflow_forward(model)
-    gen = torch.Generator("cuda").manual_seed(0)
+    config, run = kernels.full_size_forward(name)
     rows = []
-    for tokens, batch in args.shapes:
-        ids = torch.randint(0, config.vocab_size, (batch, tokens), device="cuda", generator=gen)
+    for (tokens, batch), ids in kernels.random_ids(config.vocab_size, args.shapes, "cuda").items():
         variants = {"one stream": lambda ids=ids: run(ids)}
         for k in args.splits:
             if k > batch:
@@ -95,7 +77,7 @@ def time_family(name: str, args) -> list[dict]:
             rates = {v: [] for v in variants}
             for r in range(args.rounds):
                 for v in variants if r % 2 == 0 else list(variants)[::-1]:
-                    rates[v].append(_rate(variants[v], tokens * batch, args.calls))
+                    rates[v].append(kernels.cuda_tokens_per_s(variants[v], tokens * batch, args.calls))
         for v, values in rates.items():
             print(f"  {name} {tokens} x {batch} {v}: {[round(x) for x in values]}", flush=True)
             rows.append({"model": name, "tokens": tokens, "batch": batch, "variant": v, "rates": values})
@@ -127,25 +109,12 @@ def table(rows: list[dict], gpu: str) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--families", nargs="+", default=["mamba", "mamba2"], choices=list(kernels.FAMILIES))
-    p.add_argument("--shapes", nargs="+", type=parse_shape, default=[(2048, 32), (4096, 16)])
+    add_gpu_family_args(p, out_name="streams.md", calls_help="timed passes per round")
     p.add_argument("--splits", nargs="+", type=int, default=[2], help="micro-batches per pass")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--calls", type=int, default=2, help="timed passes per round")
-    p.add_argument("--out", type=Path, default=None, help="also write the table here (streams.md)")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         p.error("CUDA streams need a CUDA GPU; none is visible here")
-    rows = []
-    for family in args.families:
-        rows += time_family(kernels.FAMILIES[family], args)
-        torch.cuda.empty_cache()
-    text = table(rows, torch.cuda.get_device_name())
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "streams.md").write_text(text + "\n")
-    print(text)
-    return 0
+    return kernels.family_table_main(args, time_family, table, "streams.md")
 
 
 if __name__ == "__main__":
