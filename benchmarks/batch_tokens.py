@@ -72,6 +72,7 @@ def add_gpu_family_args(p: argparse.ArgumentParser, *, out_name: str, calls_help
     p.add_argument("--rounds", type=int, default=3, help="rounds, alternating the order of what is compared")
     p.add_argument("--calls", type=int, default=2, help=calls_help)
     p.add_argument("--out", type=Path, default=None, help=f"also write the table here ({out_name})")
+    p.set_defaults(out_name=out_name)
 
 
 @contextlib.contextmanager

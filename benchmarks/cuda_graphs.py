@@ -52,20 +52,23 @@ def time_family(name: str, args) -> list[dict]:
         n = tokens * batch
         with torch.no_grad():
             run(ids)  # the kernel chooser's first call at this shape, outside the capture
-        row = {"model": name, "tokens": tokens, "batch": batch, "eager": [], "graph": [], "error": ""}
+        variants, error = {"eager": lambda: run(ids)}, ""
         try:
             graph = capture(run, ids)
+            variants["graph"] = graph.replay
         except Exception as exc:  # noqa: BLE001 - the row reports why this forward does not capture
-            row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+            error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
             graph = None
-        for r in range(args.rounds):
-            order = ("eager", "graph") if r % 2 == 0 else ("graph", "eager")
-            for kind in order:
-                if kind == "eager":
-                    with torch.no_grad():
-                        row["eager"].append(kernels.cuda_tokens_per_s(lambda: run(ids), n, args.calls))
-                elif graph is not None:
-                    row["graph"].append(kernels.cuda_tokens_per_s(graph.replay, n, args.calls))
+        with torch.no_grad():
+            rates = kernels.alternating_rates(variants, n, rounds=args.rounds, calls=args.calls)
+        row = {
+            "model": name,
+            "tokens": tokens,
+            "batch": batch,
+            "eager": rates["eager"],
+            "graph": rates.get("graph", []),
+            "error": error,
+        }
         print(
             f"  {name} {tokens} x {batch}: eager {[round(v) for v in row['eager']]} "
             f"graph {[round(v) for v in row['graph']]} {row['error']}",
@@ -75,12 +78,6 @@ def time_family(name: str, args) -> list[dict]:
         del graph
         torch.cuda.empty_cache()
     return rows  # the model goes with this frame; main empties the cache before the next family
-
-
-def _cell(values: list[float]) -> str:
-    if not values:
-        return "-"
-    return f"{statistics.median(values):,.0f} ({min(values):,.0f}-{max(values):,.0f})"
 
 
 def table(rows: list[dict], gpu: str) -> str:
@@ -98,7 +95,7 @@ def table(rows: list[dict], gpu: str) -> str:
             else f"capture failed: {r['error']}"
         )
         lines.append(
-            f"| {r['model']} | {r['tokens']} x {r['batch']} | {_cell(r['eager'])} | {_cell(r['graph'])} | {gain} |"
+            f"| {r['model']} | {r['tokens']} x {r['batch']} | {kernels.median_range(r['eager'])} | {kernels.median_range(r['graph'])} | {gain} |"
         )
     return "\n".join(lines)
 
@@ -109,7 +106,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         p.error("CUDA graphs need a CUDA GPU; none is visible here")
-    return kernels.family_table_main(args, time_family, table, "cuda_graphs.md")
+    return kernels.family_table_main(args, time_family, table)
 
 
 if __name__ == "__main__":

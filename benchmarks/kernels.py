@@ -204,6 +204,24 @@ def cuda_tokens_per_s(fn, tokens: int, calls: int) -> float:
     return calls * tokens / (time.perf_counter() - t0)
 
 
+def alternating_rates(variants: dict, tokens: int, *, rounds: int, calls: int) -> dict[str, list[float]]:
+    """Tokens/s of each of ``variants`` (name -> a call forwarding ``tokens`` tokens), one value per
+    round; the rounds alternate the variants' order (as given, reversed, as given, ...)."""
+    names = list(variants)
+    rates: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            rates[name].append(cuda_tokens_per_s(variants[name], tokens, calls))
+    return rates
+
+
+def median_range(values: list[float]) -> str:
+    """``"median (min-max)"`` of tokens/s values, or ``-`` when there are none."""
+    if not values:
+        return "-"
+    return f"{statistics.median(values):,.0f} ({min(values):,.0f}-{max(values):,.0f})"
+
+
 def full_size_forward(name: str):
     """(config, run) for a model of ``extract.full_configs``: full size, random init, bf16 on the GPU,
     ``prepare_model`` applied, ``run`` as :func:`reprflow_forward`."""
@@ -226,10 +244,11 @@ def random_ids(vocab_size: int, shapes, device: str) -> dict[tuple[int, int], to
     }
 
 
-def family_table_main(args, time_family, table, out_name: str) -> int:
-    """The tail of a per-family GPU benchmark: ``time_family(model name, args)`` rows for every family
-    in ``args.families`` (the GPU's cache emptied between them), ``table(rows, gpu name)`` printed
-    and, with ``args.out``, written to ``args.out / out_name``."""
+def family_table_main(args, time_family, table) -> int:
+    """The tail of a per-family GPU benchmark (options of ``batch_tokens.add_gpu_family_args``):
+    ``time_family(model name, args)`` rows for every family in ``args.families`` (the GPU's cache
+    emptied between them), ``table(rows, gpu name)`` printed and, with ``args.out``, written to
+    ``args.out / args.out_name``."""
     rows = []
     for family in args.families:
         rows += time_family(FAMILIES[family], args)
@@ -237,7 +256,7 @@ def family_table_main(args, time_family, table, out_name: str) -> int:
     text = table(rows, torch.cuda.get_device_name())
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / out_name).write_text(text + "\n")
+        (args.out / args.out_name).write_text(text + "\n")
     print(text)
     return 0
 

@@ -74,10 +74,7 @@ def time_family(name: str, args) -> list[dict]:
         with torch.no_grad():
             for fn in variants.values():  # kernel choices at every micro-batch shape, outside the timing
                 fn()
-            rates = {v: [] for v in variants}
-            for r in range(args.rounds):
-                for v in variants if r % 2 == 0 else list(variants)[::-1]:
-                    rates[v].append(kernels.cuda_tokens_per_s(variants[v], tokens * batch, args.calls))
+            rates = kernels.alternating_rates(variants, tokens * batch, rounds=args.rounds, calls=args.calls)
         for v, values in rates.items():
             print(f"  {name} {tokens} x {batch} {v}: {[round(x) for x in values]}", flush=True)
             rows.append({"model": name, "tokens": tokens, "batch": batch, "variant": v, "rates": values})
@@ -102,7 +99,7 @@ def table(rows: list[dict], gpu: str) -> str:
         gain = f"{100 * (med / base[key] - 1):+.2f}%" if key in base and r["variant"] != "one stream" else ""
         lines.append(
             f"| {r['model']} | {r['tokens']} x {r['batch']} | {r['variant']} | "
-            f"{med:,.0f} ({min(r['rates']):,.0f}-{max(r['rates']):,.0f}) | {gain} |"
+            f"{kernels.median_range(r['rates'])} | {gain} |"
         )
     return "\n".join(lines)
 
@@ -114,7 +111,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         p.error("CUDA streams need a CUDA GPU; none is visible here")
-    return kernels.family_table_main(args, time_family, table, "streams.md")
+    return kernels.family_table_main(args, time_family, table)
 
 
 if __name__ == "__main__":
