@@ -4,7 +4,8 @@ For each variant (the ``triton`` kernel of :mod:`reprflow.kernels.selective_scan
 launch configurations in ``TRITON_CONFIGS``, the ``gluon`` kernel of
 :mod:`reprflow.kernels.selective_scan_gluon` at ``GLUON_CONFIGS`` when Gluon imports, and
 ``mamba_ssm``'s compiled ``selective_scan_fn`` behind its layout transposes when it imports)
-one table row:
+one table row; the Gluon default configuration also with ``fma_exps`` 0 and 2 (``FMA_EXPS_COMPARED``:
+how many of every 16 decays go to the FMA pipe's polynomial instead of ``MUFU.EX2``; default 1):
 
 * ms per layer at Mamba-2.8B shapes (5120 channels, d_state 16, bf16; ``u`` and ``z`` views
   of one in_proj output, ``B`` and ``C`` views of one x_proj output, as the mixer passes
@@ -31,8 +32,10 @@ With ``--out`` it also writes ``scan_sweep.json``: one record per row (kernel, c
 to the kernel, ms per shape), for a script that takes the fastest configuration further
 (``benchmarks/batch_tokens.py --gluon-configs``).
 
-Last runs: benchmarks/results/scan_sweep_h100_2026-12-06_64k.md (``--shapes 2048x32 4096x16
---match shared``: the paper config's 64K tokens per pass); at 32K tokens
+The decays' split side by side: ``--shapes 2048x32 4096x16 --match "channel=1 warps=1 unroll=8
+shared x2"`` (the default configuration and its ``fma_exps`` variants). Last runs:
+benchmarks/results/scan_sweep_h100_2026-12-06_64k.md (``--shapes 2048x32 4096x16 --match shared``:
+the paper config's 64K tokens per pass; before ``fma_exps``); at 32K tokens
 benchmarks/results/scan_sweep_h200_2026-12-04_shared.md and ``..._shared2.md`` (the
 Gluon scan with its inputs staged in shared memory; ``--match shared "unroll=2 prefetch"
 "BLOCK_D=32 warps=1 unroll=4"``); the register configurations in scan_sweep_h200_2026-12-04.md.
@@ -55,7 +58,12 @@ from kernels import SFU_EXP_PER_S  # noqa: E402  (benchmarks/kernels.py)
 from microbench import rel_err  # noqa: E402
 
 from reprflow.kernels.selective_scan import selective_scan_reference, selective_scan_triton  # noqa: E402
-from reprflow.kernels.selective_scan_gluon import GluonScanConfig, gluon_available, selective_scan_gluon  # noqa: E402
+from reprflow.kernels.selective_scan_gluon import (  # noqa: E402
+    GluonScanConfig,
+    default_gluon_config,
+    gluon_available,
+    selective_scan_gluon,
+)
 
 CHANNELS, D_STATE, DT_RANK = 5120, 16, 160
 SHAPES = ((16, 2048), (8, 4096))
@@ -95,6 +103,10 @@ GLUON_CONFIGS = (
     (4, 4, 1, True),
     (4, 8, 2, True),
 )
+
+
+#: other values of the Gluon scan's ``fma_exps`` (decays of every 16 on the FMA pipe; default 1) timed at its default config
+FMA_EXPS_COMPARED = (0, 2)
 
 
 def scan_inputs(
@@ -192,6 +204,16 @@ def variants() -> list[tuple[str, str, object, list | None]]:
                 list(GluonScanConfig(*cfg)),
             )
             for cfg in GLUON_CONFIGS
+        ]
+        default = default_gluon_config(CHANNELS, SHAPES[0][0])
+        out += [  # the default's decays split otherwise between MUFU.EX2 and the FMA pipe's polynomial
+            (
+                "gluon",
+                f"{default!r} fma_exps={k}",
+                partial(selective_scan_gluon, config=default, fma_exps=k),
+                list(default),
+            )
+            for k in FMA_EXPS_COMPARED
         ]
     from reprflow.kernels.ops import compiled_scan_time_major
     from reprflow.kernels.optional import compiled_selective_scan

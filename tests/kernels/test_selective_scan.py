@@ -214,6 +214,30 @@ def test_gluon_matches_float64(dtype, config, shape):
     assert rel < (1e-2 if dtype == torch.bfloat16 else 1e-5), (config, "plain", rel)
 
 
+@requires_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("fma_exps", [0, 2, 16])
+def test_gluon_decays_on_either_pipe_match_float64(fma_exps):
+    """The decays split between the special-function unit and the FMA pipe's polynomial
+    (``fma_exps`` of every 16; the default is 1): float32 runs against float64 at the bound of
+    the all-``ex2`` scan, and each split against the default within float32 rounding. Time steps
+    from ~1e-4 to ~20, so decays span 1 down to below 2**-126."""
+    from reprflow.kernels.selective_scan_gluon import gluon_available, selective_scan_gluon
+
+    if not gluon_available():
+        pytest.skip("Triton's Gluon does not import here")
+    u, delta, A, B, C, D, z, bias = _gpu_inputs((2, 700, 96, 16), torch.float32, 11)
+    delta = delta * 4  # softplus(delta + bias) from ~1e-4 to ~20
+    want = selective_scan_reference(
+        u, delta, A, B, C, D, z, delta_bias=bias, delta_softplus=True, compute_dtype=torch.float64
+    )
+    got = selective_scan_gluon(u, delta, A, B, C, D, z, delta_bias=bias, delta_softplus=True, fma_exps=fma_exps)
+    default = selective_scan_gluon(u, delta, A, B, C, D, z, delta_bias=bias, delta_softplus=True)
+    rel = float((got.double() - want).norm() / want.norm())
+    assert rel < 1e-5, (fma_exps, rel)
+    assert float((got - default).abs().max()) <= 1e-5 * float(default.abs().max()), fma_exps
+
+
 def test_gluon_configs_name_how_inputs_arrive():
     """The Gluon scan's configuration tuple (pure Python, so checked on the CPU): four-entry
     configurations keep the register path (stages 0), the default stages its inputs in shared
