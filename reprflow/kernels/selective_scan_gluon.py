@@ -132,25 +132,20 @@ if gluon is not None:
         return block
 
     @gluon.jit
-    def _scan_step(
-        h,
-        step,
-        a2,
-        dskip,
-        dt_bias,
-        o_t,
-        mask_d,
-        HAS_D: gl.constexpr,
-        HAS_Z: gl.constexpr,
-        HAS_DT_BIAS: gl.constexpr,
-        SOFTPLUS: gl.constexpr,
-        EVEN_D: gl.constexpr,
-        EXP2_PTX: gl.constexpr,
-        EXP2_CONSTRAINTS: gl.constexpr,
-        EXP2_PACK: gl.constexpr,
-    ):
-        # h [D_STATE, BLOCK_D] float32 -> updated h; y [BLOCK_D] stored at o_t; the decays by
-        # EXP2_PTX (exp2_ptx.py), EXP2_PACK of a lane's states per block
+    def _scan_step(h, step, o_t, chan, FLAGS: gl.constexpr):
+        # h [D_STATE, BLOCK_D] float32 -> updated h; y [BLOCK_D] stored at o_t. chan: the program's
+        # per-channel tensors (a2, dskip, dt_bias, mask_d); FLAGS: (HAS_D, HAS_Z, HAS_DT_BIAS,
+        # SOFTPLUS, EVEN_D, EXP2_PTX, EXP2_CONSTRAINTS, EXP2_PACK), the decays by EXP2_PTX
+        # (exp2_ptx.py), EXP2_PACK of a lane's states per block
+        a2, dskip, dt_bias, mask_d = chan
+        HAS_D: gl.constexpr = FLAGS[0]
+        HAS_Z: gl.constexpr = FLAGS[1]
+        HAS_DT_BIAS: gl.constexpr = FLAGS[2]
+        SOFTPLUS: gl.constexpr = FLAGS[3]
+        EVEN_D: gl.constexpr = FLAGS[4]
+        EXP2_PTX: gl.constexpr = FLAGS[5]
+        EXP2_CONSTRAINTS: gl.constexpr = FLAGS[6]
+        EXP2_PACK: gl.constexpr = FLAGS[7]
         u, dt, b, c, z = step
         u = u.to(gl.float32)
         dt = dt.to(gl.float32)
@@ -183,10 +178,7 @@ if gluon is not None:
         o_row,
         pid_d,
         n_blocks,
-        a2,
-        dskip,
-        dt_bias,
-        mask_d,
+        chan,
         S_U_T: gl.constexpr,
         S_DT_T: gl.constexpr,
         S_BC_T: gl.constexpr,
@@ -199,14 +191,8 @@ if gluon is not None:
         BLOCK_D: gl.constexpr,
         UNROLL: gl.constexpr,
         STAGES: gl.constexpr,
-        EVEN_D: gl.constexpr,
-        HAS_D: gl.constexpr,
         HAS_Z: gl.constexpr,
-        HAS_DT_BIAS: gl.constexpr,
-        SOFTPLUS: gl.constexpr,
-        EXP2_PTX: gl.constexpr,
-        EXP2_CONSTRAINTS: gl.constexpr,
-        EXP2_PACK: gl.constexpr,
+        STEP_FLAGS: gl.constexpr,
     ):
         # The n_blocks whole blocks of the scan, their inputs copied global -> shared by cp.async
         # STAGES - 1 blocks ahead of the block computed (no registers hold them in flight); each
@@ -261,23 +247,7 @@ if gluon is not None:
                 b = bc_row.slice(0, D_STATE).load(state_l)
                 c = bc_row.slice(D_STATE, D_STATE).load(state_l)
                 z = z_r.index(r0 + k).load(chan_l) if HAS_Z else u
-                h = _scan_step(
-                    h,
-                    (u, dt, b, c, z),
-                    a2,
-                    dskip,
-                    dt_bias,
-                    o_row + (i * UNROLL + k) * S_O_T,
-                    mask_d,
-                    HAS_D,
-                    HAS_Z,
-                    HAS_DT_BIAS,
-                    SOFTPLUS,
-                    EVEN_D,
-                    EXP2_PTX,
-                    EXP2_CONSTRAINTS,
-                    EXP2_PACK,
-                )
+                h = _scan_step(h, (u, dt, b, c, z), o_row + (i * UNROLL + k) * S_O_T, chan, STEP_FLAGS)
         async_copy.wait_group(0)  # nothing left in flight when the buffers go
         return h
 
@@ -357,6 +327,8 @@ if gluon is not None:
         o_row = out_ptr + pid_b * s_o_b + offs_d
 
         h = gl.zeros([D_STATE, BLOCK_D], gl.float32, layout=LAYOUT)
+        chan = (a2, dskip, dt_bias, mask_d)
+        STEP_FLAGS: gl.constexpr = (HAS_D, HAS_Z, HAS_DT_BIAS, SOFTPLUS, EVEN_D, EXP2_PTX, EXP2_CONSTRAINTS, EXP2_PACK)
         n_full = n_tokens - n_tokens % UNROLL
         rows = (u_row, dt_row, b_row, c_row, z_row)
         strides = (S_U_T, S_DT_T, S_B_T, S_C_T, S_Z_T)
@@ -370,10 +342,7 @@ if gluon is not None:
                 o_row,
                 pid_d,
                 n_full // UNROLL,
-                a2,
-                dskip,
-                dt_bias,
-                mask_d,
+                chan,
                 S_U_T,
                 S_DT_T,
                 S_B_T,
@@ -386,14 +355,8 @@ if gluon is not None:
                 BLOCK_D,
                 UNROLL,
                 STAGES,
-                EVEN_D,
-                HAS_D,
                 HAS_Z,
-                HAS_DT_BIAS,
-                SOFTPLUS,
-                EXP2_PTX,
-                EXP2_CONSTRAINTS,
-                EXP2_PACK,
+                STEP_FLAGS,
             )
         else:
             if PREFETCH:  # the first block (unused when n_tokens < UNROLL)
@@ -406,23 +369,7 @@ if gluon is not None:
                 else:  # all loads of the block first: independent of h, their latencies overlap
                     cur = _load_block(*rows, t0, 0, mask_d, *strides, UNROLL, HAS_Z, EVEN_D, False)
                 for k in gl.static_range(UNROLL):
-                    h = _scan_step(
-                        h,
-                        cur[k],
-                        a2,
-                        dskip,
-                        dt_bias,
-                        o_row + (t0 + k) * S_O_T,
-                        mask_d,
-                        HAS_D,
-                        HAS_Z,
-                        HAS_DT_BIAS,
-                        SOFTPLUS,
-                        EVEN_D,
-                        EXP2_PTX,
-                        EXP2_CONSTRAINTS,
-                        EXP2_PACK,
-                    )
+                    h = _scan_step(h, cur[k], o_row + (t0 + k) * S_O_T, chan, STEP_FLAGS)
         for t in range(n_full, n_tokens):  # the last n_tokens % UNROLL steps
             step = _load_step(
                 u_row + t * S_U_T,
@@ -434,23 +381,7 @@ if gluon is not None:
                 HAS_Z,
                 EVEN_D,
             )
-            h = _scan_step(
-                h,
-                step,
-                a2,
-                dskip,
-                dt_bias,
-                o_row + t * S_O_T,
-                mask_d,
-                HAS_D,
-                HAS_Z,
-                HAS_DT_BIAS,
-                SOFTPLUS,
-                EVEN_D,
-                EXP2_PTX,
-                EXP2_CONSTRAINTS,
-                EXP2_PACK,
-            )
+            h = _scan_step(h, step, o_row + t * S_O_T, chan, STEP_FLAGS)
 
 
 class GluonScanConfig(tuple):
