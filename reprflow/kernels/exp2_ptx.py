@@ -6,8 +6,8 @@ queue on that unit while the FMA pipe idles at ~45%. FlashAttention-4's remedy i
 of the exponentials in software on the FMA pipe. :func:`exp2_ptx` writes one inline-PTX block that
 computes ``n`` values of ``2**x``: the first ``n - n_poly`` with ``ex2.approx.ftz.f32`` (one
 ``MUFU.EX2`` each), the last ``n_poly`` with :data:`EXP2_POLY` (10 instructions each on the FMA and
-integer pipes, no ``MUFU``). Measured on an H100 (``docs/kernels.md``, "Mamba-1's decays: one in
-sixteen on the FMA pipe"), one polynomial per 16 decays makes the scan 7-9% faster.
+integer pipes, no ``MUFU``). Measured on an H100 (``docs/kernels.md``, "Measured and adopted: Mamba-1's
+decays, one in sixteen on the FMA pipe"), one polynomial per 16 decays makes the scan 7-9% faster.
 
 The polynomial path, exactly as :func:`exp2_poly_reference` emulates it:
 
@@ -15,7 +15,7 @@ The polynomial path, exactly as :func:`exp2_poly_reference` emulates it:
 2. ``j = x + 1.5 * 2**23`` rounds it to the nearest integer ``i`` in ``j``'s low mantissa bits;
    ``f = x - (j - 1.5 * 2**23)`` is the rest, in [-0.5, 0.5];
 3. ``p = c0 + f (c1 + f (c2 + f (c3 + f (c4 + f c5))))`` approximates ``2**f`` (five FMAs;
-   coefficients: a minimax fit of the relative error on [-0.5, 0.5]);
+   c0 = 1, c1 .. c5 a minimax fit of the relative error on [-0.5, 0.5]);
 4. ``bits(p) + (bits(j) << 23)`` adds ``i`` to ``p``'s exponent (the shift drops every bit of ``j``
    but ``i``'s low nine, two's complement for ``i < 0``).
 
@@ -26,6 +26,7 @@ returns up to infinity. The scan's decays ``2**(delta * A * log2 e)`` have ``x <
 
 from __future__ import annotations
 
+import functools
 import struct
 
 import numpy as np
@@ -67,6 +68,7 @@ def _poly_block(out: str, x: str) -> str:
     )
 
 
+@functools.cache  # the scan asks for the same block at every launch
 def exp2_ptx(n: int, n_poly: int) -> str:
     """Inline PTX for ``n`` float32 values of ``2**x``: outputs ``$0 .. $(n-1)``, inputs ``$n .. $(2n-1)``.
 
@@ -81,6 +83,7 @@ def exp2_ptx(n: int, n_poly: int) -> str:
     return "\n".join(lines)
 
 
+@functools.cache
 def exp2_ptx_constraints(n: int) -> str:
     """The constraint string of :func:`exp2_ptx`'s block: ``n`` float32 outputs, then ``n`` inputs."""
     return ",".join(["=f"] * n + ["f"] * n)
