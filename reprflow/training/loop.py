@@ -253,16 +253,21 @@ def _optimizer(model: torch.nn.Module, spec: TrainSpec) -> torch.optim.Optimizer
 
 
 def _loss(
-    model, x: torch.Tensor, device: torch.device, *, bf16_head: bool = False, fused_head: bool = True
+    model,
+    x: torch.Tensor,
+    device: torch.device,
+    *,
+    fused_head: bool = True,
+    head_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Mean next-token cross-entropy (nats) of windows ``x`` of shape (batch, context + 1).
 
     The body runs under bf16 autocast on CUDA, in float32 on the CPU. The output projection
     and loss go through :func:`~reprflow.training.head_loss.linear_cross_entropy` (chunked; no
-    full logits tensor), its matmuls in bfloat16 on CUDA and, with ``bf16_head`` (the CPU
-    training step), on the CPU; softmax and loss in float32. With a ~50K vocabulary the
-    projection is most of a small model's FLOPs, and bf16 halves its time and memory traffic
-    (docs/training.md). Validation loss on the CPU is float32 throughout.
+    full logits tensor), its matmuls in ``head_dtype``: by default bfloat16 on CUDA and
+    float32 on the CPU, where a CPU without bf16 matrix units (AVX2) emulates bf16 products
+    and the head then runs ~11x slower than in float32 (docs/training.md, "Where a micro
+    model's training step goes"); softmax and loss are float32 everywhere.
     ``fused_head=False`` is the naive form, ``F.cross_entropy(model(x).logits.float(), y)``
     (benchmarks/train_gpu.py compares the two).
     """
@@ -276,8 +281,9 @@ def _loss(
     head = model.get_output_embeddings()
     if getattr(head, "bias", None) is not None:
         raise ValueError(f"{type(model).__name__}: the output projection has a bias; linear_cross_entropy takes none")
-    dtype = torch.bfloat16 if cuda or bf16_head else torch.float32
-    return linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), head.weight, targets, compute_dtype=dtype)
+    if head_dtype is None:
+        head_dtype = torch.bfloat16 if cuda else torch.float32
+    return linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), head.weight, targets, compute_dtype=head_dtype)
 
 
 def train_step(
@@ -291,12 +297,12 @@ def train_step(
     fused_head: bool = True,
 ) -> torch.Tensor:
     """One training step on windows ``x`` (batch, context + 1), token ids on ``device``:
-    set the learning rate (``lr`` times each group's ``lr_scale``), loss (:func:`_loss`, bf16 head on the CPU), backward, gradient
+    set the learning rate (``lr`` times each group's ``lr_scale``), loss (:func:`_loss`), backward, gradient
     clipping (if ``grad_clip``), AdamW step. Returns the loss, detached, not synchronised
     (``float()`` it to wait for the step)."""
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
-    loss = _loss(model, x, device, bf16_head=True, fused_head=fused_head)
+    loss = _loss(model, x, device, fused_head=fused_head)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if grad_clip:

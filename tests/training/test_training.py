@@ -192,9 +192,10 @@ def test_training_beats_the_unigram_baseline(tmp_path, streams, family):
 
 @pytest.mark.parametrize("family", MATCHED_FAMILIES)
 def test_cpu_training_loss_is_the_models_loss(family):
-    """The CPU training step feeds the base model's output to the LM head itself (in bf16):
-    in float32 that must be exactly the model's logits, and the bf16 loss must agree with the
-    float32 loss up to bf16 rounding. Embeddings are scaled up so the logits are far from 0."""
+    """The CPU training step feeds the base model's output to the LM head itself (float32 on
+    the CPU): that must be exactly the model's logits, the step's loss the naive float32 loss
+    (``fused_head=False``) to float32 rounding, and a bf16 head's loss the same up to bf16
+    rounding. Embeddings are scaled up so the logits are far from 0."""
     cpu = torch.device("cpu")
     model = build_from_config(
         build_config(family, TrainSpec(width=64, depth=2, context=16), vocab_size=512),
@@ -209,9 +210,11 @@ def test_cpu_training_loss_is_the_models_loss(family):
         logits = model(input_ids=x[:, :-1], use_cache=False).logits
         hidden = model.base_model(input_ids=x[:, :-1], use_cache=False).last_hidden_state
         torch.testing.assert_close(model.get_output_embeddings()(hidden), logits, rtol=1e-5, atol=1e-5)
-        full, fast = float(_loss(model, x, cpu)), float(_loss(model, x, cpu, bf16_head=True))
-    assert full > 1.5 * math.log(512)  # far from uniform: the head's scale matters
-    assert fast == pytest.approx(full, rel=2e-2)
+        naive = float(_loss(model, x, cpu, fused_head=False))
+        step, bf16 = float(_loss(model, x, cpu)), float(_loss(model, x, cpu, head_dtype=torch.bfloat16))
+    assert naive > 1.5 * math.log(512)  # far from uniform: the head's scale matters
+    assert step == pytest.approx(naive, rel=1e-5)
+    assert bf16 == pytest.approx(naive, rel=2e-2)
 
 
 class _Killed(Exception):
