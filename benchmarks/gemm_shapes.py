@@ -10,11 +10,14 @@ prints the square rate and the roofline, then times each projection of each pape
 ``F.linear``, the tokens per pass of the paper config: ``execution.extraction.batch_tokens``) and
 prints, per model, the time of all its matmuls per layer and what that time alone is as a percentage
 of the roofline: the most a forward could reach on this GPU if everything else (scan, SSD, conv,
-norms, attention) took no time.
+norms, attention) took no time. With ``--layouts`` it also times every projection with its weight
+stored column-major and through cuBLASLt, side by side (none of them faster on an H100, 2026-12-06:
+docs/kernels.md).
 
 Usage (repository root)::
 
     PYTHONPATH=$PWD python benchmarks/gemm_shapes.py            # GPU: ~20 s
+    PYTHONPATH=$PWD python benchmarks/gemm_shapes.py --layouts  # GPU: ~1 min
     PYTHONPATH=$PWD python benchmarks/gemm_shapes.py --quick    # CPU, toy sizes, seconds
 """
 
@@ -90,6 +93,41 @@ def mamba_skinny_variants(tokens: int, *, device: str, dtype, scale: int, repeat
     return [(name, median_ms(fn, repeats, device), flops) for name, fn, flops in variants]
 
 
+#: (cuBLAS library, weight storage) pairs of ``--layouts``; the first is what every forward runs
+LAYOUTS = (("cublas", "row"), ("cublas", "column"), ("cublaslt", "row"), ("cublaslt", "column"))
+
+
+def layout_variants(tokens: int, d_in: int, d_out: int, *, device: str, dtype, scale: int, repeats: int, rounds: int):
+    """One projection's ``F.linear`` with its weight stored row-major (as loaded) or column-major
+    (``w.t().contiguous().t()``: the same values, so cuBLAS gets the other transpose flag) and
+    through cuBLAS or cuBLASLt (``torch.backends.cuda.preferred_blas_library``; on the CPU only the
+    layouts). The variants alternate over ``rounds`` rounds (in reverse every other round), so a
+    clock that drifts under the GPU's power cap is shared among them. Returns (library, layout,
+    median ms over the rounds' medians, largest absolute difference from the first variant's
+    output); the library preference is restored to cuBLAS afterwards."""
+    n, k, m = tokens // scale, max(1, d_in // scale), max(1, d_out // scale)
+    x = torch.randn(n, k, device=device, dtype=dtype)
+    w = torch.randn(m, k, device=device, dtype=dtype) / k**0.5
+    weights = {"row": w, "column": w.t().contiguous().t()}
+    variants = [v for v in LAYOUTS if device == "cuda" or v[0] == "cublas"]
+    times: dict[tuple[str, str], list[float]] = {v: [] for v in variants}
+    diffs: dict[tuple[str, str], float] = {}
+    reference = F.linear(x, w).float()
+    try:
+        for r in range(rounds):
+            for lib, layout in variants if r % 2 == 0 else variants[::-1]:
+                if device == "cuda":
+                    torch.backends.cuda.preferred_blas_library(lib)
+                ww = weights[layout]
+                times[(lib, layout)].append(median_ms(lambda ww=ww: F.linear(x, ww), repeats, device))
+                if r == 0:
+                    diffs[(lib, layout)] = (F.linear(x, ww).float() - reference).abs().max().item()
+    finally:
+        if device == "cuda":
+            torch.backends.cuda.preferred_blas_library("cublas")
+    return [(lib, layout, sorted(ts)[len(ts) // 2], diffs[(lib, layout)]) for (lib, layout), ts in times.items()]
+
+
 def tflops(flops: float, ms: float) -> float:
     return flops / (ms * 1e-3) / 1e12
 
@@ -98,6 +136,11 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="CPU, float32, every size divided by 16")
     p.add_argument("--repeats", type=int, default=20)
+    p.add_argument(
+        "--layouts",
+        action="store_true",
+        help="also every projection with its weight column-major and through cuBLASLt (5 alternating rounds)",
+    )
     args = p.parse_args(argv)
     device = "cpu" if args.quick or not torch.cuda.is_available() else "cuda"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -135,6 +178,20 @@ def main(argv=None) -> int:
     ):
         rate = tflops(flops, ms)
         print(f"| {variant} | {ms:.3f} | {rate:.3g} | {rate / peak:.0%} |")
+    if args.layouts:
+        print("\nEvery projection by library and weight storage (the first row of each is the forward's)\n")
+        print("| model | projection | library | weight | ms per layer | TFLOP/s | of the roofline | max abs. diff |")
+        print("|---|---|---|---|---:|---:|---:|---:|")
+        for model, (tokens, projections) in MODELS.items():
+            for proj, d_in, d_out in projections:
+                flops = 2 * (tokens // scale) * max(1, d_in // scale) * max(1, d_out // scale)
+                for lib, layout, ms, diff in layout_variants(
+                    tokens, d_in, d_out, device=device, dtype=dtype, scale=scale, repeats=args.repeats, rounds=5
+                ):
+                    rate = tflops(flops, ms)
+                    print(
+                        f"| {model} | {proj} | {lib} | {layout} | {ms:.3f} | {rate:.3g} | {rate / peak:.0%} | {diff:.2g} |"
+                    )
     return 0
 
 

@@ -118,7 +118,8 @@ def test_batch_tokens_refuses_an_unknown_model_naming_it():
 
 def test_gemm_shapes_quick_run_times_every_projection_and_sums_them(monkeypatch):
     """benchmarks/gemm_shapes.py: a row per projection of each paper model at the paper config's
-    tokens per pass, and per model the summed time and the rate it implies (flops / time)."""
+    tokens per pass, and per model the summed time and the rate it implies (flops / time); with
+    --layouts, every projection with its weight row- and column-major, equal to rounding."""
     import yaml
 
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
@@ -131,10 +132,16 @@ def test_gemm_shapes_quick_run_times_every_projection_and_sums_them(monkeypatch)
     for model, (tokens, _) in MODELS.items():
         assert tokens == batch_tokens.get(family[model], batch_tokens["default"]), model
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "gemm_shapes.py"), "--quick", "--repeats", "1"]
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "gemm_shapes.py"), "--quick", "--repeats", "1", "--layouts"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [line.split("|")[1:-1] for line in proc.stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    # --layouts: on the CPU both weight storages of every projection, the same values
+    layouts = [r for r in rows if len(r) == 8 and r[0].strip() != "model"]
+    assert [(r[0].strip(), r[1].strip(), r[3].strip()) for r in layouts] == [
+        (m, p, layout) for m, (_, ps) in MODELS.items() for p, _, _ in ps for layout in ("row", "column")
+    ]
+    assert all(r[2].strip() == "cublas" and float(r[7]) <= 1e-3 and float(r[4]) > 0 for r in layouts)
     per_proj = [r for r in rows if len(r) == 6 and r[0].strip() != "model"]
     totals = {r[0].strip(): r for r in rows if len(r) == 4 and r[0].strip() != "model"}
     assert [(r[0].strip(), r[2].strip()) for r in per_proj] == [
