@@ -26,6 +26,7 @@ from reprflow.workflow.targets import (
     prompt_token_cap,
     store_paths,
     table_cells,
+    upstream_priority,
 )
 
 _handler = logging.StreamHandler()
@@ -45,6 +46,7 @@ except ReprflowError as exc:
     sys.exit(f"reprflow: invalid config: {exc}")
 
 CELLS = cells(CFG, log=True)
+UPSTREAM_PRIORITY = upstream_priority(CFG)  # training, tiny models, prompt sets: before any extraction
 TABLE_CELLS = table_cells(CFG)  # cells of `scope: all` inits: probes and table rows
 OUT = CFG.out_dir
 
