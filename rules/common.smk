@@ -26,7 +26,6 @@ from reprflow.workflow.targets import (
     prompt_token_cap,
     store_paths,
     table_cells,
-    upstream_priority,
 )
 
 _handler = logging.StreamHandler()
@@ -46,7 +45,6 @@ except ReprflowError as exc:
     sys.exit(f"reprflow: invalid config: {exc}")
 
 CELLS = cells(CFG, log=True)
-UPSTREAM_PRIORITY = upstream_priority(CFG)  # training, tiny models, prompt sets: before any extraction
 TABLE_CELLS = table_cells(CFG)  # cells of `scope: all` inits: probes and table rows
 OUT = CFG.out_dir
 

@@ -12,7 +12,6 @@ rule build_tiny_model:
         code=code_digest("build_tiny_model.py"),
         family=lambda w: CFG.model(w.model).family,
         tiny=lambda w: CFG.model(w.model).tiny,
-    priority: UPSTREAM_PRIORITY  # every cell of its model waits on it
     conda:
         "../envs/cpu.yaml"
     script:

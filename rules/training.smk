@@ -56,7 +56,6 @@ rule train_model:
         positions=lambda w: CFG.model(w.model).max_context,
         recipe=_train_recipe,
         checkpoint=lambda w: TRAIN_CHECKPOINT.format(model=w.model),
-    priority: UPSTREAM_PRIORITY  # every cell of its model waits on it
     threads: lambda w: CFG.model(w.model).train.get("threads") or 2
     resources:
         gpu=_train_gpus,

@@ -171,16 +171,6 @@ def extraction_priority(config: Config, model: str, init: str, task: str, length
     return n_prompts * int(length) * dims.hidden**2 * dims.n_layers >> 20
 
 
-def upstream_priority(config: Config) -> int:
-    """Snakemake ``priority`` of the jobs that whole branches wait on (training or building a
-    model, building a prompt set): one above the highest :func:`extraction_priority` of the
-    config's cells, so a free slot starts the job that unblocks a branch before one more
-    extraction. With the default 0, a model's training waited behind every ready extraction of the
-    models trained before it: in the demo (4 trainings, 3 job slots) the last one started ~5 of the
-    run's 8 minutes in, and its model's 8 cells ran after it (2026-12-06)."""
-    return 1 + max((extraction_priority(config, c.model, c.init, c.task, c.length) for c in cells(config)), default=0)
-
-
 def prompt_token_cap(config: Config, tokenizer: str, length: int) -> int | None:
     """The hard cap on prompt length for one prompt set: the smallest context window among the
     models that read it (same tokenizer, length fits), so every prompt fits every such model.

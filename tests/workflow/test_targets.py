@@ -15,7 +15,6 @@ from reprflow.workflow.targets import (
     prompt_files,
     store_paths,
     table_cells,
-    upstream_priority,
 )
 
 
@@ -66,26 +65,6 @@ def test_a_custom_task_runs_at_its_own_length_on_its_models():
 
 def _demo_raw() -> dict:
     return yaml.safe_load((PROJECT_ROOT / "config" / "demo.yaml").read_text())
-
-
-def test_upstream_jobs_outrank_every_extraction(workdir, run_snakemake):
-    """Training, tiny-model and prompt-set jobs get one more than the highest extraction priority,
-    so a free slot starts what unblocks a branch first; the demo's dry run prints it on each."""
-    import re
-
-    for name in ("demo.yaml", "config.yaml"):
-        cfg = load_config(PROJECT_ROOT / "config" / name)
-        top = max(extraction_priority(cfg, c.model, c.init, c.task, c.length) for c in cells(cfg))
-        assert top > 0 and upstream_priority(cfg) == top + 1
-    run = run_snakemake(workdir, "-n", "--cores", "3", "--configfile=config/demo.yaml")
-    assert run.returncode == 0, run.stderr[-3000:]
-    jobs = re.findall(r"rule (\w+):\n(?:    .*\n)*?    priority: (\d+)", run.stdout + run.stderr)
-    by_rule: dict[str, set[int]] = {}
-    for rule, priority in jobs:
-        by_rule.setdefault(rule, set()).add(int(priority))
-    demo_top = upstream_priority(load_config(PROJECT_ROOT / "config" / "demo.yaml"))
-    assert by_rule["train_model"] == by_rule["prompts"] == by_rule["custom_prompts"] == {demo_top}
-    assert max(by_rule["extract_activations"]) == demo_top - 1
 
 
 def test_outputs_live_under_out_dir():
