@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kernels import gemm_tflops, measure_peak_tflops  # noqa: E402  benchmarks/kernels.py
+from kernels import alternating_order, gemm_tflops, measure_peak_tflops  # noqa: E402  benchmarks/kernels.py
 from microbench import median_ms  # noqa: E402
 
 #: per model: tokens per pass (the paper config) and its projections per layer, (in, out) features
@@ -58,11 +58,16 @@ MODELS: dict[str, tuple[int, list[tuple[str, int, int]]]] = {
 }
 
 
+def scaled_shape(tokens: int, d_in: int, d_out: int, scale: int) -> tuple[int, int, int]:
+    """(tokens, in, out) of a projection with every size divided by ``scale`` (the --quick toy run)."""
+    return tokens // scale, max(1, d_in // scale), max(1, d_out // scale)
+
+
 def time_model(tokens: int, projections: list[tuple[str, int, int]], *, device: str, dtype, scale: int, repeats: int):
     """Per projection: (name, ms, FLOPs); ``scale`` divides every size (the --quick toy run)."""
     rows = []
     for name, d_in, d_out in projections:
-        n, k, m = tokens // scale, max(1, d_in // scale), max(1, d_out // scale)
+        n, k, m = scaled_shape(tokens, d_in, d_out, scale)
         x = torch.randn(n, k, device=device, dtype=dtype)
         w = torch.randn(m, k, device=device, dtype=dtype)
         rows.append((name, median_ms(lambda x=x, w=w: F.linear(x, w), repeats, device), 2 * n * k * m))
@@ -103,9 +108,9 @@ def layout_variants(tokens: int, d_in: int, d_out: int, *, device: str, dtype, s
     through cuBLAS or cuBLASLt (``torch.backends.cuda.preferred_blas_library``; on the CPU only the
     layouts). The variants alternate over ``rounds`` rounds (in reverse every other round), so a
     clock that drifts under the GPU's power cap is shared among them. Returns (library, layout,
-    median ms over the rounds' medians, largest absolute difference from the first variant's
-    output); the library preference is restored to cuBLAS afterwards."""
-    n, k, m = tokens // scale, max(1, d_in // scale), max(1, d_out // scale)
+    median ms over the rounds' medians, FLOPs, largest absolute difference from the first
+    variant's output); the library preference is restored to cuBLAS afterwards."""
+    n, k, m = scaled_shape(tokens, d_in, d_out, scale)
     x = torch.randn(n, k, device=device, dtype=dtype)
     w = torch.randn(m, k, device=device, dtype=dtype) / k**0.5
     weights = {"row": w, "column": w.t().contiguous().t()}
@@ -114,18 +119,18 @@ def layout_variants(tokens: int, d_in: int, d_out: int, *, device: str, dtype, s
     diffs: dict[tuple[str, str], float] = {}
     reference = F.linear(x, w).float()
     try:
-        for r in range(rounds):
-            for lib, layout in variants if r % 2 == 0 else variants[::-1]:
-                if device == "cuda":
-                    torch.backends.cuda.preferred_blas_library(lib)
-                ww = weights[layout]
-                times[(lib, layout)].append(median_ms(lambda ww=ww: F.linear(x, ww), repeats, device))
-                if r == 0:
-                    diffs[(lib, layout)] = (F.linear(x, ww).float() - reference).abs().max().item()
+        for r, (lib, layout) in alternating_order(variants, rounds):
+            if device == "cuda":
+                torch.backends.cuda.preferred_blas_library(lib)
+            ww = weights[layout]
+            times[(lib, layout)].append(median_ms(lambda ww=ww: F.linear(x, ww), repeats, device))
+            if r == 0:
+                diffs[(lib, layout)] = (F.linear(x, ww).float() - reference).abs().max().item()
     finally:
         if device == "cuda":
             torch.backends.cuda.preferred_blas_library("cublas")
-    return [(lib, layout, sorted(ts)[len(ts) // 2], diffs[(lib, layout)]) for (lib, layout), ts in times.items()]
+    flops = 2 * n * k * m
+    return [(lib, layout, sorted(ts)[len(ts) // 2], flops, diffs[(lib, layout)]) for (lib, layout), ts in times.items()]
 
 
 def tflops(flops: float, ms: float) -> float:
@@ -184,8 +189,7 @@ def main(argv=None) -> int:
         print("|---|---|---|---|---:|---:|---:|---:|")
         for model, (tokens, projections) in MODELS.items():
             for proj, d_in, d_out in projections:
-                flops = 2 * (tokens // scale) * max(1, d_in // scale) * max(1, d_out // scale)
-                for lib, layout, ms, diff in layout_variants(
+                for lib, layout, ms, flops, diff in layout_variants(
                     tokens, d_in, d_out, device=device, dtype=dtype, scale=scale, repeats=args.repeats, rounds=5
                 ):
                     rate = tflops(flops, ms)

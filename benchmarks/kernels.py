@@ -204,14 +204,20 @@ def cuda_tokens_per_s(fn, tokens: int, calls: int) -> float:
     return calls * tokens / (time.perf_counter() - t0)
 
 
-def alternating_rates(variants: dict, tokens: int, *, rounds: int, calls: int) -> dict[str, list[float]]:
-    """Tokens/s of each of ``variants`` (name -> a call forwarding ``tokens`` tokens), one value per
-    round; the rounds alternate the variants' order (as given, reversed, as given, ...)."""
-    names = list(variants)
-    rates: dict[str, list[float]] = {name: [] for name in names}
+def alternating_order(names: list, rounds: int):
+    """``(round, name)`` pairs for ``rounds`` rounds over ``names``, the order alternating (as
+    given, reversed, as given, ...), so a clock that drifts during a run is shared among them."""
     for r in range(rounds):
         for name in names if r % 2 == 0 else names[::-1]:
-            rates[name].append(cuda_tokens_per_s(variants[name], tokens, calls))
+            yield r, name
+
+
+def alternating_rates(variants: dict, tokens: int, *, rounds: int, calls: int) -> dict[str, list[float]]:
+    """Tokens/s of each of ``variants`` (name -> a call forwarding ``tokens`` tokens), one value per
+    round, in :func:`alternating_order`."""
+    rates: dict[str, list[float]] = {name: [] for name in variants}
+    for _, name in alternating_order(list(variants), rounds):
+        rates[name].append(cuda_tokens_per_s(variants[name], tokens, calls))
     return rates
 
 

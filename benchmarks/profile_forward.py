@@ -20,6 +20,7 @@ Usage (GPU machine, repo root on PYTHONPATH)::
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 
@@ -27,7 +28,7 @@ import torch
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from extract import build_model, full_configs  # noqa: E402
-from kernels import measure_peak_tflops  # noqa: E402
+from kernels import cuda_tokens_per_s, measure_peak_tflops  # noqa: E402
 
 from reprflow.config import load_configs  # noqa: E402
 from reprflow.pipeline.extract_stage import batch_size_for  # noqa: E402
@@ -65,24 +66,17 @@ def profile_model(name: str, args) -> str:
     ids = torch.randint(0, config.vocab_size, (batch, args.tokens), device="cuda", generator=g)
     mask = torch.ones_like(ids)
     forward_states(model, ids, mask)  # warm-up: Triton compilation, autotuning
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(args.repeats):
-        forward_states(model, ids, mask, check_padding=False)
-    torch.cuda.synchronize()
-    bare = (time.perf_counter() - t0) / args.repeats  # the same forwards without the profiler
-    t0 = time.perf_counter()
+    tokens = batch * args.tokens
+    run = functools.partial(forward_states, model, ids, mask, check_padding=False)
+    bare = tokens / cuda_tokens_per_s(run, tokens, args.repeats)  # s per forward, without the profiler
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(args.repeats):
-            forward_states(model, ids, mask, check_padding=False)
-        torch.cuda.synchronize()
-    wall = (time.perf_counter() - t0) / args.repeats
+        wall = tokens / cuda_tokens_per_s(run, tokens, args.repeats)
+    del run
     events = [e for e in prof.key_averages() if e.device_time_total > 0]
     total = sum(e.device_time_total for e in events) / args.repeats / 1e3  # ms per forward
     groups: dict[str, float] = {}
     for e in events:
         groups[group_of(e.key)] = groups.get(group_of(e.key), 0.0) + e.device_time_total / args.repeats / 1e3
-    tokens = batch * args.tokens
     params = sum(p.numel() for p in model.parameters())
     roof_ms = 2 * params * tokens / (args.peak_tflops * 1e12) * 1e3
     lines = [
