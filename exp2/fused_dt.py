@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, "benchmarks")
 from reprflow.kernels.selective_scan import selective_scan_reference  # noqa: E402
+import reprflow.kernels.selective_scan_gluon as sg  # noqa: E402
 from reprflow.kernels.selective_scan_gluon import _fused_delta_layouts, selective_scan_gluon  # noqa: E402
 
 dev = "cuda"
@@ -40,6 +41,36 @@ def inputs(batch, n_tokens, channels, rank, d_state=16, seed=0):
     return u, z, dt_low, B, C, W, A, D, bias
 
 
+FUSED = {  # name -> (config, extra launch options)
+    "fused w1": ((1, 1, 16, True, 2), {}),
+    "fused w1 maxnreg 168": ((1, 1, 16, True, 2), {"maxnreg": 168}),
+    "fused w2": ((1, 2, 16, True, 2), {}),
+    "fused w2 maxnreg 168": ((1, 2, 16, True, 2), {"maxnreg": 168}),
+    "fused w4 maxnreg 128": ((1, 4, 16, True, 2), {"maxnreg": 128}),
+    "fused w4 maxnreg 168": ((1, 4, 16, True, 2), {"maxnreg": 168}),
+}
+
+
+class _Launch:
+    """The Gluon kernel with extra launch options (maxnreg) for the calls made inside ``with``."""
+
+    def __init__(self, kernel, extra):
+        self.kernel, self.extra = kernel, extra
+
+    def __getitem__(self, grid):
+        launch = self.kernel[grid]
+        return lambda *a, **kw: launch(*a, **kw, **self.extra)
+
+
+def launch_fused(cfg, extra, u, dt_low, A, B, C, D, z, W, **kw):
+    orig = sg._selective_scan_gluon_kernel
+    sg._selective_scan_gluon_kernel = _Launch(orig, extra)
+    try:
+        return selective_scan_gluon(u, dt_low, A, B, C, D, z, config=cfg, delta_proj=W, **kw)
+    finally:
+        sg._selective_scan_gluon_kernel = orig
+
+
 def check(batch, n_tokens, channels, rank):
     u, z, dt_low, B, C, W, A, D, bias = inputs(batch, n_tokens, channels, rank)
     assert _fused_delta_layouts(u, dt_low, W, 1, 16, 2), "fused form not applicable"
@@ -49,6 +80,9 @@ def check(batch, n_tokens, channels, rank):
                                    delta_bias=bias.double(), delta_softplus=True).float()
     unf = selective_scan_gluon(u, dt, A, B, C, D, z, config=(1, 1, 16, True, 2), **kw).float()
     fus = selective_scan_gluon(u, dt_low, A, B, C, D, z, config=(1, 1, 16, True, 2), delta_proj=W, **kw).float()
+    for name, (cfg, extra) in FUSED.items():  # every variant measured gives the same values
+        other = launch_fused(cfg, extra, u, dt_low, A, B, C, D, z, W, **kw).float()
+        assert torch.equal(other, fus), name
     scale = ref.abs().max().item()
     e_unf = (unf - ref).abs().max().item() / scale
     e_fus = (fus - ref).abs().max().item() / scale
@@ -68,8 +102,9 @@ def per_layer(batch, n_tokens, rounds=5, calls=20):
         "scan (default, unroll 8)": lambda: selective_scan_gluon(u, dt, A, B, C, D, z, **kw),
         "dt_proj + scan (today)": lambda: selective_scan_gluon(u, F.linear(dt_low, W), A, B, C, D, z, **kw),
         "dt_proj + scan unroll 16": lambda: selective_scan_gluon(u, F.linear(dt_low, W), A, B, C, D, z, config=(1, 1, 16, True, 2), **kw),
-        "fused (unroll 16)": lambda: selective_scan_gluon(u, dt_low, A, B, C, D, z, config=(1, 1, 16, True, 2), delta_proj=W, **kw),
     }
+    for name, (cfg, extra) in FUSED.items():
+        variants[name] = functools.partial(launch_fused, cfg, extra, u, dt_low, A, B, C, D, z, W, **kw)
     ms = {k: [] for k in variants}
     for fn in variants.values():
         fn()
@@ -89,7 +124,7 @@ def per_layer(batch, n_tokens, rounds=5, calls=20):
     return ms
 
 
-def forward(shapes, rounds=4, calls=3):
+def forward(shapes, best, rounds=4, calls=3):
     from kernels import full_size_forward, random_ids
     from transformers.models.mamba.modeling_mamba import MambaMixer
 
@@ -104,8 +139,8 @@ def forward(shapes, rounds=4, calls=3):
     originals = {id(m): (m.forward, m._reprflow_fast) for m in mixers}
 
     def fused_scan(u, dt_low, A, B, C, D=None, z=None, *, delta_bias=None, delta_softplus=False, delta_proj=None):
-        return selective_scan_gluon(u, dt_low, A, B, C, D, z, delta_bias=delta_bias, delta_softplus=delta_softplus,
-                                    config=(1, 1, 16, True, 2), delta_proj=delta_proj)
+        cfg, extra = FUSED[best]
+        return launch_fused(cfg, extra, u, dt_low, A, B, C, D, z, delta_proj, delta_bias=delta_bias, delta_softplus=delta_softplus)
 
     fused_scan.fuses_delta_proj = True
 
@@ -145,6 +180,8 @@ if __name__ == "__main__":
     print("triton", triton.__version__, flush=True)
     for args in ((2, 1000, 256, 160), (2, 777, 256, 48), (1, 512, 128, 64), (2, 2048, 512, 160)):
         check(*args)
-    per_layer(32, 2048)
+    ms = per_layer(32, 2048)
     per_layer(16, 4096)
-    forward([(2048, 32), (4096, 16)])
+    best = min(FUSED, key=lambda k: statistics.median(ms[k]))
+    print("forward with", best, flush=True)
+    forward([(2048, 32), (4096, 16)], best)

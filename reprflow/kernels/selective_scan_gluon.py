@@ -698,8 +698,8 @@ def _fused_delta_layouts(u: Tensor, delta: Tensor, weight: Tensor, num_warps: in
 
     The rank is split as ``R_HI + R_LO`` (Gluon tensors have power-of-two sizes; Mamba's
     ``ceil(d_model / 16)`` ranks are: 160 = 128 + 32, 48 = 32 + 16, 64 = 64 + 0); each part is a
-    K of ``mma.sync`` (m16n8k16, bf16 or fp16 in, float32 accumulated), so both are multiples of 16
-    and ``unroll`` a multiple of 16 rows per warp. The low-rank rows come by ``cp.async`` (16-byte
+    K of ``mma.sync`` (m16n8k16, bf16 or fp16 in, float32 accumulated), so both are multiples of 16,
+    and so is ``unroll`` (the M; each warp forms its own 32 / lanes_per_channel channels, the N). The low-rank rows come by ``cp.async`` (16-byte
     aligned rows).
     """
     rank = delta.shape[-1]
@@ -713,7 +713,7 @@ def _fused_delta_layouts(u: Tensor, delta: Tensor, weight: Tensor, num_warps: in
         or r_lo & (r_lo - 1)
         or 0 < r_lo < 16
         or stages < 2
-        or unroll % (16 * num_warps)
+        or unroll % 16
         or delta.stride(-1) != 1
         or (delta.stride(1) * delta.element_size()) % 16
         or (delta.stride(0) * delta.element_size()) % 16
@@ -724,5 +724,5 @@ def _fused_delta_layouts(u: Tensor, delta: Tensor, weight: Tensor, num_warps: in
     copy_lo = _copy_layout(unroll, r_lo or 8, delta.element_size(), num_warps)
     if copy_hi is None or copy_lo is None:
         return {}
-    mma = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, 8])
+    mma = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, num_warps], instr_shape=[16, 8])
     return {"DT_RANK": (r_hi, r_lo), "COPY_RH": copy_hi, "COPY_RL": copy_lo, "MMA": mma}
