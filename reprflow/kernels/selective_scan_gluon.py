@@ -239,9 +239,9 @@ if gluon is not None:
             rl_cp = _rows_ptrs(dt_base, S_DT_T, R_HI, UNROLL, lo_rows, COPY_RL)
             srcs = (u_cp, rh_cp, bc_cp, z_cp, rl_cp)
             strides = (S_U_T, S_DT_T, S_BC_T, S_Z_T, S_DT_T)
-            COPIES: gl.constexpr = (0, 1, 2, 3, 4) if HAS_Z else (0, 1, 2, 4)
-            if R_LO == 0:
-                COPIES: gl.constexpr = (0, 1, 2, 3) if HAS_Z else (0, 1, 2)
+            COPIES: gl.constexpr = (
+                ((0, 1, 2, 3, 4) if HAS_Z else (0, 1, 2, 4)) if R_LO > 0 else ((0, 1, 2, 3) if HAS_Z else (0, 1, 2))
+            )
         else:
             dt_cp = dt_base + ct2 * S_DT_T + cd2
             srcs = (u_cp, dt_cp, bc_cp, z_cp)
