@@ -131,25 +131,11 @@ def mamba_mixer_forward(
     dt_raw = x_dbl[..., :rank]
     B = x_dbl[..., rank : rank + d_state]
     C = x_dbl[..., rank + d_state :]
+    dt = F.linear(dt_raw, mixer.dt_proj.weight)  # [batch, n_tokens, d_inner]; bias added in the scan
     A = -torch.exp(mixer.A_log.float())  # [d_inner, d_state]
     dt_bias = mixer.dt_proj.bias.float() if mixer.dt_proj.bias is not None else None
     scan = scan_impl if callable(scan_impl) else functools.partial(selective_scan, impl=scan_impl)
-    if getattr(scan, "fuses_delta_proj", False):  # the scan forms dt = dt_raw @ W^T itself
-        y = scan(
-            x,
-            dt_raw,
-            A,
-            B,
-            C,
-            mixer.D.float(),
-            z,
-            delta_bias=dt_bias,
-            delta_softplus=True,
-            delta_proj=mixer.dt_proj.weight,
-        )
-    else:
-        dt = F.linear(dt_raw, mixer.dt_proj.weight)  # [batch, n_tokens, d_inner]; bias added in the scan
-        y = scan(x, dt, A, B, C, mixer.D.float(), z, delta_bias=dt_bias, delta_softplus=True)
+    y = scan(x, dt, A, B, C, mixer.D.float(), z, delta_bias=dt_bias, delta_softplus=True)
     return out_proj_add(mixer.out_proj, y.to(dtype), residual)
 
 

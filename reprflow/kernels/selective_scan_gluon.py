@@ -54,9 +54,9 @@ try:  # CUDA builds of torch ship Triton; Gluon is in Triton >= 3.5
     import triton
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
+    from triton.experimental.gluon.language.nvidia.ampere import async_copy
 except Exception:  # pragma: no cover - depends on the install
-    triton = gluon = gl = async_copy = mma_v2 = None
+    triton = gluon = gl = async_copy = None
 
 
 def decay_exp2_split(d_state: int, lanes_per_channel: int, fma_exps: int) -> tuple[int, int]:
@@ -179,7 +179,6 @@ if gluon is not None:
         pid_d,
         n_blocks,
         chan,
-        w_dt,
         S_U_T: gl.constexpr,
         S_DT_T: gl.constexpr,
         S_BC_T: gl.constexpr,
@@ -194,63 +193,34 @@ if gluon is not None:
         STAGES: gl.constexpr,
         HAS_Z: gl.constexpr,
         STEP_FLAGS: gl.constexpr,
-        DT_RANK: gl.constexpr,
-        COPY_RH: gl.constexpr,
-        COPY_RL: gl.constexpr,
-        MMA: gl.constexpr,
     ):
         # The n_blocks whole blocks of the scan, their inputs copied global -> shared by cp.async
         # STAGES - 1 blocks ahead of the block computed (no registers hold them in flight); each
         # step then reads its row of each buffer straight into the state's slice layouts.
         # ``bc_base`` points at the packed float32 [B | C] rows (2 * D_STATE per token).
-        # With DT_RANK = (R_HI, R_LO), R_HI > 0, ``dt_base`` points at the low-rank rows
-        # [R_HI | R_LO] instead (cp.async layouts COPY_RH, COPY_RL): they are copied, and each
-        # block's delta [UNROLL, BLOCK_D] is formed on the tensor cores in the MMA layout (``w_dt``:
-        # the dt_proj weight slices [R, BLOCK_D] as dot operands) and written into delta's stage
-        # buffer, where the steps read it as before.
-        FUSE_DT: gl.constexpr = DT_RANK[0] > 0
         smem_l: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
         u_s = gl.allocate_shared_memory(u_base.dtype.element_ty, [STAGES, UNROLL, BLOCK_D], smem_l)
         dt_s = gl.allocate_shared_memory(dt_base.dtype.element_ty, [STAGES, UNROLL, BLOCK_D], smem_l)
         bc_s = gl.allocate_shared_memory(bc_base.dtype.element_ty, [STAGES, UNROLL, 2 * D_STATE], smem_l)
         z_s = gl.allocate_shared_memory(z_base.dtype.element_ty, [STAGES if HAS_Z else 1, UNROLL, BLOCK_D], smem_l)
-        if FUSE_DT:
-            R_HI: gl.constexpr = DT_RANK[0]
-            R_LO: gl.constexpr = DT_RANK[1]
-            lo_rows: gl.constexpr = R_LO if R_LO > 0 else 8
-            rank_l: gl.constexpr = gl.SwizzledSharedLayout(8, 1, 8, [1, 0])
-            rh_s = gl.allocate_shared_memory(dt_base.dtype.element_ty, [STAGES, UNROLL, R_HI], rank_l)
-            rl_s = gl.allocate_shared_memory(dt_base.dtype.element_ty, [STAGES, UNROLL, lo_rows], rank_l)
-            bufs = (u_s, rh_s, bc_s, z_s, rl_s)
-        else:
-            bufs = (u_s, dt_s, bc_s, z_s)
+        bufs = (u_s, dt_s, bc_s, z_s)
 
         # whole blocks only (the caller's condition: BLOCK_D divides channels), so no masks: a masked
         # cp.async needs the mask uniform over each 4-byte vector, which a channel edge breaks
         ct2 = gl.expand_dims(gl.arange(0, UNROLL, layout=gl.SliceLayout(1, COPY_D)), 1)
         cd2 = gl.expand_dims(pid_d * BLOCK_D + gl.arange(0, BLOCK_D, layout=gl.SliceLayout(0, COPY_D)), 0)
         u_cp = u_base + ct2 * S_U_T + cd2
+        dt_cp = dt_base + ct2 * S_DT_T + cd2
         z_cp = z_base + ct2 * S_Z_T + cd2
         bt = gl.arange(0, UNROLL, layout=gl.SliceLayout(1, COPY_BC))
         bn = gl.arange(0, 2 * D_STATE, layout=gl.SliceLayout(0, COPY_BC))
         bc_cp = bc_base + gl.expand_dims(bt, 1) * S_BC_T + gl.expand_dims(bn, 0)
-        if FUSE_DT:
-            rh_cp = _rows_ptrs(dt_base, S_DT_T, 0, UNROLL, R_HI, COPY_RH)
-            rl_cp = _rows_ptrs(dt_base, S_DT_T, R_HI, UNROLL, lo_rows, COPY_RL)
-            srcs = (u_cp, rh_cp, bc_cp, z_cp, rl_cp)
-            strides = (S_U_T, S_DT_T, S_BC_T, S_Z_T, S_DT_T)
-            COPIES: gl.constexpr = (
-                ((0, 1, 2, 3, 4) if HAS_Z else (0, 1, 2, 4)) if R_LO > 0 else ((0, 1, 2, 3) if HAS_Z else (0, 1, 2))
-            )
-        else:
-            dt_cp = dt_base + ct2 * S_DT_T + cd2
-            srcs = (u_cp, dt_cp, bc_cp, z_cp)
-            strides = (S_U_T, S_DT_T, S_BC_T, S_Z_T)
-            COPIES: gl.constexpr = (0, 1, 2, 3) if HAS_Z else (0, 1, 2)
+        srcs = (u_cp, dt_cp, bc_cp, z_cp)
+        strides = (S_U_T, S_DT_T, S_BC_T, S_Z_T)
 
         for p in gl.static_range(STAGES - 1):  # the prologue: blocks 0 .. STAGES - 2
             if p < n_blocks:
-                _issue_block(bufs, srcs, strides, p, STAGES, UNROLL, COPIES)
+                _issue_block(bufs, srcs, strides, p, STAGES, UNROLL, HAS_Z)
             async_copy.commit_group()  # one group per block, empty past the end: counts stay exact
 
         # the same buffers seen as [STAGES * UNROLL] rows, one row per step (unswizzled: same bytes)
@@ -267,11 +237,9 @@ if gluon is not None:
             gl.thread_barrier()  # everyone's have; and block i - 1's stage is read by all warps
             j = i + STAGES - 1
             if j < n_blocks:  # into the stage block i - 1 used
-                _issue_block(bufs, srcs, strides, j, STAGES, UNROLL, COPIES)
+                _issue_block(bufs, srcs, strides, j, STAGES, UNROLL, HAS_Z)
             async_copy.commit_group()
             r0 = (i % STAGES) * UNROLL
-            if FUSE_DT:  # delta of this block on the tensor cores, into its stage of dt_s
-                _project_block(rh_s, rl_s, dt_s, w_dt, i % STAGES, UNROLL, BLOCK_D, R_LO, MMA)
             for k in gl.static_range(UNROLL):
                 u = u_r.index(r0 + k).load(chan_l)
                 dt = dt_r.index(r0 + k).load(chan_l)
@@ -284,54 +252,12 @@ if gluon is not None:
         return h
 
     @gluon.jit
-    def _issue_block(bufs, srcs, strides, block, STAGES: gl.constexpr, UNROLL: gl.constexpr, COPIES: gl.constexpr):
-        # cp.async of block ``block`` (UNROLL steps) of the buffers numbered in COPIES (u, delta or
-        # its low-rank rows, [B | C], z, the low-rank rows' tail) into their stage; ``srcs`` point
-        # at block 0, ``strides`` are their token strides
-        for n in gl.static_range(len(COPIES)):
-            dst = bufs[COPIES[n]].index(block % STAGES)
-            async_copy.async_copy_global_to_shared(dst, srcs[COPIES[n]] + block * (UNROLL * strides[COPIES[n]]))
-
-    @gluon.jit
-    def _rows_ptrs(
-        base, S_T: gl.constexpr, col0: gl.constexpr, ROWS: gl.constexpr, COLS: gl.constexpr, L: gl.constexpr
-    ):
-        # Pointers [ROWS, COLS] (layout L) at base + t * S_T + col0 + c: a block of token rows' columns
-        t = gl.arange(0, ROWS, layout=gl.SliceLayout(1, L))
-        c = gl.arange(0, COLS, layout=gl.SliceLayout(0, L))
-        return base + gl.expand_dims(t, 1) * S_T + col0 + gl.expand_dims(c, 0)
-
-    @gluon.jit
-    def _load_dt_weight(
-        w_ptr, pid_d, rank, col0: gl.constexpr, COLS: gl.constexpr, BLOCK_D: gl.constexpr, L: gl.constexpr
-    ):
-        # dt_proj's weight (channels, rank) row-major: columns col0 .. col0 + COLS of the program's
-        # BLOCK_D channels, transposed to [COLS, BLOCK_D] in layout L (a dot operand)
-        k = gl.arange(0, COLS, layout=gl.SliceLayout(1, L))
-        d = pid_d * BLOCK_D + gl.arange(0, BLOCK_D, layout=gl.SliceLayout(0, L))
-        return gl.load(w_ptr + gl.expand_dims(d, 0) * rank + col0 + gl.expand_dims(k, 1))
-
-    @gluon.jit
-    def _project_block(
-        rh_s,
-        rl_s,
-        dt_s,
-        w_dt,
-        stage,
-        UNROLL: gl.constexpr,
-        BLOCK_D: gl.constexpr,
-        R_LO: gl.constexpr,
-        MMA: gl.constexpr,
-    ):
-        # delta [UNROLL, BLOCK_D] = rows [UNROLL, R] @ w [R, BLOCK_D] in float32 on the tensor cores
-        # (mma.sync), rounded to delta's dtype as F.linear's output is, into dt_s's stage
-        A_L: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
-        acc = gl.zeros([UNROLL, BLOCK_D], gl.float32, layout=MMA)
-        acc = mma_v2(rh_s.index(stage).load(A_L), w_dt[0], acc)
-        if R_LO > 0:
-            acc = mma_v2(rl_s.index(stage).load(A_L), w_dt[1], acc)
-        dt_s.index(stage).store(acc.to(dt_s.dtype))
-        gl.thread_barrier()  # every step of the block reads every lane's delta
+    def _issue_block(bufs, srcs, strides, block, STAGES: gl.constexpr, UNROLL: gl.constexpr, HAS_Z: gl.constexpr):
+        # cp.async of block ``block`` (UNROLL steps) of u, delta, [B | C] and z into their stage's
+        # buffers; ``srcs`` point at block 0, ``strides`` are their token strides
+        for n in gl.static_range(4 if HAS_Z else 3):
+            dst = bufs[n].index(block % STAGES)
+            async_copy.async_copy_global_to_shared(dst, srcs[n] + block * (UNROLL * strides[n]))
 
     @gluon.jit
     def _selective_scan_gluon_kernel(
@@ -344,11 +270,8 @@ if gluon is not None:
         z_ptr,
         dtb_ptr,
         out_ptr,
-        w_dt_ptr,
-        dtt_ptr,
         n_tokens,
         channels,
-        rank,
         s_u_b,
         s_dt_b,
         s_b_b,
@@ -377,10 +300,6 @@ if gluon is not None:
         STAGES: gl.constexpr = 0,  # > 0: blocks come through shared memory, STAGES - 1 ahead
         COPY_D: gl.constexpr = None,  # layout of a [UNROLL, BLOCK_D] block's cp.async
         COPY_BC: gl.constexpr = None,  # layout of a [UNROLL, 2 * D_STATE] block's cp.async
-        DT_RANK: gl.constexpr = (0, 0),  # (R_HI, R_LO), R_HI > 0: delta formed in the scan from rank-R rows
-        COPY_RH: gl.constexpr = None,  # layouts of the [UNROLL, R_HI] and [UNROLL, R_LO] rows' cp.async
-        COPY_RL: gl.constexpr = None,
-        MMA: gl.constexpr = None,  # of delta's [UNROLL, BLOCK_D] block on the tensor cores
     ):
         pid_d = gl.program_id(0)
         pid_b = gl.program_id(1).to(gl.int64)
@@ -409,14 +328,6 @@ if gluon is not None:
 
         h = gl.zeros([D_STATE, BLOCK_D], gl.float32, layout=LAYOUT)
         chan = (a2, dskip, dt_bias, mask_d)
-        if DT_RANK[0] > 0:  # dt_proj's weight slices, held in registers as dot operands
-            B_L: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=MMA, k_width=2)
-            w_hi = _load_dt_weight(w_dt_ptr, pid_d, rank, 0, DT_RANK[0], BLOCK_D, B_L)
-            w_dt = (w_hi, w_hi)
-            if DT_RANK[1] > 0:
-                w_dt = (w_hi, _load_dt_weight(w_dt_ptr, pid_d, rank, DT_RANK[0], DT_RANK[1], BLOCK_D, B_L))
-        else:
-            w_dt = (a2, a2)
         STEP_FLAGS: gl.constexpr = (HAS_D, HAS_Z, HAS_DT_BIAS, SOFTPLUS, EVEN_D, EXP2_PTX, EXP2_CONSTRAINTS, EXP2_PACK)
         n_full = n_tokens - n_tokens % UNROLL
         rows = (u_row, dt_row, b_row, c_row, z_row)
@@ -432,7 +343,6 @@ if gluon is not None:
                 pid_d,
                 n_full // UNROLL,
                 chan,
-                w_dt,
                 S_U_T,
                 S_DT_T,
                 S_B_T,
@@ -447,10 +357,6 @@ if gluon is not None:
                 STAGES,
                 HAS_Z,
                 STEP_FLAGS,
-                DT_RANK,
-                COPY_RH,
-                COPY_RL,
-                MMA,
             )
         else:
             if PREFETCH:  # the first block (unused when n_tokens < UNROLL)
@@ -464,14 +370,10 @@ if gluon is not None:
                     cur = _load_block(*rows, t0, 0, mask_d, *strides, UNROLL, HAS_Z, EVEN_D, False)
                 for k in gl.static_range(UNROLL):
                     h = _scan_step(h, cur[k], o_row + (t0 + k) * S_O_T, chan, STEP_FLAGS)
-        if DT_RANK[0] > 0:  # the tail's delta, formed by the caller: (batch, n_tokens % UNROLL, channels)
-            dt_tail, t_tail, s_tail = dtt_ptr + pid_b * (n_tokens - n_full) * channels + offs_d, n_full, channels
-        else:
-            dt_tail, t_tail, s_tail = dt_row, 0, S_DT_T
         for t in range(n_full, n_tokens):  # the last n_tokens % UNROLL steps
             step = _load_step(
                 u_row + t * S_U_T,
-                dt_tail + (t - t_tail) * s_tail,
+                dt_row + t * S_DT_T,
                 b_row + t * S_B_T,
                 c_row + t * S_C_T,
                 z_row + t * S_Z_T,
@@ -551,7 +453,6 @@ def selective_scan_gluon(
     delta_softplus: bool = False,
     config: tuple | None = None,
     fma_exps: int = 1,
-    delta_proj: Tensor | None = None,
 ) -> Tensor:
     """Selective scan on a CUDA device through the Gluon kernel.
 
@@ -570,14 +471,6 @@ def selective_scan_gluon(
         pipe instead of the special-function unit (:mod:`reprflow.kernels.exp2_ptx`; 0..16, rounded
         down where a lane holds fewer than 16 states). 1, the default, measured fastest on an H100;
         0 puts every decay on the special-function unit. Same float32 accuracy either way.
-    delta_proj : Tensor of shape (channels, rank), optional
-        Mamba-1's ``dt_proj`` weight. When given, ``delta`` is its low-rank input, of shape
-        (batch, n_tokens, rank), and the scan forms ``delta @ delta_proj.T`` itself, block by
-        block on the tensor cores (float32 accumulation rounded to ``delta``'s dtype, as
-        ``F.linear``'s output is), so the full-width delta is never written to memory. Where
-        the fused form does not apply (float32 inputs, a rank that is not a power of two or
-        the sum of two, a configuration without shared-memory stages or ``unroll`` not a
-        multiple of 16) the delta is formed by ``F.linear`` first: the same values either way.
 
     Returns
     -------
@@ -586,24 +479,10 @@ def selective_scan_gluon(
     """
     if gluon is None:
         raise RuntimeError("selective_scan_gluon needs Triton's Gluon (Triton >= 3.5); use selective_scan_triton")
+    _check_shapes(u, delta, A, B, C, D, z, delta_bias)
     batch, n_tokens, channels = u.shape
-    lanes, nw, un, pf, st = GluonScanConfig(*config) if config is not None else default_gluon_config(channels, batch)
-    dt_proj = {}
-    if delta_proj is not None:
-        if (
-            delta_proj.dim() != 2
-            or delta_proj.shape[0] != channels
-            or delta.shape != (batch, n_tokens, delta_proj.shape[1])
-        ):
-            raise ValueError(
-                f"selective_scan_gluon: delta_proj must be (channels={channels}, rank) and delta (batch, n_tokens, "
-                f"rank); got {tuple(delta_proj.shape)} and {tuple(delta.shape)}"
-            )
-        dt_proj = _fused_delta_layouts(u, delta, delta_proj, nw, un, st)
-        if not dt_proj:
-            delta = torch.nn.functional.linear(delta, delta_proj)
-    _check_shapes(u, u if dt_proj else delta, A, B, C, D, z, delta_bias)
     d_state = A.shape[1]
+    lanes, nw, un, pf, st = GluonScanConfig(*config) if config is not None else default_gluon_config(channels, batch)
     if d_state & (d_state - 1) or lanes & (lanes - 1) or not 1 <= lanes <= min(d_state, 32):
         raise ValueError(
             f"selective_scan_gluon: d_state ({d_state}) and lanes_per_channel ({lanes}) must be powers of "
@@ -638,12 +517,6 @@ def selective_scan_gluon(
         }
     if None in copy_layouts.values() or not copy_layouts:
         st, copy_layouts = 0, {}
-    if dt_proj and not copy_layouts:
-        raise ValueError("selective_scan_gluon: delta_proj's fused form needs whole channel blocks and one dtype")
-    n_tail = n_tokens % un
-    tail = (
-        torch.nn.functional.linear(delta[:, n_tokens - n_tail :], delta_proj).contiguous() if dt_proj and n_tail else a2
-    )
     grid = (triton.cdiv(channels, block_d), batch)
     _selective_scan_gluon_kernel[grid](
         u,
@@ -655,11 +528,8 @@ def selective_scan_gluon(
         zz,
         delta_bias.float().contiguous() if delta_bias is not None else a2,
         out,
-        delta_proj.contiguous() if dt_proj else a2,
-        tail,
         n_tokens,
         channels,
-        delta.shape[-1] if dt_proj else 0,
         u.stride(0),
         delta.stride(0),
         B.stride(0),
@@ -687,42 +557,6 @@ def selective_scan_gluon(
         EXP2_PACK=pack,
         STAGES=st,
         **copy_layouts,
-        **(dt_proj or {"DT_RANK": (0, 0)}),
         num_warps=nw,
     )
     return out
-
-
-def _fused_delta_layouts(u: Tensor, delta: Tensor, weight: Tensor, num_warps: int, unroll: int, stages: int) -> dict:
-    """The kernel's ``DT_RANK``, ``COPY_RH``, ``COPY_RL`` and ``MMA`` for the fused ``delta @ weight.T``, or ``{}`` where it does not apply.
-
-    The rank is split as ``R_HI + R_LO`` (Gluon tensors have power-of-two sizes; Mamba's
-    ``ceil(d_model / 16)`` ranks are: 160 = 128 + 32, 48 = 32 + 16, 64 = 64 + 0); each part is a
-    K of ``mma.sync`` (m16n8k16, bf16 or fp16 in, float32 accumulated), so both are multiples of 16,
-    and so is ``unroll`` (the M; each warp forms its own 32 / lanes_per_channel channels, the N). The low-rank rows come by ``cp.async`` (16-byte
-    aligned rows).
-    """
-    rank = delta.shape[-1]
-    r_hi = 1 << (rank.bit_length() - 1) if rank > 0 else 0
-    r_lo = rank - r_hi
-    dtypes = {u.dtype, delta.dtype, weight.dtype}
-    if (
-        len(dtypes) != 1
-        or u.dtype not in (torch.bfloat16, torch.float16)
-        or r_hi < 16
-        or r_lo & (r_lo - 1)
-        or 0 < r_lo < 16
-        or stages < 2
-        or unroll % 16
-        or delta.stride(-1) != 1
-        or (delta.stride(1) * delta.element_size()) % 16
-        or (delta.stride(0) * delta.element_size()) % 16
-        or delta.data_ptr() % 16
-    ):
-        return {}
-    copy_hi = _copy_layout(unroll, r_hi, delta.element_size(), num_warps)
-    copy_lo = _copy_layout(unroll, r_lo or 8, delta.element_size(), num_warps)
-    if copy_hi is None or copy_lo is None:
-        return {}
-    mma = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, num_warps], instr_shape=[16, 8])
-    return {"DT_RANK": (r_hi, r_lo), "COPY_RH": copy_hi, "COPY_RL": copy_lo, "MMA": mma}
