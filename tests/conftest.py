@@ -6,6 +6,7 @@ Used by tests/workflow (CLI, dry runs) and tests/cluster (SLURM profile, DVC rou
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -78,15 +79,66 @@ def terminate_snakemake(proc: subprocess.Popen, timeout: float = 120) -> None:
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(items) -> None:
-    """The SLURM tests (marker ``slurm``) first, everything else in its collected order.
+    """The demo (marker ``demo``) first, then the SLURM tests (marker ``slurm``), everything else
+    in its collected order.
 
-    Every start of the snakemake CLI imports snakemake-executor-plugin-slurm, which asks
-    ``scontrol show config`` at import: where a SLURM config exists but no controller answers
-    (a machine whose local cluster a previous session took down again), that waits ~9 s, per
-    snakemake start. The local cluster, once up (tests/cluster/conftest.py, session scope), stays
-    up until the session ends, so the dozens of snakemake runs after the SLURM tests start at
-    once. A stable sort: a module's tests stay together, and in order."""
-    items.sort(key=lambda item: item.get_closest_marker("slurm") is None)
+    The demo is the longest single unit (one module-scoped snakemake run, minutes on 2 cores):
+    started first, the other tests fill the second worker beside it (``scripts/test.sh`` runs
+    pytest-xdist with ``--dist loadscope --no-loadscope-reorder``: a module per worker at a time,
+    in this order). Every start of the snakemake CLI imports snakemake-executor-plugin-slurm,
+    which asks ``scontrol show config`` at import: where a SLURM config exists but no controller
+    answers (a machine whose local cluster a previous session took down again), that waits ~9 s,
+    per snakemake start. The local cluster, once up (tests/cluster/conftest.py), stays up until the
+    run ends, so the dozens of snakemake runs after the SLURM tests start at once. A stable sort: a
+    module's tests stay together, and in order."""
+    items.sort(key=lambda item: (item.get_closest_marker("demo") is None, item.get_closest_marker("slurm") is None))
+
+
+SLURM_UP_FLAG = "REPRFLOW_SLURM_UP_FLAG"
+"""Under pytest-xdist: the path of a file the worker that brings the local SLURM cluster up writes
+(tests/cluster/conftest.py), so that the controller takes the cluster down after the last worker
+has finished, not when that one worker's session ends while another still starts snakemake."""
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session) -> None:
+    """On pytest-xdist's controller, before its workers start: name the SLURM flag file for them."""
+    if session.config.pluginmanager.has_plugin("dsession"):
+        os.environ[SLURM_UP_FLAG] = str(Path(tempfile.mkdtemp(prefix="reprflow-slurm-")) / "up")
+
+
+def pytest_sessionfinish(session) -> None:
+    """On pytest-xdist's controller, after every worker: take down the SLURM cluster a worker left up."""
+    flag = os.environ.get(SLURM_UP_FLAG)
+    if session.config.pluginmanager.has_plugin("dsession") and flag and Path(flag).exists():
+        _slurm_down(Path(Path(flag).read_text().strip()))
+
+
+def _slurm_down(log: Path) -> None:
+    """``scripts/slurm-local.sh down``, its output appended to ``log``."""
+    with open(log, "a") as fh:
+        subprocess.run(
+            ["bash", str(PROJECT_ROOT / "scripts" / "slurm-local.sh"), "down"],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            timeout=120,
+        )
+
+
+@pytest.fixture(scope="session")
+def release_slurm():
+    """``release_slurm(log)``: at the end of the session that brought the local SLURM cluster up,
+    take it down; on a pytest-xdist worker leave it up and name ``log`` in the flag file, so that
+    the controller takes it down after the last worker (:func:`pytest_sessionfinish`)."""
+
+    def release(log: Path) -> None:
+        flag = os.environ.get(SLURM_UP_FLAG) if os.environ.get("PYTEST_XDIST_WORKER") else None
+        if flag:
+            Path(flag).write_text(str(log))
+        else:
+            _slurm_down(log)
+
+    return release
 
 
 @pytest.fixture()

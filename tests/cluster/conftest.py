@@ -41,8 +41,9 @@ def _skip_or_fail(reason: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def slurm_cluster(tmp_path_factory):
-    """Bring a local SLURM cluster (with accounting) up for the session; down at the end."""
+def slurm_cluster(tmp_path_factory, release_slurm):
+    """Bring a local SLURM cluster (with accounting) up for the session; down at the end (of the
+    whole run under pytest-xdist)."""
     reason = slurm_unavailable()
     if reason:
         _skip_or_fail(reason)
@@ -58,8 +59,7 @@ def slurm_cluster(tmp_path_factory):
         yield
     finally:
         if os.environ.get("REPRFLOW_KEEP_SLURM") != "1":
-            with open(log, "a") as fh:
-                subprocess.run(["bash", str(SLURM_LOCAL), "down"], stdout=fh, stderr=subprocess.STDOUT, timeout=120)
+            release_slurm(log)  # down now, or (pytest-xdist) after the last worker
 
 
 def reduced_config(

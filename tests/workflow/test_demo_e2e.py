@@ -19,7 +19,7 @@ from reprflow.pipeline.tables import VALUE_COLUMNS
 from reprflow.workflow import disk
 from reprflow.workflow.targets import cells, figure_files
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.demo]
 
 DEMO = load_config(PROJECT_ROOT / "config" / "demo.yaml")
 OUT = DEMO.out_dir  # runs/demo: every product of the demo lives under it
