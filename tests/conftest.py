@@ -4,6 +4,7 @@ Used by tests/workflow (CLI, dry runs) and tests/cluster (SLURM profile, DVC rou
 """
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -110,8 +111,11 @@ def pytest_sessionstart(session) -> None:
 def pytest_sessionfinish(session) -> None:
     """On pytest-xdist's controller, after every worker: take down the SLURM cluster a worker left up."""
     flag = os.environ.get(SLURM_UP_FLAG)
-    if session.config.pluginmanager.has_plugin("dsession") and flag and Path(flag).exists():
+    if not (session.config.pluginmanager.has_plugin("dsession") and flag):
+        return
+    if Path(flag).exists():
         _slurm_down(Path(Path(flag).read_text().strip()))
+    shutil.rmtree(Path(flag).parent, ignore_errors=True)
 
 
 def _slurm_down(log: Path) -> None:
