@@ -1,5 +1,6 @@
 """reprflow.devices: device names and GPU claims of concurrent jobs."""
 
+import select
 import subprocess
 import sys
 import textwrap
@@ -20,9 +21,15 @@ _HOLDER = textwrap.dedent(
     if startup_s:  # a job's start-up (prompts, tokenizer) with its place in the queue taken
         queue_for_gpu(priority, lock_dir=lock_dir)
         print("queued", flush=True)
-        time.sleep(startup_s)
+        if startup_s < 0:  # until told (a line)
+            sys.stdin.readline()
+        else:
+            time.sleep(startup_s)
     print(claim_gpu(n, lock_dir=lock_dir, poll_s=0.05, priority=priority), flush=True)
-    time.sleep(hold_s)
+    if hold_s < 0:  # until told (a line)
+        sys.stdin.readline()
+    else:
+        time.sleep(hold_s)
     if sys.argv[6:] == ["release"]:
         release_gpu(lock_dir=lock_dir)
         print("released", flush=True)
@@ -32,11 +39,26 @@ _HOLDER = textwrap.dedent(
 
 
 def _spawn(lock_dir, n, hold_s, priority=0.0, startup_s=0.0, *extra):
+    """A job claiming one of ``n`` GPUs: it queues and starts up for ``startup_s`` (if nonzero),
+    claims, holds for ``hold_s``; a negative duration lasts until a line arrives on its stdin
+    (:func:`_tell`), so a test orders the steps of several jobs without racing their timers."""
     return subprocess.Popen(
         [sys.executable, "-c", _HOLDER, str(lock_dir), str(n), str(hold_s), str(priority), str(startup_s), *extra],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
+
+
+def _tell(proc) -> None:
+    """End the job's current wait-until-told step (start-up or hold)."""
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+
+
+def _silent_for(proc, seconds: float) -> bool:
+    """Whether ``proc`` prints nothing for ``seconds``."""
+    return not select.select([proc.stdout], [], [], seconds)[0]
 
 
 def _waiting(lock_dir, count, timeout=60.0):
@@ -96,20 +118,25 @@ def test_waiting_jobs_take_a_freed_gpu_highest_priority_first(tmp_path):
 
 
 def test_a_queued_job_keeps_its_place_during_its_start_up(tmp_path):
-    """Two GPUs, one held. A long job queues (priority 5) and starts up for 2 s; a short job
-    (priority 1) asks meanwhile: it may not take the free GPU, which is left to the long job;
-    it gets the other when the holder releases it (release_gpu, the holder still alive)."""
-    holder = _spawn(tmp_path, 2, 4, 0, 0, "release")
+    """Two GPUs, one held. A long job queues (priority 5) and starts up; a short job (priority 1)
+    asks meanwhile: it may not take the free GPU, which is left to the long job; it gets the
+    other when the holder releases it (release_gpu, the holder still alive). Each step waits for
+    the test's word, not for a timer, so a loaded machine cannot reorder them."""
+    holder = _spawn(tmp_path, 2, -1, 0, 0, "release")
     assert holder.stdout.readline().strip() == "0"
-    long_job = _spawn(tmp_path, 2, 60, 5, 2)
+    long_job = _spawn(tmp_path, 2, 60, 5, -1)
     assert long_job.stdout.readline().strip() == "queued"
     short_job = _spawn(tmp_path, 2, 0, 1)
     try:
-        assert long_job.stdout.readline().strip() == "1"  # after its start-up, the free GPU
-        start = time.monotonic()
-        assert short_job.stdout.readline().strip() == "0"  # only when the holder released GPU 0
+        _waiting(tmp_path, 2)  # the long job's place, the short job's wait
+        assert _silent_for(short_job, 2.0), "the short job took the GPU kept for the long job"
+        _tell(long_job)  # its start-up ends
+        assert long_job.stdout.readline().strip() == "1"  # the free GPU, kept for it
+        assert _silent_for(short_job, 0.5), "the short job took a GPU while both were held"
+        _tell(holder)  # release_gpu
         assert holder.stdout.readline().strip() == "released"
-        assert holder.poll() is None and time.monotonic() - start < 30
+        assert short_job.stdout.readline().strip() == "0"  # the GPU the holder released
+        assert holder.poll() is None
     finally:
         _stop(holder, long_job, short_job)
 
