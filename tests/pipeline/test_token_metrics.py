@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 import zarr
+from zarr.codecs import Crc32cCodec
 
 from reprflow import __version__
 from reprflow.errors import StoreError
@@ -51,7 +52,18 @@ def _write_store(path: Path, *, tokens: np.ndarray | None = None, complete: bool
         "lengths": (LENGTHS.astype(np.int64), ("n_prompts",)),
     }
     for name, (data, dims) in arrays.items():
-        group.create_array(name, data=data, dimension_names=dims)
+        # as the writer: a state per chunk of last, a state and prompt per chunk of tokens
+        chunks = {"last": (1, *data.shape[1:]), "tokens": (1, 1, *data.shape[2:])}.get(name, data.shape)
+        array = group.create_array(  # checksummed, every chunk written: as the writer
+            name,
+            shape=data.shape,
+            dtype=data.dtype,
+            chunks=chunks,
+            dimension_names=dims,
+            compressors=[Crc32cCodec()],
+            config={"write_empty_chunks": True},
+        )
+        array[...] = data
     group.attrs.update(
         {
             "model": "tiny",
