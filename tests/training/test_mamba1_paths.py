@@ -27,7 +27,7 @@ def _loss_and_grads(model, x, device):
     loss = _loss(model, x, device)
     loss.backward()
     grads = {n: p.grad.float().clone() for n, p in model.named_parameters() if p.grad is not None}
-    return float(loss), grads
+    return loss.item(), grads
 
 
 @pytest.mark.parametrize("device_name", DEVICES)
