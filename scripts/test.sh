@@ -9,6 +9,8 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 # ~1,300 tests, mostly one core each, beside it on the other (tests/conftest.py orders them).
 # Where a GPU is visible the default is 0: the GPU tests time kernels against each other
 # (tests/kernels/test_select_gpu.py), which a second worker's kernels on the same GPU would disturb.
+# So is it for --pdb, --trace and -s / --capture=no, which need the tests in this process.
 workers=2
 if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then workers=0; fi
+for arg in "$@"; do case $arg in --pdb | --trace | -s | --capture=no) workers=0 ;; esac; done
 exec .venv/bin/python -m pytest -n "${REPRFLOW_TEST_WORKERS:-$workers}" --dist loadscope --no-loadscope-reorder "$@"
