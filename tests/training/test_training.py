@@ -114,7 +114,7 @@ def test_gpt_neo_trains_through_sdpa_with_eagers_loss_and_gradients(device):
     loss = _loss(fast, x, cpu)
     loss.backward()
     bf16 = cpu.type == "cuda"
-    assert float(loss) == pytest.approx(float(ref), rel=2e-2 if bf16 else 1e-5)
+    assert loss.item() == pytest.approx(ref.item(), rel=2e-2 if bf16 else 1e-5)
     for (name, p_ref), (_, p) in zip(eager.named_parameters(), fast.named_parameters()):
         if bf16:  # relative error of the whole gradient, bf16 matmuls on both sides
             assert float((p.grad - p_ref.grad).norm() / p_ref.grad.norm().clamp_min(1e-12)) < 5e-2, name
