@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,13 +11,16 @@ import pandas as pd
 import pytest
 import torch
 import zarr
-from zarr.codecs import Crc32cCodec
 
 from reprflow import __version__
 from reprflow.errors import ConfigError, PromptError, StoreError
 from reprflow.pipeline.probe_stage import CSV_COLUMNS, run_probe_stage
 from reprflow.probes import fit_layer_probes, grouped_stratified_split
 from reprflow.prompts import read_manifest, write_prompt_set
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/pipeline/contract_store.py
+from contract_store import write_contract_arrays  # noqa: E402
+
 
 L, HIDDEN, N_SAMPLES, N_CLASSES = 4, 12, 240, 4
 STATE_NAMES = ["embed", *[f"block_{i}" for i in range(1, L + 1)], "final_norm"]  # K_all = 6
@@ -43,27 +47,14 @@ def _write_store(path: Path, *, complete: bool = True, nan: bool = False, **attr
     last = last.astype(np.float16)
     if nan:
         last[3, 10, 1] = np.nan
-    group = zarr.create_group(store=str(path), zarr_format=3)
     arrays = {
-        "last": (last, ("n_states", "n_samples", "hidden")),
-        "labels": (labels, ("n_samples",)),
-        "n_tokens": (np.full(N_SAMPLES, 20, dtype=np.int64), ("n_samples",)),
-        "tokens": (np.zeros((k_all, 2, 20, HIDDEN), np.float16), ("n_states", "n_prompts", "n_tokens", "hidden")),
-        "lengths": (np.array([20, 20], dtype=np.int64), ("n_prompts",)),
+        "last": last,
+        "labels": labels,
+        "n_tokens": np.full(N_SAMPLES, 20, dtype=np.int64),
+        "tokens": np.zeros((k_all, 2, 20, HIDDEN), np.float16),
+        "lengths": np.array([20, 20], dtype=np.int64),
     }
-    for name, (data, dims) in arrays.items():
-        # as the writer: a state per chunk of last, a state and prompt per chunk of tokens
-        chunks = {"last": (1, *data.shape[1:]), "tokens": (1, 1, *data.shape[2:])}.get(name, data.shape)
-        array = group.create_array(  # checksummed, every chunk written: as the writer
-            name,
-            shape=data.shape,
-            dtype=data.dtype,
-            chunks=chunks,
-            dimension_names=dims,
-            compressors=[Crc32cCodec()],
-            config={"write_empty_chunks": True},
-        )
-        array[...] = data
+    group = write_contract_arrays(path, arrays)
     group.attrs.update(
         {
             "model": "tiny",

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-import zarr
-from zarr.codecs import Crc32cCodec
 
 from reprflow import __version__
 from reprflow.errors import StoreError
@@ -25,6 +24,10 @@ from reprflow.metrics import (
     stability_scale_free,
 )
 from reprflow.pipeline.token_metrics import compute_token_metrics
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/pipeline/contract_store.py
+from contract_store import write_contract_arrays  # noqa: E402
+
 
 L, HIDDEN, N_SAMPLES = 4, 8, 5
 STATE_NAMES = ["embed", *[f"block_{i}" for i in range(1, L + 1)], "final_norm"]  # K_all = 6
@@ -43,27 +46,14 @@ def _write_store(path: Path, *, tokens: np.ndarray | None = None, complete: bool
         tokens = walk.astype(np.float16)
         for i, n in enumerate(LENGTHS):
             tokens[:, i, n:] = 0.0  # zero padding past the real length, as the writer does
-    group = zarr.create_group(store=str(path), zarr_format=3)
     arrays = {
-        "last": (rng.normal(size=(k_all, N_SAMPLES, HIDDEN)).astype(np.float16), ("n_states", "n_samples", "hidden")),
-        "labels": (np.arange(N_SAMPLES, dtype=np.int64) % 3, ("n_samples",)),
-        "n_tokens": (np.full(N_SAMPLES, 20, dtype=np.int64), ("n_samples",)),
-        "tokens": (tokens, ("n_states", "n_prompts", "n_tokens", "hidden")),
-        "lengths": (LENGTHS.astype(np.int64), ("n_prompts",)),
+        "last": rng.normal(size=(k_all, N_SAMPLES, HIDDEN)).astype(np.float16),
+        "labels": np.arange(N_SAMPLES, dtype=np.int64) % 3,
+        "n_tokens": np.full(N_SAMPLES, 20, dtype=np.int64),
+        "tokens": tokens,
+        "lengths": LENGTHS.astype(np.int64),
     }
-    for name, (data, dims) in arrays.items():
-        # as the writer: a state per chunk of last, a state and prompt per chunk of tokens
-        chunks = {"last": (1, *data.shape[1:]), "tokens": (1, 1, *data.shape[2:])}.get(name, data.shape)
-        array = group.create_array(  # checksummed, every chunk written: as the writer
-            name,
-            shape=data.shape,
-            dtype=data.dtype,
-            chunks=chunks,
-            dimension_names=dims,
-            compressors=[Crc32cCodec()],
-            config={"write_empty_chunks": True},
-        )
-        array[...] = data
+    group = write_contract_arrays(path, arrays)
     group.attrs.update(
         {
             "model": "tiny",
