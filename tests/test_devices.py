@@ -18,18 +18,14 @@ _HOLDER = textwrap.dedent(
     import sys, time
     from reprflow.devices import claim_gpu, queue_for_gpu, release_gpu
     lock_dir, n, hold_s, priority, startup_s = sys.argv[1], int(sys.argv[2]), *map(float, sys.argv[3:6])
+    def wait(seconds):  # < 0: until told (a line on stdin)
+        sys.stdin.readline() if seconds < 0 else time.sleep(seconds)
     if startup_s:  # a job's start-up (prompts, tokenizer) with its place in the queue taken
         queue_for_gpu(priority, lock_dir=lock_dir)
         print("queued", flush=True)
-        if startup_s < 0:  # until told (a line)
-            sys.stdin.readline()
-        else:
-            time.sleep(startup_s)
+        wait(startup_s)
     print(claim_gpu(n, lock_dir=lock_dir, poll_s=0.05, priority=priority), flush=True)
-    if hold_s < 0:  # until told (a line)
-        sys.stdin.readline()
-    else:
-        time.sleep(hold_s)
+    wait(hold_s)
     if sys.argv[6:] == ["release"]:
         release_gpu(lock_dir=lock_dir)
         print("released", flush=True)
