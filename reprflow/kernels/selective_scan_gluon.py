@@ -132,7 +132,7 @@ if gluon is not None:
         return block
 
     @gluon.jit
-    def _scan_step(h, step, o_t, chan, FLAGS: gl.constexpr, ODD: gl.constexpr = False, GATED: gl.constexpr = False):
+    def _scan_step(h, step, o_t, chan, FLAGS: gl.constexpr):
         # h [D_STATE, BLOCK_D] float32 -> updated h; y [BLOCK_D] stored at o_t. chan: the program's
         # per-channel tensors (a2, dskip, dt_bias, mask_d); FLAGS: (HAS_D, HAS_Z, HAS_DT_BIAS,
         # SOFTPLUS, EVEN_D, EXP2_PTX, EXP2_CONSTRAINTS, EXP2_PACK), the decays by EXP2_PTX
@@ -143,7 +143,7 @@ if gluon is not None:
         HAS_DT_BIAS: gl.constexpr = FLAGS[2]
         SOFTPLUS: gl.constexpr = FLAGS[3]
         EVEN_D: gl.constexpr = FLAGS[4]
-        EXP2_PTX: gl.constexpr = FLAGS[9] if ODD else FLAGS[5]
+        EXP2_PTX: gl.constexpr = FLAGS[5]
         EXP2_CONSTRAINTS: gl.constexpr = FLAGS[6]
         EXP2_PACK: gl.constexpr = FLAGS[7]
         u, dt, b, c, z = step
@@ -161,16 +161,7 @@ if gluon is not None:
         if HAS_D:
             y = y + dskip * u
         if HAS_Z:
-            zf = z.to(gl.float32)
-            if GATED:  # z is the gate itself, formed by the caller
-                y = y * zf
-            elif FLAGS[8]:  # div.approx: the same 2 ulp, no range check (0 where 1 + e > 2**126, z < -87.3)
-                e = gl.exp2(zf * -1.4426950408889634)
-                y = y * gl.inline_asm_elementwise(
-                    "div.approx.ftz.f32 $0, $1, $2;", "=f,f,f", [zf, 1.0 + e], dtype=gl.float32, is_pure=True, pack=1
-                )
-            else:
-                y = y * _silu(zf)
+            y = y * _silu(z.to(gl.float32))
         if EVEN_D:
             gl.store(o_t, y.to(o_t.dtype.element_ty))
         else:
@@ -241,7 +232,6 @@ if gluon is not None:
             z_r = z_s._reinterpret(z_s.dtype, [STAGES * UNROLL, BLOCK_D], rows_l)
         chan_l: gl.constexpr = gl.SliceLayout(0, LAYOUT)
         state_l: gl.constexpr = gl.SliceLayout(1, LAYOUT)
-        PAIR: gl.constexpr = STEP_FLAGS[8] == 2 and HAS_Z and UNROLL % 2 == 0
         for i in range(n_blocks):
             async_copy.wait_group(STAGES - 2)  # this thread's copies of block i have landed
             gl.thread_barrier()  # everyone's have; and block i - 1's stage is read by all warps
@@ -257,29 +247,9 @@ if gluon is not None:
                 b = bc_row.slice(0, D_STATE).load(state_l)
                 c = bc_row.slice(D_STATE, D_STATE).load(state_l)
                 z = z_r.index(r0 + k).load(chan_l) if HAS_Z else u
-                if PAIR:  # the gates of steps k, k + 1 with one reciprocal
-                    if k % 2 == 0:
-                        z, z_next = _gate_pair(z, z_r.index(r0 + k + 1).load(chan_l))
-                    else:
-                        z = z_next
-                h = _scan_step(
-                    h, (u, dt, b, c, z), o_row + (i * UNROLL + k) * S_O_T, chan, STEP_FLAGS, k % 2 == 1, PAIR
-                )
+                h = _scan_step(h, (u, dt, b, c, z), o_row + (i * UNROLL + k) * S_O_T, chan, STEP_FLAGS)
         async_copy.wait_group(0)  # nothing left in flight when the buffers go
         return h
-
-    @gluon.jit
-    def _gate_pair(z0, z1):
-        # silu(z0), silu(z1) with two ex2 and one reciprocal: 1 / (d0 d1), d = 1 + 2**(-z log2 e)
-        # with the exponent capped at 63 so d0 d1 <= 2**126 (the gate is then below 5e-18 |z|)
-        z0 = z0.to(gl.float32)
-        z1 = z1.to(gl.float32)
-        d0 = 1.0 + gl.exp2(gl.minimum(z0 * -1.4426950408889634, 63.0))
-        d1 = 1.0 + gl.exp2(gl.minimum(z1 * -1.4426950408889634, 63.0))
-        r = gl.inline_asm_elementwise(
-            "rcp.approx.ftz.f32 $0, $1;", "=f,f", [d0 * d1], dtype=gl.float32, is_pure=True, pack=1
-        )
-        return z0 * (d1 * r), z1 * (d0 * r)
 
     @gluon.jit
     def _issue_block(bufs, srcs, strides, block, STAGES: gl.constexpr, UNROLL: gl.constexpr, HAS_Z: gl.constexpr):
@@ -327,8 +297,6 @@ if gluon is not None:
         EXP2_PTX: gl.constexpr,  # the decays' PTX block (exp2_ptx.exp2_ptx), EXP2_PACK values each
         EXP2_CONSTRAINTS: gl.constexpr,
         EXP2_PACK: gl.constexpr,
-        GATE_APPROX: gl.constexpr = False,
-        EXP2_PTX_ODD: gl.constexpr = "",  # the odd steps' block (another split), or "" for EXP2_PTX
         STAGES: gl.constexpr = 0,  # > 0: blocks come through shared memory, STAGES - 1 ahead
         COPY_D: gl.constexpr = None,  # layout of a [UNROLL, BLOCK_D] block's cp.async
         COPY_BC: gl.constexpr = None,  # layout of a [UNROLL, 2 * D_STATE] block's cp.async
@@ -360,18 +328,7 @@ if gluon is not None:
 
         h = gl.zeros([D_STATE, BLOCK_D], gl.float32, layout=LAYOUT)
         chan = (a2, dskip, dt_bias, mask_d)
-        STEP_FLAGS: gl.constexpr = (
-            HAS_D,
-            HAS_Z,
-            HAS_DT_BIAS,
-            SOFTPLUS,
-            EVEN_D,
-            EXP2_PTX,
-            EXP2_CONSTRAINTS,
-            EXP2_PACK,
-            GATE_APPROX,
-            EXP2_PTX_ODD if EXP2_PTX_ODD != "" else EXP2_PTX,
-        )
+        STEP_FLAGS: gl.constexpr = (HAS_D, HAS_Z, HAS_DT_BIAS, SOFTPLUS, EVEN_D, EXP2_PTX, EXP2_CONSTRAINTS, EXP2_PACK)
         n_full = n_tokens - n_tokens % UNROLL
         rows = (u_row, dt_row, b_row, c_row, z_row)
         strides = (S_U_T, S_DT_T, S_B_T, S_C_T, S_Z_T)
@@ -496,8 +453,6 @@ def selective_scan_gluon(
     delta_softplus: bool = False,
     config: tuple | None = None,
     fma_exps: int = 1,
-    gate_approx: bool | int = False,
-    fma_exps_odd: int | None = None,
 ) -> Tensor:
     """Selective scan on a CUDA device through the Gluon kernel.
 
@@ -600,10 +555,6 @@ def selective_scan_gluon(
         EXP2_PTX=exp2_ptx(pack, n_poly),
         EXP2_CONSTRAINTS=exp2_ptx_constraints(pack),
         EXP2_PACK=pack,
-        GATE_APPROX=int(gate_approx),
-        EXP2_PTX_ODD=exp2_ptx(pack, decay_exp2_split(d_state, lanes, fma_exps_odd)[1])
-        if fma_exps_odd is not None
-        else "",
         STAGES=st,
         **copy_layouts,
         num_warps=nw,
