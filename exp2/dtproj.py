@@ -185,7 +185,6 @@ def forward(cfg):
             "mamba",
             "--shapes",
             "2048x32",
-            "4096x16",
             "--batches",
             "3",
             "--gluon-configs",
