@@ -118,7 +118,7 @@ def gemm_tables():
             dt_raw, w, c
         )
     res = bench(fns)
-    rate = copy_bytes_per_s()
+    rate = copy_bytes_per_s("cuda")
     bound = 1e3 * (M * N * 2 + M * rank * 2) / rate
     print(
         f"{torch.cuda.get_device_name()} {time.strftime('%Y-%m-%d %H:%M %Z')}; dt_proj {M} x {rank} -> {N}; "
