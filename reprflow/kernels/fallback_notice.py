@@ -23,7 +23,12 @@ when torch sees a GPU. Other transformers messages pass untouched.
 A line waiting for the fast path's verdict is also decided by the first forward of a transformers
 Mamba / Mamba-2 mixer (a global forward pre-hook, held only while the line waits): a process that
 imports reprflow and then runs transformers' model itself, without ``prepare_model`` or
-``collect_states``, gets the line from what that forward runs on and whether its mixer is reprflow's.
+``collect_states``, gets the line from what that forward runs on and whether its mixer is reprflow's. Forwards inside
+:func:`layout_probe` (reprflow's own 3-token probe of a model's block outputs, which runs
+transformers' mixers while the model loads, before the fast path exists) decide nothing.
+
+No stored value depends on this module (it only logs): the workflow's lineage leaves it out
+(``reprflow.workflow.lineage.LOGGING_ONLY``), so editing it reruns no job.
 """
 
 from __future__ import annotations
@@ -31,8 +36,10 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-__all__ = ["HF_LOGGER", "install", "note_device", "note_model", "note_ssm_kernels"]
+__all__ = ["HF_LOGGER", "install", "layout_probe", "note_device", "note_model", "note_ssm_kernels"]
 
 HF_LOGGER = "transformers.integrations.hub_kernels"
 """The transformers logger that emits the per-function fallback warnings."""
@@ -44,7 +51,7 @@ _PATTERN = re.compile(
 _PACKAGES = ("mamba_ssm", "causal_conv1d")
 logger = logging.getLogger("reprflow.kernels")
 
-_state: dict = {"device": None, "said": False, "replaced": None, "pending": None, "hook": None}
+_state: dict = {"device": None, "said": False, "replaced": None, "pending": None, "hook": None, "probing": 0}
 
 #: transformers' SSM mixer classes, whose first forward decides a waiting line
 _MIXER_CLASSES = ("MambaMixer", "Mamba2Mixer")
@@ -75,11 +82,28 @@ def note_model(model) -> None:
         note_ssm_kernels(_ssm_forward_patched(model))
 
 
+@contextmanager
+def layout_probe() -> Iterator[None]:
+    """Within this context a transformers SSM mixer's forward decides no waiting line.
+
+    :func:`reprflow.models.discover.probe_block_output` runs a 3-token forward through
+    transformers' own mixers while a model loads, before :func:`reprflow.fastpath.prepare_model`
+    can route them to reprflow's kernels; transformers' fallback warning fires in its first mixer.
+    Without this the probe's next mixer decided the line, so every CUDA extraction of a Mamba
+    model warned of a slow path it never ran (found in a cell run on an H200, 2026-12-06).
+    """
+    _state["probing"] += 1
+    try:
+        yield
+    finally:
+        _state["probing"] -= 1
+
+
 def _first_mixer_forward(module, args) -> None:
     """Global forward pre-hook while a line waits: the first transformers SSM mixer to run decides it
     (its input's device; reprflow's kernels if :func:`~reprflow.kernels.mamba_mixers.patch_forward`
     routed it)."""
-    if type(module).__name__ not in _MIXER_CLASSES:
+    if _state["probing"] or type(module).__name__ not in _MIXER_CLASSES:
         return
     device = getattr(args[0], "device", None) if args else None
     if device is not None:

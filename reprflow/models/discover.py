@@ -30,6 +30,7 @@ from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
 from reprflow.errors import ReprflowError
+from reprflow.kernels.fallback_notice import layout_probe
 
 __all__ = ["discover_paths", "probe_block_output", "skeleton"]
 
@@ -200,7 +201,7 @@ def probe_block_output(model: nn.Module, layout) -> Literal["tuple", "tensor"] |
     was_training = base.training
     try:
         base.eval()
-        with torch.inference_mode():
+        with torch.inference_mode(), layout_probe():  # transformers' mixers here say nothing of later forwards
             base(input_ids=input_ids, use_cache=False)
     except Exception as exc:
         raise ReprflowError(

@@ -9,7 +9,8 @@ the data shipped inside the imported packages (e.g. ``reprflow/models/configs/``
 Modules that plan a run (in the Snakemake parent process; an extraction job reads its GPU
 priority from them too) and cannot change an output (:data:`PLANNING_ONLY`: the disk preflight,
 the context-window check and job priorities, the GPU-slot default) are left out, as
-config.execution is left out of the params, so editing them reruns nothing.
+config.execution is left out of the params, so editing them reruns nothing; so are the modules
+that only log (:data:`LOGGING_ONLY`: the SSM-kernel fallback notice).
 
 dvc.yaml is written by this module, so its deps never drift from the imports; a test
 fails when the file differs from what :func:`render` gives for the config it names::
@@ -43,7 +44,18 @@ from reprflow.config import PROJECT_ROOT, TOKENIZER_DIR, Config, load_config
 from reprflow.workflow import targets
 from reprflow.workflow.targets import PROBES, TOKEN_METRICS, cells, table_cells
 
-__all__ = ["STAGES", "Stage", "code_digest", "module_closure", "render", "script_code", "stage_code", "stages"]
+__all__ = [
+    "LOGGING_ONLY",
+    "PLANNING_ONLY",
+    "STAGES",
+    "Stage",
+    "code_digest",
+    "module_closure",
+    "render",
+    "script_code",
+    "stage_code",
+    "stages",
+]
 
 PACKAGE = "reprflow"
 WIRING = ("Snakefile", "rules/common.smk", "reprflow/data/schema.yaml")
@@ -56,6 +68,9 @@ PLANNING_ONLY = (
 )
 """Plan a run (disk preflight, context-window check, code digests, priorities, GPU slots); no
 stored value depends on them."""
+LOGGING_ONLY = ("reprflow/kernels/fallback_notice.py",)
+"""Only log (transformers' SSM-kernel fallback warnings become one line per process; its hook
+reads which mixer runs and changes nothing); no stored value depends on them."""
 TASK_CODE = {
     "kvpr": ("reprflow/prompts/kvpr.py",),
     "mdqa": ("reprflow/prompts/mdqa.py", "reprflow/prompts/distractors.py"),
@@ -277,9 +292,9 @@ def stage_code(stage: Stage, root: Path = PROJECT_ROOT) -> list[str]:
 
 def _code_files(start: list[Path], root: Path, skip: tuple[str, ...] = ()) -> set[str]:
     """``start``, the package modules they import at any depth and the data shipped in those
-    packages (:func:`_package_data`), relative to ``root``; the :data:`PLANNING_ONLY` modules, the
-    files in ``skip`` and what only they import are left out."""
-    files = module_closure(start, root, skip=frozenset(root / p for p in (*PLANNING_ONLY, *skip)))
+    packages (:func:`_package_data`), relative to ``root``; the :data:`PLANNING_ONLY` and
+    :data:`LOGGING_ONLY` modules, the files in ``skip`` and what only they import are left out."""
+    files = module_closure(start, root, skip=frozenset(root / p for p in (*PLANNING_ONLY, *LOGGING_ONLY, *skip)))
     rel = {str(p.relative_to(root)) for p in files}
     return rel | _package_data({p.parent for p in files if p.is_relative_to(root / PACKAGE)}, root)
 

@@ -153,3 +153,24 @@ def test_a_waiting_line_after_an_unpatched_cuda_mixer_is_a_warning(fresh, caplog
     fallback_notice._first_mixer_forward(mixer, (_OnCuda(),))
     (line,) = _ours(caplog)
     assert line.levelno == logging.WARNING and "on cuda fall back" in line.getMessage()
+
+
+def test_the_layout_probe_at_load_decides_no_line(fresh, caplog):
+    """Loading a model runs reprflow's 3-token layout probe through transformers' own mixers before
+    prepare_model can route them: transformers' fallback warning fires in its first mixer, and the
+    probe's second mixer once decided the line as "falls back" (every CUDA Mamba extraction warned of
+    a slow path it never ran). The line now waits for the fast path's verdict."""
+    from reprflow.kernels.mamba_mixers import install_mamba_forward
+    from reprflow.models.layouts import get_layout
+
+    caplog.set_level(logging.INFO)
+    fallback_notice.note_device("cuda")  # as on a GPU machine: only the device kind is read
+    model = MambaForCausalLM(MambaConfig(hidden_size=16, num_hidden_layers=3, vocab_size=64, state_size=4)).eval()
+    get_layout(model)  # the probe: transformers' mixers run (on the CPU here) and warn
+    assert fallback_notice._state["pending"] is not None  # transformers did warn, inside the probe
+    assert _ours(caplog) == [] and fallback_notice._state["replaced"] is None  # and the probe decided nothing
+    install_mamba_forward(model, scan_impl="torch", conv_impl="torch")  # what prepare_model does next
+    fallback_notice.note_model(model)
+    (line,) = _ours(caplog)
+    assert line.levelno == logging.INFO and "reprflow's own kernels replace it" in line.getMessage()
+    assert fallback_notice._state["hook"] is None and fallback_notice._state["probing"] == 0

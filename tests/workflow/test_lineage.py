@@ -50,7 +50,9 @@ def test_every_module_a_stage_imports_at_run_time_is_a_dep(stage):
     assert run.returncode == 0, run.stderr[-3000:]
     loaded = {str(Path(f).resolve().relative_to(PROJECT_ROOT)) for f in json.loads(run.stdout)}
     deps = set(DVC["stages"][stage.name]["deps"])
-    extra = loaded - deps
+    from reprflow.workflow.lineage import LOGGING_ONLY
+
+    extra = loaded - deps - set(LOGGING_ONLY)  # loaded by `import reprflow`; they only log
     if stage.name == "activations" and "reprflow/sinks/metrics.py" not in deps:
         # the demo stores token states: the streamed metrics' code is imported, never run
         from reprflow.workflow.lineage import STREAMED_METRICS_CODE, module_closure
@@ -207,21 +209,21 @@ def test_a_task_builder_edit_rebuilds_that_tasks_prompt_sets_only(tmp_path):
         before = after
 
 
-def test_editing_a_planning_module_reruns_no_job(tmp_path):
+def test_editing_a_planning_or_logging_module_reruns_no_job(tmp_path):
     """The disk preflight, the context-window check and the GPU-slot default plan a run and store
-    nothing: an edit to them, or to what only they import (the training recipe, for the disk
-    estimate of models still to train), changes no rule's `code` param and no DVC stage but the
-    one that trains."""
-    from reprflow.workflow.lineage import PLANNING_ONLY, code_digest, script_code
+    nothing, and the SSM-kernel fallback notice only logs: an edit to them, or to what only they
+    import (the training recipe, for the disk estimate of models still to train), changes no rule's
+    `code` param and no DVC stage but the one that trains."""
+    from reprflow.workflow.lineage import LOGGING_ONLY, PLANNING_ONLY, code_digest, script_code
 
     root = _copy_code(tmp_path)
-    scripts = ("extract_activations.py", "tables.py", "figures.py")
+    scripts = ("extract_activations.py", "tables.py", "figures.py", "prompts.py", "probes.py")
     for script in scripts:
         code = set(script_code(script, root))
-        assert not code & set(PLANNING_ONLY), script
+        assert not code & {*PLANNING_ONLY, *LOGGING_ONLY}, script
         assert "reprflow/training/recipe.py" not in code, script
     before = {s: code_digest(s, root) for s in scripts}
-    for rel in PLANNING_ONLY:
+    for rel in (*PLANNING_ONLY, *LOGGING_ONLY):
         path = root / rel
         path.write_text(path.read_text() + "_EDIT = 1\n")
     assert {s: code_digest(s, root) for s in scripts} == before
