@@ -23,9 +23,10 @@ when torch sees a GPU. Other transformers messages pass untouched.
 A line waiting for the fast path's verdict is also decided by the first forward of a transformers
 Mamba / Mamba-2 mixer (a global forward pre-hook, held only while the line waits): a process that
 imports reprflow and then runs transformers' model itself, without ``prepare_model`` or
-``collect_states``, gets the line from what that forward runs on and whether its mixer is reprflow's. Forwards inside
-:func:`layout_probe` (reprflow's own 3-token probe of a model's block outputs, which runs
-transformers' mixers while the model loads, before the fast path exists) decide nothing.
+``collect_states``, gets the line from what that forward runs on and whether its mixer is
+reprflow's. Forwards inside :func:`layout_probe` (reprflow's own 3-token probe of a model's block
+outputs, which runs transformers' mixers while the model loads, before the fast path exists)
+decide nothing.
 
 No stored value depends on this module (it only logs): the workflow's lineage leaves it out
 (``reprflow.workflow.lineage.LOGGING_ONLY``), so editing it reruns no job.
