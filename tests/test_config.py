@@ -169,7 +169,8 @@ def test_extraction_digest_ignores_settings_extraction_does_not_read(demo):
     scoped["inits"][1]["scope"] = "fig3"
     # a fig3 store holds only the token prompts: scope changes stored values, so the digest
     assert base != validate_config(scoped).extraction_digest("tiny-mamba", "random", "kvpr", 300)
-    assert base != validate_config(_mutate(demo, ("extraction", "tokens"), "stream")).extraction_digest(
+    other = {"store": "stream", "stream": "store"}[demo["extraction"]["tokens"]]
+    assert base != validate_config(_mutate(demo, ("extraction", "tokens"), other)).extraction_digest(
         "tiny-mamba", "random", "kvpr", 300
     )
     assert base != validate_config(_mutate(demo, ("extraction", "n_token_prompts"), 3)).extraction_digest(

@@ -184,7 +184,7 @@ def _changed_stages(status: str) -> list[str]:
 @pytest.mark.parametrize(
     ("module", "expected"),
     [
-        # the demo stores token states (extraction.tokens: store): its extraction imports the streamed
+        # this cell stores token states (reduced_config's tokens: store): its extraction imports the streamed
         # metrics' code but never runs it (lineage.STREAMED_METRICS_CODE), so a metric edit flags the
         # metrics stage only; with tokens: stream (the paper's setting) activations too
         ("reprflow/metrics/cka.py", ["metrics"]),

@@ -16,6 +16,7 @@ def _demo_raw() -> dict:
 def test_estimate_is_the_float32_formula_per_cell():
     raw = _demo_raw()
     raw["models"][1]["train"].update(width=96, depth=6)  # dims from the train block (not trained yet)
+    raw["extraction"]["tokens"] = "store"  # token states on disk (the stream formula: the test below)
     cfg = validate_config(raw)
     got = {(e.model, e.init, e.task, e.length): e for e in disk.estimate_stores(cfg)}
     e = got[("tiny-pythia", "pretrained", "kvpr", 300)]
