@@ -15,9 +15,9 @@ if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then worke
 for arg in "$@"; do case $arg in --pdb | --trace | -s | --capture=no) workers=0 ;; esac; done
 workers=${REPRFLOW_TEST_WORKERS:-$workers}
 # Each worker's torch, OpenBLAS and MKL get the cores divided by the workers (unless already set),
-# as Snakemake gives each job its booked threads: on 2 cores, two workers each with two threads
-# (beside the demo's jobs) spin-wait for each other: on a loaded 2-core box, one thread each
-# cut the user CPU time of four torch-heavy test modules by a third (97.6 s to 65.1 s).
+# as Snakemake gives each job its booked threads. On 2 cores, two workers of two threads each
+# (beside the demo's jobs) spin-wait for each other; one thread each cut the user CPU time of four
+# torch-heavy test modules on a loaded 2-core box by a third (97.6 s to 65.1 s).
 if [ "$workers" -gt 0 ]; then
   threads=$(($(nproc) / workers))
   [ "$threads" -ge 1 ] || threads=1

@@ -220,8 +220,9 @@ def test_changing_shards_builds_shard_files_and_nothing_upstream(demo, run_snake
     assert run.returncode == 0, out[-3000:]
     counts = _job_counts(out)
     # extraction.tokens: stream: shard 0 of each cell also writes its token metrics (its own rule)
-    built = counts.get("extract_activation_shard", 0) + counts.get("extract_activation_shard0", 0)
-    assert built == 2 * len(cells(DEMO)) and "extract_activations" not in counts, counts
+    n = len(cells(DEMO))
+    assert counts["extract_activation_shard0"] == counts["extract_activation_shard"] == n, counts
+    assert "extract_activations" not in counts, counts
     assert not {"prompts", "custom_prompts", "build_tiny_model"} & set(counts) and "Params have changed" not in out
 
 
