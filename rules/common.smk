@@ -22,6 +22,7 @@ from reprflow.workflow.targets import (
     cells,
     extraction_priority,
     final_targets,
+    gate_priority,
     prompt_files,
     prompt_token_cap,
     store_paths,
@@ -45,6 +46,7 @@ except ReprflowError as exc:
     sys.exit(f"reprflow: invalid config: {exc}")
 
 CELLS = cells(CFG, log=True)
+GATE_PRIORITY = gate_priority(CFG)  # prompts, training, tiny models: before any extraction job
 TABLE_CELLS = table_cells(CFG)  # cells of `scope: all` inits: probes and table rows
 OUT = CFG.out_dir
 

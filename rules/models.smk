@@ -12,6 +12,7 @@ rule build_tiny_model:
         code=code_digest("build_tiny_model.py"),
         family=lambda w: CFG.model(w.model).family,
         tiny=lambda w: CFG.model(w.model).tiny,
+    priority: GATE_PRIORITY
     conda:
         "../envs/cpu.yaml"
     script:

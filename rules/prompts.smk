@@ -18,6 +18,7 @@ rule prompts:
         seed=CFG.seed,
         settings=lambda w: CFG.prompt_settings(w.task, int(w.length)),  # this set's only
         max_tokens=lambda w: prompt_token_cap(CFG, w.tokenizer, int(w.length)),
+    priority: GATE_PRIORITY + 1  # quick, and gates every cell of its set
     resources:
         # peak RSS measured on the CPU (2026-12-05, 25,000 prompts): MDQA at 4096 tokens 4.4 GB,
         # KVPR at 4096 0.9 GB; SLURM's default 2000 MB would kill the large MDQA sets
@@ -47,6 +48,7 @@ if CFG.custom_tasks:
             code=code_digest("custom_prompts.py"),
             spec=lambda w: CFG.prompt_settings(w.task, int(w.length)),  # jsonl, length; not `models`
             max_tokens=lambda w: prompt_token_cap(CFG, w.tokenizer, int(w.length)),
+        priority: GATE_PRIORITY + 1  # quick, and gates every cell of its set
         wildcard_constraints:
             task="|".join(CFG.custom_tasks),
         conda:

@@ -56,6 +56,7 @@ rule train_model:
         positions=lambda w: CFG.model(w.model).max_context,
         recipe=_train_recipe,
         checkpoint=lambda w: TRAIN_CHECKPOINT.format(model=w.model),
+    priority: GATE_PRIORITY
     threads: lambda w: CFG.model(w.model).train.get("threads") or 2
     resources:
         gpu=_train_gpus,

@@ -9,6 +9,7 @@ from reprflow.workflow.targets import (
     Cell,
     cells,
     extraction_priority,
+    gate_priority,
     figure_files,
     final_targets,
     out,
@@ -120,3 +121,14 @@ def test_extraction_priority_puts_the_longest_jobs_first():
     # a custom task counts the prompts of its own file
     custom = sum(1 for line in open(PROJECT_ROOT / cfg.custom_tasks["qword"]["jsonl"]) if line.strip())
     assert extraction_priority(cfg, "tiny-pythia", "random", "qword", 40) == custom * 40 * per_token >> 20
+
+
+def test_gate_jobs_outrank_every_extraction():
+    """Prompt sets and training start before any extraction job of the run (a training started
+    last leaves the run ending on its model's cells)."""
+    raw = _demo_raw()
+    raw["models"][1]["train"].update(width=128, depth=6)
+    cfg = validate_config(raw)
+    top = max(extraction_priority(cfg, c.model, c.init, c.task, c.length) for c in cells(cfg))
+    assert top > 0
+    assert gate_priority(cfg) == top + 1
