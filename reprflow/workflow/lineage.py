@@ -36,12 +36,13 @@ import functools
 import hashlib
 import sys
 from dataclasses import dataclass, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import yaml
 
 from reprflow.config import PROJECT_ROOT, TOKENIZER_DIR, Config, load_config
 from reprflow.workflow import targets
+from reprflow.workflow.code_facts import code_facts
 from reprflow.workflow.targets import PROBES, TOKEN_METRICS, cells, table_cells
 
 __all__ = [
@@ -61,6 +62,7 @@ PACKAGE = "reprflow"
 WIRING = ("Snakefile", "rules/common.smk", "reprflow/data/schema.yaml")
 """Parsed by every stage's Snakemake run."""
 PLANNING_ONLY = (
+    "reprflow/workflow/code_facts.py",
     "reprflow/workflow/disk.py",
     "reprflow/workflow/lineage.py",
     "reprflow/workflow/model_json.py",
@@ -213,33 +215,24 @@ def _imports(path: Path, root: Path) -> set[str]:
 
 @functools.lru_cache(maxsize=None)
 def _python_file(path: Path, root: Path, mtime_ns: int, size: int) -> tuple[frozenset[str] | None, bytes]:
-    """``(package imports, sha256 of its code)`` of one Python file version, from one parse (every
-    script rule's closure and digest walk the same modules): the imports as :func:`_imports`
-    (None if the file does not parse), the digest of :func:`python_code`."""
-    source = path.read_bytes()
-    try:
-        tree = ast.parse(source, filename=str(path))
-    except (SyntaxError, ValueError):
-        return None, hashlib.sha256(source).digest()
-    rel = path.relative_to(root).with_suffix("")
-    here = list(rel.parts[:-1])  # the package a module (or a package's __init__) lives in
+    """``(package imports, sha256 of its code)`` of one Python file version (every script rule's
+    closure and digest walk the same modules): the imports as :func:`_imports` (None if the file
+    does not parse), the digest of :func:`~reprflow.workflow.code_facts.python_code`. The parse
+    comes from :func:`~reprflow.workflow.code_facts.code_facts` (cached on disk by content); the
+    lazily exported names are resolved here, as they depend on other files."""
+    facts = code_facts(path.read_bytes(), PurePosixPath(path.relative_to(root).as_posix()))
+    if facts.imports is None:
+        return None, facts.code
     found: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = here[: len(here) - node.level + 1] if node.level > 1 else here
-                module = ".".join([*base, *(node.module.split(".") if node.module else [])])
-            else:
-                module = node.module or ""
-            found.add(module)
-            lazy = _lazy_exports(module, root) if module.startswith(PACKAGE) else {}
-            # `from pkg import submodule`, or a name `pkg` imports lazily from one (its
-            # _EXPORTS value: a submodule's name, or its dotted path as in reprflow.models)
-            found.update(_submodule(module, lazy.get(a.name, a.name)) for a in node.names)
-    imports = frozenset(n for n in found if n == PACKAGE or n.startswith(PACKAGE + "."))
-    return imports, hashlib.sha256(_code_of_tree(tree)).digest()  # after the walk: it edits the tree
+    for module, names in facts.imports:
+        found.add(module)
+        if names is None:  # import module
+            continue
+        lazy = _lazy_exports(module, root) if module.startswith(PACKAGE) else {}
+        # `from pkg import submodule`, or a name `pkg` imports lazily from one (its
+        # _EXPORTS value: a submodule's name, or its dotted path as in reprflow.models)
+        found.update(_submodule(module, lazy.get(name, name)) for name in names)
+    return frozenset(n for n in found if n == PACKAGE or n.startswith(PACKAGE + ".")), facts.code
 
 
 def _import_statements(text: str) -> str:
@@ -311,7 +304,7 @@ def code_digest(script: str, root: Path = PROJECT_ROOT, *, skip: tuple[str, ...]
     ``script``. Snakemake itself sees only a script's own mtime, not the modules it imports, so
     without it an edit to e.g. reprflow/metrics/cka.py would rerun nothing (and ``dvc repro``
     would record the new code beside the old outputs). A Python file counts by its syntax tree
-    without docstrings (:func:`python_code`): comments, docstrings and formatting compute
+    without docstrings (:func:`~reprflow.workflow.code_facts.python_code`): comments, docstrings and formatting compute
     nothing, so editing them reruns no job; every other file counts by its bytes."""
     digest = hashlib.sha256()
     for rel in script_code(script, root, skip=skip):
@@ -324,7 +317,7 @@ def code_digest(script: str, root: Path = PROJECT_ROOT, *, skip: tuple[str, ...]
 
 
 def _file_code_digest(file: Path, root: Path) -> bytes:
-    """sha256 of one file's code: :func:`python_code` for .py (:func:`_python_file`), else its
+    """sha256 of one file's code: :func:`~reprflow.workflow.code_facts.python_code` for .py (:func:`_python_file`), else its
     bytes; both cached per version of the file, since the rules' scripts share most of their
     modules and package data."""
     stat = file.stat()
@@ -337,32 +330,6 @@ def _file_code_digest(file: Path, root: Path) -> bytes:
 def _bytes_digest(file: Path, mtime_ns: int, size: int) -> bytes:
     """sha256 of one file version's bytes (the packages' data: tokenizers, prompt templates)."""
     return hashlib.sha256(file.read_bytes()).digest()
-
-
-def python_code(source: bytes) -> bytes:
-    """What a Python file computes, as bytes: its syntax tree (``ast.dump``, no line numbers)
-    with every module, class and function docstring removed. Equal for two files that differ
-    only in comments, docstrings or formatting; the file's bytes if it does not parse."""
-    try:
-        tree = ast.parse(source)
-    except (SyntaxError, ValueError):
-        return source
-    return _code_of_tree(tree)
-
-
-def _code_of_tree(tree: ast.Module) -> bytes:
-    """:func:`python_code` of a parsed file; removes the docstrings from ``tree`` itself."""
-    for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if (
-            isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
-            and body
-            and isinstance(body[0], ast.Expr)
-            and isinstance(body[0].value, ast.Constant)
-            and isinstance(body[0].value.value, str)
-        ):
-            node.body = body[1:] or [ast.Pass()]
-    return ast.dump(tree).encode()
 
 
 def _package_data(packages: set[Path], root: Path) -> set[str]:
