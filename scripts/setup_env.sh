@@ -51,9 +51,9 @@ else
   printf '[setup 1/%s] .venv exists (%s)\n' "$n_steps" "$(.venv/bin/python --version 2>&1)"
 fi
 # Byte-compile the project's package and benchmark helpers (cheap when up to date). Python would
-# write these .pyc files at first import, but not where PYTHONDONTWRITEBYTECODE is set (as on CI
-# machines): there every process (each workflow job, each snakemake start) compiled reprflow's
-# modules again, ~1.2 s of CPU per extraction job on a 2-core CI machine. An edited module's stale
+# write these .pyc files at first import, but not where PYTHONDONTWRITEBYTECODE is set (as on the
+# 2-core machine the suite is timed on): there every process (each workflow job, each snakemake
+# start) compiled reprflow's modules again, ~1.2 s of CPU per extraction job. An edited module's stale
 # .pyc is ignored (its recorded mtime and size no longer match), so edits take effect at once.
 .venv/bin/python -m compileall -q -j 0 reprflow benchmarks >/dev/null 2>&1 || true
 stamp=.venv/.reprflow-requirements.sha256
@@ -68,8 +68,8 @@ pip_step --upgrade pip "setuptools>=77"
 done_step
 step 3 "installing $(grep -c '^[A-Za-z]' requirements.txt) pinned packages from requirements.txt (a few minutes)"
 # pip byte-compiles what it installs on one core (60% of this step on 2 cores); compileall -j 0
-# does the same on every core (132 s -> ~80 s on 2 cores, 2026-12-07). Files that do not compile
-# (Python 2 leftovers in some packages) are skipped, as pip skips them.
+# does the same on every core (2 cores, 2026-12-07: 111 s -> 82 s alone, 132 s -> 95 s within
+# .ci/run). Files that do not compile (Python 2 leftovers in some packages) are skipped, as pip does.
 pip_step --no-compile -r requirements.txt
 .venv/bin/python -m compileall -q -j 0 "$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" \
   >>"$LOG" 2>&1 || true
