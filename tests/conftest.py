@@ -101,15 +101,27 @@ SLURM_UP_FLAG = "REPRFLOW_SLURM_UP_FLAG"
 has finished, not when that one worker's session ends while another still starts snakemake."""
 
 
+SESSION_CACHE = "REPRFLOW_TEST_SESSION_CACHE"
+"""Set when this session made the code-facts cache folder (reprflow/workflow/code_facts.py) itself."""
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionstart(session) -> None:
-    """On pytest-xdist's controller, before its workers start: name the SLURM flag file for them."""
+    """On pytest-xdist's controller, before its workers start (or in a run without workers): name
+    the SLURM flag file for them, and point the code-facts cache (``REPRFLOW_CACHE_DIR``, unless
+    set) at a folder of this session, shared by the workers and every snakemake they start, so
+    that the suite writes nothing under the user's ``~/.cache``."""
     if session.config.pluginmanager.has_plugin("dsession"):
         os.environ[SLURM_UP_FLAG] = str(Path(tempfile.mkdtemp(prefix="reprflow-slurm-")) / "up")
+    if not os.environ.get("PYTEST_XDIST_WORKER") and not os.environ.get("REPRFLOW_CACHE_DIR"):
+        os.environ["REPRFLOW_CACHE_DIR"] = os.environ[SESSION_CACHE] = tempfile.mkdtemp(prefix="reprflow-cache-")
 
 
 def pytest_sessionfinish(session) -> None:
-    """On pytest-xdist's controller, after every worker: take down the SLURM cluster a worker left up."""
+    """On pytest-xdist's controller (or in a run without workers), after every worker: remove the
+    session's cache folder; take down the SLURM cluster a worker left up."""
+    if not os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get(SESSION_CACHE):
+        shutil.rmtree(os.environ.pop(SESSION_CACHE), ignore_errors=True)
     flag = os.environ.get(SLURM_UP_FLAG)
     if not (session.config.pluginmanager.has_plugin("dsession") and flag):
         return
