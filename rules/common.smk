@@ -46,7 +46,7 @@ except ReprflowError as exc:
     sys.exit(f"reprflow: invalid config: {exc}")
 
 CELLS = cells(CFG, log=True)
-GATE_PRIORITY = gate_priority(CFG)  # prompts, training, tiny models: before any extraction job
+GATE_PRIORITY = gate_priority(CFG, CELLS)  # prompts, training, tiny models: before any extraction job
 TABLE_CELLS = table_cells(CFG)  # cells of `scope: all` inits: probes and table rows
 OUT = CFG.out_dir
 

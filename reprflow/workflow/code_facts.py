@@ -93,7 +93,7 @@ def _parse(source: bytes, rel: PurePosixPath) -> CodeFacts:
         tree = ast.parse(source, filename=str(rel))
     except (SyntaxError, ValueError):
         return CodeFacts(None, hashlib.sha256(source).digest())
-    here = list(PurePosixPath(rel).with_suffix("").parts[:-1])  # the package a module (or __init__) lives in
+    here = list(rel.with_suffix("").parts[:-1])  # the package a module (or __init__) lives in
     imports: list[tuple[str, tuple[str, ...] | None]] = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):

@@ -304,8 +304,9 @@ def code_digest(script: str, root: Path = PROJECT_ROOT, *, skip: tuple[str, ...]
     ``script``. Snakemake itself sees only a script's own mtime, not the modules it imports, so
     without it an edit to e.g. reprflow/metrics/cka.py would rerun nothing (and ``dvc repro``
     would record the new code beside the old outputs). A Python file counts by its syntax tree
-    without docstrings (:func:`~reprflow.workflow.code_facts.python_code`): comments, docstrings and formatting compute
-    nothing, so editing them reruns no job; every other file counts by its bytes."""
+    without docstrings (:func:`~reprflow.workflow.code_facts.python_code`): comments, docstrings
+    and formatting compute nothing, so editing them reruns no job; every other file counts by its
+    bytes."""
     digest = hashlib.sha256()
     for rel in script_code(script, root, skip=skip):
         path = root / rel
@@ -317,9 +318,9 @@ def code_digest(script: str, root: Path = PROJECT_ROOT, *, skip: tuple[str, ...]
 
 
 def _file_code_digest(file: Path, root: Path) -> bytes:
-    """sha256 of one file's code: :func:`~reprflow.workflow.code_facts.python_code` for .py (:func:`_python_file`), else its
-    bytes; both cached per version of the file, since the rules' scripts share most of their
-    modules and package data."""
+    """sha256 of one file's code: :func:`~reprflow.workflow.code_facts.python_code` for .py
+    (:func:`_python_file`), else its bytes; both cached per version of the file, since the rules'
+    scripts share most of their modules and package data."""
     stat = file.stat()
     if file.suffix == ".py":
         return _python_file(file, root, stat.st_mtime_ns, stat.st_size)[1]

@@ -171,15 +171,15 @@ def extraction_priority(config: Config, model: str, init: str, task: str, length
     return n_prompts * int(length) * dims.hidden**2 * dims.n_layers >> 20
 
 
-def gate_priority(config: Config) -> int:
+def gate_priority(config: Config, cells: list[Cell]) -> int:
     """Snakemake ``priority`` of the jobs that gate extractions (model training and tiny-model
     builds; prompt sets get one more, as they are quick and gate more cells): above every
     extraction job's (:func:`extraction_priority`), so that on a machine with fewer job slots than
     ready jobs they start before any extraction, and a slow training (Mamba-1's, on a CPU) does not
     start last and leave the run ending on its cells. A sharded extraction's priority is its share
     of the unsharded one, so this stays above it. Their GPU claims
-    (:func:`reprflow.devices.claim_gpu`) still queue at 0."""
-    return 1 + max((extraction_priority(config, c.model, c.init, c.task, c.length) for c in cells(config)), default=0)
+    (:func:`reprflow.devices.claim_gpu`) still queue at 0. ``cells``: the run's, :func:`cells`."""
+    return 1 + max((extraction_priority(config, c.model, c.init, c.task, c.length) for c in cells), default=0)
 
 
 def prompt_token_cap(config: Config, tokenizer: str, length: int) -> int | None:

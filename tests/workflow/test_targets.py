@@ -131,4 +131,4 @@ def test_gate_jobs_outrank_every_extraction():
     cfg = validate_config(raw)
     top = max(extraction_priority(cfg, c.model, c.init, c.task, c.length) for c in cells(cfg))
     assert top > 0
-    assert gate_priority(cfg) == top + 1
+    assert gate_priority(cfg, cells(cfg)) == top + 1
