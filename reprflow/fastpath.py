@@ -160,12 +160,12 @@ def _prepare_mamba(model: nn.Module, report: dict[str, Any], *, device: torch.de
     from reprflow.kernels.ops import causal_conv_op, mamba_scan_op
 
     on_gpu = device.type == "cuda"
-    want = forced_name("mamba_scan", forced.get("mamba_scan"))
-    if want == "hf" or (want is None and not on_gpu and forced_name("causal_conv", forced.get("causal_conv")) is None):
-        # CPU auto: transformers' own torch path is the same arithmetic as reprflow's torch one
-        why = "forced" if want == "hf" else "cpu: transformers' own torch path (same arithmetic)"
-        report.update(scan=HF_MIXERS, conv=HF_MIXERS, why=why)
+    if forced_name("mamba_scan", forced.get("mamba_scan")) == "hf":
+        report.update(scan=HF_MIXERS, conv=HF_MIXERS, why="forced")
         return
+    # CPU too: reprflow's torch path (a token loop over contiguous (batch, channels, d_state)
+    # slices) runs a forward in about half the CPU time of transformers' slow_forward, which reads
+    # one strided token slice of an all-token tensor per step (benchmarks/cpu_mamba.py)
     chosen = report.setdefault("kernels", {})  # filled at first use, per shape class
     scan = mamba_scan_op(device, report=chosen, forced=forced.get("mamba_scan"))
     conv = causal_conv_op(device, report=chosen, forced=forced.get("causal_conv"))
@@ -275,8 +275,8 @@ def prepare_model(
         Unset ops read ``REPRFLOW_KERNEL_<OP>`` from the environment, else choose
         themselves (:mod:`reprflow.kernels.select`): on CUDA the fastest candidate that
         matches the float64 reference, measured at first use per shape class; on CPU
-        the torch path, without measuring (transformers' own path for Mamba/Mamba-2,
-        the same arithmetic, unless a kernel is forced).
+        the torch path, without measuring (reprflow's for Mamba-1, transformers' own for
+        Mamba-2, unless a kernel is forced).
     fuse : bool, optional
         Fuse elementwise steps into their neighbours on CUDA (default; ``REPRFLOW_FUSE=0``
         in the environment turns it off): GPT-NeoX's rotary embedding and parallel

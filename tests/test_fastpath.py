@@ -71,18 +71,26 @@ def test_gpt_neox_uses_sdpa():
     assert prepare_model(model)["attention"] == "sdpa"
 
 
-def test_mamba_on_cpu_keeps_transformers_path_unless_asked():
-    assert prepare_model(_mamba())["scan"] == "hf (transformers)"
+@pytest.mark.parametrize("scan", ["auto", "torch"])
+def test_mamba_on_cpu_runs_reprflow_torch_path_equal_to_transformers(scan):
+    hf = _mamba()
+    assert prepare_model(hf, scan="hf")["scan"] == "hf (transformers)"  # forced: transformers' mixers stay
+    assert not any(hasattr(m, "_reprflow_fast") for m in hf.modules())
     model = _mamba()
-    ids = torch.randint(0, 50, (1, 9), generator=torch.Generator().manual_seed(2))
+    ids = torch.randint(0, 50, (2, 9), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0  # a left-padded row
     with torch.no_grad():
-        want = model(ids, use_cache=False).logits
-    report = prepare_model(model, scan="torch")
-    assert report["scan"] == "torch (forced)" and report["patched_modules"] == 2
+        want = hf(ids, attention_mask=mask, use_cache=False).logits
+    report = prepare_model(model, scan=scan)
+    assert report["scan"] == (
+        "torch (forced)" if scan == "torch" else "chosen at first use among ['torch'] (see 'kernels')"
+    )
+    assert report["patched_modules"] == 2
     with torch.no_grad():
-        got = model(ids).logits
+        got = model(ids, attention_mask=mask).logits
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
-    # the ops recorded their choice at the first call: forced scan, the CPU's only conv
+    # the ops recorded their choice at the first call: the CPU's only scan and conv, not measured
     kernels = report["kernels"]
     assert [e["kernel"] for e in kernels["mamba_scan"].values()] == ["torch"]
     conv = next(iter(kernels["causal_conv"].values()))

@@ -9,7 +9,8 @@ fallback is expected and the path is exact (the same numbers, slower).
 :func:`install` (run by ``import reprflow``) puts a filter on that transformers logger which
 drops these warnings and logs, once per process, on the ``reprflow.kernels`` logger:
 
-- on CPU, at INFO: the fallback is expected there;
+- on CPU, at INFO: the fallback is expected there (Mamba-1 then runs reprflow's torch path where
+  :func:`reprflow.fastpath.prepare_model` switched it, Mamba-2 transformers' own);
 - on CUDA, where :func:`reprflow.fastpath.prepare_model` replaced transformers' mixers by
   reprflow's own kernels (:func:`note_ssm_kernels`), at INFO: transformers' reference path is
   not what runs (transformers warns when it builds the model, before the fast path is set up;
@@ -132,8 +133,8 @@ def _say(first: str) -> None:
     """The one line of this process about transformers' fallback (``first``: the first function named)."""
     if _device_kind() == "cpu":
         logger.info(
-            "SSM kernels: transformers' reference PyTorch path on CPU, as expected (%s are CUDA-only; "
-            "same results, slower); first was %s",
+            "SSM kernels: torch paths on CPU, as expected (%s are CUDA-only): transformers' own, or "
+            "reprflow's for Mamba-1 after reprflow.fastpath.prepare_model (same results); first was %s",
             " / ".join(_PACKAGES),
             first,
         )

@@ -9,8 +9,8 @@ Conventions
   ``context``, ``batch_size`` and ``data_seed`` sees the same token stream in the same order.
 - Loss: mean next-token cross-entropy in nats over the ``context`` predictions of each window,
   over the full vocabulary, computed chunk by chunk without a full logits tensor
-  (:mod:`reprflow.training.head_loss`). Validation loss on the CPU in float32; the CPU training
-  step computes the output projection in bfloat16, its softmax in float32 (:func:`_loss`).
+  (:mod:`reprflow.training.head_loss`). On the CPU everything runs in float32; on CUDA the
+  output projection runs in bfloat16 and its softmax in float32 (:func:`_loss`).
 - Learning rate: linear warmup over ``warmup_steps``, then cosine decay to
   ``lr * min_lr_ratio`` at the last step. AdamW; weight decay on matrices only (not on
   biases, norms or the SSM's ``A_log``/``D``/``dt_bias``).
