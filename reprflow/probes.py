@@ -552,6 +552,33 @@ def _logits(
     return z.add_(bias.unsqueeze(1))
 
 
+def _adam_step(
+    params: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    moments: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    step: int,
+    lr: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+) -> None:
+    """One Adam step on ``params`` in place (``moments``: each parameter's first and second moment,
+    zeros before step 1; ``step`` counts from 1): ``torch.optim.Adam`` with its defaults, operation
+    for operation as its single-tensor path computes it, so equal to it bit for bit on the CPU
+    (``tests/test_probes.py``). Written out because ``torch.optim``'s first optimizer imports
+    ``torch._dynamo``: about 2 s of CPU, more than a workflow probe job's whole fit at the demo's
+    size (BENCHMARKS.md, "Probes")."""
+    beta1, beta2 = betas
+    bias_correction1 = 1 - beta1**step
+    bias_correction2_sqrt = (1 - beta2**step) ** 0.5
+    step_size = lr / bias_correction1
+    for param, grad, (exp_avg, exp_avg_sq) in zip(params, grads, moments, strict=True):
+        exp_avg.lerp_(grad, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
+        param.addcdiv_(exp_avg, denom, value=-step_size)
+
+
 def _fit_softmax_probes(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -586,14 +613,15 @@ def _fit_softmax_probes(
     dL/dz = (P - Y) * mask_s / n_train_s, dL/dW_eff = x^T dL/dz, dL/db = sum_i dL/dz. With
     standardisation the trained parameters (W, b) act on z-scored features,
     W_eff = W / sigma and b_eff = b - mu @ W_eff, so dL/dW = (dL/dW_eff - mu dL/db) / sigma.
-    Everything runs in place on one logits buffer. ``torch.optim.Adam`` takes the step.
+    Everything runs in place on one logits buffer. :func:`_adam_step` takes the step
+    (``torch.optim.Adam``'s arithmetic).
     """
     n_layers, n_rows, hidden = x.shape
     n_seeds = len(seeds)
     device = x.device
     w0, b0 = _init_params(seeds, n_layers, hidden, n_classes)
-    weight = w0.permute(1, 2, 0, 3).contiguous().to(device).requires_grad_(True)  # [K, hidden, S, C]
-    bias = b0.permute(1, 0, 2).contiguous().to(device).requires_grad_(True)  # [K, S, C]
+    weight = w0.permute(1, 2, 0, 3).contiguous().to(device)  # [K, hidden, S, C]
+    bias = b0.permute(1, 0, 2).contiguous().to(device)  # [K, S, C]
     if standardize:
         mu, sigma = _train_moments(x, train_mask)  # [K, hidden, S]
         mu, sigma = mu.unsqueeze(-1), sigma.unsqueeze(-1)
@@ -602,7 +630,7 @@ def _fit_softmax_probes(
     onehot = F.one_hot(y, n_classes).to(torch.float32)[None, :, None, :]  # [1, n_rows, 1, C]
     buf = torch.empty(n_layers, n_rows, n_seeds * n_classes, dtype=torch.float32, device=device)
     x_t = x.transpose(1, 2)
-    optimizer = torch.optim.Adam([weight, bias], lr=lr)
+    moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in (weight, bias)]
 
     def effective() -> tuple[torch.Tensor, torch.Tensor]:
         # Probe on (x - mu) / sigma, written as one on x.
@@ -612,7 +640,7 @@ def _fit_softmax_probes(
         return w_eff, bias - (mu * w_eff).sum(dim=1)
 
     with torch.no_grad():
-        for _ in range(epochs):
+        for epoch in range(epochs):
             w_eff, b_eff = effective()
             grad_z = _logits(x, w_eff, b_eff, out=buf)  # [K, n_rows, S, C]
             grad_z.sub_(grad_z.amax(dim=-1, keepdim=True)).exp_()
@@ -621,8 +649,7 @@ def _fit_softmax_probes(
             grad_w = torch.bmm(x_t, buf).view(n_layers, hidden, n_seeds, n_classes)
             if standardize:
                 grad_w.sub_(mu * grad_b.unsqueeze(1)).div_(sigma)
-            weight.grad, bias.grad = grad_w, grad_b
-            optimizer.step()
+            _adam_step((weight, bias), (grad_w, grad_b), moments, step=epoch + 1, lr=lr)
             if bar is not None:
                 bar.update(1)
         w_eff, b_eff = effective()

@@ -291,6 +291,26 @@ def test_batched_equals_each_problem_trained_alone(planted):
             assert abs(ref_val - res.val_accuracy[s_i, k]) <= 1.5 / res.n_val
 
 
+def test_adam_step_is_torch_adam_bit_for_bit():
+    """The probes' written-out Adam (no torch.optim, whose first use imports torch._dynamo) against
+    torch.optim.Adam with the same lr, over 40 steps of the same gradient sequence."""
+    from reprflow.probes import _adam_step
+
+    gen = torch.Generator().manual_seed(0)
+    ours = [torch.randn(3, 7, generator=gen), torch.randn(5, generator=gen)]
+    theirs = [p.clone().requires_grad_(True) for p in ours]
+    optimizer = torch.optim.Adam(theirs, lr=0.05)
+    moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in ours]
+    for step in range(1, 41):
+        grads = [torch.randn(p.shape, generator=gen) * 10.0 ** (step % 5 - 2) for p in ours]
+        for p, g in zip(theirs, grads):
+            p.grad = g.clone()
+        optimizer.step()
+        _adam_step(ours, grads, moments, step=step, lr=0.05)
+        for a, b in zip(ours, theirs):
+            assert torch.equal(a, b.detach()), step
+
+
 def test_layer_groups_do_not_change_results(planted, caplog):
     x, y = planted[0][:, :300], planted[1][:300]
     kw = dict(epochs=15, seeds=(0, 1), device="cpu", return_weights=True, progress=False)
