@@ -8,11 +8,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_quick_cpu_run_prints_the_table(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    cmd = [
-        sys.executable,
-        str(ROOT / "benchmarks" / "kernels.py"),
+def test_quick_cpu_run_prints_the_table(tmp_path, monkeypatch, capfd):
+    """The driver in this process, its two workers (compiled kernels hidden, visible) as it starts them."""
+    for name, value in (("PYTHONPATH", str(ROOT)), ("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import kernels
+
+    argv = [
         "--quick",
         "--device",
         "cpu",
@@ -25,10 +28,11 @@ def test_quick_cpu_run_prints_the_table(tmp_path):
         "--out",
         str(tmp_path),
     ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code = kernels.main(argv)
+    out, err = capfd.readouterr()
+    assert code == 0, err[-3000:]
     table = (tmp_path / "kernels.md").read_text()
-    assert proc.stdout.rstrip().endswith(table.rstrip().splitlines()[-1])  # the table is printed last
+    assert out.rstrip().endswith(table.rstrip().splitlines()[-1])  # the table is printed last
     for family in ("mamba",):
         for path in ("hf naive", "hf best", "reprflow (no compiled)", "reprflow"):
             assert f"| {family} | {path} |" in table
@@ -54,10 +58,23 @@ def test_batch_tokens_quick_cpu_run_times_every_shape_in_one_table(tmp_path):
     assert proc.stdout.count("  mamba-2.8b ") == proc.stdout.count("  mamba2-130m ") == 4  # two shapes, two passes
 
 
-def test_batch_tokens_refuses_a_malformed_shape():
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "batch_tokens.py"), "--shapes", "4096by8"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "shape '4096by8': write TOKENSxBATCH" in proc.stderr
+def _usage_error(script: str, argv: list[str], monkeypatch, capsys) -> str:
+    """``script``'s ``main(argv)`` in this process (a usage error needs no interpreter of its own):
+    assert it exits with argparse's status 2 and return what it wrote to stderr."""
+    import importlib
+
+    import pytest
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    with pytest.raises(SystemExit) as exit_:
+        importlib.import_module(script).main(argv)
+    assert exit_.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_batch_tokens_refuses_a_malformed_shape(monkeypatch, capsys):
+    err = _usage_error("batch_tokens", ["--shapes", "4096by8"], monkeypatch, capsys)
+    assert "shape '4096by8': write TOKENSxBATCH" in err
 
 
 def test_batch_tokens_gluon_configs_parse_and_patch_the_scan_default_only_within_the_block(monkeypatch):
@@ -84,7 +101,7 @@ def test_batch_tokens_gluon_configs_parse_and_patch_the_scan_default_only_within
         assert module.default_gluon_config(5120, 32) == before
 
 
-def test_scan_sweep_quick_run_writes_one_record_per_row_for_the_shapes_given(tmp_path, monkeypatch):
+def test_scan_sweep_quick_run_writes_one_record_per_row_for_the_shapes_given(tmp_path, monkeypatch, capsys):
     """benchmarks/scan_sweep.py --out: the table and scan_sweep.json (kernel, label, config, ms per shape)."""
     import importlib.util
     import json
@@ -106,14 +123,13 @@ def test_scan_sweep_quick_run_writes_one_record_per_row_for_the_shapes_given(tmp
         assert [r["config"] for r in records if r["kernel"] == "triton"] == [list(c) for c in sweep.TRITON_CONFIGS]
     for r in records:
         assert set(r) == {"kernel", "label", "config", "ms", "shapes"} and len(r["ms"]) == 2 and min(r["ms"]) > 0
-    bad = subprocess.run(cmd[:2] + ["--shapes", "2048x32", "4096by16"], capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "shape '4096by16': write TOKENSxBATCH" in bad.stderr
+    err = _usage_error("scan_sweep", ["--shapes", "2048x32", "4096by16"], monkeypatch, capsys)
+    assert "shape '4096by16': write TOKENSxBATCH" in err
 
 
-def test_batch_tokens_refuses_an_unknown_model_naming_it():
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "batch_tokens.py"), "--quick", "--models", "mamba3-1b"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "--models: unknown ['mamba3-1b']" in proc.stderr
+def test_batch_tokens_refuses_an_unknown_model_naming_it(monkeypatch, capsys):
+    err = _usage_error("batch_tokens", ["--quick", "--models", "mamba3-1b"], monkeypatch, capsys)
+    assert "--models: unknown ['mamba3-1b']" in err
 
 
 def test_gemm_shapes_quick_run_times_every_projection_and_sums_them(monkeypatch):
