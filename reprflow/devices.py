@@ -28,16 +28,21 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
-
-import torch
+from typing import IO, TYPE_CHECKING
 
 from reprflow.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+# torch is imported where a function needs it, not here: the GPU tickets (claim_gpu,
+# queue_for_gpu, release_gpu) are file locks, and a process that only takes or gives back a
+# ticket should not pay torch's import (~3 s of CPU on a 2-core box)
 
 logger = logging.getLogger(__name__)
 
@@ -206,7 +211,8 @@ def release_gpu(*, lock_dir: Path | None = None) -> None:
     if claimed is None:
         return
     index, handle = claimed
-    if torch.cuda.is_available():
+    torch = sys.modules.get("torch")  # a process that never imported torch has no CUDA memory to free
+    if torch is not None and torch.cuda.is_available():
         with torch.cuda.device(index):
             torch.cuda.synchronize()
             torch.cuda.empty_cache()
@@ -217,6 +223,8 @@ def release_gpu(*, lock_dir: Path | None = None) -> None:
 def will_claim_gpu(name: str | torch.device | None) -> bool:
     """Whether :func:`resolve_device` will claim a GPU for ``name`` (``auto`` on a machine with
     CUDA, and several visible GPUs or :data:`SHARED_ENV` set), without claiming one."""
+    import torch
+
     if isinstance(name, torch.device) or name not in (None, "auto") or not torch.cuda.is_available():
         return False
     return torch.cuda.device_count() > 1 or os.environ.get(SHARED_ENV) == "1"
@@ -240,6 +248,8 @@ def resolve_device(
     Raises ``error`` (default :class:`ConfigError`), naming ``key``, when the name is not a
     device or CUDA is asked for but not available.
     """
+    import torch
+
     if isinstance(name, torch.device):
         name = str(name)
     if name in (None, "auto"):
@@ -266,6 +276,8 @@ def torch_threads(threads: int | None, *, key: str) -> Iterator[None]:
     """Set torch's intra-op thread count (process-wide state) for the body, and restore it on
     exit, so a stage run in-process (a notebook, a test) leaves the next one as it found it.
     ``None`` leaves it alone; ``key`` names the config key in the error for ``threads < 1``."""
+    import torch
+
     before = torch.get_num_threads()
     if threads is not None:
         if threads < 1:
