@@ -6,7 +6,9 @@ bash scripts/setup_env.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 # Two pytest-xdist workers (REPRFLOW_TEST_WORKERS; 0 runs in this process), a test module per worker
 # at a time, in collected order: the demo (minutes of snakemake on 2 cores) first on one, the other
-# ~1,300 tests, mostly one core each, beside it on the other (tests/conftest.py orders them).
+# ~1,300 tests, mostly one core each, beside it on the other (tests/conftest.py orders them). The
+# workers run at niceness 5 and the demo's snakemake at the suite's own (tests/conftest.py,
+# WORKER_NICE; root only): the demo is the critical path, the other tests fill the cores it leaves.
 # Where a GPU is visible the default is 0: the GPU tests time kernels against each other
 # (tests/kernels/test_select_gpu.py), which a second worker's kernels on the same GPU would disturb.
 # So is it for --pdb, --trace and -s / --capture=no, which need the tests in this process.

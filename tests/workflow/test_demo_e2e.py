@@ -35,8 +35,16 @@ def demo(tmp_path_factory, scratch_project, run_snakemake):
     # Three job slots on CI's 2 cores: the ~100 cell jobs are mostly interpreter start-up and
     # file I/O (70-85 % of a core each), so a third job fills the gaps; every job still gets
     # one thread (Snakemake sets OMP_NUM_THREADS), so the products are the same.
+    # critical: the suite's longest unit runs ahead of the other worker's tests (tests/conftest.py)
     run = run_snakemake(
-        root, "--cores", "3", "--configfile=config/demo.yaml", "--set-threads", "train_model=1", timeout=1500
+        root,
+        "--cores",
+        "3",
+        "--configfile=config/demo.yaml",
+        "--set-threads",
+        "train_model=1",
+        timeout=1500,
+        critical=True,
     )
     assert run.returncode == 0, (run.stdout + run.stderr)[-5000:]
     return root
