@@ -4,6 +4,7 @@ Used by tests/workflow (CLI, dry runs) and tests/cluster (SLURM profile, DVC rou
 """
 
 import contextlib
+import importlib
 import os
 import shutil
 import subprocess
@@ -213,6 +214,23 @@ def spawn_snakemake():
 def stop_snakemake():
     """``stop_snakemake(proc)``: :func:`terminate_snakemake`, for a run started by ``spawn_snakemake``."""
     return terminate_snakemake
+
+
+@pytest.fixture()
+def benchmark_script(monkeypatch):
+    """``benchmark_script(name)``: ``benchmarks/<name>.py`` imported in this process, as a script
+    sees its folder (its sibling modules import as top-level names), with the hub offline and the
+    checkout on ``PYTHONPATH`` for any worker process its ``main`` starts; undone after the test.
+    Calling ``main(argv)`` in the test's process saves the interpreter and the torch and
+    transformers imports (~9 s of CPU on 2 cores) that running the script would cost."""
+
+    def load(name: str):
+        monkeypatch.syspath_prepend(str(PROJECT_ROOT / "benchmarks"))
+        for key, value in (("PYTHONPATH", str(PROJECT_ROOT)), ("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1")):
+            monkeypatch.setenv(key, value)
+        return importlib.import_module(name)
+
+    return load
 
 
 @pytest.fixture(scope="session")

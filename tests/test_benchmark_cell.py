@@ -3,19 +3,13 @@
 import logging
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture()
-def cell(monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    import cell
-
-    return cell
+def cell(benchmark_script):
+    return benchmark_script("cell")
 
 
 def test_busy_over_the_busy_span_and_over_a_given_window(cell):

@@ -8,13 +8,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_quick_cpu_run_prints_the_table(tmp_path, monkeypatch, capfd):
+def test_quick_cpu_run_prints_the_table(tmp_path, benchmark_script, capfd):
     """The driver in this process, its two workers (compiled kernels hidden, visible) as it starts them."""
-    for name, value in (("PYTHONPATH", str(ROOT)), ("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1")):
-        monkeypatch.setenv(name, value)
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    import kernels
-
+    kernels = benchmark_script("kernels")
     argv = [
         "--quick",
         "--device",
@@ -58,33 +54,30 @@ def test_batch_tokens_quick_cpu_run_times_every_shape_in_one_table(tmp_path):
     assert proc.stdout.count("  mamba-2.8b ") == proc.stdout.count("  mamba2-130m ") == 4  # two shapes, two passes
 
 
-def _usage_error(script: str, argv: list[str], monkeypatch, capsys) -> str:
-    """``script``'s ``main(argv)`` in this process (a usage error needs no interpreter of its own):
-    assert it exits with argparse's status 2 and return what it wrote to stderr."""
-    import importlib
-
+def _usage_error(module, argv: list[str], capsys) -> str:
+    """A benchmark ``module``'s ``main(argv)`` in this process (a usage error needs no interpreter
+    of its own): assert it exits with argparse's status 2 and return what it wrote to stderr."""
     import pytest
 
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     with pytest.raises(SystemExit) as exit_:
-        importlib.import_module(script).main(argv)
+        module.main(argv)
     assert exit_.value.code == 2
     return capsys.readouterr().err
 
 
-def test_batch_tokens_refuses_a_malformed_shape(monkeypatch, capsys):
-    err = _usage_error("batch_tokens", ["--shapes", "4096by8"], monkeypatch, capsys)
+def test_batch_tokens_refuses_a_malformed_shape(benchmark_script, capsys):
+    err = _usage_error(benchmark_script("batch_tokens"), ["--shapes", "4096by8"], capsys)
     assert "shape '4096by8': write TOKENSxBATCH" in err
 
 
-def test_batch_tokens_gluon_configs_parse_and_patch_the_scan_default_only_within_the_block(monkeypatch):
+def test_batch_tokens_gluon_configs_parse_and_patch_the_scan_default_only_within_the_block(benchmark_script):
     """--gluon-configs: "default" or LANES,WARPS,UNROLL[,PREFETCH[,STAGES]]; the patch is undone after."""
     import argparse
 
     import pytest
 
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    from batch_tokens import gluon_scan_config, parse_gluon_config
+    batch_tokens = benchmark_script("batch_tokens")
+    gluon_scan_config, parse_gluon_config = batch_tokens.gluon_scan_config, batch_tokens.parse_gluon_config
 
     from reprflow.kernels import selective_scan_gluon as module
 
@@ -101,13 +94,12 @@ def test_batch_tokens_gluon_configs_parse_and_patch_the_scan_default_only_within
         assert module.default_gluon_config(5120, 32) == before
 
 
-def test_scan_sweep_quick_run_writes_one_record_per_row_for_the_shapes_given(tmp_path, monkeypatch, capsys):
+def test_scan_sweep_quick_run_writes_one_record_per_row_for_the_shapes_given(tmp_path, benchmark_script, capsys):
     """benchmarks/scan_sweep.py --out: the table and scan_sweep.json (kernel, label, config, ms per shape)."""
     import importlib.util
     import json
 
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    import scan_sweep as sweep
+    sweep = benchmark_script("scan_sweep")
 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TRITON_INTERPRET": "1"}
     cmd = [sys.executable, str(ROOT / "benchmarks" / "scan_sweep.py"), "--device", "cpu", "--quick"]
@@ -123,23 +115,22 @@ def test_scan_sweep_quick_run_writes_one_record_per_row_for_the_shapes_given(tmp
         assert [r["config"] for r in records if r["kernel"] == "triton"] == [list(c) for c in sweep.TRITON_CONFIGS]
     for r in records:
         assert set(r) == {"kernel", "label", "config", "ms", "shapes"} and len(r["ms"]) == 2 and min(r["ms"]) > 0
-    err = _usage_error("scan_sweep", ["--shapes", "2048x32", "4096by16"], monkeypatch, capsys)
+    err = _usage_error(sweep, ["--shapes", "2048x32", "4096by16"], capsys)
     assert "shape '4096by16': write TOKENSxBATCH" in err
 
 
-def test_batch_tokens_refuses_an_unknown_model_naming_it(monkeypatch, capsys):
-    err = _usage_error("batch_tokens", ["--quick", "--models", "mamba3-1b"], monkeypatch, capsys)
+def test_batch_tokens_refuses_an_unknown_model_naming_it(benchmark_script, capsys):
+    err = _usage_error(benchmark_script("batch_tokens"), ["--quick", "--models", "mamba3-1b"], capsys)
     assert "--models: unknown ['mamba3-1b']" in err
 
 
-def test_gemm_shapes_quick_run_times_every_projection_and_sums_them(monkeypatch):
+def test_gemm_shapes_quick_run_times_every_projection_and_sums_them(benchmark_script):
     """benchmarks/gemm_shapes.py: a row per projection of each paper model at the paper config's
     tokens per pass, and per model the summed time and the rate it implies (flops / time); with
     --layouts, every projection with its weight row- and column-major, equal to rounding."""
     import yaml
 
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    from gemm_shapes import MODELS
+    MODELS = benchmark_script("gemm_shapes").MODELS
 
     batch_tokens = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["execution"]["extraction"][
         "batch_tokens"

@@ -3,19 +3,12 @@ side (transformers' torch fallback in its subprocess with the compiled packages 
 loop's own training step, the table printed last and the loss falling."""
 
 import json
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_quick_cpu_run_prints_the_table(tmp_path, monkeypatch, capfd):
+def test_quick_cpu_run_prints_the_table(tmp_path, benchmark_script, capfd):
     """The benchmark's main in this process (its own subprocess, transformers' torch fallback with
     the compiled packages hidden, as it starts it)."""
-    for name, value in (("PYTHONPATH", str(ROOT)), ("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1")):
-        monkeypatch.setenv(name, value)
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    import train_gpu
-
+    train_gpu = benchmark_script("train_gpu")
     argv = [
         "--quick",
         "--device",

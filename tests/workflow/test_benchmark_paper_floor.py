@@ -5,21 +5,16 @@ parameters counted from its published shapes)."""
 import contextlib
 import io
 import re
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 RATES = "gpt-neo-2.7b=102500,pythia-2.8b=91100,mamba-2.8b=78000,mamba2-2.7b=78000,mamba2-130m=500000"
 
 
-def _run(*args: str) -> str:
-    """``benchmarks/paper_floor.py ARGS``'s ``main`` in this process (its imports, torch and
-    transformers, cost an interpreter of its own ~9 s of CPU per call); what it printed."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))  # its sibling modules import as top-level names
-    try:
-        import paper_floor
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+def _run(benchmark_script, *args: str) -> str:
+    """``benchmarks/paper_floor.py ARGS``'s ``main`` in this process (``benchmark_script``, the
+    fixture); what it printed."""
+    paper_floor = benchmark_script("paper_floor")
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         assert paper_floor.main(list(args)) == 0
@@ -54,8 +49,8 @@ def _random_everywhere(tmp_path: Path) -> Path:
     return path
 
 
-def test_config_arms_count_every_cell_at_its_prompts_and_the_floor_follows_the_params(tmp_path):
-    out = _run("--configfile", str(_random_everywhere(tmp_path)), "--rates", RATES)
+def test_config_arms_count_every_cell_at_its_prompts_and_the_floor_follows_the_params(tmp_path, benchmark_script):
+    out = _run(benchmark_script, "--configfile", str(_random_everywhere(tmp_path)), "--rates", RATES)
     # two full arms x 2 tasks x 25,000 prompts x (300 + 1024 + 2048 + 4096) tokens, plus four
     # Fig. 3 inits x 2 tasks x 64 token prompts x 2048 tokens
     ssm_tokens = 2 * 2 * 25_000 * 7468 + 4 * 2 * 64 * 2048
@@ -72,12 +67,12 @@ def test_config_arms_count_every_cell_at_its_prompts_and_the_floor_follows_the_p
     assert total / 8 <= _minutes(walls["8"]) < total / 8 * 1.1  # longest first packs 112 cells closely
 
 
-def test_paper_arms_run_only_the_pretrained_arm_at_full_size(tmp_path):
-    out = _run("--configfile", str(_random_everywhere(tmp_path)), "--arms", "paper")
+def test_paper_arms_run_only_the_pretrained_arm_at_full_size(tmp_path, benchmark_script):
+    out = _run(benchmark_script, "--configfile", str(_random_everywhere(tmp_path)), "--arms", "paper")
     # pretrained at every length that fits (6 cells per Transformer, 8 per SSM), every other init
     # (random and the four Fig. 3 ones) at 2K on both tasks
     assert _row(out, "**total**")[2] == str(2 * 6 + 3 * 8 + 5 * 5 * 2)
     assert _row(out, "mamba-2.8b")[3] == f"{(2 * 25_000 * 7468 + 5 * 2 * 64 * 2048) / 1e6:,.1f}M"
     # the paper config as shipped runs exactly the paper's workload
     table = [line for line in out.splitlines() if line.startswith("| ")]
-    assert [line for line in _run().splitlines() if line.startswith("| ")] == table
+    assert [line for line in _run(benchmark_script).splitlines() if line.startswith("| ")] == table
